@@ -1,0 +1,96 @@
+"""Exit reasons: how an OS process's end maps onto OTP's, and whether it is restarted.
+
+This is the only place where wait statuses become reasons.
+
+==========================  ===========  ============================
+how the process ended       reason       class
+==========================  ===========  ============================
+exit status 0               normal       clean
+killed by SIGTERM           shutdown     clean
+reported ``shutdown``       shutdown     clean (the program asked otpy)
+killed by SIGKILL           killed       abnormal
+non-zero status             crashed      abnormal (keeps the code)
+any other signal            crashed      abnormal (keeps the signal)
+never got READY             failed       abnormal (a failed start)
+==========================  ===========  ============================
+
+And the decision table (OTP's ``do_restart/3``):
+
+==========  ==========  ==========
+restart     clean       abnormal
+==========  ==========  ==========
+permanent   restart     restart
+transient   no          restart
+temporary   no          no
+==========  ==========  ==========
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Literal
+
+import msgspec
+
+from ._specs import RestartType
+
+ReasonKind = Literal["normal", "shutdown", "killed", "crashed", "failed"]
+
+
+class ExitReason(msgspec.Struct, frozen=True, kw_only=True):
+    kind: ReasonKind
+    code: int | None = None
+    signal: int | None = None
+    detail: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        return self.kind in ("normal", "shutdown")
+
+    def __str__(self) -> str:
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            text = f"{self.kind} ({name})"
+        elif self.code is not None and self.kind != "normal":
+            text = f"{self.kind} (exit status {self.code})"
+        else:
+            text = self.kind
+        return f"{text}: {self.detail}" if self.detail else text
+
+
+NORMAL = ExitReason(kind="normal", code=0)
+SHUTDOWN = ExitReason(kind="shutdown")
+
+
+def from_wait_status(status: int, reported: str | None = None) -> ExitReason:
+    """Classify a ``waitpid`` status. A reason the child reported itself wins over the status."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if reported == "shutdown":
+            return ExitReason(kind="shutdown", signal=sig)
+        if sig == signal.SIGTERM:
+            return ExitReason(kind="shutdown", signal=sig)
+        if sig == signal.SIGKILL:
+            return ExitReason(kind="killed", signal=sig)
+        return ExitReason(kind="crashed", signal=sig)
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+    if reported == "shutdown":
+        return ExitReason(kind="shutdown", code=code)
+    if code == 0:
+        return NORMAL
+    return ExitReason(kind="crashed", code=code)
+
+
+def should_restart(restart: RestartType, reason: ExitReason) -> bool:
+    """OTP's decision: permanent always, transient only after an abnormal exit, temporary never."""
+    match restart:
+        case "permanent":
+            return True
+        case "transient":
+            return not reason.clean
+        case "temporary":
+            return False

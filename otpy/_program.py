@@ -1,0 +1,73 @@
+"""Programs: what an agent process runs. DSPy's convention: ``forward(**inputs) -> outputs``.
+
+>>> class Echo(Program):
+...     def forward(self, **inputs):
+...         return inputs
+>>> Echo()(text="hi")
+{'text': 'hi'}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+class Program:
+    """Base class for agent programs.
+
+    otpy's worker creates the program with no arguments, calls ``setup(args, config)``
+    once, reports READY to the node, then serves calls to ``forward``. ``teardown()`` runs
+    when the worker is asked to shut down (SIGTERM).
+    """
+
+    def setup(self, args: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+        """Called once in the worker before READY. ``args`` come from the child spec."""
+
+    def forward(self, **inputs: Any) -> Mapping[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__}.forward is not written")
+
+    def teardown(self) -> None:
+        """Called once when the worker shuts down in order."""
+
+    def __call__(self, **inputs: Any) -> Mapping[str, Any]:
+        return self.forward(**inputs)
+
+
+class FunctionProgram(Program):
+    """A plain function ``module:func`` used as a program: ``func(**inputs)`` is ``forward``."""
+
+    def __init__(self, func):
+        self._func = func
+
+    def forward(self, **inputs: Any) -> Mapping[str, Any]:
+        return self._func(**inputs)
+
+    def __repr__(self) -> str:
+        return f"FunctionProgram({self._func.__module__}:{self._func.__qualname__})"
+
+
+def import_target(target: str) -> Any:
+    """Import ``"module:attr"`` (``attr`` may be dotted). Raises ImportError naming what failed."""
+    import importlib
+
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ImportError(f"{target!r} is not of the form 'module:attr'")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def instantiate(target: str) -> Program:
+    """The program object for ``target``: a Program subclass is instantiated, a function wrapped."""
+    obj = import_target(target)
+    if isinstance(obj, type):
+        return obj()
+    if callable(obj):
+        return FunctionProgram(obj)
+    raise TypeError(f"{target!r} is neither a class nor a function")
