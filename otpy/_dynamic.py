@@ -1,0 +1,143 @@
+"""The dynamic supervisor as a pure state machine: Elixir's ``DynamicSupervisor``.
+
+It starts with no children; ``start_child`` adds one at run time, from a full spec or a
+named template plus args. All children are ``one_for_one``. Unlike a static supervisor:
+
+- a child that ends and is not restarted is removed (its id can be used again);
+- ``terminate_child`` removes the child too (a second call gives ``not_found``);
+- ``restart_child`` and ``delete_child`` are ``not_supported``;
+- ``max_children`` counts children that are restarting;
+- children are stopped in parallel, each within its own ``shutdown``.
+"""
+
+from __future__ import annotations
+
+from ._effects import (
+    ChildExited, DeleteChild, Effect, Event, Exit, Init, Post, Reply, Report, RestartChild,
+    Result, Retry, Spawn, SpawnFailed, SpawnOk, StartChild, StartFromTemplate, Stop,
+    StopSupervisor, TerminateChild,
+)
+from ._exit import SHUTDOWN, ExitReason, should_restart
+from ._intensity import RestartWindow
+from ._machine import Child, _refuse
+from ._specs import AnySpec, DynamicSupervisorSpec, from_template
+
+
+class DynamicMachine:
+    def __init__(self, spec: DynamicSupervisorSpec) -> None:
+        self.spec = spec
+        self.children: dict[str, Child] = {}  # insertion order, for display only
+        self.window = RestartWindow(spec.max_restarts, spec.max_seconds)
+        self.phase = "new"
+        # The one start in flight: (id, reply slot or None for a restart).
+        self._starting: tuple[str, object] | None = None
+
+    @property
+    def order(self) -> list[str]:
+        return list(self.children)
+
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        if self.phase == "terminated":
+            return _refuse(event)
+        match event:
+            case Init():
+                self.phase = "running"
+                return []
+            case StartChild(spec, ref):
+                return self._start_child(spec, ref)
+            case StartFromTemplate(template, id, args, ref):
+                base = self.spec.templates.get(template)
+                if base is None:
+                    known = ", ".join(sorted(self.spec.templates)) or "none"
+                    return [Reply(ref, Result("not_found", detail=f"no template {template!r} (templates: {known})"))]
+                return self._start_child(from_template(base, id, args), ref)
+            case SpawnOk(id, ref, pid):
+                return self._spawned(id, ref, pid)
+            case SpawnFailed(id, reason):
+                return self._spawn_failed(id, reason)
+            case ChildExited(id, ref, reason):
+                return self._child_exited(id, ref, reason, now)
+            case Retry(id):
+                child = self.children.get(id)
+                if child is None or child.state != "restarting":
+                    return []
+                return self._restart(id, now)
+            case TerminateChild(id, ref):
+                return self._terminate_child(id, ref)
+            case RestartChild(ref=ref) | DeleteChild(ref=ref):
+                return [Reply(ref, Result("not_supported", detail="a dynamic supervisor only starts and terminates children"))]
+            case StopSupervisor():
+                return self._terminate(SHUTDOWN)
+        raise TypeError(f"unknown event {event!r}")
+
+    def running_in_reverse(self, ids=None) -> tuple[str, ...]:
+        return tuple(i for i in reversed(self.children) if self.children[i].state == "running")
+
+    # ------------------------------------------------------------------------------------
+
+    def _start_child(self, spec: AnySpec, ref) -> list[Effect]:
+        if spec.significant:
+            return [Reply(ref, Result("invalid", detail="a dynamic supervisor's children cannot be significant"))]
+        existing = self.children.get(spec.id)
+        if existing is not None:
+            if existing.state == "running":
+                return [Reply(ref, Result("already_started", pid=existing.pid))]
+            return [Reply(ref, Result("already_present"))]
+        if self.spec.max_children is not None and len(self.children) >= self.spec.max_children:
+            return [Reply(ref, Result("max_children", detail=f"max_children is {self.spec.max_children}"))]
+        self.children[spec.id] = Child(spec)
+        self._starting = (spec.id, ref)
+        return [Spawn(spec)]
+
+    def _spawned(self, id: str, ref: int, pid: int | None) -> list[Effect]:
+        assert self._starting is not None and self._starting[0] == id
+        reply = self._starting[1]
+        self._starting = None
+        child = self.children[id]
+        child.state, child.ref, child.pid = "running", ref, pid
+        return [Reply(reply, Result("ok", pid=pid))] if reply is not None else []
+
+    def _spawn_failed(self, id: str, reason: str) -> list[Effect]:
+        assert self._starting is not None and self._starting[0] == id
+        reply = self._starting[1]
+        self._starting = None
+        if reply is not None:  # start_child: nothing is kept
+            del self.children[id]
+            return [Reply(reply, Result("start_failed", detail=reason))]
+        self.children[id].state = "restarting"
+        return [Report("start_failed", id, reason), Post(Retry(id))]
+
+    def _child_exited(self, id: str, ref: int, reason: ExitReason, now: float) -> list[Effect]:
+        child = self.children.get(id)
+        if self.phase != "running" or child is None or child.ref != ref or child.state != "running":
+            return []
+        child.state, child.ref, child.pid = "stopped", None, None
+        effects: list[Effect] = [Report("exited", id, str(reason))]
+        if should_restart(child.spec.restart, reason):
+            return effects + self._restart(id, now)
+        del self.children[id]
+        return effects
+
+    def _restart(self, id: str, now: float) -> list[Effect]:
+        if not self.window.record(now):
+            detail = (f"child {id!r} exceeded the restart intensity "
+                      f"({self.spec.max_restarts} restarts in {self.spec.max_seconds} s)")
+            return [Report("gave_up", id, detail)] + self._terminate(SHUTDOWN)
+        self.children[id].restarts += 1
+        self._starting = (id, None)
+        return [Report("restarting", id), Spawn(self.children[id].spec)]
+
+    def _terminate_child(self, id: str, ref) -> list[Effect]:
+        child = self.children.pop(id, None)
+        if child is None:
+            return [Reply(ref, Result("not_found", detail=f"no child {id!r}"))]
+        effects: list[Effect] = [Stop((id,))] if child.state == "running" else []
+        return effects + [Reply(ref, Result("ok"))]
+
+    def _terminate(self, reason: ExitReason) -> list[Effect]:
+        self.phase = "terminated"
+        running = self.running_in_reverse()
+        for i in running:
+            self.children[i].state = "stopped"
+        effects: list[Effect] = [Stop(running, parallel=True)] if running else []
+        return effects + [Exit(reason)]
