@@ -136,7 +136,7 @@ class StaticMachine:
                 self.phase = "terminated"
                 return [
                     Report("start_failed", id, reason),
-                    Stop(self._mark_stopped(self.running_in_reverse())),
+                    *self._stops(self.running_in_reverse()),
                     Exit(ExitReason(kind="failed", detail=f"failed_to_start_child {id}: {reason}"),
                          error=f"failed to start child {id!r}: {reason}"),
                 ]
@@ -173,7 +173,8 @@ class StaticMachine:
             case "any_significant":
                 return True
             case "all_significant":
-                return not any(c.spec.significant and c.state == "running" for c in self.children.values())
+                # A restarting child still counts (OTP: its pid is {restarting, _}, not undefined).
+                return not any(c.spec.significant and c.state != "stopped" for c in self.children.values())
         return False
 
     def _restart(self, id: str, now: float) -> list[Effect]:
@@ -200,13 +201,15 @@ class StaticMachine:
     def _terminate(self, reason: ExitReason) -> list[Effect]:
         self.phase = "terminated"
         self._chain = None
-        stopping = self._mark_stopped(self.running_in_reverse())
-        effects: list[Effect] = [Stop(stopping)] if stopping else []
-        return effects + [Exit(reason)]
+        return self._stops(self.running_in_reverse()) + [Exit(reason)]
 
     # --- administration: never counted, never bounces siblings, never auto-shuts down -------
 
     def _start_child(self, spec: AnySpec, ref) -> list[Effect]:
+        if spec.significant and (spec.restart == "permanent" or self.spec.auto_shutdown == "never"):
+            return [Reply(ref, Result("invalid", detail=(
+                f"child {spec.id!r}: significant = true needs restart transient or temporary and a "
+                f"supervisor with auto_shutdown other than 'never' (OTP's bad_combination)")))]
         existing = self.children.get(spec.id)
         if existing is not None:
             if existing.state == "running":
@@ -222,7 +225,7 @@ class StaticMachine:
             return [Reply(ref, Result("not_found", detail=f"no child {id!r}"))]
         effects: list[Effect] = []
         if child.state == "running":
-            effects.append(Stop(self._mark_stopped((id,))))
+            effects += self._stops((id,))
         child.state = "stopped"  # also ends a restarting child's retries
         if child.spec.restart == "temporary":
             self._remove(id)
@@ -246,6 +249,10 @@ class StaticMachine:
         return [Reply(ref, Result("ok"))]
 
     # --- the table ------------------------------------------------------------------------
+
+    def _stops(self, ids: tuple[str, ...]) -> list[Effect]:
+        """``Stop`` the running children ``ids`` (none: no effect), marking them stopped first."""
+        return [Stop(self._mark_stopped(ids))] if ids else []
 
     def _mark_stopped(self, ids: tuple[str, ...]) -> tuple[str, ...]:
         """Mark children stopped before the shell stops them: their exits are then stale."""

@@ -1,0 +1,505 @@
+"""Topology files: read ``topology.toml``, check it, and turn it into ``_specs`` Structs.
+
+The file is written by people, so it is checked with pydantic (strict types, unknown keys
+rejected) and every problem is reported at once, one per line, as
+``FILE: KEY.PATH[i].KEY: got X; expected Y``. Defaults are not repeated here: each field's
+default is read from the ``_specs`` Struct it becomes.
+
+>>> topology = parse_topology('''
+... [supervisor]
+... [[supervisor.children]]
+... id = "greeter"
+... program = "otpy._program:Program"
+... ''')
+>>> topology.node.root.children[0].shutdown
+5.0
+>>> parse_topology('[supervisor]\\nmax_seconds = 0', source="t.toml")
+Traceback (most recent call last):
+...
+otpy._config.TopologyError: t.toml: supervisor.max_seconds: got 0; expected a number > 0
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Iterator, Literal, Union
+
+import msgspec
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, StringConstraints, Tag
+from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
+
+from ._program import import_target
+from ._specs import AnySpec, AutoShutdown, ChildSpec, DynamicSupervisorSpec, NodeSpec, Readiness
+from ._specs import RestartType, Strategy, SupervisorSpec
+
+__all__ = [
+    "Topology", "TopologyError", "check_programs", "load_topology", "parse_topology", "topology_json_schema",
+]
+
+ROOT_ID = "root"
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+PROGRAM_PATTERN = rf"^{_DOTTED}:{_DOTTED}$"
+NAME_EXPECTED = "a non-empty name of letters, digits, '_', '.' and '-'"
+SHUTDOWN_EXPECTED = "seconds >= 0 (an int or a float), 'brutal_kill' or 'infinity'"
+
+
+class TopologyError(Exception):
+    """A topology file that cannot be used. ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A checked topology file: the node to run, and the tables other parts of otpy read."""
+
+    node: NodeSpec
+    path: str
+    raw_variables: dict[str, dict[str, dict]] = field(default_factory=dict)
+    raw_pipelines: dict[str, dict] = field(default_factory=dict)
+    raw_optimizer: dict[str, Any] = field(default_factory=dict)
+
+
+# The file format, as pydantic models. Defaults come from the _specs Structs.
+
+
+def _default(struct: type[msgspec.Struct], name: str) -> Any:
+    """The default of ``struct``'s field ``name``: the one place defaults are written."""
+    (spec_field,) = [f for f in msgspec.structs.fields(struct) if f.name == name]
+    if spec_field.default is not msgspec.NODEFAULT:
+        return spec_field.default
+    return spec_field.default_factory()
+
+
+def _check_shutdown(value: Any) -> float | str:
+    if isinstance(value, str) and value in ("brutal_kill", "infinity"):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value) and value >= 0:
+            return float(value)
+    raise PydanticCustomError("shutdown", "expected {expected}", {"expected": SHUTDOWN_EXPECTED})
+
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+ProgramTarget = Annotated[str, StringConstraints(pattern=PROGRAM_PATTERN)]
+Shutdown = Annotated[
+    Union[float, str],
+    PlainValidator(
+        _check_shutdown,
+        json_schema_input_type=Union[Annotated[float, Field(ge=0)], Literal["brutal_kill", "infinity"]],
+    ),
+]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NodeTable(_Table):
+    """``[node]``: the node's name (default: the file's stem)."""
+
+    name: Name | None = None
+
+
+class TemplateTable(_Table):
+    """A worker without an id: a dynamic supervisor's named template."""
+
+    program: ProgramTarget | None = None
+    command: Annotated[list[str], Field(min_length=1)] | None = None
+    args: dict[str, Any] = _default(ChildSpec, "args")
+    env: dict[str, str] = _default(ChildSpec, "env")
+    cwd: str | None = _default(ChildSpec, "cwd")
+    restart: RestartType = _default(ChildSpec, "restart")
+    shutdown: Shutdown = _default(ChildSpec, "shutdown")
+    significant: bool = _default(ChildSpec, "significant")
+    ready: Readiness = _default(ChildSpec, "ready")
+    start_timeout: Seconds = _default(ChildSpec, "start_timeout")
+
+
+class WorkerTable(TemplateTable):
+    """A worker child: exactly one of ``program`` ("module:attr") and ``command`` (argv)."""
+
+    type: Literal["worker"] = "worker"
+    id: Name
+
+
+class DynamicSupervisorTable(_Table):
+    """A supervisor that starts empty; ``templates`` name the children ``start_child`` may add."""
+
+    type: Literal["dynamic_supervisor"]
+    id: Name
+    max_children: Annotated[int, Field(ge=0)] | None = _default(DynamicSupervisorSpec, "max_children")
+    max_restarts: Annotated[int, Field(ge=0)] = _default(DynamicSupervisorSpec, "max_restarts")
+    max_seconds: Annotated[int, Field(gt=0)] = _default(DynamicSupervisorSpec, "max_seconds")
+    templates: dict[Name, TemplateTable] = {}
+    restart: RestartType = _default(DynamicSupervisorSpec, "restart")
+    shutdown: Shutdown = _default(DynamicSupervisorSpec, "shutdown")
+    significant: bool = _default(DynamicSupervisorSpec, "significant")
+
+
+class RootSupervisorTable(_Table):
+    """``[supervisor]``: the root supervisor. It has no parent, so no restart/shutdown keys."""
+
+    id: Name = ROOT_ID
+    strategy: Strategy = _default(SupervisorSpec, "strategy")
+    max_restarts: Annotated[int, Field(ge=0)] = _default(SupervisorSpec, "max_restarts")
+    max_seconds: Annotated[int, Field(gt=0)] = _default(SupervisorSpec, "max_seconds")
+    auto_shutdown: AutoShutdown = _default(SupervisorSpec, "auto_shutdown")
+    children: list[Child] = []
+
+
+class SupervisorTable(RootSupervisorTable):
+    """A static supervisor child: the root's keys, plus how its own parent treats it."""
+
+    type: Literal["supervisor"]
+    id: Name
+    restart: RestartType = _default(SupervisorSpec, "restart")
+    shutdown: Shutdown = _default(SupervisorSpec, "shutdown")
+    significant: bool = _default(SupervisorSpec, "significant")
+
+
+CHILD_TABLES: dict[str, type[_Table]] = {
+    "worker": WorkerTable,
+    "supervisor": SupervisorTable,
+    "dynamic_supervisor": DynamicSupervisorTable,
+}
+
+
+def _child_type(value: Any) -> Any:
+    """The ``type`` of a child table, ``worker`` when it is not given."""
+    if isinstance(value, dict):
+        return value.get("type", "worker")
+    return getattr(value, "type", "worker")
+
+
+Child = Annotated[
+    Union[
+        Annotated[WorkerTable, Tag("worker")],
+        Annotated[SupervisorTable, Tag("supervisor")],
+        Annotated[DynamicSupervisorTable, Tag("dynamic_supervisor")],
+    ],
+    Discriminator(_child_type),
+]
+SupervisorTable.model_rebuild()
+RootSupervisorTable.model_rebuild()
+
+
+class TopologyFile(_Table):
+    """A whole ``topology.toml``."""
+
+    model_config = ConfigDict(title="otpy topology")
+
+    node: NodeTable = NodeTable()
+    supervisor: RootSupervisorTable
+    variables: dict[str, dict[str, dict[str, Any]]] = {}
+    pipelines: dict[str, dict[str, Any]] = {}
+    optimizer: dict[str, Any] = {}
+
+
+def topology_json_schema() -> dict:
+    """The JSON schema of the topology file format."""
+    return TopologyFile.model_json_schema()
+
+
+# Problems: "KEY.PATH: got X; expected Y".
+
+Problem = tuple[str, str]  # (key path, message)
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "list_type": "an array",
+    "greater_than_equal": "a number >= {ge:g}",
+    "greater_than": "a number > {gt:g}",
+    "too_short": "at least {min_length} item",
+    "finite_number": "a finite number",
+}
+_PATTERN_EXPECTED = {
+    NAME_PATTERN: NAME_EXPECTED,
+    PROGRAM_PATTERN: "'module:attr', e.g. 'examples.hello.agents:Greeter'",
+}
+
+
+def _key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else '"' + name.replace('"', '\\"') + '"'
+
+
+def _path(parts: tuple | list) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + _key(str(part))
+    return text
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _quote_all(names) -> str:
+    return ", ".join(repr(name) for name in names)
+
+
+def _plain_loc(loc: tuple) -> tuple:
+    """``loc`` without pydantic's union tags (``children, 0, 'worker'``) and ``[key]`` markers."""
+    parts: list = []
+    for part in loc:
+        if part == "[key]" or (parts and isinstance(parts[-1], int) and part in CHILD_TABLES):
+            continue
+        parts.append(part)
+    return tuple(parts)
+
+
+def _table_at(loc: tuple) -> type[_Table] | None:
+    """The model of the table at pydantic's (tagged) ``loc``, to list its accepted keys."""
+    if not loc:
+        return TopologyFile
+    if loc == ("node",):
+        return NodeTable
+    if loc == ("supervisor",):
+        return RootSupervisorTable
+    if len(loc) >= 2 and isinstance(loc[-2], int) and loc[-1] in CHILD_TABLES:
+        return CHILD_TABLES[loc[-1]]
+    if len(loc) >= 2 and loc[-2] == "templates":
+        return TemplateTable
+    return None
+
+
+def _problem_from_pydantic(error: dict) -> Problem:
+    """One pydantic error as ``(key path, 'got X; expected Y')``."""
+    kind, loc, ctx, found = error["type"], error["loc"], error.get("ctx", {}), error.get("input")
+    path = _path(_plain_loc(loc))
+    if kind == "missing":
+        return path, "missing; this key is required"
+    if kind == "extra_forbidden":
+        table = _table_at(loc[:-1])
+        accepted = f"; accepted keys: {_quote_all(sorted(table.model_fields))}" if table else ""
+        return path, f"unknown key {loc[-1]!r}{accepted}"
+    if kind == "union_tag_invalid":
+        found = found.get("type") if isinstance(found, dict) else found
+        expected = f"one of {_quote_all(CHILD_TABLES)}"
+        return _path((*_plain_loc(loc), "type")), f"got {_show(found)}; expected {expected}"
+    if kind == "literal_error":
+        expected = "one of " + ctx["expected"].replace(" or ", ", ")
+    elif kind == "string_pattern_mismatch":
+        expected = _PATTERN_EXPECTED.get(ctx["pattern"], f"a string matching {ctx['pattern']}")
+    elif kind in _EXPECTED:
+        expected = _EXPECTED[kind].format(**ctx)
+    elif "expected" in ctx:
+        expected = ctx["expected"]
+    else:
+        return path, f"got {_show(found)}; {error['msg']}"
+    return path, f"got {_show(found)}; expected {expected}"
+
+
+def _format(source: str, problems: list[Problem]) -> list[str]:
+    return [f"{source}: {path}: {message}" if path else f"{source}: {message}" for path, message in problems]
+
+
+# Rules pydantic cannot see: one field against another, or against the rest of the tree.
+
+AnyTable = Union[TemplateTable, SupervisorTable, DynamicSupervisorTable, RootSupervisorTable]
+
+
+def _walk_tables(table: AnyTable, path: str, parent: AnyTable | None = None) -> Iterator[tuple]:
+    """Yield ``(path, table, parent)`` for ``table`` and every table below it."""
+    yield path, table, parent
+    for index, child in enumerate(getattr(table, "children", ())):
+        yield from _walk_tables(child, f"{path}.children[{index}]", table)
+    for name, template in getattr(table, "templates", {}).items():
+        yield from _walk_tables(template, f"{path}.templates.{_key(name)}", table)
+
+
+def _worker_problems(path: str, worker: TemplateTable) -> list[Problem]:
+    if worker.program is not None and worker.command is not None:
+        return [(path, "got both 'program' and 'command'; expected exactly one of them")]
+    if worker.program is None and worker.command is None:
+        return [(path, "got neither 'program' nor 'command'; expected exactly one of them")]
+    if worker.command is not None and not worker.command[0]:
+        return [(f"{path}.command[0]", "got ''; expected the program to run")]
+    if worker.program is not None and worker.ready == "notify":
+        return [(f"{path}.ready", "got 'notify' with 'program'; expected 'exec' ('notify' is for commands)")]
+    return []
+
+
+def _significance_problems(path: str, table: AnyTable, parent: AnyTable | None) -> list[Problem]:
+    if not getattr(table, "significant", False):
+        return []
+    if table.restart == "permanent":
+        why = "with restart = 'permanent'; expected false (a significant child is transient or temporary)"
+    elif isinstance(parent, DynamicSupervisorTable):
+        why = "in a dynamic supervisor's template; expected false (dynamic supervisors never auto-shut down)"
+    elif parent is not None and parent.auto_shutdown == "never":
+        why = f"under supervisor {parent.id!r}, whose auto_shutdown is 'never'; expected false"
+    else:
+        return []
+    return [(f"{path}.significant", f"got true {why}")]
+
+
+def _rule_problems(root: RootSupervisorTable) -> list[Problem]:
+    problems: list[Problem] = []
+    first_use: dict[str, str] = {}
+    for path, table, parent in _walk_tables(root, "supervisor"):
+        if isinstance(table, TemplateTable):
+            problems += _worker_problems(path, table)
+        problems += _significance_problems(path, table, parent)
+        table_id = getattr(table, "id", None)
+        if table_id is None:
+            continue
+        if table_id in first_use:
+            message = f"got {table_id!r}, the id at {first_use[table_id]}; expected an id unique in the topology"
+            problems.append((f"{path}.id", message))
+        else:
+            first_use[table_id] = f"{path}.id"
+    return problems
+
+
+# From checked tables to specs.
+
+
+def _set_fields(table: _Table, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields the file sets, so that every other field takes its Struct's default."""
+    return {name: getattr(table, name) for name in table.model_fields_set if name not in ("type", *drop)}
+
+
+def _worker_spec(table: TemplateTable, child_id: str, base_dir: str) -> ChildSpec:
+    fields = _set_fields(table, drop=("id",))
+    if table.command is not None:
+        fields["command"] = tuple(table.command)
+    if table.cwd is not None:
+        fields["cwd"] = os.path.normpath(os.path.join(base_dir, os.path.expanduser(table.cwd)))
+    return ChildSpec(id=child_id, **fields)
+
+
+def _spec(table: AnyTable, base_dir: str) -> AnySpec:
+    if isinstance(table, WorkerTable):
+        return _worker_spec(table, table.id, base_dir)
+    if isinstance(table, DynamicSupervisorTable):
+        templates = {name: _worker_spec(t, name, base_dir) for name, t in table.templates.items()}
+        return DynamicSupervisorSpec(**_set_fields(table, drop=("templates",)), templates=templates)
+    children = tuple(_spec(child, base_dir) for child in table.children)
+    return SupervisorSpec(**{"id": table.id, **_set_fields(table, drop=("children",)), "children": children})
+
+
+# Public entry points.
+
+
+def _read_toml(text: str, source: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        place = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+        if place:
+            message = f"line {place[1]}, column {place[2]}: invalid TOML: {message[: place.start()]}"
+        else:
+            message = f"invalid TOML: {message}"
+        raise TopologyError([f"{source}: {message}"]) from None
+
+
+def parse_topology(
+    text: str, *, source: str = "<string>", default_name: str = "node",
+    base_dir: str | None = None, check_imports: bool = False,
+) -> Topology:
+    """The topology in ``text``. Relative ``cwd`` values are taken from ``base_dir`` (default: cwd).
+
+    Raises TopologyError listing every problem, each prefixed with ``source``.
+    """
+    try:
+        file = TopologyFile.model_validate(_read_toml(text, source))
+    except ValidationError as exc:
+        raise TopologyError(_format(source, [_problem_from_pydantic(e) for e in exc.errors()])) from None
+    name = file.node.name or default_name
+    problems = _rule_problems(file.supervisor)
+    if not re.fullmatch(NAME_PATTERN, name):
+        problems.insert(0, ("node.name", f"got {name!r} (from the file name); expected {NAME_EXPECTED}"))
+    if problems:
+        raise TopologyError(_format(source, problems))
+    root = _spec(file.supervisor, os.path.abspath(base_dir or os.getcwd()))
+    topology = Topology(
+        node=NodeSpec(name=name, root=root),
+        path=source,
+        raw_variables=file.variables,
+        raw_pipelines=file.pipelines,
+        raw_optimizer=file.optimizer,
+    )
+    if check_imports and (import_problems := check_programs(topology)):
+        raise TopologyError(import_problems)
+    return topology
+
+
+def load_topology(path: str | os.PathLike, *, check_imports: bool = True) -> Topology:
+    """The topology in the file at ``path``; its node is named after the file unless ``[node] name``.
+
+    With ``check_imports`` every ``program`` is imported, and failures are problems too.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as file:
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TopologyError([f"{source}: cannot read the file: {exc}"]) from None
+    stem = os.path.splitext(os.path.basename(source))[0]
+    base_dir = os.path.dirname(os.path.abspath(source))
+    return parse_topology(text, source=source, default_name=stem, base_dir=base_dir, check_imports=check_imports)
+
+
+def _programs(spec: AnySpec, path: str) -> Iterator[tuple[str, str]]:
+    """Yield ``(key path, target)`` for every ``program`` in the tree, templates included."""
+    if isinstance(spec, ChildSpec):
+        if spec.program is not None:
+            yield f"{path}.program", spec.program
+    elif isinstance(spec, SupervisorSpec):
+        for index, child in enumerate(spec.children):
+            yield from _programs(child, f"{path}.children[{index}]")
+    else:
+        for name, template in spec.templates.items():
+            yield from _programs(template, f"{path}.templates.{_key(name)}")
+
+
+def _import_problem(target: str) -> str | None:
+    try:
+        obj = import_target(target)
+    except ImportError as exc:
+        return f"cannot import {target!r}: {exc}"
+    except (Exception, SystemExit) as exc:
+        return f"cannot import {target!r}: {type(exc).__name__}: {exc}"
+    if not callable(obj):
+        return f"got {target!r}, of type {type(obj).__name__!r}; expected a Program class or a function"
+    return None
+
+
+def check_programs(topology: Topology) -> list[str]:
+    """Import every ``program`` target; one problem per target that fails.
+
+    The topology file's folder and the current directory are put on ``sys.path`` first.
+    """
+    folders = [os.getcwd()]
+    if os.path.isfile(topology.path):
+        folders.append(os.path.dirname(os.path.abspath(topology.path)))
+    for folder in folders:
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    problems = []
+    for path, target in _programs(topology.node.root, "supervisor"):
+        if (message := _import_problem(target)) is not None:
+            problems.append((path, message))
+    return _format(topology.path, problems)
