@@ -1,0 +1,29 @@
+"""otpy: Erlang/OTP supervision trees for multi-agent Python programs.
+
+Every agent runs in its own OS process; supervisors restart them with OTP's strategies and
+restart intensity. The public names are listed here and pinned by ``tests/test_public_api.py``.
+"""
+
+from ._effects import Result as Result
+from ._exit import ExitReason as ExitReason
+from ._node import AsyncNode as AsyncNode
+from ._node import Node as Node
+from ._node import NodeStartError as NodeStartError
+from ._program import Program as Program
+from ._specs import ChildSpec as ChildSpec
+from ._specs import DynamicSupervisorSpec as DynamicSupervisorSpec
+from ._specs import NodeSpec as NodeSpec
+from ._specs import SupervisorSpec as SupervisorSpec
+
+__all__ = [
+    "AsyncNode",
+    "ChildSpec",
+    "DynamicSupervisorSpec",
+    "ExitReason",
+    "Node",
+    "NodeSpec",
+    "NodeStartError",
+    "Program",
+    "Result",
+    "SupervisorSpec",
+]

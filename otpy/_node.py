@@ -1,0 +1,286 @@
+"""A node: one supervision tree, its process manager, and the operations OTP names.
+
+``AsyncNode`` runs on an asyncio loop; ``Node`` wraps it for plain scripts, running the loop
+in a background thread::
+
+    import otpy
+    with otpy.Node.from_toml("examples/hello/topology.toml") as node:
+        print(node.which_children("root"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from ._effects import DeleteChild, RestartChild, Result, StartChild, StartFromTemplate, TerminateChild
+from ._exit import ExitReason
+from ._processes import ProcessManager, StartFailed, kill_leftovers
+from ._runtime import node_dir
+from ._specs import AnySpec, NodeSpec, SupervisorSpec, walk
+from ._supervisor import Supervisor
+
+log = logging.getLogger("otpy")
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+class NodeStartError(RuntimeError):
+    """The tree could not start: the message names the child and the reason. Nothing is left running."""
+
+
+class AsyncNode:
+    """A supervision tree on the running asyncio loop."""
+
+    def __init__(self, spec: NodeSpec, *, on_output: Callable[[str, str], None] | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.root: Supervisor | None = None
+        self.processes: ProcessManager | None = None
+        self.listeners: list[Listener] = []
+        self._on_output = on_output
+        self._services: list[Any] = []  # things with an async close(), closed after the tree stops
+        self.service_openers: list[Callable[["AsyncNode"], Any]] = []
+        self.stopping = False
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike, **kwargs) -> "AsyncNode":
+        from ._config import load_topology
+
+        return cls(load_topology(path).node, **kwargs)
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the tree in order; returns once every child is READY. Raises NodeStartError."""
+        self.dir = node_dir(self.name)
+        for pid in kill_leftovers(self.name):
+            log.warning("otpy[%s]: stopped pid %d left by an earlier run of this node", self.name, pid)
+        self.processes = ProcessManager(node_name=self.name, on_output=self._on_output)
+        await self.processes.open()
+        env = {"OTPY_NODE_DIR": str(self.dir)}
+        self.root = Supervisor(self.spec.root, processes=self.processes, report=self._report, child_env=env)
+        try:
+            await self.root.start()
+        except StartFailed as exc:
+            await self.processes.close()
+            raise NodeStartError(str(exc)) from None
+        for open_service in self.service_openers:
+            self._services.append(await open_service(self))
+
+    async def stop(self) -> ExitReason:
+        """Ordered shutdown: children in reverse start order, then the node's own sockets."""
+        self.stopping = True
+        self._report("node_stopping", self.name, None, os.getpid(), "")
+        reason = await self.root.stop("infinity") if self.root else ExitReason(kind="shutdown")
+        await self._close_services()
+        return reason
+
+    async def wait(self) -> ExitReason:
+        """Wait until the root supervisor exits by itself or is stopped."""
+        reason = await asyncio.shield(self.root.exited)
+        await self._close_services()
+        return reason
+
+    async def _close_services(self) -> None:
+        while self._services:
+            await self._services.pop().close()
+        if self.processes is not None:
+            await self.processes.close()
+
+    # --- OTP's operations -------------------------------------------------------------------
+
+    def supervisor(self, sup_id: str | None) -> Supervisor | None:
+        return self.root.find_supervisor(sup_id or self.root.spec.id)
+
+    async def start_child(self, sup_id: str, spec: AnySpec) -> Result:
+        sup = self.supervisor(sup_id)
+        if sup is None:
+            return Result("not_found", detail=f"no supervisor {sup_id!r}")
+        if clash := self._id_clash(spec, sup):
+            return clash
+        return await sup.call(lambda ref: StartChild(spec, ref))
+
+    async def start_from_template(self, sup_id: str, template: str, child_id: str, args=None) -> Result:
+        sup = self.supervisor(sup_id)
+        if sup is None:
+            return Result("not_found", detail=f"no supervisor {sup_id!r}")
+        if (owner := self.root.find(child_id)) is not None and owner is not sup:
+            return Result("invalid", detail=f"id {child_id!r} is already used under {owner.spec.id!r}")
+        return await sup.call(lambda ref: StartFromTemplate(template, child_id, args or {}, ref))
+
+    async def terminate_child(self, child_id: str, sup_id: str | None = None) -> Result:
+        return await self._on_child(child_id, sup_id, lambda ref: TerminateChild(child_id, ref))
+
+    async def restart_child(self, child_id: str, sup_id: str | None = None) -> Result:
+        return await self._on_child(child_id, sup_id, lambda ref: RestartChild(child_id, ref))
+
+    async def delete_child(self, child_id: str, sup_id: str | None = None) -> Result:
+        return await self._on_child(child_id, sup_id, lambda ref: DeleteChild(child_id, ref))
+
+    def which_children(self, sup_id: str | None = None) -> list[dict[str, Any]]:
+        sup = self.supervisor(sup_id)
+        if sup is None:
+            raise LookupError(f"no supervisor {sup_id!r}")
+        return [
+            {"id": c.id, "pid": c.pid if c.state == "running" else None, "state": c.state,
+             "kind": c.spec.kind}
+            for c in (sup.machine.children[i] for i in sup.machine.order)
+        ]
+
+    def count_children(self, sup_id: str | None = None) -> dict[str, int]:
+        """OTP's counts: ``specs``, ``active`` (running), ``supervisors`` and ``workers`` (specs)."""
+        children = self.which_children(sup_id)
+        return {
+            "specs": len(children),
+            "active": sum(c["state"] == "running" for c in children),
+            "supervisors": sum(c["kind"] != "worker" for c in children),
+            "workers": sum(c["kind"] == "worker" for c in children),
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {"node": self.name, "pid": os.getpid(), "tree": self.root.snapshot()}
+
+    async def _on_child(self, child_id, sup_id, make_event) -> Result:
+        sup = self.supervisor(sup_id) if sup_id else self.root.find(child_id)
+        if sup is None:
+            where = f"supervisor {sup_id!r}" if sup_id else f"child {child_id!r}"
+            return Result("not_found", detail=f"no {where}")
+        return await sup.call(make_event)
+
+    def _id_clash(self, spec: AnySpec, target: Supervisor) -> Result | None:
+        for _, sub in walk(spec):
+            owner = self.root.find(sub.id)
+            if owner is not None and owner is not target or self.root.find_supervisor(sub.id):
+                where = owner.spec.id if owner else sub.id
+                return Result("invalid", detail=f"id {sub.id!r} is already used in this node (under {where!r})")
+        return None
+
+    # --- reports: logs and events -----------------------------------------------------------
+
+    def _report(self, kind: str, supervisor: str, child: str | None, pid: int | None, detail: str) -> None:
+        event = {"kind": kind, "node": self.name, "supervisor": supervisor, "child": child,
+                 "pid": pid, "detail": detail, "time": time.time()}
+        _log_event(event)
+        for listener in list(self.listeners):
+            listener(event)
+
+
+def _log_event(e: dict[str, Any]) -> None:
+    who = e["child"] or e["supervisor"]
+    pid = f" pid {e['pid']}" if e["pid"] else ""
+    detail = f": {e['detail']}" if e["detail"] else ""
+    text = {
+        "started": f"{who} started{pid} (under {e['supervisor']})",
+        "exited": f"{who} exited{detail}",
+        "stopped": f"{who} stopped{pid}{detail}",
+        "restarting": f"{who} restarting (under {e['supervisor']})",
+        "start_failed": f"{who} failed to start{detail}",
+        "gave_up": f"supervisor {e['supervisor']} gave up{detail}",
+        "auto_shutdown": f"supervisor {e['supervisor']} shuts down: significant child {who} ended",
+        "node_stopping": "stopping in order",
+    }.get(e["kind"], f"{e['kind']} {who}{detail}")
+    level = logging.WARNING if e["kind"] in ("exited", "start_failed", "gave_up") else logging.INFO
+    log.log(level, "otpy[%s]: %s", e["node"], text)
+
+
+class Node:
+    """The synchronous face of a node, for scripts: the loop runs in a background thread.
+
+    Every method blocks until the operation is done, with the same outcomes as AsyncNode.
+    """
+
+    def __init__(self, spec: NodeSpec, **kwargs) -> None:
+        self._spec = spec
+        self._kwargs = kwargs
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.aio: AsyncNode | None = None
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike, **kwargs) -> "Node":
+        from ._config import load_topology
+
+        return cls(load_topology(path).node, **kwargs)
+
+    @classmethod
+    def from_spec(cls, root: SupervisorSpec, name: str = "node", **kwargs) -> "Node":
+        return cls(NodeSpec(name=name, root=root), **kwargs)
+
+    def start(self) -> "Node":
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"otpy-{self._spec.name}", daemon=True)
+        self._thread.start()
+
+        async def make_and_start():
+            self.aio = AsyncNode(self._spec, **self._kwargs)
+            await self.aio.start()
+
+        try:
+            self._run(make_and_start())
+        except BaseException:
+            self._close_loop()
+            raise
+        return self
+
+    def stop(self) -> ExitReason | None:
+        if self._loop is None:
+            return None
+        try:
+            return self._run(self.aio.stop())
+        finally:
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        loop, self._loop = self._loop, None
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(timeout=10)
+        loop.close()
+
+    def __enter__(self) -> "Node":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _call(self, fn, *args):
+        async def on_loop():
+            return fn(*args)
+
+        return self._run(on_loop())
+
+    def start_child(self, sup_id: str, spec: AnySpec) -> Result:
+        return self._run(self.aio.start_child(sup_id, spec))
+
+    def start_from_template(self, sup_id: str, template: str, child_id: str, args=None) -> Result:
+        return self._run(self.aio.start_from_template(sup_id, template, child_id, args))
+
+    def terminate_child(self, child_id: str, sup_id: str | None = None) -> Result:
+        return self._run(self.aio.terminate_child(child_id, sup_id))
+
+    def restart_child(self, child_id: str, sup_id: str | None = None) -> Result:
+        return self._run(self.aio.restart_child(child_id, sup_id))
+
+    def delete_child(self, child_id: str, sup_id: str | None = None) -> Result:
+        return self._run(self.aio.delete_child(child_id, sup_id))
+
+    def which_children(self, sup_id: str | None = None) -> list[dict[str, Any]]:
+        return self._call(self.aio.which_children, sup_id)
+
+    def count_children(self, sup_id: str | None = None) -> dict[str, int]:
+        return self._call(self.aio.count_children, sup_id)
+
+    def status(self) -> dict[str, Any]:
+        return self._call(self.aio.status)
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
+

@@ -1,0 +1,530 @@
+"""The process manager: the one place that spawns, stops and reaps a node's OS processes.
+
+Children are forked by the node's zygote (``_zygote``), which reaps them and reports each
+death; the node learns of it from the zygote's socket, never by polling. Everything here
+runs on the node's asyncio loop, which may be in any thread: readers on fds only, no
+signal handlers. The only timers are the start timeout and the shutdown timeouts.
+
+A child's life: ``spawn`` returns after READY (or after exec, for ``ready="exec"``);
+``exited`` resolves with its ExitReason once it is dead; ``stop`` applies OTP's shutdown
+(SIGTERM, wait, SIGKILL) and waits for the death. Whatever is left in a dead child's
+process group is SIGKILLed, so no grandchild outlives it.
+
+If the zygote dies, its children are SIGKILLed and reaped here (the node is a child
+subreaper, so they are now its children) and the next spawn starts a new zygote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import psutil
+
+from ._exit import ExitReason, from_wait_status
+from ._protocol import ENCODER, FROM_ZYGOTE, Exited, Hello, Init, Spawn, Spawned, SpawnFailed
+from ._specs import ChildSpec, Shutdown
+from ._worker import become_subreaper
+
+log = logging.getLogger("otpy")
+
+OutputHandler = Callable[[str, str], None]
+READY_LINES = frozenset({"READY", "READY=1", ""})
+LINE_LIMIT = 1 << 16
+
+
+class StartFailed(Exception):
+    """A child did not reach READY; ``str()`` says why. Raised by ``ProcessManager.spawn``."""
+
+
+def print_output(child_id: str, line: str) -> None:
+    print(f"[{child_id}] {line}", file=sys.stderr)
+
+
+# --- one child ----------------------------------------------------------------------------
+
+
+class ChildProcess:
+    """A handle on one child process, made by ``ProcessManager.spawn``.
+
+    ``exited`` resolves with the ExitReason once the process is dead (reaped).
+    ``started_at`` is ``time.monotonic()`` at READY.
+    """
+
+    def __init__(self, spec: ChildSpec, loop: asyncio.AbstractEventLoop, notify_fd: int) -> None:
+        self.id = spec.id
+        self.spec = spec
+        self.pid = 0
+        self.started_at: float | None = None
+        self.exited: asyncio.Future[ExitReason] = loop.create_future()
+        self._ready: asyncio.Future[str | None] = loop.create_future()  # None, or why not
+        self._reported: str | None = None
+        self._failure: str | None = None
+        self._said_ready = False  # READY may come before the zygote's Spawned
+        self._kill_when_spawned = False
+        self._notify = LineReader(loop, notify_fd, self._on_notify)
+
+    def __repr__(self) -> str:
+        if self.exited.done():
+            state = f"exited: {self.exited.result()}"
+        else:
+            state = "running" if self.started_at is not None else "starting"
+        return f"<ChildProcess {self.id} pid={self.pid} {state}>"
+
+    async def stop(self, shutdown: Shutdown) -> ExitReason:
+        """OTP's shutdown: SIGTERM, wait up to ``shutdown`` s for the death, then SIGKILL.
+
+        ``"brutal_kill"`` SIGKILLs at once, ``"infinity"`` waits for ever after SIGTERM.
+        Returns once the process is dead (and its group's leftovers SIGKILLed). Idempotent.
+        """
+        if not self.exited.done():
+            if shutdown == "brutal_kill":
+                self.kill()
+            else:
+                self.send_signal(signal.SIGTERM)
+                if shutdown != "infinity":
+                    try:
+                        await asyncio.wait_for(asyncio.shield(self.exited), float(shutdown))
+                    except TimeoutError:
+                        self.kill()
+        return await asyncio.shield(self.exited)
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the process (not its group); nothing once it is dead."""
+        if self.pid and not self.exited.done():
+            _signal(os.kill, self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the process and its whole process group."""
+        if not self.pid:
+            self._kill_when_spawned = True
+        elif not self.exited.done():
+            kill_group(self.pid)
+            _signal(os.kill, self.pid, signal.SIGKILL)  # if it left its group
+
+    # --- events, from the manager and the notify pipe ----------------------------------------
+
+    def _on_spawned(self, pid: int) -> None:
+        self.pid = pid
+        if self._kill_when_spawned:
+            self.kill()
+            return
+        if self.spec.command is not None and self.spec.ready == "exec":
+            self._said_ready = True  # the zygote says Spawned once exec succeeded
+        self._become_ready()
+
+    def _on_notify(self, line: str) -> None:
+        if line in READY_LINES:
+            self._said_ready = True
+            self._become_ready()
+        elif line.startswith("FAILED"):
+            self._failure = line[len("FAILED"):].strip() or "the child reported FAILED"
+        elif line.startswith("EXIT "):
+            self._reported = line[len("EXIT "):].strip()
+
+    def _become_ready(self) -> None:
+        if self._said_ready and self.pid and not self._ready.done():
+            self.started_at = time.monotonic()
+            self._ready.set_result(None)
+
+    def _on_refused(self, reason: str) -> None:
+        self._finish(ExitReason(kind="failed", detail=reason), why=reason)
+
+    def _on_exited(self, status: int) -> None:
+        self._notify.drain()  # a READY, FAILED or EXIT written just before the end counts
+        self._finish(from_wait_status(status, self._reported))
+        kill_group(self.pid)  # leftovers; the zygote (their subreaper) reaps them
+
+    def _on_lost(self, detail: str) -> None:
+        self._finish(ExitReason(kind="killed", detail=detail))
+
+    def _time_out(self) -> None:
+        if not self._ready.done():
+            self._ready.set_result(f"no READY within {self.spec.start_timeout} s")
+            self.kill()
+
+    def _finish(self, reason: ExitReason, why: str | None = None) -> None:
+        self._notify.close()
+        if not self._ready.done():
+            self._ready.set_result(why or self._failure or f"exited before READY: {reason}")
+        if not self.exited.done():
+            self.exited.set_result(reason)
+
+
+class LineReader:
+    """Calls ``on_line`` for each line of a non-blocking pipe; closes the fd at EOF."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, on_line: Callable[[str], None],
+                 on_close: Callable[["LineReader"], None] | None = None) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._on_line = on_line
+        self._on_close = on_close
+        self._partial = b""
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._read_once)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def drain(self) -> None:
+        """Read everything in the pipe now."""
+        while not self.closed and self._read_once():
+            pass
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._loop.remove_reader(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        if self._partial:
+            self._emit([self._partial])
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def _read_once(self) -> bool:
+        try:
+            data = os.read(self._fd, LINE_LIMIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return False
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) >= LINE_LIMIT:
+            lines.append(self._partial)
+            self._partial = b""
+        self._emit(lines)
+        return True
+
+    def _emit(self, lines: list[bytes]) -> None:
+        for line in lines:
+            try:
+                self._on_line(line.rstrip(b"\r").decode(errors="replace"))
+            except Exception:
+                log.exception("otpy: output handler failed")
+
+
+# --- the zygote, seen from the node ----------------------------------------------------
+
+_OTPY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_live_zygotes: set[int] = set()  # pids, over every manager in this process
+
+
+class ZygoteLink:
+    """One running zygote: its process, its socket, and a pidfd that says when it died."""
+
+    def __init__(self, node_name: str, *, on_message: Callable, on_death: Callable) -> None:
+        self.node_name = node_name
+        self.returncode: int | None = None
+        self._on_message = on_message
+        self._on_death = on_death
+
+    async def start(self) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {**os.environ, "OTPY_NODE": self.node_name}  # the children's, and in /proc too
+        pythonpath = os.pathsep.join(filter(None, [_OTPY_ROOT, env.get("PYTHONPATH")]))
+        with theirs:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "otpy._zygote", str(theirs.fileno()), str(os.getpid())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env={**env, "PYTHONPATH": pythonpath})
+        _live_zygotes.add(self._proc.pid)
+        self._pidfd = os.pidfd_open(self._proc.pid)
+        self._sock.setblocking(False)
+        self._hello = loop.create_future()
+        self._death = loop.create_future()
+        loop.add_reader(self._sock.fileno(), self._read)
+        loop.add_reader(self._pidfd, self._died)
+        await self.send(Init(sys_path=list(sys.path), cwd=os.getcwd(), env=env))
+        await self._hello
+
+    async def send(self, message, fds: tuple[int, ...] = ()) -> None:
+        data = ENCODER.encode(message)
+        while True:
+            try:
+                socket.send_fds(self._sock, [data], fds) if fds else self._sock.send(data)
+                return
+            except BlockingIOError:
+                await self._writable()
+
+    async def _writable(self) -> None:
+        """Wait until the socket has room again, or the zygote is dead."""
+        writable = self._loop.create_future()
+
+        def on_writable() -> None:
+            self._loop.remove_writer(self._sock.fileno())
+            if not writable.done():
+                writable.set_result(None)
+
+        self._loop.add_writer(self._sock.fileno(), on_writable)
+        await asyncio.wait([writable, self._death], return_when=asyncio.FIRST_COMPLETED)
+
+    async def stop(self) -> None:
+        """Close the socket (the zygote kills what it still has and exits); wait for its death."""
+        self._close_socket()
+        await asyncio.shield(self._death)
+
+    def _read(self) -> None:
+        while self._sock.fileno() >= 0:
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_socket()
+                return
+            message = FROM_ZYGOTE.decode(data)
+            if isinstance(message, Hello):
+                self._hello.set_result(message.pid)
+            else:
+                self._on_message(message)
+
+    def _died(self) -> None:
+        self._read()  # the last reports first
+        self._close_socket()
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self.returncode = self._proc.wait()
+        _live_zygotes.discard(self._proc.pid)
+        if not self._hello.done():
+            self._hello.set_exception(RuntimeError(f"it exited with status {self.returncode}"))
+        self._death.set_result(self.returncode)
+        self._on_death(self)
+
+    def _close_socket(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._loop.remove_writer(self._sock.fileno())
+            self._sock.close()
+
+
+# --- the manager --------------------------------------------------------------------------
+
+
+class ProcessManager:
+    """Spawns a node's children through its zygote; stops and reaps them."""
+
+    def __init__(self, *, node_name: str, on_output: OutputHandler | None = None) -> None:
+        self.node_name = node_name
+        self.on_output = on_output or print_output
+        self._zygote: ZygoteLink | None = None
+        self._starting: asyncio.Task[ZygoteLink] | None = None
+        self._requests: dict[int, ChildProcess] = {}  # sent, no reply yet
+        self._children: dict[int, ChildProcess] = {}  # by pid, until reaped
+        self._request_ids = itertools.count(1)
+        self._reaping: set[asyncio.Future] = set()
+        self._outputs: set[LineReader] = set()  # open until EOF, which may come after the exit
+        self._closing = False
+
+    @property
+    def children(self) -> list[ChildProcess]:
+        """The children that reached READY and are not dead yet."""
+        return [c for c in self._children.values() if c.started_at is not None and not c.exited.done()]
+
+    async def open(self) -> None:
+        """Start the zygote and wait until it is ready for spawn requests."""
+        become_subreaper()
+        await self._ensure_zygote()
+
+    async def spawn(self, spec: ChildSpec, *, env: dict[str, str] | None = None) -> ChildProcess:
+        """Start ``spec``; returns after READY (or exec). Raises StartFailed, with no process left."""
+        if self._closing:
+            raise StartFailed("the process manager is closed")
+        zygote = await self._ensure_zygote()
+        loop = asyncio.get_running_loop()
+        notify_r, notify_w = os.pipe2(os.O_CLOEXEC)
+        output_r, output_w = os.pipe2(os.O_CLOEXEC)
+        self._outputs.add(LineReader(loop, output_r, lambda line: self.on_output(spec.id, line),
+                                     on_close=self._outputs.discard))
+        child = ChildProcess(spec, loop, notify_r)
+        request_id = next(self._request_ids)
+        self._requests[request_id] = child
+        try:
+            await zygote.send(Spawn(request_id=request_id, spec=spec, env=env or {}), (notify_w, output_w))
+        except Exception as exc:  # too large, not encodable, or the zygote just died
+            self._requests.pop(request_id, None)
+            child._on_refused(f"cannot send the spawn request: {exc}")
+        finally:
+            os.close(notify_w)
+            os.close(output_w)
+        return await self._until_ready(child, loop)
+
+    async def close(self) -> None:
+        """SIGKILL every remaining child's group, wait for the deaths, stop the zygote."""
+        self._closing = True
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
+        while self._children or self._requests:
+            pending = [*self._children.values(), *self._requests.values()]
+            for child in pending:
+                child.kill()
+            await asyncio.gather(*(asyncio.shield(c.exited) for c in pending))
+        if self._zygote is not None:
+            await self._zygote.stop()
+        while self._reaping:
+            await asyncio.gather(*self._reaping)
+        for output in list(self._outputs):
+            output.drain()
+            output.close()
+
+    # --- internals --------------------------------------------------------------------------
+
+    async def _until_ready(self, child: ChildProcess, loop: asyncio.AbstractEventLoop) -> ChildProcess:
+        timer = loop.call_later(child.spec.start_timeout, child._time_out)
+        try:
+            why_not = await asyncio.shield(child._ready)
+        except asyncio.CancelledError:
+            child.kill()
+            raise
+        finally:
+            timer.cancel()
+        if why_not is None:
+            return child
+        await asyncio.shield(child.exited)  # a failed start leaves nothing running
+        raise StartFailed(why_not)
+
+    async def _ensure_zygote(self) -> ZygoteLink:
+        """The running zygote; the first call after a death starts a new one."""
+        if self._zygote is None:
+            if self._starting is None:
+                self._starting = asyncio.get_running_loop().create_task(self._start_zygote())
+            try:
+                await asyncio.shield(self._starting)
+            except Exception as exc:
+                raise StartFailed(f"cannot start the zygote: {exc}") from None
+        if self._zygote is None:
+            raise StartFailed("the zygote died as it started")
+        return self._zygote
+
+    async def _start_zygote(self) -> None:
+        try:
+            while self._reaping:  # what the last zygote left is gone first (it carries OTPY_NODE too)
+                await asyncio.gather(*self._reaping, return_exceptions=True)
+            link = ZygoteLink(self.node_name, on_message=self._on_message, on_death=self._on_zygote_death)
+            await link.start()
+            self._zygote = link
+        finally:
+            self._starting = None
+
+    def _on_message(self, message) -> None:
+        match message:
+            case Spawned(request_id=request_id, pid=pid):
+                child = self._requests.pop(request_id)
+                self._children[pid] = child
+                child._on_spawned(pid)
+            case SpawnFailed(request_id=request_id, reason=reason):
+                self._requests.pop(request_id)._on_refused(reason)
+            case Exited(pid=pid, status=status):
+                child = self._children.pop(pid, None)
+                if child is not None:
+                    child._on_exited(status)
+
+    def _on_zygote_death(self, link: ZygoteLink) -> None:
+        """Kill and reap what the zygote left; its children's ``exited`` resolve after that."""
+        if self._zygote is link:
+            self._zygote = None
+        detail = "process manager closed" if self._closing else "zygote died"
+        if not self._closing:
+            log.warning("otpy[%s]: the zygote died (status %s)", self.node_name, link.returncode)
+        lost = [*self._requests.values(), *self._children.values()]
+        self._requests.clear()
+        self._children.clear()
+        reaped = asyncio.get_running_loop().run_in_executor(
+            None, kill_and_reap_strays, self.node_name, {c.pid for c in lost if c.pid})
+        self._reaping.add(reaped)
+
+        def resolve(_) -> None:
+            self._reaping.discard(reaped)
+            for child in lost:
+                child._on_lost(detail)
+
+        reaped.add_done_callback(resolve)
+
+
+# --- processes without a zygote -----------------------------------------------------------
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process in the process group ``pgid`` (a child's pid)."""
+    if pgid > 0:
+        _signal(os.killpg, pgid, signal.SIGKILL)
+
+
+def _signal(send: Callable[[int, int], None], target: int, sig: int) -> None:
+    try:
+        send(target, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_and_reap_strays(node_name: str, pids: set[int]) -> None:
+    """SIGKILL and reap what a dead zygote left (blocking: run it in a thread).
+
+    That is ``pids``, then every child of this process from this node (or in their groups)
+    that is not a live zygote. As the node is a subreaper, each round's dead hand their
+    own children to it, so rounds go on until nothing of the node is left.
+    """
+    groups = set(pids)
+    pids = pids | _stray_children(node_name, groups)
+    while pids:
+        for pid in pids:
+            kill_group(pid)
+            _signal(os.kill, pid, signal.SIGKILL)
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        pids = _stray_children(node_name, groups)
+
+
+def _stray_children(node_name: str, groups: set[int]) -> set[int]:
+    found = set()
+    for proc in psutil.Process().children():
+        if proc.pid in _live_zygotes:
+            continue
+        try:
+            if os.getpgid(proc.pid) in groups or proc.environ().get("OTPY_NODE") == node_name:
+                found.add(proc.pid)
+        except (OSError, psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def kill_leftovers(node_name: str) -> list[int]:
+    """SIGKILL every process of this user with ``OTPY_NODE=<node_name>`` in its environment.
+
+    For a node starting again after its earlier run died: what that run left is killed.
+    This process and its own descendants are spared. Returns the pids killed.
+    """
+    me = psutil.Process()
+    spared = {me.pid} | {p.pid for p in me.children(recursive=True)}
+    uid = os.getuid()
+    killed = []
+    for proc in psutil.process_iter(["uids"]):
+        uids = proc.info["uids"]
+        if proc.pid in spared or uids is None or uids.real != uid:
+            continue
+        try:
+            if proc.environ().get("OTPY_NODE") == node_name:
+                proc.kill()
+                killed.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return killed

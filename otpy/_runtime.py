@@ -1,0 +1,56 @@
+"""Where a node keeps its sockets and state: a private folder per node and user.
+
+``$XDG_RUNTIME_DIR/otpy/<node>/`` when that variable is set, else ``/tmp/otpy-<uid>/<node>/``.
+Folders are created with mode 0700 and checked to belong to this user: nobody else can
+reach the sockets inside. ``OTPY_RUNTIME_DIR`` overrides the root (tests use it).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+
+class RuntimeDirError(RuntimeError):
+    """The runtime folder exists but is not private to this user; fix or remove it."""
+
+
+def runtime_root() -> Path:
+    if override := os.environ.get("OTPY_RUNTIME_DIR"):
+        return Path(override)
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(xdg) / "otpy"
+    return Path(f"/tmp/otpy-{os.getuid()}")
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise RuntimeDirError(f"{path} is not a folder owned by uid {os.getuid()}; remove it and retry")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
+def node_dir(name: str) -> Path:
+    """The node's private folder, created if needed."""
+    _private_dir(runtime_root())
+    return _private_dir(runtime_root() / name)
+
+
+def control_endpoint(name: str) -> str:
+    return f"ipc://{runtime_root() / name / 'control.sock'}"
+
+
+def events_endpoint(name: str) -> str:
+    return f"ipc://{runtime_root() / name / 'events.sock'}"
+
+
+def running_nodes() -> list[str]:
+    """Names of nodes of this user that have a control socket (they may have died: ask them)."""
+    root = runtime_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "control.sock").exists())

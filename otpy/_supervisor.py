@@ -1,0 +1,245 @@
+"""The supervisor shell: runs a state machine on the node's event loop and carries out its effects.
+
+One ``Supervisor`` per supervisor in the tree, static or dynamic. It owns an inbox (an
+``asyncio.Queue``) and handles one event at a time, like OTP's gen_server loop: while it
+starts or stops a child it is busy, and whatever arrives meanwhile waits in the inbox.
+Decisions are the machine's (``_machine``, ``_dynamic``); processes are the process
+manager's (``_processes``); this module only connects the two.
+
+Supervisors run inside the node process, workers in their own OS processes. A child
+supervisor is a ``Supervisor`` object whose ``exited`` future plays the role of an OS exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from typing import Any, Callable, Protocol
+
+from ._dynamic import DynamicMachine
+from ._effects import (
+    ChildExited, Effect, Event, Exit, Init, Post, Reply, Report, Result, Spawn, SpawnFailed,
+    SpawnOk, Stop, StopSupervisor,
+)
+from ._exit import ExitReason
+from ._machine import StaticMachine
+from ._processes import ProcessManager, StartFailed
+from ._specs import AnySpec, ChildSpec, DynamicSupervisorSpec, Shutdown, SupervisorSpec
+
+log = logging.getLogger("otpy")
+
+KILLED = ExitReason(kind="killed", detail="supervisor killed after its shutdown timeout")
+# (kind, supervisor id, child id, pid, detail): the node turns these into logs and events.
+Reporter = Callable[[str, str, str | None, int | None, str], None]
+
+_refs = itertools.count(1)
+
+
+class Handle(Protocol):
+    """What a supervisor needs of a running child: a worker process or a child supervisor."""
+
+    spec: AnySpec
+    pid: int | None
+    exited: asyncio.Future
+
+    async def stop(self, shutdown: Shutdown) -> ExitReason: ...
+
+
+class Supervisor:
+    """A running supervisor. Create it, ``await start()``, then talk to it with ``call``."""
+
+    def __init__(
+        self,
+        spec: SupervisorSpec | DynamicSupervisorSpec,
+        *,
+        processes: ProcessManager,
+        report: Reporter,
+        clock: Callable[[], float] = time.monotonic,
+        child_env: dict[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.machine = DynamicMachine(spec) if isinstance(spec, DynamicSupervisorSpec) else StaticMachine(spec)
+        self.pid = os.getpid()
+        self.started_at: float | None = None
+        self._processes = processes
+        self._report = report
+        self._clock = clock
+        self._child_env = child_env or {}
+        self._handles: dict[str, Handle] = {}
+        self._inbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+        self.exited: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
+        self.error: str | None = None  # why init failed, or the last give-up
+
+    def __repr__(self) -> str:
+        state = "running" if not self.exited.done() else f"exited: {self.exited.result()}"
+        return f"<Supervisor {self.spec.id} {self.spec.kind} {state}>"
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the children in order (OTP's ``start_link``). Raises StartFailed on failure."""
+        await self._drive(Init())
+        if self.exited.done():
+            raise StartFailed(self.error or f"supervisor {self.spec.id!r} failed to start")
+        self.started_at = time.monotonic()
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"otpy:{self.spec.id}")
+
+    async def stop(self, shutdown: Shutdown = "infinity") -> ExitReason:
+        """Ask for an ordered shutdown; after ``shutdown`` seconds, kill the subtree instead."""
+        if self.exited.done():
+            return self.exited.result()
+        if shutdown == "brutal_kill":
+            return await self.kill()
+        self._inbox.put_nowait(StopSupervisor())
+        if shutdown == "infinity":
+            return await asyncio.shield(self.exited)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.exited), shutdown)
+        except TimeoutError:
+            return await self.kill()
+
+    async def kill(self, reason: ExitReason = KILLED) -> ExitReason:
+        """Stop serving and SIGKILL every process below, at once (``brutal_kill`` of a supervisor)."""
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+        handles, self._handles = list(self._handles.values()), {}
+        await asyncio.gather(*(h.stop("brutal_kill") for h in handles), return_exceptions=True)
+        self._finish(reason)
+        return reason
+
+    async def call(self, make_event: Callable[[asyncio.Future], Event]) -> Result:
+        """Queue an administrative event behind the others and wait for its reply."""
+        if self.exited.done():
+            return Result("not_found", detail=f"supervisor {self.spec.id!r} is not running")
+        reply: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(make_event(reply))
+        done, _ = await asyncio.wait({reply, self.exited}, return_when=asyncio.FIRST_COMPLETED)
+        if reply.done():
+            return reply.result()
+        return Result("not_found", detail=f"supervisor {self.spec.id!r} stopped")
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        try:
+            while not self.exited.done():
+                await self._drive(await self._inbox.get())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in otpy: crash this supervisor, not the node
+            log.exception("supervisor %s crashed", self.spec.id)
+            await self.kill(ExitReason(kind="crashed", detail=f"supervisor crashed: {exc!r}"))
+
+    async def _drive(self, event: Event) -> None:
+        effects = self.machine.handle(event, self._clock())
+        while effects:
+            feedback: Event | None = None
+            for effect in effects:
+                feedback = await self._carry_out(effect) or feedback
+            effects = self.machine.handle(feedback, self._clock()) if feedback else []
+
+    async def _carry_out(self, effect: Effect) -> Event | None:
+        match effect:
+            case Spawn(spec):
+                return await self._spawn(spec)
+            case Stop(ids, parallel):
+                await self._stop(ids, parallel)
+            case Post(event):
+                self._inbox.put_nowait(event)
+            case Reply(ref, result):
+                if isinstance(ref, asyncio.Future) and not ref.done():
+                    ref.set_result(result)
+            case Report(kind, child, detail):
+                self._report(kind, self.spec.id, child, None, detail)
+                if kind == "gave_up":
+                    self.error = detail
+            case Exit(reason, error):
+                self.error = error or self.error
+                self._finish(reason)
+        return None
+
+    async def _spawn(self, spec: AnySpec) -> Event:
+        ref = next(_refs)
+        try:
+            handle = await self._start_handle(spec)
+        except StartFailed as exc:
+            return SpawnFailed(spec.id, str(exc))
+        self._handles[spec.id] = handle
+        handle.exited.add_done_callback(
+            lambda fut: self._inbox.put_nowait(ChildExited(spec.id, ref, fut.result()))
+        )
+        self._report("started", self.spec.id, spec.id, handle.pid, "")
+        return SpawnOk(spec.id, ref, handle.pid)
+
+    async def _start_handle(self, spec: AnySpec) -> Handle:
+        if isinstance(spec, ChildSpec):
+            return await self._processes.spawn(spec, env=self._child_env)
+        child = Supervisor(spec, processes=self._processes, report=self._report,
+                           clock=self._clock, child_env=self._child_env)
+        await child.start()
+        return child
+
+    async def _stop(self, ids: tuple[str, ...], parallel: bool) -> None:
+        handles = [(i, self._handles.pop(i)) for i in ids if i in self._handles]
+        if parallel:
+            reasons = await asyncio.gather(*(h.stop(h.spec.shutdown) for _, h in handles))
+            for (i, h), reason in zip(handles, reasons):
+                self._report("stopped", self.spec.id, i, h.pid, str(reason))
+            return
+        for i, h in handles:
+            reason = await h.stop(h.spec.shutdown)
+            self._report("stopped", self.spec.id, i, h.pid, str(reason))
+
+    def _finish(self, reason: ExitReason) -> None:
+        if not self.exited.done():
+            self.exited.set_result(reason)
+        while not self._inbox.empty():  # answer whoever is still waiting
+            event = self._inbox.get_nowait()
+            ref = getattr(event, "ref", None)
+            if isinstance(ref, asyncio.Future) and not ref.done():
+                ref.set_result(Result("not_found", detail=f"supervisor {self.spec.id!r} stopped"))
+
+    # --- what the tree looks like -----------------------------------------------------------
+
+    def find(self, child_id: str) -> "Supervisor | None":
+        """The supervisor (this one or one below) that has a child named ``child_id``."""
+        if child_id in self.machine.children:
+            return self
+        for handle in self._handles.values():
+            if isinstance(handle, Supervisor) and (found := handle.find(child_id)):
+                return found
+        return None
+
+    def find_supervisor(self, sup_id: str) -> "Supervisor | None":
+        if self.spec.id == sup_id:
+            return self
+        for handle in self._handles.values():
+            if isinstance(handle, Supervisor) and (found := handle.find_supervisor(sup_id)):
+                return found
+        return None
+
+    def handle_of(self, child_id: str) -> Handle | None:
+        return self._handles.get(child_id)
+
+    def snapshot(self) -> dict[str, Any]:
+        """This supervisor and everything below it, as plain data (``otpy status``)."""
+        children = []
+        for child_id in self.machine.order:
+            child = self.machine.children[child_id]
+            handle = self._handles.get(child_id) if child.state == "running" else None
+            if isinstance(handle, Supervisor):
+                entry = handle.snapshot()
+            else:
+                entry = {"id": child_id, "kind": child.spec.kind, "state": child.state,
+                         "pid": child.pid, "started_at": getattr(handle, "started_at", None)}
+                if child.spec.kind != "worker":
+                    entry["children"] = []
+            entry["restarts"] = child.restarts
+            children.append(entry)
+        state = "running" if not self.exited.done() else "stopped"
+        return {"id": self.spec.id, "kind": self.spec.kind, "state": state, "pid": self.pid,
+                "started_at": self.started_at, "restarts": 0, "children": children}

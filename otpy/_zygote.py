@@ -1,0 +1,297 @@
+"""The zygote: otpy's fork server. It forks every child of a node and reaps every one.
+
+The node starts one per node as ``python -m otpy._zygote SOCKET_FD NODE_PID``. It imports
+the worker's modules once and freezes them for the garbage collector, so a forked worker
+starts with everything loaded (a restart costs a fork, not an interpreter). It is single
+threaded, never creates a ZeroMQ context, dies with the node (parent-death signal) and is
+a child subreaper: orphaned grandchildren come back to it and are reaped here, so no
+zombie is left anywhere. Messages are in ``_protocol`` (node <-> zygote).
+
+In a child, before the program or command runs: its own process group, the parent-death
+signal, default signal handling, ``/dev/null`` on fd 0, the output pipe on fds 1 and 2,
+the notify pipe on fd 3, no other fd, ``OTPY_*`` plus the spec's and request's environment.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+from typing import NoReturn
+
+import msgspec  # noqa: F401  (pre-imported for the workers)
+import zmq  # noqa: F401  (pre-imported for the workers)
+
+from otpy import _worker
+from otpy._program import import_target
+from otpy._protocol import ENCODER, TO_ZYGOTE, Exited, Hello, Init, Spawn, Spawned, SpawnFailed
+
+MAX_MESSAGE = 1 << 18
+MAX_FD = os.sysconf("SC_OPEN_MAX")
+NOTIFY_FD, ERROR_FD = 3, 4  # in the child; ERROR_FD is close-on-exec (commands only)
+
+
+class Zygote:
+    """The fork server's state: the node's socket, and the pids it spawned and not yet reaped."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pid = os.getpid()
+        self.spawned: set[int] = set()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.modules_frozen = 0
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Answer spawn requests and reap children until the node closes the socket."""
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.set_wakeup_fd(self.wake_w)
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        self.reap()  # a SIGCHLD before the handler was installed
+        while True:
+            for fd, _ in poller.poll():
+                if fd == self.wake_r:
+                    self.drain_wakeups()
+                    self.reap()
+                elif not self.receive():
+                    self.kill_all()
+                    return
+
+    def receive(self) -> bool:
+        """Handle one message; False when the node closed the socket."""
+        data, fds, flags, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 2)
+        if not data:
+            return False
+        if flags & socket.MSG_TRUNC:
+            raise RuntimeError(f"message larger than {MAX_MESSAGE} bytes")
+        match TO_ZYGOTE.decode(data):
+            case Init() as init:
+                self.init(init)
+            case Spawn() as request:
+                self.spawn(request, fds)
+        return True
+
+    def send(self, message) -> None:
+        try:
+            self.sock.send(ENCODER.encode(message))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the node is gone: its EOF (or the parent-death signal) ends the loop
+
+    def drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def reap(self) -> None:
+        """Reap every dead child; report the ones we spawned, drop orphaned grandchildren."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.spawned:
+                self.spawned.discard(pid)
+                self.send(Exited(pid=pid, status=status))
+
+    def kill_all(self) -> None:
+        """The node is gone or closing: kill every child's group and reap what is dead."""
+        for pid in self.spawned:
+            _kill_group(pid)
+        for pid in self.spawned:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self.spawned.clear()
+        self.reap()
+
+    # --- requests -------------------------------------------------------------------------
+
+    def init(self, init: Init) -> None:
+        sys.path[:] = init.sys_path
+        os.chdir(init.cwd)
+        os.environ.clear()
+        os.environ.update(init.env)
+        self.send(Hello(pid=os.getpid()))
+
+    def spawn(self, request: Spawn, fds: list[int]) -> None:
+        try:
+            if len(fds) != 2:
+                raise _Refused(f"spawn request carried {len(fds)} fds, not 2")
+            fork = self.fork_program if request.spec.program else self.fork_command
+            pid = fork(request, *fds)
+        except (_Refused, OSError) as refused:
+            reason = str(refused) if isinstance(refused, _Refused) else f"fork failed: {refused}"
+            self.send(SpawnFailed(request_id=request.request_id, reason=reason))
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self.spawned.add(pid)
+        self.send(Spawned(request_id=request.request_id, pid=pid))
+
+    def fork_program(self, request: Spawn, notify: int, output: int) -> int:
+        self.preload(request.spec.program)
+        pid = os.fork()
+        if pid == 0:
+            self.in_child(self.run_program, request, notify, output)
+        return pid
+
+    def fork_command(self, request: Spawn, notify: int, output: int) -> int:
+        """Fork and exec; the close-on-exec error pipe says whether exec succeeded."""
+        error_r, error_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            self.in_child(self.exec_command, request, notify, output, error_w)
+        os.close(error_w)
+        try:
+            error = _read_all(error_r)
+        finally:
+            os.close(error_r)
+        if error:
+            os.waitpid(pid, 0)
+            raise _Refused(f"exec failed: {error.decode(errors='replace')}")
+        return pid
+
+    def preload(self, target: str) -> None:
+        """Import the program in the zygote, so that every fork of it finds it loaded."""
+        try:
+            import_target(target)
+        except BaseException as exc:
+            raise _Refused(f"cannot import {target!r}: {type(exc).__name__}: {exc}") from None
+        if len(sys.modules) != self.modules_frozen:
+            gc.freeze()
+            self.modules_frozen = len(sys.modules)
+
+    # --- in the child ---------------------------------------------------------------------
+
+    def in_child(self, body, *args) -> NoReturn:
+        """Run ``body(*args)`` in the forked child; never return into the zygote's loop."""
+        try:
+            self.sock.detach()  # its fd is closed below; the object must not close another
+            body(*args)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(1)
+
+    def enter_child(self, request: Spawn, notify: int, output: int, *, exec_: bool, error: int = -1) -> None:
+        """Turn this fork into a fresh child: its fds first, so later errors can be reported."""
+        spec = request.spec
+        notify, output, error, devnull = (_above(fd, ERROR_FD) for fd in (notify, output, error, self.devnull))
+        os.dup2(devnull, 0)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.dup2(notify, NOTIFY_FD)
+        if error >= 0:
+            os.dup2(error, ERROR_FD, inheritable=False)
+        os.closerange(ERROR_FD + 1 if error >= 0 else ERROR_FD, MAX_FD)
+        os.setpgid(0, 0)
+        _worker.die_with_parent(self.pid)
+        _reset_signals(exec_)
+        os.environ.update({"OTPY_CHILD_ID": spec.id, "OTPY_NOTIFY_FD": str(NOTIFY_FD)})
+        os.environ.update(spec.env)
+        os.environ.update(request.env)
+        if spec.cwd:
+            os.chdir(spec.cwd)
+
+    def run_program(self, request: Spawn, notify: int, output: int) -> NoReturn:
+        try:
+            self.enter_child(request, notify, output, exec_=False)
+        except Exception as exc:
+            _worker.fail(f"cannot start the child: {exc}")
+        sys.stdout.reconfigure(line_buffering=True)
+        _worker.run(request.spec)
+
+    def exec_command(self, request: Spawn, notify: int, output: int, error: int) -> NoReturn:
+        argv = list(request.spec.command or ())
+        try:
+            self.enter_child(request, notify, output, exec_=True, error=error)
+        except Exception as exc:
+            _write_error(str(exc))
+        try:
+            if not argv:
+                raise ValueError("empty command")
+            os.execvpe(argv[0], argv, os.environ)
+        except OSError as exc:
+            _write_error(f"[Errno {exc.errno}] {exc.strerror}: {argv[0]!r}")
+        except BaseException as exc:
+            _write_error(f"{type(exc).__name__}: {exc}")
+
+
+class _Refused(Exception):
+    """A spawn request that leaves no child behind; its text is the reply's reason."""
+
+
+def _above(fd: int, highest: int) -> int:
+    """``fd``, moved above ``highest`` if it is one of the fds the child's dup2s overwrite."""
+    return fd if fd < 0 or fd > highest else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, highest + 1)
+
+
+def _write_error(text: str) -> NoReturn:
+    """In a command child: tell the zygote, through the error pipe, why there is no exec."""
+    os.write(ERROR_FD, text.encode(errors="replace"))
+    os._exit(127)
+
+
+def _reset_signals(exec_: bool) -> None:
+    """What a fresh process has: Python's own defaults for a worker, SIG_DFL for a command."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    if exec_:
+        for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+    else:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def _kill_group(pid: int) -> None:
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _ensure_std_fds() -> None:
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)
+
+
+def main() -> None:
+    sock_fd, node_pid = int(sys.argv[1]), int(sys.argv[2])
+    _worker.die_with_parent(node_pid)
+    _worker.become_subreaper()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's to handle
+    _ensure_std_fds()
+    sock = socket.socket(fileno=sock_fd)
+    gc.freeze()
+    Zygote(sock).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Test helpers: tiny `sys.executable -c` children, specs built in Python, and an event waiter."""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import time
+
+import otpy
+
+# A command child that runs until stopped; on SIGTERM it appends its id to $LOG, then exits.
+SLEEPER = (
+    "import os, signal, sys, time\n"
+    "def bye(*_):\n"
+    "    if os.environ.get('LOG'):\n"
+    "        with open(os.environ['LOG'], 'a') as f: f.write(os.environ['OTPY_CHILD_ID'] + '\\n')\n"
+    "    sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, bye)\n"
+    "os.write(int(os.environ['OTPY_NOTIFY_FD']), b'READY\\n')\n"
+    "print('up', flush=True)\n"
+    "while True: time.sleep(3600)\n"
+)
+IGNORES_TERM = (
+    "import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "os.write(int(os.environ['OTPY_NOTIFY_FD']), b'READY\\n')\nwhile True: time.sleep(3600)\n"
+)
+
+
+def python(code: str) -> tuple[str, ...]:
+    return (sys.executable, "-c", code)
+
+
+def sleeper(id: str, **kw) -> otpy.ChildSpec:
+    return otpy.ChildSpec(id=id, command=python(SLEEPER), ready="notify", **kw)
+
+
+def exits_with(id: str, code: int, **kw) -> otpy.ChildSpec:
+    return otpy.ChildSpec(id=id, command=python(f"import sys; sys.exit({code})"), **kw)
+
+
+class Events:
+    """Collects a node's events (started, exited, stopped, ...) for waiting with a deadline."""
+
+    def __init__(self, node: otpy.Node) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self.seen: list[dict] = []
+        node.aio.listeners.append(self._queue.put)
+
+    def wait(self, kind: str, child: str | None = None, timeout: float = 10.0, **match) -> dict:
+        deadline = time.monotonic() + timeout
+        for event in self.seen:
+            if event.get("_taken") is None and _matches(event, kind, child, match):
+                event["_taken"] = True
+                return event
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {kind} event for {child!r} within {timeout} s; seen: "
+                                     f"{[(e['kind'], e['child']) for e in self.seen]}")
+            try:
+                event = self._queue.get(timeout=left)
+            except queue.Empty:
+                continue
+            self.seen.append(event)
+            if _matches(event, kind, child, match):
+                event["_taken"] = True
+                return event
+
+    def drain(self) -> list[dict]:
+        while True:
+            try:
+                self.seen.append(self._queue.get_nowait())
+            except queue.Empty:
+                return self.seen
+
+
+def _matches(event: dict, kind: str, child: str | None, match: dict) -> bool:
+    return (event["kind"] == kind and (child is None or event["child"] == child)
+            and all(event.get(k) == v for k, v in match.items()))
+
+
+def pids(node: otpy.Node, sup: str = "root") -> dict[str, int | None]:
+    return {c["id"]: c["pid"] for c in node.which_children(sup)}
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_dead(pids_: list[int], timeout: float) -> list[int]:
+    """Pids still alive after ``timeout`` seconds (psutil waits on each pid's end)."""
+    import psutil
+
+    procs = []
+    for pid in pids_:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, still = psutil.wait_procs(procs, timeout=timeout)
+    return [p.pid for p in still if alive(p.pid)]
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
