@@ -1,0 +1,82 @@
+"""Tiny programs for the process tests: each one does a single thing the tests check."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from otpy import _worker
+from otpy._program import Program
+
+
+class Sleeper(Program):
+    """Sets up and serves nothing; prints one line so that output can be checked."""
+
+    def setup(self, args, config):
+        print(args.get("say", "hello from sleeper"))
+
+
+class FailingSetup(Program):
+    def setup(self, args, config):
+        raise ValueError("boom")
+
+
+class SlowSetup(Program):
+    """Prints its pid, then takes longer to set up than the test's start_timeout."""
+
+    def setup(self, args, config):
+        print(os.getpid(), flush=True)
+        time.sleep(args.get("seconds", 30))
+
+
+class IgnoresTerm(Program):
+    def setup(self, args, config):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class Forker(Program):
+    """Forks a grandchild that sleeps for ever and writes its pid to ``args["pid_file"]``."""
+
+    def setup(self, args, config):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                while True:
+                    time.sleep(3600)
+            finally:
+                os._exit(0)
+        with open(args["pid_file"] + ".tmp", "w") as file:
+            file.write(str(pid))
+        os.replace(args["pid_file"] + ".tmp", args["pid_file"])
+
+
+class ShutdownExit(Program):
+    """Asks for a clean exit right after READY, from a thread."""
+
+    def setup(self, args, config):
+        threading.Thread(target=self._exit_soon, daemon=True).start()
+
+    def _exit_soon(self):
+        time.sleep(0.05)  # let the worker write READY first
+        _worker.exit_shutdown()
+
+
+class TearsDown(Program):
+    """Writes a line in teardown, so the test sees that SIGTERM ran it."""
+
+    def teardown(self):
+        print("teardown ran", flush=True)
+
+
+class ShowsItsPlace(Program):
+    """Prints its working directory and the environment variables a test names."""
+
+    def setup(self, args, config):
+        print(os.getcwd(), *(os.environ.get(name, "-") for name in args["names"]))
+
+
+def echo(**inputs):
+    """A plain function is a program too."""
+    return inputs
