@@ -79,3 +79,46 @@ ZygoteMessage = Union[ToZygote, FromZygote]
 
 TO_ZYGOTE = msgspec.msgpack.Decoder(ToZygote)
 FROM_ZYGOTE = msgspec.msgpack.Decoder(FromZygote)
+
+
+# --- caller <-> agent (calls) -------------------------------------------------------------
+# The agent binds a ROUTER at its call endpoint; callers connect DEALERs. Frames: one
+# message per ZeroMQ message (after the ROUTER's identity frame). ``call_id`` is unique per
+# caller socket; a reply whose call_id is no longer awaited is dropped.
+
+
+class Call(Message):
+    """caller -> agent: run ``forward(**inputs)``."""
+
+    call_id: int
+    inputs: dict[str, object] = {}
+
+
+class Reply(Message):
+    """agent -> caller: ``forward`` returned ``outputs``."""
+
+    call_id: int
+    outputs: dict[str, object] = {}
+
+
+class CallFailed(Message):
+    """agent -> caller: the call did not produce outputs.
+
+    ``kind``: ``raised`` (forward raised: ``error_type``, ``message`` and ``traceback`` are the
+    remote exception's), ``overloaded`` (the agent's queue is full), ``bad_request`` (the
+    message could not be decoded), ``unencodable`` (an output cannot be encoded; ``message``
+    names the field).
+    """
+
+    call_id: int
+    kind: str
+    error_type: str = ""
+    message: str = ""
+    traceback: str = ""
+
+
+ToAgent = Call
+FromAgent = Union[Reply, CallFailed]
+
+TO_AGENT = msgspec.msgpack.Decoder(ToAgent)
+FROM_AGENT = msgspec.msgpack.Decoder(FromAgent)
