@@ -1,0 +1,162 @@
+"""Restart latency: SIGKILL a child, time until its replacement has reported READY.
+
+    python bench/restart_latency.py [--n 200] [--json FILE]
+
+Two series, each against a baseline measured in the same run on the same machine:
+
+- ``program``: a Python program child (forked from otpy's pre-imported zygote). Baseline:
+  the physical floor, ``os.fork()`` of this benchmark process, child writes READY to a pipe,
+  parent reads it and reaps the child.
+- ``command``: a command child (``python -c`` writing READY to $OTPY_NOTIFY_FD, exec'd).
+  Baseline: ``subprocess.Popen`` of the same program until READY.
+
+The clock starts just before ``os.kill(pid, SIGKILL)`` and stops when the node reports the
+new incarnation ``started``, which it does only after the child wrote READY (the full event,
+not the moment a pid exists). The node runs in this process, so there is no client hop; the
+cost of the kill call and the event callback is measured and printed as ``overhead``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import otpy  # noqa: E402
+
+NOTIFY = "import os; os.write(int(os.environ['OTPY_NOTIFY_FD']), b'READY\\n'); import time; time.sleep(3600)"
+
+
+def summarize(samples_s: list[float]) -> dict:
+    ms = sorted(s * 1000 for s in samples_s)
+
+    def pct(p: float) -> float:
+        return ms[min(len(ms) - 1, int(round(p / 100 * (len(ms) - 1))))]
+
+    return {"p50_ms": round(pct(50), 3), "p95_ms": round(pct(95), 3), "p99_ms": round(pct(99), 3),
+            "max_ms": round(ms[-1], 3), "mean_ms": round(statistics.fmean(ms), 3), "n": len(ms)}
+
+
+async def measure_restarts(spec: otpy.ChildSpec, n: int) -> list[float]:
+    root = otpy.SupervisorSpec(id="root", max_restarts=n * 10, max_seconds=1, children=(spec,))
+    node = otpy.AsyncNode(otpy.NodeSpec(name=f"bench-restart-{os.getpid()}", root=root),
+                          on_output=lambda *_: None)
+    started: asyncio.Queue = asyncio.Queue()
+    await node.start()
+    node.listeners.append(lambda e: e["kind"] == "started" and started.put_nowait((time.perf_counter(), e["pid"])))
+    samples = []
+    try:
+        pid = node.which_children()[0]["pid"]
+        for _ in range(n):
+            t0 = time.perf_counter()
+            os.kill(pid, signal.SIGKILL)
+            t1, pid = await asyncio.wait_for(started.get(), 10)
+            samples.append(t1 - t0)
+    finally:
+        await node.stop()
+    return samples
+
+
+def fork_floor(n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        r, w = os.pipe()
+        t0 = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os.write(w, b"READY\n")
+            os._exit(0)
+        os.read(r, 16)
+        samples.append(time.perf_counter() - t0)
+        os.waitpid(pid, 0)
+        os.close(r)
+        os.close(w)
+    return samples
+
+
+def exec_floor(n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        r, w = os.pipe()
+        env = dict(os.environ, OTPY_NOTIFY_FD=str(w))
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", NOTIFY], pass_fds=(w,), env=env)
+        os.read(r, 16)
+        samples.append(time.perf_counter() - t0)
+        proc.kill()
+        proc.wait()
+        os.close(r)
+        os.close(w)
+    return samples
+
+
+def overhead(n: int) -> list[float]:
+    """What the harness adds: a kill of a dead-end pid plus a queue hand-off on the loop."""
+    async def run():
+        q: asyncio.Queue = asyncio.Queue()
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            try:
+                os.kill(2**22 + 1, 0)
+            except OSError:
+                pass
+            q.put_nowait(time.perf_counter())
+            t1 = await q.get()
+            out.append(t1 - t0)
+        return out
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=200, help="restarts per series (default 200)")
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    args = parser.parse_args()
+    program = otpy.ChildSpec(id="agent", program="bench.agents:Idle")
+    command = otpy.ChildSpec(id="cmd", command=(sys.executable, "-c", NOTIFY), ready="notify")
+    results = {
+        "program": summarize(asyncio.run(measure_restarts(program, args.n))),
+        "program_floor_fork": summarize(fork_floor(args.n)),
+        "command": summarize(asyncio.run(measure_restarts(command, max(10, args.n // 4)))),
+        "command_floor_exec": summarize(exec_floor(max(10, args.n // 4))),
+        "overhead": summarize(overhead(args.n)),
+    }
+    results["ratios"] = {
+        "program_p50_vs_fork": round(results["program"]["p50_ms"] / results["program_floor_fork"]["p50_ms"], 2),
+        "command_p50_vs_exec": round(results["command"]["p50_ms"] / results["command_floor_exec"]["p50_ms"], 2),
+    }
+    results["machine"] = machine()
+    for name, row in results.items():
+        if name in ("ratios", "machine"):
+            continue
+        print(f"{name:20s} n={row['n']:4d}  p50 {row['p50_ms']:8.3f} ms  p95 {row['p95_ms']:8.3f}  "
+              f"p99 {row['p99_ms']:8.3f}  max {row['max_ms']:8.3f}")
+    print("ratios:", results["ratios"])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def machine() -> dict:
+    import platform
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), platform.processor())
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "otpy": "0.1.0", "commit": commit}
+
+
+if __name__ == "__main__":
+    main()
