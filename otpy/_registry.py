@@ -1,0 +1,121 @@
+"""The registry: a built-in program that serves the node's variable spaces, durably.
+
+It runs as a supervised child like any other (id ``registry``), and answers calls whose
+``op`` is one of ``get``, ``set``, ``set_many``, ``resolve``, ``explain``, ``list``. Its state
+lives in SQLite (WAL) in the node's state folder: a write is acknowledged only after its
+transaction committed, so a registry SIGKILLed and restarted by its supervisor serves every
+acknowledged write, and an unacknowledged one is either wholly there or wholly absent.
+
+>>> import tempfile
+>>> reg = Registry()
+>>> reg.setup({"variables": {"global": {"t": {"type": "float", "low": 0, "high": 2, "default": 1.0}}},
+...            "path": tempfile.mktemp(suffix=".db")}, {})
+>>> reg.forward(op="set", scope="global", name="t", value=1.5)["version"]
+1
+>>> reg.forward(op="get", scope="global", name="t")["value"]
+1.5
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any
+
+from ._program import Program
+from ._scopes import ScopedValues, VersionConflict, spaces_from_topology
+from ._variables import VariableError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS value (scope TEXT, name TEXT, value TEXT NOT NULL, version INTEGER NOT NULL,
+                                  PRIMARY KEY (scope, name));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class Registry(Program):
+    """Serves ``ScopedValues`` over calls; every change is committed before the reply."""
+
+    def setup(self, args, config) -> None:
+        self.store = ScopedValues(spaces_from_topology(args.get("variables", {})), args.get("parents", {}))
+        path = args.get("path") or os.path.join(os.environ.get("OTPY_NODE_DIR", "."), "registry.db")
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        self._load()
+
+    def teardown(self) -> None:
+        self.db.close()
+
+    def forward(self, op: str, **request: Any) -> dict[str, Any]:
+        try:
+            return self._serve(op, **request)
+        except VariableError as error:
+            return {"ok": False, "error": "invalid", "problems": error.problems}
+        except VersionConflict as conflict:
+            return {"ok": False, "error": "conflict", "problems": [str(conflict)], "current": conflict.current}
+        except TypeError as error:  # missing or unexpected request fields
+            return {"ok": False, "error": "bad_request", "problems": [f"{op}: {error}"]}
+
+    def _serve(self, op: str, **request: Any) -> dict[str, Any]:
+        store = self.store
+        match op:
+            case "get":
+                return _entry(store.get(request["scope"], request["name"]))
+            case "list":
+                return {"ok": True, "values": [_entry(e) for e in store.list(request.get("scope"))]}
+            case "resolve":
+                return {"ok": True, "config": store.resolve(request["child"])}
+            case "explain":
+                scope, value, reason = store.explain(request["child"], request["name"])
+                return {"ok": True, "scope": scope, "value": value, "reason": reason}
+            case "set":
+                version = self._write(lambda: store.set(request["scope"], request["name"], request["value"],
+                                                        request.get("expected_version")))
+                return {"ok": True, "version": version}
+            case "set_many":
+                versions = self._write(lambda: store.set_many(request["values"]))
+                return {"ok": True, "versions": versions}
+        return {"ok": False, "error": "bad_request",
+                "problems": [f"unknown op {op!r}; expected get, set, set_many, resolve, explain or list"]}
+
+    # --- durability ---------------------------------------------------------------------
+
+    def _write(self, change):
+        """Apply ``change`` to the store, commit what it wrote, and only then return its result."""
+        before = self.store.version
+        result = change()
+        if self.store.version == before:
+            return result
+        written = [(scope, name, json.dumps(self.store.values[scope][name]), version)
+                   for (scope, name), version in self.store.versions.items() if version == self.store.version]
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT OR REPLACE INTO value VALUES (?, ?, ?, ?)", written)
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (self.store.version,))
+            self.db.execute("COMMIT")
+        except sqlite3.Error:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            self._load()  # memory back to what is committed
+            raise
+        return result
+
+    def _load(self) -> None:
+        store = self.store
+        for space in store.values.values():
+            space.clear()
+        store.versions.clear()
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+        store.version = row[0] if row else 0
+        for scope, name, value, version in self.db.execute("SELECT * FROM value"):
+            if scope in store.values and name in store.spaces[scope].variables:
+                store.values[scope][name] = json.loads(value)
+                store.versions[scope, name] = version
+
+
+def _entry(e) -> dict[str, Any]:
+    return {"ok": True, "scope": e.scope, "name": e.name, "value": e.value, "version": e.version,
+            "reason": e.reason}

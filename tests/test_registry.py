@@ -1,0 +1,82 @@
+"""The registry program: validation, compare-and-set, resolution, and durability in SQLite."""
+
+from __future__ import annotations
+
+import pytest
+
+from otpy._registry import Registry
+
+VARIABLES = {
+    "global": {
+        "classifier": {"type": "module", "modules": ["pkg.a:KNN", "pkg.a:SVM"], "default": "pkg.a:KNN"},
+        "temperature": {"type": "float", "low": 0.0, "high": 2.0, "default": 1.0},
+    },
+    "team": {"timeout": {"type": "float", "low": 0.1, "high": 10.0, "default": 2.0}},
+    "critic": {"timeout": {"type": "float", "low": 0.1, "high": 5.0, "default": 0.5}},
+}
+PARENTS = {"team": "root", "critic": "team", "writer": "team"}
+
+
+@pytest.fixture
+def db(tmp_path):
+    return str(tmp_path / "registry.db")
+
+
+def registry(db) -> Registry:
+    reg = Registry()
+    reg.setup({"variables": VARIABLES, "parents": PARENTS, "path": db}, {})
+    return reg
+
+
+class TestValidation:
+    def test_out_of_range_value_is_refused_naming_variable_value_and_range(self, db):
+        reply = registry(db).forward(op="set", scope="global", name="temperature", value=3.5)
+        assert reply["ok"] is False and reply["error"] == "invalid"
+        assert "temperature" in reply["problems"][0] and "3.5" in reply["problems"][0]
+
+    def test_unknown_variable_and_scope_are_refused(self, db):
+        reg = registry(db)
+        assert reg.forward(op="set", scope="global", name="nope", value=1)["error"] == "invalid"
+        assert reg.forward(op="set", scope="nowhere", name="x", value=1)["error"] == "invalid"
+
+    def test_a_refused_write_changes_nothing(self, db):
+        reg = registry(db)
+        reg.forward(op="set_many", values={"global": {"temperature": 0.5}, "team": {"timeout": 99.0}})
+        assert reg.forward(op="get", scope="global", name="temperature")["reason"] == "default"
+        assert registry(db).forward(op="get", scope="global", name="temperature")["value"] == 1.0
+
+    def test_unknown_op_is_a_bad_request(self, db):
+        assert registry(db).forward(op="drop_everything")["error"] == "bad_request"
+
+
+class TestCompareAndSet:
+    def test_expected_version_must_be_current(self, db):
+        reg = registry(db)
+        v1 = reg.forward(op="set", scope="global", name="temperature", value=0.5, expected_version=0)["version"]
+        stale = reg.forward(op="set", scope="global", name="temperature", value=0.7, expected_version=0)
+        assert stale["error"] == "conflict" and stale["current"] == v1
+        assert reg.forward(op="set", scope="global", name="temperature", value=0.7, expected_version=v1)["ok"]
+
+
+class TestResolution:
+    def test_most_specific_scope_wins_and_explain_names_it(self, db):
+        reg = registry(db)
+        reg.forward(op="set", scope="team", name="timeout", value=4.0)
+        assert reg.forward(op="resolve", child="writer")["config"]["timeout"] == 4.0
+        assert reg.forward(op="resolve", child="critic")["config"]["timeout"] == 0.5
+        explained = reg.forward(op="explain", child="writer", name="timeout")
+        assert (explained["scope"], explained["reason"]) == ("team", "set")
+        assert reg.forward(op="explain", child="critic", name="classifier")["scope"] == "global"
+
+
+class TestDurability:
+    def test_acknowledged_writes_survive_a_new_registry_on_the_same_file(self, db):
+        reg = registry(db)
+        for i in range(20):
+            assert reg.forward(op="set", scope="global", name="temperature", value=i / 10)["ok"]
+        reg.forward(op="set_many", values={"global": {"classifier": "pkg.a:SVM"}, "team": {"timeout": 3.0}})
+        again = registry(db)
+        assert again.forward(op="get", scope="global", name="temperature")["value"] == 1.9
+        assert again.forward(op="resolve", child="writer")["config"] == {
+            "classifier": "pkg.a:SVM", "temperature": 1.9, "timeout": 3.0}
+        assert again.forward(op="set", scope="global", name="temperature", value=0.1)["version"] == 22
