@@ -35,6 +35,8 @@ from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
 from ._program import import_target
+from ._registry import with_registry
+from ._variables import VariableError
 from ._specs import AnySpec, AutoShutdown, ChildSpec, DynamicSupervisorSpec, NodeSpec, Readiness
 from ._specs import RestartType, Strategy, SupervisorSpec
 
@@ -434,6 +436,10 @@ def parse_topology(
     if problems:
         raise TopologyError(_format(source, problems))
     root = _spec(file.supervisor, os.path.abspath(base_dir or os.getcwd()))
+    try:
+        root = with_registry(root, file.variables)
+    except VariableError as exc:
+        raise TopologyError(_format(source, [(None, problem) for problem in exc.problems])) from None
     topology = Topology(
         node=NodeSpec(name=name, root=root),
         path=source,

@@ -23,9 +23,15 @@ import os
 import sqlite3
 from typing import Any
 
+import msgspec
+
 from ._program import Program
-from ._scopes import ScopedValues, VersionConflict, spaces_from_topology
+from ._scopes import ScopedValues, VersionConflict, parents_of, spaces_from_topology
+from ._specs import ChildSpec, SupervisorSpec
 from ._variables import VariableError
+
+REGISTRY_ID = "registry"
+REGISTRY_PROGRAM = "otpy._registry:Registry"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS value (scope TEXT, name TEXT, value TEXT NOT NULL, version INTEGER NOT NULL,
@@ -67,8 +73,10 @@ class Registry(Program):
             case "list":
                 return {"ok": True, "values": [_entry(e) for e in store.list(request.get("scope"))]}
             case "resolve":
+                self._learn_chain(request["child"], request.get("chain"))
                 return {"ok": True, "config": store.resolve(request["child"])}
             case "explain":
+                self._learn_chain(request["child"], request.get("chain"))
                 scope, value, reason = store.explain(request["child"], request["name"])
                 return {"ok": True, "scope": scope, "value": value, "reason": reason}
             case "set":
@@ -80,6 +88,11 @@ class Registry(Program):
                 return {"ok": True, "versions": versions}
         return {"ok": False, "error": "bad_request",
                 "problems": [f"unknown op {op!r}; expected get, set, set_many, resolve, explain or list"]}
+
+    def _learn_chain(self, child: str, chain: list[str] | None) -> None:
+        """Children started at run time tell their supervisors, nearest first (``OTPY_SUPERVISORS``)."""
+        for below, above in zip([child, *(chain or [])], chain or []):
+            self.store.parents.setdefault(below, above)
 
     # --- durability ---------------------------------------------------------------------
 
@@ -119,3 +132,23 @@ class Registry(Program):
 def _entry(e) -> dict[str, Any]:
     return {"ok": True, "scope": e.scope, "name": e.name, "value": e.value, "version": e.version,
             "reason": e.reason}
+
+
+def with_registry(root: SupervisorSpec, variables: dict[str, dict[str, dict]]) -> SupervisorSpec:
+    """The root with the registry as its first child, when the topology declares variables.
+
+    Checks the ``[variables]`` tables first (VariableError naming ``variables.SCOPE.NAME``). A
+    child the user placed with id ``registry`` is kept where it is and given the tables.
+    """
+    if not variables:
+        return root
+    parents = parents_of(root)
+    spaces_from_topology(variables, scopes={root.id, *parents})
+    args = {"variables": variables, "parents": parents}
+    if any(child.id == REGISTRY_ID for child in root.children):
+        children = tuple(
+            msgspec.structs.replace(child, args={**args, **child.args}) if child.id == REGISTRY_ID else child
+            for child in root.children)
+    else:
+        children = (ChildSpec(id=REGISTRY_ID, program=REGISTRY_PROGRAM, args=args), *root.children)
+    return msgspec.structs.replace(root, children=children)

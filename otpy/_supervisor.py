@@ -67,7 +67,9 @@ class Supervisor:
         self._processes = processes
         self._report = report
         self._clock = clock
-        self._child_env = child_env or {}
+        # Children learn their supervisors, nearest first: scopes of variables follow them.
+        above = (child_env or {}).get("OTPY_SUPERVISORS")
+        self._child_env = {**(child_env or {}), "OTPY_SUPERVISORS": f"{spec.id},{above}" if above else spec.id}
         self._handles: dict[str, Handle] = {}
         self._inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._task: asyncio.Task | None = None

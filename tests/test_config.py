@@ -234,14 +234,15 @@ def test_raw_tables_are_kept_as_written():
 [supervisor]
 [variables.global.temperature]
 type = "float"
-range = [0.0, 2.0]
+low = 0.0
+high = 2.0
 [pipelines.review]
 steps = ["greeter", "critic"]
 [optimizer]
 trials = 20
 """
     topology = parse_topology(text)
-    assert topology.raw_variables == {"global": {"temperature": {"type": "float", "range": [0.0, 2.0]}}}
+    assert topology.raw_variables == {"global": {"temperature": {"type": "float", "low": 0.0, "high": 2.0}}}
     assert topology.raw_pipelines == {"review": {"steps": ["greeter", "critic"]}}
     assert topology.raw_optimizer == {"trials": 20}
 
@@ -335,7 +336,7 @@ def test_the_example_in_the_docs_is_valid():
     example = re.search(r"```toml\n(.*?)```", DOCS.read_text(), re.S)[1]
     topology = parse_topology(example, source=str(DOCS), check_imports=False)
     assert topology.node.name == "hello"
-    assert [child.id for child in topology.node.root.children] == ["greeter", "legacy", "team", "pool"]
+    assert [child.id for child in topology.node.root.children] == ["registry", "greeter", "legacy", "team", "pool"]
 
 
 @pytest.mark.parametrize("file", sorted((HERE.parent / "examples").glob("**/*.toml")), ids=lambda f: f.stem)
@@ -343,3 +344,28 @@ def test_example_topologies_load_with_their_programs(file, monkeypatch):
     monkeypatch.chdir(HERE.parent)
     topology = load_topology(file.relative_to(HERE.parent))
     assert topology.node.root.children
+
+
+def test_declared_variables_put_the_registry_first_under_the_root():
+    text = f"""
+[supervisor]
+[[supervisor.children]]
+id = "a"
+{PROGRAM}
+[variables.global]
+t = {{ type = "float", low = 0.0, high = 2.0, default = 1.0 }}
+"""
+    root = parse_topology(text).node.root
+    assert [c.id for c in root.children] == ["registry", "a"]
+    assert root.children[0].program == "otpy._registry:Registry"
+    assert root.children[0].args["parents"] == {"a": "root"}
+
+
+def test_an_impossible_variable_is_a_topology_error_naming_the_key():
+    text = """
+[supervisor]
+[variables.global]
+t = { type = "integer", low = 0, high = 1, default = 5 }
+"""
+    with pytest.raises(TopologyError, match=r"variables\.global\.t\.default"):
+        parse_topology(text)
