@@ -13,9 +13,9 @@ named template plus args. All children are ``one_for_one``. Unlike a static supe
 from __future__ import annotations
 
 from ._effects import (
-    ChildExited, DeleteChild, Effect, Event, Exit, Init, Post, Reply, Report, RestartChild,
-    Result, Retry, Spawn, SpawnFailed, SpawnOk, StartChild, StartFromTemplate, Stop,
-    StopSupervisor, TerminateChild,
+    ChildExited, DeleteChild, Effect, Event, Exit, Init, Post, Reconfigure, Reply, Report,
+    RestartChild, Result, Retry, Spawn, SpawnFailed, SpawnOk, StartChild, StartFromTemplate, Stop,
+    StopSupervisor, Swap, TerminateChild,
 )
 from ._exit import SHUTDOWN, ExitReason, should_restart
 from ._intensity import RestartWindow
@@ -31,6 +31,7 @@ class DynamicMachine:
         self.phase = "new"
         # The one start in flight: (id, reply slot or None for a restart).
         self._starting: tuple[str, object] | None = None
+        self._replacing: tuple[str, object, AnySpec] | None = None  # a Reconfigure in flight
 
     @property
     def order(self) -> list[str]:
@@ -51,10 +52,18 @@ class DynamicMachine:
                     known = ", ".join(sorted(self.spec.templates)) or "none"
                     return [Reply(ref, Result("not_found", detail=f"no template {template!r} (templates: {known})"))]
                 return self._start_child(from_template(base, id, args), ref)
+            case SpawnOk(id, ref, pid) if self._replacing:
+                return self._replaced(id, ref, pid)
+            case SpawnFailed(id, reason) if self._replacing:
+                _, reply, _ = self._replacing
+                self._replacing = None  # the source keeps running, untouched
+                return [Reply(reply, Result("start_failed", detail=reason))]
             case SpawnOk(id, ref, pid):
                 return self._spawned(id, ref, pid)
             case SpawnFailed(id, reason):
                 return self._spawn_failed(id, reason)
+            case Reconfigure(id, target, ref):
+                return self._reconfigure(id, target, ref)
             case ChildExited(id, ref, reason):
                 return self._child_exited(id, ref, reason, now)
             case Retry(id):
@@ -106,6 +115,24 @@ class DynamicMachine:
             return [Reply(reply, Result("start_failed", detail=reason))]
         self.children[id].state = "restarting"
         return [Report("start_failed", id, reason), Post(Retry(id))]
+
+    def _reconfigure(self, id: str, target: AnySpec, ref) -> list[Effect]:
+        child = self.children.get(id)
+        if child is None:
+            return [Reply(ref, Result("not_found", detail=f"no child {id!r}"))]
+        if child.state != "running":
+            return [Reply(ref, Result(child.state, detail=f"child {id!r} is {child.state}, not running"))]
+        if target.id != id or target.significant:
+            return [Reply(ref, Result("invalid", detail=f"the target must have id {id!r} and not be significant"))]
+        self._replacing = (id, ref, target)
+        return [Report("reconfiguring", id), Spawn(target, replacing=True)]
+
+    def _replaced(self, id: str, ref: int, pid: int | None) -> list[Effect]:
+        _, reply, target = self._replacing
+        self._replacing = None
+        child = self.children[id]
+        child.spec, child.ref, child.pid = target, ref, pid  # the old incarnation's exit is now stale
+        return [Swap(id), Reply(reply, Result("ok", pid=pid))]
 
     def _child_exited(self, id: str, ref: int, reason: ExitReason, now: float) -> list[Effect]:
         child = self.children.get(id)

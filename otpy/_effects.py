@@ -91,9 +91,18 @@ class DeleteChild:
     ref: object = None
 
 
+@dataclass(frozen=True, slots=True)
+class Reconfigure:
+    """Replace a running child's program by ``target`` under the same id, make-before-break."""
+
+    id: str
+    target: AnySpec
+    ref: object = None
+
+
 Event = (
     Init | SpawnOk | SpawnFailed | ChildExited | Retry | StopSupervisor
-    | StartChild | StartFromTemplate | TerminateChild | RestartChild | DeleteChild
+    | StartChild | StartFromTemplate | TerminateChild | RestartChild | DeleteChild | Reconfigure
 )
 
 
@@ -102,9 +111,20 @@ Event = (
 
 @dataclass(frozen=True, slots=True)
 class Spawn:
-    """Start this child and report ``SpawnOk``/``SpawnFailed`` back."""
+    """Start this child and report ``SpawnOk``/``SpawnFailed`` back.
+
+    ``replacing``: the child is running; start the new incarnation beside it (``Swap`` follows).
+    """
 
     spec: AnySpec
+    replacing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Swap:
+    """Make the incarnation started with ``Spawn(replacing=True)`` current; stop the old one."""
+
+    id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +169,7 @@ class Exit:
     error: str | None = None
 
 
-Effect = Spawn | Stop | Post | Reply | Report | Exit
+Effect = Spawn | Swap | Stop | Post | Reply | Report | Exit
 
 
 # --- results of administrative calls (OTP's outcomes) ---------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ._effects import (
-    ChildExited, DeleteChild, Effect, Event, Exit, Init, Post, Reply, Report, RestartChild,
+    ChildExited, DeleteChild, Effect, Event, Exit, Init, Post, Reconfigure, Reply, Report, RestartChild,
     Result, Retry, Spawn, SpawnFailed, SpawnOk, StartChild, StartFromTemplate, Stop,
     StopSupervisor, TerminateChild,
 )
@@ -83,6 +83,8 @@ class StaticMachine:
                 return self._terminate(SHUTDOWN)
             case StartChild(spec, ref):
                 return self._start_child(spec, ref)
+            case Reconfigure(ref=ref):
+                return [Reply(ref, Result("not_supported", detail="reconfigure children of a dynamic supervisor"))]
             case StartFromTemplate(ref=ref):
                 return [Reply(ref, Result("not_supported", detail="templates belong to dynamic supervisors"))]
             case TerminateChild(id, ref):

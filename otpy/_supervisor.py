@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol
 from ._dynamic import DynamicMachine
 from ._effects import (
     ChildExited, Effect, Event, Exit, Init, Post, Reply, Report, Result, Spawn, SpawnFailed,
-    SpawnOk, Stop, StopSupervisor,
+    SpawnOk, Stop, StopSupervisor, Swap,
 )
 from ._exit import ExitReason
 from ._machine import StaticMachine
@@ -71,6 +71,7 @@ class Supervisor:
         above = (child_env or {}).get("OTPY_SUPERVISORS")
         self._child_env = {**(child_env or {}), "OTPY_SUPERVISORS": f"{spec.id},{above}" if above else spec.id}
         self._handles: dict[str, Handle] = {}
+        self._replacements: dict[str, Handle] = {}  # started by a Reconfigure, not yet swapped in
         self._inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self.exited: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
@@ -146,8 +147,12 @@ class Supervisor:
 
     async def _carry_out(self, effect: Effect) -> Event | None:
         match effect:
-            case Spawn(spec):
-                return await self._spawn(spec)
+            case Spawn(spec, replacing):
+                return await self._spawn(spec, replacing)
+            case Swap(id):
+                old, self._handles[id] = self._handles[id], self._replacements.pop(id)
+                reason = await old.stop(old.spec.shutdown)
+                self._report("stopped", self.spec.id, id, old.pid, str(reason))
             case Stop(ids, parallel):
                 await self._stop(ids, parallel)
             case Post(event):
@@ -164,13 +169,13 @@ class Supervisor:
                 self._finish(reason)
         return None
 
-    async def _spawn(self, spec: AnySpec) -> Event:
+    async def _spawn(self, spec: AnySpec, replacing: bool = False) -> Event:
         ref = next(_refs)
         try:
             handle = await self._start_handle(spec)
         except StartFailed as exc:
             return SpawnFailed(spec.id, str(exc))
-        self._handles[spec.id] = handle
+        (self._replacements if replacing else self._handles)[spec.id] = handle
         handle.exited.add_done_callback(
             lambda fut: self._inbox.put_nowait(ChildExited(spec.id, ref, fut.result()))
         )

@@ -283,3 +283,59 @@ class TestUnsupported:
     def test_delete_child_is_not_supported(self):
         d = dynamic("a")
         assert d.call(DeleteChild("a")).outcome == "not_supported"
+
+
+class TestReconfigure:
+    """Make-before-break: the target starts beside the source, then the source is stopped."""
+
+    def _running(self):
+        from otpy._dynamic import DynamicMachine
+        from otpy._effects import Init, SpawnOk, StartChild
+        from otpy._specs import ChildSpec, DynamicSupervisorSpec
+
+        m = DynamicMachine(DynamicSupervisorSpec(id="pool"))
+        m.handle(Init(), 0)
+        m.handle(StartChild(ChildSpec(id="c", program="pkg:A"), "r0"), 0)
+        m.handle(SpawnOk("c", 1, 100), 0)
+        return m
+
+    def test_target_starts_before_the_source_is_swapped_out(self):
+        from otpy._effects import Reconfigure, Reply, Result, Spawn, SpawnOk, Swap
+        from otpy._specs import ChildSpec
+
+        m = self._running()
+        target = ChildSpec(id="c", program="pkg:B")
+        effects = m.handle(Reconfigure("c", target, "r1"), 0)
+        assert effects[-1] == Spawn(target, replacing=True)
+        assert m.children["c"].pid == 100  # the source is still the current child
+        assert m.handle(SpawnOk("c", 2, 200), 0) == [Swap("c"), Reply("r1", Result("ok", pid=200))]
+        assert (m.children["c"].spec.program, m.children["c"].pid) == ("pkg:B", 200)
+
+    def test_a_target_that_fails_to_start_leaves_the_source_running(self):
+        from otpy._effects import Reconfigure, SpawnFailed
+        from otpy._specs import ChildSpec
+
+        m = self._running()
+        m.handle(Reconfigure("c", ChildSpec(id="c", program="pkg:B"), "r1"), 0)
+        [reply] = m.handle(SpawnFailed("c", "boom"), 0)
+        assert reply.result.outcome == "start_failed" and "boom" in reply.result.detail
+        assert (m.children["c"].spec.program, m.children["c"].pid, m.children["c"].state) == ("pkg:A", 100, "running")
+
+    def test_the_old_incarnation_exit_is_stale_after_the_swap(self):
+        from otpy._effects import ChildExited, Reconfigure, SpawnOk
+        from otpy._exit import SHUTDOWN
+        from otpy._specs import ChildSpec
+
+        m = self._running()
+        m.handle(Reconfigure("c", ChildSpec(id="c", program="pkg:B"), "r1"), 0)
+        m.handle(SpawnOk("c", 2, 200), 0)
+        assert m.handle(ChildExited("c", 1, SHUTDOWN), 1) == []
+        assert m.children["c"].state == "running"
+
+    def test_unknown_and_mismatched_targets_are_refused(self):
+        from otpy._effects import Reconfigure
+        from otpy._specs import ChildSpec
+
+        m = self._running()
+        assert m.handle(Reconfigure("x", ChildSpec(id="x", program="pkg:B"), "r"), 0)[0].result.outcome == "not_found"
+        assert m.handle(Reconfigure("c", ChildSpec(id="d", program="pkg:B"), "r"), 0)[0].result.outcome == "invalid"
