@@ -10,8 +10,9 @@ A child's life: ``spawn`` returns after READY (or after exec, for ``ready="exec"
 (SIGTERM, wait, SIGKILL) and waits for the death. Whatever is left in a dead child's
 process group is SIGKILLed, so no grandchild outlives it.
 
-If the zygote dies, its children are SIGKILLed and reaped here (the node is a child
-subreaper, so they are now its children) and the next spawn starts a new zygote.
+If the zygote dies, its children are SIGKILLed (their parent-death signal, and here by
+process group), whoever is their parent now reaps them, and the next spawn starts a new
+zygote.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import psutil
 from ._exit import ExitReason, from_wait_status
 from ._protocol import ENCODER, FROM_ZYGOTE, Exited, Hello, Init, Spawn, Spawned, SpawnFailed
 from ._specs import ChildSpec, Shutdown
-from ._worker import become_subreaper
 
 log = logging.getLogger("otpy")
 
@@ -338,8 +338,11 @@ class ProcessManager:
         return [c for c in self._children.values() if c.started_at is not None and not c.exited.done()]
 
     async def open(self) -> None:
-        """Start the zygote and wait until it is ready for spawn requests."""
-        become_subreaper()
+        """Start the zygote and wait until it is ready for spawn requests.
+
+        The node itself is not a subreaper (an embedding script's own orphans would become
+        its zombies): the zygote is, for everything below the agents.
+        """
         await self._ensure_zygote()
 
     async def spawn(self, spec: ChildSpec, *, env: dict[str, str] | None = None) -> ChildProcess:
@@ -477,8 +480,8 @@ def kill_and_reap_strays(node_name: str, pids: set[int]) -> None:
     """SIGKILL and reap what a dead zygote left (blocking: run it in a thread).
 
     That is ``pids``, then every child of this process from this node (or in their groups)
-    that is not a live zygote. As the node is a subreaper, each round's dead hand their
-    own children to it, so rounds go on until nothing of the node is left.
+    that is not a live zygote; rounds go on until nothing of the node is left among them.
+    Processes that are not this process's children are only killed (``waitpid`` is skipped).
     """
     groups = set(pids)
     pids = pids | _stray_children(node_name, groups)

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any, Mapping
 
 
@@ -32,6 +34,15 @@ class Program:
     def __call__(self, **inputs: Any) -> Mapping[str, Any]:
         return self.forward(**inputs)
 
+    def call(self, agent_id: str, inputs: Mapping[str, Any] | None = None, *,
+             timeout: float = 5.0, retries: int = 0) -> dict[str, Any]:
+        """Call another agent of this node from inside ``forward`` (or ``setup``).
+
+        Raises the ``CallError``s of ``Caller.call``. An agent that calls itself with
+        ``concurrency`` 1 waits for itself: that call times out.
+        """
+        return _node_caller().call(agent_id, inputs, timeout=timeout, retries=retries)
+
 
 class FunctionProgram(Program):
     """A plain function ``module:func`` used as a program: ``func(**inputs)`` is ``forward``."""
@@ -44,6 +55,24 @@ class FunctionProgram(Program):
 
     def __repr__(self) -> str:
         return f"FunctionProgram({self._func.__module__}:{self._func.__qualname__})"
+
+
+_caller = None
+_caller_lock = threading.Lock()
+
+
+def _node_caller():
+    """The process's Caller for its node (``OTPY_NODE``), created on first use."""
+    global _caller
+    with _caller_lock:
+        if _caller is None:
+            from ._calls import Caller
+
+            node = os.environ.get("OTPY_NODE")
+            if not node:
+                raise RuntimeError("Program.call works in an agent run by an otpy node (no OTPY_NODE)")
+            _caller = Caller(node)
+        return _caller
 
 
 def import_target(target: str) -> Any:

@@ -7,10 +7,11 @@ never returns. The child speaks to the node through the notify pipe on fd 3, one
 ``FAILED <why>``     setup raised; the child then exits with status 1
 ``EXIT shutdown``    the program asked for a clean exit (``exit_shutdown()``)
 
-``serve`` is the part that runs between READY and shutdown. Today it only waits for
-SIGTERM; the ZeroMQ call loop replaces it. SIGTERM reaches it as ``ShutdownRequested``,
-raised in the main thread; a signal also writes a byte to ``signal_fd()`` (Python's
-wakeup fd), so a loop that polls that fd never sleeps through one.
+Before READY the worker binds the agent's ROUTER socket (``AgentServer``) at
+``agent_endpoint(node, child_id)``; ``serve`` is its call loop, between READY and shutdown.
+SIGTERM reaches it as ``ShutdownRequested``, raised in the main thread; a signal also
+writes a byte to ``signal_fd()`` (Python's wakeup fd), which the loop polls, so it never
+sleeps through one.
 
 This module also holds the Linux process attributes (``prctl``) every otpy process sets.
 """
@@ -19,13 +20,21 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import select
 import signal
 import sys
+import threading
 import traceback
-from typing import NoReturn
+from collections.abc import Mapping
+from typing import Any, Callable, NoReturn
 
+import msgspec
+import zmq
+
+from ._calls import agent_endpoint, first_unencodable, make_agents_dir
 from ._program import Program, instantiate
+from ._protocol import ENCODER, TO_AGENT, Call, CallFailed, Reply
 from ._specs import ChildSpec
 
 NOTIFY_FD = 3
@@ -64,13 +73,15 @@ class ShutdownRequested(BaseException):
 
 
 def run(spec: ChildSpec) -> NoReturn:
-    """Set the program up, report READY, serve until SIGTERM, tear down, die by SIGTERM."""
+    """Set the program up, bind its call socket, report READY, serve calls until SIGTERM,
+    tear down, die by SIGTERM."""
     try:
         program = _start(spec)
         try:
             _catch_sigterm()
+            agent = _bind(program, spec)
             _notify("READY")
-            serve(program, spec)
+            serve(agent)
         except ShutdownRequested:
             _teardown(program)
             _die_by(signal.SIGTERM)
@@ -81,15 +92,33 @@ def run(spec: ChildSpec) -> NoReturn:
         _exit(1)
 
 
-def serve(program: Program, spec: ChildSpec) -> None:
-    """Serve the program until shutdown. Today: wait for SIGTERM (``ShutdownRequested``).
+def serve(agent: AgentServer | None) -> None:
+    """Serve calls until shutdown (``ShutdownRequested``); without a node, just wait for it.
 
     A SIGTERM the program chose to ignore (``SIG_IGN`` in setup) never ends the wait: the
     node then kills the child once its ``shutdown`` time is up.
     """
+    if agent is not None:
+        agent.serve(signal_fd(), _drain)
     while True:
         select.select([signal_fd()], [], [])  # not signal.pause(): it can miss a signal
         _drain(signal_fd())
+
+
+def _bind(program: Program, spec: ChildSpec) -> AgentServer | None:
+    """The agent's call socket, bound before READY so that a call right after READY works."""
+    node = os.environ.get("OTPY_NODE")
+    if not node:
+        return None  # not run by a node: nobody can call it
+    try:
+        concurrency, max_queue = limits(program, spec.args)
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        make_agents_dir(node)
+        return AgentServer(program, agent_endpoint(node, spec.id), concurrency, max_queue)
+    except Exception as exc:
+        fail(f"cannot bind the call socket: {_describe(exc)}")
 
 
 def signal_fd() -> int:
@@ -189,3 +218,141 @@ def _flush() -> None:
             stream.flush()
         except Exception:
             pass
+
+
+# --- the agent's call loop ----------------------------------------------------------------
+
+DEFAULT_CONCURRENCY = 1
+DEFAULT_MAX_QUEUE = 1000
+
+
+def limits(program: Program, args: Mapping[str, Any]) -> tuple[int, int]:
+    """``(concurrency, max_queue)``: from the child's args, else the program's class attributes."""
+    concurrency = args.get("concurrency", getattr(program, "concurrency", DEFAULT_CONCURRENCY))
+    max_queue = args.get("max_queue", getattr(program, "max_queue", DEFAULT_MAX_QUEUE))
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise ValueError(f"concurrency must be an integer >= 1, not {concurrency!r}")
+    if not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 0:
+        raise ValueError(f"max_queue must be an integer >= 0, not {max_queue!r}")
+    return concurrency, max_queue
+
+
+class AgentServer:
+    """The agent's ROUTER socket and its call loop.
+
+    The main thread owns the socket: it takes calls, answers ``overloaded`` when
+    ``concurrency`` calls run and ``max_queue`` wait, and sends the replies. ``concurrency``
+    threads run ``forward`` in arrival order; each hands its encoded reply back through a
+    queue and an eventfd the loop polls.
+    """
+
+    def __init__(self, program: Program, endpoint: str, concurrency: int, max_queue: int) -> None:
+        self.program = program
+        self.capacity = concurrency + max_queue
+        self.taken = 0  # calls accepted and not answered yet: running or waiting
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.replies: queue.SimpleQueue = queue.SimpleQueue()
+        self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.context = zmq.Context(io_threads=1)
+        self.router = self.context.socket(zmq.ROUTER)
+        self.router.linger = 0
+        self.router.bind(endpoint)  # libzmq unlinks the socket file a dead incarnation left
+        for n in range(concurrency):
+            threading.Thread(target=self._run_calls, daemon=True, name=f"otpy-call-{n}").start()
+
+    def serve(self, signal_fd: int, drain: Callable[[int], None]) -> NoReturn:
+        poller = zmq.Poller()
+        for what in (self.router, self.wake, signal_fd):
+            poller.register(what, zmq.POLLIN)
+        while True:
+            for what, _ in poller.poll():
+                if what is self.router:
+                    self._take_calls()
+                elif what == self.wake:
+                    self._send_replies()
+                else:
+                    drain(signal_fd)  # a SIGTERM raises ShutdownRequested from its handler
+
+    def _take_calls(self) -> None:
+        while True:
+            try:
+                peer, payload = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue  # not [peer, payload]: not from a Caller
+            match _decode_call(payload.buffer):
+                case Call() as call if self.taken >= self.capacity:
+                    self._answer(peer, CallFailed(call_id=call.call_id, kind="overloaded",
+                                                  message=f"{self.taken} calls taken, the most it holds"))
+                case Call() as call:
+                    self.taken += 1
+                    self.jobs.put((peer, call))
+                case CallFailed() as failed:
+                    self._answer(peer, failed)
+
+    def _answer(self, peer, message) -> None:
+        self.router.send_multipart([peer, ENCODER.encode(message)], copy=False)
+
+    def _send_replies(self) -> None:
+        os.eventfd_read(self.wake)
+        while True:
+            try:
+                peer, reply = self.replies.get_nowait()
+            except queue.Empty:
+                return
+            self.taken -= 1
+            self.router.send_multipart([peer, reply], copy=False)
+
+    def _run_calls(self) -> None:
+        while True:
+            peer, call = self.jobs.get()
+            self.replies.put((peer, run_call(self.program, call)))
+            os.eventfd_write(self.wake, 1)
+
+
+def _decode_call(payload) -> Call | CallFailed:
+    try:
+        return TO_AGENT.decode(payload)
+    except msgspec.DecodeError as exc:
+        return CallFailed(call_id=_call_id_of(payload), kind="bad_request", message=str(exc))
+
+
+def _call_id_of(payload) -> int:
+    try:
+        call_id = msgspec.msgpack.decode(payload).get("call_id", 0)
+        return call_id if isinstance(call_id, int) else 0
+    except Exception:
+        return 0
+
+
+def run_call(program: Program, call: Call) -> bytes:
+    """``forward(**inputs)``, as the encoded Reply or CallFailed to send back."""
+    try:
+        outputs = as_outputs(program(**call.inputs))
+    except BaseException as exc:
+        return ENCODER.encode(CallFailed(call_id=call.call_id, kind="raised", error_type=type(exc).__name__,
+                                         message=str(exc), traceback=traceback.format_exc()))
+    try:
+        return ENCODER.encode(Reply(call_id=call.call_id, outputs=outputs))
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        name = first_unencodable(outputs)
+        return ENCODER.encode(CallFailed(call_id=call.call_id, kind="unencodable", error_type=type(exc).__name__,
+                                         message=f"output {name!r} cannot be encoded: {exc}"))
+
+
+def as_outputs(result: Any) -> dict[str, Any]:
+    """A mapping, a msgspec Struct, a DSPy-like ``Prediction`` (``toDict``) or an object's
+    public ``__dict__``, as a dict of outputs. Raises TypeError for anything else."""
+    match result:
+        case None:
+            return {}
+        case Mapping():
+            return dict(result)
+        case msgspec.Struct():
+            return msgspec.structs.asdict(result)
+        case _ if callable(getattr(result, "toDict", None)):
+            return dict(result.toDict())
+        case _ if hasattr(result, "__dict__") and not isinstance(result, type):
+            return {k: v for k, v in vars(result).items() if not k.startswith("_")}
+    raise TypeError(f"forward must return a mapping of outputs, not {type(result).__name__}")

@@ -58,14 +58,14 @@ def problems_of(call, *args, **kwargs) -> list[str]:
 
 
 def test_scope_chain_follows_the_tree_to_global(store):
-    assert store.parents == {"greeter": "root", "team": "root", "planner": "team", "critic": "team"}
+    assert store.parents == {"registry": "root", "greeter": "root", "team": "root", "planner": "team", "critic": "team"}
     assert store.scope_chain("critic") == ["critic", "team", "root", GLOBAL]
     assert store.scope_chain("greeter") == ["greeter", "root", GLOBAL]
     assert store.scope_chain("root") == ["root", GLOBAL]
     assert store.scope_chain(GLOBAL) == [GLOBAL]
     assert problems_of(store.scope_chain, "nobody") == [
         ("nobody: unknown child; expected 'global', a scope, or an id of the tree: "
-        "'critic', 'greeter', 'planner', 'root', 'team'")
+        "'critic', 'greeter', 'planner', 'registry', 'root', 'team'")
     ]
 
 
@@ -212,7 +212,7 @@ def test_a_variable_without_default_must_be_set_before_it_resolves():
 
 def test_parents_come_from_the_tree_and_a_dynamic_child_can_be_added():
     topology = parse_topology(TOPOLOGY)
-    assert parents_of(topology.node.root) == {"greeter": "root", "team": "root", "planner": "team", "critic": "team"}
+    assert parents_of(topology.node.root) == {"registry": "root", "greeter": "root", "team": "root", "planner": "team", "critic": "team"}
     store = ScopedValues.from_topology(topology)
     store.parents["worker_7"] = "team"
     assert store.resolve("worker_7")["timeout"] == 2.0
@@ -221,11 +221,14 @@ def test_parents_come_from_the_tree_and_a_dynamic_child_can_be_added():
         store.scope_chain("worker_7")
 
 
-def test_from_topology_refuses_a_scope_that_names_no_id():
-    topology = parse_topology(TOPOLOGY + '\n[variables.tema]\nx = { type = "bool", default = true }\n')
-    assert problems_of(ScopedValues.from_topology, topology) == [
-        ("variables.tema: unknown scope 'tema'; expected 'global' or an id of the topology: "
-        "'critic', 'greeter', 'planner', 'root', 'team'")
+def test_a_topology_with_a_scope_that_names_no_id_does_not_load():
+    from otpy._config import TopologyError
+
+    with pytest.raises(TopologyError) as error:
+        parse_topology(TOPOLOGY + '\n[variables.tema]\nx = { type = "bool", default = true }\n')
+    assert error.value.problems == [
+        ("<string>: variables.tema: unknown scope 'tema'; expected 'global' or an id of the topology: "
+         "'critic', 'greeter', 'planner', 'root', 'team'")
     ]
 
 

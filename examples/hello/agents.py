@@ -43,3 +43,41 @@ class Flaky(otpy.Program):
 
     def forward(self, **inputs):
         return {"ok": True}
+
+
+# --- a team whose agents call each other: coordinator -> planner -> worker -> reviewer ------
+# examples/hello/team.toml runs it; python examples/hello/run_team.py calls the coordinator.
+
+
+class Coordinator(otpy.Program):
+    """Asks the planner for steps, has the worker do them (in parallel), the reviewer check them."""
+
+    def setup(self, args, config):
+        from otpy._calls import Caller
+
+        self.team = Caller(os.environ["OTPY_NODE"])  # for futures: every step in flight at once
+
+    def forward(self, goal: str = "tea"):
+        steps = self.call("planner", {"goal": goal})["steps"]
+        futures = [self.team.submit("worker", {"step": step}) for step in steps]
+        done = [future.result()["done"] for future in futures]
+        review = self.call("reviewer", {"goal": goal, "done": done})
+        return {"goal": goal, "done": done, **review}
+
+    def teardown(self):
+        self.team.close()
+
+
+class Worker(otpy.Program):
+    """Does one step (here: says it did it)."""
+
+    def forward(self, step: str = ""):
+        return {"done": f"{step}: done by pid {os.getpid()}"}
+
+
+class Reviewer(otpy.Program):
+    def forward(self, goal: str = "", done: list | None = None):
+        done = done or []
+        approved = bool(done) and all("done" in item for item in done)
+        return {"approved": approved, "review": f"{len(done)} steps towards {goal!r}, "
+                                                f"{'approved' if approved else 'rejected'}"}
