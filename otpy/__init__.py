@@ -4,6 +4,11 @@ Every agent runs in its own OS process; supervisors restart them with OTP's stra
 restart intensity. The public names are listed here and pinned by ``tests/test_public_api.py``.
 """
 
+from ._client import AsyncClient as AsyncClient
+from ._client import Client as Client
+from ._client import ControlError as ControlError
+from ._client import NodeNotFound as NodeNotFound
+from ._client import connect as connect
 from ._effects import Result as Result
 from ._exit import ExitReason as ExitReason
 from ._node import AsyncNode as AsyncNode
@@ -16,14 +21,19 @@ from ._specs import NodeSpec as NodeSpec
 from ._specs import SupervisorSpec as SupervisorSpec
 
 __all__ = [
+    "AsyncClient",
     "AsyncNode",
     "ChildSpec",
+    "Client",
+    "ControlError",
     "DynamicSupervisorSpec",
     "ExitReason",
     "Node",
+    "NodeNotFound",
     "NodeSpec",
     "NodeStartError",
     "Program",
     "Result",
     "SupervisorSpec",
+    "connect",
 ]

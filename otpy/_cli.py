@@ -8,13 +8,27 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import shlex
 import signal
+import subprocess
 import sys
+import time
+from collections import deque
+from typing import Any, Callable, NoReturn
 
 import click
+import msgspec
+import psutil
+import zmq
 
+from ._client import Client, ControlError, NodeNotFound, node_statuses, pick_node, socket_path
 from ._config import TopologyError, load_topology, topology_json_schema
-from ._node import AsyncNode, NodeStartError
+from ._effects import Result
+from ._node import AsyncNode, NodeStartError, describe_event
+from ._protocol import EVENT
+from ._runtime import events_endpoint, node_dir
+from ._specs import ChildSpec
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -32,15 +46,22 @@ def main() -> None:
 @main.command()
 @click.argument("topology", type=click.Path(dir_okay=False))
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details too.")
-def start(topology: str, verbose: bool) -> None:
+@click.option("-d", "--detach", is_flag=True, help="Run in the background; return once the tree is up.")
+@click.option("--timeout", default=60.0, show_default=True, help="With --detach: seconds to wait for the tree.")
+def start(topology: str, verbose: bool, detach: bool, timeout: float) -> None:
     """Start the node described by TOPOLOGY and run it in the foreground.
 
     Children start in order, each READY before the next. Every line a child prints is
     logged with its id as prefix. Ctrl-C or SIGTERM stops the tree in reverse order and
     exits 0 (a second Ctrl-C kills everything at once). If the root supervisor gives up
-    (restart intensity exceeded), otpy exits 1 naming the child.
+    (restart intensity exceeded), otpy exits 1 naming the child. `otpy stop` stops it too.
+
+    With --detach, the node runs in its own session with its output in `node.log` in its
+    runtime folder; otpy returns 0 once the tree is up, or 1 with the end of the log.
     """
     spec = _load_or_exit(topology)
+    if detach:
+        sys.exit(_start_detached(topology, spec.node.name, timeout))
     _setup_logging(verbose)
     sys.exit(asyncio.run(_run_foreground(AsyncNode(spec.node, on_output=_print_child_line))))
 
@@ -57,6 +78,234 @@ def validate(topology: str) -> None:
 def schema() -> None:
     """Print the JSON Schema of topology files."""
     click.echo(json.dumps(topology_json_schema(), indent=2))
+
+
+NODE_OPTION = click.option("--node", "node_name", metavar="NAME",
+                           help="The node to talk to (may be left out when only one runs).")
+SUP_OPTION = click.option("--sup", metavar="SUP", help="The supervisor of the child (default: found by id).")
+
+
+@main.command()
+@NODE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(node_name: str | None, as_json: bool) -> None:
+    """Show the node's tree: id, kind, state, pid, restarts, uptime, CPU % and RSS of workers."""
+    report = _ask(node_name, "status", lambda client: client.status())
+    _add_usage(report["tree"])
+    click.echo(json.dumps(report, indent=2) if as_json else _render_status(report))
+
+
+@main.command()
+@NODE_OPTION
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the shutdown.")
+def stop(node_name: str | None, timeout: float) -> None:
+    """Stop the node in order; returns once its tree stopped and its process exited."""
+    result = _ask(node_name, "stop", lambda client: client.stop(timeout=timeout), timeout=timeout)
+    click.echo(f"otpy: node stopped (pid {result.pid})")
+
+
+@main.command("start-child")
+@click.argument("sup")
+@click.option("--id", "child_id", required=True, help="The new child's id.")
+@click.option("--template", help="A template of the dynamic supervisor SUP.")
+@click.option("--program", help="A Python program, MODULE:ATTR.")
+@click.option("--command", help="A command line (split like a shell does).")
+@click.option("--args", "args_json", default="{}", help="JSON object: the program's or template's args.")
+@click.option("--restart", type=click.Choice(["permanent", "transient", "temporary"]), default="permanent",
+              show_default=True, help="Restart type (with --program or --command).")
+@NODE_OPTION
+def start_child(sup, child_id, template, program, command, args_json, restart, node_name) -> None:
+    """Start a child under SUP from a template, a program or a command."""
+    args = _json_object_or_exit(args_json)
+    if sum(x is not None for x in (template, program, command)) != 1:
+        _usage_exit("start-child: give exactly one of --template, --program and --command")
+    if template is not None:
+        _outcome_exit("start-child", _ask(node_name, "start-child",
+                                          lambda c: c.start_from_template(sup, template, child_id, args)))
+    spec = ChildSpec(id=child_id, program=program, args=args, restart=restart,
+                     command=tuple(shlex.split(command)) if command is not None else None)
+    _outcome_exit("start-child", _ask(node_name, "start-child", lambda c: c.start_child(sup, spec)))
+
+
+@main.command("terminate-child")
+@click.argument("child_id", metavar="ID")
+@SUP_OPTION
+@NODE_OPTION
+def terminate_child(child_id: str, sup: str | None, node_name: str | None) -> None:
+    """Stop child ID (its spec is kept unless temporary; no restart)."""
+    _outcome_exit("terminate-child", _ask(node_name, "terminate-child", lambda c: c.terminate_child(child_id, sup)))
+
+
+@main.command("restart-child")
+@click.argument("child_id", metavar="ID")
+@SUP_OPTION
+@NODE_OPTION
+def restart_child(child_id: str, sup: str | None, node_name: str | None) -> None:
+    """Start child ID again after terminate-child."""
+    _outcome_exit("restart-child", _ask(node_name, "restart-child", lambda c: c.restart_child(child_id, sup)))
+
+
+@main.command("delete-child")
+@click.argument("child_id", metavar="ID")
+@SUP_OPTION
+@NODE_OPTION
+def delete_child(child_id: str, sup: str | None, node_name: str | None) -> None:
+    """Forget the spec of stopped child ID."""
+    _outcome_exit("delete-child", _ask(node_name, "delete-child", lambda c: c.delete_child(child_id, sup)))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per node.")
+def nodes(as_json: bool) -> None:
+    """List this user's running nodes; a node that does not answer within 0.5 s is stale."""
+    for name, report in node_statuses():
+        if as_json:
+            click.echo(json.dumps({"node": name, "pid": report and report["pid"], "stale": report is None}))
+        elif report is None:
+            click.echo(f"{name}\tstale (socket left, no answer within 0.5 s)")
+        else:
+            click.echo(f"{name}\tpid {report['pid']}\t{report['tree']['state']}")
+
+
+@main.command()
+@NODE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+def events(node_name: str | None, as_json: bool) -> None:
+    """Print the node's events live, one per line, until Ctrl-C."""
+    name = _node_or_exit(node_name)
+    context = zmq.Context()
+    socket = context.socket(zmq.SUB)
+    socket.setsockopt(zmq.SUBSCRIBE, b"")
+    socket.connect(events_endpoint(name))
+    try:
+        while True:
+            event = msgspec.to_builtins(EVENT.decode(socket.recv()))
+            click.echo(json.dumps(event) if as_json else _event_line(event))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        socket.close(linger=0)
+        context.term()
+
+
+# --- control helpers ----------------------------------------------------------------------
+
+
+def _usage_exit(message: str) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _node_or_exit(name: str | None) -> str:
+    try:
+        return pick_node(name)
+    except NodeNotFound as exc:
+        _usage_exit(f"otpy: {exc}")
+
+
+def _ask(node_name: str | None, command: str, operation: Callable[[Client], Any], timeout: float = 30.0) -> Any:
+    """Run ``operation`` on a client of the node; exit 1 if the node refused or did not answer."""
+    with Client(_node_or_exit(node_name), timeout=timeout) as client:
+        try:
+            return operation(client)
+        except (ControlError, TimeoutError) as exc:
+            click.echo(f"{command}: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+
+
+def _outcome_exit(command: str, result: Result) -> NoReturn:
+    if result.ok:
+        click.echo(f"{command}: ok" + (f" (pid {result.pid})" if result.pid else ""))
+        sys.exit(0)
+    click.echo(f"{command}: {result.detail or result.outcome} ({result.outcome})", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+def _json_object_or_exit(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _usage_exit(f"--args is not valid JSON: {exc}")
+    if not isinstance(value, dict):
+        _usage_exit("--args must be a JSON object")
+    return value
+
+
+def _event_line(event: dict) -> str:
+    event = {"child": None, "pid": None, "detail": "", **event}
+    stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+    return f"{stamp} otpy[{event['node']}]: {describe_event(event)[1]}"
+
+
+def _workers(entry: dict) -> list[dict]:
+    if "children" not in entry:
+        return [entry] if entry["pid"] and entry["state"] == "running" else []
+    return [w for child in entry["children"] for w in _workers(child)]
+
+
+def _add_usage(tree: dict) -> None:
+    """CPU % (over 0.1 s) and RSS of every running worker, read with psutil."""
+    procs = {}
+    for worker in _workers(tree):
+        try:
+            procs[id(worker)] = (worker, psutil.Process(worker["pid"]))
+            procs[id(worker)][1].cpu_percent(None)
+        except psutil.Error:
+            pass
+    if procs:
+        time.sleep(0.1)
+    for worker, proc in procs.values():
+        try:
+            worker["cpu_percent"] = proc.cpu_percent(None)
+            worker["rss_bytes"] = proc.memory_info().rss
+        except psutil.Error:
+            pass
+
+
+def _render_status(report: dict) -> str:
+    lines = [f"node {report['node']} (pid {report['pid']})",
+             f"{'ID':<28}{'KIND':<20}{'STATE':<12}{'PID':>8}{'RESTARTS':>10}{'UPTIME':>10}{'CPU%':>7}{'RSS':>10}"]
+
+    def add(entry: dict, depth: int) -> None:
+        uptime = f"{entry['uptime']:.0f}s" if entry.get("uptime") is not None else "-"
+        cpu = f"{entry['cpu_percent']:.1f}" if "cpu_percent" in entry else ""
+        rss = f"{entry['rss_bytes'] / 2**20:.1f}M" if "rss_bytes" in entry else ""
+        lines.append(f"{'  ' * depth + entry['id']:<28}{entry['kind']:<20}{entry['state']:<12}"
+                     f"{entry['pid'] or '-':>8}{entry['restarts']:>10}{uptime:>10}{cpu:>7}{rss:>10}")
+        for child in entry.get("children", []):
+            add(child, depth + 1)
+
+    add(report["tree"], 0)
+    return "\n".join(lines)
+
+
+def _start_detached(topology: str, name: str, timeout: float) -> int:
+    """Run `otpy start` in its own session, log to the runtime folder, wait for `status` to answer."""
+    if socket_path(name).exists() and any(n == name and s for n, s in node_statuses()):
+        click.echo(f"otpy: node {name!r} is already running", err=True)
+        return EXIT_FAILED
+    log_path = node_dir(name) / "node.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "otpy", "start", os.path.abspath(topology)],
+                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    with Client(name) as client:
+        try:
+            client.wait_ready(timeout, give_up=lambda: proc.poll() is not None)
+        except TimeoutError:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+            click.echo(f"otpy: node {name!r} did not start (see {log_path}):\n{_tail(log_path)}", err=True)
+            return EXIT_FAILED
+    click.echo(f"otpy: node {name!r} started (pid {proc.pid}); log: {log_path}")
+    return 0
+
+
+def _tail(path, lines: int = 20) -> str:
+    with open(path, errors="replace") as f:
+        return "".join(deque(f, maxlen=lines)).rstrip()
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -80,13 +329,9 @@ def _print_child_line(child_id: str, line: str) -> None:
 
 
 async def _run_foreground(node: AsyncNode) -> int:
-    try:
-        await node.start()
-    except NodeStartError as exc:
-        click.echo(f"otpy: node {node.name!r} did not start: {exc}", err=True)
-        return EXIT_FAILED
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
+    node.on_stop_request = stop_requested.set  # `otpy stop` through the control socket
     signals = 0
 
     def on_signal() -> None:
@@ -94,11 +339,16 @@ async def _run_foreground(node: AsyncNode) -> int:
         signals += 1
         if signals == 1:
             stop_requested.set()
-        else:  # a second Ctrl-C: no more waiting
+        elif node.root is not None:  # a second Ctrl-C: no more waiting
             loop.create_task(node.root.kill())
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before start: a Ctrl-C while starting stops in order too
         loop.add_signal_handler(sig, on_signal)
+    try:
+        await node.start()
+    except NodeStartError as exc:
+        click.echo(f"otpy: node {node.name!r} did not start: {exc}", err=True)
+        return EXIT_FAILED
     stop_task = asyncio.ensure_future(stop_requested.wait())
     await asyncio.wait({stop_task, node.root.exited}, return_when=asyncio.FIRST_COMPLETED)
     if stop_requested.is_set():

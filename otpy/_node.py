@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable
 
 from ._effects import DeleteChild, RestartChild, Result, StartChild, StartFromTemplate, TerminateChild
+from ._control import open_control
 from ._exit import ExitReason
 from ._processes import ProcessManager, StartFailed, kill_leftovers
 from ._runtime import node_dir
@@ -44,8 +45,11 @@ class AsyncNode:
         self.listeners: list[Listener] = []
         self._on_output = on_output
         self._services: list[Any] = []  # things with an async close(), closed after the tree stops
-        self.service_openers: list[Callable[["AsyncNode"], Any]] = []
+        self.service_openers: list[Callable[["AsyncNode"], Any]] = [open_control]
         self.stopping = False
+        # Set by whoever runs the node (``otpy start``) to hear ``otpy stop``; else the node stops itself.
+        self.on_stop_request: Callable[[], None] | None = None
+        self._stop_task: asyncio.Task | None = None
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike, **kwargs) -> "AsyncNode":
@@ -73,7 +77,22 @@ class AsyncNode:
             self._services.append(await open_service(self))
 
     async def stop(self) -> ExitReason:
-        """Ordered shutdown: children in reverse start order, then the node's own sockets."""
+        """Ordered shutdown: children in reverse start order, then the node's own sockets.
+
+        Calling it again while it runs (or after) waits for the same shutdown.
+        """
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop())
+        return await asyncio.shield(self._stop_task)
+
+    def request_stop(self) -> None:
+        """``otpy stop`` arrived: let the node's runner stop it, or stop it here if nobody runs it."""
+        if self.on_stop_request is not None:
+            self.on_stop_request()
+        elif self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop())
+
+    async def _stop(self) -> ExitReason:
         self.stopping = True
         self._report("node_stopping", self.name, None, os.getpid(), "")
         reason = await self.root.stop("infinity") if self.root else ExitReason(kind="shutdown")
@@ -171,6 +190,12 @@ class AsyncNode:
 
 
 def _log_event(e: dict[str, Any]) -> None:
+    level, text = describe_event(e)
+    log.log(level, "otpy[%s]: %s", e["node"], text)
+
+
+def describe_event(e: dict[str, Any]) -> tuple[int, str]:
+    """An event as the node's log shows it: (logging level, text)."""
     who = e["child"] or e["supervisor"]
     pid = f" pid {e['pid']}" if e["pid"] else ""
     detail = f": {e['detail']}" if e["detail"] else ""
@@ -185,7 +210,7 @@ def _log_event(e: dict[str, Any]) -> None:
         "node_stopping": "stopping in order",
     }.get(e["kind"], f"{e['kind']} {who}{detail}")
     level = logging.WARNING if e["kind"] in ("exited", "start_failed", "gave_up") else logging.INFO
-    log.log(level, "otpy[%s]: %s", e["node"], text)
+    return level, text
 
 
 class Node:

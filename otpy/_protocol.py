@@ -12,11 +12,11 @@ True
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 import msgspec
 
-from ._specs import ChildSpec
+from ._specs import AnySpec, ChildSpec
 
 ENCODER = msgspec.msgpack.Encoder()
 
@@ -122,3 +122,183 @@ FromAgent = Union[Reply, CallFailed]
 
 TO_AGENT = msgspec.msgpack.Decoder(ToAgent)
 FROM_AGENT = msgspec.msgpack.Decoder(FromAgent)
+
+
+# --- client <-> node (control) ------------------------------------------------------------
+# The node binds a ROUTER at ``_runtime.control_endpoint(name)`` (socket file 0600 in the
+# node's 0700 folder); clients connect DEALERs. One request or reply per ZeroMQ message
+# (after the ROUTER's identity frame). Every request gets exactly one reply carrying its
+# ``request_id``; a request that cannot be decoded gets ``ControlError(request_id=0)``.
+# Requests are served one at a time in arrival order. A message over 1 MiB makes ZeroMQ
+# drop it and disconnect the sender (ZMQ_MAXMSGSIZE): no reply.
+# ``supervisor=""`` means the root supervisor; for child operations it means "find the
+# supervisor that has this child".
+
+
+class WhichChildren(Message):
+    """client -> node: the children of ``supervisor`` in start order."""
+
+    request_id: int
+    supervisor: str = ""
+
+
+class CountChildren(Message):
+    """client -> node: OTP's counts for ``supervisor``."""
+
+    request_id: int
+    supervisor: str = ""
+
+
+class StartChild(Message):
+    """client -> node: add ``spec`` (a worker, supervisor or dynamic supervisor) under ``supervisor``."""
+
+    request_id: int
+    supervisor: str
+    spec: AnySpec
+
+
+class StartFromTemplate(Message):
+    """client -> node: start ``id`` from a dynamic supervisor's ``template``, ``args`` merged over its own."""
+
+    request_id: int
+    supervisor: str
+    template: str
+    id: str
+    args: dict[str, Any] = {}
+
+
+class TerminateChild(Message):
+    request_id: int
+    id: str
+    supervisor: str = ""
+
+
+class RestartChild(Message):
+    request_id: int
+    id: str
+    supervisor: str = ""
+
+
+class DeleteChild(Message):
+    request_id: int
+    id: str
+    supervisor: str = ""
+
+
+class GetStatus(Message):
+    """client -> node: the whole tree."""
+
+    request_id: int
+
+
+class StopNode(Message):
+    """client -> node: ordered shutdown. The reply (``Stopping``) comes once the tree has stopped."""
+
+    request_id: int
+
+
+class ChildInfo(msgspec.Struct, frozen=True):
+    id: str
+    kind: str
+    state: str
+    pid: int | None = None
+
+
+class Children(Message):
+    """node -> client: reply to WhichChildren."""
+
+    request_id: int
+    children: list[ChildInfo]
+
+
+class Counts(Message):
+    """node -> client: reply to CountChildren."""
+
+    request_id: int
+    specs: int
+    active: int
+    supervisors: int
+    workers: int
+
+
+class Outcome(Message):
+    """node -> client: reply to a child operation; ``outcome`` is one of ``_effects.Outcome``."""
+
+    request_id: int
+    outcome: str
+    pid: int | None = None
+    detail: str = ""
+
+
+class TreeEntry(msgspec.Struct, frozen=True):
+    """One supervisor or worker in a ``Status`` reply; ``uptime`` in seconds while running."""
+
+    id: str
+    kind: str
+    state: str
+    pid: int | None = None
+    restarts: int = 0
+    uptime: float | None = None
+    children: list["TreeEntry"] | None = None  # None for workers
+
+
+class Status(Message):
+    """node -> client: reply to GetStatus."""
+
+    request_id: int
+    node: str
+    pid: int
+    tree: TreeEntry
+
+
+class Stopping(Message):
+    """node -> client: reply to StopNode, sent after the tree stopped.
+
+    ``process_exits``: the node's process (``otpy start``) exits next; else the node was
+    embedded in a program that keeps running.
+    """
+
+    request_id: int
+    pid: int
+    process_exits: bool
+
+
+class ControlError(Message):
+    """node -> client: the request was not carried out and nothing changed.
+
+    ``kind``: ``bad_request`` (undecodable, unknown tag, wrong field type: ``message`` says
+    which), ``not_found`` (no such supervisor), ``stopping`` (the node is shutting down).
+    """
+
+    request_id: int
+    kind: str
+    message: str
+
+
+ToNode = Union[WhichChildren, CountChildren, StartChild, StartFromTemplate, TerminateChild,
+               RestartChild, DeleteChild, GetStatus, StopNode]
+FromNode = Union[Children, Counts, Outcome, Status, Stopping, ControlError]
+
+TO_NODE = msgspec.msgpack.Decoder(ToNode)
+FROM_NODE = msgspec.msgpack.Decoder(FromNode)
+
+
+# --- node -> subscribers (events) ---------------------------------------------------------
+# The node binds a PUB at ``_runtime.events_endpoint(name)`` (0600); one NodeEvent per
+# ZeroMQ message, no topic frame (subscribe to b""). Slow subscribers lose events (PUB's HWM).
+
+
+class NodeEvent(Message):
+    """A supervision event: ``kind`` is started, exited, stopped, restarting, start_failed,
+    gave_up, auto_shutdown or node_stopping; ``time`` is Unix time."""
+
+    kind: str
+    node: str
+    supervisor: str
+    child: str | None = None
+    pid: int | None = None
+    detail: str = ""
+    time: float = 0.0
+
+
+EVENT = msgspec.msgpack.Decoder(NodeEvent)

@@ -1,0 +1,268 @@
+"""Clients of a node's control socket: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
+
+    import otpy
+    with otpy.connect("hello") as node:
+        print(node.which_children("team"))
+        print(node.terminate_child("flaky"))   # Result(outcome='ok', ...)
+
+Both have the operations of ``otpy.Node`` with the same outcomes. Child operations return a
+``Result``; a request the node refuses (no such supervisor, undecodable, the node is stopping)
+raises ``ControlError``; no reply within the timeout raises ``TimeoutError``. A client is one
+DEALER socket: use it from one thread (or one asyncio loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import select
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+import psutil
+import zmq
+import zmq.asyncio
+
+from ._effects import Result
+from ._protocol import (
+    ENCODER, FROM_NODE, Children, ControlError as ControlErrorReply, CountChildren, Counts, DeleteChild,
+    GetStatus, Message, Outcome, RestartChild, StartChild, StartFromTemplate, Status, StopNode, Stopping,
+    TerminateChild, WhichChildren,
+)
+from ._runtime import control_endpoint, running_nodes
+from ._specs import AnySpec
+
+DEFAULT_TIMEOUT = 30.0  # seconds; a start_child waits for READY, which may take start_timeout
+PING_TIMEOUT = 0.5  # a node that does not answer status within this is stale
+
+
+class NodeNotFound(LookupError):
+    """No node of that name is running (or several are and none was named)."""
+
+
+class ControlError(RuntimeError):
+    """The node refused the request; nothing changed. ``kind``: bad_request, not_found, stopping, internal."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def socket_path(name: str) -> Path:
+    return Path(control_endpoint(name).removeprefix("ipc://"))
+
+
+def connect(name: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> "Client":
+    """A blocking client of node ``name`` (may be left out when exactly one node runs)."""
+    return Client(pick_node(name), timeout=timeout)
+
+
+def pick_node(name: str | None) -> str:
+    """``name`` if its socket exists; without a name, the one node that answers. Else NodeNotFound."""
+    if name is not None:
+        if not socket_path(name).exists():
+            raise NodeNotFound(f"no node {name!r} is running{_running_hint()}")
+        return name
+    live = [n for n, status in node_statuses() if status is not None]
+    if len(live) == 1:
+        return live[0]
+    if not live:
+        raise NodeNotFound("no node is running")
+    raise NodeNotFound(f"several nodes are running ({', '.join(live)}): name one")
+
+
+def _running_hint() -> str:
+    names = running_nodes()
+    return f" (running: {', '.join(names)})" if names else ""
+
+
+def node_statuses(timeout: float = PING_TIMEOUT) -> list[tuple[str, dict | None]]:
+    """Every node with a control socket and its status, or None when it did not answer (stale)."""
+    found = []
+    for name in running_nodes():
+        with Client(name, timeout=timeout) as client:
+            try:
+                found.append((name, client.status()))
+            except (TimeoutError, ControlError):
+                found.append((name, None))
+    return found
+
+
+# --- replies to return values -------------------------------------------------------------
+
+
+def _check(reply: Message) -> Message:
+    if isinstance(reply, ControlErrorReply):
+        raise ControlError(reply.kind, reply.message)
+    return reply
+
+
+def _children(reply: Children) -> list[dict[str, Any]]:
+    return [msgspec.structs.asdict(c) for c in reply.children]
+
+
+def _counts(reply: Counts) -> dict[str, int]:
+    return {"specs": reply.specs, "active": reply.active, "supervisors": reply.supervisors,
+            "workers": reply.workers}
+
+
+def _result(reply: Outcome) -> Result:
+    return Result(reply.outcome, pid=reply.pid, detail=reply.detail)
+
+
+def _status(reply: Status) -> dict[str, Any]:
+    return {"node": reply.node, "pid": reply.pid, "tree": _tree(msgspec.to_builtins(reply.tree))}
+
+
+def _tree(entry: dict[str, Any]) -> dict[str, Any]:
+    if entry["children"] is None:
+        del entry["children"]
+    else:
+        entry["children"] = [_tree(c) for c in entry["children"]]
+    return entry
+
+
+class _Operations:
+    """The operations, as (request, reply converter) pairs; ``_call`` does the round trip."""
+
+    def _call(self, make: Callable[[int], Message], convert: Callable[[Any], Any], timeout: float | None = None):
+        raise NotImplementedError
+
+    def which_children(self, sup: str | None = None):
+        return self._call(lambda rid: WhichChildren(rid, sup or ""), _children)
+
+    def count_children(self, sup: str | None = None):
+        return self._call(lambda rid: CountChildren(rid, sup or ""), _counts)
+
+    def start_child(self, sup: str, spec: AnySpec):
+        return self._call(lambda rid: StartChild(rid, sup or "", spec), _result)
+
+    def start_from_template(self, sup: str, template: str, child_id: str, args: dict | None = None):
+        return self._call(lambda rid: StartFromTemplate(rid, sup, template, child_id, args or {}), _result)
+
+    def terminate_child(self, child_id: str, sup: str | None = None):
+        return self._call(lambda rid: TerminateChild(rid, child_id, sup or ""), _result)
+
+    def restart_child(self, child_id: str, sup: str | None = None):
+        return self._call(lambda rid: RestartChild(rid, child_id, sup or ""), _result)
+
+    def delete_child(self, child_id: str, sup: str | None = None):
+        return self._call(lambda rid: DeleteChild(rid, child_id, sup or ""), _result)
+
+    def status(self):
+        return self._call(lambda rid: GetStatus(rid), _status)
+
+
+class Client(_Operations):
+    """A blocking client of one node. ``stop()`` returns once the node's tree has stopped."""
+
+    def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.name = name
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(control_endpoint(name))
+
+    def _call(self, make, convert, timeout=None, give_up: Callable[[], bool] | None = None):
+        request_id = next(self._ids)
+        self._socket.send(ENCODER.encode(make(request_id)))
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while (left := deadline - time.monotonic()) > 0:
+            if self._socket.poll(int(min(left, 0.1 if give_up else left) * 1000) + 1):
+                reply = FROM_NODE.decode(self._socket.recv())
+                if reply.request_id in (request_id, 0):
+                    return convert(_check(reply))
+            elif give_up is not None and give_up():
+                break
+        raise TimeoutError(f"node {self.name!r} did not answer within {self.timeout if timeout is None else timeout} s")
+
+    def wait_ready(self, timeout: float, give_up: Callable[[], bool]) -> dict[str, Any]:
+        """Status, waiting for a node that is starting; ``give_up()`` is checked every 0.1 s."""
+        return self._call(lambda rid: GetStatus(rid), _status, timeout, give_up)
+
+    def stop(self, *, timeout: float | None = 120.0) -> Result:
+        """Ordered shutdown; returns after the tree stopped and (``otpy start``) the process exited."""
+        reply = self._call(lambda rid: StopNode(rid), lambda r: r, timeout)
+        wait_gone(reply, timeout or 120.0)
+        return Result("ok", pid=reply.pid)
+
+    def close(self) -> None:
+        self._socket.close()
+        self._context.term()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def wait_gone(reply: Stopping, timeout: float) -> None:
+    """After Stopping: when the node runs in ``otpy start``, wait until its process exited."""
+    if reply.process_exits and not wait_exit(reply.pid, timeout):
+        raise TimeoutError(f"node process {reply.pid} still runs {timeout} s after its tree stopped")
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """True once ``pid`` has exited (a zombie counts: its reaper may be slow), False on timeout."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:  # no pidfd (old kernel): psutil, which waits for the zombie to be reaped
+        try:
+            psutil.Process(pid).wait(timeout)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            return False
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], timeout)[0])
+    finally:
+        os.close(pidfd)
+
+
+class AsyncClient(_Operations):
+    """The asyncio twin of ``Client``: every operation is a coroutine."""
+
+    def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.name = name
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._context = zmq.asyncio.Context()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(control_endpoint(name))
+
+    async def _call(self, make, convert, timeout=None):
+        request_id = next(self._ids)
+        await self._socket.send(ENCODER.encode(make(request_id)))
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while (left := deadline - time.monotonic()) > 0:
+            if await self._socket.poll(int(left * 1000) + 1):
+                reply = FROM_NODE.decode(await self._socket.recv())
+                if reply.request_id in (request_id, 0):
+                    return convert(_check(reply))
+        raise TimeoutError(f"node {self.name!r} did not answer within {limit} s")
+
+    async def stop(self, *, timeout: float | None = 120.0) -> Result:
+        reply = await self._call(lambda rid: StopNode(rid), lambda r: r, timeout)
+        await asyncio.to_thread(wait_gone, reply, timeout or 120.0)
+        return Result("ok", pid=reply.pid)
+
+    def close(self) -> None:
+        self._socket.close()
+        self._context.term()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,273 @@
+"""The control socket and the events socket, through otpy.connect(), with real processes and sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+
+import otpy
+from otpy._control import MAX_MESSAGE_BYTES
+from otpy._protocol import ENCODER, EVENT, FROM_NODE, ControlError, GetStatus, Status, Stopping, WhichChildren
+from otpy._runtime import control_endpoint, events_endpoint, runtime_root
+from tests.helpers import Events, alive, pids, sleeper, unique_name, wait_dead
+
+pytestmark = pytest.mark.timeout(30)
+
+TEMPLATE = otpy.ChildSpec(id="t", command=("sleep", "3600"))
+
+
+def tree(*extra) -> otpy.SupervisorSpec:
+    pool = otpy.DynamicSupervisorSpec(id="pool", max_children=2, templates={"sleepy": TEMPLATE})
+    return otpy.SupervisorSpec(id="root", children=(sleeper("a"), sleeper("b"), pool, *extra))
+
+
+@pytest.fixture
+def node():
+    node = otpy.Node.from_spec(tree(), name=unique_name("ctl")).start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def client(node):
+    with otpy.connect(node.name, timeout=10) as client:
+        yield client
+
+
+def dealer(ctx: zmq.Context, name: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(control_endpoint(name))
+    return sock
+
+
+def reply_of(sock: zmq.Socket, timeout_ms: int = 5000):
+    assert sock.poll(timeout_ms), "no reply"
+    return FROM_NODE.decode(sock.recv())
+
+
+def shape(node: otpy.Node) -> list:
+    return [(c["id"], c["pid"], c["state"]) for sup in ("root", "pool") for c in node.which_children(sup)]
+
+
+class TestOperations:
+    def test_socket_files_are_private(self, node):
+        folder = runtime_root() / node.name
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        for endpoint in (control_endpoint(node.name), events_endpoint(node.name)):
+            path = Path(endpoint.removeprefix("ipc://"))
+            assert stat.S_ISSOCK(path.stat().st_mode) and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    def test_which_children_and_count_children(self, node, client):
+        assert client.which_children() == node.which_children("root")
+        assert [c["id"] for c in client.which_children("root")] == ["a", "b", "pool"]
+        assert client.count_children() == {"specs": 3, "active": 3, "supervisors": 1, "workers": 2}
+        assert client.count_children("pool") == {"specs": 0, "active": 0, "supervisors": 0, "workers": 0}
+        with pytest.raises(otpy.ControlError, match="no supervisor 'nope'") as info:
+            client.which_children("nope")
+        assert info.value.kind == "not_found"
+
+    def test_terminate_restart_delete_outcomes(self, node, client):
+        old = pids(node)["a"]
+        assert client.terminate_child("a") == otpy.Result("ok")
+        assert wait_dead([old], 5) == []
+        assert client.terminate_child("a").outcome == "ok"  # idempotent
+        restarted = client.restart_child("a")
+        assert restarted.outcome == "ok" and restarted.pid == pids(node)["a"] != old
+        assert client.restart_child("a").outcome == "running"
+        assert client.delete_child("a").outcome == "running"
+        assert client.terminate_child("a", "root").outcome == "ok"
+        assert client.delete_child("a").outcome == "ok"
+        assert client.delete_child("a").outcome == "not_found"
+        missing = client.terminate_child("x")
+        assert missing.outcome == "not_found" and "x" in missing.detail
+        assert client.terminate_child("b", "nope").outcome == "not_found"
+        assert [c["id"] for c in client.which_children()] == ["b", "pool"]
+
+    def test_start_child_outcomes(self, node, client):
+        started = client.start_child("root", sleeper("c"))
+        assert started.outcome == "ok" and alive(started.pid)
+        assert client.start_child("root", sleeper("c")) == otpy.Result("already_started", pid=started.pid)
+        client.terminate_child("c")
+        assert client.start_child("root", sleeper("c")).outcome == "already_present"
+        assert client.start_child("nope", sleeper("d")).outcome == "not_found"
+        assert client.start_child("root", sleeper("a")).outcome in ("already_started", "invalid")
+        invalid = client.start_child("root", otpy.ChildSpec(id="d"))
+        assert invalid.outcome == "invalid" and "program and command" in invalid.detail
+        failed = client.start_child("root", otpy.ChildSpec(id="e", command=("/no/such/program",)))
+        assert failed.outcome == "start_failed"
+        assert "e" not in {c["id"] for c in client.which_children()}
+
+    def test_start_a_supervisor_with_children(self, node, client):
+        team = otpy.SupervisorSpec(id="team", children=(sleeper("t1"), sleeper("t2")))
+        assert client.start_child("root", team).outcome == "ok"
+        assert [c["state"] for c in client.which_children("team")] == ["running", "running"]
+        assert client.count_children()["supervisors"] == 2
+
+    def test_status_is_the_tree(self, node, client):
+        status = client.status()
+        assert status["node"] == node.name and status["pid"] == os.getpid()
+        root = status["tree"]
+        assert {"id", "kind", "state", "pid", "restarts", "children"} <= root.keys()
+        assert [c["id"] for c in root["children"]] == ["a", "b", "pool"]
+        a = root["children"][0]
+        assert a["kind"] == "worker" and a["state"] == "running" and a["pid"] == pids(node)["a"]
+        assert "children" not in a and a["uptime"] >= 0
+        assert root["children"][2]["children"] == []
+
+    def test_async_client(self, node):
+        async def talk():
+            async with otpy.AsyncClient(node.name, timeout=10) as client:
+                children = await client.which_children("pool")
+                result = await client.start_from_template("pool", "sleepy", "w1")
+                return children, result, await client.count_children("pool")
+
+        children, result, counts = asyncio.run(talk())
+        assert children == [] and result.outcome == "ok" and counts["active"] == 1
+
+
+class TestDynamicSupervisor:
+    def test_start_from_spec_and_template_max_children_and_terminate(self, node, client):
+        from_template = client.start_from_template("pool", "sleepy", "w1", {"k": 1})
+        assert from_template.outcome == "ok" and alive(from_template.pid)
+        assert client.start_child("pool", otpy.ChildSpec(id="w2", command=("sleep", "3600"))).outcome == "ok"
+        full = client.start_from_template("pool", "sleepy", "w3")
+        assert full.outcome == "max_children" and "2" in full.detail
+        assert client.count_children("pool") == {"specs": 2, "active": 2, "supervisors": 0, "workers": 2}
+        assert client.start_from_template("pool", "nope", "w4").outcome == "not_found"
+        assert client.restart_child("w1").outcome == "not_supported"
+        assert client.terminate_child("w1").outcome == "ok"
+        assert wait_dead([from_template.pid], 5) == []
+        assert [c["id"] for c in client.which_children("pool")] == ["w2"]  # removed, not kept
+        assert client.terminate_child("w1", "pool").outcome == "not_found"
+        assert client.start_from_template("pool", "sleepy", "w3").outcome == "ok"
+
+
+class TestStop:
+    def test_stop_replies_after_the_tree_stopped_and_closes_the_socket(self, node):
+        workers = [p for p in pids(node).values() if p != os.getpid()]
+        with otpy.connect(node.name) as client:
+            client.start_from_template("pool", "sleepy", "w1")
+            result = client.stop()
+        assert result.outcome == "ok" and result.pid == os.getpid()
+        assert wait_dead(workers, 1) == []
+        assert not Path(control_endpoint(node.name).removeprefix("ipc://")).exists()
+        with pytest.raises(otpy.NodeNotFound):
+            otpy.connect(node.name)
+
+
+class TestEvents:
+    def test_every_event_is_published(self, node, client):
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.connect(events_endpoint(node.name))
+        try:
+            deadline = time.monotonic() + 10
+            seen = []
+            while not any(e.kind == "started" and e.child == "a" for e in seen):  # subscription is async
+                assert time.monotonic() < deadline, f"no events; seen {seen}"
+                client.terminate_child("a")
+                client.restart_child("a")
+                while sub.poll(100):
+                    seen.append(EVENT.decode(sub.recv()))
+            started = next(e for e in seen if e.kind == "started" and e.child == "a")
+            assert started.node == node.name and started.supervisor == "root" and started.pid == pids(node)["a"]
+            assert started.time == pytest.approx(time.time(), abs=10)
+        finally:
+            sub.close()
+            ctx.term()
+
+
+class TestAbuse:
+    def test_malformed_requests_get_error_replies_and_change_nothing(self, node, client):
+        before = shape(node)
+        ctx = zmq.Context()
+        sock = dealer(ctx, node.name)
+        try:
+            cases = {
+                "garbage": [b"\xff\x00garbage"],
+                "unknown tag": [msgspec.msgpack.encode({"type": "Nuke", "request_id": 1})],
+                "wrong type": [msgspec.msgpack.encode({"type": "TerminateChild", "request_id": 1, "id": 5})],
+                "missing field": [msgspec.msgpack.encode({"type": "TerminateChild", "request_id": 1})],
+                "a reply sent as request": [ENCODER.encode(Stopping(1, pid=1, process_exits=False))],
+                "empty frame": [b""],
+                "two frames": [ENCODER.encode(GetStatus(1)), b"extra"],
+                "bad spec": [msgspec.msgpack.encode({"type": "StartChild", "request_id": 1, "supervisor": "root",
+                                                     "spec": {"type": "worker", "id": 3}})],
+            }
+            for what, frames in cases.items():
+                sock.send_multipart(frames)
+                reply = reply_of(sock)
+                assert isinstance(reply, ControlError) and reply.kind == "bad_request", what
+                assert reply.message, what
+            sock.send(ENCODER.encode(GetStatus(42)))
+            assert isinstance(reply_of(sock), Status)
+        finally:
+            sock.close()
+            ctx.term()
+        assert shape(node) == before
+
+    def test_an_oversized_frame_is_dropped_and_the_node_keeps_serving(self, node, client):
+        ctx = zmq.Context()
+        big = dealer(ctx, node.name)
+        try:
+            big.send(b"\x00" * (MAX_MESSAGE_BYTES + 1))
+            assert big.poll(300) == 0  # zmq dropped it and disconnected the sender: no reply
+            assert client.status()["tree"]["state"] == "running"
+        finally:
+            big.close()
+            ctx.term()
+
+    def test_a_thousand_concurrent_requests_from_several_sockets(self, node, client):
+        before = shape(node)
+        ctx = zmq.Context()
+        sockets = [dealer(ctx, node.name) for _ in range(5)]
+        answers: dict[int, list] = {}
+
+        def fire(index: int, sock: zmq.Socket) -> None:
+            for i in range(200):
+                sock.send(ENCODER.encode(WhichChildren(i + 1, "root")) if i % 3 else b"junk")
+            answers[index] = [reply_of(sock, 10000) for _ in range(200)]
+
+        threads = [threading.Thread(target=fire, args=(i, s)) for i, s in enumerate(sockets)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(20)
+            assert sorted(answers) == list(range(5))
+            for replies in answers.values():
+                assert [r.request_id for r in replies if not isinstance(r, ControlError)] == \
+                    [i + 1 for i in range(200) if i % 3]  # one reply each, in arrival order
+                assert sum(isinstance(r, ControlError) for r in replies) == len(range(0, 200, 3))
+        finally:
+            for s in sockets:
+                s.close()
+            ctx.term()
+        assert client.status()["tree"]["state"] == "running"
+        assert shape(node) == before
+
+    def test_requests_are_served_in_arrival_order(self, node, client):
+        ctx = zmq.Context()
+        sock = dealer(ctx, node.name)
+        try:
+            from otpy._protocol import TerminateChild
+
+            sock.send(ENCODER.encode(TerminateChild(1, "a")))
+            sock.send(ENCODER.encode(WhichChildren(2)))
+            first, second = reply_of(sock), reply_of(sock)
+            assert (first.request_id, first.outcome) == (1, "ok")
+            assert second.request_id == 2 and second.children[0].state == "stopped"
+        finally:
+            sock.close()
+            ctx.term()
