@@ -155,14 +155,19 @@ class Caller:
             raise CallError("the caller is closed", agent=agent_id)
         self._check_agent(agent_id)
         inputs = dict(inputs or {})
-        link = self._own_link(agent_id)
         for attempts_left in range(retries, -1, -1):
-            call_id = next(self._ids)
-            try:
-                return _call_on(link, call_id, encode_call(call_id, inputs), timeout)
-            except CallError as error:
-                if not error.retryable or attempts_left == 0:
-                    raise
+            deadline = time.monotonic() + timeout
+            while True:
+                call_id = next(self._ids)
+                link = self._own_link(agent_id)
+                try:
+                    return _call_on(link, call_id, encode_call(call_id, inputs), max(0.0, deadline - time.monotonic()))
+                except AgentDraining:  # not run: send it again, on a new connection, in the same attempt
+                    self._renew_own_link(agent_id)
+                except CallError as error:
+                    if not error.retryable or attempts_left == 0:
+                        raise
+                    break
         raise AssertionError("unreachable")
 
     async def acall(self, agent_id: str, inputs: Mapping[str, Any] | None = None, *,
@@ -218,6 +223,13 @@ class Caller:
                 self._own_links.append(link)
         return link
 
+    def _renew_own_link(self, agent_id: str) -> None:
+        """The agent's name now belongs to a new process: connect again, the old link is done."""
+        link = self._own.__dict__["links"].pop(agent_id)
+        with self._lock:
+            self._own_links.remove(link)
+        _close_link(link)
+
     def _post(self, pending: _Pending) -> None:
         with self._lock:
             if self._closed:
@@ -261,11 +273,13 @@ class _IOLoop:
             os.eventfd_read(self.caller._wake)
             self._take_commands()
             return
-        match self.by_socket[what]:
+        match self.by_socket.get(what):  # None: a link retired earlier in this round
             case ("dealer", link):
                 self._receive_replies(link)
+                self._retire_if_idle(link)
             case ("monitor", link):
                 self._receive_events(link)
+                self._retire_if_idle(link)
 
     def _poll_timeout_ms(self) -> int | None:
         if not self.deadlines:
@@ -285,14 +299,32 @@ class _IOLoop:
                 return
             self._send(pending)
 
-    def _send(self, pending: _Pending) -> None:
-        link = self.links.get(pending.agent) or self._connect(pending.agent)
+    def _send(self, pending: _Pending, link: _Link | None = None) -> None:
+        """Send ``pending``; ``link`` given: a resend of a call the agent did not run (same deadline)."""
+        resend = link is not None
+        link = link or self.links.get(pending.agent) or self._connect(pending.agent)
         self._receive_events(link)  # a disconnect already reported must not fail this call
-        pending.deadline = time.monotonic() + pending.timeout
         self.pending[pending.call_id] = pending
-        heapq.heappush(self.deadlines, (pending.deadline, pending.call_id))
+        if not resend:
+            pending.deadline = time.monotonic() + pending.timeout
+            heapq.heappush(self.deadlines, (pending.deadline, pending.call_id))
         (link.in_flight if link.connected else link.queued).add(pending.call_id)
         link.dealer.send(pending.payload, copy=False)
+
+    def _renew(self, old: _Link) -> _Link:
+        """A draining agent: new calls go on a new connection (to the name's next holder); the
+        old link stays until the calls still on it are answered or lost."""
+        if self.links.get(old.agent) is old:
+            self._connect(old.agent)
+            self._retire_if_idle(old)
+        return self.links[old.agent]
+
+    def _retire_if_idle(self, link: _Link) -> None:
+        if self.links.get(link.agent) is not link and not link.in_flight and not link.queued:
+            for socket in (link.dealer, link.monitor):
+                self.poller.unregister(socket)
+                del self.by_socket[socket]
+            _close_link(link)
 
     def _connect(self, agent: str) -> _Link:
         link = self.links[agent] = _open_link(self.context, self.caller.node, agent)
@@ -315,6 +347,8 @@ class _IOLoop:
             match message:
                 case Reply(outputs=outputs):
                     _resolve(pending.future, outputs)
+                case CallFailed(kind="draining"):
+                    self._send(pending, self._renew(link))  # not run: again, on a new connection
                 case CallFailed() as failed:
                     self._fail_or_retry(pending, _error_of(failed, link.agent))
 
@@ -452,8 +486,15 @@ def _own_reply(link: _Link, call_id: int) -> dict[str, Any] | None:
     return None
 
 
+class AgentDraining(CallError):
+    """The agent is shutting down and did not run the call: the caller sends it again on a new
+    connection (to the next holder of the name). Never reaches user code."""
+
+
 def _error_of(failed: CallFailed, agent: str) -> CallError:
     match failed.kind:
+        case "draining":
+            return AgentDraining(failed.message, agent=agent)
         case "raised":
             return RemoteError(failed.message, agent=agent, error_type=failed.error_type,
                                remote_traceback=failed.traceback)

@@ -28,9 +28,9 @@ import zmq.asyncio
 
 from ._effects import Result
 from ._protocol import (
-    ENCODER, FROM_NODE, Children, ControlError as ControlErrorReply, CountChildren, Counts, DeleteChild,
-    GetStatus, Message, Outcome, RestartChild, StartChild, StartFromTemplate, Status, StopNode, Stopping,
-    TerminateChild, WhichChildren,
+    ENCODER, FROM_NODE, Action, Children, ControlError as ControlErrorReply, CountChildren, Counts,
+    DeleteChild, GetStatus, Message, Outcome, Reconfigure, RestartChild, SetVariables, StartChild,
+    StartFromTemplate, Status, StopNode, Stopping, TerminateChild, WhichChildren,
 )
 from ._runtime import control_endpoint, running_nodes
 from ._specs import AnySpec
@@ -151,6 +151,16 @@ class _Operations:
 
     def delete_child(self, child_id: str, sup: str | None = None):
         return self._call(lambda rid: DeleteChild(rid, child_id, sup or ""), _result)
+
+    def reconfigure(self, sup: str, source: str, target: AnySpec):
+        return self._call(lambda rid: Reconfigure(rid, sup or "", source, target), _result)
+
+    def set_variables(self, scope: str, values: dict):
+        return self._call(lambda rid: SetVariables(rid, scope, values), _result)
+
+    def apply(self, action: Action):
+        """Send one optimizer action as it is (a fresh request id is filled in)."""
+        return self._call(lambda rid: msgspec.structs.replace(action, request_id=rid), _result)
 
     def status(self):
         return self._call(lambda rid: GetStatus(rid), _status)

@@ -28,8 +28,8 @@ import zmq.asyncio
 from ._effects import Result
 from ._protocol import (
     ENCODER, TO_NODE, ChildInfo, Children, ControlError, CountChildren, Counts, DeleteChild, GetStatus,
-    Message, NodeEvent, Outcome, RestartChild, StartChild, StartFromTemplate, Status, StopNode, Stopping,
-    TerminateChild, TreeEntry, WhichChildren,
+    Message, NodeEvent, Outcome, Reconfigure, RestartChild, SetVariables, StartChild, StartFromTemplate,
+    Status, StopNode, Stopping, TerminateChild, TreeEntry, WhichChildren,
 )
 from ._runtime import control_endpoint, events_endpoint, node_dir
 from ._specs import AnySpec, ChildSpec, DynamicSupervisorSpec, walk
@@ -169,6 +169,12 @@ class ControlServer:
                 return _outcome(rid, await node.restart_child(child_id, sup or None))
             case DeleteChild(request_id=rid, id=child_id, supervisor=sup):
                 return _outcome(rid, await node.delete_child(child_id, sup or None))
+            case Reconfigure(request_id=rid, supervisor=sup, source=source, target=target):
+                if problem := spec_problem(target):
+                    return Outcome(rid, "invalid", detail=problem)
+                return _outcome(rid, await node.reconfigure(sup or None, source, target))
+            case SetVariables(request_id=rid, scope=scope, values=values):
+                return _outcome(rid, await node.set_variables(scope, values))
             case GetStatus(request_id=rid):
                 status = node.status()
                 return Status(rid, node=status["node"], pid=status["pid"], tree=tree_entry(status["tree"]))

@@ -17,7 +17,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from ._effects import DeleteChild, RestartChild, Result, StartChild, StartFromTemplate, TerminateChild
+from ._effects import (
+    DeleteChild, Reconfigure, RestartChild, Result, StartChild, StartFromTemplate, TerminateChild,
+)
 from ._control import open_control
 from ._exit import ExitReason
 from ._processes import ProcessManager, StartFailed, kill_leftovers
@@ -141,6 +143,27 @@ class AsyncNode:
     async def delete_child(self, child_id: str, sup_id: str | None = None) -> Result:
         return await self._on_child(child_id, sup_id, lambda ref: DeleteChild(child_id, ref))
 
+    async def reconfigure(self, sup_id: str | None, source: str, target: AnySpec) -> Result:
+        """Replace the running child ``source`` by ``target`` (same id), make-before-break."""
+        return await self._on_child(source, sup_id, lambda ref: Reconfigure(source, target, ref))
+
+    async def set_variables(self, scope: str, values: dict[str, Any]) -> Result:
+        """Set ``values`` in ``scope`` through the registry child (all or nothing)."""
+        from ._calls import Caller
+        from ._errors import CallError
+        from ._registry import REGISTRY_ID
+
+        if self.root.find(REGISTRY_ID) is None:
+            return Result("not_found", detail="this node has no registry: declare [variables] in the topology")
+        try:
+            with Caller(self.name) as caller:
+                reply = await caller.acall(REGISTRY_ID, {"op": "set_many", "values": {scope: values}})
+        except CallError as exc:
+            return Result("start_failed", detail=f"the registry did not answer: {exc}")
+        if not reply.get("ok"):
+            return Result("invalid", detail="; ".join(reply.get("problems", [])))
+        return Result("ok")
+
     def which_children(self, sup_id: str | None = None) -> list[dict[str, Any]]:
         sup = self.supervisor(sup_id)
         if sup is None:
@@ -225,6 +248,7 @@ class Node:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.aio: AsyncNode | None = None
+        self._caller = None  # an otpy.Caller, made on the first call
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike, **kwargs) -> "Node":
@@ -253,6 +277,9 @@ class Node:
         return self
 
     def stop(self) -> ExitReason | None:
+        if self._caller is not None:
+            self._caller.close()
+            self._caller = None
         if self._loop is None:
             return None
         try:
@@ -301,6 +328,21 @@ class Node:
 
     def count_children(self, sup_id: str | None = None) -> dict[str, int]:
         return self._call(self.aio.count_children, sup_id)
+
+    def reconfigure(self, sup_id: str | None, source: str, target: AnySpec) -> Result:
+        return self._run(self.aio.reconfigure(sup_id, source, target))
+
+    def set_variables(self, scope: str, values: dict[str, Any]) -> Result:
+        return self._run(self.aio.set_variables(scope, values))
+
+    def call(self, agent_id: str, inputs: dict[str, Any] | None = None, *, timeout: float = 5.0,
+             retries: int = 0) -> dict[str, Any]:
+        """Call an agent of this node: straight to its socket (see ``otpy.Caller.call``)."""
+        from ._calls import Caller
+
+        if self._caller is None:
+            self._caller = Caller(self.name)
+        return self._caller.call(agent_id, inputs, timeout=timeout, retries=retries)
 
     def status(self) -> dict[str, Any]:
         return self._call(self.aio.status)

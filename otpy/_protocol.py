@@ -185,6 +185,26 @@ class DeleteChild(Message):
     supervisor: str = ""
 
 
+class Reconfigure(Message):
+    """client -> node (an action): replace the running child ``source`` of the dynamic supervisor
+    ``supervisor`` by ``target`` (same id), make-before-break: the target starts beside the
+    source and reports READY, then takes the name, then the source is stopped. A target that
+    fails to start leaves the source running; the reply says why."""
+
+    request_id: int
+    supervisor: str
+    source: str
+    target: AnySpec
+
+
+class SetVariables(Message):
+    """client -> node (an action): set ``values`` in the registry's ``scope``, all or nothing."""
+
+    request_id: int
+    scope: str
+    values: dict[str, Any]
+
+
 class GetStatus(Message):
     """client -> node: the whole tree."""
 
@@ -276,7 +296,9 @@ class ControlError(Message):
 
 
 ToNode = Union[WhichChildren, CountChildren, StartChild, StartFromTemplate, TerminateChild,
-               RestartChild, DeleteChild, GetStatus, StopNode]
+               RestartChild, DeleteChild, Reconfigure, SetVariables, GetStatus, StopNode]
+# The optimizer's actions are these requests: StartChild, TerminateChild, Reconfigure, SetVariables.
+Action = Union[StartChild, TerminateChild, Reconfigure, SetVariables]
 FromNode = Union[Children, Counts, Outcome, Status, Stopping, ControlError]
 
 TO_NODE = msgspec.msgpack.Decoder(ToNode)

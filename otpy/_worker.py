@@ -9,9 +9,10 @@ never returns. The child speaks to the node through the notify pipe on fd 3, one
 
 Before READY the worker binds the agent's ROUTER socket (``AgentServer``) at
 ``agent_endpoint(node, child_id)``; ``serve`` is its call loop, between READY and shutdown.
-SIGTERM reaches it as ``ShutdownRequested``, raised in the main thread; a signal also
-writes a byte to ``signal_fd()`` (Python's wakeup fd), which the loop polls, so it never
-sleeps through one.
+SIGTERM sets a flag and writes a byte to ``signal_fd()`` (Python's wakeup fd), which the
+loop polls, so it never sleeps through one. Then the agent drains: calls already taken are
+answered, new ones get ``draining`` (the caller resends them to the next holder of the name),
+and once the socket is quiet the program's ``teardown`` runs and the process dies by SIGTERM.
 
 This module also holds the Linux process attributes (``prctl``) every otpy process sets.
 """
@@ -100,9 +101,10 @@ def serve(agent: AgentServer | None) -> None:
     """
     if agent is not None:
         agent.serve(signal_fd(), _drain)
-    while True:
+    while not _shutdown_requested:
         select.select([signal_fd()], [], [])  # not signal.pause(): it can miss a signal
         _drain(signal_fd())
+    raise ShutdownRequested
 
 
 def _bind(program: Program, spec: ChildSpec) -> AgentServer | None:
@@ -174,7 +176,7 @@ def _catch_sigterm() -> None:
     _signal_fd, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(write_end)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_shutdown)
+        signal.signal(signal.SIGTERM, _note_shutdown)
 
 
 def _drain(fd: int) -> None:
@@ -185,9 +187,14 @@ def _drain(fd: int) -> None:
         pass
 
 
-def _raise_shutdown(signum, frame) -> NoReturn:
+_shutdown_requested = False
+
+
+def _note_shutdown(signum, frame) -> None:
+    """SIGTERM: the serving loop sees the flag when the wakeup fd wakes it (never mid-operation)."""
+    global _shutdown_requested
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # teardown runs once
-    raise ShutdownRequested
+    _shutdown_requested = True
 
 
 def _teardown(program: Program) -> None:
@@ -237,6 +244,9 @@ def limits(program: Program, args: Mapping[str, Any]) -> tuple[int, int]:
     return concurrency, max_queue
 
 
+QUIET_MS = 10  # a shutting-down agent exits once its socket was quiet this long
+
+
 class AgentServer:
     """The agent's ROUTER socket and its call loop.
 
@@ -250,6 +260,7 @@ class AgentServer:
         self.program = program
         self.capacity = concurrency + max_queue
         self.taken = 0  # calls accepted and not answered yet: running or waiting
+        self.draining = False  # shutting down: no new calls
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.replies: queue.SimpleQueue = queue.SimpleQueue()
         self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -264,14 +275,30 @@ class AgentServer:
         poller = zmq.Poller()
         for what in (self.router, self.wake, signal_fd):
             poller.register(what, zmq.POLLIN)
+        while not _shutdown_requested:
+            self._handle(poller.poll(), signal_fd, drain)
+        self._finish(poller, signal_fd, drain)
+        raise ShutdownRequested
+
+    def _handle(self, ready, signal_fd: int, drain: Callable[[int], None]) -> None:
+        for what, _ in ready:
+            if what is self.router:
+                self._take_calls()
+            elif what == self.wake:
+                self._send_replies()
+            else:
+                drain(signal_fd)  # a SIGTERM woke us: its handler set _shutdown_requested
+
+    def _finish(self, poller, signal_fd: int, drain: Callable[[int], None]) -> None:
+        """Shutting down: answer the calls already taken; answer new ones ``draining``, so their
+        callers resend them to whoever holds this agent's name next (a Reconfigure's target, a
+        restarted incarnation). Done once nothing is left and the socket was quiet ``QUIET_MS``."""
+        self.draining = True
         while True:
-            for what, _ in poller.poll():
-                if what is self.router:
-                    self._take_calls()
-                elif what == self.wake:
-                    self._send_replies()
-                else:
-                    drain(signal_fd)  # a SIGTERM raises ShutdownRequested from its handler
+            ready = poller.poll(QUIET_MS)
+            if not ready and self.taken == 0:
+                return
+            self._handle(ready, signal_fd, drain)
 
     def _take_calls(self) -> None:
         while True:
@@ -282,6 +309,9 @@ class AgentServer:
             except ValueError:
                 continue  # not [peer, payload]: not from a Caller
             match _decode_call(payload.buffer):
+                case Call() as call if self.draining:
+                    self._answer(peer, CallFailed(call_id=call.call_id, kind="draining",
+                                                  message="the agent is shutting down; call again"))
                 case Call() as call if self.taken >= self.capacity:
                     self._answer(peer, CallFailed(call_id=call.call_id, kind="overloaded",
                                                   message=f"{self.taken} calls taken, the most it holds"))

@@ -1,0 +1,22 @@
+"""The public API is exactly what otpy/__init__.py lists; everything else is private."""
+
+import otpy
+
+PUBLIC = {
+    "AgentCrashed", "AsyncClient", "AsyncNode", "BadRequest", "BoolVariable", "CallError", "CallTimeout",
+    "Caller", "ChildSpec", "ChoiceVariable", "Client", "CompileResult", "CompositeVariable", "ControlError",
+    "DynamicSupervisorSpec", "Example", "ExitReason", "FloatVariable", "IntegerVariable", "ModuleVariable",
+    "NoSuchAgent", "Node", "NodeNotFound", "NodeSpec", "NodeStartError", "Optimizer", "Overloaded",
+    "Pipeline", "PipelineResult", "Program", "RemoteError", "Result", "Stage", "SupervisorSpec",
+    "Unencodable", "VariableError", "VariableSpace", "connect",
+}
+
+
+def test_the_public_names_are_pinned():
+    assert set(otpy.__all__) == PUBLIC
+
+
+def test_every_public_name_exists_and_modules_stay_private():
+    for name in otpy.__all__:
+        assert getattr(otpy, name) is not None
+    assert not [m for m in dir(otpy) if not m.startswith("_") and m not in PUBLIC]

@@ -1,0 +1,72 @@
+"""Reconfigure, end to end: make-before-break under a dynamic supervisor, calls during the swap."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import otpy
+from tests.helpers import unique_name
+
+pytestmark = pytest.mark.timeout(60)
+
+ECHO = "tests.call_agents:Echo"
+UPPER = "tests.call_agents:upper"
+
+
+@pytest.fixture
+def node():
+    root = otpy.SupervisorSpec(id="root", children=(otpy.DynamicSupervisorSpec(id="pool"),))
+    node = otpy.Node.from_spec(root, name=unique_name("reconf")).start()
+    assert node.start_child("pool", otpy.ChildSpec(id="agent", program=ECHO)).ok
+    yield node
+    node.stop()
+
+
+def test_the_target_serves_under_the_same_name_with_a_new_pid(node):
+    before = node.which_children("pool")[0]["pid"]
+    result = node.reconfigure("pool", "agent", otpy.ChildSpec(id="agent", program=UPPER))
+    assert result.ok and result.pid != before
+    assert node.which_children("pool") == [{"id": "agent", "pid": result.pid, "state": "running", "kind": "worker"}]
+    assert node.call("agent", {"text": "hi"}) == {"text": "HI"}
+
+
+def test_calls_in_a_loop_during_reconfigures_all_succeed(node):
+    failures, answers, done = [], [], threading.Event()
+
+    def caller():
+        with otpy.Caller(node.name) as c:
+            while not done.is_set():
+                try:
+                    answers.append(c.call("agent", {"text": "x"}, timeout=5))
+                except otpy.CallError as exc:
+                    failures.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for program in (UPPER, ECHO, UPPER, ECHO):
+            assert node.reconfigure("pool", "agent", otpy.ChildSpec(id="agent", program=program)).ok
+    finally:
+        done.set()
+        for t in threads:
+            t.join(10)
+    assert failures == []
+    assert len(answers) > 10
+
+
+def test_a_target_that_fails_to_start_leaves_the_source_serving(node):
+    before = node.which_children("pool")[0]["pid"]
+    result = node.reconfigure("pool", "agent", otpy.ChildSpec(id="agent", program="tests.agents:FailingSetup"))
+    assert result.outcome == "start_failed" and "boom" in result.detail
+    assert node.which_children("pool")[0]["pid"] == before
+    assert node.call("agent", {"text": "still"})["text"] == "still"
+
+
+def test_reconfigure_through_the_control_socket(node):
+    with otpy.connect(node.name) as client:
+        result = client.reconfigure("pool", "agent", otpy.ChildSpec(id="agent", program=UPPER))
+        assert result.ok
+        assert client.reconfigure("pool", "ghost", otpy.ChildSpec(id="ghost", program=UPPER)).outcome == "not_found"
