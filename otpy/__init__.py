@@ -20,6 +20,7 @@ from ._errors import Overloaded as Overloaded
 from ._errors import RemoteError as RemoteError
 from ._errors import Unencodable as Unencodable
 from ._exit import ExitReason as ExitReason
+from ._manager import ManagerProgram as ManagerProgram
 from ._node import AsyncNode as AsyncNode
 from ._node import Node as Node
 from ._node import NodeStartError as NodeStartError
@@ -63,6 +64,7 @@ __all__ = [
     "ExitReason",
     "FloatVariable",
     "IntegerVariable",
+    "ManagerProgram",
     "ModuleVariable",
     "NoSuchAgent",
     "Node",

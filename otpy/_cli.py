@@ -22,6 +22,7 @@ import msgspec
 import psutil
 import zmq
 
+from ._cli_work import call, optimize, record_topology, run_pipeline
 from ._client import Client, ControlError, NodeNotFound, node_statuses, pick_node, socket_path
 from ._config import TopologyError, load_topology, topology_json_schema
 from ._effects import Result
@@ -63,7 +64,13 @@ def start(topology: str, verbose: bool, detach: bool, timeout: float) -> None:
     if detach:
         sys.exit(_start_detached(topology, spec.node.name, timeout))
     _setup_logging(verbose)
+    record_topology(spec.node.name, topology)
     sys.exit(asyncio.run(_run_foreground(AsyncNode(spec.node, on_output=_print_child_line))))
+
+
+main.add_command(call)
+main.add_command(run_pipeline)
+main.add_command(optimize)
 
 
 @main.command()

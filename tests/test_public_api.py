@@ -5,7 +5,7 @@ import otpy
 PUBLIC = {
     "AgentCrashed", "AsyncClient", "AsyncNode", "BadRequest", "BoolVariable", "CallError", "CallTimeout",
     "Caller", "ChildSpec", "ChoiceVariable", "Client", "CompileResult", "CompositeVariable", "ControlError",
-    "DynamicSupervisorSpec", "Example", "ExitReason", "FloatVariable", "IntegerVariable", "ModuleVariable",
+    "DynamicSupervisorSpec", "Example", "ExitReason", "FloatVariable", "IntegerVariable", "ManagerProgram", "ModuleVariable",
     "NoSuchAgent", "Node", "NodeNotFound", "NodeSpec", "NodeStartError", "Optimizer", "Overloaded",
     "Pipeline", "PipelineResult", "Program", "RemoteError", "Result", "Stage", "SupervisorSpec",
     "Unencodable", "VariableError", "VariableSpace", "connect",
