@@ -132,7 +132,8 @@ class DynamicMachine:
         self._replacing = None
         child = self.children[id]
         child.spec, child.ref, child.pid = target, ref, pid  # the old incarnation's exit is now stale
-        return [Swap(id), Reply(reply, Result("ok", pid=pid))]
+        # The target serves the name from here on: answer now, then stop the source.
+        return [Reply(reply, Result("ok", pid=pid)), Swap(id)]
 
     def _child_exited(self, id: str, ref: int, reason: ExitReason, now: float) -> list[Effect]:
         child = self.children.get(id)

@@ -308,7 +308,7 @@ class TestReconfigure:
         effects = m.handle(Reconfigure("c", target, "r1"), 0)
         assert effects[-1] == Spawn(target, replacing=True)
         assert m.children["c"].pid == 100  # the source is still the current child
-        assert m.handle(SpawnOk("c", 2, 200), 0) == [Swap("c"), Reply("r1", Result("ok", pid=200))]
+        assert m.handle(SpawnOk("c", 2, 200), 0) == [Reply("r1", Result("ok", pid=200)), Swap("c")]
         assert (m.children["c"].spec.program, m.children["c"].pid) == ("pkg:B", 200)
 
     def test_a_target_that_fails_to_start_leaves_the_source_running(self):
