@@ -11,7 +11,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (file, index of the ```python block): the blocks that are whole programs.
-RUNNABLE = [("docs/embedding.md", 0), ("docs/optimizing.md", 0), ("docs/programs.md", 1)]
+RUNNABLE = [("README.md", 0), ("docs/embedding.md", 0), ("docs/optimizing.md", 0), ("docs/programs.md", 1)]
 
 
 def block(path: str, index: int) -> str:
