@@ -8,3 +8,18 @@ class Idle(otpy.Program):
 
     def forward(self, **inputs):
         return inputs
+
+
+class SocketReady(otpy.Program):
+    """Sends its pid as one datagram to ``$BENCH_READY_SOCK`` in setup (the peers' readiness signal)."""
+
+    def setup(self, args, config):
+        import os
+        import socket
+
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.sendto(str(os.getpid()).encode(), os.environ["BENCH_READY_SOCK"])
+        s.close()
+
+    def forward(self, **inputs):
+        return inputs

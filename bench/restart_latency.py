@@ -117,30 +117,41 @@ def overhead(n: int) -> list[float]:
     return asyncio.run(run())
 
 
+def run(n: int) -> tuple[dict, dict]:
+    """Every series of this file: (summaries with ratios, raw samples in ms by series)."""
+    program = otpy.ChildSpec(id="agent", program="bench.agents:Idle")
+    command = otpy.ChildSpec(id="cmd", command=(sys.executable, "-c", NOTIFY), ready="notify")
+    raw = {
+        "program": asyncio.run(measure_restarts(program, n)),
+        "program_floor_fork": fork_floor(n),
+        "command": asyncio.run(measure_restarts(command, max(10, n // 4))),
+        "command_floor_exec": exec_floor(max(10, n // 4)),
+        "overhead": overhead(n),
+    }
+    results = {name: summarize(samples) for name, samples in raw.items()}
+    results["ratios"] = {
+        "program_p50_vs_fork": round(results["program"]["p50_ms"] / results["program_floor_fork"]["p50_ms"], 2),
+        "command_p50_vs_exec": round(results["command"]["p50_ms"] / results["command_floor_exec"]["p50_ms"], 2),
+    }
+    return results, {name: [s * 1000 for s in samples] for name, samples in raw.items()}
+
+
+def print_series(results: dict) -> None:
+    for name, row in results.items():
+        if not isinstance(row, dict) or "p50_ms" not in row:
+            continue
+        print(f"{name:22s} n={row['n']:4d}  p50 {row['p50_ms']:9.3f} ms  p95 {row['p95_ms']:9.3f}  "
+              f"p99 {row['p99_ms']:9.3f}  max {row['max_ms']:9.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200, help="restarts per series (default 200)")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = parser.parse_args()
-    program = otpy.ChildSpec(id="agent", program="bench.agents:Idle")
-    command = otpy.ChildSpec(id="cmd", command=(sys.executable, "-c", NOTIFY), ready="notify")
-    results = {
-        "program": summarize(asyncio.run(measure_restarts(program, args.n))),
-        "program_floor_fork": summarize(fork_floor(args.n)),
-        "command": summarize(asyncio.run(measure_restarts(command, max(10, args.n // 4)))),
-        "command_floor_exec": summarize(exec_floor(max(10, args.n // 4))),
-        "overhead": summarize(overhead(args.n)),
-    }
-    results["ratios"] = {
-        "program_p50_vs_fork": round(results["program"]["p50_ms"] / results["program_floor_fork"]["p50_ms"], 2),
-        "command_p50_vs_exec": round(results["command"]["p50_ms"] / results["command_floor_exec"]["p50_ms"], 2),
-    }
+    results, _ = run(args.n)
     results["machine"] = machine()
-    for name, row in results.items():
-        if name in ("ratios", "machine"):
-            continue
-        print(f"{name:20s} n={row['n']:4d}  p50 {row['p50_ms']:8.3f} ms  p95 {row['p95_ms']:8.3f}  "
-              f"p99 {row['p99_ms']:8.3f}  max {row['max_ms']:8.3f}")
+    print_series(results)
     print("ratios:", results["ratios"])
     if args.json:
         with open(args.json, "w") as f:
@@ -154,8 +165,15 @@ def machine() -> dict:
                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                   if line.startswith("model name")), platform.processor())
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    import tomllib
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml"), "rb") as f:
+        otpy_version = tomllib.load(f)["project"]["version"]
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "otpy": "0.1.0", "commit": commit}
+            "otpy": otpy_version, "commit": commit + ("+dirty" if dirty else ""),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import msgspec
 import psutil
 import zmq
 
+from ._cli_vars import vars_group
 from ._cli_work import call, optimize, record_topology, run_pipeline
 from ._client import Client, ControlError, NodeNotFound, node_statuses, pick_node, socket_path
 from ._config import TopologyError, load_topology, topology_json_schema
@@ -71,6 +72,7 @@ def start(topology: str, verbose: bool, detach: bool, timeout: float) -> None:
 main.add_command(call)
 main.add_command(run_pipeline)
 main.add_command(optimize)
+main.add_command(vars_group)
 
 
 @main.command()

@@ -324,3 +324,22 @@ class NodeEvent(Message):
 
 
 EVENT = msgspec.msgpack.Decoder(NodeEvent)
+
+
+# --- registry -> subscribers --------------------------------------------------------------
+# The registry (``otpy._registry``) binds a PUB at ``ipc://<OTPY_NODE_DIR>/registry-events.sock``
+# (0600) and publishes one VariableChanged per value written, only after the write committed;
+# no topic frame (subscribe to b""). A value written by one ``set_many`` shares its version.
+# Slow or late subscribers lose events: resolve again after (re)connecting.
+
+
+class VariableChanged(Message):
+    """registry -> subscribers: ``scope``'s ``name`` is now ``value``, stamped ``version``."""
+
+    scope: str
+    name: str
+    value: Any
+    version: int
+
+
+VARIABLE_CHANGED = msgspec.msgpack.Decoder(VariableChanged)

@@ -6,6 +6,10 @@ lives in SQLite (WAL) in the node's state folder: a write is acknowledged only a
 transaction committed, so a registry SIGKILLed and restarted by its supervisor serves every
 acknowledged write, and an unacknowledged one is either wholly there or wholly absent.
 
+After each commit the registry publishes one ``VariableChanged`` per written value on a PUB
+socket at ``ipc://<OTPY_NODE_DIR>/registry-events.sock`` (0600; see ``_protocol``). Workers
+subscribe to it to hand their program its new configuration (``otpy._worker``).
+
 >>> import tempfile
 >>> reg = Registry()
 >>> reg.setup({"variables": {"global": {"t": {"type": "float", "low": 0, "high": 2, "default": 1.0}}},
@@ -21,17 +25,27 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from typing import Any
 
 import msgspec
+import zmq
 
 from ._program import Program
+from ._protocol import ENCODER, VariableChanged
 from ._scopes import ScopedValues, VersionConflict, parents_of, spaces_from_topology
 from ._specs import ChildSpec, SupervisorSpec
 from ._variables import VariableError
 
 REGISTRY_ID = "registry"
 REGISTRY_PROGRAM = "otpy._registry:Registry"
+EVENTS_SOCKET = "registry-events.sock"
+
+
+def events_endpoint(node_dir: str | os.PathLike | None = None) -> str | None:
+    """``ipc://<node dir>/registry-events.sock`` (node dir: ``OTPY_NODE_DIR``), or None outside a node."""
+    folder = node_dir or os.environ.get("OTPY_NODE_DIR")
+    return f"ipc://{os.path.join(folder, EVENTS_SOCKET)}" if folder else None
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS value (scope TEXT, name TEXT, value TEXT NOT NULL, version INTEGER NOT NULL,
@@ -44,6 +58,7 @@ class Registry(Program):
     """Serves ``ScopedValues`` over calls; every change is committed before the reply."""
 
     def setup(self, args, config) -> None:
+        self._lock = threading.Lock()  # the store, the database and the PUB: one request at a time
         self.store = ScopedValues(spaces_from_topology(args.get("variables", {})), args.get("parents", {}))
         path = args.get("path") or os.path.join(os.environ.get("OTPY_NODE_DIR", "."), "registry.db")
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -51,19 +66,33 @@ class Registry(Program):
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
         self._load()
+        self._context = self.pub = None
+        endpoint = args.get("events") or events_endpoint()
+        if endpoint:
+            self._context = zmq.Context(io_threads=1)
+            self.pub = self._context.socket(zmq.PUB)
+            self.pub.linger = 0
+            self.pub.bind(endpoint)  # libzmq unlinks the file a SIGKILLed incarnation left
+            os.chmod(endpoint.removeprefix("ipc://"), 0o600)
 
     def teardown(self) -> None:
         self.db.close()
+        if self.pub is not None:
+            self.pub.close(linger=0)
+            self._context.term()
 
-    def forward(self, op: str, **request: Any) -> dict[str, Any]:
+    def forward(self, op: str = "", **request: Any) -> dict[str, Any]:
         try:
-            return self._serve(op, **request)
+            with self._lock:
+                return self._serve(op, **request)
         except VariableError as error:
             return {"ok": False, "error": "invalid", "problems": error.problems}
         except VersionConflict as conflict:
             return {"ok": False, "error": "conflict", "problems": [str(conflict)], "current": conflict.current}
-        except TypeError as error:  # missing or unexpected request fields
+        except TypeError as error:  # unexpected request fields
             return {"ok": False, "error": "bad_request", "problems": [f"{op}: {error}"]}
+        except KeyError as error:
+            return {"ok": False, "error": "bad_request", "problems": [f"{op}: missing field {error}"]}
 
     def _serve(self, op: str, **request: Any) -> dict[str, Any]:
         store = self.store
@@ -114,7 +143,16 @@ class Registry(Program):
                 self.db.execute("ROLLBACK")
             self._load()  # memory back to what is committed
             raise
+        self._publish(written)
         return result
+
+    def _publish(self, written) -> None:
+        """Tell the subscribers, once the values are committed (never before)."""
+        if self.pub is None:
+            return
+        for scope, name, _, version in written:
+            event = VariableChanged(scope=scope, name=name, value=self.store.values[scope][name], version=version)
+            self.pub.send(ENCODER.encode(event))
 
     def _load(self) -> None:
         store = self.store

@@ -14,6 +14,15 @@ loop polls, so it never sleeps through one. Then the agent drains: calls already
 answered, new ones get ``draining`` (the caller resends them to the next holder of the name),
 and once the socket is quiet the program's ``teardown`` runs and the process dies by SIGTERM.
 
+Configuration: when the node has a variable registry (its agent socket file exists) and this
+child is not the registry, ``_start`` asks it to ``resolve`` the child's configuration along
+its scope chain (``OTPY_CHILD_ID``, then ``OTPY_SUPERVISORS``) and passes it to ``setup``.
+After READY a ``ConfigWatcher`` thread subscribes to the registry's changes. When one changes
+the child's resolved configuration, a program with ``on_config(config)`` gets it, run by a
+call thread in turn with the calls; a program without it drains like on SIGTERM, tears down
+and exits with status ``EXIT_CONFIG_CHANGED`` (75), so that its supervisor restarts it with
+the new values (a ``crashed`` exit: it counts toward restart intensity).
+
 This module also holds the Linux process attributes (``prctl``) every otpy process sets.
 """
 
@@ -26,6 +35,7 @@ import select
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Mapping
 from typing import Any, Callable, NoReturn
@@ -33,12 +43,15 @@ from typing import Any, Callable, NoReturn
 import msgspec
 import zmq
 
-from ._calls import agent_endpoint, first_unencodable, make_agents_dir
+from ._calls import agent_endpoint, agent_socket_path, first_unencodable, make_agents_dir
 from ._program import Program, instantiate
-from ._protocol import ENCODER, TO_AGENT, Call, CallFailed, Reply
+from ._protocol import ENCODER, TO_AGENT, VARIABLE_CHANGED, Call, CallFailed, Reply
 from ._specs import ChildSpec
 
 NOTIFY_FD = 3
+EXIT_CONFIG_CHANGED = 75  # a program without on_config exits so, to be restarted with new values
+REGISTRY_ID = "registry"  # as otpy._registry.REGISTRY_ID (not imported: it pulls in sqlite)
+RESOLVE_TIMEOUT = 5.0
 
 
 # --- process attributes (Linux prctl) -----------------------------------------------------
@@ -77,14 +90,18 @@ def run(spec: ChildSpec) -> NoReturn:
     """Set the program up, bind its call socket, report READY, serve calls until SIGTERM,
     tear down, die by SIGTERM."""
     try:
-        program = _start(spec)
+        program, config = _start(spec)
         try:
             _catch_sigterm()
             agent = _bind(program, spec)
             _notify("READY")
+            if config and agent is not None:
+                ConfigWatcher(program, agent, config).start()
             serve(agent)
         except ShutdownRequested:
             _teardown(program)
+            if _config_changed:
+                _exit(EXIT_CONFIG_CHANGED)
             _die_by(signal.SIGTERM)
         _teardown(program)
         _exit(0)
@@ -134,17 +151,73 @@ def exit_shutdown() -> NoReturn:
     _exit(0)
 
 
-def _start(spec: ChildSpec) -> Program:
-    """The program, set up; on any error report FAILED and exit with status 1."""
+def _start(spec: ChildSpec) -> tuple[Program, dict[str, Any]]:
+    """The program, set up with its resolved configuration; on any error report FAILED, exit 1."""
     try:
         program = instantiate(spec.program)
     except BaseException as exc:
         fail(f"cannot instantiate {spec.program!r}: {_describe(exc)}")
+    config = _resolve_config(spec.id)
     try:
-        program.setup(spec.args, config={})
+        program.setup(spec.args, config=config)
     except BaseException as exc:
         fail(f"setup raised {_describe(exc)}")
-    return program
+    return program, config
+
+
+def _registry_caller():
+    """A Caller of this node, when the node has a registry and this child is not it; else None.
+
+    One ``stat`` of the registry's socket file: a node without ``[variables]`` waits for nothing.
+    """
+    node = os.environ.get("OTPY_NODE")
+    if not node or os.environ.get("OTPY_CHILD_ID") == REGISTRY_ID:
+        return None
+    if not agent_socket_path(node, REGISTRY_ID).exists():
+        return None
+    from ._calls import Caller
+
+    return Caller(node)
+
+
+def _chain() -> list[str]:
+    return [s for s in os.environ.get("OTPY_SUPERVISORS", "").split(",") if s]
+
+
+def resolve(caller, child_id: str) -> dict[str, Any]:
+    """The child's configuration from the registry; RuntimeError naming the problems."""
+    reply = caller.call(REGISTRY_ID, {"op": "resolve", "child": child_id, "chain": _chain()},
+                        timeout=RESOLVE_TIMEOUT, retries=1)
+    if not reply.get("ok"):
+        raise RuntimeError("; ".join(reply.get("problems") or [str(reply)]))
+    return reply["config"]
+
+
+_registry = None  # this worker's Caller of the registry, if the node has one
+
+
+def _resolve_config(child_id: str) -> dict[str, Any]:
+    global _registry
+    _registry = _registry_caller()
+    if _registry is None:
+        return {}
+    try:
+        return resolve(_registry, child_id)
+    except BaseException as exc:
+        fail(f"cannot resolve the configuration of {child_id!r} from the registry: {_describe(exc)}")
+
+
+_config_changed = False  # set by the ConfigWatcher of a program without on_config
+
+
+def request_config_restart() -> None:
+    """Drain and end like on SIGTERM, but exit with EXIT_CONFIG_CHANGED (the supervisor restarts us)."""
+    global _shutdown_requested, _config_changed
+    _config_changed = _shutdown_requested = True
+    try:
+        os.write(_signal_write_fd, b"\0")  # wakes the serving loop
+    except OSError:
+        pass
 
 
 def fail(why: str) -> NoReturn:
@@ -168,12 +241,14 @@ def _notify(line: str) -> None:
 
 
 _signal_fd = -1
+_signal_write_fd = -1
 
 
 def _catch_sigterm() -> None:
     """SIGTERM raises ShutdownRequested, unless the program set its own disposition."""
-    global _signal_fd
+    global _signal_fd, _signal_write_fd
     _signal_fd, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    _signal_write_fd = write_end
     signal.set_wakeup_fd(write_end)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _note_shutdown)
@@ -192,9 +267,10 @@ _shutdown_requested = False
 
 def _note_shutdown(signum, frame) -> None:
     """SIGTERM: the serving loop sees the flag when the wakeup fd wakes it (never mid-operation)."""
-    global _shutdown_requested
+    global _shutdown_requested, _config_changed
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # teardown runs once
     _shutdown_requested = True
+    _config_changed = False  # asked to stop: the end is a shutdown, not a restart for new values
 
 
 def _teardown(program: Program) -> None:
@@ -245,6 +321,7 @@ def limits(program: Program, args: Mapping[str, Any]) -> tuple[int, int]:
 
 
 QUIET_MS = 10  # a shutting-down agent exits once its socket was quiet this long
+CONFIG_DRAIN_S = 0.05  # ending for new values: at most this long answering ``draining`` once idle
 
 
 class AgentServer:
@@ -294,10 +371,19 @@ class AgentServer:
         callers resend them to whoever holds this agent's name next (a Reconfigure's target, a
         restarted incarnation). Done once nothing is left and the socket was quiet ``QUIET_MS``."""
         self.draining = True
+        idle_since = None
         while True:
             ready = poller.poll(QUIET_MS)
-            if not ready and self.taken == 0:
-                return
+            if self.taken == 0:
+                if not ready:
+                    return
+                # Ending for a restart with new values, nothing is left to answer: a caller that
+                # keeps resending to this name (it is still ours until we exit) must not keep us.
+                idle_since = idle_since or time.monotonic()
+                if _config_changed and time.monotonic() - idle_since > CONFIG_DRAIN_S:
+                    return
+            else:
+                idle_since = None
             self._handle(ready, signal_fd, drain)
 
     def _take_calls(self) -> None:
@@ -337,8 +423,92 @@ class AgentServer:
     def _run_calls(self) -> None:
         while True:
             peer, call = self.jobs.get()
+            if peer is None:  # not a call: a new configuration for on_config (ConfigWatcher)
+                _deliver_config(self.program, call)
+                continue
             self.replies.put((peer, run_call(self.program, call)))
             os.eventfd_write(self.wake, 1)
+
+
+def _deliver_config(program: Program, config: dict[str, Any]) -> None:
+    """``on_config(config)``; if it raises, the child crashes (exit 1) and restarts with the new values."""
+    try:
+        program.on_config(config)
+    except BaseException:
+        traceback.print_exc()
+        _exit(1)
+
+
+# --- configuration changes ----------------------------------------------------------------
+
+
+class ConfigWatcher(threading.Thread):
+    """Subscribes to the registry's changes and acts on those that change this child's config.
+
+    An event of a scope in the child's chain makes it resolve again (the registry knows which
+    scope a variable belongs to); a different configuration goes to ``on_config`` through the
+    call queue, or, for a program without ``on_config``, ends the worker for a restart. Each
+    time the SUB (re)connects (at first, after a registry restart) it resolves again too, so
+    a change published before the subscription was up is not missed for long.
+    """
+
+    def __init__(self, program: Program, agent: AgentServer, config: dict[str, Any]) -> None:
+        super().__init__(daemon=True, name="otpy-config")
+        self.program, self.agent, self.config = program, agent, config
+        self.child = os.environ.get("OTPY_CHILD_ID", "")
+        self.scopes = {self.child, *_chain(), "global"}
+        self.on_config = callable(getattr(program, "on_config", None))
+
+    def run(self) -> None:
+        from ._registry import events_endpoint
+
+        sub = self.agent.context.socket(zmq.SUB)
+        sub.linger = 0
+        sub.setsockopt(zmq.RECONNECT_IVL, 10)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        monitor = sub.get_monitor_socket(zmq.EVENT_CONNECTED)
+        sub.connect(events_endpoint())
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        while True:
+            ready = dict(poller.poll())
+            stale = False
+            if monitor in ready:
+                while _has_message(monitor):
+                    monitor.recv_multipart()
+                    stale = True
+            if sub in ready:
+                while _has_message(sub):
+                    stale |= self._concerns_us(sub.recv())
+            if stale and not self._refresh():
+                return
+
+    def _concerns_us(self, payload: bytes) -> bool:
+        try:
+            return VARIABLE_CHANGED.decode(payload).scope in self.scopes
+        except msgspec.DecodeError:
+            return False
+
+    def _refresh(self) -> bool:
+        """Resolve again and act on a difference; False once the worker is ending for a restart."""
+        try:
+            config = resolve(_registry, self.child)
+        except Exception as exc:  # the registry is restarting: its reconnection brings us back here
+            print(f"otpy: could not resolve the new configuration: {_describe(exc)}", file=sys.stderr, flush=True)
+            return True
+        if config == self.config:
+            return True
+        self.config = config
+        if self.on_config:
+            self.agent.jobs.put((None, config))
+            return True
+        request_config_restart()
+        return False
+
+
+def _has_message(socket: zmq.Socket) -> bool:
+    return bool(socket.poll(0, zmq.POLLIN))
 
 
 def _decode_call(payload) -> Call | CallFailed:

@@ -1,5 +1,10 @@
-"""Benchmarks are not tests, but each runs here with a tiny N so it cannot rot."""
+"""Benchmarks are not tests, but each runs here with a tiny N so it cannot rot.
 
+circus and supervisord run only where they are installed (``pip install -e .[bench]``);
+without them the restart scenario must say it skipped them, not fail.
+"""
+
+import importlib.util
 import json
 import os
 import subprocess
@@ -8,14 +13,62 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = {"p50_ms", "p95_ms", "p99_ms", "max_ms", "n"}
+
+
+def _run(*args, timeout=110):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, check=True, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.mark.timeout(120)
 def test_restart_latency_runs_and_writes_every_series(tmp_path):
     out = tmp_path / "restart.json"
-    subprocess.run([sys.executable, "bench/restart_latency.py", "--n", "5", "--json", str(out)],
-                   cwd=ROOT, check=True, capture_output=True, timeout=110)
+    _run("bench/restart_latency.py", "--n", "5", "--json", str(out))
     result = json.loads(out.read_text())
     for series in ("program", "command", "program_floor_fork", "command_floor_exec"):
-        assert set(result[series]) >= {"p50_ms", "p95_ms", "p99_ms", "max_ms", "n"}
+        assert set(result[series]) >= KEYS
         assert result[series]["p50_ms"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_run_restart_with_peers_or_says_they_are_skipped(tmp_path):
+    out = tmp_path / "restart.json"
+    proc = _run("bench/run.py", "restart", "--n", "3", "--n-defaults", "0", "--json", str(out))
+    report = json.loads(out.read_text())
+    restart = report["restart"]
+    assert set(report["machine"]) >= {"cpu", "cores", "python", "otpy", "commit"}
+    for series in ("program", "command", "otpy_program_socket", "otpy_command_socket"):
+        assert set(restart[series]) >= KEYS and restart[series]["n"] >= 3
+    for module, series in (("circus", "circus_fast"), ("supervisor", "supervisord_fast")):
+        peer = "supervisord" if module == "supervisor" else "circus"
+        if importlib.util.find_spec(module):
+            assert set(restart[series]) >= KEYS
+            assert f"{series}_p50_vs_otpy_program" in restart["peer_ratios"]
+        else:
+            assert peer in restart["peers"]["skipped"]
+            assert f"{peer}: skipped" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_run_scale_tiny(tmp_path):
+    out = tmp_path / "scale.json"
+    proc = _run("bench/run.py", "scale", "--n", "10", "--idle", "0.5", "--json", str(out))
+    scale = json.loads(out.read_text())["scale"]
+    assert scale["n"] == 10 and scale["ready_total_s"] > 0 and scale["stop_all_s"] > 0
+    assert set(scale["start_latency"]) >= KEYS and scale["start_latency"]["n"] == 10
+    assert scale["child_uss"]["n"] == 10 and scale["child_uss"]["max_mib"] > 0
+    assert scale["idle"]["node_cpu_pct_of_core"] >= 0
+    assert scale["curve_s"] == {"10": scale["ready_total_s"]}
+    assert "children ready in" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not importlib.util.find_spec("matplotlib"), reason="matplotlib not installed")
+def test_run_all_writes_one_report_and_a_chart(tmp_path):
+    out, png = tmp_path / "all.json", tmp_path / "chart.png"
+    _run("bench/run.py", "all", "--n", "3", "--scale-n", "5", "--no-peers", "--idle", "0.2", "--json", str(out),
+         "--chart", str(png))
+    report = json.loads(out.read_text())
+    assert {"restart", "scale", "machine", "targets"} <= set(report)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -80,3 +80,40 @@ class TestDurability:
         assert again.forward(op="resolve", child="writer")["config"] == {
             "classifier": "pkg.a:SVM", "temperature": 1.9, "timeout": 3.0}
         assert again.forward(op="set", scope="global", name="temperature", value=0.1)["version"] == 22
+
+
+class TestPublishing:
+    def test_each_committed_write_is_published_and_a_refused_one_is_not(self, db, tmp_path):
+        import zmq
+
+        from otpy._protocol import VARIABLE_CHANGED
+
+        endpoint = f"ipc://{tmp_path}/events.sock"
+        reg = Registry()
+        reg.setup({"variables": VARIABLES, "parents": PARENTS, "path": db, "events": endpoint}, {})
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.linger = 0
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(endpoint)
+        try:
+            for attempt in range(200):  # the subscription reaches the PUB a moment after connect
+                reg.forward(op="set", scope="global", name="temperature", value=0.5)
+                if sub.poll(20):
+                    break
+            while sub.poll(50):
+                sub.recv()
+            reg.forward(op="set", scope="global", name="temperature", value=3.5)  # refused
+            reg.forward(op="set_many", values={"global": {"classifier": "pkg.a:SVM"}, "team": {"timeout": 3.0}})
+            events = []
+            while sub.poll(200):
+                events.append(VARIABLE_CHANGED.decode(sub.recv()))
+            assert sorted((e.scope, e.name, e.value) for e in events) == [
+                ("global", "classifier", "pkg.a:SVM"), ("team", "timeout", 3.0)]
+            assert len({e.version for e in events}) == 1
+        finally:
+            sub.close()
+            reg.teardown()
+
+    def test_a_missing_field_is_a_bad_request(self, db):
+        reply = registry(db).forward(op="get", scope="global")
+        assert reply["error"] == "bad_request" and "name" in reply["problems"][0]

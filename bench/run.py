@@ -1,0 +1,206 @@
+"""otpy's benchmark suite: one command, one JSON report.
+
+    python bench/run.py restart [--n 200] [--n-defaults 20] [--json FILE] [--chart FILE.png]
+    python bench/run.py scale   [--n 1000] [--idle 10] [--json FILE] [--chart FILE.png]
+    python bench/run.py all     [--n 200] [--scale-n 1000] [...]
+    python bench/run.py chart --from A.json [B.json ...] --chart FILE.png   (re-draw, merged)
+
+``restart``: the series of ``bench/restart_latency.py`` (otpy's 'started' event after a
+SIGKILL, program and command children, with their fork/exec floors), then the same child
+program and one readiness signal (a unix datagram, see ``bench/peers.py``) under otpy,
+circus and supervisord, each peer at fast-restart settings and at its defaults. A peer that
+is not installed is skipped and said so. ``scale``: see ``bench/scale.py``.
+
+Every latency series prints p50, p95, p99, max and n; the JSON has ``p50_ms``, ``p95_ms``,
+``p99_ms``, ``max_ms``, ``n`` per series, and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import peers, scale  # noqa: E402
+from bench.restart_latency import machine, print_series, run as restart_series, summarize  # noqa: E402
+
+TARGETS = {"restart_program_p50_ms": 5, "restart_program_p99_ms": 15, "vs_circus_fast_x": 15,
+           "vs_supervisord_fast_x": 200, "scale_1000_ready_s": 2, "idle_node_cpu_pct": 1,
+           "child_uss_mib": 3}
+
+
+def log(msg: str) -> None:
+    print(f"# {msg}", file=sys.stderr, flush=True)
+
+
+def run_restart(n: int, n_defaults: int, with_peers: bool) -> tuple[dict, dict]:
+    log(f"restart: otpy series, n={n}")
+    results, raw = restart_series(n)
+    if with_peers:
+        log("restart: the same child and signal under otpy, circus, supervisord")
+        samples, notes = peers.run_all(n, n_defaults, log=log)
+        for name, s in samples.items():
+            results[name] = summarize(s)
+            raw[name] = [x * 1000 for x in s]
+        base = results["otpy_program_socket"]
+        ratios = {}
+        for name in samples:
+            if name.startswith(("circus", "supervisord")):
+                ratios[f"{name}_p50_vs_otpy_program"] = round(results[name]["p50_ms"] / base["p50_ms"], 1)
+                ratios[f"{name}_p99_vs_otpy_program"] = round(results[name]["p99_ms"] / base["p99_ms"], 1)
+                cmd = results["otpy_command_socket"]
+                ratios[f"{name}_p50_vs_otpy_command"] = round(results[name]["p50_ms"] / cmd["p50_ms"], 1)
+        results["peer_ratios"] = ratios
+        results["peers"] = notes
+    return results, raw
+
+
+def run_scale(n: int, idle: float) -> dict:
+    log(f"scale: {n} children, idle {idle} s")
+    main = asyncio.run(scale.scale_run(n, idle))
+    latencies = main.pop("start_latencies")
+    main["start_latency"] = summarize(latencies)
+    log("scale: curve")
+    main["curve_s"] = {str(k): v for k, v in asyncio.run(scale.curve(n, {n: main["ready_total_s"]})).items()}
+    return main
+
+
+def print_scale(s: dict) -> None:
+    print(f"scale: {s['n']} children ready in {s['ready_total_s']:.3f} s; stop all {s['stop_all_s']:.3f} s")
+    print_series({"start_latency": s["start_latency"]})
+    i = s["idle"]
+    print(f"idle {i['seconds']} s: node CPU {i['node_cpu_pct_of_core']:.3f} % of a core "
+          f"(zygote {i['zygote_cpu_pct_of_core']:.3f} %, all children {i['children_cpu_pct_of_core_total']:.3f} %)")
+    u, r = s["child_uss"], s["child_rss"]
+    print(f"node RSS {s['node_rss_mib']} MiB; child USS p50 {u['p50_mib']} MiB max {u['max_mib']} MiB "
+          f"(n={u['n']}); child RSS p50 {r['p50_mib']} MiB")
+    print("curve (N: seconds to all ready):", s["curve_s"])
+
+
+def verdicts(report: dict) -> dict:
+    out = {}
+    r = report.get("restart")
+    if r:
+        out["restart_program_p50_ms"] = (r["program"]["p50_ms"], TARGETS["restart_program_p50_ms"],
+                                         r["program"]["p50_ms"] <= TARGETS["restart_program_p50_ms"])
+        out["restart_program_p99_ms"] = (r["program"]["p99_ms"], TARGETS["restart_program_p99_ms"],
+                                         r["program"]["p99_ms"] <= TARGETS["restart_program_p99_ms"])
+        for peer, key in (("circus_fast", "vs_circus_fast_x"), ("supervisord_fast", "vs_supervisord_fast_x")):
+            ratio = r.get("peer_ratios", {}).get(f"{peer}_p50_vs_otpy_program")
+            if ratio is not None:
+                out[key] = (ratio, TARGETS[key], ratio >= TARGETS[key])
+    s = report.get("scale")
+    if s:
+        if s["n"] >= 1000:
+            out["scale_1000_ready_s"] = (s["ready_total_s"], TARGETS["scale_1000_ready_s"],
+                                         s["ready_total_s"] <= TARGETS["scale_1000_ready_s"])
+        cpu = s["idle"]["node_cpu_pct_of_core"]
+        out["idle_node_cpu_pct"] = (cpu, TARGETS["idle_node_cpu_pct"], cpu < TARGETS["idle_node_cpu_pct"])
+        uss = s["child_uss"]["max_mib"]
+        out["child_uss_mib"] = (uss, TARGETS["child_uss_mib"], uss <= TARGETS["child_uss_mib"])
+    return {k: {"measured": m, "target": t, "met": ok} for k, (m, t, ok) in out.items()}
+
+
+def chart(report: dict, raw: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in ("restart", "scale") if p in report]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
+    m = report["machine"]
+    for ax, panel in zip(axes[0], panels):
+        if panel == "restart":
+            for name in ("program", "command", "otpy_program_socket", "otpy_command_socket", "circus_fast",
+                         "circus_default", "supervisord_fast", "supervisord_default"):
+                if name in raw:
+                    xs = sorted(raw[name])
+                    ys = [(i + 1) / len(xs) for i in range(len(xs))]
+                    label = {"program": "otpy program ('started' event)",
+                             "command": "otpy command, notify ('started' event)"}.get(name, name.replace("_", " "))
+                    ax.step(xs, ys, where="post", label=f"{label} (n={len(xs)})")
+            ax.set_xscale("log")
+            ax.set_xlabel("SIGKILL to replacement ready (ms, log)")
+            ax.set_ylabel("fraction of restarts")
+            ax.set_title("restart latency CDF")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7, loc="lower right")
+        else:
+            c = report["scale"]["curve_s"]
+            ns = [int(k) for k in c]
+            ax.plot(ns, [c[k] for k in c], marker="o", label="otpy: time to N program children ready")
+            ax.set_xlabel("children under one dynamic supervisor (N)")
+            ax.set_ylabel("seconds")
+            ax.set_title("scale curve")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle(f"otpy {m['otpy']} @ {m['commit']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("scenario", choices=("restart", "scale", "all", "chart"))
+    parser.add_argument("--n", type=int, help="restarts per series (default 200) / children (default 1000)")
+    parser.add_argument("--scale-n", type=int, help="children for scale under 'all' (default 1000)")
+    parser.add_argument("--from", dest="sources", nargs="+", metavar="JSON",
+                        help="chart: reports written by --json, merged in order")
+    parser.add_argument("--n-defaults", type=int, default=20,
+                        help="restarts for each peer at its default settings (default 20; 0 skips; they are slow)")
+    parser.add_argument("--idle", type=float, default=10.0, help="idle window of the scale scenario, s")
+    parser.add_argument("--no-peers", action="store_true", help="skip circus and supervisord")
+    parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    parser.add_argument("--chart", metavar="FILE.png", help="write latency CDFs and the scale curve")
+    args = parser.parse_args(argv)
+    logging.getLogger("otpy").setLevel(logging.ERROR)  # a SIGKILLed child is logged as a warning
+
+    if args.scenario == "chart":
+        report, raw = {}, {}
+        for path in args.sources or ():
+            with open(path) as f:
+                part = json.load(f)
+            raw.update(part.pop("raw_ms", {}))
+            report.update(part)
+        chart(report, raw, args.chart)
+        return
+    report: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "argv": sys.argv[1:]}
+    raw: dict = {}
+    if args.scenario in ("restart", "all"):
+        n = args.n or 200
+        report["restart"], raw = run_restart(n, min(args.n_defaults, n), not args.no_peers)
+        print("== restart (ms)")
+        print_series(report["restart"])
+        print("ratios:", report["restart"]["ratios"])
+        if "peer_ratios" in report["restart"]:
+            print("peer ratios (peer / otpy, same signal):", report["restart"]["peer_ratios"])
+        for peer, why in report["restart"].get("peers", {}).get("skipped", {}).items():
+            print(f"{peer}: skipped, {why}")
+    if args.scenario in ("scale", "all"):
+        n = args.n if args.scenario == "scale" else args.scale_n
+        report["scale"] = run_scale(n or 1000, args.idle)
+        print("== scale")
+        print_scale(report["scale"])
+    report["targets"] = verdicts(report)
+    print("== targets")
+    for k, v in report["targets"].items():
+        print(f"{k:26s} measured {v['measured']:>10}  target {v['target']:>6}  {'met' if v['met'] else 'MISSED'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**report, "raw_ms": raw}, f, indent=2)
+    if args.chart:
+        chart(report, raw, args.chart)
+
+
+if __name__ == "__main__":
+    main()

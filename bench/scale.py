@@ -1,0 +1,119 @@
+"""Scale: N program children under one dynamic supervisor.
+
+Measured, for ``bench.agents:Idle`` children started one ``start_child`` after another (each
+call returns once its child has reported READY):
+
+- ``start``: per-child start latency (request to READY reply) and the total time to N ready;
+- ``idle``: the node process's CPU over an idle period (psutil ``cpu_times`` user+system
+  before/after, as % of one core). The node runs in this benchmark process, which only
+  sleeps on the node's loop meanwhile. The zygote's and the children's CPU over the same
+  period are reported beside it (not part of the node's number);
+- ``memory``: the node's RSS, and each child's USS (``memory_full_info().uss``: pages only
+  that process holds; pages shared with the zygote after fork are not counted);
+- ``stop``: ``node.stop()`` with N children (the dynamic supervisor stops them in parallel);
+- the scale curve: time to N ready, on a fresh node for each N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import time
+
+import psutil
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import otpy  # noqa: E402
+
+CURVE = (10, 100, 500, 1000)
+MIB = 1024 * 1024
+
+
+def _node(tag: str, n: int) -> otpy.AsyncNode:
+    pool = otpy.DynamicSupervisorSpec(id="pool", max_children=n + 1)
+    root = otpy.SupervisorSpec(id="root", children=(pool,))
+    return otpy.AsyncNode(otpy.NodeSpec(name=f"bench-scale-{tag}-{os.getpid()}", root=root),
+                          on_output=lambda *_: None)
+
+
+async def _start_all(node: otpy.AsyncNode, n: int) -> tuple[float, list[float]]:
+    latencies = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        t = time.perf_counter()
+        result = await node.start_child("pool", otpy.ChildSpec(id=f"w{i}", program="bench.agents:Idle"))
+        latencies.append(time.perf_counter() - t)
+        if result.outcome != "ok":
+            raise RuntimeError(f"child w{i} did not start: {result}")
+    return time.perf_counter() - t0, latencies
+
+
+def _cpu(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def _mem_summary(values: list[float]) -> dict:
+    v = sorted(values)
+    if not v:
+        return {"p50_mib": 0.0, "max_mib": 0.0, "n": 0}
+    return {"p50_mib": round(statistics.median(v) / MIB, 3), "max_mib": round(v[-1] / MIB, 3),
+            "mean_mib": round(statistics.fmean(v) / MIB, 3), "n": len(v)}
+
+
+async def scale_run(n: int, idle: float) -> dict:
+    node = _node("main", n)
+    await node.start()
+    try:
+        total, latencies = await _start_all(node, n)
+        me = psutil.Process()
+        pids = [c["pid"] for c in node.which_children("pool") if c["pid"]]
+        children = [psutil.Process(p) for p in pids]
+        zygote = [p for p in me.children() if p.pid not in pids]
+        await asyncio.sleep(0.5)  # let the last starts settle before the idle window
+        before = (_cpu(me), sum(_cpu(z) for z in zygote), sum(_cpu(c) for c in children), time.perf_counter())
+        await asyncio.sleep(idle)
+        after = (_cpu(me), sum(_cpu(z) for z in zygote), sum(_cpu(c) for c in children), time.perf_counter())
+        wall = after[3] - before[3]
+        rss = me.memory_info().rss
+        uss = [c.memory_full_info().uss for c in children]
+        child_rss = [c.memory_info().rss for c in children]
+    finally:
+        t0 = time.perf_counter()
+        await node.stop()
+        stop = time.perf_counter() - t0
+    return {
+        "n": n,
+        "ready_total_s": round(total, 3),
+        "start_latencies": latencies,
+        "idle": {"seconds": round(wall, 2),
+                 "node_cpu_pct_of_core": round(100 * (after[0] - before[0]) / wall, 3),
+                 "zygote_cpu_pct_of_core": round(100 * (after[1] - before[1]) / wall, 3),
+                 "children_cpu_pct_of_core_total": round(100 * (after[2] - before[2]) / wall, 3)},
+        "node_rss_mib": round(rss / MIB, 2),
+        "child_uss": _mem_summary(uss),
+        "child_rss": _mem_summary(child_rss),
+        "stop_all_s": round(stop, 3),
+    }
+
+
+async def time_to_ready(n: int) -> float:
+    node = _node(f"curve{n}", n)
+    await node.start()
+    try:
+        total, _ = await _start_all(node, n)
+    finally:
+        await node.stop()
+    return total
+
+
+async def curve(cap: int, known: dict[int, float] | None = None) -> dict[int, float]:
+    """Seconds to N ready for each N of CURVE up to ``cap`` (and ``cap`` itself)."""
+    points = sorted({m for m in CURVE if m <= cap} | {cap})
+    out = {}
+    for m in points:
+        out[m] = known[m] if known and m in known else round(await time_to_ready(m), 3)
+    return out
