@@ -2,86 +2,111 @@
 
 Every agent runs in its own OS process; supervisors restart them with OTP's strategies and
 restart intensity. The public names are listed here and pinned by ``tests/test_public_api.py``.
+
+Names are imported on first use (PEP 562): a worker process, forked from the zygote,
+imports only what it runs (``import otpy`` stays cheap, and the zygote stays small).
 """
 
-from ._calls import Caller as Caller
-from ._client import AsyncClient as AsyncClient
-from ._client import Client as Client
-from ._client import ControlError as ControlError
-from ._client import NodeNotFound as NodeNotFound
-from ._client import connect as connect
-from ._effects import Result as Result
-from ._errors import AgentCrashed as AgentCrashed
-from ._errors import BadRequest as BadRequest
-from ._errors import CallError as CallError
-from ._errors import CallTimeout as CallTimeout
-from ._errors import NoSuchAgent as NoSuchAgent
-from ._errors import Overloaded as Overloaded
-from ._errors import RemoteError as RemoteError
-from ._errors import Unencodable as Unencodable
-from ._exit import ExitReason as ExitReason
-from ._manager import ManagerProgram as ManagerProgram
-from ._node import AsyncNode as AsyncNode
-from ._node import Node as Node
-from ._node import NodeStartError as NodeStartError
-from ._optimizer import CompileResult as CompileResult
-from ._optimizer import Example as Example
-from ._optimizer import Optimizer as Optimizer
-from ._pipeline import Pipeline as Pipeline
-from ._pipeline import PipelineResult as PipelineResult
-from ._pipeline import Stage as Stage
-from ._program import Program as Program
-from ._scopes import VariableSpace as VariableSpace
-from ._specs import ChildSpec as ChildSpec
-from ._specs import DynamicSupervisorSpec as DynamicSupervisorSpec
-from ._specs import NodeSpec as NodeSpec
-from ._specs import SupervisorSpec as SupervisorSpec
-from ._variables import BoolVariable as BoolVariable
-from ._variables import ChoiceVariable as ChoiceVariable
-from ._variables import CompositeVariable as CompositeVariable
-from ._variables import FloatVariable as FloatVariable
-from ._variables import IntegerVariable as IntegerVariable
-from ._variables import ModuleVariable as ModuleVariable
-from ._variables import VariableError as VariableError
+from __future__ import annotations
 
-__all__ = [
-    "AgentCrashed",
-    "AsyncClient",
-    "AsyncNode",
-    "BadRequest",
-    "BoolVariable",
-    "CallError",
-    "CallTimeout",
-    "Caller",
-    "ChildSpec",
-    "ChoiceVariable",
-    "Client",
-    "CompileResult",
-    "CompositeVariable",
-    "ControlError",
-    "DynamicSupervisorSpec",
-    "Example",
-    "ExitReason",
-    "FloatVariable",
-    "IntegerVariable",
-    "ManagerProgram",
-    "ModuleVariable",
-    "NoSuchAgent",
-    "Node",
-    "NodeNotFound",
-    "NodeSpec",
-    "NodeStartError",
-    "Optimizer",
-    "Overloaded",
-    "Pipeline",
-    "PipelineResult",
-    "Program",
-    "RemoteError",
-    "Result",
-    "Stage",
-    "SupervisorSpec",
-    "Unencodable",
-    "VariableError",
-    "VariableSpace",
-    "connect",
-]
+import importlib
+from typing import TYPE_CHECKING
+
+_WHERE = {
+    "AgentCrashed": "_errors",
+    "AsyncClient": "_client",
+    "AsyncNode": "_node",
+    "BadRequest": "_errors",
+    "BoolVariable": "_variables",
+    "CallError": "_errors",
+    "CallTimeout": "_errors",
+    "Caller": "_calls",
+    "ChildSpec": "_specs",
+    "ChoiceVariable": "_variables",
+    "Client": "_client",
+    "CompileResult": "_optimizer",
+    "CompositeVariable": "_variables",
+    "ControlError": "_client",
+    "DynamicSupervisorSpec": "_specs",
+    "Example": "_optimizer",
+    "ExitReason": "_exit",
+    "FloatVariable": "_variables",
+    "IntegerVariable": "_variables",
+    "ManagerProgram": "_manager",
+    "ModuleVariable": "_variables",
+    "NoSuchAgent": "_errors",
+    "Node": "_node",
+    "NodeNotFound": "_client",
+    "NodeSpec": "_specs",
+    "NodeStartError": "_node",
+    "Optimizer": "_optimizer",
+    "Overloaded": "_errors",
+    "Pipeline": "_pipeline",
+    "PipelineResult": "_pipeline",
+    "Program": "_program",
+    "RemoteError": "_errors",
+    "Result": "_effects",
+    "Stage": "_pipeline",
+    "SupervisorSpec": "_specs",
+    "Unencodable": "_errors",
+    "VariableError": "_variables",
+    "VariableSpace": "_scopes",
+    "connect": "_client",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'otpy' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"otpy.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from ._errors import AgentCrashed as AgentCrashed
+    from ._client import AsyncClient as AsyncClient
+    from ._node import AsyncNode as AsyncNode
+    from ._errors import BadRequest as BadRequest
+    from ._variables import BoolVariable as BoolVariable
+    from ._errors import CallError as CallError
+    from ._errors import CallTimeout as CallTimeout
+    from ._calls import Caller as Caller
+    from ._specs import ChildSpec as ChildSpec
+    from ._variables import ChoiceVariable as ChoiceVariable
+    from ._client import Client as Client
+    from ._optimizer import CompileResult as CompileResult
+    from ._variables import CompositeVariable as CompositeVariable
+    from ._client import ControlError as ControlError
+    from ._specs import DynamicSupervisorSpec as DynamicSupervisorSpec
+    from ._optimizer import Example as Example
+    from ._exit import ExitReason as ExitReason
+    from ._variables import FloatVariable as FloatVariable
+    from ._variables import IntegerVariable as IntegerVariable
+    from ._manager import ManagerProgram as ManagerProgram
+    from ._variables import ModuleVariable as ModuleVariable
+    from ._errors import NoSuchAgent as NoSuchAgent
+    from ._node import Node as Node
+    from ._client import NodeNotFound as NodeNotFound
+    from ._specs import NodeSpec as NodeSpec
+    from ._node import NodeStartError as NodeStartError
+    from ._optimizer import Optimizer as Optimizer
+    from ._errors import Overloaded as Overloaded
+    from ._pipeline import Pipeline as Pipeline
+    from ._pipeline import PipelineResult as PipelineResult
+    from ._program import Program as Program
+    from ._errors import RemoteError as RemoteError
+    from ._effects import Result as Result
+    from ._pipeline import Stage as Stage
+    from ._specs import SupervisorSpec as SupervisorSpec
+    from ._errors import Unencodable as Unencodable
+    from ._variables import VariableError as VariableError
+    from ._scopes import VariableSpace as VariableSpace
+    from ._client import connect as connect

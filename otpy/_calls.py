@@ -34,45 +34,11 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ._errors import AgentCrashed, BadRequest, CallError, CallTimeout, NoSuchAgent, Overloaded, RemoteError, Unencodable
 from ._protocol import ENCODER, FROM_AGENT, Call, CallFailed, Reply
-from ._runtime import runtime_root
+from ._runtime import agent_endpoint, agent_socket_path, agents_dir, make_agents_dir  # noqa: F401
+from ._protocol import first_unencodable
 
 RECONNECT_IVL_MS = 2
 _MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
-
-
-# --- where agents listen ------------------------------------------------------------------
-
-
-def agents_dir(node: str) -> Path:
-    return runtime_root() / node / "agents"
-
-
-def agent_socket_path(node: str, child_id: str) -> Path:
-    return agents_dir(node) / f"{child_id}.sock"
-
-
-def agent_endpoint(node: str, child_id: str) -> str:
-    """``ipc://<runtime_root()>/<node>/agents/<child_id>.sock``: the same for every incarnation."""
-    return f"ipc://{agent_socket_path(node, child_id)}"
-
-
-def make_agents_dir(node: str) -> Path:
-    """The node's ``agents`` folder, created with mode 0700 (the node folder is private too)."""
-    path = agents_dir(node)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
-
-
-def first_unencodable(values: Mapping[str, Any]) -> str:
-    """The name of the first entry of ``values`` msgpack cannot encode ('' if none)."""
-    for name, value in values.items():
-        if not isinstance(name, str):
-            return repr(name)
-        try:
-            ENCODER.encode(value)
-        except Exception:
-            return name
-    return ""
 
 
 def encode_call(call_id: int, inputs: Mapping[str, Any]) -> bytes:

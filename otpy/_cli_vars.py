@@ -17,7 +17,8 @@ from typing import Any, NoReturn
 
 import click
 
-from ._calls import Caller, agent_socket_path
+from ._calls import Caller
+from ._runtime import agent_socket_path
 from ._client import NodeNotFound, pick_node
 from ._errors import CallError
 

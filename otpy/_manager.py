@@ -67,7 +67,7 @@ class ManagerProgram(Program):
         node = os.environ.get("OTPY_NODE", "")
         if not node or os.environ.get("OTPY_CHILD_ID") is None:
             return self.config
-        from ._calls import agent_socket_path
+        from ._runtime import agent_socket_path
 
         if not agent_socket_path(node, "registry").exists():
             return self.config

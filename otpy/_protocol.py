@@ -21,6 +21,19 @@ from ._specs import AnySpec, ChildSpec
 ENCODER = msgspec.msgpack.Encoder()
 
 
+def first_unencodable(values: dict[str, Any]) -> str:
+    """The name of the first entry of ``values`` msgpack cannot encode ('' if none)."""
+    for name, value in values.items():
+        if not isinstance(name, str):
+            return repr(name)
+        try:
+            ENCODER.encode(value)
+        except Exception:
+            return name
+    return ""
+
+
+
 class Message(msgspec.Struct, frozen=True, tag=True):
     """Base of every wire message: frozen, tagged with the class name."""
 

@@ -54,3 +54,26 @@ def running_nodes() -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / "control.sock").exists())
+
+
+# Where agents listen: one socket per agent id, the same for every incarnation.
+
+
+def agents_dir(node: str) -> Path:
+    return runtime_root() / node / "agents"
+
+
+def agent_socket_path(node: str, child_id: str) -> Path:
+    return agents_dir(node) / f"{child_id}.sock"
+
+
+def agent_endpoint(node: str, child_id: str) -> str:
+    """``ipc://<runtime_root()>/<node>/agents/<child_id>.sock``: the same for every incarnation."""
+    return f"ipc://{agent_socket_path(node, child_id)}"
+
+
+def make_agents_dir(node: str) -> Path:
+    """The node's ``agents`` folder, created with mode 0700 (the node folder is private too)."""
+    path = agents_dir(node)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path

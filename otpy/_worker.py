@@ -43,9 +43,9 @@ from typing import Any, Callable, NoReturn
 import msgspec
 import zmq
 
-from ._calls import agent_endpoint, agent_socket_path, first_unencodable, make_agents_dir
 from ._program import Program, instantiate
-from ._protocol import ENCODER, TO_AGENT, VARIABLE_CHANGED, Call, CallFailed, Reply
+from ._protocol import ENCODER, TO_AGENT, VARIABLE_CHANGED, Call, CallFailed, Reply, first_unencodable
+from ._runtime import agent_endpoint, agent_socket_path, make_agents_dir
 from ._specs import ChildSpec
 
 NOTIFY_FD = 3
