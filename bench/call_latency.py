@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -25,22 +24,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import zmq  # noqa: E402
+from bench.stats import summarize  # noqa: E402
 
 WINDOW = 64
 
 
 def echo(**inputs):
     return inputs
-
-
-def summary(samples_s: list[float]) -> dict:
-    ordered = sorted(samples_s)
-
-    def pct(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 4)
-
-    return {"p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
-            "max_ms": round(ordered[-1] * 1000, 4), "n": len(ordered)}
 
 
 def timed(fn, n: int, warmup: int = 200) -> list[float]:
@@ -69,7 +59,7 @@ def raw_zmq(n: int, folder: str) -> dict:
         def round_trip():
             dealer.send(b'{"text": "hi"}')
             dealer.recv()
-        return summary(timed(round_trip, n))
+        return summarize(timed(round_trip, n))
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -91,7 +81,7 @@ def throughput(caller, agents: list[str], n: int) -> dict:
         future.result()
         samples.append(time.perf_counter() - sent)
     elapsed = time.perf_counter() - start
-    return {**summary(samples), "calls_per_s": round(n / elapsed)}
+    return {**summarize(samples), "calls_per_s": round(n / elapsed)}
 
 
 def otpy_series(n: int) -> dict:
@@ -103,8 +93,8 @@ def otpy_series(n: int) -> dict:
     try:
         with Caller(node.name) as caller:
             results = {
-                "otpy_call": summary(timed(lambda: caller.call("echo0", {"text": "hi"}), n)),
-                "otpy_submit": summary(timed(lambda: caller.submit("echo0", {"text": "hi"}).result(), n)),
+                "otpy_call": summarize(timed(lambda: caller.call("echo0", {"text": "hi"}), n)),
+                "otpy_submit": summarize(timed(lambda: caller.submit("echo0", {"text": "hi"}).result(), n)),
             }
             for k in (1, 2, 4):
                 throughput(caller, [f"echo{j}" for j in range(k)], min(n, 2000))  # warm up

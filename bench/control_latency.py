@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import otpy  # noqa: E402
+from bench.stats import summarize  # noqa: E402
 
 TOPOLOGY = """
 [node]
@@ -37,16 +38,6 @@ name = "bench-control"
 id = "pool"
 type = "dynamic_supervisor"
 """
-
-
-def summarize(samples_s: list[float]) -> dict:
-    ms = sorted(s * 1000 for s in samples_s)
-
-    def pct(p: float) -> float:
-        return ms[min(len(ms) - 1, int(round(p / 100 * (len(ms) - 1))))]
-
-    return {"p50_ms": round(pct(50), 3), "p95_ms": round(pct(95), 3), "p99_ms": round(pct(99), 3),
-            "max_ms": round(ms[-1], 3), "n": len(ms)}
 
 
 def timed(operation, n: int) -> list[float]:

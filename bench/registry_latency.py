@@ -28,8 +28,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import otpy
-from otpy import Program
+import otpy  # noqa: E402
+from bench.stats import summarize  # noqa: E402
+from otpy import Program  # noqa: E402
 
 TOPOLOGY = """
 [node]
@@ -57,16 +58,6 @@ class Watcher(Program):
         return {"knob": self.knob, "at": self.at}
 
 
-def summary(samples_s: list[float]) -> dict:
-    ordered = sorted(samples_s)
-
-    def pct(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 4)
-
-    return {"p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
-            "max_ms": round(ordered[-1] * 1000, 4), "n": len(ordered)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500)
@@ -87,7 +78,7 @@ def main() -> None:
                 start = time.perf_counter()
                 caller.call("registry", get)
                 samples.append(time.perf_counter() - start)
-            results["get"] = summary(samples)
+            results["get"] = summarize(samples)
 
             value = 0
             samples = []
@@ -96,7 +87,7 @@ def main() -> None:
                 start = time.perf_counter()
                 assert caller.call("registry", {"op": "set", "scope": "global", "name": "knob", "value": value})["ok"]
                 samples.append(time.perf_counter() - start)
-            results["set"] = summary(samples)
+            results["set"] = summarize(samples)
             wait_for_value(caller, value)
 
             samples = []
@@ -106,7 +97,7 @@ def main() -> None:
                 caller.call("registry", {"op": "set", "scope": "global", "name": "knob", "value": value})
                 at = wait_for_value(caller, value)
                 samples.append(at - before)
-            results["on_config"] = summary(samples)
+            results["on_config"] = summarize(samples)
     print(json.dumps(results, indent=2))
     if options.json_path:
         with open(options.json_path, "w") as file:

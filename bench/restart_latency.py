@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -31,18 +30,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import otpy  # noqa: E402
+from bench.stats import machine, print_series, summarize  # noqa: E402,F401  (others import them from here too)
 
 NOTIFY = "import os; os.write(int(os.environ['OTPY_NOTIFY_FD']), b'READY\\n'); import time; time.sleep(3600)"
-
-
-def summarize(samples_s: list[float]) -> dict:
-    ms = sorted(s * 1000 for s in samples_s)
-
-    def pct(p: float) -> float:
-        return ms[min(len(ms) - 1, int(round(p / 100 * (len(ms) - 1))))]
-
-    return {"p50_ms": round(pct(50), 3), "p95_ms": round(pct(95), 3), "p99_ms": round(pct(99), 3),
-            "max_ms": round(ms[-1], 3), "mean_ms": round(statistics.fmean(ms), 3), "n": len(ms)}
 
 
 async def measure_restarts(spec: otpy.ChildSpec, n: int) -> list[float]:
@@ -136,14 +126,6 @@ def run(n: int) -> tuple[dict, dict]:
     return results, {name: [s * 1000 for s in samples] for name, samples in raw.items()}
 
 
-def print_series(results: dict) -> None:
-    for name, row in results.items():
-        if not isinstance(row, dict) or "p50_ms" not in row:
-            continue
-        print(f"{name:22s} n={row['n']:4d}  p50 {row['p50_ms']:9.3f} ms  p95 {row['p95_ms']:9.3f}  "
-              f"p99 {row['p99_ms']:9.3f}  max {row['max_ms']:9.3f}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200, help="restarts per series (default 200)")
@@ -158,22 +140,7 @@ def main() -> None:
             json.dump(results, f, indent=2)
 
 
-def machine() -> dict:
-    import platform
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                  if line.startswith("model name")), platform.processor())
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    import tomllib
-
-    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml"), "rb") as f:
-        otpy_version = tomllib.load(f)["project"]["version"]
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "otpy": otpy_version, "commit": commit + ("+dirty" if dirty else ""),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 
 if __name__ == "__main__":

@@ -148,9 +148,7 @@ class DynamicMachine:
 
     def _restart(self, id: str, now: float) -> list[Effect]:
         if not self.window.record(now):
-            detail = (f"child {id!r} exceeded the restart intensity "
-                      f"({self.spec.max_restarts} restarts in {self.spec.max_seconds} s)")
-            return [Report("gave_up", id, detail)] + self._terminate(SHUTDOWN)
+            return [Report("gave_up", id, self.window.exceeded(id))] + self._terminate(SHUTDOWN)
         self.children[id].restarts += 1
         self._starting = (id, None)
         return [Report("restarting", id), Spawn(self.children[id].spec)]

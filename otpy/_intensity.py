@@ -33,6 +33,11 @@ class RestartWindow:
         self._stamps.append(second)
         return len(self._stamps) <= self.max_restarts
 
+    def exceeded(self, child_id: str) -> str:
+        """Why a supervisor gives up, naming the child whose restart went over the limit."""
+        return (f"child {child_id!r} exceeded the restart intensity "
+                f"({self.max_restarts} restarts in {self.max_seconds} s)")
+
     def __len__(self) -> int:
         return len(self._stamps)
 

@@ -181,9 +181,7 @@ class StaticMachine:
 
     def _restart(self, id: str, now: float) -> list[Effect]:
         if not self.window.record(now):
-            detail = (f"child {id!r} exceeded the restart intensity "
-                      f"({self.spec.max_restarts} restarts in {self.spec.max_seconds} s)")
-            return [Report("gave_up", id, detail)] + self._terminate(SHUTDOWN)
+            return [Report("gave_up", id, self.window.exceeded(id))] + self._terminate(SHUTDOWN)
         self.children[id].restarts += 1
         strategy = self.spec.strategy
         if strategy == "one_for_one":
