@@ -119,9 +119,20 @@ class Registry(Program):
                 "problems": [f"unknown op {op!r}; expected get, set, set_many, resolve, explain or list"]}
 
     def _learn_chain(self, child: str, chain: list[str] | None) -> None:
-        """Children started at run time tell their supervisors, nearest first (``OTPY_SUPERVISORS``)."""
-        for below, above in zip([child, *(chain or [])], chain or []):
-            self.store.parents.setdefault(below, above)
+        """Children started at run time tell their supervisors, nearest first (``OTPY_SUPERVISORS``).
+
+        Only a child the tree does not know yet is learnt, and only from a list of known ids."""
+        if not isinstance(child, str) or child in self.store.parents or not chain:
+            return
+        if not isinstance(chain, list) or not all(isinstance(s, str) for s in chain):
+            raise TypeError("chain must be a list of supervisor ids")
+        known = {*self.store.parents, *self.store.parents.values()}
+        links = list(zip([child, *chain], chain))
+        for depth, (_, above) in enumerate(links):
+            if above in known:  # the chain reaches the tree: learn the new links below it
+                for below, parent in links[:depth + 1]:
+                    self.store.parents.setdefault(below, parent)
+                return
 
     # --- durability ---------------------------------------------------------------------
 

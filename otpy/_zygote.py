@@ -3,9 +3,12 @@
 The node starts one per node as ``python -m otpy._zygote SOCKET_FD NODE_PID``. It imports
 the worker's modules once and freezes them for the garbage collector, so a forked worker
 starts with everything loaded (a restart costs a fork, not an interpreter). It is single
-threaded, never creates a ZeroMQ context, dies with the node (parent-death signal) and is
-a child subreaper: orphaned grandchildren come back to it and are reaped here, so no
-zombie is left anywhere. Messages are in ``_protocol`` (node <-> zygote).
+threaded, never creates a ZeroMQ context, and is a child subreaper: orphaned grandchildren
+come back to it and are reaped here, so no zombie is left anywhere. Every child carries
+``OTPY_INCARNATION=<its pid>`` in its environment, and its descendants inherit it: an
+orphan whose incarnation is dead is killed (a helper that left its program's process group
+does not outlive the program). When the node dies the zygote gets SIGTERM (parent-death
+signal) and kills everything below it before it exits. Messages are in ``_protocol``.
 
 In a child, before the program or command runs: its own process group, the parent-death
 signal, default signal handling, ``/dev/null`` on fd 0, the output pipe on fds 1 and 2,
@@ -21,6 +24,7 @@ import select
 import signal
 import socket
 import sys
+import time
 import traceback
 from typing import NoReturn
 
@@ -46,25 +50,28 @@ class Zygote:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.modules_frozen = 0
+        self.terminating = False
+        self.children_file = f"/proc/{self.pid}/task/{self.pid}/children"
 
     # --- the loop -------------------------------------------------------------------------
 
     def serve(self) -> None:
         """Answer spawn requests and reap children until the node closes the socket."""
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "terminating", True))
         signal.set_wakeup_fd(self.wake_w)
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
         self.reap()  # a SIGCHLD before the handler was installed
-        while True:
+        while not self.terminating:
             for fd, _ in poller.poll():
                 if fd == self.wake_r:
                     self.drain_wakeups()
                     self.reap()
                 elif not self.receive():
-                    self.kill_all()
-                    return
+                    self.terminating = True
+        self.kill_all()
 
     def receive(self) -> bool:
         """Handle one message; False when the node closed the socket."""
@@ -94,29 +101,48 @@ class Zygote:
             pass
 
     def reap(self) -> None:
-        """Reap every dead child; report the ones we spawned, drop orphaned grandchildren."""
+        """Reap every dead child; report the ones we spawned; then kill orphans of dead programs."""
+        reaped = False
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
+            reaped = True
             if pid in self.spawned:
                 self.spawned.discard(pid)
                 self.send(Exited(pid=pid, status=status))
+        if reaped:
+            self.kill_orphans()
+
+    def children(self) -> list[int]:
+        """This process's children now, spawned or adopted (Linux's ``task/*/children``)."""
+        try:
+            with open(self.children_file) as f:
+                return [int(pid) for pid in f.read().split()]
+        except OSError:
+            return []
+
+    def kill_orphans(self) -> None:
+        """SIGKILL adopted processes whose program (``OTPY_INCARNATION``) is dead. An orphan of a
+        live program (a daemon it started) is left alone; reaping it later is ours."""
+        for pid in self.children():
+            if pid not in self.spawned and _incarnation_of(pid) not in self.spawned:
+                _kill_group(pid)
 
     def kill_all(self) -> None:
-        """The node is gone or closing: kill every child's group and reap what is dead."""
-        for pid in self.spawned:
-            _kill_group(pid)
-        for pid in self.spawned:
+        """The node is gone or closing: kill everything below, until nothing is left (2 s at most)."""
+        deadline = time.monotonic() + 2.0
+        while (below := self.children()) and time.monotonic() < deadline:
+            for pid in below:
+                _kill_group(pid)
             try:
-                os.waitpid(pid, 0)
+                os.waitpid(-1, 0)  # one death; its orphans are ours on the next round
             except ChildProcessError:
-                pass
+                break
         self.spawned.clear()
-        self.reap()
 
     # --- requests -------------------------------------------------------------------------
 
@@ -202,7 +228,8 @@ class Zygote:
         os.setpgid(0, 0)
         _worker.die_with_parent(self.pid)
         _reset_signals(exec_)
-        os.environ.update({"OTPY_CHILD_ID": spec.id, "OTPY_NOTIFY_FD": str(NOTIFY_FD)})
+        os.environ.update({"OTPY_CHILD_ID": spec.id, "OTPY_NOTIFY_FD": str(NOTIFY_FD),
+                           "OTPY_INCARNATION": str(os.getpid())})
         os.environ.update(spec.env)
         os.environ.update(request.env)
         if spec.cwd:
@@ -251,6 +278,7 @@ def _reset_signals(exec_: bool) -> None:
     """What a fresh process has: Python's own defaults for a worker, SIG_DFL for a command."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the zygote's own handler is not the child's
     if exec_:
         for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
@@ -265,6 +293,18 @@ def _kill_group(pid: int) -> None:
             kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _incarnation_of(pid: int) -> int | None:
+    """The ``OTPY_INCARNATION`` a process inherited (None: not readable, or not ours)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            for entry in f.read().split(b"\0"):
+                if entry.startswith(b"OTPY_INCARNATION="):
+                    return int(entry[len(b"OTPY_INCARNATION="):])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _read_all(fd: int) -> bytes:
@@ -284,7 +324,7 @@ def _ensure_std_fds() -> None:
 
 def main() -> None:
     sock_fd, node_pid = int(sys.argv[1]), int(sys.argv[2])
-    _worker.die_with_parent(node_pid)
+    _worker.die_with_parent(node_pid, signal.SIGTERM)  # caught: kill everything below, then exit
     _worker.become_subreaper()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's to handle
     _ensure_std_fds()
