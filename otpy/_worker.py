@@ -345,8 +345,16 @@ class AgentServer:
         self.router = self.context.socket(zmq.ROUTER)
         self.router.linger = 0
         self.router.bind(endpoint)  # libzmq unlinks the socket file a dead incarnation left
-        for n in range(concurrency):
-            threading.Thread(target=self._run_calls, daemon=True, name=f"otpy-call-{n}").start()
+        self.concurrency = concurrency
+        self.threads = 0  # call threads start with the first job: READY does not wait for them
+        self.threads_lock = threading.Lock()  # jobs come from the loop and from the config watcher
+
+    def put_job(self, job) -> None:
+        with self.threads_lock:
+            if self.threads < self.concurrency:
+                threading.Thread(target=self._run_calls, daemon=True, name=f"otpy-call-{self.threads}").start()
+                self.threads += 1
+        self.jobs.put(job)
 
     def serve(self, signal_fd: int, drain: Callable[[int], None]) -> NoReturn:
         poller = zmq.Poller()
@@ -403,7 +411,7 @@ class AgentServer:
                                                   message=f"{self.taken} calls taken, the most it holds"))
                 case Call() as call:
                     self.taken += 1
-                    self.jobs.put((peer, call))
+                    self.put_job((peer, call))
                 case CallFailed() as failed:
                     self._answer(peer, failed)
 
@@ -501,7 +509,7 @@ class ConfigWatcher(threading.Thread):
             return True
         self.config = config
         if self.on_config:
-            self.agent.jobs.put((None, config))
+            self.agent.put_job((None, config))
             return True
         request_config_restart()
         return False
