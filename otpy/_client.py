@@ -55,8 +55,15 @@ def socket_path(name: str) -> Path:
     return Path(control_endpoint(name).removeprefix("ipc://"))
 
 
-def connect(name: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> "Client":
-    """A blocking client of node ``name`` (may be left out when exactly one node runs)."""
+def connect(name: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, endpoint: str | None = None,
+            keys: str | os.PathLike | None = None) -> "Client":
+    """A blocking client of node ``name`` (may be left out when exactly one node runs).
+
+    ``endpoint="tcp://host:port"`` with ``keys`` (a folder with the node's ``server.key`` and a
+    client ``*.key_secret``) reaches a node's CURVE-protected TCP control endpoint instead.
+    """
+    if endpoint is not None:
+        return Client(name or endpoint, timeout=timeout, endpoint=endpoint, keys=keys)
     return Client(pick_node(name), timeout=timeout)
 
 
@@ -169,14 +176,15 @@ class _Operations:
 class Client(_Operations):
     """A blocking client of one node. ``stop()`` returns once the node's tree has stopped."""
 
-    def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT, endpoint: str | None = None,
+                 keys: str | os.PathLike | None = None) -> None:
         self.name = name
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(control_endpoint(name))
+        self._socket.connect(_secured(self._socket, name, endpoint, keys))
 
     def _call(self, make, convert, timeout=None, give_up: Callable[[], bool] | None = None):
         request_id = next(self._ids)
@@ -212,6 +220,18 @@ class Client(_Operations):
         self.close()
 
 
+def _secured(socket: zmq.Socket, name: str, endpoint: str | None, keys) -> str:
+    """The endpoint to connect to: the node's ipc socket, or a TCP one (CURVE keys required)."""
+    if endpoint is None:
+        return control_endpoint(name)
+    if not endpoint.startswith("tcp://") or keys is None:
+        raise ValueError("a TCP control endpoint needs endpoint='tcp://host:port' and keys=FOLDER (CURVE)")
+    from ._curve import connect_curve
+
+    connect_curve(socket, keys)
+    return endpoint
+
+
 def wait_gone(reply: Stopping, timeout: float) -> None:
     """After Stopping: when the node runs in ``otpy start``, wait until its process exited."""
     if reply.process_exits and not wait_exit(reply.pid, timeout):
@@ -241,14 +261,15 @@ def wait_exit(pid: int, timeout: float) -> bool:
 class AsyncClient(_Operations):
     """The asyncio twin of ``Client``: every operation is a coroutine."""
 
-    def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT, endpoint: str | None = None,
+                 keys: str | os.PathLike | None = None) -> None:
         self.name = name
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._context = zmq.asyncio.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(control_endpoint(name))
+        self._socket.connect(_secured(self._socket, name, endpoint, keys))
 
     async def _call(self, make, convert, timeout=None):
         request_id = next(self._ids)

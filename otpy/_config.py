@@ -108,9 +108,10 @@ class _Table(BaseModel):
 
 
 class NodeTable(_Table):
-    """``[node]``: the node's name (default: the file's stem)."""
+    """``[node]``: the node's name (default: the file's stem), and an opt-in TCP control endpoint."""
 
     name: Name | None = None
+    control_tcp: Annotated[str, StringConstraints(pattern=r"^tcp://.+:\d+$")] | None = None
 
 
 class TemplateTable(_Table):
@@ -441,7 +442,7 @@ def parse_topology(
     except VariableError as exc:
         raise TopologyError(_format(source, [(None, problem) for problem in exc.problems])) from None
     topology = Topology(
-        node=NodeSpec(name=name, root=root),
+        node=NodeSpec(name=name, root=root, control_tcp=file.node.control_tcp),
         path=source,
         raw_variables=file.variables,
         raw_pipelines=file.pipelines,

@@ -61,9 +61,12 @@ class ControlServer:
         self._context = zmq.asyncio.Context()
         self._router: zmq.asyncio.Socket | None = None
         self._pub: zmq.Socket | None = None
-        self._serving: asyncio.Task | None = None
-        self._in_flight: tuple[bytes, int] | None = None
-        self._stop_waiters: list[tuple[bytes, int]] = []
+        self._tcp: zmq.asyncio.Socket | None = None  # opt-in, CURVE only
+        self._auth = None
+        self._requests: asyncio.Queue = asyncio.Queue()  # (socket, identity, body) in arrival order
+        self._tasks: list[asyncio.Task] = []
+        self._in_flight: tuple[zmq.asyncio.Socket, bytes, int] | None = None
+        self._stop_waiters: list[tuple[zmq.asyncio.Socket, bytes, int]] = []
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -76,8 +79,27 @@ class ControlServer:
         self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self._router.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
         self._bind_private(self._router, control_endpoint(self.node.name))
+        if self.node.spec.control_tcp:
+            self._open_tcp(self.node.spec.control_tcp)
         self.node.listeners.append(self.publish)
-        self._serving = asyncio.ensure_future(self._serve())
+        self._tasks = [asyncio.ensure_future(self._receive(sock)) for sock in (self._router, self._tcp) if sock]
+        self._tasks.append(asyncio.ensure_future(self._serve()))
+
+    def _open_tcp(self, endpoint: str) -> None:
+        """The TCP control endpoint: CURVE-encrypted, only clients in ``curve/authorized`` get in."""
+        from zmq.auth.asyncio import AsyncioAuthenticator
+
+        from ._curve import ensure_keys, serve_curve
+
+        folder = ensure_keys(self.node.name)
+        self._auth = AsyncioAuthenticator(self._context)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(folder / "authorized"))
+        self._tcp = self._context.socket(zmq.ROUTER)
+        self._tcp.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self._tcp.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
+        serve_curve(self._tcp, folder)
+        self._tcp.bind(endpoint)
 
     @staticmethod
     def _bind_private(socket: zmq.Socket, endpoint: str) -> None:
@@ -86,21 +108,24 @@ class ControlServer:
 
     async def close(self) -> None:
         """Stop serving, answer whoever waits (in-flight request, StopNode), close the sockets."""
-        if self._serving is not None:
-            self._serving.cancel()
-            await asyncio.gather(self._serving, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.publish in self.node.listeners:
             self.node.listeners.remove(self.publish)
         endpoints = (control_endpoint(self.node.name), events_endpoint(self.node.name))
         for endpoint in endpoints:  # first: once a client has its reply, the node is gone for others too
             _ipc_path(endpoint).unlink(missing_ok=True)
         if self._in_flight is not None:
-            identity, request_id = self._in_flight
-            await self._send(identity, ControlError(request_id, "stopping", "the node stopped before answering"))
+            sock, identity, request_id = self._in_flight
+            await self._send(sock, identity, ControlError(request_id, "stopping", "the node stopped before answering"))
         exits = self.node.on_stop_request is not None
-        for identity, request_id in self._stop_waiters:
-            await self._send(identity, Stopping(request_id, pid=os.getpid(), process_exits=exits))
+        for sock, identity, request_id in self._stop_waiters:
+            await self._send(sock, identity, Stopping(request_id, pid=os.getpid(), process_exits=exits))
         self._router.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            self._auth.stop()
         self._pub.close()
         await asyncio.to_thread(self._context.term)  # waits for the replies to leave (linger)
 
@@ -116,17 +141,23 @@ class ControlServer:
 
     # --- requests ---------------------------------------------------------------------------
 
-    async def _serve(self) -> None:
+    async def _receive(self, sock: zmq.asyncio.Socket) -> None:
         while True:
-            identity, *body = await self._router.recv_multipart()
-            reply = await self._answer(identity, body)
+            identity, *body = await sock.recv_multipart()
+            self._requests.put_nowait((sock, identity, body))
+
+    async def _serve(self) -> None:
+        """One request at a time, in arrival order, whichever socket it came on."""
+        while True:
+            sock, identity, body = await self._requests.get()
+            reply = await self._answer(sock, identity, body)
             if reply is not None:
-                await self._send(identity, reply)
+                await self._send(sock, identity, reply)
 
-    async def _send(self, identity: bytes, reply: Message) -> None:
-        await self._router.send_multipart([identity, ENCODER.encode(reply)])
+    async def _send(self, sock: zmq.asyncio.Socket, identity: bytes, reply: Message) -> None:
+        await sock.send_multipart([identity, ENCODER.encode(reply)])
 
-    async def _answer(self, identity: bytes, body: list[bytes]) -> Message | None:
+    async def _answer(self, sock: zmq.asyncio.Socket, identity: bytes, body: list[bytes]) -> Message | None:
         if len(body) != 1:
             return ControlError(0, "bad_request", f"expected one frame after the identity, got {len(body)}")
         try:
@@ -134,12 +165,12 @@ class ControlServer:
         except msgspec.DecodeError as exc:  # also ValidationError: unknown tag, wrong type, missing field
             return ControlError(0, "bad_request", f"undecodable request: {exc}")
         if isinstance(request, StopNode):
-            self._stop_waiters.append((identity, request.request_id))
+            self._stop_waiters.append((sock, identity, request.request_id))
             self.node.request_stop()
             return None
         if self.node.stopping:
             return ControlError(request.request_id, "stopping", f"node {self.node.name!r} is stopping")
-        self._in_flight = (identity, request.request_id)
+        self._in_flight = (sock, identity, request.request_id)
         try:
             return await self._dispatch(request)
         except LookupError as exc:

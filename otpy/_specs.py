@@ -97,10 +97,11 @@ AnySpec = Union[ChildSpec, SupervisorSpec, DynamicSupervisorSpec]
 
 
 class NodeSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """A whole node: its name and its root supervisor."""
+    """A whole node: its name, its root supervisor, and an opt-in TCP control endpoint (CURVE)."""
 
     name: str
     root: SupervisorSpec
+    control_tcp: str | None = None
 
 
 def walk(spec: AnySpec, parent: str | None = None):

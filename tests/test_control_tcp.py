@@ -1,0 +1,75 @@
+"""The opt-in TCP control endpoint: CURVE only, and only for authorized client keys."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+
+import pytest
+import zmq
+import zmq.auth
+
+import otpy
+from otpy._curve import keys_dir
+from tests.helpers import sleeper, unique_name
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def node():
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    spec = otpy.NodeSpec(name=unique_name("tcp"), control_tcp=endpoint,
+                         root=otpy.SupervisorSpec(id="root", children=(sleeper("a"),)))
+    with otpy.Node(spec) as node:
+        yield node, endpoint
+
+
+def client_folder(tmp_path, node_name: str, secret: str = "client.key_secret"):
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    shutil.copy(keys_dir(node_name) / "server.key", folder)
+    shutil.copy(keys_dir(node_name) / secret, folder)
+    return folder
+
+
+def test_an_authorized_client_is_served_over_tcp(node, tmp_path):
+    node, endpoint = node
+    with otpy.connect(endpoint=endpoint, keys=client_folder(tmp_path, node.name), timeout=5) as client:
+        assert [c["id"] for c in client.which_children("root")] == ["a"]
+
+
+def test_a_plain_tcp_client_gets_nothing(node):
+    node, endpoint = node
+    context = zmq.Context()
+    try:
+        dealer = context.socket(zmq.DEALER)
+        dealer.linger = 0
+        dealer.connect(endpoint)
+        dealer.send(b"\x81\xa4type\xadWhichChildren")  # any bytes: the CURVE handshake never completes
+        assert dealer.poll(1000) == 0
+    finally:
+        context.destroy(linger=0)
+
+
+def test_a_client_whose_key_is_not_authorized_is_refused(node, tmp_path):
+    node, endpoint = node
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    zmq.auth.create_certificates(folder, "stranger")
+    shutil.copy(keys_dir(node.name) / "server.key", folder)
+    with otpy.connect(endpoint=endpoint, keys=folder, timeout=1) as client:
+        with pytest.raises(TimeoutError):
+            client.which_children("root")
+    assert [c["id"] for c in node.which_children("root")] == ["a"]  # still serving
+
+
+def test_tcp_needs_keys():
+    with pytest.raises(ValueError, match="CURVE"):
+        otpy.connect(endpoint="tcp://127.0.0.1:9")
