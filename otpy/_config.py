@@ -127,6 +127,7 @@ class TemplateTable(_Table):
     significant: bool = _default(ChildSpec, "significant")
     ready: Readiness = _default(ChildSpec, "ready")
     start_timeout: Seconds = _default(ChildSpec, "start_timeout")
+    max_rss: Seconds | None = _default(ChildSpec, "max_rss")  # MiB, > 0
 
 
 class WorkerTable(TemplateTable):

@@ -46,6 +46,7 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag
     significant: bool = False
     ready: Readiness = "exec"
     start_timeout: float = DEFAULT_START_TIMEOUT
+    max_rss: float | None = None  # MiB: a program child above it after a call exits to be restarted
 
     @property
     def kind(self) -> str:

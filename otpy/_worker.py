@@ -135,7 +135,7 @@ def _bind(program: Program, spec: ChildSpec) -> AgentServer | None:
         fail(str(exc))
     try:
         make_agents_dir(node)
-        return AgentServer(program, agent_endpoint(node, spec.id), concurrency, max_queue)
+        return AgentServer(program, agent_endpoint(node, spec.id), concurrency, max_queue, spec.max_rss)
     except Exception as exc:
         fail(f"cannot bind the call socket: {_describe(exc)}")
 
@@ -321,6 +321,14 @@ def limits(program: Program, args: Mapping[str, Any]) -> tuple[int, int]:
 
 
 QUIET_MS = 10  # a shutting-down agent exits once its socket was quiet this long
+EXIT_MAX_RSS = 76  # the exit status of an agent that went over its max_rss (abnormal: restarted)
+_PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def rss_mib() -> float:
+    """This process's resident memory, from /proc (one read: cheap enough after every call)."""
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * _PAGE_MIB
 CONFIG_DRAIN_S = 0.05  # ending for new values: at most this long answering ``draining`` once idle
 
 
@@ -333,8 +341,10 @@ class AgentServer:
     queue and an eventfd the loop polls.
     """
 
-    def __init__(self, program: Program, endpoint: str, concurrency: int, max_queue: int) -> None:
+    def __init__(self, program: Program, endpoint: str, concurrency: int, max_queue: int,
+                 max_rss: float | None = None) -> None:
         self.program = program
+        self.max_rss = max_rss
         self.capacity = concurrency + max_queue
         self.taken = 0  # calls accepted and not answered yet: running or waiting
         self.draining = False  # shutting down: no new calls
@@ -424,9 +434,15 @@ class AgentServer:
             try:
                 peer, reply = self.replies.get_nowait()
             except queue.Empty:
-                return
+                break
             self.taken -= 1
             self.router.send_multipart([peer, reply], copy=False)
+        if self.max_rss is not None and (rss := rss_mib()) > self.max_rss:
+            print(f"otpy: RSS {rss:.1f} MiB is over max_rss {self.max_rss:g} MiB: exiting to be restarted",
+                  file=sys.stderr, flush=True)
+            self.router.close(linger=100)  # the replies just sent still leave (term waits for them)
+            self.context.term()
+            _exit(EXIT_MAX_RSS)
 
     def _run_calls(self) -> None:
         while True:

@@ -80,3 +80,14 @@ class DeepForker(otpy.Program):
         with open(args["pid_file"] + ".tmp", "w") as file:
             file.write(f"{pid} {grand}")
         os.replace(args["pid_file"] + ".tmp", args["pid_file"])
+
+
+class Leaky(otpy.Program):
+    """Keeps ``mib`` MiB more of memory at every call (a leak), and says how much it holds."""
+
+    def setup(self, args, config):
+        self.kept = []
+
+    def forward(self, mib: int = 10):
+        self.kept.append(b"\x01" * (mib * 2**20))  # written: resident, not just reserved
+        return {"held_mib": len(self.kept) * mib, "pid": os.getpid()}

@@ -78,7 +78,7 @@ restart = "sometimes"
 def test_unknown_key_lists_accepted_keys():
     with pytest.raises(TopologyError) as caught:
         parse_topology("[node]\nhost = 1\n[supervisor]\n", source="t.toml")
-    assert caught.value.problems == ["t.toml: node.host: unknown key 'host'; accepted keys: 'name'"]
+    assert caught.value.problems == ["t.toml: node.host: unknown key 'host'; accepted keys: 'control_tcp', 'name'"]
 
 
 def test_every_type_problem_is_reported_at_once():
