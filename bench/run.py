@@ -2,6 +2,8 @@
 
     python bench/run.py restart [--n 200] [--n-defaults 20] [--json FILE] [--chart FILE.png]
     python bench/run.py scale   [--n 1000] [--idle 10] [--json FILE] [--chart FILE.png]
+    python bench/run.py reconfigure [--n 200] [--json FILE]
+    python bench/run.py call    [--n 5000] [--json FILE]
     python bench/run.py all     [--n 200] [--scale-n 1000] [...]
     python bench/run.py chart --from A.json [B.json ...] --chart FILE.png   (re-draw, merged)
 
@@ -10,6 +12,9 @@ SIGKILL, program and command children, with their fork/exec floors), then the sa
 program and one readiness signal (a unix datagram, see ``bench/peers.py``) under otpy,
 circus and supervisord, each peer at fast-restart settings and at its defaults. A peer that
 is not installed is skipped and said so. ``scale``: see ``bench/scale.py``.
+``reconfigure``: ``bench/reconfigure_latency.py`` (a Reconfigure action until the new program
+answers its first call). ``call``: ``bench/call_latency.py`` (echo round trips against raw
+pyzmq, throughput with 1, 2 and 4 agents).
 
 Every latency series prints p50, p95, p99, max and n; the JSON has ``p50_ms``, ``p95_ms``,
 ``p99_ms``, ``max_ms``, ``n`` per series, and the machine it ran on.
@@ -37,6 +42,27 @@ TARGETS = {"restart_program_p50_ms": 5, "restart_program_p99_ms": 15, "vs_circus
 
 def log(msg: str) -> None:
     print(f"# {msg}", file=sys.stderr, flush=True)
+
+
+def run_reconfigure(n: int) -> dict:
+    from bench.reconfigure_latency import run
+
+    log(f"reconfigure: n={n}")
+    return run(n)
+
+
+def run_call(n: int) -> dict:
+    import tempfile
+
+    from bench import call_latency
+
+    log(f"call: n={n}")
+    with tempfile.TemporaryDirectory(prefix="otpy-bench-") as folder:
+        results = {"raw_zmq": call_latency.raw_zmq(n, folder), **call_latency.otpy_series(n)}
+    base = results["raw_zmq"]["p50_ms"]
+    results["ratios"] = {f"{k}_p50_vs_raw_zmq": round(v["p50_ms"] / base, 2)
+                         for k, v in results.items() if isinstance(v, dict) and k.startswith("otpy")}
+    return results
 
 
 def run_restart(n: int, n_defaults: int, with_peers: bool) -> tuple[dict, dict]:
@@ -150,7 +176,7 @@ def chart(report: dict, raw: dict, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=("restart", "scale", "all", "chart"))
+    parser.add_argument("scenario", choices=("restart", "reconfigure", "call", "scale", "all", "chart"))
     parser.add_argument("--n", type=int, help="restarts per series (default 200) / children (default 1000)")
     parser.add_argument("--scale-n", type=int, help="children for scale under 'all' (default 1000)")
     parser.add_argument("--from", dest="sources", nargs="+", metavar="JSON",
@@ -186,6 +212,15 @@ def main(argv: list[str] | None = None) -> None:
             print("peer ratios (peer / otpy, same signal):", report["restart"]["peer_ratios"])
         for peer, why in report["restart"].get("peers", {}).get("skipped", {}).items():
             print(f"{peer}: skipped, {why}")
+    if args.scenario in ("reconfigure", "all"):
+        report["reconfigure"] = run_reconfigure(args.n or 200)
+        print("== reconfigure (ms)")
+        print_series(report["reconfigure"])
+    if args.scenario in ("call", "all"):
+        report["call"] = run_call(args.n * 25 if args.n else 5000)
+        print("== call (ms)")
+        print_series(report["call"])
+        print("ratios:", report["call"]["ratios"])
     if args.scenario in ("scale", "all"):
         n = args.n if args.scenario == "scale" else args.scale_n
         report["scale"] = run_scale(n or 1000, args.idle)

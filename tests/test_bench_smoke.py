@@ -64,11 +64,11 @@ def test_run_scale_tiny(tmp_path):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(not importlib.util.find_spec("matplotlib"), reason="matplotlib not installed")
 def test_run_all_writes_one_report_and_a_chart(tmp_path):
     out, png = tmp_path / "all.json", tmp_path / "chart.png"
     _run("bench/run.py", "all", "--n", "3", "--scale-n", "5", "--no-peers", "--idle", "0.2", "--json", str(out),
          "--chart", str(png))
     report = json.loads(out.read_text())
-    assert {"restart", "scale", "machine", "targets"} <= set(report)
+    assert {"restart", "reconfigure", "call", "scale", "machine", "targets"} <= set(report)
+    assert KEYS <= set(report["reconfigure"]["reconfigure"]) and KEYS <= set(report["call"]["otpy_call"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
