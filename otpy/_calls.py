@@ -25,7 +25,6 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import msgspec
@@ -34,7 +33,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ._errors import AgentCrashed, BadRequest, CallError, CallTimeout, NoSuchAgent, Overloaded, RemoteError, Unencodable
 from ._protocol import ENCODER, FROM_AGENT, Call, CallFailed, Reply
-from ._runtime import agent_endpoint, agent_socket_path, agents_dir, make_agents_dir  # noqa: F401
+from ._runtime import agent_endpoint, agent_socket_path
 from ._protocol import first_unencodable
 
 RECONNECT_IVL_MS = 2

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import otpy
-from otpy._calls import agent_socket_path, agents_dir
+from otpy._runtime import agent_socket_path, agents_dir
 from otpy._registry import EVENTS_SOCKET, REGISTRY_ID, with_registry
 from otpy._runtime import control_endpoint, events_endpoint, runtime_root
 from tests.helpers import unique_name

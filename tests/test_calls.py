@@ -11,7 +11,8 @@ import time
 import pytest
 
 import otpy
-from otpy._calls import Caller, agent_endpoint
+from otpy._calls import Caller
+from otpy._runtime import agent_endpoint
 from otpy._errors import AgentCrashed, CallError, CallTimeout, NoSuchAgent, Overloaded, RemoteError, Unencodable
 from tests.helpers import Events, pids, unique_name, wait_dead
 

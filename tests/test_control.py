@@ -17,7 +17,7 @@ import otpy
 from otpy._control import MAX_MESSAGE_BYTES
 from otpy._protocol import ENCODER, EVENT, FROM_NODE, ControlError, GetStatus, Status, Stopping, WhichChildren
 from otpy._runtime import control_endpoint, events_endpoint, runtime_root
-from tests.helpers import Events, alive, pids, sleeper, unique_name, wait_dead
+from tests.helpers import alive, pids, sleeper, unique_name, wait_dead
 
 pytestmark = pytest.mark.timeout(30)
 

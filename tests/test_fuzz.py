@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import otpy
-from otpy._calls import agent_endpoint
+from otpy._runtime import agent_endpoint
 from otpy._control import MAX_MESSAGE_BYTES
 from otpy._protocol import (
     ENCODER, FROM_AGENT, FROM_NODE, TO_AGENT, TO_NODE, Call, CallFailed, Children, ControlError, CountChildren,

@@ -6,7 +6,7 @@ import pytest
 
 from otpy._optimizer import Example, Optimizer
 from otpy._scopes import VariableSpace
-from otpy._variables import ChoiceVariable, FloatVariable, ModuleVariable
+from otpy._variables import FloatVariable, ModuleVariable
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,0 +1,179 @@
+"""The node's two kinds of pipes to its processes: the zygote's socket, and line readers.
+
+``ZygoteLink`` starts the zygote (``python -m otpy._zygote``), sends it messages (with fds)
+and reads its replies, all on the node's event loop; ``LineReader`` turns a child's output or
+notify pipe into lines. Both are used only by ``_processes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+from typing import Callable
+
+from ._protocol import ENCODER, FROM_ZYGOTE, Hello, Init
+
+log = logging.getLogger("otpy")
+LINE_LIMIT = 1 << 16
+
+
+class LineReader:
+    """Calls ``on_line`` for each line of a non-blocking pipe; closes the fd at EOF."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, on_line: Callable[[str], None],
+                 on_close: Callable[["LineReader"], None] | None = None) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._on_line = on_line
+        self._on_close = on_close
+        self._partial = b""
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._read_once)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def drain(self) -> None:
+        """Read everything in the pipe now."""
+        while not self.closed and self._read_once():
+            pass
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._loop.remove_reader(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        if self._partial:
+            self._emit([self._partial])
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def _read_once(self) -> bool:
+        try:
+            data = os.read(self._fd, LINE_LIMIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return False
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) >= LINE_LIMIT:
+            lines.append(self._partial)
+            self._partial = b""
+        self._emit(lines)
+        return True
+
+    def _emit(self, lines: list[bytes]) -> None:
+        for line in lines:
+            try:
+                self._on_line(line.rstrip(b"\r").decode(errors="replace"))
+            except Exception:
+                log.exception("otpy: output handler failed")
+
+
+# --- the zygote, seen from the node ----------------------------------------------------
+
+_OTPY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+live_zygotes: set[int] = set()  # pids, over every manager in this process
+
+
+class ZygoteLink:
+    """One running zygote: its process, its socket, and a pidfd that says when it died."""
+
+    def __init__(self, node_name: str, *, on_message: Callable, on_death: Callable) -> None:
+        self.node_name = node_name
+        self.returncode: int | None = None
+        self._on_message = on_message
+        self._on_death = on_death
+
+    async def start(self) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {**os.environ, "OTPY_NODE": self.node_name}  # the children's, and in /proc too
+        pythonpath = os.pathsep.join(filter(None, [_OTPY_ROOT, env.get("PYTHONPATH")]))
+        with theirs:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "otpy._zygote", str(theirs.fileno()), str(os.getpid())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env={**env, "PYTHONPATH": pythonpath})
+        live_zygotes.add(self._proc.pid)
+        self._pidfd = os.pidfd_open(self._proc.pid)
+        self._sock.setblocking(False)
+        self._hello = loop.create_future()
+        self._death = loop.create_future()
+        loop.add_reader(self._sock.fileno(), self._read)
+        loop.add_reader(self._pidfd, self._died)
+        await self.send(Init(sys_path=list(sys.path), cwd=os.getcwd(), env=env))
+        await self._hello
+
+    async def send(self, message, fds: tuple[int, ...] = ()) -> None:
+        data = ENCODER.encode(message)
+        while True:
+            try:
+                socket.send_fds(self._sock, [data], fds) if fds else self._sock.send(data)
+                return
+            except BlockingIOError:
+                await self._writable()
+
+    async def _writable(self) -> None:
+        """Wait until the socket has room again, or the zygote is dead."""
+        writable = self._loop.create_future()
+
+        def on_writable() -> None:
+            self._loop.remove_writer(self._sock.fileno())
+            if not writable.done():
+                writable.set_result(None)
+
+        self._loop.add_writer(self._sock.fileno(), on_writable)
+        await asyncio.wait([writable, self._death], return_when=asyncio.FIRST_COMPLETED)
+
+    async def stop(self) -> None:
+        """Close the socket (the zygote kills what it still has and exits); wait for its death."""
+        self._close_socket()
+        await asyncio.shield(self._death)
+
+    def _read(self) -> None:
+        while self._sock.fileno() >= 0:
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_socket()
+                return
+            message = FROM_ZYGOTE.decode(data)
+            if isinstance(message, Hello):
+                self._hello.set_result(message.pid)
+            else:
+                self._on_message(message)
+
+    def _died(self) -> None:
+        self._read()  # the last reports first
+        self._close_socket()
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self.returncode = self._proc.wait()
+        live_zygotes.discard(self._proc.pid)
+        if not self._hello.done():
+            self._hello.set_exception(RuntimeError(f"it exited with status {self.returncode}"))
+        self._death.set_result(self.returncode)
+        self._on_death(self)
+
+    def _close_socket(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._loop.remove_writer(self._sock.fileno())
+            self._sock.close()
+
+
+# --- the manager --------------------------------------------------------------------------
