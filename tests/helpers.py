@@ -108,3 +108,16 @@ def wait_dead(pids_: list[int], timeout: float) -> list[int]:
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+
+
+def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
+    """``predicate()``'s first true value, checked every 10 ms until ``timeout`` (then fail).
+
+    For conditions no event announces (a file another process writes, a pid gone from
+    /proc); everything with an event (the node's reports, a call's reply) waits on that.
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.01)
+    return value

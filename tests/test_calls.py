@@ -14,7 +14,7 @@ import otpy
 from otpy._calls import Caller
 from otpy._runtime import agent_endpoint
 from otpy._errors import AgentCrashed, CallError, CallTimeout, NoSuchAgent, Overloaded, RemoteError, Unencodable
-from tests.helpers import Events, pids, unique_name, wait_dead
+from tests.helpers import Events, pids, unique_name, wait_dead, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -44,10 +44,7 @@ def caller(node):
 
 
 def wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
+    wait_until(predicate, timeout)
 
 
 def test_endpoint_is_derived_from_node_and_child():

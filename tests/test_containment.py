@@ -14,19 +14,13 @@ import time
 import pytest
 
 import otpy
-from tests.helpers import alive, pids, unique_name, wait_dead
+from tests.helpers import alive, pids, unique_name, wait_dead, wait_until
 
 FLOOD_LINES = 200_000
 
 
 def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.01)
+    return wait_until(predicate, timeout, what)
 
 
 def read_pids(path, timeout: float = 10.0) -> list[int]:
