@@ -72,6 +72,7 @@ class Supervisor:
         self._child_env = {**(child_env or {}), "OTPY_SUPERVISORS": f"{spec.id},{above}" if above else spec.id}
         self._handles: dict[str, Handle] = {}
         self._replacements: dict[str, Handle] = {}  # started by a Reconfigure, not yet swapped in
+        self._retiring: dict[asyncio.Task, Handle] = {}  # replaced by a Reconfigure, being stopped
         self._inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self.exited: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
@@ -109,10 +110,22 @@ class Supervisor:
         """Stop serving and SIGKILL every process below, at once (``brutal_kill`` of a supervisor)."""
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
-        handles, self._handles = list(self._handles.values()), {}
+        handles, self._handles = [*self._handles.values(), *self._retiring.values()], {}
         await asyncio.gather(*(h.stop("brutal_kill") for h in handles), return_exceptions=True)
         self._finish(reason)
         return reason
+
+    def _retire(self, id: str, old: Handle) -> None:
+        """Stop the incarnation a Reconfigure replaced, without blocking the inbox meanwhile: it
+        is no longer a child (its exit is stale), but the supervisor waits for it before it exits."""
+
+        async def stop() -> None:
+            reason = await old.stop(old.spec.shutdown)
+            self._report("stopped", self.spec.id, id, old.pid, str(reason))
+
+        task = asyncio.ensure_future(stop())
+        self._retiring[task] = old
+        task.add_done_callback(lambda t: self._retiring.pop(t, None))
 
     async def call(self, make_event: Callable[[asyncio.Future], Event]) -> Result:
         """Queue an administrative event behind the others and wait for its reply."""
@@ -151,8 +164,7 @@ class Supervisor:
                 return await self._spawn(spec, replacing)
             case Swap(id):
                 old, self._handles[id] = self._handles[id], self._replacements.pop(id)
-                reason = await old.stop(old.spec.shutdown)
-                self._report("stopped", self.spec.id, id, old.pid, str(reason))
+                self._retire(id, old)
             case Stop(ids, parallel):
                 await self._stop(ids, parallel)
             case Post(event):
@@ -166,6 +178,7 @@ class Supervisor:
                     self.error = detail
             case Exit(reason, error):
                 self.error = error or self.error
+                await asyncio.gather(*self._retiring)  # sources of reconfigurations still draining
                 self._finish(reason)
         return None
 
