@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import threading
 from typing import Any
 
@@ -173,9 +174,14 @@ class Registry(Program):
         row = self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
         store.version = row[0] if row else 0
         for scope, name, value, version in self.db.execute("SELECT * FROM value"):
-            if scope in store.values and name in store.spaces[scope].variables:
-                store.values[scope][name] = json.loads(value)
-                store.versions[scope, name] = version
+            if scope not in store.values or name not in store.spaces[scope].variables:
+                continue  # the topology no longer declares it
+            try:  # the topology may have narrowed the variable since the value was written
+                store.values[scope][name] = store.spaces[scope].validate_one(name, json.loads(value))
+            except (VariableError, ValueError) as refused:
+                print(f"otpy: registry: dropping stored {scope}.{name}: {refused}", file=sys.stderr, flush=True)
+                continue
+            store.versions[scope, name] = version
 
 
 def _entry(e) -> dict[str, Any]:

@@ -117,3 +117,13 @@ class TestPublishing:
     def test_a_missing_field_is_a_bad_request(self, db):
         reply = registry(db).forward(op="get", scope="global")
         assert reply["error"] == "bad_request" and "name" in reply["problems"][0]
+
+
+def test_a_stored_value_the_topology_no_longer_accepts_is_dropped_on_load(db):
+    reg = registry(db)
+    assert reg.forward(op="set", scope="global", name="temperature", value=1.8)["ok"]
+    narrower = {**VARIABLES, "global": {**VARIABLES["global"],
+                                        "temperature": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5}}}
+    again = Registry()
+    again.setup({"variables": narrower, "parents": PARENTS, "path": db}, {})
+    assert again.forward(op="get", scope="global", name="temperature")["value"] == 0.5
