@@ -37,14 +37,14 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
 from typing import Any, Callable, NoReturn
 
 import msgspec
 import zmq
 
+from ._forward import decode_call, limits, rss_mib, run_call
 from ._program import Program, instantiate
-from ._protocol import ENCODER, TO_AGENT, VARIABLE_CHANGED, Call, CallFailed, Reply, first_unencodable
+from ._protocol import ENCODER, VARIABLE_CHANGED, Call, CallFailed
 from ._runtime import agent_endpoint, agent_socket_path, make_agents_dir
 from ._specs import ChildSpec
 
@@ -305,30 +305,9 @@ def _flush() -> None:
 
 # --- the agent's call loop ----------------------------------------------------------------
 
-DEFAULT_CONCURRENCY = 1
-DEFAULT_MAX_QUEUE = 1000
-
-
-def limits(program: Program, args: Mapping[str, Any]) -> tuple[int, int]:
-    """``(concurrency, max_queue)``: from the child's args, else the program's class attributes."""
-    concurrency = args.get("concurrency", getattr(program, "concurrency", DEFAULT_CONCURRENCY))
-    max_queue = args.get("max_queue", getattr(program, "max_queue", DEFAULT_MAX_QUEUE))
-    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-        raise ValueError(f"concurrency must be an integer >= 1, not {concurrency!r}")
-    if not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 0:
-        raise ValueError(f"max_queue must be an integer >= 0, not {max_queue!r}")
-    return concurrency, max_queue
-
-
 QUIET_MS = 10  # a shutting-down agent exits once its socket was quiet this long
 EXIT_MAX_RSS = 76  # the exit status of an agent that went over its max_rss (abnormal: restarted)
-_PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
-
-def rss_mib() -> float:
-    """This process's resident memory, from /proc (one read: cheap enough after every call)."""
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * _PAGE_MIB
 CONFIG_DRAIN_S = 0.05  # ending for new values: at most this long answering ``draining`` once idle
 
 
@@ -412,7 +391,7 @@ class AgentServer:
                 return
             except ValueError:
                 continue  # not [peer, payload]: not from a Caller
-            match _decode_call(payload.buffer):
+            match decode_call(payload.buffer):
                 case Call() as call if self.draining:
                     self._answer(peer, CallFailed(call_id=call.call_id, kind="draining",
                                                   message="the agent is shutting down; call again"))
@@ -533,50 +512,3 @@ class ConfigWatcher(threading.Thread):
 
 def _has_message(socket: zmq.Socket) -> bool:
     return bool(socket.poll(0, zmq.POLLIN))
-
-
-def _decode_call(payload) -> Call | CallFailed:
-    try:
-        return TO_AGENT.decode(payload)
-    except msgspec.DecodeError as exc:
-        return CallFailed(call_id=_call_id_of(payload), kind="bad_request", message=str(exc))
-
-
-def _call_id_of(payload) -> int:
-    try:
-        call_id = msgspec.msgpack.decode(payload).get("call_id", 0)
-        return call_id if isinstance(call_id, int) else 0
-    except Exception:
-        return 0
-
-
-def run_call(program: Program, call: Call) -> bytes:
-    """``forward(**inputs)``, as the encoded Reply or CallFailed to send back."""
-    try:
-        outputs = as_outputs(program(**call.inputs))
-    except BaseException as exc:
-        return ENCODER.encode(CallFailed(call_id=call.call_id, kind="raised", error_type=type(exc).__name__,
-                                         message=str(exc), traceback=traceback.format_exc()))
-    try:
-        return ENCODER.encode(Reply(call_id=call.call_id, outputs=outputs))
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-        name = first_unencodable(outputs)
-        return ENCODER.encode(CallFailed(call_id=call.call_id, kind="unencodable", error_type=type(exc).__name__,
-                                         message=f"output {name!r} cannot be encoded: {exc}"))
-
-
-def as_outputs(result: Any) -> dict[str, Any]:
-    """A mapping, a msgspec Struct, a DSPy-like ``Prediction`` (``toDict``) or an object's
-    public ``__dict__``, as a dict of outputs. Raises TypeError for anything else."""
-    match result:
-        case None:
-            return {}
-        case Mapping():
-            return dict(result)
-        case msgspec.Struct():
-            return msgspec.structs.asdict(result)
-        case _ if callable(getattr(result, "toDict", None)):
-            return dict(result.toDict())
-        case _ if hasattr(result, "__dict__") and not isinstance(result, type):
-            return {k: v for k, v in vars(result).items() if not k.startswith("_")}
-    raise TypeError(f"forward must return a mapping of outputs, not {type(result).__name__}")
