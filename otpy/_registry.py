@@ -1,7 +1,8 @@
 """The registry: a built-in program that serves the node's variable spaces, durably.
 
 It runs as a supervised child like any other (id ``registry``), and answers calls whose
-``op`` is one of ``get``, ``set``, ``set_many``, ``resolve``, ``explain``, ``list``. Its state
+``op`` is one of ``register_space``, ``get``, ``set``, ``set_many``, ``resolve``, ``explain``,
+``list``. Its state (values, and spaces registered at run time)
 lives in SQLite (WAL) in the node's state folder: a write is acknowledged only after its
 transaction committed, so a registry SIGKILLed and restarted by its supervisor serves every
 acknowledged write, and an unacknowledged one is either wholly there or wholly absent.
@@ -34,7 +35,7 @@ import zmq
 
 from ._program import Program
 from ._protocol import ENCODER, VariableChanged
-from ._scopes import ScopedValues, VersionConflict, parents_of, spaces_from_topology
+from ._scopes import ScopedValues, VariableSpace, VersionConflict, parents_of, spaces_from_topology
 from ._specs import ChildSpec, SupervisorSpec
 from ._variables import VariableError
 
@@ -52,6 +53,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS value (scope TEXT, name TEXT, value TEXT NOT NULL, version INTEGER NOT NULL,
                                   PRIMARY KEY (scope, name));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS space (scope TEXT, name TEXT, definition TEXT NOT NULL, PRIMARY KEY (scope, name));
 """
 
 
@@ -66,6 +68,7 @@ class Registry(Program):
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self._load_spaces()
         self._load()
         self._context = self.pub = None
         endpoint = args.get("events") or events_endpoint()
@@ -109,6 +112,9 @@ class Registry(Program):
                 self._learn_chain(request["child"], request.get("chain"))
                 scope, value, reason = store.explain(request["child"], request["name"])
                 return {"ok": True, "scope": scope, "value": value, "reason": reason}
+            case "register_space":
+                added = self._register_space(request["scope"], request["variables"])
+                return {"ok": True, "scope": request["scope"], "added": added}
             case "set":
                 version = self._write(lambda: store.set(request["scope"], request["name"], request["value"],
                                                         request.get("expected_version")))
@@ -134,6 +140,48 @@ class Registry(Program):
                 for below, parent in links[:depth + 1]:
                     self.store.parents.setdefault(below, parent)
                 return
+
+    def _register_space(self, scope: str, tables: dict[str, dict]) -> list[str]:
+        """Declare variables (topology form) in ``scope`` at run time: new ones are added and
+        committed; one declared already must be declared the same way (else VariableError)."""
+        if not isinstance(scope, str) or not scope or not isinstance(tables, dict):
+            raise VariableError([f"register_space: scope must be a name and variables a table, not {scope!r}"])
+        space = self.store.spaces.get(scope)
+        added, problems = {}, []
+        for name, table in tables.items():
+            variable = spaces_from_topology({scope: {name: table}})[scope].variables[name]
+            if space is not None and name in space.variables:
+                if space.variables[name] != variable:
+                    problems.append(f"{scope}.{name}: already declared as {space.variables[name]!r}")
+                continue
+            added[name] = (variable, table)
+        if problems:
+            raise VariableError(problems)
+        if added:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT OR REPLACE INTO space VALUES (?, ?, ?)",
+                                [(scope, name, json.dumps(table)) for name, (_, table) in added.items()])
+            self.db.execute("COMMIT")
+            self._declare(scope, [variable for variable, _ in added.values()])
+        return sorted(added)
+
+    def _declare(self, scope: str, variables) -> None:
+        if scope not in self.store.spaces:
+            self.store.spaces[scope] = VariableSpace(scope)
+            self.store.values[scope] = {}
+        for variable in variables:
+            self.store.spaces[scope].add(variable)
+
+    def _load_spaces(self) -> None:
+        """Spaces registered at run time by an earlier incarnation (the topology's come first)."""
+        rows: dict[str, dict[str, dict]] = {}
+        for scope, name, definition in self.db.execute("SELECT * FROM space"):
+            rows.setdefault(scope, {})[name] = json.loads(definition)
+        for scope, tables in rows.items():
+            known = self.store.spaces.get(scope)
+            fresh = {n: t for n, t in tables.items() if known is None or n not in known.variables}
+            if fresh:
+                self._declare(scope, spaces_from_topology({scope: fresh})[scope].variables.values())
 
     # --- durability ---------------------------------------------------------------------
 

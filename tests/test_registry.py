@@ -127,3 +127,26 @@ def test_a_stored_value_the_topology_no_longer_accepts_is_dropped_on_load(db):
     again = Registry()
     again.setup({"variables": narrower, "parents": PARENTS, "path": db}, {})
     assert again.forward(op="get", scope="global", name="temperature")["value"] == 0.5
+
+
+class TestRegisterSpace:
+    def test_a_space_registered_at_run_time_serves_values_and_survives_a_new_incarnation(self, db):
+        reg = registry(db)
+        reply = reg.forward(op="register_space", scope="writer",
+                            variables={"style": {"type": "choice", "choices": ["terse", "chatty"], "default": "terse"}})
+        assert reply == {"ok": True, "scope": "writer", "added": ["style"]}
+        assert reg.forward(op="set", scope="writer", name="style", value="chatty")["ok"]
+        assert reg.forward(op="resolve", child="writer")["config"]["style"] == "chatty"
+        again = registry(db)
+        assert again.forward(op="get", scope="writer", name="style")["value"] == "chatty"
+
+    def test_a_bad_or_conflicting_declaration_is_refused_and_nothing_is_added(self, db):
+        reg = registry(db)
+        bad = reg.forward(op="register_space", scope="writer", variables={"n": {"type": "integer", "low": 5, "high": 1}})
+        assert bad["error"] == "invalid"
+        clash = reg.forward(op="register_space", scope="team",
+                            variables={"timeout": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5}})
+        assert clash["error"] == "invalid" and "already declared" in clash["problems"][0]
+        same = reg.forward(op="register_space", scope="team",
+                           variables={"timeout": {"type": "float", "low": 0.1, "high": 10.0, "default": 2.0}})
+        assert same == {"ok": True, "scope": "team", "added": []}
