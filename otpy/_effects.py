@@ -156,7 +156,7 @@ class Reply:
 class Report:
     """Something worth logging and publishing on the events socket."""
 
-    kind: Literal["restarting", "gave_up", "auto_shutdown", "start_failed", "exited"]
+    kind: Literal["restarting", "gave_up", "auto_shutdown", "start_failed", "exited", "reconfiguring"]
     child: str | None = None
     detail: str = ""
 

@@ -110,7 +110,8 @@ class Supervisor:
         """Stop serving and SIGKILL every process below, at once (``brutal_kill`` of a supervisor)."""
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
-        handles, self._handles = [*self._handles.values(), *self._retiring.values()], {}
+        handles = [*self._handles.values(), *self._retiring.values(), *self._replacements.values()]
+        self._handles = {}
         await asyncio.gather(*(h.stop("brutal_kill") for h in handles), return_exceptions=True)
         self._finish(reason)
         return reason
@@ -200,19 +201,30 @@ class Supervisor:
             return await self._processes.spawn(spec, env=self._child_env)
         child = Supervisor(spec, processes=self._processes, report=self._report,
                            clock=self._clock, child_env=self._child_env)
-        await child.start()
+        try:
+            await child.start()
+        except BaseException:  # cancelled meanwhile: what it started must not outlive it
+            await child.kill()
+            raise
         return child
 
     async def _stop(self, ids: tuple[str, ...], parallel: bool) -> None:
-        handles = [(i, self._handles.pop(i)) for i in ids if i in self._handles]
+        # A handle leaves the table only once it is dead: a kill() meanwhile still finds it.
+        handles = [(i, self._handles[i]) for i in ids if i in self._handles]
         if parallel:
             reasons = await asyncio.gather(*(h.stop(h.spec.shutdown) for _, h in handles))
             for (i, h), reason in zip(handles, reasons):
+                self._forget(i, h)
                 self._report("stopped", self.spec.id, i, h.pid, str(reason))
             return
         for i, h in handles:
             reason = await h.stop(h.spec.shutdown)
+            self._forget(i, h)
             self._report("stopped", self.spec.id, i, h.pid, str(reason))
+
+    def _forget(self, id: str, handle: Handle) -> None:
+        if self._handles.get(id) is handle:
+            del self._handles[id]
 
     def _finish(self, reason: ExitReason) -> None:
         if not self.exited.done():
