@@ -19,7 +19,7 @@ from ._effects import (
 )
 from ._exit import SHUTDOWN, ExitReason, should_restart
 from ._intensity import RestartWindow
-from ._machine import Child, _refuse
+from ._machine import Child, _refuse, due, retry_later
 from ._specs import AnySpec, DynamicSupervisorSpec, from_template
 
 
@@ -66,9 +66,8 @@ class DynamicMachine:
                 return self._reconfigure(id, target, ref)
             case ChildExited(id, ref, reason):
                 return self._child_exited(id, ref, reason, now)
-            case Retry(id):
-                child = self.children.get(id)
-                if child is None or child.state != "restarting":
+            case Retry(id, token):
+                if not due(self.children.get(id), token):
                     return []
                 return self._restart(id, now)
             case TerminateChild(id, ref):
@@ -113,8 +112,7 @@ class DynamicMachine:
         if reply is not None:  # start_child: nothing is kept
             del self.children[id]
             return [Reply(reply, Result("start_failed", detail=reason))]
-        self.children[id].state = "restarting"
-        return [Report("start_failed", id, reason), Post(Retry(id))]
+        return [Report("start_failed", id, reason), Post(retry_later(self.children[id]))]
 
     def _reconfigure(self, id: str, target: AnySpec, ref) -> list[Effect]:
         child = self.children.get(id)

@@ -49,9 +49,15 @@ class ChildExited:
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """A restart that failed, tried again (posted by the supervisor to its own inbox)."""
+    """A restart that failed, tried again (posted by the supervisor to its own inbox).
+
+    ``token`` names the failed attempt it follows: a Retry left queued from an earlier run of
+    restarts (the child was terminated and started again meanwhile) no longer matches and is
+    ignored, so two chains of retries never run side by side.
+    """
 
     id: str
+    token: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ its retry on the supervisor's own inbox).
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
@@ -33,6 +34,7 @@ class Child:
     ref: int | None = None
     pid: int | None = None
     restarts: int = 0
+    retry: int | None = None  # the token of the Retry now due, while restarting
 
     @property
     def id(self) -> str:
@@ -74,9 +76,9 @@ class StaticMachine:
                 return self._spawn_failed(id, reason)
             case ChildExited(id, ref, reason):
                 return self._child_exited(id, ref, reason, now)
-            case Retry(id):
+            case Retry(id, token):
                 child = self.children.get(id)
-                if self.phase != "running" or child is None or child.state != "restarting":
+                if self.phase != "running" or not due(child, token):
                     return []
                 return self._restart(id, now)
             case StopSupervisor():
@@ -145,8 +147,7 @@ class StaticMachine:
             case "restart":
                 # OTP's try_again: mark it restarting and retry through the inbox, so a stop
                 # request is served between attempts. Each retry counts toward intensity.
-                self.children[id].state = "restarting"
-                return [Report("start_failed", id, reason), Post(Retry(id))]
+                return [Report("start_failed", id, reason), Post(retry_later(self.children[id]))]
             case "start_child":
                 self._remove(id)  # the spec of a child that failed to start is discarded
                 return [Reply(chain.reply, Result("start_failed", detail=reason))]
@@ -264,6 +265,19 @@ class StaticMachine:
     def _remove(self, id: str) -> None:
         del self.children[id]
         self.order.remove(id)
+
+
+_tokens = itertools.count(1)
+
+
+def retry_later(child: Child) -> Retry:
+    """Mark ``child`` restarting and make the one Retry that may restart it."""
+    child.state, child.retry = "restarting", next(_tokens)
+    return Retry(child.id, child.retry)
+
+
+def due(child: Child | None, token: int) -> bool:
+    return child is not None and child.state == "restarting" and child.retry == token
 
 
 def _refuse(event: Event) -> list[Effect]:

@@ -72,7 +72,7 @@ class Supervisor:
         self._child_env = {**(child_env or {}), "OTPY_SUPERVISORS": f"{spec.id},{above}" if above else spec.id}
         self._handles: dict[str, Handle] = {}
         self._replacements: dict[str, Handle] = {}  # started by a Reconfigure, not yet swapped in
-        self._retiring: dict[asyncio.Task, Handle] = {}  # replaced by a Reconfigure, being stopped
+        self._retiring: dict[asyncio.Task, tuple[str, Handle]] = {}  # replaced by a Reconfigure, being stopped
         self._inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self.exited: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
@@ -110,7 +110,8 @@ class Supervisor:
         """Stop serving and SIGKILL every process below, at once (``brutal_kill`` of a supervisor)."""
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
-        handles = [*self._handles.values(), *self._retiring.values(), *self._replacements.values()]
+        handles = [*self._handles.values(), *(h for _, h in self._retiring.values()),
+                   *self._replacements.values()]
         self._handles = {}
         await asyncio.gather(*(h.stop("brutal_kill") for h in handles), return_exceptions=True)
         self._finish(reason)
@@ -125,7 +126,7 @@ class Supervisor:
             self._report("stopped", self.spec.id, id, old.pid, str(reason))
 
         task = asyncio.ensure_future(stop())
-        self._retiring[task] = old
+        self._retiring[task] = (id, old)
         task.add_done_callback(lambda t: self._retiring.pop(t, None))
 
     async def call(self, make_event: Callable[[asyncio.Future], Event]) -> Result:
@@ -211,16 +212,21 @@ class Supervisor:
     async def _stop(self, ids: tuple[str, ...], parallel: bool) -> None:
         # A handle leaves the table only once it is dead: a kill() meanwhile still finds it.
         handles = [(i, self._handles[i]) for i in ids if i in self._handles]
+        # An id is stopped once no incarnation of it runs: one a Reconfigure replaced, still
+        # draining, is waited for too (terminate_child returns when the child is dead).
+        draining = [task for task, (i, _) in self._retiring.items() if i in ids]
         if parallel:
             reasons = await asyncio.gather(*(h.stop(h.spec.shutdown) for _, h in handles))
             for (i, h), reason in zip(handles, reasons):
                 self._forget(i, h)
                 self._report("stopped", self.spec.id, i, h.pid, str(reason))
-            return
-        for i, h in handles:
-            reason = await h.stop(h.spec.shutdown)
-            self._forget(i, h)
-            self._report("stopped", self.spec.id, i, h.pid, str(reason))
+        else:
+            for i, h in handles:
+                reason = await h.stop(h.spec.shutdown)
+                self._forget(i, h)
+                self._report("stopped", self.spec.id, i, h.pid, str(reason))
+        if draining:
+            await asyncio.gather(*draining, return_exceptions=True)
 
     def _forget(self, id: str, handle: Handle) -> None:
         if self._handles.get(id) is handle:

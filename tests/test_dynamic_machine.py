@@ -219,9 +219,23 @@ class TestFailedRestart:
         d = dynamic("a")
         d.fail["a"] = 1
         assert d.crash("a") == ["start a failed", "post retry a"]
-        assert d.state("a") == "restarting" and list(d.inbox) == [Retry("a")]
+        assert d.state("a") == "restarting" and [e.id for e in d.inbox if isinstance(e, Retry)] == ["a"]
         assert d.run_inbox() == ["start a"]
         assert d.state("a") == "running"
+
+    def test_a_retry_left_from_before_a_terminate_and_start_child_is_ignored(self):
+        d = dynamic("a", max_restarts=10)
+        d.fail["a"] = 1
+        d.crash("a")
+        assert d.call(TerminateChild("a")).outcome == "ok"
+        assert d.call(StartChild(worker("a"))).outcome == "ok"
+        d.fail_always.add("a")
+        d.crash("a")
+        stale, due = d.inbox
+        d.inbox.clear()
+        assert d.send(stale) == []
+        assert d.send(due) == ["start a failed", "post retry a"]
+        assert len(d.inbox) == 1  # one chain of retries, not two
 
     def test_each_retry_is_counted(self):
         d = dynamic("a", max_restarts=10)

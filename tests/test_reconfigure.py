@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import otpy
-from tests.helpers import unique_name
+from tests.helpers import alive, unique_name, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,3 +70,26 @@ def test_reconfigure_through_the_control_socket(node):
         result = client.reconfigure("pool", "agent", otpy.ChildSpec(id="agent", program=UPPER))
         assert result.ok
         assert client.reconfigure("pool", "ghost", otpy.ChildSpec(id="ghost", program=UPPER)).outcome == "not_found"
+
+
+def test_terminate_child_right_after_a_reconfigure_returns_only_once_the_source_is_dead(node, tmp_path):
+    # The source is draining a 1.5 s call when terminate_child arrives: OTP's terminate_child
+    # returns when the child is dead, and no incarnation of "agent" may outlive it.
+    assert node.reconfigure("pool", "agent", otpy.ChildSpec(id="agent", program="tests.call_agents:Slow")).ok
+    source = node.which_children("pool")[0]["pid"]
+    mark, answers = tmp_path / "running", []
+
+    def call_slowly():
+        with otpy.Caller(node.name) as c:
+            answers.append(c.call("agent", {"seconds": 1.5, "mark": str(mark)}, timeout=10))
+
+    caller = threading.Thread(target=call_slowly)
+    caller.start()
+    wait_until(mark.exists, timeout=10, what="the slow call to start")
+    assert node.reconfigure("pool", "agent", otpy.ChildSpec(id="agent", program=ECHO)).ok
+    assert alive(source)  # still draining its call
+    result = node.terminate_child("agent", "pool")
+    assert result.ok, result
+    assert not alive(source)
+    caller.join(10)
+    assert answers and answers[0]["seconds"] == 1.5  # the call it took was answered
