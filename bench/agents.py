@@ -11,14 +11,16 @@ class Idle(otpy.Program):
 
 
 class SocketReady(otpy.Program):
-    """Sends its pid as one datagram to ``$BENCH_READY_SOCK`` in setup (the peers' readiness signal)."""
+    """Sends "PID [MARK]" as one datagram to ``$BENCH_READY_SOCK`` in setup (the peers'
+    readiness signal; ``args.mark`` names the program version, for reconfigurations)."""
 
     def setup(self, args, config):
         import os
         import socket
 
         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        s.sendto(str(os.getpid()).encode(), os.environ["BENCH_READY_SOCK"])
+        s.sendto(" ".join([str(os.getpid()), *([args["mark"]] if "mark" in args else [])]).encode(),
+                 os.environ["BENCH_READY_SOCK"])
         s.close()
 
     def forward(self, **inputs):

@@ -35,9 +35,9 @@ import psutil
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD_SOURCE = textwrap.dedent("""\
-    import os, socket, time
+    import os, socket, sys, time
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.sendto(str(os.getpid()).encode(), os.environ["BENCH_READY_SOCK"])
+    s.sendto(" ".join([str(os.getpid()), *sys.argv[1:2]]).encode(), os.environ["BENCH_READY_SOCK"])
     s.close()
     while True:
         time.sleep(3600)
@@ -64,12 +64,18 @@ class ReadySocket:
 
     def recv(self, timeout: float) -> tuple[float, int]:
         """(perf_counter when it arrived, pid). Raises TimeoutError."""
+        t, pid, _ = self.recv_mark(timeout)
+        return t, pid
+
+    def recv_mark(self, timeout: float) -> tuple[float, int, str]:
+        """(perf_counter when it arrived, pid, the program's mark or ""). Raises TimeoutError."""
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(64)
         except socket.timeout:
             raise TimeoutError(f"no readiness datagram within {timeout} s") from None
-        return time.perf_counter(), int(data)
+        pid, _, mark = data.decode().partition(" ")
+        return time.perf_counter(), int(pid), mark
 
     def drain(self) -> None:
         self.sock.setblocking(False)
@@ -144,7 +150,10 @@ def _stop_daemon(proc: subprocess.Popen) -> None:
             child.kill()
 
 
-def run_circus(n: int, settings: dict) -> list[float]:
+@contextlib.contextmanager
+def circus(settings: dict, mark: str = ""):
+    """A circusd of our own running ``python child.py MARK``: yields (ready socket, its pid,
+    its control endpoint, the child's path)."""
     with tempfile.TemporaryDirectory(prefix="otpy-bench-circus-") as tmp:
         child = _write_child(tmp)
         ready = ReadySocket(tmp)
@@ -161,7 +170,7 @@ def run_circus(n: int, settings: dict) -> list[float]:
 
                 [watcher:child]
                 cmd = {sys.executable}
-                args = {child}
+                args = {child} {mark}
                 numprocesses = {settings['numprocesses']}
                 warmup_delay = {settings['warmup_delay']}
                 respawn = {settings['respawn']}
@@ -173,7 +182,63 @@ def run_circus(n: int, settings: dict) -> list[float]:
         proc = subprocess.Popen([sys.executable, "-m", "circus.circusd", ini], stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
         try:
-            return measure_socket_restarts(ready, proc.pid, n)
+            yield ready, proc.pid, f"ipc://{tmp}/endpoint", child
+        finally:
+            _stop_daemon(proc)
+            ready.close()
+            log.close()
+
+
+def run_circus(n: int, settings: dict) -> list[float]:
+    with circus(settings) as (ready, pid, _, _):
+        return measure_socket_restarts(ready, pid, n)
+
+
+def supervisord_conf(tmp: str, settings: dict, ready: ReadySocket, child: str, mark: str = "") -> str:
+    """Write supervisord's config (the child runs ``python child.py MARK``); returns its path."""
+    conf = os.path.join(tmp, "supervisord.conf")
+    with open(conf, "w") as f:
+        f.write(textwrap.dedent(f"""\
+            [unix_http_server]
+            file = {tmp}/supervisor.sock
+
+            [supervisord]
+            nodaemon = true
+            logfile = {tmp}/supervisord.log
+            pidfile = {tmp}/supervisord.pid
+            childlogdir = {tmp}
+
+            [rpcinterface:supervisor]
+            supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+            [supervisorctl]
+            serverurl = unix://{tmp}/supervisor.sock
+
+            [program:child]
+            command = {sys.executable} {child} {mark}
+            numprocs = {settings['numprocs']}
+            startsecs = {settings['startsecs']}
+            autorestart = {settings['autorestart']}
+            startretries = {settings['startretries']}
+            environment = BENCH_READY_SOCK="{ready.path}"
+            stdout_logfile = {tmp}/child.log
+            redirect_stderr = true
+            """))
+    return conf
+
+
+@contextlib.contextmanager
+def supervisord(settings: dict, mark: str = ""):
+    """A supervisord of our own: yields (ready socket, its pid, its folder, the child's path)."""
+    with tempfile.TemporaryDirectory(prefix="otpy-bench-supervisord-") as tmp:
+        child = _write_child(tmp)
+        ready = ReadySocket(tmp)
+        conf = supervisord_conf(tmp, settings, ready, child, mark)
+        log = open(os.path.join(tmp, "supervisord.out"), "w")
+        proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c", conf],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+        try:
+            yield ready, proc.pid, tmp, child
         finally:
             _stop_daemon(proc)
             ready.close()
@@ -181,47 +246,9 @@ def run_circus(n: int, settings: dict) -> list[float]:
 
 
 def run_supervisord(n: int, settings: dict) -> list[float]:
-    with tempfile.TemporaryDirectory(prefix="otpy-bench-supervisord-") as tmp:
-        child = _write_child(tmp)
-        ready = ReadySocket(tmp)
-        conf = os.path.join(tmp, "supervisord.conf")
-        with open(conf, "w") as f:
-            f.write(textwrap.dedent(f"""\
-                [unix_http_server]
-                file = {tmp}/supervisor.sock
-
-                [supervisord]
-                nodaemon = true
-                logfile = {tmp}/supervisord.log
-                pidfile = {tmp}/supervisord.pid
-                childlogdir = {tmp}
-
-                [rpcinterface:supervisor]
-                supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-                [supervisorctl]
-                serverurl = unix://{tmp}/supervisor.sock
-
-                [program:child]
-                command = {sys.executable} {child}
-                numprocs = {settings['numprocs']}
-                startsecs = {settings['startsecs']}
-                autorestart = {settings['autorestart']}
-                startretries = {settings['startretries']}
-                environment = BENCH_READY_SOCK="{ready.path}"
-                stdout_logfile = {tmp}/child.log
-                redirect_stderr = true
-                """))
-        log = open(os.path.join(tmp, "supervisord.out"), "w")
-        proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c", conf],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
-        try:
-            # startsecs > 0: a child killed before it has run that long is a failed start.
-            return measure_socket_restarts(ready, proc.pid, n, settle=settings["startsecs"] + 0.2 if settings["startsecs"] else 0)
-        finally:
-            _stop_daemon(proc)
-            ready.close()
-            log.close()
+    with supervisord(settings) as (ready, pid, _, _):
+        # startsecs > 0: a child killed before it has run that long is a failed start.
+        return measure_socket_restarts(ready, pid, n, settle=settings["startsecs"] + 0.2 if settings["startsecs"] else 0)
 
 
 def run_otpy(n: int, kind: str) -> list[float]:

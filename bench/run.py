@@ -2,7 +2,7 @@
 
     python bench/run.py restart [--n 200] [--n-defaults 20] [--json FILE] [--chart FILE.png]
     python bench/run.py scale   [--n 1000] [--idle 10] [--json FILE] [--chart FILE.png]
-    python bench/run.py reconfigure [--n 200] [--json FILE]
+    python bench/run.py reconfigure [--n 200] [--n-defaults 20] [--json FILE] [--chart FILE.png]
     python bench/run.py call    [--n 5000] [--json FILE]
     python bench/run.py all     [--n 200] [--scale-n 1000] [...]
     python bench/run.py chart --from A.json [B.json ...] --chart FILE.png   (re-draw, merged)
@@ -13,7 +13,9 @@ program and one readiness signal (a unix datagram, see ``bench/peers.py``) under
 circus and supervisord, each peer at fast-restart settings and at its defaults. A peer that
 is not installed is skipped and said so. ``scale``: see ``bench/scale.py``.
 ``reconfigure``: ``bench/reconfigure_latency.py`` (a Reconfigure action until the new program
-answers its first call). ``call``: ``bench/call_latency.py`` (echo round trips against raw
+answers its first call), then the same child switched between two versions under otpy,
+circus and supervisord, each the way its own tools do it (``bench/peers_reconfigure.py``).
+``call``: ``bench/call_latency.py`` (echo round trips against raw
 pyzmq, throughput with 1, 2 and 4 agents).
 
 Every latency series prints p50, p95, p99, max and n; the JSON has ``p50_ms``, ``p95_ms``,
@@ -37,18 +39,43 @@ from bench.restart_latency import machine, print_series, run as restart_series, 
 
 TARGETS = {"restart_program_p50_ms": 5, "restart_program_p99_ms": 15, "vs_circus_fast_x": 15,
            "vs_supervisord_fast_x": 200, "scale_1000_ready_s": 2, "idle_node_cpu_pct": 1,
-           "child_uss_mib": 3}
+           "child_uss_mib": 3, "reconfigure_p50_ms": 6}
 
 
 def log(msg: str) -> None:
     print(f"# {msg}", file=sys.stderr, flush=True)
 
 
-def run_reconfigure(n: int) -> dict:
+def run_reconfigure(n: int, n_defaults: int, with_peers: bool) -> tuple[dict, dict]:
     from bench.reconfigure_latency import run
 
     log(f"reconfigure: n={n}")
-    return run(n)
+    results, raw = run(n), {}
+    if with_peers:
+        from bench import peers_reconfigure
+
+        log("reconfigure: the same child and signal under otpy, circus, supervisord")
+        samples, notes = peers_reconfigure.run_all(n, n_defaults, log=log)
+        results.update(peer_series(samples, raw))
+        results["peers"] = notes
+    return results, raw
+
+
+def peer_series(samples: dict[str, list[float]], raw: dict) -> dict:
+    """Summaries of the socket-signal series, and each peer's p50/p99 over otpy's."""
+    results = {}
+    for name, s in samples.items():
+        results[name] = summarize(s)
+        raw[name] = [x * 1000 for x in s]
+    base, cmd = results["otpy_program_socket"], results["otpy_command_socket"]
+    ratios = {}
+    for name in samples:
+        if name.startswith(("circus", "supervisord")):
+            ratios[f"{name}_p50_vs_otpy_program"] = round(results[name]["p50_ms"] / base["p50_ms"], 1)
+            ratios[f"{name}_p99_vs_otpy_program"] = round(results[name]["p99_ms"] / base["p99_ms"], 1)
+            ratios[f"{name}_p50_vs_otpy_command"] = round(results[name]["p50_ms"] / cmd["p50_ms"], 1)
+    results["peer_ratios"] = ratios
+    return results
 
 
 def run_call(n: int) -> dict:
@@ -71,18 +98,7 @@ def run_restart(n: int, n_defaults: int, with_peers: bool) -> tuple[dict, dict]:
     if with_peers:
         log("restart: the same child and signal under otpy, circus, supervisord")
         samples, notes = peers.run_all(n, n_defaults, log=log)
-        for name, s in samples.items():
-            results[name] = summarize(s)
-            raw[name] = [x * 1000 for x in s]
-        base = results["otpy_program_socket"]
-        ratios = {}
-        for name in samples:
-            if name.startswith(("circus", "supervisord")):
-                ratios[f"{name}_p50_vs_otpy_program"] = round(results[name]["p50_ms"] / base["p50_ms"], 1)
-                ratios[f"{name}_p99_vs_otpy_program"] = round(results[name]["p99_ms"] / base["p99_ms"], 1)
-                cmd = results["otpy_command_socket"]
-                ratios[f"{name}_p50_vs_otpy_command"] = round(results[name]["p50_ms"] / cmd["p50_ms"], 1)
-        results["peer_ratios"] = ratios
+        results.update(peer_series(samples, raw))
         results["peers"] = notes
     return results, raw
 
@@ -121,6 +137,10 @@ def verdicts(report: dict) -> dict:
             ratio = r.get("peer_ratios", {}).get(f"{peer}_p50_vs_otpy_program")
             if ratio is not None:
                 out[key] = (ratio, TARGETS[key], ratio >= TARGETS[key])
+    c = report.get("reconfigure")
+    if c:
+        p50 = c["reconfigure"]["p50_ms"]
+        out["reconfigure_p50_ms"] = (p50, TARGETS["reconfigure_p50_ms"], p50 <= TARGETS["reconfigure_p50_ms"])
     s = report.get("scale")
     if s:
         if s["n"] >= 1000:
@@ -139,7 +159,9 @@ def chart(report: dict, raw: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [p for p in ("restart", "scale") if p in report]
+    panels = [p for p in ("restart", "reconfigure", "scale") if p in report]
+    if "reconfigure" in panels and not any(k.startswith("reconfigure_") for k in raw):
+        panels.remove("reconfigure")  # run without peers: no distributions to draw
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
     m = report["machine"]
     for ax, panel in zip(axes[0], panels):
@@ -156,6 +178,19 @@ def chart(report: dict, raw: dict, path: str) -> None:
             ax.set_xlabel("SIGKILL to replacement ready (ms, log)")
             ax.set_ylabel("fraction of restarts")
             ax.set_title("restart latency CDF")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7, loc="lower right")
+        elif panel == "reconfigure":
+            for name in ("otpy_program_socket", "otpy_command_socket", "circus_fast", "circus_default",
+                         "supervisord_fast", "supervisord_default"):
+                if f"reconfigure_{name}" in raw:
+                    xs = sorted(raw[f"reconfigure_{name}"])
+                    ys = [(i + 1) / len(xs) for i in range(len(xs))]
+                    ax.step(xs, ys, where="post", label=f"{name.replace('_', ' ')} (n={len(xs)})")
+            ax.set_xscale("log")
+            ax.set_xlabel("switch asked to the new version ready (ms, log)")
+            ax.set_ylabel("fraction of switches")
+            ax.set_title("reconfigure latency CDF")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7, loc="lower right")
         else:
@@ -213,9 +248,15 @@ def main(argv: list[str] | None = None) -> None:
         for peer, why in report["restart"].get("peers", {}).get("skipped", {}).items():
             print(f"{peer}: skipped, {why}")
     if args.scenario in ("reconfigure", "all"):
-        report["reconfigure"] = run_reconfigure(args.n or 200)
+        n = args.n or 200
+        report["reconfigure"], raw_reconfigure = run_reconfigure(n, min(args.n_defaults, n), not args.no_peers)
+        raw.update({f"reconfigure_{k}": v for k, v in raw_reconfigure.items()})
         print("== reconfigure (ms)")
         print_series(report["reconfigure"])
+        if "peer_ratios" in report["reconfigure"]:
+            print("peer ratios (peer / otpy, same signal):", report["reconfigure"]["peer_ratios"])
+        for peer, why in report["reconfigure"].get("peers", {}).get("skipped", {}).items():
+            print(f"{peer}: skipped, {why}")
     if args.scenario in ("call", "all"):
         report["call"] = run_call(args.n * 25 if args.n else 5000)
         print("== call (ms)")

@@ -22,13 +22,10 @@ the child's resolved configuration, a program with ``on_config(config)`` gets it
 call thread in turn with the calls; a program without it drains like on SIGTERM, tears down
 and exits with status ``EXIT_CONFIG_CHANGED`` (75), so that its supervisor restarts it with
 the new values (a ``crashed`` exit: it counts toward restart intensity).
-
-This module also holds the Linux process attributes (``prctl``) every otpy process sets.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import queue
 import select
@@ -52,31 +49,6 @@ NOTIFY_FD = 3
 EXIT_CONFIG_CHANGED = 75  # a program without on_config exits so, to be restarted with new values
 REGISTRY_ID = "registry"  # as otpy._registry.REGISTRY_ID (not imported: it pulls in sqlite)
 RESOLVE_TIMEOUT = 5.0
-
-
-# --- process attributes (Linux prctl) -----------------------------------------------------
-
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _prctl(option: int, value: int) -> None:
-    if _libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"prctl({option}, {value}): {os.strerror(errno)}")
-
-
-def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
-    """Get ``sig`` when the parent dies; exit now if it already has (the fork/prctl race)."""
-    _prctl(_PR_SET_PDEATHSIG, sig)
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-def become_subreaper() -> None:
-    """Orphaned descendants of this process are reparented to it, not to init."""
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
 # --- the worker ---------------------------------------------------------------------------
@@ -330,9 +302,7 @@ class AgentServer:
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.replies: queue.SimpleQueue = queue.SimpleQueue()
         self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.context = zmq.Context(io_threads=1)
-        self.router = self.context.socket(zmq.ROUTER)
-        self.router.linger = 0
+        self.context, self.router = _take_router()
         self.router.bind(endpoint)  # libzmq unlinks the socket file a dead incarnation left
         self.concurrency = concurrency
         self.threads = 0  # call threads start with the first job: READY does not wait for them
@@ -431,6 +401,30 @@ class AgentServer:
                 continue
             self.replies.put((peer, run_call(self.program, call)))
             os.eventfd_write(self.wake, 1)
+
+
+_warm: tuple[zmq.Context, zmq.Socket] | None = None  # made by warm_up, taken by the AgentServer
+
+
+def warm_up(node: str) -> None:
+    """In a spare (a fork that waits for its program): make what every agent of ``node``
+    needs before it knows its program, the ZeroMQ context and an unbound ROUTER."""
+    global _warm
+    make_agents_dir(node)
+    _warm = _new_router()
+
+
+def _take_router() -> tuple[zmq.Context, zmq.Socket]:
+    global _warm
+    made, _warm = _warm, None
+    return made or _new_router()
+
+
+def _new_router() -> tuple[zmq.Context, zmq.Socket]:
+    context = zmq.Context(io_threads=1)
+    router = context.socket(zmq.ROUTER)
+    router.linger = 0
+    return context, router
 
 
 def _deliver_config(program: Program, config: dict[str, Any]) -> None:

@@ -32,12 +32,14 @@ import msgspec  # noqa: F401  (pre-imported for the workers)
 import zmq  # noqa: F401  (pre-imported for the workers)
 
 from otpy import _worker
+from otpy._linux import become_subreaper, die_with_parent, process_name, set_process_name
 from otpy._program import import_target
 from otpy._protocol import ENCODER, TO_ZYGOTE, Exited, Hello, Init, Spawn, Spawned, SpawnFailed
 
 MAX_MESSAGE = 1 << 18
 MAX_FD = os.sysconf("SC_OPEN_MAX")
 NOTIFY_FD, ERROR_FD = 3, 4  # in the child; ERROR_FD is close-on-exec (commands only)
+SPARE_NAME = "otpy-spare"  # what ps shows for a spare while it waits
 
 
 class Zygote:
@@ -50,6 +52,7 @@ class Zygote:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.modules_frozen = 0
+        self.spare: Spare | None = None
         self.terminating = False
         self.children_file = f"/proc/{self.pid}/task/{self.pid}/children"
 
@@ -73,6 +76,14 @@ class Zygote:
                     self.terminating = True
         self.kill_all()
 
+    def ensure_spare(self) -> None:
+        """Fork the next spare, unless one waits or no program was asked for yet."""
+        if self.spare is None and self.modules_frozen and not self.terminating:
+            try:
+                self.spare = self.fork_spare()
+            except OSError:
+                pass  # no spare: the next program is forked on request
+
     def receive(self) -> bool:
         """Handle one message; False when the node closed the socket."""
         data, fds, flags, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 2)
@@ -84,7 +95,8 @@ class Zygote:
             case Init() as init:
                 self.init(init)
             case Spawn() as request:
-                self.spawn(request, fds)
+                self.spawn(request, data, fds)
+                self.ensure_spare()
         return True
 
     def send(self, message) -> None:
@@ -111,6 +123,9 @@ class Zygote:
             if pid == 0:
                 break
             reaped = True
+            if self.spare is not None and pid == self.spare.pid:  # killed while it waited
+                self.spare.close()
+                self.spare = None
             if pid in self.spawned:
                 self.spawned.discard(pid)
                 self.send(Exited(pid=pid, status=status))
@@ -128,8 +143,9 @@ class Zygote:
     def kill_orphans(self) -> None:
         """SIGKILL adopted processes whose program (``OTPY_INCARNATION``) is dead. An orphan of a
         live program (a daemon it started) is left alone; reaping it later is ours."""
+        spare = self.spare.pid if self.spare is not None else None
         for pid in self.children():
-            if pid not in self.spawned and _incarnation_of(pid) not in self.spawned:
+            if pid not in self.spawned and pid != spare and _incarnation_of(pid) not in self.spawned:
                 _kill_group(pid)
 
     def kill_all(self) -> None:
@@ -153,12 +169,14 @@ class Zygote:
         os.environ.update(init.env)
         self.send(Hello(pid=os.getpid()))
 
-    def spawn(self, request: Spawn, fds: list[int]) -> None:
+    def spawn(self, request: Spawn, data: bytes, fds: list[int]) -> None:
         try:
             if len(fds) != 2:
                 raise _Refused(f"spawn request carried {len(fds)} fds, not 2")
-            fork = self.fork_program if request.spec.program else self.fork_command
-            pid = fork(request, *fds)
+            if request.spec.program:
+                pid = self.start_program(request, data, *fds)
+            else:
+                pid = self.fork_command(request, *fds)
         except (_Refused, OSError) as refused:
             reason = str(refused) if isinstance(refused, _Refused) else f"fork failed: {refused}"
             self.send(SpawnFailed(request_id=request.request_id, reason=reason))
@@ -169,12 +187,35 @@ class Zygote:
         self.spawned.add(pid)
         self.send(Spawned(request_id=request.request_id, pid=pid))
 
-    def fork_program(self, request: Spawn, notify: int, output: int) -> int:
-        self.preload(request.spec.program)
+    def start_program(self, request: Spawn, data: bytes, notify: int, output: int) -> int:
+        """Hand the request to the waiting spare; fork one only when none can take it."""
+        if self.preload(request.spec.program) and self.spare is not None:
+            self.spare.close()  # forked before the program was imported: it exits by itself
+            self.spare = None
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            try:
+                return spare.assign(data, notify, output)
+            except OSError:
+                pass  # it died meanwhile (its exit is reaped unreported): fork instead
+            finally:
+                spare.close()
         pid = os.fork()
         if pid == 0:
             self.in_child(self.run_program, request, notify, output)
         return pid
+
+    def fork_spare(self) -> Spare:
+        """A child that does now what every program child does first, then waits for a request."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                ours.detach()
+                self.in_child(self.wait_as_spare, theirs)
+        finally:
+            theirs.close()
+        return Spare(pid, ours)
 
     def fork_command(self, request: Spawn, notify: int, output: int) -> int:
         """Fork and exec; the close-on-exec error pipe says whether exec succeeded."""
@@ -192,15 +233,18 @@ class Zygote:
             raise _Refused(f"exec failed: {error.decode(errors='replace')}")
         return pid
 
-    def preload(self, target: str) -> None:
-        """Import the program in the zygote, so that every fork of it finds it loaded."""
+    def preload(self, target: str) -> bool:
+        """Import the program in the zygote, so that every fork of it finds it loaded.
+        True when that imported something new (a spare forked before lacks it)."""
         try:
             import_target(target)
         except BaseException as exc:
             raise _Refused(f"cannot import {target!r}: {type(exc).__name__}: {exc}") from None
-        if len(sys.modules) != self.modules_frozen:
-            gc.freeze()
-            self.modules_frozen = len(sys.modules)
+        if len(sys.modules) == self.modules_frozen:
+            return False
+        gc.freeze()
+        self.modules_frozen = len(sys.modules)
+        return True
 
     # --- in the child ---------------------------------------------------------------------
 
@@ -216,18 +260,36 @@ class Zygote:
 
     def enter_child(self, request: Spawn, notify: int, output: int, *, exec_: bool, error: int = -1) -> None:
         """Turn this fork into a fresh child: its fds first, so later errors can be reported."""
+        self.attach(request, notify, output, error)
+        self.detach(exec_)
+
+    def detach(self, exec_: bool) -> None:
+        """What makes a fork a child of its own: its process group, the parent-death signal,
+        default signal handling."""
+        os.setpgid(0, 0)
+        die_with_parent(self.pid)
+        _reset_signals(exec_)
+
+    def attach(self, request: Spawn, notify: int, output: int, error: int = -1, *, warm: bool = False) -> None:
+        """What makes it this request's child: fds 0-4, no other fd, environment, cwd.
+
+        ``warm``: a spare's, whose ZeroMQ fds (above 4) stay open; only the fds the hand-over
+        brought are closed, and the placeholders it kept on 3 and 4.
+        """
         spec = request.spec
-        notify, output, error, devnull = (_above(fd, ERROR_FD) for fd in (notify, output, error, self.devnull))
+        given = (notify, output, error, self.devnull)
+        notify, output, error, devnull = moved = tuple(_above(fd, ERROR_FD) for fd in given)
         os.dup2(devnull, 0)
         os.dup2(output, 1)
         os.dup2(output, 2)
         os.dup2(notify, NOTIFY_FD)
         if error >= 0:
             os.dup2(error, ERROR_FD, inheritable=False)
-        os.closerange(ERROR_FD + 1 if error >= 0 else ERROR_FD, MAX_FD)
-        os.setpgid(0, 0)
-        _worker.die_with_parent(self.pid)
-        _reset_signals(exec_)
+        if warm:
+            for fd in {*given, *moved, ERROR_FD} - {-1, 0, 1, 2, NOTIFY_FD}:
+                os.close(fd)
+        else:
+            os.closerange(ERROR_FD + 1 if error >= 0 else ERROR_FD, MAX_FD)
         os.environ.update({"OTPY_CHILD_ID": spec.id, "OTPY_NOTIFY_FD": str(NOTIFY_FD),
                            "OTPY_INCARNATION": str(os.getpid())})
         os.environ.update(spec.env)
@@ -238,6 +300,32 @@ class Zygote:
     def run_program(self, request: Spawn, notify: int, output: int) -> NoReturn:
         try:
             self.enter_child(request, notify, output, exec_=False)
+        except Exception as exc:
+            _worker.fail(f"cannot start the child: {exc}")
+        sys.stdout.reconfigure(line_buffering=True)
+        _worker.run(request.spec)
+
+    def wait_as_spare(self, control: socket.socket) -> NoReturn:
+        """A spare: detached and warmed up ahead, it gets its request (and fds) from the zygote,
+        then runs like a program forked for it. The zygote closing ``control`` ends it."""
+        control = socket.socket(fileno=_above(control.detach(), ERROR_FD))
+        self.devnull = _above(self.devnull, ERROR_FD)
+        _close_all_but(control.fileno(), self.devnull)
+        for placeholder in (NOTIFY_FD, ERROR_FD):  # the warm-up's fds must go above these
+            os.dup2(self.devnull, placeholder)
+        self.detach(exec_=False)
+        name = process_name()
+        set_process_name(SPARE_NAME)
+        if node := os.environ.get("OTPY_NODE"):
+            _worker.warm_up(node)
+        data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 2)
+        control.close()
+        if not data:
+            os._exit(0)
+        set_process_name(name)
+        request = TO_ZYGOTE.decode(data)
+        try:
+            self.attach(request, *fds, warm=True)
         except Exception as exc:
             _worker.fail(f"cannot start the child: {exc}")
         sys.stdout.reconfigure(line_buffering=True)
@@ -259,6 +347,22 @@ class Zygote:
             _write_error(f"{type(exc).__name__}: {exc}")
 
 
+class Spare:
+    """The zygote's end of a spare: its pid and the socket its request goes through."""
+
+    def __init__(self, pid: int, control: socket.socket) -> None:
+        self.pid = pid
+        self.control = control
+
+    def assign(self, data: bytes, notify: int, output: int) -> int:
+        """Send it the spawn request and its two fds; its pid is then the child's."""
+        socket.send_fds(self.control, [data], [notify, output])
+        return self.pid
+
+    def close(self) -> None:
+        self.control.close()
+
+
 class _Refused(Exception):
     """A spawn request that leaves no child behind; its text is the reply's reason."""
 
@@ -266,6 +370,15 @@ class _Refused(Exception):
 def _above(fd: int, highest: int) -> int:
     """``fd``, moved above ``highest`` if it is one of the fds the child's dup2s overwrite."""
     return fd if fd < 0 or fd > highest else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, highest + 1)
+
+
+def _close_all_but(*keep: int) -> None:
+    """Close every fd above 2 but ``keep``."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, MAX_FD)
 
 
 def _write_error(text: str) -> NoReturn:
@@ -324,8 +437,8 @@ def _ensure_std_fds() -> None:
 
 def main() -> None:
     sock_fd, node_pid = int(sys.argv[1]), int(sys.argv[2])
-    _worker.die_with_parent(node_pid, signal.SIGTERM)  # caught: kill everything below, then exit
-    _worker.become_subreaper()
+    die_with_parent(node_pid, signal.SIGTERM)  # caught: kill everything below, then exit
+    become_subreaper()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's to handle
     _ensure_std_fds()
     sock = socket.socket(fileno=sock_fd)

@@ -51,6 +51,25 @@ def test_run_restart_with_peers_or_says_they_are_skipped(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_run_reconfigure_with_peers_or_says_they_are_skipped(tmp_path):
+    out = tmp_path / "reconfigure.json"
+    proc = _run("bench/run.py", "reconfigure", "--n", "3", "--n-defaults", "0", "--json", str(out))
+    report = json.loads(out.read_text())
+    reconfigure = report["reconfigure"]
+    for series in ("reconfigure", "action_reply", "otpy_program_socket", "otpy_command_socket"):
+        assert set(reconfigure[series]) >= KEYS and reconfigure[series]["n"] >= 3
+    assert "reconfigure_p50_ms" in report["targets"]
+    for module, series in (("circus", "circus_fast"), ("supervisor", "supervisord_fast")):
+        peer = "supervisord" if module == "supervisor" else "circus"
+        if importlib.util.find_spec(module):
+            assert set(reconfigure[series]) >= KEYS
+            assert f"{series}_p50_vs_otpy_program" in reconfigure["peer_ratios"]
+        else:
+            assert peer in reconfigure["peers"]["skipped"]
+            assert f"{peer}: skipped" in proc.stdout
+
+
+@pytest.mark.timeout(120)
 def test_run_scale_tiny(tmp_path):
     out = tmp_path / "scale.json"
     proc = _run("bench/run.py", "scale", "--n", "10", "--idle", "0.5", "--json", str(out))

@@ -28,6 +28,7 @@ import psutil
 import pytest
 
 import otpy
+from otpy._zygote import SPARE_NAME
 from tests.helpers import Events, pids, sleeper, unique_name
 
 CHAOS_SECONDS = float(os.environ.get("OTPY_CHAOS_SECONDS", "4"))
@@ -225,12 +226,24 @@ def converged(node: otpy.Node) -> str | None:
     zygote = zygote_of(node.name)
     procs = {p.pid: p for p in node_processes(node.name)}
     procs.pop(zygote, None)
+    spares = [pid for pid, p in procs.items() if _name(p) == SPARE_NAME]
+    if len(spares) > 1:
+        return f"more than one spare: {spares}"
+    for pid in spares:  # the zygote's next child, waiting for its program
+        del procs[pid]
     if set(procs) != in_tree:
         return f"orphans {sorted(set(procs) - in_tree)}, missing {sorted(in_tree - set(procs))}"
     zombies = [c.pid for c in psutil.Process(zygote).children() if _status(c) == psutil.STATUS_ZOMBIE]
     if zombies:
         return f"zombies under the zygote: {zombies}"
     return None
+
+
+def _name(proc) -> str:
+    try:
+        return proc.name()
+    except psutil.NoSuchProcess:
+        return "gone"
 
 
 def _status(proc) -> str:

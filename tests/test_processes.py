@@ -20,7 +20,7 @@ import pytest
 
 from otpy._processes import ChildProcess, ProcessManager, StartFailed
 from otpy._specs import ChildSpec
-from otpy._worker import become_subreaper
+from otpy._linux import become_subreaper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _names = itertools.count()
