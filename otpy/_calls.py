@@ -32,7 +32,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from ._errors import AgentCrashed, BadRequest, CallError, CallTimeout, NoSuchAgent, Overloaded, RemoteError, Unencodable
-from ._protocol import ENCODER, FROM_AGENT, Call, CallFailed, Reply
+from ._protocol import DRAIN_NOTICE, ENCODER, FROM_AGENT, Call, CallFailed, Reply
 from ._runtime import agent_endpoint, agent_socket_path
 from ._protocol import first_unencodable
 
@@ -73,6 +73,7 @@ class _Link:
     dealer: zmq.Socket
     monitor: zmq.Socket
     connected: bool = False
+    draining: bool = False  # the agent sent its drain notice: new calls go on a new link
     in_flight: set[int] = field(default_factory=set)
     queued: set[int] = field(default_factory=set)
 
@@ -267,6 +268,8 @@ class _IOLoop:
     def _send(self, pending: _Pending, link: _Link | None = None) -> None:
         """Send ``pending``; ``link`` given: a resend of a call the agent did not run (same deadline)."""
         resend = link is not None
+        if link is None and (current := self.links.get(pending.agent)) is not None:
+            self._receive_replies(current)  # a drain notice waiting there moves the name to a new link
         link = link or self.links.get(pending.agent) or self._connect(pending.agent)
         self._receive_events(link)  # a disconnect already reported must not fail this call
         self.pending[pending.call_id] = pending
@@ -278,10 +281,10 @@ class _IOLoop:
 
     def _renew(self, old: _Link) -> _Link:
         """A draining agent: new calls go on a new connection (to the name's next holder); the
-        old link stays until the calls still on it are answered or lost."""
+        old link stays until the calls still on it are answered or lost (whoever read from it
+        retires it after: it may still be reading)."""
         if self.links.get(old.agent) is old:
             self._connect(old.agent)
-            self._retire_if_idle(old)
         return self.links[old.agent]
 
     def _retire_if_idle(self, link: _Link) -> None:
@@ -306,6 +309,10 @@ class _IOLoop:
             message = _next_reply(link)
             if message is None:
                 return
+            if message.call_id == DRAIN_NOTICE:  # new calls go on a new link
+                link.draining = True
+                self._renew(link)
+                continue
             pending = self._forget(message.call_id, link)
             if pending is None:
                 continue  # a late reply: its call already ended
@@ -418,6 +425,8 @@ def _call_on(link: _Link, call_id: int, payload: bytes, timeout: float) -> dict[
     poller.register(link.dealer, zmq.POLLIN)
     poller.register(link.monitor, zmq.POLLIN)
     _own_reply(link, -1)  # drop late replies of earlier calls
+    if link.draining:  # the agent is about to exit: not sent, so not run
+        raise AgentDraining(f"agent {link.agent!r} is shutting down", agent=link.agent)
     while (event := _next_event(link)) is not None:  # a disconnect already reported must not fail this call
         link.connected = event == zmq.EVENT_CONNECTED
     in_flight = link.connected
@@ -444,6 +453,8 @@ def _own_reply(link: _Link, call_id: int) -> dict[str, Any] | None:
     """The outputs of call ``call_id`` if its answer is waiting (a failure raises); others are late: dropped."""
     while (message := _next_reply(link)) is not None:
         match message:
+            case CallFailed(call_id=found) if found == DRAIN_NOTICE:
+                link.draining = True  # a call in flight is still answered; the next goes elsewhere
             case Reply(call_id=found, outputs=outputs) if found == call_id:
                 return outputs
             case CallFailed(call_id=found) if found == call_id:

@@ -120,7 +120,12 @@ class CallFailed(Message):
     ``kind``: ``raised`` (forward raised: ``error_type``, ``message`` and ``traceback`` are the
     remote exception's), ``overloaded`` (the agent's queue is full), ``bad_request`` (the
     message could not be decoded), ``unencodable`` (an output cannot be encoded; ``message``
-    names the field).
+    names the field), ``draining`` (the agent is shutting down and did not run the call: send
+    it again, on a new connection).
+
+    ``call_id`` ``DRAIN_NOTICE`` (0, never a call's) with ``kind`` ``draining``: unasked, sent
+    once to every caller the agent has served when it starts to drain, so that a caller's next
+    call goes on a new connection rather than to an agent about to exit.
     """
 
     call_id: int
@@ -129,6 +134,8 @@ class CallFailed(Message):
     message: str = ""
     traceback: str = ""
 
+
+DRAIN_NOTICE = 0  # the call_id of an unasked "draining" (callers number calls from 1)
 
 ToAgent = Call
 FromAgent = Union[Reply, CallFailed]

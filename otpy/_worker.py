@@ -7,8 +7,8 @@ never returns. The child speaks to the node through the notify pipe on fd 3, one
 ``FAILED <why>``     setup raised; the child then exits with status 1
 ``EXIT shutdown``    the program asked for a clean exit (``exit_shutdown()``)
 
-Before READY the worker binds the agent's ROUTER socket (``AgentServer``) at
-``agent_endpoint(node, child_id)``; ``serve`` is its call loop, between READY and shutdown.
+Before READY the worker binds the agent's ROUTER socket (``AgentServer``, ``_agent_socket``)
+at ``agent_endpoint(node, child_id)``; ``serve`` is its call loop, between READY and shutdown.
 SIGTERM sets a flag and writes a byte to ``signal_fd()`` (Python's wakeup fd), which the
 loop polls, so it never sleeps through one. Then the agent drains: calls already taken are
 answered, new ones get ``draining`` (the caller resends them to the next holder of the name),
@@ -41,8 +41,9 @@ import zmq
 
 from ._forward import decode_call, limits, rss_mib, run_call
 from ._program import Program, instantiate
-from ._protocol import ENCODER, VARIABLE_CHANGED, Call, CallFailed
-from ._runtime import agent_endpoint, agent_socket_path, make_agents_dir
+from ._protocol import DRAIN_NOTICE, ENCODER, VARIABLE_CHANGED, Call, CallFailed
+from ._agent_socket import bound_router
+from ._runtime import agent_socket_path
 from ._specs import ChildSpec
 
 NOTIFY_FD = 3
@@ -106,8 +107,7 @@ def _bind(program: Program, spec: ChildSpec) -> AgentServer | None:
     except ValueError as exc:
         fail(str(exc))
     try:
-        make_agents_dir(node)
-        return AgentServer(program, agent_endpoint(node, spec.id), concurrency, max_queue, spec.max_rss)
+        return AgentServer(program, bound_router(node, spec.id), concurrency, max_queue, spec.max_rss)
     except Exception as exc:
         fail(f"cannot bind the call socket: {_describe(exc)}")
 
@@ -278,6 +278,7 @@ def _flush() -> None:
 # --- the agent's call loop ----------------------------------------------------------------
 
 QUIET_MS = 10  # a shutting-down agent exits once its socket was quiet this long
+MAX_PEERS = 4096  # callers remembered for the drain notice
 EXIT_MAX_RSS = 76  # the exit status of an agent that went over its max_rss (abnormal: restarted)
 
 CONFIG_DRAIN_S = 0.05  # ending for new values: at most this long answering ``draining`` once idle
@@ -292,18 +293,18 @@ class AgentServer:
     queue and an eventfd the loop polls.
     """
 
-    def __init__(self, program: Program, endpoint: str, concurrency: int, max_queue: int,
-                 max_rss: float | None = None) -> None:
+    def __init__(self, program: Program, sockets: tuple[zmq.Context, zmq.Socket], concurrency: int,
+                 max_queue: int, max_rss: float | None = None) -> None:
         self.program = program
         self.max_rss = max_rss
         self.capacity = concurrency + max_queue
         self.taken = 0  # calls accepted and not answered yet: running or waiting
         self.draining = False  # shutting down: no new calls
+        self.peers: dict[bytes, None] = {}  # callers served, oldest first: told when draining starts
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.replies: queue.SimpleQueue = queue.SimpleQueue()
         self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.context, self.router = _take_router()
-        self.router.bind(endpoint)  # libzmq unlinks the socket file a dead incarnation left
+        self.context, self.router = sockets  # the router is bound already
         self.concurrency = concurrency
         self.threads = 0  # call threads start with the first job: READY does not wait for them
         self.threads_lock = threading.Lock()  # jobs come from the loop and from the config watcher
@@ -338,6 +339,10 @@ class AgentServer:
         callers resend them to whoever holds this agent's name next (a Reconfigure's target, a
         restarted incarnation). Done once nothing is left and the socket was quiet ``QUIET_MS``."""
         self.draining = True
+        notice = ENCODER.encode(CallFailed(call_id=DRAIN_NOTICE, kind="draining",
+                                           message="the agent is shutting down; call again"))
+        for peer in self.peers:
+            self.router.send_multipart([peer, notice])
         idle_since = None
         while True:
             ready = poller.poll(QUIET_MS)
@@ -370,9 +375,17 @@ class AgentServer:
                                                   message=f"{self.taken} calls taken, the most it holds"))
                 case Call() as call:
                     self.taken += 1
+                    self._remember(peer.bytes)
                     self.put_job((peer, call))
                 case CallFailed() as failed:
                     self._answer(peer, failed)
+
+    def _remember(self, peer: bytes) -> None:
+        """The callers to tell when draining starts: the ``MAX_PEERS`` seen last."""
+        self.peers.pop(peer, None)
+        self.peers[peer] = None
+        if len(self.peers) > MAX_PEERS:
+            del self.peers[next(iter(self.peers))]
 
     def _answer(self, peer, message) -> None:
         self.router.send_multipart([peer, ENCODER.encode(message)], copy=False)
@@ -401,30 +414,6 @@ class AgentServer:
                 continue
             self.replies.put((peer, run_call(self.program, call)))
             os.eventfd_write(self.wake, 1)
-
-
-_warm: tuple[zmq.Context, zmq.Socket] | None = None  # made by warm_up, taken by the AgentServer
-
-
-def warm_up(node: str) -> None:
-    """In a spare (a fork that waits for its program): make what every agent of ``node``
-    needs before it knows its program, the ZeroMQ context and an unbound ROUTER."""
-    global _warm
-    make_agents_dir(node)
-    _warm = _new_router()
-
-
-def _take_router() -> tuple[zmq.Context, zmq.Socket]:
-    global _warm
-    made, _warm = _warm, None
-    return made or _new_router()
-
-
-def _new_router() -> tuple[zmq.Context, zmq.Socket]:
-    context = zmq.Context(io_threads=1)
-    router = context.socket(zmq.ROUTER)
-    router.linger = 0
-    return context, router
 
 
 def _deliver_config(program: Program, config: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ from typing import NoReturn
 import msgspec  # noqa: F401  (pre-imported for the workers)
 import zmq  # noqa: F401  (pre-imported for the workers)
 
-from otpy import _worker
+from otpy import _agent_socket, _worker
 from otpy._linux import become_subreaper, die_with_parent, process_name, set_process_name
 from otpy._program import import_target
 from otpy._protocol import ENCODER, TO_ZYGOTE, Exited, Hello, Init, Spawn, Spawned, SpawnFailed
@@ -126,6 +126,7 @@ class Zygote:
             if self.spare is not None and pid == self.spare.pid:  # killed while it waited
                 self.spare.close()
                 self.spare = None
+                _forget_spare_socket(pid)
             if pid in self.spawned:
                 self.spawned.discard(pid)
                 self.send(Exited(pid=pid, status=status))
@@ -317,10 +318,11 @@ class Zygote:
         name = process_name()
         set_process_name(SPARE_NAME)
         if node := os.environ.get("OTPY_NODE"):
-            _worker.warm_up(node)
+            _agent_socket.warm_up(node)
         data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 2)
         control.close()
-        if not data:
+        if not data:  # retired
+            _agent_socket.forget_warm()
             os._exit(0)
         set_process_name(name)
         request = TO_ZYGOTE.decode(data)
@@ -370,6 +372,11 @@ class _Refused(Exception):
 def _above(fd: int, highest: int) -> int:
     """``fd``, moved above ``highest`` if it is one of the fds the child's dup2s overwrite."""
     return fd if fd < 0 or fd > highest else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, highest + 1)
+
+
+def _forget_spare_socket(pid: int) -> None:
+    if node := os.environ.get("OTPY_NODE"):
+        _agent_socket.spare_socket_path(node, pid).unlink(missing_ok=True)
 
 
 def _close_all_but(*keep: int) -> None:

@@ -69,3 +69,20 @@ class FailsFirst(otpy.Program):
             self.seen.add(key)
             raise RuntimeError(f"first try of {key!r} fails")
         return {"key": key, "second_try": True}
+
+
+class SlowTeardown(otpy.Program):
+    """Echoes; its teardown (after the drain, when nothing reads its socket) writes ``mark``
+    and then takes ``seconds``."""
+
+    def setup(self, args, config):
+        self.mark, self.seconds = args.get("mark", ""), args.get("seconds", 0.5)
+
+    def forward(self, **inputs):
+        return {**inputs, "pid": os.getpid()}
+
+    def teardown(self):
+        if self.mark:
+            with open(self.mark, "w") as file:
+                file.write(str(os.getpid()))
+        time.sleep(self.seconds)

@@ -93,3 +93,23 @@ def test_terminate_child_right_after_a_reconfigure_returns_only_once_the_source_
     assert not alive(source)
     caller.join(10)
     assert answers and answers[0]["seconds"] == 1.5  # the call it took was answered
+
+
+@pytest.mark.parametrize("how", ["call", "submit"])
+def test_a_caller_idle_through_a_reconfigure_reaches_the_target_not_the_exiting_source(node, tmp_path, how):
+    # The source is in its teardown (its socket no longer read) when the caller, whose link to
+    # it has been idle since before the Reconfigure, calls again: the source's drain notice
+    # must have moved the caller to a new connection, or the call is lost with the source.
+    mark = tmp_path / "tearing-down"
+    slow = otpy.ChildSpec(id="agent", program="tests.call_agents:SlowTeardown",
+                          args={"mark": str(mark), "seconds": 1.0})
+    assert node.reconfigure("pool", "agent", slow).ok
+    with otpy.Caller(node.name) as caller:
+        # each form has its own link: the sync one the thread's, submit the I/O thread's
+        call = (lambda inputs: caller.call("agent", inputs, timeout=5)) if how == "call" else (
+            lambda inputs: caller.submit("agent", inputs, timeout=5).result(10))
+        source = call({"x": 1})["pid"]
+        assert node.reconfigure("pool", "agent", otpy.ChildSpec(id="agent", program=ECHO)).ok
+        wait_until(mark.exists, timeout=10, what="the source's teardown")
+        answer = call({"x": 2})
+    assert answer["x"] == 2 and answer.get("pid") != source

@@ -1,0 +1,62 @@
+"""The agent's call socket (a ZeroMQ ROUTER at ``agent_endpoint(node, child_id)``): made
+ahead of time in a spare, or when the worker binds.
+
+A spare does not know its child id yet, so it binds its ROUTER at a name of its own,
+``agents/.spare-<pid>.sock``; once it has its request, ``bound_router`` renames that socket
+file to the child's path. A rename replaces a stale file atomically: a caller connecting
+meanwhile finds either the old socket or the new one, never no file (libzmq's own bind
+unlinks first, then binds). Without a spare, the ROUTER is made and bound there and then.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import zmq
+
+from ._runtime import agent_endpoint, agent_socket_path, agents_dir, make_agents_dir
+
+_warm: tuple[zmq.Context, zmq.Socket, Path] | None = None  # a spare's, until bound_router takes it
+
+
+def spare_socket_path(node: str, pid: int) -> Path:
+    return agents_dir(node) / f".spare-{pid}.sock"
+
+
+def warm_up(node: str) -> None:
+    """In a spare: the ZeroMQ context and a ROUTER listening at the spare's own path."""
+    global _warm
+    make_agents_dir(node)
+    context, router = _new_router()
+    path = spare_socket_path(node, os.getpid())
+    router.bind(f"ipc://{path}")
+    _warm = (context, router, path)
+
+
+def forget_warm() -> None:
+    """A spare that exits unused removes its socket file."""
+    if _warm is not None:
+        _warm[2].unlink(missing_ok=True)
+
+
+def bound_router(node: str, child_id: str) -> tuple[zmq.Context, zmq.Socket]:
+    """A ROUTER serving ``agent_endpoint(node, child_id)``: the spare's, renamed into place,
+    or a new one bound there."""
+    global _warm
+    if _warm is not None:
+        context, router, path = _warm
+        _warm = None
+        os.rename(path, agent_socket_path(node, child_id))
+        return context, router
+    make_agents_dir(node)
+    context, router = _new_router()
+    router.bind(agent_endpoint(node, child_id))  # libzmq unlinks the file a dead incarnation left
+    return context, router
+
+
+def _new_router() -> tuple[zmq.Context, zmq.Socket]:
+    context = zmq.Context(io_threads=1)
+    router = context.socket(zmq.ROUTER)
+    router.linger = 0
+    return context, router
