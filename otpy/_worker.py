@@ -68,6 +68,8 @@ def run(spec: ChildSpec) -> NoReturn:
             _catch_sigterm()
             agent = _bind(program, spec)
             _notify("READY")
+            if agent is not None:
+                agent.add_thread()  # after READY, while the first caller is on its way
             if config and agent is not None:
                 ConfigWatcher(program, agent, config).start()
             serve(agent)
@@ -306,15 +308,19 @@ class AgentServer:
         self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.context, self.router = sockets  # the router is bound already
         self.concurrency = concurrency
-        self.threads = 0  # call threads start with the first job: READY does not wait for them
+        self.threads = 0  # call threads start after READY (the first) and with jobs: READY does not wait
         self.threads_lock = threading.Lock()  # jobs come from the loop and from the config watcher
 
     def put_job(self, job) -> None:
+        self.add_thread()
+        self.jobs.put(job)
+
+    def add_thread(self) -> None:
+        """One more call thread, up to ``concurrency``."""
         with self.threads_lock:
             if self.threads < self.concurrency:
                 threading.Thread(target=self._run_calls, daemon=True, name=f"otpy-call-{self.threads}").start()
                 self.threads += 1
-        self.jobs.put(job)
 
     def serve(self, signal_fd: int, drain: Callable[[int], None]) -> NoReturn:
         poller = zmq.Poller()
