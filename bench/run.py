@@ -108,6 +108,9 @@ def run_scale(n: int, idle: float) -> dict:
     main = asyncio.run(scale.scale_run(n, idle))
     latencies = main.pop("start_latencies")
     main["start_latency"] = summarize(latencies)
+    step = max(1, n // 10)  # mean start latency by tenth: a flat list is a linear curve
+    main["start_ms_by_tenth"] = [round(1000 * sum(latencies[i:i + step]) / len(latencies[i:i + step]), 2)
+                                 for i in range(0, n, step)]
     log("scale: curve")
     main["curve_s"] = {str(k): v for k, v in asyncio.run(scale.curve(n, {n: main["ready_total_s"]})).items()}
     return main
@@ -116,6 +119,7 @@ def run_scale(n: int, idle: float) -> dict:
 def print_scale(s: dict) -> None:
     print(f"scale: {s['n']} children ready in {s['ready_total_s']:.3f} s; stop all {s['stop_all_s']:.3f} s")
     print_series({"start_latency": s["start_latency"]})
+    print("mean start latency by tenth of the children (ms):", s["start_ms_by_tenth"])
     i = s["idle"]
     print(f"idle {i['seconds']} s: node CPU {i['node_cpu_pct_of_core']:.3f} % of a core "
           f"(zygote {i['zygote_cpu_pct_of_core']:.3f} %, all children {i['children_cpu_pct_of_core_total']:.3f} %)")
@@ -202,7 +206,8 @@ def chart(report: dict, raw: dict, path: str) -> None:
             ax.set_title("scale curve")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle(f"otpy {m['otpy']} @ {m['commit']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}",
+    fig.suptitle(f"otpy {m['otpy']} @ {m['commit']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, "
+                 f"DAMON {m.get('damon', '?')}",
                  fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

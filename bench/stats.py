@@ -43,4 +43,16 @@ def machine() -> dict:
         otpy_version = tomllib.load(f)["project"]["version"]
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
             "otpy": otpy_version, "commit": commit + ("+dirty" if dirty else ""),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "damon": damon()}
+
+
+def damon() -> str:
+    """Whether the kernel's DAMON monitor runs (``kdamond``): its physical-address sampling walks
+    every mapping of a page, and 1,000 children share the zygote's pages (see benchmarks.md)."""
+    root = "/sys/kernel/mm/damon/admin/kdamonds"
+    try:
+        states = [open(f"{root}/{k}/state").read().strip() for k in os.listdir(root) if k.isdigit()]
+    except OSError:
+        return "absent"
+    return ", ".join(states) or "none configured"

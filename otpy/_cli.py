@@ -23,7 +23,7 @@ import psutil
 import zmq
 
 from ._cli_vars import vars_group
-from ._cli_work import call, optimize, record_topology, run_pipeline
+from ._cli_work import bench, call, optimize, record_topology, run_pipeline
 from ._client import Client, ControlError, NodeNotFound, node_statuses, pick_node, socket_path
 from ._config import TopologyError, load_topology, topology_json_schema
 from ._effects import Result
@@ -73,6 +73,7 @@ main.add_command(call)
 main.add_command(run_pipeline)
 main.add_command(optimize)
 main.add_command(vars_group)
+main.add_command(bench)
 
 
 @main.command()

@@ -1,4 +1,5 @@
-"""Commands that put agents to work: ``otpy call``, ``otpy run-pipeline``, ``otpy optimize``.
+"""Commands that put agents to work: ``otpy call``, ``otpy run-pipeline``, ``otpy optimize``,
+and ``otpy bench``, which runs the benchmarks.
 
 Registered on the ``otpy`` group by ``_cli``. Exit codes as everywhere: 0 success, 1 the
 operation failed (the message says why), 2 usage or input error.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -144,3 +146,19 @@ def optimize(topology: str, trials: int | None, seed: int | None, apply_: bool) 
         _fail(f"optimize --apply: {exc}; start it with `otpy start {topology} --detach`")
     except OptimizeError as exc:
         _fail(f"optimize --apply: {exc}")
+
+
+@click.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
+def bench(arguments: tuple[str, ...]) -> None:
+    """Run a benchmark: SCENARIO (restart, reconfigure, call, scale, all, chart) [OPTIONS].
+
+    The same as ``python bench/run.py SCENARIO [OPTIONS]`` in a source checkout of otpy
+    (``otpy bench --help`` lists the options). With ``pip install -e '.[bench]'``, restart
+    and reconfigure also run circus and supervisord.
+    """
+    runner = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+    if not runner.is_file():
+        _fail(f"no {runner}: benchmarks run from a source checkout of otpy "
+              "(git clone it, then pip install -e '.[bench]')", EXIT_USAGE)
+    os.execv(sys.executable, [sys.executable, str(runner), *arguments])

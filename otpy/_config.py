@@ -1,9 +1,9 @@
 """Topology files: read ``topology.toml``, check it, and turn it into ``_specs`` Structs.
 
-The file is written by people, so it is checked with pydantic (strict types, unknown keys
-rejected) and every problem is reported at once, one per line, as
-``FILE: KEY.PATH[i].KEY: got X; expected Y``. Defaults are not repeated here: each field's
-default is read from the ``_specs`` Struct it becomes.
+The file is written by people, so it is checked with pydantic against the tables of
+``_topology_file`` (strict types, unknown keys rejected), then against the rules pydantic
+cannot see, and every problem is reported at once, one per line, as
+``FILE: KEY.PATH[i].KEY: got X; expected Y``.
 
 >>> topology = parse_topology('''
 ... [supervisor]
@@ -21,35 +21,28 @@ otpy._config.TopologyError: t.toml: supervisor.max_seconds: got 0; expected a nu
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
 import tomllib
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Iterator, Literal, Union
+from typing import Any, Iterator, Union
 
-import msgspec
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, StringConstraints, Tag
 from pydantic import ValidationError
-from pydantic_core import PydanticCustomError
 
 from ._program import import_target
 from ._registry import with_registry
+from ._specs import AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec
+from ._topology_file import (
+    CHILD_TABLES, NAME_EXPECTED, NAME_PATTERN, PROGRAM_PATTERN, DynamicSupervisorTable, NodeTable,
+    RootSupervisorTable, SupervisorTable, TemplateTable, TopologyFile, WorkerTable, Table,
+    topology_json_schema,
+)
 from ._variables import VariableError
-from ._specs import AnySpec, AutoShutdown, ChildSpec, DynamicSupervisorSpec, NodeSpec, Readiness
-from ._specs import RestartType, Strategy, SupervisorSpec
 
 __all__ = [
     "Topology", "TopologyError", "check_programs", "load_topology", "parse_topology", "topology_json_schema",
 ]
-
-ROOT_ID = "root"
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
-_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
-PROGRAM_PATTERN = rf"^{_DOTTED}:{_DOTTED}$"
-NAME_EXPECTED = "a non-empty name of letters, digits, '_', '.' and '-'"
-SHUTDOWN_EXPECTED = "seconds >= 0 (an int or a float), 'brutal_kill' or 'infinity'"
 
 
 class TopologyError(Exception):
@@ -69,150 +62,6 @@ class Topology:
     raw_variables: dict[str, dict[str, dict]] = field(default_factory=dict)
     raw_pipelines: dict[str, dict] = field(default_factory=dict)
     raw_optimizer: dict[str, Any] = field(default_factory=dict)
-
-
-# The file format, as pydantic models. Defaults come from the _specs Structs.
-
-
-def _default(struct: type[msgspec.Struct], name: str) -> Any:
-    """The default of ``struct``'s field ``name``: the one place defaults are written."""
-    (spec_field,) = [f for f in msgspec.structs.fields(struct) if f.name == name]
-    if spec_field.default is not msgspec.NODEFAULT:
-        return spec_field.default
-    return spec_field.default_factory()
-
-
-def _check_shutdown(value: Any) -> float | str:
-    if isinstance(value, str) and value in ("brutal_kill", "infinity"):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if math.isfinite(value) and value >= 0:
-            return float(value)
-    raise PydanticCustomError("shutdown", "expected {expected}", {"expected": SHUTDOWN_EXPECTED})
-
-
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-ProgramTarget = Annotated[str, StringConstraints(pattern=PROGRAM_PATTERN)]
-Shutdown = Annotated[
-    Union[float, str],
-    PlainValidator(
-        _check_shutdown,
-        json_schema_input_type=Union[Annotated[float, Field(ge=0)], Literal["brutal_kill", "infinity"]],
-    ),
-]
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class NodeTable(_Table):
-    """``[node]``: the node's name (default: the file's stem), and an opt-in TCP control endpoint."""
-
-    name: Name | None = None
-    control_tcp: Annotated[str, StringConstraints(pattern=r"^tcp://.+:\d+$")] | None = None
-
-
-class TemplateTable(_Table):
-    """A worker without an id: a dynamic supervisor's named template."""
-
-    program: ProgramTarget | None = None
-    command: Annotated[list[str], Field(min_length=1)] | None = None
-    args: dict[str, Any] = _default(ChildSpec, "args")
-    env: dict[str, str] = _default(ChildSpec, "env")
-    cwd: str | None = _default(ChildSpec, "cwd")
-    restart: RestartType = _default(ChildSpec, "restart")
-    shutdown: Shutdown = _default(ChildSpec, "shutdown")
-    significant: bool = _default(ChildSpec, "significant")
-    ready: Readiness = _default(ChildSpec, "ready")
-    start_timeout: Seconds = _default(ChildSpec, "start_timeout")
-    max_rss: Seconds | None = _default(ChildSpec, "max_rss")  # MiB, > 0
-
-
-class WorkerTable(TemplateTable):
-    """A worker child: exactly one of ``program`` ("module:attr") and ``command`` (argv)."""
-
-    type: Literal["worker"] = "worker"
-    id: Name
-
-
-class DynamicSupervisorTable(_Table):
-    """A supervisor that starts empty; ``templates`` name the children ``start_child`` may add."""
-
-    type: Literal["dynamic_supervisor"]
-    id: Name
-    max_children: Annotated[int, Field(ge=0)] | None = _default(DynamicSupervisorSpec, "max_children")
-    max_restarts: Annotated[int, Field(ge=0)] = _default(DynamicSupervisorSpec, "max_restarts")
-    max_seconds: Annotated[int, Field(gt=0)] = _default(DynamicSupervisorSpec, "max_seconds")
-    templates: dict[Name, TemplateTable] = {}
-    restart: RestartType = _default(DynamicSupervisorSpec, "restart")
-    shutdown: Shutdown = _default(DynamicSupervisorSpec, "shutdown")
-    significant: bool = _default(DynamicSupervisorSpec, "significant")
-
-
-class RootSupervisorTable(_Table):
-    """``[supervisor]``: the root supervisor. It has no parent, so no restart/shutdown keys."""
-
-    id: Name = ROOT_ID
-    strategy: Strategy = _default(SupervisorSpec, "strategy")
-    max_restarts: Annotated[int, Field(ge=0)] = _default(SupervisorSpec, "max_restarts")
-    max_seconds: Annotated[int, Field(gt=0)] = _default(SupervisorSpec, "max_seconds")
-    auto_shutdown: AutoShutdown = _default(SupervisorSpec, "auto_shutdown")
-    children: list[Child] = []
-
-
-class SupervisorTable(RootSupervisorTable):
-    """A static supervisor child: the root's keys, plus how its own parent treats it."""
-
-    type: Literal["supervisor"]
-    id: Name
-    restart: RestartType = _default(SupervisorSpec, "restart")
-    shutdown: Shutdown = _default(SupervisorSpec, "shutdown")
-    significant: bool = _default(SupervisorSpec, "significant")
-
-
-CHILD_TABLES: dict[str, type[_Table]] = {
-    "worker": WorkerTable,
-    "supervisor": SupervisorTable,
-    "dynamic_supervisor": DynamicSupervisorTable,
-}
-
-
-def _child_type(value: Any) -> Any:
-    """The ``type`` of a child table, ``worker`` when it is not given."""
-    if isinstance(value, dict):
-        return value.get("type", "worker")
-    return getattr(value, "type", "worker")
-
-
-Child = Annotated[
-    Union[
-        Annotated[WorkerTable, Tag("worker")],
-        Annotated[SupervisorTable, Tag("supervisor")],
-        Annotated[DynamicSupervisorTable, Tag("dynamic_supervisor")],
-    ],
-    Discriminator(_child_type),
-]
-SupervisorTable.model_rebuild()
-RootSupervisorTable.model_rebuild()
-
-
-class TopologyFile(_Table):
-    """A whole ``topology.toml``."""
-
-    model_config = ConfigDict(title="otpy topology")
-
-    node: NodeTable = NodeTable()
-    supervisor: RootSupervisorTable
-    variables: dict[str, dict[str, dict[str, Any]]] = {}
-    pipelines: dict[str, dict[str, Any]] = {}
-    optimizer: dict[str, Any] = {}
-
-
-def topology_json_schema() -> dict:
-    """The JSON schema of the topology file format."""
-    return TopologyFile.model_json_schema()
 
 
 # Problems: "KEY.PATH: got X; expected Y".
@@ -272,7 +121,7 @@ def _plain_loc(loc: tuple) -> tuple:
     return tuple(parts)
 
 
-def _table_at(loc: tuple) -> type[_Table] | None:
+def _table_at(loc: tuple) -> type[Table] | None:
     """The model of the table at pydantic's (tagged) ``loc``, to list its accepted keys."""
     if not loc:
         return TopologyFile
@@ -379,7 +228,7 @@ def _rule_problems(root: RootSupervisorTable) -> list[Problem]:
 # From checked tables to specs.
 
 
-def _set_fields(table: _Table, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+def _set_fields(table: Table, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """The fields the file sets, so that every other field takes its Struct's default."""
     return {name: getattr(table, name) for name in table.model_fields_set if name not in ("type", *drop)}
 

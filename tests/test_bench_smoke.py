@@ -91,3 +91,11 @@ def test_run_all_writes_one_report_and_a_chart(tmp_path):
     assert {"restart", "reconfigure", "call", "scale", "machine", "targets"} <= set(report)
     assert KEYS <= set(report["reconfigure"]["reconfigure"]) and KEYS <= set(report["call"]["otpy_call"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(60)
+def test_otpy_bench_is_bench_run_py():
+    listed = _run("-m", "otpy", "--help").stdout
+    assert "bench" in listed
+    usage = _run("-m", "otpy", "bench", "--help").stdout
+    assert "{restart,reconfigure,call,scale,all,chart}" in usage and "--n-defaults" in usage
