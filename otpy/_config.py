@@ -32,9 +32,10 @@ from pydantic import ValidationError
 
 from ._program import import_target
 from ._registry import with_registry
-from ._specs import AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec
+from ._specs import NAME_EXPECTED, NAME_PATTERN, AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec
+from ._specs import SupervisorSpec
 from ._topology_file import (
-    CHILD_TABLES, NAME_EXPECTED, NAME_PATTERN, PROGRAM_PATTERN, DynamicSupervisorTable, NodeTable,
+    CHILD_TABLES, PROGRAM_PATTERN, DynamicSupervisorTable, NodeTable,
     RootSupervisorTable, SupervisorTable, TemplateTable, TopologyFile, WorkerTable, Table,
     topology_json_schema,
 )

@@ -32,7 +32,6 @@ from ._protocol import (
     Status, StopNode, Stopping, TerminateChild, TreeEntry, WhichChildren,
 )
 from ._runtime import control_endpoint, events_endpoint, node_dir
-from ._specs import AnySpec, ChildSpec, DynamicSupervisorSpec, walk
 
 if TYPE_CHECKING:
     from ._node import AsyncNode
@@ -189,8 +188,6 @@ class ControlServer:
             case CountChildren(request_id=rid, supervisor=sup):
                 return Counts(rid, **node.count_children(sup or None))
             case StartChild(request_id=rid, supervisor=sup, spec=spec):
-                if problem := spec_problem(spec):
-                    return Outcome(rid, "invalid", detail=problem)
                 return _outcome(rid, await node.start_child(sup or None, spec))
             case StartFromTemplate(request_id=rid, supervisor=sup, template=template, id=child_id, args=args):
                 return _outcome(rid, await node.start_from_template(sup or None, template, child_id, args))
@@ -201,8 +198,6 @@ class ControlServer:
             case DeleteChild(request_id=rid, id=child_id, supervisor=sup):
                 return _outcome(rid, await node.delete_child(child_id, sup or None))
             case Reconfigure(request_id=rid, supervisor=sup, source=source, target=target):
-                if problem := spec_problem(target):
-                    return Outcome(rid, "invalid", detail=problem)
                 return _outcome(rid, await node.reconfigure(sup or None, source, target))
             case SetVariables(request_id=rid, scope=scope, values=values):
                 return _outcome(rid, await node.set_variables(scope, values))
@@ -214,19 +209,6 @@ class ControlServer:
 
 def _outcome(request_id: int, result: Result) -> Outcome:
     return Outcome(request_id, result.outcome, pid=result.pid, detail=result.detail)
-
-
-def spec_problem(spec: AnySpec) -> str | None:
-    """What the topology loader would refuse in a spec sent over the wire (it skipped the loader)."""
-    workers = [(s.id, s) for _, s in walk(spec) if isinstance(s, ChildSpec)]
-    if isinstance(spec, DynamicSupervisorSpec):
-        workers += [(f"{spec.id}.templates.{name}", t) for name, t in spec.templates.items()]
-    for where, worker in workers:
-        if (worker.program is None) == (worker.command is None):
-            return f"{where}: give exactly one of program and command"
-        if worker.command is not None and not worker.command:
-            return f"{where}: command is empty"
-    return None
 
 
 def tree_entry(snapshot: dict[str, Any]) -> TreeEntry:

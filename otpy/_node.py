@@ -24,6 +24,7 @@ from ._control import open_control
 from ._exit import ExitReason
 from ._processes import ProcessManager, StartFailed, kill_leftovers
 from ._runtime import node_dir
+from ._spec_rules import node_problems, spec_problems
 from ._specs import AnySpec, NodeSpec, SupervisorSpec, walk
 from ._supervisor import Supervisor
 
@@ -63,6 +64,8 @@ class AsyncNode:
 
     async def start(self) -> None:
         """Start the tree in order; returns once every child is READY. Raises NodeStartError."""
+        if problems := node_problems(self.spec):
+            raise NodeStartError("invalid spec: " + "; ".join(problems))
         self.dir = node_dir(self.name)
         for pid in kill_leftovers(self.name):
             log.warning("otpy[%s]: stopped pid %d left by an earlier run of this node", self.name, pid)
@@ -122,6 +125,8 @@ class AsyncNode:
         sup = self.supervisor(sup_id)
         if sup is None:
             return Result("not_found", detail=f"no supervisor {sup_id!r}")
+        if problems := spec_problems(spec, sup.spec):
+            return Result("invalid", detail="; ".join(problems))
         if clash := self._id_clash(spec, sup):
             return clash
         return await sup.call(lambda ref: StartChild(spec, ref))
@@ -145,6 +150,9 @@ class AsyncNode:
 
     async def reconfigure(self, sup_id: str | None, source: str, target: AnySpec) -> Result:
         """Replace the running child ``source`` by ``target`` (same id), make-before-break."""
+        sup = self.supervisor(sup_id) if sup_id else self.root.find(source)
+        if sup is not None and (problems := spec_problems(target, sup.spec)):
+            return Result("invalid", detail="; ".join(problems))
         return await self._on_child(source, sup_id, lambda ref: Reconfigure(source, target, ref))
 
     async def set_variables(self, scope: str, values: dict[str, Any]) -> Result:

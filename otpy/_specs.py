@@ -24,6 +24,9 @@ AutoShutdown = Literal["never", "any_significant", "all_significant"]
 Shutdown = Union[float, Literal["brutal_kill", "infinity"]]
 Readiness = Literal["exec", "notify"]
 
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"  # ids and node names
+NAME_EXPECTED = "a non-empty name of letters, digits, '_', '.' and '-'"
+
 DEFAULT_MAX_RESTARTS = 3  # Elixir's default; OTP's raw supervisor uses 1.
 DEFAULT_MAX_SECONDS = 5
 DEFAULT_START_TIMEOUT = 10.0

@@ -13,13 +13,12 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, StringConstraints, Tag
 from pydantic_core import PydanticCustomError
 
-from ._specs import AutoShutdown, ChildSpec, DynamicSupervisorSpec, Readiness, RestartType, Strategy, SupervisorSpec
+from ._specs import NAME_PATTERN, AutoShutdown, ChildSpec, DynamicSupervisorSpec, Readiness
+from ._specs import RestartType, Strategy, SupervisorSpec
 
 ROOT_ID = "root"
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 PROGRAM_PATTERN = rf"^{_DOTTED}:{_DOTTED}$"
-NAME_EXPECTED = "a non-empty name of letters, digits, '_', '.' and '-'"
 SHUTDOWN_EXPECTED = "seconds >= 0 (an int or a float), 'brutal_kill' or 'infinity'"
 
 
