@@ -7,7 +7,7 @@ how the process ended       reason       class
 ==========================  ===========  ============================
 exit status 0               normal       clean
 killed by SIGTERM           shutdown     clean
-reported ``shutdown``       shutdown     clean (the program asked otpy)
+reported ``shutdown [T]``   shutdown     clean (the program asked; T is {shutdown, T})
 killed by SIGKILL           killed       abnormal
 non-zero status             crashed      abnormal (keeps the code)
 any other signal            crashed      abnormal (keeps the signal)
@@ -67,11 +67,15 @@ SHUTDOWN = ExitReason(kind="shutdown")
 
 
 def from_wait_status(status: int, reported: str | None = None) -> ExitReason:
-    """Classify a ``waitpid`` status. A reason the child reported itself wins over the status."""
+    """Classify a ``waitpid`` status. A reason the child reported itself wins over the status:
+    ``shutdown`` or ``shutdown TERM`` (OTP's ``{shutdown, Term}``: clean, ``TERM`` the detail)."""
+    word, _, term = (reported or "").partition(" ")
+    if word == "shutdown":
+        reported, term = "shutdown", term.strip() or None
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if reported == "shutdown":
-            return ExitReason(kind="shutdown", signal=sig)
+            return ExitReason(kind="shutdown", signal=sig, detail=term)
         if sig == signal.SIGTERM:
             return ExitReason(kind="shutdown", signal=sig)
         if sig == signal.SIGKILL:
@@ -79,7 +83,7 @@ def from_wait_status(status: int, reported: str | None = None) -> ExitReason:
         return ExitReason(kind="crashed", signal=sig)
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
     if reported == "shutdown":
-        return ExitReason(kind="shutdown", code=code)
+        return ExitReason(kind="shutdown", code=code, detail=term)
     if code == 0:
         return NORMAL
     return ExitReason(kind="crashed", code=code)

@@ -5,7 +5,7 @@ never returns. The child speaks to the node through the notify pipe on fd 3, one
 
 ``READY``            setup is done; the node's ``spawn`` returns
 ``FAILED <why>``     setup raised; the child then exits with status 1
-``EXIT shutdown``    the program asked for a clean exit (``exit_shutdown()``)
+``EXIT shutdown [TERM]``  the program asked for a clean exit (``exit_shutdown(term)``)
 
 Before READY the worker binds the agent's ROUTER socket (``AgentServer``, ``_agent_socket``)
 at ``agent_endpoint(node, child_id)``; ``serve`` is its call loop, between READY and shutdown.
@@ -119,9 +119,10 @@ def signal_fd() -> int:
     return _signal_fd
 
 
-def exit_shutdown() -> NoReturn:
-    """Exit now, cleanly: the node records the reason ``shutdown`` (no restart if transient)."""
-    _notify("EXIT shutdown")
+def exit_shutdown(term: str = "") -> NoReturn:
+    """Exit now, cleanly: the node records the reason ``shutdown`` (no restart if transient),
+    with ``term`` as its detail (OTP's ``{shutdown, Term}``)."""
+    _notify(" ".join(["EXIT shutdown", *term.split()]))
     _exit(0)
 
 

@@ -60,7 +60,13 @@ class ShutdownExit(Program):
 
     def _exit_soon(self):
         time.sleep(0.05)  # let the worker write READY first
-        _worker.exit_shutdown()
+        _worker.exit_shutdown(self.term)
+
+    term = ""
+
+
+class ShutdownExitWithTerm(ShutdownExit):
+    term = "done for today"
 
 
 class TearsDown(Program):

@@ -78,6 +78,14 @@ class TestReportedShutdown:
     def test_a_reported_shutdown_keeps_the_raw_code(self, status):
         assert from_wait_status(status["exit 3"], reported="shutdown").code == 3
 
+    @pytest.mark.parametrize("name", ["exit 0", "exit 3", "SIGKILL"])
+    def test_a_reported_shutdown_term_is_otps_shutdown_tuple_clean_with_the_term(self, status, name):
+        reason = from_wait_status(status[name], reported="shutdown migrated to node b")
+        assert reason.kind == "shutdown" and reason.clean and reason.detail == "migrated to node b"
+
+    def test_a_report_that_only_starts_like_shutdown_is_not_one(self, status):
+        assert from_wait_status(status["exit 3"], reported="shutdownx").kind == "crashed"
+
     def test_without_a_report_the_status_decides(self, status):
         assert from_wait_status(status["exit 3"], reported=None).kind == "crashed"
 

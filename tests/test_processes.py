@@ -175,7 +175,10 @@ def test_program_asking_for_shutdown_exit_is_reason_shutdown():
         async with manager() as processes:
             child = await processes.spawn(program("ShutdownExit"))
             reason = await exited(child)
-            assert (reason.kind, reason.code) == ("shutdown", 0)
+            assert (reason.kind, reason.code, reason.detail) == ("shutdown", 0, None)
+            child = await processes.spawn(program("ShutdownExitWithTerm"))
+            reason = await exited(child)
+            assert (reason.kind, reason.detail) == ("shutdown", "done for today") and reason.clean
 
     run(main())
 
