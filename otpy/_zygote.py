@@ -197,8 +197,8 @@ class Zygote:
         if spare is not None:
             try:
                 return spare.assign(data, notify, output)
-            except OSError:
-                pass  # it died meanwhile (its exit is reaped unreported): fork instead
+            except OSError:  # it died meanwhile (its exit is reaped unreported): fork instead
+                _forget_spare_socket(spare.pid)
             finally:
                 spare.close()
         pid = os.fork()
