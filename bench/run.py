@@ -1,7 +1,7 @@
 """otpy's benchmark suite: one command, one JSON report.
 
     python bench/run.py restart [--n 200] [--n-defaults 20] [--json FILE] [--chart FILE.png]
-    python bench/run.py scale   [--n 1000] [--idle 10] [--json FILE] [--chart FILE.png]
+    python bench/run.py scale   [--n 1000] [--idle 10] [--prefault GIB] [--json FILE] [--chart FILE.png]
     python bench/run.py reconfigure [--n 200] [--n-defaults 20] [--json FILE] [--chart FILE.png]
     python bench/run.py call    [--n 5000] [--json FILE]
     python bench/run.py all     [--n 200] [--scale-n 1000] [...]
@@ -103,11 +103,16 @@ def run_restart(n: int, n_defaults: int, with_peers: bool) -> tuple[dict, dict]:
     return results, raw
 
 
-def run_scale(n: int, idle: float) -> dict:
+def run_scale(n: int, idle: float, prefault_gib: float = 0.0) -> dict:
+    prefaulted = None
+    if prefault_gib:
+        log(f"scale: touching {prefault_gib} GiB of memory first")
+        prefaulted = {"gib": prefault_gib, "seconds": round(scale.prefault(prefault_gib), 2)}
     log(f"scale: {n} children, idle {idle} s")
     main = asyncio.run(scale.scale_run(n, idle))
     latencies = main.pop("start_latencies")
     main["start_latency"] = summarize(latencies)
+    main["prefault"] = prefaulted
     step = max(1, n // 10)  # mean start latency by tenth: a flat list is a linear curve
     main["start_ms_by_tenth"] = [round(1000 * sum(latencies[i:i + step]) / len(latencies[i:i + step]), 2)
                                  for i in range(0, n, step)]
@@ -117,6 +122,8 @@ def run_scale(n: int, idle: float) -> dict:
 
 
 def print_scale(s: dict) -> None:
+    if s.get("prefault"):
+        print(f"scale: touched {s['prefault']['gib']} GiB of memory first ({s['prefault']['seconds']} s)")
     print(f"scale: {s['n']} children ready in {s['ready_total_s']:.3f} s; stop all {s['stop_all_s']:.3f} s")
     print_series({"start_latency": s["start_latency"]})
     print("mean start latency by tenth of the children (ms):", s["start_ms_by_tenth"])
@@ -224,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-defaults", type=int, default=20,
                         help="restarts for each peer at its default settings (default 20; 0 skips; they are slow)")
     parser.add_argument("--idle", type=float, default=10.0, help="idle window of the scale scenario, s")
+    parser.add_argument("--prefault", type=float, default=0.0, metavar="GIB",
+                        help="scale: touch this much fresh memory first (a VM's first-touch cost; default 0)")
     parser.add_argument("--no-peers", action="store_true", help="skip circus and supervisord")
     parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
     parser.add_argument("--chart", metavar="FILE.png", help="write latency CDFs and the scale curve")
@@ -269,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         print("ratios:", report["call"]["ratios"])
     if args.scenario in ("scale", "all"):
         n = args.n if args.scenario == "scale" else args.scale_n
-        report["scale"] = run_scale(n or 1000, args.idle)
+        report["scale"] = run_scale(n or 1000, args.idle, args.prefault)
         print("== scale")
         print_scale(report["scale"])
     report["targets"] = verdicts(report)
