@@ -127,6 +127,7 @@ def print_scale(s: dict) -> None:
     print(f"scale: {s['n']} children ready in {s['ready_total_s']:.3f} s; stop all {s['stop_all_s']:.3f} s")
     print_series({"start_latency": s["start_latency"]})
     print("mean start latency by tenth of the children (ms):", s["start_ms_by_tenth"])
+    print("CPU per start (ms):", s["cpu_ms_per_start"])
     i = s["idle"]
     print(f"idle {i['seconds']} s: node CPU {i['node_cpu_pct_of_core']:.3f} % of a core "
           f"(zygote {i['zygote_cpu_pct_of_core']:.3f} %, all children {i['children_cpu_pct_of_core_total']:.3f} %)")

@@ -51,6 +51,23 @@ async def _start_all(node: otpy.AsyncNode, n: int) -> tuple[float, list[float]]:
     return time.perf_counter() - t0, latencies
 
 
+def _cpu_ns(pid: int) -> int:
+    """CPU time of every live thread of ``pid``, in ns (``/proc/PID/task/*/schedstat``: finer
+    than the 10 ms ticks of ``cpu_times``, which round a child's start to 0)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
 def _cpu(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return t.user + t.system
@@ -84,9 +101,12 @@ async def scale_run(n: int, idle: float) -> dict:
     node = _node("main", n)
     await node.start()
     try:
-        total, latencies = await _start_all(node, n)
         me = psutil.Process()
+        zygote_pids = [p.pid for p in me.children() if p.environ().get("OTPY_NODE") == node.name]
+        cpu0 = (_cpu_ns(me.pid), sum(_cpu_ns(z) for z in zygote_pids))
+        total, latencies = await _start_all(node, n)
         pids = [c["pid"] for c in node.which_children("pool") if c["pid"]]
+        cpu1 = (_cpu_ns(me.pid), sum(_cpu_ns(z) for z in zygote_pids), sum(_cpu_ns(p) for p in pids))
         children = [psutil.Process(p) for p in pids]
         zygote = [p for p in me.children() if p.pid not in pids]
         await asyncio.sleep(0.5)  # let the last starts settle before the idle window
@@ -105,6 +125,11 @@ async def scale_run(n: int, idle: float) -> dict:
         "n": n,
         "ready_total_s": round(total, 3),
         "start_latencies": latencies,
+        # CPU a start costs: the node's (this process) and the zygote's over the starts, and
+        # what each child used up to the end of the starts (its start; idle since)
+        "cpu_ms_per_start": {"node": round((cpu1[0] - cpu0[0]) / n / 1e6, 2),
+                             "zygote": round((cpu1[1] - cpu0[1]) / n / 1e6, 2),
+                             "child": round(cpu1[2] / n / 1e6, 2)},
         "idle": {"seconds": round(wall, 2),
                  "node_cpu_pct_of_core": round(100 * (after[0] - before[0]) / wall, 3),
                  "zygote_cpu_pct_of_core": round(100 * (after[1] - before[1]) / wall, 3),

@@ -78,6 +78,8 @@ def test_run_scale_tiny(tmp_path):
     assert set(scale["start_latency"]) >= KEYS and scale["start_latency"]["n"] == 10
     assert scale["child_uss"]["n"] == 10 and scale["child_uss"]["max_mib"] > 0
     assert scale["idle"]["node_cpu_pct_of_core"] >= 0
+    assert set(scale["cpu_ms_per_start"]) == {"node", "zygote", "child"} and scale["cpu_ms_per_start"]["child"] > 0
+    assert len(scale["start_ms_by_tenth"]) == 10
     assert scale["curve_s"] == {"10": scale["ready_total_s"]}
     assert "children ready in" in proc.stdout
 
