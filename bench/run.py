@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
         print("== call (ms)")
         print_series(report["call"])
         print("ratios:", report["call"]["ratios"])
+        print("throughput, 64 calls in flight (calls/s):", {k.split("_")[-1] + " agents": v["calls_per_s"]
+              for k, v in report["call"].items() if k.startswith("throughput_")})
     if args.scenario in ("scale", "all"):
         n = args.n if args.scenario == "scale" else args.scale_n
         report["scale"] = run_scale(n or 1000, args.idle, args.prefault)
