@@ -25,9 +25,9 @@ def spare_socket_path(node: str, pid: int) -> Path:
 
 
 def warm_up(node: str) -> None:
-    """In a spare: the ZeroMQ context and a ROUTER listening at the spare's own path."""
+    """In a spare: the ZeroMQ context and a ROUTER listening at the spare's own path (the
+    zygote made the node's ``agents`` folder once, before any spare)."""
     global _warm
-    make_agents_dir(node)
     context, router = _new_router()
     path = spare_socket_path(node, os.getpid())
     router.bind(f"ipc://{path}")

@@ -52,6 +52,7 @@ class Zygote:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.modules_frozen = 0
+        self.name = process_name()  # what a spare is called again once it has its request
         self.spare: Spare | None = None
         self.terminating = False
         self.children_file = f"/proc/{self.pid}/task/{self.pid}/children"
@@ -168,6 +169,8 @@ class Zygote:
         os.chdir(init.cwd)
         os.environ.clear()
         os.environ.update(init.env)
+        if node := os.environ.get("OTPY_NODE"):
+            _agent_socket.make_agents_dir(node)  # once, for every spare's warm-up
         self.send(Hello(pid=os.getpid()))
 
     def spawn(self, request: Spawn, data: bytes, fds: list[int]) -> None:
@@ -315,7 +318,6 @@ class Zygote:
         for placeholder in (NOTIFY_FD, ERROR_FD):  # the warm-up's fds must go above these
             os.dup2(self.devnull, placeholder)
         self.detach(exec_=False)
-        name = process_name()
         set_process_name(SPARE_NAME)
         if node := os.environ.get("OTPY_NODE"):
             _agent_socket.warm_up(node)
@@ -324,7 +326,7 @@ class Zygote:
         if not data:  # retired
             _agent_socket.forget_warm()
             os._exit(0)
-        set_process_name(name)
+        set_process_name(self.name)
         request = TO_ZYGOTE.decode(data)
         try:
             self.attach(request, *fds, warm=True)
