@@ -251,19 +251,26 @@ def run_supervisord(n: int, settings: dict) -> list[float]:
         return measure_socket_restarts(ready, pid, n, settle=settings["startsecs"] + 0.2 if settings["startsecs"] else 0)
 
 
-def run_otpy(n: int, kind: str) -> list[float]:
-    """otpy with the same signal: ``kind`` is "program" (zygote fork) or "command" (child.py exec'd)."""
+def otpy_child(kind: str, ready: ReadySocket, child: str, mark: str | None = None):
+    """The benchmark's child as an otpy spec: ``kind`` "program" (``bench.agents:SocketReady``,
+    forked from the zygote) or "command" (``python child.py [MARK]``, exec'd)."""
     sys.path.insert(0, ROOT)
     import otpy
 
+    env = {"BENCH_READY_SOCK": ready.path}
+    if kind == "program":
+        return otpy.ChildSpec(id="agent", program="bench.agents:SocketReady", env=env,
+                              args={} if mark is None else {"mark": mark})
+    return otpy.ChildSpec(id="agent", command=(sys.executable, child, *([mark] if mark else [])), env=env)
+
+
+def run_otpy(n: int, kind: str) -> list[float]:
+    """otpy with the same signal: ``kind`` is "program" (zygote fork) or "command" (child.py exec'd)."""
+    import otpy
+
     with tempfile.TemporaryDirectory(prefix="otpy-bench-otpy-") as tmp:
-        child = _write_child(tmp)
         ready = ReadySocket(tmp)
-        env = {"BENCH_READY_SOCK": ready.path}
-        if kind == "program":
-            spec = otpy.ChildSpec(id="agent", program="bench.agents:SocketReady", env=env)
-        else:
-            spec = otpy.ChildSpec(id="cmd", command=(sys.executable, child), env=env)
+        spec = otpy_child(kind, ready, _write_child(tmp))
         root = otpy.SupervisorSpec(id="root", max_restarts=n * 10 + 10, max_seconds=1, children=(spec,))
         node = otpy.Node(otpy.NodeSpec(name=f"bench-peer-{kind}-{os.getpid()}", root=root),
                          on_output=lambda *_: None)

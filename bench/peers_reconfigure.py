@@ -27,7 +27,7 @@ from typing import Callable
 
 from bench.peers import (
     CIRCUS_DEFAULT, CIRCUS_FAST, ROOT, SUPERVISORD_DEFAULT, SUPERVISORD_FAST, ReadySocket, _write_child,
-    circus, installed, supervisord, supervisord_conf,
+    circus, installed, otpy_child, supervisord, supervisord_conf,
 )
 
 TIMEOUT = 30.0
@@ -67,12 +67,9 @@ def run_otpy(n: int, kind: str) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="otpy-bench-otpy-") as tmp:
         child = _write_child(tmp)
         ready = ReadySocket(tmp)
-        env = {"BENCH_READY_SOCK": ready.path}
 
         def spec(mark: str) -> otpy.ChildSpec:
-            if kind == "program":
-                return otpy.ChildSpec(id="agent", program="bench.agents:SocketReady", env=env, args={"mark": mark})
-            return otpy.ChildSpec(id="agent", command=(sys.executable, child, mark), env=env)
+            return otpy_child(kind, ready, child, mark)
 
         pool = otpy.DynamicSupervisorSpec(id="pool", max_restarts=n * 10 + 10, max_seconds=1)
         root = otpy.SupervisorSpec(id="root", children=(pool,))

@@ -32,40 +32,26 @@ def test_restart_latency_runs_and_writes_every_series(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_run_restart_with_peers_or_says_they_are_skipped(tmp_path):
-    out = tmp_path / "restart.json"
-    proc = _run("bench/run.py", "restart", "--n", "3", "--n-defaults", "0", "--json", str(out))
+@pytest.mark.parametrize("scenario, series", [
+    ("restart", ("program", "command", "otpy_program_socket", "otpy_command_socket")),
+    ("reconfigure", ("reconfigure", "action_reply", "otpy_program_socket", "otpy_command_socket")),
+])
+def test_run_with_peers_or_says_they_are_skipped(tmp_path, scenario, series):
+    out = tmp_path / f"{scenario}.json"
+    proc = _run("bench/run.py", scenario, "--n", "3", "--n-defaults", "0", "--json", str(out))
     report = json.loads(out.read_text())
-    restart = report["restart"]
-    assert set(report["machine"]) >= {"cpu", "cores", "python", "otpy", "commit"}
-    for series in ("program", "command", "otpy_program_socket", "otpy_command_socket"):
-        assert set(restart[series]) >= KEYS and restart[series]["n"] >= 3
-    for module, series in (("circus", "circus_fast"), ("supervisor", "supervisord_fast")):
+    result = report[scenario]
+    assert set(report["machine"]) >= {"cpu", "cores", "python", "otpy", "commit", "damon"}
+    for name in series:
+        assert set(result[name]) >= KEYS and result[name]["n"] >= 3
+    assert {"restart": "restart_program_p50_ms", "reconfigure": "reconfigure_p50_ms"}[scenario] in report["targets"]
+    for module, name in (("circus", "circus_fast"), ("supervisor", "supervisord_fast")):
         peer = "supervisord" if module == "supervisor" else "circus"
         if importlib.util.find_spec(module):
-            assert set(restart[series]) >= KEYS
-            assert f"{series}_p50_vs_otpy_program" in restart["peer_ratios"]
+            assert set(result[name]) >= KEYS
+            assert f"{name}_p50_vs_otpy_program" in result["peer_ratios"]
         else:
-            assert peer in restart["peers"]["skipped"]
-            assert f"{peer}: skipped" in proc.stdout
-
-
-@pytest.mark.timeout(120)
-def test_run_reconfigure_with_peers_or_says_they_are_skipped(tmp_path):
-    out = tmp_path / "reconfigure.json"
-    proc = _run("bench/run.py", "reconfigure", "--n", "3", "--n-defaults", "0", "--json", str(out))
-    report = json.loads(out.read_text())
-    reconfigure = report["reconfigure"]
-    for series in ("reconfigure", "action_reply", "otpy_program_socket", "otpy_command_socket"):
-        assert set(reconfigure[series]) >= KEYS and reconfigure[series]["n"] >= 3
-    assert "reconfigure_p50_ms" in report["targets"]
-    for module, series in (("circus", "circus_fast"), ("supervisor", "supervisord_fast")):
-        peer = "supervisord" if module == "supervisor" else "circus"
-        if importlib.util.find_spec(module):
-            assert set(reconfigure[series]) >= KEYS
-            assert f"{series}_p50_vs_otpy_program" in reconfigure["peer_ratios"]
-        else:
-            assert peer in reconfigure["peers"]["skipped"]
+            assert peer in result["peers"]["skipped"]
             assert f"{peer}: skipped" in proc.stdout
 
 
