@@ -174,7 +174,14 @@ def test_a_call_racing_a_restart_waits_for_the_replacement(node, caller, form):
     send("victim", {"seconds": 0})  # the link is connected before the kill
     os.kill(old, signal.SIGKILL)
     assert wait_dead([old], 5) == []
-    out = send("victim", {"seconds": 0, "tag": "after"}, timeout=5)
+    try:
+        out = send("victim", {"seconds": 0, "tag": "after"}, timeout=5)
+    except otpy.AgentCrashed:
+        # The documented race (docs/programs.md, delivery guarantee): /proc shows the agent dead
+        # before the caller's ZeroMQ I/O thread has read the connection's end, so the call went
+        # on the dead connection. It is not resent (at most once); the next call is queued
+        # until the replacement binds. Anything else (a timeout: a lost call) fails the test.
+        out = send("victim", {"seconds": 0, "tag": "after"}, timeout=5)
     assert out["tag"] == "after"
     node.events.wait("started", "victim")
     assert pids(node)["victim"] != old
