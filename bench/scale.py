@@ -84,9 +84,9 @@ def _mem_summary(values: list[float]) -> dict:
 def prefault(gib: float) -> float:
     """Touch ``gib`` GiB of fresh anonymous memory once, then free it; seconds it took.
 
-    On a VM whose memory is backed lazily by the host (Firecracker here), a guest page touched
-    for the first time is also a fault in the host. 1,000 children make about 3 GiB of new
-    pages; touching them first measures otpy, not the host's first-touch cost. Off by default.
+    On a VM whose memory the host backs lazily (as on the one in docs/benchmarks.md), a page
+    touched for the first time is also a fault in the host. 1,000 children make about 3 GiB of
+    new pages; touching them first measures otpy, not the host's first-touch cost. Off by default.
     """
     import mmap
 
