@@ -150,10 +150,12 @@ class AsyncNode:
 
     async def reconfigure(self, sup_id: str | None, source: str, target: AnySpec) -> Result:
         """Replace the running child ``source`` by ``target`` (same id), make-before-break."""
-        sup = self.supervisor(sup_id) if sup_id else self.root.find(source)
-        if sup is not None and (problems := spec_problems(target, sup.spec)):
+        sup = self._owner(source, sup_id)
+        if isinstance(sup, Result):
+            return sup
+        if problems := spec_problems(target, sup.spec):
             return Result("invalid", detail="; ".join(problems))
-        return await self._on_child(source, sup_id, lambda ref: Reconfigure(source, target, ref))
+        return await sup.call(lambda ref: Reconfigure(source, target, ref))
 
     async def set_variables(self, scope: str, values: dict[str, Any]) -> Result:
         """Set ``values`` in ``scope`` through the registry child (all or nothing)."""
@@ -196,11 +198,16 @@ class AsyncNode:
         return {"node": self.name, "pid": os.getpid(), "tree": self.root.snapshot()}
 
     async def _on_child(self, child_id, sup_id, make_event) -> Result:
+        sup = self._owner(child_id, sup_id)
+        return sup if isinstance(sup, Result) else await sup.call(make_event)
+
+    def _owner(self, child_id: str, sup_id: str | None) -> Supervisor | Result:
+        """The supervisor named ``sup_id``, or the one ``child_id`` is under; else ``not_found``."""
         sup = self.supervisor(sup_id) if sup_id else self.root.find(child_id)
         if sup is None:
             where = f"supervisor {sup_id!r}" if sup_id else f"child {child_id!r}"
             return Result("not_found", detail=f"no {where}")
-        return await sup.call(make_event)
+        return sup
 
     def _id_clash(self, spec: AnySpec, target: Supervisor) -> Result | None:
         for _, sub in walk(spec):
