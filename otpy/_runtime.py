@@ -11,6 +11,8 @@ import os
 import stat
 from pathlib import Path
 
+from ._specs import check_name
+
 
 class RuntimeDirError(RuntimeError):
     """The runtime folder exists but is not private to this user; fix or remove it."""
@@ -36,16 +38,17 @@ def _private_dir(path: Path) -> Path:
 
 def node_dir(name: str) -> Path:
     """The node's private folder, created if needed."""
+    check_name(name, "node name")
     _private_dir(runtime_root())
     return _private_dir(runtime_root() / name)
 
 
 def control_endpoint(name: str) -> str:
-    return f"ipc://{runtime_root() / name / 'control.sock'}"
+    return f"ipc://{runtime_root() / check_name(name, 'node name') / 'control.sock'}"
 
 
 def events_endpoint(name: str) -> str:
-    return f"ipc://{runtime_root() / name / 'events.sock'}"
+    return f"ipc://{runtime_root() / check_name(name, 'node name') / 'events.sock'}"
 
 
 def running_nodes() -> list[str]:
@@ -60,11 +63,12 @@ def running_nodes() -> list[str]:
 
 
 def agents_dir(node: str) -> Path:
-    return runtime_root() / node / "agents"
+    return runtime_root() / check_name(node, "node name") / "agents"
 
 
 def agent_socket_path(node: str, child_id: str) -> Path:
-    return agents_dir(node) / f"{child_id}.sock"
+    """Raises ValueError for an id that is not a name (``_specs.NAME_PATTERN``): never a path."""
+    return agents_dir(node) / f"{check_name(child_id)}.sock"
 
 
 def agent_endpoint(node: str, child_id: str) -> str:

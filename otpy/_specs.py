@@ -13,6 +13,7 @@ otpy uses everywhere: ``max_restarts`` / ``max_seconds``.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Union
 
 import msgspec
@@ -24,8 +25,35 @@ AutoShutdown = Literal["never", "any_significant", "all_significant"]
 Shutdown = Union[float, Literal["brutal_kill", "infinity"]]
 Readiness = Literal["exec", "notify"]
 
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"  # ids and node names
-NAME_EXPECTED = "a non-empty name of letters, digits, '_', '.' and '-'"
+# One rule for every name that becomes part of a path (child ids, template names, node
+# names), wherever it comes from: a topology file, Python, the CLI or the wire. A name
+# starts with a letter, digit or '_' (so never '.', '..' or an option), holds no '/', and
+# is short enough that ``<runtime>/<node>/agents/<id>.sock`` fits an AF_UNIX address.
+NAME_MAX = 64
+NAME_PATTERN = rf"^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}$"
+NAME_EXPECTED = (f"a name of 1 to {NAME_MAX} letters, digits, '_', '.' and '-', "
+                 "starting with a letter, digit or '_'")
+
+
+def name_problem(value: object, what: str = "id") -> str | None:
+    """Why ``value`` cannot be an id or a node name, or None if it can.
+
+    >>> name_problem("greeter") is None
+    True
+    >>> name_problem("../control")
+    "id '../control'; expected a name of 1 to 64 letters, digits, '_', '.' and '-', starting with a letter, digit or '_'"
+    """
+    if isinstance(value, str) and re.fullmatch(NAME_PATTERN, value):
+        return None
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    return f"{what} {shown}; expected {NAME_EXPECTED}"
+
+
+def check_name(value: object, what: str = "id") -> str:
+    """``value`` if it is a valid name, else ValueError (a last guard before a path is built)."""
+    if (problem := name_problem(value, what)) is not None:
+        raise ValueError(problem)
+    return value  # type: ignore[return-value]
 
 DEFAULT_MAX_RESTARTS = 3  # Elixir's default; OTP's raw supervisor uses 1.
 DEFAULT_MAX_SECONDS = 5
