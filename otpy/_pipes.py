@@ -15,6 +15,7 @@ import subprocess
 import sys
 from typing import Callable
 
+from ._node_run import RUN_VAR
 from ._protocol import ENCODER, FROM_ZYGOTE, Hello, Init
 
 log = logging.getLogger("otpy")
@@ -89,16 +90,22 @@ live_zygotes: set[int] = set()  # pids, over every manager in this process
 class ZygoteLink:
     """One running zygote: its process, its socket, and a pidfd that says when it died."""
 
-    def __init__(self, node_name: str, *, on_message: Callable, on_death: Callable) -> None:
+    def __init__(self, node_name: str, run_id: str, *, on_message: Callable, on_death: Callable) -> None:
         self.node_name = node_name
+        self.run_id = run_id
         self.returncode: int | None = None
         self._on_message = on_message
         self._on_death = on_death
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     async def start(self) -> None:
         self._loop = loop = asyncio.get_running_loop()
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {**os.environ, "OTPY_NODE": self.node_name}  # the children's, and in /proc too
+        # the children's, and in /proc too: every descendant inherits them (setsid or not)
+        env = {**os.environ, "OTPY_NODE": self.node_name, RUN_VAR: self.run_id}
         pythonpath = os.pathsep.join(filter(None, [_OTPY_ROOT, env.get("PYTHONPATH")]))
         with theirs:
             self._proc = subprocess.Popen(

@@ -29,6 +29,7 @@ from typing import Callable
 import psutil
 
 from ._exit import ExitReason, from_wait_status
+from ._node_run import new_run_id
 from ._pipes import LineReader, ZygoteLink, live_zygotes
 from ._protocol import Exited, Spawn, Spawned, SpawnFailed
 from ._specs import ChildSpec, Shutdown
@@ -160,8 +161,10 @@ class ChildProcess:
 class ProcessManager:
     """Spawns a node's children through its zygote; stops and reaps them."""
 
-    def __init__(self, *, node_name: str, on_output: OutputHandler | None = None) -> None:
+    def __init__(self, *, node_name: str, on_output: OutputHandler | None = None,
+                 run_id: str | None = None) -> None:
         self.node_name = node_name
+        self.run_id = run_id or new_run_id()  # OTPY_NODE_RUN of the zygote and all below it
         self.on_output = on_output or print_output
         self._zygote: ZygoteLink | None = None
         self._starting: asyncio.Task[ZygoteLink] | None = None
@@ -259,7 +262,7 @@ class ProcessManager:
         try:
             while self._reaping:  # what the last zygote left is gone first (it carries OTPY_NODE too)
                 await asyncio.gather(*self._reaping, return_exceptions=True)
-            link = ZygoteLink(self.node_name, on_message=self._on_message, on_death=self._on_zygote_death)
+            link = ZygoteLink(self.node_name, self.run_id, on_message=self._on_message, on_death=self._on_zygote_death)
             await link.start()
             self._zygote = link
         finally:
