@@ -39,15 +39,19 @@ _WHERE = {
     "NodeNotFound": "_client",
     "NodeSpec": "_specs",
     "NodeStartError": "_node",
+    "OptimizeError": "_live",
     "Optimizer": "_optimizer",
     "Overloaded": "_errors",
     "Pipeline": "_pipeline",
+    "PipelineError": "_pipeline",
     "PipelineResult": "_pipeline",
     "Program": "_program",
     "RemoteError": "_errors",
     "Result": "_effects",
+    "RuntimeDirError": "_runtime",
     "Stage": "_pipeline",
     "SupervisorSpec": "_specs",
+    "TopologyError": "_config",
     "Unencodable": "_errors",
     "VariableError": "_variables",
     "VariableSpace": "_scopes",
@@ -97,15 +101,19 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from ._client import NodeNotFound as NodeNotFound
     from ._specs import NodeSpec as NodeSpec
     from ._node import NodeStartError as NodeStartError
+    from ._live import OptimizeError as OptimizeError
     from ._optimizer import Optimizer as Optimizer
     from ._errors import Overloaded as Overloaded
     from ._pipeline import Pipeline as Pipeline
+    from ._pipeline import PipelineError as PipelineError
     from ._pipeline import PipelineResult as PipelineResult
     from ._program import Program as Program
     from ._errors import RemoteError as RemoteError
     from ._effects import Result as Result
+    from ._runtime import RuntimeDirError as RuntimeDirError
     from ._pipeline import Stage as Stage
     from ._specs import SupervisorSpec as SupervisorSpec
+    from ._config import TopologyError as TopologyError
     from ._errors import Unencodable as Unencodable
     from ._variables import VariableError as VariableError
     from ._scopes import VariableSpace as VariableSpace

@@ -9,6 +9,8 @@ PUBLIC = {
     "NoSuchAgent", "Node", "NodeNotFound", "NodeSpec", "NodeStartError", "Optimizer", "Overloaded",
     "Pipeline", "PipelineResult", "Program", "RemoteError", "Result", "Stage", "SupervisorSpec",
     "Unencodable", "VariableError", "VariableSpace", "connect",
+    # every error a public call raises
+    "OptimizeError", "PipelineError", "RuntimeDirError", "TopologyError",
 }
 
 
@@ -20,3 +22,12 @@ def test_every_public_name_exists_and_modules_stay_private():
     for name in otpy.__all__:
         assert getattr(otpy, name) is not None
     assert not [m for m in dir(otpy) if not m.startswith("_") and m not in PUBLIC]
+
+
+def test_every_error_a_public_call_raises_is_public():
+    import inspect
+
+    for name in ("TopologyError", "PipelineError", "OptimizeError", "RuntimeDirError", "NodeStartError",
+                 "NodeNotFound", "ControlError", "CallError", "VariableError"):
+        error = getattr(otpy, name)
+        assert inspect.isclass(error) and issubclass(error, Exception), name
