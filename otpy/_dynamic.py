@@ -8,6 +8,9 @@ named template plus args. All children are ``one_for_one``. Unlike a static supe
 - ``restart_child`` and ``delete_child`` are ``not_supported``;
 - ``max_children`` counts children that are restarting;
 - children are stopped in parallel, each within its own ``shutdown``.
+
+As in the static machine, a ``lost`` exit (the child died with otpy's zygote) is restarted
+per the decision table without being charged to the restart intensity (``_machine.charge``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from ._effects import (
 )
 from ._exit import SHUTDOWN, ExitReason, should_restart
 from ._intensity import RestartWindow
-from ._machine import Child, _refuse, due, retry_later
+from ._machine import Child, _refuse, charge, due, retry_later, take_exit
 from ._specs import AnySpec, DynamicSupervisorSpec, from_template
 
 
@@ -134,19 +137,19 @@ class DynamicMachine:
         return [Reply(reply, Result("ok", pid=pid)), Swap(id)]
 
     def _child_exited(self, id: str, ref: int, reason: ExitReason, now: float) -> list[Effect]:
-        child = self.children.get(id)
-        if self.phase != "running" or child is None or child.ref != ref or child.state != "running":
+        child = take_exit(self.children, self.phase, id, ref)
+        if child is None:
             return []
-        child.state, child.ref, child.pid = "stopped", None, None
         effects: list[Effect] = [Report("exited", id, str(reason))]
         if should_restart(child.spec.restart, reason):
-            return effects + self._restart(id, now)
+            return effects + self._restart(id, now, reason)
         del self.children[id]
         return effects
 
-    def _restart(self, id: str, now: float) -> list[Effect]:
-        if not self.window.record(now):
-            return [Report("gave_up", id, self.window.exceeded(id))] + self._terminate(SHUTDOWN)
+    def _restart(self, id: str, now: float, reason: ExitReason | None = None) -> list[Effect]:
+        """Restart ``id`` (one_for_one); ``reason`` is its exit (None for a Retry)."""
+        if (gave_up := charge(self.window, id, now, reason)) is not None:
+            return [gave_up] + self._terminate(SHUTDOWN)
         self.children[id].restarts += 1
         self._starting = (id, None)
         return [Report("restarting", id), Spawn(self.children[id].spec)]

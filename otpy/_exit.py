@@ -12,6 +12,7 @@ killed by SIGKILL           killed       abnormal
 non-zero status             crashed      abnormal (keeps the code)
 any other signal            crashed      abnormal (keeps the signal)
 never got READY             failed       abnormal (a failed start)
+lost with otpy's zygote     lost         abnormal, not charged (see below)
 ==========================  ===========  ============================
 
 And the decision table (OTP's ``do_restart/3``):
@@ -23,6 +24,19 @@ permanent   restart     restart
 transient   no          restart
 temporary   no          no
 ==========  ==========  ==========
+
+``lost`` is otpy's, not OTP's: the child was killed because a process of otpy's own died
+under it (the zygote, its parent; ``ExitReason(kind="lost", detail="the zygote died")``).
+It is abnormal for the table above (permanent and transient children are restarted,
+temporary ones are not) and the strategy applies as for any restart, but the restart is
+not recorded in the supervisor's restart window: a fault of the runtime is not the
+children's, and charging it would make a supervisor with more children than
+``max_restarts`` give up each time the zygote dies (``charged`` below).
+
+>>> should_restart("transient", ExitReason(kind="lost")), charged(ExitReason(kind="lost"))
+(True, False)
+>>> charged(ExitReason(kind="killed", signal=9))
+True
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ import msgspec
 
 from ._specs import RestartType
 
-ReasonKind = Literal["normal", "shutdown", "killed", "crashed", "failed"]
+ReasonKind = Literal["normal", "shutdown", "killed", "crashed", "failed", "lost"]
 
 
 class ExitReason(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,3 +112,12 @@ def should_restart(restart: RestartType, reason: ExitReason) -> bool:
             return not reason.clean
         case "temporary":
             return False
+
+
+def charged(reason: ExitReason) -> bool:
+    """Whether restarting after ``reason`` counts toward the supervisor's restart intensity.
+
+    Every exit does but ``lost``: a child killed by the death of otpy's own zygote did
+    nothing wrong, and the intensity limits children that keep failing, not the runtime.
+    """
+    return reason.kind != "lost"

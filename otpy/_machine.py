@@ -6,6 +6,13 @@ started in order, stopped in reverse order, ``rest_for_one`` splits the table at
 child. A child's state is one of three values: ``running`` (with a ref and pid), ``stopped``
 (OTP's ``pid = undefined``: the spec is kept) and ``restarting`` (a failed restart waiting for
 its retry on the supervisor's own inbox).
+
+A restart is recorded in the restart window (and may make the supervisor give up) unless
+the exit was ``lost``: the child died because otpy's zygote died under it, which is not
+the child's fault. A lost child is still restarted per the decision table (permanent and
+transient, not temporary) and the strategy still applies (``one_for_all`` and
+``rest_for_one`` bounce their groups as for a crash); only the charge is skipped
+(``_exit.charged``). Both machines share that rule (``charge`` below).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from ._effects import (
     Result, Retry, Spawn, SpawnFailed, SpawnOk, StartChild, StartFromTemplate, Stop,
     StopSupervisor, TerminateChild,
 )
-from ._exit import SHUTDOWN, ExitReason, should_restart
+from ._exit import SHUTDOWN, ExitReason, charged, should_restart
 from ._intensity import RestartWindow
 from ._specs import AnySpec, SupervisorSpec
 
@@ -158,13 +165,12 @@ class StaticMachine:
     # --- exits and restarts -----------------------------------------------------------------
 
     def _child_exited(self, id: str, ref: int, reason: ExitReason, now: float) -> list[Effect]:
-        child = self.children.get(id)
-        if self.phase != "running" or child is None or child.ref != ref or child.state != "running":
+        child = take_exit(self.children, self.phase, id, ref)
+        if child is None:
             return []  # an exit during shutdown, or of an incarnation no longer current
-        child.state, child.ref, child.pid = "stopped", None, None
         effects: list[Effect] = [Report("exited", id, str(reason))]
         if should_restart(child.spec.restart, reason):
-            return effects + self._restart(id, now)
+            return effects + self._restart(id, now, reason)
         if child.spec.restart == "temporary":
             self._remove(id)
         if child.spec.significant and self._auto_shutdown_due():
@@ -180,9 +186,10 @@ class StaticMachine:
                 return not any(c.spec.significant and c.state != "stopped" for c in self.children.values())
         return False
 
-    def _restart(self, id: str, now: float) -> list[Effect]:
-        if not self.window.record(now):
-            return [Report("gave_up", id, self.window.exceeded(id))] + self._terminate(SHUTDOWN)
+    def _restart(self, id: str, now: float, reason: ExitReason | None = None) -> list[Effect]:
+        """Restart ``id`` per the strategy; ``reason`` is its exit (None for a Retry)."""
+        if (gave_up := charge(self.window, id, now, reason)) is not None:
+            return [gave_up] + self._terminate(SHUTDOWN)
         self.children[id].restarts += 1
         strategy = self.spec.strategy
         if strategy == "one_for_one":
@@ -268,6 +275,29 @@ class StaticMachine:
 
 
 _tokens = itertools.count(1)
+
+
+def take_exit(children: dict[str, Child], phase: str, id: str, ref: int) -> Child | None:
+    """The child whose current incarnation this exit ends, now marked stopped; None when the
+    exit is to be ignored (the supervisor is not running, or the incarnation is not current)."""
+    child = children.get(id)
+    if phase != "running" or child is None or child.ref != ref or child.state != "running":
+        return None
+    child.state, child.ref, child.pid = "stopped", None, None
+    return child
+
+
+def charge(window: RestartWindow, id: str, now: float, reason: ExitReason | None) -> Report | None:
+    """Count the restart of ``id`` toward intensity, unless its exit was not its fault (``lost``).
+
+    A Retry (``reason`` None) always counts: it is a new attempt after a failed start.
+    Returns the ``gave_up`` report when the intensity is exceeded, else None.
+    """
+    if reason is not None and not charged(reason):
+        return None
+    if window.record(now):
+        return None
+    return Report("gave_up", id, window.exceeded(id))
 
 
 def retry_later(child: Child) -> Retry:

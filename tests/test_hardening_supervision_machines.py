@@ -73,3 +73,114 @@ class TestWindowCost:
         assert [window.record(t) for t in (0.9, 5.0, 6.0)] == [True, True, True]  # 0 is dropped at 6
         assert len(window) == 2
         assert RestartWindow(max_restarts=0, max_seconds=5).record(0.0) is False
+
+
+# --- a child lost with otpy's zygote is restarted, not charged to intensity -------------------
+
+import pytest  # noqa: E402
+
+from machine_driver import Driver  # noqa: E402
+from otpy._dynamic import DynamicMachine  # noqa: E402
+from otpy._effects import Retry, StartChild, Stop  # noqa: E402
+from otpy._exit import ExitReason  # noqa: E402
+from otpy._machine import StaticMachine  # noqa: E402
+from otpy._specs import ChildSpec, DynamicSupervisorSpec, SupervisorSpec  # noqa: E402
+
+LOST = ExitReason(kind="lost", detail="the zygote died")
+CRASHED = ExitReason(kind="crashed", code=1)
+TEN = [f"c{i}" for i in range(10)]
+
+
+def _worker(id: str, **fields) -> ChildSpec:
+    return ChildSpec(id=id, command=("true",), **fields)
+
+
+def _static(ids, strategy="one_for_one", **fields) -> Driver:
+    """A running static supervisor with the default intensity (3 in 5 s) and an empty log."""
+    spec = SupervisorSpec(id="sup", strategy=strategy, children=tuple(_worker(i, **fields) for i in ids))
+    d = Driver(StaticMachine(spec))
+    d.init()
+    d.take_log()
+    return d
+
+
+def _dynamic(ids, **fields) -> Driver:
+    d = Driver(DynamicMachine(DynamicSupervisorSpec(id="dyn")))
+    d.init()
+    for i in ids:
+        assert d.call(StartChild(_worker(i, **fields))).ok
+    d.take_log()
+    return d
+
+
+def _lose_all(d: Driver, ids) -> None:
+    """The zygote died: every child's current incarnation ends ``lost``, in the same second."""
+    for i in ids:
+        if i in d.refs:
+            d.crash(i, LOST)
+            d.advance(0.05)
+
+
+MACHINES = {"static": _static, "dynamic": _dynamic}
+
+
+class TestLostExits:
+    @pytest.mark.parametrize("make", list(MACHINES))
+    def test_ten_lost_children_in_one_second_are_all_restarted_and_nothing_is_charged(self, make):
+        d = MACHINES[make](TEN)
+        _lose_all(d, TEN)
+        assert d.exit is None and not d.reports("gave_up")
+        assert d.log == [f"start {i}" for i in TEN]
+        assert all(d.state(i) == "running" for i in TEN)
+        assert len(d.machine.window) == 0
+        assert all(d.machine.children[i].restarts == 1 for i in TEN)
+
+    @pytest.mark.parametrize("make", list(MACHINES))
+    def test_a_crash_still_counts_after_lost_exits(self, make):
+        d = MACHINES[make](TEN)
+        _lose_all(d, TEN)
+        for _ in range(3):
+            d.crash("c0", CRASHED)
+        assert d.exit is None and len(d.machine.window) == 3
+        d.crash("c0", CRASHED)  # the fourth restart in 5 s: over the default intensity
+        assert d.exit is not None and d.exit.reason.kind == "shutdown"
+        assert len(d.reports("gave_up")) == 1
+
+    @pytest.mark.parametrize("make", list(MACHINES))
+    def test_a_retry_after_a_lost_childs_failed_start_is_charged(self, make):
+        d = MACHINES[make](["a"])
+        d.fail = {"a": 1}
+        d.crash("a", LOST)
+        assert len(d.machine.window) == 0 and [type(e) for e in d.inbox] == [Retry]
+        d.run_inbox()
+        assert d.state("a") == "running" and len(d.machine.window) == 1
+
+    @pytest.mark.parametrize(("restart", "restarted"), [
+        ("permanent", True), ("transient", True), ("temporary", False)])
+    @pytest.mark.parametrize("make", list(MACHINES))
+    def test_lost_is_abnormal_for_the_decision_table(self, make, restart, restarted):
+        d = MACHINES[make](["a"], restart=restart)
+        lines = d.crash("a", LOST)
+        assert (lines == ["start a"]) is restarted
+        assert ("a" in d.machine.children) is restarted
+        assert len(d.machine.window) == 0
+
+    def test_one_for_all_still_bounces_the_group_on_a_lost_exit(self):
+        d = _static("a b c d".split(), strategy="one_for_all")
+        assert d.crash("b", LOST) == ["stop d", "stop c", "stop a",
+                                      "start a", "start b", "start c", "start d"]
+        assert len(d.machine.window) == 0
+
+    def test_rest_for_one_still_restarts_the_later_children_on_a_lost_exit(self):
+        d = _static("a b c d".split(), strategy="rest_for_one")
+        assert d.crash("b", LOST) == ["stop d", "stop c", "start b", "start c", "start d"]
+        assert len(d.machine.window) == 0
+
+    def test_one_for_all_losing_every_child_restarts_the_group_once(self):
+        d = _static("a b c d".split(), strategy="one_for_all")
+        old = dict(d.refs)
+        from otpy._effects import ChildExited
+        for i in "abcd":  # the other three exits name incarnations the bounce already replaced
+            d.send(ChildExited(i, old[i], LOST))
+        assert d.log.count("start a") == 1 and d.exit is None
+        assert [e for e in d.effects if isinstance(e, Stop)] == [Stop(("d", "c", "b"))]
