@@ -25,6 +25,8 @@ import os
 import re
 import sys
 import tomllib
+
+import msgspec
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Union
 
@@ -32,10 +34,12 @@ from pydantic import ValidationError
 
 from ._program import import_target
 from ._registry import with_registry
-from ._specs import NAME_EXPECTED, NAME_PATTERN, AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec
-from ._specs import SupervisorSpec
+from ._spec_rules import Problem as ValueProblem
+from ._spec_rules import located_value_problems, node_value_problems, toml_key
+from ._specs import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, ChildSpec
+from ._specs import DynamicSupervisorSpec, NodeSpec, SupervisorSpec
 from ._topology_file import (
-    CHILD_TABLES, PROGRAM_PATTERN, DynamicSupervisorTable, NodeTable,
+    CHILD_TABLES, DynamicSupervisorTable, NodeTable,
     RootSupervisorTable, SupervisorTable, TemplateTable, TopologyFile, WorkerTable, Table,
     topology_json_schema,
 )
@@ -84,12 +88,11 @@ _EXPECTED = {
 }
 _PATTERN_EXPECTED = {
     NAME_PATTERN: NAME_EXPECTED,
-    PROGRAM_PATTERN: "'module:attr', e.g. 'examples.hello.agents:Greeter'",
+    PROGRAM_PATTERN: PROGRAM_EXPECTED,
 }
 
 
-def _key(name: str) -> str:
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else '"' + name.replace('"', '\\"') + '"'
+_key = toml_key
 
 
 def _path(parts: tuple | list) -> str:
@@ -182,18 +185,6 @@ def _walk_tables(table: AnyTable, path: str, parent: AnyTable | None = None) -> 
         yield from _walk_tables(template, f"{path}.templates.{_key(name)}", table)
 
 
-def _worker_problems(path: str, worker: TemplateTable) -> list[Problem]:
-    if worker.program is not None and worker.command is not None:
-        return [(path, "got both 'program' and 'command'; expected exactly one of them")]
-    if worker.program is None and worker.command is None:
-        return [(path, "got neither 'program' nor 'command'; expected exactly one of them")]
-    if worker.command is not None and not worker.command[0]:
-        return [(f"{path}.command[0]", "got ''; expected the program to run")]
-    if worker.program is not None and worker.ready == "notify":
-        return [(f"{path}.ready", "got 'notify' with 'program'; expected 'exec' ('notify' is for commands)")]
-    return []
-
-
 def _significance_problems(path: str, table: AnyTable, parent: AnyTable | None) -> list[Problem]:
     if not getattr(table, "significant", False):
         return []
@@ -212,8 +203,6 @@ def _rule_problems(root: RootSupervisorTable) -> list[Problem]:
     problems: list[Problem] = []
     first_use: dict[str, str] = {}
     for path, table, parent in _walk_tables(root, "supervisor"):
-        if isinstance(table, TemplateTable):
-            problems += _worker_problems(path, table)
         problems += _significance_problems(path, table, parent)
         table_id = getattr(table, "id", None)
         if table_id is None:
@@ -238,7 +227,7 @@ def _worker_spec(table: TemplateTable, child_id: str, base_dir: str) -> ChildSpe
     fields = _set_fields(table, drop=("id",))
     if table.command is not None:
         fields["command"] = tuple(table.command)
-    if table.cwd is not None:
+    if table.cwd is not None and "\0" not in table.cwd:  # a NUL is reported by the value rules
         fields["cwd"] = os.path.normpath(os.path.join(base_dir, os.path.expanduser(table.cwd)))
     return ChildSpec(id=child_id, **fields)
 
@@ -269,6 +258,16 @@ def _read_toml(text: str, source: str) -> dict:
         raise TopologyError([f"{source}: {message}"]) from None
 
 
+def _node_problems(node: NodeSpec, *, from_file_name: bool) -> list[Problem]:
+    """``[node]``'s values, by the rules every node spec follows (``_spec_rules``)."""
+    problems = []
+    for field, message in node_value_problems(node):
+        if field == "name" and from_file_name:
+            message = message.replace("; expected", " (from the file name); expected", 1)
+        problems.append((f"node.{field}", message))
+    return problems
+
+
 def parse_topology(
     text: str, *, source: str = "<string>", default_name: str = "node",
     base_dir: str | None = None, check_imports: bool = False,
@@ -281,19 +280,18 @@ def parse_topology(
         file = TopologyFile.model_validate(_read_toml(text, source))
     except ValidationError as exc:
         raise TopologyError(_format(source, [_problem_from_pydantic(e) for e in exc.errors()])) from None
-    name = file.node.name or default_name
-    problems = _rule_problems(file.supervisor)
-    if not re.fullmatch(NAME_PATTERN, name):
-        problems.insert(0, ("node.name", f"got {name!r} (from the file name); expected {NAME_EXPECTED}"))
+    root = _spec(file.supervisor, os.path.abspath(base_dir or os.getcwd()))
+    node = NodeSpec(name=file.node.name or default_name, root=root, control_tcp=file.node.control_tcp)
+    problems = _node_problems(node, from_file_name=file.node.name is None) + _rule_problems(file.supervisor)
+    problems += located_value_problems(root, "supervisor")
     if problems:
         raise TopologyError(_format(source, problems))
-    root = _spec(file.supervisor, os.path.abspath(base_dir or os.getcwd()))
     try:
         root = with_registry(root, file.variables)
     except VariableError as exc:
         raise TopologyError(_format(source, [(None, problem) for problem in exc.problems])) from None
     topology = Topology(
-        node=NodeSpec(name=name, root=root, control_tcp=file.node.control_tcp),
+        node=msgspec.structs.replace(node, root=root),
         path=source,
         raw_variables=file.variables,
         raw_pipelines=file.pipelines,

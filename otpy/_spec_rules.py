@@ -1,107 +1,344 @@
 """What a spec must satisfy before anything starts, whoever built it (OTP's ``check_childspecs``).
 
-A topology file is checked by ``_config`` with the file's key paths in its messages; specs
-built in Python (``Node.from_spec``, ``start_child``, ``reconfigure``) or sent over the control
-socket come here. ``spec_problems`` returns one message per problem, each naming the child id
-and the field; an empty list means the spec may start.
+One checker for every source of a spec. A topology file is read by ``_config``, which checks
+the shapes of its tables with pydantic and then asks ``located_value_problems`` here about the
+values, reporting each at its key path (``supervisor.children[0].env.HOME``). Specs built in
+Python (``Node.from_spec``, ``start_child``, ``reconfigure``) or sent over the control socket
+come to ``spec_problems``, which adds the rules between specs (ids used twice, significance).
+Every message reads ``FIELD: got X; expected Y``; an empty list means the spec may start.
+
+The bounds are those of what runs the spec: a path holds no NUL, an environment key no '=', a
+name is never a path (``_specs.name_problem``), ``args`` must cross the wire as msgpack (plain
+data, integers within signed 64 bits, at most ``ARGS_MAX_DEPTH`` levels), and every duration
+fits asyncio's timers and 64-bit nanosecond clocks (``MAX_SECONDS``: ten years).
 
 >>> from otpy._specs import ChildSpec, SupervisorSpec
 >>> spec_problems(SupervisorSpec(id="team", children=(ChildSpec(id="a", command=("true",)),
 ...                                                   ChildSpec(id="a", program="m:f"))))
-["child 'a': id used twice in this spec (OTP's duplicate_child_name); expected ids unique in the node"]
+["child 'a': id: got 'a' used twice in this spec (OTP's duplicate_child_name); expected ids unique in the node"]
+>>> for problem in spec_problems(ChildSpec(id="../x", command=("true",), env={"A=B": "1"})):
+...     print(problem)
+child '../x': id: got '../x'; expected a name of 1 to 64 letters, digits, '_', '.' and '-', starting with a letter, digit or '_'
+child '../x': env."A=B": got key 'A=B'; expected a non-empty key without '=' or NUL
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import math
 import re
+import socket
+from typing import Any, Iterator, NamedTuple
 
 import msgspec
 
 from ._specs import (
-    NAME_EXPECTED, NAME_PATTERN, AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec,
+    NAME_EXPECTED, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec,
+    SupervisorSpec, name_problem,
 )
 
 Parent = SupervisorSpec | DynamicSupervisorSpec
+
+MAX_SECONDS = 10 * 365 * 24 * 3600  # every duration: far below asyncio's and int64 nanoseconds' limits
+MAX_COUNT = 1_000_000  # max_restarts, max_children: far more than any tree, far below int64
+MAX_RSS_MIB = 2 ** 30  # 1 PiB
+ARGS_MAX_DEPTH = 64  # msgspec raises RecursionError near 1000 levels; a config is never this deep
+INT64 = (-(2 ** 63), 2 ** 63 - 1)  # TOML's integers; msgpack refuses more than 64 bits
+ARGS_EXPECTED = ("plain data: tables with string keys, arrays, strings, numbers, booleans, "
+                 f"dates, at most {ARGS_MAX_DEPTH} levels deep, integers within signed 64 bits")
+
+
+class Problem(NamedTuple):
+    """One problem of one spec: ``field`` is a key path under the spec ('' for the spec itself)."""
+
+    field: str
+    message: str  # "got X; expected Y"
+
+
+def toml_key(name: str) -> str:
+    """``name`` as one part of a key path: bare when TOML allows, else quoted."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else '"' + name.replace('"', '\\"') + '"'
+
+
+def join(path: str, field: str) -> str:
+    """The key path ``field`` under ``path`` (either may be empty)."""
+    if not path or not field:
+        return path or field
+    return path + field if field.startswith("[") else f"{path}.{field}"
+
+
+# --- the whole tree -------------------------------------------------------------------------
 
 
 def spec_problems(spec: AnySpec, parent: Parent | None = None) -> list[str]:
     """Every problem of ``spec`` and the specs below it; ``parent``: the supervisor it goes under."""
     problems: list[str] = []
     seen: set[str] = set()
-    for under, sub in _walk(spec, parent):
-        if not sub.id:
-            problems.append(f"{_name(sub)}: empty id; expected a name")
-        elif sub.id in seen:
-            problems.append(f"{_name(sub)}: id used twice in this spec (OTP's duplicate_child_name); "
-                            "expected ids unique in the node")
-        seen.add(sub.id)
-        problems += _own_problems(sub, under)
+    for _, under, sub, is_template in _walk(spec, parent):
+        found = [] if is_template else _id_problems(sub.id, seen)
+        found += value_problems(sub) + _tree_problems(sub, under)
+        problems += [f"{_name(sub)}: {_line(problem)}" for problem in found]
+    if not problems and (wire := wire_problem(spec)) is not None:
+        problems.append(f"{_name(spec)}: {_line(wire)}")
     return problems
 
 
 def node_problems(spec: NodeSpec) -> list[str]:
-    """``spec_problems`` of the root, and the node's name (it names a folder: no '/' or '..')."""
-    problems = [] if re.fullmatch(NAME_PATTERN, spec.name) and spec.name not in (".", "..") else [
-        f"node name {spec.name!r}; expected {NAME_EXPECTED}"]
-    return problems + spec_problems(spec.root)
+    """``spec_problems`` of the root, and the node's own fields (its name names a folder)."""
+    return [f"node {_line(problem)}" for problem in node_value_problems(spec)] + spec_problems(spec.root)
 
 
-def _walk(spec: AnySpec, parent: Parent | None):
-    """``(parent, spec)`` for ``spec`` and everything below it, templates included."""
-    yield parent, spec
+def located_value_problems(spec: AnySpec, path: str) -> list[Problem]:
+    """``value_problems`` of ``spec`` and every spec below it, each at its key path under ``path``.
+
+    The topology file's checker uses this: the shapes were checked by pydantic already."""
+    problems = []
+    for where, _, sub, _ in _walk(spec, None, path):
+        problems += [Problem(join(where, p.field), p.message) for p in value_problems(sub)]
+    return problems
+
+
+def _walk(spec: AnySpec, parent: Parent | None, path: str = "") -> Iterator[tuple[str, Parent | None, AnySpec, bool]]:
+    """``(key path, parent, spec, is_template)`` for ``spec`` and everything below it."""
+    yield path, parent, spec, False
     if isinstance(spec, SupervisorSpec):
-        for child in spec.children:
-            yield from _walk(child, spec)
+        for index, child in enumerate(spec.children):
+            yield from _walk(child, spec, f"{path}.children[{index}]")
     elif isinstance(spec, DynamicSupervisorSpec):
         for name, template in spec.templates.items():
-            yield spec, _as_template(template, spec, name)
+            shown = msgspec.structs.replace(template, id=f"{spec.id}.templates.{name}")
+            yield join(path, f"templates.{toml_key(str(name))}"), spec, shown, True
 
 
-def _as_template(template: ChildSpec, owner: DynamicSupervisorSpec, name: str) -> ChildSpec:
-    """A template under a name for the messages: its own id is unused (start_child gives one)."""
-    return msgspec.structs.replace(template, id=f"{owner.id}.templates.{name}")
+def _id_problems(spec_id: object, seen: set[object]) -> list[Problem]:
+    if (problem := name_problem(spec_id)) is not None:
+        return [Problem("id", f"got {problem.removeprefix('id ')}")]
+    if spec_id in seen:
+        return [Problem("id", f"got {spec_id!r} used twice in this spec (OTP's duplicate_child_name); "
+                              "expected ids unique in the node")]
+    seen.add(spec_id)
+    return []
 
 
-def _own_problems(spec: AnySpec, parent: Parent | None) -> list[str]:
-    problems = [f"{_name(spec)}: {p}" for p in _field_problems(spec)]
-    if spec.significant:
-        if spec.restart == "permanent":
-            problems.append(f"{_name(spec)}: significant with restart 'permanent'; expected transient or "
-                            "temporary (OTP's bad_combination)")
-        elif isinstance(parent, DynamicSupervisorSpec):
-            problems.append(f"{_name(spec)}: significant under dynamic supervisor {parent.id!r}; "
-                            "expected false (dynamic supervisors never auto-shut down)")
-        elif isinstance(parent, SupervisorSpec) and parent.auto_shutdown == "never":
-            problems.append(f"{_name(spec)}: significant under {parent.id!r}, whose auto_shutdown is 'never'; "
-                            "expected false")
-    return problems
+def _tree_problems(spec: AnySpec, parent: Parent | None) -> list[Problem]:
+    """The rules between a spec and its parent: OTP's for significant children."""
+    if spec.significant is not True:
+        return []
+    if spec.restart == "permanent":
+        return [Problem("significant", "got true with restart 'permanent'; expected transient or "
+                                       "temporary (OTP's bad_combination)")]
+    if isinstance(parent, DynamicSupervisorSpec):
+        return [Problem("significant", f"got true under dynamic supervisor {parent.id!r}; "
+                                       "expected false (dynamic supervisors never auto-shut down)")]
+    if isinstance(parent, SupervisorSpec) and parent.auto_shutdown == "never":
+        return [Problem("significant", f"got true under {parent.id!r}, whose auto_shutdown is 'never'; "
+                                       "expected false")]
+    return []
 
 
-def _field_problems(spec: AnySpec) -> list[str]:
-    problems = []
-    if isinstance(spec.shutdown, (int, float)) and not (math.isfinite(spec.shutdown) and spec.shutdown >= 0):
-        problems.append(f"shutdown {spec.shutdown!r}; expected seconds >= 0, 'brutal_kill' or 'infinity'")
-    if isinstance(spec, ChildSpec):
-        if (spec.program is None) == (spec.command is None):
-            problems.append("expected exactly one of program and command")
-        elif spec.command is not None and (not spec.command or not spec.command[0]):
-            problems.append("command is empty; expected the program to run first")
-        elif spec.program is not None and spec.ready == "notify":
-            problems.append("ready 'notify' with a program; expected 'exec' ('notify' is for commands)")
-        if not (math.isfinite(spec.start_timeout) and spec.start_timeout > 0):
-            problems.append(f"start_timeout {spec.start_timeout!r}; expected seconds > 0")
-        if spec.max_rss is not None and not spec.max_rss > 0:
-            problems.append(f"max_rss {spec.max_rss!r}; expected MiB > 0")
-        return problems
-    if spec.max_restarts < 0:
-        problems.append(f"max_restarts {spec.max_restarts}; expected >= 0")
-    if spec.max_seconds <= 0:
-        problems.append(f"max_seconds {spec.max_seconds}; expected > 0")
-    if isinstance(spec, DynamicSupervisorSpec) and spec.max_children is not None and spec.max_children < 0:
-        problems.append(f"max_children {spec.max_children}; expected >= 0")
-    return problems
+def wire_problem(spec: AnySpec) -> Problem | None:
+    """Why ``spec`` cannot cross the wire (node, zygote, control socket) as it is, or None.
+
+    The last net under the explicit rules: msgspec's own encoder and typed decoder."""
+    try:
+        msgspec.msgpack.decode(msgspec.msgpack.encode(spec), type=type(spec))
+    except (msgspec.MsgspecError, TypeError, ValueError, OverflowError, RecursionError) as exc:
+        return Problem("", f"cannot be sent as msgpack: {type(exc).__name__}: {exc}; expected a spec of "
+                           "the documented types")
+    return None
+
+
+def _line(problem: Problem) -> str:
+    return f"{problem.field}: {problem.message}" if problem.field else problem.message
 
 
 def _name(spec: AnySpec) -> str:
-    return f"{spec.kind.replace('_', ' ')} {spec.id!r}" if spec.kind != "worker" else f"child {spec.id!r}"
+    kind = getattr(spec, "kind", "worker")
+    return f"{kind.replace('_', ' ')} {spec.id!r}" if kind != "worker" else f"child {spec.id!r}"
+
+
+# --- the values of one spec -----------------------------------------------------------------
+
+
+def value_problems(spec: AnySpec) -> list[Problem]:
+    """The problems of ``spec``'s own fields (not its id, not its children)."""
+    problems = _shutdown_problems(spec.shutdown)
+    if isinstance(spec, ChildSpec):
+        return problems + _child_problems(spec)
+    problems += _count_problems("max_restarts", spec.max_restarts, 0, MAX_COUNT)
+    problems += _count_problems("max_seconds", spec.max_seconds, 1, MAX_SECONDS)
+    if isinstance(spec, DynamicSupervisorSpec):
+        if spec.max_children is not None:
+            problems += _count_problems("max_children", spec.max_children, 0, MAX_COUNT)
+        for name in spec.templates:
+            if (problem := name_problem(name, "template name")) is not None:
+                problems.append(Problem("templates", f"got {problem}"))
+    return problems
+
+
+def _child_problems(spec: ChildSpec) -> list[Problem]:
+    problems = _program_problems(spec)
+    problems += _seconds_problems("start_timeout", spec.start_timeout)
+    if spec.max_rss is not None and not _in_range(spec.max_rss, 0, MAX_RSS_MIB, low_open=True):
+        problems.append(Problem("max_rss", f"got {_show(spec.max_rss)}; expected MiB > 0 and <= {MAX_RSS_MIB}"))
+    problems += _env_problems(spec.env)
+    if spec.cwd is not None and not _is_path(spec.cwd):
+        problems.append(Problem("cwd", f"got {_show(spec.cwd)}; expected a non-empty path without NUL"))
+    if not isinstance(spec.args, dict):
+        problems.append(Problem("args", f"got {_show(spec.args)}; expected a table"))
+    elif (problem := _args_problem(spec.args, "args", 1)) is not None:
+        problems.append(problem)
+    return problems
+
+
+def _program_problems(spec: ChildSpec) -> list[Problem]:
+    if (spec.program is None) == (spec.command is None):
+        got = "both 'program' and 'command'" if spec.program is not None else "neither 'program' nor 'command'"
+        return [Problem("", f"got {got}; expected exactly one of them")]
+    if spec.program is not None:
+        if not isinstance(spec.program, str) or not re.fullmatch(PROGRAM_PATTERN, spec.program):
+            return [Problem("program", f"got {_show(spec.program)}; expected {PROGRAM_EXPECTED}")]
+        if spec.ready == "notify":
+            return [Problem("ready", "got 'notify' with a program; expected 'exec' ('notify' is for commands)")]
+        return []
+    if not isinstance(spec.command, (tuple, list)) or not spec.command:
+        return [Problem("command", f"got {_show(spec.command)}; expected the program to run, then its args")]
+    for index, arg in enumerate(spec.command):
+        if not isinstance(arg, str) or "\0" in arg or (index == 0 and not arg):
+            what = "the program to run" if index == 0 else "an argument"
+            return [Problem(f"command[{index}]", f"got {_show(arg)}; expected {what}: a string without NUL"
+                            + (", not empty" if index == 0 else ""))]
+    return []
+
+
+def _env_problems(env: object) -> list[Problem]:
+    if not isinstance(env, dict):
+        return [Problem("env", f"got {_show(env)}; expected a table of strings")]
+    problems = []
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            problems.append(Problem(f"env.{toml_key(str(key))}",
+                                    f"got key {_show(key)}; expected a non-empty key without '=' or NUL"))
+        elif not isinstance(value, str) or "\0" in value:
+            problems.append(Problem(f"env.{toml_key(key)}", f"got {_show(value)}; expected a string without NUL"))
+    return problems
+
+
+def _args_problem(value: Any, path: str, depth: int) -> Problem | None:
+    """The first value under ``args`` that cannot cross the wire as plain msgpack data."""
+    if depth > ARGS_MAX_DEPTH and isinstance(value, (dict, list, tuple)):
+        return Problem(path, f"got a table or array nested {depth} levels deep; expected {ARGS_EXPECTED}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not _is_utf8(key):
+                return Problem(path, f"got key {_show(key)}; expected {ARGS_EXPECTED}")
+            if (problem := _args_problem(item, join(path, toml_key(key)), depth + 1)) is not None:
+                return problem
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            if (problem := _args_problem(item, f"{path}[{index}]", depth + 1)) is not None:
+                return problem
+        return None
+    if isinstance(value, bool) or value is None or isinstance(value, (float, bytes, datetime.date, datetime.time)):
+        return None
+    if isinstance(value, int) and INT64[0] <= value <= INT64[1]:
+        return None
+    if isinstance(value, str) and _is_utf8(value):
+        return None
+    return Problem(path, f"got {_show(value)}; expected {ARGS_EXPECTED}")
+
+
+# --- durations and counts -------------------------------------------------------------------
+
+
+def _shutdown_problems(value: object) -> list[Problem]:
+    if value in ("brutal_kill", "infinity") and isinstance(value, str):
+        return []
+    if _in_range(value, 0, MAX_SECONDS):
+        return []
+    return [Problem("shutdown", f"got {_show(value)}; expected seconds >= 0 and <= {MAX_SECONDS} "
+                                "(ten years), 'brutal_kill' or 'infinity'")]
+
+
+def _seconds_problems(field: str, value: object) -> list[Problem]:
+    if _in_range(value, 0, MAX_SECONDS, low_open=True):
+        return []
+    return [Problem(field, f"got {_show(value)}; expected seconds > 0 and <= {MAX_SECONDS} (ten years)")]
+
+
+def _count_problems(field: str, value: object, low: int, high: int) -> list[Problem]:
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return []
+    return [Problem(field, f"got {_show(value)}; expected an integer >= {low} and <= {high}")]
+
+
+def _in_range(value: object, low: float, high: float, *, low_open: bool = False) -> bool:
+    """``value`` is a finite number (not a bool) in ``[low, high]`` (``(low, high]`` if low_open)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return (low < value if low_open else low <= value) and value <= high
+
+
+def _is_path(value: object) -> bool:
+    return isinstance(value, str) and bool(value) and "\0" not in value and _is_utf8(value)
+
+
+def _is_utf8(text: str) -> bool:
+    """False for lone surrogates, which no file system, environment or msgpack string holds."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- the node's own fields ------------------------------------------------------------------
+
+
+def node_value_problems(spec: NodeSpec) -> list[Problem]:
+    """The node's name (a folder name) and its TCP control endpoint."""
+    problems = []
+    if (problem := name_problem(spec.name, "node name")) is not None:
+        problems.append(Problem("name", f"got {problem.removeprefix('node name ')}"))
+    if spec.control_tcp is not None and (why := control_tcp_problem(spec.control_tcp)) is not None:
+        problems.append(Problem("control_tcp", why))
+    return problems
+
+
+TCP_EXPECTED = "'tcp://HOST:PORT': HOST '*', an IP address ('[...]' for IPv6) or a name that resolves, PORT 1-65535"
+
+
+def control_tcp_problem(endpoint: object) -> str | None:
+    """Why ``endpoint`` cannot be bound as the node's TCP control endpoint, or None.
+
+    The host is resolved here (``getaddrinfo``), so ``validate`` refuses what ``start`` cannot bind."""
+    got = f"got {_show(endpoint)}; expected {TCP_EXPECTED}"
+    match = re.fullmatch(r"tcp://(\*|\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]\0]+):(\d{1,5})", endpoint) \
+        if isinstance(endpoint, str) else None
+    if match is None or not 1 <= int(match[2]) <= 65535:
+        return got
+    host = match[1].strip("[]")
+    if host == "*" or _is_ip(host) or host in {name for _, name in socket.if_nameindex()}:
+        return None
+    try:
+        socket.getaddrinfo(host, int(match[2]), type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        return f"got {_show(endpoint)}, whose host does not resolve ({exc}); expected {TCP_EXPECTED}"
+    return None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -33,6 +33,10 @@ NAME_MAX = 64
 NAME_PATTERN = rf"^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}$"
 NAME_EXPECTED = (f"a name of 1 to {NAME_MAX} letters, digits, '_', '.' and '-', "
                  "starting with a letter, digit or '_'")
+# A Python program target, ``module.path:attr.path``.
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+PROGRAM_PATTERN = rf"^{_DOTTED}:{_DOTTED}$"
+PROGRAM_EXPECTED = "'module:attr', e.g. 'examples.hello.agents:Greeter'"
 
 
 def name_problem(value: object, what: str = "id") -> str | None:

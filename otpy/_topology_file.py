@@ -13,12 +13,11 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, StringConstraints, Tag
 from pydantic_core import PydanticCustomError
 
-from ._specs import NAME_PATTERN, AutoShutdown, ChildSpec, DynamicSupervisorSpec, Readiness
+from ._specs import NAME_PATTERN, PROGRAM_PATTERN, AutoShutdown, ChildSpec, DynamicSupervisorSpec
+from ._specs import Readiness
 from ._specs import RestartType, Strategy, SupervisorSpec
 
 ROOT_ID = "root"
-_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
-PROGRAM_PATTERN = rf"^{_DOTTED}:{_DOTTED}$"
 SHUTDOWN_EXPECTED = "seconds >= 0 (an int or a float), 'brutal_kill' or 'infinity'"
 
 
@@ -59,7 +58,7 @@ class NodeTable(Table):
     """``[node]``: the node's name (default: the file's stem), and an opt-in TCP control endpoint."""
 
     name: Name | None = None
-    control_tcp: Annotated[str, StringConstraints(pattern=r"^tcp://.+:\d+$")] | None = None
+    control_tcp: str | None = None  # checked with every node spec's: _spec_rules.control_tcp_problem
 
 
 class TemplateTable(Table):

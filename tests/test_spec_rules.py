@@ -26,24 +26,24 @@ def worker(id, **kw):
 
 
 @pytest.mark.parametrize("spec, expected", [
-    (SupervisorSpec(id="s", children=(worker("a"), worker("a"))), "child 'a': id used twice"),
-    (SupervisorSpec(id="s", children=(SupervisorSpec(id="t", children=(worker("s"),)),)), "child 's': id used twice"),
-    (ChildSpec(id="a"), "child 'a': expected exactly one of program and command"),
-    (ChildSpec(id="a", program="m:f", command=("x",)), "child 'a': expected exactly one of program and command"),
-    (ChildSpec(id="a", command=()), "child 'a': command is empty"),
-    (ChildSpec(id="a", program="m:f", ready="notify"), "child 'a': ready 'notify' with a program"),
-    (worker("a", shutdown=-1.0), "child 'a': shutdown -1.0"),
-    (worker("a", start_timeout=0.0), "child 'a': start_timeout 0.0"),
-    (worker("a", max_rss=0.0), "child 'a': max_rss 0.0"),
-    (SupervisorSpec(id="s", max_seconds=0), "supervisor 's': max_seconds 0"),
-    (SupervisorSpec(id="s", max_restarts=-1), "supervisor 's': max_restarts -1"),
-    (DynamicSupervisorSpec(id="d", max_children=-1), "dynamic supervisor 'd': max_children -1"),
-    (DynamicSupervisorSpec(id="d", templates={"t": ChildSpec(id="")}), "child 'd.templates.t': expected exactly one"),
+    (SupervisorSpec(id="s", children=(worker("a"), worker("a"))), "child 'a': id: got 'a' used twice"),
+    (SupervisorSpec(id="s", children=(SupervisorSpec(id="t", children=(worker("s"),)),)), "child 's': id: got 's' used twice"),
+    (ChildSpec(id="a"), "child 'a': got neither 'program' nor 'command'; expected exactly one"),
+    (ChildSpec(id="a", program="m:f", command=("x",)), "child 'a': got both 'program' and 'command'; expected exactly one"),
+    (ChildSpec(id="a", command=()), "child 'a': command: got (); expected the program to run"),
+    (ChildSpec(id="a", program="m:f", ready="notify"), "child 'a': ready: got 'notify' with a program"),
+    (worker("a", shutdown=-1.0), "child 'a': shutdown: got -1.0"),
+    (worker("a", start_timeout=0.0), "child 'a': start_timeout: got 0.0"),
+    (worker("a", max_rss=0.0), "child 'a': max_rss: got 0.0"),
+    (SupervisorSpec(id="s", max_seconds=0), "supervisor 's': max_seconds: got 0"),
+    (SupervisorSpec(id="s", max_restarts=-1), "supervisor 's': max_restarts: got -1"),
+    (DynamicSupervisorSpec(id="d", max_children=-1), "dynamic supervisor 'd': max_children: got -1"),
+    (DynamicSupervisorSpec(id="d", templates={"t": ChildSpec(id="")}), "child 'd.templates.t': got neither"),
     (SupervisorSpec(id="s", auto_shutdown="any_significant",
-                    children=(worker("a", significant=True),)), "child 'a': significant with restart 'permanent'"),
+                    children=(worker("a", significant=True),)), "child 'a': significant: got true with restart 'permanent'"),
     (SupervisorSpec(id="s", children=(worker("a", significant=True, restart="transient"),)),
-     "child 'a': significant under 's', whose auto_shutdown is 'never'"),
-    (SupervisorSpec(id="s", children=(ChildSpec(id="", command=("true",)),)), "child '': empty id"),
+     "child 'a': significant: got true under 's', whose auto_shutdown is 'never'"),
+    (SupervisorSpec(id="s", children=(ChildSpec(id="", command=("true",)),)), "child '': id: got ''; expected a name"),
 ])
 def test_each_rule_names_the_child_and_the_field(spec, expected):
     problems = spec_problems(spec)
@@ -64,7 +64,7 @@ def test_a_node_name_is_a_folder_name(name):
 def test_a_node_with_duplicate_ids_does_not_start_and_leaves_nothing():
     root = SupervisorSpec(id="root", children=(sleeper("x"), sleeper("x")))
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with pytest.raises(otpy.NodeStartError, match="child 'x': id used twice"):
+    with pytest.raises(otpy.NodeStartError, match="child 'x': id: got 'x' used twice"):
         otpy.Node.from_spec(root, name=unique_name("dup")).start()
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
 
@@ -74,12 +74,12 @@ def test_start_child_and_reconfigure_of_a_bad_spec_are_invalid_and_start_nothing
     with otpy.Node.from_spec(root, name=unique_name("badspec")).start() as node:
         nest = SupervisorSpec(id="nest", children=(sleeper("x"), sleeper("x")))
         result = node.start_child("root", nest)
-        assert result.outcome == "invalid" and "child 'x': id used twice" in result.detail
+        assert result.outcome == "invalid" and "child 'x': id: got 'x' used twice" in result.detail
         assert [c["id"] for c in node.which_children("root")] == ["pool"]
         assert node.start_child("pool", sleeper("agent")).ok
         bad = ChildSpec(id="agent", command=("true",), shutdown=-5.0)
         result = node.reconfigure("pool", "agent", bad)
-        assert result.outcome == "invalid" and "shutdown -5.0" in result.detail
+        assert result.outcome == "invalid" and "shutdown: got -5.0" in result.detail
         with otpy.connect(node.name) as client:  # the same over the control socket
             assert client.start_child("root", nest).outcome == "invalid"
             assert client.reconfigure("pool", "agent", bad).outcome == "invalid"
