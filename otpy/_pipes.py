@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 from typing import Callable
 
+from ._fd_reserve import FdReserve
+from ._heartbeat import PONG, Heartbeat
 from ._node_run import RUN_VAR
 from ._protocol import ENCODER, FROM_ZYGOTE, Hello, Init
 
 log = logging.getLogger("otpy")
 LINE_LIMIT = 1 << 16
+START_TIMEOUT = 10.0  # for a zygote's Hello: a Python start and otpy's imports
+STOP_TIMEOUT = 5.0  # for a zygote's exit once its socket is closed
 
 
 class LineReader:
@@ -94,6 +99,7 @@ class ZygoteLink:
         self.node_name = node_name
         self.run_id = run_id
         self.returncode: int | None = None
+        self.stuck = False  # it missed a heartbeat and was killed for it
         self._on_message = on_message
         self._on_death = on_death
 
@@ -101,25 +107,77 @@ class ZygoteLink:
     def pid(self) -> int:
         return self._proc.pid
 
-    async def start(self) -> None:
+    async def start(self, reserve: FdReserve | None = None,
+                    busy_until: Callable[[], float] = lambda: 0.0) -> None:
+        """Start the zygote and wait for its Hello; then its heartbeat runs until it dies.
+
+        ``reserve``: the fds to give back if the process is out of them (see ``_fd_reserve``).
+        ``busy_until``: the loop time until which the zygote may rightly not answer a ping.
+        """
         self._loop = loop = asyncio.get_running_loop()
-        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # the children's, and in /proc too: every descendant inherits them (setsid or not)
         env = {**os.environ, "OTPY_NODE": self.node_name, RUN_VAR: self.run_id}
-        pythonpath = os.pathsep.join(filter(None, [_OTPY_ROOT, env.get("PYTHONPATH")]))
-        with theirs:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "otpy._zygote", str(theirs.fileno()), str(os.getpid())],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env={**env, "PYTHONPATH": pythonpath})
-        live_zygotes.add(self._proc.pid)
-        self._pidfd = os.pidfd_open(self._proc.pid)
+        (reserve or FdReserve(0)).call(lambda: self._launch(env))
         self._sock.setblocking(False)
         self._hello = loop.create_future()
         self._death = loop.create_future()
         loop.add_reader(self._sock.fileno(), self._read)
         loop.add_reader(self._pidfd, self._died)
+        starting_until = loop.time() + START_TIMEOUT  # an interpreter start on a loaded machine
+        self._heartbeat = Heartbeat(
+            loop, send=self._send_raw, on_stuck=self._stuck, stopped=self._is_stopped,
+            busy_until=lambda: max(busy_until(), starting_until if not self._hello.done() else 0.0))
+        self._heartbeat.start()
         await self.send(Init(sys_path=list(sys.path), cwd=os.getcwd(), env=env))
         await self._hello
+
+    def _launch(self, env: dict[str, str]) -> None:
+        """The process, its socket and its pidfd; on an error, none of them is left."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pythonpath = os.pathsep.join(filter(None, [_OTPY_ROOT, env.get("PYTHONPATH")]))
+        try:
+            with theirs:  # env: the children's, and in /proc too: every descendant inherits it
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "otpy._zygote", str(theirs.fileno()), str(os.getpid())],
+                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env={**env, "PYTHONPATH": pythonpath})
+        except BaseException:
+            ours.close()
+            raise
+        try:
+            self._pidfd = os.pidfd_open(proc.pid)
+        except BaseException:
+            ours.close()  # the zygote reads EOF and exits
+            proc.kill()
+            proc.wait()
+            raise
+        self._sock, self._proc = ours, proc
+        live_zygotes.add(proc.pid)
+
+    def kill(self) -> None:
+        """SIGKILL the zygote (through its pidfd: never another process); its death follows."""
+        if self.returncode is None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            except (ProcessLookupError, OSError):
+                pass
+
+    def _stuck(self, waited: float) -> None:
+        log.warning("otpy[%s]: the zygote (pid %s) did not answer a heartbeat in %.1f s; "
+                    "killing it, its children are restarted from a new one", self.node_name, self.pid, waited)
+        self.stuck = True
+        self.kill()
+
+    def _is_stopped(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+        except (OSError, IndexError):
+            return False
+
+    def _send_raw(self, data: bytes) -> None:
+        try:
+            self._sock.send(data)
+        except OSError:  # full (the zygote does not read) or closed (it is dying)
+            pass
 
     async def send(self, message, fds: tuple[int, ...] = ()) -> None:
         data = ENCODER.encode(message)
@@ -143,9 +201,18 @@ class ZygoteLink:
         await asyncio.wait([writable, self._death], return_when=asyncio.FIRST_COMPLETED)
 
     async def stop(self) -> None:
-        """Close the socket (the zygote kills what it still has and exits); wait for its death."""
+        """Close the socket (the zygote kills what it still has and exits); wait for its death.
+
+        The zygote's cleanup takes 2 s at most; one that has not exited after ``STOP_TIMEOUT``
+        (stopped, hung) is SIGKILLed, and its children die with it (parent-death signal).
+        """
+        self._heartbeat.stop()  # its cleanup is not an answer to a ping
         self._close_socket()
-        await asyncio.shield(self._death)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._death), STOP_TIMEOUT)
+        except TimeoutError:
+            self.kill()
+            await asyncio.shield(self._death)
 
     def _read(self) -> None:
         while self._sock.fileno() >= 0:
@@ -158,6 +225,9 @@ class ZygoteLink:
             if not data:
                 self._close_socket()
                 return
+            if data == PONG:
+                self._heartbeat.pong()
+                continue
             message = FROM_ZYGOTE.decode(data)
             if isinstance(message, Hello):
                 self._hello.set_result(message.pid)
@@ -166,6 +236,7 @@ class ZygoteLink:
 
     def _died(self) -> None:
         self._read()  # the last reports first
+        self._heartbeat.stop()
         self._close_socket()
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)

@@ -18,6 +18,7 @@ zygote.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
@@ -29,7 +30,8 @@ from typing import Callable
 import psutil
 
 from ._exit import ExitReason, from_wait_status
-from ._node_run import new_run_id
+from ._fd_reserve import FdReserve, pipes
+from ._node_run import kill_run, new_run_id
 from ._pipes import LineReader, ZygoteLink, live_zygotes
 from ._protocol import Exited, Spawn, Spawned, SpawnFailed
 from ._specs import ChildSpec, Shutdown
@@ -38,6 +40,9 @@ log = logging.getLogger("otpy")
 
 OutputHandler = Callable[[str, str], None]
 READY_LINES = frozenset({"READY", "READY=1", ""})
+ZYGOTE_DEATHS_MAX = 5  # more zygote deaths than this within ZYGOTE_DEATHS_WINDOW s:
+ZYGOTE_DEATHS_WINDOW = 10.0  # spawns fail (StartFailed) until the window has room again
+LOST = ExitReason(kind="lost", detail="the zygote died")  # type: ignore[arg-type]  # kind added in _exit
 
 
 class StartFailed(Exception):
@@ -65,6 +70,7 @@ class ChildProcess:
         self.started_at: float | None = None
         self.exited: asyncio.Future[ExitReason] = loop.create_future()
         self._ready: asyncio.Future[str | None] = loop.create_future()  # None, or why not
+        self.start_deadline = loop.time() + spec.start_timeout  # the zygote may be busy on it till then
         self._reported: str | None = None
         self._failure: str | None = None
         self._said_ready = False  # READY may come before the zygote's Spawned
@@ -142,8 +148,8 @@ class ChildProcess:
         self._finish(from_wait_status(status, self._reported))
         kill_group(self.pid)  # leftovers; the zygote (their subreaper) reaps them
 
-    def _on_lost(self, detail: str) -> None:
-        self._finish(ExitReason(kind="killed", detail=detail))
+    def _on_lost(self, reason: ExitReason) -> None:
+        self._finish(reason)
 
     def _time_out(self) -> None:
         if not self._ready.done():
@@ -159,20 +165,26 @@ class ChildProcess:
 
 
 class ProcessManager:
-    """Spawns a node's children through its zygote; stops and reaps them."""
+    """Spawns a node's children through its zygote; stops and reaps them.
+
+    ``run_id`` is the run's tag (``OTPY_NODE_RUN``, see ``_node_run``): the zygote and every
+    process below it carry it. None makes a new one (an embedding, a test).
+    """
 
     def __init__(self, *, node_name: str, on_output: OutputHandler | None = None,
                  run_id: str | None = None) -> None:
         self.node_name = node_name
-        self.run_id = run_id or new_run_id()  # OTPY_NODE_RUN of the zygote and all below it
+        self.run_id = run_id or new_run_id()
         self.on_output = on_output or print_output
         self._zygote: ZygoteLink | None = None
-        self._starting: asyncio.Task[ZygoteLink] | None = None
+        self._starting: asyncio.Task[None] | None = None
         self._requests: dict[int, ChildProcess] = {}  # sent, no reply yet
         self._children: dict[int, ChildProcess] = {}  # by pid, until reaped
         self._request_ids = itertools.count(1)
         self._reaping: set[asyncio.Future] = set()
         self._outputs: set[LineReader] = set()  # open until EOF, which may come after the exit
+        self._zygote_deaths: collections.deque[tuple[float, str]] = collections.deque()
+        self._reserve = FdReserve()
         self._closing = False
 
     @property
@@ -181,21 +193,28 @@ class ProcessManager:
         return [c for c in self._children.values() if c.started_at is not None and not c.exited.done()]
 
     async def open(self) -> None:
-        """Start the zygote and wait until it is ready for spawn requests.
+        """Take the fd reserve, start the zygote and wait until it is ready for spawn requests.
 
         The node itself is not a subreaper (an embedding script's own orphans would become
         its zombies): the zygote is, for everything below the agents.
         """
+        self._reserve.fill()
         await self._ensure_zygote()
 
     async def spawn(self, spec: ChildSpec, *, env: dict[str, str] | None = None) -> ChildProcess:
-        """Start ``spec``; returns after READY (or exec). Raises StartFailed, with no process left."""
+        """Start ``spec``; returns after READY (or exec). Raises StartFailed, with no process left.
+
+        Out of fds (``EMFILE``), the fd reserve makes room; if even that is not enough, it is
+        a failed start of this child like any other, with nothing left open.
+        """
         if self._closing:
             raise StartFailed("the process manager is closed")
         zygote = await self._ensure_zygote()
         loop = asyncio.get_running_loop()
-        notify_r, notify_w = os.pipe2(os.O_CLOEXEC)
-        output_r, output_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            (notify_r, notify_w), (output_r, output_w) = self._reserve.call(lambda: pipes(2))
+        except OSError as exc:
+            raise StartFailed(f"cannot make the child's pipes: {exc}") from None
         self._outputs.add(LineReader(loop, output_r, lambda line: self.on_output(spec.id, line),
                                      on_close=self._outputs.discard))
         child = ChildProcess(spec, loop, notify_r)
@@ -209,6 +228,7 @@ class ProcessManager:
         finally:
             os.close(notify_w)
             os.close(output_w)
+            self._reserve.fill()
         return await self._until_ready(child, loop)
 
     async def close(self) -> None:
@@ -228,6 +248,7 @@ class ProcessManager:
         for output in list(self._outputs):
             output.drain()
             output.close()
+        self._reserve.release()
 
     # --- internals --------------------------------------------------------------------------
 
@@ -246,9 +267,11 @@ class ProcessManager:
         raise StartFailed(why_not)
 
     async def _ensure_zygote(self) -> ZygoteLink:
-        """The running zygote; the first call after a death starts a new one."""
+        """The running zygote; the first call after a death starts a new one, unless the
+        zygote keeps dying (then StartFailed, and the supervisors' intensity decides)."""
         if self._zygote is None:
             if self._starting is None:
+                self._check_zygote_deaths()
                 self._starting = asyncio.get_running_loop().create_task(self._start_zygote())
             try:
                 await asyncio.shield(self._starting)
@@ -258,15 +281,35 @@ class ProcessManager:
             raise StartFailed("the zygote died as it started")
         return self._zygote
 
+    def _check_zygote_deaths(self) -> None:
+        """StartFailed if the zygote died more than ZYGOTE_DEATHS_MAX times in the window.
+
+        A zygote that dies is otpy's loss, not its children's (they exit ``lost``, restarted
+        without charge); one that keeps dying would restart them for ever, so past this bound
+        each spawn is an ordinary failed start, charged to its supervisor's intensity.
+        """
+        now = time.monotonic()
+        while self._zygote_deaths and self._zygote_deaths[0][0] < now - ZYGOTE_DEATHS_WINDOW:
+            self._zygote_deaths.popleft()
+        if len(self._zygote_deaths) > ZYGOTE_DEATHS_MAX:
+            raise StartFailed(f"the zygote keeps dying: {len(self._zygote_deaths)} deaths in "
+                              f"{ZYGOTE_DEATHS_WINDOW:g} s, the last: {self._zygote_deaths[-1][1]}")
+
     async def _start_zygote(self) -> None:
         try:
-            while self._reaping:  # what the last zygote left is gone first (it carries OTPY_NODE too)
+            while self._reaping:  # what the last zygote left is gone first (it carries the run tag too)
                 await asyncio.gather(*self._reaping, return_exceptions=True)
-            link = ZygoteLink(self.node_name, self.run_id, on_message=self._on_message, on_death=self._on_zygote_death)
-            await link.start()
+            link = ZygoteLink(self.node_name, self.run_id, on_message=self._on_message,
+                              on_death=self._on_zygote_death)
+            await link.start(self._reserve, busy_until=self._busy_until)
             self._zygote = link
         finally:
             self._starting = None
+
+    def _busy_until(self) -> float:
+        """Until when the zygote may rightly not answer a heartbeat: the pending requests'
+        start deadlines (it may be importing a program's module)."""
+        return max((c.start_deadline for c in self._requests.values()), default=0.0)
 
     def _on_message(self, message) -> None:
         match message:
@@ -282,23 +325,32 @@ class ProcessManager:
                     child._on_exited(status)
 
     def _on_zygote_death(self, link: ZygoteLink) -> None:
-        """Kill and reap what the zygote left; its children's ``exited`` resolve after that."""
+        """Sweep what the zygote's run left; its children's ``exited`` resolve after that.
+
+        They end ``lost`` (otpy's loss, not theirs). The sweep kills every process of the
+        run but the node and live zygotes, and it is over before a new zygote starts
+        (``_start_zygote`` waits for it): no child of the next zygote is ever swept.
+        """
         if self._zygote is link:
             self._zygote = None
-        detail = "process manager closed" if self._closing else "zygote died"
-        if not self._closing:
-            log.warning("otpy[%s]: the zygote died (status %s)", self.node_name, link.returncode)
+        if self._closing:
+            reason = ExitReason(kind="killed", detail="process manager closed")
+        else:
+            why = "it missed a heartbeat, killed" if link.stuck else f"status {link.returncode}"
+            self._zygote_deaths.append((time.monotonic(), why))
+            log.warning("otpy[%s]: the zygote died (%s)", self.node_name, why)
+            reason = LOST
         lost = [*self._requests.values(), *self._children.values()]
         self._requests.clear()
         self._children.clear()
         reaped = asyncio.get_running_loop().run_in_executor(
-            None, kill_and_reap_strays, self.node_name, {c.pid for c in lost if c.pid})
+            None, sweep_run, self.run_id, {c.pid for c in lost if c.pid}, frozenset(live_zygotes))
         self._reaping.add(reaped)
 
         def resolve(_) -> None:
             self._reaping.discard(reaped)
             for child in lost:
-                child._on_lost(detail)
+                child._on_lost(reason)
 
         reaped.add_done_callback(resolve)
 
@@ -319,36 +371,32 @@ def _signal(send: Callable[[int, int], None], target: int, sig: int) -> None:
         pass
 
 
-def kill_and_reap_strays(node_name: str, pids: set[int]) -> None:
-    """SIGKILL and reap what a dead zygote left (blocking: run it in a thread).
+def sweep_run(run_id: str, pids: set[int], spare: frozenset[int]) -> None:
+    """SIGKILL what a dead zygote left, and reap what of it is ours (blocking: run it in a thread).
 
-    That is ``pids``, then every child of this process from this node (or in their groups)
-    that is not a live zygote; rounds go on until nothing of the node is left among them.
-    Processes that are not this process's children are only killed (``waitpid`` is skipped).
+    That is ``pids`` and their process groups, then every process of the run (``kill_run``)
+    but ``spare`` (live zygotes) and this process: a ``setsid`` grandchild that init adopted
+    too. Those that are this process's children (if it is a subreaper) are reaped here.
     """
-    groups = set(pids)
-    pids = pids | _stray_children(node_name, groups)
-    while pids:
-        for pid in pids:
-            kill_group(pid)
-            _signal(os.kill, pid, signal.SIGKILL)
-        for pid in pids:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        pids = _stray_children(node_name, groups)
+    for pid in pids:
+        kill_group(pid)
+        _signal(os.kill, pid, signal.SIGKILL)
+    killed = kill_run(run_id, spare=spare)
+    for pid in {*pids, *killed, *_children_in_groups(pids)}:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
 
 
-def _stray_children(node_name: str, groups: set[int]) -> set[int]:
+def _children_in_groups(groups: set[int]) -> set[int]:
+    """This process's children in one of ``groups`` (zombies too: their environment is gone)."""
     found = set()
     for proc in psutil.Process().children():
-        if proc.pid in live_zygotes:
-            continue
         try:
-            if os.getpgid(proc.pid) in groups or proc.environ().get("OTPY_NODE") == node_name:
+            if proc.pid not in live_zygotes and os.getpgid(proc.pid) in groups:
                 found.add(proc.pid)
-        except (OSError, psutil.NoSuchProcess, psutil.AccessDenied):
+        except OSError:
             continue
     return found
 

@@ -32,7 +32,9 @@ import msgspec  # noqa: F401  (pre-imported for the workers)
 import zmq  # noqa: F401  (pre-imported for the workers)
 
 from otpy import _agent_socket, _worker
+from otpy._heartbeat import PING, PONG
 from otpy._linux import become_subreaper, die_with_parent, process_name, set_process_name
+from otpy._node_run import RUN_VAR, kill_run
 from otpy._program import import_target
 from otpy._protocol import ENCODER, TO_ZYGOTE, Exited, Hello, Init, Spawn, Spawned, SpawnFailed
 
@@ -45,9 +47,10 @@ SPARE_NAME = "otpy-spare"  # what ps shows for a spare while it waits
 class Zygote:
     """The fork server's state: the node's socket, and the pids it spawned and not yet reaped."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, node_pid: int) -> None:
         self.sock = sock
         self.pid = os.getpid()
+        self.node_pid = node_pid
         self.spawned: set[int] = set()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -92,6 +95,9 @@ class Zygote:
             return False
         if flags & socket.MSG_TRUNC:
             raise RuntimeError(f"message larger than {MAX_MESSAGE} bytes")
+        if data == PING:  # the node's heartbeat (``_heartbeat``): we are alive, and not stuck
+            self.send_raw(PONG)
+            return True
         match TO_ZYGOTE.decode(data):
             case Init() as init:
                 self.init(init)
@@ -101,8 +107,11 @@ class Zygote:
         return True
 
     def send(self, message) -> None:
+        self.send_raw(ENCODER.encode(message))
+
+    def send_raw(self, data: bytes) -> None:
         try:
-            self.sock.send(ENCODER.encode(message))
+            self.sock.send(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the node is gone: its EOF (or the parent-death signal) ends the loop
 
@@ -151,7 +160,14 @@ class Zygote:
                 _kill_group(pid)
 
     def kill_all(self) -> None:
-        """The node is gone or closing: kill everything below, until nothing is left (2 s at most)."""
+        """The node is gone or closing: kill everything of this run, then reap what is below,
+        until nothing is left (2 s at most).
+
+        The run tag (``OTPY_NODE_RUN``) finds what left the tree: a process reparented to
+        init before it could come back to us, one in another session. The node is spared.
+        """
+        if run_id := os.environ.get(RUN_VAR):
+            kill_run(run_id, spare={self.pid, self.node_pid})
         deadline = time.monotonic() + 2.0
         while (below := self.children()) and time.monotonic() < deadline:
             for pid in below:
@@ -452,7 +468,7 @@ def main() -> None:
     _ensure_std_fds()
     sock = socket.socket(fileno=sock_fd)
     gc.freeze()
-    Zygote(sock).serve()
+    Zygote(sock, node_pid).serve()
 
 
 if __name__ == "__main__":
