@@ -24,19 +24,33 @@ import zmq
 
 from ._cli_vars import vars_group
 from ._cli_work import bench, call, optimize, record_topology, run_pipeline
-from ._client import Client, ControlError, NodeNotFound, node_statuses, pick_node, socket_path
+from ._client import (
+    Client, ControlError, NodeNotFound, NodeStale, clear_stale, node_alive, node_statuses, pick_node,
+)
 from ._config import TopologyError, load_topology, topology_json_schema
 from ._effects import Result
-from ._node import AsyncNode, NodeStartError, describe_event
+from ._node import AsyncNode, NodeAlreadyRunning, NodeStartError, already_running, describe_event
+from ._node_run import RUN_VAR, lock_holder
 from ._protocol import EVENT
-from ._runtime import events_endpoint, node_dir
-from ._specs import ChildSpec
+from ._runtime import RuntimeDirError, events_endpoint, node_dir
+from ._specs import ChildSpec, name_problem
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Every command's refused runtime folder is one line and exit 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RuntimeDirError as exc:
+            click.echo(f"otpy: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="otpy")
 def main() -> None:
     """otpy: Erlang/OTP supervision trees for agent programs, one OS process per agent.
@@ -65,8 +79,8 @@ def start(topology: str, verbose: bool, detach: bool, timeout: float) -> None:
     if detach:
         sys.exit(_start_detached(topology, spec.node.name, timeout))
     _setup_logging(verbose)
-    record_topology(spec.node.name, topology)
-    sys.exit(asyncio.run(_run_foreground(AsyncNode(spec.node, on_output=_print_child_line))))
+    node = AsyncNode(spec.node, on_output=_print_child_line)
+    sys.exit(asyncio.run(_run_foreground(node, on_started=lambda: record_topology(node.name, topology))))
 
 
 main.add_command(call)
@@ -90,7 +104,14 @@ def schema() -> None:
     click.echo(json.dumps(topology_json_schema(), indent=2))
 
 
-NODE_OPTION = click.option("--node", "node_name", metavar="NAME",
+def _node_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A node name passes the name rule before any path is built from it."""
+    if value is not None and (problem := name_problem(value, "node name")):
+        raise click.BadParameter(problem)
+    return value
+
+
+NODE_OPTION = click.option("--node", "node_name", metavar="NAME", callback=_node_name,
                            help="The node to talk to (may be left out when only one runs).")
 SUP_OPTION = click.option("--sup", metavar="SUP", help="The supervisor of the child (default: found by id).")
 
@@ -109,9 +130,26 @@ def status(node_name: str | None, as_json: bool) -> None:
 @NODE_OPTION
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the shutdown.")
 def stop(node_name: str | None, timeout: float) -> None:
-    """Stop the node in order; returns once its tree stopped and its process exited."""
+    """Stop the node in order; returns once its tree stopped and its process exited.
+
+    A node whose process died (stale) is cleaned instead: what its run left is killed, its
+    sockets and lock are removed, and the exit status is 0.
+    """
+    if node_name is not None and _stale(node_name) and clear_stale(node_name):
+        click.echo(f"otpy: {NodeStale(node_name)}; removed its sockets and lock")
+        return  # (clear_stale is False if it started again meanwhile: that one is stopped)
     result = _ask(node_name, "stop", lambda client: client.stop(timeout=timeout), timeout=timeout)
     click.echo(f"otpy: node stopped (pid {result.pid})")
+
+
+def _stale(name: str) -> bool:
+    try:
+        pick_node(name)
+    except NodeStale:
+        return True
+    except NodeNotFound:
+        pass
+    return False
 
 
 @main.command("start-child")
@@ -167,12 +205,15 @@ def delete_child(child_id: str, sup: str | None, node_name: str | None) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per node.")
 def nodes(as_json: bool) -> None:
-    """List this user's running nodes; a node that does not answer within 0.5 s is stale."""
+    """List this user's nodes: a node whose process died is stale (its folder is left)."""
     for name, report in node_statuses():
+        stale = report is None and not node_alive(name)
         if as_json:
-            click.echo(json.dumps({"node": name, "pid": report and report["pid"], "stale": report is None}))
+            click.echo(json.dumps({"node": name, "pid": report and report["pid"], "stale": stale}))
+        elif stale:
+            click.echo(f"{name}\tstale (its process died; `otpy stop --node {name}` cleans up)")
         elif report is None:
-            click.echo(f"{name}\tstale (socket left, no answer within 0.5 s)")
+            click.echo(f"{name}\trunning, no answer within 0.5 s")
         else:
             click.echo(f"{name}\tpid {report['pid']}\t{report['tree']['state']}")
 
@@ -208,8 +249,12 @@ def _usage_exit(message: str) -> NoReturn:
 
 
 def _node_or_exit(name: str | None) -> str:
+    """The node to talk to: exit 2 if none is named or found, 1 if it died (stale)."""
     try:
         return pick_node(name)
+    except NodeStale as exc:
+        click.echo(f"otpy: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
     except NodeNotFound as exc:
         _usage_exit(f"otpy: {exc}")
 
@@ -219,7 +264,7 @@ def _ask(node_name: str | None, command: str, operation: Callable[[Client], Any]
     with Client(_node_or_exit(node_name), timeout=timeout) as client:
         try:
             return operation(client)
-        except (ControlError, TimeoutError) as exc:
+        except (ControlError, TimeoutError, NodeStale) as exc:
             click.echo(f"{command}: {exc}", err=True)
             sys.exit(EXIT_FAILED)
 
@@ -291,26 +336,56 @@ def _render_status(report: dict) -> str:
 
 
 def _start_detached(topology: str, name: str, timeout: float) -> int:
-    """Run `otpy start` in its own session, log to the runtime folder, wait for `status` to answer."""
-    if socket_path(name).exists() and any(n == name and s for n, s in node_statuses()):
-        click.echo(f"otpy: node {name!r} is already running", err=True)
+    """Run `otpy start` in its own session, log to the runtime folder, wait for `status` to answer.
+
+    The node's lock says whether it already runs (the detached process takes it; if another
+    start wins the race, that process refuses and exits, and this one reports its log).
+    """
+    folder = node_dir(name)
+    if (holder := lock_holder(folder)) is not None:
+        click.echo(f"otpy: {already_running(name, holder)}", err=True)
         return EXIT_FAILED
-    log_path = node_dir(name) / "node.log"
-    with open(log_path, "ab") as log_file:
+    log_path = folder / "node.log"
+    log_fd = _open_private_log(log_path)
+    try:  # its own node, in its own session: not part of the run of whatever node runs this
+        env = {k: v for k, v in os.environ.items() if k != RUN_VAR}
         proc = subprocess.Popen([sys.executable, "-m", "otpy", "start", os.path.abspath(topology)],
-                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    with Client(name) as client:
-        try:
-            client.wait_ready(timeout, give_up=lambda: proc.poll() is not None)
-        except TimeoutError:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait()
-            click.echo(f"otpy: node {name!r} did not start (see {log_path}):\n{_tail(log_path)}", err=True)
-            return EXIT_FAILED
+                                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
+    finally:
+        os.close(log_fd)
+    if not _answers_as(name, proc, timeout):
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait()
+        click.echo(f"otpy: node {name!r} did not start (see {log_path}):\n{_tail(log_path)}", err=True)
+        return EXIT_FAILED
     click.echo(f"otpy: node {name!r} started (pid {proc.pid}); log: {log_path}")
     return 0
+
+
+def _answers_as(name: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """True once node ``name`` answers from ``proc``; False if it exits or ``timeout`` passes first,
+    or if another process answers (a start that won the race: ours refuses and exits)."""
+    with Client(name) as client:
+        try:
+            report = client.wait_ready(timeout, give_up=lambda: proc.poll() is not None)
+        except TimeoutError:
+            return False
+    if report["pid"] == proc.pid:
+        return True
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    return False
+
+
+def _open_private_log(path) -> int:
+    """``node.log`` for appending, mode 0600 whatever the umask (it may hold a child's secrets)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 def _tail(path, lines: int = 20) -> str:
@@ -338,7 +413,7 @@ def _print_child_line(child_id: str, line: str) -> None:
     print(f"[{child_id}] {line}", file=sys.stderr, flush=True)
 
 
-async def _run_foreground(node: AsyncNode) -> int:
+async def _run_foreground(node: AsyncNode, on_started: Callable[[], None] = lambda: None) -> int:
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     node.on_stop_request = stop_requested.set  # `otpy stop` through the control socket
@@ -356,9 +431,13 @@ async def _run_foreground(node: AsyncNode) -> int:
         loop.add_signal_handler(sig, on_signal)
     try:
         await node.start()
+    except NodeAlreadyRunning as exc:
+        click.echo(f"otpy: {exc}", err=True)
+        return EXIT_FAILED
     except NodeStartError as exc:
         click.echo(f"otpy: node {node.name!r} did not start: {exc}", err=True)
         return EXIT_FAILED
+    on_started()  # after the lock: a refused start must not touch the running node's files
     stop_task = asyncio.ensure_future(stop_requested.wait())
     await asyncio.wait({stop_task, node.root.exited}, return_when=asyncio.FIRST_COMPLETED)
     if stop_requested.is_set():

@@ -7,8 +7,10 @@
 
 Both have the operations of ``otpy.Node`` with the same outcomes. Child operations return a
 ``Result``; a request the node refuses (no such supervisor, undecodable, the node is stopping)
-raises ``ControlError``; no reply within the timeout raises ``TimeoutError``. A client is one
-DEALER socket: use it from one thread (or one asyncio loop).
+raises ``ControlError``; no reply within the timeout raises ``TimeoutError``. A node found
+dead (its folder is left, its lock is free) raises ``NodeStale`` at once, not after the
+timeout: a local client checks the lock every 0.1 s while it waits. A client is one DEALER
+socket: use it from one thread (or one asyncio loop).
 """
 
 from __future__ import annotations
@@ -32,15 +34,25 @@ from ._protocol import (
     DeleteChild, GetStatus, Message, Outcome, Reconfigure, RestartChild, SetVariables, StartChild,
     StartFromTemplate, Status, StopNode, Stopping, TerminateChild, WhichChildren,
 )
-from ._runtime import control_endpoint, running_nodes
+from ._node_run import lock_holder, sweep_dead_run
+from ._runtime import control_endpoint, existing_node_dir, node_sockets, running_nodes
 from ._specs import AnySpec
 
 DEFAULT_TIMEOUT = 30.0  # seconds; a start_child waits for READY, which may take start_timeout
-PING_TIMEOUT = 0.5  # a node that does not answer status within this is stale
+PING_TIMEOUT = 0.5  # a live node that does not answer status within this is listed as silent
+WATCH_PERIOD = 0.1  # seconds between two looks at a node's lock while waiting for its reply
 
 
 class NodeNotFound(LookupError):
     """No node of that name is running (or several are and none was named)."""
+
+
+class NodeStale(NodeNotFound):
+    """The node's folder is left but its process died (its lock is free): nothing will answer."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"node {name!r} is not running (stale: its process died)")
+        self.name = name
 
 
 class ControlError(RuntimeError):
@@ -68,10 +80,14 @@ def connect(name: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, endpoi
 
 
 def pick_node(name: str | None) -> str:
-    """``name`` if its socket exists; without a name, the one node that answers. Else NodeNotFound."""
+    """``name`` if it runs; without a name, the one node that answers. Else NodeNotFound (NodeStale
+    for a named node whose process died). RuntimeDirError if its folder is not private."""
     if name is not None:
-        if not socket_path(name).exists():
+        folder = existing_node_dir(name)
+        if folder is None or not (folder / "control.sock").exists():
             raise NodeNotFound(f"no node {name!r} is running{_running_hint()}")
+        if not node_alive(name):
+            raise NodeStale(name)
         return name
     live = [n for n, status in node_statuses() if status is not None]
     if len(live) == 1:
@@ -86,14 +102,30 @@ def _running_hint() -> str:
     return f" (running: {', '.join(names)})" if names else ""
 
 
+def node_alive(name: str) -> bool:
+    """True while a process holds the node's lock: the kernel drops it when that process dies."""
+    folder = existing_node_dir(name)
+    return folder is not None and lock_holder(folder) is not None
+
+
+def clear_stale(name: str) -> bool:
+    """Remove a dead node's sockets and lock, and kill what its run left; False if it runs after all."""
+    folder = existing_node_dir(name)
+    return folder is None or sweep_dead_run(folder, node_sockets(name))
+
+
 def node_statuses(timeout: float = PING_TIMEOUT) -> list[tuple[str, dict | None]]:
-    """Every node with a control socket and its status, or None when it did not answer (stale)."""
+    """Every node with a control socket and its status; None for a dead one (``node_alive`` tells
+    it from a live one that did not answer within ``timeout``)."""
     found = []
     for name in running_nodes():
+        if not node_alive(name):
+            found.append((name, None))
+            continue
         with Client(name, timeout=timeout) as client:
             try:
                 found.append((name, client.status()))
-            except (TimeoutError, ControlError):
+            except (TimeoutError, ControlError, NodeStale):
                 found.append((name, None))
     return found
 
@@ -181,26 +213,35 @@ class Client(_Operations):
         self.name = name
         self.timeout = timeout
         self._ids = itertools.count(1)
+        self._local = endpoint is None  # a local node's lock says whether it is alive
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.connect(_secured(self._socket, name, endpoint, keys))
 
     def _call(self, make, convert, timeout=None, give_up: Callable[[], bool] | None = None):
+        """One round trip. Gives up early when ``give_up()`` says so (TimeoutError) or, by
+        default for a local node, when its lock is free (NodeStale)."""
         request_id = next(self._ids)
         self._socket.send(ENCODER.encode(make(request_id)))
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        watch = give_up is not None or self._local
         while (left := deadline - time.monotonic()) > 0:
-            if self._socket.poll(int(min(left, 0.1 if give_up else left) * 1000) + 1):
+            if self._socket.poll(int(min(left, WATCH_PERIOD if watch else left) * 1000) + 1):
                 reply = FROM_NODE.decode(self._socket.recv())
                 if reply.request_id in (request_id, 0):
                     return convert(_check(reply))
-            elif give_up is not None and give_up():
-                break
-        raise TimeoutError(f"node {self.name!r} did not answer within {self.timeout if timeout is None else timeout} s")
+            elif give_up is not None:
+                if give_up():
+                    break
+            elif self._local and not node_alive(self.name):
+                raise NodeStale(self.name)
+        raise TimeoutError(f"node {self.name!r} did not answer within {limit} s")
 
     def wait_ready(self, timeout: float, give_up: Callable[[], bool]) -> dict[str, Any]:
-        """Status, waiting for a node that is starting; ``give_up()`` is checked every 0.1 s."""
+        """Status, waiting for a node that is starting (its lock may not be taken yet, so only
+        ``give_up()`` ends the wait early; it is checked every 0.1 s)."""
         return self._call(lambda rid: GetStatus(rid), _status, timeout, give_up)
 
     def stop(self, *, timeout: float | None = 120.0) -> Result:
@@ -266,21 +307,25 @@ class AsyncClient(_Operations):
         self.name = name
         self.timeout = timeout
         self._ids = itertools.count(1)
+        self._local = endpoint is None
         self._context = zmq.asyncio.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.connect(_secured(self._socket, name, endpoint, keys))
 
     async def _call(self, make, convert, timeout=None):
+        """As ``Client._call``: a local node found dead raises NodeStale within 0.1 s."""
         request_id = next(self._ids)
         await self._socket.send(ENCODER.encode(make(request_id)))
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         while (left := deadline - time.monotonic()) > 0:
-            if await self._socket.poll(int(left * 1000) + 1):
+            if await self._socket.poll(int(min(left, WATCH_PERIOD if self._local else left) * 1000) + 1):
                 reply = FROM_NODE.decode(await self._socket.recv())
                 if reply.request_id in (request_id, 0):
                     return convert(_check(reply))
+            elif self._local and not node_alive(self.name):
+                raise NodeStale(self.name)
         raise TimeoutError(f"node {self.name!r} did not answer within {limit} s")
 
     async def stop(self, *, timeout: float | None = 120.0) -> Result:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import threading
 import time
 from typing import Any, Callable
@@ -22,10 +23,11 @@ from ._effects import (
 )
 from ._control import open_control
 from ._exit import ExitReason
-from ._processes import ProcessManager, StartFailed, kill_leftovers
+from ._node_run import RUN_VAR, AlreadyRunning, RunLock, kill_run, new_run_id
+from ._processes import ProcessManager, StartFailed
 from ._runtime import node_dir
 from ._spec_rules import node_problems, spec_problems
-from ._specs import AnySpec, NodeSpec, SupervisorSpec, walk
+from ._specs import AnySpec, NodeSpec, SupervisorSpec, name_problem, walk
 from ._supervisor import Supervisor
 
 log = logging.getLogger("otpy")
@@ -35,6 +37,10 @@ Listener = Callable[[dict[str, Any]], None]
 
 class NodeStartError(RuntimeError):
     """The tree could not start: the message names the child and the reason. Nothing is left running."""
+
+
+class NodeAlreadyRunning(NodeStartError):
+    """A node of this name already runs in this runtime folder; it was not touched."""
 
 
 class AsyncNode:
@@ -53,6 +59,7 @@ class AsyncNode:
         # Set by whoever runs the node (``otpy start``) to hear ``otpy stop``; else the node stops itself.
         self.on_stop_request: Callable[[], None] | None = None
         self._stop_task: asyncio.Task | None = None
+        self._run: RunLock | None = None  # held from start to the end of stop
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike, **kwargs) -> "AsyncNode":
@@ -63,15 +70,36 @@ class AsyncNode:
     # --- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the tree in order; returns once every child is READY. Raises NodeStartError."""
+        """Start the tree in order; returns once every child is READY. Raises NodeStartError.
+
+        First the node's lock (NodeAlreadyRunning if another process holds it), then the sweep
+        of what the previous run left, then the tree. The lock is held until ``stop`` ends.
+        """
         if problems := node_problems(self.spec):
             raise NodeStartError("invalid spec: " + "; ".join(problems))
+        raise_fd_limit()
         self.dir = node_dir(self.name)
-        for pid in kill_leftovers(self.name):
-            log.warning("otpy[%s]: stopped pid %d left by an earlier run of this node", self.name, pid)
+        try:
+            self._run = RunLock.take(self.dir, new_run_id())
+        except AlreadyRunning as exc:
+            raise NodeAlreadyRunning(already_running(self.name, exc.pid)) from None
+        try:
+            self._sweep_previous_run()
+            await self._start_tree()
+        except BaseException:
+            self._run.release()
+            raise
+
+    def _sweep_previous_run(self) -> None:
+        """Kill what the last run of this node left: it is over, since we hold the lock."""
+        if self._run.previous_run:
+            for pid in kill_run(self._run.previous_run):
+                log.warning("otpy[%s]: stopped pid %d left by an earlier run of this node", self.name, pid)
+
+    async def _start_tree(self) -> None:
         self.processes = ProcessManager(node_name=self.name, on_output=self._on_output)
         await self.processes.open()
-        env = {"OTPY_NODE_DIR": str(self.dir)}
+        env = {"OTPY_NODE_DIR": str(self.dir), RUN_VAR: self._run.run_id}
         self.root = Supervisor(self.spec.root, processes=self.processes, report=self._report, child_env=env)
         try:
             await self.root.start()
@@ -115,6 +143,8 @@ class AsyncNode:
             await self._services.pop().close()
         if self.processes is not None:
             await self.processes.close()
+        if self._run is not None:
+            self._run.release()
 
     # --- OTP's operations -------------------------------------------------------------------
 
@@ -132,6 +162,8 @@ class AsyncNode:
         return await sup.call(lambda ref: StartChild(spec, ref))
 
     async def start_from_template(self, sup_id: str, template: str, child_id: str, args=None) -> Result:
+        if problem := name_problem(child_id):  # before anything: the id names a socket file
+            return Result("invalid", detail=problem)
         sup = self.supervisor(sup_id)
         if sup is None:
             return Result("not_found", detail=f"no supervisor {sup_id!r}")
@@ -225,6 +257,38 @@ class AsyncNode:
         _log_event(event)
         for listener in list(self.listeners):
             listener(event)
+
+
+def already_running(name: str, pid: int) -> str:
+    """The one wording of a refused second start (the node, and ``otpy start --detach``)."""
+    return f"node {name!r} is already running (pid {pid or 'unknown'})"
+
+
+def raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit, once per process.
+
+    libzmq aborts the whole process (not an error) when it cannot get an fd; a node with
+    many agents and clients needs more than the usual soft 1024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else _nr_open()
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.debug("otpy: cannot raise the open files limit from %d to %d: %s", soft, target, exc)
+    else:
+        log.debug("otpy: open files limit raised from %d to %d", soft, target)
+
+
+def _nr_open() -> int:
+    """The kernel's cap on a process's fds (what an unlimited hard limit means in practice)."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 20
 
 
 def _log_event(e: dict[str, Any]) -> None:

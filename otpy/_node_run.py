@@ -7,18 +7,160 @@ or the node died and a new run of the same node starts), whatever still carries 
 killed: that is the last net under process groups, the parent-death signal and the
 zygote's subreaper, and it can never touch another node, or another run of this one.
 
+One run at a time: the node holds ``flock`` on ``node.lock`` in its runtime folder for its
+whole life. The kernel drops the lock when the node's process dies, however it dies, so
+"the lock is free" is the proof that no node of that name runs in that runtime folder (a
+different runtime folder is a different namespace). The file records ``<pid> <run id>``:
+who holds it, and, once free, which run is over and may be swept.
+
 >>> new_run_id() != new_run_id()
 True
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
+import time
 import uuid
+from pathlib import Path
 
 RUN_VAR = "OTPY_NODE_RUN"
+LOCK_NAME = "node.lock"
 _NEEDLE_PREFIX = RUN_VAR.encode() + b"="
+# A probe (``lock_holder``) holds the lock shared for microseconds; a start retries this long
+# before it takes that probe for a running node.
+_TAKE_PATIENCE = 0.25
+
+
+class AlreadyRunning(Exception):
+    """The lock is held: a node of that name runs in that runtime folder. ``pid``: its process (0 if unknown)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(pid)
+        self.pid = pid
+
+
+class RunLock:
+    """This process's hold on a node's ``node.lock``: taken by ``take``, dropped by ``release`` (or death)."""
+
+    def __init__(self, fd: int, path: Path, run_id: str, previous_run: str | None) -> None:
+        self.fd = fd
+        self.path = path
+        self.run_id = run_id
+        self.previous_run = previous_run  # the run recorded before this one: over, safe to sweep
+
+    @classmethod
+    def take(cls, folder: Path, run_id: str) -> "RunLock":
+        """Lock ``folder/node.lock`` and record this process and ``run_id``; else AlreadyRunning."""
+        path = folder / LOCK_NAME
+        fd = _lock_exclusive(path)
+        previous = _read_record(fd)[1]
+        record = f"{os.getpid()} {run_id}\n".encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+        return cls(fd, path, run_id, previous)
+
+    def release(self) -> None:
+        """Drop the lock (the record stays: it names the run that is now over). Idempotent."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def lock_holder(folder: Path) -> int | None:
+    """The pid of the node holding ``folder/node.lock``, 0 if held but not recorded yet, None if free.
+
+    Takes the lock shared, without waiting, and drops it at once: a question, not a claim.
+    """
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_record(fd)[0]
+        return None
+    finally:
+        os.close(fd)
+
+
+def sweep_dead_run(folder: Path, leftovers: list[Path]) -> bool:
+    """For a node whose process died: kill what its run left, remove ``leftovers`` and the lock.
+
+    Done under the lock, so no start of the node can interleave; False (nothing done) when
+    a node holds the lock after all.
+    """
+    try:
+        lock = RunLock.take(folder, new_run_id())
+    except AlreadyRunning:
+        return False
+    try:
+        if lock.previous_run:
+            kill_run(lock.previous_run)
+        for path in leftovers:
+            _remove(path)
+        os.unlink(lock.path)  # a start waiting on this inode sees it unlinked and opens anew
+    finally:
+        lock.release()
+    return True
+
+
+def _lock_exclusive(path: Path) -> int:
+    """An fd of ``path`` (created 0600) locked exclusively; the file is still the one at ``path``."""
+    deadline = time.monotonic() + _TAKE_PATIENCE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _read_record(fd)[0]
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise AlreadyRunning(pid) from None
+            time.sleep(0.01)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)  # unlinked by a sweep while we waited: lock the new file
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _read_record(fd: int) -> tuple[int, str | None]:
+    """(pid, run id) recorded in a lock file; (0, None) when empty or unreadable."""
+    fields = os.pread(fd, 200, 0).decode(errors="replace").split()
+    if len(fields) != 2 or not fields[0].isdigit():
+        return 0, None
+    return int(fields[0]), fields[1]
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder's files (one level: sockets), whichever ``path`` is; nothing if absent."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            for entry in path.iterdir():
+                entry.unlink(missing_ok=True)
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+            raise
 
 
 def new_run_id() -> str:

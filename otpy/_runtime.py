@@ -11,11 +11,15 @@ import os
 import stat
 from pathlib import Path
 
-from ._specs import check_name
+from ._specs import check_name, name_problem
 
 
 class RuntimeDirError(RuntimeError):
-    """The runtime folder exists but is not private to this user; fix or remove it."""
+    """The runtime folder exists but is not private to this user; fix or remove it.
+
+    Refused alike by the node (which would bind sockets there) and by clients (which would
+    connect to whatever socket is there): a symlink, another owner, or not a folder.
+    """
 
 
 def runtime_root() -> Path:
@@ -27,13 +31,31 @@ def runtime_root() -> Path:
 
 
 def _private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise RuntimeDirError(f"{path} is not a folder owned by uid {os.getuid()}; remove it and retry")
-    if stat.S_IMODE(info.st_mode) != 0o700:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:  # a file, or a symlink to nowhere: refused below
+        pass
+    except OSError as exc:
+        raise RuntimeDirError(f"cannot make the runtime folder {path}: {exc.strerror}; "
+                              "set OTPY_RUNTIME_DIR to a folder of yours") from None
+    _check_private(path)
+    if stat.S_IMODE(path.lstat().st_mode) != 0o700:
         os.chmod(path, 0o700)
     return path
+
+
+def _check_private(path: Path) -> bool:
+    """False if ``path`` does not exist; True if it is a folder of this user; else RuntimeDirError."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        what = "a symlink" if stat.S_ISLNK(info.st_mode) else (
+            "not a folder" if not stat.S_ISDIR(info.st_mode) else f"owned by uid {info.st_uid}")
+        raise RuntimeDirError(f"runtime folder {path} is {what}, not a folder owned by uid {os.getuid()}; "
+                              "remove it and retry")
+    return True
 
 
 def node_dir(name: str) -> Path:
@@ -41,6 +63,15 @@ def node_dir(name: str) -> Path:
     check_name(name, "node name")
     _private_dir(runtime_root())
     return _private_dir(runtime_root() / name)
+
+
+def existing_node_dir(name: str) -> Path | None:
+    """The node's folder if it exists (checked private, never created), else None: for clients."""
+    check_name(name, "node name")
+    root = runtime_root()
+    if not _check_private(root) or not _check_private(root / name):
+        return None
+    return root / name
 
 
 def control_endpoint(name: str) -> str:
@@ -51,12 +82,19 @@ def events_endpoint(name: str) -> str:
     return f"ipc://{runtime_root() / check_name(name, 'node name') / 'events.sock'}"
 
 
+def node_sockets(name: str) -> list[Path]:
+    """What only a live node may use in its folder: its sockets (removed when it is found dead)."""
+    folder = runtime_root() / check_name(name, "node name")
+    return [folder / "control.sock", folder / "events.sock", folder / "agents"]
+
+
 def running_nodes() -> list[str]:
     """Names of nodes of this user that have a control socket (they may have died: ask them)."""
     root = runtime_root()
-    if not root.is_dir():
+    if not _check_private(root):
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "control.sock").exists())
+    return sorted(p.name for p in root.iterdir()
+                  if name_problem(p.name) is None and (p / "control.sock").exists())
 
 
 # Where agents listen: one socket per agent id, the same for every incarnation.

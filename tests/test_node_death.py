@@ -1,5 +1,6 @@
 """The node dies (``kill -9`` of ``otpy start``): nothing it started survives, and the next
-start of the same node stops whatever an earlier run left behind (issue #8, item 2)."""
+start of the same node stops whatever an earlier run left behind (issue #8, item 2): what
+carries that run's tag (OTPY_NODE_RUN), recorded in the node's lock file, and nothing else."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import psutil
 import pytest
 
 import otpy
+from otpy._runtime import runtime_root
 from tests.helpers import alive, unique_name, wait_dead
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,6 +104,11 @@ type = "supervisor"
     return str(path)
 
 
+def recorded_run(name: str) -> str:
+    """The run id the node recorded in its lock file (``<pid> <run id>``)."""
+    return (runtime_root() / name / "node.lock").read_text().split()[1]
+
+
 def kill_all(pids_) -> None:
     for pid in pids_:
         try:
@@ -140,14 +147,15 @@ def test_starting_again_stops_what_a_dead_run_left_and_starts_cleanly(tmp_path):
     try:
         first.wait_line("team started pid")
         first_run = first.descendants() + read_pids(tmp_path / "grandchild") + read_pids(tmp_path / "deep")
+        run = recorded_run(name)
         first.kill9()
         (tmp_path / "grandchild").unlink()
         (tmp_path / "deep").unlink()
-        # A leftover of the dead run: carries OTPY_NODE=<name>, in its own session, not a
-        # descendant of the next run. And a process of another node, which must be spared.
-        leftover = subprocess.Popen(["sleep", "3600"], env={**os.environ, "OTPY_NODE": name},
+        # A leftover of the dead run: carries its run tag, in its own session, not a descendant
+        # of the next run. And a process that only names the node (no run tag): spared.
+        leftover = subprocess.Popen(["sleep", "3600"], env={**os.environ, "OTPY_NODE_RUN": run},
                                     start_new_session=True)
-        other = subprocess.Popen(["sleep", "3600"], env={**os.environ, "OTPY_NODE": name + "-other"},
+        other = subprocess.Popen(["sleep", "3600"], env={**os.environ, "OTPY_NODE": name},
                                  start_new_session=True)
         second = OtpyStart(topology(tmp_path, name))
         line = second.wait_line(f"stopped pid {leftover.pid} left by an earlier run")
@@ -158,7 +166,7 @@ def test_starting_again_stops_what_a_dead_run_left_and_starts_cleanly(tmp_path):
             tree = client.status()["tree"]
             assert tree["state"] == "running"
             assert [c["state"] for c in tree["children"]] == ["running"] * 4
-        assert other.poll() is None, "a process of another node was killed"
+        assert other.poll() is None, "a process without the dead run's tag was killed"
         assert wait_dead(first_run, 1.0) == [], "something of the dead run survived the new start"
         assert alive(read_pids(tmp_path / "grandchild")[0])
     finally:
