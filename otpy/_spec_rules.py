@@ -44,6 +44,7 @@ MAX_SECONDS = 10 * 365 * 24 * 3600  # every duration: far below asyncio's and in
 MAX_COUNT = 1_000_000  # max_restarts, max_children: far more than any tree, far below int64
 MAX_RSS_MIB = 2 ** 30  # 1 PiB
 ARGS_MAX_DEPTH = 64  # msgspec raises RecursionError near 1000 levels; a config is never this deep
+ARGS_PATH_DEPTH = 8  # a message names keys down to this level
 INT64 = (-(2 ** 63), 2 ** 63 - 1)  # TOML's integers; msgpack refuses more than 64 bits
 ARGS_EXPECTED = ("plain data: tables with string keys, arrays, strings, numbers, booleans, "
                  f"dates, at most {ARGS_MAX_DEPTH} levels deep, integers within signed 64 bits")
@@ -226,19 +227,20 @@ def _env_problems(env: object) -> list[Problem]:
 
 
 def _args_problem(value: Any, path: str, depth: int) -> Problem | None:
-    """The first value under ``args`` that cannot cross the wire as plain msgpack data."""
+    """The first value under ``args`` that cannot cross the wire as plain msgpack data.
+
+    Key paths stop growing below ``ARGS_PATH_DEPTH`` levels, so a deep one stays readable."""
     if depth > ARGS_MAX_DEPTH and isinstance(value, (dict, list, tuple)):
-        return Problem(path, f"got a table or array nested {depth} levels deep; expected {ARGS_EXPECTED}")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str) or not _is_utf8(key):
+        return Problem(path, f"got a table or array nested {depth} levels deep (at or below this key); "
+                             f"expected {ARGS_EXPECTED}")
+    if isinstance(value, (dict, list, tuple)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(value, dict) and (not isinstance(key, str) or not _is_utf8(key)):
                 return Problem(path, f"got key {_show(key)}; expected {ARGS_EXPECTED}")
-            if (problem := _args_problem(item, join(path, toml_key(key)), depth + 1)) is not None:
-                return problem
-        return None
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            if (problem := _args_problem(item, f"{path}[{index}]", depth + 1)) is not None:
+            below = path if depth >= ARGS_PATH_DEPTH else join(path, f"[{key}]" if isinstance(key, int)
+                                                                     else toml_key(key))
+            if (problem := _args_problem(item, below, depth + 1)) is not None:
                 return problem
         return None
     if isinstance(value, bool) or value is None or isinstance(value, (float, bytes, datetime.date, datetime.time)):

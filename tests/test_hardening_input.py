@@ -1,0 +1,206 @@
+"""Hostile input is refused before anything touches the file system or the wire.
+
+Ids and node names are never paths (one rule: ``_specs.name_problem``); values that would pass
+``validate`` but fail at start (NUL in paths, '=' in an env key, integers msgpack cannot encode,
+durations asyncio cannot wait, ports that do not exist) are refused by the one value checker of
+``_spec_rules``, at their key path in a topology file, and ``otpy validate`` exits 2 for them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from otpy._config import TopologyError, load_topology, parse_topology
+from otpy._spec_rules import ARGS_MAX_DEPTH, MAX_SECONDS, node_problems, spec_problems
+from otpy._specs import NAME_PATTERN, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parent.parent
+HOSTILE_NAMES = ["../control", "../../x", "", ".", "..", "a/b", "a" * 65, "-x", "a\0b", "/abs", " a"]
+
+
+def worker(child_id: str = "w", **fields) -> ChildSpec:
+    return ChildSpec(id=child_id, command=("true",), **fields)
+
+
+# --- 1. names are never paths -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_hostile_ids_are_refused_wherever_they_stand(name):
+    as_child = spec_problems(SupervisorSpec(id="root", children=(worker(name),)))
+    as_supervisor = spec_problems(SupervisorSpec(id="root", children=(SupervisorSpec(id=name),)))
+    as_dynamic = spec_problems(DynamicSupervisorSpec(id=name))
+    as_template = spec_problems(DynamicSupervisorSpec(id="pool", templates={name: worker("x")}))
+    as_node = node_problems(NodeSpec(name=name, root=SupervisorSpec(id="root")))
+    assert any(p.startswith(f"child {name!r}: id: got {name!r}; expected a name") for p in as_child), as_child
+    assert any(p.startswith(f"supervisor {name!r}: id: got") for p in as_supervisor), as_supervisor
+    assert any(p.startswith(f"dynamic supervisor {name!r}: id: got") for p in as_dynamic), as_dynamic
+    assert any(p.startswith(f"dynamic supervisor 'pool': templates: got template name {name!r}")
+               for p in as_template), as_template
+    assert as_node and as_node[0].startswith(f"node name: got {name!r}"), as_node
+
+
+def test_a_long_template_display_id_is_not_checked_as_a_name():
+    """The message id ``owner.templates.name`` may exceed 64 chars: only the template name is a name."""
+    pool = DynamicSupervisorSpec(id="p" * 64, templates={"t" * 64: worker("ignored")})
+    assert spec_problems(SupervisorSpec(id="root", children=(pool,))) == []
+
+
+@given(st.text(max_size=70))
+@settings(max_examples=300, deadline=None)
+def test_an_id_passes_exactly_when_it_matches_the_one_pattern(name):
+    import re
+
+    problems = spec_problems(worker(name))
+    assert (problems == []) == bool(re.fullmatch(NAME_PATTERN, name)), problems
+
+
+# --- 2. values that would fail at start, from Python ------------------------------------------
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("spec, expected", [
+    (worker(env={"A": "x\0y"}), "child 'w': env.A: got"),
+    (worker(env={"A=B": "x"}), "child 'w': env.\"A=B\": got key"),
+    (worker(env={"": "x"}), "child 'w': env.\"\": got key"),
+    (worker(env={"A\0": "x"}), "child 'w': env."),
+    (ChildSpec(id="w", command=("true", "a\0b")), "child 'w': command[1]: got"),
+    (ChildSpec(id="w", command=("tr\0ue",)), "child 'w': command[0]: got"),
+    (worker(cwd="/tmp/\0x"), "child 'w': cwd: got"),
+    (worker(cwd=""), "child 'w': cwd: got"),
+    (ChildSpec(id="w", program="m:f\0"), "child 'w': program: got"),
+    (ChildSpec(id="w", program="../m:f"), "child 'w': program: got"),
+    (worker(args={"n": 2 ** 64}), "child 'w': args.n: got"),
+    (worker(args={"n": [1, -(2 ** 63) - 1]}), "child 'w': args.n[1]: got"),
+    (worker(args={"n": 2 ** 63}), "child 'w': args.n: got"),
+    (worker(args={"deep": nested(ARGS_MAX_DEPTH + 5)}), "child 'w': args.deep"),
+    (worker(args={1: "x"}), "child 'w': args: got key 1"),
+    (worker(args={"o": object()}), "child 'w': args.o: got"),
+    (worker(args={"s": "\ud800"}), "child 'w': args.s: got"),
+    (worker(shutdown=1e29), "child 'w': shutdown: got 1e+29"),
+    (worker(shutdown=float("nan")), "child 'w': shutdown: got nan"),
+    (worker(shutdown="5"), "child 'w': shutdown: got '5'"),
+    (worker(start_timeout=float(MAX_SECONDS + 1)), "child 'w': start_timeout: got"),
+    (worker(start_timeout=float("inf")), "child 'w': start_timeout: got inf"),
+    (worker(max_rss=float("inf")), "child 'w': max_rss: got inf"),
+    (SupervisorSpec(id="s", max_seconds=10 ** 29), "supervisor 's': max_seconds: got"),
+    (SupervisorSpec(id="s", max_seconds=1e29), "supervisor 's': max_seconds: got 1e+29"),
+    (SupervisorSpec(id="s", max_restarts=10 ** 12), "supervisor 's': max_restarts: got"),
+    (SupervisorSpec(id="s", shutdown=1e29), "supervisor 's': shutdown: got"),
+    (DynamicSupervisorSpec(id="d", max_children=2 ** 64), "dynamic supervisor 'd': max_children: got"),
+    (DynamicSupervisorSpec(id="d", templates={"t": worker("x", env={"A=": "1"})}),
+     "child 'd.templates.t': env.\"A=\": got key"),
+    (worker(restart="sometimes"), "child 'w': cannot be sent as msgpack"),
+])
+def test_values_that_fail_at_start_are_refused_naming_the_field(spec, expected):
+    problems = spec_problems(spec)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_plain_args_at_the_bounds_pass():
+    args = {"big": 2 ** 63 - 1, "small": -(2 ** 63), "deep": nested(ARGS_MAX_DEPTH - 1), "f": float("nan"),
+            "b": b"\0", "s": "nul \0 is fine in data", "t": (1, 2)}
+    assert spec_problems(worker(args=args, shutdown=float(MAX_SECONDS), start_timeout=float(MAX_SECONDS))) == []
+
+
+@pytest.mark.parametrize("endpoint, ok", [
+    ("tcp://127.0.0.1:7400", True), ("tcp://*:7400", True), ("tcp://[::1]:7400", True),
+    ("tcp://localhost:7400", True), ("tcp://lo:7400", True),
+    ("tcp://127.0.0.1:99999", False), ("tcp://127.0.0.1:0", False), ("udp://127.0.0.1:7400", False),
+    ("tcp://no-such-host.invalid:7400", False), ("tcp://127.0.0.1", False), ("ipc:///tmp/x", False),
+    ("tcp://127.0.0.1:*", False),
+])
+def test_control_tcp_is_a_bindable_tcp_endpoint(endpoint, ok):
+    problems = node_problems(NodeSpec(name="n", root=SupervisorSpec(id="root"), control_tcp=endpoint))
+    assert (problems == []) == ok, problems
+    if not ok:
+        assert problems[0].startswith(f"node control_tcp: got {endpoint!r}")
+
+
+# --- 2. the same values in a topology file, at their key paths ---------------------------------
+
+CHILD = '[supervisor]\n[[supervisor.children]]\nid = "w"\n'
+DEEP = "[" * (ARGS_MAX_DEPTH + 5) + "]" * (ARGS_MAX_DEPTH + 5)
+
+
+@pytest.mark.parametrize("text, path", [
+    (CHILD + 'command = ["true"]\nenv = { A = "x\\u0000y" }\n', "supervisor.children[0].env.A"),
+    (CHILD + 'command = ["true"]\nenv = { "A=B" = "x" }\n', 'supervisor.children[0].env."A=B"'),
+    (CHILD + 'command = ["true"]\nenv = { "" = "x" }\n', 'supervisor.children[0].env.""'),
+    (CHILD + 'command = ["true", "a\\u0000b"]\n', "supervisor.children[0].command[1]"),
+    (CHILD + 'command = ["true"]\ncwd = "x\\u0000y"\n', "supervisor.children[0].cwd"),
+    (CHILD + 'command = ["true"]\ncwd = "~x\\u0000y"\n', "supervisor.children[0].cwd"),
+    (CHILD + 'command = ["true"]\nargs = { n = 18446744073709551616 }\n', "supervisor.children[0].args.n"),
+    (CHILD + f'command = ["true"]\nargs = {{ deep = {DEEP} }}\n', "supervisor.children[0].args.deep" + "[0]" * 6),
+    (CHILD + 'command = ["true"]\nshutdown = 1e29\n', "supervisor.children[0].shutdown"),
+    (CHILD + 'command = ["true"]\nstart_timeout = 1e300\n', "supervisor.children[0].start_timeout"),
+    ('[supervisor]\nmax_seconds = 1e29\n', "supervisor.max_seconds"),
+    ('[supervisor]\nmax_seconds = 100000000000000000\n', "supervisor.max_seconds"),
+    ('[supervisor]\nmax_restarts = 100000000000000000\n', "supervisor.max_restarts"),
+    ('[supervisor]\n[[supervisor.children]]\nid = "d"\ntype = "dynamic_supervisor"\n'
+     'max_children = 100000000000000000\n', "supervisor.children[0].max_children"),
+    ('[supervisor]\n[[supervisor.children]]\nid = "d"\ntype = "dynamic_supervisor"\n'
+     '[supervisor.children.templates.t]\ncommand = ["true"]\nenv = { "A=B" = "x" }\n',
+     'supervisor.children[0].templates.t.env."A=B"'),
+    ('[node]\ncontrol_tcp = "tcp://127.0.0.1:99999"\n[supervisor]\n', "node.control_tcp"),
+    ('[node]\ncontrol_tcp = "tcp://127.0.0.1:0"\n[supervisor]\n', "node.control_tcp"),
+    ('[node]\ncontrol_tcp = "udp://127.0.0.1:7400"\n[supervisor]\n', "node.control_tcp"),
+    ('[node]\ncontrol_tcp = "tcp://no-such-host.invalid:7400"\n[supervisor]\n', "node.control_tcp"),
+    ('[node]\nname = ".."\n[supervisor]\n', "node.name"),
+    ('[supervisor]\n[[supervisor.children]]\nid = "../control"\ncommand = ["true"]\n',
+     "supervisor.children[0].id"),
+])
+def test_bad_values_in_a_file_are_refused_at_their_key_path(text, path):
+    with pytest.raises(TopologyError) as caught:
+        parse_topology(text, source="t.toml")
+    assert any(p.startswith(f"t.toml: {path}: got") for p in caught.value.problems), caught.value.problems
+
+
+@pytest.mark.parametrize("file_name", ["..toml", "...toml", ".toml"])
+def test_a_node_named_by_a_dot_file_name_is_refused(tmp_path, file_name):
+    file = tmp_path / file_name
+    file.write_text("[supervisor]\n")
+    with pytest.raises(TopologyError) as caught:
+        load_topology(file)
+    assert caught.value.problems[0].startswith(f"{file}: node.name: got "), caught.value.problems
+    assert "(from the file name)" in caught.value.problems[0]
+
+
+# --- otpy validate agrees, and makes nothing --------------------------------------------------
+
+
+def validate(file: Path, runtime: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OTPY_RUNTIME_DIR": str(runtime)}
+    return subprocess.run([sys.executable, "-m", "otpy", "validate", str(file)], capture_output=True,
+                          text=True, env=env, cwd=file.parent, timeout=50)
+
+
+@pytest.mark.parametrize("name, text, path", [
+    ("env.toml", CHILD + 'command = ["true"]\nenv = { "A=B" = "x" }\n', 'supervisor.children[0].env."A=B"'),
+    ("big.toml", CHILD + 'command = ["true"]\nargs = { n = 18446744073709551616 }\n',
+     "supervisor.children[0].args.n"),
+    ("port.toml", '[node]\ncontrol_tcp = "tcp://127.0.0.1:99999"\n[supervisor]\n', "node.control_tcp"),
+    ("..toml", "[supervisor]\n", "node.name"),
+])
+def test_validate_exits_2_naming_the_key_and_makes_no_runtime_folder(tmp_path, name, text, path):
+    file, runtime = tmp_path / name, tmp_path / "runtime"
+    file.write_text(text)
+    result = validate(file, runtime)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert f"{file}: {path}: got" in result.stderr
+    assert not runtime.exists()
