@@ -21,8 +21,11 @@ otpy._config.TopologyError: t.toml: supervisor.max_seconds: got 0; expected a nu
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import tomllib
 
@@ -32,7 +35,6 @@ from typing import Any, Iterator, Union
 
 from pydantic import ValidationError
 
-from ._program import import_target
 from ._registry import with_registry
 from ._spec_rules import Problem as ValueProblem
 from ._spec_rules import located_value_problems, node_value_problems, toml_key
@@ -305,7 +307,8 @@ def parse_topology(
 def load_topology(path: str | os.PathLike, *, check_imports: bool = True) -> Topology:
     """The topology in the file at ``path``; its node is named after the file unless ``[node] name``.
 
-    With ``check_imports`` every ``program`` is imported, and failures are problems too.
+    With ``check_imports`` every ``program`` is imported (in a child process), failures are
+    problems too, and ``use_program_folders`` prepares this process to start the node.
     """
     source = os.fspath(path)
     try:
@@ -315,7 +318,11 @@ def load_topology(path: str | os.PathLike, *, check_imports: bool = True) -> Top
         raise TopologyError([f"{source}: cannot read the file: {exc}"]) from None
     stem = os.path.splitext(os.path.basename(source))[0]
     base_dir = os.path.dirname(os.path.abspath(source))
-    return parse_topology(text, source=source, default_name=stem, base_dir=base_dir, check_imports=check_imports)
+    topology = parse_topology(text, source=source, default_name=stem, base_dir=base_dir,
+                              check_imports=check_imports)
+    if check_imports:
+        use_program_folders(topology)
+    return topology
 
 
 def _programs(spec: AnySpec, path: str) -> Iterator[tuple[str, str]]:
@@ -331,31 +338,97 @@ def _programs(spec: AnySpec, path: str) -> Iterator[tuple[str, str]]:
             yield from _programs(template, f"{path}.templates.{_key(name)}")
 
 
-def _import_problem(target: str) -> str | None:
+IMPORT_TIMEOUT = 30.0  # seconds for one child to import the programs; a hang is a problem, not a wait
+
+# Run by ``python -c`` in a child: the request (sys.path, targets) comes on stdin; one JSON line per
+# target, written as soon as it is known, goes to the report fd (the child's original stdout). The
+# program's own output goes to stderr, so it cannot forge or garble a report.
+_IMPORT_CHILD = """
+import json, os, sys
+report = os.fdopen(os.dup(1), "w", buffering=1)
+os.dup2(2, 1)
+request = json.load(sys.stdin)
+sys.path[:] = request["path"]
+from otpy._program import import_target
+for index, target in enumerate(request["targets"]):
     try:
         obj = import_target(target)
     except ImportError as exc:
-        return f"cannot import {target!r}: {exc}"
-    except (Exception, SystemExit) as exc:
-        return f"cannot import {target!r}: {type(exc).__name__}: {exc}"
-    if not callable(obj):
-        return f"got {target!r}, of type {type(obj).__name__!r}; expected a Program class or a function"
-    return None
+        problem = f"cannot import {target!r}: {exc}"
+    except BaseException as exc:
+        problem = f"cannot import {target!r}: {type(exc).__name__}: {exc}"
+    else:
+        problem = None if callable(obj) else (
+            f"got {target!r}, of type {type(obj).__name__!r}; expected a Program class or a function")
+    report.write(json.dumps([index, problem]) + chr(10))
+"""
 
 
-def check_programs(topology: Topology) -> list[str]:
-    """Import every ``program`` target; one problem per target that fails.
-
-    The topology file's folder and the current directory are put on ``sys.path`` first.
-    """
+def program_folders(topology: Topology) -> list[str]:
+    """Where programs are imported from, besides ``sys.path``: the current directory and the
+    topology file's folder (a program next to its topology needs no install)."""
     folders = [os.getcwd()]
     if os.path.isfile(topology.path):
         folders.append(os.path.dirname(os.path.abspath(topology.path)))
-    for folder in folders:
+    return folders
+
+
+def use_program_folders(topology: Topology) -> None:
+    """Put ``program_folders`` on this process's ``sys.path``: the node that starts ``topology``
+    hands its ``sys.path`` to the zygote, which imports the programs."""
+    for folder in program_folders(topology):
         if folder not in sys.path:
             sys.path.insert(0, folder)
-    problems = []
-    for path, target in _programs(topology.node.root, "supervisor"):
-        if (message := _import_problem(target)) is not None:
-            problems.append((path, message))
+
+
+def check_programs(topology: Topology, *, timeout: float = IMPORT_TIMEOUT) -> list[str]:
+    """Import every ``program`` target in a child process; one problem per target that fails.
+
+    A child, because an import runs user code: one that exits, kills itself or hangs must
+    become a problem, not end (or freeze) the caller, and the caller's ``sys.path`` and
+    modules stay as they were. One child imports them all; if one ends it, the next child
+    goes on after that target.
+    """
+    programs = list(_programs(topology.node.root, "supervisor"))
+    path = [folder for folder in program_folders(topology) if folder not in sys.path] + sys.path
+    problems: list[Problem] = []
+    done = 0
+    while done < len(programs):
+        reports, ended = _import_in_child([target for _, target in programs[done:]], path, timeout)
+        for index, message in reports:
+            if message is not None:
+                problems.append((programs[done + index][0], message))
+        done += len(reports)
+        if ended is not None and done < len(programs):
+            key_path, target = programs[done]
+            problems.append((key_path, f"importing {target!r} {ended}"))
+            done += 1
     return _format(topology.path, problems)
+
+
+def _import_in_child(targets: list[str], path: list[str], timeout: float) -> tuple[list[tuple], str | None]:
+    """The child's reports ``(index, problem or None)`` in order, and how it ended early, if it did."""
+    request = json.dumps({"path": path, "targets": targets})
+    try:
+        child = subprocess.run([sys.executable, "-c", _IMPORT_CHILD], input=request, capture_output=True,
+                               text=True, timeout=timeout)
+        stdout, stderr, status = child.stdout, child.stderr, child.returncode
+    except subprocess.TimeoutExpired as exc:
+        stdout, stderr = _text(exc.stdout), _text(exc.stderr)
+        status = None
+    reports = [tuple(json.loads(line)) for line in stdout.splitlines()]
+    if len(reports) == len(targets):
+        return reports, None
+    if status is None:
+        return reports, f"did not finish within {timeout:g} s{_last_line(stderr)}"
+    how = f"signal {-status} ({signal.Signals(-status).name})" if status < 0 else f"exit status {status}"
+    return reports, f"ended the process ({how}){_last_line(stderr)}"
+
+
+def _text(data: bytes | str | None) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+
+def _last_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    return f"; its last output: {lines[-1][:200]}" if lines else ""

@@ -204,3 +204,63 @@ def test_validate_exits_2_naming_the_key_and_makes_no_runtime_folder(tmp_path, n
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert f"{file}: {path}: got" in result.stderr
     assert not runtime.exists()
+
+
+# --- 3. a program's import runs in a child: it cannot end, freeze or change the caller ----------
+
+BAD_IMPORTS = {
+    "exits": "import os\nos._exit(0)\n",
+    "killed": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+    "raises": "raise SystemExit(3)\n",
+    "fine": "def agent(**inputs):\n    return inputs\n",
+    "notcallable": "agent = 42\n",
+}
+
+
+def programs_file(folder: Path, modules: dict[str, str], name: str = "node.toml") -> Path:
+    """A topology with one child per module, each module written next to it."""
+    text = "[supervisor]\n"
+    for module, source in modules.items():
+        (folder / f"otpy_hard_{module}.py").write_text(source + "def agent(**inputs):\n    return inputs\n"
+                                                       if module not in ("fine", "notcallable") else source)
+        text += f'[[supervisor.children]]\nid = "{module}"\nprogram = "otpy_hard_{module}:agent"\n'
+    file = folder / name
+    file.write_text(text)
+    return file
+
+
+def test_each_program_that_ends_its_import_is_a_problem_and_the_others_are_still_checked(tmp_path):
+    file = programs_file(tmp_path, BAD_IMPORTS)
+    path_before, modules_before = list(sys.path), set(sys.modules)
+    topology = load_topology(file, check_imports=False)
+    from otpy._config import check_programs
+
+    problems = check_programs(topology)
+    assert sys.path == path_before and not {m for m in sys.modules if m.startswith("otpy_hard_")} - modules_before
+    assert problems == [
+        f"{file}: supervisor.children[0].program: importing 'otpy_hard_exits:agent' ended the process "
+        "(exit status 0)",
+        f"{file}: supervisor.children[1].program: importing 'otpy_hard_killed:agent' ended the process "
+        "(signal 9 (SIGKILL))",
+        f"{file}: supervisor.children[2].program: cannot import 'otpy_hard_raises:agent': SystemExit: 3",
+        f"{file}: supervisor.children[4].program: got 'otpy_hard_notcallable:agent', of type 'int'; "
+        "expected a Program class or a function",
+    ]
+
+
+def test_a_program_whose_import_hangs_is_a_problem_after_the_timeout(tmp_path):
+    file = programs_file(tmp_path, {"hangs": "import time\nwhile True:\n    time.sleep(1)\n", "fine": "x = 1\n"})
+    from otpy._config import check_programs
+
+    problems = check_programs(load_topology(file, check_imports=False), timeout=2.0)
+    assert problems[0] == (f"{file}: supervisor.children[0].program: importing 'otpy_hard_hangs:agent' "
+                           "did not finish within 2 s")
+    assert problems[1].startswith(f"{file}: supervisor.children[1].program: cannot import 'otpy_hard_fine:agent'")
+
+
+def test_validate_of_a_program_that_exits_on_import_exits_2(tmp_path):
+    file = programs_file(tmp_path, {"exits": BAD_IMPORTS["exits"]})
+    result = validate(file, tmp_path / "runtime")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "supervisor.children[0].program: importing 'otpy_hard_exits:agent' ended the process" in result.stderr
+    assert not (tmp_path / "runtime").exists()
