@@ -22,7 +22,7 @@ from ._effects import (
 )
 from ._exit import SHUTDOWN, ExitReason, should_restart
 from ._intensity import RestartWindow
-from ._machine import Child, _refuse, charge, due, retry_later, take_exit
+from ._machine import Child, StartPurpose, _refuse, charge, due, retry_later, take_exit
 from ._specs import AnySpec, DynamicSupervisorSpec, from_template
 
 
@@ -83,6 +83,12 @@ class DynamicMachine:
 
     def running_in_reverse(self, ids=None) -> tuple[str, ...]:
         return tuple(i for i in reversed(self.children) if self.children[i].state == "running")
+
+    def starting_for(self, id: str) -> StartPurpose | None:
+        """Why ``id`` is being started now (see ``StaticMachine.starting_for``)."""
+        if self._starting is None or self._starting[0] != id:
+            return None
+        return "restart" if self._starting[1] is None else "start"
 
     # ------------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from ._intensity import RestartWindow
 from ._specs import AnySpec, SupervisorSpec
 
 ChildState = Literal["running", "stopped", "restarting"]
+StartPurpose = Literal["restart", "start"]  # a restart decided by the machine, or init / a call
 
 
 @dataclass(slots=True)
@@ -109,6 +110,17 @@ class StaticMachine:
     def running_in_reverse(self, ids: list[str] | None = None) -> tuple[str, ...]:
         ids = self.order if ids is None else ids
         return tuple(i for i in reversed(ids) if self.children[i].state == "running")
+
+    def starting_for(self, id: str) -> StartPurpose | None:
+        """Why ``id`` is about to be started by the chain in progress (None: it is not).
+
+        Between the ``Spawn`` and its outcome the table says ``stopped``; a query answered
+        then shows the child ``restarting`` or ``starting`` instead (``Supervisor.children_info``).
+        """
+        chain = self._chain
+        if chain is None or id not in chain.pending:
+            return None
+        return "restart" if chain.purpose == "restart" else "start"
 
     # --- chains of starts -----------------------------------------------------------------
 

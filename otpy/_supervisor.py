@@ -24,8 +24,8 @@ from ._effects import (
     ChildExited, Effect, Event, Exit, Init, Post, Reply, Report, Result, Spawn, SpawnFailed,
     SpawnOk, Stop, StopSupervisor, Swap,
 )
-from ._exit import ExitReason
-from ._machine import StaticMachine
+from ._exit import ExitReason, should_restart
+from ._machine import Child, StaticMachine
 from ._processes import ProcessManager, StartFailed
 from ._specs import AnySpec, ChildSpec, DynamicSupervisorSpec, Shutdown, SupervisorSpec
 
@@ -263,20 +263,61 @@ class Supervisor:
     def handle_of(self, child_id: str) -> Handle | None:
         return self._handles.get(child_id)
 
+    def children_info(self) -> list[dict[str, Any]]:
+        """Each child as ``which_children`` shows it: id, pid, state, kind, restarts.
+
+        The machine's table changes only when the supervisor handles an event, and it may be
+        busy for seconds (a slow start, a long stop); meanwhile a child may die. The answer
+        is the truth between events: a child whose process is dead is never ``running`` and
+        has no pid; it is ``restarting`` if its exit will restart it (the decision table),
+        else ``stopped``. A child the chain in progress is about to start is ``restarting``
+        (a restart) or ``starting`` (init, ``start_child``, ``restart_child``); one the
+        supervisor is stopping, still alive, is ``stopping`` with its pid.
+        """
+        return [self._child_info(self.machine.children[i]) for i in self.machine.order]
+
+    def _child_info(self, child: Child) -> dict[str, Any]:
+        state, pid = self._shown_state(child)
+        return {"id": child.id, "pid": pid, "state": state, "kind": child.spec.kind,
+                "restarts": child.restarts}
+
+    def _shown_state(self, child: Child) -> tuple[str, int | None]:
+        handle = self._handles.get(child.id)
+        alive = handle is not None and not handle.exited.done() and not self.exited.done()
+        if child.state == "running":
+            if alive:
+                return "running", child.pid
+            return ("restarting" if self._will_restart(child, handle) else "stopped"), None
+        if child.state == "stopped":
+            purpose = self.machine.starting_for(child.id)
+            if purpose is not None and not self.exited.done():
+                return ("restarting" if purpose == "restart" else "starting"), None
+            if alive:
+                return "stopping", handle.pid
+        return child.state, None
+
+    def _will_restart(self, child: Child, handle: Handle | None) -> bool:
+        """Whether the exit of ``child``, dead but not yet handled, will restart it."""
+        if handle is None or self.exited.done() or self.machine.phase == "terminated":
+            return False  # no exit to judge, or the supervisor is stopping: no restarts
+        done = handle.exited
+        if done.cancelled() or done.exception() is not None:
+            return False  # no reason, so no ChildExited will come: nothing restarts it
+        return should_restart(child.spec.restart, done.result())
+
     def snapshot(self) -> dict[str, Any]:
         """This supervisor and everything below it, as plain data (``otpy status``)."""
         children = []
-        for child_id in self.machine.order:
-            child = self.machine.children[child_id]
-            handle = self._handles.get(child_id) if child.state == "running" else None
+        for info in self.children_info():
+            handle = self._handles.get(info["id"]) if info["state"] == "running" else None
             if isinstance(handle, Supervisor):
                 entry = handle.snapshot()
             else:
-                entry = {"id": child_id, "kind": child.spec.kind, "state": child.state,
-                         "pid": child.pid, "started_at": getattr(handle, "started_at", None)}
-                if child.spec.kind != "worker":
+                entry = {"id": info["id"], "kind": info["kind"], "state": info["state"],
+                         "pid": info["pid"], "started_at": getattr(handle, "started_at", None)}
+                if info["kind"] != "worker":
                     entry["children"] = []
-            entry["restarts"] = child.restarts
+            entry["restarts"] = info["restarts"]
             children.append(entry)
         state = "running" if not self.exited.done() else "stopped"
         return {"id": self.spec.id, "kind": self.spec.kind, "state": state, "pid": self.pid,

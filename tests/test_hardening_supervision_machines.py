@@ -184,3 +184,38 @@ class TestLostExits:
             d.send(ChildExited(i, old[i], LOST))
         assert d.log.count("start a") == 1 and d.exit is None
         assert [e for e in d.effects if isinstance(e, Stop)] == [Stop(("d", "c", "b"))]
+
+
+# --- what a child is shown as while a chain of starts is under way -----------------------------
+
+
+class TestStartingFor:
+    def test_static_restart_chain_names_the_children_it_will_restart(self):
+        d = _static("a b c".split(), strategy="rest_for_one")
+        d.on_spawn = lambda spec: seen.append({i: d.machine.starting_for(i) for i in "abc"})
+        seen: list[dict] = []
+        d.crash("b")
+        # While b is being started, b and c wait in the chain; a is untouched.
+        assert seen[0] == {"a": None, "b": "restart", "c": "restart"}
+        assert seen[1] == {"a": None, "b": None, "c": "restart"}
+        assert all(d.machine.starting_for(i) is None for i in "abc")
+
+    def test_static_init_and_start_child_are_starts(self):
+        spec = SupervisorSpec(id="sup", children=(_worker("a"), _worker("b")))
+        seen: list[dict] = []
+        d = Driver(StaticMachine(spec))
+        d.on_spawn = lambda s: seen.append({i: d.machine.starting_for(i) for i in d.machine.order})
+        d.init()
+        d.call(StartChild(_worker("c")))
+        assert seen == [{"a": "start", "b": "start"}, {"a": None, "b": "start"},
+                        {"a": None, "b": None, "c": "start"}]
+
+    def test_dynamic_start_and_restart(self):
+        seen: list = []
+        d = _dynamic(["a"])
+        d.on_spawn = lambda spec: seen.append((spec.id, d.machine.starting_for(spec.id),
+                                               d.machine.starting_for("a" if spec.id != "a" else "z")))
+        d.call(StartChild(_worker("b")))
+        d.crash("a")
+        assert seen == [("b", "start", None), ("a", "restart", None)]
+        assert d.machine.starting_for("a") is None
