@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import sys
 import threading
 from typing import Any
@@ -57,6 +58,95 @@ CREATE TABLE IF NOT EXISTS space (scope TEXT, name TEXT, definition TEXT NOT NUL
 """
 
 
+DB_MODE = 0o600  # the database and its -wal/-shm: values may be secrets; whatever the umask
+# otpy's tables and their columns: an existing file without them is not otpy's registry.
+TABLES = {"value": ("scope", "name", "value", "version"), "meta": ("key", "value"),
+          "space": ("scope", "name", "definition")}
+REQUIRED_TABLES = ("value", "meta")  # 'space' came later: an older registry gains it
+
+
+class RegistryFileError(RuntimeError):
+    """The registry's database file cannot be used. The message names the file.
+
+    Raised in ``setup``, it is the child's ``FAILED`` line: the registry does not start, and the
+    node says why, rather than serving defaults over a file that held acknowledged values."""
+
+
+def open_database(path: str) -> sqlite3.Connection:
+    """The registry's database at ``path``, in WAL mode with otpy's tables, mode 0600.
+
+    A new database is made only where no file is: a 0-byte, foreign or unreadable file is
+    refused (RegistryFileError naming it), since SQLite would take a 0-byte file as a new empty
+    database and the registry would start with defaults, the acknowledged values lost."""
+    if not os.path.lexists(path):
+        _create(path)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise RegistryFileError(f"registry database {path}: cannot read it: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+        what = "is empty" if stat.S_ISREG(info.st_mode) else "is not a regular file"
+        raise RegistryFileError(f"registry database {path} {what}; expected otpy's registry (SQLite). "
+                                "Remove it to start with no stored values")
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        _check_tables(db, path)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+    except sqlite3.Error as exc:
+        raise RegistryFileError(f"registry database {path}: {exc}; expected otpy's registry (SQLite)") from None
+    _make_private(path)
+    return db
+
+
+def _create(path: str) -> None:
+    """A new database with otpy's tables at ``path``, made beside it and renamed into place, so a
+    registry killed while making it leaves no file, or a whole one (never an empty one)."""
+    fresh = f"{path}.new"
+    for leftover in (fresh, f"{fresh}-wal", f"{fresh}-shm"):
+        if os.path.lexists(leftover):
+            os.unlink(leftover)
+    try:
+        os.close(os.open(fresh, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, DB_MODE))
+        os.chmod(fresh, DB_MODE)
+        db = sqlite3.connect(fresh, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+        finally:
+            db.close()
+        os.rename(fresh, path)
+        folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except (OSError, sqlite3.Error) as exc:
+        raise RegistryFileError(f"registry database {path}: cannot create it: {exc}") from None
+
+
+def _check_tables(db: sqlite3.Connection, path: str) -> None:
+    """RegistryFileError unless the database holds otpy's tables (reading it also proves it SQLite)."""
+    found = {name: tuple(column[1] for column in db.execute(f"PRAGMA table_info({name!r})"))
+             for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    wrong = [name for name, columns in TABLES.items()
+             if (name in REQUIRED_TABLES or name in found) and found.get(name) != columns]
+    if wrong:
+        raise RegistryFileError(f"registry database {path}: table {wrong[0]!r} has columns "
+                                f"{list(found.get(wrong[0], ()))}, expected {list(TABLES[wrong[0]])}: "
+                                "this SQLite file is not otpy's registry")
+
+
+def _make_private(path: str) -> None:
+    """Mode 0600 on the database and the WAL files SQLite made beside it."""
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            os.chmod(name, DB_MODE)
+        except FileNotFoundError:
+            pass
+
+
 class Registry(Program):
     """Serves ``ScopedValues`` over calls; every change is committed before the reply."""
 
@@ -64,12 +154,13 @@ class Registry(Program):
         self._lock = threading.Lock()  # the store, the database and the PUB: one request at a time
         self.store = ScopedValues(spaces_from_topology(args.get("variables", {})), args.get("parents", {}))
         path = args.get("path") or os.path.join(os.environ.get("OTPY_NODE_DIR", "."), "registry.db")
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
-        self._load_spaces()
-        self._load()
+        self.path = path
+        self.db = open_database(path)
+        try:
+            self._load_spaces()
+            self._load()
+        except sqlite3.Error as exc:
+            raise RegistryFileError(f"registry database {path}: cannot read it: {exc}") from None
         self._context = self.pub = None
         endpoint = args.get("events") or events_endpoint()
         if endpoint:
@@ -158,10 +249,15 @@ class Registry(Program):
         if problems:
             raise VariableError(problems)
         if added:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT OR REPLACE INTO space VALUES (?, ?, ?)",
-                                [(scope, name, json.dumps(table)) for name, (_, table) in added.items()])
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.executemany("INSERT OR REPLACE INTO space VALUES (?, ?, ?)",
+                                    [(scope, name, json.dumps(table)) for name, (_, table) in added.items()])
+                self.db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise RegistryFileError(f"registry database {self.path}: cannot write: {exc}") from exc
             self._declare(scope, [variable for variable, _ in added.values()])
         return sorted(added)
 
@@ -198,11 +294,11 @@ class Registry(Program):
             self.db.executemany("INSERT OR REPLACE INTO value VALUES (?, ?, ?, ?)", written)
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (self.store.version,))
             self.db.execute("COMMIT")
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             self._load()  # memory back to what is committed
-            raise
+            raise RegistryFileError(f"registry database {self.path}: cannot write: {exc}") from exc
         self._publish(written)
         return result
 

@@ -264,3 +264,67 @@ def test_validate_of_a_program_that_exits_on_import_exits_2(tmp_path):
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "supervisor.children[0].program: importing 'otpy_hard_exits:agent' ended the process" in result.stderr
     assert not (tmp_path / "runtime").exists()
+
+
+# --- 4. the registry's file: never silently replaced, always private --------------------------
+
+VARIABLES = {"global": {"t": {"type": "float", "low": 0.0, "high": 2.0, "default": 1.0}}}
+
+
+def open_registry(path: Path):
+    from otpy._registry import Registry
+
+    registry = Registry()
+    registry.setup({"variables": VARIABLES, "path": str(path)}, {})
+    return registry
+
+
+def foreign_sqlite(path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE notes (text TEXT)")
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda p: p.write_bytes(b""), "is empty"),
+    (lambda p: p.write_bytes(b"this is not a database, it is a text file\n" * 50), "file is not a database"),
+    (lambda p: p.write_bytes(b"SQLite format 3\0" + b"\xff" * 200), "expected otpy's registry"),
+    (foreign_sqlite, "table 'value' has columns []"),
+    (lambda p: p.mkdir(), "is not a regular file"),
+], ids=["empty", "text", "corrupt-header", "foreign-sqlite", "folder"])
+def test_an_existing_registry_file_that_is_not_otpys_is_refused_naming_it(tmp_path, make, why):
+    from otpy._registry import RegistryFileError
+
+    path = tmp_path / "registry.db"
+    make(path)
+    before = path.read_bytes() if path.is_file() else None
+    with pytest.raises(RegistryFileError) as caught:
+        open_registry(path)
+    assert str(path) in str(caught.value) and why in str(caught.value), caught.value
+    assert (path.read_bytes() if path.is_file() else None) == before  # left as it was
+
+
+def test_a_registry_database_keeps_acknowledged_values_and_a_crashed_creation_is_redone(tmp_path):
+    path = tmp_path / "registry.db"
+    (tmp_path / "registry.db.new").write_bytes(b"")  # a creation killed half-way
+    registry = open_registry(path)
+    assert registry.forward(op="set", scope="global", name="t", value=1.5)["ok"]
+    registry.teardown()
+    assert open_registry(path).forward(op="get", scope="global", name="t")["value"] == 1.5
+    assert not (tmp_path / "registry.db.new").exists()
+
+
+def test_registry_files_are_private_whatever_the_umask(tmp_path):
+    path = tmp_path / "registry.db"
+    old = os.umask(0)
+    try:
+        registry = open_registry(path)
+        assert registry.forward(op="set", scope="global", name="t", value=0.5)["ok"]
+        modes = {name: oct(os.stat(tmp_path / name).st_mode & 0o777)
+                 for name in ("registry.db", "registry.db-wal", "registry.db-shm")}
+    finally:
+        os.umask(old)
+    assert modes == dict.fromkeys(modes, "0o600")
