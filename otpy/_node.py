@@ -23,7 +23,7 @@ from ._effects import (
 )
 from ._control import open_control
 from ._exit import ExitReason
-from ._node_run import RUN_VAR, AlreadyRunning, RunLock, kill_run, new_run_id
+from ._node_run import AlreadyRunning, RunLock, kill_run, new_run_id
 from ._processes import ProcessManager, StartFailed
 from ._runtime import node_dir
 from ._spec_rules import node_problems, spec_problems
@@ -97,9 +97,9 @@ class AsyncNode:
                 log.warning("otpy[%s]: stopped pid %d left by an earlier run of this node", self.name, pid)
 
     async def _start_tree(self) -> None:
-        self.processes = ProcessManager(node_name=self.name, on_output=self._on_output)
+        self.processes = ProcessManager(node_name=self.name, on_output=self._on_output, run_id=self._run.run_id)
         await self.processes.open()
-        env = {"OTPY_NODE_DIR": str(self.dir), RUN_VAR: self._run.run_id}
+        env = {"OTPY_NODE_DIR": str(self.dir)}
         self.root = Supervisor(self.spec.root, processes=self.processes, report=self._report, child_env=env)
         try:
             await self.root.start()

@@ -149,6 +149,8 @@ def test_starting_again_stops_what_a_dead_run_left_and_starts_cleanly(tmp_path):
         first_run = first.descendants() + read_pids(tmp_path / "grandchild") + read_pids(tmp_path / "deep")
         run = recorded_run(name)
         first.kill9()
+        # The dead run's zygote sweeps its run as it dies: the leftover comes after that.
+        assert wait_dead(first_run, 5.0) == [], "the dead run's processes outlived it"
         (tmp_path / "grandchild").unlink()
         (tmp_path / "deep").unlink()
         # A leftover of the dead run: carries its run tag, in its own session, not a descendant
