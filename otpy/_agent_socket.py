@@ -6,6 +6,7 @@ A spare does not know its child id yet, so it binds its ROUTER at a name of its 
 file to the child's path. A rename replaces a stale file atomically: a caller connecting
 meanwhile finds either the old socket or the new one, never no file (libzmq's own bind
 unlinks first, then binds). Without a spare, the ROUTER is made and bound there and then.
+Either way the socket file is chmod 0600 right after its bind, whatever the umask.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 import zmq
 
 from ._runtime import agent_endpoint, agent_socket_path, agents_dir, make_agents_dir
+
+SOCKET_MODE = 0o600  # whatever the umask: only this user may call an agent (its folder is 0700 too)
 
 _warm: tuple[zmq.Context, zmq.Socket, Path] | None = None  # a spare's, until bound_router takes it
 
@@ -31,6 +34,7 @@ def warm_up(node: str) -> None:
     context, router = _new_router()
     path = spare_socket_path(node, os.getpid())
     router.bind(f"ipc://{path}")
+    os.chmod(path, SOCKET_MODE)  # the rename keeps it: the child's socket is private from the start
     _warm = (context, router, path)
 
 
@@ -52,6 +56,7 @@ def bound_router(node: str, child_id: str) -> tuple[zmq.Context, zmq.Socket]:
     make_agents_dir(node)
     context, router = _new_router()
     router.bind(agent_endpoint(node, child_id))  # libzmq unlinks the file a dead incarnation left
+    os.chmod(agent_socket_path(node, child_id), SOCKET_MODE)
     return context, router
 
 

@@ -27,27 +27,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import msgspec
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ._errors import AgentCrashed, BadRequest, CallError, CallTimeout, NoSuchAgent, Overloaded, RemoteError, Unencodable
-from ._protocol import DRAIN_NOTICE, ENCODER, FROM_AGENT, Call, CallFailed, Reply
+from ._call_messages import AgentDraining, encode_call, error_of, read_reply
+from ._errors import AgentCrashed, CallError, CallTimeout, NoSuchAgent
+from ._protocol import DRAIN_NOTICE, CallFailed, Reply
 from ._runtime import agent_endpoint, agent_socket_path
-from ._protocol import first_unencodable
 
 RECONNECT_IVL_MS = 2
 _MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
-
-
-def encode_call(call_id: int, inputs: Mapping[str, Any]) -> bytes:
-    """The wire form of a call; ``Unencodable`` names the input that cannot be sent."""
-    try:
-        if not all(isinstance(name, str) for name in inputs):
-            raise TypeError("input names must be str")
-        return ENCODER.encode(Call(call_id=call_id, inputs=dict(inputs)))
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-        raise Unencodable(f"input {first_unencodable(inputs)!r} cannot be encoded: {exc}") from None
 
 
 # --- the caller ---------------------------------------------------------------------------
@@ -322,7 +311,7 @@ class _IOLoop:
                 case CallFailed(kind="draining"):
                     self._send(pending, self._renew(link))  # not run: again, on a new connection
                 case CallFailed() as failed:
-                    self._fail_or_retry(pending, _error_of(failed, link.agent))
+                    self._fail_or_retry(pending, error_of(failed, link.agent))
 
     def _receive_events(self, link: _Link) -> None:
         while True:
@@ -406,10 +395,8 @@ def _next_reply(link: _Link) -> Reply | CallFailed | None:
             frame = link.dealer.recv(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return None
-        try:
-            return FROM_AGENT.decode(frame.buffer)
-        except msgspec.DecodeError:
-            continue
+        if (message := read_reply(frame.buffer)) is not None:
+            return message
 
 
 def _next_event(link: _Link) -> int | None:
@@ -458,30 +445,8 @@ def _own_reply(link: _Link, call_id: int) -> dict[str, Any] | None:
             case Reply(call_id=found, outputs=outputs) if found == call_id:
                 return outputs
             case CallFailed(call_id=found) if found == call_id:
-                raise _error_of(message, link.agent)
+                raise error_of(message, link.agent)
     return None
-
-
-class AgentDraining(CallError):
-    """The agent is shutting down and did not run the call: the caller sends it again on a new
-    connection (to the next holder of the name). Never reaches user code."""
-
-
-def _error_of(failed: CallFailed, agent: str) -> CallError:
-    match failed.kind:
-        case "draining":
-            return AgentDraining(failed.message, agent=agent)
-        case "raised":
-            return RemoteError(failed.message, agent=agent, error_type=failed.error_type,
-                               remote_traceback=failed.traceback)
-        case "overloaded":
-            return Overloaded(f"agent {agent!r} is overloaded: {failed.message}", agent=agent)
-        case "unencodable":
-            return Unencodable(f"agent {agent!r}: {failed.message}", agent=agent)
-        case "bad_request":
-            return BadRequest(f"agent {agent!r} could not read the call: {failed.message}", agent=agent)
-        case other:
-            return CallError(f"agent {agent!r} failed the call ({other}): {failed.message}", agent=agent)
 
 
 def _resolve(future: concurrent.futures.Future, outputs: dict) -> None:

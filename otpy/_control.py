@@ -1,44 +1,50 @@
 """The node's control socket (ZeroMQ ROUTER) and events socket (PUB).
 
 Both live in the node's private runtime folder (0700) and are chmod 0600 right after bind.
-Requests are the ``client <-> node (control)`` messages of ``_protocol``; they are served
-by ONE loop, one at a time, in arrival order (ZeroMQ queues the rest), and each gets exactly
-one reply. Anything that cannot be decoded gets a ``ControlError`` saying why, and nothing
-changes. A message over ``MAX_MESSAGE_BYTES`` is dropped by ZeroMQ, which also disconnects
-its sender (``ZMQ_MAXMSGSIZE``): that sender gets no reply.
+Requests are the ``client <-> node (control)`` messages of ``_protocol``; each gets exactly
+one reply. Requests that concern one supervisor are served one after the other, in arrival
+order, in that supervisor's lane; different supervisors' lanes proceed independently, as
+OTP's supervisor processes do, and ``GetStatus`` waits for none (``_control_requests``).
+
+Whatever a message holds, only its sender is affected: anything that cannot be decoded (not
+msgpack, a wrong field, nested deeper than ``_wire.MAX_DEPTH``, over ``MAX_MESSAGE_BYTES``
+in all its frames) gets a ``bad_request`` ``ControlError`` saying why, is logged (a few lines
+a minute at most), and the receive loops go on; a loop that ends anyway is started again.
+A frame over ``MAX_MESSAGE_BYTES`` is dropped by ZeroMQ itself, which also disconnects its
+sender (``ZMQ_MAXMSGSIZE``): that sender gets no reply. At most ``MAX_WAITING`` requests
+wait for their reply; beyond, the node stops reading and ZeroMQ queues (then drops) the rest.
 
 ``StopNode`` is answered after the tree has stopped: the request is remembered, the node is
 asked to stop (``AsyncNode.request_stop``), and ``close()`` (run by the node once its tree is
-down) sends the ``Stopping`` reply before closing the socket.
+down) sends the ``Stopping`` reply before closing the socket; every request still waiting
+then gets ``ControlError(stopping)``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import zmq
 import zmq.asyncio
 
-from ._effects import Result
-from ._protocol import (
-    ENCODER, TO_NODE, ChildInfo, Children, ControlError, CountChildren, Counts, DeleteChild, GetStatus,
-    Message, NodeEvent, Outcome, Reconfigure, RestartChild, SetVariables, StartChild, StartFromTemplate,
-    Status, StopNode, Stopping, TerminateChild, TreeEntry, WhichChildren,
-)
+from ._control_requests import Lane, dispatch, lane_of, parse_request, receive_bounded
+from ._protocol import ENCODER, ControlError, Message, NodeEvent, StopNode, Stopping
 from ._runtime import control_endpoint, events_endpoint, node_dir
+from ._wire import Complaints, WireError, describe, encode
 
 if TYPE_CHECKING:
     from ._node import AsyncNode
 
 log = logging.getLogger("otpy")
 
-MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: bigger messages are dropped and their sender disconnected
+MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: a bigger frame is dropped and its sender disconnected; a bigger
+# message of several frames gets bad_request
+MAX_WAITING = 1024  # requests received and not answered yet; beyond, the node reads no more for now
 REPLY_LINGER_MS = 2000  # how long close() lets the last replies (the Stopping ones) leave
 EVENT_FIELDS = ("kind", "node", "supervisor", "child", "pid", "detail", "time")
 
@@ -62,9 +68,14 @@ class ControlServer:
         self._pub: zmq.Socket | None = None
         self._tcp: zmq.asyncio.Socket | None = None  # opt-in, CURVE only
         self._auth = None
-        self._requests: asyncio.Queue = asyncio.Queue()  # (socket, identity, body) in arrival order
-        self._tasks: list[asyncio.Task] = []
-        self._in_flight: tuple[zmq.asyncio.Socket, bytes, int] | None = None
+        self._tasks: list[asyncio.Task] = []  # the receive loops
+        self._running: set[asyncio.Task] = set()  # one per request being answered
+        self._lanes: dict[Lane, asyncio.Task] = {}  # each lane's last request
+        self._tokens = itertools.count()
+        self._waiting: dict[int, tuple[zmq.asyncio.Socket, bytes, int]] = {}  # not answered yet
+        self._room = asyncio.Event()  # set while fewer than MAX_WAITING wait
+        self._room.set()
+        self._closing = False
         self._stop_waiters: list[tuple[zmq.asyncio.Socket, bytes, int]] = []
 
     # --- life cycle -------------------------------------------------------------------------
@@ -81,8 +92,9 @@ class ControlServer:
         if self.node.spec.control_tcp:
             self._open_tcp(self.node.spec.control_tcp)
         self.node.listeners.append(self.publish)
-        self._tasks = [asyncio.ensure_future(self._receive(sock)) for sock in (self._router, self._tcp) if sock]
-        self._tasks.append(asyncio.ensure_future(self._serve()))
+        for sock in (self._router, self._tcp):
+            if sock is not None:
+                self._start_receiving(sock)
 
     def _open_tcp(self, endpoint: str) -> None:
         """The TCP control endpoint: CURVE-encrypted, only clients in ``curve/authorized`` get in."""
@@ -106,21 +118,23 @@ class ControlServer:
         os.chmod(_ipc_path(endpoint), 0o600)
 
     async def close(self) -> None:
-        """Stop serving, answer whoever waits (in-flight request, StopNode), close the sockets."""
-        for task in self._tasks:
+        """Stop serving, answer whoever waits (requests in flight or queued, StopNode), close the sockets."""
+        self._closing = True
+        tasks = [*self._tasks, *self._running]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.publish in self.node.listeners:
             self.node.listeners.remove(self.publish)
         endpoints = (control_endpoint(self.node.name), events_endpoint(self.node.name))
         for endpoint in endpoints:  # first: once a client has its reply, the node is gone for others too
             _ipc_path(endpoint).unlink(missing_ok=True)
-        if self._in_flight is not None:
-            sock, identity, request_id = self._in_flight
-            await self._send(sock, identity, ControlError(request_id, "stopping", "the node stopped before answering"))
+        for sock, identity, request_id in self._waiting.values():
+            await self._reply_now(sock, identity, ControlError(request_id, "stopping", "the node stopped before answering"))
+        self._waiting.clear()
         exits = self.node.on_stop_request is not None
         for sock, identity, request_id in self._stop_waiters:
-            await self._send(sock, identity, Stopping(request_id, pid=os.getpid(), process_exits=exits))
+            await self._reply_now(sock, identity, Stopping(request_id, pid=os.getpid(), process_exits=exits))
         self._router.close()
         if self._tcp is not None:
             self._tcp.close()
@@ -140,84 +154,106 @@ class ControlServer:
 
     # --- requests ---------------------------------------------------------------------------
 
+    def _start_receiving(self, sock: zmq.asyncio.Socket) -> None:
+        """A receive loop for ``sock``; if it ever ends while the server is open, it is logged
+        and started again: the node must never go deaf."""
+        task = asyncio.ensure_future(self._receive(sock))
+        self._tasks.append(task)
+        task.add_done_callback(lambda done: self._receiving_ended(done, sock))
+
+    def _receiving_ended(self, task: asyncio.Task, sock: zmq.asyncio.Socket) -> None:
+        if self._closing or task.cancelled():
+            return
+        log.error("otpy[%s]: the control receive loop ended (%r): started again", self.node.name, task.exception())
+        self._tasks.remove(task)
+        self._start_receiving(sock)
+
     async def _receive(self, sock: zmq.asyncio.Socket) -> None:
+        """Take messages as they come, whatever they hold; each becomes a request task or an
+        error reply. Only a closed socket ends this loop."""
         while True:
-            identity, *body = await sock.recv_multipart()
-            self._requests.put_nowait((sock, identity, body))
+            await self._room.wait()  # too many requests waiting: ZeroMQ queues the rest (its HWM)
+            try:
+                frames, size = await receive_bounded(sock, MAX_MESSAGE_BYTES)
+                self._accept(sock, frames, size)
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError as exc:
+                if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
+                    return
+                _complain(f"otpy[{self.node.name}]: control receive failed: {describe(exc)}")
+                await asyncio.sleep(0.01)  # an error that repeats must not spin the loop
+            except Exception as exc:  # anything else: the message is lost, the loop goes on
+                _complain(f"otpy[{self.node.name}]: a control message was dropped: {describe(exc)}")
 
-    async def _serve(self) -> None:
-        """One request at a time, in arrival order, whichever socket it came on."""
-        while True:
-            sock, identity, body = await self._requests.get()
-            reply = await self._answer(sock, identity, body)
-            if reply is not None:
-                await self._send(sock, identity, reply)
-
-    async def _send(self, sock: zmq.asyncio.Socket, identity: bytes, reply: Message) -> None:
-        await sock.send_multipart([identity, ENCODER.encode(reply)])
-
-    async def _answer(self, sock: zmq.asyncio.Socket, identity: bytes, body: list[bytes]) -> Message | None:
-        if len(body) != 1:
-            return ControlError(0, "bad_request", f"expected one frame after the identity, got {len(body)}")
-        try:
-            request = TO_NODE.decode(body[0])
-        except msgspec.DecodeError as exc:  # also ValidationError: unknown tag, wrong type, missing field
-            return ControlError(0, "bad_request", f"undecodable request: {exc}")
+    def _accept(self, sock: zmq.asyncio.Socket, frames: list[bytes] | None, size: int) -> None:
+        """Decode one message and start answering it: at once (errors, ``GetStatus``) or in its
+        supervisor's lane, behind the requests that came earlier for that supervisor."""
+        if not frames:
+            return  # no identity: nothing can be answered
+        identity, body = frames[0], frames[1:]
+        request = parse_request(body, size, MAX_MESSAGE_BYTES)
+        if isinstance(request, ControlError):
+            _complain(f"otpy[{self.node.name}]: refused a control request: {request.message}")
+            self._spawn(self._reply_now(sock, identity, request))
+            return
         if isinstance(request, StopNode):
             self._stop_waiters.append((sock, identity, request.request_id))
             self.node.request_stop()
-            return None
+            return
+        token = next(self._tokens)
+        self._waiting[token] = (sock, identity, request.request_id)
+        if len(self._waiting) >= MAX_WAITING:
+            self._room.clear()
+        key = lane_of(self.node, request)
+        previous = self._lanes.get(key) if key is not None else None
+        task = self._spawn(self._serve(token, previous, request))
+        if key is not None:
+            self._lanes[key] = task
+            task.add_done_callback(lambda done: self._lanes.pop(key) if self._lanes.get(key) is done else None)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return task
+
+    async def _serve(self, token: int, previous: asyncio.Task | None, request: Message) -> None:
+        """One request, once the previous one of its lane is done; its reply goes to its sender."""
+        if previous is not None:
+            await asyncio.wait([previous])
+        reply = await self._answer(request)
+        waiting = self._waiting.pop(token, None)
+        if len(self._waiting) < MAX_WAITING:
+            self._room.set()
+        if waiting is not None:
+            sock, identity, _ = waiting
+            await self._reply_now(sock, identity, reply)
+
+    async def _reply_now(self, sock: zmq.asyncio.Socket, identity: bytes, reply: Message) -> None:
+        try:
+            await self._send(sock, identity, reply)
+        except Exception as exc:  # the socket closed meanwhile, or the reply would not encode
+            _complain(f"otpy[{self.node.name}]: a control reply was not sent: {describe(exc)}")
+
+    async def _send(self, sock: zmq.asyncio.Socket, identity: bytes, reply: Message) -> None:
+        try:
+            data = encode(ENCODER, reply)
+        except WireError as exc:
+            data = ENCODER.encode(ControlError(getattr(reply, "request_id", 0), "internal",
+                                               f"the reply could not be encoded: {exc}"))
+        await sock.send_multipart([identity, data])
+
+    async def _answer(self, request: Message) -> Message:
         if self.node.stopping:
             return ControlError(request.request_id, "stopping", f"node {self.node.name!r} is stopping")
-        self._in_flight = (sock, identity, request.request_id)
         try:
-            return await self._dispatch(request)
+            return await dispatch(self.node, request)
         except LookupError as exc:
             return ControlError(request.request_id, "not_found", str(exc.args[0]) if exc.args else "not found")
         except Exception as exc:  # a bug must not take the node down; say what happened
             log.exception("otpy[%s]: control request %r failed", self.node.name, request)
             return ControlError(request.request_id, "internal", f"{type(exc).__name__}: {exc}")
-        finally:
-            self._in_flight = None
-
-    async def _dispatch(self, request: Message) -> Message:
-        node = self.node
-        match request:
-            case WhichChildren(request_id=rid, supervisor=sup):
-                return Children(rid, [ChildInfo(**c) for c in node.which_children(sup or None)])
-            case CountChildren(request_id=rid, supervisor=sup):
-                return Counts(rid, **node.count_children(sup or None))
-            case StartChild(request_id=rid, supervisor=sup, spec=spec):
-                return _outcome(rid, await node.start_child(sup or None, spec))
-            case StartFromTemplate(request_id=rid, supervisor=sup, template=template, id=child_id, args=args):
-                return _outcome(rid, await node.start_from_template(sup or None, template, child_id, args))
-            case TerminateChild(request_id=rid, id=child_id, supervisor=sup):
-                return _outcome(rid, await node.terminate_child(child_id, sup or None))
-            case RestartChild(request_id=rid, id=child_id, supervisor=sup):
-                return _outcome(rid, await node.restart_child(child_id, sup or None))
-            case DeleteChild(request_id=rid, id=child_id, supervisor=sup):
-                return _outcome(rid, await node.delete_child(child_id, sup or None))
-            case Reconfigure(request_id=rid, supervisor=sup, source=source, target=target):
-                return _outcome(rid, await node.reconfigure(sup or None, source, target))
-            case SetVariables(request_id=rid, scope=scope, values=values):
-                return _outcome(rid, await node.set_variables(scope, values))
-            case GetStatus(request_id=rid):
-                status = node.status()
-                return Status(rid, node=status["node"], pid=status["pid"], tree=tree_entry(status["tree"]))
-        raise AssertionError(f"unhandled request {request!r}")
 
 
-def _outcome(request_id: int, result: Result) -> Outcome:
-    return Outcome(request_id, result.outcome, pid=result.pid, detail=result.detail)
-
-
-def tree_entry(snapshot: dict[str, Any]) -> TreeEntry:
-    """A supervisor's ``snapshot()`` as wire data, with uptime instead of a monotonic start time."""
-    started = snapshot.get("started_at")
-    running = snapshot["state"] == "running" and started is not None
-    children = snapshot.get("children")
-    return TreeEntry(
-        id=snapshot["id"], kind=snapshot["kind"], state=snapshot["state"], pid=snapshot.get("pid"),
-        restarts=snapshot.get("restarts", 0), uptime=round(time.monotonic() - started, 3) if running else None,
-        children=None if children is None else [tree_entry(c) for c in children],
-    )
+_complain = Complaints(log.warning)

@@ -14,9 +14,11 @@ import msgspec
 
 from ._program import Program
 from ._protocol import ENCODER, TO_AGENT, Call, CallFailed, Reply, first_unencodable
+from ._wire import WireError, decode, encode
 
 DEFAULT_CONCURRENCY = 1
 DEFAULT_MAX_QUEUE = 1000
+MAX_TEXT = 64 * 1024  # of an exception's message and traceback sent back to the caller
 
 
 def limits(program: Program, args: Mapping[str, Any]) -> tuple[int, int]:
@@ -40,16 +42,28 @@ def rss_mib() -> float:
 
 
 def decode_call(payload) -> Call | CallFailed:
+    """The call, or the ``bad_request`` failure to send back: whatever the bytes (too deep,
+    not msgpack, a decoder's RecursionError or MemoryError), the call loop goes on."""
     try:
-        return TO_AGENT.decode(payload)
-    except msgspec.DecodeError as exc:
+        return decode(TO_AGENT, payload)
+    except WireError as exc:
         return CallFailed(call_id=call_id_of(payload), kind="bad_request", message=str(exc))
 
 
+class _Head(msgspec.Struct):
+    """Only a message's ``call_id``: its other fields are skipped, not built."""
+
+    call_id: int = 0
+
+
+_HEAD = msgspec.msgpack.Decoder(_Head)
+
+
 def call_id_of(payload) -> int:
+    """The ``call_id`` of a message that does not decode as a whole (0 if it has none), so
+    that its sender's call fails at once rather than at its deadline."""
     try:
-        call_id = msgspec.msgpack.decode(payload).get("call_id", 0)
-        return call_id if isinstance(call_id, int) else 0
+        return _HEAD.decode(payload).call_id
     except Exception:
         return 0
 
@@ -59,14 +73,23 @@ def run_call(program: Program, call: Call) -> bytes:
     try:
         outputs = as_outputs(program(**call.inputs))
     except BaseException as exc:
-        return ENCODER.encode(CallFailed(call_id=call.call_id, kind="raised", error_type=type(exc).__name__,
-                                         message=str(exc), traceback=traceback.format_exc()))
+        return _raised(call.call_id, exc)
     try:
-        return ENCODER.encode(Reply(call_id=call.call_id, outputs=outputs))
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        return encode(ENCODER, Reply(call_id=call.call_id, outputs=outputs))
+    except WireError as exc:  # any failure (RecursionError too): the caller is told, the call thread lives
         name = first_unencodable(outputs)
-        return ENCODER.encode(CallFailed(call_id=call.call_id, kind="unencodable", error_type=type(exc).__name__,
-                                         message=f"output {name!r} cannot be encoded: {exc}"))
+        return ENCODER.encode(CallFailed(call_id=call.call_id, kind="unencodable", error_type="WireError",
+                                         message=f"output {name!r} cannot be sent: {exc}"))
+
+
+def _raised(call_id: int, exc: BaseException) -> bytes:
+    """The ``raised`` failure; its text is cut so that a huge or odd exception still goes out."""
+    try:
+        message, trace = str(exc)[:MAX_TEXT], traceback.format_exc()[-MAX_TEXT:]
+    except Exception as inner:  # str() of the exception raised too
+        message, trace = f"(str() of the exception failed: {type(inner).__name__})", ""
+    return ENCODER.encode(CallFailed(call_id=call_id, kind="raised", error_type=type(exc).__name__,
+                                     message=message, traceback=trace))
 
 
 def as_outputs(result: Any) -> dict[str, Any]:

@@ -22,13 +22,16 @@ ENCODER = msgspec.msgpack.Encoder()
 
 
 def first_unencodable(values: dict[str, Any]) -> str:
-    """The name of the first entry of ``values`` msgpack cannot encode ('' if none)."""
+    """The name of the first entry of ``values`` msgpack cannot encode, or that nests too deep
+    to be received inside a message (a Call's or Reply's two levels above it); '' if none."""
+    from ._wire import MAX_DEPTH, WireError, encode
+
     for name, value in values.items():
         if not isinstance(name, str):
             return repr(name)
         try:
-            ENCODER.encode(value)
-        except Exception:
+            encode(ENCODER, value, MAX_DEPTH - 2)
+        except WireError:
             return name
     return ""
 

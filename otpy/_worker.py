@@ -36,20 +36,18 @@ import time
 import traceback
 from typing import Any, Callable, NoReturn
 
-import msgspec
 import zmq
 
 from ._forward import decode_call, limits, rss_mib, run_call
 from ._program import Program, instantiate
-from ._protocol import DRAIN_NOTICE, ENCODER, VARIABLE_CHANGED, Call, CallFailed
+from ._protocol import DRAIN_NOTICE, ENCODER, Call, CallFailed
 from ._agent_socket import bound_router
-from ._runtime import agent_socket_path
+from ._wire import Complaints
+from ._worker_registry import ConfigWatcher, registry_caller, resolve
 from ._specs import ChildSpec
 
 NOTIFY_FD = 3
 EXIT_CONFIG_CHANGED = 75  # a program without on_config exits so, to be restarted with new values
-REGISTRY_ID = "registry"  # as otpy._registry.REGISTRY_ID (not imported: it pulls in sqlite)
-RESOLVE_TIMEOUT = 5.0
 
 
 # --- the worker ---------------------------------------------------------------------------
@@ -71,7 +69,7 @@ def run(spec: ChildSpec) -> NoReturn:
             if agent is not None:
                 agent.add_thread()  # after READY, while the first caller is on its way
             if config and agent is not None:
-                ConfigWatcher(program, agent, config).start()
+                ConfigWatcher(program, agent, config, _registry, request_config_restart).start()
             serve(agent)
         except ShutdownRequested:
             _teardown(program)
@@ -140,40 +138,12 @@ def _start(spec: ChildSpec) -> tuple[Program, dict[str, Any]]:
     return program, config
 
 
-def _registry_caller():
-    """A Caller of this node, when the node has a registry and this child is not it; else None.
-
-    One ``stat`` of the registry's socket file: a node without ``[variables]`` waits for nothing.
-    """
-    node = os.environ.get("OTPY_NODE")
-    if not node or os.environ.get("OTPY_CHILD_ID") == REGISTRY_ID:
-        return None
-    if not agent_socket_path(node, REGISTRY_ID).exists():
-        return None
-    from ._calls import Caller
-
-    return Caller(node)
-
-
-def _chain() -> list[str]:
-    return [s for s in os.environ.get("OTPY_SUPERVISORS", "").split(",") if s]
-
-
-def resolve(caller, child_id: str) -> dict[str, Any]:
-    """The child's configuration from the registry; RuntimeError naming the problems."""
-    reply = caller.call(REGISTRY_ID, {"op": "resolve", "child": child_id, "chain": _chain()},
-                        timeout=RESOLVE_TIMEOUT, retries=1)
-    if not reply.get("ok"):
-        raise RuntimeError("; ".join(reply.get("problems") or [str(reply)]))
-    return reply["config"]
-
-
 _registry = None  # this worker's Caller of the registry, if the node has one
 
 
 def _resolve_config(child_id: str) -> dict[str, Any]:
     global _registry
-    _registry = _registry_caller()
+    _registry = registry_caller()
     if _registry is None:
         return {}
     try:
@@ -368,24 +338,33 @@ class AgentServer:
     def _take_calls(self) -> None:
         while True:
             try:
-                peer, payload = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            except ValueError:
-                continue  # not [peer, payload]: not from a Caller
-            match decode_call(payload.buffer):
-                case Call() as call if self.draining:
-                    self._answer(peer, CallFailed(call_id=call.call_id, kind="draining",
-                                                  message="the agent is shutting down; call again"))
-                case Call() as call if self.taken >= self.capacity:
-                    self._answer(peer, CallFailed(call_id=call.call_id, kind="overloaded",
-                                                  message=f"{self.taken} calls taken, the most it holds"))
-                case Call() as call:
-                    self.taken += 1
-                    self._remember(peer.bytes)
-                    self.put_job((peer, call))
-                case CallFailed() as failed:
-                    self._answer(peer, failed)
+            try:
+                self._take(frames)
+            except Exception as exc:  # whatever a message does, only its sender loses: the loop goes on
+                _complain(f"otpy: a call message was dropped: {_describe(exc)}")
+
+    def _take(self, frames: list) -> None:
+        if len(frames) != 2:
+            _complain(f"otpy: dropped a message of {len(frames) - 1} frames (a call has one)")
+            return  # not [peer, payload]: not from a Caller
+        peer, payload = frames
+        match decode_call(payload.buffer):
+            case Call() as call if self.draining:
+                self._answer(peer, CallFailed(call_id=call.call_id, kind="draining",
+                                              message="the agent is shutting down; call again"))
+            case Call() as call if self.taken >= self.capacity:
+                self._answer(peer, CallFailed(call_id=call.call_id, kind="overloaded",
+                                              message=f"{self.taken} calls taken, the most it holds"))
+            case Call() as call:
+                self.taken += 1
+                self._remember(peer.bytes)
+                self.put_job((peer, call))
+            case CallFailed() as failed:
+                _complain(f"otpy: refused a call message: {failed.message}")
+                self._answer(peer, failed)
 
     def _remember(self, peer: bytes) -> None:
         """The callers to tell when draining starts: the ``MAX_PEERS`` seen last."""
@@ -419,8 +398,21 @@ class AgentServer:
             if peer is None:  # not a call: a new configuration for on_config (ConfigWatcher)
                 _deliver_config(self.program, call)
                 continue
-            self.replies.put((peer, run_call(self.program, call)))
+            self.replies.put((peer, _reply_to(self.program, call)))
             os.eventfd_write(self.wake, 1)
+
+
+def _reply_to(program: Program, call: Call) -> bytes:
+    """``run_call``, and whatever goes wrong there still answers the caller: a call thread that
+    died would leave the agent shown running and never answering again."""
+    try:
+        return run_call(program, call)
+    except BaseException as exc:
+        return ENCODER.encode(CallFailed(call_id=call.call_id, kind="raised", error_type=type(exc).__name__,
+                                         message=f"the call failed in otpy: {_describe(exc)}"))
+
+
+_complain = Complaints(lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def _deliver_config(program: Program, config: dict[str, Any]) -> None:
@@ -430,75 +422,3 @@ def _deliver_config(program: Program, config: dict[str, Any]) -> None:
     except BaseException:
         traceback.print_exc()
         _exit(1)
-
-
-# --- configuration changes ----------------------------------------------------------------
-
-
-class ConfigWatcher(threading.Thread):
-    """Subscribes to the registry's changes and acts on those that change this child's config.
-
-    An event of a scope in the child's chain makes it resolve again (the registry knows which
-    scope a variable belongs to); a different configuration goes to ``on_config`` through the
-    call queue, or, for a program without ``on_config``, ends the worker for a restart. Each
-    time the SUB (re)connects (at first, after a registry restart) it resolves again too, so
-    a change published before the subscription was up is not missed for long.
-    """
-
-    def __init__(self, program: Program, agent: AgentServer, config: dict[str, Any]) -> None:
-        super().__init__(daemon=True, name="otpy-config")
-        self.program, self.agent, self.config = program, agent, config
-        self.child = os.environ.get("OTPY_CHILD_ID", "")
-        self.scopes = {self.child, *_chain(), "global"}
-        self.on_config = callable(getattr(program, "on_config", None))
-
-    def run(self) -> None:
-        from ._registry import events_endpoint
-
-        sub = self.agent.context.socket(zmq.SUB)
-        sub.linger = 0
-        sub.setsockopt(zmq.RECONNECT_IVL, 10)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        monitor = sub.get_monitor_socket(zmq.EVENT_CONNECTED)
-        sub.connect(events_endpoint())
-        poller = zmq.Poller()
-        poller.register(sub, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
-        while True:
-            ready = dict(poller.poll())
-            stale = False
-            if monitor in ready:
-                while _has_message(monitor):
-                    monitor.recv_multipart()
-                    stale = True
-            if sub in ready:
-                while _has_message(sub):
-                    stale |= self._concerns_us(sub.recv())
-            if stale and not self._refresh():
-                return
-
-    def _concerns_us(self, payload: bytes) -> bool:
-        try:
-            return VARIABLE_CHANGED.decode(payload).scope in self.scopes
-        except msgspec.DecodeError:
-            return False
-
-    def _refresh(self) -> bool:
-        """Resolve again and act on a difference; False once the worker is ending for a restart."""
-        try:
-            config = resolve(_registry, self.child)
-        except Exception as exc:  # the registry is restarting: its reconnection brings us back here
-            print(f"otpy: could not resolve the new configuration: {_describe(exc)}", file=sys.stderr, flush=True)
-            return True
-        if config == self.config:
-            return True
-        self.config = config
-        if self.on_config:
-            self.agent.put_job((None, config))
-            return True
-        request_config_restart()
-        return False
-
-
-def _has_message(socket: zmq.Socket) -> bool:
-    return bool(socket.poll(0, zmq.POLLIN))

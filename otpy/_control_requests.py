@@ -1,0 +1,124 @@
+"""What the control server does with one message: receive it within bounds, decode it, find
+its lane, carry it out.
+
+Lanes: OTP gives every supervisor its own process, so a slow operation under one supervisor
+(a ``terminate_child`` waiting out a shutdown timeout) never delays another supervisor's
+requests. Here every request that concerns a supervisor goes into that supervisor's lane:
+requests of one lane are carried out one after the other in arrival order (a
+``which_children`` sent after a ``terminate_child`` of the same supervisor sees the child
+stopped); different lanes proceed independently. ``GetStatus`` reads the whole tree and
+waits for nobody (lane ``None``). ``SetVariables`` has a lane of its own (the registry).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import zmq
+import zmq.asyncio
+
+from ._effects import Result
+from ._protocol import (
+    TO_NODE, ChildInfo, Children, ControlError, CountChildren, Counts, DeleteChild, GetStatus, Message,
+    Outcome, Reconfigure, RestartChild, SetVariables, StartChild, StartFromTemplate, Status,
+    TerminateChild, TreeEntry, WhichChildren,
+)
+from ._wire import WireError, decode
+
+if TYPE_CHECKING:
+    from ._node import AsyncNode
+
+Lane = tuple[str, str]
+
+
+async def receive_bounded(sock: zmq.asyncio.Socket, limit: int) -> tuple[list[bytes], int]:
+    """One message from a ROUTER: its frames, copied only while their total stays within
+    ``limit`` (the rest are received and dropped at once, uncopied), and its whole size.
+
+    ZeroMQ delivers a multipart message whole and limits only each frame (``ZMQ_MAXMSGSIZE``),
+    so the frames are in memory before the first is read; what this bounds is otpy's copy of
+    them, and how long ZeroMQ holds them (they are freed as they are read).
+    """
+    first = await sock.recv(copy=False)
+    frames, size, more = [first.bytes], 0, first.more
+    while more:
+        frame = await sock.recv(copy=False)  # already here: a multipart message arrives whole
+        size += len(frame.buffer)
+        if size <= limit:
+            frames.append(frame.bytes)
+        more = frame.more
+    return frames, size
+
+
+def parse_request(body: list[bytes], size: int, limit: int) -> Message:
+    """The request in ``body`` (the frames after the identity), or the ``bad_request`` to answer."""
+    if size > limit:
+        return ControlError(0, "bad_request", f"the message is {size} bytes, over the limit of {limit}")
+    if len(body) != 1:
+        return ControlError(0, "bad_request", f"expected one frame after the identity, got {len(body)}")
+    try:
+        return decode(TO_NODE, body[0])
+    except WireError as exc:  # whatever failed: unknown tag, wrong type, too deep, RecursionError ...
+        return ControlError(0, "bad_request", f"undecodable request: {exc}")
+
+
+def lane_of(node: "AsyncNode", request: Message) -> Lane | None:
+    """The lane of ``request``: the supervisor it concerns (found now, at arrival); None: no lane."""
+    match request:
+        case GetStatus():
+            return None
+        case SetVariables():
+            return ("variables", "")
+        case WhichChildren(supervisor=sup) | CountChildren(supervisor=sup) | StartChild(supervisor=sup) | \
+                StartFromTemplate(supervisor=sup):
+            found = node.supervisor(sup or None)
+            return ("supervisor", found.spec.id if found is not None else sup)
+        case TerminateChild(id=child, supervisor=sup) | RestartChild(id=child, supervisor=sup) | \
+                DeleteChild(id=child, supervisor=sup) | Reconfigure(source=child, supervisor=sup):
+            owner = node._owner(child, sup or None)
+            return ("supervisor", sup or child if isinstance(owner, Result) else owner.spec.id)
+    return ("other", type(request).__name__)
+
+
+async def dispatch(node: "AsyncNode", request: Message) -> Message:
+    match request:
+        case WhichChildren(request_id=rid, supervisor=sup):
+            return Children(rid, [ChildInfo(**c) for c in node.which_children(sup or None)])
+        case CountChildren(request_id=rid, supervisor=sup):
+            return Counts(rid, **node.count_children(sup or None))
+        case StartChild(request_id=rid, supervisor=sup, spec=spec):
+            return _outcome(rid, await node.start_child(sup or None, spec))
+        case StartFromTemplate(request_id=rid, supervisor=sup, template=template, id=child_id, args=args):
+            return _outcome(rid, await node.start_from_template(sup or None, template, child_id, args))
+        case TerminateChild(request_id=rid, id=child_id, supervisor=sup):
+            return _outcome(rid, await node.terminate_child(child_id, sup or None))
+        case RestartChild(request_id=rid, id=child_id, supervisor=sup):
+            return _outcome(rid, await node.restart_child(child_id, sup or None))
+        case DeleteChild(request_id=rid, id=child_id, supervisor=sup):
+            return _outcome(rid, await node.delete_child(child_id, sup or None))
+        case Reconfigure(request_id=rid, supervisor=sup, source=source, target=target):
+            return _outcome(rid, await node.reconfigure(sup or None, source, target))
+        case SetVariables(request_id=rid, scope=scope, values=values):
+            return _outcome(rid, await node.set_variables(scope, values))
+        case GetStatus(request_id=rid):
+            status = node.status()
+            return Status(rid, node=status["node"], pid=status["pid"], tree=tree_entry(status["tree"]))
+    raise AssertionError(f"unhandled request {request!r}")
+
+
+def _outcome(request_id: int, result: Result) -> Outcome:
+    return Outcome(request_id, result.outcome, pid=result.pid, detail=result.detail)
+
+
+def tree_entry(snapshot: dict[str, Any]) -> TreeEntry:
+    """A supervisor's ``snapshot()`` as wire data, with uptime instead of a monotonic start time."""
+    import time
+
+    started = snapshot.get("started_at")
+    running = snapshot["state"] == "running" and started is not None
+    children = snapshot.get("children")
+    return TreeEntry(
+        id=snapshot["id"], kind=snapshot["kind"], state=snapshot["state"], pid=snapshot.get("pid"),
+        restarts=snapshot.get("restarts", 0), uptime=round(time.monotonic() - started, 3) if running else None,
+        children=None if children is None else [tree_entry(c) for c in children],
+    )

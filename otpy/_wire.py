@@ -1,0 +1,148 @@
+"""Limits every receiver applies to wire bytes before and while it decodes them.
+
+msgspec decodes recursively and has no depth option: a 2 KB message nested 2,000 deep makes
+it raise ``RecursionError`` (not a ``DecodeError``), and a message nested a few hundred deep
+decodes into objects that blow the stack of whoever walks them next. So every receiver
+(the control socket, an agent's call loop, a caller's reply path) asks ``too_deep`` first and
+turns ANY failure of a decode into a typed answer to the sender (``decode``), never into an
+exception that ends its loop.
+
+``too_deep`` is cheap for ordinary messages: one C-speed ``bytes.translate`` counts the bytes
+that could open a container (fixmap, fixarray, array16/32, map16/32). A message with no more
+such bytes than ``MAX_DEPTH`` cannot nest deeper, whatever they mean; only a message with more
+is walked item by item (iteratively, bounded by its length) to measure its real depth.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import msgspec
+
+MAX_DEPTH = 100  # containers open at once, the message's own included: plenty for any real call
+
+_CONTAINER_HEADS = bytes([*range(0x80, 0xA0), *range(0xDC, 0xE0)])
+_NOT_CONTAINER_HEADS = bytes(b for b in range(256) if b not in _CONTAINER_HEADS)
+
+
+class WireError(ValueError):
+    """Bytes a receiver refuses: undecodable, too deep, or over a size limit. The message says why."""
+
+
+def too_deep(data: bytes | bytearray | memoryview, limit: int = MAX_DEPTH) -> bool:
+    """True when the msgpack ``data`` opens more than ``limit`` containers at once."""
+    if len(data) <= limit:
+        return False  # every container takes at least one byte
+    raw = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+    if len(raw.translate(None, _NOT_CONTAINER_HEADS)) <= limit:
+        return False  # fewer candidate container heads than the limit: cannot nest deeper
+    return _walk_deeper_than(raw, limit)
+
+
+def decode(decoder: msgspec.msgpack.Decoder, data: Any, limit: int = MAX_DEPTH) -> Any:
+    """``decoder.decode(data)``, with every failure (``DecodeError``, ``RecursionError``,
+    ``MemoryError``, ...) as one ``WireError`` whose message says what was wrong."""
+    if too_deep(data, limit):
+        raise WireError(f"nested deeper than {limit} levels")
+    try:
+        return decoder.decode(data)
+    except Exception as exc:  # any type: the receiver's loop must survive whatever the bytes are
+        raise WireError(describe(exc)) from None
+
+
+def encode(encoder: msgspec.msgpack.Encoder, message: Any, limit: int = MAX_DEPTH) -> bytes:
+    """``encoder.encode(message)``; ``WireError`` when it fails (any exception type) or when the
+    bytes nest deeper than ``limit``, which the receiver would refuse."""
+    try:
+        data = encoder.encode(message)
+    except Exception as exc:
+        raise WireError(describe(exc)) from None
+    if too_deep(data, limit):
+        raise WireError(f"nested deeper than {limit} levels")
+    return data
+
+
+class Complaints:
+    """Says why a message was refused, at most ``burst`` lines per ``window`` seconds: a sender
+    that floods bad messages must not flood the log too. The next line counts the ones left out."""
+
+    def __init__(self, say: Callable[[str], None], burst: int = 10, window: float = 60.0) -> None:
+        self.say, self.burst, self.window = say, burst, window
+        self.since, self.told, self.left_out = 0.0, 0, 0
+
+    def __call__(self, line: str) -> None:
+        now = time.monotonic()
+        if now - self.since > self.window:
+            self.since, self.told = now, 0
+        if self.told >= self.burst:
+            self.left_out += 1
+            return
+        self.told += 1
+        if self.left_out:
+            line, self.left_out = f"{line} ({self.left_out} more refused, not logged)", 0
+        try:
+            self.say(line)
+        except Exception:
+            pass  # a closed stderr must not end a loop either
+
+
+def describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return " ".join(text.split())[:500]
+
+
+# --- the walk -----------------------------------------------------------------------------
+# Each head byte: (children, fixed bytes after the head, length bytes, extra bytes after the length).
+# children: items a container holds per unit of its count (1 array, 2 map), 0 for a scalar;
+# -1 marks the byte msgpack never uses (the walk stops: the decoder will report it).
+
+
+def _heads() -> list[tuple[int, int, int, int]]:
+    table: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)] * 256
+    for b in range(0x80, 0x90):
+        table[b] = (2, b & 0x0F, 0, 0)  # fixmap: the fixed field holds the count
+    for b in range(0x90, 0xA0):
+        table[b] = (1, b & 0x0F, 0, 0)  # fixarray
+    for b in range(0xA0, 0xC0):
+        table[b] = (0, b & 0x1F, 0, 0)  # fixstr
+    table[0xC1] = (-1, 0, 0, 0)
+    table[0xC4], table[0xC5], table[0xC6] = (0, 0, 1, 0), (0, 0, 2, 0), (0, 0, 4, 0)  # bin
+    table[0xC7], table[0xC8], table[0xC9] = (0, 0, 1, 1), (0, 0, 2, 1), (0, 0, 4, 1)  # ext
+    table[0xCA], table[0xCB] = (0, 4, 0, 0), (0, 8, 0, 0)  # float
+    for b, size in zip(range(0xCC, 0xD4), (1, 2, 4, 8, 1, 2, 4, 8)):
+        table[b] = (0, size, 0, 0)  # uint, int
+    for b, size in zip(range(0xD4, 0xD9), (2, 3, 5, 9, 17)):
+        table[b] = (0, size, 0, 0)  # fixext: type byte + data
+    table[0xD9], table[0xDA], table[0xDB] = (0, 0, 1, 0), (0, 0, 2, 0), (0, 0, 4, 0)  # str
+    table[0xDC], table[0xDD] = (1, 0, 2, 0), (1, 0, 4, 0)  # array16/32: the length is the count
+    table[0xDE], table[0xDF] = (2, 0, 2, 0), (2, 0, 4, 0)  # map16/32
+    return table
+
+
+_HEADS = _heads()
+
+
+def _walk_deeper_than(data: bytes | bytearray, limit: int) -> bool:
+    """Walk the items one by one, keeping only how many each open container still holds."""
+    size = len(data)
+    pos = 0
+    left = [1]  # items still to read in each open container; the bottom one is the message
+    while left and pos < size:
+        children, fixed, length_bytes, extra = _HEADS[data[pos]]
+        pos += 1
+        left[-1] -= 1
+        if children < 0:
+            return False
+        length = int.from_bytes(data[pos:pos + length_bytes], "big") if length_bytes else 0
+        pos += length_bytes
+        if children:
+            if len(left) > limit:  # this container would be open inside len(left) - 1 others
+                return True
+            if count := (length if length_bytes else fixed) * children:
+                left.append(count)
+        else:
+            pos += fixed + extra + length
+        while left and left[-1] == 0:
+            left.pop()
+    return False

@@ -1,0 +1,167 @@
+"""A program child's side of the variable registry: its configuration at start, and its changes.
+
+At start (``_worker._start``), a child of a node that has a registry (the registry's agent
+socket file exists) asks it to ``resolve`` the child's configuration along its scope chain
+(``OTPY_CHILD_ID``, then ``OTPY_SUPERVISORS``). After READY a ``ConfigWatcher`` thread
+subscribes to the registry's changes.
+
+Why ``resolve`` fails fast: the child's supervisor waits for its READY, and the registry's
+own restart waits behind it in that supervisor's inbox. A child that waited out a timeout for
+a registry that died would stall the registry's return by that long. So while it waits it asks
+the kernel, every ``LIVENESS_CHECK_S``, whether anything listens on the registry's socket
+(``registry_listening``: an AF_UNIX connect refused is definitive); nobody does, it gives up
+at once with ``RegistryDown`` (the child reports FAILED, its restart is retried after the
+registry's own, from the back of the supervisor's inbox).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import socket
+import sys
+import threading
+from typing import Any, Callable
+
+import zmq
+
+from ._program import Program
+from ._protocol import VARIABLE_CHANGED
+from ._runtime import agent_socket_path
+from ._wire import describe
+
+REGISTRY_ID = "registry"  # as otpy._registry.REGISTRY_ID (not imported: it pulls in sqlite)
+RESOLVE_TIMEOUT = 5.0  # per attempt, two attempts, while the registry is listening
+LIVENESS_CHECK_S = 0.02
+
+
+class RegistryDown(RuntimeError):
+    """Nothing listens on the registry's socket: it is not running (it died, or restarts)."""
+
+
+def registry_caller():
+    """A Caller of this node, when the node has a registry and this child is not it; else None.
+
+    One ``stat`` of the registry's socket file: a node without ``[variables]`` waits for nothing.
+    """
+    node = os.environ.get("OTPY_NODE")
+    if not node or os.environ.get("OTPY_CHILD_ID") == REGISTRY_ID:
+        return None
+    if not agent_socket_path(node, REGISTRY_ID).exists():
+        return None
+    from ._calls import Caller
+
+    return Caller(node)
+
+
+def registry_listening(node: str) -> bool:
+    """False only when the kernel says nobody is bound to the registry's socket file (refused,
+    or no file); anything else (a full backlog: EAGAIN) counts as listening."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(str(agent_socket_path(node, REGISTRY_ID)))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True
+    return True
+
+
+def chain() -> list[str]:
+    return [s for s in os.environ.get("OTPY_SUPERVISORS", "").split(",") if s]
+
+
+def resolve(caller, child_id: str) -> dict[str, Any]:
+    """The child's configuration from the registry; RuntimeError naming the problems,
+    ``RegistryDown`` as soon as the registry is seen not running."""
+    if not registry_listening(caller.node):
+        raise RegistryDown("the registry is not running")
+    future = caller.submit(REGISTRY_ID, {"op": "resolve", "child": child_id, "chain": chain()},
+                           timeout=RESOLVE_TIMEOUT, retries=1)
+    while True:
+        try:
+            reply = future.result(timeout=LIVENESS_CHECK_S)
+            break
+        except concurrent.futures.TimeoutError:
+            if not registry_listening(caller.node):
+                future.cancel()
+                raise RegistryDown("the registry is not running") from None
+    if not reply.get("ok"):
+        raise RuntimeError("; ".join(reply.get("problems") or [str(reply)]))
+    return reply["config"]
+
+
+# --- configuration changes ----------------------------------------------------------------
+
+
+class ConfigWatcher(threading.Thread):
+    """Subscribes to the registry's changes and acts on those that change this child's config.
+
+    An event of a scope in the child's chain makes it resolve again (the registry knows which
+    scope a variable belongs to); a different configuration goes to ``on_config`` through the
+    call queue (``agent.put_job``), or, for a program without ``on_config``, ends the worker
+    for a restart (``restart()``). Each time the SUB (re)connects (at first, after a registry
+    restart) it resolves again too, so a change published before the subscription was up is
+    not missed for long.
+    """
+
+    def __init__(self, program: Program, agent, config: dict[str, Any], registry,
+                 restart: Callable[[], None]) -> None:
+        super().__init__(daemon=True, name="otpy-config")
+        self.program, self.agent, self.config = program, agent, config
+        self.registry, self.restart = registry, restart
+        self.child = os.environ.get("OTPY_CHILD_ID", "")
+        self.scopes = {self.child, *chain(), "global"}
+        self.on_config = callable(getattr(program, "on_config", None))
+
+    def run(self) -> None:
+        from ._registry import events_endpoint
+
+        sub = self.agent.context.socket(zmq.SUB)
+        sub.linger = 0
+        sub.setsockopt(zmq.RECONNECT_IVL, 10)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        monitor = sub.get_monitor_socket(zmq.EVENT_CONNECTED)
+        sub.connect(events_endpoint())
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        while True:
+            ready = dict(poller.poll())
+            stale = False
+            if monitor in ready:
+                while _has_message(monitor):
+                    monitor.recv_multipart()
+                    stale = True
+            if sub in ready:
+                while _has_message(sub):
+                    stale |= self._concerns_us(sub.recv())
+            if stale and not self._refresh():
+                return
+
+    def _concerns_us(self, payload: bytes) -> bool:
+        try:
+            return VARIABLE_CHANGED.decode(payload).scope in self.scopes
+        except Exception:  # an event that cannot be read concerns nobody
+            return False
+
+    def _refresh(self) -> bool:
+        """Resolve again and act on a difference; False once the worker is ending for a restart."""
+        try:
+            config = resolve(self.registry, self.child)
+        except Exception as exc:  # the registry is restarting: its reconnection brings us back here
+            print(f"otpy: could not resolve the new configuration: {describe(exc)}", file=sys.stderr, flush=True)
+            return True
+        if config == self.config:
+            return True
+        self.config = config
+        if self.on_config:
+            self.agent.put_job((None, config))
+            return True
+        self.restart()
+        return False
+
+
+def _has_message(sock: zmq.Socket) -> bool:
+    return bool(sock.poll(0, zmq.POLLIN))
