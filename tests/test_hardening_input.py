@@ -328,3 +328,19 @@ def test_registry_files_are_private_whatever_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert modes == dict.fromkeys(modes, "0o600")
+
+
+def test_a_node_over_an_empty_registry_file_does_not_start_and_says_which_file(tmp_path):
+    import otpy
+    from otpy._runtime import node_dir
+    from tests.helpers import unique_name
+
+    name = unique_name("emptyreg")
+    planted = node_dir(name) / "registry.db"
+    planted.write_bytes(b"")
+    file = tmp_path / f"{name}.toml"
+    file.write_text('[supervisor]\n[variables.global.t]\ntype = "float"\nlow = 0.0\nhigh = 2.0\ndefault = 1.0\n')
+    with pytest.raises(otpy.NodeStartError) as caught:
+        otpy.Node.from_toml(file).start()
+    assert f"registry database {planted} is empty" in str(caught.value), caught.value
+    assert planted.read_bytes() == b""
