@@ -35,7 +35,7 @@ import msgspec
 
 from ._specs import (
     NAME_EXPECTED, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec,
-    SupervisorSpec, name_problem,
+    SupervisorSpec, from_template, name_problem,
 )
 
 Parent = SupervisorSpec | DynamicSupervisorSpec
@@ -88,6 +88,18 @@ def spec_problems(spec: AnySpec, parent: Parent | None = None) -> list[str]:
 def node_problems(spec: NodeSpec) -> list[str]:
     """``spec_problems`` of the root, and the node's own fields (its name names a folder)."""
     return [f"node {_line(problem)}" for problem in node_value_problems(spec)] + spec_problems(spec.root)
+
+
+def template_start_problems(owner: AnySpec, template: str, child_id: object, args: object) -> list[str]:
+    """``spec_problems`` of the child ``start_child`` would make from ``owner``'s ``template``.
+
+    The new id and the extra args come from the caller (CLI, wire), so they are checked like
+    any spec; an unknown template or owner is left to the supervisor to answer (not_found)."""
+    if not isinstance(owner, DynamicSupervisorSpec) or template not in owner.templates:
+        return []
+    if not isinstance(args, dict):
+        return [f"child {child_id!r}: args: got {_show(args)}; expected a table"]
+    return spec_problems(from_template(owner.templates[template], child_id, args), owner)
 
 
 def located_value_problems(spec: AnySpec, path: str) -> list[Problem]:

@@ -344,3 +344,44 @@ def test_a_node_over_an_empty_registry_file_does_not_start_and_says_which_file(t
         otpy.Node.from_toml(file).start()
     assert f"registry database {planted} is empty" in str(caught.value), caught.value
     assert planted.read_bytes() == b""
+
+
+# --- start_child from a template: the caller's id and args are checked too ----------------------
+
+
+@pytest.mark.parametrize("child_id, args, expected", [
+    ("../control", {}, "child '../control': id: got '../control'"),
+    ("ok", {"n": 2 ** 64}, "child 'ok': args.n: got"),
+    ("ok", ["not", "a", "table"], "child 'ok': args: got"),
+])
+def test_a_child_from_a_template_is_checked_like_any_spec(child_id, args, expected):
+    from otpy._spec_rules import template_start_problems
+
+    pool = DynamicSupervisorSpec(id="pool", templates={"t": worker("x")})
+    problems = template_start_problems(pool, "t", child_id, args)
+    assert any(p.startswith(expected) for p in problems), problems
+    assert template_start_problems(pool, "t", "fine", {"n": 1}) == []
+    assert template_start_problems(pool, "missing", "../x", {}) == []  # the supervisor answers not_found
+
+
+# --- the explicit rules are complete: what they pass, msgpack carries --------------------------
+
+LEAVES = (st.none() | st.booleans() | st.integers(min_value=-(2 ** 70), max_value=2 ** 70)
+          | st.floats(allow_nan=False) | st.text(alphabet=st.characters(), max_size=5) | st.binary(max_size=4))
+KEYS = st.one_of(st.text(max_size=4), st.integers(), st.none())
+ARGS = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(KEYS, inner, max_size=3), max_leaves=12)
+
+
+@given(st.dictionaries(st.text(max_size=4), ARGS, max_size=3),
+       st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=3))
+@settings(max_examples=300, deadline=None)
+def test_values_the_rules_pass_cross_the_wire(args, env):
+    import msgspec
+
+    from otpy._spec_rules import value_problems
+
+    spec = worker(args=args, env=env)
+    if value_problems(spec) == []:
+        assert msgspec.msgpack.decode(msgspec.msgpack.encode(spec), type=ChildSpec).args == args
+        assert all(key and "=" not in key and "\0" not in key + value for key, value in env.items())
