@@ -104,3 +104,57 @@ class TestQueriesBetweenEvents:
             assert sum(c["restarts"] for c in info(node).values()) > 10, "not a storm"
         finally:
             node.stop()
+
+
+# --- children lost with the zygote are not charged to the supervisor ---------------------------
+
+
+def zygote_pids() -> list[int]:
+    return [p.pid for p in psutil.Process().children() if "otpy._zygote" in " ".join(p.cmdline())]
+
+
+class TestZygoteDeath:
+    def test_sigkilling_the_zygote_under_default_intensity_restarts_every_child(self):
+        kids = [sleeper(f"w{i}") for i in range(5)]  # more children than max_restarts (3)
+        node = start(kids)
+        try:
+            before = {i: c["pid"] for i, c in info(node).items()}
+            [zygote] = zygote_pids()
+            os.kill(zygote, signal.SIGKILL)
+
+            def all_back():
+                assert not node.aio.root.exited.done(), f"the root gave up: {node.aio.root.error}"
+                now = info(node)
+                return all(c["state"] == "running" and c["pid"] != before[i] for i, c in now.items()) and now
+
+            after = wait_until(all_back, timeout=20, what="every child restarted")
+            assert set(after) == set(before)
+            assert all(c["restarts"] == 1 for c in after.values())
+            root = node.aio.root
+            assert not root.exited.done(), root.error
+            assert len(root.machine.window) == 0  # nothing charged
+            assert not any(alive(pid) for pid in before.values())
+        finally:
+            node.stop()
+
+
+# --- a dynamic supervisor stops its children in parallel ---------------------------------------
+
+
+class TestDynamicShutdown:
+    def test_twenty_children_ignoring_sigterm_stop_within_one_shutdown_not_twenty(self):
+        pool = otpy.DynamicSupervisorSpec(id="pool")
+        node = start([pool], node_prefix="pool")
+        try:
+            for i in range(20):
+                spec = otpy.ChildSpec(id=f"w{i}", command=python(IGNORES_TERM), ready="notify", shutdown=1)
+                assert node.start_child("pool", spec).ok
+            pids_ = [c["pid"] for c in info(node, "pool").values()]
+            began = time.monotonic()
+            assert node.terminate_child("pool", "root").ok
+            took = time.monotonic() - began
+            # Each child takes its full 1 s shutdown, then SIGKILL: one after another is 20 s.
+            assert 0.9 < took < 6.0, took
+            assert not any(alive(pid) for pid in pids_)
+        finally:
+            node.stop()
