@@ -219,3 +219,28 @@ class TestStartingFor:
         d.crash("a")
         assert seen == [("b", "start", None), ("a", "restart", None)]
         assert d.machine.starting_for("a") is None
+
+
+# --- a dynamic supervisor never stops several children one after another ----------------------
+
+
+class TestDynamicStopsAreParallel:
+    """Its children have no order (Elixir's DynamicSupervisor, simple_one_for_one): every stop
+    of more than one child signals them all at once, each within its own shutdown."""
+
+    @staticmethod
+    def _stops(d: Driver) -> list[Stop]:
+        return [e for e in d.effects if isinstance(e, Stop)]
+
+    def test_shutdown(self):
+        d = _dynamic(TEN)
+        d.stop()
+        [stop] = self._stops(d)
+        assert stop.parallel and sorted(stop.ids) == sorted(TEN)
+
+    def test_giving_up(self):
+        d = _dynamic(TEN)
+        for _ in range(4):
+            d.crash("c0", CRASHED)
+        [stop] = self._stops(d)
+        assert d.exit is not None and stop.parallel and sorted(stop.ids) == TEN[1:]
