@@ -3,7 +3,8 @@
 Children are forked by the node's zygote (``_zygote``), which reaps them and reports each
 death; the node learns of it from the zygote's socket, never by polling. Everything here
 runs on the node's asyncio loop, which may be in any thread: readers on fds only, no
-signal handlers. The only timers are the start timeout and the shutdown timeouts.
+signal handlers. The only timers are deadlines: the start and shutdown timeouts, and the
+zygote's heartbeat (``_heartbeat``: a stopped or hung zygote is killed and replaced).
 
 A child's life: ``spawn`` returns after READY (or after exec, for ``ready="exec"``);
 ``exited`` resolves with its ExitReason once it is dead; ``stop`` applies OTP's shutdown
@@ -11,8 +12,13 @@ A child's life: ``spawn`` returns after READY (or after exec, for ``ready="exec"
 process group is SIGKILLed, so no grandchild outlives it.
 
 If the zygote dies, its children are SIGKILLed (their parent-death signal, and here by
-process group), whoever is their parent now reaps them, and the next spawn starts a new
-zygote.
+process group), then every process of the run (``OTPY_NODE_RUN``: a ``setsid`` grandchild
+that init adopted too); whoever is their parent now reaps them. The children end ``lost``
+(otpy's loss: their supervisors restart them without charging the intensity) and the next
+spawn starts a new zygote, once that sweep is over. A zygote that keeps dying (more than
+``ZYGOTE_DEATHS_MAX`` deaths in ``ZYGOTE_DEATHS_WINDOW`` s) makes spawns fail instead.
+
+A node out of fds (``EMFILE``) still spawns: see ``_fd_reserve``.
 """
 
 from __future__ import annotations

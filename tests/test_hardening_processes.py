@@ -324,3 +324,25 @@ def test_a_zygote_busy_importing_a_slow_module_is_not_taken_for_stuck(monkeypatc
             assert processes._zygote.pid == zygote and alive(child.pid)
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(40)
+def test_a_zygote_stopped_while_busy_on_a_spawn_is_still_noticed_within_the_heartbeat_bound(monkeypatch):
+    """A pending spawn gives the zygote until the start deadline (30 s here) to answer; a
+    zygote seen stopped (SIGSTOP) has no such excuse: it is replaced within about 3 s."""
+    monkeypatch.setenv("OTPY_TEST_SLOW_IMPORT", "5")
+
+    async def main():
+        async with manager() as processes:
+            old = processes._zygote.pid
+            spawning = asyncio.ensure_future(processes.spawn(ChildSpec(
+                id="slow", program="tests.test_hardening_processes_slowimport:SlowImport", start_timeout=30)))
+            while not processes._requests:
+                await asyncio.sleep(0.01)
+            os.kill(old, signal.SIGSTOP)
+            t0 = time.monotonic()
+            with pytest.raises(StartFailed, match="lost: the zygote died"):
+                await asyncio.wait_for(spawning, 6)
+            assert time.monotonic() - t0 < 4.5 and await wait_dead_async([old], 2) == []
+
+    asyncio.run(main())
