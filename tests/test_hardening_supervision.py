@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 
 import psutil
@@ -23,10 +22,10 @@ def bash(id: str, script: str, **kw) -> otpy.ChildSpec:
     return otpy.ChildSpec(id=id, command=("bash", "-c", script), **kw)
 
 
-def slow_start(id: str, seconds: float) -> otpy.ChildSpec:
-    """Takes ``seconds`` to say READY (its supervisor is busy meanwhile), then runs."""
-    return bash(id, f'sleep {seconds}; echo READY >&"$OTPY_NOTIFY_FD"; exec sleep 3600',
-                ready="notify", start_timeout=seconds + 30)
+def held_start(id: str, release: str) -> otpy.ChildSpec:
+    """Says READY only once the file ``release`` exists: its supervisor is busy until then."""
+    return bash(id, f'while [ ! -e {release} ]; do sleep 0.05; done; echo READY >&"$OTPY_NOTIFY_FD"; '
+                'exec sleep 3600', ready="notify", start_timeout=60)
 
 
 def start(children, node_prefix="hard", **flags) -> otpy.Node:
@@ -48,13 +47,14 @@ def status(node: otpy.Node) -> dict[str, dict]:
 
 
 class TestQueriesBetweenEvents:
-    def test_a_child_killed_while_its_supervisor_is_busy_is_restarting_without_a_pid(self):
+    def test_a_child_killed_while_its_supervisor_is_busy_is_restarting_without_a_pid(self, tmp_path):
         node = start([sleeper("a"), sleeper("b")])
+        release = tmp_path / "release"
         try:
             dead = info(node)["a"]["pid"]
-            # The supervisor is busy for 6 s starting "slow"; "a" dies meanwhile.
+            # The supervisor is busy starting "slow" until the test releases it; "a" dies meanwhile.
             pending = asyncio.run_coroutine_threadsafe(
-                node.aio.start_child("root", slow_start("slow", 6.0)), node._loop)
+                node.aio.start_child("root", held_start("slow", str(release))), node._loop)
             wait_until(lambda: "slow" in info(node), what="the slow start under way")
             os.kill(dead, signal.SIGKILL)
             wait_until(lambda: not alive(dead), what="a reaped")
@@ -66,11 +66,13 @@ class TestQueriesBetweenEvents:
             assert (entry["state"], entry["pid"]) == ("restarting", None)
             assert status(node)["b"]["state"] == "running"
             assert not pending.done()
+            release.touch()
             assert pending.result(timeout=30).ok
             new = wait_until(lambda: (c := info(node)["a"])["state"] == "running" and c,
                              what="a restarted")
             assert new["pid"] not in (None, dead) and new["restarts"] == 1
         finally:
+            release.touch()
             node.stop()
 
     def test_a_crash_storm_never_shows_a_dead_pid_running(self):
