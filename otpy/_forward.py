@@ -14,7 +14,7 @@ import msgspec
 
 from ._program import Program
 from ._protocol import ENCODER, TO_AGENT, Call, CallFailed, Reply, first_unencodable
-from ._wire import WireError, decode, encode
+from ._wire import WireError, decode, encode, top_level_int
 
 DEFAULT_CONCURRENCY = 1
 DEFAULT_MAX_QUEUE = 1000
@@ -50,22 +50,11 @@ def decode_call(payload) -> Call | CallFailed:
         return CallFailed(call_id=call_id_of(payload), kind="bad_request", message=str(exc))
 
 
-class _Head(msgspec.Struct):
-    """Only a message's ``call_id``: its other fields are skipped, not built."""
-
-    call_id: int = 0
-
-
-_HEAD = msgspec.msgpack.Decoder(_Head)
-
-
 def call_id_of(payload) -> int:
-    """The ``call_id`` of a message that does not decode as a whole (0 if it has none), so
+    """The ``call_id`` of a message that does not decode as a whole (0 if none can be read), so
     that its sender's call fails at once rather than at its deadline."""
-    try:
-        return _HEAD.decode(payload).call_id
-    except Exception:
-        return 0
+    call_id = top_level_int(payload, "call_id")
+    return call_id if call_id is not None and call_id > 0 else 0
 
 
 def run_call(program: Program, call: Call) -> bytes:

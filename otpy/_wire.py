@@ -146,3 +146,51 @@ def _walk_deeper_than(data: bytes | bytearray, limit: int) -> bool:
         while left and left[-1] == 0:
             left.pop()
     return False
+
+
+def top_level_int(data: bytes | bytearray | memoryview, key: str) -> int | None:
+    """The int at ``key`` of the msgpack map ``data``, read without decoding (nor recursing into)
+    the other values: a message refused as a whole still names its call. None if absent."""
+    raw = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+    try:
+        head = raw[0]
+        if 0x80 <= head <= 0x8F:
+            pairs, pos = head & 0x0F, 1
+        elif head in (0xDE, 0xDF):
+            width = 2 if head == 0xDE else 4
+            pairs, pos = int.from_bytes(raw[1:1 + width], "big"), 1 + width
+        else:
+            return None
+        wanted = msgspec.msgpack.encode(key)
+        for _ in range(pairs):
+            end = _skip(raw, pos)
+            found = raw[pos:end] == wanted
+            pos, end = end, _skip(raw, end)
+            if found:
+                value = msgspec.msgpack.decode(raw[pos:end])
+                return value if isinstance(value, int) and not isinstance(value, bool) else None
+            pos = end
+    except (IndexError, ValueError, msgspec.DecodeError):
+        return None
+    return None
+
+
+def _skip(data: bytes | bytearray, pos: int) -> int:
+    """Where the item at ``pos`` ends, walked iteratively (ValueError when the bytes run out)."""
+    left = 1
+    size = len(data)
+    while left:
+        if pos >= size:
+            raise ValueError("truncated")
+        children, fixed, length_bytes, extra = _HEADS[data[pos]]
+        pos += 1
+        left -= 1
+        if children < 0:
+            raise ValueError("invalid byte")
+        length = int.from_bytes(data[pos:pos + length_bytes], "big") if length_bytes else 0
+        pos += length_bytes
+        if children:
+            left += (length if length_bytes else fixed) * children
+        else:
+            pos += fixed + extra + length
+    return pos

@@ -364,7 +364,8 @@ class AgentServer:
                 self.put_job((peer, call))
             case CallFailed() as failed:
                 _complain(f"otpy: refused a call message: {failed.message}")
-                self._answer(peer, failed)
+                if failed.call_id:  # 0 would read as the drain notice: a message without an id gets none
+                    self._answer(peer, failed)
 
     def _remember(self, peer: bytes) -> None:
         """The callers to tell when draining starts: the ``MAX_PEERS`` seen last."""
