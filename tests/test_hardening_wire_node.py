@@ -1,0 +1,98 @@
+"""Control requests in per-supervisor lanes, the registry's quick return, private agent sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+
+import pytest
+import zmq
+
+import otpy
+from otpy._protocol import ENCODER, FROM_NODE, Children, GetStatus, Outcome, Status, TerminateChild, WhichChildren
+from otpy._runtime import agent_socket_path, control_endpoint
+from tests.helpers import IGNORES_TERM, Events, pids, python, sleeper, unique_name, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def sockets():
+    context = zmq.Context()
+    made: list[zmq.Socket] = []
+
+    def dealer(name: str) -> zmq.Socket:
+        sock = context.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(control_endpoint(name))
+        made.append(sock)
+        return sock
+
+    yield dealer
+    for sock in made:
+        sock.close(linger=0)
+    context.term()
+
+
+def timed_reply(sock: zmq.Socket, timeout_s: float = 10.0):
+    """The next reply and how long it took from now."""
+    started = time.monotonic()
+    assert sock.poll(int(timeout_s * 1000)), "no reply"
+    return FROM_NODE.decode(sock.recv()), time.monotonic() - started
+
+
+def test_a_slow_terminate_under_one_supervisor_delays_neither_another_supervisor_nor_status(sockets):
+    stubborn = otpy.ChildSpec(id="stubborn", command=python(IGNORES_TERM), ready="notify", shutdown=3.0)
+    a = otpy.SupervisorSpec(id="A", children=(stubborn,))
+    b = otpy.SupervisorSpec(id="B", children=(sleeper("b1"),))
+    with otpy.Node.from_spec(otpy.SupervisorSpec(id="root", children=(a, b)), name=unique_name("lanes")) as node:
+        slow, other, status, same = (sockets(node.name) for _ in range(4))
+        started = time.monotonic()
+        slow.send(ENCODER.encode(TerminateChild(1, "stubborn", "A")))
+        same.send(ENCODER.encode(WhichChildren(2, "A")))  # same supervisor: after the terminate
+        time.sleep(0.2)  # the terminate is under way (SIGTERM sent, ignored)
+        other.send(ENCODER.encode(WhichChildren(3, "B")))
+        status.send(ENCODER.encode(GetStatus(4)))
+        children, took_b = timed_reply(other)
+        tree, took_status = timed_reply(status)
+        assert isinstance(children, Children) and [c.id for c in children.children] == ["b1"]
+        assert isinstance(tree, Status)
+        assert took_b < 0.5 and took_status < 0.5, (took_b, took_status)
+        done, _ = timed_reply(slow)
+        assert isinstance(done, Outcome) and done.outcome == "ok"
+        assert time.monotonic() - started > 2.5  # it did wait out the shutdown time
+        after, _ = timed_reply(same)
+        assert isinstance(after, Children) and after.children[0].state == "stopped"  # arrival order kept
+
+
+def test_requests_to_one_supervisor_keep_their_order(sockets):
+    root = otpy.SupervisorSpec(id="root", children=(sleeper("x"), sleeper("y")))
+    with otpy.Node.from_spec(root, name=unique_name("order")) as node:
+        sock = sockets(node.name)
+        for request_id, child in enumerate(("x", "y"), start=1):
+            sock.send(ENCODER.encode(TerminateChild(request_id, child)))
+        sock.send(ENCODER.encode(WhichChildren(3)))
+        replies = [timed_reply(sock)[0] for _ in range(3)]
+        assert [r.request_id for r in replies] == [1, 2, 3]
+        assert [c.state for c in replies[2].children] == ["stopped", "stopped"]
+
+
+def test_agent_sockets_are_private_whatever_the_umask():
+    """Both ways a program child gets its socket: bound on request (the first start) and the
+    spare's, renamed into place (the restart)."""
+    old = os.umask(0)
+    try:
+        spec = otpy.ChildSpec(id="agent", program="tests.call_agents:Echo")
+        with otpy.Node.from_spec(otpy.SupervisorSpec(id="root", children=(spec,)), name=unique_name("umask")) as node:
+            events = Events(node)
+            path = agent_socket_path(node.name, "agent")
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            first = node.call("agent")["pid"]
+            os.kill(first, signal.SIGKILL)
+            events.wait("started", "agent")
+            assert node.call("agent", retries=3)["pid"] != first
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
