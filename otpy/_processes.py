@@ -48,7 +48,7 @@ OutputHandler = Callable[[str, str], None]
 READY_LINES = frozenset({"READY", "READY=1", ""})
 ZYGOTE_DEATHS_MAX = 5  # more zygote deaths than this within ZYGOTE_DEATHS_WINDOW s:
 ZYGOTE_DEATHS_WINDOW = 10.0  # spawns fail (StartFailed) until the window has room again
-LOST = ExitReason(kind="lost", detail="the zygote died")  # type: ignore[arg-type]  # kind added in _exit
+LOST = ExitReason(kind="lost", detail="the zygote died")  # otpy's loss: restarted, not charged
 
 
 class StartFailed(Exception):
