@@ -25,7 +25,7 @@ import zmq
 from ._cli_vars import vars_group
 from ._cli_work import bench, call, optimize, record_topology, run_pipeline
 from ._client import (
-    Client, ControlError, NodeNotFound, NodeStale, clear_stale, node_alive, node_statuses, pick_node,
+    Client, ControlError, NodeNotFound, NodeStale, clear_stale, node_alive, node_statuses, pick_node, socket_path,
 )
 from ._config import TopologyError, load_topology, topology_json_schema
 from ._effects import Result
@@ -222,22 +222,36 @@ def nodes(as_json: bool) -> None:
 @NODE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
 def events(node_name: str | None, as_json: bool) -> None:
-    """Print the node's events live, one per line, until Ctrl-C."""
+    """Print the node's events live, one per line, until Ctrl-C or the node's end.
+
+    Exits 0 once the node stopped, 1 if its process died (its lock is looked at every 0.5 s).
+    """
     name = _node_or_exit(node_name)
     context = zmq.Context()
     socket = context.socket(zmq.SUB)
     socket.setsockopt(zmq.SUBSCRIBE, b"")
     socket.connect(events_endpoint(name))
     try:
-        while True:
-            event = msgspec.to_builtins(EVENT.decode(socket.recv()))
-            click.echo(json.dumps(event) if as_json else _event_line(event))
-            sys.stdout.flush()
+        while socket.poll(500) or node_alive(name):
+            _print_events(socket, as_json)
+        _print_events(socket, as_json, wait_ms=100)  # the last ones, published before the end
     except KeyboardInterrupt:
-        pass
+        return
     finally:
         socket.close(linger=0)
         context.term()
+    if socket_path(name).exists():  # a node that stops removes it: this one died
+        click.echo(f"otpy: {NodeStale(name)}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(f"otpy: node {name!r} stopped", err=True)
+
+
+def _print_events(socket: zmq.Socket, as_json: bool, wait_ms: int = 0) -> None:
+    """Every event received (waiting up to ``wait_ms`` for each next one), one line each."""
+    while socket.poll(wait_ms):
+        event = msgspec.to_builtins(EVENT.decode(socket.recv()))
+        click.echo(json.dumps(event) if as_json else _event_line(event))
+        sys.stdout.flush()
 
 
 # --- control helpers ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ import asyncio
 import os
 import queue
 import resource
+import select
 import signal
 import stat
 import subprocess
@@ -172,11 +173,18 @@ def test_an_embedded_second_start_raises_and_the_first_runs_on():
     spec = otpy.SupervisorSpec(id="root", children=(sleeper("a"),))
     with otpy.Node.from_spec(spec, name=name) as first:
         pid = first.which_children()[0]["pid"]
+        watcher = events_watcher(name, "a")
+        pid = first.which_children()[0]["pid"]
         with pytest.raises(NodeAlreadyRunning, match=f"node '{name}' is already running \\(pid {os.getpid()}\\)"):
             otpy.Node.from_spec(spec, name=name).start()
         assert first.which_children()[0]["pid"] == pid and alive(pid)
         with otpy.connect(name) as client:
             assert client.status()["pid"] == os.getpid()
+    try:  # a node that stops ends `otpy events` with 0
+        assert watcher.wait(5) == 0 and f"node {name!r} stopped" in watcher.stderr.read()
+    finally:
+        watcher.kill()
+        watcher.communicate()
 
 
 def test_a_node_of_the_same_name_in_another_runtime_folder_runs_beside_untouched(tmp_path):
@@ -204,12 +212,14 @@ def test_a_killed_node_is_found_stale_at_once_and_stop_cleans_its_folder(tmp_pat
     name = unique_name("stale")
     node = started(tmp_path, name)
     everyone = node.tree()
+    watcher = events_watcher(name)
     try:
         node.proc.kill()
         node.proc.wait(5)
+        message = f"node {name!r} is not running (stale: its process died)"
+        assert watcher.wait(5) == 1 and message in watcher.stderr.read()  # it was watching: 0.5 s
         folder = runtime_root() / name
         assert (folder / "control.sock").exists() and (folder / "node.lock").exists()
-        message = f"node {name!r} is not running (stale: its process died)"
 
         for command in (["status"], ["events"]):
             began = time.monotonic()
@@ -234,6 +244,21 @@ def test_a_killed_node_is_found_stale_at_once_and_stop_cleans_its_folder(tmp_pat
         assert gone.returncode == 2 and f"no node {name!r}" in gone.stderr
     finally:
         kill_all(everyone)
+        watcher.kill()
+        watcher.communicate()
+
+
+def events_watcher(name: str, child: str = "cmd") -> subprocess.Popen:
+    """``otpy events`` of the node, subscribed: its first line is printed once it hears events."""
+    watcher = subprocess.Popen([sys.executable, "-m", "otpy", "events", "--node", name], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with otpy.connect(name) as client:  # events flow until the subscription is up
+        deadline = time.monotonic() + 15
+        while not select.select([watcher.stdout], [], [], 0.2)[0]:
+            assert time.monotonic() < deadline and watcher.poll() is None, "otpy events printed nothing"
+            client.terminate_child(child)
+            client.restart_child(child)
+    return watcher
 
 
 async def _async_status_is_stale(name: str) -> None:
