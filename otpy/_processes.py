@@ -205,7 +205,11 @@ class ProcessManager:
         its zombies): the zygote is, for everything below the agents.
         """
         self._reserve.fill()
-        await self._ensure_zygote()
+        try:
+            await self._ensure_zygote()
+        except BaseException:
+            self._reserve.release()  # nobody closes a manager that did not open
+            raise
 
     async def spawn(self, spec: ChildSpec, *, env: dict[str, str] | None = None) -> ChildProcess:
         """Start ``spec``; returns after READY (or exec). Raises StartFailed, with no process left.
