@@ -57,10 +57,13 @@ class RunLock:
         """Lock ``folder/node.lock`` and record this process and ``run_id``; else AlreadyRunning."""
         path = folder / LOCK_NAME
         fd = _lock_exclusive(path)
-        previous = _read_record(fd)[1]
-        record = f"{os.getpid()} {run_id}\n".encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record, 0)
+        try:
+            previous = _read_record(fd)[1]
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {run_id}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
         return cls(fd, path, run_id, previous)
 
     def release(self) -> None:

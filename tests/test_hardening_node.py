@@ -317,6 +317,11 @@ def test_a_symlinked_runtime_folder_is_a_one_line_error_from_every_command(tmp_p
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and str(link) in lines[0] and "remove it" in lines[0], (args, done.stderr)
     assert not any(real.iterdir()), "something was made through the symlink"
+    afile = tmp_path / "afile"
+    afile.touch()
+    done = otpy_cli("status", "--node", "x", env={"OTPY_RUNTIME_DIR": str(afile)})
+    assert done.returncode == 1 and f"{afile} is not a folder" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_a_symlinked_node_folder_is_refused_by_clients(tmp_path):
