@@ -36,7 +36,7 @@ from ._protocol import (
 )
 from ._node_run import lock_holder, sweep_dead_run
 from ._runtime import control_endpoint, existing_node_dir, node_sockets, running_nodes
-from ._specs import AnySpec
+from ._specs import AnySpec, name_problem
 
 DEFAULT_TIMEOUT = 30.0  # seconds; a start_child waits for READY, which may take start_timeout
 PING_TIMEOUT = 0.5  # a live node that does not answer status within this is listed as silent
@@ -45,6 +45,10 @@ WATCH_PERIOD = 0.1  # seconds between two looks at a node's lock while waiting f
 
 class NodeNotFound(LookupError):
     """No node of that name is running (or several are and none was named)."""
+
+
+class InvalidNodeName(NodeNotFound, ValueError):
+    """Not a node name (``_specs.name_problem``): no such node can run, and no path is built from it."""
 
 
 class NodeStale(NodeNotFound):
@@ -83,6 +87,8 @@ def pick_node(name: str | None) -> str:
     """``name`` if it runs; without a name, the one node that answers. Else NodeNotFound (NodeStale
     for a named node whose process died). RuntimeDirError if its folder is not private."""
     if name is not None:
+        if problem := name_problem(name, "node name"):
+            raise InvalidNodeName(problem)
         folder = existing_node_dir(name)
         if folder is None or not (folder / "control.sock").exists():
             raise NodeNotFound(f"no node {name!r} is running{_running_hint()}")

@@ -342,6 +342,12 @@ def test_an_invalid_node_name_is_refused_before_any_path_is_built():
         done = otpy_cli(*args)
         assert done.returncode == 2, (command, done.stderr)
         assert name_problem("../x", "node name") in done.stderr and "Traceback" not in done.stderr
+    for args in (["call", "a"], ["vars", "get", "g.x"]):  # commands of other modules: through pick_node
+        done = otpy_cli(*args, "--node", "../x")
+        assert done.returncode in (1, 2), (args, done.stderr)
+        assert name_problem("../x", "node name") in done.stderr and "Traceback" not in done.stderr
+    with pytest.raises(ValueError, match="node name '../x'"):
+        otpy.connect("../x")
 
 
 def test_start_from_template_checks_the_child_id_before_anything():
