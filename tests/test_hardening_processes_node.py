@@ -186,3 +186,55 @@ def test_a_setsid_grandchild_dies_with_its_zygote_and_with_its_node(tmp_path):
         node.kill()
         node.wait()
         kill_quietly(*(p for p in (first, second) if p))
+
+
+# A node in a process of its own whose every fd is taken (as a flood of client connections
+# would): its child is SIGKILLed 3 times, and restarted each time (from the fd reserve).
+OUT_OF_FDS_NODE = """
+import os, resource, signal, sys
+import otpy
+from tests.helpers import SLEEPER, pids, python, wait_until
+
+def fds():  # counted without opening one
+    return sum(1 for fd in range(4096) if _is_open(fd))
+
+def _is_open(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+root = otpy.SupervisorSpec(id="root", children=(otpy.ChildSpec(id="a", command=python(SLEEPER), ready="notify"),))
+node = otpy.Node.from_spec(root, name=sys.argv[1], on_output=lambda *_: None).start()
+resource.setrlimit(resource.RLIMIT_NOFILE, (fds() + 30, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+flood = []
+while True:
+    try:
+        flood.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        break
+restarted = 0
+for _ in range(3):
+    old = pids(node)["a"]
+    os.kill(old, signal.SIGKILL)
+    try:
+        wait_until(lambda: (pid := pids(node).get("a")) and pid != old, 5, "a restarted")
+    except AssertionError:
+        break
+    restarted += 1
+state = node.status()["tree"]["state"]
+for fd in flood:
+    os.close(fd)
+print(restarted, state, flush=True)
+node.stop()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_node_out_of_fds_still_restarts_its_children():
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    out = subprocess.run([sys.executable, "-c", OUT_OF_FDS_NODE, unique_name("zfds")], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["3", "running"], (out.stdout, out.stderr[-3000:])
