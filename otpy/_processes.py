@@ -393,6 +393,7 @@ def sweep_run(run_id: str, pids: set[int], spare: frozenset[int]) -> None:
         _signal(os.kill, pid, signal.SIGKILL)
     killed = kill_run(run_id, spare=spare)
     for pid in {*pids, *killed, *_children_in_groups(pids)}:
+        _signal(os.kill, pid, signal.SIGKILL)  # waited for below: it must not live on
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
