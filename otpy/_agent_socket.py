@@ -60,8 +60,22 @@ def bound_router(node: str, child_id: str) -> tuple[zmq.Context, zmq.Socket]:
     return context, router
 
 
+_context: zmq.Context | None = None  # a child's one context when it had no spare's
+
+
+def context() -> zmq.Context:
+    """The child's one ZeroMQ context (one I/O thread): the spare's, or made on first use
+    (by the registry's resolve before READY, or by the bind), then shared."""
+    global _context
+    if _warm is not None:
+        return _warm[0]
+    if _context is None:
+        _context = zmq.Context(io_threads=1)
+    return _context
+
+
 def _new_router() -> tuple[zmq.Context, zmq.Socket]:
-    context = zmq.Context(io_threads=1)
-    router = context.socket(zmq.ROUTER)
+    context_ = context()
+    router = context_.socket(zmq.ROUTER)
     router.linger = 0
-    return context, router
+    return context_, router

@@ -41,9 +41,9 @@ import zmq
 from ._forward import decode_call, limits, rss_mib, run_call
 from ._program import Program, instantiate
 from ._protocol import DRAIN_NOTICE, ENCODER, Call, CallFailed
-from ._agent_socket import bound_router
+from ._agent_socket import bound_router, context as agent_context
 from ._wire import Complaints
-from ._worker_registry import ConfigWatcher, registry_caller, resolve
+from ._worker_registry import ConfigWatcher, has_registry, resolve
 from ._specs import ChildSpec
 
 NOTIFY_FD = 3
@@ -138,16 +138,16 @@ def _start(spec: ChildSpec) -> tuple[Program, dict[str, Any]]:
     return program, config
 
 
-_registry = None  # this worker's Caller of the registry, if the node has one
+_registry: str | None = None  # this worker's node, if it has a registry
 
 
 def _resolve_config(child_id: str) -> dict[str, Any]:
     global _registry
-    _registry = registry_caller()
+    _registry = has_registry()
     if _registry is None:
         return {}
     try:
-        return resolve(_registry, child_id)
+        return resolve(_registry, child_id, agent_context())
     except BaseException as exc:
         fail(f"cannot resolve the configuration of {child_id!r} from the registry: {_describe(exc)}")
 

@@ -16,18 +16,20 @@ registry's own, from the back of the supervisor's inbox).
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import socket
 import sys
 import threading
+import time
 from typing import Any, Callable
 
 import zmq
 
+from ._call_messages import encode_call, error_of, read_reply
+from ._errors import CallTimeout
 from ._program import Program
-from ._protocol import VARIABLE_CHANGED
-from ._runtime import agent_socket_path
+from ._protocol import VARIABLE_CHANGED, CallFailed, Reply
+from ._runtime import agent_endpoint, agent_socket_path
 from ._wire import describe
 
 REGISTRY_ID = "registry"  # as otpy._registry.REGISTRY_ID (not imported: it pulls in sqlite)
@@ -39,8 +41,8 @@ class RegistryDown(RuntimeError):
     """Nothing listens on the registry's socket: it is not running (it died, or restarts)."""
 
 
-def registry_caller():
-    """A Caller of this node, when the node has a registry and this child is not it; else None.
+def has_registry() -> str | None:
+    """This node's name, when it has a registry and this child is not it; else None.
 
     One ``stat`` of the registry's socket file: a node without ``[variables]`` waits for nothing.
     """
@@ -49,9 +51,7 @@ def registry_caller():
         return None
     if not agent_socket_path(node, REGISTRY_ID).exists():
         return None
-    from ._calls import Caller
-
-    return Caller(node)
+    return node
 
 
 def registry_listening(node: str) -> bool:
@@ -72,24 +72,48 @@ def chain() -> list[str]:
     return [s for s in os.environ.get("OTPY_SUPERVISORS", "").split(",") if s]
 
 
-def resolve(caller, child_id: str) -> dict[str, Any]:
+def resolve(node: str, child_id: str, context: zmq.Context | None = None) -> dict[str, Any]:
     """The child's configuration from the registry; RuntimeError naming the problems,
-    ``RegistryDown`` as soon as the registry is seen not running."""
-    if not registry_listening(caller.node):
-        raise RegistryDown("the registry is not running")
-    future = caller.submit(REGISTRY_ID, {"op": "resolve", "child": child_id, "chain": chain()},
-                           timeout=RESOLVE_TIMEOUT, retries=1)
-    while True:
+    ``RegistryDown`` as soon as the registry is seen not running.
+
+    One DEALER of its own, not a ``Caller``: a child starting must not pay for importing the
+    caller's machinery (asyncio: ~50 ms), and a resolve needs none of it. Two attempts of
+    ``RESOLVE_TIMEOUT`` each, as long as the registry listens.
+    """
+    request = {"op": "resolve", "child": child_id, "chain": chain()}
+    context = context or zmq.Context.instance()
+    for attempt in (1, 2):
+        if not registry_listening(node):
+            raise RegistryDown("the registry is not running")
+        dealer = context.socket(zmq.DEALER)
+        dealer.linger = 0
         try:
-            reply = future.result(timeout=LIVENESS_CHECK_S)
-            break
-        except concurrent.futures.TimeoutError:
-            if not registry_listening(caller.node):
-                future.cancel()
-                raise RegistryDown("the registry is not running") from None
-    if not reply.get("ok"):
-        raise RuntimeError("; ".join(reply.get("problems") or [str(reply)]))
-    return reply["config"]
+            dealer.connect(agent_endpoint(node, REGISTRY_ID))
+            dealer.send(encode_call(attempt, request))
+            reply = _await_reply(dealer, node, attempt)
+        finally:
+            dealer.close(linger=0)
+        if reply is not None:
+            if not reply.get("ok"):
+                raise RuntimeError("; ".join(reply.get("problems") or [str(reply)]))
+            return reply["config"]
+    raise CallTimeout(f"no reply from the registry within {RESOLVE_TIMEOUT} s (twice)", agent=REGISTRY_ID)
+
+
+def _await_reply(dealer: zmq.Socket, node: str, call_id: int) -> dict[str, Any] | None:
+    """The registry's outputs for ``call_id``; None when the attempt timed out; ``RegistryDown``
+    as soon as nothing listens on its socket any more; a CallError for a failed call."""
+    deadline = time.monotonic() + RESOLVE_TIMEOUT
+    while (left := deadline - time.monotonic()) > 0:
+        if dealer.poll(int(min(left, LIVENESS_CHECK_S) * 1000) + 1):
+            match read_reply(dealer.recv()):
+                case Reply(call_id=found, outputs=outputs) if found == call_id:
+                    return outputs
+                case CallFailed(call_id=found) as failed if found == call_id:
+                    raise error_of(failed, REGISTRY_ID)
+        elif not registry_listening(node):
+            raise RegistryDown("the registry is not running")
+    return None
 
 
 # --- configuration changes ----------------------------------------------------------------
@@ -106,11 +130,11 @@ class ConfigWatcher(threading.Thread):
     not missed for long.
     """
 
-    def __init__(self, program: Program, agent, config: dict[str, Any], registry,
+    def __init__(self, program: Program, agent, config: dict[str, Any], node: str,
                  restart: Callable[[], None]) -> None:
         super().__init__(daemon=True, name="otpy-config")
         self.program, self.agent, self.config = program, agent, config
-        self.registry, self.restart = registry, restart
+        self.node, self.restart = node, restart
         self.child = os.environ.get("OTPY_CHILD_ID", "")
         self.scopes = {self.child, *chain(), "global"}
         self.on_config = callable(getattr(program, "on_config", None))
@@ -149,7 +173,7 @@ class ConfigWatcher(threading.Thread):
     def _refresh(self) -> bool:
         """Resolve again and act on a difference; False once the worker is ending for a restart."""
         try:
-            config = resolve(self.registry, self.child)
+            config = resolve(self.node, self.child, self.agent.context)
         except Exception as exc:  # the registry is restarting: its reconnection brings us back here
             print(f"otpy: could not resolve the new configuration: {describe(exc)}", file=sys.stderr, flush=True)
             return True

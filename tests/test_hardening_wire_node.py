@@ -96,3 +96,46 @@ def test_agent_sockets_are_private_whatever_the_umask():
             assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+REGISTRY_TOPOLOGY = """[node]
+name = "{name}"
+
+[supervisor]
+
+[[supervisor.children]]
+id = "hooked"
+program = "tests.registry_agents:Shows"
+
+[[supervisor.children]]
+id = "plain"
+program = "tests.registry_agents:ShowsNoHook"
+
+[variables.global]
+temperature = {{ type = "float", low = 0.0, high = 2.0, default = 1.0 }}
+"""
+
+
+@pytest.mark.parametrize("gap_s", [0.0, 0.003, 0.02])
+def test_the_registry_is_back_quickly_when_it_dies_while_a_sibling_restarts(tmp_path, gap_s):
+    """A sibling restarts and waits for its configuration; the registry dies meanwhile. Before:
+    the sibling waited out its resolve timeout (2 x 5 s) while the registry's restart waited
+    behind it in the supervisor's inbox. Default intensity (3 restarts in 5 s) still holds."""
+    name = unique_name("regstall")
+    path = tmp_path / "topology.toml"
+    path.write_text(REGISTRY_TOPOLOGY.format(name=name))
+    with otpy.Node.from_toml(path) as node:
+        events = Events(node)
+        before = pids(node)
+        os.kill(before["hooked"], signal.SIGKILL)
+        if gap_s:
+            time.sleep(gap_s)
+        died = time.monotonic()
+        os.kill(before["registry"], signal.SIGKILL)
+        events.wait("started", "registry", timeout=15)
+        back = time.monotonic() - died
+        events.wait("started", "hooked", timeout=15)
+        assert node.call("hooked", retries=3)["config"] == {"temperature": 1.0}
+        assert node.status()["tree"]["state"] == "running"
+        print(f"registry back in {back * 1000:.1f} ms")
+        assert back < 0.1, f"the registry was back {back:.3f} s after its death"
