@@ -393,7 +393,19 @@ def sweep_run(run_id: str, pids: set[int], spare: frozenset[int]) -> None:
         _signal(os.kill, pid, signal.SIGKILL)
     killed = kill_run(run_id, spare=spare)
     for pid in {*pids, *killed, *_children_in_groups(pids)}:
-        _signal(os.kill, pid, signal.SIGKILL)  # waited for below: it must not live on
+        _reap_if_ours(pid)
+
+
+def _reap_if_ours(pid: int) -> None:
+    """SIGKILL and reap ``pid`` if it is this process's child (so its pid cannot be reused
+    meanwhile, and the blocking wait ends); else nothing."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return
+    if ppid == os.getpid():
+        _signal(os.kill, pid, signal.SIGKILL)
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
