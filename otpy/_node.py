@@ -26,7 +26,7 @@ from ._exit import ExitReason
 from ._node_run import AlreadyRunning, RunLock, kill_run, new_run_id
 from ._processes import ProcessManager, StartFailed
 from ._runtime import node_dir
-from ._spec_rules import node_problems, spec_problems
+from ._spec_rules import node_problems, spec_problems, template_start_problems
 from ._specs import AnySpec, NodeSpec, SupervisorSpec, name_problem, walk
 from ._supervisor import Supervisor
 
@@ -167,6 +167,8 @@ class AsyncNode:
         sup = self.supervisor(sup_id)
         if sup is None:
             return Result("not_found", detail=f"no supervisor {sup_id!r}")
+        if problems := template_start_problems(sup.spec, template, child_id, {} if args is None else args):
+            return Result("invalid", detail="; ".join(problems))
         if (owner := self.root.find(child_id)) is not None and owner is not sup:
             return Result("invalid", detail=f"id {child_id!r} is already used under {owner.spec.id!r}")
         return await sup.call(lambda ref: StartFromTemplate(template, child_id, args or {}, ref))

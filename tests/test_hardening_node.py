@@ -361,6 +361,10 @@ def test_start_from_template_checks_the_child_id_before_anything():
         assert (result.outcome, result.detail) == ("invalid", name_problem("../control"))
         assert node.which_children("pool") == []
         assert control.stat().st_ino == inode
+        for args in ({"n": 2 ** 64}, ["not", "a", "table"]):  # the caller's args: checked like any spec
+            refused = node.start_from_template("pool", "sleepy", "ok", args)
+            assert refused.outcome == "invalid" and "child 'ok': args" in refused.detail, refused
+        assert node.start_from_template("pool", "nope", "ok").outcome == "not_found"
         with otpy.connect(name) as client:
             assert client.start_from_template("pool", "sleepy", "../control").outcome == "invalid"
             assert client.status()["pid"] == os.getpid()
