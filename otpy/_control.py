@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 import zmq.asyncio
 
+from ._connections import ConnectionCap, connection_cap, prepare
 from ._control_requests import Lane, dispatch, lane_of, parse_request, receive_bounded
 from ._protocol import ENCODER, ControlError, Message, NodeEvent, StopNode, Stopping
 from ._runtime import control_endpoint, events_endpoint, node_dir
@@ -89,6 +90,7 @@ class ControlServer:
         self._room = asyncio.Event()  # set while fewer than MAX_WAITING wait
         self._room.set()
         self._closing = False
+        self._caps: list[ConnectionCap] = []
         self._stop_waiters: list[tuple[zmq.asyncio.Socket, bytes, int]] = []
 
     # --- life cycle -------------------------------------------------------------------------
@@ -102,9 +104,18 @@ class ControlServer:
         self._router = self._context.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self._router.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
-        self._bind_private(self._router, control_endpoint(self.node.name))
+        prepare(self._router)
+        endpoint = control_endpoint(self.node.name)
+        self._bind_private(self._router, endpoint)
         if self.node.spec.control_tcp:
             self._open_tcp(self.node.spec.control_tcp)
+        cap = connection_cap(listeners=2 if self._tcp is not None else 1)
+        router = self._router
+        self._caps = [ConnectionCap(router, endpoint, cap, lambda: self._bind_private(router, endpoint), self.node.name)]
+        if self._tcp is not None:
+            tcp, tcp_endpoint = self._tcp, self.node.spec.control_tcp
+            self._caps.append(ConnectionCap(tcp, tcp_endpoint, cap, lambda: tcp.bind(tcp_endpoint), self.node.name))
+        self._tasks.extend(asyncio.ensure_future(c.run()) for c in self._caps)
         self.node.listeners.append(self.publish)
         for sock in (self._router, self._tcp):
             if sock is not None:
@@ -124,6 +135,7 @@ class ControlServer:
         self._tcp.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self._tcp.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
         serve_curve(self._tcp, folder)
+        prepare(self._tcp)  # a peer without the keys is dropped after HANDSHAKE_IVL_MS
         self._tcp.bind(endpoint)
 
     @staticmethod
@@ -149,6 +161,8 @@ class ControlServer:
         exits = self.node.on_stop_request is not None
         for sock, identity, request_id in self._stop_waiters:
             await self._reply_now(sock, identity, Stopping(request_id, pid=os.getpid(), process_exits=exits))
+        for cap in self._caps:
+            cap.close()
         self._router.close()
         if self._tcp is not None:
             self._tcp.close()

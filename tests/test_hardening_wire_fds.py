@@ -1,0 +1,122 @@
+"""A node under a low descriptor limit survives any number of connections to its control
+sockets (ipc and the CURVE TCP port) and keeps serving and restarting children.
+
+Before: libzmq 4.3.5 aborted the node at EMFILE in the ipc accept path
+(``Too many open files (src/ipc_listener.cpp:297)``); a TCP flood left it without descriptors.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import otpy
+from otpy._runtime import control_endpoint
+from tests.helpers import unique_name
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FD_LIMIT = 1024  # as in the issue (ulimit -n 1024)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def node(tmp_path):
+    """A node (``otpy start``) in a subprocess whose RLIMIT_NOFILE is 1024, with a TCP endpoint."""
+    name, port = unique_name("fds"), free_port()
+    topology = tmp_path / "topology.toml"
+    topology.write_text(f'[node]\nname = "{name}"\ncontrol_tcp = "tcp://127.0.0.1:{port}"\n\n'
+                        '[supervisor]\nmax_restarts = 100\n\n'
+                        '[[supervisor.children]]\nid = "echo"\nprogram = "tests.call_agents:Echo"\n')
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+    log = tmp_path / "node.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "otpy", "start", str(topology)], cwd=ROOT,
+                                preexec_fn=low_limit, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers(name):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield name, port, proc, log
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _answers(name: str) -> bool:
+    try:
+        with otpy.connect(name, timeout=2) as client:
+            return client.status()["tree"]["state"] == "running"
+    except Exception:
+        return False
+
+
+def flood(address, family: int, count: int) -> list[socket.socket]:
+    """``count`` idle connections (each retried while refused: an attacker that insists)."""
+    held = []
+    for _ in range(count):
+        for _ in range(100):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.settimeout(1)
+            try:
+                s.connect(address)
+                held.append(s)
+                break
+            except OSError:
+                s.close()
+                time.sleep(0.01)
+    return held
+
+
+def assert_serves_and_restarts(name: str) -> None:
+    with otpy.connect(name, timeout=10) as client:
+        assert client.status()["tree"]["state"] == "running"
+        old = client.which_children()[0]["pid"]
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while True:
+            child = client.which_children()[0]
+            if child["state"] == "running" and child["pid"] not in (None, old):
+                return
+            assert time.monotonic() < deadline, f"echo not restarted: {child}"
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("where", ["ipc", "tcp"])
+def test_a_connection_flood_under_a_low_fd_limit_leaves_the_node_serving(node, where):
+    name, port, proc, log = node
+    if where == "ipc":
+        held = flood(control_endpoint(name).removeprefix("ipc://"), socket.AF_UNIX, 2000)
+    else:
+        held = flood(("127.0.0.1", port), socket.AF_INET, 2000)
+    try:
+        assert proc.poll() is None, log.read_text()[-2000:]
+        assert len(os.listdir(f"/proc/{proc.pid}/fd")) < FD_LIMIT // 2
+        assert_serves_and_restarts(name)
+    finally:
+        for s in held:
+            s.close()
+    assert_serves_and_restarts(name)
+    assert proc.poll() is None
