@@ -23,7 +23,6 @@ then gets ``ControlError(stopping)``.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import itertools
 import logging
 import os
@@ -37,7 +36,7 @@ from ._connections import ConnectionCap, connection_cap, prepare
 from ._control_requests import Lane, dispatch, lane_of, parse_request, receive_bounded
 from ._protocol import ENCODER, ControlError, Message, NodeEvent, StopNode, Stopping
 from ._runtime import control_endpoint, events_endpoint, node_dir
-from ._wire import Complaints, WireError, describe, encode
+from ._wire import Complaints, WireError, describe, encode, return_big_buffers
 
 if TYPE_CHECKING:
     from ._node import AsyncNode
@@ -48,7 +47,6 @@ MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: a bigger frame is dropped and its sender d
 # message of several frames gets bad_request
 MAX_WAITING = 1024  # requests received and not answered yet; beyond, the node reads no more for now
 REPLY_LINGER_MS = 2000  # how long close() lets the last replies (the Stopping ones) leave
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 EVENT_FIELDS = ("kind", "node", "supervisor", "child", "pid", "detail", "time")
 
 
@@ -57,17 +55,6 @@ async def open_control(node: "AsyncNode") -> "ControlServer":
     server = ControlServer(node)
     server.open()
     return server
-
-
-def return_big_buffers() -> None:
-    """Make glibc give big buffers back to the system when they are freed (a fixed mmap
-    threshold, 256 KiB). Its default threshold grows to the size of the biggest block freed,
-    so after a flood of 1 MiB frames the node kept ~1 GiB of RSS for good; now it returns to
-    its size. Process-wide, once; a no-op without glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 256 * 1024)
-    except (OSError, AttributeError):
-        pass
 
 
 def _ipc_path(endpoint: str) -> Path:

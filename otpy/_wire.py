@@ -15,6 +15,7 @@ is walked item by item (iteratively, bounded by its length) to measure its real 
 
 from __future__ import annotations
 
+import ctypes
 import time
 from typing import Any, Callable
 
@@ -85,6 +86,21 @@ class Complaints:
             self.say(line)
         except Exception:
             pass  # a closed stderr must not end a loop either
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def return_big_buffers() -> None:
+    """Make glibc give big buffers back to the system when they are freed (a fixed mmap
+    threshold, 256 KiB). Its default threshold grows to the size of the biggest block freed,
+    so after a flood of 1 MiB frames the node kept ~1 GiB of RSS for good; now it returns to its
+    size. Process-wide: for the node only (an agent's program may allocate big blocks often,
+    and did not keep the flood anyway). A no-op without glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 256 * 1024)
+    except (OSError, AttributeError):
+        pass
 
 
 def describe(exc: BaseException) -> str:
