@@ -22,6 +22,7 @@ import heapq
 import itertools
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,8 +35,10 @@ from ._call_messages import AgentDraining, encode_call, error_of, read_reply
 from ._errors import AgentCrashed, CallError, CallTimeout, NoSuchAgent
 from ._protocol import DRAIN_NOTICE, CallFailed, Reply
 from ._runtime import agent_endpoint, agent_socket_path
+from ._wire import Complaints
 
 RECONNECT_IVL_MS = 2
+_complain = Complaints(lambda line: print(line, file=sys.stderr, flush=True))
 _MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
 
 
@@ -217,9 +220,13 @@ class _IOLoop:
     def run(self) -> None:
         try:
             while self.running:
-                for what, _ in self.poller.poll(self._poll_timeout_ms()):
-                    self._handle(what)
-                self._expire(time.monotonic())
+                try:
+                    for what, _ in self.poller.poll(self._poll_timeout_ms()):
+                        self._handle(what)
+                    self._expire(time.monotonic())
+                except Exception as exc:  # a bug here must not leave every later call hanging
+                    _complain(f"otpy: the caller's I/O thread of {self.caller.node!r} carried on after "
+                              f"{type(exc).__name__}: {exc}")
         finally:
             self._shut()
 

@@ -139,3 +139,27 @@ def test_the_registry_is_back_quickly_when_it_dies_while_a_sibling_restarts(tmp_
         assert node.status()["tree"]["state"] == "running"
         print(f"registry back in {back * 1000:.1f} ms")
         assert back < 0.1, f"the registry was back {back:.3f} s after its death"
+
+
+def test_a_stop_answers_every_request_in_flight_or_queued_exactly_once(sockets):
+    """A slow terminate in flight under A, a request queued behind it, one under B: a StopNode
+    from another client ends them all, each with one reply, and the Stopping comes last."""
+    stubborn = otpy.ChildSpec(id="stubborn", command=python(IGNORES_TERM), ready="notify", shutdown=2.0)
+    a = otpy.SupervisorSpec(id="A", children=(stubborn, sleeper("a2")))
+    b = otpy.SupervisorSpec(id="B", children=(sleeper("b1"),))
+    node = otpy.Node.from_spec(otpy.SupervisorSpec(id="root", children=(a, b)), name=unique_name("stopall")).start()
+    try:
+        from otpy._protocol import StopNode, Stopping
+
+        client, stopper = sockets(node.name), sockets(node.name)
+        client.send(ENCODER.encode(TerminateChild(1, "stubborn", "A")))
+        client.send(ENCODER.encode(TerminateChild(2, "a2", "A")))  # queued in A's lane
+        time.sleep(0.2)
+        stopper.send(ENCODER.encode(StopNode(3)))
+        replies = [timed_reply(client, 15)[0] for _ in range(2)]
+        stopped, _ = timed_reply(stopper, 15)
+        assert sorted(r.request_id for r in replies) == [1, 2]
+        assert isinstance(stopped, Stopping)
+        assert not client.poll(300)  # nothing more: one reply each
+    finally:
+        node.stop()
