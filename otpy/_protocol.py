@@ -151,9 +151,12 @@ FROM_AGENT = msgspec.msgpack.Decoder(FromAgent)
 # The node binds a ROUTER at ``_runtime.control_endpoint(name)`` (socket file 0600 in the
 # node's 0700 folder); clients connect DEALERs. One request or reply per ZeroMQ message
 # (after the ROUTER's identity frame). Every request gets exactly one reply carrying its
-# ``request_id``; a request that cannot be decoded gets ``ControlError(request_id=0)``.
-# Requests are served one at a time in arrival order. A message over 1 MiB makes ZeroMQ
-# drop it and disconnect the sender (ZMQ_MAXMSGSIZE): no reply.
+# ``request_id``; a request that cannot be decoded (or nested deeper than ``_wire.MAX_DEPTH``,
+# or over 1 MiB in all its frames) gets ``ControlError(request_id=0, kind="bad_request")``.
+# Requests to one supervisor are served one at a time in arrival order; different
+# supervisors' requests proceed independently and ``GetStatus`` waits for none
+# (``_control_requests``). A frame over 1 MiB makes ZeroMQ drop it and disconnect the sender
+# (ZMQ_MAXMSGSIZE): no reply.
 # ``supervisor=""`` means the root supervisor; for child operations it means "find the
 # supervisor that has this child".
 
@@ -309,8 +312,9 @@ class Stopping(Message):
 class ControlError(Message):
     """node -> client: the request was not carried out and nothing changed.
 
-    ``kind``: ``bad_request`` (undecodable, unknown tag, wrong field type: ``message`` says
-    which), ``not_found`` (no such supervisor), ``stopping`` (the node is shutting down).
+    ``kind``: ``bad_request`` (undecodable, unknown tag, wrong field type, too deep, too big:
+    ``message`` says which), ``not_found`` (no such supervisor), ``stopping`` (the node is
+    shutting down), ``internal`` (a bug in the node: the message has the exception).
     """
 
     request_id: int

@@ -364,8 +364,7 @@ class AgentServer:
                 self.put_job((peer, call))
             case CallFailed() as failed:
                 _complain(f"otpy: refused a call message: {failed.message}")
-                if failed.call_id:  # 0 would read as the drain notice: a message without an id gets none
-                    self._answer(peer, failed)
+                self._answer(peer, failed)  # call_id 0 when none could be read: only raw sockets send such
 
     def _remember(self, peer: bytes) -> None:
         """The callers to tell when draining starts: the ``MAX_PEERS`` seen last."""
