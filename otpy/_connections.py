@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import resource
+import time
 from typing import Callable
 
 import zmq
@@ -30,18 +31,25 @@ log = logging.getLogger("otpy")
 MAX_CONNECTIONS = 1024  # per listener, at most
 HANDSHAKE_IVL_MS = 5000  # a peer that has not completed its ZMTP (and CURVE) handshake by then is dropped
 REBIND_AFTER_S = 0.05  # between the unbind that closes every connection and the bind again
+MAX_PAUSE_S = 1.0  # the longest the listener stays away after a reset
 _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
 
 def connection_cap(listeners: int) -> int:
-    """How many connections each of ``listeners`` may hold: half of the descriptors still free
-    under the soft RLIMIT_NOFILE, shared out, at most ``MAX_CONNECTIONS`` (at least 8). The
-    other half stays for the node's children (two pipes each) and everything else."""
+    """How many connections each of ``listeners`` may hold: a quarter of the descriptors still
+    free under the soft RLIMIT_NOFILE, shared out, at most ``MAX_CONNECTIONS`` (at least 8).
+    The rest is for the node's children (two pipes each), everything else, and the connections
+    libzmq accepts between the cap and the moment its listener is gone (the monitor's events
+    reach the node's loop later than libzmq's I/O thread accepts: ~150 under a fast flood)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
-    free = soft - len(os.listdir("/proc/self/fd"))
-    return max(8, min(MAX_CONNECTIONS, free // 2 // max(1, listeners)))
+    free = soft - fds_in_use()
+    return max(8, min(MAX_CONNECTIONS, free // 4 // max(1, listeners)))
+
+
+def fds_in_use() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 def prepare(sock: zmq.Socket) -> None:
@@ -57,14 +65,19 @@ class ConnectionCap:
         self.sock, self.endpoint, self.cap, self.bind, self.name = sock, endpoint, cap, bind, name
         self.count = 0
         self.rebinding: asyncio.Task | None = None
+        self.calm = fds_in_use() + cap  # rebind once no more descriptors than this are in use
+        self.pause, self.last_reset = REBIND_AFTER_S, 0.0
         self.monitor = sock.get_monitor_socket(_EVENTS)
+        self.pending = zmq.Socket.shadow(self.monitor.underlying)  # the same socket, read without waiting
 
     async def run(self) -> None:
         """Count until cancelled; a bad event or a failed (un)bind is logged, never the end."""
         while True:
             try:
-                event = parse_monitor_message(await self.monitor.recv_multipart())["event"]
-                self._on(event)
+                self._on(parse_monitor_message(await self.monitor.recv_multipart())["event"])
+                while self.pending.poll(0):  # the I/O thread accepts faster than one event per wake-up
+                    self._on(parse_monitor_message(self.pending.recv_multipart(zmq.NOBLOCK))["event"])
+                self._check()
             except asyncio.CancelledError:
                 raise
             except zmq.ZMQError as exc:
@@ -80,17 +93,28 @@ class ConnectionCap:
             self.count += 1
         elif event == zmq.EVENT_DISCONNECTED:
             self.count = max(0, self.count - 1)
-        if self.count >= self.cap and self.rebinding is None:
+
+
+    def _check(self) -> None:
+        """Reset at the cap, or when the descriptors in use say so (the count lags behind)."""
+        if self.rebinding is None and (self.count >= self.cap or fds_in_use() > self.calm):
             self.rebinding = asyncio.ensure_future(self._reset())
 
     async def _reset(self) -> None:
         """Unbind (libzmq then closes every connection it accepted there, without telling the
-        monitor), let its I/O thread free the descriptors, bind again, count from zero."""
+        monitor), wait until its I/O thread has freed their descriptors, bind again, count from
+        zero. Resets that follow each other closely wait longer each time (up to ``MAX_PAUSE_S``):
+        a flood that refills the cap at once gets a listener that is mostly away."""
         try:
             log.warning("otpy[%s]: %d connections to %s, its most: all of them are closed",
                         self.name, self.count, self.endpoint)
             self.sock.unbind(self.endpoint)
-            await asyncio.sleep(REBIND_AFTER_S)
+            now = time.monotonic()
+            self.pause = min(MAX_PAUSE_S, self.pause * 2) if now - self.last_reset < 1.0 else REBIND_AFTER_S
+            self.last_reset = now
+            await asyncio.sleep(self.pause)
+            while fds_in_use() > self.calm and time.monotonic() - now < MAX_PAUSE_S:
+                await asyncio.sleep(REBIND_AFTER_S)
             self.count = 0
             self.bind()
         except Exception as exc:  # the next accepted connection tries again
