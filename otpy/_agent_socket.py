@@ -16,6 +16,7 @@ from pathlib import Path
 
 import zmq
 
+from ._connections import prepare
 from ._runtime import agent_endpoint, agent_socket_path, agents_dir, make_agents_dir
 
 SOCKET_MODE = 0o600  # whatever the umask: only this user may call an agent (its folder is 0700 too)
@@ -74,8 +75,15 @@ def context() -> zmq.Context:
     return _context
 
 
+def rebind(router: zmq.Socket, node: str, child_id: str) -> None:
+    """Bind ``router`` at the child's address again (after its connection cap unbound it)."""
+    router.bind(agent_endpoint(node, child_id))
+    os.chmod(agent_socket_path(node, child_id), SOCKET_MODE)
+
+
 def _new_router() -> tuple[zmq.Context, zmq.Socket]:
     context_ = context()
     router = context_.socket(zmq.ROUTER)
     router.linger = 0
+    prepare(router)  # before the bind: a peer that never completes its handshake is dropped
     return context_, router

@@ -57,16 +57,56 @@ def prepare(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
 
 
+class Tally:
+    """The count of one listener's connections, and when to reset it: at ``cap`` connections,
+    or when the descriptors in use pass the danger line (``soft limit - reserve``) whatever
+    the count says (the monitor's events lag behind libzmq's accepts)."""
+
+    def __init__(self, cap: int) -> None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        reserve = max(16, (soft - fds_in_use()) // 4)
+        self.cap, self.count = cap, 0
+        self.danger = soft - reserve if soft != resource.RLIM_INFINITY else None
+        self.pause, self.last_reset = REBIND_AFTER_S, 0.0
+
+    def on(self, event: int) -> None:
+        if event == zmq.EVENT_ACCEPTED:
+            self.count += 1
+        elif event == zmq.EVENT_DISCONNECTED:
+            self.count = max(0, self.count - 1)
+
+    def over(self) -> bool:
+        return self.count >= self.cap or (self.danger is not None and fds_in_use() > self.danger)
+
+    def settled(self) -> bool:
+        """The closed connections' descriptors are free again (with room for ``cap`` more)."""
+        return self.danger is None or fds_in_use() <= self.danger - self.cap
+
+    def next_pause(self) -> float:
+        """``REBIND_AFTER_S``, doubled for each reset less than a second after the last one."""
+        now = time.monotonic()
+        self.pause = min(MAX_PAUSE_S, self.pause * 2) if now - self.last_reset < 1.0 else REBIND_AFTER_S
+        self.last_reset = now
+        return self.pause
+
+
+def _events(monitor: zmq.Socket) -> list[int]:
+    """Every event waiting on a monitor socket (a sync one), without waiting."""
+    events = []
+    while monitor.poll(0):
+        events.append(parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))["event"])
+    return events
+
+
 class ConnectionCap:
-    """Watches one bound listener; at ``cap`` connections, closes them all and binds again."""
+    """Watches one bound listener of the node's asyncio loop; at its tally's limit, closes
+    every connection and binds again."""
 
     def __init__(self, sock: zmq.asyncio.Socket, endpoint: str, cap: int, bind: Callable[[], None],
                  name: str) -> None:
-        self.sock, self.endpoint, self.cap, self.bind, self.name = sock, endpoint, cap, bind, name
-        self.count = 0
+        self.sock, self.endpoint, self.bind, self.name = sock, endpoint, bind, name
+        self.tally = Tally(cap)
         self.rebinding: asyncio.Task | None = None
-        self.calm = fds_in_use() + cap  # rebind once no more descriptors than this are in use
-        self.pause, self.last_reset = REBIND_AFTER_S, 0.0
         self.monitor = sock.get_monitor_socket(_EVENTS)
         self.pending = zmq.Socket.shadow(self.monitor.underlying)  # the same socket, read without waiting
 
@@ -74,10 +114,11 @@ class ConnectionCap:
         """Count until cancelled; a bad event or a failed (un)bind is logged, never the end."""
         while True:
             try:
-                self._on(parse_monitor_message(await self.monitor.recv_multipart())["event"])
-                while self.pending.poll(0):  # the I/O thread accepts faster than one event per wake-up
-                    self._on(parse_monitor_message(self.pending.recv_multipart(zmq.NOBLOCK))["event"])
-                self._check()
+                self.tally.on(parse_monitor_message(await self.monitor.recv_multipart())["event"])
+                for event in _events(self.pending):  # the I/O thread accepts faster than one per wake-up
+                    self.tally.on(event)
+                if self.rebinding is None and self.tally.over():
+                    self.rebinding = asyncio.ensure_future(self._reset())
             except asyncio.CancelledError:
                 raise
             except zmq.ZMQError as exc:
@@ -88,18 +129,6 @@ class ConnectionCap:
             except Exception as exc:
                 log.warning("otpy[%s]: connection monitor of %s: %r", self.name, self.endpoint, exc)
 
-    def _on(self, event: int) -> None:
-        if event == zmq.EVENT_ACCEPTED:
-            self.count += 1
-        elif event == zmq.EVENT_DISCONNECTED:
-            self.count = max(0, self.count - 1)
-
-
-    def _check(self) -> None:
-        """Reset at the cap, or when the descriptors in use say so (the count lags behind)."""
-        if self.rebinding is None and (self.count >= self.cap or fds_in_use() > self.calm):
-            self.rebinding = asyncio.ensure_future(self._reset())
-
     async def _reset(self) -> None:
         """Unbind (libzmq then closes every connection it accepted there, without telling the
         monitor), wait until its I/O thread has freed their descriptors, bind again, count from
@@ -107,15 +136,13 @@ class ConnectionCap:
         a flood that refills the cap at once gets a listener that is mostly away."""
         try:
             log.warning("otpy[%s]: %d connections to %s, its most: all of them are closed",
-                        self.name, self.count, self.endpoint)
+                        self.name, self.tally.count, self.endpoint)
             self.sock.unbind(self.endpoint)
-            now = time.monotonic()
-            self.pause = min(MAX_PAUSE_S, self.pause * 2) if now - self.last_reset < 1.0 else REBIND_AFTER_S
-            self.last_reset = now
-            await asyncio.sleep(self.pause)
-            while fds_in_use() > self.calm and time.monotonic() - now < MAX_PAUSE_S:
+            started = time.monotonic()
+            await asyncio.sleep(self.tally.next_pause())
+            while not self.tally.settled() and time.monotonic() - started < MAX_PAUSE_S:
                 await asyncio.sleep(REBIND_AFTER_S)
-            self.count = 0
+            self.tally.count = 0
             self.bind()
         except Exception as exc:  # the next accepted connection tries again
             log.error("otpy[%s]: could not reset %s: %r", self.name, self.endpoint, exc)
@@ -125,8 +152,48 @@ class ConnectionCap:
     def close(self) -> None:
         if self.rebinding is not None:
             self.rebinding.cancel()
+        _stop_monitor(self.sock, self.monitor)
+
+
+class AgentConnectionCap:
+    """The same for an agent's ROUTER, in its synchronous call loop: ``monitor`` goes into the
+    loop's poller, ``on_events()`` when it is readable. A reset blocks the loop (at most about
+    ``MAX_PAUSE_S``): running calls go on in their threads, their replies wait."""
+
+    def __init__(self, sock: zmq.Socket, cap: int, bind: Callable[[], None],
+                 say: Callable[[str], None]) -> None:
+        self.sock, self.bind, self.say = sock, bind, say
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)  # a spare's: its own path
+        self.tally = Tally(cap)
+        self.monitor = sock.get_monitor_socket(_EVENTS)
+
+    def on_events(self) -> None:
+        for event in _events(self.monitor):
+            self.tally.on(event)
+        if self.tally.over():
+            self._reset()
+
+    def close(self) -> None:
+        _stop_monitor(self.sock, self.monitor)
+
+    def _reset(self) -> None:
+        self.say(f"otpy: {self.tally.count} connections to the agent's socket, its most: all of them are closed")
         try:
-            self.sock.disable_monitor()
-        except zmq.ZMQError:
-            pass
-        self.monitor.close(linger=0)
+            self.sock.unbind(self.endpoint)
+            started = time.monotonic()
+            time.sleep(self.tally.next_pause())
+            while not self.tally.settled() and time.monotonic() - started < MAX_PAUSE_S:
+                time.sleep(REBIND_AFTER_S)
+            self.tally.count = 0
+            self.bind()
+            self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except Exception as exc:  # the next event tries again
+            self.say(f"otpy: could not reset the agent's socket: {exc!r}")
+
+
+def _stop_monitor(sock: zmq.Socket, monitor: zmq.Socket) -> None:
+    try:
+        sock.disable_monitor()
+    except zmq.ZMQError:
+        pass
+    monitor.close(linger=0)

@@ -41,7 +41,8 @@ import zmq
 from ._forward import decode_call, limits, rss_mib, run_call
 from ._program import Program, instantiate
 from ._protocol import DRAIN_NOTICE, ENCODER, Call, CallFailed
-from ._agent_socket import bound_router, context as agent_context
+from ._agent_socket import bound_router, context as agent_context, rebind
+from ._connections import AgentConnectionCap, connection_cap
 from ._wire import Complaints
 from ._worker_registry import ConfigWatcher, has_registry, resolve
 from ._specs import ChildSpec
@@ -107,7 +108,9 @@ def _bind(program: Program, spec: ChildSpec) -> AgentServer | None:
     except ValueError as exc:
         fail(str(exc))
     try:
-        return AgentServer(program, bound_router(node, spec.id), concurrency, max_queue, spec.max_rss)
+        sockets = bound_router(node, spec.id)
+        return AgentServer(program, sockets, concurrency, max_queue, spec.max_rss,
+                           rebind=lambda: rebind(sockets[1], node, spec.id))
     except Exception as exc:
         fail(f"cannot bind the call socket: {_describe(exc)}")
 
@@ -267,7 +270,7 @@ class AgentServer:
     """
 
     def __init__(self, program: Program, sockets: tuple[zmq.Context, zmq.Socket], concurrency: int,
-                 max_queue: int, max_rss: float | None = None) -> None:
+                 max_queue: int, max_rss: float | None = None, rebind: Callable[[], None] | None = None) -> None:
         self.program = program
         self.max_rss = max_rss
         self.capacity = concurrency + max_queue
@@ -281,6 +284,8 @@ class AgentServer:
         self.concurrency = concurrency
         self.threads = 0  # call threads start after READY (the first) and with jobs: READY does not wait
         self.threads_lock = threading.Lock()  # jobs come from the loop and from the config watcher
+        self.rebind = rebind
+        self.cap: AgentConnectionCap | None = None  # made in serve, after READY
 
     def put_job(self, job) -> None:
         self.add_thread()
@@ -297,6 +302,9 @@ class AgentServer:
         poller = zmq.Poller()
         for what in (self.router, self.wake, signal_fd):
             poller.register(what, zmq.POLLIN)
+        if self.rebind is not None:  # a flood of connections must not abort the agent (EMFILE)
+            self.cap = AgentConnectionCap(self.router, connection_cap(1), self.rebind, _complain)
+            poller.register(self.cap.monitor, zmq.POLLIN)
         while not _shutdown_requested:
             self._handle(poller.poll(), signal_fd, drain)
         self._finish(poller, signal_fd, drain)
@@ -308,6 +316,8 @@ class AgentServer:
                 self._take_calls()
             elif what == self.wake:
                 self._send_replies()
+            elif self.cap is not None and what is self.cap.monitor:
+                self.cap.on_events()
             else:
                 drain(signal_fd)  # a SIGTERM woke us: its handler set _shutdown_requested
 
@@ -388,6 +398,8 @@ class AgentServer:
         if self.max_rss is not None and (rss := rss_mib()) > self.max_rss:
             print(f"otpy: RSS {rss:.1f} MiB is over max_rss {self.max_rss:g} MiB: exiting to be restarted",
                   file=sys.stderr, flush=True)
+            if self.cap is not None:
+                self.cap.close()  # term() waits for every socket of the context, its monitor's too
             self.router.close(linger=100)  # the replies just sent still leave (term waits for them)
             self.context.term()
             _exit(EXIT_MAX_RSS)

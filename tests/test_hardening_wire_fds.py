@@ -1,5 +1,6 @@
 """A node under a low descriptor limit survives any number of connections to its control
-sockets (ipc and the CURVE TCP port) and keeps serving and restarting children.
+sockets (ipc and the CURVE TCP port) and to its agents' sockets, and keeps serving and
+restarting children.
 
 Before: libzmq 4.3.5 aborted the node at EMFILE in the ipc accept path
 (``Too many open files (src/ipc_listener.cpp:297)``); a TCP flood left it without descriptors.
@@ -18,7 +19,7 @@ import time
 import pytest
 
 import otpy
-from otpy._runtime import control_endpoint
+from otpy._runtime import agent_socket_path, control_endpoint
 from tests.helpers import unique_name
 
 pytestmark = pytest.mark.timeout(90)
@@ -104,13 +105,19 @@ def assert_serves_and_restarts(name: str) -> None:
             time.sleep(0.05)
 
 
-@pytest.mark.parametrize("where", ["ipc", "tcp"])
+@pytest.mark.parametrize("where", ["ipc", "tcp", "agent"])
 def test_a_connection_flood_under_a_low_fd_limit_leaves_the_node_serving(node, where):
     name, port, proc, log = node
     if where == "ipc":
         held = flood(control_endpoint(name).removeprefix("ipc://"), socket.AF_UNIX, 2000)
-    else:
+    elif where == "tcp":
         held = flood(("127.0.0.1", port), socket.AF_INET, 2000)
+    else:  # the agent's socket: before, the agent aborted at EMFILE, again and again
+        with otpy.Caller(name) as caller:
+            pid = caller.call("echo", timeout=10)["pid"]
+            held = flood(str(agent_socket_path(name, "echo")), socket.AF_UNIX, 2000)
+            assert caller.call("echo", timeout=10, retries=3)["pid"] == pid  # the same process
+        assert "SIGABRT" not in log.read_text()
     try:
         assert proc.poll() is None, log.read_text()[-2000:]
         assert len(os.listdir(f"/proc/{proc.pid}/fd")) < FD_LIMIT // 2
