@@ -102,12 +102,17 @@ class ConnectionCap:
     """Watches one bound listener of the node's asyncio loop; at its tally's limit, closes
     every connection and binds again."""
 
-    def __init__(self, sock: zmq.asyncio.Socket, endpoint: str, cap: int, bind: Callable[[], None],
-                 name: str) -> None:
+    def __init__(self, sock: zmq.Socket, endpoint: str, cap: int, bind: Callable[[], None],
+                 name: str, context: zmq.asyncio.Context) -> None:
+        """``sock`` may be a plain socket of ``context``'s underlying context (the events PUB):
+        its monitor is read as an asyncio socket of ``context`` either way."""
         self.sock, self.endpoint, self.bind, self.name = sock, endpoint, bind, name
         self.tally = Tally(cap)
         self.rebinding: asyncio.Task | None = None
-        self.monitor = sock.get_monitor_socket(_EVENTS)
+        address = f"inproc://otpy-connections-{id(self)}"
+        sock.monitor(address, _EVENTS)
+        self.monitor = context.socket(zmq.PAIR)
+        self.monitor.connect(address)
         self.pending = zmq.Socket.shadow(self.monitor.underlying)  # the same socket, read without waiting
 
     async def run(self) -> None:

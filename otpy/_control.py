@@ -87,6 +87,7 @@ class ControlServer:
         return_big_buffers()
         self._pub = zmq.Context.shadow(self._context.underlying).socket(zmq.PUB)
         self._pub.setsockopt(zmq.LINGER, 0)
+        prepare(self._pub)
         self._bind_private(self._pub, events_endpoint(self.node.name))
         self._router = self._context.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
@@ -96,17 +97,23 @@ class ControlServer:
         self._bind_private(self._router, endpoint)
         if self.node.spec.control_tcp:
             self._open_tcp(self.node.spec.control_tcp)
-        cap = connection_cap(listeners=2 if self._tcp is not None else 1)
-        router = self._router
-        self._caps = [ConnectionCap(router, endpoint, cap, lambda: self._bind_private(router, endpoint), self.node.name)]
-        if self._tcp is not None:
-            tcp, tcp_endpoint = self._tcp, self.node.spec.control_tcp
-            self._caps.append(ConnectionCap(tcp, tcp_endpoint, cap, lambda: tcp.bind(tcp_endpoint), self.node.name))
+        self._cap_connections(endpoint)
         self._tasks.extend(asyncio.ensure_future(c.run()) for c in self._caps)
         self.node.listeners.append(self.publish)
         for sock in (self._router, self._tcp):
             if sock is not None:
                 self._start_receiving(sock)
+
+    def _cap_connections(self, control: str) -> None:
+        """A connection cap on every listener: control (ipc, TCP) and events (``_connections``)."""
+        listeners = [(self._router, control), (self._pub, events_endpoint(self.node.name))]
+        if self._tcp is not None:
+            listeners.append((self._tcp, self.node.spec.control_tcp))
+        cap = connection_cap(len(listeners))
+        for sock, endpoint in listeners:
+            bind = (lambda s=sock, e=endpoint: self._bind_private(s, e)) if endpoint.startswith("ipc://") else \
+                (lambda s=sock, e=endpoint: s.bind(e))
+            self._caps.append(ConnectionCap(sock, endpoint, cap, bind, self.node.name, self._context))
 
     def _open_tcp(self, endpoint: str) -> None:
         """The TCP control endpoint: CURVE-encrypted, only clients in ``curve/authorized`` get in."""

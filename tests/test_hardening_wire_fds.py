@@ -19,7 +19,7 @@ import time
 import pytest
 
 import otpy
-from otpy._runtime import agent_socket_path, control_endpoint
+from otpy._runtime import agent_socket_path, control_endpoint, events_endpoint
 from tests.helpers import unique_name
 
 pytestmark = pytest.mark.timeout(90)
@@ -105,13 +105,15 @@ def assert_serves_and_restarts(name: str) -> None:
             time.sleep(0.05)
 
 
-@pytest.mark.parametrize("where", ["ipc", "tcp", "agent"])
+@pytest.mark.parametrize("where", ["ipc", "tcp", "events", "agent"])
 def test_a_connection_flood_under_a_low_fd_limit_leaves_the_node_serving(node, where):
     name, port, proc, log = node
     if where == "ipc":
         held = flood(control_endpoint(name).removeprefix("ipc://"), socket.AF_UNIX, 2000)
     elif where == "tcp":
         held = flood(("127.0.0.1", port), socket.AF_INET, 2000)
+    elif where == "events":
+        held = flood(events_endpoint(name).removeprefix("ipc://"), socket.AF_UNIX, 2000)
     else:  # the agent's socket: before, the agent aborted at EMFILE, again and again
         with otpy.Caller(name) as caller:
             pid = caller.call("echo", timeout=10)["pid"]
