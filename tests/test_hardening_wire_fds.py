@@ -78,7 +78,7 @@ def flood(address, family: int, count: int) -> list[socket.socket]:
     """``count`` idle connections (each retried while refused: an attacker that insists)."""
     held = []
     for _ in range(count):
-        for _ in range(100):
+        for _ in range(200):
             s = socket.socket(family, socket.SOCK_STREAM)
             s.settimeout(1)
             try:
@@ -88,6 +88,8 @@ def flood(address, family: int, count: int) -> list[socket.socket]:
             except OSError:
                 s.close()
                 time.sleep(0.01)
+        else:
+            return held  # refused for 2 s: the listener is gone for good (the node died)
     return held
 
 
