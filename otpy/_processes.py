@@ -422,26 +422,3 @@ def _children_in_groups(groups: set[int]) -> set[int]:
         except OSError:
             continue
     return found
-
-
-def kill_leftovers(node_name: str) -> list[int]:
-    """SIGKILL every process of this user with ``OTPY_NODE=<node_name>`` in its environment.
-
-    For a node starting again after its earlier run died: what that run left is killed.
-    This process and its own descendants are spared. Returns the pids killed.
-    """
-    me = psutil.Process()
-    spared = {me.pid} | {p.pid for p in me.children(recursive=True)}
-    uid = os.getuid()
-    killed = []
-    for proc in psutil.process_iter(["uids"]):
-        uids = proc.info["uids"]
-        if proc.pid in spared or uids is None or uids.real != uid:
-            continue
-        try:
-            if proc.environ().get("OTPY_NODE") == node_name:
-                proc.kill()
-                killed.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return killed
