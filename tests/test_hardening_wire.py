@@ -87,7 +87,8 @@ def reply(sock: zmq.Socket, decoder, timeout_ms: int = 5000):
 @pytest.mark.parametrize("depth", [MAX_DEPTH + 50, 2000, 100_000])
 def test_a_deep_control_request_gets_bad_request_and_the_node_keeps_serving(node, ctx, depth):
     sock = dealer(ctx, control_endpoint(node.name))
-    sock.send(raw_map(type=msgspec.msgpack.encode("WhichChildren"), request_id=b"\x07", supervisor=deep_bytes(depth)))
+    sock.send(raw_map(type=msgspec.msgpack.encode("SetVariables"), request_id=b"\x07",
+                      scope=msgspec.msgpack.encode("global"), values=raw_map(x=deep_bytes(depth))))
     refused = reply(sock, FROM_NODE)
     assert isinstance(refused, ControlError) and refused.kind == "bad_request", refused
     assert "nested deeper than" in refused.message
