@@ -107,8 +107,8 @@ class ControlServer:
     def _cap_connections(self, control: str) -> None:
         """A connection cap on every listener: control (ipc, TCP) and events (``_connections``)."""
         listeners = [(self._router, control), (self._pub, events_endpoint(self.node.name))]
-        if self._tcp is not None:
-            listeners.append((self._tcp, self.node.spec.control_tcp))
+        if self._tcp is not None:  # as bound: a wildcard or port 0 resolved, so that unbind/bind find it
+            listeners.append((self._tcp, self._tcp.getsockopt_string(zmq.LAST_ENDPOINT)))
         cap = connection_cap(len(listeners))
         for sock, endpoint in listeners:
             bind = (lambda s=sock, e=endpoint: self._bind_private(s, e)) if endpoint.startswith("ipc://") else \

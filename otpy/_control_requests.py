@@ -12,6 +12,7 @@ waits for nobody (lane ``None``). ``SetVariables`` has a lane of its own (the re
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -112,8 +113,6 @@ def _outcome(request_id: int, result: Result) -> Outcome:
 
 def tree_entry(snapshot: dict[str, Any]) -> TreeEntry:
     """A supervisor's ``snapshot()`` as wire data, with uptime instead of a monotonic start time."""
-    import time
-
     started = snapshot.get("started_at")
     running = snapshot["state"] == "running" and started is not None
     children = snapshot.get("children")
