@@ -22,6 +22,7 @@ import msgspec
 import psutil
 import zmq
 
+from ._cli_exit import node_or_exit
 from ._cli_vars import vars_group
 from ._cli_work import bench, call, optimize, record_topology, run_pipeline
 from ._client import (
@@ -226,7 +227,7 @@ def events(node_name: str | None, as_json: bool) -> None:
 
     Exits 0 once the node stopped, 1 if its process died (its lock is looked at every 0.5 s).
     """
-    name = _node_or_exit(node_name)
+    name = node_or_exit(node_name)
     context = zmq.Context()
     socket = context.socket(zmq.SUB)
     socket.setsockopt(zmq.SUBSCRIBE, b"")
@@ -262,20 +263,9 @@ def _usage_exit(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
-def _node_or_exit(name: str | None) -> str:
-    """The node to talk to: exit 2 if none is named or found, 1 if it died (stale)."""
-    try:
-        return pick_node(name)
-    except NodeStale as exc:
-        click.echo(f"otpy: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
-    except NodeNotFound as exc:
-        _usage_exit(f"otpy: {exc}")
-
-
 def _ask(node_name: str | None, command: str, operation: Callable[[Client], Any], timeout: float = 30.0) -> Any:
     """Run ``operation`` on a client of the node; exit 1 if the node refused or did not answer."""
-    with Client(_node_or_exit(node_name), timeout=timeout) as client:
+    with Client(node_or_exit(node_name), timeout=timeout) as client:
         try:
             return operation(client)
         except (ControlError, TimeoutError, NodeStale) as exc:

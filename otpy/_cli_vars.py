@@ -19,7 +19,7 @@ import click
 
 from ._calls import Caller
 from ._runtime import agent_socket_path
-from ._client import NodeNotFound, pick_node
+from ._cli_exit import node_or_exit
 from ._errors import CallError
 
 EXIT_FAILED = 1
@@ -105,10 +105,7 @@ def _parse(value: str) -> Any:
 
 def _ask(node_name: str | None, request: dict[str, Any]) -> dict[str, Any]:
     """The registry's reply; exit 1 naming the problem if it refused or cannot be reached."""
-    try:
-        node = pick_node(node_name)
-    except NodeNotFound as exc:
-        _fail(str(exc))
+    node = node_or_exit(node_name)
     if not agent_socket_path(node, REGISTRY).exists():
         _fail(f"node {node!r} has no variable registry: declare [variables] (e.g. [variables.global]) "
               "in its topology")

@@ -17,7 +17,8 @@ import click
 import msgspec
 
 from ._calls import Caller
-from ._client import NodeNotFound, connect, pick_node
+from ._cli_exit import node_or_exit
+from ._client import NodeNotFound, connect
 from ._config import TopologyError, load_topology
 from ._errors import CallError
 from ._pipeline import Pipeline, PipelineError
@@ -31,13 +32,6 @@ TOPOLOGY_RECORD = "topology.path"  # written by `otpy start` in the node's folde
 def _fail(message: str, code: int = EXIT_FAILED):
     click.echo(message, err=True)
     sys.exit(code)
-
-
-def _node(name: str | None) -> str:
-    try:
-        return pick_node(name)
-    except NodeNotFound as exc:
-        _fail(f"otpy: {exc}", EXIT_USAGE)
 
 
 def _inputs(text: str) -> dict:
@@ -64,7 +58,7 @@ def record_topology(name: str, path: str) -> None:
 def call(agent_id: str, input_json: str, timeout: float, retries: int, node_name: str | None) -> None:
     """Call agent ID with --input and print its outputs as JSON."""
     inputs = _inputs(input_json)
-    with Caller(_node(node_name)) as caller:
+    with Caller(node_or_exit(node_name)) as caller:
         try:
             outputs = caller.call(agent_id, inputs, timeout=timeout, retries=retries)
         except CallError as exc:
@@ -80,7 +74,7 @@ def call(agent_id: str, input_json: str, timeout: float, retries: int, node_name
 def run_pipeline(name: str, input_json: str, topology_path: str | None, node_name: str | None) -> None:
     """Run the pipeline [pipelines.NAME] of the node's topology and print the result as JSON."""
     inputs = _inputs(input_json)
-    node = _node(node_name)
+    node = node_or_exit(node_name)
     if topology_path is None:
         record = node_dir(node) / TOPOLOGY_RECORD
         if not record.exists():

@@ -221,7 +221,7 @@ def test_a_killed_node_is_found_stale_at_once_and_stop_cleans_its_folder(tmp_pat
         folder = runtime_root() / name
         assert (folder / "control.sock").exists() and (folder / "node.lock").exists()
 
-        for command in (["status"], ["events"]):
+        for command in (["status"], ["events"], ["call", "greeter"], ["vars", "get", "global.x"]):
             began = time.monotonic()
             done = otpy_cli(*command, "--node", name, timeout=15)
             took = time.monotonic() - began
