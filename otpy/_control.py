@@ -227,7 +227,11 @@ class ControlServer:
         self._waiting[token] = (sock, identity, request.request_id)
         if len(self._waiting) >= MAX_WAITING:
             self._room.clear()
-        key = lane_of(self.node, request)
+        try:
+            key = lane_of(self.node, request)
+        except Exception as exc:  # a bug: the request is still answered (its dispatch will say what failed)
+            log.exception("otpy[%s]: no lane for %r", self.node.name, request)
+            key = ("other", describe(exc))
         previous = self._lanes.get(key) if key is not None else None
         task = self._spawn(self._serve(token, previous, request))
         if key is not None:
