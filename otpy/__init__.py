@@ -36,8 +36,10 @@ _WHERE = {
     "ModuleVariable": "_variables",
     "NoSuchAgent": "_errors",
     "Node": "_node",
+    "NodeAlreadyRunning": "_node",
     "NodeNotFound": "_client",
     "NodeSpec": "_specs",
+    "NodeStale": "_client",
     "NodeStartError": "_node",
     "OptimizeError": "_live",
     "Optimizer": "_optimizer",
@@ -98,8 +100,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from ._variables import ModuleVariable as ModuleVariable
     from ._errors import NoSuchAgent as NoSuchAgent
     from ._node import Node as Node
+    from ._node import NodeAlreadyRunning as NodeAlreadyRunning
     from ._client import NodeNotFound as NodeNotFound
     from ._specs import NodeSpec as NodeSpec
+    from ._client import NodeStale as NodeStale
     from ._node import NodeStartError as NodeStartError
     from ._live import OptimizeError as OptimizeError
     from ._optimizer import Optimizer as Optimizer

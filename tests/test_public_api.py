@@ -10,7 +10,7 @@ PUBLIC = {
     "Pipeline", "PipelineResult", "Program", "RemoteError", "Result", "Stage", "SupervisorSpec",
     "Unencodable", "VariableError", "VariableSpace", "connect",
     # every error a public call raises
-    "OptimizeError", "PipelineError", "RuntimeDirError", "TopologyError",
+    "OptimizeError", "PipelineError", "RuntimeDirError", "TopologyError", "NodeStale", "NodeAlreadyRunning",
 }
 
 
@@ -28,6 +28,6 @@ def test_every_error_a_public_call_raises_is_public():
     import inspect
 
     for name in ("TopologyError", "PipelineError", "OptimizeError", "RuntimeDirError", "NodeStartError",
-                 "NodeNotFound", "ControlError", "CallError", "VariableError"):
+                 "NodeNotFound", "NodeStale", "NodeAlreadyRunning", "ControlError", "CallError", "VariableError"):
         error = getattr(otpy, name)
         assert inspect.isclass(error) and issubclass(error, Exception), name
