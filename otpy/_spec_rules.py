@@ -112,7 +112,10 @@ def located_value_problems(spec: AnySpec, path: str) -> list[Problem]:
     return problems
 
 
-def _walk(spec: AnySpec, parent: Parent | None, path: str = "") -> Iterator[tuple[str, Parent | None, AnySpec, bool]]:
+Located = tuple[str, Parent | None, AnySpec, bool]
+
+
+def _walk(spec: AnySpec, parent: Parent | None, path: str = "") -> Iterator[Located]:
     """``(key path, parent, spec, is_template)`` for ``spec`` and everything below it."""
     yield path, parent, spec, False
     if isinstance(spec, SupervisorSpec):
@@ -328,7 +331,8 @@ def node_value_problems(spec: NodeSpec) -> list[Problem]:
     return problems
 
 
-TCP_EXPECTED = "'tcp://HOST:PORT': HOST '*', an IP address ('[...]' for IPv6) or a name that resolves, PORT 1-65535"
+TCP_EXPECTED = ("'tcp://HOST:PORT': HOST '*', an IP address ('[...]' for IPv6), an interface or a name "
+                "that resolves, PORT 1-65535")
 
 
 def control_tcp_problem(endpoint: object) -> str | None:
