@@ -128,8 +128,9 @@ def _create(path: str) -> None:
 
 def _check_tables(db: sqlite3.Connection, path: str) -> None:
     """RegistryFileError unless the database holds otpy's tables (reading it also proves it SQLite)."""
-    found = {name: tuple(column[1] for column in db.execute(f"PRAGMA table_info({name!r})"))
-             for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    found = {name: tuple(column[1] for column in db.execute(f"PRAGMA table_info({name})"))
+             for name in TABLES if name in tables}  # only otpy's own names go into the statement
     wrong = [name for name, columns in TABLES.items()
              if (name in REQUIRED_TABLES or name in found) and found.get(name) != columns]
     if wrong:
