@@ -421,8 +421,17 @@ def _import_in_child(targets: list[str], path: list[str], timeout: float) -> tup
         return reports, None
     if status is None:
         return reports, f"did not finish within {timeout:g} s{_last_line(stderr)}"
-    how = f"signal {-status} ({signal.Signals(-status).name})" if status < 0 else f"exit status {status}"
-    return reports, f"ended the process ({how}){_last_line(stderr)}"
+    return reports, f"ended the process ({_how(status)}){_last_line(stderr)}"
+
+
+def _how(status: int) -> str:
+    """``exit status N``, or ``signal N (NAME)`` for a child a signal ended (``returncode < 0``)."""
+    if status >= 0:
+        return f"exit status {status}"
+    try:
+        return f"signal {-status} ({signal.Signals(-status).name})"
+    except ValueError:  # a real-time signal has no name
+        return f"signal {-status}"
 
 
 def _text(data: bytes | str | None) -> str:
