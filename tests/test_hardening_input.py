@@ -385,3 +385,47 @@ def test_values_the_rules_pass_cross_the_wire(args, env):
     if value_problems(spec) == []:
         assert msgspec.msgpack.decode(msgspec.msgpack.encode(spec), type=ChildSpec).args == args
         assert all(key and "=" not in key and "\0" not in key + value for key, value in env.items())
+
+
+# --- validate and start agree: what a file passes, the node's own check passes ------------------
+
+
+def toml_value(value) -> str:
+    """A TOML literal for the test's values (strings as JSON strings, which TOML reads alike)."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if value != value else ("inf" if value > 0 else "-inf") if abs(value) == float("inf") \
+            else repr(value)
+    if isinstance(value, (int, str)):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return "{" + ", ".join(f"{json.dumps(key)} = {toml_value(item)}" for key, item in value.items()) + "}"
+
+
+TOML_LEAVES = (st.booleans() | st.integers(min_value=-(2 ** 70), max_value=2 ** 70) | st.floats()
+               | st.text(max_size=4))
+TOML_ARGS = st.recursive(TOML_LEAVES, lambda inner: st.lists(inner, max_size=3)
+                         | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=10)
+DURATIONS = st.integers(min_value=-1, max_value=2 ** 70) | st.floats()
+
+
+@given(env=st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=3),
+       args=st.dictionaries(st.text(max_size=4), TOML_ARGS, max_size=3),
+       command=st.lists(st.text(max_size=4), min_size=1, max_size=3), cwd=st.text(max_size=4),
+       shutdown=DURATIONS, start_timeout=DURATIONS, max_seconds=DURATIONS)
+@settings(max_examples=300, deadline=None)
+def test_a_file_that_validates_is_a_node_that_may_start(env, args, command, cwd, shutdown, start_timeout,
+                                                       max_seconds):
+    fields = {"env": env, "args": args, "command": command, "cwd": cwd, "shutdown": shutdown,
+              "start_timeout": start_timeout}
+    text = f"[supervisor]\nmax_seconds = {toml_value(max_seconds)}\n[[supervisor.children]]\nid = \"w\"\n"
+    text += "".join(f"{key} = {toml_value(value)}\n" for key, value in fields.items())
+    try:
+        topology = parse_topology(text, source="t.toml")
+    except TopologyError:
+        return
+    assert node_problems(topology.node) == []
