@@ -71,7 +71,7 @@ def test_a_node_with_duplicate_ids_does_not_start_and_leaves_nothing():
 
 def test_start_child_and_reconfigure_of_a_bad_spec_are_invalid_and_start_nothing():
     root = SupervisorSpec(id="root", children=(DynamicSupervisorSpec(id="pool"),))
-    with otpy.Node.from_spec(root, name=unique_name("badspec")).start() as node:
+    with otpy.Node.from_spec(root, name=unique_name("badspec")) as node:  # __enter__ starts it
         nest = SupervisorSpec(id="nest", children=(sleeper("x"), sleeper("x")))
         result = node.start_child("root", nest)
         assert result.outcome == "invalid" and "child 'x': id: got 'x' used twice" in result.detail
