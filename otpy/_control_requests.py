@@ -84,7 +84,7 @@ def lane_of(node: "AsyncNode", request: Message) -> Lane | None:
 async def dispatch(node: "AsyncNode", request: Message) -> Message:
     match request:
         case WhichChildren(request_id=rid, supervisor=sup):
-            return Children(rid, [ChildInfo(**c) for c in node.which_children(sup or None)])
+            return Children(rid, [_child_info(c) for c in node.which_children(sup or None)])
         case CountChildren(request_id=rid, supervisor=sup):
             return Counts(rid, **node.count_children(sup or None))
         case StartChild(request_id=rid, supervisor=sup, spec=spec):
@@ -105,6 +105,11 @@ async def dispatch(node: "AsyncNode", request: Message) -> Message:
             status = node.status()
             return Status(rid, node=status["node"], pid=status["pid"], tree=tree_entry(status["tree"]))
     raise AssertionError(f"unhandled request {request!r}")
+
+
+def _child_info(child: dict[str, Any]) -> ChildInfo:
+    """The wire's fields of one ``which_children`` entry (the node may know more of a child)."""
+    return ChildInfo(**{name: child[name] for name in ChildInfo.__struct_fields__ if name in child})
 
 
 def _outcome(request_id: int, result: Result) -> Outcome:

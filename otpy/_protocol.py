@@ -248,6 +248,7 @@ class ChildInfo(msgspec.Struct, frozen=True):
     kind: str
     state: str
     pid: int | None = None
+    restarts: int = 0  # as the node's which_children (Supervisor.children_info) reports it
 
 
 class Children(Message):
