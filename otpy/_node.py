@@ -212,11 +212,7 @@ class AsyncNode:
         sup = self.supervisor(sup_id)
         if sup is None:
             raise LookupError(f"no supervisor {sup_id!r}")
-        return [
-            {"id": c.id, "pid": c.pid if c.state == "running" else None, "state": c.state,
-             "kind": c.spec.kind}
-            for c in (sup.machine.children[i] for i in sup.machine.order)
-        ]
+        return sup.children_info()  # the truth between the supervisor's events
 
     def count_children(self, sup_id: str | None = None) -> dict[str, int]:
         """OTP's counts: ``specs``, ``active`` (running), ``supervisors`` and ``workers`` (specs)."""

@@ -101,7 +101,7 @@ class TestOperations:
         assert client.start_child("nope", sleeper("d")).outcome == "not_found"
         assert client.start_child("root", sleeper("a")).outcome in ("already_started", "invalid")
         invalid = client.start_child("root", otpy.ChildSpec(id="d"))
-        assert invalid.outcome == "invalid" and "program and command" in invalid.detail
+        assert invalid.outcome == "invalid" and "'program' nor 'command'" in invalid.detail
         failed = client.start_child("root", otpy.ChildSpec(id="e", command=("/no/such/program",)))
         assert failed.outcome == "start_failed"
         assert "e" not in {c["id"] for c in client.which_children()}

@@ -29,7 +29,8 @@ def test_the_target_serves_under_the_same_name_with_a_new_pid(node):
     before = node.which_children("pool")[0]["pid"]
     result = node.reconfigure("pool", "agent", otpy.ChildSpec(id="agent", program=UPPER))
     assert result.ok and result.pid != before
-    assert node.which_children("pool") == [{"id": "agent", "pid": result.pid, "state": "running", "kind": "worker"}]
+    assert node.which_children("pool") == [{"id": "agent", "pid": result.pid, "state": "running", "kind": "worker",
+                                          "restarts": 0}]
     assert node.call("agent", {"text": "hi"}) == {"text": "HI"}
 
 

@@ -74,7 +74,8 @@ class TestRestartTypes:
         node, events = start([sleeper("a"), exits_with("t", 0, restart="transient")])
         try:
             events.wait("exited", "t")
-            assert node.which_children("root")[1] == {"id": "t", "pid": None, "state": "stopped", "kind": "worker"}
+            assert node.which_children("root")[1] == {"id": "t", "pid": None, "state": "stopped", "kind": "worker",
+                                                       "restarts": 0}
         finally:
             node.stop()
 
