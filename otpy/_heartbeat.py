@@ -3,8 +3,8 @@
 The zygote is single threaded. If it is stopped (SIGSTOP) or hung (a program module whose
 import never returns), nobody reaps children or answers spawn requests, and the control
 plane waits for ever: ``terminate_child`` on the stop, ``status`` behind it, and a child
-killed meanwhile shows ``running``. So the node pings the zygote over its socket (one
-``PING`` datagram; the zygote answers ``PONG`` between two messages) and expects the answer
+killed meanwhile shows ``running``. So the node pings the zygote over its socket (a
+``Ping`` message; the zygote answers ``Pong`` between two messages) and expects the answer
 within ``TIMEOUT`` s. The next ping goes ``INTERVAL`` s after a pong: an idle node and its
 zygote wake once a second for it, a stopped zygote is noticed within INTERVAL + TIMEOUT.
 
@@ -12,36 +12,28 @@ A zygote that works on a spawn request may rightly be busy for long (importing a
 module): while a request is pending, the deadline is moved to that request's start
 deadline, unless the zygote is seen stopped (``/proc``: state ``T``), which no work explains.
 
-``PING``/``PONG`` are raw datagrams, not ``_protocol`` messages: neither is valid msgpack
-for a tagged message (``p`` is a lone fixint, then trailing bytes), so both ends tell them
-apart from every message before decoding.
-
->>> PING != PONG and len(PING) == len(PONG) == 4
-True
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-if TYPE_CHECKING:  # the zygote imports PING and PONG: no asyncio in it (nor in its forks)
+if TYPE_CHECKING:
     import asyncio
 
-PING = b"ping"
-PONG = b"pong"
 INTERVAL = 1.0  # between a pong and the next ping
 TIMEOUT = 2.0  # for a pong, unless a spawn request is pending
 
 
 class Heartbeat:
-    """Pings through ``send``; calls ``on_stuck(waited_s)`` once when a pong is overdue.
+    """Pings through ``send()``; calls ``on_stuck(waited_s)`` once when a pong is overdue.
 
     ``busy_until()`` is the loop time until which the zygote may rightly not answer (the
     latest start deadline of the pending spawn requests; 0 if none). ``stopped()`` says
     whether the zygote is stopped now, which ends that grace at once.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, send: Callable[[bytes], None],
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, send: Callable[[], None],
                  on_stuck: Callable[[float], None], busy_until: Callable[[], float],
                  stopped: Callable[[], bool], interval: float = INTERVAL, timeout: float = TIMEOUT) -> None:
         self._loop = loop
@@ -70,7 +62,7 @@ class Heartbeat:
 
     def _ping(self) -> None:
         self._sent_at = self._loop.time()
-        self._send(PING)  # a full socket drops it: the zygote is not reading, the deadline decides
+        self._send()  # a full socket drops it: the zygote is not reading, the deadline decides
         self._timer = self._loop.call_later(self.timeout, self._overdue)
 
     def _overdue(self) -> None:

@@ -17,9 +17,11 @@ import sys
 from typing import Callable
 
 from ._fd_reserve import FdReserve
-from ._heartbeat import PONG, Heartbeat
+from ._heartbeat import Heartbeat
 from ._node_run import RUN_VAR
-from ._protocol import ENCODER, FROM_ZYGOTE, Hello, Init
+from ._protocol import ENCODER, FROM_ZYGOTE, Hello, Init, Ping, Pong
+
+_PING = ENCODER.encode(Ping())  # encoded once: the heartbeat sends it every second
 
 log = logging.getLogger("otpy")
 LINE_LIMIT = 1 << 16
@@ -124,7 +126,7 @@ class ZygoteLink:
         loop.add_reader(self._pidfd, self._died)
         starting_until = loop.time() + START_TIMEOUT  # an interpreter start on a loaded machine
         self._heartbeat = Heartbeat(
-            loop, send=self._send_raw, on_stuck=self._stuck, stopped=self._is_stopped,
+            loop, send=self._ping, on_stuck=self._stuck, stopped=self._is_stopped,
             busy_until=lambda: max(busy_until(), starting_until if not self._hello.done() else 0.0))
         self._heartbeat.start()
         await self.send(Init(sys_path=list(sys.path), cwd=os.getcwd(), env=env))
@@ -173,9 +175,9 @@ class ZygoteLink:
         except (OSError, IndexError):
             return False
 
-    def _send_raw(self, data: bytes) -> None:
+    def _ping(self) -> None:
         try:
-            self._sock.send(data)
+            self._sock.send(_PING)
         except OSError:  # full (the zygote does not read) or closed (it is dying)
             pass
 
@@ -225,14 +227,13 @@ class ZygoteLink:
             if not data:
                 self._close_socket()
                 return
-            if data == PONG:
-                self._heartbeat.pong()
-                continue
-            message = FROM_ZYGOTE.decode(data)
-            if isinstance(message, Hello):
-                self._hello.set_result(message.pid)
-            else:
-                self._on_message(message)
+            match FROM_ZYGOTE.decode(data):
+                case Pong():
+                    self._heartbeat.pong()
+                case Hello(pid=pid):
+                    self._hello.set_result(pid)
+                case message:
+                    self._on_message(message)
 
     def _died(self) -> None:
         self._read()  # the last reports first

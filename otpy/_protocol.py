@@ -89,8 +89,16 @@ class Exited(Message):
     status: int
 
 
-ToZygote = Union[Init, Spawn]
-FromZygote = Union[Hello, Spawned, SpawnFailed, Exited]
+class Ping(Message):
+    """node -> zygote: the heartbeat (``_heartbeat``); answered by a Pong between two messages."""
+
+
+class Pong(Message):
+    """zygote -> node: alive, and not stuck."""
+
+
+ToZygote = Union[Init, Spawn, Ping]
+FromZygote = Union[Hello, Spawned, SpawnFailed, Exited, Pong]
 ZygoteMessage = Union[ToZygote, FromZygote]
 
 TO_ZYGOTE = msgspec.msgpack.Decoder(ToZygote)

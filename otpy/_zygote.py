@@ -32,11 +32,10 @@ import msgspec  # noqa: F401  (pre-imported for the workers)
 import zmq  # noqa: F401  (pre-imported for the workers)
 
 from otpy import _agent_socket, _worker
-from otpy._heartbeat import PING, PONG
 from otpy._linux import become_subreaper, die_with_parent, process_name, set_process_name
 from otpy._node_run import RUN_VAR, kill_run
 from otpy._program import import_target
-from otpy._protocol import ENCODER, TO_ZYGOTE, Exited, Hello, Init, Spawn, Spawned, SpawnFailed
+from otpy._protocol import ENCODER, TO_ZYGOTE, Exited, Hello, Init, Ping, Pong, Spawn, Spawned, SpawnFailed
 
 MAX_MESSAGE = 1 << 18
 MAX_FD = os.sysconf("SC_OPEN_MAX")
@@ -95,10 +94,9 @@ class Zygote:
             return False
         if flags & socket.MSG_TRUNC:
             raise RuntimeError(f"message larger than {MAX_MESSAGE} bytes")
-        if data == PING:  # the node's heartbeat (``_heartbeat``): we are alive, and not stuck
-            self.send_raw(PONG)
-            return True
         match TO_ZYGOTE.decode(data):
+            case Ping():  # the node's heartbeat (``_heartbeat``): we are alive, and not stuck
+                self.send(Pong())
             case Init() as init:
                 self.init(init)
             case Spawn() as request:
