@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import resource
+import threading
 import time
 from typing import Callable
 
@@ -194,6 +195,44 @@ class AgentConnectionCap:
             self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         except Exception as exc:  # the next event tries again
             self.say(f"otpy: could not reset the agent's socket: {exc!r}")
+
+
+class ThreadConnectionCap:
+    """The same for a listener that several threads use under ``lock`` (the registry's events
+    PUB): a thread of its own waits on the monitor (no timer), and a reset holds ``lock``, so
+    the socket is never used by two threads at once. ``close()`` wakes the thread and ends it."""
+
+    def __init__(self, sock: zmq.Socket, cap: int, bind: Callable[[], None], lock: threading.Lock,
+                 say: Callable[[str], None]) -> None:
+        self.lock = lock
+        self.cap = AgentConnectionCap(sock, cap, bind, say)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._watch, name="otpy-connection-cap", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.cap.monitor, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        while True:
+            ready = dict(poller.poll())
+            if self._wake_r in ready:
+                return
+            try:
+                with self.lock:
+                    self.cap.on_events()
+            except zmq.ZMQError as exc:
+                if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
+                    return
+                self.cap.say(f"otpy: connection monitor: {exc}")
+
+    def close(self) -> None:
+        os.write(self._wake_w, b"\0")
+        self._thread.join(timeout=5)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        with self.lock:
+            self.cap.close()
 
 
 def _stop_monitor(sock: zmq.Socket, monitor: zmq.Socket) -> None:

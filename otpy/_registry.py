@@ -162,17 +162,31 @@ class Registry(Program):
             self._load()
         except sqlite3.Error as exc:
             raise RegistryFileError(f"registry database {path}: cannot read it: {exc}") from None
-        self._context = self.pub = None
-        endpoint = args.get("events") or events_endpoint()
-        if endpoint:
-            self._context = zmq.Context(io_threads=1)
-            self.pub = self._context.socket(zmq.PUB)
-            self.pub.linger = 0
+        self._context = self.pub = self._cap = None
+        if endpoint := args.get("events") or events_endpoint():
+            self._open_events(endpoint)
+
+    def _open_events(self, endpoint: str) -> None:
+        """The events PUB, private (0600), its connections capped like every listener of a node
+        (``_connections``): a flood of idle connections would abort the registry at EMFILE."""
+        from ._connections import ThreadConnectionCap, connection_cap, prepare
+
+        def bind() -> None:
             self.pub.bind(endpoint)  # libzmq unlinks the file a SIGKILLed incarnation left
             os.chmod(endpoint.removeprefix("ipc://"), 0o600)
 
+        self._context = zmq.Context(io_threads=1)
+        self.pub = self._context.socket(zmq.PUB)
+        self.pub.linger = 0
+        prepare(self.pub)
+        bind()
+        self._cap = ThreadConnectionCap(self.pub, connection_cap(2), bind, self._lock,
+                                        say=lambda text: print(text, file=sys.stderr, flush=True))
+
     def teardown(self) -> None:
         self.db.close()
+        if self._cap is not None:
+            self._cap.close()
         if self.pub is not None:
             self.pub.close(linger=0)
             self._context.term()

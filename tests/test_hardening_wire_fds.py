@@ -26,6 +26,7 @@ pytestmark = pytest.mark.timeout(90)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FD_LIMIT = 1024  # as in the issue (ulimit -n 1024)
+ECHO = 1  # the registry (the topology has [variables]) is the root's first child, echo the second
 
 
 def free_port() -> int:
@@ -41,7 +42,8 @@ def node(tmp_path):
     topology = tmp_path / "topology.toml"
     topology.write_text(f'[node]\nname = "{name}"\ncontrol_tcp = "tcp://127.0.0.1:{port}"\n\n'
                         '[supervisor]\nmax_restarts = 100\n\n'
-                        '[[supervisor.children]]\nid = "echo"\nprogram = "tests.call_agents:Echo"\n')
+                        '[[supervisor.children]]\nid = "echo"\nprogram = "tests.call_agents:Echo"\n\n'
+                        '[variables.global]\nt = { type = "float", low = 0.0, high = 2.0, default = 1.0 }\n')
 
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
@@ -96,18 +98,25 @@ def flood(address, family: int, count: int) -> list[socket.socket]:
 def assert_serves_and_restarts(name: str) -> None:
     with otpy.connect(name, timeout=10) as client:
         assert client.status()["tree"]["state"] == "running"
-        old = client.which_children()[0]["pid"]
+        old = client.which_children()[ECHO]["pid"]
         os.kill(old, signal.SIGKILL)
         deadline = time.monotonic() + 15
         while True:
-            child = client.which_children()[0]
+            child = client.which_children()[ECHO]
             if child["state"] == "running" and child["pid"] not in (None, old):
                 return
             assert time.monotonic() < deadline, f"echo not restarted: {child}"
             time.sleep(0.05)
 
 
-@pytest.mark.parametrize("where", ["ipc", "tcp", "events", "agent"])
+def registry_pid(name: str) -> int:
+    with otpy.connect(name, timeout=10) as client:
+        registry = client.which_children()[0]
+    assert registry["id"] == "registry" and registry["state"] == "running"
+    return registry["pid"]
+
+
+@pytest.mark.parametrize("where", ["ipc", "tcp", "events", "agent", "registry-events"])
 def test_a_connection_flood_under_a_low_fd_limit_leaves_the_node_serving(node, where):
     name, port, proc, log = node
     if where == "ipc":
@@ -116,6 +125,11 @@ def test_a_connection_flood_under_a_low_fd_limit_leaves_the_node_serving(node, w
         held = flood(("127.0.0.1", port), socket.AF_INET, 2000)
     elif where == "events":
         held = flood(events_endpoint(name).removeprefix("ipc://"), socket.AF_UNIX, 2000)
+    elif where == "registry-events":  # the registry's PUB: before, the registry aborted at EMFILE
+        pid = registry_pid(name)
+        held = flood(os.path.join(os.path.dirname(control_endpoint(name).removeprefix("ipc://")),
+                                  "registry-events.sock"), socket.AF_UNIX, 2000)
+        assert registry_pid(name) == pid, log.read_text()[-2000:]
     else:  # the agent's socket: before, the agent aborted at EMFILE, again and again
         with otpy.Caller(name) as caller:
             pid = caller.call("echo", timeout=10)["pid"]
