@@ -36,7 +36,6 @@ from typing import Any, Iterator, Union
 from pydantic import ValidationError
 
 from ._registry import with_registry
-from ._spec_rules import Problem as ValueProblem
 from ._spec_rules import located_value_problems, node_value_problems, toml_key
 from ._specs import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, ChildSpec
 from ._specs import DynamicSupervisorSpec, NodeSpec, SupervisorSpec
@@ -263,10 +262,10 @@ def _read_toml(text: str, source: str) -> dict:
 def _node_problems(node: NodeSpec, *, from_file_name: bool) -> list[Problem]:
     """``[node]``'s values, by the rules every node spec follows (``_spec_rules``)."""
     problems = []
-    for field, message in node_value_problems(node):
-        if field == "name" and from_file_name:
+    for key, message in node_value_problems(node):
+        if key == "name" and from_file_name:
             message = message.replace("; expected", " (from the file name); expected", 1)
-        problems.append((f"node.{field}", message))
+        problems.append((f"node.{key}", message))
     return problems
 
 

@@ -11,7 +11,6 @@ zygote wake once a second for it, a stopped zygote is noticed within INTERVAL + 
 A zygote that works on a spawn request may rightly be busy for long (importing a program's
 module): while a request is pending, the deadline is moved to that request's start
 deadline, unless the zygote is seen stopped (``/proc``: state ``T``), which no work explains.
-
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from typing import Any, Iterator, NamedTuple
 import msgspec
 
 from ._specs import (
-    NAME_EXPECTED, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec,
+    PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec,
     SupervisorSpec, from_template, name_problem,
 )
 

@@ -81,7 +81,7 @@ def test_a_sigkilled_zygote_costs_no_restart_intensity_and_its_children_come_bac
             zygote = zygote_of(node)
             t0 = time.monotonic()
             os.kill(zygote, signal.SIGKILL)
-            after = whole_again(node, before, 10)
+            whole_again(node, before, 10)
             took = time.monotonic() - t0
             assert zygote_of(node) != zygote
             assert node.status()["tree"]["state"] == "running"

@@ -3,8 +3,6 @@ and a caller's reply path answer them with a typed error and keep serving."""
 
 from __future__ import annotations
 
-import os
-import stat
 import threading
 import time
 
@@ -16,7 +14,7 @@ import otpy
 from otpy._protocol import ENCODER, FROM_AGENT, FROM_NODE, CallFailed, ControlError, GetStatus, Reply, Status
 from otpy._runtime import agent_endpoint, agent_socket_path, control_endpoint, make_agents_dir
 from otpy._wire import MAX_DEPTH
-from tests.helpers import Events, pids, sleeper, unique_name
+from tests.helpers import sleeper, unique_name
 from tests.test_hardening_wire_agents import nested
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,7 +13,7 @@ import zmq
 import otpy
 from otpy._protocol import ENCODER, FROM_NODE, Children, GetStatus, Outcome, Status, TerminateChild, WhichChildren
 from otpy._runtime import agent_socket_path, control_endpoint
-from tests.helpers import IGNORES_TERM, Events, pids, python, sleeper, unique_name, wait_until
+from tests.helpers import IGNORES_TERM, Events, pids, python, sleeper, unique_name
 
 pytestmark = pytest.mark.timeout(60)
 
