@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ._errors import BadRequest, CallError, Overloaded, RemoteError, Unencodable
-from ._forward import call_id_of
 from ._protocol import ENCODER, FROM_AGENT, Call, CallFailed, Reply, first_unencodable
-from ._wire import WireError, decode, encode
+from ._wire import WireError, call_id_of, decode, encode
 
 
 def encode_call(call_id: int, inputs: Mapping[str, Any]) -> bytes:

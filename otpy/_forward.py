@@ -14,7 +14,7 @@ import msgspec
 
 from ._program import Program
 from ._protocol import ENCODER, TO_AGENT, Call, CallFailed, Reply, first_unencodable
-from ._wire import WireError, decode, encode, top_level_int
+from ._wire import WireError, call_id_of, decode, encode
 
 DEFAULT_CONCURRENCY = 1
 DEFAULT_MAX_QUEUE = 1000
@@ -48,13 +48,6 @@ def decode_call(payload) -> Call | CallFailed:
         return decode(TO_AGENT, payload)
     except WireError as exc:
         return CallFailed(call_id=call_id_of(payload), kind="bad_request", message=str(exc))
-
-
-def call_id_of(payload) -> int:
-    """The ``call_id`` of a message that does not decode as a whole (0 if none can be read), so
-    that its sender's call fails at once rather than at its deadline."""
-    call_id = top_level_int(payload, "call_id")
-    return call_id if call_id is not None and call_id > 0 else 0
 
 
 def run_call(program: Program, call: Call) -> bytes:

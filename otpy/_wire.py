@@ -180,6 +180,13 @@ def _heads() -> list[tuple[int, int, int, int]]:
 _HEADS = _heads()
 
 
+def call_id_of(payload) -> int:
+    """The ``call_id`` of a message that does not decode as a whole (0 if none can be read), so
+    that its sender's call fails at once rather than at its deadline."""
+    call_id = top_level_int(payload, "call_id")
+    return call_id if call_id is not None and call_id > 0 else 0
+
+
 def top_level_int(data: bytes | bytearray | memoryview, key: str) -> int | None:
     """The int at ``key`` of the msgpack map ``data``, read without decoding (nor recursing into)
     the other values: a message refused as a whole still names its call. None if absent."""
