@@ -29,6 +29,7 @@ import sqlite3
 import stat
 import sys
 import threading
+import traceback
 from typing import Any
 
 import msgspec
@@ -192,6 +193,10 @@ class Registry(Program):
             self._context.term()
 
     def forward(self, op: str = "", **request: Any) -> dict[str, Any]:
+        """Every answer is typed: a malformed request of any shape is ``bad_request`` naming the
+        field; an exception otpy did not expect is logged with its traceback and is ``internal``."""
+        if (problem := request_problem(op, request)) is not None:
+            return {"ok": False, "error": "bad_request", "problems": [problem]}
         try:
             with self._lock:
                 return self._serve(op, **request)
@@ -199,10 +204,9 @@ class Registry(Program):
             return {"ok": False, "error": "invalid", "problems": error.problems}
         except VersionConflict as conflict:
             return {"ok": False, "error": "conflict", "problems": [str(conflict)], "current": conflict.current}
-        except TypeError as error:  # unexpected request fields
-            return {"ok": False, "error": "bad_request", "problems": [f"{op}: {error}"]}
-        except KeyError as error:
-            return {"ok": False, "error": "bad_request", "problems": [f"{op}: missing field {error}"]}
+        except Exception as error:  # an otpy bug or a broken file: said loudly, answered typed
+            traceback.print_exc(file=sys.stderr)
+            return {"ok": False, "error": "internal", "problems": [f"{op}: {type(error).__name__}: {error}"]}
 
     def _serve(self, op: str, **request: Any) -> dict[str, Any]:
         store = self.store
@@ -234,11 +238,10 @@ class Registry(Program):
     def _learn_chain(self, child: str, chain: list[str] | None) -> None:
         """Children started at run time tell their supervisors, nearest first (``OTPY_SUPERVISORS``).
 
-        Only a child the tree does not know yet is learnt, and only from a list of known ids."""
-        if not isinstance(child, str) or child in self.store.parents or not chain:
+        Only a child the tree does not know yet is learnt, and only from a list of known ids
+        (``request_problem`` checked the shapes)."""
+        if child in self.store.parents or not chain:
             return
-        if not isinstance(chain, list) or not all(isinstance(s, str) for s in chain):
-            raise TypeError("chain must be a list of supervisor ids")
         known = {*self.store.parents, *self.store.parents.values()}
         links = list(zip([child, *chain], chain))
         for depth, (_, above) in enumerate(links):
@@ -249,9 +252,13 @@ class Registry(Program):
 
     def _register_space(self, scope: str, tables: dict[str, dict]) -> list[str]:
         """Declare variables (topology form) in ``scope`` at run time: new ones are added and
-        committed; one declared already must be declared the same way (else VariableError)."""
-        if not isinstance(scope, str) or not scope or not isinstance(tables, dict):
-            raise VariableError([f"register_space: scope must be a name and variables a table, not {scope!r}"])
+        committed; one declared already must be declared the same way (else VariableError).
+
+        Nothing is stored if a child that resolves now would not resolve with the new variables
+        (a variable with no default in a scope children read): else every restart would fail
+        for as long as the file holds the declaration."""
+        if not scope:
+            raise VariableError(["register_space: scope: got ''; expected a name"])
         space = self.store.spaces.get(scope)
         added, problems = {}, []
         for name, table in tables.items():
@@ -264,6 +271,7 @@ class Registry(Program):
         if problems:
             raise VariableError(problems)
         if added:
+            self._check_still_resolves(scope, [variable for variable, _ in added.values()])
             try:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.executemany("INSERT OR REPLACE INTO space VALUES (?, ?, ?)",
@@ -275,6 +283,32 @@ class Registry(Program):
                 raise RegistryFileError(f"registry database {self.path}: cannot write: {exc}") from exc
             self._declare(scope, [variable for variable, _ in added.values()])
         return sorted(added)
+
+    def _check_still_resolves(self, scope: str, variables: list) -> None:
+        """VariableError naming each known child whose resolution the new ``variables`` would break."""
+        store = self.store
+        ids = sorted({*store.parents, *store.parents.values(), *store.spaces, scope})
+        before = {child for child in ids if _resolves(store, child)}
+        saved = store.spaces.get(scope)
+        trial = VariableSpace(scope, [*(saved.variables.values() if saved else ()), *variables])
+        if saved is not None:
+            trial.constraints = list(saved.constraints)
+        store.spaces[scope] = trial
+        store.values.setdefault(scope, {})
+        try:
+            broken = [child for child in sorted(before) if not _resolves(store, child)]
+        finally:
+            if saved is None:
+                del store.spaces[scope]
+                if not store.values[scope]:
+                    del store.values[scope]
+            else:
+                store.spaces[scope] = saved
+        if broken:
+            raise VariableError([f"register_space: scope {scope!r}: the new variables would make the "
+                                 f"configuration of {', '.join(map(repr, broken))} unresolvable (a variable "
+                                 "without a default, or a composite or constraint that fails); "
+                                 "expected every new variable to have a default there"])
 
     def _declare(self, scope: str, variables) -> None:
         if scope not in self.store.spaces:
@@ -341,6 +375,66 @@ class Registry(Program):
                 print(f"otpy: registry: dropping stored {scope}.{name}: {refused}", file=sys.stderr, flush=True)
                 continue
             store.versions[scope, name] = version
+
+
+# The fields of each op: (name, expected types, required). Checked before the op runs, so a
+# malformed request is a bad_request naming its field, never an exception of the store.
+_NAME, _TABLE, _ANY = (str,), (dict,), (object,)
+REQUEST_FIELDS: dict[str, tuple[tuple[str, tuple[type, ...], bool], ...]] = {
+    "get": (("scope", _NAME, True), ("name", _NAME, True)),
+    "list": (("scope", _NAME, False),),
+    "resolve": (("child", _NAME, True), ("chain", (list,), False)),
+    "explain": (("child", _NAME, True), ("name", _NAME, True), ("chain", (list,), False)),
+    "register_space": (("scope", _NAME, True), ("variables", _TABLE, True)),
+    "set": (("scope", _NAME, True), ("name", _NAME, True), ("value", _ANY, True),
+            ("expected_version", (int,), False)),
+    "set_many": (("values", _TABLE, True),),
+}
+
+
+def request_problem(op: object, request: dict[str, Any]) -> str | None:
+    """Why ``request`` is not a well-formed ``op`` request (naming the field), or None.
+
+    An unknown op is left to ``_serve``, which lists the known ones."""
+    fields = REQUEST_FIELDS.get(op) if isinstance(op, str) else None
+    if fields is None:
+        return None if isinstance(op, str) else f"op: got {type(op).__name__}; expected a string"
+    expected_names = {name for name, _, _ in fields}
+    if extra := sorted(map(str, set(request) - expected_names)):
+        return f"{op}: unexpected field {extra[0]!r}; expected {', '.join(sorted(expected_names))}"
+    for name, types, required in fields:
+        value = request.get(name)
+        if name not in request or (value is None and not required):
+            if required:
+                return f"{op}: missing field {name!r}"
+            continue
+        if not isinstance(value, types) or (types != _ANY and isinstance(value, bool)):
+            kind = {str: "a string", dict: "a table", list: "an array", int: "an integer"}[types[0]]
+            return f"{op}: {name}: got {type(value).__name__}; expected {kind}"
+    return _nested_problem(op, request)
+
+
+def _nested_problem(op: str, request: dict[str, Any]) -> str | None:
+    """The shapes inside the tables and lists: keys are names, set_many's scopes are tables."""
+    if op in ("resolve", "explain") and not all(isinstance(s, str) for s in request.get("chain") or ()):
+        return f"{op}: chain: expected a list of supervisor ids (strings)"
+    if op == "register_space" and not all(isinstance(k, str) and isinstance(t, dict)
+                                          for k, t in request["variables"].items()):
+        return "register_space: variables: expected a table of variable tables, by name"
+    if op == "set_many":
+        for scope, values in request["values"].items():
+            if not isinstance(scope, str) or not isinstance(values, dict) \
+                    or not all(isinstance(name, str) for name in values):
+                return f"set_many: values.{scope}: expected a table of values by name, per scope"
+    return None
+
+
+def _resolves(store: ScopedValues, child: str) -> bool:
+    try:
+        store.resolve(child)
+    except (VariableError, ValueError):
+        return False
+    return True
 
 
 def _entry(e) -> dict[str, Any]:

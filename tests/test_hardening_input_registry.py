@@ -1,0 +1,90 @@
+"""The registry's call socket is input like any other: nothing sent to it poisons the node.
+
+A space registered at run time must not make a child's configuration unresolvable (every
+restart would then fail for as long as ``registry.db`` holds it); a malformed request of any
+shape is a typed ``bad_request`` naming the field; the database file is otpy's own regular
+file, whose every row is read or refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+
+import pytest
+
+from otpy._registry import Registry, RegistryFileError
+
+pytestmark = pytest.mark.timeout(60)
+
+VARIABLES = {"global": {"t": {"type": "float", "low": 0.0, "high": 2.0, "default": 1.0}},
+             "team": {"n": {"type": "integer", "low": 0, "high": 9, "default": 1}}}
+PARENTS = {"team": "root", "a": "team"}
+
+
+def registry(path: str) -> Registry:
+    reg = Registry()
+    reg.setup({"variables": VARIABLES, "parents": PARENTS, "path": path}, {})
+    return reg
+
+
+@pytest.fixture
+def db(tmp_path) -> str:
+    return str(tmp_path / "registry.db")
+
+
+@pytest.mark.parametrize("scope", ["global", "team", "a"])
+def test_a_variable_without_a_default_where_children_read_is_refused_and_not_stored(db, scope):
+    reg = registry(db)
+    reply = reg.forward(op="register_space", scope=scope,
+                        variables={"evil": {"type": "integer", "low": 0, "high": 1}})
+    assert reply["ok"] is False and reply["error"] == "invalid", reply
+    assert "'a'" in reply["problems"][0] and "unresolvable" in reply["problems"][0]
+    assert reg.forward(op="resolve", child="a")["ok"]
+    assert registry(db).forward(op="resolve", child="a")["ok"], "the refused declaration was stored"
+    rows = sqlite3.connect(db).execute("SELECT * FROM space").fetchall()
+    assert rows == []
+
+
+def test_a_variable_with_a_default_is_still_registered(db):
+    reg = registry(db)
+    reply = reg.forward(op="register_space", scope="global",
+                        variables={"fine": {"type": "integer", "low": 0, "high": 1, "default": 0}})
+    assert reply == {"ok": True, "scope": "global", "added": ["fine"]}
+    assert registry(db).forward(op="resolve", child="a")["config"]["fine"] == 0
+
+
+@pytest.mark.parametrize("request_, field", [
+    ({"op": "set_many", "values": [1, 2]}, "values"),
+    ({"op": "set_many", "values": {"global": [1]}}, "values.global"),
+    ({"op": "set_many"}, "'values'"),
+    ({"op": "list", "scope": ["x"]}, "scope"),
+    ({"op": "get", "scope": "global", "name": 3}, "name"),
+    ({"op": "get", "scope": "global"}, "'name'"),
+    ({"op": "set", "scope": "global", "name": "t", "value": 1.0, "expected_version": "0"}, "expected_version"),
+    ({"op": "resolve", "child": {"x": 1}}, "child"),
+    ({"op": "resolve", "child": "a", "chain": "team"}, "chain"),
+    ({"op": "resolve", "child": "new", "chain": [1, 2]}, "chain"),
+    ({"op": "register_space", "scope": "global", "variables": ["x"]}, "variables"),
+    ({"op": "register_space", "scope": "global", "variables": {"e2": "notatable"}}, "variables"),
+    ({"op": "register_space", "scope": 5, "variables": {}}, "scope"),
+    ({"op": "get", "scope": "global", "name": "t", "extra": 1}, "'extra'"),
+    ({"op": ["get"]}, "op"),
+])
+def test_a_malformed_request_of_any_shape_is_a_bad_request_naming_the_field(db, request_, field):
+    reply = registry(db).forward(**request_)
+    assert reply["ok"] is False and reply["error"] == "bad_request", reply
+    assert field in reply["problems"][0], reply
+
+
+def test_an_unexpected_exception_is_internal_and_logged_with_its_traceback(db, capsys):
+    reg = registry(db)
+
+    def broken(op, **request):
+        raise AttributeError("an otpy bug")
+
+    reg._serve = broken
+    reply = reg.forward(op="list")
+    assert reply["error"] == "internal" and "AttributeError: an otpy bug" in reply["problems"][0]
+    assert "Traceback" in capsys.readouterr().err
