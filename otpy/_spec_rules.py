@@ -25,7 +25,6 @@ child '../x': env."A=B": got key 'A=B'; expected a non-empty key without '=' or 
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import math
 import re
 import socket
@@ -338,25 +337,32 @@ TCP_EXPECTED = ("'tcp://HOST:PORT': HOST '*', an IP address ('[...]' for IPv6), 
 def control_tcp_problem(endpoint: object) -> str | None:
     """Why ``endpoint`` cannot be bound as the node's TCP control endpoint, or None.
 
-    The host is resolved here (``getaddrinfo``), so ``validate`` refuses what ``start`` cannot bind."""
+    The host is resolved here (``getaddrinfo``) and must be an address of this machine, so
+    ``validate`` refuses what ``start`` cannot bind."""
     got = f"got {_show(endpoint)}; expected {TCP_EXPECTED}"
     match = re.fullmatch(r"tcp://(\*|\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]\0]+):(\d{1,5})", endpoint) \
         if isinstance(endpoint, str) else None
     if match is None or not 1 <= int(match[2]) <= 65535:
         return got
     host = match[1].strip("[]")
-    if host == "*" or _is_ip(host) or host in {name for _, name in socket.if_nameindex()}:
+    if host == "*" or host in {name for _, name in socket.if_nameindex()}:
         return None
     try:
-        socket.getaddrinfo(host, int(match[2]), type=socket.SOCK_STREAM)
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         return f"got {_show(endpoint)}, whose host does not resolve ({exc}); expected {TCP_EXPECTED}"
+    if not any(_is_local(family, address[0]) for family, _, _, _, address in found):
+        return (f"got {_show(endpoint)}: {host} is not an address of this machine; expected {TCP_EXPECTED}, "
+                "on a local address")
     return None
 
 
-def _is_ip(host: str) -> bool:
+def _is_local(family: int, address: str) -> bool:
+    """True when a TCP socket can be bound to ``address`` here: the throw-away socket takes an
+    ephemeral port and is closed at once; nothing is sent."""
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
         return False
     return True
