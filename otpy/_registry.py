@@ -81,16 +81,10 @@ def open_database(path: str) -> sqlite3.Connection:
     database and the registry would start with defaults, the acknowledged values lost."""
     if not os.path.lexists(path):
         _create(path)
-    try:
-        info = os.stat(path)
-    except OSError as exc:
-        raise RegistryFileError(f"registry database {path}: cannot read it: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
-        what = "is empty" if stat.S_ISREG(info.st_mode) else "is not a regular file"
-        raise RegistryFileError(f"registry database {path} {what}; expected otpy's registry (SQLite). "
-                                "Remove it to start with no stored values")
+    _check_own_files(path)
     try:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        _check_same_file(db, path)
         _check_tables(db, path)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
@@ -99,6 +93,38 @@ def open_database(path: str) -> sqlite3.Connection:
         raise RegistryFileError(f"registry database {path}: {exc}; expected otpy's registry (SQLite)") from None
     _make_private(path)
     return db
+
+
+def _check_own_files(path: str) -> None:
+    """RegistryFileError unless ``path`` is a non-empty regular file and its -wal/-shm, where
+    present, regular files too: never a symlink (``lstat``), which would make SQLite write the
+    values, and create its WAL files, wherever the link points, outside the node's folder."""
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            info = os.lstat(name)
+        except FileNotFoundError:
+            if name == path:
+                raise RegistryFileError(f"registry database {path}: it vanished while opening it") from None
+            continue
+        except OSError as exc:
+            raise RegistryFileError(f"registry database {name}: cannot read it: {exc.strerror}") from None
+        if stat.S_ISLNK(info.st_mode):
+            raise RegistryFileError(f"registry database {name} is a symbolic link; expected a regular file "
+                                    "in the node's folder (a link is never followed)")
+        if not stat.S_ISREG(info.st_mode) or (name == path and info.st_size == 0):
+            what = "is empty" if stat.S_ISREG(info.st_mode) else "is not a regular file"
+            raise RegistryFileError(f"registry database {name} {what}; expected otpy's registry (SQLite). "
+                                    "Remove it to start with no stored values")
+
+
+def _check_same_file(db: sqlite3.Connection, path: str) -> None:
+    """O_NOFOLLOW's effect as far as Python's ``connect`` allows (it passes no open flags):
+    once SQLite has opened the file, ``path`` must still be the regular file ``lstat`` saw."""
+    db.execute("PRAGMA schema_version").fetchone()  # makes SQLite open the file now
+    if stat.S_ISLNK(os.lstat(path).st_mode):
+        db.close()
+        raise RegistryFileError(f"registry database {path} became a symbolic link while opening it; "
+                                "expected a regular file in the node's folder")
 
 
 def _create(path: str) -> None:
@@ -321,12 +347,20 @@ class Registry(Program):
         """Spaces registered at run time by an earlier incarnation (the topology's come first)."""
         rows: dict[str, dict[str, dict]] = {}
         for scope, name, definition in self.db.execute("SELECT * FROM space"):
-            rows.setdefault(scope, {})[name] = json.loads(definition)
+            table = self._json(definition, f"space row ({scope!r}, {name!r})")
+            if not isinstance(scope, str) or not isinstance(name, str) or not isinstance(table, dict):
+                raise self._bad_row(f"space row ({scope!r}, {name!r})", "expected names and a JSON table")
+            rows.setdefault(scope, {})[name] = table
         for scope, tables in rows.items():
             known = self.store.spaces.get(scope)
             fresh = {n: t for n, t in tables.items() if known is None or n not in known.variables}
-            if fresh:
-                self._declare(scope, spaces_from_topology({scope: fresh})[scope].variables.values())
+            if not fresh:
+                continue
+            try:
+                declared = spaces_from_topology({scope: fresh})[scope].variables.values()
+            except VariableError as error:
+                raise self._bad_row(f"space rows of scope {scope!r}", "; ".join(error.problems)) from None
+            self._declare(scope, declared)
 
     # --- durability ---------------------------------------------------------------------
 
@@ -359,18 +393,39 @@ class Registry(Program):
             event = VariableChanged(scope=scope, name=name, value=self.store.values[scope][name], version=version)
             self.pub.send(ENCODER.encode(event))
 
+    def _bad_row(self, where: str, why: str) -> RegistryFileError:
+        return RegistryFileError(f"registry database {self.path}: {where}: {why}; the file holds acknowledged "
+                                 "values, so it is refused rather than read in part. Repair or remove it")
+
+    def _json(self, text: object, where: str) -> Any:
+        """A stored JSON text, or RegistryFileError naming the file and the row: never dropped."""
+        try:
+            if isinstance(text, (str, bytes)):
+                return json.loads(text)
+            raise ValueError(f"a {type(text).__name__}")
+        except ValueError as exc:
+            raise self._bad_row(where, f"got {text!r:.60} ({exc}); expected JSON") from None
+
+    def _counter(self, value: object, where: str) -> int:
+        """A stored version: an integer >= 0, or RegistryFileError naming the file and the row."""
+        if isinstance(value, int) and value >= 0:
+            return value
+        raise self._bad_row(where, f"got {value!r:.60}; expected an integer >= 0")
+
     def _load(self) -> None:
         store = self.store
         for space in store.values.values():
             space.clear()
         store.versions.clear()
         row = self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-        store.version = row[0] if row else 0
+        store.version = self._counter(row[0], "meta.version") if row else 0
         for scope, name, value, version in self.db.execute("SELECT * FROM value"):
+            where = f"value row ({scope!r}, {name!r})"
+            stored, version = self._json(value, where), self._counter(version, where + " version")
             if scope not in store.values or name not in store.spaces[scope].variables:
                 continue  # the topology no longer declares it
             try:  # the topology may have narrowed the variable since the value was written
-                store.values[scope][name] = store.spaces[scope].validate_one(name, json.loads(value))
+                store.values[scope][name] = store.spaces[scope].validate_one(name, stored)
             except (VariableError, ValueError) as refused:
                 print(f"otpy: registry: dropping stored {scope}.{name}: {refused}", file=sys.stderr, flush=True)
                 continue

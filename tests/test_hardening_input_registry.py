@@ -88,3 +88,64 @@ def test_an_unexpected_exception_is_internal_and_logged_with_its_traceback(db, c
     reply = reg.forward(op="list")
     assert reply["error"] == "internal" and "AttributeError: an otpy bug" in reply["problems"][0]
     assert "Traceback" in capsys.readouterr().err
+
+
+# --- the database file --------------------------------------------------------------------
+
+
+def test_a_symlinked_registry_file_is_refused_and_nothing_is_written_where_it_points(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    registry(str(elsewhere / "registry.db"))  # a real registry outside the node's folder
+    before = sorted(os.listdir(elsewhere))
+    folder = tmp_path / "node"
+    folder.mkdir()
+    os.symlink(elsewhere / "registry.db", folder / "registry.db")
+    with pytest.raises(RegistryFileError) as caught:
+        registry(str(folder / "registry.db"))
+    assert str(folder / "registry.db") in str(caught.value) and "symbolic link" in str(caught.value)
+    assert sorted(os.listdir(elsewhere)) == before
+
+
+def test_a_symlinked_wal_file_is_refused(db, tmp_path):
+    registry(db).db.close()
+    target = tmp_path / "target-wal"
+    for leftover in (f"{db}-wal", f"{db}-shm"):
+        if os.path.lexists(leftover):
+            os.unlink(leftover)
+    os.symlink(target, f"{db}-wal")
+    with pytest.raises(RegistryFileError, match="-wal is a symbolic link"):
+        registry(db)
+    assert not target.exists()
+
+
+def test_a_directory_in_place_of_the_registry_is_refused(tmp_path):
+    (tmp_path / "registry.db").mkdir()
+    with pytest.raises(RegistryFileError, match="is not a regular file"):
+        registry(str(tmp_path / "registry.db"))
+
+
+def corrupt(db: str, statement: str, *params) -> None:
+    reg = registry(db)
+    assert reg.forward(op="set", scope="global", name="t", value=1.5)["ok"]
+    reg.db.close()
+    raw = sqlite3.connect(db)
+    raw.execute(statement, params)
+    raw.commit()
+    raw.close()
+
+
+@pytest.mark.parametrize("statement, params, named", [
+    ("UPDATE meta SET value = ? WHERE key = 'version'", ("abc",), "meta.version"),
+    ("UPDATE meta SET value = ? WHERE key = 'version'", (-1,), "meta.version"),
+    ("UPDATE value SET value = ? WHERE name = 't'", ("{not json",), "value row ('global', 't')"),
+    ("UPDATE value SET value = ? WHERE name = 't'", (b"\x00\xff",), "value row ('global', 't')"),
+    ("UPDATE value SET version = ? WHERE name = 't'", ("x",), "value row ('global', 't') version"),
+    ("INSERT INTO space VALUES ('global', 'v', ?)", ("nope",), "space row ('global', 'v')"),
+    ("INSERT INTO space VALUES ('global', 'v', ?)", (json.dumps({"type": "float"}),), "space rows of scope 'global'"),
+])
+def test_a_registry_file_with_bad_contents_is_refused_naming_the_file_and_the_row(db, statement, params, named):
+    corrupt(db, statement, *params)
+    with pytest.raises(RegistryFileError) as caught:
+        registry(db)
+    assert db in str(caught.value) and named in str(caught.value), str(caught.value)
