@@ -94,6 +94,10 @@ _OTPY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 live_zygotes: set[int] = set()  # pids, over every manager in this process
 
 
+class ZygoteDied(RuntimeError):
+    """The zygote died before its Hello: otpy's fault, which the manager answers with a new one."""
+
+
 class ZygoteLink:
     """One running zygote: its process, its socket, and a pidfd that says when it died."""
 
@@ -108,6 +112,17 @@ class ZygoteLink:
     @property
     def pid(self) -> int:
         return self._proc.pid
+
+    @property
+    def gone(self) -> bool:
+        """Its socket is closed (EOF, a death, a stop): nothing sent reaches it any more, and
+        its death follows (``on_death`` runs once the process is reaped)."""
+        return self._sock.fileno() < 0
+
+    def read_now(self) -> None:
+        """Handle the reports already in the socket now (a query wants the latest exits)."""
+        if not self.gone:
+            self._read()
 
     async def start(self, reserve: FdReserve | None = None,
                     busy_until: Callable[[], float] = lambda: 0.0) -> None:
@@ -129,7 +144,10 @@ class ZygoteLink:
             loop, send=self._ping, on_stuck=self._stuck, stopped=self._is_stopped,
             busy_until=lambda: max(busy_until(), starting_until if not self._hello.done() else 0.0))
         self._heartbeat.start()
-        await self.send(Init(sys_path=list(sys.path), cwd=os.getcwd(), env=env))
+        try:
+            await self.send(Init(sys_path=list(sys.path), cwd=os.getcwd(), env=env))
+        except (BrokenPipeError, ConnectionResetError):
+            await asyncio.shield(self._death)  # it died already: its Hello future says so
         await self._hello
 
     def _launch(self, env: dict[str, str]) -> None:
@@ -243,8 +261,9 @@ class ZygoteLink:
         os.close(self._pidfd)
         self.returncode = self._proc.wait()
         live_zygotes.discard(self._proc.pid)
-        if not self._hello.done():
-            self._hello.set_exception(RuntimeError(f"it exited with status {self.returncode}"))
+        if not self._hello.done():  # one that hung at boot is no death to retry at once
+            error = RuntimeError if self.stuck else ZygoteDied
+            self._hello.set_exception(error(f"it exited with status {self.returncode}"))
         self._death.set_result(self.returncode)
         self._on_death(self)
 

@@ -15,8 +15,13 @@ If the zygote dies, its children are SIGKILLed (their parent-death signal, and h
 process group), then every process of the run (``OTPY_NODE_RUN``: a ``setsid`` grandchild
 that init adopted too); whoever is their parent now reaps them. The children end ``lost``
 (otpy's loss: their supervisors restart them without charging the intensity) and the next
-spawn starts a new zygote, once that sweep is over. A zygote that keeps dying (more than
-``ZYGOTE_DEATHS_MAX`` deaths in ``ZYGOTE_DEATHS_WINDOW`` s) makes spawns fail instead.
+spawn starts a new zygote, once that sweep is over. A zygote's death never fails a start by
+itself: one that dies as it boots is replaced, the spawn waiting for the next; a spawn in
+flight when the zygote dies (its request sent, or its child not READY yet) is tried once
+more on the next zygote. Only a zygote that keeps dying (more than ``ZYGOTE_DEATHS_MAX``
+deaths in ``ZYGOTE_DEATHS_WINDOW`` s) makes spawns fail, ``the zygote keeps dying``: an
+ordinary start failure, charged. So a module whose import kills the zygote costs at most
+two zygote deaths a start, and the bound, then the intensity, ends it.
 
 A node out of fds (``EMFILE``) still spawns: see ``_fd_reserve``.
 """
@@ -38,7 +43,7 @@ import psutil
 from ._exit import ExitReason, from_wait_status
 from ._fd_reserve import FdReserve, pipes
 from ._node_run import kill_run, new_run_id
-from ._pipes import LineReader, ZygoteLink, live_zygotes
+from ._pipes import LineReader, ZygoteDied, ZygoteLink, live_zygotes
 from ._protocol import Exited, Spawn, Spawned, SpawnFailed
 from ._specs import ChildSpec, Shutdown
 
@@ -49,10 +54,15 @@ READY_LINES = frozenset({"READY", "READY=1", ""})
 ZYGOTE_DEATHS_MAX = 5  # more zygote deaths than this within ZYGOTE_DEATHS_WINDOW s:
 ZYGOTE_DEATHS_WINDOW = 10.0  # spawns fail (StartFailed) until the window has room again
 LOST = ExitReason(kind="lost", detail="the zygote died")  # otpy's loss: restarted, not charged
+CLOSED = ExitReason(kind="killed", detail="process manager closed")
 
 
 class StartFailed(Exception):
     """A child did not reach READY; ``str()`` says why. Raised by ``ProcessManager.spawn``."""
+
+
+class _SpawnLost(StartFailed):
+    """A start cut short by the zygote's death (the child ended ``lost``): worth one retry."""
 
 
 def print_output(child_id: str, line: str) -> None:
@@ -215,8 +225,20 @@ class ProcessManager:
         """Start ``spec``; returns after READY (or exec). Raises StartFailed, with no process left.
 
         Out of fds (``EMFILE``), the fd reserve makes room; if even that is not enough, it is
-        a failed start of this child like any other, with nothing left open.
+        a failed start of this child like any other, with nothing left open. A start the
+        zygote's death cut short is tried once more on the next zygote (see the module).
         """
+        try:
+            return await self._spawn_once(spec, env)
+        except _SpawnLost:
+            log.warning("otpy[%s]: the zygote died while %r started; starting it again",
+                        self.node_name, spec.id)
+        try:
+            return await self._spawn_once(spec, env)
+        except _SpawnLost as lost:
+            raise StartFailed(str(lost)) from None
+
+    async def _spawn_once(self, spec: ChildSpec, env: dict[str, str] | None) -> ChildProcess:
         if self._closing:
             raise StartFailed("the process manager is closed")
         zygote = await self._ensure_zygote()
@@ -233,13 +255,22 @@ class ProcessManager:
         try:
             await zygote.send(Spawn(request_id=request_id, spec=spec, env=env or {}), (notify_w, output_w))
         except Exception as exc:  # too large, not encodable, or the zygote just died
-            self._requests.pop(request_id, None)
-            child._on_refused(f"cannot send the spawn request: {exc}")
+            self._unsent(request_id, child, zygote, exc)
         finally:
             os.close(notify_w)
             os.close(output_w)
             self._reserve.fill()
         return await self._until_ready(child, loop)
+
+    def _unsent(self, request_id: int, child: ChildProcess, zygote: ZygoteLink, exc: Exception) -> None:
+        """A request the zygote did not get. If the zygote is gone, its death ends the child
+        ``lost`` like any request in flight (now, if that death was handled already); else
+        the request itself is at fault: a failed start."""
+        if not zygote.gone:
+            self._requests.pop(request_id, None)
+            child._on_refused(f"cannot send the spawn request: {exc}")
+        elif zygote.returncode is not None and self._requests.pop(request_id, None) is child:
+            child._on_lost(self._lost_reason())
 
     async def close(self) -> None:
         """SIGKILL every remaining child's group, wait for the deaths, stop the zygote."""
@@ -273,22 +304,30 @@ class ProcessManager:
             timer.cancel()
         if why_not is None:
             return child
-        await asyncio.shield(child.exited)  # a failed start leaves nothing running
+        reason = await asyncio.shield(child.exited)  # a failed start leaves nothing running
+        if reason.kind == "lost":
+            raise _SpawnLost(why_not)
         raise StartFailed(why_not)
 
     async def _ensure_zygote(self) -> ZygoteLink:
-        """The running zygote; the first call after a death starts a new one, unless the
-        zygote keeps dying (then StartFailed, and the supervisors' intensity decides)."""
-        if self._zygote is None:
+        """The running zygote; the first call after a death starts a new one.
+
+        A zygote that dies as it boots is otpy's fault like any zygote death: it is replaced
+        and the caller waits for the next one, until the zygote keeps dying (then StartFailed,
+        and the supervisors' intensity decides). Other errors (no fds, no fork) are StartFailed.
+        """
+        while self._zygote is None:
+            if self._closing:
+                raise StartFailed("the process manager is closed")
             if self._starting is None:
                 self._check_zygote_deaths()
                 self._starting = asyncio.get_running_loop().create_task(self._start_zygote())
             try:
                 await asyncio.shield(self._starting)
+            except ZygoteDied:
+                continue  # its death is counted (_on_zygote_death): the next round checks the bound
             except Exception as exc:
                 raise StartFailed(f"cannot start the zygote: {exc}") from None
-        if self._zygote is None:
-            raise StartFailed("the zygote died as it started")
         return self._zygote
 
     def _check_zygote_deaths(self) -> None:
@@ -321,6 +360,10 @@ class ProcessManager:
         start deadlines (it may be importing a program's module)."""
         return max((c.start_deadline for c in self._requests.values()), default=0.0)
 
+    def _lost_reason(self) -> ExitReason:
+        """How a child of a dead zygote ends: ``lost``, unless the manager was closing it."""
+        return CLOSED if self._closing else LOST
+
     def _on_message(self, message) -> None:
         match message:
             case Spawned(request_id=request_id, pid=pid):
@@ -343,13 +386,11 @@ class ProcessManager:
         """
         if self._zygote is link:
             self._zygote = None
-        if self._closing:
-            reason = ExitReason(kind="killed", detail="process manager closed")
-        else:
+        if not self._closing:
             why = "it missed a heartbeat, killed" if link.stuck else f"status {link.returncode}"
             self._zygote_deaths.append((time.monotonic(), why))
             log.warning("otpy[%s]: the zygote died (%s)", self.node_name, why)
-            reason = LOST
+        reason = self._lost_reason()
         lost = [*self._requests.values(), *self._children.values()]
         self._requests.clear()
         self._children.clear()

@@ -329,7 +329,8 @@ def test_a_zygote_busy_importing_a_slow_module_is_not_taken_for_stuck(monkeypatc
 @pytest.mark.timeout(40)
 def test_a_zygote_stopped_while_busy_on_a_spawn_is_still_noticed_within_the_heartbeat_bound(monkeypatch):
     """A pending spawn gives the zygote until the start deadline (30 s here) to answer; a
-    zygote seen stopped (SIGSTOP) has no such excuse: it is replaced within about 3 s."""
+    zygote seen stopped (SIGSTOP) has no such excuse: it is replaced within about 3 s, and
+    the spawn goes on on the next zygote."""
     monkeypatch.setenv("OTPY_TEST_SLOW_IMPORT", "5")
 
     async def main():
@@ -340,9 +341,8 @@ def test_a_zygote_stopped_while_busy_on_a_spawn_is_still_noticed_within_the_hear
             while not processes._requests:
                 await asyncio.sleep(0.01)
             os.kill(old, signal.SIGSTOP)
-            t0 = time.monotonic()
-            with pytest.raises(StartFailed, match="lost: the zygote died"):
-                await asyncio.wait_for(spawning, 6)
-            assert time.monotonic() - t0 < 4.5 and await wait_dead_async([old], 2) == []
+            assert await wait_dead_async([old], 4.5) == [], "a stopped zygote was not replaced"
+            child = await asyncio.wait_for(spawning, 20)  # tried again on the next zygote
+            assert processes._zygote.pid != old and alive(child.pid)
 
     asyncio.run(main())
