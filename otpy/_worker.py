@@ -43,7 +43,7 @@ from ._program import Program, instantiate
 from ._protocol import DRAIN_NOTICE, ENCODER, Call, CallFailed
 from ._agent_socket import bound_router, context as agent_context, rebind
 from ._connections import AgentConnectionCap, connection_cap
-from ._wire import Complaints
+from ._wire import Complaints, describe
 from ._worker_registry import ConfigWatcher, has_registry, resolve
 from ._specs import ChildSpec
 
@@ -177,8 +177,8 @@ def fail(why: str) -> NoReturn:
 
 
 def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return " ".join(text.split())
+    """``_wire.describe``, long enough for a FAILED line."""
+    return describe(exc, limit=4000)
 
 
 def _notify(line: str) -> None:
@@ -410,7 +410,12 @@ class AgentServer:
             if peer is None:  # not a call: a new configuration for on_config (ConfigWatcher)
                 _deliver_config(self.program, call)
                 continue
-            self.replies.put((peer, _reply_to(self.program, call)))
+            try:
+                reply = _reply_to(self.program, call)
+            except BaseException:  # not even the fallback encoded: the caller still hears of it
+                reply = ENCODER.encode(CallFailed(call_id=call.call_id, kind="raised", error_type="CallError",
+                                                  message="the call failed in otpy"))
+            self.replies.put((peer, reply))
             os.eventfd_write(self.wake, 1)
 
 
@@ -420,8 +425,8 @@ def _reply_to(program: Program, call: Call) -> bytes:
     try:
         return run_call(program, call)
     except BaseException as exc:
-        return ENCODER.encode(CallFailed(call_id=call.call_id, kind="raised", error_type=type(exc).__name__,
-                                         message=f"the call failed in otpy: {_describe(exc)}"))
+        return ENCODER.encode(CallFailed(call_id=call.call_id, kind="raised", error_type="CallError",
+                                         message=f"the call failed in otpy: {describe(exc)}"))
 
 
 _complain = Complaints(lambda line: print(line, file=sys.stderr, flush=True))
