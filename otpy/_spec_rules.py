@@ -45,6 +45,14 @@ MAX_RSS_MIB = 2 ** 30  # 1 PiB
 ARGS_MAX_DEPTH = 64  # msgspec raises RecursionError near 1000 levels; a config is never this deep
 ARGS_PATH_DEPTH = 8  # a message names keys down to this level
 INT64 = (-(2 ** 63), 2 ** 63 - 1)  # TOML's integers; msgpack refuses more than 64 bits
+# The whole msgpack-encoded ChildSpec: it crosses node -> zygote as one SOCK_SEQPACKET datagram,
+# whose size the kernel caps at net.core.wmem_default (212,992 bytes by default; EMSGSIZE above);
+# the margin is for the Spawn message's own env (OTPY_*) and a smaller wmem_default.
+MAX_SPEC_BYTES = 128 * 1024
+# A command child's one argument or one env entry ("KEY=VALUE"), NUL included: the kernel's
+# MAX_ARG_STRLEN (32 pages); exec fails with E2BIG ("Argument list too long") above it.
+MAX_ARG_STRLEN = 32 * 4096
+MIN_START_TIMEOUT = 0.01  # seconds: below it no program can import, and 1e-300 s is a typo
 ARGS_EXPECTED = ("plain data: tables with string keys, arrays, strings, numbers, booleans, "
                  f"dates, at most {ARGS_MAX_DEPTH} levels deep, integers within signed 64 bits")
 
@@ -194,7 +202,7 @@ def value_problems(spec: AnySpec) -> list[Problem]:
 
 def _child_problems(spec: ChildSpec) -> list[Problem]:
     problems = _program_problems(spec)
-    problems += _seconds_problems("start_timeout", spec.start_timeout)
+    problems += _seconds_problems("start_timeout", spec.start_timeout, MIN_START_TIMEOUT)
     if spec.max_rss is not None and not _in_range(spec.max_rss, 0, MAX_RSS_MIB, low_open=True):
         problems.append(Problem("max_rss", f"got {_show(spec.max_rss)}; expected MiB > 0 and <= {MAX_RSS_MIB}"))
     problems += _env_problems(spec.env)
@@ -204,7 +212,38 @@ def _child_problems(spec: ChildSpec) -> list[Problem]:
         problems.append(Problem("args", f"got {_show(spec.args)}; expected a table"))
     elif (problem := _args_problem(spec.args, "args", 1)) is not None:
         problems.append(problem)
+    if not problems and spec.command is not None:
+        problems += _exec_string_problems(spec)
+    return problems if problems else _size_problems(spec)
+
+
+def _exec_string_problems(spec: ChildSpec) -> list[Problem]:
+    """Each string exec gets, NUL included, within the kernel's MAX_ARG_STRLEN."""
+    problems = []
+    for index, arg in enumerate(spec.command):
+        if len(arg.encode()) + 1 > MAX_ARG_STRLEN:
+            problems.append(Problem(f"command[{index}]", f"got a string of {len(arg.encode()):,} bytes; expected at "
+                                    f"most {MAX_ARG_STRLEN - 1:,} (the kernel's MAX_ARG_STRLEN for one exec string)"))
+    for key, value in spec.env.items():
+        if len(key.encode()) + len(value.encode()) + 2 > MAX_ARG_STRLEN:
+            problems.append(Problem(f"env.{toml_key(key)}", f"got KEY=VALUE of {len(key.encode()) + len(value.encode()) + 1:,}"
+                                    f" bytes; expected at most {MAX_ARG_STRLEN - 1:,} (the kernel's MAX_ARG_STRLEN)"))
     return problems
+
+
+def _size_problems(spec: ChildSpec) -> list[Problem]:
+    """The encoded spec within ``MAX_SPEC_BYTES``, reported at its biggest field."""
+    try:
+        size = len(msgspec.msgpack.encode(spec))
+    except (msgspec.MsgspecError, TypeError, ValueError, OverflowError, RecursionError):
+        return []  # wire_problem says why
+    if size <= MAX_SPEC_BYTES:
+        return []
+    fields = {name: len(msgspec.msgpack.encode(getattr(spec, name))) for name in ("args", "env", "command", "cwd")}
+    biggest = max(fields, key=fields.__getitem__)
+    return [Problem(biggest, f"got {fields[biggest]:,} bytes here, making the spec {size:,} bytes encoded; expected "
+                             f"the whole spec within {MAX_SPEC_BYTES:,} bytes (it is sent to the zygote as one "
+                             "datagram)")]
 
 
 def _program_problems(spec: ChildSpec) -> list[Problem]:
@@ -278,10 +317,10 @@ def _shutdown_problems(value: object) -> list[Problem]:
                                 "(ten years), 'brutal_kill' or 'infinity'")]
 
 
-def _seconds_problems(field: str, value: object) -> list[Problem]:
-    if _in_range(value, 0, MAX_SECONDS, low_open=True):
+def _seconds_problems(field: str, value: object, low: float) -> list[Problem]:
+    if _in_range(value, low, MAX_SECONDS):
         return []
-    return [Problem(field, f"got {_show(value)}; expected seconds > 0 and <= {MAX_SECONDS} (ten years)")]
+    return [Problem(field, f"got {_show(value)}; expected seconds >= {low} and <= {MAX_SECONDS} (ten years)")]
 
 
 def _count_problems(field: str, value: object, low: int, high: int) -> list[Problem]:

@@ -35,3 +35,57 @@ def test_a_foreign_control_endpoint_in_a_file_is_refused_at_its_key():
     with pytest.raises(TopologyError) as caught:
         parse_topology('[node]\ncontrol_tcp = "tcp://8.8.8.8:47712"\n[supervisor]\n', source="t.toml")
     assert "node.control_tcp" in str(caught.value) and "not an address of this machine" in str(caught.value)
+
+
+# --- what the zygote and exec can carry ---------------------------------------------------
+
+CHILD = '[supervisor]\n[[supervisor.children]]\nid = "w"\n'
+
+
+def worker(**fields) -> ChildSpec:
+    return ChildSpec(id="w", **{"command": ("true",), **fields})
+
+
+@pytest.mark.parametrize("spec, field", [
+    (worker(program="m:f", command=None, args={"s": "x" * 215_000}), "args"),
+    (worker(program="m:f", command=None, args={f"k{i}": i for i in range(40_000)}), "args"),
+    (worker(command=("true", *["x" * 100_000] * 30)), "command"),
+    (worker(program="m:f", command=None, env={f"K{i}": "v" * 100 for i in range(9_000)}), "env"),
+])
+def test_a_spec_too_big_for_the_zygote_datagram_is_refused_at_its_biggest_field(spec, field):
+    problems = spec_problems(spec)
+    assert len(problems) == 1 and problems[0].startswith(f"child 'w': {field}: got "), problems
+    assert "131,072 bytes" in problems[0]
+
+
+def test_a_spec_just_under_the_bound_passes():
+    assert spec_problems(worker(program="m:f", command=None, args={"s": "x" * 120_000})) == []
+
+
+@pytest.mark.parametrize("spec, field", [
+    (worker(command=("true", "x" * 131_072)), "command[1]"),
+    (worker(env={"A": "x" * 131_070}), "env.A"),
+])
+def test_an_exec_string_over_the_kernels_limit_is_refused(spec, field):
+    problems = spec_problems(spec)
+    assert problems and problems[0].startswith(f"child 'w': {field}: got ") and "MAX_ARG_STRLEN" in problems[0]
+
+
+def test_exec_strings_at_the_kernels_limit_are_left_to_the_size_bound():
+    """At 131,071 bytes a string is exec's limit; the whole spec is then over its own bound."""
+    for spec in (worker(command=("true", "x" * 131_071)), worker(env={"A": "x" * 131_069})):
+        problems = spec_problems(spec)
+        assert len(problems) == 1 and "MAX_ARG_STRLEN" not in problems[0] and "datagram" in problems[0]
+
+
+def test_a_big_value_in_a_file_is_refused_at_its_key_path():
+    text = CHILD + f'program = "m:f"\nargs = {{ s = "{"x" * 215_000}" }}\n'
+    with pytest.raises(TopologyError) as caught:
+        parse_topology(text, source="t.toml")
+    assert "supervisor.children[0].args: got" in str(caught.value)
+
+
+@pytest.mark.parametrize("timeout, ok", [(1e-300, False), (0.001, False), (0.01, True), (30, True)])
+def test_start_timeout_has_a_sane_minimum(timeout, ok):
+    problems = spec_problems(worker(start_timeout=timeout))
+    assert (problems == []) == ok, problems
