@@ -33,7 +33,7 @@ from ._effects import Result
 from ._node import AsyncNode, NodeAlreadyRunning, NodeStartError, already_running, describe_event
 from ._node_run import RUN_VAR, lock_holder
 from ._protocol import EVENT
-from ._runtime import RuntimeDirError, events_endpoint, node_dir
+from ._runtime import RuntimeDirError, events_endpoint, node_dir, open_private_append
 from ._specs import ChildSpec, name_problem
 
 EXIT_FAILED = 1
@@ -350,7 +350,7 @@ def _start_detached(topology: str, name: str, timeout: float) -> int:
         click.echo(f"otpy: {already_running(name, holder)}", err=True)
         return EXIT_FAILED
     log_path = folder / "node.log"
-    log_fd = _open_private_log(log_path)
+    log_fd = open_private_append(log_path)  # 0600: it may hold a child's secrets
     try:  # its own node, in its own session: not part of the run of whatever node runs this
         env = {k: v for k, v in os.environ.items() if k != RUN_VAR}
         proc = subprocess.Popen([sys.executable, "-m", "otpy", "start", os.path.abspath(topology)],
@@ -383,13 +383,6 @@ def _answers_as(name: str, proc: subprocess.Popen, timeout: float) -> bool:
     except subprocess.TimeoutExpired:
         pass
     return False
-
-
-def _open_private_log(path) -> int:
-    """``node.log`` for appending, mode 0600 whatever the umask (it may hold a child's secrets)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)
-    return fd
 
 
 def _tail(path, lines: int = 20) -> str:
@@ -441,7 +434,10 @@ async def _run_foreground(node: AsyncNode, on_started: Callable[[], None] = lamb
     except NodeStartError as exc:
         click.echo(f"otpy: node {node.name!r} did not start: {exc}", err=True)
         return EXIT_FAILED
-    on_started()  # after the lock: a refused start must not touch the running node's files
+    try:
+        on_started()  # after the lock: a refused start must not touch the running node's files
+    except RuntimeDirError as exc:  # a planted topology.path: the node runs on, without the record
+        click.echo(f"otpy: {exc}", err=True)
     stop_task = asyncio.ensure_future(stop_requested.wait())
     await asyncio.wait({stop_task, node.root.exited}, return_when=asyncio.FIRST_COMPLETED)
     if stop_requested.is_set():

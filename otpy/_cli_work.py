@@ -22,7 +22,7 @@ from ._client import NodeNotFound, connect
 from ._config import TopologyError, load_topology
 from ._errors import CallError
 from ._pipeline import Pipeline, PipelineError
-from ._runtime import node_dir
+from ._runtime import node_dir, read_private, write_private
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -46,7 +46,7 @@ def _inputs(text: str) -> dict:
 
 def record_topology(name: str, path: str) -> None:
     """Remember which file a node was started from (``run-pipeline`` reads its pipelines)."""
-    (node_dir(name) / TOPOLOGY_RECORD).write_text(str(Path(path).resolve()))
+    write_private(node_dir(name) / TOPOLOGY_RECORD, str(Path(path).resolve()).encode())
 
 
 @click.command()
@@ -76,10 +76,10 @@ def run_pipeline(name: str, input_json: str, topology_path: str | None, node_nam
     inputs = _inputs(input_json)
     node = node_or_exit(node_name)
     if topology_path is None:
-        record = node_dir(node) / TOPOLOGY_RECORD
-        if not record.exists():
+        record = read_private(node_dir(node) / TOPOLOGY_RECORD)
+        if record is None:
             _fail(f"node {node!r} was not started from a file otpy knows: give --topology FILE", EXIT_USAGE)
-        topology_path = record.read_text()
+        topology_path = record.decode(errors="replace")
     try:
         table = load_topology(topology_path, check_imports=False).raw_pipelines
         if name not in table:

@@ -23,9 +23,9 @@ from ._effects import (
 )
 from ._control import open_control
 from ._exit import ExitReason
-from ._node_run import AlreadyRunning, RunLock, kill_run, new_run_id
+from ._node_run import AlreadyRunning, RunLock, kill_run, new_run_id, remove_leftovers
 from ._processes import ProcessManager, StartFailed
-from ._runtime import node_dir
+from ._runtime import node_dir, node_sockets
 from ._spec_rules import node_problems, spec_problems, template_start_problems
 from ._specs import AnySpec, NodeSpec, SupervisorSpec, name_problem, walk
 from ._supervisor import Supervisor
@@ -87,27 +87,28 @@ class AsyncNode:
             self._sweep_previous_run()
             await self._start_tree()
         except BaseException:
-            self._run.release()
+            await self._close_services()
             raise
 
     def _sweep_previous_run(self) -> None:
-        """Kill what the last run of this node left: it is over, since we hold the lock."""
+        """Kill what the last run of this node left, and remove its socket files: it is over,
+        since we hold the lock (a stale ``agents/registry.sock`` must not outlive its node)."""
         if self._run.previous_run:
             for pid in kill_run(self._run.previous_run):
                 log.warning("otpy[%s]: stopped pid %d left by an earlier run of this node", self.name, pid)
+        remove_leftovers(node_sockets(self.name))
 
     async def _start_tree(self) -> None:
         self.processes = ProcessManager(node_name=self.name, on_output=self._on_output, run_id=self._run.run_id)
         await self.processes.open()
-        env = {"OTPY_NODE_DIR": str(self.dir)}
-        self.root = Supervisor(self.spec.root, processes=self.processes, report=self._report, child_env=env)
+        self.root = Supervisor(self.spec.root, processes=self.processes, report=self._report,
+                               child_env=tree_env(self.dir, self.spec.root))
+        for open_service in self.service_openers:  # before the children: `status`/`stop` reach a starting node
+            self._services.append(await open_service(self))
         try:
             await self.root.start()
         except StartFailed as exc:
-            await self.processes.close()
             raise NodeStartError(str(exc)) from None
-        for open_service in self.service_openers:
-            self._services.append(await open_service(self))
 
     async def stop(self) -> ExitReason:
         """Ordered shutdown: children in reverse start order, then the node's own sockets.
@@ -143,7 +144,8 @@ class AsyncNode:
             await self._services.pop().close()
         if self.processes is not None:
             await self.processes.close()
-        if self._run is not None:
+        if self._run is not None and self._run.fd >= 0:
+            remove_leftovers(node_sockets(self.name))  # under the lock: no later start's sockets
             self._run.release()
 
     # --- OTP's operations -------------------------------------------------------------------
@@ -255,6 +257,18 @@ class AsyncNode:
         _log_event(event)
         for listener in list(self.listeners):
             listener(event)
+
+
+def tree_env(folder, root: SupervisorSpec) -> dict[str, str]:
+    """What every child of the tree finds in its environment from the node: its folder, and
+    ``OTPY_REGISTRY=1`` when the tree has a registry (a child asks it for its configuration;
+    never guessed from a socket file, which a previous run may have left)."""
+    from ._worker_registry import REGISTRY_ENV, REGISTRY_ID, REGISTRY_PROGRAM
+
+    env = {"OTPY_NODE_DIR": str(folder)}
+    if any(sub.id == REGISTRY_ID and getattr(sub, "program", None) == REGISTRY_PROGRAM for _, sub in walk(root)):
+        env[REGISTRY_ENV] = "1"
+    return env
 
 
 def already_running(name: str, pid: int) -> str:

@@ -7,11 +7,13 @@ or the node died and a new run of the same node starts), whatever still carries 
 killed: that is the last net under process groups, the parent-death signal and the
 zygote's subreaper, and it can never touch another node, or another run of this one.
 
-One run at a time: the node holds ``flock`` on ``node.lock`` in its runtime folder for its
-whole life. The kernel drops the lock when the node's process dies, however it dies, so
-"the lock is free" is the proof that no node of that name runs in that runtime folder (a
-different runtime folder is a different namespace). The file records ``<pid> <run id>``:
-who holds it, and, once free, which run is over and may be swept.
+One run at a time: the node holds ``flock`` on its runtime FOLDER itself (a directory fd)
+for its whole life. The kernel drops the lock when the node's process dies, however it dies,
+so "the folder's lock is free" is the proof that no node of that name runs in that runtime
+folder (a different runtime folder is a different namespace). Deleting or replacing a file in
+the folder changes nothing to that. ``node.lock`` only holds the record ``<pid> <run id>
+<folder's real path>``: who holds the lock, and, once free, which run is over and may be
+swept; a record naming another folder (a copy) or a live pid is never swept.
 
 >>> new_run_id() != new_run_id()
 True
@@ -26,6 +28,9 @@ import signal
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
+
+from ._runtime import RuntimeDirError, read_private, write_private
 
 RUN_VAR = "OTPY_NODE_RUN"
 LOCK_NAME = "node.lock"
@@ -44,23 +49,22 @@ class AlreadyRunning(Exception):
 
 
 class RunLock:
-    """This process's hold on a node's ``node.lock``: taken by ``take``, dropped by ``release`` (or death)."""
+    """This process's hold on a node's folder: taken by ``take``, dropped by ``release`` (or death)."""
 
     def __init__(self, fd: int, path: Path, run_id: str, previous_run: str | None) -> None:
         self.fd = fd
-        self.path = path
+        self.path = path  # the record, node.lock
         self.run_id = run_id
         self.previous_run = previous_run  # the run recorded before this one: over, safe to sweep
 
     @classmethod
     def take(cls, folder: Path, run_id: str) -> "RunLock":
-        """Lock ``folder/node.lock`` and record this process and ``run_id``; else AlreadyRunning."""
+        """Lock ``folder`` and record this process and ``run_id`` in ``node.lock``; else AlreadyRunning."""
+        fd = _lock_exclusive(folder)
         path = folder / LOCK_NAME
-        fd = _lock_exclusive(path)
         try:
-            previous = _read_record(fd)[1]
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {run_id}\n".encode(), 0)
+            previous = _sweepable_run(folder)
+            write_private(path, f"{os.getpid()} {run_id} {_real(folder)}\n".encode())
         except BaseException:
             os.close(fd)
             raise
@@ -74,26 +78,25 @@ class RunLock:
 
 
 def lock_holder(folder: Path) -> int | None:
-    """The pid of the node holding ``folder/node.lock``, 0 if held but not recorded yet, None if free.
-
-    Takes the lock shared, without waiting, and drops it at once: a question, not a claim.
-    """
+    """The pid of the node holding ``folder``'s lock, 0 if held but not recorded (or the record is
+    unreadable), None if free. Takes the lock shared, without waiting, and drops it at once: a
+    question, not a claim."""
     try:
-        fd = os.open(folder / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = _open_folder(folder)
     except FileNotFoundError:
         return None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _read_record(fd)[0]
+            return _recorded_pid(folder)
         return None
     finally:
         os.close(fd)
 
 
 def sweep_dead_run(folder: Path, leftovers: list[Path]) -> bool:
-    """For a node whose process died: kill what its run left, remove ``leftovers`` and the lock.
+    """For a node whose process died: kill what its run left, remove ``leftovers`` and the record.
 
     Done under the lock, so no start of the node can interleave; False (nothing done) when
     a node holds the lock after all.
@@ -105,51 +108,82 @@ def sweep_dead_run(folder: Path, leftovers: list[Path]) -> bool:
     try:
         if lock.previous_run:
             kill_run(lock.previous_run)
-        for path in leftovers:
-            _remove(path)
-        os.unlink(lock.path)  # a start waiting on this inode sees it unlinked and opens anew
+        remove_leftovers([*leftovers, lock.path])
     finally:
         lock.release()
     return True
 
 
-def _lock_exclusive(path: Path) -> int:
-    """An fd of ``path`` (created 0600) locked exclusively; the file is still the one at ``path``."""
+def _open_folder(folder: Path) -> int:
+    """A read-only fd of the folder itself (never through a symlink): what the lock is taken on."""
+    return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _lock_exclusive(folder: Path) -> int:
+    """An fd of ``folder`` locked exclusively, or AlreadyRunning once ``_TAKE_PATIENCE`` has passed
+    (a probe holds the lock shared for microseconds: that is not a node)."""
+    fd = _open_folder(folder)
     deadline = time.monotonic() + _TAKE_PATIENCE
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.fchmod(fd, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
         except BlockingIOError:
-            pid = _read_record(fd)[0]
-            os.close(fd)
             if time.monotonic() >= deadline:
-                raise AlreadyRunning(pid) from None
+                os.close(fd)
+                raise AlreadyRunning(_recorded_pid(folder)) from None
             time.sleep(0.01)
-            continue
         except BaseException:
             os.close(fd)
             raise
-        if _same_file(fd, path):
-            return fd
-        os.close(fd)  # unlinked by a sweep while we waited: lock the new file
 
 
-def _same_file(fd: int, path: Path) -> bool:
+class Record(NamedTuple):
+    """What ``node.lock`` says: the node's pid, its run id, and the folder it was written for."""
+
+    pid: int
+    run_id: str
+    folder: str
+
+
+def _read_record(folder: Path) -> Record | None:
+    """The record in ``folder/node.lock``; None when absent or malformed; RuntimeDirError when
+    ``node.lock`` is not a regular file (a symlink, a FIFO, a folder)."""
+    data = read_private(folder / LOCK_NAME, 4096)
+    fields = (data or b"").decode(errors="replace").rstrip("\n").split(" ", 2)
+    if len(fields) != 3 or not fields[0].isdigit() or not fields[1]:
+        return None
+    return Record(int(fields[0]), fields[1], fields[2])
+
+
+def _recorded_pid(folder: Path) -> int:
+    """The holder's pid as recorded, 0 when unknown: a probe of a live node never fails on its record."""
     try:
-        here, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+        record = _read_record(folder)
+    except RuntimeDirError:
+        return 0
+    return record.pid if record is not None and record.folder == _real(folder) else 0
 
 
-def _read_record(fd: int) -> tuple[int, str | None]:
-    """(pid, run id) recorded in a lock file; (0, None) when empty or unreadable."""
-    fields = os.pread(fd, 200, 0).decode(errors="replace").split()
-    if len(fields) != 2 or not fields[0].isdigit():
-        return 0, None
-    return int(fields[0]), fields[1]
+def _sweepable_run(folder: Path) -> str | None:
+    """The run the record names, if it may be swept: written for this folder (not a copy of another
+    node's record) by a node whose process is dead (or by this process: its run is over, we hold the lock).
+    Called under the lock."""
+    record = _read_record(folder)
+    if record is None or record.folder != _real(folder) or (record.pid != os.getpid() and _alive(record.pid)):
+        return None
+    return record.run_id
+
+
+def _real(folder: Path) -> str:
+    return os.path.realpath(folder)
+
+
+def remove_leftovers(paths: list[Path]) -> None:
+    """Remove the node's sockets (``_runtime.node_sockets``): at the end of its stop, and at its
+    start once it holds the lock, so no socket file outlives the node that bound it."""
+    for path in paths:
+        _remove(path)
 
 
 def _remove(path: Path) -> None:

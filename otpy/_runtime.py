@@ -58,6 +58,78 @@ def _check_private(path: Path) -> bool:
     return True
 
 
+def private_dir(path: Path) -> Path:
+    """A folder inside a node's folder (``curve/``), created 0700; RuntimeDirError for a symlink,
+    another owner or not a folder: nothing otpy writes may land outside the node's folder."""
+    return _private_dir(path)
+
+
+def _kind(path: Path) -> str:
+    """What ``path`` is, for a refusal: a symlink, a FIFO, a folder, a socket, ..."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return "unreadable"
+    for test, word in ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return word
+    return "not readable and writable by its owner"
+
+
+def _not_a_file(path: Path, exc: OSError | None = None) -> RuntimeDirError:
+    why = f" ({exc.strerror})" if exc is not None and exc.strerror else ""
+    return RuntimeDirError(f"{path} is {_kind(path)}{why}, not a regular file of uid {os.getuid()}; "
+                           "remove it and retry")
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """An fd of ``path``, a regular file of this user: never through a symlink, never blocking
+    on a FIFO (O_NONBLOCK). FileNotFoundError if absent; RuntimeDirError for anything else."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _not_a_file(path, exc) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+        os.close(fd)
+        raise _not_a_file(path)
+    return fd
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Make ``data`` the whole of ``path``, mode 0600 whatever the umask: how the node writes
+    every file in its folder (a symlink or FIFO planted there is refused, never followed)."""
+    fd = _open_regular(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        os.fchmod(fd, 0o600)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    finally:
+        os.close(fd)
+
+
+def open_private_append(path: Path) -> int:
+    """``path`` (``node.log``) opened for appending, created 0600: same refusals as write_private."""
+    fd = _open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def read_private(path: Path, limit: int = 4096) -> bytes | None:
+    """The first ``limit`` bytes of ``path``, None if absent; RuntimeDirError if not a regular file."""
+    try:
+        fd = _open_regular(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.pread(fd, limit, 0)
+    finally:
+        os.close(fd)
+
+
 def node_dir(name: str) -> Path:
     """The node's private folder, created if needed."""
     check_name(name, "node name")
@@ -85,7 +157,7 @@ def events_endpoint(name: str) -> str:
 def node_sockets(name: str) -> list[Path]:
     """What only a live node may use in its folder: its sockets (removed when it is found dead)."""
     folder = runtime_root() / check_name(name, "node name")
-    return [folder / "control.sock", folder / "events.sock", folder / "agents"]
+    return [folder / "control.sock", folder / "events.sock", folder / "registry-events.sock", folder / "agents"]
 
 
 def running_nodes() -> list[str]:

@@ -1,7 +1,7 @@
 """A program child's side of the variable registry: its configuration at start, and its changes.
 
-At start (``_worker._start``), a child of a node that has a registry (the registry's agent
-socket file exists) asks it to ``resolve`` the child's configuration along its scope chain
+At start (``_worker._start``), a child of a node that has a registry (the node says so:
+``OTPY_REGISTRY=1`` in its environment) asks it to ``resolve`` the child's configuration along its scope chain
 (``OTPY_CHILD_ID``, then ``OTPY_SUPERVISORS``). After READY a ``ConfigWatcher`` thread
 subscribes to the registry's changes.
 
@@ -33,6 +33,8 @@ from ._runtime import agent_endpoint, agent_socket_path
 from ._wire import describe
 
 REGISTRY_ID = "registry"  # as otpy._registry.REGISTRY_ID (not imported: it pulls in sqlite)
+REGISTRY_PROGRAM = "otpy._registry:Registry"  # as otpy._registry.REGISTRY_PROGRAM
+REGISTRY_ENV = "OTPY_REGISTRY"  # "1" in the children's environment when the node's tree has a registry
 RESOLVE_TIMEOUT = 5.0  # per attempt, two attempts, while the registry is listening
 LIVENESS_CHECK_S = 0.02
 
@@ -44,12 +46,11 @@ class RegistryDown(RuntimeError):
 def has_registry() -> str | None:
     """This node's name, when it has a registry and this child is not it; else None.
 
-    One ``stat`` of the registry's socket file: a node without ``[variables]`` waits for nothing.
+    The node says it (``AsyncNode``'s ``tree_env``), never a file: a socket file a previous run
+    left must not make a node without ``[variables]`` wait for a registry it does not have.
     """
     node = os.environ.get("OTPY_NODE")
-    if not node or os.environ.get("OTPY_CHILD_ID") == REGISTRY_ID:
-        return None
-    if not agent_socket_path(node, REGISTRY_ID).exists():
+    if not node or os.environ.get("OTPY_CHILD_ID") == REGISTRY_ID or os.environ.get(REGISTRY_ENV) != "1":
         return None
     return node
 

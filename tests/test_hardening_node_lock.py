@@ -16,12 +16,19 @@ from otpy._node_run import RUN_VAR, AlreadyRunning, RunLock, lock_holder, new_ru
 pytestmark = pytest.mark.timeout(30)
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 def test_one_holder_its_record_and_the_previous_run(tmp_path):
     first = RunLock.take(tmp_path, "run-1")
     try:
         path = tmp_path / "node.lock"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert path.read_text().split() == [str(os.getpid()), "run-1"]
+        assert path.read_text().split() == [str(os.getpid()), "run-1", os.path.realpath(tmp_path)]
         assert lock_holder(tmp_path) == os.getpid()
         with pytest.raises(AlreadyRunning) as refused:  # another open of the file: another holder
             RunLock.take(tmp_path, "run-2")
@@ -77,7 +84,7 @@ def test_the_sweep_of_a_dead_node_kills_its_run_and_removes_its_sockets_and_lock
         holder.release()
         assert left.poll() is None and (tmp_path / "control.sock").exists()  # nothing done while held
 
-        (tmp_path / "node.lock").write_text(f"1 {run}\n")  # the dead run's record
+        (tmp_path / "node.lock").write_text(f"{dead_pid()} {run} {tmp_path}\n")  # the dead run's record
         assert sweep_dead_run(tmp_path, [tmp_path / "control.sock", tmp_path / "agents"]) is True
         assert left.wait(5) == -9
         assert other.poll() is None

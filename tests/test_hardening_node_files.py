@@ -1,0 +1,188 @@
+"""Hardening of the files in a node's folder (second round): the lock is the folder's, so the
+record ``node.lock`` may be deleted, replaced, copied or planted as something else without
+fooling anyone; files the node writes are private and never followed through a symlink; no
+socket file outlives the node that bound it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import otpy
+from otpy._cli_work import TOPOLOGY_RECORD, record_topology
+from otpy._client import node_alive
+from otpy._node import NodeAlreadyRunning
+from otpy._node_run import RUN_VAR, RunLock, lock_holder, new_run_id
+from otpy import _runtime
+from otpy._runtime import RuntimeDirError, runtime_root
+from tests.helpers import alive, sleeper, unique_name
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(60)
+
+
+def otpy_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "otpy", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def spec(*children: otpy.ChildSpec) -> otpy.SupervisorSpec:
+    return otpy.SupervisorSpec(id="root", children=children or (sleeper("a"),))
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+# --- 1. deleting or replacing the record -------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack", ["delete", "replace"])
+def test_a_deleted_or_replaced_record_fools_nobody(attack, tmp_path):
+    name = unique_name("rec")
+    with otpy.Node.from_spec(spec(), name=name) as node:
+        folder = runtime_root() / name
+        record = folder / "node.lock"
+        if attack == "delete":
+            record.unlink()
+        else:
+            shutil.copy(record, tmp_path / "copy")
+            os.replace(tmp_path / "copy", record)
+        assert node_alive(name)
+        status = otpy_cli("status", "--node", name)
+        assert status.returncode == 0, status.stderr
+        with pytest.raises(NodeAlreadyRunning):
+            otpy.Node.from_spec(spec(), name=name).start()
+        stop = otpy_cli("stop", "--node", name, "--timeout", "1")  # a live node: asked to stop, not swept
+        assert "removed its sockets" not in stop.stdout
+        assert (folder / "control.sock").exists() or stop.returncode == 0
+    assert not node_alive(name)
+
+
+# --- 2 and 4. something else than a file at node.lock ----------------------------------------
+
+
+def plant(path: Path, kind: str) -> None:
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    elif kind == "symlink":
+        path.symlink_to("/etc/hostname")
+    elif kind == "folder":
+        path.mkdir()
+    else:  # mode 0000
+        path.write_text("1 x y\n")
+        path.chmod(0)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "folder", "mode0"])
+def test_something_else_at_the_record_is_one_line_naming_it_and_never_a_hang(kind, tmp_path):
+    name = unique_name("plant")
+    folder = runtime_root() / name
+    folder.mkdir(mode=0o700)
+    (folder / "control.sock").touch()  # a dead node's folder
+    plant(folder / "node.lock", kind)
+    topology = tmp_path / "t.toml"
+    topology.write_text(f'[node]\nname = "{name}"\n[supervisor]\n[[supervisor.children]]\n'
+                        'id = "a"\ncommand = ["sleep", "3600"]\n')
+    for args in (["status", "--node", name], ["start", str(topology), "--detach", "--timeout", "5"],
+                 ["start", str(topology)], ["stop", "--node", name]):
+        done = otpy_cli(*args)
+        assert "Traceback" not in done.stderr, (args, done.stderr)
+        if kind == "mode0" and os.getuid() == 0:  # root reads and writes it anyway
+            continue
+        assert done.returncode == 1, (args, done.stderr)
+        if args[0] != "status":  # status of a dead node need not read the record
+            assert f"otpy: {folder / 'node.lock'} is " in done.stderr, (args, done.stderr)
+        if "--detach" not in args:  # --detach adds the line naming the log the error is in
+            assert len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
+    with pytest.raises(otpy.NodeNotFound):  # stale at once, not a hang
+        otpy.connect(name)
+
+
+# --- 3. a record copied from another folder -----------------------------------------------------
+
+
+def test_a_record_copied_from_another_folder_sweeps_nothing(tmp_path):
+    run = new_run_id()
+    other = subprocess.Popen(["sleep", "3600"], env={**os.environ, RUN_VAR: run}, start_new_session=True)
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    try:
+        for record in (f"{dead_pid()} {run} {there}\n",  # another folder's record
+                       f"{other.pid} {run} {here}\n"):  # a live recorded pid
+            (here / "node.lock").write_text(record)
+            lock = RunLock.take(here, new_run_id())
+            assert lock.previous_run is None
+            lock.release()
+            assert other.poll() is None
+        (here / "node.lock").write_text(f"{dead_pid()} {run} {here}\n")  # this folder's dead run
+        lock = RunLock.take(here, new_run_id())
+        assert lock.previous_run == run
+        lock.release()
+    finally:
+        other.kill()
+        other.wait(5)
+
+
+def test_the_lock_is_the_folder_and_a_probe_agrees(tmp_path):
+    lock = RunLock.take(tmp_path, new_run_id())
+    try:
+        (tmp_path / "node.lock").unlink()
+        assert lock_holder(tmp_path) == 0  # held, record gone
+    finally:
+        lock.release()
+    assert lock_holder(tmp_path) is None
+
+
+# --- 6. files the node writes -------------------------------------------------------------------
+
+
+def test_the_topology_record_is_private_and_never_written_through_a_symlink(tmp_path):
+    name = unique_name("topo")
+    folder = runtime_root() / name
+    folder.mkdir(mode=0o700)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    (folder / TOPOLOGY_RECORD).symlink_to(outside)
+    with pytest.raises(RuntimeDirError, match=str(folder / TOPOLOGY_RECORD)):
+        record_topology(name, str(tmp_path / "t.toml"))
+    assert outside.read_text() == "keep"
+    (folder / TOPOLOGY_RECORD).unlink()
+    old = os.umask(0)
+    try:
+        record_topology(name, str(tmp_path / "t.toml"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((folder / TOPOLOGY_RECORD).stat().st_mode) == 0o600
+    _runtime.write_private(folder / "x", b"a longer text")
+    _runtime.write_private(folder / "x", b"short")
+    assert (folder / "x").read_bytes() == b"short"
+
+
+# --- 9. no socket file outlives its node --------------------------------------------------------
+
+
+def test_a_stopped_node_leaves_no_socket_and_stale_ones_do_not_fake_a_registry():
+    name = unique_name("socks")
+    folder = runtime_root() / name
+    program = otpy.ChildSpec(id="p", program="tests.agents:Sleeper")
+    with otpy.Node.from_spec(spec(program), name=name):
+        assert (folder / "agents").is_dir()
+    assert not list(folder.rglob("*.sock"))
+    (folder / "agents").mkdir(mode=0o700)
+    for left in ("agents/registry.sock", "agents/.spare-3.sock", "agents/p.sock", "registry-events.sock"):
+        (folder / left).touch()
+    with otpy.Node.from_spec(spec(program), name=name) as node:  # no [variables]: no registry to wait for
+        child = node.which_children()[0]
+        assert child["state"] == "running" and alive(child["pid"])
+        assert not (folder / "agents" / "registry.sock").exists()
+    assert not list(folder.rglob("*.sock"))
