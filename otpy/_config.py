@@ -21,11 +21,8 @@ otpy._config.TopologyError: t.toml: supervisor.max_seconds: got 0; expected a nu
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import tomllib
 
@@ -35,6 +32,7 @@ from typing import Any, Iterator, Union
 
 from pydantic import ValidationError
 
+from ._import_check import IMPORT_TIMEOUT, import_in_child
 from ._registry import with_registry
 from ._spec_rules import located_value_problems, node_value_problems, toml_key
 from ._specs import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, ChildSpec
@@ -337,32 +335,6 @@ def _programs(spec: AnySpec, path: str) -> Iterator[tuple[str, str]]:
             yield from _programs(template, f"{path}.templates.{_key(name)}")
 
 
-IMPORT_TIMEOUT = 30.0  # seconds for one child to import the programs; a hang is a problem, not a wait
-
-# Run by ``python -c`` in a child: the request (sys.path, targets) comes on stdin; one JSON line per
-# target, written as soon as it is known, goes to the report fd (the child's original stdout). The
-# program's own output goes to stderr, so it cannot forge or garble a report.
-_IMPORT_CHILD = """
-import json, os, sys
-report = os.fdopen(os.dup(1), "w", buffering=1)
-os.dup2(2, 1)
-request = json.load(sys.stdin)
-sys.path[:] = request["path"]
-from otpy._program import import_target
-for index, target in enumerate(request["targets"]):
-    try:
-        obj = import_target(target)
-    except ImportError as exc:
-        problem = f"cannot import {target!r}: {exc}"
-    except BaseException as exc:
-        problem = f"cannot import {target!r}: {type(exc).__name__}: {exc}"
-    else:
-        problem = None if callable(obj) else (
-            f"got {target!r}, of type {type(obj).__name__!r}; expected a Program class or a function")
-    report.write(json.dumps([index, problem]) + chr(10))
-"""
-
-
 def program_folders(topology: Topology) -> list[str]:
     """Where programs are imported from, besides ``sys.path``: the current directory and the
     topology file's folder (a program next to its topology needs no install)."""
@@ -393,7 +365,7 @@ def check_programs(topology: Topology, *, timeout: float = IMPORT_TIMEOUT) -> li
     problems: list[Problem] = []
     done = 0
     while done < len(programs):
-        reports, ended = _import_in_child([target for _, target in programs[done:]], path, timeout)
+        reports, ended = import_in_child([target for _, target in programs[done:]], path, timeout)
         for index, message in reports:
             if message is not None:
                 problems.append((programs[done + index][0], message))
@@ -403,40 +375,3 @@ def check_programs(topology: Topology, *, timeout: float = IMPORT_TIMEOUT) -> li
             problems.append((key_path, f"importing {target!r} {ended}"))
             done += 1
     return _format(topology.path, problems)
-
-
-def _import_in_child(targets: list[str], path: list[str], timeout: float) -> tuple[list[tuple], str | None]:
-    """The child's reports ``(index, problem or None)`` in order, and how it ended early, if it did."""
-    request = json.dumps({"path": path, "targets": targets})
-    try:
-        child = subprocess.run([sys.executable, "-c", _IMPORT_CHILD], input=request, capture_output=True,
-                               text=True, timeout=timeout)
-        stdout, stderr, status = child.stdout, child.stderr, child.returncode
-    except subprocess.TimeoutExpired as exc:
-        stdout, stderr = _text(exc.stdout), _text(exc.stderr)
-        status = None
-    reports = [tuple(json.loads(line)) for line in stdout.splitlines()]
-    if len(reports) == len(targets):
-        return reports, None
-    if status is None:
-        return reports, f"did not finish within {timeout:g} s{_last_line(stderr)}"
-    return reports, f"ended the process ({_how(status)}){_last_line(stderr)}"
-
-
-def _how(status: int) -> str:
-    """``exit status N``, or ``signal N (NAME)`` for a child a signal ended (``returncode < 0``)."""
-    if status >= 0:
-        return f"exit status {status}"
-    try:
-        return f"signal {-status} ({signal.Signals(-status).name})"
-    except ValueError:  # a real-time signal has no name
-        return f"signal {-status}"
-
-
-def _text(data: bytes | str | None) -> str:
-    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
-
-
-def _last_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    return f"; its last output: {lines[-1][:200]}" if lines else ""

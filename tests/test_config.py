@@ -267,7 +267,9 @@ significant = true
 
 
 def test_programs_import_from_the_topology_folder(tmp_path):
-    (tmp_path / "otpy_test_agents_a.py").write_text("class Agent:\n    pass\n")
+    (tmp_path / "otpy_test_agents_a.py").write_text(
+        "class Agent:\n    def setup(self, args, config):\n        pass\n\n    def forward(self, **inputs):\n"
+        "        return inputs\n")
     file = tmp_path / "node.toml"
     file.write_text(
         '[supervisor]\n[[supervisor.children]]\nid = "pool"\ntype = "dynamic_supervisor"\n'
