@@ -36,7 +36,7 @@ from ._connections import ConnectionCap, connection_cap, prepare
 from ._control_requests import Lane, dispatch, lane_of, parse_request, receive_bounded
 from ._protocol import ENCODER, ControlError, Message, NodeEvent, StopNode, Stopping
 from ._runtime import control_endpoint, events_endpoint, node_dir
-from ._wire import Complaints, WireError, describe, encode, return_big_buffers
+from ._wire import Complaints, Frames, WireError, clip, describe, encode, return_big_buffers, trim_memory
 
 if TYPE_CHECKING:
     from ._node import AsyncNode
@@ -46,6 +46,8 @@ log = logging.getLogger("otpy")
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: a bigger frame is dropped and its sender disconnected; a bigger
 # message of several frames gets bad_request
 MAX_WAITING = 1024  # requests received and not answered yet; beyond, the node reads no more for now
+MAX_WAITING_BYTES = 8 << 20  # nor beyond this many bytes of them (as received; decoded, each holds at
+# most MAX_CONTROL_ITEMS containers: ~9 MB at worst)
 REPLY_LINGER_MS = 2000  # how long close() lets the last replies (the Stopping ones) leave
 EVENT_FIELDS = ("kind", "node", "supervisor", "child", "pid", "detail", "time")
 
@@ -74,6 +76,8 @@ class ControlServer:
         self._lanes: dict[Lane, asyncio.Task] = {}  # each lane's last request
         self._tokens = itertools.count()
         self._waiting: dict[int, tuple[zmq.asyncio.Socket, bytes, int]] = {}  # not answered yet
+        self._weights: dict[int, int] = {}  # the bytes of each waiting request, as received
+        self._waiting_bytes = 0
         self._room = asyncio.Event()  # set while fewer than MAX_WAITING wait
         self._room.set()
         self._closing = False
@@ -196,8 +200,8 @@ class ControlServer:
         while True:
             await self._room.wait()  # too many requests waiting: ZeroMQ queues the rest (its HWM)
             try:
-                frames, size = await receive_bounded(sock, MAX_MESSAGE_BYTES)
-                self._accept(sock, frames, size)
+                self._accept(sock, await receive_bounded(sock, MAX_MESSAGE_BYTES))
+                await asyncio.sleep(0)  # the requests just started (a GetStatus) run before the next message
             except asyncio.CancelledError:
                 raise
             except zmq.ZMQError as exc:
@@ -208,16 +212,16 @@ class ControlServer:
             except Exception as exc:  # anything else: the message is lost, the loop goes on
                 _complain(f"otpy[{self.node.name}]: a control message was dropped: {describe(exc)}")
 
-    def _accept(self, sock: zmq.asyncio.Socket, frames: list[bytes] | None, size: int) -> None:
+    def _accept(self, sock: zmq.asyncio.Socket, frames: Frames) -> None:
         """Decode one message and start answering it: at once (errors, ``GetStatus``) or in its
         supervisor's lane, behind the requests that came earlier for that supervisor."""
-        if not frames:
-            return  # no identity: nothing can be answered
-        identity, body = frames[0], frames[1:]
-        request = parse_request(body, size, MAX_MESSAGE_BYTES)
+        identity = frames.kept[0].bytes
+        request = parse_request(frames, MAX_MESSAGE_BYTES)
         if isinstance(request, ControlError):
             _complain(f"otpy[{self.node.name}]: refused a control request: {request.message}")
             self._spawn(self._reply_now(sock, identity, request))
+            if frames.size > MAX_MESSAGE_BYTES // 4:
+                trim_memory()  # its buffers are freed: their pages go back to the system
             return
         if isinstance(request, StopNode):
             self._stop_waiters.append((sock, identity, request.request_id))
@@ -225,8 +229,9 @@ class ControlServer:
             return
         token = next(self._tokens)
         self._waiting[token] = (sock, identity, request.request_id)
-        if len(self._waiting) >= MAX_WAITING:
-            self._room.clear()
+        self._weights[token] = frames.size
+        self._waiting_bytes += frames.size
+        self._update_room()
         try:
             key = lane_of(self.node, request)
         except Exception as exc:  # a bug: the request is still answered (its dispatch will say what failed)
@@ -237,6 +242,14 @@ class ControlServer:
         if key is not None:
             self._lanes[key] = task
             task.add_done_callback(lambda done: self._lanes.pop(key) if self._lanes.get(key) is done else None)
+
+    def _update_room(self) -> None:
+        """Read on only while fewer than ``MAX_WAITING`` requests, of ``MAX_WAITING_BYTES`` in
+        all, wait: the count alone let 1024 big decoded requests take gigabytes."""
+        if len(self._waiting) < MAX_WAITING and self._waiting_bytes < MAX_WAITING_BYTES:
+            self._room.set()
+        else:
+            self._room.clear()
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -250,8 +263,8 @@ class ControlServer:
             await asyncio.wait([previous])
         reply = await self._answer(request)
         waiting = self._waiting.pop(token, None)
-        if len(self._waiting) < MAX_WAITING:
-            self._room.set()
+        self._waiting_bytes -= self._weights.pop(token, 0)
+        self._update_room()
         if waiting is not None:
             sock, identity, _ = waiting
             await self._reply_now(sock, identity, reply)
@@ -276,10 +289,11 @@ class ControlServer:
         try:
             return await dispatch(self.node, request)
         except LookupError as exc:
-            return ControlError(request.request_id, "not_found", str(exc.args[0]) if exc.args else "not found")
+            text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else "not found"
+            return ControlError(request.request_id, "not_found", clip(text))
         except Exception as exc:  # a bug must not take the node down; say what happened
-            log.exception("otpy[%s]: control request %r failed", self.node.name, request)
-            return ControlError(request.request_id, "internal", f"{type(exc).__name__}: {exc}")
+            log.exception("otpy[%s]: control request %r failed", self.node.name, type(request).__name__)
+            return ControlError(request.request_id, "internal", describe(exc))
 
 
 _complain = Complaints(log.warning)

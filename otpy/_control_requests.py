@@ -12,6 +12,7 @@ waits for nobody (lane ``None``). ``SetVariables`` has a lane of its own (the re
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,41 +25,45 @@ from ._protocol import (
     Outcome, Reconfigure, RestartChild, SetVariables, StartChild, StartFromTemplate, Status,
     TerminateChild, TreeEntry, WhichChildren,
 )
-from ._wire import WireError, decode
+from ._wire import Frames, WireError, decode
 
 if TYPE_CHECKING:
     from ._node import AsyncNode
 
 Lane = tuple[str, str]
 
+MAX_CONTROL_ITEMS = 100_000  # containers a request may hold (past it, values of any kind too): a real one
+# holds a few hundred; decoding costs ~1 us and ~80 bytes per container, on the node's loop
+READ_CHUNK = 4096  # frames of one message read between two turns of the node's loop
 
-async def receive_bounded(sock: zmq.asyncio.Socket, limit: int) -> tuple[list[bytes], int]:
-    """One message from a ROUTER: its frames, copied only while their total stays within
-    ``limit`` (the rest are received and dropped at once, uncopied), and its whole size.
+
+async def receive_bounded(sock: zmq.asyncio.Socket, limit: int) -> Frames:
+    """One message from a ROUTER: the identity and at most one more frame are kept, copied only
+    while the frames after the identity total at most ``limit``; the rest are read and dropped
+    at once, uncopied (``_wire.Frames``), ``READ_CHUNK`` at a time, the loop turning between.
 
     ZeroMQ delivers a multipart message whole and limits only each frame (``ZMQ_MAXMSGSIZE``),
     so the frames are in memory before the first is read; what this bounds is otpy's copy of
-    them, and how long ZeroMQ holds them (they are freed as they are read).
+    them, how long ZeroMQ holds them (they are freed as they are read), and the loop's time.
     """
-    first = await sock.recv(copy=False)
-    frames, size, more = [first.bytes], 0, first.more
-    while more:
-        frame = await sock.recv(copy=False)  # already here: a multipart message arrives whole
-        size += len(frame.buffer)
-        if size <= limit:
-            frames.append(frame.bytes)
-        more = frame.more
-    return frames, size
+    frames = Frames(await sock.recv(copy=False), max_frames=2, max_bytes=limit)
+    if frames.more:
+        shadow = zmq.Socket.shadow(sock.underlying)  # the same socket, read without awaiting each frame
+        while not frames.read(shadow, READ_CHUNK):
+            await asyncio.sleep(0)
+    return frames
 
 
-def parse_request(body: list[bytes], size: int, limit: int) -> Message:
-    """The request in ``body`` (the frames after the identity), or the ``bad_request`` to answer."""
-    if size > limit:
-        return ControlError(0, "bad_request", f"the message is {size} bytes, over the limit of {limit}")
-    if len(body) != 1:
-        return ControlError(0, "bad_request", f"expected one frame after the identity, got {len(body)}")
+def parse_request(frames: Frames, limit: int) -> Message:
+    """The request after the identity, or the ``bad_request`` to answer: over ``limit`` bytes,
+    not one frame, undecodable, too deep, or holding more than ``MAX_CONTROL_ITEMS`` items
+    (refused on its bytes, before it costs its decoding)."""
+    if frames.size > limit:
+        return ControlError(0, "bad_request", f"the message is {frames.size} bytes, over the limit of {limit}")
+    if frames.count != 2:
+        return ControlError(0, "bad_request", f"expected one frame after the identity, got {frames.count - 1}")
     try:
-        return decode(TO_NODE, body[0])
+        return decode(TO_NODE, frames.kept[1].bytes, max_items=MAX_CONTROL_ITEMS)
     except WireError as exc:  # whatever failed: unknown tag, wrong type, too deep, RecursionError ...
         return ControlError(0, "bad_request", f"undecodable request: {exc}")
 

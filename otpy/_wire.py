@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable
 
 import msgspec
+import zmq
 
 MAX_DEPTH = 100  # containers open at once, the message's own included: plenty for any real call
 MAX_CALL_BYTES = 16 << 20  # 16 MiB: the most a call or a reply may weigh on the wire (ZMQ_MAXMSGSIZE of agents)
@@ -136,6 +137,48 @@ class Complaints:
             pass  # a closed stderr must not end a loop either
 
 
+class Frames:
+    """One message's frames, read from a ROUTER without waiting once its first frame is in:
+    ZeroMQ delivers a multipart message whole, so the rest is queued already. At most
+    ``max_frames`` frames are kept, and only while the frames after the first total at most
+    ``max_bytes``; the others are read and dropped at once, uncopied. ``count`` and ``size``
+    (bytes after the first frame) tell what the message was.
+
+    Why: the node awaited one asyncio ``recv`` per frame (~80 us each), and empty frames weigh
+    nothing: 100k of them (200 KB on the wire) held its loop 8.6 s. Read here: ~2 us each."""
+
+    def __init__(self, first: zmq.Frame, max_frames: int, max_bytes: int) -> None:
+        self.kept, self.count, self.size = [first], 1, 0
+        self.max_frames, self.max_bytes = max_frames, max_bytes
+        self.more = first.more
+
+    def read(self, sock: zmq.Socket, at_most: int = -1) -> bool:
+        """Read the next frames (``at_most`` of them, if >= 0) from ``sock``, a synchronous
+        socket (or a shadow of the asyncio one); True once the message's last frame is in."""
+        recv, kept = sock.recv, self.kept
+        while self.more and at_most != 0:
+            try:
+                frame = recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:  # cannot happen (a message arrives whole); never spin on it
+                self.more = False
+                break
+            self.count += 1
+            self.size += len(frame)
+            if self.count <= self.max_frames and self.size <= self.max_bytes:
+                kept.append(frame)
+            self.more, at_most = frame.more, at_most - 1
+        return not self.more
+
+
+def trim_memory() -> None:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``): after a big
+    message is refused, its buffers must not stay in the receiver's RSS. A no-op without glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
@@ -176,6 +219,12 @@ def shorten(text: str, limit: int = MAX_TEXT_CHARS) -> str:
     ``limit`` characters of it, with an ellipsis when cut; a 100k-char name makes a short line."""
     text = str(text)
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def clip(message: str, limit: int = 4 * MAX_TEXT_CHARS) -> str:
+    """An error message that may echo user strings, at most ``limit`` characters (an ellipsis
+    when cut): the last guard, where the echoing code did not ``shorten`` them itself."""
+    return message if len(message) <= limit else message[:limit] + "..."
 
 
 # --- the walk -----------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def test_a_deep_control_request_gets_bad_request_and_the_node_keeps_serving(node
                       scope=msgspec.msgpack.encode("global"), values=raw_map(x=deep_bytes(depth))))
     refused = reply(sock, FROM_NODE)
     assert isinstance(refused, ControlError) and refused.kind == "bad_request", refused
-    assert "nested deeper than" in refused.message
+    assert "nested deeper than" in refused.message or "holds more than" in refused.message  # 100k: both
     sock.send(ENCODER.encode(GetStatus(8)))
     assert isinstance(reply(sock, FROM_NODE), Status)
     with otpy.connect(node.name, timeout=5) as client:
