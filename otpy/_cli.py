@@ -359,9 +359,7 @@ def _start_detached(topology: str, name: str, timeout: float) -> int:
     finally:
         os.close(log_fd)
     if not _answers_as(name, proc, timeout):
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait()
+        _end(proc)
         click.echo(f"otpy: node {name!r} did not start (see {log_path}):\n{_tail(log_path)}", err=True)
         return EXIT_FAILED
     click.echo(f"otpy: node {name!r} started (pid {proc.pid}); log: {log_path}")
@@ -369,20 +367,51 @@ def _start_detached(topology: str, name: str, timeout: float) -> int:
 
 
 def _answers_as(name: str, proc: subprocess.Popen, timeout: float) -> bool:
-    """True once node ``name`` answers from ``proc``; False if it exits or ``timeout`` passes first,
-    or if another process answers (a start that won the race: ours refuses and exits)."""
+    """True once node ``name`` answers from ``proc`` with its tree up; False if it exits or ``timeout``
+    passes first, or if another process answers (a start that won the race: ours refuses and exits).
+    The node answers while its tree starts (state "starting"): that is asked again, within ``timeout``."""
+    deadline = time.monotonic() + timeout
     with Client(name) as client:
-        try:
-            report = client.wait_ready(timeout, give_up=lambda: proc.poll() is not None)
-        except TimeoutError:
-            return False
+        while True:
+            try:
+                report = client.wait_ready(max(deadline - time.monotonic(), 0.01),
+                                           give_up=lambda: proc.poll() is not None)
+            except TimeoutError:
+                return False
+            if report["pid"] != proc.pid or report["tree"]["state"] != "starting":
+                break
+            if proc.poll() is not None or time.monotonic() >= deadline:
+                return False
+            proc_exited = _wait_exit_for(proc, 0.1)  # the pace of the questions, not a guess of the start
+            if proc_exited:
+                return False
     if report["pid"] == proc.pid:
-        return True
+        return report["tree"]["state"] == "running"
     try:
-        proc.wait(timeout)
+        proc.wait(max(deadline - time.monotonic(), 0.01))
     except subprocess.TimeoutExpired:
         pass
     return False
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """End a detached start that did not come up in time: SIGTERM (in order), a second SIGTERM
+    (kill at once) after 2 s, SIGKILL after 5 more: never waits unbounded for a stubborn child."""
+    for send, grace in ((proc.terminate, 2.0), (proc.terminate, 5.0), (proc.kill, 5.0)):
+        if proc.poll() is not None:
+            return
+        send()
+        if _wait_exit_for(proc, grace):
+            return
+
+
+def _wait_exit_for(proc: subprocess.Popen, seconds: float) -> bool:
+    """True if ``proc`` exits within ``seconds``."""
+    try:
+        proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _tail(path, lines: int = 20) -> str:
@@ -421,6 +450,9 @@ async def _run_foreground(node: AsyncNode, on_started: Callable[[], None] = lamb
         signals += 1
         if signals == 1:
             stop_requested.set()
+            if not node.started:  # the tree starts, or stops after a failed start: say what comes
+                click.echo("otpy: stopping in order once the start ends "
+                           "(a second Ctrl-C or SIGTERM kills at once)", err=True)
         elif node.root is not None:  # a second Ctrl-C: no more waiting
             loop.create_task(node.root.kill())
 

@@ -60,6 +60,7 @@ class AsyncNode:
         self.on_stop_request: Callable[[], None] | None = None
         self._stop_task: asyncio.Task | None = None
         self._run: RunLock | None = None  # held from start to the end of stop
+        self.started = False  # every child of the tree is up (``status`` says "starting" before)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike, **kwargs) -> "AsyncNode":
@@ -109,6 +110,7 @@ class AsyncNode:
             await self.root.start()
         except StartFailed as exc:
             raise NodeStartError(str(exc)) from None
+        self.started = True
 
     async def stop(self) -> ExitReason:
         """Ordered shutdown: children in reverse start order, then the node's own sockets.
@@ -227,7 +229,12 @@ class AsyncNode:
         }
 
     def status(self) -> dict[str, Any]:
-        return {"node": self.name, "pid": os.getpid(), "tree": self.root.snapshot()}
+        """The tree; its root's state is "starting" until every child is up, "stopping" once the
+        node stops (the control socket answers from before the first child to after the last)."""
+        tree = self.root.snapshot()
+        if tree["state"] == "running" and (self.stopping or not self.started):
+            tree["state"] = "stopping" if self.stopping else "starting"
+        return {"node": self.name, "pid": os.getpid(), "tree": tree}
 
     async def _on_child(self, child_id, sup_id, make_event) -> Result:
         sup = self._owner(child_id, sup_id)

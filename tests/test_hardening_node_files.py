@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +188,53 @@ def test_a_stopped_node_leaves_no_socket_and_stale_ones_do_not_fake_a_registry()
         assert child["state"] == "running" and alive(child["pid"])
         assert not (folder / "agents" / "registry.sock").exists()
     assert not list(folder.rglob("*.sock"))
+
+
+# --- 10. a node is within reach while its tree starts (or fails to) -----------------------------
+
+
+def stubborn_topology(tmp_path: Path, name: str) -> Path:
+    """A child that ignores SIGTERM with a long shutdown, then one that fails to start: the failed
+    start stops the first in order, which takes an hour unless killed."""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f"""
+[node]
+name = "{name}"
+[supervisor]
+[[supervisor.children]]
+id = "stubborn"
+program = "tests.agents:IgnoresTerm"
+shutdown = 3600
+[[supervisor.children]]
+id = "bad"
+program = "tests.agents:FailingSetup"
+""")
+    return path
+
+
+def test_a_failing_start_is_within_reach_and_signals_end_it(tmp_path):
+    from tests.test_hardening_node import Foreground
+
+    name = unique_name("stub")
+    node = Foreground(stubborn_topology(tmp_path, name))
+    try:
+        node.wait_line("bad failed to start")
+        status = otpy_cli("status", "--node", name, "--json")
+        assert status.returncode == 0, status.stderr
+        assert '"state": "starting"' in status.stdout
+        node.proc.send_signal(signal.SIGTERM)  # in order: the stubborn child's shutdown goes on
+        node.wait_line("stopping in order once the start ends")
+        node.proc.send_signal(signal.SIGTERM)  # the second: at once
+        assert node.proc.wait(10) == 1
+    finally:
+        node.proc.kill()
+        node.proc.wait(5)
+
+
+def test_a_detached_start_honours_its_timeout(tmp_path):
+    name = unique_name("stubd")
+    began = time.monotonic()
+    done = otpy_cli("start", str(stubborn_topology(tmp_path, name)), "--detach", "--timeout", "3", timeout=40)
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - began < 20
+    assert not node_alive(name)
