@@ -28,6 +28,7 @@ import datetime
 import math
 import re
 import socket
+import unicodedata
 from typing import Any, Iterator, NamedTuple
 
 import msgspec
@@ -64,9 +65,26 @@ class Problem(NamedTuple):
     message: str  # "got X; expected Y"
 
 
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
 def toml_key(name: str) -> str:
-    """``name`` as one part of a key path: bare when TOML allows, else quoted."""
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else '"' + name.replace('"', '\\"') + '"'
+    """``name`` as one part of a key path: bare when TOML allows, else a quoted TOML string.
+
+    Escaped as TOML does, and so is every character that is not printable or changes how the
+    line is shown (controls, bidi and other format characters such as U+202E): a message
+    never hands a terminal raw control bytes or text that reads in another order."""
+    if re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        return name
+    return '"' + "".join(_toml_char(char) for char in name) + '"'
+
+
+def _toml_char(char: str) -> str:
+    if char in _TOML_ESCAPES:
+        return _TOML_ESCAPES[char]
+    if char.isprintable() and unicodedata.category(char) not in ("Cf", "Co", "Cs", "Cn"):
+        return char
+    return f"\\u{ord(char):04X}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08X}"
 
 
 def join(path: str, field: str) -> str:

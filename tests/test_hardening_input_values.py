@@ -89,3 +89,30 @@ def test_a_big_value_in_a_file_is_refused_at_its_key_path():
 def test_start_timeout_has_a_sane_minimum(timeout, ok):
     problems = spec_problems(worker(start_timeout=timeout))
     assert (problems == []) == ok, problems
+
+
+# --- messages never carry raw control or bidi characters ------------------------------------
+
+
+def test_key_paths_escape_control_and_bidi_characters_as_toml_does():
+    from otpy._spec_rules import toml_key
+
+    assert toml_key('a\0b\nc\u202ed"e\\f\t') == '"a\\u0000b\\nc\\u202Ed\\"e\\\\f\\t"'
+    assert toml_key("caf\u00e9") == '"caf\u00e9"' and toml_key("x_1-y") == "x_1-y"
+    assert toml_key("\U000E0001\u200b") == '"\\U000E0001\\u200B"'
+
+
+@pytest.mark.parametrize("text", [
+    '[supervisor]\n[[supervisor.children]]\nid = "d"\ntype = "dynamic_supervisor"\n'
+    '[supervisor.children.templates."a\\u0000b\\nc\\u202E"]\ncommand = ["true"]\n',
+    '[supervisor]\n[[supervisor.children]]\nid = "w"\ncommand = ["true"]\nenv = { "A=\\u202E\\u0007" = "x" }\n',
+    '[supervisor]\n[[supervisor.children]]\nid = "w"\ncommand = ["true"]\n"bad\\u001b[31m" = 1\n',
+])
+def test_a_problem_in_a_file_prints_no_raw_control_or_bidi_character(text):
+    import unicodedata
+
+    with pytest.raises(TopologyError) as caught:
+        parse_topology(text, source="t.toml")
+    message = str(caught.value)
+    raw = [c for c in message if c != "\n" and unicodedata.category(c) in ("Cc", "Cf")]
+    assert raw == [] and message.count("\n") == len(caught.value.problems) - 1, message
