@@ -17,12 +17,13 @@ A client needs ``server.key`` and its own ``*.key_secret`` in one folder:
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import zmq
 import zmq.auth
 
-from ._runtime import node_dir
+from ._runtime import RuntimeDirError, node_dir, private_dir
 
 
 def keys_dir(node: str) -> Path:
@@ -30,19 +31,32 @@ def keys_dir(node: str) -> Path:
 
 
 def ensure_keys(node: str) -> Path:
-    """The node's key folder, with a server and a client key pair made on first use."""
-    folder = keys_dir(node)
-    authorized = folder / "authorized"
-    authorized.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
+    """The node's key folder, with a server and a client key pair made on first use.
+
+    ``curve/`` and ``curve/authorized/`` pass the runtime's private-folder check and every key
+    file present must be a regular file (``check_key_files``): a symlink planted there would
+    have the secret keys written, or read, outside the node's folder. RuntimeDirError, one line.
+    """
+    folder = private_dir(keys_dir(node))
+    authorized = private_dir(folder / "authorized")
+    check_key_files(folder, authorized)
     if not (folder / "server.key_secret").exists():
         zmq.auth.create_certificates(folder, "server")
     if not (folder / "client.key_secret").exists():
         public, _ = zmq.auth.create_certificates(folder, "client")
         os.replace(public, authorized / "client.key")
     for secret in folder.glob("*.key_secret"):
-        os.chmod(secret, 0o600)
+        os.chmod(secret, 0o600, follow_symlinks=False)
     return folder
+
+
+def check_key_files(*folders: Path) -> None:
+    """Every ``*.key`` and ``*.key_secret`` in ``folders`` is a regular file; else RuntimeDirError
+    naming it (never followed: lstat)."""
+    for folder in folders:
+        for path in (*folder.glob("*.key"), *folder.glob("*.key_secret")):
+            if not stat.S_ISREG(path.lstat().st_mode):
+                raise RuntimeDirError(f"{path} is not a regular file (a symlink?); remove it and retry")
 
 
 def serve_curve(socket: zmq.Socket, folder: Path) -> None:

@@ -238,3 +238,27 @@ def test_a_detached_start_honours_its_timeout(tmp_path):
     assert done.returncode == 1, done.stderr
     assert time.monotonic() - began < 20
     assert not node_alive(name)
+
+
+# --- 7. the CURVE keys stay in the node's folder ------------------------------------------------
+
+
+def test_curve_keys_are_never_written_or_read_through_a_symlink(tmp_path):
+    from otpy._curve import ensure_keys
+
+    name = unique_name("curve")
+    folder = runtime_root() / name
+    folder.mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (folder / "curve").symlink_to(elsewhere)
+    with pytest.raises(RuntimeDirError, match="symlink"):
+        ensure_keys(name)
+    assert not list(elsewhere.iterdir())
+    (folder / "curve").unlink()
+    keys = ensure_keys(name)
+    (keys / "server.key_secret").unlink()
+    (keys / "server.key_secret").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(RuntimeDirError, match="server.key_secret"):
+        ensure_keys(name)
+    assert not (tmp_path / "nowhere").exists()
