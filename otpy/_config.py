@@ -34,7 +34,10 @@ from pydantic import ValidationError
 
 from ._import_check import IMPORT_TIMEOUT, import_in_child
 from ._registry import with_registry
-from ._spec_rules import located_value_problems, node_value_problems, toml_key
+from ._spec_rules import (
+    NODE_SOCKETS, located_socket_problems, located_value_problems, node_value_problems, socket_path_problem,
+    toml_key,
+)
 from ._specs import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, ChildSpec
 from ._specs import DynamicSupervisorSpec, NodeSpec, SupervisorSpec
 from ._topology_file import (
@@ -267,6 +270,20 @@ def _node_problems(node: NodeSpec, *, from_file_name: bool) -> list[Problem]:
     return problems
 
 
+def _socket_problems(node: NodeSpec, *, from_file_name: bool) -> list[Problem]:
+    """The node's and its agents' socket paths under this user's runtime folder, within AF_UNIX's
+    limit: ids that pass the name rule may still make a path the node cannot bind."""
+    from ._runtime import runtime_root
+
+    folder = os.path.join(os.path.abspath(runtime_root()), node.name)
+    problems: list[Problem] = []
+    longest = max(NODE_SOCKETS, key=len)
+    if (problem := socket_path_problem(os.path.join(folder, longest))) is not None:
+        shown = " (from the file name)" if from_file_name else ""
+        problems.append(("node.name", f"got {node.name!r}{shown}: {problem}"))
+    return problems + [(key, message) for key, message in located_socket_problems(node.root, "supervisor", folder)]
+
+
 def parse_topology(
     text: str, *, source: str = "<string>", default_name: str = "node",
     base_dir: str | None = None, check_imports: bool = False,
@@ -283,6 +300,8 @@ def parse_topology(
     node = NodeSpec(name=file.node.name or default_name, root=root, control_tcp=file.node.control_tcp)
     problems = _node_problems(node, from_file_name=file.node.name is None) + _rule_problems(file.supervisor)
     problems += located_value_problems(root, "supervisor")
+    if not problems:
+        problems += _socket_problems(node, from_file_name=file.node.name is None)
     if problems:
         raise TopologyError(_format(source, problems))
     try:

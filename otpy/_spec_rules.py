@@ -152,6 +152,30 @@ def _walk(spec: AnySpec, parent: Parent | None, path: str = "") -> Iterator[Loca
             yield join(path, f"templates.{toml_key(str(name))}"), spec, shown, True
 
 
+SUN_PATH_MAX = 107  # bytes of an AF_UNIX socket path: sockaddr_un.sun_path is 108, its NUL included
+NODE_SOCKETS = ("control.sock", "events.sock", "registry-events.sock")
+
+
+def located_socket_problems(spec: AnySpec, path: str, node_folder: str) -> list[Problem]:
+    """Each child of the tree whose agent socket ``<node_folder>/agents/<id>.sock`` would be
+    longer than an AF_UNIX path may be, at its id's key path (templates' ids come at run time)."""
+    problems = []
+    for where, _, sub, is_template in _walk(spec, None, path):
+        if isinstance(sub, ChildSpec) and not is_template and name_problem(sub.id) is None:
+            if (problem := socket_path_problem(f"{node_folder}/agents/{sub.id}.sock")) is not None:
+                problems.append(Problem(join(where, "id"), f"got {sub.id!r}: {problem}"))
+    return problems
+
+
+def socket_path_problem(socket_path: str) -> str | None:
+    """Why ``socket_path`` cannot be bound (too long for AF_UNIX), or None."""
+    size = len(socket_path.encode())
+    if size <= SUN_PATH_MAX:
+        return None
+    return (f"its socket {socket_path} would be {size} bytes long; expected at most {SUN_PATH_MAX} "
+            "(AF_UNIX): a shorter id or node name, or a shorter runtime folder (OTPY_RUNTIME_DIR)")
+
+
 def _id_problems(spec_id: object, seen: set[object]) -> list[Problem]:
     if (problem := name_problem(spec_id)) is not None:
         return [Problem("id", f"got {problem.removeprefix('id ')}")]

@@ -116,3 +116,34 @@ def test_a_problem_in_a_file_prints_no_raw_control_or_bidi_character(text):
     message = str(caught.value)
     raw = [c for c in message if c != "\n" and unicodedata.category(c) in ("Cc", "Cf")]
     assert raw == [] and message.count("\n") == len(caught.value.problems) - 1, message
+
+
+# --- socket paths within AF_UNIX's limit ------------------------------------------------------
+
+
+def test_an_id_whose_agent_socket_path_is_too_long_is_refused_at_its_key_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("OTPY_RUNTIME_DIR", "/tmp/" + "r" * 30)
+    long_id, short_id = "a" * 64, "b"
+    text = ('[node]\nname = "n"\n[supervisor]\n[[supervisor.children]]\nid = "team"\ntype = "supervisor"\n'
+            f'[[supervisor.children.children]]\nid = "{long_id}"\ncommand = ["true"]\n'
+            f'[[supervisor.children.children]]\nid = "{short_id}"\ncommand = ["true"]\n')
+    with pytest.raises(TopologyError) as caught:
+        parse_topology(text, source="t.toml")
+    path = f"/tmp/{'r' * 30}/n/agents/{long_id}.sock"
+    assert caught.value.problems == [
+        f"t.toml: supervisor.children[0].children[0].id: got {long_id!r}: its socket {path} would be "
+        f"{len(path)} bytes long; expected at most 107 (AF_UNIX): a shorter id or node name, or a shorter "
+        "runtime folder (OTPY_RUNTIME_DIR)"]
+
+
+def test_a_node_name_whose_sockets_are_too_long_is_refused(monkeypatch):
+    monkeypatch.setenv("OTPY_RUNTIME_DIR", "/tmp/" + "r" * 40)
+    with pytest.raises(TopologyError) as caught:
+        parse_topology(f'[node]\nname = "{"n" * 64}"\n[supervisor]\n', source="t.toml")
+    assert caught.value.problems[0].startswith("t.toml: node.name: got") and "AF_UNIX" in caught.value.problems[0]
+
+
+def test_ids_within_the_socket_limit_pass(monkeypatch):
+    monkeypatch.setenv("OTPY_RUNTIME_DIR", "/tmp/r")
+    text = f'[node]\nname = "n"\n[supervisor]\n[[supervisor.children]]\nid = "{"a" * 64}"\ncommand = ["true"]\n'
+    assert parse_topology(text, source="t.toml").node.root.children[0].id == "a" * 64
