@@ -17,6 +17,7 @@ from pathlib import Path
 import zmq
 
 from ._connections import prepare
+from ._wire import MAX_CALL_BYTES
 from ._runtime import agent_endpoint, agent_socket_path, agents_dir, make_agents_dir
 
 SOCKET_MODE = 0o600  # whatever the umask: only this user may call an agent (its folder is 0700 too)
@@ -85,5 +86,6 @@ def _new_router() -> tuple[zmq.Context, zmq.Socket]:
     context_ = context()
     router = context_.socket(zmq.ROUTER)
     router.linger = 0
+    router.setsockopt(zmq.MAXMSGSIZE, MAX_CALL_BYTES)  # a bigger frame is dropped, its sender disconnected
     prepare(router)  # before the bind: a peer that never completes its handshake is dropped
     return context_, router

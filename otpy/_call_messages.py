@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from ._errors import BadRequest, CallError, Overloaded, RemoteError, Unencodable
 from ._protocol import ENCODER, FROM_AGENT, Call, CallFailed, Reply, first_unencodable
-from ._wire import WireError, call_id_of, decode, encode
+from ._wire import MAX_CALL_BYTES, WireError, call_id_of, decode, encode
 
 
 def encode_call(call_id: int, inputs: Mapping[str, Any]) -> bytes:
@@ -21,9 +21,12 @@ def encode_call(call_id: int, inputs: Mapping[str, Any]) -> bytes:
     try:
         if not all(isinstance(name, str) for name in inputs):
             raise WireError("input names must be str")
-        return encode(ENCODER, Call(call_id=call_id, inputs=dict(inputs)))
+        data = encode(ENCODER, Call(call_id=call_id, inputs=dict(inputs)))
     except WireError as exc:
         raise Unencodable(f"input {first_unencodable(inputs)!r} cannot be sent: {exc}") from None
+    if len(data) > MAX_CALL_BYTES:  # the agent's socket would drop it and disconnect us
+        raise Unencodable(f"the call is {len(data)} bytes, over the limit of {MAX_CALL_BYTES}")
+    return data
 
 
 def read_reply(payload) -> Reply | CallFailed | None:

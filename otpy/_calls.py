@@ -35,7 +35,7 @@ from ._call_messages import AgentDraining, encode_call, error_of, read_reply
 from ._errors import AgentCrashed, CallError, CallTimeout, NoSuchAgent
 from ._protocol import DRAIN_NOTICE, CallFailed, Reply
 from ._runtime import agent_endpoint, agent_socket_path
-from ._wire import Complaints
+from ._wire import MAX_CALL_BYTES, Complaints
 
 RECONNECT_IVL_MS = 2
 _complain = Complaints(lambda line: print(line, file=sys.stderr, flush=True))
@@ -384,6 +384,7 @@ def _open_link(context: zmq.Context, node: str, agent: str) -> _Link:
     dealer.linger = 0
     dealer.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
     dealer.setsockopt(zmq.IMMEDIATE, 0)
+    dealer.setsockopt(zmq.MAXMSGSIZE, MAX_CALL_BYTES)  # agents send no bigger reply
     monitor = dealer.get_monitor_socket(_MONITORED)
     dealer.connect(agent_endpoint(node, agent))
     return _Link(agent, dealer, monitor)

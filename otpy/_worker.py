@@ -43,7 +43,7 @@ from ._program import Program, instantiate
 from ._protocol import DRAIN_NOTICE, ENCODER, Call, CallFailed
 from ._agent_socket import bound_router, context as agent_context, rebind
 from ._connections import AgentConnectionCap, connection_cap
-from ._wire import Complaints, describe
+from ._wire import MAX_CALL_BYTES, Complaints, Frames, call_id_of, describe, trim_memory
 from ._worker_registry import ConfigWatcher, has_registry, resolve
 from ._specs import ChildSpec
 
@@ -348,19 +348,23 @@ class AgentServer:
     def _take_calls(self) -> None:
         while True:
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = Frames(self.router.recv(zmq.NOBLOCK, copy=False), 2, MAX_CALL_BYTES)
             except zmq.Again:
                 return
             try:
+                frames.read(self.router)  # the rest is here already: a message arrives whole
                 self._take(frames)
             except Exception as exc:  # whatever a message does, only its sender loses: the loop goes on
                 _complain(f"otpy: a call message was dropped: {_describe(exc)}")
 
-    def _take(self, frames: list) -> None:
-        if len(frames) != 2:
-            _complain(f"otpy: dropped a message of {len(frames) - 1} frames (a call has one)")
-            return  # not [peer, payload]: not from a Caller
-        peer, payload = frames
+    def _take(self, frames: Frames) -> None:
+        if frames.count != 2:  # not [peer, payload]: not from a Caller; still answered, at once
+            message = f"expected one frame, got {frames.count - 1}"
+            _complain(f"otpy: refused a call message: {message}")
+            payload = frames.kept[1].buffer if len(frames.kept) > 1 else b""
+            self._answer(frames.kept[0], CallFailed(call_id=call_id_of(payload), kind="bad_request", message=message))
+            return
+        peer, payload = frames.kept
         match decode_call(payload.buffer):
             case Call() as call if self.draining:
                 self._answer(peer, CallFailed(call_id=call.call_id, kind="draining",
@@ -375,6 +379,8 @@ class AgentServer:
             case CallFailed() as failed:
                 _complain(f"otpy: refused a call message: {failed.message}")
                 self._answer(peer, failed)  # call_id 0 when none could be read: only raw sockets send such
+                if len(payload) > MAX_CALL_BYTES // 16:
+                    trim_memory()  # what its decoding took goes back to the system
 
     def _remember(self, peer: bytes) -> None:
         """The callers to tell when draining starts: the ``MAX_PEERS`` seen last."""
