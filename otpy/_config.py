@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from ._import_check import IMPORT_TIMEOUT, import_in_child
 from ._registry import with_registry
 from ._spec_rules import (
-    NODE_SOCKETS, located_socket_problems, located_value_problems, node_value_problems, socket_path_problem,
+    NODE_SOCKETS, located_machine_problems, located_socket_problems, located_value_problems, node_value_problems, socket_path_problem,
     toml_key,
 )
 from ._specs import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, ChildSpec
@@ -315,6 +315,8 @@ def parse_topology(
         raw_pipelines=file.pipelines,
         raw_optimizer=file.optimizer,
     )
+    if check_imports and (machine := located_machine_problems(topology.node.root, "supervisor")):
+        raise TopologyError(_format(source, machine))
     if check_imports and (import_problems := check_programs(topology)):
         raise TopologyError(import_problems)
     return topology

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import re
+import shutil
 import socket
 import unicodedata
 from typing import Any, Iterator, NamedTuple
@@ -150,6 +152,41 @@ def _walk(spec: AnySpec, parent: Parent | None, path: str = "") -> Iterator[Loca
         for name, template in spec.templates.items():
             shown = msgspec.structs.replace(template, id=f"{spec.id}.templates.{name}")
             yield join(path, f"templates.{toml_key(str(name))}"), spec, shown, True
+
+
+def located_machine_problems(spec: AnySpec, path: str) -> list[Problem]:
+    """What this machine lacks to start ``spec``'s children: a ``cwd`` that is not a folder, a
+    command not found (on the PATH the child will have: its env's, else this process's) or not
+    executable. ``validate`` asks; a node asks no more (a command may be installed later, and
+    a start fails with the same reason)."""
+    problems = []
+    for where, _, sub, _ in _walk(spec, None, path):
+        if isinstance(sub, ChildSpec) and not value_problems(sub):
+            problems += [Problem(join(where, p.field), p.message) for p in _machine_problems(sub)]
+    return problems
+
+
+def _machine_problems(spec: ChildSpec) -> list[Problem]:
+    cwd = os.path.abspath(os.path.expanduser(spec.cwd)) if spec.cwd else os.getcwd()
+    if spec.cwd and not os.path.isdir(cwd):
+        why = "which is not a folder" if os.path.exists(cwd) else "which does not exist"
+        return [Problem("cwd", f"got {_show(spec.cwd)}, {why}; expected the folder the child starts in")]
+    if spec.command is None:
+        return []
+    command = spec.command[0]
+    if "/" in command:
+        found = os.path.join(cwd, command)
+        ok = os.path.isfile(found) and os.access(found, os.X_OK)
+    else:
+        search = spec.env.get("PATH", os.environ.get("PATH", os.defpath))
+        found = shutil.which(command, path=os.pathsep.join(os.path.join(cwd, folder) for folder in
+                                                            search.split(os.pathsep)))
+        ok = found is not None
+    if ok:
+        return []
+    where = "" if "/" in command else " on PATH"
+    return [Problem("command[0]", f"got {_show(command)}, not found{where} or not executable; expected a program "
+                                  "to run")]
 
 
 SUN_PATH_MAX = 107  # bytes of an AF_UNIX socket path: sockaddr_un.sun_path is 108, its NUL included

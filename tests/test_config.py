@@ -224,6 +224,7 @@ def test_relative_cwd_is_taken_from_the_file_folder(tmp_path):
     file = tmp_path / "conf" / "node.toml"
     file.parent.mkdir()
     file.write_text('[supervisor]\n[[supervisor.children]]\nid = "a"\ncommand = ["true"]\ncwd = "../work"\n')
+    (tmp_path / "work").mkdir()  # validate checks that the folder exists
     (child,) = load_topology(file).node.root.children
     assert child.cwd == str(tmp_path / "work")
     assert os.path.isabs(child.cwd)

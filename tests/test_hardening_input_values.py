@@ -147,3 +147,42 @@ def test_ids_within_the_socket_limit_pass(monkeypatch):
     monkeypatch.setenv("OTPY_RUNTIME_DIR", "/tmp/r")
     text = f'[node]\nname = "n"\n[supervisor]\n[[supervisor.children]]\nid = "{"a" * 64}"\ncommand = ["true"]\n'
     assert parse_topology(text, source="t.toml").node.root.children[0].id == "a" * 64
+
+
+# --- what this machine lacks: checked by validate (load_topology) -------------------------------
+
+
+def load(tmp_path, child: str):
+    from otpy._config import load_topology
+
+    file = tmp_path / "node.toml"
+    file.write_text('[supervisor]\n[[supervisor.children]]\nid = "w"\n' + child)
+    return load_topology(file)
+
+
+@pytest.mark.parametrize("child, key, why", [
+    ('command = ["true"]\ncwd = "/no/such/folder"\n', "cwd", "which does not exist"),
+    ('command = ["true"]\ncwd = "missing-relative"\n', "cwd", "which does not exist"),
+    ('command = ["true"]\ncwd = "node.toml"\n', "cwd", "which is not a folder"),
+    ('command = [" "]\n', "command[0]", "not found on PATH"),
+    ('command = ["otpy-no-such-command"]\n', "command[0]", "not found on PATH"),
+    ('command = ["true"]\nenv = { PATH = "/nonexistent" }\n', "command[0]", "not found on PATH"),
+    ('command = ["./node.toml"]\n', "command[0]", "not found or not executable"),
+    ('command = ["/no/such/program"]\n', "command[0]", "not found or not executable"),
+])
+def test_what_this_machine_lacks_is_a_problem_at_its_key_path(tmp_path, child, key, why):
+    with pytest.raises(TopologyError) as caught:
+        load(tmp_path, child)
+    problem = caught.value.problems[0]
+    assert f"supervisor.children[0].{key}: got" in problem and why in problem, problem
+
+
+def test_what_this_machine_has_passes(tmp_path):
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o700)
+    (tmp_path / "sub").mkdir()
+    load(tmp_path, 'command = ["./run.sh"]\ncwd = "."\n')
+    load(tmp_path, 'command = ["../run.sh"]\ncwd = "sub"\n')
+    load(tmp_path, f'command = ["run.sh"]\nenv = {{ PATH = "{tmp_path}" }}\n')
+    load(tmp_path, 'command = ["sh", "-c", "true"]\ncwd = "sub"\n')
