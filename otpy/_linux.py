@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+from typing import NamedTuple
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -41,3 +42,49 @@ def set_process_name(name: str) -> None:
     if _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"prctl(PR_SET_NAME): {os.strerror(errno)}")
+
+
+class ProcStat(NamedTuple):
+    """What ``/proc/<pid>/stat`` says of a process: enough to tell a dead or reused pid."""
+
+    state: str  # "R", "S", ..., "Z" (a zombie: dead, not reaped yet)
+    start_time: int  # clock ticks after boot: a reused pid has another one
+    exit_code: int  # a zombie's wait status (Linux 3.5+), else 0
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """``pid``'s state, start time and exit code (fields 3, 22, 52), or None if it is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fields = os.read(fd, 4096).rsplit(b")", 1)[1].split()
+        return ProcStat(fields[0].decode(), int(fields[19]), int(fields[49]) if len(fields) > 49 else 0)
+    except (OSError, IndexError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def children_of(pid: int) -> set[int]:
+    """``pid``'s children now, zombies included (empty if it is gone): one read for them all.
+
+    Linux may miss a child that is created or exits during the read: what is missing here
+    needs another look (``proc_stat``), what is listed was its child."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            return {int(p) for p in f.read().split()}
+    except (OSError, ValueError):
+        return set()
+
+
+def has_image(pid: int) -> bool:
+    """Whether ``pid`` still has its program image: one ``readlink``, about a third of the
+    cost of reading its stat. A zombie (or a process well into its exit) has none; so has a
+    process whose ``exe`` we may not read (setuid): then ``proc_stat`` decides."""
+    try:
+        os.readlink(f"/proc/{pid}/exe")
+        return True
+    except OSError:
+        return False

@@ -42,6 +42,7 @@ import psutil
 
 from ._exit import ExitReason, from_wait_status
 from ._fd_reserve import FdReserve, pipes
+from ._linux import children_of, has_image, proc_stat
 from ._node_run import kill_run, new_run_id
 from ._pipes import LineReader, ZygoteDied, ZygoteLink, live_zygotes
 from ._protocol import Exited, Spawn, Spawned, SpawnFailed
@@ -84,6 +85,7 @@ class ChildProcess:
         self.spec = spec
         self.pid = 0
         self.started_at: float | None = None
+        self.start_time: int | None = None  # /proc/<pid>/stat field 22: tells a reused pid
         self.exited: asyncio.Future[ExitReason] = loop.create_future()
         self._ready: asyncio.Future[str | None] = loop.create_future()  # None, or why not
         self.start_deadline = loop.time() + spec.start_timeout  # the zygote may be busy on it till then
@@ -133,8 +135,28 @@ class ChildProcess:
 
     # --- events, from the manager and the notify pipe ----------------------------------------
 
+    def kernel_exit(self) -> ExitReason | None:
+        """The death the kernel shows before the zygote's report of it is handled, else None.
+
+        A query must never show a dead pid running; the report may lag (the zygote reaps in
+        turn, the loop reads in turn). A zombie gives its wait status; a pid gone or reused
+        (another start time than at spawn) has none left: an abnormal exit, unless it said
+        ``EXIT shutdown``. One read of ``/proc/<pid>/stat``.
+        """
+        if not self.pid or self.exited.done():
+            return None
+        stat = proc_stat(self.pid)
+        if stat is not None and stat.start_time == self.start_time and stat.state not in "ZXx":
+            return None
+        self._notify.drain()  # an EXIT line written just before the end counts
+        if stat is not None and stat.start_time == self.start_time:
+            return from_wait_status(stat.exit_code, self._reported)
+        return from_wait_status(1 << 8, self._reported)  # status gone with the pid: exit 1
+
     def _on_spawned(self, pid: int) -> None:
         self.pid = pid
+        stat = proc_stat(pid)
+        self.start_time = stat.start_time if stat is not None else None  # None: gone already
         if self._kill_when_spawned:
             self.kill()
             return
@@ -271,6 +293,24 @@ class ProcessManager:
             child._on_refused(f"cannot send the spawn request: {exc}")
         elif zygote.returncode is not None and self._requests.pop(request_id, None) is child:
             child._on_lost(self._lost_reason())
+
+    def kernel_view(self) -> Callable[[ChildProcess], ExitReason | None]:
+        """For a query: the zygote's reports already sent are handled now, then a check of
+        the kernel's word on a child: its exit if it is dead (zombie, gone, pid reused), else
+        None. Cheap: one read of the zygote's children for all, one ``readlink`` a child;
+        ``/proc/<pid>/stat`` only for a child these do not show alive and ours."""
+        zygote = self._zygote
+        if zygote is not None:
+            zygote.read_now()
+        below = children_of(zygote.pid) if zygote is not None else set()
+
+        def check(child: ChildProcess) -> ExitReason | None:
+            pid = child.pid
+            if pid in below and self._children.get(pid) is child and has_image(pid):
+                return None
+            return child.kernel_exit()
+
+        return check
 
     async def close(self) -> None:
         """SIGKILL every remaining child's group, wait for the deaths, stop the zygote."""

@@ -26,7 +26,7 @@ from ._effects import (
 )
 from ._exit import ExitReason, should_restart
 from ._machine import Child, StaticMachine
-from ._processes import ProcessManager, StartFailed
+from ._processes import ChildProcess, ProcessManager, StartFailed
 from ._specs import AnySpec, ChildSpec, DynamicSupervisorSpec, Shutdown, SupervisorSpec
 
 log = logging.getLogger("otpy")
@@ -273,21 +273,28 @@ class Supervisor:
         else ``stopped``. A child the chain in progress is about to start is ``restarting``
         (a restart) or ``starting`` (init, ``start_child``, ``restart_child``); one the
         supervisor is stopping, still alive, is ``stopping`` with its pid.
-        """
-        return [self._child_info(self.machine.children[i]) for i in self.machine.order]
 
-    def _child_info(self, child: Child) -> dict[str, Any]:
-        state, pid = self._shown_state(child)
+        "Dead" is the kernel's word, not only the zygote's report, which may lag: the reports
+        already sent are handled first, then each child still shown running is checked in
+        ``/proc`` (``ProcessManager.kernel_view``: a zombie, a pid gone or reused is dead).
+        """
+        dead = self._processes.kernel_view()
+        return [self._child_info(self.machine.children[i], dead) for i in self.machine.order]
+
+    def _child_info(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None]) -> dict[str, Any]:
+        state, pid = self._shown_state(child, dead)
         return {"id": child.id, "pid": pid, "state": state, "kind": child.spec.kind,
                 "restarts": child.restarts}
 
-    def _shown_state(self, child: Child) -> tuple[str, int | None]:
+    def _shown_state(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None]) -> tuple[str, int | None]:
         handle = self._handles.get(child.id)
         alive = handle is not None and not handle.exited.done() and not self.exited.done()
         if child.state == "running":
-            if alive:
+            died = dead(handle) if alive and isinstance(handle, ChildProcess) else None
+            if alive and died is None:
                 return "running", child.pid
-            return ("restarting" if self._will_restart(child, handle) else "stopped"), None
+            reason = died or (_exit_of(handle) if handle is not None else None)
+            return ("restarting" if self._will_restart(child, reason) else "stopped"), None
         if child.state == "stopped":
             purpose = self.machine.starting_for(child.id)
             if purpose is not None and not self.exited.done():
@@ -296,14 +303,11 @@ class Supervisor:
                 return "stopping", handle.pid
         return child.state, None
 
-    def _will_restart(self, child: Child, handle: Handle | None) -> bool:
-        """Whether the exit of ``child``, dead but not yet handled, will restart it."""
-        if handle is None or self.exited.done() or self.machine.phase == "terminated":
+    def _will_restart(self, child: Child, reason: ExitReason | None) -> bool:
+        """Whether the exit of ``child`` for ``reason``, dead but not yet handled, will restart it."""
+        if reason is None or self.exited.done() or self.machine.phase == "terminated":
             return False  # no exit to judge, or the supervisor is stopping: no restarts
-        done = handle.exited
-        if done.cancelled() or done.exception() is not None:
-            return False  # no reason, so no ChildExited will come: nothing restarts it
-        return should_restart(child.spec.restart, done.result())
+        return should_restart(child.spec.restart, reason)
 
     def snapshot(self) -> dict[str, Any]:
         """This supervisor and everything below it, as plain data (``otpy status``)."""
@@ -322,3 +326,11 @@ class Supervisor:
         state = "running" if not self.exited.done() else "stopped"
         return {"id": self.spec.id, "kind": self.spec.kind, "state": state, "pid": self.pid,
                 "started_at": self.started_at, "restarts": 0, "children": children}
+
+
+def _exit_of(handle: Handle) -> ExitReason | None:
+    """A dead handle's exit reason; None if it has none (no ChildExited will come for it)."""
+    done = handle.exited
+    if not done.done() or done.cancelled() or done.exception() is not None:
+        return None
+    return done.result()
