@@ -266,7 +266,11 @@ class _IOLoop:
         resend = link is not None
         if link is None and (current := self.links.get(pending.agent)) is not None:
             self._receive_replies(current)  # a drain notice waiting there moves the name to a new link
-        link = link or self.links.get(pending.agent) or self._connect(pending.agent)
+        try:
+            link = link or self.links.get(pending.agent) or self._connect(pending.agent)
+        except CallError as error:
+            _fail(pending.future, error)
+            return
         self._receive_events(link)  # a disconnect already reported must not fail this call
         self.pending[pending.call_id] = pending
         if not resend:
@@ -291,7 +295,7 @@ class _IOLoop:
             _close_link(link)
 
     def _connect(self, agent: str) -> _Link:
-        link = self.links[agent] = _open_link(self.context, self.caller.node, agent)
+        link = self.links[agent] = _open_link(self.context, self.caller.node, agent)  # NoSuchAgent: nothing kept
         self.by_socket[link.dealer] = ("dealer", link)
         self.by_socket[link.monitor] = ("monitor", link)
         self.poller.register(link.dealer, zmq.POLLIN)
@@ -386,8 +390,13 @@ def _open_link(context: zmq.Context, node: str, agent: str) -> _Link:
     dealer.setsockopt(zmq.IMMEDIATE, 0)
     dealer.setsockopt(zmq.MAXMSGSIZE, MAX_CALL_BYTES)  # agents send no bigger reply
     monitor = dealer.get_monitor_socket(_MONITORED)
-    dealer.connect(agent_endpoint(node, agent))
-    return _Link(agent, dealer, monitor)
+    link = _Link(agent, dealer, monitor)
+    try:
+        dealer.connect(agent_endpoint(node, agent))
+    except zmq.ZMQError as exc:  # a path too long for AF_UNIX, ...: an open socket would hang Context.term()
+        _close_link(link)
+        raise NoSuchAgent(f"cannot connect to agent {agent!r} of node {node!r}: {exc}", agent=agent) from None
+    return link
 
 
 def _close_link(link: _Link) -> None:

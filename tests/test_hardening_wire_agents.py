@@ -58,4 +58,6 @@ class Evil(otpy.Program):
                 except ValueError as exc:
                     error = exc
             raise error
+        if kind == "big":
+            return {"v": b"x" * int(inputs["n"])}
         return {"pid": os.getpid()}

@@ -56,3 +56,11 @@ def test_a_long_chain_of_causes_is_formatted_quickly(node):
     assert "more left out" in raised.value.remote_traceback
     assert "99999" in raised.value.remote_traceback  # the last raised is shown
     assert took < 2.0, took
+
+
+def test_a_reply_over_the_size_limit_is_unencodable(node):
+    from otpy._wire import MAX_CALL_BYTES
+
+    with pytest.raises(otpy.Unencodable, match=str(MAX_CALL_BYTES)):
+        node.call("evil", {"kind": "big", "n": MAX_CALL_BYTES + 1}, timeout=10)
+    assert node.call("evil", timeout=5)["pid"]
