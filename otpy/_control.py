@@ -26,6 +26,7 @@ import asyncio
 import itertools
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,9 +54,15 @@ EVENT_FIELDS = ("kind", "node", "supervisor", "child", "pid", "detail", "time")
 
 
 async def open_control(node: "AsyncNode") -> "ControlServer":
-    """The node's service opener: bind both sockets and start serving."""
+    """The node's service opener: bind both sockets and start serving. If a bind fails, what
+    was opened is closed again (a socket left open would also hang the context's ``term``);
+    a TCP endpoint that cannot be bound is one line naming ``node.control_tcp``."""
     server = ControlServer(node)
-    server.open()
+    try:
+        server.open()
+    except BaseException:
+        server.discard()
+        raise
     return server
 
 
@@ -123,8 +130,9 @@ class ControlServer:
         """The TCP control endpoint: CURVE-encrypted, only clients in ``curve/authorized`` get in."""
         from zmq.auth.asyncio import AsyncioAuthenticator
 
-        from ._curve import ensure_keys, serve_curve
+        from ._curve import ensure_keys, keys_dir, serve_curve
 
+        had_keys = keys_dir(self.node.name).exists()
         folder = ensure_keys(self.node.name)
         self._auth = AsyncioAuthenticator(self._context)
         self._auth.start()
@@ -134,7 +142,26 @@ class ControlServer:
         self._tcp.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
         serve_curve(self._tcp, folder)
         prepare(self._tcp)  # a peer without the keys is dropped after HANDSHAKE_IVL_MS
-        self._tcp.bind(endpoint)
+        self._tcp.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:PORT; IPv4 addresses still work
+        try:
+            self._tcp.bind(endpoint)
+        except zmq.ZMQError as exc:
+            if not had_keys:  # made for this start only: nothing of it stays
+                shutil.rmtree(folder, ignore_errors=True)
+            from ._node import NodeStartError  # here: _node imports this module
+
+            raise NodeStartError(f"node.control_tcp {endpoint!r} cannot be bound: {exc}") from None
+
+    def discard(self) -> None:
+        """After a failed ``open``: close what it opened, remove the socket files it bound."""
+        for endpoint in (control_endpoint(self.node.name), events_endpoint(self.node.name)):
+            _ipc_path(endpoint).unlink(missing_ok=True)
+        for sock in (self._router, self._tcp, self._pub):
+            if sock is not None:
+                sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        self._context.term()
 
     @staticmethod
     def _bind_private(socket: zmq.Socket, endpoint: str) -> None:
