@@ -53,16 +53,18 @@ class ProcStat(NamedTuple):
 
 
 def proc_stat(pid: int) -> ProcStat | None:
-    """``pid``'s state, start time and exit code (fields 3, 22, 52), or None if it is gone."""
+    """``pid``'s state, start time and exit code (fields 3, 22, 52), or None if it is gone.
+
+    Raises OSError when it cannot tell (out of fds: ``EMFILE``): not knowing is not "gone"."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
         return None
     try:
         fields = os.read(fd, 4096).rsplit(b")", 1)[1].split()
         return ProcStat(fields[0].decode(), int(fields[19]), int(fields[49]) if len(fields) > 49 else 0)
-    except (OSError, IndexError, ValueError):
-        return None
+    except (ProcessLookupError, IndexError, ValueError):
+        return None  # it died as we read
     finally:
         os.close(fd)
 

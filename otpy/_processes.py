@@ -145,18 +145,25 @@ class ChildProcess:
         """
         if not self.pid or self.exited.done():
             return None
-        stat = proc_stat(self.pid)
-        if stat is not None and stat.start_time == self.start_time and stat.state not in "ZXx":
+        try:
+            stat = proc_stat(self.pid)
+        except OSError:
+            return None  # the kernel cannot say now (out of fds): the zygote's report will
+        same = stat is not None and self.start_time in (None, stat.start_time)  # None: not read
+        if same and stat.state not in "ZXx":
             return None
         self._notify.drain()  # an EXIT line written just before the end counts
-        if stat is not None and stat.start_time == self.start_time:
+        if same:
             return from_wait_status(stat.exit_code, self._reported)
         return from_wait_status(1 << 8, self._reported)  # status gone with the pid: exit 1
 
     def _on_spawned(self, pid: int) -> None:
         self.pid = pid
-        stat = proc_stat(pid)
-        self.start_time = stat.start_time if stat is not None else None  # None: gone already
+        try:
+            stat = proc_stat(pid)
+        except OSError:  # out of fds: no start time, so no reuse check for this child
+            stat = None
+        self.start_time = stat.start_time if stat is not None else None
         if self._kill_when_spawned:
             self.kill()
             return
