@@ -167,8 +167,9 @@ class AgentConnectionCap:
     ``MAX_PAUSE_S``): running calls go on in their threads, their replies wait."""
 
     def __init__(self, sock: zmq.Socket, cap: int, bind: Callable[[], None],
-                 say: Callable[[str], None]) -> None:
-        self.sock, self.bind, self.say = sock, bind, say
+                 say: Callable[[str], None], listener: str = "the agent's socket") -> None:
+        """``listener`` names the socket in the lines ``say`` gets."""
+        self.sock, self.bind, self.say, self.listener = sock, bind, say, listener
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)  # a spare's: its own path
         self.tally = Tally(cap)
         self.monitor = sock.get_monitor_socket(_EVENTS)
@@ -183,7 +184,7 @@ class AgentConnectionCap:
         _stop_monitor(self.sock, self.monitor)
 
     def _reset(self) -> None:
-        self.say(f"otpy: {self.tally.count} connections to the agent's socket, its most: all of them are closed")
+        self.say(f"otpy: {self.tally.count} connections to {self.listener}, its most: all of them are closed")
         try:
             self.sock.unbind(self.endpoint)
             started = time.monotonic()
@@ -194,7 +195,7 @@ class AgentConnectionCap:
             self.bind()
             self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         except Exception as exc:  # the next event tries again
-            self.say(f"otpy: could not reset the agent's socket: {exc!r}")
+            self.say(f"otpy: could not reset {self.listener}: {exc!r}")
 
 
 class ThreadConnectionCap:
@@ -203,9 +204,9 @@ class ThreadConnectionCap:
     the socket is never used by two threads at once. ``close()`` wakes the thread and ends it."""
 
     def __init__(self, sock: zmq.Socket, cap: int, bind: Callable[[], None], lock: threading.Lock,
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], listener: str = "the registry's events socket") -> None:
         self.lock = lock
-        self.cap = AgentConnectionCap(sock, cap, bind, say)
+        self.cap = AgentConnectionCap(sock, cap, bind, say, listener)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._watch, name="otpy-connection-cap", daemon=True)
         self._thread.start()
@@ -224,7 +225,7 @@ class ThreadConnectionCap:
             except zmq.ZMQError as exc:
                 if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
                     return
-                self.cap.say(f"otpy: connection monitor: {exc}")
+                self.cap.say(f"otpy: connection monitor of {self.cap.listener}: {exc}")
 
     def close(self) -> None:
         os.write(self._wake_w, b"\0")
