@@ -107,7 +107,12 @@ def schema() -> None:
 
 def _node_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A node name passes the name rule before any path is built from it."""
-    if value is not None and (problem := name_problem(value, "node name")):
+    return _checked_name(value, "node name")
+
+
+def _checked_name(value: str | None, what: str) -> str | None:
+    """``value`` if it passes the name rule (``_specs.name_problem``); else an input error (exit 2)."""
+    if value is not None and (problem := name_problem(value, what)):
         raise click.BadParameter(problem)
     return value
 
@@ -136,26 +141,28 @@ def stop(node_name: str | None, timeout: float) -> None:
     A node whose process died (stale) is cleaned instead: what its run left is killed, its
     sockets and lock are removed, and the exit status is 0.
     """
-    if node_name is not None and _stale(node_name) and clear_stale(node_name):
-        click.echo(f"otpy: {NodeStale(node_name)}; removed its sockets and lock")
+    if (stale := _stale(node_name)) is not None and clear_stale(stale):
+        click.echo(f"otpy: {NodeStale(stale)}; removed its sockets and lock")
         return  # (clear_stale is False if it started again meanwhile: that one is stopped)
     result = _ask(node_name, "stop", lambda client: client.stop(timeout=timeout), timeout=timeout)
     click.echo(f"otpy: node stopped (pid {result.pid})")
 
 
-def _stale(name: str) -> bool:
+def _stale(name: str | None) -> str | None:
+    """The name of the node ``name`` picks (the only one, if None) when its process died; else None."""
     try:
         pick_node(name)
-    except NodeStale:
-        return True
+    except NodeStale as exc:
+        return exc.name
     except NodeNotFound:
         pass
-    return False
+    return None
 
 
 @main.command("start-child")
 @click.argument("sup")
-@click.option("--id", "child_id", required=True, help="The new child's id.")
+@click.option("--id", "child_id", required=True, callback=lambda ctx, param, value: _checked_name(value, "id"),
+              help="The new child's id.")
 @click.option("--template", help="A template of the dynamic supervisor SUP.")
 @click.option("--program", help="A Python program, MODULE:ATTR.")
 @click.option("--command", help="A command line (split like a shell does).")

@@ -95,12 +95,21 @@ def pick_node(name: str | None) -> str:
         if not node_alive(name):
             raise NodeStale(name)
         return name
-    live = [n for n, status in node_statuses() if status is not None]
+    statuses = node_statuses()
+    live = [n for n, status in statuses if status is not None]
     if len(live) == 1:
         return live[0]
     if not live:
+        _raise_if_only_stale([n for n, status in statuses if status is None])
         raise NodeNotFound("no node is running")
     raise NodeNotFound(f"several nodes are running ({', '.join(live)}): name one")
+
+
+def _raise_if_only_stale(silent: list[str]) -> None:
+    """NodeStale when the one node left is a dead one: say so (as for a named node), not "no node"."""
+    stale = [name for name in silent if not node_alive(name)]
+    if len(silent) == 1 and stale:
+        raise NodeStale(stale[0])
 
 
 def _running_hint() -> str:

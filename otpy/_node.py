@@ -25,7 +25,7 @@ from ._control import open_control
 from ._exit import ExitReason
 from ._node_run import AlreadyRunning, RunLock, kill_run, new_run_id, remove_leftovers
 from ._processes import ProcessManager, StartFailed
-from ._runtime import node_dir, node_sockets
+from ._runtime import node_dir, node_path_problem, node_sockets, socket_path_problem
 from ._spec_rules import node_problems, spec_problems, template_start_problems
 from ._specs import AnySpec, NodeSpec, SupervisorSpec, name_problem, walk
 from ._supervisor import Supervisor
@@ -76,7 +76,7 @@ class AsyncNode:
         First the node's lock (NodeAlreadyRunning if another process holds it), then the sweep
         of what the previous run left, then the tree. The lock is held until ``stop`` ends.
         """
-        if problems := node_problems(self.spec):
+        if problems := node_problems(self.spec) or self._path_problems(self.spec.root):
             raise NodeStartError("invalid spec: " + "; ".join(problems))
         raise_fd_limit()
         self.dir = node_dir(self.name)
@@ -90,6 +90,14 @@ class AsyncNode:
         except BaseException:
             await self._close_services()
             raise
+
+    def _path_problems(self, spec: AnySpec) -> list[str]:
+        """The socket paths this node cannot bind for ``spec``'s children (AF_UNIX's limit), before
+        any is tried: a too-long runtime folder, node name or id is one line, not a ZMQError."""
+        if problem := node_path_problem(self.name):
+            return [problem]
+        return [problem for _, sub in walk(spec) if not isinstance(sub, SupervisorSpec)
+                if (problem := socket_path_problem(self.name, sub.id))]
 
     def _sweep_previous_run(self) -> None:
         """Kill what the last run of this node left, and remove its socket files: it is over,
@@ -159,15 +167,15 @@ class AsyncNode:
         sup = self.supervisor(sup_id)
         if sup is None:
             return Result("not_found", detail=f"no supervisor {sup_id!r}")
-        if problems := spec_problems(spec, sup.spec):
+        if problems := spec_problems(spec, sup.spec) or self._path_problems(spec):
             return Result("invalid", detail="; ".join(problems))
         if clash := self._id_clash(spec, sup):
             return clash
         return await sup.call(lambda ref: StartChild(spec, ref))
 
     async def start_from_template(self, sup_id: str, template: str, child_id: str, args=None) -> Result:
-        if problem := name_problem(child_id):  # before anything: the id names a socket file
-            return Result("invalid", detail=problem)
+        if problem := name_problem(child_id) or socket_path_problem(self.name, child_id):
+            return Result("invalid", detail=problem)  # before anything: the id names a socket file
         sup = self.supervisor(sup_id)
         if sup is None:
             return Result("not_found", detail=f"no supervisor {sup_id!r}")
@@ -191,7 +199,7 @@ class AsyncNode:
         sup = self._owner(source, sup_id)
         if isinstance(sup, Result):
             return sup
-        if problems := spec_problems(target, sup.spec):
+        if problems := spec_problems(target, sup.spec) or self._path_problems(target):
             return Result("invalid", detail="; ".join(problems))
         return await sup.call(lambda ref: Reconfigure(source, target, ref))
 

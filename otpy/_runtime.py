@@ -171,6 +171,29 @@ def running_nodes() -> list[str]:
 
 # Where agents listen: one socket per agent id, the same for every incarnation.
 
+_LONGEST_OWN_SOCKET = "agents/.spare-4194304.sock"  # the longest path the node binds itself (pid_max)
+
+
+def node_path_problem(node: str) -> str | None:
+    """Why node ``node`` cannot bind its own sockets under this runtime root (AF_UNIX's limit), or None."""
+    from ._spec_rules import socket_path_problem  # the one rule, shared with ``otpy validate``
+
+    problem = socket_path_problem(os.path.join(_abs_node_folder(node), _LONGEST_OWN_SOCKET))
+    return f"node {node!r}: {problem}" if problem else None
+
+
+def socket_path_problem(node: str, child_id: str) -> str | None:
+    """Why ``child_id`` cannot be an agent of node ``node`` here: its socket path would be longer
+    than AF_UNIX allows (the name rule, ``_specs.name_problem``, is checked on its own)."""
+    from ._spec_rules import socket_path_problem as too_long
+
+    problem = too_long(os.path.join(_abs_node_folder(node), "agents", f"{child_id}.sock"))
+    return f"id {child_id!r}: {problem}" if problem else None
+
+
+def _abs_node_folder(node: str) -> str:
+    return os.path.join(os.path.abspath(runtime_root()), node)
+
 
 def agents_dir(node: str) -> Path:
     return runtime_root() / check_name(node, "node name") / "agents"

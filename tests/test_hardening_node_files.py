@@ -262,3 +262,73 @@ def test_curve_keys_are_never_written_or_read_through_a_symlink(tmp_path):
     with pytest.raises(RuntimeDirError, match="server.key_secret"):
         ensure_keys(name)
     assert not (tmp_path / "nowhere").exists()
+
+
+# --- 8. ids that make an agent socket path longer than AF_UNIX allows ---------------------------
+
+
+def long_id(name: str) -> str:
+    """An id that passes the name rule (at most 64 characters) and makes the socket path 108 bytes."""
+    room = 107 - len(os.fsencode(runtime_root().absolute() / name / "agents" / ".sock"))
+    assert 0 < room < 64, "the runtime folder of the tests is too long or too short for this test"
+    return "x" * (room + 1)
+
+
+def test_an_id_too_long_for_its_socket_path_is_invalid_wherever_it_stands():
+    name = unique_name("long")
+    too_long = long_id(name)
+    with pytest.raises(otpy.NodeStartError, match=f"id '{too_long}': its socket .* would be 108 bytes long"):
+        otpy.Node.from_spec(spec(sleeper(too_long)), name=name).start()
+    dyn = otpy.DynamicSupervisorSpec(id="dyn", templates={"t": sleeper("t")})
+    with otpy.Node.from_spec(spec(sleeper("a"), dyn), name=name) as node:
+        for result in (node.start_child("root", sleeper(too_long)),
+                       node.start_from_template("dyn", "t", too_long),
+                       node.reconfigure("root", "a", otpy.SupervisorSpec(id="a", children=(sleeper(too_long),)))):
+            assert result.outcome == "invalid" and "expected at most 107" in result.detail, result
+        ok = node.start_child("root", sleeper(too_long[:-1]))
+        assert ok.outcome == "ok", ok
+
+
+def test_a_runtime_folder_too_long_is_one_line_at_start(tmp_path):
+    """From a file, ``validate``'s check speaks (exit 2); from Python, the node's (NodeStartError)."""
+    deep = tmp_path / ("d" * 90)
+    deep.mkdir()
+    path = tmp_path / "t.toml"
+    path.write_text('[node]\nname = "n"\n[supervisor]\n[[supervisor.children]]\nid = "a"\ncommand = ["sleep", "9"]\n')
+    done = subprocess.run([sys.executable, "-m", "otpy", "start", str(path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=20, env={**os.environ, "OTPY_RUNTIME_DIR": str(deep)})
+    assert done.returncode in (1, 2) and "Traceback" not in done.stderr, done.stderr
+    assert "expected at most 107" in done.stderr
+    script = ("import otpy, sys\n"
+              "spec = otpy.SupervisorSpec(id='root', children=(otpy.ChildSpec(id='a', command=('sleep', '9')),))\n"
+              "try:\n    otpy.Node.from_spec(spec, name='n').start()\n"
+              "except otpy.NodeStartError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=20,
+                          env={**os.environ, "OTPY_RUNTIME_DIR": str(deep)})
+    assert "node 'n': its socket" in done.stdout and "expected at most 107" in done.stdout, done
+    assert not (deep / "n").exists()  # refused before any folder was made
+
+
+# --- 5 and 11. what the command line says ------------------------------------------------------
+
+
+def test_status_without_a_name_names_the_only_node_when_it_is_stale(tmp_path):
+    root = tmp_path / "rt"
+    (root / "gone").mkdir(parents=True, mode=0o700)
+    root.chmod(0o700)
+    (root / "gone" / "control.sock").touch()  # its process died: the folder's lock is free
+    env = {**os.environ, "OTPY_RUNTIME_DIR": str(root)}
+    for args in (["status"], ["stop"]):
+        done = subprocess.run([sys.executable, "-m", "otpy", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=20, env=env)
+        assert "node 'gone' is not running (stale: its process died)" in done.stdout + done.stderr, done
+        assert done.returncode == (1 if args == ["status"] else 0), done
+    assert not (root / "gone" / "control.sock").exists()  # stop cleaned it
+
+
+def test_start_child_with_an_id_that_is_not_a_name_is_an_input_error():
+    name = unique_name("cliid")
+    with otpy.Node.from_spec(spec(), name=name):
+        done = otpy_cli("start-child", "root", "--id", "../x", "--command", "sleep 9", "--node", name)
+        assert done.returncode == 2, done.stderr
+        assert "id" in done.stderr and "Traceback" not in done.stderr
