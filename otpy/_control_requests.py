@@ -25,7 +25,7 @@ from ._protocol import (
     Outcome, Reconfigure, RestartChild, SetVariables, StartChild, StartFromTemplate, Status,
     TerminateChild, TreeEntry, WhichChildren,
 )
-from ._wire import Frames, WireError, decode
+from ._wire import Frames, WireError, clip, decode
 
 if TYPE_CHECKING:
     from ._node import AsyncNode
@@ -117,8 +117,12 @@ def _child_info(child: dict[str, Any]) -> ChildInfo:
     return ChildInfo(**{name: child[name] for name in ChildInfo.__struct_fields__ if name in child})
 
 
+MAX_DETAIL = 4096  # characters of an outcome's detail: room for a FAILED line, not for an echoed 100k-char id
+
+
 def _outcome(request_id: int, result: Result) -> Outcome:
-    return Outcome(request_id, result.outcome, pid=result.pid, detail=result.detail)
+    detail = clip(result.detail, MAX_DETAIL) if isinstance(result.detail, str) else result.detail
+    return Outcome(request_id, result.outcome, pid=result.pid, detail=detail)
 
 
 def tree_entry(snapshot: dict[str, Any]) -> TreeEntry:

@@ -14,7 +14,7 @@ import zmq
 
 import otpy
 from otpy._control_requests import MAX_CONTROL_ITEMS
-from otpy._protocol import ENCODER, FROM_NODE, ControlError, GetStatus, Status
+from otpy._protocol import ENCODER, FROM_NODE, ControlError, GetStatus, Outcome, Status, TerminateChild, WhichChildren
 from otpy._runtime import control_endpoint
 from tests.helpers import sleeper, unique_name
 from tests.test_hardening_wire import raw_map
@@ -119,3 +119,14 @@ def test_heavy_requests_delay_status_little_and_memory_stays_bounded(node, deale
     print(f"status latencies {[round(x, 3) for x in latencies]} s, RSS grew by {grew:.0f} MiB at most")
     assert max(latencies) < 0.5, latencies
     assert grew < 200, grew
+
+
+@pytest.mark.parametrize("request_", [WhichChildren(1, "s" * 100_000), TerminateChild(2, "c" * 100_000, "root")])
+def test_an_error_echoes_a_long_name_shortened(node, dealers, request_):
+    """Before: the 100k-char name came back whole in the error message."""
+    sock = dealers(node.name)
+    sock.send(ENCODER.encode(request_))
+    reply = answer(sock)
+    text = reply.message if isinstance(reply, ControlError) else reply.detail
+    assert isinstance(reply, (ControlError, Outcome)) and reply.request_id == request_.request_id, reply
+    assert len(text) < 5000, len(text)
