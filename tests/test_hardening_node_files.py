@@ -50,7 +50,7 @@ def dead_pid() -> int:
 @pytest.mark.parametrize("attack", ["delete", "replace"])
 def test_a_deleted_or_replaced_record_fools_nobody(attack, tmp_path):
     name = unique_name("rec")
-    with otpy.Node.from_spec(spec(), name=name) as node:
+    with otpy.Node.from_spec(spec(), name=name):
         folder = runtime_root() / name
         record = folder / "node.lock"
         if attack == "delete":
