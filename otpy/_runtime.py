@@ -171,14 +171,11 @@ def running_nodes() -> list[str]:
 
 # Where agents listen: one socket per agent id, the same for every incarnation.
 
-_LONGEST_OWN_SOCKET = "agents/.spare-4194304.sock"  # the longest path the node binds itself (pid_max)
-
-
 def node_path_problem(node: str) -> str | None:
     """Why node ``node`` cannot bind its own sockets under this runtime root (AF_UNIX's limit), or None."""
-    from ._spec_rules import socket_path_problem  # the one rule, shared with ``otpy validate``
+    from ._spec_rules import NODE_SOCKETS, socket_path_problem  # the one rule, shared with ``otpy validate``
 
-    problem = socket_path_problem(os.path.join(_abs_node_folder(node), _LONGEST_OWN_SOCKET))
+    problem = socket_path_problem(os.path.join(_abs_node_folder(node), max(NODE_SOCKETS, key=len)))
     return f"node {node!r}: {problem}" if problem else None
 
 

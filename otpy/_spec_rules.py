@@ -190,7 +190,9 @@ def _machine_problems(spec: ChildSpec) -> list[Problem]:
 
 
 SUN_PATH_MAX = 107  # bytes of an AF_UNIX socket path: sockaddr_un.sun_path is 108, its NUL included
-NODE_SOCKETS = ("control.sock", "events.sock", "registry-events.sock")
+# The sockets a node binds itself, under its folder; the zygote's spare binds the longest
+# (its pid, up to the kernel's pid_max of 4194304).
+NODE_SOCKETS = ("control.sock", "events.sock", "registry-events.sock", "agents/.spare-4194304.sock")
 
 
 def located_socket_problems(spec: AnySpec, path: str, node_folder: str) -> list[Problem]:

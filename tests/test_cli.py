@@ -163,7 +163,8 @@ def test_events_are_printed_live_as_json(detached):
 @pytest.mark.timeout(30)
 def test_detach_reports_a_failed_start_with_the_log(tmp_path):
     name = unique_name("clibad")
-    text = TOPOLOGY.replace('command = ["sleep", "3600"]', 'command = ["/no/such/program"]', 1)
+    # a command that validates (it exists) and fails at start: it exits before READY
+    text = TOPOLOGY.replace('command = ["sleep", "3600"]', 'command = ["false"]\nready = "notify"', 1)
     failed = otpy_cli("start", str(write_topology(tmp_path, name, text)), "--detach")
     assert failed.returncode == 1
     assert "did not start" in failed.stderr and "s1" in failed.stderr

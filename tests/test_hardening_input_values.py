@@ -143,6 +143,20 @@ def test_a_node_name_whose_sockets_are_too_long_is_refused(monkeypatch):
     assert caught.value.problems[0].startswith("t.toml: node.name: got") and "AF_UNIX" in caught.value.problems[0]
 
 
+def test_validate_and_start_agree_on_the_longest_socket_the_node_binds(monkeypatch):
+    """The zygote's spare binds ``agents/.spare-<pid>.sock``, longer than ``registry-events.sock``:
+    a name that fits the control sockets but not the spare's is refused by validate as by start."""
+    from otpy._runtime import node_path_problem
+
+    root = "/tmp/" + "r" * 40
+    monkeypatch.setenv("OTPY_RUNTIME_DIR", root)
+    room = 107 - len(f"{root}//")  # bytes left for the node name and its socket's own path
+    name = "n" * (room - len("registry-events.sock"))  # fits registry-events.sock exactly
+    assert node_path_problem(name) is not None  # start refuses it: the spare's socket is longer
+    with pytest.raises(TopologyError, match="AF_UNIX"):
+        parse_topology(f'[node]\nname = "{name}"\n[supervisor]\n', source="t.toml")
+
+
 def test_ids_within_the_socket_limit_pass(monkeypatch):
     monkeypatch.setenv("OTPY_RUNTIME_DIR", "/tmp/r")
     text = f'[node]\nname = "n"\n[supervisor]\n[[supervisor.children]]\nid = "{"a" * 64}"\ncommand = ["true"]\n'

@@ -80,7 +80,8 @@ id = "ok"
 command = ["sleep", "3600"]
 [[supervisor.children]]
 id = "broken"
-command = ["/nonexistent/binary"]
+command = ["false"]
+ready = "notify"
 """)
     proc = otpy_start(topo)
     err = proc.stderr.read()
