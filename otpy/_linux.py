@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -90,3 +90,17 @@ def has_image(pid: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process in the process group ``pgid`` (a child's pid)."""
+    if pgid > 0:
+        signal_quietly(os.killpg, pgid, signal.SIGKILL)
+
+
+def signal_quietly(send: Callable[[int, int], None], target: int, sig: int) -> None:
+    """``send(target, sig)``, nothing if the target is gone or not ours."""
+    try:
+        send(target, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -2,7 +2,8 @@
 
 ``ZygoteLink`` starts the zygote (``python -m otpy._zygote``), sends it messages (with fds)
 and reads its replies, all on the node's event loop; ``LineReader`` turns a child's output or
-notify pipe into lines. Both are used only by ``_processes``.
+notify pipe into lines; ``sweep_run`` kills what a dead zygote left. All are used only by
+``_processes``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import subprocess
 import sys
 from typing import Callable
 
+import psutil
+
 from ._fd_reserve import FdReserve
 from ._heartbeat import Heartbeat
-from ._node_run import RUN_VAR
+from ._linux import kill_group, signal_quietly
+from ._node_run import RUN_VAR, kill_run
 from ._protocol import ENCODER, FROM_ZYGOTE, Hello, Init, Ping, Pong
 
 _PING = ENCODER.encode(Ping())  # encoded once: the heartbeat sends it every second
@@ -274,4 +278,48 @@ class ZygoteLink:
             self._sock.close()
 
 
-# --- the manager --------------------------------------------------------------------------
+# --- what a dead zygote leaves -----------------------------------------------------------
+
+
+def sweep_run(run_id: str, pids: set[int], spare: frozenset[int]) -> None:
+    """SIGKILL what a dead zygote left, and reap what of it is ours (blocking: run it in a thread).
+
+    That is ``pids`` and their process groups, then every process of the run (``kill_run``)
+    but ``spare`` (live zygotes) and this process: a ``setsid`` grandchild that init adopted
+    too. Those that are this process's children (if it is a subreaper) are reaped here.
+    """
+    for pid in pids:
+        kill_group(pid)
+        signal_quietly(os.kill, pid, signal.SIGKILL)
+    killed = kill_run(run_id, spare=spare)
+    for pid in {*pids, *killed, *_children_in_groups(pids)}:
+        _reap_if_ours(pid)
+
+
+def _reap_if_ours(pid: int) -> None:
+    """SIGKILL and reap ``pid`` if it is this process's child (so its pid cannot be reused
+    meanwhile, and the blocking wait ends); else nothing."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return
+    if ppid == os.getpid():
+        signal_quietly(os.kill, pid, signal.SIGKILL)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def _children_in_groups(groups: set[int]) -> set[int]:
+    """This process's children in one of ``groups`` (zombies too: their environment is gone)."""
+    found = set()
+    for proc in psutil.Process().children():
+        try:
+            if proc.pid not in live_zygotes and os.getpgid(proc.pid) in groups:
+                found.add(proc.pid)
+        except OSError:
+            continue
+    return found
+

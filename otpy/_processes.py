@@ -38,13 +38,11 @@ import sys
 import time
 from typing import Callable
 
-import psutil
-
 from ._exit import ExitReason, from_wait_status
 from ._fd_reserve import FdReserve, pipes
-from ._linux import children_of, has_image, proc_stat
-from ._node_run import kill_run, new_run_id
-from ._pipes import LineReader, ZygoteDied, ZygoteLink, live_zygotes
+from ._linux import children_of, has_image, kill_group, proc_stat, signal_quietly
+from ._node_run import new_run_id
+from ._pipes import LineReader, ZygoteDied, ZygoteLink, live_zygotes, sweep_run
 from ._protocol import Exited, Spawn, Spawned, SpawnFailed
 from ._specs import ChildSpec, Shutdown
 
@@ -123,7 +121,7 @@ class ChildProcess:
     def send_signal(self, sig: int) -> None:
         """Send ``sig`` to the process (not its group); nothing once it is dead."""
         if self.pid and not self.exited.done():
-            _signal(os.kill, self.pid, sig)
+            signal_quietly(os.kill, self.pid, sig)
 
     def kill(self) -> None:
         """SIGKILL the process and its whole process group."""
@@ -131,7 +129,7 @@ class ChildProcess:
             self._kill_when_spawned = True
         elif not self.exited.done():
             kill_group(self.pid)
-            _signal(os.kill, self.pid, signal.SIGKILL)  # if it left its group
+            signal_quietly(os.kill, self.pid, signal.SIGKILL)  # if it left its group
 
     # --- events, from the manager and the notify pipe ----------------------------------------
 
@@ -451,62 +449,3 @@ class ProcessManager:
                 child._on_lost(reason)
 
         reaped.add_done_callback(resolve)
-
-
-# --- processes without a zygote -----------------------------------------------------------
-
-
-def kill_group(pgid: int) -> None:
-    """SIGKILL every process in the process group ``pgid`` (a child's pid)."""
-    if pgid > 0:
-        _signal(os.killpg, pgid, signal.SIGKILL)
-
-
-def _signal(send: Callable[[int, int], None], target: int, sig: int) -> None:
-    try:
-        send(target, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def sweep_run(run_id: str, pids: set[int], spare: frozenset[int]) -> None:
-    """SIGKILL what a dead zygote left, and reap what of it is ours (blocking: run it in a thread).
-
-    That is ``pids`` and their process groups, then every process of the run (``kill_run``)
-    but ``spare`` (live zygotes) and this process: a ``setsid`` grandchild that init adopted
-    too. Those that are this process's children (if it is a subreaper) are reaped here.
-    """
-    for pid in pids:
-        kill_group(pid)
-        _signal(os.kill, pid, signal.SIGKILL)
-    killed = kill_run(run_id, spare=spare)
-    for pid in {*pids, *killed, *_children_in_groups(pids)}:
-        _reap_if_ours(pid)
-
-
-def _reap_if_ours(pid: int) -> None:
-    """SIGKILL and reap ``pid`` if it is this process's child (so its pid cannot be reused
-    meanwhile, and the blocking wait ends); else nothing."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return
-    if ppid == os.getpid():
-        _signal(os.kill, pid, signal.SIGKILL)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-
-
-def _children_in_groups(groups: set[int]) -> set[int]:
-    """This process's children in one of ``groups`` (zombies too: their environment is gone)."""
-    found = set()
-    for proc in psutil.Process().children():
-        try:
-            if proc.pid not in live_zygotes and os.getpgid(proc.pid) in groups:
-                found.add(proc.pid)
-        except OSError:
-            continue
-    return found
