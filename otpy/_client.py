@@ -238,9 +238,15 @@ class Client(_Operations):
         """One round trip. Gives up early when ``give_up()`` says so (TimeoutError) or, by
         default for a local node, when its lock is free (NodeStale)."""
         request_id = next(self._ids)
-        self._socket.send(ENCODER.encode(make(request_id)))
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
+        # A DEALER blocks on send while it has no connection (a TCP peer that refused our CURVE
+        # key, a node not there yet): the send shares the call's deadline.
+        self._socket.setsockopt(zmq.SNDTIMEO, max(1, int(limit * 1000)))
+        try:
+            self._socket.send(ENCODER.encode(make(request_id)))
+        except zmq.Again:
+            raise TimeoutError(f"node {self.name!r}: the request could not be sent within {limit} s") from None
         watch = give_up is not None or self._local
         while (left := deadline - time.monotonic()) > 0:
             if self._socket.poll(int(min(left, WATCH_PERIOD if watch else left) * 1000) + 1):
@@ -331,9 +337,12 @@ class AsyncClient(_Operations):
     async def _call(self, make, convert, timeout=None):
         """As ``Client._call``: a local node found dead raises NodeStale within 0.1 s."""
         request_id = next(self._ids)
-        await self._socket.send(ENCODER.encode(make(request_id)))
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
+        try:  # a send with no connection waits (see Client._call): it shares the call's deadline
+            await asyncio.wait_for(self._socket.send(ENCODER.encode(make(request_id))), limit)
+        except TimeoutError:
+            raise TimeoutError(f"node {self.name!r}: the request could not be sent within {limit} s") from None
         while (left := deadline - time.monotonic()) > 0:
             if await self._socket.poll(int(min(left, WATCH_PERIOD if self._local else left) * 1000) + 1):
                 reply = FROM_NODE.decode(await self._socket.recv())

@@ -70,6 +70,40 @@ def test_a_client_whose_key_is_not_authorized_is_refused(node, tmp_path):
     assert [c["id"] for c in node.which_children("root")] == ["a"]  # still serving
 
 
+@pytest.mark.parametrize("client", ["sync", "async"])
+def test_a_refused_client_times_out_even_once_its_connection_is_gone(node, tmp_path, client):
+    """The node refuses the key, the connection ends, and the DEALER has no pipe left: before,
+    the request's send blocked for ever (past the client's timeout); now it shares the deadline."""
+    import asyncio
+    import time
+
+    node, endpoint = node
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    zmq.auth.create_certificates(folder, "stranger")
+    shutil.copy(keys_dir(node.name) / "server.key", folder)
+    if client == "sync":
+        with otpy.connect(endpoint=endpoint, keys=folder, timeout=1) as refused:
+            time.sleep(0.5)  # the handshake is refused meanwhile (no event to wait on from outside)
+            began = time.monotonic()
+            with pytest.raises(TimeoutError):
+                refused.which_children("root")
+    else:
+        async def ask() -> float:
+            refused = otpy.AsyncClient(node.name, endpoint=endpoint, keys=folder, timeout=1)
+            try:
+                await asyncio.sleep(0.5)
+                began = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    await refused.which_children("root")
+                return began
+            finally:
+                refused.close()
+
+        began = asyncio.run(ask())
+    assert time.monotonic() - began < 3
+
+
 def test_tcp_needs_keys():
     with pytest.raises(ValueError, match="CURVE"):
         otpy.connect(endpoint="tcp://127.0.0.1:9")
