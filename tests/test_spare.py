@@ -28,8 +28,16 @@ def node():
 
 
 def zygote(node: otpy.Node) -> psutil.Process:
-    [z] = [p for p in psutil.Process().children() if p.environ().get("OTPY_NODE") == node.name]
+    [z] = [p for p in psutil.Process().children() if _node_of(p) == node.name]
     return z
+
+
+def _node_of(proc: psutil.Process) -> str | None:
+    """A child's OTPY_NODE; None for a zombie another test's subprocess left (no environment)."""
+    try:
+        return proc.environ().get("OTPY_NODE")
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return None
 
 
 def spares(node: otpy.Node) -> list[int]:
