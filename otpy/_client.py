@@ -291,6 +291,7 @@ def _secured(socket: zmq.Socket, name: str, endpoint: str | None, keys) -> str:
     from ._curve import connect_curve
 
     connect_curve(socket, keys)
+    socket.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:PORT as the node binds it
     return endpoint
 
 

@@ -47,6 +47,18 @@ def test_an_ipv6_endpoint_is_served():
             context.term()
 
 
+def test_otpy_connect_reaches_an_ipv6_endpoint():
+    """Before: ``otpy.connect``'s DEALER had no ZMQ_IPV6 and never connected to ``tcp://[::1]``."""
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"tcp://[::1]:{port}"
+    with otpy.Node(spec(endpoint)) as node:
+        keys = keys_dir(node.name)
+        with otpy.connect(endpoint=endpoint, keys=keys, timeout=5) as client:
+            assert client.status()["node"] == node.name
+
+
 def test_an_endpoint_in_use_is_one_line_and_leaves_nothing_behind():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
