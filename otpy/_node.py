@@ -18,6 +18,8 @@ import threading
 import time
 from typing import Any, Callable
 
+import zmq
+
 from ._effects import (
     DeleteChild, Reconfigure, RestartChild, Result, StartChild, StartFromTemplate, TerminateChild,
 )
@@ -113,7 +115,12 @@ class AsyncNode:
         self.root = Supervisor(self.spec.root, processes=self.processes, report=self._report,
                                child_env=tree_env(self.dir, self.spec.root))
         for open_service in self.service_openers:  # before the children: `status`/`stop` reach a starting node
-            self._services.append(await open_service(self))
+            try:
+                self._services.append(await open_service(self))
+            except NodeStartError:
+                raise
+            except (OSError, zmq.ZMQError) as exc:  # a socket that cannot be bound: one line, not a traceback
+                raise NodeStartError(f"cannot open the node's control sockets: {exc}") from None
         try:
             await self.root.start()
         except StartFailed as exc:
