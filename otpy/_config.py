@@ -33,7 +33,7 @@ from typing import Any, Iterator, Union
 from pydantic import ValidationError
 
 from ._import_check import IMPORT_TIMEOUT, import_in_child
-from ._registry import with_registry
+from ._registry_child import with_registry
 from ._spec_rules import (
     NODE_SOCKETS, located_machine_problems, located_socket_problems, located_value_problems, node_value_problems, socket_path_problem,
     toml_key,

@@ -214,7 +214,7 @@ class AsyncNode:
         """Set ``values`` in ``scope`` through the registry child (all or nothing)."""
         from ._calls import Caller
         from ._errors import CallError
-        from ._registry import REGISTRY_ID
+        from ._registry_child import REGISTRY_ID
 
         if self.root.find(REGISTRY_ID) is None:
             return Result("not_found", detail="this node has no registry: declare [variables] in the topology")
@@ -285,7 +285,7 @@ def tree_env(folder, root: SupervisorSpec) -> dict[str, str]:
     """What every child of the tree finds in its environment from the node: its folder, and
     ``OTPY_REGISTRY=1`` when the tree has a registry (a child asks it for its configuration;
     never guessed from a socket file, which a previous run may have left)."""
-    from ._worker_registry import REGISTRY_ENV, REGISTRY_ID, REGISTRY_PROGRAM
+    from ._registry_child import REGISTRY_ENV, REGISTRY_ID, REGISTRY_PROGRAM
 
     env = {"OTPY_NODE_DIR": str(folder)}
     if any(sub.id == REGISTRY_ID and getattr(sub, "program", None) == REGISTRY_PROGRAM for _, sub in walk(root)):

@@ -31,25 +31,15 @@ import threading
 import traceback
 from typing import Any
 
-import msgspec
 import zmq
 
 from ._program import Program
 from ._protocol import ENCODER, VariableChanged
 from ._registry_file import RegistryFileError, open_database  # RegistryFileError: re-exported
-from ._scopes import ScopedValues, VariableSpace, VersionConflict, parents_of, spaces_from_topology
-from ._specs import ChildSpec, SupervisorSpec
+from ._scopes import ScopedValues, VariableSpace, VersionConflict, spaces_from_topology
 from ._variables import VariableError
 
-REGISTRY_ID = "registry"
-REGISTRY_PROGRAM = "otpy._registry:Registry"
-EVENTS_SOCKET = "registry-events.sock"
-
-
-def events_endpoint(node_dir: str | os.PathLike | None = None) -> str | None:
-    """``ipc://<node dir>/registry-events.sock`` (node dir: ``OTPY_NODE_DIR``), or None outside a node."""
-    folder = node_dir or os.environ.get("OTPY_NODE_DIR")
-    return f"ipc://{os.path.join(folder, EVENTS_SOCKET)}" if folder else None
+from ._registry_child import events_endpoint
 
 
 class Registry(Program):
@@ -372,23 +362,3 @@ def _resolves(store: ScopedValues, child: str) -> bool:
 def _entry(e) -> dict[str, Any]:
     return {"ok": True, "scope": e.scope, "name": e.name, "value": e.value, "version": e.version,
             "reason": e.reason}
-
-
-def with_registry(root: SupervisorSpec, variables: dict[str, dict[str, dict]]) -> SupervisorSpec:
-    """The root with the registry as its first child, when the topology declares variables.
-
-    Checks the ``[variables]`` tables first (VariableError naming ``variables.SCOPE.NAME``). A
-    child the user placed with id ``registry`` is kept where it is and given the tables.
-    """
-    if not variables:
-        return root
-    parents = parents_of(root)
-    spaces_from_topology(variables, scopes={root.id, *parents})
-    args = {"variables": variables, "parents": parents}
-    if any(child.id == REGISTRY_ID for child in root.children):
-        children = tuple(
-            msgspec.structs.replace(child, args={**args, **child.args}) if child.id == REGISTRY_ID else child
-            for child in root.children)
-    else:
-        children = (ChildSpec(id=REGISTRY_ID, program=REGISTRY_PROGRAM, args=args), *root.children)
-    return msgspec.structs.replace(root, children=children)

@@ -28,13 +28,11 @@ import zmq
 from ._call_messages import encode_call, error_of, read_reply
 from ._errors import CallTimeout
 from ._program import Program
+from ._registry_child import REGISTRY_ENV, REGISTRY_ID, events_endpoint
 from ._protocol import VARIABLE_CHANGED, CallFailed, Reply
 from ._runtime import agent_endpoint, agent_socket_path
 from ._wire import describe
 
-REGISTRY_ID = "registry"  # as otpy._registry.REGISTRY_ID (not imported: it pulls in sqlite)
-REGISTRY_PROGRAM = "otpy._registry:Registry"  # as otpy._registry.REGISTRY_PROGRAM
-REGISTRY_ENV = "OTPY_REGISTRY"  # "1" in the children's environment when the node's tree has a registry
 RESOLVE_TIMEOUT = 5.0  # per attempt, two attempts, while the registry is listening
 LIVENESS_CHECK_S = 0.02
 
@@ -141,7 +139,6 @@ class ConfigWatcher(threading.Thread):
         self.on_config = callable(getattr(program, "on_config", None))
 
     def run(self) -> None:
-        from ._registry import events_endpoint
 
         sub = self.agent.context.socket(zmq.SUB)
         sub.linger = 0

@@ -20,7 +20,7 @@ import pytest
 
 import otpy
 from otpy._runtime import agent_socket_path, agents_dir
-from otpy._registry import EVENTS_SOCKET, REGISTRY_ID, with_registry
+from otpy._registry_child import EVENTS_SOCKET, REGISTRY_ID, with_registry
 from otpy._runtime import control_endpoint, events_endpoint, runtime_root
 from tests.helpers import unique_name
 

@@ -21,7 +21,7 @@ from otpy._protocol import (
     ENCODER, FROM_AGENT, FROM_NODE, TO_AGENT, TO_NODE, Call, CallFailed, Children, ControlError, CountChildren,
     DeleteChild, GetStatus, Reply, RestartChild, StartFromTemplate, TerminateChild, WhichChildren,
 )
-from otpy._registry import REGISTRY_ID, with_registry
+from otpy._registry_child import REGISTRY_ID, with_registry
 from tests.helpers import sleeper, unique_name
 
 pytestmark = pytest.mark.timeout(120)
