@@ -86,7 +86,7 @@ def throughput(caller, agents: list[str], n: int) -> dict:
 
 def otpy_series(n: int) -> dict:
     import otpy
-    from otpy._calls import Caller
+    from otpy.wire.calls import Caller
 
     children = tuple(otpy.ChildSpec(id=f"echo{k}", program="bench.call_latency:echo") for k in range(4))
     node = otpy.Node.from_spec(otpy.SupervisorSpec(id="root", children=children), name=f"bench-{os.getpid()}").start()

@@ -13,51 +13,51 @@ import importlib
 from typing import TYPE_CHECKING
 
 _WHERE = {
-    "AgentCrashed": "_errors",
-    "AsyncClient": "_client",
-    "AsyncNode": "_node",
-    "BadRequest": "_errors",
-    "BoolVariable": "_variables",
-    "CallError": "_errors",
-    "CallTimeout": "_errors",
-    "Caller": "_calls",
-    "ChildSpec": "_specs",
-    "ChoiceVariable": "_variables",
-    "Client": "_client",
-    "CompileResult": "_optimizer",
-    "CompositeVariable": "_variables",
-    "ControlError": "_client",
-    "DynamicSupervisorSpec": "_specs",
-    "Example": "_optimizer",
-    "ExitReason": "_exit",
-    "FloatVariable": "_variables",
-    "IntegerVariable": "_variables",
-    "ManagerProgram": "_manager",
-    "ModuleVariable": "_variables",
-    "NoSuchAgent": "_errors",
-    "Node": "_node",
-    "NodeAlreadyRunning": "_node",
-    "NodeNotFound": "_client",
-    "NodeSpec": "_specs",
-    "NodeStale": "_client",
-    "NodeStartError": "_node",
-    "OptimizeError": "_live",
-    "Optimizer": "_optimizer",
-    "Overloaded": "_errors",
-    "Pipeline": "_pipeline",
-    "PipelineError": "_pipeline",
-    "PipelineResult": "_pipeline",
-    "Program": "_program",
-    "RemoteError": "_errors",
-    "Result": "_effects",
-    "RuntimeDirError": "_runtime",
-    "Stage": "_pipeline",
-    "SupervisorSpec": "_specs",
-    "TopologyError": "_config",
-    "Unencodable": "_errors",
-    "VariableError": "_variables",
-    "VariableSpace": "_scopes",
-    "connect": "_client",
+    "AgentCrashed": "wire.errors",
+    "AsyncClient": "wire.client",
+    "AsyncNode": "node.node",
+    "BadRequest": "wire.errors",
+    "BoolVariable": "variables.types",
+    "CallError": "wire.errors",
+    "CallTimeout": "wire.errors",
+    "Caller": "wire.calls",
+    "ChildSpec": "specs.model",
+    "ChoiceVariable": "variables.types",
+    "Client": "wire.client",
+    "CompileResult": "optimize.optimizer",
+    "CompositeVariable": "variables.types",
+    "ControlError": "wire.client",
+    "DynamicSupervisorSpec": "specs.model",
+    "Example": "optimize.optimizer",
+    "ExitReason": "supervision.exit",
+    "FloatVariable": "variables.types",
+    "IntegerVariable": "variables.types",
+    "ManagerProgram": "optimize.manager",
+    "ModuleVariable": "variables.types",
+    "NoSuchAgent": "wire.errors",
+    "Node": "node.node",
+    "NodeAlreadyRunning": "node.node",
+    "NodeNotFound": "wire.client",
+    "NodeSpec": "specs.model",
+    "NodeStale": "wire.client",
+    "NodeStartError": "node.node",
+    "OptimizeError": "optimize.live_system",
+    "Optimizer": "optimize.optimizer",
+    "Overloaded": "wire.errors",
+    "Pipeline": "optimize.pipeline",
+    "PipelineError": "optimize.pipeline",
+    "PipelineResult": "optimize.pipeline",
+    "Program": "agent.program",
+    "RemoteError": "wire.errors",
+    "Result": "supervision.effects",
+    "RuntimeDirError": "host.runtime_dir",
+    "Stage": "optimize.pipeline",
+    "SupervisorSpec": "specs.model",
+    "TopologyError": "topology.load",
+    "Unencodable": "wire.errors",
+    "VariableError": "variables.types",
+    "VariableSpace": "variables.scopes",
+    "connect": "wire.client",
 }
 
 __all__ = sorted(_WHERE)
@@ -77,48 +77,48 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from ._errors import AgentCrashed as AgentCrashed
-    from ._client import AsyncClient as AsyncClient
-    from ._node import AsyncNode as AsyncNode
-    from ._errors import BadRequest as BadRequest
-    from ._variables import BoolVariable as BoolVariable
-    from ._errors import CallError as CallError
-    from ._errors import CallTimeout as CallTimeout
-    from ._calls import Caller as Caller
-    from ._specs import ChildSpec as ChildSpec
-    from ._variables import ChoiceVariable as ChoiceVariable
-    from ._client import Client as Client
-    from ._optimizer import CompileResult as CompileResult
-    from ._variables import CompositeVariable as CompositeVariable
-    from ._client import ControlError as ControlError
-    from ._specs import DynamicSupervisorSpec as DynamicSupervisorSpec
-    from ._optimizer import Example as Example
-    from ._exit import ExitReason as ExitReason
-    from ._variables import FloatVariable as FloatVariable
-    from ._variables import IntegerVariable as IntegerVariable
-    from ._manager import ManagerProgram as ManagerProgram
-    from ._variables import ModuleVariable as ModuleVariable
-    from ._errors import NoSuchAgent as NoSuchAgent
-    from ._node import Node as Node
-    from ._node import NodeAlreadyRunning as NodeAlreadyRunning
-    from ._client import NodeNotFound as NodeNotFound
-    from ._specs import NodeSpec as NodeSpec
-    from ._client import NodeStale as NodeStale
-    from ._node import NodeStartError as NodeStartError
-    from ._live import OptimizeError as OptimizeError
-    from ._optimizer import Optimizer as Optimizer
-    from ._errors import Overloaded as Overloaded
-    from ._pipeline import Pipeline as Pipeline
-    from ._pipeline import PipelineError as PipelineError
-    from ._pipeline import PipelineResult as PipelineResult
-    from ._program import Program as Program
-    from ._errors import RemoteError as RemoteError
-    from ._effects import Result as Result
-    from ._runtime import RuntimeDirError as RuntimeDirError
-    from ._pipeline import Stage as Stage
-    from ._specs import SupervisorSpec as SupervisorSpec
-    from ._config import TopologyError as TopologyError
-    from ._errors import Unencodable as Unencodable
-    from ._variables import VariableError as VariableError
-    from ._scopes import VariableSpace as VariableSpace
-    from ._client import connect as connect
+    from .wire.errors import AgentCrashed as AgentCrashed
+    from .wire.client import AsyncClient as AsyncClient
+    from .node.node import AsyncNode as AsyncNode
+    from .wire.errors import BadRequest as BadRequest
+    from .variables.types import BoolVariable as BoolVariable
+    from .wire.errors import CallError as CallError
+    from .wire.errors import CallTimeout as CallTimeout
+    from .wire.calls import Caller as Caller
+    from .specs.model import ChildSpec as ChildSpec
+    from .variables.types import ChoiceVariable as ChoiceVariable
+    from .wire.client import Client as Client
+    from .optimize.optimizer import CompileResult as CompileResult
+    from .variables.types import CompositeVariable as CompositeVariable
+    from .wire.client import ControlError as ControlError
+    from .specs.model import DynamicSupervisorSpec as DynamicSupervisorSpec
+    from .optimize.optimizer import Example as Example
+    from .supervision.exit import ExitReason as ExitReason
+    from .variables.types import FloatVariable as FloatVariable
+    from .variables.types import IntegerVariable as IntegerVariable
+    from .optimize.manager import ManagerProgram as ManagerProgram
+    from .variables.types import ModuleVariable as ModuleVariable
+    from .wire.errors import NoSuchAgent as NoSuchAgent
+    from .node.node import Node as Node
+    from .node.node import NodeAlreadyRunning as NodeAlreadyRunning
+    from .wire.client import NodeNotFound as NodeNotFound
+    from .specs.model import NodeSpec as NodeSpec
+    from .wire.client import NodeStale as NodeStale
+    from .node.node import NodeStartError as NodeStartError
+    from .optimize.live_system import OptimizeError as OptimizeError
+    from .optimize.optimizer import Optimizer as Optimizer
+    from .wire.errors import Overloaded as Overloaded
+    from .optimize.pipeline import Pipeline as Pipeline
+    from .optimize.pipeline import PipelineError as PipelineError
+    from .optimize.pipeline import PipelineResult as PipelineResult
+    from .agent.program import Program as Program
+    from .wire.errors import RemoteError as RemoteError
+    from .supervision.effects import Result as Result
+    from .host.runtime_dir import RuntimeDirError as RuntimeDirError
+    from .optimize.pipeline import Stage as Stage
+    from .specs.model import SupervisorSpec as SupervisorSpec
+    from .topology.load import TopologyError as TopologyError
+    from .wire.errors import Unencodable as Unencodable
+    from .variables.types import VariableError as VariableError
+    from .variables.scopes import VariableSpace as VariableSpace
+    from .wire.client import connect as connect

@@ -7,8 +7,8 @@ import signal
 import threading
 import time
 
-from otpy import _worker
-from otpy._program import Program
+from otpy.agent import worker as _worker
+from otpy.agent.program import Program
 
 
 class Sleeper(Program):

@@ -7,6 +7,8 @@ import queue
 import sys
 import time
 
+import msgspec
+
 import otpy
 
 # A command child that runs until stopped; on SIGTERM it appends its id to $LOG, then exits.
@@ -45,7 +47,7 @@ class Events:
     def __init__(self, node: otpy.Node) -> None:
         self._queue: queue.Queue = queue.Queue()
         self.seen: list[dict] = []
-        node.aio.listeners.append(self._queue.put)
+        node.aio.listeners.append(lambda event: self._queue.put(msgspec.structs.asdict(event)))
 
     def wait(self, kind: str, child: str | None = None, timeout: float = 10.0, **match) -> dict:
         deadline = time.monotonic() + timeout

@@ -11,8 +11,8 @@ theirs is stale). What happened is kept as readable strings in ``log``::
     "post retry b"       a Retry was put on the inbox
     "exit shutdown"      the supervisor exited, with its reason kind
 
->>> from otpy._machine import StaticMachine
->>> from otpy._specs import ChildSpec, SupervisorSpec
+>>> from otpy.supervision.machine import StaticMachine
+>>> from otpy.specs.model import ChildSpec, SupervisorSpec
 >>> d = Driver(StaticMachine(SupervisorSpec(id="s", children=(ChildSpec(id="a", command=("x",)),))))
 >>> d.init()
 ['start a']
@@ -25,11 +25,11 @@ from collections import deque
 from dataclasses import replace
 from typing import Callable
 
-from otpy._effects import (
+from otpy.supervision.effects import (
     ChildExited, Effect, Event, Exit, Init, Post, Reply, Report, Result, Retry, Spawn,
     SpawnFailed, SpawnOk, Stop, StopSupervisor,
 )
-from otpy._exit import ExitReason
+from otpy.supervision.exit import ExitReason
 
 CRASHED = ExitReason(kind="crashed", code=1)
 

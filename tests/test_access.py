@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 import otpy
-from otpy._runtime import agent_socket_path, agents_dir
-from otpy._registry_child import EVENTS_SOCKET, REGISTRY_ID, with_registry
-from otpy._runtime import control_endpoint, events_endpoint, runtime_root
+from otpy.host.runtime_dir import agent_socket_path, agents_dir
+from otpy.variables.placement import EVENTS_SOCKET, REGISTRY_ID, with_registry
+from otpy.host.runtime_dir import control_endpoint, events_endpoint, runtime_root
 from tests.helpers import unique_name
 
 pytestmark = [pytest.mark.timeout(60),

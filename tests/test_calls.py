@@ -11,9 +11,9 @@ import time
 import pytest
 
 import otpy
-from otpy._calls import Caller
-from otpy._runtime import agent_endpoint
-from otpy._errors import AgentCrashed, CallError, CallTimeout, NoSuchAgent, Overloaded, RemoteError, Unencodable
+from otpy.wire.calls import Caller
+from otpy.host.runtime_dir import agent_endpoint
+from otpy.wire.errors import AgentCrashed, CallError, CallTimeout, NoSuchAgent, Overloaded, RemoteError, Unencodable
 from tests.helpers import Events, pids, unique_name, wait_dead, wait_until
 
 pytestmark = pytest.mark.timeout(30)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import otpy
-from otpy._client import socket_path
+from otpy.wire.client import socket_path
 from tests.helpers import alive, sleeper, unique_name, wait_dead
 
 ROOT = Path(__file__).resolve().parent.parent

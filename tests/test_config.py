@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from otpy._config import (
+from otpy.topology.load import (
     Topology,
     TopologyError,
     check_programs,
@@ -17,12 +17,12 @@ from otpy._config import (
     parse_topology,
     topology_json_schema,
 )
-from otpy._specs import ChildSpec, DynamicSupervisorSpec, SupervisorSpec, from_template
+from otpy.specs.model import ChildSpec, DynamicSupervisorSpec, SupervisorSpec, from_template
 
 HERE = Path(__file__).parent
 BAD_FILES = sorted((HERE / "topologies" / "bad").glob("*.toml"))
 DOCS = HERE.parent / "docs" / "topology.md"
-PROGRAM = 'program = "otpy._program:Program"'
+PROGRAM = 'program = "otpy.agent.program:Program"'
 TEST_MODULES = ("otpy_test_agents", "pkg_b", "examples")  # the modules these tests make or import
 
 
@@ -125,7 +125,7 @@ type = "dynamic_supervisor"
     worker, team, pool = root.children
     assert (root.id, root.strategy, root.max_restarts, root.max_seconds) == ("root", "one_for_one", 3, 5)
     assert root.auto_shutdown == "never"
-    assert worker == ChildSpec(id="worker", program="otpy._program:Program")
+    assert worker == ChildSpec(id="worker", program="otpy.agent.program:Program")
     assert (worker.shutdown, worker.restart, worker.start_timeout, worker.ready) == (5.0, "permanent", 10.0, "exec")
     assert team == SupervisorSpec(id="team")
     assert team.shutdown == "infinity"
@@ -193,7 +193,7 @@ max_children = 100
     assert isinstance(pool, DynamicSupervisorSpec) and pool.max_children == 100
     echo = pool.templates["echo"]
     assert isinstance(echo, ChildSpec)
-    assert (echo.program, echo.restart, echo.args) == ("otpy._program:Program", "temporary", {"prefix": ">"})
+    assert (echo.program, echo.restart, echo.args) == ("otpy.agent.program:Program", "temporary", {"prefix": ">"})
     started = from_template(echo, "echo-1", {"text": "x"})
     assert (started.id, started.args) == ("echo-1", {"prefix": ">", "text": "x"})
 
@@ -304,13 +304,13 @@ type = "supervisor"
   program = "otpy_no_such_module_q:Agent"
   [[supervisor.children.children]]
   id = "b"
-  program = "otpy._specs:DEFAULT_MAX_SECONDS"
+  program = "otpy.specs.model:DEFAULT_MAX_SECONDS"
 """
     topology = parse_topology(text, source="t.toml")
     assert check_programs(topology) == [
         "t.toml: supervisor.children[0].children[0].program: cannot import "
         "'otpy_no_such_module_q:Agent': No module named 'otpy_no_such_module_q'",
-        "t.toml: supervisor.children[0].children[1].program: got 'otpy._specs:DEFAULT_MAX_SECONDS', "
+        "t.toml: supervisor.children[0].children[1].program: got 'otpy.specs.model:DEFAULT_MAX_SECONDS', "
         "of type 'int'; expected a Program class or a function",
     ]
     with pytest.raises(TopologyError) as caught:
@@ -360,7 +360,7 @@ t = {{ type = "float", low = 0.0, high = 2.0, default = 1.0 }}
 """
     root = parse_topology(text).node.root
     assert [c.id for c in root.children] == ["registry", "a"]
-    assert root.children[0].program == "otpy._registry:Registry"
+    assert root.children[0].program == "otpy.variables.registry:Registry"
     assert root.children[0].args["parents"] == {"a": "root"}
 
 

@@ -14,9 +14,9 @@ import pytest
 import zmq
 
 import otpy
-from otpy._control import MAX_MESSAGE_BYTES
-from otpy._protocol import ENCODER, EVENT, FROM_NODE, ControlError, GetStatus, Status, Stopping, WhichChildren
-from otpy._runtime import control_endpoint, events_endpoint, runtime_root
+from otpy.node.control import MAX_MESSAGE_BYTES
+from otpy.wire.protocol import ENCODER, EVENT, FROM_NODE, ControlError, GetStatus, Status, Stopping, WhichChildren
+from otpy.host.runtime_dir import control_endpoint, events_endpoint, runtime_root
 from tests.helpers import alive, pids, sleeper, unique_name, wait_dead
 
 pytestmark = pytest.mark.timeout(30)
@@ -261,7 +261,7 @@ class TestAbuse:
         ctx = zmq.Context()
         sock = dealer(ctx, node.name)
         try:
-            from otpy._protocol import TerminateChild
+            from otpy.wire.protocol import TerminateChild
 
             sock.send(ENCODER.encode(TerminateChild(1, "a")))
             sock.send(ENCODER.encode(WhichChildren(2)))

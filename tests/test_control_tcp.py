@@ -10,7 +10,7 @@ import zmq
 import zmq.auth
 
 import otpy
-from otpy._curve import keys_dir
+from otpy.wire.curve import keys_dir
 from tests.helpers import sleeper, unique_name
 
 pytestmark = pytest.mark.timeout(60)

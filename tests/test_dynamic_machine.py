@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 
 from machine_driver import Driver
-from otpy._dynamic import DynamicMachine
-from otpy._effects import (
+from otpy.supervision.dynamic import DynamicMachine
+from otpy.supervision.effects import (
     ChildExited, DeleteChild, RestartChild, Retry, Spawn, StartChild, StartFromTemplate, Stop,
     TerminateChild,
 )
-from otpy._exit import ExitReason
-from otpy._specs import ChildSpec, DynamicSupervisorSpec
+from otpy.supervision.exit import ExitReason
+from otpy.specs.model import ChildSpec, DynamicSupervisorSpec
 
 NORMAL = ExitReason(kind="normal", code=0)
 SHUTDOWN = ExitReason(kind="shutdown", signal=15)
@@ -303,9 +303,9 @@ class TestReconfigure:
     """Make-before-break: the target starts beside the source, then the source is stopped."""
 
     def _running(self):
-        from otpy._dynamic import DynamicMachine
-        from otpy._effects import Init, SpawnOk, StartChild
-        from otpy._specs import ChildSpec, DynamicSupervisorSpec
+        from otpy.supervision.dynamic import DynamicMachine
+        from otpy.supervision.effects import Init, SpawnOk, StartChild
+        from otpy.specs.model import ChildSpec, DynamicSupervisorSpec
 
         m = DynamicMachine(DynamicSupervisorSpec(id="pool"))
         m.handle(Init(), 0)
@@ -314,8 +314,8 @@ class TestReconfigure:
         return m
 
     def test_target_starts_before_the_source_is_swapped_out(self):
-        from otpy._effects import Reconfigure, Reply, Result, Spawn, SpawnOk, Swap
-        from otpy._specs import ChildSpec
+        from otpy.supervision.effects import Reconfigure, Reply, Result, Spawn, SpawnOk, Swap
+        from otpy.specs.model import ChildSpec
 
         m = self._running()
         target = ChildSpec(id="c", program="pkg:B")
@@ -326,8 +326,8 @@ class TestReconfigure:
         assert (m.children["c"].spec.program, m.children["c"].pid) == ("pkg:B", 200)
 
     def test_a_target_that_fails_to_start_leaves_the_source_running(self):
-        from otpy._effects import Reconfigure, SpawnFailed
-        from otpy._specs import ChildSpec
+        from otpy.supervision.effects import Reconfigure, SpawnFailed
+        from otpy.specs.model import ChildSpec
 
         m = self._running()
         m.handle(Reconfigure("c", ChildSpec(id="c", program="pkg:B"), "r1"), 0)
@@ -336,9 +336,9 @@ class TestReconfigure:
         assert (m.children["c"].spec.program, m.children["c"].pid, m.children["c"].state) == ("pkg:A", 100, "running")
 
     def test_the_old_incarnation_exit_is_stale_after_the_swap(self):
-        from otpy._effects import ChildExited, Reconfigure, SpawnOk
-        from otpy._exit import SHUTDOWN
-        from otpy._specs import ChildSpec
+        from otpy.supervision.effects import ChildExited, Reconfigure, SpawnOk
+        from otpy.supervision.exit import SHUTDOWN
+        from otpy.specs.model import ChildSpec
 
         m = self._running()
         m.handle(Reconfigure("c", ChildSpec(id="c", program="pkg:B"), "r1"), 0)
@@ -347,8 +347,8 @@ class TestReconfigure:
         assert m.children["c"].state == "running"
 
     def test_unknown_and_mismatched_targets_are_refused(self):
-        from otpy._effects import Reconfigure
-        from otpy._specs import ChildSpec
+        from otpy.supervision.effects import Reconfigure
+        from otpy.specs.model import ChildSpec
 
         m = self._running()
         assert m.handle(Reconfigure("x", ChildSpec(id="x", program="pkg:B"), "r"), 0)[0].result.outcome == "not_found"

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from otpy._exit import ExitReason, from_wait_status, should_restart
+from otpy.supervision.exit import ExitReason, from_wait_status, should_restart
 
 PROGRAMS = {
     "exit 0": "pass",

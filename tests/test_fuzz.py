@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import otpy
-from otpy._runtime import agent_endpoint
-from otpy._control import MAX_MESSAGE_BYTES
-from otpy._protocol import (
+from otpy.host.runtime_dir import agent_endpoint
+from otpy.node.control import MAX_MESSAGE_BYTES
+from otpy.wire.protocol import (
     ENCODER, FROM_AGENT, FROM_NODE, TO_AGENT, TO_NODE, Call, CallFailed, Children, ControlError, CountChildren,
     DeleteChild, GetStatus, Reply, RestartChild, StartFromTemplate, TerminateChild, WhichChildren,
 )
-from otpy._registry_child import REGISTRY_ID, with_registry
+from otpy.variables.placement import REGISTRY_ID, with_registry
 from tests.helpers import sleeper, unique_name
 
 pytestmark = pytest.mark.timeout(120)
@@ -121,7 +121,7 @@ class TestControlSocket:
         if len(frames) == 1:
             assume(undecodable(frames[0]))
         before = state(node)
-        sock = dealer(ctx, otpy._runtime.control_endpoint(node.name))
+        sock = dealer(ctx, otpy.host.runtime_dir.control_endpoint(node.name))
         try:
             sock.send_multipart(frames)
             assert sock.poll(5000), f"no reply to {frames!r}"
@@ -139,7 +139,7 @@ class TestControlSocket:
 
     def test_an_oversized_message_is_dropped_and_the_node_keeps_serving(self, node, ctx):
         before = state(node)
-        big = dealer(ctx, otpy._runtime.control_endpoint(node.name))
+        big = dealer(ctx, otpy.host.runtime_dir.control_endpoint(node.name))
         try:
             payload = ENCODER.encode(WhichChildren(5, "x" * (MAX_MESSAGE_BYTES + 16)))
             big.send(payload)
@@ -153,7 +153,7 @@ class TestControlSocket:
 
     def test_a_flood_of_requests_and_garbage_is_answered_or_dropped_and_the_node_keeps_serving(self, node, ctx):
         before = state(node)
-        sock = dealer(ctx, otpy._runtime.control_endpoint(node.name))
+        sock = dealer(ctx, otpy.host.runtime_dir.control_endpoint(node.name))
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         n = 3000
@@ -275,7 +275,7 @@ def test_validate_refuses_a_bad_topology_naming_the_key_and_starts_nothing(path)
                   if line.startswith("# expect:"))
     me = psutil.Process()
     children_before = {p.pid for p in me.children(recursive=True)}
-    runtime_before = sorted(os.listdir(otpy._runtime.runtime_root()))
+    runtime_before = sorted(os.listdir(otpy.host.runtime_dir.runtime_root()))
     proc = subprocess.Popen([sys.executable, "-m", "otpy", "validate", str(path)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).parent.parent)
     spawned: set[int] = set()
@@ -289,4 +289,4 @@ def test_validate_refuses_a_bad_topology_naming_the_key_and_starts_nothing(path)
     assert expect in out, f"{expect!r} not named in: {out}"
     assert spawned == set(), f"the validator started processes: {spawned}"
     assert {p.pid for p in me.children(recursive=True)} == children_before
-    assert sorted(os.listdir(otpy._runtime.runtime_root())) == runtime_before
+    assert sorted(os.listdir(otpy.host.runtime_dir.runtime_root())) == runtime_before

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otpy._config import TopologyError, load_topology, parse_topology
-from otpy._spec_rules import ARGS_MAX_DEPTH, MAX_SECONDS, node_problems, spec_problems
-from otpy._specs import NAME_PATTERN, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec
+from otpy.topology.load import TopologyError, load_topology, parse_topology
+from otpy.specs.rules import ARGS_MAX_DEPTH, MAX_SECONDS, node_problems, spec_problems
+from otpy.specs.model import NAME_PATTERN, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -233,7 +233,7 @@ def test_each_program_that_ends_its_import_is_a_problem_and_the_others_are_still
     file = programs_file(tmp_path, BAD_IMPORTS)
     path_before, modules_before = list(sys.path), set(sys.modules)
     topology = load_topology(file, check_imports=False)
-    from otpy._config import check_programs
+    from otpy.topology.load import check_programs
 
     problems = check_programs(topology)
     assert sys.path == path_before and not {m for m in sys.modules if m.startswith("otpy_hard_")} - modules_before
@@ -250,7 +250,7 @@ def test_each_program_that_ends_its_import_is_a_problem_and_the_others_are_still
 
 def test_a_program_whose_import_hangs_is_a_problem_after_the_timeout(tmp_path):
     file = programs_file(tmp_path, {"hangs": "import time\nwhile True:\n    time.sleep(1)\n", "fine": "x = 1\n"})
-    from otpy._config import check_programs
+    from otpy.topology.load import check_programs
 
     problems = check_programs(load_topology(file, check_imports=False), timeout=2.0)
     assert problems[0] == (f"{file}: supervisor.children[0].program: importing 'otpy_hard_hangs:agent' "
@@ -272,7 +272,7 @@ VARIABLES = {"global": {"t": {"type": "float", "low": 0.0, "high": 2.0, "default
 
 
 def open_registry(path: Path):
-    from otpy._registry import Registry
+    from otpy.variables.registry import Registry
 
     registry = Registry()
     registry.setup({"variables": VARIABLES, "path": str(path)}, {})
@@ -296,7 +296,7 @@ def foreign_sqlite(path: Path) -> None:
     (lambda p: p.mkdir(), "is not a regular file"),
 ], ids=["empty", "text", "corrupt-header", "foreign-sqlite", "folder"])
 def test_an_existing_registry_file_that_is_not_otpys_is_refused_naming_it(tmp_path, make, why):
-    from otpy._registry import RegistryFileError
+    from otpy.variables.registry import RegistryFileError
 
     path = tmp_path / "registry.db"
     make(path)
@@ -332,7 +332,7 @@ def test_registry_files_are_private_whatever_the_umask(tmp_path):
 
 def test_a_node_over_an_empty_registry_file_does_not_start_and_says_which_file(tmp_path):
     import otpy
-    from otpy._runtime import node_dir
+    from otpy.host.runtime_dir import node_dir
     from tests.helpers import unique_name
 
     name = unique_name("emptyreg")
@@ -355,7 +355,7 @@ def test_a_node_over_an_empty_registry_file_does_not_start_and_says_which_file(t
     ("ok", ["not", "a", "table"], "child 'ok': args: got"),
 ])
 def test_a_child_from_a_template_is_checked_like_any_spec(child_id, args, expected):
-    from otpy._spec_rules import template_start_problems
+    from otpy.specs.rules import template_start_problems
 
     pool = DynamicSupervisorSpec(id="pool", templates={"t": worker("x")})
     problems = template_start_problems(pool, "t", child_id, args)
@@ -379,7 +379,7 @@ ARGS = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3)
 def test_values_the_rules_pass_cross_the_wire(args, env):
     import msgspec
 
-    from otpy._spec_rules import value_problems
+    from otpy.specs.rules import value_problems
 
     spec = worker(args=args, env=env)
     if value_problems(spec) == []:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from otpy._config import check_programs, load_topology
+from otpy.topology.load import check_programs, load_topology
 
 pytestmark = pytest.mark.timeout(60)
 

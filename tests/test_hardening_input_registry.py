@@ -14,7 +14,7 @@ import sqlite3
 
 import pytest
 
-from otpy._registry import Registry, RegistryFileError
+from otpy.variables.registry import Registry, RegistryFileError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from otpy._config import TopologyError, parse_topology
-from otpy._spec_rules import node_problems, spec_problems
-from otpy._specs import ChildSpec, NodeSpec, SupervisorSpec
+from otpy.topology.load import TopologyError, parse_topology
+from otpy.specs.rules import node_problems, spec_problems
+from otpy.specs.model import ChildSpec, NodeSpec, SupervisorSpec
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -95,7 +95,7 @@ def test_start_timeout_has_a_sane_minimum(timeout, ok):
 
 
 def test_key_paths_escape_control_and_bidi_characters_as_toml_does():
-    from otpy._spec_rules import toml_key
+    from otpy.specs.rules import toml_key
 
     assert toml_key('a\0b\nc\u202ed"e\\f\t') == '"a\\u0000b\\nc\\u202Ed\\"e\\\\f\\t"'
     assert toml_key("caf\u00e9") == '"caf\u00e9"' and toml_key("x_1-y") == "x_1-y"
@@ -146,7 +146,7 @@ def test_a_node_name_whose_sockets_are_too_long_is_refused(monkeypatch):
 def test_validate_and_start_agree_on_the_longest_socket_the_node_binds(monkeypatch):
     """The zygote's spare binds ``agents/.spare-<pid>.sock``, longer than ``registry-events.sock``:
     a name that fits the control sockets but not the spare's is refused by validate as by start."""
-    from otpy._runtime import node_path_problem
+    from otpy.host.runtime_dir import node_path_problem
 
     root = "/tmp/" + "r" * 40
     monkeypatch.setenv("OTPY_RUNTIME_DIR", root)
@@ -167,7 +167,7 @@ def test_ids_within_the_socket_limit_pass(monkeypatch):
 
 
 def load(tmp_path, child: str):
-    from otpy._config import load_topology
+    from otpy.topology.load import load_topology
 
     file = tmp_path / "node.toml"
     file.write_text('[supervisor]\n[[supervisor.children]]\nid = "w"\n' + child)

@@ -22,10 +22,10 @@ import psutil
 import pytest
 
 import otpy
-from otpy._client import NodeStale
-from otpy._node import NodeAlreadyRunning
-from otpy._runtime import runtime_root
-from otpy._specs import name_problem
+from otpy.wire.client import NodeStale
+from otpy.node.node import NodeAlreadyRunning
+from otpy.host.runtime_dir import runtime_root
+from otpy.specs.model import name_problem
 from tests.helpers import alive, sleeper, unique_name, wait_dead, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +135,7 @@ def zygotes_of(pid: int) -> list[int]:
     found = []
     for proc in psutil.Process(pid).children():
         try:
-            if "otpy._zygote" in proc.cmdline():
+            if "otpy.processes.zygote" in proc.cmdline():
                 found.append(proc.pid)
         except psutil.Error:  # a zombie of another test
             continue

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 import otpy
-from otpy._cli_work import TOPOLOGY_RECORD, record_topology
-from otpy._client import node_alive
-from otpy._node import NodeAlreadyRunning
-from otpy._node_run import RUN_VAR, RunLock, lock_holder, new_run_id
-from otpy import _runtime
-from otpy._runtime import RuntimeDirError, runtime_root
+from otpy.cli.work import TOPOLOGY_RECORD, record_topology
+from otpy.wire.client import node_alive
+from otpy.node.node import NodeAlreadyRunning
+from otpy.host.node_run import RUN_VAR, RunLock, lock_holder, new_run_id
+from otpy.host import runtime_dir as _runtime
+from otpy.host.runtime_dir import RuntimeDirError, runtime_root
 from tests.helpers import alive, sleeper, unique_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,7 +244,7 @@ def test_a_detached_start_honours_its_timeout(tmp_path):
 
 
 def test_curve_keys_are_never_written_or_read_through_a_symlink(tmp_path):
-    from otpy._curve import ensure_keys
+    from otpy.wire.curve import ensure_keys
 
     name = unique_name("curve")
     folder = runtime_root() / name

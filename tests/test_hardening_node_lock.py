@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from otpy._node_run import RUN_VAR, AlreadyRunning, RunLock, lock_holder, new_run_id, sweep_dead_run
+from otpy.host.node_run import RUN_VAR, AlreadyRunning, RunLock, lock_holder, new_run_id, sweep_dead_run
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-from otpy._node_run import RUN_VAR, processes_of_run
-from otpy._processes import ProcessManager, StartFailed
-from otpy._specs import ChildSpec
+from otpy.host.node_run import RUN_VAR, processes_of_run
+from otpy.processes.manager import ProcessManager, StartFailed
+from otpy.specs.model import ChildSpec
 
 from tests.helpers import SLEEPER, alive, python, wait_until
 
@@ -110,8 +110,8 @@ def test_without_a_run_id_one_is_made():
 # connections would do that), then children are spawned until one fails.
 OUT_OF_FDS_NODE = """
 import asyncio, json, os, resource, sys
-from otpy._processes import ProcessManager, StartFailed
-from otpy._specs import ChildSpec
+from otpy.processes.manager import ProcessManager, StartFailed
+from otpy.specs.model import ChildSpec
 from tests.helpers import SLEEPER, python
 
 def fds():  # counted without opening one (there may be none left)
@@ -245,8 +245,8 @@ def test_a_setsid_grandchild_is_swept_when_the_zygote_dies_and_the_new_zygote_s_
 # The node for the next test: a manager with a given run id; it prints its zygote's pid.
 RUN_NODE = """
 import asyncio, sys
-from otpy._processes import ProcessManager
-from otpy._specs import ChildSpec
+from otpy.processes.manager import ProcessManager
+from otpy.specs.model import ChildSpec
 from tests.helpers import SLEEPER, python
 
 async def main():

@@ -14,9 +14,9 @@ import signal
 
 import pytest
 
-from otpy._pipes import ZygoteLink
-from otpy._processes import ZYGOTE_DEATHS_MAX, StartFailed
-from otpy._specs import ChildSpec
+from otpy.processes.zygote_link import ZygoteLink
+from otpy.processes.manager import ZYGOTE_DEATHS_MAX, StartFailed
+from otpy.specs.model import ChildSpec
 
 from tests.helpers import alive
 from tests.test_hardening_processes import manager, sleeper

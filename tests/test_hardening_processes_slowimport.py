@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from otpy._program import Program
+from otpy.agent.program import Program
 
 time.sleep(float(os.environ.get("OTPY_TEST_SLOW_IMPORT", "0")))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
-from otpy._program import Program
+from otpy.agent.program import Program
 
 
 def _maybe_die() -> None:

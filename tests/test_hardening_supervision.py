@@ -8,6 +8,7 @@ import os
 import signal
 import time
 
+import msgspec
 import psutil
 import pytest
 
@@ -36,7 +37,7 @@ def start(children, node_prefix="hard", **flags) -> otpy.Node:
 def info(node: otpy.Node, sup_id: str = "root") -> dict[str, dict]:
     """The supervisor's ``children_info()``, read on the node's loop, by id."""
     sup = node.aio.supervisor(sup_id)
-    return {c["id"]: c for c in node._call(sup.children_info)}
+    return {c.id: msgspec.structs.asdict(c) for c in node._call(sup.children_info)}
 
 
 def status(node: otpy.Node) -> dict[str, dict]:
@@ -112,7 +113,7 @@ class TestQueriesBetweenEvents:
 
 
 def zygote_pids() -> list[int]:
-    return [p.pid for p in psutil.Process().children() if "otpy._zygote" in " ".join(p.cmdline())]
+    return [p.pid for p in psutil.Process().children() if "otpy.processes.zygote" in " ".join(p.cmdline())]
 
 
 class TestZygoteDeath:

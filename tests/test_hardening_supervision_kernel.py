@@ -16,10 +16,11 @@ import time
 
 import pytest
 
-from otpy._effects import StartChild
-from otpy._linux import proc_stat
-from otpy._specs import ChildSpec, DynamicSupervisorSpec
-from otpy._supervisor import Supervisor
+from otpy.supervision.effects import StartChild
+from otpy.processes.linux import proc_stat
+from otpy.specs.model import ChildSpec, DynamicSupervisorSpec
+from otpy.node.supervisor import Supervisor
+from otpy.wire.protocol import ChildInfo
 
 from tests.test_hardening_processes import manager
 
@@ -54,7 +55,7 @@ async def dynamic_tree(processes) -> Supervisor:
 async def restarted(sup: Supervisor, at_least: int, timeout: float = 10.0) -> None:
     """Until ``at_least`` children are running again (the supervisor restarts them)."""
     deadline = time.monotonic() + timeout
-    while sum(i["state"] == "running" for i in sup.children_info()) < at_least:
+    while sum(i.state == "running" for i in sup.children_info()) < at_least:
         assert time.monotonic() < deadline, "children not restarted"
         await asyncio.sleep(0.005)
 
@@ -79,16 +80,16 @@ async def storm(sup: Supervisor, seconds: float) -> tuple[int, int, list[dict]]:
     (answers, children killed, entries shown running whose pid was dead)."""
     answers, killed, shown_dead, deadline = 0, 0, [], time.monotonic() + seconds
     while time.monotonic() < deadline:
-        running = {i["pid"]: sup._handles[i["id"]].start_time
-                   for i in sup.children_info() if i["state"] == "running"}
+        running = {i.pid: sup._handles[i.id].start_time
+                   for i in sup.children_info() if i.state == "running"}
         batch = dict(random.sample(sorted(running.items()), min(20, len(running))))
         for pid in batch:
             os.kill(pid, signal.SIGKILL)
         wait_dead(batch)
         info = sup.children_info()  # no loop turn since the kills: their reports are pending
         start_times = {h.pid: h.start_time for h in sup._handles.values()}
-        shown_dead += [i for i in info if i["state"] == "running" and dead(i["pid"], start_times.get(i["pid"]))]
-        assert all(i["state"] == "restarting" for i in info if i["pid"] is None), info
+        shown_dead += [i for i in info if i.state == "running" and dead(i.pid, start_times.get(i.pid))]
+        assert all(i.state == "restarting" for i in info if i.pid is None), info
         answers, killed = answers + 1, killed + len(batch)
         await restarted(sup, CHILDREN - 10)
     return answers, killed, shown_dead
@@ -104,13 +105,13 @@ def test_a_reused_pid_is_not_taken_for_the_child():
             sup = await dynamic_tree(processes)
             try:
                 handle = sup._handles["c0"]
-                assert sup.children_info()[0]["state"] == "running" and handle.kernel_exit() is None
+                assert sup.children_info()[0].state == "running" and handle.kernel_exit() is None
                 # as if c0 had died and its pid were another child's now, started later
                 processes._children[handle.pid] = object()
                 handle.start_time -= 1
                 assert handle.kernel_exit() is not None
-                assert sup.children_info()[0] == {"id": "c0", "pid": None, "state": "restarting",
-                                                  "kind": "worker", "restarts": 0}
+                assert sup.children_info()[0] == ChildInfo(id="c0", pid=None, state="restarting",
+                                                           kind="worker", restarts=0)
                 handle.start_time += 1
             finally:
                 processes._children[handle.pid] = handle
@@ -136,7 +137,7 @@ def test_the_check_costs_little_for_1000_children():
                 t0 = time.perf_counter()
                 info = sup.children_info()
                 timings.append(time.perf_counter() - t0)
-            assert sum(i["state"] == "running" for i in info) == 1000
+            assert sum(i.state == "running" for i in info) == 1000
             timings.sort()
             print(f"\nchildren_info, 1,000 children: median {timings[10] * 1e3:.1f} ms, max {timings[-1] * 1e3:.1f} ms")
             await sup.kill()

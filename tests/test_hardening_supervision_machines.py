@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from otpy._intensity import RestartWindow
+from otpy.supervision.intensity import RestartWindow
 
 
 # --- the restart window costs O(1) amortized per restart --------------------------------------
@@ -80,11 +80,11 @@ class TestWindowCost:
 import pytest  # noqa: E402
 
 from machine_driver import Driver  # noqa: E402
-from otpy._dynamic import DynamicMachine  # noqa: E402
-from otpy._effects import Retry, StartChild, Stop  # noqa: E402
-from otpy._exit import ExitReason  # noqa: E402
-from otpy._machine import StaticMachine  # noqa: E402
-from otpy._specs import ChildSpec, DynamicSupervisorSpec, SupervisorSpec  # noqa: E402
+from otpy.supervision.dynamic import DynamicMachine  # noqa: E402
+from otpy.supervision.effects import Retry, StartChild, Stop  # noqa: E402
+from otpy.supervision.exit import ExitReason  # noqa: E402
+from otpy.supervision.machine import StaticMachine  # noqa: E402
+from otpy.specs.model import ChildSpec, DynamicSupervisorSpec, SupervisorSpec  # noqa: E402
 
 LOST = ExitReason(kind="lost", detail="the zygote died")
 CRASHED = ExitReason(kind="crashed", code=1)
@@ -179,7 +179,7 @@ class TestLostExits:
     def test_one_for_all_losing_every_child_restarts_the_group_once(self):
         d = _static("a b c d".split(), strategy="one_for_all")
         old = dict(d.refs)
-        from otpy._effects import ChildExited
+        from otpy.supervision.effects import ChildExited
         for i in "abcd":  # the other three exits name incarnations the bounce already replaced
             d.send(ChildExited(i, old[i], LOST))
         assert d.log.count("start a") == 1 and d.exit is None

@@ -11,9 +11,9 @@ import pytest
 import zmq
 
 import otpy
-from otpy._protocol import ENCODER, FROM_AGENT, FROM_NODE, CallFailed, ControlError, GetStatus, Reply, Status
-from otpy._runtime import agent_endpoint, agent_socket_path, control_endpoint, make_agents_dir
-from otpy._wire import MAX_DEPTH
+from otpy.wire.protocol import ENCODER, FROM_AGENT, FROM_NODE, CallFailed, ControlError, GetStatus, Reply, Status
+from otpy.host.runtime_dir import agent_endpoint, agent_socket_path, control_endpoint, make_agents_dir
+from otpy.wire.codec import MAX_DEPTH
 from tests.helpers import sleeper, unique_name
 from tests.test_hardening_wire_agents import nested
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import otpy
-from otpy._runtime import agent_socket_path, make_agents_dir
+from otpy.host.runtime_dir import agent_socket_path, make_agents_dir
 from tests.helpers import unique_name
 
 pytestmark = pytest.mark.timeout(30)

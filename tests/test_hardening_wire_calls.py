@@ -13,9 +13,9 @@ import pytest
 import zmq
 
 import otpy
-from otpy._protocol import FROM_AGENT, CallFailed
-from otpy._runtime import agent_endpoint
-from otpy._wire import MAX_CALL_BYTES, MAX_CALL_ITEMS
+from otpy.wire.protocol import FROM_AGENT, CallFailed
+from otpy.host.runtime_dir import agent_endpoint
+from otpy.wire.codec import MAX_CALL_BYTES, MAX_CALL_ITEMS
 from tests.helpers import unique_name
 from tests.test_hardening_wire import raw_map
 

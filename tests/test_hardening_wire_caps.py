@@ -8,7 +8,7 @@ import threading
 import pytest
 import zmq
 
-from otpy._connections import AgentConnectionCap, ThreadConnectionCap
+from otpy.wire.connections import AgentConnectionCap, ThreadConnectionCap
 
 pytestmark = pytest.mark.timeout(30)
 

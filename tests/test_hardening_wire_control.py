@@ -13,9 +13,9 @@ import pytest
 import zmq
 
 import otpy
-from otpy._control_requests import MAX_CONTROL_ITEMS
-from otpy._protocol import ENCODER, FROM_NODE, ControlError, GetStatus, Outcome, Status, TerminateChild, WhichChildren
-from otpy._runtime import control_endpoint
+from otpy.node.control_lanes import MAX_CONTROL_ITEMS
+from otpy.wire.protocol import ENCODER, FROM_NODE, ControlError, GetStatus, Outcome, Status, TerminateChild, WhichChildren
+from otpy.host.runtime_dir import control_endpoint
 from tests.helpers import sleeper, unique_name
 from tests.test_hardening_wire import raw_map
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import otpy
-from otpy._wire import describe
+from otpy.wire.codec import describe
 from tests.helpers import unique_name
 from tests.test_hardening_wire_agents import EvilError
 
@@ -59,7 +59,7 @@ def test_a_long_chain_of_causes_is_formatted_quickly(node):
 
 
 def test_a_reply_over_the_size_limit_is_unencodable(node):
-    from otpy._wire import MAX_CALL_BYTES
+    from otpy.wire.codec import MAX_CALL_BYTES
 
     with pytest.raises(otpy.Unencodable, match=str(MAX_CALL_BYTES)):
         node.call("evil", {"kind": "big", "n": MAX_CALL_BYTES + 1}, timeout=10)

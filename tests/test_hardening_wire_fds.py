@@ -19,7 +19,7 @@ import time
 import pytest
 
 import otpy
-from otpy._runtime import agent_socket_path, control_endpoint, events_endpoint
+from otpy.host.runtime_dir import agent_socket_path, control_endpoint, events_endpoint
 from tests.helpers import unique_name
 
 pytestmark = pytest.mark.timeout(90)

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 import otpy
-from otpy._runtime import control_endpoint
+from otpy.host.runtime_dir import control_endpoint
 from tests.helpers import sleeper, unique_name
 
 pytestmark = pytest.mark.timeout(90)

@@ -11,8 +11,8 @@ import pytest
 import zmq
 
 import otpy
-from otpy._protocol import ENCODER, FROM_NODE, Children, GetStatus, Outcome, Status, TerminateChild, WhichChildren
-from otpy._runtime import agent_socket_path, control_endpoint
+from otpy.wire.protocol import ENCODER, FROM_NODE, Children, GetStatus, Outcome, Status, TerminateChild, WhichChildren
+from otpy.host.runtime_dir import agent_socket_path, control_endpoint
 from tests.helpers import IGNORES_TERM, Events, pids, python, sleeper, unique_name
 
 pytestmark = pytest.mark.timeout(60)
@@ -149,7 +149,7 @@ def test_a_stop_answers_every_request_in_flight_or_queued_exactly_once(sockets):
     b = otpy.SupervisorSpec(id="B", children=(sleeper("b1"),))
     node = otpy.Node.from_spec(otpy.SupervisorSpec(id="root", children=(a, b)), name=unique_name("stopall")).start()
     try:
-        from otpy._protocol import StopNode, Stopping
+        from otpy.wire.protocol import StopNode, Stopping
 
         client, stopper = sockets(node.name), sockets(node.name)
         client.send(ENCODER.encode(TerminateChild(1, "stubborn", "A")))

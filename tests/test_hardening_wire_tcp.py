@@ -10,10 +10,10 @@ import zmq
 import zmq.auth
 
 import otpy
-from otpy._curve import keys_dir
-from otpy._runtime import control_endpoint, events_endpoint
+from otpy.wire.curve import keys_dir
+from otpy.host.runtime_dir import control_endpoint, events_endpoint
 from tests.helpers import sleeper, unique_name
-from otpy._protocol import ENCODER, FROM_NODE, GetStatus, Status
+from otpy.wire.protocol import ENCODER, FROM_NODE, GetStatus, Status
 
 pytestmark = pytest.mark.timeout(60)
 

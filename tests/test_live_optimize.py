@@ -9,8 +9,8 @@ import sys
 import pytest
 
 import otpy
-from otpy._config import parse_topology
-from otpy._live import LiveSystem, bindings_from_table, optimize_topology
+from otpy.topology.load import parse_topology
+from otpy.optimize.live_system import LiveSystem, bindings_from_table, optimize_topology
 from tests.helpers import unique_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 
 from machine_driver import Driver
-from otpy._effects import (
+from otpy.supervision.effects import (
     ChildExited, DeleteChild, Exit, RestartChild, Retry, StartChild, StartFromTemplate, Stop,
     TerminateChild,
 )
-from otpy._exit import ExitReason
-from otpy._machine import StaticMachine
-from otpy._specs import ChildSpec, SupervisorSpec
+from otpy.supervision.exit import ExitReason
+from otpy.supervision.machine import StaticMachine
+from otpy.specs.model import ChildSpec, SupervisorSpec
 
 NORMAL = ExitReason(kind="normal", code=0)
 SHUTDOWN = ExitReason(kind="shutdown", signal=15)

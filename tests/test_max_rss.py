@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import otpy
-from otpy._config import parse_topology
+from otpy.topology.load import parse_topology
 from tests.helpers import Events, unique_name
 
 pytestmark = pytest.mark.timeout(60)

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 import otpy
-from otpy._runtime import runtime_root
+from otpy.host.runtime_dir import runtime_root
 from tests.helpers import alive, unique_name, wait_dead
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from otpy._optimizer import Example, Optimizer
-from otpy._scopes import VariableSpace
-from otpy._variables import FloatVariable, ModuleVariable
+from otpy.optimize.optimizer import Example, Optimizer
+from otpy.variables.scopes import VariableSpace
+from otpy.variables.types import FloatVariable, ModuleVariable
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 import otpy
-from otpy._calls import Caller
-from otpy._errors import NoSuchAgent, RemoteError
-from otpy._pipeline import Pipeline, PipelineError, Stage
+from otpy.wire.calls import Caller
+from otpy.wire.errors import NoSuchAgent, RemoteError
+from otpy.optimize.pipeline import Pipeline, PipelineError, Stage
 from tests.helpers import unique_name
 
 pytestmark = pytest.mark.timeout(30)

@@ -18,9 +18,9 @@ import time
 import psutil
 import pytest
 
-from otpy._processes import ChildProcess, ProcessManager, StartFailed
-from otpy._specs import ChildSpec
-from otpy._linux import become_subreaper
+from otpy.processes.manager import ChildProcess, ProcessManager, StartFailed
+from otpy.specs.model import ChildSpec
+from otpy.processes.linux import become_subreaper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _names = itertools.count()
@@ -409,7 +409,7 @@ def test_zygote_death_kills_every_child_and_the_next_spawn_works(tmp_path):
                         await processes.spawn(program("Forker", args={"pid_file": pid_file})),
                         await processes.spawn(command("import time; time.sleep(60)"))]
             grandchild = int(open(pid_file).read())
-            zygote = [p for p in psutil.Process().children() if "otpy._zygote" in p.cmdline()]
+            zygote = [p for p in psutil.Process().children() if "otpy.processes.zygote" in p.cmdline()]
             assert len(zygote) == 1
             zygote[0].kill()
             for child in children:
@@ -426,8 +426,8 @@ def test_zygote_death_kills_every_child_and_the_next_spawn_works(tmp_path):
 
 NODE = """
 import asyncio, sys, psutil
-from otpy._processes import ProcessManager
-from otpy._specs import ChildSpec
+from otpy.processes.manager import ProcessManager
+from otpy.specs.model import ChildSpec
 
 async def main():
     processes = ProcessManager(node_name=sys.argv[1])

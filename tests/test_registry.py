@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from otpy._registry import Registry
+from otpy.variables.registry import Registry
 
 VARIABLES = {
     "global": {
@@ -86,7 +86,7 @@ class TestPublishing:
     def test_each_committed_write_is_published_and_a_refused_one_is_not(self, db, tmp_path):
         import zmq
 
-        from otpy._protocol import VARIABLE_CHANGED
+        from otpy.wire.protocol import VARIABLE_CHANGED
 
         endpoint = f"ipc://{tmp_path}/events.sock"
         reg = Registry()

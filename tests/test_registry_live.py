@@ -14,8 +14,8 @@ import zmq
 from click.testing import CliRunner
 
 import otpy
-from otpy._cli_vars import vars_group
-from otpy._protocol import VARIABLE_CHANGED
+from otpy.cli.vars import vars_group
+from otpy.wire.protocol import VARIABLE_CHANGED
 from tests.helpers import Events, pids, unique_name
 
 pytestmark = pytest.mark.timeout(60)
@@ -238,7 +238,7 @@ def test_cli_as_a_real_process(node):
     import subprocess
     import sys
 
-    command = [sys.executable, "-c", "from otpy._cli_vars import vars_group; vars_group()"]
+    command = [sys.executable, "-c", "from otpy.cli.vars import vars_group; vars_group()"]
     done = subprocess.run([*command, "set", "team.timeout", "6", "--node", node.name],
                           check=False, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr

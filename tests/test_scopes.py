@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from otpy._config import parse_topology
-from otpy._scopes import GLOBAL, ScopedValue, ScopedValues, VariableSpace, VersionConflict, parents_of
-from otpy._variables import CompositeVariable, FloatVariable, IntegerVariable, VariableError
+from otpy.topology.load import parse_topology
+from otpy.variables.scopes import GLOBAL, ScopedValue, ScopedValues, VariableSpace, VersionConflict, parents_of
+from otpy.variables.types import CompositeVariable, FloatVariable, IntegerVariable, VariableError
 
 KNN, SVM = "examples.digits.agents:KNN", "examples.digits.agents:SVM"
 
@@ -20,7 +20,7 @@ TOPOLOGY = f"""
 [supervisor]
 [[supervisor.children]]
 id = "greeter"
-program = "otpy._program:Program"
+program = "otpy.agent.program:Program"
 
 [[supervisor.children]]
 id = "team"
@@ -28,11 +28,11 @@ type = "supervisor"
 
   [[supervisor.children.children]]
   id = "planner"
-  program = "otpy._program:Program"
+  program = "otpy.agent.program:Program"
 
   [[supervisor.children.children]]
   id = "critic"
-  program = "otpy._program:Program"
+  program = "otpy.agent.program:Program"
 
 [variables.global]
 classifier = {{ type = "module", modules = ["{KNN}", "{SVM}"], default = "{KNN}" }}
@@ -222,7 +222,7 @@ def test_parents_come_from_the_tree_and_a_dynamic_child_can_be_added():
 
 
 def test_a_topology_with_a_scope_that_names_no_id_does_not_load():
-    from otpy._config import TopologyError
+    from otpy.topology.load import TopologyError
 
     with pytest.raises(TopologyError) as error:
         parse_topology(TOPOLOGY + '\n[variables.tema]\nx = { type = "bool", default = true }\n')

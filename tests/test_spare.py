@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 import otpy
-from otpy._zygote import SPARE_NAME
+from otpy.processes.zygote import SPARE_NAME
 from tests.helpers import alive, unique_name, wait_dead, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,7 +93,7 @@ def test_a_spare_killed_while_it_waits_is_not_a_child_and_starts_still_work(node
     assert wait_dead([spare], 5) == []
     pid = start(node, "b")
     assert pid != spare and node.call("b", {})["pid"] == pid
-    assert not [e for e in events if e.get("pid") == spare]  # never reported: it was no child
+    assert not [e for e in events if e.pid == spare]  # never reported: it was no child
     zombies = [c.pid for c in zygote(node).children() if c.status() == psutil.STATUS_ZOMBIE]
     assert zombies == []
     assert the_spare(node) not in (spare, pid)

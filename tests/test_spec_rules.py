@@ -11,9 +11,9 @@ import psutil
 import pytest
 
 import otpy
-from otpy import _spec_rules
-from otpy._spec_rules import node_problems, spec_problems
-from otpy._specs import NodeSpec
+from otpy.specs import rules as _spec_rules
+from otpy.specs.rules import node_problems, spec_problems
+from otpy.specs.model import NodeSpec
 from tests.helpers import sleeper, unique_name
 
 pytestmark = pytest.mark.timeout(60)
@@ -87,10 +87,10 @@ def test_start_child_and_reconfigure_of_a_bad_spec_are_invalid_and_start_nothing
 
 def test_the_doctests_of_every_module_pass():
     failed = {}
-    for info in pkgutil.iter_modules(otpy.__path__):
-        if info.name == "__main__":  # runs the CLI
+    for info in pkgutil.walk_packages(otpy.__path__, "otpy."):
+        if info.name == "otpy.__main__":  # runs the CLI
             continue
-        module = importlib.import_module(f"otpy.{info.name}")
+        module = importlib.import_module(info.name)
         result = doctest.testmod(module)
         if result.failed:
             failed[info.name] = result.failed

@@ -11,9 +11,9 @@ import msgspec
 import optuna
 import pytest
 
-from otpy._config import parse_topology
-from otpy._scopes import VariableSpace, spaces_from_topology
-from otpy._variables import (
+from otpy.topology.load import parse_topology
+from otpy.variables.scopes import VariableSpace, spaces_from_topology
+from otpy.variables.types import (
     BoolVariable,
     ChoiceVariable,
     CompositeVariable,
@@ -465,7 +465,7 @@ def test_variables_read_from_a_topology_file():
 [supervisor]
 [[supervisor.children]]
 id = "digits"
-program = "otpy._program:Program"
+program = "otpy.agent.program:Program"
 
 [variables.global]
 classifier = {{ type = "module", modules = ["{KNN}", "{SVM}"], default = "{KNN}" }}

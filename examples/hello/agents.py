@@ -53,7 +53,7 @@ class Coordinator(otpy.Program):
     """Asks the planner for steps, has the worker do them (in parallel), the reviewer check them."""
 
     def setup(self, args, config):
-        from otpy._calls import Caller
+        from otpy.wire.calls import Caller
 
         self.team = Caller(os.environ["OTPY_NODE"])  # for futures: every step in flight at once
 

@@ -13,7 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repo root: otpy and examples
 
 import otpy  # noqa: E402
-from otpy._calls import Caller  # noqa: E402
+from otpy.wire.calls import Caller  # noqa: E402
 
 
 def main() -> None:

@@ -1,0 +1,102 @@
+"""Programs: what an agent process runs. DSPy's convention: ``forward(**inputs) -> outputs``.
+
+>>> class Echo(Program):
+...     def forward(self, **inputs):
+...         return inputs
+>>> Echo()(text="hi")
+{'text': 'hi'}
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Mapping
+
+
+class Program:
+    """Base class for agent programs.
+
+    otpy's worker creates the program with no arguments, calls ``setup(args, config)``
+    once, reports READY to the node, then serves calls to ``forward``. ``teardown()`` runs
+    when the worker is asked to shut down (SIGTERM).
+    """
+
+    def setup(self, args: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+        """Called once in the worker before READY. ``args`` come from the child spec."""
+
+    def forward(self, **inputs: Any) -> Mapping[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__}.forward is not written")
+
+    def teardown(self) -> None:
+        """Called once when the worker shuts down in order."""
+
+    def __call__(self, **inputs: Any) -> Mapping[str, Any]:
+        return self.forward(**inputs)
+
+    def call(self, agent_id: str, inputs: Mapping[str, Any] | None = None, *,
+             timeout: float = 5.0, retries: int = 0) -> dict[str, Any]:
+        """Call another agent of this node from inside ``forward`` (or ``setup``).
+
+        Raises the ``CallError``s of ``Caller.call``. An agent that calls itself with
+        ``concurrency`` 1 waits for itself: that call times out.
+        """
+        return _node_caller().call(agent_id, inputs, timeout=timeout, retries=retries)
+
+
+class FunctionProgram(Program):
+    """A plain function ``module:func`` used as a program: ``func(**inputs)`` is ``forward``."""
+
+    def __init__(self, func):
+        self._func = func
+
+    def forward(self, **inputs: Any) -> Mapping[str, Any]:
+        return self._func(**inputs)
+
+    def __repr__(self) -> str:
+        return f"FunctionProgram({self._func.__module__}:{self._func.__qualname__})"
+
+
+_caller = None
+_caller_lock = threading.Lock()
+
+
+def _node_caller():
+    """The process's Caller for its node (``OTPY_NODE``), created on first use."""
+    global _caller
+    with _caller_lock:
+        if _caller is None:
+            from ..wire.calls import Caller
+
+            node = os.environ.get("OTPY_NODE")
+            if not node:
+                raise RuntimeError("Program.call works in an agent run by an otpy node (no OTPY_NODE)")
+            _caller = Caller(node)
+        return _caller
+
+
+def import_target(target: str) -> Any:
+    """Import ``"module:attr"`` (``attr`` may be dotted). Raises ImportError naming what failed."""
+    import importlib
+
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ImportError(f"{target!r} is not of the form 'module:attr'")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def instantiate(target: str) -> Program:
+    """The program object for ``target``: a Program subclass is instantiated, a function wrapped."""
+    obj = import_target(target)
+    if isinstance(obj, type):
+        return obj()
+    if callable(obj):
+        return FunctionProgram(obj)
+    raise TypeError(f"{target!r} is neither a class nor a function")

@@ -1,0 +1,189 @@
+"""A program child's side of the variable registry: its configuration at start, and its changes.
+
+At start (``_worker._start``), a child of a node that has a registry (the node says so:
+``OTPY_REGISTRY=1`` in its environment) asks it to ``resolve`` the child's configuration along its scope chain
+(``OTPY_CHILD_ID``, then ``OTPY_SUPERVISORS``). After READY a ``ConfigWatcher`` thread
+subscribes to the registry's changes.
+
+Why ``resolve`` fails fast: the child's supervisor waits for its READY, and the registry's
+own restart waits behind it in that supervisor's inbox. A child that waited out a timeout for
+a registry that died would stall the registry's return by that long. So while it waits it asks
+the kernel, every ``LIVENESS_CHECK_S``, whether anything listens on the registry's socket
+(``registry_listening``: an AF_UNIX connect refused is definitive); nobody does, it gives up
+at once with ``RegistryDown`` (the child reports FAILED, its restart is retried after the
+registry's own, from the back of the supervisor's inbox).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import zmq
+
+from ..wire.call_messages import encode_call, error_of, read_reply
+from ..wire.errors import CallTimeout
+from .program import Program
+from ..variables.placement import REGISTRY_ENV, REGISTRY_ID, events_endpoint
+from ..wire.protocol import VARIABLE_CHANGED, CallFailed, Reply
+from ..host.runtime_dir import agent_endpoint, agent_socket_path
+from ..wire.codec import describe
+
+RESOLVE_TIMEOUT = 5.0  # per attempt, two attempts, while the registry is listening
+LIVENESS_CHECK_S = 0.02
+
+
+class RegistryDown(RuntimeError):
+    """Nothing listens on the registry's socket: it is not running (it died, or restarts)."""
+
+
+def has_registry() -> str | None:
+    """This node's name, when it has a registry and this child is not it; else None.
+
+    The node says it (``AsyncNode``'s ``tree_env``), never a file: a socket file a previous run
+    left must not make a node without ``[variables]`` wait for a registry it does not have.
+    """
+    node = os.environ.get("OTPY_NODE")
+    if not node or os.environ.get("OTPY_CHILD_ID") == REGISTRY_ID or os.environ.get(REGISTRY_ENV) != "1":
+        return None
+    return node
+
+
+def registry_listening(node: str) -> bool:
+    """False only when the kernel says nobody is bound to the registry's socket file (refused,
+    or no file); anything else (a full backlog: EAGAIN) counts as listening."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(str(agent_socket_path(node, REGISTRY_ID)))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True
+    return True
+
+
+def chain() -> list[str]:
+    return [s for s in os.environ.get("OTPY_SUPERVISORS", "").split(",") if s]
+
+
+def resolve(node: str, child_id: str, context: zmq.Context | None = None) -> dict[str, Any]:
+    """The child's configuration from the registry; RuntimeError naming the problems,
+    ``RegistryDown`` as soon as the registry is seen not running.
+
+    One DEALER of its own, not a ``Caller``: a child starting must not pay for importing the
+    caller's machinery (asyncio: ~50 ms), and a resolve needs none of it. Two attempts of
+    ``RESOLVE_TIMEOUT`` each, as long as the registry listens.
+    """
+    request = {"op": "resolve", "child": child_id, "chain": chain()}
+    context = context or zmq.Context.instance()
+    for attempt in (1, 2):
+        if not registry_listening(node):
+            raise RegistryDown("the registry is not running")
+        dealer = context.socket(zmq.DEALER)
+        dealer.linger = 0
+        try:
+            dealer.connect(agent_endpoint(node, REGISTRY_ID))
+            dealer.send(encode_call(attempt, request))
+            reply = _await_reply(dealer, node, attempt)
+        finally:
+            dealer.close(linger=0)
+        if reply is not None:
+            if not reply.get("ok"):
+                raise RuntimeError("; ".join(reply.get("problems") or [str(reply)]))
+            return reply["config"]
+    raise CallTimeout(f"no reply from the registry within {RESOLVE_TIMEOUT} s (twice)", agent=REGISTRY_ID)
+
+
+def _await_reply(dealer: zmq.Socket, node: str, call_id: int) -> dict[str, Any] | None:
+    """The registry's outputs for ``call_id``; None when the attempt timed out; ``RegistryDown``
+    as soon as nothing listens on its socket any more; a CallError for a failed call."""
+    deadline = time.monotonic() + RESOLVE_TIMEOUT
+    while (left := deadline - time.monotonic()) > 0:
+        if dealer.poll(int(min(left, LIVENESS_CHECK_S) * 1000) + 1):
+            match read_reply(dealer.recv()):
+                case Reply(call_id=found, outputs=outputs) if found == call_id:
+                    return outputs
+                case CallFailed(call_id=found) as failed if found == call_id:
+                    raise error_of(failed, REGISTRY_ID)
+        elif not registry_listening(node):
+            raise RegistryDown("the registry is not running")
+    return None
+
+
+# --- configuration changes ----------------------------------------------------------------
+
+
+class ConfigWatcher(threading.Thread):
+    """Subscribes to the registry's changes and acts on those that change this child's config.
+
+    An event of a scope in the child's chain makes it resolve again (the registry knows which
+    scope a variable belongs to); a different configuration goes to ``on_config`` through the
+    call queue (``agent.put_job``), or, for a program without ``on_config``, ends the worker
+    for a restart (``restart()``). Each time the SUB (re)connects (at first, after a registry
+    restart) it resolves again too, so a change published before the subscription was up is
+    not missed for long.
+    """
+
+    def __init__(self, program: Program, agent, config: dict[str, Any], node: str,
+                 restart: Callable[[], None]) -> None:
+        super().__init__(daemon=True, name="otpy-config")
+        self.program, self.agent, self.config = program, agent, config
+        self.node, self.restart = node, restart
+        self.child = os.environ.get("OTPY_CHILD_ID", "")
+        self.scopes = {self.child, *chain(), "global"}
+        self.on_config = callable(getattr(program, "on_config", None))
+
+    def run(self) -> None:
+
+        sub = self.agent.context.socket(zmq.SUB)
+        sub.linger = 0
+        sub.setsockopt(zmq.RECONNECT_IVL, 10)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        monitor = sub.get_monitor_socket(zmq.EVENT_CONNECTED)
+        sub.connect(events_endpoint())
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        while True:
+            ready = dict(poller.poll())
+            stale = False
+            if monitor in ready:
+                while _has_message(monitor):
+                    monitor.recv_multipart()
+                    stale = True
+            if sub in ready:
+                while _has_message(sub):
+                    stale |= self._concerns_us(sub.recv())
+            if stale and not self._refresh():
+                return
+
+    def _concerns_us(self, payload: bytes) -> bool:
+        try:
+            return VARIABLE_CHANGED.decode(payload).scope in self.scopes
+        except Exception:  # an event that cannot be read concerns nobody
+            return False
+
+    def _refresh(self) -> bool:
+        """Resolve again and act on a difference; False once the worker is ending for a restart."""
+        try:
+            config = resolve(self.node, self.child, self.agent.context)
+        except Exception as exc:  # the registry is restarting: its reconnection brings us back here
+            print(f"otpy: could not resolve the new configuration: {describe(exc)}", file=sys.stderr, flush=True)
+            return True
+        if config == self.config:
+            return True
+        self.config = config
+        if self.on_config:
+            self.agent.put_job((None, config))
+            return True
+        self.restart()
+        return False
+
+
+def _has_message(sock: zmq.Socket) -> bool:
+    return bool(sock.poll(0, zmq.POLLIN))

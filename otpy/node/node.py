@@ -1,0 +1,476 @@
+"""A node: one supervision tree, its process manager, and the operations OTP names.
+
+``AsyncNode`` runs on an asyncio loop; ``Node`` wraps it for plain scripts, running the loop
+in a background thread::
+
+    import otpy
+    with otpy.Node.from_toml("examples/hello/topology.toml") as node:
+        print(node.which_children("root"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import threading
+import time
+from typing import Any, Callable
+
+import msgspec
+import zmq
+
+from ..supervision.effects import (
+    DeleteChild, Reconfigure, RestartChild, Result, StartChild, StartFromTemplate, TerminateChild,
+)
+from .control import open_control
+from ..supervision.exit import ExitReason
+from ..host.node_run import AlreadyRunning, RunLock, kill_run, new_run_id, remove_leftovers
+from ..processes.manager import ProcessManager, StartFailed
+from ..host.runtime_dir import node_dir, node_path_problem, node_sockets, socket_path_problem
+from ..specs.rules import node_problems, spec_problems, template_start_problems
+from ..specs.model import AnySpec, NodeSpec, SupervisorSpec, name_problem, walk
+from .supervisor import Supervisor
+from ..wire.protocol import ChildInfo, NodeEvent, Status
+
+log = logging.getLogger("otpy")
+
+Listener = Callable[[NodeEvent], None]
+
+
+class NodeStartError(RuntimeError):
+    """The tree could not start: the message names the child and the reason. Nothing is left running."""
+
+
+class NodeAlreadyRunning(NodeStartError):
+    """A node of this name already runs in this runtime folder; it was not touched."""
+
+
+class AsyncNode:
+    """A supervision tree on the running asyncio loop."""
+
+    def __init__(self, spec: NodeSpec, *, on_output: Callable[[str, str], None] | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.root: Supervisor | None = None
+        self.processes: ProcessManager | None = None
+        self.listeners: list[Listener] = []
+        self._on_output = on_output
+        self._services: list[Any] = []  # things with an async close(), closed after the tree stops
+        self.service_openers: list[Callable[["AsyncNode"], Any]] = [open_control]
+        self.stopping = False
+        # Set by whoever runs the node (``otpy start``) to hear ``otpy stop``; else the node stops itself.
+        self.on_stop_request: Callable[[], None] | None = None
+        self._stop_task: asyncio.Task | None = None
+        self._run: RunLock | None = None  # held from start to the end of stop
+        self.started = False  # every child of the tree is up (``status`` says "starting" before)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike, **kwargs) -> "AsyncNode":
+        from ..topology.load import load_topology
+
+        return cls(load_topology(path).node, **kwargs)
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the tree in order; returns once every child is READY. Raises NodeStartError.
+
+        First the node's lock (NodeAlreadyRunning if another process holds it), then the sweep
+        of what the previous run left, then the tree. The lock is held until ``stop`` ends.
+        """
+        if problems := node_problems(self.spec) or self._path_problems(self.spec.root):
+            raise NodeStartError("invalid spec: " + "; ".join(problems))
+        raise_fd_limit()
+        self.dir = node_dir(self.name)
+        try:
+            self._run = RunLock.take(self.dir, new_run_id())
+        except AlreadyRunning as exc:
+            raise NodeAlreadyRunning(already_running(self.name, exc.pid)) from None
+        try:
+            self._sweep_previous_run()
+            await self._start_tree()
+        except BaseException:
+            await self._close_services()
+            raise
+
+    def _path_problems(self, spec: AnySpec) -> list[str]:
+        """The socket paths this node cannot bind for ``spec``'s children (AF_UNIX's limit), before
+        any is tried: a too-long runtime folder, node name or id is one line, not a ZMQError."""
+        if problem := node_path_problem(self.name):
+            return [problem]
+        return [problem for _, sub in walk(spec) if not isinstance(sub, SupervisorSpec)
+                if (problem := socket_path_problem(self.name, sub.id))]
+
+    def _sweep_previous_run(self) -> None:
+        """Kill what the last run of this node left, and remove its socket files: it is over,
+        since we hold the lock (a stale ``agents/registry.sock`` must not outlive its node)."""
+        if self._run.previous_run:
+            for pid in kill_run(self._run.previous_run):
+                log.warning("otpy[%s]: stopped pid %d left by an earlier run of this node", self.name, pid)
+        remove_leftovers(node_sockets(self.name))
+
+    async def _start_tree(self) -> None:
+        self.processes = ProcessManager(node_name=self.name, on_output=self._on_output, run_id=self._run.run_id)
+        await self.processes.open()
+        self.root = Supervisor(self.spec.root, processes=self.processes, report=self._report, node=self.name,
+                               child_env=tree_env(self.dir, self.spec.root))
+        for open_service in self.service_openers:  # before the children: `status`/`stop` reach a starting node
+            try:
+                self._services.append(await open_service(self))
+            except NodeStartError:
+                raise
+            except (OSError, zmq.ZMQError) as exc:  # a socket that cannot be bound: one line, not a traceback
+                raise NodeStartError(f"cannot open the node's control sockets: {exc}") from None
+        try:
+            await self.root.start()
+        except StartFailed as exc:
+            raise NodeStartError(str(exc)) from None
+        self.started = True
+
+    async def stop(self) -> ExitReason:
+        """Ordered shutdown: children in reverse start order, then the node's own sockets.
+
+        Calling it again while it runs (or after) waits for the same shutdown.
+        """
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop())
+        return await asyncio.shield(self._stop_task)
+
+    def request_stop(self) -> None:
+        """``otpy stop`` arrived: let the node's runner stop it, or stop it here if nobody runs it."""
+        if self.on_stop_request is not None:
+            self.on_stop_request()
+        elif self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop())
+
+    async def _stop(self) -> ExitReason:
+        self.stopping = True
+        self._report(NodeEvent(kind="node_stopping", node=self.name, supervisor=self.name, pid=os.getpid(),
+                               time=time.time()))
+        reason = await self.root.stop("infinity") if self.root else ExitReason(kind="shutdown")
+        await self._close_services()
+        return reason
+
+    async def wait(self) -> ExitReason:
+        """Wait until the root supervisor exits by itself or is stopped."""
+        reason = await asyncio.shield(self.root.exited)
+        await self._close_services()
+        return reason
+
+    async def _close_services(self) -> None:
+        while self._services:
+            await self._services.pop().close()
+        if self.processes is not None:
+            await self.processes.close()
+        if self._run is not None and self._run.fd >= 0:
+            remove_leftovers(node_sockets(self.name))  # under the lock: no later start's sockets
+            self._run.release()
+
+    # --- OTP's operations -------------------------------------------------------------------
+
+    def supervisor(self, sup_id: str | None) -> Supervisor | None:
+        return self.root.find_supervisor(sup_id or self.root.spec.id)
+
+    async def start_child(self, sup_id: str, spec: AnySpec) -> Result:
+        sup = self.supervisor(sup_id)
+        if sup is None:
+            return Result("not_found", detail=f"no supervisor {sup_id!r}")
+        if problems := spec_problems(spec, sup.spec) or self._path_problems(spec):
+            return Result("invalid", detail="; ".join(problems))
+        if clash := self._id_clash(spec, sup):
+            return clash
+        return await sup.call(lambda ref: StartChild(spec, ref))
+
+    async def start_from_template(self, sup_id: str, template: str, child_id: str, args=None) -> Result:
+        if problem := name_problem(child_id) or socket_path_problem(self.name, child_id):
+            return Result("invalid", detail=problem)  # before anything: the id names a socket file
+        sup = self.supervisor(sup_id)
+        if sup is None:
+            return Result("not_found", detail=f"no supervisor {sup_id!r}")
+        if problems := template_start_problems(sup.spec, template, child_id, {} if args is None else args):
+            return Result("invalid", detail="; ".join(problems))
+        if (owner := self.root.find(child_id)) is not None and owner is not sup:
+            return Result("invalid", detail=f"id {child_id!r} is already used under {owner.spec.id!r}")
+        return await sup.call(lambda ref: StartFromTemplate(template, child_id, args or {}, ref))
+
+    async def terminate_child(self, child_id: str, sup_id: str | None = None) -> Result:
+        return await self._on_child(child_id, sup_id, lambda ref: TerminateChild(child_id, ref))
+
+    async def restart_child(self, child_id: str, sup_id: str | None = None) -> Result:
+        return await self._on_child(child_id, sup_id, lambda ref: RestartChild(child_id, ref))
+
+    async def delete_child(self, child_id: str, sup_id: str | None = None) -> Result:
+        return await self._on_child(child_id, sup_id, lambda ref: DeleteChild(child_id, ref))
+
+    async def reconfigure(self, sup_id: str | None, source: str, target: AnySpec) -> Result:
+        """Replace the running child ``source`` by ``target`` (same id), make-before-break."""
+        sup = self._owner(source, sup_id)
+        if isinstance(sup, Result):
+            return sup
+        if problems := spec_problems(target, sup.spec) or self._path_problems(target):
+            return Result("invalid", detail="; ".join(problems))
+        return await sup.call(lambda ref: Reconfigure(source, target, ref))
+
+    async def set_variables(self, scope: str, values: dict[str, Any]) -> Result:
+        """Set ``values`` in ``scope`` through the registry child (all or nothing)."""
+        from ..wire.calls import Caller
+        from ..wire.errors import CallError
+        from ..variables.placement import REGISTRY_ID
+
+        if self.root.find(REGISTRY_ID) is None:
+            return Result("not_found", detail="this node has no registry: declare [variables] in the topology")
+        try:
+            with Caller(self.name) as caller:
+                reply = await caller.acall(REGISTRY_ID, {"op": "set_many", "values": {scope: values}})
+        except CallError as exc:
+            return Result("start_failed", detail=f"the registry did not answer: {exc}")
+        if not reply.get("ok"):
+            return Result("invalid", detail="; ".join(reply.get("problems", [])))
+        return Result("ok")
+
+    def which_children(self, sup_id: str | None = None) -> list[ChildInfo]:
+        sup = self.supervisor(sup_id)
+        if sup is None:
+            raise LookupError(f"no supervisor {sup_id!r}")
+        return sup.children_info()  # the truth between the supervisor's events
+
+    def count_children(self, sup_id: str | None = None) -> dict[str, int]:
+        """OTP's counts: ``specs``, ``active`` (running), ``supervisors`` and ``workers`` (specs)."""
+        children = self.which_children(sup_id)
+        return {
+            "specs": len(children),
+            "active": sum(c.state == "running" for c in children),
+            "supervisors": sum(c.kind != "worker" for c in children),
+            "workers": sum(c.kind == "worker" for c in children),
+        }
+
+    def status(self) -> Status:
+        """The tree; its root's state is "starting" until every child is up, "stopping" once the
+        node stops (the control socket answers from before the first child to after the last)."""
+        tree = self.root.snapshot()
+        if tree.state == "running" and (self.stopping or not self.started):
+            tree = msgspec.structs.replace(tree, state="stopping" if self.stopping else "starting", uptime=None)
+        return Status(request_id=0, node=self.name, pid=os.getpid(), tree=tree)
+
+    async def _on_child(self, child_id, sup_id, make_event) -> Result:
+        sup = self._owner(child_id, sup_id)
+        return sup if isinstance(sup, Result) else await sup.call(make_event)
+
+    def _owner(self, child_id: str, sup_id: str | None) -> Supervisor | Result:
+        """The supervisor named ``sup_id``, or the one ``child_id`` is under; else ``not_found``."""
+        sup = self.supervisor(sup_id) if sup_id else self.root.find(child_id)
+        if sup is None:
+            where = f"supervisor {sup_id!r}" if sup_id else f"child {child_id!r}"
+            return Result("not_found", detail=f"no {where}")
+        return sup
+
+    def _id_clash(self, spec: AnySpec, target: Supervisor) -> Result | None:
+        for _, sub in walk(spec):
+            owner = self.root.find(sub.id)
+            if owner is not None and owner is not target or self.root.find_supervisor(sub.id):
+                where = owner.spec.id if owner else sub.id
+                return Result("invalid", detail=f"id {sub.id!r} is already used in this node (under {where!r})")
+        return None
+
+    # --- reports: logs and events -----------------------------------------------------------
+
+    def _report(self, event: NodeEvent) -> None:
+        _log_event(event)
+        for listener in list(self.listeners):
+            listener(event)
+
+
+def tree_env(folder, root: SupervisorSpec) -> dict[str, str]:
+    """What every child of the tree finds in its environment from the node: its folder, and
+    ``OTPY_REGISTRY=1`` when the tree has a registry (a child asks it for its configuration;
+    never guessed from a socket file, which a previous run may have left)."""
+    from ..variables.placement import REGISTRY_ENV, REGISTRY_ID, REGISTRY_PROGRAM
+
+    env = {"OTPY_NODE_DIR": str(folder)}
+    if any(sub.id == REGISTRY_ID and getattr(sub, "program", None) == REGISTRY_PROGRAM for _, sub in walk(root)):
+        env[REGISTRY_ENV] = "1"
+    return env
+
+
+def already_running(name: str, pid: int) -> str:
+    """The one wording of a refused second start (the node, and ``otpy start --detach``)."""
+    return f"node {name!r} is already running (pid {pid or 'unknown'})"
+
+
+def raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit, once per process.
+
+    libzmq aborts the whole process (not an error) when it cannot get an fd; a node with
+    many agents and clients needs more than the usual soft 1024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else _nr_open()
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.debug("otpy: cannot raise the open files limit from %d to %d: %s", soft, target, exc)
+    else:
+        log.debug("otpy: open files limit raised from %d to %d", soft, target)
+
+
+def _nr_open() -> int:
+    """The kernel's cap on a process's fds (what an unlimited hard limit means in practice)."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+def _tree(entry: dict[str, Any]) -> dict[str, Any]:
+    if entry["children"] is None:
+        del entry["children"]
+    else:
+        entry["children"] = [_tree(c) for c in entry["children"]]
+    return entry
+
+
+def _log_event(e: NodeEvent) -> None:
+    level, text = describe_event(e)
+    log.log(level, "otpy[%s]: %s", e.node, text)
+
+
+def describe_event(e: NodeEvent) -> tuple[int, str]:
+    """An event as the node's log shows it: (logging level, text)."""
+    who = e.child or e.supervisor
+    pid = f" pid {e.pid}" if e.pid else ""
+    detail = f": {e.detail}" if e.detail else ""
+    text = {
+        "started": f"{who} started{pid} (under {e.supervisor})",
+        "exited": f"{who} exited{detail}",
+        "stopped": f"{who} stopped{pid}{detail}",
+        "restarting": f"{who} restarting (under {e.supervisor})",
+        "start_failed": f"{who} failed to start{detail}",
+        "gave_up": f"supervisor {e.supervisor} gave up{detail}",
+        "auto_shutdown": f"supervisor {e.supervisor} shuts down: significant child {who} ended",
+        "node_stopping": "stopping in order",
+    }.get(e.kind, f"{e.kind} {who}{detail}")
+    level = logging.WARNING if e.kind in ("exited", "start_failed", "gave_up") else logging.INFO
+    return level, text
+
+
+class Node:
+    """The synchronous face of a node, for scripts: the loop runs in a background thread.
+
+    Every method blocks until the operation is done, with the same outcomes as AsyncNode.
+    """
+
+    def __init__(self, spec: NodeSpec, **kwargs) -> None:
+        self._spec = spec
+        self._kwargs = kwargs
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.aio: AsyncNode | None = None
+        self._caller = None  # an otpy.Caller, made on the first call
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike, **kwargs) -> "Node":
+        from ..topology.load import load_topology
+
+        return cls(load_topology(path).node, **kwargs)
+
+    @classmethod
+    def from_spec(cls, root: SupervisorSpec, name: str = "node", **kwargs) -> "Node":
+        return cls(NodeSpec(name=name, root=root), **kwargs)
+
+    def start(self) -> "Node":
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"otpy-{self._spec.name}", daemon=True)
+        self._thread.start()
+
+        async def make_and_start():
+            self.aio = AsyncNode(self._spec, **self._kwargs)
+            await self.aio.start()
+
+        try:
+            self._run(make_and_start())
+        except BaseException:
+            self._close_loop()
+            raise
+        return self
+
+    def stop(self) -> ExitReason | None:
+        if self._caller is not None:
+            self._caller.close()
+            self._caller = None
+        if self._loop is None:
+            return None
+        try:
+            return self._run(self.aio.stop())
+        finally:
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        loop, self._loop = self._loop, None
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(timeout=10)
+        loop.close()
+
+    def __enter__(self) -> "Node":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _call(self, fn, *args):
+        async def on_loop():
+            return fn(*args)
+
+        return self._run(on_loop())
+
+    def start_child(self, sup_id: str, spec: AnySpec) -> Result:
+        return self._run(self.aio.start_child(sup_id, spec))
+
+    def start_from_template(self, sup_id: str, template: str, child_id: str, args=None) -> Result:
+        return self._run(self.aio.start_from_template(sup_id, template, child_id, args))
+
+    def terminate_child(self, child_id: str, sup_id: str | None = None) -> Result:
+        return self._run(self.aio.terminate_child(child_id, sup_id))
+
+    def restart_child(self, child_id: str, sup_id: str | None = None) -> Result:
+        return self._run(self.aio.restart_child(child_id, sup_id))
+
+    def delete_child(self, child_id: str, sup_id: str | None = None) -> Result:
+        return self._run(self.aio.delete_child(child_id, sup_id))
+
+    def which_children(self, sup_id: str | None = None) -> list[dict[str, Any]]:
+        return [msgspec.structs.asdict(c) for c in self._call(self.aio.which_children, sup_id)]
+
+    def count_children(self, sup_id: str | None = None) -> dict[str, int]:
+        return self._call(self.aio.count_children, sup_id)
+
+    def reconfigure(self, sup_id: str | None, source: str, target: AnySpec) -> Result:
+        return self._run(self.aio.reconfigure(sup_id, source, target))
+
+    def set_variables(self, scope: str, values: dict[str, Any]) -> Result:
+        return self._run(self.aio.set_variables(scope, values))
+
+    def call(self, agent_id: str, inputs: dict[str, Any] | None = None, *, timeout: float = 5.0,
+             retries: int = 0) -> dict[str, Any]:
+        """Call an agent of this node: straight to its socket (see ``otpy.Caller.call``)."""
+        from ..wire.calls import Caller
+
+        if self._caller is None:
+            self._caller = Caller(self.name)
+        return self._caller.call(agent_id, inputs, timeout=timeout, retries=retries)
+
+    def status(self) -> dict[str, Any]:
+        status = self._call(self.aio.status)
+        return {"node": status.node, "pid": status.pid, "tree": _tree(msgspec.to_builtins(status.tree))}
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
+

@@ -1,0 +1,346 @@
+"""The supervisor shell: runs a state machine on the node's event loop and carries out its effects.
+
+One ``Supervisor`` per supervisor in the tree, static or dynamic. It owns an inbox (an
+``asyncio.Queue``) and handles one event at a time, like OTP's gen_server loop: while it
+starts or stops a child it is busy, and whatever arrives meanwhile waits in the inbox.
+Decisions are the machine's (``_machine``, ``_dynamic``); processes are the process
+manager's (``_processes``); this module only connects the two.
+
+Supervisors run inside the node process, workers in their own OS processes. A child
+supervisor is a ``Supervisor`` object whose ``exited`` future plays the role of an OS exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from typing import Callable, Protocol
+
+from ..supervision.dynamic import DynamicMachine
+from ..supervision.effects import (
+    ChildExited, Effect, Event, Exit, Init, Post, Reply, Report, Result, Spawn, SpawnFailed,
+    SpawnOk, Stop, StopSupervisor, Swap,
+)
+from ..supervision.exit import ExitReason, should_restart
+from ..supervision.machine import Child, StaticMachine
+from ..processes.manager import ChildProcess, ProcessManager, StartFailed
+from ..wire.protocol import ChildInfo, EventKind, NodeEvent, TreeEntry
+from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, Shutdown, SupervisorSpec
+
+log = logging.getLogger("otpy")
+
+KILLED = ExitReason(kind="killed", detail="supervisor killed after its shutdown timeout")
+# Every supervision event, as the one type the events socket publishes; the node logs it too.
+Reporter = Callable[[NodeEvent], None]
+
+_refs = itertools.count(1)
+
+
+class Handle(Protocol):
+    """What a supervisor needs of a running child: a worker process or a child supervisor."""
+
+    spec: AnySpec
+    pid: int | None
+    exited: asyncio.Future
+
+    async def stop(self, shutdown: Shutdown) -> ExitReason: ...
+
+
+class Supervisor:
+    """A running supervisor. Create it, ``await start()``, then talk to it with ``call``."""
+
+    def __init__(
+        self,
+        spec: SupervisorSpec | DynamicSupervisorSpec,
+        *,
+        processes: ProcessManager,
+        report: Reporter,
+        node: str = "",
+        clock: Callable[[], float] = time.monotonic,
+        child_env: dict[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.node = node  # the node's name, in every event
+        self.machine = DynamicMachine(spec) if isinstance(spec, DynamicSupervisorSpec) else StaticMachine(spec)
+        self.pid = os.getpid()
+        self.started_at: float | None = None
+        self._processes = processes
+        self._report = report
+        self._clock = clock
+        # Children learn their supervisors, nearest first: scopes of variables follow them.
+        above = (child_env or {}).get("OTPY_SUPERVISORS")
+        self._child_env = {**(child_env or {}), "OTPY_SUPERVISORS": f"{spec.id},{above}" if above else spec.id}
+        self._handles: dict[str, Handle] = {}
+        self._replacements: dict[str, Handle] = {}  # started by a Reconfigure, not yet swapped in
+        self._retiring: dict[asyncio.Task, tuple[str, Handle]] = {}  # replaced by a Reconfigure, being stopped
+        self._inbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+        self.exited: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
+        self.error: str | None = None  # why init failed, or the last give-up
+
+    def __repr__(self) -> str:
+        state = "running" if not self.exited.done() else f"exited: {self.exited.result()}"
+        return f"<Supervisor {self.spec.id} {self.spec.kind} {state}>"
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the children in order (OTP's ``start_link``). Raises StartFailed on failure."""
+        await self._drive(Init())
+        if self.exited.done():
+            raise StartFailed(self.error or f"supervisor {self.spec.id!r} failed to start")
+        self.started_at = time.monotonic()
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"otpy:{self.spec.id}")
+
+    async def stop(self, shutdown: Shutdown = "infinity") -> ExitReason:
+        """Ask for an ordered shutdown; after ``shutdown`` seconds, kill the subtree instead."""
+        if self.exited.done():
+            return self.exited.result()
+        if shutdown == "brutal_kill":
+            return await self.kill()
+        self._inbox.put_nowait(StopSupervisor())
+        if shutdown == "infinity":
+            return await asyncio.shield(self.exited)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.exited), shutdown)
+        except TimeoutError:
+            return await self.kill()
+
+    async def kill(self, reason: ExitReason = KILLED) -> ExitReason:
+        """Stop serving and SIGKILL every process below, at once (``brutal_kill`` of a supervisor)."""
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+        handles = [*self._handles.values(), *(h for _, h in self._retiring.values()),
+                   *self._replacements.values()]
+        self._handles = {}
+        await asyncio.gather(*(h.stop("brutal_kill") for h in handles), return_exceptions=True)
+        self._finish(reason)
+        return reason
+
+    def _event(self, kind: EventKind, child: str | None, pid: int | None = None, detail: str = "") -> None:
+        self._report(NodeEvent(kind=kind, node=self.node, supervisor=self.spec.id, child=child, pid=pid,
+                               detail=detail, time=time.time()))
+
+    def _retire(self, id: str, old: Handle) -> None:
+        """Stop the incarnation a Reconfigure replaced, without blocking the inbox meanwhile: it
+        is no longer a child (its exit is stale), but the supervisor waits for it before it exits."""
+
+        async def stop() -> None:
+            reason = await old.stop(old.spec.shutdown)
+            self._event("stopped", id, old.pid, str(reason))
+
+        task = asyncio.ensure_future(stop())
+        self._retiring[task] = (id, old)
+        task.add_done_callback(lambda t: self._retiring.pop(t, None))
+
+    async def call(self, make_event: Callable[[asyncio.Future], Event]) -> Result:
+        """Queue an administrative event behind the others and wait for its reply."""
+        if self.exited.done():
+            return Result("not_found", detail=f"supervisor {self.spec.id!r} is not running")
+        reply: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(make_event(reply))
+        done, _ = await asyncio.wait({reply, self.exited}, return_when=asyncio.FIRST_COMPLETED)
+        if reply.done():
+            return reply.result()
+        return Result("not_found", detail=f"supervisor {self.spec.id!r} stopped")
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        try:
+            while not self.exited.done():
+                await self._drive(await self._inbox.get())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in otpy: crash this supervisor, not the node
+            log.exception("supervisor %s crashed", self.spec.id)
+            await self.kill(ExitReason(kind="crashed", detail=f"supervisor crashed: {exc!r}"))
+
+    async def _drive(self, event: Event) -> None:
+        effects = self.machine.handle(event, self._clock())
+        while effects:
+            feedback: Event | None = None
+            for effect in effects:
+                feedback = await self._carry_out(effect) or feedback
+            effects = self.machine.handle(feedback, self._clock()) if feedback else []
+
+    async def _carry_out(self, effect: Effect) -> Event | None:
+        match effect:
+            case Spawn(spec, replacing):
+                return await self._spawn(spec, replacing)
+            case Swap(id):
+                old, self._handles[id] = self._handles[id], self._replacements.pop(id)
+                self._retire(id, old)
+            case Stop(ids, parallel):
+                await self._stop(ids, parallel)
+            case Post(event):
+                self._inbox.put_nowait(event)
+            case Reply(ref, result):
+                if isinstance(ref, asyncio.Future) and not ref.done():
+                    ref.set_result(result)
+            case Report(kind, child, detail):
+                self._event(kind, child, None, detail)
+                if kind == "gave_up":
+                    self.error = detail
+            case Exit(reason, error):
+                self.error = error or self.error
+                await asyncio.gather(*self._retiring)  # sources of reconfigurations still draining
+                self._finish(reason)
+        return None
+
+    async def _spawn(self, spec: AnySpec, replacing: bool = False) -> Event:
+        ref = next(_refs)
+        try:
+            handle = await self._start_handle(spec)
+        except StartFailed as exc:
+            return SpawnFailed(spec.id, str(exc))
+        (self._replacements if replacing else self._handles)[spec.id] = handle
+        handle.exited.add_done_callback(
+            lambda fut: self._inbox.put_nowait(ChildExited(spec.id, ref, fut.result()))
+        )
+        self._event("started", spec.id, handle.pid)
+        return SpawnOk(spec.id, ref, handle.pid)
+
+    async def _start_handle(self, spec: AnySpec) -> Handle:
+        if isinstance(spec, ChildSpec):
+            return await self._processes.spawn(spec, env=self._child_env)
+        child = Supervisor(spec, processes=self._processes, report=self._report, node=self.node,
+                           clock=self._clock, child_env=self._child_env)
+        try:
+            await child.start()
+        except BaseException:  # cancelled meanwhile: what it started must not outlive it
+            await child.kill()
+            raise
+        return child
+
+    async def _stop(self, ids: tuple[str, ...], parallel: bool) -> None:
+        # A handle leaves the table only once it is dead: a kill() meanwhile still finds it.
+        handles = [(i, self._handles[i]) for i in ids if i in self._handles]
+        # An id is stopped once no incarnation of it runs: one a Reconfigure replaced, still
+        # draining, is waited for too (terminate_child returns when the child is dead).
+        draining = [task for task, (i, _) in self._retiring.items() if i in ids]
+        if parallel:
+            reasons = await asyncio.gather(*(h.stop(h.spec.shutdown) for _, h in handles))
+            for (i, h), reason in zip(handles, reasons):
+                self._forget(i, h)
+                self._event("stopped", i, h.pid, str(reason))
+        else:
+            for i, h in handles:
+                reason = await h.stop(h.spec.shutdown)
+                self._forget(i, h)
+                self._event("stopped", i, h.pid, str(reason))
+        if draining:
+            await asyncio.gather(*draining, return_exceptions=True)
+
+    def _forget(self, id: str, handle: Handle) -> None:
+        if self._handles.get(id) is handle:
+            del self._handles[id]
+
+    def _finish(self, reason: ExitReason) -> None:
+        if not self.exited.done():
+            self.exited.set_result(reason)
+        while not self._inbox.empty():  # answer whoever is still waiting
+            event = self._inbox.get_nowait()
+            ref = getattr(event, "ref", None)
+            if isinstance(ref, asyncio.Future) and not ref.done():
+                ref.set_result(Result("not_found", detail=f"supervisor {self.spec.id!r} stopped"))
+
+    # --- what the tree looks like -----------------------------------------------------------
+
+    def find(self, child_id: str) -> "Supervisor | None":
+        """The supervisor (this one or one below) that has a child named ``child_id``."""
+        if child_id in self.machine.children:
+            return self
+        for handle in self._handles.values():
+            if isinstance(handle, Supervisor) and (found := handle.find(child_id)):
+                return found
+        return None
+
+    def find_supervisor(self, sup_id: str) -> "Supervisor | None":
+        if self.spec.id == sup_id:
+            return self
+        for handle in self._handles.values():
+            if isinstance(handle, Supervisor) and (found := handle.find_supervisor(sup_id)):
+                return found
+        return None
+
+    def handle_of(self, child_id: str) -> Handle | None:
+        return self._handles.get(child_id)
+
+    def children_info(self) -> list[ChildInfo]:
+        """Each child as ``which_children`` shows it: id, pid, state, kind, restarts.
+
+        The machine's table changes only when the supervisor handles an event, and it may be
+        busy for seconds (a slow start, a long stop); meanwhile a child may die. The answer
+        is the truth between events: a child whose process is dead is never ``running`` and
+        has no pid; it is ``restarting`` if its exit will restart it (the decision table),
+        else ``stopped``. A child the chain in progress is about to start is ``restarting``
+        (a restart) or ``starting`` (init, ``start_child``, ``restart_child``); one the
+        supervisor is stopping, still alive, is ``stopping`` with its pid.
+
+        "Dead" is the kernel's word, not only the zygote's report, which may lag: the reports
+        already sent are handled first, then each child still shown running is checked in
+        ``/proc`` (``ProcessManager.kernel_view``: a zombie, a pid gone or reused is dead).
+        """
+        dead = self._processes.kernel_view()
+        return [self._child_info(self.machine.children[i], dead) for i in self.machine.order]
+
+    def _child_info(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None]) -> ChildInfo:
+        state, pid = self._shown_state(child, dead)
+        return ChildInfo(id=child.id, kind=child.spec.kind, state=state, pid=pid, restarts=child.restarts)
+
+    def _shown_state(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None]) -> tuple[str, int | None]:
+        handle = self._handles.get(child.id)
+        alive = handle is not None and not handle.exited.done() and not self.exited.done()
+        if child.state == "running":
+            died = dead(handle) if alive and isinstance(handle, ChildProcess) else None
+            if alive and died is None:
+                return "running", child.pid
+            reason = died or (_exit_of(handle) if handle is not None else None)
+            return ("restarting" if self._will_restart(child, reason) else "stopped"), None
+        if child.state == "stopped":
+            purpose = self.machine.starting_for(child.id)
+            if purpose is not None and not self.exited.done():
+                return ("restarting" if purpose == "restart" else "starting"), None
+            if alive:
+                return "stopping", handle.pid
+        return child.state, None
+
+    def _will_restart(self, child: Child, reason: ExitReason | None) -> bool:
+        """Whether the exit of ``child`` for ``reason``, dead but not yet handled, will restart it."""
+        if reason is None or self.exited.done() or self.machine.phase == "terminated":
+            return False  # no exit to judge, or the supervisor is stopping: no restarts
+        return should_restart(child.spec.restart, reason)
+
+    def snapshot(self, restarts: int = 0) -> TreeEntry:
+        """This supervisor and everything below it, as ``otpy status`` shows it; ``restarts``
+        is this supervisor's own count, which its parent knows."""
+        now = time.monotonic()  # the clock of every started_at
+        children = []
+        for info in self.children_info():
+            handle = self._handles.get(info.id) if info.state == "running" else None
+            if isinstance(handle, Supervisor):
+                children.append(handle.snapshot(info.restarts))
+                continue
+            started = getattr(handle, "started_at", None)
+            children.append(TreeEntry(
+                id=info.id, kind=info.kind, state=info.state, pid=info.pid, restarts=info.restarts,
+                uptime=_uptime(now, started) if info.state == "running" else None, children=None if info.kind == "worker" else []))
+        running = not self.exited.done()
+        return TreeEntry(id=self.spec.id, kind=self.spec.kind, state="running" if running else "stopped",
+                         pid=self.pid, restarts=restarts, uptime=_uptime(now, self.started_at) if running else None,
+                         children=children)
+
+
+def _uptime(now: float, started: float | None) -> float | None:
+    return None if started is None else round(now - started, 3)
+
+def _exit_of(handle: Handle) -> ExitReason | None:
+    """A dead handle's exit reason; None if it has none (no ChildExited will come for it)."""
+    done = handle.exited
+    if not done.done() or done.cancelled() or done.exception() is not None:
+        return None
+    return done.result()

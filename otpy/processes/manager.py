@@ -1,0 +1,451 @@
+"""The process manager: the one place that spawns, stops and reaps a node's OS processes.
+
+Children are forked by the node's zygote (``_zygote``), which reaps them and reports each
+death; the node learns of it from the zygote's socket, never by polling. Everything here
+runs on the node's asyncio loop, which may be in any thread: readers on fds only, no
+signal handlers. The only timers are deadlines: the start and shutdown timeouts, and the
+zygote's heartbeat (``_heartbeat``: a stopped or hung zygote is killed and replaced).
+
+A child's life: ``spawn`` returns after READY (or after exec, for ``ready="exec"``);
+``exited`` resolves with its ExitReason once it is dead; ``stop`` applies OTP's shutdown
+(SIGTERM, wait, SIGKILL) and waits for the death. Whatever is left in a dead child's
+process group is SIGKILLed, so no grandchild outlives it.
+
+If the zygote dies, its children are SIGKILLed (their parent-death signal, and here by
+process group), then every process of the run (``OTPY_NODE_RUN``: a ``setsid`` grandchild
+that init adopted too); whoever is their parent now reaps them. The children end ``lost``
+(otpy's loss: their supervisors restart them without charging the intensity) and the next
+spawn starts a new zygote, once that sweep is over. A zygote's death never fails a start by
+itself: one that dies as it boots is replaced, the spawn waiting for the next; a spawn in
+flight when the zygote dies (its request sent, or its child not READY yet) is tried once
+more on the next zygote. Only a zygote that keeps dying (more than ``ZYGOTE_DEATHS_MAX``
+deaths in ``ZYGOTE_DEATHS_WINDOW`` s) makes spawns fail, ``the zygote keeps dying``: an
+ordinary start failure, charged. So a module whose import kills the zygote costs at most
+two zygote deaths a start, and the bound, then the intensity, ends it.
+
+A node out of fds (``EMFILE``) still spawns: see ``_fd_reserve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Callable
+
+from ..supervision.exit import ExitReason, from_wait_status
+from .fd_reserve import FdReserve, pipes
+from .linux import children_of, has_image, kill_group, proc_stat, signal_quietly
+from ..host.node_run import new_run_id
+from .zygote_link import LineReader, ZygoteDied, ZygoteLink, live_zygotes, sweep_run
+from ..wire.protocol import Exited, Spawn, Spawned, SpawnFailed
+from ..specs.model import ChildSpec, Shutdown
+
+log = logging.getLogger("otpy")
+
+OutputHandler = Callable[[str, str], None]
+READY_LINES = frozenset({"READY", "READY=1", ""})
+ZYGOTE_DEATHS_MAX = 5  # more zygote deaths than this within ZYGOTE_DEATHS_WINDOW s:
+ZYGOTE_DEATHS_WINDOW = 10.0  # spawns fail (StartFailed) until the window has room again
+LOST = ExitReason(kind="lost", detail="the zygote died")  # otpy's loss: restarted, not charged
+CLOSED = ExitReason(kind="killed", detail="process manager closed")
+
+
+class StartFailed(Exception):
+    """A child did not reach READY; ``str()`` says why. Raised by ``ProcessManager.spawn``."""
+
+
+class _SpawnLost(StartFailed):
+    """A start cut short by the zygote's death (the child ended ``lost``): worth one retry."""
+
+
+def print_output(child_id: str, line: str) -> None:
+    print(f"[{child_id}] {line}", file=sys.stderr)
+
+
+# --- one child ----------------------------------------------------------------------------
+
+
+class ChildProcess:
+    """A handle on one child process, made by ``ProcessManager.spawn``.
+
+    ``exited`` resolves with the ExitReason once the process is dead (reaped).
+    ``started_at`` is ``time.monotonic()`` at READY.
+    """
+
+    def __init__(self, spec: ChildSpec, loop: asyncio.AbstractEventLoop, notify_fd: int) -> None:
+        self.id = spec.id
+        self.spec = spec
+        self.pid = 0
+        self.started_at: float | None = None
+        self.start_time: int | None = None  # /proc/<pid>/stat field 22: tells a reused pid
+        self.exited: asyncio.Future[ExitReason] = loop.create_future()
+        self._ready: asyncio.Future[str | None] = loop.create_future()  # None, or why not
+        self.start_deadline = loop.time() + spec.start_timeout  # the zygote may be busy on it till then
+        self._reported: str | None = None
+        self._failure: str | None = None
+        self._said_ready = False  # READY may come before the zygote's Spawned
+        self._kill_when_spawned = False
+        self._notify = LineReader(loop, notify_fd, self._on_notify)
+
+    def __repr__(self) -> str:
+        if self.exited.done():
+            state = f"exited: {self.exited.result()}"
+        else:
+            state = "running" if self.started_at is not None else "starting"
+        return f"<ChildProcess {self.id} pid={self.pid} {state}>"
+
+    async def stop(self, shutdown: Shutdown) -> ExitReason:
+        """OTP's shutdown: SIGTERM, wait up to ``shutdown`` s for the death, then SIGKILL.
+
+        ``"brutal_kill"`` SIGKILLs at once, ``"infinity"`` waits for ever after SIGTERM.
+        Returns once the process is dead (and its group's leftovers SIGKILLed). Idempotent.
+        """
+        if not self.exited.done():
+            if shutdown == "brutal_kill":
+                self.kill()
+            else:
+                self.send_signal(signal.SIGTERM)
+                if shutdown != "infinity":
+                    try:
+                        await asyncio.wait_for(asyncio.shield(self.exited), float(shutdown))
+                    except TimeoutError:
+                        self.kill()
+        return await asyncio.shield(self.exited)
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the process (not its group); nothing once it is dead."""
+        if self.pid and not self.exited.done():
+            signal_quietly(os.kill, self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the process and its whole process group."""
+        if not self.pid:
+            self._kill_when_spawned = True
+        elif not self.exited.done():
+            kill_group(self.pid)
+            signal_quietly(os.kill, self.pid, signal.SIGKILL)  # if it left its group
+
+    # --- events, from the manager and the notify pipe ----------------------------------------
+
+    def kernel_exit(self) -> ExitReason | None:
+        """The death the kernel shows before the zygote's report of it is handled, else None.
+
+        A query must never show a dead pid running; the report may lag (the zygote reaps in
+        turn, the loop reads in turn). A zombie gives its wait status; a pid gone or reused
+        (another start time than at spawn) has none left: an abnormal exit, unless it said
+        ``EXIT shutdown``. One read of ``/proc/<pid>/stat``.
+        """
+        if not self.pid or self.exited.done():
+            return None
+        try:
+            stat = proc_stat(self.pid)
+        except OSError:
+            return None  # the kernel cannot say now (out of fds): the zygote's report will
+        same = stat is not None and self.start_time in (None, stat.start_time)  # None: not read
+        if same and stat.state not in "ZXx":
+            return None
+        self._notify.drain()  # an EXIT line written just before the end counts
+        if same:
+            return from_wait_status(stat.exit_code, self._reported)
+        return from_wait_status(1 << 8, self._reported)  # status gone with the pid: exit 1
+
+    def _on_spawned(self, pid: int) -> None:
+        self.pid = pid
+        try:
+            stat = proc_stat(pid)
+        except OSError:  # out of fds: no start time, so no reuse check for this child
+            stat = None
+        self.start_time = stat.start_time if stat is not None else None
+        if self._kill_when_spawned:
+            self.kill()
+            return
+        if self.spec.command is not None and self.spec.ready == "exec":
+            self._said_ready = True  # the zygote says Spawned once exec succeeded
+        self._become_ready()
+
+    def _on_notify(self, line: str) -> None:
+        if line in READY_LINES:
+            self._said_ready = True
+            self._become_ready()
+        elif line.startswith("FAILED"):
+            self._failure = line[len("FAILED"):].strip() or "the child reported FAILED"
+        elif line.startswith("EXIT "):
+            self._reported = line[len("EXIT "):].strip()
+
+    def _become_ready(self) -> None:
+        if self._said_ready and self.pid and not self._ready.done():
+            self.started_at = time.monotonic()
+            self._ready.set_result(None)
+
+    def _on_refused(self, reason: str) -> None:
+        self._finish(ExitReason(kind="failed", detail=reason), why=reason)
+
+    def _on_exited(self, status: int) -> None:
+        self._notify.drain()  # a READY, FAILED or EXIT written just before the end counts
+        self._finish(from_wait_status(status, self._reported))
+        kill_group(self.pid)  # leftovers; the zygote (their subreaper) reaps them
+
+    def _on_lost(self, reason: ExitReason) -> None:
+        self._finish(reason)
+
+    def _time_out(self) -> None:
+        if not self._ready.done():
+            self._ready.set_result(f"no READY within {self.spec.start_timeout} s")
+            self.kill()
+
+    def _finish(self, reason: ExitReason, why: str | None = None) -> None:
+        self._notify.close()
+        if not self._ready.done():
+            self._ready.set_result(why or self._failure or f"exited before READY: {reason}")
+        if not self.exited.done():
+            self.exited.set_result(reason)
+
+
+class ProcessManager:
+    """Spawns a node's children through its zygote; stops and reaps them.
+
+    ``run_id`` is the run's tag (``OTPY_NODE_RUN``, see ``_node_run``): the zygote and every
+    process below it carry it. None makes a new one (an embedding, a test).
+    """
+
+    def __init__(self, *, node_name: str, on_output: OutputHandler | None = None,
+                 run_id: str | None = None) -> None:
+        self.node_name = node_name
+        self.run_id = run_id or new_run_id()
+        self.on_output = on_output or print_output
+        self._zygote: ZygoteLink | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._requests: dict[int, ChildProcess] = {}  # sent, no reply yet
+        self._children: dict[int, ChildProcess] = {}  # by pid, until reaped
+        self._request_ids = itertools.count(1)
+        self._reaping: set[asyncio.Future] = set()
+        self._outputs: set[LineReader] = set()  # open until EOF, which may come after the exit
+        self._zygote_deaths: collections.deque[tuple[float, str]] = collections.deque()
+        self._reserve = FdReserve()
+        self._closing = False
+
+    @property
+    def children(self) -> list[ChildProcess]:
+        """The children that reached READY and are not dead yet."""
+        return [c for c in self._children.values() if c.started_at is not None and not c.exited.done()]
+
+    async def open(self) -> None:
+        """Take the fd reserve, start the zygote and wait until it is ready for spawn requests.
+
+        The node itself is not a subreaper (an embedding script's own orphans would become
+        its zombies): the zygote is, for everything below the agents.
+        """
+        self._reserve.fill()
+        try:
+            await self._ensure_zygote()
+        except BaseException:
+            self._reserve.release()  # nobody closes a manager that did not open
+            raise
+
+    async def spawn(self, spec: ChildSpec, *, env: dict[str, str] | None = None) -> ChildProcess:
+        """Start ``spec``; returns after READY (or exec). Raises StartFailed, with no process left.
+
+        Out of fds (``EMFILE``), the fd reserve makes room; if even that is not enough, it is
+        a failed start of this child like any other, with nothing left open. A start the
+        zygote's death cut short is tried once more on the next zygote (see the module).
+        """
+        try:
+            return await self._spawn_once(spec, env)
+        except _SpawnLost:
+            log.warning("otpy[%s]: the zygote died while %r started; starting it again",
+                        self.node_name, spec.id)
+        try:
+            return await self._spawn_once(spec, env)
+        except _SpawnLost as lost:
+            raise StartFailed(str(lost)) from None
+
+    async def _spawn_once(self, spec: ChildSpec, env: dict[str, str] | None) -> ChildProcess:
+        if self._closing:
+            raise StartFailed("the process manager is closed")
+        zygote = await self._ensure_zygote()
+        loop = asyncio.get_running_loop()
+        try:
+            (notify_r, notify_w), (output_r, output_w) = self._reserve.call(lambda: pipes(2))
+        except OSError as exc:
+            raise StartFailed(f"cannot make the child's pipes: {exc}") from None
+        self._outputs.add(LineReader(loop, output_r, lambda line: self.on_output(spec.id, line),
+                                     on_close=self._outputs.discard))
+        child = ChildProcess(spec, loop, notify_r)
+        request_id = next(self._request_ids)
+        self._requests[request_id] = child
+        try:
+            await zygote.send(Spawn(request_id=request_id, spec=spec, env=env or {}), (notify_w, output_w))
+        except Exception as exc:  # too large, not encodable, or the zygote just died
+            self._unsent(request_id, child, zygote, exc)
+        finally:
+            os.close(notify_w)
+            os.close(output_w)
+            self._reserve.fill()
+        return await self._until_ready(child, loop)
+
+    def _unsent(self, request_id: int, child: ChildProcess, zygote: ZygoteLink, exc: Exception) -> None:
+        """A request the zygote did not get. If the zygote is gone, its death ends the child
+        ``lost`` like any request in flight (now, if that death was handled already); else
+        the request itself is at fault: a failed start."""
+        if not zygote.gone:
+            self._requests.pop(request_id, None)
+            child._on_refused(f"cannot send the spawn request: {exc}")
+        elif zygote.returncode is not None and self._requests.pop(request_id, None) is child:
+            child._on_lost(self._lost_reason())
+
+    def kernel_view(self) -> Callable[[ChildProcess], ExitReason | None]:
+        """For a query: the zygote's reports already sent are handled now, then a check of
+        the kernel's word on a child: its exit if it is dead (zombie, gone, pid reused), else
+        None. Cheap: one read of the zygote's children for all, one ``readlink`` a child;
+        ``/proc/<pid>/stat`` only for a child these do not show alive and ours."""
+        zygote = self._zygote
+        if zygote is not None:
+            zygote.read_now()
+        below = children_of(zygote.pid) if zygote is not None else set()
+
+        def check(child: ChildProcess) -> ExitReason | None:
+            pid = child.pid
+            if pid in below and self._children.get(pid) is child and has_image(pid):
+                return None
+            return child.kernel_exit()
+
+        return check
+
+    async def close(self) -> None:
+        """SIGKILL every remaining child's group, wait for the deaths, stop the zygote."""
+        self._closing = True
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
+        while self._children or self._requests:
+            pending = [*self._children.values(), *self._requests.values()]
+            for child in pending:
+                child.kill()
+            await asyncio.gather(*(asyncio.shield(c.exited) for c in pending))
+        if self._zygote is not None:
+            await self._zygote.stop()
+        while self._reaping:
+            await asyncio.gather(*self._reaping)
+        for output in list(self._outputs):
+            output.drain()
+            output.close()
+        self._reserve.release()
+
+    # --- internals --------------------------------------------------------------------------
+
+    async def _until_ready(self, child: ChildProcess, loop: asyncio.AbstractEventLoop) -> ChildProcess:
+        timer = loop.call_later(child.spec.start_timeout, child._time_out)
+        try:
+            why_not = await asyncio.shield(child._ready)
+        except asyncio.CancelledError:
+            child.kill()
+            raise
+        finally:
+            timer.cancel()
+        if why_not is None:
+            return child
+        reason = await asyncio.shield(child.exited)  # a failed start leaves nothing running
+        if reason.kind == "lost":
+            raise _SpawnLost(why_not)
+        raise StartFailed(why_not)
+
+    async def _ensure_zygote(self) -> ZygoteLink:
+        """The running zygote; the first call after a death starts a new one.
+
+        A zygote that dies as it boots is otpy's fault like any zygote death: it is replaced
+        and the caller waits for the next one, until the zygote keeps dying (then StartFailed,
+        and the supervisors' intensity decides). Other errors (no fds, no fork) are StartFailed.
+        """
+        while self._zygote is None:
+            if self._closing:
+                raise StartFailed("the process manager is closed")
+            if self._starting is None:
+                self._check_zygote_deaths()
+                self._starting = asyncio.get_running_loop().create_task(self._start_zygote())
+            try:
+                await asyncio.shield(self._starting)
+            except ZygoteDied:
+                continue  # its death is counted (_on_zygote_death): the next round checks the bound
+            except Exception as exc:
+                raise StartFailed(f"cannot start the zygote: {exc}") from None
+        return self._zygote
+
+    def _check_zygote_deaths(self) -> None:
+        """StartFailed if the zygote died more than ZYGOTE_DEATHS_MAX times in the window.
+
+        A zygote that dies is otpy's loss, not its children's (they exit ``lost``, restarted
+        without charge); one that keeps dying would restart them for ever, so past this bound
+        each spawn is an ordinary failed start, charged to its supervisor's intensity.
+        """
+        now = time.monotonic()
+        while self._zygote_deaths and self._zygote_deaths[0][0] < now - ZYGOTE_DEATHS_WINDOW:
+            self._zygote_deaths.popleft()
+        if len(self._zygote_deaths) > ZYGOTE_DEATHS_MAX:
+            raise StartFailed(f"the zygote keeps dying: {len(self._zygote_deaths)} deaths in "
+                              f"{ZYGOTE_DEATHS_WINDOW:g} s, the last: {self._zygote_deaths[-1][1]}")
+
+    async def _start_zygote(self) -> None:
+        try:
+            while self._reaping:  # what the last zygote left is gone first (it carries the run tag too)
+                await asyncio.gather(*self._reaping, return_exceptions=True)
+            link = ZygoteLink(self.node_name, self.run_id, on_message=self._on_message,
+                              on_death=self._on_zygote_death)
+            await link.start(self._reserve, busy_until=self._busy_until)
+            self._zygote = link
+        finally:
+            self._starting = None
+
+    def _busy_until(self) -> float:
+        """Until when the zygote may rightly not answer a heartbeat: the pending requests'
+        start deadlines (it may be importing a program's module)."""
+        return max((c.start_deadline for c in self._requests.values()), default=0.0)
+
+    def _lost_reason(self) -> ExitReason:
+        """How a child of a dead zygote ends: ``lost``, unless the manager was closing it."""
+        return CLOSED if self._closing else LOST
+
+    def _on_message(self, message) -> None:
+        match message:
+            case Spawned(request_id=request_id, pid=pid):
+                child = self._requests.pop(request_id)
+                self._children[pid] = child
+                child._on_spawned(pid)
+            case SpawnFailed(request_id=request_id, reason=reason):
+                self._requests.pop(request_id)._on_refused(reason)
+            case Exited(pid=pid, status=status):
+                child = self._children.pop(pid, None)
+                if child is not None:
+                    child._on_exited(status)
+
+    def _on_zygote_death(self, link: ZygoteLink) -> None:
+        """Sweep what the zygote's run left; its children's ``exited`` resolve after that.
+
+        They end ``lost`` (otpy's loss, not theirs). The sweep kills every process of the
+        run but the node and live zygotes, and it is over before a new zygote starts
+        (``_start_zygote`` waits for it): no child of the next zygote is ever swept.
+        """
+        if self._zygote is link:
+            self._zygote = None
+        if not self._closing:
+            why = "it missed a heartbeat, killed" if link.stuck else f"status {link.returncode}"
+            self._zygote_deaths.append((time.monotonic(), why))
+            log.warning("otpy[%s]: the zygote died (%s)", self.node_name, why)
+        reason = self._lost_reason()
+        lost = [*self._requests.values(), *self._children.values()]
+        self._requests.clear()
+        self._children.clear()
+        reaped = asyncio.get_running_loop().run_in_executor(
+            None, sweep_run, self.run_id, {c.pid for c in lost if c.pid}, frozenset(live_zygotes))
+        self._reaping.add(reaped)
+
+        def resolve(_) -> None:
+            self._reaping.discard(reaped)
+            for child in lost:
+                child._on_lost(reason)
+
+        reaped.add_done_callback(resolve)

@@ -1,0 +1,474 @@
+"""The zygote: otpy's fork server. It forks every child of a node and reaps every one.
+
+The node starts one per node as ``python -m otpy.processes.zygote SOCKET_FD NODE_PID``. It imports
+the worker's modules once and freezes them for the garbage collector, so a forked worker
+starts with everything loaded (a restart costs a fork, not an interpreter). It is single
+threaded, never creates a ZeroMQ context, and is a child subreaper: orphaned grandchildren
+come back to it and are reaped here, so no zombie is left anywhere. Every child carries
+``OTPY_INCARNATION=<its pid>`` in its environment, and its descendants inherit it: an
+orphan whose incarnation is dead is killed (a helper that left its program's process group
+does not outlive the program). When the node dies the zygote gets SIGTERM (parent-death
+signal) and kills everything below it before it exits. Messages are in ``_protocol``.
+
+In a child, before the program or command runs: its own process group, the parent-death
+signal, default signal handling, ``/dev/null`` on fd 0, the output pipe on fds 1 and 2,
+the notify pipe on fd 3, no other fd, ``OTPY_*`` plus the spec's and request's environment.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import os
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import NoReturn
+
+import msgspec  # noqa: F401  (pre-imported for the workers)
+import zmq  # noqa: F401  (pre-imported for the workers)
+
+from otpy.agent import call_socket as _agent_socket
+from otpy.agent import worker as _worker
+from otpy.processes.linux import become_subreaper, die_with_parent, process_name, set_process_name
+from otpy.host.node_run import RUN_VAR, kill_run
+from otpy.agent.program import import_target
+from otpy.wire.protocol import ENCODER, TO_ZYGOTE, Exited, Hello, Init, Ping, Pong, Spawn, Spawned, SpawnFailed
+
+MAX_MESSAGE = 1 << 18
+MAX_FD = os.sysconf("SC_OPEN_MAX")
+NOTIFY_FD, ERROR_FD = 3, 4  # in the child; ERROR_FD is close-on-exec (commands only)
+SPARE_NAME = "otpy-spare"  # what ps shows for a spare while it waits
+
+
+class Zygote:
+    """The fork server's state: the node's socket, and the pids it spawned and not yet reaped."""
+
+    def __init__(self, sock: socket.socket, node_pid: int) -> None:
+        self.sock = sock
+        self.pid = os.getpid()
+        self.node_pid = node_pid
+        self.spawned: set[int] = set()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.modules_frozen = 0
+        self.name = process_name()  # what a spare is called again once it has its request
+        self.spare: Spare | None = None
+        self.terminating = False
+        self.children_file = f"/proc/{self.pid}/task/{self.pid}/children"
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Answer spawn requests and reap children until the node closes the socket."""
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "terminating", True))
+        signal.set_wakeup_fd(self.wake_w)
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        self.reap()  # a SIGCHLD before the handler was installed
+        while not self.terminating:
+            for fd, _ in poller.poll():
+                if fd == self.wake_r:
+                    self.drain_wakeups()
+                    self.reap()
+                elif not self.receive():
+                    self.terminating = True
+        self.kill_all()
+
+    def ensure_spare(self) -> None:
+        """Fork the next spare, unless one waits or no program was asked for yet."""
+        if self.spare is None and self.modules_frozen and not self.terminating:
+            try:
+                self.spare = self.fork_spare()
+            except OSError:
+                pass  # no spare: the next program is forked on request
+
+    def receive(self) -> bool:
+        """Handle one message; False when the node closed the socket."""
+        data, fds, flags, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 2)
+        if not data:
+            return False
+        if flags & socket.MSG_TRUNC:
+            raise RuntimeError(f"message larger than {MAX_MESSAGE} bytes")
+        match TO_ZYGOTE.decode(data):
+            case Ping():  # the node's heartbeat (``_heartbeat``): we are alive, and not stuck
+                self.send(Pong())
+            case Init() as init:
+                self.init(init)
+            case Spawn() as request:
+                self.spawn(request, data, fds)
+                self.ensure_spare()
+        return True
+
+    def send(self, message) -> None:
+        self.send_raw(ENCODER.encode(message))
+
+    def send_raw(self, data: bytes) -> None:
+        try:
+            self.sock.send(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the node is gone: its EOF (or the parent-death signal) ends the loop
+
+    def drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def reap(self) -> None:
+        """Reap every dead child; report the ones we spawned; then kill orphans of dead programs."""
+        reaped = False
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            reaped = True
+            if self.spare is not None and pid == self.spare.pid:  # killed while it waited
+                self.spare.close()
+                self.spare = None
+                _forget_spare_socket(pid)
+            if pid in self.spawned:
+                self.spawned.discard(pid)
+                self.send(Exited(pid=pid, status=status))
+        if reaped:
+            self.kill_orphans()
+
+    def children(self) -> list[int]:
+        """This process's children now, spawned or adopted (Linux's ``task/*/children``)."""
+        try:
+            with open(self.children_file) as f:
+                return [int(pid) for pid in f.read().split()]
+        except OSError:
+            return []
+
+    def kill_orphans(self) -> None:
+        """SIGKILL adopted processes whose program (``OTPY_INCARNATION``) is dead. An orphan of a
+        live program (a daemon it started) is left alone; reaping it later is ours."""
+        spare = self.spare.pid if self.spare is not None else None
+        for pid in self.children():
+            if pid not in self.spawned and pid != spare and _incarnation_of(pid) not in self.spawned:
+                _kill_group(pid)
+
+    def kill_all(self) -> None:
+        """The node is gone or closing: kill everything of this run, then reap what is below,
+        until nothing is left (2 s at most).
+
+        The run tag (``OTPY_NODE_RUN``) finds what left the tree: a process reparented to
+        init before it could come back to us, one in another session. The node is spared.
+        """
+        if run_id := os.environ.get(RUN_VAR):
+            kill_run(run_id, spare={self.pid, self.node_pid})
+        deadline = time.monotonic() + 2.0
+        while (below := self.children()) and time.monotonic() < deadline:
+            for pid in below:
+                _kill_group(pid)
+            try:
+                os.waitpid(-1, 0)  # one death; its orphans are ours on the next round
+            except ChildProcessError:
+                break
+        self.spawned.clear()
+
+    # --- requests -------------------------------------------------------------------------
+
+    def init(self, init: Init) -> None:
+        sys.path[:] = init.sys_path
+        os.chdir(init.cwd)
+        os.environ.clear()
+        os.environ.update(init.env)
+        if node := os.environ.get("OTPY_NODE"):
+            _agent_socket.make_agents_dir(node)  # once, for every spare's warm-up
+        self.send(Hello(pid=os.getpid()))
+
+    def spawn(self, request: Spawn, data: bytes, fds: list[int]) -> None:
+        try:
+            if len(fds) != 2:
+                raise _Refused(f"spawn request carried {len(fds)} fds, not 2")
+            if request.spec.program:
+                pid = self.start_program(request, data, *fds)
+            else:
+                pid = self.fork_command(request, *fds)
+        except (_Refused, OSError) as refused:
+            reason = str(refused) if isinstance(refused, _Refused) else f"fork failed: {refused}"
+            self.send(SpawnFailed(request_id=request.request_id, reason=reason))
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self.spawned.add(pid)
+        self.send(Spawned(request_id=request.request_id, pid=pid))
+
+    def start_program(self, request: Spawn, data: bytes, notify: int, output: int) -> int:
+        """Hand the request to the waiting spare; fork one only when none can take it."""
+        if self.preload(request.spec.program) and self.spare is not None:
+            self.spare.close()  # forked before the program was imported: it exits by itself
+            self.spare = None
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            try:
+                return spare.assign(data, notify, output)
+            except OSError:  # it died meanwhile (its exit is reaped unreported): fork instead
+                _forget_spare_socket(spare.pid)
+            finally:
+                spare.close()
+        pid = os.fork()
+        if pid == 0:
+            self.in_child(self.run_program, request, notify, output)
+        return pid
+
+    def fork_spare(self) -> Spare:
+        """A child that does now what every program child does first, then waits for a request."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                ours.detach()
+                self.in_child(self.wait_as_spare, theirs)
+        finally:
+            theirs.close()
+        return Spare(pid, ours)
+
+    def fork_command(self, request: Spawn, notify: int, output: int) -> int:
+        """Fork and exec; the close-on-exec error pipe says whether exec succeeded."""
+        error_r, error_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            self.in_child(self.exec_command, request, notify, output, error_w)
+        os.close(error_w)
+        try:
+            error = _read_all(error_r)
+        finally:
+            os.close(error_r)
+        if error:
+            os.waitpid(pid, 0)
+            raise _Refused(f"exec failed: {error.decode(errors='replace')}")
+        return pid
+
+    def preload(self, target: str) -> bool:
+        """Import the program in the zygote, so that every fork of it finds it loaded.
+        True when that imported something new (a spare forked before lacks it)."""
+        try:
+            import_target(target)
+        except BaseException as exc:
+            raise _Refused(f"cannot import {target!r}: {type(exc).__name__}: {exc}") from None
+        if len(sys.modules) == self.modules_frozen:
+            return False
+        gc.freeze()
+        self.modules_frozen = len(sys.modules)
+        return True
+
+    # --- in the child ---------------------------------------------------------------------
+
+    def in_child(self, body, *args) -> NoReturn:
+        """Run ``body(*args)`` in the forked child; never return into the zygote's loop."""
+        try:
+            self.sock.detach()  # its fd is closed below; the object must not close another
+            body(*args)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(1)
+
+    def enter_child(self, request: Spawn, notify: int, output: int, *, exec_: bool, error: int = -1) -> None:
+        """Turn this fork into a fresh child: its fds first, so later errors can be reported."""
+        self.attach(request, notify, output, error)
+        self.detach(exec_)
+
+    def detach(self, exec_: bool) -> None:
+        """What makes a fork a child of its own: its process group, the parent-death signal,
+        default signal handling."""
+        os.setpgid(0, 0)
+        die_with_parent(self.pid)
+        _reset_signals(exec_)
+
+    def attach(self, request: Spawn, notify: int, output: int, error: int = -1, *, warm: bool = False) -> None:
+        """What makes it this request's child: fds 0-4, no other fd, environment, cwd.
+
+        ``warm``: a spare's, whose ZeroMQ fds (above 4) stay open; only the fds the hand-over
+        brought are closed, and the placeholders it kept on 3 and 4.
+        """
+        spec = request.spec
+        given = (notify, output, error, self.devnull)
+        notify, output, error, devnull = moved = tuple(_above(fd, ERROR_FD) for fd in given)
+        os.dup2(devnull, 0)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.dup2(notify, NOTIFY_FD)
+        if error >= 0:
+            os.dup2(error, ERROR_FD, inheritable=False)
+        if warm:
+            for fd in {*given, *moved, ERROR_FD} - {-1, 0, 1, 2, NOTIFY_FD}:
+                os.close(fd)
+        else:
+            os.closerange(ERROR_FD + 1 if error >= 0 else ERROR_FD, MAX_FD)
+        os.environ.update({"OTPY_CHILD_ID": spec.id, "OTPY_NOTIFY_FD": str(NOTIFY_FD),
+                           "OTPY_INCARNATION": str(os.getpid())})
+        os.environ.update(spec.env)
+        os.environ.update(request.env)
+        if spec.cwd:
+            os.chdir(spec.cwd)
+
+    def run_program(self, request: Spawn, notify: int, output: int) -> NoReturn:
+        try:
+            self.enter_child(request, notify, output, exec_=False)
+        except Exception as exc:
+            _worker.fail(f"cannot start the child: {exc}")
+        sys.stdout.reconfigure(line_buffering=True)
+        _worker.run(request.spec)
+
+    def wait_as_spare(self, control: socket.socket) -> NoReturn:
+        """A spare: detached and warmed up ahead, it gets its request (and fds) from the zygote,
+        then runs like a program forked for it. The zygote closing ``control`` ends it."""
+        control = socket.socket(fileno=_above(control.detach(), ERROR_FD))
+        self.devnull = _above(self.devnull, ERROR_FD)
+        _close_all_but(control.fileno(), self.devnull)
+        for placeholder in (NOTIFY_FD, ERROR_FD):  # the warm-up's fds must go above these
+            os.dup2(self.devnull, placeholder)
+        self.detach(exec_=False)
+        set_process_name(SPARE_NAME)
+        if node := os.environ.get("OTPY_NODE"):
+            _agent_socket.warm_up(node)
+        data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 2)
+        control.close()
+        if not data:  # retired
+            _agent_socket.forget_warm()
+            os._exit(0)
+        set_process_name(self.name)
+        request = TO_ZYGOTE.decode(data)
+        try:
+            self.attach(request, *fds, warm=True)
+        except Exception as exc:
+            _worker.fail(f"cannot start the child: {exc}")
+        sys.stdout.reconfigure(line_buffering=True)
+        _worker.run(request.spec)
+
+    def exec_command(self, request: Spawn, notify: int, output: int, error: int) -> NoReturn:
+        argv = list(request.spec.command or ())
+        try:
+            self.enter_child(request, notify, output, exec_=True, error=error)
+        except Exception as exc:
+            _write_error(str(exc))
+        try:
+            if not argv:
+                raise ValueError("empty command")
+            os.execvpe(argv[0], argv, os.environ)
+        except OSError as exc:
+            _write_error(f"[Errno {exc.errno}] {exc.strerror}: {argv[0]!r}")
+        except BaseException as exc:
+            _write_error(f"{type(exc).__name__}: {exc}")
+
+
+class Spare:
+    """The zygote's end of a spare: its pid and the socket its request goes through."""
+
+    def __init__(self, pid: int, control: socket.socket) -> None:
+        self.pid = pid
+        self.control = control
+
+    def assign(self, data: bytes, notify: int, output: int) -> int:
+        """Send it the spawn request and its two fds; its pid is then the child's."""
+        socket.send_fds(self.control, [data], [notify, output])
+        return self.pid
+
+    def close(self) -> None:
+        self.control.close()
+
+
+class _Refused(Exception):
+    """A spawn request that leaves no child behind; its text is the reply's reason."""
+
+
+def _above(fd: int, highest: int) -> int:
+    """``fd``, moved above ``highest`` if it is one of the fds the child's dup2s overwrite."""
+    return fd if fd < 0 or fd > highest else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, highest + 1)
+
+
+def _forget_spare_socket(pid: int) -> None:
+    if node := os.environ.get("OTPY_NODE"):
+        _agent_socket.spare_socket_path(node, pid).unlink(missing_ok=True)
+
+
+def _close_all_but(*keep: int) -> None:
+    """Close every fd above 2 but ``keep``."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, MAX_FD)
+
+
+def _write_error(text: str) -> NoReturn:
+    """In a command child: tell the zygote, through the error pipe, why there is no exec."""
+    os.write(ERROR_FD, text.encode(errors="replace"))
+    os._exit(127)
+
+
+def _reset_signals(exec_: bool) -> None:
+    """What a fresh process has: Python's own defaults for a worker, SIG_DFL for a command."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the zygote's own handler is not the child's
+    if exec_:
+        for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+    else:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def _kill_group(pid: int) -> None:
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _incarnation_of(pid: int) -> int | None:
+    """The ``OTPY_INCARNATION`` a process inherited (None: not readable, or not ours)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            for entry in f.read().split(b"\0"):
+                if entry.startswith(b"OTPY_INCARNATION="):
+                    return int(entry[len(b"OTPY_INCARNATION="):])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _ensure_std_fds() -> None:
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)
+
+
+def main() -> None:
+    sock_fd, node_pid = int(sys.argv[1]), int(sys.argv[2])
+    die_with_parent(node_pid, signal.SIGTERM)  # caught: kill everything below, then exit
+    become_subreaper()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's to handle
+    _ensure_std_fds()
+    sock = socket.socket(fileno=sock_fd)
+    gc.freeze()
+    Zygote(sock, node_pid).serve()
+
+
+if __name__ == "__main__":
+    main()

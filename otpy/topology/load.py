@@ -1,0 +1,398 @@
+"""Topology files: read ``topology.toml``, check it, and turn it into ``_specs`` Structs.
+
+The file is written by people, so it is checked with pydantic against the tables of
+``_topology_file`` (strict types, unknown keys rejected), then against the rules pydantic
+cannot see, and every problem is reported at once, one per line, as
+``FILE: KEY.PATH[i].KEY: got X; expected Y``.
+
+>>> topology = parse_topology('''
+... [supervisor]
+... [[supervisor.children]]
+... id = "greeter"
+... program = "otpy.agent.program:Program"
+... ''')
+>>> topology.node.root.children[0].shutdown
+5.0
+>>> parse_topology('[supervisor]\\nmax_seconds = 0', source="t.toml")
+Traceback (most recent call last):
+...
+otpy.topology.load.TopologyError: t.toml: supervisor.max_seconds: got 0; expected a number > 0
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tomllib
+
+import msgspec
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Union
+
+from pydantic import ValidationError
+
+from ..agent.import_check import IMPORT_TIMEOUT, import_in_child
+from ..variables.placement import with_registry
+from ..specs.rules import (
+    NODE_SOCKETS, located_machine_problems, located_socket_problems, located_value_problems, node_value_problems, socket_path_problem,
+    toml_key,
+)
+from ..specs.model import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, ChildSpec
+from ..specs.model import DynamicSupervisorSpec, NodeSpec, SupervisorSpec
+from .toml_file import (
+    CHILD_TABLES, DynamicSupervisorTable, NodeTable,
+    RootSupervisorTable, SupervisorTable, TemplateTable, TopologyFile, WorkerTable, Table,
+    topology_json_schema,
+)
+from ..variables.types import VariableError
+
+__all__ = [
+    "Topology", "TopologyError", "check_programs", "load_topology", "parse_topology", "topology_json_schema",
+]
+
+
+class TopologyError(Exception):
+    """A topology file that cannot be used. ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A checked topology file: the node to run, and the tables other parts of otpy read."""
+
+    node: NodeSpec
+    path: str
+    raw_variables: dict[str, dict[str, dict]] = field(default_factory=dict)
+    raw_pipelines: dict[str, dict] = field(default_factory=dict)
+    raw_optimizer: dict[str, Any] = field(default_factory=dict)
+
+
+# Problems: "KEY.PATH: got X; expected Y".
+
+Problem = tuple[str, str]  # (key path, message)
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "list_type": "an array",
+    "greater_than_equal": "a number >= {ge:g}",
+    "greater_than": "a number > {gt:g}",
+    "too_short": "at least {min_length} item",
+    "finite_number": "a finite number",
+}
+_PATTERN_EXPECTED = {
+    NAME_PATTERN: NAME_EXPECTED,
+    PROGRAM_PATTERN: PROGRAM_EXPECTED,
+}
+
+
+_key = toml_key
+
+
+def _path(parts: tuple | list) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + _key(str(part))
+    return text
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _quote_all(names) -> str:
+    return ", ".join(repr(name) for name in names)
+
+
+def _plain_loc(loc: tuple) -> tuple:
+    """``loc`` without pydantic's union tags (``children, 0, 'worker'``) and ``[key]`` markers."""
+    parts: list = []
+    for part in loc:
+        if part == "[key]" or (parts and isinstance(parts[-1], int) and part in CHILD_TABLES):
+            continue
+        parts.append(part)
+    return tuple(parts)
+
+
+def _table_at(loc: tuple) -> type[Table] | None:
+    """The model of the table at pydantic's (tagged) ``loc``, to list its accepted keys."""
+    if not loc:
+        return TopologyFile
+    if loc == ("node",):
+        return NodeTable
+    if loc == ("supervisor",):
+        return RootSupervisorTable
+    if len(loc) >= 2 and isinstance(loc[-2], int) and loc[-1] in CHILD_TABLES:
+        return CHILD_TABLES[loc[-1]]
+    if len(loc) >= 2 and loc[-2] == "templates":
+        return TemplateTable
+    return None
+
+
+def _problem_from_pydantic(error: dict) -> Problem:
+    """One pydantic error as ``(key path, 'got X; expected Y')``."""
+    kind, loc, ctx, found = error["type"], error["loc"], error.get("ctx", {}), error.get("input")
+    path = _path(_plain_loc(loc))
+    if kind == "missing":
+        return path, "missing; this key is required"
+    if kind == "extra_forbidden":
+        table = _table_at(loc[:-1])
+        accepted = f"; accepted keys: {_quote_all(sorted(table.model_fields))}" if table else ""
+        return path, f"unknown key {loc[-1]!r}{accepted}"
+    if kind == "union_tag_invalid":
+        found = found.get("type") if isinstance(found, dict) else found
+        expected = f"one of {_quote_all(CHILD_TABLES)}"
+        return _path((*_plain_loc(loc), "type")), f"got {_show(found)}; expected {expected}"
+    if kind == "literal_error":
+        expected = "one of " + ctx["expected"].replace(" or ", ", ")
+    elif kind == "string_pattern_mismatch":
+        expected = _PATTERN_EXPECTED.get(ctx["pattern"], f"a string matching {ctx['pattern']}")
+    elif kind in _EXPECTED:
+        expected = _EXPECTED[kind].format(**ctx)
+    elif "expected" in ctx:
+        expected = ctx["expected"]
+    else:
+        return path, f"got {_show(found)}; {error['msg']}"
+    return path, f"got {_show(found)}; expected {expected}"
+
+
+def _format(source: str, problems: list[Problem]) -> list[str]:
+    return [f"{source}: {path}: {message}" if path else f"{source}: {message}" for path, message in problems]
+
+
+# Rules pydantic cannot see: one field against another, or against the rest of the tree.
+
+AnyTable = Union[TemplateTable, SupervisorTable, DynamicSupervisorTable, RootSupervisorTable]
+
+
+def _walk_tables(table: AnyTable, path: str, parent: AnyTable | None = None) -> Iterator[tuple]:
+    """Yield ``(path, table, parent)`` for ``table`` and every table below it."""
+    yield path, table, parent
+    for index, child in enumerate(getattr(table, "children", ())):
+        yield from _walk_tables(child, f"{path}.children[{index}]", table)
+    for name, template in getattr(table, "templates", {}).items():
+        yield from _walk_tables(template, f"{path}.templates.{_key(name)}", table)
+
+
+def _significance_problems(path: str, table: AnyTable, parent: AnyTable | None) -> list[Problem]:
+    if not getattr(table, "significant", False):
+        return []
+    if table.restart == "permanent":
+        why = "with restart = 'permanent'; expected false (a significant child is transient or temporary)"
+    elif isinstance(parent, DynamicSupervisorTable):
+        why = "in a dynamic supervisor's template; expected false (dynamic supervisors never auto-shut down)"
+    elif parent is not None and parent.auto_shutdown == "never":
+        why = f"under supervisor {parent.id!r}, whose auto_shutdown is 'never'; expected false"
+    else:
+        return []
+    return [(f"{path}.significant", f"got true {why}")]
+
+
+def _rule_problems(root: RootSupervisorTable) -> list[Problem]:
+    problems: list[Problem] = []
+    first_use: dict[str, str] = {}
+    for path, table, parent in _walk_tables(root, "supervisor"):
+        problems += _significance_problems(path, table, parent)
+        table_id = getattr(table, "id", None)
+        if table_id is None:
+            continue
+        if table_id in first_use:
+            message = f"got {table_id!r}, the id at {first_use[table_id]}; expected an id unique in the topology"
+            problems.append((f"{path}.id", message))
+        else:
+            first_use[table_id] = f"{path}.id"
+    return problems
+
+
+# From checked tables to specs.
+
+
+def _set_fields(table: Table, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields the file sets, so that every other field takes its Struct's default."""
+    return {name: getattr(table, name) for name in table.model_fields_set if name not in ("type", *drop)}
+
+
+def _worker_spec(table: TemplateTable, child_id: str, base_dir: str) -> ChildSpec:
+    fields = _set_fields(table, drop=("id",))
+    if table.command is not None:
+        fields["command"] = tuple(table.command)
+    if table.cwd is not None and "\0" not in table.cwd:  # a NUL is reported by the value rules
+        fields["cwd"] = os.path.normpath(os.path.join(base_dir, os.path.expanduser(table.cwd)))
+    return ChildSpec(id=child_id, **fields)
+
+
+def _spec(table: AnyTable, base_dir: str) -> AnySpec:
+    if isinstance(table, WorkerTable):
+        return _worker_spec(table, table.id, base_dir)
+    if isinstance(table, DynamicSupervisorTable):
+        templates = {name: _worker_spec(t, name, base_dir) for name, t in table.templates.items()}
+        return DynamicSupervisorSpec(**_set_fields(table, drop=("templates",)), templates=templates)
+    children = tuple(_spec(child, base_dir) for child in table.children)
+    return SupervisorSpec(**{"id": table.id, **_set_fields(table, drop=("children",)), "children": children})
+
+
+# Public entry points.
+
+
+def _read_toml(text: str, source: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        place = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+        if place:
+            message = f"line {place[1]}, column {place[2]}: invalid TOML: {message[: place.start()]}"
+        else:
+            message = f"invalid TOML: {message}"
+        raise TopologyError([f"{source}: {message}"]) from None
+
+
+def _node_problems(node: NodeSpec, *, from_file_name: bool) -> list[Problem]:
+    """``[node]``'s values, by the rules every node spec follows (``_spec_rules``)."""
+    problems = []
+    for key, message in node_value_problems(node):
+        if key == "name" and from_file_name:
+            message = message.replace("; expected", " (from the file name); expected", 1)
+        problems.append((f"node.{key}", message))
+    return problems
+
+
+def _socket_problems(node: NodeSpec, *, from_file_name: bool) -> list[Problem]:
+    """The node's and its agents' socket paths under this user's runtime folder, within AF_UNIX's
+    limit: ids that pass the name rule may still make a path the node cannot bind."""
+    from ..host.runtime_dir import runtime_root
+
+    folder = os.path.join(os.path.abspath(runtime_root()), node.name)
+    problems: list[Problem] = []
+    longest = max(NODE_SOCKETS, key=len)
+    if (problem := socket_path_problem(os.path.join(folder, longest))) is not None:
+        shown = " (from the file name)" if from_file_name else ""
+        problems.append(("node.name", f"got {node.name!r}{shown}: {problem}"))
+    return problems + [(key, message) for key, message in located_socket_problems(node.root, "supervisor", folder)]
+
+
+def parse_topology(
+    text: str, *, source: str = "<string>", default_name: str = "node",
+    base_dir: str | None = None, check_imports: bool = False,
+) -> Topology:
+    """The topology in ``text``. Relative ``cwd`` values are taken from ``base_dir`` (default: cwd).
+
+    Raises TopologyError listing every problem, each prefixed with ``source``.
+    """
+    try:
+        file = TopologyFile.model_validate(_read_toml(text, source))
+    except ValidationError as exc:
+        raise TopologyError(_format(source, [_problem_from_pydantic(e) for e in exc.errors()])) from None
+    root = _spec(file.supervisor, os.path.abspath(base_dir or os.getcwd()))
+    node = NodeSpec(name=file.node.name or default_name, root=root, control_tcp=file.node.control_tcp)
+    problems = _node_problems(node, from_file_name=file.node.name is None) + _rule_problems(file.supervisor)
+    problems += located_value_problems(root, "supervisor")
+    if not problems:
+        problems += _socket_problems(node, from_file_name=file.node.name is None)
+    if problems:
+        raise TopologyError(_format(source, problems))
+    try:
+        root = with_registry(root, file.variables)
+    except VariableError as exc:
+        raise TopologyError(_format(source, [(None, problem) for problem in exc.problems])) from None
+    topology = Topology(
+        node=msgspec.structs.replace(node, root=root),
+        path=source,
+        raw_variables=file.variables,
+        raw_pipelines=file.pipelines,
+        raw_optimizer=file.optimizer,
+    )
+    if check_imports and (machine := located_machine_problems(topology.node.root, "supervisor")):
+        raise TopologyError(_format(source, machine))
+    if check_imports and (import_problems := check_programs(topology)):
+        raise TopologyError(import_problems)
+    return topology
+
+
+def load_topology(path: str | os.PathLike, *, check_imports: bool = True) -> Topology:
+    """The topology in the file at ``path``; its node is named after the file unless ``[node] name``.
+
+    With ``check_imports`` every ``program`` is imported (in a child process), failures are
+    problems too, and ``use_program_folders`` prepares this process to start the node.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as file:
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TopologyError([f"{source}: cannot read the file: {exc}"]) from None
+    stem = os.path.splitext(os.path.basename(source))[0]
+    base_dir = os.path.dirname(os.path.abspath(source))
+    topology = parse_topology(text, source=source, default_name=stem, base_dir=base_dir,
+                              check_imports=check_imports)
+    if check_imports:
+        use_program_folders(topology)
+    return topology
+
+
+def _programs(spec: AnySpec, path: str) -> Iterator[tuple[str, str]]:
+    """Yield ``(key path, target)`` for every ``program`` in the tree, templates included."""
+    if isinstance(spec, ChildSpec):
+        if spec.program is not None:
+            yield f"{path}.program", spec.program
+    elif isinstance(spec, SupervisorSpec):
+        for index, child in enumerate(spec.children):
+            yield from _programs(child, f"{path}.children[{index}]")
+    else:
+        for name, template in spec.templates.items():
+            yield from _programs(template, f"{path}.templates.{_key(name)}")
+
+
+def program_folders(topology: Topology) -> list[str]:
+    """Where programs are imported from, besides ``sys.path``: the current directory and the
+    topology file's folder (a program next to its topology needs no install)."""
+    folders = [os.getcwd()]
+    if os.path.isfile(topology.path):
+        folders.append(os.path.dirname(os.path.abspath(topology.path)))
+    return folders
+
+
+def use_program_folders(topology: Topology) -> None:
+    """Put ``program_folders`` on this process's ``sys.path``: the node that starts ``topology``
+    hands its ``sys.path`` to the zygote, which imports the programs."""
+    for folder in program_folders(topology):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+
+def check_programs(topology: Topology, *, timeout: float = IMPORT_TIMEOUT) -> list[str]:
+    """Import every ``program`` target in a child process; one problem per target that fails.
+
+    A child, because an import runs user code: one that exits, kills itself or hangs must
+    become a problem, not end (or freeze) the caller, and the caller's ``sys.path`` and
+    modules stay as they were. One child imports them all; if one ends it, the next child
+    goes on after that target.
+    """
+    programs = list(_programs(topology.node.root, "supervisor"))
+    path = [folder for folder in program_folders(topology) if folder not in sys.path] + sys.path
+    problems: list[Problem] = []
+    done = 0
+    while done < len(programs):
+        reports, ended = import_in_child([target for _, target in programs[done:]], path, timeout)
+        for index, message in reports:
+            if message is not None:
+                problems.append((programs[done + index][0], message))
+        done += len(reports)
+        if ended is not None and done < len(programs):
+            key_path, target = programs[done]
+            problems.append((key_path, f"importing {target!r} {ended}"))
+            done += 1
+    return _format(topology.path, problems)

@@ -1,0 +1,162 @@
+"""The topology file's format: its tables as pydantic models (strict types, unknown keys
+rejected), and the patterns its names follow. ``_config`` reads a file with these, reports
+its problems and turns it into ``_specs`` Structs. Defaults are not written here: each
+field's default is read from the ``_specs`` Struct it becomes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, StringConstraints, Tag
+from pydantic_core import PydanticCustomError
+
+from ..specs.model import NAME_PATTERN, PROGRAM_PATTERN, AutoShutdown, ChildSpec, DynamicSupervisorSpec
+from ..specs.model import Readiness
+from ..specs.model import RestartType, Strategy, SupervisorSpec
+
+ROOT_ID = "root"
+SHUTDOWN_EXPECTED = "seconds >= 0 (an int or a float), 'brutal_kill' or 'infinity'"
+
+
+def _default(struct: type[msgspec.Struct], name: str) -> Any:
+    """The default of ``struct``'s field ``name``: the one place defaults are written."""
+    (spec_field,) = [f for f in msgspec.structs.fields(struct) if f.name == name]
+    if spec_field.default is not msgspec.NODEFAULT:
+        return spec_field.default
+    return spec_field.default_factory()
+
+
+def _check_shutdown(value: Any) -> float | str:
+    if isinstance(value, str) and value in ("brutal_kill", "infinity"):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value) and value >= 0:
+            return float(value)
+    raise PydanticCustomError("shutdown", "expected {expected}", {"expected": SHUTDOWN_EXPECTED})
+
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+ProgramTarget = Annotated[str, StringConstraints(pattern=PROGRAM_PATTERN)]
+Shutdown = Annotated[
+    Union[float, str],
+    PlainValidator(
+        _check_shutdown,
+        json_schema_input_type=Union[Annotated[float, Field(ge=0)], Literal["brutal_kill", "infinity"]],
+    ),
+]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NodeTable(Table):
+    """``[node]``: the node's name (default: the file's stem), and an opt-in TCP control endpoint."""
+
+    name: Name | None = None
+    control_tcp: str | None = None  # checked with every node spec's: _spec_rules.control_tcp_problem
+
+
+class TemplateTable(Table):
+    """A worker without an id: a dynamic supervisor's named template."""
+
+    program: ProgramTarget | None = None
+    command: Annotated[list[str], Field(min_length=1)] | None = None
+    args: dict[str, Any] = _default(ChildSpec, "args")
+    env: dict[str, str] = _default(ChildSpec, "env")
+    cwd: str | None = _default(ChildSpec, "cwd")
+    restart: RestartType = _default(ChildSpec, "restart")
+    shutdown: Shutdown = _default(ChildSpec, "shutdown")
+    significant: bool = _default(ChildSpec, "significant")
+    ready: Readiness = _default(ChildSpec, "ready")
+    start_timeout: Seconds = _default(ChildSpec, "start_timeout")
+    max_rss: Seconds | None = _default(ChildSpec, "max_rss")  # MiB, > 0
+
+
+class WorkerTable(TemplateTable):
+    """A worker child: exactly one of ``program`` ("module:attr") and ``command`` (argv)."""
+
+    type: Literal["worker"] = "worker"
+    id: Name
+
+
+class DynamicSupervisorTable(Table):
+    """A supervisor that starts empty; ``templates`` name the children ``start_child`` may add."""
+
+    type: Literal["dynamic_supervisor"]
+    id: Name
+    max_children: Annotated[int, Field(ge=0)] | None = _default(DynamicSupervisorSpec, "max_children")
+    max_restarts: Annotated[int, Field(ge=0)] = _default(DynamicSupervisorSpec, "max_restarts")
+    max_seconds: Annotated[int, Field(gt=0)] = _default(DynamicSupervisorSpec, "max_seconds")
+    templates: dict[Name, TemplateTable] = {}
+    restart: RestartType = _default(DynamicSupervisorSpec, "restart")
+    shutdown: Shutdown = _default(DynamicSupervisorSpec, "shutdown")
+    significant: bool = _default(DynamicSupervisorSpec, "significant")
+
+
+class RootSupervisorTable(Table):
+    """``[supervisor]``: the root supervisor. It has no parent, so no restart/shutdown keys."""
+
+    id: Name = ROOT_ID
+    strategy: Strategy = _default(SupervisorSpec, "strategy")
+    max_restarts: Annotated[int, Field(ge=0)] = _default(SupervisorSpec, "max_restarts")
+    max_seconds: Annotated[int, Field(gt=0)] = _default(SupervisorSpec, "max_seconds")
+    auto_shutdown: AutoShutdown = _default(SupervisorSpec, "auto_shutdown")
+    children: list[Child] = []
+
+
+class SupervisorTable(RootSupervisorTable):
+    """A static supervisor child: the root's keys, plus how its own parent treats it."""
+
+    type: Literal["supervisor"]
+    id: Name
+    restart: RestartType = _default(SupervisorSpec, "restart")
+    shutdown: Shutdown = _default(SupervisorSpec, "shutdown")
+    significant: bool = _default(SupervisorSpec, "significant")
+
+
+CHILD_TABLES: dict[str, type[Table]] = {
+    "worker": WorkerTable,
+    "supervisor": SupervisorTable,
+    "dynamic_supervisor": DynamicSupervisorTable,
+}
+
+
+def _child_type(value: Any) -> Any:
+    """The ``type`` of a child table, ``worker`` when it is not given."""
+    if isinstance(value, dict):
+        return value.get("type", "worker")
+    return getattr(value, "type", "worker")
+
+
+Child = Annotated[
+    Union[
+        Annotated[WorkerTable, Tag("worker")],
+        Annotated[SupervisorTable, Tag("supervisor")],
+        Annotated[DynamicSupervisorTable, Tag("dynamic_supervisor")],
+    ],
+    Discriminator(_child_type),
+]
+SupervisorTable.model_rebuild()
+RootSupervisorTable.model_rebuild()
+
+
+class TopologyFile(Table):
+    """A whole ``topology.toml``."""
+
+    model_config = ConfigDict(title="otpy topology")
+
+    node: NodeTable = NodeTable()
+    supervisor: RootSupervisorTable
+    variables: dict[str, dict[str, dict[str, Any]]] = {}
+    pipelines: dict[str, dict[str, Any]] = {}
+    optimizer: dict[str, Any] = {}
+
+
+def topology_json_schema() -> dict:
+    """The JSON schema of the topology file format."""
+    return TopologyFile.model_json_schema()

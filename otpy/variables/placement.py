@@ -1,0 +1,46 @@
+"""Where the registry stands in a node: its id, its program, its events socket, and how a
+topology's ``[variables]`` tables make it the root's first child.
+
+Kept apart from the registry program (``_registry``: SQLite, ZeroMQ) so that reading a
+topology file, or a worker asking whether its node has a registry, imports neither.
+"""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+
+from .scopes import parents_of, spaces_from_topology
+from ..specs.model import ChildSpec, SupervisorSpec
+
+REGISTRY_ID = "registry"
+REGISTRY_PROGRAM = "otpy.variables.registry:Registry"
+REGISTRY_ENV = "OTPY_REGISTRY"  # "1" in the children's environment when the node's tree has a registry
+EVENTS_SOCKET = "registry-events.sock"
+
+
+def events_endpoint(node_dir: str | os.PathLike | None = None) -> str | None:
+    """``ipc://<node dir>/registry-events.sock`` (node dir: ``OTPY_NODE_DIR``), or None outside a node."""
+    folder = node_dir or os.environ.get("OTPY_NODE_DIR")
+    return f"ipc://{os.path.join(folder, EVENTS_SOCKET)}" if folder else None
+
+
+def with_registry(root: SupervisorSpec, variables: dict[str, dict[str, dict]]) -> SupervisorSpec:
+    """The root with the registry as its first child, when the topology declares variables.
+
+    Checks the ``[variables]`` tables first (VariableError naming ``variables.SCOPE.NAME``). A
+    child the user placed with id ``registry`` is kept where it is and given the tables.
+    """
+    if not variables:
+        return root
+    parents = parents_of(root)
+    spaces_from_topology(variables, scopes={root.id, *parents})
+    args = {"variables": variables, "parents": parents}
+    if any(child.id == REGISTRY_ID for child in root.children):
+        children = tuple(
+            msgspec.structs.replace(child, args={**args, **child.args}) if child.id == REGISTRY_ID else child
+            for child in root.children)
+    else:
+        children = (ChildSpec(id=REGISTRY_ID, program=REGISTRY_PROGRAM, args=args), *root.children)
+    return msgspec.structs.replace(root, children=children)

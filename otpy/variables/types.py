@@ -1,0 +1,422 @@
+"""Variables: the typed, declared knobs of a program.
+
+A variable says which values a knob accepts (``float``, ``integer``, ``choice``, ``module``,
+``bool``) or how it is computed from others (``composite``). The settable types are frozen
+msgspec Structs tagged by ``type``, so they cross the wire as they are; a composite holds a
+Python function and stays in Python. Each variable checks its own declaration when it is built
+(its default included) and raises ``VariableError``, one line per problem:
+``NAME.FIELD: got X; expected Y``. Spaces, scopes and whole configurations: ``otpy.variables.scopes``.
+
+>>> FloatVariable(name="temperature", low=0.0, high=2.0, default=0.7).problem(3.5)
+'temperature: got 3.5; expected a float in [0.0, 2.0]'
+>>> table = {"type": "float", "low": 0.001, "high": 100.0, "log": True, "default": 0}
+>>> variable_from_table("C", table, scope="svm")
+Traceback (most recent call last):
+...
+otpy.variables.types.VariableError: variables.svm.C.default: got 0; expected a float in [0.001, 100.0]
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
+
+__all__ = [
+    "BoolVariable", "ChoiceVariable", "CompositeVariable", "FloatVariable", "IntegerVariable", "ModuleVariable",
+    "SettableVariable", "Variable", "VariableError", "WireVariable", "variable_from_table",
+]
+
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+MODULE_PATTERN = re.compile(rf"{_DOTTED}:{_DOTTED}")
+MODULE_EXPECTED = "a 'module:attr' import string, e.g. 'examples.digits.agents:KNN'"
+_GRID_TOLERANCE = 1e-9  # relative: how far off the step grid a float may be (float arithmetic)
+
+Choice = str | int | float | bool
+FieldProblem = tuple[str, str]  # (field, "got X; expected Y"); field "" is the variable itself
+
+
+class VariableError(ValueError):
+    """A configuration or declaration that cannot be used. ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: Iterable[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __reduce__(self):
+        return type(self), (self.problems,)
+
+
+# Small helpers for messages and checks.
+
+
+def show(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def listing(values: Iterable[Any]) -> str:
+    return ", ".join(show(value) for value in values)
+
+
+def key(name: Any) -> str:
+    """``name`` as one part of a key path: bare when it is a plain word, quoted otherwise."""
+    name = str(name)
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else '"' + name.replace('"', '\\"') + '"'
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> type | None:
+    """The choice type of ``value``, so that ``True``, ``1`` and ``1.0`` never match each other."""
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind
+    return None
+
+
+def _on_grid(value: float, low: float, step: float) -> bool:
+    steps = (value - low) / step
+    return abs(steps - round(steps)) <= _GRID_TOLERANCE * max(1.0, abs(steps))
+
+
+def _divides(step: float, low: float, high: float) -> bool:
+    """Whether ``step`` divides ``high - low`` exactly in decimal, as optuna checks it."""
+    return (Decimal(str(high)) - Decimal(str(low))) % Decimal(str(step)) == 0
+
+
+def _bad(field: str, value: Any, expected: str) -> FieldProblem:
+    return field, f"got {show(value)}; expected {expected}"
+
+
+def _listed_problems(field: str, values: Any, is_item: Callable[[Any], bool], item: str) -> list[FieldProblem]:
+    """Problems of a non-empty array of distinct items (distinct as Python and optuna compare them)."""
+    if not isinstance(values, (list, tuple)) or not values:
+        return [_bad(field, values, f"a non-empty array, each item {item}")]
+    problems = [_bad(f"{field}[{i}]", value, item) for i, value in enumerate(values) if not is_item(value)]
+    if problems:
+        return problems
+    for i, value in enumerate(values):
+        equal = [earlier for earlier in values[:i] if earlier == value]
+        if equal:
+            problems.append(_bad(f"{field}[{i}]", value, f"a value other than {show(equal[0])} (equal in Python)"))
+    return problems
+
+
+# The settable types. Each checks its own declaration when built (``__post_init__``).
+
+
+class SettableVariable(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """What every settable variable has: a name, a description and a default (None: no default).
+
+    Subclasses say which values they accept (``accepts``, ``expected``), how to draw one
+    (``sample``) and which optuna distribution searches them (``to_optuna``).
+    """
+
+    name: str
+    description: str = ""
+    default: Any = None
+
+    def __post_init__(self) -> None:
+        problems = self._common_problems() + self._field_problems()
+        if not problems and self.default is not None:
+            if self.accepts(self.default):
+                msgspec.structs.force_setattr(self, "default", self.normalize(self.default))
+            else:
+                problems.append(_bad("default", self.default, self.expected()))
+        if problems:
+            raise VariableError(
+                f"{key(self.name)}.{field}: {text}" if field else f"{key(self.name)}: {text}"
+                for field, text in problems
+            )
+
+    def _common_problems(self) -> list[FieldProblem]:
+        problems = []
+        if not (isinstance(self.name, str) and self.name.isidentifier()):
+            problems.append(_bad("", self.name, "a Python identifier"))
+        if not isinstance(self.description, str):
+            problems.append(_bad("description", self.description, "a string"))
+        return problems
+
+    def _field_problems(self) -> list[FieldProblem]:
+        return []
+
+    def normalize(self, value: Any) -> Any:
+        """An accepted ``value`` as it is stored (floats turn ints into floats)."""
+        return value
+
+    def problem(self, value: Any) -> str | None:
+        """``NAME: got X; expected Y`` when ``value`` is not accepted, else None."""
+        if self.accepts(value):
+            return None
+        return f"{self.name}: got {show(value)}; expected {self.expected()}"
+
+
+class FloatVariable(SettableVariable, frozen=True, kw_only=True, tag="float"):
+    """A float in ``[low, high]``; ``log`` samples it log-uniformly; ``step`` puts it on a grid."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+    default: float | None = None
+
+    def _field_problems(self) -> list[FieldProblem]:
+        bounds = {"low": self.low, "high": self.high}
+        problems = [_bad(f, value, "a finite number") for f, value in bounds.items() if not _is_number(value)]
+        if not isinstance(self.log, bool):
+            problems.append(_bad("log", self.log, "true or false"))
+        if self.step is not None and not (_is_number(self.step) and self.step > 0):
+            problems.append(_bad("step", self.step, "a number > 0, or no step"))
+        if problems:
+            return problems
+        for field in ("low", "high", "step"):
+            if getattr(self, field) is not None:
+                msgspec.structs.force_setattr(self, field, float(getattr(self, field)))
+        if self.low > self.high:
+            problems.append(_bad("high", self.high, f"a number >= low ({self.low!r})"))
+        elif self.log and self.low <= 0:
+            problems.append(_bad("low", self.low, "a number > 0 (log is true)"))
+        if self.log and self.step is not None:
+            problems.append(_bad("step", self.step, "no step when log is true (optuna cannot do both)"))
+        elif self.step is not None and not _divides(self.step, self.low, self.high):
+            problems.append(_bad("step", self.step, f"a step that divides high - low ({self.high} - {self.low})"))
+        return problems
+
+    def accepts(self, value: Any) -> bool:
+        if not _is_number(value) or not self.low <= value <= self.high:
+            return False
+        return self.step is None or _on_grid(value, self.low, self.step)
+
+    def expected(self) -> str:
+        grid = f" on the grid {self.low!r} + k * {self.step!r}" if self.step is not None else ""
+        return f"a float in [{self.low!r}, {self.high!r}]{grid}"
+
+    def normalize(self, value: Any) -> float:
+        return float(value)
+
+    def sample(self, rng: random.Random) -> float:
+        if self.log:
+            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        elif self.step is not None:
+            value = self.low + rng.randint(0, round((self.high - self.low) / self.step)) * self.step
+        else:
+            value = rng.uniform(self.low, self.high)
+        return min(max(value, self.low), self.high)
+
+    def to_optuna(self) -> BaseDistribution:
+        from optuna.distributions import FloatDistribution
+
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+
+class IntegerVariable(SettableVariable, frozen=True, kw_only=True, tag="integer"):
+    """An integer in ``[low, high]`` on the grid ``low + k * step``. ``True`` is not an integer here."""
+
+    low: int
+    high: int
+    step: int = 1
+    default: int | None = None
+
+    def _field_problems(self) -> list[FieldProblem]:
+        bounds = {"low": self.low, "high": self.high}
+        problems = [_bad(f, value, "an integer") for f, value in bounds.items() if not _is_int(value)]
+        if not (_is_int(self.step) and self.step >= 1):
+            problems.append(_bad("step", self.step, "an integer >= 1"))
+        if problems:
+            return problems
+        if self.low > self.high:
+            problems.append(_bad("high", self.high, f"an integer >= low ({self.low})"))
+        elif (self.high - self.low) % self.step:
+            problems.append(_bad("step", self.step, f"a step that divides high - low ({self.high} - {self.low})"))
+        return problems
+
+    def accepts(self, value: Any) -> bool:
+        return _is_int(value) and self.low <= value <= self.high and (value - self.low) % self.step == 0
+
+    def expected(self) -> str:
+        grid = f" on the grid {self.low} + k * {self.step}" if self.step != 1 else ""
+        return f"an integer in [{self.low}, {self.high}]{grid}"
+
+    def sample(self, rng: random.Random) -> int:
+        return self.low + rng.randint(0, (self.high - self.low) // self.step) * self.step
+
+    def to_optuna(self) -> BaseDistribution:
+        from optuna.distributions import IntDistribution
+
+        return IntDistribution(self.low, self.high, step=self.step)
+
+
+class ChoiceVariable(SettableVariable, frozen=True, kw_only=True, tag="choice"):
+    """One of ``choices``: strings, integers, floats, booleans. Types must match: ``1`` is not ``True``."""
+
+    choices: tuple[Choice, ...]
+    default: Choice | None = None
+
+    def _field_problems(self) -> list[FieldProblem]:
+        def is_choice(value: Any) -> bool:
+            return _kind(value) is not None and (not isinstance(value, float) or math.isfinite(value))
+
+        item = "a string, integer, finite float or boolean"
+        problems = _listed_problems("choices", self.choices, is_choice, item)
+        if not problems:
+            msgspec.structs.force_setattr(self, "choices", tuple(self.choices))
+        return problems
+
+    def accepts(self, value: Any) -> bool:
+        return any(_kind(value) is _kind(choice) and value == choice for choice in self.choices)
+
+    def expected(self) -> str:
+        return f"one of {listing(self.choices)}"
+
+    def sample(self, rng: random.Random) -> Choice:
+        return rng.choice(self.choices)
+
+    def to_optuna(self) -> BaseDistribution:
+        from optuna.distributions import CategoricalDistribution
+
+        return CategoricalDistribution(self.choices)
+
+
+class ModuleVariable(SettableVariable, frozen=True, kw_only=True, tag="module"):
+    """Which program to run: one of ``modules``, ``"module:attr"`` strings (checked, never imported here)."""
+
+    modules: tuple[str, ...]
+    default: str | None = None
+
+    def _field_problems(self) -> list[FieldProblem]:
+        def is_module(value: Any) -> bool:
+            return isinstance(value, str) and MODULE_PATTERN.fullmatch(value) is not None
+
+        problems = _listed_problems("modules", self.modules, is_module, MODULE_EXPECTED)
+        if not problems:
+            msgspec.structs.force_setattr(self, "modules", tuple(self.modules))
+        return problems
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and value in self.modules
+
+    def expected(self) -> str:
+        return f"one of the modules {listing(self.modules)}"
+
+    def sample(self, rng: random.Random) -> str:
+        return rng.choice(self.modules)
+
+    def to_optuna(self) -> BaseDistribution:
+        from optuna.distributions import CategoricalDistribution
+
+        return CategoricalDistribution(self.modules)
+
+
+class BoolVariable(SettableVariable, frozen=True, kw_only=True, tag="bool"):
+    """``True`` or ``False`` (not ``0`` or ``1``)."""
+
+    default: bool | None = None
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, bool)
+
+    def expected(self) -> str:
+        return "True or False"
+
+    def sample(self, rng: random.Random) -> bool:
+        return rng.random() < 0.5
+
+    def to_optuna(self) -> BaseDistribution:
+        from optuna.distributions import CategoricalDistribution
+
+        return CategoricalDistribution((False, True))
+
+
+@dataclass(frozen=True)
+class CompositeVariable:
+    """A value computed by ``compute({dependency: value, ...})`` from ``depends_on``; never set directly.
+
+    ``compute`` sees only the variables named in ``depends_on``. Python-only (it holds a
+    function), so it cannot be declared in a topology file or sent over the wire.
+    """
+
+    name: str
+    compute: Callable[[dict[str, Any]], Any]
+    depends_on: tuple[str, ...]
+    description: str = ""
+    type: ClassVar[str] = "composite"
+
+    def __post_init__(self) -> None:
+        where, problems = key(self.name), []
+        if not (isinstance(self.name, str) and self.name.isidentifier()):
+            problems.append(f"{where}: got {show(self.name)}; expected a Python identifier")
+        if not callable(self.compute):
+            problems.append(f"{where}.compute: got {show(self.compute)}; expected a function of the configuration")
+        if isinstance(self.depends_on, str) or not all(isinstance(dep, str) for dep in self.depends_on):
+            problems.append(f"{where}.depends_on: got {show(self.depends_on)}; expected a list of variable names")
+        if problems:
+            raise VariableError(problems)
+        object.__setattr__(self, "depends_on", tuple(self.depends_on))
+
+
+WireVariable = FloatVariable | IntegerVariable | ChoiceVariable | ModuleVariable | BoolVariable
+Variable = WireVariable | CompositeVariable
+VARIABLE_TYPES: dict[str, type[SettableVariable]] = {
+    "float": FloatVariable,
+    "integer": IntegerVariable,
+    "choice": ChoiceVariable,
+    "module": ModuleVariable,
+    "bool": BoolVariable,
+}
+
+
+# The topology form: `name = { type = "...", ... }` in a [variables.SCOPE] table.
+
+
+def _table_problems(path: str, table: Any) -> list[str]:
+    """What keeps a table from becoming a variable: not a table, a bad type, unknown or missing keys."""
+    if not isinstance(table, Mapping):
+        example = '{ type = "float", low = 0.0, high = 1.0 }'
+        return [f"{path}: got {show(table)}; expected a table such as {example}"]
+    kind = table.get("type")
+    if kind == "composite":
+        return [(f"{path}.type: got 'composite'; a composite is computed by a Python function and cannot be "
+                "declared in a topology file: add a CompositeVariable to the scope's VariableSpace in Python")]
+    if kind not in VARIABLE_TYPES:
+        found = "missing" if "type" not in table else f"got {show(kind)}"
+        return [f"{path}.type: {found}; expected one of {listing(VARIABLE_TYPES)}"]
+    fields = {f.name: f for f in msgspec.structs.fields(VARIABLE_TYPES[kind]) if f.name != "name"}
+    accepted = listing(["type", *sorted(fields)])
+    problems = [f"{path}.{key(name)}: unknown key {name!r}; accepted keys: {accepted}"
+                for name in table if name != "type" and name not in fields]
+    problems += [f"{path}.{name}: missing; this key is required"
+                 for name, f in fields.items() if f.required and name not in table]
+    return problems
+
+
+def variable_from_table(name: str, table: Mapping[str, Any], *, scope: str | None = None) -> WireVariable:
+    """The variable a topology table declares. Problems name ``variables.SCOPE.NAME.FIELD``.
+
+    Without ``scope``, problems start at ``NAME``.
+    """
+    prefix = f"variables.{key(scope)}." if scope is not None else ""
+    problems = _table_problems(prefix + key(name), table)
+    if problems:
+        raise VariableError(problems)
+    fields = {field: value for field, value in table.items() if field != "type"}
+    try:
+        return VARIABLE_TYPES[table["type"]](name=name, **fields)
+    except VariableError as error:
+        raise VariableError(prefix + problem for problem in error.problems) from None

@@ -1,0 +1,369 @@
+"""Clients of a node's control socket: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
+
+    import otpy
+    with otpy.connect("hello") as node:
+        print(node.which_children("team"))
+        print(node.terminate_child("flaky"))   # Result(outcome='ok', ...)
+
+Both have the operations of ``otpy.Node`` with the same outcomes. Child operations return a
+``Result``; a request the node refuses (no such supervisor, undecodable, the node is stopping)
+raises ``ControlError``; no reply within the timeout raises ``TimeoutError``. A node found
+dead (its folder is left, its lock is free) raises ``NodeStale`` at once, not after the
+timeout: a local client checks the lock every 0.1 s while it waits. A client is one DEALER
+socket: use it from one thread (or one asyncio loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import select
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+import psutil
+import zmq
+import zmq.asyncio
+
+from ..supervision.effects import Result
+from .protocol import (
+    ENCODER, FROM_NODE, Action, Children, ControlError as ControlErrorReply, CountChildren, Counts,
+    DeleteChild, GetStatus, Message, Outcome, Reconfigure, RestartChild, SetVariables, StartChild,
+    StartFromTemplate, Status, StopNode, Stopping, TerminateChild, WhichChildren,
+)
+from ..host.node_run import lock_holder, sweep_dead_run
+from ..host.runtime_dir import control_endpoint, existing_node_dir, node_sockets, running_nodes
+from ..specs.model import AnySpec, name_problem
+
+DEFAULT_TIMEOUT = 30.0  # seconds; a start_child waits for READY, which may take start_timeout
+PING_TIMEOUT = 0.5  # a live node that does not answer status within this is listed as silent
+WATCH_PERIOD = 0.1  # seconds between two looks at a node's lock while waiting for its reply
+
+
+class NodeNotFound(LookupError):
+    """No node of that name is running (or several are and none was named)."""
+
+
+class InvalidNodeName(NodeNotFound, ValueError):
+    """Not a node name (``_specs.name_problem``): no such node can run, and no path is built from it."""
+
+
+class NodeStale(NodeNotFound):
+    """The node's folder is left but its process died (its lock is free): nothing will answer."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"node {name!r} is not running (stale: its process died)")
+        self.name = name
+
+
+class ControlError(RuntimeError):
+    """The node refused the request; nothing changed. ``kind``: bad_request, not_found, stopping, internal."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def socket_path(name: str) -> Path:
+    return Path(control_endpoint(name).removeprefix("ipc://"))
+
+
+def connect(name: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, endpoint: str | None = None,
+            keys: str | os.PathLike | None = None) -> "Client":
+    """A blocking client of node ``name`` (may be left out when exactly one node runs).
+
+    ``endpoint="tcp://host:port"`` with ``keys`` (a folder with the node's ``server.key`` and a
+    client ``*.key_secret``) reaches a node's CURVE-protected TCP control endpoint instead.
+    """
+    if endpoint is not None:
+        return Client(name or endpoint, timeout=timeout, endpoint=endpoint, keys=keys)
+    return Client(pick_node(name), timeout=timeout)
+
+
+def pick_node(name: str | None) -> str:
+    """``name`` if it runs; without a name, the one node that answers. Else NodeNotFound (NodeStale
+    for a named node whose process died). RuntimeDirError if its folder is not private."""
+    if name is not None:
+        if problem := name_problem(name, "node name"):
+            raise InvalidNodeName(problem)
+        folder = existing_node_dir(name)
+        if folder is None or not (folder / "control.sock").exists():
+            raise NodeNotFound(f"no node {name!r} is running{_running_hint()}")
+        if not node_alive(name):
+            raise NodeStale(name)
+        return name
+    statuses = node_statuses()
+    live = [n for n, status in statuses if status is not None]
+    if len(live) == 1:
+        return live[0]
+    if not live:
+        _raise_if_only_stale([n for n, status in statuses if status is None])
+        raise NodeNotFound("no node is running")
+    raise NodeNotFound(f"several nodes are running ({', '.join(live)}): name one")
+
+
+def _raise_if_only_stale(silent: list[str]) -> None:
+    """NodeStale when the one node left is a dead one: say so (as for a named node), not "no node"."""
+    stale = [name for name in silent if not node_alive(name)]
+    if len(silent) == 1 and stale:
+        raise NodeStale(stale[0])
+
+
+def _running_hint() -> str:
+    names = running_nodes()
+    return f" (running: {', '.join(names)})" if names else ""
+
+
+def node_alive(name: str) -> bool:
+    """True while a process holds the node's lock: the kernel drops it when that process dies."""
+    folder = existing_node_dir(name)
+    return folder is not None and lock_holder(folder) is not None
+
+
+def clear_stale(name: str) -> bool:
+    """Remove a dead node's sockets and lock, and kill what its run left; False if it runs after all."""
+    folder = existing_node_dir(name)
+    return folder is None or sweep_dead_run(folder, node_sockets(name))
+
+
+def node_statuses(timeout: float = PING_TIMEOUT) -> list[tuple[str, dict | None]]:
+    """Every node with a control socket and its status; None for a dead one (``node_alive`` tells
+    it from a live one that did not answer within ``timeout``)."""
+    found = []
+    for name in running_nodes():
+        if not node_alive(name):
+            found.append((name, None))
+            continue
+        with Client(name, timeout=timeout) as client:
+            try:
+                found.append((name, client.status()))
+            except (TimeoutError, ControlError, NodeStale):
+                found.append((name, None))
+    return found
+
+
+# --- replies to return values -------------------------------------------------------------
+
+
+def _check(reply: Message) -> Message:
+    if isinstance(reply, ControlErrorReply):
+        raise ControlError(reply.kind, reply.message)
+    return reply
+
+
+def _children(reply: Children) -> list[dict[str, Any]]:
+    return [msgspec.structs.asdict(c) for c in reply.children]
+
+
+def _counts(reply: Counts) -> dict[str, int]:
+    return {"specs": reply.specs, "active": reply.active, "supervisors": reply.supervisors,
+            "workers": reply.workers}
+
+
+def _result(reply: Outcome) -> Result:
+    return Result(reply.outcome, pid=reply.pid, detail=reply.detail)
+
+
+def _status(reply: Status) -> dict[str, Any]:
+    return {"node": reply.node, "pid": reply.pid, "tree": _tree(msgspec.to_builtins(reply.tree))}
+
+
+def _tree(entry: dict[str, Any]) -> dict[str, Any]:
+    if entry["children"] is None:
+        del entry["children"]
+    else:
+        entry["children"] = [_tree(c) for c in entry["children"]]
+    return entry
+
+
+class _Operations:
+    """The operations, as (request, reply converter) pairs; ``_call`` does the round trip."""
+
+    def _call(self, make: Callable[[int], Message], convert: Callable[[Any], Any], timeout: float | None = None):
+        raise NotImplementedError
+
+    def which_children(self, sup: str | None = None):
+        return self._call(lambda rid: WhichChildren(rid, sup or ""), _children)
+
+    def count_children(self, sup: str | None = None):
+        return self._call(lambda rid: CountChildren(rid, sup or ""), _counts)
+
+    def start_child(self, sup: str, spec: AnySpec):
+        return self._call(lambda rid: StartChild(rid, sup or "", spec), _result)
+
+    def start_from_template(self, sup: str, template: str, child_id: str, args: dict | None = None):
+        return self._call(lambda rid: StartFromTemplate(rid, sup, template, child_id, args or {}), _result)
+
+    def terminate_child(self, child_id: str, sup: str | None = None):
+        return self._call(lambda rid: TerminateChild(rid, child_id, sup or ""), _result)
+
+    def restart_child(self, child_id: str, sup: str | None = None):
+        return self._call(lambda rid: RestartChild(rid, child_id, sup or ""), _result)
+
+    def delete_child(self, child_id: str, sup: str | None = None):
+        return self._call(lambda rid: DeleteChild(rid, child_id, sup or ""), _result)
+
+    def reconfigure(self, sup: str, source: str, target: AnySpec):
+        return self._call(lambda rid: Reconfigure(rid, sup or "", source, target), _result)
+
+    def set_variables(self, scope: str, values: dict):
+        return self._call(lambda rid: SetVariables(rid, scope, values), _result)
+
+    def apply(self, action: Action):
+        """Send one optimizer action as it is (a fresh request id is filled in)."""
+        return self._call(lambda rid: msgspec.structs.replace(action, request_id=rid), _result)
+
+    def status(self):
+        return self._call(lambda rid: GetStatus(rid), _status)
+
+
+class Client(_Operations):
+    """A blocking client of one node. ``stop()`` returns once the node's tree has stopped."""
+
+    def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT, endpoint: str | None = None,
+                 keys: str | os.PathLike | None = None) -> None:
+        self.name = name
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._local = endpoint is None  # a local node's lock says whether it is alive
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(_secured(self._socket, name, endpoint, keys))
+
+    def _call(self, make, convert, timeout=None, give_up: Callable[[], bool] | None = None):
+        """One round trip. Gives up early when ``give_up()`` says so (TimeoutError) or, by
+        default for a local node, when its lock is free (NodeStale)."""
+        request_id = next(self._ids)
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        # A DEALER blocks on send while it has no connection (a TCP peer that refused our CURVE
+        # key, a node not there yet): the send shares the call's deadline.
+        self._socket.setsockopt(zmq.SNDTIMEO, max(1, int(limit * 1000)))
+        try:
+            self._socket.send(ENCODER.encode(make(request_id)))
+        except zmq.Again:
+            raise TimeoutError(f"node {self.name!r}: the request could not be sent within {limit} s") from None
+        watch = give_up is not None or self._local
+        while (left := deadline - time.monotonic()) > 0:
+            if self._socket.poll(int(min(left, WATCH_PERIOD if watch else left) * 1000) + 1):
+                reply = FROM_NODE.decode(self._socket.recv())
+                if reply.request_id in (request_id, 0):
+                    return convert(_check(reply))
+            elif give_up is not None:
+                if give_up():
+                    break
+            elif self._local and not node_alive(self.name):
+                raise NodeStale(self.name)
+        raise TimeoutError(f"node {self.name!r} did not answer within {limit} s")
+
+    def wait_ready(self, timeout: float, give_up: Callable[[], bool]) -> dict[str, Any]:
+        """Status, waiting for a node that is starting (its lock may not be taken yet, so only
+        ``give_up()`` ends the wait early; it is checked every 0.1 s)."""
+        return self._call(lambda rid: GetStatus(rid), _status, timeout, give_up)
+
+    def stop(self, *, timeout: float | None = 120.0) -> Result:
+        """Ordered shutdown; returns after the tree stopped and (``otpy start``) the process exited."""
+        reply = self._call(lambda rid: StopNode(rid), lambda r: r, timeout)
+        wait_gone(reply, timeout or 120.0)
+        return Result("ok", pid=reply.pid)
+
+    def close(self) -> None:
+        self._socket.close()
+        self._context.term()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _secured(socket: zmq.Socket, name: str, endpoint: str | None, keys) -> str:
+    """The endpoint to connect to: the node's ipc socket, or a TCP one (CURVE keys required)."""
+    if endpoint is None:
+        return control_endpoint(name)
+    if not endpoint.startswith("tcp://") or keys is None:
+        raise ValueError("a TCP control endpoint needs endpoint='tcp://host:port' and keys=FOLDER (CURVE)")
+    from .curve import connect_curve
+
+    connect_curve(socket, keys)
+    socket.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:PORT as the node binds it
+    return endpoint
+
+
+def wait_gone(reply: Stopping, timeout: float) -> None:
+    """After Stopping: when the node runs in ``otpy start``, wait until its process exited."""
+    if reply.process_exits and not wait_exit(reply.pid, timeout):
+        raise TimeoutError(f"node process {reply.pid} still runs {timeout} s after its tree stopped")
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """True once ``pid`` has exited (a zombie counts: its reaper may be slow), False on timeout."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:  # no pidfd (old kernel): psutil, which waits for the zombie to be reaped
+        try:
+            psutil.Process(pid).wait(timeout)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            return False
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], timeout)[0])
+    finally:
+        os.close(pidfd)
+
+
+class AsyncClient(_Operations):
+    """The asyncio twin of ``Client``: every operation is a coroutine."""
+
+    def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT, endpoint: str | None = None,
+                 keys: str | os.PathLike | None = None) -> None:
+        self.name = name
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._local = endpoint is None
+        self._context = zmq.asyncio.Context()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(_secured(self._socket, name, endpoint, keys))
+
+    async def _call(self, make, convert, timeout=None):
+        """As ``Client._call``: a local node found dead raises NodeStale within 0.1 s."""
+        request_id = next(self._ids)
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        try:  # a send with no connection waits (see Client._call): it shares the call's deadline
+            await asyncio.wait_for(self._socket.send(ENCODER.encode(make(request_id))), limit)
+        except TimeoutError:
+            raise TimeoutError(f"node {self.name!r}: the request could not be sent within {limit} s") from None
+        while (left := deadline - time.monotonic()) > 0:
+            if await self._socket.poll(int(min(left, WATCH_PERIOD if self._local else left) * 1000) + 1):
+                reply = FROM_NODE.decode(await self._socket.recv())
+                if reply.request_id in (request_id, 0):
+                    return convert(_check(reply))
+            elif self._local and not node_alive(self.name):
+                raise NodeStale(self.name)
+        raise TimeoutError(f"node {self.name!r} did not answer within {limit} s")
+
+    async def stop(self, *, timeout: float | None = 120.0) -> Result:
+        reply = await self._call(lambda rid: StopNode(rid), lambda r: r, timeout)
+        await asyncio.to_thread(wait_gone, reply, timeout or 120.0)
+        return Result("ok", pid=reply.pid)
+
+    def close(self) -> None:
+        self._socket.close()
+        self._context.term()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()

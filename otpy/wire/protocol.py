@@ -1,0 +1,385 @@
+"""Wire messages between otpy's processes: tagged, frozen msgspec Structs, one union per channel.
+
+Each channel has a section below with its messages, a union per direction and one decoder
+per direction, built once. A message's tag is its class name, so names are unique across
+the whole file. Rules for changing a message (msgspec's schema evolution): new fields get
+defaults, field types never change.
+
+>>> msg = Spawned(request_id=7, pid=1234)
+>>> FROM_ZYGOTE.decode(ENCODER.encode(msg)) == msg
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+
+from ..specs.model import AnySpec, ChildSpec
+
+ENCODER = msgspec.msgpack.Encoder()
+
+
+def first_unencodable(values: dict[str, Any]) -> str:
+    """The name of the first entry of ``values`` msgpack cannot encode, or that nests too deep
+    to be received inside a message (a Call's or Reply's two levels above it); '' if none."""
+    from .codec import MAX_DEPTH, WireError, encode
+
+    for name, value in values.items():
+        if not isinstance(name, str):
+            return repr(name)
+        try:
+            encode(ENCODER, value, MAX_DEPTH - 2)
+        except WireError:
+            return name
+    return ""
+
+
+
+class Message(msgspec.Struct, frozen=True, tag=True):
+    """Base of every wire message: frozen, tagged with the class name."""
+
+
+# --- node <-> zygote ----------------------------------------------------------------------
+# One AF_UNIX SOCK_SEQPACKET socket: one datagram is one message. A Spawn carries two fds
+# (SCM_RIGHTS): the write ends of the child's notify pipe and output pipe, in that order.
+
+
+class Init(Message):
+    """node -> zygote, first message: where the node imports from and runs in."""
+
+    sys_path: list[str]
+    cwd: str
+    env: dict[str, str]
+
+
+class Spawn(Message):
+    """node -> zygote: fork a child for ``spec``, with ``env`` added to its environment."""
+
+    request_id: int
+    spec: ChildSpec
+    env: dict[str, str] = {}
+
+
+class Hello(Message):
+    """zygote -> node: Init done, ready for spawn requests."""
+
+    pid: int
+
+
+class Spawned(Message):
+    """zygote -> node: the child is forked (a command: exec succeeded)."""
+
+    request_id: int
+    pid: int
+
+
+class SpawnFailed(Message):
+    """zygote -> node: no child was left running (import or exec failed)."""
+
+    request_id: int
+    reason: str
+
+
+class Exited(Message):
+    """zygote -> node: a child the zygote spawned was reaped; ``status`` is waitpid's."""
+
+    pid: int
+    status: int
+
+
+class Ping(Message):
+    """node -> zygote: the heartbeat (``_heartbeat``); answered by a Pong between two messages."""
+
+
+class Pong(Message):
+    """zygote -> node: alive, and not stuck."""
+
+
+ToZygote = Union[Init, Spawn, Ping]
+FromZygote = Union[Hello, Spawned, SpawnFailed, Exited, Pong]
+ZygoteMessage = Union[ToZygote, FromZygote]
+
+TO_ZYGOTE = msgspec.msgpack.Decoder(ToZygote)
+FROM_ZYGOTE = msgspec.msgpack.Decoder(FromZygote)
+
+
+# --- caller <-> agent (calls) -------------------------------------------------------------
+# The agent binds a ROUTER at its call endpoint; callers connect DEALERs. Frames: one
+# message per ZeroMQ message (after the ROUTER's identity frame). ``call_id`` is unique per
+# caller socket; a reply whose call_id is no longer awaited is dropped.
+
+
+class Call(Message):
+    """caller -> agent: run ``forward(**inputs)``."""
+
+    call_id: int
+    inputs: dict[str, object] = {}
+
+
+class Reply(Message):
+    """agent -> caller: ``forward`` returned ``outputs``."""
+
+    call_id: int
+    outputs: dict[str, object] = {}
+
+
+class CallFailed(Message):
+    """agent -> caller: the call did not produce outputs.
+
+    ``kind``: ``raised`` (forward raised: ``error_type``, ``message`` and ``traceback`` are the
+    remote exception's), ``overloaded`` (the agent's queue is full), ``bad_request`` (the
+    message could not be decoded), ``unencodable`` (an output cannot be encoded; ``message``
+    names the field), ``draining`` (the agent is shutting down and did not run the call: send
+    it again, on a new connection).
+
+    ``call_id`` ``DRAIN_NOTICE`` (0, never a call's) with ``kind`` ``draining``: unasked, sent
+    once to every caller the agent has served when it starts to drain, so that a caller's next
+    call goes on a new connection rather than to an agent about to exit.
+    """
+
+    call_id: int
+    kind: str
+    error_type: str = ""
+    message: str = ""
+    traceback: str = ""
+
+
+DRAIN_NOTICE = 0  # the call_id of an unasked "draining" (callers number calls from 1)
+
+ToAgent = Call
+FromAgent = Union[Reply, CallFailed]
+
+TO_AGENT = msgspec.msgpack.Decoder(ToAgent)
+FROM_AGENT = msgspec.msgpack.Decoder(FromAgent)
+
+
+# --- client <-> node (control) ------------------------------------------------------------
+# The node binds a ROUTER at ``_runtime.control_endpoint(name)`` (socket file 0600 in the
+# node's 0700 folder); clients connect DEALERs. One request or reply per ZeroMQ message
+# (after the ROUTER's identity frame). Every request gets exactly one reply carrying its
+# ``request_id``; a request that cannot be decoded (or nested deeper than ``_wire.MAX_DEPTH``,
+# or over 1 MiB in all its frames) gets ``ControlError(request_id=0, kind="bad_request")``.
+# Requests to one supervisor are served one at a time in arrival order; different
+# supervisors' requests proceed independently and ``GetStatus`` waits for none
+# (``_control_requests``). A frame over 1 MiB makes ZeroMQ drop it and disconnect the sender
+# (ZMQ_MAXMSGSIZE): no reply.
+# ``supervisor=""`` means the root supervisor; for child operations it means "find the
+# supervisor that has this child".
+
+
+class WhichChildren(Message):
+    """client -> node: the children of ``supervisor`` in start order."""
+
+    request_id: int
+    supervisor: str = ""
+
+
+class CountChildren(Message):
+    """client -> node: OTP's counts for ``supervisor``."""
+
+    request_id: int
+    supervisor: str = ""
+
+
+class StartChild(Message):
+    """client -> node: add ``spec`` (a worker, supervisor or dynamic supervisor) under ``supervisor``."""
+
+    request_id: int
+    supervisor: str
+    spec: AnySpec
+
+
+class StartFromTemplate(Message):
+    """client -> node: start ``id`` from a dynamic supervisor's ``template``, ``args`` merged over its own."""
+
+    request_id: int
+    supervisor: str
+    template: str
+    id: str
+    args: dict[str, Any] = {}
+
+
+class TerminateChild(Message):
+    request_id: int
+    id: str
+    supervisor: str = ""
+
+
+class RestartChild(Message):
+    request_id: int
+    id: str
+    supervisor: str = ""
+
+
+class DeleteChild(Message):
+    request_id: int
+    id: str
+    supervisor: str = ""
+
+
+class Reconfigure(Message):
+    """client -> node (an action): replace the running child ``source`` of the dynamic supervisor
+    ``supervisor`` by ``target`` (same id), make-before-break: the target starts beside the
+    source and reports READY, then takes the name, then the source is stopped. A target that
+    fails to start leaves the source running; the reply says why."""
+
+    request_id: int
+    supervisor: str
+    source: str
+    target: AnySpec
+
+
+class SetVariables(Message):
+    """client -> node (an action): set ``values`` in the registry's ``scope``, all or nothing."""
+
+    request_id: int
+    scope: str
+    values: dict[str, Any]
+
+
+class GetStatus(Message):
+    """client -> node: the whole tree."""
+
+    request_id: int
+
+
+class StopNode(Message):
+    """client -> node: ordered shutdown. The reply (``Stopping``) comes once the tree has stopped."""
+
+    request_id: int
+
+
+class ChildInfo(msgspec.Struct, frozen=True):
+    id: str
+    kind: str
+    state: str
+    pid: int | None = None
+    restarts: int = 0  # as the node's which_children (Supervisor.children_info) reports it
+
+
+class Children(Message):
+    """node -> client: reply to WhichChildren."""
+
+    request_id: int
+    children: list[ChildInfo]
+
+
+class Counts(Message):
+    """node -> client: reply to CountChildren."""
+
+    request_id: int
+    specs: int
+    active: int
+    supervisors: int
+    workers: int
+
+
+class Outcome(Message):
+    """node -> client: reply to a child operation; ``outcome`` is one of ``_effects.Outcome``."""
+
+    request_id: int
+    outcome: str
+    pid: int | None = None
+    detail: str = ""
+
+
+class TreeEntry(msgspec.Struct, frozen=True):
+    """One supervisor or worker in a ``Status`` reply; ``uptime`` in seconds while running."""
+
+    id: str
+    kind: str
+    state: str
+    pid: int | None = None
+    restarts: int = 0
+    uptime: float | None = None
+    children: list["TreeEntry"] | None = None  # None for workers
+
+
+class Status(Message):
+    """node -> client: reply to GetStatus."""
+
+    request_id: int
+    node: str
+    pid: int
+    tree: TreeEntry
+
+
+class Stopping(Message):
+    """node -> client: reply to StopNode, sent after the tree stopped.
+
+    ``process_exits``: the node's process (``otpy start``) exits next; else the node was
+    embedded in a program that keeps running.
+    """
+
+    request_id: int
+    pid: int
+    process_exits: bool
+
+
+class ControlError(Message):
+    """node -> client: the request was not carried out and nothing changed.
+
+    ``kind``: ``bad_request`` (undecodable, unknown tag, wrong field type, too deep, too big:
+    ``message`` says which), ``not_found`` (no such supervisor), ``stopping`` (the node is
+    shutting down), ``internal`` (a bug in the node: the message has the exception).
+    """
+
+    request_id: int
+    kind: str
+    message: str
+
+
+ToNode = Union[WhichChildren, CountChildren, StartChild, StartFromTemplate, TerminateChild,
+               RestartChild, DeleteChild, Reconfigure, SetVariables, GetStatus, StopNode]
+# The optimizer's actions are these requests: StartChild, TerminateChild, Reconfigure, SetVariables.
+Action = Union[StartChild, TerminateChild, Reconfigure, SetVariables]
+FromNode = Union[Children, Counts, Outcome, Status, Stopping, ControlError]
+
+TO_NODE = msgspec.msgpack.Decoder(ToNode)
+FROM_NODE = msgspec.msgpack.Decoder(FromNode)
+
+
+# --- node -> subscribers (events) ---------------------------------------------------------
+# The node binds a PUB at ``_runtime.events_endpoint(name)`` (0600); one NodeEvent per
+# ZeroMQ message, no topic frame (subscribe to b""). Slow subscribers lose events (PUB's HWM).
+
+
+EventKind = Literal["started", "exited", "stopped", "restarting", "reconfiguring", "start_failed",
+                    "gave_up", "auto_shutdown", "node_stopping"]
+
+
+class NodeEvent(Message):
+    """A supervision event (one of ``EventKind``); ``time`` is Unix time. The node's supervisors
+    make it, the node logs it, and the events socket publishes it as it is."""
+
+    kind: EventKind
+    node: str
+    supervisor: str
+    child: str | None = None
+    pid: int | None = None
+    detail: str = ""
+    time: float = 0.0
+
+
+EVENT = msgspec.msgpack.Decoder(NodeEvent)
+
+
+# --- registry -> subscribers --------------------------------------------------------------
+# The registry (``otpy.variables.registry``) binds a PUB at ``ipc://<OTPY_NODE_DIR>/registry-events.sock``
+# (0600) and publishes one VariableChanged per value written, only after the write committed;
+# no topic frame (subscribe to b""). A value written by one ``set_many`` shares its version.
+# Slow or late subscribers lose events: resolve again after (re)connecting.
+
+
+class VariableChanged(Message):
+    """registry -> subscribers: ``scope``'s ``name`` is now ``value``, stamped ``version``."""
+
+    scope: str
+    name: str
+    value: Any
+    version: int
+
+
+VARIABLE_CHANGED = msgspec.msgpack.Decoder(VariableChanged)
