@@ -225,20 +225,33 @@ def _id_problems(spec_id: object, seen: set[object]) -> list[Problem]:
     return []
 
 
+def significance_problem(spec: AnySpec, parent: Parent | None) -> str | None:
+    """Why ``spec`` cannot be a significant child of ``parent`` (OTP's rules), as one line
+    ``child 'ID': significant: got ...; expected ...``, or None. The one significance rule:
+    topology files, Python specs, the wire and the supervision machines ask it."""
+    problem = _significance(spec, parent)
+    return None if problem is None else f"{_name(spec)}: {_line(problem)}"
+
+
+def _significance(spec: AnySpec, parent: Parent | None) -> Problem | None:
+    if spec.significant is not True:
+        return None
+    if spec.restart == "permanent":
+        return Problem("significant", "got true with restart 'permanent'; expected transient or "
+                                      "temporary (OTP's bad_combination)")
+    if isinstance(parent, DynamicSupervisorSpec):
+        return Problem("significant", f"got true under dynamic supervisor {parent.id!r}; "
+                                      "expected false (dynamic supervisors never auto-shut down)")
+    if isinstance(parent, SupervisorSpec) and parent.auto_shutdown == "never":
+        return Problem("significant", f"got true under {parent.id!r}, whose auto_shutdown is 'never'; "
+                                      "expected false")
+    return None
+
+
 def _tree_problems(spec: AnySpec, parent: Parent | None) -> list[Problem]:
     """The rules between a spec and its parent: OTP's for significant children."""
-    if spec.significant is not True:
-        return []
-    if spec.restart == "permanent":
-        return [Problem("significant", "got true with restart 'permanent'; expected transient or "
-                                       "temporary (OTP's bad_combination)")]
-    if isinstance(parent, DynamicSupervisorSpec):
-        return [Problem("significant", f"got true under dynamic supervisor {parent.id!r}; "
-                                       "expected false (dynamic supervisors never auto-shut down)")]
-    if isinstance(parent, SupervisorSpec) and parent.auto_shutdown == "never":
-        return [Problem("significant", f"got true under {parent.id!r}, whose auto_shutdown is 'never'; "
-                                       "expected false")]
-    return []
+    problem = _significance(spec, parent)
+    return [] if problem is None else [problem]
 
 
 def wire_problem(spec: AnySpec) -> Problem | None:
