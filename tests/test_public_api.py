@@ -31,3 +31,15 @@ def test_every_error_a_public_call_raises_is_public():
                  "NodeNotFound", "NodeStale", "NodeAlreadyRunning", "ControlError", "CallError", "VariableError"):
         error = getattr(otpy, name)
         assert inspect.isclass(error) and issubclass(error, Exception), name
+
+
+def test_examples_are_not_installed_as_a_package(tmp_path):
+    """`pip install otpy` installs `otpy` alone: `examples` is importable only from a checkout."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    found = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('examples'))"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert found.stdout.strip() == "None", found.stdout + found.stderr
