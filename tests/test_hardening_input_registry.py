@@ -81,12 +81,27 @@ def test_a_malformed_request_of_any_shape_is_a_bad_request_naming_the_field(db, 
 def test_an_unexpected_exception_is_internal_and_logged_with_its_traceback(db, capsys):
     reg = registry(db)
 
-    def broken(op, **request):
+    def broken(request):
         raise AttributeError("an otpy bug")
 
     reg._serve = broken
     reply = reg.forward(op="list")
-    assert reply["error"] == "internal" and "AttributeError: an otpy bug" in reply["problems"][0]
+    assert reply == {"ok": False, "error": "internal", "problems": ["list: AttributeError: an otpy bug"]}
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [KeyError("scope"), TypeError("an otpy bug")])
+def test_a_key_or_type_error_of_the_registry_is_internal_not_a_bad_request(db, capsys, error):
+    """The request was read and typed before it ran: what the store raises then is an otpy bug."""
+    reg = registry(db)
+
+    def broken(*args, **kwargs):
+        raise error
+
+    reg.store.get = broken
+    reply = reg.forward(op="get", scope="global", name="t")
+    assert reply["ok"] is False and reply["error"] == "internal", reply
+    assert type(error).__name__ in reply["problems"][0]
     assert "Traceback" in capsys.readouterr().err
 
 

@@ -1,14 +1,15 @@
 """The registry: a built-in program that serves the node's variable spaces, durably.
 
-It runs as a supervised child like any other (id ``registry``), and answers calls whose
-``op`` is one of ``register_space``, ``get``, ``set``, ``set_many``, ``resolve``, ``explain``,
-``list``. Its state (values, and spaces registered at run time)
-lives in SQLite (WAL) in the node's state folder: a write is acknowledged only after its
+It runs as a supervised child like any other (id ``registry``). A call's inputs are one of the
+typed requests of ``otpy.wire.registry_protocol`` (``get``, ``list``, ``set``, ``set_many``,
+``resolve``, ``explain``, ``register_space``), read by its prebuilt decoder and answered by one
+``match`` (``_serve``) with a typed reply or a ``Refused``; ``otpy.variables.client`` is the
+client. Its state (values, and spaces registered at run time) lives in SQLite (WAL) in the node's state folder: a write is acknowledged only after its
 transaction committed, so a registry SIGKILLed and restarted by its supervisor serves every
 acknowledged write, and an unacknowledged one is either wholly there or wholly absent.
 
 After each commit the registry publishes one ``VariableChanged`` per written value on a PUB
-socket at ``ipc://<OTPY_NODE_DIR>/registry-events.sock`` (0600; see ``_protocol``). Workers
+socket at ``ipc://<OTPY_NODE_DIR>/registry-events.sock`` (0600; see ``otpy.wire.protocol``). Workers
 subscribe to it to hand their program its new configuration (``otpy.agent.worker``).
 
 >>> import tempfile
@@ -29,21 +30,45 @@ import sqlite3
 import sys
 import threading
 import traceback
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import zmq
 
-from ..agent.program import Program
 from ..wire.protocol import ENCODER, VariableChanged
+from ..wire.registry_protocol import (
+    Explain,
+    Explained,
+    GetValue,
+    ListValues,
+    Refused,
+    RegisterSpace,
+    RegistryReply,
+    Resolve,
+    Resolved,
+    SetValue,
+    SetValues,
+    SpaceRegistered,
+    ToRegistry,
+    ValueEntry,
+    ValueList,
+    Written,
+    WrittenMany,
+    read_request,
+    reply_outputs,
+)
+from .placement import events_endpoint
+from .scopes import ScopedValue, ScopedValues, VersionConflict, spaces_from_topology
 from .store import RegistryFileError, open_database  # RegistryFileError: re-exported
-from .scopes import ScopedValues, VariableSpace, VersionConflict, spaces_from_topology
 from .types import VariableError
 
-from .placement import events_endpoint
+T = TypeVar("T")
 
 
-class Registry(Program):
-    """Serves ``ScopedValues`` over calls; every change is committed before the reply."""
+class Registry:
+    """Serves ``ScopedValues`` over calls; every change is committed before the reply.
+
+    A program for the worker (``setup``, calls, ``teardown``) without being a ``Program``:
+    it never calls other agents."""
 
     def setup(self, args, config) -> None:
         self._lock = threading.Lock()  # the store, the database and the PUB: one request at a time
@@ -85,63 +110,53 @@ class Registry(Program):
             self.pub.close(linger=0)
             self._context.term()
 
-    def forward(self, op: str = "", **request: Any) -> dict[str, Any]:
-        """Every answer is typed: a malformed request of any shape is ``bad_request`` naming the
-        field; an exception otpy did not expect is logged with its traceback and is ``internal``."""
-        if (problem := request_problem(op, request)) is not None:
-            return {"ok": False, "error": "bad_request", "problems": [problem]}
+    def forward(self, **inputs: Any) -> dict[str, Any]:
+        """A call: its inputs are a request (``otpy.wire.registry_protocol``), its outputs the reply."""
+        request = read_request(inputs)
+        reply = request if isinstance(request, Refused) else self.answer(request)
+        try:
+            return reply_outputs(reply)
+        except (TypeError, ValueError, OverflowError) as exc:  # a composite computed an odd object
+            return reply_outputs(_internal(request, exc))
+
+    __call__ = forward  # the worker calls its program with the call's inputs
+
+    def answer(self, request: ToRegistry) -> RegistryReply | Refused:
+        """The reply to ``request``, or its refusal: ``invalid`` and ``conflict`` say why the store
+        refused; anything else raised is an otpy bug or a broken file, logged with its traceback
+        and answered ``internal``."""
         try:
             with self._lock:
-                return self._serve(op, **request)
+                return self._serve(request)
         except VariableError as error:
-            return {"ok": False, "error": "invalid", "problems": error.problems}
+            return Refused(kind="invalid", problems=error.problems)
         except VersionConflict as conflict:
-            return {"ok": False, "error": "conflict", "problems": [str(conflict)], "current": conflict.current}
-        except Exception as error:  # an otpy bug or a broken file: said loudly, answered typed
+            return Refused(kind="conflict", problems=[str(conflict)], current=conflict.current)
+        except Exception as error:
             traceback.print_exc(file=sys.stderr)
-            return {"ok": False, "error": "internal", "problems": [f"{op}: {type(error).__name__}: {error}"]}
+            return _internal(request, error)
 
-    def _serve(self, op: str, **request: Any) -> dict[str, Any]:
+    def _serve(self, request: ToRegistry) -> RegistryReply:
         store = self.store
-        match op:
-            case "get":
-                return _entry(store.get(request["scope"], request["name"]))
-            case "list":
-                return {"ok": True, "values": [_entry(e) for e in store.list(request.get("scope"))]}
-            case "resolve":
-                self._learn_chain(request["child"], request.get("chain"))
-                return {"ok": True, "config": store.resolve(request["child"])}
-            case "explain":
-                self._learn_chain(request["child"], request.get("chain"))
-                scope, value, reason = store.explain(request["child"], request["name"])
-                return {"ok": True, "scope": scope, "value": value, "reason": reason}
-            case "register_space":
-                added = self._register_space(request["scope"], request["variables"])
-                return {"ok": True, "scope": request["scope"], "added": added}
-            case "set":
-                version = self._write(lambda: store.set(request["scope"], request["name"], request["value"],
-                                                        request.get("expected_version")))
-                return {"ok": True, "version": version}
-            case "set_many":
-                versions = self._write(lambda: store.set_many(request["values"]))
-                return {"ok": True, "versions": versions}
-        return {"ok": False, "error": "bad_request",
-                "problems": [f"unknown op {op!r}; expected get, set, set_many, resolve, explain or list"]}
-
-    def _learn_chain(self, child: str, chain: list[str] | None) -> None:
-        """Children started at run time tell their supervisors, nearest first (``OTPY_SUPERVISORS``).
-
-        Only a child the tree does not know yet is learnt, and only from a list of known ids
-        (``request_problem`` checked the shapes)."""
-        if child in self.store.parents or not chain:
-            return
-        known = {*self.store.parents, *self.store.parents.values()}
-        links = list(zip([child, *chain], chain))
-        for depth, (_, above) in enumerate(links):
-            if above in known:  # the chain reaches the tree: learn the new links below it
-                for below, parent in links[:depth + 1]:
-                    self.store.parents.setdefault(below, parent)
-                return
+        match request:
+            case GetValue(scope=scope, name=name):
+                return _entry(store.get(scope, name))
+            case ListValues(scope=scope):
+                return ValueList(values=[_entry(e) for e in store.list(scope)])
+            case Resolve(child=child, chain=chain):
+                store.learn_chain(child, chain)
+                return Resolved(config=store.resolve(child))
+            case Explain(child=child, name=name, chain=chain):
+                store.learn_chain(child, chain)
+                scope, value, reason = store.explain(child, name)
+                return Explained(scope=scope, value=value, reason=reason)
+            case RegisterSpace(scope=scope, variables=tables):
+                return SpaceRegistered(scope=scope, added=self._register_space(scope, tables))
+            case SetValue(scope=scope, name=name, value=value, expected_version=expected):
+                return Written(version=self._write(lambda: store.set(scope, name, value, expected)))
+            case SetValues(values=values):
+                return WrittenMany(versions=self._write(lambda: store.set_many(values)))
+        raise TypeError(f"no case for {type(request).__name__}")  # a request type added without its case
 
     def _register_space(self, scope: str, tables: dict[str, dict]) -> list[str]:
         """Declare variables (topology form) in ``scope`` at run time: new ones are added and
@@ -164,7 +179,12 @@ class Registry(Program):
         if problems:
             raise VariableError(problems)
         if added:
-            self._check_still_resolves(scope, [variable for variable, _ in added.values()])
+            variables = [variable for variable, _ in added.values()]
+            if broken := self.store.unresolvable_with(scope, variables):
+                raise VariableError([f"register_space: scope {scope!r}: the new variables would make the "
+                                     f"configuration of {', '.join(map(repr, broken))} unresolvable (a variable "
+                                     "without a default, or a composite or constraint that fails); "
+                                     "expected every new variable to have a default there"])
             try:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.executemany("INSERT OR REPLACE INTO space VALUES (?, ?, ?)",
@@ -174,41 +194,8 @@ class Registry(Program):
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
                 raise RegistryFileError(f"registry database {self.path}: cannot write: {exc}") from exc
-            self._declare(scope, [variable for variable, _ in added.values()])
+            self.store.declare(scope, variables)
         return sorted(added)
-
-    def _check_still_resolves(self, scope: str, variables: list) -> None:
-        """VariableError naming each known child whose resolution the new ``variables`` would break."""
-        store = self.store
-        ids = sorted({*store.parents, *store.parents.values(), *store.spaces, scope})
-        before = {child for child in ids if _resolves(store, child)}
-        saved = store.spaces.get(scope)
-        trial = VariableSpace(scope, [*(saved.variables.values() if saved else ()), *variables])
-        if saved is not None:
-            trial.constraints = list(saved.constraints)
-        store.spaces[scope] = trial
-        store.values.setdefault(scope, {})
-        try:
-            broken = [child for child in sorted(before) if not _resolves(store, child)]
-        finally:
-            if saved is None:
-                del store.spaces[scope]
-                if not store.values[scope]:
-                    del store.values[scope]
-            else:
-                store.spaces[scope] = saved
-        if broken:
-            raise VariableError([f"register_space: scope {scope!r}: the new variables would make the "
-                                 f"configuration of {', '.join(map(repr, broken))} unresolvable (a variable "
-                                 "without a default, or a composite or constraint that fails); "
-                                 "expected every new variable to have a default there"])
-
-    def _declare(self, scope: str, variables) -> None:
-        if scope not in self.store.spaces:
-            self.store.spaces[scope] = VariableSpace(scope)
-            self.store.values[scope] = {}
-        for variable in variables:
-            self.store.spaces[scope].add(variable)
 
     def _load_spaces(self) -> None:
         """Spaces registered at run time by an earlier incarnation (the topology's come first)."""
@@ -227,21 +214,20 @@ class Registry(Program):
                 declared = spaces_from_topology({scope: fresh})[scope].variables.values()
             except VariableError as error:
                 raise self._bad_row(f"space rows of scope {scope!r}", "; ".join(error.problems)) from None
-            self._declare(scope, declared)
+            self.store.declare(scope, declared)
 
     # --- durability ---------------------------------------------------------------------
 
-    def _write(self, change):
+    def _write(self, change: Callable[[], T]) -> T:
         """Apply ``change`` to the store, commit what it wrote, and only then return its result."""
-        before = self.store.version
         result = change()
-        if self.store.version == before:
+        written = self.store.take_changes()
+        if not written:
             return result
-        written = [(scope, name, json.dumps(self.store.values[scope][name]), version)
-                   for (scope, name), version in self.store.versions.items() if version == self.store.version]
         try:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT OR REPLACE INTO value VALUES (?, ?, ?, ?)", written)
+            self.db.executemany("INSERT OR REPLACE INTO value VALUES (?, ?, ?, ?)",
+                                [(e.scope, e.name, json.dumps(e.value), e.version) for e in written])
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (self.store.version,))
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -252,12 +238,12 @@ class Registry(Program):
         self._publish(written)
         return result
 
-    def _publish(self, written) -> None:
+    def _publish(self, written: list[ScopedValue]) -> None:
         """Tell the subscribers, once the values are committed (never before)."""
         if self.pub is None:
             return
-        for scope, name, _, version in written:
-            event = VariableChanged(scope=scope, name=name, value=self.store.values[scope][name], version=version)
+        for entry in written:
+            event = VariableChanged(scope=entry.scope, name=entry.name, value=entry.value, version=entry.version)
             self.pub.send(ENCODER.encode(event))
 
     def _bad_row(self, where: str, why: str) -> RegistryFileError:
@@ -280,85 +266,22 @@ class Registry(Program):
         raise self._bad_row(where, f"got {value!r:.60}; expected an integer >= 0")
 
     def _load(self) -> None:
-        store = self.store
-        for space in store.values.values():
-            space.clear()
-        store.versions.clear()
+        """The values and the version counter as committed (a value the topology no longer
+        accepts is dropped, and said)."""
         row = self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-        store.version = self._counter(row[0], "meta.version") if row else 0
-        for scope, name, value, version in self.db.execute("SELECT * FROM value"):
+        version = self._counter(row[0], "meta.version") if row else 0
+        stored = []
+        for scope, name, value, value_version in self.db.execute("SELECT * FROM value"):
             where = f"value row ({scope!r}, {name!r})"
-            stored, version = self._json(value, where), self._counter(version, where + " version")
-            if scope not in store.values or name not in store.spaces[scope].variables:
-                continue  # the topology no longer declares it
-            try:  # the topology may have narrowed the variable since the value was written
-                store.values[scope][name] = store.spaces[scope].validate_one(name, stored)
-            except (VariableError, ValueError) as refused:
-                print(f"otpy: registry: dropping stored {scope}.{name}: {refused}", file=sys.stderr, flush=True)
-                continue
-            store.versions[scope, name] = version
+            stored.append((scope, name, self._json(value, where), self._counter(value_version, where + " version")))
+        for dropped in self.store.load(version, stored):
+            print(f"otpy: registry: dropping stored {dropped}", file=sys.stderr, flush=True)
 
 
-# The fields of each op: (name, expected types, required). Checked before the op runs, so a
-# malformed request is a bad_request naming its field, never an exception of the store.
-_NAME, _TABLE, _ANY = (str,), (dict,), (object,)
-REQUEST_FIELDS: dict[str, tuple[tuple[str, tuple[type, ...], bool], ...]] = {
-    "get": (("scope", _NAME, True), ("name", _NAME, True)),
-    "list": (("scope", _NAME, False),),
-    "resolve": (("child", _NAME, True), ("chain", (list,), False)),
-    "explain": (("child", _NAME, True), ("name", _NAME, True), ("chain", (list,), False)),
-    "register_space": (("scope", _NAME, True), ("variables", _TABLE, True)),
-    "set": (("scope", _NAME, True), ("name", _NAME, True), ("value", _ANY, True),
-            ("expected_version", (int,), False)),
-    "set_many": (("values", _TABLE, True),),
-}
+def _internal(request: object, error: BaseException) -> Refused:
+    op = type(request).__struct_config__.tag if hasattr(request, "__struct_config__") else "request"
+    return Refused(kind="internal", problems=[f"{op}: {type(error).__name__}: {error}"])
 
 
-def request_problem(op: object, request: dict[str, Any]) -> str | None:
-    """Why ``request`` is not a well-formed ``op`` request (naming the field), or None.
-
-    An unknown op is left to ``_serve``, which lists the known ones."""
-    fields = REQUEST_FIELDS.get(op) if isinstance(op, str) else None
-    if fields is None:
-        return None if isinstance(op, str) else f"op: got {type(op).__name__}; expected a string"
-    expected_names = {name for name, _, _ in fields}
-    if extra := sorted(map(str, set(request) - expected_names)):
-        return f"{op}: unexpected field {extra[0]!r}; expected {', '.join(sorted(expected_names))}"
-    for name, types, required in fields:
-        value = request.get(name)
-        if name not in request or (value is None and not required):
-            if required:
-                return f"{op}: missing field {name!r}"
-            continue
-        if not isinstance(value, types) or (types != _ANY and isinstance(value, bool)):
-            kind = {str: "a string", dict: "a table", list: "an array", int: "an integer"}[types[0]]
-            return f"{op}: {name}: got {type(value).__name__}; expected {kind}"
-    return _nested_problem(op, request)
-
-
-def _nested_problem(op: str, request: dict[str, Any]) -> str | None:
-    """The shapes inside the tables and lists: keys are names, set_many's scopes are tables."""
-    if op in ("resolve", "explain") and not all(isinstance(s, str) for s in request.get("chain") or ()):
-        return f"{op}: chain: expected a list of supervisor ids (strings)"
-    if op == "register_space" and not all(isinstance(k, str) and isinstance(t, dict)
-                                          for k, t in request["variables"].items()):
-        return "register_space: variables: expected a table of variable tables, by name"
-    if op == "set_many":
-        for scope, values in request["values"].items():
-            if not isinstance(scope, str) or not isinstance(values, dict) \
-                    or not all(isinstance(name, str) for name in values):
-                return f"set_many: values.{scope}: expected a table of values by name, per scope"
-    return None
-
-
-def _resolves(store: ScopedValues, child: str) -> bool:
-    try:
-        store.resolve(child)
-    except (VariableError, ValueError):
-        return False
-    return True
-
-
-def _entry(e) -> dict[str, Any]:
-    return {"ok": True, "scope": e.scope, "name": e.name, "value": e.value, "version": e.version,
-            "reason": e.reason}
+def _entry(e: ScopedValue) -> ValueEntry:
+    return ValueEntry(scope=e.scope, name=e.name, value=e.value, version=e.version, reason=e.reason)
