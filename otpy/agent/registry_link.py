@@ -2,8 +2,9 @@
 
 At start (``_worker._start``), a child of a node that has a registry (the node says so:
 ``OTPY_REGISTRY=1`` in its environment) asks it to ``resolve`` the child's configuration along its scope chain
-(``OTPY_CHILD_ID``, then ``OTPY_SUPERVISORS``). After READY a ``ConfigWatcher`` thread
-subscribes to the registry's changes.
+(``OTPY_CHILD_ID``, then ``OTPY_SUPERVISORS``), with the one registry client
+(``otpy.variables.client``) over a DEALER of its own (``RegistryDealer``). After READY a
+``ConfigWatcher`` thread subscribes to the registry's changes.
 
 Why ``resolve`` fails fast: the child's supervisor waits for its READY, and the registry's
 own restart waits behind it in that supervisor's inbox. A child that waited out a timeout for
@@ -28,6 +29,7 @@ import zmq
 from ..wire.call_messages import encode_call, error_of, read_reply
 from ..wire.errors import CallTimeout
 from .program import Program
+from ..variables.client import RegistryClient
 from ..variables.placement import REGISTRY_ENV, REGISTRY_ID, events_endpoint
 from ..wire.protocol import VARIABLE_CHANGED, CallFailed, Reply
 from ..host.runtime_dir import agent_endpoint, agent_socket_path
@@ -72,37 +74,42 @@ def chain() -> list[str]:
 
 
 def resolve(node: str, child_id: str, context: zmq.Context | None = None) -> dict[str, Any]:
-    """The child's configuration from the registry; RuntimeError naming the problems,
-    ``RegistryDown`` as soon as the registry is seen not running.
-
-    One DEALER of its own, not a ``Caller``: a child starting must not pay for importing the
-    caller's machinery (asyncio: ~50 ms), and a resolve needs none of it. Two attempts of
-    ``RESOLVE_TIMEOUT`` each, as long as the registry listens.
-    """
-    request = {"op": "resolve", "child": child_id, "chain": chain()}
-    context = context or zmq.Context.instance()
-    for attempt in (1, 2):
-        if not registry_listening(node):
-            raise RegistryDown("the registry is not running")
-        dealer = context.socket(zmq.DEALER)
-        dealer.linger = 0
-        try:
-            dealer.connect(agent_endpoint(node, REGISTRY_ID))
-            dealer.send(encode_call(attempt, request))
-            reply = _await_reply(dealer, node, attempt)
-        finally:
-            dealer.close(linger=0)
-        if reply is not None:
-            if not reply.get("ok"):
-                raise RuntimeError("; ".join(reply.get("problems") or [str(reply)]))
-            return reply["config"]
-    raise CallTimeout(f"no reply from the registry within {RESOLVE_TIMEOUT} s (twice)", agent=REGISTRY_ID)
+    """The child's configuration from the registry; ``RegistryRefused`` (a RuntimeError) naming
+    the problems, ``RegistryDown`` as soon as the registry is seen not running."""
+    client = RegistryClient(RegistryDealer(node, context or zmq.Context.instance()), RESOLVE_TIMEOUT)
+    return client.resolve(child_id, chain())
 
 
-def _await_reply(dealer: zmq.Socket, node: str, call_id: int) -> dict[str, Any] | None:
+class RegistryDealer:
+    """The worker's caller for ``RegistryClient``: one DEALER of its own per attempt, not a
+    ``Caller``: a child starting must not pay for importing the caller's machinery (asyncio:
+    ~50 ms), and a resolve needs none of it. Two attempts of ``timeout`` each, as long as the
+    registry listens."""
+
+    def __init__(self, node: str, context: zmq.Context) -> None:
+        self.node, self.context = node, context
+
+    def call(self, agent: str, inputs: dict[str, Any], timeout: float) -> dict[str, Any]:
+        for attempt in (1, 2):
+            if not registry_listening(self.node):
+                raise RegistryDown("the registry is not running")
+            dealer = self.context.socket(zmq.DEALER)
+            dealer.linger = 0
+            try:
+                dealer.connect(agent_endpoint(self.node, agent))
+                dealer.send(encode_call(attempt, inputs))
+                outputs = _await_reply(dealer, self.node, attempt, timeout)
+            finally:
+                dealer.close(linger=0)
+            if outputs is not None:
+                return outputs
+        raise CallTimeout(f"no reply from the registry within {timeout} s (twice)", agent=agent)
+
+
+def _await_reply(dealer: zmq.Socket, node: str, call_id: int, timeout: float) -> dict[str, Any] | None:
     """The registry's outputs for ``call_id``; None when the attempt timed out; ``RegistryDown``
     as soon as nothing listens on its socket any more; a CallError for a failed call."""
-    deadline = time.monotonic() + RESOLVE_TIMEOUT
+    deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
         if dealer.poll(int(min(left, LIVENESS_CHECK_S) * 1000) + 1):
             match read_reply(dealer.recv()):

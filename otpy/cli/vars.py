@@ -5,7 +5,8 @@
     otpy vars set SCOPE.NAME VALUE      VALUE is JSON, else a plain string; refused: exit 1
     otpy vars explain CHILD NAME        where CHILD's NAME comes from
 
-Each talks to the ``registry`` agent with ``otpy.Caller(node).call("registry", {"op": ...})``.
+Each sends one typed request (``otpy.wire.registry_protocol``) with ``RegistryClient`` over an
+``otpy.Caller`` of the node.
 Exit codes as ``otpy``'s: 0 success, 1 refused or failed (the reason is printed), 2 usage.
 """
 
@@ -16,15 +17,18 @@ import sys
 from typing import Any, NoReturn
 
 import click
+import msgspec
 
-from ..wire.calls import Caller
 from ..host.runtime_dir import agent_socket_path
-from .exits import node_or_exit
+from ..variables.client import RegistryClient
+from ..variables.placement import REGISTRY_ID
+from ..wire.calls import Caller
 from ..wire.errors import CallError
+from ..wire.registry_protocol import Explain, GetValue, ListValues, Refused, RegistryRequest, SetValue
+from .exits import node_or_exit
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-REGISTRY = "registry"
 
 NODE_OPTION = click.option("--node", "node_name", metavar="NAME",
                            help="The node to talk to (may be left out when only one runs).")
@@ -41,12 +45,11 @@ def vars_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def list_(scope: str | None, node_name: str | None, as_json: bool) -> None:
     """Every variable of SCOPE (or of every scope): value, version and why it has it."""
-    reply = _ask(node_name, {"op": "list", "scope": scope} if scope else {"op": "list"})
+    entries = _ask(node_name, ListValues(scope=scope)).values
     if as_json:
-        click.echo(json.dumps(reply["values"], indent=2))
+        click.echo(json.dumps(msgspec.to_builtins(entries), indent=2))
         return
-    rows = [(f"{e['scope']}.{e['name']}", json.dumps(e["value"]), str(e["version"]), e["reason"])
-            for e in reply["values"]]
+    rows = [(f"{e.scope}.{e.name}", json.dumps(e.value), str(e.version), e.reason) for e in entries]
     _table([("VARIABLE", "VALUE", "VERSION", "REASON"), *rows])
 
 
@@ -57,11 +60,11 @@ def list_(scope: str | None, node_name: str | None, as_json: bool) -> None:
 def get(variable: str, node_name: str | None, as_json: bool) -> None:
     """Print the value of SCOPE.NAME, JSON-encoded (for scripts)."""
     scope, name = _split(variable)
-    reply = _ask(node_name, {"op": "get", "scope": scope, "name": name})
+    entry = _ask(node_name, GetValue(scope=scope, name=name))
     if as_json:
-        click.echo(json.dumps({k: v for k, v in reply.items() if k != "ok"}))
+        click.echo(json.dumps({k: v for k, v in msgspec.to_builtins(entry).items() if k != "ok"}))
     else:
-        click.echo(json.dumps(reply["value"]))
+        click.echo(json.dumps(entry.value))
 
 
 @vars_group.command("set")
@@ -72,11 +75,9 @@ def get(variable: str, node_name: str | None, as_json: bool) -> None:
 def set_(variable: str, value: str, expected_version: int | None, node_name: str | None) -> None:
     """Set SCOPE.NAME to VALUE (parsed as JSON, else taken as a plain string)."""
     scope, name = _split(variable)
-    request: dict[str, Any] = {"op": "set", "scope": scope, "name": name, "value": _parse(value)}
-    if expected_version is not None:
-        request["expected_version"] = expected_version
-    reply = _ask(node_name, request)
-    click.echo(f"{scope}.{name} = {json.dumps(request['value'])} (version {reply['version']})")
+    request = SetValue(scope=scope, name=name, value=_parse(value), expected_version=expected_version)
+    written = _ask(node_name, request)
+    click.echo(f"{scope}.{name} = {json.dumps(request.value)} (version {written.version})")
 
 
 @vars_group.command()
@@ -85,8 +86,8 @@ def set_(variable: str, value: str, expected_version: int | None, node_name: str
 @NODE_OPTION
 def explain(child: str, name: str, node_name: str | None) -> None:
     """Where CHILD's variable NAME comes from: the scope, the value and why."""
-    reply = _ask(node_name, {"op": "explain", "child": child, "name": name})
-    click.echo(f"{child}.{name} = {json.dumps(reply['value'])}: {reply['reason']} in scope {reply['scope']!r}")
+    explained = _ask(node_name, Explain(child=child, name=name))
+    click.echo(f"{child}.{name} = {json.dumps(explained.value)}: {explained.reason} in scope {explained.scope!r}")
 
 
 def _split(variable: str) -> tuple[str, str]:
@@ -103,20 +104,20 @@ def _parse(value: str) -> Any:
         return value
 
 
-def _ask(node_name: str | None, request: dict[str, Any]) -> dict[str, Any]:
-    """The registry's reply; exit 1 naming the problem if it refused or cannot be reached."""
+def _ask(node_name: str | None, request: RegistryRequest) -> Any:
+    """The registry's reply (of ``request.reply``'s type); exit 1 naming the problem if it
+    refused or cannot be reached."""
     node = node_or_exit(node_name)
-    if not agent_socket_path(node, REGISTRY).exists():
+    if not agent_socket_path(node, REGISTRY_ID).exists():
         _fail(f"node {node!r} has no variable registry: declare [variables] (e.g. [variables.global]) "
               "in its topology")
     with Caller(node) as caller:
         try:
-            reply = caller.call(REGISTRY, request, timeout=10.0)
+            reply = RegistryClient(caller, timeout=10.0).ask(request)
         except CallError as exc:
             _fail(f"the registry did not answer: {exc}")
-    if not reply.get("ok"):
-        problems = reply.get("problems") or [str(reply)]
-        _fail(f"refused ({reply.get('error', 'error')}):\n" + "\n".join(f"  {p}" for p in problems))
+    if isinstance(reply, Refused):
+        _fail(f"refused ({reply.kind}):\n" + "\n".join(f"  {p}" for p in reply.problems or [reply.kind]))
     return reply
 
 
