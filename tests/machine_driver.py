@@ -1,11 +1,11 @@
 """A fake shell for the supervision machines: no processes, no clock, no sleeps.
 
 It carries out effects the way the real shell does: in order, with the outcome of a
-``Spawn`` fed back at once (before anything waiting in the inbox), ``Post`` appended to the
-inbox, ``Stop`` children considered dead at once (their refs forgotten: a later exit of
-theirs is stale). What happened is kept as readable strings in ``log``::
+``Launch`` fed back at once (before anything waiting in the inbox), ``Post`` appended to the
+inbox, ``Stop`` children considered dead at once (their incarnations forgotten: a later exit
+of theirs is stale). What happened is kept as readable strings in ``log``::
 
-    "start a"            a child was started (it got a new ref and pid)
+    "start a"            a child was started (it got a new incarnation and pid)
     "start b failed"     its start failed
     "stop c"             a Stop effect stopped c (one line per child, in the order given)
     "post retry b"       a Retry was put on the inbox
@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable
 
 from otpy.supervision.effects import (
-    ChildExited, Effect, Event, Exit, Init, Post, Reply, Report, Result, Retry, Spawn,
-    SpawnFailed, SpawnOk, Stop, StopSupervisor,
+    Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, Launch, LaunchFailed,
+    Launched, Post, Report, Result, Retry, Stop, StopSupervisor,
 )
 from otpy.supervision.exit import ExitReason
+from otpy.wire import protocol as wire
 
 CRASHED = ExitReason(kind="crashed", code=1)
 
@@ -50,7 +50,7 @@ class Driver:
         self.fail = dict(fail or {})  # id -> how many of its next starts fail
         self.fail_always = set(fail_always)
         self.on_spawn = on_spawn  # optional hook: returns a failure reason to fail the start
-        self.refs: dict[str, int] = {}  # id -> ref of its current incarnation
+        self.incarnations: dict[str, int] = {}  # id -> its current incarnation
         self.pids: dict[str, int] = {}
         self.effects: list[Effect] = []  # every effect carried out, in order
         self.exit: Exit | None = None
@@ -78,17 +78,17 @@ class Driver:
         return self.log[start:]
 
     def init(self) -> list[str]:
-        return self.send(Init())
+        return self.send(Boot())
 
     def crash(self, id: str, reason: ExitReason = CRASHED) -> list[str]:
         """The current incarnation of ``id`` exits by itself with ``reason``."""
-        return self.send(ChildExited(id, self.refs[id], reason))
+        return self.send(ChildExited(id, self.incarnations[id], reason))
 
-    def call(self, event: Event) -> Result:
-        """An administrative call: give it a fresh reply slot and return the answer."""
-        slot = object()
-        self.send(replace(event, ref=slot))
-        [result] = [e.result for e in self.effects if isinstance(e, Reply) and e.ref is slot]
+    def call(self, request: ChildRequest) -> Result:
+        """An administrative call: send ``request`` with a fresh reply slot, return the answer."""
+        reply_to = object()
+        self.send(Command(request, reply_to))
+        [result] = [e.result for e in self.effects if isinstance(e, Answer) and e.reply_to is reply_to]
         return result
 
     def stop(self) -> list[str]:
@@ -114,12 +114,12 @@ class Driver:
 
     def _carry_out(self, effect: Effect) -> Event | None:
         match effect:
-            case Spawn(spec):
-                return self._spawn(spec)
+            case Launch(spec):
+                return self._launch(spec)
             case Stop(ids):
                 for id in ids:
                     self.log.append(f"stop {id}")
-                    self.refs.pop(id, None)
+                    self.incarnations.pop(id, None)
                     self.pids.pop(id, None)
             case Post(event):
                 self.inbox.append(event)
@@ -130,15 +130,15 @@ class Driver:
                 self.log.append(f"exit {reason.kind}")
         return None
 
-    def _spawn(self, spec) -> Event:
+    def _launch(self, spec) -> Event:
         reason = self._failure(spec)
         if reason is not None:
             self.log.append(f"start {spec.id} failed")
-            return SpawnFailed(spec.id, reason)
-        ref = next(self._counter)
-        self.refs[spec.id], self.pids[spec.id] = ref, 1000 + ref
+            return LaunchFailed(spec.id, reason)
+        incarnation = next(self._counter)
+        self.incarnations[spec.id], self.pids[spec.id] = incarnation, 1000 + incarnation
         self.log.append(f"start {spec.id}")
-        return SpawnOk(spec.id, ref, 1000 + ref)
+        return Launched(spec.id, incarnation, 1000 + incarnation)
 
     def _failure(self, spec) -> str | None:
         if spec.id in self.fail_always:
@@ -149,3 +149,30 @@ class Driver:
         if self.on_spawn is not None:
             return self.on_spawn(spec)
         return None
+
+
+# --- the requests, as the wire carries them (the fields a supervisor does not read left empty) ---
+
+
+def start_child(spec) -> wire.StartChild:
+    return wire.StartChild(request_id=0, supervisor="", spec=spec)
+
+
+def start_from_template(template: str, id: str, args: dict[str, Any] | None = None) -> wire.StartFromTemplate:
+    return wire.StartFromTemplate(request_id=0, supervisor="", template=template, id=id, args=args or {})
+
+
+def terminate_child(id: str) -> wire.TerminateChild:
+    return wire.TerminateChild(request_id=0, id=id)
+
+
+def restart_child(id: str) -> wire.RestartChild:
+    return wire.RestartChild(request_id=0, id=id)
+
+
+def delete_child(id: str) -> wire.DeleteChild:
+    return wire.DeleteChild(request_id=0, id=id)
+
+
+def reconfigure(id: str, target) -> wire.Reconfigure:
+    return wire.Reconfigure(request_id=0, supervisor="", source=id, target=target)

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import pytest
 
-from machine_driver import Driver
+from machine_driver import (
+    Driver, delete_child, reconfigure, restart_child, start_child, start_from_template, terminate_child,
+)
 from otpy.supervision.dynamic import DynamicMachine
 from otpy.supervision.effects import (
-    ChildExited, DeleteChild, RestartChild, Retry, Spawn, StartChild, StartFromTemplate, Stop,
-    TerminateChild,
+    Answer, Boot, ChildExited, Command, Launch, LaunchFailed, Launched, Replace, Result, Retry, Stop,
 )
 from otpy.supervision.exit import ExitReason
-from otpy.specs.model import ChildSpec, DynamicSupervisorSpec
+from otpy.supervision.machine import StaticMachine
+from otpy.specs.model import ChildSpec, DynamicSupervisorSpec, SupervisorSpec
 
 NORMAL = ExitReason(kind="normal", code=0)
 SHUTDOWN = ExitReason(kind="shutdown", signal=15)
@@ -38,7 +40,7 @@ def dynamic(*ids: str, **flags) -> Driver:
     d = Driver(DynamicMachine(DynamicSupervisorSpec(id="dyn", templates={"agent": TEMPLATE}, **flags)))
     d.init()
     for id in ids:
-        assert d.call(StartChild(worker(id))).ok
+        assert d.call(start_child(worker(id))).ok
     d.take_log()
     return d
 
@@ -48,7 +50,7 @@ def stop_effects(d: Driver) -> list[Stop]:
 
 
 def last_spawned(d: Driver) -> ChildSpec:
-    return [e for e in d.effects if isinstance(e, Spawn)][-1].spec
+    return [e for e in d.effects if isinstance(e, Launch)][-1].spec
 
 
 class TestStartChild:
@@ -58,13 +60,13 @@ class TestStartChild:
 
     def test_start_child_from_a_full_spec_replies_ok_with_the_pid(self):
         d = dynamic()
-        result = d.call(StartChild(worker("x")))
+        result = d.call(start_child(worker("x")))
         assert result.outcome == "ok" and result.pid == d.pids["x"]
         assert d.log == ["start x"] and d.state("x") == "running"
 
     def test_start_child_from_a_template_merges_the_args_over_the_templates(self):
         d = dynamic()
-        result = d.call(StartFromTemplate("agent", "a1", {"temperature": 0.7, "seed": 1}))
+        result = d.call(start_from_template("agent", "a1", {"temperature": 0.7, "seed": 1}))
         assert result.ok and d.log == ["start a1"]
         spec = last_spawned(d)
         assert spec.id == "a1" and spec.command == ("agent",)
@@ -73,40 +75,40 @@ class TestStartChild:
 
     def test_a_restart_uses_the_same_merged_args(self):
         d = dynamic()
-        d.call(StartFromTemplate("agent", "a1", {"seed": 7}))
+        d.call(start_from_template("agent", "a1", {"seed": 7}))
         first = last_spawned(d)
         d.crash("a1")
         assert last_spawned(d) == first
 
     def test_an_unknown_template_is_not_found(self):
         d = dynamic()
-        assert d.call(StartFromTemplate("nope", "a1")).outcome == "not_found"
+        assert d.call(start_from_template("nope", "a1")).outcome == "not_found"
         assert d.log == []
 
     def test_a_start_that_fails_keeps_nothing_and_uses_no_intensity(self):
         d = dynamic(max_restarts=0)
         d.fail["x"] = 1
-        assert d.call(StartChild(worker("x"))).outcome == "start_failed"
+        assert d.call(start_child(worker("x"))).outcome == "start_failed"
         assert "x" not in d.machine.children and not d.inbox
         assert len(d.machine.window) == 0 and d.exit is None
-        assert d.call(StartChild(worker("x"))).ok
+        assert d.call(start_child(worker("x"))).ok
 
     def test_a_significant_child_is_refused(self):
         d = dynamic()
-        result = d.call(StartChild(worker("x", restart="transient", significant=True)))
+        result = d.call(start_child(worker("x", restart="transient", significant=True)))
         assert result.outcome == "invalid"
         assert d.log == [] and "x" not in d.machine.children
 
     def test_a_running_id_is_already_started(self):
         d = dynamic("x")
-        result = d.call(StartChild(worker("x")))
+        result = d.call(start_child(worker("x")))
         assert result.outcome == "already_started" and result.pid == d.pids["x"]
 
 
 class TestMaxChildren:
     def test_start_child_beyond_max_children_is_refused(self):
         d = dynamic("a", "b", max_children=2)
-        assert d.call(StartChild(worker("c"))).outcome == "max_children"
+        assert d.call(start_child(worker("c"))).outcome == "max_children"
         assert d.log == []
 
     def test_restarting_children_count_toward_max_children(self):
@@ -114,30 +116,30 @@ class TestMaxChildren:
         d.fail_always.add("b")
         d.crash("b")
         assert d.state("b") == "restarting"
-        assert d.call(StartChild(worker("c"))).outcome == "max_children"
+        assert d.call(start_child(worker("c"))).outcome == "max_children"
 
     def test_a_terminated_child_frees_its_place(self):
         d = dynamic("a", "b", max_children=2)
-        d.call(TerminateChild("a"))
-        assert d.call(StartChild(worker("c"))).ok
+        d.call(terminate_child("a"))
+        assert d.call(start_child(worker("c"))).ok
 
 
 class TestTerminateChild:
     def test_terminate_child_stops_and_removes_it(self):
         d = dynamic("a", "b")
-        assert d.call(TerminateChild("a")).outcome == "ok"
+        assert d.call(terminate_child("a")).outcome == "ok"
         assert d.log == ["stop a"]
         assert "a" not in d.machine.children and d.state("b") == "running"
 
     def test_a_second_terminate_child_is_not_found(self):
         d = dynamic("a")
-        d.call(TerminateChild("a"))
-        assert d.call(TerminateChild("a")).outcome == "not_found"
+        d.call(terminate_child("a"))
+        assert d.call(terminate_child("a")).outcome == "not_found"
 
     def test_terminate_child_is_not_a_restart_and_its_exit_is_stale(self):
         d = dynamic("a", max_restarts=0)
-        old = d.refs["a"]
-        d.call(TerminateChild("a"))
+        old = d.incarnations["a"]
+        d.call(terminate_child("a"))
         d.take_log()
         assert d.send(ChildExited("a", old, SHUTDOWN)) == []
         assert len(d.machine.window) == 0 and d.exit is None
@@ -147,7 +149,7 @@ class TestTerminateChild:
         d.fail_always.add("b")
         d.crash("b")
         d.take_log()
-        assert d.call(TerminateChild("b")).outcome == "ok"
+        assert d.call(terminate_child("b")).outcome == "ok"
         assert d.log == []  # nothing was running
         assert "b" not in d.machine.children
         assert d.run_inbox() == []
@@ -166,7 +168,7 @@ class TestExits:
     @pytest.mark.parametrize(("restart", "why", "outcome"), TABLE)
     def test_a_child_that_is_not_restarted_is_removed(self, restart, why, outcome):
         d = dynamic("a")
-        d.call(StartChild(worker("x", restart=restart)))
+        d.call(start_child(worker("x", restart=restart)))
         d.take_log()
         lines = d.crash("x", REASONS[why])
         if outcome == "restarted":
@@ -179,13 +181,13 @@ class TestExits:
 
     def test_the_id_of_a_removed_child_can_be_used_again(self):
         d = dynamic()
-        d.call(StartChild(worker("x", restart="temporary")))
+        d.call(start_child(worker("x", restart="temporary")))
         d.crash("x", CRASHED_CODE)
-        assert d.call(StartChild(worker("x"))).ok
+        assert d.call(start_child(worker("x"))).ok
 
     def test_an_exit_of_an_old_incarnation_is_ignored(self):
         d = dynamic("a")
-        old = d.refs["a"]
+        old = d.incarnations["a"]
         d.crash("a")
         assert d.send(ChildExited("a", old, CRASHED_CODE)) == []
 
@@ -227,8 +229,8 @@ class TestFailedRestart:
         d = dynamic("a", max_restarts=10)
         d.fail["a"] = 1
         d.crash("a")
-        assert d.call(TerminateChild("a")).outcome == "ok"
-        assert d.call(StartChild(worker("a"))).outcome == "ok"
+        assert d.call(terminate_child("a")).outcome == "ok"
+        assert d.call(start_child(worker("a"))).outcome == "ok"
         d.fail_always.add("a")
         d.crash("a")
         stale, due = d.inbox
@@ -277,79 +279,77 @@ class TestShutdown:
     @pytest.mark.parametrize("why", list(REASONS))
     def test_exits_after_shutdown_never_restart(self, why):
         d = dynamic("a", "b")
-        old = dict(d.refs)
+        old = dict(d.incarnations)
         d.stop()
         d.take_log()
-        for id, ref in old.items():
-            assert d.send(ChildExited(id, ref, REASONS[why])) == []
+        for id, incarnation in old.items():
+            assert d.send(ChildExited(id, incarnation, REASONS[why])) == []
 
     def test_calls_after_shutdown_are_refused(self):
         d = dynamic("a")
         d.stop()
-        assert d.call(StartChild(worker("z"))).outcome == "not_found"
+        assert d.call(start_child(worker("z"))).outcome == "not_found"
 
 
 class TestUnsupported:
     def test_restart_child_is_not_supported(self):
         d = dynamic("a")
-        assert d.call(RestartChild("a")).outcome == "not_supported"
+        assert d.call(restart_child("a")).outcome == "not_supported"
 
     def test_delete_child_is_not_supported(self):
         d = dynamic("a")
-        assert d.call(DeleteChild("a")).outcome == "not_supported"
+        assert d.call(delete_child("a")).outcome == "not_supported"
 
 
 class TestReconfigure:
     """Make-before-break: the target starts beside the source, then the source is stopped."""
 
     def _running(self):
-        from otpy.supervision.dynamic import DynamicMachine
-        from otpy.supervision.effects import Init, SpawnOk, StartChild
-        from otpy.specs.model import ChildSpec, DynamicSupervisorSpec
-
         m = DynamicMachine(DynamicSupervisorSpec(id="pool"))
-        m.handle(Init(), 0)
-        m.handle(StartChild(ChildSpec(id="c", program="pkg:A"), "r0"), 0)
-        m.handle(SpawnOk("c", 1, 100), 0)
+        m.handle(Boot(), 0)
+        m.handle(Command(start_child(ChildSpec(id="c", program="pkg:A")), "r0"), 0)
+        m.handle(Launched("c", 1, 100), 0)
         return m
 
-    def test_target_starts_before_the_source_is_swapped_out(self):
-        from otpy.supervision.effects import Reconfigure, Reply, Result, Spawn, SpawnOk, Swap
-        from otpy.specs.model import ChildSpec
-
+    def test_the_replacement_starts_before_the_child_is_replaced(self):
         m = self._running()
         target = ChildSpec(id="c", program="pkg:B")
-        effects = m.handle(Reconfigure("c", target, "r1"), 0)
-        assert effects[-1] == Spawn(target, replacing=True)
+        effects = m.handle(Command(reconfigure("c", target), "r1"), 0)
+        assert effects[-1] == Launch(target, replacement=True)
         assert m.children["c"].pid == 100  # the source is still the current child
-        assert m.handle(SpawnOk("c", 2, 200), 0) == [Reply("r1", Result("ok", pid=200)), Swap("c")]
+        assert m.handle(Launched("c", 2, 200), 0) == [Answer("r1", Result("ok", pid=200)), Replace("c")]
         assert (m.children["c"].spec.program, m.children["c"].pid) == ("pkg:B", 200)
 
-    def test_a_target_that_fails_to_start_leaves_the_source_running(self):
-        from otpy.supervision.effects import Reconfigure, SpawnFailed
-        from otpy.specs.model import ChildSpec
-
+    def test_a_replacement_that_fails_to_start_leaves_the_child_running(self):
         m = self._running()
-        m.handle(Reconfigure("c", ChildSpec(id="c", program="pkg:B"), "r1"), 0)
-        [reply] = m.handle(SpawnFailed("c", "boom"), 0)
+        m.handle(Command(reconfigure("c", ChildSpec(id="c", program="pkg:B")), "r1"), 0)
+        [reply] = m.handle(LaunchFailed("c", "boom"), 0)
         assert reply.result.outcome == "start_failed" and "boom" in reply.result.detail
         assert (m.children["c"].spec.program, m.children["c"].pid, m.children["c"].state) == ("pkg:A", 100, "running")
 
-    def test_the_old_incarnation_exit_is_stale_after_the_swap(self):
-        from otpy.supervision.effects import ChildExited, Reconfigure, SpawnOk
-        from otpy.supervision.exit import SHUTDOWN
-        from otpy.specs.model import ChildSpec
-
+    def test_the_replaced_incarnation_exit_is_stale(self):
         m = self._running()
-        m.handle(Reconfigure("c", ChildSpec(id="c", program="pkg:B"), "r1"), 0)
-        m.handle(SpawnOk("c", 2, 200), 0)
+        m.handle(Command(reconfigure("c", ChildSpec(id="c", program="pkg:B")), "r1"), 0)
+        m.handle(Launched("c", 2, 200), 0)
         assert m.handle(ChildExited("c", 1, SHUTDOWN), 1) == []
         assert m.children["c"].state == "running"
 
     def test_unknown_and_mismatched_targets_are_refused(self):
-        from otpy.supervision.effects import Reconfigure
-        from otpy.specs.model import ChildSpec
-
         m = self._running()
-        assert m.handle(Reconfigure("x", ChildSpec(id="x", program="pkg:B"), "r"), 0)[0].result.outcome == "not_found"
-        assert m.handle(Reconfigure("c", ChildSpec(id="d", program="pkg:B"), "r"), 0)[0].result.outcome == "invalid"
+        assert m.handle(Command(reconfigure("x", ChildSpec(id="x", program="pkg:B")), "r"), 0)[0].result.outcome == "not_found"
+        assert m.handle(Command(reconfigure("c", ChildSpec(id="d", program="pkg:B")), "r"), 0)[0].result.outcome == "invalid"
+
+
+class TestShutdownTable:
+    """After a shutdown every child of either machine is stopped with no incarnation and no pid:
+    a dynamic supervisor's table once kept them (its own ``_terminate`` left them set)."""
+
+    @pytest.mark.parametrize("kind", ["static", "dynamic"])
+    def test_a_stopped_supervisor_keeps_no_incarnation_or_pid(self, kind):
+        if kind == "dynamic":
+            d = dynamic("a", "b")
+        else:
+            d = Driver(StaticMachine(SupervisorSpec(id="s", children=(worker("a"), worker("b")))))
+            d.init()
+        d.stop()
+        assert [(c.state, c.incarnation, c.pid) for c in d.machine.children.values()] == [("stopped", None, None)] * 2

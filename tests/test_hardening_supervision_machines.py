@@ -79,9 +79,9 @@ class TestWindowCost:
 
 import pytest  # noqa: E402
 
-from machine_driver import Driver  # noqa: E402
+from machine_driver import Driver, start_child  # noqa: E402
 from otpy.supervision.dynamic import DynamicMachine  # noqa: E402
-from otpy.supervision.effects import Retry, StartChild, Stop  # noqa: E402
+from otpy.supervision.effects import Retry, Stop  # noqa: E402
 from otpy.supervision.exit import ExitReason  # noqa: E402
 from otpy.supervision.machine import StaticMachine  # noqa: E402
 from otpy.specs.model import ChildSpec, DynamicSupervisorSpec, SupervisorSpec  # noqa: E402
@@ -108,7 +108,7 @@ def _dynamic(ids, **fields) -> Driver:
     d = Driver(DynamicMachine(DynamicSupervisorSpec(id="dyn")))
     d.init()
     for i in ids:
-        assert d.call(StartChild(_worker(i, **fields))).ok
+        assert d.call(start_child(_worker(i, **fields))).ok
     d.take_log()
     return d
 
@@ -116,7 +116,7 @@ def _dynamic(ids, **fields) -> Driver:
 def _lose_all(d: Driver, ids) -> None:
     """The zygote died: every child's current incarnation ends ``lost``, in the same second."""
     for i in ids:
-        if i in d.refs:
+        if i in d.incarnations:
             d.crash(i, LOST)
             d.advance(0.05)
 
@@ -178,7 +178,7 @@ class TestLostExits:
 
     def test_one_for_all_losing_every_child_restarts_the_group_once(self):
         d = _static("a b c d".split(), strategy="one_for_all")
-        old = dict(d.refs)
+        old = dict(d.incarnations)
         from otpy.supervision.effects import ChildExited
         for i in "abcd":  # the other three exits name incarnations the bounce already replaced
             d.send(ChildExited(i, old[i], LOST))
@@ -206,7 +206,7 @@ class TestStartingFor:
         d = Driver(StaticMachine(spec))
         d.on_spawn = lambda s: seen.append({i: d.machine.starting_for(i) for i in d.machine.order})
         d.init()
-        d.call(StartChild(_worker("c")))
+        d.call(start_child(_worker("c")))
         assert seen == [{"a": "start", "b": "start"}, {"a": None, "b": "start"},
                         {"a": None, "b": None, "c": "start"}]
 
@@ -215,7 +215,7 @@ class TestStartingFor:
         d = _dynamic(["a"])
         d.on_spawn = lambda spec: seen.append((spec.id, d.machine.starting_for(spec.id),
                                                d.machine.starting_for("a" if spec.id != "a" else "z")))
-        d.call(StartChild(_worker("b")))
+        d.call(start_child(_worker("b")))
         d.crash("a")
         assert seen == [("b", "start", None), ("a", "restart", None)]
         assert d.machine.starting_for("a") is None

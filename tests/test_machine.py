@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from machine_driver import Driver
-from otpy.supervision.effects import (
-    ChildExited, DeleteChild, Exit, RestartChild, Retry, StartChild, StartFromTemplate, Stop,
-    TerminateChild,
+from machine_driver import (
+    Driver, delete_child, reconfigure, restart_child, start_child, start_from_template, terminate_child,
 )
+from otpy.supervision.effects import ChildExited, Exit, Retry, Stop
 from otpy.supervision.exit import ExitReason
 from otpy.supervision.machine import StaticMachine
 from otpy.specs.model import ChildSpec, SupervisorSpec
@@ -70,11 +69,11 @@ class TestRestartDecisionTable:
     @pytest.mark.parametrize(("restart", "why", "outcome"), TABLE)
     def test_exit_by_itself_follows_do_restart(self, restart, why, outcome):
         d = started(worker("a"), worker("b", restart=restart), worker("c"))
-        old_ref = d.refs["b"]
+        old_incarnation = d.incarnations["b"]
         lines = d.crash("b", REASONS[why])
         if outcome == "restarted":
             assert lines == ["start b"]
-            assert d.state("b") == "running" and d.refs["b"] != old_ref
+            assert d.state("b") == "running" and d.incarnations["b"] != old_incarnation
             assert len(d.machine.window) == 1
         elif outcome == "kept":
             assert lines == []
@@ -89,18 +88,18 @@ class TestRestartDecisionTable:
     def test_temporary_child_spec_is_deleted_so_its_id_can_be_started_again(self):
         d = started(worker("a"), worker("t", restart="temporary"))
         d.crash("t", CRASHED_CODE)
-        assert d.call(StartChild(worker("t", restart="temporary"))).outcome == "ok"
+        assert d.call(start_child(worker("t", restart="temporary"))).outcome == "ok"
         assert d.machine.order == ["a", "t"]
 
     def test_transient_child_that_exited_cleanly_keeps_its_spec_and_can_be_restarted(self):
         d = started(worker("a"), worker("b", restart="transient"))
         d.crash("b", NORMAL)
-        assert d.call(StartChild(worker("b"))).outcome == "already_present"
-        assert d.call(RestartChild("b")).outcome == "ok"
+        assert d.call(start_child(worker("b"))).outcome == "already_present"
+        assert d.call(restart_child("b")).outcome == "ok"
 
     def test_exit_of_an_incarnation_that_is_not_current_is_ignored(self):
         d = started(worker("a"))
-        stale = d.refs["a"]
+        stale = d.incarnations["a"]
         d.crash("a")
         assert d.send(ChildExited("a", stale, CRASHED_CODE)) == []
         assert d.state("a") == "running" and len(d.machine.window) == 1
@@ -116,9 +115,9 @@ class TestRestartDecisionTable:
 class TestOneForOne:
     def test_only_the_dead_child_is_restarted(self):
         d = started(*children("a b c"))
-        before = dict(d.refs)
+        before = dict(d.incarnations)
         assert d.crash("b") == ["start b"]
-        assert d.refs["a"] == before["a"] and d.refs["c"] == before["c"]
+        assert d.incarnations["a"] == before["a"] and d.incarnations["c"] == before["c"]
         assert stop_effects(d) == []
 
     def test_the_dead_child_is_restarted_with_the_same_spec(self):
@@ -152,7 +151,7 @@ class TestOneForAll:
 
     def test_a_sibling_stopped_with_terminate_child_is_started_by_the_group_restart(self):
         d = started(*children("a b c"), strategy="one_for_all")
-        assert d.call(TerminateChild("c")).ok
+        assert d.call(terminate_child("c")).ok
         d.take_log()
         assert d.crash("a") == ["stop b", "start a", "start b", "start c"]
 
@@ -164,7 +163,7 @@ class TestOneForAll:
 
     def test_exits_of_the_bounced_siblings_are_stale(self):
         d = started(*children("a b c"), strategy="one_for_all")
-        old = dict(d.refs)
+        old = dict(d.incarnations)
         d.crash("a")
         d.take_log()
         for id in ("b", "c"):
@@ -175,9 +174,9 @@ class TestOneForAll:
 class TestRestForOne:
     def test_killing_the_third_of_five_stops_five_then_four_and_starts_three_four_five(self):
         d = started(*children("c1 c2 c3 c4 c5"), strategy="rest_for_one")
-        before = dict(d.refs)
+        before = dict(d.incarnations)
         assert d.crash("c3") == ["stop c5", "stop c4", "start c3", "start c4", "start c5"]
-        assert d.refs["c1"] == before["c1"] and d.refs["c2"] == before["c2"]
+        assert d.incarnations["c1"] == before["c1"] and d.incarnations["c2"] == before["c2"]
         assert len(d.machine.window) == 1
 
     def test_the_last_child_dying_restarts_only_itself(self):
@@ -259,11 +258,11 @@ class TestIntensity:
 
     def test_after_giving_up_exits_are_ignored_and_calls_refused(self):
         d = started(*children("a b"), max_restarts=0)
-        old_b = d.refs["b"]
+        old_b = d.incarnations["b"]
         d.crash("a")
         d.take_log()
         assert d.send(ChildExited("b", old_b, CRASHED_CODE)) == []
-        assert d.call(StartChild(worker("z"))).outcome == "not_found"
+        assert d.call(start_child(worker("z"))).outcome == "not_found"
         assert d.log == []
 
 
@@ -316,7 +315,7 @@ class TestFailedRestart:
         d.fail_always.add("b")
         d.crash("b")
         d.take_log()
-        assert d.call(TerminateChild("b")).outcome == "ok"
+        assert d.call(terminate_child("b")).outcome == "ok"
         assert d.state("b") == "stopped"
         assert d.run_inbox() == []
         assert len(d.machine.window) == 1
@@ -327,8 +326,8 @@ class TestFailedRestart:
         d = started(*children("a b"), max_restarts=10)
         d.fail["b"] = 1
         d.crash("b")
-        assert d.call(TerminateChild("b")).outcome == "ok"
-        assert d.call(RestartChild("b")).outcome == "ok"
+        assert d.call(terminate_child("b")).outcome == "ok"
+        assert d.call(restart_child("b")).outcome == "ok"
         d.fail_always.add("b")
         d.crash("b")
         stale, due = d.inbox
@@ -340,25 +339,25 @@ class TestFailedRestart:
     def test_start_child_with_the_id_of_a_restarting_child_is_already_present(self):
         d = started(*children("a b"), fail={"b": 1})
         d.crash("b")
-        assert d.call(StartChild(worker("b"))).outcome == "already_present"
+        assert d.call(start_child(worker("b"))).outcome == "already_present"
 
     def test_one_for_all_retry_stops_the_restarted_ones_again_and_restarts_the_whole_group(self):
         d = started(*children("a b c"), strategy="one_for_all", max_restarts=5)
         d.fail["b"] = 1
         assert d.crash("a") == ["stop c", "stop b", "start a", "start b failed", "post retry b"]
         assert d.state("c") == "stopped"
-        first_a = d.refs["a"]
+        first_a = d.incarnations["a"]
         assert d.run_inbox() == ["stop a", "start a", "start b", "start c"]
-        assert d.refs["a"] != first_a  # a got a new incarnation
+        assert d.incarnations["a"] != first_a  # a got a new incarnation
         assert len(d.machine.window) == 2
 
     def test_rest_for_one_retry_restarts_from_the_failed_child(self):
         d = started(*children("c1 c2 c3 c4"), strategy="rest_for_one", max_restarts=5)
         d.fail["c3"] = 1
         assert d.crash("c2") == ["stop c4", "stop c3", "start c2", "start c3 failed", "post retry c3"]
-        c2 = d.refs["c2"]
+        c2 = d.incarnations["c2"]
         assert d.run_inbox() == ["start c3", "start c4"]
-        assert d.refs["c2"] == c2  # the earlier sibling that already restarted is left alone
+        assert d.incarnations["c2"] == c2  # the earlier sibling that already restarted is left alone
 
     def test_rest_for_one_children_after_a_looping_child_stay_stopped(self):
         d = started(*children("c1 c2 c3"), strategy="rest_for_one", max_restarts=5)
@@ -422,31 +421,31 @@ class TestShutdown:
 
     def test_stopped_children_are_skipped(self):
         d = started(*children("a b c"))
-        d.call(TerminateChild("b"))
+        d.call(terminate_child("b"))
         d.take_log()
         assert d.stop() == ["stop c", "stop a", "exit shutdown"]
 
     def test_a_child_added_with_start_child_is_stopped_first(self):
         d = started(*children("a b"))
-        d.call(StartChild(worker("z")))
+        d.call(start_child(worker("z")))
         d.take_log()
         assert d.stop() == ["stop z", "stop b", "stop a", "exit shutdown"]
 
     @pytest.mark.parametrize("why", list(REASONS))
     def test_exits_after_shutdown_never_restart(self, why):
         d = started(worker("a"), worker("b", restart="transient"), worker("c", restart="temporary"))
-        old = dict(d.refs)
+        old = dict(d.incarnations)
         d.stop()
         d.take_log()
-        for id, ref in old.items():
-            assert d.send(ChildExited(id, ref, REASONS[why])) == []
+        for id, incarnation in old.items():
+            assert d.send(ChildExited(id, incarnation, REASONS[why])) == []
         assert len(d.machine.window) == 0
 
     def test_calls_after_shutdown_are_refused(self):
         d = started(worker("a"))
         d.stop()
-        assert d.call(TerminateChild("a")).outcome == "not_found"
-        assert d.call(RestartChild("a")).outcome == "not_found"
+        assert d.call(terminate_child("a")).outcome == "not_found"
+        assert d.call(restart_child("a")).outcome == "not_found"
 
 
 # --- [10] significant children and auto_shutdown -----------------------------------------------
@@ -481,18 +480,18 @@ class TestAutoShutdown:
 
     def test_all_significant_does_not_count_a_significant_child_already_stopped(self):
         d = started(significant("s1"), significant("s2"), worker("a"), auto_shutdown="all_significant")
-        assert d.call(TerminateChild("s1")).ok
+        assert d.call(terminate_child("s1")).ok
         d.take_log()
         assert d.crash("s2", NORMAL) == ["stop a", "exit shutdown"]
 
     def test_terminate_child_of_a_significant_child_never_triggers_it(self):
         d = started(worker("a"), significant("s"), auto_shutdown="any_significant")
-        assert d.call(TerminateChild("s")).ok
+        assert d.call(terminate_child("s")).ok
         assert d.log == ["stop s"] and d.exit is None
 
     def test_terminating_the_last_significant_child_does_not_trigger_all_significant(self):
         d = started(significant("s"), worker("a"), auto_shutdown="all_significant")
-        assert d.call(TerminateChild("s")).ok
+        assert d.call(terminate_child("s")).ok
         assert d.exit is None
 
     def test_a_significant_bystander_of_a_group_restart_never_triggers_it(self):
@@ -519,70 +518,70 @@ class TestAdministration:
     # start_child
     def test_start_child_starts_it_last_in_start_order_and_replies_ok_with_its_pid(self):
         d = started(*children("a b"))
-        result = d.call(StartChild(worker("z")))
+        result = d.call(start_child(worker("z")))
         assert result.outcome == "ok" and result.pid == d.pids["z"]
         assert d.log == ["start z"]
         assert d.machine.order == ["a", "b", "z"]
 
     def test_start_child_of_a_running_id_is_already_started_with_its_pid(self):
         d = started(*children("a b"))
-        result = d.call(StartChild(worker("a")))
+        result = d.call(start_child(worker("a")))
         assert result.outcome == "already_started" and result.pid == d.pids["a"]
         assert d.log == []
 
     def test_start_child_of_a_stopped_id_is_already_present(self):
         d = started(*children("a b"))
-        d.call(TerminateChild("a"))
-        assert d.call(StartChild(worker("a"))).outcome == "already_present"
+        d.call(terminate_child("a"))
+        assert d.call(start_child(worker("a"))).outcome == "already_present"
 
     def test_a_start_child_that_fails_discards_the_spec_and_uses_no_intensity(self):
         d = started(*children("a b"), max_restarts=0)
         d.fail["z"] = 1
-        assert d.call(StartChild(worker("z"))).outcome == "start_failed"
+        assert d.call(start_child(worker("z"))).outcome == "start_failed"
         assert "z" not in d.machine.children and d.machine.order == ["a", "b"]
         assert len(d.machine.window) == 0 and not d.inbox and d.exit is None
-        assert d.call(StartChild(worker("z"))).outcome == "ok"
+        assert d.call(start_child(worker("z"))).outcome == "ok"
 
     def test_start_child_refuses_a_significant_permanent_child(self):
         # [3] significant=true with restart=permanent is a bad_combination: nothing starts.
         d = started(worker("a"), auto_shutdown="any_significant")
-        assert d.call(StartChild(significant("z", "permanent"))).outcome == "invalid"
+        assert d.call(start_child(significant("z", "permanent"))).outcome == "invalid"
         assert d.log == [] and "z" not in d.machine.children
 
     def test_start_child_refuses_a_significant_child_when_auto_shutdown_is_never(self):
         # [3] significant=true with auto_shutdown=never is a bad_combination: nothing starts.
         d = started(worker("a"))
-        assert d.call(StartChild(significant("z", "transient"))).outcome == "invalid"
+        assert d.call(start_child(significant("z", "transient"))).outcome == "invalid"
         assert d.log == [] and "z" not in d.machine.children
 
     # terminate_child
     def test_terminate_child_stops_only_that_child_and_keeps_its_spec(self):
         d = started(*children("a b c"))
-        assert d.call(TerminateChild("b")).outcome == "ok"
+        assert d.call(terminate_child("b")).outcome == "ok"
         assert d.log == ["stop b"]
         assert d.state("b") == "stopped" and d.machine.order == ["a", "b", "c"]
 
     def test_terminate_child_is_idempotent(self):
         d = started(*children("a b"))
-        d.call(TerminateChild("b"))
+        d.call(terminate_child("b"))
         d.take_log()
-        assert d.call(TerminateChild("b")).outcome == "ok"
+        assert d.call(terminate_child("b")).outcome == "ok"
         assert d.log == []
 
     def test_terminate_child_of_an_unknown_id_is_not_found(self):
         d = started(*children("a"))
-        assert d.call(TerminateChild("nobody")).outcome == "not_found"
+        assert d.call(terminate_child("nobody")).outcome == "not_found"
 
     def test_terminate_child_removes_a_temporary_child(self):
         d = started(worker("a"), worker("t", restart="temporary"))
-        assert d.call(TerminateChild("t")).ok
+        assert d.call(terminate_child("t")).ok
         assert "t" not in d.machine.children
-        assert d.call(TerminateChild("t")).outcome == "not_found"
+        assert d.call(terminate_child("t")).outcome == "not_found"
 
     def test_terminate_child_is_never_counted_and_its_exit_is_stale(self):
         d = started(*children("a b"), max_restarts=0)
-        old = d.refs["b"]
-        d.call(TerminateChild("b"))
+        old = d.incarnations["b"]
+        d.call(terminate_child("b"))
         d.take_log()
         assert d.send(ChildExited("b", old, SHUTDOWN)) == []
         assert len(d.machine.window) == 0 and d.exit is None
@@ -590,70 +589,70 @@ class TestAdministration:
     @pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
     def test_terminate_child_never_bounces_siblings(self, strategy):
         d = started(*children("a b c"), strategy=strategy)
-        d.call(TerminateChild("a"))
+        d.call(terminate_child("a"))
         assert d.log == ["stop a"]
         assert d.state("b") == d.state("c") == "running"
 
     # restart_child
     def test_restart_child_of_a_running_child_is_running(self):
         d = started(*children("a"))
-        assert d.call(RestartChild("a")).outcome == "running"
+        assert d.call(restart_child("a")).outcome == "running"
 
     def test_restart_child_of_a_restarting_child_is_restarting(self):
         d = started(*children("a b"), fail={"b": 1})
         d.crash("b")
-        assert d.call(RestartChild("b")).outcome == "restarting"
+        assert d.call(restart_child("b")).outcome == "restarting"
 
     def test_restart_child_of_an_unknown_id_is_not_found(self):
         d = started(*children("a"))
-        assert d.call(RestartChild("nobody")).outcome == "not_found"
+        assert d.call(restart_child("nobody")).outcome == "not_found"
 
     def test_restart_child_of_a_temporary_child_is_not_found(self):
         d = started(worker("a"), worker("t", restart="temporary"))
-        d.call(TerminateChild("t"))
-        assert d.call(RestartChild("t")).outcome == "not_found"
+        d.call(terminate_child("t"))
+        assert d.call(restart_child("t")).outcome == "not_found"
 
     def test_restart_child_of_a_stopped_child_starts_it_and_is_not_counted(self):
         d = started(*children("a b c"), strategy="one_for_all", max_restarts=0)
-        d.call(TerminateChild("b"))
+        d.call(terminate_child("b"))
         d.take_log()
-        result = d.call(RestartChild("b"))
+        result = d.call(restart_child("b"))
         assert result.outcome == "ok" and result.pid == d.pids["b"]
         assert d.log == ["start b"]  # no sibling bounced even under one_for_all
         assert len(d.machine.window) == 0 and d.exit is None
 
     def test_a_restart_child_that_fails_leaves_the_child_stopped(self):
         d = started(*children("a b"))
-        d.call(TerminateChild("b"))
+        d.call(terminate_child("b"))
         d.fail["b"] = 1
-        assert d.call(RestartChild("b")).outcome == "start_failed"
+        assert d.call(restart_child("b")).outcome == "start_failed"
         assert d.state("b") == "stopped" and not d.inbox and len(d.machine.window) == 0
 
     # delete_child
     def test_delete_child_removes_a_stopped_child(self):
         d = started(*children("a b"))
-        d.call(TerminateChild("b"))
-        assert d.call(DeleteChild("b")).outcome == "ok"
+        d.call(terminate_child("b"))
+        assert d.call(delete_child("b")).outcome == "ok"
         assert "b" not in d.machine.children and d.machine.order == ["a"]
-        assert d.call(StartChild(worker("b"))).outcome == "ok"
+        assert d.call(start_child(worker("b"))).outcome == "ok"
 
     def test_delete_child_of_a_running_child_is_running(self):
         d = started(*children("a"))
-        assert d.call(DeleteChild("a")).outcome == "running"
+        assert d.call(delete_child("a")).outcome == "running"
         assert d.state("a") == "running"
 
     def test_delete_child_of_a_restarting_child_is_restarting(self):
         d = started(*children("a b"), fail={"b": 1})
         d.crash("b")
-        assert d.call(DeleteChild("b")).outcome == "restarting"
+        assert d.call(delete_child("b")).outcome == "restarting"
 
     def test_delete_child_of_an_unknown_id_is_not_found(self):
         d = started(*children("a"))
-        assert d.call(DeleteChild("nobody")).outcome == "not_found"
+        assert d.call(delete_child("nobody")).outcome == "not_found"
 
     def test_templates_belong_to_dynamic_supervisors(self):
         d = started(*children("a"))
-        assert d.call(StartFromTemplate("w", "x")).outcome == "not_supported"
+        assert d.call(start_from_template("w", "x")).outcome == "not_supported"
 
 
 # --- [7] escalation through two levels -----------------------------------------------------------
@@ -686,7 +685,7 @@ class Tree:
         sub = self.subs[sup_id]
         sub.crash(worker_id, reason)
         if sub.exit is not None:
-            self.root.send(ChildExited(sup_id, self.root.refs[sup_id], sub.exit.reason))
+            self.root.send(ChildExited(sup_id, self.root.incarnations[sup_id], sub.exit.reason))
 
 
 def team(restart: str = "permanent", max_restarts: int = 0, **flags) -> SupervisorSpec:
@@ -726,7 +725,7 @@ class TestEscalation:
 
     def test_children_added_to_a_child_supervisor_are_lost_when_it_is_restarted(self):
         tree = Tree(supervisor(team("permanent")))
-        tree.subs["team"].call(StartChild(worker("extra")))
+        tree.subs["team"].call(start_child(worker("extra")))
         tree.crash("team", "w")
         assert list(tree.subs["team"].machine.children) == ["w"]
 

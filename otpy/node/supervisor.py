@@ -3,8 +3,8 @@
 One ``Supervisor`` per supervisor in the tree, static or dynamic. It owns an inbox (an
 ``asyncio.Queue``) and handles one event at a time, like OTP's gen_server loop: while it
 starts or stops a child it is busy, and whatever arrives meanwhile waits in the inbox.
-Decisions are the machine's (``_machine``, ``_dynamic``); processes are the process
-manager's (``_processes``); this module only connects the two.
+Decisions are the machine's (``supervision.machine``, ``supervision.dynamic``); processes are
+the process manager's (``processes.manager``); this module only connects the two.
 
 Supervisors run inside the node process, workers in their own OS processes. A child
 supervisor is a ``Supervisor`` object whose ``exited`` future plays the role of an OS exit.
@@ -19,13 +19,14 @@ import os
 import time
 from typing import Callable, Protocol
 
+from ..supervision.children import Child
 from ..supervision.dynamic import DynamicMachine
 from ..supervision.effects import (
-    ChildExited, Effect, Event, Exit, Init, Post, Reply, Report, Result, Spawn, SpawnFailed,
-    SpawnOk, Stop, StopSupervisor, Swap,
+    Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, Launch, LaunchFailed,
+    Launched, Post, Replace, Report, Result, Stop, StopSupervisor,
 )
 from ..supervision.exit import ExitReason, should_restart
-from ..supervision.machine import Child, StaticMachine
+from ..supervision.machine import StaticMachine
 from ..processes.manager import ChildProcess, ProcessManager, StartFailed
 from ..wire.protocol import ChildInfo, EventKind, NodeEvent, TreeEntry
 from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, Shutdown, SupervisorSpec
@@ -35,8 +36,6 @@ log = logging.getLogger("otpy")
 KILLED = ExitReason(kind="killed", detail="supervisor killed after its shutdown timeout")
 # Every supervision event, as the one type the events socket publishes; the node logs it too.
 Reporter = Callable[[NodeEvent], None]
-
-_refs = itertools.count(1)
 
 
 class Handle(Protocol):
@@ -74,8 +73,11 @@ class Supervisor:
         above = (child_env or {}).get("OTPY_SUPERVISORS")
         self._child_env = {**(child_env or {}), "OTPY_SUPERVISORS": f"{spec.id},{above}" if above else spec.id}
         self._handles: dict[str, Handle] = {}
-        self._replacements: dict[str, Handle] = {}  # started by a Reconfigure, not yet swapped in
-        self._retiring: dict[asyncio.Task, tuple[str, Handle]] = {}  # replaced by a Reconfigure, being stopped
+        self._incarnations = itertools.count(1)  # numbers each start of a child: its exit names it
+        # A Reconfigure's replacement: launched, not yet the child (``Replace`` makes it so) ...
+        self._replacements: dict[str, Handle] = {}
+        # ... and the incarnations it replaced, being stopped beside the inbox.
+        self._replaced: dict[asyncio.Task, tuple[str, Handle]] = {}
         self._inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self.exited: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
@@ -89,7 +91,7 @@ class Supervisor:
 
     async def start(self) -> None:
         """Start the children in order (OTP's ``start_link``). Raises StartFailed on failure."""
-        await self._drive(Init())
+        await self._drive(Boot())
         if self.exited.done():
             raise StartFailed(self.error or f"supervisor {self.spec.id!r} failed to start")
         self.started_at = time.monotonic()
@@ -113,7 +115,7 @@ class Supervisor:
         """Stop serving and SIGKILL every process below, at once (``brutal_kill`` of a supervisor)."""
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
-        handles = [*self._handles.values(), *(h for _, h in self._retiring.values()),
+        handles = [*self._handles.values(), *(h for _, h in self._replaced.values()),
                    *self._replacements.values()]
         self._handles = {}
         await asyncio.gather(*(h.stop("brutal_kill") for h in handles), return_exceptions=True)
@@ -124,8 +126,8 @@ class Supervisor:
         self._report(NodeEvent(kind=kind, node=self.node, supervisor=self.spec.id, child=child, pid=pid,
                                detail=detail, time=time.time()))
 
-    def _retire(self, id: str, old: Handle) -> None:
-        """Stop the incarnation a Reconfigure replaced, without blocking the inbox meanwhile: it
+    def _stop_replaced(self, id: str, old: Handle) -> None:
+        """Stop the incarnation a replacement replaced, without blocking the inbox meanwhile: it
         is no longer a child (its exit is stale), but the supervisor waits for it before it exits."""
 
         async def stop() -> None:
@@ -133,18 +135,23 @@ class Supervisor:
             self._event("stopped", id, old.pid, str(reason))
 
         task = asyncio.ensure_future(stop())
-        self._retiring[task] = (id, old)
-        task.add_done_callback(lambda t: self._retiring.pop(t, None))
+        self._replaced[task] = (id, old)
+        task.add_done_callback(lambda t: self._replaced.pop(t, None))
 
-    async def call(self, make_event: Callable[[asyncio.Future], Event]) -> Result:
-        """Queue an administrative event behind the others and wait for its reply."""
+    async def call(self, request: ChildRequest | Callable[[asyncio.Future], Command]) -> Result:
+        """Queue ``request`` (the wire's request about a child) behind the other events and
+        wait for its answer.
+
+        Transition: ``request`` may still be a function of the reply future that builds the
+        ``Command`` (``lambda ref: StartChild(spec, ref)``, the old form node.py uses).
+        """
         if self.exited.done():
             return Result("not_found", detail=f"supervisor {self.spec.id!r} is not running")
-        reply: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(make_event(reply))
-        done, _ = await asyncio.wait({reply, self.exited}, return_when=asyncio.FIRST_COMPLETED)
-        if reply.done():
-            return reply.result()
+        reply_to: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(request(reply_to) if callable(request) else Command(request, reply_to))
+        done, _ = await asyncio.wait({reply_to, self.exited}, return_when=asyncio.FIRST_COMPLETED)
+        if reply_to.done():
+            return reply_to.result()
         return Result("not_found", detail=f"supervisor {self.spec.id!r} stopped")
 
     # --- the loop ---------------------------------------------------------------------------
@@ -169,40 +176,40 @@ class Supervisor:
 
     async def _carry_out(self, effect: Effect) -> Event | None:
         match effect:
-            case Spawn(spec, replacing):
-                return await self._spawn(spec, replacing)
-            case Swap(id):
+            case Launch(spec, replacement):
+                return await self._launch(spec, replacement)
+            case Replace(id):
                 old, self._handles[id] = self._handles[id], self._replacements.pop(id)
-                self._retire(id, old)
+                self._stop_replaced(id, old)
             case Stop(ids, parallel):
                 await self._stop(ids, parallel)
             case Post(event):
                 self._inbox.put_nowait(event)
-            case Reply(ref, result):
-                if isinstance(ref, asyncio.Future) and not ref.done():
-                    ref.set_result(result)
+            case Answer(reply_to, result):
+                if isinstance(reply_to, asyncio.Future) and not reply_to.done():
+                    reply_to.set_result(result)
             case Report(kind, child, detail):
                 self._event(kind, child, None, detail)
                 if kind == "gave_up":
                     self.error = detail
             case Exit(reason, error):
                 self.error = error or self.error
-                await asyncio.gather(*self._retiring)  # sources of reconfigurations still draining
+                await asyncio.gather(*self._replaced)  # replaced incarnations still draining
                 self._finish(reason)
         return None
 
-    async def _spawn(self, spec: AnySpec, replacing: bool = False) -> Event:
-        ref = next(_refs)
+    async def _launch(self, spec: AnySpec, replacement: bool = False) -> Event:
+        incarnation = next(self._incarnations)
         try:
             handle = await self._start_handle(spec)
         except StartFailed as exc:
-            return SpawnFailed(spec.id, str(exc))
-        (self._replacements if replacing else self._handles)[spec.id] = handle
+            return LaunchFailed(spec.id, str(exc))
+        (self._replacements if replacement else self._handles)[spec.id] = handle
         handle.exited.add_done_callback(
-            lambda fut: self._inbox.put_nowait(ChildExited(spec.id, ref, fut.result()))
+            lambda fut: self._inbox.put_nowait(ChildExited(spec.id, incarnation, fut.result()))
         )
         self._event("started", spec.id, handle.pid)
-        return SpawnOk(spec.id, ref, handle.pid)
+        return Launched(spec.id, incarnation, handle.pid)
 
     async def _start_handle(self, spec: AnySpec) -> Handle:
         if isinstance(spec, ChildSpec):
@@ -219,9 +226,9 @@ class Supervisor:
     async def _stop(self, ids: tuple[str, ...], parallel: bool) -> None:
         # A handle leaves the table only once it is dead: a kill() meanwhile still finds it.
         handles = [(i, self._handles[i]) for i in ids if i in self._handles]
-        # An id is stopped once no incarnation of it runs: one a Reconfigure replaced, still
+        # An id is stopped once no incarnation of it runs: one a replacement replaced, still
         # draining, is waited for too (terminate_child returns when the child is dead).
-        draining = [task for task, (i, _) in self._retiring.items() if i in ids]
+        draining = [task for task, (i, _) in self._replaced.items() if i in ids]
         if parallel:
             reasons = await asyncio.gather(*(h.stop(h.spec.shutdown) for _, h in handles))
             for (i, h), reason in zip(handles, reasons):
@@ -244,9 +251,9 @@ class Supervisor:
             self.exited.set_result(reason)
         while not self._inbox.empty():  # answer whoever is still waiting
             event = self._inbox.get_nowait()
-            ref = getattr(event, "ref", None)
-            if isinstance(ref, asyncio.Future) and not ref.done():
-                ref.set_result(Result("not_found", detail=f"supervisor {self.spec.id!r} stopped"))
+            reply_to = event.reply_to if isinstance(event, Command) else None
+            if isinstance(reply_to, asyncio.Future) and not reply_to.done():
+                reply_to.set_result(Result("not_found", detail=f"supervisor {self.spec.id!r} stopped"))
 
     # --- what the tree looks like -----------------------------------------------------------
 

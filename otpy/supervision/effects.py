@@ -1,39 +1,78 @@
-"""The vocabulary of the supervision state machines: events in, effects out.
+"""The vocabulary of the supervision machines: events in, effects out.
 
-These are in-process values, not wire messages (those live in ``_protocol``). A machine
-(``_machine.StaticMachine``, ``_dynamic.DynamicMachine``) takes one event and returns the
-effects to carry out; the shell (``_supervisor``) carries them out in order. A ``Spawn``
-is always the last effect of a batch: its outcome (``SpawnOk``/``SpawnFailed``) is fed back
-at once, before anything else in the supervisor's inbox, because OTP's supervisor is
-blocked while it starts a child.
+These are in-process values, never sent anywhere; the wire's messages live in
+``wire/protocol.py`` and no name here is one of theirs, except where a wire request is carried
+as it is (``Command``). A machine (``machine.StaticMachine``, ``dynamic.DynamicMachine``) takes
+one event and returns the effects to carry out; the shell (``node/supervisor.Supervisor``)
+carries them out in order. A ``Launch`` is always the last effect of a batch: its outcome
+(``Launched``/``LaunchFailed``) is fed back at once, before anything else in the supervisor's
+inbox, because OTP's supervisor is blocked while it starts a child.
+
+One name per fact:
+
+=================  ===============================================================================
+``Boot``           event: start every child in order (OTP's ``init``)
+``Launched``       event: a ``Launch`` worked; the child runs as a new incarnation
+``LaunchFailed``   event: a ``Launch`` did not
+``ChildExited``    event: an incarnation ended without being asked to
+``Retry``          event: try a failed restart again (posted by the machine to its own inbox)
+``StopSupervisor`` event: stop every child and exit ``shutdown``
+``Command``        event: an administrative request, and where its answer goes. The request is
+                   the wire's own message (``ChildRequest``: ``StartChild``, ``StartFromTemplate``,
+                   ``TerminateChild``, ``RestartChild``, ``DeleteChild``, ``Reconfigure``), so a
+                   request keeps one type from the control socket to the machine
+``Launch``         effect: start this child, answer ``Launched`` or ``LaunchFailed``
+``Replace``        effect: the replacement launched for a ``Reconfigure`` becomes the child
+``Stop``           effect: stop these children and wait until each is dead
+``Post``           effect: put an event on the supervisor's own inbox
+``Answer``         effect: answer a ``Command`` with a ``Result``
+``Report``         effect: an event for the log and the events socket (``wire.protocol.EventKind``)
+``Exit``           effect: the supervisor is done
+=================  ===============================================================================
+
+Two words for what ``ref`` used to mean: an ``incarnation`` numbers one start of a child (an
+exit names the incarnation it ends, so the exit of an older one is recognised as stale);
+``reply_to`` is where a ``Command``'s ``Answer`` goes (the shell's future).
+
+One word for how a ``Reconfigure`` is carried out: the *replacement*. The replacement is
+launched beside the running child (``Launch(spec, replacement=True)``); once it runs,
+``Replace(id)`` makes it the child, and the incarnation it replaced is stopped.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 from .exit import ExitReason
 from ..specs.model import AnySpec
+from ..wire import protocol as wire
+from ..wire.protocol import EventKind
+
+# The requests a supervisor answers itself: each names a child (or carries its spec).
+ChildRequest = (
+    wire.StartChild | wire.StartFromTemplate | wire.TerminateChild | wire.RestartChild | wire.DeleteChild
+    | wire.Reconfigure
+)
 
 
 # --- events -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Init:
+class Boot:
     """Start every child in order (the supervisor's ``init``)."""
 
 
 @dataclass(frozen=True, slots=True)
-class SpawnOk:
+class Launched:
     id: str
-    ref: int  # identifies this incarnation; a later exit names it
+    incarnation: int  # a later exit of this start names it
     pid: int | None
 
 
 @dataclass(frozen=True, slots=True)
-class SpawnFailed:
+class LaunchFailed:
     id: str
     reason: str
 
@@ -43,7 +82,7 @@ class ChildExited:
     """A child ended without being asked to (a crash, a voluntary exit, a signal from outside)."""
 
     id: str
-    ref: int
+    incarnation: int
     reason: ExitReason
 
 
@@ -66,69 +105,33 @@ class StopSupervisor:
 
 
 @dataclass(frozen=True, slots=True)
-class StartChild:
-    spec: AnySpec
-    ref: object = None  # the reply slot
+class Command:
+    """An administrative request; its ``Answer`` goes to ``reply_to``."""
+
+    request: ChildRequest
+    reply_to: object = None
 
 
-@dataclass(frozen=True, slots=True)
-class StartFromTemplate:
-    template: str
-    id: str
-    args: dict[str, Any] = field(default_factory=dict)
-    ref: object = None
-
-
-@dataclass(frozen=True, slots=True)
-class TerminateChild:
-    id: str
-    ref: object = None
-
-
-@dataclass(frozen=True, slots=True)
-class RestartChild:
-    id: str
-    ref: object = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteChild:
-    id: str
-    ref: object = None
-
-
-@dataclass(frozen=True, slots=True)
-class Reconfigure:
-    """Replace a running child's program by ``target`` under the same id, make-before-break."""
-
-    id: str
-    target: AnySpec
-    ref: object = None
-
-
-Event = (
-    Init | SpawnOk | SpawnFailed | ChildExited | Retry | StopSupervisor
-    | StartChild | StartFromTemplate | TerminateChild | RestartChild | DeleteChild | Reconfigure
-)
+Event = Boot | Launched | LaunchFailed | ChildExited | Retry | StopSupervisor | Command
 
 
 # --- effects ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Spawn:
-    """Start this child and report ``SpawnOk``/``SpawnFailed`` back.
+class Launch:
+    """Start this child and feed ``Launched``/``LaunchFailed`` back.
 
-    ``replacing``: the child is running; start the new incarnation beside it (``Swap`` follows).
+    ``replacement``: the child is running; start its replacement beside it (``Replace`` follows).
     """
 
     spec: AnySpec
-    replacing: bool = False
+    replacement: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class Swap:
-    """Make the incarnation started with ``Spawn(replacing=True)`` current; stop the old one."""
+class Replace:
+    """The replacement launched for ``id`` becomes the child; stop the incarnation it replaced."""
 
     id: str
 
@@ -153,8 +156,8 @@ class Post:
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
-    ref: object
+class Answer:
+    reply_to: object
     result: "Result"
 
 
@@ -162,7 +165,7 @@ class Reply:
 class Report:
     """Something worth logging and publishing on the events socket."""
 
-    kind: Literal["restarting", "gave_up", "auto_shutdown", "start_failed", "exited", "reconfiguring"]
+    kind: EventKind
     child: str | None = None
     detail: str = ""
 
@@ -175,12 +178,12 @@ class Exit:
     error: str | None = None
 
 
-Effect = Spawn | Swap | Stop | Post | Reply | Report | Exit
+Effect = Launch | Replace | Stop | Post | Answer | Report | Exit
 
 
 # --- results of administrative calls (OTP's outcomes) ---------------------------------------
 
-Outcome = Literal[
+OutcomeCode = Literal[
     "ok", "already_started", "already_present", "running", "restarting", "not_found",
     "max_children", "start_failed", "not_supported", "invalid",
 ]
@@ -188,10 +191,33 @@ Outcome = Literal[
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    outcome: Outcome
+    outcome: OutcomeCode
     pid: int | None = None
     detail: str = ""
 
     @property
     def ok(self) -> bool:
         return self.outcome == "ok"
+
+
+# --- transition: the old command names -------------------------------------------------------
+# node/node.py and tests/test_hardening_supervision_kernel.py still write
+# ``sup.call(lambda ref: StartChild(spec, ref))`` with these names imported from here; they now
+# build a ``Command``. Delete this section once they pass the wire request to ``Supervisor.call``.
+
+_OLD_COMMAND_NAMES = {
+    "StartChild": lambda spec, ref=None: Command(wire.StartChild(request_id=0, supervisor="", spec=spec), ref),
+    "StartFromTemplate": lambda template, id, args=None, ref=None: Command(
+        wire.StartFromTemplate(request_id=0, supervisor="", template=template, id=id, args=args or {}), ref),
+    "TerminateChild": lambda id, ref=None: Command(wire.TerminateChild(request_id=0, id=id), ref),
+    "RestartChild": lambda id, ref=None: Command(wire.RestartChild(request_id=0, id=id), ref),
+    "DeleteChild": lambda id, ref=None: Command(wire.DeleteChild(request_id=0, id=id), ref),
+    "Reconfigure": lambda id, target, ref=None: Command(
+        wire.Reconfigure(request_id=0, supervisor="", source=id, target=target), ref),
+}
+
+
+def __getattr__(name: str):
+    if name in _OLD_COMMAND_NAMES:
+        return _OLD_COMMAND_NAMES[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

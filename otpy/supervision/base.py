@@ -1,0 +1,127 @@
+"""What both supervision machines decide the same way, written once.
+
+``machine.StaticMachine`` and ``dynamic.DynamicMachine`` differ in how they start children (a
+chain of starts in order, or one start at a time) and in what a restart bounces (the
+strategy). Everything else is here: an exit and the restart decision table, the charge of a
+restart to the intensity, retries, the supervisor's shutdown, and the checks of
+``start_child``. A subclass supplies ``_restart_group`` (what a restart stops and starts),
+``_not_restarted`` (what becomes of a child its exit does not restart) and ``parallel_stop``.
+
+A restart is recorded in the restart window (and may make the supervisor give up) unless
+the exit was ``lost``: the child died because otpy's zygote died under it, which is not
+the child's fault. A lost child is still restarted per the decision table (permanent and
+transient, not temporary) and the strategy still applies (``one_for_all`` and
+``rest_for_one`` bounce their groups as for a crash); only the charge is skipped
+(``exit.charged``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from .children import Child, ChildTable
+from .effects import Answer, Command, Effect, Event, Exit, Post, Report, Result, Stop
+from .exit import SHUTDOWN, ExitReason, charged, should_restart
+from .intensity import RestartWindow
+from ..specs.model import AnySpec, DynamicSupervisorSpec, SupervisorSpec
+from ..specs.rules import significance_problem
+
+Phase = Literal["new", "starting", "running", "terminated"]
+StartPurpose = Literal["restart", "start"]  # a restart decided by the machine, or init / a call
+
+
+class BaseMachine:
+    parallel_stop = False  # how the supervisor's own shutdown stops its children
+
+    def __init__(self, spec: SupervisorSpec | DynamicSupervisorSpec, children: tuple[AnySpec, ...] = ()) -> None:
+        self.spec = spec
+        self.children = ChildTable(children)
+        self.window = RestartWindow(spec.max_restarts, spec.max_seconds)
+        self.phase: Phase = "new"
+
+    # --- queries (read directly: they change nothing) --------------------------------------
+
+    @property
+    def order(self) -> list[str]:
+        return self.children.order
+
+    def running_in_reverse(self, ids: list[str] | None = None) -> tuple[str, ...]:
+        return self.children.running_in_reverse(ids)
+
+    # --- exits, restarts, retries -------------------------------------------------------------
+
+    def _child_exited(self, id: str, incarnation: int, reason: ExitReason, now: float) -> list[Effect]:
+        child = self.children.take_exit(id, incarnation) if self.phase == "running" else None
+        if child is None:
+            return []  # an exit during start-up or shutdown, or of an incarnation no longer current
+        exited = Report("exited", id, str(reason))
+        if should_restart(child.spec.restart, reason):
+            return [exited] + self._restart(id, now, reason)
+        return [exited] + self._not_restarted(child)
+
+    def _retry(self, id: str, token: int, now: float) -> list[Effect]:
+        if self.phase != "running" or not self.children.is_due(id, token):
+            return []  # a Retry of an earlier run of restarts
+        return self._restart(id, now)
+
+    def _restart(self, id: str, now: float, reason: ExitReason | None = None) -> list[Effect]:
+        """Restart ``id`` per the strategy; ``reason`` is its exit (None for a Retry)."""
+        if (gave_up := self._charge(id, now, reason)) is not None:
+            return [gave_up] + self._terminate(SHUTDOWN)
+        self.children[id].restarts += 1
+        return [Report("restarting", id)] + self._restart_group(id)
+
+    def _charge(self, id: str, now: float, reason: ExitReason | None) -> Report | None:
+        """Count the restart of ``id`` toward intensity, unless its exit was not its fault (``lost``).
+
+        A Retry (``reason`` None) always counts: it is a new attempt after a failed start.
+        Returns the ``gave_up`` report when the intensity is exceeded, else None.
+        """
+        if reason is not None and not charged(reason):
+            return None
+        if self.window.record(now):
+            return None
+        return Report("gave_up", id, self.window.exceeded(id))
+
+    def _restart_failed(self, id: str, reason: str) -> list[Effect]:
+        """OTP's try_again: mark it restarting and retry through the inbox, so a stop request
+        is served between attempts. Each retry counts toward intensity."""
+        return [Report("start_failed", id, reason), Post(self.children.set_restarting(id))]
+
+    # --- stops ------------------------------------------------------------------------------
+
+    def _terminate(self, reason: ExitReason) -> list[Effect]:
+        """Stop every running child (last started first) and exit with ``reason``."""
+        self.phase = "terminated"
+        return self._stops(self.children.running_in_reverse()) + [Exit(reason)]
+
+    def _stops(self, ids: tuple[str, ...]) -> list[Effect]:
+        """``Stop`` the running children ``ids`` (none: no effect), marking them stopped first."""
+        return [Stop(self.children.set_stopped(ids), parallel=self.parallel_stop)] if ids else []
+
+    # --- administration ---------------------------------------------------------------------
+
+    def _start_refusal(self, spec: AnySpec) -> Result | None:
+        """Why ``start_child(spec)`` is refused before anything starts, or None."""
+        if (problem := significance_problem(spec, self.spec)) is not None:
+            return Result("invalid", detail=problem)
+        return self.children.start_refusal(spec)
+
+    # --- what a subclass decides --------------------------------------------------------------
+
+    def _restart_group(self, id: str) -> list[Effect]:
+        raise NotImplementedError
+
+    def _not_restarted(self, child: Child) -> list[Effect]:
+        raise NotImplementedError
+
+
+def no_child(id: str) -> Result:
+    return Result("not_found", detail=f"no child {id!r}")
+
+
+def refused(event: Event) -> list[Effect]:
+    """What a terminated supervisor answers: a command gets ``not_found``; the rest is ignored."""
+    if isinstance(event, Command) and event.reply_to is not None:
+        return [Answer(event.reply_to, Result("not_found", detail="the supervisor is not running"))]
+    return []

@@ -1,0 +1,141 @@
+"""The children of one supervisor: OTP's ``#state.children`` and the only ways to change it.
+
+Both machines keep their children in a ``ChildTable`` and touch it only through the operations
+below, as ``supervisor.erl`` does in its "Access #state.children" section (``save_child``,
+``del_child``, ``set_pid``, ``split_child``, ``children_fold``). The table is ordered: children
+in start order (a static supervisor's spec order, then ``start_child`` order), stopped in
+reverse order.
+
+A child's state is one of three values: ``running`` (with an incarnation and a pid),
+``stopped`` (OTP's ``pid = undefined``: the spec is kept) and ``restarting`` (a failed restart
+waiting for its ``Retry`` on the supervisor's inbox). Whatever leaves ``running`` loses its
+incarnation and pid at once: an exit that names them later is stale.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Literal
+
+from .effects import Result, Retry
+from ..specs.model import AnySpec
+
+ChildState = Literal["running", "stopped", "restarting"]
+
+
+@dataclass(slots=True)
+class Child:
+    spec: AnySpec
+    state: ChildState = "stopped"
+    incarnation: int | None = None  # the current start, while running
+    pid: int | None = None
+    restarts: int = 0
+    retry: int | None = None  # the token of the Retry now due, while restarting
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+class ChildTable:
+    """The children of one supervisor, in start order."""
+
+    def __init__(self, specs: Iterable[AnySpec] = ()) -> None:
+        self._children: dict[str, Child] = {}  # insertion order is start order
+        self._tokens = itertools.count(1)  # Retry tokens, this supervisor's own
+        for spec in specs:
+            self.save(spec)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    @property
+    def order(self) -> list[str]:
+        return list(self._children)
+
+    def get(self, id: str) -> Child | None:
+        return self._children.get(id)
+
+    def __getitem__(self, id: str) -> Child:
+        return self._children[id]
+
+    def __contains__(self, id: object) -> bool:
+        return id in self._children
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def __iter__(self) -> Iterator[str]:
+        """The ids, in start order."""
+        return iter(self._children)
+
+    def values(self) -> Iterator[Child]:
+        return iter(self._children.values())
+
+    def running_in_reverse(self, ids: Iterable[str] | None = None) -> tuple[str, ...]:
+        """The running children among ``ids`` (default: all), last started first."""
+        ids = list(self._children) if ids is None else list(ids)
+        return tuple(i for i in reversed(ids) if self._children[i].state == "running")
+
+    def split(self, id: str) -> list[str]:
+        """``id`` and the children after it (``rest_for_one``'s group; OTP's ``split_child``)."""
+        order = list(self._children)
+        return order[order.index(id):]
+
+    def significant_left(self) -> bool:
+        """Whether a significant child is not stopped (a restarting one counts: its pid is
+        OTP's ``{restarting, _}``, not ``undefined``)."""
+        return any(c.spec.significant and c.state != "stopped" for c in self._children.values())
+
+    def start_refusal(self, spec: AnySpec) -> Result | None:
+        """Why ``start_child(spec)`` cannot add ``spec``: its id is in the table already."""
+        existing = self._children.get(spec.id)
+        if existing is None:
+            return None
+        if existing.state == "running":
+            return Result("already_started", pid=existing.pid)
+        return Result("already_present")
+
+    def is_due(self, id: str, token: int) -> bool:
+        """Whether the Retry ``token`` of ``id`` is the one its restarts wait for."""
+        child = self._children.get(id)
+        return child is not None and child.state == "restarting" and child.retry == token
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def save(self, spec: AnySpec) -> Child:
+        """Add ``spec`` last, stopped."""
+        child = self._children[spec.id] = Child(spec)
+        return child
+
+    def delete(self, id: str) -> Child | None:
+        return self._children.pop(id, None)
+
+    def set_running(self, id: str, incarnation: int, pid: int | None, spec: AnySpec | None = None) -> None:
+        """``id`` runs as ``incarnation``; ``spec``: it runs a new spec (a replacement)."""
+        child = self._children[id]
+        child.state, child.incarnation, child.pid = "running", incarnation, pid
+        if spec is not None:
+            child.spec = spec
+
+    def set_stopped(self, ids: tuple[str, ...]) -> tuple[str, ...]:
+        """Mark ``ids`` stopped (before the shell stops them: their exits are then stale)."""
+        for i in ids:
+            child = self._children[i]
+            child.state, child.incarnation, child.pid = "stopped", None, None
+        return ids
+
+    def set_restarting(self, id: str) -> Retry:
+        """Mark ``id`` restarting and make the one Retry that may restart it."""
+        child = self._children[id]
+        child.state, child.retry = "restarting", next(self._tokens)
+        return Retry(id, child.retry)
+
+    def take_exit(self, id: str, incarnation: int) -> Child | None:
+        """The child whose current incarnation this exit ends, now stopped; None when the
+        incarnation is not current (the exit is stale)."""
+        child = self._children.get(id)
+        if child is None or child.incarnation != incarnation or child.state != "running":
+            return None
+        self.set_stopped((id,))
+        return child
