@@ -150,3 +150,81 @@ class TestRegisterSpace:
         same = reg.forward(op="register_space", scope="team",
                            variables={"timeout": {"type": "float", "low": 0.1, "high": 10.0, "default": 2.0}})
         assert same == {"ok": True, "scope": "team", "added": []}
+
+
+class TestWrites:
+    def test_a_write_looks_only_at_what_it_wrote_not_at_every_stored_version(self, db):
+        reg = registry(db)
+        assert reg.forward(op="set_many", values={"global": {"temperature": 0.5}, "team": {"timeout": 3.0}})["ok"]
+
+        class Unscannable(dict):
+            def scan(self, *args):
+                raise AssertionError("a write scanned every stored version")
+
+            items = values = keys = __iter__ = scan
+
+        reg.store.versions = Unscannable(reg.store.versions)
+        assert reg.forward(op="set", scope="critic", name="timeout", value=0.7) == {"ok": True, "version": 2}
+        assert registry(db).forward(op="get", scope="critic", name="timeout")["version"] == 2
+
+    def test_a_write_that_cannot_be_committed_leaves_memory_as_committed(self, db):
+        reg = registry(db)
+        assert reg.forward(op="set", scope="global", name="temperature", value=0.5)["ok"]
+        reg.db.execute("PRAGMA query_only = ON")  # every write fails from now on
+        reply = reg.forward(op="set", scope="global", name="temperature", value=0.9)
+        assert reply["error"] == "internal" and "cannot write" in reply["problems"][0]
+        assert reg.forward(op="get", scope="global", name="temperature")["value"] == 0.5
+        assert reg.store.take_changes() == []
+
+
+class TestClient:
+    """``RegistryClient`` over a caller that hands the inputs to a registry in this process."""
+
+    @pytest.fixture
+    def client(self, db):
+        from otpy.variables.client import RegistryClient
+
+        class InProcess:
+            def __init__(self):
+                self.registry, self.sent = registry(db), []
+
+            def call(self, agent, inputs, timeout):
+                assert agent == "registry"
+                self.sent.append(inputs)
+                return self.registry.forward(**inputs)
+
+        return RegistryClient(InProcess())
+
+    def test_typed_helpers_send_the_maps_callers_always_sent(self, client):
+        assert client.set("global", "temperature", 0.5) == 1
+        assert client.set_many({"team": {"timeout": 3.0}}) == {"team": {"timeout": 2}}
+        entry = client.get("team", "timeout")
+        assert (entry.scope, entry.name, entry.value, entry.version, entry.reason) == ("team", "timeout", 3.0, 2, "set")
+        assert [e.name for e in client.list("global")] == ["classifier", "temperature"]
+        assert client.resolve("writer", ["team"])["timeout"] == 3.0
+        assert client.explain("critic", "timeout").reason == "default"
+        assert client.register_space("writer", {"n": {"type": "integer", "low": 0, "high": 3, "default": 1}}) == ["n"]
+        assert client.caller.sent[:4] == [
+            {"op": "set", "scope": "global", "name": "temperature", "value": 0.5},
+            {"op": "set_many", "values": {"team": {"timeout": 3.0}}},
+            {"op": "get", "scope": "team", "name": "timeout"},
+            {"op": "list", "scope": "global"},
+        ]
+
+    def test_a_refusal_is_raised_typed(self, client):
+        from otpy.variables.client import RegistryRefused
+
+        client.set("global", "temperature", 0.5, expected_version=0)
+        with pytest.raises(RegistryRefused) as lost:
+            client.set("global", "temperature", 0.7, expected_version=0)
+        assert (lost.value.refused.kind, lost.value.refused.current) == ("conflict", 1)
+        with pytest.raises(RegistryRefused, match="temperature: got 3.5") as invalid:
+            client.set("global", "temperature", 3.5)
+        assert invalid.value.refused.kind == "invalid"
+
+    def test_ask_returns_the_reply_or_the_refusal(self, client):
+        from otpy.wire.registry_protocol import GetValue, Refused, ValueEntry
+
+        assert isinstance(client.ask(GetValue(scope="global", name="temperature")), ValueEntry)
+        refused = client.ask(GetValue(scope="nowhere", name="x"))
+        assert isinstance(refused, Refused) and refused.kind == "invalid"

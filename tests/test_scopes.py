@@ -48,7 +48,8 @@ timeout = {{ type = "float", low = 0.1, high = 1.0, default = 0.5 }}
 
 @pytest.fixture
 def store() -> ScopedValues:
-    return ScopedValues.from_topology(parse_topology(TOPOLOGY))
+    topology = parse_topology(TOPOLOGY)
+    return ScopedValues.for_tree(topology.raw_variables, topology.node.root)
 
 
 def problems_of(call, *args, **kwargs) -> list[str]:
@@ -213,12 +214,56 @@ def test_a_variable_without_default_must_be_set_before_it_resolves():
 def test_parents_come_from_the_tree_and_a_dynamic_child_can_be_added():
     topology = parse_topology(TOPOLOGY)
     assert parents_of(topology.node.root) == {"registry": "root", "greeter": "root", "team": "root", "planner": "team", "critic": "team"}
-    store = ScopedValues.from_topology(topology)
-    store.parents["worker_7"] = "team"
+    store = ScopedValues.for_tree(topology.raw_variables, topology.node.root)
+    store.learn_chain("worker_7", ["pool_3", "team", "root"])
+    assert store.scope_chain("worker_7") == ["worker_7", "pool_3", "team", "root", GLOBAL]
     assert store.resolve("worker_7")["timeout"] == 2.0
-    store.parents["team"] = "worker_7"
+    store.learn_chain("stray", ["nowhere"])  # a chain that never reaches the tree teaches nothing
+    store.learn_chain("critic", ["greeter"])  # nor does one of a child the tree knows
+    assert "stray" not in store.parents and store.parents["critic"] == "team"
+    looped = ScopedValues(store.spaces, {**store.parents, "team": "worker_7"})
     with pytest.raises(ValueError, match="parents form a cycle"):
-        store.scope_chain("worker_7")
+        looped.scope_chain("worker_7")
+
+
+def test_from_topology_is_for_tree_of_a_loaded_topology():
+    topology = parse_topology(TOPOLOGY)
+    store = ScopedValues.from_topology(topology)
+    assert store.parents == parents_of(topology.node.root) and list(store.spaces) == [GLOBAL, "team", "critic"]
+
+
+def test_the_values_written_since_they_were_last_taken_each_once_as_they_are_now(store):
+    assert store.take_changes() == []
+    store.set("team", "timeout", 3.0)
+    store.set_many({GLOBAL: {"temperature": 1.5}, "team": {"timeout": 4.0}})
+    with pytest.raises(VariableError):
+        store.set("critic", "timeout", 9.0)  # refused: not a change
+    assert store.take_changes() == [ScopedValue("team", "timeout", 4.0, 2, "set"),
+                                    ScopedValue(GLOBAL, "temperature", 1.5, 2, "set")]
+    assert store.take_changes() == []
+
+
+def test_load_replaces_the_values_and_drops_what_the_declarations_refuse(store):
+    store.set("team", "timeout", 3.0)
+    dropped = store.load(7, [(GLOBAL, "temperature", 1, 5), ("team", "timeout", 99.0, 6),
+                             ("gone", "x", 1, 2), (GLOBAL, "gone", 1, 3)])
+    assert dropped == ["team.timeout: timeout: got 99.0; expected a float in [0.1, 10.0]"]
+    assert store.version == 7 and store.take_changes() == []
+    assert store.get(GLOBAL, "temperature") == ScopedValue(GLOBAL, "temperature", 1.0, 5, "set")  # a float now
+    assert store.get("team", "timeout").reason == "default"
+    assert store.set("team", "timeout", 3.0) == 8
+
+
+def test_declaring_variables_and_what_they_would_break(store):
+    no_default = IntegerVariable(name="retries", low=0, high=3)
+    assert store.unresolvable_with("team", [no_default]) == ["critic", "planner", "team"]
+    assert store.unresolvable_with("critic", [no_default]) == ["critic"]
+    assert "retries" not in store.spaces["team"].variables  # the trial changed nothing
+    store.declare("planner", [IntegerVariable(name="retries", low=0, high=3, default=1)])
+    assert store.resolve("planner")["retries"] == 1
+    assert problems_of(store.declare, "planner", [IntegerVariable(name="retries", low=0, high=5, default=2)]) == [
+        "retries: already declared in space 'planner'"
+    ]
 
 
 def test_a_topology_with_a_scope_that_names_no_id_does_not_load():
@@ -235,7 +280,8 @@ def test_a_topology_with_a_scope_that_names_no_id_does_not_load():
 def test_the_worked_example_in_the_docs():
     docs = (Path(__file__).parent.parent / "docs" / "variables.md").read_text()
     toml = docs.split("```toml\n", 1)[1].split("```", 1)[0]
-    store = ScopedValues.from_topology(parse_topology(toml))
+    topology = parse_topology(toml)
+    store = ScopedValues.for_tree(topology.raw_variables, topology.node.root)
     assert store.resolve("greeter") == {"classifier": KNN, "C": 1.0}
     assert store.resolve("planner") == {"classifier": KNN, "C": 1.0, "timeout": 2.0}
     assert store.resolve("critic") == {"classifier": KNN, "C": 1.0, "timeout": 0.5}

@@ -202,7 +202,7 @@ def read_reply(request: RegistryRequest, outputs: Mapping[str, Any]) -> Registry
 # --- a malformed request, in words --------------------------------------------------------
 
 _MESSAGE = re.compile(r"^(?P<what>.*?)(?: - at (?:`(?P<key>key)` in )?`\$(?P<path>[^`]*)`)?$", re.S)
-_TYPES = {"str": "a string", "int": "an integer", "object": "a table", "array": "an array"}
+_TYPES = {"str": "a string", "int": "an integer", "object": "a table", "array": "an array", "null": "none"}
 
 
 def _problem(inputs: Mapping[str, Any], message: str) -> str:
@@ -227,7 +227,8 @@ def _problem(inputs: Mapping[str, Any], message: str) -> str:
     if match["key"]:
         path += " (a key)"
     if wrong := re.match(r"Expected `(.+?)`, got `(.+?)`", what):
-        return f"{op}: {path}: got {wrong[2]}; expected {_TYPES.get(wrong[1], wrong[1])}"
+        expected = " or ".join(_TYPES.get(kind, kind) for kind in wrong[1].split(" | "))
+        return f"{op}: {path}: got {wrong[2]}; expected {expected}"
     return f"{op}: {path}: {what}"
 
 
