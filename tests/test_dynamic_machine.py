@@ -18,6 +18,7 @@ from otpy.supervision.effects import (
 from otpy.supervision.exit import ExitReason
 from otpy.supervision.machine import StaticMachine
 from otpy.specs.model import ChildSpec, DynamicSupervisorSpec, SupervisorSpec
+from otpy.specs.rules import significance_problem
 
 NORMAL = ExitReason(kind="normal", code=0)
 SHUTDOWN = ExitReason(kind="shutdown", signal=15)
@@ -95,8 +96,9 @@ class TestStartChild:
 
     def test_a_significant_child_is_refused(self):
         d = dynamic()
-        result = d.call(start_child(worker("x", restart="transient", significant=True)))
-        assert result.outcome == "invalid"
+        spec = worker("x", restart="transient", significant=True)
+        result = d.call(start_child(spec))
+        assert (result.outcome, result.detail) == ("invalid", significance_problem(spec, d.machine.spec))
         assert d.log == [] and "x" not in d.machine.children
 
     def test_a_running_id_is_already_started(self):
@@ -333,6 +335,13 @@ class TestReconfigure:
         m.handle(Launched("c", 2, 200), 0)
         assert m.handle(ChildExited("c", 1, SHUTDOWN), 1) == []
         assert m.children["c"].state == "running"
+
+    def test_a_significant_replacement_is_refused_by_the_spec_rule(self):
+        m = self._running()
+        target = ChildSpec(id="c", program="pkg:B", restart="transient", significant=True)
+        [answer] = m.handle(Command(reconfigure("c", target), "r"), 0)
+        assert answer == Answer("r", Result("invalid", detail=significance_problem(target, m.spec)))
+        assert (m.children["c"].spec.program, m.children["c"].state) == ("pkg:A", "running")
 
     def test_unknown_and_mismatched_targets_are_refused(self):
         m = self._running()

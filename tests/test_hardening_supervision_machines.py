@@ -81,7 +81,7 @@ import pytest  # noqa: E402
 
 from machine_driver import Driver, start_child  # noqa: E402
 from otpy.supervision.dynamic import DynamicMachine  # noqa: E402
-from otpy.supervision.effects import Retry, Stop  # noqa: E402
+from otpy.supervision.effects import Post, Retry, Stop  # noqa: E402
 from otpy.supervision.exit import ExitReason  # noqa: E402
 from otpy.supervision.machine import StaticMachine  # noqa: E402
 from otpy.specs.model import ChildSpec, DynamicSupervisorSpec, SupervisorSpec  # noqa: E402
@@ -244,3 +244,40 @@ class TestDynamicStopsAreParallel:
             d.crash("c0", CRASHED)
         [stop] = self._stops(d)
         assert d.exit is not None and stop.parallel and sorted(stop.ids) == TEN[1:]
+
+
+# --- no state shared between machines ---------------------------------------------------------
+
+
+class TestNoSharedState:
+    """Each machine numbers its own retries: what one supervisor did never shows in another's
+    events (the Retry tokens came from one counter for the whole process)."""
+
+    @staticmethod
+    def _retries(make) -> list[Retry]:
+        d = MACHINES[make](["a", "b"])
+        d.fail_always = {"b"}
+        d.crash("b", CRASHED)
+        d.run_inbox()
+        return [e.event for e in d.effects if isinstance(e, Post)]
+
+    @pytest.mark.parametrize("make", list(MACHINES))
+    def test_two_machines_driven_alike_post_the_same_retries(self, make):
+        first, second = self._retries(make), self._retries(make)
+        assert first and first == second
+
+    def test_two_supervisors_number_their_incarnations_alike(self):
+        # The shell's incarnation numbers are its own too (child supervisors: no process needed).
+        import asyncio
+
+        from otpy.node.supervisor import Supervisor
+
+        async def first_incarnations() -> list[int | None]:
+            spec = SupervisorSpec(id="root", children=(SupervisorSpec(id="x"), SupervisorSpec(id="y")))
+            root = Supervisor(spec, processes=None, report=lambda event: None)
+            await root.start()
+            numbers = [c.incarnation for c in root.machine.children.values()]
+            await root.stop()
+            return numbers
+
+        assert asyncio.run(first_incarnations()) == asyncio.run(first_incarnations()) == [1, 2]

@@ -15,6 +15,7 @@ from otpy.supervision.effects import ChildExited, Exit, Retry, Stop
 from otpy.supervision.exit import ExitReason
 from otpy.supervision.machine import StaticMachine
 from otpy.specs.model import ChildSpec, SupervisorSpec
+from otpy.specs.rules import significance_problem
 
 NORMAL = ExitReason(kind="normal", code=0)
 SHUTDOWN = ExitReason(kind="shutdown", signal=15)
@@ -553,6 +554,13 @@ class TestAdministration:
         d = started(worker("a"))
         assert d.call(start_child(significant("z", "transient"))).outcome == "invalid"
         assert d.log == [] and "z" not in d.machine.children
+
+    @pytest.mark.parametrize(("restart", "auto_shutdown"), [("permanent", "any_significant"), ("transient", "never")])
+    def test_the_refusal_is_the_spec_rule_itself(self, restart, auto_shutdown):
+        # One significance rule (specs.rules.significance_problem), for files, the wire and the machine.
+        d = started(worker("a"), auto_shutdown=auto_shutdown)
+        spec = significant("z", restart)
+        assert d.call(start_child(spec)).detail == significance_problem(spec, d.machine.spec)
 
     # terminate_child
     def test_terminate_child_stops_only_that_child_and_keeps_its_spec(self):
