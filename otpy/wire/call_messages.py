@@ -1,10 +1,10 @@
 """A caller's side of the call messages: the bytes it sends, what it makes of the bytes it gets.
 
-Kept apart from ``_calls`` (sockets, threads, deadlines) so that every failure of the wire is
-decided in one place: inputs that cannot be sent raise ``Unencodable`` at once, whatever the
-encoder raised (a ``RecursionError`` too); a reply that cannot be read fails its own call
-with ``Unencodable`` when its ``call_id`` can be found, and is dropped otherwise, so the I/O
-thread that reads it never dies of it.
+Kept apart from ``call_engine`` (sockets) and ``call_book`` (deadlines, what each answer
+does) so that every failure of the wire is decided in one place: inputs that cannot be sent
+raise ``Unencodable`` at once, whatever the encoder raised (a ``RecursionError`` too); a reply
+that cannot be read fails its own call with ``Unencodable`` when its ``call_id`` can be found,
+and is dropped otherwise, so the thread that reads it never dies of it.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def read_reply(payload) -> Reply | CallFailed | None:
 
 
 class AgentDraining(CallError):
-    """The agent is shutting down and did not run the call: the caller sends it again on a new
-    connection (to the next holder of the name). Never reaches user code."""
+    """The agent is shutting down and did not run the call (``error_of`` of a ``draining``
+    answer, for a client that speaks to an agent by hand; a ``Caller`` sends such a call again
+    on a new connection, to the next holder of the name, and never raises it)."""
 
 
 def error_of(failed: CallFailed, agent: str) -> CallError:
