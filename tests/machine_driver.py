@@ -41,7 +41,7 @@ class Driver:
         *,
         fail: dict[str, int] | None = None,
         fail_always: set[str] | frozenset[str] = frozenset(),
-        on_spawn: Callable[[object], str | None] | None = None,
+        on_launch: Callable[[object], str | None] | None = None,
     ) -> None:
         self.machine = machine
         self.now = 0.0
@@ -49,7 +49,7 @@ class Driver:
         self.log: list[str] = []
         self.fail = dict(fail or {})  # id -> how many of its next starts fail
         self.fail_always = set(fail_always)
-        self.on_spawn = on_spawn  # optional hook: returns a failure reason to fail the start
+        self.on_launch = on_launch  # optional hook: returns a failure reason to fail the start
         self.incarnations: dict[str, int] = {}  # id -> its current incarnation
         self.pids: dict[str, int] = {}
         self.effects: list[Effect] = []  # every effect carried out, in order
@@ -59,7 +59,7 @@ class Driver:
     # --- driving ----------------------------------------------------------------------
 
     def send(self, event: Event) -> list[str]:
-        """Handle one event (and the spawn outcomes it leads to). Returns the new log lines."""
+        """Handle one event (and the launch outcomes it leads to). Returns the new log lines."""
         start = len(self.log)
         pending = [event]
         while pending:
@@ -146,8 +146,8 @@ class Driver:
         if self.fail.get(spec.id, 0) > 0:
             self.fail[spec.id] -= 1
             return "boom"
-        if self.on_spawn is not None:
-            return self.on_spawn(spec)
+        if self.on_launch is not None:
+            return self.on_launch(spec)
         return None
 
 

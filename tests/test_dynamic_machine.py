@@ -50,7 +50,7 @@ def stop_effects(d: Driver) -> list[Stop]:
     return [e for e in d.effects if isinstance(e, Stop)]
 
 
-def last_spawned(d: Driver) -> ChildSpec:
+def last_launched(d: Driver) -> ChildSpec:
     return [e for e in d.effects if isinstance(e, Launch)][-1].spec
 
 
@@ -69,7 +69,7 @@ class TestStartChild:
         d = dynamic()
         result = d.call(start_from_template("agent", "a1", {"temperature": 0.7, "seed": 1}))
         assert result.ok and d.log == ["start a1"]
-        spec = last_spawned(d)
+        spec = last_launched(d)
         assert spec.id == "a1" and spec.command == ("agent",)
         assert spec.args == {"model": "small", "temperature": 0.7, "seed": 1}
         assert TEMPLATE.args == {"model": "small", "temperature": 0.0}  # the template is untouched
@@ -77,9 +77,9 @@ class TestStartChild:
     def test_a_restart_uses_the_same_merged_args(self):
         d = dynamic()
         d.call(start_from_template("agent", "a1", {"seed": 7}))
-        first = last_spawned(d)
+        first = last_launched(d)
         d.crash("a1")
-        assert last_spawned(d) == first
+        assert last_launched(d) == first
 
     def test_an_unknown_template_is_not_found(self):
         d = dynamic()
@@ -304,7 +304,7 @@ class TestUnsupported:
 
 
 class TestReconfigure:
-    """Make-before-break: the target starts beside the source, then the source is stopped."""
+    """Make-before-break: the replacement starts beside the child, then the incarnation it replaced is stopped."""
 
     def _running(self):
         m = DynamicMachine(DynamicSupervisorSpec(id="pool"))
@@ -318,7 +318,7 @@ class TestReconfigure:
         target = ChildSpec(id="c", program="pkg:B")
         effects = m.handle(Command(reconfigure("c", target), "r1"), 0)
         assert effects[-1] == Launch(target, replacement=True)
-        assert m.children["c"].pid == 100  # the source is still the current child
+        assert m.children["c"].pid == 100  # the replaced incarnation is still the child
         assert m.handle(Launched("c", 2, 200), 0) == [Answer("r1", Result("ok", pid=200)), Replace("c")]
         assert (m.children["c"].spec.program, m.children["c"].pid) == ("pkg:B", 200)
 

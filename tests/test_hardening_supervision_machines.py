@@ -192,7 +192,7 @@ class TestLostExits:
 class TestStartingFor:
     def test_static_restart_chain_names_the_children_it_will_restart(self):
         d = _static("a b c".split(), strategy="rest_for_one")
-        d.on_spawn = lambda spec: seen.append({i: d.machine.starting_for(i) for i in "abc"})
+        d.on_launch = lambda spec: seen.append({i: d.machine.starting_for(i) for i in "abc"})
         seen: list[dict] = []
         d.crash("b")
         # While b is being started, b and c wait in the chain; a is untouched.
@@ -204,7 +204,7 @@ class TestStartingFor:
         spec = SupervisorSpec(id="sup", children=(_worker("a"), _worker("b")))
         seen: list[dict] = []
         d = Driver(StaticMachine(spec))
-        d.on_spawn = lambda s: seen.append({i: d.machine.starting_for(i) for i in d.machine.order})
+        d.on_launch = lambda s: seen.append({i: d.machine.starting_for(i) for i in d.machine.order})
         d.init()
         d.call(start_child(_worker("c")))
         assert seen == [{"a": "start", "b": "start"}, {"a": None, "b": "start"},
@@ -213,7 +213,7 @@ class TestStartingFor:
     def test_dynamic_start_and_restart(self):
         seen: list = []
         d = _dynamic(["a"])
-        d.on_spawn = lambda spec: seen.append((spec.id, d.machine.starting_for(spec.id),
+        d.on_launch = lambda spec: seen.append((spec.id, d.machine.starting_for(spec.id),
                                                d.machine.starting_for("a" if spec.id != "a" else "z")))
         d.call(start_child(_worker("b")))
         d.crash("a")

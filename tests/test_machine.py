@@ -675,10 +675,10 @@ class Tree:
     def __init__(self, root: SupervisorSpec) -> None:
         self.subs: dict[str, Driver] = {}  # the current incarnation of each child supervisor
         self.incarnations = 0
-        self.root = Driver(StaticMachine(root), on_spawn=self._spawn)
+        self.root = Driver(StaticMachine(root), on_launch=self._launch)
         self.root.init()
 
-    def _spawn(self, spec) -> str | None:
+    def _launch(self, spec) -> str | None:
         if not isinstance(spec, SupervisorSpec):
             return None
         sub = Driver(StaticMachine(spec))
@@ -762,7 +762,7 @@ class TestEscalation:
     def test_a_child_supervisor_whose_init_fails_fails_the_parent_start(self):
         inner = supervisor(worker("w"), id="team")
         tree_root = supervisor(worker("x"), inner)
-        d = Driver(StaticMachine(tree_root), on_spawn=lambda spec: "init failed" if spec.id == "team" else None)
+        d = Driver(StaticMachine(tree_root), on_launch=lambda spec: "init failed" if spec.id == "team" else None)
         lines = d.init()
         assert lines[:3] == ["start x", "start team failed", "stop x"]
         assert isinstance(d.effects[-1], Exit) and "'team'" in d.exit.error
