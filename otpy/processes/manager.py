@@ -42,7 +42,7 @@ from ..supervision.exit import ExitReason, from_wait_status
 from .fd_reserve import FdReserve, pipes
 from .linux import children_of, has_image, kill_group, proc_stat, signal_quietly
 from ..host.node_run import new_run_id
-from .zygote_link import LineReader, ZygoteDied, ZygoteLink, live_zygotes, sweep_run
+from .zygote_link import LineReader, ZygoteDied, ZygoteLink, sweep_run
 from ..wire.protocol import Exited, Spawn, Spawned, SpawnFailed
 from ..specs.model import ChildSpec, Shutdown
 
@@ -220,6 +220,7 @@ class ProcessManager:
         self.run_id = run_id or new_run_id()
         self.on_output = on_output or print_output
         self._zygote: ZygoteLink | None = None
+        self._zygotes: set[ZygoteLink] = set()  # every one started and maybe alive: a sweep spares them
         self._starting: asyncio.Task[None] | None = None
         self._requests: dict[int, ChildProcess] = {}  # sent, no reply yet
         self._children: dict[int, ChildProcess] = {}  # by pid, until reaped
@@ -395,6 +396,7 @@ class ProcessManager:
                 await asyncio.gather(*self._reaping, return_exceptions=True)
             link = ZygoteLink(self.node_name, self.run_id, on_message=self._on_message,
                               on_death=self._on_zygote_death)
+            self._zygotes.add(link)
             await link.start(self._reserve, busy_until=self._busy_until)
             self._zygote = link
         finally:
@@ -439,8 +441,9 @@ class ProcessManager:
         lost = [*self._requests.values(), *self._children.values()]
         self._requests.clear()
         self._children.clear()
+        self._zygotes = {z for z in self._zygotes if z.alive}
         reaped = asyncio.get_running_loop().run_in_executor(
-            None, sweep_run, self.run_id, {c.pid for c in lost if c.pid}, frozenset(live_zygotes))
+            None, sweep_run, self.run_id, {c.pid for c in lost if c.pid}, frozenset(z.pid for z in self._zygotes))
         self._reaping.add(reaped)
 
         def resolve(_) -> None:

@@ -95,7 +95,6 @@ class LineReader:
 # --- the zygote, seen from the node ----------------------------------------------------
 
 _OTPY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-live_zygotes: set[int] = set()  # pids, over every manager in this process
 
 
 class ZygoteDied(RuntimeError):
@@ -110,12 +109,18 @@ class ZygoteLink:
         self.run_id = run_id
         self.returncode: int | None = None
         self.stuck = False  # it missed a heartbeat and was killed for it
+        self._proc: subprocess.Popen | None = None  # once launched
         self._on_message = on_message
         self._on_death = on_death
 
     @property
     def pid(self) -> int:
         return self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        """Launched and not reaped yet: a sweep of its run must spare it."""
+        return self._proc is not None and self.returncode is None
 
     @property
     def gone(self) -> bool:
@@ -174,7 +179,6 @@ class ZygoteLink:
             proc.wait()
             raise
         self._sock, self._proc = ours, proc
-        live_zygotes.add(proc.pid)
 
     def kill(self) -> None:
         """SIGKILL the zygote (through its pidfd: never another process); its death follows."""
@@ -264,7 +268,6 @@ class ZygoteLink:
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
         self.returncode = self._proc.wait()
-        live_zygotes.discard(self._proc.pid)
         if not self._hello.done():  # one that hung at boot is no death to retry at once
             error = RuntimeError if self.stuck else ZygoteDied
             self._hello.set_exception(error(f"it exited with status {self.returncode}"))
@@ -292,7 +295,7 @@ def sweep_run(run_id: str, pids: set[int], spare: frozenset[int]) -> None:
         kill_group(pid)
         signal_quietly(os.kill, pid, signal.SIGKILL)
     killed = kill_run(run_id, spare=spare)
-    for pid in {*pids, *killed, *_children_in_groups(pids)}:
+    for pid in {*pids, *killed, *_children_in_groups(pids, spare)}:
         _reap_if_ours(pid)
 
 
@@ -312,12 +315,13 @@ def _reap_if_ours(pid: int) -> None:
             pass
 
 
-def _children_in_groups(groups: set[int]) -> set[int]:
-    """This process's children in one of ``groups`` (zombies too: their environment is gone)."""
+def _children_in_groups(groups: set[int], spare: frozenset[int]) -> set[int]:
+    """This process's children in one of ``groups`` but ``spare`` (zombies too: their
+    environment is gone)."""
     found = set()
     for proc in psutil.Process().children():
         try:
-            if proc.pid not in live_zygotes and os.getpgid(proc.pid) in groups:
+            if proc.pid not in spare and os.getpgid(proc.pid) in groups:
                 found.add(proc.pid)
         except OSError:
             continue
