@@ -20,7 +20,7 @@ import pytest
 
 from otpy.processes.manager import ChildProcess, ProcessManager, StartFailed
 from otpy.specs.model import ChildSpec
-from otpy.processes.linux import become_subreaper
+from otpy.host.prctl import become_subreaper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _names = itertools.count()

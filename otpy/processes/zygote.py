@@ -33,7 +33,7 @@ import zmq  # noqa: F401  (pre-imported for the workers)
 
 from otpy.agent import call_socket as _agent_socket
 from otpy.agent import worker as _worker
-from otpy.processes.linux import become_subreaper, die_with_parent, process_name, set_process_name
+from otpy.host.prctl import become_subreaper, die_with_parent, process_name, set_process_name
 from otpy.host.node_run import RUN_VAR, kill_run
 from otpy.agent.program import import_target
 from otpy.wire.protocol import ENCODER, TO_ZYGOTE, Exited, Hello, Init, Ping, Pong, Spawn, Spawned, SpawnFailed
