@@ -86,3 +86,18 @@ class ShowsItsPlace(Program):
 def echo(**inputs):
     """A plain function is a program too."""
     return inputs
+
+
+class CallsInSetup(Program):
+    """Calls ``args["target"]`` from ``setup`` (``Program.call``) and answers with that reply."""
+
+    def setup(self, args, config):
+        self.answer = self.call(args["target"], {"from": "setup"}, timeout=5.0)
+
+    def forward(self, **inputs):
+        return {"in_setup": self.answer, "in_forward": self.call("echo", inputs, timeout=5.0)}
+
+
+class Echo(Program):
+    def forward(self, **inputs):
+        return inputs

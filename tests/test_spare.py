@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 import otpy
-from otpy.processes.zygote import SPARE_NAME
+from otpy.agent.bootstrap import SPARE_NAME
 from tests.helpers import alive, unique_name, wait_dead, wait_until
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,5 +1,5 @@
 """The agent's call socket (a ZeroMQ ROUTER at ``agent_endpoint(node, child_id)``): made
-ahead of time in a spare, or when the worker binds.
+ahead of time in a spare (``WarmSocket``), or when the worker binds (``bound_router``).
 
 A spare does not know its child id yet, so it binds its ROUTER at a name of its own,
 ``agents/.spare-<pid>.sock``; once it has its request, ``bound_router`` renames that socket
@@ -22,58 +22,43 @@ from ..host.runtime_dir import agent_endpoint, agent_socket_path, agents_dir, ma
 
 SOCKET_MODE = 0o600  # whatever the umask: only this user may call an agent (its folder is 0700 too)
 
-_warm: tuple[zmq.Context, zmq.Socket, Path] | None = None  # a spare's, until bound_router takes it
-
 
 def spare_socket_path(node: str, pid: int) -> Path:
     return agents_dir(node) / f".spare-{pid}.sock"
 
 
-def warm_up(node: str) -> None:
-    """In a spare: the ZeroMQ context and a ROUTER listening at the spare's own path (the
-    zygote made the node's ``agents`` folder once, before any spare)."""
-    global _warm
-    context, router = _new_router()
-    path = spare_socket_path(node, os.getpid())
-    router.bind(f"ipc://{path}")
-    os.chmod(path, SOCKET_MODE)  # the rename keeps it: the child's socket is private from the start
-    _warm = (context, router, path)
+class WarmSocket:
+    """A spare's ZeroMQ context and its ROUTER, listening at the spare's own path (the zygote
+    made the node's ``agents`` folder once, before any spare): the child it becomes takes
+    both (``bound_router``); a spare that exits unused ``forget``s the socket file."""
+
+    def __init__(self, node: str) -> None:
+        self.context = zmq.Context(io_threads=1)
+        self.router = _new_router(self.context)
+        self.path = spare_socket_path(node, os.getpid())
+        self.router.bind(f"ipc://{self.path}")
+        os.chmod(self.path, SOCKET_MODE)  # the rename keeps it: the child's socket is private from the start
+
+    def forget(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
-def forget_warm() -> None:
-    """A spare that exits unused removes its socket file."""
-    if _warm is not None:
-        _warm[2].unlink(missing_ok=True)
+def new_context() -> zmq.Context:
+    """A child's one ZeroMQ context (one I/O thread), when it has no spare's."""
+    return zmq.Context(io_threads=1)
 
 
-def bound_router(node: str, child_id: str) -> tuple[zmq.Context, zmq.Socket]:
-    """A ROUTER serving ``agent_endpoint(node, child_id)``: the spare's, renamed into place,
-    or a new one bound there."""
-    global _warm
-    if _warm is not None:
-        context, router, path = _warm
-        _warm = None
-        os.rename(path, agent_socket_path(node, child_id))
-        return context, router
+def bound_router(context: zmq.Context, node: str, child_id: str, warm: WarmSocket | None = None) -> zmq.Socket:
+    """A ROUTER serving ``agent_endpoint(node, child_id)``: the spare's (``warm``, whose
+    context is ``context``), renamed into place, or a new one of ``context`` bound there."""
+    if warm is not None:
+        os.rename(warm.path, agent_socket_path(node, child_id))
+        return warm.router
     make_agents_dir(node)
-    context, router = _new_router()
+    router = _new_router(context)
     router.bind(agent_endpoint(node, child_id))  # libzmq unlinks the file a dead incarnation left
     os.chmod(agent_socket_path(node, child_id), SOCKET_MODE)
-    return context, router
-
-
-_context: zmq.Context | None = None  # a child's one context when it had no spare's
-
-
-def context() -> zmq.Context:
-    """The child's one ZeroMQ context (one I/O thread): the spare's, or made on first use
-    (by the registry's resolve before READY, or by the bind), then shared."""
-    global _context
-    if _warm is not None:
-        return _warm[0]
-    if _context is None:
-        _context = zmq.Context(io_threads=1)
-    return _context
+    return router
 
 
 def rebind(router: zmq.Socket, node: str, child_id: str) -> None:
@@ -82,10 +67,9 @@ def rebind(router: zmq.Socket, node: str, child_id: str) -> None:
     os.chmod(agent_socket_path(node, child_id), SOCKET_MODE)
 
 
-def _new_router() -> tuple[zmq.Context, zmq.Socket]:
-    context_ = context()
-    router = context_.socket(zmq.ROUTER)
+def _new_router(context: zmq.Context) -> zmq.Socket:
+    router = context.socket(zmq.ROUTER)
     router.linger = 0
     router.setsockopt(zmq.MAXMSGSIZE, MAX_CALL_BYTES)  # a bigger frame is dropped, its sender disconnected
     prepare(router)  # before the bind: a peer that never completes its handshake is dropped
-    return context_, router
+    return router

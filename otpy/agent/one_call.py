@@ -1,6 +1,6 @@
 """One call, from bytes to bytes: decode it, run ``forward``, encode the reply or the failure.
 
-Pure functions the agent's call loop (``_worker.AgentServer``) uses; they hold no state.
+Pure functions the agent's call loop (``call_server.CallServer``) uses; they hold no state.
 """
 
 from __future__ import annotations

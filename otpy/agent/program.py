@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from ..wire.calls import Caller
 
 
 class Program:
     """Base class for agent programs.
 
-    otpy's worker creates the program with no arguments, calls ``setup(args, config)``
-    once, reports READY to the node, then serves calls to ``forward``. ``teardown()`` runs
-    when the worker is asked to shut down (SIGTERM).
+    otpy's worker creates the program with no arguments, hands it its node's caller
+    (``NodeCaller``), calls ``setup(args, config)`` once, reports READY to the node, then
+    serves calls to ``forward``. ``teardown()`` runs when the worker is asked to shut down
+    (SIGTERM).
     """
+
+    _otpy_node_caller: NodeCaller | None = None  # the worker's, handed over before setup
 
     def setup(self, args: Mapping[str, Any], config: Mapping[str, Any]) -> None:
         """Called once in the worker before READY. ``args`` come from the child spec."""
@@ -41,7 +47,14 @@ class Program:
         Raises the ``CallError``s of ``Caller.call``. An agent that calls itself with
         ``concurrency`` 1 waits for itself: that call times out.
         """
-        return _node_caller().call(agent_id, inputs, timeout=timeout, retries=retries)
+        return self.node_caller().call(agent_id, inputs, timeout=timeout, retries=retries)
+
+    def node_caller(self) -> Caller:
+        """The ``Caller`` of this agent's node, the worker's one for its process (made on
+        first use): for ``submit``/``acall``, or to run a ``Pipeline`` from ``forward``."""
+        if self._otpy_node_caller is None:
+            raise RuntimeError("Program.call works in an agent run by an otpy node (no OTPY_NODE)")
+        return self._otpy_node_caller.get()
 
 
 class FunctionProgram(Program):
@@ -57,22 +70,46 @@ class FunctionProgram(Program):
         return f"FunctionProgram({self._func.__module__}:{self._func.__qualname__})"
 
 
-_caller = None
-_caller_lock = threading.Lock()
+class NodeCaller:
+    """A worker's ``Caller`` for its node, made on first use (importing the caller's machinery
+    costs a start ~50 ms: a program that never calls never pays it). The worker holds it for
+    the life of its process and hands it to its program (``Program.node_caller``)."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self._caller: Caller | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Caller:
+        with self._lock:
+            if self._caller is None:
+                from ..wire.calls import Caller
+
+                self._caller = Caller(self.node)
+            return self._caller
+
+    def hand_to(self, program: object) -> None:
+        """Give ``program`` this caller for ``Program.call`` (an object that is no ``Program``
+        has no ``call``: nothing to give)."""
+        if isinstance(program, Program):
+            program._otpy_node_caller = self
 
 
-def _node_caller():
-    """The process's Caller for its node (``OTPY_NODE``), created on first use."""
-    global _caller
-    with _caller_lock:
-        if _caller is None:
-            from ..wire.calls import Caller
+_compat_caller: NodeCaller | None = None  # only for _node_caller below
+_compat_lock = threading.Lock()
 
+
+def _node_caller() -> Caller:
+    """Deprecated: ``Program.node_caller()``. Kept until ``optimize/manager.py`` stops
+    importing it; a process-wide caller of its own, made on first use."""
+    global _compat_caller
+    with _compat_lock:
+        if _compat_caller is None:
             node = os.environ.get("OTPY_NODE")
             if not node:
                 raise RuntimeError("Program.call works in an agent run by an otpy node (no OTPY_NODE)")
-            _caller = Caller(node)
-        return _caller
+            _compat_caller = NodeCaller(node)
+    return _compat_caller.get()
 
 
 def import_target(target: str) -> Any:

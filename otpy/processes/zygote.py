@@ -17,7 +17,6 @@ the notify pipe on fd 3, no other fd, ``OTPY_*`` plus the spec's and request's e
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import os
 import select
@@ -31,17 +30,13 @@ from typing import NoReturn
 import msgspec  # noqa: F401  (pre-imported for the workers)
 import zmq  # noqa: F401  (pre-imported for the workers)
 
-from otpy.agent import call_socket as _agent_socket
-from otpy.agent import worker as _worker
-from otpy.host.prctl import become_subreaper, die_with_parent, process_name, set_process_name
-from otpy.host.node_run import RUN_VAR, kill_run
+from otpy.agent.bootstrap import MAX_MESSAGE, SPARE_NAME, Bootstrap  # noqa: F401  (SPARE_NAME: its spare in ps)
+from otpy.agent.call_socket import spare_socket_path
 from otpy.agent.program import import_target
+from otpy.host.node_run import RUN_VAR, kill_run
+from otpy.host.prctl import become_subreaper, die_with_parent, process_name
+from otpy.host.runtime_dir import make_agents_dir
 from otpy.wire.protocol import ENCODER, TO_ZYGOTE, Exited, Hello, Init, Ping, Pong, Spawn, Spawned, SpawnFailed
-
-MAX_MESSAGE = 1 << 18
-MAX_FD = os.sysconf("SC_OPEN_MAX")
-NOTIFY_FD, ERROR_FD = 3, 4  # in the child; ERROR_FD is close-on-exec (commands only)
-SPARE_NAME = "otpy-spare"  # what ps shows for a spare while it waits
 
 
 class Zygote:
@@ -55,7 +50,7 @@ class Zygote:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.modules_frozen = 0
-        self.name = process_name()  # what a spare is called again once it has its request
+        self.bootstrap = Bootstrap(self.pid, self.devnull, process_name())  # a forked child's first steps
         self.spare: Spare | None = None
         self.terminating = False
         self.children_file = f"/proc/{self.pid}/task/{self.pid}/children"
@@ -185,7 +180,7 @@ class Zygote:
         os.environ.clear()
         os.environ.update(init.env)
         if node := os.environ.get("OTPY_NODE"):
-            _agent_socket.make_agents_dir(node)  # once, for every spare's warm-up
+            make_agents_dir(node)  # once, for every spare's warm-up
         self.send(Hello(pid=os.getpid()))
 
     def spawn(self, request: Spawn, data: bytes, fds: list[int]) -> None:
@@ -221,7 +216,7 @@ class Zygote:
                 spare.close()
         pid = os.fork()
         if pid == 0:
-            self.in_child(self.run_program, request, notify, output)
+            self.in_child(self.bootstrap.run_program, request, notify, output)
         return pid
 
     def fork_spare(self) -> Spare:
@@ -231,7 +226,7 @@ class Zygote:
             pid = os.fork()
             if pid == 0:
                 ours.detach()
-                self.in_child(self.wait_as_spare, theirs)
+                self.in_child(self.bootstrap.run_spare, theirs)
         finally:
             theirs.close()
         return Spare(pid, ours)
@@ -241,7 +236,7 @@ class Zygote:
         error_r, error_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
-            self.in_child(self.exec_command, request, notify, output, error_w)
+            self.in_child(self.bootstrap.exec_command, request, notify, output, error_w)
         os.close(error_w)
         try:
             error = _read_all(error_r)
@@ -277,94 +272,6 @@ class Zygote:
         finally:
             os._exit(1)
 
-    def enter_child(self, request: Spawn, notify: int, output: int, *, exec_: bool, error: int = -1) -> None:
-        """Turn this fork into a fresh child: its fds first, so later errors can be reported."""
-        self.attach(request, notify, output, error)
-        self.detach(exec_)
-
-    def detach(self, exec_: bool) -> None:
-        """What makes a fork a child of its own: its process group, the parent-death signal,
-        default signal handling."""
-        os.setpgid(0, 0)
-        die_with_parent(self.pid)
-        _reset_signals(exec_)
-
-    def attach(self, request: Spawn, notify: int, output: int, error: int = -1, *, warm: bool = False) -> None:
-        """What makes it this request's child: fds 0-4, no other fd, environment, cwd.
-
-        ``warm``: a spare's, whose ZeroMQ fds (above 4) stay open; only the fds the hand-over
-        brought are closed, and the placeholders it kept on 3 and 4.
-        """
-        spec = request.spec
-        given = (notify, output, error, self.devnull)
-        notify, output, error, devnull = moved = tuple(_above(fd, ERROR_FD) for fd in given)
-        os.dup2(devnull, 0)
-        os.dup2(output, 1)
-        os.dup2(output, 2)
-        os.dup2(notify, NOTIFY_FD)
-        if error >= 0:
-            os.dup2(error, ERROR_FD, inheritable=False)
-        if warm:
-            for fd in {*given, *moved, ERROR_FD} - {-1, 0, 1, 2, NOTIFY_FD}:
-                os.close(fd)
-        else:
-            os.closerange(ERROR_FD + 1 if error >= 0 else ERROR_FD, MAX_FD)
-        os.environ.update({"OTPY_CHILD_ID": spec.id, "OTPY_NOTIFY_FD": str(NOTIFY_FD),
-                           "OTPY_INCARNATION": str(os.getpid())})
-        os.environ.update(spec.env)
-        os.environ.update(request.env)
-        if spec.cwd:
-            os.chdir(spec.cwd)
-
-    def run_program(self, request: Spawn, notify: int, output: int) -> NoReturn:
-        try:
-            self.enter_child(request, notify, output, exec_=False)
-        except Exception as exc:
-            _worker.fail(f"cannot start the child: {exc}")
-        sys.stdout.reconfigure(line_buffering=True)
-        _worker.run(request.spec)
-
-    def wait_as_spare(self, control: socket.socket) -> NoReturn:
-        """A spare: detached and warmed up ahead, it gets its request (and fds) from the zygote,
-        then runs like a program forked for it. The zygote closing ``control`` ends it."""
-        control = socket.socket(fileno=_above(control.detach(), ERROR_FD))
-        self.devnull = _above(self.devnull, ERROR_FD)
-        _close_all_but(control.fileno(), self.devnull)
-        for placeholder in (NOTIFY_FD, ERROR_FD):  # the warm-up's fds must go above these
-            os.dup2(self.devnull, placeholder)
-        self.detach(exec_=False)
-        set_process_name(SPARE_NAME)
-        if node := os.environ.get("OTPY_NODE"):
-            _agent_socket.warm_up(node)
-        data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 2)
-        control.close()
-        if not data:  # retired
-            _agent_socket.forget_warm()
-            os._exit(0)
-        set_process_name(self.name)
-        request = TO_ZYGOTE.decode(data)
-        try:
-            self.attach(request, *fds, warm=True)
-        except Exception as exc:
-            _worker.fail(f"cannot start the child: {exc}")
-        sys.stdout.reconfigure(line_buffering=True)
-        _worker.run(request.spec)
-
-    def exec_command(self, request: Spawn, notify: int, output: int, error: int) -> NoReturn:
-        argv = list(request.spec.command or ())
-        try:
-            self.enter_child(request, notify, output, exec_=True, error=error)
-        except Exception as exc:
-            _write_error(str(exc))
-        try:
-            if not argv:
-                raise ValueError("empty command")
-            os.execvpe(argv[0], argv, os.environ)
-        except OSError as exc:
-            _write_error(f"[Errno {exc.errno}] {exc.strerror}: {argv[0]!r}")
-        except BaseException as exc:
-            _write_error(f"{type(exc).__name__}: {exc}")
-
 
 class Spare:
     """The zygote's end of a spare: its pid and the socket its request goes through."""
@@ -386,42 +293,9 @@ class _Refused(Exception):
     """A spawn request that leaves no child behind; its text is the reply's reason."""
 
 
-def _above(fd: int, highest: int) -> int:
-    """``fd``, moved above ``highest`` if it is one of the fds the child's dup2s overwrite."""
-    return fd if fd < 0 or fd > highest else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, highest + 1)
-
-
 def _forget_spare_socket(pid: int) -> None:
     if node := os.environ.get("OTPY_NODE"):
-        _agent_socket.spare_socket_path(node, pid).unlink(missing_ok=True)
-
-
-def _close_all_but(*keep: int) -> None:
-    """Close every fd above 2 but ``keep``."""
-    low = 3
-    for fd in sorted(keep):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, MAX_FD)
-
-
-def _write_error(text: str) -> NoReturn:
-    """In a command child: tell the zygote, through the error pipe, why there is no exec."""
-    os.write(ERROR_FD, text.encode(errors="replace"))
-    os._exit(127)
-
-
-def _reset_signals(exec_: bool) -> None:
-    """What a fresh process has: Python's own defaults for a worker, SIG_DFL for a command."""
-    signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the zygote's own handler is not the child's
-    if exec_:
-        for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-    else:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        spare_socket_path(node, pid).unlink(missing_ok=True)
 
 
 def _kill_group(pid: int) -> None:

@@ -1,0 +1,239 @@
+"""The agent's call loop: its ROUTER socket, between READY and the end of the drain.
+
+SIGTERM (or a restart for new values: ``Shutdown``) makes the agent drain: calls already
+taken are answered, new ones get ``draining`` (the caller resends them to the next holder of
+the name), and once the socket is quiet the loop returns.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import zmq
+
+from .notify import EXIT_MAX_RSS, exit_now
+from .one_call import decode_call, rss_mib, run_call
+from .program import Program
+from .shutdown import Shutdown
+from ..wire.codec import MAX_CALL_BYTES, Complaints, Frames, call_id_of, describe, trim_memory
+from ..wire.connections import AgentConnectionCap, connection_cap
+from ..wire.protocol import DRAIN_NOTICE, ENCODER, Call, CallFailed
+
+QUIET_MS = 10  # a shutting-down agent exits once its socket was quiet this long
+MAX_PEERS = 4096  # callers remembered for the drain notice
+CONFIG_DRAIN_S = 0.05  # ending for new values: at most this long answering ``draining`` once idle
+
+
+@dataclass(frozen=True, slots=True)
+class CallJob:
+    """A call taken from ``peer``, for a call thread to run."""
+
+    peer: zmq.Frame
+    call: Call
+
+
+@dataclass(frozen=True, slots=True)
+class NewConfig:
+    """A new configuration for ``on_config``, run by a call thread in turn with the calls."""
+
+    config: dict[str, Any]
+
+
+class CallServer:
+    """The agent's ROUTER socket and its call loop.
+
+    The main thread owns the socket: it takes calls, answers ``overloaded`` when
+    ``concurrency`` calls run and ``max_queue`` wait, and sends the replies. ``concurrency``
+    threads run ``forward`` in arrival order; each hands its encoded reply back through a
+    queue and an eventfd the loop polls.
+    """
+
+    def __init__(self, program: Program, context: zmq.Context, router: zmq.Socket, shutdown: Shutdown, *,
+                 concurrency: int, max_queue: int, max_rss: float | None = None,
+                 rebind: Callable[[], None] | None = None) -> None:
+        self.program = program
+        self.context, self.router = context, router  # the router is bound already
+        self.shutdown = shutdown
+        self.max_rss = max_rss
+        self.capacity = concurrency + max_queue
+        self.taken = 0  # calls accepted and not answered yet: running or waiting
+        self.draining = False  # shutting down: no new calls
+        self.peers: dict[bytes, None] = {}  # callers served, oldest first: told when draining starts
+        self.jobs: queue.SimpleQueue[CallJob | NewConfig] = queue.SimpleQueue()
+        self.replies: queue.SimpleQueue = queue.SimpleQueue()
+        self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.concurrency = concurrency
+        self.threads = 0  # call threads start after READY (the first) and with jobs: READY does not wait
+        self.threads_lock = threading.Lock()  # jobs come from the loop and from the config watcher
+        self.rebind = rebind
+        self.cap: AgentConnectionCap | None = None  # made in serve, after READY
+        self.complain = Complaints(lambda line: print(line, file=sys.stderr, flush=True))
+
+    def new_config(self, config: dict[str, Any]) -> None:
+        """Hand ``config`` to ``on_config``, in turn with the calls."""
+        self.put_job(NewConfig(config))
+
+    def put_job(self, job: CallJob | NewConfig | tuple[None, dict[str, Any]]) -> None:
+        if isinstance(job, tuple):  # registry_link.ConfigWatcher's (None, config), until it calls new_config
+            job = NewConfig(job[1])
+        self.add_thread()
+        self.jobs.put(job)
+
+    def add_thread(self) -> None:
+        """One more call thread, up to ``concurrency``."""
+        with self.threads_lock:
+            if self.threads < self.concurrency:
+                threading.Thread(target=self._run_calls, daemon=True, name=f"otpy-call-{self.threads}").start()
+                self.threads += 1
+
+    def serve(self) -> None:
+        """Serve calls until the end is requested, then drain; return once drained."""
+        poller = zmq.Poller()
+        for what in (self.router, self.wake, self.shutdown.fd):
+            poller.register(what, zmq.POLLIN)
+        if self.rebind is not None:  # a flood of connections must not abort the agent (EMFILE)
+            self.cap = AgentConnectionCap(self.router, connection_cap(1), self.rebind, self.complain)
+            poller.register(self.cap.monitor, zmq.POLLIN)
+        while not self.shutdown.requested:
+            self._handle(poller.poll())
+        self._finish(poller)
+
+    def _handle(self, ready) -> None:
+        for what, _ in ready:
+            if what is self.router:
+                self._take_calls()
+            elif what == self.wake:
+                self._send_replies()
+            elif self.cap is not None and what is self.cap.monitor:
+                self.cap.on_events()
+            else:
+                self.shutdown.drain()  # a SIGTERM woke us: its handler set ``requested``
+
+    def _finish(self, poller) -> None:
+        """Shutting down: answer the calls already taken; answer new ones ``draining``, so their
+        callers resend them to whoever holds this agent's name next (a Reconfigure's target, a
+        restarted incarnation). Done once nothing is left and the socket was quiet ``QUIET_MS``."""
+        self.draining = True
+        notice = ENCODER.encode(CallFailed(call_id=DRAIN_NOTICE, kind="draining",
+                                           message="the agent is shutting down; call again"))
+        for peer in self.peers:
+            self.router.send_multipart([peer, notice])
+        idle_since = None
+        while True:
+            ready = poller.poll(QUIET_MS)
+            if self.taken == 0:
+                if not ready:
+                    return
+                # Ending for a restart with new values, nothing is left to answer: a caller that
+                # keeps resending to this name (it is still ours until we exit) must not keep us.
+                idle_since = idle_since or time.monotonic()
+                if self.shutdown.for_new_config and time.monotonic() - idle_since > CONFIG_DRAIN_S:
+                    return
+            else:
+                idle_since = None
+            self._handle(ready)
+
+    def _take_calls(self) -> None:
+        while True:
+            try:
+                frames = Frames(self.router.recv(zmq.NOBLOCK, copy=False), 2, MAX_CALL_BYTES)
+            except zmq.Again:
+                return
+            try:
+                frames.read(self.router)  # the rest is here already: a message arrives whole
+                self._take(frames)
+            except Exception as exc:  # whatever a message does, only its sender loses: the loop goes on
+                self.complain(f"otpy: a call message was dropped: {describe(exc, limit=4000)}")
+
+    def _take(self, frames: Frames) -> None:
+        if frames.count != 2:  # not [peer, payload]: not from a Caller; still answered, at once
+            message = f"expected one frame, got {frames.count - 1}"
+            self.complain(f"otpy: refused a call message: {message}")
+            payload = frames.kept[1].buffer if len(frames.kept) > 1 else b""
+            self._answer(frames.kept[0], CallFailed(call_id=call_id_of(payload), kind="bad_request", message=message))
+            return
+        peer, payload = frames.kept
+        match decode_call(payload.buffer):
+            case Call() as call if self.draining:
+                self._answer(peer, CallFailed(call_id=call.call_id, kind="draining",
+                                              message="the agent is shutting down; call again"))
+            case Call() as call if self.taken >= self.capacity:
+                self._answer(peer, CallFailed(call_id=call.call_id, kind="overloaded",
+                                              message=f"{self.taken} calls taken, the most it holds"))
+            case Call() as call:
+                self.taken += 1
+                self._remember(peer.bytes)
+                self.put_job(CallJob(peer, call))
+            case CallFailed() as failed:
+                self.complain(f"otpy: refused a call message: {failed.message}")
+                self._answer(peer, failed)  # call_id 0 when none could be read: only raw sockets send such
+                if len(payload) > MAX_CALL_BYTES // 16:
+                    trim_memory()  # what its decoding took goes back to the system
+
+    def _remember(self, peer: bytes) -> None:
+        """The callers to tell when draining starts: the ``MAX_PEERS`` seen last."""
+        self.peers.pop(peer, None)
+        self.peers[peer] = None
+        if len(self.peers) > MAX_PEERS:
+            del self.peers[next(iter(self.peers))]
+
+    def _answer(self, peer, message) -> None:
+        self.router.send_multipart([peer, ENCODER.encode(message)], copy=False)
+
+    def _send_replies(self) -> None:
+        os.eventfd_read(self.wake)
+        while True:
+            try:
+                peer, reply = self.replies.get_nowait()
+            except queue.Empty:
+                break
+            self.taken -= 1
+            self.router.send_multipart([peer, reply], copy=False)
+        if self.max_rss is not None and (rss := rss_mib()) > self.max_rss:
+            print(f"otpy: RSS {rss:.1f} MiB is over max_rss {self.max_rss:g} MiB: exiting to be restarted",
+                  file=sys.stderr, flush=True)
+            if self.cap is not None:
+                self.cap.close()  # term() waits for every socket of the context, its monitor's too
+            self.router.close(linger=100)  # the replies just sent still leave (term waits for them)
+            self.context.term()
+            exit_now(EXIT_MAX_RSS)
+
+    def _run_calls(self) -> None:
+        while True:
+            match self.jobs.get():
+                case CallJob(peer, call):
+                    try:
+                        reply = _reply_to(self.program, call)
+                    except BaseException:  # not even the fallback encoded: the caller still hears of it
+                        reply = ENCODER.encode(CallFailed(call_id=call.call_id, kind="raised",
+                                                          error_type="CallError", message="the call failed in otpy"))
+                    self.replies.put((peer, reply))
+                    os.eventfd_write(self.wake, 1)
+                case NewConfig(config):
+                    _deliver_config(self.program, config)
+
+
+def _reply_to(program: Program, call: Call) -> bytes:
+    """``run_call``, and whatever goes wrong there still answers the caller: a call thread that
+    died would leave the agent shown running and never answering again."""
+    try:
+        return run_call(program, call)
+    except BaseException as exc:
+        return ENCODER.encode(CallFailed(call_id=call.call_id, kind="raised", error_type="CallError",
+                                         message=f"the call failed in otpy: {describe(exc)}"))
+
+
+def _deliver_config(program: Program, config: dict[str, Any]) -> None:
+    """``on_config(config)``; if it raises, the child crashes (exit 1) and restarts with the new values."""
+    try:
+        program.on_config(config)
+    except BaseException:
+        traceback.print_exc()
+        exit_now(1)

@@ -1,0 +1,101 @@
+"""The worker's parts as objects: its ``Shutdown``, its ``CallServer``'s typed items, the
+node's caller it hands to its program (no module state in a child: each test makes its own)."""
+
+from __future__ import annotations
+
+import select
+import signal
+import threading
+
+import pytest
+import zmq
+
+import otpy
+from otpy.agent.call_server import CallJob, CallServer, NewConfig
+from otpy.agent.program import NodeCaller, Program
+from otpy.agent.shutdown import Shutdown
+from tests.helpers import unique_name
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_sigterm_after_a_config_restart_request_ends_as_a_shutdown():
+    shutdown = Shutdown()
+    assert not shutdown.requested
+    shutdown.request_config_restart()
+    assert (shutdown.requested, shutdown.for_new_config) == (True, True)
+    assert select.select([shutdown.fd], [], [], 5.0)[0] == [shutdown.fd]  # the loop wakes
+    shutdown.drain()
+    assert select.select([shutdown.fd], [], [], 0)[0] == []
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        shutdown._on_sigterm(signal.SIGTERM, None)
+        assert (shutdown.requested, shutdown.for_new_config) == (True, False)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # teardown runs once
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_two_shutdowns_share_nothing():
+    first, second = Shutdown(), Shutdown()
+    first.request_config_restart()
+    assert not second.requested and not second.for_new_config
+
+
+class Recorder(Program):
+    def __init__(self) -> None:
+        self.configs: list[dict] = []
+        self.got = threading.Event()
+
+    def on_config(self, config):
+        self.configs.append(config)
+        self.got.set()
+
+
+@pytest.mark.parametrize("item", [lambda c: NewConfig(c), lambda c: (None, c)], ids=["typed", "watcher's tuple"])
+def test_a_new_config_is_its_own_item_for_the_call_threads(item):
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.bind(f"inproc://{unique_name('server')}")
+    program = Recorder()
+    try:
+        server = CallServer(program, context, router, Shutdown(), concurrency=1, max_queue=1)
+        server.put_job(item({"temperature": 0.3}))
+        assert program.got.wait(5.0)
+        assert program.configs == [{"temperature": 0.3}]
+        assert server.taken == 0  # no call was counted
+    finally:
+        router.close(linger=0)
+        context.term()
+
+
+def test_call_items_match_by_kind():
+    match NewConfig({"a": 1}):
+        case CallJob():
+            pytest.fail("a config is no call")
+        case NewConfig(config):
+            assert config == {"a": 1}
+
+
+def test_a_program_no_worker_runs_cannot_call():
+    with pytest.raises(RuntimeError, match="run by an otpy node"):
+        Program().call("echo")
+
+
+def test_the_node_caller_is_handed_to_programs_only():
+    caller = NodeCaller("some-node")
+    program, plain = Program(), object()
+    caller.hand_to(program)
+    caller.hand_to(plain)  # the registry is no Program: nothing to hand
+    assert program._otpy_node_caller is caller
+    assert Program()._otpy_node_caller is None  # each program its own: nothing shared
+
+
+def test_program_call_works_from_setup_and_forward():
+    root = otpy.SupervisorSpec(id="root", children=(
+        otpy.ChildSpec(id="echo", program="tests.agents:Echo"),
+        otpy.ChildSpec(id="caller", program="tests.agents:CallsInSetup", args={"target": "echo"}),
+    ))
+    with otpy.Node.from_spec(root, name=unique_name("worker")) as node:
+        assert node.call("caller", {"x": 1}, timeout=5.0) == {
+            "in_setup": {"from": "setup"}, "in_forward": {"x": 1}}
