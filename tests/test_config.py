@@ -28,7 +28,7 @@ TEST_MODULES = ("otpy_test_agents", "pkg_b", "examples")  # the modules these te
 
 @pytest.fixture(autouse=True)
 def restore_imports(monkeypatch):
-    """load_topology puts folders on sys.path and imports programs: undo both after each test."""
+    """Whatever a test imports or puts on sys.path is undone after it."""
     monkeypatch.setattr(sys, "path", list(sys.path))
     yield
     for name in [name for name in sys.modules if name.startswith(TEST_MODULES)]:
@@ -278,7 +278,22 @@ def test_programs_import_from_the_topology_folder(tmp_path):
     )
     topology = load_topology(file)
     assert check_programs(topology) == []
-    assert str(tmp_path) in sys.path
+    assert str(tmp_path) in topology.node.program_folders and str(tmp_path) not in sys.path
+
+
+def test_loading_and_checking_leave_sys_path_as_it_was(tmp_path, monkeypatch):
+    """Program folders travel with the node spec (``program_folders``), not through this
+    process's ``sys.path``: loading a topology changes nothing for the rest of the process."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "otpy_test_agents_c.py").write_text("def agent(**inputs):\n    return inputs\n")
+    file = tmp_path / "conf" / "node.toml"
+    file.write_text('[supervisor]\n[[supervisor.children]]\nid = "a"\nprogram = "otpy_test_agents_c:agent"\n')
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    topology = load_topology(file, check_imports=True)
+    assert sys.path == before
+    assert topology.node.program_folders == (str(tmp_path), str(tmp_path / "conf"))
+    assert "otpy_test_agents_c" not in sys.modules
 
 
 def test_programs_import_from_the_current_directory(tmp_path, monkeypatch):

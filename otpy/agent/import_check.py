@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Iterable
 
 IMPORT_TIMEOUT = 30.0  # seconds for one child to import the programs; a hang is a problem, not a wait
 
@@ -40,6 +41,13 @@ def _main():
         os.write(report, line.encode())
 _main()
 """
+
+
+def import_path(folders: Iterable[str]) -> list[str]:
+    """The ``sys.path`` programs are imported with: ``folders`` not on this process's
+    ``sys.path`` first, then ``sys.path``. A new list: this process's stays as it is (the
+    import check's child and the node's zygote get it; ``NodeSpec.program_folders``)."""
+    return [folder for folder in dict.fromkeys(folders) if folder not in sys.path] + sys.path
 
 
 def program_problem(target: str) -> str | None:

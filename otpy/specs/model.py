@@ -14,7 +14,8 @@ otpy uses everywhere: ``max_restarts`` / ``max_seconds``.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Union
+import unicodedata
+from typing import Any, Iterator, Literal, NamedTuple, Union
 
 import msgspec
 
@@ -33,10 +34,19 @@ NAME_MAX = 64
 NAME_PATTERN = rf"^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}$"
 NAME_EXPECTED = (f"a name of 1 to {NAME_MAX} letters, digits, '_', '.' and '-', "
                  "starting with a letter, digit or '_'")
-# A Python program target, ``module.path:attr.path``.
-_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
-PROGRAM_PATTERN = rf"^{_DOTTED}:{_DOTTED}$"
+# A Python import target, ``module.path:attr.path`` (a program, an optimizer's module choice).
+DOTTED_NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+PROGRAM_PATTERN = rf"^{DOTTED_NAME}:{DOTTED_NAME}$"
 PROGRAM_EXPECTED = "'module:attr', e.g. 'examples.hello.agents:Greeter'"
+
+
+def is_import_target(value: object) -> bool:
+    """``value`` is a ``module.path:attr.path`` string (``PROGRAM_PATTERN``).
+
+    >>> is_import_target("examples.hello.agents:Greeter"), is_import_target("examples.hello")
+    (True, False)
+    """
+    return isinstance(value, str) and re.fullmatch(PROGRAM_PATTERN, value) is not None
 
 
 def name_problem(value: object, what: str = "id") -> str | None:
@@ -133,19 +143,84 @@ AnySpec = Union[ChildSpec, SupervisorSpec, DynamicSupervisorSpec]
 
 
 class NodeSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """A whole node: its name, its root supervisor, and an opt-in TCP control endpoint (CURVE)."""
+    """A whole node: its name, its root supervisor, an opt-in TCP control endpoint (CURVE),
+    and the folders its programs are imported from before ``sys.path`` (``program_folders``:
+    a topology file's are the current directory and the file's folder). The folders travel
+    with the spec to the zygote; no process's own ``sys.path`` is changed for them."""
 
     name: str
     root: SupervisorSpec
     control_tcp: str | None = None
+    program_folders: tuple[str, ...] = ()
 
 
-def walk(spec: AnySpec, parent: str | None = None):
-    """Yield ``(parent_id, spec)`` for ``spec`` and every spec below it, in start order."""
-    yield parent, spec
+# --- the tree: one walk, and key paths ---------------------------------------------------
+
+
+class Place(NamedTuple):
+    """One spec of a tree, where it is: ``path`` is its key path (``supervisor.children[0]``),
+    ``parent`` the supervisor it is under (None for the top), ``template`` the name of a dynamic
+    supervisor's template (whose ``id`` is not a child's id: ``start_child`` gives one)."""
+
+    path: str
+    parent: "SupervisorSpec | DynamicSupervisorSpec | None"
+    spec: AnySpec
+    template: str | None = None
+
+
+def places(spec: AnySpec, path: str = "", parent: "SupervisorSpec | DynamicSupervisorSpec | None" = None,
+           ) -> Iterator[Place]:
+    """Every spec of the tree from ``spec`` down, in start order, templates after their
+    supervisor's children: the one walk over specs (checks, sockets, programs, placement).
+
+    >>> tree = SupervisorSpec(id="s", children=(DynamicSupervisorSpec(id="d", templates={
+    ...     "t": ChildSpec(id="t", command=("true",))}),))
+    >>> [(p.path, p.spec.id, p.template) for p in places(tree, "supervisor")]
+    [('supervisor', 's', None), ('supervisor.children[0]', 'd', None), ('supervisor.children[0].templates.t', 't', 't')]
+    """
+    yield Place(path, parent, spec)
     if isinstance(spec, SupervisorSpec):
-        for child in spec.children:
-            yield from walk(child, spec.id)
+        for index, child in enumerate(spec.children):
+            yield from places(child, join(path, f"children[{index}]"), spec)
+    elif isinstance(spec, DynamicSupervisorSpec):
+        for name, template in spec.templates.items():
+            yield Place(join(path, f"templates.{toml_key(str(name))}"), spec, template, name)
+
+
+def walk(spec: AnySpec, parent: str | None = None) -> Iterator[tuple[str | None, AnySpec]]:
+    """``(parent_id, spec)`` for ``spec`` and every child spec below it (``places`` without templates)."""
+    for place in places(spec):
+        if place.template is None:
+            yield (place.parent.id if place.parent is not None else parent), place.spec
+
+
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def toml_key(name: str) -> str:
+    """``name`` as one part of a key path: bare when TOML allows, else a quoted TOML string.
+
+    Escaped as TOML does, and so is every character that is not printable or changes how the
+    line is shown (controls, bidi and other format characters such as U+202E): a message
+    never hands a terminal raw control bytes or text that reads in another order."""
+    if re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        return name
+    return '"' + "".join(_toml_char(char) for char in name) + '"'
+
+
+def _toml_char(char: str) -> str:
+    if char in _TOML_ESCAPES:
+        return _TOML_ESCAPES[char]
+    if char.isprintable() and unicodedata.category(char) not in ("Cf", "Co", "Cs", "Cn"):
+        return char
+    return f"\\u{ord(char):04X}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08X}"
+
+
+def join(path: str, field: str) -> str:
+    """The key path ``field`` under ``path`` (either may be empty)."""
+    if not path or not field:
+        return path or field
+    return path + field if field.startswith("[") else f"{path}.{field}"
 
 
 def from_template(template: ChildSpec, child_id: str, args: dict[str, Any] | None = None) -> ChildSpec:

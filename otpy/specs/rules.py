@@ -1,14 +1,17 @@
 """What a spec must satisfy before anything starts, whoever built it (OTP's ``check_childspecs``).
 
-One checker for every source of a spec. A topology file is read by ``_config``, which checks
-the shapes of its tables with pydantic and then asks ``located_value_problems`` here about the
-values, reporting each at its key path (``supervisor.children[0].env.HOME``). Specs built in
-Python (``Node.from_spec``, ``start_child``, ``reconfigure``) or sent over the control socket
-come to ``spec_problems``, which adds the rules between specs (ids used twice, significance).
-Every message reads ``FIELD: got X; expected Y``; an empty list means the spec may start.
+One checker for every source of a spec, walking the tree with ``specs.model.places``: ids (the
+name rule, each used once), each spec's values, significance, and the wire's own net. A
+topology file is read by ``topology.load``, which checks the shapes of its tables with
+pydantic and then asks ``located_problems`` here, reporting each problem at its key path
+(``supervisor.children[0].env.HOME``). Specs built in Python (``Node.from_spec``,
+``start_child``, ``reconfigure``) or sent over the control socket come to ``spec_problems``
+(``child 'ID': FIELD: ...``); an id arriving alone (``terminate_child``, a template's new
+child) to ``id_problem``. Every message reads ``FIELD: got X; expected Y``; an empty list
+means the spec may start.
 
 The bounds are those of what runs the spec: a path holds no NUL, an environment key no '=', a
-name is never a path (``_specs.name_problem``), ``args`` must cross the wire as msgpack (plain
+name is never a path (``specs.model.name_problem``), ``args`` must cross the wire as msgpack (plain
 data, integers within signed 64 bits, at most ``ARGS_MAX_DEPTH`` levels), and every duration
 fits asyncio's timers and 64-bit nanosecond clocks (``MAX_SECONDS``: ten years).
 
@@ -30,14 +33,13 @@ import os
 import re
 import shutil
 import socket
-import unicodedata
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
 from .model import (
-    PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec,
-    SupervisorSpec, from_template, name_problem,
+    PROGRAM_EXPECTED, AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec, from_template,
+    Place, is_import_target, join, name_problem, places, toml_key,
 )
 
 Parent = SupervisorSpec | DynamicSupervisorSpec
@@ -67,54 +69,49 @@ class Problem(NamedTuple):
     message: str  # "got X; expected Y"
 
 
-_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+# --- the whole tree: the one checker --------------------------------------------------------
 
 
-def toml_key(name: str) -> str:
-    """``name`` as one part of a key path: bare when TOML allows, else a quoted TOML string.
+def spec_problems(spec: AnySpec, parent: Parent | None = None, *, node_folder: str | None = None) -> list[str]:
+    """Every problem of ``spec`` and the specs below it; ``parent``: the supervisor it goes under.
 
-    Escaped as TOML does, and so is every character that is not printable or changes how the
-    line is shown (controls, bidi and other format characters such as U+202E): a message
-    never hands a terminal raw control bytes or text that reads in another order."""
-    if re.fullmatch(r"[A-Za-z0-9_-]+", name):
-        return name
-    return '"' + "".join(_toml_char(char) for char in name) + '"'
+    Each as ``child 'ID': FIELD: got X; expected Y``, for specs built in Python or sent over
+    the control socket. With ``node_folder``, each child's agent socket must fit AF_UNIX too."""
+    return [f"{_name(place)}: {_line(problem)}" for place, problem in _checked(spec, parent, "", node_folder)]
 
 
-def _toml_char(char: str) -> str:
-    if char in _TOML_ESCAPES:
-        return _TOML_ESCAPES[char]
-    if char.isprintable() and unicodedata.category(char) not in ("Cf", "Co", "Cs", "Cn"):
-        return char
-    return f"\\u{ord(char):04X}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08X}"
+def located_problems(spec: AnySpec, path: str, *, node_folder: str | None = None) -> list[Problem]:
+    """The same problems as ``spec_problems``, each at its key path under ``path``
+    (``supervisor.children[0].env.HOME``): a topology file's, whose shapes pydantic checked."""
+    return [Problem(join(place.path, problem.field), problem.message)
+            for place, problem in _checked(spec, None, path, node_folder)]
 
 
-def join(path: str, field: str) -> str:
-    """The key path ``field`` under ``path`` (either may be empty)."""
-    if not path or not field:
-        return path or field
-    return path + field if field.startswith("[") else f"{path}.{field}"
+def _checked(spec: AnySpec, parent: Parent | None, path: str, node_folder: str | None) -> list[tuple[Place, Problem]]:
+    """Every problem of the tree, with the place of the spec it belongs to: ids (the name
+    rule, each once in the tree), each spec's values, significance, agent sockets (with
+    ``node_folder``), and last the wire's own net. ``path`` non-empty: a file, whose
+    messages name where an id was first used."""
+    found: list[tuple[Place, Problem]] = []
+    first_use: dict[object, str] = {}
+    for place in places(spec, path, parent):
+        sub = place.spec
+        problems = [] if place.template is not None else _id_problems(place, first_use, located=bool(path))
+        problems += value_problems(sub)
+        if (problem := _significance(sub, place.parent)) is not None:
+            problems.append(problem)
+        if node_folder is not None and not problems and isinstance(sub, ChildSpec) and place.template is None:
+            problems += _socket_problems(sub.id, node_folder)
+        found += [(place, problem) for problem in problems]
+    if not found and (wire := wire_problem(spec)) is not None:
+        found.append((Place(path, parent, spec), wire))
+    return found
 
 
-# --- the whole tree -------------------------------------------------------------------------
-
-
-def spec_problems(spec: AnySpec, parent: Parent | None = None) -> list[str]:
-    """Every problem of ``spec`` and the specs below it; ``parent``: the supervisor it goes under."""
-    problems: list[str] = []
-    seen: set[str] = set()
-    for _, under, sub, is_template in _walk(spec, parent):
-        found = [] if is_template else _id_problems(sub.id, seen)
-        found += value_problems(sub) + _tree_problems(sub, under)
-        problems += [f"{_name(sub)}: {_line(problem)}" for problem in found]
-    if not problems and (wire := wire_problem(spec)) is not None:
-        problems.append(f"{_name(spec)}: {_line(wire)}")
-    return problems
-
-
-def node_problems(spec: NodeSpec) -> list[str]:
+def node_problems(spec: NodeSpec, *, node_folder: str | None = None) -> list[str]:
     """``spec_problems`` of the root, and the node's own fields (its name names a folder)."""
-    return [f"node {_line(problem)}" for problem in node_value_problems(spec)] + spec_problems(spec.root)
+    return ([f"node {_line(problem)}" for problem in node_value_problems(spec)]
+            + spec_problems(spec.root, node_folder=node_folder))
 
 
 def template_start_problems(owner: AnySpec, template: str, child_id: object, args: object) -> list[str]:
@@ -129,29 +126,27 @@ def template_start_problems(owner: AnySpec, template: str, child_id: object, arg
     return spec_problems(from_template(owner.templates[template], child_id, args), owner)
 
 
-def located_value_problems(spec: AnySpec, path: str) -> list[Problem]:
-    """``value_problems`` of ``spec`` and every spec below it, each at its key path under ``path``.
-
-    The topology file's checker uses this: the shapes were checked by pydantic already."""
-    problems = []
-    for where, _, sub, _ in _walk(spec, None, path):
-        problems += [Problem(join(where, p.field), p.message) for p in value_problems(sub)]
-    return problems
-
-
-Located = tuple[str, Parent | None, AnySpec, bool]
+def id_problem(child_id: object, node_folder: str | None = None) -> str | None:
+    """Why ``child_id``, arriving alone (``start_from_template``'s new id, the id of
+    ``terminate_child``, ``restart_child``, ``delete_child``, ``reconfigure``'s source), cannot be
+    a child's id: the name rule, and with ``node_folder`` its agent socket within AF_UNIX's limit."""
+    if (problem := name_problem(child_id)) is not None:
+        return problem
+    if node_folder is not None and (too_long := _socket_problems(child_id, node_folder)):
+        return f"id {too_long[0].message.removeprefix('got ')}"
+    return None
 
 
-def _walk(spec: AnySpec, parent: Parent | None, path: str = "") -> Iterator[Located]:
-    """``(key path, parent, spec, is_template)`` for ``spec`` and everything below it."""
-    yield path, parent, spec, False
-    if isinstance(spec, SupervisorSpec):
-        for index, child in enumerate(spec.children):
-            yield from _walk(child, spec, f"{path}.children[{index}]")
-    elif isinstance(spec, DynamicSupervisorSpec):
-        for name, template in spec.templates.items():
-            shown = msgspec.structs.replace(template, id=f"{spec.id}.templates.{name}")
-            yield join(path, f"templates.{toml_key(str(name))}"), spec, shown, True
+def reconfigure_problems(source: object, target: AnySpec, parent: Parent | None,
+                         *, node_folder: str | None = None) -> list[str]:
+    """Why the running child ``source`` cannot be replaced by ``target`` under ``parent``:
+    ``id_problem`` of the source, the same id for both, and ``spec_problems`` of the target."""
+    if (problem := id_problem(source)) is not None:
+        return [problem]
+    if getattr(target, "id", None) != source:
+        return [f"{_name(Place('', parent, target))}: id: got {_show(getattr(target, 'id', None))}; expected "
+                f"{source!r}, the id of the child it replaces"]
+    return spec_problems(target, parent, node_folder=node_folder)
 
 
 def located_machine_problems(spec: AnySpec, path: str) -> list[Problem]:
@@ -160,9 +155,9 @@ def located_machine_problems(spec: AnySpec, path: str) -> list[Problem]:
     executable. ``validate`` asks; a node asks no more (a command may be installed later, and
     a start fails with the same reason)."""
     problems = []
-    for where, _, sub, _ in _walk(spec, None, path):
-        if isinstance(sub, ChildSpec) and not value_problems(sub):
-            problems += [Problem(join(where, p.field), p.message) for p in _machine_problems(sub)]
+    for place in places(spec, path):
+        if isinstance(place.spec, ChildSpec) and not value_problems(place.spec):
+            problems += [Problem(join(place.path, p.field), p.message) for p in _machine_problems(place.spec)]
     return problems
 
 
@@ -195,15 +190,14 @@ SUN_PATH_MAX = 107  # bytes of an AF_UNIX socket path: sockaddr_un.sun_path is 1
 NODE_SOCKETS = ("control.sock", "events.sock", "registry-events.sock", "agents/.spare-4194304.sock")
 
 
-def located_socket_problems(spec: AnySpec, path: str, node_folder: str) -> list[Problem]:
-    """Each child of the tree whose agent socket ``<node_folder>/agents/<id>.sock`` would be
-    longer than an AF_UNIX path may be, at its id's key path (templates' ids come at run time)."""
-    problems = []
-    for where, _, sub, is_template in _walk(spec, None, path):
-        if isinstance(sub, ChildSpec) and not is_template and name_problem(sub.id) is None:
-            if (problem := socket_path_problem(f"{node_folder}/agents/{sub.id}.sock")) is not None:
-                problems.append(Problem(join(where, "id"), f"got {sub.id!r}: {problem}"))
-    return problems
+def _socket_problems(child_id: object, node_folder: str) -> list[Problem]:
+    """A child whose agent socket ``<node_folder>/agents/<id>.sock`` would be longer than an
+    AF_UNIX path may be, at its id (the name rule is checked on its own)."""
+    if name_problem(child_id) is not None:
+        return []
+    if (problem := socket_path_problem(f"{node_folder}/agents/{child_id}.sock")) is not None:
+        return [Problem("id", f"got {child_id!r}: {problem}")]
+    return []
 
 
 def socket_path_problem(socket_path: str) -> str | None:
@@ -215,13 +209,15 @@ def socket_path_problem(socket_path: str) -> str | None:
             "(AF_UNIX): a shorter id or node name, or a shorter runtime folder (OTPY_RUNTIME_DIR)")
 
 
-def _id_problems(spec_id: object, seen: set[object]) -> list[Problem]:
+def _id_problems(place: Place, first_use: dict[object, str], *, located: bool) -> list[Problem]:
+    spec_id = place.spec.id
     if (problem := name_problem(spec_id)) is not None:
         return [Problem("id", f"got {problem.removeprefix('id ')}")]
-    if spec_id in seen:
-        return [Problem("id", f"got {spec_id!r} used twice in this spec (OTP's duplicate_child_name); "
+    if spec_id in first_use:
+        where = f"this topology, first at {first_use[spec_id]}" if located else "this spec"
+        return [Problem("id", f"got {spec_id!r} used twice in {where} (OTP's duplicate_child_name); "
                               "expected ids unique in the node")]
-    seen.add(spec_id)
+    first_use[spec_id] = join(place.path, "id")
     return []
 
 
@@ -230,7 +226,7 @@ def significance_problem(spec: AnySpec, parent: Parent | None) -> str | None:
     ``child 'ID': significant: got ...; expected ...``, or None. The one significance rule:
     topology files, Python specs, the wire and the supervision machines ask it."""
     problem = _significance(spec, parent)
-    return None if problem is None else f"{_name(spec)}: {_line(problem)}"
+    return None if problem is None else f"{_name(Place('', parent, spec))}: {_line(problem)}"
 
 
 def _significance(spec: AnySpec, parent: Parent | None) -> Problem | None:
@@ -246,12 +242,6 @@ def _significance(spec: AnySpec, parent: Parent | None) -> Problem | None:
         return Problem("significant", f"got true under {parent.id!r}, whose auto_shutdown is 'never'; "
                                       "expected false")
     return None
-
-
-def _tree_problems(spec: AnySpec, parent: Parent | None) -> list[Problem]:
-    """The rules between a spec and its parent: OTP's for significant children."""
-    problem = _significance(spec, parent)
-    return [] if problem is None else [problem]
 
 
 def wire_problem(spec: AnySpec) -> Problem | None:
@@ -270,9 +260,13 @@ def _line(problem: Problem) -> str:
     return f"{problem.field}: {problem.message}" if problem.field else problem.message
 
 
-def _name(spec: AnySpec) -> str:
+def _name(place: Place) -> str:
+    """How a runtime message names the spec: ``child 'a'``, ``supervisor 's'``, and a
+    template by where it is (``child 'd.templates.t'``)."""
+    spec = place.spec
+    shown = spec.id if place.template is None or place.parent is None else f"{place.parent.id}.templates.{place.template}"
     kind = getattr(spec, "kind", "worker")
-    return f"{kind.replace('_', ' ')} {spec.id!r}" if kind != "worker" else f"child {spec.id!r}"
+    return f"{kind.replace('_', ' ')} {shown!r}" if kind != "worker" else f"child {shown!r}"
 
 
 # --- the values of one spec -----------------------------------------------------------------
@@ -345,7 +339,7 @@ def _program_problems(spec: ChildSpec) -> list[Problem]:
         got = "both 'program' and 'command'" if spec.program is not None else "neither 'program' nor 'command'"
         return [Problem("", f"got {got}; expected exactly one of them")]
     if spec.program is not None:
-        if not isinstance(spec.program, str) or not re.fullmatch(PROGRAM_PATTERN, spec.program):
+        if not is_import_target(spec.program):
             return [Problem("program", f"got {_show(spec.program)}; expected {PROGRAM_EXPECTED}")]
         if spec.ready == "notify":
             return [Problem("ready", "got 'notify' with a program; expected 'exec' ('notify' is for commands)")]
@@ -445,9 +439,18 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _show(value: object) -> str:
+def show(value: object, *, toml: bool = False) -> str:
+    """``value`` as a message shows it: its repr, cut at 60 characters; with ``toml`` (a
+    topology file's value) booleans as TOML writes them and a table as "a table"."""
+    if toml and isinstance(value, bool):
+        return "true" if value else "false"
+    if toml and isinstance(value, dict):
+        return "a table"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_show = show
 
 
 # --- the node's own fields ------------------------------------------------------------------

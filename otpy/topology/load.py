@@ -23,27 +23,24 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import tomllib
 
 import msgspec
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Union
+from typing import Any, Iterator
 
 from pydantic import ValidationError
 
-from ..agent.import_check import IMPORT_TIMEOUT, import_in_child
+from ..agent.import_check import IMPORT_TIMEOUT, import_in_child, import_path
 from ..variables.placement import with_registry
 from ..specs.rules import (
-    NODE_SOCKETS, located_machine_problems, located_socket_problems, located_value_problems, node_value_problems, socket_path_problem,
-    toml_key,
+    NODE_SOCKETS, located_machine_problems, located_problems, node_value_problems, show, socket_path_problem,
 )
 from ..specs.model import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, ChildSpec
-from ..specs.model import DynamicSupervisorSpec, NodeSpec, SupervisorSpec
+from ..specs.model import DynamicSupervisorSpec, NodeSpec, SupervisorSpec, name_problem, places, toml_key
 from .toml_file import (
-    CHILD_TABLES, DynamicSupervisorTable, NodeTable,
-    RootSupervisorTable, SupervisorTable, TemplateTable, TopologyFile, WorkerTable, Table,
-    topology_json_schema,
+    CHILD_TABLES, DynamicSupervisorTable, NodeTable, RootSupervisorTable, SupervisorTable, TemplateTable,
+    TopologyFile, WorkerTable, Table, topology_json_schema,
 )
 from ..variables.types import VariableError
 
@@ -94,23 +91,15 @@ _PATTERN_EXPECTED = {
 }
 
 
-_key = toml_key
-
-
 def _path(parts: tuple | list) -> str:
     text = ""
     for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + _key(str(part))
+        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + toml_key(str(part))
     return text
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return show(value, toml=True)
 
 
 def _quote_all(names) -> str:
@@ -173,50 +162,6 @@ def _format(source: str, problems: list[Problem]) -> list[str]:
     return [f"{source}: {path}: {message}" if path else f"{source}: {message}" for path, message in problems]
 
 
-# Rules pydantic cannot see: one field against another, or against the rest of the tree.
-
-AnyTable = Union[TemplateTable, SupervisorTable, DynamicSupervisorTable, RootSupervisorTable]
-
-
-def _walk_tables(table: AnyTable, path: str, parent: AnyTable | None = None) -> Iterator[tuple]:
-    """Yield ``(path, table, parent)`` for ``table`` and every table below it."""
-    yield path, table, parent
-    for index, child in enumerate(getattr(table, "children", ())):
-        yield from _walk_tables(child, f"{path}.children[{index}]", table)
-    for name, template in getattr(table, "templates", {}).items():
-        yield from _walk_tables(template, f"{path}.templates.{_key(name)}", table)
-
-
-def _significance_problems(path: str, table: AnyTable, parent: AnyTable | None) -> list[Problem]:
-    if not getattr(table, "significant", False):
-        return []
-    if table.restart == "permanent":
-        why = "with restart = 'permanent'; expected false (a significant child is transient or temporary)"
-    elif isinstance(parent, DynamicSupervisorTable):
-        why = "in a dynamic supervisor's template; expected false (dynamic supervisors never auto-shut down)"
-    elif parent is not None and parent.auto_shutdown == "never":
-        why = f"under supervisor {parent.id!r}, whose auto_shutdown is 'never'; expected false"
-    else:
-        return []
-    return [(f"{path}.significant", f"got true {why}")]
-
-
-def _rule_problems(root: RootSupervisorTable) -> list[Problem]:
-    problems: list[Problem] = []
-    first_use: dict[str, str] = {}
-    for path, table, parent in _walk_tables(root, "supervisor"):
-        problems += _significance_problems(path, table, parent)
-        table_id = getattr(table, "id", None)
-        if table_id is None:
-            continue
-        if table_id in first_use:
-            message = f"got {table_id!r}, the id at {first_use[table_id]}; expected an id unique in the topology"
-            problems.append((f"{path}.id", message))
-        else:
-            first_use[table_id] = f"{path}.id"
-    return problems
-
-
 # From checked tables to specs.
 
 
@@ -234,7 +179,8 @@ def _worker_spec(table: TemplateTable, child_id: str, base_dir: str) -> ChildSpe
     return ChildSpec(id=child_id, **fields)
 
 
-def _spec(table: AnyTable, base_dir: str) -> AnySpec:
+def _spec(table: SupervisorTable | DynamicSupervisorTable | RootSupervisorTable | WorkerTable,
+          base_dir: str) -> AnySpec:
     if isinstance(table, WorkerTable):
         return _worker_spec(table, table.id, base_dir)
     if isinstance(table, DynamicSupervisorTable):
@@ -270,18 +216,20 @@ def _node_problems(node: NodeSpec, *, from_file_name: bool) -> list[Problem]:
     return problems
 
 
-def _socket_problems(node: NodeSpec, *, from_file_name: bool) -> list[Problem]:
-    """The node's and its agents' socket paths under this user's runtime folder, within AF_UNIX's
-    limit: ids that pass the name rule may still make a path the node cannot bind."""
+def _node_socket_problems(node: NodeSpec, folder: str, *, from_file_name: bool) -> list[Problem]:
+    """The node's own sockets under this user's runtime folder within AF_UNIX's limit (its
+    agents' are checked with the tree, ``located_problems``)."""
+    if (problem := socket_path_problem(os.path.join(folder, max(NODE_SOCKETS, key=len)))) is not None:
+        shown = " (from the file name)" if from_file_name else ""
+        return [("node.name", f"got {node.name!r}{shown}: {problem}")]
+    return []
+
+
+def _node_folder(node: NodeSpec) -> str | None:
+    """The node's folder under this user's runtime root, or None for a name that is no name."""
     from ..host.runtime_dir import runtime_root
 
-    folder = os.path.join(os.path.abspath(runtime_root()), node.name)
-    problems: list[Problem] = []
-    longest = max(NODE_SOCKETS, key=len)
-    if (problem := socket_path_problem(os.path.join(folder, longest))) is not None:
-        shown = " (from the file name)" if from_file_name else ""
-        problems.append(("node.name", f"got {node.name!r}{shown}: {problem}"))
-    return problems + [(key, message) for key, message in located_socket_problems(node.root, "supervisor", folder)]
+    return os.path.join(os.path.abspath(runtime_root()), node.name) if name_problem(node.name) is None else None
 
 
 def parse_topology(
@@ -297,11 +245,13 @@ def parse_topology(
     except ValidationError as exc:
         raise TopologyError(_format(source, [_problem_from_pydantic(e) for e in exc.errors()])) from None
     root = _spec(file.supervisor, os.path.abspath(base_dir or os.getcwd()))
-    node = NodeSpec(name=file.node.name or default_name, root=root, control_tcp=file.node.control_tcp)
-    problems = _node_problems(node, from_file_name=file.node.name is None) + _rule_problems(file.supervisor)
-    problems += located_value_problems(root, "supervisor")
-    if not problems:
-        problems += _socket_problems(node, from_file_name=file.node.name is None)
+    node = NodeSpec(name=file.node.name or default_name, root=root, control_tcp=file.node.control_tcp,
+                    program_folders=_program_folders(source))
+    from_file_name = file.node.name is None
+    problems = _node_problems(node, from_file_name=from_file_name)
+    if not problems and (folder := _node_folder(node)) is not None:
+        problems += _node_socket_problems(node, folder, from_file_name=from_file_name)
+    problems += located_problems(root, "supervisor", node_folder=None if problems else _node_folder(node))
     if problems:
         raise TopologyError(_format(source, problems))
     try:
@@ -325,8 +275,10 @@ def parse_topology(
 def load_topology(path: str | os.PathLike, *, check_imports: bool = True) -> Topology:
     """The topology in the file at ``path``; its node is named after the file unless ``[node] name``.
 
-    With ``check_imports`` every ``program`` is imported (in a child process), failures are
-    problems too, and ``use_program_folders`` prepares this process to start the node.
+    With ``check_imports`` every ``program`` is imported (in a child process) and failures are
+    problems too. Programs are imported from the node's ``program_folders`` (the current
+    directory and the file's folder) before ``sys.path``; this process's ``sys.path`` is left
+    as it is.
     """
     source = os.fspath(path)
     try:
@@ -336,41 +288,23 @@ def load_topology(path: str | os.PathLike, *, check_imports: bool = True) -> Top
         raise TopologyError([f"{source}: cannot read the file: {exc}"]) from None
     stem = os.path.splitext(os.path.basename(source))[0]
     base_dir = os.path.dirname(os.path.abspath(source))
-    topology = parse_topology(text, source=source, default_name=stem, base_dir=base_dir,
-                              check_imports=check_imports)
-    if check_imports:
-        use_program_folders(topology)
-    return topology
+    return parse_topology(text, source=source, default_name=stem, base_dir=base_dir, check_imports=check_imports)
 
 
 def _programs(spec: AnySpec, path: str) -> Iterator[tuple[str, str]]:
     """Yield ``(key path, target)`` for every ``program`` in the tree, templates included."""
-    if isinstance(spec, ChildSpec):
-        if spec.program is not None:
-            yield f"{path}.program", spec.program
-    elif isinstance(spec, SupervisorSpec):
-        for index, child in enumerate(spec.children):
-            yield from _programs(child, f"{path}.children[{index}]")
-    else:
-        for name, template in spec.templates.items():
-            yield from _programs(template, f"{path}.templates.{_key(name)}")
+    for place in places(spec, path):
+        if isinstance(place.spec, ChildSpec) and place.spec.program is not None:
+            yield f"{place.path}.program", place.spec.program
 
 
-def program_folders(topology: Topology) -> list[str]:
+def _program_folders(source: str) -> tuple[str, ...]:
     """Where programs are imported from, besides ``sys.path``: the current directory and the
     topology file's folder (a program next to its topology needs no install)."""
     folders = [os.getcwd()]
-    if os.path.isfile(topology.path):
-        folders.append(os.path.dirname(os.path.abspath(topology.path)))
-    return folders
-
-
-def use_program_folders(topology: Topology) -> None:
-    """Put ``program_folders`` on this process's ``sys.path``: the node that starts ``topology``
-    hands its ``sys.path`` to the zygote, which imports the programs."""
-    for folder in program_folders(topology):
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
+    if os.path.isfile(source):
+        folders.append(os.path.dirname(os.path.abspath(source)))
+    return tuple(dict.fromkeys(folders))
 
 
 def check_programs(topology: Topology, *, timeout: float = IMPORT_TIMEOUT) -> list[str]:
@@ -382,7 +316,7 @@ def check_programs(topology: Topology, *, timeout: float = IMPORT_TIMEOUT) -> li
     goes on after that target.
     """
     programs = list(_programs(topology.node.root, "supervisor"))
-    path = [folder for folder in program_folders(topology) if folder not in sys.path] + sys.path
+    path = import_path(topology.node.program_folders)
     problems: list[Problem] = []
     done = 0
     while done < len(programs):
