@@ -662,6 +662,11 @@ class TestAdministration:
         d = started(*children("a"))
         assert d.call(start_from_template("w", "x")).outcome == "not_supported"
 
+    def test_reconfigure_belongs_to_dynamic_supervisors(self):
+        d = started(*children("a"))
+        assert d.call(reconfigure("a", worker("a"))).outcome == "not_supported"
+        assert d.log == [] and d.state("a") == "running"
+
 
 # --- [7] escalation through two levels -----------------------------------------------------------
 

@@ -4,8 +4,10 @@
 chain of starts in order, or one start at a time) and in what a restart bounces (the
 strategy). Everything else is here: an exit and the restart decision table, the charge of a
 restart to the intensity, retries, the supervisor's shutdown, and the checks of
-``start_child``. A subclass supplies ``_restart_group`` (what a restart stops and starts),
-``_not_restarted`` (what becomes of a child its exit does not restart) and ``parallel_stop``.
+``start_child``, and the one entry point ``handle``. A subclass supplies ``_boot``,
+``_launched`` and ``_launch_failed`` (its starts), ``_command`` (its administrative calls),
+``_restart_group`` (what a restart stops and starts), ``_not_restarted`` (what becomes of a
+child its exit does not restart) and ``parallel_stop``.
 
 A restart is recorded in the restart window (and may make the supervisor give up) unless
 the exit was ``lost``: the child died because otpy's zygote died under it, which is not
@@ -17,10 +19,15 @@ transient, not temporary) and the strategy still applies (``one_for_all`` and
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass
 from typing import Literal
 
 from .children import Child, ChildTable
-from .effects import Answer, Command, Effect, Event, Exit, Post, Report, Result, Stop
+from .effects import (
+    Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, LaunchFailed, Launched, Post,
+    Report, Result, Retry, Stop, StopSupervisor,
+)
 from .exit import SHUTDOWN, ExitReason, charged, should_restart
 from .intensity import RestartWindow
 from ..specs.model import AnySpec, DynamicSupervisorSpec, SupervisorSpec
@@ -28,6 +35,16 @@ from ..specs.rules import significance_problem
 
 Phase = Literal["new", "starting", "running", "terminated"]
 StartPurpose = Literal["restart", "start"]  # a restart decided by the machine, or init / a call
+
+
+@dataclass(slots=True)
+class Starting:
+    """Starts in progress: the ids still to start (the first is being launched), what they are
+    for, and where the answer goes (a ``start_child`` or ``restart_child`` call)."""
+
+    purpose: Literal["init", "restart", "start_child", "restart_child"]
+    pending: deque[str]
+    reply_to: object = None
 
 
 class BaseMachine:
@@ -38,6 +55,30 @@ class BaseMachine:
         self.children = ChildTable(children)
         self.window = RestartWindow(spec.max_restarts, spec.max_seconds)
         self.phase: Phase = "new"
+        self._chain: Starting | None = None
+
+    # --- the one entry point --------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        """The effects of ``event`` at ``now`` (seconds of a monotonic clock, read by the caller)."""
+        if self.phase == "terminated":
+            return refused(event)
+        match event:
+            case Boot():
+                return self._boot()
+            case Launched(id, incarnation, pid):
+                return self._launched(id, incarnation, pid)
+            case LaunchFailed(id, reason):
+                return self._launch_failed(id, reason)
+            case ChildExited(id, incarnation, reason):
+                return self._child_exited(id, incarnation, reason, now)
+            case Retry(id, token):
+                return self._retry(id, token, now)
+            case StopSupervisor():
+                return self._terminate(SHUTDOWN)
+            case Command(request, reply_to):
+                return self._command(request, reply_to)
+        raise TypeError(f"unknown event {event!r}")
 
     # --- queries (read directly: they change nothing) --------------------------------------
 
@@ -47,6 +88,17 @@ class BaseMachine:
 
     def running_in_reverse(self, ids: list[str] | None = None) -> tuple[str, ...]:
         return self.children.running_in_reverse(ids)
+
+    def starting_for(self, id: str) -> StartPurpose | None:
+        """Why ``id`` is about to be started by the starts in progress (None: it is not).
+
+        Between the ``Launch`` and its outcome the table says ``stopped``; a query answered
+        then shows the child ``restarting`` or ``starting`` instead (``Supervisor.children_info``).
+        """
+        chain = self._chain
+        if chain is None or id not in chain.pending:
+            return None
+        return "restart" if chain.purpose == "restart" else "start"
 
     # --- exits, restarts, retries -------------------------------------------------------------
 
@@ -93,6 +145,7 @@ class BaseMachine:
     def _terminate(self, reason: ExitReason) -> list[Effect]:
         """Stop every running child (last started first) and exit with ``reason``."""
         self.phase = "terminated"
+        self._chain = None
         return self._stops(self.children.running_in_reverse()) + [Exit(reason)]
 
     def _stops(self, ids: tuple[str, ...]) -> list[Effect]:
@@ -108,6 +161,18 @@ class BaseMachine:
         return self.children.start_refusal(spec)
 
     # --- what a subclass decides --------------------------------------------------------------
+
+    def _boot(self) -> list[Effect]:
+        raise NotImplementedError
+
+    def _launched(self, id: str, incarnation: int, pid: int | None) -> list[Effect]:
+        raise NotImplementedError
+
+    def _launch_failed(self, id: str, reason: str) -> list[Effect]:
+        raise NotImplementedError
+
+    def _command(self, request: ChildRequest, reply_to: object) -> list[Effect]:
+        raise NotImplementedError
 
     def _restart_group(self, id: str) -> list[Effect]:
         raise NotImplementedError

@@ -17,15 +17,12 @@ the static machine's too: ``base.BaseMachine``.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import NamedTuple
 
-from .base import BaseMachine, StartPurpose, no_child, refused
+from .base import BaseMachine, Starting, no_child
 from .children import Child
-from .effects import (
-    Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Launch, LaunchFailed, Launched,
-    Replace, Report, Result, Retry, StopSupervisor,
-)
-from .exit import SHUTDOWN
+from .effects import Answer, ChildRequest, Effect, Launch, Replace, Report, Result
 from ..specs.model import AnySpec, DynamicSupervisorSpec, from_template
 from ..specs.rules import significance_problem
 from ..wire import protocol as wire
@@ -45,36 +42,11 @@ class DynamicMachine(BaseMachine):
 
     def __init__(self, spec: DynamicSupervisorSpec) -> None:
         super().__init__(spec)
-        # The one start in flight: (id, reply_to; None for a restart).
-        self._starting: tuple[str, object] | None = None
         self._replacement: _Replacement | None = None
 
-    def handle(self, event: Event, now: float) -> list[Effect]:
-        if self.phase == "terminated":
-            return refused(event)
-        match event:
-            case Boot():
-                self.phase = "running"
-                return []
-            case Launched(id, incarnation, pid) if self._replacement:
-                return self._replaced(id, incarnation, pid)
-            case LaunchFailed(id, reason) if self._replacement:
-                reply_to = self._replacement.reply_to
-                self._replacement = None  # the child keeps running, untouched
-                return [Answer(reply_to, Result("start_failed", detail=reason))]
-            case Launched(id, incarnation, pid):
-                return self._launched(id, incarnation, pid)
-            case LaunchFailed(id, reason):
-                return self._launch_failed(id, reason)
-            case ChildExited(id, incarnation, reason):
-                return self._child_exited(id, incarnation, reason, now)
-            case Retry(id, token):
-                return self._retry(id, token, now)
-            case StopSupervisor():
-                return self._terminate(SHUTDOWN)
-            case Command(request, reply_to):
-                return self._command(request, reply_to)
-        raise TypeError(f"unknown event {event!r}")
+    def _boot(self) -> list[Effect]:
+        self.phase = "running"  # it starts with no children
+        return []
 
     def _command(self, request: ChildRequest, reply_to: object) -> list[Effect]:
         match request:
@@ -94,13 +66,7 @@ class DynamicMachine(BaseMachine):
                 return [Answer(reply_to, Result("not_supported", detail="a dynamic supervisor only starts and terminates children"))]
         raise TypeError(f"unknown request {request!r}")
 
-    def starting_for(self, id: str) -> StartPurpose | None:
-        """Why ``id`` is being started now (see ``StaticMachine.starting_for``)."""
-        if self._starting is None or self._starting[0] != id:
-            return None
-        return "restart" if self._starting[1] is None else "start"
-
-    # --- starts -------------------------------------------------------------------------------
+    # --- starts: one at a time ---------------------------------------------------------------
 
     def _start_child(self, spec: AnySpec, reply_to) -> list[Effect]:
         if (refusal := self._start_refusal(spec)) is not None:
@@ -108,23 +74,29 @@ class DynamicMachine(BaseMachine):
         if self.spec.max_children is not None and len(self.children) >= self.spec.max_children:
             return [Answer(reply_to, Result("max_children", detail=f"max_children is {self.spec.max_children}"))]
         self.children.save(spec)
-        self._starting = (spec.id, reply_to)
+        return self._launch("start_child", spec, reply_to)
+
+    def _launch(self, purpose, spec: AnySpec, reply_to: object = None) -> list[Effect]:
+        self._chain = Starting(purpose, deque([spec.id]), reply_to)
         return [Launch(spec)]
 
     def _launched(self, id: str, incarnation: int, pid: int | None) -> list[Effect]:
-        assert self._starting is not None and self._starting[0] == id
-        reply_to = self._starting[1]
-        self._starting = None
+        if self._replacement is not None:
+            return self._replaced(id, incarnation, pid)
+        chain, self._chain = self._chain, None
+        assert chain is not None and list(chain.pending) == [id], (chain, id)
         self.children.set_running(id, incarnation, pid)
-        return [Answer(reply_to, Result("ok", pid=pid))] if reply_to is not None else []
+        return [Answer(chain.reply_to, Result("ok", pid=pid))] if chain.purpose == "start_child" else []
 
     def _launch_failed(self, id: str, reason: str) -> list[Effect]:
-        assert self._starting is not None and self._starting[0] == id
-        reply_to = self._starting[1]
-        self._starting = None
-        if reply_to is not None:  # start_child: nothing is kept
+        if self._replacement is not None:
+            reply_to, self._replacement = self._replacement.reply_to, None
+            return [Answer(reply_to, Result("start_failed", detail=reason))]  # the child runs on, untouched
+        chain, self._chain = self._chain, None
+        assert chain is not None and list(chain.pending) == [id], (chain, id)
+        if chain.purpose == "start_child":  # nothing is kept
             self.children.delete(id)
-            return [Answer(reply_to, Result("start_failed", detail=reason))]
+            return [Answer(chain.reply_to, Result("start_failed", detail=reason))]
         return self._restart_failed(id, reason)
 
     # --- reconfigure: a replacement ---------------------------------------------------------------
@@ -156,8 +128,7 @@ class DynamicMachine(BaseMachine):
         return []
 
     def _restart_group(self, id: str) -> list[Effect]:
-        self._starting = (id, None)
-        return [Launch(self.children[id].spec)]
+        return self._launch("restart", self.children[id].spec)
 
     # --- administration ---------------------------------------------------------------------
 

@@ -11,27 +11,13 @@ strategies, ``auto_shutdown`` and the administrative calls of a static superviso
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from typing import Literal
 
-from .base import BaseMachine, StartPurpose, no_child, refused
+from .base import BaseMachine, Starting, no_child
 from .children import Child
-from .effects import (
-    Answer, ChildExited, Boot, Command, ChildRequest, Effect, Event, Exit, Launch, LaunchFailed, Launched,
-    Report, Result, Retry, Stop, StopSupervisor,
-)
+from .effects import Answer, ChildRequest, Effect, Exit, Launch, Report, Result, Stop
 from .exit import SHUTDOWN, ExitReason
 from ..specs.model import AnySpec, SupervisorSpec
 from ..wire import protocol as wire
-
-
-@dataclass(slots=True)
-class _Starting:
-    """A chain of starts in progress: the ids still to start and what the chain is for."""
-
-    purpose: Literal["init", "restart", "start_child", "restart_child"]
-    pending: deque[str]
-    reply_to: object = None
 
 
 class StaticMachine(BaseMachine):
@@ -41,30 +27,10 @@ class StaticMachine(BaseMachine):
 
     def __init__(self, spec: SupervisorSpec) -> None:
         super().__init__(spec, spec.children)
-        self._chain: _Starting | None = None
 
-    # --- the one entry point --------------------------------------------------------------
-
-    def handle(self, event: Event, now: float) -> list[Effect]:
-        if self.phase == "terminated":
-            return refused(event)
-        match event:
-            case Boot():
-                self.phase = "starting"
-                return self._begin("init", self.order)
-            case Launched(id, incarnation, pid):
-                return self._launched(id, incarnation, pid)
-            case LaunchFailed(id, reason):
-                return self._launch_failed(id, reason)
-            case ChildExited(id, incarnation, reason):
-                return self._child_exited(id, incarnation, reason, now)
-            case Retry(id, token):
-                return self._retry(id, token, now)
-            case StopSupervisor():
-                return self._terminate(SHUTDOWN)
-            case Command(request, reply_to):
-                return self._command(request, reply_to)
-        raise TypeError(f"unknown event {event!r}")
+    def _boot(self) -> list[Effect]:
+        self.phase = "starting"
+        return self._begin("init", self.order)
 
     def _command(self, request: ChildRequest, reply_to: object) -> list[Effect]:
         match request:
@@ -82,23 +48,10 @@ class StaticMachine(BaseMachine):
                 return [Answer(reply_to, Result("not_supported", detail="templates belong to dynamic supervisors"))]
         raise TypeError(f"unknown request {request!r}")
 
-    # --- queries (read directly: they change nothing) --------------------------------------
-
-    def starting_for(self, id: str) -> StartPurpose | None:
-        """Why ``id`` is about to be started by the chain in progress (None: it is not).
-
-        Between the ``Launch`` and its outcome the table says ``stopped``; a query answered
-        then shows the child ``restarting`` or ``starting`` instead (``Supervisor.children_info``).
-        """
-        chain = self._chain
-        if chain is None or id not in chain.pending:
-            return None
-        return "restart" if chain.purpose == "restart" else "start"
-
     # --- chains of starts -----------------------------------------------------------------
 
     def _begin(self, purpose, ids, reply_to=None, before: list[Effect] | None = None) -> list[Effect]:
-        self._chain = _Starting(purpose, deque(ids), reply_to)
+        self._chain = Starting(purpose, deque(ids), reply_to)
         return (before or []) + self._next_start()
 
     def _next_start(self) -> list[Effect]:
@@ -173,10 +126,6 @@ class StaticMachine(BaseMachine):
                 self.children.delete(bystander)  # temporary bystanders are not restarted
         to_start = [i for i in affected if i in self.children]
         return self._begin("restart", to_start, before=[Stop(stopping)] if stopping else [])
-
-    def _terminate(self, reason: ExitReason) -> list[Effect]:
-        self._chain = None
-        return super()._terminate(reason)
 
     # --- administration: never counted, never bounces siblings, never auto-shuts down -------
 
