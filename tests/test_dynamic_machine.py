@@ -18,7 +18,7 @@ from otpy.supervision.effects import (
 from otpy.supervision.exit import ExitReason
 from otpy.supervision.machine import StaticMachine
 from otpy.specs.model import ChildSpec, DynamicSupervisorSpec, SupervisorSpec
-from otpy.specs.rules import significance_problem
+from otpy.specs.rules import reconfigure_problems, significance_problem
 
 NORMAL = ExitReason(kind="normal", code=0)
 SHUTDOWN = ExitReason(kind="shutdown", signal=15)
@@ -346,7 +346,10 @@ class TestReconfigure:
     def test_unknown_and_mismatched_targets_are_refused(self):
         m = self._running()
         assert m.handle(Command(reconfigure("x", ChildSpec(id="x", program="pkg:B")), "r"), 0)[0].result.outcome == "not_found"
-        assert m.handle(Command(reconfigure("c", ChildSpec(id="d", program="pkg:B")), "r"), 0)[0].result.outcome == "invalid"
+        mismatched = ChildSpec(id="d", program="pkg:B")
+        [answer] = m.handle(Command(reconfigure("c", mismatched), "r"), 0)
+        assert answer.result == Result("invalid", detail="; ".join(reconfigure_problems("c", mismatched, m.spec)))
+        assert "expected 'c', the id of the child it replaces" in answer.result.detail
 
 
 class TestShutdownTable:

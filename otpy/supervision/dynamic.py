@@ -24,7 +24,7 @@ from .base import BaseMachine, Starting, no_child
 from .children import Child
 from .effects import Answer, ChildRequest, Effect, Launch, Replace, Report, Result
 from ..specs.model import AnySpec, DynamicSupervisorSpec, from_template
-from ..specs.rules import significance_problem
+from ..specs.rules import reconfigure_problems
 from ..wire import protocol as wire
 
 
@@ -107,10 +107,8 @@ class DynamicMachine(BaseMachine):
             return [Answer(reply_to, no_child(id))]
         if child.state != "running":
             return [Answer(reply_to, Result(child.state, detail=f"child {id!r} is {child.state}, not running"))]
-        if target.id != id:
-            return [Answer(reply_to, Result("invalid", detail=f"the target must have id {id!r}, not {target.id!r}"))]
-        if (problem := significance_problem(target, self.spec)) is not None:
-            return [Answer(reply_to, Result("invalid", detail=problem))]
+        if problems := reconfigure_problems(id, target, self.spec):  # the node's own rule: same id, a valid spec
+            return [Answer(reply_to, Result("invalid", detail="; ".join(problems)))]
         self._replacement = _Replacement(id, target, reply_to)
         return [Report("reconfiguring", id), Launch(target, replacement=True)]
 
