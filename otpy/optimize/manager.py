@@ -21,7 +21,11 @@ import os
 from typing import Any, Mapping
 
 from .pipeline import Pipeline, Stage
-from ..agent.program import Program, _node_caller
+from ..agent.program import Program
+from ..agent.registry_link import chain
+from ..host.runtime_dir import agent_socket_path
+from ..variables.client import RegistryClient, RegistryRefused
+from ..variables.placement import REGISTRY_ID
 
 
 class ManagerProgram(Program):
@@ -53,7 +57,7 @@ class ManagerProgram(Program):
         pipeline = Pipeline(stages, strategy="sequential",
                             error_handling=self.args.get("error_handling", "fail_fast"),
                             stage_timeout=float(self.args.get("stage_timeout", 5.0)))
-        result = pipeline.run(inputs, _node_caller())
+        result = pipeline.run(inputs, self.node_caller())
         if not result.ok:
             stage, error = next(iter(result.errors.items()))
             raise RuntimeError(f"step {stage!r} failed: {error}")
@@ -67,12 +71,10 @@ class ManagerProgram(Program):
         node = os.environ.get("OTPY_NODE", "")
         if not node or os.environ.get("OTPY_CHILD_ID") is None:
             return self.config
-        from ..host.runtime_dir import agent_socket_path
-
-        if not agent_socket_path(node, "registry").exists():
+        if not agent_socket_path(node, REGISTRY_ID).exists():
             return self.config
-        chain = [s for s in os.environ.get("OTPY_SUPERVISORS", "").split(",") if s]
-        reply = self.call("registry", {"op": "resolve", "child": os.environ["OTPY_CHILD_ID"], "chain": chain})
-        if reply.get("ok"):
-            self.config = reply["config"]
+        try:
+            self.config = RegistryClient(self.node_caller()).resolve(os.environ["OTPY_CHILD_ID"], chain())
+        except RegistryRefused:
+            pass  # unresolvable now: the last configuration stands
         return self.config
