@@ -1,7 +1,7 @@
 """Where the registry stands in a node: its id, its program, its events socket, and how a
 topology's ``[variables]`` tables make it the root's first child.
 
-Kept apart from the registry program (``_registry``: SQLite, ZeroMQ) so that reading a
+Kept apart from the registry program (``otpy.variables.registry``: SQLite, ZeroMQ) so that reading a
 topology file, or a worker asking whether its node has a registry, imports neither.
 """
 
