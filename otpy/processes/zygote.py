@@ -8,11 +8,11 @@ come back to it and are reaped here, so no zombie is left anywhere. Every child 
 ``OTPY_INCARNATION=<its pid>`` in its environment, and its descendants inherit it: an
 orphan whose incarnation is dead is killed (a helper that left its program's process group
 does not outlive the program). When the node dies the zygote gets SIGTERM (parent-death
-signal) and kills everything below it before it exits. Messages are in ``_protocol``.
+signal) and kills everything below it before it exits. Messages are in ``wire/protocol``.
 
-In a child, before the program or command runs: its own process group, the parent-death
-signal, default signal handling, ``/dev/null`` on fd 0, the output pipe on fds 1 and 2,
-the notify pipe on fd 3, no other fd, ``OTPY_*`` plus the spec's and request's environment.
+The zygote is the server: its loop, the pids it spawned, its spare (one child forked ahead,
+that waits for the next program request: its pid and socket). What a forked child does to
+become a worker or a command is the child's own: ``agent/bootstrap``'s ``Bootstrap``.
 """
 
 from __future__ import annotations
