@@ -164,3 +164,12 @@ def test_a_registry_file_with_bad_contents_is_refused_naming_the_file_and_the_ro
     with pytest.raises(RegistryFileError) as caught:
         registry(db)
     assert db in str(caught.value) and named in str(caught.value), str(caught.value)
+
+
+def test_a_reply_that_cannot_be_encoded_is_internal_and_the_registry_keeps_serving(db, capsys):
+    reg = registry(db)
+    reg.store.resolve = lambda child: {"t": object()}
+    reply = reg.forward(op="resolve", child="a")
+    assert reply["error"] == "internal" and "resolve: TypeError" in reply["problems"][0], reply
+    assert "Traceback" in capsys.readouterr().err
+    assert reg.forward(op="get", scope="global", name="t")["value"] == 1.0

@@ -32,6 +32,7 @@ import threading
 import traceback
 from typing import Any, Callable, TypeVar
 
+import msgspec
 import zmq
 
 from ..wire.protocol import ENCODER, VariableChanged
@@ -116,7 +117,8 @@ class Registry:
         reply = request if isinstance(request, Refused) else self.answer(request)
         try:
             return reply_outputs(reply)
-        except (TypeError, ValueError, OverflowError) as exc:  # a composite computed an odd object
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:  # not msgpack: an otpy bug
+            traceback.print_exc(file=sys.stderr)
             return reply_outputs(_internal(request, exc))
 
     __call__ = forward  # the worker calls its program with the call's inputs
