@@ -105,7 +105,9 @@ def nested(depth: int) -> list:
     (DynamicSupervisorSpec(id="d", max_children=2 ** 64), "dynamic supervisor 'd': max_children: got"),
     (DynamicSupervisorSpec(id="d", templates={"t": worker("x", env={"A=": "1"})}),
      "child 'd.templates.t': env.\"A=\": got key"),
-    (worker(restart="sometimes"), "child 'w': cannot be sent as msgpack"),
+    (worker(restart="sometimes"), "child 'w': restart: got 'sometimes'; expected one of 'permanent'"),
+    (worker(significant="yes"), "child 'w': significant: got 'yes'; expected true or false"),
+    (SupervisorSpec(id="s", strategy="one_for_none"), "supervisor 's': strategy: got 'one_for_none'; expected one of"),
 ])
 def test_values_that_fail_at_start_are_refused_naming_the_field(spec, expected):
     problems = spec_problems(spec)

@@ -1,8 +1,9 @@
-"""Topology files: read ``topology.toml``, check it, and turn it into ``_specs`` Structs.
+"""Topology files: read ``topology.toml``, check it, and turn it into ``specs.model`` Structs.
 
 The file is written by people, so it is checked with pydantic against the tables of
-``_topology_file`` (strict types, unknown keys rejected), then against the rules pydantic
-cannot see, and every problem is reported at once, one per line, as
+``topology.toml_file`` (strict types, unknown keys rejected), then turned into specs and
+checked by the one spec checker (``specs.rules.located_problems``: ids, values, significance,
+sockets), and every problem is reported at once, one per line, as
 ``FILE: KEY.PATH[i].KEY: got X; expected Y``.
 
 >>> topology = parse_topology('''
@@ -207,7 +208,7 @@ def _read_toml(text: str, source: str) -> dict:
 
 
 def _node_problems(node: NodeSpec, *, from_file_name: bool) -> list[Problem]:
-    """``[node]``'s values, by the rules every node spec follows (``_spec_rules``)."""
+    """``[node]``'s values, by the rules every node spec follows (``specs.rules``)."""
     problems = []
     for key, message in node_value_problems(node):
         if key == "name" and from_file_name:

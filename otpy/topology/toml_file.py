@@ -1,12 +1,11 @@
 """The topology file's format: its tables as pydantic models (strict types, unknown keys
-rejected), and the patterns its names follow. ``_config`` reads a file with these, reports
-its problems and turns it into ``_specs`` Structs. Defaults are not written here: each
-field's default is read from the ``_specs`` Struct it becomes.
+rejected), and the patterns its names follow. ``topology.load`` reads a file with these, reports
+its problems and turns it into ``specs.model`` Structs, which ``specs.rules`` then checks like
+any spec. Defaults are not written here: each field's default is read from the Struct it becomes.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal, Union
 
 import msgspec
@@ -16,9 +15,9 @@ from pydantic_core import PydanticCustomError
 from ..specs.model import NAME_PATTERN, PROGRAM_PATTERN, AutoShutdown, ChildSpec, DynamicSupervisorSpec
 from ..specs.model import Readiness
 from ..specs.model import RestartType, Strategy, SupervisorSpec
+from ..specs.values import SHUTDOWN_EXPECTED, shutdown_ok
 
 ROOT_ID = "root"
-SHUTDOWN_EXPECTED = "seconds >= 0 (an int or a float), 'brutal_kill' or 'infinity'"
 
 
 def _default(struct: type[msgspec.Struct], name: str) -> Any:
@@ -30,12 +29,10 @@ def _default(struct: type[msgspec.Struct], name: str) -> Any:
 
 
 def _check_shutdown(value: Any) -> float | str:
-    if isinstance(value, str) and value in ("brutal_kill", "infinity"):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if math.isfinite(value) and value >= 0:
-            return float(value)
-    raise PydanticCustomError("shutdown", "expected {expected}", {"expected": SHUTDOWN_EXPECTED})
+    """The spec rule's (``specs.values.shutdown_ok``); an integer becomes a float."""
+    if not shutdown_ok(value):
+        raise PydanticCustomError("shutdown", "expected {expected}", {"expected": SHUTDOWN_EXPECTED})
+    return value if isinstance(value, str) else float(value)
 
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -58,7 +55,7 @@ class NodeTable(Table):
     """``[node]``: the node's name (default: the file's stem), and an opt-in TCP control endpoint."""
 
     name: Name | None = None
-    control_tcp: str | None = None  # checked with every node spec's: _spec_rules.control_tcp_problem
+    control_tcp: str | None = None  # checked with every node spec's: specs.values.control_tcp_problem
 
 
 class TemplateTable(Table):
