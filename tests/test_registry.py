@@ -228,3 +228,21 @@ class TestClient:
         assert isinstance(client.ask(GetValue(scope="global", name="temperature")), ValueEntry)
         refused = client.ask(GetValue(scope="nowhere", name="x"))
         assert isinstance(refused, Refused) and refused.kind == "invalid"
+
+
+def test_a_manager_asks_the_registry_only_when_its_node_says_it_has_one(tmp_path, monkeypatch):
+    """A socket file a previous run left is no registry (as for every worker: ``has_registry``)."""
+    from otpy.host.runtime_dir import agent_socket_path
+    from otpy.optimize.manager import ManagerProgram
+
+    monkeypatch.setenv("OTPY_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setenv("OTPY_NODE", "stale")
+    monkeypatch.setenv("OTPY_CHILD_ID", "manager")
+    monkeypatch.delenv("OTPY_REGISTRY", raising=False)
+    left = agent_socket_path("stale", "registry")
+    left.parent.mkdir(parents=True, exist_ok=True)
+    left.touch()
+    manager = ManagerProgram()
+    manager.setup({}, {"module": "a"})
+    manager.node_caller = lambda: pytest.fail("the manager called a registry its node does not have")
+    assert manager.resolve_config() == {"module": "a"}

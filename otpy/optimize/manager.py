@@ -22,10 +22,8 @@ from typing import Any, Mapping
 
 from .pipeline import Pipeline, Stage
 from ..agent.program import Program
-from ..agent.registry_link import chain
-from ..host.runtime_dir import agent_socket_path
+from ..agent.registry_link import chain, has_registry
 from ..variables.client import RegistryClient, RegistryRefused
-from ..variables.placement import REGISTRY_ID
 
 
 class ManagerProgram(Program):
@@ -68,11 +66,8 @@ class ManagerProgram(Program):
 
     def resolve_config(self) -> dict[str, Any]:
         """This manager's variables as the registry resolves them now (setup's, without a registry)."""
-        node = os.environ.get("OTPY_NODE", "")
-        if not node or os.environ.get("OTPY_CHILD_ID") is None:
-            return self.config
-        if not agent_socket_path(node, REGISTRY_ID).exists():
-            return self.config
+        if has_registry() is None or os.environ.get("OTPY_CHILD_ID") is None:
+            return self.config  # not a child of a node with a registry (a stale socket file is none)
         try:
             self.config = RegistryClient(self.node_caller()).resolve(os.environ["OTPY_CHILD_ID"], chain())
         except RegistryRefused:
