@@ -7,6 +7,8 @@ first child) and one agent with ``on_config``. Series, each with ``p50_ms``, ``p
 ``p99_ms``, ``max_ms``, ``n``:
 
 ``get``        ``Caller.call("registry", {"op": "get", ...})``, one at a time
+``get_typed``  ``RegistryClient(caller).get(...)``: the same call through otpy's one registry client
+               (typed request and reply, ``otpy.variables.client``)
 ``set``        ``Caller.call("registry", {"op": "set", ...})``: the reply comes after the SQLite
                commit (WAL, synchronous=FULL), so this includes an fsync of the WAL
 ``on_config``  from just before the ``set`` call to the moment the agent's ``on_config`` ran:
@@ -31,6 +33,7 @@ sys.path.insert(0, ROOT)
 import otpy  # noqa: E402
 from bench.stats import summarize  # noqa: E402
 from otpy import Program  # noqa: E402
+from otpy.variables.client import RegistryClient  # noqa: E402
 
 TOPOLOGY = """
 [node]
@@ -79,6 +82,13 @@ def main() -> None:
                 caller.call("registry", get)
                 samples.append(time.perf_counter() - start)
             results["get"] = summarize(samples)
+            client = RegistryClient(caller)
+            samples = []
+            for _ in range(options.n):
+                start = time.perf_counter()
+                client.get("global", "knob")
+                samples.append(time.perf_counter() - start)
+            results["get_typed"] = summarize(samples)
 
             value = 0
             samples = []
