@@ -222,6 +222,20 @@ class TestClient:
             client.set("global", "temperature", 3.5)
         assert invalid.value.refused.kind == "invalid"
 
+    def test_aask_is_ask_for_asyncio_code(self, client):
+        import asyncio
+
+        from otpy.wire.registry_protocol import Refused, SetValues, WrittenMany
+
+        async def acall(agent, inputs, timeout):
+            return client.caller.call(agent, inputs, timeout)
+
+        client.caller.acall = acall
+        written = asyncio.run(client.aask(SetValues(values={"team": {"timeout": 3.0}})))
+        assert written == WrittenMany(versions={"team": {"timeout": 1}})
+        refused = asyncio.run(client.aask(SetValues(values={"team": {"timeout": 99.0}})))
+        assert isinstance(refused, Refused) and refused.kind == "invalid"
+
     def test_ask_returns_the_reply_or_the_refusal(self, client):
         from otpy.wire.registry_protocol import GetValue, Refused, ValueEntry
 
