@@ -156,8 +156,10 @@ def events_endpoint(name: str) -> str:
 
 def node_sockets(name: str) -> list[Path]:
     """What only a live node may use in its folder: its sockets (removed when it is found dead)."""
+    from ..specs.rules import NODE_SOCKETS
+
     folder = runtime_root() / check_name(name, "node name")
-    return [folder / "control.sock", folder / "events.sock", folder / "registry-events.sock", folder / "agents"]
+    return [folder / socket for socket in NODE_SOCKETS if "/" not in socket] + [folder / "agents"]
 
 
 def running_nodes() -> list[str]:
@@ -171,25 +173,26 @@ def running_nodes() -> list[str]:
 
 # Where agents listen: one socket per agent id, the same for every incarnation.
 
+def node_folder_path(node: str) -> str:
+    """The absolute path of node ``node``'s folder under this runtime root (never created):
+    the ``node_folder`` the spec checks (``specs.rules``) measure socket paths against."""
+    return os.path.join(os.path.abspath(runtime_root()), node)
+
+
 def node_path_problem(node: str) -> str | None:
     """Why node ``node`` cannot bind its own sockets under this runtime root (AF_UNIX's limit), or None."""
-    from ..specs.rules import NODE_SOCKETS, socket_path_problem  # the one rule, shared with ``otpy validate``
+    from ..specs.rules import node_socket_problem  # the one rule, shared with ``otpy validate``
 
-    problem = socket_path_problem(os.path.join(_abs_node_folder(node), max(NODE_SOCKETS, key=len)))
+    problem = node_socket_problem(node_folder_path(node))
     return f"node {node!r}: {problem}" if problem else None
 
 
 def socket_path_problem(node: str, child_id: str) -> str | None:
-    """Why ``child_id`` cannot be an agent of node ``node`` here: its socket path would be longer
-    than AF_UNIX allows (the name rule, ``_specs.name_problem``, is checked on its own)."""
-    from ..specs.rules import socket_path_problem as too_long
+    """Why ``child_id`` cannot be an agent of node ``node`` here: not a name, or its socket path
+    would be longer than AF_UNIX allows (``specs.rules.id_problem``, the one rule for ids)."""
+    from ..specs.rules import id_problem
 
-    problem = too_long(os.path.join(_abs_node_folder(node), "agents", f"{child_id}.sock"))
-    return f"id {child_id!r}: {problem}" if problem else None
-
-
-def _abs_node_folder(node: str) -> str:
-    return os.path.join(os.path.abspath(runtime_root()), node)
+    return id_problem(child_id, node_folder_path(node))
 
 
 def agents_dir(node: str) -> Path:
@@ -197,7 +200,7 @@ def agents_dir(node: str) -> Path:
 
 
 def agent_socket_path(node: str, child_id: str) -> Path:
-    """Raises ValueError for an id that is not a name (``_specs.NAME_PATTERN``): never a path."""
+    """Raises ValueError for an id that is not a name (``specs.model.NAME_PATTERN``): never a path."""
     return agents_dir(node) / f"{check_name(child_id)}.sock"
 
 

@@ -41,7 +41,7 @@ __all__ = [
     # the tree
     "spec_problems", "located_problems", "node_problems", "template_start_problems", "id_problem",
     "reconfigure_problems", "significance_problem", "wire_problem", "located_machine_problems",
-    "socket_path_problem", "NODE_SOCKETS", "SUN_PATH_MAX",
+    "socket_path_problem", "node_socket_problem", "NODE_SOCKETS", "SUN_PATH_MAX",
     # one spec's values (specs.values) and key paths (specs.model)
     "Problem", "value_problems", "node_value_problems", "control_tcp_problem", "show", "toml_key",
     "ARGS_MAX_DEPTH", "MAX_COUNT", "MAX_SECONDS", "MAX_SPEC_BYTES",
@@ -178,6 +178,12 @@ def _socket_problems(child_id: object, node_folder: str) -> list[Problem]:
     if (problem := socket_path_problem(f"{node_folder}/agents/{child_id}.sock")) is not None:
         return [Problem("id", f"got {child_id!r}: {problem}")]
     return []
+
+
+def node_socket_problem(node_folder: str) -> str | None:
+    """Why a node cannot bind its own sockets in ``node_folder`` (the longest, ``NODE_SOCKETS``'
+    spare, too long for AF_UNIX), or None."""
+    return socket_path_problem(os.path.join(node_folder, max(NODE_SOCKETS, key=len)))
 
 
 def socket_path_problem(socket_path: str) -> str | None:

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from ..agent.import_check import IMPORT_TIMEOUT, import_in_child, import_path
 from ..variables.placement import with_registry
 from ..specs.rules import (
-    NODE_SOCKETS, located_machine_problems, located_problems, node_value_problems, show, socket_path_problem,
+    located_machine_problems, located_problems, node_socket_problem, node_value_problems, show,
 )
 from ..specs.model import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, ChildSpec
 from ..specs.model import DynamicSupervisorSpec, NodeSpec, SupervisorSpec, name_problem, places, toml_key
@@ -220,7 +220,7 @@ def _node_problems(node: NodeSpec, *, from_file_name: bool) -> list[Problem]:
 def _node_socket_problems(node: NodeSpec, folder: str, *, from_file_name: bool) -> list[Problem]:
     """The node's own sockets under this user's runtime folder within AF_UNIX's limit (its
     agents' are checked with the tree, ``located_problems``)."""
-    if (problem := socket_path_problem(os.path.join(folder, max(NODE_SOCKETS, key=len)))) is not None:
+    if (problem := node_socket_problem(folder)) is not None:
         shown = " (from the file name)" if from_file_name else ""
         return [("node.name", f"got {node.name!r}{shown}: {problem}")]
     return []
@@ -228,9 +228,9 @@ def _node_socket_problems(node: NodeSpec, folder: str, *, from_file_name: bool) 
 
 def _node_folder(node: NodeSpec) -> str | None:
     """The node's folder under this user's runtime root, or None for a name that is no name."""
-    from ..host.runtime_dir import runtime_root
+    from ..host.runtime_dir import node_folder_path
 
-    return os.path.join(os.path.abspath(runtime_root()), node.name) if name_problem(node.name) is None else None
+    return node_folder_path(node.name) if name_problem(node.name) is None else None
 
 
 def parse_topology(
