@@ -278,7 +278,7 @@ def run_otpy(n: int, kind: str) -> list[float]:
 
         def wait_ready(pid: int) -> None:
             deadline = time.monotonic() + 10
-            while node.which_children()[0]["pid"] != pid:
+            while node.which_children()[0].pid != pid:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"otpy never reported pid {pid} started")
                 time.sleep(0.0005)

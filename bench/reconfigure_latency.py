@@ -90,7 +90,7 @@ def measure(name: str, n: int) -> dict:
             caller.call("agent", {})
             calls.append(time.perf_counter() - t3)
         for _ in range(max(10, n // 4)):
-            pid = client.which_children("pool")[0]["pid"]
+            pid = client.which_children("pool")[0].pid
             t0 = time.perf_counter()
             os.kill(pid, signal.SIGKILL)
             while True:

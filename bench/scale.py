@@ -105,7 +105,7 @@ async def scale_run(n: int, idle: float) -> dict:
         zygote_pids = [p.pid for p in me.children() if p.environ().get("OTPY_NODE") == node.name]
         cpu0 = (_cpu_ns(me.pid), sum(_cpu_ns(z) for z in zygote_pids))
         total, latencies = await _start_all(node, n)
-        pids = [c.pid for c in node.which_children("pool") if c.pid]
+        pids = [c.pid for c in await node.which_children("pool") if c.pid]
         cpu1 = (_cpu_ns(me.pid), sum(_cpu_ns(z) for z in zygote_pids), sum(_cpu_ns(p) for p in pids))
         children = [psutil.Process(p) for p in pids]
         zygote = [p for p in me.children() if p.pid not in pids]

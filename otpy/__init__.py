@@ -49,7 +49,7 @@ _WHERE = {
     "PipelineResult": "optimize.pipeline",
     "Program": "agent.program",
     "RemoteError": "wire.errors",
-    "Result": "supervision.effects",
+    "Result": "wire.protocol",
     "RuntimeDirError": "host.runtime_dir",
     "Stage": "optimize.pipeline",
     "SupervisorSpec": "specs.model",
@@ -113,7 +113,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .optimize.pipeline import PipelineResult as PipelineResult
     from .agent.program import Program as Program
     from .wire.errors import RemoteError as RemoteError
-    from .supervision.effects import Result as Result
+    from .wire.protocol import Result as Result
     from .host.runtime_dir import RuntimeDirError as RuntimeDirError
     from .optimize.pipeline import Stage as Stage
     from .specs.model import SupervisorSpec as SupervisorSpec

@@ -83,7 +83,7 @@ def _matches(event: dict, kind: str, child: str | None, match: dict) -> bool:
 
 
 def pids(node: otpy.Node, sup: str = "root") -> dict[str, int | None]:
-    return {c["id"]: c["pid"] for c in node.which_children(sup)}
+    return {c.id: c.pid for c in node.which_children(sup)}
 
 
 def alive(pid: int) -> bool:

@@ -73,8 +73,8 @@ CALLABLE = [f"e{i}" for i in range(20)] + [f"m{i}" for i in range(4)] + ["r_echo
 
 def walk(entry, parent=None):
     yield parent, entry
-    for child in entry.get("children") or ():
-        yield from walk(child, entry["id"])
+    for child in entry.children or ():
+        yield from walk(child, entry.id)
 
 
 def node_processes(name: str) -> list[psutil.Process]:
@@ -144,8 +144,8 @@ class Storm:
 
     def _kill(self) -> None:
         while not self.stop.is_set():
-            tree_ = self.node.status()["tree"]
-            running = [e["pid"] for _, e in walk(tree_) if e["kind"] == "worker" and e["state"] == "running"]
+            tree_ = self.node.status().tree
+            running = [e.pid for _, e in walk(tree_) if e.kind == "worker" and e.state == "running"]
             if running:
                 try:
                     os.kill(self.rng.choice(running), signal.SIGKILL)
@@ -158,7 +158,7 @@ class Storm:
         rng = random.Random(80)
         with otpy.connect(self.node.name, timeout=30) as client:
             while not self.stop.is_set():
-                live = [c["id"] for c in client.which_children("pool")]
+                live = [c.id for c in client.which_children("pool")]
                 action = rng.choice(["start", "start", "terminate", "reconfigure"])
                 if action == "start" or not live:
                     LAST_ID[0] = next(DYNAMIC_IDS)
@@ -214,15 +214,15 @@ class Storm:
 
 def converged(node: otpy.Node) -> str | None:
     """None when the tree is back to its spec and the node's processes are exactly its pids."""
-    tree_ = node.status()["tree"]
-    static = [(p, e) for p, e in walk(tree_) if p != "pool" and e["id"] != "root"]
-    not_running = [e["id"] for _, e in static if e["state"] != "running"]
+    tree_ = node.status().tree
+    static = [(p, e) for p, e in walk(tree_) if p != "pool" and e.id != "root"]
+    not_running = [e.id for _, e in static if e.state != "running"]
     if not_running:
         return f"not running: {not_running}"
-    workers = [e for _, e in static if e["kind"] == "worker"]
+    workers = [e for _, e in static if e.kind == "worker"]
     if len(workers) != STATIC_WORKERS:
         return f"{len(workers)} static workers, expected {STATIC_WORKERS}"
-    in_tree = {e["pid"] for _, e in walk(tree_) if e["kind"] == "worker" and e["state"] == "running"}
+    in_tree = {e.pid for _, e in walk(tree_) if e.kind == "worker" and e.state == "running"}
     zygote = zygote_of(node.name)
     procs = {p.pid: p for p in node_processes(node.name)}
     procs.pop(zygote, None)
@@ -269,7 +269,7 @@ def footprint(node: otpy.Node) -> tuple[int, int]:
     holds two fds in the node (its notify and output pipes), so the count must be compared
     with the same children alive."""
     for child in node.which_children("pool"):
-        node.terminate_child(child["id"], "pool")
+        node.terminate_child(child.id, "pool")
     wait_converged(node)
     me = psutil.Process()
     return me.num_fds(), me.memory_info().rss
@@ -279,7 +279,7 @@ def footprint(node: otpy.Node) -> tuple[int, int]:
 def test_chaos_converges_leaves_no_orphan_and_every_call_ends_typed_and_in_time():
     node = otpy.Node.from_spec(tree(), name=unique_name("chaos"), on_output=lambda c, l: None).start()
     try:
-        assert sum(1 for _, e in walk(node.status()["tree"]) if e["kind"] == "worker") == STATIC_WORKERS >= 50
+        assert sum(1 for _, e in walk(node.status().tree) if e.kind == "worker") == STATIC_WORKERS >= 50
         # Warm-up storm: first-time allocations (threads, sockets, caches) out of the comparison.
         warm = Storm(node)
         warm.run(min(1.0, CHAOS_SECONDS))
@@ -337,12 +337,12 @@ def test_restart_intensity_gives_up_on_exactly_the_fourth_kill():
             new = events.wait("started", "w", timeout=15)
             assert new["pid"] != pid
             assert not [e for e in events.drain() if e["kind"] == "gave_up"], f"gave up after kill {n}"
-            assert {c["id"]: c["state"] for c in node.which_children()} == {"a": "running", "team": "running"}
+            assert {c.id: c.state for c in node.which_children()} == {"a": "running", "team": "running"}
         os.kill(pids(node, "team")["w"], signal.SIGKILL)
         gave_up = events.wait("gave_up", timeout=15)
         assert gave_up["supervisor"] == "team"
         events.wait("exited", "team", timeout=15)
-        assert {c["id"]: c["state"] for c in node.which_children()} == {"a": "running", "team": "stopped"}
+        assert {c.id: c.state for c in node.which_children()} == {"a": "running", "team": "stopped"}
         assert len([e for e in events.drain() if e["kind"] == "restarting" and e["child"] == "w"]) == 3
     finally:
         node.stop()

@@ -67,7 +67,7 @@ def detached(tmp_path):
     done = otpy_cli("start", str(write_topology(tmp_path, name)), "--detach")
     assert done.returncode == 0, done.stderr
     with otpy.connect(name) as client:
-        pid = client.status()["pid"]
+        pid = client.status().pid
     yield name
     if socket_path(name).exists():
         otpy_cli("stop", "--node", name)

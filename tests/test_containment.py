@@ -99,7 +99,7 @@ def test_a_program_flooding_stdout_does_not_stall_the_node_and_every_line_is_log
             assert time.monotonic() < deadline, f"flood not finished: {counts}"
             t0 = time.monotonic()
             assert node.call("echo", {"i": calls}, timeout=5)["i"] == calls
-            assert node.status()["tree"]["state"] == "running"
+            assert node.status().tree.state == "running"
             worst = max(worst, time.monotonic() - t0)
             calls += 1
             statuses += 1

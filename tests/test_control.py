@@ -15,7 +15,7 @@ import zmq
 
 import otpy
 from otpy.node.control import MAX_MESSAGE_BYTES
-from otpy.wire.protocol import ENCODER, EVENT, FROM_NODE, ControlError, GetStatus, Status, Stopping, WhichChildren
+from otpy.wire.protocol import ENCODER, EVENT, FROM_NODE, Counts, GetStatus, Refused, Status, Stopping, WhichChildren
 from otpy.host.runtime_dir import control_endpoint, events_endpoint, runtime_root
 from tests.helpers import alive, pids, sleeper, unique_name, wait_dead
 
@@ -55,7 +55,7 @@ def reply_of(sock: zmq.Socket, timeout_ms: int = 5000):
 
 
 def shape(node: otpy.Node) -> list:
-    return [(c["id"], c["pid"], c["state"]) for sup in ("root", "pool") for c in node.which_children(sup)]
+    return [(c.id, c.pid, c.state) for sup in ("root", "pool") for c in node.which_children(sup)]
 
 
 class TestOperations:
@@ -68,9 +68,9 @@ class TestOperations:
 
     def test_which_children_and_count_children(self, node, client):
         assert client.which_children() == node.which_children("root")
-        assert [c["id"] for c in client.which_children("root")] == ["a", "b", "pool"]
-        assert client.count_children() == {"specs": 3, "active": 3, "supervisors": 1, "workers": 2}
-        assert client.count_children("pool") == {"specs": 0, "active": 0, "supervisors": 0, "workers": 0}
+        assert [c.id for c in client.which_children("root")] == ["a", "b", "pool"]
+        assert client.count_children() == Counts(0, specs=3, active=3, supervisors=1, workers=2)
+        assert client.count_children("pool") == Counts(0, specs=0, active=0, supervisors=0, workers=0)
         with pytest.raises(otpy.ControlError, match="no supervisor 'nope'") as info:
             client.which_children("nope")
         assert info.value.kind == "not_found"
@@ -90,7 +90,7 @@ class TestOperations:
         missing = client.terminate_child("x")
         assert missing.outcome == "not_found" and "x" in missing.detail
         assert client.terminate_child("b", "nope").outcome == "not_found"
-        assert [c["id"] for c in client.which_children()] == ["b", "pool"]
+        assert [c.id for c in client.which_children()] == ["b", "pool"]
 
     def test_start_child_outcomes(self, node, client):
         started = client.start_child("root", sleeper("c"))
@@ -104,24 +104,23 @@ class TestOperations:
         assert invalid.outcome == "invalid" and "'program' nor 'command'" in invalid.detail
         failed = client.start_child("root", otpy.ChildSpec(id="e", command=("/no/such/program",)))
         assert failed.outcome == "start_failed"
-        assert "e" not in {c["id"] for c in client.which_children()}
+        assert "e" not in {c.id for c in client.which_children()}
 
     def test_start_a_supervisor_with_children(self, node, client):
         team = otpy.SupervisorSpec(id="team", children=(sleeper("t1"), sleeper("t2")))
         assert client.start_child("root", team).outcome == "ok"
-        assert [c["state"] for c in client.which_children("team")] == ["running", "running"]
-        assert client.count_children()["supervisors"] == 2
+        assert [c.state for c in client.which_children("team")] == ["running", "running"]
+        assert client.count_children().supervisors == 2
 
     def test_status_is_the_tree(self, node, client):
         status = client.status()
-        assert status["node"] == node.name and status["pid"] == os.getpid()
-        root = status["tree"]
-        assert {"id", "kind", "state", "pid", "restarts", "children"} <= root.keys()
-        assert [c["id"] for c in root["children"]] == ["a", "b", "pool"]
-        a = root["children"][0]
-        assert a["kind"] == "worker" and a["state"] == "running" and a["pid"] == pids(node)["a"]
-        assert "children" not in a and a["uptime"] >= 0
-        assert root["children"][2]["children"] == []
+        assert isinstance(status, Status) and status.node == node.name and status.pid == os.getpid()
+        root = status.tree
+        assert [c.id for c in root.children] == ["a", "b", "pool"]
+        a = root.children[0]
+        assert a.kind == "worker" and a.state == "running" and a.pid == pids(node)["a"]
+        assert a.children is None and a.uptime >= 0
+        assert root.children[2].children == []
 
     def test_async_client(self, node):
         async def talk():
@@ -131,7 +130,7 @@ class TestOperations:
                 return children, result, await client.count_children("pool")
 
         children, result, counts = asyncio.run(talk())
-        assert children == [] and result.outcome == "ok" and counts["active"] == 1
+        assert children == [] and result.outcome == "ok" and counts.active == 1
 
 
 class TestDynamicSupervisor:
@@ -141,12 +140,12 @@ class TestDynamicSupervisor:
         assert client.start_child("pool", otpy.ChildSpec(id="w2", command=("sleep", "3600"))).outcome == "ok"
         full = client.start_from_template("pool", "sleepy", "w3")
         assert full.outcome == "max_children" and "2" in full.detail
-        assert client.count_children("pool") == {"specs": 2, "active": 2, "supervisors": 0, "workers": 2}
+        assert client.count_children("pool") == Counts(0, specs=2, active=2, supervisors=0, workers=2)
         assert client.start_from_template("pool", "nope", "w4").outcome == "not_found"
         assert client.restart_child("w1").outcome == "not_supported"
         assert client.terminate_child("w1").outcome == "ok"
         assert wait_dead([from_template.pid], 5) == []
-        assert [c["id"] for c in client.which_children("pool")] == ["w2"]  # removed, not kept
+        assert [c.id for c in client.which_children("pool")] == ["w2"]  # removed, not kept
         assert client.terminate_child("w1", "pool").outcome == "not_found"
         assert client.start_from_template("pool", "sleepy", "w3").outcome == "ok"
 
@@ -208,7 +207,7 @@ class TestAbuse:
             for what, frames in cases.items():
                 sock.send_multipart(frames)
                 reply = reply_of(sock)
-                assert isinstance(reply, ControlError) and reply.kind == "bad_request", what
+                assert isinstance(reply, Refused) and reply.kind == "bad_request", what
                 assert reply.message, what
             sock.send(ENCODER.encode(GetStatus(42)))
             assert isinstance(reply_of(sock), Status)
@@ -223,7 +222,7 @@ class TestAbuse:
         try:
             big.send(b"\x00" * (MAX_MESSAGE_BYTES + 1))
             assert big.poll(300) == 0  # zmq dropped it and disconnected the sender: no reply
-            assert client.status()["tree"]["state"] == "running"
+            assert client.status().tree.state == "running"
         finally:
             big.close()
             ctx.term()
@@ -247,14 +246,14 @@ class TestAbuse:
                 t.join(20)
             assert sorted(answers) == list(range(5))
             for replies in answers.values():
-                assert [r.request_id for r in replies if not isinstance(r, ControlError)] == \
+                assert [r.request_id for r in replies if not isinstance(r, Refused)] == \
                     [i + 1 for i in range(200) if i % 3]  # one reply each, in arrival order
-                assert sum(isinstance(r, ControlError) for r in replies) == len(range(0, 200, 3))
+                assert sum(isinstance(r, Refused) for r in replies) == len(range(0, 200, 3))
         finally:
             for s in sockets:
                 s.close()
             ctx.term()
-        assert client.status()["tree"]["state"] == "running"
+        assert client.status().tree.state == "running"
         assert shape(node) == before
 
     def test_requests_are_served_in_arrival_order(self, node, client):
@@ -271,3 +270,31 @@ class TestAbuse:
         finally:
             sock.close()
             ctx.term()
+
+
+class TestErrorsAreNamed:
+    """A missing supervisor is a reply; a bug is ``internal``; an unreachable registry is ``unavailable``."""
+
+    def test_a_lookup_error_raised_by_a_bug_is_internal_not_not_found(self, node, client, monkeypatch):
+        def broken():
+            raise KeyError("a bug")
+
+        monkeypatch.setattr(node.aio.supervisor("root"), "children_info", broken)
+        with pytest.raises(otpy.ControlError) as info:
+            client.which_children("root")
+        assert info.value.kind == "internal" and "KeyError" in str(info.value)
+        monkeypatch.undo()
+        with pytest.raises(otpy.ControlError) as missing:
+            client.which_children("nope")
+        assert missing.value.kind == "not_found" and isinstance(missing.value, LookupError)
+        assert node.request(WhichChildren(7, "nope")) == Refused(7, "not_found", "no supervisor 'nope'")
+        assert client.status().tree.state == "running"  # still serving
+
+    def test_an_unreachable_registry_is_unavailable_not_start_failed(self):
+        from otpy.variables.placement import REGISTRY_ID
+
+        root = otpy.SupervisorSpec(id="root", children=(sleeper(REGISTRY_ID),))  # no agent socket: no answer
+        with otpy.Node.from_spec(root, name=unique_name("noreg")) as node, \
+                otpy.connect(node.name, timeout=10) as client:
+            for result in (node.set_variables("pool", {"x": 1}), client.set_variables("pool", {"x": 1})):
+                assert result.outcome == "unavailable" and "the registry did not answer" in result.detail, result

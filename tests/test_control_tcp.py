@@ -42,7 +42,7 @@ def client_folder(tmp_path, node_name: str, secret: str = "client.key_secret"):
 def test_an_authorized_client_is_served_over_tcp(node, tmp_path):
     node, endpoint = node
     with otpy.connect(endpoint=endpoint, keys=client_folder(tmp_path, node.name), timeout=5) as client:
-        assert [c["id"] for c in client.which_children("root")] == ["a"]
+        assert [c.id for c in client.which_children("root")] == ["a"]
 
 
 def test_a_plain_tcp_client_gets_nothing(node):
@@ -67,7 +67,7 @@ def test_a_client_whose_key_is_not_authorized_is_refused(node, tmp_path):
     with otpy.connect(endpoint=endpoint, keys=folder, timeout=1) as client:
         with pytest.raises(TimeoutError):
             client.which_children("root")
-    assert [c["id"] for c in node.which_children("root")] == ["a"]  # still serving
+    assert [c.id for c in node.which_children("root")] == ["a"]  # still serving
 
 
 @pytest.mark.parametrize("client", ["sync", "async"])

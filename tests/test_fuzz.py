@@ -18,8 +18,8 @@ import otpy
 from otpy.host.runtime_dir import agent_endpoint
 from otpy.node.control import MAX_MESSAGE_BYTES
 from otpy.wire.protocol import (
-    ENCODER, FROM_AGENT, FROM_NODE, TO_AGENT, TO_NODE, Call, CallFailed, Children, ControlError, CountChildren,
-    DeleteChild, GetStatus, Reply, RestartChild, StartFromTemplate, TerminateChild, WhichChildren,
+    ENCODER, FROM_AGENT, FROM_NODE, TO_AGENT, TO_NODE, Call, CallFailed, Children, CountChildren,
+    DeleteChild, GetStatus, Refused, Reply, RestartChild, StartFromTemplate, TerminateChild, WhichChildren,
 )
 from otpy.variables.placement import REGISTRY_ID, with_registry
 from tests.helpers import sleeper, unique_name
@@ -63,8 +63,8 @@ def dealer(ctx, endpoint: str) -> zmq.Socket:
 
 
 def state(node) -> tuple:
-    return (tuple((c["id"], c["pid"], c["state"]) for sup in ("root", "pool") for c in node.which_children(sup)),
-            node.status()["pid"])
+    return (tuple((c.id, c.pid, c.state) for sup in ("root", "pool") for c in node.which_children(sup)),
+            node.status().pid)
 
 
 def registry_values(node) -> list:
@@ -126,7 +126,7 @@ class TestControlSocket:
             sock.send_multipart(frames)
             assert sock.poll(5000), f"no reply to {frames!r}"
             reply = FROM_NODE.decode(sock.recv())
-            assert isinstance(reply, ControlError) and reply.kind == "bad_request" and reply.request_id == 0, reply
+            assert isinstance(reply, Refused) and reply.kind == "bad_request" and reply.request_id == 0, reply
             assert reply.message
             sock.send(ENCODER.encode(WhichChildren(99, "")))
             assert sock.poll(5000)
@@ -166,7 +166,7 @@ class TestControlSocket:
             while sum(replies.values()) < n and time.monotonic() < deadline:
                 if sock.poll(2000):
                     reply = FROM_NODE.decode(sock.recv())
-                    replies["bad_request" if isinstance(reply, ControlError) else "ok"] += 1
+                    replies["bad_request" if isinstance(reply, Refused) else "ok"] += 1
                 else:
                     break
             # The ROUTER may drop replies beyond its high-water mark; every reply is of the right kind.
@@ -175,7 +175,7 @@ class TestControlSocket:
         finally:
             sock.close()
         with otpy.connect(node.name, timeout=10) as client:
-            assert client.status()["pid"] == before[1]
+            assert client.status().pid == before[1]
         assert state(node) == before
 
 
@@ -186,7 +186,7 @@ class TestAgentSocket:
     @FUZZ
     @given(frames=st.one_of(one_frame.map(lambda f: [f]), several_frames))
     def test_garbage_gets_bad_request_or_is_dropped_and_the_agent_keeps_serving(self, node, ctx, frames):
-        pid = node.which_children("root")[1]["pid"]
+        pid = node.which_children("root")[1].pid
         sock = dealer(ctx, agent_endpoint(node.name, "echo"))
         try:
             sock.send_multipart(frames)
@@ -230,7 +230,7 @@ class TestRegistrySocket:
     def test_hostile_requests_get_an_error_and_change_no_value(self, node, inputs):
         # A write to an existing variable of an existing scope is a legitimate request: not hostile.
         assume(inputs.get("scope") != "global" and "global" not in repr(inputs.get("values")))
-        pid = {c["id"]: c["pid"] for c in node.which_children("root")}[REGISTRY_ID]
+        pid = {c.id: c.pid for c in node.which_children("root")}[REGISTRY_ID]
         before = registry_values(node)
         try:
             reply = node.call(REGISTRY_ID, inputs, timeout=5)
@@ -239,7 +239,7 @@ class TestRegistrySocket:
         except otpy.CallError as error:
             assert not isinstance(error, otpy.CallTimeout), error
         assert registry_values(node) == before
-        assert {c["id"]: c["pid"] for c in node.which_children("root")}[REGISTRY_ID] == pid
+        assert {c.id: c.pid for c in node.which_children("root")}[REGISTRY_ID] == pid
         COUNTS["registry"] += 1
 
     @FUZZ

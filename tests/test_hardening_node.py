@@ -163,7 +163,7 @@ def test_a_second_start_foreground_or_detached_is_refused_and_the_first_is_untou
 
         assert sorted(first.tree()) == before and all(alive(p) for p in before)
         with otpy.connect(name) as client:
-            assert client.status()["pid"] == first.proc.pid
+            assert client.status().pid == first.proc.pid
     finally:
         first.end()
 
@@ -172,14 +172,14 @@ def test_an_embedded_second_start_raises_and_the_first_runs_on():
     name = unique_name("embed")
     spec = otpy.SupervisorSpec(id="root", children=(sleeper("a"),))
     with otpy.Node.from_spec(spec, name=name) as first:
-        pid = first.which_children()[0]["pid"]
+        pid = first.which_children()[0].pid
         watcher = events_watcher(name, "a")
-        pid = first.which_children()[0]["pid"]
+        pid = first.which_children()[0].pid
         with pytest.raises(NodeAlreadyRunning, match=f"node '{name}' is already running \\(pid {os.getpid()}\\)"):
             otpy.Node.from_spec(spec, name=name).start()
-        assert first.which_children()[0]["pid"] == pid and alive(pid)
+        assert first.which_children()[0].pid == pid and alive(pid)
         with otpy.connect(name) as client:
-            assert client.status()["pid"] == os.getpid()
+            assert client.status().pid == os.getpid()
     try:  # a node that stops ends `otpy events` with 0
         assert watcher.wait(5) == 0 and f"node {name!r} stopped" in watcher.stderr.read()
     finally:
@@ -192,13 +192,13 @@ def test_a_node_of_the_same_name_in_another_runtime_folder_runs_beside_untouched
     spec = otpy.SupervisorSpec(id="root", children=(sleeper("a"),))
     with otpy.Node.from_spec(spec, name=name) as here, tempfile.TemporaryDirectory(prefix="otpy-other-") as other:
         zygote = zygotes_of(os.getpid())[-1]
-        child = here.which_children()[0]["pid"]
+        child = here.which_children()[0].pid
         there = started(tmp_path, name, env={"OTPY_RUNTIME_DIR": other})
         try:
             assert there.proc.poll() is None
-            assert alive(zygote) and alive(child) and here.which_children()[0]["pid"] == child
+            assert alive(zygote) and alive(child) and here.which_children()[0].pid == child
             with otpy.connect(name) as client:
-                assert client.status()["pid"] == os.getpid()
+                assert client.status().pid == os.getpid()
         finally:
             there.end()
         assert there.proc.returncode == 0
@@ -367,7 +367,7 @@ def test_start_from_template_checks_the_child_id_before_anything():
         assert node.start_from_template("pool", "nope", "ok").outcome == "not_found"
         with otpy.connect(name) as client:
             assert client.start_from_template("pool", "sleepy", "../control").outcome == "invalid"
-            assert client.status()["pid"] == os.getpid()
+            assert client.status().pid == os.getpid()
 
 
 # --- files and limits -----------------------------------------------------------------------------
@@ -383,7 +383,7 @@ def test_node_log_and_lock_are_private_whatever_the_umask(tmp_path):
         assert stat.S_IMODE((folder / "node.lock").stat().st_mode) == 0o600
     finally:
         with otpy.connect(name) as client:
-            pid = client.status()["pid"]
+            pid = client.status().pid
             client.stop(timeout=20)
         assert wait_dead([pid], 10) == []
 

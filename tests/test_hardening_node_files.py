@@ -185,7 +185,7 @@ def test_a_stopped_node_leaves_no_socket_and_stale_ones_do_not_fake_a_registry()
         (folder / left).touch()
     with otpy.Node.from_spec(spec(program), name=name) as node:  # no [variables]: no registry to wait for
         child = node.which_children()[0]
-        assert child["state"] == "running" and alive(child["pid"])
+        assert child.state == "running" and alive(child.pid)
         assert not (folder / "agents" / "registry.sock").exists()
     assert not list(folder.rglob("*.sock"))
 

@@ -45,8 +45,8 @@ def zygote_of(node: otpy.Node) -> int:
 def running(node: otpy.Node) -> dict[str, int]:
     """The children running with a live pid (None: some child is not)."""
     children = node.which_children("root")
-    if all(c["state"] == "running" and c["pid"] and alive(c["pid"]) for c in children):
-        return {c["id"]: c["pid"] for c in children}
+    if all(c.state == "running" and c.pid and alive(c.pid) for c in children):
+        return {c.id: c.pid for c in children}
     return {}
 
 
@@ -84,7 +84,7 @@ def test_a_sigkilled_zygote_costs_no_restart_intensity_and_its_children_come_bac
             whole_again(node, before, 10)
             took = time.monotonic() - t0
             assert zygote_of(node) != zygote
-            assert node.status()["tree"]["state"] == "running"
+            assert node.status().tree.state == "running"
             print(f"\nzygote SIGKILL #{round_ + 1}: 4 children back from a new zygote in {took:.2f} s")
         assert wait_dead(list(before.values()), 2.0) == []
     finally:
@@ -113,7 +113,7 @@ def test_a_stopped_zygote_is_replaced_and_a_child_killed_meanwhile_comes_back():
         os.kill(before["c1"], signal.SIGKILL)
         whole_again(node, before, 8)
         took = time.monotonic() - t0
-        assert not alive(zygote) and _with_deadline(node.status, 2)["tree"]["state"] == "running"
+        assert not alive(zygote) and _with_deadline(node.status, 2).tree.state == "running"
         print(f"\nstopped zygote: tree whole again {took:.2f} s after the SIGSTOP and a child's SIGKILL")
     finally:
         kill_quietly(zygote)
@@ -133,12 +133,12 @@ def test_terminate_child_under_a_stopped_zygote_returns_within_its_bound():
         result = _with_deadline(node.terminate_child, 6, "c2")
         took = time.monotonic() - t0
         assert result.outcome == "ok", result
-        assert _with_deadline(node.status, 2)["tree"]["state"] == "running"
-        rest = wait_until(lambda: (now := {c["id"]: c for c in node.which_children("root")})
-                          and all(now[i]["state"] == "running" and now[i]["pid"] not in (None, before[i])
-                                  and alive(now[i]["pid"]) for i in ("c0", "c1")) and now,
+        assert _with_deadline(node.status, 2).tree.state == "running"
+        rest = wait_until(lambda: (now := {c.id: c for c in node.which_children("root")})
+                          and all(now[i].state == "running" and now[i].pid not in (None, before[i])
+                                  and alive(now[i].pid) for i in ("c0", "c1")) and now,
                           8, "c0 and c1 running again")
-        assert rest["c2"]["state"] == "stopped" and not alive(before["c2"])
+        assert rest["c2"].state == "stopped" and not alive(before["c2"])
         print(f"\nterminate_child under a stopped zygote returned in {took:.2f} s")
     finally:
         kill_quietly(zygote)
@@ -223,7 +223,7 @@ for _ in range(3):
     except AssertionError:
         break
     restarted += 1
-state = node.status()["tree"]["state"]
+state = node.status().tree.state
 for fd in flood:
     os.close(fd)
 print(restarted, state, flush=True)

@@ -36,12 +36,11 @@ def start(children, node_prefix="hard", **flags) -> otpy.Node:
 
 def info(node: otpy.Node, sup_id: str = "root") -> dict[str, dict]:
     """The supervisor's ``children_info()``, read on the node's loop, by id."""
-    sup = node.aio.supervisor(sup_id)
-    return {c.id: msgspec.structs.asdict(c) for c in node._call(sup.children_info)}
+    return {c.id: msgspec.structs.asdict(c) for c in node.which_children(sup_id)}
 
 
 def status(node: otpy.Node) -> dict[str, dict]:
-    return {c["id"]: c for c in node.status()["tree"]["children"]}
+    return {c.id: msgspec.structs.asdict(c) for c in node.status().tree.children}
 
 
 # --- queries answer the truth between events ---------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 import otpy
-from otpy.wire.protocol import ENCODER, FROM_AGENT, FROM_NODE, CallFailed, ControlError, GetStatus, Reply, Status
+from otpy.wire.protocol import ENCODER, FROM_AGENT, FROM_NODE, CallFailed, GetStatus, Refused, Reply, Status
 from otpy.host.runtime_dir import agent_endpoint, agent_socket_path, control_endpoint, make_agents_dir
 from otpy.wire.codec import MAX_DEPTH
 from tests.helpers import sleeper, unique_name
@@ -88,19 +88,19 @@ def test_a_deep_control_request_gets_bad_request_and_the_node_keeps_serving(node
     sock.send(raw_map(type=msgspec.msgpack.encode("SetVariables"), request_id=b"\x07",
                       scope=msgspec.msgpack.encode("global"), values=raw_map(x=deep_bytes(depth))))
     refused = reply(sock, FROM_NODE)
-    assert isinstance(refused, ControlError) and refused.kind == "bad_request", refused
+    assert isinstance(refused, Refused) and refused.kind == "bad_request", refused
     assert "nested deeper than" in refused.message or "holds more than" in refused.message  # 100k: both
     sock.send(ENCODER.encode(GetStatus(8)))
     assert isinstance(reply(sock, FROM_NODE), Status)
     with otpy.connect(node.name, timeout=5) as client:
-        assert client.status()["tree"]["state"] == "running"
+        assert client.status().tree.state == "running"
 
 
 def test_a_message_over_the_limit_in_all_its_frames_gets_bad_request(node, ctx):
     sock = dealer(ctx, control_endpoint(node.name))
     sock.send_multipart([b"\0" * (512 * 1024)] * 4)  # each frame under ZMQ_MAXMSGSIZE, 2 MiB in all
     refused = reply(sock, FROM_NODE)
-    assert isinstance(refused, ControlError) and refused.kind == "bad_request" and "over the limit" in refused.message
+    assert isinstance(refused, Refused) and refused.kind == "bad_request" and "over the limit" in refused.message
     sock.send(ENCODER.encode(GetStatus(9)))
     assert isinstance(reply(sock, FROM_NODE), Status)
 
@@ -119,7 +119,7 @@ def test_deep_calls_get_bad_request_and_the_agent_keeps_serving(node, ctx):
         failed = reply(sock, FROM_AGENT)
         assert isinstance(failed, CallFailed) and (failed.call_id, failed.kind) == (call_id, "bad_request"), failed
     assert node.call("nest")["pid"] == pid
-    assert node.status()["tree"]["state"] == "running"
+    assert node.status().tree.state == "running"
 
 
 @pytest.mark.parametrize("depth", [MAX_DEPTH, 3000])

@@ -14,7 +14,7 @@ import zmq
 
 import otpy
 from otpy.node.control_lanes import MAX_CONTROL_ITEMS
-from otpy.wire.protocol import ENCODER, FROM_NODE, ControlError, GetStatus, Outcome, Status, TerminateChild, WhichChildren
+from otpy.wire.protocol import ENCODER, FROM_NODE, GetStatus, Outcome, Refused, Status, TerminateChild, WhichChildren
 from otpy.host.runtime_dir import control_endpoint
 from tests.helpers import sleeper, unique_name
 from tests.test_hardening_wire import raw_map
@@ -75,7 +75,7 @@ def test_a_message_of_many_empty_frames_is_refused_at_once(node, dealers):
     flood.send_multipart([b""] * 200_000)
     refused = answer(flood)
     took = time.monotonic() - started
-    assert isinstance(refused, ControlError) and refused.kind == "bad_request", refused
+    assert isinstance(refused, Refused) and refused.kind == "bad_request", refused
     assert "got 200000" in refused.message
     assert timed_status(other, 2) < 0.5
     assert took < 3.0, took
@@ -85,7 +85,7 @@ def test_a_request_of_too_many_containers_is_refused_before_its_decoding(node, d
     sock = dealers(node.name)
     sock.send(heavy_request(1_000_000))
     refused = answer(sock)
-    assert isinstance(refused, ControlError) and refused.kind == "bad_request", refused
+    assert isinstance(refused, Refused) and refused.kind == "bad_request", refused
     assert f"more than {MAX_CONTROL_ITEMS}" in refused.message
 
 
@@ -127,6 +127,6 @@ def test_an_error_echoes_a_long_name_shortened(node, dealers, request_):
     sock = dealers(node.name)
     sock.send(ENCODER.encode(request_))
     reply = answer(sock)
-    text = reply.message if isinstance(reply, ControlError) else reply.detail
-    assert isinstance(reply, (ControlError, Outcome)) and reply.request_id == request_.request_id, reply
+    text = reply.message if isinstance(reply, Refused) else reply.detail
+    assert isinstance(reply, (Refused, Outcome)) and reply.request_id == request_.request_id, reply
     assert len(text) < 5000, len(text)

@@ -71,7 +71,7 @@ def node(tmp_path):
 def _answers(name: str) -> bool:
     try:
         with otpy.connect(name, timeout=2) as client:
-            return client.status()["tree"]["state"] == "running"
+            return client.status().tree.state == "running"
     except Exception:
         return False
 
@@ -97,13 +97,13 @@ def flood(address, family: int, count: int) -> list[socket.socket]:
 
 def assert_serves_and_restarts(name: str) -> None:
     with otpy.connect(name, timeout=10) as client:
-        assert client.status()["tree"]["state"] == "running"
-        old = client.which_children()[ECHO]["pid"]
+        assert client.status().tree.state == "running"
+        old = client.which_children()[ECHO].pid
         os.kill(old, signal.SIGKILL)
         deadline = time.monotonic() + 15
         while True:
             child = client.which_children()[ECHO]
-            if child["state"] == "running" and child["pid"] not in (None, old):
+            if child.state == "running" and child.pid not in (None, old):
                 return
             assert time.monotonic() < deadline, f"echo not restarted: {child}"
             time.sleep(0.05)
@@ -112,8 +112,8 @@ def assert_serves_and_restarts(name: str) -> None:
 def registry_pid(name: str) -> int:
     with otpy.connect(name, timeout=10) as client:
         registry = client.which_children()[0]
-    assert registry["id"] == "registry" and registry["state"] == "running"
-    return registry["pid"]
+    assert registry.id == "registry" and registry.state == "running"
+    return registry.pid
 
 
 @pytest.mark.parametrize("where", ["ipc", "tcp", "events", "agent", "registry-events"])

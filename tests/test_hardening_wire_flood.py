@@ -68,7 +68,7 @@ def test_a_multi_frame_flood_is_refused_uncopied_and_memory_comes_back():
         code = SENDER.format(senders=SENDERS, frames=FRAMES)
         subprocess.run([sys.executable, "-c", code, control_endpoint(node.name)], check=True, timeout=60)
         with otpy.connect(node.name, timeout=10) as client:
-            assert client.status()["tree"]["state"] == "running"
+            assert client.status().tree.state == "running"
         peak.done.set()
         peak.join()
         after = process.memory_info().rss

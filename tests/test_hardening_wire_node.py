@@ -136,7 +136,7 @@ def test_the_registry_is_back_quickly_when_it_dies_while_a_sibling_restarts(tmp_
         back = time.monotonic() - died
         events.wait("started", "hooked", timeout=15)
         assert node.call("hooked", retries=3)["config"] == {"temperature": 1.0}
-        assert node.status()["tree"]["state"] == "running"
+        assert node.status().tree.state == "running"
         print(f"registry back in {back * 1000:.1f} ms")
         assert back < 0.1, f"the registry was back {back:.3f} s after its death"
 

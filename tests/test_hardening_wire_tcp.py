@@ -56,7 +56,7 @@ def test_otpy_connect_reaches_an_ipv6_endpoint():
     with otpy.Node(spec(endpoint)) as node:
         keys = keys_dir(node.name)
         with otpy.connect(endpoint=endpoint, keys=keys, timeout=5) as client:
-            assert client.status()["node"] == node.name
+            assert client.status().node == node.name
 
 
 def test_an_endpoint_in_use_is_one_line_and_leaves_nothing_behind():

@@ -58,12 +58,12 @@ def test_a_seeded_optimization_picks_the_program_that_serves_the_name_and_applie
 
     with otpy.Node(topo.node) as node:
         assert node.start_child("pool", otpy.ChildSpec(id="solver", program="tests.live_agents:Doubler")).ok
-        before = node.which_children("pool")[0]["pid"]
+        before = node.which_children("pool")[0].pid
         assert node.call("solver", {"x": 1.0}) == {"y": 2.0}
         with otpy.connect(name) as client:
             live = LiveSystem(client, bindings_from_table(topo.raw_optimizer["bindings"]))
             live.send(result.actions)
-        after = node.which_children("pool")[0]["pid"]
+        after = node.which_children("pool")[0].pid
         assert after != before
         assert node.call("solver", {"x": 1.0})["y"] == pytest.approx(3.0 + result.best_config["pool"]["bias"])
         answer = node.call("manager", {"x": 2.0})

@@ -16,7 +16,7 @@ def test_a_leaking_program_over_max_rss_exits_after_its_call_and_is_restarted():
     node = otpy.Node.from_spec(otpy.SupervisorSpec(id="root", children=(spec,)), name=unique_name("rss")).start()
     events = Events(node)
     try:
-        first = node.which_children()[0]["pid"]
+        first = node.which_children()[0].pid
         # A worker holds about 25 MiB: the first call stays under 100 MiB, the second goes over;
         # both are answered, then the worker exits and is restarted.
         answers = [node.call("leaky", {"mib": 60}) for _ in range(2)]

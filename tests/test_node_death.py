@@ -165,9 +165,9 @@ def test_starting_again_stops_what_a_dead_run_left_and_starts_cleanly(tmp_path):
         assert leftover.wait(timeout=5) == -signal.SIGKILL
         second.wait_line("team started pid")
         with otpy.connect(name, timeout=20) as client:
-            tree = client.status()["tree"]
-            assert tree["state"] == "running"
-            assert [c["state"] for c in tree["children"]] == ["running"] * 4
+            tree = client.status().tree
+            assert tree.state == "running"
+            assert [c.state for c in tree.children] == ["running"] * 4
         assert other.poll() is None, "a process without the dead run's tag was killed"
         assert wait_dead(first_run, 1.0) == [], "something of the dead run survived the new start"
         assert alive(read_pids(tmp_path / "grandchild")[0])

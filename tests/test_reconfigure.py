@@ -7,6 +7,7 @@ import threading
 import pytest
 
 import otpy
+from otpy.wire.protocol import ChildInfo
 from tests.helpers import alive, unique_name, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,11 +26,11 @@ def node():
 
 
 def test_the_target_serves_under_the_same_name_with_a_new_pid(node):
-    before = node.which_children("pool")[0]["pid"]
+    before = node.which_children("pool")[0].pid
     result = node.reconfigure("pool", "agent", otpy.ChildSpec(id="agent", program=UPPER))
     assert result.ok and result.pid != before
-    assert node.which_children("pool") == [{"id": "agent", "pid": result.pid, "state": "running", "kind": "worker",
-                                          "restarts": 0}]
+    assert node.which_children("pool") == [ChildInfo(id="agent", kind="worker", state="running", pid=result.pid,
+                                                    restarts=0)]
     assert node.call("agent", {"text": "hi"}) == {"text": "HI"}
 
 
@@ -63,10 +64,10 @@ def test_calls_in_a_loop_during_reconfigures_all_succeed(node):
 
 
 def test_a_target_that_fails_to_start_leaves_the_source_serving(node):
-    before = node.which_children("pool")[0]["pid"]
+    before = node.which_children("pool")[0].pid
     result = node.reconfigure("pool", "agent", otpy.ChildSpec(id="agent", program="tests.agents:FailingSetup"))
     assert result.outcome == "start_failed" and "boom" in result.detail
-    assert node.which_children("pool")[0]["pid"] == before
+    assert node.which_children("pool")[0].pid == before
     assert node.call("agent", {"text": "still"})["text"] == "still"
 
 
@@ -81,7 +82,7 @@ def test_terminate_child_right_after_a_reconfigure_returns_only_once_the_source_
     # The source is draining a 1.5 s call when terminate_child arrives: OTP's terminate_child
     # returns when the child is dead, and no incarnation of "agent" may outlive it.
     assert node.reconfigure("pool", "agent", otpy.ChildSpec(id="agent", program="tests.call_agents:Slow")).ok
-    source = node.which_children("pool")[0]["pid"]
+    source = node.which_children("pool")[0].pid
     mark, answers = tmp_path / "running", []
 
     def call_slowly():

@@ -75,7 +75,7 @@ def test_start_child_and_reconfigure_of_a_bad_spec_are_invalid_and_start_nothing
         nest = SupervisorSpec(id="nest", children=(sleeper("x"), sleeper("x")))
         result = node.start_child("root", nest)
         assert result.outcome == "invalid" and "child 'x': id: got 'x' used twice" in result.detail
-        assert [c["id"] for c in node.which_children("root")] == ["pool"]
+        assert [c.id for c in node.which_children("root")] == ["pool"]
         assert node.start_child("pool", sleeper("agent")).ok
         bad = ChildSpec(id="agent", command=("true",), shutdown=-5.0)
         result = node.reconfigure("pool", "agent", bad)

@@ -9,6 +9,7 @@ import time
 import pytest
 
 import otpy
+from otpy.wire.protocol import ChildInfo
 from tests.helpers import Events, exits_with, pids, python, sleeper, unique_name, wait_dead, IGNORES_TERM
 
 pytestmark = pytest.mark.timeout(30)
@@ -74,8 +75,8 @@ class TestRestartTypes:
         node, events = start([sleeper("a"), exits_with("t", 0, restart="transient")])
         try:
             events.wait("exited", "t")
-            assert node.which_children("root")[1] == {"id": "t", "pid": None, "state": "stopped", "kind": "worker",
-                                                       "restarts": 0}
+            assert node.which_children("root")[1] == ChildInfo(id="t", kind="worker", state="stopped", pid=None,
+                                                                 restarts=0)
         finally:
             node.stop()
 
@@ -97,7 +98,7 @@ class TestRestartTypes:
         node, events = start([sleeper("a"), exits_with("tmp", 1, restart="temporary")])
         try:
             events.wait("exited", "tmp")
-            assert [c["id"] for c in node.which_children()] == ["a"]
+            assert [c.id for c in node.which_children()] == ["a"]
         finally:
             node.stop()
 
@@ -172,7 +173,7 @@ class TestIntensity:
             kill(pids(node, "team")["w"])
             events.wait("gave_up", supervisor="team")
             events.wait("exited", "team")
-            assert {c["id"]: c["state"] for c in node.which_children()} == {"a": "running", "team": "stopped"}
+            assert {c.id: c.state for c in node.which_children()} == {"a": "running", "team": "stopped"}
         finally:
             node.stop()
 

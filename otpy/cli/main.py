@@ -29,10 +29,9 @@ from ..wire.client import (
     Client, ControlError, NodeNotFound, NodeStale, clear_stale, node_alive, node_statuses, pick_node, socket_path,
 )
 from ..topology.load import TopologyError, load_topology, topology_json_schema
-from ..supervision.effects import Result
 from ..node.node import AsyncNode, NodeAlreadyRunning, NodeStartError, already_running, describe_event
 from ..host.node_run import RUN_VAR, lock_holder
-from ..wire.protocol import EVENT, NodeEvent
+from ..wire.protocol import EVENT, NodeEvent, Outcome, Status, TreeEntry
 from ..host.runtime_dir import RuntimeDirError, events_endpoint, node_dir, open_private_append
 from ..specs.model import ChildSpec, name_problem
 
@@ -127,7 +126,7 @@ SUP_OPTION = click.option("--sup", metavar="SUP", help="The supervisor of the ch
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(node_name: str | None, as_json: bool) -> None:
     """Show the node's tree: id, kind, state, pid, restarts, uptime, CPU % and RSS of workers."""
-    report = _ask(node_name, "status", lambda client: client.status())
+    report = _status_json(_ask(node_name, "status", lambda client: client.status()))
     _add_usage(report["tree"])
     click.echo(json.dumps(report, indent=2) if as_json else _render_status(report))
 
@@ -217,13 +216,13 @@ def nodes(as_json: bool) -> None:
     for name, report in node_statuses():
         stale = report is None and not node_alive(name)
         if as_json:
-            click.echo(json.dumps({"node": name, "pid": report and report["pid"], "stale": stale}))
+            click.echo(json.dumps({"node": name, "pid": report and report.pid, "stale": stale}))
         elif stale:
             click.echo(f"{name}\tstale (its process died; `otpy stop --node {name}` cleans up)")
         elif report is None:
             click.echo(f"{name}\trunning, no answer within 0.5 s")
         else:
-            click.echo(f"{name}\tpid {report['pid']}\t{report['tree']['state']}")
+            click.echo(f"{name}\tpid {report.pid}\t{report.tree.state}")
 
 
 @main.command()
@@ -280,7 +279,7 @@ def _ask(node_name: str | None, command: str, operation: Callable[[Client], Any]
             sys.exit(EXIT_FAILED)
 
 
-def _outcome_exit(command: str, result: Result) -> NoReturn:
+def _outcome_exit(command: str, result: Outcome) -> NoReturn:
     if result.ok:
         click.echo(f"{command}: ok" + (f" (pid {result.pid})" if result.pid else ""))
         sys.exit(0)
@@ -301,6 +300,20 @@ def _json_object_or_exit(text: str) -> dict:
 def _event_line(event: NodeEvent) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
     return f"{stamp} otpy[{event.node}]: {describe_event(event)[1]}"
+
+
+def _status_json(status: Status) -> dict:
+    """The status as ``otpy status`` shows it (``--json`` prints it): a worker has no "children" key."""
+    return {"node": status.node, "pid": status.pid, "tree": _entry_json(status.tree)}
+
+
+def _entry_json(entry: TreeEntry) -> dict:
+    shown = msgspec.structs.asdict(entry)
+    if entry.children is None:
+        del shown["children"]
+    else:
+        shown["children"] = [_entry_json(child) for child in entry.children]
+    return shown
 
 
 def _workers(entry: dict) -> list[dict]:
@@ -384,15 +397,15 @@ def _answers_as(name: str, proc: subprocess.Popen, timeout: float) -> bool:
                                            give_up=lambda: proc.poll() is not None)
             except TimeoutError:
                 return False
-            if report["pid"] != proc.pid or report["tree"]["state"] != "starting":
+            if report.pid != proc.pid or report.tree.state != "starting":
                 break
             if proc.poll() is not None or time.monotonic() >= deadline:
                 return False
             proc_exited = _wait_exit_for(proc, 0.1)  # the pace of the questions, not a guess of the start
             if proc_exited:
                 return False
-    if report["pid"] == proc.pid:
-        return report["tree"]["state"] == "running"
+    if report.pid == proc.pid:
+        return report.tree.state == "running"
     try:
         proc.wait(max(deadline - time.monotonic(), 0.01))
     except subprocess.TimeoutExpired:

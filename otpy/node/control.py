@@ -1,14 +1,14 @@
 """The node's control socket (ZeroMQ ROUTER) and events socket (PUB).
 
 Both live in the node's private runtime folder (0700) and are chmod 0600 right after bind.
-Requests are the ``client <-> node (control)`` messages of ``_protocol``; each gets exactly
-one reply. Requests that concern one supervisor are served one after the other, in arrival
+Requests are the ``client <-> node (control)`` messages of ``protocol``; each gets exactly
+one reply, the node's (``AsyncNode.handle``): this server only decodes, queues and encodes. Requests that concern one supervisor are served one after the other, in arrival
 order, in that supervisor's lane; different supervisors' lanes proceed independently, as
 OTP's supervisor processes do, and ``GetStatus`` waits for none (``_control_requests``).
 
 Whatever a message holds, only its sender is affected: anything that cannot be decoded (not
 msgpack, a wrong field, nested deeper than ``_wire.MAX_DEPTH``, over ``MAX_MESSAGE_BYTES``
-in all its frames) gets a ``bad_request`` ``ControlError`` saying why, is logged (a few lines
+in all its frames) gets a ``bad_request`` ``Refused`` saying why, is logged (a few lines
 a minute at most), and the receive loops go on; a loop that ends anyway is started again.
 A frame over ``MAX_MESSAGE_BYTES`` is dropped by ZeroMQ itself, which also disconnects its
 sender (``ZMQ_MAXMSGSIZE``): that sender gets no reply. At most ``MAX_WAITING`` requests
@@ -17,7 +17,8 @@ wait for their reply; beyond, the node stops reading and ZeroMQ queues (then dro
 ``StopNode`` is answered after the tree has stopped: the request is remembered, the node is
 asked to stop (``AsyncNode.request_stop``), and ``close()`` (run by the node once its tree is
 down) sends the ``Stopping`` reply before closing the socket; every request still waiting
-then gets ``ControlError(stopping)``.
+then gets ``Refused(stopping)``. A request whose answer raises (a bug in the node) gets
+``Refused(internal)`` naming the exception, and is logged with its traceback.
 """
 
 from __future__ import annotations
@@ -28,19 +29,18 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Callable, Protocol
 
 import zmq
 import zmq.asyncio
 
 from ..wire.connections import ConnectionCap, connection_cap, prepare
-from .control_lanes import Lane, dispatch, lane_of, parse_request, receive_bounded
-from ..wire.protocol import ENCODER, ControlError, Message, NodeEvent, StopNode, Stopping
+from .control_lanes import Lane, Supervisors, lane_of, parse_request, receive_bounded
+from .errors import NodeStartError
+from ..wire.protocol import ENCODER, FromNode, Message, NodeEvent, Refused, StopNode, Stopping, ToNode
 from ..host.runtime_dir import control_endpoint, events_endpoint, node_dir
-from ..wire.codec import Complaints, Frames, WireError, clip, describe, encode, return_big_buffers, trim_memory
-
-if TYPE_CHECKING:
-    from .node import AsyncNode
+from ..specs.model import NodeSpec
+from ..wire.codec import Complaints, Frames, WireError, describe, encode, return_big_buffers, trim_memory
 
 log = logging.getLogger("otpy")
 
@@ -52,7 +52,7 @@ MAX_WAITING_BYTES = 8 << 20  # nor beyond this many bytes of them (as received; 
 REPLY_LINGER_MS = 2000  # how long close() lets the last replies (the Stopping ones) leave
 
 
-async def open_control(node: "AsyncNode") -> "ControlServer":
+async def open_control(node: Served) -> "ControlServer":
     """The node's service opener: bind both sockets and start serving. If a bind fails, what
     was opened is closed again (a socket left open would also hang the context's ``term``);
     a TCP endpoint that cannot be bound is one line naming ``node.control_tcp``."""
@@ -65,12 +65,25 @@ async def open_control(node: "AsyncNode") -> "ControlServer":
     return server
 
 
+class Served(Supervisors, Protocol):
+    """What the control server needs of the node it serves (``AsyncNode``)."""
+
+    name: str
+    spec: NodeSpec
+    listeners: list[Callable[[NodeEvent], None]]
+    on_stop_request: Callable[[], None] | None
+
+    async def handle(self, request: ToNode) -> FromNode: ...
+
+    def request_stop(self) -> None: ...
+
+
 def _ipc_path(endpoint: str) -> Path:
     return Path(endpoint.removeprefix("ipc://"))
 
 
 class ControlServer:
-    def __init__(self, node: "AsyncNode") -> None:
+    def __init__(self, node: Served) -> None:
         self.node = node
         self._context = zmq.asyncio.Context()
         self._router: zmq.asyncio.Socket | None = None
@@ -147,8 +160,6 @@ class ControlServer:
         except zmq.ZMQError as exc:
             if not had_keys:  # made for this start only: nothing of it stays
                 shutil.rmtree(folder, ignore_errors=True)
-            from .node import NodeStartError  # here: _node imports this module
-
             raise NodeStartError(f"node.control_tcp {endpoint!r} cannot be bound: {exc}") from None
 
     def discard(self) -> None:
@@ -180,7 +191,7 @@ class ControlServer:
         for endpoint in endpoints:  # first: once a client has its reply, the node is gone for others too
             _ipc_path(endpoint).unlink(missing_ok=True)
         for sock, identity, request_id in self._waiting.values():
-            await self._reply_now(sock, identity, ControlError(request_id, "stopping", "the node stopped before answering"))
+            await self._reply_now(sock, identity, Refused(request_id, "stopping", "the node stopped before answering"))
         self._waiting.clear()
         exits = self.node.on_stop_request is not None
         for sock, identity, request_id in self._stop_waiters:
@@ -242,7 +253,7 @@ class ControlServer:
         supervisor's lane, behind the requests that came earlier for that supervisor."""
         identity = frames.kept[0].bytes
         request = parse_request(frames, MAX_MESSAGE_BYTES)
-        if isinstance(request, ControlError):
+        if isinstance(request, Refused):
             _complain(f"otpy[{self.node.name}]: refused a control request: {request.message}")
             self._spawn(self._reply_now(sock, identity, request))
             if frames.size > MAX_MESSAGE_BYTES // 4:
@@ -304,21 +315,17 @@ class ControlServer:
         try:
             data = encode(ENCODER, reply)
         except WireError as exc:
-            data = ENCODER.encode(ControlError(getattr(reply, "request_id", 0), "internal",
+            data = ENCODER.encode(Refused(getattr(reply, "request_id", 0), "internal",
                                                f"the reply could not be encoded: {exc}"))
         await sock.send_multipart([identity, data])
 
-    async def _answer(self, request: Message) -> Message:
-        if self.node.stopping:
-            return ControlError(request.request_id, "stopping", f"node {self.node.name!r} is stopping")
+    async def _answer(self, request: ToNode) -> FromNode:
+        """The node's reply; a bug must not take the node down: say what happened."""
         try:
-            return await dispatch(self.node, request)
-        except LookupError as exc:
-            text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else "not found"
-            return ControlError(request.request_id, "not_found", clip(text))
-        except Exception as exc:  # a bug must not take the node down; say what happened
+            return await self.node.handle(request)
+        except Exception as exc:
             log.exception("otpy[%s]: control request %r failed", self.node.name, type(request).__name__)
-            return ControlError(request.request_id, "internal", describe(exc))
+            return Refused(request.request_id, "internal", describe(exc))
 
 
 _complain = Complaints(log.warning)

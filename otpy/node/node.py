@@ -21,10 +21,8 @@ from typing import Any, Callable
 import msgspec
 import zmq
 
-from ..supervision.effects import (
-    DeleteChild, Reconfigure, RestartChild, Result, StartChild, StartFromTemplate, TerminateChild,
-)
 from .control import open_control
+from .errors import NodeAlreadyRunning, NodeStartError
 from ..supervision.exit import ExitReason
 from ..host.node_run import AlreadyRunning, RunLock, kill_run, new_run_id, remove_leftovers
 from ..processes.manager import ProcessManager, StartFailed
@@ -32,22 +30,20 @@ from ..host.runtime_dir import node_dir, node_path_problem, node_sockets, socket
 from ..specs.rules import node_problems, spec_problems, template_start_problems
 from ..specs.model import AnySpec, NodeSpec, SupervisorSpec, name_problem, walk
 from .supervisor import Supervisor
-from ..wire.protocol import ChildInfo, NodeEvent, Status
+from ..wire.codec import clip
+from ..wire.operations import Operations
+from ..wire.protocol import (
+    ChildInfo, Children, CountChildren, Counts, DeleteChild, FromNode, GetStatus, NodeEvent, Outcome,
+    Reconfigure, Refused, RestartChild, Result, SetVariables, StartChild, StartFromTemplate, Status,
+    StopNode, Stopping, TerminateChild, ToNode, WhichChildren,
+)
 
 log = logging.getLogger("otpy")
 
 Listener = Callable[[NodeEvent], None]
 
 
-class NodeStartError(RuntimeError):
-    """The tree could not start: the message names the child and the reason. Nothing is left running."""
-
-
-class NodeAlreadyRunning(NodeStartError):
-    """A node of this name already runs in this runtime folder; it was not touched."""
-
-
-class AsyncNode:
+class AsyncNode(Operations):
     """A supervision tree on the running asyncio loop."""
 
     def __init__(self, spec: NodeSpec, *, on_output: Callable[[str, str], None] | None = None) -> None:
@@ -168,103 +164,112 @@ class AsyncNode:
             remove_leftovers(node_sockets(self.name))  # under the lock: no later start's sockets
             self._run.release()
 
-    # --- OTP's operations -------------------------------------------------------------------
+    # --- requests: the one place where a control request becomes an operation ------------
+
+    async def handle(self, request: ToNode) -> FromNode:
+        """The reply to one control request (the control socket's, ``Node.request``'s, the helpers').
+
+        A child operation answers an ``Outcome`` (``not_found`` for an unknown child or
+        supervisor); a query of a supervisor the node does not have is ``Refused(not_found)``.
+        Anything raised here is a bug: the control socket answers it as ``internal``.
+        """
+        rid = request.request_id
+        if self.stopping and not isinstance(request, StopNode):
+            return Refused(rid, "stopping", f"node {self.name!r} is stopping")
+        match request:
+            case WhichChildren(supervisor=sup_id):
+                sup = self.supervisor(sup_id)
+                return Children(rid, sup.children_info()) if sup else _no_supervisor(rid, sup_id)
+            case CountChildren(supervisor=sup_id):
+                sup = self.supervisor(sup_id)
+                return _counts(rid, sup.children_info()) if sup else _no_supervisor(rid, sup_id)
+            case StartChild():
+                return _reply(rid, await self._start_child(request))
+            case StartFromTemplate():
+                return _reply(rid, await self._start_from_template(request))
+            case TerminateChild(id=child_id, supervisor=sup_id) | RestartChild(id=child_id, supervisor=sup_id) | \
+                    DeleteChild(id=child_id, supervisor=sup_id):
+                sup = self.owner(child_id, sup_id)
+                return _reply(rid, await sup.call(request) if sup else _no_owner(child_id, sup_id))
+            case Reconfigure():
+                return _reply(rid, await self._reconfigure(request))
+            case SetVariables(scope=scope, values=values):
+                return _reply(rid, await self._set_variables(scope, values))
+            case GetStatus():
+                return self._status(rid)
+            case StopNode():
+                await self.stop()
+                return Stopping(rid, pid=os.getpid(), process_exits=False)
+        raise TypeError(f"not a control request: {type(request).__name__}")
+
+    async def _ask(self, request: ToNode, take: Callable[[FromNode], Any]) -> Any:
+        return take(await self.handle(request))
 
     def supervisor(self, sup_id: str | None) -> Supervisor | None:
         return self.root.find_supervisor(sup_id or self.root.spec.id)
 
-    async def start_child(self, sup_id: str, spec: AnySpec) -> Result:
-        sup = self.supervisor(sup_id)
-        if sup is None:
-            return Result("not_found", detail=f"no supervisor {sup_id!r}")
-        if problems := spec_problems(spec, sup.spec) or self._path_problems(spec):
-            return Result("invalid", detail="; ".join(problems))
-        if clash := self._id_clash(spec, sup):
-            return clash
-        return await sup.call(lambda ref: StartChild(spec, ref))
+    def owner(self, child_id: str, sup_id: str | None) -> Supervisor | None:
+        """The supervisor named ``sup_id``, or else the one ``child_id`` is under."""
+        return self.supervisor(sup_id) if sup_id else self.root.find(child_id)
 
-    async def start_from_template(self, sup_id: str, template: str, child_id: str, args=None) -> Result:
+    async def _start_child(self, request: StartChild) -> Result:
+        sup = self.supervisor(request.supervisor)
+        if sup is None:
+            return Result("not_found", detail=f"no supervisor {request.supervisor!r}")
+        if problems := spec_problems(request.spec, sup.spec) or self._path_problems(request.spec):
+            return Result("invalid", detail="; ".join(problems))
+        if clash := self._id_clash(request.spec, sup):
+            return clash
+        return await sup.call(request)
+
+    async def _start_from_template(self, request: StartFromTemplate) -> Result:
+        child_id = request.id
         if problem := name_problem(child_id) or socket_path_problem(self.name, child_id):
             return Result("invalid", detail=problem)  # before anything: the id names a socket file
-        sup = self.supervisor(sup_id)
+        sup = self.supervisor(request.supervisor)
         if sup is None:
-            return Result("not_found", detail=f"no supervisor {sup_id!r}")
-        if problems := template_start_problems(sup.spec, template, child_id, {} if args is None else args):
+            return Result("not_found", detail=f"no supervisor {request.supervisor!r}")
+        if problems := template_start_problems(sup.spec, request.template, child_id, request.args):
             return Result("invalid", detail="; ".join(problems))
         if (owner := self.root.find(child_id)) is not None and owner is not sup:
             return Result("invalid", detail=f"id {child_id!r} is already used under {owner.spec.id!r}")
-        return await sup.call(lambda ref: StartFromTemplate(template, child_id, args or {}, ref))
+        return await sup.call(request)
 
-    async def terminate_child(self, child_id: str, sup_id: str | None = None) -> Result:
-        return await self._on_child(child_id, sup_id, lambda ref: TerminateChild(child_id, ref))
-
-    async def restart_child(self, child_id: str, sup_id: str | None = None) -> Result:
-        return await self._on_child(child_id, sup_id, lambda ref: RestartChild(child_id, ref))
-
-    async def delete_child(self, child_id: str, sup_id: str | None = None) -> Result:
-        return await self._on_child(child_id, sup_id, lambda ref: DeleteChild(child_id, ref))
-
-    async def reconfigure(self, sup_id: str | None, source: str, target: AnySpec) -> Result:
-        """Replace the running child ``source`` by ``target`` (same id), make-before-break."""
-        sup = self._owner(source, sup_id)
-        if isinstance(sup, Result):
-            return sup
-        if problems := spec_problems(target, sup.spec) or self._path_problems(target):
+    async def _reconfigure(self, request: Reconfigure) -> Result:
+        sup = self.owner(request.source, request.supervisor)
+        if sup is None:
+            return _no_owner(request.source, request.supervisor)
+        if problems := spec_problems(request.target, sup.spec) or self._path_problems(request.target):
             return Result("invalid", detail="; ".join(problems))
-        return await sup.call(lambda ref: Reconfigure(source, target, ref))
+        return await sup.call(request)
 
-    async def set_variables(self, scope: str, values: dict[str, Any]) -> Result:
-        """Set ``values`` in ``scope`` through the registry child (all or nothing)."""
+    async def _set_variables(self, scope: str, values: dict[str, Any]) -> Result:
+        """Set ``values`` in ``scope`` through the registry child (all or nothing). A registry that
+        does not answer is ``unavailable``, not a failed start."""
         from ..wire.calls import Caller
         from ..wire.errors import CallError
+        from ..wire.registry_protocol import Refused as RegistryRefused, SetValues
+        from ..variables.client import RegistryClient
         from ..variables.placement import REGISTRY_ID
 
         if self.root.find(REGISTRY_ID) is None:
             return Result("not_found", detail="this node has no registry: declare [variables] in the topology")
         try:
             with Caller(self.name) as caller:
-                reply = await caller.acall(REGISTRY_ID, {"op": "set_many", "values": {scope: values}})
+                reply = await RegistryClient(caller).aask(SetValues(values={scope: values}))
         except CallError as exc:
-            return Result("start_failed", detail=f"the registry did not answer: {exc}")
-        if not reply.get("ok"):
-            return Result("invalid", detail="; ".join(reply.get("problems", [])))
+            return Result("unavailable", detail=f"the registry did not answer: {exc}")
+        if isinstance(reply, RegistryRefused):
+            return Result("invalid", detail="; ".join(reply.problems) or reply.kind)
         return Result("ok")
 
-    def which_children(self, sup_id: str | None = None) -> list[ChildInfo]:
-        sup = self.supervisor(sup_id)
-        if sup is None:
-            raise LookupError(f"no supervisor {sup_id!r}")
-        return sup.children_info()  # the truth between the supervisor's events
-
-    def count_children(self, sup_id: str | None = None) -> dict[str, int]:
-        """OTP's counts: ``specs``, ``active`` (running), ``supervisors`` and ``workers`` (specs)."""
-        children = self.which_children(sup_id)
-        return {
-            "specs": len(children),
-            "active": sum(c.state == "running" for c in children),
-            "supervisors": sum(c.kind != "worker" for c in children),
-            "workers": sum(c.kind == "worker" for c in children),
-        }
-
-    def status(self) -> Status:
+    def _status(self, request_id: int) -> Status:
         """The tree; its root's state is "starting" until every child is up, "stopping" once the
         node stops (the control socket answers from before the first child to after the last)."""
         tree = self.root.snapshot()
         if tree.state == "running" and (self.stopping or not self.started):
             tree = msgspec.structs.replace(tree, state="stopping" if self.stopping else "starting", uptime=None)
-        return Status(request_id=0, node=self.name, pid=os.getpid(), tree=tree)
-
-    async def _on_child(self, child_id, sup_id, make_event) -> Result:
-        sup = self._owner(child_id, sup_id)
-        return sup if isinstance(sup, Result) else await sup.call(make_event)
-
-    def _owner(self, child_id: str, sup_id: str | None) -> Supervisor | Result:
-        """The supervisor named ``sup_id``, or the one ``child_id`` is under; else ``not_found``."""
-        sup = self.supervisor(sup_id) if sup_id else self.root.find(child_id)
-        if sup is None:
-            where = f"supervisor {sup_id!r}" if sup_id else f"child {child_id!r}"
-            return Result("not_found", detail=f"no {where}")
-        return sup
+        return Status(request_id, node=self.name, pid=os.getpid(), tree=tree)
 
     def _id_clash(self, spec: AnySpec, target: Supervisor) -> Result | None:
         for _, sub in walk(spec):
@@ -280,6 +285,30 @@ class AsyncNode:
         _log_event(event)
         for listener in list(self.listeners):
             listener(event)
+
+
+MAX_DETAIL = 4096  # characters of an outcome's detail: room for a FAILED line, not for an echoed 100k-char id
+
+
+def _reply(request_id: int, result: Result) -> Outcome:
+    """``result`` as the reply to request ``request_id``, its detail clipped to ``MAX_DETAIL``."""
+    return Outcome(result.outcome, result.pid, clip(result.detail, MAX_DETAIL), request_id)
+
+
+def _no_supervisor(request_id: int, sup_id: str) -> Refused:
+    return Refused(request_id, "not_found", clip(f"no supervisor {sup_id!r}"))
+
+
+def _no_owner(child_id: str, sup_id: str) -> Result:
+    where = f"supervisor {sup_id!r}" if sup_id else f"child {child_id!r}"
+    return Result("not_found", detail=f"no {where}")
+
+
+def _counts(request_id: int, children: list[ChildInfo]) -> Counts:
+    """OTP's counts: ``specs``, ``active`` (running), ``supervisors`` and ``workers`` (specs)."""
+    return Counts(request_id, specs=len(children), active=sum(c.state == "running" for c in children),
+                  supervisors=sum(c.kind != "worker" for c in children),
+                  workers=sum(c.kind == "worker" for c in children))
 
 
 def tree_env(folder, root: SupervisorSpec) -> dict[str, str]:
@@ -326,14 +355,6 @@ def _nr_open() -> int:
         return 1 << 20
 
 
-def _tree(entry: dict[str, Any]) -> dict[str, Any]:
-    if entry["children"] is None:
-        del entry["children"]
-    else:
-        entry["children"] = [_tree(c) for c in entry["children"]]
-    return entry
-
-
 def _log_event(e: NodeEvent) -> None:
     level, text = describe_event(e)
     log.log(level, "otpy[%s]: %s", e.node, text)
@@ -358,7 +379,7 @@ def describe_event(e: NodeEvent) -> tuple[int, str]:
     return level, text
 
 
-class Node:
+class Node(Operations):
     """The synchronous face of a node, for scripts: the loop runs in a background thread.
 
     Every method blocks until the operation is done, with the same outcomes as AsyncNode.
@@ -424,38 +445,12 @@ class Node:
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def _call(self, fn, *args):
-        async def on_loop():
-            return fn(*args)
+    def request(self, request: ToNode) -> FromNode:
+        """The reply to one control request, answered by this node (``AsyncNode.handle``)."""
+        return self._run(self.aio.handle(request))
 
-        return self._run(on_loop())
-
-    def start_child(self, sup_id: str, spec: AnySpec) -> Result:
-        return self._run(self.aio.start_child(sup_id, spec))
-
-    def start_from_template(self, sup_id: str, template: str, child_id: str, args=None) -> Result:
-        return self._run(self.aio.start_from_template(sup_id, template, child_id, args))
-
-    def terminate_child(self, child_id: str, sup_id: str | None = None) -> Result:
-        return self._run(self.aio.terminate_child(child_id, sup_id))
-
-    def restart_child(self, child_id: str, sup_id: str | None = None) -> Result:
-        return self._run(self.aio.restart_child(child_id, sup_id))
-
-    def delete_child(self, child_id: str, sup_id: str | None = None) -> Result:
-        return self._run(self.aio.delete_child(child_id, sup_id))
-
-    def which_children(self, sup_id: str | None = None) -> list[dict[str, Any]]:
-        return [msgspec.structs.asdict(c) for c in self._call(self.aio.which_children, sup_id)]
-
-    def count_children(self, sup_id: str | None = None) -> dict[str, int]:
-        return self._call(self.aio.count_children, sup_id)
-
-    def reconfigure(self, sup_id: str | None, source: str, target: AnySpec) -> Result:
-        return self._run(self.aio.reconfigure(sup_id, source, target))
-
-    def set_variables(self, scope: str, values: dict[str, Any]) -> Result:
-        return self._run(self.aio.set_variables(scope, values))
+    def _ask(self, request: ToNode, take: Callable[[FromNode], Any]) -> Any:
+        return take(self.request(request))
 
     def call(self, agent_id: str, inputs: dict[str, Any] | None = None, *, timeout: float = 5.0,
              retries: int = 0) -> dict[str, Any]:
@@ -465,10 +460,6 @@ class Node:
         if self._caller is None:
             self._caller = Caller(self.name)
         return self._caller.call(agent_id, inputs, timeout=timeout, retries=retries)
-
-    def status(self) -> dict[str, Any]:
-        status = self._call(self.aio.status)
-        return {"node": status.node, "pid": status.pid, "tree": _tree(msgspec.to_builtins(status.tree))}
 
     @property
     def name(self) -> str:

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..wire.client import Client
-from ..supervision.effects import Result
-from ..wire.protocol import Action, Reconfigure, SetVariables, StartChild
+from ..wire.protocol import Action, Outcome, Reconfigure, SetVariables, StartChild
 from ..specs.model import ChildSpec
 
 
@@ -75,7 +74,7 @@ class LiveSystem:
         """Carry out ``plan(config)``; raises OptimizeError if an action fails."""
         self.send(self.plan(config))
 
-    def send(self, actions: list[Action]) -> list[Result]:
+    def send(self, actions: list[Action]) -> list[Outcome]:
         results = []
         for action in actions:
             result = self.client.apply(action)

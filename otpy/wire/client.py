@@ -3,11 +3,13 @@
     import otpy
     with otpy.connect("hello") as node:
         print(node.which_children("team"))
-        print(node.terminate_child("flaky"))   # Result(outcome='ok', ...)
+        print(node.terminate_child("flaky"))   # Outcome(outcome='ok', ...)
 
-Both have the operations of ``otpy.Node`` with the same outcomes. Child operations return a
-``Result``; a request the node refuses (no such supervisor, undecodable, the node is stopping)
-raises ``ControlError``; no reply within the timeout raises ``TimeoutError``. A node found
+Both have ``request(msg) -> reply`` (any ``protocol.ToNode`` message; the reply as the node
+sent it) and the operations of ``otpy.Node`` on top of it (``operations.Operations``), with
+the same outcomes: child operations return an ``otpy.Result`` (the wire's ``Outcome``); a
+request the node refuses (no such supervisor, undecodable, the node is stopping) raises
+``ControlError``; no reply within the timeout raises ``TimeoutError``. A node found
 dead (its folder is left, its lock is free) raises ``NodeStale`` at once, not after the
 timeout: a local client checks the lock every 0.1 s while it waits. A client is one DEALER
 socket: use it from one thread (or one asyncio loop).
@@ -28,15 +30,11 @@ import psutil
 import zmq
 import zmq.asyncio
 
-from ..supervision.effects import Result
-from .protocol import (
-    ENCODER, FROM_NODE, Action, Children, ControlError as ControlErrorReply, CountChildren, Counts,
-    DeleteChild, GetStatus, Message, Outcome, Reconfigure, RestartChild, SetVariables, StartChild,
-    StartFromTemplate, Status, StopNode, Stopping, TerminateChild, WhichChildren,
-)
+from .operations import ControlError, Operations, expect  # ControlError: raised by the operations
+from .protocol import ENCODER, FROM_NODE, FromNode, GetStatus, Outcome, Status, StopNode, Stopping, ToNode
 from ..host.node_run import lock_holder, sweep_dead_run
 from ..host.runtime_dir import control_endpoint, existing_node_dir, node_sockets, running_nodes
-from ..specs.model import AnySpec, name_problem
+from ..specs.model import name_problem
 
 DEFAULT_TIMEOUT = 30.0  # seconds; a start_child waits for READY, which may take start_timeout
 PING_TIMEOUT = 0.5  # a live node that does not answer status within this is listed as silent
@@ -57,14 +55,6 @@ class NodeStale(NodeNotFound):
     def __init__(self, name: str) -> None:
         super().__init__(f"node {name!r} is not running (stale: its process died)")
         self.name = name
-
-
-class ControlError(RuntimeError):
-    """The node refused the request; nothing changed. ``kind``: bad_request, not_found, stopping, internal."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 def socket_path(name: str) -> Path:
@@ -129,7 +119,7 @@ def clear_stale(name: str) -> bool:
     return folder is None or sweep_dead_run(folder, node_sockets(name))
 
 
-def node_statuses(timeout: float = PING_TIMEOUT) -> list[tuple[str, dict | None]]:
+def node_statuses(timeout: float = PING_TIMEOUT) -> list[tuple[str, Status | None]]:
     """Every node with a control socket and its status; None for a dead one (``node_alive`` tells
     it from a live one that did not answer within ``timeout``)."""
     found = []
@@ -145,82 +135,10 @@ def node_statuses(timeout: float = PING_TIMEOUT) -> list[tuple[str, dict | None]
     return found
 
 
-# --- replies to return values -------------------------------------------------------------
+_stopping = expect(Stopping)
 
 
-def _check(reply: Message) -> Message:
-    if isinstance(reply, ControlErrorReply):
-        raise ControlError(reply.kind, reply.message)
-    return reply
-
-
-def _children(reply: Children) -> list[dict[str, Any]]:
-    return [msgspec.structs.asdict(c) for c in reply.children]
-
-
-def _counts(reply: Counts) -> dict[str, int]:
-    return {"specs": reply.specs, "active": reply.active, "supervisors": reply.supervisors,
-            "workers": reply.workers}
-
-
-def _result(reply: Outcome) -> Result:
-    return Result(reply.outcome, pid=reply.pid, detail=reply.detail)
-
-
-def _status(reply: Status) -> dict[str, Any]:
-    return {"node": reply.node, "pid": reply.pid, "tree": _tree(msgspec.to_builtins(reply.tree))}
-
-
-def _tree(entry: dict[str, Any]) -> dict[str, Any]:
-    if entry["children"] is None:
-        del entry["children"]
-    else:
-        entry["children"] = [_tree(c) for c in entry["children"]]
-    return entry
-
-
-class _Operations:
-    """The operations, as (request, reply converter) pairs; ``_call`` does the round trip."""
-
-    def _call(self, make: Callable[[int], Message], convert: Callable[[Any], Any], timeout: float | None = None):
-        raise NotImplementedError
-
-    def which_children(self, sup: str | None = None):
-        return self._call(lambda rid: WhichChildren(rid, sup or ""), _children)
-
-    def count_children(self, sup: str | None = None):
-        return self._call(lambda rid: CountChildren(rid, sup or ""), _counts)
-
-    def start_child(self, sup: str, spec: AnySpec):
-        return self._call(lambda rid: StartChild(rid, sup or "", spec), _result)
-
-    def start_from_template(self, sup: str, template: str, child_id: str, args: dict | None = None):
-        return self._call(lambda rid: StartFromTemplate(rid, sup, template, child_id, args or {}), _result)
-
-    def terminate_child(self, child_id: str, sup: str | None = None):
-        return self._call(lambda rid: TerminateChild(rid, child_id, sup or ""), _result)
-
-    def restart_child(self, child_id: str, sup: str | None = None):
-        return self._call(lambda rid: RestartChild(rid, child_id, sup or ""), _result)
-
-    def delete_child(self, child_id: str, sup: str | None = None):
-        return self._call(lambda rid: DeleteChild(rid, child_id, sup or ""), _result)
-
-    def reconfigure(self, sup: str, source: str, target: AnySpec):
-        return self._call(lambda rid: Reconfigure(rid, sup or "", source, target), _result)
-
-    def set_variables(self, scope: str, values: dict):
-        return self._call(lambda rid: SetVariables(rid, scope, values), _result)
-
-    def apply(self, action: Action):
-        """Send one optimizer action as it is (a fresh request id is filled in)."""
-        return self._call(lambda rid: msgspec.structs.replace(action, request_id=rid), _result)
-
-    def status(self):
-        return self._call(lambda rid: GetStatus(rid), _status)
-
-
-class Client(_Operations):
+class Client(Operations):
     """A blocking client of one node. ``stop()`` returns once the node's tree has stopped."""
 
     def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT, endpoint: str | None = None,
@@ -234,8 +152,10 @@ class Client(_Operations):
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.connect(_secured(self._socket, name, endpoint, keys))
 
-    def _call(self, make, convert, timeout=None, give_up: Callable[[], bool] | None = None):
-        """One round trip. Gives up early when ``give_up()`` says so (TimeoutError) or, by
+    def request(self, request: ToNode, timeout: float | None = None,
+                give_up: Callable[[], bool] | None = None) -> FromNode:
+        """One round trip: ``request`` sent with a fresh ``request_id``, the node's reply as it is
+        (a ``Refused`` included). Gives up early when ``give_up()`` says so (TimeoutError) or, by
         default for a local node, when its lock is free (NodeStale)."""
         request_id = next(self._ids)
         limit = self.timeout if timeout is None else timeout
@@ -244,7 +164,7 @@ class Client(_Operations):
         # key, a node not there yet): the send shares the call's deadline.
         self._socket.setsockopt(zmq.SNDTIMEO, max(1, int(limit * 1000)))
         try:
-            self._socket.send(ENCODER.encode(make(request_id)))
+            self._socket.send(ENCODER.encode(msgspec.structs.replace(request, request_id=request_id)))
         except zmq.Again:
             raise TimeoutError(f"node {self.name!r}: the request could not be sent within {limit} s") from None
         watch = give_up is not None or self._local
@@ -252,7 +172,7 @@ class Client(_Operations):
             if self._socket.poll(int(min(left, WATCH_PERIOD if watch else left) * 1000) + 1):
                 reply = FROM_NODE.decode(self._socket.recv())
                 if reply.request_id in (request_id, 0):
-                    return convert(_check(reply))
+                    return reply
             elif give_up is not None:
                 if give_up():
                     break
@@ -260,16 +180,19 @@ class Client(_Operations):
                 raise NodeStale(self.name)
         raise TimeoutError(f"node {self.name!r} did not answer within {limit} s")
 
-    def wait_ready(self, timeout: float, give_up: Callable[[], bool]) -> dict[str, Any]:
+    def _ask(self, request: ToNode, take: Callable[[FromNode], Any]) -> Any:
+        return take(self.request(request))
+
+    def wait_ready(self, timeout: float, give_up: Callable[[], bool]) -> Status:
         """Status, waiting for a node that is starting (its lock may not be taken yet, so only
         ``give_up()`` ends the wait early; it is checked every 0.1 s)."""
-        return self._call(lambda rid: GetStatus(rid), _status, timeout, give_up)
+        return expect(Status)(self.request(GetStatus(0), timeout, give_up))
 
-    def stop(self, *, timeout: float | None = 120.0) -> Result:
+    def stop(self, *, timeout: float | None = 120.0) -> Outcome:
         """Ordered shutdown; returns after the tree stopped and (``otpy start``) the process exited."""
-        reply = self._call(lambda rid: StopNode(rid), lambda r: r, timeout)
+        reply = _stopping(self.request(StopNode(0), timeout))
         wait_gone(reply, timeout or 120.0)
-        return Result("ok", pid=reply.pid)
+        return Outcome("ok", pid=reply.pid)
 
     def close(self) -> None:
         self._socket.close()
@@ -321,7 +244,7 @@ def wait_exit(pid: int, timeout: float) -> bool:
         os.close(pidfd)
 
 
-class AsyncClient(_Operations):
+class AsyncClient(Operations):
     """The asyncio twin of ``Client``: every operation is a coroutine."""
 
     def __init__(self, name: str, *, timeout: float = DEFAULT_TIMEOUT, endpoint: str | None = None,
@@ -335,28 +258,32 @@ class AsyncClient(_Operations):
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.connect(_secured(self._socket, name, endpoint, keys))
 
-    async def _call(self, make, convert, timeout=None):
-        """As ``Client._call``: a local node found dead raises NodeStale within 0.1 s."""
+    async def request(self, request: ToNode, timeout: float | None = None) -> FromNode:
+        """As ``Client.request``: a local node found dead raises NodeStale within 0.1 s."""
         request_id = next(self._ids)
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        try:  # a send with no connection waits (see Client._call): it shares the call's deadline
-            await asyncio.wait_for(self._socket.send(ENCODER.encode(make(request_id))), limit)
+        try:  # a send with no connection waits (see Client.request): it shares the call's deadline
+            data = ENCODER.encode(msgspec.structs.replace(request, request_id=request_id))
+            await asyncio.wait_for(self._socket.send(data), limit)
         except TimeoutError:
             raise TimeoutError(f"node {self.name!r}: the request could not be sent within {limit} s") from None
         while (left := deadline - time.monotonic()) > 0:
             if await self._socket.poll(int(min(left, WATCH_PERIOD if self._local else left) * 1000) + 1):
                 reply = FROM_NODE.decode(await self._socket.recv())
                 if reply.request_id in (request_id, 0):
-                    return convert(_check(reply))
+                    return reply
             elif self._local and not node_alive(self.name):
                 raise NodeStale(self.name)
         raise TimeoutError(f"node {self.name!r} did not answer within {limit} s")
 
-    async def stop(self, *, timeout: float | None = 120.0) -> Result:
-        reply = await self._call(lambda rid: StopNode(rid), lambda r: r, timeout)
+    async def _ask(self, request: ToNode, take: Callable[[FromNode], Any]) -> Any:
+        return take(await self.request(request))
+
+    async def stop(self, *, timeout: float | None = 120.0) -> Outcome:
+        reply = _stopping(await self.request(StopNode(0), timeout))
         await asyncio.to_thread(wait_gone, reply, timeout or 120.0)
-        return Result("ok", pid=reply.pid)
+        return Outcome("ok", pid=reply.pid)
 
     def close(self) -> None:
         self._socket.close()

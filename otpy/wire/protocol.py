@@ -160,7 +160,7 @@ FROM_AGENT = msgspec.msgpack.Decoder(FromAgent)
 # node's 0700 folder); clients connect DEALERs. One request or reply per ZeroMQ message
 # (after the ROUTER's identity frame). Every request gets exactly one reply carrying its
 # ``request_id``; a request that cannot be decoded (or nested deeper than ``_wire.MAX_DEPTH``,
-# or over 1 MiB in all its frames) gets ``ControlError(request_id=0, kind="bad_request")``.
+# or over 1 MiB in all its frames) gets ``Refused(request_id=0, kind="bad_request")`` (tag ``ControlError``).
 # Requests to one supervisor are served one at a time in arrival order; different
 # supervisors' requests proceed independently and ``GetStatus`` waits for none
 # (``_control_requests``). A frame over 1 MiB makes ZeroMQ drop it and disconnect the sender
@@ -276,13 +276,34 @@ class Counts(Message):
     workers: int
 
 
-class Outcome(Message):
-    """node -> client: reply to a child operation; ``outcome`` is one of ``_effects.Outcome``."""
+OutcomeKind = Literal[
+    "ok", "already_started", "already_present", "running", "restarting", "not_found",
+    "max_children", "start_failed", "not_supported", "invalid", "unavailable",
+]
+"""OTP's replies to a child operation, plus ``unavailable`` (the registry behind ``SetVariables``
+did not answer). Only ever added to, never renamed (``Outcome.outcome`` stays a ``str`` on the
+wire, so an older client decodes a newer kind)."""
 
-    request_id: int
-    outcome: str
+
+class Outcome(Message):
+    """node -> client: reply to a child operation or an action; ``outcome`` is one of ``OutcomeKind``.
+
+    The same value is ``otpy.Result``: what the supervision machines decide, what ``Node`` and
+    the clients return. ``request_id`` comes last (0 in-process) so that ``Outcome("ok", pid=1)``
+    reads as OTP's ``{ok, Pid}``; the wire is a map, so the order does not show there.
+    """
+
+    outcome: str  # an OutcomeKind
     pid: int | None = None
     detail: str = ""
+    request_id: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+Result = Outcome  # the public name (``otpy.Result``) of the one reply type
 
 
 class TreeEntry(msgspec.Struct, frozen=True):
@@ -318,8 +339,9 @@ class Stopping(Message):
     process_exits: bool
 
 
-class ControlError(Message):
-    """node -> client: the request was not carried out and nothing changed.
+class Refused(Message, tag="ControlError"):
+    """node -> client: the request was not carried out and nothing changed (tag ``ControlError``;
+    the client raises it as the exception ``otpy.ControlError``).
 
     ``kind``: ``bad_request`` (undecodable, unknown tag, wrong field type, too deep, too big:
     ``message`` says which), ``not_found`` (no such supervisor), ``stopping`` (the node is
@@ -335,7 +357,7 @@ ToNode = Union[WhichChildren, CountChildren, StartChild, StartFromTemplate, Term
                RestartChild, DeleteChild, Reconfigure, SetVariables, GetStatus, StopNode]
 # The optimizer's actions are these requests: StartChild, TerminateChild, Reconfigure, SetVariables.
 Action = Union[StartChild, TerminateChild, Reconfigure, SetVariables]
-FromNode = Union[Children, Counts, Outcome, Status, Stopping, ControlError]
+FromNode = Union[Children, Counts, Outcome, Status, Stopping, Refused]
 
 TO_NODE = msgspec.msgpack.Decoder(ToNode)
 FROM_NODE = msgspec.msgpack.Decoder(FromNode)
