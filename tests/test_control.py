@@ -15,7 +15,9 @@ import zmq
 
 import otpy
 from otpy.node.control import MAX_MESSAGE_BYTES
-from otpy.wire.protocol import ENCODER, EVENT, FROM_NODE, Counts, GetStatus, Refused, Status, Stopping, WhichChildren
+from otpy.wire.protocol import (
+    ENCODER, EVENT, FROM_NODE, Counts, GetStatus, Refused, Status, StopNode, Stopping, TerminateChild, WhichChildren,
+)
 from otpy.host.runtime_dir import control_endpoint, events_endpoint, runtime_root
 from tests.helpers import alive, pids, sleeper, unique_name, wait_dead
 
@@ -121,6 +123,15 @@ class TestOperations:
         assert a.kind == "worker" and a.state == "running" and a.pid == pids(node)["a"]
         assert a.children is None and a.uptime >= 0
         assert root.children[2].children == []
+
+    def test_request_takes_the_wire_message_in_process_and_through_the_socket(self, node, client):
+        for asked in (node.request, client.request):
+            status = asked(GetStatus(0))
+            assert isinstance(status, Status) and status.tree.state == "running"
+            assert asked(TerminateChild(0, "nope", "")).outcome == "not_found"
+        assert node.request(GetStatus(42)).request_id == 42  # in-process: the id as given
+        assert node.request(StopNode(3)) == Stopping(3, pid=os.getpid(), process_exits=False)
+        assert node.aio.stopping and node.request(GetStatus(4)).kind == "stopping"
 
     def test_async_client(self, node):
         async def talk():

@@ -2,12 +2,13 @@
 
 Both live in the node's private runtime folder (0700) and are chmod 0600 right after bind.
 Requests are the ``client <-> node (control)`` messages of ``protocol``; each gets exactly
-one reply, the node's (``AsyncNode.handle``): this server only decodes, queues and encodes. Requests that concern one supervisor are served one after the other, in arrival
-order, in that supervisor's lane; different supervisors' lanes proceed independently, as
-OTP's supervisor processes do, and ``GetStatus`` waits for none (``_control_requests``).
+one reply, the node's (``AsyncNode.handle``): this server only decodes, queues and encodes.
+Requests that concern one supervisor are served one after the other, in arrival order, in
+that supervisor's lane; different supervisors' lanes proceed independently, as
+OTP's supervisor processes do, and ``GetStatus`` waits for none (``node/control_lanes``).
 
 Whatever a message holds, only its sender is affected: anything that cannot be decoded (not
-msgpack, a wrong field, nested deeper than ``_wire.MAX_DEPTH``, over ``MAX_MESSAGE_BYTES``
+msgpack, a wrong field, nested deeper than ``codec.MAX_DEPTH``, over ``MAX_MESSAGE_BYTES``
 in all its frames) gets a ``bad_request`` ``Refused`` saying why, is logged (a few lines
 a minute at most), and the receive loops go on; a loop that ends anyway is started again.
 A frame over ``MAX_MESSAGE_BYTES`` is dropped by ZeroMQ itself, which also disconnects its

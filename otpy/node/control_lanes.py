@@ -43,7 +43,7 @@ READ_CHUNK = 4096  # frames of one message read between two turns of the node's 
 async def receive_bounded(sock: zmq.asyncio.Socket, limit: int) -> Frames:
     """One message from a ROUTER: the identity and at most one more frame are kept, copied only
     while the frames after the identity total at most ``limit``; the rest are read and dropped
-    at once, uncopied (``_wire.Frames``), ``READ_CHUNK`` at a time, the loop turning between.
+    at once, uncopied (``codec.Frames``), ``READ_CHUNK`` at a time, the loop turning between.
 
     ZeroMQ delivers a multipart message whole and limits only each frame (``ZMQ_MAXMSGSIZE``),
     so the frames are in memory before the first is read; what this bounds is otpy's copy of

@@ -46,7 +46,7 @@ class NodeNotFound(LookupError):
 
 
 class InvalidNodeName(NodeNotFound, ValueError):
-    """Not a node name (``_specs.name_problem``): no such node can run, and no path is built from it."""
+    """Not a node name (``specs.model.name_problem``): no such node can run, and no path is built from it."""
 
 
 class NodeStale(NodeNotFound):

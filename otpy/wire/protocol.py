@@ -156,14 +156,14 @@ FROM_AGENT = msgspec.msgpack.Decoder(FromAgent)
 
 
 # --- client <-> node (control) ------------------------------------------------------------
-# The node binds a ROUTER at ``_runtime.control_endpoint(name)`` (socket file 0600 in the
+# The node binds a ROUTER at ``host.runtime_dir.control_endpoint(name)`` (socket file 0600 in the
 # node's 0700 folder); clients connect DEALERs. One request or reply per ZeroMQ message
 # (after the ROUTER's identity frame). Every request gets exactly one reply carrying its
-# ``request_id``; a request that cannot be decoded (or nested deeper than ``_wire.MAX_DEPTH``,
+# ``request_id``; a request that cannot be decoded (or nested deeper than ``codec.MAX_DEPTH``,
 # or over 1 MiB in all its frames) gets ``Refused(request_id=0, kind="bad_request")`` (tag ``ControlError``).
 # Requests to one supervisor are served one at a time in arrival order; different
 # supervisors' requests proceed independently and ``GetStatus`` waits for none
-# (``_control_requests``). A frame over 1 MiB makes ZeroMQ drop it and disconnect the sender
+# (``node/control_lanes``). A frame over 1 MiB makes ZeroMQ drop it and disconnect the sender
 # (ZMQ_MAXMSGSIZE): no reply.
 # ``supervisor=""`` means the root supervisor; for child operations it means "find the
 # supervisor that has this child".
@@ -364,7 +364,7 @@ FROM_NODE = msgspec.msgpack.Decoder(FromNode)
 
 
 # --- node -> subscribers (events) ---------------------------------------------------------
-# The node binds a PUB at ``_runtime.events_endpoint(name)`` (0600); one NodeEvent per
+# The node binds a PUB at ``host.runtime_dir.events_endpoint(name)`` (0600); one NodeEvent per
 # ZeroMQ message, no topic frame (subscribe to b""). Slow subscribers lose events (PUB's HWM).
 
 
