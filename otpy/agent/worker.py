@@ -43,7 +43,8 @@ __all__ = ["Worker", "exit_shutdown", "fail"]  # exit_shutdown: a program's clea
 class Worker:
     """One program child's life, and what lives as long as its process: the node it serves
     (``OTPY_NODE``; none when run by hand), its one ZeroMQ context (a spare's, with its warm
-    socket), the node's caller its program's ``call`` uses, and its ``Shutdown``."""
+    socket) and the node's caller its program's ``call`` uses. Its ``Shutdown`` is made once
+    setup is done (a program may set its own SIGTERM disposition in setup)."""
 
     def __init__(self, spec: ChildSpec, warm: WarmSocket | None = None) -> None:
         self.spec = spec
