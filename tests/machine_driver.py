@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from otpy.supervision.effects import (
     Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, Launch, LaunchFailed,
-    Launched, Post, Report, Result, Retry, Stop, StopSupervisor,
+    Launched, Post, Report, Outcome, Retry, Stop, StopSupervisor,
 )
 from otpy.supervision.exit import ExitReason
 from otpy.wire import protocol as wire
@@ -84,7 +84,7 @@ class Driver:
         """The current incarnation of ``id`` exits by itself with ``reason``."""
         return self.send(ChildExited(id, self.incarnations[id], reason))
 
-    def call(self, request: ChildRequest) -> Result:
+    def call(self, request: ChildRequest) -> Outcome:
         """An administrative call: send ``request`` with a fresh reply slot, return the answer."""
         reply_to = object()
         self.send(Command(request, reply_to))

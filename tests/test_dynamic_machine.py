@@ -13,7 +13,7 @@ from machine_driver import (
 )
 from otpy.supervision.dynamic import DynamicMachine
 from otpy.supervision.effects import (
-    Answer, Boot, ChildExited, Command, Launch, LaunchFailed, Launched, Replace, Result, Retry, Stop,
+    Answer, Boot, ChildExited, Command, Launch, LaunchFailed, Launched, Replace, Outcome, Retry, Stop,
 )
 from otpy.supervision.exit import ExitReason
 from otpy.supervision.machine import StaticMachine
@@ -319,7 +319,7 @@ class TestReconfigure:
         effects = m.handle(Command(reconfigure("c", target), "r1"), 0)
         assert effects[-1] == Launch(target, replacement=True)
         assert m.children["c"].pid == 100  # the replaced incarnation is still the child
-        assert m.handle(Launched("c", 2, 200), 0) == [Answer("r1", Result("ok", pid=200)), Replace("c")]
+        assert m.handle(Launched("c", 2, 200), 0) == [Answer("r1", Outcome("ok", pid=200)), Replace("c")]
         assert (m.children["c"].spec.program, m.children["c"].pid) == ("pkg:B", 200)
 
     def test_a_replacement_that_fails_to_start_leaves_the_child_running(self):
@@ -340,7 +340,7 @@ class TestReconfigure:
         m = self._running()
         target = ChildSpec(id="c", program="pkg:B", restart="transient", significant=True)
         [answer] = m.handle(Command(reconfigure("c", target), "r"), 0)
-        assert answer == Answer("r", Result("invalid", detail=significance_problem(target, m.spec)))
+        assert answer == Answer("r", Outcome("invalid", detail=significance_problem(target, m.spec)))
         assert (m.children["c"].spec.program, m.children["c"].state) == ("pkg:A", "running")
 
     def test_unknown_and_mismatched_targets_are_refused(self):
@@ -348,7 +348,7 @@ class TestReconfigure:
         assert m.handle(Command(reconfigure("x", ChildSpec(id="x", program="pkg:B")), "r"), 0)[0].result.outcome == "not_found"
         mismatched = ChildSpec(id="d", program="pkg:B")
         [answer] = m.handle(Command(reconfigure("c", mismatched), "r"), 0)
-        assert answer.result == Result("invalid", detail="; ".join(reconfigure_problems("c", mismatched, m.spec)))
+        assert answer.result == Outcome("invalid", detail="; ".join(reconfigure_problems("c", mismatched, m.spec)))
         assert "expected 'c', the id of the child it replaces" in answer.result.detail
 
 

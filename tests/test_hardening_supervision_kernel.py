@@ -16,11 +16,10 @@ import time
 
 import pytest
 
-from otpy.supervision.effects import StartChild
 from otpy.processes.linux import proc_stat
 from otpy.specs.model import ChildSpec, DynamicSupervisorSpec
 from otpy.node.supervisor import Supervisor
-from otpy.wire.protocol import ChildInfo
+from otpy.wire.protocol import ChildInfo, StartChild
 
 from tests.test_hardening_processes import manager
 
@@ -47,7 +46,7 @@ async def dynamic_tree(processes) -> Supervisor:
     await sup.start()
     for i in range(CHILDREN):
         child = ChildSpec(id=f"c{i}", command=("sleep", "100000"), ready="exec", restart="permanent")
-        result = await sup.call(lambda ref, child=child: StartChild(child, ref))
+        result = await sup.call(StartChild(request_id=0, supervisor="", spec=child))
         assert result.outcome == "ok", result
     return sup
 
@@ -131,7 +130,7 @@ def test_the_check_costs_little_for_1000_children():
             await sup.start()
             for i in range(1000):
                 child = ChildSpec(id=f"c{i}", command=("sleep", "100000"), ready="exec")
-                assert (await sup.call(lambda ref, child=child: StartChild(child, ref))).outcome == "ok"
+                assert (await sup.call(StartChild(request_id=0, supervisor="", spec=child))).outcome == "ok"
             timings = []
             for _ in range(20):
                 t0 = time.perf_counter()

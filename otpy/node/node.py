@@ -34,7 +34,7 @@ from ..wire.codec import clip
 from ..wire.operations import Operations
 from ..wire.protocol import (
     ChildInfo, Children, CountChildren, Counts, DeleteChild, FromNode, GetStatus, NodeEvent, Outcome,
-    Reconfigure, Refused, RestartChild, Result, SetVariables, StartChild, StartFromTemplate, Status,
+    Reconfigure, Refused, RestartChild, SetVariables, StartChild, StartFromTemplate, Status,
     StopNode, Stopping, TerminateChild, ToNode, WhichChildren,
 )
 
@@ -212,38 +212,38 @@ class AsyncNode(Operations):
         """The supervisor named ``sup_id``, or else the one ``child_id`` is under."""
         return self.supervisor(sup_id) if sup_id else self.root.find(child_id)
 
-    async def _start_child(self, request: StartChild) -> Result:
+    async def _start_child(self, request: StartChild) -> Outcome:
         sup = self.supervisor(request.supervisor)
         if sup is None:
-            return Result("not_found", detail=f"no supervisor {request.supervisor!r}")
+            return Outcome("not_found", detail=f"no supervisor {request.supervisor!r}")
         if problems := spec_problems(request.spec, sup.spec) or self._path_problems(request.spec):
-            return Result("invalid", detail="; ".join(problems))
+            return Outcome("invalid", detail="; ".join(problems))
         if clash := self._id_clash(request.spec, sup):
             return clash
         return await sup.call(request)
 
-    async def _start_from_template(self, request: StartFromTemplate) -> Result:
+    async def _start_from_template(self, request: StartFromTemplate) -> Outcome:
         child_id = request.id
         if problem := name_problem(child_id) or socket_path_problem(self.name, child_id):
-            return Result("invalid", detail=problem)  # before anything: the id names a socket file
+            return Outcome("invalid", detail=problem)  # before anything: the id names a socket file
         sup = self.supervisor(request.supervisor)
         if sup is None:
-            return Result("not_found", detail=f"no supervisor {request.supervisor!r}")
+            return Outcome("not_found", detail=f"no supervisor {request.supervisor!r}")
         if problems := template_start_problems(sup.spec, request.template, child_id, request.args):
-            return Result("invalid", detail="; ".join(problems))
+            return Outcome("invalid", detail="; ".join(problems))
         if (owner := self.root.find(child_id)) is not None and owner is not sup:
-            return Result("invalid", detail=f"id {child_id!r} is already used under {owner.spec.id!r}")
+            return Outcome("invalid", detail=f"id {child_id!r} is already used under {owner.spec.id!r}")
         return await sup.call(request)
 
-    async def _reconfigure(self, request: Reconfigure) -> Result:
+    async def _reconfigure(self, request: Reconfigure) -> Outcome:
         sup = self.owner(request.source, request.supervisor)
         if sup is None:
             return _no_owner(request.source, request.supervisor)
         if problems := spec_problems(request.target, sup.spec) or self._path_problems(request.target):
-            return Result("invalid", detail="; ".join(problems))
+            return Outcome("invalid", detail="; ".join(problems))
         return await sup.call(request)
 
-    async def _set_variables(self, scope: str, values: dict[str, Any]) -> Result:
+    async def _set_variables(self, scope: str, values: dict[str, Any]) -> Outcome:
         """Set ``values`` in ``scope`` through the registry child (all or nothing). A registry that
         does not answer is ``unavailable``, not a failed start."""
         from ..wire.calls import Caller
@@ -253,15 +253,15 @@ class AsyncNode(Operations):
         from ..variables.placement import REGISTRY_ID
 
         if self.root.find(REGISTRY_ID) is None:
-            return Result("not_found", detail="this node has no registry: declare [variables] in the topology")
+            return Outcome("not_found", detail="this node has no registry: declare [variables] in the topology")
         try:
             with Caller(self.name) as caller:
                 reply = await RegistryClient(caller).aask(SetValues(values={scope: values}))
         except CallError as exc:
-            return Result("unavailable", detail=f"the registry did not answer: {exc}")
+            return Outcome("unavailable", detail=f"the registry did not answer: {exc}")
         if isinstance(reply, RegistryRefused):
-            return Result("invalid", detail="; ".join(reply.problems) or reply.kind)
-        return Result("ok")
+            return Outcome("invalid", detail="; ".join(reply.problems) or reply.kind)
+        return Outcome("ok")
 
     def _status(self, request_id: int) -> Status:
         """The tree; its root's state is "starting" until every child is up, "stopping" once the
@@ -271,12 +271,12 @@ class AsyncNode(Operations):
             tree = msgspec.structs.replace(tree, state="stopping" if self.stopping else "starting", uptime=None)
         return Status(request_id, node=self.name, pid=os.getpid(), tree=tree)
 
-    def _id_clash(self, spec: AnySpec, target: Supervisor) -> Result | None:
+    def _id_clash(self, spec: AnySpec, target: Supervisor) -> Outcome | None:
         for _, sub in walk(spec):
             owner = self.root.find(sub.id)
             if owner is not None and owner is not target or self.root.find_supervisor(sub.id):
                 where = owner.spec.id if owner else sub.id
-                return Result("invalid", detail=f"id {sub.id!r} is already used in this node (under {where!r})")
+                return Outcome("invalid", detail=f"id {sub.id!r} is already used in this node (under {where!r})")
         return None
 
     # --- reports: logs and events -----------------------------------------------------------
@@ -290,18 +290,18 @@ class AsyncNode(Operations):
 MAX_DETAIL = 4096  # characters of an outcome's detail: room for a FAILED line, not for an echoed 100k-char id
 
 
-def _reply(request_id: int, result: Result) -> Outcome:
-    """``result`` as the reply to request ``request_id``, its detail clipped to ``MAX_DETAIL``."""
-    return Outcome(result.outcome, result.pid, clip(result.detail, MAX_DETAIL), request_id)
+def _reply(request_id: int, outcome: Outcome) -> Outcome:
+    """``outcome`` as the reply to request ``request_id``, its detail clipped to ``MAX_DETAIL``."""
+    return msgspec.structs.replace(outcome, detail=clip(outcome.detail, MAX_DETAIL), request_id=request_id)
 
 
 def _no_supervisor(request_id: int, sup_id: str) -> Refused:
     return Refused(request_id, "not_found", clip(f"no supervisor {sup_id!r}"))
 
 
-def _no_owner(child_id: str, sup_id: str) -> Result:
+def _no_owner(child_id: str, sup_id: str) -> Outcome:
     where = f"supervisor {sup_id!r}" if sup_id else f"child {child_id!r}"
-    return Result("not_found", detail=f"no {where}")
+    return Outcome("not_found", detail=f"no {where}")
 
 
 def _counts(request_id: int, children: list[ChildInfo]) -> Counts:

@@ -23,7 +23,7 @@ from ..supervision.children import Child
 from ..supervision.dynamic import DynamicMachine
 from ..supervision.effects import (
     Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, Launch, LaunchFailed,
-    Launched, Post, Replace, Report, Result, Stop, StopSupervisor,
+    Launched, Post, Replace, Report, Outcome, Stop, StopSupervisor,
 )
 from ..supervision.exit import ExitReason, should_restart
 from ..supervision.machine import StaticMachine
@@ -138,21 +138,17 @@ class Supervisor:
         self._replaced[task] = (id, old)
         task.add_done_callback(lambda t: self._replaced.pop(t, None))
 
-    async def call(self, request: ChildRequest | Callable[[asyncio.Future], Command]) -> Result:
+    async def call(self, request: ChildRequest) -> Outcome:
         """Queue ``request`` (the wire's request about a child) behind the other events and
-        wait for its answer.
-
-        Transition: ``request`` may still be a function of the reply future that builds the
-        ``Command`` (``lambda ref: StartChild(spec, ref)``, the old form node.py uses).
-        """
+        wait for its answer."""
         if self.exited.done():
-            return Result("not_found", detail=f"supervisor {self.spec.id!r} is not running")
-        reply_to: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(request(reply_to) if callable(request) else Command(request, reply_to))
+            return Outcome("not_found", detail=f"supervisor {self.spec.id!r} is not running")
+        reply_to: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(Command(request, reply_to))
         done, _ = await asyncio.wait({reply_to, self.exited}, return_when=asyncio.FIRST_COMPLETED)
         if reply_to.done():
             return reply_to.result()
-        return Result("not_found", detail=f"supervisor {self.spec.id!r} stopped")
+        return Outcome("not_found", detail=f"supervisor {self.spec.id!r} stopped")
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -253,7 +249,7 @@ class Supervisor:
             event = self._inbox.get_nowait()
             reply_to = event.reply_to if isinstance(event, Command) else None
             if isinstance(reply_to, asyncio.Future) and not reply_to.done():
-                reply_to.set_result(Result("not_found", detail=f"supervisor {self.spec.id!r} stopped"))
+                reply_to.set_result(Outcome("not_found", detail=f"supervisor {self.spec.id!r} stopped"))
 
     # --- what the tree looks like -----------------------------------------------------------
 

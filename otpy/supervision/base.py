@@ -26,7 +26,7 @@ from typing import Literal
 from .children import Child, ChildTable
 from .effects import (
     Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, LaunchFailed, Launched, Post,
-    Report, Result, Retry, Stop, StopSupervisor,
+    Report, Outcome, Retry, Stop, StopSupervisor,
 )
 from .exit import SHUTDOWN, ExitReason, charged, should_restart
 from .intensity import RestartWindow
@@ -154,10 +154,10 @@ class BaseMachine:
 
     # --- administration ---------------------------------------------------------------------
 
-    def _start_refusal(self, spec: AnySpec) -> Result | None:
+    def _start_refusal(self, spec: AnySpec) -> Outcome | None:
         """Why ``start_child(spec)`` is refused before anything starts, or None."""
         if (problem := significance_problem(spec, self.spec)) is not None:
-            return Result("invalid", detail=problem)
+            return Outcome("invalid", detail=problem)
         return self.children.start_refusal(spec)
 
     # --- what a subclass decides --------------------------------------------------------------
@@ -181,12 +181,12 @@ class BaseMachine:
         raise NotImplementedError
 
 
-def no_child(id: str) -> Result:
-    return Result("not_found", detail=f"no child {id!r}")
+def no_child(id: str) -> Outcome:
+    return Outcome("not_found", detail=f"no child {id!r}")
 
 
 def refused(event: Event) -> list[Effect]:
     """What a terminated supervisor answers: a command gets ``not_found``; the rest is ignored."""
     if isinstance(event, Command) and event.reply_to is not None:
-        return [Answer(event.reply_to, Result("not_found", detail="the supervisor is not running"))]
+        return [Answer(event.reply_to, Outcome("not_found", detail="the supervisor is not running"))]
     return []

@@ -18,7 +18,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Literal
 
-from .effects import Result, Retry
+from .effects import Outcome, Retry
 from ..specs.model import AnySpec
 
 ChildState = Literal["running", "stopped", "restarting"]
@@ -87,14 +87,14 @@ class ChildTable:
         OTP's ``{restarting, _}``, not ``undefined``)."""
         return any(c.spec.significant and c.state != "stopped" for c in self._children.values())
 
-    def start_refusal(self, spec: AnySpec) -> Result | None:
+    def start_refusal(self, spec: AnySpec) -> Outcome | None:
         """Why ``start_child(spec)`` cannot add ``spec``: its id is in the table already."""
         existing = self._children.get(spec.id)
         if existing is None:
             return None
         if existing.state == "running":
-            return Result("already_started", pid=existing.pid)
-        return Result("already_present")
+            return Outcome("already_started", pid=existing.pid)
+        return Outcome("already_present")
 
     def is_due(self, id: str, token: int) -> bool:
         """Whether the Retry ``token`` of ``id`` is the one its restarts wait for."""

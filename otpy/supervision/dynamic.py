@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from .base import BaseMachine, Starting, no_child
 from .children import Child
-from .effects import Answer, ChildRequest, Effect, Launch, Replace, Report, Result
+from .effects import Answer, ChildRequest, Effect, Launch, Replace, Report, Outcome
 from ..specs.model import AnySpec, DynamicSupervisorSpec, from_template
 from ..specs.rules import reconfigure_problems
 from ..wire import protocol as wire
@@ -56,14 +56,14 @@ class DynamicMachine(BaseMachine):
                 base = self.spec.templates.get(template)
                 if base is None:
                     known = ", ".join(sorted(self.spec.templates)) or "none"
-                    return [Answer(reply_to, Result("not_found", detail=f"no template {template!r} (templates: {known})"))]
+                    return [Answer(reply_to, Outcome("not_found", detail=f"no template {template!r} (templates: {known})"))]
                 return self._start_child(from_template(base, id, args), reply_to)
             case wire.Reconfigure(source=id, target=target):
                 return self._reconfigure(id, target, reply_to)
             case wire.TerminateChild(id=id):
                 return self._terminate_child(id, reply_to)
             case wire.RestartChild() | wire.DeleteChild():
-                return [Answer(reply_to, Result("not_supported", detail="a dynamic supervisor only starts and terminates children"))]
+                return [Answer(reply_to, Outcome("not_supported", detail="a dynamic supervisor only starts and terminates children"))]
         raise TypeError(f"unknown request {request!r}")
 
     # --- starts: one at a time ---------------------------------------------------------------
@@ -72,7 +72,7 @@ class DynamicMachine(BaseMachine):
         if (refusal := self._start_refusal(spec)) is not None:
             return [Answer(reply_to, refusal)]
         if self.spec.max_children is not None and len(self.children) >= self.spec.max_children:
-            return [Answer(reply_to, Result("max_children", detail=f"max_children is {self.spec.max_children}"))]
+            return [Answer(reply_to, Outcome("max_children", detail=f"max_children is {self.spec.max_children}"))]
         self.children.save(spec)
         return self._launch("start_child", spec, reply_to)
 
@@ -86,17 +86,17 @@ class DynamicMachine(BaseMachine):
         chain, self._chain = self._chain, None
         assert chain is not None and list(chain.pending) == [id], (chain, id)
         self.children.set_running(id, incarnation, pid)
-        return [Answer(chain.reply_to, Result("ok", pid=pid))] if chain.purpose == "start_child" else []
+        return [Answer(chain.reply_to, Outcome("ok", pid=pid))] if chain.purpose == "start_child" else []
 
     def _launch_failed(self, id: str, reason: str) -> list[Effect]:
         if self._replacement is not None:
             reply_to, self._replacement = self._replacement.reply_to, None
-            return [Answer(reply_to, Result("start_failed", detail=reason))]  # the child runs on, untouched
+            return [Answer(reply_to, Outcome("start_failed", detail=reason))]  # the child runs on, untouched
         chain, self._chain = self._chain, None
         assert chain is not None and list(chain.pending) == [id], (chain, id)
         if chain.purpose == "start_child":  # nothing is kept
             self.children.delete(id)
-            return [Answer(chain.reply_to, Result("start_failed", detail=reason))]
+            return [Answer(chain.reply_to, Outcome("start_failed", detail=reason))]
         return self._restart_failed(id, reason)
 
     # --- reconfigure: a replacement ---------------------------------------------------------------
@@ -106,9 +106,9 @@ class DynamicMachine(BaseMachine):
         if child is None:
             return [Answer(reply_to, no_child(id))]
         if child.state != "running":
-            return [Answer(reply_to, Result(child.state, detail=f"child {id!r} is {child.state}, not running"))]
+            return [Answer(reply_to, Outcome(child.state, detail=f"child {id!r} is {child.state}, not running"))]
         if problems := reconfigure_problems(id, target, self.spec):  # the node's own rule: same id, a valid spec
-            return [Answer(reply_to, Result("invalid", detail="; ".join(problems)))]
+            return [Answer(reply_to, Outcome("invalid", detail="; ".join(problems)))]
         self._replacement = _Replacement(id, target, reply_to)
         return [Report("reconfiguring", id), Launch(target, replacement=True)]
 
@@ -117,7 +117,7 @@ class DynamicMachine(BaseMachine):
         # The replaced incarnation's exit is stale from here on: the replacement is the child.
         self.children.set_running(id, incarnation, pid, spec=replacement.spec)
         # The replacement serves the name from here on: answer now, then stop the one it replaced.
-        return [Answer(replacement.reply_to, Result("ok", pid=pid)), Replace(id)]
+        return [Answer(replacement.reply_to, Outcome("ok", pid=pid)), Replace(id)]
 
     # --- what the base machine asks ---------------------------------------------------------
 
@@ -136,4 +136,4 @@ class DynamicMachine(BaseMachine):
             return [Answer(reply_to, no_child(id))]
         effects = self._stops((id,)) if child.state == "running" else []
         self.children.delete(id)
-        return effects + [Answer(reply_to, Result("ok"))]
+        return effects + [Answer(reply_to, Outcome("ok"))]

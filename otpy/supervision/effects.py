@@ -25,7 +25,7 @@ One name per fact:
 ``Replace``        effect: the replacement launched for a ``Reconfigure`` becomes the child
 ``Stop``           effect: stop these children and wait until each is dead
 ``Post``           effect: put an event on the supervisor's own inbox
-``Answer``         effect: answer a ``Command`` with a ``Result``
+``Answer``         effect: answer a ``Command`` with the wire's ``Outcome`` (``otpy.Result``)
 ``Report``         effect: an event for the log and the events socket (``wire.protocol.EventKind``)
 ``Exit``           effect: the supervisor is done
 =================  ===============================================================================
@@ -42,12 +42,11 @@ launched beside the running child (``Launch(spec, replacement=True)``); once it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from .exit import ExitReason
 from ..specs.model import AnySpec
 from ..wire import protocol as wire
-from ..wire.protocol import EventKind
+from ..wire.protocol import EventKind, Outcome  # Outcome: the answer to a Command (otpy.Result)
 
 # The requests a supervisor answers itself: each names a child (or carries its spec).
 ChildRequest = (
@@ -158,7 +157,7 @@ class Post:
 @dataclass(frozen=True, slots=True)
 class Answer:
     reply_to: object
-    result: "Result"
+    result: Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,45 +178,3 @@ class Exit:
 
 
 Effect = Launch | Replace | Stop | Post | Answer | Report | Exit
-
-
-# --- results of administrative calls (OTP's outcomes) ---------------------------------------
-
-OutcomeCode = Literal[
-    "ok", "already_started", "already_present", "running", "restarting", "not_found",
-    "max_children", "start_failed", "not_supported", "invalid",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    outcome: OutcomeCode
-    pid: int | None = None
-    detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == "ok"
-
-
-# --- transition: the old command names -------------------------------------------------------
-# node/node.py and tests/test_hardening_supervision_kernel.py still write
-# ``sup.call(lambda ref: StartChild(spec, ref))`` with these names imported from here; they now
-# build a ``Command``. Delete this section once they pass the wire request to ``Supervisor.call``.
-
-_OLD_COMMAND_NAMES = {
-    "StartChild": lambda spec, ref=None: Command(wire.StartChild(request_id=0, supervisor="", spec=spec), ref),
-    "StartFromTemplate": lambda template, id, args=None, ref=None: Command(
-        wire.StartFromTemplate(request_id=0, supervisor="", template=template, id=id, args=args or {}), ref),
-    "TerminateChild": lambda id, ref=None: Command(wire.TerminateChild(request_id=0, id=id), ref),
-    "RestartChild": lambda id, ref=None: Command(wire.RestartChild(request_id=0, id=id), ref),
-    "DeleteChild": lambda id, ref=None: Command(wire.DeleteChild(request_id=0, id=id), ref),
-    "Reconfigure": lambda id, target, ref=None: Command(
-        wire.Reconfigure(request_id=0, supervisor="", source=id, target=target), ref),
-}
-
-
-def __getattr__(name: str):
-    if name in _OLD_COMMAND_NAMES:
-        return _OLD_COMMAND_NAMES[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,7 @@ from collections import deque
 
 from .base import BaseMachine, Starting, no_child
 from .children import Child
-from .effects import Answer, ChildRequest, Effect, Exit, Launch, Report, Result, Stop
+from .effects import Answer, ChildRequest, Effect, Exit, Launch, Report, Outcome, Stop
 from .exit import SHUTDOWN, ExitReason
 from ..specs.model import AnySpec, SupervisorSpec
 from ..wire import protocol as wire
@@ -43,9 +43,9 @@ class StaticMachine(BaseMachine):
             case wire.DeleteChild(id=id):
                 return self._delete_child(id, reply_to)
             case wire.Reconfigure():
-                return [Answer(reply_to, Result("not_supported", detail="reconfigure children of a dynamic supervisor"))]
+                return [Answer(reply_to, Outcome("not_supported", detail="reconfigure children of a dynamic supervisor"))]
             case wire.StartFromTemplate():
-                return [Answer(reply_to, Result("not_supported", detail="templates belong to dynamic supervisors"))]
+                return [Answer(reply_to, Outcome("not_supported", detail="templates belong to dynamic supervisors"))]
         raise TypeError(f"unknown request {request!r}")
 
     # --- chains of starts -----------------------------------------------------------------
@@ -71,7 +71,7 @@ class StaticMachine(BaseMachine):
         self.children.set_running(id, incarnation, pid)
         effects: list[Effect] = []
         if chain.purpose in ("start_child", "restart_child"):
-            effects.append(Answer(chain.reply_to, Result("ok", pid=pid)))
+            effects.append(Answer(chain.reply_to, Outcome("ok", pid=pid)))
         return effects + self._next_start()
 
     def _launch_failed(self, id: str, reason: str) -> list[Effect]:
@@ -92,9 +92,9 @@ class StaticMachine(BaseMachine):
                 return self._restart_failed(id, reason)
             case "start_child":
                 self.children.delete(id)  # the spec of a child that failed to start is discarded
-                return [Answer(chain.reply_to, Result("start_failed", detail=reason))]
+                return [Answer(chain.reply_to, Outcome("start_failed", detail=reason))]
             case "restart_child":
-                return [Answer(chain.reply_to, Result("start_failed", detail=reason))]
+                return [Answer(chain.reply_to, Outcome("start_failed", detail=reason))]
         raise AssertionError(chain.purpose)
 
     # --- what the base machine asks ---------------------------------------------------------
@@ -143,14 +143,14 @@ class StaticMachine(BaseMachine):
         self.children.set_stopped((id,))  # also ends a restarting child's retries
         if child.spec.restart == "temporary":
             self.children.delete(id)
-        return effects + [Answer(reply_to, Result("ok"))]
+        return effects + [Answer(reply_to, Outcome("ok"))]
 
     def _restart_child(self, id: str, reply_to) -> list[Effect]:
         child = self.children.get(id)
         if child is None:
             return [Answer(reply_to, no_child(id))]
         if child.state != "stopped":
-            return [Answer(reply_to, Result(child.state, pid=child.pid))]
+            return [Answer(reply_to, Outcome(child.state, pid=child.pid))]
         return self._begin("restart_child", [id], reply_to=reply_to)
 
     def _delete_child(self, id: str, reply_to) -> list[Effect]:
@@ -158,6 +158,6 @@ class StaticMachine(BaseMachine):
         if child is None:
             return [Answer(reply_to, no_child(id))]
         if child.state != "stopped":
-            return [Answer(reply_to, Result(child.state, pid=child.pid))]
+            return [Answer(reply_to, Outcome(child.state, pid=child.pid))]
         self.children.delete(id)
-        return [Answer(reply_to, Result("ok"))]
+        return [Answer(reply_to, Outcome("ok"))]
