@@ -44,7 +44,7 @@ async def measure_restarts(spec: otpy.ChildSpec, n: int) -> list[float]:
     node.listeners.append(lambda e: e.kind == "started" and started.put_nowait((time.perf_counter(), e.pid)))
     samples = []
     try:
-        pid = node.which_children()[0].pid
+        pid = (await node.which_children())[0].pid
         for _ in range(n):
             t0 = time.perf_counter()
             os.kill(pid, signal.SIGKILL)
