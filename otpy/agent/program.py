@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -93,23 +92,6 @@ class NodeCaller:
         has no ``call``: nothing to give)."""
         if isinstance(program, Program):
             program._otpy_node_caller = self
-
-
-_compat_caller: NodeCaller | None = None  # only for _node_caller below
-_compat_lock = threading.Lock()
-
-
-def _node_caller() -> Caller:
-    """Deprecated: ``Program.node_caller()``. Kept until ``optimize/manager.py`` stops
-    importing it; a process-wide caller of its own, made on first use."""
-    global _compat_caller
-    with _compat_lock:
-        if _compat_caller is None:
-            node = os.environ.get("OTPY_NODE")
-            if not node:
-                raise RuntimeError("Program.call works in an agent run by an otpy node (no OTPY_NODE)")
-            _compat_caller = NodeCaller(node)
-    return _compat_caller.get()
 
 
 def import_target(target: str) -> Any:
