@@ -101,3 +101,15 @@ class CallsInSetup(Program):
 class Echo(Program):
     def forward(self, **inputs):
         return inputs
+
+
+class CallsThroughASubProgram(Program):
+    """Makes a Program of its own inside ``forward`` (DSPy style) and calls ``echo`` through it."""
+
+    def forward(self, **inputs):
+        return Echoer()(**inputs)
+
+
+class Echoer(Program):
+    def forward(self, **inputs):
+        return self.call("echo", inputs, timeout=5.0)

@@ -77,9 +77,19 @@ def test_call_items_match_by_kind():
             assert config == {"a": 1}
 
 
-def test_a_program_no_worker_runs_cannot_call():
+def test_a_program_no_worker_runs_cannot_call(monkeypatch):
+    monkeypatch.delenv("OTPY_NODE", raising=False)
     with pytest.raises(RuntimeError, match="run by an otpy node"):
         Program().call("echo")
+
+
+def test_a_program_made_inside_an_agent_can_call_too():
+    root = otpy.SupervisorSpec(id="root", children=(
+        otpy.ChildSpec(id="echo", program="tests.agents:Echo"),
+        otpy.ChildSpec(id="outer", program="tests.agents:CallsThroughASubProgram"),
+    ))
+    with otpy.Node.from_spec(root, name=unique_name("worker")) as node:
+        assert node.call("outer", {"x": 2}, timeout=5.0) == {"x": 2}
 
 
 def test_the_node_caller_is_handed_to_programs_only():

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -49,10 +50,15 @@ class Program:
         return self.node_caller().call(agent_id, inputs, timeout=timeout, retries=retries)
 
     def node_caller(self) -> Caller:
-        """The ``Caller`` of this agent's node, the worker's one for its process (made on
-        first use): for ``submit``/``acall``, or to run a ``Pipeline`` from ``forward``."""
+        """The ``Caller`` of this agent's node (made on first use): for ``submit``/``acall``, or
+        to run a ``Pipeline`` from ``forward``. The program the worker runs shares the worker's
+        one; a Program made inside an agent (a sub-program, DSPy style) gets its own, for the
+        node the agent belongs to (``OTPY_NODE``)."""
         if self._otpy_node_caller is None:
-            raise RuntimeError("Program.call works in an agent run by an otpy node (no OTPY_NODE)")
+            node = os.environ.get("OTPY_NODE")
+            if not node:
+                raise RuntimeError("Program.call works in an agent run by an otpy node (no OTPY_NODE)")
+            self._otpy_node_caller = NodeCaller(node)
         return self._otpy_node_caller.get()
 
 
