@@ -52,15 +52,14 @@ class Recorder(Program):
         self.got.set()
 
 
-@pytest.mark.parametrize("item", [lambda c: NewConfig(c), lambda c: (None, c)], ids=["typed", "watcher's tuple"])
-def test_a_new_config_is_its_own_item_for_the_call_threads(item):
+def test_a_new_config_is_its_own_item_for_the_call_threads():
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     router.bind(f"inproc://{unique_name('server')}")
     program = Recorder()
     try:
         server = CallServer(program, context, router, Shutdown(), concurrency=1, max_queue=1)
-        server.put_job(item({"temperature": 0.3}))
+        server.new_config({"temperature": 0.3})
         assert program.got.wait(5.0)
         assert program.configs == [{"temperature": 0.3}]
         assert server.taken == 0  # no call was counted

@@ -80,9 +80,7 @@ class CallServer:
         """Hand ``config`` to ``on_config``, in turn with the calls."""
         self.put_job(NewConfig(config))
 
-    def put_job(self, job: CallJob | NewConfig | tuple[None, dict[str, Any]]) -> None:
-        if isinstance(job, tuple):  # registry_link.ConfigWatcher's (None, config), until it calls new_config
-            job = NewConfig(job[1])
+    def put_job(self, job: CallJob | NewConfig) -> None:
         self.add_thread()
         self.jobs.put(job)
 

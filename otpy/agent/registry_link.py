@@ -1,6 +1,6 @@
 """A program child's side of the variable registry: its configuration at start, and its changes.
 
-At start (``_worker._start``), a child of a node that has a registry (the node says so:
+At start (``Worker``, before ``setup``), a child of a node that has a registry (the node says so:
 ``OTPY_REGISTRY=1`` in its environment) asks it to ``resolve`` the child's configuration along its scope chain
 (``OTPY_CHILD_ID``, then ``OTPY_SUPERVISORS``), with the one registry client
 (``otpy.variables.client``) over a DEALER of its own (``RegistryDealer``). After READY a
@@ -130,7 +130,7 @@ class ConfigWatcher(threading.Thread):
 
     An event of a scope in the child's chain makes it resolve again (the registry knows which
     scope a variable belongs to); a different configuration goes to ``on_config`` through the
-    call queue (``agent.put_job``), or, for a program without ``on_config``, ends the worker
+    call queue (``agent.new_config``), or, for a program without ``on_config``, ends the worker
     for a restart (``restart()``). Each time the SUB (re)connects (at first, after a registry
     restart) it resolves again too, so a change published before the subscription was up is
     not missed for long.
@@ -186,7 +186,7 @@ class ConfigWatcher(threading.Thread):
             return True
         self.config = config
         if self.on_config:
-            self.agent.put_job((None, config))
+            self.agent.new_config(config)
             return True
         self.restart()
         return False
