@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,52 @@ def test_a_failing_pipeline_exits_1_and_names_the_stage(node):
 def test_an_unknown_pipeline_is_a_usage_error_listing_the_known_ones(node):
     done = otpy("run-pipeline", "nope", "--node", node)
     assert done.returncode == 2 and "both" in done.stderr
+
+
+OPTIMIZED = '''
+[node]
+name = "NAME"
+
+[[supervisor.children]]
+id = "scorer"
+program = "scorer_next_to_topology:Scorer"
+
+[variables.global]
+x = { type = "float", low = 0.0, high = 1.0, default = 0.5 }
+
+[optimizer]
+program = "scorer"
+dataset = "scorer_next_to_topology:examples"
+metric = "scorer_next_to_topology:metric"
+trials = 2
+seed = 0
+'''
+
+SCORER = '''
+import otpy
+
+class Scorer(otpy.Program):
+    def forward(self, **inputs):
+        return {"y": inputs["x"]}
+
+def examples():
+    return [otpy.Example(inputs={"x": 1.0}, label=1.0)]
+
+def metric(example, prediction):
+    return 1.0
+'''
+
+
+def test_optimize_imports_the_dataset_and_metric_next_to_the_topology(tmp_path):
+    """The console script's sys.path has neither the current folder nor the file's: the
+    [optimizer]'s dataset and metric are found where the node finds its programs."""
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "scorer_next_to_topology.py").write_text(SCORER)
+    name = unique_name("optfolders")
+    (folder / "topology.toml").write_text(OPTIMIZED.replace("NAME", name))
+    script = Path(sys.executable).parent / "otpy"
+    done = subprocess.run([str(script), "optimize", str(folder / "topology.toml"), "--trials", "1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("best score 1.0000"), done.stdout

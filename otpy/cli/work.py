@@ -116,6 +116,9 @@ def optimize(topology: str, trials: int | None, seed: int | None, apply_: bool) 
     except TopologyError as exc:
         _fail(str(exc), EXIT_USAGE)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    # This process runs the [optimizer]'s dataset and metric itself: it imports them from the
+    # folders the node's programs come from (the current one, the topology file's).
+    sys.path[:0] = [folder for folder in spec.node.program_folders if folder not in sys.path]
     try:
         result = optimize_topology(spec, trials=trials, seed=seed)
     except OptimizeError as exc:

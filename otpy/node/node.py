@@ -108,7 +108,8 @@ class AsyncNode(Operations):
         remove_leftovers(node_sockets(self.name))
 
     async def _start_tree(self) -> None:
-        self.processes = ProcessManager(node_name=self.name, on_output=self._on_output, run_id=self._run.run_id)
+        self.processes = ProcessManager(node_name=self.name, on_output=self._on_output, run_id=self._run.run_id,
+                                        program_folders=self.spec.program_folders)
         await self.processes.open()
         self.root = Supervisor(self.spec.root, processes=self.processes, report=self._report, node=self.name,
                                child_env=tree_env(self.dir, self.spec.root))

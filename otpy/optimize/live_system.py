@@ -114,7 +114,7 @@ def optimize_topology(topology, *, trials: int | None = None, seed: int | None =
     optimizer = Optimizer(spaces_from_topology(topology.raw_variables), seed=table.get("seed", seed) if seed is None else seed,
                           storage=str(node_dir(name) / "study.db"), study_name=table.get("study", name),
                           progress=progress)
-    scratch = NodeSpec(name=f"{name}-optimize", root=topology.node.root)
+    scratch = NodeSpec(name=f"{name}-optimize", root=topology.node.root, program_folders=topology.node.program_folders)
     with Node(scratch, on_output=lambda *_: None), connect(scratch.name) as client, Caller(scratch.name) as caller:
         live = LiveSystem(client, bindings, has_registry=bool(topology.raw_variables))
         agent, timeout = table["program"], float(table.get("timeout", 30.0))

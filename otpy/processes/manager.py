@@ -215,8 +215,9 @@ class ProcessManager:
     """
 
     def __init__(self, *, node_name: str, on_output: OutputHandler | None = None,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, program_folders: tuple[str, ...] = ()) -> None:
         self.node_name = node_name
+        self.program_folders = tuple(program_folders)  # where the zygote imports programs from, besides sys.path
         self.run_id = run_id or new_run_id()
         self.on_output = on_output or print_output
         self._zygote: ZygoteLink | None = None
@@ -395,7 +396,7 @@ class ProcessManager:
             while self._reaping:  # what the last zygote left is gone first (it carries the run tag too)
                 await asyncio.gather(*self._reaping, return_exceptions=True)
             link = ZygoteLink(self.node_name, self.run_id, on_message=self._on_message,
-                              on_death=self._on_zygote_death)
+                              on_death=self._on_zygote_death, program_folders=self.program_folders)
             self._zygotes.add(link)
             await link.start(self._reserve, busy_until=self._busy_until)
             self._zygote = link

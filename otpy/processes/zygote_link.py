@@ -23,6 +23,7 @@ from .fd_reserve import FdReserve
 from .heartbeat import Heartbeat
 from .linux import kill_group, signal_quietly
 from ..host.node_run import RUN_VAR, kill_run
+from ..agent.import_check import import_path
 from ..wire.protocol import ENCODER, FROM_ZYGOTE, Hello, Init, Ping, Pong
 
 _PING = ENCODER.encode(Ping())  # encoded once: the heartbeat sends it every second
@@ -104,7 +105,9 @@ class ZygoteDied(RuntimeError):
 class ZygoteLink:
     """One running zygote: its process, its socket, and a pidfd that says when it died."""
 
-    def __init__(self, node_name: str, run_id: str, *, on_message: Callable, on_death: Callable) -> None:
+    def __init__(self, node_name: str, run_id: str, *, on_message: Callable, on_death: Callable,
+                 program_folders: tuple[str, ...] = ()) -> None:
+        self.program_folders = program_folders
         self.node_name = node_name
         self.run_id = run_id
         self.returncode: int | None = None
@@ -154,7 +157,7 @@ class ZygoteLink:
             busy_until=lambda: max(busy_until(), starting_until if not self._hello.done() else 0.0))
         self._heartbeat.start()
         try:
-            await self.send(Init(sys_path=list(sys.path), cwd=os.getcwd(), env=env))
+            await self.send(Init(sys_path=import_path(self.program_folders), cwd=os.getcwd(), env=env))
         except (BrokenPipeError, ConnectionResetError):
             await asyncio.shield(self._death)  # it died already: its Hello future says so
         await self._hello
