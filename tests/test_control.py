@@ -309,3 +309,23 @@ class TestErrorsAreNamed:
                 otpy.connect(node.name, timeout=10) as client:
             for result in (node.set_variables("pool", {"x": 1}), client.set_variables("pool", {"x": 1})):
                 assert result.outcome == "unavailable" and "the registry did not answer" in result.detail, result
+
+
+@pytest.mark.parametrize("operation", ["terminate_child", "restart_child", "delete_child"])
+def test_an_id_that_is_no_name_is_invalid_not_merely_absent(operation):
+    """An id arriving alone is checked by the name rule, as ids in specs are: ``../x`` is refused
+    as ``invalid`` naming the rule, never looked up as if it could be a child."""
+    root = otpy.SupervisorSpec(id="root", children=())
+    with otpy.Node.from_spec(root, name=unique_name("ids")) as node:
+        for bad in ("../x", "a/b", "", "x" * 65):
+            result = getattr(node, operation)(bad)
+            assert result.outcome == "invalid" and "id" in result.detail, (bad, result)
+        assert getattr(node, operation)("absent").outcome == "not_found"
+
+
+def test_a_reconfigure_whose_source_is_no_name_is_invalid():
+    root = otpy.SupervisorSpec(id="root", children=(otpy.DynamicSupervisorSpec(id="pool"),))
+    with otpy.Node.from_spec(root, name=unique_name("ids")) as node:
+        target = otpy.ChildSpec(id="../x", command=("true",))
+        result = node.reconfigure("pool", "../x", target)
+        assert result.outcome == "invalid" and result.detail.startswith("source: id"), result

@@ -27,8 +27,8 @@ from ..supervision.exit import ExitReason
 from ..host.node_run import AlreadyRunning, RunLock, kill_run, new_run_id, remove_leftovers
 from ..processes.manager import ProcessManager, StartFailed
 from ..host.runtime_dir import node_dir, node_path_problem, node_sockets, socket_path_problem
-from ..specs.rules import node_problems, spec_problems, template_start_problems
-from ..specs.model import AnySpec, NodeSpec, SupervisorSpec, name_problem, walk
+from ..specs.rules import id_problem, node_problems, reconfigure_problems, spec_problems, template_start_problems
+from ..specs.model import AnySpec, NodeSpec, SupervisorSpec, walk
 from .supervisor import Supervisor
 from ..wire.codec import clip
 from ..wire.operations import Operations
@@ -190,6 +190,8 @@ class AsyncNode(Operations):
                 return _reply(rid, await self._start_from_template(request))
             case TerminateChild(id=child_id, supervisor=sup_id) | RestartChild(id=child_id, supervisor=sup_id) | \
                     DeleteChild(id=child_id, supervisor=sup_id):
+                if problem := id_problem(child_id):  # never a child's id: say so, not "no child"
+                    return _reply(rid, Outcome("invalid", detail=problem))
                 sup = self.owner(child_id, sup_id)
                 return _reply(rid, await sup.call(request) if sup else _no_owner(child_id, sup_id))
             case Reconfigure():
@@ -225,7 +227,7 @@ class AsyncNode(Operations):
 
     async def _start_from_template(self, request: StartFromTemplate) -> Outcome:
         child_id = request.id
-        if problem := name_problem(child_id) or socket_path_problem(self.name, child_id):
+        if problem := socket_path_problem(self.name, child_id):  # id_problem, with its socket's length
             return Outcome("invalid", detail=problem)  # before anything: the id names a socket file
         sup = self.supervisor(request.supervisor)
         if sup is None:
@@ -237,10 +239,13 @@ class AsyncNode(Operations):
         return await sup.call(request)
 
     async def _reconfigure(self, request: Reconfigure) -> Outcome:
+        if problem := id_problem(request.source):
+            return Outcome("invalid", detail=f"source: {problem}")
         sup = self.owner(request.source, request.supervisor)
         if sup is None:
             return _no_owner(request.source, request.supervisor)
-        if problems := spec_problems(request.target, sup.spec) or self._path_problems(request.target):
+        problems = reconfigure_problems(request.source, request.target, sup.spec)
+        if problems := problems or self._path_problems(request.target):
             return Outcome("invalid", detail="; ".join(problems))
         return await sup.call(request)
 

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
+from ..specs.model import is_import_target
+
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
 
@@ -36,8 +38,6 @@ __all__ = [
     "SettableVariable", "Variable", "VariableError", "WireVariable", "variable_from_table",
 ]
 
-_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
-MODULE_PATTERN = re.compile(rf"{_DOTTED}:{_DOTTED}")
 MODULE_EXPECTED = "a 'module:attr' import string, e.g. 'examples.digits.agents:KNN'"
 _GRID_TOLERANCE = 1e-9  # relative: how far off the step grid a float may be (float arithmetic)
 
@@ -302,7 +302,7 @@ class ModuleVariable(SettableVariable, frozen=True, kw_only=True, tag="module"):
 
     def _field_problems(self) -> list[FieldProblem]:
         def is_module(value: Any) -> bool:
-            return isinstance(value, str) and MODULE_PATTERN.fullmatch(value) is not None
+            return is_import_target(value)
 
         problems = _listed_problems("modules", self.modules, is_module, MODULE_EXPECTED)
         if not problems:
