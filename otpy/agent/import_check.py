@@ -53,7 +53,7 @@ def import_path(folders: Iterable[str]) -> list[str]:
 def program_problem(target: str) -> str | None:
     """Why ``target`` cannot be a program child (import it here), or None.
 
-    What the worker accepts (``_program.instantiate``): a class it instantiates with no
+    What the worker accepts (``agent.program.instantiate``): a class it instantiates with no
     arguments and whose ``setup`` and ``forward`` it calls, or a callable it wraps as
     ``forward``. A class without them (``builtins:int``, a module's ``__class__``) is refused."""
     from .program import import_target

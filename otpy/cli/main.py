@@ -110,7 +110,7 @@ def _node_name(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 def _checked_name(value: str | None, what: str) -> str | None:
-    """``value`` if it passes the name rule (``_specs.name_problem``); else an input error (exit 2)."""
+    """``value`` if it passes the name rule (``specs.model.name_problem``); else an input error (exit 2)."""
     if value is not None and (problem := name_problem(value, what)):
         raise click.BadParameter(problem)
     return value

@@ -1,7 +1,7 @@
 """Commands that put agents to work: ``otpy call``, ``otpy run-pipeline``, ``otpy optimize``,
 and ``otpy bench``, which runs the benchmarks.
 
-Registered on the ``otpy`` group by ``_cli``. Exit codes as everywhere: 0 success, 1 the
+Registered on the ``otpy`` group by ``cli.main``. Exit codes as everywhere: 0 success, 1 the
 operation failed (the message says why), 2 usage or input error.
 """
 

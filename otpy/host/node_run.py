@@ -180,7 +180,7 @@ def _real(folder: Path) -> str:
 
 
 def remove_leftovers(paths: list[Path]) -> None:
-    """Remove the node's sockets (``_runtime.node_sockets``): at the end of its stop, and at its
+    """Remove the node's sockets (``host.runtime_dir.node_sockets``): at the end of its stop, and at its
     start once it holds the lock, so no socket file outlives the node that bound it."""
     for path in paths:
         _remove(path)

@@ -129,7 +129,7 @@ class ControlServer:
                 self._start_receiving(sock)
 
     def _cap_connections(self, control: str) -> None:
-        """A connection cap on every listener: control (ipc, TCP) and events (``_connections``)."""
+        """A connection cap on every listener: control (ipc, TCP) and events (``wire.connections``)."""
         listeners = [(self._router, control), (self._pub, events_endpoint(self.node.name))]
         if self._tcp is not None:  # as bound: a wildcard or port 0 resolved, so that unbind/bind find it
             listeners.append((self._tcp, self._tcp.getsockopt_string(zmq.LAST_ENDPOINT)))

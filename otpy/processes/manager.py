@@ -1,10 +1,10 @@
 """The process manager: the one place that spawns, stops and reaps a node's OS processes.
 
-Children are forked by the node's zygote (``_zygote``), which reaps them and reports each
+Children are forked by the node's zygote (``processes.zygote``), which reaps them and reports each
 death; the node learns of it from the zygote's socket, never by polling. Everything here
 runs on the node's asyncio loop, which may be in any thread: readers on fds only, no
 signal handlers. The only timers are deadlines: the start and shutdown timeouts, and the
-zygote's heartbeat (``_heartbeat``: a stopped or hung zygote is killed and replaced).
+zygote's heartbeat (``processes.heartbeat``: a stopped or hung zygote is killed and replaced).
 
 A child's life: ``spawn`` returns after READY (or after exec, for ``ready="exec"``);
 ``exited`` resolves with its ExitReason once it is dead; ``stop`` applies OTP's shutdown
@@ -23,7 +23,7 @@ deaths in ``ZYGOTE_DEATHS_WINDOW`` s) makes spawns fail, ``the zygote keeps dyin
 ordinary start failure, charged. So a module whose import kills the zygote costs at most
 two zygote deaths a start, and the bound, then the intensity, ends it.
 
-A node out of fds (``EMFILE``) still spawns: see ``_fd_reserve``.
+A node out of fds (``EMFILE``) still spawns: see ``processes.fd_reserve``.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ class ChildProcess:
 class ProcessManager:
     """Spawns a node's children through its zygote; stops and reaps them.
 
-    ``run_id`` is the run's tag (``OTPY_NODE_RUN``, see ``_node_run``): the zygote and every
+    ``run_id`` is the run's tag (``OTPY_NODE_RUN``, see ``host.node_run``): the zygote and every
     process below it carry it. None makes a new one (an embedding, a test).
     """
 

@@ -91,7 +91,7 @@ class Zygote:
         if flags & socket.MSG_TRUNC:
             raise RuntimeError(f"message larger than {MAX_MESSAGE} bytes")
         match TO_ZYGOTE.decode(data):
-            case Ping():  # the node's heartbeat (``_heartbeat``): we are alive, and not stuck
+            case Ping():  # the node's heartbeat (``processes.heartbeat``): we are alive, and not stuck
                 self.send(Pong())
             case Init() as init:
                 self.init(init)

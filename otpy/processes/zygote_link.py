@@ -3,7 +3,7 @@
 ``ZygoteLink`` starts the zygote (``python -m otpy.processes.zygote``), sends it messages (with fds)
 and reads its replies, all on the node's event loop; ``LineReader`` turns a child's output or
 notify pipe into lines; ``sweep_run`` kills what a dead zygote left. All are used only by
-``_processes``.
+``processes.manager``.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class ZygoteLink:
                     busy_until: Callable[[], float] = lambda: 0.0) -> None:
         """Start the zygote and wait for its Hello; then its heartbeat runs until it dies.
 
-        ``reserve``: the fds to give back if the process is out of them (see ``_fd_reserve``).
+        ``reserve``: the fds to give back if the process is out of them (see ``processes.fd_reserve``).
         ``busy_until``: the loop time until which the zygote may rightly not answer a ping.
         """
         self._loop = loop = asyncio.get_running_loop()

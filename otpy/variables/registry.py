@@ -88,7 +88,7 @@ class Registry:
 
     def _open_events(self, endpoint: str) -> None:
         """The events PUB, private (0600), its connections capped like every listener of a node
-        (``_connections``): a flood of idle connections would abort the registry at EMFILE."""
+        (``wire.connections``): a flood of idle connections would abort the registry at EMFILE."""
         from ..wire.connections import ThreadConnectionCap, connection_cap, prepare
 
         def bind() -> None:

@@ -90,7 +90,7 @@ class Exited(Message):
 
 
 class Ping(Message):
-    """node -> zygote: the heartbeat (``_heartbeat``); answered by a Pong between two messages."""
+    """node -> zygote: the heartbeat (``processes.heartbeat``); answered by a Pong between two messages."""
 
 
 class Pong(Message):
