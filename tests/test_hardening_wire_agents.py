@@ -1,4 +1,4 @@
-"""Programs for tests/test_hardening_wire.py (no tests here): agents that answer badly on purpose."""
+"""Programs for tests/test_wire_hostile.py (no tests here): agents that answer badly on purpose."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from otpy.wire.protocol import FROM_AGENT, CallFailed
 from otpy.host.runtime_dir import agent_endpoint
 from otpy.wire.codec import MAX_CALL_BYTES, MAX_CALL_ITEMS
 from tests.helpers import unique_name
-from tests.test_hardening_wire import raw_map
+from tests.test_wire_hostile import raw_map
 
 pytestmark = pytest.mark.timeout(90)
 

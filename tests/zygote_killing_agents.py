@@ -2,7 +2,7 @@
 
 ``OTPY_TEST_KILL_ZYGOTE`` names a file holding how many imports are left to die; each import
 that finds it above 0 takes one off and kills its importer. Without the variable (pytest's
-collection) it imports at once. Used by ``test_hardening_processes_respawn``.
+collection) it imports at once. Used by ``test_zygote_respawn``.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from otpy.node.control_lanes import MAX_CONTROL_ITEMS
 from otpy.wire.protocol import ENCODER, FROM_NODE, GetStatus, Outcome, Refused, Status, TerminateChild, WhichChildren
 from otpy.host.runtime_dir import control_endpoint
 from tests.helpers import sleeper, unique_name
-from tests.test_hardening_wire import raw_map
+from tests.test_wire_hostile import raw_map
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -1,7 +1,7 @@
 """A program whose module takes ``OTPY_TEST_SLOW_IMPORT`` seconds to import (none without it).
 
 The zygote imports a program's module in itself, so it is rightly busy (not answering its
-heartbeat) for that long; ``test_hardening_processes`` checks it is not killed for it.
+heartbeat) for that long; ``test_process_faults`` checks it is not killed for it.
 No tests here: pytest collects this module with the variable unset, and it imports at once.
 """
 

@@ -213,7 +213,7 @@ program = "tests.agents:FailingSetup"
 
 
 def test_a_failing_start_is_within_reach_and_signals_end_it(tmp_path):
-    from tests.test_hardening_node import Foreground
+    from tests.test_node_one_per_name import Foreground
 
     name = unique_name("stub")
     node = Foreground(stubborn_topology(tmp_path, name))

@@ -1,7 +1,7 @@
 """Hardening of the process layer: the run tag, fd exhaustion, zygote death, a stopped zygote.
 
 At the ProcessManager level, with real processes and signals; every wait has a deadline.
-The node-level checks (a tree restarted, the node up) are in ``test_hardening_processes_node``.
+The node-level checks (a tree restarted, the node up) are in ``test_zygote_loss``.
 """
 
 from __future__ import annotations
@@ -320,7 +320,7 @@ def test_a_zygote_busy_importing_a_slow_module_is_not_taken_for_stuck(monkeypatc
         async with manager() as processes:
             zygote = processes._zygote.pid
             child = await processes.spawn(ChildSpec(
-                id="slow", program="tests.test_hardening_processes_slowimport:SlowImport", start_timeout=15))
+                id="slow", program="tests.slow_import_agents:SlowImport", start_timeout=15))
             assert processes._zygote.pid == zygote and alive(child.pid)
 
     asyncio.run(main())
@@ -337,7 +337,7 @@ def test_a_zygote_stopped_while_busy_on_a_spawn_is_still_noticed_within_the_hear
         async with manager() as processes:
             old = processes._zygote.pid
             spawning = asyncio.ensure_future(processes.spawn(ChildSpec(
-                id="slow", program="tests.test_hardening_processes_slowimport:SlowImport", start_timeout=30)))
+                id="slow", program="tests.slow_import_agents:SlowImport", start_timeout=30)))
             while not processes._requests:
                 await asyncio.sleep(0.01)
             os.kill(old, signal.SIGSTOP)

@@ -19,9 +19,9 @@ from otpy.processes.manager import ZYGOTE_DEATHS_MAX, StartFailed
 from otpy.specs.model import ChildSpec
 
 from tests.helpers import alive
-from tests.test_hardening_processes import manager, sleeper
+from tests.test_process_faults import manager, sleeper
 
-KILLER = "tests.test_hardening_processes_zygkill:KillsItsImporter"
+KILLER = "tests.zygote_killing_agents:KillsItsImporter"
 
 
 def kill_next_launches(monkeypatch, count: int) -> list[int]:

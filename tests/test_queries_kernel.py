@@ -21,7 +21,7 @@ from otpy.specs.model import ChildSpec, DynamicSupervisorSpec
 from otpy.node.supervisor import Supervisor
 from otpy.wire.protocol import ChildInfo, StartChild
 
-from tests.test_hardening_processes import manager
+from tests.test_process_faults import manager
 
 CHILDREN = 120
 
