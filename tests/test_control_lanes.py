@@ -138,7 +138,9 @@ def test_the_registry_is_back_quickly_when_it_dies_while_a_sibling_restarts(tmp_
         assert node.call("hooked", retries=3)["config"] == {"temperature": 1.0}
         assert node.status().tree.state == "running"
         print(f"registry back in {back * 1000:.1f} ms")
-        assert back < 0.1, f"the registry was back {back:.3f} s after its death"
+        # Before: back after the sibling's resolve timeout (2 x 5 s). Bounded well under one
+        # timeout, not by a speed: a loaded machine takes its time, a stall takes >= 5 s.
+        assert back < 2.5, f"the registry was back {back:.3f} s after its death"
 
 
 def test_a_stop_answers_every_request_in_flight_or_queued_exactly_once(sockets):

@@ -77,8 +77,8 @@ def test_a_message_of_many_empty_frames_is_refused_at_once(node, dealers):
     took = time.monotonic() - started
     assert isinstance(refused, Refused) and refused.kind == "bad_request", refused
     assert "got 200000" in refused.message
-    assert timed_status(other, 2) < 0.5
-    assert took < 3.0, took
+    assert timed_status(other, 2) < 2.0  # the node answers others meanwhile, not after the flood
+    assert took < 8.0, took  # before: 80 us a frame, 16 s for these 200k; a loaded machine may take seconds
 
 
 def test_a_request_of_too_many_containers_is_refused_before_its_decoding(node, dealers):
