@@ -32,9 +32,11 @@ _WHERE = {
     "ExitReason": "supervision.exit",
     "FloatVariable": "variables.types",
     "IntegerVariable": "variables.types",
+    "InvalidNodeName": "wire.client",
     "ManagerProgram": "optimize.manager",
     "ModuleVariable": "variables.types",
     "NoSuchAgent": "wire.errors",
+    "NoSuchSupervisor": "wire.operations",
     "Node": "node.node",
     "NodeAlreadyRunning": "node.node",
     "NodeNotFound": "wire.client",
@@ -96,9 +98,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .supervision.exit import ExitReason as ExitReason
     from .variables.types import FloatVariable as FloatVariable
     from .variables.types import IntegerVariable as IntegerVariable
+    from .wire.client import InvalidNodeName as InvalidNodeName
     from .optimize.manager import ManagerProgram as ManagerProgram
     from .variables.types import ModuleVariable as ModuleVariable
     from .wire.errors import NoSuchAgent as NoSuchAgent
+    from .wire.operations import NoSuchSupervisor as NoSuchSupervisor
     from .node.node import Node as Node
     from .node.node import NodeAlreadyRunning as NodeAlreadyRunning
     from .wire.client import NodeNotFound as NodeNotFound

@@ -10,7 +10,7 @@ PUBLIC = {
     "Pipeline", "PipelineResult", "Program", "RemoteError", "Result", "Stage", "SupervisorSpec",
     "Unencodable", "VariableError", "VariableSpace", "connect",
     # every error a public call raises
-    "OptimizeError", "PipelineError", "RuntimeDirError", "TopologyError", "NodeStale", "NodeAlreadyRunning",
+    "OptimizeError", "PipelineError", "RuntimeDirError", "TopologyError", "NodeStale", "NodeAlreadyRunning", "NoSuchSupervisor", "InvalidNodeName",
 }
 
 
@@ -28,7 +28,8 @@ def test_every_error_a_public_call_raises_is_public():
     import inspect
 
     for name in ("TopologyError", "PipelineError", "OptimizeError", "RuntimeDirError", "NodeStartError",
-                 "NodeNotFound", "NodeStale", "NodeAlreadyRunning", "ControlError", "CallError", "VariableError"):
+                 "NodeNotFound", "NodeStale", "NodeAlreadyRunning", "ControlError", "NoSuchSupervisor", "CallError",
+                 "VariableError"):
         error = getattr(otpy, name)
         assert inspect.isclass(error) and issubclass(error, Exception), name
 
@@ -43,3 +44,47 @@ def test_examples_are_not_installed_as_a_package(tmp_path):
     found = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('examples'))"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
     assert found.stdout.strip() == "None", found.stdout + found.stderr
+
+
+def test_a_missing_supervisor_raises_the_public_error():
+    from tests.helpers import unique_name
+
+    with otpy.Node.from_spec(otpy.SupervisorSpec(id="root"), name=unique_name("api")) as node:
+        try:
+            node.which_children("nope")
+        except otpy.NoSuchSupervisor as exc:
+            assert isinstance(exc, otpy.ControlError) and isinstance(exc, LookupError)
+        else:
+            raise AssertionError("which_children of a missing supervisor returned")
+
+
+# Errors that never leave otpy through a public call, and why.
+INTERNAL_ERRORS = {
+    "AgentDraining": "a Caller resends such a call to the name's next holder; only hand-made clients see it",
+    "AlreadyRunning": "the run lock's; Node.start raises NodeAlreadyRunning",
+    "RegistryDown": "the worker's registry link; the child's start fails with its text",
+    "RegistryFileError": "raised in the registry child; its start fails with its text",
+    "RegistryRefused": "RegistryClient's (worker, manager, otpy vars); public calls answer an Outcome",
+    "StartFailed": "the process manager's; supervisors turn it into a start_failed outcome",
+    "VersionConflict": "the registry's compare-and-set; answered as a refusal of kind conflict",
+    "WireError": "decoding within limits; callers see Unencodable or BadRequest, the node a Refused",
+    "ZygoteDied": "the process manager's; children end with reason lost",
+}
+
+
+def test_every_error_class_is_public_or_known_internal():
+    """A new exception class is either importable from otpy or listed above with the reason it
+    never reaches a user."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    errors = set()
+    for info in pkgutil.walk_packages(otpy.__path__, "otpy."):
+        if info.name != "otpy.__main__":
+            module = importlib.import_module(info.name)
+            errors |= {name for name, value in vars(module).items()
+                       if inspect.isclass(value) and issubclass(value, BaseException)
+                       and value.__module__ == module.__name__ and not name.startswith("_")}
+    assert errors - PUBLIC - set(INTERNAL_ERRORS) == set()
+    assert set(INTERNAL_ERRORS) <= errors  # no stale entries
