@@ -19,10 +19,10 @@ from typing import Any, Callable, NoReturn
 
 import click
 import msgspec
-import psutil
 import zmq
 
 from .exits import node_or_exit
+from .status_view import add_usage, render_status, status_json
 from .vars import vars_group
 from .work import bench, call, optimize, record_topology, run_pipeline
 from ..wire.client import (
@@ -31,7 +31,7 @@ from ..wire.client import (
 from ..topology.load import TopologyError, load_topology, topology_json_schema
 from ..node.node import AsyncNode, NodeAlreadyRunning, NodeStartError, already_running, describe_event
 from ..host.node_run import RUN_VAR, lock_holder
-from ..wire.protocol import EVENT, NodeEvent, Outcome, Status, TreeEntry
+from ..wire.protocol import EVENT, NodeEvent, Outcome
 from ..host.runtime_dir import RuntimeDirError, events_endpoint, node_dir, open_private_append
 from ..specs.model import ChildSpec, name_problem
 
@@ -126,9 +126,9 @@ SUP_OPTION = click.option("--sup", metavar="SUP", help="The supervisor of the ch
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(node_name: str | None, as_json: bool) -> None:
     """Show the node's tree: id, kind, state, pid, restarts, uptime, CPU % and RSS of workers."""
-    report = _status_json(_ask(node_name, "status", lambda client: client.status()))
-    _add_usage(report["tree"])
-    click.echo(json.dumps(report, indent=2) if as_json else _render_status(report))
+    report = status_json(_ask(node_name, "status", lambda client: client.status()))
+    add_usage(report["tree"])
+    click.echo(json.dumps(report, indent=2) if as_json else render_status(report))
 
 
 @main.command()
@@ -300,62 +300,6 @@ def _json_object_or_exit(text: str) -> dict:
 def _event_line(event: NodeEvent) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
     return f"{stamp} otpy[{event.node}]: {describe_event(event)[1]}"
-
-
-def _status_json(status: Status) -> dict:
-    """The status as ``otpy status`` shows it (``--json`` prints it): a worker has no "children" key."""
-    return {"node": status.node, "pid": status.pid, "tree": _entry_json(status.tree)}
-
-
-def _entry_json(entry: TreeEntry) -> dict:
-    shown = msgspec.structs.asdict(entry)
-    if entry.children is None:
-        del shown["children"]
-    else:
-        shown["children"] = [_entry_json(child) for child in entry.children]
-    return shown
-
-
-def _workers(entry: dict) -> list[dict]:
-    if "children" not in entry:
-        return [entry] if entry["pid"] and entry["state"] == "running" else []
-    return [w for child in entry["children"] for w in _workers(child)]
-
-
-def _add_usage(tree: dict) -> None:
-    """CPU % (over 0.1 s) and RSS of every running worker, read with psutil."""
-    procs = {}
-    for worker in _workers(tree):
-        try:
-            procs[id(worker)] = (worker, psutil.Process(worker["pid"]))
-            procs[id(worker)][1].cpu_percent(None)
-        except psutil.Error:
-            pass
-    if procs:
-        time.sleep(0.1)
-    for worker, proc in procs.values():
-        try:
-            worker["cpu_percent"] = proc.cpu_percent(None)
-            worker["rss_bytes"] = proc.memory_info().rss
-        except psutil.Error:
-            pass
-
-
-def _render_status(report: dict) -> str:
-    lines = [f"node {report['node']} (pid {report['pid']})",
-             f"{'ID':<28}{'KIND':<20}{'STATE':<12}{'PID':>8}{'RESTARTS':>10}{'UPTIME':>10}{'CPU%':>7}{'RSS':>10}"]
-
-    def add(entry: dict, depth: int) -> None:
-        uptime = f"{entry['uptime']:.0f}s" if entry.get("uptime") is not None else "-"
-        cpu = f"{entry['cpu_percent']:.1f}" if "cpu_percent" in entry else ""
-        rss = f"{entry['rss_bytes'] / 2**20:.1f}M" if "rss_bytes" in entry else ""
-        lines.append(f"{'  ' * depth + entry['id']:<28}{entry['kind']:<20}{entry['state']:<12}"
-                     f"{entry['pid'] or '-':>8}{entry['restarts']:>10}{uptime:>10}{cpu:>7}{rss:>10}")
-        for child in entry.get("children", []):
-            add(child, depth + 1)
-
-    add(report["tree"], 0)
-    return "\n".join(lines)
 
 
 def _start_detached(topology: str, name: str, timeout: float) -> int:
