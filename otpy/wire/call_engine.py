@@ -48,6 +48,7 @@ class CallEngine:
         self.book = CallBook(new_id)
         self.poller = zmq.Poller()  # every socket of every link (and what the owner adds)
         self.links: dict[str, Link] = {}  # each agent's current link
+        self.retiring: list[Link] = []  # links a drain notice replaced: closed once idle
         self.by_socket: dict[zmq.Socket, tuple[str, Link]] = {}
 
     # --- the owner's calls -----------------------------------------------------------------
@@ -60,25 +61,23 @@ class CallEngine:
     def wait(self, pending: Pending) -> None:
         """Do the I/O on this thread until ``pending`` ends (``call``); others on the way are handled."""
         outcome = pending.future
+        self.retire_idle()  # a notice read before the send replaced a link
         while not outcome.done():
-            deadline = self.book.next_deadline()
             link = pending.link
             poller = link.poller if link is not None and self.links.get(link.agent) is link else self.poller
-            ready = poller.poll(None if deadline is None else max(0, int((deadline - self.clock()) * 1000) + 1))
-            for socket, _ in ready:
+            for socket, _ in poller.poll(self.poll_timeout_ms()):
                 self.handle(socket, until=outcome)
             if not outcome.done():
                 self.expire()
+            self.retire_idle()
 
     def handle(self, socket: zmq.Socket, until: Outcome | None = None) -> None:
         """``socket`` (a link's DEALER or monitor) is readable; ``until``: stop reading once it is done."""
-        match self.by_socket.get(socket):  # None: a link retired earlier in this round
+        match self.by_socket.get(socket):  # None: not a link's socket (any more)
             case ("dealer", link):
                 self._receive_replies(link, until)
-                self._retire_if_idle(link)
             case ("monitor", link):
                 self._receive_events(link)
-                self._retire_if_idle(link)
 
     def poll_timeout_ms(self) -> int | None:
         deadline = self.book.next_deadline()
@@ -86,9 +85,19 @@ class CallEngine:
 
     def expire(self) -> None:
         for decision in self.book.expire(self.clock()):
-            link = decision.pending.link
             self._carry_out(decision)
-            self._retire_if_idle(link)
+
+    def retire_idle(self) -> None:
+        """Close the replaced links that have no call left on them. Only between reads (the
+        owner's loop), never while a link is being read."""
+        if not self.retiring:
+            return
+        for link in [link for link in self.retiring if link.idle]:
+            self.retiring.remove(link)
+            for socket in (link.dealer, link.monitor):
+                self.poller.unregister(socket)
+                del self.by_socket[socket]
+            _close_link(link)
 
     def close(self, error_for: Callable[[Pending], CallError]) -> None:
         """Fail the calls still awaited, close every link."""
@@ -125,8 +134,9 @@ class CallEngine:
 
     def _renew(self, old: Link) -> Link:
         """A draining agent: new calls go on a new connection (to the name's next holder); the old
-        link stays until the calls still on it are answered or lost (retired by whoever read it)."""
+        link stays until the calls still on it are answered or lost (``retire_idle``)."""
         if self.links.get(old.agent) is old:
+            self.retiring.append(old)
             return self._connect(old.agent)
         return self.links.get(old.agent) or self._connect(old.agent)
 
@@ -137,14 +147,6 @@ class CallEngine:
         self.poller.register(link.dealer, zmq.POLLIN)
         self.poller.register(link.monitor, zmq.POLLIN)
         return link
-
-    def _retire_if_idle(self, link: Link | None) -> None:
-        if (link is not None and link.idle and self.links.get(link.agent) is not link
-                and link.dealer in self.by_socket):
-            for socket in (link.dealer, link.monitor):
-                self.poller.unregister(socket)
-                del self.by_socket[socket]
-            _close_link(link)
 
     # --- receiving -------------------------------------------------------------------------
 

@@ -185,6 +185,7 @@ class _IOThread:
                         else:
                             engine.handle(socket)
                     engine.expire()
+                    engine.retire_idle()
                 except Exception as exc:  # a bug here must not leave every later call hanging
                     _complain(f"otpy: the caller's I/O thread of {self.caller.node!r} carried on after "
                               f"{type(exc).__name__}: {exc}")
