@@ -3,8 +3,9 @@
 A ``CallEngine`` keeps one DEALER per agent (and the monitor of its connection), sends calls,
 reads replies and connection events, and carries out what the book decides (``call_book``).
 Whichever thread does the socket I/O owns one engine: the caller's background thread for
-``submit``/``acall`` (``run`` by ``calls.Caller``), and each thread that uses ``call`` (``wait``,
-on the calling thread: no hand-off). The same rules hold on both.
+``submit``/``acall`` (its loop polls ``poller`` and calls ``handle``, ``expire``,
+``retire_idle``), and each thread that uses ``call`` (``start`` then ``wait``, on the calling
+thread: no hand-off). The same rules hold on both.
 """
 
 from __future__ import annotations
