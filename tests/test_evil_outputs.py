@@ -11,11 +11,11 @@ import pytest
 import otpy
 from otpy.wire.codec import describe
 from tests.helpers import unique_name
-from tests.test_hardening_wire_agents import EvilError
+from tests.bad_answer_agents import EvilError
 
 pytestmark = pytest.mark.timeout(60)
 
-EVIL = "tests.test_hardening_wire_agents:Evil"
+EVIL = "tests.bad_answer_agents:Evil"
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ from otpy.wire.protocol import ENCODER, FROM_AGENT, FROM_NODE, CallFailed, GetSt
 from otpy.host.runtime_dir import agent_endpoint, agent_socket_path, control_endpoint, make_agents_dir
 from otpy.wire.codec import MAX_DEPTH
 from tests.helpers import sleeper, unique_name
-from tests.test_hardening_wire_agents import nested
+from tests.bad_answer_agents import nested
 
 pytestmark = pytest.mark.timeout(60)
 
-NEST = "tests.test_hardening_wire_agents:Nest"
+NEST = "tests.bad_answer_agents:Nest"
 
 
 def deep_bytes(depth: int) -> bytes:
