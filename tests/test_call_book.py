@@ -8,7 +8,7 @@ import itertools
 
 import msgspec
 
-from otpy.wire.call_book import CallBook, Fail, LinkState, Outcome, Pending, Renew, Resend, Resolve, Retry
+from otpy.wire.call_book import Answered, BlockingResult, CallBook, Fail, LinkState, Pending, Reattempt, Renew, Resend
 from otpy.wire.errors import AgentCrashed, CallTimeout, Overloaded, RemoteError
 from otpy.wire.protocol import DRAIN_NOTICE, Call, CallFailed, Reply
 
@@ -19,7 +19,7 @@ def book() -> CallBook:
 
 def sent(book: CallBook, link: LinkState, call_id: int, *, now: float = 0.0, timeout: float = 1.0,
          retries: int = 0, future=None) -> Pending:
-    pending = Pending(link.agent, {"i": call_id}, timeout, retries, future or Outcome(), b"", call_id)
+    pending = Pending(link.agent, {"i": call_id}, timeout, retries, future or BlockingResult(), b"", call_id)
     book.start(pending, now)
     book.sent(pending, link)
     return pending
@@ -32,7 +32,7 @@ def connected(agent: str = "a") -> LinkState:
 def test_a_reply_resolves_its_call_and_a_late_one_is_dropped():
     calls, link = book(), connected()
     pending = sent(calls, link, 1)
-    assert calls.on_reply(link, Reply(call_id=1, outputs={"x": 1})) == Resolve(pending, {"x": 1})
+    assert calls.on_reply(link, Reply(call_id=1, outputs={"x": 1})) == Answered(pending, {"x": 1})
     assert link.idle and calls.pending == {}
     assert calls.on_reply(link, Reply(call_id=1, outputs={"x": 2})) is None  # answered already
     assert calls.on_reply(link, Reply(call_id=7, outputs={})) is None  # never ours
@@ -43,7 +43,7 @@ def test_a_drain_notice_renews_the_link_and_the_calls_on_it_are_still_answered()
     pending = sent(calls, link, 1)
     assert calls.on_reply(link, CallFailed(call_id=DRAIN_NOTICE, kind="draining")) == Renew(link)
     assert link.draining
-    assert calls.on_reply(link, Reply(call_id=1, outputs={})) == Resolve(pending, {})
+    assert calls.on_reply(link, Reply(call_id=1, outputs={})) == Answered(pending, {})
 
 
 def test_a_call_refused_while_draining_is_resent_same_id_same_deadline():
@@ -69,7 +69,7 @@ def test_a_disconnect_crashes_the_calls_in_flight_and_leaves_the_queued_ones():
     later = sent(calls, link, 2)  # the replacement is not there yet: queued, on no wire
     assert calls.on_disconnected(link) == [] and link.queued == {2} and calls.pending == {2: later}
     calls.on_connected(link)
-    assert calls.on_reply(link, Reply(call_id=2, outputs={})) == Resolve(later, {})
+    assert calls.on_reply(link, Reply(call_id=2, outputs={})) == Answered(later, {})
 
 
 def test_never_sent_twice_unless_asked_a_crash_with_retries_is_a_new_attempt():
@@ -77,7 +77,7 @@ def test_never_sent_twice_unless_asked_a_crash_with_retries_is_a_new_attempt():
     once = sent(calls, link, 1)
     twice = sent(calls, link, 2, retries=1, now=5.0, timeout=3.0)
     decisions = calls.on_disconnected(link)
-    assert Fail(once, decisions[0].error) in decisions and Retry(twice) in decisions
+    assert Fail(once, decisions[0].error) in decisions and Reattempt(twice) in decisions
     assert twice.call_id == 100 and twice.attempts_left == 0  # a new id, so a late reply of the first is dropped
     assert msgspec.msgpack.decode(twice.payload, type=Call) == Call(call_id=100, inputs={"i": 2})
     calls.start(twice, 6.0)
@@ -116,7 +116,7 @@ def test_failures_that_are_not_retryable_fail_at_once_even_with_retries():
     decision = calls.on_reply(link, raised)
     assert decision == Fail(pending, decision.error) and isinstance(decision.error, RemoteError)
     again = sent(calls, link, 2, retries=1)
-    assert calls.on_reply(link, CallFailed(call_id=2, kind="overloaded")) == Retry(again)
+    assert calls.on_reply(link, CallFailed(call_id=2, kind="overloaded")) == Reattempt(again)
     overloaded = sent(calls, link, 3)
     decision = calls.on_reply(link, CallFailed(call_id=3, kind="overloaded"))
     assert decision.pending is overloaded and isinstance(decision.error, Overloaded)

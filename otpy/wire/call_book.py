@@ -5,12 +5,12 @@ A ``CallBook`` belongs to whichever thread does the socket I/O (the caller's I/O
 ``submit``/``acall``, the calling thread itself for ``call``); ``calls.CallEngine`` reads the
 sockets, asks the book, and carries out what it answers:
 
-- ``Resolve(pending, outputs)`` / ``Fail(pending, error)``: the call is over.
+- ``Answered(pending, outputs)`` / ``Fail(pending, error)``: the call is over.
 - ``Resend(pending)``: the agent refused it while draining, so it did not run: send it again,
   same id and deadline, on a new connection (to the name's next holder).
-- ``Retry(pending)``: a retryable error with attempts left: the book has given the call a new
+- ``Reattempt(pending)``: a retryable error with attempts left: the book has given the call a new
   id, payload and deadline; send it on the agent's current connection.
-- ``RENEW``: a drain notice: new calls to this agent go on a new connection.
+- ``Renew(link)``: a drain notice: new calls to this agent wait for the name's next holder.
 
 At most once: a call is sent again only when the agent said it did not run it (``draining``)
 or when the caller asked for ``retries``. A call sent while the agent is down waits on its
@@ -45,7 +45,7 @@ class LinkState:
         return not self.in_flight and not self.queued
 
 
-class Outcome:
+class BlockingResult:
     """A blocking ``call``'s result, set by the engine: ``concurrent.futures.Future``'s
     ``done``/``set_result``/``set_exception`` without its lock (one thread sets and reads it)."""
 
@@ -74,7 +74,7 @@ class Outcome:
 @dataclass(slots=True, eq=False)
 class Pending:
     """One call until its end: its attempts, the current one's id, payload, deadline and link.
-    ``future`` is a ``concurrent.futures.Future`` (``submit``) or an ``Outcome`` (``call``)."""
+    ``future`` is a ``concurrent.futures.Future`` (``submit``) or a ``BlockingResult`` (``call``)."""
 
     agent: str
     inputs: dict[str, Any]
@@ -87,7 +87,7 @@ class Pending:
     link: LinkState | None = None
 
 
-class Resolve(NamedTuple):
+class Answered(NamedTuple):
     pending: Pending
     outputs: dict[str, Any]
 
@@ -101,7 +101,7 @@ class Resend(NamedTuple):
     pending: Pending
 
 
-class Retry(NamedTuple):
+class Reattempt(NamedTuple):
     pending: Pending
 
 
@@ -109,7 +109,7 @@ class Renew(NamedTuple):
     link: LinkState
 
 
-Decision = Resolve | Fail | Resend | Retry | Renew
+Decision = Answered | Fail | Resend | Reattempt | Renew
 
 
 class CallBook:
@@ -146,7 +146,7 @@ class CallBook:
             return None
         match message:
             case Reply(outputs=outputs):
-                return Resolve(pending, outputs)
+                return Answered(pending, outputs)
             case CallFailed(kind="draining"):  # not run: again, on a new connection, same attempt
                 link.draining = True
                 return Resend(pending)
@@ -188,7 +188,7 @@ class CallBook:
                 decisions.append(self.fail_or_retry(pending, error))
         return decisions
 
-    def fail_or_retry(self, pending: Pending, error: CallError) -> Fail | Retry:
+    def fail_or_retry(self, pending: Pending, error: CallError) -> Fail | Reattempt:
         """A retryable error with attempts left: a new attempt (new id and payload; its deadline
         is set when it is sent again); otherwise the call fails."""
         if not error.retryable or pending.attempts_left <= 0 or pending.future.done():
@@ -196,7 +196,7 @@ class CallBook:
         pending.attempts_left -= 1
         pending.call_id = self.new_id()
         pending.payload = encode_call(pending.call_id, pending.inputs)
-        return Retry(pending)
+        return Reattempt(pending)
 
     def forget(self, call_id: int) -> Pending | None:
         """The call ``call_id`` is no longer awaited (answered, timed out): off its link too."""

@@ -19,7 +19,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from ..host.runtime_dir import agent_endpoint
-from .call_book import CallBook, Decision, Fail, LinkState, Outcome, Pending, Renew, Resend, Resolve, Retry
+from .call_book import Answered, BlockingResult, CallBook, Decision, Fail, LinkState, Pending, Reattempt, Renew, Resend
 from .call_messages import read_reply
 from .codec import MAX_CALL_BYTES
 from .errors import CallError, NoSuchAgent
@@ -72,7 +72,7 @@ class CallEngine:
                 self.expire()
             self.retire_idle()
 
-    def handle(self, socket: zmq.Socket, until: Outcome | None = None) -> None:
+    def handle(self, socket: zmq.Socket, until: BlockingResult | None = None) -> None:
         """``socket`` (a link's DEALER or monitor) is readable; ``until``: stop reading once it is done."""
         match self.by_socket.get(socket):  # None: not a link's socket (any more)
             case ("dealer", link):
@@ -151,7 +151,7 @@ class CallEngine:
 
     # --- receiving -------------------------------------------------------------------------
 
-    def _receive_replies(self, link: Link, until: Outcome | None) -> None:
+    def _receive_replies(self, link: Link, until: BlockingResult | None) -> None:
         while (message := _next_reply(link)) is not None:
             if (decision := self.book.on_reply(link, message)) is not None:
                 self._carry_out(decision)
@@ -169,7 +169,7 @@ class CallEngine:
 
     def _carry_out(self, decision: Decision) -> None:
         match decision:
-            case Resolve(pending, outputs):
+            case Answered(pending, outputs):
                 _resolve(pending.future, outputs)
             case Fail(pending, error):
                 _fail(pending.future, error)
@@ -180,7 +180,7 @@ class CallEngine:
                     _fail(pending.future, error)
                     return
                 self._send(pending, link)
-            case Retry(pending):
+            case Reattempt(pending):
                 self.start(pending)
             case Renew(link):
                 try:

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import zmq
 
 from ..host.runtime_dir import agent_socket_path
-from .call_book import Outcome, Pending
+from .call_book import BlockingResult, Pending
 from .call_engine import CallEngine
 from .call_messages import encode_call
 from .codec import Complaints
@@ -82,7 +82,7 @@ class Caller:
         """
         if self._closed:
             raise CallError("the caller is closed", agent=agent_id)
-        pending = self._pending(agent_id, inputs, timeout, retries, Outcome())
+        pending = self._pending(agent_id, inputs, timeout, retries, BlockingResult())
         engine = self._own_engine()
         engine.start(pending)
         engine.wait(pending)
