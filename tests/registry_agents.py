@@ -34,3 +34,8 @@ class ShowsNoHook(otpy.Program):
 
     def forward(self, **inputs):
         return {"config": self.config, "pid": os.getpid()}
+
+
+def broken_registry(**inputs):
+    """Answers every request as the registry answers its own failure (an unwritable file, a bug)."""
+    return {"ok": False, "error": "internal", "problems": ["set_many: OperationalError: disk I/O error"]}

@@ -19,7 +19,7 @@ from otpy.wire.protocol import (
     ENCODER, EVENT, FROM_NODE, Counts, GetStatus, Refused, Status, StopNode, Stopping, TerminateChild, WhichChildren,
 )
 from otpy.host.runtime_dir import control_endpoint, events_endpoint, runtime_root
-from tests.helpers import alive, pids, sleeper, unique_name, wait_dead
+from tests.helpers import IGNORES_TERM, alive, pids, python, sleeper, unique_name, wait_dead, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -131,7 +131,7 @@ class TestOperations:
             assert asked(TerminateChild(0, "nope", "")).outcome == "not_found"
         assert node.request(GetStatus(42)).request_id == 42  # in-process: the id as given
         assert node.request(StopNode(3)) == Stopping(3, pid=os.getpid(), process_exits=False)
-        assert node.aio.stopping and node.request(GetStatus(4)).kind == "stopping"
+        assert node.aio.stopping and node.request(GetStatus(4)).tree.state == "stopped"  # queries answer
 
     def test_async_client(self, node):
         async def talk():
@@ -329,3 +329,57 @@ def test_a_reconfigure_whose_source_is_no_name_is_invalid():
         target = otpy.ChildSpec(id="../x", command=("true",))
         result = node.reconfigure("pool", "../x", target)
         assert result.outcome == "invalid" and result.detail.startswith("source: id"), result
+
+
+def test_queries_answer_while_the_node_stops_and_operations_are_refused():
+    """OTP's supervisor answers which_children while it terminates its children: the queries tell
+    the truth ("stopping", then "stopped"); what would change the tree is refused."""
+    slow = otpy.ChildSpec(id="slow", command=python(IGNORES_TERM), ready="notify", shutdown=3.0)
+    root = otpy.SupervisorSpec(id="root", children=(slow,))
+    node = otpy.Node.from_spec(root, name=unique_name("stopq")).start()
+    stopper = threading.Thread(target=node.stop)
+    stopper.start()
+    try:
+        wait_until(lambda: node.aio.stopping, 5.0, "the stop to begin")
+        assert node.status().tree.state == "stopping"
+        assert [c.id for c in node.which_children()] == ["slow"]
+        assert node.count_children().specs == 1
+        with pytest.raises(otpy.ControlError, match="stopping"):
+            node.start_child("root", sleeper("late"))
+    finally:
+        stopper.join(20)
+
+
+def test_every_child_that_arrives_is_checked_for_an_id_in_use():
+    """start_child, start_from_template and reconfigure alike: an id already used by another
+    child, or by any supervisor, is refused; the running tree stays as it was."""
+    echo = otpy.ChildSpec(id="t", command=python(IGNORES_TERM), ready="notify", shutdown=0.5)
+    pool = otpy.DynamicSupervisorSpec(id="pool", templates={"t": echo})
+    root = otpy.SupervisorSpec(id="root", children=(sleeper("x"), pool))
+    with otpy.Node.from_spec(root, name=unique_name("clash")) as node:
+        for used in ("root", "pool", "x"):
+            assert node.start_from_template("pool", "t", used).outcome == "invalid", used
+            assert node.start_child("pool", sleeper(used)).outcome == "invalid", used
+        team = otpy.SupervisorSpec(id="team", children=(sleeper("y"),))
+        assert node.start_child("pool", team).outcome == "ok"
+        x = pids(node)["x"]
+        clash = otpy.SupervisorSpec(id="team", children=(sleeper("x"),))
+        result = node.reconfigure("pool", "team", clash)
+        assert result.outcome == "invalid" and "'x' is already used" in result.detail, result
+        again = otpy.SupervisorSpec(id="team", children=(sleeper("y"), sleeper("z")))
+        assert node.reconfigure("pool", "team", again).outcome == "ok"  # its own ids may stay
+        assert pids(node)["x"] == x
+
+
+def test_a_registry_that_fails_is_no_invalid_value():
+    """The registry answering ``internal`` (its file failed, a bug) is otpy's failure, not the
+    user's values: in-process it raises, over the socket it is Refused(internal)."""
+    registry = otpy.ChildSpec(id="registry", program="tests.registry_agents:broken_registry")
+    root = otpy.SupervisorSpec(id="root", children=(registry,))
+    with otpy.Node.from_spec(root, name=unique_name("regfail")) as node:
+        with pytest.raises(RuntimeError, match="the registry failed: set_many: OperationalError"):
+            node.set_variables("global", {"t": 1.0})
+        with otpy.connect(node.name) as client:
+            with pytest.raises(otpy.ControlError) as refused:
+                client.set_variables("global", {"t": 1.0})
+            assert refused.value.kind == "internal"

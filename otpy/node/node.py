@@ -175,7 +175,7 @@ class AsyncNode(Operations):
         Anything raised here is a bug: the control socket answers it as ``internal``.
         """
         rid = request.request_id
-        if self.stopping and not isinstance(request, StopNode):
+        if self.stopping and not isinstance(request, (StopNode, *QUERIES)):  # queries answer the truth
             return Refused(rid, "stopping", f"node {self.name!r} is stopping")
         match request:
             case WhichChildren(supervisor=sup_id):
@@ -221,7 +221,7 @@ class AsyncNode(Operations):
             return Outcome("not_found", detail=f"no supervisor {request.supervisor!r}")
         if problems := spec_problems(request.spec, sup.spec) or self._path_problems(request.spec):
             return Outcome("invalid", detail="; ".join(problems))
-        if clash := self._id_clash(request.spec, sup):
+        if clash := self._id_clash([sub.id for _, sub in walk(request.spec)], sup):
             return clash
         return await sup.call(request)
 
@@ -234,8 +234,8 @@ class AsyncNode(Operations):
             return Outcome("not_found", detail=f"no supervisor {request.supervisor!r}")
         if problems := template_start_problems(sup.spec, request.template, child_id, request.args):
             return Outcome("invalid", detail="; ".join(problems))
-        if (owner := self.root.find(child_id)) is not None and owner is not sup:
-            return Outcome("invalid", detail=f"id {child_id!r} is already used under {owner.spec.id!r}")
+        if clash := self._id_clash((child_id,), sup):
+            return clash
         return await sup.call(request)
 
     async def _reconfigure(self, request: Reconfigure) -> Outcome:
@@ -247,14 +247,17 @@ class AsyncNode(Operations):
         problems = reconfigure_problems(request.source, request.target, sup.spec)
         if problems := problems or self._path_problems(request.target):
             return Outcome("invalid", detail="; ".join(problems))
+        below = [sub.id for _, sub in walk(request.target)][1:]  # the target keeps the source's id
+        if clash := self._id_clash(below, sup, replacing=request.source):
+            return clash
         return await sup.call(request)
 
     async def _set_variables(self, scope: str, values: dict[str, Any]) -> Outcome:
         """Set ``values`` in ``scope`` through the registry child (all or nothing). A registry that
         does not answer is ``unavailable``, not a failed start."""
         from ..wire.calls import Caller
-        from ..wire.errors import CallError
-        from ..wire.registry_protocol import Refused as RegistryRefused, SetValues
+        from ..wire.errors import CallError, RemoteError
+        from ..wire.registry_protocol import Refused as RegistryRefusal, SetValues
         from ..variables.client import RegistryClient
         from ..variables.placement import REGISTRY_ID
 
@@ -263,9 +266,13 @@ class AsyncNode(Operations):
         try:
             with Caller(self.name) as caller:
                 reply = await RegistryClient(caller).aask(SetValues(values={scope: values}))
+        except RemoteError:
+            raise  # the registry program failed on it: otpy's bug, answered as internal
         except CallError as exc:
             return Outcome("unavailable", detail=f"the registry did not answer: {exc}")
-        if isinstance(reply, RegistryRefused):
+        if isinstance(reply, RegistryRefusal):
+            if reply.kind == "internal":
+                raise RuntimeError(f"the registry failed: {'; '.join(reply.problems)}")
             return Outcome("invalid", detail="; ".join(reply.problems) or reply.kind)
         return Outcome("ok")
 
@@ -277,13 +284,23 @@ class AsyncNode(Operations):
             tree = msgspec.structs.replace(tree, state="stopping" if self.stopping else "starting", uptime=None)
         return Status(request_id, node=self.name, pid=os.getpid(), tree=tree)
 
-    def _id_clash(self, spec: AnySpec, target: Supervisor) -> Outcome | None:
-        for _, sub in walk(spec):
-            owner = self.root.find(sub.id)
-            if owner is not None and owner is not target or self.root.find_supervisor(sub.id):
-                where = owner.spec.id if owner else sub.id
-                return Outcome("invalid", detail=f"id {sub.id!r} is already used in this node (under {where!r})")
+    def _id_clash(self, ids, target: Supervisor, replacing: str | None = None) -> Outcome | None:
+        """The refusal of ``ids`` going under ``target`` when one is already used in the node: a
+        child's id elsewhere, or a supervisor's id anywhere (ids name sockets and scopes: one
+        thing each). What runs below ``replacing`` (a reconfigure's source) is on its way out."""
+        leaving = {sub.id for _, sub in walk(replacing_spec)} if (replacing_spec := self._spec_of(replacing, target)) else set()
+        for child_id in ids:
+            if child_id in leaving:
+                continue
+            owner = self.root.find(child_id)
+            if owner is not None and owner is not target or self.root.find_supervisor(child_id):
+                where = owner.spec.id if owner else child_id
+                return Outcome("invalid", detail=f"id {child_id!r} is already used in this node (under {where!r})")
         return None
+
+    def _spec_of(self, child_id: str | None, sup: Supervisor):
+        child = sup.machine.children.get(child_id) if child_id is not None else None
+        return child.spec if child is not None else None
 
     # --- reports: logs and events -----------------------------------------------------------
 
@@ -292,6 +309,8 @@ class AsyncNode(Operations):
         for listener in list(self.listeners):
             listener(event)
 
+
+QUERIES = (WhichChildren, CountChildren, GetStatus)  # answered while the node stops too: they change nothing
 
 MAX_DETAIL = 4096  # characters of an outcome's detail: room for a FAILED line, not for an echoed 100k-char id
 
