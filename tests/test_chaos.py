@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 import otpy
-from otpy.processes.zygote import SPARE_NAME
+from otpy.agent.bootstrap import SPARE_NAME
 from tests.helpers import Events, pids, sleeper, unique_name
 
 CHAOS_SECONDS = float(os.environ.get("OTPY_CHAOS_SECONDS", "4"))

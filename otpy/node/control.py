@@ -85,6 +85,7 @@ def _ipc_path(endpoint: str) -> Path:
 
 class ControlServer:
     def __init__(self, node: Served) -> None:
+        self._complain = Complaints(log.warning)  # this server's lines, rate-limited
         self.node = node
         self._context = zmq.asyncio.Context()
         self._router: zmq.asyncio.Socket | None = None
@@ -244,10 +245,10 @@ class ControlServer:
             except zmq.ZMQError as exc:
                 if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
                     return
-                _complain(f"otpy[{self.node.name}]: control receive failed: {describe(exc)}")
+                self._complain(f"otpy[{self.node.name}]: control receive failed: {describe(exc)}")
                 await asyncio.sleep(0.01)  # an error that repeats must not spin the loop
             except Exception as exc:  # anything else: the message is lost, the loop goes on
-                _complain(f"otpy[{self.node.name}]: a control message was dropped: {describe(exc)}")
+                self._complain(f"otpy[{self.node.name}]: a control message was dropped: {describe(exc)}")
 
     def _accept(self, sock: zmq.asyncio.Socket, frames: Frames) -> None:
         """Decode one message and start answering it: at once (errors, ``GetStatus``) or in its
@@ -255,7 +256,7 @@ class ControlServer:
         identity = frames.kept[0].bytes
         request = parse_request(frames, MAX_MESSAGE_BYTES)
         if isinstance(request, Refused):
-            _complain(f"otpy[{self.node.name}]: refused a control request: {request.message}")
+            self._complain(f"otpy[{self.node.name}]: refused a control request: {request.message}")
             self._spawn(self._reply_now(sock, identity, request))
             if frames.size > MAX_MESSAGE_BYTES // 4:
                 trim_memory()  # its buffers are freed: their pages go back to the system
@@ -310,7 +311,7 @@ class ControlServer:
         try:
             await self._send(sock, identity, reply)
         except Exception as exc:  # the socket closed meanwhile, or the reply would not encode
-            _complain(f"otpy[{self.node.name}]: a control reply was not sent: {describe(exc)}")
+            self._complain(f"otpy[{self.node.name}]: a control reply was not sent: {describe(exc)}")
 
     async def _send(self, sock: zmq.asyncio.Socket, identity: bytes, reply: Message) -> None:
         try:
@@ -328,5 +329,3 @@ class ControlServer:
             log.exception("otpy[%s]: control request %r failed", self.node.name, type(request).__name__)
             return Refused(request.request_id, "internal", describe(exc))
 
-
-_complain = Complaints(log.warning)

@@ -270,9 +270,6 @@ class Supervisor:
                 return found
         return None
 
-    def handle_of(self, child_id: str) -> Handle | None:
-        return self._handles.get(child_id)
-
     def children_info(self) -> list[ChildInfo]:
         """Each child as ``which_children`` shows it: id, pid, state, kind, restarts.
 

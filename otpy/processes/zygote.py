@@ -30,7 +30,7 @@ from typing import NoReturn
 import msgspec  # noqa: F401  (pre-imported for the workers)
 import zmq  # noqa: F401  (pre-imported for the workers)
 
-from otpy.agent.bootstrap import MAX_MESSAGE, SPARE_NAME, Bootstrap  # noqa: F401  (SPARE_NAME: its spare in ps)
+from otpy.agent.bootstrap import MAX_MESSAGE, Bootstrap
 from otpy.agent.call_socket import spare_socket_path
 from otpy.agent.program import import_target
 from otpy.host.node_run import RUN_VAR, kill_run

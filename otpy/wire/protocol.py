@@ -99,7 +99,6 @@ class Pong(Message):
 
 ToZygote = Union[Init, Spawn, Ping]
 FromZygote = Union[Hello, Spawned, SpawnFailed, Exited, Pong]
-ZygoteMessage = Union[ToZygote, FromZygote]
 
 TO_ZYGOTE = msgspec.msgpack.Decoder(ToZygote)
 FROM_ZYGOTE = msgspec.msgpack.Decoder(FromZygote)
