@@ -225,7 +225,7 @@ class TestClient:
     def test_aask_is_ask_for_asyncio_code(self, client):
         import asyncio
 
-        from otpy.wire.registry_protocol import Refused, SetValues, WrittenMany
+        from otpy.wire.registry_protocol import RegistryRefusal, SetValues, WrittenMany
 
         async def acall(agent, inputs, timeout):
             return client.caller.call(agent, inputs, timeout)
@@ -234,14 +234,14 @@ class TestClient:
         written = asyncio.run(client.aask(SetValues(values={"team": {"timeout": 3.0}})))
         assert written == WrittenMany(versions={"team": {"timeout": 1}})
         refused = asyncio.run(client.aask(SetValues(values={"team": {"timeout": 99.0}})))
-        assert isinstance(refused, Refused) and refused.kind == "invalid"
+        assert isinstance(refused, RegistryRefusal) and refused.kind == "invalid"
 
     def test_ask_returns_the_reply_or_the_refusal(self, client):
-        from otpy.wire.registry_protocol import GetValue, Refused, ValueEntry
+        from otpy.wire.registry_protocol import GetValue, RegistryRefusal, ValueEntry
 
         assert isinstance(client.ask(GetValue(scope="global", name="temperature")), ValueEntry)
         refused = client.ask(GetValue(scope="nowhere", name="x"))
-        assert isinstance(refused, Refused) and refused.kind == "invalid"
+        assert isinstance(refused, RegistryRefusal) and refused.kind == "invalid"
 
 
 def test_a_manager_asks_the_registry_only_when_its_node_says_it_has_one(tmp_path, monkeypatch):

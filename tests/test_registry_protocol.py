@@ -9,7 +9,7 @@ from otpy.wire.registry_protocol import (
     Explain,
     GetValue,
     ListValues,
-    Refused,
+    RegistryRefusal,
     RegisterSpace,
     Resolve,
     Resolved,
@@ -18,7 +18,7 @@ from otpy.wire.registry_protocol import (
     ValueEntry,
     ValueList,
     Written,
-    read_reply,
+    read_registry_reply,
     read_request,
     reply_outputs,
     request_inputs,
@@ -55,11 +55,11 @@ def test_replies_and_refusals_are_the_maps_callers_always_got():
     assert reply_outputs(ValueList(values=[entry])) == {
         "ok": True, "values": [{"ok": True, "scope": "global", "name": "t", "value": 1.5, "version": 3, "reason": "set"}]}
     assert reply_outputs(Written(version=4)) == {"ok": True, "version": 4}
-    assert reply_outputs(Refused(kind="invalid", problems=["p"])) == {"ok": False, "error": "invalid", "problems": ["p"]}
-    conflict = Refused(kind="conflict", problems=["p"], current=3)
+    assert reply_outputs(RegistryRefusal(kind="invalid", problems=["p"])) == {"ok": False, "error": "invalid", "problems": ["p"]}
+    conflict = RegistryRefusal(kind="conflict", problems=["p"], current=3)
     assert reply_outputs(conflict) == {"ok": False, "error": "conflict", "problems": ["p"], "current": 3}
-    assert read_reply(SetValue(scope="g", name="t", value=1), reply_outputs(conflict)) == conflict
-    assert read_reply(Resolve(child="a"), {"ok": True, "config": {"t": 1}}) == Resolved(config={"t": 1})
+    assert read_registry_reply(SetValue(scope="g", name="t", value=1), reply_outputs(conflict)) == conflict
+    assert read_registry_reply(Resolve(child="a"), {"ok": True, "config": {"t": 1}}) == Resolved(config={"t": 1})
 
 
 @pytest.mark.parametrize("inputs, problem", [
@@ -73,4 +73,4 @@ def test_replies_and_refusals_are_the_maps_callers_always_got():
     ({"op": "resolve", "child": "a", "chain": ["team", 2]}, "resolve: chain[1]: got int; expected a string"),
 ])
 def test_a_malformed_request_is_a_bad_request_in_words(inputs, problem):
-    assert read_request(inputs) == Refused(kind="bad_request", problems=[problem])
+    assert read_request(inputs) == RegistryRefusal(kind="bad_request", problems=[problem])

@@ -24,7 +24,7 @@ from ..variables.client import RegistryClient
 from ..variables.placement import REGISTRY_ID
 from ..wire.calls import Caller
 from ..wire.errors import CallError
-from ..wire.registry_protocol import Explain, GetValue, ListValues, Refused, RegistryRequest, SetValue
+from ..wire.registry_protocol import Explain, GetValue, ListValues, RegistryRefusal, RegistryRequest, SetValue
 from .exits import node_or_exit
 
 EXIT_FAILED = 1
@@ -116,7 +116,7 @@ def _ask(node_name: str | None, request: RegistryRequest) -> Any:
             reply = RegistryClient(caller, timeout=10.0).ask(request)
         except CallError as exc:
             _fail(f"the registry did not answer: {exc}")
-    if isinstance(reply, Refused):
+    if isinstance(reply, RegistryRefusal):
         _fail(f"refused ({reply.kind}):\n" + "\n".join(f"  {p}" for p in reply.problems or [reply.kind]))
     return reply
 

@@ -257,7 +257,7 @@ class AsyncNode(Operations):
         does not answer is ``unavailable``, not a failed start."""
         from ..wire.calls import Caller
         from ..wire.errors import CallError, RemoteError
-        from ..wire.registry_protocol import Refused as RegistryRefusal, SetValues
+        from ..wire.registry_protocol import RegistryRefusal, SetValues
         from ..variables.client import RegistryClient
         from ..variables.placement import REGISTRY_ID
 

@@ -7,7 +7,7 @@ over any *caller*: an object with ``call(agent, inputs, timeout=...)`` (``otpy.C
 program's node caller, the worker's own DEALER) and, for ``aask``, ``acall``. It does no I/O of
 its own, so a starting child does not import the caller machinery to ask for its configuration.
 
-``ask``/``aask`` return the typed reply or the ``Refused``; the helpers return the reply's
+``ask``/``aask`` return the typed reply or the ``RegistryRefusal``; the helpers return the reply's
 content and raise ``RegistryRefused`` for a refusal. A caller's ``CallError`` (timeout, no
 registry running) passes through.
 
@@ -28,7 +28,7 @@ from ..wire.registry_protocol import (
     Explained,
     GetValue,
     ListValues,
-    Refused,
+    RegistryRefusal,
     RegisterSpace,
     RegistryReply,
     RegistryRequest,
@@ -36,7 +36,7 @@ from ..wire.registry_protocol import (
     SetValue,
     SetValues,
     ValueEntry,
-    read_reply,
+    read_registry_reply,
     request_inputs,
 )
 from .placement import REGISTRY_ID
@@ -48,7 +48,7 @@ class RegistryRefused(RuntimeError):
     """The registry refused a request: ``refused`` says how (``kind``, ``problems``, ``current``);
     the message is the problems, one per ``; ``."""
 
-    def __init__(self, refused: Refused):
+    def __init__(self, refused: RegistryRefusal):
         self.refused = refused
         super().__init__("; ".join(refused.problems) or refused.kind)
 
@@ -59,17 +59,17 @@ class RegistryClient:
     def __init__(self, caller: Any, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.caller, self.timeout = caller, timeout
 
-    def ask(self, request: RegistryRequest) -> RegistryReply | Refused:
+    def ask(self, request: RegistryRequest) -> RegistryReply | RegistryRefusal:
         outputs = self.caller.call(REGISTRY_ID, request_inputs(request), timeout=self.timeout)
-        return read_reply(request, outputs)
+        return read_registry_reply(request, outputs)
 
-    async def aask(self, request: RegistryRequest) -> RegistryReply | Refused:
+    async def aask(self, request: RegistryRequest) -> RegistryReply | RegistryRefusal:
         outputs = await self.caller.acall(REGISTRY_ID, request_inputs(request), timeout=self.timeout)
-        return read_reply(request, outputs)
+        return read_registry_reply(request, outputs)
 
     def _answer(self, request: RegistryRequest) -> Any:
         reply = self.ask(request)
-        if isinstance(reply, Refused):
+        if isinstance(reply, RegistryRefusal):
             raise RegistryRefused(reply)
         return reply
 

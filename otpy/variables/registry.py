@@ -3,7 +3,7 @@
 It runs as a supervised child like any other (id ``registry``). A call's inputs are one of the
 typed requests of ``otpy.wire.registry_protocol`` (``get``, ``list``, ``set``, ``set_many``,
 ``resolve``, ``explain``, ``register_space``), read by its prebuilt decoder and answered by one
-``match`` (``_serve``) with a typed reply or a ``Refused``; ``otpy.variables.client`` is the
+``match`` (``_serve``) with a typed reply or a ``RegistryRefusal``; ``otpy.variables.client`` is the
 client. Its state (values, and spaces registered at run time) lives in SQLite (WAL) in the node's state folder: a write is acknowledged only after its
 transaction committed, so a registry SIGKILLed and restarted by its supervisor serves every
 acknowledged write, and an unacknowledged one is either wholly there or wholly absent.
@@ -41,7 +41,7 @@ from ..wire.registry_protocol import (
     Explained,
     GetValue,
     ListValues,
-    Refused,
+    RegistryRefusal,
     RegisterSpace,
     RegistryReply,
     Resolve,
@@ -114,7 +114,7 @@ class Registry:
     def forward(self, **inputs: Any) -> dict[str, Any]:
         """A call: its inputs are a request (``otpy.wire.registry_protocol``), its outputs the reply."""
         request = read_request(inputs)
-        reply = request if isinstance(request, Refused) else self.answer(request)
+        reply = request if isinstance(request, RegistryRefusal) else self.answer(request)
         try:
             return reply_outputs(reply)
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:  # not msgpack: an otpy bug
@@ -123,7 +123,7 @@ class Registry:
 
     __call__ = forward  # the worker calls its program with the call's inputs
 
-    def answer(self, request: ToRegistry) -> RegistryReply | Refused:
+    def answer(self, request: ToRegistry) -> RegistryReply | RegistryRefusal:
         """The reply to ``request``, or its refusal: ``invalid`` and ``conflict`` say why the store
         refused; anything else raised is an otpy bug or a broken file, logged with its traceback
         and answered ``internal``."""
@@ -131,9 +131,9 @@ class Registry:
             with self._lock:
                 return self._serve(request)
         except VariableError as error:
-            return Refused(kind="invalid", problems=error.problems)
+            return RegistryRefusal(kind="invalid", problems=error.problems)
         except VersionConflict as conflict:
-            return Refused(kind="conflict", problems=[str(conflict)], current=conflict.current)
+            return RegistryRefusal(kind="conflict", problems=[str(conflict)], current=conflict.current)
         except Exception as error:
             traceback.print_exc(file=sys.stderr)
             return _internal(request, error)
@@ -280,9 +280,9 @@ class Registry:
             print(f"otpy: registry: dropping stored {dropped}", file=sys.stderr, flush=True)
 
 
-def _internal(request: object, error: BaseException) -> Refused:
+def _internal(request: object, error: BaseException) -> RegistryRefusal:
     op = type(request).__struct_config__.tag if hasattr(request, "__struct_config__") else "request"
-    return Refused(kind="internal", problems=[f"{op}: {type(error).__name__}: {error}"])
+    return RegistryRefusal(kind="internal", problems=[f"{op}: {type(error).__name__}: {error}"])
 
 
 def _entry(e: ScopedValue) -> ValueEntry:

@@ -7,8 +7,8 @@ first). The wire format of agent calls is untouched: ``otpy.Caller(node).call("r
 {"op": ...})`` still works, and gets the same maps back.
 
 Each direction is read once, by a decoder built once: ``read_request`` (the registry's side,
-``TO_REGISTRY``) and ``read_reply`` (a client's side: the request says which reply it
-expects). A request that is not one of these is a ``Refused`` of kind ``bad_request`` naming
+``TO_REGISTRY``) and ``read_registry_reply`` (a client's side: the request says which reply it
+expects). A request that is not one of these is a ``RegistryRefusal`` of kind ``bad_request`` naming
 the field; ``invalid``, ``conflict`` and ``internal`` come from the registry's answer.
 
 >>> read_request({"op": "get", "scope": "global", "name": "t"})
@@ -81,7 +81,7 @@ class WrittenMany(RegistryReply, kw_only=True):
 RefusalKind = Literal["bad_request", "invalid", "conflict", "internal"]
 
 
-class Refused(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class RegistryRefusal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The registry did not do it. ``kind``: ``bad_request`` (not a request: unknown op, a
     missing, unexpected or mistyped field, named), ``invalid`` (a value or declaration refused,
     nothing written), ``conflict`` (a compare-and-set lost; ``current`` is the current version)
@@ -175,28 +175,28 @@ def request_inputs(request: RegistryRequest) -> dict[str, Any]:
     return _PLAIN.decode(ENCODER.encode(request))
 
 
-def reply_outputs(reply: RegistryReply | Refused) -> dict[str, Any]:
+def reply_outputs(reply: RegistryReply | RegistryRefusal) -> dict[str, Any]:
     """The call outputs that carry ``reply`` (``ok`` first). Raises ``msgspec.EncodeError`` or
     ``TypeError`` for a value msgpack cannot carry (a composite that computed an odd object)."""
     return _PLAIN.decode(ENCODER.encode(reply))
 
 
-def read_request(inputs: Mapping[str, Any]) -> ToRegistry | Refused:
+def read_request(inputs: Mapping[str, Any]) -> ToRegistry | RegistryRefusal:
     """The request the call's inputs carry, or the ``bad_request`` refusal naming the field."""
     try:
         data = ENCODER.encode(inputs)
     except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
-        return Refused(kind="bad_request", problems=[f"the request cannot be read: {exc}"])  # in-process callers
+        return RegistryRefusal(kind="bad_request", problems=[f"the request cannot be read: {exc}"])  # in-process callers
     try:
         return TO_REGISTRY.decode(data)
     except msgspec.ValidationError as exc:
-        return Refused(kind="bad_request", problems=[_problem(inputs, str(exc))])
+        return RegistryRefusal(kind="bad_request", problems=[_problem(inputs, str(exc))])
 
 
-def read_reply(request: RegistryRequest, outputs: Mapping[str, Any]) -> RegistryReply | Refused:
+def read_registry_reply(request: RegistryRequest, outputs: Mapping[str, Any]) -> RegistryReply | RegistryRefusal:
     """The registry's answer to ``request``, from the call's outputs. A map that is neither
     (another program answered as ``registry``, or an otpy bug) raises ``msgspec.ValidationError``."""
-    return msgspec.convert(outputs, Refused if outputs.get("ok") is False else request.reply)
+    return msgspec.convert(outputs, RegistryRefusal if outputs.get("ok") is False else request.reply)
 
 
 # --- a malformed request, in words --------------------------------------------------------
