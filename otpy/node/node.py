@@ -218,7 +218,7 @@ class AsyncNode(Operations):
     async def _start_child(self, request: StartChild) -> Outcome:
         sup = self.supervisor(request.supervisor)
         if sup is None:
-            return Outcome("not_found", detail=f"no supervisor {request.supervisor!r}")
+            return Outcome("not_found", detail=_no_supervisor_text(request.supervisor))
         if problems := spec_problems(request.spec, sup.spec) or self._path_problems(request.spec):
             return Outcome("invalid", detail="; ".join(problems))
         if clash := self._id_clash([sub.id for _, sub in walk(request.spec)], sup):
@@ -231,7 +231,7 @@ class AsyncNode(Operations):
             return Outcome("invalid", detail=problem)  # before anything: the id names a socket file
         sup = self.supervisor(request.supervisor)
         if sup is None:
-            return Outcome("not_found", detail=f"no supervisor {request.supervisor!r}")
+            return Outcome("not_found", detail=_no_supervisor_text(request.supervisor))
         if problems := template_start_problems(sup.spec, request.template, child_id, request.args):
             return Outcome("invalid", detail="; ".join(problems))
         if clash := self._id_clash((child_id,), sup):
@@ -321,12 +321,16 @@ def _reply(request_id: int, outcome: Outcome) -> Outcome:
 
 
 def _no_supervisor(request_id: int, sup_id: str) -> Refused:
-    return Refused(request_id, "not_found", clip(f"no supervisor {sup_id!r}"))
+    return Refused(request_id, "not_found", clip(_no_supervisor_text(sup_id)))
 
 
 def _no_owner(child_id: str, sup_id: str) -> Outcome:
-    where = f"supervisor {sup_id!r}" if sup_id else f"child {child_id!r}"
-    return Outcome("not_found", detail=f"no {where}")
+    return Outcome("not_found", detail=_no_supervisor_text(sup_id) if sup_id else f"no child {child_id!r}")
+
+
+def _no_supervisor_text(sup_id: str) -> str:
+    """The one wording of a supervisor the node does not have (a reply or a refusal)."""
+    return f"no supervisor {sup_id!r}"
 
 
 def _counts(request_id: int, children: list[ChildInfo]) -> Counts:

@@ -138,17 +138,21 @@ class Supervisor:
         self._replaced[task] = (id, old)
         task.add_done_callback(lambda t: self._replaced.pop(t, None))
 
+    def _gone(self) -> Outcome:
+        """The answer to a request that reaches this supervisor once it has stopped."""
+        return Outcome("not_found", detail=f"supervisor {self.spec.id!r} is not running")
+
     async def call(self, request: ChildRequest) -> Outcome:
         """Queue ``request`` (the wire's request about a child) behind the other events and
         wait for its answer."""
         if self.exited.done():
-            return Outcome("not_found", detail=f"supervisor {self.spec.id!r} is not running")
+            return self._gone()
         reply_to: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._inbox.put_nowait(Command(request, reply_to))
         done, _ = await asyncio.wait({reply_to, self.exited}, return_when=asyncio.FIRST_COMPLETED)
         if reply_to.done():
             return reply_to.result()
-        return Outcome("not_found", detail=f"supervisor {self.spec.id!r} stopped")
+        return self._gone()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -249,7 +253,7 @@ class Supervisor:
             event = self._inbox.get_nowait()
             reply_to = event.reply_to if isinstance(event, Command) else None
             if isinstance(reply_to, asyncio.Future) and not reply_to.done():
-                reply_to.set_result(Outcome("not_found", detail=f"supervisor {self.spec.id!r} stopped"))
+                reply_to.set_result(self._gone())
 
     # --- what the tree looks like -----------------------------------------------------------
 
