@@ -383,3 +383,9 @@ def test_a_registry_that_fails_is_no_invalid_value():
             with pytest.raises(otpy.ControlError) as refused:
                 client.set_variables("global", {"t": 1.0})
             assert refused.value.kind == "internal"
+
+
+def test_an_event_of_a_kind_this_version_does_not_know_is_read():
+    """Field types never change on the wire (docs/protocol.md): a kind a newer node adds decodes."""
+    data = ENCODER.encode({"type": "NodeEvent", "kind": "paused", "node": "n", "supervisor": "root"})
+    assert EVENT.decode(data).kind == "paused"

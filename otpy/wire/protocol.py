@@ -372,10 +372,11 @@ EventKind = Literal["started", "exited", "stopped", "restarting", "reconfiguring
 
 
 class NodeEvent(Message):
-    """A supervision event (one of ``EventKind``); ``time`` is Unix time. The node's supervisors
-    make it, the node logs it, and the events socket publishes it as it is."""
+    """A supervision event; ``time`` is Unix time. The node's supervisors make it, the node logs
+    it, and the events socket publishes it as it is. ``kind`` is one of ``EventKind`` when otpy
+    makes it; on the wire it is a string, so a subscriber reads a kind a newer node adds."""
 
-    kind: EventKind
+    kind: str  # an EventKind
     node: str
     supervisor: str
     child: str | None = None
