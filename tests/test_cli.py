@@ -215,3 +215,14 @@ def test_node_may_be_left_out_only_when_one_runs_and_stale_nodes_are_named():
                     second.stop()
         finally:
             os.environ["OTPY_RUNTIME_DIR"] = old
+
+
+@pytest.mark.parametrize("args, said", [
+    (("--command", 'sleep "100'), "--command cannot be split like a shell line: No closing quotation"),
+    (("--program", "x:y", "--args", '{"a": 99999999999999999999999}'), "args.a: got 99999999999999999999999"),
+    (("--template", "t", "--args", '{"a": 99999999999999999999999}'), "args.a: got 99999999999999999999999"),
+])
+def test_start_child_refuses_what_it_cannot_send_as_a_usage_error(args, said):
+    """Before: a traceback (ValueError, OverflowError) and exit 1; nothing reaches any node."""
+    done = otpy_cli("start-child", "pool", "--id", "a", *args, "--node", unique_name("nobody"))
+    assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr

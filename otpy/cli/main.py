@@ -34,6 +34,7 @@ from ..host.node_run import RUN_VAR, lock_holder
 from ..wire.protocol import EVENT, NodeEvent, Outcome
 from ..host.runtime_dir import RuntimeDirError, events_endpoint, node_dir, open_private_append
 from ..specs.model import ChildSpec, name_problem
+from ..specs.rules import spec_problems
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -174,11 +175,17 @@ def start_child(sup, child_id, template, program, command, args_json, restart, n
     args = _json_object_or_exit(args_json)
     if sum(x is not None for x in (template, program, command)) != 1:
         _usage_exit("start-child: give exactly one of --template, --program and --command")
+    try:
+        argv = tuple(shlex.split(command)) if command is not None else None
+    except ValueError as exc:
+        _usage_exit(f"start-child: --command cannot be split like a shell line: {exc}")
+    spec = ChildSpec(id=child_id, program=program, args=args, restart=restart, command=argv)
+    checked = spec if template is None else ChildSpec(id=child_id, command=("-",), args=args)  # its args alone
+    if problems := spec_problems(checked):
+        _usage_exit(f"start-child: {'; '.join(problems)}")
     if template is not None:
         _outcome_exit("start-child", _ask(node_name, "start-child",
                                           lambda c: c.start_from_template(sup, template, child_id, args)))
-    spec = ChildSpec(id=child_id, program=program, args=args, restart=restart,
-                     command=tuple(shlex.split(command)) if command is not None else None)
     _outcome_exit("start-child", _ask(node_name, "start-child", lambda c: c.start_child(sup, spec)))
 
 
