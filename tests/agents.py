@@ -113,3 +113,13 @@ class CallsThroughASubProgram(Program):
 class Echoer(Program):
     def forward(self, **inputs):
         return self.call("echo", inputs, timeout=5.0)
+
+
+class PlainForward:
+    """A program that is no otpy.Program: a class with setup and forward, as validate accepts."""
+
+    def setup(self, args, config):
+        self.greeting = args.get("greeting", "hi")
+
+    def forward(self, **inputs):
+        return {"said": self.greeting, **inputs}

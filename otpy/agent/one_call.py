@@ -57,7 +57,8 @@ def run_call(program: Program, call: Call) -> bytes:
     an output can cause: whatever the encoder (or a user object it meets) raises, the caller
     gets ``unencodable`` and the call thread lives."""
     try:
-        outputs = as_outputs(program(**call.inputs))
+        run = program if callable(program) else program.forward  # a plain class with forward: as validate accepts
+        outputs = as_outputs(run(**call.inputs))
     except BaseException as exc:
         return _raised(call.call_id, exc)
     try:
