@@ -389,3 +389,13 @@ def test_an_event_of_a_kind_this_version_does_not_know_is_read():
     """Field types never change on the wire (docs/protocol.md): a kind a newer node adds decodes."""
     data = ENCODER.encode({"type": "NodeEvent", "kind": "paused", "node": "n", "supervisor": "root"})
     assert EVENT.decode(data).kind == "paused"
+
+
+def test_starting_a_started_node_object_again_is_refused_and_it_keeps_running():
+    """Before: the second start() raised NodeAlreadyRunning and closed the object's loop, so
+    every later operation on it failed with AttributeError while the node served on."""
+    with otpy.Node.from_spec(otpy.SupervisorSpec(id="root", children=(sleeper("a"),)),
+                             name=unique_name("twice")) as node:
+        with pytest.raises(otpy.NodeAlreadyRunning, match="this Node object started it"):
+            node.start()
+        assert [c.state for c in node.which_children()] == ["running"]

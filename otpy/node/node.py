@@ -433,6 +433,8 @@ class Node(Operations):
         return cls(NodeSpec(name=name, root=root), **kwargs)
 
     def start(self) -> "Node":
+        if self._loop is not None:  # this object runs its node already: refuse, and keep it running
+            raise NodeAlreadyRunning(f"{already_running(self.name, os.getpid())}: this Node object started it")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"otpy-{self._spec.name}", daemon=True)
         self._thread.start()
