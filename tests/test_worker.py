@@ -108,3 +108,48 @@ def test_program_call_works_from_setup_and_forward():
     with otpy.Node.from_spec(root, name=unique_name("worker")) as node:
         assert node.call("caller", {"x": 1}, timeout=5.0) == {
             "in_setup": {"from": "setup"}, "in_forward": {"x": 1}}
+
+
+def test_the_caller_a_sub_program_made_for_itself_is_closed_with_it(tmp_path, monkeypatch):
+    """Before: a Program made inside an agent (a sub-program, one per request, DSPy style) made
+    its own caller that nothing closed: one eventfd (and its sockets) left per sub-program."""
+    import gc
+    import os
+
+    import msgspec
+
+    from otpy.host.runtime_dir import agent_endpoint, make_agents_dir
+    from otpy.wire.protocol import ENCODER, Call, Reply
+
+    monkeypatch.setenv("OTPY_RUNTIME_DIR", str(tmp_path))
+    node = unique_name("subprogram")
+    make_agents_dir(node)
+    monkeypatch.setenv("OTPY_NODE", node)
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.linger = 0
+    router.bind(agent_endpoint(node, "agent"))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if router.poll(50):
+                peer, payload = router.recv_multipart()
+                call = msgspec.msgpack.decode(payload, type=Call)
+                router.send_multipart([peer, ENCODER.encode(Reply(call_id=call.call_id, outputs={}))])
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        Program().call("agent", {})
+        gc.collect()
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(50):  # one forward each: a fresh sub-program calls once
+            assert Program().call("agent", {}) == {}
+        gc.collect()
+        assert len(os.listdir("/proc/self/fd")) - before < 10
+    finally:
+        stop.set()
+        server.join()
+        router.close()
+        context.term()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
@@ -53,12 +54,13 @@ class Program:
         """The ``Caller`` of this agent's node (made on first use): for ``submit``/``acall``, or
         to run a ``Pipeline`` from ``forward``. The program the worker runs shares the worker's
         one; a Program made inside an agent (a sub-program, DSPy style) gets its own, for the
-        node the agent belongs to (``OTPY_NODE``)."""
+        node the agent belongs to (``OTPY_NODE``), closed when the sub-program is collected."""
         if self._otpy_node_caller is None:
             node = os.environ.get("OTPY_NODE")
             if not node:
                 raise RuntimeError("Program.call works in an agent run by an otpy node (no OTPY_NODE)")
-            self._otpy_node_caller = NodeCaller(node)
+            own = self._otpy_node_caller = NodeCaller(node)
+            weakref.finalize(self, own.close).atexit = False  # a process that ends frees it anyway
         return self._otpy_node_caller.get()
 
 
@@ -92,6 +94,13 @@ class NodeCaller:
 
                 self._caller = Caller(self.node)
             return self._caller
+
+    def close(self) -> None:
+        """Close the caller, if one was made (its sockets, its threads' engines, its eventfds)."""
+        with self._lock:
+            caller, self._caller = self._caller, None
+        if caller is not None:
+            caller.close()
 
     def hand_to(self, program: object) -> None:
         """Give ``program`` this caller for ``Program.call`` (an object that is no ``Program``
