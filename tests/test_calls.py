@@ -216,3 +216,40 @@ def test_the_team_example_runs_with_one_command():
                           capture_output=True, text=True, timeout=50, cwd="/")
     assert done.returncode == 0, done.stderr
     assert '"approved": true' in done.stdout and "do soup: done" in done.stdout
+
+
+def test_a_caller_that_keeps_calling_does_not_keep_a_draining_agent_alive(node):
+    """Before: each call the draining agent refused was resent at once, on a new connection to
+    the same socket, where the draining agent still answered ``draining``: over a thousand
+    refusals a second, so its socket never went quiet and ``terminate_child`` took as long as
+    the caller's timeout. Now each refused call waits for the name's next holder: the agent
+    ends as soon as its last call is answered, and the calls reach the restarted one."""
+    stop, failures, answered = threading.Event(), [], []
+    with Caller(node.name) as caller:
+        caller.call("victim", {"seconds": 0})
+
+        def keep_calling() -> None:
+            while not stop.is_set():
+                try:
+                    answered.append(caller.call("victim", {"seconds": 0}, timeout=20)["end"])
+                except CallError as exc:
+                    failures.append(exc)
+
+        busy = caller.submit("victim", {"seconds": 0.3}, timeout=20)  # in flight when SIGTERM comes
+        loop = threading.Thread(target=keep_calling)
+        loop.start()
+        try:
+            wait_for(lambda: len(answered) > 0)
+            started = time.monotonic()
+            assert node.terminate_child("victim").outcome == "ok"
+            took = time.monotonic() - started
+            count = len(answered)
+            assert node.restart_child("victim").outcome == "ok"
+            wait_for(lambda: len(answered) > count + 3, 10)  # the restarted agent gets the calls
+        finally:
+            stop.set()
+            loop.join()
+        assert busy.result(10)["seconds"] == 0.3
+    assert took < 10, f"terminate_child took {took:.1f} s: the caller's calls kept the agent draining"
+    assert failures == []
+    node.events.wait("started", "victim")

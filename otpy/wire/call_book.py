@@ -7,7 +7,7 @@ sockets, asks the book, and carries out what it answers:
 
 - ``Answered(pending, outputs)`` / ``Fail(pending, error)``: the call is over.
 - ``Resend(pending)``: the agent refused it while draining, so it did not run: send it again,
-  same id and deadline, on a new connection (to the name's next holder).
+  same id and deadline, once the name has a next holder (until then it is parked).
 - ``Reattempt(pending)``: a retryable error with attempts left: the book has given the call a new
   id, payload and deadline; send it on the agent's current connection.
 - ``Renew(link)``: a drain notice: new calls to this agent wait for the name's next holder.
@@ -133,6 +133,13 @@ class CallBook:
         self.pending[pending.call_id] = pending
         heapq.heappush(self.deadlines, (pending.deadline, pending.call_id))
         (link.in_flight if link.connected else link.queued).add(pending.call_id)
+
+    def park(self, pending: Pending) -> None:
+        """``pending`` waits, unsent, for the name's next holder (its holder drains); awaited until
+        its deadline like a call on a link."""
+        pending.link = None
+        self.pending[pending.call_id] = pending
+        heapq.heappush(self.deadlines, (pending.deadline, pending.call_id))
 
     # --- what comes back -------------------------------------------------------------------
 

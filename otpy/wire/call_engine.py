@@ -6,11 +6,17 @@ Whichever thread does the socket I/O owns one engine: the caller's background th
 ``submit``/``acall`` (its loop polls ``poller`` and calls ``handle``, ``expire``,
 ``retire_idle``), and each thread that uses ``call`` (``start`` then ``wait``, on the calling
 thread: no hand-off). The same rules hold on both.
+
+No send blocks: a DEALER whose queue is full (an agent down while ~1000 calls wait for it)
+makes the call fail with ``Overloaded``. A call refused while its agent drains (or made after
+the drain notice) is *parked*: it waits, up to its deadline, until another process holds the
+name (the agent's socket file is a new one, or gone), and only then goes out, once.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -18,14 +24,15 @@ from typing import Any, Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ..host.runtime_dir import agent_endpoint
+from ..host.runtime_dir import agent_endpoint, agent_socket_path
 from .call_book import Answered, BlockingResult, CallBook, Decision, Fail, LinkState, Pending, Reattempt, Renew, Resend
 from .call_messages import read_reply
 from .codec import MAX_CALL_BYTES
-from .errors import CallError, NoSuchAgent
+from .errors import CallError, NoSuchAgent, Overloaded
 from .protocol import CallFailed, Reply
 
 RECONNECT_IVL_MS = 2
+PARKED_CHECK_MS = 2  # how often parked calls look for the name's next holder
 _MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
 
 
@@ -36,18 +43,23 @@ class Link(LinkState):
     dealer: Any = None
     monitor: Any = None
     poller: Any = field(default_factory=zmq.Poller)
+    holder: tuple[int, int] | None = None  # the socket file this link was opened to (``_holder``)
 
 
 class CallEngine:
     """The links of one I/O thread and the calls on them."""
 
     def __init__(self, context: zmq.Context, node: str, new_id: Callable[[], int],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, stop: int | None = None) -> None:
         self.context = context
         self.node = node
         self.clock = clock
         self.book = CallBook(new_id)
+        self.stop = stop  # a file descriptor that, once readable, ends ``wait`` (the caller closes)
         self.poller = zmq.Poller()  # every socket of every link (and what the owner adds)
+        if stop is not None:
+            self.poller.register(stop, zmq.POLLIN)
+        self.parked: list[Pending] = []  # calls waiting for the name's next holder (a drain)
         self.links: dict[str, Link] = {}  # each agent's current link
         self.retiring: list[Link] = []  # links a drain notice replaced: closed once idle
         self.by_socket: dict[zmq.Socket, tuple[str, Link]] = {}
@@ -60,13 +72,16 @@ class CallEngine:
         self._send(pending, None)
 
     def wait(self, pending: Pending) -> None:
-        """Do the I/O on this thread until ``pending`` ends (``call``); others on the way are handled."""
+        """Do the I/O on this thread until ``pending`` ends (``call``) or ``stop`` is readable (then
+        ``pending`` may be left undone); others on the way are handled."""
         outcome = pending.future
         self.retire_idle()  # a notice read before the send replaced a link
         while not outcome.done():
             link = pending.link
             poller = link.poller if link is not None and self.links.get(link.agent) is link else self.poller
             for socket, _ in poller.poll(self.poll_timeout_ms()):
+                if socket == self.stop:
+                    return
                 self.handle(socket, until=outcome)
             if not outcome.done():
                 self.expire()
@@ -82,11 +97,18 @@ class CallEngine:
 
     def poll_timeout_ms(self) -> int | None:
         deadline = self.book.next_deadline()
-        return None if deadline is None else max(0, int((deadline - self.clock()) * 1000) + 1)
+        timeout = None if deadline is None else max(0, int((deadline - self.clock()) * 1000) + 1)
+        if self.parked and (timeout is None or timeout > PARKED_CHECK_MS):
+            return PARKED_CHECK_MS
+        return timeout
 
     def expire(self) -> None:
+        """Fail (or retry) the calls past their deadline; send the parked ones whose agent's name
+        has a new holder."""
         for decision in self.book.expire(self.clock()):
             self._carry_out(decision)
+        if self.parked:
+            self._unpark()
 
     def retire_idle(self) -> None:
         """Close the replaced links that have no call left on them. Only between reads (the
@@ -95,15 +117,13 @@ class CallEngine:
             return
         for link in [link for link in self.retiring if link.idle]:
             self.retiring.remove(link)
-            for socket in (link.dealer, link.monitor):
-                self.poller.unregister(socket)
-                del self.by_socket[socket]
-            _close_link(link)
+            self._close(link)
 
     def close(self, error_for: Callable[[Pending], CallError]) -> None:
         """Fail the calls still awaited, close every link."""
         for decision in self.book.close(error_for):
             self._carry_out(decision)
+        self.parked.clear()
         for link in {id(link): link for _, link in self.by_socket.values()}.values():
             _close_link(link)
         self.links.clear()
@@ -114,15 +134,53 @@ class CallEngine:
     def _send(self, pending: Pending, link: Link | None) -> None:
         """Send ``pending`` on ``link``, or on the agent's current link (what came before on it is
         read first: a drain notice moves the name to a new link, a disconnect already reported
-        must not fail this call)."""
+        must not fail this call). A draining holder gets no call: it waits (``parked``) for the
+        next one. Never blocks: a full queue is ``Overloaded``."""
         try:
             if link is None:
                 link = self._current(pending.agent)
+            if link.draining and (link := self._next_holder(link)) is None:
+                self.book.park(pending)
+                self.parked.append(pending)
+                return
+            link = self._put(link, pending.payload)
         except CallError as error:
+            self.book.forget(pending.call_id)
             _fail(pending.future, error)
             return
         self.book.sent(pending, link)
-        link.dealer.send(pending.payload, copy=False)
+
+    def _put(self, link: Link, payload: bytes) -> Link:
+        """``payload`` onto ``link``'s queue, without blocking; the link it went on. A full queue of
+        an agent that is down, holding only calls that ended (timed out): a new link drops them."""
+        try:
+            link.dealer.send(payload, zmq.NOBLOCK, copy=False)
+            return link
+        except zmq.Again:
+            if link.connected or not link.idle or self.links.get(link.agent) is not link:
+                raise Overloaded(f"{len(link.in_flight | link.queued)} calls already wait for agent "
+                                 f"{link.agent!r} (it is {'not reading' if link.connected else 'down'})",
+                                 agent=link.agent) from None
+        self._close(link)
+        fresh = self._connect(link.agent)
+        fresh.dealer.send(payload, zmq.NOBLOCK, copy=False)  # an empty queue takes it
+        return fresh
+
+    def _next_holder(self, draining: Link) -> Link | None:
+        """The link to the holder after ``draining``'s (a new one if the socket file changed since
+        ``draining`` was opened), or None while the draining holder still has the name."""
+        current = self.links.get(draining.agent)
+        if current is not None and current is not draining and not current.draining:
+            return current
+        if _holder(self.node, draining.agent) == draining.holder:
+            return None
+        return self._renew(draining)
+
+    def _unpark(self) -> None:
+        parked, self.parked = self.parked, []
+        for pending in parked:
+            if self.book.pending.get(pending.call_id) is pending:  # not timed out meanwhile
+                self._send(pending, None)  # goes out, or is parked again
 
     def _current(self, agent: str) -> Link:
         link = self.links.get(agent) or self._connect(agent)
@@ -134,12 +192,21 @@ class CallEngine:
         return self.links.get(agent) or self._connect(agent)
 
     def _renew(self, old: Link) -> Link:
-        """A draining agent: new calls go on a new connection (to the name's next holder); the old
-        link stays until the calls still on it are answered or lost (``retire_idle``)."""
+        """The name has a new holder: new calls go on a new connection; the old link stays until the
+        calls still on it are answered or lost (``retire_idle``)."""
         if self.links.get(old.agent) is old:
             self.retiring.append(old)
             return self._connect(old.agent)
         return self.links.get(old.agent) or self._connect(old.agent)
+
+    def _close(self, link: Link) -> None:
+        """Close ``link`` now (it has no call on it)."""
+        if self.links.get(link.agent) is link:
+            del self.links[link.agent]
+        for socket in (link.dealer, link.monitor):
+            self.poller.unregister(socket)
+            del self.by_socket[socket]
+        _close_link(link)
 
     def _connect(self, agent: str) -> Link:
         link = self.links[agent] = _open_link(self.context, self.node, agent)  # NoSuchAgent: nothing kept
@@ -147,6 +214,8 @@ class CallEngine:
         self.by_socket[link.monitor] = ("monitor", link)
         self.poller.register(link.dealer, zmq.POLLIN)
         self.poller.register(link.monitor, zmq.POLLIN)
+        if self.stop is not None:
+            link.poller.register(self.stop, zmq.POLLIN)
         return link
 
     # --- receiving -------------------------------------------------------------------------
@@ -173,31 +242,36 @@ class CallEngine:
                 _resolve(pending.future, outputs)
             case Fail(pending, error):
                 _fail(pending.future, error)
-            case Resend(pending):
-                try:
-                    link = self._renew(pending.link)
-                except CallError as error:
-                    _fail(pending.future, error)
-                    return
-                self._send(pending, link)
+            case Resend(pending):  # refused while draining: to the next holder, or parked until one comes
+                self._send(pending, None)
             case Reattempt(pending):
                 self.start(pending)
-            case Renew(link):
+            case Renew(link):  # the holder drains: a next one that is there already gets the next calls
                 try:
-                    self._renew(link)
+                    if _holder(self.node, link.agent) != link.holder:
+                        self._renew(link)
                 except CallError:
                     pass  # the next call to the agent connects again (or says why it cannot)
 
 
 def _open_link(context: zmq.Context, node: str, agent: str) -> Link:
-    """A DEALER to ``agent`` (queues while the agent is down) and the monitor of its connection."""
-    dealer = context.socket(zmq.DEALER)
+    """A DEALER to ``agent`` (queues while the agent is down) and the monitor of its connection.
+    No socket to be had (EMFILE, ...): ``Overloaded``, nothing was sent."""
+    holder = _holder(node, agent)
+    try:
+        dealer = context.socket(zmq.DEALER)
+    except zmq.ZMQError as exc:
+        raise Overloaded(f"the caller cannot open a socket to agent {agent!r}: {exc}", agent=agent) from None
     dealer.linger = 0
     dealer.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
     dealer.setsockopt(zmq.IMMEDIATE, 0)
     dealer.setsockopt(zmq.MAXMSGSIZE, MAX_CALL_BYTES)  # agents send no bigger reply
-    monitor = dealer.get_monitor_socket(_MONITORED)
-    link = Link(agent, dealer=dealer, monitor=monitor)
+    try:
+        monitor = dealer.get_monitor_socket(_MONITORED)
+    except zmq.ZMQError as exc:
+        dealer.close(linger=0)
+        raise Overloaded(f"the caller cannot open a socket to agent {agent!r}: {exc}", agent=agent) from None
+    link = Link(agent, dealer=dealer, monitor=monitor, holder=holder)
     try:
         dealer.connect(agent_endpoint(node, agent))
     except zmq.ZMQError as exc:  # a path too long for AF_UNIX, ...: an open socket would hang Context.term()
@@ -208,8 +282,21 @@ def _open_link(context: zmq.Context, node: str, agent: str) -> Link:
     return link
 
 
+def _holder(node: str, agent: str) -> tuple[int, int] | None:
+    """Which socket file holds ``agent``'s name now (inode, change time), None: no file. A
+    replacement binds (or renames) a new file: the value changes."""
+    try:
+        st = os.stat(agent_socket_path(node, agent))
+    except OSError:
+        return None
+    return st.st_ino, st.st_ctime_ns
+
+
 def _close_link(link: Link) -> None:
-    link.dealer.disable_monitor()
+    try:
+        link.dealer.disable_monitor()
+    except zmq.ZMQError:
+        pass  # the context is ending: closing is all that is left
     link.monitor.close(linger=0)
     link.dealer.close(linger=0)
 

@@ -12,9 +12,10 @@ call to one background I/O thread and wait on a ``concurrent.futures.Future``. B
 same engine (``call_engine.CallEngine``) and the same rules (``call_book.CallBook``): while an
 agent restarts, calls queue in its DEALER (``IMMEDIATE`` off) and go out when the replacement
 binds; a socket monitor sees the connection break and fails the calls that were in flight on
-it with ``AgentCrashed``; a drain notice moves the name to a new connection and a call the
-agent refused while draining is sent again there. Every call has a deadline
-(``CallTimeout``); a reply whose call id is no longer awaited is dropped.
+it with ``AgentCrashed``; after a drain notice, and for a call the agent refused while
+draining (sent again, once), calls wait for the name's next holder. Every call has a
+deadline (``CallTimeout``); a reply whose call id is no longer awaited is dropped; no send
+blocks (a full queue, or no socket to be had: ``Overloaded``). Any thread may ``close``.
 """
 
 from __future__ import annotations
@@ -35,9 +36,7 @@ from .call_book import BlockingResult, Pending
 from .call_engine import CallEngine
 from .call_messages import encode_call
 from .codec import Complaints
-from .errors import CallError, NoSuchAgent
-
-_complain = Complaints(lambda line: print(line, file=sys.stderr, flush=True))
+from .errors import CallError, NoSuchAgent, Overloaded
 
 
 def _closed_error(pending: Pending) -> CallError:
@@ -54,11 +53,15 @@ class Caller:
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._known: set[str] = set()  # agents whose socket file was seen
         self._lock = threading.Lock()
+        self._left = threading.Condition(self._lock)  # a thread left ``call`` (``close`` waits for it)
         self._thread: threading.Thread | None = None
         self._context: zmq.Context | None = None
         self._own = threading.local()  # this thread's engine, for ``call``
-        self._own_engines: list[CallEngine] = []
+        self._own_engines: dict[CallEngine, threading.Thread] = {}  # open ones, by the thread owning each
+        self._busy: set[CallEngine] = set()  # those whose thread is in ``call``: only it may close them
+        self._stop: int | None = None  # readable once closing: wakes the threads waiting in ``call``
         self._closed = False
+        self._complain = Complaints(lambda line: print(line, file=sys.stderr, flush=True))
 
     # --- the public calls -----------------------------------------------------------------
 
@@ -83,9 +86,14 @@ class Caller:
         if self._closed:
             raise CallError("the caller is closed", agent=agent_id)
         pending = self._pending(agent_id, inputs, timeout, retries, BlockingResult())
-        engine = self._own_engine()
-        engine.start(pending)
-        engine.wait(pending)
+        engine = self._enter(agent_id)
+        try:
+            engine.start(pending)
+            engine.wait(pending)
+        finally:
+            self._leave(engine)
+        if not pending.future.done():  # ``close`` woke the wait
+            raise _closed_error(pending)
         return pending.future.result()
 
     async def acall(self, agent_id: str, inputs: Mapping[str, Any] | None = None, *,
@@ -94,21 +102,33 @@ class Caller:
         return await asyncio.wrap_future(self.submit(agent_id, inputs, timeout=timeout, retries=retries))
 
     def close(self) -> None:
-        """Fail the calls still waiting (``CallError``), close the sockets, stop the I/O thread."""
+        """Fail the calls still waiting (``CallError``), close the sockets, stop the I/O thread.
+
+        Any thread may close: a thread waiting in ``call`` is woken, gets ``CallError`` and
+        closes its own sockets (ZeroMQ sockets belong to one thread); ``close`` waits for it."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             thread = self._thread
+            idle = [engine for engine in self._own_engines if engine not in self._busy]
+            for engine in idle:
+                del self._own_engines[engine]
+        if self._stop is not None:
+            os.eventfd_write(self._stop, 1)
+            with self._left:  # each closes its own sockets, before ``term`` (or its poll fails on ETERM)
+                self._left.wait_for(lambda: not self._busy)
         if thread is not None:
             self._commands.put(None)
             os.eventfd_write(self._wake, 1)
             thread.join()
-        for engine in self._own_engines:
+        for engine in idle:
             engine.close(_closed_error)
         if self._context is not None:
             self._context.term()
         os.close(self._wake)
+        if self._stop is not None:
+            os.close(self._stop)
 
     def __enter__(self) -> "Caller":
         return self
@@ -138,17 +158,52 @@ class Caller:
         if self._closed:
             raise CallError("the caller is closed")
         if self._context is None:
-            self._context = zmq.Context(io_threads=1)
+            try:
+                self._context = zmq.Context(io_threads=1)
+            except zmq.ZMQError as exc:  # EMFILE, ...
+                raise Overloaded(f"the caller cannot start ZeroMQ: {exc}") from None
         return self._context
 
-    def _own_engine(self) -> CallEngine:
+    def _enter(self, agent_id: str) -> CallEngine:
+        """This thread's engine (made on first use), marked busy until ``_leave``: ``close`` leaves
+        it to this thread."""
         engine = self._own.__dict__.get("engine")
-        if engine is None:
-            with self._lock:
-                engine = CallEngine(self._context_(), self.node, self._ids.__next__)
-                self._own_engines.append(engine)
-            self._own.engine = engine
+        gone: list[CallEngine] = []
+        with self._lock:
+            if self._closed:
+                raise CallError("the caller is closed", agent=agent_id)
+            if engine is None:
+                engine, gone = self._new_own_engine()
+            self._busy.add(engine)
+        for dead in gone:  # their threads ended: nobody else uses them
+            dead.close(_closed_error)
         return engine
+
+    def _new_own_engine(self) -> tuple[CallEngine, list[CallEngine]]:
+        """A new engine for this thread (the lock is held), and the engines of threads that ended,
+        taken off the list for the caller to close."""
+        if self._stop is None:
+            self._stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        engine = CallEngine(self._context_(), self.node, self._ids.__next__, stop=self._stop)
+        gone = [old for old, thread in self._own_engines.items() if not thread.is_alive()]
+        for old in gone:
+            del self._own_engines[old]
+        self._own_engines[engine] = threading.current_thread()
+        self._own.engine = engine
+        return engine, gone
+
+    def _leave(self, engine: CallEngine) -> None:
+        with self._lock:
+            closing = self._closed and self._own_engines.pop(engine, None) is not None
+            if not closing:
+                self._busy.discard(engine)
+        if closing:  # ``close`` came while this thread waited: it closes its own sockets, then ``close`` goes on
+            try:
+                engine.close(_closed_error)
+            finally:
+                with self._left:
+                    self._busy.discard(engine)
+                    self._left.notify_all()
 
     def _post(self, pending: Pending) -> None:
         with self._lock:
@@ -156,7 +211,11 @@ class Caller:
                 pending.future.set_exception(_closed_error(pending))
                 return
             if self._thread is None:
-                engine = CallEngine(self._context_(), self.node, self._ids.__next__)
+                try:
+                    engine = CallEngine(self._context_(), self.node, self._ids.__next__)
+                except CallError as error:
+                    pending.future.set_exception(error)
+                    return
                 self._thread = threading.Thread(target=_IOThread(self, engine).run, daemon=True,
                                                 name=f"otpy-caller-{self.node}")
                 self._thread.start()
@@ -187,7 +246,7 @@ class _IOThread:
                     engine.expire()
                     engine.retire_idle()
                 except Exception as exc:  # a bug here must not leave every later call hanging
-                    _complain(f"otpy: the caller's I/O thread of {self.caller.node!r} carried on after "
+                    self.caller._complain(f"otpy: the caller's I/O thread of {self.caller.node!r} carried on after "
                               f"{type(exc).__name__}: {exc}")
         finally:
             engine.close(_closed_error)
@@ -201,4 +260,12 @@ class _IOThread:
             if pending is None:
                 self.running = False
                 return
-            self.engine.start(pending)
+            try:
+                self.engine.start(pending)
+            except Exception as exc:  # a bug: this call fails, the thread and the other calls go on
+                self.caller._complain(f"otpy: a call to {pending.agent!r} failed in the caller: "
+                                      f"{type(exc).__name__}: {exc}")
+                self.engine.book.forget(pending.call_id)
+                if not pending.future.done():
+                    pending.future.set_exception(CallError(f"the call failed in the caller: {exc}",
+                                                           agent=pending.agent))

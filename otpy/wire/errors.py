@@ -48,10 +48,12 @@ class AgentCrashed(CallError):
 
 
 class Overloaded(CallError):
-    """Raised by the caller when the agent answers that its queue is full (``max_queue``).
+    """Raised by the caller when the agent answers that its queue is full (``max_queue``), or
+    by the caller itself, at once: ~1000 calls already wait for the agent while it is down (or
+    not reading), or no socket can be opened for the call (out of file descriptors: EMFILE).
 
-    Nothing ran. Back off and retry, raise the agent's ``max_queue`` or ``concurrency``,
-    or run more agents.
+    Nothing ran (nothing was sent). Back off and retry, raise the agent's ``max_queue`` or
+    ``concurrency``, run more agents, or raise the caller's ``ulimit -n``.
     """
 
     retryable = True
