@@ -253,3 +253,21 @@ def test_a_caller_that_keeps_calling_does_not_keep_a_draining_agent_alive(node):
     assert took < 10, f"terminate_child took {took:.1f} s: the caller's calls kept the agent draining"
     assert failures == []
     node.events.wait("started", "victim")
+
+
+@pytest.mark.parametrize("limits, field", [
+    ({"timeout": 0}, "timeout"), ({"timeout": -1}, "timeout"), ({"timeout": None}, "timeout"),
+    ({"timeout": float("nan")}, "timeout"), ({"timeout": float("inf")}, "timeout"), ({"timeout": True}, "timeout"),
+    ({"retries": -1}, "retries"), ({"retries": 1.5}, "retries"), ({"retries": None}, "retries"),
+])
+@pytest.mark.parametrize("form", ["call", "submit", "acall"])
+def test_a_timeout_or_retries_no_call_can_have_is_refused_alike(caller, limits, field, form):
+    """One rule for the three forms. Before: call(timeout=0) waited 1 ms and could succeed while
+    submit raised CallTimeout; timeout=None was a TypeError in one form and hung in another."""
+    with pytest.raises(ValueError, match=f"^{field}: got "):
+        if form == "call":
+            caller.call("echo", {}, **limits)
+        elif form == "submit":
+            caller.submit("echo", {}, **limits)
+        else:
+            asyncio.run(caller.acall("echo", {}, **limits))

@@ -68,6 +68,14 @@ def test_bad_input_json_is_a_usage_error(node):
     assert otpy("call", "first", "--input", "{nope", "--node", node).returncode == 2
 
 
+@pytest.mark.parametrize("option, field", [(("--timeout", "-1"), "timeout"), (("--timeout", "0"), "timeout"),
+                                           (("--retries", "-3"), "retries")])
+def test_a_timeout_or_retries_no_call_can_have_is_a_usage_error(node, option, field):
+    """Before: --retries -3 crashed with AssertionError; --timeout 0 could wait and succeed."""
+    done = otpy("call", "first", "--input", "{}", *option, "--node", node)
+    assert done.returncode == 2 and f"{field}: got" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
 def test_run_pipeline_runs_the_topology_pipeline_in_order(node):
     done = otpy("run-pipeline", "both", "--input", '{"path": []}', "--node", node)
     assert done.returncode == 0, done.stderr

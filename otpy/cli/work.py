@@ -61,6 +61,8 @@ def call(agent_id: str, input_json: str, timeout: float, retries: int, node_name
     with Caller(node_or_exit(node_name)) as caller:
         try:
             outputs = caller.call(agent_id, inputs, timeout=timeout, retries=retries)
+        except ValueError as exc:  # --timeout or --retries no call can have
+            _fail(f"call {agent_id}: {exc}", EXIT_USAGE)
         except CallError as exc:
             _fail(f"call {agent_id}: {type(exc).__name__}: {exc}")
     click.echo(json.dumps(outputs, default=str))

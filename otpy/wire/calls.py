@@ -140,7 +140,10 @@ class Caller:
 
     def _pending(self, agent_id: str, inputs: Mapping[str, Any] | None, timeout: float, retries: int,
                  future: Any) -> Pending:
-        """A new call, checked: ``NoSuchAgent`` and ``Unencodable`` are raised here, at once."""
+        """A new call, checked: ``ValueError`` (a timeout or retries no call can have),
+        ``NoSuchAgent`` and ``Unencodable`` are raised here, at once."""
+        if problem := call_limits_problem(timeout, retries):
+            raise ValueError(problem)
         self._check_agent(agent_id)
         inputs = dict(inputs or {})
         call_id = next(self._ids)
@@ -269,3 +272,13 @@ class _IOThread:
                 if not pending.future.done():
                     pending.future.set_exception(CallError(f"the call failed in the caller: {exc}",
                                                            agent=pending.agent))
+
+
+def call_limits_problem(timeout: object, retries: object) -> str | None:
+    """Why ``timeout`` (seconds per attempt) or ``retries`` cannot be a call's, or None: one
+    rule for ``call``, ``submit`` and ``acall`` (a timeout of 0 or None would never let a reply in)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        return f"timeout: got {timeout!r}; expected a number of seconds > 0"
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        return f"retries: got {retries!r}; expected an integer >= 0"
+    return None
