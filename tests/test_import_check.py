@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from otpy.topology.load import check_programs, load_topology
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,13 +51,9 @@ def test_a_program_that_forks_at_import_is_checked_at_once_and_leaves_no_orphan(
     started = time.monotonic()
     assert check_programs(load_topology(file, check_imports=False)) == []
     assert time.monotonic() - started < 10
-    deadline = time.monotonic() + 5
-    while not pid_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(pid_file.exists, 5.0, "the grandchild's pid file")
     grandchild = int(pid_file.read_text())
-    while alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not alive(grandchild), "the forked grandchild outlived validate"
+    wait_until(lambda: not alive(grandchild), 5.0, "the forked grandchild outlived validate")
 
 
 @pytest.mark.parametrize("source", [

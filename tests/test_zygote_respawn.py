@@ -43,8 +43,7 @@ async def kill_zygote(processes) -> None:
     """SIGKILL the running zygote and wait until its death is handled."""
     link = processes._zygote
     os.kill(link.pid, signal.SIGKILL)
-    while link.returncode is None:
-        await asyncio.sleep(0.005)
+    await asyncio.wait_for(asyncio.shield(link._death), 10)  # resolved as it is reaped, then on_death ran
 
 
 @pytest.mark.timeout(60)
