@@ -15,3 +15,27 @@ def private_runtime_dir():
     with tempfile.TemporaryDirectory(prefix="otpy-test-") as path:
         os.environ["OTPY_RUNTIME_DIR"] = path
         yield path
+
+
+@pytest.fixture
+def control_dealers():
+    """``dealer(node_name)``: a raw DEALER on that node's control socket (no send limit), closed
+    after the test: for sending the control socket bytes no client would."""
+    import zmq
+
+    from otpy.host.runtime_dir import control_endpoint
+
+    context = zmq.Context()
+    made: list = []
+
+    def dealer(name: str) -> zmq.Socket:
+        sock = context.socket(zmq.DEALER)
+        sock.linger, sock.sndhwm = 0, 0
+        sock.connect(control_endpoint(name))
+        made.append(sock)
+        return sock
+
+    yield dealer
+    for sock in made:
+        sock.close(linger=0)
+    context.term()

@@ -12,28 +12,10 @@ import zmq
 
 import otpy
 from otpy.wire.protocol import ENCODER, FROM_NODE, Children, GetStatus, Outcome, Status, TerminateChild, WhichChildren
-from otpy.host.runtime_dir import agent_socket_path, control_endpoint
+from otpy.host.runtime_dir import agent_socket_path
 from tests.helpers import IGNORES_TERM, Events, pids, python, sleeper, unique_name
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def sockets():
-    context = zmq.Context()
-    made: list[zmq.Socket] = []
-
-    def dealer(name: str) -> zmq.Socket:
-        sock = context.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.connect(control_endpoint(name))
-        made.append(sock)
-        return sock
-
-    yield dealer
-    for sock in made:
-        sock.close(linger=0)
-    context.term()
 
 
 def timed_reply(sock: zmq.Socket, timeout_s: float = 10.0):
@@ -43,12 +25,12 @@ def timed_reply(sock: zmq.Socket, timeout_s: float = 10.0):
     return FROM_NODE.decode(sock.recv()), time.monotonic() - started
 
 
-def test_a_slow_terminate_under_one_supervisor_delays_neither_another_supervisor_nor_status(sockets):
+def test_a_slow_terminate_under_one_supervisor_delays_neither_another_supervisor_nor_status(control_dealers):
     stubborn = otpy.ChildSpec(id="stubborn", command=python(IGNORES_TERM), ready="notify", shutdown=3.0)
     a = otpy.SupervisorSpec(id="A", children=(stubborn,))
     b = otpy.SupervisorSpec(id="B", children=(sleeper("b1"),))
     with otpy.Node.from_spec(otpy.SupervisorSpec(id="root", children=(a, b)), name=unique_name("lanes")) as node:
-        slow, other, status = (sockets(node.name) for _ in range(3))
+        slow, other, status = (control_dealers(node.name) for _ in range(3))
         started = time.monotonic()
         slow.send(ENCODER.encode(TerminateChild(1, "stubborn", "A")))
         slow.send(ENCODER.encode(WhichChildren(2, "A")))  # same supervisor, same socket: after the terminate
@@ -67,10 +49,10 @@ def test_a_slow_terminate_under_one_supervisor_delays_neither_another_supervisor
         assert isinstance(after, Children) and after.children[0].state == "stopped"  # arrival order kept
 
 
-def test_requests_to_one_supervisor_keep_their_order(sockets):
+def test_requests_to_one_supervisor_keep_their_order(control_dealers):
     root = otpy.SupervisorSpec(id="root", children=(sleeper("x"), sleeper("y")))
     with otpy.Node.from_spec(root, name=unique_name("order")) as node:
-        sock = sockets(node.name)
+        sock = control_dealers(node.name)
         for request_id, child in enumerate(("x", "y"), start=1):
             sock.send(ENCODER.encode(TerminateChild(request_id, child)))
         sock.send(ENCODER.encode(WhichChildren(3)))
@@ -143,7 +125,7 @@ def test_the_registry_is_back_quickly_when_it_dies_while_a_sibling_restarts(tmp_
         assert back < 2.5, f"the registry was back {back:.3f} s after its death"
 
 
-def test_a_stop_answers_every_request_in_flight_or_queued_exactly_once(sockets):
+def test_a_stop_answers_every_request_in_flight_or_queued_exactly_once(control_dealers):
     """A slow terminate in flight under A, a request queued behind it, one under B: a StopNode
     from another client ends them all, each with one reply, and the Stopping comes last."""
     stubborn = otpy.ChildSpec(id="stubborn", command=python(IGNORES_TERM), ready="notify", shutdown=2.0)
@@ -153,7 +135,7 @@ def test_a_stop_answers_every_request_in_flight_or_queued_exactly_once(sockets):
     try:
         from otpy.wire.protocol import StopNode, Stopping
 
-        client, stopper = sockets(node.name), sockets(node.name)
+        client, stopper = control_dealers(node.name), control_dealers(node.name)
         client.send(ENCODER.encode(TerminateChild(1, "stubborn", "A")))
         client.send(ENCODER.encode(TerminateChild(2, "a2", "A")))  # queued in A's lane
         time.sleep(0.2)

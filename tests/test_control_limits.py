@@ -15,7 +15,6 @@ import zmq
 import otpy
 from otpy.node.control_lanes import MAX_CONTROL_ITEMS
 from otpy.wire.protocol import ENCODER, FROM_NODE, GetStatus, Outcome, Refused, Status, TerminateChild, WhichChildren
-from otpy.host.runtime_dir import control_endpoint
 from tests.helpers import sleeper, unique_name
 from tests.test_wire_hostile import raw_map
 
@@ -29,24 +28,6 @@ def node():
     root = otpy.SupervisorSpec(id="root", children=(sleeper("s"),))
     with otpy.Node.from_spec(root, name=unique_name("ctlcost")) as node:
         yield node
-
-
-@pytest.fixture
-def dealers():
-    context = zmq.Context()
-    made: list[zmq.Socket] = []
-
-    def dealer(name: str) -> zmq.Socket:
-        sock = context.socket(zmq.DEALER)
-        sock.linger, sock.sndhwm = 0, 0
-        sock.connect(control_endpoint(name))
-        made.append(sock)
-        return sock
-
-    yield dealer
-    for sock in made:
-        sock.close(linger=0)
-    context.term()
 
 
 def answer(sock: zmq.Socket, timeout_s: float = 30.0):
@@ -68,9 +49,9 @@ def heavy_request(containers: int) -> bytes:
                    id=E("zz"), args=raw_map(x=b"\xdd" + pairs.to_bytes(4, "big") + b"\x91\x90" * pairs))
 
 
-def test_a_message_of_many_empty_frames_is_refused_at_once(node, dealers):
+def test_a_message_of_many_empty_frames_is_refused_at_once(node, control_dealers):
     """Before: one awaited recv per frame, ~80 us each; 100k empty frames held the node 8.6 s."""
-    flood, other = dealers(node.name), dealers(node.name)
+    flood, other = control_dealers(node.name), control_dealers(node.name)
     started = time.monotonic()
     flood.send_multipart([b""] * 200_000)
     refused = answer(flood)
@@ -81,15 +62,15 @@ def test_a_message_of_many_empty_frames_is_refused_at_once(node, dealers):
     assert took < 8.0, took  # before: 80 us a frame, 16 s for these 200k; a loaded machine may take seconds
 
 
-def test_a_request_of_too_many_containers_is_refused_before_its_decoding(node, dealers):
-    sock = dealers(node.name)
+def test_a_request_of_too_many_containers_is_refused_before_its_decoding(node, control_dealers):
+    sock = control_dealers(node.name)
     sock.send(heavy_request(1_000_000))
     refused = answer(sock)
     assert isinstance(refused, Refused) and refused.kind == "bad_request", refused
     assert f"more than {MAX_CONTROL_ITEMS}" in refused.message
 
 
-def test_heavy_requests_delay_status_little_and_memory_stays_bounded(node, dealers):
+def test_heavy_requests_delay_status_little_and_memory_stays_bounded(node, control_dealers):
     """Before: each cost ~1.2 s of the node's loop (decoding, then the depth walk); ``status``
     behind ten of them took 8 s and the node's RSS grew by gigabytes."""
     process = psutil.Process()
@@ -103,12 +84,12 @@ def test_heavy_requests_delay_status_little_and_memory_stays_bounded(node, deale
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    senders = [dealers(node.name) for _ in range(2)]
+    senders = [control_dealers(node.name) for _ in range(2)]
     message = heavy_request(1_000_000)
     for sender in senders:
         for _ in range(10):
             sender.send(message)
-    status = dealers(node.name)
+    status = control_dealers(node.name)
     latencies = [timed_status(status, i) for i in range(1, 5)]
     for sender in senders:
         for _ in range(10):
@@ -122,9 +103,9 @@ def test_heavy_requests_delay_status_little_and_memory_stays_bounded(node, deale
 
 
 @pytest.mark.parametrize("request_", [WhichChildren(1, "s" * 100_000), TerminateChild(2, "c" * 100_000, "root")])
-def test_an_error_echoes_a_long_name_shortened(node, dealers, request_):
+def test_an_error_echoes_a_long_name_shortened(node, control_dealers, request_):
     """Before: the 100k-char name came back whole in the error message."""
-    sock = dealers(node.name)
+    sock = control_dealers(node.name)
     sock.send(ENCODER.encode(request_))
     reply = answer(sock)
     text = reply.message if isinstance(reply, Refused) else reply.detail
