@@ -69,6 +69,28 @@ def check_name(value: object, what: str = "id") -> str:
         raise ValueError(problem)
     return value  # type: ignore[return-value]
 
+class Bound(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A field whose value is a variable's: ``program = { variable = "global.classifier" }``.
+
+    ``variable`` is ``SCOPE.NAME``: the variable ``NAME`` declared in scope ``SCOPE`` (the value
+    stored there, or its default). The node resolves it when it starts the child, and makes the
+    running tree follow every change of it (``specs.bindings``).
+
+    >>> Bound("global.classifier").scope, Bound("global.classifier").name
+    ('global', 'classifier')
+    """
+
+    variable: str
+
+    @property
+    def scope(self) -> str:
+        return self.variable.rpartition(".")[0]
+
+    @property
+    def name(self) -> str:
+        return self.variable.rpartition(".")[2]
+
+
 DEFAULT_MAX_RESTARTS = 3  # Elixir's default; OTP's raw supervisor uses 1.
 DEFAULT_MAX_SECONDS = 5
 DEFAULT_START_TIMEOUT = 10.0
@@ -78,10 +100,12 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag
     """A worker: a Python ``program`` run by otpy's worker process, or any ``command``.
 
     Exactly one of ``program`` (``"module:attr"``) and ``command`` (argv) is given.
+    ``program``, ``enabled`` and (on a dynamic supervisor's template) ``replicas`` may be
+    ``Bound`` to a variable: a ``module``, ``bool`` and ``integer`` one (``specs.bindings``).
     """
 
     id: str
-    program: str | None = None
+    program: str | Bound | None = None
     command: tuple[str, ...] | None = None
     args: dict[str, Any] = {}
     env: dict[str, str] = {}
@@ -92,6 +116,8 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag
     ready: Readiness = "exec"
     start_timeout: float = DEFAULT_START_TIMEOUT
     max_rss: float | None = None  # MiB: a program child above it after a call exits to be restarted
+    enabled: bool | Bound = True  # False: kept in its supervisor's table, never started
+    replicas: int | Bound | None = None  # a template only: its dynamic supervisor keeps that many children
 
     @property
     def kind(self) -> str:

@@ -21,7 +21,7 @@ import msgspec
 from ..specs.model import AnySpec
 from .protocol import (
     Action, ChildInfo, Children, CountChildren, Counts, DeleteChild, GetStatus, Message, Outcome,
-    Reconfigure, Refused, RestartChild, SetVariables, StartChild, StartFromTemplate, Status,
+    Reconfigure, Refused, RestartChild, SetVariables, Announce, StartChild, StartFromTemplate, Status,
     TerminateChild, WhichChildren,
 )
 
@@ -101,9 +101,15 @@ class Operations:
         """Replace the running child ``source`` by ``target`` (same id), make-before-break."""
         return self._ask(Reconfigure(0, sup or "", source, target), _outcome)
 
-    def set_variables(self, scope: str, values: dict[str, Any]) -> Outcome:
-        """Set ``values`` in the registry's ``scope``, all or nothing."""
-        return self._ask(SetVariables(0, scope, values), _outcome)
+    def set_variables(self, scope: str, values: dict[str, Any], *, dry_run: bool = False) -> Outcome:
+        """Set ``values`` in the registry's ``scope``, all or nothing, once the running tree
+        matches them; the outcome's ``changes`` say what changed (with ``dry_run``: the plan,
+        and nothing changes)."""
+        return self._ask(SetVariables(0, scope, values, dry_run), _outcome)
+
+    def announce(self, kind: str, detail: str = "") -> Outcome:
+        """Publish a decision as a node event of ``kind`` (``otpy events`` shows it)."""
+        return self._ask(Announce(0, kind, detail), _outcome)
 
     def apply(self, action: Action) -> Outcome:
         """Carry out one optimizer action as it is."""

@@ -231,11 +231,28 @@ class Reconfigure(Message):
 
 
 class SetVariables(Message):
-    """client -> node (an action): set ``values`` in the registry's ``scope``, all or nothing."""
+    """client -> node (an action): set ``values`` in the registry's ``scope``, all or nothing.
+
+    The node first makes the running tree match the new values (children bound to a written
+    variable are reconfigured make-before-break, started or stopped), then commits the write;
+    the reply's ``changes`` say what it did. A target that fails to start leaves the old
+    program serving and the old value stored (``start_failed``). With ``dry_run`` nothing
+    changes: the reply's ``changes`` are the plan."""
 
     request_id: int
     scope: str
     values: dict[str, Any]
+    dry_run: bool = False
+
+
+class Announce(Message):
+    """client -> node: publish a decision made outside the node (an optimizer's watch loop) as
+    a ``NodeEvent`` of ``kind`` (lower-case letters and '_', at most 40) on the events socket
+    and in the node's log. The reply is an ``Outcome``."""
+
+    request_id: int
+    kind: str
+    detail: str = ""
 
 
 class GetStatus(Message):
@@ -250,12 +267,41 @@ class StopNode(Message):
     request_id: int
 
 
+class BoundInfo(msgspec.Struct, frozen=True):
+    """The variable a child's program (else its ``enabled``) is bound to, and the registry
+    version of the value it runs (0: the default, never set)."""
+
+    variable: str
+    version: int = 0
+
+
 class ChildInfo(msgspec.Struct, frozen=True):
     id: str
     kind: str
     state: str
     pid: int | None = None
     restarts: int = 0  # as the node's which_children (Supervisor.children_info) reports it
+    program: str | None = None  # what a program child runs ("module:attr"), bound or not
+    bound: BoundInfo | None = None
+    override: bool = False  # stopped by terminate_child although its variables say it runs
+
+
+class Change(msgspec.Struct, frozen=True, kw_only=True):
+    """One step of what setting variables does, or would do (a plan), to a node.
+
+    ``action`` is ``set`` (``scope``, ``name``: a value, ``before`` -> ``after``), ``start`` or
+    ``stop`` (a child of ``supervisor``), or ``reconfigure`` (a running child replaced
+    make-before-break, ``before`` -> ``after`` are its programs); ``pid`` is the new process's
+    once done."""
+
+    action: Literal["set", "start", "stop", "reconfigure"]
+    supervisor: str = ""
+    child: str = ""
+    scope: str = ""
+    name: str = ""
+    before: Any = None
+    after: Any = None
+    pid: int | None = None
 
 
 class Children(Message):
@@ -296,6 +342,7 @@ class Outcome(Message):
     pid: int | None = None
     detail: str = ""
     request_id: int = 0
+    changes: list[Change] = []  # a SetVariables': what it did (or, dry run, would do) to the tree
 
     @property
     def ok(self) -> bool:
@@ -315,6 +362,9 @@ class TreeEntry(msgspec.Struct, frozen=True):
     restarts: int = 0
     uptime: float | None = None
     children: list["TreeEntry"] | None = None  # None for workers
+    program: str | None = None  # as in ChildInfo
+    bound: BoundInfo | None = None
+    override: bool = False
 
 
 class Status(Message):
@@ -353,7 +403,7 @@ class Refused(Message, tag="ControlError"):
 
 
 ToNode = Union[WhichChildren, CountChildren, StartChild, StartFromTemplate, TerminateChild,
-               RestartChild, DeleteChild, Reconfigure, SetVariables, GetStatus, StopNode]
+               RestartChild, DeleteChild, Reconfigure, SetVariables, Announce, GetStatus, StopNode]
 # The optimizer's actions are these requests: StartChild, TerminateChild, Reconfigure, SetVariables.
 Action = Union[StartChild, TerminateChild, Reconfigure, SetVariables]
 FromNode = Union[Children, Counts, Outcome, Status, Stopping, Refused]
