@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping, NamedTuple
 
 import msgspec
 
-from .model import AnySpec, Bound, ChildSpec, DynamicSupervisorSpec, SupervisorSpec, places
+from .model import AnySpec, Bound, ChildSpec, DynamicSupervisorSpec, SupervisorSpec, join, places
 
 Values = Mapping[str, Any]  # "SCOPE.NAME" -> value
 
@@ -68,7 +68,7 @@ def bindings(spec: AnySpec, path: str = "supervisor") -> Iterator[Binding]:
     for place in places(spec, path):
         parent = place.parent.id if place.parent is not None else ""
         for name, bound in bound_fields(place.spec).items():
-            yield Binding(f"{place.path}.{name}", parent, place.template or place.spec.id,
+            yield Binding(join(place.path, name), parent, place.template or place.spec.id,
                           place.template is not None, name, bound)
 
 
