@@ -28,9 +28,10 @@ import shutil
 
 import msgspec
 
+from .bindings import replica_ids, replica_of
 from .model import (
-    AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec, Place, SupervisorSpec, from_template, join,
-    name_problem, places, toml_key,
+    NAME_EXPECTED, AnySpec, Bound, ChildSpec, DynamicSupervisorSpec, NodeSpec, Place, SupervisorSpec, from_template,
+    join, name_problem, places, toml_key,
 )
 from .values import (
     ARGS_MAX_DEPTH, MAX_COUNT, MAX_SECONDS, MAX_SPEC_BYTES, Problem, control_tcp_problem, node_value_problems, show,
@@ -41,7 +42,7 @@ __all__ = [
     # the tree
     "spec_problems", "located_problems", "node_problems", "template_start_problems", "id_problem",
     "reconfigure_problems", "significance_problem", "wire_problem", "located_machine_problems",
-    "socket_path_problem", "node_socket_problem", "NODE_SOCKETS", "SUN_PATH_MAX",
+    "socket_path_problem", "node_socket_problem", "NODE_SOCKETS", "SUN_PATH_MAX", "replica_id_problems",
     # one spec's values (specs.values) and key paths (specs.model)
     "Problem", "value_problems", "node_value_problems", "control_tcp_problem", "show", "toml_key",
     "ARGS_MAX_DEPTH", "MAX_COUNT", "MAX_SECONDS", "MAX_SPEC_BYTES",
@@ -80,6 +81,8 @@ def _checked(spec: AnySpec, parent: Parent | None, path: str, node_folder: str |
         problems += value_problems(sub)
         if (problem := _significance(sub, place.parent)) is not None:
             problems.append(problem)
+        if not problems:
+            problems += _replicas_place_problems(place, node_folder)
         if node_folder is not None and not problems and isinstance(sub, ChildSpec) and place.template is None:
             problems += _socket_problems(sub.id, node_folder)
         found += [(place, problem) for problem in problems]
@@ -103,7 +106,9 @@ def template_start_problems(owner: AnySpec, template: str, child_id: object, arg
         return []
     if not isinstance(args, dict):
         return [f"child {child_id!r}: args: got {show(args)}; expected a table"]
-    return spec_problems(from_template(owner.templates[template], child_id, args), owner)
+    # One child from the template: how many replicas its supervisor keeps is the template's.
+    child = msgspec.structs.replace(from_template(owner.templates[template], child_id, args), replicas=None)
+    return spec_problems(child, owner)
 
 
 def id_problem(child_id: object, node_folder: str | None = None) -> str | None:
@@ -193,6 +198,43 @@ def socket_path_problem(socket_path: str) -> str | None:
         return None
     return (f"its socket {socket_path} would be {size} bytes long; expected at most {SUN_PATH_MAX} "
             "(AF_UNIX): a shorter id or node name, or a shorter runtime folder (OTPY_RUNTIME_DIR)")
+
+
+def _replicas_place_problems(place: Place, node_folder: str | None) -> list[Problem]:
+    """``replicas`` belongs to a dynamic supervisor's template (its supervisor keeps that many
+    children from it): anywhere else it is a problem, except on those children themselves
+    (``from_template`` keeps the field). A template's replica ids must be ids: the last one of a
+    count, the first one of a bound count (its variable's range is the topology's to check)."""
+    spec = place.spec
+    if not isinstance(spec, ChildSpec) or spec.replicas is None:
+        return []
+    if place.template is not None:
+        count = 1 if isinstance(spec.replicas, Bound) else spec.replicas
+        return replica_id_problems(place.template, count, node_folder, got=spec.replicas)
+    parent = place.parent
+    if isinstance(parent, DynamicSupervisorSpec) and replica_of(spec.id, parent.templates) is not None:
+        return []
+    return [Problem("replicas", f"got {show(spec.replicas)} on a child; expected no replicas: only a dynamic "
+                                "supervisor's template has replicas ([...templates.NAME] replicas = N: the "
+                                "supervisor keeps N children from it)")]
+
+
+def replica_id_problems(template: str, count: int, node_folder: str | None = None, *, got: object = None
+                        ) -> list[Problem]:
+    """Why the ids of ``count`` replicas of ``template`` (``TEMPLATE-1`` to ``TEMPLATE-count``,
+    ``specs.bindings.replica_ids``) cannot all be child ids: the longest must pass the name rule
+    and, with ``node_folder``, fit its agent socket. ``got``: the value shown (the count)."""
+    if count < 1 or name_problem(template) is not None:
+        return []
+    last = replica_ids(template, count)[-1]
+    shown = show(count if got is None else got)
+    if name_problem(last) is not None:
+        return [Problem("replicas", f"got {shown}: the replica id {last!r} is not an id (expected {NAME_EXPECTED}); "
+                                    "expected fewer replicas or a shorter template name")]
+    if node_folder is not None and (socket := _socket_problems(last, node_folder)):
+        return [Problem("replicas", f"got {shown}: the replica id {last!r}: "
+                                    f"{socket[0].message.removeprefix(f'got {last!r}: ')}")]
+    return []
 
 
 def _id_problems(place: Place, first_use: dict[object, str], *, located: bool) -> list[Problem]:

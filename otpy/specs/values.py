@@ -23,8 +23,8 @@ from typing import Any, NamedTuple
 import msgspec
 
 from .model import (
-    PROGRAM_EXPECTED, AnySpec, AutoShutdown, ChildSpec, DynamicSupervisorSpec, NodeSpec, Readiness, RestartType,
-    Strategy, is_import_target, join, name_problem, toml_key,
+    PROGRAM_EXPECTED, AnySpec, AutoShutdown, Bound, ChildSpec, DynamicSupervisorSpec, NodeSpec, Readiness,
+    RestartType, Strategy, is_import_target, join, name_problem, toml_key,
 )
 
 MAX_SECONDS = 10 * 365 * 24 * 3600  # every duration: far below asyncio's and int64 nanoseconds' limits
@@ -72,7 +72,7 @@ def value_problems(spec: AnySpec) -> list[Problem]:
 
 
 def _child_problems(spec: ChildSpec) -> list[Problem]:
-    problems = _program_problems(spec)
+    problems = _program_problems(spec) + _enabled_problems(spec.enabled) + _replicas_problems(spec.replicas)
     problems += _seconds_problems("start_timeout", spec.start_timeout, MIN_START_TIMEOUT)
     if spec.max_rss is not None and not _in_range(spec.max_rss, 0, MAX_RSS_MIB, low_open=True):
         problems.append(Problem("max_rss", f"got {_show(spec.max_rss)}; expected MiB > 0 and <= {MAX_RSS_MIB}"))
@@ -122,11 +122,15 @@ def _program_problems(spec: ChildSpec) -> list[Problem]:
         got = "both 'program' and 'command'" if spec.program is not None else "neither 'program' nor 'command'"
         return [Problem("", f"got {got}; expected exactly one of them")]
     if spec.program is not None:
-        if not is_import_target(spec.program):
-            return [Problem("program", f"got {_show(spec.program)}; expected {PROGRAM_EXPECTED}")]
-        if spec.ready == "notify":
-            return [Problem("ready", "got 'notify' with a program; expected 'exec' ('notify' is for commands)")]
-        return []
+        if isinstance(spec.program, Bound):
+            problems = _bound_problems("program", spec.program)
+        elif not is_import_target(spec.program):
+            problems = [Problem("program", f"got {_show(spec.program)}; expected {PROGRAM_EXPECTED}")]
+        else:
+            problems = []
+        if not problems and spec.ready == "notify":
+            problems = [Problem("ready", "got 'notify' with a program; expected 'exec' ('notify' is for commands)")]
+        return problems
     if not isinstance(spec.command, (tuple, list)) or not spec.command:
         return [Problem("command", f"got {_show(spec.command)}; expected the program to run, then its args")]
     for index, arg in enumerate(spec.command):
@@ -135,6 +139,60 @@ def _program_problems(spec: ChildSpec) -> list[Problem]:
             return [Problem(f"command[{index}]", f"got {_show(arg)}; expected {what}: a string without NUL"
                             + (", not empty" if index == 0 else ""))]
     return []
+
+
+# --- bound fields (specs.bindings) -------------------------------------------------------------
+
+BOUND_EXPECTED = "Bound('SCOPE.NAME')"
+GLOBAL_SCOPE = "global"
+# The example a message suggests for each bindable field when the value gives none.
+_BOUND_EXAMPLES = {"program": "classifier", "enabled": "use_cache", "replicas": "workers"}
+
+
+def bound_problem(field: str, bound: Bound) -> Problem | None:
+    """Why ``bound`` (the value of ``field``) does not name a variable: ``SCOPE.NAME``, SCOPE
+    ``global`` or an id (the name rule: scopes are ids), NAME a Python identifier (a variable's
+    name). The message suggests ``global.VALUE`` when the value is a bare name.
+
+    >>> bound_problem("program", Bound("global.classifier")) is None
+    True
+    >>> bound_problem("program", Bound("classifier")).message
+    "got 'classifier'; expected SCOPE.NAME, e.g. 'global.classifier'"
+    """
+    variable = bound.variable
+    if isinstance(variable, str):
+        scope, _, name = variable.rpartition(".")
+        if scope and (scope == GLOBAL_SCOPE or name_problem(scope) is None) and name.isidentifier():
+            return None
+    bare = isinstance(variable, str) and variable.isidentifier()
+    example = f"{GLOBAL_SCOPE}.{variable if bare else _BOUND_EXAMPLES.get(field, 'name')}"
+    return Problem(f"{field}.variable", f"got {_show(variable)}; expected SCOPE.NAME, e.g. {example!r}")
+
+
+def _bound_problems(field: str, bound: Bound) -> list[Problem]:
+    return [] if (problem := bound_problem(field, bound)) is None else [problem]
+
+
+def _enabled_problems(enabled: object) -> list[Problem]:
+    """``enabled``: true, false, or bound to a ``bool`` variable."""
+    if isinstance(enabled, bool):
+        return []
+    if isinstance(enabled, Bound):
+        return _bound_problems("enabled", enabled)
+    return [Problem("enabled", f"got {_show(enabled)}; expected true or false, or {BOUND_EXPECTED}")]
+
+
+def _replicas_problems(replicas: object) -> list[Problem]:
+    """``replicas``' value: none, a count, or bound to an ``integer`` variable (where it may be
+    is a rule between specs: ``specs.rules``)."""
+    if replicas is None:
+        return []
+    if isinstance(replicas, Bound):
+        return _bound_problems("replicas", replicas)
+    if isinstance(replicas, int) and not isinstance(replicas, bool) and 0 <= replicas <= MAX_COUNT:
+        return []
+    return [Problem("replicas", f"got {_show(replicas)}; expected an integer >= 0 and <= {MAX_COUNT}, "
+                                f"or {BOUND_EXPECTED}")]
 
 
 def _env_problems(env: object) -> list[Problem]:
