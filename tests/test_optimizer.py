@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from otpy.optimize.optimizer import Example, Optimizer
+from otpy.optimize.live_system import LiveSystem, format_change, format_plan, registry_values
+from otpy.optimize.optimizer import Example, OptimizeError, Optimizer, evaluate, plan_actions
 from otpy.variables.scopes import VariableSpace
-from otpy.variables.types import FloatVariable, ModuleVariable
+from otpy.variables.types import CompositeVariable, FloatVariable, ModuleVariable
+from otpy.wire.protocol import Change, Outcome, SetVariables
+from otpy.wire.registry_protocol import ValueEntry
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,8 +40,8 @@ def test_finds_the_module_and_value_that_score_best_and_reports_the_config():
     state = {}
     result = Optimizer(spaces(), seed=1, progress=False).compile(
         make_program(state), TRAIN, metric, trials=25, apply=state.update)
-    assert result.best_config["global"]["solver"] == "pkg.a:Good"
-    assert abs(result.best_config["solver"]["x"] - 0.7) < 0.2
+    assert result.config["global"]["solver"] == "pkg.a:Good"
+    assert abs(result.config["solver"]["x"] - 0.7) < 0.2
     assert result.trials == 25
 
 
@@ -56,7 +59,7 @@ def test_constraints_make_trials_infeasible_not_a_crash():
     result = Optimizer(sp, seed=2, progress=False).compile(
         make_program(state), TRAIN, metric, trials=15, apply=state.update)
     assert result.infeasible > 0
-    assert result.best_config["solver"]["x"] < 0.5
+    assert result.config["solver"]["x"] < 0.5
 
 
 def test_an_interrupted_study_resumes_from_its_storage(tmp_path):
@@ -89,3 +92,155 @@ def test_search_space_maps_each_variable_to_an_optuna_distribution():
     dists = Optimizer(spaces(), progress=False).distributions()
     assert isinstance(dists["global.solver"], optuna.distributions.CategoricalDistribution)
     assert isinstance(dists["solver.x"], optuna.distributions.FloatDistribution)
+
+
+# --- scores you can trust: failures reported, failed trials, a held-out score --------------
+
+
+def test_a_call_that_raises_is_counted_and_its_traceback_kept_not_silently_scored():
+    def program(n):
+        if n == 3:
+            raise ZeroDivisionError("bad example")
+        return {"answer": n}
+
+    evaluation = evaluate(program, TRAIN, lambda ex, pred: float(pred["answer"] == ex.label))
+    assert (evaluation.count, evaluation.failures) == (5, 1)
+    assert evaluation.score == pytest.approx(4 / 5)  # the failed call counts 0 in the mean
+    assert "ZeroDivisionError: bad example" in evaluation.first_error and "Traceback" in evaluation.first_error
+
+
+def test_a_trial_where_every_call_fails_is_a_failed_trial_not_a_zero():
+    state = {}
+
+    def program(n):
+        if state["global"]["solver"] == "pkg.a:Bad":
+            raise RuntimeError("Bad cannot serve")
+        return {"answer": n, "x": state["solver"]["x"]}
+
+    result = Optimizer(spaces(), seed=1, progress=False).compile(program, TRAIN, metric, trials=12, apply=state.update)
+    assert result.failed >= 1  # the baseline (Bad) at least
+    assert result.failures == 5 * result.failed and "RuntimeError: Bad cannot serve" in result.first_error
+    assert result.config["global"]["solver"] == "pkg.a:Good"
+    assert result.best_score > -1.0  # a failed trial never became the best with a made-up 0
+
+
+def test_every_trial_failing_is_an_error_that_shows_the_first_traceback():
+    def program(n):
+        raise KeyError("missing")
+
+    with pytest.raises(OptimizeError, match="(?s)every trial failed.*KeyError"):
+        Optimizer(spaces(), seed=1, progress=False).compile(program, TRAIN, metric, trials=2)
+
+
+def test_with_a_valset_the_best_configuration_is_scored_again_on_it_separately():
+    state, applied = {}, []
+
+    def apply(config):
+        applied.append(config)
+        state.update(config)
+
+    held_out = [Example(inputs={"n": n}, label=n + 1) for n in range(4)]  # Good answers n: wrong on these
+    result = Optimizer(spaces(), seed=1, progress=False).compile(
+        make_program(state), TRAIN, metric, valset=held_out, trials=10, apply=apply)
+    assert applied[-1] == result.config  # the best applied again before it was scored on the valset
+    assert result.best_score == result.train_score > 0.5
+    assert result.val_score == pytest.approx(-abs(result.config["solver"]["x"] - 0.7))
+
+
+def test_without_a_valset_there_is_no_validation_score():
+    state = {}
+    result = Optimizer(spaces(), seed=1, progress=False).compile(make_program(state), TRAIN, metric, trials=3,
+                                                               apply=state.update)
+    assert result.val_score is None
+
+
+# --- plans are diffs ---------------------------------------------------------------------
+
+
+def test_the_plan_is_one_set_variables_per_scope_with_a_changed_value():
+    current = {"global": {"solver": "pkg.a:Bad"}, "solver": {"x": 0.1}}
+    target = {"global": {"solver": "pkg.a:Good"}, "solver": {"x": 0.1}}
+    assert plan_actions(spaces(), current, target) == [SetVariables(0, "global", {"solver": "pkg.a:Good"})]
+    assert plan_actions(spaces(), target, target) == []
+
+
+def test_composites_are_never_in_a_plan():
+    sp = spaces()
+    sp["solver"].add(CompositeVariable(name="double", compute=lambda c: 2 * c["x"], depends_on=["x"]))
+    target = sp["solver"].validate({"x": 0.4})
+    assert target["double"] == 0.8
+    assert plan_actions(sp, {"solver": {"x": 0.1}}, {"solver": target}) == [SetVariables(0, "solver", {"x": 0.4})]
+
+
+def test_without_a_live_system_the_actions_are_the_diff_from_the_defaults():
+    state = {}
+    result = Optimizer(spaces(), seed=1, progress=False).compile(
+        make_program(state), TRAIN, metric, trials=15, apply=state.update)
+    defaults = {"global": {"solver": "pkg.a:Bad"}, "solver": {"x": 0.1}}
+    assert result.actions == plan_actions(spaces(), defaults, result.config)
+    assert result.actions[0] == SetVariables(0, "global", {"solver": "pkg.a:Good"})
+    again = Optimizer(spaces(), seed=1, progress=False).compile(
+        make_program(state), TRAIN, metric, trials=15, apply=state.update, current=result.config)
+    assert again.config == result.config and again.actions == []  # a system already running it: nothing
+
+
+class FakeNode:
+    """A node's control socket and registry: values per scope, and every set_variables it got."""
+
+    def __init__(self, values):
+        self.values = {scope: dict(v) for scope, v in values.items()}
+        self.sent = []
+
+    def set_variables(self, scope, values, *, dry_run=False):
+        self.sent.append((scope, dict(values), dry_run))
+        changes = [Change(action="set", scope=scope, name=n, before=self.values[scope].get(n), after=v)
+                   for n, v in values.items()]
+        if "global" == scope and "solver" in values:
+            changes.append(Change(action="reconfigure", supervisor="pool", child="solver-1",
+                                  before=self.values["global"]["solver"], after=values["solver"]))
+        if values.get("solver") == "pkg.a:Broken":
+            return Outcome("start_failed", detail="child 'solver-1' (under 'pool'): setup raised")
+        if not dry_run:
+            self.values[scope].update(values)
+        return Outcome("ok", changes=changes)
+
+    def call(self, agent, inputs, timeout):
+        assert agent == "registry" and inputs["op"] == "list"
+        return {"ok": True, "values": [{"scope": s, "name": n, "value": v, "version": 1, "reason": "set"}
+                                       for s, vs in self.values.items() for n, v in vs.items()]}
+
+
+def test_a_live_system_plans_against_the_registry_and_applying_twice_sends_nothing_the_second_time():
+    node = FakeNode({"global": {"solver": "pkg.a:Bad"}, "solver": {"x": 0.1}})
+    live = LiveSystem(node, node, spaces())
+    target = {"global": {"solver": "pkg.a:Good"}, "solver": {"x": 0.1}}
+    preview = live.preview(live.plan(target))
+    assert [format_change(c) for c in preview] == [
+        '~ global.solver "pkg.a:Bad" -> "pkg.a:Good"', "~ pool/solver-1 reconfigure pkg.a:Bad -> pkg.a:Good"]
+    assert node.values["global"]["solver"] == "pkg.a:Bad"  # a dry run changes nothing
+    assert live.apply(target) and node.sent[-1] == ("global", {"solver": "pkg.a:Good"}, False)
+    sent = len(node.sent)
+    assert live.apply(target) == [] and len(node.sent) == sent
+
+
+def test_a_refused_set_variables_is_an_error_naming_the_scope_and_the_nodes_reason():
+    node = FakeNode({"global": {"solver": "pkg.a:Bad"}, "solver": {"x": 0.1}})
+    sp = spaces()
+    sp["global"] = VariableSpace("global")
+    sp["global"].add(ModuleVariable(name="solver", modules=["pkg.a:Bad", "pkg.a:Broken"], default="pkg.a:Bad"))
+    with pytest.raises(OptimizeError, match="scope 'global'.*start_failed.*solver-1"):
+        LiveSystem(node, node, sp).apply({"global": {"solver": "pkg.a:Broken"}, "solver": {"x": 0.1}})
+
+
+def test_a_plan_prints_like_terraform_plan():
+    lines = format_plan([Change(action="start", supervisor="pool", child="w-2", after="m:A", pid=7),
+                         Change(action="stop", supervisor="pool", child="w-3", before="m:A")])
+    assert lines == ["+ start pool/w-2 m:A (pid 7)", "- stop pool/w-3 m:A"]
+    assert format_plan([]) == ["no changes"]
+
+
+def test_registry_values_are_the_set_and_default_ones():
+    entries = [ValueEntry(scope="g", name="a", value=1, version=2, reason="set"),
+               ValueEntry(scope="g", name="b", value=2, version=0, reason="default"),
+               ValueEntry(scope="g", name="c", value=3, version=0, reason="computed")]
+    assert registry_values(entries) == {"g": {"a": 1, "b": 2}}

@@ -1,125 +1,201 @@
-"""From configurations to a live system: the optimizer's actions, sent as messages.
+"""From configurations to a live system: plans that are diffs, sent as ``SetVariables``.
 
-A *binding* says which running agent a ``module`` variable decides: the agent ``classifier``
-under the dynamic supervisor ``pool`` runs the program that ``global.classifier`` names, with
-the values of scope ``pool`` as its args. ``LiveSystem`` turns a configuration into actions
-(``SetVariables``, ``StartChild``, ``Reconfigure``) and sends them over the node's control
-socket, never into the supervisor's objects, so the optimizer can run in any process.
+A node knows which processes its variables decide (``program = { variable = ... }``,
+``enabled``, ``replicas`` in its topology) and reconciles them itself when a variable is set.
+So the optimizer's only action is ``SetVariables(scope, values)``: one per scope with a value
+that differs from what the node's registry holds now (``config_diff``). ``LiveSystem`` reads
+the node's values, plans the diff, asks the node what it would do (``set_variables(...,
+dry_run=True)``: the processes it would start, stop or reconfigure, with from and to), and
+sends it. Applying a configuration the node already runs sends nothing.
 
-``optimize_topology`` is ``otpy optimize``: it runs the trials on a scratch node started
-from the topology (named ``<node>-optimize``), keeps the study in the node's state folder,
-and returns the best configuration with the actions that turn the running node into it.
+Everything goes over the node's control socket and the registry's call address, never into the
+supervisor's objects, so the optimizer can run in any process. ``optimize_topology`` is
+``otpy optimize``: trials run on a scratch node started from the topology (named
+``<node>-optimize``), through the same ``apply``; the study is kept in the node's state folder.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+import json
+from typing import Any, Iterable, Mapping
 
-from ..wire.client import Client
-from ..wire.protocol import Action, Outcome, Reconfigure, SetVariables, StartChild
-from ..specs.model import ChildSpec
+from ..variables.client import RegistryClient
+from ..wire.protocol import Change, Outcome, SetVariables
+from .optimizer import CompileResult, Config, OptimizeError, plan_actions
 
+__all__ = ["LiveSystem", "OptimizeError", "OptimizerTableError", "format_change", "optimize_topology", "registry_values"]
 
-class OptimizeError(RuntimeError):
-    """The optimizer table, or an action, could not be carried out; the message says which."""
-
-
-@dataclass(frozen=True)
-class Binding:
-    agent: str
-    supervisor: str
-    program: str  # "SCOPE.NAME" of a module variable
-    args: str | None = None  # a scope whose values are the agent's args
-
-    def spec(self, config: Mapping[str, Mapping[str, Any]]) -> ChildSpec:
-        scope, _, name = self.program.rpartition(".")
-        args = dict(config.get(self.args, {})) if self.args else {}
-        return ChildSpec(id=self.agent, program=config[scope][name], args=args)
+REMOVED_BINDINGS = (
+    "optimizer.bindings: no longer read. Bind the field to the variable in the supervision tree "
+    "instead, e.g. a template of the dynamic supervisor with program = {{ variable = \"{variable}\" }} "
+    "and replicas = 1 (see docs/optimizing.md); the node then reconfigures that child itself when "
+    "the variable is set. Knobs reach the program as its config (setup and on_config).")
 
 
-def bindings_from_table(table: Mapping[str, Any]) -> list[Binding]:
-    bindings = []
-    for agent, entry in table.items():
-        try:
-            bindings.append(Binding(agent=agent, supervisor=entry["supervisor"], program=entry["program"],
-                                    args=entry.get("args")))
-        except (KeyError, TypeError) as exc:
-            raise OptimizeError(f"optimizer.bindings.{agent}: needs 'supervisor' and 'program' "
-                                f"(a module variable, SCOPE.NAME), and may have 'args' (a scope); {exc}") from None
-    return bindings
+class OptimizerTableError(OptimizeError):
+    """The topology's ``[optimizer]`` table (or its ``[variables]``) cannot be used as it is; a usage error."""
+
+
+def registry_values(entries: Iterable[Any]) -> Config:
+    """The values a registry holds (its ``list`` entries), per scope: set or default ones;
+    computed (composites) and missing ones are not values anybody sets."""
+    values: Config = {}
+    for entry in entries:
+        if entry.reason in ("set", "default"):
+            values.setdefault(entry.scope, {})[entry.name] = entry.value
+    return values
+
+
+def set_changes(actions: Iterable[SetVariables], current: Config) -> list[Change]:
+    """What ``actions`` change in the values alone (the plan without a node to ask)."""
+    return [Change(action="set", scope=action.scope, name=name, before=current.get(action.scope, {}).get(name),
+                   after=value)
+            for action in actions for name, value in action.values.items()]
+
+
+def format_change(change: Change) -> str:
+    """One line of a plan, like ``terraform plan``'s: ``~`` changes, ``+`` starts, ``-`` stops."""
+    where = f"{change.supervisor}/{change.child}" if change.supervisor else change.child
+    pid = f" (pid {change.pid})" if change.pid else ""
+    match change.action:
+        case "set":
+            return f"~ {change.scope}.{change.name} {_shown(change.before)} -> {_shown(change.after)}"
+        case "reconfigure":
+            return f"~ {where} reconfigure {change.before} -> {change.after}{pid}"
+        case "start":
+            return f"+ start {where} {change.after or ''}".rstrip() + pid
+        case "stop":
+            return f"- stop {where} {change.before or ''}".rstrip()
+    return f"? {change.action} {where}"
+
+
+def format_plan(changes: list[Change]) -> list[str]:
+    return [format_change(change) for change in changes] or ["no changes"]
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, default=str)
 
 
 class LiveSystem:
-    """Applies configurations to a running node through its control socket."""
+    """A running node seen as its variables: ``current`` values, a ``plan`` (the diff to a
+    configuration), ``preview`` (what the node would do), ``apply`` (do it)."""
 
-    def __init__(self, client: Client, bindings: list[Binding], *, has_registry: bool = True) -> None:
-        self.client = client
-        self.bindings = bindings
-        self.has_registry = has_registry
-        self.current: dict[str, ChildSpec] = {}  # what this system started or reconfigured
+    def __init__(self, client, caller, spaces: Mapping[str, Any]) -> None:
+        self.client = client  # the control socket: set_variables
+        self.registry = RegistryClient(caller)  # the registry's values
+        self.spaces = dict(spaces)
 
-    def plan(self, config: Mapping[str, Mapping[str, Any]]) -> list[Action]:
-        """The actions that make the node match ``config`` (request ids are filled in at send)."""
-        actions: list[Action] = []
-        if self.has_registry:
-            actions += [SetVariables(0, scope, dict(values)) for scope, values in config.items() if values]
-        for binding in self.bindings:
-            target = binding.spec(config)
-            if self.current.get(binding.agent) != target:
-                actions.append(Reconfigure(0, binding.supervisor, binding.agent, target))
-        return actions
+    def current(self) -> Config:
+        """The values the node runs now, from its registry."""
+        return registry_values(self.registry.list())
 
-    def apply(self, config: Mapping[str, Mapping[str, Any]]) -> None:
-        """Carry out ``plan(config)``; raises OptimizeError if an action fails."""
-        self.send(self.plan(config))
+    def plan(self, config: Config, current: Config | None = None) -> list[SetVariables]:
+        """The ``SetVariables`` (one per scope with a changed value) that make the node run ``config``."""
+        return plan_actions(self.spaces, self.current() if current is None else current, config)
 
-    def send(self, actions: list[Action]) -> list[Outcome]:
-        results = []
+    def preview(self, actions: list[SetVariables]) -> list[Change]:
+        """What the node would do for ``actions``: each one's dry run (values set, processes
+        started, stopped or reconfigured), nothing changed."""
+        changes: list[Change] = []
+        for outcome in self._send(actions, dry_run=True):
+            changes += outcome.changes
+        return changes
+
+    def send(self, actions: list[SetVariables]) -> list[Change]:
+        """Carry out ``actions`` in order; the changes the node made. ``OptimizeError`` naming the
+        scope and the node's reason at the first refused one (scopes before it stay set)."""
+        changes: list[Change] = []
+        for outcome in self._send(actions, dry_run=False):
+            changes += outcome.changes
+        return changes
+
+    def apply(self, config: Config) -> list[Change]:
+        """Make the node run ``config``: the diff against its values now, sent (nothing when none)."""
+        return self.send(self.plan(config))
+
+    def _send(self, actions: list[SetVariables], *, dry_run: bool) -> Iterable[Outcome]:
         for action in actions:
-            result = self.client.apply(action)
-            if isinstance(action, Reconfigure) and result.outcome == "not_found":
-                # Not running yet: start it instead (same target).
-                result = self.client.apply(StartChild(0, action.supervisor, action.target))
-            if not result.ok:
-                raise OptimizeError(f"{type(action).__name__} failed: {result.outcome}: {result.detail}")
-            if isinstance(action, Reconfigure):
-                self.current[action.source] = action.target
-            results.append(result)
-        return results
+            outcome = self.client.set_variables(action.scope, dict(action.values), dry_run=dry_run)
+            if not outcome.ok:
+                raise OptimizeError(f"set_variables of scope {action.scope!r} {dict(action.values)}"
+                                    f"{' (dry run)' if dry_run else ''}: {outcome.outcome}: {outcome.detail}")
+            yield outcome
+
+
+class OptimizerTable:
+    """The ``[optimizer]`` table of a topology, checked: the program agent, the data, the metric."""
+
+    def __init__(self, topology) -> None:
+        from ..agent.program import import_target
+
+        table = dict(topology.raw_optimizer)
+        if "bindings" in table:
+            variable = next((entry.get("program", "global.NAME") for entry in table["bindings"].values()
+                             if isinstance(entry, Mapping)), "global.NAME")
+            raise OptimizerTableError(REMOVED_BINDINGS.format(variable=variable))
+        for key in ("program", "dataset", "metric"):
+            if key not in table:
+                raise OptimizerTableError(f"optimizer.{key} is missing: the [optimizer] table needs program (the agent "
+                                    f"called per example), dataset and metric ('module:attr')")
+        if not topology.raw_variables:
+            raise OptimizerTableError("the topology declares no [variables]: the optimizer has nothing to search")
+        self.table = table
+        self.program = str(table["program"])
+        self.timeout = float(table.get("timeout", 30.0))
+        self.trainset = _examples(import_target(table["dataset"]))
+        self.valset = _examples(import_target(table["valset"])) if "valset" in table else None
+        self.metric = import_target(table["metric"])
+
+    def caller_program(self, caller):
+        """The program the optimizer scores: one call of the ``program`` agent per example."""
+        return lambda **inputs: caller.call(self.program, inputs, timeout=self.timeout)
+
+
+def _examples(dataset) -> list:
+    return list(dataset() if callable(dataset) else dataset)
+
+
+def spaces_of(topology) -> dict:
+    from ..variables.scopes import spaces_from_topology
+
+    return spaces_from_topology(topology.raw_variables)
+
+
+def live_values(name: str) -> Config | None:
+    """The values node ``name`` runs now, from its registry; None when it is not running."""
+    from ..wire.calls import Caller
+    from ..wire.client import NodeNotFound, connect
+
+    try:
+        with connect(name):
+            pass
+    except NodeNotFound:
+        return None
+    with Caller(name) as caller:
+        return registry_values(RegistryClient(caller).list())
 
 
 def optimize_topology(topology, *, trials: int | None = None, seed: int | None = None,
-                      progress: bool = True):
-    """Run the ``[optimizer]`` of ``topology`` on a scratch node; returns the CompileResult."""
+                      progress: bool = True, current: Config | None = None) -> CompileResult:
+    """Run the ``[optimizer]`` of ``topology`` on a scratch node; the result's actions are the
+    diff from ``current`` (the running node's values, or else the topology's defaults)."""
+    from ..node.node import Node
+    from ..host.runtime_dir import node_dir
+    from ..specs.model import NodeSpec
     from ..wire.calls import Caller
     from ..wire.client import connect
-    from ..node.node import Node
     from .optimizer import Optimizer
-    from ..agent.program import import_target
-    from ..host.runtime_dir import node_dir
-    from ..variables.scopes import spaces_from_topology
-    from ..specs.model import NodeSpec
 
-    table = dict(topology.raw_optimizer)
-    for key in ("program", "dataset", "metric"):
-        if key not in table:
-            raise OptimizeError(f"optimizer.{key} is missing: the [optimizer] table needs program (the agent "
-                                f"called per example), dataset and metric ('module:attr')")
-    bindings = bindings_from_table(table.get("bindings", {}))
-    dataset = import_target(table["dataset"])
-    examples = dataset() if callable(dataset) else dataset
-    metric = import_target(table["metric"])
+    spec = OptimizerTable(topology)
     name = topology.node.name
-    optimizer = Optimizer(spaces_from_topology(topology.raw_variables), seed=table.get("seed", seed) if seed is None else seed,
+    table = spec.table
+    optimizer = Optimizer(spaces_of(topology), seed=table.get("seed") if seed is None else seed,
                           storage=str(node_dir(name) / "study.db"), study_name=table.get("study", name),
                           progress=progress)
     scratch = NodeSpec(name=f"{name}-optimize", root=topology.node.root, program_folders=topology.node.program_folders)
     with Node(scratch, on_output=lambda *_: None), connect(scratch.name) as client, Caller(scratch.name) as caller:
-        live = LiveSystem(client, bindings, has_registry=bool(topology.raw_variables))
-        agent, timeout = table["program"], float(table.get("timeout", 30.0))
-        result = optimizer.compile(lambda **inputs: caller.call(agent, inputs, timeout=timeout), examples, metric,
-                                   trials=trials or int(table.get("trials", 20)), apply=live.apply,
-                                   plan_actions=LiveSystem(client, bindings,
-                                                           has_registry=bool(topology.raw_variables)).plan)
-    return result
+        trial_system = LiveSystem(client, caller, optimizer.spaces)
+        return optimizer.compile(spec.caller_program(caller), spec.trainset, spec.metric, valset=spec.valset,
+                                 trials=trials or int(table.get("trials", 20)), apply=trial_system.apply,
+                                 current=current)

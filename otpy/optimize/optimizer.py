@@ -2,9 +2,19 @@
 
 DSPy's shape: ``compile(program, trainset, metric, valset=None, trials=N)`` with
 ``metric(example, prediction) -> float``. What makes it otpy's: before each trial, ``apply``
-turns the live system into that trial's configuration (starting the agent programs a
-``module`` variable names, setting variables in the registry), so every trial runs on real
-agents; and the result carries the actions that turn the running system into the best one.
+turns the live system into that trial's configuration (``otpy optimize`` sets the variables
+on a scratch node, which reconfigures the processes they decide), so every trial runs on
+real agents; and the result carries the actions that turn the running system into the best.
+
+Scores: each trial is scored on the trainset, which the study maximises (``best_score`` is
+that train score). With a ``valset``, the best configuration is applied once more and scored
+on it: ``val_score`` is the held-out number to trust. A call that raises is counted
+(``failures``), its first traceback kept (``first_error``); a trial where every call failed is
+a failed trial (told to optuna as failed), never a score of 0.
+
+Plans are diffs: ``actions`` are one ``SetVariables`` per scope with a value that differs
+between ``current`` (what the live system runs; by default the spaces' defaults) and the best
+configuration. Applying a result to a system already running it sends nothing.
 
 Parameters are named ``SCOPE.NAME`` (``global.classifier``, ``svm.C``). A configuration that
 breaks a space's constraints is an infeasible trial (told to optuna as failed), not a crash.
@@ -17,13 +27,19 @@ from __future__ import annotations
 
 import math
 import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from ..variables.scopes import VariableSpace
 from ..variables.types import VariableError
+from ..wire.protocol import SetVariables
 
 Config = dict[str, dict[str, Any]]  # scope -> name -> value
+
+
+class OptimizeError(RuntimeError):
+    """The optimizer could not do what was asked (its table, a trial, an action); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -35,14 +51,50 @@ class Example:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """A program scored on a dataset: ``score`` is the mean metric over all ``count`` examples
+    (a failed call counts 0 in it), None when every call failed; ``failures`` calls raised, the
+    first one's traceback is ``first_error``."""
+
+    score: float | None
+    count: int
+    failures: int = 0
+    first_error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Every call raised: nothing was measured."""
+        return self.score is None
+
+
+@dataclass(frozen=True)
 class CompileResult:
-    best_config: Config
-    best_score: float
+    """The best configuration, its scores, and the actions that make the live system run it.
+
+    ``best_score`` is ``train_score``: the trainset score the study maximised. ``val_score`` is
+    the best configuration's score on the valset (None without one). ``trials`` counts the
+    study's finished trials (this run and earlier ones); ``infeasible`` those that broke a
+    constraint, ``failed`` those where every call raised. ``failures`` and ``first_error`` are
+    this run's failed calls. ``actions`` are the ``SetVariables`` diff from ``current`` to
+    ``config``; ``changes`` what they do (a live node's dry-run plan, filled in by whoever asks it).
+    """
+
+    config: Config
+    train_score: float
+    val_score: float | None
     study_name: str
     storage: str | None
-    trials: int  # finished trials in the study (this run and earlier ones)
-    infeasible: int
-    actions: list = field(default_factory=list)
+    trials: int
+    infeasible: int = 0
+    failed: int = 0
+    failures: int = 0
+    first_error: str | None = None
+    actions: list[SetVariables] = field(default_factory=list)
+    changes: list = field(default_factory=list)
+
+    @property
+    def best_score(self) -> float:
+        return self.train_score
 
 
 class Optimizer:
@@ -75,22 +127,24 @@ class Optimizer:
                 for scope, space in self.spaces.items()
                 for name, dist in space.to_optuna_distributions().items()}
 
-    def defaults(self) -> dict[str, Any]:
-        params = {}
-        for scope, space in self.spaces.items():
-            for name, variable in space.settable.items():
-                if variable.default is not None:
-                    params[f"{scope}.{name}"] = variable.default
-        return params
+    def defaults(self) -> Config:
+        """Every settable variable's default, per scope (what a node runs before anything is set)."""
+        return {scope: {name: variable.default for name, variable in space.settable.items()
+                        if variable.default is not None}
+                for scope, space in self.spaces.items()}
 
-    def open_study(self):
+    def open_study(self, baseline: Config | None = None):
+        """The study, created or resumed; a new one's first trial is ``baseline`` (the defaults)."""
         import optuna
 
         storage = f"sqlite:///{self.storage}" if self.storage and "://" not in self.storage else self.storage
         study = optuna.create_study(storage=storage, study_name=self.study_name, sampler=self.sampler,
                                     direction=self.direction, load_if_exists=True)
         if not study.trials:
-            study.enqueue_trial(self.defaults(), skip_if_exists=True)  # the baseline goes first
+            searched = self.distributions()
+            first = {f"{scope}.{name}": value for scope, values in (baseline or self.defaults()).items()
+                     for name, value in values.items() if f"{scope}.{name}" in searched}
+            study.enqueue_trial(first, skip_if_exists=True)
         return study
 
     def compile(
@@ -101,49 +155,64 @@ class Optimizer:
         *,
         valset: Iterable[Example | Mapping[str, Any]] | None = None,
         trials: int = 20,
-        apply: Callable[[Config], None] | None = None,
-        plan_actions: Callable[[Config], list] | None = None,
+        apply: Callable[[Config], Any] | None = None,
+        current: Config | None = None,
+        baseline: Config | None = None,
     ) -> CompileResult:
-        """Run trials until the study has ``trials`` finished ones; return the best and its actions.
+        """Run trials until the study has ``trials`` finished ones; return the best, its scores
+        and the actions from ``current`` (default: the spaces' defaults) to it.
 
         ``apply(config)`` makes the live system match a trial's configuration before it is
-        scored; ``plan_actions(best_config)`` lists what turns the running system into the best.
+        scored (and the best one's before it is scored on ``valset``). ``baseline`` is a new
+        study's first trial (default: the defaults).
         """
         from optuna.trial import TrialState
 
-        study = self.open_study()
-        scored = [_as_example(e) for e in (valset if valset is not None else trainset)]
+        study = self.open_study(baseline)
+        train = [_as_example(e) for e in trainset]
         distributions = self.distributions()
-        finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
-        for number in range(len(finished), trials):
+        seen = _Failures()
+        for number in range(len(_finished(study)), trials):
             trial = study.ask(distributions)
             try:
                 config = self.validate(trial.params)
             except VariableError as infeasible:
                 trial.set_user_attr("infeasible", infeasible.problems)
                 study.tell(trial, state=TrialState.FAIL)
-                self._show(number + 1, trials, None, study)
+                self._show(number + 1, trials, "infeasible", study)
                 continue
             if apply is not None:
                 apply(config)
-            score = evaluate(program, scored, metric)
-            study.tell(trial, score)
-            self._show(number + 1, trials, score, study)
+            evaluation = seen.add(evaluate(program, train, metric))
+            if evaluation.failed:
+                trial.set_user_attr("failed", evaluation.first_error)
+                study.tell(trial, state=TrialState.FAIL)
+                self._show(number + 1, trials, "failed", study)
+            else:
+                study.tell(trial, evaluation.score)
+                self._show(number + 1, trials, f"{evaluation.score:.4f}", study)
         if self.progress:
             print(file=sys.stderr)
         complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
         if not complete:
+            if any("failed" in t.user_attrs for t in study.trials):
+                raise OptimizeError(f"every trial failed: every call raised; the first error:\n{seen.first_error}")
             raise VariableError(["every trial was infeasible: the spaces' constraints cannot be met"])
         best = study.best_trial
-        best_config = self.validate(best.params)
+        config = self.validate(best.params)
+        val_score = None
+        if valset is not None:
+            if apply is not None:
+                apply(config)
+            val_score = seen.add(evaluate(program, [_as_example(e) for e in valset], metric)).score
+        finished = _finished(study)
         return CompileResult(
-            best_config=best_config,
-            best_score=best.value,
-            study_name=self.study_name,
-            storage=self.storage,
-            trials=len([t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]),
-            infeasible=len([t for t in study.trials if t.state == TrialState.FAIL]),
-            actions=plan_actions(best_config) if plan_actions else [],
+            config=config, train_score=best.value, val_score=val_score,
+            study_name=self.study_name, storage=self.storage, trials=len(finished),
+            infeasible=sum("infeasible" in t.user_attrs for t in finished),
+            failed=sum("failed" in t.user_attrs for t in finished),
+            failures=seen.failures, first_error=seen.first_error,
+            actions=plan_actions(self.spaces, self.defaults() if current is None else current, config),
         )
 
     def validate(self, params: Mapping[str, Any]) -> Config:
@@ -162,30 +231,76 @@ class Optimizer:
             raise VariableError(problems)
         return config
 
-    def _show(self, done: int, total: int, score: float | None, study) -> None:
+    def _show(self, done: int, total: int, shown: str, study) -> None:
         if not self.progress:
             return
         try:
             best = f"{study.best_value:.4f}"
         except ValueError:
             best = "-"
-        shown = "infeasible" if score is None else f"{score:.4f}"
         print(f"\rtrial {done}/{total}  score {shown}  best {best}   ", end="", file=sys.stderr, flush=True)
 
 
-def evaluate(program, examples: list[Example], metric) -> float:
-    """Mean metric over ``examples``; an example whose call raises scores 0."""
+def config_diff(spaces: Mapping[str, VariableSpace], current: Config, target: Config) -> Config:
+    """Per scope, the settable values of ``target`` that ``current`` does not hold (composites
+    are computed by the registry, never set). Empty when the two agree."""
+    diff: Config = {}
+    for scope, values in target.items():
+        settable = spaces[scope].settable if scope in spaces else values
+        have = current.get(scope, {})
+        changed = {name: value for name, value in values.items()
+                   if name in settable and (name not in have or have[name] != value)}
+        if changed:
+            diff[scope] = changed
+    return diff
+
+
+def plan_actions(spaces: Mapping[str, VariableSpace], current: Config, target: Config) -> list[SetVariables]:
+    """The minimal actions from ``current`` to ``target``: one ``SetVariables`` per scope with a
+    changed value, nothing else (the node reconciles the processes those values decide)."""
+    return [SetVariables(0, scope, values) for scope, values in config_diff(spaces, current, target).items()]
+
+
+def evaluate(program, examples: list[Example], metric) -> Evaluation:
+    """The mean metric over ``examples``; a call that raises counts 0 and is reported, not hidden."""
     if not examples:
         raise ValueError("the dataset is empty")
-    total = 0.0
+    total, failures, first_error = 0.0, 0, None
     for example in examples:
         try:
             prediction = program(**example.inputs)
-        except Exception:
+        except Exception as exc:
+            failures += 1
+            first_error = first_error or _traceback(exc)
             continue
         value = float(metric(example, prediction))
         total += 0.0 if math.isnan(value) else value
-    return total / len(examples)
+    score = None if failures == len(examples) else total / len(examples)
+    return Evaluation(score=score, count=len(examples), failures=failures, first_error=first_error)
+
+
+class _Failures:
+    """The failed calls of one compile: how many, and the first one's traceback."""
+
+    def __init__(self) -> None:
+        self.failures, self.first_error = 0, None
+
+    def add(self, evaluation: Evaluation) -> Evaluation:
+        self.failures += evaluation.failures
+        self.first_error = self.first_error or evaluation.first_error
+        return evaluation
+
+
+def _traceback(exc: BaseException) -> str:
+    """The exception's traceback; an agent's (a RemoteError's) is the remote one."""
+    remote = getattr(exc, "remote_traceback", "")
+    return remote or "".join(traceback.format_exception(exc)).rstrip()
+
+
+def _finished(study) -> list:
+    from optuna.trial import TrialState
+
+    return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
 
 
 def _as_example(item) -> Example:
