@@ -662,10 +662,14 @@ class TestAdministration:
         d = started(*children("a"))
         assert d.call(start_from_template("w", "x")).outcome == "not_supported"
 
-    def test_reconfigure_belongs_to_dynamic_supervisors(self):
-        d = started(*children("a"))
-        assert d.call(reconfigure("a", worker("a"))).outcome == "not_supported"
-        assert d.log == [] and d.state("a") == "running"
+    def test_reconfigure_replaces_a_child_make_before_break_bouncing_no_sibling(self):
+        d = started(*children("a b c"), strategy="one_for_all", max_restarts=0)
+        target = ChildSpec(id="b", command=("other",))
+        result = d.call(reconfigure("b", target))
+        assert result.ok and result.pid == d.pids["b"]
+        assert d.log == ["start b"]  # the replacement; a and c untouched, nothing charged
+        assert [type(e).__name__ for e in d.effects[-3:]] == ["Launch", "Answer", "Replace"]
+        assert d.machine.children["b"].spec == target and d.state("b") == "running"
 
 
 # --- [7] escalation through two levels -----------------------------------------------------------

@@ -8,6 +8,11 @@ the process manager's (``processes.manager``); this module only connects the two
 
 Supervisors run inside the node process, workers in their own OS processes. A child
 supervisor is a ``Supervisor`` object whose ``exited`` future plays the role of an OS exit.
+
+Variables: every supervisor of a node shares the node's ``BoundValues``; its machine resolves a
+child's declared spec with it each time it starts it. When the node changes the values it
+asks each supervisor to ``reconcile()`` (``plan()`` says what that would do). The shell
+remembers the registry versions a child was launched with, which ``children_info`` shows.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from ..supervision.children import Child
 from ..supervision.dynamic import DynamicMachine
 from ..supervision.effects import (
     Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, Launch, LaunchFailed,
-    Launched, Post, Replace, Report, Outcome, Stop, StopSupervisor,
+    Launched, Post, Reconcile, Replace, Report, Outcome, Stop, StopSupervisor,
 )
 from ..supervision.exit import ExitReason, should_restart
 from ..supervision.machine import StaticMachine
 from ..processes.manager import ChildProcess, ProcessManager, StartFailed
-from ..wire.protocol import ChildInfo, EventKind, NodeEvent, TreeEntry
-from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, Shutdown, SupervisorSpec
+from ..wire.protocol import BoundInfo, Change, ChildInfo, EventKind, NodeEvent, TreeEntry
+from ..specs.bindings import BoundValues
+from ..specs.model import AnySpec, Bound, ChildSpec, DynamicSupervisorSpec, Shutdown, SupervisorSpec
 
 log = logging.getLogger("otpy")
 
@@ -60,10 +66,14 @@ class Supervisor:
         node: str = "",
         clock: Callable[[], float] = time.monotonic,
         child_env: dict[str, str] | None = None,
+        values: BoundValues | None = None,
     ) -> None:
         self.spec = spec
         self.node = node  # the node's name, in every event
-        self.machine = DynamicMachine(spec) if isinstance(spec, DynamicSupervisorSpec) else StaticMachine(spec)
+        # The node's values of bound variables, shared by every supervisor below it.
+        self.values = values if values is not None else BoundValues()
+        machine = DynamicMachine if isinstance(spec, DynamicSupervisorSpec) else StaticMachine
+        self.machine = machine(spec, resolve=self.values.resolve)
         self.pid = os.getpid()
         self.started_at: float | None = None
         self._processes = processes
@@ -73,6 +83,7 @@ class Supervisor:
         above = (child_env or {}).get("OTPY_SUPERVISORS")
         self._child_env = {**(child_env or {}), "OTPY_SUPERVISORS": f"{spec.id},{above}" if above else spec.id}
         self._handles: dict[str, Handle] = {}
+        self._versions: dict[str, dict[str, int]] = {}  # id -> the registry versions at its launch
         self._incarnations = itertools.count(1)  # numbers each start of a child: its exit names it
         # A Reconfigure's replacement: launched, not yet the child (``Replace`` makes it so) ...
         self._replacements: dict[str, Handle] = {}
@@ -154,6 +165,45 @@ class Supervisor:
             return reply_to.result()
         return self._gone()
 
+    async def reconcile(self) -> Outcome:
+        """Make the children match the values now (``supervision.reconcile``), queued behind
+        the other events like a ``call``; the answer's ``changes`` say what was done. On a
+        failed start or replacement: ``start_failed`` naming the child, with what was done."""
+        if self.exited.done():
+            return self._gone()
+        reply_to: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(Reconcile(reply_to))
+        await asyncio.wait({reply_to, self.exited}, return_when=asyncio.FIRST_COMPLETED)
+        return reply_to.result() if reply_to.done() else self._gone()
+
+    def plan(self) -> list[Change]:
+        """What ``reconcile()`` would do now, without doing it (a dry run)."""
+        return self.machine.plan()
+
+    def supervisors(self) -> "list[Supervisor]":
+        """This supervisor and every running one below it, parents first, in start order."""
+        found = [self]
+        for id in self.machine.order:
+            handle = self._handles.get(id)
+            if isinstance(handle, Supervisor):
+                found += handle.supervisors()
+        return found
+
+    async def reconcile_tree(self) -> Outcome:
+        """``reconcile()`` every supervisor of this subtree, parents first; stops at the first
+        failure, whose answer carries every change done so far."""
+        changes: list[Change] = []
+        for sup in self.supervisors():
+            result = await sup.reconcile()
+            changes += result.changes
+            if not result.ok:
+                return Outcome(result.outcome, detail=result.detail, changes=changes)
+        return Outcome("ok", changes=changes)
+
+    def plan_tree(self) -> list[Change]:
+        """``plan()`` of every supervisor of this subtree, in ``reconcile_tree``'s order."""
+        return [change for sup in self.supervisors() for change in sup.plan()]
+
     # --- the loop ---------------------------------------------------------------------------
 
     async def _serve(self) -> None:
@@ -205,17 +255,26 @@ class Supervisor:
         except StartFailed as exc:
             return LaunchFailed(spec.id, str(exc))
         (self._replacements if replacement else self._handles)[spec.id] = handle
+        self._remember_versions(spec.id)
         handle.exited.add_done_callback(
             lambda fut: self._inbox.put_nowait(ChildExited(spec.id, incarnation, fut.result()))
         )
         self._event("started", spec.id, handle.pid)
         return Launched(spec.id, incarnation, handle.pid)
 
+    def _remember_versions(self, id: str) -> None:
+        """Keep the registry versions ``id`` is launched with; forget those of children that
+        left the table now and then (amortised: dynamic children come and go)."""
+        if self.values.versions:
+            self._versions[id] = dict(self.values.versions)
+        if len(self._versions) > 2 * len(self.machine.children) + 16:
+            self._versions = {i: v for i, v in self._versions.items() if i in self.machine.children}
+
     async def _start_handle(self, spec: AnySpec) -> Handle:
         if isinstance(spec, ChildSpec):
             return await self._processes.spawn(spec, env=self._child_env)
         child = Supervisor(spec, processes=self._processes, report=self._report, node=self.node,
-                           clock=self._clock, child_env=self._child_env)
+                           clock=self._clock, child_env=self._child_env, values=self.values)
         try:
             await child.start()
         except BaseException:  # cancelled meanwhile: what it started must not outlive it
@@ -294,7 +353,22 @@ class Supervisor:
 
     def _child_info(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None]) -> ChildInfo:
         state, pid = self._shown_state(child, dead)
-        return ChildInfo(id=child.id, kind=child.spec.kind, state=state, pid=pid, restarts=child.restarts)
+        return ChildInfo(id=child.id, kind=child.spec.kind, state=state, pid=pid, restarts=child.restarts,
+                         program=_program(child), bound=self._bound(child), override=child.override)
+
+    def _bound(self, child: Child) -> BoundInfo | None:
+        """The variable ``child``'s program (else its ``enabled``) is bound to, with the
+        registry version it was launched with (a stopped child: the current one)."""
+        spec = child.spec
+        bound = next((b for b in (getattr(spec, "program", None), getattr(spec, "enabled", None))
+                      if isinstance(b, Bound)), None)
+        if bound is None:
+            return None
+        if child.state == "running":  # none kept: every version was 0 (a default) at its launch
+            version = self._versions.get(child.id, {}).get(bound.variable, 0)
+        else:
+            version = self.values.version(bound.variable)
+        return BoundInfo(bound.variable, version)
 
     def _shown_state(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None]) -> tuple[str, int | None]:
         handle = self._handles.get(child.id)
@@ -332,11 +406,22 @@ class Supervisor:
             started = getattr(handle, "started_at", None)
             children.append(TreeEntry(
                 id=info.id, kind=info.kind, state=info.state, pid=info.pid, restarts=info.restarts,
-                uptime=_uptime(now, started) if info.state == "running" else None, children=None if info.kind == "worker" else []))
+                uptime=_uptime(now, started) if info.state == "running" else None,
+                children=None if info.kind == "worker" else [],
+                program=info.program, bound=info.bound, override=info.override))
         running = not self.exited.done()
         return TreeEntry(id=self.spec.id, kind=self.spec.kind, state="running" if running else "stopped",
                          pid=self.pid, restarts=restarts, uptime=_uptime(now, self.started_at) if running else None,
                          children=children)
+
+
+def _program(child: Child) -> str | None:
+    """What a program child runs ("module:attr"): its running incarnation's, else its declared
+    program when that is a value (None for commands, supervisors, an unresolved binding)."""
+    for spec in (child.running, child.spec):
+        if isinstance(spec, ChildSpec) and isinstance(spec.program, str):
+            return spec.program
+    return None
 
 
 def _uptime(now: float, started: float | None) -> float | None:

@@ -9,7 +9,15 @@ reverse order.
 A child's state is one of three values: ``running`` (with an incarnation and a pid),
 ``stopped`` (OTP's ``pid = undefined``: the spec is kept) and ``restarting`` (a failed restart
 waiting for its ``Retry`` on the supervisor's inbox). Whatever leaves ``running`` loses its
-incarnation and pid at once: an exit that names them later is stale.
+incarnation, pid and ``running`` spec at once: an exit that names them later is stale.
+
+``spec`` is the DECLARED spec (its fields may be bound to variables); ``running`` is the spec
+the current incarnation was launched with, resolved with the variables of that moment: a
+reconcile compares the two (``reconcile.decide``). Two flags say why a stopped child is
+stopped when its restart type does not: ``disabled`` (its ``enabled`` resolved to false: the
+variables switched it off, a reconcile starts it when they switch it on) and ``override``
+(an operator's ``terminate_child``: nothing but an operator's start brings it back). Any start
+clears both.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ class Child:
     pid: int | None = None
     restarts: int = 0
     retry: int | None = None  # the token of the Retry now due, while restarting
+    running: AnySpec | None = None  # the resolved spec of the current incarnation, while running
+    disabled: bool = False  # stopped because its resolved ``enabled`` is false
+    override: bool = False  # stopped by an operator's terminate_child
 
     @property
     def id(self) -> str:
@@ -111,10 +122,14 @@ class ChildTable:
     def delete(self, id: str) -> Child | None:
         return self._children.pop(id, None)
 
-    def set_running(self, id: str, incarnation: int, pid: int | None, spec: AnySpec | None = None) -> None:
-        """``id`` runs as ``incarnation``; ``spec``: it runs a new spec (a replacement)."""
+    def set_running(self, id: str, incarnation: int, pid: int | None, running: AnySpec | None = None,
+                    spec: AnySpec | None = None) -> None:
+        """``id`` runs as ``incarnation``, launched as ``running`` (its resolved spec); ``spec``:
+        a new declared spec (a replacement). A start clears ``disabled`` and ``override``."""
         child = self._children[id]
         child.state, child.incarnation, child.pid = "running", incarnation, pid
+        child.running = running if running is not None else child.spec
+        child.disabled = child.override = False
         if spec is not None:
             child.spec = spec
 
@@ -122,7 +137,7 @@ class ChildTable:
         """Mark ``ids`` stopped (before the shell stops them: their exits are then stale)."""
         for i in ids:
             child = self._children[i]
-            child.state, child.incarnation, child.pid = "stopped", None, None
+            child.state, child.incarnation, child.pid, child.running = "stopped", None, None, None
         return ids
 
     def set_restarting(self, id: str) -> Retry:

@@ -1,52 +1,71 @@
 """The dynamic supervisor as a pure state machine: Elixir's ``DynamicSupervisor``.
 
-It starts with no children; ``start_child`` adds one at run time, from a full spec or a
-named template plus args. All children are ``one_for_one``. Unlike a static supervisor:
+It starts with no children but its templates' replicas; ``start_child`` adds one at run
+time, from a full spec or a named template plus args. All children are ``one_for_one``.
+Unlike a static supervisor:
 
 - a child that ends and is not restarted is removed (its id can be used again);
 - ``terminate_child`` removes the child too (a second call gives ``not_found``);
 - ``restart_child`` and ``delete_child`` are ``not_supported``;
 - ``max_children`` counts children that are restarting;
-- children are stopped in parallel, each within its own ``shutdown``;
-- ``reconfigure`` replaces a running child make-before-break: its replacement is launched
-  beside it, then becomes the child, and the incarnation it replaced is stopped.
+- children are stopped in parallel, each within its own ``shutdown``.
 
-Exits, the charge of a restart (a ``lost`` exit is not charged), retries and shutdown are
-the static machine's too: ``base.BaseMachine``.
+A template with ``replicas`` keeps ``TEMPLATE-1..N`` children (``specs.bindings.replica_ids``),
+each saved with the template's DECLARED spec so that every start resolves it afresh. They are
+started at boot, one at a time in declaration order, and one that fails to start fails the
+supervisor's start, as a static supervisor's init does: a dynamic supervisor restarted by its
+parent comes back with its replicas. A replica is the supervisor's, not an operator's: one
+that ends stays in the table stopped, ``terminate_child`` keeps it stopped as an override (a
+reconcile does not bring it back), ``restart_child`` starts it again; only a lower count
+(a reconcile) removes it.
+
+Exits, the charge of a restart (a ``lost`` exit is not charged), retries, shutdown, the
+make-before-break ``reconfigure`` and the reconcile are the static machine's too:
+``base.BaseMachine``.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from typing import NamedTuple
-
-from .base import BaseMachine, Starting, no_child
+from .base import BaseMachine, Resolver, disabled_refusal, no_child, unresolved
 from .children import Child
-from .effects import Answer, ChildRequest, Effect, Launch, Replace, Report, Outcome
-from ..specs.model import AnySpec, DynamicSupervisorSpec, from_template
-from ..specs.rules import reconfigure_problems
+from .effects import Answer, ChildRequest, Effect, Exit, Report, Outcome
+from .exit import ExitReason
+from ..specs.bindings import UnboundValue, replica_count, replica_ids, replica_of
+from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, from_template
 from ..wire import protocol as wire
-
-
-class _Replacement(NamedTuple):
-    """The replacement being launched for a ``Reconfigure``, and where its answer goes."""
-
-    id: str
-    spec: AnySpec
-    reply_to: object
 
 
 class DynamicMachine(BaseMachine):
     spec: DynamicSupervisorSpec
     parallel_stop = True
 
-    def __init__(self, spec: DynamicSupervisorSpec) -> None:
-        super().__init__(spec)
-        self._replacement: _Replacement | None = None
+    def __init__(self, spec: DynamicSupervisorSpec, resolve: Resolver = unresolved) -> None:
+        super().__init__(spec, resolve=resolve)
 
     def _boot(self) -> list[Effect]:
-        self.phase = "running"  # it starts with no children
-        return []
+        """Start the templates' replicas, template by template, one at a time."""
+        self.phase = "starting"
+        ids = []
+        for name, template in self._templates().items():
+            try:
+                count = replica_count(self.resolve(template), {})
+            except UnboundValue as exc:
+                return self._boot_failed(name, str(exc))
+            for id in replica_ids(name, count):
+                self.children.save(from_template(template, id))
+                ids.append(id)
+        return self._begin("init", ids)
+
+    def _boot_failed(self, template: str, reason: str) -> list[Effect]:
+        self.phase = "terminated"
+        return [Exit(ExitReason(kind="failed", detail=f"failed_to_start_child {template}: {reason}"),
+                     error=f"cannot count the replicas of template {template!r}: {reason}")]
+
+    def _templates(self) -> dict[str, ChildSpec]:
+        return {name: t for name, t in self.spec.templates.items() if t.replicas is not None}
+
+    def _is_replica(self, id: str) -> bool:
+        return replica_of(id, self.spec.templates) is not None
 
     def _command(self, request: ChildRequest, reply_to: object) -> list[Effect]:
         match request:
@@ -62,6 +81,8 @@ class DynamicMachine(BaseMachine):
                 return self._reconfigure(id, target, reply_to)
             case wire.TerminateChild(id=id):
                 return self._terminate_child(id, reply_to)
+            case wire.RestartChild(id=id) if self._is_replica(id):
+                return self._restart_replica(id, reply_to)
             case wire.RestartChild() | wire.DeleteChild():
                 return [Answer(reply_to, Outcome("not_supported", detail="a dynamic supervisor only starts and terminates children"))]
         raise TypeError(f"unknown request {request!r}")
@@ -73,60 +94,21 @@ class DynamicMachine(BaseMachine):
             return [Answer(reply_to, refusal)]
         if self.spec.max_children is not None and len(self.children) >= self.spec.max_children:
             return [Answer(reply_to, Outcome("max_children", detail=f"max_children is {self.spec.max_children}"))]
-        self.children.save(spec)
-        return self._launch("start_child", spec, reply_to)
-
-    def _launch(self, purpose, spec: AnySpec, reply_to: object = None) -> list[Effect]:
-        self._chain = Starting(purpose, deque([spec.id]), reply_to)
-        return [Launch(spec)]
-
-    def _launched(self, id: str, incarnation: int, pid: int | None) -> list[Effect]:
-        if self._replacement is not None:
-            return self._replaced(id, incarnation, pid)
-        chain, self._chain = self._chain, None
-        assert chain is not None and list(chain.pending) == [id], (chain, id)
-        self.children.set_running(id, incarnation, pid)
-        return [Answer(chain.reply_to, Outcome("ok", pid=pid))] if chain.purpose == "start_child" else []
-
-    def _launch_failed(self, id: str, reason: str) -> list[Effect]:
-        if self._replacement is not None:
-            reply_to, self._replacement = self._replacement.reply_to, None
-            return [Answer(reply_to, Outcome("start_failed", detail=reason))]  # the child runs on, untouched
-        chain, self._chain = self._chain, None
-        assert chain is not None and list(chain.pending) == [id], (chain, id)
-        if chain.purpose == "start_child":  # nothing is kept
-            self.children.delete(id)
-            return [Answer(chain.reply_to, Outcome("start_failed", detail=reason))]
-        return self._restart_failed(id, reason)
-
-    # --- reconfigure: a replacement ---------------------------------------------------------------
-
-    def _reconfigure(self, id: str, target: AnySpec, reply_to) -> list[Effect]:
-        child = self.children.get(id)
-        if child is None:
-            return [Answer(reply_to, no_child(id))]
-        if child.state != "running":
-            return [Answer(reply_to, Outcome(child.state, detail=f"child {id!r} is {child.state}, not running"))]
-        if problems := reconfigure_problems(id, target, self.spec):  # the node's own rule: same id, a valid spec
-            return [Answer(reply_to, Outcome("invalid", detail="; ".join(problems)))]
-        self._replacement = _Replacement(id, target, reply_to)
-        return [Report("reconfiguring", id), Launch(target, replacement=True)]
-
-    def _replaced(self, id: str, incarnation: int, pid: int | None) -> list[Effect]:
-        replacement, self._replacement = self._replacement, None
-        # The replaced incarnation's exit is stale from here on: the replacement is the child.
-        self.children.set_running(id, incarnation, pid, spec=replacement.spec)
-        # The replacement serves the name from here on: answer now, then stop the one it replaced.
-        return [Answer(replacement.reply_to, Outcome("ok", pid=pid)), Replace(id)]
+        child = self.children.save(spec)
+        if (refusal := disabled_refusal(child, self.resolve)) is not None:
+            self.children.delete(spec.id)  # a dynamic supervisor keeps no child it cannot run
+            return [Answer(reply_to, refusal)]
+        return self._begin("start_child", [spec.id], reply_to=reply_to)
 
     # --- what the base machine asks ---------------------------------------------------------
 
     def _not_restarted(self, child: Child) -> list[Effect]:
-        self.children.delete(child.id)
+        if not self._is_replica(child.id):  # a replica that ended stays, stopped
+            self.children.delete(child.id)
         return []
 
     def _restart_group(self, id: str) -> list[Effect]:
-        return self._launch("restart", self.children[id].spec)
+        return self._begin("restart", [id])
 
     # --- administration ---------------------------------------------------------------------
 
@@ -135,5 +117,20 @@ class DynamicMachine(BaseMachine):
         if child is None:
             return [Answer(reply_to, no_child(id))]
         effects = self._stops((id,)) if child.state == "running" else []
-        self.children.delete(id)
+        if self._is_replica(id):
+            self.children.set_stopped((id,))  # also ends a restarting replica's retries
+            child.override = True  # kept stopped: a reconcile does not bring it back
+        else:
+            self.children.delete(id)
         return effects + [Answer(reply_to, Outcome("ok"))]
+
+    def _restart_replica(self, id: str, reply_to) -> list[Effect]:
+        """``restart_child`` of a stopped replica (one an operator terminated): start it again."""
+        child = self.children.get(id)
+        if child is None:
+            return [Answer(reply_to, no_child(id))]
+        if child.state != "stopped":
+            return [Answer(reply_to, Outcome(child.state, pid=child.pid))]
+        if (refusal := disabled_refusal(child, self.resolve)) is not None:
+            return [Answer(reply_to, refusal)]
+        return self._begin("restart_child", [id], reply_to=reply_to)

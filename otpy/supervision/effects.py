@@ -17,11 +17,14 @@ One name per fact:
 ``ChildExited``    event: an incarnation ended without being asked to
 ``Retry``          event: try a failed restart again (posted by the machine to its own inbox)
 ``StopSupervisor`` event: stop every child and exit ``shutdown``
+``Reconcile``      event: make the children match the variables now (``reconcile``); answer
+                   an ``Outcome`` whose ``changes`` say what was done
 ``Command``        event: an administrative request, and where its answer goes. The request is
                    the wire's own message (``ChildRequest``: ``StartChild``, ``StartFromTemplate``,
                    ``TerminateChild``, ``RestartChild``, ``DeleteChild``, ``Reconfigure``), so a
                    request keeps one type from the control socket to the machine
-``Launch``         effect: start this child, answer ``Launched`` or ``LaunchFailed``
+``Launch``         effect: start this child (its spec resolved with the variables now), answer
+                   ``Launched`` or ``LaunchFailed``
 ``Replace``        effect: the replacement launched for a ``Reconfigure`` becomes the child
 ``Stop``           effect: stop these children and wait until each is dead
 ``Post``           effect: put an event on the supervisor's own inbox
@@ -34,7 +37,8 @@ Two words for what ``ref`` used to mean: an ``incarnation`` numbers one start of
 exit names the incarnation it ends, so the exit of an older one is recognised as stale);
 ``reply_to`` is where a ``Command``'s ``Answer`` goes (the shell's future).
 
-One word for how a ``Reconfigure`` is carried out: the *replacement*. The replacement is
+One word for how a ``Reconfigure`` (or a reconcile's change of a running child) is carried
+out: the *replacement*. The replacement is
 launched beside the running child (``Launch(spec, replacement=True)``); once it runs,
 ``Replace(id)`` makes it the child, and the incarnation it replaced is stopped.
 """
@@ -111,7 +115,15 @@ class Command:
     reply_to: object = None
 
 
-Event = Boot | Launched | LaunchFailed | ChildExited | Retry | StopSupervisor | Command
+@dataclass(frozen=True, slots=True)
+class Reconcile:
+    """Make the children match what the variables say now (the node changed them); the
+    ``Answer`` to ``reply_to`` is an ``Outcome`` whose ``changes`` list what was done."""
+
+    reply_to: object = None
+
+
+Event = Boot | Launched | LaunchFailed | ChildExited | Retry | StopSupervisor | Command | Reconcile
 
 
 # --- effects ------------------------------------------------------------------------------

@@ -6,16 +6,20 @@ OTP's ``{Ids, Db}``): started in order, stopped in reverse order, ``rest_for_one
 table at the dead child. What it shares with the dynamic machine (exits, the charge of a
 restart, retries, shutdown) is in ``base.BaseMachine``; here: chains of starts in order, the
 strategies, ``auto_shutdown`` and the administrative calls of a static supervisor.
+
+``terminate_child`` is an operator's override: the child is kept stopped (``Child.override``)
+and a reconcile never starts it; ``restart_child`` (or a group restart) starts it again. A
+``start_child`` of a spec whose ``enabled`` resolves false keeps it, stopped and disabled, and
+answers ``ok`` with no pid (OTP's ``{ok, undefined}``). ``Reconfigure`` replaces a running
+child make-before-break (``base``): it never bounces a sibling and is never charged.
 """
 
 from __future__ import annotations
 
-from collections import deque
-
-from .base import BaseMachine, Starting, no_child
+from .base import BaseMachine, Resolver, disabled_refusal, no_child, unresolved
 from .children import Child
-from .effects import Answer, ChildRequest, Effect, Exit, Launch, Report, Outcome, Stop
-from .exit import SHUTDOWN, ExitReason
+from .effects import Answer, ChildRequest, Effect, Report, Outcome, Stop
+from .exit import SHUTDOWN
 from ..specs.model import AnySpec, SupervisorSpec
 from ..wire import protocol as wire
 
@@ -25,8 +29,8 @@ class StaticMachine(BaseMachine):
 
     spec: SupervisorSpec
 
-    def __init__(self, spec: SupervisorSpec) -> None:
-        super().__init__(spec, spec.children)
+    def __init__(self, spec: SupervisorSpec, resolve: Resolver = unresolved) -> None:
+        super().__init__(spec, spec.children, resolve)
 
     def _boot(self) -> list[Effect]:
         self.phase = "starting"
@@ -42,60 +46,11 @@ class StaticMachine(BaseMachine):
                 return self._restart_child(id, reply_to)
             case wire.DeleteChild(id=id):
                 return self._delete_child(id, reply_to)
-            case wire.Reconfigure():
-                return [Answer(reply_to, Outcome("not_supported", detail="reconfigure children of a dynamic supervisor"))]
+            case wire.Reconfigure(source=id, target=target):
+                return self._reconfigure(id, target, reply_to)
             case wire.StartFromTemplate():
                 return [Answer(reply_to, Outcome("not_supported", detail="templates belong to dynamic supervisors"))]
         raise TypeError(f"unknown request {request!r}")
-
-    # --- chains of starts -----------------------------------------------------------------
-
-    def _begin(self, purpose, ids, reply_to=None, before: list[Effect] | None = None) -> list[Effect]:
-        self._chain = Starting(purpose, deque(ids), reply_to)
-        return (before or []) + self._next_start()
-
-    def _next_start(self) -> list[Effect]:
-        chain = self._chain
-        assert chain is not None
-        if chain.pending:
-            return [Launch(self.children[chain.pending[0]].spec)]
-        self._chain = None
-        if chain.purpose == "init":
-            self.phase = "running"
-        return []
-
-    def _launched(self, id: str, incarnation: int, pid: int | None) -> list[Effect]:
-        chain = self._chain
-        assert chain is not None and chain.pending and chain.pending[0] == id, (chain, id)
-        chain.pending.popleft()
-        self.children.set_running(id, incarnation, pid)
-        effects: list[Effect] = []
-        if chain.purpose in ("start_child", "restart_child"):
-            effects.append(Answer(chain.reply_to, Outcome("ok", pid=pid)))
-        return effects + self._next_start()
-
-    def _launch_failed(self, id: str, reason: str) -> list[Effect]:
-        chain = self._chain
-        assert chain is not None and chain.pending and chain.pending[0] == id, (chain, id)
-        self._chain = None
-        match chain.purpose:
-            case "init":
-                # Tear down what started, in reverse order; later children never start.
-                self.phase = "terminated"
-                return [
-                    Report("start_failed", id, reason),
-                    *self._stops(self.running_in_reverse()),
-                    Exit(ExitReason(kind="failed", detail=f"failed_to_start_child {id}: {reason}"),
-                         error=f"failed to start child {id!r}: {reason}"),
-                ]
-            case "restart":
-                return self._restart_failed(id, reason)
-            case "start_child":
-                self.children.delete(id)  # the spec of a child that failed to start is discarded
-                return [Answer(chain.reply_to, Outcome("start_failed", detail=reason))]
-            case "restart_child":
-                return [Answer(chain.reply_to, Outcome("start_failed", detail=reason))]
-        raise AssertionError(chain.purpose)
 
     # --- what the base machine asks ---------------------------------------------------------
 
@@ -141,6 +96,7 @@ class StaticMachine(BaseMachine):
             return [Answer(reply_to, no_child(id))]
         effects = self._stops((id,)) if child.state == "running" else []
         self.children.set_stopped((id,))  # also ends a restarting child's retries
+        child.override = True  # the operator's word: a reconcile does not start it again
         if child.spec.restart == "temporary":
             self.children.delete(id)
         return effects + [Answer(reply_to, Outcome("ok"))]
@@ -151,6 +107,8 @@ class StaticMachine(BaseMachine):
             return [Answer(reply_to, no_child(id))]
         if child.state != "stopped":
             return [Answer(reply_to, Outcome(child.state, pid=child.pid))]
+        if (refusal := disabled_refusal(child, self.resolve)) is not None:
+            return [Answer(reply_to, refusal)]
         return self._begin("restart_child", [id], reply_to=reply_to)
 
     def _delete_child(self, id: str, reply_to) -> list[Effect]:

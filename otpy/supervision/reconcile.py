@@ -1,0 +1,138 @@
+"""Reconcile: what a supervisor does to make its children match what the variables say now.
+
+A supervisor keeps each child's DECLARED spec (``Child.spec``, maybe with fields bound to
+variables) and the spec its current incarnation was launched with (``Child.running``,
+resolved then). When the node changes the variables, it asks every supervisor to
+``Reconcile``; each one compares every child with its spec resolved now, with one rule,
+``decide``:
+
+========================================  =============================================
+the child                                 what a reconcile does
+========================================  =============================================
+running, resolved ``enabled`` false       ``stop`` it (it stays, stopped and disabled)
+running, resolved spec != ``running``     ``replace`` it, make-before-break
+stopped and disabled, resolved enabled    ``start`` it
+stopped by an operator (``override``)     nothing: only an operator starts it again
+restarting, or ended (transient,          nothing: its restart type decides, as in OTP
+temporary)
+========================================  =============================================
+
+A dynamic supervisor's template with ``replicas`` keeps ``TEMPLATE-1..N`` children
+(``specs.bindings.replica_ids``): the missing ones are started (ascending), those above N
+removed (stopped, and gone from the table), the others decided as above.
+
+``plan`` is the list of ``Step`` s in the order they are carried out: replacements and starts
+in start order, then stops in reverse start order. The machine's ``plan()`` shows the steps as
+wire ``Change`` s without doing anything (a dry run); its ``Reconcile`` carries out the same
+steps, so the dry run is exactly what the reconcile then does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Literal, Mapping, NamedTuple
+
+from .children import Child
+from ..specs.bindings import UnboundValue, is_enabled, replica_count, replica_ids, replica_of
+from ..specs.model import AnySpec, ChildSpec, from_template
+from ..wire.protocol import Change
+
+Decision = Literal["replace", "stop", "start"]
+Resolver = Callable[[AnySpec], AnySpec]
+
+
+class Step(NamedTuple):
+    """One thing a reconcile does to child ``id``: ``start`` (``new``: the declared spec of a
+    replica not yet in the table), ``replace``, ``stop`` (kept, disabled) or ``remove`` (a
+    replica above its template's count: stopped and deleted); ``change`` says it on the wire."""
+
+    action: Literal["start", "replace", "stop", "remove"]
+    id: str
+    change: Change
+    new: ChildSpec | None = None
+
+
+def enabled(resolved: AnySpec) -> bool:
+    """Whether a resolved spec runs (the one rule: ``specs.bindings.is_enabled``)."""
+    return is_enabled(resolved, {})
+
+
+def decide(child: Child, resolved: AnySpec | None) -> Decision | None:
+    """What a reconcile does to ``child`` whose spec resolves now to ``resolved`` (None: it
+    cannot be resolved, a variable has no value; the start or replacement then fails, naming
+    it). None: nothing."""
+    if child.state == "restarting":
+        return None
+    if child.state == "running":
+        if resolved is not None and not enabled(resolved):
+            return "stop"
+        return "replace" if resolved is None or resolved != child.running else None
+    if child.disabled and not child.override and (resolved is None or enabled(resolved)):
+        return "start"
+    return None
+
+
+def try_resolve(resolve: Resolver, spec: AnySpec) -> AnySpec | None:
+    """``spec`` resolved now, or None when a variable it is bound to has no value."""
+    try:
+        return resolve(spec)
+    except UnboundValue:
+        return None
+
+
+def program_of(spec: AnySpec | None) -> str | None:
+    """What a worker runs ("module:attr"), if it is a program with a known value."""
+    if isinstance(spec, ChildSpec) and isinstance(spec.program, str):
+        return spec.program
+    return None
+
+
+def plan(children: Iterable[Child], resolve: Resolver, supervisor: str,
+         templates: Mapping[str, ChildSpec] | None = None) -> list[Step]:
+    """The steps that make ``children`` (in start order) match ``resolve`` now; ``templates``:
+    a dynamic supervisor's, whose ``replicas`` are kept."""
+    children = list(children)
+    counts = _replica_counts(templates or {}, resolve)
+    ahead: list[Step] = []  # replacements and starts, in start order
+    stops: list[Step] = []  # in start order; carried out reversed
+    for child in children:
+        replica = replica_of(child.id, templates) if templates else None
+        if replica is not None and replica[0] in counts and replica[1] > counts[replica[0]]:
+            stops.append(Step("remove", child.id, _stop_change(supervisor, child)))
+            continue
+        resolved = try_resolve(resolve, child.spec)
+        match decide(child, resolved):
+            case "start":
+                ahead.append(Step("start", child.id, Change(action="start", supervisor=supervisor, child=child.id,
+                                                            after=program_of(resolved))))
+            case "replace":
+                ahead.append(Step("replace", child.id, Change(
+                    action="reconfigure", supervisor=supervisor, child=child.id,
+                    before=program_of(child.running), after=program_of(resolved))))
+            case "stop":
+                stops.append(Step("stop", child.id, _stop_change(supervisor, child)))
+    present = {child.id for child in children}
+    for name, count in counts.items():
+        for id in replica_ids(name, count):
+            if id not in present:
+                new = from_template(templates[name], id)
+                ahead.append(Step("start", id, Change(action="start", supervisor=supervisor, child=id,
+                                                      after=program_of(try_resolve(resolve, new))), new=new))
+    return ahead + stops[::-1]
+
+
+def _stop_change(supervisor: str, child: Child) -> Change:
+    return Change(action="stop", supervisor=supervisor, child=child.id, before=program_of(child.running),
+                  pid=child.pid)
+
+
+def _replica_counts(templates: Mapping[str, ChildSpec], resolve: Resolver) -> dict[str, int]:
+    """How many replicas each template with ``replicas`` keeps now, in declaration order; a
+    template whose count cannot be resolved is left as it is (not in the answer)."""
+    counts = {}
+    for name, template in templates.items():
+        if template.replicas is None:
+            continue
+        resolved = try_resolve(resolve, template)
+        if resolved is not None:
+            counts[name] = replica_count(resolved, {})
+    return counts
