@@ -7,6 +7,7 @@ import pytest
 from otpy.wire.registry_protocol import (
     REQUESTS,
     Explain,
+    GetSpace,
     GetValue,
     ListValues,
     RegistryRefusal,
@@ -37,6 +38,12 @@ WIRE = [
     (Explain(child="a", name="t"), {"op": "explain", "child": "a", "name": "t"}),
     (RegisterSpace(scope="a", variables={"b": {"type": "bool", "default": True}}),
      {"op": "register_space", "scope": "a", "variables": {"b": {"type": "bool", "default": True}}}),
+    (SetValue(scope="g", name="t", value=1, dry_run=True), {"op": "set", "scope": "g", "name": "t", "value": 1,
+                                                            "dry_run": True}),
+    (SetValues(values={"g": {"t": 1}}, reconciled=True), {"op": "set_many", "values": {"g": {"t": 1}},
+                                                          "reconciled": True}),
+    (GetSpace(), {"op": "get_space"}),
+    (GetSpace(scope="team"), {"op": "get_space", "scope": "team"}),
 ]
 
 
@@ -63,8 +70,8 @@ def test_replies_and_refusals_are_the_maps_callers_always_got():
 
 
 @pytest.mark.parametrize("inputs, problem", [
-    ({}, "missing field 'op'; expected one of get, list, set, set_many, resolve, explain, register_space"),
-    ({"op": "drop"}, "unknown op 'drop'; expected one of get, list, set, set_many, resolve, explain, register_space"),
+    ({}, "missing field 'op'; expected one of get, list, set, set_many, resolve, explain, register_space, get_space"),
+    ({"op": "drop"}, "unknown op 'drop'; expected one of get, list, set, set_many, resolve, explain, register_space, get_space"),
     ({"op": "get", "scope": "global"}, "get: missing field 'name'"),
     ({"op": "get", "scope": "g", "name": "t", "x": 1}, "get: unexpected field 'x'; expected name, scope"),
     ({"op": "set", "scope": "g", "name": "t", "value": 1, "expected_version": True},

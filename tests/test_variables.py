@@ -425,10 +425,20 @@ verbose = {{ type = "bool", default = false }}
 @pytest.mark.parametrize(
     "table, problem",
     [
-        ({"low": 0.0}, "variables.team.x.type: missing; expected one of 'float', 'integer', 'choice', 'module', 'bool'"),
-        ({"type": "str"}, "variables.team.x.type: got 'str'; expected one of 'float', 'integer', 'choice', 'module', 'bool'"),
-        ({"type": "composite", "depends_on": ["a"]},
-         "variables.team.x.type: got 'composite'; a composite is computed by a Python function and cannot be declared"),
+        ({"low": 0.0}, ("variables.team.x.type: missing; expected one of 'float', 'integer', 'choice', 'module', "
+                        "'bool', 'composite'")),
+        ({"type": "str"}, ("variables.team.x.type: got 'str'; expected one of 'float', 'integer', 'choice', "
+                           "'module', 'bool', 'composite'")),
+        ({"type": "composite", "depends_on": ["a"]}, "variables.team.x.compute: missing; this key is required"),
+        ({"type": "composite", "compute": "math:nope", "depends_on": ["a"]},
+         "variables.team.x.compute: cannot import 'math:nope': AttributeError"),
+        ({"type": "composite", "compute": "math", "depends_on": ["a"]},
+         "variables.team.x.compute: got 'math'; expected a 'module:function' import string"),
+        ({"type": "composite", "compute": "math:pi", "depends_on": ["a"]},
+         "variables.team.x.compute: 'math:pi' is 3.14"),
+        ({"type": "composite", "compute": "math:floor", "depends_on": "a"}, "variables.team.x.depends_on: got 'a'"),
+        ({"type": "composite", "compute": "math:floor", "depends_on": ["a"], "low": 1},
+         "variables.team.x.low: unknown key 'low'; accepted keys: 'type', 'compute', 'depends_on', 'description'"),
         ({"type": "float", "low": 0.0, "high": 1.0, "max": 2.0},
          ("variables.team.x.max: unknown key 'max'; accepted keys: 'type', 'default', 'description', 'high', 'log', "
          "'low', 'step'")),

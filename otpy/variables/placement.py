@@ -12,6 +12,7 @@ import os
 import msgspec
 
 from .scopes import parents_of, spaces_from_topology
+from ..specs.bindings import variables_of
 from ..specs.model import ChildSpec, SupervisorSpec
 
 REGISTRY_ID = "registry"
@@ -26,17 +27,24 @@ def events_endpoint(node_dir: str | os.PathLike | None = None) -> str | None:
     return f"ipc://{os.path.join(folder, EVENTS_SOCKET)}" if folder else None
 
 
-def with_registry(root: SupervisorSpec, variables: dict[str, dict[str, dict]]) -> SupervisorSpec:
+def with_registry(root: SupervisorSpec, variables: dict[str, dict[str, dict]],
+                  constraints: dict[str, list[dict]] | None = None) -> SupervisorSpec:
     """The root with the registry as its first child, when the topology declares variables.
 
-    Checks the ``[variables]`` tables first (VariableError naming ``variables.SCOPE.NAME``). A
-    child the user placed with id ``registry`` is kept where it is and given the tables.
+    Checks the ``[variables]`` tables and the ``[constraints]`` first (VariableError naming
+    ``variables.SCOPE.NAME`` or ``constraints.SCOPE[i]``; composites' and constraints'
+    functions are imported here). The registry is told the **bound** variables, those the
+    tree's fields are bound to (``otpy.specs.bindings.variables_of``): it stores a value of
+    one only when the node wrote it, reconciled. A child the user placed with id ``registry``
+    is kept where it is and given the tables.
     """
-    if not variables:
+    if not variables and not constraints:
         return root
     parents = parents_of(root)
-    spaces_from_topology(variables, scopes={root.id, *parents})
-    args = {"variables": variables, "parents": parents}
+    spaces_from_topology(variables, constraints, scopes={root.id, *parents})
+    args = {"variables": variables, "parents": parents, "bound": sorted(variables_of(root))}
+    if constraints:
+        args["constraints"] = constraints
     if any(child.id == REGISTRY_ID for child in root.children):
         children = tuple(
             msgspec.structs.replace(child, args={**args, **child.args}) if child.id == REGISTRY_ID else child

@@ -2,11 +2,16 @@
 
 It runs as a supervised child like any other (id ``registry``). A call's inputs are one of the
 typed requests of ``otpy.wire.registry_protocol`` (``get``, ``list``, ``set``, ``set_many``,
-``resolve``, ``explain``, ``register_space``), read by its prebuilt decoder and answered by one
+``resolve``, ``explain``, ``register_space``, ``get_space``), read by its prebuilt decoder and answered by one
 ``match`` (``_serve``) with a typed reply or a ``RegistryRefusal``; ``otpy.variables.client`` is the
 client. Its state (values, and spaces registered at run time) lives in SQLite (WAL) in the node's state folder: a write is acknowledged only after its
 transaction committed, so a registry SIGKILLed and restarted by its supervisor serves every
 acknowledged write, and an unacknowledged one is either wholly there or wholly absent.
+
+The node tells it which variables are **bound** (``args["bound"]``: they decide which
+programs run, ``otpy.specs.bindings``): a write of one is refused (``bound``) unless the node
+sends it with ``reconciled`` once its tree runs the value, so the registry never stores a value
+the system does not run. A ``dry_run`` write is checked as the write and commits nothing.
 
 After each commit the registry publishes one ``VariableChanged`` per written value on a PUB
 socket at ``ipc://<OTPY_NODE_DIR>/registry-events.sock`` (0600; see ``otpy.wire.protocol``). Workers
@@ -39,6 +44,7 @@ from ..wire.protocol import ENCODER, VariableChanged
 from ..wire.registry_protocol import (
     Explain,
     Explained,
+    GetSpace,
     GetValue,
     ListValues,
     RegistryRefusal,
@@ -49,6 +55,7 @@ from ..wire.registry_protocol import (
     SetValue,
     SetValues,
     SpaceRegistered,
+    SpaceTables,
     ToRegistry,
     ValueEntry,
     ValueList,
@@ -59,8 +66,9 @@ from ..wire.registry_protocol import (
 )
 from .placement import events_endpoint
 from .scopes import ScopedValue, ScopedValues, VersionConflict, spaces_from_topology
+from .space import VariableSpace, dependency_problems
 from .store import RegistryFileError, open_database  # RegistryFileError: re-exported
-from .types import VariableError
+from .types import VariableError, variable_from_table
 
 T = TypeVar("T")
 
@@ -73,7 +81,9 @@ class Registry:
 
     def setup(self, args, config) -> None:
         self._lock = threading.Lock()  # the store, the database and the PUB: one request at a time
-        self.store = ScopedValues(spaces_from_topology(args.get("variables", {})), args.get("parents", {}))
+        spaces = spaces_from_topology(args.get("variables", {}), args.get("constraints"))
+        self.store = ScopedValues(spaces, args.get("parents", {}))
+        self.bound = frozenset(args.get("bound", ()))  # "SCOPE.NAME": written only by the node, reconciled
         path = args.get("path") or os.path.join(os.environ.get("OTPY_NODE_DIR", "."), "registry.db")
         self.path = path
         self.db = open_database(path)
@@ -134,6 +144,8 @@ class Registry:
             return RegistryRefusal(kind="invalid", problems=error.problems)
         except VersionConflict as conflict:
             return RegistryRefusal(kind="conflict", problems=[str(conflict)], current=conflict.current)
+        except BoundWrite as refused:
+            return RegistryRefusal(kind="bound", problems=refused.problems)
         except Exception as error:
             traceback.print_exc(file=sys.stderr)
             return _internal(request, error)
@@ -154,11 +166,32 @@ class Registry:
                 return Explained(scope=scope, value=value, reason=reason)
             case RegisterSpace(scope=scope, variables=tables):
                 return SpaceRegistered(scope=scope, added=self._register_space(scope, tables))
-            case SetValue(scope=scope, name=name, value=value, expected_version=expected):
-                return Written(version=self._write(lambda: store.set(scope, name, value, expected)))
-            case SetValues(values=values):
-                return WrittenMany(versions=self._write(lambda: store.set_many(values)))
+            case GetSpace(scope=scope):
+                return self._space_tables(scope)
+            case SetValue(scope=scope, name=name, value=value, expected_version=expected, dry_run=dry):
+                self._check_bound({scope: [name]}, request)
+                return Written(version=self._write(lambda: store.set(scope, name, value, expected, dry_run=dry)))
+            case SetValues(values=values, dry_run=dry):
+                self._check_bound(values, request)
+                return WrittenMany(versions=self._write(lambda: store.set_many(values, dry_run=dry)))
         raise TypeError(f"no case for {type(request).__name__}")  # a request type added without its case
+
+    def _check_bound(self, written: dict[str, Any], request: SetValue | SetValues) -> None:
+        """Raise BoundWrite for a write of bound variables the node has not reconciled (a dry
+        run never is: it changes nothing)."""
+        if request.dry_run or request.reconciled:
+            return
+        if problems := unreconciled(self.bound, written):
+            raise BoundWrite(problems)
+
+    def _space_tables(self, scope: str | None) -> SpaceTables:
+        """The declared variables (topology and run time) of ``scope`` or of every scope."""
+        spaces = self.store.spaces if scope is None else {scope: self.store.space(scope)}
+        return SpaceTables(
+            spaces={name: space.tables() for name, space in spaces.items()},
+            constraints={name: [c.table() for c in space.constraints] for name, space in spaces.items()
+                         if space.constraints},
+            bound=sorted(self.bound))
 
     def _register_space(self, scope: str, tables: dict[str, dict]) -> list[str]:
         """Declare variables (topology form) in ``scope`` at run time: new ones are added and
@@ -172,12 +205,16 @@ class Registry:
         space = self.store.spaces.get(scope)
         added, problems = {}, []
         for name, table in tables.items():
-            variable = spaces_from_topology({scope: {name: table}})[scope].variables[name]
+            variable = variable_from_table(name, table, scope=scope)
             if space is not None and name in space.variables:
                 if space.variables[name] != variable:
                     problems.append(f"{scope}.{name}: already declared as {space.variables[name]!r}")
                 continue
             added[name] = (variable, table)
+        if added and not problems:
+            extended = (space or VariableSpace(scope)).extended(
+                variable for variable, _ in added.values())
+            problems = dependency_problems(extended)
         if problems:
             raise VariableError(problems)
         if added:
@@ -213,7 +250,7 @@ class Registry:
             if not fresh:
                 continue
             try:
-                declared = spaces_from_topology({scope: fresh})[scope].variables.values()
+                declared = [variable_from_table(name, table, scope=scope) for name, table in fresh.items()]
             except VariableError as error:
                 raise self._bad_row(f"space rows of scope {scope!r}", "; ".join(error.problems)) from None
             self.store.declare(scope, declared)
@@ -278,6 +315,23 @@ class Registry:
             stored.append((scope, name, self._json(value, where), self._counter(value_version, where + " version")))
         for dropped in self.store.load(version, stored):
             print(f"otpy: registry: dropping stored {dropped}", file=sys.stderr, flush=True)
+
+
+class BoundWrite(Exception):
+    """A write of bound variables that did not come through the node (``problems``: one each)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def unreconciled(bound: frozenset[str], written: dict[str, Any]) -> list[str]:
+    """One problem per bound variable among ``written`` (``{scope: names}``), saying what to do."""
+    return [f"{variable}: bound (it decides what runs in the node's tree), so the registry alone does not "
+            f"set it: set it through the node (otpy vars set {variable} VALUE, the SetVariables request, "
+            "Node.set_variables), which makes the tree run it before the value is stored"
+            for variable in (f"{scope}.{name}" for scope, names in written.items() for name in names)
+            if variable in bound]
 
 
 def _internal(request: object, error: BaseException) -> RegistryRefusal:

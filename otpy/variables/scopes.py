@@ -157,7 +157,8 @@ class ScopedValues:
 
     # Reading one scope.
 
-    def _space(self, scope: str) -> VariableSpace:
+    def space(self, scope: str) -> VariableSpace:
+        """``scope``'s space, or VariableError naming the scopes that have one."""
         if scope not in self.spaces:
             raise VariableError([self._unknown_scope(scope)])
         return self.spaces[scope]
@@ -174,7 +175,7 @@ class ScopedValues:
         return ScopedValue(scope, name, None, 0, "missing")
 
     def _scope_entries(self, scope: str) -> list[ScopedValue]:
-        space = self._space(scope)
+        space = self.space(scope)
         config = space.validate(self.values[scope], partial=True)
         return [
             self._entry(scope, name) if isinstance(variable, SettableVariable)
@@ -184,7 +185,7 @@ class ScopedValues:
 
     def get(self, scope: str, name: str) -> ScopedValue:
         """``name``'s value at ``scope`` itself (set, default or computed), with its version."""
-        space = self._space(scope)
+        space = self.space(scope)
         if name not in space.variables:
             declared = listing(space.variables) or "no variables"
             raise VariableError([f"{name}: unknown variable in scope {scope!r}; it declares {declared}"])
@@ -287,25 +288,29 @@ class ScopedValues:
                 self._changed[scope, name] = None
         return self.version
 
-    def set(self, scope: str, name: str, value: Any, expected_version: int | None = None) -> int:
+    def set(self, scope: str, name: str, value: Any, expected_version: int | None = None, *,
+            dry_run: bool = False) -> int:
         """Set ``name`` at ``scope``; returns its new version.
 
         The whole scope is checked with the new value (its constraints included). With
         ``expected_version`` (0: never set), the write happens only if it is the current version.
+        With ``dry_run``, every check is made and nothing is written: the version it would get.
         """
         checked = self._checked_writes({scope: {name: value}})
         current = self.versions.get((scope, name), 0)
         if expected_version is not None and expected_version != current:
             raise VersionConflict(scope, name, expected_version, current)
-        return self._apply(checked)
+        return self.version + 1 if dry_run else self._apply(checked)
 
-    def set_many(self, scope_values: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    def set_many(self, scope_values: Mapping[str, Mapping[str, Any]], *,
+                 dry_run: bool = False) -> dict[str, dict[str, int]]:
         """Set several values in several scopes at once: all are checked first, and nothing is written
-        if any fails. They all get the same new version, returned as ``{scope: {name: version}}``."""
+        if any fails. They all get the same new version, returned as ``{scope: {name: version}}``
+        (with ``dry_run``: checked, not written, the versions they would get)."""
         checked = self._checked_writes(scope_values)
         if not any(checked.values()):
             return {}
-        version = self._apply(checked)
+        version = self.version + 1 if dry_run else self._apply(checked)
         return {scope: {name: version for name in new_values} for scope, new_values in checked.items()}
 
 

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from .types import (
     CompositeVariable,
+    function_target,
+    import_callable,
     SettableVariable,
     Variable,
     VariableError,
@@ -31,12 +33,13 @@ from .types import (
     listing,
     show,
     variable_from_table,
+    variable_table,
 )
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
 
-__all__ = ["GLOBAL", "Constraint", "VariableSpace", "spaces_from_topology"]
+__all__ = ["GLOBAL", "Constraint", "VariableSpace", "dependency_problems", "spaces_from_topology"]
 
 GLOBAL = "global"
 
@@ -48,6 +51,10 @@ class Constraint:
 
     check: Callable[[dict[str, Any]], bool]
     description: str
+
+    def table(self) -> dict[str, str]:
+        """As a topology's ``[constraints]`` entry declares it."""
+        return {"check": function_target(self.check), "description": self.description}
 
 
 # Composites and constraints: used by one space, and across the scopes of a chain.
@@ -212,17 +219,29 @@ class VariableSpace:
         first = f"{self.name}: could not meet the constraints in {max_attempts} attempts"
         raise VariableError([first, *(f"last attempt: {problem}" for problem in last_problems)])
 
+    def tables(self) -> dict[str, dict[str, Any]]:
+        """The variables in the topology's table form, ``{name: table}`` (``get_space`` serves it)."""
+        return {name: variable_table(variable) for name, variable in self.variables.items()}
+
     def to_optuna_distributions(self) -> dict[str, BaseDistribution]:
         """One optuna distribution per settable variable (composites are computed, not searched)."""
         return {name: variable.to_optuna() for name, variable in self.settable.items()}
 
 
 def spaces_from_topology(
-    raw_variables: Mapping[str, Mapping[str, Any]], *, scopes: Iterable[str] | None = None
+    raw_variables: Mapping[str, Mapping[str, Any]],
+    constraints: Mapping[str, Any] | None = None,
+    *,
+    scopes: Iterable[str] | None = None,
 ) -> dict[str, VariableSpace]:
     """One VariableSpace per ``[variables.SCOPE]`` table, or VariableError with every problem at once.
 
-    ``scopes``, when given, are the names a scope may have besides ``global`` (the topology's ids).
+    ``constraints`` is the topology's ``[constraints]`` table, ``SCOPE = [{ check =
+    "module:function", description = "..." }]``: each check is imported and added to its
+    scope's space. Composites (``type = "composite"``) depend on variables of their own scope.
+    When every variable of a scope has a default, the defaults must pass its composites and
+    constraints (else nothing below it would resolve). ``scopes``, when given, are the names a
+    scope may have besides ``global`` (the topology's ids).
     """
     known = None if scopes is None else {GLOBAL, *scopes}
     problems: list[str] = []
@@ -234,9 +253,74 @@ def spaces_from_topology(
         space = spaces[scope] = VariableSpace(scope)
         for name, table in tables.items():
             try:
-                space.add(variable_from_table(name, table, scope=scope))
+                variable = variable_from_table(name, table, scope=scope)
             except VariableError as error:
                 problems += error.problems
+                continue
+            try:
+                space.add(variable)
+            except VariableError as error:  # a composite closing a cycle
+                problems += [f"variables.{key(scope)}.{problem}" for problem in error.problems]
+        problems += dependency_problems(space)
+    for scope, entries in (constraints or {}).items():
+        problems += _add_constraints(spaces, scope, entries)
+    if not problems:
+        problems += [problem for space in spaces.values() for problem in _default_problems(space)]
     if problems:
         raise VariableError(problems)
     return spaces
+
+
+def dependency_problems(space: VariableSpace) -> list[str]:
+    """A composite of ``space`` that depends on a variable the space does not declare: its value
+    could never be computed when the scope is written. One problem per composite."""
+    problems = []
+    for name, composite in space.composites.items():
+        if unknown := [dependency for dependency in composite.depends_on if dependency not in space.variables]:
+            problems.append(f"variables.{key(space.name)}.{key(name)}.depends_on: got {listing(unknown)}; expected "
+                            f"variables of scope {space.name!r}: {listing(space.variables) or 'none'}")
+    return problems
+
+
+def _add_constraints(spaces: Mapping[str, VariableSpace], scope: str, entries: Any) -> list[str]:
+    """Add ``[constraints]``'s ``SCOPE = [...]`` entries to the scope's space; the problems,
+    each naming ``constraints.SCOPE[i].KEY``."""
+    where = f"constraints.{key(scope)}"
+    example = '{ check = "module:function", description = "..." }'
+    if not isinstance(entries, (list, tuple)):
+        return [f"{where}: got {show(entries)}; expected an array of tables such as {example}"]
+    if scope not in spaces:
+        return [f"{where}: scope {scope!r} declares no variables; a constraint checks the values of its scope: "
+                f"expected one of {listing(spaces) or 'no scopes (declare [variables.SCOPE] first)'}"]
+    problems: list[str] = []
+    for index, entry in enumerate(entries):
+        at = f"{where}[{index}]"
+        if not isinstance(entry, Mapping):
+            problems.append(f"{at}: got {show(entry)}; expected a table such as {example}")
+            continue
+        found = [f"{at}.{key(name)}: unknown key {name!r}; accepted keys: 'check', 'description'"
+                 for name in entry if name not in ("check", "description")]
+        if "check" not in entry:
+            found.append(f"{at}.check: missing; this key is required")
+        description = entry.get("description", entry.get("check"))
+        if not isinstance(description, str):
+            found.append(f"{at}.description: got {show(description)}; expected a string")
+        if not found:
+            try:
+                spaces[scope].add_constraint(import_callable(entry["check"], f"{at}.check"), description)
+            except VariableError as error:
+                found += error.problems
+        problems += found
+    return problems
+
+
+def _default_problems(space: VariableSpace) -> list[str]:
+    """What the defaults of ``space`` break (composites, constraints), when every settable
+    variable has one: no child under the scope could resolve until a value is set."""
+    if any(variable.default is None for variable in space.settable.values()):
+        return []
+    try:
+        space.validate({})
+    except VariableError as error:
+        return [f"variables.{key(space.name)}: with the defaults, {problem}" for problem in error.problems]
+    return []

@@ -3,7 +3,8 @@
 A variable says which values a knob accepts (``float``, ``integer``, ``choice``, ``module``,
 ``bool``) or how it is computed from others (``composite``). The settable types are frozen
 msgspec Structs tagged by ``type``, so they cross the wire as they are; a composite holds a
-Python function and stays in Python. Each variable checks its own declaration when it is built
+Python function and stays in Python (a topology names it by its import string, ``compute =
+"module:function"``; ``variable_table`` gives any variable's table back). Each variable checks its own declaration when it is built
 (its default included) and raises ``VariableError``, one line per problem:
 ``NAME.FIELD: got X; expected Y``. Spaces, scopes and whole configurations: ``otpy.variables.scopes``.
 
@@ -18,6 +19,7 @@ otpy.variables.types.VariableError: variables.svm.C.default: got 0; expected a f
 
 from __future__ import annotations
 
+import importlib
 import math
 import random
 import re
@@ -35,7 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BoolVariable", "ChoiceVariable", "CompositeVariable", "FloatVariable", "IntegerVariable", "ModuleVariable",
-    "SettableVariable", "Variable", "VariableError", "WireVariable", "variable_from_table",
+    "SettableVariable", "Variable", "VariableError", "WireVariable", "import_callable", "variable_from_table",
+    "variable_table",
 ]
 
 MODULE_EXPECTED = "a 'module:attr' import string, e.g. 'examples.digits.agents:KNN'"
@@ -348,8 +351,9 @@ class BoolVariable(SettableVariable, frozen=True, kw_only=True, tag="bool"):
 class CompositeVariable:
     """A value computed by ``compute({dependency: value, ...})`` from ``depends_on``; never set directly.
 
-    ``compute`` sees only the variables named in ``depends_on``. Python-only (it holds a
-    function), so it cannot be declared in a topology file or sent over the wire.
+    ``compute`` sees only the variables named in ``depends_on``. It holds a function, so it
+    crosses no wire as it is: a topology declares it by the function's import string
+    (``type = "composite", compute = "module:function", depends_on = [...]``).
     """
 
     name: str
@@ -384,6 +388,47 @@ VARIABLE_TYPES: dict[str, type[SettableVariable]] = {
 
 # The topology form: `name = { type = "...", ... }` in a [variables.SCOPE] table.
 
+COMPOSITE_KEYS = {"compute": True, "depends_on": True, "description": False}  # key -> required
+
+
+def import_callable(target: Any, where: str) -> Callable[..., Any]:
+    """The function a ``"module:attr"`` string names, imported in this process, or VariableError
+    naming ``where`` (a composite's ``compute``, a constraint's ``check``: the registry and the
+    optimizer call it). Importing runs user code: whatever it raises is a declaration problem.
+    (Programs are imported by ``otpy.agent.program``, a layer above this one.)"""
+    if not is_import_target(target):
+        raise VariableError([f"{where}: got {show(target)}; expected a 'module:function' import string, "
+                             "e.g. 'examples.tabular.rules:ratio'"])
+    module_name, _, attr = target.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            found = getattr(found, part)
+    except Exception as error:  # noqa: BLE001 - an import runs user code
+        raise VariableError([f"{where}: cannot import {target!r}: {type(error).__name__}: {error}"]) from None
+    if not callable(found):
+        raise VariableError([f"{where}: {target!r} is {show(found)}; expected a function"])
+    return found
+
+
+def function_target(function: Callable[..., Any]) -> str:
+    """``"module:qualname"`` of ``function``: the import string a topology names it by."""
+    module = getattr(function, "__module__", None) or "?"
+    return f"{module}:{getattr(function, '__qualname__', type(function).__qualname__)}"
+
+
+def variable_table(variable: Variable) -> dict[str, Any]:
+    """``variable`` in the topology's table form (``variable_from_table`` reads it back): the
+    type and its fields, ``None`` fields and an empty description left out. A composite's
+    ``compute`` is its function's ``module:qualname``."""
+    if isinstance(variable, CompositeVariable):
+        table: dict[str, Any] = {"type": "composite", "compute": function_target(variable.compute),
+                                 "depends_on": list(variable.depends_on), "description": variable.description}
+    else:
+        table = {name: value for name, value in msgspec.to_builtins(variable).items() if name != "name"}
+    return {name: value for name, value in table.items()
+            if value is not None and not (name == "description" and value == "")}
+
 
 def _table_problems(path: str, table: Any) -> list[str]:
     """What keeps a table from becoming a variable: not a table, a bad type, unknown or missing keys."""
@@ -392,24 +437,26 @@ def _table_problems(path: str, table: Any) -> list[str]:
         return [f"{path}: got {show(table)}; expected a table such as {example}"]
     kind = table.get("type")
     if kind == "composite":
-        return [(f"{path}.type: got 'composite'; a composite is computed by a Python function and cannot be "
-                "declared in a topology file: add a CompositeVariable to the scope's VariableSpace in Python")]
-    if kind not in VARIABLE_TYPES:
+        required = COMPOSITE_KEYS
+    elif kind in VARIABLE_TYPES:
+        required = {f.name: f.required for f in msgspec.structs.fields(VARIABLE_TYPES[kind]) if f.name != "name"}
+    else:
         found = "missing" if "type" not in table else f"got {show(kind)}"
-        return [f"{path}.type: {found}; expected one of {listing(VARIABLE_TYPES)}"]
-    fields = {f.name: f for f in msgspec.structs.fields(VARIABLE_TYPES[kind]) if f.name != "name"}
-    accepted = listing(["type", *sorted(fields)])
+        return [f"{path}.type: {found}; expected one of {listing([*VARIABLE_TYPES, 'composite'])}"]
+    accepted = listing(["type", *sorted(required)])
     problems = [f"{path}.{key(name)}: unknown key {name!r}; accepted keys: {accepted}"
-                for name in table if name != "type" and name not in fields]
+                for name in table if name != "type" and name not in required]
     problems += [f"{path}.{name}: missing; this key is required"
-                 for name, f in fields.items() if f.required and name not in table]
+                 for name, needed in required.items() if needed and name not in table]
     return problems
 
 
-def variable_from_table(name: str, table: Mapping[str, Any], *, scope: str | None = None) -> WireVariable:
+def variable_from_table(name: str, table: Mapping[str, Any], *, scope: str | None = None) -> Variable:
     """The variable a topology table declares. Problems name ``variables.SCOPE.NAME.FIELD``.
 
-    Without ``scope``, problems start at ``NAME``.
+    A ``composite`` names its function, ``compute = "module:function"``, imported here (a
+    target that does not import is a problem naming ``...NAME.compute``). Without ``scope``,
+    problems start at ``NAME``.
     """
     prefix = f"variables.{key(scope)}." if scope is not None else ""
     problems = _table_problems(prefix + key(name), table)
@@ -417,6 +464,9 @@ def variable_from_table(name: str, table: Mapping[str, Any], *, scope: str | Non
         raise VariableError(problems)
     fields = {field: value for field, value in table.items() if field != "type"}
     try:
+        if table["type"] == "composite":
+            compute = import_callable(fields.pop("compute"), f"{key(name)}.compute")
+            return CompositeVariable(name=name, compute=compute, **fields)
         return VARIABLE_TYPES[table["type"]](name=name, **fields)
     except VariableError as error:
         raise VariableError(prefix + problem for problem in error.problems) from None

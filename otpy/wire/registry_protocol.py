@@ -78,14 +78,27 @@ class WrittenMany(RegistryReply, kw_only=True):
     versions: dict[str, dict[str, int]]  # {scope: {name: version}}; {} when nothing was given
 
 
-RefusalKind = Literal["bad_request", "invalid", "conflict", "internal"]
+class SpaceTables(RegistryReply, kw_only=True):
+    """The declared variables, as a topology declares them: ``spaces`` is ``{scope: {name:
+    table}}`` (a composite's table names its ``compute`` function), ``constraints`` is ``{scope:
+    [{"check": "module:function", "description": ...}]}``, ``bound`` the ``SCOPE.NAME`` of the
+    variables that decide what runs (set through the node). The reply to ``get_space``."""
+
+    spaces: dict[str, dict[str, dict[str, Any]]]
+    constraints: dict[str, list[dict[str, str]]] = {}
+    bound: list[str] = []
+
+
+RefusalKind = Literal["bad_request", "invalid", "conflict", "bound", "internal"]
 
 
 class RegistryRefusal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The registry did not do it. ``kind``: ``bad_request`` (not a request: unknown op, a
     missing, unexpected or mistyped field, named), ``invalid`` (a value or declaration refused,
-    nothing written), ``conflict`` (a compare-and-set lost; ``current`` is the current version)
-    or ``internal`` (an otpy bug or an unusable file, logged by the registry with its traceback).
+    nothing written), ``conflict`` (a compare-and-set lost; ``current`` is the current version),
+    ``bound`` (a write of a variable that decides what runs, sent to the registry instead of
+    the node: nothing written; the problems name it and say to set it through the node) or
+    ``internal`` (an otpy bug or an unusable file, logged by the registry with its traceback).
     On the wire: ``{"ok": false, "error": kind, "problems": [...]}`` (+ ``current``)."""
 
     ok: bool = msgspec.field(default_factory=bool)  # False; a factory default stays on the wire
@@ -120,20 +133,29 @@ class ListValues(RegistryRequest, tag="list"):
 
 
 class SetValue(RegistryRequest, tag="set"):
-    """Set one value; with ``expected_version`` (0: never set), only if it is the current one."""
+    """Set one value; with ``expected_version`` (0: never set), only if it is the current one.
+
+    ``dry_run``: checked exactly as the write (constraints, ``expected_version``), nothing
+    committed or published; the reply is the version it would get. ``reconciled``: the node
+    says the running tree already runs the value (only the node may write a bound variable)."""
 
     reply = Written
     scope: str
     name: str
     value: Any
     expected_version: int | None = None
+    dry_run: bool = False
+    reconciled: bool = False
 
 
 class SetValues(RegistryRequest, tag="set_many"):
-    """Set ``{scope: {name: value}}`` at once: all checked first, one transaction, one version."""
+    """Set ``{scope: {name: value}}`` at once: all checked first, one transaction, one version.
+    ``dry_run`` and ``reconciled`` as ``SetValue``'s."""
 
     reply = WrittenMany
     values: dict[str, dict[str, Any]]
+    dry_run: bool = False
+    reconciled: bool = False
 
 
 class Resolve(RegistryRequest, tag="resolve"):
@@ -162,7 +184,15 @@ class RegisterSpace(RegistryRequest, tag="register_space"):
     variables: dict[str, dict[str, Any]]
 
 
-ToRegistry = Union[GetValue, ListValues, SetValue, SetValues, Resolve, Explain, RegisterSpace]
+class GetSpace(RegistryRequest, tag="get_space"):
+    """The declared variables of ``scope`` (or of every scope), topology-declared and registered
+    at run time, in the topology's table form, with the constraints: what an optimizer searches."""
+
+    reply = SpaceTables
+    scope: str | None = None
+
+
+ToRegistry = Union[GetValue, ListValues, SetValue, SetValues, Resolve, Explain, RegisterSpace, GetSpace]
 TO_REGISTRY = msgspec.msgpack.Decoder(ToRegistry)
 REQUESTS: dict[str, type[RegistryRequest]] = {
     cls.__struct_config__.tag: cls for cls in typing.get_args(ToRegistry)}
