@@ -30,7 +30,7 @@ def test_the_target_serves_under_the_same_name_with_a_new_pid(node):
     result = node.reconfigure("pool", "agent", otpy.ChildSpec(id="agent", program=UPPER))
     assert result.ok and result.pid != before
     assert node.which_children("pool") == [ChildInfo(id="agent", kind="worker", state="running", pid=result.pid,
-                                                    restarts=0)]
+                                                    restarts=0, program=UPPER)]
     assert node.call("agent", {"text": "hi"}) == {"text": "HI"}
 
 
