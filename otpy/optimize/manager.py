@@ -1,14 +1,24 @@
-"""The manager program: its forward pass plans the steps and picks, from its own variables,
-which agent program runs each one.
+"""The manager program: its forward pass plans the steps for a goal, finds or starts the agent
+serving each one, and runs them as stages, sequential or in parallel groups.
 
 ``forward(goal=..., **inputs)``:
 
 1. resolves the manager's variables from the registry (when the node has one),
-2. plans the steps: ``plan(goal, config)``, by default the ``steps`` of its args,
-3. picks the agent serving each step: ``agent_for(step, config)``, by default the agent with
-   the step's name, and records which program its ``module`` variable names for that step,
-4. builds a ``Pipeline`` of those agents at run time and runs it, returning the last stage's
-   outputs and a ``trace`` of which agent (and program) served which step.
+2. plans the steps: ``plan(goal, config)`` asks the planner agent (``args.planner``), else takes
+   the declared steps (``args.plans[goal]``, else ``args.steps``),
+3. finds the agent of each step: a named agent, or, for a step that runs a **program** (through
+   a ``module`` variable of the manager, or literally), the manager's own agent for it, started
+   under its dynamic supervisor (``args.supervisor``) with a ``StartChild`` on first use,
+   reused after, terminated once idle for ``args.idle_seconds``,
+4. runs the stages (each a ``Pipeline``: one step, or a parallel group) and returns the last
+   stage's outputs with a ``trace``: per step ``step, program, agent, pid, inputs, outputs, ms,
+   error`` (what a demonstration-bootstrapping optimizer learns from).
+
+A step is an agent id (``"prep"``), or a table: ``{step = "code", program = "code_program"}``
+(the program the manager's variable ``code_program`` names; ``program = "pkg.mod:Attr"`` names it
+literally), with optional ``agent`` (call that agent instead of starting one), ``args`` (the
+started agent's args) and ``timeout``. ``{parallel = [step, ...]}`` is a group whose steps get
+the same inputs at once; the next stage gets ``{step: outputs}`` of the group.
 
 >>> class Team(ManagerProgram):
 ...     def plan(self, goal, config):
@@ -17,52 +27,258 @@ which agent program runs each one.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import re
+import threading
+import time
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .pipeline import Pipeline, Stage
+from .pipeline import ErrorHandling, Group, Pipeline, PlanError, Stage, Step, declared_steps, parse_plan, shown
 from ..agent.program import Program
 from ..agent.registry_link import chain, has_registry
+from ..specs.model import NAME_MAX, ChildSpec, is_import_target, name_problem
 from ..variables.client import RegistryClient, RegistryRefused
+from ..wire.protocol import TreeEntry
+
+log = logging.getLogger("otpy.manager")
+
+DEFAULT_IDLE_SECONDS = 300.0  # a started agent unused this long is terminated
+CONTROL_TIMEOUT = 60.0  # a StartChild waits for the agent's READY (its setup may train a model)
+OWNER_MAX = 30  # characters of the manager's id kept in its agents' ids
+
+
+class StageFailed(RuntimeError):
+    """A stage failed: which step, which program, which agent, and why."""
+
+    def __init__(self, step: str, program: str | None, agent: str, reason: str) -> None:
+        super().__init__(f"step {step!r} (program {program or 'unknown'}, agent {agent!r}) failed: {reason}")
+        self.step, self.program, self.agent, self.reason = step, program, agent, reason
+
+
+# --- programs, ids, idle agents (pure) ---------------------------------------------------
+
+
+def program_of(step: Step, config: Mapping[str, Any]) -> str | None:
+    """The ``module:attr`` the step runs: its literal program, or the value of the manager's
+    variable it names; None for a named agent with no program given."""
+    if step.program is None:
+        return None
+    if ":" in step.program:
+        if not is_import_target(step.program):
+            raise PlanError(f"step {step.name!r}: program {step.program!r} is not 'module:attr'")
+        return step.program
+    if step.program not in config:
+        known = ", ".join(sorted(config)) or "none"
+        raise PlanError(f"step {step.name!r}: program variable {step.program!r} is not one of the manager's "
+                        f"variables ({known}): declare it (type module) in a scope of the manager")
+    value = config[step.program]
+    if not is_import_target(value):
+        raise PlanError(f"step {step.name!r}: variable {step.program!r} is {shown(value)}, not a 'module:attr' program")
+    return value
+
+
+def managed_id(manager: str, step: str, program: str, args: Mapping[str, Any] | None = None) -> str:
+    """The id of the agent ``manager`` starts for ``step`` running ``program`` with ``args``:
+    ``MANAGER.STEP.ATTR-HASH`` (HASH: 8 hex digits of all four), or ``MANAGER.HASH`` when that is
+    longer than an id may be. The same inputs give the same id (a later call, a restarted
+    manager find it); other args or another program give another agent.
+
+    >>> managed_id("manager", "code", "examples.hello.agents:Worker")
+    'manager.code.Worker-889bc10f'
+    """
+    digest = _digest(manager, step, program, json.dumps(dict(args or {}), sort_keys=True, default=str))[:8]
+    attr = program.rpartition(":")[2].rpartition(".")[2]
+    readable = f"{owner_of(manager)}.{step}.{attr}-{digest}"
+    return readable if len(readable) <= NAME_MAX else f"{owner_of(manager)}.{digest}"
+
+
+def owner_of(manager: str) -> str:
+    """The part of its agents' ids that names the manager (its id, or a short form of a long one)."""
+    return manager if len(manager) <= OWNER_MAX else f"{manager[:OWNER_MAX - 9]}-{_digest(manager)[:8]}"
+
+
+def started_by(manager: str, child_id: str) -> bool:
+    """``child_id`` is one that ``managed_id(manager, ...)`` makes (a previous incarnation's).
+    Step names hold no '.', so a manager ``a`` does not take ``a.x``'s agents for its own."""
+    prefix = owner_of(manager) + "."
+    rest = child_id[len(prefix):] if child_id.startswith(prefix) else ""
+    return bool(re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z_][A-Za-z0-9_]*-[0-9a-f]{8}|[0-9a-f]{8}", rest))
+
+
+def idle_agents(last_used: Mapping[str, float | None], now: float, idle_seconds: float) -> list[str]:
+    """The agents unused for ``idle_seconds`` (``None``: in use now).
+
+    >>> idle_agents({"a": 0.0, "b": 9.0, "c": None}, now=10.0, idle_seconds=5.0)
+    ['a']
+    """
+    return [agent for agent, used in last_used.items() if used is not None and now - used >= idle_seconds]
+
+
+def next_check(last_used: Mapping[str, float | None], now: float, idle_seconds: float) -> float | None:
+    """Seconds until the next agent becomes idle; None when no agent waits to (nothing to time)."""
+    waiting = [used + idle_seconds - now for used in last_used.values() if used is not None]
+    return max(0.0, min(waiting)) if waiting else None
+
+
+def check_args(args: Mapping[str, Any]) -> None:
+    """The manager's args, checked at setup: the agent does not start with a wrong one."""
+    for key in ("plans", "programs"):
+        if key in args and not isinstance(args[key], Mapping):
+            raise PlanError(f"args.{key}: a table, got {shown(args[key])}")
+    for key in ("planner", "supervisor"):
+        if args.get(key) is not None:
+            if (problem := name_problem(args[key], f"args.{key}")) is not None:
+                raise PlanError(problem)
+    for key in ("idle_seconds", "stage_timeout"):
+        if key in args and not (isinstance(args[key], (int, float)) and not isinstance(args[key], bool)
+                                and args[key] > 0):
+            raise PlanError(f"args.{key}: a number of seconds > 0, got {shown(args[key])}")
+    for goal, steps in dict(args.get("plans") or {}).items():
+        parse_plan(steps, args.get("programs"))
+    if "steps" in args:
+        parse_plan(args["steps"], args.get("programs"))
+
+
+def workers(tree: TreeEntry) -> dict[str, TreeEntry]:
+    """Every worker of a status tree, by id."""
+    found: dict[str, TreeEntry] = {}
+    stack = [tree]
+    while stack:
+        entry = stack.pop()
+        if entry.children is None:
+            found[entry.id] = entry
+        else:
+            stack.extend(entry.children)
+    return found
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()
+
+
+# --- the program ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Placed:
+    """A step with the agent that serves it in this call."""
+
+    step: Step
+    program: str | None
+    agent: str
+    pid: int | None
+    managed: bool = False
 
 
 class ManagerProgram(Program):
-    """A program that runs other agents as a pipeline it builds per call.
+    """A program that plans per goal and runs other agents as the stages of each call.
 
-    Args (from the child spec): ``steps`` (list of step names; default plan), ``programs``
-    (step -> the ``module`` variable naming the program for it, e.g. ``{"classifier":
-    "classifier"}``), ``stage_timeout`` (seconds, default 5), ``error_handling``.
+    Args (from the child spec): ``steps`` (the plan of any goal), ``plans`` (goal -> steps),
+    ``planner`` (an agent asked ``{"goal": goal}`` for ``{"steps": [...]}``), ``programs`` (step
+    -> a ``module`` variable: the program recorded for a named agent), ``supervisor`` (the
+    dynamic supervisor where the manager starts agents for program steps), ``idle_seconds``
+    (default 300), ``stage_timeout`` (seconds, default 5), ``error_handling``, ``max_retries``.
+
+    Override ``plan`` to plan otherwise, ``agent_for`` to pick another agent for a step.
     """
 
     def setup(self, args: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+        check_args(args)
         self.args = dict(args)
         self.config = dict(config)
+        self.supervisor: str | None = self.args.get("supervisor")
+        self.idle_seconds = float(self.args.get("idle_seconds", DEFAULT_IDLE_SECONDS))
+        self._lock = threading.Condition()
+        self._last_used: dict[str, float | None] = {}  # the agents it started: last use, None while used
+        self._users: dict[str, int] = {}
+        self._client = None
+        self._closing = False
+        self._reaper: threading.Thread | None = None
+        if self.supervisor is not None:
+            self.adopt()
 
-    def plan(self, goal: str, config: Mapping[str, Any]) -> list[str]:
-        """The steps for ``goal``; override to plan with a function or by calling a planner agent."""
-        return list(self.args.get("steps", []))
+    def on_config(self, config: Mapping[str, Any]) -> None:
+        """Variables are resolved again at every forward: a change needs no restart (which would
+        stop the agents it started)."""
+        self.config = dict(config)
 
-    def agent_for(self, step: str, config: Mapping[str, Any]) -> str:
-        """The agent that serves ``step``; by default the agent named like the step."""
-        return step
+    # --- the hooks ------------------------------------------------------------------------
+
+    def plan(self, goal: str, config: Mapping[str, Any]) -> list[Any]:
+        """The steps for ``goal``: the planner agent's, else the declared ones. Override to plan otherwise."""
+        planner = self.args.get("planner")
+        if planner is None:
+            return declared_steps(goal, self.args)
+        reply = self.call(planner, {"goal": goal}, timeout=float(self.args.get("stage_timeout", 5.0)))
+        steps = reply.get("steps") if isinstance(reply, Mapping) else None
+        if not isinstance(steps, list):
+            raise PlanError(f"planner {planner!r} answered {shown(reply)} for goal {goal!r}; expected {{\"steps\": [...]}}")
+        return steps
+
+    def agent_for(self, step: Step, config: Mapping[str, Any]) -> str | None:
+        """The agent to call for ``step``; None: the manager's own agent for the step's program."""
+        return step.agent
+
+    # --- a call ---------------------------------------------------------------------------
 
     def forward(self, goal: str = "", **inputs: Any) -> dict[str, Any]:
         config = self.resolve_config()
         steps = self.plan(goal, config)
         if not steps:
-            raise ValueError(f"no steps planned for goal {goal!r}: give args.steps or override plan()")
-        stages = [Stage(id=step, agent=self.agent_for(step, config)) for step in steps]
-        pipeline = Pipeline(stages, strategy="sequential",
-                            error_handling=self.args.get("error_handling", "fail_fast"),
-                            stage_timeout=float(self.args.get("stage_timeout", 5.0)))
-        result = pipeline.run(inputs, self.node_caller())
-        if not result.ok:
-            stage, error = next(iter(result.errors.items()))
-            raise RuntimeError(f"step {stage!r} failed: {error}")
-        programs = self.args.get("programs", {})
-        trace = [{"step": stage, "agent": agent, "program": config.get(programs.get(stage, ""), ""),
-                  "ms": round(ms, 3)} for stage, agent, ok, ms in result.trace]
-        return {**result.outputs, "trace": trace}
+            raise PlanError(f"no steps planned for goal {goal!r}")
+        groups = parse_plan(steps, self.args.get("programs"))
+        placed: list[list[_Placed]] = []
+        try:
+            live = self._live_workers()
+            for group in groups:
+                placed.append([self._place(step, config, live) for step in group.steps])
+            outputs, trace = self._run(groups, placed, inputs)
+        finally:
+            self._release([p.agent for stage in placed for p in stage if p.managed])
+        return {**outputs, "trace": trace}
+
+    def _place(self, step: Step, config: Mapping[str, Any], live: dict[str, TreeEntry] | None) -> _Placed:
+        program = program_of(step, config)
+        agent = self.agent_for(step, config)
+        if agent is not None:
+            entry = (live or {}).get(agent)
+            running = entry.program if entry is not None and entry.program else program
+            return _Placed(step, running, agent, entry.pid if entry is not None else None)
+        if program is None:
+            raise PlanError(f"step {step.name!r} names neither an agent nor a program")
+        if self.supervisor is None:
+            raise PlanError(f"step {step.name!r} runs program {program}: give args.supervisor, the dynamic "
+                            "supervisor where the manager starts an agent for it")
+        agent = managed_id(self._manager_id(), step.name, program, step.args)
+        return _Placed(step, program, agent, self._ensure(step, program, agent, live), managed=True)
+
+    def _run(self, groups: list[Group], placed: list[list[_Placed]], inputs: Mapping[str, Any]):
+        handling: ErrorHandling = self.args.get("error_handling", "fail_fast")
+        caller = self.node_caller()
+        current, trace = dict(inputs), []
+        for group, stage in zip(groups, placed):
+            pipeline = Pipeline([Stage(p.step.name, p.agent, timeout=p.step.timeout) for p in stage],
+                                strategy="parallel" if group.parallel else "sequential", error_handling=handling,
+                                max_retries=int(self.args.get("max_retries", 1)),
+                                stage_timeout=float(self.args.get("stage_timeout", 5.0)))
+            result = pipeline.run(current, caller)
+            ms = {name: ms for name, _, _, ms in result.trace}
+            for p in stage:
+                done = p.step.name in result.stage_results
+                trace.append({"step": p.step.name, "program": p.program, "agent": p.agent, "pid": p.pid,
+                              "inputs": current, "outputs": result.stage_results.get(p.step.name),
+                              "ms": ms.get(p.step.name, 0.0),
+                              "error": None if done else _describe(result.errors.get(p.step.name))})
+            if result.errors and handling != "continue_on_error":
+                failed = next(p for p in stage if p.step.name in result.errors)
+                raise StageFailed(failed.step.name, failed.program, failed.agent,
+                                  _describe(result.errors[failed.step.name]))
+            current = result.outputs
+        return current, trace
 
     def resolve_config(self) -> dict[str, Any]:
         """This manager's variables as the registry resolves them now (setup's, without a registry)."""
@@ -73,3 +289,122 @@ class ManagerProgram(Program):
         except RegistryRefused:
             pass  # unresolvable now: the last configuration stands
         return self.config
+
+    # --- the agents it starts -------------------------------------------------------------
+
+    def control(self):
+        """The node's control client (``otpy.connect``), made on first use; used under the lock."""
+        if self._client is None:
+            from ..wire.client import connect
+
+            node = os.environ.get("OTPY_NODE")
+            if not node:
+                raise RuntimeError("a manager starts agents in an agent run by an otpy node (no OTPY_NODE)")
+            self._client = connect(node, timeout=CONTROL_TIMEOUT)
+        return self._client
+
+    def adopt(self) -> list[str]:
+        """Take over the agents a previous incarnation of this manager started (it crashed, or
+        was killed, before its teardown): they are reused, and terminated once idle like the
+        ones it starts itself. A supervisor not running yet has none."""
+        from ..wire.operations import ControlError
+
+        try:
+            with self._lock:
+                children = self.control().which_children(self.supervisor)
+        except (ControlError, LookupError, TimeoutError) as exc:
+            log.info("manager %s: nothing to adopt under %r (%s)", self._manager_id(), self.supervisor, exc)
+            return []
+        adopted = [c.id for c in children if started_by(self._manager_id(), c.id)]
+        with self._lock:
+            for agent in adopted:
+                self._last_used.setdefault(agent, time.monotonic())
+            self._wake_reaper()
+        return adopted
+
+    def _ensure(self, step: Step, program: str, agent: str, live: dict[str, TreeEntry] | None) -> int | None:
+        """The pid of the running agent ``agent`` for ``step``, started now if it is not running;
+        marked in use until ``_release``."""
+        with self._lock:
+            entry = (live or {}).get(agent)
+            if entry is not None and agent in self._last_used and entry.state != "stopped":
+                pid = entry.pid
+            else:
+                spec = ChildSpec(id=agent, program=program, args=dict(step.args))
+                try:
+                    outcome = self.control().start_child(self.supervisor, spec)
+                except Exception as exc:  # the node did not answer, or refused: say which step
+                    raise StageFailed(step.name, program, agent, f"cannot start it under {self.supervisor!r}: {exc}") from None
+                if outcome.outcome not in ("ok", "already_started", "already_present"):
+                    raise StageFailed(step.name, program, agent, f"cannot start it under {self.supervisor!r}: "
+                                      f"{outcome.outcome}: {outcome.detail}")
+                pid = outcome.pid
+            self._users[agent] = self._users.get(agent, 0) + 1
+            self._last_used[agent] = None
+            self._wake_reaper()
+            return pid
+
+    def _release(self, agents: list[str]) -> None:
+        with self._lock:
+            for agent in agents:
+                self._users[agent] -= 1
+                if not self._users[agent]:
+                    del self._users[agent]
+                    self._last_used[agent] = time.monotonic()
+            self._lock.notify_all()
+
+    def _live_workers(self) -> dict[str, TreeEntry] | None:
+        """The node's workers now (pids and programs for the trace; which started agents still
+        run); None outside a node."""
+        if not os.environ.get("OTPY_NODE"):
+            return None
+        with self._lock:
+            return workers(self.control().status().tree)
+
+    def _wake_reaper(self) -> None:
+        """Under the lock: start the thread that terminates idle agents, or have it look again."""
+        if self._reaper is None:
+            self._reaper = threading.Thread(target=self._reap, name="otpy-manager-idle", daemon=True)
+            self._reaper.start()
+        self._lock.notify_all()
+
+    def _reap(self) -> None:
+        """Sleeps until the next agent becomes idle (or a change wakes it), then terminates it."""
+        with self._lock:
+            while not self._closing:
+                for agent in idle_agents(self._last_used, time.monotonic(), self.idle_seconds):
+                    self._terminate(agent)
+                self._lock.wait(next_check(self._last_used, time.monotonic(), self.idle_seconds))
+
+    def _terminate(self, agent: str) -> None:
+        """Under the lock: stop one agent it started; gone already is fine."""
+        del self._last_used[agent]
+        try:
+            outcome = self.control().terminate_child(agent, self.supervisor)
+            if not outcome.ok and outcome.outcome != "not_found":
+                log.warning("manager %s: terminate %s: %s %s", self._manager_id(), agent, outcome.outcome, outcome.detail)
+        except Exception as exc:  # the node stops (it stops every agent) or is gone
+            log.info("manager %s: terminate %s: %s", self._manager_id(), agent, exc)
+
+    def teardown(self) -> None:
+        """Terminate the agents it started: another manager, or its own next incarnation, must
+        not find them running for nobody."""
+        if not hasattr(self, "_lock"):
+            return  # its setup failed: it started nothing
+        with self._lock:
+            self._closing = True
+            for agent in list(self._last_used):
+                self._terminate(agent)
+            self._lock.notify_all()
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _manager_id(self) -> str:
+        return os.environ.get("OTPY_CHILD_ID", "manager")
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "not finished: another stage of its group failed first"
+    return f"{type(error).__name__}: {error}"

@@ -12,11 +12,13 @@ then the run fails fast. ``Stage(retries=...)`` sets a stage's own number of ret
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
+from ..specs.model import name_problem
 from ..wire.calls import Caller
 from ..wire.errors import CallError, NoSuchAgent
 
@@ -28,6 +30,14 @@ _ERROR_HANDLING = ("fail_fast", "continue_on_error", "retry")
 
 class PipelineError(ValueError):
     """A pipeline definition is wrong; the message names the pipeline and the key."""
+
+
+class PlanError(PipelineError):
+    """A plan (a manager's steps) is wrong; the message names the step or the field."""
+
+
+STEP_KEYS = ("step", "agent", "program", "args", "timeout")
+PROGRAM_STEP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")  # part of an agent's id, no '.' (manager.managed_id)
 
 
 @dataclass(frozen=True)
@@ -181,6 +191,110 @@ class Pipeline:
         else:
             result.errors[stage.id] = error
         result.trace.append((stage.id, stage.agent, error is None, round(ms, 3)))
+
+
+# --- plans: a manager's steps and parallel groups (pure) ------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a plan: call ``agent``, or (``agent`` None) the manager's agent running
+    ``program`` (a variable's name, or ``module:attr``)."""
+
+    name: str
+    agent: str | None = None
+    program: str | None = None
+    args: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    """A stage: one step, or steps run at once (``parallel``)."""
+
+    steps: tuple[Step, ...]
+    parallel: bool = False
+
+
+def declared_steps(goal: str, args: Mapping[str, Any]) -> list[Any]:
+    """The declared plan for ``goal``: ``args.plans[goal]``, else ``args.steps``.
+
+    >>> declared_steps("b", {"plans": {"a": ["x"]}, "steps": ["y"]})
+    ['y']
+    """
+    plans = args.get("plans") or {}
+    if goal in plans:
+        return list(plans[goal])
+    if "steps" in args:
+        return list(args["steps"])
+    known = ", ".join(repr(g) for g in sorted(plans)) or "none"
+    raise PlanError(f"no plan for goal {goal!r}: args.plans has goals {known} and there is no args.steps "
+                    "(the plan of any other goal)")
+
+
+def parse_plan(raw: Any, programs: Mapping[str, str] | None = None) -> list[Group]:
+    """The stages of a plan (a list of steps and ``{parallel = [...]}`` groups). ``programs``
+    (step -> variable) is the older form of a named agent's program, recorded in the trace."""
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise PlanError(f"a plan is a non-empty list of steps, got {shown(raw)}")
+    groups = [_group(item, programs or {}) for item in raw]
+    names = [step.name for group in groups for step in group.steps]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise PlanError(f"step {twice[0]!r} is twice in the plan: name each step once (\"step\" of a table)")
+    return groups
+
+
+def _group(item: Any, programs: Mapping[str, str]) -> Group:
+    if isinstance(item, Mapping) and "parallel" in item:
+        if set(item) != {"parallel"} or not isinstance(item["parallel"], (list, tuple)) or not item["parallel"]:
+            raise PlanError(f"a parallel group is {{parallel = [step, ...]}} and nothing else, got {shown(item)}")
+        return Group(tuple(parse_step(s, programs) for s in item["parallel"]), parallel=True)
+    return Group((parse_step(item, programs),))
+
+
+def parse_step(raw: Any, programs: Mapping[str, str] | None = None) -> Step:
+    """A step from its plan form: an agent id, or a table with ``step`` and ``agent`` or ``program``.
+
+    >>> parse_step({"step": "code", "program": "code_program"})
+    Step(name='code', agent=None, program='code_program', args={}, timeout=None)
+    """
+    if isinstance(raw, str):
+        _check_step_name(raw, f"step {raw!r}")
+        return Step(raw, agent=raw, program=(programs or {}).get(raw))
+    if not isinstance(raw, Mapping):
+        raise PlanError(f"a step is an agent id or a table {{step = ..., program = ...}}, got {shown(raw)}")
+    name = raw.get("step")
+    if unknown := sorted(set(raw) - set(STEP_KEYS)):
+        raise PlanError(f"step {name!r}: unknown key {unknown[0]!r} (keys: {', '.join(STEP_KEYS)})")
+    if not isinstance(name, str):
+        raise PlanError(f"a step table needs \"step\", its name: got {shown(raw)}")
+    _check_step_name(name, f"step {name!r}")
+    agent, program, args, timeout = raw.get("agent"), raw.get("program"), raw.get("args", {}), raw.get("timeout")
+    if agent is not None:
+        _check_step_name(agent, f"step {name!r}: agent")
+    if program is not None and not (isinstance(program, str) and program):
+        raise PlanError(f"step {name!r}: program is a variable's name or 'module:attr', got {shown(program)}")
+    if agent is None and program is None:
+        agent = name
+    if agent is None and not PROGRAM_STEP_NAME.match(name):
+        raise PlanError(f"step {name!r} runs a program: its name is 1 to 40 letters, digits, '_' or '-' "
+                        "(it is part of the agent's id)")
+    if not isinstance(args, Mapping):
+        raise PlanError(f"step {name!r}: args is a table, got {shown(args)}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise PlanError(f"step {name!r}: timeout is a number of seconds > 0, got {shown(timeout)}")
+    return Step(name, agent=agent, program=program, args=dict(args), timeout=timeout)
+
+
+
+def _check_step_name(value: Any, what: str) -> None:
+    if (problem := name_problem(value, what)) is not None:
+        raise PlanError(problem)
+
+
+def shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def _check(condition: bool, message: str) -> None:

@@ -1,0 +1,241 @@
+"""The manager program: plans by goal (declared or asked of a planner agent), steps that run a
+program through a variable, agents started on demand under a dynamic supervisor, reused,
+terminated when idle or with the manager, adopted by its next incarnation; parallel stages;
+the trace."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+import otpy
+from otpy.optimize.manager import (
+    ManagerProgram, check_args, idle_agents, managed_id, next_check, owner_of, program_of, started_by,
+)
+from otpy.optimize.pipeline import Group, PlanError, Step, declared_steps, parse_plan, parse_step
+from otpy.specs.model import name_problem
+from otpy.topology.load import parse_topology
+from tests.helpers import unique_name, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+DOUBLE = "tests.manager_agents:Double"
+ADD = "tests.manager_agents:AddOne"
+
+# --- pure: plans, steps, ids, idle ----------------------------------------------------------
+
+
+def test_declared_plans_by_goal_and_the_default_steps():
+    args = {"plans": {"a": ["x"], "b": ["y", "z"]}, "steps": ["d"]}
+    assert declared_steps("b", args) == ["y", "z"]
+    assert declared_steps("other", args) == ["d"]
+
+
+def test_an_unknown_goal_without_default_steps_names_the_goals_it_knows():
+    with pytest.raises(PlanError, match=r"goal 'c'.*'a', 'b'"):
+        declared_steps("c", {"plans": {"a": ["x"], "b": ["y"]}})
+
+
+def test_steps_agent_ids_program_tables_and_parallel_groups():
+    groups = parse_plan(["prep", {"parallel": [{"step": "code", "program": "code_program"},
+                                               {"step": "lit", "program": DOUBLE, "args": {"k": 1}}]},
+                         {"step": "check", "agent": "reviewer", "timeout": 2}])
+    assert groups == [
+        Group((Step("prep", agent="prep"),)),
+        Group((Step("code", program="code_program"), Step("lit", program=DOUBLE, args={"k": 1})), parallel=True),
+        Group((Step("check", agent="reviewer", timeout=2),)),
+    ]
+
+
+def test_the_older_programs_table_records_a_named_agents_program():
+    assert parse_step("classifier", {"classifier": "classifier"}) == Step("classifier", agent="classifier",
+                                                                          program="classifier")
+
+
+@pytest.mark.parametrize("raw, words", [
+    ([], "non-empty list"),
+    (["a", "a"], "'a' is twice"),
+    ([{"step": "a", "colour": 1}], "unknown key 'colour'"),
+    ([{"program": DOUBLE}], "needs \"step\""),
+    ([{"step": "a.b", "program": DOUBLE}], "step 'a.b' runs a program"),
+    ([{"step": "../x"}], "step '../x'"),
+    ([{"parallel": []}], "parallel group"),
+    ([{"parallel": ["a"], "step": "b"}], "parallel group"),
+    ([{"step": "a", "program": DOUBLE, "timeout": 0}], "timeout"),
+    ([{"step": "a", "program": DOUBLE, "args": [1]}], "args is a table"),
+    ([3], "agent id or a table"),
+])
+def test_a_wrong_plan_says_what_is_wrong(raw, words):
+    with pytest.raises(PlanError) as caught:
+        parse_plan(raw)
+    assert words in str(caught.value)
+
+
+def test_a_program_through_a_variable_or_literally():
+    assert program_of(Step("s", program="p"), {"p": DOUBLE}) == DOUBLE
+    assert program_of(Step("s", program=DOUBLE), {}) == DOUBLE
+    assert program_of(Step("s", agent="s"), {}) is None
+    with pytest.raises(PlanError, match=r"variable 'p' is not one of the manager's variables \(k\)"):
+        program_of(Step("s", program="p"), {"k": 1})
+    with pytest.raises(PlanError, match="'p' is 3, not a 'module:attr'"):
+        program_of(Step("s", program="p"), {"p": 3})
+
+
+def test_a_started_agents_id_is_stable_valid_and_names_its_manager_step_and_program():
+    one = managed_id("manager", "code", DOUBLE)
+    assert one == managed_id("manager", "code", DOUBLE, {}) and one.startswith("manager.code.Double-")
+    assert len({one, managed_id("manager", "code", ADD), managed_id("manager", "code", DOUBLE, {"k": 2}),
+                managed_id("other", "code", DOUBLE), managed_id("manager", "c2", DOUBLE)}) == 5
+    long = managed_id("m" * 64, "s" * 40, "a" * 30 + ":" + "B" * 30)
+    assert name_problem(long) is None and started_by("m" * 64, long) and len(owner_of("m" * 64)) == 30
+    assert started_by("manager", one) and not started_by("man", one)
+    assert not started_by("a", managed_id("a.x", "s", DOUBLE))  # a manager 'a' leaves 'a.x''s agents alone
+    assert not started_by("manager", "manager.worker")
+
+
+def test_idle_agents_and_when_to_look_next():
+    used = {"a": 0.0, "b": 8.0, "busy": None}
+    assert idle_agents(used, 10.0, 5.0) == ["a"]
+    assert next_check({"b": 8.0, "busy": None}, 10.0, 5.0) == 3.0
+    assert next_check({"busy": None}, 10.0, 5.0) is None
+
+
+@pytest.mark.parametrize("args, words", [
+    ({"idle_seconds": 0}, "args.idle_seconds"), ({"supervisor": "../x"}, "args.supervisor"),
+    ({"plans": ["a"]}, "args.plans"), ({"plans": {"g": [{"step": "a", "bad": 1}]}}, "unknown key 'bad'"),
+    ({"stage_timeout": True}, "args.stage_timeout"),
+])
+def test_wrong_args_are_refused_at_setup(args, words):
+    with pytest.raises(PlanError, match=words):
+        check_args(args)
+    with pytest.raises(PlanError, match=words):
+        ManagerProgram().setup(args, {})
+
+
+# --- live: a node with a dynamic supervisor, a planner and managers -------------------------
+
+TOPOLOGY = """
+[node]
+name = "{name}"
+[supervisor]
+[[supervisor.children]]
+id = "workers"
+type = "dynamic_supervisor"
+[[supervisor.children]]
+id = "planner"
+program = "tests.manager_agents:Planner"
+[[supervisor.children]]
+id = "m"
+program = "otpy.optimize.manager:ManagerProgram"
+  [supervisor.children.args]
+  supervisor = "workers"
+  idle_seconds = 600
+  steps = [{{ step = "double", program = "double_program" }}]
+    [supervisor.children.args.plans]
+    fanout = [{{ parallel = [{{ step = "double", program = "double_program" }},
+                             {{ step = "add", program = "tests.manager_agents:AddOne" }}] }},
+              {{ step = "combine", program = "tests.manager_agents:Combine" }}]
+    fails = [{{ step = "add", program = "tests.manager_agents:AddOne" }},
+             {{ step = "broken", program = "tests.manager_agents:Fails" }}]
+    named = ["planner"]
+[[supervisor.children]]
+id = "planned"
+program = "otpy.optimize.manager:ManagerProgram"
+args = {{ supervisor = "workers", planner = "planner" }}
+[[supervisor.children]]
+id = "brief"
+program = "otpy.optimize.manager:ManagerProgram"
+args = {{ supervisor = "workers", idle_seconds = 0.3, steps = [{{ step = "add", program = "tests.manager_agents:AddOne" }}] }}
+[[supervisor.children]]
+id = "owner"
+program = "otpy.optimize.manager:ManagerProgram"
+args = {{ supervisor = "workers", steps = [{{ step = "add", program = "tests.manager_agents:AddOne" }}] }}
+[variables.global]
+double_program = {{ type = "module", modules = ["tests.manager_agents:Double", "tests.manager_agents:AddOne"], default = "tests.manager_agents:Double" }}
+"""
+
+
+@pytest.fixture(scope="module")
+def node():
+    topology = parse_topology(TOPOLOGY.format(name=unique_name("manager")), check_imports=True)
+    with otpy.Node(topology.node) as node:
+        yield node
+
+
+def workers(node) -> dict[str, int | None]:
+    return {c.id: c.pid for c in node.which_children("workers")}
+
+
+def test_the_manager_starts_an_agent_for_a_program_on_demand_and_reuses_it(node):
+    agent = managed_id("m", "double", DOUBLE)
+    assert agent not in workers(node)
+    first = node.call("m", {"x": 2.0}, timeout=30)
+    assert first["x"] == 4.0
+    pid = workers(node)[agent]
+    assert first["trace"] == [{"step": "double", "program": DOUBLE, "agent": agent, "pid": pid,
+                               "inputs": {"x": 2.0}, "outputs": {"x": 4.0}, "ms": first["trace"][0]["ms"],
+                               "error": None}]
+    assert first["trace"][0]["ms"] > 0
+    second = node.call("m", {"x": 5.0}, timeout=30)
+    assert second["x"] == 10.0 and second["trace"][0]["pid"] == pid and workers(node)[agent] == pid
+
+
+def test_parallel_groups_get_the_same_inputs_and_the_next_stage_gets_their_outputs_by_step(node):
+    answer = node.call("m", {"goal": "fanout", "x": 3.0}, timeout=30)
+    assert answer["x"] == 6.0 + 4.0
+    trace = {t["step"]: t for t in answer["trace"]}
+    assert [t["step"] for t in answer["trace"]] == ["double", "add", "combine"]
+    assert trace["double"]["inputs"] == trace["add"]["inputs"] == {"x": 3.0}
+    assert trace["combine"]["inputs"] == {"double": {"x": 6.0}, "add": {"x": 4.0}}
+    assert trace["add"]["program"] == ADD and trace["add"]["agent"] == managed_id("m", "add", ADD)
+    assert all(t["pid"] == workers(node)[t["agent"]] and t["error"] is None for t in answer["trace"])
+
+
+def test_a_named_agent_step_reports_the_agent_its_pid_and_the_program_it_runs(node):
+    answer = node.call("m", {"goal": "named"}, timeout=30)
+    [step] = answer["trace"]
+    pid = {c.id: c.pid for c in node.which_children()}["planner"]
+    assert (step["agent"], step["pid"], step["program"]) == ("planner", pid, "tests.manager_agents:Planner")
+
+
+def test_a_failed_stage_names_its_step_program_and_agent_and_why(node):
+    with pytest.raises(otpy.RemoteError) as caught:
+        node.call("m", {"goal": "fails", "x": 1.0}, timeout=30)
+    message = str(caught.value)
+    assert "step 'broken'" in message and "tests.manager_agents:Fails" in message
+    assert repr(managed_id("m", "broken", "tests.manager_agents:Fails")) in message and "no good" in message
+
+
+def test_a_planner_agent_decides_the_steps_by_goal(node):
+    doubled = node.call("planned", {"goal": "double", "x": 4.0}, timeout=30)
+    assert doubled["x"] == 8.0 and [t["program"] for t in doubled["trace"]] == [DOUBLE]
+    both = node.call("planned", {"goal": "both", "x": 4.0}, timeout=30)
+    assert both["x"] == 9.0 and [t["step"] for t in both["trace"]] == ["double", "add"]
+    assert both["trace"][1]["inputs"] == {"x": 8.0}
+    with pytest.raises(otpy.RemoteError, match="no steps planned for goal 'cook'"):
+        node.call("planned", {"goal": "cook"}, timeout=30)
+
+
+def test_an_idle_agent_is_terminated_after_idle_seconds(node):
+    agent = managed_id("brief", "add", ADD)
+    assert node.call("brief", {"x": 1.0}, timeout=30)["x"] == 2.0
+    wait_until(lambda: agent not in workers(node), timeout=20, what=f"{agent} terminated when idle")
+    assert node.call("brief", {"x": 2.0}, timeout=30)["x"] == 3.0  # started again on demand
+
+
+def test_a_managers_agents_end_with_it_and_its_next_incarnation_adopts_them(node):
+    agent = managed_id("owner", "add", ADD)
+    node.call("owner", {"x": 1.0}, timeout=30)
+    pid = workers(node)[agent]
+    manager = {c.id: c.pid for c in node.which_children()}["owner"]
+    os.kill(manager, signal.SIGKILL)  # no teardown: its agent is left, for the next incarnation
+    wait_until(lambda: (p := {c.id: c.pid for c in node.which_children()}["owner"]) and p != manager,
+               timeout=20, what="owner restarted")
+    assert workers(node)[agent] == pid
+    assert node.terminate_child("owner").ok  # teardown: what it adopted at setup goes with it
+    assert agent not in workers(node)
+    assert node.restart_child("owner").ok
+    answer = node.call("owner", {"x": 1.0}, timeout=30)
+    assert answer["trace"][0]["pid"] == workers(node)[agent] != pid
