@@ -2,10 +2,11 @@
 
 Every part of otpy that talks to the registry goes through ``RegistryClient``: the worker of a
 program child (``otpy.agent.registry_link``: ``resolve`` at start and after each change), the
-manager program, the node (``set_variables``) and ``otpy vars``. The client carries a request
-over any *caller*: an object with ``call(agent, inputs, timeout=...)`` (``otpy.Caller``, a
-program's node caller, the worker's own DEALER) and, for ``aask``, ``acall``. It does no I/O of
-its own, so a starting child does not import the caller machinery to ask for its configuration.
+manager program, the node (``set_variables``), the optimizer (``get_space``) and ``otpy vars``.
+The client carries a request over any *caller*: an object with ``call(agent, inputs,
+timeout=...)`` (``otpy.Caller``, a program's node caller, the worker's own DEALER) and, for
+``aask``, ``acall``. It does no I/O of its own, so a starting child does not import the caller
+machinery to ask for its configuration.
 
 ``ask``/``aask`` return the typed reply or the ``RegistryRefusal``; the helpers return the reply's
 content and raise ``RegistryRefused`` for a refusal. A caller's ``CallError`` (timeout, no
@@ -26,6 +27,7 @@ from typing import Any
 from ..wire.registry_protocol import (
     Explain,
     Explained,
+    GetSpace,
     GetValue,
     ListValues,
     RegistryRefusal,
@@ -35,6 +37,7 @@ from ..wire.registry_protocol import (
     Resolve,
     SetValue,
     SetValues,
+    SpaceTables,
     ValueEntry,
     read_registry_reply,
     request_inputs,
@@ -79,12 +82,23 @@ class RegistryClient:
     def list(self, scope: str | None = None) -> list[ValueEntry]:
         return self._answer(ListValues(scope=scope)).values
 
-    def set(self, scope: str, name: str, value: Any, expected_version: int | None = None) -> int:
-        """The value's new version; a lost compare-and-set is a refusal of kind ``conflict``."""
-        return self._answer(SetValue(scope=scope, name=name, value=value, expected_version=expected_version)).version
+    def set(self, scope: str, name: str, value: Any, expected_version: int | None = None, *,
+            dry_run: bool = False, reconciled: bool = False) -> int:
+        """The value's new version (``dry_run``: the version it would get, nothing written); a
+        lost compare-and-set is a refusal of kind ``conflict``, a bound variable written without
+        ``reconciled`` (only the node writes those) one of kind ``bound``."""
+        return self._answer(SetValue(scope=scope, name=name, value=value, expected_version=expected_version,
+                                     dry_run=dry_run, reconciled=reconciled)).version
 
-    def set_many(self, values: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, int]]:
-        return self._answer(SetValues(values={scope: dict(v) for scope, v in values.items()})).versions
+    def set_many(self, values: Mapping[str, Mapping[str, Any]], *, dry_run: bool = False,
+                 reconciled: bool = False) -> dict[str, dict[str, int]]:
+        return self._answer(SetValues(values={scope: dict(v) for scope, v in values.items()}, dry_run=dry_run,
+                                      reconciled=reconciled)).versions
+
+    def get_space(self, scope: str | None = None) -> SpaceTables:
+        """The declared variables (topology and run time) in the topology's table form, by scope,
+        with the constraints and the bound variables: the space an optimizer searches."""
+        return self._answer(GetSpace(scope=scope))
 
     def resolve(self, child: str, chain: Iterable[str] = ()) -> dict[str, Any]:
         return self._answer(Resolve(child=child, chain=list(chain))).config

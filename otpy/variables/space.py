@@ -251,17 +251,15 @@ def spaces_from_topology(
             problems.append(f"variables.{key(scope)}: unknown scope {scope!r}; expected 'global' or an id "
                             f"of the topology: {listing(sorted(known - {GLOBAL}))}")
         space = spaces[scope] = VariableSpace(scope)
+        refused = set()
         for name, table in tables.items():
             try:
-                variable = variable_from_table(name, table, scope=scope)
-            except VariableError as error:
-                problems += error.problems
-                continue
-            try:
-                space.add(variable)
-            except VariableError as error:  # a composite closing a cycle
-                problems += [f"variables.{key(scope)}.{problem}" for problem in error.problems]
-        problems += dependency_problems(space)
+                space.add(variable_from_table(name, table, scope=scope))
+            except VariableError as error:  # its own problems, or a composite closing a cycle
+                refused.add(name)
+                problems += [problem if problem.startswith("variables.") else f"variables.{key(scope)}.{problem}"
+                             for problem in error.problems]
+        problems += dependency_problems(space, refused)
     for scope, entries in (constraints or {}).items():
         problems += _add_constraints(spaces, scope, entries)
     if not problems:
@@ -271,12 +269,13 @@ def spaces_from_topology(
     return spaces
 
 
-def dependency_problems(space: VariableSpace) -> list[str]:
+def dependency_problems(space: VariableSpace, refused: Iterable[str] = ()) -> list[str]:
     """A composite of ``space`` that depends on a variable the space does not declare: its value
-    could never be computed when the scope is written. One problem per composite."""
-    problems = []
+    could never be computed when the scope is written. One problem per composite (a dependency
+    in ``refused``, whose declaration has its own problem, is not one more)."""
+    problems, known = [], {*space.variables, *refused}
     for name, composite in space.composites.items():
-        if unknown := [dependency for dependency in composite.depends_on if dependency not in space.variables]:
+        if unknown := [dependency for dependency in composite.depends_on if dependency not in known]:
             problems.append(f"variables.{key(space.name)}.{key(name)}.depends_on: got {listing(unknown)}; expected "
                             f"variables of scope {space.name!r}: {listing(space.variables) or 'none'}")
     return problems
