@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Literal, Mapping, NamedTuple
 
+import msgspec
+
 from .children import Child
 from ..specs.bindings import UnboundValue, is_enabled, replica_count, replica_ids, replica_of
 from ..specs.model import AnySpec, ChildSpec, from_template
@@ -65,10 +67,18 @@ def decide(child: Child, resolved: AnySpec | None) -> Decision | None:
     if child.state == "running":
         if resolved is not None and not enabled(resolved):
             return "stop"
-        return "replace" if resolved is None or resolved != child.running else None
+        return "replace" if resolved is None or runs_as(resolved) != runs_as(child.running) else None
     if child.disabled and not child.override and (resolved is None or enabled(resolved)):
         return "start"
     return None
+
+
+def runs_as(spec: AnySpec | None) -> AnySpec | None:
+    """What of a resolved spec a running child is: all of it but ``replicas``, which is its
+    template's count (a replica is not replaced when only the count changes)."""
+    if isinstance(spec, ChildSpec) and spec.replicas is not None:
+        return msgspec.structs.replace(spec, replicas=None)
+    return spec
 
 
 def try_resolve(resolve: Resolver, spec: AnySpec) -> AnySpec | None:
