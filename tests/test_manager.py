@@ -239,3 +239,20 @@ def test_a_managers_agents_end_with_it_and_its_next_incarnation_adopts_them(node
     assert node.restart_child("owner").ok
     answer = node.call("owner", {"x": 1.0}, timeout=30)
     assert answer["trace"][0]["pid"] == workers(node)[agent] != pid
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("index", [3, 4], ids=["pipeline", "manager"])
+def test_the_pipeline_and_manager_examples_of_the_docs_run(index, tmp_path):
+    """docs/programs.md: the Pipeline example (it once chained the planner's steps into the
+    reviewer: TypeError) and the manager example run as written."""
+    import subprocess
+    import sys
+
+    from tests.test_docs import ROOT, block
+
+    code = block("docs/programs.md", index)
+    assert 'name="embedded-demo"' in code
+    code = code.replace('name="embedded-demo"', f'name="{unique_name("docs")}"')
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=80)
+    assert proc.returncode == 0, proc.stderr[-2000:]
