@@ -1,0 +1,131 @@
+"""Supervisors following variables with real OS processes (#13): a shared ``BoundValues`` the
+test changes, then ``reconcile()``; the process set and ``children_info`` must follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from otpy.node.supervisor import Supervisor
+from otpy.specs.bindings import BoundValues
+from otpy.specs.model import Bound, ChildSpec, DynamicSupervisorSpec, SupervisorSpec
+from otpy.wire.protocol import BoundInfo, TerminateChild
+
+from tests.helpers import alive, wait_dead
+from tests.test_process_faults import manager
+
+pytestmark = pytest.mark.timeout(60)
+
+SLEEPER = "tests.agents:Sleeper"
+ECHO = "tests.agents:Echo"
+FAILING = "tests.agents:FailingSetup"
+
+
+def run(tree, values: BoundValues, check) -> None:
+    """Start ``tree`` with ``values`` under a real process manager, run ``check(sup)``, stop."""
+
+    async def main():
+        async with manager() as processes:
+            sup = Supervisor(tree, processes=processes, report=lambda *_: None, values=values)
+            await sup.start()
+            try:
+                await check(sup)
+            finally:
+                await sup.stop()
+
+    asyncio.run(main())
+
+
+def info(sup: Supervisor, id: str):
+    [child] = [c for c in sup.children_info() if c.id == id]
+    return child
+
+
+def test_a_bound_program_follows_its_variable_make_before_break():
+    live = BoundValues({"global.program": SLEEPER}, {"global.program": 1})
+    tree = SupervisorSpec(id="root", children=(ChildSpec(id="a", program=Bound("global.program")),))
+
+    async def check(sup):
+        before = info(sup, "a")
+        assert (before.program, before.bound) == (SLEEPER, BoundInfo("global.program", 1))
+        assert sup.plan() == []
+        live.update({"global.program": ECHO}, {"global.program": 2})
+        [planned] = sup.plan()
+        result = await sup.reconcile()
+        assert result.ok, result
+        [change] = result.changes
+        assert (change.action, change.before, change.after) == ("reconfigure", SLEEPER, ECHO)
+        assert change.pid == info(sup, "a").pid != before.pid and planned.pid is None
+        after = info(sup, "a")
+        assert (after.program, after.bound, after.state) == (ECHO, BoundInfo("global.program", 2), "running")
+        assert wait_dead([before.pid], 10) == []
+        assert (await sup.reconcile()).changes == []
+
+    run(tree, live, check)
+
+
+def test_a_target_that_fails_keeps_the_old_program_serving():
+    live = BoundValues({"global.program": SLEEPER})
+    tree = SupervisorSpec(id="root", children=(ChildSpec(id="a", program=Bound("global.program")),))
+
+    async def check(sup):
+        before = info(sup, "a").pid
+        undo = live.update({"global.program": FAILING})
+        result = await sup.reconcile()
+        assert result.outcome == "start_failed" and result.detail.startswith("child 'a' (under 'root'): ")
+        assert "boom" in result.detail and result.changes == []
+        assert info(sup, "a").pid == before and alive(before) and info(sup, "a").program == SLEEPER
+        live.restore(undo)
+        assert (await sup.reconcile()).changes == []
+
+    run(tree, live, check)
+
+
+def test_enabled_stops_and_starts_the_process_and_an_override_stays():
+    live = BoundValues({"pool.on": True})
+    tree = SupervisorSpec(id="root", children=(
+        ChildSpec(id="a", program=SLEEPER, enabled=Bound("pool.on")),
+        ChildSpec(id="b", program=SLEEPER, enabled=Bound("pool.on"))))
+
+    async def check(sup):
+        pid = info(sup, "a").pid
+        live.update({"pool.on": False})
+        result = await sup.reconcile()
+        assert [(c.action, c.child) for c in result.changes] == [("stop", "b"), ("stop", "a")]
+        assert info(sup, "a").state == "stopped" and wait_dead([pid], 10) == []
+        assert info(sup, "a").bound == BoundInfo("pool.on", 0)
+        assert (await sup.call(TerminateChild(request_id=0, id="b"))).ok  # the operator's word
+        assert info(sup, "b").override
+        live.update({"pool.on": True})
+        result = await sup.reconcile()
+        assert [(c.action, c.child) for c in result.changes] == [("start", "a")]
+        assert info(sup, "a").state == "running" and alive(info(sup, "a").pid)
+        assert info(sup, "b").state == "stopped"
+
+    run(tree, live, check)
+
+
+def test_replicas_change_the_process_set_and_a_nested_supervisor_shares_the_values():
+    live = BoundValues({"pool.workers": 2})
+    pool = DynamicSupervisorSpec(id="pool", templates={
+        "w": ChildSpec(id="w", program=SLEEPER, replicas=Bound("pool.workers"))})
+    tree = SupervisorSpec(id="root", children=(pool,))
+
+    async def check(sup):
+        [below] = [s for s in sup.supervisors() if s.spec.id == "pool"]
+        assert [c.id for c in below.children_info()] == ["w-1", "w-2"]
+        live.update({"pool.workers": 3})
+        assert [(c.action, c.child) for c in sup.plan_tree()] == [("start", "w-3")]
+        result = await sup.reconcile_tree()
+        assert result.ok and [c.child for c in result.changes] == ["w-3"]
+        pids = {c.id: c.pid for c in below.children_info()}
+        assert all(alive(p) for p in pids.values()) and len(pids) == 3
+        live.update({"pool.workers": 1})
+        result = await sup.reconcile_tree()
+        assert [(c.action, c.child) for c in result.changes] == [("stop", "w-3"), ("stop", "w-2")]
+        assert [c.id for c in below.children_info()] == ["w-1"]
+        assert wait_dead([pids["w-2"], pids["w-3"]], 10) == []
+
+    run(tree, live, check)
