@@ -342,7 +342,7 @@ def test_load_can_skip_imports(tmp_path):
 def test_json_schema_describes_the_format():
     schema = topology_json_schema()
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"node", "supervisor", "variables", "pipelines", "optimizer"}
+    assert set(schema["properties"]) == {"node", "supervisor", "variables", "constraints", "pipelines", "optimizer"}
     assert schema["required"] == ["supervisor"]
     worker = schema["$defs"]["WorkerTable"]["properties"]
     assert worker["restart"]["enum"] == ["permanent", "transient", "temporary"]

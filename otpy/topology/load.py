@@ -34,14 +34,16 @@ from pydantic import ValidationError
 
 from ..agent.import_check import IMPORT_TIMEOUT, import_in_child, import_path
 from ..variables.placement import with_registry
+from ..specs.bindings import BINDABLE, Binding, bindings
 from ..specs.rules import (
-    located_machine_problems, located_problems, node_socket_problem, node_value_problems, show,
+    located_machine_problems, located_problems, node_socket_problem, node_value_problems, replica_id_problems, show,
 )
-from ..specs.model import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, ChildSpec
-from ..specs.model import DynamicSupervisorSpec, NodeSpec, SupervisorSpec, name_problem, places, toml_key
+from ..specs.model import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, Bound, ChildSpec
+from ..specs.model import DynamicSupervisorSpec, NodeSpec, SupervisorSpec, join, name_problem, places, toml_key
 from .toml_file import (
-    CHILD_TABLES, DynamicSupervisorTable, NodeTable, RootSupervisorTable, SupervisorTable, TemplateTable,
-    TopologyFile, WorkerTable, Table, topology_json_schema,
+    BOUND_TAG, CHILD_TABLES, VALUE_TAG, BoundTable, ConstraintTable, DynamicSupervisorTable, NodeTable,
+    RootSupervisorTable, SupervisorTable, TemplateTable, TopologyFile, WorkerTable, Table, is_bindable_tag,
+    topology_json_schema,
 )
 from ..variables.types import VariableError
 
@@ -60,16 +62,30 @@ class TopologyError(Exception):
 
 @dataclass(frozen=True)
 class Topology:
-    """A checked topology file: the node to run, and the tables other parts of otpy read."""
+    """A checked topology file: the node to run, and the tables other parts of otpy read.
+
+    ``file_root``: the root as the file writes it, without the registry child otpy puts first
+    (``variables.placement.with_registry``): its key paths are the file's, so problems found
+    after loading (``check_programs``, this machine's) name them. ``raw_constraints``:
+    ``{scope: [{"check": "pkg.mod:function", "description": ...}, ...]}`` as written."""
 
     node: NodeSpec
     path: str
     raw_variables: dict[str, dict[str, dict]] = field(default_factory=dict)
     raw_pipelines: dict[str, dict] = field(default_factory=dict)
     raw_optimizer: dict[str, Any] = field(default_factory=dict)
+    raw_constraints: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    file_root: SupervisorSpec | None = None
+
+    @property
+    def declared_root(self) -> SupervisorSpec:
+        """The tree at the file's key paths (``file_root``, else the node's root)."""
+        return self.file_root if self.file_root is not None else self.node.root
 
 
 # Problems: "KEY.PATH: got X; expected Y".
+
+BOUND_FORM = '{ variable = "SCOPE.NAME" }'  # a bound field's table, as messages show it
 
 Problem = tuple[str, str]  # (key path, message)
 
@@ -108,10 +124,13 @@ def _quote_all(names) -> str:
 
 
 def _plain_loc(loc: tuple) -> tuple:
-    """``loc`` without pydantic's union tags (``children, 0, 'worker'``) and ``[key]`` markers."""
+    """``loc`` without pydantic's union tags (``children, 0, 'worker'``; a bindable field's
+    ``program, 'bound'``) and ``[key]`` markers."""
     parts: list = []
-    for part in loc:
+    for index, part in enumerate(loc):
         if part == "[key]" or (parts and isinstance(parts[-1], int) and part in CHILD_TABLES):
+            continue
+        if is_bindable_tag(loc, index):
             continue
         parts.append(part)
     return tuple(parts)
@@ -129,6 +148,10 @@ def _table_at(loc: tuple) -> type[Table] | None:
         return CHILD_TABLES[loc[-1]]
     if len(loc) >= 2 and loc[-2] == "templates":
         return TemplateTable
+    if loc and is_bindable_tag(loc, len(loc) - 1) and loc[-1] == BOUND_TAG:
+        return BoundTable
+    if len(loc) == 3 and loc[0] == "constraints":
+        return ConstraintTable
     return None
 
 
@@ -156,6 +179,8 @@ def _problem_from_pydantic(error: dict) -> Problem:
         expected = ctx["expected"]
     else:
         return path, f"got {_show(found)}; {error['msg']}"
+    if any(is_bindable_tag(loc, index) and part == VALUE_TAG for index, part in enumerate(loc)):
+        expected += f", or {BOUND_FORM}"
     return path, f"got {_show(found)}; expected {expected}"
 
 
@@ -173,6 +198,9 @@ def _set_fields(table: Table, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def _worker_spec(table: TemplateTable, child_id: str, base_dir: str) -> ChildSpec:
     fields = _set_fields(table, drop=("id",))
+    for name in BINDABLE:
+        if isinstance(fields.get(name), BoundTable):
+            fields[name] = Bound(fields[name].variable)
     if table.command is not None:
         fields["command"] = tuple(table.command)
     if table.cwd is not None and "\0" not in table.cwd:  # a NUL is reported by the value rules
@@ -255,22 +283,83 @@ def parse_topology(
     problems += located_problems(root, "supervisor", node_folder=None if problems else _node_folder(node))
     if problems:
         raise TopologyError(_format(source, problems))
+    constraints = {scope: [entry.model_dump() for entry in entries] for scope, entries in file.constraints.items()}
     try:
-        root = with_registry(root, file.variables)
+        # by keyword and only when there are some: a with_registry without constraints still works
+        with_constraints = {"constraints": constraints} if constraints else {}
+        node_root = with_registry(root, file.variables, **with_constraints)
     except VariableError as exc:
         raise TopologyError(_format(source, [(None, problem) for problem in exc.problems])) from None
+    if problems := binding_problems(root, file.variables, node_folder=_node_folder(node)):
+        raise TopologyError(_format(source, problems))
     topology = Topology(
-        node=msgspec.structs.replace(node, root=root),
+        node=msgspec.structs.replace(node, root=node_root),
         path=source,
         raw_variables=file.variables,
         raw_pipelines=file.pipelines,
         raw_optimizer=file.optimizer,
+        raw_constraints=constraints,
+        file_root=root,
     )
-    if check_imports and (machine := located_machine_problems(topology.node.root, "supervisor")):
+    if check_imports and (machine := located_machine_problems(topology.declared_root, "supervisor")):
         raise TopologyError(_format(source, machine))
     if check_imports and (import_problems := check_programs(topology)):
         raise TopologyError(import_problems)
     return topology
+
+
+# Bound fields and the variables they name.
+
+
+def binding_problems(root: AnySpec, variables: dict[str, dict[str, Any]], *, node_folder: str | None = None,
+                     ) -> list[Problem]:
+    """Every bound field of ``root``'s tree must name a variable the file declares in
+    ``[variables.SCOPE]``, of the type its field takes (``specs.bindings.BINDABLE``), with a
+    default (the node runs the tree before anything is set). A template's bound ``replicas``:
+    a variable that is never negative, and whose highest value still gives replica ids that are
+    ids. Each problem at the bound field's ``.variable``; ``variables`` are the file's tables,
+    already checked (``variables.placement.with_registry``)."""
+    problems = []
+    for binding in bindings(root, "supervisor"):
+        table = variables.get(binding.bound.scope, {}).get(binding.bound.name)
+        if (problem := _bound_variable_problem(binding, variables, table)) is not None:
+            problems.append((f"{binding.path}.variable", problem))
+        elif binding.field == "replicas" and binding.template:
+            where = binding.path.removesuffix(".replicas")
+            problems += [(join(where, p.field), p.message) for p in replica_id_problems(
+                binding.child, table["high"], node_folder, got=f"{binding.bound.variable} up to {table['high']}")]
+    return problems
+
+
+def _bound_variable_problem(binding: Binding, variables: dict[str, dict[str, Any]], table: Any) -> str | None:
+    """Why ``binding``'s variable cannot give its field a value, or None (``table``: its
+    declaration, None if there is none)."""
+    variable, scope, kind = binding.bound.variable, binding.bound.scope, BINDABLE[binding.field]
+    example = f'[variables.{toml_key(scope)}] {binding.bound.name} = {{ type = "{kind}", ..., default = ... }}'
+    if not variables:
+        return f"{variable} is not declared: this file has no [variables] table; expected {example}"
+    if scope not in variables:
+        return (f"{variable} is not declared: this file has no [variables.{toml_key(scope)}] table (scopes with "
+                f"variables: {_quote_all(variables)}); expected {example}")
+    if table is None:
+        declared = _quote_all(variables[scope]) or "nothing"
+        return f"{variable} is not declared; declared in {scope}: {declared}"
+    if table.get("type") != kind:
+        return (f"{variable} is {_a(table.get('type'))} variable; expected {_a(kind)} variable ({binding.field} "
+                f"takes {_BINDABLE_VALUES[binding.field]})")
+    if table.get("default") is None:
+        return (f"{variable} has no default; expected one: the node must know what to run before anything is "
+                f"set (add default = ... to variables.{toml_key(scope)}.{toml_key(binding.bound.name)})")
+    if binding.field == "replicas" and table["low"] < 0:
+        return f"{variable} may be {table['low']} (its low); expected low >= 0: replicas counts children"
+    return None
+
+
+_BINDABLE_VALUES = {"program": "the program to run", "enabled": "true or false", "replicas": "a count"}
+
+
+def _a(word: object) -> str:
+    return f"an {word}" if str(word)[:1] in "aeiou" else f"a {word}"
 
 
 def load_topology(path: str | os.PathLike, *, check_imports: bool = True) -> Topology:
@@ -292,11 +381,17 @@ def load_topology(path: str | os.PathLike, *, check_imports: bool = True) -> Top
     return parse_topology(text, source=source, default_name=stem, base_dir=base_dir, check_imports=check_imports)
 
 
-def _programs(spec: AnySpec, path: str) -> Iterator[tuple[str, str]]:
-    """Yield ``(key path, target)`` for every ``program`` in the tree, templates included."""
-    for place in places(spec, path):
-        if isinstance(place.spec, ChildSpec) and place.spec.program is not None:
+def _programs(topology: Topology) -> Iterator[tuple[str, str]]:
+    """Yield ``(key path, target)`` for every ``program`` in the tree, templates included, and
+    every module a bound ``program`` may run (``variables.SCOPE.NAME.modules[i]``, once each)."""
+    for place in places(topology.declared_root, "supervisor"):
+        if isinstance(place.spec, ChildSpec) and isinstance(place.spec.program, str):
             yield f"{place.path}.program", place.spec.program
+    bound = dict.fromkeys(b.bound for b in bindings(topology.declared_root) if b.field == "program")
+    for variable in bound:
+        table = topology.raw_variables.get(variable.scope, {}).get(variable.name, {})
+        for index, module in enumerate(table.get("modules", ())):
+            yield f"variables.{toml_key(variable.scope)}.{toml_key(variable.name)}.modules[{index}]", module
 
 
 def _program_folders(source: str) -> tuple[str, ...]:
@@ -316,7 +411,7 @@ def check_programs(topology: Topology, *, timeout: float = IMPORT_TIMEOUT) -> li
     modules stay as they were. One child imports them all; if one ends it, the next child
     goes on after that target.
     """
-    programs = list(_programs(topology.node.root, "supervisor"))
+    programs = list(_programs(topology))
     path = import_path(topology.node.program_folders)
     problems: list[Problem] = []
     done = 0

@@ -2,17 +2,22 @@
 rejected), and the patterns its names follow. ``topology.load`` reads a file with these, reports
 its problems and turns it into ``specs.model`` Structs, which ``specs.rules`` then checks like
 any spec. Defaults are not written here: each field's default is read from the Struct it becomes.
+
+A field a child may bind to a variable (``specs.bindings.BINDABLE``) takes its plain value or
+``{ variable = "SCOPE.NAME" }`` (``BoundTable``): a union tagged ``value`` / ``bound``, whose tag
+``topology.load`` leaves out of key paths.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, StringConstraints, Tag
 from pydantic_core import PydanticCustomError
 
 from ..specs.model import NAME_PATTERN, PROGRAM_PATTERN, AutoShutdown, ChildSpec, DynamicSupervisorSpec
+from ..specs.bindings import BINDABLE
 from ..specs.model import Readiness
 from ..specs.model import RestartType, Strategy, SupervisorSpec
 from ..specs.values import SHUTDOWN_EXPECTED, shutdown_ok
@@ -51,6 +56,41 @@ class Table(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class BoundTable(Table):
+    """``{ variable = "SCOPE.NAME" }``: the field takes the value of the variable NAME declared in
+    ``[variables.SCOPE]`` (its stored value, else its default); the node follows its changes."""
+
+    variable: str  # its form is the spec rule's (specs.values.bound_problem), reported at .variable
+
+
+VALUE_TAG, BOUND_TAG = "value", "bound"  # the two members of a bindable field's union
+
+
+def _value_or_bound(value: Any) -> str:
+    return BOUND_TAG if isinstance(value, (dict, BoundTable)) else VALUE_TAG
+
+
+def bindable(value_type: Any) -> Any:
+    """A field that takes ``value_type`` or a ``BoundTable`` (a table is always the bound form)."""
+    return Annotated[
+        Union[Annotated[value_type, Tag(VALUE_TAG)], Annotated[BoundTable, Tag(BOUND_TAG)]],
+        Discriminator(_value_or_bound),
+    ]
+
+
+def is_bindable_tag(loc: tuple, index: int) -> bool:
+    """Whether ``loc[index]`` is the union tag of a bindable field (not a key of the file)."""
+    return index > 0 and loc[index] in (VALUE_TAG, BOUND_TAG) and loc[index - 1] in BINDABLE
+
+
+class ConstraintTable(Table):
+    """One entry of ``[constraints] SCOPE = [...]``: ``check(config) -> bool`` over the scope's
+    configuration, and what it means (messages name it)."""
+
+    check: ProgramTarget
+    description: str
+
+
 class NodeTable(Table):
     """``[node]``: the node's name (default: the file's stem), and an opt-in TCP control endpoint."""
 
@@ -59,9 +99,10 @@ class NodeTable(Table):
 
 
 class TemplateTable(Table):
-    """A worker without an id: a dynamic supervisor's named template."""
+    """A worker without an id: a dynamic supervisor's named template. ``replicas``: its supervisor
+    keeps that many children from it (templates only: anywhere else the spec rules refuse it)."""
 
-    program: ProgramTarget | None = None
+    program: Optional[bindable(ProgramTarget)] = None
     command: Annotated[list[str], Field(min_length=1)] | None = None
     args: dict[str, Any] = _default(ChildSpec, "args")
     env: dict[str, str] = _default(ChildSpec, "env")
@@ -72,6 +113,8 @@ class TemplateTable(Table):
     ready: Readiness = _default(ChildSpec, "ready")
     start_timeout: Seconds = _default(ChildSpec, "start_timeout")
     max_rss: Seconds | None = _default(ChildSpec, "max_rss")  # MiB, > 0
+    enabled: bindable(bool) = _default(ChildSpec, "enabled")
+    replicas: Optional[bindable(Annotated[int, Field(ge=0)])] = _default(ChildSpec, "replicas")
 
 
 class WorkerTable(TemplateTable):
@@ -150,6 +193,7 @@ class TopologyFile(Table):
     node: NodeTable = NodeTable()
     supervisor: RootSupervisorTable
     variables: dict[str, dict[str, dict[str, Any]]] = {}
+    constraints: dict[str, list[ConstraintTable]] = {}
     pipelines: dict[str, dict[str, Any]] = {}
     optimizer: dict[str, Any] = {}
 
