@@ -13,9 +13,11 @@ import pytest
 import otpy
 from otpy.optimize.manager import (
     ManagerProgram, check_args, idle_agents, managed_id, next_check, owner_of, program_of, started_by,
+    supervisor_problem,
 )
 from otpy.optimize.pipeline import Group, PlanError, Step, declared_steps, parse_plan, parse_step
 from otpy.specs.model import name_problem
+from otpy.wire.protocol import TreeEntry
 from otpy.topology.load import parse_topology
 from tests.helpers import unique_name, wait_until
 
@@ -152,6 +154,10 @@ args = {{ supervisor = "workers", idle_seconds = 0.3, steps = [{{ step = "add", 
 id = "owner"
 program = "otpy.optimize.manager:ManagerProgram"
 args = {{ supervisor = "workers", steps = [{{ step = "add", program = "tests.manager_agents:AddOne" }}] }}
+[[supervisor.children]]
+id = "lost"
+program = "otpy.optimize.manager:ManagerProgram"
+args = {{ supervisor = "nowhere", steps = [{{ step = "add", program = "tests.manager_agents:AddOne" }}] }}
 [variables.global]
 double_program = {{ type = "module", modules = ["tests.manager_agents:Double", "tests.manager_agents:AddOne"], default = "tests.manager_agents:Double" }}
 """
@@ -206,6 +212,19 @@ def test_a_failed_stage_names_its_step_program_and_agent_and_why(node):
     message = str(caught.value)
     assert "step 'broken'" in message and "tests.manager_agents:Fails" in message
     assert repr(managed_id("m", "broken", "tests.manager_agents:Fails")) in message and "no good" in message
+
+
+def test_a_manager_without_its_dynamic_supervisor_says_so(node):
+    with pytest.raises(otpy.RemoteError, match="step 'add' runs program tests.manager_agents:AddOne: "
+                                               "args.supervisor 'nowhere': the node has no such supervisor"):
+        node.call("lost", {"x": 1.0}, timeout=30)
+
+
+def test_agents_are_started_only_under_a_dynamic_supervisor():
+    live = {"pool": TreeEntry("pool", "dynamic_supervisor", "running"), "team": TreeEntry("team", "supervisor", "running")}
+    assert supervisor_problem("pool", live) is None
+    assert supervisor_problem("team", live) == "args.supervisor 'team' is a supervisor, not a dynamic_supervisor"
+    assert "no such supervisor" in supervisor_problem("gone", live)
 
 
 def test_a_planner_agent_decides_the_steps_by_goal(node):

@@ -143,17 +143,26 @@ def check_args(args: Mapping[str, Any]) -> None:
         parse_plan(args["steps"], args.get("programs"))
 
 
-def workers(tree: TreeEntry) -> dict[str, TreeEntry]:
-    """Every worker of a status tree, by id."""
+def entries(tree: TreeEntry) -> dict[str, TreeEntry]:
+    """Every supervisor and worker of a status tree, by id (ids are unique in a node)."""
     found: dict[str, TreeEntry] = {}
     stack = [tree]
     while stack:
         entry = stack.pop()
-        if entry.children is None:
-            found[entry.id] = entry
-        else:
-            stack.extend(entry.children)
+        found[entry.id] = entry
+        stack.extend(entry.children or ())
     return found
+
+
+def supervisor_problem(supervisor: str, live: Mapping[str, TreeEntry]) -> str | None:
+    """Why the manager cannot start agents under ``supervisor`` (the node's tree now): only a
+    dynamic supervisor forgets a terminated child, so that starting it again starts it."""
+    entry = live.get(supervisor)
+    if entry is None:
+        return f"args.supervisor {supervisor!r}: the node has no such supervisor running"
+    if entry.kind != "dynamic_supervisor":
+        return f"args.supervisor {supervisor!r} is a {entry.kind}, not a dynamic_supervisor"
+    return None
 
 
 def _digest(*parts: str) -> str:
@@ -233,7 +242,7 @@ class ManagerProgram(Program):
         groups = parse_plan(steps, self.args.get("programs"))
         placed: list[list[_Placed]] = []
         try:
-            live = self._live_workers()
+            live = self._live()
             for group in groups:
                 placed.append([self._place(step, config, live) for step in group.steps])
             outputs, trace = self._run(groups, placed, inputs)
@@ -253,6 +262,8 @@ class ManagerProgram(Program):
         if self.supervisor is None:
             raise PlanError(f"step {step.name!r} runs program {program}: give args.supervisor, the dynamic "
                             "supervisor where the manager starts an agent for it")
+        if live is not None and (problem := supervisor_problem(self.supervisor, live)):
+            raise PlanError(f"step {step.name!r} runs program {program}: {problem}")
         agent = managed_id(self._manager_id(), step.name, program, step.args)
         return _Placed(step, program, agent, self._ensure(step, program, agent, live), managed=True)
 
@@ -353,13 +364,13 @@ class ManagerProgram(Program):
                     self._last_used[agent] = time.monotonic()
             self._lock.notify_all()
 
-    def _live_workers(self) -> dict[str, TreeEntry] | None:
-        """The node's workers now (pids and programs for the trace; which started agents still
-        run); None outside a node."""
+    def _live(self) -> dict[str, TreeEntry] | None:
+        """The node's tree now, by id (pids and programs for the trace; which started agents
+        still run); None outside a node."""
         if not os.environ.get("OTPY_NODE"):
             return None
         with self._lock:
-            return workers(self.control().status().tree)
+            return entries(self.control().status().tree)
 
     def _wake_reaper(self) -> None:
         """Under the lock: start the thread that terminates idle agents, or have it look again."""
