@@ -1,5 +1,9 @@
 """What ``otpy status`` prints: the node's ``Status`` as JSON-ready data (``--json``), the
-CPU and memory of its running workers (psutil), and the table."""
+CPU and memory of its running workers (psutil), and the table.
+
+A program child shows its running ``program`` ("module:attr"); a child bound to a variable,
+``bound`` (``{"variable": "SCOPE.NAME", "version": N}``: the registry version it runs, 0 for
+the default); one an operator stopped although its variables say it runs, ``override``."""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ def status_json(status: Status) -> dict:
 
 
 def entry_json(entry: TreeEntry) -> dict:
-    shown = msgspec.structs.asdict(entry)
+    """One entry as plain data (``bound`` a table, or None); a worker has no "children" key."""
+    shown = msgspec.to_builtins(msgspec.structs.replace(entry, children=None))
     if entry.children is None:
         del shown["children"]
     else:
@@ -50,16 +55,39 @@ def add_usage(tree: dict) -> None:
             pass
 
 
+PROGRAM_WIDTH = 32
+
+
+def clipped(text: str, width: int) -> str:
+    """``text`` in at most ``width - 1`` characters (a column's gap kept), cut with '…'."""
+    return text if len(text) < width else text[:width - 2] + "…"
+
+
+def state_text(entry: dict) -> str:
+    """The state column: ``stopped (override)`` for a child an operator stopped."""
+    return f"{entry['state']} (override)" if entry.get("override") else entry["state"]
+
+
+def program_text(entry: dict) -> str:
+    """The program column: the program, ``@SCOPE.NAME`` after it when bound (supervisors: -)."""
+    program = entry.get("program") or "-"
+    bound = entry.get("bound")
+    return f"{program} @{bound['variable']}" if bound else program
+
+
 def render_status(report: dict) -> str:
     lines = [f"node {report['node']} (pid {report['pid']})",
-             f"{'ID':<28}{'KIND':<20}{'STATE':<12}{'PID':>8}{'RESTARTS':>10}{'UPTIME':>10}{'CPU%':>7}{'RSS':>10}"]
+             f"{'ID':<28}{'KIND':<20}{'STATE':<20}{'PROGRAM':<{PROGRAM_WIDTH}}{'PID':>8}{'RESTARTS':>10}"
+             f"{'UPTIME':>10}{'CPU%':>7}{'RSS':>10}"]
 
     def add(entry: dict, depth: int) -> None:
         uptime = f"{entry['uptime']:.0f}s" if entry.get("uptime") is not None else "-"
         cpu = f"{entry['cpu_percent']:.1f}" if "cpu_percent" in entry else ""
         rss = f"{entry['rss_bytes'] / 2**20:.1f}M" if "rss_bytes" in entry else ""
-        lines.append(f"{'  ' * depth + entry['id']:<28}{entry['kind']:<20}{entry['state']:<12}"
-                     f"{entry['pid'] or '-':>8}{entry['restarts']:>10}{uptime:>10}{cpu:>7}{rss:>10}")
+        program = clipped(program_text(entry), PROGRAM_WIDTH)
+        lines.append(f"{'  ' * depth + entry['id']:<28}{entry['kind']:<20}{state_text(entry):<20}"
+                     f"{program:<{PROGRAM_WIDTH}}{entry['pid'] or '-':>8}{entry['restarts']:>10}{uptime:>10}"
+                     f"{cpu:>7}{rss:>10}")
         for child in entry.get("children", []):
             add(child, depth + 1)
 

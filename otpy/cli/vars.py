@@ -1,13 +1,17 @@
-"""``otpy vars``: read and write the node's variables through its registry agent.
+"""``otpy vars``: read and write the node's variables.
 
     otpy vars list [SCOPE]              every variable (of SCOPE), its value, version and why
     otpy vars get SCOPE.NAME [--json]   the value alone, JSON-encoded (--json: the whole entry)
-    otpy vars set SCOPE.NAME VALUE      VALUE is JSON, else a plain string; refused: exit 1
+    otpy vars set SCOPE.NAME VALUE      VALUE is JSON, else a plain string; through the node
     otpy vars explain CHILD NAME        where CHILD's NAME comes from
 
-Each sends one typed request (``otpy.wire.registry_protocol``) with ``RegistryClient`` over an
-``otpy.Caller`` of the node.
-Exit codes as ``otpy``'s: 0 success, 1 refused or failed (the reason is printed), 2 usage.
+``list``, ``get`` and ``explain`` send one typed request (``otpy.wire.registry_protocol``) with
+``RegistryClient`` over an ``otpy.Caller`` of the node. ``set`` asks the node
+(``set_variables``): it makes the running tree match the value (a bound child reconfigured,
+started or stopped) and only then stores it, and the command prints what changed.
+``--expected-version`` is a compare-and-set the registry does itself, so it cannot set a
+bound variable (refused: ``bound``). Exit codes as ``otpy``'s: 0 success, 1 refused or failed
+(the reason is printed, naming the child for a start that failed), 2 usage.
 """
 
 from __future__ import annotations
@@ -23,12 +27,16 @@ from ..host.runtime_dir import agent_socket_path
 from ..variables.client import RegistryClient
 from ..variables.placement import REGISTRY_ID
 from ..wire.calls import Caller
+from ..wire.client import Client, NodeStale
 from ..wire.errors import CallError
+from ..wire.operations import ControlError
+from ..wire.protocol import Change, Outcome
 from ..wire.registry_protocol import Explain, GetValue, ListValues, RegistryRefusal, RegistryRequest, SetValue
 from .exits import node_or_exit
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+SET_TIMEOUT = 120.0  # a write waits for the tree to match: replacements start and become ready first
 
 NODE_OPTION = click.option("--node", "node_name", metavar="NAME",
                            help="The node to talk to (may be left out when only one runs).")
@@ -70,14 +78,67 @@ def get(variable: str, node_name: str | None, as_json: bool) -> None:
 @vars_group.command("set")
 @click.argument("variable", metavar="SCOPE.NAME")
 @click.argument("value")
-@click.option("--expected-version", type=int, help="Compare-and-set: only if this is the current version.")
+@click.option("--dry-run", is_flag=True, help="Print what setting it would change; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the changes as JSON.")
+@click.option("--expected-version", type=int,
+              help="Compare-and-set in the registry: only if this is the current version (not for a bound variable).")
 @NODE_OPTION
-def set_(variable: str, value: str, expected_version: int | None, node_name: str | None) -> None:
-    """Set SCOPE.NAME to VALUE (parsed as JSON, else taken as a plain string)."""
+def set_(variable: str, value: str, dry_run: bool, as_json: bool, expected_version: int | None,
+         node_name: str | None) -> None:
+    """Set SCOPE.NAME to VALUE (parsed as JSON, else taken as a plain string), through the node:
+    the running tree follows it (a bound child reconfigured, started or stopped) before it is
+    stored. Prints one line per change."""
     scope, name = _split(variable)
-    request = SetValue(scope=scope, name=name, value=_parse(value), expected_version=expected_version)
-    written = _ask(node_name, request)
-    click.echo(f"{scope}.{name} = {json.dumps(request.value)} (version {written.version})")
+    if expected_version is not None:
+        _compare_and_set(node_name, SetValue(scope=scope, name=name, value=_parse(value),
+                                             expected_version=expected_version, dry_run=dry_run))
+        return
+    outcome = _set_through_node(node_name, scope, {name: _parse(value)}, dry_run)
+    if not outcome.ok:
+        _fail(f"vars set {variable}: {outcome.detail or outcome.outcome} ({outcome.outcome})")
+    if as_json:
+        click.echo(json.dumps(msgspec.to_builtins(outcome.changes), indent=2))
+        return
+    for change in outcome.changes:
+        click.echo(change_line(change))
+    if not outcome.changes:
+        click.echo(f"{variable}: nothing would change" if dry_run else f"{variable}: nothing changed")
+    elif dry_run:
+        click.echo("(dry run: nothing changed)")
+
+
+def change_line(change: Change) -> str:
+    """One change as ``otpy vars set`` prints it: ``set global.classifier "a:KNN" -> "a:SVM"``,
+    ``reconfigure pool/classifier a:KNN -> a:SVM (pid 123)``, ``start pool/cache a:Cache``,
+    ``stop pool/cache``."""
+    if change.action == "set":
+        return f"set {change.scope}.{change.name} {json.dumps(change.before)} -> {json.dumps(change.after)}"
+    where = f"{change.supervisor}/{change.child}" if change.supervisor else change.child
+    if change.action == "reconfigure":
+        line = f"reconfigure {where} {change.before} -> {change.after}"
+    elif change.action == "start":
+        line = f"start {where}" + (f" {change.after}" if change.after is not None else "")
+    else:
+        line = f"{change.action} {where}" + (f" {change.before}" if change.before is not None else "")
+    return line + (f" (pid {change.pid})" if change.pid else "")
+
+
+def _set_through_node(node_name: str | None, scope: str, values: dict[str, Any], dry_run: bool) -> Outcome:
+    """The node's outcome of ``SetVariables``; exit 1 if it refused the request or did not answer."""
+    with Client(node_or_exit(node_name), timeout=SET_TIMEOUT) as client:
+        try:
+            return client.set_variables(scope, values, dry_run=dry_run)
+        except (ControlError, TimeoutError, NodeStale) as exc:
+            _fail(f"vars set: {exc}")
+
+
+def _compare_and_set(node_name: str | None, request: SetValue) -> None:
+    """``--expected-version``: the registry's own compare-and-set (a bound variable is refused:
+    the tree would not follow it)."""
+    written = _ask(node_name, request, bound_hint=" (--expected-version writes the registry directly; drop it to "
+                   "set the variable through the node)")
+    dry = " (dry run: nothing changed)" if request.dry_run else ""
+    click.echo(f"{request.scope}.{request.name} = {json.dumps(request.value)} (version {written.version}){dry}")
 
 
 @vars_group.command()
@@ -104,9 +165,9 @@ def _parse(value: str) -> Any:
         return value
 
 
-def _ask(node_name: str | None, request: RegistryRequest) -> Any:
+def _ask(node_name: str | None, request: RegistryRequest, bound_hint: str = "") -> Any:
     """The registry's reply (of ``request.reply``'s type); exit 1 naming the problem if it
-    refused or cannot be reached."""
+    refused or cannot be reached (``bound_hint`` added to a ``bound`` refusal)."""
     node = node_or_exit(node_name)
     if not agent_socket_path(node, REGISTRY_ID).exists():
         _fail(f"node {node!r} has no variable registry: declare [variables] (e.g. [variables.global]) "
@@ -117,7 +178,8 @@ def _ask(node_name: str | None, request: RegistryRequest) -> Any:
         except CallError as exc:
             _fail(f"the registry did not answer: {exc}")
     if isinstance(reply, RegistryRefusal):
-        _fail(f"refused ({reply.kind}):\n" + "\n".join(f"  {p}" for p in reply.problems or [reply.kind]))
+        hint = bound_hint if reply.kind == "bound" else ""
+        _fail(f"refused ({reply.kind}){hint}:\n" + "\n".join(f"  {p}" for p in reply.problems or [reply.kind]))
     return reply
 
 
