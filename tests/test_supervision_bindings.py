@@ -51,13 +51,15 @@ def test_a_bound_program_follows_its_variable_make_before_break():
         before = info(sup, "a")
         assert (before.program, before.bound) == (SLEEPER, BoundInfo("global.program", 1))
         assert sup.plan() == []
-        live.update({"global.program": ECHO}, {"global.program": 2})
+        live.update({"global.program": ECHO})  # the node commits (and learns the version) after
+        assert info(sup, "a").bound == BoundInfo("global.program", 1)  # still runs version 1's value
         [planned] = sup.plan()
         result = await sup.reconcile()
         assert result.ok, result
         [change] = result.changes
         assert (change.action, change.before, change.after) == ("reconfigure", SLEEPER, ECHO)
         assert change.pid == info(sup, "a").pid != before.pid and planned.pid is None
+        live.versions["global.program"] = 2  # committed
         after = info(sup, "a")
         assert (after.program, after.bound, after.state) == (ECHO, BoundInfo("global.program", 2), "running")
         assert wait_dead([before.pid], 10) == []

@@ -357,18 +357,22 @@ class Supervisor:
                          program=_program(child), bound=self._bound(child), override=child.override)
 
     def _bound(self, child: Child) -> BoundInfo | None:
-        """The variable ``child``'s program (else its ``enabled``) is bound to, with the
-        registry version it was launched with (a stopped child: the current one)."""
+        """The variable ``child``'s program (else its ``enabled``) is bound to, and the registry
+        version of the value it runs: the current version when it runs the current value (a
+        node commits a write, and learns its version, after the children follow it), else the
+        version it was launched with; a stopped child: the current version."""
         spec = child.spec
-        bound = next((b for b in (getattr(spec, "program", None), getattr(spec, "enabled", None))
-                      if isinstance(b, Bound)), None)
+        field, bound = next(((name, b) for name in ("program", "enabled")
+                             if isinstance(b := getattr(spec, name, None), Bound)), (None, None))
         if bound is None:
             return None
-        if child.state == "running":  # none kept: every version was 0 (a default) at its launch
-            version = self._versions.get(child.id, {}).get(bound.variable, 0)
-        else:
-            version = self.values.version(bound.variable)
-        return BoundInfo(bound.variable, version)
+        current = self.values.version(bound.variable)
+        if child.state != "running" or child.running is None:
+            return BoundInfo(bound.variable, current)
+        if getattr(child.running, field) == self.values.values.get(bound.variable):
+            return BoundInfo(bound.variable, current)
+        # none kept: every version was 0 (a default) at its launch
+        return BoundInfo(bound.variable, self._versions.get(child.id, {}).get(bound.variable, 0))
 
     def _shown_state(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None]) -> tuple[str, int | None]:
         handle = self._handles.get(child.id)
