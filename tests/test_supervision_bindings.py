@@ -100,6 +100,8 @@ def test_enabled_stops_and_starts_the_process_and_an_override_stays():
         assert info(sup, "a").bound == BoundInfo("pool.on", 0)
         assert (await sup.call(TerminateChild(request_id=0, id="b"))).ok  # the operator's word
         assert info(sup, "b").override
+        entry = {e.id: e for e in sup.snapshot().children}["b"]  # otpy status shows the same
+        assert (entry.program, entry.bound, entry.override) == (SLEEPER, BoundInfo("pool.on", 0), True)
         live.update({"pool.on": True})
         result = await sup.reconcile()
         assert [(c.action, c.child) for c in result.changes] == [("start", "a")]
