@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from .base import BaseMachine, Resolver, disabled_refusal, no_child, unresolved
 from .children import Child
-from .effects import Answer, ChildRequest, Effect, Exit, Report, Outcome
+from .effects import Answer, ChildRequest, Effect, Exit, Outcome
 from .exit import ExitReason
 from ..specs.bindings import UnboundValue, replica_count, replica_ids, replica_of
 from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, from_template
