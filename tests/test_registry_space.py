@@ -170,3 +170,21 @@ def _reopened(tmp_path) -> Registry:
     registry = Registry()
     registry.setup({"variables": VARIABLES, "constraints": CONSTRAINTS, "path": str(tmp_path / "registry.db")}, {})
     return registry
+
+
+def test_the_composite_and_constraint_example_in_the_docs(tmp_path, monkeypatch):
+    import re
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "variables.md").read_text()
+    (toml,) = [b for b in re.findall(r"```toml\n(.*?)```", text, re.S) if "[constraints]" in b]
+    (module,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if b.startswith("# llm_rules.py")]
+    (tmp_path / "llm_rules.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "llm_rules", raising=False)
+    declared = tomllib.loads(toml)
+    space = spaces_from_topology(declared["variables"], declared["constraints"])["llm"]
+    assert space.validate({"max_tokens": 300}) == {"max_tokens": 300, "context": 1024, "budget": 600}
+    assert problems_of(space.validate, {"max_tokens": 2000}) == ["constraint 'max_tokens <= context': not met"]
