@@ -107,7 +107,8 @@ def test_idle_agents_and_when_to_look_next():
 @pytest.mark.parametrize("args, words", [
     ({"idle_seconds": 0}, "args.idle_seconds"), ({"supervisor": "../x"}, "args.supervisor"),
     ({"plans": ["a"]}, "args.plans"), ({"plans": {"g": [{"step": "a", "bad": 1}]}}, "unknown key 'bad'"),
-    ({"stage_timeout": True}, "args.stage_timeout"),
+    ({"stage_timeout": True}, "args.stage_timeout"), ({"error_handling": "ignore"}, "args: error_handling"),
+    ({"max_retries": -1}, "args.max_retries"),
 ])
 def test_wrong_args_are_refused_at_setup(args, words):
     with pytest.raises(PlanError, match=words):
@@ -149,7 +150,12 @@ args = {{ supervisor = "workers", planner = "planner" }}
 [[supervisor.children]]
 id = "brief"
 program = "otpy.optimize.manager:ManagerProgram"
-args = {{ supervisor = "workers", idle_seconds = 0.3, steps = [{{ step = "add", program = "tests.manager_agents:AddOne" }}] }}
+  [supervisor.children.args]
+  supervisor = "workers"
+  idle_seconds = 0.3
+  steps = [{{ step = "add", program = "tests.manager_agents:AddOne" }}]
+  plans = {{ unplaceable = [{{ parallel = [{{ step = "add", program = "tests.manager_agents:AddOne" }},
+                                          {{ step = "other", program = "no_such_variable" }}] }}] }}
 [[supervisor.children]]
 id = "owner"
 program = "otpy.optimize.manager:ManagerProgram"
@@ -242,6 +248,14 @@ def test_an_idle_agent_is_terminated_after_idle_seconds(node):
     assert node.call("brief", {"x": 1.0}, timeout=30)["x"] == 2.0
     wait_until(lambda: agent not in workers(node), timeout=20, what=f"{agent} terminated when idle")
     assert node.call("brief", {"x": 2.0}, timeout=30)["x"] == 3.0  # started again on demand
+
+
+def test_an_agent_placed_before_a_step_that_cannot_be_placed_is_idle_again(node):
+    agent = managed_id("brief", "add", ADD)
+    with pytest.raises(otpy.RemoteError, match="step 'other': program variable 'no_such_variable'"):
+        node.call("brief", {"goal": "unplaceable", "x": 1.0}, timeout=30)
+    assert agent in workers(node)  # started for the group, then released with it
+    wait_until(lambda: agent not in workers(node), timeout=20, what=f"{agent} terminated when idle")
 
 
 def test_a_managers_agents_end_with_it_and_its_next_incarnation_adopts_them(node):

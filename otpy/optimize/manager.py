@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .pipeline import ErrorHandling, Group, Pipeline, PlanError, Stage, Step, declared_steps, parse_plan, shown
+from .pipeline import ErrorHandling, Group, Pipeline, PipelineError, PlanError, Stage, Step, declared_steps, parse_plan, shown
 from ..agent.program import Program
 from ..agent.registry_link import chain, has_registry
 from ..specs.model import NAME_MAX, ChildSpec, is_import_target, name_problem
@@ -137,7 +137,14 @@ def check_args(args: Mapping[str, Any]) -> None:
         if key in args and not (isinstance(args[key], (int, float)) and not isinstance(args[key], bool)
                                 and args[key] > 0):
             raise PlanError(f"args.{key}: a number of seconds > 0, got {shown(args[key])}")
-    for goal, steps in dict(args.get("plans") or {}).items():
+    try:
+        Pipeline(["check"], error_handling=args.get("error_handling", "fail_fast"),
+                 max_retries=args.get("max_retries", 1))
+    except PipelineError as exc:
+        raise PlanError(f"args: {exc}") from None
+    if not (isinstance(args.get("max_retries", 1), int) and args.get("max_retries", 1) >= 0):
+        raise PlanError(f"args.max_retries: an integer >= 0, got {shown(args['max_retries'])}")
+    for steps in dict(args.get("plans") or {}).values():
         parse_plan(steps, args.get("programs"))
     if "steps" in args:
         parse_plan(args["steps"], args.get("programs"))
@@ -244,7 +251,9 @@ class ManagerProgram(Program):
         try:
             live = self._live()
             for group in groups:
-                placed.append([self._place(step, config, live) for step in group.steps])
+                placed.append([])
+                for step in group.steps:  # one at a time: an agent placed before a failure is released
+                    placed[-1].append(self._place(step, config, live))
             outputs, trace = self._run(groups, placed, inputs)
         finally:
             self._release([p.agent for stage in placed for p in stage if p.managed])
@@ -323,7 +332,7 @@ class ManagerProgram(Program):
         try:
             with self._lock:
                 children = self.control().which_children(self.supervisor)
-        except (ControlError, LookupError, TimeoutError) as exc:
+        except (ControlError, LookupError, TimeoutError, RuntimeError) as exc:
             log.info("manager %s: nothing to adopt under %r (%s)", self._manager_id(), self.supervisor, exc)
             return []
         adopted = [c.id for c in children if started_by(self._manager_id(), c.id)]
