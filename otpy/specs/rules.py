@@ -1,7 +1,9 @@
 """What a spec must satisfy before anything starts, whoever built it (OTP's ``check_childspecs``).
 
 One checker for every source of a spec, walking the tree with ``specs.model.places``: ids (the
-name rule, each used once), each spec's values, significance, and the wire's own net. A
+name rule, each used once), each spec's values (bound fields' ``SCOPE.NAME`` included),
+significance, ``replicas`` only on a dynamic supervisor's template and its replica ids, and
+the wire's own net. A
 topology file is read by ``topology.load``, which checks the shapes of its tables with
 pydantic and then asks ``located_problems`` here, reporting each problem at its key path
 (``supervisor.children[0].env.HOME``). Specs built in Python (``Node.from_spec``,

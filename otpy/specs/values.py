@@ -4,8 +4,10 @@ The bounds are those of what runs the spec: a path holds no NUL, an environment 
 a name is never a path (``specs.model.name_problem``), ``args`` must cross the wire as
 msgpack (plain data, integers within signed 64 bits, at most ``ARGS_MAX_DEPTH`` levels), and
 every duration fits asyncio's timers and 64-bit nanosecond clocks (``MAX_SECONDS``: ten
-years). Each problem is a ``Problem(field, "got X; expected Y")``; ``specs.rules`` walks a
-tree with these and adds the rules between specs.
+years). A field bound to a variable (``Bound``: ``program``, ``enabled``, ``replicas``) names
+it as ``SCOPE.NAME`` (``bound_problem``); whether that variable exists is the topology's check.
+Each problem is a ``Problem(field, "got X; expected Y")``; ``specs.rules`` walks a tree with
+these and adds the rules between specs (where ``replicas`` may be, replica ids).
 
 >>> value_problems(ChildSpec(id="a", command=("true",), shutdown=-1.0))
 [Problem(field='shutdown', message="got -1.0; expected seconds >= 0 and <= 315360000 (ten years), 'brutal_kill' or 'infinity'")]

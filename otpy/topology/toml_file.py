@@ -114,7 +114,9 @@ class TemplateTable(Table):
     start_timeout: Seconds = _default(ChildSpec, "start_timeout")
     max_rss: Seconds | None = _default(ChildSpec, "max_rss")  # MiB, > 0
     enabled: bindable(bool) = _default(ChildSpec, "enabled")
-    replicas: Optional[bindable(Annotated[int, Field(ge=0)])] = _default(ChildSpec, "replicas")
+    replicas: Optional[bindable(Annotated[int, Field(ge=0)])] = Field(
+        default=_default(ChildSpec, "replicas"),
+        description="a dynamic supervisor's template only: it keeps this many children, NAME-1 to NAME-N")
 
 
 class WorkerTable(TemplateTable):
