@@ -8,6 +8,10 @@ stage ends the run (its error is in ``errors``), with ``continue_on_error`` the 
 anyway (sequential: a failed stage passes its inputs on), with ``retry`` each failing
 stage is called again up to ``max_retries`` times (any ``CallError`` but ``NoSuchAgent``),
 then the run fails fast. ``Stage(retries=...)`` sets a stage's own number of retries.
+
+Plans (``parse_plan``): what a manager (``optimize.manager``) runs per call, a list of steps
+(an agent id, or a table naming a program) and ``{parallel = [...]}`` groups; each group
+runs as one ``Pipeline``.
 """
 
 from __future__ import annotations
@@ -281,10 +285,9 @@ def parse_step(raw: Any, programs: Mapping[str, str] | None = None) -> Step:
                         "(it is part of the agent's id)")
     if not isinstance(args, Mapping):
         raise PlanError(f"step {name!r}: args is a table, got {shown(args)}")
-    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+    if timeout is not None and not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0):
         raise PlanError(f"step {name!r}: timeout is a number of seconds > 0, got {shown(timeout)}")
     return Step(name, agent=agent, program=program, args=dict(args), timeout=timeout)
-
 
 
 def _check_step_name(value: Any, what: str) -> None:
@@ -293,8 +296,9 @@ def _check_step_name(value: Any, what: str) -> None:
 
 
 def shown(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 80 else shown[:77] + "..."
+    """``value``'s repr for an error message, cut at 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check(condition: bool, message: str) -> None:
