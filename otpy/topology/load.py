@@ -48,7 +48,8 @@ from .toml_file import (
 from ..variables.types import VariableError
 
 __all__ = [
-    "Topology", "TopologyError", "check_programs", "load_topology", "parse_topology", "topology_json_schema",
+    "Topology", "TopologyError", "binding_problems", "check_programs", "load_topology", "parse_topology",
+    "topology_json_schema",
 ]
 
 
