@@ -62,10 +62,12 @@ def test_a_missing_supervisor_raises_the_public_error():
 INTERNAL_ERRORS = {
     "AgentDraining": "a Caller resends such a call to the name's next holder; only hand-made clients see it",
     "AlreadyRunning": "the run lock's; Node.start raises NodeAlreadyRunning",
+    "BoundWrite": "the registry's; answered as a refusal of kind bound",
     "RegistryDown": "the worker's registry link; the child's start fails with its text",
     "RegistryFileError": "raised in the registry child; its start fails with its text",
     "RegistryRefused": "RegistryClient's (worker, manager, otpy vars); public calls answer an Outcome",
     "StartFailed": "the process manager's; supervisors turn it into a start_failed outcome",
+    "UnboundValue": "resolving a bound spec; a start fails with its text (start_failed)",
     "VersionConflict": "the registry's compare-and-set; answered as a refusal of kind conflict",
     "WireError": "decoding within limits; callers see Unencodable or BadRequest, the node a Refused",
     "ZygoteDied": "the process manager's; children end with reason lost",

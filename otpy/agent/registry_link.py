@@ -35,6 +35,8 @@ from ..wire.protocol import VARIABLE_CHANGED, CallFailed, Reply
 from ..host.runtime_dir import agent_endpoint, agent_socket_path
 from ..wire.codec import describe
 
+BOUND_ENV = "OTPY_BOUND"  # the node's bound variables, SCOPE.NAME, comma-separated (``bound_names``)
+
 RESOLVE_TIMEOUT = 5.0  # per attempt, two attempts, while the registry is listening
 LIVENESS_CHECK_S = 0.02
 
@@ -184,12 +186,23 @@ class ConfigWatcher(threading.Thread):
             return True
         if config == self.config:
             return True
+        changed = {key for key in config.keys() | self.config.keys() if config.get(key) != self.config.get(key)}
         self.config = config
         if self.on_config:
             self.agent.new_config(config)
             return True
+        if changed <= bound_names():
+            return True  # what a bound variable decides, the node carried out before it was stored
         self.restart()
         return False
+
+
+def bound_names() -> set[str]:
+    """The names of the variables the node binds spec fields to (``OTPY_BOUND``: ``SCOPE.NAME``
+    list). A change of one of them alone never restarts a program without ``on_config``: the
+    node reconciled the tree with it (a bound child already runs its new program) before the
+    registry stored and published it."""
+    return {item.rpartition(".")[2] for item in os.environ.get(BOUND_ENV, "").split(",") if item}
 
 
 def _has_message(sock: zmq.Socket) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import resource
+import re
 import threading
 import time
 from typing import Any, Callable
@@ -24,17 +24,21 @@ import zmq
 from .control import open_control
 from .errors import NodeAlreadyRunning, NodeStartError
 from ..supervision.exit import ExitReason
+from ..host.limits import raise_fd_limit
 from ..host.node_run import AlreadyRunning, RunLock, kill_run, new_run_id, remove_leftovers
 from ..processes.manager import ProcessManager, StartFailed
 from ..host.runtime_dir import node_dir, node_path_problem, node_sockets, socket_path_problem
 from ..specs.rules import id_problem, node_problems, reconfigure_problems, spec_problems, template_start_problems
 from ..specs.model import AnySpec, NodeSpec, SupervisorSpec, walk
 from .supervisor import Supervisor
+from .variable_writes import VariableWrites, stored_values
+from ..specs.bindings import variables_of
+from ..variables.placement import REGISTRY_ID
 from ..wire.codec import clip
 from ..wire.operations import Operations
 from ..wire.protocol import (
     ChildInfo, Children, CountChildren, Counts, DeleteChild, FromNode, GetStatus, NodeEvent, Outcome,
-    Reconfigure, Refused, RestartChild, SetVariables, StartChild, StartFromTemplate, Status,
+    Announce, Reconfigure, Refused, RestartChild, SetVariables, StartChild, StartFromTemplate, Status,
     StopNode, Stopping, TerminateChild, ToNode, WhichChildren,
 )
 
@@ -111,8 +115,11 @@ class AsyncNode(Operations):
         self.processes = ProcessManager(node_name=self.name, on_output=self._on_output, run_id=self._run.run_id,
                                         program_folders=self.spec.program_folders)
         await self.processes.open()
+        values = stored_values(self.dir, self.spec.root)
+        self.writes = VariableWrites(self.name, values, variables_of(self.spec.root), lambda: self.root)
+        self._services.append(self.writes)
         self.root = Supervisor(self.spec.root, processes=self.processes, report=self._report, node=self.name,
-                               child_env=tree_env(self.dir, self.spec.root))
+                               child_env=tree_env(self.dir, self.spec.root), values=values)
         for open_service in self.service_openers:  # before the children: `status`/`stop` reach a starting node
             try:
                 self._services.append(await open_service(self))
@@ -196,8 +203,10 @@ class AsyncNode(Operations):
                 return _reply(rid, await sup.call(request) if sup else _no_owner(child_id, sup_id))
             case Reconfigure():
                 return _reply(rid, await self._reconfigure(request))
-            case SetVariables(scope=scope, values=values):
-                return _reply(rid, await self._set_variables(scope, values))
+            case SetVariables(scope=scope, values=values, dry_run=dry_run):
+                return _reply(rid, await self._set_variables(scope, values, dry_run))
+            case Announce(kind=kind, detail=detail):
+                return _reply(rid, self._announce(kind, detail))
             case GetStatus():
                 return self._status(rid)
             case StopNode():
@@ -219,7 +228,8 @@ class AsyncNode(Operations):
         sup = self.supervisor(request.supervisor)
         if sup is None:
             return Outcome("not_found", detail=_no_supervisor_text(request.supervisor))
-        if problems := spec_problems(request.spec, sup.spec) or self._path_problems(request.spec):
+        if problems := spec_problems(request.spec, sup.spec) or self._path_problems(request.spec) or \
+                self.writes.unknown_bindings(request.spec):
             return Outcome("invalid", detail="; ".join(problems))
         if clash := self._id_clash([sub.id for _, sub in walk(request.spec)], sup):
             return clash
@@ -245,35 +255,24 @@ class AsyncNode(Operations):
         if sup is None:
             return _no_owner(request.source, request.supervisor)
         problems = reconfigure_problems(request.source, request.target, sup.spec)
-        if problems := problems or self._path_problems(request.target):
+        if problems := problems or self._path_problems(request.target) or self.writes.unknown_bindings(request.target):
             return Outcome("invalid", detail="; ".join(problems))
         below = [sub.id for _, sub in walk(request.target)][1:]  # the target keeps the source's id
         if clash := self._id_clash(below, sup, replacing=request.source):
             return clash
         return await sup.call(request)
 
-    async def _set_variables(self, scope: str, values: dict[str, Any]) -> Outcome:
-        """Set ``values`` in ``scope`` through the registry child (all or nothing). A registry that
-        does not answer is ``unavailable``, not a failed start."""
-        from ..wire.calls import Caller
-        from ..wire.errors import CallError, RemoteError
-        from ..wire.registry_protocol import RegistryRefusal, SetValues
-        from ..variables.client import RegistryClient
-        from ..variables.placement import REGISTRY_ID
-
+    async def _set_variables(self, scope: str, values: dict[str, Any], dry_run: bool) -> Outcome:
+        """Set ``values`` in ``scope`` once the tree runs them (``variable_writes``)."""
         if self.root.find(REGISTRY_ID) is None:
             return Outcome("not_found", detail="this node has no registry: declare [variables] in the topology")
-        try:
-            with Caller(self.name) as caller:
-                reply = await RegistryClient(caller).aask(SetValues(values={scope: values}))
-        except RemoteError:
-            raise  # the registry program failed on it: otpy's bug, answered as internal
-        except CallError as exc:
-            return Outcome("unavailable", detail=f"the registry did not answer: {exc}")
-        if isinstance(reply, RegistryRefusal):
-            if reply.kind == "internal":
-                raise RuntimeError(f"the registry failed: {'; '.join(reply.problems)}")
-            return Outcome("invalid", detail="; ".join(reply.problems) or reply.kind)
+        return await self.writes.set(scope, values, dry_run=dry_run)
+
+    def _announce(self, kind: str, detail: str) -> Outcome:
+        if not re.fullmatch(r"[a-z][a-z_]{0,39}", kind):
+            return Outcome("invalid", detail=f"kind: got {clip(repr(kind), 80)}; expected lower-case letters and '_'")
+        self._report(NodeEvent(kind=kind, node=self.name, supervisor="", detail=clip(detail, MAX_DETAIL),
+                               time=time.time()))
         return Outcome("ok")
 
     def _status(self, request_id: int) -> Status:
@@ -341,47 +340,24 @@ def _counts(request_id: int, children: list[ChildInfo]) -> Counts:
 
 
 def tree_env(folder, root: SupervisorSpec) -> dict[str, str]:
-    """What every child of the tree finds in its environment from the node: its folder, and
+    """What every child of the tree finds in its environment from the node: its folder,
     ``OTPY_REGISTRY=1`` when the tree has a registry (a child asks it for its configuration;
-    never guessed from a socket file, which a previous run may have left)."""
+    never guessed from a socket file, which a previous run may have left), and the variables
+    the tree binds (``OTPY_BOUND``)."""
+    from ..agent.registry_link import BOUND_ENV
     from ..variables.placement import REGISTRY_ENV, REGISTRY_ID, REGISTRY_PROGRAM
 
     env = {"OTPY_NODE_DIR": str(folder)}
     if any(sub.id == REGISTRY_ID and getattr(sub, "program", None) == REGISTRY_PROGRAM for _, sub in walk(root)):
         env[REGISTRY_ENV] = "1"
+    if bound := variables_of(root):
+        env[BOUND_ENV] = ",".join(sorted(bound))
     return env
 
 
 def already_running(name: str, pid: int) -> str:
     """The one wording of a refused second start (the node, and ``otpy start --detach``)."""
     return f"node {name!r} is already running (pid {pid or 'unknown'})"
-
-
-def raise_fd_limit() -> None:
-    """Soft RLIMIT_NOFILE up to the hard limit, once per process.
-
-    libzmq aborts the whole process (not an error) when it cannot get an fd; a node with
-    many agents and clients needs more than the usual soft 1024.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else _nr_open()
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as exc:
-        log.debug("otpy: cannot raise the open files limit from %d to %d: %s", soft, target, exc)
-    else:
-        log.debug("otpy: open files limit raised from %d to %d", soft, target)
-
-
-def _nr_open() -> int:
-    """The kernel's cap on a process's fds (what an unlimited hard limit means in practice)."""
-    try:
-        with open("/proc/sys/fs/nr_open") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 1 << 20
 
 
 def _log_event(e: NodeEvent) -> None:

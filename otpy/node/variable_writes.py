@@ -1,0 +1,218 @@
+"""Variables decide what runs: the node's side of a write, and the values it starts with.
+
+The node keeps one ``BoundValues`` (``specs.bindings``): the value of every variable the
+topology binds a spec field to (``program = { variable = "global.classifier" }``), and the
+registry version of each. Every supervisor resolves a child with it when it starts it. A
+``SetVariables`` goes through here, in the node's ``variables`` control lane (one at a time):
+
+1. the registry checks the write without committing it (a dry run): refused, nothing happens;
+2. the bound values change, and every supervisor, top down, reconciles its children with them
+   (make-before-break replacements and starts first, then stops: ``Supervisor.reconcile``);
+3. a target that fails to start: the values go back, the supervisors reconciled so far
+   reconcile back (the old programs run again), and the reply is ``start_failed`` naming the
+   child and the reason. Nothing was stored;
+4. else the registry commits the write (``reconciled``: it refuses a write to a bound variable
+   that did not come this way) and the reply lists what changed.
+
+Between 2 and 4 (a documented make-before-break window) a child that restarts is started with
+the new values. A write that binds nothing skips 2 and 3. ``dry_run`` answers the plan: the
+same ``Change``s, from each supervisor's ``plan``, with nothing changed.
+
+At node start, before the tree, ``stored_values`` reads what the registry's file holds for the
+bound variables (the registry is not running yet: this node holds the run lock), so a node
+started again runs what was stored, not the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from typing import Any, Callable, Iterator
+
+from ..specs.bindings import BoundValues, variables_of
+from ..specs.model import SupervisorSpec
+from ..variables.placement import REGISTRY_ID, REGISTRY_PROGRAM
+from ..variables.scopes import ScopedValues, spaces_from_topology
+from ..variables.types import VariableError
+from ..wire.protocol import Change, Outcome
+from .supervisor import Supervisor
+
+log = logging.getLogger("otpy")
+
+REGISTRY_FILE = "registry.db"
+
+
+def registry_args(root: SupervisorSpec) -> dict[str, Any] | None:
+    """The args of the tree's registry child (its ``[variables]`` tables), or None without one."""
+    for child in root.children:
+        if child.id == REGISTRY_ID and getattr(child, "program", None) == REGISTRY_PROGRAM:
+            return dict(child.args)
+    return None
+
+
+def stored_values(folder: str | os.PathLike, root: SupervisorSpec) -> BoundValues:
+    """The values the tree's bound variables have: stored in ``folder``'s registry file (read
+    only), else their defaults. A file the registry would refuse is not read here: the registry
+    fails its own start over it, naming the file, and the node with it."""
+    names = variables_of(root)
+    args = registry_args(root)
+    if not names or args is None:
+        return BoundValues()
+    store = ScopedValues(spaces_from_topology(args.get("variables", {})), args.get("parents", {}))
+    try:
+        version, rows = _read_rows(os.path.join(folder, REGISTRY_FILE))
+        for dropped in store.load(version, rows):
+            log.warning("otpy: a stored value is no longer accepted, its default is used: %s", dropped)
+    except (OSError, sqlite3.Error, ValueError, TypeError) as exc:
+        log.debug("otpy: the registry file is not read (%s); bound variables start at their defaults", exc)
+    values, versions = {}, {}
+    for name in sorted(names):
+        scope, _, variable = name.rpartition(".")
+        try:
+            entry = store.get(scope, variable)
+        except VariableError:
+            continue  # not declared: the topology's check says so; a start resolving it fails naming it
+        if entry.reason != "missing":
+            values[name], versions[name] = entry.value, entry.version
+    return BoundValues(values, versions)
+
+
+def _read_rows(path: str) -> tuple[int, list[tuple[str, str, Any, int]]]:
+    if not os.path.isfile(path) or os.path.islink(path):
+        return 0, []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        meta = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+        rows = [(scope, name, json.loads(value), version)
+                for scope, name, value, version in db.execute("SELECT scope, name, value, version FROM value")]
+    finally:
+        db.close()
+    return (meta[0] if meta else 0), rows
+
+
+def supervisors(root: Supervisor) -> Iterator[Supervisor]:
+    """``root`` and every running supervisor below it, parents before their children."""
+    yield root
+    for child_id in root.machine.order:
+        child = root.machine.children.get(child_id)
+        if child is not None and child.spec.kind != "worker" and (found := root.find_supervisor(child_id)):
+            if found is not root:
+                yield from supervisors(found)
+
+
+class VariableWrites:
+    """``SetVariables`` for one node: its registry, its bound values, its supervisors."""
+
+    def __init__(self, node: str, values: BoundValues, bound: set[str],
+                 root: Callable[[], Supervisor | None]) -> None:
+        self.node = node
+        self.values = values
+        self.bound = bound  # "SCOPE.NAME" of every variable the topology binds
+        self._root = root
+        self._caller = None  # an otpy.Caller to the registry, made at the first write
+
+    def unknown_bindings(self, spec) -> list[str]:
+        """A spec from the wire may bind only the variables the topology binds: those the node
+        holds values for and the registry reconciles (any other would change behind its back)."""
+        from ..specs.bindings import bindings
+
+        known = ", ".join(sorted(self.bound)) or "none"
+        return [f"{b.path}: {b.bound.variable} is not a variable this node's topology "
+                f"binds (bindable here: {known})" for b in bindings(spec, "") if b.bound.variable not in self.bound]
+
+    def _registry(self):
+        from ..variables.client import RegistryClient
+        from ..wire.calls import Caller
+
+        if self._caller is None:
+            self._caller = Caller(self.node)
+        return RegistryClient(self._caller)
+
+    async def close(self) -> None:
+        """Close the caller (a node service: closed after the tree stopped)."""
+        if self._caller is not None:
+            self._caller.close()
+            self._caller = None
+
+    async def set(self, scope: str, values: dict[str, Any], *, dry_run: bool = False) -> Outcome:
+        from ..wire.errors import CallError, RemoteError
+        from ..wire.registry_protocol import ListValues, RegistryRefusal, SetValues, WrittenMany
+
+        bound = {f"{scope}.{name}": value for name, value in values.items() if f"{scope}.{name}" in self.bound}
+        try:
+            registry = self._registry()
+            checked = await registry.aask(SetValues(values={scope: values}, dry_run=True))
+            if isinstance(checked, RegistryRefusal):
+                return _refused(checked)
+            before = await registry.aask(ListValues(scope=scope))
+            if isinstance(before, RegistryRefusal):
+                return _refused(before)
+        except RemoteError:
+            raise  # the registry program failed on it: otpy's bug, answered as internal
+        except CallError as exc:
+            return Outcome("unavailable", detail=f"the registry did not answer: {exc}")
+        old = {entry.name: entry.value for entry in before.values}
+        sets = [Change(action="set", scope=scope, name=name, before=old.get(name), after=value)
+                for name, value in values.items()]
+        if dry_run:
+            return Outcome("ok", changes=sets + self.plan(bound))
+        done: list[Change] = []
+        undo = self.values.update(bound)
+        if bound:
+            failed = await self._reconcile(done, stop_at_failure=True)
+            if failed is not None:
+                self.values.restore(undo)
+                await self._reconcile_back()
+                return Outcome("start_failed", detail=f"{failed.detail}; the old program keeps running and "
+                               f"nothing was stored (scope {scope!r} is unchanged)")
+        try:
+            written = await registry.aask(SetValues(values={scope: values}, reconciled=True))
+        except CallError as exc:
+            written = Outcome("unavailable", detail=f"the registry did not answer: {exc}; nothing was stored")
+        if not isinstance(written, WrittenMany):
+            self.values.restore(undo)
+            if bound:
+                await self._reconcile_back()
+            return written if isinstance(written, Outcome) else _refused(written)
+        versions = written.versions.get(scope, {})
+        self.values.versions.update({key: versions[key.rpartition(".")[2]] for key in bound
+                                     if key.rpartition(".")[2] in versions})
+        return Outcome("ok", changes=sets + done)
+
+    def plan(self, bound: dict[str, Any]) -> list[Change]:
+        """What reconciling the tree with ``bound`` set would do (nothing is changed)."""
+        if not bound or (root := self._root()) is None:
+            return []
+        undo = self.values.update(bound)
+        try:
+            return [change for sup in supervisors(root) for change in sup.machine.plan()]
+        finally:
+            self.values.restore(undo)
+
+    async def _reconcile(self, done: list[Change], *, stop_at_failure: bool) -> Outcome | None:
+        """Every supervisor, top down, matches its children to the values (``done`` gets what
+        changed); returns the first failure."""
+        root = self._root()
+        failure = None
+        for sup in list(supervisors(root)) if root is not None else []:
+            outcome = await sup.reconcile()
+            done += outcome.changes
+            if not outcome.ok and failure is None:
+                failure = outcome
+                if stop_at_failure:
+                    break
+        return failure
+
+    async def _reconcile_back(self) -> None:
+        """After a refused write: the tree back to the old values (the old programs started
+        before, so they start again; if one does not, its supervisor restarts it as usual)."""
+        if (failure := await self._reconcile([], stop_at_failure=False)) is not None:
+            log.warning("otpy: going back to the stored values: %s", failure.detail)
+
+
+def _refused(refusal) -> Outcome:
+    if refusal.kind == "internal":
+        raise RuntimeError(f"the registry failed: {'; '.join(refusal.problems)}")
+    return Outcome("invalid", detail="; ".join(refusal.problems) or refusal.kind)

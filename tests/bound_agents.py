@@ -1,0 +1,30 @@
+"""Programs for the bound-variable tests: each says which program it is and its pid."""
+
+from __future__ import annotations
+
+import os
+
+import otpy
+
+
+class _Says(otpy.Program):
+    def on_config(self, config):
+        """Knobs arrive here; which program runs is the node's business."""
+
+    def forward(self, **inputs):
+        return {"program": type(self).__name__, "pid": os.getpid()}
+
+
+class Alpha(_Says):
+    pass
+
+
+class Beta(_Says):
+    pass
+
+
+class Broken(_Says):
+    """Fails its setup: a target that cannot start."""
+
+    def setup(self, args, config):
+        raise RuntimeError("Broken cannot start")

@@ -1,0 +1,185 @@
+"""Variables decide what runs (#13): a child bound to a variable follows every write of it,
+make-before-break; a write that cannot be run is not stored; a node started again runs what
+was stored; status shows what runs and from which variable version."""
+
+from __future__ import annotations
+
+import pytest
+
+import otpy
+from otpy.specs.model import Bound, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec
+from otpy.variables.placement import with_registry
+from otpy.wire.protocol import BoundInfo, ChildInfo
+from tests.helpers import unique_name, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+ALPHA, BETA, BROKEN = "tests.bound_agents:Alpha", "tests.bound_agents:Beta", "tests.bound_agents:Broken"
+VARIABLES = {
+    "global": {
+        "impl": {"type": "module", "modules": [ALPHA, BETA, BROKEN], "default": ALPHA},
+        "extra": {"type": "bool", "default": False},
+        "knob": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5},
+    },
+    "pool": {"workers": {"type": "integer", "low": 0, "high": 4, "default": 2}},
+}
+
+
+def node_spec(name: str) -> NodeSpec:
+    root = SupervisorSpec(id="root", children=(
+        ChildSpec(id="solver", program=Bound("global.impl")),
+        ChildSpec(id="helper", program=BETA, enabled=Bound("global.extra")),
+        DynamicSupervisorSpec(id="pool", templates={
+            "w": ChildSpec(id="w", program=Bound("global.impl"), replicas=Bound("pool.workers"))}),
+    ))
+    return NodeSpec(name=name, root=with_registry(root, VARIABLES))
+
+
+def runs(node: otpy.Node, agent: str) -> str:
+    return node.call(agent, {}, timeout=10)["program"]
+
+
+def child(node: otpy.Node, child_id: str, sup: str = "root") -> ChildInfo:
+    return next(c for c in node.which_children(sup) if c.id == child_id)
+
+
+@pytest.fixture
+def node():
+    with otpy.Node(node_spec(unique_name("bound"))) as running:
+        yield running
+
+
+def test_a_bound_child_runs_the_value_and_follows_a_write(node):
+    assert runs(node, "solver") == "Alpha"
+    before = child(node, "solver")
+    assert before.program == ALPHA and before.bound == BoundInfo("global.impl", 0)
+    outcome = node.set_variables("global", {"impl": BETA})
+    assert outcome.ok, outcome
+    assert runs(node, "solver") == "Beta"  # the write returned once the tree ran it
+    after = child(node, "solver")
+    assert after.pid != before.pid and after.program == BETA and after.bound.version > 0
+    actions = {(c.action, c.child) for c in outcome.changes}
+    assert ("reconfigure", "solver") in actions and ("set", "") in actions
+
+
+def test_a_target_that_fails_leaves_the_old_program_and_the_old_value(node):
+    solver = child(node, "solver")
+    outcome = node.set_variables("global", {"impl": BROKEN})
+    assert outcome.outcome == "start_failed"
+    assert "solver" in outcome.detail and "Broken cannot start" in outcome.detail
+    assert child(node, "solver").pid == solver.pid and runs(node, "solver") == "Alpha"
+    with otpy.Caller(node.name) as caller:
+        stored = caller.call("registry", {"op": "get", "scope": "global", "name": "impl"})
+    assert stored["value"] == ALPHA and stored["reason"] == "default"
+
+
+def test_writing_the_same_value_again_changes_no_process(node):
+    assert node.set_variables("global", {"impl": BETA}).ok
+    pid = child(node, "solver").pid
+    again = node.set_variables("global", {"impl": BETA})
+    assert again.ok and [c.action for c in again.changes] == ["set"]
+    assert child(node, "solver").pid == pid
+
+
+def test_enabled_starts_and_stops_the_child(node):
+    assert child(node, "helper").state == "stopped"
+    assert node.set_variables("global", {"extra": True}).ok
+    assert child(node, "helper").state == "running" and runs(node, "helper") == "Beta"
+    assert node.set_variables("global", {"extra": False}).ok
+    assert child(node, "helper").state == "stopped"
+
+
+def test_replicas_follow_the_count(node):
+    def replicas():
+        return sorted(c.id for c in node.which_children("pool") if c.state == "running")
+
+    assert replicas() == ["w-1", "w-2"]
+    kept = child(node, "w-1", "pool").pid
+    assert node.set_variables("pool", {"workers": 3}).ok
+    assert replicas() == ["w-1", "w-2", "w-3"]
+    assert node.set_variables("pool", {"workers": 1}).ok
+    assert replicas() == ["w-1"] and child(node, "w-1", "pool").pid == kept
+
+
+def test_a_dry_run_plans_and_changes_nothing(node):
+    pid = child(node, "solver").pid
+    plan = node.set_variables("global", {"impl": BETA}, dry_run=True)
+    assert plan.ok
+    reconfigure = [c for c in plan.changes if c.action == "reconfigure"]
+    assert {(c.child, c.before, c.after) for c in reconfigure} >= {("solver", ALPHA, BETA)}
+    assert child(node, "solver").pid == pid and runs(node, "solver") == "Alpha"
+
+
+def test_a_direct_registry_write_to_a_bound_variable_is_refused(node):
+    with otpy.Caller(node.name) as caller:
+        reply = caller.call("registry", {"op": "set", "scope": "global", "name": "impl", "value": BETA})
+    assert reply["ok"] is False and reply["error"] == "bound"
+    assert runs(node, "solver") == "Alpha"
+
+
+def test_a_node_started_again_runs_the_stored_value():
+    spec = node_spec(unique_name("bound"))
+    with otpy.Node(spec) as node:
+        assert node.set_variables("global", {"impl": BETA, "extra": True}).ok
+    with otpy.Node(spec) as node:
+        assert runs(node, "solver") == "Beta" and runs(node, "w-1") == "Beta"
+        assert child(node, "helper").state == "running"
+        assert child(node, "solver").bound.version > 0
+
+
+def test_a_restart_runs_the_current_value(node):
+    import os
+    import signal
+
+    assert node.set_variables("global", {"impl": BETA}).ok
+    old = child(node, "solver").pid
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: (c := child(node, "solver")).state == "running" and c.pid != old, 10, "solver restarted")
+    assert runs(node, "solver") == "Beta"
+
+
+def test_terminate_child_of_a_bound_child_is_an_override(node):
+    assert node.terminate_child("solver").ok
+    info = child(node, "solver")
+    assert info.state == "stopped" and info.override
+    assert node.set_variables("global", {"impl": BETA}).ok
+    assert child(node, "solver").state == "stopped"  # the operator's stop holds
+    assert node.restart_child("solver").ok
+    assert runs(node, "solver") == "Beta" and not child(node, "solver").override
+
+
+def test_a_wire_spec_may_bind_only_what_the_topology_binds(node):
+    outcome = node.start_child("root", ChildSpec(id="extra", program=Bound("global.knob")))
+    assert outcome.outcome == "invalid" and "global.knob" in outcome.detail
+
+
+class _Agent:
+    context = None
+
+    def __init__(self):
+        self.delivered = []
+
+    def new_config(self, config):
+        self.delivered.append(config)
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+def test_a_bound_variable_alone_never_restarts_a_program(monkeypatch, hooked):
+    """The node reconciled the tree before the registry published the value: a program without
+    on_config is not restarted for it (it would restart the very target just started); any other
+    change still restarts it, and on_config gets every change."""
+    from otpy.agent import registry_link
+
+    program = type("P", (), {"on_config": lambda self, config: None} if hooked else {})()
+    monkeypatch.setenv("OTPY_BOUND", "global.impl,pool.workers")
+    monkeypatch.setenv("OTPY_SUPERVISORS", "root")
+    restarts = []
+    agent = _Agent()
+    watcher = registry_link.ConfigWatcher(program, agent, {"impl": ALPHA, "knob": 0.5}, "n",
+                                          restart=lambda: restarts.append(1))
+    answers = iter([{"impl": BETA, "knob": 0.5}, {"impl": BETA, "knob": 0.7}])
+    monkeypatch.setattr(registry_link, "resolve", lambda *args: next(answers))
+    assert watcher._refresh() is True and restarts == []
+    assert watcher._refresh() is (True if hooked else False)
+    assert restarts == ([] if hooked else [1])
+    assert len(agent.delivered) == (2 if hooked else 0)
