@@ -183,3 +183,11 @@ def test_a_bound_variable_alone_never_restarts_a_program(monkeypatch, hooked):
     assert watcher._refresh() is (True if hooked else False)
     assert restarts == ([] if hooked else [1])
     assert len(agent.delivered) == (2 if hooked else 0)
+
+
+def test_a_python_spec_binding_an_undeclared_variable_is_refused_before_anything_starts():
+    from otpy.node.errors import NodeStartError
+
+    root = SupervisorSpec(id="root", children=(ChildSpec(id="s", program=Bound("global.nope")),))
+    with pytest.raises(NodeStartError, match=r"children\[0\]\.program\.variable: global\.nope is not declared"):
+        otpy.Node(NodeSpec(name=unique_name("bound"), root=root)).start()

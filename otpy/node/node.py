@@ -31,7 +31,7 @@ from ..host.runtime_dir import node_dir, node_path_problem, node_sockets, socket
 from ..specs.rules import id_problem, node_problems, reconfigure_problems, spec_problems, template_start_problems
 from ..specs.model import AnySpec, NodeSpec, SupervisorSpec, walk
 from .supervisor import Supervisor
-from .variable_writes import VariableWrites, stored_values
+from .variable_writes import VariableWrites, bound_variable_problems, stored_values
 from ..specs.bindings import variables_of
 from ..variables.placement import REGISTRY_ID
 from ..wire.codec import clip
@@ -80,7 +80,8 @@ class AsyncNode(Operations):
         First the node's lock (NodeAlreadyRunning if another process holds it), then the sweep
         of what the previous run left, then the tree. The lock is held until ``stop`` ends.
         """
-        if problems := node_problems(self.spec) or self._path_problems(self.spec.root):
+        if problems := node_problems(self.spec) or self._path_problems(self.spec.root) or \
+                bound_variable_problems(self.spec.root):
             raise NodeStartError("invalid spec: " + "; ".join(problems))
         raise_fd_limit()
         self.dir = node_dir(self.name)

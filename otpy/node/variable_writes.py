@@ -52,6 +52,15 @@ def registry_args(root: SupervisorSpec) -> dict[str, Any] | None:
     return None
 
 
+def bound_variable_problems(root: SupervisorSpec) -> list[str]:
+    """Why the tree's bound fields cannot be resolved: a variable its ``[variables]`` (the
+    registry child's tables) does not declare, of the wrong type or with no default. A topology
+    file is checked so when it is read; a ``NodeSpec`` built in Python is checked here."""
+    from ..topology.load import binding_problems
+
+    return [f"{path}: {message}" for path, message in binding_problems(root, (registry_args(root) or {}).get("variables", {}))]
+
+
 def stored_values(folder: str | os.PathLike, root: SupervisorSpec) -> BoundValues:
     """The values the tree's bound variables have: stored in ``folder``'s registry file (read
     only), else their defaults. A file the registry would refuse is not read here: the registry
