@@ -191,3 +191,20 @@ def test_a_python_spec_binding_an_undeclared_variable_is_refused_before_anything
     root = SupervisorSpec(id="root", children=(ChildSpec(id="s", program=Bound("global.nope")),))
     with pytest.raises(NodeStartError, match=r"children\[0\]\.program\.variable: global\.nope is not declared"):
         otpy.Node(NodeSpec(name=unique_name("bound"), root=root)).start()
+
+
+def test_a_replica_id_is_kept_for_its_template(node):
+    """pool keeps w-1..w-N: 'w-3' elsewhere would share a socket with the third replica."""
+    outcome = node.start_child("root", ChildSpec(id="w-3", program=ALPHA))
+    assert outcome.outcome == "invalid" and "replica id of the template 'w'" in outcome.detail
+    assert node.start_child("root", ChildSpec(id="w-x", program=ALPHA)).ok
+
+
+def test_a_topology_id_that_a_replica_takes_is_refused():
+    from otpy.topology.load import TopologyError, parse_topology
+
+    text = ('[supervisor]\n[[supervisor.children]]\nid = "w-2"\nprogram = "tests.bound_agents:Alpha"\n'
+            '[[supervisor.children]]\nid = "pool"\ntype = "dynamic_supervisor"\n'
+            '  [supervisor.children.templates.w]\n  program = "tests.bound_agents:Alpha"\n  replicas = 3\n')
+    with pytest.raises(TopologyError, match=r"children\[0\]\.id: got 'w-2', a replica id of the template 'w'"):
+        parse_topology(text, source="t.toml")

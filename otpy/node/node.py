@@ -28,7 +28,7 @@ from ..host.limits import raise_fd_limit
 from ..host.node_run import AlreadyRunning, RunLock, kill_run, new_run_id, remove_leftovers
 from ..processes.manager import ProcessManager, StartFailed
 from ..host.runtime_dir import node_dir, node_path_problem, node_sockets, socket_path_problem
-from ..specs.rules import id_problem, node_problems, reconfigure_problems, spec_problems, template_start_problems
+from ..specs.rules import id_problem, node_problems, replica_clash, replica_templates, reconfigure_problems, spec_problems, template_start_problems
 from ..specs.model import AnySpec, NodeSpec, SupervisorSpec, walk
 from .supervisor import Supervisor
 from .variable_writes import VariableWrites, bound_variable_problems, stored_values
@@ -117,6 +117,7 @@ class AsyncNode(Operations):
                                         program_folders=self.spec.program_folders)
         await self.processes.open()
         values = stored_values(self.dir, self.spec.root)
+        self._replica_templates = replica_templates(self.spec.root)  # ids their replicas keep
         self.writes = VariableWrites(self.name, values, variables_of(self.spec.root), lambda: self.root)
         self._services.append(self.writes)
         self.root = Supervisor(self.spec.root, processes=self.processes, report=self._report, node=self.name,
@@ -292,6 +293,8 @@ class AsyncNode(Operations):
         for child_id in ids:
             if child_id in leaving:
                 continue
+            if clash := replica_clash(child_id, target.spec.id, self._replica_templates):
+                return Outcome("invalid", detail=f"id: {clash}")
             owner = self.root.find(child_id)
             if owner is not None and owner is not target or self.root.find_supervisor(child_id):
                 where = owner.spec.id if owner else child_id

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Mapping
 
 import msgspec
 
@@ -88,9 +89,34 @@ def _checked(spec: AnySpec, parent: Parent | None, path: str, node_folder: str |
         if node_folder is not None and not problems and isinstance(sub, ChildSpec) and place.template is None:
             problems += _socket_problems(sub.id, node_folder)
         found += [(place, problem) for problem in problems]
+    found += replica_id_clashes(spec, path)
     if not found and (wire := wire_problem(spec)) is not None:
         found.append((Place(path, parent, spec), wire))
     return found
+
+
+def replica_templates(spec: AnySpec) -> dict[str, str]:
+    """``{template: supervisor id}`` for every template with ``replicas`` in ``spec``'s tree."""
+    return {place.template: place.parent.id for place in places(spec)
+            if place.template is not None and getattr(place.spec, "replicas", None) is not None}
+
+
+def replica_clash(child_id: str, supervisor: str | None, templates: Mapping[str, str]) -> str | None:
+    """Why ``child_id`` cannot be a child of ``supervisor``: it is a replica id (``TEMPLATE-N``)
+    of one of ``templates`` (``replica_templates``) that another supervisor keeps, so the
+    replica would share its agent socket with it. None when it can."""
+    name, _, index = child_id.rpartition("-")
+    owner = templates.get(name)
+    if owner is None or owner == supervisor or not index.isdigit() or index.startswith("0"):
+        return None
+    return f"got {child_id!r}, a replica id of the template {name!r} (under {owner!r}); expected an id its replicas never take"
+
+
+def replica_id_clashes(spec: AnySpec, path: str = "") -> list[tuple[Place, Problem]]:
+    """Every id of ``spec``'s tree that is a replica id of a template of another supervisor."""
+    reserved = replica_templates(spec)
+    return [(place, Problem("id", problem)) for place in places(spec, path) if place.template is None
+            if (problem := replica_clash(place.spec.id, place.parent.id if place.parent else None, reserved))]
 
 
 def node_problems(spec: NodeSpec, *, node_folder: str | None = None) -> list[str]:
