@@ -124,7 +124,7 @@ def optimize(topology: str, trials: int | None, seed: int | None, apply_: bool, 
     to the best configuration, with what the node would start, stop or reconfigure; --apply
     carries it out (--dry-run: prints only). --watch runs the watch loop instead.
     """
-    from ..optimize.live_system import OptimizeError, OptimizerTableError
+    from ..optimize.live_system import OptimizeError
 
     try:
         spec = load_topology(topology)
@@ -140,10 +140,8 @@ def optimize(topology: str, trials: int | None, seed: int | None, apply_: bool, 
                    threshold=threshold, every=every, margin=margin, rounds=rounds)
         else:
             _optimize_once(spec, topology, trials, seed, apply_, dry_run)
-    except OptimizerTableError as exc:
-        _fail(f"optimize: {exc}", EXIT_USAGE)
     except OptimizeError as exc:
-        _fail(f"optimize: {exc}")
+        _fail(f"optimize: {exc}", EXIT_USAGE if exc.usage else EXIT_FAILED)
 
 
 def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, apply_: bool, dry_run: bool) -> None:
@@ -156,7 +154,8 @@ def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, ap
     click.echo(f"best score {result.best_score:.4f} (train) after {result.trials} trials "
                f"({result.infeasible} infeasible, {result.failed} failed){validation}; study {result.study_name!r}")
     if result.failures:
-        click.echo(f"{result.failures} calls failed; the first:\n{result.first_error}", err=True)
+        plural = "" if result.failures == 1 else "s"
+        click.echo(f"{result.failures} call{plural} failed; the first:\n{result.first_error}", err=True)
     click.echo(json.dumps(result.config, indent=2, default=str))
     if current is None:
         click.echo(f"plan (node {name!r} is not running: from the topology's defaults):")

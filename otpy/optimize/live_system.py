@@ -23,17 +23,13 @@ from ..variables.client import RegistryClient
 from ..wire.protocol import Change, Outcome, SetVariables
 from .optimizer import CompileResult, Config, OptimizeError, plan_actions
 
-__all__ = ["LiveSystem", "OptimizeError", "OptimizerTableError", "format_change", "optimize_topology", "registry_values"]
+__all__ = ["LiveSystem", "OptimizeError", "format_change", "optimize_topology", "registry_values"]
 
 REMOVED_BINDINGS = (
     "optimizer.bindings: no longer read. Bind the field to the variable in the supervision tree "
     "instead, e.g. a template of the dynamic supervisor with program = {{ variable = \"{variable}\" }} "
     "and replicas = 1 (see docs/optimizing.md); the node then reconfigures that child itself when "
     "the variable is set. Knobs reach the program as its config (setup and on_config).")
-
-
-class OptimizerTableError(OptimizeError):
-    """The topology's ``[optimizer]`` table (or its ``[variables]``) cannot be used as it is; a usage error."""
 
 
 def registry_values(entries: Iterable[Any]) -> Config:
@@ -133,13 +129,13 @@ class OptimizerTable:
         if "bindings" in table:
             variable = next((entry.get("program", "global.NAME") for entry in table["bindings"].values()
                              if isinstance(entry, Mapping)), "global.NAME")
-            raise OptimizerTableError(REMOVED_BINDINGS.format(variable=variable))
+            raise OptimizeError(REMOVED_BINDINGS.format(variable=variable), usage=True)
         for key in ("program", "dataset", "metric"):
             if key not in table:
-                raise OptimizerTableError(f"optimizer.{key} is missing: the [optimizer] table needs program (the agent "
-                                    f"called per example), dataset and metric ('module:attr')")
+                raise OptimizeError(f"optimizer.{key} is missing: the [optimizer] table needs program (the agent "
+                                    f"called per example), dataset and metric ('module:attr')", usage=True)
         if not topology.raw_variables:
-            raise OptimizerTableError("the topology declares no [variables]: the optimizer has nothing to search")
+            raise OptimizeError("the topology declares no [variables]: the optimizer has nothing to search", usage=True)
         self.table = table
         self.program = str(table["program"])
         self.timeout = float(table.get("timeout", 30.0))

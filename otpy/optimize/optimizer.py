@@ -39,7 +39,12 @@ Config = dict[str, dict[str, Any]]  # scope -> name -> value
 
 
 class OptimizeError(RuntimeError):
-    """The optimizer could not do what was asked (its table, a trial, an action); the message says why."""
+    """The optimizer could not do what was asked (its table, a trial, an action); the message says
+    why. ``usage``: the input is wrong (the topology's ``[optimizer]`` table), not the run."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from .live_system import LiveSystem, OptimizeError, OptimizerTable, OptimizerTableError, format_plan, spaces_of
+from .live_system import LiveSystem, OptimizeError, OptimizerTable, format_plan, spaces_of
 from .optimizer import CompileResult, Config, Evaluation, Example, Optimizer, evaluate
 
 
@@ -205,8 +205,8 @@ def watch_topology(topology, policy: WatchPolicy, *, seed: int | None = None,
 
     table = OptimizerTable(topology)
     if table.valset is None:
-        raise OptimizerTableError("optimizer.valset is missing: the watch loop scores the live node on held-out "
-                            "examples; give [optimizer] valset = 'module:attr' (a list, or a function returning one)")
+        raise OptimizeError("optimizer.valset is missing: the watch loop scores the live node on held-out examples; "
+                            "give [optimizer] valset = 'module:attr' (a list, or a function returning one)", usage=True)
     name = topology.node.name
     seed = int(table.table.get("seed", 0)) if seed is None else seed
     spaces = spaces_of(topology)
