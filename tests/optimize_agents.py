@@ -46,3 +46,8 @@ class Picky(otpy.Program):
         if x == 3:
             raise ValueError("Picky does not do threes")
         return {"y": 3 * x}
+
+
+def small_bias(config):
+    """A ``[constraints]`` check: the bias stays below 0.2."""
+    return config["bias"] < 0.2

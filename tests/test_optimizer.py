@@ -7,7 +7,7 @@ import pytest
 from otpy.optimize.live_system import LiveSystem, format_change, format_plan, registry_values
 from otpy.optimize.optimizer import Example, OptimizeError, Optimizer, evaluate, plan_actions
 from otpy.variables.scopes import VariableSpace
-from otpy.variables.types import CompositeVariable, FloatVariable, ModuleVariable
+from otpy.variables.types import CompositeVariable, FloatVariable, ModuleVariable, VariableError
 from otpy.wire.protocol import Change, Outcome, SetVariables
 from otpy.wire.registry_protocol import ValueEntry
 
@@ -244,3 +244,15 @@ def test_registry_values_are_the_set_and_default_ones():
                ValueEntry(scope="g", name="b", value=2, version=0, reason="default"),
                ValueEntry(scope="g", name="c", value=3, version=0, reason="computed")]
     assert registry_values(entries) == {"g": {"a": 1, "b": 2}}
+
+
+def test_the_topologys_constraints_reach_the_optimizer_as_infeasible_trials():
+    from otpy.optimize.live_system import spaces_of
+    from otpy.topology.load import parse_topology
+
+    topo = parse_topology(
+        '[supervisor]\n[[supervisor.children]]\nid = "pool"\ntype = "dynamic_supervisor"\n'
+        '[variables.pool]\nbias = { type = "float", low = -1.0, high = 1.0, default = 0.0 }\n'
+        '[constraints]\npool = [{ check = "tests.optimize_agents:small_bias", description = "bias below 0.2" }]\n')
+    with pytest.raises(VariableError, match="bias below 0.2"):
+        Optimizer(spaces_of(topo), progress=False).validate({"pool.bias": 0.5})

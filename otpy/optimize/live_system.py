@@ -153,9 +153,11 @@ def _examples(dataset) -> list:
 
 
 def spaces_of(topology) -> dict:
+    """The topology's spaces, with its ``[constraints]``: what the registry enforces, the
+    optimizer never proposes (such a trial is infeasible)."""
     from ..variables.scopes import spaces_from_topology
 
-    return spaces_from_topology(topology.raw_variables)
+    return spaces_from_topology(topology.raw_variables, topology.raw_constraints or None)
 
 
 def live_values(name: str) -> Config | None:
