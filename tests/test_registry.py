@@ -232,7 +232,7 @@ class TestClient:
 
         client.caller.acall = acall
         written = asyncio.run(client.aask(SetValues(values={"team": {"timeout": 3.0}})))
-        assert written == WrittenMany(versions={"team": {"timeout": 1}})
+        assert written == WrittenMany(versions={"team": {"timeout": 1}}, before={"team": {"timeout": 2.0}})
         refused = asyncio.run(client.aask(SetValues(values={"team": {"timeout": 99.0}})))
         assert isinstance(refused, RegistryRefusal) and refused.kind == "invalid"
 

@@ -78,7 +78,7 @@ class TestBound:
         written = reg.forward(op="set", scope="global", name="classifier", value="pkg.a:SVM", reconciled=True)
         assert written == {"ok": True, "version": 1}
         many = reg.forward(op="set_many", values={"pool": {"workers": 3}}, reconciled=True)
-        assert many == {"ok": True, "versions": {"pool": {"workers": 2}}}
+        assert many == {"ok": True, "versions": {"pool": {"workers": 2}}, "before": {"pool": {"workers": 1}}}
         assert registry(db).forward(op="get", scope="pool", name="workers")["value"] == 3  # committed
 
     def test_a_reconciled_write_is_still_checked(self, db):
@@ -111,7 +111,8 @@ class TestDryRun:
         reg = registry(db)
         planned = reg.forward(op="set_many", values={"global": {"temperature": 0.2}, "pool": {"workers": 2}},
                               dry_run=True)
-        assert planned == {"ok": True, "versions": {"global": {"temperature": 1}, "pool": {"workers": 1}}}
+        assert planned == {"ok": True, "versions": {"global": {"temperature": 1}, "pool": {"workers": 1}},
+                           "before": {"global": {"temperature": 1.0}, "pool": {"workers": 1}}}
         assert value(reg, "pool", "workers") == (1, 0) and reg.store.take_changes() == []
 
     @pytest.mark.parametrize("request_, kind, named", [

@@ -147,7 +147,7 @@ class VariableWrites:
 
     async def set(self, scope: str, values: dict[str, Any], *, dry_run: bool = False) -> Outcome:
         from ..wire.errors import CallError, RemoteError
-        from ..wire.registry_protocol import ListValues, RegistryRefusal, SetValues, WrittenMany
+        from ..wire.registry_protocol import RegistryRefusal, SetValues, WrittenMany
 
         bound = {f"{scope}.{name}": value for name, value in values.items() if f"{scope}.{name}" in self.bound}
         try:
@@ -155,14 +155,11 @@ class VariableWrites:
             checked = await registry.aask(SetValues(values={scope: values}, dry_run=True))
             if isinstance(checked, RegistryRefusal):
                 return _refused(checked)
-            before = await registry.aask(ListValues(scope=scope))
-            if isinstance(before, RegistryRefusal):
-                return _refused(before)
         except RemoteError:
             raise  # the registry program failed on it: otpy's bug, answered as internal
         except CallError as exc:
             return Outcome("unavailable", detail=f"the registry did not answer: {exc}")
-        old = {entry.name: entry.value for entry in before.values}
+        old = checked.before.get(scope, {})
         sets = [Change(action="set", scope=scope, name=name, before=old.get(name), after=value)
                 for name, value in values.items()]
         if dry_run:

@@ -173,8 +173,21 @@ class Registry:
                 return Written(version=self._write(lambda: store.set(scope, name, value, expected, dry_run=dry)))
             case SetValues(values=values, dry_run=dry):
                 self._check_bound(values, request)
-                return WrittenMany(versions=self._write(lambda: store.set_many(values, dry_run=dry)))
+                before = self._current(values)
+                return WrittenMany(versions=self._write(lambda: store.set_many(values, dry_run=dry)), before=before)
         raise TypeError(f"no case for {type(request).__name__}")  # a request type added without its case
+
+    def _current(self, written: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The values (set or default) of the variables ``written`` names, before the write; an
+        unknown one is left out (the write itself refuses it, naming it)."""
+        current: dict[str, dict[str, Any]] = {}
+        for scope, names in written.items():
+            for name in names:
+                try:
+                    current.setdefault(scope, {})[name] = self.store.get(scope, name).value
+                except VariableError:
+                    continue
+        return current
 
     def _check_bound(self, written: dict[str, Any], request: SetValue | SetValues) -> None:
         """Raise BoundWrite for a write of bound variables the node has not reconciled (a dry

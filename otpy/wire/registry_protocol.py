@@ -76,6 +76,7 @@ class Written(RegistryReply, kw_only=True):
 
 class WrittenMany(RegistryReply, kw_only=True):
     versions: dict[str, dict[str, int]]  # {scope: {name: version}}; {} when nothing was given
+    before: dict[str, dict[str, Any]] = {}  # the values written (or, dry run, to be written) over: set or default
 
 
 class SpaceTables(RegistryReply, kw_only=True):
