@@ -28,3 +28,29 @@ class Broken(_Says):
 
     def setup(self, args, config):
         raise RuntimeError("Broken cannot start")
+
+
+class SlowKnob(otpy.Program):
+    """Takes its time to apply a knob: a write must not return before it did."""
+
+    def setup(self, args, config):
+        self.knob = config.get("knob")
+
+    def on_config(self, config):
+        import time
+
+        time.sleep(0.3)
+        self.knob = config.get("knob")
+
+    def forward(self, **inputs):
+        return {"knob": self.knob, "pid": os.getpid()}
+
+
+class KnobNoHook(otpy.Program):
+    """No on_config: a new knob restarts it."""
+
+    def setup(self, args, config):
+        self.knob = config.get("knob")
+
+    def forward(self, **inputs):
+        return {"knob": self.knob, "pid": os.getpid()}

@@ -159,7 +159,7 @@ class _Agent:
     def __init__(self):
         self.delivered = []
 
-    def new_config(self, config):
+    def new_config(self, config, done=None):
         self.delivered.append(config)
 
 
@@ -179,8 +179,8 @@ def test_a_bound_variable_alone_never_restarts_a_program(monkeypatch, hooked):
                                           restart=lambda: restarts.append(1))
     answers = iter([{"impl": BETA, "knob": 0.5}, {"impl": BETA, "knob": 0.7}])
     monkeypatch.setattr(registry_link, "resolve", lambda *args: next(answers))
-    assert watcher._refresh() is True and restarts == []
-    assert watcher._refresh() is (True if hooked else False)
+    assert watcher._refresh() == ("applied" if hooked else "unchanged") and restarts == []
+    assert watcher._refresh() == ("applied" if hooked else "restarting")
     assert restarts == ([] if hooked else [1])
     assert len(agent.delivered) == (2 if hooked else 0)
 
@@ -208,3 +208,22 @@ def test_a_topology_id_that_a_replica_takes_is_refused():
             '  [supervisor.children.templates.w]\n  program = "tests.bound_agents:Alpha"\n  replicas = 3\n')
     with pytest.raises(TopologyError, match=r"children\[0\]\.id: got 'w-2', a replica id of the template 'w'"):
         parse_topology(text, source="t.toml")
+
+
+def test_a_write_returns_once_every_program_runs_the_new_knob():
+    """Knobs are not bound, but a write still returns only when the programs run them: the
+    next call (an optimizer's first example) never meets the old value."""
+    root = SupervisorSpec(id="root", children=(
+        ChildSpec(id="slow", program="tests.bound_agents:SlowKnob"),
+        ChildSpec(id="plain", program="tests.bound_agents:KnobNoHook"),
+    ))
+    variables = {"global": {"knob": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5}}}
+    with otpy.Node(NodeSpec(name=unique_name("knob"), root=with_registry(root, variables))) as node:
+        plain = node.call("plain", {})["pid"]
+        for value in (0.1, 0.2, 0.3):
+            outcome = node.set_variables("global", {"knob": value})
+            assert outcome.ok and outcome.detail == "", outcome
+            assert node.call("slow", {})["knob"] == value
+            answer = node.call("plain", {}, retries=1)
+            assert answer["knob"] == value and answer["pid"] != plain
+            plain = answer["pid"]

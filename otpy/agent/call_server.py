@@ -24,7 +24,7 @@ from .program import Program
 from .shutdown import Shutdown
 from ..wire.codec import MAX_CALL_BYTES, Complaints, Frames, call_id_of, describe, trim_memory
 from ..wire.connections import AgentConnectionCap, connection_cap
-from ..wire.protocol import DRAIN_NOTICE, ENCODER, Call, CallFailed
+from ..wire.protocol import DRAIN_NOTICE, ENCODER, Call, CallFailed, ConfigSync, Reply
 
 QUIET_MS = 10  # a shutting-down agent exits once its socket was quiet this long
 MAX_PEERS = 4096  # callers remembered for the drain notice
@@ -41,9 +41,11 @@ class CallJob:
 
 @dataclass(frozen=True, slots=True)
 class NewConfig:
-    """A new configuration for ``on_config``, run by a call thread in turn with the calls."""
+    """A new configuration for ``on_config``, run by a call thread in turn with the calls;
+    ``done(config)`` once it returned (the config watcher: a ``ConfigSync`` waits for it)."""
 
     config: dict[str, Any]
+    done: Callable[[dict[str, Any]], None] | None = None
 
 
 class CallServer:
@@ -75,10 +77,13 @@ class CallServer:
         self.rebind = rebind
         self.cap: AgentConnectionCap | None = None  # made in serve, after READY
         self.complain = Complaints(lambda line: print(line, file=sys.stderr, flush=True))
+        # The config watcher's ``sync`` (a ConfigSync: resolve again, return once the program
+        # runs it); None when the child has no configuration to follow.
+        self.config_sync: Callable[[], str] | None = None
 
-    def new_config(self, config: dict[str, Any]) -> None:
-        """Hand ``config`` to ``on_config``, in turn with the calls."""
-        self.put_job(NewConfig(config))
+    def new_config(self, config: dict[str, Any], done: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Hand ``config`` to ``on_config``, in turn with the calls; then ``done(config)``."""
+        self.put_job(NewConfig(config, done))
 
     def put_job(self, job: CallJob | NewConfig) -> None:
         self.add_thread()
@@ -169,6 +174,12 @@ class CallServer:
                 self.taken += 1
                 self._remember(peer.bytes)
                 self.put_job(CallJob(peer, call))
+            case ConfigSync(call_id=call_id) if self.draining:
+                self._answer(peer, CallFailed(call_id=call_id, kind="draining", message="the agent is shutting down"))
+            case ConfigSync(call_id=call_id):
+                self.taken += 1  # answered through the replies, like a call: a drain waits for it
+                threading.Thread(target=self._sync_config, args=(peer, call_id), daemon=True,
+                                 name="otpy-config-sync").start()
             case CallFailed() as failed:
                 self.complain(f"otpy: refused a call message: {failed.message}")
                 self._answer(peer, failed)  # call_id 0 when none could be read: only raw sockets send such
@@ -203,6 +214,18 @@ class CallServer:
             self.context.term()
             exit_now(EXIT_MAX_RSS)
 
+    def _sync_config(self, peer, call_id: int) -> None:
+        """A ConfigSync's answer, on a thread of its own: it may wait for ``on_config``, which
+        runs on a call thread (with ``concurrency = 1``, the only one)."""
+        try:
+            state = self.config_sync() if self.config_sync is not None else "unchanged"
+            reply = ENCODER.encode(Reply(call_id=call_id, outputs={"config": state}))
+        except BaseException as exc:
+            reply = ENCODER.encode(CallFailed(call_id=call_id, kind="raised", error_type="CallError",
+                                              message=f"the configuration sync failed in otpy: {describe(exc)}"))
+        self.replies.put((peer, reply))
+        os.eventfd_write(self.wake, 1)
+
     def _run_calls(self) -> None:
         while True:
             match self.jobs.get():
@@ -214,8 +237,10 @@ class CallServer:
                                                           error_type="CallError", message="the call failed in otpy"))
                     self.replies.put((peer, reply))
                     os.eventfd_write(self.wake, 1)
-                case NewConfig(config):
+                case NewConfig(config, done):
                     _deliver_config(self.program, config)
+                    if done is not None:
+                        done(config)
 
 
 def _reply_to(program: Program, call: Call) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from .program import Program
-from ..wire.protocol import ENCODER, TO_AGENT, Call, CallFailed, Reply, first_unencodable
+from ..wire.protocol import ENCODER, TO_AGENT, Call, CallFailed, ConfigSync, Reply, first_unencodable
 from ..wire.codec import MAX_CALL_BYTES, WireError, call_id_of, decode, describe, encode
 
 DEFAULT_CONCURRENCY = 1
@@ -43,7 +43,7 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * _PAGE_MIB
 
 
-def decode_call(payload) -> Call | CallFailed:
+def decode_call(payload) -> Call | ConfigSync | CallFailed:
     """The call, or the ``bad_request`` failure to send back: whatever the bytes (too deep,
     not msgpack, a decoder's RecursionError or MemoryError), the call loop goes on."""
     try:

@@ -35,6 +35,7 @@ from ..wire.protocol import VARIABLE_CHANGED, CallFailed, Reply
 from ..host.runtime_dir import agent_endpoint, agent_socket_path
 from ..wire.codec import describe
 
+SYNC_TIMEOUT = 30.0  # seconds a ConfigSync waits for on_config to return
 BOUND_ENV = "OTPY_BOUND"  # the node's bound variables, SCOPE.NAME, comma-separated (``bound_names``)
 
 RESOLVE_TIMEOUT = 5.0  # per attempt, two attempts, while the registry is listening
@@ -136,6 +137,10 @@ class ConfigWatcher(threading.Thread):
     for a restart (``restart()``). Each time the SUB (re)connects (at first, after a registry
     restart) it resolves again too, so a change published before the subscription was up is
     not missed for long.
+
+    ``sync()`` is the same, asked by the node after a write (``ConfigSync``): it resolves at
+    once and returns only when the program runs the result (``on_config`` returned), so the
+    write returns when the knobs arrived, not merely when they were published.
     """
 
     def __init__(self, program: Program, agent, config: dict[str, Any], node: str,
@@ -146,6 +151,10 @@ class ConfigWatcher(threading.Thread):
         self.child = os.environ.get("OTPY_CHILD_ID", "")
         self.scopes = {self.child, *chain(), "global"}
         self.on_config = callable(getattr(program, "on_config", None))
+        self._lock = threading.Lock()  # one refresh at a time: the events' and the node's syncs
+        self._delivered = threading.Condition()
+        self.delivered = config  # what the program runs: setup's, then each on_config's that returned
+        self.restarting = False
 
     def run(self) -> None:
 
@@ -168,7 +177,7 @@ class ConfigWatcher(threading.Thread):
             if sub in ready:
                 while _has_message(sub):
                     stale |= self._concerns_us(sub.recv())
-            if stale and not self._refresh():
+            if stale and self._refresh() == "restarting":
                 return
 
     def _concerns_us(self, payload: bytes) -> bool:
@@ -177,24 +186,49 @@ class ConfigWatcher(threading.Thread):
         except Exception:  # an event that cannot be read concerns nobody
             return False
 
-    def _refresh(self) -> bool:
-        """Resolve again and act on a difference; False once the worker is ending for a restart."""
-        try:
-            config = resolve(self.node, self.child, self.agent.context)
-        except Exception as exc:  # the registry is restarting: its reconnection brings us back here
-            print(f"otpy: could not resolve the new configuration: {describe(exc)}", file=sys.stderr, flush=True)
-            return True
-        if config == self.config:
-            return True
-        changed = {key for key in config.keys() | self.config.keys() if config.get(key) != self.config.get(key)}
-        self.config = config
-        if self.on_config:
-            self.agent.new_config(config)
-            return True
-        if changed <= bound_names():
-            return True  # what a bound variable decides, the node carried out before it was stored
-        self.restart()
-        return False
+    def sync(self, timeout: float = SYNC_TIMEOUT) -> str:
+        """Resolve again now; return once the program runs what the registry holds:
+        ``unchanged``, ``applied`` (``on_config`` returned), ``restarting`` (no ``on_config``:
+        the worker ends to be restarted with it) or ``unavailable`` (the registry did not answer,
+        or ``on_config`` did not return within ``timeout``)."""
+        state = self._refresh()
+        if state in ("restarting", "unavailable"):
+            return state
+        with self._delivered:
+            if not self._delivered.wait_for(lambda: self.delivered == self.config, timeout):
+                return "unavailable"
+        return state
+
+    def _refresh(self) -> str:
+        """Resolve again and act on a difference: ``unchanged``, ``applied`` (handed to
+        ``on_config``), ``restarting`` or ``unavailable``."""
+        with self._lock:
+            if self.restarting:
+                return "restarting"
+            try:
+                config = resolve(self.node, self.child, self.agent.context)
+            except Exception as exc:  # the registry is restarting: its reconnection brings us back here
+                print(f"otpy: could not resolve the new configuration: {describe(exc)}", file=sys.stderr, flush=True)
+                return "unavailable"
+            if config == self.config:
+                return "unchanged"
+            changed = {key for key in config.keys() | self.config.keys() if config.get(key) != self.config.get(key)}
+            self.config = config
+            if self.on_config:
+                self.agent.new_config(config, self._ran)
+                return "applied"
+            if changed <= bound_names():
+                self._ran(config)  # what a bound variable decides, the node carried out before it was stored
+                return "unchanged"
+            self.restarting = True
+            self.restart()
+            return "restarting"
+
+    def _ran(self, config: dict[str, Any]) -> None:
+        """The program runs ``config`` now (``on_config`` returned)."""
+        with self._delivered:
+            self.delivered = config
+            self._delivered.notify_all()
 
 
 def bound_names() -> set[str]:

@@ -68,7 +68,9 @@ class Worker:
             else:
                 server.add_thread()  # after READY, while the first caller is on its way
                 if config:
-                    ConfigWatcher(program, server, config, self.registry, shutdown.request_config_restart).start()
+                    watcher = ConfigWatcher(program, server, config, self.registry, shutdown.request_config_restart)
+                    server.config_sync = watcher.sync
+                    watcher.start()
                 server.serve()
             _teardown(program)
             if shutdown.for_new_config:

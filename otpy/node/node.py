@@ -118,7 +118,8 @@ class AsyncNode(Operations):
         await self.processes.open()
         values = stored_values(self.dir, self.spec.root)
         self._replica_templates = replica_templates(self.spec.root)  # ids their replicas keep
-        self.writes = VariableWrites(self.name, values, variables_of(self.spec.root), lambda: self.root)
+        self.writes = VariableWrites(self.name, values, variables_of(self.spec.root), lambda: self.root,
+                                     self.listeners)
         self._services.append(self.writes)
         self.root = Supervisor(self.spec.root, processes=self.processes, report=self._report, node=self.name,
                                child_env=tree_env(self.dir, self.spec.root), values=values)

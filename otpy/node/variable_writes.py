@@ -37,6 +37,7 @@ from ..variables.placement import REGISTRY_ID, REGISTRY_PROGRAM
 from ..variables.scopes import ScopedValues, spaces_from_topology
 from ..variables.types import VariableError
 from ..wire.protocol import Change, Outcome
+from .config_sync import SYNC_TIMEOUT, Listeners, followers, sync_configs
 from .supervisor import Supervisor
 
 log = logging.getLogger("otpy")
@@ -115,8 +116,9 @@ class VariableWrites:
     """``SetVariables`` for one node: its registry, its bound values, its supervisors."""
 
     def __init__(self, node: str, values: BoundValues, bound: set[str],
-                 root: Callable[[], Supervisor | None]) -> None:
+                 root: Callable[[], Supervisor | None], listeners: Listeners) -> None:
         self.node = node
+        self.listeners = listeners  # the node's: a sync hears a restarted child's "started"
         self.values = values
         self.bound = bound  # "SCOPE.NAME" of every variable the topology binds
         self._root = root
@@ -185,7 +187,11 @@ class VariableWrites:
         versions = written.versions.get(scope, {})
         self.values.versions.update({key: versions[key.rpartition(".")[2]] for key in bound
                                      if key.rpartition(".")[2] in versions})
-        return Outcome("ok", changes=sets + done)
+        root = self._root()
+        late = await sync_configs(self.node, list(followers(root, scope)), self.listeners) if root else []
+        detail = (f"stored; {len(late)} program(s) had not confirmed running it after {SYNC_TIMEOUT:g} s: "
+                  f"{', '.join(late)}") if late else ""
+        return Outcome("ok", detail=detail, changes=sets + done)
 
     def plan(self, bound: dict[str, Any]) -> list[Change]:
         """What reconciling the tree with ``bound`` set would do (nothing is changed)."""

@@ -147,7 +147,20 @@ class CallFailed(Message):
 
 DRAIN_NOTICE = 0  # the call_id of an unasked "draining" (callers number calls from 1)
 
-ToAgent = Call
+
+class ConfigSync(Message):
+    """node -> agent, after a variable write committed: reply once the program runs the
+    registry's configuration as it is now. The agent resolves again at once; a different
+    configuration goes to ``on_config`` and the reply waits for it to return; a program
+    without ``on_config`` ends to be restarted with it. ``Reply.outputs`` is ``{"config":
+    "unchanged" | "applied" | "restarting" | "unavailable"}``."""
+
+    call_id: int
+
+
+CONFIG_STATES = ("unchanged", "applied", "restarting", "unavailable")
+
+ToAgent = Union[Call, ConfigSync]
 FromAgent = Union[Reply, CallFailed]
 
 TO_AGENT = msgspec.msgpack.Decoder(ToAgent)
@@ -219,8 +232,8 @@ class DeleteChild(Message):
 
 
 class Reconfigure(Message):
-    """client -> node (an action): replace the running child ``source`` of the dynamic supervisor
-    ``supervisor`` by ``target`` (same id), make-before-break: the target starts beside the
+    """client -> node (an action): replace the running child ``source`` of the supervisor
+    ``supervisor`` (static or dynamic) by ``target`` (same id), make-before-break: the target starts beside the
     source and reports READY, then takes the name, then the source is stopped. A target that
     fails to start leaves the source running; the reply says why."""
 

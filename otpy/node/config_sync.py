@@ -1,0 +1,98 @@
+"""After a variable write: wait until the running programs run the new values.
+
+The registry publishes a committed write to every child's config watcher, which hands it to
+``on_config`` (or restarts a program without one) on its own time. A write that returned
+then would let a caller reach a program with the old knobs: an optimizer's trial scored on the
+previous trial's values. So the node asks each running program child whose scope chain holds
+the written scope (``ConfigSync`` on the agent's own socket) to resolve again and answer once
+it runs the result; a child that restarts for it is waited for until it is started again.
+Each child is asked at once and the write waits for all, up to ``SYNC_TIMEOUT``; the ones that
+did not confirm in time are named in the reply, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Callable, Iterator
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from ..host.runtime_dir import agent_endpoint
+from ..specs.model import ChildSpec
+from ..variables.placement import REGISTRY_ID
+from ..wire.protocol import ENCODER, FROM_AGENT, ConfigSync, NodeEvent, Reply
+from .supervisor import Supervisor
+
+SYNC_TIMEOUT = 30.0  # seconds a write waits for its programs to run it
+
+Listeners = list[Callable[[NodeEvent], None]]
+
+
+def followers(root: Supervisor, scope: str) -> Iterator[str]:
+    """The running program children whose configuration ``scope`` is part of: a child's
+    chain is its own id, its supervisors up to the root, and ``global``."""
+    yield from _followers(root, scope, ("global",))
+
+
+def _followers(sup: Supervisor, scope: str, above: tuple[str, ...]) -> Iterator[str]:
+    chain = (sup.spec.id, *above)
+    for child_id in sup.machine.order:
+        child = sup.machine.children.get(child_id)
+        if child is None or child.state != "running":
+            continue
+        if child.spec.kind != "worker":
+            if (found := sup.find_supervisor(child_id)) is not None and found is not sup:
+                yield from _followers(found, scope, chain)
+        elif child_id != REGISTRY_ID and isinstance(child.running, ChildSpec) and child.running.program:
+            if scope == child_id or scope in chain:
+                yield child_id
+
+
+async def sync_configs(node: str, ids: list[str], listeners: Listeners, timeout: float = SYNC_TIMEOUT) -> list[str]:
+    """Ask each of ``ids`` to run the registry's values now; returns the ids that did not
+    confirm within ``timeout`` (a restarting one confirms when it is started again)."""
+    if not ids:
+        return []
+    started: dict[str, asyncio.Future] = {}
+    loop = asyncio.get_running_loop()
+
+    def hear(event: NodeEvent) -> None:
+        if event.kind == "started" and (waiting := started.get(event.child)) is not None and not waiting.done():
+            waiting.set_result(event.pid)
+
+    listeners.append(hear)
+    context = zmq.asyncio.Context.instance()
+    try:
+        results = await asyncio.gather(*(_sync_one(context, node, child, started, loop, timeout) for child in ids))
+    finally:
+        listeners.remove(hear)
+    return [child for child, ok in zip(ids, results) if not ok]
+
+
+_call_ids = itertools.count(1)
+
+
+async def _sync_one(context, node: str, child: str, started: dict[str, asyncio.Future], loop, timeout: float) -> bool:
+    started[child] = loop.create_future()  # before asking: the restart may be quick
+    dealer = context.socket(zmq.DEALER)
+    dealer.linger = 0
+    try:
+        dealer.connect(agent_endpoint(node, child))
+        call_id = next(_call_ids)
+        await dealer.send(ENCODER.encode(ConfigSync(call_id=call_id)))
+        async with asyncio.timeout(timeout):
+            while True:
+                reply = FROM_AGENT.decode(await dealer.recv())
+                if reply.call_id == call_id:
+                    break
+            state = reply.outputs.get("config") if isinstance(reply, Reply) else reply.kind
+            if state == "restarting":
+                await started[child]  # its next incarnation resolves the stored values at setup
+            return state in ("unchanged", "applied", "restarting", "draining")
+    except (TimeoutError, zmq.ZMQError, msgspec.DecodeError):
+        return False
+    finally:
+        dealer.close(linger=0)
