@@ -165,7 +165,7 @@ def test_status_table_has_a_program_column_and_shows_the_override():
     classifier, cache, long = lines[3:]
     assert "a:SVM @global.classifier" in classifier
     assert "stopped (override)" in cache
-    assert "AVeryLo" in long and "NotFit" not in long and "…" in long
+    assert "NotFit" in long and "examples.tabular" not in long and "…" in long  # its end kept
     start = lines[1].index("PROGRAM")
     assert all(line[start - 1] == " " for line in lines[2:])  # the column stays in place
 

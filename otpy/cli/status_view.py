@@ -59,8 +59,9 @@ PROGRAM_WIDTH = 32
 
 
 def clipped(text: str, width: int) -> str:
-    """``text`` in at most ``width - 1`` characters (a column's gap kept), cut with '…'."""
-    return text if len(text) < width else text[:width - 2] + "…"
+    """``text`` in at most ``width - 1`` characters (a column's gap kept), cut at its start
+    with '…': the end says most (the program's class, the variable it is bound to)."""
+    return text if len(text) < width else "…" + text[len(text) - width + 2:]
 
 
 def state_text(entry: dict) -> str:

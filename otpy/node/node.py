@@ -384,7 +384,7 @@ def describe_event(e: NodeEvent) -> tuple[int, str]:
         "gave_up": f"supervisor {e.supervisor} gave up{detail}",
         "auto_shutdown": f"supervisor {e.supervisor} shuts down: significant child {who} ended",
         "node_stopping": "stopping in order",
-    }.get(e.kind, f"{e.kind} {who}{detail}")
+    }.get(e.kind, " ".join(filter(None, (e.kind, who))) + detail)  # an Announce's has no child
     level = logging.WARNING if e.kind in ("exited", "start_failed", "gave_up") else logging.INFO
     return level, text
 
