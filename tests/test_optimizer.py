@@ -154,6 +154,80 @@ def test_without_a_valset_there_is_no_validation_score():
     assert result.val_score is None
 
 
+def test_a_metric_that_raises_is_counted_like_a_failed_call_with_its_traceback():
+    def metric(example, prediction):
+        if example.label == 2:
+            raise KeyError("no such label")
+        return 1.0
+
+    evaluation = evaluate(lambda n: {"answer": n}, TRAIN, metric)
+    assert (evaluation.count, evaluation.failures) == (5, 1)
+    assert evaluation.score == pytest.approx(4 / 5)
+    assert "KeyError: 'no such label'" in evaluation.first_error and "Traceback" in evaluation.first_error
+
+
+def test_a_trial_whose_apply_fails_is_a_failed_trial_with_its_reason_and_the_search_goes_on():
+    state = {}
+
+    def apply(config):
+        if config["global"]["solver"] == "pkg.a:Bad":
+            raise OptimizeError("start_failed: child 'solver-1' did not start")
+        state.update(config)
+
+    result = Optimizer(spaces(), seed=1, progress=False).compile(make_program(state), TRAIN, metric, trials=8,
+                                                               apply=apply)
+    assert result.trials == 8  # the search went on after the baseline (Bad) could not be applied
+    assert result.apply_failed >= 1 and result.failed >= result.apply_failed
+    assert "start_failed: child 'solver-1' did not start" in result.first_apply_error
+    assert result.config["global"]["solver"] == "pkg.a:Good"
+
+
+def test_an_apply_failure_is_kept_on_the_optuna_trial(tmp_path):
+    import optuna
+
+    db = str(tmp_path / "study.db")
+
+    def apply(config):
+        raise OptimizeError("start_failed: child 'solver-1'")
+
+    with pytest.raises(OptimizeError, match="(?s)every trial failed.*start_failed: child 'solver-1'"):
+        Optimizer(spaces(), seed=1, storage=db, study_name="s", progress=False).compile(
+            lambda n: {"answer": n, "x": 0.7}, TRAIN, metric, trials=3, apply=apply)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3
+    assert all("start_failed: child 'solver-1'" in t.user_attrs["apply_failed"] for t in study.trials)
+
+
+def test_a_failed_apply_of_the_best_for_the_valset_is_a_missing_val_score_with_the_reason():
+    state, applied = {}, []
+
+    def apply(config):
+        applied.append(config)
+        if len(applied) > 4:  # the four trials apply; the best's re-apply for the valset does not
+            raise OptimizeError("start_failed: child 'solver-1'")
+        state.update(config)
+
+    result = Optimizer(spaces(), seed=1, progress=False).compile(
+        make_program(state), TRAIN, metric, valset=TRAIN, trials=4, apply=apply)
+    assert len(applied) == 5 and result.val_score is None
+    assert "start_failed: child 'solver-1'" in result.val_error
+
+
+def test_ctrl_c_during_a_trial_tells_optuna_it_failed_before_raising(tmp_path):
+    import optuna
+
+    db = str(tmp_path / "study.db")
+
+    def program(n):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Optimizer(spaces(), seed=1, storage=db, study_name="s", progress=False).compile(
+            program, TRAIN, metric, trials=3, apply=lambda config: None)
+    [trial] = optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["failed"] == "interrupted"
+
+
 # --- plans are diffs ---------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from otpy.optimize.optimizer import CompileResult, Evaluation, Example, OptimizeError
 from otpy.optimize.orchestrator import Orchestrator, Schedule, WatchPolicy, apply_verdict, search_verdict
+from otpy.wire.errors import CallTimeout, NoSuchAgent
 from otpy.wire.protocol import Change
 
 pytestmark = pytest.mark.timeout(30)
@@ -85,6 +86,8 @@ def orchestrator(policy, live, candidate_score, events, searched=None):
     def search(baseline, trials):
         if searched is not None:
             searched.append((baseline, trials))
+        if isinstance(candidate_score, BaseException):
+            raise candidate_score
         if candidate_score == "error":
             raise OptimizeError("every trial failed")
         return CompileResult(config={"global": {"p": "m:New"}}, train_score=1.0, val_score=candidate_score,
@@ -125,6 +128,29 @@ def test_a_failed_search_is_announced_and_changes_nothing():
     orchestrator(WatchPolicy(threshold=0.8), live, "error", events).round()
     assert [kind for kind, _ in events] == ["watch_scored", "watch_search", "watch_failed"]
     assert live.applied == []
+
+
+@pytest.mark.parametrize("error", [NoSuchAgent("solver-1"), CallTimeout("manager: no reply in 30s"),
+                                   TimeoutError("the scratch node did not answer"),
+                                   ConnectionResetError("the scratch node went away")])
+def test_a_search_that_raises_a_call_or_timeout_error_is_announced_and_the_loop_goes_on(error):
+    events, live = [], FakeLive(0.1)
+    loop = orchestrator(WatchPolicy(threshold=0.8, interval=0.01), live, error, events)
+    assert [report.number for report in loop.run(rounds=2)] == [1, 2]
+    assert [kind for kind, _ in events] == ["watch_scored", "watch_search", "watch_failed"] * 2
+    assert str(error) in events[2][1] and type(error).__name__ in events[2][1]
+    assert live.applied == []
+
+
+def test_an_apply_that_raises_a_call_error_is_announced_and_the_loop_goes_on():
+    class Unreachable(FakeLive):
+        def apply(self, config):
+            raise CallTimeout("set_variables: no reply")
+
+    events, live = [], Unreachable(0.1)
+    loop = orchestrator(WatchPolicy(threshold=0.8, interval=0.01), live, 0.9, events)
+    assert len(loop.run(rounds=2)) == 2
+    assert [kind for kind, _ in events][-1] == "watch_failed" and "no reply" in events[-1][1]
 
 
 def test_the_sample_is_seeded_and_the_comparison_uses_all_the_validation_data():

@@ -9,8 +9,11 @@ real agents; and the result carries the actions that turn the running system int
 Scores: each trial is scored on the trainset, which the study maximises (``best_score`` is
 that train score). With a ``valset``, the best configuration is applied once more and scored
 on it: ``val_score`` is the held-out number to trust. A call that raises is counted
-(``failures``), its first traceback kept (``first_error``); a trial where every call failed is
-a failed trial (told to optuna as failed), never a score of 0.
+(``failures``, as is a metric that raises), its first traceback kept (``first_error``); a trial
+where every call failed is a failed trial (told to optuna as failed), never a score of 0. So is
+a trial whose configuration ``apply`` could not make the system run (the node refused it: a
+program that does not start with it); its reason is kept on the trial and the search goes on.
+A trial interrupted (Ctrl-C) is told to optuna as failed before the interrupt goes on.
 
 Plans are diffs: ``actions`` are one ``SetVariables`` per scope with a value that differs
 between ``current`` (what the live system runs; by default the spaces' defaults) and the best
@@ -79,8 +82,10 @@ class CompileResult:
     ``best_score`` is ``train_score``: the trainset score the study maximised. ``val_score`` is
     the best configuration's score on the valset (None without one). ``trials`` counts the
     study's finished trials (this run and earlier ones); ``infeasible`` those that broke a
-    constraint, ``failed`` those where every call raised. ``failures`` and ``first_error`` are
-    this run's failed calls. ``actions`` are the ``SetVariables`` diff from ``current`` to
+    constraint, ``failed`` the others that failed: every call raised, the configuration could
+    not be applied (``apply_failed`` of them; this run's first reason ``first_apply_error``), or
+    the run was interrupted in it. ``val_error`` says why ``val_score`` is None with a valset.
+    ``failures`` and ``first_error`` are this run's failed calls (and metrics that raised). ``actions`` are the ``SetVariables`` diff from ``current`` to
     ``config``; ``changes`` what they do (a live node's dry-run plan, filled in by whoever asks it).
     """
 
@@ -92,6 +97,9 @@ class CompileResult:
     trials: int
     infeasible: int = 0
     failed: int = 0
+    apply_failed: int = 0
+    first_apply_error: str | None = None
+    val_error: str | None = None
     failures: int = 0
     first_error: str | None = None
     actions: list[SetVariables] = field(default_factory=list)
@@ -180,45 +188,83 @@ class Optimizer:
         for number in range(len(_finished(study)), trials):
             trial = study.ask(distributions)
             try:
-                config = self.validate(trial.params)
-            except VariableError as infeasible:
-                trial.set_user_attr("infeasible", infeasible.problems)
+                shown = self._trial(trial, study, program, train, metric, apply, seen)
+            except BaseException as exc:  # Ctrl-C, or a bug: optuna is told before it propagates
+                trial.set_user_attr("failed", "interrupted" if isinstance(exc, KeyboardInterrupt) else _reason(exc))
                 study.tell(trial, state=TrialState.FAIL)
-                self._show(number + 1, trials, "infeasible", study)
-                continue
-            if apply is not None:
-                apply(config)
-            evaluation = seen.add(evaluate(program, train, metric))
-            if evaluation.failed:
-                trial.set_user_attr("failed", evaluation.first_error)
-                study.tell(trial, state=TrialState.FAIL)
-                self._show(number + 1, trials, "failed", study)
-            else:
-                study.tell(trial, evaluation.score)
-                self._show(number + 1, trials, f"{evaluation.score:.4f}", study)
+                raise
+            self._show(number + 1, trials, shown, study)
         if self.progress:
             print(file=sys.stderr)
         complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
         if not complete:
-            if any("failed" in t.user_attrs for t in study.trials):
-                raise OptimizeError(f"every trial failed: every call raised; the first error:\n{seen.first_error}")
+            reasons = [t.user_attrs["failed"] for t in study.trials if "failed" in t.user_attrs]
+            if reasons:
+                raise OptimizeError(f"every trial failed; the first one's reason:\n{reasons[0]}")
             raise VariableError(["every trial was infeasible: the spaces' constraints cannot be met"])
         best = study.best_trial
         config = self.validate(best.params)
-        val_score = None
+        val_score, val_error = None, None
         if valset is not None:
-            if apply is not None:
-                apply(config)
-            val_score = seen.add(evaluate(program, [_as_example(e) for e in valset], metric)).score
+            val_score, val_error = self._validate_best(program, [_as_example(e) for e in valset], metric, apply,
+                                                       config, seen)
         finished = _finished(study)
         return CompileResult(
             config=config, train_score=best.value, val_score=val_score,
             study_name=self.study_name, storage=self.storage, trials=len(finished),
             infeasible=sum("infeasible" in t.user_attrs for t in finished),
             failed=sum("failed" in t.user_attrs for t in finished),
+            apply_failed=sum("apply_failed" in t.user_attrs for t in finished),
+            first_apply_error=seen.first_apply_error, val_error=val_error,
             failures=seen.failures, first_error=seen.first_error,
             actions=plan_actions(self.spaces, self.defaults() if current is None else current, config),
         )
+
+    def _trial(self, trial, study, program, train: list[Example], metric, apply, seen: "_Failures") -> str:
+        """Run one trial and tell optuna how it ended; what the progress line shows of it.
+
+        Infeasible (breaks a constraint), not applied (``apply`` raised: e.g. the node refused
+        the configuration, a program that fails to start with it) and failed (every call raised)
+        trials are told as failed with the reason in a user attribute; the search goes on."""
+        from optuna.trial import TrialState
+
+        try:
+            config = self.validate(trial.params)
+        except VariableError as infeasible:
+            trial.set_user_attr("infeasible", infeasible.problems)
+            study.tell(trial, state=TrialState.FAIL)
+            return "infeasible"
+        if apply is not None:
+            try:
+                apply(config)
+            except Exception as exc:
+                reason = seen.apply_error(exc)
+                trial.set_user_attr("apply_failed", reason)
+                trial.set_user_attr("failed", f"could not apply it: {reason}")
+                study.tell(trial, state=TrialState.FAIL)
+                return "not applied"
+        evaluation = seen.add(evaluate(program, train, metric))
+        if evaluation.failed:
+            trial.set_user_attr("failed", evaluation.first_error)
+            study.tell(trial, state=TrialState.FAIL)
+            return "failed"
+        study.tell(trial, evaluation.score)
+        return f"{evaluation.score:.4f}"
+
+    @staticmethod
+    def _validate_best(program, valset: list[Example], metric, apply, config: Config,
+                       seen: "_Failures") -> tuple[float | None, str | None]:
+        """The best configuration's valset score, or None and why (it could not be applied
+        again, or every call failed): a missing held-out score is reported, never raised."""
+        if apply is not None:
+            try:
+                apply(config)
+            except Exception as exc:
+                return None, f"the best configuration could not be applied again: {_reason(exc)}"
+        evaluation = seen.add(evaluate(program, valset, metric))
+        if evaluation.failed:
+            return None, f"every validation call failed; the first:\n{evaluation.first_error}"
+        return evaluation.score, None
 
     def validate(self, params: Mapping[str, Any]) -> Config:
         """Flat ``SCOPE.NAME`` params to a checked configuration per scope (defaults, composites)."""
@@ -267,33 +313,44 @@ def plan_actions(spaces: Mapping[str, VariableSpace], current: Config, target: C
 
 
 def evaluate(program, examples: list[Example], metric) -> Evaluation:
-    """The mean metric over ``examples``; a call that raises counts 0 and is reported, not hidden."""
+    """The mean metric over ``examples``; a call (or the metric on its prediction) that raises
+    counts 0 and is reported, not hidden."""
     if not examples:
         raise ValueError("the dataset is empty")
     total, failures, first_error = 0.0, 0, None
     for example in examples:
         try:
-            prediction = program(**example.inputs)
-        except Exception as exc:
+            value = float(metric(example, program(**example.inputs)))
+        except Exception as exc:  # the call, or the metric on its prediction
             failures += 1
             first_error = first_error or _traceback(exc)
             continue
-        value = float(metric(example, prediction))
         total += 0.0 if math.isnan(value) else value
     score = None if failures == len(examples) else total / len(examples)
     return Evaluation(score=score, count=len(examples), failures=failures, first_error=first_error)
 
 
 class _Failures:
-    """The failed calls of one compile: how many, and the first one's traceback."""
+    """The failed calls of one compile: how many, and the first one's traceback; and the first
+    reason a trial's configuration could not be applied."""
 
     def __init__(self) -> None:
-        self.failures, self.first_error = 0, None
+        self.failures, self.first_error, self.first_apply_error = 0, None, None
+
+    def apply_error(self, exc: Exception) -> str:
+        reason = _reason(exc)
+        self.first_apply_error = self.first_apply_error or reason
+        return reason
 
     def add(self, evaluation: Evaluation) -> Evaluation:
         self.failures += evaluation.failures
         self.first_error = self.first_error or evaluation.first_error
         return evaluation
+
+
+def _reason(exc: BaseException) -> str:
+    """Why an action failed, in one line: an ``OptimizeError``'s message says it; others are named."""
+    return str(exc) if isinstance(exc, OptimizeError) else f"{type(exc).__name__}: {exc}"
 
 
 def _traceback(exc: BaseException) -> str:

@@ -24,7 +24,17 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from .live_system import LiveSystem, OptimizeError, OptimizerTable, format_plan, spaces_of
+from ..wire.errors import CallError
 from .optimizer import CompileResult, Config, Evaluation, Example, Optimizer, evaluate
+
+# What a search or an apply may fail with and the loop outlives: a refused or impossible search
+# (OptimizeError, ValueError), an agent or node that does not answer (CallError, TimeoutError),
+# a node whose socket went away (OSError). The round announces it; the next round runs.
+ROUND_ERRORS = (OptimizeError, ValueError, CallError, OSError)
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, OptimizeError) else f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)
@@ -176,18 +186,19 @@ class Orchestrator:
                                       f"on a scratch node")
         try:
             result = self.search(self.live.current(), self.policy.trials)
-        except (OptimizeError, ValueError) as exc:
-            self.announce("watch_failed", f"round {n}: the search failed: {exc}")
+        except ROUND_ERRORS as exc:
+            self.announce("watch_failed", f"round {n}: the search failed: {_why(exc)}")
             return RoundReport(n, scored, verdict)
         live_val = scored.score if sample is self.valset else self.score_live(self.valset).score
         decision = apply_verdict(self.policy, live_val, result.val_score)
         if not decision.act:
-            self.announce("watch_kept", f"round {n}: {decision.reason}")
+            why = f" ({result.val_error})" if result.val_score is None and result.val_error else ""
+            self.announce("watch_kept", f"round {n}: {decision.reason}{why}")
             return RoundReport(n, scored, verdict, result, live_val, decision)
         try:
             changes = tuple(self.live.apply(result.config))
-        except OptimizeError as exc:
-            self.announce("watch_failed", f"round {n}: {decision.reason}, but applying it failed: {exc}")
+        except ROUND_ERRORS as exc:
+            self.announce("watch_failed", f"round {n}: {decision.reason}, but applying it failed: {_why(exc)}")
             return RoundReport(n, scored, verdict, result, live_val, decision)
         self.announce("watch_applied", f"round {n}: {decision.reason}; " + "; ".join(format_plan(list(changes))))
         return RoundReport(n, scored, verdict, result, live_val, decision, changes)
