@@ -43,8 +43,9 @@ def static(*kids, values: BoundValues, **flags) -> Driver:
     return d
 
 
-def dynamic(values: BoundValues, **templates: ChildSpec) -> Driver:
-    d = Driver(DynamicMachine(DynamicSupervisorSpec(id="pool", templates=templates), resolve=values.resolve))
+def dynamic(values: BoundValues, max_children: int | None = None, **templates: ChildSpec) -> Driver:
+    spec = DynamicSupervisorSpec(id="pool", templates=templates, max_children=max_children)
+    d = Driver(DynamicMachine(spec, resolve=values.resolve))
     d.init()
     return d
 
@@ -54,9 +55,9 @@ def values(**named) -> BoundValues:
     return BoundValues({name.replace("_", ".", 1): value for name, value in named.items()})
 
 
-def reconcile(d: Driver):
+def reconcile(d: Driver, phase: str = "all"):
     reply_to = object()
-    d.send(Reconcile(reply_to))
+    d.send(Reconcile(reply_to, phase=phase))
     [result] = [e.result for e in d.effects if isinstance(e, Answer) and e.reply_to is reply_to]
     return result
 
@@ -406,3 +407,97 @@ class TestOverrides:
         d.call(terminate_child("a"))
         live.update({"pool.on": True})
         assert reconcile(d).changes == [] and d.state("a") == "stopped"
+
+
+# --- max_children: replicas are children too ---------------------------------------------------
+
+
+class TestReplicasAndMaxChildren:
+    def test_boot_with_more_replicas_than_max_children_fails_naming_the_template_and_the_limit(self):
+        d = Driver(DynamicMachine(DynamicSupervisorSpec(id="pool", max_children=2, templates={
+            "w": plain("w", replicas=1), "v": plain("v", replicas=WORKERS)}), resolve=values(pool_workers=2).resolve))
+        assert d.init() == ["exit failed"]  # checked before anything starts
+        assert "max_children" in d.exit.error and "'v'" in d.exit.error and "2" in d.exit.error
+        assert "max_children" in str(d.exit.reason)
+
+    def test_boot_up_to_max_children_starts(self):
+        d = dynamic(values(pool_workers=2), max_children=2, w=plain("w", replicas=WORKERS))
+        assert d.log == ["start w-1", "start w-2"] and d.machine.phase == "running"
+
+    def test_a_reconcile_above_max_children_is_a_failed_start_naming_child_template_and_limit(self):
+        live = values(pool_workers=2)
+        d = dynamic(live, max_children=2, w=plain("w", replicas=WORKERS))
+        d.take_log()
+        live.update({"pool.workers": 5})
+        result = reconcile(d)
+        assert result.outcome == "start_failed" and result.changes == []
+        assert result.detail.startswith("child 'w-3' (under 'pool'): ")
+        assert "max_children" in result.detail and "'w'" in result.detail and "2" in result.detail
+        assert d.take_log() == [] and d.machine.order == ["w-1", "w-2"]
+
+    def test_a_stopped_replica_counts_as_in_otp(self):
+        live = values(pool_workers=2)
+        d = dynamic(live, max_children=3, w=plain("w", replicas=WORKERS), v=plain("v", replicas=1))
+        d.call(terminate_child("v-1"))  # kept stopped (an override): still one of the children
+        live.update({"pool.workers": 3})
+        assert reconcile(d).outcome == "start_failed" and "w-3" not in d.machine.children
+
+    def test_replicas_the_same_write_removes_make_room(self):
+        live = values(pool_workers=1, pool_more=1)
+        d = dynamic(live, max_children=2, w=plain("w", replicas=WORKERS), v=plain("v", replicas=Bound("pool.more")))
+        live.update({"pool.workers": 2, "pool.more": 0})
+        assert [(c.action, c.child) for c in d.machine.plan()] == [("start", "w-2"), ("stop", "v-1")]
+        result = reconcile(d)
+        assert result.ok and [(c.action, c.child) for c in result.changes] == [("start", "w-2"), ("stop", "v-1")]
+
+
+# --- phases: make (replacements and starts) then break (stops) --------------------------------
+
+
+class TestPhases:
+    def setup_method(self):
+        self.live = values(global_program="m:A", pool_on=True, pool_off=False)
+        self.d = static(bound("a"), plain("b", enabled=ON), plain("c", enabled=ON), plain("d", enabled=Bound("pool.off")),
+                        values=self.live)
+        self.live.update({"global.program": "m:B", "pool.on": False, "pool.off": True})
+
+    def test_make_only_replaces_and_starts_in_start_order(self):
+        d = self.d
+        result = reconcile(d, "make")
+        assert result.ok and [(c.action, c.child) for c in result.changes] == [("reconfigure", "a"), ("start", "d")]
+        assert d.state("b") == d.state("c") == "running"  # nothing stopped yet
+
+    def test_break_only_stops_in_reverse_order(self):
+        d = self.d
+        result = reconcile(d, "break")
+        assert [(c.action, c.child) for c in result.changes] == [("stop", "c"), ("stop", "b")]
+        assert d.state("d") == "stopped" and d.machine.children["a"].running.program == "m:A"
+
+    def test_make_then_break_is_the_plan_and_all_is_both(self):
+        plan = self.d.machine.plan()
+        assert [c.action for c in plan] == ["reconfigure", "start", "stop", "stop"]
+        done = reconcile(self.d, "make").changes + reconcile(self.d, "break").changes
+        assert without_pids(done) == without_pids(plan)
+        assert self.d.machine.plan() == []
+
+    def test_replicas_start_in_make_and_leave_in_break(self):
+        live = values(pool_workers=1)
+        d = dynamic(live, w=plain("w", replicas=WORKERS))
+        live.update({"pool.workers": 2})
+        assert reconcile(d, "break").changes == []
+        assert [(c.action, c.child) for c in reconcile(d, "make").changes] == [("start", "w-2")]
+        live.update({"pool.workers": 1})
+        assert reconcile(d, "make").changes == [] and d.machine.order == ["w-1", "w-2"]
+        assert [(c.action, c.child) for c in reconcile(d, "break").changes] == [("stop", "w-2")]
+        assert d.machine.order == ["w-1"]
+
+
+# --- a child from a template with replicas is one child ---------------------------------------
+
+
+def test_start_from_a_template_with_replicas_launches_and_keeps_no_replicas():
+    d = dynamic(values(pool_workers=0), w=plain("w", replicas=WORKERS))
+    assert d.call(start_from_template("w", "extra")).ok
+    [spec] = launched(d)
+    assert spec.replicas is None and d.machine.children["extra"].spec.replicas is None
+    assert d.machine.plan() == []

@@ -1,5 +1,6 @@
 """Supervisors following variables with real OS processes (#13): a shared ``BoundValues`` the
-test changes, then ``reconcile()``; the process set and ``children_info`` must follow.
+test changes, then ``reconcile()``; the process set and ``children_info`` must follow. A tree
+of supervisors is reconciled by the node (``set_variables``), the path a write takes.
 """
 
 from __future__ import annotations
@@ -8,12 +9,14 @@ import asyncio
 
 import pytest
 
+import otpy
 from otpy.node.supervisor import Supervisor
 from otpy.specs.bindings import BoundValues
-from otpy.specs.model import Bound, ChildSpec, DynamicSupervisorSpec, SupervisorSpec
+from otpy.specs.model import Bound, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec
+from otpy.variables.placement import with_registry
 from otpy.wire.protocol import BoundInfo, TerminateChild
 
-from tests.helpers import alive, wait_dead
+from tests.helpers import alive, unique_name, wait_dead
 from tests.test_process_faults import manager
 
 pytestmark = pytest.mark.timeout(60)
@@ -111,25 +114,41 @@ def test_enabled_stops_and_starts_the_process_and_an_override_stays():
     run(tree, live, check)
 
 
-def test_replicas_change_the_process_set_and_a_nested_supervisor_shares_the_values():
-    live = BoundValues({"pool.workers": 2})
-    pool = DynamicSupervisorSpec(id="pool", templates={
-        "w": ChildSpec(id="w", program=SLEEPER, replicas=Bound("pool.workers"))})
-    tree = SupervisorSpec(id="root", children=(pool,))
+def test_make_starts_and_replaces_and_only_break_stops():
+    live = BoundValues({"global.program": SLEEPER, "pool.on": True})
+    tree = SupervisorSpec(id="root", children=(
+        ChildSpec(id="a", program=Bound("global.program")),
+        ChildSpec(id="b", program=SLEEPER, enabled=Bound("pool.on"))))
 
     async def check(sup):
-        [below] = [s for s in sup.supervisors() if s.spec.id == "pool"]
-        assert [c.id for c in below.children_info()] == ["w-1", "w-2"]
-        live.update({"pool.workers": 3})
-        assert [(c.action, c.child) for c in sup.plan_tree()] == [("start", "w-3")]
-        result = await sup.reconcile_tree()
-        assert result.ok and [c.child for c in result.changes] == ["w-3"]
-        pids = {c.id: c.pid for c in below.children_info()}
-        assert all(alive(p) for p in pids.values()) and len(pids) == 3
-        live.update({"pool.workers": 1})
-        result = await sup.reconcile_tree()
-        assert [(c.action, c.child) for c in result.changes] == [("stop", "w-3"), ("stop", "w-2")]
-        assert [c.id for c in below.children_info()] == ["w-1"]
-        assert wait_dead([pids["w-2"], pids["w-3"]], 10) == []
+        b = info(sup, "b").pid
+        live.update({"global.program": ECHO, "pool.on": False})
+        plan = sup.plan()
+        made = await sup.reconcile("make")
+        assert made.ok and [(c.action, c.child) for c in made.changes] == [("reconfigure", "a")]
+        assert info(sup, "a").program == ECHO and info(sup, "b").pid == b and alive(b)  # nothing stopped
+        broken = await sup.reconcile("break")
+        assert [(c.action, c.child) for c in broken.changes] == [("stop", "b")]
+        assert [(c.action, c.child) for c in plan] == [("reconfigure", "a"), ("stop", "b")]
+        assert wait_dead([b], 10) == []
 
     run(tree, live, check)
+
+
+def test_replicas_follow_a_write_through_the_node_in_a_nested_supervisor():
+    variables = {"pool": {"workers": {"type": "integer", "low": 0, "high": 4, "default": 2}}}
+    pool = DynamicSupervisorSpec(id="pool", templates={
+        "w": ChildSpec(id="w", program=SLEEPER, replicas=Bound("pool.workers"))})
+    root = with_registry(SupervisorSpec(id="root", children=(pool,)), variables)
+    with otpy.Node(NodeSpec(name=unique_name("replicas"), root=root)) as node:
+        assert [c.id for c in node.which_children("pool")] == ["w-1", "w-2"]
+        planned = node.set_variables("pool", {"workers": 3}, dry_run=True)
+        assert [(c.action, c.child) for c in planned.changes if c.action != "set"] == [("start", "w-3")]
+        result = node.set_variables("pool", {"workers": 3})
+        assert result.ok and [c.child for c in result.changes if c.action == "start"] == ["w-3"]
+        pids = {c.id: c.pid for c in node.which_children("pool")}
+        assert all(alive(p) for p in pids.values()) and len(pids) == 3
+        result = node.set_variables("pool", {"workers": 1})
+        assert [(c.action, c.child) for c in result.changes if c.action == "stop"] == [("stop", "w-3"), ("stop", "w-2")]
+        assert [c.id for c in node.which_children("pool")] == ["w-1"]
+        assert wait_dead([pids["w-2"], pids["w-3"]], 10) == []

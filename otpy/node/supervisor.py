@@ -11,7 +11,8 @@ supervisor is a ``Supervisor`` object whose ``exited`` future plays the role of 
 
 Variables: every supervisor of a node shares the node's ``BoundValues``; its machine resolves a
 child's declared spec with it each time it starts it. When the node changes the values it
-asks each supervisor to ``reconcile()`` (``plan()`` says what that would do). The shell
+asks each supervisor to ``reconcile("make")``, commits, then ``reconcile("break")`` (``plan()``
+says what both would do); the node walks the tree (``supervisors()``). The shell
 remembers the registry versions a child was launched with, which ``children_info`` shows.
 """
 
@@ -28,10 +29,11 @@ from ..supervision.children import Child
 from ..supervision.dynamic import DynamicMachine
 from ..supervision.effects import (
     Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, Launch, LaunchFailed,
-    Launched, Post, Reconcile, Replace, Report, Outcome, Stop, StopSupervisor,
+    Launched, Post, Reconcile, ReconcilePhase, Replace, Report, Outcome, Stop, StopSupervisor,
 )
 from ..supervision.exit import ExitReason, should_restart
 from ..supervision.machine import StaticMachine
+from ..supervision.reconcile import shown_program
 from ..processes.manager import ChildProcess, ProcessManager, StartFailed
 from ..wire.protocol import BoundInfo, Change, ChildInfo, EventKind, NodeEvent, TreeEntry
 from ..specs.bindings import BoundValues
@@ -165,19 +167,21 @@ class Supervisor:
             return reply_to.result()
         return self._gone()
 
-    async def reconcile(self) -> Outcome:
+    async def reconcile(self, phase: ReconcilePhase = "all") -> Outcome:
         """Make the children match the values now (``supervision.reconcile``), queued behind
-        the other events like a ``call``; the answer's ``changes`` say what was done. On a
-        failed start or replacement: ``start_failed`` naming the child, with what was done."""
+        the other events like a ``call``: ``phase`` "make" does the replacements and starts,
+        "break" the stops, "all" both. The answer's ``changes`` say what was done. On a failed
+        start or replacement: ``start_failed`` naming the child, with what was done."""
         if self.exited.done():
             return self._gone()
         reply_to: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(Reconcile(reply_to))
+        self._inbox.put_nowait(Reconcile(reply_to, phase))
         await asyncio.wait({reply_to, self.exited}, return_when=asyncio.FIRST_COMPLETED)
         return reply_to.result() if reply_to.done() else self._gone()
 
     def plan(self) -> list[Change]:
-        """What ``reconcile()`` would do now, without doing it (a dry run)."""
+        """What ``reconcile()`` would do now, without doing it (a dry run): "make"'s steps,
+        then "break"'s."""
         return self.machine.plan()
 
     def supervisors(self) -> "list[Supervisor]":
@@ -188,21 +192,6 @@ class Supervisor:
             if isinstance(handle, Supervisor):
                 found += handle.supervisors()
         return found
-
-    async def reconcile_tree(self) -> Outcome:
-        """``reconcile()`` every supervisor of this subtree, parents first; stops at the first
-        failure, whose answer carries every change done so far."""
-        changes: list[Change] = []
-        for sup in self.supervisors():
-            result = await sup.reconcile()
-            changes += result.changes
-            if not result.ok:
-                return Outcome(result.outcome, detail=result.detail, changes=changes)
-        return Outcome("ok", changes=changes)
-
-    def plan_tree(self) -> list[Change]:
-        """``plan()`` of every supervisor of this subtree, in ``reconcile_tree``'s order."""
-        return [change for sup in self.supervisors() for change in sup.plan()]
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -354,7 +343,7 @@ class Supervisor:
     def _child_info(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None]) -> ChildInfo:
         state, pid = self._shown_state(child, dead)
         return ChildInfo(id=child.id, kind=child.spec.kind, state=state, pid=pid, restarts=child.restarts,
-                         program=_program(child), bound=self._bound(child), override=child.override)
+                         program=shown_program(child), bound=self._bound(child), override=child.override)
 
     def _bound(self, child: Child) -> BoundInfo | None:
         """The variable ``child``'s program (else its ``enabled``) is bound to, and the registry
@@ -417,15 +406,6 @@ class Supervisor:
         return TreeEntry(id=self.spec.id, kind=self.spec.kind, state="running" if running else "stopped",
                          pid=self.pid, restarts=restarts, uptime=_uptime(now, self.started_at) if running else None,
                          children=children)
-
-
-def _program(child: Child) -> str | None:
-    """What a program child runs ("module:attr"): its running incarnation's, else its declared
-    program when that is a value (None for commands, supervisors, an unresolved binding)."""
-    for spec in (child.running, child.spec):
-        if isinstance(spec, ChildSpec) and isinstance(spec.program, str):
-            return spec.program
-    return None
 
 
 def _uptime(now: float, started: float | None) -> float | None:

@@ -36,7 +36,7 @@ from . import reconcile
 from .children import Child, ChildTable
 from .effects import (
     Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, Launch, LaunchFailed, Launched, Post,
-    Reconcile, Replace, Report, Outcome, Retry, Stop, StopSupervisor,
+    Reconcile, ReconcilePhase, Replace, Report, Outcome, Retry, Stop, StopSupervisor,
 )
 from .exit import SHUTDOWN, ExitReason, charged, should_restart
 from .intensity import RestartWindow
@@ -120,8 +120,8 @@ class BaseMachine:
                 return self._terminate(SHUTDOWN)
             case Command(request, reply_to):
                 return self._command(request, reply_to)
-            case Reconcile(reply_to):
-                return self._reconcile(reply_to)
+            case Reconcile(reply_to, phase):
+                return self._reconcile(reply_to, phase)
         raise TypeError(f"unknown event {event!r}")
 
     # --- queries (read directly: they change nothing) --------------------------------------
@@ -145,11 +145,13 @@ class BaseMachine:
         return "restart" if chain.purpose == "restart" else "start"
 
     def plan(self) -> list[Change]:
-        """What a ``Reconcile`` now would do, without doing it (a dry run)."""
-        return [step.change for step in self._plan()]
+        """What a ``Reconcile`` now would do, without doing it (a dry run): the whole plan,
+        ``make`` steps then ``break`` steps."""
+        return [step.change for step in self._plan("all")]
 
-    def _plan(self) -> list[reconcile.Step]:
-        return reconcile.plan(self.children.values(), self.resolve, self.spec.id, self._templates())
+    def _plan(self, phase: ReconcilePhase) -> list[reconcile.Step]:
+        return reconcile.plan(self.children.values(), self.resolve, self.spec.id, self._templates(),
+                              getattr(self.spec, "max_children", None), phase)
 
     # --- chains of starts: one Launch at a time, each of the spec resolved now --------------
 
@@ -288,10 +290,10 @@ class BaseMachine:
 
     # --- reconcile: the children made to match the variables now -------------------------------
 
-    def _reconcile(self, reply_to) -> list[Effect]:
+    def _reconcile(self, reply_to, phase: ReconcilePhase) -> list[Effect]:
         if self.phase != "running":
             return [Answer(reply_to, Outcome("ok"))]
-        self._reconciling = _Reconciling(deque(self._plan()), reply_to)
+        self._reconciling = _Reconciling(deque(self._plan(phase)), reply_to)
         return self._reconcile_next()
 
     def _reconcile_next(self) -> list[Effect]:
@@ -303,6 +305,8 @@ class BaseMachine:
             step = job.steps[0]
             if step.action == "replace":
                 return self._replace(step.id, self.children[step.id].spec, None, reconciling=True)
+            if step.refusal is not None:  # fails untried: a new replica above max_children
+                return self._reconcile_failed(step.id, step.refusal)
             if step.new is not None:
                 self.children.save(step.new)
             return self._begin("reconcile", [step.id])
@@ -331,7 +335,7 @@ class BaseMachine:
         assert job is not None
         step = job.steps[0]
         if step.new is not None:
-            self.children.delete(id)  # a replica that never ran is not kept
+            self.children.delete(id)  # a replica that never ran is not kept (if it was saved)
         detail = f"child {id!r} (under {self.spec.id!r}): {reason}"
         return [Report("start_failed", id, reason),
                 Answer(job.reply_to, Outcome("start_failed", detail=detail, changes=job.done))]

@@ -26,10 +26,13 @@ make-before-break ``reconfigure`` and the reconcile are the static machine's too
 
 from __future__ import annotations
 
+import msgspec
+
 from .base import BaseMachine, Resolver, disabled_refusal, no_child, unresolved
 from .children import Child
 from .effects import Answer, ChildRequest, Effect, Exit, Outcome
 from .exit import ExitReason
+from .reconcile import over_max_children
 from ..specs.bindings import UnboundValue, replica_count, replica_ids, replica_of
 from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, from_template
 from ..wire import protocol as wire
@@ -43,23 +46,26 @@ class DynamicMachine(BaseMachine):
         super().__init__(spec, resolve=resolve)
 
     def _boot(self) -> list[Effect]:
-        """Start the templates' replicas, template by template, one at a time."""
+        """Start the templates' replicas, template by template, one at a time; counted first:
+        more than ``max_children`` fails the start before anything starts."""
         self.phase = "starting"
-        ids = []
+        replicas: list[tuple[ChildSpec, str]] = []  # (template, replica id), in start order
         for name, template in self._templates().items():
             try:
                 count = replica_count(self.resolve(template), {})
             except UnboundValue as exc:
-                return self._boot_failed(name, str(exc))
-            for id in replica_ids(name, count):
-                self.children.save(from_template(template, id))
-                ids.append(id)
-        return self._begin("init", ids)
+                return self._boot_failed(name, f"cannot count its replicas: {exc}")
+            if (refusal := over_max_children(name, len(replicas) + count, self.spec.max_children)) is not None:
+                return self._boot_failed(name, refusal)
+            replicas += [(template, id) for id in replica_ids(name, count)]
+        for template, id in replicas:
+            self.children.save(from_template(template, id))
+        return self._begin("init", [id for _, id in replicas])
 
     def _boot_failed(self, template: str, reason: str) -> list[Effect]:
         self.phase = "terminated"
         return [Exit(ExitReason(kind="failed", detail=f"failed_to_start_child {template}: {reason}"),
-                     error=f"cannot count the replicas of template {template!r}: {reason}")]
+                     error=f"cannot start the replicas of template {template!r}: {reason}")]
 
     def _templates(self) -> dict[str, ChildSpec]:
         return {name: t for name, t in self.spec.templates.items() if t.replicas is not None}
@@ -76,7 +82,9 @@ class DynamicMachine(BaseMachine):
                 if base is None:
                     known = ", ".join(sorted(self.spec.templates)) or "none"
                     return [Answer(reply_to, Outcome("not_found", detail=f"no template {template!r} (templates: {known})"))]
-                return self._start_child(from_template(base, id, args), reply_to)
+                # One child, not a template's replicas: it runs as checked, without ``replicas``.
+                return self._start_child(msgspec.structs.replace(from_template(base, id, args), replicas=None),
+                                         reply_to)
             case wire.Reconfigure(source=id, target=target):
                 return self._reconfigure(id, target, reply_to)
             case wire.TerminateChild(id=id):

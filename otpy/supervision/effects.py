@@ -17,8 +17,9 @@ One name per fact:
 ``ChildExited``    event: an incarnation ended without being asked to
 ``Retry``          event: try a failed restart again (posted by the machine to its own inbox)
 ``StopSupervisor`` event: stop every child and exit ``shutdown``
-``Reconcile``      event: make the children match the variables now (``reconcile``); answer
-                   an ``Outcome`` whose ``changes`` say what was done
+``Reconcile``      event: make the children match the variables now (``reconcile``), in one
+                   ``phase``: ``make`` (replacements and starts), ``break`` (stops) or
+                   ``all`` (both); answer an ``Outcome`` whose ``changes`` say what was done
 ``Command``        event: an administrative request, and where its answer goes. The request is
                    the wire's own message (``ChildRequest``: ``StartChild``, ``StartFromTemplate``,
                    ``TerminateChild``, ``RestartChild``, ``DeleteChild``, ``Reconfigure``), so a
@@ -46,6 +47,7 @@ launched beside the running child (``Launch(spec, replacement=True)``); once it 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .exit import ExitReason
 from ..specs.model import AnySpec
@@ -57,6 +59,9 @@ ChildRequest = (
     wire.StartChild | wire.StartFromTemplate | wire.TerminateChild | wire.RestartChild | wire.DeleteChild
     | wire.Reconfigure
 )
+# A reconcile's steps in two phases: ``make`` the replacements and starts (start order), then
+# ``break``: the stops (reverse order); ``all``: both, one after the other.
+ReconcilePhase = Literal["make", "break", "all"]
 
 
 # --- events -------------------------------------------------------------------------------
@@ -117,10 +122,12 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class Reconcile:
-    """Make the children match what the variables say now (the node changed them); the
-    ``Answer`` to ``reply_to`` is an ``Outcome`` whose ``changes`` list what was done."""
+    """Make the children match what the variables say now (the node changed them), only the
+    steps of ``phase``; the ``Answer`` to ``reply_to`` is an ``Outcome`` whose ``changes``
+    list what was done."""
 
     reply_to: object = None
+    phase: ReconcilePhase = "all"
 
 
 Event = Boot | Launched | LaunchFailed | ChildExited | Retry | StopSupervisor | Command | Reconcile

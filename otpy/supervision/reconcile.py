@@ -21,10 +21,18 @@ A dynamic supervisor's template with ``replicas`` keeps ``TEMPLATE-1..N`` childr
 (``specs.bindings.replica_ids``): the missing ones are started (ascending), those above N
 removed (stopped, and gone from the table), the others decided as above.
 
-``plan`` is the list of ``Step`` s in the order they are carried out: replacements and starts
-in start order, then stops in reverse start order. The machine's ``plan()`` shows the steps as
-wire ``Change`` s without doing anything (a dry run); its ``Reconcile`` carries out the same
-steps, so the dry run is exactly what the reconcile then does.
+Replicas are children: a dynamic supervisor's ``max_children`` bounds them too
+(``over_max_children``, one rule for the boot and a reconcile). A new replica that would make
+the supervisor keep more children than ``max_children`` (counting those the same reconcile
+removes as gone, and stopped ones as there, as OTP counts its table) is a failed step.
+
+``plan`` is the list of ``Step`` s in the order they are carried out, in two phases: ``make``,
+the replacements and starts in start order, then ``break``, the stops in reverse start order.
+The node runs ``make`` on every supervisor, commits the write, then ``break`` on every
+supervisor: a write refused on the way has then stopped nothing. ``all`` is both. The
+machine's ``plan()`` shows the whole plan as wire ``Change`` s without doing anything (a dry
+run); its ``Reconcile`` carries out the same steps, so the dry run is exactly what ``make``
+then ``break`` (or ``all``) do.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from typing import Callable, Iterable, Literal, Mapping, NamedTuple
 import msgspec
 
 from .children import Child
+from .effects import ReconcilePhase
 from ..specs.bindings import UnboundValue, is_enabled, replica_count, replica_ids, replica_of
 from ..specs.model import AnySpec, ChildSpec, from_template
 from ..wire.protocol import Change
@@ -45,12 +54,14 @@ Resolver = Callable[[AnySpec], AnySpec]
 class Step(NamedTuple):
     """One thing a reconcile does to child ``id``: ``start`` (``new``: the declared spec of a
     replica not yet in the table), ``replace``, ``stop`` (kept, disabled) or ``remove`` (a
-    replica above its template's count: stopped and deleted); ``change`` says it on the wire."""
+    replica above its template's count: stopped and deleted); ``change`` says it on the wire;
+    ``refusal``: why the step fails without being tried (a new replica above ``max_children``)."""
 
     action: Literal["start", "replace", "stop", "remove"]
     id: str
     change: Change
     new: ChildSpec | None = None
+    refusal: str | None = None
 
 
 def enabled(resolved: AnySpec) -> bool:
@@ -96,10 +107,26 @@ def program_of(spec: AnySpec | None) -> str | None:
     return None
 
 
+def shown_program(child: Child) -> str | None:
+    """What a program child runs: its running incarnation's program, else its declared one
+    when that is a value (None for commands, supervisors, an unresolved binding)."""
+    return program_of(child.running if child.running is not None else child.spec)
+
+
+def over_max_children(template: str, children: int, max_children: int | None) -> str | None:
+    """Why a replica of ``template`` may not be started as the supervisor's ``children``-th
+    child (``max_children`` None: no limit), or None."""
+    if max_children is None or children <= max_children:
+        return None
+    return (f"max_children: a replica of template {template!r} would be child {children} of a supervisor "
+            f"whose max_children is {max_children}; raise max_children or lower the template's replicas")
+
+
 def plan(children: Iterable[Child], resolve: Resolver, supervisor: str,
-         templates: Mapping[str, ChildSpec] | None = None) -> list[Step]:
-    """The steps that make ``children`` (in start order) match ``resolve`` now; ``templates``:
-    a dynamic supervisor's, whose ``replicas`` are kept."""
+         templates: Mapping[str, ChildSpec] | None = None, max_children: int | None = None,
+         phase: ReconcilePhase = "all") -> list[Step]:
+    """The steps of ``phase`` that make ``children`` (in start order) match ``resolve`` now;
+    ``templates`` and ``max_children``: a dynamic supervisor's, whose ``replicas`` are kept."""
     children = list(children)
     counts = _replica_counts(templates or {}, resolve)
     ahead: list[Step] = []  # replacements and starts, in start order
@@ -121,13 +148,16 @@ def plan(children: Iterable[Child], resolve: Resolver, supervisor: str,
             case "stop":
                 stops.append(Step("stop", child.id, _stop_change(supervisor, child)))
     present = {child.id for child in children}
+    kept = len(children) - sum(step.action == "remove" for step in stops)
     for name, count in counts.items():
         for id in replica_ids(name, count):
             if id not in present:
+                kept += 1
                 new = from_template(templates[name], id)
                 ahead.append(Step("start", id, Change(action="start", supervisor=supervisor, child=id,
-                                                      after=program_of(try_resolve(resolve, new))), new=new))
-    return ahead + stops[::-1]
+                                                      after=program_of(try_resolve(resolve, new))), new=new,
+                                  refusal=over_max_children(name, kept, max_children)))
+    return {"make": ahead, "break": stops[::-1], "all": ahead + stops[::-1]}[phase]
 
 
 def _stop_change(supervisor: str, child: Child) -> Change:
