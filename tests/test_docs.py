@@ -11,7 +11,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (file, index of the ```python block): the blocks that are whole programs.
-RUNNABLE = [("README.md", 0), ("docs/embedding.md", 0), ("docs/optimizing.md", 0), ("docs/programs.md", 1)]
+RUNNABLE = [("README.md", 0), ("docs/embedding.md", 0), ("docs/optimizing.md", 0), ("docs/programs.md", 1),
+            ("docs/programs.md", 3), ("docs/programs.md", 4)]  # 3: Pipeline, 4: ManagerProgram
 
 
 def block(path: str, index: int) -> str:

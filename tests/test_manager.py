@@ -5,19 +5,22 @@ the trace."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
+import threading
+from collections import Counter, defaultdict
 
 import pytest
 
 import otpy
 from otpy.optimize.manager import (
-    ManagerProgram, check_args, idle_agents, managed_id, next_check, owner_of, program_of, started_by,
+    ManagerProgram, StageFailed, check_args, idle_agents, managed_id, next_check, owner_of, program_of, started_by,
     supervisor_problem,
 )
 from otpy.optimize.pipeline import Group, PlanError, Step, declared_steps, parse_plan, parse_step
 from otpy.specs.model import name_problem
-from otpy.wire.protocol import TreeEntry
+from otpy.wire.protocol import Outcome, TreeEntry
 from otpy.topology.load import parse_topology
 from tests.helpers import unique_name, wait_until
 
@@ -115,6 +118,164 @@ def test_wrong_args_are_refused_at_setup(args, words):
         check_args(args)
     with pytest.raises(PlanError, match=words):
         ManagerProgram().setup(args, {})
+
+
+# --- the agents it starts, against an in-process node (its control calls, held at will) --------
+
+
+class FakeNode:
+    """The node's control socket as the manager uses it: a StartChild of an id in ``hold`` waits
+    until the test sets its event; ids in ``present`` are there but not running (a failed
+    restart waiting for its retry), and ``stuck`` ones stay so after a TerminateChild."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: dict[str, int] = {}
+        self.present: set[str] = set()
+        self.stuck: set[str] = set()
+        self.hold: dict[str, threading.Event] = {}
+        self.entered: defaultdict[str, threading.Event] = defaultdict(threading.Event)
+        self.calls: list[tuple[str, str]] = []
+        self.in_flight: Counter[str] = Counter()
+        self.most_in_flight: Counter[str] = Counter()
+        self.pids = itertools.count(100)
+
+    def connect(self, *args, **kwargs) -> "FakeClient":
+        return FakeClient(self)
+
+
+class FakeClient:
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+
+    def which_children(self, sup=None):
+        return []
+
+    def start_child(self, sup, spec):
+        node = self.node
+        with node.lock:
+            node.calls.append(("start", spec.id))
+            node.in_flight[spec.id] += 1
+            node.most_in_flight[spec.id] = max(node.most_in_flight[spec.id], node.in_flight[spec.id])
+        node.entered[spec.id].set()
+        if spec.id in node.hold:
+            assert node.hold[spec.id].wait(20), "the test never let the start go"
+        with node.lock:
+            node.in_flight[spec.id] -= 1
+            if spec.id in node.running:
+                return Outcome("already_started", pid=node.running[spec.id])
+            if spec.id in node.present:
+                return Outcome("already_present")
+            node.running[spec.id] = next(node.pids)
+            return Outcome("ok", pid=node.running[spec.id])
+
+    def terminate_child(self, child_id, sup=None):
+        with self.node.lock:
+            self.node.calls.append(("terminate", child_id))
+            if child_id not in self.node.stuck:
+                self.node.present.discard(child_id)
+            return Outcome("ok" if self.node.running.pop(child_id, None) else "not_found")
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    node = FakeNode()
+    monkeypatch.setattr("otpy.wire.client.connect", node.connect)
+    monkeypatch.setenv("OTPY_NODE", "fake")
+    monkeypatch.delenv("OTPY_CHILD_ID", raising=False)
+    return node
+
+
+@pytest.fixture
+def manager(fake):
+    program = ManagerProgram()
+    program.setup({"supervisor": "workers", "idle_seconds": 600}, {})
+    yield program
+    for event in fake.hold.values():
+        event.set()
+    program.teardown()
+
+
+def ensure(manager, step: str, program: str = ADD):
+    """The pid of the manager's agent for ``step`` (started if need be), as a forward places it."""
+    agent = managed_id("manager", step, program)
+    return agent, manager._ensure(Step(step, program=program), program, agent, None)
+
+
+def in_thread(target, *args) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_an_agent_present_but_not_running_is_terminated_and_started_again(fake, manager):
+    """``already_present``: the id is in the supervisor, stopped, with no pid (its restart
+    failed and waits for a retry). A dynamic supervisor restarts no child on request: the
+    manager drops it and starts it, and the stage calls a running agent."""
+    agent = managed_id("manager", "add", ADD)
+    fake.present.add(agent)
+    assert ensure(manager, "add") == (agent, fake.running[agent])
+    assert fake.calls == [("start", agent), ("terminate", agent), ("start", agent)]
+
+
+def test_an_agent_that_stays_present_fails_its_stage_naming_it(fake, manager):
+    agent = managed_id("manager", "add", ADD)
+    fake.present.add(agent)
+    fake.stuck.add(agent)
+    with pytest.raises(StageFailed, match=rf"step 'add' \(program {ADD}, agent '{agent}'\) failed: cannot start it "
+                                          r"under 'workers': already_present"):
+        ensure(manager, "add")
+
+
+def test_a_slow_start_holds_up_neither_other_agents_nor_the_idle_timer(fake, manager):
+    """A StartChild waits for the agent's READY (its setup may train a model): meanwhile a
+    call that needs another agent starts it, and an agent gone idle is terminated."""
+    manager.idle_seconds = 0.05
+    idle, _ = ensure(manager, "idle")
+    slow = managed_id("manager", "slow", ADD)
+    fake.hold[slow] = threading.Event()
+    in_thread(ensure, manager, "slow")
+    assert fake.entered[slow].wait(10)
+    other = in_thread(ensure, manager, "other")
+    in_thread(manager._release, [idle])
+    wait_until(lambda: managed_id("manager", "other", ADD) in fake.running, timeout=5,
+               what="another agent started while the slow one starts")
+    wait_until(lambda: ("terminate", idle) in fake.calls, timeout=5, what="the idle agent terminated meanwhile")
+    other.join(5)
+    assert slow not in fake.running
+    fake.hold[slow].set()
+    wait_until(lambda: slow in fake.running, timeout=5, what="the slow agent started")
+
+
+def test_two_calls_for_one_agent_start_it_once(fake, manager):
+    """The second call waits for the first one's start (it does not send a StartChild of its
+    own meanwhile) and calls the same agent."""
+    agent = managed_id("manager", "add", ADD)
+    fake.hold[agent] = threading.Event()
+    first, second = [], []
+    one = in_thread(lambda: first.append(ensure(manager, "add")))
+    assert fake.entered[agent].wait(10)
+    waiting = threading.Event()
+    lock = manager._lock
+
+    class Watched(type(lock)):
+        def wait(self, timeout=None):
+            if threading.current_thread() is two:
+                waiting.set()
+            return super().wait(timeout)
+
+    manager._lock = watched = Watched(lock._lock)  # the same lock, its waits seen
+    two = threading.Thread(target=lambda: second.append(ensure(manager, "add")), daemon=True)
+    two.start()
+    wait_until(lambda: waiting.is_set() or fake.calls.count(("start", agent)) > 1, timeout=5,
+               what="the second call waits, or starts the agent again")
+    fake.hold[agent].set()
+    one.join(10), two.join(10)
+    assert first == second == [(agent, fake.running[agent])] and fake.most_in_flight[agent] == 1
+    assert watched is manager._lock
 
 
 # --- live: a node with a dynamic supervisor, a planner and managers -------------------------
@@ -273,19 +434,3 @@ def test_a_managers_agents_end_with_it_and_its_next_incarnation_adopts_them(node
     answer = node.call("owner", {"x": 1.0}, timeout=30)
     assert answer["trace"][0]["pid"] == workers(node)[agent] != pid
 
-
-@pytest.mark.timeout(90)
-@pytest.mark.parametrize("index", [3, 4], ids=["pipeline", "manager"])
-def test_the_pipeline_and_manager_examples_of_the_docs_run(index, tmp_path):
-    """docs/programs.md: the Pipeline example (it once chained the planner's steps into the
-    reviewer: TypeError) and the manager example run as written."""
-    import subprocess
-    import sys
-
-    from tests.test_docs import ROOT, block
-
-    code = block("docs/programs.md", index)
-    assert 'name="embedded-demo"' in code
-    code = code.replace('name="embedded-demo"', f'name="{unique_name("docs")}"')
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=80)
-    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -63,9 +63,12 @@ INTERNAL_ERRORS = {
     "AgentDraining": "a Caller resends such a call to the name's next holder; only hand-made clients see it",
     "AlreadyRunning": "the run lock's; Node.start raises NodeAlreadyRunning",
     "BoundWrite": "the registry's; answered as a refusal of kind bound",
+    "PlanError": "a PipelineError (public): a manager's plan or args, raised in its agent (callers see "
+                 "RemoteError, a start fails with its text); in-process it is caught as otpy.PipelineError",
     "RegistryDown": "the worker's registry link; the child's start fails with its text",
     "RegistryFileError": "raised in the registry child; its start fails with its text",
     "RegistryRefused": "RegistryClient's (worker, manager, otpy vars); public calls answer an Outcome",
+    "StageFailed": "a manager's failed stage, raised in its agent: callers see RemoteError with its text",
     "StartFailed": "the process manager's; supervisors turn it into a start_failed outcome",
     "UnboundValue": "resolving a bound spec; a start fails with its text (start_failed)",
     "VersionConflict": "the registry's compare-and-set; answered as a refusal of kind conflict",

@@ -34,8 +34,9 @@ import os
 import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from .pipeline import ErrorHandling, Group, Pipeline, PipelineError, PlanError, Stage, Step, declared_steps, parse_plan, shown
 from ..agent.program import Program
@@ -49,6 +50,7 @@ log = logging.getLogger("otpy.manager")
 DEFAULT_IDLE_SECONDS = 300.0  # a started agent unused this long is terminated
 CONTROL_TIMEOUT = 60.0  # a StartChild waits for the agent's READY (its setup may train a model)
 OWNER_MAX = 30  # characters of the manager's id kept in its agents' ids
+RUNS = ("ok", "already_started")  # a StartChild answered so: the agent runs (``already_present`` does not)
 
 
 class StageFailed(RuntimeError):
@@ -122,6 +124,17 @@ def next_check(last_used: Mapping[str, float | None], now: float, idle_seconds: 
     """Seconds until the next agent becomes idle; None when no agent waits to (nothing to time)."""
     waiting = [used + idle_seconds - now for used in last_used.values() if used is not None]
     return max(0.0, min(waiting)) if waiting else None
+
+
+def start_problem(outcome: str, detail: str) -> str | None:
+    """Why a StartChild answered ``outcome`` left no running agent; None when it runs.
+    ``already_present``: the id is in the supervisor but stopped, with no pid (a restart that
+    failed and waits for its retry)."""
+    if outcome in RUNS:
+        return None
+    if outcome == "already_present":
+        return "already_present: it is there but not running, and did not start again"
+    return f"{outcome}: {detail}"
 
 
 def check_args(args: Mapping[str, Any]) -> None:
@@ -208,10 +221,13 @@ class ManagerProgram(Program):
         self.config = dict(config)
         self.supervisor: str | None = self.args.get("supervisor")
         self.idle_seconds = float(self.args.get("idle_seconds", DEFAULT_IDLE_SECONDS))
+        # The lock guards the bookkeeping only: no control call (a start waits for READY, up to
+        # a minute) is made under it, so a slow start holds up neither other calls nor the reaper.
         self._lock = threading.Condition()
         self._last_used: dict[str, float | None] = {}  # the agents it started: last use, None while used
         self._users: dict[str, int] = {}
-        self._client = None
+        self._busy: set[str] = set()  # agents with a start or terminate in flight: others wait for it
+        self._clients: list = []  # idle control clients (one socket each, one thread at a time)
         self._closing = False
         self._reaper: threading.Thread | None = None
         if self.supervisor is not None:
@@ -312,16 +328,30 @@ class ManagerProgram(Program):
 
     # --- the agents it starts -------------------------------------------------------------
 
-    def control(self):
-        """The node's control client (``otpy.connect``), made on first use; used under the lock."""
-        if self._client is None:
+    @contextmanager
+    def control(self) -> Iterator[Any]:
+        """A client of the node's control socket (``otpy.connect``) for one call, made outside
+        the lock. A client is one socket for one thread at a time: calls at once borrow
+        different ones from a pool, made on demand; one that failed is closed, not reused."""
+        with self._lock:
+            client = self._clients.pop() if self._clients else None
+        if client is None:
             from ..wire.client import connect
 
             node = os.environ.get("OTPY_NODE")
             if not node:
                 raise RuntimeError("a manager starts agents in an agent run by an otpy node (no OTPY_NODE)")
-            self._client = connect(node, timeout=CONTROL_TIMEOUT)
-        return self._client
+            client = connect(node, timeout=CONTROL_TIMEOUT)
+        try:
+            yield client
+        except BaseException:
+            client.close()
+            raise
+        with self._lock:
+            if self._closing:
+                client.close()
+            else:
+                self._clients.append(client)
 
     def adopt(self) -> list[str]:
         """Take over the agents a previous incarnation of this manager started (it crashed, or
@@ -330,8 +360,8 @@ class ManagerProgram(Program):
         from ..wire.operations import ControlError
 
         try:
-            with self._lock:
-                children = self.control().which_children(self.supervisor)
+            with self.control() as client:
+                children = client.which_children(self.supervisor)
         except (ControlError, LookupError, TimeoutError, RuntimeError) as exc:
             log.info("manager %s: nothing to adopt under %r (%s)", self._manager_id(), self.supervisor, exc)
             return []
@@ -344,25 +374,45 @@ class ManagerProgram(Program):
 
     def _ensure(self, step: Step, program: str, agent: str, live: dict[str, TreeEntry] | None) -> int | None:
         """The pid of the running agent ``agent`` for ``step``, started now if it is not running;
-        marked in use until ``_release``."""
+        marked in use until ``_release``. A start or terminate of the same agent in flight (another
+        call's, the reaper's) is waited for; other agents' are not."""
         with self._lock:
+            self._lock.wait_for(lambda: agent not in self._busy)
+            if self._closing:
+                raise StageFailed(step.name, program, agent, "the manager is stopping: it starts no agent")
             entry = (live or {}).get(agent)
-            if entry is not None and agent in self._last_used and entry.state != "stopped":
-                pid = entry.pid
-            else:
-                spec = ChildSpec(id=agent, program=program, args=dict(step.args))
-                try:
-                    outcome = self.control().start_child(self.supervisor, spec)
-                except Exception as exc:  # the node did not answer, or refused: say which step
-                    raise StageFailed(step.name, program, agent, f"cannot start it under {self.supervisor!r}: {exc}") from None
-                if outcome.outcome not in ("ok", "already_started", "already_present"):
-                    raise StageFailed(step.name, program, agent, f"cannot start it under {self.supervisor!r}: "
-                                      f"{outcome.outcome}: {outcome.detail}")
-                pid = outcome.pid
+            known = agent in self._last_used
             self._users[agent] = self._users.get(agent, 0) + 1
-            self._last_used[agent] = None
-            self._wake_reaper()
-            return pid
+            self._last_used[agent] = None  # in use: the reaper leaves it
+            if known and entry is not None and entry.state == "running":
+                return entry.pid
+            self._busy.add(agent)
+        try:
+            return self._start(step, program, agent)
+        except BaseException:
+            self._release([agent])  # idle: terminated in time should the start have half-happened
+            raise
+        finally:
+            with self._lock:
+                self._busy.discard(agent)
+                self._wake_reaper()
+
+    def _start(self, step: Step, program: str, agent: str) -> int | None:
+        """Start ``agent`` under the supervisor (outside the lock), and its pid. An agent there
+        but not running (``already_present``) is terminated and started again: a dynamic
+        supervisor restarts no child on request."""
+        spec = ChildSpec(id=agent, program=program, args=dict(step.args))
+        try:
+            with self.control() as client:
+                outcome = client.start_child(self.supervisor, spec)
+                if outcome.outcome == "already_present":
+                    client.terminate_child(agent, self.supervisor)
+                    outcome = client.start_child(self.supervisor, spec)
+        except Exception as exc:  # the node did not answer, or refused: say which step
+            raise StageFailed(step.name, program, agent, f"cannot start it under {self.supervisor!r}: {exc}") from None
+        if (problem := start_problem(outcome.outcome, outcome.detail)) is not None:
+            raise StageFailed(step.name, program, agent, f"cannot start it under {self.supervisor!r}: {problem}")
+        return outcome.pid
 
     def _release(self, agents: list[str]) -> None:
         with self._lock:
@@ -378,46 +428,65 @@ class ManagerProgram(Program):
         still run); None outside a node."""
         if not os.environ.get("OTPY_NODE"):
             return None
-        with self._lock:
-            return entries(self.control().status().tree)
+        with self.control() as client:
+            return entries(client.status().tree)
 
     def _wake_reaper(self) -> None:
         """Under the lock: start the thread that terminates idle agents, or have it look again."""
-        if self._reaper is None:
+        if self._reaper is None and not self._closing:
             self._reaper = threading.Thread(target=self._reap, name="otpy-manager-idle", daemon=True)
             self._reaper.start()
         self._lock.notify_all()
 
     def _reap(self) -> None:
-        """Sleeps until the next agent becomes idle (or a change wakes it), then terminates it."""
-        with self._lock:
-            while not self._closing:
-                for agent in idle_agents(self._last_used, time.monotonic(), self.idle_seconds):
-                    self._terminate(agent)
-                self._lock.wait(next_check(self._last_used, time.monotonic(), self.idle_seconds))
+        """Sleeps until the next agent becomes idle (or a change wakes it), then terminates it
+        (the terminates outside the lock)."""
+        while True:
+            with self._lock:
+                while not self._closing and not (idle := self._take(idle_agents(self._last_used, time.monotonic(),
+                                                                                    self.idle_seconds))):
+                    self._lock.wait(next_check(self._last_used, time.monotonic(), self.idle_seconds))
+                if self._closing:
+                    return  # teardown terminates what is left
+            self._terminate(idle)
 
-    def _terminate(self, agent: str) -> None:
-        """Under the lock: stop one agent it started; gone already is fine."""
-        del self._last_used[agent]
-        try:
-            outcome = self.control().terminate_child(agent, self.supervisor)
-            if not outcome.ok and outcome.outcome != "not_found":
-                log.warning("manager %s: terminate %s: %s %s", self._manager_id(), agent, outcome.outcome, outcome.detail)
-        except Exception as exc:  # the node stops (it stops every agent) or is gone
-            log.info("manager %s: terminate %s: %s", self._manager_id(), agent, exc)
+    def _take(self, agents: list[str]) -> list[str]:
+        """Under the lock: ``agents`` are no longer its own, and busy until terminated."""
+        for agent in agents:
+            del self._last_used[agent]
+        self._busy.update(agents)
+        return agents
+
+    def _terminate(self, agents: list[str]) -> None:
+        """Stop agents it started (taken with ``_take``); gone already is fine."""
+        for agent in agents:
+            try:
+                with self.control() as client:
+                    outcome = client.terminate_child(agent, self.supervisor)
+                if not outcome.ok and outcome.outcome != "not_found":
+                    log.warning("manager %s: terminate %s: %s %s", self._manager_id(), agent, outcome.outcome, outcome.detail)
+            except Exception as exc:  # the node stops (it stops every agent) or is gone
+                log.info("manager %s: terminate %s: %s", self._manager_id(), agent, exc)
+            finally:
+                with self._lock:
+                    self._busy.discard(agent)
+                    self._lock.notify_all()
 
     def teardown(self) -> None:
         """Terminate the agents it started: another manager, or its own next incarnation, must
-        not find them running for nobody."""
+        not find them running for nobody. Starts in flight end first (their agents are then
+        terminated too)."""
         if not hasattr(self, "_lock"):
             return  # its setup failed: it started nothing
         with self._lock:
             self._closing = True
-            for agent in list(self._last_used):
-                self._terminate(agent)
             self._lock.notify_all()
-            client, self._client = self._client, None
-        if client is not None:
+            self._lock.wait_for(lambda: not self._busy, timeout=2 * CONTROL_TIMEOUT)
+            agents = self._take(list(self._last_used))
+        self._terminate(agents)
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
             client.close()
 
     def _manager_id(self) -> str:
