@@ -45,6 +45,7 @@ _WHERE = {
     "NodeStartError": "node.node",
     "OptimizeError": "optimize.live_system",
     "Optimizer": "optimize.optimizer",
+    "Orchestrator": "optimize.orchestrator",
     "Overloaded": "wire.errors",
     "Pipeline": "optimize.pipeline",
     "PipelineError": "optimize.pipeline",
@@ -59,6 +60,7 @@ _WHERE = {
     "Unencodable": "wire.errors",
     "VariableError": "variables.types",
     "VariableSpace": "variables.scopes",
+    "WatchPolicy": "optimize.orchestrator",
     "connect": "wire.client",
 }
 
@@ -111,6 +113,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .node.node import NodeStartError as NodeStartError
     from .optimize.live_system import OptimizeError as OptimizeError
     from .optimize.optimizer import Optimizer as Optimizer
+    from .optimize.orchestrator import Orchestrator as Orchestrator
     from .wire.errors import Overloaded as Overloaded
     from .optimize.pipeline import Pipeline as Pipeline
     from .optimize.pipeline import PipelineError as PipelineError
@@ -125,4 +128,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .wire.errors import Unencodable as Unencodable
     from .variables.types import VariableError as VariableError
     from .variables.scopes import VariableSpace as VariableSpace
+    from .optimize.orchestrator import WatchPolicy as WatchPolicy
     from .wire.client import connect as connect

@@ -6,9 +6,9 @@ PUBLIC = {
     "AgentCrashed", "AsyncClient", "AsyncNode", "BadRequest", "BoolVariable", "CallError", "CallTimeout",
     "Caller", "ChildSpec", "ChoiceVariable", "Client", "CompileResult", "CompositeVariable", "ControlError",
     "DynamicSupervisorSpec", "Example", "ExitReason", "FloatVariable", "IntegerVariable", "ManagerProgram", "ModuleVariable",
-    "NoSuchAgent", "Node", "NodeNotFound", "NodeSpec", "NodeStartError", "Optimizer", "Overloaded",
+    "NoSuchAgent", "Node", "NodeNotFound", "NodeSpec", "NodeStartError", "Optimizer", "Orchestrator", "Overloaded",
     "Pipeline", "PipelineResult", "Program", "RemoteError", "Result", "Stage", "SupervisorSpec",
-    "Unencodable", "VariableError", "VariableSpace", "connect",
+    "Unencodable", "VariableError", "VariableSpace", "WatchPolicy", "connect",
     # every error a public call raises
     "OptimizeError", "PipelineError", "RuntimeDirError", "TopologyError", "NodeStale", "NodeAlreadyRunning", "NoSuchSupervisor", "InvalidNodeName",
 }
