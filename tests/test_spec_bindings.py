@@ -156,3 +156,18 @@ def test_a_bound_spec_from_the_wire_goes_through_the_same_rules():
         "child 'c': program.variable: got 'nope'; expected SCOPE.NAME, e.g. 'global.nope'"]
     assert reconfigure_problems("c", ChildSpec(id="c", program=Bound("x")), parent) == [
         "child 'c': program.variable: got 'x'; expected SCOPE.NAME, e.g. 'global.x'"]
+
+
+def test_plain_replicas_above_max_children_are_refused_at_the_template_that_crosses_it():
+    w, v = (ChildSpec(id=t, command=("true",), replicas=2) for t in "wv")
+    assert spec_problems(DynamicSupervisorSpec(id="pool", max_children=4, templates={"w": w, "v": v})) == []
+    (problem,) = spec_problems(DynamicSupervisorSpec(id="pool", max_children=3, templates={"w": w, "v": v}))
+    assert problem == ("dynamic supervisor 'pool': templates.v.replicas: got 2 (4 replicas with the templates "
+                       "before it); expected at most max_children (3) in all: lower replicas or raise max_children")
+    (located,) = located_problems(DynamicSupervisorSpec(id="pool", max_children=1, templates={"w": w}), "supervisor")
+    assert located.field == "supervisor.templates.w.replicas"
+
+
+def test_a_bound_count_is_left_to_its_variables_high():
+    bound = ChildSpec(id="w", command=("true",), replicas=Bound("pool.workers"))
+    assert spec_problems(DynamicSupervisorSpec(id="pool", max_children=0, templates={"w": bound})) == []

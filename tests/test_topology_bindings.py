@@ -223,6 +223,16 @@ n = {{ type = "integer", low = 0, high = HIGH, default = 1 }}
                               f"the replica id '{name}-10' is not an id")
 
 
+def test_a_bound_replica_count_whose_high_exceeds_max_children_is_refused_at_the_field():
+    text = tree(template='replicas = { variable = "pool.workers" }\nprogram = "' + KNN + '"') + VARIABLES
+    with_limit = text.replace('type = "dynamic_supervisor"', 'type = "dynamic_supervisor"\nmax_children = LIMIT')
+    parse_topology(with_limit.replace("LIMIT", "8"), source="t.toml")
+    (problem,) = problems_of(with_limit.replace("LIMIT", "7"))
+    assert problem == ("t.toml: supervisor.children[1].templates.clf.replicas: got pool.workers up to 8 (its high); "
+                       "expected at most max_children (7) of supervisor 'pool': lower the variable's high or raise "
+                       "max_children")
+
+
 # --- validate: imports, at the file's own key paths ------------------------------------------
 
 

@@ -70,7 +70,30 @@ def value_problems(spec: AnySpec) -> list[Problem]:
         for name in spec.templates:
             if (problem := name_problem(name, "template name")) is not None:
                 problems.append(Problem("templates", f"got {problem}"))
+        if not problems:
+            problems += _replicas_over_max_children(spec)
     return problems
+
+
+def _replicas_over_max_children(spec: DynamicSupervisorSpec) -> list[Problem]:
+    """The templates' plain ``replicas`` are children the supervisor keeps from its start:
+    together at most ``max_children`` (else its start fails). The problem is at the template
+    whose count crosses it; a bound count is its variable's (``topology.load``)."""
+    total = 0
+    for name, template in spec.templates.items():
+        count = template.replicas
+        if spec.max_children is None or not _is_count(count):
+            continue
+        total += count
+        if total > spec.max_children:
+            return [Problem(f"templates.{toml_key(name)}.replicas",
+                            f"got {count} ({total} replicas with the templates before it); expected at most "
+                            f"max_children ({spec.max_children}) in all: lower replicas or raise max_children")]
+    return []
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
 
 
 def _child_problems(spec: ChildSpec) -> list[Problem]:
@@ -191,7 +214,7 @@ def _replicas_problems(replicas: object) -> list[Problem]:
         return []
     if isinstance(replicas, Bound):
         return _bound_problems("replicas", replicas)
-    if isinstance(replicas, int) and not isinstance(replicas, bool) and 0 <= replicas <= MAX_COUNT:
+    if _is_count(replicas):
         return []
     return [Problem("replicas", f"got {_show(replicas)}; expected an integer >= 0 and <= {MAX_COUNT}, "
                                 f"or {BOUND_EXPECTED}")]

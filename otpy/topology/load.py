@@ -321,6 +321,8 @@ def binding_problems(root: AnySpec, variables: dict[str, dict[str, Any]], *, nod
     ids. Each problem at the bound field's ``.variable``; ``variables`` are the file's tables,
     already checked (``variables.placement.with_registry``)."""
     problems = []
+    limits = {place.spec.id: place.spec.max_children for place in places(root)
+              if isinstance(place.spec, DynamicSupervisorSpec)}
     for binding in bindings(root, "supervisor"):
         table = variables.get(binding.bound.scope, {}).get(binding.bound.name)
         if (problem := _bound_variable_problem(binding, variables, table)) is not None:
@@ -329,7 +331,18 @@ def binding_problems(root: AnySpec, variables: dict[str, dict[str, Any]], *, nod
             where = binding.path.removesuffix(".replicas")
             problems += [(join(where, p.field), p.message) for p in replica_id_problems(
                 binding.child, table["high"], node_folder, got=f"{binding.bound.variable} up to {table['high']}")]
+            if (problem := _over_max_children(binding, table["high"], limits.get(binding.supervisor))) is not None:
+                problems.append((binding.path, problem))
     return problems
+
+
+def _over_max_children(binding: Binding, high: int, limit: int | None) -> str | None:
+    """A bound ``replicas`` may reach its variable's ``high``: at most its supervisor's
+    ``max_children`` (a write above it would fail at its first replica too many)."""
+    if limit is None or high <= limit:
+        return None
+    return (f"got {binding.bound.variable} up to {high} (its high); expected at most max_children ({limit}) of "
+            f"supervisor {binding.supervisor!r}: lower the variable's high or raise max_children")
 
 
 def _bound_variable_problem(binding: Binding, variables: dict[str, dict[str, Any]], table: Any) -> str | None:
