@@ -13,7 +13,7 @@ import otpy
 from otpy.optimize.live_system import LiveSystem, format_plan, optimize_topology, spaces_of
 from otpy.optimize.orchestrator import WatchPolicy, watch_topology
 from otpy.topology.load import parse_topology
-from tests.helpers import Events, unique_name, wait_until
+from tests.helpers import Events, unique_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.timeout(120)
@@ -151,8 +151,8 @@ def test_one_watch_round_on_a_falling_node_searches_applies_the_better_program_a
         assert "below threshold -0.5" in events.wait("watch_search", timeout=10)["detail"]
         assert f"-> {TRIPLER}" in events.wait("watch_applied", timeout=10)["detail"]
         assert solver_pid(node) != before
-        bias = report.result.config["pool"]["bias"]  # a knob: delivered by on_config, after the write
-        wait_until(lambda: node.call("solver-1", {"x": 1.0})["y"] == pytest.approx(3.0 + bias), what="the new bias")
+        bias = report.result.config["pool"]["bias"]  # a knob: on_config ran before the write returned
+        assert node.call("solver-1", {"x": 1.0})["y"] == pytest.approx(3.0 + bias)
 
 
 def test_otpy_optimize_reports_failed_calls_with_the_agents_traceback(tmp_path):
@@ -163,6 +163,30 @@ def test_otpy_optimize_reports_failed_calls_with_the_agents_traceback(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "1 call failed; the first:" in proc.stderr  # the baseline (Picky) on x = 3
     assert "ValueError: Picky does not do threes" in proc.stderr
+
+
+BROKEN = '''
+class Broken:
+    """A program that cannot start: its setup raises."""
+
+    def setup(self, args, config):
+        raise RuntimeError("Broken cannot start")
+
+    def forward(self, x: float = 0.0):
+        return {"y": 0.0}
+'''
+
+
+def test_a_trial_whose_program_does_not_start_is_a_failed_trial_and_the_search_goes_on(tmp_path):
+    (tmp_path / "broken_agents.py").write_text("import otpy\n" + BROKEN.replace("class Broken:", "class Broken(otpy.Program):"))
+    path = tmp_path / "topology.toml"
+    path.write_text(TOPOLOGY.format(name=unique_name("broken"), doubler=DOUBLER, tripler="broken_agents:Broken"))
+    proc = subprocess.run([sys.executable, "-m", "otpy", "optimize", str(path), "--trials", "6"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    assert "after 6 trials" in proc.stdout and "of them not applied" in proc.stdout, proc.stdout
+    assert "could not be applied; the first reason:" in proc.stderr and "start_failed" in proc.stderr, proc.stderr
+    assert f'"solver": "{DOUBLER}"' in proc.stdout  # the only program that runs is the best
 
 
 def test_watch_options_that_could_never_search_are_a_usage_error(tmp_path):

@@ -151,8 +151,17 @@ def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, ap
     current = live_values(name)
     result = optimize_topology(spec, trials=trials, seed=seed, current=current)
     validation = "" if result.val_score is None else f"; validation score {result.val_score:.4f}"
+    if result.val_score is None and result.val_error:
+        validation = "; no validation score (see below)"
+    not_applied = f", {result.apply_failed} of them not applied" if result.apply_failed else ""
     click.echo(f"best score {result.best_score:.4f} (train) after {result.trials} trials "
-               f"({result.infeasible} infeasible, {result.failed} failed){validation}; study {result.study_name!r}")
+               f"({result.infeasible} infeasible, {result.failed} failed{not_applied}){validation}; "
+               f"study {result.study_name!r}")
+    if result.first_apply_error:
+        click.echo(f"a trial's configuration could not be applied; the first reason: {result.first_apply_error}",
+                   err=True)
+    if result.val_error:
+        click.echo(f"no validation score: {result.val_error}", err=True)
     if result.failures:
         plural = "" if result.failures == 1 else "s"
         click.echo(f"{result.failures} call{plural} failed; the first:\n{result.first_error}", err=True)
