@@ -227,3 +227,59 @@ def test_a_write_returns_once_every_program_runs_the_new_knob():
             answer = node.call("plain", {}, retries=1)
             assert answer["knob"] == value and answer["pid"] != plain
             plain = answer["pid"]
+
+
+def test_a_refused_write_stops_nothing_anywhere_in_the_tree():
+    """One write disables a child under the root and asks a program that fails under a nested
+    supervisor: every start is tried before anything stops, so the refused write leaves the
+    disabled-to-be child running as it was (same pid)."""
+    root = SupervisorSpec(id="root", children=(
+        ChildSpec(id="helper", program=ALPHA, enabled=Bound("global.extra")),
+        SupervisorSpec(id="team", children=(ChildSpec(id="solver", program=Bound("global.impl")),)),
+    ))
+    variables = {"global": {"impl": VARIABLES["global"]["impl"], "extra": {"type": "bool", "default": True}}}
+    with otpy.Node(NodeSpec(name=unique_name("bound"), root=with_registry(root, variables))) as node:
+        helper = child(node, "helper").pid
+        outcome = node.set_variables("global", {"extra": False, "impl": BROKEN})
+        assert outcome.outcome == "start_failed" and "solver" in outcome.detail
+        assert child(node, "helper").pid == helper and child(node, "helper").state == "running"
+        assert runs(node, "solver") == "Alpha"
+
+
+def test_writes_from_python_are_one_at_a_time(node):
+    """Writes through the Python API (not the control socket's lane) do not interleave: what is
+    stored is what runs, whichever write came last."""
+    import asyncio
+
+    async def both():
+        return await asyncio.gather(node.aio.set_variables("global", {"impl": BROKEN}),
+                                    node.aio.set_variables("global", {"impl": BETA}),
+                                    node.aio.set_variables("global", {"impl": BROKEN}))
+
+    outcomes = node._run(both())
+    assert [o.outcome for o in outcomes] == ["start_failed", "ok", "start_failed"]
+    with otpy.Caller(node.name) as caller:
+        stored = caller.call("registry", {"op": "get", "scope": "global", "name": "impl"})["value"]
+    assert stored == BETA and runs(node, "solver") == "Beta" and runs(node, "w-1") == "Beta"
+
+
+def test_an_announced_decision_is_a_node_event(node):
+    from otpy.node.node import describe_event
+
+    seen = []
+    node.aio.listeners.append(seen.append)
+    assert node.announce("watch_kept", "live 0.91 >= 0.90").ok
+    event = next(e for e in seen if e.kind == "watch_kept")
+    assert event.detail == "live 0.91 >= 0.90" and describe_event(event)[1] == "watch_kept: live 0.91 >= 0.90"
+    refused = node.announce("Watch Kept!", "x")
+    assert refused.outcome == "invalid" and "kind" in refused.detail
+
+
+def test_restore_takes_away_a_value_update_added():
+    from otpy.specs.bindings import BoundValues, UnboundValue, resolve
+
+    live = BoundValues({"global.impl": ALPHA})
+    live.restore(live.update({"global.extra": True}))
+    assert live.values == {"global.impl": ALPHA} and "global.extra" not in live.versions
+    with pytest.raises(UnboundValue):
+        resolve(ChildSpec(id="c", program=ALPHA, enabled=Bound("global.extra")), live.values)

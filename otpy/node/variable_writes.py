@@ -25,11 +25,12 @@ started again runs what was stored, not the defaults.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import sqlite3
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..specs.bindings import BoundValues, variables_of
 from ..specs.model import SupervisorSpec
@@ -102,16 +103,6 @@ def _read_rows(path: str) -> tuple[int, list[tuple[str, str, Any, int]]]:
     return (meta[0] if meta else 0), rows
 
 
-def supervisors(root: Supervisor) -> Iterator[Supervisor]:
-    """``root`` and every running supervisor below it, parents before their children."""
-    yield root
-    for child_id in root.machine.order:
-        child = root.machine.children.get(child_id)
-        if child is not None and child.spec.kind != "worker" and (found := root.find_supervisor(child_id)):
-            if found is not root:
-                yield from supervisors(found)
-
-
 class VariableWrites:
     """``SetVariables`` for one node: its registry, its bound values, its supervisors."""
 
@@ -123,6 +114,7 @@ class VariableWrites:
         self.bound = bound  # "SCOPE.NAME" of every variable the topology binds
         self._root = root
         self._caller = None  # an otpy.Caller to the registry, made at the first write
+        self._one_at_a_time = asyncio.Lock()  # writes change the shared values and the tree
 
     def unknown_bindings(self, spec) -> list[str]:
         """A spec from the wire may bind only the variables the topology binds: those the node
@@ -148,6 +140,12 @@ class VariableWrites:
             self._caller = None
 
     async def set(self, scope: str, values: dict[str, Any], *, dry_run: bool = False) -> Outcome:
+        """Set ``values`` in ``scope`` once the tree runs them (see the module's docstring); one
+        write at a time, from the control socket and the Python API alike."""
+        async with self._one_at_a_time:
+            return await self._set(scope, values, dry_run)
+
+    async def _set(self, scope: str, values: dict[str, Any], dry_run: bool) -> Outcome:
         from ..wire.errors import CallError, RemoteError
         from ..wire.registry_protocol import RegistryRefusal, SetValues, WrittenMany
 
@@ -166,32 +164,31 @@ class VariableWrites:
                 for name, value in values.items()]
         if dry_run:
             return Outcome("ok", changes=sets + self.plan(bound))
-        done: list[Change] = []
+        made: list[Change] = []
         undo = self.values.update(bound)
-        if bound:
-            failed = await self._reconcile(done, stop_at_failure=True)
-            if failed is not None:
-                self.values.restore(undo)
-                await self._reconcile_back()
-                return Outcome("start_failed", detail=f"{failed.detail}; the old program keeps running and "
-                               f"nothing was stored (scope {scope!r} is unchanged)")
+        if bound and (failed := await self._each("make", made)) is not None:
+            await self._undo(undo)
+            return Outcome("start_failed", detail=f"{failed.detail}; the old program keeps running and "
+                                                  f"nothing was stored (scope {scope!r} is unchanged)")
         try:
             written = await registry.aask(SetValues(values={scope: values}, reconciled=True))
         except CallError as exc:
             written = Outcome("unavailable", detail=f"the registry did not answer: {exc}; nothing was stored")
         if not isinstance(written, WrittenMany):
-            self.values.restore(undo)
             if bound:
-                await self._reconcile_back()
+                await self._undo(undo)
             return written if isinstance(written, Outcome) else _refused(written)
         versions = written.versions.get(scope, {})
         self.values.versions.update({key: versions[key.rpartition(".")[2]] for key in bound
                                      if key.rpartition(".")[2] in versions})
+        broken: list[Change] = []
+        if bound:
+            await self._each("break", broken)  # stops: they cannot fail
         root = self._root()
         late = await sync_configs(self.node, list(followers(root, scope)), self.listeners) if root else []
         detail = (f"stored; {len(late)} program(s) had not confirmed running it after {SYNC_TIMEOUT:g} s: "
                   f"{', '.join(late)}") if late else ""
-        return Outcome("ok", detail=detail, changes=sets + done)
+        return Outcome("ok", detail=detail, changes=sets + made + broken)
 
     def plan(self, bound: dict[str, Any]) -> list[Change]:
         """What reconciling the tree with ``bound`` set would do (nothing is changed)."""
@@ -199,28 +196,27 @@ class VariableWrites:
             return []
         undo = self.values.update(bound)
         try:
-            return [change for sup in supervisors(root) for change in sup.machine.plan()]
+            return [change for sup in root.supervisors() for change in sup.plan()]
         finally:
             self.values.restore(undo)
 
-    async def _reconcile(self, done: list[Change], *, stop_at_failure: bool) -> Outcome | None:
-        """Every supervisor, top down, matches its children to the values (``done`` gets what
-        changed); returns the first failure."""
+    async def _each(self, phase: str, done: list[Change]) -> Outcome | None:
+        """``phase`` of the reconciliation in every supervisor, top down (``done`` gets what
+        changed); the first failure ends it. A supervisor that exited meanwhile (its parent
+        restarts it) is passed over: its next incarnation starts its children with these values."""
         root = self._root()
-        failure = None
-        for sup in list(supervisors(root)) if root is not None else []:
-            outcome = await sup.reconcile()
+        for sup in root.supervisors() if root is not None else []:
+            outcome = await sup.reconcile(phase)
             done += outcome.changes
-            if not outcome.ok and failure is None:
-                failure = outcome
-                if stop_at_failure:
-                    break
-        return failure
+            if not outcome.ok and not sup.exited.done():
+                return outcome
+        return None
 
-    async def _reconcile_back(self) -> None:
-        """After a refused write: the tree back to the old values (the old programs started
-        before, so they start again; if one does not, its supervisor restarts it as usual)."""
-        if (failure := await self._reconcile([], stop_at_failure=False)) is not None:
+    async def _undo(self, undo: dict[str, tuple[Any, int]]) -> None:
+        """A refused write: the values back, and the tree with them (what the make phase
+        replaced or started is replaced back or stopped; nothing was stopped yet)."""
+        self.values.restore(undo)
+        if (failure := await self._each("all", [])) is not None:
             log.warning("otpy: going back to the stored values: %s", failure.detail)
 
 

@@ -132,6 +132,9 @@ def resolved_tree(root: SupervisorSpec | DynamicSupervisorSpec, values: Values):
     return resolve(root, values)
 
 
+_ABSENT = object()  # a key ``update`` added: ``restore`` takes it away again
+
+
 class BoundValues:
     """The values a node runs its bound variables with, and the registry version of each (0:
     the default, never set). Every supervisor of the node shares one and resolves a child with
@@ -161,7 +164,7 @@ class BoundValues:
     def update(self, values: Values, versions: Mapping[str, int] | None = None) -> dict[str, tuple[Any, int]]:
         """Set ``values`` (and their ``versions``); returns what they replaced, ``{variable:
         (value, version)}``, which ``update`` takes back to undo (``restore``)."""
-        before = {key: (self.values.get(key), self.version(key)) for key in values}
+        before = {key: (self.values.get(key, _ABSENT), self.version(key)) for key in values}
         self.values.update(values)
         self.versions.update(versions or {})
         return before
@@ -169,5 +172,9 @@ class BoundValues:
     def restore(self, before: Mapping[str, tuple[Any, int]]) -> None:
         """Undo an ``update`` with what it returned."""
         for key, (value, version) in before.items():
-            self.values[key] = value
-            self.versions[key] = version
+            if value is _ABSENT:
+                self.values.pop(key, None)
+                self.versions.pop(key, None)
+            else:
+                self.values[key] = value
+                self.versions[key] = version
