@@ -175,3 +175,14 @@ def test_status_of_a_live_node_is_json(node):
     json.dumps(report)
     shows = next(child for child in report["tree"]["children"] if child["id"] == "shows")
     assert {"program", "bound", "override"} <= set(shows)
+
+
+def test_a_long_id_widens_its_column_rather_than_running_into_kind():
+    long_id = "manager.impute.MeanImputer-5f6b5c5b"
+    tree = TreeEntry(id="root", kind="supervisor", state="running", pid=1, children=[
+        TreeEntry(id="pool", kind="dynamic_supervisor", state="running", pid=1, children=[
+            TreeEntry(id=long_id, kind="worker", state="running", pid=7)])])
+    lines = render_status(status_json(Status(0, node="n", pid=1, tree=tree))).splitlines()
+    row = next(line for line in lines if long_id in line)
+    assert f"{long_id}  worker" in row
+    assert lines[1].index("KIND") == row.index("worker")

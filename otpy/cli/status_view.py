@@ -76,9 +76,16 @@ def program_text(entry: dict) -> str:
     return f"{program} @{bound['variable']}" if bound else program
 
 
+def id_width(entry: dict, depth: int = 0) -> int:
+    """The ID column: 28 wide, or as wide as the longest indented id and a gap."""
+    own = 2 * depth + len(entry["id"]) + 2
+    return max([28, own, *(id_width(child, depth + 1) for child in entry.get("children", []))])
+
+
 def render_status(report: dict) -> str:
+    width = id_width(report["tree"])
     lines = [f"node {report['node']} (pid {report['pid']})",
-             f"{'ID':<28}{'KIND':<20}{'STATE':<20}{'PROGRAM':<{PROGRAM_WIDTH}}{'PID':>8}{'RESTARTS':>10}"
+             f"{'ID':<{width}}{'KIND':<20}{'STATE':<20}{'PROGRAM':<{PROGRAM_WIDTH}}{'PID':>8}{'RESTARTS':>10}"
              f"{'UPTIME':>10}{'CPU%':>7}{'RSS':>10}"]
 
     def add(entry: dict, depth: int) -> None:
@@ -86,7 +93,7 @@ def render_status(report: dict) -> str:
         cpu = f"{entry['cpu_percent']:.1f}" if "cpu_percent" in entry else ""
         rss = f"{entry['rss_bytes'] / 2**20:.1f}M" if "rss_bytes" in entry else ""
         program = clipped(program_text(entry), PROGRAM_WIDTH)
-        lines.append(f"{'  ' * depth + entry['id']:<28}{entry['kind']:<20}{state_text(entry):<20}"
+        lines.append(f"{'  ' * depth + entry['id']:<{width}}{entry['kind']:<20}{state_text(entry):<20}"
                      f"{program:<{PROGRAM_WIDTH}}{entry['pid'] or '-':>8}{entry['restarts']:>10}{uptime:>10}"
                      f"{cpu:>7}{rss:>10}")
         for child in entry.get("children", []):
