@@ -9,9 +9,11 @@ agent until the new program answers (a reply carrying the new program's mark). T
 stops at that reply: the full event, not the moment a pid exists.
 
 Series: ``reconfigure`` (action sent → first call served by the target), ``action_reply``
-(action sent → its reply), and, as the baseline measured in the same run, ``call`` (one call
-round trip on the same agent, the client overhead inside ``reconfigure``) and ``restart``
-(SIGKILL → the replacement answers a call).
+(action sent → its reply), ``vars_set`` (``set_variables`` of the ``module`` variable a child's
+program is bound to, sent → first call served by the new program: the same make-before-break
+swap, plus the registry's dry run and commit), and, as the baseline measured in the same run,
+``call`` (one call round trip on the same agent, the client overhead inside ``reconfigure``)
+and ``restart`` (SIGKILL → the replacement answers a call).
 """
 
 from __future__ import annotations
@@ -42,14 +44,19 @@ id = "pool"
 type = "dynamic_supervisor"
 max_restarts = 100000
 max_seconds = 1
+[[supervisor.children]]
+id = "bound"
+program = {{ variable = "global.mark" }}
+[variables.global]
+mark = {{ type = "module", modules = ["bench.marks:MarkA", "bench.marks:MarkB"], default = "bench.marks:MarkA" }}
 """
 PROGRAMS = ("bench.marks:MarkA", "bench.marks:MarkB")
 
 
-def first_answer_from(caller: otpy.Caller, mark: str, deadline: float) -> None:
+def first_answer_from(caller: otpy.Caller, mark: str, deadline: float, agent: str = "agent") -> None:
     while time.perf_counter() < deadline:
         try:
-            if caller.call("agent", {}, timeout=2.0).get("mark") == mark:
+            if caller.call(agent, {}, timeout=2.0).get("mark") == mark:
                 return
         except otpy.CallError:
             pass
@@ -72,7 +79,7 @@ def run(n: int) -> dict:
 
 
 def measure(name: str, n: int) -> dict:
-    total, replies, calls, restarts = [], [], [], []
+    total, replies, calls, restarts, writes = [], [], [], [], []
     with otpy.connect(name) as client, otpy.Caller(name) as caller:
         assert client.start_child("pool", otpy.ChildSpec(id="agent", program=PROGRAMS[0])).ok
         first_answer_from(caller, "A", time.perf_counter() + 10)
@@ -89,6 +96,14 @@ def measure(name: str, n: int) -> dict:
             t3 = time.perf_counter()
             caller.call("agent", {})
             calls.append(time.perf_counter() - t3)
+        first_answer_from(caller, "A", time.perf_counter() + 10, "bound")
+        for i in range(n):
+            program = PROGRAMS[(i + 1) % 2]
+            t0 = time.perf_counter()
+            result = client.set_variables("global", {"mark": program})
+            assert result.ok, result
+            first_answer_from(caller, program[-1], time.perf_counter() + 10, "bound")
+            writes.append(time.perf_counter() - t0)
         for _ in range(max(10, n // 4)):
             pid = client.which_children("pool")[0].pid
             t0 = time.perf_counter()
@@ -100,7 +115,7 @@ def measure(name: str, n: int) -> dict:
                 except otpy.CallError:
                     pass
             restarts.append(time.perf_counter() - t0)
-    return {"reconfigure": summarize(total), "action_reply": summarize(replies),
+    return {"reconfigure": summarize(total), "action_reply": summarize(replies), "vars_set": summarize(writes),
             "call": summarize(calls), "restart": summarize(restarts)}
 
 

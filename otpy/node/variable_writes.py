@@ -185,7 +185,10 @@ class VariableWrites:
         if bound:
             await self._each("break", broken)  # stops: they cannot fail
         root = self._root()
-        late = await sync_configs(self.node, list(followers(root, scope)), self.listeners) if root else []
+        # Knobs: wait until the programs run them. A write of bound variables only was carried
+        # out by the reconciliation already (a program's on_config hears of it as it comes).
+        knobs = root is not None and len(bound) < len(values)
+        late = await sync_configs(self.node, list(followers(root, scope)), self.listeners) if knobs else []
         detail = (f"stored; {len(late)} program(s) had not confirmed running it after {SYNC_TIMEOUT:g} s: "
                   f"{', '.join(late)}") if late else ""
         return Outcome("ok", detail=detail, changes=sets + made + broken)
