@@ -283,3 +283,21 @@ def test_restore_takes_away_a_value_update_added():
     assert live.values == {"global.impl": ALPHA} and "global.extra" not in live.versions
     with pytest.raises(UnboundValue):
         resolve(ChildSpec(id="c", program=ALPHA, enabled=Bound("global.extra")), live.values)
+
+
+@pytest.mark.parametrize("high, refused", [(10 ** 20, True), (10 ** 6, False)])
+def test_a_replicas_variable_is_checked_by_its_last_id_never_by_a_list_of_them(high, refused):
+    """A huge high was a list of that many ids: validate ran out of memory (10**20) or took
+    seconds and 750 MB (10**7). Now the last id alone is built, and high is capped like a
+    plain replicas."""
+    from otpy.topology.load import TopologyError, parse_topology
+
+    text = ('[supervisor]\n[[supervisor.children]]\nid = "pool"\ntype = "dynamic_supervisor"\n'
+            '  [supervisor.children.templates.w]\n  program = "tests.bound_agents:Alpha"\n'
+            '  replicas = { variable = "global.big" }\n'
+            f'[variables.global]\nbig = {{ type = "integer", low = 0, high = {high}, default = 1 }}\n')
+    if refused:
+        with pytest.raises(TopologyError, match=r"replicas\.variable: global\.big may be 1(0+) \(its high\); expected high <= 1000000"):
+            parse_topology(text, source="t.toml")
+    else:
+        assert parse_topology(text, source="t.toml").node.root.children[1].templates["w"].replicas is not None

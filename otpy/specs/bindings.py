@@ -106,7 +106,12 @@ def replica_count(template: ChildSpec, values: Values) -> int:
 def replica_ids(template: str, count: int) -> list[str]:
     """The ids of a template's replicas, ``TEMPLATE-1`` to ``TEMPLATE-count``: stable, so the
     replica kept when the count goes down is always the lowest-numbered one."""
-    return [f"{template}-{index}" for index in range(1, count + 1)]
+    return [replica_id(template, index) for index in range(1, count + 1)]
+
+
+def replica_id(template: str, index: int) -> str:
+    """The id of a template's replica number ``index`` (from 1)."""
+    return f"{template}-{index}"
 
 
 def replica_of(child_id: str, templates: Mapping[str, ChildSpec]) -> tuple[str, int] | None:

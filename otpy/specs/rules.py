@@ -31,7 +31,7 @@ from typing import Mapping
 
 import msgspec
 
-from .bindings import replica_ids, replica_of
+from .bindings import replica_id, replica_of
 from .model import (
     NAME_EXPECTED, AnySpec, Bound, ChildSpec, DynamicSupervisorSpec, NodeSpec, Place, SupervisorSpec, from_template,
     join, name_problem, places, toml_key,
@@ -254,7 +254,7 @@ def replica_id_problems(template: str, count: int, node_folder: str | None = Non
     and, with ``node_folder``, fit its agent socket. ``got``: the value shown (the count)."""
     if count < 1 or name_problem(template) is not None:
         return []
-    last = replica_ids(template, count)[-1]
+    last = replica_id(template, count)  # the longest: never the whole list (count may be huge)
     shown = show(count if got is None else got)
     if name_problem(last) is not None:
         return [Problem("replicas", f"got {shown}: the replica id {last!r} is not an id (expected {NAME_EXPECTED}); "

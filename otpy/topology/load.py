@@ -36,6 +36,7 @@ from ..agent.import_check import IMPORT_TIMEOUT, import_in_child, import_path
 from ..variables.placement import with_registry
 from ..specs.bindings import BINDABLE, Binding, bindings
 from ..specs.rules import (
+    MAX_COUNT,
     located_machine_problems, located_problems, node_socket_problem, node_value_problems, replica_id_problems, show,
 )
 from ..specs.model import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, Bound, ChildSpec
@@ -366,6 +367,8 @@ def _bound_variable_problem(binding: Binding, variables: dict[str, dict[str, Any
                 f"set (add default = ... to variables.{toml_key(scope)}.{toml_key(binding.bound.name)})")
     if binding.field == "replicas" and table["low"] < 0:
         return f"{variable} may be {table['low']} (its low); expected low >= 0: replicas counts children"
+    if binding.field == "replicas" and table["high"] > MAX_COUNT:
+        return f"{variable} may be {table['high']} (its high); expected high <= {MAX_COUNT}, as a plain replicas"
     return None
 
 
