@@ -301,3 +301,17 @@ def test_a_replicas_variable_is_checked_by_its_last_id_never_by_a_list_of_them(h
             parse_topology(text, source="t.toml")
     else:
         assert parse_topology(text, source="t.toml").node.root.children[1].templates["w"].replicas is not None
+
+
+@pytest.mark.parametrize("writer", [None, "", "0" * 32])
+def test_only_the_node_stores_a_bound_variable(node, writer):
+    """A reconciled write must carry the node's secret: anyone else claiming it stored a value
+    the tree did not run, and the next start of the node failed on it."""
+    claim = {"reconciled": True} if writer is None else {"reconciled": True, "writer": writer}
+    with otpy.Caller(node.name) as caller:
+        reply = caller.call("registry", {"op": "set", "scope": "global", "name": "impl", "value": BROKEN, **claim})
+        assert reply["ok"] is False and reply["error"] == "bound"
+        many = caller.call("registry", {"op": "set_many", "values": {"global": {"impl": BROKEN}}, **claim})
+        assert many["ok"] is False and many["error"] == "bound"
+        assert caller.call("registry", {"op": "get", "scope": "global", "name": "impl"})["value"] == ALPHA
+    assert node.set_variables("global", {"impl": BETA}).ok  # the node's own writes still go through

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 from typing import Any, Callable
@@ -33,7 +34,7 @@ from ..specs.model import AnySpec, NodeSpec, SupervisorSpec, walk
 from .supervisor import Supervisor
 from .variable_writes import VariableWrites, bound_variable_problems, stored_values
 from ..specs.bindings import variables_of
-from ..variables.placement import REGISTRY_ID
+from ..variables.placement import REGISTRY_ID, with_writer
 from ..wire.codec import clip
 from ..wire.operations import Operations
 from ..wire.protocol import (
@@ -118,11 +119,12 @@ class AsyncNode(Operations):
         await self.processes.open()
         values = stored_values(self.dir, self.spec.root)
         self._replica_templates = replica_templates(self.spec.root)  # ids their replicas keep
+        writer = secrets.token_hex(16)  # this run's: only the node stores a bound variable
         self.writes = VariableWrites(self.name, values, variables_of(self.spec.root), lambda: self.root,
-                                     self.listeners)
+                                     self.listeners, writer)
         self._services.append(self.writes)
-        self.root = Supervisor(self.spec.root, processes=self.processes, report=self._report, node=self.name,
-                               child_env=tree_env(self.dir, self.spec.root), values=values)
+        self.root = Supervisor(with_writer(self.spec.root, writer), processes=self.processes, report=self._report,
+                               node=self.name, child_env=tree_env(self.dir, self.spec.root), values=values)
         for open_service in self.service_openers:  # before the children: `status`/`stop` reach a starting node
             try:
                 self._services.append(await open_service(self))

@@ -107,8 +107,9 @@ class VariableWrites:
     """``SetVariables`` for one node: its registry, its bound values, its supervisors."""
 
     def __init__(self, node: str, values: BoundValues, bound: set[str],
-                 root: Callable[[], Supervisor | None], listeners: Listeners) -> None:
+                 root: Callable[[], Supervisor | None], listeners: Listeners, writer: str = "") -> None:
         self.node = node
+        self._writer = writer  # the secret the registry asks of a reconciled write
         self.listeners = listeners  # the node's: a sync hears a restarted child's "started"
         self.values = values
         self.bound = bound  # "SCOPE.NAME" of every variable the topology binds
@@ -171,7 +172,7 @@ class VariableWrites:
             return Outcome("start_failed", detail=f"{failed.detail}; the old program keeps running and "
                                                   f"nothing was stored (scope {scope!r} is unchanged)")
         try:
-            written = await registry.aask(SetValues(values={scope: values}, reconciled=True))
+            written = await registry.aask(SetValues(values={scope: values}, reconciled=True, writer=self._writer))
         except CallError as exc:
             written = Outcome("unavailable", detail=f"the registry did not answer: {exc}; nothing was stored")
         if not isinstance(written, WrittenMany):

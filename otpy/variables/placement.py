@@ -19,6 +19,16 @@ REGISTRY_ID = "registry"
 REGISTRY_PROGRAM = "otpy.variables.registry:Registry"
 REGISTRY_ENV = "OTPY_REGISTRY"  # "1" in the children's environment when the node's tree has a registry
 EVENTS_SOCKET = "registry-events.sock"
+WRITER_ENV = "OTPY_REGISTRY_WRITER"  # the node's secret for reconciled writes: in the registry's env only
+
+
+def with_writer(root: SupervisorSpec, secret: str) -> SupervisorSpec:
+    """The root whose registry child has ``secret`` in its environment (``WRITER_ENV``): the
+    registry stores a write of a bound variable only from whoever knows it, the node."""
+    return msgspec.structs.replace(root, children=tuple(
+        msgspec.structs.replace(child, env={**child.env, WRITER_ENV: secret})
+        if child.id == REGISTRY_ID and getattr(child, "program", None) == REGISTRY_PROGRAM else child
+        for child in root.children))
 
 
 def events_endpoint(node_dir: str | os.PathLike | None = None) -> str | None:

@@ -29,6 +29,7 @@ subscribe to it to hand their program its new configuration (``otpy.agent.worker
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import sqlite3
@@ -64,7 +65,7 @@ from ..wire.registry_protocol import (
     read_request,
     reply_outputs,
 )
-from .placement import events_endpoint
+from .placement import WRITER_ENV, events_endpoint
 from .scopes import ScopedValue, ScopedValues, VersionConflict, spaces_from_topology
 from .space import VariableSpace, dependency_problems
 from .store import RegistryFileError, open_database  # RegistryFileError: re-exported
@@ -84,6 +85,8 @@ class Registry:
         spaces = spaces_from_topology(args.get("variables", {}), args.get("constraints"))
         self.store = ScopedValues(spaces, args.get("parents", {}))
         self.bound = frozenset(args.get("bound", ()))  # "SCOPE.NAME": written only by the node, reconciled
+        # The node's secret (in this child's environment only): a reconciled write must carry it.
+        self.writer = os.environ.get(WRITER_ENV)
         path = args.get("path") or os.path.join(os.environ.get("OTPY_NODE_DIR", "."), "registry.db")
         self.path = path
         self.db = open_database(path)
@@ -192,10 +195,15 @@ class Registry:
     def _check_bound(self, written: dict[str, Any], request: SetValue | SetValues) -> None:
         """Raise BoundWrite for a write of bound variables the node has not reconciled (a dry
         run never is: it changes nothing)."""
-        if request.dry_run or request.reconciled:
+        if request.dry_run or request.reconciled and self._from_node(request.writer):
             return
         if problems := unreconciled(self.bound, written):
             raise BoundWrite(problems)
+
+    def _from_node(self, writer: str) -> bool:
+        """Whether a ``reconciled`` write comes from the node: it carries the secret the node put
+        in this registry's environment (a registry run outside a node has none to check)."""
+        return self.writer is None or hmac.compare_digest(writer.encode(), self.writer.encode())
 
     def _space_tables(self, scope: str | None) -> SpaceTables:
         """The declared variables (topology and run time) of ``scope`` or of every scope."""

@@ -138,7 +138,8 @@ class SetValue(RegistryRequest, tag="set"):
 
     ``dry_run``: checked exactly as the write (constraints, ``expected_version``), nothing
     committed or published; the reply is the version it would get. ``reconciled``: the node
-    says the running tree already runs the value (only the node may write a bound variable)."""
+    says the running tree already runs the value (only the node may write a bound variable),
+    and proves it is the node with ``writer``, the secret it gave its registry at start."""
 
     reply = Written
     scope: str
@@ -147,16 +148,18 @@ class SetValue(RegistryRequest, tag="set"):
     expected_version: int | None = None
     dry_run: bool = False
     reconciled: bool = False
+    writer: str = ""
 
 
 class SetValues(RegistryRequest, tag="set_many"):
     """Set ``{scope: {name: value}}`` at once: all checked first, one transaction, one version.
-    ``dry_run`` and ``reconciled`` as ``SetValue``'s."""
+    ``dry_run``, ``reconciled`` and ``writer`` as ``SetValue``'s."""
 
     reply = WrittenMany
     values: dict[str, dict[str, Any]]
     dry_run: bool = False
     reconciled: bool = False
+    writer: str = ""
 
 
 class Resolve(RegistryRequest, tag="resolve"):
