@@ -315,3 +315,13 @@ def test_only_the_node_stores_a_bound_variable(node, writer):
         assert many["ok"] is False and many["error"] == "bound"
         assert caller.call("registry", {"op": "get", "scope": "global", "name": "impl"})["value"] == ALPHA
     assert node.set_variables("global", {"impl": BETA}).ok  # the node's own writes still go through
+
+
+def test_a_stopped_bound_child_shows_what_it_would_run(node):
+    """One rule for every child not running: program and bound say what it runs if started now."""
+    info = child(node, "helper")  # disabled: enabled is bound to global.extra = false
+    assert info.state == "stopped" and info.program == BETA and info.bound.variable == "global.extra"
+    assert node.terminate_child("solver").ok
+    assert node.set_variables("global", {"impl": BETA}).ok
+    stopped = child(node, "solver")
+    assert stopped.override and stopped.program == BETA and stopped.bound.version > 0

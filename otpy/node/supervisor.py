@@ -343,7 +343,7 @@ class Supervisor:
     def _child_info(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None]) -> ChildInfo:
         state, pid = self._shown_state(child, dead)
         return ChildInfo(id=child.id, kind=child.spec.kind, state=state, pid=pid, restarts=child.restarts,
-                         program=shown_program(child), bound=self._bound(child), override=child.override)
+                         program=shown_program(child, self.values.resolve), bound=self._bound(child), override=child.override)
 
     def _bound(self, child: Child) -> BoundInfo | None:
         """The variable ``child``'s program (else its ``enabled``) is bound to, and the registry

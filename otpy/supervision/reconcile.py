@@ -107,10 +107,16 @@ def program_of(spec: AnySpec | None) -> str | None:
     return None
 
 
-def shown_program(child: Child) -> str | None:
-    """What a program child runs: its running incarnation's program, else its declared one
-    when that is a value (None for commands, supervisors, an unresolved binding)."""
-    return program_of(child.running if child.running is not None else child.spec)
+def shown_program(child: Child, resolve: Callable[[AnySpec], AnySpec]) -> str | None:
+    """What a program child runs: its running incarnation's program; for a child not running,
+    what it would run if started now (its spec resolved with the values). None for commands,
+    supervisors and a binding with no value."""
+    if child.running is not None:
+        return program_of(child.running)
+    try:
+        return program_of(resolve(child.spec))
+    except UnboundValue:
+        return None
 
 
 def over_max_children(template: str, children: int, max_children: int | None) -> str | None:

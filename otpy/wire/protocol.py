@@ -294,7 +294,9 @@ class ChildInfo(msgspec.Struct, frozen=True):
     state: str
     pid: int | None = None
     restarts: int = 0  # as the node's which_children (Supervisor.children_info) reports it
-    program: str | None = None  # what a program child runs ("module:attr"), bound or not
+    # What a program child runs ("module:attr"), bound or not, and the variable version it runs;
+    # for a child not running, what it would run if started now.
+    program: str | None = None
     bound: BoundInfo | None = None
     override: bool = False  # stopped by terminate_child although its variables say it runs
 
