@@ -118,6 +118,18 @@ def kill_all(pids) -> None:
             pass
 
 
+def kill_at_once(pids) -> None:
+    """SIGKILL ``pids`` as one event: each is stopped first, so none runs between the kills. Killed
+    one after the other, the first one's death could be acted on by the next (the zygote's
+    parent-death SIGTERM makes it kill its whole run) before its own SIGKILL arrives."""
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
 def started(tmp_path: Path, name: str, env: dict | None = None) -> Foreground:
     """A foreground node, once its children are up and ``parent`` has made its grandchild."""
     node = Foreground(topology(tmp_path, name), env)
@@ -277,7 +289,7 @@ def test_a_restart_kills_what_the_dead_run_left_and_nothing_else(tmp_path):
     try:
         # The node and its zygote die at once: nobody of the run can clean up after it.
         zygote = first.zygote()
-        kill_all([first.proc.pid, zygote])
+        kill_at_once([first.proc.pid, zygote])
         first.proc.wait(5)
         assert wait_dead([zygote], 5) == []
         assert alive(grandchild), "the setsid grandchild should outlive its run (that is what the sweep is for)"
