@@ -325,3 +325,19 @@ def test_a_stopped_bound_child_shows_what_it_would_run(node):
     assert node.set_variables("global", {"impl": BETA}).ok
     stopped = child(node, "solver")
     assert stopped.override and stopped.program == BETA and stopped.bound.version > 0
+
+
+def test_several_scopes_are_one_all_or_nothing_write(node):
+    """An optimizer's configuration spans scopes: a refused part leaves every scope as it was."""
+    outcome = node.set_config({"global": {"impl": BETA}, "pool": {"workers": 9}})  # 9 > high 4
+    assert outcome.outcome == "invalid" and "workers" in outcome.detail
+    assert runs(node, "solver") == "Alpha"
+    failed = node.set_config({"pool": {"workers": 3}, "global": {"impl": BROKEN}})
+    assert failed.outcome == "start_failed"
+    assert sorted(c.id for c in node.which_children("pool")) == ["w-1", "w-2"]
+    ok = node.set_config({"global": {"impl": BETA}, "pool": {"workers": 3}})
+    assert ok.ok and {(c.action, c.child) for c in ok.changes} >= {("reconfigure", "solver"), ("start", "w-3")}
+    assert runs(node, "w-3") == "Beta"
+    with otpy.Caller(node.name) as caller:
+        versions = {e["name"]: e["version"] for e in caller.call("registry", {"op": "list"})["values"]}
+    assert versions["impl"] == versions["workers"] > 0  # one write: one version

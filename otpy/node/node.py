@@ -208,8 +208,9 @@ class AsyncNode(Operations):
                 return _reply(rid, await sup.call(request) if sup else _no_owner(child_id, sup_id))
             case Reconfigure():
                 return _reply(rid, await self._reconfigure(request))
-            case SetVariables(scope=scope, values=values, dry_run=dry_run):
-                return _reply(rid, await self._set_variables(scope, values, dry_run))
+            case SetVariables(scope=scope, values=values, dry_run=dry_run, scopes=scopes):
+                config = {**scopes, scope: {**scopes.get(scope, {}), **values}} if scope or values else scopes
+                return _reply(rid, await self._set_variables(config, dry_run))
             case Announce(kind=kind, detail=detail):
                 return _reply(rid, self._announce(kind, detail))
             case GetStatus():
@@ -267,11 +268,11 @@ class AsyncNode(Operations):
             return clash
         return await sup.call(request)
 
-    async def _set_variables(self, scope: str, values: dict[str, Any], dry_run: bool) -> Outcome:
-        """Set ``values`` in ``scope`` once the tree runs them (``variable_writes``)."""
+    async def _set_variables(self, config: dict[str, dict[str, Any]], dry_run: bool) -> Outcome:
+        """Set ``config`` (``{scope: {name: value}}``) once the tree runs it (``variable_writes``)."""
         if self.root.find(REGISTRY_ID) is None:
             return Outcome("not_found", detail="this node has no registry: declare [variables] in the topology")
-        return await self.writes.set(scope, values, dry_run=dry_run)
+        return await self.writes.set(config, dry_run=dry_run)
 
     def _announce(self, kind: str, detail: str) -> Outcome:
         if not re.fullmatch(r"[a-z][a-z_]{0,39}", kind):

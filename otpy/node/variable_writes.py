@@ -140,59 +140,67 @@ class VariableWrites:
             self._caller.close()
             self._caller = None
 
-    async def set(self, scope: str, values: dict[str, Any], *, dry_run: bool = False) -> Outcome:
-        """Set ``values`` in ``scope`` once the tree runs them (see the module's docstring); one
-        write at a time, from the control socket and the Python API alike."""
+    async def set(self, config: dict[str, dict[str, Any]], *, dry_run: bool = False) -> Outcome:
+        """Set ``config`` (``{scope: {name: value}}``) once the tree runs it (see the module's
+        docstring): all or nothing, one write at a time, from the control socket and the
+        Python API alike."""
         async with self._one_at_a_time:
-            return await self._set(scope, values, dry_run)
+            return await self._set({scope: dict(values) for scope, values in config.items() if values}, dry_run)
 
-    async def _set(self, scope: str, values: dict[str, Any], dry_run: bool) -> Outcome:
+    async def _set(self, config: dict[str, dict[str, Any]], dry_run: bool) -> Outcome:
         from ..wire.errors import CallError, RemoteError
         from ..wire.registry_protocol import RegistryRefusal, SetValues, WrittenMany
 
-        bound = {f"{scope}.{name}": value for name, value in values.items() if f"{scope}.{name}" in self.bound}
+        if not config:
+            return Outcome("ok")
+        bound = {f"{scope}.{name}": value for scope, values in config.items() for name, value in values.items()
+                 if f"{scope}.{name}" in self.bound}
         try:
             registry = self._registry()
-            checked = await registry.aask(SetValues(values={scope: values}, dry_run=True))
+            checked = await registry.aask(SetValues(values=config, dry_run=True))
             if isinstance(checked, RegistryRefusal):
                 return _refused(checked)
         except RemoteError:
             raise  # the registry program failed on it: otpy's bug, answered as internal
         except CallError as exc:
             return Outcome("unavailable", detail=f"the registry did not answer: {exc}")
-        old = checked.before.get(scope, {})
-        sets = [Change(action="set", scope=scope, name=name, before=old.get(name), after=value)
-                for name, value in values.items()]
+        sets = [Change(action="set", scope=scope, name=name, before=checked.before.get(scope, {}).get(name),
+                       after=value) for scope, values in config.items() for name, value in values.items()]
         if dry_run:
             return Outcome("ok", changes=sets + self.plan(bound))
         made: list[Change] = []
         undo = self.values.update(bound)
         if bound and (failed := await self._each("make", made)) is not None:
             await self._undo(undo)
-            return Outcome("start_failed", detail=f"{failed.detail}; the old program keeps running and "
-                                                  f"nothing was stored (scope {scope!r} is unchanged)")
+            return Outcome("start_failed", detail=f"{failed.detail}; the tree is as it was and nothing was stored")
         try:
-            written = await registry.aask(SetValues(values={scope: values}, reconciled=True, writer=self._writer))
+            written = await registry.aask(SetValues(values=config, reconciled=True, writer=self._writer))
         except CallError as exc:
             written = Outcome("unavailable", detail=f"the registry did not answer: {exc}; nothing was stored")
         if not isinstance(written, WrittenMany):
             if bound:
                 await self._undo(undo)
             return written if isinstance(written, Outcome) else _refused(written)
-        versions = written.versions.get(scope, {})
-        self.values.versions.update({key: versions[key.rpartition(".")[2]] for key in bound
-                                     if key.rpartition(".")[2] in versions})
+        self.values.versions.update({key: version for scope, versions in written.versions.items()
+                                     for name, version in versions.items()
+                                     if (key := f"{scope}.{name}") in bound})
         broken: list[Change] = []
         if bound:
             await self._each("break", broken)  # stops: they cannot fail
-        root = self._root()
-        # Knobs: wait until the programs run them. A write of bound variables only was carried
-        # out by the reconciliation already (a program's on_config hears of it as it comes).
-        knobs = root is not None and len(bound) < len(values)
-        late = await sync_configs(self.node, list(followers(root, scope)), self.listeners) if knobs else []
+        late = await self._sync(config, bound)
         detail = (f"stored; {len(late)} program(s) had not confirmed running it after {SYNC_TIMEOUT:g} s: "
                   f"{', '.join(late)}") if late else ""
         return Outcome("ok", detail=detail, changes=sets + made + broken)
+
+    async def _sync(self, config: dict[str, dict[str, Any]], bound: dict[str, Any]) -> list[str]:
+        """Knobs: wait until the programs run them (the ids that did not confirm). A write of
+        bound variables only was carried out by the reconciliation already (a program's
+        on_config hears of it as it comes)."""
+        root = self._root()
+        if root is None or len(bound) == sum(len(values) for values in config.values()):
+            return []
+        ids = list(dict.fromkeys(child for scope in config for child in followers(root, scope)))
+        return await sync_configs(self.node, ids, self.listeners)
 
     def plan(self, bound: dict[str, Any]) -> list[Change]:
         """What reconciling the tree with ``bound`` set would do (nothing is changed)."""

@@ -107,6 +107,11 @@ class Operations:
         and nothing changes)."""
         return self._ask(SetVariables(0, scope, values, dry_run), _outcome)
 
+    def set_config(self, config: dict[str, dict[str, Any]], *, dry_run: bool = False) -> Outcome:
+        """Set ``config`` (``{scope: {name: value}}``: several scopes) in one all-or-nothing
+        write, as ``set_variables`` does for one scope (an optimizer's configuration)."""
+        return self._ask(SetVariables(0, "", {}, dry_run, {scope: dict(v) for scope, v in config.items()}), _outcome)
+
     def announce(self, kind: str, detail: str = "") -> Outcome:
         """Publish a decision as a node event of ``kind`` (``otpy events`` shows it)."""
         return self._ask(Announce(0, kind, detail), _outcome)

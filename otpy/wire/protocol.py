@@ -250,12 +250,14 @@ class SetVariables(Message):
     variable are reconfigured make-before-break, started or stopped), then commits the write;
     the reply's ``changes`` say what it did. A target that fails to start leaves the old
     program serving and the old value stored (``start_failed``). With ``dry_run`` nothing
-    changes: the reply's ``changes`` are the plan."""
+    changes: the reply's ``changes`` are the plan. ``scopes``: the values of more scopes,
+    ``{scope: {name: value}}``, in the same all-or-nothing write (an optimizer's configuration)."""
 
     request_id: int
     scope: str
     values: dict[str, Any]
     dry_run: bool = False
+    scopes: dict[str, dict[str, Any]] = {}  # more scopes' values, in the same all-or-nothing write
 
 
 class Announce(Message):
