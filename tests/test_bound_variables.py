@@ -341,3 +341,32 @@ def test_several_scopes_are_one_all_or_nothing_write(node):
     with otpy.Caller(node.name) as caller:
         versions = {e["name"]: e["version"] for e in caller.call("registry", {"op": "list"})["values"]}
     assert versions["impl"] == versions["workers"] > 0  # one write: one version
+
+
+def test_a_flood_of_config_syncs_is_answered_overloaded_not_with_a_thread_each():
+    """Any local caller can send ConfigSync to an agent: past its capacity (concurrency +
+    max_queue) it is refused at once, as a call is; it never starts a thread per message."""
+    import zmq
+
+    from otpy.host.runtime_dir import agent_endpoint
+    from otpy.wire.protocol import ENCODER, FROM_AGENT, CallFailed, ConfigSync, Reply
+
+    root = SupervisorSpec(id="root", children=(
+        ChildSpec(id="slow", program="tests.bound_agents:SlowKnob", args={"max_queue": 2}),))
+    variables = {"global": {"knob": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5}}}
+    with otpy.Node(NodeSpec(name=unique_name("flood"), root=with_registry(root, variables))) as node:
+        context = zmq.Context()
+        dealer = context.socket(zmq.DEALER)
+        dealer.connect(agent_endpoint(node.name, "slow"))
+        for call_id in range(1, 401):
+            dealer.send(ENCODER.encode(ConfigSync(call_id=call_id)))
+        answers = []
+        while len(answers) < 400 and dealer.poll(10_000):
+            answers.append(FROM_AGENT.decode(dealer.recv()))
+        dealer.close(0)
+        context.term()
+        assert len(answers) == 400
+        overloaded = [a for a in answers if isinstance(a, CallFailed) and a.kind == "overloaded"]
+        synced = [a for a in answers if isinstance(a, Reply) and a.outputs == {"config": "unchanged"}]
+        assert overloaded and len(overloaded) + len(synced) == 400
+        assert node.call("slow", {})["knob"] == 0.5  # still serving

@@ -176,6 +176,9 @@ class CallServer:
                 self.put_job(CallJob(peer, call))
             case ConfigSync(call_id=call_id) if self.draining:
                 self._answer(peer, CallFailed(call_id=call_id, kind="draining", message="the agent is shutting down"))
+            case ConfigSync(call_id=call_id) if self.taken >= self.capacity:  # a flood makes no threads
+                self._answer(peer, CallFailed(call_id=call_id, kind="overloaded",
+                                              message=f"{self.taken} calls taken, the most it holds"))
             case ConfigSync(call_id=call_id):
                 self.taken += 1  # answered through the replies, like a call: a drain waits for it
                 threading.Thread(target=self._sync_config, args=(peer, call_id), daemon=True,
