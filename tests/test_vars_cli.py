@@ -136,6 +136,8 @@ def test_each_change_is_one_line(monkeypatch):
         "stop pool/worker-3 a:W",
     ]
     assert change_line(Change(action="start", child="top")) == "start top"
+    same = change_line(Change(action="set", scope="pool", name="workers", before=1, after=1))
+    assert same == "set pool.workers 1 -> 1 (unchanged)"
 
 
 def tree() -> TreeEntry:

@@ -112,7 +112,8 @@ def change_line(change: Change) -> str:
     ``reconfigure pool/classifier a:KNN -> a:SVM (pid 123)``, ``start pool/cache a:Cache``,
     ``stop pool/cache``."""
     if change.action == "set":
-        return f"set {change.scope}.{change.name} {json.dumps(change.before)} -> {json.dumps(change.after)}"
+        same = " (unchanged)" if change.before == change.after else ""
+        return f"set {change.scope}.{change.name} {json.dumps(change.before)} -> {json.dumps(change.after)}{same}"
     where = f"{change.supervisor}/{change.child}" if change.supervisor else change.child
     if change.action == "reconfigure":
         line = f"reconfigure {where} {change.before} -> {change.after}"
