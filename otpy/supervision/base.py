@@ -404,6 +404,18 @@ class BaseMachine:
             return Outcome("invalid", detail=problem)
         return self.children.start_refusal(spec)
 
+    def _restart_child(self, id: str, reply_to) -> list[Effect]:
+        """OTP's ``restart_child``: start a stopped child again (a dynamic supervisor: only a
+        replica an operator terminated); a disabled one is refused, naming its variable."""
+        child = self.children.get(id)
+        if child is None:
+            return [Answer(reply_to, no_child(id))]
+        if child.state != "stopped":
+            return [Answer(reply_to, Outcome(child.state, pid=child.pid))]
+        if (refusal := disabled_refusal(child, self.resolve)) is not None:
+            return [Answer(reply_to, refusal)]
+        return self._begin("restart_child", [id], reply_to=reply_to)
+
     # --- what a subclass decides --------------------------------------------------------------
 
     def _boot(self) -> list[Effect]:

@@ -90,7 +90,7 @@ class DynamicMachine(BaseMachine):
             case wire.TerminateChild(id=id):
                 return self._terminate_child(id, reply_to)
             case wire.RestartChild(id=id) if self._is_replica(id):
-                return self._restart_replica(id, reply_to)
+                return self._restart_child(id, reply_to)
             case wire.RestartChild() | wire.DeleteChild():
                 return [Answer(reply_to, Outcome("not_supported", detail="a dynamic supervisor only starts and terminates children"))]
         raise TypeError(f"unknown request {request!r}")
@@ -132,13 +132,3 @@ class DynamicMachine(BaseMachine):
             self.children.delete(id)
         return effects + [Answer(reply_to, Outcome("ok"))]
 
-    def _restart_replica(self, id: str, reply_to) -> list[Effect]:
-        """``restart_child`` of a stopped replica (one an operator terminated): start it again."""
-        child = self.children.get(id)
-        if child is None:
-            return [Answer(reply_to, no_child(id))]
-        if child.state != "stopped":
-            return [Answer(reply_to, Outcome(child.state, pid=child.pid))]
-        if (refusal := disabled_refusal(child, self.resolve)) is not None:
-            return [Answer(reply_to, refusal)]
-        return self._begin("restart_child", [id], reply_to=reply_to)

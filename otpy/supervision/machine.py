@@ -16,7 +16,7 @@ child make-before-break (``base``): it never bounces a sibling and is never char
 
 from __future__ import annotations
 
-from .base import BaseMachine, Resolver, disabled_refusal, no_child, unresolved
+from .base import BaseMachine, Resolver, no_child, unresolved
 from .children import Child
 from .effects import Answer, ChildRequest, Effect, Report, Outcome, Stop
 from .exit import SHUTDOWN
@@ -100,16 +100,6 @@ class StaticMachine(BaseMachine):
         if child.spec.restart == "temporary":
             self.children.delete(id)
         return effects + [Answer(reply_to, Outcome("ok"))]
-
-    def _restart_child(self, id: str, reply_to) -> list[Effect]:
-        child = self.children.get(id)
-        if child is None:
-            return [Answer(reply_to, no_child(id))]
-        if child.state != "stopped":
-            return [Answer(reply_to, Outcome(child.state, pid=child.pid))]
-        if (refusal := disabled_refusal(child, self.resolve)) is not None:
-            return [Answer(reply_to, refusal)]
-        return self._begin("restart_child", [id], reply_to=reply_to)
 
     def _delete_child(self, id: str, reply_to) -> list[Effect]:
         child = self.children.get(id)
