@@ -434,3 +434,67 @@ def test_a_managers_agents_end_with_it_and_its_next_incarnation_adopts_them(node
     answer = node.call("owner", {"x": 1.0}, timeout=30)
     assert answer["trace"][0]["pid"] == workers(node)[agent] != pid
 
+
+
+# --- ids that fit the node: an agent's socket path within AF_UNIX's limit ---------------------
+
+
+def test_the_readable_id_gives_way_to_the_short_one_when_its_socket_would_not_fit():
+    """``<node folder>/agents/<id>.sock`` must fit AF_UNIX's 107 bytes: for a long node name or
+    runtime folder the manager names its agent ``MANAGER.HASH8`` (same digest: still its own)."""
+    readable = managed_id("manager", "model", "pkg.models:RandomForestClassifier")
+    roomy, tight = "/run/otpy/node", "/" + "f" * (106 - len("/agents/.sock") - len(readable))
+    assert managed_id("manager", "model", "pkg.models:RandomForestClassifier", node_folder=roomy) == readable
+    assert managed_id("manager", "model", "pkg.models:RandomForestClassifier", node_folder=tight + "f") == \
+        f"manager.{readable[-8:]}"
+    assert managed_id("manager", "model", "pkg.models:RandomForestClassifier", node_folder=tight) == readable
+
+
+TIGHT = """
+[node]
+name = "{name}"
+[supervisor]
+[[supervisor.children]]
+id = "workers"
+type = "dynamic_supervisor"
+[[supervisor.children]]
+id = "m"
+program = "otpy.optimize.manager:ManagerProgram"
+args = {{ supervisor = "workers", steps = [{{ step = "add", program = "tests.manager_agents:AddOne" }}] }}
+[[supervisor.children]]
+id = "manager-10"
+program = "otpy.optimize.manager:ManagerProgram"
+args = {{ supervisor = "workers", steps = [{{ step = "add", program = "tests.manager_agents:AddOne" }}] }}
+"""
+
+
+@pytest.fixture(scope="module")
+def tight_node():
+    """A node whose name leaves room for agent ids of 14 characters, no more (its own longest
+    socket, the zygote's spare ``agents/.spare-4194304.sock``, fits exactly)."""
+    from otpy.host.runtime_dir import node_folder_path
+
+    room = 107 - len(node_folder_path("")) - len("/agents/.spare-4194304.sock")  # the folder's "/" counted
+    name = unique_name("tight")
+    if room < len(name):
+        pytest.skip(f"the runtime folder is too long for a node name of {len(name)} characters")
+    topology = parse_topology(TIGHT.format(name=name.ljust(room, "x")), check_imports=True)
+    with otpy.Node(topology.node) as node:
+        yield node
+
+
+def test_a_long_node_name_gets_the_managers_short_ids(tight_node):
+    readable = managed_id("m", "add", ADD)
+    answer = tight_node.call("m", {"x": 1.0}, timeout=30)
+    assert answer["x"] == 2.0 and answer["trace"][0]["agent"] == f"m.{readable[-8:]}" in workers(tight_node)
+
+
+def test_an_id_that_fits_in_no_form_fails_the_stage_naming_what_to_shorten(tight_node):
+    from otpy.host.runtime_dir import runtime_root
+
+    with pytest.raises(otpy.RemoteError) as caught:
+        tight_node.call("manager-10", {"x": 1.0}, timeout=30)
+    message = str(caught.value)
+    assert "step 'add'" in message and "AF_UNIX" in message and repr(tight_node.name) in message
+    assert str(runtime_root()) in message and "OTPY_RUNTIME_DIR" in message and "manager-10" in message
+    assert not [c for c in tight_node.which_children("workers") if c.id.startswith("manager-10.")]

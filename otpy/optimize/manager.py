@@ -41,7 +41,9 @@ from typing import Any, Iterator, Mapping
 from .pipeline import ErrorHandling, Group, Pipeline, PipelineError, PlanError, Stage, Step, declared_steps, parse_plan, shown
 from ..agent.program import Program
 from ..agent.registry_link import chain, has_registry
-from ..specs.model import NAME_MAX, ChildSpec, is_import_target, name_problem
+from ..host.runtime_dir import node_folder_path
+from ..specs.model import ChildSpec, is_import_target, name_problem
+from ..specs.rules import SUN_PATH_MAX, id_problem
 from ..variables.client import RegistryClient, RegistryRefused
 from ..wire.protocol import TreeEntry
 
@@ -83,11 +85,13 @@ def program_of(step: Step, config: Mapping[str, Any]) -> str | None:
     return value
 
 
-def managed_id(manager: str, step: str, program: str, args: Mapping[str, Any] | None = None) -> str:
+def managed_id(manager: str, step: str, program: str, args: Mapping[str, Any] | None = None,
+               node_folder: str | None = None) -> str:
     """The id of the agent ``manager`` starts for ``step`` running ``program`` with ``args``:
     ``MANAGER.STEP.ATTR-HASH`` (HASH: 8 hex digits of all four), or ``MANAGER.HASH`` when that is
-    longer than an id may be. The same inputs give the same id (a later call, a restarted
-    manager find it); other args or another program give another agent.
+    longer than an id may be, or (``node_folder`` given) when its socket there would not fit
+    AF_UNIX's limit. The same inputs give the same id (a later call, a restarted manager find
+    it); other args or another program give another agent.
 
     >>> managed_id("manager", "code", "examples.hello.agents:Worker")
     'manager.code.Worker-889bc10f'
@@ -95,7 +99,18 @@ def managed_id(manager: str, step: str, program: str, args: Mapping[str, Any] | 
     digest = _digest(manager, step, program, json.dumps(dict(args or {}), sort_keys=True, default=str))[:8]
     attr = program.rpartition(":")[2].rpartition(".")[2]
     readable = f"{owner_of(manager)}.{step}.{attr}-{digest}"
-    return readable if len(readable) <= NAME_MAX else f"{owner_of(manager)}.{digest}"
+    return readable if id_problem(readable, node_folder) is None else f"{owner_of(manager)}.{digest}"
+
+
+def room_problem(agent: str, manager: str, node: str, node_folder: str) -> str | None:
+    """Why the manager cannot start ``agent`` (its short id, see ``managed_id``) in node ``node``:
+    its socket would not fit AF_UNIX's limit, and what to shorten; None when it fits."""
+    if id_problem(agent, node_folder) is None:
+        return None
+    socket = f"{node_folder}/agents/{agent}.sock"
+    return (f"its socket {socket} would be {len(socket.encode())} bytes long, over AF_UNIX's {SUN_PATH_MAX} "
+            f"even with the manager's short id for it: shorten the node name {node!r}, the runtime folder "
+            f"{os.path.dirname(node_folder)} (OTPY_RUNTIME_DIR), or the manager's id {manager!r}")
 
 
 def owner_of(manager: str) -> str:
@@ -289,7 +304,10 @@ class ManagerProgram(Program):
                             "supervisor where the manager starts an agent for it")
         if live is not None and (problem := supervisor_problem(self.supervisor, live)):
             raise PlanError(f"step {step.name!r} runs program {program}: {problem}")
-        agent = managed_id(self._manager_id(), step.name, program, step.args)
+        folder = node_folder_path(node) if (node := os.environ.get("OTPY_NODE")) else None  # where its socket goes
+        agent = managed_id(self._manager_id(), step.name, program, step.args, folder)
+        if folder is not None and (problem := room_problem(agent, self._manager_id(), node, folder)):
+            raise StageFailed(step.name, program, agent, f"cannot start it under {self.supervisor!r}: {problem}")
         return _Placed(step, program, agent, self._ensure(step, program, agent, live), managed=True)
 
     def _run(self, groups: list[Group], placed: list[list[_Placed]], inputs: Mapping[str, Any]):
