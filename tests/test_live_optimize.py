@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import otpy
-from otpy.optimize.live_system import LiveSystem, format_plan, optimize_topology, spaces_of
+from otpy.optimize.live_system import LiveSystem, OptimizeError, format_plan, optimize_topology, spaces_of
 from otpy.optimize.orchestrator import WatchPolicy, watch_topology
 from otpy.topology.load import parse_topology
 from tests.helpers import Events, unique_name
@@ -69,7 +69,8 @@ def test_a_seeded_optimization_finds_the_program_and_knob_and_applying_it_twice_
     assert abs(result.config["pool"]["bias"]) < 0.5
     assert result.val_score is not None and -1.0 <= result.val_score <= 0.0  # held out, scored apart
     assert result.failures == 0 and result.first_error is None
-    assert [(a.scope, sorted(a.values)) for a in result.actions] == [("global", ["solver"]), ("pool", ["bias"])]
+    [action] = result.actions  # one write of every changed scope
+    assert {scope: sorted(values) for scope, values in action.scopes.items()} == {"global": ["solver"], "pool": ["bias"]}
 
     with otpy.Node(topo.node) as node, otpy.connect(name) as client, otpy.Caller(name) as caller:
         before = solver_pid(node)
@@ -163,6 +164,22 @@ def test_otpy_optimize_reports_failed_calls_with_the_agents_traceback(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "1 call failed; the first:" in proc.stderr  # the baseline (Picky) on x = 3
     assert "ValueError: Picky does not do threes" in proc.stderr
+
+
+def test_a_configuration_whose_second_scope_is_refused_changes_nothing_in_the_first():
+    """An optimizer's configuration spans scopes: it is one all-or-nothing write, so a program
+    that cannot start (scope global) leaves the knob of scope pool, sent with it, unstored."""
+    name = unique_name("atomic")
+    topo = parse_topology(TOPOLOGY.format(name=name, doubler=DOUBLER, tripler="tests.bound_agents:Broken"),
+                          check_imports=True)
+    with otpy.Node(topo.node) as node, otpy.connect(name) as client, otpy.Caller(name) as caller:
+        before = solver_pid(node)
+        live = LiveSystem(client, caller, spaces_of(topo))
+        config = {"pool": {"bias": 0.25}, "global": {"solver": "tests.bound_agents:Broken"}}
+        with pytest.raises(OptimizeError, match="start_failed.*Broken cannot start"):
+            live.apply(config)
+        assert live.current() == {"global": {"solver": DOUBLER}, "pool": {"bias": 0.5}}
+        assert solver_pid(node) == before and node.call("solver-1", {"x": 1.0}) == {"y": 2.0}
 
 
 BROKEN = '''

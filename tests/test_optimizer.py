@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from otpy.optimize.live_system import LiveSystem, format_change, format_plan, registry_values
+from otpy.optimize.live_system import LiveSystem, format_change, format_plan, registry_values, set_changes
 from otpy.optimize.optimizer import Example, OptimizeError, Optimizer, evaluate, plan_actions
 from otpy.variables.scopes import VariableSpace
 from otpy.variables.types import CompositeVariable, FloatVariable, ModuleVariable, VariableError
@@ -231,11 +231,18 @@ def test_ctrl_c_during_a_trial_tells_optuna_it_failed_before_raising(tmp_path):
 # --- plans are diffs ---------------------------------------------------------------------
 
 
-def test_the_plan_is_one_set_variables_per_scope_with_a_changed_value():
+def scoped(config):
+    """The one action of a plan: every changed scope in one ``SetVariables``."""
+    return [SetVariables(0, "", {}, scopes=config)] if config else []
+
+
+def test_the_plan_is_one_set_variables_of_the_changed_values_of_every_scope():
     current = {"global": {"solver": "pkg.a:Bad"}, "solver": {"x": 0.1}}
     target = {"global": {"solver": "pkg.a:Good"}, "solver": {"x": 0.1}}
-    assert plan_actions(spaces(), current, target) == [SetVariables(0, "global", {"solver": "pkg.a:Good"})]
+    assert plan_actions(spaces(), current, target) == scoped({"global": {"solver": "pkg.a:Good"}})
     assert plan_actions(spaces(), target, target) == []
+    both = {"global": {"solver": "pkg.a:Good"}, "solver": {"x": 0.3}}
+    assert plan_actions(spaces(), current, both) == scoped({"global": {"solver": "pkg.a:Good"}, "solver": {"x": 0.3}})
 
 
 def test_composites_are_never_in_a_plan():
@@ -243,7 +250,7 @@ def test_composites_are_never_in_a_plan():
     sp["solver"].add(CompositeVariable(name="double", compute=lambda c: 2 * c["x"], depends_on=["x"]))
     target = sp["solver"].validate({"x": 0.4})
     assert target["double"] == 0.8
-    assert plan_actions(sp, {"solver": {"x": 0.1}}, {"solver": target}) == [SetVariables(0, "solver", {"x": 0.4})]
+    assert plan_actions(sp, {"solver": {"x": 0.1}}, {"solver": target}) == scoped({"solver": {"x": 0.4}})
 
 
 def test_without_a_live_system_the_actions_are_the_diff_from_the_defaults():
@@ -252,30 +259,35 @@ def test_without_a_live_system_the_actions_are_the_diff_from_the_defaults():
         make_program(state), TRAIN, metric, trials=15, apply=state.update)
     defaults = {"global": {"solver": "pkg.a:Bad"}, "solver": {"x": 0.1}}
     assert result.actions == plan_actions(spaces(), defaults, result.config)
-    assert result.actions[0] == SetVariables(0, "global", {"solver": "pkg.a:Good"})
+    [action] = result.actions
+    assert action.scopes["global"] == {"solver": "pkg.a:Good"}
+    assert [format_change(c) for c in set_changes(result.actions, defaults)][0] == (
+        '~ global.solver "pkg.a:Bad" -> "pkg.a:Good"')
     again = Optimizer(spaces(), seed=1, progress=False).compile(
         make_program(state), TRAIN, metric, trials=15, apply=state.update, current=result.config)
     assert again.config == result.config and again.actions == []  # a system already running it: nothing
 
 
 class FakeNode:
-    """A node's control socket and registry: values per scope, and every set_variables it got."""
+    """A node's control socket and registry: values per scope, and every set_config it got
+    (one write, all or nothing, as the node's)."""
 
     def __init__(self, values):
         self.values = {scope: dict(v) for scope, v in values.items()}
         self.sent = []
 
-    def set_variables(self, scope, values, *, dry_run=False):
-        self.sent.append((scope, dict(values), dry_run))
+    def set_config(self, config, *, dry_run=False):
+        self.sent.append((config, dry_run))
         changes = [Change(action="set", scope=scope, name=n, before=self.values[scope].get(n), after=v)
-                   for n, v in values.items()]
-        if "global" == scope and "solver" in values:
+                   for scope, values in config.items() for n, v in values.items()]
+        if "solver" in config.get("global", {}):
             changes.append(Change(action="reconfigure", supervisor="pool", child="solver-1",
-                                  before=self.values["global"]["solver"], after=values["solver"]))
-        if values.get("solver") == "pkg.a:Broken":
-            return Outcome("start_failed", detail="child 'solver-1' (under 'pool'): setup raised")
+                                  before=self.values["global"]["solver"], after=config["global"]["solver"]))
+            if config["global"]["solver"] == "pkg.a:Broken":
+                return Outcome("start_failed", detail="child 'solver-1' (under 'pool'): setup raised")
         if not dry_run:
-            self.values[scope].update(values)
+            for scope, values in config.items():
+                self.values[scope].update(values)
         return Outcome("ok", changes=changes)
 
     def call(self, agent, inputs, timeout):
@@ -292,18 +304,30 @@ def test_a_live_system_plans_against_the_registry_and_applying_twice_sends_nothi
     assert [format_change(c) for c in preview] == [
         '~ global.solver "pkg.a:Bad" -> "pkg.a:Good"', "~ pool/solver-1 reconfigure pkg.a:Bad -> pkg.a:Good"]
     assert node.values["global"]["solver"] == "pkg.a:Bad"  # a dry run changes nothing
-    assert live.apply(target) and node.sent[-1] == ("global", {"solver": "pkg.a:Good"}, False)
+    assert live.apply(target) and node.sent[-1] == ({"global": {"solver": "pkg.a:Good"}}, False)
     sent = len(node.sent)
     assert live.apply(target) == [] and len(node.sent) == sent
 
 
-def test_a_refused_set_variables_is_an_error_naming_the_scope_and_the_nodes_reason():
+def test_a_configuration_of_several_scopes_is_previewed_and_sent_as_one_write():
+    node = FakeNode({"global": {"solver": "pkg.a:Bad"}, "solver": {"x": 0.1}})
+    live = LiveSystem(node, node, spaces())
+    target = {"global": {"solver": "pkg.a:Good"}, "solver": {"x": 0.3}}
+    preview = [format_change(c) for c in live.preview(live.plan(target))]
+    assert node.sent == [({"global": {"solver": "pkg.a:Good"}, "solver": {"x": 0.3}}, True)]  # one dry run
+    assert '~ solver.x 0.1 -> 0.3' in preview and "~ pool/solver-1 reconfigure pkg.a:Bad -> pkg.a:Good" in preview
+    live.apply(target)
+    assert node.sent[1:] == [({"global": {"solver": "pkg.a:Good"}, "solver": {"x": 0.3}}, False)]  # one write
+
+
+def test_a_refused_write_is_an_error_naming_the_nodes_reason_and_changes_no_scope():
     node = FakeNode({"global": {"solver": "pkg.a:Bad"}, "solver": {"x": 0.1}})
     sp = spaces()
     sp["global"] = VariableSpace("global")
     sp["global"].add(ModuleVariable(name="solver", modules=["pkg.a:Bad", "pkg.a:Broken"], default="pkg.a:Bad"))
-    with pytest.raises(OptimizeError, match="scope 'global'.*start_failed.*solver-1"):
-        LiveSystem(node, node, sp).apply({"global": {"solver": "pkg.a:Broken"}, "solver": {"x": 0.1}})
+    with pytest.raises(OptimizeError, match="start_failed.*solver-1.*no scope was changed"):
+        LiveSystem(node, node, sp).apply({"solver": {"x": 0.3}, "global": {"solver": "pkg.a:Broken"}})
+    assert node.values == {"global": {"solver": "pkg.a:Bad"}, "solver": {"x": 0.1}}
 
 
 def test_a_plan_prints_like_terraform_plan():

@@ -2,11 +2,13 @@
 
 A node knows which processes its variables decide (``program = { variable = ... }``,
 ``enabled``, ``replicas`` in its topology) and reconciles them itself when a variable is set.
-So the optimizer's only action is ``SetVariables(scope, values)``: one per scope with a value
-that differs from what the node's registry holds now (``config_diff``). ``LiveSystem`` reads
-the node's values, plans the diff, asks the node what it would do (``set_variables(...,
-dry_run=True)``: the processes it would start, stop or reconfigure, with from and to), and
-sends it. Applying a configuration the node already runs sends nothing.
+So the optimizer's only action is one ``SetVariables`` whose ``scopes`` hold the values that
+differ from what the node's registry holds now (``config_diff``), every scope's together.
+``LiveSystem`` reads the node's values, plans the diff, asks the node what it would do (one
+``set_config(..., dry_run=True)``: the values it would set with their true befores, and the
+processes it would start, stop or reconfigure, with from and to), and sends it as one
+``set_config``: the node checks, reconciles and stores it as one write, so a part it refuses
+leaves every scope as it was. Applying a configuration the node already runs sends nothing.
 
 Everything goes over the node's control socket and the registry's call address, never into the
 supervisor's objects, so the optimizer can run in any process. ``optimize_topology`` is
@@ -21,7 +23,7 @@ from typing import Any, Iterable, Mapping
 
 from ..variables.client import RegistryClient
 from ..wire.protocol import Change, Outcome, SetVariables
-from .optimizer import CompileResult, Config, OptimizeError, plan_actions
+from .optimizer import CompileResult, Config, OptimizeError, action_config, plan_actions
 
 __all__ = ["LiveSystem", "OptimizeError", "format_change", "optimize_topology", "registry_values"]
 
@@ -44,9 +46,9 @@ def registry_values(entries: Iterable[Any]) -> Config:
 
 def set_changes(actions: Iterable[SetVariables], current: Config) -> list[Change]:
     """What ``actions`` change in the values alone (the plan without a node to ask)."""
-    return [Change(action="set", scope=action.scope, name=name, before=current.get(action.scope, {}).get(name),
-                   after=value)
-            for action in actions for name, value in action.values.items()]
+    return [Change(action="set", scope=scope, name=name, before=current.get(scope, {}).get(name), after=value)
+            for action in actions for scope, values in action_config(action).items()
+            for name, value in values.items()]
 
 
 def format_change(change: Change) -> str:
@@ -87,24 +89,19 @@ class LiveSystem:
         return registry_values(self.registry.list())
 
     def plan(self, config: Config, current: Config | None = None) -> list[SetVariables]:
-        """The ``SetVariables`` (one per scope with a changed value) that make the node run ``config``."""
+        """The ``SetVariables`` that makes the node run ``config``: one, carrying the changed values
+        of every scope; none when the node runs it already."""
         return plan_actions(self.spaces, self.current() if current is None else current, config)
 
     def preview(self, actions: list[SetVariables]) -> list[Change]:
-        """What the node would do for ``actions``: each one's dry run (values set, processes
-        started, stopped or reconfigured), nothing changed."""
-        changes: list[Change] = []
-        for outcome in self._send(actions, dry_run=True):
-            changes += outcome.changes
-        return changes
+        """What the node would do for ``actions``: their dry run (the values set, with what the
+        node holds now, and the processes started, stopped or reconfigured), nothing changed."""
+        return [change for outcome in self._send(actions, dry_run=True) for change in outcome.changes]
 
     def send(self, actions: list[SetVariables]) -> list[Change]:
-        """Carry out ``actions`` in order; the changes the node made. ``OptimizeError`` naming the
-        scope and the node's reason at the first refused one (scopes before it stay set)."""
-        changes: list[Change] = []
-        for outcome in self._send(actions, dry_run=False):
-            changes += outcome.changes
-        return changes
+        """Carry out ``actions``; the changes the node made. Each is one all-or-nothing write:
+        ``OptimizeError`` with the node's reason when it refuses one (no scope of it changed)."""
+        return [change for outcome in self._send(actions, dry_run=False) for change in outcome.changes]
 
     def apply(self, config: Config) -> list[Change]:
         """Make the node run ``config``: the diff against its values now, sent (nothing when none)."""
@@ -112,10 +109,11 @@ class LiveSystem:
 
     def _send(self, actions: list[SetVariables], *, dry_run: bool) -> Iterable[Outcome]:
         for action in actions:
-            outcome = self.client.set_variables(action.scope, dict(action.values), dry_run=dry_run)
+            config = action_config(action)
+            outcome = self.client.set_config(config, dry_run=dry_run)
             if not outcome.ok:
-                raise OptimizeError(f"set_variables of scope {action.scope!r} {dict(action.values)}"
-                                    f"{' (dry run)' if dry_run else ''}: {outcome.outcome}: {outcome.detail}")
+                raise OptimizeError(f"set_config {json.dumps(config, default=str)}{' (dry run)' if dry_run else ''}: "
+                                    f"{outcome.outcome}: {outcome.detail} (one write: no scope was changed)")
             yield outcome
 
 

@@ -15,9 +15,10 @@ a trial whose configuration ``apply`` could not make the system run (the node re
 program that does not start with it); its reason is kept on the trial and the search goes on.
 A trial interrupted (Ctrl-C) is told to optuna as failed before the interrupt goes on.
 
-Plans are diffs: ``actions`` are one ``SetVariables`` per scope with a value that differs
-between ``current`` (what the live system runs; by default the spaces' defaults) and the best
-configuration. Applying a result to a system already running it sends nothing.
+Plans are diffs: ``actions`` are one ``SetVariables`` whose ``scopes`` hold, per scope, the
+values that differ between ``current`` (what the live system runs; by default the spaces'
+defaults) and the best configuration: one all-or-nothing write on the node. Applying a result
+to a system already running it sends nothing (no action).
 
 Parameters are named ``SCOPE.NAME`` (``global.classifier``, ``svm.C``). A configuration that
 breaks a space's constraints is an infeasible trial (told to optuna as failed), not a crash.
@@ -85,8 +86,10 @@ class CompileResult:
     constraint, ``failed`` the others that failed: every call raised, the configuration could
     not be applied (``apply_failed`` of them; this run's first reason ``first_apply_error``), or
     the run was interrupted in it. ``val_error`` says why ``val_score`` is None with a valset.
-    ``failures`` and ``first_error`` are this run's failed calls (and metrics that raised). ``actions`` are the ``SetVariables`` diff from ``current`` to
-    ``config``; ``changes`` what they do (a live node's dry-run plan, filled in by whoever asks it).
+    ``failures`` and ``first_error`` are this run's failed calls (and metrics that raised).
+    ``actions`` are the diff from ``current`` to ``config``: one ``SetVariables`` of every changed
+    scope (``scopes``), or none; ``changes`` what it does (a live node's dry-run plan, filled in by
+    whoever asks it).
     """
 
     config: Config
@@ -307,9 +310,21 @@ def config_diff(spaces: Mapping[str, VariableSpace], current: Config, target: Co
 
 
 def plan_actions(spaces: Mapping[str, VariableSpace], current: Config, target: Config) -> list[SetVariables]:
-    """The minimal actions from ``current`` to ``target``: one ``SetVariables`` per scope with a
-    changed value, nothing else (the node reconciles the processes those values decide)."""
-    return [SetVariables(0, scope, values) for scope, values in config_diff(spaces, current, target).items()]
+    """The minimal actions from ``current`` to ``target``: one ``SetVariables`` carrying the changed
+    values of every scope (``scopes``), nothing else; none when nothing changed. One message, so
+    the node checks, reconciles and stores the whole configuration as one write: a scope it
+    refuses leaves the others as they were (the node reconciles the processes the values decide)."""
+    diff = config_diff(spaces, current, target)
+    return [SetVariables(0, "", {}, scopes=diff)] if diff else []
+
+
+def action_config(action: SetVariables) -> Config:
+    """The values a ``SetVariables`` sets, per scope (its ``scope``/``values`` and its ``scopes``,
+    merged as the node merges them)."""
+    config = {scope: dict(values) for scope, values in action.scopes.items()}
+    if action.scope or action.values:
+        config[action.scope] = {**config.get(action.scope, {}), **action.values}
+    return config
 
 
 def evaluate(program, examples: list[Example], metric) -> Evaluation:
