@@ -14,10 +14,8 @@ from collections import Counter, defaultdict
 import pytest
 
 import otpy
-from otpy.optimize.manager import (
-    ManagerProgram, StageFailed, check_args, idle_agents, managed_id, next_check, owner_of, program_of, started_by,
-    supervisor_problem,
-)
+from otpy.optimize.managed_agents import idle_agents, managed_id, next_check, owner_of, started_by
+from otpy.optimize.manager import ManagerProgram, StageFailed, check_args, program_of, supervisor_problem
 from otpy.optimize.pipeline import Group, PlanError, Step, declared_steps, parse_plan, parse_step
 from otpy.specs.model import name_problem
 from otpy.wire.protocol import Outcome, TreeEntry

@@ -41,7 +41,7 @@ class PlanError(PipelineError):
 
 
 STEP_KEYS = ("step", "agent", "program", "args", "timeout")
-PROGRAM_STEP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")  # part of an agent's id, no '.' (manager.managed_id)
+PROGRAM_STEP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")  # part of an agent's id, no '.' (managed_agents.managed_id)
 
 
 @dataclass(frozen=True)
