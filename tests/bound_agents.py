@@ -54,3 +54,15 @@ class KnobNoHook(otpy.Program):
 
     def forward(self, **inputs):
         return {"knob": self.knob, "pid": os.getpid()}
+
+
+class SlowStart(_Says):
+    """Marks that its setup began (its configuration resolved), then takes a while."""
+
+    def setup(self, args, config):
+        import pathlib
+        import time
+
+        if mark := os.environ.get("BOUND_TEST_MARK"):
+            pathlib.Path(mark).write_text(str(os.getpid()))
+        time.sleep(1.0)

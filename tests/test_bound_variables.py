@@ -370,3 +370,35 @@ def test_a_flood_of_config_syncs_is_answered_overloaded_not_with_a_thread_each()
         synced = [a for a in answers if isinstance(a, Reply) and a.outputs == {"config": "unchanged"}]
         assert overloaded and len(overloaded) + len(synced) == 400
         assert node.call("slow", {})["knob"] == 0.5  # still serving
+
+
+@pytest.mark.timeout(120)
+def test_a_commit_the_registry_answers_late_is_known_stored_and_the_tree_keeps_it(tmp_path, monkeypatch):
+    """The registry stalls while the node commits: the commit times out, but the request still
+    waits at the registry and is stored when it runs again. The node reads back what became of
+    it: stored, so the tree keeps the new program (before, it said "nothing was stored", put the
+    old program back, and the registry then stored the new one)."""
+    import os
+    import signal
+    import threading
+
+    slow = "tests.bound_agents:SlowStart"
+    mark = tmp_path / "started"
+    monkeypatch.setenv("BOUND_TEST_MARK", str(mark))
+    variables = {"global": {"impl": {"type": "module", "modules": [ALPHA, slow], "default": ALPHA}}}
+    root = SupervisorSpec(id="root", children=(ChildSpec(id="solver", program=Bound("global.impl")),))
+    with otpy.Node(NodeSpec(name=unique_name("late"), root=with_registry(root, variables))) as node:
+        registry = child(node, "registry").pid
+        outcome = []
+        writer = threading.Thread(target=lambda: outcome.append(node.set_variables("global", {"impl": slow})))
+        writer.start()
+        wait_until(mark.exists, 20, "the target's setup")
+        os.kill(registry, signal.SIGSTOP)  # the commit comes while it is stopped: no answer in 5 s
+        resume = threading.Timer(7.0, os.kill, (registry, signal.SIGCONT))
+        resume.start()
+        writer.join(60)
+        resume.join()
+        assert outcome and outcome[0].ok, outcome
+        with otpy.Caller(node.name) as caller:
+            assert caller.call("registry", {"op": "get", "scope": "global", "name": "impl"})["value"] == slow
+        assert runs(node, "solver") == "SlowStart" and child(node, "solver").program == slow

@@ -44,6 +44,7 @@ from .supervisor import Supervisor
 log = logging.getLogger("otpy")
 
 REGISTRY_FILE = "registry.db"
+READ_BACK_TIMEOUT = 30.0  # seconds to learn what became of an unanswered commit
 
 
 def registry_args(root: SupervisorSpec) -> dict[str, Any] | None:
@@ -176,7 +177,7 @@ class VariableWrites:
         try:
             written = await registry.aask(SetValues(values=config, reconciled=True, writer=self._writer))
         except CallError as exc:
-            written = Outcome("unavailable", detail=f"the registry did not answer: {exc}; nothing was stored")
+            written = await self._read_back(config, checked.versions, exc)
         if not isinstance(written, WrittenMany):
             if bound:
                 await self._undo(undo)
@@ -191,6 +192,32 @@ class VariableWrites:
         detail = (f"stored; {len(late)} program(s) had not confirmed running it after {SYNC_TIMEOUT:g} s: "
                   f"{', '.join(late)}") if late else ""
         return Outcome("ok", detail=detail, changes=sets + made + broken)
+
+    async def _read_back(self, config: dict[str, dict[str, Any]], versions: dict[str, dict[str, int]],
+                         error: Exception):
+        """The commit was not answered (the registry stalled or died): whether it was stored.
+
+        The request may still be waiting at the registry, which serves one call at a time, in
+        order: a read sent after it, given time, says what became of it. The write's versions
+        (the dry run's, or later ones) with the values written mean stored; anything else, not stored. No answer at all:
+        unknown, and the tree goes back to the old values (a registry that died took the
+        request with it); the reply says so."""
+        from ..variables.client import RegistryClient
+        from ..wire.errors import CallError
+        from ..wire.registry_protocol import GetValue, RegistryRefusal, WrittenMany
+
+        reader = RegistryClient(self._caller, READ_BACK_TIMEOUT)
+        try:
+            stored = [await reader.aask(GetValue(scope=scope, name=name)) for scope, values in config.items()
+                      for name in values]
+        except CallError as again:
+            return Outcome("unavailable", detail=f"the registry did not answer ({error}; then {again}): whether the "
+                                                 "write was stored is unknown; the tree runs the old values: see "
+                                                 "otpy vars get, and write again")
+        if all(not isinstance(entry, RegistryRefusal) and entry.value == config[entry.scope][entry.name]
+               and entry.version >= versions.get(entry.scope, {}).get(entry.name, 0) for entry in stored):
+            return WrittenMany(versions={scope: {e.name: e.version for e in stored if e.scope == scope} for scope in config})
+        return Outcome("unavailable", detail=f"the registry did not answer: {error}; nothing was stored")
 
     async def _sync(self, config: dict[str, dict[str, Any]], bound: dict[str, Any]) -> list[str]:
         """Knobs: wait until the programs run them (the ids that did not confirm). A write of
