@@ -402,3 +402,31 @@ def test_a_commit_the_registry_answers_late_is_known_stored_and_the_tree_keeps_i
         with otpy.Caller(node.name) as caller:
             assert caller.call("registry", {"op": "get", "scope": "global", "name": "impl"})["value"] == slow
         assert runs(node, "solver") == "SlowStart" and child(node, "solver").program == slow
+
+
+def test_the_registry_is_neither_replaced_nor_added_over_the_wire(node):
+    """A registry made over the wire would have neither the node's secret nor its bound list:
+    anyone could then store a bound value (and the node's next start fail on it)."""
+    from otpy.variables.placement import REGISTRY_PROGRAM
+
+    args = {"variables": VARIABLES, "bound": []}
+    swap = node.reconfigure("root", "registry", ChildSpec(id="registry", program=REGISTRY_PROGRAM, args=args))
+    assert swap.outcome == "invalid" and "not replaced over the wire" in swap.detail
+    extra = node.start_child("root", ChildSpec(id="registry2", program=REGISTRY_PROGRAM, args=args))
+    assert extra.outcome == "invalid" and "registry2" in extra.detail
+    assert [c.id for c in node.which_children("root")].count("registry") == 1
+
+
+def test_a_registry_that_knows_bound_variables_but_no_secret_takes_no_reconciled_write(tmp_path, monkeypatch):
+    from otpy.variables.placement import WRITER_ENV
+    from otpy.variables.registry import Registry
+
+    monkeypatch.delenv(WRITER_ENV, raising=False)
+    registry = Registry()
+    registry.setup({"variables": VARIABLES, "bound": ["global.impl"], "path": str(tmp_path / "r.db")}, {})
+    try:
+        reply = registry.forward(op="set", scope="global", name="impl", value=BETA, reconciled=True)
+        assert reply["ok"] is False and reply["error"] == "bound"
+        assert registry.forward(op="set", scope="global", name="knob", value=0.1)["ok"]  # others as ever
+    finally:
+        registry.teardown()

@@ -38,6 +38,16 @@ def db(tmp_path):
     return str(tmp_path / "registry.db")
 
 
+WRITER = "the-node-secret"  # what the node would put in its registry's environment
+
+
+@pytest.fixture(autouse=True)
+def _node_secret(monkeypatch):
+    from otpy.variables.placement import WRITER_ENV
+
+    monkeypatch.setenv(WRITER_ENV, WRITER)
+
+
 def registry(db, events: str | None = None, bound=BOUND) -> Registry:
     reg = Registry()
     reg.setup({"variables": VARIABLES, "constraints": CONSTRAINTS, "bound": bound, "path": db,
@@ -75,15 +85,15 @@ class TestBound:
 
     def test_the_node_writes_it_reconciled(self, db):
         reg = registry(db)
-        written = reg.forward(op="set", scope="global", name="classifier", value="pkg.a:SVM", reconciled=True)
+        written = reg.forward(op="set", scope="global", name="classifier", value="pkg.a:SVM", reconciled=True, writer=WRITER)
         assert written == {"ok": True, "version": 1}
-        many = reg.forward(op="set_many", values={"pool": {"workers": 3}}, reconciled=True)
+        many = reg.forward(op="set_many", values={"pool": {"workers": 3}}, reconciled=True, writer=WRITER)
         assert many == {"ok": True, "versions": {"pool": {"workers": 2}}, "before": {"pool": {"workers": 1}}}
         assert registry(db).forward(op="get", scope="pool", name="workers")["value"] == 3  # committed
 
     def test_a_reconciled_write_is_still_checked(self, db):
         refused = registry(db).forward(op="set", scope="global", name="classifier", value="pkg.a:RF",
-                                       reconciled=True)
+                                       reconciled=True, writer=WRITER)
         assert refused["error"] == "invalid" and "pkg.a:RF" in refused["problems"][0]
 
     def test_other_variables_are_written_as_before(self, db):
@@ -104,7 +114,7 @@ class TestDryRun:
         assert planned == {"ok": True, "version": 2}  # the version the write would get
         assert value(reg, "global", "classifier") == ("pkg.a:KNN", 0)
         assert value(registry(db), "global", "classifier") == ("pkg.a:KNN", 0)
-        written = reg.forward(op="set", scope="global", name="classifier", value="pkg.a:SVM", reconciled=True)
+        written = reg.forward(op="set", scope="global", name="classifier", value="pkg.a:SVM", reconciled=True, writer=WRITER)
         assert written["version"] == 2  # nothing was used up by the dry run
 
     def test_set_many_dry_run_replies_the_versions_it_would_get(self, db):
@@ -126,7 +136,7 @@ class TestDryRun:
         reg = registry(db)
         dry = reg.forward(**request_, dry_run=True)
         assert dry["error"] == kind and named in dry["problems"][0]
-        wet = reg.forward(**request_, reconciled=True)
+        wet = reg.forward(**request_, reconciled=True, writer=WRITER)
         assert (wet["error"], wet["problems"]) == (kind, dry["problems"])
 
     def test_a_dry_run_publishes_nothing(self, db, tmp_path):

@@ -235,7 +235,7 @@ class AsyncNode(Operations):
         if sup is None:
             return Outcome("not_found", detail=_no_supervisor_text(request.supervisor))
         if problems := spec_problems(request.spec, sup.spec) or self._path_problems(request.spec) or \
-                self.writes.unknown_bindings(request.spec):
+                self.writes.registry_problems(request.spec) or self.writes.unknown_bindings(request.spec):
             return Outcome("invalid", detail="; ".join(problems))
         if clash := self._id_clash([sub.id for _, sub in walk(request.spec)], sup):
             return clash
@@ -261,7 +261,9 @@ class AsyncNode(Operations):
         if sup is None:
             return _no_owner(request.source, request.supervisor)
         problems = reconfigure_problems(request.source, request.target, sup.spec)
-        if problems := problems or self._path_problems(request.target) or self.writes.unknown_bindings(request.target):
+        if problems := problems or self._path_problems(request.target) or \
+                self.writes.registry_problems(request.target, request.source) or \
+                self.writes.unknown_bindings(request.target):
             return Outcome("invalid", detail="; ".join(problems))
         below = [sub.id for _, sub in walk(request.target)][1:]  # the target keeps the source's id
         if clash := self._id_clash(below, sup, replacing=request.source):

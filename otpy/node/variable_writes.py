@@ -118,6 +118,17 @@ class VariableWrites:
         self._caller = None  # an otpy.Caller to the registry, made at the first write
         self._one_at_a_time = asyncio.Lock()  # writes change the shared values and the tree
 
+    def registry_problems(self, spec, replacing: str | None = None) -> list[str]:
+        """A spec from the wire may neither replace the node's registry nor add another one: the
+        registry holds what the tree runs, and only the node gives it its secret and its list of
+        bound variables (a registry made over the wire would store bound values unguarded)."""
+        from ..specs.model import walk
+
+        if replacing == REGISTRY_ID:
+            return [f"{REGISTRY_ID}: the node's registry is not replaced over the wire; restart the node to change it"]
+        return [f"{sub.id}: program {REGISTRY_PROGRAM} is the node's own registry; a topology's [variables] "
+                "makes it" for _, sub in walk(spec) if getattr(sub, "program", None) == REGISTRY_PROGRAM]
+
     def unknown_bindings(self, spec) -> list[str]:
         """A spec from the wire may bind only the variables the topology binds: those the node
         holds values for and the registry reconciles (any other would change behind its back)."""

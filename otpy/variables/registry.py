@@ -202,8 +202,11 @@ class Registry:
 
     def _from_node(self, writer: str) -> bool:
         """Whether a ``reconciled`` write comes from the node: it carries the secret the node put
-        in this registry's environment (a registry run outside a node has none to check)."""
-        return self.writer is None or hmac.compare_digest(writer.encode(), self.writer.encode())
+        in this registry's environment. Without one, only a registry that knows of no bound
+        variable (run outside a node) takes it: a bound one never goes unguarded."""
+        if self.writer is None:
+            return not self.bound
+        return hmac.compare_digest(writer.encode(), self.writer.encode())
 
     def _space_tables(self, scope: str | None) -> SpaceTables:
         """The declared variables (topology and run time) of ``scope`` or of every scope."""
