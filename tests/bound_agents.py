@@ -66,3 +66,10 @@ class SlowStart(_Says):
         if mark := os.environ.get("BOUND_TEST_MARK"):
             pathlib.Path(mark).write_text(str(os.getpid()))
         time.sleep(1.0)
+
+
+class RaisesOnConfig(KnobNoHook):
+    """on_config raises: the child crashes and its next incarnation runs the new knob."""
+
+    def on_config(self, config):
+        raise RuntimeError("cannot take a new knob")

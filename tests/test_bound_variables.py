@@ -430,3 +430,18 @@ def test_a_registry_that_knows_bound_variables_but_no_secret_takes_no_reconciled
         assert registry.forward(op="set", scope="global", name="knob", value=0.1)["ok"]  # others as ever
     finally:
         registry.teardown()
+
+
+@pytest.mark.timeout(60)
+def test_a_program_whose_on_config_raises_confirms_by_its_restart():
+    """It never answers the sync (it crashed on it); its restart, which resolves the stored
+    values, is the confirmation. Before, every knob write waited the whole sync timeout (30 s)
+    and named it late."""
+    root = SupervisorSpec(id="root", max_restarts=10, children=(
+        ChildSpec(id="raises", program="tests.bound_agents:RaisesOnConfig"),))
+    variables = {"global": {"knob": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5}}}
+    with otpy.Node(NodeSpec(name=unique_name("raises"), root=with_registry(root, variables))) as node:
+        for value in (0.1, 0.2):
+            outcome = node.set_variables("global", {"knob": value})
+            assert outcome.ok and outcome.detail == "", outcome
+            assert node.call("raises", {}, retries=1)["knob"] == value

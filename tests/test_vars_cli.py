@@ -188,3 +188,12 @@ def test_a_long_id_widens_its_column_rather_than_running_into_kind():
     row = next(line for line in lines if long_id in line)
     assert f"{long_id}  worker" in row
     assert lines[1].index("KIND") == row.index("worker")
+
+
+def test_a_stored_write_with_late_programs_says_so_on_stderr(monkeypatch):
+    late = "stored; 1 program(s) had not confirmed running it after 30 s: hangs"
+    change = Change(action="set", scope="global", name="knob", before=0.5, after=0.7)
+    monkeypatch.setattr(vars_cli, "_set_through_node", lambda *a: Outcome("ok", detail=late, changes=[change]))
+    for extra in ([], ["--json"]):
+        result = CliRunner().invoke(vars_group, ["set", "global.knob", "0.7", *extra])
+        assert result.exit_code == 0 and late in result.stderr and late not in result.stdout

@@ -96,6 +96,8 @@ def set_(variable: str, value: str, dry_run: bool, as_json: bool, expected_versi
     outcome = _set_through_node(node_name, scope, {name: _parse(value)}, dry_run)
     if not outcome.ok:
         _fail(f"vars set {variable}: {outcome.detail or outcome.outcome} ({outcome.outcome})")
+    if outcome.detail:  # stored, and something to know: programs that did not confirm running it
+        click.echo(f"otpy: vars set {variable}: {outcome.detail}", err=True)
     if as_json:
         click.echo(json.dumps(msgspec.to_builtins(outcome.changes), indent=2))
         return

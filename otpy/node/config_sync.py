@@ -76,23 +76,34 @@ _call_ids = itertools.count(1)
 
 
 async def _sync_one(context, node: str, child: str, started: dict[str, asyncio.Future], loop, timeout: float) -> bool:
-    started[child] = loop.create_future()  # before asking: the restart may be quick
+    """Whether ``child`` confirmed within ``timeout``: its answer, or a new incarnation of it
+    started meanwhile (it resolved the stored values at setup: a program whose ``on_config``
+    raised, or one without it, restarts so)."""
+    restarted = started[child] = loop.create_future()  # before asking: the restart may be quick
+    asked = asyncio.ensure_future(_ask(context, node, child, restarted))
+    try:
+        done, _ = await asyncio.wait({asked, restarted}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        asked.cancel()
+    return restarted in done or (asked in done and not asked.cancelled() and asked.result())
+
+
+async def _ask(context, node: str, child: str, restarted: asyncio.Future) -> bool:
     dealer = context.socket(zmq.DEALER)
     dealer.linger = 0
     try:
         dealer.connect(agent_endpoint(node, child))
         call_id = next(_call_ids)
         await dealer.send(ENCODER.encode(ConfigSync(call_id=call_id)))
-        async with asyncio.timeout(timeout):
-            while True:
-                reply = FROM_AGENT.decode(await dealer.recv())
-                if reply.call_id == call_id:
-                    break
-            state = reply.outputs.get("config") if isinstance(reply, Reply) else reply.kind
-            if state == "restarting":
-                await started[child]  # its next incarnation resolves the stored values at setup
-            return state in ("unchanged", "applied", "restarting", "draining")
-    except (TimeoutError, zmq.ZMQError, msgspec.DecodeError):
+        while True:
+            reply = FROM_AGENT.decode(await dealer.recv())
+            if reply.call_id == call_id:
+                break
+        state = reply.outputs.get("config") if isinstance(reply, Reply) else reply.kind
+        if state == "restarting":
+            await restarted  # its next incarnation resolves the stored values at setup
+        return state in ("unchanged", "applied", "restarting", "draining")
+    except (zmq.ZMQError, msgspec.DecodeError):
         return False
     finally:
         dealer.close(linger=0)
