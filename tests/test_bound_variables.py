@@ -445,3 +445,19 @@ def test_a_program_whose_on_config_raises_confirms_by_its_restart():
             outcome = node.set_variables("global", {"knob": value})
             assert outcome.ok and outcome.detail == "", outcome
             assert node.call("raises", {}, retries=1)["knob"] == value
+
+
+def test_otpy_vars_set_makes_a_bound_child_follow_and_exits_1_naming_a_failed_target(node):
+    from click.testing import CliRunner
+
+    from otpy.cli.vars import vars_group
+
+    runner = CliRunner()
+    pid = child(node, "solver").pid
+    done = runner.invoke(vars_group, ["set", "global.impl", BETA, "--node", node.name])
+    assert done.exit_code == 0, done.output
+    assert f"reconfigure root/solver {ALPHA} -> {BETA}" in done.output
+    assert runs(node, "solver") == "Beta" and child(node, "solver").pid != pid
+    failed = runner.invoke(vars_group, ["set", "global.impl", BROKEN, "--node", node.name])
+    assert failed.exit_code == 1 and "child 'solver'" in failed.output and "Broken cannot start" in failed.output
+    assert runs(node, "solver") == "Beta"
