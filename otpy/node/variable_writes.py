@@ -3,20 +3,25 @@
 The node keeps one ``BoundValues`` (``specs.bindings``): the value of every variable the
 topology binds a spec field to (``program = { variable = "global.classifier" }``), and the
 registry version of each. Every supervisor resolves a child with it when it starts it. A
-``SetVariables`` goes through here, in the node's ``variables`` control lane (one at a time):
+``SetVariables`` (one scope, or several in ``scopes``) goes through here, one write at a time:
 
 1. the registry checks the write without committing it (a dry run): refused, nothing happens;
-2. the bound values change, and every supervisor, top down, reconciles its children with them
-   (make-before-break replacements and starts first, then stops: ``Supervisor.reconcile``);
-3. a target that fails to start: the values go back, the supervisors reconciled so far
-   reconcile back (the old programs run again), and the reply is ``start_failed`` naming the
-   child and the reason. Nothing was stored;
-4. else the registry commits the write (``reconciled``: it refuses a write to a bound variable
-   that did not come this way) and the reply lists what changed.
+2. make: the bound values change, and every supervisor, top down, does its replacements
+   (make-before-break) and starts (``Supervisor.reconcile("make")``);
+3. a target that fails to start: the values go back, the tree with them (what was replaced is
+   replaced back, what was started stops; nothing had stopped yet), and the reply is
+   ``start_failed`` naming the child and the reason. Nothing was stored;
+4. commit: the registry stores the write (``reconciled``, with the node's secret ``writer``:
+   it refuses any other write of a bound variable). An unanswered commit is read back, not
+   assumed lost (``_read_back``);
+5. break: every supervisor does its stops (disabled children, replicas above the count);
+6. knobs: every running program whose scope chain holds a written scope confirms it runs the
+   new values (``config_sync``); the reply lists what changed, and names late programs.
 
-Between 2 and 4 (a documented make-before-break window) a child that restarts is started with
-the new values. A write that binds nothing skips 2 and 3. ``dry_run`` answers the plan: the
-same ``Change``s, from each supervisor's ``plan``, with nothing changed.
+Between 2 and 5 (a documented make-before-break window) a child that restarts is started with
+the new values. A write that binds nothing skips 2, 3 and 5; one of bound variables only skips
+6. ``dry_run`` answers the plan: the same ``Change``s, from each supervisor's ``plan``, with
+nothing changed.
 
 At node start, before the tree, ``stored_values`` reads what the registry's file holds for the
 bound variables (the registry is not running yet: this node holds the run lock), so a node
