@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 import tempfile
 
@@ -7,6 +8,20 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """A short base folder for ``tmp_path`` (unless --basetemp is given; xdist's workers get theirs
+    from the main process): tests bind AF_UNIX sockets under ``tmp_path``, whose paths may not
+    pass 107 bytes, and xdist adds a ``popen-gwN`` level to pytest's own ``/tmp/pytest-of-USER/pytest-N``."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = config._otpy_basetemp = tempfile.mkdtemp(prefix="otpy-t")
+
+
+def pytest_unconfigure(config):
+    if (made := getattr(config, "_otpy_basetemp", None)) is not None:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")
