@@ -7,12 +7,15 @@ usage error (2); a node whose process died (stale) is a failure (1).
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import NoReturn
+from typing import Any, Callable, NoReturn
 
 import click
 
-from ..wire.client import NodeNotFound, NodeStale, pick_node
+from ..topology.load import TopologyError, load_topology
+from ..wire.client import Client, ControlError, NodeNotFound, NodeStale, pick_node
+from ..wire.protocol import Outcome
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -31,3 +34,44 @@ def node_or_exit(name: str | None) -> str:
         fail(f"otpy: {exc}", EXIT_FAILED)
     except NodeNotFound as exc:
         fail(f"otpy: {exc}", EXIT_USAGE)
+
+
+def usage_exit(message: str) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def ask(node_name: str | None, command: str, operation: Callable[[Client], Any], timeout: float = 30.0) -> Any:
+    """Run ``operation`` on a client of the node; exit 1 if the node refused or did not answer."""
+    with Client(node_or_exit(node_name), timeout=timeout) as client:
+        try:
+            return operation(client)
+        except (ControlError, TimeoutError, NodeStale) as exc:
+            click.echo(f"{command}: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+
+
+def outcome_exit(command: str, result: Outcome) -> NoReturn:
+    if result.ok:
+        click.echo(f"{command}: ok" + (f" (pid {result.pid})" if result.pid else ""))
+        sys.exit(0)
+    click.echo(f"{command}: {result.detail or result.outcome} ({result.outcome})", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+def json_object_or_exit(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        usage_exit(f"--args is not valid JSON: {exc}")
+    if not isinstance(value, dict):
+        usage_exit("--args must be a JSON object")
+    return value
+
+
+def load_or_exit(path: str):
+    try:
+        return load_topology(path)
+    except TopologyError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_USAGE)
