@@ -277,7 +277,7 @@ def footprint(node: otpy.Node) -> tuple[int, int]:
 
 @pytest.mark.timeout(120 + 2 * CHAOS_SECONDS)
 def test_chaos_converges_leaves_no_orphan_and_every_call_ends_typed_and_in_time():
-    node = otpy.Node.from_spec(tree(), name=unique_name("chaos"), on_output=lambda c, l: None).start()
+    node = otpy.Node.from_spec(tree(), name=unique_name("chaos"), on_output=lambda *_: None).start()
     try:
         assert sum(1 for _, e in walk(node.status().tree) if e.kind == "worker") == STATIC_WORKERS >= 50
         # Warm-up storm: first-time allocations (threads, sockets, caches) out of the comparison.

@@ -63,7 +63,7 @@ class Lines:
         self.lines: list[tuple[str, str]] = []
         self._changed = asyncio.Event()
 
-    def __call__(self, child_id: str, line: str) -> None:
+    def __call__(self, child_id: str, stream: str, line: str) -> None:
         self.lines.append((child_id, line))
         self._changed.set()
 

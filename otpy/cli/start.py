@@ -134,7 +134,7 @@ def _setup_logging(verbose: bool) -> None:
                         stream=sys.stderr)
 
 
-def _print_child_line(child_id: str, line: str) -> None:
+def _print_child_line(child_id: str, stream: str, line: str) -> None:
     print(f"[{child_id}] {line}", file=sys.stderr, flush=True)
 
 

@@ -19,7 +19,7 @@ import zmq
 import zmq.asyncio
 
 from ..wire.protocol import (
-    TO_NODE, CountChildren, DeleteChild, GetStatus, Message, Reconfigure, Refused, RestartChild,
+    TO_NODE, CountChildren, DeleteChild, GetStatus, Message, Reconfigure, Refused, Reload, RestartChild,
     SetVariables, StartChild, StartFromTemplate, TerminateChild, WhichChildren,
 )
 from ..wire.codec import Frames, WireError, decode
@@ -77,7 +77,7 @@ def lane_of(node: Supervisors, request: Message) -> Lane | None:
     match request:
         case GetStatus():
             return None
-        case SetVariables():
+        case SetVariables() | Reload():  # both make the whole tree match what is declared: one at a time
             return ("variables", "")
         case WhichChildren(supervisor=sup) | CountChildren(supervisor=sup) | StartChild(supervisor=sup) | \
                 StartFromTemplate(supervisor=sup):

@@ -23,6 +23,7 @@ import msgspec
 import zmq
 
 from .control import open_control
+from .reload import reload_topology
 from .errors import NodeAlreadyRunning, NodeStartError
 from ..supervision.exit import ExitReason
 from ..host.limits import raise_fd_limit
@@ -39,8 +40,8 @@ from ..wire.codec import clip
 from ..wire.operations import Operations
 from ..wire.protocol import (
     ChildInfo, Children, CountChildren, Counts, DeleteChild, FromNode, GetStatus, NodeEvent, Outcome,
-    Announce, Reconfigure, Refused, RestartChild, SetVariables, StartChild, StartFromTemplate, Status,
-    StopNode, Stopping, TerminateChild, ToNode, WhichChildren,
+    Announce, Reconfigure, Refused, Reload, RestartChild, SetVariables, SignalChild, StartChild,
+    StartFromTemplate, Status, StopNode, Stopping, TerminateChild, ToNode, WhichChildren,
 )
 
 log = logging.getLogger("otpy")
@@ -51,7 +52,9 @@ Listener = Callable[[NodeEvent], None]
 class AsyncNode(Operations):
     """A supervision tree on the running asyncio loop."""
 
-    def __init__(self, spec: NodeSpec, *, on_output: Callable[[str, str], None] | None = None) -> None:
+    def __init__(self, spec: NodeSpec, *, on_output: Callable[[str, str, str], None] | None = None) -> None:
+        """``on_output(child_id, stream, line)`` gets every line a child writes (``stream``:
+        "out" or "err"); by default they go to stderr with the child's id as prefix."""
         self.spec = spec
         self.name = spec.name
         self.root: Supervisor | None = None
@@ -66,12 +69,15 @@ class AsyncNode(Operations):
         self._stop_task: asyncio.Task | None = None
         self._run: RunLock | None = None  # held from start to the end of stop
         self.started = False  # every child of the tree is up (``status`` says "starting" before)
+        self.topology_path: str | None = None  # the file the node was made from, if any: what a reload reads
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike, **kwargs) -> "AsyncNode":
         from ..topology.load import load_topology
 
-        return cls(load_topology(path).node, **kwargs)
+        node = cls(load_topology(path).node, **kwargs)
+        node.topology_path = os.path.abspath(path)
+        return node
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -206,6 +212,13 @@ class AsyncNode(Operations):
                     return _reply(rid, Outcome("invalid", detail=problem))
                 sup = self.owner(child_id, sup_id)
                 return _reply(rid, await sup.call(request) if sup else _no_owner(child_id, sup_id))
+            case SignalChild(id=child_id, signal=number, supervisor=sup_id):
+                if problem := id_problem(child_id):
+                    return _reply(rid, Outcome("invalid", detail=problem))
+                sup = self.owner(child_id, sup_id)
+                return _reply(rid, sup.signal_child(child_id, number) if sup else _no_owner(child_id, sup_id))
+            case Reload():
+                return _reply(rid, await reload_topology(self, request))
             case Reconfigure():
                 return _reply(rid, await self._reconfigure(request))
             case SetVariables(scope=scope, values=values, dry_run=dry_run, scopes=scopes):
@@ -412,7 +425,9 @@ class Node(Operations):
     def from_toml(cls, path: str | os.PathLike, **kwargs) -> "Node":
         from ..topology.load import load_topology
 
-        return cls(load_topology(path).node, **kwargs)
+        node = cls(load_topology(path).node, **kwargs)
+        node.topology_path = os.path.abspath(path)
+        return node
 
     @classmethod
     def from_spec(cls, root: SupervisorSpec, name: str = "node", **kwargs) -> "Node":

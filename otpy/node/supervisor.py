@@ -22,6 +22,7 @@ import asyncio
 import itertools
 import logging
 import os
+import signal
 import time
 from typing import Callable, Protocol
 
@@ -342,8 +343,27 @@ class Supervisor:
 
     def _child_info(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None]) -> ChildInfo:
         state, pid = self._shown_state(child, dead)
+        handle = self._handles.get(child.id) if pid is not None else None
         return ChildInfo(id=child.id, kind=child.spec.kind, state=state, pid=pid, restarts=child.restarts,
-                         program=shown_program(child, self.values.resolve), bound=self._bound(child), override=child.override)
+                         program=shown_program(child, self.values.resolve), bound=self._bound(child), override=child.override,
+                         status_line=getattr(handle, "status_line", ""))
+
+    def signal_child(self, child_id: str, number: int) -> Outcome:
+        """Send signal ``number`` to the running worker ``child_id`` (its process alone)."""
+        if number not in {int(s) for s in signal.valid_signals()} or number == 0:
+            return Outcome("invalid", detail=f"signal: got {number}; expected a signal number of this system (1-{signal.SIGRTMAX})")
+        child = self.machine.children.get(child_id)
+        if child is None:
+            return Outcome("not_found", detail=f"no child {child_id!r} under {self.spec.id!r}")
+        handle = self._handles.get(child_id)
+        if not isinstance(handle, ChildProcess):
+            if isinstance(handle, Supervisor):
+                return Outcome("invalid", detail=f"{child_id!r} is a supervisor: signal its workers")
+            return Outcome("not_running", detail=f"child {child_id!r} is not running")
+        if handle.exited.done() or handle.pid is None:
+            return Outcome("not_running", detail=f"child {child_id!r} is not running")
+        handle.send_signal(number)
+        return Outcome("ok", pid=handle.pid)
 
     def _bound(self, child: Child) -> BoundInfo | None:
         """The variable ``child``'s program (else its ``enabled``) is bound to, and the registry
@@ -401,7 +421,8 @@ class Supervisor:
                 id=info.id, kind=info.kind, state=info.state, pid=info.pid, restarts=info.restarts,
                 uptime=_uptime(now, started) if info.state == "running" else None,
                 children=None if info.kind == "worker" else [],
-                program=info.program, bound=info.bound, override=info.override))
+                program=info.program, bound=info.bound, override=info.override,
+                status_line=info.status_line, restart_in=info.restart_in))
         running = not self.exited.done()
         return TreeEntry(id=self.spec.id, kind=self.spec.kind, state="running" if running else "stopped",
                          pid=self.pid, restarts=restarts, uptime=_uptime(now, self.started_at) if running else None,

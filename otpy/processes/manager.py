@@ -48,7 +48,7 @@ from ..specs.model import ChildSpec, Shutdown
 
 log = logging.getLogger("otpy")
 
-OutputHandler = Callable[[str, str], None]
+OutputHandler = Callable[[str, str, str], None]  # (child id, stream: "out" or "err", line)
 READY_LINES = frozenset({"READY", "READY=1", ""})
 ZYGOTE_DEATHS_MAX = 5  # more zygote deaths than this within ZYGOTE_DEATHS_WINDOW s:
 ZYGOTE_DEATHS_WINDOW = 10.0  # spawns fail (StartFailed) until the window has room again
@@ -64,7 +64,7 @@ class _SpawnLost(StartFailed):
     """A start cut short by the zygote's death (the child ended ``lost``): worth one retry."""
 
 
-def print_output(child_id: str, line: str) -> None:
+def print_output(child_id: str, stream: str, line: str) -> None:
     print(f"[{child_id}] {line}", file=sys.stderr)
 
 
@@ -276,7 +276,7 @@ class ProcessManager:
             (notify_r, notify_w), (output_r, output_w) = self._reserve.call(lambda: pipes(2))
         except OSError as exc:
             raise StartFailed(f"cannot make the child's pipes: {exc}") from None
-        self._outputs.add(LineReader(loop, output_r, lambda line: self.on_output(spec.id, line),
+        self._outputs.add(LineReader(loop, output_r, lambda line: self.on_output(spec.id, "out", line),
                                      on_close=self._outputs.discard))
         child = ChildProcess(spec, loop, notify_r)
         request_id = next(self._request_ids)

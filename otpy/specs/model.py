@@ -94,6 +94,9 @@ class Bound(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 DEFAULT_MAX_RESTARTS = 3  # Elixir's default; OTP's raw supervisor uses 1.
 DEFAULT_MAX_SECONDS = 5
 DEFAULT_START_TIMEOUT = 10.0
+DEFAULT_RESTART_DELAY_MAX = 60.0
+DEFAULT_LOG_MAX_BYTES = 50 * 1024 * 1024  # supervisord's defaults: 50 MB a file, 10 backups
+DEFAULT_LOG_BACKUPS = 10
 
 
 class ChildSpec(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="worker"):
@@ -118,6 +121,10 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag
     max_rss: float | None = None  # MiB: a program child above it after a call exits to be restarted
     enabled: bool | Bound = True  # False: kept in its supervisor's table, never started
     replicas: int | Bound | None = None  # a template only: its dynamic supervisor keeps that many children
+    # Seconds before a restart of this child (0: at once, as OTP), doubled for each restart in
+    # a row up to ``restart_delay_max``; delayed restarts count toward the intensity as any.
+    restart_delay: float = 0.0
+    restart_delay_max: float = DEFAULT_RESTART_DELAY_MAX
 
     @property
     def kind(self) -> str:
@@ -168,6 +175,16 @@ class DynamicSupervisorSpec(
 AnySpec = Union[ChildSpec, SupervisorSpec, DynamicSupervisorSpec]
 
 
+class LogSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a node's log files are and when they rotate: a file reaching ``max_bytes`` is
+    renamed ``.1`` (the older ones shifted, at most ``backups`` kept). ``folder``: None is the
+    node's default log folder."""
+
+    max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    backups: int = DEFAULT_LOG_BACKUPS
+    folder: str | None = None
+
+
 class NodeSpec(msgspec.Struct, frozen=True, kw_only=True):
     """A whole node: its name, its root supervisor, an opt-in TCP control endpoint (CURVE),
     and the folders its programs are imported from before ``sys.path`` (``program_folders``:
@@ -178,6 +195,7 @@ class NodeSpec(msgspec.Struct, frozen=True, kw_only=True):
     root: SupervisorSpec
     control_tcp: str | None = None
     program_folders: tuple[str, ...] = ()
+    logs: LogSettings = LogSettings()
 
 
 # --- the tree: one walk, and key paths ---------------------------------------------------

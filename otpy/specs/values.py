@@ -42,6 +42,8 @@ MAX_SPEC_BYTES = 128 * 1024
 # A command child's one argument or one env entry ("KEY=VALUE"), NUL included: the kernel's
 # MAX_ARG_STRLEN (32 pages); exec fails with E2BIG ("Argument list too long") above it.
 MAX_ARG_STRLEN = 32 * 4096
+MIN_LOG_BYTES, MAX_LOG_BYTES = 1024, 1 << 40  # a log file: 1 KiB to 1 TiB before it rotates
+MAX_LOG_BACKUPS = 1000
 MIN_START_TIMEOUT = 0.01  # seconds: below it no program can import, and 1e-300 s is a typo
 ARGS_EXPECTED = ("plain data: tables with string keys, arrays, strings, numbers, booleans, "
                  f"dates, at most {ARGS_MAX_DEPTH} levels deep, integers within signed 64 bits")
@@ -99,6 +101,11 @@ def _is_count(value: object) -> bool:
 def _child_problems(spec: ChildSpec) -> list[Problem]:
     problems = _program_problems(spec) + _enabled_problems(spec.enabled) + _replicas_problems(spec.replicas)
     problems += _seconds_problems("start_timeout", spec.start_timeout, MIN_START_TIMEOUT)
+    problems += _seconds_problems("restart_delay", spec.restart_delay, 0)
+    problems += _seconds_problems("restart_delay_max", spec.restart_delay_max, 0)
+    if not problems and spec.restart_delay_max < spec.restart_delay:
+        problems.append(Problem("restart_delay_max", f"got {_show(spec.restart_delay_max)}; expected seconds >= "
+                                f"restart_delay ({_show(spec.restart_delay)})"))
     if spec.max_rss is not None and not _in_range(spec.max_rss, 0, MAX_RSS_MIB, low_open=True):
         problems.append(Problem("max_rss", f"got {_show(spec.max_rss)}; expected MiB > 0 and <= {MAX_RSS_MIB}"))
     problems += _env_problems(spec.env)
@@ -348,6 +355,11 @@ def node_value_problems(spec: NodeSpec) -> list[Problem]:
         problems.append(Problem("name", f"got {problem.removeprefix('node name ')}"))
     if spec.control_tcp is not None and (why := control_tcp_problem(spec.control_tcp)) is not None:
         problems.append(Problem("control_tcp", why))
+    logs = spec.logs
+    problems += _count_problems("logs.max_bytes", logs.max_bytes, MIN_LOG_BYTES, MAX_LOG_BYTES)
+    problems += _count_problems("logs.backups", logs.backups, 0, MAX_LOG_BACKUPS)
+    if logs.folder is not None and not _is_path(logs.folder):
+        problems.append(Problem("logs.folder", f"got {_show(logs.folder)}; expected a non-empty path without NUL"))
     return problems
 
 

@@ -21,8 +21,8 @@ import msgspec
 from ..specs.model import AnySpec
 from .protocol import (
     Action, ChildInfo, Children, CountChildren, Counts, DeleteChild, GetStatus, Message, Outcome,
-    Reconfigure, Refused, RestartChild, SetVariables, Announce, StartChild, StartFromTemplate, Status,
-    TerminateChild, WhichChildren,
+    Reconfigure, Refused, Reload, RestartChild, SetVariables, SignalChild, Announce, StartChild,
+    StartFromTemplate, Status, TerminateChild, WhichChildren,
 )
 
 Reply = TypeVar("Reply", bound=Message)
@@ -96,6 +96,15 @@ class Operations:
 
     def delete_child(self, child_id: str, sup: str | None = None) -> Outcome:
         return self._ask(DeleteChild(0, child_id, sup or ""), _outcome)
+
+    def signal_child(self, child_id: str, signal: int, sup: str | None = None) -> Outcome:
+        """Send the signal number ``signal`` to the running worker ``child_id``."""
+        return self._ask(SignalChild(0, child_id, int(signal), sup or ""), _outcome)
+
+    def reload(self, path: str = "", *, code: bool = False, dry_run: bool = False) -> Outcome:
+        """Make the tree match the topology file ``path`` (empty: the node's own file); the
+        outcome's ``changes`` say what was done (``dry_run``: what would be)."""
+        return self._ask(Reload(0, path, code, dry_run), _outcome)
 
     def reconfigure(self, sup: str | None, source: str, target: AnySpec) -> Outcome:
         """Replace the running child ``source`` by ``target`` (same id), make-before-break."""

@@ -231,6 +231,33 @@ class DeleteChild(Message):
     supervisor: str = ""
 
 
+class SignalChild(Message):
+    """client -> node: send the signal number ``signal`` to the running worker ``id`` (its process
+    only, as ``kill`` does; its supervisor then sees whatever the signal does). The reply is an
+    ``Outcome``: ``ok`` with the pid, ``not_running``, ``not_found``, or ``invalid`` (no such
+    signal; a supervisor is not signalled)."""
+
+    request_id: int
+    id: str
+    signal: int
+    supervisor: str = ""
+
+
+class Reload(Message):
+    """client -> node: read the topology file ``path`` again (empty: the file the node was started
+    from) and make the running tree match it, as ``supervisorctl update`` does: children added
+    are started, removed ones stopped, changed ones replaced make-before-break; unchanged ones
+    keep their processes. ``code``: every program child is also replaced (one at a time,
+    make-before-break), so each runs its source as it is on disk now. ``dry_run``: the plan
+    only. The reply is an ``Outcome`` whose ``changes`` say what was (or would be) done; an
+    invalid file is ``invalid`` with the file's error, and nothing changes."""
+
+    request_id: int
+    path: str = ""
+    code: bool = False
+    dry_run: bool = False
+
+
 class Reconfigure(Message):
     """client -> node (an action): replace the running child ``source`` of the supervisor
     ``supervisor`` (static or dynamic) by ``target`` (same id), make-before-break: the target starts beside the
@@ -301,17 +328,20 @@ class ChildInfo(msgspec.Struct, frozen=True):
     program: str | None = None
     bound: BoundInfo | None = None
     override: bool = False  # stopped by terminate_child although its variables say it runs
+    status_line: str = ""  # the last ``STATUS=...`` the child sent (sd_notify), if any
+    restart_in: float | None = None  # a delayed restart (``restart_delay``): seconds until it starts
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):
     """One step of what setting variables does, or would do (a plan), to a node.
 
     ``action`` is ``set`` (``scope``, ``name``: a value, ``before`` -> ``after``), ``start`` or
-    ``stop`` (a child of ``supervisor``), or ``reconfigure`` (a running child replaced
-    make-before-break, ``before`` -> ``after`` are its programs); ``pid`` is the new process's
-    once done."""
+    ``stop`` (a child of ``supervisor``), ``reconfigure`` (a running child replaced
+    make-before-break, ``before`` -> ``after`` are its programs), or ``update`` (a reload changed
+    a supervisor's own settings in place, ``before`` -> ``after``, as OTP's ``code_change``
+    does); ``pid`` is the new process's once done."""
 
-    action: Literal["set", "start", "stop", "reconfigure"]
+    action: Literal["set", "start", "stop", "reconfigure", "update"]
     supervisor: str = ""
     child: str = ""
     scope: str = ""
@@ -340,7 +370,7 @@ class Counts(Message):
 
 OutcomeKind = Literal[
     "ok", "already_started", "already_present", "running", "restarting", "not_found",
-    "max_children", "start_failed", "not_supported", "invalid", "unavailable",
+    "max_children", "start_failed", "not_supported", "invalid", "unavailable", "not_running",
 ]
 """OTP's replies to a child operation, plus ``unavailable`` (the registry behind ``SetVariables``
 did not answer). Only ever added to, never renamed (``Outcome.outcome`` stays a ``str`` on the
@@ -382,6 +412,8 @@ class TreeEntry(msgspec.Struct, frozen=True):
     program: str | None = None  # as in ChildInfo
     bound: BoundInfo | None = None
     override: bool = False
+    status_line: str = ""  # as in ChildInfo
+    restart_in: float | None = None
 
 
 class Status(Message):
@@ -420,7 +452,8 @@ class Refused(Message, tag="ControlError"):
 
 
 ToNode = Union[WhichChildren, CountChildren, StartChild, StartFromTemplate, TerminateChild,
-               RestartChild, DeleteChild, Reconfigure, SetVariables, Announce, GetStatus, StopNode]
+               RestartChild, DeleteChild, SignalChild, Reconfigure, SetVariables, Reload, Announce, GetStatus,
+               StopNode]
 # The optimizer's actions are these requests: StartChild, TerminateChild, Reconfigure, SetVariables.
 Action = Union[StartChild, TerminateChild, Reconfigure, SetVariables]
 FromNode = Union[Children, Counts, Outcome, Status, Stopping, Refused]
@@ -435,7 +468,7 @@ FROM_NODE = msgspec.msgpack.Decoder(FromNode)
 
 
 EventKind = Literal["started", "exited", "stopped", "restarting", "reconfiguring", "start_failed",
-                    "gave_up", "auto_shutdown", "node_stopping"]
+                    "gave_up", "auto_shutdown", "node_stopping", "restart_delayed", "reloaded"]
 
 
 class NodeEvent(Message):
