@@ -17,8 +17,10 @@ import zmq
 from .bench_cmd import bench
 from .children import delete_child, restart_child, start_child, terminate_child
 from .exits import EXIT_FAILED, ask, load_or_exit, node_or_exit
+from .logs import logs
 from .optimize_cmd import optimize
 from .options import NODE_OPTION
+from .reload import reload
 from .start import start
 from .status_view import add_usage, render_status, status_json
 from .vars import vars_group
@@ -49,7 +51,7 @@ def main() -> None:
     """
 
 
-for command in (start, call, run_pipeline, optimize, vars_group, bench,
+for command in (start, call, run_pipeline, optimize, vars_group, bench, logs, reload,
                 start_child, terminate_child, restart_child, delete_child):
     main.add_command(command)
 

@@ -22,7 +22,9 @@ from .work import record_topology
 from ..host.node_run import RUN_VAR, lock_holder
 from ..host.runtime_dir import RuntimeDirError, node_dir, open_private_append
 from ..node.node import AsyncNode, NodeAlreadyRunning, NodeStartError, already_running
+from ..node.reload import reload_summary
 from ..wire.client import Client
+from ..wire.protocol import Reload
 
 
 @click.command()
@@ -46,6 +48,7 @@ def start(topology: str, verbose: bool, detach: bool, timeout: float) -> None:
         sys.exit(_start_detached(topology, spec.node.name, timeout))
     _setup_logging(verbose)
     node = AsyncNode(spec.node, on_output=_print_child_line)
+    node.topology_path = os.path.abspath(topology)
     sys.exit(asyncio.run(_run_foreground(node, on_started=lambda: record_topology(node.name, topology))))
 
 
@@ -138,6 +141,16 @@ def _print_child_line(child_id: str, stream: str, line: str) -> None:
     print(f"[{child_id}] {line}", file=sys.stderr, flush=True)
 
 
+async def _reload_on_hangup(node: AsyncNode) -> None:
+    """SIGHUP: the node reads its own topology file again and applies it (``otpy reload``)."""
+    if not node.started or node.stopping:
+        logging.getLogger("otpy").warning("otpy[%s]: SIGHUP ignored: the node is not running its tree", node.name)
+        return
+    outcome = await node.handle(Reload(0))
+    logging.getLogger("otpy").log(logging.INFO if outcome.ok else logging.ERROR,
+                                  "otpy[%s]: reload on SIGHUP: %s", node.name, reload_summary(outcome))
+
+
 async def _run_foreground(node: AsyncNode, on_started: Callable[[], None] = lambda: None) -> int:
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -157,6 +170,7 @@ async def _run_foreground(node: AsyncNode, on_started: Callable[[], None] = lamb
 
     for sig in (signal.SIGINT, signal.SIGTERM):  # before start: a Ctrl-C while starting stops in order too
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_on_hangup(node)))
     try:
         await node.start()
     except NodeAlreadyRunning as exc:

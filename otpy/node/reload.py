@@ -13,3 +13,10 @@ from ..wire.protocol import Outcome, Reload
 async def reload_topology(node: Any, request: Reload) -> Outcome:
     """The reply to ``request`` on ``node`` (an ``AsyncNode``)."""
     return Outcome("not_supported", detail="reload is not built yet")
+
+
+def reload_summary(outcome: Outcome) -> str:
+    """One line for a log: what a reload did, or why it did nothing."""
+    if not outcome.ok:
+        return f"{outcome.outcome}: {outcome.detail}"
+    return f"{len(outcome.changes)} change(s)" if outcome.changes else "no changes"
