@@ -26,9 +26,15 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(autouse=True, scope="session")
 def private_runtime_dir():
-    """Every node of the test run keeps its sockets in one private temporary folder."""
-    with tempfile.TemporaryDirectory(prefix="otpy-test-") as path:
+    """Every node of the test run keeps its sockets in one private temporary folder, and what
+    otpy keeps for a user between runs (logs, optuna studies: ``XDG_STATE_HOME``,
+    ``XDG_DATA_HOME``) in others: the tests never write into the user's home."""
+    with tempfile.TemporaryDirectory(prefix="otpy-test-") as path, \
+            tempfile.TemporaryDirectory(prefix="otpy-home-") as home:
         os.environ["OTPY_RUNTIME_DIR"] = path
+        for variable, folder in (("XDG_STATE_HOME", "state"), ("XDG_DATA_HOME", "data")):
+            os.makedirs(os.path.join(home, folder), mode=0o700)
+            os.environ[variable] = os.path.join(home, folder)
         yield path
 
 
