@@ -77,13 +77,7 @@ def pick_node(name: str | None) -> str:
     """``name`` if it runs; without a name, the one node that answers. Else NodeNotFound (NodeStale
     for a named node whose process died). RuntimeDirError if its folder is not private."""
     if name is not None:
-        if problem := name_problem(name, "node name"):
-            raise InvalidNodeName(problem)
-        folder = existing_node_dir(name)
-        if folder is None or not (folder / "control.sock").exists():
-            raise NodeNotFound(f"no node {name!r} is running{_running_hint()}")
-        if not node_alive(name):
-            raise NodeStale(name)
+        check_reachable(name)
         return name
     statuses = node_statuses()
     live = [n for n, status in statuses if status is not None]
@@ -93,6 +87,18 @@ def pick_node(name: str | None) -> str:
         _raise_if_only_stale([n for n, status in statuses if status is None])
         raise NodeNotFound("no node is running")
     raise NodeNotFound(f"several nodes are running ({', '.join(live)}): name one")
+
+
+def check_reachable(name: str) -> None:
+    """Raise at once what a request to local node ``name`` would only find out after its timeout:
+    InvalidNodeName, NodeNotFound (no control socket: never started, or stopped), NodeStale."""
+    if problem := name_problem(name, "node name"):
+        raise InvalidNodeName(problem)
+    folder = existing_node_dir(name)
+    if folder is None or not (folder / "control.sock").exists():
+        raise NodeNotFound(f"no node {name!r} is running{_running_hint()}")
+    if not node_alive(name):
+        raise NodeStale(name)
 
 
 def _raise_if_only_stale(silent: list[str]) -> None:
@@ -155,8 +161,12 @@ class Client(Operations):
     def request(self, request: ToNode, timeout: float | None = None,
                 give_up: Callable[[], bool] | None = None) -> FromNode:
         """One round trip: ``request`` sent with a fresh ``request_id``, the node's reply as it is
-        (a ``Refused`` included). Gives up early when ``give_up()`` says so (TimeoutError) or, by
-        default for a local node, when its lock is free (NodeStale)."""
+        (a ``Refused`` included). A local node that is not there raises NodeNotFound before anything
+        is sent (unless ``give_up`` is given: a node that is starting has no socket yet). Gives up
+        early when ``give_up()`` says so (TimeoutError) or, by default for a local node, when its
+        lock is free (NodeStale)."""
+        if self._local and give_up is None:
+            check_reachable(self.name)
         request_id = next(self._ids)
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
@@ -253,13 +263,18 @@ class AsyncClient(Operations):
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._local = endpoint is None
+        if self._local and (problem := name_problem(name, "node name")):
+            raise InvalidNodeName(problem)
         self._context = zmq.asyncio.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.connect(_secured(self._socket, name, endpoint, keys))
 
     async def request(self, request: ToNode, timeout: float | None = None) -> FromNode:
-        """As ``Client.request``: a local node found dead raises NodeStale within 0.1 s."""
+        """As ``Client.request``: a local node that is not there raises NodeNotFound before anything
+        is sent (as ``otpy.connect`` does), one found dead while we wait NodeStale within 0.1 s."""
+        if self._local:
+            check_reachable(self.name)
         request_id = next(self._ids)
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
