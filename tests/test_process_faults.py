@@ -19,6 +19,7 @@ import time
 import pytest
 
 from otpy.host.node_run import RUN_VAR, processes_of_run
+from otpy.processes.fd_reserve import RESERVE_SIZE
 from otpy.processes.manager import ProcessManager, StartFailed
 from otpy.specs.model import ChildSpec
 
@@ -172,7 +173,7 @@ def test_a_spawn_out_of_fds_uses_the_reserve_then_fails_as_a_start_failure_leaki
     assert result["failure"] is not None and "Too many open files" in result["failure"], result
     assert result["failure"].startswith("cannot make the child's pipes"), result
     assert result["leaked"] == {"fds": 0, "children": 0}, result
-    assert result["after"] and result["reserve"] == 8, result
+    assert result["after"] and result["reserve"] == RESERVE_SIZE, result
 
 
 # --- the zygote dies -----------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """What a child the zygote forked does first, to become a program's worker or a command.
 
 Before the program or command runs: its own process group, the parent-death signal,
-default signal handling, ``/dev/null`` on fd 0, the output pipe on fds 1 and 2, the notify
-pipe on fd 3, no other fd, ``OTPY_*`` plus the spec's and request's environment, its cwd.
+default signal handling, ``/dev/null`` on fd 0, the stdout pipe on fd 1, the stderr pipe on
+fd 2 (the node reads them apart: ``"out"`` and ``"err"``), the notify pipe on fd 3, no other fd, ``OTPY_*`` plus the spec's and request's environment, its cwd.
 
 A spare does the request-free part ahead (``run_spare``): it detaches, warms up its call
 socket (``WarmSocket``) and waits for its request on its control socket; then it is that
@@ -28,6 +28,7 @@ MAX_MESSAGE = 1 << 18  # a message on the zygote's sockets (a spawn request)
 MAX_FD = os.sysconf("SC_OPEN_MAX")
 ERROR_FD = 4  # in a command child: close-on-exec, says why there is no exec
 SPARE_NAME = "otpy-spare"  # what ps shows for a spare while it waits
+CHILD_FDS = ("notify", "stdout", "stderr")  # the write ends a spawn request carries, in this order
 
 
 class Bootstrap:
@@ -40,9 +41,9 @@ class Bootstrap:
         self.devnull = devnull
         self.name = name
 
-    def run_program(self, request: Spawn, notify: int, output: int) -> NoReturn:
+    def run_program(self, request: Spawn, notify: int, out: int, err: int) -> NoReturn:
         try:
-            self._attach(request, notify, output)
+            self._attach(request, notify, out, err)
             self._detach(exec_=False)
         except Exception as exc:
             fail(f"cannot start the child: {exc}")
@@ -60,7 +61,7 @@ class Bootstrap:
         self._detach(exec_=False)
         set_process_name(SPARE_NAME)
         warm = WarmSocket(node) if (node := os.environ.get("OTPY_NODE")) else None
-        data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 2)
+        data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, len(CHILD_FDS))
         control.close()
         if not data:  # retired
             if warm is not None:
@@ -75,10 +76,10 @@ class Bootstrap:
         sys.stdout.reconfigure(line_buffering=True)
         Worker(request.spec, warm).run()
 
-    def exec_command(self, request: Spawn, notify: int, output: int, error: int) -> NoReturn:
+    def exec_command(self, request: Spawn, notify: int, out: int, err: int, error: int) -> NoReturn:
         argv = list(request.spec.command or ())
         try:
-            self._attach(request, notify, output, error)
+            self._attach(request, notify, out, err, error)
             self._detach(exec_=True)
         except Exception as exc:
             _write_error(str(exc))
@@ -98,7 +99,8 @@ class Bootstrap:
         die_with_parent(self.zygote_pid)
         _reset_signals(exec_)
 
-    def _attach(self, request: Spawn, notify: int, output: int, error: int = -1, *, warm: bool = False) -> None:
+    def _attach(self, request: Spawn, notify: int, out: int, err: int, error: int = -1, *,
+                warm: bool = False) -> None:
         """What makes it this request's child: fds 0-4, no other fd, environment, cwd. Its fds
         first, so that later errors can be reported.
 
@@ -106,11 +108,11 @@ class Bootstrap:
         brought are closed, and the placeholders it kept on 3 and 4.
         """
         spec = request.spec
-        given = (notify, output, error, self.devnull)
-        notify, output, error, devnull = moved = tuple(_above(fd, ERROR_FD) for fd in given)
+        given = (notify, out, err, error, self.devnull)
+        notify, out, err, error, devnull = moved = tuple(_above(fd, ERROR_FD) for fd in given)
         os.dup2(devnull, 0)
-        os.dup2(output, 1)
-        os.dup2(output, 2)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
         os.dup2(notify, NOTIFY_FD)
         if error >= 0:
             os.dup2(error, ERROR_FD, inheritable=False)

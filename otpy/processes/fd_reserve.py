@@ -1,12 +1,13 @@
 """A reserve of file descriptors, so that running out of fds cannot starve restarts.
 
 A node's fds are shared by everything in its process: client connections on the control
-socket (ZeroMQ opens one per peer), the events socket, two pipes per live child. A flood of
-connections can take every fd up to ``RLIMIT_NOFILE``; a restart then fails in
+socket (ZeroMQ opens one per peer), the events socket, three pipes per live child (notify,
+stdout, stderr: the node keeps their read ends). A flood of connections can take every fd up
+to ``RLIMIT_NOFILE``; a restart then fails in
 ``os.pipe2`` with ``EMFILE`` exactly when it matters. The process manager therefore holds a
 few fds open on ``/dev/null`` from the start. When making a child's pipes (or starting a
 zygote) fails with ``EMFILE``/``ENFILE``, it gives the reserve back, tries once more, and
-takes back what it can afterwards (a live child keeps 2 fds, so a reserve shrinks by 2 per
+takes back what it can afterwards (a live child keeps 3 fds, so a reserve shrinks by 3 per
 spawn made while the process is out of fds; the next spawns take it back as fds are freed).
 When even the reserve is not enough, the spawn fails like any start failure (``StartFailed``
 with the errno text), and nothing is left open.
@@ -27,7 +28,7 @@ import os
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
-RESERVE_SIZE = 8  # a spawn's two pipes (4 fds at once), or a zygote start (socketpair, Popen, pidfd)
+RESERVE_SIZE = 12  # three spawns' worth once out of fds: a spawn takes 6 fds at once (three pipes), keeps 3
 OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE})
 
 

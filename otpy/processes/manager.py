@@ -273,23 +273,27 @@ class ProcessManager:
         zygote = await self._ensure_zygote()
         loop = asyncio.get_running_loop()
         try:
-            (notify_r, notify_w), (output_r, output_w) = self._reserve.call(lambda: pipes(2))
+            (notify_r, notify_w), (out_r, out_w), (err_r, err_w) = self._reserve.call(lambda: pipes(3))
         except OSError as exc:
             raise StartFailed(f"cannot make the child's pipes: {exc}") from None
-        self._outputs.add(LineReader(loop, output_r, lambda line: self.on_output(spec.id, "out", line),
-                                     on_close=self._outputs.discard))
+        for stream, read_end in (("out", out_r), ("err", err_r)):
+            self._outputs.add(LineReader(loop, read_end, self._output_handler(spec.id, stream),
+                                         on_close=self._outputs.discard))
         child = ChildProcess(spec, loop, notify_r)
         request_id = next(self._request_ids)
         self._requests[request_id] = child
         try:
-            await zygote.send(Spawn(request_id=request_id, spec=spec, env=env or {}), (notify_w, output_w))
+            await zygote.send(Spawn(request_id=request_id, spec=spec, env=env or {}), (notify_w, out_w, err_w))
         except Exception as exc:  # too large, not encodable, or the zygote just died
             self._unsent(request_id, child, zygote, exc)
         finally:
-            os.close(notify_w)
-            os.close(output_w)
+            for write_end in (notify_w, out_w, err_w):
+                os.close(write_end)
             self._reserve.fill()
         return await self._until_ready(child, loop)
+
+    def _output_handler(self, child_id: str, stream: str) -> Callable[[str], None]:
+        return lambda line: self.on_output(child_id, stream, line)
 
     def _unsent(self, request_id: int, child: ChildProcess, zygote: ZygoteLink, exc: Exception) -> None:
         """A request the zygote did not get. If the zygote is gone, its death ends the child

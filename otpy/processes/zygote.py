@@ -30,7 +30,7 @@ from typing import NoReturn
 import msgspec  # noqa: F401  (pre-imported for the workers)
 import zmq  # noqa: F401  (pre-imported for the workers)
 
-from otpy.agent.bootstrap import MAX_MESSAGE, Bootstrap
+from otpy.agent.bootstrap import CHILD_FDS, MAX_MESSAGE, Bootstrap
 from otpy.agent.call_socket import spare_socket_path
 from otpy.agent.program import import_target
 from otpy.host.node_run import RUN_VAR, kill_run
@@ -85,7 +85,7 @@ class Zygote:
 
     def receive(self) -> bool:
         """Handle one message; False when the node closed the socket."""
-        data, fds, flags, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 2)
+        data, fds, flags, _ = socket.recv_fds(self.sock, MAX_MESSAGE, len(CHILD_FDS))
         if not data:
             return False
         if flags & socket.MSG_TRUNC:
@@ -185,8 +185,8 @@ class Zygote:
 
     def spawn(self, request: Spawn, data: bytes, fds: list[int]) -> None:
         try:
-            if len(fds) != 2:
-                raise _Refused(f"spawn request carried {len(fds)} fds, not 2")
+            if len(fds) != len(CHILD_FDS):
+                raise _Refused(f"spawn request carried {len(fds)} fds, not {len(CHILD_FDS)}")
             if request.spec.program:
                 pid = self.start_program(request, data, *fds)
             else:
@@ -201,7 +201,7 @@ class Zygote:
         self.spawned.add(pid)
         self.send(Spawned(request_id=request.request_id, pid=pid))
 
-    def start_program(self, request: Spawn, data: bytes, notify: int, output: int) -> int:
+    def start_program(self, request: Spawn, data: bytes, notify: int, out: int, err: int) -> int:
         """Hand the request to the waiting spare; fork one only when none can take it."""
         if self.preload(request.spec.program) and self.spare is not None:
             self.spare.close()  # forked before the program was imported: it exits by itself
@@ -209,14 +209,14 @@ class Zygote:
         spare, self.spare = self.spare, None
         if spare is not None:
             try:
-                return spare.assign(data, notify, output)
+                return spare.assign(data, notify, out, err)
             except OSError:  # it died meanwhile (its exit is reaped unreported): fork instead
                 _forget_spare_socket(spare.pid)
             finally:
                 spare.close()
         pid = os.fork()
         if pid == 0:
-            self.in_child(self.bootstrap.run_program, request, notify, output)
+            self.in_child(self.bootstrap.run_program, request, notify, out, err)
         return pid
 
     def fork_spare(self) -> Spare:
@@ -231,12 +231,12 @@ class Zygote:
             theirs.close()
         return Spare(pid, ours)
 
-    def fork_command(self, request: Spawn, notify: int, output: int) -> int:
+    def fork_command(self, request: Spawn, notify: int, out: int, err: int) -> int:
         """Fork and exec; the close-on-exec error pipe says whether exec succeeded."""
         error_r, error_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
-            self.in_child(self.bootstrap.exec_command, request, notify, output, error_w)
+            self.in_child(self.bootstrap.exec_command, request, notify, out, err, error_w)
         os.close(error_w)
         try:
             error = _read_all(error_r)
@@ -280,9 +280,9 @@ class Spare:
         self.pid = pid
         self.control = control
 
-    def assign(self, data: bytes, notify: int, output: int) -> int:
-        """Send it the spawn request and its two fds; its pid is then the child's."""
-        socket.send_fds(self.control, [data], [notify, output])
+    def assign(self, data: bytes, notify: int, out: int, err: int) -> int:
+        """Send it the spawn request and its three fds; its pid is then the child's."""
+        socket.send_fds(self.control, [data], [notify, out, err])
         return self.pid
 
     def close(self) -> None:

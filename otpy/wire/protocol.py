@@ -42,8 +42,8 @@ class Message(msgspec.Struct, frozen=True, tag=True):
 
 
 # --- node <-> zygote ----------------------------------------------------------------------
-# One AF_UNIX SOCK_SEQPACKET socket: one datagram is one message. A Spawn carries two fds
-# (SCM_RIGHTS): the write ends of the child's notify pipe and output pipe, in that order.
+# One AF_UNIX SOCK_SEQPACKET socket: one datagram is one message. A Spawn carries three fds
+# (SCM_RIGHTS): the write ends of the child's notify, stdout and stderr pipes, in that order.
 
 
 class Init(Message):
