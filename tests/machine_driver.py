@@ -9,6 +9,7 @@ of theirs is stale). What happened is kept as readable strings in ``log``::
     "start b failed"     its start failed
     "stop c"             a Stop effect stopped c (one line per child, in the order given)
     "post retry b"       a Retry was put on the inbox
+    "wait 0.4 b"         an After asked for a timer: b's delayed restart is due in 0.4 s
     "exit shutdown"      the supervisor exited, with its reason kind
 
 >>> from otpy.supervision.machine import StaticMachine
@@ -25,7 +26,7 @@ from collections import deque
 from typing import Any, Callable
 
 from otpy.supervision.effects import (
-    Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, Launch, LaunchFailed,
+    After, Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, Launch, LaunchFailed,
     Launched, Post, Report, Outcome, Retry, Stop, StopSupervisor,
 )
 from otpy.supervision.exit import ExitReason
@@ -54,6 +55,7 @@ class Driver:
         self.pids: dict[str, int] = {}
         self.effects: list[Effect] = []  # every effect carried out, in order
         self.exit: Exit | None = None
+        self.timers: list[tuple[float, Event]] = []  # (when due, event) of each After not yet fired
         self._counter = itertools.count(1)
 
     # --- driving ----------------------------------------------------------------------
@@ -97,6 +99,24 @@ class Driver:
     def advance(self, seconds: float) -> None:
         self.now += seconds
 
+    def elapse(self, seconds: float) -> list[str]:
+        """Let ``seconds`` pass: the timers due meanwhile fire in order (each event handled, with
+        the clock at its due time, then the inbox it fed). Returns the new log lines."""
+        start, end = len(self.log), self.now + seconds
+        while (due := [t for t in self.timers if t[0] <= end]):
+            timer = min(due, key=lambda t: t[0])
+            self.timers.remove(timer)
+            self.now = max(self.now, timer[0])
+            self.send(timer[1])
+            self.run_inbox()
+        self.now = end
+        return self.log[start:]
+
+    def next_timer(self) -> float | None:
+        """Seconds until the next timer fires (None: none pending)."""
+        due = min((t[0] for t in self.timers), default=None)
+        return None if due is None else due - self.now
+
     # --- looking ------------------------------------------------------------------------
 
     def state(self, id: str) -> str | None:
@@ -125,6 +145,9 @@ class Driver:
                 self.inbox.append(event)
                 if isinstance(event, Retry):
                     self.log.append(f"post retry {event.id}")
+            case After(delay, event):
+                self.timers.append((self.now + delay, event))
+                self.log.append(f"wait {delay:g} {event.id}")
             case Exit(reason):
                 self.exit = effect
                 self.log.append(f"exit {reason.kind}")

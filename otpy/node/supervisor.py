@@ -14,6 +14,12 @@ child's declared spec with it each time it starts it. When the node changes the 
 asks each supervisor to ``reconcile("make")``, commits, then ``reconcile("break")`` (``plan()``
 says what both would do); the node walks the tree (``supervisors()``). The shell
 remembers the registry versions a child was launched with, which ``children_info`` shows.
+
+Delayed restarts (``restart_delay``): the machine asks for a timer (``After``); the shell sets
+it with ``loop.call_later`` and, when it fires, puts its event on the inbox, behind whatever is
+waiting (as OTP's supervisor re-queues a failed restart on its own inbox): nothing polls, and
+the supervisor serves its calls meanwhile. Timers still pending when it exits are cancelled,
+so nothing starts after a stop. ``restart_in`` (``children_info``, ``snapshot``) counts down.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Callable, Protocol
 from ..supervision.children import Child
 from ..supervision.dynamic import DynamicMachine
 from ..supervision.effects import (
-    Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, Launch, LaunchFailed,
+    After, Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, Launch, LaunchFailed,
     Launched, Post, Reconcile, ReconcilePhase, Replace, Report, Outcome, Stop, StopSupervisor,
 )
 from ..supervision.exit import ExitReason, should_restart
@@ -93,6 +99,7 @@ class Supervisor:
         # ... and the incarnations it replaced, being stopped beside the inbox.
         self._replaced: dict[asyncio.Task, tuple[str, Handle]] = {}
         self._inbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._timers: set[asyncio.TimerHandle] = set()  # the machine's After, not yet fired
         self._task: asyncio.Task | None = None
         self.exited: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
         self.error: str | None = None  # why init failed, or the last give-up
@@ -225,6 +232,8 @@ class Supervisor:
                 await self._stop(ids, parallel)
             case Post(event):
                 self._inbox.put_nowait(event)
+            case After(delay, event):
+                self._after(delay, event)
             case Answer(reply_to, result):
                 if isinstance(reply_to, asyncio.Future) and not reply_to.done():
                     reply_to.set_result(result)
@@ -237,6 +246,17 @@ class Supervisor:
                 await asyncio.gather(*self._replaced)  # replaced incarnations still draining
                 self._finish(reason)
         return None
+
+    def _after(self, delay: float, event: Event) -> None:
+        """Put ``event`` on the inbox in ``delay`` seconds (a stale one is the machine's to ignore)."""
+
+        def fire() -> None:
+            self._timers.discard(timer)
+            if not self.exited.done():
+                self._inbox.put_nowait(event)
+
+        timer = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(timer)
 
     async def _launch(self, spec: AnySpec, replacement: bool = False) -> Event:
         incarnation = next(self._incarnations)
@@ -298,6 +318,9 @@ class Supervisor:
     def _finish(self, reason: ExitReason) -> None:
         if not self.exited.done():
             self.exited.set_result(reason)
+        for timer in self._timers:  # no delayed restart after a stop
+            timer.cancel()
+        self._timers.clear()
         while not self._inbox.empty():  # answer whoever is still waiting
             event = self._inbox.get_nowait()
             reply_to = event.reply_to if isinstance(event, Command) else None
@@ -339,14 +362,23 @@ class Supervisor:
         ``/proc`` (``ProcessManager.kernel_view``: a zombie, a pid gone or reused is dead).
         """
         dead = self._processes.kernel_view()
-        return [self._child_info(self.machine.children[i], dead) for i in self.machine.order]
+        now = self._clock()  # the machine's clock: a delayed restart's due time is on it
+        return [self._child_info(self.machine.children[i], dead, now) for i in self.machine.order]
 
-    def _child_info(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None]) -> ChildInfo:
+    def _child_info(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None], now: float) -> ChildInfo:
         state, pid = self._shown_state(child, dead)
         handle = self._handles.get(child.id) if pid is not None else None
         return ChildInfo(id=child.id, kind=child.spec.kind, state=state, pid=pid, restarts=child.restarts,
                          program=shown_program(child, self.values.resolve), bound=self._bound(child), override=child.override,
-                         status_line=getattr(handle, "status_line", ""))
+                         status_line=getattr(handle, "status_line", ""), restart_in=self._restart_in(child, now))
+
+    def _restart_in(self, child: Child, now: float) -> float | None:
+        """Seconds until a delayed restart starts ``child`` (it waits, or a bystander of its
+        group does); None: none will (no delay, or the supervisor is stopping)."""
+        due = self.machine.restart_due(child.id)
+        if due is None or self.exited.done() or self.machine.phase == "terminated":
+            return None
+        return round(max(0.0, due - now), 3)
 
     def signal_child(self, child_id: str, number: int) -> Outcome:
         """Send signal ``number`` to the running worker ``child_id`` (its process alone)."""

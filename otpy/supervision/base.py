@@ -22,6 +22,20 @@ the child's fault. A lost child is still restarted per the decision table (perma
 transient, not temporary) and the strategy still applies (``one_for_all`` and
 ``rest_for_one`` bounce their groups as for a crash); only the charge is skipped
 (``exit.charged``).
+
+Restart delay (``ChildSpec.restart_delay``, 0 by default: OTP's restart at once). When the
+decision table says restart and the child's ``restart_delay`` is above 0, the restart is
+charged to the intensity NOW, at the exit, as OTP charges it (so a supervisor over its
+intensity gives up at once, never after a wait); what the strategy stops is stopped now too
+(``one_for_all``/``rest_for_one`` bystanders); only the starts wait: the child is marked
+``restarting`` with ``restart_at`` and the machine asks for a timer,
+``After(delay, RestartDue(id, token))``. When it comes back the group is started as the
+strategy says then (as OTP's ``try_again_restart`` does). The delay of the n-th restart in a
+row is ``restart_delay * 2**(n-1)``, at most ``restart_delay_max``; the count starts again
+once an incarnation has stayed up ``restart_delay_max`` seconds, or when anything but a
+restart starts the child (``start_child``, ``restart_child``, a reconcile, a replacement).
+A retry of a failed start waits the same way (it is the next restart in a row). A ``lost``
+exit (not the child's fault, not charged) restarts at once and does not add to the count.
 """
 
 from __future__ import annotations
@@ -35,8 +49,8 @@ import msgspec
 from . import reconcile
 from .children import Child, ChildTable
 from .effects import (
-    Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, Launch, LaunchFailed, Launched, Post,
-    Reconcile, ReconcilePhase, Replace, Report, Outcome, Retry, Stop, StopSupervisor,
+    After, Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, Launch, LaunchFailed, Launched,
+    Post, Reconcile, ReconcilePhase, Replace, Report, Outcome, RestartDue, Retry, Stop, StopSupervisor,
 )
 from .exit import SHUTDOWN, ExitReason, charged, should_restart
 from .intensity import RestartWindow
@@ -98,6 +112,8 @@ class BaseMachine:
         self._launching: AnySpec | None = None  # the resolved spec of the Launch under way
         self._replacement: _Replacement | None = None
         self._reconciling: _Reconciling | None = None
+        self._now = 0.0  # the clock of the event being handled
+        self._deferring: After | None = None  # set while a delayed restart's group is decided
 
     # --- the one entry point --------------------------------------------------------------
 
@@ -105,6 +121,7 @@ class BaseMachine:
         """The effects of ``event`` at ``now`` (seconds of a monotonic clock, read by the caller)."""
         if self.phase == "terminated":
             return refused(event)
+        self._now = now
         match event:
             case Boot():
                 return self._boot()
@@ -116,6 +133,8 @@ class BaseMachine:
                 return self._child_exited(id, incarnation, reason, now)
             case Retry(id, token):
                 return self._retry(id, token, now)
+            case RestartDue(id, token):
+                return self._restart_due(id, token)
             case StopSupervisor():
                 return self._terminate(SHUTDOWN)
             case Command(request, reply_to):
@@ -144,6 +163,11 @@ class BaseMachine:
             return None
         return "restart" if chain.purpose == "restart" else "start"
 
+    def restart_due(self, id: str) -> float | None:
+        """When (this machine's clock) a delayed restart will start ``id``: the child waiting
+        for it, or a stopped bystander of its group; None when none will."""
+        return self.children.waiting_for(id)
+
     def plan(self) -> list[Change]:
         """What a ``Reconcile`` now would do, without doing it (a dry run): the whole plan,
         ``make`` steps then ``break`` steps."""
@@ -156,6 +180,10 @@ class BaseMachine:
     # --- chains of starts: one Launch at a time, each of the spec resolved now --------------
 
     def _begin(self, purpose, ids, reply_to=None, before: list[Effect] | None = None) -> list[Effect]:
+        if purpose == "restart" and (timer := self._deferring) is not None:
+            # A delayed restart: the strategy's stops (``before``) now, its starts when due.
+            self.children[timer.event.id].group = tuple(ids)
+            return (before or []) + [timer]
         self._chain = Starting(purpose, deque(ids), reply_to)
         return (before or []) + self._next_start()
 
@@ -212,6 +240,7 @@ class BaseMachine:
         assert chain is not None and chain.pending and chain.pending[0] == id, (chain, id)
         chain.pending.popleft()
         self.children.set_running(id, incarnation, pid, running=running)
+        self._started(id, restart=chain.purpose == "restart")
         effects: list[Effect] = []
         if chain.purpose in ("start_child", "restart_child"):
             effects.append(Answer(chain.reply_to, Outcome("ok", pid=pid)))
@@ -282,6 +311,7 @@ class BaseMachine:
         assert replacement is not None and replacement.id == id, (replacement, id)
         # The replaced incarnation's exit is stale from here on: the replacement is the child.
         self.children.set_running(id, incarnation, pid, running=running, spec=replacement.spec)
+        self._started(id, restart=False)
         if replacement.reconciling:  # a reconcile's step: stop the old one, go on
             self._reconcile_done(pid)
             return [Replace(id)] + self._reconcile_next()
@@ -361,11 +391,60 @@ class BaseMachine:
         return self._restart(id, now)
 
     def _restart(self, id: str, now: float, reason: ExitReason | None = None) -> list[Effect]:
-        """Restart ``id`` per the strategy; ``reason`` is its exit (None for a Retry)."""
+        """Restart ``id`` per the strategy; ``reason`` is its exit (None for a Retry). Charged
+        now, even when its ``restart_delay`` makes the starts wait (``_delayed``)."""
         if (gave_up := self._charge(id, now, reason)) is not None:
             return [gave_up] + self._terminate(SHUTDOWN)
         self.children[id].restarts += 1
+        delay = self._backoff(id, now, reason)
+        if delay > 0:
+            return self._delayed(id, now, delay)
         return [Report("restarting", id)] + self._restart_group(id)
+
+    def _backoff(self, id: str, now: float, reason: ExitReason | None) -> float:
+        """How long the restart of ``id`` waits (0: at once): ``restart_delay * 2**(n-1)`` for
+        the n-th restart in a row, at most ``restart_delay_max``; the row ends once an
+        incarnation stayed up ``restart_delay_max`` seconds. A ``lost`` exit: at once, uncounted."""
+        child = self.children[id]
+        delay = getattr(child.spec, "restart_delay", 0.0)  # workers only: supervisors restart at once
+        if delay <= 0 or (reason is not None and not charged(reason)):
+            return 0.0
+        cap = child.spec.restart_delay_max
+        if reason is not None and child.since is not None and now - child.since >= cap:
+            child.streak = 0  # it stayed up long enough: this exit starts a new row
+        child.streak += 1
+        return min(delay * 2.0 ** min(child.streak - 1, 64), cap)
+
+    def _delayed(self, id: str, now: float, delay: float) -> list[Effect]:
+        """Wait ``delay`` seconds before the starts of the restart of ``id``: it is marked
+        restarting (a ``RestartDue`` may end its wait), the strategy's stops happen now."""
+        timer = After(delay, self.children.set_waiting(id, now + delay))
+        self._deferring = timer
+        try:
+            effects = self._restart_group(id)  # its _begin("restart") returns the stops and the timer
+        finally:
+            self._deferring = None
+        n = self.children[id].streak
+        return [Report("restart_delayed", id, f"restart in {delay:g} s ({_ordinal(n)} restart in a row)")] + effects
+
+    def _restart_due(self, id: str, token: int) -> list[Effect]:
+        """A delayed restart's time has come: start the group (its strategy's, now), uncharged
+        (it was charged at the exit). A stale timer (its wait ended meanwhile) is ignored."""
+        if self.phase != "running" or not self.children.is_due(id, token):
+            return []
+        if self._disabled_now(id):  # switched off meanwhile: not started, as a retry's
+            self.children.set_stopped((id,))
+            self.children[id].disabled = True
+            return []
+        return [Report("restarting", id)] + self._restart_group(id)
+
+    def _started(self, id: str, restart: bool) -> None:
+        """Note when ``id`` started (its backoff's reset counts from there); any start but a
+        restart ends its row of restarts."""
+        child = self.children[id]
+        child.since = self._now
+        if not restart:
+            child.streak = 0
 
     def _charge(self, id: str, now: float, reason: ExitReason | None) -> Report | None:
         """Count the restart of ``id`` toward intensity, unless its exit was not its fault (``lost``).
@@ -447,6 +526,11 @@ def disabled_refusal(child: Child, resolve: Resolver) -> Outcome | None:
     else:
         why = "by its spec (enabled = false); set enabled = true in its spec to start it"
     return Outcome("invalid", detail=f"child {child.id!r} is disabled {why}")
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def no_child(id: str) -> Outcome:

@@ -8,8 +8,16 @@ reverse order.
 
 A child's state is one of three values: ``running`` (with an incarnation and a pid),
 ``stopped`` (OTP's ``pid = undefined``: the spec is kept) and ``restarting`` (a failed restart
-waiting for its ``Retry`` on the supervisor's inbox). Whatever leaves ``running`` loses its
-incarnation, pid and ``running`` spec at once: an exit that names them later is stale.
+waiting for its ``Retry`` on the supervisor's inbox, or a delayed restart waiting for its
+``RestartDue``: then ``restart_at`` says when, on the machine's clock, and ``group`` what it
+starts). Whatever leaves ``running`` loses its incarnation, pid and ``running`` spec at once:
+an exit that names them later is stale. Whatever leaves ``restarting`` ends its wait: the
+token of a ``Retry`` or ``RestartDue`` still queued no longer matches.
+
+``streak`` counts the restarts of a child in a row (its backoff: the n-th waits
+``restart_delay * 2**(n-1)``, see ``base``) and ``since`` is when its current incarnation
+started (the machine's clock): an incarnation that stayed up ``restart_delay_max`` seconds
+ends the streak.
 
 ``spec`` is the DECLARED spec (its fields may be bound to variables); ``running`` is the spec
 the current incarnation was launched with, resolved with the variables of that moment: a
@@ -26,7 +34,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Literal
 
-from .effects import Outcome, Retry
+from .effects import Outcome, RestartDue, Retry
 from ..specs.model import AnySpec
 
 ChildState = Literal["running", "stopped", "restarting"]
@@ -39,7 +47,11 @@ class Child:
     incarnation: int | None = None  # the current start, while running
     pid: int | None = None
     restarts: int = 0
-    retry: int | None = None  # the token of the Retry now due, while restarting
+    retry: int | None = None  # the token of the Retry (or RestartDue) now due, while restarting
+    restart_at: float | None = None  # while waiting for a delayed restart: when it is due
+    group: tuple[str, ...] = ()  # while waiting: the ids its delayed restart starts (its strategy's)
+    streak: int = 0  # restarts in a row (the backoff's n); 0 once an incarnation stayed up long enough
+    since: float | None = None  # when the current (or last) incarnation started
     running: AnySpec | None = None  # the resolved spec of the current incarnation, while running
     disabled: bool = False  # stopped because its resolved ``enabled`` is false
     override: bool = False  # stopped by an operator's terminate_child
@@ -108,7 +120,7 @@ class ChildTable:
         return Outcome("already_present")
 
     def is_due(self, id: str, token: int) -> bool:
-        """Whether the Retry ``token`` of ``id`` is the one its restarts wait for."""
+        """Whether the Retry (or RestartDue) ``token`` of ``id`` is the one its restarts wait for."""
         child = self._children.get(id)
         return child is not None and child.state == "restarting" and child.retry == token
 
@@ -128,6 +140,7 @@ class ChildTable:
         a new declared spec (a replacement). A start clears ``disabled`` and ``override``."""
         child = self._children[id]
         child.state, child.incarnation, child.pid = "running", incarnation, pid
+        child.restart_at, child.group = None, ()
         child.running = running if running is not None else child.spec
         child.disabled = child.override = False
         if spec is not None:
@@ -138,13 +151,36 @@ class ChildTable:
         for i in ids:
             child = self._children[i]
             child.state, child.incarnation, child.pid, child.running = "stopped", None, None, None
+            child.restart_at, child.group = None, ()
         return ids
 
     def set_restarting(self, id: str) -> Retry:
         """Mark ``id`` restarting and make the one Retry that may restart it."""
         child = self._children[id]
         child.state, child.retry = "restarting", next(self._tokens)
+        child.restart_at, child.group = None, ()
         return Retry(id, child.retry)
+
+    def set_waiting(self, id: str, due: float) -> RestartDue:
+        """Mark ``id`` restarting, its restart delayed until ``due``, and make the one
+        ``RestartDue`` that may restart it."""
+        child = self._children[id]
+        child.state, child.retry, child.restart_at = "restarting", next(self._tokens), due
+        return RestartDue(id, child.retry)
+
+    def waiting_for(self, id: str) -> float | None:
+        """When a delayed restart will start ``id``: its own (it is waiting), else the earliest
+        of a waiting child whose group it is in and stopped (a one_for_all/rest_for_one
+        bystander); None: no delayed restart will."""
+        child = self._children.get(id)
+        if child is None or child.state == "running":
+            return None
+        if child.restart_at is not None:
+            return child.restart_at
+        if child.state != "stopped":
+            return None
+        dues = [c.restart_at for c in self._children.values() if c.restart_at is not None and id in c.group]
+        return min(dues, default=None)
 
     def take_exit(self, id: str, incarnation: int) -> Child | None:
         """The child whose current incarnation this exit ends, now stopped; None when the

@@ -16,6 +16,7 @@ One name per fact:
 ``LaunchFailed``   event: a ``Launch`` did not
 ``ChildExited``    event: an incarnation ended without being asked to
 ``Retry``          event: try a failed restart again (posted by the machine to its own inbox)
+``RestartDue``     event: a delayed restart's time has come (``restart_delay``: an ``After`` fired)
 ``StopSupervisor`` event: stop every child and exit ``shutdown``
 ``Reconcile``      event: make the children match the variables now (``reconcile``), in one
                    ``phase``: ``make`` (replacements and starts), ``break`` (stops) or
@@ -29,6 +30,7 @@ One name per fact:
 ``Replace``        effect: the replacement launched for a ``Reconfigure`` becomes the child
 ``Stop``           effect: stop these children and wait until each is dead
 ``Post``           effect: put an event on the supervisor's own inbox
+``After``          effect: put an event on the supervisor's own inbox once ``delay`` seconds passed
 ``Answer``         effect: answer a ``Command`` with the wire's ``Outcome`` (``otpy.Result``)
 ``Report``         effect: an event for the log and the events socket (``wire.protocol.EventKind``)
 ``Exit``           effect: the supervisor is done
@@ -108,6 +110,19 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartDue:
+    """A delayed restart of ``id`` (its ``restart_delay``) is due: restart it now, with its group.
+
+    ``token`` names the wait it ends, as a ``Retry``'s does: a timer left from a wait that was
+    since ended (``terminate_child``, the child started by a group restart, deleted) is stale
+    and ignored.
+    """
+
+    id: str
+    token: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class StopSupervisor:
     """Stop every child and exit with reason ``shutdown`` (asked by the parent or ``stop``)."""
 
@@ -130,7 +145,7 @@ class Reconcile:
     phase: ReconcilePhase = "all"
 
 
-Event = Boot | Launched | LaunchFailed | ChildExited | Retry | StopSupervisor | Command | Reconcile
+Event = Boot | Launched | LaunchFailed | ChildExited | Retry | RestartDue | StopSupervisor | Command | Reconcile
 
 
 # --- effects ------------------------------------------------------------------------------
@@ -174,6 +189,16 @@ class Post:
 
 
 @dataclass(frozen=True, slots=True)
+class After:
+    """Put ``event`` on the supervisor's own inbox in ``delay`` seconds (a timer, never a sleep:
+    the supervisor serves its inbox meanwhile). A timer still pending when the supervisor
+    exits is cancelled."""
+
+    delay: float
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
     reply_to: object
     result: Outcome
@@ -196,4 +221,4 @@ class Exit:
     error: str | None = None
 
 
-Effect = Launch | Replace | Stop | Post | Answer | Report | Exit
+Effect = Launch | Replace | Stop | Post | After | Answer | Report | Exit
