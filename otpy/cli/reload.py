@@ -1,14 +1,78 @@
-"""``otpy reload``: make a running node match its edited topology file.
+"""``otpy reload``: make a running node match its edited topology file (``supervisorctl update``).
 
-(To be built.)
+    otpy reload [FILE] [--node NAME] [--code] [--dry-run] [--json]
+
+FILE is checked here first (an invalid file exits 2 before the node is asked); the node reads
+it again itself (its absolute path is sent) and applies the difference (``node/reload.py``).
+Without FILE the node reads the file it was started from. Without ``--node``, the node FILE
+names (else the only one running). ``--code`` also replaces every program child, one at a
+time, make-before-break, so each runs its source as it is on disk now.
+
+Exit codes: 0 done (or nothing to do), 1 a start failed (what was done is printed), 2 an
+invalid file, a change a running node cannot take, or a usage error.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+
 import click
+import msgspec
+
+from .exits import EXIT_FAILED, EXIT_USAGE, ask, load_or_exit, node_or_exit
+from .options import JSON_OPTION, NODE_OPTION
+from .vars import change_line
+from ..wire.protocol import Change, Outcome
+
+RELOAD_TIMEOUT = 600.0  # seconds: every replacement starts and becomes ready before the reply
 
 
 @click.command()
-def reload() -> None:
-    """Apply an edited topology to the running node. Not built yet."""
-    raise click.UsageError("otpy reload is not built yet")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@NODE_OPTION
+@click.option("--code", is_flag=True, help="Also replace every program child (one at a time, make-before-break) "
+                                            "so each runs its source as it is on disk now.")
+@click.option("--dry-run", is_flag=True, help="Print what the reload would do; change nothing.")
+@JSON_OPTION
+def reload(file: str | None, node_name: str | None, code: bool, dry_run: bool, as_json: bool) -> None:
+    """Apply the edited topology FILE (default: the node's own file) to the running node:
+    added children are started, removed ones stopped, changed ones replaced make-before-break,
+    supervisors' settings updated in place; unchanged children keep their processes."""
+    path = ""
+    if file is not None:
+        topology = load_or_exit(file)  # exit 2, naming the problems, before the node is asked
+        node_name = node_name or topology.node.name
+        path = os.path.abspath(file)
+    node = node_or_exit(node_name)
+    outcome: Outcome = ask(node, "otpy: reload", lambda client: client.reload(path, code=code, dry_run=dry_run),
+                           timeout=RELOAD_TIMEOUT)
+    if as_json:
+        click.echo(json.dumps(msgspec.to_builtins(outcome)))
+    else:
+        for change in outcome.changes:
+            click.echo(reload_line(change))
+        if outcome.ok:
+            count = len(outcome.changes)
+            click.echo(("no changes" if not count else f"{count} change{'s' if count > 1 else ''}")
+                       + (" (dry run: nothing changed)" if dry_run else ""))
+        else:
+            click.echo(f"otpy: reload: {outcome.detail or outcome.outcome} ({outcome.outcome})", err=True)
+    if outcome.ok:
+        sys.exit(0)
+    sys.exit(EXIT_USAGE if outcome.outcome == "invalid" else EXIT_FAILED)
+
+
+def reload_line(change: Change) -> str:
+    """One change as ``otpy reload`` prints it: ``otpy vars set``'s lines (``start team/b
+    m:B (pid 12)``), and ``update team: max_restarts 3 -> 5`` for a supervisor's settings."""
+    if change.action != "update":
+        return change_line(change)
+    settings = ", ".join(f"{name} {_setting(change.before.get(name))} -> {_setting(value)}"
+                         for name, value in (change.after or {}).items())
+    return f"update {change.supervisor}: {settings}"
+
+
+def _setting(value) -> str:
+    return json.dumps(value) if isinstance(value, dict) else str(value)

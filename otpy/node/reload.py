@@ -1,22 +1,266 @@
-"""A reload: the running tree made to match its topology file again (``otpy reload``, SIGHUP).
+"""A reload: the running tree made to match its topology file again (``otpy reload``, SIGHUP),
+as ``supervisorctl update`` does.
 
-(To be built: read the file, diff it against the running tree, apply the difference.)
+The node reads the file itself (``Reload.path``, empty: the file it was started from) and
+checks it as ``otpy start`` would; an invalid file, or a change that cannot be made while the
+node runs (its name, ``control_tcp``, ``[logs]``, the folders programs are imported from,
+the root's id, ``[variables]`` and ``[constraints]``: the registry), is refused (``invalid``)
+and nothing changes. Otherwise it compares the file with the one it runs (``node.spec``),
+supervisor by supervisor, top down (``supervision.spec_diff``):
+
+1. make, top down: a supervisor's own settings and the declared specs of its children that
+   need no restart are updated in place (``Adopt``, OTP's ``code_change``); added children are
+   started (``StartChild``: they go last in start order); changed running children are
+   replaced make-before-break (``Reconfigure``); then the supervisor reconciles (a child
+   switched on starts, a dynamic supervisor's replicas follow their templates).
+2. break, bottom up: the reconcile's stops (a child switched off, replicas above a count),
+   then the children the file removed, stopped then deleted.
+3. ``code``: every running program child (the registry aside) not replaced by this reload is
+   replaced, make-before-break, one at a time, so it runs its source as it is on disk now.
+
+The first failure ends it (``start_failed``: the failed child keeps running its old spec;
+what was done stays done and is listed in ``changes``; applying the file again finishes the
+work, since what already matches is left alone). ``dry_run`` answers the plan. A reload that
+changed the tree is published as a ``reloaded`` event. Reloads and variable writes are
+carried out one at a time (both make the tree match what is declared).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+import weakref
 from typing import Any
 
-from ..wire.protocol import Outcome, Reload
+from ..specs.bindings import variables_of
+from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec
+from ..specs.rules import replica_templates
+from ..supervision import reconcile
+from ..supervision.spec_diff import Adopt, AnySupervisor, adopted, diff
+from ..topology.load import TopologyError, load_topology
+from ..variables.placement import REGISTRY_ID, WRITER_ENV, with_writer
+from ..wire.protocol import Change, DeleteChild, NodeEvent, Outcome, Reconfigure, Reload, StartChild, TerminateChild
+from .supervisor import Supervisor
+
+_locks: "weakref.WeakKeyDictionary[Any, asyncio.Lock]" = weakref.WeakKeyDictionary()
 
 
 async def reload_topology(node: Any, request: Reload) -> Outcome:
-    """The reply to ``request`` on ``node`` (an ``AsyncNode``)."""
-    return Outcome("not_supported", detail="reload is not built yet")
+    """The reply to ``request`` on ``node`` (an ``AsyncNode``): see the module's docstring."""
+    if node.root is None or not node.started:
+        return Outcome("not_running", detail=f"node {node.name!r} is still starting; reload once it runs")
+    path = request.path or node.topology_path
+    if not path:
+        return Outcome("invalid", detail="this node was not started from a topology file: give the file to read "
+                                         "(otpy reload FILE)")
+    try:
+        topology = await asyncio.to_thread(load_topology, path)
+    except TopologyError as exc:
+        return Outcome("invalid", detail=str(exc))
+    if problems := unrealisable(node.spec, topology.node):
+        return Outcome("invalid", detail="; ".join(problems))
+    async with _one_at_a_time(node):
+        work = _Reload(node, request.dry_run)
+        outcome = await work.run(node.spec.root, topology.node.root, request.code)
+        if request.dry_run:
+            return outcome
+        if outcome.ok:
+            node.spec = topology.node
+            node._replica_templates = replica_templates(topology.node.root)  # the ids their replicas keep
+        if outcome.changes or not outcome.ok:
+            node._report(NodeEvent(kind="reloaded", node=node.name, supervisor=node.spec.root.id,
+                                   detail=f"{path}: {reload_summary(outcome)}", time=time.time()))
+        return outcome
+
+
+def _one_at_a_time(node: Any) -> asyncio.Lock:
+    """The lock of the node's variable writes (a reload and a write both make the tree match
+    what is declared), else one of the reload's own."""
+    lock = getattr(getattr(node, "writes", None), "_one_at_a_time", None)
+    if lock is None:
+        lock = _locks.setdefault(node, asyncio.Lock())
+    return lock
 
 
 def reload_summary(outcome: Outcome) -> str:
     """One line for a log: what a reload did, or why it did nothing."""
     if not outcome.ok:
-        return f"{outcome.outcome}: {outcome.detail}"
+        done = f" after {len(outcome.changes)} change(s)" if outcome.changes else ""
+        return f"{outcome.outcome}{done}: {outcome.detail}"
     return f"{len(outcome.changes)} change(s)" if outcome.changes else "no changes"
+
+
+RESTART = "restart the node to apply it (otpy stop, then otpy start)"
+
+
+def unrealisable(old: NodeSpec, new: NodeSpec) -> list[str]:
+    """What of ``new`` a running node started from ``old`` cannot take: each names the field."""
+    problems = [f"{what}: {_show(before)} -> {_show(after)} cannot change while the node runs; {RESTART}"
+                for what, before, after in (
+                    ("[node] name", old.name, new.name), ("[node] control_tcp", old.control_tcp, new.control_tcp),
+                    ("[logs]", old.logs, new.logs),
+                    ("the program folders (the file's folder and the current directory)", old.program_folders,
+                     new.program_folders),
+                    ("the root supervisor's id", old.root.id, new.root.id)) if before != after]
+    if (bound_before := variables_of(old.root)) != (bound_now := variables_of(new.root)):
+        problems.append(f"the variables the tree binds: {_show(sorted(bound_before))} -> {_show(sorted(bound_now))} "
+                        f"cannot change while the node runs (its registry guards them); {RESTART}")
+    elif _registry(old.root) != _registry(new.root):
+        problems.append(f"[variables] or [constraints] changed: the node's registry is not replaced while it runs; "
+                        f"{RESTART} (stored values are kept)")
+    return problems
+
+
+def _show(value: Any) -> str:
+    return repr(value) if not isinstance(value, list) else ", ".join(value) or "none"
+
+
+def _registry(root: SupervisorSpec) -> AnySpec | None:
+    return next((child for child in root.children if child.id == REGISTRY_ID), None)
+
+
+class _Reload:
+    """One reload's work on one node: the make steps top down, the break steps bottom up."""
+
+    def __init__(self, node: Any, dry_run: bool) -> None:
+        self.node = node
+        self.dry_run = dry_run
+        self.resolve = node.root.values.resolve
+        self.changes: list[Change] = []
+        self.breaks: list[tuple[Supervisor, list[Change], list[str]]] = []  # top down; carried out reversed
+        self.replaced: set[str] = set()  # ids this reload started or replaced: --code leaves them
+
+    async def run(self, old: SupervisorSpec, new: SupervisorSpec, code: bool) -> Outcome:
+        failed = await self._make(self.node.root, old, new)
+        for sup, planned, stops in reversed(self.breaks):
+            failed = failed or await self._break(sup, planned, stops)
+        if failed is None and code:
+            failed = await self._code()
+        if failed is not None:
+            return Outcome("start_failed", detail=failed, changes=self.changes)
+        return Outcome("ok", changes=self.changes)
+
+    # --- make: settings in place, starts, replacements, top down ------------------------------
+
+    async def _make(self, sup: Supervisor, old: AnySupervisor, new: AnySupervisor) -> str | None:
+        table = sup.machine.children
+        found = diff(old, new, table.values(), self.resolve)
+        spec = self._own(sup, new)
+        request = Adopt(spec, found.adopt)
+        if found.update is not None:
+            self.changes.append(found.update)
+        if self.dry_run:
+            self._plan(sup, request, found.starts, found.replaces, found.stops)
+        else:
+            if sup.spec != spec or found.adopt:
+                adopted_ = await sup.call(request)
+                if not adopted_.ok:
+                    return f"supervisor {sup.spec.id!r}: {adopted_.detail or adopted_.outcome}"
+                sup.spec = spec
+            for child in found.starts:
+                if (failed := await self._apply(StartChild(0, sup.spec.id, child), "start", sup, child)) is not None:
+                    return failed
+            for id, child in found.replaces:
+                before = reconcile.program_of(table[id].running)
+                if (failed := await self._apply(Reconfigure(0, sup.spec.id, id, child), "reconfigure", sup, child,
+                                                before)) is not None:
+                    return failed
+            reconciled = await sup.reconcile("make")
+            self.changes += reconciled.changes
+            self.replaced.update(c.child for c in reconciled.changes)
+            if not reconciled.ok:
+                return reconciled.detail
+            self.breaks.append((sup, [], found.stops))
+        for old_sub, new_sub in found.nested:
+            sub = sup.find_supervisor(new_sub.id)
+            if sub is not None and (failed := await self._make(sub, old_sub, new_sub)) is not None:
+                return failed
+        return None
+
+    def _own(self, sup: Supervisor, new: AnySupervisor) -> AnySupervisor:
+        """``new`` as ``sup`` runs it: the root keeps the node's secret in its registry's env."""
+        if sup is not self.node.root or (registry := _registry(sup.spec)) is None:
+            return new
+        return with_writer(new, getattr(registry, "env", {}).get(WRITER_ENV, ""))
+
+    async def _apply(self, request: StartChild | Reconfigure, action: str, sup: Supervisor, child: AnySpec,
+                     before: str | None = None) -> str | None:
+        """Ask the node (its checks, then the supervisor); the change, or why it failed."""
+        done = await self.node.handle(request)
+        if not done.ok:
+            return f"child {child.id!r} (under {sup.spec.id!r}): {done.detail or done.outcome}"
+        self.replaced.add(child.id)
+        self.changes.append(Change(action=action, supervisor=sup.spec.id, child=child.id, before=before,
+                                   after=reconcile.program_of(_resolved(self.resolve, child)), pid=done.pid))
+        return None
+
+    # --- break: stops, bottom up ---------------------------------------------------------------
+
+    async def _break(self, sup: Supervisor, planned: list[Change], stops: list[str]) -> str | None:
+        if self.dry_run:
+            self.changes += planned
+            return None
+        reconciled = await sup.reconcile("break")
+        self.changes += reconciled.changes
+        for id in stops:
+            child = sup.machine.children.get(id)
+            if child is None:
+                continue
+            change = Change(action="stop", supervisor=sup.spec.id, child=id, before=reconcile.program_of(child.running),
+                            pid=child.pid)
+            stopped = await self.node.handle(TerminateChild(0, id, sup.spec.id))
+            if not stopped.ok and stopped.outcome != "not_found":
+                return f"child {id!r} (under {sup.spec.id!r}) was not stopped: {stopped.detail or stopped.outcome}"
+            await self.node.handle(DeleteChild(0, id, sup.spec.id))  # a dynamic supervisor's: gone already
+            self.changes.append(change)
+        return None
+
+    # --- a dry run: the same steps, planned ---------------------------------------------------
+
+    def _plan(self, sup: Supervisor, request: Adopt, starts: list[AnySpec], replaces: list[tuple[str, AnySpec]],
+              stops: list[str]) -> None:
+        table = sup.machine.children
+        for child in starts:
+            self.changes.append(Change(action="start", supervisor=sup.spec.id, child=child.id,
+                                       after=reconcile.program_of(_resolved(self.resolve, child))))
+        for id, child in replaces:
+            self.replaced.add(id)
+            self.changes.append(Change(action="reconfigure", supervisor=sup.spec.id, child=id,
+                                       before=reconcile.program_of(table[id].running),
+                                       after=reconcile.program_of(_resolved(self.resolve, child))))
+        spec = request.spec
+        templates = ({n: t for n, t in spec.templates.items() if t.replicas is not None}
+                     if isinstance(spec, DynamicSupervisorSpec) else None)
+        steps = reconcile.plan(adopted(table.values(), request), self.resolve, sup.spec.id, templates,
+                               getattr(spec, "max_children", None), "all")
+        self.changes += [step.change for step in steps if step.action in ("start", "replace")]
+        self.replaced.update(step.id for step in steps if step.action in ("start", "replace"))
+        planned = [step.change for step in steps if step.action in ("stop", "remove")]
+        planned += [Change(action="stop", supervisor=sup.spec.id, child=id,
+                           before=reconcile.program_of(table[id].running), pid=table[id].pid) for id in stops]
+        self.breaks.append((sup, planned, stops))
+
+    # --- code: every program child replaced, one at a time -----------------------------------
+
+    async def _code(self) -> str | None:
+        for sup in self.node.root.supervisors():
+            for id in sup.machine.order:
+                child = sup.machine.children.get(id)
+                if child is None or child.state != "running" or id == REGISTRY_ID or id in self.replaced:
+                    continue
+                program = reconcile.program_of(child.running)
+                if program is None:  # a command, a supervisor
+                    continue
+                if self.dry_run:
+                    self.changes.append(Change(action="reconfigure", supervisor=sup.spec.id, child=id,
+                                               before=program, after=program))
+                    continue
+                if (failed := await self._apply(Reconfigure(0, sup.spec.id, id, child.spec), "reconfigure", sup,
+                                                child.spec, program)) is not None:
+                    return failed
+        return None
+
+
+def _resolved(resolve, spec: AnySpec) -> AnySpec | None:
+    return reconcile.try_resolve(resolve, spec) if isinstance(spec, ChildSpec) else spec
+

@@ -22,6 +22,9 @@ reconcile does not bring it back), ``restart_child`` starts it again; only a low
 Exits, the charge of a restart (a ``lost`` exit is not charged), retries, shutdown, the
 make-before-break ``reconfigure`` and the reconcile are the static machine's too:
 ``base.BaseMachine``.
+
+``Adopt`` (a reload, ``spec_diff``) takes new settings and templates in place, with the
+replicas' new declared specs; the reconcile that follows replaces and counts them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import msgspec
 from .base import BaseMachine, Resolver, disabled_refusal, no_child, unresolved
 from .children import Child
 from .effects import Answer, ChildRequest, Effect, Exit, Outcome
+from .spec_diff import Adopt, adopt
 from .exit import ExitReason
 from .reconcile import over_max_children
 from ..specs.bindings import UnboundValue, replica_count, replica_ids, replica_of
@@ -85,6 +89,8 @@ class DynamicMachine(BaseMachine):
                 # One child, not a template's replicas: it runs as checked, without ``replicas``.
                 return self._start_child(msgspec.structs.replace(from_template(base, id, args), replicas=None),
                                          reply_to)
+            case Adopt():  # a reload: OTP's code_change, settings and declared specs in place
+                return [Answer(reply_to, adopt(self, request))]
             case wire.Reconfigure(source=id, target=target):
                 return self._reconfigure(id, target, reply_to)
             case wire.TerminateChild(id=id):

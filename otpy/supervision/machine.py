@@ -12,6 +12,8 @@ and a reconcile never starts it; ``restart_child`` (or a group restart) starts i
 ``start_child`` of a spec whose ``enabled`` resolves false keeps it, stopped and disabled, and
 answers ``ok`` with no pid (OTP's ``{ok, undefined}``). ``Reconfigure`` replaces a running
 child make-before-break (``base``): it never bounces a sibling and is never charged.
+``Adopt`` (a reload, ``spec_diff``) takes new settings and declared specs in place, between
+two events, as OTP's ``code_change``: nothing starts or stops.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 from .base import BaseMachine, Resolver, no_child, unresolved
 from .children import Child
 from .effects import Answer, ChildRequest, Effect, Report, Outcome, Stop
+from .spec_diff import Adopt, adopt
 from .exit import SHUTDOWN
 from ..specs.model import AnySpec, SupervisorSpec
 from ..wire import protocol as wire
@@ -48,6 +51,8 @@ class StaticMachine(BaseMachine):
                 return self._delete_child(id, reply_to)
             case wire.Reconfigure(source=id, target=target):
                 return self._reconfigure(id, target, reply_to)
+            case Adopt():  # a reload: OTP's code_change, settings and declared specs in place
+                return [Answer(reply_to, adopt(self, request))]
             case wire.StartFromTemplate():
                 return [Answer(reply_to, Outcome("not_supported", detail="templates belong to dynamic supervisors"))]
         raise TypeError(f"unknown request {request!r}")

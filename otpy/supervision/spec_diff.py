@@ -1,0 +1,188 @@
+"""What a reload does to one running supervisor: the difference between the spec it was
+started from (the old topology), the edited spec (the new one) and its table of children now.
+
+Pure: no processes, no clock. The node's reload (``node/reload.py``) asks ``diff`` for each
+supervisor of the tree, top down, and carries the answer out:
+
+- ``adopt``: OTP's ``code_change`` of a supervisor: its own settings (``strategy``,
+  ``max_restarts``, ``max_seconds``, ``auto_shutdown``; a dynamic one's ``max_children`` and
+  ``templates``) become the new spec's in place, and the children in ``children`` get their
+  new declared spec without a restart: a child that is not running (it starts with the new
+  spec next time), a sub-supervisor of the same kind (it is updated itself, recursively: its
+  parent's entry changes so that a restart by the parent starts the new subtree), a running
+  worker whose new spec is disabled (the reconcile that follows stops it), and a dynamic
+  supervisor's replicas (the reconcile that follows replaces them, and starts or removes
+  replicas to the new counts). The machines carry it out (``Adopt``, ``adopt``).
+- ``starts``: children the file adds (not in the table), in the file's order. As OTP's
+  ``start_child``, a new child goes LAST in the supervisor's start order, wherever the file
+  puts it; the file's order takes effect at the next start of that supervisor. A reorder
+  alone restarts nothing.
+- ``replaces``: running children whose spec changed: replaced make-before-break (a
+  ``Reconfigure``), a command child too; a child that changes kind (worker, supervisor,
+  dynamic supervisor) is replaced whole.
+- ``stops``: children the file removes, in reverse start order: stopped, then deleted. A
+  dynamic supervisor's replicas of a template that no longer keeps replicas are stopped too.
+  Children an operator added at run time are not in either file: a reload never touches them.
+- ``nested``: sub-supervisors present in both of the same kind, to diff in turn.
+
+What already matches (a child whose declared spec is the new one: a reload applied twice) is
+left alone, so a reload that stopped half way can be applied again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, NamedTuple
+
+import msgspec
+
+from .children import Child
+from .effects import Outcome
+from ..specs.bindings import UnboundValue, is_enabled, replica_of
+from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, SupervisorSpec, from_template
+from ..wire.protocol import Change
+
+AnySupervisor = SupervisorSpec | DynamicSupervisorSpec
+Resolver = Callable[[AnySpec], AnySpec]
+
+# A supervisor's own settings, per kind: what ``code_change`` updates in place.
+SETTINGS = {
+    "supervisor": ("strategy", "max_restarts", "max_seconds", "auto_shutdown"),
+    "dynamic_supervisor": ("max_children", "max_restarts", "max_seconds", "templates"),
+}
+
+
+class Adopt(NamedTuple):
+    """A request to a supervision machine (through its inbox, like any command): take ``spec``
+    as its own spec (settings in place, the restart window's limits too) and the declared
+    specs in ``children`` for those children (``running`` too for a supervisor child)."""
+
+    spec: AnySupervisor
+    children: dict[str, AnySpec]
+
+
+class Diff(NamedTuple):
+    update: Change | None  # the supervisor's own settings, before -> after
+    adopt: dict[str, AnySpec]
+    starts: list[AnySpec]
+    replaces: list[tuple[str, AnySpec]]
+    stops: list[str]
+    nested: list[tuple[AnySupervisor, AnySupervisor]]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.update or self.adopt or self.starts or self.replaces or self.stops)
+
+
+def settings_change(old: AnySupervisor, new: AnySupervisor) -> Change | None:
+    """The ``update`` of ``new``'s own settings over ``old``'s (same kind), or None.
+
+    >>> old = SupervisorSpec(id="team")
+    >>> settings_change(old, msgspec.structs.replace(old, max_restarts=5)).after
+    {'max_restarts': 5}
+    """
+    fields = [f for f in SETTINGS[new.kind] if getattr(old, f) != getattr(new, f)]
+    if not fields:
+        return None
+    return Change(action="update", supervisor=new.id, before={f: _shown(getattr(old, f)) for f in fields},
+                  after={f: _shown(getattr(new, f)) for f in fields})
+
+
+def _shown(value: Any) -> Any:
+    """A setting as a change shows it: templates by name and program (or command)."""
+    if isinstance(value, dict):
+        return {name: t.program if isinstance(t.program, str) else msgspec.to_builtins(t.program or t.command)
+                for name, t in sorted(value.items())}
+    return value
+
+
+def diff(old: AnySupervisor, new: AnySupervisor, table: Iterable[Child], resolve: Resolver) -> Diff:
+    """What makes a supervisor started from ``old``, whose children are ``table`` now, run
+    ``new`` (same id and kind; see the module's docstring)."""
+    children = {child.id: child for child in table}
+    if isinstance(new, DynamicSupervisorSpec):
+        return _diff_dynamic(old, new, children)
+    old_specs = {spec.id: spec for spec in old.children}
+    adopt: dict[str, AnySpec] = {}
+    starts, replaces, nested = [], [], []
+    for spec in new.children:
+        before = old_specs.get(spec.id)
+        child = children.get(spec.id)
+        if child is None:
+            if before is None:  # added (a child the file already had but that left the table: not ours)
+                starts.append(spec)
+            continue
+        if same_kind_supervisor(child.spec, spec):
+            if child.spec != spec:
+                adopt[spec.id] = spec
+            if child.state == "running" and before is not None and same_kind_supervisor(before, spec):
+                nested.append((before, spec))
+            continue
+        if child.spec == spec or (before is not None and before == spec):
+            continue  # already so, or unchanged in the file (an operator's reconfigure stands)
+        if child.state != "running":
+            adopt[spec.id] = spec  # its next start runs the new spec
+        elif isinstance(spec, ChildSpec) and isinstance(child.spec, ChildSpec) and _disabled(spec, resolve):
+            adopt[spec.id] = spec  # the reconcile stops it, kept and disabled
+        else:
+            replaces.append((spec.id, spec))
+    new_ids = {spec.id for spec in new.children}
+    stops = [id for id in reversed(list(children)) if id in old_specs and id not in new_ids]
+    return Diff(settings_change(old, new), adopt, starts, replaces, stops, nested)
+
+
+def _diff_dynamic(old: DynamicSupervisorSpec, new: DynamicSupervisorSpec, children: dict[str, Child]) -> Diff:
+    """A dynamic supervisor: its replicas follow their templates (adopted, then reconciled);
+    those of a template that keeps none any more are stopped."""
+    adopt: dict[str, AnySpec] = {}
+    stops = []
+    kept = {name: t for name, t in new.templates.items() if t.replicas is not None}
+    for id, child in children.items():
+        if (was := replica_of(id, old.templates)) is None:
+            continue  # started at run time: not the file's
+        if (now := replica_of(id, kept)) is None or now[0] != was[0]:
+            stops.append(id)
+        elif (spec := from_template(kept[now[0]], id)) != child.spec:
+            adopt[id] = spec
+    return Diff(settings_change(old, new), adopt, [], [], stops[::-1], [])
+
+
+def same_kind_supervisor(a: AnySpec, b: AnySpec) -> bool:
+    """Both are supervisors of one kind: the running one is updated in place, not replaced."""
+    return not isinstance(a, ChildSpec) and a.kind == b.kind
+
+
+def _disabled(spec: ChildSpec, resolve: Resolver) -> bool:
+    try:
+        return not is_enabled(resolve(spec), {})
+    except UnboundValue:
+        return False
+
+
+def adopted(children: Iterable[Child], request: Adopt) -> list[Child]:
+    """Copies of ``children`` as ``adopt`` leaves them (for a dry run's reconcile plan)."""
+    copies = []
+    for child in children:
+        copy = Child(**{name: getattr(child, name) for name in Child.__slots__})
+        _adopt_child(copy, request.children.get(child.id))
+        copies.append(copy)
+    return copies
+
+
+def adopt(machine: Any, request: Adopt) -> Outcome:
+    """Carry ``request`` out on ``machine`` (a ``BaseMachine``): between two events, like
+    OTP's ``code_change`` of a suspended supervisor. Nothing starts or stops here."""
+    machine.spec = request.spec
+    machine.window.max_restarts = request.spec.max_restarts
+    machine.window.max_seconds = request.spec.max_seconds
+    for id, spec in request.children.items():
+        if (child := machine.children.get(id)) is not None:
+            _adopt_child(child, spec)
+    return Outcome("ok")
+
+
+def _adopt_child(child: Child, spec: AnySpec | None) -> None:
+    if spec is None:
+        return
+    child.spec = spec
+    if child.state == "running" and not isinstance(spec, ChildSpec):
+        child.running = spec  # a supervisor runs as declared: no replacement follows
