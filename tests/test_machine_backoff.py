@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from machine_driver import Driver, delete_child, restart_child, start_child, start_from_template, terminate_child
-from otpy.specs.model import ChildSpec, DynamicSupervisorSpec, SupervisorSpec
+from machine_driver import (
+    Driver, delete_child, reconfigure, restart_child, start_child, start_from_template, terminate_child,
+)
+from otpy.specs.bindings import BoundValues
+from otpy.specs.model import Bound, ChildSpec, DynamicSupervisorSpec, SupervisorSpec
 from otpy.supervision.dynamic import DynamicMachine
-from otpy.supervision.effects import After
+from otpy.supervision.effects import After, Answer, Reconcile
 from otpy.supervision.exit import ExitReason
 from otpy.supervision.machine import StaticMachine
 
@@ -23,9 +26,10 @@ def worker(id: str, **fields) -> ChildSpec:
     return ChildSpec(id=id, command=("true",), **fields)
 
 
-def started(*kids, **flags) -> Driver:
+def started(*kids, values: BoundValues | None = None, **flags) -> Driver:
     flags.setdefault("max_restarts", 1000)
-    d = Driver(StaticMachine(SupervisorSpec(id="sup", children=tuple(kids), **flags)))
+    resolve = (values or BoundValues()).resolve
+    d = Driver(StaticMachine(SupervisorSpec(id="sup", children=tuple(kids), **flags), resolve=resolve))
     d.init()
     assert d.exit is None, d.log
     d.take_log()
@@ -215,3 +219,38 @@ class TestDynamic:
         assert d.call(terminate_child("x")).ok and d.state("x") is None
         d.take_log()
         assert d.elapse(2.0) == []
+
+
+class TestVariablesAndReplacement:
+    ON = Bound("pool.on")
+
+    def test_a_reconcile_leaves_a_waiting_child_to_its_restart(self):
+        live = BoundValues({"pool.on": True})
+        d = started(worker("a", restart_delay=1.0, enabled=self.ON), values=live)
+        d.crash("a")
+        reply_to = object()
+        d.send(Reconcile(reply_to))
+        [answer] = [e.result for e in d.effects if isinstance(e, Answer) and e.reply_to is reply_to]
+        assert answer.ok and answer.changes == [] and d.state("a") == "restarting"
+        assert d.elapse(1.0) == ["start a"]
+
+    def test_a_child_disabled_while_it_waits_is_not_started_when_due(self):
+        live = BoundValues({"pool.on": True})
+        d = started(worker("a", restart_delay=1.0, enabled=self.ON), values=live)
+        d.crash("a")
+        live.update({"pool.on": False})
+        assert d.elapse(1.0) == []
+        assert d.state("a") == "stopped" and d.machine.children["a"].disabled
+        assert len(d.machine.window) == 1  # the crash only
+
+    def test_a_reconfigure_of_a_waiting_child_answers_restarting(self):
+        d = started(worker("a", restart_delay=1.0))
+        d.crash("a")
+        assert d.call(reconfigure("a", worker("a", restart_delay=2.0))).outcome == "restarting"
+        assert d.elapse(1.0) == ["start a"]
+
+    def test_a_replacement_ends_the_row(self):
+        d = started(worker("a", restart_delay=1.0))
+        assert [crash_and_wait(d, "a") for _ in range(2)] == [1.0, 2.0]
+        assert d.call(reconfigure("a", worker("a", restart_delay=1.0, env={"V": "2"}))).ok
+        assert crash_and_wait(d, "a") == 1.0
