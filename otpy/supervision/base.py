@@ -23,19 +23,12 @@ transient, not temporary) and the strategy still applies (``one_for_all`` and
 ``rest_for_one`` bounce their groups as for a crash); only the charge is skipped
 (``exit.charged``).
 
-Restart delay (``ChildSpec.restart_delay``, 0 by default: OTP's restart at once). When the
-decision table says restart and the child's ``restart_delay`` is above 0, the restart is
-charged to the intensity NOW, at the exit, as OTP charges it (so a supervisor over its
-intensity gives up at once, never after a wait); what the strategy stops is stopped now too
-(``one_for_all``/``rest_for_one`` bystanders); only the starts wait: the child is marked
-``restarting`` with ``restart_at`` and the machine asks for a timer,
-``After(delay, RestartDue(id, token))``. When it comes back the group is started as the
-strategy says then (as OTP's ``try_again_restart`` does). The delay of the n-th restart in a
-row is ``restart_delay * 2**(n-1)``, at most ``restart_delay_max``; the count starts again
-once an incarnation has stayed up ``restart_delay_max`` seconds, or when anything but a
-restart starts the child (``start_child``, ``restart_child``, a reconcile, a replacement).
-A retry of a failed start waits the same way (it is the next restart in a row). A ``lost``
-exit (not the child's fault, not charged) restarts at once and does not add to the count.
+Restart delay (``ChildSpec.restart_delay``, 0 by default: OTP's restart at once; the rule is
+``backoff.next_delay``). A delayed restart is charged NOW, at the exit, as OTP charges it (over
+the intensity: give up at once, never after a wait), and the strategy's stops happen now;
+only its starts wait: the child is marked ``restarting`` with ``restart_at`` and the machine
+asks for a timer, ``After(delay, RestartDue(id, token))``. When it comes back the group is
+started as the strategy says then (as OTP's ``try_again_restart`` does).
 """
 
 from __future__ import annotations
@@ -46,7 +39,7 @@ from typing import Callable, Literal, NamedTuple
 
 import msgspec
 
-from . import reconcile
+from . import backoff, reconcile
 from .children import Child, ChildTable
 from .effects import (
     After, Answer, Boot, ChildExited, ChildRequest, Command, Effect, Event, Exit, Launch, LaunchFailed, Launched,
@@ -396,24 +389,10 @@ class BaseMachine:
         if (gave_up := self._charge(id, now, reason)) is not None:
             return [gave_up] + self._terminate(SHUTDOWN)
         self.children[id].restarts += 1
-        delay = self._backoff(id, now, reason)
+        delay = backoff.next_delay(self.children[id], now, reason)
         if delay > 0:
             return self._delayed(id, now, delay)
         return [Report("restarting", id)] + self._restart_group(id)
-
-    def _backoff(self, id: str, now: float, reason: ExitReason | None) -> float:
-        """How long the restart of ``id`` waits (0: at once): ``restart_delay * 2**(n-1)`` for
-        the n-th restart in a row, at most ``restart_delay_max``; the row ends once an
-        incarnation stayed up ``restart_delay_max`` seconds. A ``lost`` exit: at once, uncounted."""
-        child = self.children[id]
-        delay = getattr(child.spec, "restart_delay", 0.0)  # workers only: supervisors restart at once
-        if delay <= 0 or (reason is not None and not charged(reason)):
-            return 0.0
-        cap = child.spec.restart_delay_max
-        if reason is not None and child.since is not None and now - child.since >= cap:
-            child.streak = 0  # it stayed up long enough: this exit starts a new row
-        child.streak += 1
-        return min(delay * 2.0 ** min(child.streak - 1, 64), cap)
 
     def _delayed(self, id: str, now: float, delay: float) -> list[Effect]:
         """Wait ``delay`` seconds before the starts of the restart of ``id``: it is marked
@@ -424,8 +403,7 @@ class BaseMachine:
             effects = self._restart_group(id)  # its _begin("restart") returns the stops and the timer
         finally:
             self._deferring = None
-        n = self.children[id].streak
-        return [Report("restart_delayed", id, f"restart in {delay:g} s ({_ordinal(n)} restart in a row)")] + effects
+        return [Report("restart_delayed", id, backoff.describe(delay, self.children[id].streak))] + effects
 
     def _restart_due(self, id: str, token: int) -> list[Effect]:
         """A delayed restart's time has come: start the group (its strategy's, now), uncharged
@@ -526,11 +504,6 @@ def disabled_refusal(child: Child, resolve: Resolver) -> Outcome | None:
     else:
         why = "by its spec (enabled = false); set enabled = true in its spec to start it"
     return Outcome("invalid", detail=f"child {child.id!r} is disabled {why}")
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 def no_child(id: str) -> Outcome:
