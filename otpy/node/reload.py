@@ -32,12 +32,15 @@ import time
 import weakref
 from typing import Any
 
+import msgspec
+
 from ..specs.bindings import variables_of
 from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec
 from ..specs.rules import replica_templates
 from ..supervision import reconcile
 from ..supervision.spec_diff import Adopt, AnySupervisor, adopted, diff
 from ..topology.load import TopologyError, load_topology
+from ..variables.scopes import parents_of
 from ..variables.placement import REGISTRY_ID, WRITER_ENV, with_writer
 from ..wire.protocol import Change, DeleteChild, NodeEvent, Outcome, Reconfigure, Reload, StartChild, TerminateChild
 from .supervisor import Supervisor
@@ -108,6 +111,10 @@ def unrealisable(old: NodeSpec, new: NodeSpec) -> list[str]:
     elif _registry(old.root) != _registry(new.root):
         problems.append(f"[variables] or [constraints] changed: the node's registry is not replaced while it runs; "
                         f"{RESTART} (stored values are kept)")
+    elif _registry(new.root) is not None:
+        before, now = parents_of(old.root), parents_of(new.root)
+        problems += [f"child {id!r} moved from {before[id]!r} to {now[id]!r}: the registry keeps the scopes of a "
+                     f"child it knows; {RESTART}" for id in sorted(before.keys() & now.keys()) if before[id] != now[id]]
     return problems
 
 
@@ -116,7 +123,16 @@ def _show(value: Any) -> str:
 
 
 def _registry(root: SupervisorSpec) -> AnySpec | None:
-    return next((child for child in root.children if child.id == REGISTRY_ID), None)
+    """The root's registry child without the tree's scopes (``parents``: a child added at run
+    time, or by a reload, tells the registry its supervisors itself)."""
+    registry = next((child for child in root.children if child.id == REGISTRY_ID), None)
+    if isinstance(registry, ChildSpec) and "parents" in registry.args:
+        return msgspec.structs.replace(registry, args={k: v for k, v in registry.args.items() if k != "parents"})
+    return registry
+
+
+def _without_registry(root: SupervisorSpec) -> SupervisorSpec:
+    return msgspec.structs.replace(root, children=tuple(c for c in root.children if c.id != REGISTRY_ID))
 
 
 class _Reload:
@@ -144,7 +160,10 @@ class _Reload:
 
     async def _make(self, sup: Supervisor, old: AnySupervisor, new: AnySupervisor) -> str | None:
         table = sup.machine.children
-        found = diff(old, new, table.values(), self.resolve)
+        if sup is self.node.root:  # the registry is the node's, not a reload's (``unrealisable``)
+            found = diff(_without_registry(old), _without_registry(new), table.values(), self.resolve)
+        else:
+            found = diff(old, new, table.values(), self.resolve)
         spec = self._own(sup, new)
         request = Adopt(spec, found.adopt)
         if found.update is not None:
