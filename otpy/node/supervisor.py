@@ -362,23 +362,24 @@ class Supervisor:
         ``/proc`` (``ProcessManager.kernel_view``: a zombie, a pid gone or reused is dead).
         """
         dead = self._processes.kernel_view()
-        now = self._clock()  # the machine's clock: a delayed restart's due time is on it
-        return [self._child_info(self.machine.children[i], dead, now) for i in self.machine.order]
+        restart_in = self._restart_in()
+        return [self._child_info(self.machine.children[i], dead, restart_in.get(i)) for i in self.machine.order]
 
-    def _child_info(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None], now: float) -> ChildInfo:
+    def _child_info(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None],
+                    restart_in: float | None = None) -> ChildInfo:
         state, pid = self._shown_state(child, dead)
         handle = self._handles.get(child.id) if pid is not None else None
         return ChildInfo(id=child.id, kind=child.spec.kind, state=state, pid=pid, restarts=child.restarts,
                          program=shown_program(child, self.values.resolve), bound=self._bound(child), override=child.override,
-                         status_line=getattr(handle, "status_line", ""), restart_in=self._restart_in(child, now))
+                         status_line=getattr(handle, "status_line", ""), restart_in=restart_in)
 
-    def _restart_in(self, child: Child, now: float) -> float | None:
-        """Seconds until a delayed restart starts ``child`` (it waits, or a bystander of its
-        group does); None: none will (no delay, or the supervisor is stopping)."""
-        due = self.machine.restart_due(child.id)
-        if due is None or self.exited.done() or self.machine.phase == "terminated":
-            return None
-        return round(max(0.0, due - now), 3)
+    def _restart_in(self) -> dict[str, float]:
+        """Seconds until a delayed restart starts each child it will (it waits, or a bystander
+        of its group does); none while the supervisor is stopping. On the machine's clock."""
+        if self.exited.done() or self.machine.phase == "terminated":
+            return {}
+        now = self._clock()
+        return {id: round(max(0.0, due - now), 3) for id, due in self.machine.restart_dues().items()}
 
     def signal_child(self, child_id: str, number: int) -> Outcome:
         """Send signal ``number`` to the running worker ``child_id`` (its process alone)."""

@@ -156,10 +156,13 @@ class BaseMachine:
             return None
         return "restart" if chain.purpose == "restart" else "start"
 
+    def restart_dues(self) -> dict[str, float]:
+        """When (this machine's clock) a delayed restart will start each child it will: the
+        child waiting for it, or a stopped bystander of its group."""
+        return self.children.restart_dues()
+
     def restart_due(self, id: str) -> float | None:
-        """When (this machine's clock) a delayed restart will start ``id``: the child waiting
-        for it, or a stopped bystander of its group; None when none will."""
-        return self.children.waiting_for(id)
+        return self.children.restart_dues().get(id)
 
     def plan(self) -> list[Change]:
         """What a ``Reconcile`` now would do, without doing it (a dry run): the whole plan,

@@ -168,19 +168,20 @@ class ChildTable:
         child.state, child.retry, child.restart_at = "restarting", next(self._tokens), due
         return RestartDue(id, child.retry)
 
-    def waiting_for(self, id: str) -> float | None:
-        """When a delayed restart will start ``id``: its own (it is waiting), else the earliest
-        of a waiting child whose group it is in and stopped (a one_for_all/rest_for_one
-        bystander); None: no delayed restart will."""
-        child = self._children.get(id)
-        if child is None or child.state == "running":
-            return None
-        if child.restart_at is not None:
-            return child.restart_at
-        if child.state != "stopped":
-            return None
-        dues = [c.restart_at for c in self._children.values() if c.restart_at is not None and id in c.group]
-        return min(dues, default=None)
+    def restart_dues(self) -> dict[str, float]:
+        """When a delayed restart will start each child it will (the others are absent): a
+        waiting child's own ``restart_at``; a stopped child in a waiting child's group (a
+        one_for_all/rest_for_one bystander), the earliest such group's."""
+        dues: dict[str, float] = {}
+        for waiting in self._children.values():
+            if waiting.restart_at is None:
+                continue
+            dues[waiting.id] = waiting.restart_at
+            for id in waiting.group:
+                other = self._children.get(id)
+                if other is not None and other.state == "stopped" and other.restart_at is None:
+                    dues[id] = min(dues.get(id, waiting.restart_at), waiting.restart_at)
+        return dues
 
     def take_exit(self, id: str, incarnation: int) -> Child | None:
         """The child whose current incarnation this exit ends, now stopped; None when the
