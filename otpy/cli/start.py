@@ -6,77 +6,121 @@ Exit codes as everywhere: 0 success, 1 the operation failed (the message says wh
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections import deque
-from typing import Callable
+from typing import Callable, TextIO
 
 import click
 
-from .exits import EXIT_FAILED, load_or_exit
+from .exits import EXIT_FAILED, EXIT_USAGE
 from .work import record_topology
+from ..agent.import_check import IMPORT_TIMEOUT
+from ..host.log_files import NODE_LOG, LogFolderError, line_formatter, log_dir, make_private_dir, open_log_fd
 from ..host.node_run import RUN_VAR, lock_holder
-from ..host.runtime_dir import RuntimeDirError, node_dir, open_private_append
+from ..host.runtime_dir import RuntimeDirError, node_dir
 from ..node.node import AsyncNode, NodeAlreadyRunning, NodeStartError, already_running
 from ..node.reload import reload_summary
+from ..topology.load import TopologyError, load_topology
 from ..wire.client import Client
 from ..wire.protocol import Reload
+
+log = logging.getLogger("otpy")
 
 
 @click.command()
 @click.argument("topology", type=click.Path(dir_okay=False))
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details too.")
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; return once the tree is up.")
-@click.option("--timeout", default=60.0, show_default=True, help="With --detach: seconds to wait for the tree.")
-def start(topology: str, verbose: bool, detach: bool, timeout: float) -> None:
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="With --detach: seconds to wait for the tree, checking the file's programs included.")
+@click.option("--json", "as_json", is_flag=True,
+              help="With --detach: print the result as one JSON object on stdout.")
+@click.option("--detached-run", is_flag=True, hidden=True)  # the process --detach starts: logs to node.log only
+def start(topology: str, verbose: bool, detach: bool, timeout: float, as_json: bool, detached_run: bool) -> None:
     """Start the node described by TOPOLOGY and run it in the foreground.
 
     Children start in order, each READY before the next. Every line a child prints is
-    logged with its id as prefix. Ctrl-C or SIGTERM stops the tree in reverse order and
-    exits 0 (a second Ctrl-C kills everything at once). If the root supervisor gives up
-    (restart intensity exceeded), otpy exits 1 naming the child. `otpy stop` stops it too.
+    shown with its id as prefix (coloured on a terminal) and written to its log file
+    (`otpy logs ID`). Ctrl-C or SIGTERM stops the tree in reverse order and exits 0 (a
+    second Ctrl-C kills everything at once). If the root supervisor gives up (restart
+    intensity exceeded), otpy exits 1 naming the child. `otpy stop` stops it too.
 
-    With --detach, the node runs in its own session with its output in `node.log` in its
-    runtime folder; otpy returns 0 once the tree is up, or 1 with the end of the log.
+    With --detach, the node runs in its own session, its lines in `node.log` of its log
+    folder; otpy returns 0 once the tree is up, or 1 with the end of that log, within
+    --timeout seconds. --json (with --detach) prints {"node", "pid", "log", ...} as one
+    JSON object, a failure too ("ok": false); the message is also on stderr.
     """
-    spec = load_or_exit(topology)
+    if as_json and not detach:
+        raise click.UsageError("--json goes with --detach (a node in the foreground prints its children's lines)")
+    deadline = time.monotonic() + timeout
+    try:  # the programs' import check shares --timeout (it alone could take IMPORT_TIMEOUT)
+        spec = load_topology(topology, import_timeout=min(IMPORT_TIMEOUT, timeout) if detach else IMPORT_TIMEOUT)
+    except TopologyError as exc:
+        if detach and time.monotonic() >= deadline:  # cut short by --timeout: the start failed in time
+            sys.exit(_detach_failed(None, f"did not start within {timeout:g} s: {exc}", None, as_json))
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_USAGE)
     if detach:
-        sys.exit(_start_detached(topology, spec.node.name, timeout))
-    _setup_logging(verbose)
-    node = AsyncNode(spec.node, on_output=_print_child_line)
+        sys.exit(_start_detached(topology, spec.node, deadline, as_json))
+    node = AsyncNode(spec.node, on_output=(lambda *_: None) if detached_run else child_printer(sys.stderr))
     node.topology_path = os.path.abspath(topology)
+    if detached_run:  # stdout and stderr are node.log: they follow it across rotations
+        node.logs.follow_fds = (1, 2)
+    _setup_logging(verbose, detached=node if detached_run else None)
     sys.exit(asyncio.run(_run_foreground(node, on_started=lambda: record_topology(node.name, topology))))
 
 
-def _start_detached(topology: str, name: str, timeout: float) -> int:
-    """Run `otpy start` in its own session, log to the runtime folder, wait for `status` to answer.
+def _start_detached(topology: str, node_spec, deadline: float, as_json: bool) -> int:
+    """Run `otpy start` in its own session, its output in node.log, and wait for `status` to answer.
 
     The node's lock says whether it already runs (the detached process takes it; if another
     start wins the race, that process refuses and exits, and this one reports its log).
     """
+    name = node_spec.name
     folder = node_dir(name)
     if (holder := lock_holder(folder)) is not None:
-        click.echo(f"otpy: {already_running(name, holder)}", err=True)
-        return EXIT_FAILED
-    log_path = folder / "node.log"
-    log_fd = open_private_append(log_path)  # 0600: it may hold a child's secrets
+        return _detach_failed(name, already_running(name, holder), None, as_json)
+    try:
+        log_path = make_private_dir(log_dir(name, node_spec.logs)) / NODE_LOG
+        log_fd = open_log_fd(log_path)  # 0600: it may hold a child's secrets
+    except LogFolderError as exc:
+        return _detach_failed(name, str(exc), None, as_json)
     try:  # its own node, in its own session: not part of the run of whatever node runs this
         env = {k: v for k, v in os.environ.items() if k != RUN_VAR}
-        proc = subprocess.Popen([sys.executable, "-m", "otpy", "start", os.path.abspath(topology)],
+        proc = subprocess.Popen([sys.executable, "-m", "otpy", "start", "--detached-run", os.path.abspath(topology)],
                                 stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
     finally:
         os.close(log_fd)
-    if not _answers_as(name, proc, timeout):
+    if not _answers_as(name, proc, max(deadline - time.monotonic(), 0.01)):
         _end(proc)
-        click.echo(f"otpy: node {name!r} did not start (see {log_path}):\n{_tail(log_path)}", err=True)
-        return EXIT_FAILED
-    click.echo(f"otpy: node {name!r} started (pid {proc.pid}); log: {log_path}")
+        return _detach_failed(name, f"did not start (see {log_path})", log_path, as_json)
+    if as_json:
+        click.echo(json.dumps({"command": "start", "ok": True, "node": name, "pid": proc.pid,
+                               "log": str(log_path), "log_folder": str(log_path.parent),
+                               "topology": os.path.abspath(topology)}))
+    else:
+        click.echo(f"otpy: node {name!r} started (pid {proc.pid}); log: {log_path}")
     return 0
+
+
+def _detach_failed(name: str | None, why: str, log_path, as_json: bool) -> int:
+    """A detached start that failed: one line on stderr (with the end of the log, if any), and
+    with --json the same as one object ``{"command": "start", "ok": false, ...}``; exit 1."""
+    tail = _tail(log_path) if log_path is not None else ""
+    who = f"node {name!r} " if name else ""
+    click.echo(f"otpy: {who}{why}" + (f":\n{tail}" if tail else ""), err=True)
+    if as_json:
+        click.echo(json.dumps({"command": "start", "ok": False, "node": name, "detail": why,
+                               "log": str(log_path) if log_path else None, "log_tail": tail.splitlines()}))
+    return EXIT_FAILED
 
 
 def _answers_as(name: str, proc: subprocess.Popen, timeout: float) -> bool:
@@ -109,8 +153,9 @@ def _answers_as(name: str, proc: subprocess.Popen, timeout: float) -> bool:
 
 def _end(proc: subprocess.Popen) -> None:
     """End a detached start that did not come up in time: SIGTERM (in order), a second SIGTERM
-    (kill at once) after 2 s, SIGKILL after 5 more: never waits unbounded for a stubborn child."""
-    for send, grace in ((proc.terminate, 2.0), (proc.terminate, 5.0), (proc.kill, 5.0)):
+    after 1 s (kill at once, a start under way included), SIGKILL after 5 more: within the
+    timeout's few seconds, never unbounded for a stubborn child."""
+    for send, grace in ((proc.terminate, 1.0), (proc.terminate, 5.0), (proc.kill, 5.0)):
         if proc.poll() is not None:
             return
         send()
@@ -128,17 +173,48 @@ def _wait_exit_for(proc: subprocess.Popen, seconds: float) -> bool:
 
 
 def _tail(path, lines: int = 20) -> str:
-    with open(path, errors="replace") as f:
-        return "".join(deque(f, maxlen=lines)).rstrip()
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(deque(f, maxlen=lines)).rstrip()
+    except OSError:
+        return ""
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        stream=sys.stderr)
+def _setup_logging(verbose: bool, detached: AsyncNode | None = None) -> None:
+    """The ``otpy`` logger at INFO (DEBUG with -v); while the node runs, its lines go to
+    ``node.log`` (the node's handler, ``node.node_logs``), and in the foreground to stderr too.
+    A ``detached`` node's stderr is ``node.log``: the lines before and after the node's handler
+    (a refused start, the last words) are written there, stamped as the handler's are."""
+    level = logging.DEBUG if verbose else logging.INFO
+    log.setLevel(level)
+    if detached is None:
+        logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+        return
+    log.propagate = False
+    outside = logging.StreamHandler(sys.stderr)
+    outside.setFormatter(line_formatter("%(levelname)s %(message)s"))
+    outside.addFilter(lambda record: detached.logs.node_handler is None)
+    log.addHandler(outside)
 
 
-def _print_child_line(child_id: str, stream: str, line: str) -> None:
-    print(f"[{child_id}] {line}", file=sys.stderr, flush=True)
+PREFIX_COLOURS = ("cyan", "green", "yellow", "blue", "magenta", "bright_cyan", "bright_green", "bright_yellow",
+                  "bright_blue", "bright_magenta")
+
+
+def child_printer(out: TextIO) -> Callable[[str, str, str], None]:
+    """The foreground's ``on_output``: ``[ID] line`` on ``out``; on a terminal (and without
+    ``NO_COLOR``) the prefix is coloured, one colour per id, red for a stderr line. Never a
+    colour code into a file or a pipe."""
+    colour = out.isatty() and not os.environ.get("NO_COLOR")
+
+    def print_line(child_id: str, stream: str, line: str) -> None:
+        prefix = f"[{child_id}]"
+        if colour:
+            prefix = click.style(prefix, fg="red" if stream == "err" else
+                                 PREFIX_COLOURS[zlib.crc32(child_id.encode()) % len(PREFIX_COLOURS)])
+        print(f"{prefix} {line}", file=out, flush=True)
+
+    return print_line
 
 
 async def _reload_on_hangup(node: AsyncNode) -> None:
@@ -155,6 +231,7 @@ async def _run_foreground(node: AsyncNode, on_started: Callable[[], None] = lamb
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     node.on_stop_request = stop_requested.set  # `otpy stop` through the control socket
+    starting = asyncio.ensure_future(node.start())
     signals = 0
 
     def on_signal() -> None:
@@ -163,8 +240,10 @@ async def _run_foreground(node: AsyncNode, on_started: Callable[[], None] = lamb
         if signals == 1:
             stop_requested.set()
             if not node.started:  # the tree starts, or stops after a failed start: say what comes
-                click.echo("otpy: stopping in order once the start ends "
-                           "(a second Ctrl-C or SIGTERM kills at once)", err=True)
+                log.warning("otpy: stopping in order once the start ends "
+                            "(a second Ctrl-C or SIGTERM kills at once)")
+        elif not starting.done():  # a second one while starting: the start ends now, every child killed
+            starting.cancel()
         elif node.root is not None:  # a second Ctrl-C: no more waiting
             loop.create_task(node.root.kill())
 
@@ -172,17 +251,21 @@ async def _run_foreground(node: AsyncNode, on_started: Callable[[], None] = lamb
         loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_on_hangup(node)))
     try:
-        await node.start()
+        await asyncio.wait({starting})
+        starting.result()
+    except asyncio.CancelledError:
+        log.error("otpy: node %r did not start: stopped while starting (its children killed)", node.name)
+        return EXIT_FAILED
     except NodeAlreadyRunning as exc:
-        click.echo(f"otpy: {exc}", err=True)
+        log.error("otpy: %s", exc)
         return EXIT_FAILED
     except NodeStartError as exc:
-        click.echo(f"otpy: node {node.name!r} did not start: {exc}", err=True)
+        log.error("otpy: node %r did not start: %s", node.name, exc)
         return EXIT_FAILED
     try:
         on_started()  # after the lock: a refused start must not touch the running node's files
     except RuntimeDirError as exc:  # a planted topology.path: the node runs on, without the record
-        click.echo(f"otpy: {exc}", err=True)
+        log.error("otpy: %s", exc)
     stop_task = asyncio.ensure_future(stop_requested.wait())
     await asyncio.wait({stop_task, node.root.exited}, return_when=asyncio.FIRST_COMPLETED)
     if stop_requested.is_set():
@@ -191,7 +274,7 @@ async def _run_foreground(node: AsyncNode, on_started: Callable[[], None] = lamb
     stop_task.cancel()
     reason = await node.wait()
     if node.root.error:
-        click.echo(f"otpy: root supervisor gave up: {node.root.error}", err=True)
+        log.error("otpy: root supervisor gave up: %s", node.root.error)
         return EXIT_FAILED
-    click.echo(f"otpy: root supervisor exited: {reason}", err=True)
+    log.warning("otpy: root supervisor exited: %s", reason)
     return 0

@@ -25,6 +25,7 @@ import zmq
 from .control import open_control
 from .reload import reload_topology
 from .errors import NodeAlreadyRunning, NodeStartError
+from .node_logs import NodeLogs
 from ..supervision.exit import ExitReason
 from ..host.limits import raise_fd_limit
 from ..host.node_run import AlreadyRunning, RunLock, kill_run, new_run_id, remove_leftovers
@@ -60,7 +61,7 @@ class AsyncNode(Operations):
         self.root: Supervisor | None = None
         self.processes: ProcessManager | None = None
         self.listeners: list[Listener] = []
-        self._on_output = on_output
+        self.logs = NodeLogs(spec, on_output, describe_event)  # its files; on_output gets each line after
         self._services: list[Any] = []  # things with an async close(), closed after the tree stops
         self.service_openers: list[Callable[["AsyncNode"], Any]] = [open_control]
         self.stopping = False
@@ -97,6 +98,7 @@ class AsyncNode(Operations):
         except AlreadyRunning as exc:
             raise NodeAlreadyRunning(already_running(self.name, exc.pid)) from None
         try:
+            self.logs.open(self.topology_path, self.listeners)
             self._sweep_previous_run()
             await self._start_tree()
         except BaseException:
@@ -120,7 +122,7 @@ class AsyncNode(Operations):
         remove_leftovers(node_sockets(self.name))
 
     async def _start_tree(self) -> None:
-        self.processes = ProcessManager(node_name=self.name, on_output=self._on_output, run_id=self._run.run_id,
+        self.processes = ProcessManager(node_name=self.name, on_output=self.logs.child_line, run_id=self._run.run_id,
                                         program_folders=self.spec.program_folders)
         await self.processes.open()
         values = stored_values(self.dir, self.spec.root)
@@ -181,6 +183,7 @@ class AsyncNode(Operations):
             await self.processes.close()
         if self._run is not None and self._run.fd >= 0:
             remove_leftovers(node_sockets(self.name))  # under the lock: no later start's sockets
+            self.logs.close()
             self._run.release()
 
     # --- requests: the one place where a control request becomes an operation ------------

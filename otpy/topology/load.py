@@ -40,9 +40,9 @@ from ..specs.rules import (
     located_machine_problems, located_problems, node_socket_problem, node_value_problems, replica_id_problems, show,
 )
 from ..specs.model import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, Bound, ChildSpec
-from ..specs.model import DynamicSupervisorSpec, NodeSpec, SupervisorSpec, join, name_problem, places, toml_key
+from ..specs.model import DynamicSupervisorSpec, LogSettings, NodeSpec, SupervisorSpec, join, name_problem, places, toml_key
 from .toml_file import (
-    BOUND_TAG, CHILD_TABLES, VALUE_TAG, BoundTable, ConstraintTable, DynamicSupervisorTable, NodeTable,
+    BOUND_TAG, CHILD_TABLES, VALUE_TAG, BoundTable, ConstraintTable, DynamicSupervisorTable, LogsTable, NodeTable,
     RootSupervisorTable, SupervisorTable, TemplateTable, TopologyFile, WorkerTable, Table, is_bindable_tag,
     topology_json_schema,
 )
@@ -144,6 +144,8 @@ def _table_at(loc: tuple) -> type[Table] | None:
         return TopologyFile
     if loc == ("node",):
         return NodeTable
+    if loc == ("logs",):
+        return LogsTable
     if loc == ("supervisor",):
         return RootSupervisorTable
     if len(loc) >= 2 and isinstance(loc[-2], int) and loc[-1] in CHILD_TABLES:
@@ -243,7 +245,7 @@ def _node_problems(node: NodeSpec, *, from_file_name: bool) -> list[Problem]:
     for key, message in node_value_problems(node):
         if key == "name" and from_file_name:
             message = message.replace("; expected", " (from the file name); expected", 1)
-        problems.append((f"node.{key}", message))
+        problems.append((key if key.startswith("logs.") else f"node.{key}", message))  # [logs] is its own table
     return problems
 
 
@@ -265,9 +267,10 @@ def _node_folder(node: NodeSpec) -> str | None:
 
 def parse_topology(
     text: str, *, source: str = "<string>", default_name: str = "node",
-    base_dir: str | None = None, check_imports: bool = False,
+    base_dir: str | None = None, check_imports: bool = False, import_timeout: float = IMPORT_TIMEOUT,
 ) -> Topology:
-    """The topology in ``text``. Relative ``cwd`` values are taken from ``base_dir`` (default: cwd).
+    """The topology in ``text``. Relative ``cwd`` and ``[logs] folder`` values are taken from
+    ``base_dir`` (default: cwd). ``import_timeout``: seconds the programs' import check may take.
 
     Raises TopologyError listing every problem, each prefixed with ``source``.
     """
@@ -277,7 +280,8 @@ def parse_topology(
         raise TopologyError(_format(source, [_problem_from_pydantic(e) for e in exc.errors()])) from None
     root = _spec(file.supervisor, os.path.abspath(base_dir or os.getcwd()))
     node = NodeSpec(name=file.node.name or default_name, root=root, control_tcp=file.node.control_tcp,
-                    program_folders=_program_folders(source))
+                    program_folders=_program_folders(source),
+                    logs=_log_settings(file.logs, os.path.abspath(base_dir or os.getcwd())))
     from_file_name = file.node.name is None
     problems = _node_problems(node, from_file_name=from_file_name)
     if not problems and (folder := _node_folder(node)) is not None:
@@ -305,7 +309,7 @@ def parse_topology(
     )
     if check_imports and (machine := located_machine_problems(topology.declared_root, "supervisor")):
         raise TopologyError(_format(source, machine))
-    if check_imports and (import_problems := check_programs(topology)):
+    if check_imports and (import_problems := check_programs(topology, timeout=import_timeout)):
         raise TopologyError(import_problems)
     return topology
 
@@ -379,7 +383,16 @@ def _a(word: object) -> str:
     return f"an {word}" if str(word)[:1] in "aeiou" else f"a {word}"
 
 
-def load_topology(path: str | os.PathLike, *, check_imports: bool = True) -> Topology:
+def _log_settings(table: LogsTable, base_dir: str) -> LogSettings:
+    """``[logs]`` as the node's ``LogSettings``; a relative ``folder`` is the topology file's folder's."""
+    fields = _set_fields(table)
+    if isinstance(table.folder, str) and table.folder and "\0" not in table.folder:  # a NUL: the value rules say
+        fields["folder"] = os.path.normpath(os.path.join(base_dir, os.path.expanduser(table.folder)))
+    return LogSettings(**fields)
+
+
+def load_topology(path: str | os.PathLike, *, check_imports: bool = True,
+                  import_timeout: float = IMPORT_TIMEOUT) -> Topology:
     """The topology in the file at ``path``; its node is named after the file unless ``[node] name``.
 
     With ``check_imports`` every ``program`` is imported (in a child process) and failures are
@@ -395,7 +408,8 @@ def load_topology(path: str | os.PathLike, *, check_imports: bool = True) -> Top
         raise TopologyError([f"{source}: cannot read the file: {exc}"]) from None
     stem = os.path.splitext(os.path.basename(source))[0]
     base_dir = os.path.dirname(os.path.abspath(source))
-    return parse_topology(text, source=source, default_name=stem, base_dir=base_dir, check_imports=check_imports)
+    return parse_topology(text, source=source, default_name=stem, base_dir=base_dir, check_imports=check_imports,
+                          import_timeout=import_timeout)
 
 
 def _programs(topology: Topology) -> Iterator[tuple[str, str]]:

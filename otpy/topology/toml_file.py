@@ -10,13 +10,14 @@ A field a child may bind to a variable (``specs.bindings.BINDABLE``) takes its p
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Optional, Union
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, StringConstraints, Tag
 from pydantic_core import PydanticCustomError
 
-from ..specs.model import NAME_PATTERN, PROGRAM_PATTERN, AutoShutdown, ChildSpec, DynamicSupervisorSpec
+from ..specs.model import NAME_PATTERN, PROGRAM_PATTERN, AutoShutdown, ChildSpec, DynamicSupervisorSpec, LogSettings
 from ..specs.bindings import BINDABLE
 from ..specs.model import Readiness
 from ..specs.model import RestartType, Strategy, SupervisorSpec
@@ -96,6 +97,36 @@ class NodeTable(Table):
 
     name: Name | None = None
     control_tcp: str | None = None  # checked with every node spec's: specs.values.control_tcp_problem
+
+
+SIZE_UNITS = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
+SIZE_EXPECTED = "a number of bytes: an integer, or a string like \"50MB\", \"512KB\" or \"1GB\" (units of 1024)"
+
+
+def _check_size(value: Any) -> int:
+    """Bytes as supervisord's ``logfile_maxbytes`` takes them: ``52428800``, ``"50MB"``, ``"10KB"``,
+    ``"1GB"`` (1024-based units, case and spaces ignored). Its range is the spec rule's."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("size", "expected {expected}", {"expected": SIZE_EXPECTED})
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d{1,15})\s*([KMG]?B?)\s*", value.upper()) if isinstance(value, str) else None
+    if match is None:
+        raise PydanticCustomError("size", "expected {expected}", {"expected": SIZE_EXPECTED})
+    return int(match[1]) * SIZE_UNITS[match[2] if match[2] in SIZE_UNITS else match[2] + "B"]
+
+
+Size = Annotated[int, PlainValidator(_check_size, json_schema_input_type=Union[int, str])]
+
+
+class LogsTable(Table):
+    """``[logs]``: the node's log files (``host.log_files``). A file reaching ``max_bytes`` is renamed
+    ``.1`` (older ones shifted, ``backups`` kept); ``folder``: where they are (relative to the
+    topology file's folder), default ``$XDG_STATE_HOME/otpy/NODE/logs``."""
+
+    max_bytes: Size = _default(LogSettings, "max_bytes")
+    backups: int = _default(LogSettings, "backups")
+    folder: str | None = _default(LogSettings, "folder")
 
 
 class TemplateTable(Table):
@@ -195,6 +226,7 @@ class TopologyFile(Table):
     model_config = ConfigDict(title="otpy topology")
 
     node: NodeTable = NodeTable()
+    logs: LogsTable = LogsTable()
     supervisor: RootSupervisorTable
     variables: dict[str, dict[str, dict[str, Any]]] = {}
     constraints: dict[str, list[ConstraintTable]] = {}

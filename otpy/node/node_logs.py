@@ -1,0 +1,138 @@
+"""A node's log files while it runs: one per child (every line its process writes, stamped and
+marked ``out|`` or ``err|``, and otpy's own ``otpy|`` lines at its starts and exits) and
+``node.log`` (a separator at each start, then what the ``otpy`` logger says about this node).
+
+Files and rotation: ``host.log_files``. Writing is synchronous on the node's loop, as
+supervisord writes its logs: one buffered write per line, no fsync, so a child that floods its
+output costs the loop one ``write`` per line, never a wait on the disk's flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from ..host.log_files import (
+    CHILDREN, NODE_LOG, LogFolderError, PrivateRotatingFileHandler, child_log_path, line_formatter, log_dir, make_private_dir, record_log_dir, stamp,
+)
+from .errors import NodeStartError
+from ..processes.manager import print_output
+from ..specs.model import NodeSpec
+from ..wire.protocol import NodeEvent
+
+log = logging.getLogger("otpy")
+
+OutputHandler = Callable[[str, str, str], None]
+CHILD_EVENTS = frozenset({"started", "exited", "stopped", "restarting", "start_failed"})
+
+
+class NodeRecords(logging.Filter):
+    """The ``otpy`` logger's records for node ``name``'s log: those naming it (``otpy[NAME]: ...``)
+    and those naming no node (``otpy: ...``); not another node's of the same process."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.mine = f"otpy[{name}]"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return message.startswith(self.mine) or not message.startswith("otpy[")
+
+
+class NodeLogs:
+    """The log files of one node. ``child_line`` is the process manager's ``on_output``: it writes
+    the child's file, then passes the line on (``on_output``; default: stderr with the id as prefix).
+    ``follow_fds``: set by ``otpy start --detach`` (its stdout and stderr follow ``node.log``)."""
+
+    def __init__(self, spec: NodeSpec, on_output: OutputHandler | None = None,
+                 describe: Callable[[NodeEvent], tuple[int, str]] = lambda event: (0, event.kind)) -> None:
+        """``describe``: the node's wording of an event (``node.describe_event``), for the ``otpy|`` lines."""
+        self.name = spec.name
+        self.describe = describe
+        self.settings = spec.logs
+        self.on_output = on_output or print_output
+        self.follow_fds: tuple[int, ...] = ()
+        self.folder: Path | None = None
+        self.node_handler: PrivateRotatingFileHandler | None = None
+        self._children: dict[str, PrivateRotatingFileHandler] = {}
+        self._unflushed: set[PrivateRotatingFileHandler] = set()
+        self._flush_soon = False
+
+    def open(self, topology_path: str | None, listeners: list[Callable[[NodeEvent], None]]) -> None:
+        """Make the folders, write ``node.log``'s start separator, and hear the node: its events
+        (``listeners``) and the ``otpy`` logger. Called once the node holds its lock."""
+        try:
+            folder = make_private_dir(log_dir(self.name, self.settings))
+            make_private_dir(folder / CHILDREN)
+            record_log_dir(self.name, folder)
+            self.node_handler = PrivateRotatingFileHandler(folder / NODE_LOG, self.settings, self.follow_fds)
+            self.node_handler.stream = self.node_handler._open()  # refused here, not at the first line
+        except (LogFolderError, OSError) as exc:
+            raise NodeStartError(f"cannot write the node's logs: {exc}") from None
+        self.folder = folder
+        self.node_handler.setFormatter(line_formatter("%(levelname)s %(message)s"))
+        self.node_handler.addFilter(NodeRecords(self.name))
+        where = f", topology {topology_path}" if topology_path else ""
+        self._write(self.node_handler, logging.makeLogRecord({
+            "levelname": "INFO", "msg": f"======== node {self.name!r} starts: pid {os.getpid()}{where} ========"}))
+        log.addHandler(self.node_handler)
+        listeners.append(self.on_event)
+
+    def child_line(self, child_id: str, stream: str, line: str) -> None:
+        """One line child ``child_id`` wrote on ``stream`` ("out" or "err"). The files are flushed
+        once the loop is done with the lines of this read (one flush a batch, not a line)."""
+        if self.folder is not None:
+            handler = self._child_handler(child_id)
+            handler.write_line(f"{stamp()} {stream}| {line}\n", flush=False)
+            self._unflushed.add(handler)
+            if not self._flush_soon:
+                try:
+                    asyncio.get_running_loop().call_soon(self._flush)
+                    self._flush_soon = True
+                except RuntimeError:  # no loop here: now
+                    self._flush()
+        self.on_output(child_id, stream, line)
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        unflushed, self._unflushed = self._unflushed, set()
+        for handler in unflushed:
+            handler.flush()
+
+    def on_event(self, event: NodeEvent) -> None:
+        """A child's start and end, in its own log too (``otpy| started pid 123``): a restart is
+        visible where its output is. An exited child's file is closed until its next line."""
+        if event.kind not in CHILD_EVENTS or not event.child or self.folder is None:
+            return
+        _, text = self.describe(event)
+        handler = self._child_handler(event.child)
+        handler.write_line(f"{stamp(event.time or None)} otpy| {text}\n")
+        if event.kind in ("exited", "stopped", "start_failed"):
+            handler.release_file()
+            self._children.pop(event.child, None)
+
+    def close(self) -> None:
+        """After the tree and the process manager stopped (its last lines drained)."""
+        if self.node_handler is not None:
+            log.removeHandler(self.node_handler)
+            self.node_handler.close()
+            self.node_handler = None
+        self._flush()
+        for handler in self._children.values():
+            handler.close()
+        self._children.clear()
+        self.folder = None
+
+    def _child_handler(self, child_id: str) -> PrivateRotatingFileHandler:
+        handler = self._children.get(child_id)
+        if handler is None:
+            handler = PrivateRotatingFileHandler(child_log_path(self.folder, child_id), self.settings)
+            self._children[child_id] = handler
+        return handler
+
+    @staticmethod
+    def _write(handler: logging.Handler, record: logging.LogRecord) -> None:
+        handler.handle(record)

@@ -1,0 +1,163 @@
+"""A node's log files: one per child (stamped, out/err marked, rotated by size), node.log with a
+separator at each start, private files and folders, the [logs] table, the foreground's colours."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+
+import pytest
+
+import otpy
+from otpy.cli.start import child_printer
+from otpy.host.log_files import default_log_dir, known_log_dir, state_root
+from otpy.node.node_logs import NodeLogs
+from otpy.specs.model import LogSettings
+from otpy.topology.load import TopologyError, parse_topology
+from tests.helpers import Events, python, unique_name, wait_until
+
+STAMPED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} (out|err|otpy)\| ")
+TALKER = python("import sys, time\nprint('to out', flush=True)\nprint('to err', file=sys.stderr, flush=True)\n"
+                "time.sleep(3600)")
+
+
+def node_spec(name: str, logs: LogSettings = LogSettings(), *children) -> otpy.NodeSpec:
+    return otpy.NodeSpec(name=name, root=otpy.SupervisorSpec(id="root", children=children), logs=logs)
+
+
+def test_the_state_folder_is_not_the_users_home_in_tests():
+    assert not str(state_root()).startswith(os.path.expanduser("~/.local"))
+
+
+def test_a_child_file_rotates_at_max_bytes_keeping_backups_and_the_newest_lines(tmp_path):
+    logs = NodeLogs(node_spec(unique_name("rot"), LogSettings(max_bytes=2048, backups=3, folder=str(tmp_path))),
+                    on_output=lambda *_: None)
+    logs.open(None, [])
+    try:
+        for n in range(400):
+            logs.child_line("chatty", "out", f"line {n:04d}")
+    finally:
+        logs.close()
+    folder = tmp_path / "children"
+    assert sorted(p.name for p in folder.iterdir()) == ["chatty.log", "chatty.log.1", "chatty.log.2",
+                                                        "chatty.log.3"]  # the oldest were dropped
+    assert all(p.stat().st_size <= 2048 for p in folder.iterdir())
+    newest = (folder / "chatty.log").read_text().splitlines()
+    assert newest[-1].endswith("out| line 0399")
+    kept = "".join((folder / f"chatty.log{suffix}").read_text() for suffix in (".3", ".2", ".1", ""))
+    assert "line 0000" not in kept
+    numbers = [int(line.rsplit(" ", 1)[1]) for line in kept.splitlines()]
+    assert numbers == list(range(numbers[0], 400))  # in order, none lost between the kept files
+    assert all(STAMPED.match(line) for line in kept.splitlines())
+
+
+def test_an_embedded_node_writes_each_childs_lines_stamped_and_marked_out_or_err(tmp_path):
+    name = unique_name("talk")
+    with otpy.Node(node_spec(name, LogSettings(), otpy.ChildSpec(id="talker", command=TALKER)),
+                   on_output=lambda *_: None) as node:
+        path = default_log_dir(name) / "children" / "talker.log"
+        wait_until(lambda: path.exists() and "err| to err" in path.read_text(), what="both streams in the log")
+        text = path.read_text()
+        assert "out| to out" in text
+        assert all(STAMPED.match(line) for line in text.splitlines()), text
+        assert re.search(r"otpy\| talker started pid \d+", text)  # a start is seen where the output is
+        node_log = (node.aio.logs.folder / "node.log").read_text()
+    assert "otpy| talker stopped" in path.read_text()
+    assert node_log.count(f"node {name!r} starts: pid {os.getpid()}") == 1
+    assert all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} ", line) for line in node_log.splitlines())
+
+
+def test_node_log_has_one_separator_per_start_and_files_are_private(tmp_path):
+    name = unique_name("runs")
+    for _ in range(2):
+        with otpy.Node(node_spec(name, LogSettings(), otpy.ChildSpec(id="talker", command=TALKER)),
+                       on_output=lambda *_: None) as node:
+            Events(node)
+    folder = default_log_dir(name)
+    text = (folder / "node.log").read_text()
+    assert text.count(f"======== node {name!r} starts: pid") == 2
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
+    for path in (folder / "node.log", folder / "children" / "talker.log"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_custom_folder_is_recorded_so_a_stopped_nodes_logs_are_found(tmp_path):
+    name = unique_name("custom")
+    with otpy.Node(node_spec(name, LogSettings(folder=str(tmp_path / "mine")), otpy.ChildSpec(id="t", command=TALKER)),
+                   on_output=lambda *_: None):
+        pass
+    assert known_log_dir(name) == tmp_path / "mine"
+    assert (tmp_path / "mine" / "node.log").exists()
+
+
+def test_a_symlink_planted_as_a_childs_log_is_refused_not_followed(tmp_path):
+    target = tmp_path / "victim"
+    target.write_text("keep\n")
+    logs = NodeLogs(node_spec(unique_name("sym"), LogSettings(folder=str(tmp_path / "logs"))), lambda *_: None)
+    logs.open(None, [])
+    try:
+        (tmp_path / "logs" / "children" / "evil.log").symlink_to(target)
+        logs.child_line("evil", "out", "secret")
+    finally:
+        logs.close()
+    assert target.read_text() == "keep\n"
+
+
+def test_output_still_reaches_on_output_after_the_file(tmp_path):
+    seen = []
+    logs = NodeLogs(node_spec(unique_name("pass"), LogSettings(folder=str(tmp_path))), lambda *a: seen.append(a))
+    logs.open(None, [])
+    logs.child_line("a", "err", "oops")
+    logs.close()
+    assert seen == [("a", "err", "oops")]
+
+
+# --- the [logs] table ----------------------------------------------------------------------
+
+
+def test_the_logs_table_takes_sizes_as_supervisord_does_and_a_folder_relative_to_the_file(tmp_path):
+    topology = parse_topology('[logs]\nmax_bytes = "10KB"\nbackups = 3\nfolder = "here/logs"\n[supervisor]\n',
+                              base_dir=str(tmp_path))
+    assert topology.node.logs == LogSettings(max_bytes=10240, backups=3, folder=str(tmp_path / "here" / "logs"))
+    assert parse_topology('[logs]\nmax_bytes = "50MB"\n[supervisor]\n').node.logs.max_bytes == 50 * 1024 * 1024
+    assert parse_topology('[supervisor]\n').node.logs == LogSettings()
+
+
+@pytest.mark.parametrize("line, message", [
+    ('max_bytes = "lots"', 'logs.max_bytes: got \'lots\'; expected a number of bytes'),
+    ("max_bytes = 10", "logs.max_bytes: got 10; expected an integer >= 1024"),
+    ("backups = -1", "logs.backups: got -1; expected an integer >= 0"),
+    ("colour = true", "logs.colour: unknown key 'colour'; accepted keys: 'backups', 'folder', 'max_bytes'"),
+])
+def test_a_bad_logs_table_names_its_key(line, message):
+    with pytest.raises(TopologyError) as caught:
+        parse_topology(f"[logs]\n{line}\n[supervisor]\n", source="t.toml")
+    assert f"t.toml: {message}" in str(caught.value)
+
+
+# --- the foreground's printer ------------------------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_child_prefixes_are_coloured_on_a_terminal_only(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    terminal, pipe = Terminal(True), Terminal(False)
+    child_printer(terminal)("web", "out", "hello")
+    child_printer(pipe)("web", "out", "hello")
+    assert terminal.getvalue().startswith("\x1b[") and terminal.getvalue().endswith("\x1b[0m hello\n")
+    assert pipe.getvalue() == "[web] hello\n"
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = Terminal(True)
+    child_printer(plain)("web", "err", "oops")
+    assert plain.getvalue() == "[web] oops\n"

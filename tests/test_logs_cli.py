@@ -1,0 +1,182 @@
+"""`otpy logs` (last lines, -f across rotation and until the node ends, unknown ids) and
+`otpy start --detach` (its --timeout honoured, --json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+
+import otpy
+from otpy.cli.logs import logs
+from otpy.host.log_files import default_log_dir
+from otpy.node.node_logs import NodeLogs
+from otpy.specs.model import LogSettings
+from tests.helpers import python, unique_name, wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.timeout(60)
+COUNTER = python("import time\nn = 0\nwhile True:\n    print(f'tick {n:05d} ' + 'x' * 60, flush=True)\n"
+                 "    n += 1\n    time.sleep(0.02)")
+
+
+def otpy_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "otpy", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def written(name: str, child: str, lines: int) -> None:
+    """``lines`` lines in child's log of a node that is not running."""
+    node_logs = NodeLogs(otpy.NodeSpec(name=name, root=otpy.SupervisorSpec(id="root")), lambda *_: None)
+    node_logs.open(None, [])
+    for n in range(lines):
+        node_logs.child_line(child, "out", f"line {n}")
+    node_logs.close()
+
+
+class Reader:
+    """A process's stdout lines, read by a thread: waited on with a deadline, never a blocking read."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [self.lines.put(line) for line in proc.stdout], daemon=True).start()
+
+    def until(self, test, timeout: float = 15.0) -> list[str]:
+        seen, deadline = [], time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise AssertionError(f"not within {timeout} s; got:\n{''.join(seen)}") from None
+            seen.append(line)
+            if test(line):
+                return seen
+
+
+def test_logs_prints_the_last_n_lines_of_a_child_of_a_stopped_node():
+    name = unique_name("tail")
+    written(name, "worker", 50)
+    result = CliRunner().invoke(logs, ["worker", "-n", "5", "--node", name])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split("| ", 1)[1] for line in lines] == [f"line {n}" for n in range(45, 50)]
+    node_log = CliRunner().invoke(logs, ["--node", name])
+    assert node_log.exit_code == 0 and f"node {name!r} starts" in node_log.output
+
+
+def test_logs_reads_into_the_backups_when_the_current_file_is_short(tmp_path):
+    name = unique_name("back")
+    node_logs = NodeLogs(otpy.NodeSpec(name=name, root=otpy.SupervisorSpec(id="root"),
+                                       logs=LogSettings(max_bytes=1024, backups=2)), lambda *_: None)
+    node_logs.open(None, [])
+    for n in range(40):
+        node_logs.child_line("w", "out", f"line {n:03d}")
+    node_logs.close()
+    result = CliRunner().invoke(logs, ["w", "-n", "30", "--node", name])
+    assert [line.rsplit(" ", 1)[1] for line in result.stdout.splitlines()] == [f"{n:03d}" for n in range(10, 40)]
+
+
+def test_logs_of_an_unknown_child_exits_2_naming_the_children_with_logs():
+    name = unique_name("unknown")
+    written(name, "worker", 1)
+    result = CliRunner().invoke(logs, ["nosuch", "--node", name])
+    assert result.exit_code == 2
+    assert f"node {name!r} has no child 'nosuch'" in result.stderr and "children with logs: worker" in result.stderr
+    bad = CliRunner().invoke(logs, ["../etc", "--node", name])
+    assert bad.exit_code == 2 and "expected a name" in bad.stderr
+
+
+@pytest.mark.timeout(90)
+def test_follow_prints_new_lines_across_rotation_and_ends_with_the_node():
+    name = unique_name("follow")
+    spec = otpy.NodeSpec(name=name, root=otpy.SupervisorSpec(id="root", children=(
+        otpy.ChildSpec(id="counter", command=COUNTER),)), logs=LogSettings(max_bytes=2048, backups=2))
+    node = otpy.Node(spec, on_output=lambda *_: None).start()
+    try:
+        path = default_log_dir(name) / "children" / "counter.log"
+        wait_until(lambda: path.exists() and "tick" in path.read_text(), what="the first tick")
+        proc = otpy_cli("logs", "counter", "-f", "-n", "1", "--node", name)
+        reader = Reader(proc)
+        first = reader.until(lambda line: "tick" in line)
+        start = int(first[-1].split("tick ")[1].split()[0])
+        # 2 KB files, ~80 bytes a line: 60 more lines cross at least two rotations
+        seen = reader.until(lambda line: "tick" in line and int(line.split("tick ")[1].split()[0]) >= start + 60)
+        ticks = [int(line.split("tick ")[1].split()[0]) for line in seen if "tick" in line]
+        assert ticks == list(range(start + 1, start + 1 + len(ticks)))  # none lost or repeated
+    finally:
+        node.stop()
+    try:
+        assert proc.wait(timeout=10) == 0  # it ends with its node
+        assert f"node {name!r} ended" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_follow_of_a_node_that_is_not_running_prints_and_ends():
+    name = unique_name("gone")
+    written(name, "worker", 3)
+    result = CliRunner().invoke(logs, ["worker", "-f", "--node", name])
+    assert result.exit_code == 0 and result.stdout.count("| line") == 3
+    assert "is not running" in result.stderr
+
+
+# --- otpy start --detach ------------------------------------------------------------------------
+
+
+NEVER_READY = """
+[node]
+name = "{name}"
+[[supervisor.children]]
+id = "slow"
+command = ["sleep", "3600"]
+ready = "notify"
+start_timeout = 60
+"""
+
+
+@pytest.mark.timeout(60)
+def test_detach_honours_its_timeout_when_a_child_never_gets_ready(tmp_path):
+    topology = tmp_path / "never.toml"
+    topology.write_text(NEVER_READY.format(name=unique_name("never")))
+    began = time.monotonic()
+    proc = otpy_cli("start", "--detach", "--timeout", "2", "--json", str(topology))
+    out, err = proc.communicate(timeout=40)
+    assert proc.returncode == 1
+    assert time.monotonic() - began < 15  # its 2 s, the stop of what started and the interpreters; not 60
+    reply = json.loads(out)
+    assert reply["ok"] is False and reply["node"] in err and "did not start" in reply["detail"]
+
+
+@pytest.mark.timeout(60)
+def test_detach_json_names_the_node_its_pid_and_its_log(tmp_path):
+    name = unique_name("json")
+    topology = tmp_path / "ok.toml"
+    topology.write_text(f'[node]\nname = "{name}"\n[[supervisor.children]]\nid = "s"\ncommand = ["sleep", "3600"]\n')
+    proc = otpy_cli("start", "--detach", "--json", str(topology))
+    out, err = proc.communicate(timeout=40)
+    try:
+        assert proc.returncode == 0, err
+        reply = json.loads(out)
+        assert reply["ok"] is True and reply["node"] == name and reply["pid"] > 0
+        assert reply["log"] == str(default_log_dir(name) / "node.log")
+        wait_until(lambda: "s started" in open(reply["log"]).read(), what="the node's log")
+        text = open(reply["log"]).read()
+        assert all(line[:4].isdigit() for line in text.splitlines()), text  # every line stamped
+    finally:
+        subprocess.run([sys.executable, "-m", "otpy", "stop", "--node", name], cwd=ROOT, timeout=30)
+
+
+def test_json_without_detach_is_a_usage_error(tmp_path):
+    topology = tmp_path / "t.toml"
+    topology.write_text('[supervisor]\n')
+    proc = otpy_cli("start", "--json", str(topology))
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "--json goes with --detach" in err and out == ""
