@@ -161,6 +161,11 @@ def test_a_failed_start_leaves_the_old_child_running_and_says_what_was_done(make
     assert result.outcome == "start_failed" and "'b'" in result.detail
     assert [(c.action, c.child) for c in result.changes] == [("start", "c")]  # done before the failure
     assert pids(node)["b"] == before["b"] and alive(before["b"])
+    # the next reload starts from what runs: the first file again stops c, and changes nothing else
+    path.write_text(topology(name, sleeper("a"), sleeper("b")))
+    back = node.reload(str(path))
+    assert back.ok and [(c.action, c.child) for c in back.changes] == [("stop", "c")], back
+    assert pids(node) == before
 
 
 VARIABLES = """

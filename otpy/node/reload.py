@@ -19,8 +19,9 @@ supervisor by supervisor, top down (``supervision.spec_diff``):
    replaced, make-before-break, one at a time, so it runs its source as it is on disk now.
 
 The first failure ends it (``start_failed``: the failed child keeps running its old spec;
-what was done stays done and is listed in ``changes``; applying the file again finishes the
-work, since what already matches is left alone). ``dry_run`` answers the plan. A reload that
+what was done stays done and is listed in ``changes``). The node then compares the next
+file with what runs (``declared_tree``), so applying the fixed file finishes the work and
+the old file undoes it. ``dry_run`` answers the plan. A reload that
 changed the tree is published as a ``reloaded`` event. Reloads and variable writes are
 carried out one at a time (both make the tree match what is declared).
 """
@@ -67,9 +68,10 @@ async def reload_topology(node: Any, request: Reload) -> Outcome:
         outcome = await work.run(node.spec.root, topology.node.root, request.code)
         if request.dry_run:
             return outcome
-        if outcome.ok:
-            node.spec = topology.node
-            node._replica_templates = replica_templates(topology.node.root)  # the ids their replicas keep
+        # What the next reload compares with: the file, or (stopped half way) what runs now.
+        node.spec = topology.node if outcome.ok else msgspec.structs.replace(
+            node.spec, root=declared_tree(node, node.spec.root, topology.node.root))
+        node._replica_templates = replica_templates(node.spec.root)  # the ids their replicas keep
         if outcome.changes or not outcome.ok:
             node._report(NodeEvent(kind="reloaded", node=node.name, supervisor=node.spec.root.id,
                                    detail=f"{path}: {reload_summary(outcome)}", time=time.time()))
@@ -129,6 +131,33 @@ def _registry(root: SupervisorSpec) -> AnySpec | None:
     if isinstance(registry, ChildSpec) and "parents" in registry.args:
         return msgspec.structs.replace(registry, args={k: v for k, v in registry.args.items() if k != "parents"})
     return registry
+
+
+def declared_tree(node: Any, old: SupervisorSpec, new: SupervisorSpec) -> SupervisorSpec:
+    """The tree a reload that stopped half way leaves: each supervisor's settings and the
+    declared specs of its children now, of the children either file has (not those an
+    operator added at run time). A reload compares the next file with it, so what was done
+    is not done again and what was not is."""
+    from ..specs.model import walk
+
+    files = {spec.id for _, spec in walk(old)} | {spec.id for _, spec in walk(new)}
+    root = _declared(node.root, files)
+    registry = _registry(old)
+    children = (registry,) if registry is not None else ()
+    return msgspec.structs.replace(root, children=children + tuple(c for c in root.children if c.id != REGISTRY_ID))
+
+
+def _declared(sup: Supervisor, files: set[str]) -> AnySupervisor:
+    if isinstance(sup.spec, DynamicSupervisorSpec):
+        return sup.spec
+    children = []
+    for id in sup.machine.order:
+        child = sup.machine.children[id]
+        if id not in files:
+            continue
+        below = sup.find_supervisor(id) if not isinstance(child.spec, ChildSpec) and child.state == "running" else None
+        children.append(_declared(below, files) if below is not None else child.spec)
+    return msgspec.structs.replace(sup.spec, children=tuple(children))
 
 
 def _without_registry(root: SupervisorSpec) -> SupervisorSpec:
