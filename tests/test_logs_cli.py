@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -180,3 +181,40 @@ def test_json_without_detach_is_a_usage_error(tmp_path):
     proc = otpy_cli("start", "--json", str(topology))
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "--json goes with --detach" in err and out == ""
+
+
+@pytest.mark.timeout(60)
+def test_detach_timeout_covers_the_programs_import_check(tmp_path):
+    """The 31 s of #14: the import check of the file's programs took up to 30 s whatever --timeout said."""
+    topology = tmp_path / "slow.toml"
+    topology.write_text(f'[node]\nname = "{unique_name("slowimp")}"\n[[supervisor.children]]\nid = "s"\n'
+                        'program = "tests.slow_import_agents:SlowImport"\n')
+    began = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "otpy", "start", "--detach", "--timeout", "2", str(topology)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OTPY_TEST_SLOW_IMPORT": "60"})
+    out, err = proc.communicate(timeout=50)
+    assert proc.returncode == 1, err
+    assert time.monotonic() - began < 15
+    assert "did not start within 2 s" in err and "did not finish within 2 s" in err
+
+
+@pytest.mark.timeout(60)
+def test_a_second_sigterm_ends_a_start_under_way_at_once(tmp_path):
+    name = unique_name("second")
+    topology = tmp_path / "never.toml"
+    topology.write_text(NEVER_READY.format(name=name))
+    proc = subprocess.Popen([sys.executable, "-m", "otpy", "start", str(topology)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (default_log_dir(name) / "node.log").exists(), timeout=20, what="the node's start")
+        proc.send_signal(signal.SIGTERM)
+        for line in proc.stderr:
+            if "stopping in order once the start ends" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 1  # not after the child's start_timeout (60 s)
+        assert "stopped while starting" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
