@@ -409,7 +409,8 @@ def test_zygote_death_kills_every_child_and_the_next_spawn_works(tmp_path):
                         await processes.spawn(program("Forker", args={"pid_file": pid_file})),
                         await processes.spawn(command("import time; time.sleep(60)"))]
             grandchild = int(open(pid_file).read())
-            zygote = [p for p in psutil.Process().children() if "otpy.processes.zygote" in p.cmdline()]
+            title = f"otpy: {processes.node_name} zygote"
+            zygote = [p for p in psutil.Process().children() if " ".join(p.cmdline()).strip() == title]
             assert len(zygote) == 1
             zygote[0].kill()
             for child in children:

@@ -21,30 +21,29 @@ from typing import NoReturn
 from .call_socket import WarmSocket
 from .notify import NOTIFY_FD, fail
 from .worker import Worker
-from ..host.prctl import die_with_parent, set_process_name
+from ..host.prctl import die_with_parent, set_title
 from ..wire.protocol import TO_ZYGOTE, Spawn
 
 MAX_MESSAGE = 1 << 18  # a message on the zygote's sockets (a spawn request)
 MAX_FD = os.sysconf("SC_OPEN_MAX")
 ERROR_FD = 4  # in a command child: close-on-exec, says why there is no exec
-SPARE_NAME = "otpy-spare"  # what ps shows for a spare while it waits
+SPARE_NAME = "otpy-spare"  # a spare's comm while it waits (its title: ``otpy: NODE spare``)
 CHILD_FDS = ("notify", "stdout", "stderr")  # the write ends a spawn request carries, in this order
 
 
 class Bootstrap:
     """A forked child's first steps. ``zygote_pid``: its parent (the parent-death signal);
-    ``devnull``: the zygote's open ``/dev/null``; ``name``: the process name it takes back
-    once a spare has its request."""
+    ``devnull``: the zygote's open ``/dev/null``."""
 
-    def __init__(self, zygote_pid: int, devnull: int, name: str) -> None:
+    def __init__(self, zygote_pid: int, devnull: int) -> None:
         self.zygote_pid = zygote_pid
         self.devnull = devnull
-        self.name = name
 
     def run_program(self, request: Spawn, notify: int, out: int, err: int) -> NoReturn:
         try:
             self._attach(request, notify, out, err)
             self._detach(exec_=False)
+            _take_title(request.spec.id)
         except Exception as exc:
             fail(f"cannot start the child: {exc}")
         sys.stdout.reconfigure(line_buffering=True)
@@ -59,17 +58,18 @@ class Bootstrap:
         for placeholder in (NOTIFY_FD, ERROR_FD):  # the warm-up's fds must go above these
             os.dup2(self.devnull, placeholder)
         self._detach(exec_=False)
-        set_process_name(SPARE_NAME)
-        warm = WarmSocket(node) if (node := os.environ.get("OTPY_NODE")) else None
+        node = os.environ.get("OTPY_NODE")
+        set_title(f"otpy: {node} spare", SPARE_NAME)
+        warm = WarmSocket(node) if node else None
         data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, len(CHILD_FDS))
         control.close()
         if not data:  # retired
             if warm is not None:
                 warm.forget()
             os._exit(0)
-        set_process_name(self.name)
         request = TO_ZYGOTE.decode(data)
         try:
+            _take_title(request.spec.id)
             self._attach(request, *fds, warm=True)
         except Exception as exc:
             fail(f"cannot start the child: {exc}")
@@ -127,6 +127,12 @@ class Bootstrap:
         os.environ.update(request.env)
         if spec.cwd:
             os.chdir(spec.cwd)
+
+
+def _take_title(child_id: str) -> None:
+    """What ``ps`` and ``top`` show for a program child: ``otpy: NODE/ID``, and its id as ``comm``.
+    (A command's exec replaces both with its own command line.)"""
+    set_title(f"otpy: {os.environ.get('OTPY_NODE')}/{child_id}", child_id)
 
 
 def _above(fd: int, highest: int) -> int:

@@ -1,6 +1,7 @@
 """The zygote: otpy's fork server. It forks every child of a node and reaps every one.
 
-The node starts one per node as ``python -m otpy.processes.zygote SOCKET_FD NODE_PID``. It imports
+The node starts one per node as ``python -m otpy.processes.zygote SOCKET_FD NODE_PID`` (``ps``
+then shows it as ``otpy: NODE zygote``). It imports
 the worker's modules once and freezes them for the garbage collector, so a forked worker
 starts with everything loaded (a restart costs a fork, not an interpreter). It is single
 threaded, never creates a ZeroMQ context, and is a child subreaper: orphaned grandchildren
@@ -34,9 +35,11 @@ from otpy.agent.bootstrap import CHILD_FDS, MAX_MESSAGE, Bootstrap
 from otpy.agent.call_socket import spare_socket_path
 from otpy.agent.program import import_target
 from otpy.host.node_run import RUN_VAR, kill_run
-from otpy.host.prctl import become_subreaper, die_with_parent, process_name
+from otpy.host.prctl import become_subreaper, die_with_parent, prepare_titles, set_title
 from otpy.host.runtime_dir import make_agents_dir
 from otpy.wire.protocol import ENCODER, TO_ZYGOTE, Exited, Hello, Init, Ping, Pong, Spawn, Spawned, SpawnFailed
+
+ZYGOTE_NAME = "otpy-zygote"  # its comm: what ``top`` and ``pgrep`` see
 
 
 class Zygote:
@@ -50,7 +53,7 @@ class Zygote:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.modules_frozen = 0
-        self.bootstrap = Bootstrap(self.pid, self.devnull, process_name())  # a forked child's first steps
+        self.bootstrap = Bootstrap(self.pid, self.devnull)  # a forked child's first steps
         self.spare: Spare | None = None
         self.terminating = False
         self.children_file = f"/proc/{self.pid}/task/{self.pid}/children"
@@ -334,7 +337,9 @@ def _ensure_std_fds() -> None:
 
 
 def main() -> None:
-    sock_fd, node_pid = int(sys.argv[1]), int(sys.argv[2])
+    sock_fd, node_pid = int(sys.argv[1]), int(sys.argv[2])  # then blanks: room for titles
+    prepare_titles()
+    set_title(f"otpy: {os.environ.get('OTPY_NODE', '?')} zygote", ZYGOTE_NAME)
     die_with_parent(node_pid, signal.SIGTERM)  # caught: kill everything below, then exit
     become_subreaper()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's to handle

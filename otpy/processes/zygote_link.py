@@ -23,6 +23,7 @@ from .fd_reserve import FdReserve
 from .heartbeat import Heartbeat
 from .linux import kill_group, signal_quietly
 from ..host.node_run import RUN_VAR, kill_run
+from ..host.prctl import TITLE_ROOM
 from ..agent.import_check import import_path
 from ..wire.protocol import ENCODER, FROM_ZYGOTE, Hello, Init, Ping, Pong
 
@@ -166,11 +167,12 @@ class ZygoteLink:
         """The process, its socket and its pidfd; on an error, none of them is left."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pythonpath = os.pathsep.join(filter(None, [_OTPY_ROOT, env.get("PYTHONPATH")]))
+        argv = [sys.executable, "-m", "otpy.processes.zygote", str(theirs.fileno()), str(os.getpid())]
         try:
             with theirs:  # env: the children's, and in /proc too: every descendant inherits it
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "otpy.processes.zygote", str(theirs.fileno()), str(os.getpid())],
-                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env={**env, "PYTHONPATH": pythonpath})
+                    [*argv, _title_room(argv)], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                    env={**env, "PYTHONPATH": pythonpath})
         except BaseException:
             ours.close()
             raise
@@ -282,6 +284,12 @@ class ZygoteLink:
             self._loop.remove_reader(self._sock.fileno())
             self._loop.remove_writer(self._sock.fileno())
             self._sock.close()
+
+
+def _title_room(argv: list[str]) -> str:
+    """Blanks that make ``argv`` ``TITLE_ROOM`` bytes long: the room every process title of the
+    zygote and its children is written in (``host.prctl``); the zygote ignores them."""
+    return " " * max(1, TITLE_ROOM - sum(len(os.fsencode(arg)) + 1 for arg in argv) - 1)
 
 
 # --- what a dead zygote leaves -----------------------------------------------------------
