@@ -161,3 +161,12 @@ def test_child_prefixes_are_coloured_on_a_terminal_only(monkeypatch):
     plain = Terminal(True)
     child_printer(plain)("web", "err", "oops")
     assert plain.getvalue() == "[web] oops\n"
+
+
+def test_a_supervisor_gets_no_log_file_of_its_own():
+    name = unique_name("sups")
+    team = otpy.SupervisorSpec(id="team", children=(otpy.ChildSpec(id="talker", command=TALKER),))
+    with otpy.Node(node_spec(name, LogSettings(), team), on_output=lambda *_: None) as node:
+        children = node.aio.logs.folder / "children"
+        wait_until(lambda: (children / "talker.log").exists(), what="the worker's log")
+    assert sorted(p.name for p in children.iterdir()) == ["talker.log"]

@@ -103,10 +103,10 @@ class NodeLogs:
             handler.flush()
 
     def on_event(self, event: NodeEvent) -> None:
-        """A child's start and end, in its own log too (``otpy| started pid 123``): a restart is
+        """A worker's start and end, in its own log too (``otpy| started pid 123``): a restart is
         visible where its output is. An exited child's file is closed until its next line."""
-        if event.kind not in CHILD_EVENTS or not event.child or self.folder is None:
-            return
+        if event.kind not in CHILD_EVENTS or not event.child or self.folder is None or event.pid == os.getpid():
+            return  # a supervisor (it runs in the node: its pid is the node's) has no output of its own
         _, text = self.describe(event)
         handler = self._child_handler(event.child)
         handler.write_line(f"{stamp(event.time or None)} otpy| {text}\n")
