@@ -334,3 +334,11 @@ def test_otpy_reload_code_picks_up_an_edited_module(detached, tmp_path):
     with otpy.Caller(name) as caller:
         assert caller.call("p1", {}) == {"answer": "new"}  # needs the zygote's generations
         assert caller.call("p2", {}) == {"answer": "new"}
+
+
+def test_a_refusal_met_on_the_way_is_a_failure_not_a_crash():
+    from otpy.node.reload import _outcome
+    from otpy.wire.protocol import Outcome, Refused
+
+    assert _outcome(Refused(0, "stopping", "node 'x' is stopping")) == Outcome("stopping", detail="node 'x' is stopping")
+    assert _outcome(Outcome("ok", pid=3)).pid == 3

@@ -234,7 +234,7 @@ class _Reload:
     async def _apply(self, request: StartChild | Reconfigure, action: str, sup: Supervisor, child: AnySpec,
                      before: str | None = None) -> str | None:
         """Ask the node (its checks, then the supervisor); the change, or why it failed."""
-        done = await self.node.handle(request)
+        done = _outcome(await self.node.handle(request))
         if not done.ok:
             return f"child {child.id!r} (under {sup.spec.id!r}): {done.detail or done.outcome}"
         self.replaced.add(child.id)
@@ -256,7 +256,7 @@ class _Reload:
                 continue
             change = Change(action="stop", supervisor=sup.spec.id, child=id, before=reconcile.program_of(child.running),
                             pid=child.pid)
-            stopped = await self.node.handle(TerminateChild(0, id, sup.spec.id))
+            stopped = _outcome(await self.node.handle(TerminateChild(0, id, sup.spec.id)))
             if not stopped.ok and stopped.outcome != "not_found":
                 return f"child {id!r} (under {sup.spec.id!r}) was not stopped: {stopped.detail or stopped.outcome}"
             await self.node.handle(DeleteChild(0, id, sup.spec.id))  # a dynamic supervisor's: gone already
@@ -307,6 +307,11 @@ class _Reload:
                                                 child.spec, program)) is not None:
                     return failed
         return None
+
+
+def _outcome(reply: Any) -> Outcome:
+    """A reply as an outcome: a refusal (the node began to stop meanwhile) is a failure."""
+    return reply if isinstance(reply, Outcome) else Outcome(reply.kind, detail=reply.message)
 
 
 def _resolved(resolve, spec: AnySpec) -> AnySpec | None:
