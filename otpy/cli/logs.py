@@ -20,7 +20,7 @@ from typing import BinaryIO
 import click
 
 from .exits import EXIT_USAGE, fail
-from .options import NODE_OPTION, checked_name, child_id_argument
+from .options import NODE_OPTION, checked_name, complete_child_ids
 from ..host.log_files import CHILDREN, NODE_LOG, child_log_path, known_log_dir, nodes_with_logs
 
 FOLLOW_PERIOD = 0.2  # seconds between two looks at a followed file (and at the node's lock)
@@ -28,7 +28,7 @@ BLOCK = 64 * 1024
 
 
 @click.command()
-@child_id_argument(required=False)
+@click.argument("child_id", metavar="[ID]", required=False, shell_complete=complete_child_ids)
 @click.option("-n", "--lines", "count", default=10, show_default=True, type=click.IntRange(min=0),
               help="How many of the last lines to print.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the node ends (Ctrl-C stops).")
