@@ -168,6 +168,28 @@ def test_a_failed_start_leaves_the_old_child_running_and_says_what_was_done(make
     assert pids(node) == before
 
 
+def test_a_child_changing_kind_is_replaced_and_a_removed_supervisor_stops_its_subtree(make_node):
+    name = unique_name("reload")
+    team = '  [[supervisor.children.children]]\n' + sleeper("w", indent="  ")
+    node, path = make_node(topology(name, sleeper("a"), team=team))
+    w = pids(node, "team")["w"]
+    as_supervisor = 'id = "a"\ntype = "supervisor"\n  [[supervisor.children.children]]\n' + sleeper("inner", indent="  ")
+    path.write_text(topology(name, as_supervisor))
+    result = node.reload(str(path))
+    assert result.ok and [(c.action, c.child) for c in result.changes] == [("reconfigure", "a"), ("stop", "team")]
+    assert list(pids(node)) == ["a"] and alive(pids(node, "a")["inner"])
+    assert wait_dead([w], 10) == []
+
+
+def test_reload_code_does_not_replace_twice_what_the_file_replaced(make_node):
+    name = unique_name("reload")
+    node, path = make_node(topology(name, f'id = "p1"\nprogram = "{ECHO}"\n', f'id = "p2"\nprogram = "{ECHO}"\n'))
+    path.write_text(topology(name, f'id = "p1"\nprogram = "{ECHO}"\nargs = {{ x = 1 }}\n',
+                             f'id = "p2"\nprogram = "{ECHO}"\n'))
+    result = node.reload(str(path), code=True)
+    assert result.ok and [(c.action, c.child) for c in result.changes] == [("reconfigure", "p1"), ("reconfigure", "p2")]
+
+
 VARIABLES = """
 [variables.global.impl]
 type = "module"
