@@ -214,3 +214,9 @@ def make_agents_dir(node: str) -> Path:
     path = agents_dir(node)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def notify_socket_path(node: str, name: str) -> Path:
+    """Where a ``ready = "notify"`` command's ``NOTIFY_SOCKET`` is bound: ``notify/<name>.sock`` in
+    the node's folder (``notify/`` created 0700, like the node folder: only this user reaches it)."""
+    return private_dir(node_dir(node) / "notify") / f"{check_name(name, 'notify socket name')}.sock"

@@ -40,8 +40,10 @@ from typing import Callable
 
 from ..supervision.exit import ExitReason, from_wait_status
 from .fd_reserve import FdReserve, pipes
+from .sd_notify import NotifySocket
 from .linux import children_of, has_image, kill_group, proc_stat, signal_quietly
 from ..host.node_run import new_run_id
+from ..host.runtime_dir import notify_socket_path
 from .zygote_link import LineReader, ZygoteDied, ZygoteLink, sweep_run
 from ..wire.protocol import Exited, Spawn, Spawned, SpawnFailed
 from ..specs.model import ChildSpec, Shutdown
@@ -50,6 +52,7 @@ log = logging.getLogger("otpy")
 
 OutputHandler = Callable[[str, str, str], None]  # (child id, stream: "out" or "err", line)
 READY_LINES = frozenset({"READY", "READY=1", ""})
+STATUS_LIMIT = 200  # characters of a child's STATUS= kept for its status line
 ZYGOTE_DEATHS_MAX = 5  # more zygote deaths than this within ZYGOTE_DEATHS_WINDOW s:
 ZYGOTE_DEATHS_WINDOW = 10.0  # spawns fail (StartFailed) until the window has room again
 LOST = ExitReason(kind="lost", detail="the zygote died")  # otpy's loss: restarted, not charged
@@ -92,6 +95,16 @@ class ChildProcess:
         self._said_ready = False  # READY may come before the zygote's Spawned
         self._kill_when_spawned = False
         self._notify = LineReader(loop, notify_fd, self._on_notify)
+        self._sd_notify: NotifySocket | None = None  # a notify command's NOTIFY_SOCKET
+        self._status = ""  # the last STATUS= it sent
+        self._stopping = False  # it sent STOPPING=1
+
+    @property
+    def status_line(self) -> str:
+        """What the child said of itself through ``NOTIFY_SOCKET`` (``STATUS=``, ``STOPPING=1``)."""
+        if self._stopping:
+            return f"stopping: {self._status}" if self._status else "stopping"
+        return self._status
 
     def __repr__(self) -> str:
         if self.exited.done():
@@ -167,6 +180,8 @@ class ChildProcess:
             return
         if self.spec.command is not None and self.spec.ready == "exec":
             self._said_ready = True  # the zygote says Spawned once exec succeeded
+        if self._sd_notify is not None:
+            self._sd_notify.accept(pid)
         self._become_ready()
 
     def _on_notify(self, line: str) -> None:
@@ -178,6 +193,16 @@ class ChildProcess:
         elif line.startswith("EXIT "):
             self._reported = line[len("EXIT "):].strip()
 
+    def _on_sd_notify(self, assignments: list[tuple[str, str]]) -> None:
+        for key, value in assignments:
+            if key == "READY" and value == "1":
+                self._said_ready = True
+            elif key == "STATUS":
+                self._status = value[:STATUS_LIMIT]
+            elif key == "STOPPING" and value == "1":
+                self._stopping = True
+        self._become_ready()
+
     def _become_ready(self) -> None:
         if self._said_ready and self.pid and not self._ready.done():
             self.started_at = time.monotonic()
@@ -188,6 +213,8 @@ class ChildProcess:
 
     def _on_exited(self, status: int) -> None:
         self._notify.drain()  # a READY, FAILED or EXIT written just before the end counts
+        if self._sd_notify is not None:
+            self._sd_notify.drain()
         self._finish(from_wait_status(status, self._reported))
         kill_group(self.pid)  # leftovers; the zygote (their subreaper) reaps them
 
@@ -201,6 +228,8 @@ class ChildProcess:
 
     def _finish(self, reason: ExitReason, why: str | None = None) -> None:
         self._notify.close()
+        if self._sd_notify is not None:
+            self._sd_notify.close()
         if not self._ready.done():
             self._ready.set_result(why or self._failure or f"exited before READY: {reason}")
         if not self.exited.done():
@@ -281,9 +310,20 @@ class ProcessManager:
                                          on_close=self._outputs.discard))
         child = ChildProcess(spec, loop, notify_r)
         request_id = next(self._request_ids)
+        env = dict(env or {})
+        if spec.command is not None and spec.ready == "notify":
+            try:
+                child._sd_notify = self._reserve.call(lambda: NotifySocket(
+                    loop, notify_socket_path(self.node_name, str(request_id)), child._on_sd_notify))
+            except (OSError, RuntimeError) as exc:  # RuntimeDirError: the folder is not private
+                for fd in (notify_w, out_w, err_w):
+                    os.close(fd)
+                child._on_refused(f"cannot make the child's NOTIFY_SOCKET: {exc}")
+                raise StartFailed(f"cannot make the child's NOTIFY_SOCKET: {exc}") from None
+            env["NOTIFY_SOCKET"] = str(child._sd_notify.path)
         self._requests[request_id] = child
         try:
-            await zygote.send(Spawn(request_id=request_id, spec=spec, env=env or {}), (notify_w, out_w, err_w))
+            await zygote.send(Spawn(request_id=request_id, spec=spec, env=env), (notify_w, out_w, err_w))
         except Exception as exc:  # too large, not encodable, or the zygote just died
             self._unsent(request_id, child, zygote, exc)
         finally:
