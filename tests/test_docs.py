@@ -1,29 +1,246 @@
-"""Examples in the docs run: each self-contained ```python block is executed as it is written."""
+"""Every example in README.md and docs/*.md runs, and prints what the page shows.
+
+The convention (for writers: docs/writing-docs.md):
+
+- A ```python block is a whole program: it runs on its own (``python -c``, from the repository
+  root, in the test run's private runtime folder, so node names such as ``"hello"`` are used as
+  written). A block that is not a whole program is marked with ``<!-- fragment -->`` on the line
+  before its fence (blank lines may come between).
+- A ```text block right after a ```python block (only blank lines between), or any block marked
+  ``<!-- output -->``, is what that program prints on stdout and must match it (stderr, where
+  children's lines go, is not compared: its interleaving with stdout varies).
+- A ```console block is a shell session: ``$ otpy ...`` and ``$ python ...`` lines run (``# ...``
+  at the end of a line is a comment), the lines after one, up to the next ``$``, are its output
+  (stdout, then stderr).
+  Other commands (``pip``, ``cd``) are shown, not run, and their output is not checked. All the
+  console blocks of one page are ONE session, run top to bottom in a runtime folder of their own:
+  a page starts the node its commands need (``otpy start FILE --detach``); a command to run
+  first without showing it goes in a comment, ``<!-- setup: otpy start examples/hello/team.toml
+  --detach -->``, before the block. Every node still running when the page ends is stopped.
+- ```sh blocks, and ```text blocks that follow no program, are shown, not run.
+
+Output is compared line by line after folding runs of spaces (column widths follow the values)
+and dropping trailing blank lines, with these placeholders in the page's lines:
+
+- ``<pid>``: a number that changes from run to run (a pid, a port);
+- ``<n>``: any number (``12``, ``4.39``, ``0.9850``): durations, sizes, scores;
+- ``<path>``: a file or folder path (the session's folders change from run to run);
+- ``<...>``: any text within a line;
+- a line ``...``: any number of lines (none included).
+"""
 
 from __future__ import annotations
 
+import glob
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# (file, index of the ```python block): the blocks that are whole programs.
-RUNNABLE = [("README.md", 0), ("docs/embedding.md", 0), ("docs/optimizing.md", 0), ("docs/programs.md", 1),
-            ("docs/programs.md", 3), ("docs/programs.md", 4)]  # 3: Pipeline, 4: ManagerProgram
+PAGES = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
+FENCE = re.compile(r"^```(\w*)\s*$")
+MARK = re.compile(r"^<!--\s*(fragment|output|setup:.*?)\s*-->$")
+COMMAND_TIMEOUT = 120.0
+PLACEHOLDERS = {"<pid>": r"\d+", "<n>": r"-?\d+(?:\.\d+)?(?:e-?\d+)?", "<path>": r"/\S+", "<...>": r".*"}
 
 
-def block(path: str, index: int) -> str:
+@dataclass
+class Block:
+    path: str
+    line: int  # of the opening fence, 1-based
+    lang: str
+    text: str
+    marks: list[str]  # the <!-- ... --> lines right before the fence
+    after_python: bool  # only blank lines since a ```python block closed
+
+
+def blocks(path: str) -> list[Block]:
+    """The page's fenced blocks, each with the marker comments just before it."""
     with open(os.path.join(ROOT, path)) as f:
-        return re.findall(r"```python\n(.*?)```", f.read(), re.S)[index]
+        lines = f.read().splitlines()
+    found: list[Block] = []
+    marks: list[str] = []
+    last_closed_python = False
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        fence = FENCE.match(line)
+        if fence:
+            end = i + 1
+            while end < len(lines) and lines[end].strip() != "```":
+                end += 1
+            found.append(Block(path, i + 1, fence.group(1), "\n".join(lines[i + 1:end]) + "\n", marks,
+                               last_closed_python))
+            last_closed_python = fence.group(1) == "python"
+            marks = []
+            i = end + 1
+            continue
+        if mark := MARK.match(line.strip()):
+            marks = marks + [mark.group(1)]
+        elif line.strip():
+            marks, last_closed_python = [], False
+        i += 1
+    return found
 
 
-@pytest.mark.timeout(90)
-@pytest.mark.parametrize("path,index", RUNNABLE, ids=[f"{p}#{i}" for p, i in RUNNABLE])
-def test_the_example_runs(path, index, tmp_path):
-    code = block(path, index).replace('name="embedded-demo"', f'name="docs-{os.getpid()}"').replace(
-        '"embedded-demo"', f'"docs-{os.getpid()}"')
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=80)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def programs() -> list[tuple[Block, Block | None]]:
+    """Every ```python block that is not a fragment, with its output block if it has one."""
+    found = []
+    for path in PAGES:
+        page = blocks(path)
+        for index, block in enumerate(page):
+            if block.lang != "python" or "fragment" in block.marks:
+                continue
+            following = page[index + 1] if index + 1 < len(page) else None
+            is_output = following is not None and (
+                "output" in following.marks or (following.lang == "text" and following.after_python))
+            found.append((block, following if is_output else None))
+    return found
+
+
+def matches(expected: str, actual: str) -> bool:
+    """``actual`` fits ``expected`` with its placeholders (see the module docstring)."""
+    def fold(text: str) -> list[str]:
+        folded = [" ".join(line.split()) for line in text.splitlines()]
+        while folded and not folded[-1]:
+            folded.pop()
+        return folded
+
+    pattern = []
+    for line in fold(expected):
+        if line == "...":
+            pattern.append(r"(?:[^\n]*\n)*?")
+            continue
+        parts = re.split("(" + "|".join(re.escape(p) for p in PLACEHOLDERS) + ")", line)
+        pattern.append("".join(PLACEHOLDERS.get(part, re.escape(part)) for part in parts) + r"\n")
+    return re.fullmatch("".join(pattern), "".join(line + "\n" for line in fold(actual))) is not None
+
+
+def where(block: Block) -> str:
+    return f"{block.path}:{block.line}"
+
+
+def explain(block: Block, expected: str, actual: str) -> str:
+    return f"{where(block)} prints something else.\n--- the page shows:\n{expected}--- it printed:\n{actual}"
+
+
+PROGRAMS = programs()
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("block,output", PROGRAMS, ids=[where(b) for b, _ in PROGRAMS])
+def test_the_program_runs_and_prints_what_the_page_shows(block, output):
+    proc = subprocess.run([sys.executable, "-c", block.text], cwd=ROOT, capture_output=True, text=True,
+                          timeout=COMMAND_TIMEOUT)
+    assert proc.returncode == 0, f"{where(block)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    if output is not None:
+        assert matches(output.text, proc.stdout), explain(block, output.text, proc.stdout)
+
+
+# --- console sessions -------------------------------------------------------------------------
+
+
+def session_steps(block: Block) -> list[tuple[str, str | None]]:
+    """(command, expected output or None when not checked): the setup marks first, then the
+    block's ``$`` lines (only otpy and python run; others are left out)."""
+    steps: list[tuple[str, str | None]] = [(m.removeprefix("setup:").strip(), None) for m in block.marks
+                                           if m.startswith("setup:")]
+    command, output = None, []
+    for line in block.text.splitlines() + ["$ <end>"]:
+        if line.startswith("$ "):
+            if command is not None and command.split()[0] in ("otpy", "python", "python3"):
+                steps.append((command, "\n".join(output) + "\n"))
+            command, output = line[2:].strip(), []
+        elif command is not None:
+            output.append(line)
+    return steps
+
+
+def sessions() -> list[tuple[str, list[Block]]]:
+    found = []
+    for path in PAGES:
+        console = [b for b in blocks(path) if b.lang == "console" and "fragment" not in b.marks]
+        if console:
+            found.append((path, console))
+    return found
+
+
+def strip_comment(command: str) -> str:
+    """``otpy status   # the tree`` -> ``otpy status`` (shlex keeps quoted '#')."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=False)
+    lexer.whitespace_split, lexer.commenters = True, "#"
+    return shlex.join(list(lexer))
+
+
+SESSIONS = sessions()
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("path,console", SESSIONS, ids=[p for p, _ in SESSIONS])
+def test_the_console_session_prints_what_the_page_shows(path, console):
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+               COLUMNS="200", NO_COLOR="1")
+    home = tempfile.mkdtemp(prefix="otpy-doc-")  # short: agents' AF_UNIX paths stay under 107 bytes
+    for variable in ("OTPY_RUNTIME_DIR", "XDG_STATE_HOME", "XDG_DATA_HOME"):
+        env[variable] = os.path.join(home, variable.split("_")[-2].lower())
+        os.makedirs(env[variable], mode=0o700)
+    failures = []
+    try:
+        for block in console:
+            for command, expected in session_steps(block):
+                try:  # PATH starts with the venv's bin: otpy and python are the test run's
+                    proc = subprocess.run(["bash", "-c", strip_comment(command)], cwd=ROOT, env=env,
+                                          capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+                    printed = proc.stdout + proc.stderr
+                except subprocess.TimeoutExpired:
+                    proc, printed = None, f"(still running after {COMMAND_TIMEOUT} s)\n"
+                if expected is None and (proc is None or proc.returncode != 0):
+                    failures.append(f"{where(block)}: its setup failed: $ {command}\n{printed}")
+                elif expected is not None and not matches(expected, printed):
+                    failures.append(f"$ {command}\n" + explain(block, expected, printed))
+    finally:
+        stop_every_node(env)
+        shutil.rmtree(home, ignore_errors=True)
+    assert not failures, "\n\n".join(failures)
+
+
+def stop_every_node(env: dict) -> None:
+    folder = env["OTPY_RUNTIME_DIR"]
+    for name in sorted(os.listdir(folder)):
+        if os.path.exists(os.path.join(folder, name, "control.sock")):
+            subprocess.run([sys.executable, "-m", "otpy", "stop", "--node", name], cwd=ROOT, env=env,
+                           capture_output=True, timeout=COMMAND_TIMEOUT)
+
+
+# --- the checker itself -----------------------------------------------------------------------
+
+
+def test_placeholders_match_what_varies_and_nothing_else():
+    assert matches("started (pid <pid>) in <n> ms\n", "started (pid 4242) in 3.61 ms\n")
+    assert not matches("started (pid <pid>)\n", "started (pid abc)\n")
+    assert matches("a  b\n...\nz\n", "a b\nx\ny\nz\n\n") and matches("a\n...\nz\n", "a\nz\n")
+    assert not matches("a\nz\n", "a\nx\nz\n")
+    assert matches("log: <path>\n", "log: /tmp/x/run/hello/node.log\n") and not matches("<path>\n", "a b\n")
+    assert matches("say <...>!\n", "say anything at all!\n") and not matches("say <...>!\n", "say\n")
+
+
+def test_marks_fragments_outputs_and_sessions(tmp_path, monkeypatch):
+    page = tmp_path / "page.md"
+    page.write_text("x\n\n```python\nprint(1)\n```\n\n```text\n1\n```\n\n<!-- fragment -->\n\n```python\nf(\n```\n"
+                    "\nprose\n\n```text\nnot an output\n```\n<!-- setup: otpy start t.toml --detach -->\n"
+                    "```console\n$ pip install x\nok\n$ otpy status   # the tree\nnode t\n$ otpy stop\n```\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", str(tmp_path))
+    monkeypatch.setattr(sys.modules[__name__], "PAGES", ["page.md"])
+    [(program, output)] = programs()
+    assert program.text == "print(1)\n" and output.text == "1\n"
+    [(path, [console])] = sessions()
+    assert session_steps(console) == [("otpy start t.toml --detach", None), ("otpy status   # the tree", "node t\n"),
+                                      ("otpy stop", "\n")]
+    assert strip_comment("otpy call c --input '{\"a\": \"#1\"}'  # x") == "otpy call c --input '{\"a\": \"#1\"}'"
