@@ -12,7 +12,7 @@ import pytest
 
 import otpy
 from otpy.cli.start import child_printer
-from otpy.host.log_files import default_log_dir, known_log_dir, state_root
+from otpy.host.log_files import PrivateRotatingFileHandler, default_log_dir, known_log_dir, state_root
 from otpy.node.node_logs import NodeLogs
 from otpy.specs.model import LogSettings
 from otpy.topology.load import TopologyError, parse_topology
@@ -170,3 +170,29 @@ def test_a_supervisor_gets_no_log_file_of_its_own():
         children = node.aio.logs.folder / "children"
         wait_until(lambda: (children / "talker.log").exists(), what="the worker's log")
     assert sorted(p.name for p in children.iterdir()) == ["talker.log"]
+
+
+def test_no_backups_starts_the_file_again_instead_of_growing_it(tmp_path):
+    handler = PrivateRotatingFileHandler(tmp_path / "a.log", LogSettings(max_bytes=1024, backups=0))
+    for n in range(200):
+        handler.write_line(f"line {n:04d}\n")
+    handler.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["a.log"]
+    text = (tmp_path / "a.log").read_text()
+    assert len(text) <= 1024 and text.endswith("line 0199\n")
+
+
+def test_followed_fds_point_at_the_new_file_after_a_rotation(tmp_path):
+    """A detached node's stdout and stderr are node.log: after a rotation, raw writes go to the new one."""
+    spare = os.open(os.devnull, os.O_WRONLY)
+    try:
+        handler = PrivateRotatingFileHandler(tmp_path / "node.log", LogSettings(max_bytes=1024, backups=2),
+                                             follow_fds=(spare,))
+        for n in range(30):
+            handler.write_line(f"{n:02d} " + "x" * 60 + "\n")
+        os.write(spare, b"raw line\n")
+        handler.close()
+        assert (tmp_path / "node.log").read_text().endswith("raw line\n")
+        assert "raw line" not in (tmp_path / "node.log.1").read_text()
+    finally:
+        os.close(spare)

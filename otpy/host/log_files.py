@@ -188,7 +188,17 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
                   file=sys.stderr, flush=True)
 
     def doRollover(self) -> None:
-        super().doRollover()
+        if self.backupCount == 0:  # supervisord's backups = 0: the file starts again, empty (the
+            if self.stream is not None:  # stdlib's would reopen it as it is and grow it forever)
+                self.stream.close()
+                self.stream = None
+            fd = open_log_fd(Path(self.baseFilename))
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
+        else:
+            super().doRollover()
         if self.follow_fds and self.stream is None:  # delay=True: open now, so the fds follow at once
             self.stream = self._open()
 
