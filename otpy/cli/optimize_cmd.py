@@ -1,6 +1,7 @@
 """``otpy optimize``: search a topology's variables on a scratch node; print, or apply, the plan.
 
-Exit codes as everywhere: 0 success, 1 the operation failed (the message says why), 2 usage or input error.
+Exit codes as everywhere: 0 success, 1 the operation failed (the message says why), 2 usage or input error;
+130 interrupted (Ctrl-C: the trial in progress is marked failed in the study, which resumes next time).
 """
 
 from __future__ import annotations
@@ -11,19 +12,29 @@ import sys
 
 import click
 
+import msgspec
+
 from .exits import EXIT_FAILED, EXIT_USAGE, fail
+from .options import JSON_OPTION
 from ..topology.load import TopologyError, load_topology
 from ..wire.calls import Caller
 from ..wire.client import NodeNotFound, connect
 
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
+
 
 @click.command()
 @click.argument("topology", type=click.Path(dir_okay=False))
-@click.option("--trials", type=int, help="Finished trials the study should have (default: [optimizer] trials); "
-              "with --watch, the trials of each search (default 10).")
+@click.option("--trials", type=click.IntRange(min=1), help="Finished trials the study should have (default: "
+              "[optimizer] trials); with --watch, the trials of each search (default 10).")
 @click.option("--seed", type=int, help="Seed of the sampler (default: [optimizer] seed).")
-@click.option("--apply", "apply_", is_flag=True, help="Apply the plan to the running node of TOPOLOGY.")
+@click.option("--storage", metavar="URL", help="The optuna storage URL of the study (sqlite:///PATH, "
+              "postgresql://..., any URL optuna takes); default: a durable file, "
+              "$XDG_DATA_HOME/otpy/NODE/optuna.db ($OTPY_DATA_DIR/NODE/optuna.db if set).")
+@click.option("--apply", "apply_", is_flag=True, help="Apply the plan to the running node of TOPOLOGY "
+              "(checked before the search: it must be running).")
 @click.option("--dry-run", is_flag=True, help="With --apply: print the plan only.")
+@JSON_OPTION
 @click.option("--watch", is_flag=True, help="Watch the running node: score it, search when it falls, apply what beats it.")
 @click.option("--interval", type=float, default=60.0, show_default=True, help="--watch: seconds between rounds.")
 @click.option("--sample", type=int, help="--watch: validation examples a round scores (default: all).")
@@ -32,15 +43,15 @@ from ..wire.client import NodeNotFound, connect
 @click.option("--margin", type=float, default=0.0, show_default=True,
               help="--watch: apply only a candidate whose validation score beats the live one by more than this.")
 @click.option("--rounds", type=int, help="--watch: stop after this many rounds (default: run until interrupted).")
-def optimize(topology: str, trials: int | None, seed: int | None, apply_: bool, dry_run: bool, watch: bool,
-             interval: float, sample: int | None, threshold: float | None, every: int | None, margin: float,
-             rounds: int | None) -> None:
+def optimize(topology: str, trials: int | None, seed: int | None, storage: str | None, apply_: bool, dry_run: bool,
+             as_json: bool, watch: bool, interval: float, sample: int | None, threshold: float | None,
+             every: int | None, margin: float, rounds: int | None) -> None:
     """Search the variables of TOPOLOGY with its [optimizer]; print the scores and the plan.
 
     Trials run on live agents of a scratch node started from TOPOLOGY (named NODE-optimize):
     each trial sets that node's variables, as --apply does on the real one. The study is kept
-    in SQLite in the node's folder, so running the command again resumes it. The plan is the
-    diff from the running node's values (or, when it is not running, the topology's defaults)
+    in a durable file (or --storage URL), so running the command again resumes it. The plan is
+    the diff from the running node's values (or, when it is not running, the topology's defaults)
     to the best configuration, with what the node would start, stop or reconfigure; --apply
     carries it out (--dry-run: prints only). --watch runs the watch loop instead.
     """
@@ -50,7 +61,13 @@ def optimize(topology: str, trials: int | None, seed: int | None, apply_: bool, 
         spec = load_topology(topology)
     except TopologyError as exc:
         fail(str(exc), EXIT_USAGE)
+    if watch and (as_json or storage):
+        fail(f"optimize --watch: {'--json' if as_json else '--storage'} is for one search; the watch loop's "
+             "rounds are node events (`otpy events`) and its searches in-memory studies", EXIT_USAGE)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    # The scratch node's own log (its children's exits at each trial) is not the user's: what a
+    # trial could not do is in the result, and a start failure is one line (see optimize.scratch).
+    logging.getLogger("otpy").addFilter(ScratchLogFilter(f"{spec.node.name}-optimize"))
     # This process runs the [optimizer]'s dataset and metric itself: it imports them from the
     # folders the node's programs come from (the current one, the topology file's).
     sys.path[:0] = [folder for folder in spec.node.program_folders if folder not in sys.path]
@@ -59,51 +76,140 @@ def optimize(topology: str, trials: int | None, seed: int | None, apply_: bool, 
             _watch(spec, topology, seed, trials=trials or 10, interval=interval, sample=sample,
                    threshold=threshold, every=every, margin=margin, rounds=rounds)
         else:
-            _optimize_once(spec, topology, trials, seed, apply_, dry_run)
+            _optimize_once(spec, topology, trials, seed, storage, apply_, dry_run, as_json)
     except OptimizeError as exc:
         fail(f"optimize: {exc}", EXIT_USAGE if exc.usage else EXIT_FAILED)
+    except KeyboardInterrupt:  # before the search began, or while the plan is asked or sent
+        fail("optimize: interrupted", EXIT_INTERRUPTED)
 
 
-def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, apply_: bool, dry_run: bool) -> None:
-    from ..optimize.live_system import LiveSystem, format_plan, live_values, optimize_topology, set_changes
+class ScratchLogFilter(logging.Filter):
+    """Drops the log records of one node (the scratch node's: ``otpy[NAME]: ...``)."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.args, tuple) and record.args and record.args[0] == self.node)
+
+
+def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, storage: str | None, apply_: bool,
+                   dry_run: bool, as_json: bool) -> None:
+    from ..optimize.knob_check import programs_without_on_config
+    from ..optimize.live_system import (
+        LiveSystem, OptimizeError, OptimizerTable, live_values, optimize_topology, set_changes, study_name)
+    from ..optimize.study_storage import checked_storage, default_storage
 
     name = spec.node.name
+    table = OptimizerTable(spec)  # the [optimizer] table's problems first: a usage error, before anything runs
     current = live_values(name)
-    result = optimize_topology(spec, trials=trials, seed=seed, current=current)
-    validation = "" if result.val_score is None else f"; validation score {result.val_score:.4f}"
-    if result.val_score is None and result.val_error:
-        validation = "; no validation score (see below)"
-    not_applied = f", {result.apply_failed} of them not applied" if result.apply_failed else ""
-    click.echo(f"best score {result.best_score:.4f} (train) after {result.trials} trials "
-               f"({result.infeasible} infeasible, {result.failed} failed{not_applied}){validation}; "
-               f"study {result.study_name!r}")
-    if result.first_apply_error:
-        click.echo(f"a trial's configuration could not be applied; the first reason: {result.first_apply_error}",
-                   err=True)
-    if result.val_error:
-        click.echo(f"no validation score: {result.val_error}", err=True)
-    if result.failures:
-        plural = "" if result.failures == 1 else "s"
-        click.echo(f"{result.failures} call{plural} failed; the first:\n{result.first_error}", err=True)
-    click.echo(json.dumps(result.config, indent=2, default=str))
+    if apply_ and current is None:  # before the search, not after it
+        fail(f"optimize --apply: node {name!r} is not running; start it with `otpy start {topology} --detach`, "
+             "then run this again (nothing was searched)")
+    storage = checked_storage(storage) if storage else default_storage(name)
+    for restarted in programs_without_on_config(spec.node.root, _spaces(spec)):
+        click.echo(f"optimize: warning: {restarted.warning()}", err=True)
+    study = study_name(spec)
+    click.echo(f"optimize: study {study!r} in {storage}", err=True)
+    try:
+        result = optimize_topology(spec, trials=trials, seed=seed, current=current, storage=storage,
+                                   topology_path=topology, table=table)
+    except KeyboardInterrupt:
+        fail(f"optimize: interrupted; study {study!r} in {storage} keeps its finished trials (one cut short is "
+             "marked failed): run the same command to resume it", EXIT_INTERRUPTED)
+    report = OptimizeReport(result, name, as_json)
+    report.scores()
     if current is None:
-        click.echo(f"plan (node {name!r} is not running: from the topology's defaults):")
-        click.echo("\n".join(f"  {line}" for line in format_plan(set_changes(result.actions, _defaults(spec)))))
-        if apply_:
-            fail(f"optimize --apply: node {name!r} is not running; start it with `otpy start {topology} --detach`")
+        report.plan(False, set_changes(result.actions, _defaults(spec)))
+        report.end()
         return
     with connect(name) as client, Caller(name) as caller:
         live = LiveSystem(client, caller, _spaces(spec))
         actions = live.plan(result.config)
-        click.echo(f"plan (against the running node {name!r}):")
-        click.echo("\n".join(f"  {line}" for line in format_plan(live.preview(actions))))
-        if not apply_ or dry_run or not actions:
-            if not apply_:
-                click.echo("apply it with --apply")
+        report.plan(True, live.preview(actions))
+        if apply_ and not dry_run and actions:
+            try:
+                report.applied(live.send(actions))
+            except OptimizeError as exc:
+                report.apply_failed(str(exc))
+                report.end()
+                fail(f"optimize --apply: {exc}")
+        elif not apply_ and not as_json:
+            click.echo("apply it with --apply")
+    report.end()
+
+
+class OptimizeReport:
+    """What ``otpy optimize`` prints: text as it goes, or (``--json``) one document at the end
+    with the scores, trials, configuration, plan and what was applied."""
+
+    def __init__(self, result, node: str, as_json: bool) -> None:
+        self.result, self.node, self.as_json = result, node, as_json
+        self.document: dict = {
+            "study": result.study_name, "storage": result.storage, "trials": result.trials,
+            "infeasible": result.infeasible, "failed": result.failed, "apply_failed": result.apply_failed,
+            "train_score": result.train_score, "val_score": result.val_score, "val_error": result.val_error,
+            "failures": result.failures, "first_error": result.first_error,
+            "first_apply_error": result.first_apply_error, "config": result.config,
+            "plan": None, "applied": None,
+        }
+
+    def scores(self) -> None:
+        result = self.result
+        if result.first_apply_error:
+            click.echo(f"a trial's configuration could not be applied; the first reason: {result.first_apply_error}",
+                       err=True)
+        if result.val_error:
+            click.echo(f"no validation score: {result.val_error}", err=True)
+        if result.failures:
+            plural = "" if result.failures == 1 else "s"
+            click.echo(f"{result.failures} call{plural} failed; the first:\n{result.first_error}", err=True)
+        if self.as_json:
             return
-        done = live.send(actions)
-        click.echo("applied:")
-        click.echo("\n".join(f"  {line}" for line in format_plan(done)))
+        validation = "" if result.val_score is None else f"; validation score {result.val_score:.4f}"
+        if result.val_score is None and result.val_error:
+            validation = "; no validation score (see stderr)"
+        not_applied = f", {result.apply_failed} of them not applied" if result.apply_failed else ""
+        click.echo(f"best score {result.best_score:.4f} (train) after {result.trials} trials "
+                   f"({result.infeasible} infeasible, {result.failed} failed{not_applied}){validation}; "
+                   f"study {result.study_name!r}")
+        click.echo(json.dumps(result.config, indent=2, default=str))
+
+    def plan(self, running: bool, changes: list) -> None:
+        from ..optimize.live_system import format_plan
+
+        self.document["plan"] = {"against": "node" if running else "defaults", "node": self.node,
+                                 "changes": [_change(change) for change in changes]}
+        if self.as_json:
+            return
+        if running:
+            click.echo(f"plan (against the running node {self.node!r}):")
+        else:
+            click.echo(f"plan (node {self.node!r} is not running: from the topology's defaults):")
+        click.echo("\n".join(f"  {line}" for line in format_plan(changes)))
+
+    def applied(self, changes: list) -> None:
+        from ..optimize.live_system import format_plan
+
+        self.document["applied"] = [_change(change) for change in changes]
+        if not self.as_json:
+            click.echo("applied:")
+            click.echo("\n".join(f"  {line}" for line in format_plan(changes)))
+
+    def apply_failed(self, reason: str) -> None:
+        self.document["apply_error"] = reason
+
+    def end(self) -> None:
+        if self.as_json:
+            click.echo(json.dumps(self.document, default=str))
+
+
+def _change(change) -> dict:
+    """A plan's step as JSON: the ``Change``'s fields, and its line as the text plan shows it."""
+    from ..optimize.live_system import format_change
+
+    return msgspec.to_builtins(change, builtin_types=None, str_keys=True) | {"line": format_change(change)}
 
 
 def _spaces(spec):

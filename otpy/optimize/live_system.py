@@ -13,7 +13,8 @@ leaves every scope as it was. Applying a configuration the node already runs sen
 Everything goes over the node's control socket and the registry's call address, never into the
 supervisor's objects, so the optimizer can run in any process. ``optimize_topology`` is
 ``otpy optimize``: trials run on a scratch node started from the topology (named
-``<node>-optimize``), through the same ``apply``; the study is kept in the node's state folder.
+``<node>-optimize``), through the same ``apply``; the study is kept in any optuna storage, by
+default a durable per-user file (``study_storage``).
 """
 
 from __future__ import annotations
@@ -173,25 +174,35 @@ def live_values(name: str) -> Config | None:
 
 
 def optimize_topology(topology, *, trials: int | None = None, seed: int | None = None,
-                      progress: bool = True, current: Config | None = None) -> CompileResult:
+                      progress: bool = True, current: Config | None = None, storage: str | None = None,
+                      topology_path: str | None = None, table: OptimizerTable | None = None) -> CompileResult:
     """Run the ``[optimizer]`` of ``topology`` on a scratch node; the result's actions are the
-    diff from ``current`` (the running node's values, or else the topology's defaults)."""
-    from ..node.node import Node
-    from ..host.runtime_dir import node_dir
-    from ..specs.model import NodeSpec
+    diff from ``current`` (the running node's values, or else the topology's defaults).
+
+    ``storage``: an optuna storage URL (or an SQLite path); by default the node's durable file
+    (``study_storage.default_storage``). A scratch node that cannot start is one line
+    (``OptimizeError``) with its failing child's last output. ``table``: the topology's
+    ``[optimizer]`` already read (its dataset imported), else read here."""
     from ..wire.calls import Caller
     from ..wire.client import connect
     from .optimizer import Optimizer
+    from .scratch import scratch_node
+    from .study_storage import default_storage
 
-    spec = OptimizerTable(topology)
+    spec = table or OptimizerTable(topology)
     name = topology.node.name
     table = spec.table
     optimizer = Optimizer(spaces_of(topology), seed=table.get("seed") if seed is None else seed,
-                          storage=str(node_dir(name) / "study.db"), study_name=table.get("study", name),
+                          storage=storage or default_storage(name), study_name=study_name(topology),
                           progress=progress)
-    scratch = NodeSpec(name=f"{name}-optimize", root=topology.node.root, program_folders=topology.node.program_folders)
-    with Node(scratch, on_output=lambda *_: None), connect(scratch.name) as client, Caller(scratch.name) as caller:
+    with scratch_node(topology, topology_path) as scratch, connect(scratch.name) as client, \
+            Caller(scratch.name) as caller:
         trial_system = LiveSystem(client, caller, optimizer.spaces)
         return optimizer.compile(spec.caller_program(caller), spec.trainset, spec.metric, valset=spec.valset,
                                  trials=trials or int(table.get("trials", 20)), apply=trial_system.apply,
                                  current=current)
+
+
+def study_name(topology) -> str:
+    """The study's name: ``[optimizer] study``, else the node's name."""
+    return str(topology.raw_optimizer.get("study", topology.node.name))

@@ -13,7 +13,9 @@ on it: ``val_score`` is the held-out number to trust. A call that raises is coun
 where every call failed is a failed trial (told to optuna as failed), never a score of 0. So is
 a trial whose configuration ``apply`` could not make the system run (the node refused it: a
 program that does not start with it); its reason is kept on the trial and the search goes on.
-A trial interrupted (Ctrl-C) is told to optuna as failed before the interrupt goes on.
+The trials run in optuna's own loop (``study.optimize``, failed trials caught, a progress
+bar on a terminal, plain lines elsewhere); a trial interrupted (Ctrl-C) is told to optuna as
+failed before the interrupt goes on, so a stored study never keeps it RUNNING.
 
 Plans are diffs: ``actions`` are one ``SetVariables`` whose ``scopes`` hold, per scope, the
 values that differ between ``current`` (what the live system runs; by default the spaces'
@@ -186,19 +188,9 @@ class Optimizer:
 
         study = self.open_study(baseline)
         train = [_as_example(e) for e in trainset]
-        distributions = self.distributions()
         seen = _Failures()
-        for number in range(len(_finished(study)), trials):
-            trial = study.ask(distributions)
-            try:
-                shown = self._trial(trial, study, program, train, metric, apply, seen)
-            except BaseException as exc:  # Ctrl-C, or a bug: optuna is told before it propagates
-                trial.set_user_attr("failed", "interrupted" if isinstance(exc, KeyboardInterrupt) else _reason(exc))
-                study.tell(trial, state=TrialState.FAIL)
-                raise
-            self._show(number + 1, trials, shown, study)
-        if self.progress:
-            print(file=sys.stderr)
+        self._search(study, lambda trial, config: self._score(trial, config, program, train, metric, apply, seen),
+                     trials)
         complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
         if not complete:
             reasons = [t.user_attrs["failed"] for t in study.trials if "failed" in t.user_attrs]
@@ -223,20 +215,59 @@ class Optimizer:
             actions=plan_actions(self.spaces, self.defaults() if current is None else current, config),
         )
 
-    def _trial(self, trial, study, program, train: list[Example], metric, apply, seen: "_Failures") -> str:
-        """Run one trial and tell optuna how it ended; what the progress line shows of it.
-
-        Infeasible (breaks a constraint), not applied (``apply`` raised: e.g. the node refused
-        the configuration, a program that fails to start with it) and failed (every call raised)
-        trials are told as failed with the reason in a user attribute; the search goes on."""
+    def _search(self, study, score: Callable[[Any, Config], float], trials: int) -> None:
+        """optuna's own loop until the study has ``trials`` finished trials: ``score(trial,
+        config)`` returns the trial's score or raises ``TrialFailed`` (told as failed, the search
+        goes on). Ctrl-C fails the trial it stopped (user attribute ``failed``: ``interrupted``)
+        and goes on up; so does any other exception, with its reason."""
+        import optuna
         from optuna.trial import TrialState
 
+        todo = trials - len(_finished(study))
+        if todo <= 0:
+            return
+        distributions = self.distributions()
+        started: list[int] = []
+
+        def objective(trial) -> float:
+            started.append(trial.number)
+            try:
+                params = {name: _suggest(trial, name, dist) for name, dist in distributions.items()}
+                try:
+                    config = self.validate(params)
+                except VariableError as infeasible:
+                    trial.set_user_attr("infeasible", infeasible.problems)
+                    raise TrialFailed("infeasible") from None
+                return score(trial, config)
+            except KeyboardInterrupt:
+                trial.set_user_attr("failed", "interrupted")
+                raise
+            except TrialFailed:
+                raise
+            except Exception as exc:  # a bug: optuna fails the trial, the exception goes on up
+                trial.set_user_attr("failed", _reason(exc))
+                raise
+
+        bar = self.progress and sys.stderr.isatty()
+        callbacks = [_ProgressLines(trials, len(_finished(study)))] if self.progress and not bar else []
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are ours to report, with reasons
         try:
-            config = self.validate(trial.params)
-        except VariableError as infeasible:
-            trial.set_user_attr("infeasible", infeasible.problems)
-            study.tell(trial, state=TrialState.FAIL)
-            return "infeasible"
+            study.optimize(objective, n_trials=todo, catch=(TrialFailed,), callbacks=callbacks,
+                           show_progress_bar=bar)
+        except KeyboardInterrupt:
+            states = {trial.number: trial.state for trial in study.trials}
+            for number in started:  # interrupted between optuna's steps: still RUNNING, fail it here
+                if states.get(number) == TrialState.RUNNING:
+                    study.tell(number, state=TrialState.FAIL)
+            raise
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+
+    def _score(self, trial, config: Config, program, train: list[Example], metric, apply, seen: "_Failures") -> float:
+        """One trial's score; ``TrialFailed`` with the reason in a user attribute when ``apply``
+        could not make the system run it (e.g. the node refused it: a program that fails to start
+        with it) or every call failed."""
         if apply is not None:
             try:
                 apply(config)
@@ -244,15 +275,12 @@ class Optimizer:
                 reason = seen.apply_error(exc)
                 trial.set_user_attr("apply_failed", reason)
                 trial.set_user_attr("failed", f"could not apply it: {reason}")
-                study.tell(trial, state=TrialState.FAIL)
-                return "not applied"
+                raise TrialFailed("not applied") from None
         evaluation = seen.add(evaluate(program, train, metric))
         if evaluation.failed:
             trial.set_user_attr("failed", evaluation.first_error)
-            study.tell(trial, state=TrialState.FAIL)
-            return "failed"
-        study.tell(trial, evaluation.score)
-        return f"{evaluation.score:.4f}"
+            raise TrialFailed("failed")
+        return evaluation.score
 
     @staticmethod
     def _validate_best(program, valset: list[Example], metric, apply, config: Config,
@@ -285,14 +313,48 @@ class Optimizer:
             raise VariableError(problems)
         return config
 
-    def _show(self, done: int, total: int, shown: str, study) -> None:
-        if not self.progress:
-            return
+
+class TrialFailed(Exception):
+    """A trial that produced no score (infeasible, not applied, every call failed): optuna's
+    loop tells it as failed and goes on (``catch``); the reason is on the trial."""
+
+
+def _suggest(trial, name: str, distribution) -> Any:
+    """The trial's value for one parameter, through optuna's public ``suggest_*``."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(distribution, FloatDistribution):
+        return trial.suggest_float(name, distribution.low, distribution.high, log=distribution.log,
+                                   step=distribution.step)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(name, distribution.low, distribution.high, log=distribution.log,
+                                 step=distribution.step)
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    raise TypeError(f"{name}: no optuna suggest for {type(distribution).__name__}")
+
+
+class _ProgressLines:
+    """Progress where no bar belongs (stderr is a file or a pipe): one plain line per trial,
+    no carriage returns (optuna's callback)."""
+
+    def __init__(self, total: int, done: int) -> None:
+        self.total, self.done = total, done
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        self.done += 1
+        if trial.state == TrialState.COMPLETE:
+            shown = f"score {trial.value:.4f}"
+        else:
+            shown = "infeasible" if "infeasible" in trial.user_attrs else (
+                "not applied" if "apply_failed" in trial.user_attrs else "failed")
         try:
             best = f"{study.best_value:.4f}"
         except ValueError:
             best = "-"
-        print(f"\rtrial {done}/{total}  score {shown}  best {best}   ", end="", file=sys.stderr, flush=True)
+        print(f"trial {self.done}/{self.total}: {shown}; best {best}", file=sys.stderr, flush=True)
 
 
 def config_diff(spaces: Mapping[str, VariableSpace], current: Config, target: Config) -> Config:

@@ -209,10 +209,9 @@ def watch_topology(topology, policy: WatchPolicy, *, seed: int | None = None,
                    clock: Callable[[], float] = time.monotonic):
     """An ``Orchestrator`` watching the running node of ``topology`` (which must be up), with
     searches on a scratch node ``<node>-optimize`` started for the loop's life."""
-    from ..node.node import Node
-    from ..specs.model import NodeSpec
     from ..wire.calls import Caller
     from ..wire.client import connect
+    from .scratch import scratch_node, scratch_spec
 
     table = OptimizerTable(topology)
     if table.valset is None:
@@ -221,7 +220,7 @@ def watch_topology(topology, policy: WatchPolicy, *, seed: int | None = None,
     name = topology.node.name
     seed = int(table.table.get("seed", 0)) if seed is None else seed
     spaces = spaces_of(topology)
-    scratch = NodeSpec(name=f"{name}-optimize", root=topology.node.root, program_folders=topology.node.program_folders)
+    scratch = scratch_spec(topology)
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(connect(name))
         caller = stack.enter_context(Caller(name))
@@ -232,7 +231,7 @@ def watch_topology(topology, policy: WatchPolicy, *, seed: int | None = None,
 
         def scratch_system():
             if not started:
-                stack.enter_context(Node(scratch, on_output=lambda *_: None))
+                stack.enter_context(scratch_node(topology))  # a start failure: one line (OptimizeError)
                 started["client"] = stack.enter_context(connect(scratch.name))
                 started["caller"] = stack.enter_context(Caller(scratch.name))
             return LiveSystem(started["client"], started["caller"], spaces), table.caller_program(started["caller"])
