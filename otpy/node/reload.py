@@ -142,8 +142,7 @@ def declared_tree(node: Any, old: SupervisorSpec, new: SupervisorSpec) -> Superv
 
     files = {spec.id for _, spec in walk(old)} | {spec.id for _, spec in walk(new)}
     root = _declared(node.root, files)
-    registry = _registry(old)
-    children = (registry,) if registry is not None else ()
+    children = tuple(child for child in old.children if child.id == REGISTRY_ID)  # as the file has it
     return msgspec.structs.replace(root, children=children + tuple(c for c in root.children if c.id != REGISTRY_ID))
 
 
