@@ -196,3 +196,11 @@ def test_followed_fds_point_at_the_new_file_after_a_rotation(tmp_path):
         assert "raw line" not in (tmp_path / "node.log.1").read_text()
     finally:
         os.close(spare)
+
+
+def test_a_log_folder_that_is_a_file_fails_the_start_in_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    node = otpy.Node(node_spec(unique_name("nofolder"), LogSettings(folder=str(tmp_path / "file")),
+                               otpy.ChildSpec(id="t", command=TALKER)), on_output=lambda *_: None)
+    with pytest.raises(otpy.NodeStartError, match="cannot write the node's logs: log folder .* is not a folder"):
+        node.start()

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..host.log_files import (
-    CHILDREN, NODE_LOG, LogFolderError, PrivateRotatingFileHandler, child_log_path, line_formatter, log_dir, make_private_dir, record_log_dir, stamp,
+    CHILDREN, NODE_LOG, LogFolderError, PrivateRotatingFileHandler, child_log_path, line_formatter, log_dir,
+    make_private_dir, record_log_dir, stamp,
 )
 from .errors import NodeStartError
 from ..processes.manager import print_output

@@ -40,7 +40,8 @@ from ..specs.rules import (
     located_machine_problems, located_problems, node_socket_problem, node_value_problems, replica_id_problems, show,
 )
 from ..specs.model import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, Bound, ChildSpec
-from ..specs.model import DynamicSupervisorSpec, LogSettings, NodeSpec, SupervisorSpec, join, name_problem, places, toml_key
+from ..specs.model import DynamicSupervisorSpec, NodeSpec, SupervisorSpec, join, name_problem, places, toml_key
+from ..specs.model import LogSettings
 from .toml_file import (
     BOUND_TAG, CHILD_TABLES, VALUE_TAG, BoundTable, ConstraintTable, DynamicSupervisorTable, LogsTable, NodeTable,
     RootSupervisorTable, SupervisorTable, TemplateTable, TopologyFile, WorkerTable, Table, is_bindable_tag,
