@@ -1,11 +1,14 @@
-"""otpy's benchmark suite: one command, one JSON report.
+"""otpy's benchmark suite: one command, one JSON report (``otpy bench`` is the same command).
 
     python bench/run.py restart [--n 200] [--n-defaults 20] [--json FILE] [--chart FILE.png]
     python bench/run.py scale   [--n 1000] [--idle 10] [--prefault GIB] [--json FILE] [--chart FILE.png]
     python bench/run.py reconfigure [--n 200] [--n-defaults 20] [--json FILE] [--chart FILE.png]
     python bench/run.py call    [--n 5000] [--json FILE]
     python bench/run.py all     [--n 200] [--scale-n 1000] [...]
-    python bench/run.py chart --from A.json [B.json ...] --chart FILE.png   (re-draw, merged)
+    python bench/run.py chart --from A.json [--from B.json ...] --chart FILE.png   (re-draw, merged)
+
+The options are defined once, with click, in ``otpy.cli.bench_cmd`` (``--help`` lists them);
+``run`` here does the work.
 
 ``restart``: the series of ``bench/restart_latency.py`` (otpy's 'started' event after a
 SIGKILL, program and command children, with their fork/exec floors), then the same child
@@ -24,7 +27,6 @@ Every latency series prints p50, p95, p99, max and n; the JSON has ``p50_ms``, `
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -43,6 +45,13 @@ TARGETS = {"restart_program_p50_ms": 5, "restart_program_p99_ms": 15, "vs_circus
            # #13: a reconfigure caused by ``vars set`` costs no more than a Reconfigure action
            # (ratio of the two p50s in the same run; the write adds the registry's check and commit)
            "vars_set_vs_reconfigure_p50_x": 1.5}
+
+
+class Options:
+    """The options as attributes (``args.n``), as the scenarios below read them."""
+
+    def __init__(self, **options) -> None:
+        self.__dict__.update(options)
 
 
 def log(msg: str) -> None:
@@ -181,6 +190,8 @@ def chart(report: dict, raw: dict, path: str) -> None:
     panels = [p for p in ("restart", "reconfigure", "scale") if p in report]
     if "reconfigure" in panels and not any(k.startswith("reconfigure_") for k in raw):
         panels.remove("reconfigure")  # run without peers: no distributions to draw
+    if not panels:
+        raise SystemExit("chart: the reports have no restart, reconfigure (with peers) or scale series to draw")
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
     m = report["machine"]
     for ax, panel in zip(axes[0], panels):
@@ -230,21 +241,19 @@ def chart(report: dict, raw: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=("restart", "reconfigure", "call", "scale", "all", "chart"))
-    parser.add_argument("--n", type=int, help="restarts per series (default 200) / children (default 1000)")
-    parser.add_argument("--scale-n", type=int, help="children for scale under 'all' (default 1000)")
-    parser.add_argument("--from", dest="sources", nargs="+", metavar="JSON",
-                        help="chart: reports written by --json, merged in order")
-    parser.add_argument("--n-defaults", type=int, default=20,
-                        help="restarts for each peer at its default settings (default 20; 0 skips; they are slow)")
-    parser.add_argument("--idle", type=float, default=10.0, help="idle window of the scale scenario, s")
-    parser.add_argument("--prefault", type=float, default=0.0, metavar="GIB",
-                        help="scale: touch this much fresh memory first (a VM's first-touch cost; default 0)")
-    parser.add_argument("--no-peers", action="store_true", help="skip circus and supervisord")
-    parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
-    parser.add_argument("--chart", metavar="FILE.png", help="write latency CDFs and the scale curve")
-    args = parser.parse_args(argv)
+    """``python bench/run.py ...``: the click command ``otpy bench`` (its options, its --help)."""
+    from otpy.cli.bench_cmd import bench
+
+    bench.main(argv, prog_name="bench/run.py")
+
+
+def run(scenario: str, *, n: int | None = None, scale_n: int | None = None, sources: list[str] = (),
+        n_defaults: int = 20, idle: float = 10.0, prefault: float = 0.0, no_peers: bool = False,
+        json_path: str | None = None, chart_path: str | None = None) -> None:
+    """Run ``scenario`` with the options ``otpy.cli.bench_cmd`` checked; print, and write the
+    JSON report and chart when asked."""
+    args = Options(scenario=scenario, n=n, scale_n=scale_n, sources=sources, n_defaults=n_defaults,
+                         idle=idle, prefault=prefault, no_peers=no_peers, json=json_path, chart=chart_path)
     logging.getLogger("otpy").setLevel(logging.ERROR)  # a SIGKILLed child is logged as a warning
 
     if args.scenario == "chart":

@@ -1,6 +1,9 @@
-"""The commands on one child: ``start-child``, ``terminate-child``, ``restart-child``, ``delete-child``.
+"""The commands on one child: ``start-child``, ``terminate-child``, ``restart-child``,
+``delete-child`` (OTP's operations, one request each), and the operator's ``restart`` and
+``signal`` (``supervisorctl restart``, ``kill``).
 
-Exit codes as everywhere: 0 success, 1 the operation failed (the message says why), 2 usage or input error.
+Exit codes as everywhere: 0 success, 1 the operation failed (the message says why), 2 usage or
+input error. ``--json`` prints the outcome as one JSON document (``exits.outcome_json``).
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ import shlex
 import click
 
 from .exits import ask, json_object_or_exit, outcome_exit, usage_exit
-from .options import NODE_OPTION, SUP_OPTION, checked_name
+from .options import (JSON_OPTION, NODE_OPTION, SUP_OPTION, SignalParam, checked_name, child_id_argument,
+                      complete_child_ids)
+from ..wire.client import Client
+from ..wire.protocol import Outcome
 from ..specs.model import ChildSpec
 from ..specs.rules import spec_problems
 
 
 @click.command("start-child")
-@click.argument("sup")
+@click.argument("sup", shell_complete=complete_child_ids)
 @click.option("--id", "child_id", required=True, callback=lambda ctx, param, value: checked_name(value, "id"),
               help="The new child's id.")
 @click.option("--template", help="A template of the dynamic supervisor SUP.")
@@ -26,7 +32,8 @@ from ..specs.rules import spec_problems
 @click.option("--restart", type=click.Choice(["permanent", "transient", "temporary"]), default="permanent",
               show_default=True, help="Restart type (with --program or --command).")
 @NODE_OPTION
-def start_child(sup, child_id, template, program, command, args_json, restart, node_name) -> None:
+@JSON_OPTION
+def start_child(sup, child_id, template, program, command, args_json, restart, node_name, as_json) -> None:
     """Start a child under SUP from a template, a program or a command."""
     args = json_object_or_exit(args_json)
     if sum(x is not None for x in (template, program, command)) != 1:
@@ -41,32 +48,93 @@ def start_child(sup, child_id, template, program, command, args_json, restart, n
         usage_exit(f"start-child: {'; '.join(problems)}")
     if template is not None:
         outcome_exit("start-child", ask(node_name, "start-child",
-                                          lambda c: c.start_from_template(sup, template, child_id, args)))
-    outcome_exit("start-child", ask(node_name, "start-child", lambda c: c.start_child(sup, spec)))
+                                          lambda c: c.start_from_template(sup, template, child_id, args)),
+                     as_json, id=child_id)
+    outcome_exit("start-child", ask(node_name, "start-child", lambda c: c.start_child(sup, spec)), as_json, id=child_id)
 
 
 @click.command("terminate-child")
-@click.argument("child_id", metavar="ID")
+@child_id_argument()
 @SUP_OPTION
 @NODE_OPTION
-def terminate_child(child_id: str, sup: str | None, node_name: str | None) -> None:
+@JSON_OPTION
+def terminate_child(child_id: str, sup: str | None, node_name: str | None, as_json: bool) -> None:
     """Stop child ID (its spec is kept unless temporary; no restart)."""
-    outcome_exit("terminate-child", ask(node_name, "terminate-child", lambda c: c.terminate_child(child_id, sup)))
+    outcome_exit("terminate-child", ask(node_name, "terminate-child", lambda c: c.terminate_child(child_id, sup)),
+                 as_json, id=child_id)
 
 
 @click.command("restart-child")
-@click.argument("child_id", metavar="ID")
+@child_id_argument()
 @SUP_OPTION
 @NODE_OPTION
-def restart_child(child_id: str, sup: str | None, node_name: str | None) -> None:
+@JSON_OPTION
+def restart_child(child_id: str, sup: str | None, node_name: str | None, as_json: bool) -> None:
     """Start child ID again after terminate-child."""
-    outcome_exit("restart-child", ask(node_name, "restart-child", lambda c: c.restart_child(child_id, sup)))
+    outcome_exit("restart-child", ask(node_name, "restart-child", lambda c: c.restart_child(child_id, sup)),
+                 as_json, id=child_id)
 
 
 @click.command("delete-child")
-@click.argument("child_id", metavar="ID")
+@child_id_argument()
 @SUP_OPTION
 @NODE_OPTION
-def delete_child(child_id: str, sup: str | None, node_name: str | None) -> None:
+@JSON_OPTION
+def delete_child(child_id: str, sup: str | None, node_name: str | None, as_json: bool) -> None:
     """Forget the spec of stopped child ID."""
-    outcome_exit("delete-child", ask(node_name, "delete-child", lambda c: c.delete_child(child_id, sup)))
+    outcome_exit("delete-child", ask(node_name, "delete-child", lambda c: c.delete_child(child_id, sup)),
+                 as_json, id=child_id)
+
+
+@click.command()
+@child_id_argument()
+@SUP_OPTION
+@NODE_OPTION
+@JSON_OPTION
+def restart(child_id: str, sup: str | None, node_name: str | None, as_json: bool) -> None:
+    """Stop child ID and start it again (a stopped child is started), in one command.
+
+    The same as terminate-child then restart-child, for a worker or a supervisor: no restart
+    is counted toward the intensity, and it ends an override. A plain child of a dynamic
+    supervisor is refused, untouched: terminate-child would remove it with its spec.
+    """
+    outcome_exit("restart", ask(node_name, "restart", lambda c: restart_outcome(c, child_id, sup)),
+                 as_json, id=child_id)
+
+
+def restart_outcome(client: Client, child_id: str, sup: str | None) -> Outcome:
+    """``restart``'s steps. ``restart_child`` asked first changes nothing for a running child
+    (``running``) and starts a stopped one (``ok``: done); a dynamic supervisor's plain child
+    answers ``not_supported``, before anything is stopped."""
+    first = client.restart_child(child_id, sup)
+    if first.outcome == "not_supported":
+        return Outcome("not_supported", detail=(
+            f"{child_id!r} is a child of a dynamic supervisor: terminate-child would remove it with its spec, so "
+            f"it is not restarted (it keeps running); stop it with terminate-child and start it again with start-child"))
+    if first.outcome not in ("running", "restarting"):
+        return first  # ok (it was stopped: now started), not_found, invalid (disabled), start_failed
+    stopped = client.terminate_child(child_id, sup)
+    if not stopped.ok:
+        return stopped
+    started = client.restart_child(child_id, sup)
+    if started.outcome == "not_found":
+        return Outcome("not_found", detail=(
+            f"{child_id!r} was stopped and its spec is gone (a temporary child: terminate-child removes it, as "
+            "OTP's does); start it again with start-child"))
+    return started
+
+
+@click.command("signal")
+@click.argument("signal_number", metavar="SIG", type=SignalParam())
+@child_id_argument()
+@SUP_OPTION
+@NODE_OPTION
+@JSON_OPTION
+def signal_(signal_number: int, child_id: str, sup: str | None, node_name: str | None, as_json: bool) -> None:
+    """Send signal SIG (TERM, SIGHUP, usr1, 9, ...) to the process of running worker ID.
+
+    Like kill: its supervisor then sees whatever the signal does (an exit is restarted as its
+    restart type says). A stopped child is `not_running`; a supervisor is `invalid` (exit 1).
+    """
+    outcome_exit("signal", ask(node_name, "signal", lambda c: c.signal_child(child_id, signal_number, sup)),
+                 as_json, id=child_id, signal=signal_number)

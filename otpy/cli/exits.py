@@ -1,8 +1,14 @@
 """How every ``otpy`` command ends when it cannot go on: one line on stderr and an exit code.
 
 Exit codes: 0 success, 1 the operation failed (the message says why), 2 usage or input
-error. Finding the node to talk to is the same for every command: none named or found is a
-usage error (2); a node whose process died (stale) is a failure (1).
+error, 3 (``otpy status`` only) not running, as ``systemctl status``. Finding the node to talk
+to is the same for every command: none named or found is a usage error (2); a node whose
+process died (stale) is a failure (1).
+
+``--json`` (one rule for every command): stdout holds exactly one JSON document whenever the
+command reached its result, a failed one included (an outcome other than ``ok``, an invalid
+file); nothing when it could not (usage error, no node, no answer). Every failure is also one
+line on stderr, and the exit code is the same as without ``--json``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from ..wire.protocol import Outcome
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3  # `otpy status`: the node, or a child shown, is not running (systemctl's 3)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
@@ -51,9 +58,21 @@ def ask(node_name: str | None, command: str, operation: Callable[[Client], Any],
             sys.exit(EXIT_FAILED)
 
 
-def outcome_exit(command: str, result: Outcome) -> NoReturn:
+def outcome_json(command: str, result: Outcome, **more: Any) -> dict:
+    """An outcome as ``--json`` prints it: ``command``, ``ok``, ``outcome``, ``pid``, ``detail``
+    (and what the command adds, e.g. ``id``)."""
+    return {"command": command, **more, "ok": result.ok, "outcome": result.outcome, "pid": result.pid,
+            "detail": result.detail}
+
+
+def outcome_exit(command: str, result: Outcome, as_json: bool = False, **more: Any) -> NoReturn:
+    """Print ``result`` (``--json``: as one JSON document, see ``outcome_json``) and exit 0 if it
+    is ``ok``, else 1 with ``COMMAND: DETAIL (OUTCOME)`` on stderr."""
+    if as_json:
+        click.echo(json.dumps(outcome_json(command, result, **more)))
     if result.ok:
-        click.echo(f"{command}: ok" + (f" (pid {result.pid})" if result.pid else ""))
+        if not as_json:
+            click.echo(f"{command}: ok" + (f" (pid {result.pid})" if result.pid else ""))
         sys.exit(0)
     click.echo(f"{command}: {result.detail or result.outcome} ({result.outcome})", err=True)
     sys.exit(EXIT_FAILED)

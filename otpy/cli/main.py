@@ -1,6 +1,9 @@
 """The ``otpy`` command line. Thin: one function per command; the work is done elsewhere.
 
-Exit codes: 0 success, 1 the operation failed (the message says why), 2 usage or input error.
+Exit codes: 0 success, 1 the operation failed (the message says why), 2 usage or input error,
+3 (``status``) not running. ``--json``: one JSON document on stdout (``cli.exits``' rule).
+Shell completion is click's: ``eval "$(_OTPY_COMPLETE=bash_source otpy)"`` (``cli.options``
+completes node names and child ids).
 """
 
 from __future__ import annotations
@@ -15,20 +18,21 @@ import msgspec
 import zmq
 
 from .bench_cmd import bench
-from .children import delete_child, restart_child, start_child, terminate_child
-from .exits import EXIT_FAILED, ask, load_or_exit, node_or_exit
+from .children import delete_child, restart, restart_child, signal_, start_child, terminate_child
+from .exits import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_USAGE, ask, fail, node_or_exit
 from .logs import logs
 from .optimize_cmd import optimize
-from .options import NODE_OPTION
+from .options import JSON_OPTION, NODE_OPTION, Seconds, child_id_argument
 from .reload import reload
 from .start import start
-from .status_view import add_usage, render_status, status_json
+from .status_view import add_usage, find_entry, not_running, render_status, status_json
 from .vars import vars_group
 from .work import call, run_pipeline
-from ..host.runtime_dir import RuntimeDirError, events_endpoint
+from ..host.runtime_dir import RuntimeDirError, events_endpoint, running_nodes
 from ..node.node import describe_event
-from ..topology.load import topology_json_schema
-from ..wire.client import NodeNotFound, NodeStale, clear_stale, node_alive, node_statuses, pick_node, socket_path
+from ..topology.load import TopologyError, load_topology, topology_json_schema
+from ..wire.client import (InvalidNodeName, NodeNotFound, NodeStale, clear_stale, node_alive, node_statuses,
+                           pick_node, socket_path)
 from ..wire.protocol import EVENT, NodeEvent
 
 class _Group(click.Group):
@@ -52,16 +56,23 @@ def main() -> None:
 
 
 for command in (start, call, run_pipeline, optimize, vars_group, bench, logs, reload,
-                start_child, terminate_child, restart_child, delete_child):
+                start_child, terminate_child, restart_child, delete_child, restart, signal_):
     main.add_command(command)
 
 
 @main.command()
 @click.argument("topology", type=click.Path(dir_okay=False))
-def validate(topology: str) -> None:
-    """Check TOPOLOGY without starting anything (same checks as `otpy start`)."""
-    load_or_exit(topology)
-    click.echo(f"{topology}: ok")
+@JSON_OPTION
+def validate(topology: str, as_json: bool) -> None:
+    """Check TOPOLOGY without starting anything (same checks as `otpy start`); exit 2 if invalid."""
+    try:
+        spec = load_topology(topology)
+    except TopologyError as exc:
+        if as_json:
+            click.echo(json.dumps({"file": topology, "ok": False, "node": None, "error": str(exc)}))
+        fail(str(exc), EXIT_USAGE)
+    click.echo(json.dumps({"file": topology, "ok": True, "node": spec.node.name, "error": None}) if as_json
+               else f"{topology}: ok")
 
 
 @main.command()
@@ -71,29 +82,62 @@ def schema() -> None:
 
 
 @main.command()
+@child_id_argument(required=False)
 @NODE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(node_name: str | None, as_json: bool) -> None:
-    """Show the node's tree: id, kind, state, pid, restarts, uptime, CPU % and RSS of workers."""
-    report = status_json(ask(node_name, "status", lambda client: client.status()))
+def status(child_id: str | None, node_name: str | None, as_json: bool) -> None:
+    """Show the node's tree, or child ID (a supervisor: its subtree): id, kind, state, program,
+    pid, restarts, uptime, CPU % and RSS of workers.
+
+    Exits 0 when everything shown is running; 3 when something shown is not (stopped,
+    restarting, ...) or the node is not running, as `systemctl status` does; 2 for an unknown ID.
+    """
+    name = _running_node_or_exit_3(node_name)
+    report = status_json(ask(name, "status", lambda client: client.status()))
+    if child_id is not None:
+        if (entry := find_entry(report["tree"], child_id)) is None:
+            fail(f"status: node {name!r} has no child {child_id!r} (`otpy status` lists them)", EXIT_USAGE)
+        report["tree"] = entry
     add_usage(report["tree"])
     click.echo(json.dumps(report, indent=2) if as_json else render_status(report))
+    if stopped := not_running(report["tree"]):
+        click.echo(f"otpy: not running: {', '.join(stopped)}", err=True)
+        sys.exit(EXIT_NOT_RUNNING)
+
+
+def _running_node_or_exit_3(name: str | None) -> str:
+    """The node ``status`` shows; exit 3 if it is not running (none, or stale), 2 if the name is
+    not a name or several run and none was named."""
+    try:
+        return pick_node(name)
+    except InvalidNodeName as exc:
+        fail(f"otpy: {exc}", EXIT_USAGE)
+    except NodeStale as exc:
+        fail(f"otpy: {exc}", EXIT_NOT_RUNNING)
+    except NodeNotFound as exc:
+        several = name is None and sum(node_alive(n) for n in running_nodes()) > 1
+        fail(f"otpy: {exc}", EXIT_USAGE if several else EXIT_NOT_RUNNING)
 
 
 @main.command()
 @NODE_OPTION
-@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the shutdown.")
-def stop(node_name: str | None, timeout: float) -> None:
+@click.option("--timeout", default=120.0, show_default=True, type=Seconds(),
+              help="Seconds to wait for the shutdown.")
+@JSON_OPTION
+def stop(node_name: str | None, timeout: float, as_json: bool) -> None:
     """Stop the node in order; returns once its tree stopped and its process exited.
 
     A node whose process died (stale) is cleaned instead: what its run left is killed, its
     sockets and lock are removed, and the exit status is 0.
     """
     if (stale := _stale(node_name)) is not None and clear_stale(stale):
-        click.echo(f"otpy: {NodeStale(stale)}; removed its sockets and lock")
+        click.echo(json.dumps({"command": "stop", "node": stale, "ok": True, "pid": None, "stale": True})
+                   if as_json else f"otpy: {NodeStale(stale)}; removed its sockets and lock")
         return  # (clear_stale is False if it started again meanwhile: that one is stopped)
-    result = ask(node_name, "stop", lambda client: client.stop(timeout=timeout), timeout=timeout)
-    click.echo(f"otpy: node stopped (pid {result.pid})")
+    name = node_or_exit(node_name)
+    result = ask(name, "stop", lambda client: client.stop(timeout=timeout), timeout=timeout)
+    click.echo(json.dumps({"command": "stop", "node": name, "ok": True, "pid": result.pid, "stale": False})
+               if as_json else f"otpy: node stopped (pid {result.pid})")
 
 
 def _stale(name: str | None) -> str | None:
@@ -108,14 +152,17 @@ def _stale(name: str | None) -> str | None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per node.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of {node, pid, state, stale} ([] for none).")
 def nodes(as_json: bool) -> None:
     """List this user's nodes: a node whose process died is stale (its folder is left)."""
-    for name, report in node_statuses():
+    found = node_statuses()
+    if as_json:  # state: the root's, or null for a stale node and one that did not answer
+        click.echo(json.dumps([{"node": name, "pid": report and report.pid, "state": report and report.tree.state,
+                                "stale": report is None and not node_alive(name)} for name, report in found]))
+        return
+    for name, report in found:
         stale = report is None and not node_alive(name)
-        if as_json:
-            click.echo(json.dumps({"node": name, "pid": report and report.pid, "stale": stale}))
-        elif stale:
+        if stale:
             click.echo(f"{name}\tstale (its process died; `otpy stop --node {name}` cleans up)")
         elif report is None:
             click.echo(f"{name}\trunning, no answer within 0.5 s")
@@ -125,7 +172,7 @@ def nodes(as_json: bool) -> None:
 
 @main.command()
 @NODE_OPTION
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event, one per line (JSON Lines).")
 def events(node_name: str | None, as_json: bool) -> None:
     """Print the node's events live, one per line, until Ctrl-C or the node's end.
 

@@ -1,10 +1,16 @@
-"""The options and name checks that several ``otpy`` commands share."""
+"""The options, argument types and name checks that several ``otpy`` commands share, and the
+shell completion of node names and child ids (click's ``shell_complete``)."""
 
 from __future__ import annotations
 
+import signal
+
 import click
+from click.shell_completion import CompletionItem
 
 from ..specs.model import name_problem
+
+COMPLETION_TIMEOUT = 0.5  # seconds a completion waits for a node: a shell must not hang on a Tab
 
 
 def node_name_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -19,6 +25,99 @@ def checked_name(value: str | None, what: str) -> str | None:
     return value
 
 
+def complete_node_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """The names of this user's live nodes (their locks are held); nothing when none, silently."""
+    try:
+        from ..host.runtime_dir import running_nodes
+        from ..wire.client import node_alive
+        return [CompletionItem(name) for name in running_nodes() if name.startswith(incomplete) and node_alive(name)]
+    except Exception:  # a completion never prints a traceback into the shell
+        return []
+
+
+def complete_child_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """The ids in the tree of the node ``--node`` names (or the only one running), from its status;
+    nothing, silently, when no node answers within ``COMPLETION_TIMEOUT``."""
+    try:
+        from ..wire.client import Client, pick_node
+        with Client(pick_node(ctx.params.get("node_name")), timeout=COMPLETION_TIMEOUT) as client:
+            tree = client.status().tree
+    except Exception:
+        return []
+    ids, stack = [], list(tree.children or ())
+    while stack:
+        entry = stack.pop(0)
+        ids.append(entry.id)
+        stack.extend(entry.children or ())
+    return [CompletionItem(i) for i in ids if i.startswith(incomplete)]
+
+
+class _Ranged:
+    """A click range whose refusal names the field as the rest of otpy does: ``retries: got -3;
+    expected an integer >= 0`` (click's usage error, exit 2)."""
+
+    expected = "a number"
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            field = param.name if param is not None and param.name else "value"
+            self.fail(f"{field}: got {value}; expected {self.expected} in the range {self._describe_range()}", param, ctx)
+
+
+class Count(_Ranged, click.IntRange):
+    """An integer option with a lower bound: ``Count(0)`` for ``--retries``."""
+
+    expected = "an integer"
+
+    def __init__(self, min: int = 0) -> None:
+        super().__init__(min=min)
+
+
+class Seconds(_Ranged, click.FloatRange):
+    """A duration option: a number of seconds above 0 (``positive``) or at least 0; ``expected``
+    names another unit (``a number of GiB``)."""
+
+    def __init__(self, positive: bool = True, expected: str = "a number of seconds") -> None:
+        super().__init__(min=0, min_open=positive)
+        self.expected = expected
+
+
+class SignalParam(click.ParamType):
+    """A signal as ``kill`` takes it: a name (``TERM``, ``SIGTERM``, ``hup``) or a number of this system."""
+
+    name = "SIG"
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            number = value
+        elif value.strip().isdigit():
+            number = int(value)
+        else:
+            text = value.strip().upper()
+            try:
+                number = int(signal.Signals[text if text.startswith("SIG") else f"SIG{text}"])
+            except KeyError:
+                self.fail(f"{value!r} is not a signal: give a name (TERM, HUP, USR1, KILL, ...) or a number", param, ctx)
+        if number not in {int(s) for s in signal.valid_signals()}:
+            self.fail(f"{value!r} is not a signal number of this system (1-{int(signal.SIGRTMAX)})", param, ctx)
+        return number
+
+    def shell_complete(self, ctx, param, incomplete: str) -> list[CompletionItem]:
+        names = sorted(s.name.removeprefix("SIG") for s in signal.Signals if not s.name.startswith("SIG_"))
+        return [CompletionItem(n) for n in names if n.startswith(incomplete.upper().removeprefix("SIG"))]
+
+
 NODE_OPTION = click.option("--node", "node_name", metavar="NAME", callback=node_name_option,
+                           shell_complete=complete_node_names,
                            help="The node to talk to (may be left out when only one runs).")
-SUP_OPTION = click.option("--sup", metavar="SUP", help="The supervisor of the child (default: found by id).")
+SUP_OPTION = click.option("--sup", metavar="SUP", shell_complete=complete_child_ids,
+                          help="The supervisor of the child (default: found by id).")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True,
+                           help="Print the result as one JSON document on stdout (errors stay on stderr).")
+
+
+def child_id_argument(required: bool = True, metavar: str = "ID"):
+    """The ``ID`` argument of the commands on one child, completed from the node's tree."""
+    return click.argument("child_id", metavar=metavar, required=required, shell_complete=complete_child_ids)

@@ -55,18 +55,29 @@ def add_usage(tree: dict) -> None:
             pass
 
 
-PROGRAM_WIDTH = 32
+def find_entry(entry: dict, entry_id: str) -> dict | None:
+    """The entry ``entry_id`` in the tree ``entry`` (a supervisor's, with its subtree), or None."""
+    if entry["id"] == entry_id:
+        return entry
+    return next((found for child in entry.get("children", []) if (found := find_entry(child, entry_id))), None)
 
 
-def clipped(text: str, width: int) -> str:
-    """``text`` in at most ``width - 1`` characters (a column's gap kept), cut at its start
-    with '…': the end says most (the program's class, the variable it is bound to)."""
-    return text if len(text) < width else "…" + text[len(text) - width + 2:]
+def not_running(entry: dict) -> list[str]:
+    """The ids shown (``entry`` and everything under it) whose state is not ``running``:
+    ``otpy status`` exits 3 when there is any, as ``systemctl status UNIT...`` does when a
+    unit it shows is not active."""
+    own = [] if entry["state"] == "running" else [entry["id"]]
+    return own + [i for child in entry.get("children", []) for i in not_running(child)]
 
 
 def state_text(entry: dict) -> str:
-    """The state column: ``stopped (override)`` for a child an operator stopped."""
-    return f"{entry['state']} (override)" if entry.get("override") else entry["state"]
+    """The state column: ``stopped (override)`` for a child an operator stopped, ``restarting
+    in 1.5s`` for a delayed restart (``restart_delay``)."""
+    if entry.get("override"):
+        return f"{entry['state']} (override)"
+    if entry.get("restart_in") is not None:
+        return f"{entry['state']} in {entry['restart_in']:.1f}s"
+    return entry["state"]
 
 
 def program_text(entry: dict) -> str:
@@ -76,28 +87,30 @@ def program_text(entry: dict) -> str:
     return f"{program} @{bound['variable']}" if bound else program
 
 
-def id_width(entry: dict, depth: int = 0) -> int:
-    """The ID column: 28 wide, or as wide as the longest indented id and a gap."""
-    own = 2 * depth + len(entry["id"]) + 2
-    return max([28, own, *(id_width(child, depth + 1) for child in entry.get("children", []))])
+def _rows(entry: dict, depth: int = 0) -> list[tuple[str, ...]]:
+    uptime = f"{entry['uptime']:.0f}s" if entry.get("uptime") is not None else "-"
+    cpu = f"{entry['cpu_percent']:.1f}" if "cpu_percent" in entry else ""
+    rss = f"{entry['rss_bytes'] / 2**20:.1f}M" if "rss_bytes" in entry else ""
+    row = ("  " * depth + entry["id"], entry["kind"], state_text(entry), program_text(entry), str(entry["pid"] or "-"),
+           str(entry["restarts"]), uptime, cpu, rss, entry.get("status_line") or "")
+    return [row] + [r for child in entry.get("children", []) for r in _rows(child, depth + 1)]
+
+
+HEADER = ("ID", "KIND", "STATE", "PROGRAM", "PID", "RESTARTS", "UPTIME", "CPU%", "RSS", "STATUS")
+RIGHT = {"PID", "RESTARTS", "UPTIME", "CPU%", "RSS"}  # numbers, aligned on their last digit
 
 
 def render_status(report: dict) -> str:
-    width = id_width(report["tree"])
-    lines = [f"node {report['node']} (pid {report['pid']})",
-             f"{'ID':<{width}}{'KIND':<20}{'STATE':<20}{'PROGRAM':<{PROGRAM_WIDTH}}{'PID':>8}{'RESTARTS':>10}"
-             f"{'UPTIME':>10}{'CPU%':>7}{'RSS':>10}"]
+    """The table: every column as wide as its widest cell (nothing is cut: ``--json`` has the
+    same values), two spaces apart; ``STATUS`` (a child's sd_notify ``STATUS=``) only when a
+    child sent one."""
+    rows = [HEADER, *_rows(report["tree"])]
+    columns = len(HEADER) if any(row[-1] for row in rows[1:]) else len(HEADER) - 1
+    widths = [max(len(row[i]) for row in rows) for i in range(columns)]
 
-    def add(entry: dict, depth: int) -> None:
-        uptime = f"{entry['uptime']:.0f}s" if entry.get("uptime") is not None else "-"
-        cpu = f"{entry['cpu_percent']:.1f}" if "cpu_percent" in entry else ""
-        rss = f"{entry['rss_bytes'] / 2**20:.1f}M" if "rss_bytes" in entry else ""
-        program = clipped(program_text(entry), PROGRAM_WIDTH)
-        lines.append(f"{'  ' * depth + entry['id']:<{width}}{entry['kind']:<20}{state_text(entry):<20}"
-                     f"{program:<{PROGRAM_WIDTH}}{entry['pid'] or '-':>8}{entry['restarts']:>10}{uptime:>10}"
-                     f"{cpu:>7}{rss:>10}")
-        for child in entry.get("children", []):
-            add(child, depth + 1)
+    def line(row: tuple[str, ...]) -> str:
+        cells = [cell.rjust(width) if HEADER[i] in RIGHT else cell.ljust(width)
+                 for i, (cell, width) in enumerate(zip(row, widths))]
+        return "  ".join(cells).rstrip()
 
-    add(report["tree"], 0)
-    return "\n".join(lines)
+    return "\n".join([f"node {report['node']} (pid {report['pid']})", *(line(row) for row in rows)])

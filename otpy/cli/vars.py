@@ -33,14 +33,11 @@ from ..wire.operations import ControlError
 from ..wire.protocol import Change, Outcome
 from ..wire.registry_protocol import Explain, GetValue, ListValues, RegistryRefusal, RegistryRequest, SetValue
 from .exits import node_or_exit
+from .options import NODE_OPTION, Count, child_id_argument
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 SET_TIMEOUT = 120.0  # a write waits for the tree to match: replacements start and become ready first
-
-NODE_OPTION = click.option("--node", "node_name", metavar="NAME",
-                           help="The node to talk to (may be left out when only one runs).")
-
 
 @click.group("vars")
 def vars_group() -> None:
@@ -80,7 +77,7 @@ def get(variable: str, node_name: str | None, as_json: bool) -> None:
 @click.argument("value")
 @click.option("--dry-run", is_flag=True, help="Print what setting it would change; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the changes as JSON.")
-@click.option("--expected-version", type=int,
+@click.option("--expected-version", type=Count(0),
               help="Compare-and-set in the registry: only if this is the current version (not for a bound variable).")
 @NODE_OPTION
 def set_(variable: str, value: str, dry_run: bool, as_json: bool, expected_version: int | None,
@@ -145,13 +142,13 @@ def _compare_and_set(node_name: str | None, request: SetValue) -> None:
 
 
 @vars_group.command()
-@click.argument("child")
+@child_id_argument(metavar="CHILD")
 @click.argument("name")
 @NODE_OPTION
-def explain(child: str, name: str, node_name: str | None) -> None:
+def explain(child_id: str, name: str, node_name: str | None) -> None:
     """Where CHILD's variable NAME comes from: the scope, the value and why."""
-    explained = _ask(node_name, Explain(child=child, name=name))
-    click.echo(f"{child}.{name} = {json.dumps(explained.value)}: {explained.reason} in scope {explained.scope!r}")
+    explained = _ask(node_name, Explain(child=child_id, name=name))
+    click.echo(f"{child_id}.{name} = {json.dumps(explained.value)}: {explained.reason} in scope {explained.scope!r}")
 
 
 def _split(variable: str) -> tuple[str, str]:

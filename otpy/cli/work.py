@@ -14,6 +14,7 @@ import click
 
 from ..wire.calls import Caller
 from .exits import node_or_exit
+from .options import NODE_OPTION, Count, Seconds, child_id_argument
 from ..topology.load import TopologyError, load_topology
 from ..wire.errors import CallError
 from ..optimize.pipeline import Pipeline, PipelineError
@@ -45,21 +46,23 @@ def record_topology(name: str, path: str) -> None:
 
 
 @click.command()
-@click.argument("agent_id", metavar="ID")
+@child_id_argument()
 @click.option("--input", "input_json", default="{}", help="JSON object: the inputs of forward().")
-@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the reply.")
-@click.option("--retries", default=0, show_default=True, help="Send again after a timeout or crash.")
-@click.option("--node", "node_name", help="The node (may be left out when one runs).")
-def call(agent_id: str, input_json: str, timeout: float, retries: int, node_name: str | None) -> None:
+@click.option("--timeout", default=5.0, show_default=True, type=Seconds(),
+              help="Seconds to wait for the reply.")
+@click.option("--retries", default=0, show_default=True, type=Count(0),
+              help="Send again after a timeout or crash.")
+@NODE_OPTION
+def call(child_id: str, input_json: str, timeout: float, retries: int, node_name: str | None) -> None:
     """Call agent ID with --input and print its outputs as JSON."""
     inputs = _inputs(input_json)
     with Caller(node_or_exit(node_name)) as caller:
         try:
-            outputs = caller.call(agent_id, inputs, timeout=timeout, retries=retries)
+            outputs = caller.call(child_id, inputs, timeout=timeout, retries=retries)
         except ValueError as exc:  # --timeout or --retries no call can have
-            _fail(f"call {agent_id}: {exc}", EXIT_USAGE)
+            _fail(f"call {child_id}: {exc}", EXIT_USAGE)
         except CallError as exc:
-            _fail(f"call {agent_id}: {type(exc).__name__}: {exc}")
+            _fail(f"call {child_id}: {type(exc).__name__}: {exc}")
     click.echo(json.dumps(outputs, default=str))
 
 
@@ -67,7 +70,7 @@ def call(agent_id: str, input_json: str, timeout: float, retries: int, node_name
 @click.argument("name")
 @click.option("--input", "input_json", default="{}", help="JSON object: the first stage's inputs.")
 @click.option("--topology", "topology_path", help="Where [pipelines.NAME] is (default: the file the node was started from).")
-@click.option("--node", "node_name", help="The node (may be left out when one runs).")
+@NODE_OPTION
 def run_pipeline(name: str, input_json: str, topology_path: str | None, node_name: str | None) -> None:
     """Run the pipeline [pipelines.NAME] of the node's topology and print the result as JSON."""
     inputs = _inputs(input_json)
