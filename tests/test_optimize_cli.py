@@ -201,3 +201,49 @@ def test_json_and_storage_are_refused_with_watch(tmp_path):
     proc = optimize(topology_file(tmp_path, unique_name("watchjson")), "--watch", "--every", "1", "--json",
                     timeout=60)
     assert proc.returncode == 2 and "--json is for one search" in proc.stderr, proc.stderr
+
+
+def test_on_a_terminal_the_progress_is_optunas_bar_not_lines(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's width for the bar
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "otpy", "optimize", topology_file(tmp_path, unique_name("tty")),
+                                 "--trials", "3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=terminal, text=True)
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the terminal closed: the command ended
+                break
+            if not chunk:
+                break
+            shown += chunk
+        proc.communicate(timeout=110)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, shown
+    text = shown.decode(errors="replace")
+    assert "3/3" in text and "Best trial" in text, text  # tqdm's bar, as optuna draws it
+    assert "trial 3/3: " not in text
+
+
+def test_json_with_apply_on_a_running_node_holds_the_plan_and_what_was_applied(tmp_path):
+    import otpy
+
+    name = unique_name("jsonapply")
+    path = topology_file(tmp_path, name)
+    with otpy.Node(parse_topology(open(path).read(), check_imports=True).node):
+        proc = optimize(path, "--trials", "6", "--apply", "--json")
+        assert proc.returncode == 0, proc.stderr
+        document = json.loads(proc.stdout)
+        assert document["plan"]["against"] == "node" and document["plan"]["node"] == name
+        applied = {change["action"] for change in document["applied"]}
+        assert applied == {"set", "reconfigure"}, document["applied"]
+        again = json.loads(optimize(path, "--trials", "6", "--apply", "--json").stdout)
+        assert again["plan"]["changes"] == [] and again["applied"] is None
