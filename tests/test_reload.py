@@ -143,7 +143,9 @@ def test_a_templates_replicas_follow_the_file(make_node):
     assert [(c.action, c.child) for c in result.changes][-1] == ("start", "w-2")
     assert pids(node, "pool")["w-1"] == first and alive(pids(node, "pool")["w-2"])
     path.write_text(topology(name, pool=pool.replace("replicas = 1", "replicas = 1\n  env = { E = \"2\" }")))
+    plan = node.reload(str(path), dry_run=True)
     result = node.reload(str(path))
+    assert [(c.action, c.child) for c in plan.changes] == [(c.action, c.child) for c in result.changes]
     assert result.ok, result
     assert sorted((c.action, c.child) for c in result.changes) == [("reconfigure", "w-1"), ("stop", "w-2"),
                                                                    ("update", "")]
