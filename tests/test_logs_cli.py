@@ -218,3 +218,16 @@ def test_a_second_sigterm_ends_a_start_under_way_at_once(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_reader_that_stops_early_ends_logs_quietly():
+    """`otpy logs ID -n 100000 | head -1`: no BrokenPipeError traceback, exit 0."""
+    name = unique_name("pipe")
+    written(name, "worker", 20000)
+    logs_proc = subprocess.Popen([sys.executable, "-m", "otpy", "logs", "worker", "-n", "20000", "--node", name],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    logs_proc.stdout.readline()
+    logs_proc.stdout.close()  # as `head -1` does
+    assert logs_proc.wait(timeout=30) == 0
+    assert logs_proc.stderr.read() == b""
+    logs_proc.stderr.close()

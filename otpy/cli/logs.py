@@ -46,11 +46,14 @@ def logs(child_id: str | None, count: int, follow: bool, node_name: str | None) 
     folder = known_log_dir(name)
     path = folder / NODE_LOG if child_id is None else _child_log(name, folder, child_id)
     out = sys.stdout.buffer
-    for line in last_lines(path, count):
-        out.write(line)
-    out.flush()
-    if follow:
-        _follow(name, path, out)
+    try:
+        for line in last_lines(path, count):
+            out.write(line)
+        out.flush()
+        if follow:
+            _follow(name, path, out)
+    except BrokenPipeError:  # `otpy logs ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
 
 
 def _node(name: str | None) -> str:
