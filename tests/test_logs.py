@@ -58,7 +58,8 @@ def test_an_embedded_node_writes_each_childs_lines_stamped_and_marked_out_or_err
     with otpy.Node(node_spec(name, LogSettings(), otpy.ChildSpec(id="talker", command=TALKER)),
                    on_output=lambda *_: None) as node:
         path = default_log_dir(name) / "children" / "talker.log"
-        wait_until(lambda: path.exists() and "err| to err" in path.read_text(), what="both streams in the log")
+        wait_until(lambda: path.exists() and "err| to err" in path.read_text(), timeout=15,
+                   what="both streams in the log")
         text = path.read_text()
         assert "out| to out" in text
         assert all(STAMPED.match(line) for line in text.splitlines()), text
@@ -168,7 +169,7 @@ def test_a_supervisor_gets_no_log_file_of_its_own():
     team = otpy.SupervisorSpec(id="team", children=(otpy.ChildSpec(id="talker", command=TALKER),))
     with otpy.Node(node_spec(name, LogSettings(), team), on_output=lambda *_: None) as node:
         children = node.aio.logs.folder / "children"
-        wait_until(lambda: (children / "talker.log").exists(), what="the worker's log")
+        wait_until(lambda: (children / "talker.log").exists(), timeout=15, what="the worker's log")
     assert sorted(p.name for p in children.iterdir()) == ["talker.log"]
 
 

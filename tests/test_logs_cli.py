@@ -102,7 +102,7 @@ def test_follow_prints_new_lines_across_rotation_and_ends_with_the_node():
     node = otpy.Node(spec, on_output=lambda *_: None).start()
     try:
         path = default_log_dir(name) / "children" / "counter.log"
-        wait_until(lambda: path.exists() and "tick" in path.read_text(), what="the first tick")
+        wait_until(lambda: path.exists() and "tick" in path.read_text(), timeout=15, what="the first tick")
         proc = otpy_cli("logs", "counter", "-f", "-n", "1", "--node", name)
         reader = Reader(proc)
         first = reader.until(lambda line: "tick" in line)
