@@ -231,3 +231,15 @@ def test_a_reader_that_stops_early_ends_logs_quietly():
     assert logs_proc.wait(timeout=30) == 0
     assert logs_proc.stderr.read() == b""
     logs_proc.stderr.close()
+
+
+def test_without_node_logs_picks_the_running_node_and_refuses_to_guess_between_several():
+    first, second = unique_name("one"), unique_name("two")
+    spec = lambda name: otpy.NodeSpec(name=name, root=otpy.SupervisorSpec(id="root"))  # noqa: E731
+    with otpy.Node(spec(first), on_output=lambda *_: None):
+        alone = CliRunner().invoke(logs, ["-n", "1"])
+        assert alone.exit_code == 0 and f"node {first!r} starts" in alone.stdout
+        with otpy.Node(spec(second), on_output=lambda *_: None):
+            several = CliRunner().invoke(logs, ["-n", "1"])
+    assert several.exit_code == 2
+    assert "several nodes are running" in several.stderr and first in several.stderr and second in several.stderr

@@ -58,14 +58,16 @@ def logs(child_id: str | None, count: int, follow: bool, node_name: str | None) 
 
 def _node(name: str | None) -> str:
     """The named node; else the one that runs; else the one with logs; else a usage error."""
-    from ..wire.client import NodeNotFound, pick_node
+    from ..host.runtime_dir import running_nodes
+    from ..wire.client import node_alive
 
     if name is not None:
         return name
-    try:
-        return pick_node(None)
-    except NodeNotFound:
-        pass
+    live = [node for node in running_nodes() if node_alive(node)]
+    if len(live) == 1:
+        return live[0]
+    if live:
+        fail(f"otpy logs: several nodes are running ({', '.join(live)}): name one with --node", EXIT_USAGE)
     known = nodes_with_logs()
     if len(known) == 1:
         return known[0]
