@@ -122,3 +122,22 @@ def test_over_the_intensity_the_supervisor_gives_up_at_once_without_waiting_the_
         assert not [e for e in events.drain() if e["kind"] == "restart_delayed"]
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("restart_delay = 0\nrestart_delay_max = 0", None),  # the default written out: no delay, as OTP
+    ("restart_delay = 0.5", None),
+    ("restart_delay = -1", "supervisor.children[0].restart_delay"),
+    ("restart_delay = 5\nrestart_delay_max = 1", "supervisor.children[0].restart_delay_max"),
+])
+def test_a_topology_takes_restart_delays_from_zero_and_names_a_bad_one(tmp_path, text, problem):
+    """Before: ``restart_delay = 0`` (the default) was refused: 'expected a number > 0'."""
+    from otpy.topology.load import TopologyError, load_topology
+
+    file = tmp_path / "topology.toml"
+    file.write_text(f'[[supervisor.children]]\nid = "a"\ncommand = ["true"]\n{text}\n')
+    if problem is None:
+        assert load_topology(file).node.root.children[0].restart_delay >= 0
+    else:
+        with pytest.raises(TopologyError, match=problem.replace("[", r"\[").replace("]", r"\]")):
+            load_topology(file)

@@ -51,6 +51,7 @@ Shutdown = Annotated[
     ),
 ]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeSeconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # 0: none (a restart delay)
 
 
 class Table(BaseModel):
@@ -144,8 +145,8 @@ class TemplateTable(Table):
     ready: Readiness = _default(ChildSpec, "ready")
     start_timeout: Seconds = _default(ChildSpec, "start_timeout")
     max_rss: Seconds | None = _default(ChildSpec, "max_rss")  # MiB, > 0
-    restart_delay: Seconds = _default(ChildSpec, "restart_delay")
-    restart_delay_max: Seconds = _default(ChildSpec, "restart_delay_max")
+    restart_delay: NonNegativeSeconds = _default(ChildSpec, "restart_delay")
+    restart_delay_max: NonNegativeSeconds = _default(ChildSpec, "restart_delay_max")
     enabled: bindable(bool) = _default(ChildSpec, "enabled")
     replicas: Optional[bindable(Annotated[int, Field(ge=0)])] = Field(
         default=_default(ChildSpec, "replicas"),
