@@ -247,3 +247,10 @@ def test_json_with_apply_on_a_running_node_holds_the_plan_and_what_was_applied(t
         assert applied == {"set", "reconfigure"}, document["applied"]
         again = json.loads(optimize(path, "--trials", "6", "--apply", "--json").stdout)
         assert again["plan"]["changes"] == [] and again["applied"] is None
+
+
+@pytest.mark.parametrize("option, value", [("--trials", "0"), ("--sample", "0"), ("--every", "-1"),
+                                           ("--rounds", "0"), ("--margin", "-0.5"), ("--interval", "0")])
+def test_numeric_options_are_checked_by_their_type(tmp_path, option, value):
+    proc = optimize(topology_file(tmp_path, unique_name("numbers")), "--watch", option, value, timeout=60)
+    assert proc.returncode == 2 and f"Invalid value for '{option}'" in proc.stderr, proc.stderr
