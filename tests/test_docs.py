@@ -9,10 +9,9 @@ The convention (for writers: docs/writing-docs.md):
 - A ```text block right after a ```python block (only blank lines between), or any block marked
   ``<!-- output -->``, is what that program prints on stdout and must match it (stderr, where
   children's lines go, is not compared: its interleaving with stdout varies).
-- A ```console block is a shell session: ``$ otpy ...`` and ``$ python ...`` lines run (``# ...``
-  at the end of a line is a comment), the lines after one, up to the next ``$``, are its output
-  (stdout, then stderr).
-  Other commands (``pip``, ``cd``) are shown, not run, and their output is not checked. All the
+- A ```console block is a shell session: its ``$`` lines run in bash, the lines after one, up to
+  the next ``$``, are its output (stdout and stderr, as a terminal shows them). Install steps
+  (``pip``, ``python -m venv``) are shown, not run. All the
   console blocks of one page are ONE session, run top to bottom in a runtime folder of their own:
   a page starts the node its commands need (``otpy start FILE --detach``); a command to run
   first without showing it goes in a comment, ``<!-- setup: otpy start examples/hello/team.toml
@@ -34,7 +33,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -147,15 +145,18 @@ def test_the_program_runs_and_prints_what_the_page_shows(block, output):
 # --- console sessions -------------------------------------------------------------------------
 
 
+NOT_RUN = ("pip", ".venv/bin/pip", "python3 -m venv", "python -m venv", "python -m pip", "python3 -m pip")
+
+
 def session_steps(block: Block) -> list[tuple[str, str | None]]:
     """(command, expected output or None when not checked): the setup marks first, then the
-    block's ``$`` lines (only otpy and python run; others are left out)."""
+    block's ``$`` lines but the install steps (``pip``, ``python -m venv``), which are shown only."""
     steps: list[tuple[str, str | None]] = [(m.removeprefix("setup:").strip(), None) for m in block.marks
                                            if m.startswith("setup:")]
     command, output = None, []
     for line in block.text.splitlines() + ["$ <end>"]:
         if line.startswith("$ "):
-            if command is not None and command.split()[0] in ("otpy", "python", "python3"):
+            if command is not None and not command.startswith(NOT_RUN):
                 steps.append((command, "\n".join(output) + "\n"))
             command, output = line[2:].strip(), []
         elif command is not None:
@@ -172,42 +173,46 @@ def sessions() -> list[tuple[str, list[Block]]]:
     return found
 
 
-def strip_comment(command: str) -> str:
-    """``otpy status   # the tree`` -> ``otpy status`` (shlex keeps quoted '#')."""
-    lexer = shlex.shlex(command, posix=True, punctuation_chars=False)
-    lexer.whitespace_split, lexer.commenters = True, "#"
-    return shlex.join(list(lexer))
-
-
 SESSIONS = sessions()
 
 
-@pytest.mark.timeout(900)
+STEP = "@@otpy-doc-step@@"
+
+
+@pytest.mark.timeout(1500)
 @pytest.mark.parametrize("path,console", SESSIONS, ids=[p for p, _ in SESSIONS])
 def test_the_console_session_prints_what_the_page_shows(path, console):
+    """The page's commands run as one bash script (a variable set by one is seen by the next, as
+    in a terminal), stderr into stdout, a marker line between two commands to split the output."""
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
                COLUMNS="200", NO_COLOR="1")
     home = tempfile.mkdtemp(prefix="otpy-doc-")  # short: agents' AF_UNIX paths stay under 107 bytes
     for variable in ("OTPY_RUNTIME_DIR", "XDG_STATE_HOME", "XDG_DATA_HOME"):
         env[variable] = os.path.join(home, variable.split("_")[-2].lower())
         os.makedirs(env[variable], mode=0o700)
-    failures = []
+    steps = [(block, command, expected) for block in console for command, expected in session_steps(block)]
+    script = "exec 2>&1\n" + "".join(f"echo '{STEP}' $?\n{command}\n" for _, command, _ in steps) + f"echo '{STEP}' $?\n"
     try:
-        for block in console:
-            for command, expected in session_steps(block):
-                try:  # PATH starts with the venv's bin: otpy and python are the test run's
-                    proc = subprocess.run(["bash", "-c", strip_comment(command)], cwd=ROOT, env=env,
-                                          capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
-                    printed = proc.stdout + proc.stderr
-                except subprocess.TimeoutExpired:
-                    proc, printed = None, f"(still running after {COMMAND_TIMEOUT} s)\n"
-                if expected is None and (proc is None or proc.returncode != 0):
-                    failures.append(f"{where(block)}: its setup failed: $ {command}\n{printed}")
-                elif expected is not None and not matches(expected, printed):
-                    failures.append(f"$ {command}\n" + explain(block, expected, printed))
+        proc = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=COMMAND_TIMEOUT * max(1, len(steps)))
+        printed = proc.stdout
+    except subprocess.TimeoutExpired as timeout:
+        printed = (timeout.stdout or b"").decode(errors="replace") + "\n(the session did not end in time)\n"
     finally:
         stop_every_node(env)
         shutil.rmtree(home, ignore_errors=True)
+    parts = printed.split(STEP)[1:]  # each: " STATUS_OF_PREVIOUS\nOUTPUT"
+    outputs = [part.split("\n", 1)[1] if "\n" in part else "" for part in parts[:-1]]
+    statuses = [part.split("\n", 1)[0].strip() for part in parts[1:]]
+    failures = []
+    for index, (block, command, expected) in enumerate(steps):
+        if index >= len(outputs):
+            failures.append(f"{where(block)}: $ {command}: never ran (the session stopped before):\n{printed[-2000:]}")
+            break
+        if expected is None and statuses[index] != "0":
+            failures.append(f"{where(block)}: its setup failed (exit {statuses[index]}): $ {command}\n{outputs[index]}")
+        elif expected is not None and not matches(expected, outputs[index]):
+            failures.append(f"$ {command}\n" + explain(block, expected, outputs[index]))
     assert not failures, "\n\n".join(failures)
 
 
@@ -243,4 +248,3 @@ def test_marks_fragments_outputs_and_sessions(tmp_path, monkeypatch):
     [(path, [console])] = sessions()
     assert session_steps(console) == [("otpy start t.toml --detach", None), ("otpy status   # the tree", "node t\n"),
                                       ("otpy stop", "\n")]
-    assert strip_comment("otpy call c --input '{\"a\": \"#1\"}'  # x") == "otpy call c --input '{\"a\": \"#1\"}'"
