@@ -9,9 +9,11 @@ Both have ``request(msg) -> reply`` (any ``protocol.ToNode`` message; the reply 
 sent it) and the operations of ``otpy.Node`` on top of it (``operations.Operations``), with
 the same outcomes: child operations return an ``otpy.Result`` (the wire's ``Outcome``); a
 request the node refuses (no such supervisor, undecodable, the node is stopping) raises
-``ControlError``; no reply within the timeout raises ``TimeoutError``. A node found
-dead (its folder is left, its lock is free) raises ``NodeStale`` at once, not after the
-timeout: a local client checks the lock every 0.1 s while it waits. A client is one DEALER
+``ControlError``; no reply within the timeout raises ``TimeoutError``. A local node that is
+not running (no control socket: never started, or stopped) raises ``NodeNotFound`` before
+anything is sent, as ``connect`` does; one found dead (its folder is left, its lock is free)
+raises ``NodeStale`` at once, not after the timeout: a local client checks the lock every
+0.1 s while it waits. A client is one DEALER
 socket: use it from one thread (or one asyncio loop).
 """
 
