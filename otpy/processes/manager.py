@@ -12,8 +12,8 @@ A child's life: ``spawn`` returns after READY (or after exec, for ``ready="exec"
 process group is SIGKILLed, so no grandchild outlives it.
 
 If the zygote dies, its children are SIGKILLed (their parent-death signal, and here by
-process group), then every process of the run (``OTPY_NODE_RUN``: a ``setsid`` grandchild
-that init adopted too); whoever is their parent now reaps them. The children end ``lost``
+process group), then every process of the run that descends from it (``OTPY_NODE_RUN`` and
+its ``OTPY_ZYGOTE`` generation: a ``setsid`` grandchild that init adopted too); whoever is their parent now reaps them. The children end ``lost``
 (otpy's loss: their supervisors restart them without charging the intensity) and the next
 spawn starts a new zygote, once that sweep is over. A zygote's death never fails a start by
 itself: one that dies as it boots is replaced, the spawn waiting for the next; a spawn in
@@ -22,6 +22,13 @@ more on the next zygote. Only a zygote that keeps dying (more than ``ZYGOTE_DEAT
 deaths in ``ZYGOTE_DEATHS_WINDOW`` s) makes spawns fail, ``the zygote keeps dying``: an
 ordinary start failure, charged. So a module whose import kills the zygote costs at most
 two zygote deaths a start, and the bound, then the intensity, ends it.
+
+Zygote generations: a zygote whose imported program sources changed on disk answers a
+program start with ``Stale`` (``processes.sources``); the manager then starts a new zygote
+(the next generation, which imports the new code) and sends the start there; every later
+start goes to it too. The old zygote keeps serving its children and is stopped after its
+last one (``_retire_if_idle``). Each child knows its zygote (``ChildProcess._link``): a
+zygote's death makes only its own children ``lost``.
 
 A node out of fds (``EMFILE``) still spawns: see ``processes.fd_reserve``.
 """
@@ -33,28 +40,29 @@ import collections
 import itertools
 import logging
 import os
-import signal
 import sys
 import time
 from typing import Callable
 
-from ..supervision.exit import ExitReason, from_wait_status
+from ..supervision.exit import ExitReason
+from .child import ChildProcess
 from .fd_reserve import FdReserve, pipes
 from .sd_notify import NotifySocket
-from .linux import children_of, has_image, kill_group, proc_stat, signal_quietly
+from .linux import children_of, has_image
 from ..host.node_run import new_run_id
 from ..host.runtime_dir import notify_socket_path
 from .zygote_link import LineReader, ZygoteDied, ZygoteLink, sweep_run
-from ..wire.protocol import Exited, Spawn, Spawned, SpawnFailed
-from ..specs.model import ChildSpec, Shutdown
+from ..wire.protocol import Exited, Spawn, Spawned, SpawnFailed, Stale
+from ..specs.model import ChildSpec
+
+__all__ = ["ChildProcess", "ProcessManager", "StartFailed", "print_output"]
 
 log = logging.getLogger("otpy")
 
 OutputHandler = Callable[[str, str, str], None]  # (child id, stream: "out" or "err", line)
-READY_LINES = frozenset({"READY", "READY=1", ""})
-STATUS_LIMIT = 200  # characters of a child's STATUS= kept for its status line
 ZYGOTE_DEATHS_MAX = 5  # more zygote deaths than this within ZYGOTE_DEATHS_WINDOW s:
 ZYGOTE_DEATHS_WINDOW = 10.0  # spawns fail (StartFailed) until the window has room again
+STALE_RETRIES = 3  # new zygote generations one start may take (a file rewritten as it is imported)
 LOST = ExitReason(kind="lost", detail="the zygote died")  # otpy's loss: restarted, not charged
 CLOSED = ExitReason(kind="killed", detail="process manager closed")
 
@@ -67,173 +75,13 @@ class _SpawnLost(StartFailed):
     """A start cut short by the zygote's death (the child ended ``lost``): worth one retry."""
 
 
+class _Stale(StartFailed):
+    """The zygote refused a program start: its imported code changed on disk. The start goes
+    to a new zygote generation."""
+
+
 def print_output(child_id: str, stream: str, line: str) -> None:
     print(f"[{child_id}] {line}", file=sys.stderr)
-
-
-# --- one child ----------------------------------------------------------------------------
-
-
-class ChildProcess:
-    """A handle on one child process, made by ``ProcessManager.spawn``.
-
-    ``exited`` resolves with the ExitReason once the process is dead (reaped).
-    ``started_at`` is ``time.monotonic()`` at READY.
-    """
-
-    def __init__(self, spec: ChildSpec, loop: asyncio.AbstractEventLoop, notify_fd: int) -> None:
-        self.id = spec.id
-        self.spec = spec
-        self.pid = 0
-        self.started_at: float | None = None
-        self.start_time: int | None = None  # /proc/<pid>/stat field 22: tells a reused pid
-        self.exited: asyncio.Future[ExitReason] = loop.create_future()
-        self._ready: asyncio.Future[str | None] = loop.create_future()  # None, or why not
-        self.start_deadline = loop.time() + spec.start_timeout  # the zygote may be busy on it till then
-        self._reported: str | None = None
-        self._failure: str | None = None
-        self._said_ready = False  # READY may come before the zygote's Spawned
-        self._kill_when_spawned = False
-        self._notify = LineReader(loop, notify_fd, self._on_notify)
-        self._sd_notify: NotifySocket | None = None  # a notify command's NOTIFY_SOCKET
-        self._status = ""  # the last STATUS= it sent
-        self._stopping = False  # it sent STOPPING=1
-
-    @property
-    def status_line(self) -> str:
-        """What the child said of itself through ``NOTIFY_SOCKET`` (``STATUS=``, ``STOPPING=1``)."""
-        if self._stopping:
-            return f"stopping: {self._status}" if self._status else "stopping"
-        return self._status
-
-    def __repr__(self) -> str:
-        if self.exited.done():
-            state = f"exited: {self.exited.result()}"
-        else:
-            state = "running" if self.started_at is not None else "starting"
-        return f"<ChildProcess {self.id} pid={self.pid} {state}>"
-
-    async def stop(self, shutdown: Shutdown) -> ExitReason:
-        """OTP's shutdown: SIGTERM, wait up to ``shutdown`` s for the death, then SIGKILL.
-
-        ``"brutal_kill"`` SIGKILLs at once, ``"infinity"`` waits for ever after SIGTERM.
-        Returns once the process is dead (and its group's leftovers SIGKILLed). Idempotent.
-        """
-        if not self.exited.done():
-            if shutdown == "brutal_kill":
-                self.kill()
-            else:
-                self.send_signal(signal.SIGTERM)
-                if shutdown != "infinity":
-                    try:
-                        await asyncio.wait_for(asyncio.shield(self.exited), float(shutdown))
-                    except TimeoutError:
-                        self.kill()
-        return await asyncio.shield(self.exited)
-
-    def send_signal(self, sig: int) -> None:
-        """Send ``sig`` to the process (not its group); nothing once it is dead."""
-        if self.pid and not self.exited.done():
-            signal_quietly(os.kill, self.pid, sig)
-
-    def kill(self) -> None:
-        """SIGKILL the process and its whole process group."""
-        if not self.pid:
-            self._kill_when_spawned = True
-        elif not self.exited.done():
-            kill_group(self.pid)
-            signal_quietly(os.kill, self.pid, signal.SIGKILL)  # if it left its group
-
-    # --- events, from the manager and the notify pipe ----------------------------------------
-
-    def kernel_exit(self) -> ExitReason | None:
-        """The death the kernel shows before the zygote's report of it is handled, else None.
-
-        A query must never show a dead pid running; the report may lag (the zygote reaps in
-        turn, the loop reads in turn). A zombie gives its wait status; a pid gone or reused
-        (another start time than at spawn) has none left: an abnormal exit, unless it said
-        ``EXIT shutdown``. One read of ``/proc/<pid>/stat``.
-        """
-        if not self.pid or self.exited.done():
-            return None
-        try:
-            stat = proc_stat(self.pid)
-        except OSError:
-            return None  # the kernel cannot say now (out of fds): the zygote's report will
-        same = stat is not None and self.start_time in (None, stat.start_time)  # None: not read
-        if same and stat.state not in "ZXx":
-            return None
-        self._notify.drain()  # an EXIT line written just before the end counts
-        if same:
-            return from_wait_status(stat.exit_code, self._reported)
-        return from_wait_status(1 << 8, self._reported)  # status gone with the pid: exit 1
-
-    def _on_spawned(self, pid: int) -> None:
-        self.pid = pid
-        try:
-            stat = proc_stat(pid)
-        except OSError:  # out of fds: no start time, so no reuse check for this child
-            stat = None
-        self.start_time = stat.start_time if stat is not None else None
-        if self._kill_when_spawned:
-            self.kill()
-            return
-        if self.spec.command is not None and self.spec.ready == "exec":
-            self._said_ready = True  # the zygote says Spawned once exec succeeded
-        if self._sd_notify is not None:
-            self._sd_notify.accept(pid)
-        self._become_ready()
-
-    def _on_notify(self, line: str) -> None:
-        if line in READY_LINES:
-            self._said_ready = True
-            self._become_ready()
-        elif line.startswith("FAILED"):
-            self._failure = line[len("FAILED"):].strip() or "the child reported FAILED"
-        elif line.startswith("EXIT "):
-            self._reported = line[len("EXIT "):].strip()
-
-    def _on_sd_notify(self, assignments: list[tuple[str, str]]) -> None:
-        for key, value in assignments:
-            if key == "READY" and value == "1":
-                self._said_ready = True
-            elif key == "STATUS":
-                self._status = value[:STATUS_LIMIT]
-            elif key == "STOPPING" and value == "1":
-                self._stopping = True
-        self._become_ready()
-
-    def _become_ready(self) -> None:
-        if self._said_ready and self.pid and not self._ready.done():
-            self.started_at = time.monotonic()
-            self._ready.set_result(None)
-
-    def _on_refused(self, reason: str) -> None:
-        self._finish(ExitReason(kind="failed", detail=reason), why=reason)
-
-    def _on_exited(self, status: int) -> None:
-        self._notify.drain()  # a READY, FAILED or EXIT written just before the end counts
-        if self._sd_notify is not None:
-            self._sd_notify.drain()
-        self._finish(from_wait_status(status, self._reported))
-        kill_group(self.pid)  # leftovers; the zygote (their subreaper) reaps them
-
-    def _on_lost(self, reason: ExitReason) -> None:
-        self._finish(reason)
-
-    def _time_out(self) -> None:
-        if not self._ready.done():
-            self._ready.set_result(f"no READY within {self.spec.start_timeout} s")
-            self.kill()
-
-    def _finish(self, reason: ExitReason, why: str | None = None) -> None:
-        self._notify.close()
-        if self._sd_notify is not None:
-            self._sd_notify.close()
-        if not self._ready.done():
-            self._ready.set_result(why or self._failure or f"exited before READY: {reason}")
-        if not self.exited.done():
-            self.exited.set_result(reason)
 
 
 class ProcessManager:
@@ -255,6 +103,8 @@ class ProcessManager:
         self._requests: dict[int, ChildProcess] = {}  # sent, no reply yet
         self._children: dict[int, ChildProcess] = {}  # by pid, until reaped
         self._request_ids = itertools.count(1)
+        self._generations = itertools.count(1)  # zygote generations: a new one when code changed
+        self._retiring: set[asyncio.Task] = set()  # older generations being stopped
         self._reaping: set[asyncio.Future] = set()
         self._outputs: set[LineReader] = set()  # open until EOF, which may come after the exit
         self._zygote_deaths: collections.deque[tuple[float, str]] = collections.deque()
@@ -286,15 +136,20 @@ class ProcessManager:
         a failed start of this child like any other, with nothing left open. A start the
         zygote's death cut short is tried once more on the next zygote (see the module).
         """
-        try:
-            return await self._spawn_once(spec, env)
-        except _SpawnLost:
-            log.warning("otpy[%s]: the zygote died while %r started; starting it again",
-                        self.node_name, spec.id)
-        try:
-            return await self._spawn_once(spec, env)
-        except _SpawnLost as lost:
-            raise StartFailed(str(lost)) from None
+        lost_once, stale = False, 0
+        while True:
+            try:
+                return await self._spawn_once(spec, env)
+            except _SpawnLost as lost:
+                if lost_once:
+                    raise StartFailed(str(lost)) from None
+                lost_once = True
+                log.warning("otpy[%s]: the zygote died while %r started; starting it again",
+                            self.node_name, spec.id)
+            except _Stale as out_of_date:  # the next round goes to a new zygote generation
+                stale += 1
+                if stale > STALE_RETRIES:
+                    raise StartFailed(f"the program's code keeps changing: {out_of_date}") from None
 
     async def _spawn_once(self, spec: ChildSpec, env: dict[str, str] | None) -> ChildProcess:
         if self._closing:
@@ -309,6 +164,7 @@ class ProcessManager:
             self._outputs.add(LineReader(loop, read_end, self._output_handler(spec.id, stream),
                                          on_close=self._outputs.discard))
         child = ChildProcess(spec, loop, notify_r)
+        child._link = zygote
         request_id = next(self._request_ids)
         env = dict(env or {})
         if spec.command is not None and spec.ready == "notify":
@@ -350,10 +206,11 @@ class ProcessManager:
         the kernel's word on a child: its exit if it is dead (zombie, gone, pid reused), else
         None. Cheap: one read of the zygote's children for all, one ``readlink`` a child;
         ``/proc/<pid>/stat`` only for a child these do not show alive and ours."""
-        zygote = self._zygote
-        if zygote is not None:
-            zygote.read_now()
-        below = children_of(zygote.pid) if zygote is not None else set()
+        below: set[int] = set()
+        for zygote in self._zygotes:  # every generation still alive
+            if zygote.alive:
+                zygote.read_now()
+                below |= children_of(zygote.pid)
 
         def check(child: ChildProcess) -> ExitReason | None:
             pid = child.pid
@@ -373,8 +230,11 @@ class ProcessManager:
             for child in pending:
                 child.kill()
             await asyncio.gather(*(asyncio.shield(c.exited) for c in pending))
-        if self._zygote is not None:
-            await self._zygote.stop()
+        for link in list(self._zygotes):  # the current generation and any older one still alive
+            if link.alive:
+                await link.stop()
+        while self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         while self._reaping:
             await asyncio.gather(*self._reaping)
         for output in list(self._outputs):
@@ -398,6 +258,8 @@ class ProcessManager:
         reason = await asyncio.shield(child.exited)  # a failed start leaves nothing running
         if reason.kind == "lost":
             raise _SpawnLost(why_not)
+        if child._stale:
+            raise _Stale(child._stale)
         raise StartFailed(why_not)
 
     async def _ensure_zygote(self) -> ZygoteLink:
@@ -440,7 +302,8 @@ class ProcessManager:
             while self._reaping:  # what the last zygote left is gone first (it carries the run tag too)
                 await asyncio.gather(*self._reaping, return_exceptions=True)
             link = ZygoteLink(self.node_name, self.run_id, on_message=self._on_message,
-                              on_death=self._on_zygote_death, program_folders=self.program_folders)
+                              on_death=self._on_zygote_death, program_folders=self.program_folders,
+                              generation=next(self._generations))
             self._zygotes.add(link)
             await link.start(self._reserve, busy_until=self._busy_until)
             self._zygote = link
@@ -463,32 +326,65 @@ class ProcessManager:
                 self._children[pid] = child
                 child._on_spawned(pid)
             case SpawnFailed(request_id=request_id, reason=reason):
-                self._requests.pop(request_id)._on_refused(reason)
+                child = self._requests.pop(request_id)
+                child._on_refused(reason)
+                self._retire_if_idle(child._link)
+            case Stale(request_id=request_id, reason=reason):
+                child = self._requests.pop(request_id)
+                self._new_generation(child._link, reason)
+                child._on_stale(reason)
             case Exited(pid=pid, status=status):
                 child = self._children.pop(pid, None)
                 if child is not None:
                     child._on_exited(status)
+                    if child._link is not self._zygote:
+                        self._retire_if_idle(child._link)
+
+    def _new_generation(self, link: ZygoteLink | None, reason: str) -> None:
+        """``link``'s code is out of date: the next program start goes to a new zygote. The old
+        one keeps its children (reaping, exits, heartbeats) and is stopped after the last."""
+        if link is not None and link is self._zygote:
+            self._zygote = None
+            log.info("otpy[%s]: %s: a new zygote generation imports the new code; the old one "
+                     "(pid %d) stops after its last child", self.node_name, reason, link.pid)
+        self._retire_if_idle(link)
+
+    def _retire_if_idle(self, link: ZygoteLink | None) -> None:
+        """Stop ``link``, an older generation, once no child or request of it is left."""
+        if link is None or link is self._zygote or link.retiring or not link.alive:
+            return
+        if any(c._link is link for c in (*self._children.values(), *self._requests.values())):
+            return
+        link.retiring = True
+        task = asyncio.get_running_loop().create_task(link.stop())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _on_zygote_death(self, link: ZygoteLink) -> None:
-        """Sweep what the zygote's run left; its children's ``exited`` resolve after that.
+        """Sweep what the zygote left; its children's ``exited`` resolve after that.
 
-        They end ``lost`` (otpy's loss, not theirs). The sweep kills every process of the
-        run but the node and live zygotes, and it is over before a new zygote starts
-        (``_start_zygote`` waits for it): no child of the next zygote is ever swept.
+        Its own children and requests only: they end ``lost`` (otpy's loss, not theirs), or
+        killed when the manager closes; another generation's children live on. The sweep kills
+        every process of the run that descends from this zygote (its ``OTPY_ZYGOTE``
+        generation), and it is over before a new zygote starts (``_start_zygote`` waits for
+        it). An older generation the manager stopped (``retiring``) is no death to count.
         """
         if self._zygote is link:
             self._zygote = None
-        if not self._closing:
+        if not self._closing and not link.retiring:
             why = "it missed a heartbeat, killed" if link.stuck else f"status {link.returncode}"
             self._zygote_deaths.append((time.monotonic(), why))
             log.warning("otpy[%s]: the zygote died (%s)", self.node_name, why)
         reason = self._lost_reason()
-        lost = [*self._requests.values(), *self._children.values()]
-        self._requests.clear()
-        self._children.clear()
+        lost = []
+        for table in (self._requests, self._children):  # its own only: other generations live on
+            for key, child in list(table.items()):
+                if child._link is link:
+                    lost.append(table.pop(key))
         self._zygotes = {z for z in self._zygotes if z.alive}
         reaped = asyncio.get_running_loop().run_in_executor(
-            None, sweep_run, self.run_id, {c.pid for c in lost if c.pid}, frozenset(z.pid for z in self._zygotes))
+            None, sweep_run, self.run_id, link.generation, {c.pid for c in lost if c.pid},
+            frozenset(z.pid for z in self._zygotes))
         self._reaping.add(reaped)
 
         def resolve(_) -> None:

@@ -37,7 +37,9 @@ from otpy.agent.program import import_target
 from otpy.host.node_run import RUN_VAR, kill_run
 from otpy.host.prctl import become_subreaper, die_with_parent, prepare_titles, set_title
 from otpy.host.runtime_dir import make_agents_dir
-from otpy.wire.protocol import ENCODER, TO_ZYGOTE, Exited, Hello, Init, Ping, Pong, Spawn, Spawned, SpawnFailed
+from otpy.processes.linux import GENERATION_VAR, kill_generation
+from otpy.processes.sources import Sources
+from otpy.wire.protocol import ENCODER, TO_ZYGOTE, Exited, Hello, Init, Ping, Pong, Retire, Spawn, Spawned, SpawnFailed, Stale
 
 ZYGOTE_NAME = "otpy-zygote"  # its comm: what ``top`` and ``pgrep`` see
 
@@ -53,9 +55,12 @@ class Zygote:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.modules_frozen = 0
+        self.sources = Sources()  # the program files its imports brought in: a change makes it stale
+        self.known_modules = set(sys.modules)  # before the programs' imports
         self.bootstrap = Bootstrap(self.pid, self.devnull)  # a forked child's first steps
         self.spare: Spare | None = None
         self.terminating = False
+        self.retired = False  # the node said Retire: it lives on
         self.children_file = f"/proc/{self.pid}/task/{self.pid}/children"
 
     # --- the loop -------------------------------------------------------------------------
@@ -79,8 +84,9 @@ class Zygote:
         self.kill_all()
 
     def ensure_spare(self) -> None:
-        """Fork the next spare, unless one waits or no program was asked for yet."""
-        if self.spare is None and self.modules_frozen and not self.terminating:
+        """Fork the next spare, unless one waits, no program was asked for yet, or this
+        zygote's code is out of date (its program starts go to a new zygote)."""
+        if self.spare is None and self.modules_frozen and not self.terminating and not self.sources.stale:
             try:
                 self.spare = self.fork_spare()
             except OSError:
@@ -94,6 +100,8 @@ class Zygote:
         if flags & socket.MSG_TRUNC:
             raise RuntimeError(f"message larger than {MAX_MESSAGE} bytes")
         match TO_ZYGOTE.decode(data):
+            case Retire():  # the node lives on: only ours go (``kill_all``); its EOF follows
+                self.retired = True
             case Ping():  # the node's heartbeat (``processes.heartbeat``): we are alive, and not stuck
                 self.send(Pong())
             case Init() as init:
@@ -161,9 +169,16 @@ class Zygote:
         until nothing is left (2 s at most).
 
         The run tag (``OTPY_NODE_RUN``) finds what left the tree: a process reparented to
-        init before it could come back to us, one in another session. The node is spared.
+        init before it could come back to us, one in another session. If the node is gone,
+        that is every process of the run; if the node retired us (it lives on: a close, or an
+        older generation stopped; a ``Retire`` message), only those of this zygote's generation
+        (``OTPY_ZYGOTE``):
+        the node and the other generations' processes are spared.
         """
-        if run_id := os.environ.get(RUN_VAR):
+        run_id, generation = os.environ.get(RUN_VAR), os.environ.get(GENERATION_VAR)
+        if run_id and generation and self.retired:
+            kill_generation(run_id, generation, spare=frozenset({self.pid, self.node_pid}))
+        elif run_id:
             kill_run(run_id, spare={self.pid, self.node_pid})
         deadline = time.monotonic() + 2.0
         while (below := self.children()) and time.monotonic() < deadline:
@@ -190,6 +205,10 @@ class Zygote:
         try:
             if len(fds) != len(CHILD_FDS):
                 raise _Refused(f"spawn request carried {len(fds)} fds, not {len(CHILD_FDS)}")
+            if request.spec.program and (stale := self.sources.check()):
+                self.retire_spare()  # forked from the old code: no use to anyone
+                self.send(Stale(request_id=request.request_id, reason=stale))
+                return
             if request.spec.program:
                 pid = self.start_program(request, data, *fds)
             else:
@@ -221,6 +240,12 @@ class Zygote:
         if pid == 0:
             self.in_child(self.bootstrap.run_program, request, notify, out, err)
         return pid
+
+    def retire_spare(self) -> None:
+        """Close the waiting spare's socket: it exits by itself (reaped silently)."""
+        if self.spare is not None:
+            self.spare.close()
+            self.spare = None
 
     def fork_spare(self) -> Spare:
         """A child that does now what every program child does first, then waits for a request."""
@@ -259,6 +284,8 @@ class Zygote:
             raise _Refused(f"cannot import {target!r}: {type(exc).__name__}: {exc}") from None
         if len(sys.modules) == self.modules_frozen:
             return False
+        self.sources.note([module for name, module in list(sys.modules.items()) if name not in self.known_modules])
+        self.known_modules.update(sys.modules)
         gc.freeze()
         self.modules_frozen = len(sys.modules)
         return True

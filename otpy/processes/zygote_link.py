@@ -21,13 +21,14 @@ import psutil
 
 from .fd_reserve import FdReserve
 from .heartbeat import Heartbeat
-from .linux import kill_group, signal_quietly
-from ..host.node_run import RUN_VAR, kill_run
+from .linux import GENERATION_VAR, kill_generation, kill_group, signal_quietly
+from ..host.node_run import RUN_VAR
 from ..host.prctl import TITLE_ROOM
 from ..agent.import_check import import_path
-from ..wire.protocol import ENCODER, FROM_ZYGOTE, Hello, Init, Ping, Pong
+from ..wire.protocol import ENCODER, FROM_ZYGOTE, Hello, Init, Ping, Pong, Retire
 
 _PING = ENCODER.encode(Ping())  # encoded once: the heartbeat sends it every second
+_RETIRE = ENCODER.encode(Retire())
 
 log = logging.getLogger("otpy")
 LINE_LIMIT = 1 << 16
@@ -107,12 +108,14 @@ class ZygoteLink:
     """One running zygote: its process, its socket, and a pidfd that says when it died."""
 
     def __init__(self, node_name: str, run_id: str, *, on_message: Callable, on_death: Callable,
-                 program_folders: tuple[str, ...] = ()) -> None:
+                 program_folders: tuple[str, ...] = (), generation: int = 1) -> None:
         self.program_folders = program_folders
         self.node_name = node_name
         self.run_id = run_id
+        self.generation = str(generation)  # OTPY_ZYGOTE of it and every process below it
         self.returncode: int | None = None
         self.stuck = False  # it missed a heartbeat and was killed for it
+        self.retiring = False  # stopped by the node: an older generation whose last child is gone
         self._proc: subprocess.Popen | None = None  # once launched
         self._on_message = on_message
         self._on_death = on_death
@@ -145,7 +148,7 @@ class ZygoteLink:
         ``busy_until``: the loop time until which the zygote may rightly not answer a ping.
         """
         self._loop = loop = asyncio.get_running_loop()
-        env = {**os.environ, "OTPY_NODE": self.node_name, RUN_VAR: self.run_id}
+        env = {**os.environ, "OTPY_NODE": self.node_name, RUN_VAR: self.run_id, GENERATION_VAR: self.generation}
         (reserve or FdReserve(0)).call(lambda: self._launch(env))
         self._sock.setblocking(False)
         self._hello = loop.create_future()
@@ -234,12 +237,18 @@ class ZygoteLink:
         await asyncio.wait([writable, self._death], return_when=asyncio.FIRST_COMPLETED)
 
     async def stop(self) -> None:
-        """Close the socket (the zygote kills what it still has and exits); wait for its death.
+        """Say ``Retire`` and close the socket (the zygote kills what it still has, its own
+        generation only, and exits); wait for its death.
 
         The zygote's cleanup takes 2 s at most; one that has not exited after ``STOP_TIMEOUT``
         (stopped, hung) is SIGKILLed, and its children die with it (parent-death signal).
         """
         self._heartbeat.stop()  # its cleanup is not an answer to a ping
+        if not self.gone:
+            try:
+                self._sock.send(_RETIRE)  # we live on: it kills its own generation, not the run
+            except OSError:  # full (it does not read) or closed: no cleanup of its own then
+                self.kill()  # its children die with it; the manager sweeps its generation
         self._close_socket()
         try:
             await asyncio.wait_for(asyncio.shield(self._death), STOP_TIMEOUT)
@@ -295,17 +304,19 @@ def _title_room(argv: list[str]) -> str:
 # --- what a dead zygote leaves -----------------------------------------------------------
 
 
-def sweep_run(run_id: str, pids: set[int], spare: frozenset[int]) -> None:
+def sweep_run(run_id: str, generation: str, pids: set[int], spare: frozenset[int]) -> None:
     """SIGKILL what a dead zygote left, and reap what of it is ours (blocking: run it in a thread).
 
-    That is ``pids`` and their process groups, then every process of the run (``kill_run``)
-    but ``spare`` (live zygotes) and this process: a ``setsid`` grandchild that init adopted
-    too. Those that are this process's children (if it is a subreaper) are reaped here.
+    That is ``pids`` and their process groups, then every process of the run that descends
+    from that zygote (``kill_generation``: its run tag and its generation), but ``spare`` (live
+    zygotes) and this process: a ``setsid`` grandchild that init adopted too. Another zygote
+    generation's children are left alone. Those that are this process's children (if it is a
+    subreaper) are reaped here.
     """
     for pid in pids:
         kill_group(pid)
         signal_quietly(os.kill, pid, signal.SIGKILL)
-    killed = kill_run(run_id, spare=spare)
+    killed = kill_generation(run_id, generation, spare=spare)
     for pid in {*pids, *killed, *_children_in_groups(pids, spare)}:
         _reap_if_ours(pid)
 

@@ -89,6 +89,20 @@ class Exited(Message):
     status: int
 
 
+class Stale(Message):
+    """zygote -> node: no child forked: a source file this zygote imported changed on disk
+    (``reason`` names it). The node starts a new zygote generation and sends the spawn there."""
+
+    request_id: int
+    reason: str
+
+
+class Retire(Message):
+    """node -> zygote, last message before the node closes the socket: the node lives on, so
+    kill only what descends from this zygote (its generation), not every process of the run.
+    An EOF without it means the node is gone: the whole run goes."""
+
+
 class Ping(Message):
     """node -> zygote: the heartbeat (``processes.heartbeat``); answered by a Pong between two messages."""
 
@@ -97,8 +111,8 @@ class Pong(Message):
     """zygote -> node: alive, and not stuck."""
 
 
-ToZygote = Union[Init, Spawn, Ping]
-FromZygote = Union[Hello, Spawned, SpawnFailed, Exited, Pong]
+ToZygote = Union[Init, Spawn, Ping, Retire]
+FromZygote = Union[Hello, Spawned, SpawnFailed, Stale, Exited, Pong]
 
 TO_ZYGOTE = msgspec.msgpack.Decoder(ToZygote)
 FROM_ZYGOTE = msgspec.msgpack.Decoder(FromZygote)
