@@ -254,3 +254,10 @@ def test_json_with_apply_on_a_running_node_holds_the_plan_and_what_was_applied(t
 def test_numeric_options_are_checked_by_their_type(tmp_path, option, value):
     proc = optimize(topology_file(tmp_path, unique_name("numbers")), "--watch", option, value, timeout=60)
     assert proc.returncode == 2 and f"Invalid value for '{option}'" in proc.stderr, proc.stderr
+
+
+def test_the_watch_loop_warns_about_a_program_without_on_config_too(tmp_path):
+    proc = optimize(topology_file(tmp_path, unique_name("watchconf"), doubler=PICKY), "--watch", "--every", "1",
+                    "--rounds", "1", timeout=60)
+    assert proc.returncode == 1 and "is running; start it with" in proc.stderr, proc.stderr  # no node: it ends there
+    assert f"program {PICKY} (child 'solver') has no on_config" in proc.stderr

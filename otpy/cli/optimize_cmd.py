@@ -96,7 +96,6 @@ class ScratchLogFilter(logging.Filter):
 
 def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, storage: str | None, apply_: bool,
                    dry_run: bool, as_json: bool) -> None:
-    from ..optimize.knob_check import programs_without_on_config
     from ..optimize.live_system import (
         LiveSystem, OptimizeError, OptimizerTable, live_values, optimize_topology, set_changes, study_name)
     from ..optimize.study_storage import checked_storage, default_storage
@@ -108,8 +107,7 @@ def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, st
         fail(f"optimize --apply: node {name!r} is not running; start it with `otpy start {topology} --detach`, "
              "then run this again (nothing was searched)")
     storage = checked_storage(storage) if storage else default_storage(name)
-    for restarted in programs_without_on_config(spec.node.root, _spaces(spec)):
-        click.echo(f"optimize: warning: {restarted.warning()}", err=True)
+    _warn_restarts(spec)
     study = study_name(spec)
     click.echo(f"optimize: study {study!r} in {storage}", err=True)
     try:
@@ -212,6 +210,14 @@ def _change(change) -> dict:
     return msgspec.to_builtins(change, builtin_types=None, str_keys=True) | {"line": format_change(change)}
 
 
+def _warn_restarts(spec) -> None:
+    """Once, before a search: each program that every trial's knobs would restart (no on_config)."""
+    from ..optimize.knob_check import programs_without_on_config
+
+    for restarted in programs_without_on_config(spec.node.root, _spaces(spec)):
+        click.echo(f"optimize: warning: {restarted.warning()}", err=True)
+
+
 def _spaces(spec):
     from ..optimize.live_system import spaces_of
 
@@ -234,6 +240,7 @@ def _watch(spec, topology: str, seed: int | None, **options) -> None:
         fail(f"optimize --watch: {exc}", EXIT_USAGE)
     if rounds is not None and rounds < 1:
         fail(f"optimize --watch: --rounds: got {rounds}; expected an integer >= 1", EXIT_USAGE)
+    _warn_restarts(spec)
     try:
         with watch_topology(spec, policy, seed=seed) as orchestrator:
             for report in _rounds(orchestrator, rounds):
