@@ -354,3 +354,25 @@ def test_the_topologys_constraints_reach_the_optimizer_as_infeasible_trials():
         '[constraints]\npool = [{ check = "tests.optimize_agents:small_bias", description = "bias below 0.2" }]\n')
     with pytest.raises(VariableError, match="bias below 0.2"):
         Optimizer(spaces_of(topo), progress=False).validate({"pool.bias": 0.5})
+
+
+def test_ctrl_c_while_optuna_tells_a_trial_is_still_a_keyboard_interrupt_and_leaves_no_running_trial(tmp_path):
+    """Ctrl-C after the objective returned, while optuna tells the trial: optuna's own cleanup
+    then raises UnboundLocalError; the caller still gets the KeyboardInterrupt it expects."""
+    import optuna
+
+    class InterruptedOnce(optuna.samplers.RandomSampler):
+        interrupted = False
+
+        def after_trial(self, study, trial, state, values):
+            if not InterruptedOnce.interrupted:
+                InterruptedOnce.interrupted = True
+                raise KeyboardInterrupt
+            super().after_trial(study, trial, state, values)
+
+    db = str(tmp_path / "study.db")
+    with pytest.raises(KeyboardInterrupt):
+        Optimizer(spaces(), sampler=InterruptedOnce(seed=1), storage=db, study_name="s", progress=False).compile(
+            lambda n: {"answer": n, "x": 0.7}, TRAIN, metric, trials=3)
+    [trial] = optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials
+    assert trial.state != optuna.trial.TrialState.RUNNING

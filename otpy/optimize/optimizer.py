@@ -31,6 +31,7 @@ With ``storage`` (an SQLite path), the study is kept in optuna's RDB storage: a 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import traceback
@@ -255,11 +256,14 @@ class Optimizer:
         try:
             study.optimize(objective, n_trials=todo, catch=(TrialFailed,), callbacks=callbacks,
                            show_progress_bar=bar)
-        except KeyboardInterrupt:
+        except BaseException as exc:
             states = {trial.number: trial.state for trial in study.trials}
             for number in started:  # interrupted between optuna's steps: still RUNNING, fail it here
                 if states.get(number) == TrialState.RUNNING:
-                    study.tell(number, state=TrialState.FAIL)
+                    with contextlib.suppress(Exception):  # the first error is the one to report
+                        study.tell(number, state=TrialState.FAIL)
+            if not isinstance(exc, KeyboardInterrupt) and isinstance(exc.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from exc  # Ctrl-C while optuna told a trial: its cleanup raised another
             raise
         finally:
             optuna.logging.set_verbosity(verbosity)
