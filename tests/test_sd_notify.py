@@ -139,3 +139,13 @@ def test_otpy_s_own_notify_fd_still_works(node_and_output):
     result = node.start_child("pool", daemon("classic", code))
     assert result.ok, result
     assert info(node, "classic").status_line == ""
+
+
+@pytest.mark.skipif(__import__("shutil").which("systemd-notify") is None, reason="no systemd-notify here")
+def test_systemd_notify_itself_works_from_a_shell_script(node_and_output):
+    node, _ = node_and_output
+    script = "systemd-notify --ready --status='up from systemd-notify'; exec sleep 3600"
+    result = node.start_child("pool", otpy.ChildSpec(id="sh", command=("sh", "-c", script), ready="notify",
+                                                     start_timeout=10.0))
+    assert result.ok, result
+    assert info(node, "sh").status_line == "up from systemd-notify"
