@@ -158,7 +158,7 @@ def test_what_is_not_a_signal_is_refused(text):
 # --- status -------------------------------------------------------------------------------------
 
 @pytest.mark.timeout(60)
-def test_status_filters_to_a_child_or_a_subtree_and_exits_3_when_something_shown_is_not_running(node):
+def test_status_filters_to_a_child_or_a_subtree_and_exits_3_when_the_child_shown_is_not_running(node):
     whole = otpy_cli("status", "--node", node)
     assert whole.returncode == 0, whole.stderr
     lines = whole.stdout.splitlines()
@@ -174,10 +174,10 @@ def test_status_filters_to_a_child_or_a_subtree_and_exits_3_when_something_shown
     assert otpy_cli("terminate-child", "s2", "--node", node).returncode == 0
     stopped = otpy_cli("status", "s2", "--node", node)
     assert stopped.returncode == 3 and "stopped (override)" in stopped.stdout and "s2" in stopped.stderr
-    assert otpy_cli("status", "team", "--node", node).returncode == 3  # its subtree has a stopped child
+    assert otpy_cli("status", "team", "--node", node).returncode == 0  # s2 is stopped on purpose
     assert otpy_cli("status", "s1", "--node", node).returncode == 0
-    tree = otpy_cli("status", "--node", node, "--json")
-    assert tree.returncode == 3 and as_json(tree)["node"] == node  # the document, and the exit code
+    tree = otpy_cli("status", "s2", "--node", node, "--json")
+    assert tree.returncode == 3 and as_json(tree)["tree"]["state"] == "stopped"  # the document, and the exit code
     unknown = otpy_cli("status", "nope", "--node", node)
     assert unknown.returncode == 2 and "no child 'nope'" in unknown.stderr
 
@@ -214,10 +214,14 @@ def test_status_shows_the_status_line_and_a_delayed_restart():
     assert "restarting in 1.5s" in lines[4]
 
 
-def test_not_running_lists_what_is_shown_and_not_running():
+def test_status_exits_3_for_the_entry_shown_not_running_or_a_child_in_transition_below_it():
     report = status_json(tree(TreeEntry(id="a", kind="worker", state="running", pid=2),
-                              TreeEntry(id="b", kind="worker", state="restarting")))
-    assert not_running(report["tree"]) == ["b"]
+                              TreeEntry(id="b", kind="worker", state="restarting", restart_in=2.0),
+                              TreeEntry(id="c", kind="worker", state="stopped", override=True),
+                              TreeEntry(id="d", kind="worker", state="stopped")))
+    assert not_running(report["tree"]) == ["b"]  # stopped on purpose: c (terminate-child), d (disabled)
+    assert not_running(report["tree"]["children"][2]) == ["c"]  # `otpy status c`: not running
+    assert not_running({**report["tree"], "state": "stopping"}) == ["root", "b"]
 
 
 # --- --json on every command that reports, stop, nodes, events -----------------------------------

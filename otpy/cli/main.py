@@ -89,8 +89,10 @@ def status(child_id: str | None, node_name: str | None, as_json: bool) -> None:
     """Show the node's tree, or child ID (a supervisor: its subtree): id, kind, state, program,
     pid, restarts, uptime, CPU % and RSS of workers.
 
-    Exits 0 when everything shown is running; 3 when something shown is not (stopped,
-    restarting, ...) or the node is not running, as `systemctl status` does; 2 for an unknown ID.
+    Exits 3, as `systemctl status` does, when the node is not running, when ID (or the root)
+    is not running, or when a child below it is restarting, starting or stopping; a child
+    stopped on purpose (disabled, terminate-child, a transient that ended) does not count.
+    Exits 2 for an unknown ID.
     """
     name = _running_node_or_exit_3(node_name)
     report = status_json(ask(name, "status", lambda client: client.status()))
@@ -101,7 +103,7 @@ def status(child_id: str | None, node_name: str | None, as_json: bool) -> None:
     add_usage(report["tree"])
     click.echo(json.dumps(report, indent=2) if as_json else render_status(report))
     if stopped := not_running(report["tree"]):
-        click.echo(f"otpy: not running: {', '.join(stopped)}", err=True)
+        click.echo(f"otpy: not running: {', '.join(stopped)}", err=True)  # which, for a script's log
         sys.exit(EXIT_NOT_RUNNING)
 
 

@@ -62,12 +62,17 @@ def find_entry(entry: dict, entry_id: str) -> dict | None:
     return next((found for child in entry.get("children", []) if (found := find_entry(child, entry_id))), None)
 
 
-def not_running(entry: dict) -> list[str]:
-    """The ids shown (``entry`` and everything under it) whose state is not ``running``:
-    ``otpy status`` exits 3 when there is any, as ``systemctl status UNIT...`` does when a
-    unit it shows is not active."""
-    own = [] if entry["state"] == "running" else [entry["id"]]
-    return own + [i for child in entry.get("children", []) for i in not_running(child)]
+IN_TRANSITION = ("restarting", "starting", "stopping")  # a crash loop, a delayed restart, a start or stop under way
+
+
+def not_running(entry: dict, top: bool = True) -> list[str]:
+    """The ids that make ``otpy status`` exit 3: the entry shown (the root, or ID) when it is not
+    ``running``, as ``systemctl status UNIT``; below it, a child in transition (restarting,
+    starting, stopping), as ``systemctl is-system-running`` says "degraded". A child stopped on
+    purpose (disabled, terminated by an operator, a transient child that ended) does not count."""
+    own = entry["state"] != "running" if top else entry["state"] in IN_TRANSITION
+    return ([entry["id"]] if own else []) + [i for child in entry.get("children", [])
+                                             for i in not_running(child, top=False)]
 
 
 def state_text(entry: dict) -> str:
