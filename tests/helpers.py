@@ -108,6 +108,13 @@ def wait_dead(pids_: list[int], timeout: float) -> list[int]:
     return [p.pid for p in still if alive(p.pid)]
 
 
+def is_zygote(proc) -> bool:
+    """Whether psutil's ``proc`` is an otpy zygote: ``otpy: NODE zygote`` once it has set its title
+    (``python -m otpy.processes.zygote ...`` until then)."""
+    line = " ".join(proc.cmdline()).strip()
+    return "otpy.processes.zygote" in line or line.startswith("otpy: ") and line.endswith(" zygote")
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
 

@@ -86,4 +86,4 @@ def test_otpy_bench_is_bench_run_py():
     listed = _run("-m", "otpy", "--help").stdout
     assert "bench" in listed
     usage = _run("-m", "otpy", "bench", "--help").stdout
-    assert "{restart,reconfigure,call,scale,all,chart}" in usage and "--n-defaults" in usage
+    assert "{restart|reconfigure|call|scale|all|chart}" in usage and "--n-defaults" in usage

@@ -266,7 +266,7 @@ def wait_converged(node: otpy.Node, timeout: float = CONVERGE_TIMEOUT) -> float:
 
 def footprint(node: otpy.Node) -> tuple[int, int]:
     """fds and RSS of this process, with the dynamic supervisor emptied first: each live child
-    holds two fds in the node (its notify and output pipes), so the count must be compared
+    holds three fds in the node (its notify, stdout and stderr pipes), so the count must be compared
     with the same children alive."""
     for child in node.which_children("pool"):
         node.terminate_child(child.id, "pool")

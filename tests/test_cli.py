@@ -130,8 +130,9 @@ def test_usage_errors_exit_2(detached):
     two_kinds = otpy_cli("start-child", "pool", "--template", "sleepy", "--program", "m:a", "--id", "w",
                          "--node", detached)
     assert two_kinds.returncode == 2
-    unknown = otpy_cli("status", "--node", "no-such-node")
+    unknown = otpy_cli("terminate-child", "x", "--node", "no-such-node")
     assert unknown.returncode == 2 and "no node 'no-such-node'" in unknown.stderr
+    assert otpy_cli("status", "--node", "no-such-node").returncode == 3  # status: not running, as systemctl
     no_sup = otpy_cli("start-child", "nope", "--template", "sleepy", "--id", "w", "--node", detached)
     assert no_sup.returncode == 1 and "not_found" in no_sup.stderr
 
@@ -194,7 +195,8 @@ def test_node_may_be_left_out_only_when_one_runs_and_stale_nodes_are_named():
         old = os.environ["OTPY_RUNTIME_DIR"]
         os.environ["OTPY_RUNTIME_DIR"] = runtime
         try:
-            assert otpy_cli("status", env=env).returncode == 2  # none
+            assert otpy_cli("status", env=env).returncode == 3  # none: not running (status's rule)
+            assert otpy_cli("terminate-child", "a", env=env).returncode == 2  # none: the other commands
             stale = Path(runtime) / "ghost"
             stale.mkdir(mode=0o700)
             (stale / "control.sock").touch()

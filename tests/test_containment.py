@@ -43,7 +43,7 @@ def test_a_program_hanging_in_setup_is_killed_at_start_timeout_and_reported():
     lines: list[tuple[str, str]] = []
     root = otpy.SupervisorSpec(id="root", children=(
         otpy.ChildSpec(id="echo", program="tests.call_agents:Echo"),))
-    node = otpy.Node.from_spec(root, name=unique_name("hang"), on_output=lambda c, l: lines.append((c, l)))
+    node = otpy.Node.from_spec(root, name=unique_name("hang"), on_output=lambda c, stream, l: lines.append((c, l)))
     node.start()
     try:
         hang = otpy.ChildSpec(id="hang", program="tests.agents:SlowSetup", args={"seconds": 600},
@@ -72,7 +72,7 @@ def test_a_program_flooding_stdout_does_not_stall_the_node_and_every_line_is_log
     done = threading.Event()
     line_re = re.compile(r"line (\d+)")
 
-    def on_output(child_id: str, line: str) -> None:
+    def on_output(child_id: str, stream: str, line: str) -> None:
         if child_id != "flood":
             counts["other"] += 1
             return

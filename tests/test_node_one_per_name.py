@@ -24,9 +24,10 @@ import pytest
 import otpy
 from otpy.wire.client import NodeStale
 from otpy.node.node import NodeAlreadyRunning
+from otpy.host.log_files import default_log_dir
 from otpy.host.runtime_dir import runtime_root
 from otpy.specs.model import name_problem
-from tests.helpers import alive, sleeper, unique_name, wait_dead, wait_until
+from tests.helpers import alive, is_zygote, sleeper, unique_name, wait_dead, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)
@@ -147,7 +148,7 @@ def zygotes_of(pid: int) -> list[int]:
     found = []
     for proc in psutil.Process(pid).children():
         try:
-            if "otpy.processes.zygote" in proc.cmdline():
+            if is_zygote(proc):
                 found.append(proc.pid)
         except psutil.Error:  # a zombie of another test
             continue
@@ -237,7 +238,8 @@ def test_a_killed_node_is_found_stale_at_once_and_stop_cleans_its_folder(tmp_pat
             began = time.monotonic()
             done = otpy_cli(*command, "--node", name, timeout=15)
             took = time.monotonic() - began
-            assert done.returncode == 1 and message in done.stderr, (command, done.stderr)
+            expected = 3 if command == ["status"] else 1  # status: not running, as systemctl status
+            assert done.returncode == expected and message in done.stderr, (command, done.stderr)
             assert took < 5, f"otpy {command[0]} of a stale node took {took:.2f} s"  # the CLI's start included
 
         began = time.monotonic()
@@ -391,7 +393,9 @@ def test_node_log_and_lock_are_private_whatever_the_umask(tmp_path):
     try:
         assert done.returncode == 0, done.stderr
         folder = runtime_root() / name
-        assert stat.S_IMODE((folder / "node.log").stat().st_mode) == 0o600
+        logs = default_log_dir(name)  # the durable log folder (#14), not the runtime folder
+        assert stat.S_IMODE((logs / "node.log").stat().st_mode) == 0o600
+        assert stat.S_IMODE(logs.stat().st_mode) == 0o700
         assert stat.S_IMODE((folder / "node.lock").stat().st_mode) == 0o600
     finally:
         with otpy.connect(name) as client:

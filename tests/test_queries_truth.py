@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import otpy
-from tests.helpers import IGNORES_TERM, alive, python, sleeper, unique_name, wait_until
+from tests.helpers import IGNORES_TERM, alive, is_zygote, python, sleeper, unique_name, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -112,7 +112,7 @@ class TestQueriesBetweenEvents:
 
 
 def zygote_pids() -> list[int]:
-    return [p.pid for p in psutil.Process().children() if "otpy.processes.zygote" in " ".join(p.cmdline())]
+    return [p.pid for p in psutil.Process().children() if is_zygote(p)]
 
 
 class TestZygoteDeath:

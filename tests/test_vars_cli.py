@@ -167,7 +167,7 @@ def test_status_table_has_a_program_column_and_shows_the_override():
     classifier, cache, long = lines[3:]
     assert "a:SVM @global.classifier" in classifier
     assert "stopped (override)" in cache
-    assert "NotFit" in long and "examples.tabular" not in long and "…" in long  # its end kept
+    assert "NotFit" in long and "examples.tabular" in long and "…" not in long  # nothing cut: the column fits it
     start = lines[1].index("PROGRAM")
     assert all(line[start - 1] == " " for line in lines[2:])  # the column stays in place
 

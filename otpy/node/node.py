@@ -401,6 +401,7 @@ def describe_event(e: NodeEvent) -> tuple[int, str]:
         "exited": f"{who} exited{detail}",
         "stopped": f"{who} stopped{pid}{detail}",
         "restarting": f"{who} restarting (under {e.supervisor})",
+        "restart_delayed": f"{who} restarting later (under {e.supervisor}){detail}",
         "start_failed": f"{who} failed to start{detail}",
         "gave_up": f"supervisor {e.supervisor} gave up{detail}",
         "auto_shutdown": f"supervisor {e.supervisor} shuts down: significant child {who} ended",
@@ -445,6 +446,7 @@ class Node(Operations):
 
         async def make_and_start():
             self.aio = AsyncNode(self._spec, **self._kwargs)
+            self.aio.topology_path = getattr(self, "topology_path", None)
             await self.aio.start()
 
         try:

@@ -39,7 +39,7 @@ _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 def connection_cap(listeners: int) -> int:
     """How many connections each of ``listeners`` may hold: a quarter of the descriptors still
     free under the soft RLIMIT_NOFILE, shared out, at most ``MAX_CONNECTIONS`` (at least 8).
-    The rest is for the node's children (two pipes each), everything else, and the connections
+    The rest is for the node's children (three pipes each), everything else, and the connections
     libzmq accepts between the cap and the moment its listener is gone (the monitor's events
     reach the node's loop later than libzmq's I/O thread accepts: ~150 under a fast flood)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
