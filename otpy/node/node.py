@@ -23,6 +23,7 @@ import msgspec
 import zmq
 
 from .control import open_control
+from .event_lines import describe_event, log_line
 from .reload import reload_topology
 from .errors import NodeAlreadyRunning, NodeStartError
 from .node_logs import NodeLogs
@@ -239,6 +240,11 @@ class AsyncNode(Operations):
     async def _ask(self, request: ToNode, take: Callable[[FromNode], Any]) -> Any:
         return take(await self.handle(request))
 
+    def adopt_spec(self, spec: NodeSpec) -> None:
+        """``spec`` is what the node declares from now on (a reload's file)."""
+        self.spec = spec
+        self._replica_templates = replica_templates(spec.root)  # the ids their replicas keep
+
     def supervisor(self, sup_id: str | None) -> Supervisor | None:
         return self.root.find_supervisor(sup_id or self.root.spec.id)
 
@@ -330,7 +336,7 @@ class AsyncNode(Operations):
     # --- reports: logs and events -----------------------------------------------------------
 
     def _report(self, event: NodeEvent) -> None:
-        _log_event(event)
+        log.log(*log_line(event))
         for listener in list(self.listeners):
             listener(event)
 
@@ -384,31 +390,6 @@ def tree_env(folder, root: SupervisorSpec) -> dict[str, str]:
 def already_running(name: str, pid: int) -> str:
     """The one wording of a refused second start (the node, and ``otpy start --detach``)."""
     return f"node {name!r} is already running (pid {pid or 'unknown'})"
-
-
-def _log_event(e: NodeEvent) -> None:
-    level, text = describe_event(e)
-    log.log(level, "otpy[%s]: %s", e.node, text)
-
-
-def describe_event(e: NodeEvent) -> tuple[int, str]:
-    """An event as the node's log shows it: (logging level, text)."""
-    who = e.child or e.supervisor
-    pid = f" pid {e.pid}" if e.pid else ""
-    detail = f": {e.detail}" if e.detail else ""
-    text = {
-        "started": f"{who} started{pid} (under {e.supervisor})",
-        "exited": f"{who} exited{detail}",
-        "stopped": f"{who} stopped{pid}{detail}",
-        "restarting": f"{who} restarting (under {e.supervisor})",
-        "restart_delayed": f"{who} restarting later (under {e.supervisor}){detail}",
-        "start_failed": f"{who} failed to start{detail}",
-        "gave_up": f"supervisor {e.supervisor} gave up{detail}",
-        "auto_shutdown": f"supervisor {e.supervisor} shuts down: significant child {who} ended",
-        "node_stopping": "stopping in order",
-    }.get(e.kind, " ".join(filter(None, (e.kind, who))) + detail)  # an Announce's has no child
-    level = logging.WARNING if e.kind in ("exited", "start_failed", "gave_up") else logging.INFO
-    return level, text
 
 
 class Node(Operations):

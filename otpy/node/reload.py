@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from typing import Any
 
 import msgspec
 
 from ..specs.bindings import variables_of
 from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec
-from ..specs.rules import replica_templates
 from ..supervision import reconcile
 from ..supervision.spec_diff import Adopt, AnySupervisor, adopted, diff
 from ..topology.load import TopologyError, load_topology
@@ -46,7 +44,6 @@ from ..variables.placement import REGISTRY_ID, WRITER_ENV, with_writer
 from ..wire.protocol import Change, DeleteChild, NodeEvent, Outcome, Reconfigure, Reload, StartChild, TerminateChild
 from .supervisor import Supervisor
 
-_locks: "weakref.WeakKeyDictionary[Any, asyncio.Lock]" = weakref.WeakKeyDictionary()
 
 
 async def reload_topology(node: Any, request: Reload) -> Outcome:
@@ -63,28 +60,18 @@ async def reload_topology(node: Any, request: Reload) -> Outcome:
         return Outcome("invalid", detail=str(exc))
     if problems := unrealisable(node.spec, topology.node):
         return Outcome("invalid", detail="; ".join(problems))
-    async with _one_at_a_time(node):
+    async with node.writes.lock:  # a reload and a variable write both make the tree match what is declared
         work = _Reload(node, request.dry_run)
         outcome = await work.run(node.spec.root, topology.node.root, request.code)
         if request.dry_run:
             return outcome
         # What the next reload compares with: the file, or (stopped half way) what runs now.
-        node.spec = topology.node if outcome.ok else msgspec.structs.replace(
-            node.spec, root=declared_tree(node, node.spec.root, topology.node.root))
-        node._replica_templates = replica_templates(node.spec.root)  # the ids their replicas keep
+        node.adopt_spec(topology.node if outcome.ok else msgspec.structs.replace(
+            node.spec, root=declared_tree(node, node.spec.root, topology.node.root)))
         if outcome.changes or not outcome.ok:
             node._report(NodeEvent(kind="reloaded", node=node.name, supervisor=node.spec.root.id,
                                    detail=f"{path}: {reload_summary(outcome)}", time=time.time()))
         return outcome
-
-
-def _one_at_a_time(node: Any) -> asyncio.Lock:
-    """The lock of the node's variable writes (a reload and a write both make the tree match
-    what is declared), else one of the reload's own."""
-    lock = getattr(getattr(node, "writes", None), "_one_at_a_time", None)
-    if lock is None:
-        lock = _locks.setdefault(node, asyncio.Lock())
-    return lock
 
 
 def reload_summary(outcome: Outcome) -> str:

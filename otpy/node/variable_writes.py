@@ -121,7 +121,7 @@ class VariableWrites:
         self.bound = bound  # "SCOPE.NAME" of every variable the topology binds
         self._root = root
         self._caller = None  # an otpy.Caller to the registry, made at the first write
-        self._one_at_a_time = asyncio.Lock()  # writes change the shared values and the tree
+        self.lock = asyncio.Lock()  # writes change the shared values and the tree
 
     def registry_problems(self, spec, replacing: str | None = None) -> list[str]:
         """A spec from the wire may neither replace the node's registry nor add another one: the
@@ -161,7 +161,7 @@ class VariableWrites:
         """Set ``config`` (``{scope: {name: value}}``) once the tree runs it (see the module's
         docstring): all or nothing, one write at a time, from the control socket and the
         Python API alike."""
-        async with self._one_at_a_time:
+        async with self.lock:
             return await self._set({scope: dict(values) for scope, values in config.items() if values}, dry_run)
 
     async def _set(self, config: dict[str, dict[str, Any]], dry_run: bool) -> Outcome:
