@@ -32,6 +32,7 @@ def private_runtime_dir():
     with tempfile.TemporaryDirectory(prefix="otpy-test-") as path, \
             tempfile.TemporaryDirectory(prefix="otpy-home-") as home:
         os.environ["OTPY_RUNTIME_DIR"] = path
+        os.environ.pop("OTPY_DATA_DIR", None)  # it would win over XDG_DATA_HOME (optimize's studies)
         for variable, folder in (("XDG_STATE_HOME", "state"), ("XDG_DATA_HOME", "data")):
             os.makedirs(os.path.join(home, folder), mode=0o700)
             os.environ[variable] = os.path.join(home, folder)
