@@ -93,7 +93,7 @@ def as_json(done: subprocess.CompletedProcess):
 
 # --- restart and signal ------------------------------------------------------------------------
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)  # many CLI runs, ~2 s each on a loaded machine
 def test_restart_stops_and_starts_in_one_command_and_refuses_a_dynamic_child(node):
     before = pids(node)
     done = otpy_cli("restart", "s1", "--node", node, "--json")
@@ -122,7 +122,7 @@ def test_restart_stops_and_starts_in_one_command_and_refuses_a_dynamic_child(nod
     assert missing.returncode == 1 and as_json(missing)["outcome"] == "not_found" and "nope" in missing.stderr
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)  # many CLI runs, ~2 s each on a loaded machine
 def test_signal_by_name_or_number_reaches_the_worker_and_says_why_it_cannot(node):
     first = pids(node)["s1"]
     done = otpy_cli("signal", "TERM", "s1", "--node", node, "--json")
@@ -157,7 +157,7 @@ def test_what_is_not_a_signal_is_refused(text):
 
 # --- status -------------------------------------------------------------------------------------
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)  # many CLI runs, ~2 s each on a loaded machine
 def test_status_filters_to_a_child_or_a_subtree_and_exits_3_when_the_child_shown_is_not_running(node):
     whole = otpy_cli("status", "--node", node)
     assert whole.returncode == 0, whole.stderr
@@ -226,7 +226,7 @@ def test_status_exits_3_for_the_entry_shown_not_running_or_a_child_in_transition
 
 # --- --json on every command that reports, stop, nodes, events -----------------------------------
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)  # many CLI runs, ~2 s each on a loaded machine
 def test_every_child_command_stop_and_validate_print_one_json_document(node, tmp_path):
     for args in (("start-child", "pool", "--template", "sleepy", "--id", "j1"), ("terminate-child", "j1"),
                  ("terminate-child", "s1"), ("restart-child", "s1"), ("terminate-child", "s1"),
@@ -253,7 +253,7 @@ def test_every_child_command_stop_and_validate_print_one_json_document(node, tmp
     assert as_json(stopped) == {"command": "stop", "node": node, "ok": True, "pid": node_pid, "stale": False}
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)  # many CLI runs, ~2 s each on a loaded machine
 def test_nodes_json_is_one_array_empty_when_none(node):
     listed = as_json(otpy_cli("nodes", "--json"))
     mine = next(entry for entry in listed if entry["node"] == node)
@@ -263,7 +263,7 @@ def test_nodes_json_is_one_array_empty_when_none(node):
     assert empty.returncode == 0 and json.loads(empty.stdout) == []
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)  # many CLI runs, ~2 s each on a loaded machine
 def test_events_ends_with_exit_0_when_its_node_stops(node):
     watcher = subprocess.Popen([sys.executable, "-m", "otpy", "events", "--node", node, "--json"], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -326,7 +326,7 @@ def complete(words: str, env: dict | None = None) -> list[str]:
     return [line.split(",", 1)[1] for line in done.stdout.splitlines() if line]
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)  # many CLI runs, ~2 s each on a loaded machine
 def test_completion_offers_node_names_and_child_ids(node):
     assert node in complete("otpy status --node ")
     offered = complete(f"otpy restart --node {node} ")
