@@ -339,3 +339,32 @@ def test_completion_is_silent_when_no_node_answers():
     with tempfile.TemporaryDirectory(prefix="otpy-none-") as runtime:
         assert complete("otpy status ", env={"OTPY_RUNTIME_DIR": runtime}) == []
         assert complete("otpy status --node ", env={"OTPY_RUNTIME_DIR": runtime}) == []
+
+
+def test_restart_refuses_a_running_temporary_child_before_stopping_it():
+    """Before: `otpy restart` of a running temporary child stopped it, and its spec went with
+    terminate_child (OTP's rule): the child was lost. Now it is refused untouched."""
+    from otpy.cli.children import restart_outcome
+    from tests.helpers import sleeper
+
+    spec = otpy.SupervisorSpec(id="root", children=(sleeper("t", restart="temporary"), sleeper("p")))
+    with otpy.Node.from_spec(spec, name=unique_name("tmp")) as node, otpy.connect(node.name) as client:
+        before = {c.id: c.pid for c in client.which_children()}
+        assert [c.restart for c in client.which_children()] == ["temporary", "permanent"]
+        refused = restart_outcome(client, "t", None)
+        assert refused.outcome == "not_supported" and "temporary" in refused.detail
+        assert {c.id: c.pid for c in client.which_children()} == before and alive(before["t"])
+        assert restart_outcome(client, "p", None).ok and client.which_children()[1].pid != before["p"]
+
+
+def test_signal_child_names_an_unknown_child_before_a_bad_signal_and_never_signals_a_dead_pid():
+    from tests.helpers import sleeper
+
+    spec = otpy.SupervisorSpec(id="root", children=(sleeper("a"),))
+    with otpy.Node.from_spec(spec, name=unique_name("sig")) as node:
+        assert node.signal_child("nope", 999).outcome == "not_found"
+        assert node.signal_child("a", 999).outcome == "invalid"
+        assert node.signal_child("a", 0).outcome == "invalid"
+        pid = node.which_children()[0].pid
+        assert node.signal_child("a", 10).outcome in ("ok",)  # SIGUSR1 kills a sleeper: restarted
+        assert wait_dead([pid], 5) == []

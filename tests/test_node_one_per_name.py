@@ -255,7 +255,7 @@ def test_a_killed_node_is_found_stale_at_once_and_stop_cleans_its_folder(tmp_pat
         assert stopped.returncode == 0 and message in stopped.stdout, stopped.stderr
         assert not any((folder / f).exists() for f in ("control.sock", "events.sock", "node.lock", "agents"))
         gone = otpy_cli("status", "--node", name)
-        assert gone.returncode == 2 and f"no node {name!r}" in gone.stderr
+        assert gone.returncode == 3 and f"no node {name!r}" in gone.stderr  # status: not running
     finally:
         kill_all(everyone)
         watcher.kill()

@@ -113,6 +113,10 @@ def restart_outcome(client: Client, child_id: str, sup: str | None) -> Outcome:
             f"it is not restarted (it keeps running); stop it with terminate-child and start it again with start-child"))
     if first.outcome not in ("running", "restarting"):
         return first  # ok (it was stopped: now started), not_found, invalid (disabled), start_failed
+    if _restart_type(client.status().tree, child_id) == "temporary":
+        return Outcome("not_supported", detail=(
+            f"{child_id!r} is temporary: terminate-child would remove it with its spec (as OTP's does), so it is "
+            "not restarted (it keeps running); stop it with terminate-child and start it again with start-child"))
     stopped = client.terminate_child(child_id, sup)
     if not stopped.ok:
         return stopped
@@ -122,6 +126,16 @@ def restart_outcome(client: Client, child_id: str, sup: str | None) -> Outcome:
             f"{child_id!r} was stopped and its spec is gone (a temporary child: terminate-child removes it, as "
             "OTP's does); start it again with start-child"))
     return started
+
+
+def _restart_type(entry, child_id: str) -> str | None:
+    """The restart type of ``child_id`` in the status tree ``entry``, None if it is not there."""
+    if entry.id == child_id:
+        return entry.restart
+    for child in entry.children or ():
+        if (found := _restart_type(child, child_id)) is not None:
+            return found
+    return None
 
 
 @click.command("signal")

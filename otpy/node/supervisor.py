@@ -371,7 +371,8 @@ class Supervisor:
         handle = self._handles.get(child.id) if pid is not None else None
         return ChildInfo(id=child.id, kind=child.spec.kind, state=state, pid=pid, restarts=child.restarts,
                          program=shown_program(child, self.values.resolve), bound=self._bound(child), override=child.override,
-                         status_line=getattr(handle, "status_line", ""), restart_in=restart_in)
+                         status_line=getattr(handle, "status_line", ""), restart_in=restart_in,
+                         restart=child.spec.restart)
 
     def _restart_in(self) -> dict[str, float]:
         """Seconds until a delayed restart starts each child it will (it waits, or a bystander
@@ -382,18 +383,19 @@ class Supervisor:
         return {id: round(max(0.0, due - now), 3) for id, due in self.machine.restart_dues().items()}
 
     def signal_child(self, child_id: str, number: int) -> Outcome:
-        """Send signal ``number`` to the running worker ``child_id`` (its process alone)."""
-        if number not in {int(s) for s in signal.valid_signals()} or number == 0:
-            return Outcome("invalid", detail=f"signal: got {number}; expected a signal number of this system (1-{signal.SIGRTMAX})")
+        """Send signal ``number`` to the running worker ``child_id`` (its process alone), once the
+        kernel says it is alive and ours (a pid that died unreported may be reused)."""
         child = self.machine.children.get(child_id)
         if child is None:
             return Outcome("not_found", detail=f"no child {child_id!r} under {self.spec.id!r}")
+        if number not in {int(s) for s in signal.valid_signals()} or number == 0:
+            return Outcome("invalid", detail=f"signal: got {number}; expected a signal number of this system (1-{signal.SIGRTMAX})")
         handle = self._handles.get(child_id)
         if not isinstance(handle, ChildProcess):
             if isinstance(handle, Supervisor):
                 return Outcome("invalid", detail=f"{child_id!r} is a supervisor: signal its workers")
             return Outcome("not_running", detail=f"child {child_id!r} is not running")
-        if handle.exited.done() or handle.pid is None:
+        if handle.exited.done() or handle.pid is None or self._processes.kernel_view()(handle) is not None:
             return Outcome("not_running", detail=f"child {child_id!r} is not running")
         handle.send_signal(number)
         return Outcome("ok", pid=handle.pid)
@@ -455,11 +457,11 @@ class Supervisor:
                 uptime=_uptime(now, started) if info.state == "running" else None,
                 children=None if info.kind == "worker" else [],
                 program=info.program, bound=info.bound, override=info.override,
-                status_line=info.status_line, restart_in=info.restart_in))
+                status_line=info.status_line, restart_in=info.restart_in, restart=info.restart))
         running = not self.exited.done()
         return TreeEntry(id=self.spec.id, kind=self.spec.kind, state="running" if running else "stopped",
                          pid=self.pid, restarts=restarts, uptime=_uptime(now, self.started_at) if running else None,
-                         children=children)
+                         children=children, restart=self.spec.restart)
 
 
 def _uptime(now: float, started: float | None) -> float | None:

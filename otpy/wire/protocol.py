@@ -344,6 +344,7 @@ class ChildInfo(msgspec.Struct, frozen=True):
     override: bool = False  # stopped by terminate_child although its variables say it runs
     status_line: str = ""  # the last ``STATUS=...`` the child sent (sd_notify), if any
     restart_in: float | None = None  # a delayed restart (``restart_delay``): seconds until it starts
+    restart: str = "permanent"  # its restart type (a temporary child's spec goes with terminate_child)
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):
@@ -428,6 +429,7 @@ class TreeEntry(msgspec.Struct, frozen=True):
     override: bool = False
     status_line: str = ""  # as in ChildInfo
     restart_in: float | None = None
+    restart: str = "permanent"
 
 
 class Status(Message):
