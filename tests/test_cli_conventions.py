@@ -295,6 +295,8 @@ def test_events_ends_with_exit_0_when_its_node_stops(node):
     (("call", "x", "--retries", "-3"), "retries: got -3"),
     (("call", "x", "--timeout", "0"), "timeout: got 0"),
     (("stop", "--timeout", "-1"), "timeout: got -1"),
+    (("call", "x", "--timeout", "nan"), "timeout: got nan"),  # before: nan passed every comparison
+    (("start", "t.toml", "--detach", "--timeout", "inf"), "timeout: got inf"),
     (("bench", "restart", "--n", "0"), "n: got 0"),
     (("bench", "scale", "--idle", "-1"), "idle: got -1"),
     (("vars", "set", "a.b", "1", "--expected-version", "-1"), "expected_version: got -1"),

@@ -3,6 +3,7 @@ shell completion of node names and child ids (click's ``shell_complete``)."""
 
 from __future__ import annotations
 
+import math
 import signal
 
 import click
@@ -60,10 +61,13 @@ class _Ranged:
 
     def convert(self, value, param, ctx):
         try:
-            return super().convert(value, param, ctx)
+            converted = super().convert(value, param, ctx)
         except click.BadParameter:
+            converted = None
+        if converted is None or not math.isfinite(converted):  # nan passes every comparison; inf is no duration
             field = param.name if param is not None and param.name else "value"
             self.fail(f"{field}: got {value}; expected {self.expected} in the range {self._describe_range()}", param, ctx)
+        return converted
 
 
 class Count(_Ranged, click.IntRange):

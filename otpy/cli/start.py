@@ -20,6 +20,7 @@ from typing import Callable, TextIO
 import click
 
 from .exits import EXIT_FAILED, EXIT_USAGE
+from .options import Seconds
 from .work import record_topology
 from ..agent.import_check import IMPORT_TIMEOUT
 from ..host.log_files import NODE_LOG, LogFolderError, line_formatter, log_dir, make_private_dir, open_log_fd
@@ -38,7 +39,7 @@ log = logging.getLogger("otpy")
 @click.argument("topology", type=click.Path(dir_okay=False))
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details too.")
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; return once the tree is up.")
-@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--timeout", default=60.0, show_default=True, type=Seconds(),
               help="With --detach: seconds to wait for the tree, checking the file's programs included.")
 @click.option("--json", "as_json", is_flag=True,
               help="With --detach: print the result as one JSON object on stdout.")
