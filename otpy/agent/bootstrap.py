@@ -22,7 +22,7 @@ from .call_socket import WarmSocket
 from .notify import NOTIFY_FD, fail
 from .worker import Worker
 from ..host.prctl import die_with_parent, set_title
-from ..wire.protocol import TO_ZYGOTE, Spawn
+from ..wire.zygote_protocol import TO_ZYGOTE, Spawn
 
 MAX_MESSAGE = 1 << 18  # a message on the zygote's sockets (a spawn request)
 MAX_FD = os.sysconf("SC_OPEN_MAX")

@@ -52,7 +52,7 @@ from .linux import children_of, has_image
 from ..host.node_run import new_run_id
 from ..host.runtime_dir import notify_socket_path
 from .zygote_link import LineReader, ZygoteDied, ZygoteLink, sweep_run
-from ..wire.protocol import Exited, Spawn, Spawned, SpawnFailed, Stale
+from ..wire.zygote_protocol import Exited, Spawn, Spawned, SpawnFailed, Stale
 from ..specs.model import ChildSpec
 
 __all__ = ["ChildProcess", "ProcessManager", "StartFailed", "print_output"]

@@ -39,7 +39,7 @@ from otpy.host.prctl import become_subreaper, die_with_parent, prepare_titles, s
 from otpy.host.runtime_dir import make_agents_dir
 from otpy.processes.linux import GENERATION_VAR, kill_generation
 from otpy.processes.sources import Sources
-from otpy.wire.protocol import ENCODER, TO_ZYGOTE, Exited, Hello, Init, Ping, Pong, Retire, Spawn, Spawned, SpawnFailed, Stale
+from otpy.wire.zygote_protocol import ENCODER, TO_ZYGOTE, Exited, Hello, Init, Ping, Pong, Retire, Spawn, Spawned, SpawnFailed, Stale
 
 ZYGOTE_NAME = "otpy-zygote"  # its comm: what ``top`` and ``pgrep`` see
 

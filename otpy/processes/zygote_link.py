@@ -25,7 +25,7 @@ from .linux import GENERATION_VAR, kill_generation, kill_group, signal_quietly
 from ..host.node_run import RUN_VAR
 from ..host.prctl import TITLE_ROOM
 from ..agent.import_check import import_path
-from ..wire.protocol import ENCODER, FROM_ZYGOTE, Hello, Init, Ping, Pong, Retire
+from ..wire.zygote_protocol import ENCODER, FROM_ZYGOTE, Hello, Init, Ping, Pong, Retire
 
 _PING = ENCODER.encode(Ping())  # encoded once: the heartbeat sends it every second
 _RETIRE = ENCODER.encode(Retire())

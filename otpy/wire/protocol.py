@@ -5,8 +5,8 @@ per direction, built once. A message's tag is its class name, so names are uniqu
 the whole file. Rules for changing a message (msgspec's schema evolution): new fields get
 defaults, field types never change.
 
->>> msg = Spawned(request_id=7, pid=1234)
->>> FROM_ZYGOTE.decode(ENCODER.encode(msg)) == msg
+>>> msg = Reply(call_id=7, outputs={"answer": 42})
+>>> FROM_AGENT.decode(ENCODER.encode(msg)) == msg
 True
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 
 import msgspec
 
-from ..specs.model import AnySpec, ChildSpec
+from ..specs.model import AnySpec
 
 ENCODER = msgspec.msgpack.Encoder()
 
@@ -41,81 +41,7 @@ class Message(msgspec.Struct, frozen=True, tag=True):
     """Base of every wire message: frozen, tagged with the class name."""
 
 
-# --- node <-> zygote ----------------------------------------------------------------------
-# One AF_UNIX SOCK_SEQPACKET socket: one datagram is one message. A Spawn carries three fds
-# (SCM_RIGHTS): the write ends of the child's notify, stdout and stderr pipes, in that order.
-
-
-class Init(Message):
-    """node -> zygote, first message: where the node imports from and runs in."""
-
-    sys_path: list[str]
-    cwd: str
-    env: dict[str, str]
-
-
-class Spawn(Message):
-    """node -> zygote: fork a child for ``spec``, with ``env`` added to its environment."""
-
-    request_id: int
-    spec: ChildSpec
-    env: dict[str, str] = {}
-
-
-class Hello(Message):
-    """zygote -> node: Init done, ready for spawn requests."""
-
-    pid: int
-
-
-class Spawned(Message):
-    """zygote -> node: the child is forked (a command: exec succeeded)."""
-
-    request_id: int
-    pid: int
-
-
-class SpawnFailed(Message):
-    """zygote -> node: no child was left running (import or exec failed)."""
-
-    request_id: int
-    reason: str
-
-
-class Exited(Message):
-    """zygote -> node: a child the zygote spawned was reaped; ``status`` is waitpid's."""
-
-    pid: int
-    status: int
-
-
-class Stale(Message):
-    """zygote -> node: no child forked: a source file this zygote imported changed on disk
-    (``reason`` names it). The node starts a new zygote generation and sends the spawn there."""
-
-    request_id: int
-    reason: str
-
-
-class Retire(Message):
-    """node -> zygote, last message before the node closes the socket: the node lives on, so
-    kill only what descends from this zygote (its generation), not every process of the run.
-    An EOF without it means the node is gone: the whole run goes."""
-
-
-class Ping(Message):
-    """node -> zygote: the heartbeat (``processes.heartbeat``); answered by a Pong between two messages."""
-
-
-class Pong(Message):
-    """zygote -> node: alive, and not stuck."""
-
-
-ToZygote = Union[Init, Spawn, Ping, Retire]
-FromZygote = Union[Hello, Spawned, SpawnFailed, Stale, Exited, Pong]
-
-TO_ZYGOTE = msgspec.msgpack.Decoder(ToZygote)
-FROM_ZYGOTE = msgspec.msgpack.Decoder(FromZygote)
+# --- node <-> zygote: otpy/wire/zygote_protocol.py ---------------------------------------
 
 
 # --- caller <-> agent (calls) -------------------------------------------------------------
