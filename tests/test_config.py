@@ -342,7 +342,8 @@ def test_load_can_skip_imports(tmp_path):
 def test_json_schema_describes_the_format():
     schema = topology_json_schema()
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"node", "supervisor", "variables", "constraints", "pipelines", "optimizer"}
+    assert set(schema["properties"]) == {"node", "logs", "supervisor", "variables", "constraints", "pipelines",
+                                         "optimizer"}
     assert schema["required"] == ["supervisor"]
     worker = schema["$defs"]["WorkerTable"]["properties"]
     assert worker["restart"]["enum"] == ["permanent", "transient", "temporary"]
@@ -357,7 +358,9 @@ def test_the_example_in_the_docs_is_valid():
     assert [child.id for child in topology.node.root.children] == ["registry", "greeter", "legacy", "team", "pool"]
 
 
-@pytest.mark.parametrize("file", sorted((HERE.parent / "examples").glob("**/*.toml")), ids=lambda f: f.stem)
+@pytest.mark.parametrize("file", sorted(f for f in (HERE.parent / "examples").glob("**/*.toml")
+                                         if not f.stem.endswith("-broken")),  # invalid on purpose (docs/reload.md)
+                         ids=lambda f: f.stem)
 def test_example_topologies_load_with_their_programs(file, monkeypatch):
     monkeypatch.chdir(HERE.parent)
     topology = load_topology(file.relative_to(HERE.parent))

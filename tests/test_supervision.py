@@ -76,7 +76,7 @@ class TestRestartTypes:
         try:
             events.wait("exited", "t")
             assert node.which_children("root")[1] == ChildInfo(id="t", kind="worker", state="stopped", pid=None,
-                                                                 restarts=0)
+                                                                 restarts=0, restart="transient")
         finally:
             node.stop()
 
