@@ -151,17 +151,24 @@ class Terminal(io.StringIO):
         return self.tty
 
 
+class Echo(list):
+    """Stands for the stderr echo (its thread writes what ``echo`` is given)."""
+
+    def echo(self, text: str) -> None:
+        self.append(text)
+
+
 def test_child_prefixes_are_coloured_on_a_terminal_only(monkeypatch):
     monkeypatch.delenv("NO_COLOR", raising=False)
-    terminal, pipe = Terminal(True), Terminal(False)
-    child_printer(terminal)("web", "out", "hello")
-    child_printer(pipe)("web", "out", "hello")
-    assert terminal.getvalue().startswith("\x1b[") and terminal.getvalue().endswith("\x1b[0m hello\n")
-    assert pipe.getvalue() == "[web] hello\n"
+    terminal, pipe = Echo(), Echo()
+    child_printer(terminal, Terminal(True))("web", "out", "hello")
+    child_printer(pipe, Terminal(False))("web", "out", "hello")
+    assert terminal[0].startswith("\x1b[") and terminal[0].endswith("\x1b[0m hello")
+    assert pipe == ["[web] hello"]
     monkeypatch.setenv("NO_COLOR", "1")
-    plain = Terminal(True)
-    child_printer(plain)("web", "err", "oops")
-    assert plain.getvalue() == "[web] oops\n"
+    plain = Echo()
+    child_printer(plain, Terminal(True))("web", "err", "oops")
+    assert plain == ["[web] oops"]
 
 
 def test_a_supervisor_gets_no_log_file_of_its_own():

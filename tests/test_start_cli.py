@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import unique_name, wait_dead
+from otpy.host.log_files import default_log_dir
+from tests.helpers import unique_name, wait_dead, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.timeout(60)
@@ -89,3 +91,64 @@ ready = "notify"
     assert "'broken'" in err
     started = [int(line.split(" started pid ")[1].split()[0]) for line in err.splitlines() if " started pid " in line]
     assert started and wait_dead(started, 1.0) == []
+
+
+FLOOD = "import time\nfor i in range(20000): print('L', i)\nprint('done', flush=True)\ntime.sleep(3600)"
+
+
+def flood_topology(tmp_path, prefix: str):
+    name = unique_name(prefix)
+    topo = tmp_path / "t.toml"
+    topo.write_text(f'[node]\nname = "{name}"\n[supervisor]\n[[supervisor.children]]\nid = "flood"\n'
+                    f'command = ["python3", "-u", "-c", {FLOOD!r}]\n')
+    return name, topo
+
+
+def child_log_done(name: str) -> bool:
+    path = default_log_dir(name) / "children" / "flood.log"
+    return path.exists() and "out| done" in path.read_text()
+
+
+@pytest.mark.timeout(90)
+def test_a_stderr_nobody_reads_does_not_stop_the_node(tmp_path):
+    """The echo on stderr is written by its own thread: a full pipe drops echo lines, never the
+    node's answers or its log files."""
+    name, topo = flood_topology(tmp_path, "fullpipe")
+    proc = subprocess.Popen([sys.executable, "-m", "otpy", "start", str(topo)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # never read until the end
+    try:
+        wait_until(lambda: child_log_done(name), timeout=40, what="the child's 20000 lines in its log file")
+        status = subprocess.run([sys.executable, "-m", "otpy", "status", "--node", name], cwd=ROOT,
+                                capture_output=True, text=True, timeout=20)
+        assert status.returncode == 0, status.stderr
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=30)[1].decode()
+        assert proc.returncode == 0
+        assert re.search(r"otpy: \d+ lines not echoed to stderr \(they are in the log files\)", err)
+        assert "[flood] L 0\n" in err  # echoed until the pipe was full
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.timeout(90)
+def test_a_closed_stderr_is_said_once_in_node_log_and_the_files_keep_every_line(tmp_path):
+    name, topo = flood_topology(tmp_path, "closedpipe")
+    proc = subprocess.Popen([sys.executable, "-m", "otpy", "start", str(topo)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        proc.stderr.readline()
+        proc.stderr.close()  # `otpy start t.toml 2>&1 | head -1`
+        wait_until(lambda: child_log_done(name), timeout=40, what="the child's 20000 lines in its log file")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        node_log = (default_log_dir(name) / "node.log").read_text()
+        assert node_log.count("stopped echoing to stderr") == 1
+        assert "Traceback" not in node_log and "output handler failed" not in node_log
+        child_log = (default_log_dir(name) / "children" / "flood.log").read_text()
+        assert child_log.count(" out| L ") == 20000
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

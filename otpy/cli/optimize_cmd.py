@@ -57,10 +57,9 @@ def optimize(topology: str, trials: int | None, seed: int | None, storage: str |
     """
     from ..optimize.live_system import OptimizeError
 
-    try:
-        spec = load_topology(topology)
-    except TopologyError as exc:
-        fail(str(exc), EXIT_USAGE)
+    if apply_ and not watch:  # the node first, at once: importing the programs takes seconds
+        _require_running(_load(topology, check_imports=False).node.name, topology)
+    spec = _load(topology)
     if watch and (as_json or storage):
         fail(f"optimize --watch: {'--json' if as_json else '--storage'} is for one search; the watch loop's "
              "rounds are node events (`otpy events`) and its searches in-memory studies", EXIT_USAGE)
@@ -83,6 +82,23 @@ def optimize(topology: str, trials: int | None, seed: int | None, storage: str |
         fail("optimize: interrupted", EXIT_INTERRUPTED)
 
 
+def _load(topology: str, check_imports: bool = True):
+    try:
+        return load_topology(topology, check_imports=check_imports)
+    except TopologyError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def _require_running(name: str, topology: str) -> None:
+    """``--apply``'s check, before the search (and before the programs are imported)."""
+    try:
+        with connect(name):
+            return
+    except NodeNotFound:
+        fail(f"optimize --apply: node {name!r} is not running; start it with `otpy start {topology} --detach`, "
+             "then run this again (nothing was searched)")
+
+
 class ScratchLogFilter(logging.Filter):
     """Drops the log records of one node (the scratch node's: ``otpy[NAME]: ...``)."""
 
@@ -103,9 +119,8 @@ def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, st
     name = spec.node.name
     table = OptimizerTable(spec)  # the [optimizer] table's problems first: a usage error, before anything runs
     current = live_values(name)
-    if apply_ and current is None:  # before the search, not after it
-        fail(f"optimize --apply: node {name!r} is not running; start it with `otpy start {topology} --detach`, "
-             "then run this again (nothing was searched)")
+    if apply_ and current is None:  # stopped since the first check (``_require_running``)
+        _require_running(name, topology)
     storage = checked_storage(storage) if storage else default_storage(name)
     _warn_restarts(spec)
     study = study_name(spec)

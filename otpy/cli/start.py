@@ -21,6 +21,7 @@ import click
 
 from .exits import EXIT_FAILED, EXIT_USAGE
 from .options import Seconds
+from .stderr_echo import StderrEcho
 from .work import record_topology
 from ..agent.import_check import IMPORT_TIMEOUT
 from ..host.log_files import NODE_LOG, LogFolderError, line_formatter, log_dir, make_private_dir, open_log_fd
@@ -70,12 +71,18 @@ def start(topology: str, verbose: bool, detach: bool, timeout: float, as_json: b
         sys.exit(EXIT_USAGE)
     if detach:
         sys.exit(_start_detached(topology, spec.node, deadline, as_json))
-    node = AsyncNode(spec.node, on_output=(lambda *_: None) if detached_run else child_printer(sys.stderr))
+    echo = None if detached_run else StderrEcho(sys.stderr.fileno())  # never a blocking write on the loop
+    node = AsyncNode(spec.node, on_output=(lambda *_: None) if echo is None else child_printer(echo, sys.stderr))
     node.topology_path = os.path.abspath(topology)
     if detached_run:  # stdout and stderr are node.log: they follow it across rotations
         node.logs.follow_fds = (1, 2)
-    _setup_logging(verbose, detached=node if detached_run else None)
-    sys.exit(asyncio.run(_run_foreground(node, on_started=lambda: record_topology(node.name, topology))))
+    _setup_logging(verbose, detached=node if detached_run else None, echo=echo)
+    try:
+        status = asyncio.run(_run_foreground(node, on_started=lambda: record_topology(node.name, topology)))
+    finally:
+        if echo is not None:
+            echo.close()
+    sys.exit(status)
 
 
 def _start_detached(topology: str, node_spec, deadline: float, as_json: bool) -> int:
@@ -181,15 +188,20 @@ def _tail(path, lines: int = 20) -> str:
         return ""
 
 
-def _setup_logging(verbose: bool, detached: AsyncNode | None = None) -> None:
+def _setup_logging(verbose: bool, detached: AsyncNode | None = None, echo: StderrEcho | None = None) -> None:
     """The ``otpy`` logger at INFO (DEBUG with -v); while the node runs, its lines go to
     ``node.log`` (the node's handler, ``node.node_logs``), and in the foreground to stderr too.
     A ``detached`` node's stderr is ``node.log``: the lines before and after the node's handler
-    (a refused start, the last words) are written there, stamped as the handler's are."""
+    (a refused start, the last words) are written there, stamped as the handler's are. In the
+    foreground, stderr is written through ``echo`` (its thread, never the node's loop)."""
     level = logging.DEBUG if verbose else logging.INFO
     log.setLevel(level)
     if detached is None:
-        logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+        if echo is None:
+            logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+        else:
+            echo.handler.setFormatter(logging.Formatter("%(message)s"))
+            logging.basicConfig(level=level, handlers=[echo.handler])
         return
     log.propagate = False
     outside = logging.StreamHandler(sys.stderr)
@@ -202,10 +214,10 @@ PREFIX_COLOURS = ("cyan", "green", "yellow", "blue", "magenta", "bright_cyan", "
                   "bright_blue", "bright_magenta")
 
 
-def child_printer(out: TextIO) -> Callable[[str, str, str], None]:
-    """The foreground's ``on_output``: ``[ID] line`` on ``out``; on a terminal (and without
-    ``NO_COLOR``) the prefix is coloured, one colour per id, red for a stderr line. Never a
-    colour code into a file or a pipe."""
+def child_printer(echo: StderrEcho, out: TextIO) -> Callable[[str, str, str], None]:
+    """The foreground's ``on_output``: ``[ID] line`` through ``echo`` (to ``out``, by its thread);
+    on a terminal (and without ``NO_COLOR``) the prefix is coloured, one colour per id, red for a
+    stderr line. Never a colour code into a file or a pipe."""
     colour = out.isatty() and not os.environ.get("NO_COLOR")
 
     def print_line(child_id: str, stream: str, line: str) -> None:
@@ -213,7 +225,7 @@ def child_printer(out: TextIO) -> Callable[[str, str, str], None]:
         if colour:
             prefix = click.style(prefix, fg="red" if stream == "err" else
                                  PREFIX_COLOURS[zlib.crc32(child_id.encode()) % len(PREFIX_COLOURS)])
-        print(f"{prefix} {line}", file=out, flush=True)
+        echo.echo(f"{prefix} {line}")
 
     return print_line
 
