@@ -6,6 +6,7 @@ with its node, and shell completion of node names and child ids."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 import otpy
 from otpy.cli.options import SignalParam
 from otpy.cli.status_view import not_running, render_status, status_json
-from otpy.wire.client import socket_path
+from otpy.wire.client import socket_path, zmq_ms
 from otpy.wire.protocol import BoundInfo, Status, TreeEntry
 from tests.helpers import alive, unique_name, wait_dead, wait_until
 from tests.test_cli import ROOT, otpy_cli, reap
@@ -296,6 +297,12 @@ def test_events_ends_with_exit_0_when_its_node_stops(node):
     (("call", "x", "--timeout", "0"), "timeout: got 0"),
     (("stop", "--timeout", "-1"), "timeout: got -1"),
     (("call", "x", "--timeout", "nan"), "timeout: got nan"),  # before: nan passed every comparison
+    (("stop", "--timeout", "nan"), "timeout: got nan"),  # before: a ValueError traceback from setsockopt
+    (("stop", "--timeout", "inf"), "timeout: got inf"),
+    (("stop", "--timeout", "1e400"), "timeout: got 1e400"),
+    (("stop", "--timeout", "1e12"), "timeout: got 1e12; expected a number of seconds in the range 0<x<=315360000 (ten years)"),
+    (("bench", "scale", "--idle", "nan"), "idle: got nan"),
+    (("bench", "scale", "--prefault", "nan"), "prefault: got nan"),
     (("bench", "restart", "--n", "0"), "n: got 0"),
     (("bench", "scale", "--idle", "-1"), "idle: got -1"),
     (("vars", "set", "a.b", "1", "--expected-version", "-1"), "expected_version: got -1"),
@@ -310,6 +317,56 @@ def test_numeric_options_are_checked_by_their_type(args, said):
 def test_start_timeout_is_checked_like_every_duration():
     done = otpy_cli("start", "t.toml", "--detach", "--timeout", "inf")
     assert done.returncode == 2 and "timeout: got inf" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("args, said", [
+    (("--interval", "nan"), "interval: got nan"),  # before: click.FloatRange let nan through
+    (("--interval", "inf"), "interval: got inf"),
+    (("--interval", "1e12"), "interval: got 1e12"),
+    (("--margin", "nan"), "margin: got nan"),
+    (("--margin", "inf"), "margin: got inf"),
+])
+def test_optimize_watch_numbers_are_finite(args, said):
+    done = otpy_cli("optimize", "t.toml", "--watch", *args)
+    assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_start_detach_with_too_long_a_timeout_starts_nothing(tmp_path):
+    """Before: ``--timeout 1e12`` passed the option and overflowed zmq's send timeout after the
+    node was spawned: a traceback, and the node left running."""
+    name = unique_name("long")
+    path = tmp_path / "t.toml"
+    path.write_text(TOPOLOGY.format(name=name))
+    done = otpy_cli("start", str(path), "--detach", "--timeout", "1e12")
+    assert done.returncode == 2 and "timeout: got 1e12" in done.stderr and "Traceback" not in done.stderr
+    assert not socket_path(name).exists() and name not in otpy_cli("nodes").stdout
+
+
+@pytest.mark.timeout(120)
+def test_a_timeout_longer_than_zmq_milliseconds_hold_still_works(tmp_path):
+    """35 days is a valid duration but 3e9 ms overflow zmq's int SNDTIMEO: before, ``stop`` and
+    ``start --detach`` ended in an OverflowError (the start leaving its node running)."""
+    name = unique_name("long")
+    path = tmp_path / "t.toml"
+    path.write_text(TOPOLOGY.format(name=name))
+    started = otpy_cli("start", str(path), "--detach", "--timeout", "3e6")
+    try:
+        assert started.returncode == 0 and "Traceback" not in started.stderr, started.stderr
+        with otpy.connect(name, timeout=math.inf) as client:  # the API: inf waits as long as it takes
+            pid = client.status().pid
+        stopped = otpy_cli("stop", "--node", name, "--timeout", "3e6")
+        assert stopped.returncode == 0 and "Traceback" not in stopped.stderr, stopped.stderr
+        reap(pid)
+    finally:
+        if socket_path(name).exists():
+            otpy_cli("stop", "--node", name)
+
+
+@pytest.mark.parametrize("seconds, ms", [(0.5, 500), (0, 0), (3e6, 2**31 - 2), (math.inf, 2**31 - 2),
+                                         (math.nan, 2**31 - 2)])
+def test_zmq_milliseconds_are_clamped_to_a_c_int(seconds, ms):
+    assert zmq_ms(seconds) == ms
 
 
 def test_otpy_bench_is_a_click_command_and_bench_run_py_shares_its_options():

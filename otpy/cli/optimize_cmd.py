@@ -15,7 +15,7 @@ import click
 import msgspec
 
 from .exits import EXIT_FAILED, EXIT_USAGE, fail
-from .options import JSON_OPTION
+from .options import JSON_OPTION, Number, Seconds
 from ..topology.load import TopologyError, load_topology
 from ..wire.calls import Caller
 from ..wire.client import NodeNotFound, connect
@@ -36,11 +36,11 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
 @click.option("--dry-run", is_flag=True, help="With --apply: print the plan only.")
 @JSON_OPTION
 @click.option("--watch", is_flag=True, help="Watch the running node: score it, search when it falls, apply what beats it.")
-@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True, help="--watch: seconds between rounds.")
+@click.option("--interval", type=Seconds(), default=60.0, show_default=True, help="--watch: seconds between rounds.")
 @click.option("--sample", type=click.IntRange(min=1), help="--watch: validation examples a round scores (default: all).")
 @click.option("--threshold", type=float, help="--watch: search when the live score is below this.")
 @click.option("--every", type=click.IntRange(min=1), help="--watch: search every N rounds, whatever the score.")
-@click.option("--margin", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--margin", type=Number(min=0), default=0.0, show_default=True,
               help="--watch: apply only a candidate whose validation score beats the live one by more than this.")
 @click.option("--rounds", type=click.IntRange(min=1), help="--watch: stop after this many rounds (default: run until interrupted).")
 def optimize(topology: str, trials: int | None, seed: int | None, storage: str | None, apply_: bool, dry_run: bool,

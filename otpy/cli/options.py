@@ -10,6 +10,7 @@ import click
 from click.shell_completion import CompletionItem
 
 from ..specs.model import name_problem
+from ..specs.values import MAX_SECONDS
 
 COMPLETION_TIMEOUT = 0.5  # seconds a completion waits for a node: a shell must not hang on a Tab
 
@@ -55,9 +56,10 @@ def complete_child_ids(ctx: click.Context, param: click.Parameter, incomplete: s
 
 class _Ranged:
     """A click range whose refusal names the field as the rest of otpy does: ``retries: got -3;
-    expected an integer >= 0`` (click's usage error, exit 2)."""
+    expected an integer >= 0`` (click's usage error, exit 2). nan and inf are refused too."""
 
     expected = "a number"
+    bound_note = ""  # what the upper bound is, in words: " (ten years)"
 
     def convert(self, value, param, ctx):
         try:
@@ -66,7 +68,8 @@ class _Ranged:
             converted = None
         if converted is None or not math.isfinite(converted):  # nan passes every comparison; inf is no duration
             field = param.name if param is not None and param.name else "value"
-            self.fail(f"{field}: got {value}; expected {self.expected} in the range {self._describe_range()}", param, ctx)
+            self.fail(f"{field}: got {value}; expected {self.expected} in the range {self._describe_range()}"
+                      f"{self.bound_note}", param, ctx)
         return converted
 
 
@@ -79,13 +82,23 @@ class Count(_Ranged, click.IntRange):
         super().__init__(min=min)
 
 
+class Number(_Ranged, click.FloatRange):
+    """A finite number option with an optional lower bound: ``Number(min=0)`` for a score margin."""
+
+    def __init__(self, min: float | None = None, min_open: bool = False) -> None:
+        super().__init__(min=min, min_open=min_open)
+
+
 class Seconds(_Ranged, click.FloatRange):
-    """A duration option: a number of seconds above 0 (``positive``) or at least 0; ``expected``
-    names another unit (``a number of GiB``)."""
+    """A duration option: a number of seconds above 0 (``positive``) or at least 0, and at most
+    ten years as every duration of a topology (``specs.values.MAX_SECONDS``): what is longer is
+    a typo, and would overflow the clocks it reaches (zmq's int32 milliseconds clamp at ~24.8
+    days in ``wire.client``). ``expected`` names another unit (``a number of GiB``)."""
 
     def __init__(self, positive: bool = True, expected: str = "a number of seconds") -> None:
-        super().__init__(min=0, min_open=positive)
+        super().__init__(min=0, min_open=positive, max=MAX_SECONDS)
         self.expected = expected
+        self.bound_note = " (ten years)" if expected == "a number of seconds" else ""
 
 
 class SignalParam(click.ParamType):

@@ -37,10 +37,12 @@ from .protocol import ENCODER, FROM_NODE, FromNode, GetStatus, Outcome, Status, 
 from ..host.node_run import lock_holder, sweep_dead_run
 from ..host.runtime_dir import control_endpoint, existing_node_dir, node_sockets, running_nodes
 from ..specs.model import name_problem
+from ..specs.values import MAX_SECONDS
 
 DEFAULT_TIMEOUT = 30.0  # seconds; a start_child waits for READY, which may take start_timeout
 PING_TIMEOUT = 0.5  # a live node that does not answer status within this is listed as silent
 WATCH_PERIOD = 0.1  # seconds between two looks at a node's lock while waiting for its reply
+ZMQ_MAX_MS = 2**31 - 1  # zmq's socket timeouts are C ints of milliseconds (~24.8 days)
 
 
 class NodeNotFound(LookupError):
@@ -174,14 +176,14 @@ class Client(Operations):
         deadline = time.monotonic() + limit
         # A DEALER blocks on send while it has no connection (a TCP peer that refused our CURVE
         # key, a node not there yet): the send shares the call's deadline.
-        self._socket.setsockopt(zmq.SNDTIMEO, max(1, int(limit * 1000)))
+        self._socket.setsockopt(zmq.SNDTIMEO, max(1, zmq_ms(limit)))
         try:
             self._socket.send(ENCODER.encode(msgspec.structs.replace(request, request_id=request_id)))
         except zmq.Again:
             raise TimeoutError(f"node {self.name!r}: the request could not be sent within {limit} s") from None
         watch = give_up is not None or self._local
         while (left := deadline - time.monotonic()) > 0:
-            if self._socket.poll(int(min(left, WATCH_PERIOD if watch else left) * 1000) + 1):
+            if self._socket.poll(zmq_ms(min(left, WATCH_PERIOD if watch else left)) + 1):
                 reply = FROM_NODE.decode(self._socket.recv())
                 if reply.request_id in (request_id, 0):
                     return reply
@@ -217,6 +219,16 @@ class Client(Operations):
         self.close()
 
 
+def zmq_ms(seconds: float) -> int:
+    """``seconds`` as zmq's milliseconds, clamped to what its C int holds (``ZMQ_MAX_MS``, ~24.8
+    days): a longer timeout (``otpy stop --timeout 3e6``, ``timeout=math.inf``) waits that long,
+    then again as its deadline says, instead of an OverflowError from ``setsockopt``."""
+    ms = seconds * 1000
+    if not ms < ZMQ_MAX_MS - 1:  # beyond, inf or nan; one less: a poll adds 1
+        return ZMQ_MAX_MS - 1
+    return max(0, int(ms))
+
+
 def _secured(socket: zmq.Socket, name: str, endpoint: str | None, keys) -> str:
     """The endpoint to connect to: the node's ipc socket, or a TCP one (CURVE keys required)."""
     if endpoint is None:
@@ -237,7 +249,9 @@ def wait_gone(reply: Stopping, timeout: float) -> None:
 
 
 def wait_exit(pid: int, timeout: float) -> bool:
-    """True once ``pid`` has exited (a zombie counts: its reaper may be slow), False on timeout."""
+    """True once ``pid`` has exited (a zombie counts: its reaper may be slow), False on timeout
+    (ten years at most, as every duration: select refuses a time beyond its clock's range)."""
+    timeout = min(timeout, MAX_SECONDS)
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -286,7 +300,7 @@ class AsyncClient(Operations):
         except TimeoutError:
             raise TimeoutError(f"node {self.name!r}: the request could not be sent within {limit} s") from None
         while (left := deadline - time.monotonic()) > 0:
-            if await self._socket.poll(int(min(left, WATCH_PERIOD if self._local else left) * 1000) + 1):
+            if await self._socket.poll(zmq_ms(min(left, WATCH_PERIOD if self._local else left)) + 1):
                 reply = FROM_NODE.decode(await self._socket.recv())
                 if reply.request_id in (request_id, 0):
                     return reply
