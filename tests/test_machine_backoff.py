@@ -199,6 +199,25 @@ class TestGroups:
         assert d.crash("a") == ["start a", "start b", "start c"]
         assert d.elapse(5.0) == []
 
+    @pytest.mark.parametrize("strategy, held", [("one_for_all", ["a", "c"]), ("rest_for_one", ["c"])])
+    def test_terminating_the_waiting_child_starts_its_stopped_bystanders_at_once(self, strategy, held):
+        # Nothing is left to wait for; without this the group stays stopped for good (a reload
+        # that removes the waiting child terminates it this way).
+        d = started(worker("a"), worker("b", restart_delay=5.0), worker("c"), strategy=strategy)
+        d.crash("b")
+        d.take_log()
+        assert d.call(terminate_child("b")).ok
+        assert d.take_log() == [f"start {i}" for i in held]
+        assert [d.state(i) for i in "abc"] == ["running", "stopped", "running"]
+        assert d.elapse(5.0) == []  # the old timer is stale
+
+    def test_a_bystander_terminated_meanwhile_is_not_started_by_it(self):
+        d = started(worker("a"), worker("b", restart_delay=5.0), worker("c"), strategy="one_for_all")
+        d.crash("b")
+        d.call(terminate_child("c"))
+        d.take_log()
+        assert d.call(terminate_child("b")).ok and d.take_log() == ["start a"]
+
 
 class TestDynamic:
     def test_a_template_child_waits_its_delay(self):

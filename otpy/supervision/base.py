@@ -464,6 +464,20 @@ class BaseMachine:
             return Outcome("invalid", detail=problem)
         return self.children.start_refusal(spec)
 
+    def _stop_by_operator(self, id: str) -> list[Effect]:
+        """An operator stops ``id`` (``terminate_child``; a reload that removes it does so too):
+        its stop if it runs, its wait or retries ended. A delayed restart it was waiting for
+        held its stopped bystanders (one_for_all / rest_for_one): with the child out of the
+        group nothing is left to wait for, so they start at once, as the restart (uncharged,
+        it was charged at the exit). One rule for every way a waiting child is stopped."""
+        child = self.children[id]
+        held = self.children.held_by_wait(id)
+        effects = self._stops((id,)) if child.state == "running" else []
+        self.children.set_stopped((id,))  # also ends a restarting child's retries or wait
+        if held and self.phase == "running" and self._chain is None:
+            effects += [Report("restarting", held[0])] + self._begin("restart", list(held))
+        return effects
+
     def _restart_child(self, id: str, reply_to) -> list[Effect]:
         """OTP's ``restart_child``: start a stopped child again (a dynamic supervisor: only a
         replica an operator terminated); a disabled one is refused, naming its variable."""

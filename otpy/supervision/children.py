@@ -183,6 +183,17 @@ class ChildTable:
                     dues[id] = min(dues.get(id, waiting.restart_at), waiting.restart_at)
         return dues
 
+    def held_by_wait(self, id: str) -> tuple[str, ...]:
+        """The stopped bystanders (one_for_all / rest_for_one) that the delayed restart ``id``
+        waits for would start with it: its group but itself, still in the table and stopped
+        (not those an operator terminated meanwhile: ``override``)."""
+        child = self._children.get(id)
+        if child is None or child.restart_at is None:
+            return ()
+        return tuple(i for i in child.group if i != id and i in self._children
+                     and self._children[i].state == "stopped" and self._children[i].restart_at is None
+                     and not self._children[i].override)
+
     def take_exit(self, id: str, incarnation: int) -> Child | None:
         """The child whose current incarnation this exit ends, now stopped; None when the
         incarnation is not current (the exit is stale)."""

@@ -130,9 +130,8 @@ class DynamicMachine(BaseMachine):
         child = self.children.get(id)
         if child is None:
             return [Answer(reply_to, no_child(id))]
-        effects = self._stops((id,)) if child.state == "running" else []
+        effects = self._stop_by_operator(id)  # also ends a restarting replica's retries
         if self._is_replica(id):
-            self.children.set_stopped((id,))  # also ends a restarting replica's retries
             child.override = True  # kept stopped: a reconcile does not bring it back
         else:
             self.children.delete(id)

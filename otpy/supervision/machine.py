@@ -99,8 +99,7 @@ class StaticMachine(BaseMachine):
         child = self.children.get(id)
         if child is None:
             return [Answer(reply_to, no_child(id))]
-        effects = self._stops((id,)) if child.state == "running" else []
-        self.children.set_stopped((id,))  # also ends a restarting child's retries
+        effects = self._stop_by_operator(id)  # a waiting child's stopped bystanders start now
         child.override = True  # the operator's word: a reconcile does not start it again
         if child.spec.restart == "temporary":
             self.children.delete(id)

@@ -1,0 +1,61 @@
+"""A reload's edge cases, end to end (docs/reload.md): a child removed while its group waits
+for a delayed restart, a change to a child that is not running, a run-time child with a
+replica's id, a child moved to another supervisor."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+import otpy
+from otpy.topology.load import load_topology
+from tests.helpers import pids, unique_name, wait_until
+from tests.test_reload import sleeper, topology
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def make_node(tmp_path):
+    """``make_node(text)``: write the topology, start a node from it; stopped at the end."""
+    started = []
+
+    def make(text: str):
+        path = tmp_path / "topology.toml"
+        path.write_text(text)
+        node = otpy.Node(load_topology(path).node).start()
+        started.append(node)
+        return node, path
+
+    yield make
+    for node in started:
+        node.stop()
+
+
+def group(strategy: str, *children: str) -> str:
+    text = f'strategy = "{strategy}"\n'
+    for child in children:
+        text += "  [[supervisor.children.children]]\n" + child
+    return text
+
+
+@pytest.mark.parametrize("strategy, held", [("one_for_all", ["a", "c"]), ("rest_for_one", ["c"])])
+def test_removing_a_child_waiting_for_its_delayed_restart_starts_its_group(make_node, strategy, held):
+    name = unique_name("edges")
+    kids = [sleeper("a", indent="  "), sleeper("b", "  restart_delay = 60.0\n", indent="  "), sleeper("c", indent="  ")]
+    node, path = make_node(topology(name, team=group(strategy, *kids)))
+    before = pids(node, "team")
+    os.kill(before["b"], signal.SIGKILL)
+    wait_until(lambda: all(pids(node, "team")[i] is None for i in held), timeout=10, what="the group stopped, waiting")
+    path.write_text(topology(name, team=group(strategy, kids[0], kids[2])))
+    result = node.reload(str(path))
+    assert result.ok and [(c.action, c.child) for c in result.changes] == [("stop", "b")], result
+    def started_again():
+        now = pids(node, "team")
+        return now if all(now[i] for i in held) else None
+
+    now = wait_until(started_again, timeout=10, what="the bystanders started once b was removed")
+    assert list(now) == ["a", "c"]
+    assert all(now[i] != before[i] for i in held)
