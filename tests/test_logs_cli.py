@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -243,3 +244,94 @@ def test_without_node_logs_picks_the_running_node_and_refuses_to_guess_between_s
             several = CliRunner().invoke(logs, ["-n", "1"])
     assert several.exit_code == 2
     assert "several nodes are running" in several.stderr and first in several.stderr and second in several.stderr
+
+
+def numbers(data: bytes) -> list[int]:
+    return [int(line.rsplit(b" ", 1)[1]) for line in data.splitlines()]
+
+
+@pytest.mark.parametrize("backups", [2, 50])
+def test_follow_reads_every_file_rotated_between_two_looks_in_order(tmp_path, backups):
+    """Several rotations between two looks: the rest of the file it read, the backups after it
+    (oldest first), then the new file; no line lost or repeated while the backups still hold them."""
+    from otpy.cli.logs import Follower
+    from otpy.host.log_files import PrivateRotatingFileHandler
+
+    handler = PrivateRotatingFileHandler(tmp_path / "w.log", LogSettings(max_bytes=1024, backups=backups))
+    out = io.BytesIO()
+    total = 0
+
+    def write(lines: int) -> None:
+        nonlocal total
+        for _ in range(lines):
+            handler.write_line(f"line {total:05d}\n")
+            total += 1
+
+    write(5)
+    follower = Follower(tmp_path / "w.log")  # at the end: lines 0-4 are not followed
+    try:
+        write(10)
+        follower.poll(out)
+        assert numbers(out.getvalue()) == list(range(5, 15))
+        write(min(backups, 2) * 1024 // 11)  # ~2 rotations (1 with 2 backups kept: still on disk)
+        follower.poll(out)
+        write(30)
+        follower.poll(out)
+        assert numbers(out.getvalue()) == list(range(5, total))
+    finally:
+        follower.close()
+        handler.close()
+
+
+def test_follow_says_when_more_rotations_than_backups_lost_lines(tmp_path, capsys):
+    from otpy.cli.logs import Follower
+    from otpy.host.log_files import PrivateRotatingFileHandler
+
+    handler = PrivateRotatingFileHandler(tmp_path / "w.log", LogSettings(max_bytes=1024, backups=1))
+    handler.write_line("line 00000\n")
+    follower = Follower(tmp_path / "w.log")
+    out = io.BytesIO()
+    try:
+        for n in range(1, 400):
+            handler.write_line(f"line {n:05d}\n")
+        follower.poll(out)
+    finally:
+        follower.close()
+        handler.close()
+    assert "rotated more than its backups allow" in capsys.readouterr().err
+    assert numbers(out.getvalue())[-1] == 399
+
+
+def test_logs_ends_lines_at_newlines_only_not_at_a_carriage_return():
+    name = unique_name("cr")
+    written(name, "bar", 3)
+    node_logs = NodeLogs(otpy.NodeSpec(name=name, root=otpy.SupervisorSpec(id="root")), lambda *_: None)
+    node_logs.open(None, [])
+    node_logs.child_line("bar", "out", "ca\rrr")
+    node_logs.close()
+    result = CliRunner().invoke(logs, ["bar", "-n", "2", "--node", name])
+    lines = result.stdout_bytes.split(b"\n")
+    assert result.exit_code == 0 and len(lines) == 3 and lines[-1] == b""
+    assert lines[0].endswith(b"out| line 2") and lines[1].endswith(b"out| ca\rrr")
+
+
+def test_logs_of_an_unknown_node_is_an_input_error():
+    known = unique_name("known")
+    written(known, "w", 1)
+    for args in ([], ["-f"], ["-n", "3"]):
+        result = CliRunner().invoke(logs, [*args, "--node", unique_name("typo")])
+        assert result.exit_code == 2, (args, result.output)
+        assert "no node 'typo-" in result.stderr and known in result.stderr
+
+
+def test_logs_refuses_a_symlink_in_place_of_a_log_file(tmp_path):
+    name = unique_name("link")
+    written(name, "w", 2)
+    secret = tmp_path / "secret"
+    secret.write_text("secret\n")
+    path = default_log_dir(name) / "children" / "w.log"
+    path.unlink()
+    path.symlink_to(secret)
+    result = CliRunner().invoke(logs, ["w", "--node", name])
+    assert result.exit_code == 1
+    assert "secret\n" not in result.stdout and "is a symlink, not a log file: refused" in result.stderr

@@ -1,8 +1,9 @@
 """``otpy logs``: the last lines of one child's log, or the node's, and follow them (``tail -F``).
 
 The files are found from the node's name alone (``host.log_files.known_log_dir``), so a stopped
-node's logs are read too. ``-f`` follows the file across rotations (the rest of the renamed file,
-then the new one from its start) and ends, after the last lines, when the node ends.
+node's logs are read too. ``-f`` follows the file by inode across rotations (``Follower``: the
+rest of the renamed file, the backups rotated after it, then the new one from its start) and
+ends, after the last lines, when the node ends.
 
 Exit codes as everywhere: 0 success, 1 the operation failed, 2 usage or input error (an unknown
 child, no node to read).
@@ -10,6 +11,7 @@ child, no node to read).
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -19,7 +21,7 @@ from typing import BinaryIO
 
 import click
 
-from .exits import EXIT_USAGE, fail
+from .exits import EXIT_FAILED, EXIT_USAGE, fail
 from .options import NODE_OPTION, checked_name, complete_child_ids
 from ..host.log_files import CHILDREN, NODE_LOG, child_log_path, known_log_dir, nodes_with_logs
 
@@ -44,6 +46,8 @@ def logs(child_id: str | None, count: int, follow: bool, node_name: str | None) 
     child_id = checked_name(child_id, "id")  # before any path is built from it
     name = _node(node_name)
     folder = known_log_dir(name)
+    if node_name is not None:
+        _known_or_exit(name, folder)
     path = folder / NODE_LOG if child_id is None else _child_log(name, folder, child_id)
     out = sys.stdout.buffer
     try:
@@ -54,6 +58,19 @@ def logs(child_id: str | None, count: int, follow: bool, node_name: str | None) 
             _follow(name, path, out)
     except BrokenPipeError:  # `otpy logs ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    except SymlinkRefused as exc:
+        fail(str(exc), EXIT_FAILED)
+
+
+def _known_or_exit(name: str, folder: Path) -> None:
+    """A node named with --node that neither runs nor ever wrote logs here is a typo: exit 2."""
+    from ..wire.client import node_alive
+
+    if folder.exists() or node_alive(name):
+        return
+    known = nodes_with_logs()
+    listed = f"; nodes with logs: {', '.join(known)}" if known else "; no node has logs here yet"
+    fail(f"otpy logs: no node {name!r}: it is not running and has no log folder ({folder}){listed}", EXIT_USAGE)
 
 
 def _node(name: str | None) -> str:
@@ -127,7 +144,11 @@ def last_lines(path: Path, count: int) -> list[bytes]:
 
 
 def _tail_of(path: Path, count: int) -> list[bytes]:
-    with open(path, "rb") as file:
+    """The last ``count`` lines of ``path``: only ``\\n`` ends a line (a progress bar's ``\\r`` does not)."""
+    file = _open(path)
+    if file is None:
+        raise FileNotFoundError(path)
+    with file:
         end = file.seek(0, os.SEEK_END)
         data, position = b"", end
         while position > 0 and data.count(b"\n") <= count:
@@ -135,32 +156,23 @@ def _tail_of(path: Path, count: int) -> list[bytes]:
             position -= step
             file.seek(position)
             data = file.read(step) + data
-    lines = data.splitlines(keepends=True)
-    if lines and not lines[-1].endswith(b"\n"):
-        lines[-1] += b"\n"
+    *ended, last = data.split(b"\n")
+    lines = [line + b"\n" for line in ended] + ([last + b"\n"] if last else [])
     return lines[-count:] if count else []
 
 
 def _follow(name: str, path: Path, out: BinaryIO) -> None:
-    """Print what is appended to ``path`` until the node ends (or Ctrl-C). A rotation (``path`` is a
-    new file) is followed: the rest of the old file first, then the new one from its start."""
+    """Print what is appended to ``path`` until the node ends (or Ctrl-C), across rotations (``Follower``)."""
     from ..wire.client import node_alive
 
     if not node_alive(name):
         click.echo(f"otpy logs: node {name!r} is not running: nothing more to follow", err=True)
         return
-    file = _open_at_end(path)
+    follower = Follower(path)
     try:
         while True:
             alive = node_alive(name)  # asked before reading: lines written before it ended are printed
-            if file is None:  # not made yet, or rotated away: read the new one from its start
-                file = _open(path)
-            _copy(file, out)
-            if file is not None and _replaced(path, file):
-                _copy(file, out)
-                file.close()
-                file = _open(path)
-                continue
+            follower.poll(out)
             if not alive:
                 click.echo(f"otpy logs: node {name!r} ended", err=True)
                 return
@@ -168,22 +180,114 @@ def _follow(name: str, path: Path, out: BinaryIO) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        if file is not None:
+        follower.close()
+
+
+class Follower:
+    """``path`` followed by inode, as ``tail -F`` and more: when it is rotated (renamed ``.1``, a new
+    one made), the rest of the renamed file is read through the descriptor kept open, then the
+    backups rotated after it (``.N`` ... ``.1``, found by inode, oldest first), then the new file
+    from its start. Lines are lost only when more than ``backups`` rotations happen between two
+    looks: that is said on stderr. A file truncated in place (``backups = 0``) is read from its start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = _open(path)
+        if self.file is not None:
+            self.file.seek(0, os.SEEK_END)
+
+    def poll(self, out: BinaryIO) -> None:
+        """Print every line written since the last look."""
+        while True:
+            if self.file is None:  # not made yet
+                self.file = _open(self.path)
+                if self.file is None:
+                    return
+            _copy(self.file, out)
+            current = _open(self.path)
+            if current is None:  # renamed, not made again yet: look next time
+                return
+            if _ident(current) != _ident(self.file):
+                _copy(self.file, out)  # the rest of the renamed file
+                self._copy_rotated_between(_ident(self.file), os.fstat(self.file.fileno()).st_mtime,
+                                           _ident(current), out)
+            elif os.fstat(current.fileno()).st_size < self.file.tell():
+                pass  # truncated in place: read it again from its start
+            else:
+                current.close()
+                return
+            self.file.close()
+            self.file = current
+
+    def _copy_rotated_between(self, old: tuple[int, int], old_mtime: float, new: tuple[int, int],
+                              out: BinaryIO) -> None:
+        """The backups written after the file ``old`` and before ``new`` (both by inode), oldest first."""
+        between: list[tuple[int, tuple[int, int]]] = []
+        index, found = 1, False
+        while True:
+            try:
+                info = os.stat(self._backup(index))
+            except FileNotFoundError:
+                break
+            ident = (info.st_ino, info.st_dev)
+            if ident == old:
+                found = True
+                break
+            if ident == new:  # rotated again since: only the older ones are between
+                between = []
+            elif info.st_mtime >= old_mtime:
+                between.append((index, ident))
+            index += 1
+        if not found:  # the old file itself was rotated away: so may others, unread
+            click.echo(f"otpy logs: {self.path.name} was rotated more than its backups allow between two looks: "
+                       "some lines were not shown (they are gone from the disk)", err=True)
+        for index, ident in reversed(between):
+            backup = self._open_ident(index, ident)
+            if backup is not None:
+                with backup:
+                    _copy(backup, out)
+
+    def _open_ident(self, index: int, ident: tuple[int, int]) -> BinaryIO | None:
+        """The backup with inode ``ident``, at ``.index`` or moved up by rotations since."""
+        for moved in range(index, index + 8):
+            file = _open(self._backup(moved))
+            if file is None:
+                return None
+            if _ident(file) == ident:
+                return file
             file.close()
+        return None
+
+    def _backup(self, index: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{index}")
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class SymlinkRefused(OSError):
+    """A symlink in place of a log file: never followed (as the writer refuses it)."""
 
 
 def _open(path: Path) -> BinaryIO | None:
+    """``path`` for reading, never through a symlink; None if it does not exist."""
     try:
-        return open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SymlinkRefused(f"otpy logs: {path} is a symlink, not a log file: refused (never followed); "
+                                 "remove it (the node writes no lines there either)") from None
+        raise
+    return open(fd, "rb")
 
 
-def _open_at_end(path: Path) -> BinaryIO | None:
-    file = _open(path)
-    if file is not None:
-        file.seek(0, os.SEEK_END)
-    return file
+def _ident(file: BinaryIO) -> tuple[int, int]:
+    info = os.fstat(file.fileno())
+    return info.st_ino, info.st_dev
 
 
 def _copy(file: BinaryIO | None, out: BinaryIO) -> None:
@@ -192,14 +296,3 @@ def _copy(file: BinaryIO | None, out: BinaryIO) -> None:
     while chunk := file.read(BLOCK):
         out.write(chunk)
     out.flush()
-
-
-def _replaced(path: Path, file: BinaryIO) -> bool:
-    """``path`` is no longer the file open as ``file`` (rotated: renamed and made again), or it
-    was truncated."""
-    try:
-        now = os.stat(path)
-    except FileNotFoundError:
-        return False  # renamed, not made again yet: look next time
-    opened = os.fstat(file.fileno())
-    return (now.st_ino, now.st_dev) != (opened.st_ino, opened.st_dev) or now.st_size < file.tell()
