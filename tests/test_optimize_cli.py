@@ -95,6 +95,71 @@ def test_apply_with_no_node_running_fails_before_any_trial(tmp_path):
     assert not (tmp_path / "x.db").exists()  # not even the study was opened
 
 
+def test_apply_checks_the_node_before_importing_any_program(tmp_path):
+    marker = tmp_path / "imported"
+    (tmp_path / "marking_agents.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nfrom tests.optimize_agents import Doubler\n")
+    name = unique_name("noimport")
+    proc = optimize(topology_file(tmp_path, name, doubler="marking_agents:Doubler"), "--apply", timeout=60)
+    assert proc.returncode == 1 and f"node {name!r} is not running" in proc.stderr, proc.stderr
+    assert not marker.exists()  # the check came first: no program was imported (it takes seconds)
+
+
+def test_a_scratch_name_taken_by_a_running_node_says_so_and_how_to_free_it(tmp_path):
+    import otpy
+
+    name = unique_name("taken")
+    squatter = otpy.Node.from_spec(otpy.SupervisorSpec(id="root"), name=f"{name}-optimize").start()
+    try:
+        proc = optimize(topology_file(tmp_path, name), "--trials", "1", "--storage",
+                        f"sqlite:///{tmp_path / 'x.db'}", timeout=60)
+        assert squatter.which_children("root") == []  # untouched, still answering
+    finally:
+        squatter.stop()
+    assert proc.returncode == 1, proc.stderr
+    assert f"the scratch node's name {name + '-optimize'!r} is taken by a running node" in proc.stderr, proc.stderr
+    assert f"`otpy stop --node {name}-optimize`" in proc.stderr and "to watch it start" not in proc.stderr
+
+
+def test_a_sqlite_storage_in_a_missing_folder_is_a_usage_error_naming_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x.db'}"
+    proc = optimize(topology_file(tmp_path, unique_name("nodir")), "--storage", url, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"folder {str(tmp_path / 'missing' / 'dir')!r} does not exist" in proc.stderr, proc.stderr
+
+
+def test_the_study_store_is_private_whatever_the_umask(tmp_path, monkeypatch):
+    from otpy.optimize.study_storage import default_storage
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("XDG_DATA_HOME", str(data))
+    old = os.umask(0o022)
+    try:
+        url = default_storage("priv")
+    finally:
+        os.umask(old)
+    db = data / "otpy" / "priv" / "optuna.db"
+    assert url == f"sqlite:///{db}"
+    assert [oct(os.stat(p).st_mode & 0o777) for p in (data / "otpy", db.parent, db)] == ["0o700", "0o700", "0o600"]
+
+
+def test_a_symlinked_study_folder_or_file_is_refused_in_one_line(tmp_path, monkeypatch):
+    from otpy.optimize.optimizer import OptimizeError
+    from otpy.optimize.study_storage import default_storage
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("OTPY_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "linked").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OptimizeError, match="symlink"):
+        default_storage("linked")
+    (tmp_path / "data" / "filed").mkdir()
+    (tmp_path / "data" / "filed" / "optuna.db").symlink_to(tmp_path / "elsewhere" / "x.db")
+    with pytest.raises(OptimizeError, match="symlink") as refused:
+        default_storage("filed")
+    assert "\n" not in str(refused.value) and not (tmp_path / "elsewhere" / "x.db").exists()
+
+
 def test_a_scratch_node_that_cannot_start_is_one_line_with_the_childs_last_output(tmp_path):
     (tmp_path / "broken_agents.py").write_text(
         "import otpy\n\nclass Broken(otpy.Program):\n    def setup(self, args, config):\n"

@@ -59,6 +59,14 @@ def start_failure(scratch: str, topology_path: str | None, reason: str, output: 
     return line + f"; run {start} to watch it start with its output"
 
 
+def name_taken(scratch: str, reason: str) -> str:
+    """One line: the scratch node's name is a running node's (another ``otpy optimize`` of the
+    same node, or a node started by that name), and how to free it."""
+    return (f"the scratch node's name {scratch!r} is taken by a running node ({reason}); wait for the other "
+            f"`otpy optimize` of this node to end, or stop that node with `otpy stop --node {scratch}`, "
+            "then run this again")
+
+
 def _clip(text: str) -> str:
     text = text.strip()
     return text if len(text) <= LINE_WIDTH else text[:LINE_WIDTH - 3] + "..."
@@ -74,7 +82,7 @@ def scratch_spec(topology) -> NodeSpec:
 def scratch_node(topology, topology_path: str | None = None):
     """The scratch node of ``topology``, running for the block; ``OptimizeError`` (one line, see
     ``start_failure``) when it cannot start."""
-    from ..node.errors import NodeStartError
+    from ..node.errors import NodeAlreadyRunning, NodeStartError
     from ..node.node import Node
 
     spec = scratch_spec(topology)
@@ -83,6 +91,8 @@ def scratch_node(topology, topology_path: str | None = None):
     with deferred_interrupt() as interrupted:  # a start cut short would leave its children behind
         try:
             node.start()
+        except NodeAlreadyRunning as exc:  # not a start that failed: watching one would not help
+            raise OptimizeError(name_taken(spec.name, str(exc))) from None
         except NodeStartError as exc:
             raise OptimizeError(start_failure(spec.name, topology_path, str(exc), output)) from None
     try:

@@ -33,14 +33,37 @@ def data_dir() -> Path:
 
 
 def default_storage(node: str) -> str:
-    """The default study storage of node ``node``: ``sqlite:///`` its file, its folder made."""
+    """The default study storage of node ``node``: ``sqlite:///`` its file, made private (folders
+    0700, the file 0600, whatever the umask) before optuna opens it: a study's trials and values
+    are the user's. A symlink, a FIFO or another user's folder there is refused, as for the logs."""
+    from ..host.log_files import LogFolderError, make_private_dir
+    from ..host.runtime_dir import RuntimeDirError, open_private_append
+
     folder = data_dir() / node
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise OptimizeError(f"cannot make the study's folder {str(folder)!r}: {exc.strerror}; "
-                            f"set {DATA_DIR_ENV} to a writable folder, or give --storage URL") from None
+        make_private_dir(data_dir())  # otpy/ itself too: the studies' names are the user's as well
+        make_private_dir(folder)
+        os.close(open_private_append(folder / STUDY_FILE))  # created 0600 (optuna's would follow the umask)
+    except (LogFolderError, RuntimeDirError) as exc:
+        raise OptimizeError(f"the study's store: {exc}; or set {DATA_DIR_ENV} to a folder of yours, "
+                            "or give --storage URL") from None
     return f"sqlite:///{folder / STUDY_FILE}"
+
+
+def _missing_sqlite_folder(url: str) -> str | None:
+    """The folder of an ``sqlite:///PATH`` URL's file when it does not exist (sqlite would say only
+    "unable to open database file"), else None."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # refused with optuna's own words below
+    if not parsed.drivername.startswith("sqlite") or not parsed.database or parsed.database == ":memory:":
+        return None
+    folder = os.path.dirname(os.path.abspath(parsed.database))
+    return None if os.path.isdir(folder) else folder
 
 
 def checked_storage(url: str) -> str:
@@ -49,6 +72,9 @@ def checked_storage(url: str) -> str:
     if "://" not in url:
         raise OptimizeError(f"--storage: got {url!r}; expected an optuna storage URL, e.g. "
                             "sqlite:///PATH/optuna.db or postgresql://USER@HOST/DB", usage=True)
+    if (folder := _missing_sqlite_folder(url)) is not None:
+        raise OptimizeError(f"--storage: cannot open {url!r}: the folder {folder!r} does not exist; "
+                            "make it, or give a file in a folder that does", usage=True)
     import optuna
 
     try:
