@@ -126,6 +126,27 @@ def test_a_daemon_that_never_says_ready_fails_its_start_even_if_another_process_
     assert result.outcome == "start_failed" and "no READY within 3.0 s" in (result.detail or ""), result
 
 
+# Says READY=1 in a datagram too long for the socket (a 5000-byte STATUS first): dropped.
+TOO_LONG = """
+import os, socket, time
+with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+    s.sendto(b"STATUS=" + b"Z" * 5000 + b"\\nREADY=1", os.environ["NOTIFY_SOCKET"])
+    s.sendto(b"STATUS=" + b"Z" * 6000, os.environ["NOTIFY_SOCKET"])
+time.sleep(3600)
+"""
+
+
+def test_a_datagram_too_long_is_logged_once_and_named_in_the_start_failure(node_and_output, caplog):
+    node, _ = node_and_output
+    with caplog.at_level("WARNING", logger="otpy"):
+        result = node.start_child("pool", daemon("long", TOO_LONG, start_timeout=3.0))
+    assert result.outcome == "start_failed", result
+    assert "no READY within 3.0 s" in result.detail and "longer than 4096 bytes" in result.detail, result
+    warnings = [r.getMessage() for r in caplog.records if "NOTIFY_SOCKET" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # one per child, not one per datagram
+    assert "'long'" in warnings[0] and "5015 bytes" in warnings[0] and "4096" in warnings[0], warnings
+
+
 def test_a_process_in_the_child_s_group_may_say_ready(node_and_output):
     node, _ = node_and_output
     result = node.start_child("pool", daemon("w", FROM_A_WORKER))

@@ -8,6 +8,7 @@ Made only by ``ProcessManager.spawn``; the manager feeds it the zygote's reports
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -21,6 +22,8 @@ from .zygote_link import LineReader
 
 if TYPE_CHECKING:
     from .zygote_link import ZygoteLink
+
+log = logging.getLogger("otpy")
 
 READY_LINES = frozenset({"READY", "READY=1", ""})
 STATUS_LIMIT = 200  # characters of a child's STATUS= kept for its status line
@@ -47,11 +50,23 @@ class ChildProcess:
         self._said_ready = False  # READY may come before the zygote's Spawned
         self._kill_when_spawned = False
         self._notify = LineReader(loop, notify_fd, self._on_notify)
-        self._sd_notify: NotifySocket | None = None  # a notify command's NOTIFY_SOCKET
+        self._notify_socket: NotifySocket | None = None  # a notify command's NOTIFY_SOCKET
+        self._sd_dropped = ""  # why its last notification was dropped (too long): said if no READY came
         self._link: ZygoteLink | None = None  # the zygote (generation) it was sent to
         self._stale = ""  # that zygote's code was out of date: why
         self._status = ""  # the last STATUS= it sent
         self._stopping = False  # it sent STOPPING=1
+
+    @property
+    def _sd_notify(self) -> NotifySocket | None:
+        return self._notify_socket
+
+    @_sd_notify.setter
+    def _sd_notify(self, socket: NotifySocket | None) -> None:
+        """The manager makes the socket; the child hears of the datagrams it drops."""
+        self._notify_socket = socket
+        if socket is not None:
+            socket.on_dropped = self._on_sd_dropped
 
     @property
     def status_line(self) -> str:
@@ -157,6 +172,16 @@ class ChildProcess:
                 self._stopping = True
         self._become_ready()
 
+    def _on_sd_dropped(self, reason: str) -> None:
+        if not self._sd_dropped:  # once per child: a daemon may repeat itself
+            log.warning("otpy[%s]: child %r: %s (a READY=1 in it does not count)",
+                        self._notify_socket.node_name if self._notify_socket else "?", self.id, reason)
+        self._sd_dropped = reason
+
+    def _no_ready(self, reason: str) -> str:
+        """``reason`` for a start without READY, with the last dropped notification if any."""
+        return f"{reason} ({self._sd_dropped})" if self._sd_dropped else reason
+
     def _become_ready(self) -> None:
         if self._said_ready and self.pid and not self._ready.done():
             self.started_at = time.monotonic()
@@ -181,7 +206,7 @@ class ChildProcess:
 
     def _time_out(self) -> None:
         if not self._ready.done():
-            self._ready.set_result(f"no READY within {self.spec.start_timeout} s")
+            self._ready.set_result(self._no_ready(f"no READY within {self.spec.start_timeout} s"))
             self.kill()
 
     def _finish(self, reason: ExitReason, why: str | None = None) -> None:
@@ -189,6 +214,6 @@ class ChildProcess:
         if self._sd_notify is not None:
             self._sd_notify.close()
         if not self._ready.done():
-            self._ready.set_result(why or self._failure or f"exited before READY: {reason}")
+            self._ready.set_result(why or self._failure or self._no_ready(f"exited before READY: {reason}"))
         if not self.exited.done():
             self.exited.set_result(reason)

@@ -8,7 +8,8 @@ environment and reads the datagrams on its loop. otpy's own ``$OTPY_NOTIFY_FD`` 
 beside it.
 
 A datagram is newline-separated ``KEY=VALUE`` assignments (at most ``MAX_DATAGRAM`` bytes,
-a longer one is dropped): ``READY=1`` makes the child ready; ``STATUS=text`` becomes its
+a longer one is dropped: ``on_dropped`` hears why, with its size, as systemd logs "Got overly
+long notification datagram"; a READY in it does not count): ``READY=1`` makes the child ready; ``STATUS=text`` becomes its
 ``status_line`` (``otpy status``, ``which_children``); ``STOPPING=1`` is noted there too;
 every other key (``MAINPID``, ``WATCHDOG``, ``RELOADING``, ``ERRNO``, ``FDSTORE``, ...) is
 ignored, and fds sent along are never taken. The sender is checked by its kernel-given
@@ -51,6 +52,8 @@ class NotifySocket:
         self._on_assignments = on_assignments
         self._child_pid = 0
         self._early: list[tuple[int, int, bytes]] = []
+        self._buffer = bytearray(MAX_DATAGRAM)
+        self.on_dropped: Callable[[str], None] | None = None  # why a datagram was dropped (too long)
         path.unlink(missing_ok=True)  # a dead run's file (the folder is private: it was ours)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
@@ -62,6 +65,11 @@ class NotifySocket:
             path.unlink(missing_ok=True)
             raise
         loop.add_reader(self._sock.fileno(), self._read)
+
+    @property
+    def node_name(self) -> str:
+        """The node whose folder holds the socket (``NODE/notify/NAME.sock``): for its log lines."""
+        return self.path.parent.parent.name
 
     @property
     def closed(self) -> bool:
@@ -89,7 +97,9 @@ class NotifySocket:
     def _read(self) -> None:
         while not self.closed:
             try:
-                data, ancillary, flags, _ = self._sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(_UCRED.size))
+                # MSG_TRUNC: the size returned is the datagram's own, even when it is longer than the buffer
+                size, ancillary, flags, _ = self._sock.recvmsg_into(
+                    [self._buffer], socket.CMSG_SPACE(_UCRED.size), socket.MSG_TRUNC)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -97,8 +107,14 @@ class NotifySocket:
                 return
             credentials = [cmsg_data for level, kind, cmsg_data in ancillary
                            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS]
-            if flags & socket.MSG_TRUNC or not credentials or len(credentials[0]) < _UCRED.size:
-                continue  # too long, or no sender to check: dropped
+            if flags & socket.MSG_TRUNC or size > MAX_DATAGRAM:
+                if self.on_dropped is not None:
+                    self.on_dropped(f"a notification of {size} bytes on NOTIFY_SOCKET was dropped: "
+                                    f"longer than {MAX_DATAGRAM} bytes")
+                continue
+            if not credentials or len(credentials[0]) < _UCRED.size:
+                continue  # no sender to check: dropped
+            data = bytes(self._buffer[:size])
             pid, uid, _ = _UCRED.unpack_from(credentials[0])
             if not self._child_pid:
                 if len(self._early) < EARLY_DATAGRAMS:
