@@ -124,6 +124,50 @@ def test_restart_stops_and_starts_in_one_command_and_refuses_a_dynamic_child(nod
 
 
 @pytest.mark.timeout(180)  # many CLI runs, ~2 s each on a loaded machine
+def test_restart_of_a_dynamic_supervisor_refuses_to_lose_its_run_time_children(node):
+    """Before: `otpy restart pool` answered ok and d1, started with start-child, was gone."""
+    assert otpy_cli("start-child", "pool", "--template", "sleepy", "--id", "d1", "--node", node).returncode == 0
+    before = pids(node)
+    refused = otpy_cli("restart", "pool", "--node", node, "--json")
+    assert refused.returncode == 1 and as_json(refused)["outcome"] == "not_supported", refused.stderr
+    assert "1 child started at run time (d1)" in refused.stderr and "otpy terminate-child d1" in refused.stderr
+    assert pids(node) == before and alive(before["d1"])  # nothing was stopped
+
+    assert otpy_cli("terminate-child", "d1", "--node", node).returncode == 0
+    done = otpy_cli("restart", "pool", "--node", node)  # its replicas alone: they come back
+    assert done.returncode == 0, done.stderr
+    assert wait_until(lambda: pids(node).get("w-1") not in (None, before["w-1"]), 10, "w-1 started again")
+
+
+def test_restart_and_signal_of_the_root_or_a_supervisor_above_run_time_children_say_why_not():
+    """Before: "no child 'root'" for the root in `otpy status`'s tree, and a static supervisor
+    holding a dynamic one dropped its run-time children on `otpy restart`."""
+    from otpy.cli.children import restart_outcome, signal_outcome
+    from tests.helpers import sleeper
+
+    pool = otpy.DynamicSupervisorSpec(id="pool", templates={"w": sleeper("w", replicas=2), "x": sleeper("x")})
+    spec = otpy.SupervisorSpec(id="root", children=(otpy.SupervisorSpec(id="team", children=(sleeper("s"), pool)),))
+    with otpy.Node.from_spec(spec, name=unique_name("dyn")) as node, otpy.connect(node.name) as client:
+        root = restart_outcome(client, "root", None)
+        assert root.outcome == "not_supported" and "root supervisor" in root.detail and "otpy stop" in root.detail
+        signalled = signal_outcome(client, "root", 15, None)
+        assert signalled.outcome == "invalid" and "a supervisor is not signalled" in signalled.detail
+
+        assert client.start_from_template("pool", "x", "r1").ok and client.start_from_template("pool", "x", "r2").ok
+        before = {c.id: c.pid for c in client.which_children("pool")}
+        refused = restart_outcome(client, "team", None)
+        assert refused.outcome == "not_supported" and "2 children started at run time (r1, r2)" in refused.detail
+        assert {c.id: c.pid for c in client.which_children("pool")} == before
+        assert client.terminate_child("w-2").ok  # a stopped replica is not started by the check
+        assert restart_outcome(client, "pool", None).outcome == "not_supported"
+        assert [c.state for c in client.which_children("pool") if c.id == "w-2"] == ["stopped"]
+        assert client.terminate_child("r1").ok and client.terminate_child("r2").ok
+        assert restart_outcome(client, "team", None).ok
+        assert wait_until(lambda: {c.id for c in client.which_children("pool") if c.state == "running"} == {"w-1", "w-2"},
+                          10, "the replicas back")
+
+
+@pytest.mark.timeout(180)  # many CLI runs, ~2 s each on a loaded machine
 def test_signal_by_name_or_number_reaches_the_worker_and_says_why_it_cannot(node):
     first = pids(node)["s1"]
     done = otpy_cli("signal", "TERM", "s1", "--node", node, "--json")

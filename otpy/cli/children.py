@@ -16,7 +16,7 @@ from .exits import ask, json_object_or_exit, outcome_exit, usage_exit
 from .options import (JSON_OPTION, NODE_OPTION, SUP_OPTION, SignalParam, checked_name, child_id_argument,
                       complete_child_ids)
 from ..wire.client import Client
-from ..wire.protocol import Outcome
+from ..wire.protocol import Outcome, TreeEntry
 from ..specs.model import ChildSpec
 from ..specs.rules import spec_problems
 
@@ -95,8 +95,9 @@ def restart(child_id: str, sup: str | None, node_name: str | None, as_json: bool
     """Stop child ID and start it again (a stopped child is started), in one command.
 
     The same as terminate-child then restart-child, for a worker or a supervisor: no restart
-    is counted toward the intensity, and it ends an override. A plain child of a dynamic
-    supervisor is refused, untouched: terminate-child would remove it with its spec.
+    is counted toward the intensity, and it ends an override. Refused, untouched: a plain child
+    of a dynamic supervisor (terminate-child would remove it with its spec), a supervisor above
+    children started at run time (they would be lost), and the root (`otpy stop`, `otpy start`).
     """
     outcome_exit("restart", ask(node_name, "restart", lambda c: restart_outcome(c, child_id, sup)),
                  as_json, id=child_id)
@@ -111,12 +112,19 @@ def restart_outcome(client: Client, child_id: str, sup: str | None) -> Outcome:
         return Outcome("not_supported", detail=(
             f"{child_id!r} is a child of a dynamic supervisor: terminate-child would remove it with its spec, so "
             f"it is not restarted (it keeps running); stop it with terminate-child and start it again with start-child"))
+    if first.outcome == "not_found" and sup is None and client.status().tree.id == child_id:
+        return Outcome("not_supported", detail=(
+            f"{child_id!r} is the root supervisor: it cannot be restarted (the node runs it); to start the whole "
+            "tree again, `otpy stop` then `otpy start TOPOLOGY`"))
     if first.outcome not in ("running", "restarting"):
         return first  # ok (it was stopped: now started), not_found, invalid (disabled), start_failed
-    if _restart_type(client.status().tree, child_id) == "temporary":
+    entry = _find(client.status().tree, child_id)
+    if entry is not None and entry.restart == "temporary":
         return Outcome("not_supported", detail=(
             f"{child_id!r} is temporary: terminate-child would remove it with its spec (as OTP's does), so it is "
             "not restarted (it keeps running); stop it with terminate-child and start it again with start-child"))
+    if entry is not None and (lost := run_time_children(client, entry)):
+        return _would_lose(child_id, lost)
     stopped = client.terminate_child(child_id, sup)
     if not stopped.ok:
         return stopped
@@ -128,14 +136,40 @@ def restart_outcome(client: Client, child_id: str, sup: str | None) -> Outcome:
     return started
 
 
-def _restart_type(entry, child_id: str) -> str | None:
-    """The restart type of ``child_id`` in the status tree ``entry``, None if it is not there."""
+def _would_lose(child_id: str, lost: list[str]) -> Outcome:
+    one = len(lost) == 1
+    shown = ", ".join(lost[:5]) + (", ..." if len(lost) > 5 else "")
+    return Outcome("not_supported", detail=(
+        f"{child_id!r} is not restarted (it keeps running): {len(lost)} child{'' if one else 'ren'} started at run "
+        f"time ({shown}) would be lost with it, as a dynamic supervisor comes back with its templates' replicas "
+        f"only; if {'it' if one else 'they'} may go, stop {'it' if one else 'them'} first (`otpy terminate-child "
+        f"{lost[0] if one else 'ID'}`), then restart {child_id!r}; or restart its other children one at a time"))
+
+
+def _find(entry: TreeEntry, child_id: str) -> TreeEntry | None:
+    """The entry of ``child_id`` in the status tree ``entry`` (itself included), None if it is not there."""
     if entry.id == child_id:
-        return entry.restart
+        return entry
     for child in entry.children or ():
-        if (found := _restart_type(child, child_id)) is not None:
+        if (found := _find(child, child_id)) is not None:
             return found
     return None
+
+
+def run_time_children(client: Client, entry: TreeEntry) -> list[str]:
+    """The ids of the children under ``entry`` (itself included) that dynamic supervisors hold
+    from start-child: a restart of ``entry`` ends them and nothing brings them back, unlike a
+    template's replicas. The node tells which is which: its ``restart_child`` is
+    ``not_supported`` for a run-time child and a no-op for a replica that is not stopped (a
+    stopped child of a dynamic supervisor is a replica: the others are removed when they end)."""
+    lost = []
+    for child in entry.children or ():
+        if (entry.kind == "dynamic_supervisor" and child.state != "stopped"
+                and client.restart_child(child.id, entry.id).outcome == "not_supported"):
+            lost.append(child.id)
+        else:
+            lost += run_time_children(client, child)
+    return lost
 
 
 @click.command("signal")
@@ -150,5 +184,16 @@ def signal_(signal_number: int, child_id: str, sup: str | None, node_name: str |
     Like kill: its supervisor then sees whatever the signal does (an exit is restarted as its
     restart type says). A stopped child is `not_running`; a supervisor is `invalid` (exit 1).
     """
-    outcome_exit("signal", ask(node_name, "signal", lambda c: c.signal_child(child_id, signal_number, sup)),
+    outcome_exit("signal", ask(node_name, "signal", lambda c: signal_outcome(c, child_id, signal_number, sup)),
                  as_json, id=child_id, signal=signal_number)
+
+
+def signal_outcome(client: Client, child_id: str, signal_number: int, sup: str | None) -> Outcome:
+    """``signal``'s request; the root supervisor, which the node does not count among its
+    children (``not_found``), is refused as every supervisor is (``invalid``)."""
+    outcome = client.signal_child(child_id, signal_number, sup)
+    if outcome.outcome == "not_found" and sup is None and client.status().tree.id == child_id:
+        return Outcome("invalid", detail=(
+            f"{child_id!r} is the root supervisor: a supervisor is not signalled; signal its workers "
+            "(`otpy status` lists them), or stop the node with `otpy stop`"))
+    return outcome
