@@ -322,7 +322,16 @@ def test_numeric_options_are_checked_by_their_type(tmp_path, option, value):
 
 
 def test_the_watch_loop_warns_about_a_program_without_on_config_too(tmp_path):
-    proc = optimize(topology_file(tmp_path, unique_name("watchconf"), doubler=PICKY), "--watch", "--every", "1",
-                    "--rounds", "1", timeout=60)
-    assert proc.returncode == 1 and "is running; start it with" in proc.stderr, proc.stderr  # no node: it ends there
+    import otpy
+
+    name = unique_name("watchconf")
+    # Another node running (as in a full test run): the refusal names it, "(running: ...)".
+    other = otpy.Node.from_spec(otpy.SupervisorSpec(id="root"), name=unique_name("bystander")).start()
+    try:
+        proc = optimize(topology_file(tmp_path, name, doubler=PICKY), "--watch", "--every", "1",
+                        "--rounds", "1", timeout=60)
+    finally:
+        other.stop()
+    assert proc.returncode == 1, proc.stderr  # no node: it ends there
+    assert f"no node {name!r} is running" in proc.stderr and "; start it with `otpy start" in proc.stderr
     assert f"program {PICKY} (child 'solver') has no on_config" in proc.stderr
