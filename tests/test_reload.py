@@ -290,6 +290,9 @@ def test_otpy_reload_refuses_an_invalid_file_with_exit_2(detached, tmp_path):
     assert refused.returncode == 2 and "a" in refused.stderr, refused
     own = otpy_cli("reload", "--node", name)  # the node reads the same file: refused by the node
     assert own.returncode == 2 and "invalid" in own.stderr, own
+    as_json = otpy_cli("reload", "--node", name, "--json")  # the document, and the line (before: no line)
+    assert as_json.returncode == 2 and json.loads(as_json.stdout)["outcome"] == "invalid", as_json
+    assert as_json.stderr.startswith("otpy: reload: ") and as_json.stderr.rstrip().endswith("(invalid)"), as_json
     assert status_pids(name) == before
 
 

@@ -57,10 +57,9 @@ def reload(file: str | None, node_name: str | None, code: bool, dry_run: bool, a
             count = len(outcome.changes)
             click.echo(("no changes" if not count else f"{count} change{'s' if count > 1 else ''}")
                        + (" (dry run: nothing changed)" if dry_run else ""))
-        else:
-            click.echo(f"otpy: reload: {outcome.detail or outcome.outcome} ({outcome.outcome})", err=True)
     if outcome.ok:
         sys.exit(0)
+    click.echo(f"otpy: reload: {outcome.detail or outcome.outcome} ({outcome.outcome})", err=True)  # --json too
     sys.exit(EXIT_USAGE if outcome.outcome == "invalid" else EXIT_FAILED)
 
 
