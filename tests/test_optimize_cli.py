@@ -143,6 +143,20 @@ def test_the_study_store_is_private_whatever_the_umask(tmp_path, monkeypatch):
     assert [oct(os.stat(p).st_mode & 0o777) for p in (data / "otpy", db.parent, db)] == ["0o700", "0o700", "0o600"]
 
 
+def test_a_new_storage_file_is_created_private_and_an_existing_one_is_left_as_it_is(tmp_path):
+    from otpy.optimize.study_storage import checked_storage
+
+    old = os.umask(0o022)
+    try:
+        checked_storage(f"sqlite:///{tmp_path / 'new.db'}")
+        (tmp_path / "mine.db").touch(mode=0o640)
+        checked_storage(f"sqlite:///{tmp_path / 'mine.db'}")
+    finally:
+        os.umask(old)
+    assert oct(os.stat(tmp_path / "new.db").st_mode & 0o777) == "0o600"
+    assert oct(os.stat(tmp_path / "mine.db").st_mode & 0o777) == "0o640"
+
+
 def test_a_symlinked_study_folder_or_file_is_refused_in_one_line(tmp_path, monkeypatch):
     from otpy.optimize.optimizer import OptimizeError
     from otpy.optimize.study_storage import default_storage

@@ -50,9 +50,8 @@ def default_storage(node: str) -> str:
     return f"sqlite:///{folder / STUDY_FILE}"
 
 
-def _missing_sqlite_folder(url: str) -> str | None:
-    """The folder of an ``sqlite:///PATH`` URL's file when it does not exist (sqlite would say only
-    "unable to open database file"), else None."""
+def _sqlite_file(url: str) -> str | None:
+    """The absolute path of an ``sqlite:///PATH`` URL's file, else None (another database, memory)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -62,8 +61,26 @@ def _missing_sqlite_folder(url: str) -> str | None:
         return None  # refused with optuna's own words below
     if not parsed.drivername.startswith("sqlite") or not parsed.database or parsed.database == ":memory:":
         return None
-    folder = os.path.dirname(os.path.abspath(parsed.database))
-    return None if os.path.isdir(folder) else folder
+    return os.path.abspath(parsed.database)
+
+
+def _private_sqlite_file(url: str) -> None:
+    """An ``sqlite:///PATH`` study file that does not exist yet is created 0600 (as the default one)
+    before optuna opens it; one whose folder is missing is a usage error naming the folder (sqlite
+    would say only "unable to open database file"). A file that exists keeps its owner's mode."""
+    from ..host.runtime_dir import RuntimeDirError, open_private_append
+
+    if (path := _sqlite_file(url)) is None or os.path.lexists(path):
+        return
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise OptimizeError(f"--storage: cannot open {url!r}: the folder {folder!r} does not exist; "
+                            "make it, or give a file in a folder that does", usage=True)
+    try:
+        os.close(open_private_append(Path(path)))
+    except (OSError, RuntimeDirError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OptimizeError(f"--storage: cannot create {path!r}: {reason}", usage=True) from None
 
 
 def checked_storage(url: str) -> str:
@@ -72,9 +89,7 @@ def checked_storage(url: str) -> str:
     if "://" not in url:
         raise OptimizeError(f"--storage: got {url!r}; expected an optuna storage URL, e.g. "
                             "sqlite:///PATH/optuna.db or postgresql://USER@HOST/DB", usage=True)
-    if (folder := _missing_sqlite_folder(url)) is not None:
-        raise OptimizeError(f"--storage: cannot open {url!r}: the folder {folder!r} does not exist; "
-                            "make it, or give a file in a folder that does", usage=True)
+    _private_sqlite_file(url)
     import optuna
 
     try:
