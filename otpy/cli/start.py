@@ -31,7 +31,7 @@ from ..node.node import AsyncNode, NodeAlreadyRunning, NodeStartError, already_r
 from ..node.reload import reload_summary
 from ..topology.load import TopologyError, load_topology
 from ..wire.client import Client
-from ..wire.protocol import Reload
+from ..wire.protocol import Reload, Status
 
 log = logging.getLogger("otpy")
 
@@ -70,7 +70,7 @@ def start(topology: str, verbose: bool, detach: bool, timeout: float, as_json: b
         click.echo(str(exc), err=True)
         sys.exit(EXIT_USAGE)
     if detach:
-        sys.exit(_start_detached(topology, spec.node, deadline, as_json))
+        sys.exit(_start_detached(topology, spec.node, deadline, timeout, as_json))
     echo = None if detached_run else StderrEcho(sys.stderr.fileno())  # never a blocking write on the loop
     node = AsyncNode(spec.node, on_output=(lambda *_: None) if echo is None else child_printer(echo, sys.stderr))
     node.topology_path = os.path.abspath(topology)
@@ -85,7 +85,7 @@ def start(topology: str, verbose: bool, detach: bool, timeout: float, as_json: b
     sys.exit(status)
 
 
-def _start_detached(topology: str, node_spec, deadline: float, as_json: bool) -> int:
+def _start_detached(topology: str, node_spec, deadline: float, timeout: float, as_json: bool) -> int:
     """Run `otpy start` in its own session, its output in node.log, and wait for `status` to answer.
 
     The node's lock says whether it already runs (the detached process takes it; if another
@@ -94,7 +94,7 @@ def _start_detached(topology: str, node_spec, deadline: float, as_json: bool) ->
     name = node_spec.name
     folder = node_dir(name)
     if (holder := lock_holder(folder)) is not None:
-        return _detach_failed(name, already_running(name, holder), None, as_json)
+        return _detach_failed(name, already_running(name, holder), None, as_json, names_node=True)
     try:
         log_path = make_private_dir(log_dir(name, node_spec.logs)) / NODE_LOG
         log_fd = open_log_fd(log_path)  # 0600: it may hold a child's secrets
@@ -107,9 +107,18 @@ def _start_detached(topology: str, node_spec, deadline: float, as_json: bool) ->
                                 start_new_session=True, env=env)
     finally:
         os.close(log_fd)
-    if not _answers_as(name, proc, max(deadline - time.monotonic(), 0.01)):
+    up, last = _answers_as(name, proc, max(deadline - time.monotonic(), 0.01))
+    if not up:
+        timed_out = proc.poll() is None  # still starting when --timeout passed: ended here
+        if timed_out and last is None:
+            last = _last_answer(name, proc)
         _end(proc)
-        return _detach_failed(name, f"did not start (see {log_path})", log_path, as_json)
+        if not timed_out:
+            return _detach_failed(name, f"did not start (see {log_path})", log_path, as_json)
+        starting = _still_starting(last)
+        why = (f"did not start within --timeout {timeout:g} s" + (f" ({starting})" if starting else "")
+               + f"; stopped, nothing left running (see {log_path})")
+        return _detach_failed(name, why, log_path, as_json)
     if as_json:
         click.echo(json.dumps({"command": "start", "ok": True, "node": name, "pid": proc.pid,
                                "log": str(log_path), "log_folder": str(log_path.parent),
@@ -119,11 +128,12 @@ def _start_detached(topology: str, node_spec, deadline: float, as_json: bool) ->
     return 0
 
 
-def _detach_failed(name: str | None, why: str, log_path, as_json: bool) -> int:
+def _detach_failed(name: str | None, why: str, log_path, as_json: bool, names_node: bool = False) -> int:
     """A detached start that failed: one line on stderr (with the end of the log, if any), and
-    with --json the same as one object ``{"command": "start", "ok": false, ...}``; exit 1."""
+    with --json the same as one object ``{"command": "start", "ok": false, ...}``; exit 1.
+    ``names_node``: ``why`` already starts with the node (``already_running``'s wording)."""
     tail = _tail(log_path) if log_path is not None else ""
-    who = f"node {name!r} " if name else ""
+    who = f"node {name!r} " if name and not names_node else ""
     click.echo(f"otpy: {who}{why}" + (f":\n{tail}" if tail else ""), err=True)
     if as_json:
         click.echo(json.dumps({"command": "start", "ok": False, "node": name, "detail": why,
@@ -131,32 +141,58 @@ def _detach_failed(name: str | None, why: str, log_path, as_json: bool) -> int:
     return EXIT_FAILED
 
 
-def _answers_as(name: str, proc: subprocess.Popen, timeout: float) -> bool:
-    """True once node ``name`` answers from ``proc`` with its tree up; False if it exits or ``timeout``
-    passes first, or if another process answers (a start that won the race: ours refuses and exits).
-    The node answers while its tree starts (state "starting"): that is asked again, within ``timeout``."""
+def _answers_as(name: str, proc: subprocess.Popen, timeout: float) -> tuple[bool, Status | None]:
+    """(True, ...) once node ``name`` answers from ``proc`` with its tree up; False if it exits or
+    ``timeout`` passes first, or if another process answers (a start that won the race: ours refuses
+    and exits). The node answers while its tree starts (state "starting"): that is asked again, within
+    ``timeout``; the last such answer is returned (what was still starting)."""
     deadline = time.monotonic() + timeout
+    last = None
     with Client(name) as client:
         while True:
             try:
                 report = client.wait_ready(max(deadline - time.monotonic(), 0.01),
                                            give_up=lambda: proc.poll() is not None)
             except TimeoutError:
-                return False
+                return False, last
             if report.pid != proc.pid or report.tree.state != "starting":
                 break
+            last = report
             if proc.poll() is not None or time.monotonic() >= deadline:
-                return False
+                return False, last
             proc_exited = _wait_exit_for(proc, 0.1)  # the pace of the questions, not a guess of the start
             if proc_exited:
-                return False
+                return False, last
     if report.pid == proc.pid:
-        return report.tree.state == "running"
+        return report.tree.state == "running", report
     try:
         proc.wait(max(deadline - time.monotonic(), 0.01))
     except subprocess.TimeoutExpired:
         pass
-    return False
+    return False, last
+
+
+def _last_answer(name: str, proc: subprocess.Popen) -> Status | None:
+    """One more question (1 s at most) to a node cut short before it answered: what is starting."""
+    try:
+        with Client(name, timeout=1.0) as client:
+            report = client.status()
+    except Exception:  # not answering yet: the message names no child
+        return None
+    return report if report.pid == proc.pid else None
+
+
+def _still_starting(report: Status | None) -> str:
+    """"child 'db' still starting" from the last answer of a node whose start was cut short."""
+    if report is None:
+        return ""
+    ids, stack = [], list(report.tree.children or ())
+    while stack:
+        entry = stack.pop(0)
+        if entry.children is None and entry.state == "starting":
+            ids.append(repr(entry.id))
+        stack.extend(entry.children or ())
+    return f"child {', '.join(ids)} still starting" if ids else ""
 
 
 def _end(proc: subprocess.Popen) -> None:
@@ -247,21 +283,22 @@ async def _run_foreground(node: AsyncNode, on_started: Callable[[], None] = lamb
     starting = asyncio.ensure_future(node.start())
     signals = 0
 
-    def on_signal() -> None:
+    def on_signal(sig: signal.Signals) -> None:
         nonlocal signals
         signals += 1
         if signals == 1:
             stop_requested.set()
             if not node.started:  # the tree starts, or stops after a failed start: say what comes
-                log.warning("otpy: stopping in order once the start ends "
-                            "(a second Ctrl-C or SIGTERM kills at once)")
+                said = "Ctrl-C" if sig == signal.SIGINT else sig.name  # `start --detach`'s timeout sends SIGTERM
+                log.warning("otpy: %s while starting: stopping in order once the start ends "
+                            "(a second %s kills at once)", said, said)
         elif not starting.done():  # a second one while starting: the start ends now, every child killed
             starting.cancel()
         elif node.root is not None:  # a second Ctrl-C: no more waiting
             loop.create_task(node.root.kill())
 
     for sig in (signal.SIGINT, signal.SIGTERM):  # before start: a Ctrl-C while starting stops in order too
-        loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_on_hangup(node)))
     try:
         await asyncio.wait({starting})
