@@ -212,3 +212,31 @@ def test_a_log_folder_that_is_a_file_fails_the_start_in_one_line(tmp_path):
                                otpy.ChildSpec(id="t", command=TALKER)), on_output=lambda *_: None)
     with pytest.raises(otpy.NodeStartError, match="cannot write the node's logs: log folder .* is not a folder"):
         node.start()
+
+
+def test_two_nodes_never_share_a_log_folder(tmp_path):
+    first, second = unique_name("share1"), unique_name("share2")
+    logs1 = NodeLogs(node_spec(first, LogSettings(folder=str(tmp_path))), on_output=lambda *_: None)
+    logs2 = NodeLogs(node_spec(second, LogSettings(folder=str(tmp_path))), on_output=lambda *_: None)
+    logs1.open(None, [])
+    try:
+        with pytest.raises(otpy.NodeStartError,
+                           match=f"log folder {tmp_path} is used by node '{first}', which is running; "
+                                 "give each node its own"):
+            logs2.open(None, [])
+        assert second not in (tmp_path / "node.log").read_text()  # refused before writing a line
+    finally:
+        logs1.close()
+    logs2.open(None, [])  # once the first stopped, the folder is free
+    logs2.close()
+
+
+def test_a_symlinked_log_file_is_said_once_without_a_doubled_prefix(tmp_path, capsys):
+    (tmp_path / "a.log").symlink_to(tmp_path / "elsewhere")
+    handler = PrivateRotatingFileHandler(tmp_path / "a.log", LogSettings())
+    handler.write_line("one\n")
+    handler.write_line("two\n")
+    handler.close()
+    err = capsys.readouterr().err
+    assert err.count("cannot write the log file") == 1 and err.startswith("otpy: cannot write the log file")
+    assert not (tmp_path / "elsewhere").exists()

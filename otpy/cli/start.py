@@ -24,7 +24,9 @@ from .options import Seconds
 from .stderr_echo import StderrEcho
 from .work import record_topology
 from ..agent.import_check import IMPORT_TIMEOUT
-from ..host.log_files import NODE_LOG, LogFolderError, line_formatter, log_dir, make_private_dir, open_log_fd
+from ..host.log_files import (
+    NODE_LOG, LogFolderError, line_formatter, log_dir, log_folder_user, make_private_dir, open_log_fd,
+)
 from ..host.node_run import RUN_VAR, lock_holder
 from ..host.runtime_dir import RuntimeDirError, node_dir
 from ..node.node import AsyncNode, NodeAlreadyRunning, NodeStartError, already_running
@@ -95,6 +97,9 @@ def _start_detached(topology: str, node_spec, deadline: float, timeout: float, a
     folder = node_dir(name)
     if (holder := lock_holder(folder)) is not None:
         return _detach_failed(name, already_running(name, holder), None, as_json, names_node=True)
+    if (user := log_folder_user(log_dir(name, node_spec.logs))) is not None:  # not into another node's node.log
+        return _detach_failed(name, f"did not start: its log folder {log_dir(name, node_spec.logs)} is used by "
+                              f"node {user!r}, which is running; give each node its own [logs] folder", None, as_json)
     try:
         log_path = make_private_dir(log_dir(name, node_spec.logs)) / NODE_LOG
         log_fd = open_log_fd(log_path)  # 0600: it may hold a child's secrets

@@ -15,6 +15,7 @@ symlink is refused, never followed); folders made here are 0700. Writes are not 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import logging.handlers
 import os
@@ -27,6 +28,7 @@ from ..specs.model import LogSettings, check_name
 
 NODE_LOG = "node.log"
 CHILDREN = "children"
+FOLDER_LOCK = ".node"  # in a log folder: the name of the node that writes it, flock-ed while it runs
 FOLDER_RECORD = "log-folder"  # in the node's state folder: the custom [logs] folder of its last start
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"  # local time, then ".mmm"
 
@@ -119,6 +121,41 @@ def record_log_dir(name: str, folder: Path) -> None:
         file.write(f"{folder}\n")
 
 
+def lock_log_folder(folder: Path, name: str) -> int:
+    """Take ``folder`` for node ``name`` while the returned descriptor is open (``flock`` on
+    ``folder/.node``, released when the node's process ends, however it ends): two nodes never
+    write, and rotate, the same files. LogFolderError naming the node that holds it."""
+    try:
+        fd = os.open(folder / FOLDER_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise LogFolderError(f"cannot lock the log folder {folder}: {exc.strerror}; remove {folder / FOLDER_LOCK}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another node"
+        os.close(fd)
+        raise LogFolderError(f"log folder {folder} is used by node {holder!r}, which is running; "
+                             "give each node its own [logs] folder") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{name}\n".encode(), 0)
+    return fd
+
+
+def log_folder_user(folder: Path) -> str | None:
+    """The running node that holds ``folder`` (``lock_log_folder``), else None; takes nothing."""
+    try:
+        fd = os.open(folder / FOLDER_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another node"
+    finally:
+        os.close(fd)
+    return None
+
+
 def open_log_fd(path: Path) -> int:
     """``path`` opened for appending, created 0600, never through a symlink; LogFolderError if it
     is not a regular file of this user."""
@@ -184,8 +221,9 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
         """A full disk or a removed folder: said once on stderr, not once a line."""
         if not self._failed:
             self._failed = True
-            print(f"otpy: cannot write the log file {self.baseFilename}: {exc}; its lines are lost until it can",
-                  file=sys.stderr, flush=True)
+            why = str(exc) if isinstance(exc, LogFolderError) else (  # it names the file already
+                f"cannot write the log file {self.baseFilename}: {exc}")
+            print(f"otpy: {why}; its lines are lost until it can", file=sys.stderr, flush=True)
 
     def doRollover(self) -> None:
         if self.backupCount == 0:  # supervisord's backups = 0: the file starts again, empty (the

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..host.log_files import (
-    CHILDREN, NODE_LOG, LogFolderError, PrivateRotatingFileHandler, child_log_path, line_formatter, log_dir,
-    make_private_dir, record_log_dir, stamp,
+    CHILDREN, NODE_LOG, LogFolderError, PrivateRotatingFileHandler, child_log_path, line_formatter, lock_log_folder,
+    log_dir, make_private_dir, record_log_dir, stamp,
 )
 from .errors import NodeStartError
 from ..processes.manager import print_output
@@ -61,17 +61,20 @@ class NodeLogs:
         self._children: dict[str, PrivateRotatingFileHandler] = {}
         self._unflushed: set[PrivateRotatingFileHandler] = set()
         self._flush_soon = False
+        self._folder_lock: int | None = None  # lock_log_folder's: held while the node runs
 
     def open(self, topology_path: str | None, listeners: list[Callable[[NodeEvent], None]]) -> None:
         """Make the folders, write ``node.log``'s start separator, and hear the node: its events
         (``listeners``) and the ``otpy`` logger. Called once the node holds its lock."""
         try:
             folder = make_private_dir(log_dir(self.name, self.settings))
+            self._folder_lock = lock_log_folder(folder, self.name)  # before any file: not another node's
             make_private_dir(folder / CHILDREN)
             record_log_dir(self.name, folder)
             self.node_handler = PrivateRotatingFileHandler(folder / NODE_LOG, self.settings, self.follow_fds)
             self.node_handler.stream = self.node_handler._open()  # refused here, not at the first line
         except (LogFolderError, OSError) as exc:
+            self._release_folder()
             raise NodeStartError(f"cannot write the node's logs: {exc}") from None
         self.folder = folder
         self.node_handler.setFormatter(line_formatter("%(levelname)s %(message)s"))
@@ -126,6 +129,12 @@ class NodeLogs:
             handler.close()
         self._children.clear()
         self.folder = None
+        self._release_folder()
+
+    def _release_folder(self) -> None:
+        if self._folder_lock is not None:
+            os.close(self._folder_lock)
+            self._folder_lock = None
 
     def _child_handler(self, child_id: str) -> PrivateRotatingFileHandler:
         handler = self._children.get(child_id)
