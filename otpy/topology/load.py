@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 
 import msgspec
@@ -50,7 +51,8 @@ from .toml_file import (
 from ..variables.types import VariableError
 
 __all__ = [
-    "Topology", "TopologyError", "binding_problems", "check_programs", "load_topology", "parse_topology",
+    "MAX_TOPOLOGY_BYTES", "Topology", "TopologyError", "binding_problems", "check_programs", "load_topology",
+    "parse_topology", "read_topology_file",
     "topology_json_schema",
 ]
 
@@ -392,6 +394,51 @@ def _log_settings(table: LogsTable, base_dir: str) -> LogSettings:
     return LogSettings(**fields)
 
 
+MAX_TOPOLOGY_BYTES = 1024 * 1024  # a topology file is a few kB; 1 MiB is far above any real one
+
+
+def read_topology_file(source: str) -> str:
+    """The text of the topology file ``source``, read safely: every topology file (``otpy
+    start``/``validate``/``reload``, a node's SIGHUP) is read here and nowhere else.
+
+    The node reads its own file on SIGHUP, so what it opens must never block it nor fill its
+    memory: the file is opened non-blocking (a FIFO opens at once instead of waiting for a
+    writer), and refused unless ``fstat`` says it is a regular file (a FIFO, ``/dev/zero``, a
+    socket, a folder) of at most ``MAX_TOPOLOGY_BYTES``; at most that much is read, should it
+    grow meanwhile. A symlink is followed: a link to a topology file is a topology file.
+    """
+    limit = f"{MAX_TOPOLOGY_BYTES // 1024 // 1024} MiB"
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise TopologyError([f"{source}: cannot read the file: {exc.strerror}"]) from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise TopologyError([f"{source}: cannot read the file: it is {_file_kind(info.st_mode)}, not a regular "
+                                 f"file; give the path of a topology file (.toml)"])
+        if info.st_size > MAX_TOPOLOGY_BYTES:
+            raise TopologyError([f"{source}: the file has {info.st_size} bytes, over the {limit} a topology file "
+                                 f"may have; give the path of a topology file (.toml)"])
+        data = file.read(MAX_TOPOLOGY_BYTES + 1)
+    if len(data) > MAX_TOPOLOGY_BYTES:
+        raise TopologyError([f"{source}: the file grew over the {limit} a topology file may have while it was read"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TopologyError([f"{source}: cannot read the file: it is not UTF-8 text ({exc.reason} at byte "
+                             f"{exc.start})"]) from None
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def load_topology(path: str | os.PathLike, *, check_imports: bool = True,
                   import_timeout: float = IMPORT_TIMEOUT) -> Topology:
     """The topology in the file at ``path``; its node is named after the file unless ``[node] name``.
@@ -402,11 +449,7 @@ def load_topology(path: str | os.PathLike, *, check_imports: bool = True,
     as it is.
     """
     source = os.fspath(path)
-    try:
-        with open(source, encoding="utf-8") as file:
-            text = file.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TopologyError([f"{source}: cannot read the file: {exc}"]) from None
+    text = read_topology_file(source)
     stem = os.path.splitext(os.path.basename(source))[0]
     base_dir = os.path.dirname(os.path.abspath(source))
     return parse_topology(text, source=source, default_name=stem, base_dir=base_dir, check_imports=check_imports,
