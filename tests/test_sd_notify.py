@@ -25,9 +25,9 @@ print(path, flush=True)
 def notify(text):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.sendto(text.encode(), path)
-notify("STATUS=warming up")
+signal.signal(signal.SIGUSR1, lambda *_: notify("STOPPING=1\\nSTATUS=draining"))  # before READY: the test
+notify("STATUS=warming up")                                                    # may signal at once after it
 notify("READY=1\\nSTATUS=serving 3 clients\\nMAINPID=%d\\nX-UNKNOWN=ignored" % os.getpid())
-signal.signal(signal.SIGUSR1, lambda *_: notify("STOPPING=1\\nSTATUS=draining"))
 while True:
     time.sleep(3600)
 """
