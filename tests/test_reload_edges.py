@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import pytest
 
 import otpy
+from otpy.specs.model import ChildSpec
 from otpy.topology.load import load_topology
-from tests.helpers import pids, unique_name, wait_until
+from tests.helpers import SLEEPER, pids, unique_name, wait_until
 from tests.test_reload import sleeper, topology
 
 pytestmark = pytest.mark.timeout(90)
+SLEEPER_COMMAND = (sys.executable, "-c", SLEEPER)
 
 
 @pytest.fixture
@@ -59,3 +62,27 @@ def test_removing_a_child_waiting_for_its_delayed_restart_starts_its_group(make_
     now = wait_until(started_again, timeout=10, what="the bystanders started once b was removed")
     assert list(now) == ["a", "c"]
     assert all(now[i] != before[i] for i in held)
+
+
+def test_a_run_time_child_with_a_replica_id_is_never_taken_over_by_a_reload(make_node):
+    name = unique_name("edges")
+    template = "  [supervisor.children.templates.w]\n" + sleeper("w", indent="  ").split("\n", 1)[1]
+    node, path = make_node(topology(name, pool=template))  # w keeps no replicas: w-3 is a free id
+    assert node.start_child("pool", ChildSpec(id="w-3", command=SLEEPER_COMMAND, ready="notify")).ok
+    before = pids(node, "pool")
+    for replicas in (4, 2):  # w-3 would be replaced (4), or removed as above the count (2)
+        path.write_text(topology(name, pool=template + f"  replicas = {replicas}\n"))
+        for dry_run in (True, False):
+            refused = node.reload(str(path), dry_run=dry_run)
+            assert refused.outcome == "invalid" and refused.changes == [], refused
+            assert "'w-3'" in refused.detail and "terminate-child w-3" in refused.detail, refused.detail
+    assert pids(node, "pool") == before  # the operator's w-3 runs on; no replica started
+
+
+def test_a_run_time_child_cannot_take_a_replica_id_of_a_template_that_keeps_replicas(make_node):
+    name = unique_name("edges")
+    pool = "  [supervisor.children.templates.w]\n" + sleeper("w", "  replicas = 2\n", indent="  ").split("\n", 1)[1]
+    node, _ = make_node(topology(name, pool=pool))
+    refused = node.start_child("pool", ChildSpec(id="w-3", command=SLEEPER_COMMAND))
+    assert refused.outcome == "invalid" and "choose another id" in refused.detail, refused
+    assert node.start_child("pool", ChildSpec(id="w-extra", command=SLEEPER_COMMAND, ready="notify")).ok

@@ -37,7 +37,7 @@ import msgspec
 from ..specs.bindings import variables_of
 from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec
 from ..supervision import reconcile
-from ..supervision.spec_diff import Adopt, AnySupervisor, adopted, diff
+from ..supervision.spec_diff import Adopt, AnySupervisor, adopted, diff, replica_takeovers
 from ..topology.load import TopologyError, load_topology
 from ..variables.scopes import parents_of
 from ..variables.placement import REGISTRY_ID, WRITER_ENV, with_writer
@@ -58,7 +58,7 @@ async def reload_topology(node: Any, request: Reload) -> Outcome:
         topology = await asyncio.to_thread(load_topology, path)
     except TopologyError as exc:
         return Outcome("invalid", detail=str(exc))
-    if problems := unrealisable(node.spec, topology.node):
+    if problems := unrealisable(node.spec, topology.node) or takeovers(node, topology.node.root):
         return Outcome("invalid", detail="; ".join(problems))
     async with node.writes.lock:  # a reload and a variable write both make the tree match what is declared
         work = _Reload(node, request.dry_run)
@@ -104,6 +104,21 @@ def unrealisable(old: NodeSpec, new: NodeSpec) -> list[str]:
         before, now = parents_of(old.root), parents_of(new.root)
         problems += [f"child {id!r} moved from {before[id]!r} to {now[id]!r}: the registry keeps the scopes of a "
                      f"child it knows; {RESTART}" for id in sorted(before.keys() & now.keys()) if before[id] != now[id]]
+    return problems
+
+
+def takeovers(node: Any, new: SupervisorSpec) -> list[str]:
+    """Run-time children of the running dynamic supervisors that ``new``'s replicas would take
+    over (``spec_diff.replica_takeovers``): refused before anything changes."""
+    from ..specs.model import walk
+
+    before = {spec.id: spec for _, spec in walk(node.spec.root) if isinstance(spec, DynamicSupervisorSpec)}
+    problems = []
+    for _, spec in walk(new):
+        if isinstance(spec, DynamicSupervisorSpec) and spec.id in before and \
+                (sup := node.root.find_supervisor(spec.id)) is not None:
+            problems += replica_takeovers(before[spec.id], spec, sup.machine.children.values(),
+                                          node.root.values.resolve)
     return problems
 
 

@@ -106,6 +106,11 @@ class DynamicMachine(BaseMachine):
     def _start_child(self, spec: AnySpec, reply_to) -> list[Effect]:
         if (refusal := self._start_refusal(spec)) is not None:
             return [Answer(reply_to, refusal)]
+        if (replica := replica_of(spec.id, self._templates())) is not None:
+            # TEMPLATE-N ids are the template's: its reconcile would replace or remove such a child.
+            return [Answer(reply_to, Outcome("invalid", detail=(
+                f"id {spec.id!r} has the form of template {replica[0]!r}'s replicas ({replica[0]}-N), which "
+                f"this supervisor keeps itself; choose another id (or raise the template's replicas)")))]
         if self.spec.max_children is not None and len(self.children) >= self.spec.max_children:
             return [Answer(reply_to, Outcome("max_children", detail=f"max_children is {self.spec.max_children}"))]
         child = self.children.save(spec)

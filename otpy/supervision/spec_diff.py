@@ -37,7 +37,7 @@ import msgspec
 
 from .children import Child
 from .effects import Outcome
-from ..specs.bindings import UnboundValue, is_enabled, replica_of
+from ..specs.bindings import UnboundValue, is_enabled, replica_count, replica_of
 from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, SupervisorSpec, from_template
 from ..wire.protocol import Change
 
@@ -100,7 +100,7 @@ def diff(old: AnySupervisor, new: AnySupervisor, table: Iterable[Child], resolve
     ``new`` (same id and kind; see the module's docstring)."""
     children = {child.id: child for child in table}
     if isinstance(new, DynamicSupervisorSpec):
-        return _diff_dynamic(old, new, children)
+        return _diff_dynamic(old, new, children, resolve)
     old_specs = {spec.id: spec for spec in old.children}
     adopt: dict[str, AnySpec] = {}
     starts, replaces, nested = [], [], []
@@ -130,20 +130,64 @@ def diff(old: AnySupervisor, new: AnySupervisor, table: Iterable[Child], resolve
     return Diff(settings_change(old, new), adopt, starts, replaces, stops, nested)
 
 
-def _diff_dynamic(old: DynamicSupervisorSpec, new: DynamicSupervisorSpec, children: dict[str, Child]) -> Diff:
+def _diff_dynamic(old: DynamicSupervisorSpec, new: DynamicSupervisorSpec, children: dict[str, Child],
+                  resolve: Resolver) -> Diff:
     """A dynamic supervisor: its replicas follow their templates (adopted, then reconciled);
     those of a template that keeps none any more are stopped."""
     adopt: dict[str, AnySpec] = {}
     stops = []
     kept = {name: t for name, t in new.templates.items() if t.replicas is not None}
+    old_counts = replica_counts(old.templates, resolve)
     for id, child in children.items():
-        if (was := replica_of(id, old.templates)) is None:
+        if (was := old_replica(id, old.templates, old_counts)) is None:
             continue  # started at run time: not the file's
         if (now := replica_of(id, kept)) is None or now[0] != was[0]:
             stops.append(id)
         elif (spec := from_template(kept[now[0]], id)) != child.spec:
             adopt[id] = spec
     return Diff(settings_change(old, new), adopt, [], [], stops[::-1], [])
+
+
+def replica_counts(templates: dict[str, ChildSpec], resolve: Resolver) -> dict[str, int]:
+    """How many replicas each template keeps with the values now (one that cannot be resolved
+    is absent)."""
+    counts = {}
+    for name, template in templates.items():
+        try:
+            counts[name] = replica_count(resolve(template), {})
+        except UnboundValue:
+            pass
+    return counts
+
+
+def old_replica(id: str, templates: dict[str, ChildSpec], counts: dict[str, int]) -> tuple[str, int] | None:
+    """``(template, index)`` when ``id`` is one of the replicas ``templates`` keep (``counts``);
+    None for a child started at run time, even with an id of the same form (``w-3`` started by
+    ``start-child`` beside the replicas ``w-1``, ``w-2``)."""
+    replica = replica_of(id, templates)
+    if replica is None or replica[1] > counts.get(replica[0], replica[1]):
+        return None
+    return replica
+
+
+def replica_takeovers(old: DynamicSupervisorSpec, new: DynamicSupervisorSpec, table: Iterable[Child],
+                      resolve: Resolver) -> list[str]:
+    """Why ``new`` cannot be reloaded over ``old``: each run-time child of the table (not a
+    replica of ``old``) whose id has the form of the replicas of a ``new`` template that keeps
+    replicas (``w-3``): its reconcile would replace it (or remove it, above the count). A reload
+    never takes over a child an operator started; the operator chooses."""
+    old_counts, new_counts = replica_counts(old.templates, resolve), replica_counts(new.templates, resolve)
+    problems = []
+    for child in table:
+        replica = replica_of(child.id, new.templates)
+        if replica is None or old_replica(child.id, old.templates, old_counts) is not None:
+            continue
+        fate = "replace it" if replica[1] <= new_counts.get(replica[0], 0) else "remove it as a replica above the count"
+        problems.append(
+            f"child {child.id!r} of {new.id!r} was started at run time with an id of template {replica[0]!r}'s "
+            f"replicas ({replica[0]}-N), which keeps replicas now: its reconcile would {fate}; terminate it first "
+            f"(otpy terminate-child {child.id}), then reload")
+    return problems
 
 
 def same_kind_supervisor(a: AnySpec, b: AnySpec) -> bool:
