@@ -13,7 +13,7 @@ import pytest
 import otpy
 from otpy.specs.model import ChildSpec
 from otpy.topology.load import load_topology
-from tests.helpers import SLEEPER, pids, unique_name, wait_until
+from tests.helpers import SLEEPER, pids, unique_name, wait_dead, wait_until
 from tests.test_reload import sleeper, topology
 
 pytestmark = pytest.mark.timeout(90)
@@ -86,3 +86,20 @@ def test_a_run_time_child_cannot_take_a_replica_id_of_a_template_that_keeps_repl
     refused = node.start_child("pool", ChildSpec(id="w-3", command=SLEEPER_COMMAND))
     assert refused.outcome == "invalid" and "choose another id" in refused.detail, refused
     assert node.start_child("pool", ChildSpec(id="w-extra", command=SLEEPER_COMMAND, ready="notify")).ok
+
+
+def test_a_child_moved_to_another_supervisor_is_stopped_then_started_there(make_node):
+    name = unique_name("edges")
+    team = 'strategy = "one_for_one"\n  [[supervisor.children.children]]\n' + sleeper("x", indent="  ")
+    node, path = make_node(topology(name, sleeper("a"), team=team))
+    old_x = pids(node, "team")["x"]
+    path.write_text(topology(name, sleeper("a"), sleeper("x"), team='strategy = "one_for_one"\n'))
+    plan = node.reload(str(path), dry_run=True)
+    result = node.reload(str(path))
+    assert result.ok, result  # was: "id 'x' is already used in this node (under 'team')"
+    expected = [("stop", "team", "x"), ("start", "root", "x")]  # break, then make: the one gap
+    assert [(c.action, c.supervisor, c.child) for c in result.changes] == expected
+    assert [(c.action, c.supervisor, c.child) for c in plan.changes] == expected
+    assert "x" not in pids(node, "team") and pids(node)["x"] not in (None, old_x)
+    assert wait_dead([old_x], 10) == []
+    assert node.reload(str(path)).changes == []

@@ -175,9 +175,11 @@ class _Reload:
         self.changes: list[Change] = []
         self.breaks: list[tuple[Supervisor, list[Change], list[str]]] = []  # top down; carried out reversed
         self.replaced: set[str] = set()  # ids this reload started or replaced: --code leaves them
+        self.moved: set[str] = set()  # ids moved to another supervisor: stopped first (``_moves``)
 
     async def run(self, old: SupervisorSpec, new: SupervisorSpec, code: bool) -> Outcome:
-        failed = await self._make(self.node.root, old, new)
+        failed = await self._moves(old, new)
+        failed = failed or await self._make(self.node.root, old, new)
         for sup, planned, stops in reversed(self.breaks):
             failed = failed or await self._break(sup, planned, stops)
         if failed is None and code:
@@ -185,6 +187,31 @@ class _Reload:
         if failed is not None:
             return Outcome("start_failed", detail=failed, changes=self.changes)
         return Outcome("ok", changes=self.changes)
+
+    # --- moves: break, then make (the one gap a reload leaves) ---------------------------------
+
+    async def _moves(self, old: SupervisorSpec, new: SupervisorSpec) -> str | None:
+        """Stop and delete each child the file moved to another supervisor, before anything
+        else: ids are unique in a node, so the new one cannot start beside the old one (as
+        ``supervisorctl update`` stops a changed group, then starts it). The make step then
+        starts it under its new supervisor; the old supervisor's removal finds it gone."""
+        before, now = parents_of(old), parents_of(new)
+        for id in [id for id in before if id in now and before[id] != now[id]]:
+            sup = self.node.root.find_supervisor(before[id])
+            child = sup.machine.children.get(id) if sup is not None else None
+            if child is None:
+                continue
+            change = Change(action="stop", supervisor=before[id], child=id, before=reconcile.program_of(child.running),
+                            pid=child.pid)
+            self.changes.append(change)
+            self.moved.add(id)
+            if self.dry_run:
+                continue
+            stopped = _outcome(await self.node.handle(TerminateChild(0, id, before[id])))
+            if not stopped.ok and stopped.outcome != "not_found":
+                return f"child {id!r} (under {before[id]!r}) was not stopped: {stopped.detail or stopped.outcome}"
+            await self.node.handle(DeleteChild(0, id, before[id]))
+        return None
 
     # --- make: settings in place, starts, replacements, top down ------------------------------
 
@@ -286,7 +313,8 @@ class _Reload:
         self.replaced.update(step.id for step in steps if step.action in ("start", "replace"))
         planned = [step.change for step in steps if step.action in ("stop", "remove")]
         planned += [Change(action="stop", supervisor=sup.spec.id, child=id,
-                           before=reconcile.program_of(table[id].running), pid=table[id].pid) for id in stops]
+                           before=reconcile.program_of(table[id].running), pid=table[id].pid)
+                    for id in stops if id not in self.moved]
         self.breaks.append((sup, planned, stops))
 
     # --- code: every program child replaced, one at a time -----------------------------------
