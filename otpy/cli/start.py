@@ -97,7 +97,7 @@ def _start_detached(topology: str, node_spec, deadline: float, timeout: float, a
     folder = node_dir(name)
     if (holder := lock_holder(folder)) is not None:
         return _detach_failed(name, already_running(name, holder), None, as_json, names_node=True)
-    if (user := log_folder_user(log_dir(name, node_spec.logs))) is not None:  # not into another node's node.log
+    if (user := log_folder_user(log_dir(name, node_spec.logs), name)) is not None:  # not into another node's node.log
         return _detach_failed(name, f"did not start: its log folder {log_dir(name, node_spec.logs)} is used by "
                               f"node {user!r}, which is running; give each node its own [logs] folder", None, as_json)
     try:

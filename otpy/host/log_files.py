@@ -28,7 +28,7 @@ from ..specs.model import LogSettings, check_name
 
 NODE_LOG = "node.log"
 CHILDREN = "children"
-FOLDER_LOCK = ".node"  # in a log folder: the name of the node that writes it, flock-ed while it runs
+FOLDER_LOCK = ".node"  # in a log folder: ".node.NAME", flock-ed by node NAME while it runs
 FOLDER_RECORD = "log-folder"  # in the node's state folder: the custom [logs] folder of its last start
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"  # local time, then ".mmm"
 
@@ -122,37 +122,44 @@ def record_log_dir(name: str, folder: Path) -> None:
 
 
 def lock_log_folder(folder: Path, name: str) -> int:
-    """Take ``folder`` for node ``name`` while the returned descriptor is open (``flock`` on
-    ``folder/.node``, released when the node's process ends, however it ends): two nodes never
-    write, and rotate, the same files. LogFolderError naming the node that holds it."""
+    """Take ``folder`` for node ``name`` while the returned descriptor is open: a shared ``flock``
+    on ``folder/.node.NAME`` (released when the node's process ends, however it ends), then no
+    other name's file may be held: two nodes never write, and rotate, the same files.
+    LogFolderError naming the node that holds it. A node of the same name in another runtime
+    folder shares the folder (the default folder is per name)."""
     try:
-        fd = os.open(folder / FOLDER_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(folder / f"{FOLDER_LOCK}.{name}", os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
     except OSError as exc:
-        raise LogFolderError(f"cannot lock the log folder {folder}: {exc.strerror}; remove {folder / FOLDER_LOCK}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another node"
+        raise LogFolderError(f"cannot lock the log folder {folder}: {exc.strerror}") from None
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a prober holds it for a few microseconds at most
+    if (holder := log_folder_user(folder, name)) is not None:
         os.close(fd)
         raise LogFolderError(f"log folder {folder} is used by node {holder!r}, which is running; "
-                             "give each node its own [logs] folder") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{name}\n".encode(), 0)
+                             "give each node its own [logs] folder")
     return fd
 
 
-def log_folder_user(folder: Path) -> str | None:
-    """The running node that holds ``folder`` (``lock_log_folder``), else None; takes nothing."""
+def log_folder_user(folder: Path, name: str) -> str | None:
+    """A running node other than ``name`` that holds ``folder`` (``lock_log_folder``), else None."""
     try:
-        fd = os.open(folder / FOLDER_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        entries = [p for p in folder.iterdir() if p.name.startswith(f"{FOLDER_LOCK}.")]
     except OSError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another node"
-    finally:
-        os.close(fd)
+    for entry in entries:
+        holder = entry.name.removeprefix(f"{FOLDER_LOCK}.")
+        if holder == name:
+            continue
+        try:
+            fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return holder
+        finally:
+            os.close(fd)
     return None
 
 
