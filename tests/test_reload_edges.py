@@ -103,3 +103,25 @@ def test_a_child_moved_to_another_supervisor_is_stopped_then_started_there(make_
     assert "x" not in pids(node, "team") and pids(node)["x"] not in (None, old_x)
     assert wait_dead([old_x], 10) == []
     assert node.reload(str(path)).changes == []
+
+
+def test_a_new_spec_for_a_child_not_running_is_reported_not_no_changes(make_node):
+    name = unique_name("edges")
+    node, path = make_node(topology(name, sleeper("a"), sleeper("b")))
+    assert node.terminate_child("a").ok
+    path.write_text(topology(name, sleeper("a", 'env = { E = "2" }\n'), sleeper("b")))
+    plan = node.reload(str(path), dry_run=True)
+    result = node.reload(str(path))
+    for outcome in (plan, result):
+        assert outcome.ok and [(c.action, c.supervisor, c.child) for c in outcome.changes] == [
+            ("update", "root", "a")], outcome
+    assert (result.changes[0].before, result.changes[0].after) == ({"env": {}}, {"env": {"E": "2"}})
+    assert node.reload(str(path)).changes == []  # adopted: the same file again is no change
+
+
+def test_a_replaced_command_child_shows_its_command_not_none(make_node):
+    name = unique_name("edges")
+    node, path = make_node(topology(name, sleeper("c")))
+    path.write_text(topology(name, sleeper("c").replace('"-c"', '"-u", "-c"')))
+    [change] = node.reload(str(path)).changes
+    assert change.action == "reconfigure" and "-c" in change.before and "-u -c" in change.after, change

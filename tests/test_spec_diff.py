@@ -176,3 +176,22 @@ def test_adopt_on_a_dynamic_machine_sets_templates_and_the_reconcile_follows():
     assert copies[0].spec.command == ("sleep", "1") and driver.machine.children["w-1"].spec.command == ("true",)
     adopt(driver, request)
     assert [(c.action, c.child) for c in driver.machine.plan()] == [("reconfigure", "w-1"), ("start", "w-2")]
+
+
+def test_a_stopped_childs_new_spec_is_reported_as_an_update_naming_what_changed():
+    old = sup(worker("a", "sleep", "1"), worker("b"))
+    driver = running(old)
+    driver.call(terminate_child("a"))
+    result = the_diff(old, sup(worker("a", "sleep", "2"), worker("b")), driver)
+    [update] = result.updates
+    assert (update.action, update.supervisor, update.child) == ("update", "sup", "a")
+    assert (update.before, update.after) == ({"command": ["sleep", "1"]}, {"command": ["sleep", "2"]})
+    assert the_diff(old, old, driver).updates == ()  # nothing changed: nothing reported
+
+
+def test_a_template_change_shows_the_fields_that_changed_not_identical_programs():
+    old = DynamicSupervisorSpec(id="pool", templates={"w": worker("w", replicas=2), "v": worker("v")})
+    new = DynamicSupervisorSpec(id="pool", templates={"w": worker("w", replicas=4), "v": worker("v")})
+    change = settings_change(old, new)
+    assert (change.before, change.after) == ({"templates": {"w": {"replicas": 2}}},
+                                             {"templates": {"w": {"replicas": 4}}})

@@ -37,7 +37,7 @@ import msgspec
 from ..specs.bindings import variables_of
 from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec
 from ..supervision import reconcile
-from ..supervision.spec_diff import Adopt, AnySupervisor, adopted, diff, replica_takeovers
+from ..supervision.spec_diff import Adopt, AnySupervisor, adopted, describe, diff, replica_takeovers
 from ..topology.load import TopologyError, load_topology
 from ..variables.scopes import parents_of
 from ..variables.placement import REGISTRY_ID, WRITER_ENV, with_writer
@@ -225,6 +225,7 @@ class _Reload:
         request = Adopt(spec, found.adopt)
         if found.update is not None:
             self.changes.append(found.update)
+        self.changes += found.updates  # children not running: their new spec runs at their next start
         if self.dry_run:
             self._plan(sup, request, found.starts, found.replaces, found.stops)
         else:
@@ -237,7 +238,7 @@ class _Reload:
                 if (failed := await self._apply(StartChild(0, sup.spec.id, child), "start", sup, child)) is not None:
                     return failed
             for id, child in found.replaces:
-                before = reconcile.program_of(table[id].running)
+                before = describe(table[id].running)
                 if (failed := await self._apply(Reconfigure(0, sup.spec.id, id, child), "reconfigure", sup, child,
                                                 before)) is not None:
                     return failed
@@ -266,8 +267,9 @@ class _Reload:
         if not done.ok:
             return f"child {child.id!r} (under {sup.spec.id!r}): {done.detail or done.outcome}"
         self.replaced.add(child.id)
+        show = describe if action == "reconfigure" else reconcile.program_of  # a command's argv, not None
         self.changes.append(Change(action=action, supervisor=sup.spec.id, child=child.id, before=before,
-                                   after=reconcile.program_of(_resolved(self.resolve, child)), pid=done.pid))
+                                   after=show(_resolved(self.resolve, child)), pid=done.pid))
         return None
 
     # --- break: stops, bottom up ---------------------------------------------------------------
@@ -302,8 +304,8 @@ class _Reload:
         for id, child in replaces:
             self.replaced.add(id)
             self.changes.append(Change(action="reconfigure", supervisor=sup.spec.id, child=id,
-                                       before=reconcile.program_of(table[id].running),
-                                       after=reconcile.program_of(_resolved(self.resolve, child))))
+                                       before=describe(table[id].running),
+                                       after=describe(_resolved(self.resolve, child))))
         spec = request.spec
         templates = ({n: t for n, t in spec.templates.items() if t.replicas is not None}
                      if isinstance(spec, DynamicSupervisorSpec) else None)

@@ -31,6 +31,7 @@ left alone, so a reload that stopped half way can be applied again.
 
 from __future__ import annotations
 
+import shlex
 from typing import Any, Callable, Iterable, NamedTuple
 
 import msgspec
@@ -67,6 +68,7 @@ class Diff(NamedTuple):
     replaces: list[tuple[str, AnySpec]]
     stops: list[str]
     nested: list[tuple[AnySupervisor, AnySupervisor]]
+    updates: tuple[Change, ...] = ()  # adopted specs of children not running: changes, reported
 
     @property
     def empty(self) -> bool:
@@ -83,16 +85,54 @@ def settings_change(old: AnySupervisor, new: AnySupervisor) -> Change | None:
     fields = [f for f in SETTINGS[new.kind] if getattr(old, f) != getattr(new, f)]
     if not fields:
         return None
-    return Change(action="update", supervisor=new.id, before={f: _shown(getattr(old, f)) for f in fields},
-                  after={f: _shown(getattr(new, f)) for f in fields})
+    before = {f: getattr(old, f) for f in fields}
+    after = {f: getattr(new, f) for f in fields}
+    if "templates" in fields:  # only the templates that changed, by the fields that changed
+        before["templates"], after["templates"] = _templates_changed(old.templates, new.templates)
+    return Change(action="update", supervisor=new.id, before=before, after=after)
 
 
-def _shown(value: Any) -> Any:
-    """A setting as a change shows it: templates by name and program (or command)."""
-    if isinstance(value, dict):
-        return {name: t.program if isinstance(t.program, str) else msgspec.to_builtins(t.program or t.command)
-                for name, t in sorted(value.items())}
-    return value
+def _templates_changed(old: dict[str, ChildSpec], new: dict[str, ChildSpec]) -> tuple[dict, dict]:
+    before, after = {}, {}
+    for name in sorted(old.keys() | new.keys()):
+        was, now = old.get(name), new.get(name)
+        if was == now:
+            continue
+        if was is None or now is None:
+            before[name], after[name] = was and describe(was), now and describe(now)
+        else:
+            before[name], after[name] = fields_changed(was, now)
+    return before, after
+
+
+def fields_changed(old: AnySpec, new: AnySpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fields of two specs that differ, before and after (as plain values).
+
+    >>> fields_changed(ChildSpec(id="w", command=("sleep", "1")), ChildSpec(id="w", command=("sleep", "2")))
+    ({'command': ['sleep', '1']}, {'command': ['sleep', '2']})
+    """
+    was, now = (msgspec.json.decode(msgspec.json.encode(spec)) for spec in (old, new))  # JSON values
+    names = [n for n in dict.fromkeys([*was, *now]) if was.get(n) != now.get(n)]
+    return {n: was.get(n) for n in names}, {n: now.get(n) for n in names}
+
+
+def describe(spec: AnySpec | None) -> str | None:
+    """What a spec runs, for a change line: a program's ``module:attr``, a command's argv (as a
+    shell would show it), a supervisor's kind; None for none (or a program bound to a variable
+    with no value).
+
+    >>> describe(ChildSpec(id="y", command=("sleep", "3600")))
+    'sleep 3600'
+    """
+    if spec is None:
+        return None
+    if not isinstance(spec, ChildSpec):
+        return spec.kind
+    if isinstance(spec.program, str):
+        return spec.program
+    if isinstance(spec.command, (tuple, list)) and all(isinstance(part, str) for part in spec.command):
+        return shlex.join(spec.command)
+    return None
 
 
 def diff(old: AnySupervisor, new: AnySupervisor, table: Iterable[Child], resolve: Resolver) -> Diff:
@@ -103,7 +143,7 @@ def diff(old: AnySupervisor, new: AnySupervisor, table: Iterable[Child], resolve
         return _diff_dynamic(old, new, children, resolve)
     old_specs = {spec.id: spec for spec in old.children}
     adopt: dict[str, AnySpec] = {}
-    starts, replaces, nested = [], [], []
+    starts, replaces, nested, updates = [], [], [], []
     for spec in new.children:
         before = old_specs.get(spec.id)
         child = children.get(spec.id)
@@ -120,14 +160,16 @@ def diff(old: AnySupervisor, new: AnySupervisor, table: Iterable[Child], resolve
         if child.spec == spec or (before is not None and before == spec):
             continue  # already so, or unchanged in the file (an operator's reconfigure stands)
         if child.state != "running":
-            adopt[spec.id] = spec  # its next start runs the new spec
+            adopt[spec.id] = spec  # its next start runs the new spec: a change, reported
+            was, now = fields_changed(child.spec, spec)
+            updates.append(Change(action="update", supervisor=new.id, child=spec.id, before=was, after=now))
         elif isinstance(spec, ChildSpec) and isinstance(child.spec, ChildSpec) and _disabled(spec, resolve):
             adopt[spec.id] = spec  # the reconcile stops it, kept and disabled
         else:
             replaces.append((spec.id, spec))
     new_ids = {spec.id for spec in new.children}
     stops = [id for id in reversed(list(children)) if id in old_specs and id not in new_ids]
-    return Diff(settings_change(old, new), adopt, starts, replaces, stops, nested)
+    return Diff(settings_change(old, new), adopt, starts, replaces, stops, nested, tuple(updates))
 
 
 def _diff_dynamic(old: DynamicSupervisorSpec, new: DynamicSupervisorSpec, children: dict[str, Child],
