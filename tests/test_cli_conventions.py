@@ -476,3 +476,11 @@ def test_signal_child_names_an_unknown_child_before_a_bad_signal_and_never_signa
         pid = node.which_children()[0].pid
         assert node.signal_child("a", 10).outcome in ("ok",)  # SIGUSR1 kills a sleeper: restarted
         assert wait_dead([pid], 5) == []
+
+
+def test_a_call_longer_than_zmq_poll_milliseconds_hold_still_works():
+    """3e6 s (35 days) is a valid --timeout (at most ten years), but 3e9 ms overflow zmq_poll's
+    C int: before, `otpy call ID --timeout 3e6` ended in an OverflowError traceback."""
+    spec = otpy.SupervisorSpec(id="root", children=(otpy.ChildSpec(id="echo", program="tests.call_agents:Echo"),))
+    with otpy.Node.from_spec(spec, name=unique_name("longcall")) as node:
+        assert node.call("echo", {"x": 1}, timeout=3e6)["x"] == 1

@@ -33,6 +33,7 @@ from .protocol import CallFailed, Reply
 
 RECONNECT_IVL_MS = 2
 PARKED_CHECK_MS = 2  # how often parked calls look for the name's next holder
+POLL_MAX_MS = 2**31 - 1  # zmq_poll's timeout is a C int (~24.8 days): a longer call wakes then and polls again
 _MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
 
 
@@ -97,7 +98,7 @@ class CallEngine:
 
     def poll_timeout_ms(self) -> int | None:
         deadline = self.book.next_deadline()
-        timeout = None if deadline is None else max(0, int((deadline - self.clock()) * 1000) + 1)
+        timeout = None if deadline is None else min(POLL_MAX_MS, max(0, int((deadline - self.clock()) * 1000) + 1))
         if self.parked and (timeout is None or timeout > PARKED_CHECK_MS):
             return PARKED_CHECK_MS
         return timeout
