@@ -125,3 +125,14 @@ def test_a_replaced_command_child_shows_its_command_not_none(make_node):
     path.write_text(topology(name, sleeper("c").replace('"-c"', '"-u", "-c"')))
     [change] = node.reload(str(path)).changes
     assert change.action == "reconfigure" and "-c" in change.before and "-u -c" in change.after, change
+
+
+def test_a_symlink_in_another_folder_is_refused_saying_its_own_folder_counts(make_node, tmp_path):
+    name = unique_name("edges")
+    node, path = make_node(topology(name, sleeper("a")))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = elsewhere / "link.toml"
+    link.symlink_to(path)
+    refused = node.reload(str(link))
+    assert refused.outcome == "invalid" and "symlink its own folder, not its target's" in refused.detail, refused

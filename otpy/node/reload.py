@@ -91,7 +91,8 @@ def unrealisable(old: NodeSpec, new: NodeSpec) -> list[str]:
                 for what, before, after in (
                     ("[node] name", old.name, new.name), ("[node] control_tcp", old.control_tcp, new.control_tcp),
                     ("[logs]", old.logs, new.logs),
-                    ("the program folders (the file's folder and the current directory)", old.program_folders,
+                    ("the program folders (the folder of the file's path as given, for a symlink its own folder, "
+                     "not its target's; and the current directory)", old.program_folders,
                      new.program_folders),
                     ("the root supervisor's id", old.root.id, new.root.id)) if before != after]
     if (bound_before := variables_of(old.root)) != (bound_now := variables_of(new.root)):
