@@ -340,3 +340,15 @@ def test_logs_refuses_a_symlink_in_place_of_a_log_file(tmp_path):
     result = CliRunner().invoke(logs, ["w", "--node", name])
     assert result.exit_code == 1
     assert "secret\n" not in result.stdout and "is a symlink, not a log file: refused" in result.stderr
+
+
+def test_logs_of_a_supervisor_or_the_root_exits_2_pointing_at_the_nodes_log():
+    """Before: `otpy logs team` printed nothing with exit 0 and `otpy logs root` said "no child 'root'"."""
+    name = unique_name("suplog")
+    team = otpy.SupervisorSpec(id="team", children=(otpy.ChildSpec(id="w", command=python("import time; time.sleep(3600)")),))
+    spec = otpy.NodeSpec(name=name, root=otpy.SupervisorSpec(id="root", children=(team,)))
+    with otpy.Node(spec, on_output=lambda *_: None):
+        for sup in ("team", "root"):
+            result = CliRunner().invoke(logs, [sup, "--node", name])
+            assert result.exit_code == 2 and "supervisors have no log of their own" in result.stderr, result.stderr
+            assert f"`otpy logs --node {name}`" in result.stderr

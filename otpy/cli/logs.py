@@ -94,10 +94,17 @@ def _node(name: str | None) -> str:
 
 
 def _child_log(name: str, folder: Path, child_id: str) -> Path:
-    """Child ``child_id``'s log; a usage error (exit 2) for an id with no log that is not in the
+    """Child ``child_id``'s log; a usage error (exit 2) for a supervisor (the root included: it
+    has no file, its events are in the node's log) and for an id with no log that is not in the
     running node's tree, naming the ids that have logs."""
     path = child_log_path(folder, child_id)
-    if path.exists() or child_id in _running_ids(name):
+    if path.exists():
+        return path
+    kinds = _running_kinds(name)
+    if kinds.get(child_id, "worker") != "worker":
+        fail(f"otpy logs: {child_id!r} is a supervisor: supervisors have no log of their own; their events (their "
+             f"children's starts, exits and restarts) are in the node's log: `otpy logs --node {name}`", EXIT_USAGE)
+    if child_id in kinds:
         return path
     try:
         known = sorted(p.name.removesuffix(".log") for p in (folder / CHILDREN).glob("*.log"))
@@ -108,23 +115,24 @@ def _child_log(name: str, folder: Path, child_id: str) -> Path:
          EXIT_USAGE)
 
 
-def _running_ids(name: str) -> set[str]:
-    """The ids of node ``name``'s tree, if it runs and answers; else none."""
+def _running_kinds(name: str) -> dict[str, str]:
+    """The kind of every id in node ``name``'s tree, the root's included, if it runs and answers;
+    else none."""
     from ..wire.client import Client, node_alive
 
     if not node_alive(name):
-        return set()
+        return {}
     try:
         with Client(name, timeout=2.0) as client:
             tree = client.status().tree
     except Exception:  # a node that does not answer: the file decides
-        return set()
-    ids, stack = set(), list(tree.children or ())
+        return {}
+    kinds, stack = {}, [tree]
     while stack:
         entry = stack.pop()
-        ids.add(entry.id)
+        kinds[entry.id] = entry.kind
         stack.extend(entry.children or ())
-    return ids
+    return kinds
 
 
 def last_lines(path: Path, count: int) -> list[bytes]:
