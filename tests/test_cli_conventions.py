@@ -365,6 +365,7 @@ def test_start_timeout_is_checked_like_every_duration():
 
 @pytest.mark.parametrize("args, said", [
     (("--interval", "nan"), "interval: got nan"),  # before: click.FloatRange let nan through
+    (("--threshold", "nan"), "threshold: got nan; expected a number (finite)"),
     (("--interval", "inf"), "interval: got inf"),
     (("--interval", "1e12"), "interval: got 1e12"),
     (("--margin", "nan"), "margin: got nan"),

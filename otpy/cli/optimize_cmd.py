@@ -38,7 +38,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
 @click.option("--watch", is_flag=True, help="Watch the running node: score it, search when it falls, apply what beats it.")
 @click.option("--interval", type=Seconds(), default=60.0, show_default=True, help="--watch: seconds between rounds.")
 @click.option("--sample", type=click.IntRange(min=1), help="--watch: validation examples a round scores (default: all).")
-@click.option("--threshold", type=float, help="--watch: search when the live score is below this.")
+@click.option("--threshold", type=Number(), help="--watch: search when the live score is below this.")
 @click.option("--every", type=click.IntRange(min=1), help="--watch: search every N rounds, whatever the score.")
 @click.option("--margin", type=Number(min=0), default=0.0, show_default=True,
               help="--watch: apply only a candidate whose validation score beats the live one by more than this.")

@@ -68,8 +68,9 @@ class _Ranged:
             converted = None
         if converted is None or not math.isfinite(converted):  # nan passes every comparison; inf is no duration
             field = param.name if param is not None and param.name else "value"
-            self.fail(f"{field}: got {value}; expected {self.expected} in the range {self._describe_range()}"
-                      f"{self.bound_note}", param, ctx)
+            bounded = self.min is not None or self.max is not None
+            within = f" in the range {self._describe_range()}{self.bound_note}" if bounded else " (finite)"
+            self.fail(f"{field}: got {value}; expected {self.expected}{within}", param, ctx)
         return converted
 
 
