@@ -28,7 +28,9 @@ Restart delay (``ChildSpec.restart_delay``, 0 by default: OTP's restart at once;
 the intensity: give up at once, never after a wait), and the strategy's stops happen now;
 only its starts wait: the child is marked ``restarting`` with ``restart_at`` and the machine
 asks for a timer, ``After(delay, RestartDue(id, token))``. When it comes back the group is
-started as the strategy says then (as OTP's ``try_again_restart`` does).
+started as the strategy says then (as OTP's ``try_again_restart`` does). An operator's stop of
+the waiting child (``terminate_child``; a reload's removal is one) ends the wait and starts its
+stopped bystanders at once (``_stop_by_operator``): nothing is left to wait for.
 """
 
 from __future__ import annotations
