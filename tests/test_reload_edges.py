@@ -136,3 +136,15 @@ def test_a_symlink_in_another_folder_is_refused_saying_its_own_folder_counts(mak
     link.symlink_to(path)
     refused = node.reload(str(link))
     assert refused.outcome == "invalid" and "symlink its own folder, not its target's" in refused.detail, refused
+
+
+def test_an_update_line_names_the_child_and_shows_lists_as_json():
+    """Before: ``update root: command ['sleep', '3600'] -> ['sleep', '3603']``: no child, Python's list repr."""
+    from otpy.cli.reload import reload_line
+    from otpy.wire.protocol import Change
+
+    line = reload_line(Change(action="update", supervisor="root", child="x",
+                              before={"command": ["sleep", "3600"]}, after={"command": ["sleep", "3603"]}))
+    assert line == 'update root/x: command ["sleep", "3600"] -> ["sleep", "3603"]'
+    assert reload_line(Change(action="update", supervisor="team", before={"max_restarts": 3},
+                              after={"max_restarts": 5})) == "update team: max_restarts 3 -> 5"

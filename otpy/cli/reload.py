@@ -70,8 +70,9 @@ def reload_line(change: Change) -> str:
         return change_line(change)
     settings = ", ".join(f"{name} {_setting(change.before.get(name))} -> {_setting(value)}"
                          for name, value in (change.after or {}).items())
-    return f"update {change.supervisor}: {settings}"
+    where = f"{change.supervisor}/{change.child}" if change.child else change.supervisor
+    return f"update {where}: {settings}"
 
 
 def _setting(value) -> str:
-    return json.dumps(value) if isinstance(value, dict) else str(value)
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)

@@ -46,6 +46,7 @@ from .effects import ReconcilePhase
 from ..specs.bindings import UnboundValue, is_enabled, replica_count, replica_ids, replica_of
 from ..specs.model import AnySpec, ChildSpec, from_template
 from ..wire.protocol import Change
+from .spec_diff import describe
 
 Decision = Literal["replace", "stop", "start"]
 Resolver = Callable[[AnySpec], AnySpec]
@@ -150,7 +151,7 @@ def plan(children: Iterable[Child], resolve: Resolver, supervisor: str,
             case "replace":
                 ahead.append(Step("replace", child.id, Change(
                     action="reconfigure", supervisor=supervisor, child=child.id,
-                    before=program_of(child.running), after=program_of(resolved))))
+                    before=describe(child.running), after=describe(resolved))))  # a command: its argv
             case "stop":
                 stops.append(Step("stop", child.id, _stop_change(supervisor, child)))
     present = {child.id for child in children}
