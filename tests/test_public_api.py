@@ -71,6 +71,7 @@ INTERNAL_ERRORS = {
     "RegistryRefused": "RegistryClient's (worker, manager, otpy vars); public calls answer an Outcome",
     "StageFailed": "a manager's failed stage, raised in its agent: callers see RemoteError with its text",
     "TrialFailed": "a trial without a score, inside optuna's loop (caught there: the trial is FAIL, its reason kept)",
+    "SymlinkRefused": "otpy logs': a symlink in place of a log file; the command prints it as one line (exit 1)",
     "StartFailed": "the process manager's; supervisors turn it into a start_failed outcome",
     "UnboundValue": "resolving a bound spec; a start fails with its text (start_failed)",
     "VersionConflict": "the registry's compare-and-set; answered as a refusal of kind conflict",
