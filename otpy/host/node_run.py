@@ -204,9 +204,11 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def processes_of_run(run_id: str, *, spare: frozenset[int] | set[int] = frozenset()) -> list[int]:
-    """Pids of this user's processes whose environment carries ``OTPY_NODE_RUN=<run_id>``."""
-    needle = _NEEDLE_PREFIX + run_id.encode()
+def processes_of_run(run_id: str, *, spare: frozenset[int] | set[int] = frozenset(),
+                     tags: tuple[str, ...] = ()) -> list[int]:
+    """Pids of this user's processes whose environment carries ``OTPY_NODE_RUN=<run_id>``, and
+    every ``NAME=VALUE`` of ``tags`` too (a zygote generation: ``processes.linux``)."""
+    needles = {_NEEDLE_PREFIX + run_id.encode(), *(tag.encode() for tag in tags)}
     me, uid, found = os.getpid(), os.getuid(), []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) in spare or int(entry.name) == me:
@@ -218,20 +220,22 @@ def processes_of_run(run_id: str, *, spare: frozenset[int] | set[int] = frozense
                 environ = f.read()
         except OSError:  # gone meanwhile, or not readable
             continue
-        if needle in environ.split(b"\0"):
+        if needles <= set(environ.split(b"\0")):
             found.append(int(entry.name))
     return found
 
 
-def kill_run(run_id: str, *, spare: frozenset[int] | set[int] = frozenset(), rounds: int = 10) -> list[int]:
-    """SIGKILL every process of the run (but ``spare`` and this process); returns the pids.
+def kill_run(run_id: str, *, spare: frozenset[int] | set[int] = frozenset(), rounds: int = 10,
+             tags: tuple[str, ...] = ()) -> list[int]:
+    """SIGKILL every process of the run (but ``spare`` and this process; with ``tags``, only
+    those whose environment carries them too); returns the pids.
 
     Rounds go on until a scan finds nothing (a process may fork while the scan runs).
     Zombies are not waited for here: their parent (or init) reaps them.
     """
     killed: list[int] = []
     for _ in range(rounds):
-        pids = [pid for pid in processes_of_run(run_id, spare=spare) if pid not in killed or _alive(pid)]
+        pids = [pid for pid in processes_of_run(run_id, spare=spare, tags=tags) if pid not in killed or _alive(pid)]
         pids = [pid for pid in pids if not _zombie(pid)]
         if not pids:
             break

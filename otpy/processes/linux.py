@@ -8,7 +8,7 @@ import os
 import signal
 from typing import Callable, NamedTuple
 
-from ..host.node_run import RUN_VAR
+from ..host.node_run import kill_run
 
 
 class ProcStat(NamedTuple):
@@ -79,29 +79,5 @@ GENERATION_VAR = "OTPY_ZYGOTE"  # which zygote generation of the run a process d
 def kill_generation(run_id: str, generation: str, *, spare: frozenset[int] = frozenset(), rounds: int = 10) -> list[int]:
     """SIGKILL every process of this user (but ``spare`` and this process) whose environment
     carries both ``OTPY_NODE_RUN=<run_id>`` and ``OTPY_ZYGOTE=<generation>``: what one zygote
-    of the run and everything below it left, sparing the other generations' processes.
-    Rounds go on until a scan finds nothing (a process may fork while the scan runs)."""
-    needles = {f"{RUN_VAR}={run_id}".encode(), f"{GENERATION_VAR}={generation}".encode()}
-    me, uid, killed = os.getpid(), os.getuid(), []
-    for _ in range(rounds):
-        found = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit() or int(entry.name) in spare or int(entry.name) == me:
-                continue
-            try:
-                if entry.stat().st_uid != uid:
-                    continue
-                with open(f"/proc/{entry.name}/environ", "rb") as f:
-                    environ = set(f.read().split(b"\0"))
-                state = proc_stat(int(entry.name))
-            except OSError:  # gone meanwhile, or not readable
-                continue
-            if needles <= environ and state is not None and state.state != "Z":
-                found.append(int(entry.name))
-        if not found:
-            break
-        for pid in found:
-            signal_quietly(os.kill, pid, signal.SIGKILL)
-            if pid not in killed:
-                killed.append(pid)
-    return killed
+    of the run and everything below it left, sparing the other generations' processes."""
+    return kill_run(run_id, spare=spare, rounds=rounds, tags=(f"{GENERATION_VAR}={generation}",))
