@@ -18,7 +18,9 @@ class Fds(otpy.Program):
             except OSError:
                 pass  # the listing's own fd, closed by now
         low = {str(fd): _kind(target) for fd, target in fds.items() if fd <= 3}
-        high = sorted(_kind(target) for fd, target in fds.items() if fd > 3)
+        # Another thread of the worker may be listing /proc/self/fd too (the call socket's
+        # connection cap counts fds): its listing's fd is no fd of the child's.
+        high = sorted(_kind(target) for fd, target in fds.items() if fd > 3 and not target.endswith("/fd"))
         return {"pid": os.getpid(), "low": low, "high": high, "cwd": os.getcwd(),
                 "env": {k: v for k, v in os.environ.items() if k.startswith("OTPY_") or k == "SPARE_TEST"}}
 
