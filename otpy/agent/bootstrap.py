@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import sys
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 from .call_socket import WarmSocket
 from .notify import NOTIFY_FD, fail
@@ -35,9 +35,10 @@ class Bootstrap:
     """A forked child's first steps. ``zygote_pid``: its parent (the parent-death signal);
     ``devnull``: the zygote's open ``/dev/null``."""
 
-    def __init__(self, zygote_pid: int, devnull: int) -> None:
+    def __init__(self, zygote_pid: int, devnull: int, stale: Callable[[], str] = lambda: "") -> None:
         self.zygote_pid = zygote_pid
         self.devnull = devnull
+        self.stale = stale  # the zygote's check of its program sources: why they changed on disk, or ""
 
     def run_program(self, request: Spawn, notify: int, out: int, err: int) -> NoReturn:
         try:
@@ -47,7 +48,7 @@ class Bootstrap:
         except Exception as exc:
             fail(f"cannot start the child: {exc}")
         sys.stdout.reconfigure(line_buffering=True)
-        Worker(request.spec).run()
+        Worker(request.spec, standby=request.standby, stale=self.stale).run()
 
     def run_spare(self, control: socket.socket) -> NoReturn:
         """A spare: detached and warmed up ahead, it gets its request (and fds) from the zygote,
@@ -74,7 +75,7 @@ class Bootstrap:
         except Exception as exc:
             fail(f"cannot start the child: {exc}")
         sys.stdout.reconfigure(line_buffering=True)
-        Worker(request.spec, warm).run()
+        Worker(request.spec, warm, standby=request.standby, stale=self.stale).run()
 
     def exec_command(self, request: Spawn, notify: int, out: int, err: int, error: int) -> NoReturn:
         argv = list(request.spec.command or ())

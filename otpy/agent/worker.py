@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import signal
 import traceback
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import zmq
 
@@ -46,9 +46,12 @@ class Worker:
     socket) and the node's caller its program's ``call`` uses. Its ``Shutdown`` is made once
     setup is done (a program may set its own SIGTERM disposition in setup)."""
 
-    def __init__(self, spec: ChildSpec, warm: WarmSocket | None = None) -> None:
+    def __init__(self, spec: ChildSpec, warm: WarmSocket | None = None, *, standby: bool = False,
+                 stale: Callable[[], str] = lambda: "") -> None:
         self.spec = spec
         self.warm = warm
+        self.standby = standby  # a hot standby: set up, then wait to be handed the name (see the module)
+        self.stale = stale  # why the program's sources changed on disk since the fork ("": they did not)
         self.node = os.environ.get("OTPY_NODE") or None
         self.registry = has_registry()  # this node, if it has a registry and we are not it
         self.node_caller = NodeCaller(self.node) if self.node else None

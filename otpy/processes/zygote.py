@@ -57,7 +57,7 @@ class Zygote:
         self.modules_frozen = 0
         self.sources = Sources()  # the program files its imports brought in: a change makes it stale
         self.known_modules = set(sys.modules)  # before the programs' imports
-        self.bootstrap = Bootstrap(self.pid, self.devnull)  # a forked child's first steps
+        self.bootstrap = Bootstrap(self.pid, self.devnull, self.sources.check)  # a forked child's first steps
         self.spare: Spare | None = None
         self.terminating = False
         self.retired = False  # the node said Retire: it lives on

@@ -125,6 +125,10 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag
     # a row up to ``restart_delay_max``; delayed restarts count toward the intensity as any.
     restart_delay: float = 0.0
     restart_delay_max: float = DEFAULT_RESTART_DELAY_MAX
+    # Hot standby (a program child only): this many spare processes that already ran ``setup()``
+    # with the child's configuration wait beside it; a restart hands the name to one of them
+    # (``processes.standby``) and a new one is made in the background. 0: none.
+    standby: int = 0
 
     @property
     def kind(self) -> str:

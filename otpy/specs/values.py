@@ -32,6 +32,7 @@ from .model import (
 MAX_SECONDS = 10 * 365 * 24 * 3600  # every duration: far below asyncio's and int64 nanoseconds' limits
 MAX_COUNT = 1_000_000  # max_restarts, max_children: far more than any tree, far below int64
 MAX_RSS_MIB = 2 ** 30  # 1 PiB
+MAX_STANDBY = 8  # hot standbys of one child: each is a whole process with its setup() done
 ARGS_MAX_DEPTH = 64  # msgspec raises RecursionError near 1000 levels; a config is never this deep
 ARGS_PATH_DEPTH = 8  # a message names keys down to this level
 INT64 = (-(2 ** 63), 2 ** 63 - 1)  # TOML's integers; msgpack refuses more than 64 bits
@@ -106,6 +107,11 @@ def _child_problems(spec: ChildSpec) -> list[Problem]:
     if not problems and spec.restart_delay_max < spec.restart_delay:
         problems.append(Problem("restart_delay_max", f"got {_show(spec.restart_delay_max)}; expected seconds >= "
                                 f"restart_delay ({_show(spec.restart_delay)})"))
+    if not (isinstance(spec.standby, int) and not isinstance(spec.standby, bool) and 0 <= spec.standby <= MAX_STANDBY):
+        problems.append(Problem("standby", f"got {_show(spec.standby)}; expected a whole number from 0 to {MAX_STANDBY}"))
+    elif spec.standby and spec.command is not None:
+        problems.append(Problem("standby", f"got {spec.standby} on a command child; expected 0: a standby is a "
+                                "program child's (it runs the program's setup() ahead)"))
     if spec.max_rss is not None and not _in_range(spec.max_rss, 0, MAX_RSS_MIB, low_open=True):
         problems.append(Problem("max_rss", f"got {_show(spec.max_rss)}; expected MiB > 0 and <= {MAX_RSS_MIB}"))
     problems += _env_problems(spec.env)

@@ -147,6 +147,9 @@ class TemplateTable(Table):
     max_rss: Seconds | None = _default(ChildSpec, "max_rss")  # MiB, > 0
     restart_delay: NonNegativeSeconds = _default(ChildSpec, "restart_delay")
     restart_delay_max: NonNegativeSeconds = _default(ChildSpec, "restart_delay_max")
+    standby: Annotated[int, Field(ge=0)] = Field(
+        default=_default(ChildSpec, "standby"),
+        description="a program child's hot standbys: processes that ran setup() ahead and take over at a restart")
     enabled: bindable(bool) = _default(ChildSpec, "enabled")
     replicas: Optional[bindable(Annotated[int, Field(ge=0)])] = Field(
         default=_default(ChildSpec, "replicas"),

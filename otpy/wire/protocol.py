@@ -271,6 +271,8 @@ class ChildInfo(msgspec.Struct, frozen=True):
     status_line: str = ""  # the last ``STATUS=...`` the child sent (sd_notify), if any
     restart_in: float | None = None  # a delayed restart (``restart_delay``): seconds until it starts
     restart: str = "permanent"  # its restart type (a temporary child's spec goes with terminate_child)
+    standby: int = 0  # hot standbys set up and waiting (``ChildSpec.standby``)
+    standby_mib: float = 0.0  # their memory: the pages only they hold (private, MiB), what they cost
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):

@@ -38,6 +38,7 @@ class Spawn(Message):
     request_id: int
     spec: ChildSpec
     env: dict[str, str] = {}
+    standby: bool = False  # a hot standby of ``spec`` (a program): set up, then it waits to be handed the name
 
 
 class Hello(Message):
