@@ -1,7 +1,7 @@
 """otpy's benchmark suite: one command, one JSON report (``otpy bench`` is the same command).
 
     python bench/run.py restart [--n 200] [--n-defaults 20] [--json FILE] [--chart FILE.png]
-    python bench/run.py scale   [--n 1000] [--idle 10] [--prefault GIB] [--json FILE] [--chart FILE.png]
+    python bench/run.py scale   [--n 1000] [--idle 30] [--prefault GIB] [--json FILE] [--chart FILE.png]
     python bench/run.py reconfigure [--n 200] [--n-defaults 20] [--json FILE] [--chart FILE.png]
     python bench/run.py call    [--n 5000] [--json FILE]
     python bench/run.py all     [--n 200] [--scale-n 1000] [...]
@@ -37,15 +37,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import peers, scale  # noqa: E402
+from bench.targets import check as check_targets, print_targets  # noqa: E402
 from bench.restart_latency import machine, print_series, run as restart_series, summarize  # noqa: E402
-
-TARGETS = {"restart_program_p50_ms": 5, "restart_program_p99_ms": 15, "vs_circus_fast_x": 15,
-           "vs_supervisord_fast_x": 200, "scale_1000_ready_s": 2, "idle_node_cpu_pct": 1,
-           "child_uss_mib": 3, "reconfigure_p50_ms": 6,
-           # #13: a reconfigure caused by ``vars set`` costs no more than a Reconfigure action
-           # (ratio of the two p50s in the same run; the write adds the registry's check and commit)
-           "vars_set_vs_reconfigure_p50_x": 1.5}
-
 
 class Options:
     """The options as attributes (``args.n``), as the scenarios below read them."""
@@ -61,8 +54,11 @@ def log(msg: str) -> None:
 def run_reconfigure(n: int, n_defaults: int, with_peers: bool) -> tuple[dict, dict]:
     from bench.reconfigure_latency import run
 
+    from bench.restart_latency import fork_floor
+
     log(f"reconfigure: n={n}")
     results, raw = run(n), {}
+    results["floor_fork"] = summarize(fork_floor(n))  # the targets' floor, measured in this run
     if with_peers:
         from bench import peers_reconfigure
 
@@ -149,38 +145,6 @@ def print_scale(s: dict) -> None:
     print("curve (N: seconds to all ready):", s["curve_s"])
 
 
-def verdicts(report: dict) -> dict:
-    out = {}
-    r = report.get("restart")
-    if r:
-        out["restart_program_p50_ms"] = (r["program"]["p50_ms"], TARGETS["restart_program_p50_ms"],
-                                         r["program"]["p50_ms"] <= TARGETS["restart_program_p50_ms"])
-        out["restart_program_p99_ms"] = (r["program"]["p99_ms"], TARGETS["restart_program_p99_ms"],
-                                         r["program"]["p99_ms"] <= TARGETS["restart_program_p99_ms"])
-        for peer, key in (("circus_fast", "vs_circus_fast_x"), ("supervisord_fast", "vs_supervisord_fast_x")):
-            ratio = r.get("peer_ratios", {}).get(f"{peer}_p50_vs_otpy_program")
-            if ratio is not None:
-                out[key] = (ratio, TARGETS[key], ratio >= TARGETS[key])
-    c = report.get("reconfigure")
-    if c:
-        p50 = c["reconfigure"]["p50_ms"]
-        out["reconfigure_p50_ms"] = (p50, TARGETS["reconfigure_p50_ms"], p50 <= TARGETS["reconfigure_p50_ms"])
-        if "vars_set" in c:
-            ratio = round(c["vars_set"]["p50_ms"] / p50, 2)
-            key = "vars_set_vs_reconfigure_p50_x"
-            out[key] = (ratio, TARGETS[key], ratio <= TARGETS[key])
-    s = report.get("scale")
-    if s:
-        if s["n"] >= 1000:
-            out["scale_1000_ready_s"] = (s["ready_total_s"], TARGETS["scale_1000_ready_s"],
-                                         s["ready_total_s"] <= TARGETS["scale_1000_ready_s"])
-        cpu = s["idle"]["node_cpu_pct_of_core"]
-        out["idle_node_cpu_pct"] = (cpu, TARGETS["idle_node_cpu_pct"], cpu < TARGETS["idle_node_cpu_pct"])
-        uss = s["child_uss"]["max_mib"]
-        out["child_uss_mib"] = (uss, TARGETS["child_uss_mib"], uss <= TARGETS["child_uss_mib"])
-    return {k: {"measured": m, "target": t, "met": ok} for k, (m, t, ok) in out.items()}
-
-
 def chart(report: dict, raw: dict, path: str) -> None:
     import matplotlib
 
@@ -248,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(scenario: str, *, n: int | None = None, scale_n: int | None = None, sources: list[str] = (),
-        n_defaults: int = 20, idle: float = 10.0, prefault: float = 0.0, no_peers: bool = False,
+        n_defaults: int = 20, idle: float = 30.0, prefault: float = 0.0, no_peers: bool = False,
         json_path: str | None = None, chart_path: str | None = None) -> None:
     """Run ``scenario`` with the options ``otpy.cli.bench_cmd`` checked; print, and write the
     JSON report and chart when asked."""
@@ -300,10 +264,8 @@ def run(scenario: str, *, n: int | None = None, scale_n: int | None = None, sour
         report["scale"] = run_scale(n or 1000, args.idle, args.prefault)
         print("== scale")
         print_scale(report["scale"])
-    report["targets"] = verdicts(report)
-    print("== targets")
-    for k, v in report["targets"].items():
-        print(f"{k:26s} measured {v['measured']:>10}  target {v['target']:>6}  {'met' if v['met'] else 'MISSED'}")
+    report["targets"] = check_targets(report)
+    print_targets(report["targets"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**report, "raw_ms": raw}, f, indent=2)

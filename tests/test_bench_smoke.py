@@ -44,7 +44,7 @@ def test_run_with_peers_or_says_they_are_skipped(tmp_path, scenario, series):
     assert set(report["machine"]) >= {"cpu", "cores", "python", "otpy", "commit", "damon"}
     for name in series:
         assert set(result[name]) >= KEYS and result[name]["n"] >= 3
-    assert {"restart": "restart_program_p50_ms", "reconfigure": "reconfigure_p50_ms"}[scenario] in report["targets"]
+    assert {"restart": "restart_program_p50_vs_fork_x", "reconfigure": "reconfigure_p50_vs_fork_x"}[scenario] in report["targets"]
     for module, name in (("circus", "circus_fast"), ("supervisor", "supervisord_fast")):
         peer = "supervisord" if module == "supervisor" else "circus"
         if importlib.util.find_spec(module):

@@ -29,7 +29,7 @@ CHECKOUT = Path(__file__).resolve().parents[2]  # the folder holding bench/ in a
               help="chart: a report written by --json; more may follow (--from A.json B.json), merged in order.")
 @click.option("--n-defaults", type=Count(0), default=20, show_default=True,
               help="Restarts for each peer at its default settings (0 skips them; they are slow).")
-@click.option("--idle", type=Seconds(positive=False), default=10.0, show_default=True,
+@click.option("--idle", type=Seconds(positive=False), default=30.0, show_default=True,
               help="Idle window of the scale scenario, seconds.")
 @click.option("--prefault", type=Seconds(positive=False, expected="a number of GiB"), default=0.0, show_default=True, metavar="GIB",
               help="scale: touch this much fresh memory first (a VM's first-touch cost).")
