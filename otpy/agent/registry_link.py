@@ -155,9 +155,17 @@ class ConfigWatcher(threading.Thread):
         self._delivered = threading.Condition()
         self.delivered = config  # what the program runs: setup's, then each on_config's that returned
         self.restarting = False
+        # Set once subscribed and resolved again after that: from then on no change is missed
+        # (a hot standby says STANDBY only then: ``agent.standby_wait``).
+        self.following = threading.Event()
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while a refresh resolves and hands over a configuration (a standby's promotion
+        waits for it: ``agent.standby_wait``)."""
+        return self._lock
 
     def run(self) -> None:
-
         sub = self.agent.context.socket(zmq.SUB)
         sub.linger = 0
         sub.setsockopt(zmq.RECONNECT_IVL, 10)
@@ -177,8 +185,12 @@ class ConfigWatcher(threading.Thread):
             if sub in ready:
                 while _has_message(sub):
                     stale |= self._concerns_us(sub.recv())
-            if stale and self._refresh() == "restarting":
-                return
+            if stale:
+                state = self._refresh()
+                if monitor in ready and state != "unavailable":
+                    self.following.set()
+                if state == "restarting":
+                    return
 
     def _concerns_us(self, payload: bytes) -> bool:
         try:

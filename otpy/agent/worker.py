@@ -17,6 +17,9 @@ resolved configuration, a program with ``on_config(config)`` gets it, run by a c
 turn with the calls (``CallServer.new_config``); a program without it drains like on SIGTERM,
 tears down and exits with status ``EXIT_CONFIG_CHANGED`` (75), so that its supervisor restarts
 it with the new values (a ``crashed`` exit: it counts toward restart intensity).
+
+A hot standby (``standby=True``) runs the same start, its socket bound at a spare path, then
+waits to be handed the name (``standby_wait``) before it says READY.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .one_call import limits
 from .program import NodeCaller, Program, instantiate
 from .registry_link import ConfigWatcher, has_registry, resolve
 from .shutdown import Shutdown
+from .standby_wait import StandbyWait
 from ..specs.model import ChildSpec
 
 __all__ = ["Worker", "exit_shutdown", "fail"]  # exit_shutdown: a program's clean exit (docs/supervision.md)
@@ -61,16 +65,21 @@ class Worker:
         """Set the program up, bind its call socket, report READY, serve calls until SIGTERM,
         tear down, die by SIGTERM."""
         try:
+            if self.standby:
+                self._warm_up()
             program, config = self._start()
             shutdown = Shutdown()
             shutdown.catch_sigterm()
-            server = self._bind(program, shutdown)
+            if self.standby:
+                server = self._wait_as_standby(program, config, shutdown)
+            else:
+                server = self._bind(program, shutdown)
             notify("READY")
             if server is None:
                 shutdown.wait()  # not run by a node: nobody can call it
             else:
                 server.add_thread()  # after READY, while the first caller is on its way
-                if config:
+                if config and not self.standby:
                     watcher = ConfigWatcher(program, server, config, self.registry, shutdown.request_config_restart)
                     server.config_sync = watcher.sync
                     watcher.start()
@@ -82,6 +91,34 @@ class Worker:
         except BaseException:
             traceback.print_exc()
             exit_now(1)
+
+    def _warm_up(self) -> None:
+        """A standby's call socket, bound at its spare path (a spare's already is)."""
+        if self.node is None:
+            fail("a hot standby runs under a node (OTPY_NODE is not set)")
+        if self.warm is None:
+            try:
+                self.warm = WarmSocket(self.node)
+            except Exception as exc:
+                fail(f"cannot bind the standby's call socket: {describe_long(exc)}")
+            self._context = self.warm.context
+
+    def _wait_as_standby(self, program: Program, config: dict[str, Any], shutdown: Shutdown) -> CallServer:
+        """Set up: wait (``agent.standby_wait``) until handed the child's name; then its server."""
+        spec, warm = self.spec, self.warm
+        try:
+            concurrency, max_queue = limits(program, spec.args)
+        except ValueError as exc:
+            fail(str(exc))
+        node = self.node
+        server = CallServer(program, warm.context, warm.router, shutdown, concurrency=concurrency,
+                            max_queue=max_queue, max_rss=spec.max_rss,
+                            rebind=lambda: rebind(warm.router, node, spec.id))
+        wait = StandbyWait(program, server, warm, shutdown, node=node, child_id=spec.id, stale=self.stale)
+        if config and self.registry is not None:
+            wait.watch(config, self.registry)
+        wait.until_promoted()
+        return server
 
     def context(self) -> zmq.Context:
         """The child's one context: the spare's, or made on first use (by the registry's

@@ -100,6 +100,7 @@ class Supervisor:
         self._replaced: dict[asyncio.Task, tuple[str, Handle]] = {}
         self._inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._timers: set[asyncio.TimerHandle] = set()  # the machine's After, not yet fired
+        self._standby_ids: set[str] = set()  # children started with hot standbys (``processes.standby``)
         self._task: asyncio.Task | None = None
         self.exited: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
         self.error: str | None = None  # why init failed, or the last give-up
@@ -220,6 +221,25 @@ class Supervisor:
             for effect in effects:
                 feedback = await self._carry_out(effect) or feedback
             effects = self.machine.handle(feedback, self._clock()) if feedback else []
+        if self._standby_ids:
+            self._retire_standbys()
+
+    def _retire_standbys(self) -> None:
+        """The hot standbys of a child stopped for good (terminated, deleted, removed by a
+        reload, or its supervisor stopped) go; those of a child that will start again stay."""
+        for id in list(self._standby_ids):
+            child = self.machine.children.get(id)
+            if (child is not None and not self.exited.done() and self.machine.phase != "terminated"
+                    and (child.state in ("running", "restarting") or self.machine.starting_for(id) is not None
+                         or id in self.machine.restart_dues())):
+                continue
+            self._standby_ids.discard(id)
+            self._processes.standbys.retire_all(id)
+
+    async def sync_standbys(self, scopes: set[str]) -> None:
+        """A variable write of ``scopes`` is stored: the node's hot standbys that follow one of
+        them resolve again before the write returns (``StandbyPool.sync``)."""
+        await self._processes.standbys.sync(scopes)
 
     async def _carry_out(self, effect: Effect) -> Event | None:
         match effect:
@@ -282,6 +302,8 @@ class Supervisor:
 
     async def _start_handle(self, spec: AnySpec) -> Handle:
         if isinstance(spec, ChildSpec):
+            if spec.standby:
+                self._standby_ids.add(spec.id)
             return await self._processes.spawn(spec, env=self._child_env)
         child = Supervisor(spec, processes=self._processes, report=self._report, node=self.node,
                            clock=self._clock, child_env=self._child_env, values=self.values)
@@ -318,6 +340,8 @@ class Supervisor:
     def _finish(self, reason: ExitReason) -> None:
         if not self.exited.done():
             self.exited.set_result(reason)
+        if self._standby_ids:
+            self._retire_standbys()
         for timer in self._timers:  # no delayed restart after a stop
             timer.cancel()
         self._timers.clear()
@@ -369,10 +393,11 @@ class Supervisor:
                     restart_in: float | None = None) -> ChildInfo:
         state, pid = self._shown_state(child, dead)
         handle = self._handles.get(child.id) if pid is not None else None
+        standby, standby_mib = self._processes.standbys.usage(child.id) if child.id in self._standby_ids else (0, 0.0)
         return ChildInfo(id=child.id, kind=child.spec.kind, state=state, pid=pid, restarts=child.restarts,
                          program=shown_program(child, self.values.resolve), bound=self._bound(child), override=child.override,
                          status_line=getattr(handle, "status_line", ""), restart_in=restart_in,
-                         restart=child.spec.restart)
+                         restart=child.spec.restart, standby=standby, standby_mib=standby_mib)
 
     def _restart_in(self) -> dict[str, float]:
         """Seconds until a delayed restart starts each child it will (it waits, or a bystander
@@ -457,11 +482,19 @@ class Supervisor:
                 uptime=_uptime(now, started) if info.state == "running" else None,
                 children=None if info.kind == "worker" else [],
                 program=info.program, bound=info.bound, override=info.override,
-                status_line=info.status_line, restart_in=info.restart_in, restart=info.restart))
+                status_line=info.status_line, restart_in=info.restart_in, restart=info.restart,
+                **_standby_fields(info)))
         running = not self.exited.done()
         return TreeEntry(id=self.spec.id, kind=self.spec.kind, state="running" if running else "stopped",
                          pid=self.pid, restarts=restarts, uptime=_uptime(now, self.started_at) if running else None,
                          children=children, restart=self.spec.restart)
+
+
+def _standby_fields(info: ChildInfo) -> dict:
+    """A child's hot standbys for its status entry (when the wire's TreeEntry carries them)."""
+    if not info.standby or "standby" not in TreeEntry.__struct_fields__:
+        return {}
+    return {"standby": info.standby, "standby_mib": info.standby_mib}
 
 
 def _uptime(now: float, started: float | None) -> float | None:

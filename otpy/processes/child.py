@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..supervision.exit import ExitReason, from_wait_status
 from ..specs.model import ChildSpec, Shutdown
@@ -56,6 +56,8 @@ class ChildProcess:
         self._stale = ""  # that zygote's code was out of date: why
         self._status = ""  # the last STATUS= it sent
         self._stopping = False  # it sent STOPPING=1
+        # A hot standby's other lines (STANDBY, STALE, SYNCED, RETIRE: ``processes.standby``)
+        self.on_control: Callable[[str], None] | None = None
 
     @property
     def _sd_notify(self) -> NotifySocket | None:
@@ -161,6 +163,23 @@ class ChildProcess:
             self._failure = line[len("FAILED"):].strip() or "the child reported FAILED"
         elif line.startswith("EXIT "):
             self._reported = line[len("EXIT "):].strip()
+        elif self.on_control is not None:
+            self.on_control(line)
+
+    def tell(self, line: str) -> bool:
+        """Write ``line`` to a hot standby (its notify fd is a socket pair); False if closed."""
+        fd = self._notify._fd
+        if fd < 0:
+            return False
+        try:
+            os.write(fd, line.encode() + b"\n")
+        except OSError:
+            return False
+        return True
+
+    def retire(self) -> None:
+        """A hot standby's EOF: it tears down and exits by itself."""
+        self._notify.close()
 
     def _on_sd_notify(self, assignments: list[tuple[str, str]]) -> None:
         for key, value in assignments:

@@ -31,6 +31,9 @@ last one (``_retire_if_idle``). Each child knows its zygote (``ChildProcess._lin
 zygote's death makes only its own children ``lost``.
 
 A node out of fds (``EMFILE``) still spawns: see ``processes.fd_reserve``.
+
+Hot standbys (``ChildSpec.standby``): ``spawn`` first asks ``standbys`` (``processes.standby``)
+for one made for exactly this spec; it takes the name instead of a fork and a setup.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import collections
 import itertools
 import logging
 import os
+import socket
 import sys
 import time
 from typing import Callable
@@ -48,6 +52,7 @@ from ..supervision.exit import ExitReason
 from .child import ChildProcess
 from .fd_reserve import FdReserve, pipes
 from .sd_notify import NotifySocket
+from .standby import StandbyPool
 from .linux import children_of, has_image
 from ..host.node_run import new_run_id
 from ..host.runtime_dir import notify_socket_path
@@ -65,6 +70,12 @@ ZYGOTE_DEATHS_WINDOW = 10.0  # spawns fail (StartFailed) until the window has ro
 STALE_RETRIES = 3  # new zygote generations one start may take (a file rewritten as it is imported)
 LOST = ExitReason(kind="lost", detail="the zygote died")  # otpy's loss: restarted, not charged
 CLOSED = ExitReason(kind="killed", detail="process manager closed")
+
+
+def _socket_pair() -> tuple[int, int]:
+    """A hot standby's notify fds: a stream socket pair (close-on-exec), the node's end first."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return ours.detach(), theirs.detach()
 
 
 class StartFailed(Exception):
@@ -110,6 +121,7 @@ class ProcessManager:
         self._zygote_deaths: collections.deque[tuple[float, str]] = collections.deque()
         self._reserve = FdReserve()
         self._closing = False
+        self.standbys = StandbyPool(self)  # hot standbys (``processes.standby``)
 
     @property
     def children(self) -> list[ChildProcess]:
@@ -136,6 +148,16 @@ class ProcessManager:
         a failed start of this child like any other, with nothing left open. A start the
         zygote's death cut short is tried once more on the next zygote (see the module).
         """
+        env = dict(env or {})
+        if (promoted := await self.standbys.promote(spec, env)) is not None:
+            self.standbys.refill(spec, env)  # in the background: READY is in already
+            return promoted
+        child = await self._spawn(spec, env)
+        if spec.standby or spec.id in self.standbys.ids():
+            self.standbys.refill(spec, env)
+        return child
+
+    async def _spawn(self, spec: ChildSpec, env: dict[str, str]) -> ChildProcess:
         lost_once, stale = False, 0
         while True:
             try:
@@ -152,12 +174,19 @@ class ProcessManager:
                     raise StartFailed(f"the program's code keeps changing: {out_of_date}") from None
 
     async def _spawn_once(self, spec: ChildSpec, env: dict[str, str] | None) -> ChildProcess:
+        child = await self._send_spawn(spec, env)
+        return await self._until_ready(child, asyncio.get_running_loop())
+
+    async def _send_spawn(self, spec: ChildSpec, env: dict[str, str] | None, standby: bool = False) -> ChildProcess:
+        """Send the zygote a start of ``spec`` (a hot standby of it: ``standby``, whose notify
+        fd is a socket pair, ``processes.standby``); its child, not READY yet."""
         if self._closing:
             raise StartFailed("the process manager is closed")
         zygote = await self._ensure_zygote()
         loop = asyncio.get_running_loop()
         try:
-            (notify_r, notify_w), (out_r, out_w), (err_r, err_w) = self._reserve.call(lambda: pipes(3))
+            (notify_r, notify_w), (out_r, out_w), (err_r, err_w) = self._reserve.call(
+                lambda: [_socket_pair() if standby else pipes(1)[0], *pipes(2)])
         except OSError as exc:
             raise StartFailed(f"cannot make the child's pipes: {exc}") from None
         for stream, read_end in (("out", out_r), ("err", err_r)):
@@ -179,14 +208,15 @@ class ProcessManager:
             env["NOTIFY_SOCKET"] = str(child._sd_notify.path)
         self._requests[request_id] = child
         try:
-            await zygote.send(Spawn(request_id=request_id, spec=spec, env=env), (notify_w, out_w, err_w))
+            await zygote.send(Spawn(request_id=request_id, spec=spec, env=env, standby=standby),
+                              (notify_w, out_w, err_w))
         except Exception as exc:  # too large, not encodable, or the zygote just died
             self._unsent(request_id, child, zygote, exc)
         finally:
             for write_end in (notify_w, out_w, err_w):
                 os.close(write_end)
             self._reserve.fill()
-        return await self._until_ready(child, loop)
+        return child
 
     def _output_handler(self, child_id: str, stream: str) -> Callable[[str], None]:
         return lambda line: self.on_output(child_id, stream, line)
@@ -223,6 +253,7 @@ class ProcessManager:
     async def close(self) -> None:
         """SIGKILL every remaining child's group, wait for the deaths, stop the zygote."""
         self._closing = True
+        await self.standbys.close()
         if self._starting is not None:
             await asyncio.gather(self._starting, return_exceptions=True)
         while self._children or self._requests:
@@ -343,6 +374,8 @@ class ProcessManager:
     def _new_generation(self, link: ZygoteLink | None, reason: str) -> None:
         """``link``'s code is out of date: the next program start goes to a new zygote. The old
         one keeps its children (reaping, exits, heartbeats) and is stopped after the last."""
+        if link is not None:
+            self.standbys.retire_generation(link)
         if link is not None and link is self._zygote:
             self._zygote = None
             log.info("otpy[%s]: %s: a new zygote generation imports the new code; the old one "

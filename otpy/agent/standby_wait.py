@@ -1,0 +1,153 @@
+"""A hot standby's wait: a program child set up ahead, waiting to be handed its child's name.
+
+A standby (``ChildSpec.standby``; ``Spawn.standby``) is forked like its child and runs the same
+start: the program is instantiated, its configuration resolved, ``setup()`` run, its call
+socket bound, but at its own spare path (``agents/.spare-<pid>.sock``, a ``WarmSocket``), and
+its config watcher follows the registry. Then it says ``STANDBY`` and waits on fd 3, which is
+one end of a socket pair: the node (``processes.standby``) holds the other and writes one line
+at a time:
+
+``GO``     take the name. Code edited on disk since the fork (``stale()``) or a configuration
+           that changed without ``on_config`` refuse it: ``STALE <why>``, and the standby exits
+           (the node starts the child the ordinary way, from a zygote with the new code).
+           Else the socket is renamed into the child's path, then ``READY``: it is the child.
+``SYNC``   a variable write: resolve again now, answer ``SYNCED <state>`` once the program runs
+           the stored values (``ConfigWatcher.sync``).
+EOF        retired (the child stopped for good, its spec changed): teardown, exit 0.
+
+It also leaves by itself, saying ``RETIRE <why>``, when its configuration changes and the
+program has no ``on_config``, or ``on_config`` raised: a standby never serves values other than
+the registry's. SIGTERM ends it quietly too. While it waits, ``on_config`` runs on the watcher's
+thread (there is no call yet to take turns with); once promoted, in turn with the calls.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+import traceback
+from typing import Any, Callable, NoReturn
+
+from .call_server import CallServer
+from .call_socket import WarmSocket, bound_router
+from .notify import NOTIFY_FD, exit_now, notify
+from .program import Program
+from .registry_link import ConfigWatcher
+from .shutdown import Shutdown
+from ..host.prctl import set_title
+
+READ_LIMIT = 4096
+FOLLOW_TIMEOUT = 10.0  # seconds a standby waits to be subscribed to the registry's changes
+
+
+class Relay:
+    """The config watcher's ``agent`` while a standby waits, then the call server's: its
+    ``new_config`` runs ``on_config`` now (waiting) or queues it with the calls (promoted)."""
+
+    def __init__(self, program: Program, server: CallServer, retire: Callable[[str], None]) -> None:
+        self.program, self.server, self.retire = program, server, retire
+        self.context = server.context
+        self.promoted = False
+
+    def new_config(self, config: dict[str, Any], done: Callable[[dict[str, Any]], None] | None = None) -> None:
+        if self.promoted:
+            self.server.new_config(config, done)
+            return
+        try:
+            self.program.on_config(config)
+        except BaseException:
+            traceback.print_exc()
+            self.retire("on_config raised")  # before done: a GO after this is refused
+        if done is not None:
+            done(config)
+
+
+class StandbyWait:
+    """The wait of one standby: ``until_promoted`` returns once it holds the child's name (its
+    socket renamed into place; READY is the caller's to say), or ends the process."""
+
+    def __init__(self, program: Program, server: CallServer, warm: WarmSocket, shutdown: Shutdown, *,
+                 node: str, child_id: str, stale: Callable[[], str]) -> None:
+        self.program, self.server, self.warm, self.shutdown = program, server, warm, shutdown
+        self.node, self.child_id, self.stale = node, child_id, stale
+        self.watcher: ConfigWatcher | None = None
+        self.relay = Relay(program, server, self.retire_soon)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._why_retire = ""
+
+    def watch(self, config: dict[str, Any], registry: str) -> None:
+        """Follow the registry's changes while waiting (and after, once promoted)."""
+        self.watcher = ConfigWatcher(self.program, self.relay, config, registry, self._config_restart)
+        self.server.config_sync = self.watcher.sync
+        self.watcher.start()
+        deadline = time.monotonic() + FOLLOW_TIMEOUT  # STANDBY only once no change can be missed
+        while not self.watcher.following.wait(0.02) and not self._why_retire:
+            if time.monotonic() > deadline:
+                self.retire_soon(f"it could not follow the registry's changes within {FOLLOW_TIMEOUT:g} s")
+
+    def _config_restart(self) -> None:
+        if self.relay.promoted:
+            self.shutdown.request_config_restart()
+        else:
+            self.retire_soon("its configuration changed (the program has no on_config)")
+
+    def retire_soon(self, why: str) -> None:
+        """From the watcher's thread: the main thread says RETIRE and ends."""
+        if not self._why_retire:
+            self._why_retire = why
+            os.write(self._wake_w, b"x")
+
+    def until_promoted(self) -> None:
+        set_title(f"otpy: {self.node}/{self.child_id} standby", self.child_id)
+        notify("STANDBY")
+        partial = b""
+        while True:
+            ready, _, _ = select.select([NOTIFY_FD, self._wake_r, self.shutdown.fd], [], [])
+            if self._wake_r in ready:
+                notify(f"RETIRE {self._why_retire}")
+                self._end()
+            if self.shutdown.fd in ready:
+                self.shutdown.drain()
+                if self.shutdown.requested:
+                    self._end()
+            if NOTIFY_FD not in ready:
+                continue
+            try:
+                data = os.read(NOTIFY_FD, READ_LIMIT)
+            except OSError:
+                data = b""
+            if not data:  # the node retired us (or is gone)
+                self._end()
+            *lines, partial = (partial + data).split(b"\n")
+            for line in lines:
+                if line == b"GO" and self._promote():
+                    return
+                if line == b"SYNC":
+                    state = self.watcher.sync() if self.watcher is not None else "unchanged"
+                    notify(f"SYNCED {state}")
+
+    def _promote(self) -> bool:
+        """Take the name, unless the code or the configuration is out of date (then exit)."""
+        if why := self.stale():
+            notify(f"STALE {why}")
+            self._end()
+        lock = self.watcher.lock if self.watcher is not None else threading.Lock()
+        with lock:  # no refresh of the configuration is half done
+            if self._why_retire or (self.watcher is not None and self.watcher.restarting):
+                notify(f"STALE {self._why_retire or 'its configuration changed'}")
+                self._end()
+            self.relay.promoted = True
+        bound_router(self.server.context, self.node, self.child_id, self.warm)
+        set_title(f"otpy: {self.node}/{self.child_id}", self.child_id)
+        return True
+
+    def _end(self) -> NoReturn:
+        """Retired: the program's teardown, the spare socket's file removed, exit 0."""
+        self.warm.forget()
+        try:
+            self.program.teardown()
+        except BaseException:
+            traceback.print_exc()
+        exit_now(0)

@@ -1,0 +1,311 @@
+"""Hot standbys, as the node keeps them: spare processes of a program child, set up ahead.
+
+A child with ``standby = N`` (``ChildSpec.standby``, program children only) has up to N
+standbys: processes the zygote forked like the child (``Spawn.standby``), which instantiated
+the program, resolved its configuration, ran ``setup()``, bound their call socket at a spare
+path, and wait (``agent.standby_wait``). Their notify fd is a socket pair: the node writes
+``GO``, ``SYNC``, or closes it (EOF: retired); they write ``STANDBY``, ``STALE``, ``SYNCED``,
+``RETIRE``, and READY once promoted.
+
+``ProcessManager.spawn`` asks the pool first (``promote``): a ready standby made for exactly
+this spec and environment, by the current zygote generation, takes the name (``GO``: it checks
+that its code did not change on disk and that its configuration is the registry's, renames its
+socket into place, says READY) instead of a fork and a ``setup()``. Standbys made for another
+spec or environment (a reconfiguration, a reload, a bound variable) or by an older generation
+are retired then. A standby that refuses (``STALE``) exits, and the start goes the ordinary way.
+After any start of such a child the pool makes standbys again up to N (``refill``), in a task
+of its own: the promoted child's READY never waits for it.
+
+A standby is no OTP child: its failure (a ``setup()`` that raises, a death while it waits) is
+one warning, charges no intensity, and is not retried until the child's next start. It belongs
+to its zygote: its death takes the standby with it (the ordinary ``lost`` path), and it dies
+with the node. The supervisor retires the standbys of a child stopped for good (``retire_all``).
+A variable write asks them to resolve again (``sync``) before it returns, as running programs do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import TYPE_CHECKING
+
+from ..specs.model import ChildSpec
+from .child import ChildProcess
+
+if TYPE_CHECKING:
+    from .manager import ProcessManager
+
+log = logging.getLogger("otpy")
+
+STALE_RETRIES = 3  # new zygote generations one standby may take (as a start: ``processes.manager``)
+SYNC_TIMEOUT = 30.0  # seconds a write waits for its standbys to resolve again
+RETIRE_GRACE = 5.0  # seconds a retired standby has for its teardown (shutdown "infinity"), then SIGKILL
+CHANGED = "changed: "  # a RETIRE of a standby whose configuration changed (not a failure: made again)
+
+
+class Standby:
+    """One standby: its process (a ``ChildProcess`` not READY yet), what it was made for, and
+    its state: ``starting`` (in setup), ``ready`` (said STANDBY), ``promoting``, ``retired``."""
+
+    def __init__(self, child: ChildProcess, spec: ChildSpec, env: dict[str, str]) -> None:
+        loop = asyncio.get_running_loop()
+        self.child, self.spec, self.env = child, spec, env
+        self.state = "starting"
+        self.said: asyncio.Future[None] = loop.create_future()  # its STANDBY
+        self.answer: asyncio.Future[str] | None = None  # its STALE, after a GO
+        self.syncs: collections.deque[asyncio.Future[str]] = collections.deque()  # SYNCED, in order
+        self.left = ""  # why it retired by itself (RETIRE)
+        child.on_control = self._hear
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready" and bool(self.child.pid) and not self.child.exited.done()
+
+    def scopes(self) -> set[str]:
+        """The scopes its configuration follows: its id, its supervisors, ``global``."""
+        chain = [s for s in self.env.get("OTPY_SUPERVISORS", "").split(",") if s]
+        return {self.spec.id, *chain, "global"}
+
+    def _hear(self, line: str) -> None:
+        word, _, rest = line.partition(" ")
+        if word == "STANDBY" and not self.said.done():
+            self.said.set_result(None)
+        elif word == "STALE" and self.answer is not None and not self.answer.done():
+            self.answer.set_result(rest)
+        elif word == "SYNCED" and self.syncs:
+            if not (waiting := self.syncs.popleft()).done():
+                waiting.set_result(rest)
+        elif word == "RETIRE":
+            self.left = rest or "it retired"
+
+
+class StandbyPool:
+    """The standbys of one ``ProcessManager``'s children, by child id."""
+
+    def __init__(self, manager: ProcessManager) -> None:
+        self._manager = manager
+        self._by_id: dict[str, list[Standby]] = {}
+        self._wanted: dict[str, tuple[ChildSpec, dict[str, str]]] = {}  # the spec and env of its last start
+        self._refills: dict[str, asyncio.Task[None]] = {}
+        self._failed: set[str] = set()  # ids whose standby failed: made again at the next start
+
+    # --- what the supervisor sees ----------------------------------------------------------
+
+    def usage(self, child_id: str) -> tuple[int, float]:
+        """The ready standbys of ``child_id`` and their private memory (MiB): the pages only
+        they hold (``Private_Clean + Private_Dirty`` of ``/proc/PID/smaps_rollup``)."""
+        ready = [s for s in self._by_id.get(child_id, ()) if s.ready]
+        return len(ready), round(sum(_private_kib(s.child.pid) for s in ready) / 1024, 1)
+
+    # --- starts ------------------------------------------------------------------------------
+
+    async def promote(self, spec: ChildSpec, env: dict[str, str]) -> ChildProcess | None:
+        """A ready standby of exactly ``spec`` and ``env``, READY under the child's name now;
+        None if there is none (or it refused). Standbys made for anything else are retired."""
+        standbys = self._by_id.get(spec.id)
+        if not standbys:
+            return None
+        for standby in list(standbys):
+            if standby.spec != spec or standby.env != env or standby.child._link is not self._manager._zygote:
+                self.retire(standby)
+        standby = next((s for s in standbys if s.ready and not s.left), None)
+        if standby is None:
+            return None
+        standbys.remove(standby)
+        standby.state = "promoting"
+        child = standby.child
+        answer = standby.answer = asyncio.get_running_loop().create_future()
+        if not child.tell("GO"):
+            return None  # it is gone: its exit is on its way
+        try:
+            done, _ = await asyncio.wait({child._ready, answer}, timeout=spec.start_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            child.kill()
+            raise
+        if child._ready.done() and child._ready.result() is None:
+            return child
+        if answer.done():
+            why = f"it refused: {answer.result()}"
+        else:
+            child.kill()
+            why = child._ready.result() if done else f"no READY within {spec.start_timeout} s"
+        log.info("otpy[%s]: the hot standby of %r (pid %d) did not take over (%s); starting it anew",
+                 self._manager.node_name, spec.id, child.pid, why)
+        return None
+
+    def refill(self, spec: ChildSpec, env: dict[str, str]) -> None:
+        """After a start of ``spec``: make its standbys again up to ``spec.standby``, in the
+        background."""
+        self._wanted[spec.id] = (spec, env)
+        if spec.standby <= 0 or spec.program is None:
+            self._wanted.pop(spec.id)
+            return
+        self._failed.discard(spec.id)  # a start: a failed standby is tried again now
+        self._refill_soon(spec.id)
+
+    def _refill_soon(self, child_id: str) -> None:
+        if (task := self._refills.get(child_id)) is None or task.done():
+            task = self._refills[child_id] = asyncio.get_running_loop().create_task(self._refill(child_id))
+            task.add_done_callback(lambda t: self._refills.pop(child_id, None) if self._refills.get(child_id) is t else None)
+
+    async def _refill(self, child_id: str) -> None:
+        while not self._manager._closing and child_id not in self._failed:
+            if (wanted := self._wanted.get(child_id)) is None:
+                return
+            spec, env = wanted
+            live = [s for s in self._by_id.get(child_id, ()) if s.state in ("starting", "ready") and not s.left]
+            if len(live) >= spec.standby:
+                return
+            await self._make(spec, env)
+
+    async def _make(self, spec: ChildSpec, env: dict[str, str]) -> None:
+        """One standby of ``spec``, until it says STANDBY; a failure is one warning."""
+        from .manager import StartFailed
+
+        for _ in range(STALE_RETRIES + 1):
+            try:
+                child = await self._manager._send_spawn(spec, env, standby=True)
+            except StartFailed as exc:
+                return self._failure(spec.id, str(exc))
+            standby = Standby(child, spec, env)
+            self._by_id.setdefault(spec.id, []).append(standby)
+            child.exited.add_done_callback(lambda _, s=standby: self._gone(s))
+            try:
+                done, _ = await asyncio.wait({standby.said, child._ready}, timeout=spec.start_timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                child.kill()
+                raise
+            if standby.said.done() and not child._ready.done():
+                if standby.state == "starting":
+                    standby.state = "ready"
+                return None
+            if standby.state == "retired" or self._manager._closing:
+                return None  # retired meanwhile (its spec changed): the refill goes on with the new one
+            if not done:
+                child.kill()
+                return self._failure(spec.id, f"no STANDBY within {spec.start_timeout} s")
+            if not child._stale:
+                reason = await asyncio.shield(child.exited)
+                if reason.kind == "lost":
+                    return self._failure(spec.id, "the zygote died", quiet=True)
+                return self._failure(spec.id, child._ready.result())
+        return self._failure(spec.id, "the program's code keeps changing")
+
+    def _failure(self, child_id: str, why: str, quiet: bool = False) -> None:
+        self._failed.add(child_id)
+        if not quiet:
+            log.warning("otpy[%s]: a hot standby of %r failed: %s; it is made again at the child's next start",
+                        self._manager.node_name, child_id, why)
+
+    def _gone(self, standby: Standby) -> None:
+        """A standby's process ended: out of the pool. One that retired by itself because its
+        configuration changed is made again now; one that died waiting is a warning."""
+        standbys = self._by_id.get(standby.spec.id, [])
+        if standby in standbys:
+            standbys.remove(standby)
+        if not standbys:
+            self._by_id.pop(standby.spec.id, None)
+        if standby.state != "ready" or self._manager._closing:
+            return  # starting: ``_make`` says it; promoting: it is the child now; retired: asked for
+        standby.state = "retired"
+        reason = standby.child.exited.result()
+        if standby.left.startswith(CHANGED):
+            self._refill_soon(standby.spec.id)
+        elif reason.kind != "lost":
+            self._failure(standby.spec.id, standby.left or f"it died while it waited: {reason}")
+
+    # --- stops ---------------------------------------------------------------------------------
+
+    def retire(self, standby: Standby) -> None:
+        """EOF on its socket: it tears down and exits; SIGKILL if it has not after its shutdown
+        time (at once if it is still in setup, or ``brutal_kill``)."""
+        if standby.state == "retired":
+            return
+        starting = standby.state == "starting"
+        standby.state = "retired"
+        standbys = self._by_id.get(standby.spec.id, [])
+        if standby in standbys:
+            standbys.remove(standby)
+        child = standby.child
+        shutdown = standby.spec.shutdown
+        if starting or shutdown == "brutal_kill":
+            child.kill()
+            return
+        child.retire()
+        grace = RETIRE_GRACE if shutdown == "infinity" else float(shutdown)
+        asyncio.get_running_loop().call_later(grace, child.kill)  # nothing once it is dead
+
+    def retire_all(self, child_id: str) -> None:
+        """The child stopped for good (or the node stops): no standby of it is kept or made."""
+        self._wanted.pop(child_id, None)
+        if (task := self._refills.pop(child_id, None)) is not None:
+            task.cancel()
+        for standby in list(self._by_id.get(child_id, ())):
+            self.retire(standby)
+        self._by_id.pop(child_id, None)
+
+    def retire_generation(self, link) -> None:
+        """``link``'s code is out of date: its standbys go (they would refuse GO anyway), so that
+        the old zygote can stop after its last child."""
+        for standbys in list(self._by_id.values()):
+            for standby in list(standbys):
+                if standby.child._link is link:
+                    self.retire(standby)
+
+    def ids(self) -> set[str]:
+        return set(self._by_id) | set(self._wanted)
+
+    async def close(self) -> None:
+        """No more refills (the manager kills what is left with its other children)."""
+        tasks = list(self._refills.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._wanted.clear()
+
+    # --- variable writes ---------------------------------------------------------------------
+
+    async def sync(self, scopes: set[str]) -> None:
+        """A write of ``scopes`` is stored: every standby following one of them resolves again.
+        Ready ones are waited for (``SYNCED``, or their exit); one still in setup reads the
+        ``SYNC`` before any ``GO`` (one stream, in order), so it never serves the old values."""
+        waits = []
+        loop = asyncio.get_running_loop()
+        for standbys in list(self._by_id.values()):
+            for standby in standbys:
+                if standby.state not in ("starting", "ready") or not scopes & standby.scopes():
+                    continue
+                answer = loop.create_future()
+                standby.syncs.append(answer)
+                if not standby.child.tell("SYNC"):
+                    standby.syncs.remove(answer)
+                elif standby.state == "ready":
+                    waits.append((standby, answer))
+        if not waits:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*(asyncio.wait(
+                {answer, asyncio.shield(standby.child.exited)}, return_when=asyncio.FIRST_COMPLETED)
+                for standby, answer in waits)), SYNC_TIMEOUT)
+        except TimeoutError:
+            for standby, answer in waits:
+                if not answer.done():  # it may run the old values: it goes
+                    log.warning("otpy[%s]: a hot standby of %r had not resolved the new values after %g s; "
+                                "retired", self._manager.node_name, standby.spec.id, SYNC_TIMEOUT)
+                    self.retire(standby)
+
+
+def _private_kib(pid: int) -> int:
+    """``Private_Clean + Private_Dirty`` of ``pid`` in kB (0 if it cannot be read)."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
