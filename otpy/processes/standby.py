@@ -28,13 +28,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..specs.model import ChildSpec
 from .child import ChildProcess
-
-if TYPE_CHECKING:
-    from .manager import ProcessManager
 
 log = logging.getLogger("otpy")
 
@@ -83,7 +80,7 @@ class Standby:
 class StandbyPool:
     """The standbys of one ``ProcessManager``'s children, by child id."""
 
-    def __init__(self, manager: ProcessManager) -> None:
+    def __init__(self, manager: Any) -> None:  # its ProcessManager (``processes.manager`` imports this module)
         self._manager = manager
         self._by_id: dict[str, list[Standby]] = {}
         self._wanted: dict[str, tuple[ChildSpec, dict[str, str]]] = {}  # the spec and env of its last start
@@ -162,12 +159,10 @@ class StandbyPool:
 
     async def _make(self, spec: ChildSpec, env: dict[str, str]) -> None:
         """One standby of ``spec``, until it says STANDBY; a failure is one warning."""
-        from .manager import StartFailed
-
         for _ in range(STALE_RETRIES + 1):
             try:
                 child = await self._manager._send_spawn(spec, env, standby=True)
-            except StartFailed as exc:
+            except Exception as exc:  # StartFailed: no fds, the zygote keeps dying, the manager closed
                 return self._failure(spec.id, str(exc))
             standby = Standby(child, spec, env)
             self._by_id.setdefault(spec.id, []).append(standby)
