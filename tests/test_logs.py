@@ -240,3 +240,64 @@ def test_a_symlinked_log_file_is_said_once_without_a_doubled_prefix(tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("cannot write the log file") == 1 and err.startswith("otpy: cannot write the log file")
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_record_is_formatted_once_and_rotates_by_the_counted_size(tmp_path):
+    """node.log's records: one format each (the stdlib's rollover check formats a second time and
+    stats the path), and still rotated at max_bytes."""
+    import logging
+
+    class Counting(logging.Formatter):
+        calls = 0
+
+        def format(self, record):
+            Counting.calls += 1
+            return super().format(record)
+
+    handler = PrivateRotatingFileHandler(tmp_path / "node.log", LogSettings(max_bytes=1024, backups=2))
+    handler.setFormatter(Counting("%(message)s"))
+    for n in range(100):
+        handler.handle(logging.makeLogRecord({"msg": f"record {n:03d} " + "x" * 40}))
+    handler.close()
+    assert Counting.calls == 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node.log", "node.log.1", "node.log.2"]
+    assert all(p.stat().st_size <= 1024 for p in tmp_path.iterdir())
+    assert (tmp_path / "node.log").read_text().splitlines()[-1].startswith("record 099 ")
+
+
+def test_a_restart_keeps_the_childs_file_open_and_an_end_closes_it_after_the_events_at_hand(tmp_path):
+    """exited then restarting (one supervisor step) write to the file still open; an exit with no
+    restart closes it once the loop is done with the events at hand: no fd kept per dead child."""
+    import asyncio
+
+    from otpy.node.event_lines import describe_event
+    from otpy.wire.protocol import NodeEvent
+
+    logs = NodeLogs(node_spec(unique_name("reopen"), LogSettings(folder=str(tmp_path))), on_output=lambda *_: None,
+                    describe=describe_event)
+    logs.open(None, [])
+
+    def event(kind, pid=None):
+        logs.on_event(NodeEvent(kind=kind, node=logs.name, supervisor="root", child="agent", pid=pid, detail="x"))
+
+    async def scenario():
+        event("started", 101)
+        await asyncio.sleep(0)
+        stream = logs._children["agent"].stream
+        event("exited")
+        event("restarting")
+        await asyncio.sleep(0)
+        assert logs._children["agent"].stream is stream and not stream.closed  # not closed and opened again
+        event("started", 102)
+        event("exited")
+        await asyncio.sleep(0)
+        assert stream.closed and "agent" not in logs._children
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        logs.close()
+    lines = (tmp_path / "children" / "agent.log").read_text().splitlines()
+    assert [line.split("otpy| ")[1] for line in lines] == [
+        "agent started pid 101 (under root)", "agent exited: x", "agent restarting (under root)",
+        "agent started pid 102 (under root)", "agent exited: x"]

@@ -9,8 +9,9 @@ or the topology's ``[logs] folder``. Inside::
     *.log.1 ... *.log.N   older lines, after rotation (N: ``[logs] backups``)
 
 Rotation is ``logging.handlers.RotatingFileHandler``'s (size-based, as supervisord's
-``stdout_logfile_maxbytes`` / ``_backups``), opened 0600 through ``O_NOFOLLOW`` (a planted
-symlink is refused, never followed); folders made here are 0700. Writes are not fsynced.
+``stdout_logfile_maxbytes`` / ``_backups``), on a size the handler counts as it writes (no stat
+or seek a line), opened 0600 through ``O_NOFOLLOW`` (a planted symlink is refused, never
+followed); folders made here are 0700. Writes are not fsynced.
 """
 
 from __future__ import annotations
@@ -200,6 +201,18 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
         for target in self.follow_fds:
             os.dup2(fd, target)
         return stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """A record as one line, formatted once, rotated by the counted size and flushed
+        (``write_line``). The stdlib's ``emit`` asks ``shouldRollover`` first, which stats the path
+        twice, formats the record a second time and seeks the file, for every record; the file
+        here is a regular file of ours from its open (``open_log_fd``)."""
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        self.write_line(line)
 
     def write_line(self, line: str, flush: bool = True) -> None:
         """Append ``line`` (stamped, ending in a newline) and rotate as ``emit`` does, without a

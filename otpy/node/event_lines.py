@@ -15,20 +15,40 @@ def log_line(e: NodeEvent) -> tuple[int, str, str, str]:
 
 def describe_event(e: NodeEvent) -> tuple[int, str]:
     """An event as the node's log shows it: (logging level, text)."""
+    return (WARNING if e.kind in WARNINGS else INFO), _text(e)
+
+
+WARNINGS = frozenset({"exited", "start_failed", "gave_up"})
+WARNING, INFO = logging.WARNING, logging.INFO
+
+
+def _text(e: NodeEvent) -> str:
+    """The text of ``e``'s line (only its kind's wording is made: a restart words three events)."""
     who = e.child or e.supervisor
-    pid = f" pid {e.pid}" if e.pid else ""
     detail = f": {e.detail}" if e.detail else ""
-    text = {
-        "started": f"{who} started{pid} (under {e.supervisor})",
-        "exited": f"{who} exited{detail}",
-        "stopped": f"{who} stopped{pid}{detail}",
-        "restarting": f"{who} restarting (under {e.supervisor})",
-        "restart_delayed": f"{who} restarting later (under {e.supervisor}){detail}",
-        "start_failed": f"{who} failed to start{detail}",
-        "gave_up": f"supervisor {e.supervisor} gave up{detail}",
-        "auto_shutdown": f"supervisor {e.supervisor} shuts down: significant child {who} ended",
-        "node_stopping": "stopping in order",
-        "reloaded": f"reloaded {e.detail}",
-    }.get(e.kind, " ".join(filter(None, (e.kind, who))) + detail)  # an Announce's has no child
-    level = logging.WARNING if e.kind in ("exited", "start_failed", "gave_up") else logging.INFO
-    return level, text
+    match e.kind:
+        case "started":
+            return f"{who} started{_pid(e)} (under {e.supervisor})"
+        case "exited":
+            return f"{who} exited{detail}"
+        case "stopped":
+            return f"{who} stopped{_pid(e)}{detail}"
+        case "restarting":
+            return f"{who} restarting (under {e.supervisor})"
+        case "restart_delayed":
+            return f"{who} restarting later (under {e.supervisor}){detail}"
+        case "start_failed":
+            return f"{who} failed to start{detail}"
+        case "gave_up":
+            return f"supervisor {e.supervisor} gave up{detail}"
+        case "auto_shutdown":
+            return f"supervisor {e.supervisor} shuts down: significant child {who} ended"
+        case "node_stopping":
+            return "stopping in order"
+        case "reloaded":
+            return f"reloaded {e.detail}"
+    return " ".join(filter(None, (e.kind, who))) + detail  # an Announce's has no child
+
+
+def _pid(e: NodeEvent) -> str:
+    return f" pid {e.pid}" if e.pid else ""

@@ -3,8 +3,9 @@ marked ``out|`` or ``err|``, and otpy's own ``otpy|`` lines at its starts and ex
 ``node.log`` (a separator at each start, then what the ``otpy`` logger says about this node).
 
 Files and rotation: ``host.log_files``. Writing is synchronous on the node's loop, as
-supervisord writes its logs: one buffered write per line, no fsync, so a child that floods its
-output costs the loop one ``write`` per line, never a wait on the disk's flush.
+supervisord writes its logs: lines are buffered, and each file is flushed (one ``write``) once
+the loop is done with the lines and events at hand, with no fsync: a child that floods its
+output, or a restart's three ``otpy|`` lines, never wait on the disk's flush.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ log = logging.getLogger("otpy")
 
 OutputHandler = Callable[[str, str, str], None]
 CHILD_EVENTS = frozenset({"started", "exited", "stopped", "restarting", "start_failed"})
+ENDS = frozenset({"exited", "stopped", "start_failed"})  # after these, a child's file is closed
 
 
 class NodeRecords(logging.Filter):
@@ -60,6 +62,7 @@ class NodeLogs:
         self.node_handler: PrivateRotatingFileHandler | None = None
         self._children: dict[str, PrivateRotatingFileHandler] = {}
         self._unflushed: set[PrivateRotatingFileHandler] = set()
+        self._ended: set[str] = set()  # children whose last event was an end: their files close at the flush
         self._flush_soon = False
         self._folder_lock: int | None = None  # lock_log_folder's: held while the node runs
 
@@ -92,31 +95,45 @@ class NodeLogs:
             handler = self._child_handler(child_id)
             handler.write_line(f"{stamp()} {stream}| {line}\n", flush=False)
             self._unflushed.add(handler)
-            if not self._flush_soon:
-                try:
-                    asyncio.get_running_loop().call_soon(self._flush)
-                    self._flush_soon = True
-                except RuntimeError:  # no loop here: now
-                    self._flush()
+            self._flush_later()
         self.on_output(child_id, stream, line)
+
+    def _flush_later(self) -> None:
+        """Flush (and close the ended children's files) once the loop is done with what it
+        handles now: one write a file, not one a line."""
+        if not self._flush_soon:
+            try:
+                asyncio.get_running_loop().call_soon(self._flush)
+                self._flush_soon = True
+            except RuntimeError:  # no loop here: now
+                self._flush()
 
     def _flush(self) -> None:
         self._flush_soon = False
         unflushed, self._unflushed = self._unflushed, set()
         for handler in unflushed:
             handler.flush()
+        ended, self._ended = self._ended, set()
+        for child_id in ended:
+            if (handler := self._children.pop(child_id, None)) is not None:
+                handler.release_file()
 
     def on_event(self, event: NodeEvent) -> None:
         """A worker's start and end, in its own log too (``otpy| started pid 123``): a restart is
-        visible where its output is. An exited child's file is closed until its next line."""
+        visible where its output is. An exited child's file is closed until its next line, at
+        the flush after the events handled now: a restart's ``restarting`` right after its
+        ``exited`` writes to the file still open (no close and open again a restart)."""
         if event.kind not in CHILD_EVENTS or not event.child or self.folder is None or event.pid == os.getpid():
             return  # a supervisor (it runs in the node: its pid is the node's) has no output of its own
         _, text = self.describe(event)
         handler = self._child_handler(event.child)
-        handler.write_line(f"{stamp(event.time or None)} otpy| {text}\n")
-        if event.kind in ("exited", "stopped", "start_failed"):
-            handler.release_file()
-            self._children.pop(event.child, None)
+        handler.write_line(f"{stamp(event.time or None)} otpy| {text}\n", flush=False)
+        self._unflushed.add(handler)
+        if event.kind in ENDS:
+            self._ended.add(event.child)
+        else:
+            self._ended.discard(event.child)
+        self._flush_later()
 
     def close(self) -> None:
         """After the tree and the process manager stopped (its last lines drained)."""
