@@ -242,6 +242,7 @@ class VariableWrites:
         root = self._root()
         if root is None or len(bound) == sum(len(values) for values in config.values()):
             return []
+        await root.sync_standbys(set(config))  # first: a restart for this write promotes a standby
         ids = list(dict.fromkeys(child for scope in config for child in followers(root, scope)))
         return await sync_configs(self.node, ids, self.listeners)
 

@@ -358,6 +358,8 @@ class TreeEntry(msgspec.Struct, frozen=True):
     status_line: str = ""  # as in ChildInfo
     restart_in: float | None = None
     restart: str = "permanent"
+    standby: int = 0  # hot standbys set up and waiting (ChildInfo.standby)
+    standby_mib: float = 0.0  # their private memory, MiB (ChildInfo.standby_mib)
 
 
 class Status(Message):
