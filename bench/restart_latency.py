@@ -2,11 +2,14 @@
 
     python bench/restart_latency.py [--n 200] [--json FILE]
 
-Two series, each against a baseline measured in the same run on the same machine:
+Three series, each against a baseline measured in the same run on the same machine:
 
 - ``program``: a Python program child (forked from otpy's pre-imported zygote). Baseline:
   the physical floor, ``os.fork()`` of this benchmark process, child writes READY to a pipe,
   parent reads it and reaps the child.
+- ``program_standby``: the same child with a hot standby (``standby = 1``): its standby takes
+  over (no fork, no setup). Killed once its standby is ready again (not timed). Baseline: the
+  same fork floor.
 - ``command``: a command child (``python -c`` writing READY to $OTPY_NOTIFY_FD, exec'd).
   Baseline: ``subprocess.Popen`` of the same program until READY.
 
@@ -36,6 +39,9 @@ NOTIFY = "import os; os.write(int(os.environ['OTPY_NOTIFY_FD']), b'READY\\n'); i
 
 
 async def measure_restarts(spec: otpy.ChildSpec, n: int) -> list[float]:
+    """SIGKILL -> ``started`` of the next incarnation, ``n`` times. A child with a hot standby
+    (``spec.standby``) is killed only once its standby is ready again (that wait is not timed:
+    the series is the restart of a child that has its standby)."""
     root = otpy.SupervisorSpec(id="root", max_restarts=n * 10, max_seconds=1, children=(spec,))
     node = otpy.AsyncNode(otpy.NodeSpec(name=f"bench-restart-{os.getpid()}", root=root),
                           on_output=lambda *_: None)
@@ -46,6 +52,8 @@ async def measure_restarts(spec: otpy.ChildSpec, n: int) -> list[float]:
     try:
         pid = (await node.which_children())[0].pid
         for _ in range(n):
+            if spec.standby:
+                await standby_ready(node, spec.standby)
             t0 = time.perf_counter()
             os.kill(pid, signal.SIGKILL)
             t1, pid = await asyncio.wait_for(started.get(), 10)
@@ -53,6 +61,14 @@ async def measure_restarts(spec: otpy.ChildSpec, n: int) -> list[float]:
     finally:
         await node.stop()
     return samples
+
+
+async def standby_ready(node: otpy.AsyncNode, count: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (await node.which_children())[0].standby < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no hot standby ready within {timeout} s")
+        await asyncio.sleep(0.002)
 
 
 def fork_floor(n: int) -> list[float]:
@@ -111,9 +127,11 @@ def run(n: int) -> tuple[dict, dict]:
     """Every series of this file: (summaries with ratios, raw samples in ms by series)."""
     program = otpy.ChildSpec(id="agent", program="bench.agents:Idle")
     command = otpy.ChildSpec(id="cmd", command=(sys.executable, "-c", NOTIFY), ready="notify")
+    standby = otpy.ChildSpec(id="agent", program="bench.agents:Idle", standby=1)
     raw = {
         "program": asyncio.run(measure_restarts(program, n)),
         "program_floor_fork": fork_floor(n),
+        "program_standby": asyncio.run(measure_restarts(standby, n)),
         "command": asyncio.run(measure_restarts(command, max(10, n // 4))),
         "command_floor_exec": exec_floor(max(10, n // 4)),
         "overhead": overhead(n),
@@ -121,6 +139,8 @@ def run(n: int) -> tuple[dict, dict]:
     results = {name: summarize(samples) for name, samples in raw.items()}
     results["ratios"] = {
         "program_p50_vs_fork": round(results["program"]["p50_ms"] / results["program_floor_fork"]["p50_ms"], 2),
+        "program_standby_p50_vs_fork": round(results["program_standby"]["p50_ms"]
+                                             / results["program_floor_fork"]["p50_ms"], 2),
         "command_p50_vs_exec": round(results["command"]["p50_ms"] / results["command_floor_exec"]["p50_ms"], 2),
     }
     return results, {name: [s * 1000 for s in samples] for name, samples in raw.items()}

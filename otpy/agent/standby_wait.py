@@ -31,12 +31,13 @@ import traceback
 from typing import Any, Callable, NoReturn
 
 from .call_server import CallServer
-from .call_socket import WarmSocket, bound_router
+from .call_socket import WarmSocket
 from .notify import NOTIFY_FD, exit_now, notify
 from .program import Program
 from .registry_link import ConfigWatcher
 from .shutdown import Shutdown
 from ..host.prctl import set_title
+from ..host.runtime_dir import agent_socket_path
 
 READ_LIMIT = 4096
 FOLLOW_TIMEOUT = 10.0  # seconds a standby waits to be subscribed to the registry's changes
@@ -76,6 +77,11 @@ class StandbyWait:
         self.relay = Relay(program, server, self.retire_soon)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._why_retire = ""
+        # What GO needs, made now: the hot path touches as little as it can (in a forked
+        # process, each object first touched may cost a copy-on-write page fault).
+        self._paths = (str(warm.path), str(agent_socket_path(node, child_id)))
+        self._titles = (f"otpy: {node}/{child_id}", child_id)
+        self.stale()  # once ahead: its first run is the slow one
 
     def watch(self, config: dict[str, Any], registry: str) -> None:
         """Follow the registry's changes while waiting (and after, once promoted)."""
@@ -139,8 +145,8 @@ class StandbyWait:
                 notify(f"STALE {self._why_retire or 'its configuration changed'}")
                 self._end()
             self.relay.promoted = True
-        bound_router(self.server.context, self.node, self.child_id, self.warm)
-        set_title(f"otpy: {self.node}/{self.child_id}", self.child_id)
+        os.rename(*self._paths)  # a caller finds the dead incarnation's socket, or this one: never no file
+        set_title(*self._titles)
         return True
 
     def _end(self) -> NoReturn:
