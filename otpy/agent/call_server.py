@@ -3,6 +3,11 @@
 SIGTERM (or a restart for new values: ``Shutdown``) makes the agent drain: calls already
 taken are answered, new ones get ``draining`` (the caller resends them to the next holder of
 the name), and once the socket is quiet the loop returns.
+
+With ``concurrency = 1`` (the default) the loop's thread runs each call itself, in arrival
+order: a call is read, run and answered with no thread hand-off; while one runs longer than a
+tick, the ``call_guard.RunGuard``'s thread serves the socket (takes the next calls, answers
+``overloaded`` and ``draining``). With more, ``concurrency`` call threads run them.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import zmq
 
+from .call_guard import RunGuard
 from .notify import EXIT_MAX_RSS, exit_now
 from .one_call import decode_call, rss_mib, run_call
 from .program import Program
@@ -52,9 +59,10 @@ class CallServer:
     """The agent's ROUTER socket and its call loop.
 
     The main thread owns the socket: it takes calls, answers ``overloaded`` when
-    ``concurrency`` calls run and ``max_queue`` wait, and sends the replies. ``concurrency``
-    threads run ``forward`` in arrival order; each hands its encoded reply back through a
-    queue and an eventfd the loop polls.
+    ``concurrency`` calls run and ``max_queue`` wait, and sends the replies. With
+    ``concurrency = 1`` it runs the calls too (``backlog``, ``guard``: see the module's
+    docstring); otherwise ``concurrency`` threads run ``forward`` in arrival order, each
+    handing its encoded reply back through a queue and an eventfd the loop polls.
     """
 
     def __init__(self, program: Program, context: zmq.Context, router: zmq.Socket, shutdown: Shutdown, *,
@@ -72,6 +80,11 @@ class CallServer:
         self.replies: queue.SimpleQueue = queue.SimpleQueue()
         self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.concurrency = concurrency
+        # concurrency 1: the calls taken and the new configurations, in turn, run by the loop's thread
+        self.inline = concurrency == 1
+        self.backlog: deque[CallJob | NewConfig] = deque()
+        self.configs: queue.SimpleQueue[NewConfig] = queue.SimpleQueue()  # from other threads, for the backlog
+        self.guard = RunGuard(self._serve_during_call) if self.inline else None
         self.threads = 0  # call threads start after READY (the first) and with jobs: READY does not wait
         self.threads_lock = threading.Lock()  # jobs come from the loop and from the config watcher
         self.rebind = rebind
@@ -83,14 +96,21 @@ class CallServer:
 
     def new_config(self, config: dict[str, Any], done: Callable[[dict[str, Any]], None] | None = None) -> None:
         """Hand ``config`` to ``on_config``, in turn with the calls; then ``done(config)``."""
-        self.put_job(NewConfig(config, done))
+        if self.inline:
+            self.configs.put(NewConfig(config, done))
+            os.eventfd_write(self.wake, 1)  # the loop moves it to the backlog
+        else:
+            self.put_job(NewConfig(config, done))
 
     def put_job(self, job: CallJob | NewConfig) -> None:
         self.add_thread()
         self.jobs.put(job)
 
     def add_thread(self) -> None:
-        """One more call thread, up to ``concurrency``."""
+        """One more call thread, up to ``concurrency`` (with ``concurrency = 1``: the guard's)."""
+        if self.guard is not None:
+            self.guard.start()
+            return
         with self.threads_lock:
             if self.threads < self.concurrency:
                 threading.Thread(target=self._run_calls, daemon=True, name=f"otpy-call-{self.threads}").start()
@@ -104,8 +124,11 @@ class CallServer:
         if self.rebind is not None:  # a flood of connections must not abort the agent (EMFILE)
             self.cap = AgentConnectionCap(self.router, connection_cap(1), self.rebind, self.complain)
             poller.register(self.cap.monitor, zmq.POLLIN)
+        self.add_thread()
         while not self.shutdown.requested:
-            self._handle(poller.poll())
+            self._handle(poller.poll(0 if self.backlog else None))
+            if self.backlog:
+                self._run_next()
         self._finish(poller)
 
     def _handle(self, ready) -> None:
@@ -118,19 +141,27 @@ class CallServer:
                 self.cap.on_events()
             else:
                 self.shutdown.drain()  # a SIGTERM woke us: its handler set ``requested``
+                if self.shutdown.requested:
+                    self._start_draining()
 
-    def _finish(self, poller) -> None:
-        """Shutting down: answer the calls already taken; answer new ones ``draining``, so their
-        callers resend them to whoever holds this agent's name next (a Reconfigure's target, a
-        restarted incarnation). Done once nothing is left and the socket was quiet ``QUIET_MS``."""
+    def _start_draining(self) -> None:
+        """No new calls from now on; the callers seen last are told (once)."""
+        if self.draining:
+            return
         self.draining = True
         notice = ENCODER.encode(CallFailed(call_id=DRAIN_NOTICE, kind="draining",
                                            message="the agent is shutting down; call again"))
         for peer in self.peers:
             self.router.send_multipart([peer, notice])
+
+    def _finish(self, poller) -> None:
+        """Shutting down: answer the calls already taken; answer new ones ``draining``, so their
+        callers resend them to whoever holds this agent's name next (a Reconfigure's target, a
+        restarted incarnation). Done once nothing is left and the socket was quiet ``QUIET_MS``."""
+        self._start_draining()
         idle_since = None
         while True:
-            ready = poller.poll(QUIET_MS)
+            ready = poller.poll(0 if self.backlog else QUIET_MS)
             if self.taken == 0:
                 if not ready:
                     return
@@ -142,6 +173,8 @@ class CallServer:
             else:
                 idle_since = None
             self._handle(ready)
+            if self.backlog:
+                self._run_next()
 
     def _take_calls(self) -> None:
         while True:
@@ -173,7 +206,10 @@ class CallServer:
             case Call() as call:
                 self.taken += 1
                 self._remember(peer.bytes)
-                self.put_job(CallJob(peer, call))
+                if self.inline:
+                    self.backlog.append(CallJob(peer, call))
+                else:
+                    self.put_job(CallJob(peer, call))
             case ConfigSync(call_id=call_id) if self.draining:
                 self._answer(peer, CallFailed(call_id=call_id, kind="draining", message="the agent is shutting down"))
             case ConfigSync(call_id=call_id) if self.taken >= self.capacity:  # a flood makes no threads
@@ -208,6 +244,15 @@ class CallServer:
                 break
             self.taken -= 1
             self.router.send_multipart([peer, reply], copy=False)
+        if self.inline:
+            while True:
+                try:
+                    self.backlog.append(self.configs.get_nowait())
+                except queue.Empty:
+                    break
+        self._check_rss()
+
+    def _check_rss(self) -> None:
         if self.max_rss is not None and (rss := rss_mib()) > self.max_rss:
             print(f"otpy: RSS {rss:.1f} MiB is over max_rss {self.max_rss:g} MiB: exiting to be restarted",
                   file=sys.stderr, flush=True)
@@ -216,6 +261,46 @@ class CallServer:
             self.router.close(linger=100)  # the replies just sent still leave (term waits for them)
             self.context.term()
             exit_now(EXIT_MAX_RSS)
+
+    def _run_next(self) -> None:
+        """Run the backlog's next call (or ``on_config``) on this thread, the guard serving the
+        socket meanwhile if it lasts; send its reply."""
+        job = self.backlog.popleft()
+        reply = None
+        self.guard.begin()
+        try:
+            match job:
+                case CallJob(peer, call):
+                    reply = _reply_to(self.program, call)
+                case NewConfig(config, done):
+                    _deliver_config(self.program, config)
+                    if done is not None:
+                        done(config)
+        finally:
+            self.guard.end()
+        if reply is not None:
+            self.taken -= 1
+            self.router.send_multipart([peer, reply], copy=False)
+            self._check_rss()
+
+    def _serve_during_call(self, give_back: int) -> None:
+        """The guard's thread, holding the socket while a call runs: serve it until ``give_back``."""
+        poller = zmq.Poller()
+        for what in (give_back, self.router, self.wake, self.shutdown.fd):
+            poller.register(what, zmq.POLLIN)
+        if self.cap is not None:
+            poller.register(self.cap.monitor, zmq.POLLIN)
+        while True:
+            try:
+                ready = poller.poll()
+                if any(what == give_back for what, _ in ready):
+                    os.eventfd_read(give_back)
+                    return
+                self._handle(ready)
+            except Exception as exc:  # a bug here must not end the guard: the loop's thread waits for it
+                self.complain(f"otpy: the call guard carried on after {describe(exc)}")
+                if isinstance(exc, zmq.ZMQError):
+                    return  # the socket or the context is gone: the loop's thread finds out
 
     def _sync_config(self, peer, call_id: int) -> None:
         """A ConfigSync's answer, on a thread of its own: it may wait for ``on_config``, which
@@ -233,11 +318,7 @@ class CallServer:
         while True:
             match self.jobs.get():
                 case CallJob(peer, call):
-                    try:
-                        reply = _reply_to(self.program, call)
-                    except BaseException:  # not even the fallback encoded: the caller still hears of it
-                        reply = ENCODER.encode(CallFailed(call_id=call.call_id, kind="raised",
-                                                          error_type="CallError", message="the call failed in otpy"))
+                    reply = _reply_to(self.program, call)
                     self.replies.put((peer, reply))
                     os.eventfd_write(self.wake, 1)
                 case NewConfig(config, done):
@@ -252,8 +333,12 @@ def _reply_to(program: Program, call: Call) -> bytes:
     try:
         return run_call(program, call)
     except BaseException as exc:
-        return ENCODER.encode(CallFailed(call_id=call.call_id, kind="raised", error_type="CallError",
-                                         message=f"the call failed in otpy: {describe(exc)}"))
+        try:
+            return ENCODER.encode(CallFailed(call_id=call.call_id, kind="raised", error_type="CallError",
+                                             message=f"the call failed in otpy: {describe(exc)}"))
+        except BaseException:  # not even the fallback encoded: the caller still hears of it
+            return ENCODER.encode(CallFailed(call_id=call.call_id, kind="raised", error_type="CallError",
+                                             message="the call failed in otpy"))
 
 
 def _deliver_config(program: Program, config: dict[str, Any]) -> None:

@@ -1,0 +1,146 @@
+"""The call guard (``otpy.agent.call_guard.RunGuard``), without sockets: with ``concurrency = 1``
+the call loop's thread runs each call itself; the guard serves the socket while one lasts, and
+hands it back when the call returns."""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+
+from otpy.agent.call_guard import RunGuard
+
+
+class Recorder:
+    """A guard's ``serve``: notes that it holds the socket, then waits for ``give_back``."""
+
+    def __init__(self) -> None:
+        self.serving = threading.Event()
+        self.sessions = 0
+
+    def __call__(self, give_back: int) -> None:
+        self.sessions += 1
+        self.serving.set()
+        select.select([give_back], [], [], 30)
+        os.eventfd_read(give_back)
+
+
+def test_a_long_call_has_its_socket_served_and_gets_it_back():
+    recorder = Recorder()
+    guard = RunGuard(recorder)
+    guard.start()
+    guard.begin()
+    assert recorder.serving.wait(10), "the guard never served the socket during a long call"
+    assert guard.socket.locked()  # the guard holds it
+    guard.end()  # hands it back: returns only once the guard let go
+    assert guard.socket.locked() and recorder.sessions == 1
+    # the socket is the loop's again: the guard waits for the next call
+    guard.begin()
+    assert recorder.serving.wait(10)
+    guard.end()
+
+
+def test_short_calls_keep_the_socket_on_the_loops_thread():
+    recorder = Recorder()
+    guard = RunGuard(recorder)
+    guard.start()
+    for _ in range(1000):  # each far shorter than a tick
+        guard.begin()
+        guard.end()
+        assert guard.socket.locked()
+    assert recorder.sessions == 0
+
+
+def test_a_parked_guard_wakes_for_the_next_long_call():
+    recorder = Recorder()
+    guard = RunGuard(recorder)
+    guard.start()
+    guard.begin()
+    guard.end()
+    deadline = threading.Event()
+    for _ in range(2000):  # until it parks (no call for PARK_AFTER_TICKS ticks)
+        if guard.parked:
+            break
+        deadline.wait(0.005)
+    assert guard.parked
+    guard.begin()
+    assert not guard.parked
+    assert recorder.serving.wait(10), "a parked guard missed the next long call"
+    guard.end()
+
+
+def test_while_a_long_call_runs_the_agent_still_takes_sigterm_at_once(tmp_path):
+    """With ``concurrency = 1`` the call runs on the loop's own thread: the guard sends the drain
+    notice and answers ``draining`` while it runs (before: a call thread ran it)."""
+    import signal
+
+    import msgspec
+    import zmq
+
+    import otpy
+    from otpy.host.runtime_dir import agent_endpoint
+    from otpy.wire.protocol import DRAIN_NOTICE, ENCODER, FROM_AGENT, Call, CallFailed, Reply
+    from tests.helpers import unique_name, wait_until
+
+    root = otpy.SupervisorSpec(id="root", children=(otpy.ChildSpec(id="gate", program="tests.call_guard_agents:Gate"),))
+    node = otpy.Node.from_spec(root, name=unique_name("guard")).start()
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.linger = 0
+    mark, release, answers = tmp_path / "running", tmp_path / "release", []
+    try:
+        dealer.connect(agent_endpoint(node.name, "gate"))
+        dealer.send(ENCODER.encode(Call(call_id=1, inputs={"x": 1})))
+        assert dealer.poll(10_000) and isinstance(FROM_AGENT.decode(dealer.recv()), Reply)  # a caller it knows
+
+        def call_long():
+            with otpy.Caller(node.name) as caller:
+                answers.append(caller.call("gate", {"mark": str(mark), "release": str(release)}, timeout=25))
+
+        thread = threading.Thread(target=call_long)
+        thread.start()
+        pid = wait_until(lambda: mark.exists() and int(mark.read_text() or 0), timeout=10, what="the long call")
+        os.kill(pid, signal.SIGTERM)
+        assert dealer.poll(10_000), "no drain notice while the call ran"
+        notice = FROM_AGENT.decode(dealer.recv())
+        assert isinstance(notice, CallFailed) and notice.call_id == DRAIN_NOTICE and notice.kind == "draining"
+        dealer.send(ENCODER.encode(Call(call_id=2, inputs={"x": 2})))
+        assert dealer.poll(10_000), "a new call was not answered while the long call ran"
+        refused = FROM_AGENT.decode(dealer.recv())
+        assert isinstance(refused, CallFailed) and refused.call_id == 2 and refused.kind == "draining"
+        assert not release.exists() and not answers  # all that while the long call ran
+        release.touch()
+        thread.join(25)
+        assert answers and answers[0]["pid"] == pid  # the call it took was answered
+    finally:
+        release.touch()
+        dealer.close()
+        context.term()
+        node.stop()
+
+
+def test_while_a_long_call_runs_a_full_agent_answers_overloaded(tmp_path):
+    """``max_queue = 0``: a call made while the one call it holds runs is refused then, not
+    taken once the running call returns."""
+    import otpy
+    from otpy.wire.errors import Overloaded
+    from tests.helpers import unique_name, wait_until
+
+    root = otpy.SupervisorSpec(id="root", children=(
+        otpy.ChildSpec(id="gate", program="tests.call_guard_agents:Gate", args={"max_queue": 0}),))
+    node = otpy.Node.from_spec(root, name=unique_name("guard")).start()
+    mark, release, answers = tmp_path / "running", tmp_path / "release", []
+    try:
+        with otpy.Caller(node.name) as caller:
+            running = caller.submit("gate", {"mark": str(mark), "release": str(release)}, timeout=25)
+            wait_until(mark.exists, timeout=10, what="the long call")
+            try:
+                caller.call("gate", {"x": 2}, timeout=20)
+            except Overloaded:
+                answers.append("overloaded")
+            assert answers == ["overloaded"] and not release.exists() and not running.done()
+            release.touch()
+            assert "pid" in running.result(25)
+    finally:
+        release.touch()
+        node.stop()
