@@ -9,7 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "otpy"
 LAYERS = ["specs", "host", "wire", "supervision", "variables", "agent", "processes", "topology", "node",
-          "optimize", "cli"]
+          "optimize", "dspy", "cli"]
 
 
 def _module_name(path: Path) -> str:
