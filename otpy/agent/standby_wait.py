@@ -97,7 +97,7 @@ class StandbyWait:
         if self.relay.promoted:
             self.shutdown.request_config_restart()
         else:
-            self.retire_soon("its configuration changed (the program has no on_config)")
+            self.retire_soon("changed: its configuration (the program has no on_config)")
 
     def retire_soon(self, why: str) -> None:
         """From the watcher's thread: the main thread says RETIRE and ends."""

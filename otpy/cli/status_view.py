@@ -3,7 +3,8 @@ CPU and memory of its running workers (psutil), and the table.
 
 A program child shows its running ``program`` ("module:attr"); a child bound to a variable,
 ``bound`` (``{"variable": "SCOPE.NAME", "version": N}``: the registry version it runs, 0 for
-the default); one an operator stopped although its variables say it runs, ``override``."""
+the default); one an operator stopped although its variables say it runs, ``override``; one with
+hot standbys, ``standby`` (how many are ready) and ``standby_mib`` (their private memory)."""
 
 from __future__ import annotations
 
@@ -92,12 +93,21 @@ def program_text(entry: dict) -> str:
     return f"{program} @{bound['variable']}" if bound else program
 
 
+def status_text(entry: dict) -> str:
+    """The STATUS column: what the child said of itself (sd_notify ``STATUS=``), then its hot
+    standbys and their private memory (``standby 1 (2.9 MiB)``), if it has any ready."""
+    parts = [entry["status_line"]] if entry.get("status_line") else []
+    if entry.get("standby"):
+        parts.append(f"standby {entry['standby']} ({entry.get('standby_mib', 0.0):.1f} MiB)")
+    return "; ".join(parts)
+
+
 def _rows(entry: dict, depth: int = 0) -> list[tuple[str, ...]]:
     uptime = f"{entry['uptime']:.0f}s" if entry.get("uptime") is not None else "-"
     cpu = f"{entry['cpu_percent']:.1f}" if "cpu_percent" in entry else ""
     rss = f"{entry['rss_bytes'] / 2**20:.1f}M" if "rss_bytes" in entry else ""
     row = ("  " * depth + entry["id"], entry["kind"], state_text(entry), program_text(entry), str(entry["pid"] or "-"),
-           str(entry["restarts"]), uptime, cpu, rss, entry.get("status_line") or "")
+           str(entry["restarts"]), uptime, cpu, rss, status_text(entry))
     return [row] + [r for child in entry.get("children", []) for r in _rows(child, depth + 1)]
 
 
@@ -107,8 +117,8 @@ RIGHT = {"PID", "RESTARTS", "UPTIME", "CPU%", "RSS"}  # numbers, aligned on thei
 
 def render_status(report: dict) -> str:
     """The table: every column as wide as its widest cell (nothing is cut: ``--json`` has the
-    same values), two spaces apart; ``STATUS`` (a child's sd_notify ``STATUS=``) only when a
-    child sent one."""
+    same values), two spaces apart; ``STATUS`` (a child's sd_notify ``STATUS=``, its hot
+    standbys) only when a child has one."""
     rows = [HEADER, *_rows(report["tree"])]
     columns = len(HEADER) if any(row[-1] for row in rows[1:]) else len(HEADER) - 1
     widths = [max(len(row[i]) for row in rows) for i in range(columns)]

@@ -149,12 +149,12 @@ class ProcessManager:
         zygote's death cut short is tried once more on the next zygote (see the module).
         """
         env = dict(env or {})
-        if (promoted := await self.standbys.promote(spec, env)) is not None:
-            self.standbys.refill(spec, env)  # in the background: READY is in already
-            return promoted
-        child = await self._spawn(spec, env)
+        if (child := await self.standbys.promote(spec, env)) is None:
+            child = await self._spawn(spec, env)
         if spec.standby or spec.id in self.standbys.ids():
-            self.standbys.refill(spec, env)
+            self.standbys.refill(spec, env)  # in the background: READY is in already
+            if spec.standby:
+                self.standbys.follow(child)
         return child
 
     async def _spawn(self, spec: ChildSpec, env: dict[str, str]) -> ChildProcess:

@@ -30,6 +30,7 @@ import collections
 import logging
 from typing import Any
 
+from ..agent.notify import EXIT_CONFIG_CHANGED
 from ..specs.model import ChildSpec
 from .child import ChildProcess
 
@@ -131,6 +132,19 @@ class StandbyPool:
         log.info("otpy[%s]: the hot standby of %r (pid %d) did not take over (%s); starting it anew",
                  self._manager.node_name, spec.id, child.pid, why)
         return None
+
+    def follow(self, child: ChildProcess) -> None:
+        """``child`` (started, with standbys) may end for new values (``EXIT_CONFIG_CHANGED``):
+        then its standbys resolve again before any of them takes over (``SYNC`` goes before the
+        restart's ``GO`` on the same stream), so the restart never runs the old values."""
+        child.exited.add_done_callback(lambda done: self._on_child_exit(child.id, done.result()))
+
+    def _on_child_exit(self, child_id: str, reason) -> None:
+        if reason.code == EXIT_CONFIG_CHANGED:
+            for standby in self._by_id.get(child_id, ()):
+                if standby.state in ("starting", "ready"):
+                    standby.syncs.append(asyncio.get_running_loop().create_future())
+                    standby.child.tell("SYNC")
 
     def refill(self, spec: ChildSpec, env: dict[str, str]) -> None:
         """After a start of ``spec``: make its standbys again up to ``spec.standby``, in the

@@ -1,0 +1,265 @@
+"""Hot standby (``ChildSpec.standby``): a program child's spare processes, set up ahead, take over
+at a restart (no fork, no setup), are made again in the background, follow code edits and
+variable changes, are reported in which_children, and never outlive the child or the node."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import textwrap
+
+import psutil
+import pytest
+
+import otpy
+from otpy.cli.status_view import status_text
+from otpy.specs.values import value_problems
+from otpy.topology.load import parse_topology
+from tests.helpers import Events, unique_name, wait_dead, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+PROGRAM = textwrap.dedent("""
+    import os, stat
+    from otpy.agent.program import Program
+
+    def standby():
+        return stat.S_ISSOCK(os.fstat(3).st_mode)  # a standby's fd 3 is a socket pair, a child's a pipe
+
+    class Counted(Program):
+        def setup(self, args, config):
+            with open(os.environ["STANDBY_LOG"], "a") as f:
+                f.write(f"setup {os.getpid()} {config.get('knob')}\\n")
+            if args.get("fail_in_standby") and standby():
+                raise RuntimeError("no standby for this one")
+            self.config = dict(config)
+
+        def forward(self, **inputs):
+            return {"pid": os.getpid(), "version": "VERSION", "config": self.config}
+
+    class Hooked(Counted):
+        def on_config(self, config):
+            self.config = dict(config)
+            with open(os.environ["STANDBY_LOG"], "a") as f:
+                f.write(f"config {os.getpid()} {config.get('knob')}\\n")
+""")
+
+
+def write(path, text: str) -> None:
+    """Rewrite ``path`` and move its mtime one second on, so that no clock granularity hides it."""
+    before = os.stat(path).st_mtime_ns if path.exists() else 0
+    path.write_text(text)
+    later = max(os.stat(path).st_mtime_ns, before) + 1_000_000_000
+    os.utime(path, ns=(later, later))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    write(tmp_path / "standby_program.py", PROGRAM.replace("VERSION", "v1"))
+    return tmp_path
+
+
+def start(folder, **spec) -> otpy.Node:
+    child = otpy.ChildSpec(id="a", program=spec.pop("program", "standby_program:Counted"), standby=1,
+                           env={"STANDBY_LOG": str(folder / "log")}, **spec)
+    root = otpy.SupervisorSpec(id="root", max_restarts=10, max_seconds=5, children=(child,))
+    return otpy.Node(otpy.NodeSpec(name=unique_name("standby"), root=root, program_folders=(str(folder),)),
+                     on_output=lambda *_: None)
+
+
+def info(node: otpy.Node) -> otpy.ChildInfo:
+    [child] = node.which_children("root")
+    return child
+
+
+def standbys(node: otpy.Node, id: str = "a") -> list[int]:
+    """The pids titled ``otpy: NODE/ID standby``."""
+    title = f"otpy: {node.name}/{id} standby"
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.info["cmdline"] and " ".join(proc.info["cmdline"]).strip() == title:
+            found.append(proc.pid)
+    return found
+
+
+def one_standby(node: otpy.Node, not_pid: int | None = None) -> int:
+    """The child's one standby, once it is ready (and is not ``not_pid``)."""
+    def ready():
+        pids = standbys(node)
+        return len(pids) == 1 and pids[0] != not_pid and info(node).standby == 1 and pids[0]
+    return wait_until(ready, 20, "a ready standby")
+
+
+def setups(folder) -> list[tuple[str, int, str]]:
+    path = folder / "log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [(word, int(pid), knob) for word, pid, knob in (line.split() for line in lines)]
+
+
+def kill_and_wait(node: otpy.Node, events: Events) -> int:
+    old = info(node).pid
+    os.kill(old, signal.SIGKILL)
+    started = events.wait("started", "a", timeout=20)
+    assert started["pid"] != old
+    return started["pid"]
+
+
+def test_a_standby_takes_over_at_a_restart_and_a_new_one_is_made(folder):
+    with start(folder) as node:
+        events = Events(node)
+        spare = one_standby(node)
+        shown = info(node)
+        assert shown.standby == 1 and shown.standby_mib > 0
+        new = kill_and_wait(node, events)
+        assert new == spare  # the standby is the child now
+        assert node.call("a")["pid"] == spare
+        assert psutil.Process(spare).cmdline()[0].strip() == f"otpy: {node.name}/a"
+        again = one_standby(node, not_pid=spare)
+        assert again != spare and info(node).standby == 1
+
+
+def test_the_promoted_child_ran_setup_before_the_kill(folder):
+    with start(folder) as node:
+        events = Events(node)
+        spare = one_standby(node)
+        before = setups(folder)
+        assert ("setup", spare, "None") in before  # its setup ran ahead
+        new = kill_and_wait(node, events)
+        assert new == spare and node.call("a")["pid"] == spare
+        one_standby(node, not_pid=spare)  # the refill's setup is the only new one
+        after = setups(folder)
+        assert [pid for _, pid, _ in after].count(spare) == 1
+        assert len(after) == len(before) + 1
+
+
+def test_an_edited_program_is_not_served_by_its_standby(folder):
+    with start(folder) as node:
+        events = Events(node)
+        spare = one_standby(node)
+        assert node.call("a")["version"] == "v1"
+        write(folder / "standby_program.py", PROGRAM.replace("VERSION", "v2"))
+        new = kill_and_wait(node, events)
+        assert new != spare  # it refused: its code is out of date
+        assert node.call("a")["version"] == "v2"
+        assert wait_dead([spare], 10) == []
+        one_standby(node, not_pid=spare)
+
+
+def test_a_standby_without_setup_success_leaves_one_warning_and_the_child_restarts(folder, caplog):
+    caplog.set_level(logging.WARNING, logger="otpy")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "hot standby" in r.getMessage()]
+
+    with start(folder, args={"fail_in_standby": True}) as node:
+        events = Events(node)
+        wait_until(lambda: warnings(), 20, "the standby's warning")
+        pool = node.aio.processes.standbys
+        wait_until(lambda: not pool._refills, 10, "the refill to end")  # no retry: no loop
+        assert len(warnings()) == 1 and "no standby for this one" in warnings()[0]
+        assert info(node).standby == 0 and standbys(node) == []
+        first = info(node).pid
+        new = kill_and_wait(node, events)  # the ordinary way, not charged to anything but the child
+        assert new != first and node.call("a")["pid"] == new
+        wait_until(lambda: len(warnings()) == 2, 20, "the next start's one try")
+        wait_until(lambda: not pool._refills, 10, "the refill to end")
+        assert len([s for s in setups(folder) if s[1] != first and s[1] != new]) == 2  # two tries in all
+
+
+def test_terminate_delete_and_node_stop_leave_no_standby(folder):
+    node = start(folder).start()
+    try:
+        events = Events(node)
+        spare = one_standby(node)
+        assert node.terminate_child("a", "root").ok
+        assert wait_dead([spare], 10) == []
+        assert info(node).standby == 0
+        assert node.restart_child("a", "root").ok
+        events.wait("started", "a")
+        spare = one_standby(node)
+        assert node.terminate_child("a", "root").ok
+        assert node.delete_child("a", "root").ok
+        assert wait_dead([spare], 10) == []
+        root = otpy.ChildSpec(id="b", program="standby_program:Counted", standby=2,
+                              env={"STANDBY_LOG": str(folder / "log")})
+        assert node.start_child("root", root).ok
+        two = wait_until(lambda: len(pids := standbys(node, "b")) == 2 and pids, 20, "two standbys")
+    finally:
+        node.stop()
+    assert wait_dead(two, 10) == []
+
+
+def test_a_reconfigured_child_does_not_take_the_old_specs_standby(folder):
+    with start(folder) as node:
+        events = Events(node)
+        spare = one_standby(node)
+        target = otpy.ChildSpec(id="a", program="standby_program:Counted", standby=1, args={"x": 1},
+                                env={"STANDBY_LOG": str(folder / "log")})
+        assert node.reconfigure("root", "a", target).ok
+        events.wait("started", "a")
+        assert info(node).pid != spare
+        assert wait_dead([spare], 10) == []  # made for the old spec: retired
+        one_standby(node, not_pid=spare)
+
+
+VARIABLES_TOML = """
+[node]
+name = "{name}"
+
+[supervisor]
+max_restarts = 10
+max_seconds = 5
+
+[[supervisor.children]]
+id = "a"
+program = "standby_program:{program}"
+standby = 1
+env = {{ STANDBY_LOG = "{log}" }}
+
+[variables.a]
+knob = {{ type = "integer", low = 0, high = 100, default = 1 }}
+"""
+
+
+@pytest.mark.parametrize("program", ["Hooked", "Counted"])
+def test_a_variable_changed_while_the_standby_waits_reaches_the_promoted_child(folder, program):
+    path = folder / "topology.toml"
+    path.write_text(VARIABLES_TOML.format(name=unique_name("standby-vars"), program=program, log=folder / "log"))
+    with otpy.Node.from_toml(path, on_output=lambda *_: None) as node:
+        spare = wait_until(lambda: len(p := standbys(node)) == 1 and child_of(node).standby == 1 and p[0],
+                           20, "a standby")
+        assert node.call("a")["config"] == {"knob": 1}
+        assert node.set_variables("a", {"knob": 7}).ok
+        wait_until(lambda: node.call("a")["config"] == {"knob": 7}, 10, "the running child's new values")
+        child = child_of(node).pid
+        if program == "Hooked":  # its on_config ran in the standby
+            wait_until(lambda: ("config", spare, "7") in setups(folder), 10, "the standby's on_config")
+        else:  # no on_config: the standby left, and a new one resolved the new values at its setup
+            spare = wait_until(lambda: len(p := standbys(node)) == 1 and p[0] not in (spare, child)
+                               and ("setup", p[0], "7") in setups(folder) and p[0], 20, "a new standby")
+        events = Events(node)
+        os.kill(child, signal.SIGKILL)
+        assert events.wait("started", "a", timeout=20)["pid"] == spare
+        assert node.call("a")["config"] == {"knob": 7}
+
+
+def child_of(node: otpy.Node, id: str = "a") -> otpy.ChildInfo:
+    return next(c for c in node.which_children("root") if c.id == id)
+
+
+def test_status_text_shows_the_standbys():
+    entry = {"id": "a", "kind": "worker", "state": "running", "pid": 1, "restarts": 0, "standby": 1,
+             "standby_mib": 2.94, "status_line": ""}
+    assert status_text(entry) == "standby 1 (2.9 MiB)"
+    assert status_text({**entry, "status_line": "warm"}) == "warm; standby 1 (2.9 MiB)"
+    assert status_text({**entry, "standby": 0}) == ""
+
+
+def test_spec_rules():
+    command = otpy.ChildSpec(id="c", command=("true",), standby=1)
+    assert any(p.field == "standby" for p in value_problems(command))
+    assert any(p.field == "standby" for p in value_problems(otpy.ChildSpec(id="p", program="m:P", standby=9)))
+    assert not value_problems(otpy.ChildSpec(id="p", program="m:P", standby=8))
+    topology = parse_topology('[node]\nname = "n"\n[[supervisor.children]]\nid = "a"\nprogram = "m:P"\nstandby = 1\n')
+    assert topology.node.root.children[0].standby == 1
