@@ -54,8 +54,9 @@ def program_problem(target: str) -> str | None:
     """Why ``target`` cannot be a program child (import it here), or None.
 
     What the worker accepts (``agent.program.instantiate``): a class it instantiates with no
-    arguments and whose ``setup`` and ``forward`` it calls, or a callable it wraps as
-    ``forward``. A class without them (``builtins:int``, a module's ``__class__``) is refused."""
+    arguments and whose ``forward`` it calls (``setup``, ``teardown``, ``on_config`` if it has
+    them: a ``dspy.Module`` is one), or a callable it wraps as ``forward``. A class without
+    ``forward`` (``builtins:int``, a module's ``__class__``) is refused."""
     from .program import import_target
 
     try:
@@ -65,10 +66,9 @@ def program_problem(target: str) -> str | None:
     except BaseException as exc:
         return f"cannot import {target!r}: {type(exc).__name__}: {exc}"
     if isinstance(obj, type):
-        missing = [name for name in ("setup", "forward") if not callable(getattr(obj, name, None))]
-        if missing:
-            return (f"got {target!r}, a class without {' and '.join(missing)}; expected a Program class "
-                    "(otpy.Program or one with setup and forward) or a function")
+        if not callable(getattr(obj, "forward", None)):
+            return (f"got {target!r}, a class without forward; expected a Program class "
+                    "(otpy.Program, a dspy.Module, any class with forward) or a function")
         return None
     if not callable(obj):
         return f"got {target!r}, of type {type(obj).__name__!r}; expected a Program class or a function"
