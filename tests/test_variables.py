@@ -426,9 +426,9 @@ verbose = {{ type = "bool", default = false }}
     "table, problem",
     [
         ({"low": 0.0}, ("variables.team.x.type: missing; expected one of 'float', 'integer', 'choice', 'module', "
-                        "'bool', 'composite'")),
+                        "'bool', 'document', 'composite'")),
         ({"type": "str"}, ("variables.team.x.type: got 'str'; expected one of 'float', 'integer', 'choice', "
-                           "'module', 'bool', 'composite'")),
+                           "'module', 'bool', 'document', 'composite'")),
         ({"type": "composite", "depends_on": ["a"]}, "variables.team.x.compute: missing; this key is required"),
         ({"type": "composite", "compute": "math:nope", "depends_on": ["a"]},
          "variables.team.x.compute: cannot import 'math:nope': AttributeError"),

@@ -1,8 +1,9 @@
 """``otpy vars``: read and write the node's variables.
 
     otpy vars list [SCOPE]              every variable (of SCOPE), its value, version and why
-    otpy vars get SCOPE.NAME [--json]   the value alone, JSON-encoded (--json: the whole entry)
+    otpy vars get SCOPE.NAME [--json]   the value alone, JSON-encoded (a document compact; --json: the whole entry)
     otpy vars set SCOPE.NAME VALUE      VALUE is JSON, else a plain string; through the node
+    otpy vars set SCOPE NAME=VALUE...   several at once; a document's VALUE: JSON text or @FILE
     otpy vars explain CHILD NAME        where CHILD's NAME comes from
 
 ``list``, ``get`` and ``explain`` send one typed request (``otpy.wire.registry_protocol``) with
@@ -31,7 +32,10 @@ from ..wire.client import Client, NodeStale
 from ..wire.errors import CallError
 from ..wire.operations import ControlError
 from ..wire.protocol import Change, Outcome
-from ..wire.registry_protocol import Explain, GetValue, ListValues, RegistryRefusal, RegistryRequest, SetValue
+from ..wire.registry_protocol import (
+    Explain, GetSpace, GetValue, ListValues, RegistryRefusal, RegistryRequest, SetValue,
+)
+from . import set_values
 from .exits import node_or_exit
 from .options import NODE_OPTION, Count, child_id_argument
 
@@ -54,7 +58,7 @@ def list_(scope: str | None, node_name: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(msgspec.to_builtins(entries), indent=2))
         return
-    rows = [(f"{e.scope}.{e.name}", json.dumps(e.value), str(e.version), e.reason) for e in entries]
+    rows = [(f"{e.scope}.{e.name}", _cell(e.value), str(e.version), e.reason) for e in entries]
     _table([("VARIABLE", "VALUE", "VERSION", "REASON"), *rows])
 
 
@@ -69,28 +73,55 @@ def get(variable: str, node_name: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({k: v for k, v in msgspec.to_builtins(entry).items() if k != "ok"}))
     else:
-        click.echo(json.dumps(entry.value))
+        click.echo(as_text(entry.value))
+
+
+LIST_CELL_CHARS = 60  # of a document's JSON in the table of ``otpy vars list`` (``get`` prints it whole)
+
+
+def as_text(value: Any) -> str:
+    """``value`` as JSON; a document (an object or an array) compact and in UTF-8, so that the
+    output of ``otpy vars get`` is a file ``otpy vars set SCOPE NAME=@FILE`` takes back."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(value)
+
+
+def _cell(value: Any) -> str:
+    """A value in the table of ``otpy vars list``: a long document is cut, its size said."""
+    text = as_text(value)
+    if len(text) <= LIST_CELL_CHARS:
+        return text
+    return f"{text[:LIST_CELL_CHARS - 20]}... ({len(text.encode()):,} bytes)"
 
 
 @vars_group.command("set")
-@click.argument("variable", metavar="SCOPE.NAME")
-@click.argument("value")
+@click.argument("variable", metavar="SCOPE.NAME VALUE | SCOPE NAME=VALUE...")
+@click.argument("values", nargs=-1, required=True, metavar="")
 @click.option("--dry-run", is_flag=True, help="Print what setting it would change; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the changes as JSON.")
 @click.option("--expected-version", type=Count(0),
               help="Compare-and-set in the registry: only if this is the current version (not for a bound variable).")
 @NODE_OPTION
-def set_(variable: str, value: str, dry_run: bool, as_json: bool, expected_version: int | None,
+def set_(variable: str, values: tuple[str, ...], dry_run: bool, as_json: bool, expected_version: int | None,
          node_name: str | None) -> None:
-    """Set SCOPE.NAME to VALUE (parsed as JSON, else taken as a plain string), through the node:
-    the running tree follows it (a bound child reconfigured, started or stopped) before it is
-    stored. Prints one line per change."""
-    scope, name = _split(variable)
+    """Set SCOPE.NAME to VALUE, or in SCOPE each NAME to its VALUE (all or nothing), through the
+    node: the running tree follows it (a bound child reconfigured, started or stopped) before it
+    is stored. VALUE is parsed as JSON, else taken as a plain string; for a document variable it
+    is JSON text, or @FILE: a JSON file. Prints one line per change."""
+    scope, texts = _assignments(node_name, variable, values)
+    parsed = set_values.parse(texts, lambda: _declared(node_name, scope), lambda problem: _fail(f"vars set {problem}"))
+    variable = f"{scope}.{next(iter(parsed))}" if len(parsed) == 1 else scope
     if expected_version is not None:
-        _compare_and_set(node_name, SetValue(scope=scope, name=name, value=_parse(value),
+        if len(parsed) != 1:
+            _usage("--expected-version sets one variable: give SCOPE.NAME VALUE")
+        ((name, value),) = parsed.items()
+        _compare_and_set(node_name, SetValue(scope=scope, name=name, value=value,
                                              expected_version=expected_version, dry_run=dry_run))
         return
-    outcome = _set_through_node(node_name, scope, {name: _parse(value)}, dry_run)
+    if problem := set_values.too_big(scope, parsed, dry_run):
+        _fail(f"vars set {variable}: {problem}")
+    outcome = _set_through_node(node_name, scope, parsed, dry_run)
     if not outcome.ok:
         _fail(f"vars set {variable}: {outcome.detail or outcome.outcome} ({outcome.outcome})")
     if outcome.detail:  # stored, and something to know: programs that did not confirm running it
@@ -158,11 +189,40 @@ def _split(variable: str) -> tuple[str, str]:
     return scope, name
 
 
-def _parse(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
+def _assignments(node_name: str | None, first: str, values: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """``(scope, {name: value text})`` of ``SCOPE.NAME VALUE`` or ``SCOPE NAME=VALUE...``.
+
+    ``A.B NAME=VALUE`` reads both ways (a scope may hold a dot): it is ``SCOPE.NAME VALUE`` when
+    the registry declares ``A.B`` as a variable, else ``SCOPE NAME=VALUE``."""
+    pairs = [set_values.assignment(text) for text in values]
+    if all(pairs) and not (len(values) == 1 and "." in first and _declares(node_name, *_split(first))):
+        names = [name for name, _ in pairs]
+        if len(set(names)) < len(names):
+            _usage(f"a variable is given twice: {' '.join(values)}")
+        return first, dict(pairs)
+    if len(values) != 1:
+        _usage(f"expected SCOPE.NAME VALUE or SCOPE NAME=VALUE...; got {len(values) + 1} arguments, not all "
+               "NAME=VALUE")
+    scope, name = _split(first)
+    return scope, {name: values[0]}
+
+
+def _declares(node_name: str | None, scope: str, name: str) -> bool:
+    return name in _declared(node_name, scope)
+
+
+def _declared(node_name: str | None, scope: str) -> dict[str, Any]:
+    """The variables ``scope`` declares (tables, as the registry gives them); {} when the node
+    has no registry or no such scope (the write itself then says so)."""
+    node = node_or_exit(node_name)
+    if not agent_socket_path(node, REGISTRY_ID).exists():
+        return {}
+    with Caller(node) as caller:
+        try:
+            reply = RegistryClient(caller, timeout=10.0).ask(GetSpace(scope=scope))
+        except CallError as exc:
+            _fail(f"the registry did not answer: {exc}")
+    return {} if isinstance(reply, RegistryRefusal) else reply.spaces.get(scope, {})
 
 
 def _ask(node_name: str | None, request: RegistryRequest, bound_hint: str = "") -> Any:

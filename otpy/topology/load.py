@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import tomllib
 
 import msgspec
@@ -43,6 +42,7 @@ from ..specs.rules import (
 from ..specs.model import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM_PATTERN, AnySpec, Bound, ChildSpec
 from ..specs.model import DynamicSupervisorSpec, NodeSpec, SupervisorSpec, join, name_problem, places, toml_key
 from ..specs.model import LogSettings
+from .files import read_bounded_file
 from .toml_file import (
     BOUND_TAG, CHILD_TABLES, VALUE_TAG, BoundTable, ConstraintTable, DynamicSupervisorTable, LogsTable, NodeTable,
     RootSupervisorTable, SupervisorTable, TemplateTable, TopologyFile, WorkerTable, Table, is_bindable_tag,
@@ -399,44 +399,22 @@ MAX_TOPOLOGY_BYTES = 1024 * 1024  # a topology file is a few kB; 1 MiB is far ab
 
 def read_topology_file(source: str) -> str:
     """The text of the topology file ``source``, read safely: every topology file (``otpy
-    start``/``validate``/``reload``, a node's SIGHUP) is read here and nowhere else.
-
-    The node reads its own file on SIGHUP, so what it opens must never block it nor fill its
-    memory: the file is opened non-blocking (a FIFO opens at once instead of waiting for a
-    writer), and refused unless ``fstat`` says it is a regular file (a FIFO, ``/dev/zero``, a
-    socket, a folder) of at most ``MAX_TOPOLOGY_BYTES``; at most that much is read, should it
-    grow meanwhile. A symlink is followed: a link to a topology file is a topology file.
+    start``/``validate``/``reload``, a node's SIGHUP) is read here and nowhere else, by the one
+    safe reader (``topology.files.read_bounded_file``: a regular file of at most
+    ``MAX_TOPOLOGY_BYTES``, opened non-blocking; a FIFO, ``/dev/zero`` or a folder is refused).
+    A symlink is followed: a link to a topology file is a topology file.
     """
-    limit = f"{MAX_TOPOLOGY_BYTES // 1024 // 1024} MiB"
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise TopologyError([f"{source}: cannot read the file: {exc.strerror}"]) from None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise TopologyError([f"{source}: cannot read the file: it is {_file_kind(info.st_mode)}, not a regular "
-                                 f"file; give the path of a topology file (.toml)"])
-        if info.st_size > MAX_TOPOLOGY_BYTES:
-            raise TopologyError([f"{source}: the file has {info.st_size} bytes, over the {limit} a topology file "
-                                 f"may have; give the path of a topology file (.toml)"])
-        data = file.read(MAX_TOPOLOGY_BYTES + 1)
-    if len(data) > MAX_TOPOLOGY_BYTES:
-        raise TopologyError([f"{source}: the file grew over the {limit} a topology file may have while it was read"])
+        data = read_bounded_file(source, MAX_TOPOLOGY_BYTES, what="a topology file",
+                                 hint="give the path of a topology file (.toml)",
+                                 limit=f"{MAX_TOPOLOGY_BYTES // 1024 // 1024} MiB")
+    except ValueError as exc:  # its message names the file and says why
+        raise TopologyError([str(exc)]) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TopologyError([f"{source}: cannot read the file: it is not UTF-8 text ({exc.reason} at byte "
                              f"{exc.start})"]) from None
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return "not a regular file"
 
 
 def load_topology(path: str | os.PathLike, *, check_imports: bool = True,

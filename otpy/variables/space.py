@@ -213,7 +213,8 @@ class VariableSpace:
         last_problems: list[str] = []
         for _ in range(max_attempts):
             try:
-                return self.validate({name: variable.sample(rng) for name, variable in self.settable.items()})
+                return self.validate({name: variable.sample(rng) for name, variable in self.settable.items()
+                                      if variable.searchable})  # a document keeps its default
             except VariableError as error:
                 last_problems = error.problems
         first = f"{self.name}: could not meet the constraints in {max_attempts} attempts"
@@ -224,8 +225,9 @@ class VariableSpace:
         return {name: variable_table(variable) for name, variable in self.variables.items()}
 
     def to_optuna_distributions(self) -> dict[str, BaseDistribution]:
-        """One optuna distribution per settable variable (composites are computed, not searched)."""
-        return {name: variable.to_optuna() for name, variable in self.settable.items()}
+        """One optuna distribution per searchable variable (composites are computed, documents set, not
+        searched: a trial leaves them as they are)."""
+        return {name: variable.to_optuna() for name, variable in self.settable.items() if variable.searchable}
 
 
 def spaces_from_topology(

@@ -1,7 +1,8 @@
 """Variables: the typed, declared knobs of a program.
 
 A variable says which values a knob accepts (``float``, ``integer``, ``choice``, ``module``,
-``bool``) or how it is computed from others (``composite``). The settable types are frozen
+``bool``, ``document``: a JSON value such as a DSPy program's saved state) or how it is computed
+from others (``composite``). The settable types are frozen
 msgspec Structs tagged by ``type``, so they cross the wire as they are; a composite holds a
 Python function and stays in Python (a topology names it by its import string, ``compute =
 "module:function"``; ``variable_table`` gives any variable's table back). Each variable checks its own declaration when it is built
@@ -20,6 +21,7 @@ otpy.variables.types.VariableError: variables.svm.C.default: got 0; expected a f
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import random
 import re
@@ -31,14 +33,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import msgspec
 
 from ..specs.model import is_import_target
+from ..wire.registry_protocol import MAX_WRITE_BYTES
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
 
 __all__ = [
-    "BoolVariable", "ChoiceVariable", "CompositeVariable", "FloatVariable", "IntegerVariable", "ModuleVariable",
-    "SettableVariable", "Variable", "VariableError", "WireVariable", "import_callable", "variable_from_table",
-    "variable_table",
+    "BoolVariable", "ChoiceVariable", "CompositeVariable", "DocumentVariable", "FloatVariable", "IntegerVariable", "ModuleVariable",
+    "SettableVariable", "Variable", "VariableError", "WireVariable", "document_bytes", "import_callable",
+    "variable_from_table", "variable_table",
 ]
 
 MODULE_EXPECTED = "a 'module:attr' import string, e.g. 'examples.digits.agents:KNN'"
@@ -135,6 +138,7 @@ class SettableVariable(msgspec.Struct, frozen=True, kw_only=True, tag_field="typ
     name: str
     description: str = ""
     default: Any = None
+    searchable: ClassVar[bool] = True  # an optimizer searches it (``to_optuna``); a document is not searched
 
     def __post_init__(self) -> None:
         problems = self._common_problems() + self._field_problems()
@@ -347,6 +351,141 @@ class BoolVariable(SettableVariable, frozen=True, kw_only=True, tag="bool"):
         return CategoricalDistribution((False, True))
 
 
+DOCUMENT_DEFAULT_BYTES = 256 * 1024  # a DSPy program's state (instructions, a few demos) is a few KiB to tens
+MAX_DOCUMENT_DEPTH = 32  # objects and arrays open at once: far above any real state, far below the wire's limit
+_INT64_LOW, _UINT64_HIGH = -(1 << 63), (1 << 64) - 1  # what msgpack carries: the registry's wire
+_JSON_TYPES = (str, int, float, bool, type(None), dict, list)
+
+
+def document_bytes(value: Any) -> int:
+    """The size of a JSON value as a document counts it: its compact JSON (no spaces), UTF-8."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode())
+
+
+def _path(parts: list) -> str:
+    """``$.demos[0]["a b"]``: where in a document a part is (``parts`` from the inside out)."""
+    text = "$"
+    for part in reversed(parts):
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if part.isidentifier() else f"[{json.dumps(part, ensure_ascii=False)}]"
+    return text
+
+
+def _what(value: Any) -> str:
+    kind = type(value).__name__
+    article = "an" if kind[:1] in "aeiou" else "a"
+    return f"{show(value)} ({article} {kind})"
+
+
+def _json_problem(value: Any, depth: int) -> tuple[list, str, str] | None:
+    """``(path parts from the inside out, what was found, what JSON allows)`` for the first part of
+    ``value`` that is not JSON, or that nests deeper than ``MAX_DOCUMENT_DEPTH``; None: all JSON."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None or isinstance(value, (str, bool)):
+        return None
+    if isinstance(value, int):
+        fits = _INT64_LOW <= value <= _UINT64_HIGH
+        return None if fits else ([], _what(value), "integers within 64 bits")
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ([], _what(value), "finite numbers")
+    if not isinstance(value, (dict, list)):
+        return [], _what(value), JSON_ITEMS
+    if depth >= MAX_DOCUMENT_DEPTH:
+        return [], "", f"objects and arrays nested at most {MAX_DOCUMENT_DEPTH} deep"
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                return [], f"the key {_what(name)}", "object keys that are strings"
+            if (found := _json_problem(item, depth + 1)) is not None:
+                found[0].append(name)
+                return found
+    else:
+        for index, item in enumerate(value):
+            if (found := _json_problem(item, depth + 1)) is not None:
+                found[0].append(index)
+                return found
+    return None
+
+
+JSON_ITEMS = "objects with string keys, arrays, strings, finite numbers, true, false, null"
+
+
+class DocumentVariable(SettableVariable, frozen=True, kw_only=True, tag="document"):
+    """A JSON value: an object, array, string, number, true, false or null, e.g. a DSPy program's
+    saved state (``module.dump_state()``). At most ``max_bytes`` as compact JSON in UTF-8 (at
+    most ``MAX_WRITE_BYTES``, 1 MiB: the most a write to the registry carries), objects and
+    arrays nested at most ``MAX_DOCUMENT_DEPTH`` (32) deep, object keys strings, numbers finite
+    (integers within 64 bits). Never searched by an optimizer: it is set, not tuned.
+
+    >>> state = DocumentVariable(name="state", max_bytes=16)
+    >>> state.problem({"demos": ["a long demonstration"]})
+    'state: got a document of 34 bytes; expected at most 16 bytes'
+    >>> state.problem({"t": float("nan")})
+    'state: got a document holding nan (a float) at $.t; expected JSON: finite numbers'
+    """
+
+    default: Any = msgspec.field(default_factory=dict)
+    max_bytes: int = DOCUMENT_DEFAULT_BYTES
+    searchable: ClassVar[bool] = False
+
+    def _field_problems(self) -> list[FieldProblem]:
+        if not (_is_int(self.max_bytes) and 1 <= self.max_bytes <= MAX_WRITE_BYTES):
+            return [_bad("max_bytes", self.max_bytes, f"an integer in [1, {MAX_WRITE_BYTES}] "
+                                                      "(bytes; at most what a write to the registry carries)")]
+        if self.default is not None and (problem := self._problem(self.default)):
+            return [("default", problem)]
+        return []
+
+    def _problem(self, value: Any) -> str | None:
+        """``got ...; expected ...`` for a value that is not an accepted document, else None."""
+        if (found := _json_problem(value, 0)) is not None:
+            parts, what, allowed = found
+            if not what:
+                return f"got a document nested deeper than {MAX_DOCUMENT_DEPTH} levels; expected {allowed}"
+            return f"got a document holding {what} at {_path(parts)}; expected JSON: {allowed}"
+        try:
+            size = document_bytes(value)
+        except UnicodeEncodeError:
+            return "got a document holding a string that is not Unicode text (a lone surrogate); expected JSON text"
+        if size > self.max_bytes:
+            return f"got a document of {size:,} bytes; expected at most {self.max_bytes:,} bytes"
+        return None
+
+    def accepts(self, value: Any) -> bool:
+        return self._problem(value) is None
+
+    def problem(self, value: Any) -> str | None:
+        problem = self._problem(value)
+        return None if problem is None else f"{self.name}: {problem}"
+
+    def expected(self) -> str:
+        return (f"a JSON document of at most {self.max_bytes:,} bytes ({JSON_ITEMS}; nested at most "
+                f"{MAX_DOCUMENT_DEPTH} deep)")
+
+    def normalize(self, value: Any) -> Any:
+        """Plain ``dict``/``list``/``str``/``int``/``float`` (what the store gives back after a restart):
+        a value holding subclasses (an ``OrderedDict``, an ``IntEnum``) is copied through JSON."""
+        return value if _plain(value) else json.loads(json.dumps(value, ensure_ascii=False, allow_nan=False))
+
+    def sample(self, rng: random.Random) -> Any:
+        """Not searched: its default (None without one)."""
+        return self.default
+
+    def to_optuna(self) -> None:
+        return None
+
+
+def _plain(value: Any) -> bool:
+    kind = type(value)
+    if kind is dict:
+        return all(type(name) is str and _plain(item) for name, item in value.items())
+    if kind is list:
+        return all(_plain(item) for item in value)
+    return kind in _JSON_TYPES
+
+
 @dataclass(frozen=True)
 class CompositeVariable:
     """A value computed by ``compute({dependency: value, ...})`` from ``depends_on``; never set directly.
@@ -375,7 +514,7 @@ class CompositeVariable:
         object.__setattr__(self, "depends_on", tuple(self.depends_on))
 
 
-WireVariable = FloatVariable | IntegerVariable | ChoiceVariable | ModuleVariable | BoolVariable
+WireVariable = FloatVariable | IntegerVariable | ChoiceVariable | ModuleVariable | BoolVariable | DocumentVariable
 Variable = WireVariable | CompositeVariable
 VARIABLE_TYPES: dict[str, type[SettableVariable]] = {
     "float": FloatVariable,
@@ -383,6 +522,7 @@ VARIABLE_TYPES: dict[str, type[SettableVariable]] = {
     "choice": ChoiceVariable,
     "module": ModuleVariable,
     "bool": BoolVariable,
+    "document": DocumentVariable,
 }
 
 

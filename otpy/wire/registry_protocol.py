@@ -30,6 +30,10 @@ import msgspec
 
 from .protocol import ENCODER
 
+MAX_WRITE_BYTES = 1 << 20  # 1 MiB: the most a variable's value may weigh, as compact JSON (UTF-8). Every
+# write reaches the registry in one message to the node (``SetVariables``, a frame of at most
+# ``node.control.MAX_MESSAGE_BYTES``, also 1 MiB) or in a call; a document variable's ``max_bytes`` is at most this
+
 # --- replies (registry -> caller, as the call's outputs) ----------------------------------
 
 
