@@ -126,11 +126,68 @@ def import_target(target: str) -> Any:
     return obj
 
 
+class ObjectProgram(Program):
+    """An object that is no ``Program`` (a ``dspy.Module``, any class with ``forward``) used as
+    one: its ``setup``, ``teardown`` and ``on_config`` run only if it has them (the config
+    watcher sees ``on_config`` only then: without it the child restarts for new values); a call
+    is ``obj(**inputs)`` when it is callable (a DSPy module's ``__call__`` runs its callbacks,
+    then ``forward``), else ``obj.forward(**inputs)``; a result that is a mapping, has
+    ``toDict()`` (a DSPy ``Prediction``) or ``items()`` becomes a dict. Its ``concurrency`` and
+    ``max_queue`` class attributes count as the program's. A raw DSPy module gets its LM from
+    DSPy's settings (``dspy.configure`` in its own ``setup``): ``otpy.dspy.ModuleAgent`` is
+    the way to have LM settings as variables."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+        if not callable(obj) and not callable(getattr(obj, "forward", None)):
+            raise TypeError(f"a {type(obj).__name__!r} object has no forward and is not callable")
+        self._run = obj if callable(obj) else obj.forward
+        if callable(on_config := getattr(obj, "on_config", None)):
+            self.on_config = on_config
+        for name in ("concurrency", "max_queue"):
+            if hasattr(obj, name):
+                setattr(self, name, getattr(obj, name))
+
+    def setup(self, args: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+        if callable(setup := getattr(self.obj, "setup", None)):
+            setup(args, config=config)
+
+    def forward(self, **inputs: Any) -> Any:
+        return as_dict(self._run(**inputs))
+
+    def teardown(self) -> None:
+        if callable(teardown := getattr(self.obj, "teardown", None)):
+            teardown()
+
+    def __repr__(self) -> str:
+        return f"ObjectProgram({type(self.obj).__module__}:{type(self.obj).__qualname__})"
+
+
+def as_dict(result: Any) -> Any:
+    """A mapping, a DSPy-like ``Prediction`` (``toDict()``) or an object with ``items()`` as a
+    dict; anything else as it is (the call's encoding says what it makes of it)."""
+    if isinstance(result, Mapping):
+        return dict(result)
+    if callable(to_dict := getattr(result, "toDict", None)):
+        return dict(to_dict())
+    if callable(items := getattr(result, "items", None)):
+        return dict(items())
+    return result
+
+
+def is_program_class(obj: Any) -> bool:
+    """A class the worker instantiates and runs: one with ``forward`` (``setup`` is optional)."""
+    return isinstance(obj, type) and callable(getattr(obj, "forward", None))
+
+
 def instantiate(target: str) -> Program:
-    """The program object for ``target``: a Program subclass is instantiated, a function wrapped."""
+    """The program object for ``target``: a class is instantiated with no arguments (one that
+    is no ``Program``, such as a ``dspy.Module``, wrapped in an ``ObjectProgram``), a function
+    wrapped as ``forward``."""
     obj = import_target(target)
     if isinstance(obj, type):
-        return obj()
+        made = obj()
+        return made if isinstance(made, Program) else ObjectProgram(made)
     if callable(obj):
         return FunctionProgram(obj)
     raise TypeError(f"{target!r} is neither a class nor a function")
