@@ -175,3 +175,22 @@ def test_otpy_dspy_without_dspy_names_the_extra():
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60,
                          capture_output=True, text=True).stdout
     assert "otpy.dspy needs DSPy: pip install 'otpy[dspy]'" in out, out
+
+
+def test_the_script_and_the_model_come_from_args_and_the_environment(monkeypatch):
+    """In-process (no node): args.script wins over the factory's SCRIPT; OTPY_DSPY_LM names
+    the model of a real dspy.LM (built, never called here) whatever lm_model says."""
+    from otpy.dspy import ModuleAgent
+
+    agent = ModuleAgent()
+    agent.setup({"module": "tests.dspy_agents:make_answerer", "script": [{"answer": "scripted"}]},
+                {"lm_temperature": 0.25})
+    assert agent(question="sky") == {"answer": "scripted"}  # not the module's SCRIPT ("blue")
+    monkeypatch.setenv("OTPY_DSPY_LM", "ollama_chat/llama3.2")
+    agent.on_config({"lm_temperature": 0.75, "lm_model": "dummy"})
+    assert agent.running.lm.model == "ollama_chat/llama3.2" and agent.running.lm.kwargs["temperature"] == 0.75
+    with pytest.raises(ValueError, match="needs a module factory"):
+        ModuleAgent().setup({}, {})
+    with pytest.raises(ValueError, match=r"program_state is refused: predictor 'respond': signature.fields"):
+        ModuleAgent().setup({"module": "tests.dspy_agents:make_answerer"},
+                            {"program_state": {"respond": {"signature": {"fields": []}}}})
