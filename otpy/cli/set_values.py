@@ -72,8 +72,8 @@ def _value(name: str, text: str, table_of: Callable[[str], Mapping[str, Any]],
 def _read_document(name: str, path: str, max_bytes: int, fail: Callable[[str], NoReturn]) -> Any:
     """The JSON value in the file ``path``, or ``fail`` naming the variable and the file."""
     try:
-        data = read_bounded_file(path, max_bytes, what=f"{name} (max_bytes)",
-                                 hint="give a JSON file (e.g. json.dump(module.dump_state(), file))")
+        data = read_bounded_file(path, max_bytes, allowed=f"the variable's max_bytes ({max_bytes:,})",
+                                 hint="give a JSON file of at most that size (compact JSON counts fewer bytes)")
     except ValueError as exc:  # its message names the file and says why
         fail(f"{name}: {exc}")
     try:

@@ -9,7 +9,7 @@ file (not a FIFO, ``/dev/zero``, a socket or a folder) of at most ``max_bytes``;
 much is read, should it grow meanwhile. A symlink is followed, and what it leads to is what is
 checked (``fstat`` of the open file, so it cannot change between the check and the read).
 
->>> read_bounded_file("/dev/zero", 10, what="a document", hint="give a JSON file")
+>>> read_bounded_file("/dev/zero", 10, allowed="10 bytes", hint="give a JSON file")
 Traceback (most recent call last):
 ...
 ValueError: /dev/zero: cannot read the file: it is a character device, not a regular file; give a JSON file
@@ -23,13 +23,12 @@ import stat
 __all__ = ["file_kind", "read_bounded_file"]
 
 
-def read_bounded_file(source: str, max_bytes: int, *, what: str, hint: str, limit: str | None = None) -> bytes:
+def read_bounded_file(source: str, max_bytes: int, *, allowed: str, hint: str) -> bytes:
     """The bytes of the regular file ``source``, at most ``max_bytes`` of them, or ValueError whose
     message names the file and says why it was not read.
 
-    ``what`` names the kind of file in messages (``a topology file``), ``hint`` says what to give
-    instead, ``limit`` is ``max_bytes`` as messages show it (default: ``65,536 bytes``)."""
-    shown = limit or f"{max_bytes:,} bytes"
+    ``allowed`` says what the limit is in messages (``the 1 MiB a topology file may have``: a file
+    "has N bytes, over" it), ``hint`` what to give instead."""
     try:
         fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
@@ -40,14 +39,13 @@ def read_bounded_file(source: str, max_bytes: int, *, what: str, hint: str, limi
             raise ValueError(f"{source}: cannot read the file: it is {file_kind(info.st_mode)}, not a regular "
                                  f"file; {hint}")
         if info.st_size > max_bytes:
-            raise ValueError(f"{source}: the file has {info.st_size} bytes, over the {shown} {what} may have; "
-                                 f"{hint}")
+            raise ValueError(f"{source}: the file has {info.st_size} bytes, over {allowed}; {hint}")
         try:
             data = file.read(max_bytes + 1)
         except OSError as exc:
             raise ValueError(f"{source}: cannot read the file: {exc.strerror}") from None
     if len(data) > max_bytes:
-        raise ValueError(f"{source}: the file grew over the {shown} {what} may have while it was read")
+        raise ValueError(f"{source}: the file grew over {allowed} while it was read")
     return data
 
 

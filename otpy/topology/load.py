@@ -405,9 +405,8 @@ def read_topology_file(source: str) -> str:
     A symlink is followed: a link to a topology file is a topology file.
     """
     try:
-        data = read_bounded_file(source, MAX_TOPOLOGY_BYTES, what="a topology file",
-                                 hint="give the path of a topology file (.toml)",
-                                 limit=f"{MAX_TOPOLOGY_BYTES // 1024 // 1024} MiB")
+        data = read_bounded_file(source, MAX_TOPOLOGY_BYTES, hint="give the path of a topology file (.toml)",
+                                 allowed=f"the {MAX_TOPOLOGY_BYTES // 1024 // 1024} MiB a topology file may have")
     except ValueError as exc:  # its message names the file and says why
         raise TopologyError([str(exc)]) from None
     try:
