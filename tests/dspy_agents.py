@@ -67,3 +67,17 @@ class LMAgent(ModuleAgent):
 class Raises(dspy.Module):
     def forward(self, question: str) -> dspy.Prediction:
         raise LookupError(f"no answer for {question!r}")
+
+
+def hot_or_cold(settings: dict) -> dict:
+    """A script made each time the LM is: the temperature chooses the answers."""
+    return {"": {"answer": "wild" if settings.get("temperature", 0.0) > 1.0 else "tame"}}
+
+
+class KnobAgent(ModuleAgent):
+    module = "tests.dspy_agents:make_answerer"
+    script = hot_or_cold  # a plain function as class attribute: called with the settings, not bound
+
+
+def make_shows_lm() -> dspy.Module:
+    return ShowsLM()  # a function factory: the script is the class attribute ShowsLM.SCRIPT

@@ -194,3 +194,17 @@ def test_the_script_and_the_model_come_from_args_and_the_environment(monkeypatch
     with pytest.raises(ValueError, match=r"program_state is refused: predictor 'respond': signature.fields"):
         ModuleAgent().setup({"module": "tests.dspy_agents:make_answerer"},
                             {"program_state": {"respond": {"signature": {"fields": []}}}})
+
+
+def test_a_script_function_gets_the_lm_settings_each_time_the_lm_is_made():
+    from otpy.dspy import ModuleAgent
+    from tests.dspy_agents import KnobAgent
+
+    agent = KnobAgent()
+    agent.setup({}, {"lm_temperature": 0.5})
+    assert agent(question="q") == {"answer": "tame"}
+    agent.on_config({"lm_temperature": 1.5})
+    assert agent(question="q") == {"answer": "wild"} and agent.refused is None
+    shows = ModuleAgent()  # a function factory whose module's class has SCRIPT
+    shows.setup({"module": "tests.dspy_agents:make_shows_lm"}, {})
+    assert shows(question="q")["answer"] == "first"

@@ -22,7 +22,10 @@ answers are scripted**, no network, no key (its ``kwargs`` still show the ``lm_*
 **The script** of the dummy LM, the first found of: the child's ``args.script``, the
 ``script`` class attribute of the ``ModuleAgent`` subclass, a ``SCRIPT`` attribute of the
 factory (a function's attribute, or a class attribute of the module it makes), a ``SCRIPT``
-global of the factory's Python module. It has ``DummyLM``'s two forms:
+global of the factory's Python module. It has ``DummyLM``'s two forms, or is a function
+``script(settings) -> answers`` called with the LM settings (the ``lm_*`` keys without the
+prefix, e.g. ``{"temperature": 0.9}``) each time the LM is made, so that a knob can change
+what the dummy LM answers:
 
 * a list of answers, ``[{"answer": "red"}, {"answer": "blue"}]``: one per LM request, in
   order, for the life of the LM (a change of ``lm_*`` starts it again);
@@ -61,7 +64,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import dspy
 from dspy.utils.dummies import DummyLM
@@ -117,7 +120,7 @@ class ModuleAgent(Program):
     """Serves a ``dspy.Module`` made by a factory; see the module's docstring."""
 
     module: str | None = None  # "pkg.mod:make_program"; the child's args.module wins
-    script: list | dict | None = None  # the dummy LM's answers (see the module's docstring)
+    script: list | dict | Callable | None = None  # the dummy LM's answers (see the module's docstring)
 
     refused: str | None = None  # the last value on_config could not apply, and why
 
@@ -129,7 +132,6 @@ class ModuleAgent(Program):
         self.target = target
         self.factory = import_target(target)
         self.args = dict(args)
-        self.the_script = _checked_script(self._find_script(args))
         settings = self._lm_settings(config)
         state = config.get(STATE_KEY) or None
         self._lock = threading.Lock()  # one on_config at a time (calls never wait for it)
@@ -137,6 +139,9 @@ class ModuleAgent(Program):
             module = self._made_module(state)
         except _StateRefused as exc:
             raise _StateRefused(f"{STATE_KEY} is refused: {exc}") from None
+        self.the_script = self._find_script(args, module)
+        if not callable(self.the_script):
+            self.the_script = _checked_script(self.the_script)
         self.running = Running(module, self._made_lm(settings), settings, state)
 
     def forward(self, **inputs: Any) -> dict[str, Any]:
@@ -167,13 +172,14 @@ class ModuleAgent(Program):
         if refusals:
             print(f"otpy.dspy: {self.refused}; the agent keeps running what it ran", file=sys.stderr, flush=True)
 
-    def _find_script(self, args: Mapping[str, Any]) -> Any:
+    def _find_script(self, args: Mapping[str, Any], module: dspy.Module) -> Any:
         if args.get("script") is not None:
             return args["script"]
-        if self.script is not None:
-            return self.script
-        if getattr(self.factory, "SCRIPT", None) is not None:
-            return self.factory.SCRIPT
+        if type(self).script is not None:
+            return type(self).script  # from the class: a function stays a function (not a method)
+        for holder in (self.factory, type(module)):
+            if getattr(holder, "SCRIPT", None) is not None:
+                return holder.SCRIPT
         python_module = sys.modules.get(getattr(self.factory, "__module__", "") or "")
         return getattr(python_module, "SCRIPT", None)
 
@@ -188,7 +194,8 @@ class ModuleAgent(Program):
         model = os.environ.get(LM_ENV) or kwargs.pop("model", DUMMY)
         kwargs.pop("model", None)
         if model == DUMMY:
-            lm = ScriptedLM(self.the_script)
+            script = self.the_script
+            lm = ScriptedLM(_checked_script(script(dict(settings))) if callable(script) else script)
             lm.kwargs.update(kwargs)
             return lm
         return dspy.LM(model=model, **kwargs)
