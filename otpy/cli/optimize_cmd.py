@@ -89,6 +89,19 @@ def _load(topology: str, check_imports: bool = True):
         fail(str(exc), EXIT_USAGE)
 
 
+def conventions(table):
+    """The ``[optimizer]`` table, adapted by ``otpy.dspy`` when its dataset holds DSPy examples
+    (``dspy.Example``s, a metric ``metric(example, prediction, trace=None)``); else as it is, and
+    dspy is not imported."""
+    from ..optimize.optimizer import dspy_shaped
+
+    if not (dspy_shaped(table.trainset) or dspy_shaped(table.valset or [])):
+        return table
+    from ..dspy.evaluate import adapt_table
+
+    return adapt_table(table)
+
+
 def _require_running(name: str, topology: str) -> None:
     """``--apply``'s check, before the search (and before the programs are imported)."""
     try:
@@ -117,7 +130,7 @@ def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, st
     from ..optimize.study_storage import checked_storage, default_storage
 
     name = spec.node.name
-    table = OptimizerTable(spec)  # the [optimizer] table's problems first: a usage error, before anything runs
+    table = conventions(OptimizerTable(spec))  # its problems first: a usage error, before anything runs
     current = live_values(name)
     if apply_ and current is None:  # stopped since the first check (``_require_running``)
         _require_running(name, topology)
@@ -246,6 +259,7 @@ def _defaults(spec):
 
 
 def _watch(spec, topology: str, seed: int | None, **options) -> None:
+    from ..optimize.live_system import OptimizerTable
     from ..optimize.orchestrator import WatchPolicy, watch_topology
 
     rounds = options.pop("rounds")
@@ -257,7 +271,7 @@ def _watch(spec, topology: str, seed: int | None, **options) -> None:
         fail(f"optimize --watch: --rounds: got {rounds}; expected an integer >= 1", EXIT_USAGE)
     _warn_restarts(spec)
     try:
-        with watch_topology(spec, policy, seed=seed) as orchestrator:
+        with watch_topology(spec, policy, seed=seed, table=conventions(OptimizerTable(spec))) as orchestrator:
             for report in _rounds(orchestrator, rounds):
                 click.echo(_round_line(report), nl=True)
     except NodeNotFound as exc:

@@ -138,6 +138,7 @@ class OptimizerTable:
         self.table = table
         self.program = str(table["program"])
         self.timeout = float(table.get("timeout", 30.0))
+        self.threads = _threads(table.get("threads", 1))
         self.trainset = _examples(import_target(table["dataset"]))
         self.valset = _examples(import_target(table["valset"])) if "valset" in table else None
         self.metric = import_target(table["metric"])
@@ -145,6 +146,15 @@ class OptimizerTable:
     def caller_program(self, caller):
         """The program the optimizer scores: one call of the ``program`` agent per example."""
         return lambda **inputs: caller.call(self.program, inputs, timeout=self.timeout)
+
+
+def _threads(value: Any) -> int:
+    """``[optimizer] threads``: how many examples a trial scores at once (calls of the program in
+    parallel, as DSPy's ``Evaluate(num_threads=N)``); 1 by default."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+        raise OptimizeError(f"optimizer.threads: got {value!r}; expected an integer from 1 to 64 (the examples a "
+                            "trial scores at once)", usage=True)
+    return value
 
 
 def _examples(dataset) -> list:
@@ -200,7 +210,7 @@ def optimize_topology(topology, *, trials: int | None = None, seed: int | None =
         trial_system = LiveSystem(client, caller, optimizer.spaces)
         return optimizer.compile(spec.caller_program(caller), spec.trainset, spec.metric, valset=spec.valset,
                                  trials=trials or int(table.get("trials", 20)), apply=trial_system.apply,
-                                 current=current)
+                                 current=current, threads=spec.threads)
 
 
 def study_name(topology) -> str:

@@ -32,15 +32,18 @@ With ``storage`` (an SQLite path), the study is kept in optuna's RDB storage: a 
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from ..variables.scopes import VariableSpace
 from ..variables.types import VariableError
 from ..wire.protocol import SetVariables
+from .evaluation import Evaluation, Example, dspy_shaped, evaluate
+from .evaluation import as_example as _as_example
+
+__all__ = ["CompileResult", "Evaluation", "Example", "OptimizeError", "Optimizer", "dspy_shaped", "evaluate",
+           "plan_actions"]
 
 Config = dict[str, dict[str, Any]]  # scope -> name -> value
 
@@ -52,31 +55,6 @@ class OptimizeError(RuntimeError):
     def __init__(self, message: str, *, usage: bool = False) -> None:
         super().__init__(message)
         self.usage = usage
-
-
-@dataclass(frozen=True)
-class Example:
-    """One item of a dataset: what the program is called with, and what a metric compares to."""
-
-    inputs: dict[str, Any]
-    label: Any = None
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """A program scored on a dataset: ``score`` is the mean metric over all ``count`` examples
-    (a failed call counts 0 in it), None when every call failed; ``failures`` calls raised, the
-    first one's traceback is ``first_error``."""
-
-    score: float | None
-    count: int
-    failures: int = 0
-    first_error: str | None = None
-
-    @property
-    def failed(self) -> bool:
-        """Every call raised: nothing was measured."""
-        return self.score is None
 
 
 @dataclass(frozen=True)
@@ -177,21 +155,23 @@ class Optimizer:
         apply: Callable[[Config], Any] | None = None,
         current: Config | None = None,
         baseline: Config | None = None,
+        threads: int = 1,
     ) -> CompileResult:
         """Run trials until the study has ``trials`` finished ones; return the best, its scores
         and the actions from ``current`` (default: the spaces' defaults) to it.
 
         ``apply(config)`` makes the live system match a trial's configuration before it is
         scored (and the best one's before it is scored on ``valset``). ``baseline`` is a new
-        study's first trial (default: the defaults).
+        study's first trial (default: the defaults). ``threads``: examples scored at once (see
+        ``evaluate``).
         """
         from optuna.trial import TrialState
 
         study = self.open_study(baseline)
         train = [_as_example(e) for e in trainset]
         seen = _Failures()
-        self._search(study, lambda trial, config: self._score(trial, config, program, train, metric, apply, seen),
-                     trials)
+        score = lambda examples: evaluate(program, examples, metric, threads)  # noqa: E731
+        self._search(study, lambda trial, config: self._score(trial, config, train, score, apply, seen), trials)
         complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
         if not complete:
             reasons = [t.user_attrs["failed"] for t in study.trials if "failed" in t.user_attrs]
@@ -199,11 +179,10 @@ class Optimizer:
                 raise OptimizeError(f"every trial failed; the first one's reason:\n{reasons[0]}")
             raise VariableError(["every trial was infeasible: the spaces' constraints cannot be met"])
         best = study.best_trial
-        config = self.validate(best.params)
+        config = searched_only(self.spaces, self.validate(best.params))
         val_score, val_error = None, None
         if valset is not None:
-            val_score, val_error = self._validate_best(program, [_as_example(e) for e in valset], metric, apply,
-                                                       config, seen)
+            val_score, val_error = self._validate_best([_as_example(e) for e in valset], score, apply, config, seen)
         finished = _finished(study)
         return CompileResult(
             config=config, train_score=best.value, val_score=val_score,
@@ -268,7 +247,7 @@ class Optimizer:
         finally:
             optuna.logging.set_verbosity(verbosity)
 
-    def _score(self, trial, config: Config, program, train: list[Example], metric, apply, seen: "_Failures") -> float:
+    def _score(self, trial, config: Config, train: list[Example], score, apply, seen: "_Failures") -> float:
         """One trial's score; ``TrialFailed`` with the reason in a user attribute when ``apply``
         could not make the system run it (e.g. the node refused it: a program that fails to start
         with it) or every call failed."""
@@ -280,14 +259,14 @@ class Optimizer:
                 trial.set_user_attr("apply_failed", reason)
                 trial.set_user_attr("failed", f"could not apply it: {reason}")
                 raise TrialFailed("not applied") from None
-        evaluation = seen.add(evaluate(program, train, metric))
+        evaluation = seen.add(score(train))
         if evaluation.failed:
             trial.set_user_attr("failed", evaluation.first_error)
             raise TrialFailed("failed")
         return evaluation.score
 
     @staticmethod
-    def _validate_best(program, valset: list[Example], metric, apply, config: Config,
+    def _validate_best(valset: list[Example], score, apply, config: Config,
                        seen: "_Failures") -> tuple[float | None, str | None]:
         """The best configuration's valset score, or None and why (it could not be applied
         again, or every call failed): a missing held-out score is reported, never raised."""
@@ -296,7 +275,7 @@ class Optimizer:
                 apply(config)
             except Exception as exc:
                 return None, f"the best configuration could not be applied again: {_reason(exc)}"
-        evaluation = seen.add(evaluate(program, valset, metric))
+        evaluation = seen.add(score(valset))
         if evaluation.failed:
             return None, f"every validation call failed; the first:\n{evaluation.first_error}"
         return evaluation.score, None
@@ -361,11 +340,22 @@ class _ProgressLines:
         print(f"trial {self.done}/{self.total}: {shown}; best {best}", file=sys.stderr, flush=True)
 
 
+def searched_only(spaces: Mapping[str, VariableSpace], config: Config) -> Config:
+    """``config`` without the settable variables no optimizer searches (a ``document``: set by
+    hand, e.g. a saved DSPy program): the optimizer has no value of its own for them, so a plan
+    leaves the live system's value as it is."""
+    return {scope: {name: value for name, value in values.items()
+                    if scope not in spaces or name not in spaces[scope].settable
+                    or getattr(spaces[scope].settable[name], "searchable", True)}
+            for scope, values in config.items()}
+
+
 def config_diff(spaces: Mapping[str, VariableSpace], current: Config, target: Config) -> Config:
-    """Per scope, the settable values of ``target`` that ``current`` does not hold (composites
-    are computed by the registry, never set). Empty when the two agree."""
+    """Per scope, the searched settable values of ``target`` that ``current`` does not hold
+    (composites are computed by the registry, never set; a variable no optimizer searches keeps
+    the value it has). Empty when the two agree."""
     diff: Config = {}
-    for scope, values in target.items():
+    for scope, values in searched_only(spaces, target).items():
         settable = spaces[scope].settable if scope in spaces else values
         have = current.get(scope, {})
         changed = {name: value for name, value in values.items()
@@ -393,24 +383,6 @@ def action_config(action: SetVariables) -> Config:
     return config
 
 
-def evaluate(program, examples: list[Example], metric) -> Evaluation:
-    """The mean metric over ``examples``; a call (or the metric on its prediction) that raises
-    counts 0 and is reported, not hidden."""
-    if not examples:
-        raise ValueError("the dataset is empty")
-    total, failures, first_error = 0.0, 0, None
-    for example in examples:
-        try:
-            value = float(metric(example, program(**example.inputs)))
-        except Exception as exc:  # the call, or the metric on its prediction
-            failures += 1
-            first_error = first_error or _traceback(exc)
-            continue
-        total += 0.0 if math.isnan(value) else value
-    score = None if failures == len(examples) else total / len(examples)
-    return Evaluation(score=score, count=len(examples), failures=failures, first_error=first_error)
-
-
 class _Failures:
     """The failed calls of one compile: how many, and the first one's traceback; and the first
     reason a trial's configuration could not be applied."""
@@ -434,21 +406,7 @@ def _reason(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, OptimizeError) else f"{type(exc).__name__}: {exc}"
 
 
-def _traceback(exc: BaseException) -> str:
-    """The exception's traceback; an agent's (a RemoteError's) is the remote one."""
-    remote = getattr(exc, "remote_traceback", "")
-    return remote or "".join(traceback.format_exception(exc)).rstrip()
-
-
 def _finished(study) -> list:
     from optuna.trial import TrialState
 
     return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
-
-
-def _as_example(item) -> Example:
-    if isinstance(item, Example):
-        return item
-    if isinstance(item, Mapping) and "inputs" in item:
-        return Example(inputs=dict(item["inputs"]), label=item.get("label"))
-    raise TypeError(f"an example is an otpy.Example or a mapping with 'inputs' (and 'label'); got {item!r}")

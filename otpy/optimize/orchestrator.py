@@ -206,14 +206,15 @@ class Orchestrator:
 
 @contextlib.contextmanager
 def watch_topology(topology, policy: WatchPolicy, *, seed: int | None = None,
-                   clock: Callable[[], float] = time.monotonic):
+                   clock: Callable[[], float] = time.monotonic, table: OptimizerTable | None = None):
     """An ``Orchestrator`` watching the running node of ``topology`` (which must be up), with
-    searches on a scratch node ``<node>-optimize`` started for the loop's life."""
+    searches on a scratch node ``<node>-optimize`` started for the loop's life. ``table``: the
+    topology's ``[optimizer]`` already read (e.g. adapted to DSPy's conventions), else read here."""
     from ..wire.calls import Caller
     from ..wire.client import connect
     from .scratch import scratch_node, scratch_spec
 
-    table = OptimizerTable(topology)
+    table = table or OptimizerTable(topology)
     if table.valset is None:
         raise OptimizeError("optimizer.valset is missing: the watch loop scores the live node on held-out examples; "
                             "give [optimizer] valset = 'module:attr' (a list, or a function returning one)", usage=True)
@@ -240,8 +241,8 @@ def watch_topology(topology, policy: WatchPolicy, *, seed: int | None = None,
             system, program = scratch_system()
             optimizer = Optimizer(spaces, seed=seed + next(searches), study_name=f"{name}-watch", progress=False)
             return optimizer.compile(program, table.trainset, table.metric, valset=table.valset, trials=trials,
-                                     apply=system.apply, current=baseline, baseline=baseline)
+                                     apply=system.apply, current=baseline, baseline=baseline, threads=table.threads)
 
         yield Orchestrator(policy, valset=table.valset, live=live, search=search, clock=clock, seed=seed,
-                           score_live=lambda examples: evaluate(live_program, examples, table.metric),
+                           score_live=lambda examples: evaluate(live_program, examples, table.metric, table.threads),
                            announce=lambda kind, detail: client.announce(kind, detail))
