@@ -51,7 +51,7 @@ def topology(name: str):
 
 def test_the_scripted_answers_make_the_careful_coder_pass_more_often_than_the_quick_one():
     def passed(careful: bool, temperature: float) -> int:
-        answers = script.coder_script(careful, {"temperature": temperature})
+        answers = (script.careful_script if careful else script.quick_script)({"temperature": temperature})
         return sum(script.correct(task, answers[task.text]["code"]) for task in script.TASKS[:data.TRAIN])
 
     assert passed(True, 0.5) == data.TRAIN > passed(True, 1.2) > passed(False, 0.5) == passed(False, 1.2)
@@ -202,6 +202,14 @@ def test_the_example_starts_and_the_manager_runs_planner_coder_reviewer_on_the_d
         assert reply["code"] == TASK.quick.strip() and reply["verdict"] == "reject"
         draft = node.call("manager", {"goal": "draft", "task": TASK.text}, timeout=60)
         assert [e["step"] for e in draft["trace"]] == ["planner", "coder"] and "verdict" not in draft
+
+        assert node.set_variables("global", {"coder": P + "CarefulCoder"}).ok  # reconfigures the child coder
+        hot = node.call("manager", {"goal": "code", "task": TASK.text}, timeout=60)  # lm_temperature 1.2
+        assert hot["trace"][1]["program"] == P + "CarefulCoder" and hot["code"] == TASK.quick.strip()
+        assert node.set_variables("team", {"lm_temperature": 0.5}).ok  # on_config: a new LM, same process
+        cool = node.call("manager", {"goal": "code", "task": TASK.text}, timeout=60)
+        assert cool["code"] == TASK.careful.strip() and cool["verdict"] == "approve"
+        assert cool["trace"][1]["pid"] == hot["trace"][1]["pid"]
 
 
 def test_the_examples_optimize_apply_replaces_the_coder_process_with_the_careful_program(tmp_path):

@@ -103,19 +103,19 @@ P = "examples.dspy_team.programs:"
 
 class Planner(ModuleAgent):
     module = P + "Plan"
-    script = script.planner_script()
+    script = staticmethod(script.planner_script)
 
 
 class CarefulCoder(ModuleAgent):
     module = P + "CodeCarefully"
-    script = script.coder_script(careful=True)
+    script = staticmethod(script.careful_script)  # called with the LM settings: hot, it gets careless
 
 
 class QuickCoder(ModuleAgent):
     module = P + "CodeQuickly"
-    script = script.coder_script(careful=False)
+    script = staticmethod(script.quick_script)
 
 
 class Reviewer(ModuleAgent):
     module = P + "Review"
-    script = script.reviewer_script()
+    script = staticmethod(script.reviewer_script)

@@ -168,6 +168,9 @@ def planner_script(settings=None) -> dict:
 
 
 def coder_script(careful: bool, settings=None) -> dict:
+    """A coder's answers per task; ``settings``: the LM's (``lm_*`` without the prefix), called again
+    whenever the agent makes its LM (an ``lm_temperature`` change): above ``HOT`` the careful coder
+    answers the ``careless`` tasks like the quick one."""
     hot = float((settings or {}).get("temperature") or 0.0) > HOT
     answers = {}
     for task in TASKS:
@@ -176,6 +179,15 @@ def coder_script(careful: bool, settings=None) -> dict:
         answers[task.text] = {"reasoning": reasoning, "code": code} if careful else {"code": code}
     fallback = {"reasoning": "Unknown task.", "code": UNKNOWN_CODE} if careful else {"code": UNKNOWN_CODE}
     return {**answers, "[[ ## task ## ]]": fallback}
+
+
+def careful_script(settings=None) -> dict:
+    """The careful coder's answers, given the LM settings (``{"temperature": ...}``)."""
+    return coder_script(True, settings)
+
+
+def quick_script(settings=None) -> dict:
+    return coder_script(False, settings)
 
 
 def reviewer_script(settings=None) -> dict:
