@@ -208,3 +208,15 @@ def test_a_script_function_gets_the_lm_settings_each_time_the_lm_is_made():
     shows = ModuleAgent()  # a function factory whose module's class has SCRIPT
     shows.setup({"module": "tests.dspy_agents:make_shows_lm"}, {})
     assert shows(question="q")["answer"] == "first"
+
+
+def test_lm_settings_the_lm_refuses_keep_the_old_lm():
+    """A script function that raises stands for any LM the settings cannot make (dspy.LM refuses
+    a reasoning model's temperature): the old LM stays, the refusal names the keys, not their values."""
+    from tests.dspy_agents import KnobAgent
+
+    agent = KnobAgent()
+    agent.setup({}, {"lm_temperature": 0.5})
+    agent.on_config({"lm_temperature": "secret-ish"})  # hot_or_cold compares it with 1.0: TypeError
+    assert agent(question="q") == {"answer": "tame"} and agent.running.lm.kwargs["temperature"] == 0.5
+    assert "lm_temperature" in agent.refused and "secret-ish" not in agent.refused

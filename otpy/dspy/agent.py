@@ -159,7 +159,8 @@ class ModuleAgent(Program):
                 try:
                     lm = self._made_lm(settings)
                 except Exception as exc:
-                    refusals.append(f"the LM settings {settings} are refused: {type(exc).__name__}: {exc}")
+                    names = ", ".join(LM_PREFIX + name for name in sorted(settings))  # not values: a key may be secret
+                    refusals.append(f"the LM settings ({names}) are refused: {type(exc).__name__}: {exc}")
                     settings = now.lm_settings
             if state != now.state:
                 try:
