@@ -7,10 +7,14 @@ its config watcher follows the registry. Then it says ``STANDBY`` and waits on f
 one end of a socket pair: the node (``processes.standby``) holds the other and writes one line
 at a time:
 
-``GO``     take the name. Code edited on disk since the fork (``stale()``) or a configuration
-           that changed without ``on_config`` refuse it: ``STALE <why>``, and the standby exits
-           (the node starts the child the ordinary way, from a zygote with the new code).
-           Else the socket is renamed into the child's path, then ``READY``: it is the child.
+``TAKEN``  the node checked the program's source files itself (the STANDBY line lists them,
+           with the size and time the zygote saw) and renamed the standby's socket into the
+           child's path: it is the child now (no round trip on the restart's path).
+``GO``     the same, asked of the standby (its STANDBY line listed no files): code edited on
+           disk since the fork (``stale()``) or a configuration that changed without
+           ``on_config`` refuse it: ``STALE <why>``, and the standby exits (the node starts the
+           child the ordinary way, from a zygote with the new code). Else the socket is renamed
+           into the child's path, then ``READY``.
 ``SYNC``   a variable write: resolve again now, answer ``SYNCED <state>`` once the program runs
            the stored values (``ConfigWatcher.sync``).
 EOF        retired (the child stopped for good, its spec changed): teardown, exit 0.
@@ -23,8 +27,10 @@ thread (there is no call yet to take turns with); once promoted, in turn with th
 
 from __future__ import annotations
 
+import json
 import os
 import select
+import sys
 import threading
 import time
 import traceback
@@ -40,6 +46,8 @@ from ..host.prctl import set_title
 from ..host.runtime_dir import agent_socket_path
 
 READ_LIMIT = 4096
+MAX_LINE = 60_000  # a STANDBY line with more source files than this says none (the node then asks)
+CHANGED = "changed: "  # a RETIRE for new values (the node makes another standby at once)
 FOLLOW_TIMEOUT = 10.0  # seconds a standby waits to be subscribed to the registry's changes
 
 
@@ -97,7 +105,7 @@ class StandbyWait:
         if self.relay.promoted:
             self.shutdown.request_config_restart()
         else:
-            self.retire_soon("changed: its configuration (the program has no on_config)")
+            self.retire_soon(f"{CHANGED}its configuration (the program has no on_config)")
 
     def retire_soon(self, why: str) -> None:
         """From the watcher's thread: the main thread says RETIRE and ends."""
@@ -107,10 +115,27 @@ class StandbyWait:
 
     def until_promoted(self) -> None:
         set_title(f"otpy: {self.node}/{self.child_id} standby", self.child_id)
-        notify("STANDBY")
+        notify(self._standby_line())
         partial = b""
         while True:
             ready, _, _ = select.select([NOTIFY_FD, self._wake_r, self.shutdown.fd], [], [])
+            if NOTIFY_FD in ready:  # first: a TAKEN read makes this process the child
+                try:
+                    data = os.read(NOTIFY_FD, READ_LIMIT)
+                except OSError:
+                    data = b""
+                if not data:  # the node retired us (or is gone)
+                    self._end()
+                *lines, partial = (partial + data).split(b"\n")
+                for line in lines:
+                    if line == b"TAKEN":
+                        self._taken()
+                        return
+                    if line == b"GO" and self._promote():
+                        return
+                    if line == b"SYNC":
+                        state = self.watcher.sync() if self.watcher is not None else "unchanged"
+                        notify(f"SYNCED {state}")
             if self._wake_r in ready:
                 notify(f"RETIRE {self._why_retire}")
                 self._end()
@@ -118,21 +143,31 @@ class StandbyWait:
                 self.shutdown.drain()
                 if self.shutdown.requested:
                     self._end()
-            if NOTIFY_FD not in ready:
-                continue
-            try:
-                data = os.read(NOTIFY_FD, READ_LIMIT)
-            except OSError:
-                data = b""
-            if not data:  # the node retired us (or is gone)
-                self._end()
-            *lines, partial = (partial + data).split(b"\n")
-            for line in lines:
-                if line == b"GO" and self._promote():
-                    return
-                if line == b"SYNC":
-                    state = self.watcher.sync() if self.watcher is not None else "unchanged"
-                    notify(f"SYNCED {state}")
+
+    def _standby_line(self) -> str:
+        """``STANDBY``, with the program's source files as the zygote saw them when it forked
+        this process (``processes.sources``): the node checks them itself at the take-over and
+        renames the socket (``TAKEN``), no round trip; without them it asks (``GO``)."""
+        files = getattr(getattr(self.stale, "__self__", None), "files", None)
+        if not isinstance(files, dict):
+            return "STANDBY"
+        line = "STANDBY " + json.dumps([[path, *seen] for path, seen in files.items()], separators=(",", ":"))
+        return line if len(line) < MAX_LINE else "STANDBY"
+
+    def _taken(self) -> None:
+        """The node checked the code and renamed the socket: this process is the child now.
+        A configuration change decided meanwhile is a running child's: a restart for new
+        values (no on_config), a crash (on_config raised)."""
+        lock = self.watcher.lock if self.watcher is not None else threading.Lock()
+        with lock:
+            self.relay.promoted = True
+            why = self._why_retire
+        set_title(*self._titles)
+        if why.startswith(CHANGED):
+            self.shutdown.request_config_restart()
+        elif why:
+            print(f"otpy: the standby cannot serve: {why}", file=sys.stderr, flush=True)
+            exit_now(1)
 
     def _promote(self) -> bool:
         """Take the name, unless the code or the configuration is out of date (then exit)."""

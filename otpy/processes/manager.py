@@ -53,7 +53,7 @@ from .child import ChildProcess
 from .fd_reserve import FdReserve, pipes
 from .sd_notify import NotifySocket
 from .standby import StandbyPool
-from .linux import children_of, has_image
+from .linux import children_of, has_image, proc_stat
 from ..host.node_run import new_run_id
 from ..host.runtime_dir import notify_socket_path
 from .zygote_link import LineReader, ZygoteDied, ZygoteLink, sweep_run
@@ -155,7 +155,42 @@ class ProcessManager:
             self.standbys.refill(spec, env)  # in the background: READY is in already
             if spec.standby:
                 self.standbys.follow(child)
+                self._watch_death(child)
         return child
+
+    def _watch_death(self, child: ChildProcess) -> None:
+        """A child with hot standbys: its death is seen here at once (a pidfd), not when the
+        zygote's report of it arrives (one hop less on the restart's path). The zombie's wait
+        status is read from ``/proc``, before the zygote reaps it; if it has been reaped already,
+        the zygote's report (in flight) decides, as for every child."""
+        try:
+            pidfd = os.pidfd_open(child.pid)
+        except OSError:  # gone already, or no fds: the zygote's report is enough
+            return
+        loop = asyncio.get_running_loop()
+
+        def dead() -> None:
+            stop()
+            try:
+                stat = proc_stat(child.pid)
+            except OSError:
+                return
+            if (stat is not None and stat.state == "Z" and stat.start_time == child.start_time
+                    and self._children.get(child.pid) is child):
+                del self._children[child.pid]  # the zygote's Exited finds nothing left to do
+                child._on_exited(stat.exit_code)
+                if child._link is not self._zygote:
+                    self._retire_if_idle(child._link)
+
+        def stop(_=None) -> None:
+            if pidfd_open[0] >= 0:
+                loop.remove_reader(pidfd_open[0])
+                os.close(pidfd_open[0])
+                pidfd_open[0] = -1
+
+        pidfd_open = [pidfd]
+        loop.add_reader(pidfd, dead)
+        child.exited.add_done_callback(stop)
 
     async def _spawn(self, spec: ChildSpec, env: dict[str, str]) -> ChildProcess:
         lost_once, stale = False, 0

@@ -27,10 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
+import os
 from typing import Any
 
+from ..agent.call_socket import spare_socket_path
 from ..agent.notify import EXIT_CONFIG_CHANGED
+from ..host.runtime_dir import agent_socket_path
 from ..specs.model import ChildSpec
 from .child import ChildProcess
 
@@ -54,6 +58,9 @@ class Standby:
         self.answer: asyncio.Future[str] | None = None  # its STALE, after a GO
         self.syncs: collections.deque[asyncio.Future[str]] = collections.deque()  # SYNCED, in order
         self.left = ""  # why it retired by itself (RETIRE)
+        # Its program's source files as the zygote saw them at its fork (path, mtime_ns, size),
+        # from its STANDBY line: the node checks them itself at the take-over (None: it asks).
+        self.sources: list[tuple[str, int, int]] | None = None
         child.on_control = self._hear
 
     @property
@@ -68,6 +75,7 @@ class Standby:
     def _hear(self, line: str) -> None:
         word, _, rest = line.partition(" ")
         if word == "STANDBY" and not self.said.done():
+            self.sources = _sources(rest) if rest else None
             self.said.set_result(None)
         elif word == "STALE" and self.answer is not None and not self.answer.done():
             self.answer.set_result(rest)
@@ -112,6 +120,8 @@ class StandbyPool:
             return None
         standbys.remove(standby)
         standby.state = "promoting"
+        if standby.sources is not None:
+            return self._take(standby)
         child = standby.child
         answer = standby.answer = asyncio.get_running_loop().create_future()
         if not child.tell("GO"):
@@ -132,6 +142,27 @@ class StandbyPool:
         log.info("otpy[%s]: the hot standby of %r (pid %d) did not take over (%s); starting it anew",
                  self._manager.node_name, spec.id, child.pid, why)
         return None
+
+    def _take(self, standby: Standby) -> ChildProcess | None:
+        """The hot path: the node checks the standby's source files (one ``stat`` each, as the
+        zygote does before a fork), renames its socket into the child's path and tells it
+        ``TAKEN``: READY now, without waiting for the standby to run."""
+        child, node = standby.child, self._manager.node_name
+        why = _changed(standby.sources)
+        if not why:
+            try:
+                os.rename(spare_socket_path(node, child.pid), agent_socket_path(node, standby.spec.id))
+            except OSError as exc:  # it died meanwhile (its socket went with it)
+                why = f"its socket cannot be moved into place: {exc.strerror}"
+        if why:
+            log.info("otpy[%s]: the hot standby of %r (pid %d) does not take over (%s); starting it anew",
+                     node, standby.spec.id, child.pid, why)
+            standby.state = "ready"  # for retire(): no longer in the pool, it ends like any retired one
+            self.retire(standby)
+            return None
+        child.tell("TAKEN")
+        child._on_notify("READY")
+        return child
 
     def follow(self, child: ChildProcess) -> None:
         """``child`` (started, with standbys) may end for new values (``EXIT_CONFIG_CHANGED``):
@@ -305,6 +336,28 @@ class StandbyPool:
                     log.warning("otpy[%s]: a hot standby of %r had not resolved the new values after %g s; "
                                 "retired", self._manager.node_name, standby.spec.id, SYNC_TIMEOUT)
                     self.retire(standby)
+
+
+def _sources(text: str) -> list[tuple[str, int, int]] | None:
+    """A STANDBY line's source files, or None if it cannot be read (the node then asks)."""
+    try:
+        files = json.loads(text)
+        return [(str(path), int(mtime), int(size)) for path, mtime, size in files]
+    except (ValueError, TypeError):
+        return None
+
+
+def _changed(sources: list[tuple[str, int, int]]) -> str:
+    """Why the program's code changed on disk since the standby's fork ("" if it did not):
+    the zygote's own check (``processes.sources``), made here."""
+    for path, mtime, size in sources:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return f"{path} is gone"
+        if (info.st_mtime_ns, info.st_size) != (mtime, size):
+            return f"{path} changed"
+    return ""
 
 
 def _private_kib(pid: int) -> int:
