@@ -224,6 +224,7 @@ def test_the_examples_optimize_apply_replaces_the_coder_process_with_the_careful
                               cwd=ROOT, capture_output=True, text=True, timeout=100)
         assert done.returncode == 0, done.stderr
         assert "best score 1.0000 (train) after 2 trials" in done.stdout, done.stdout
+        assert "\"coder\": {" not in done.stdout  # program_state (a document) is never searched nor planned
         assert "reconfigure examples.dspy_team.programs:QuickCoder -> examples.dspy_team.programs:CarefulCoder" \
             in done.stdout
         [after] = [c for c in node.which_children("team") if c.id == "coder"]
@@ -231,3 +232,21 @@ def test_the_examples_optimize_apply_replaces_the_coder_process_with_the_careful
         reply = node.call("manager", {"goal": "code", "task": TASK.text}, timeout=60)
         assert reply["trace"][1]["pid"] == after.pid and reply["verdict"] == "approve"
         assert reply["code"] == TASK.careful.strip()
+
+
+def test_demos_bootstrapped_from_the_nodes_traces_set_as_program_state_fix_the_hot_coders_answer(tmp_path):
+    name = short_name("db")
+    with otpy.Node(topology(name).node) as node:
+        assert node.set_config({"global": {"coder": P + "CarefulCoder"}, "team": {"lm_temperature": 0.5}}).ok
+        path = tmp_path / "state.json"
+        done = subprocess.run([sys.executable, "-m", "examples.dspy_team.bootstrap", str(path), "--node", name],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert f"trainset score 100.0%; 4 demos of {P}CarefulCoder (write.predict)" in done.stdout
+        state = json.loads(path.read_text())
+        assert [demo["task"] for demo in state["write.predict"]["demos"]] == [t.text for t in script.TASKS[:4]]
+        assert node.set_variables("team", {"lm_temperature": 1.4}).ok  # hot: careless on the mean task
+        assert node.call("manager", {"goal": "code", "task": TASK.text}, timeout=60)["verdict"] == "reject"
+        assert node.set_variables("coder", {"program_state": state}).ok  # the demos, on the running coder
+        fixed = node.call("manager", {"goal": "code", "task": TASK.text}, timeout=60)
+        assert fixed["verdict"] == "approve" and fixed["code"] == TASK.careful.strip()

@@ -343,11 +343,12 @@ class _ProgressLines:
 def searched_only(spaces: Mapping[str, VariableSpace], config: Config) -> Config:
     """``config`` without the settable variables no optimizer searches (a ``document``: set by
     hand, e.g. a saved DSPy program): the optimizer has no value of its own for them, so a plan
-    leaves the live system's value as it is."""
-    return {scope: {name: value for name, value in values.items()
+    leaves the live system's value as it is. A scope left with nothing is left out."""
+    kept = {scope: {name: value for name, value in values.items()
                     if scope not in spaces or name not in spaces[scope].settable
                     or getattr(spaces[scope].settable[name], "searchable", True)}
             for scope, values in config.items()}
+    return {scope: values for scope, values in kept.items() if values or not config[scope]}
 
 
 def config_diff(spaces: Mapping[str, VariableSpace], current: Config, target: Config) -> Config:
