@@ -40,7 +40,8 @@ def assignment(text: str) -> tuple[str, str] | None:
 def parse(texts: Mapping[str, str], declared: Callable[[], Mapping[str, Mapping[str, Any]]],
           fail: Callable[[str], NoReturn]) -> dict[str, Any]:
     """``{name: value}`` from ``{name: VALUE text}``; ``declared()`` gives the scope's variable
-    tables (asked once, only if needed); ``fail(message)`` for a file or text a document refuses."""
+    tables (asked once, only if needed); ``fail(message)`` for a file or text a document refuses
+    (the message starts with the variable's name)."""
     tables: list[Mapping[str, Mapping[str, Any]]] = []
 
     def table_of(name: str) -> Mapping[str, Any]:
@@ -73,7 +74,7 @@ def _read_document(name: str, path: str, max_bytes: int, fail: Callable[[str], N
     """The JSON value in the file ``path``, or ``fail`` naming the variable and the file."""
     try:
         data = read_bounded_file(path, max_bytes, allowed=f"the variable's max_bytes ({max_bytes:,})",
-                                 hint="give a JSON file of at most that size (compact JSON counts fewer bytes)")
+                                 hint="give a JSON file (compact JSON counts fewest bytes)")
     except ValueError as exc:  # its message names the file and says why
         fail(f"{name}: {exc}")
     try:

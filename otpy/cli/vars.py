@@ -76,7 +76,7 @@ def get(variable: str, node_name: str | None, as_json: bool) -> None:
         click.echo(as_text(entry.value))
 
 
-LIST_CELL_CHARS = 60  # of a document's JSON in the table of ``otpy vars list`` (``get`` prints it whole)
+LIST_CELL_CHARS = 60  # of a document's JSON in ``otpy vars list`` and a change line (``get`` prints it whole)
 
 
 def as_text(value: Any) -> str:
@@ -88,7 +88,7 @@ def as_text(value: Any) -> str:
 
 
 def _cell(value: Any) -> str:
-    """A value in the table of ``otpy vars list``: a long document is cut, its size said."""
+    """A value in the table of ``otpy vars list`` or a change line: a long document is cut, its size said."""
     text = as_text(value)
     if len(text) <= LIST_CELL_CHARS:
         return text
@@ -110,7 +110,7 @@ def set_(variable: str, values: tuple[str, ...], dry_run: bool, as_json: bool, e
     is stored. VALUE is parsed as JSON, else taken as a plain string; for a document variable it
     is JSON text, or @FILE: a JSON file. Prints one line per change."""
     scope, texts = _assignments(node_name, variable, values)
-    parsed = set_values.parse(texts, lambda: _declared(node_name, scope), lambda problem: _fail(f"vars set {problem}"))
+    parsed = set_values.parse(texts, lambda: _declared(node_name, scope), lambda problem: _fail(f"vars set {scope}.{problem}"))
     variable = f"{scope}.{next(iter(parsed))}" if len(parsed) == 1 else scope
     if expected_version is not None:
         if len(parsed) != 1:
@@ -143,7 +143,7 @@ def change_line(change: Change) -> str:
     ``stop pool/cache``."""
     if change.action == "set":
         same = " (unchanged)" if change.before == change.after else ""
-        return f"set {change.scope}.{change.name} {json.dumps(change.before)} -> {json.dumps(change.after)}{same}"
+        return f"set {change.scope}.{change.name} {_cell(change.before)} -> {_cell(change.after)}{same}"
     where = f"{change.supervisor}/{change.child}" if change.supervisor else change.child
     if change.action == "reconfigure":
         line = f"reconfigure {where} {change.before} -> {change.after}"
