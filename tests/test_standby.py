@@ -119,6 +119,25 @@ def test_a_standby_takes_over_at_a_restart_and_a_new_one_is_made(folder):
         assert again != spare and info(node).standby == 1
 
 
+def test_the_take_over_needs_no_word_from_the_zygote(folder):
+    """The node sees the death itself (a pidfd) and hands the name over itself (it checks the
+    sources and renames the socket): a stopped zygote delays neither. (Under 1.5 s: the zygote
+    is not yet taken for stuck by its heartbeat.)"""
+    with start(folder) as node:
+        events = Events(node)
+        spare = one_standby(node)
+        child, zygote = info(node).pid, node.aio.processes._zygote.pid
+        os.kill(zygote, signal.SIGSTOP)
+        try:
+            os.kill(child, signal.SIGKILL)
+            started = events.wait("started", "a", timeout=1.5)
+        finally:
+            os.kill(zygote, signal.SIGCONT)
+        assert started["pid"] == spare
+        assert "SIGKILL" in events.wait("exited", "a")["detail"]
+        assert node.call("a")["pid"] == spare
+
+
 def test_the_promoted_child_ran_setup_before_the_kill(folder):
     with start(folder) as node:
         events = Events(node)
