@@ -11,7 +11,10 @@ call returns once its child has reported READY):
 - ``memory``: the node's RSS, and each child's USS (``memory_full_info().uss``: pages only
   that process holds; pages shared with the zygote after fork are not counted);
 - ``stop``: ``node.stop()`` with N children (the dynamic supervisor stops them in parallel);
-- the scale curve: time to N ready, on a fresh node for each N.
+- the scale curve: time to N ready, on a fresh node for each N;
+- the floors (``bench/scale_floor.py``), after the node stopped: the same pre-imported
+  interpreter forking N children that report READY on a pipe (``floor_pipe``) or over ZeroMQ
+  (``floor_zmq``), timed the same way (total, latencies, by tenth, CPU per start).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ import psutil
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import otpy  # noqa: E402
+from bench.scale_floor import floor  # noqa: E402
+from bench.stats import summarize  # noqa: E402
+
+FLOORS = ("pipe", "zmq")  # the floor series, reported as ``floor_<kind>``
 
 CURVE = (10, 100, 500, 1000)
 MIB = 1024 * 1024
@@ -138,7 +145,33 @@ async def scale_run(n: int, idle: float) -> dict:
         "child_uss": _mem_summary(uss),
         "child_rss": _mem_summary(child_rss),
         "stop_all_s": round(stop, 3),
+        **{f"floor_{kind}": floor_series(kind, n) for kind in FLOORS},
     }
+
+
+def by_tenth(latencies: list[float]) -> list[float]:
+    """Mean start latency (ms) of each tenth of the series, in start order."""
+    step = max(1, len(latencies) // 10)
+    return [round(1000 * sum(latencies[i:i + step]) / len(latencies[i:i + step]), 2)
+            for i in range(0, len(latencies), step)]
+
+
+def floor_series(kind: str, n: int) -> dict:
+    """``bench/scale_floor.py``'s series, summarized like the main one."""
+    result = floor(kind, n)
+    latencies = result.pop("start_latencies")
+    return {**result, "start_latency": summarize(latencies), "start_ms_by_tenth": by_tenth(latencies)}
+
+
+def print_floors(s: dict) -> None:
+    """The floor series of a scale result, beside the main one."""
+    for kind in FLOORS:
+        f = s.get(f"floor_{kind}")
+        if f:
+            print(f"floor_{kind}: {f['n']} children ready in {f['ready_total_s']:.3f} s "
+                  f"(otpy / floor {s['ready_total_s'] / f['ready_total_s']:.2f}x); start p50 "
+                  f"{f['start_latency']['p50_ms']:.3f} ms; by tenth (ms) {f['start_ms_by_tenth']}; "
+                  f"CPU per start (ms) {f['cpu_ms_per_start']}")
 
 
 async def time_to_ready(n: int) -> float:
