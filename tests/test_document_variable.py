@@ -300,3 +300,60 @@ def test_a_write_bigger_than_a_message_to_the_node_is_refused_at_once(node):
     floats = json.dumps([0.5] * 200_000)  # 800 KB of JSON, 1.8 MB as msgpack
     result = run(node.name, "set", "global.program_state", floats)
     assert result.exit_code == 1 and "a message to the node carries" in result.output
+
+
+def test_composites_and_constraints_read_a_document_as_plain_data():
+    from otpy.variables.types import CompositeVariable
+
+    seen = []
+
+    def demos(config):
+        seen.append(config["state"])
+        return len(config["state"]["demos"])
+
+    space = VariableSpace("coder", [DocumentVariable(name="state", default={"demos": []}),
+                                    CompositeVariable(name="n_demos", compute=demos, depends_on=["state"])])
+    space.add_constraint(lambda config: type(config["state"]["demos"]) is list and config["n_demos"] <= 2,
+                         "at most two demos")
+    assert space.validate({"state": OrderedDict(demos=[{"q": "1"}])}) == {"state": {"demos": [{"q": "1"}]},
+                                                                          "n_demos": 1}
+    assert type(seen[-1]) is dict  # an OrderedDict is stored, and read, as a plain dict
+    with pytest.raises(VariableError, match="constraint 'at most two demos': not met"):
+        space.validate({"state": {"demos": [1, 2, 3]}})
+
+
+def test_set_takes_several_assignments_of_one_scope(monkeypatch):
+    from otpy.cli import vars as vars_cli
+    from otpy.wire.protocol import Outcome
+
+    sent = []
+    monkeypatch.setattr(vars_cli, "_set_through_node", lambda node, scope, values, dry: sent.append(
+        (scope, values)) or Outcome("ok"))
+    asked = []  # '@' asks the registry whether the variable is a document: here it is a choice
+    monkeypatch.setattr(vars_cli, "_declared", lambda node, scope: asked.append(scope) or {
+        "note": {"type": "choice", "choices": ["@not-a-document"]}})
+    result = CliRunner().invoke(vars_group, ["set", "coder", 'program_state={"demos": [1]}', "lm_model=dummy",
+                                             "note=@not-a-document"])
+    assert result.exit_code == 0, result.output
+    assert sent == [("coder", {"program_state": {"demos": [1]}, "lm_model": "dummy", "note": "@not-a-document"})]
+    assert asked == ["coder"]
+    twice = CliRunner().invoke(vars_group, ["set", "coder", "a=1", "a=2"])
+    assert twice.exit_code == 2 and "a variable is given twice" in twice.output
+    cas = CliRunner().invoke(vars_group, ["set", "coder", "a=1", "b=2", "--expected-version", "1"])
+    assert cas.exit_code == 2 and "--expected-version sets one variable" in cas.output
+
+
+@pytest.mark.parametrize("declared, sent", [
+    ({"b": {"type": "choice", "choices": ["x=1"]}}, ("a", {"b": "x=1"})),  # SCOPE.NAME VALUE, as before
+    ({}, ("a.b", {"x": 1})),  # a scope id may hold a dot: SCOPE NAME=VALUE
+])
+def test_a_dotted_first_argument_with_one_assignment_reads_as_the_registry_declares(monkeypatch, declared, sent):
+    from otpy.cli import vars as vars_cli
+    from otpy.wire.protocol import Outcome
+
+    got = []
+    monkeypatch.setattr(vars_cli, "_declared", lambda node, scope: declared if scope == "a" else {})
+    monkeypatch.setattr(vars_cli, "_set_through_node", lambda node, scope, values, dry: got.append(
+        (scope, values)) or Outcome("ok"))
+    assert CliRunner().invoke(vars_group, ["set", "a.b", "x=1"]).exit_code == 0
+    assert got == [sent]
