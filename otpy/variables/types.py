@@ -34,6 +34,7 @@ import msgspec
 
 from ..specs.model import is_import_target
 from ..wire.registry_protocol import MAX_WRITE_BYTES
+from .json_values import DOCUMENT_DEFAULT_BYTES, JSON_ITEMS, MAX_DOCUMENT_DEPTH, document_bytes, is_plain, json_problem
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -351,67 +352,6 @@ class BoolVariable(SettableVariable, frozen=True, kw_only=True, tag="bool"):
         return CategoricalDistribution((False, True))
 
 
-DOCUMENT_DEFAULT_BYTES = 256 * 1024  # a DSPy program's state (instructions, a few demos) is a few KiB to tens
-MAX_DOCUMENT_DEPTH = 32  # objects and arrays open at once: far above any real state, far below the wire's limit
-_INT64_LOW, _UINT64_HIGH = -(1 << 63), (1 << 64) - 1  # what msgpack carries: the registry's wire
-_JSON_TYPES = (str, int, float, bool, type(None), dict, list)
-
-
-def document_bytes(value: Any) -> int:
-    """The size of a JSON value as a document counts it: its compact JSON (no spaces), UTF-8."""
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode())
-
-
-def _path(parts: list) -> str:
-    """``$.demos[0]["a b"]``: where in a document a part is (``parts`` from the inside out)."""
-    text = "$"
-    for part in reversed(parts):
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if part.isidentifier() else f"[{json.dumps(part, ensure_ascii=False)}]"
-    return text
-
-
-def _what(value: Any) -> str:
-    kind = type(value).__name__
-    article = "an" if kind[:1] in "aeiou" else "a"
-    return f"{show(value)} ({article} {kind})"
-
-
-def _json_problem(value: Any, depth: int) -> tuple[list, str, str] | None:
-    """``(path parts from the inside out, what was found, what JSON allows)`` for the first part of
-    ``value`` that is not JSON, or that nests deeper than ``MAX_DOCUMENT_DEPTH``; None: all JSON."""
-    kind = type(value)
-    if kind is str or kind is bool or value is None or isinstance(value, (str, bool)):
-        return None
-    if isinstance(value, int):
-        fits = _INT64_LOW <= value <= _UINT64_HIGH
-        return None if fits else ([], _what(value), "integers within 64 bits")
-    if isinstance(value, float):
-        return None if math.isfinite(value) else ([], _what(value), "finite numbers")
-    if not isinstance(value, (dict, list)):
-        return [], _what(value), JSON_ITEMS
-    if depth >= MAX_DOCUMENT_DEPTH:
-        return [], "", f"objects and arrays nested at most {MAX_DOCUMENT_DEPTH} deep"
-    if isinstance(value, dict):
-        for name, item in value.items():
-            if not isinstance(name, str):
-                return [], f"the key {_what(name)}", "object keys that are strings"
-            if (found := _json_problem(item, depth + 1)) is not None:
-                found[0].append(name)
-                return found
-    else:
-        for index, item in enumerate(value):
-            if (found := _json_problem(item, depth + 1)) is not None:
-                found[0].append(index)
-                return found
-    return None
-
-
-JSON_ITEMS = "objects with string keys, arrays, strings, finite numbers, true, false, null"
-
-
 class DocumentVariable(SettableVariable, frozen=True, kw_only=True, tag="document"):
     """A JSON value: an object, array, string, number, true, false or null, e.g. a DSPy program's
     saved state (``module.dump_state()``). At most ``max_bytes`` as compact JSON in UTF-8 (at
@@ -440,11 +380,11 @@ class DocumentVariable(SettableVariable, frozen=True, kw_only=True, tag="documen
 
     def _problem(self, value: Any) -> str | None:
         """``got ...; expected ...`` for a value that is not an accepted document, else None."""
-        if (found := _json_problem(value, 0)) is not None:
-            parts, what, allowed = found
+        if (found := json_problem(value)) is not None:
+            what, allowed = found
             if not what:
                 return f"got a document nested deeper than {MAX_DOCUMENT_DEPTH} levels; expected {allowed}"
-            return f"got a document holding {what} at {_path(parts)}; expected JSON: {allowed}"
+            return f"got a document holding {what}; expected JSON: {allowed}"
         try:
             size = document_bytes(value)
         except UnicodeEncodeError:
@@ -467,7 +407,7 @@ class DocumentVariable(SettableVariable, frozen=True, kw_only=True, tag="documen
     def normalize(self, value: Any) -> Any:
         """Plain ``dict``/``list``/``str``/``int``/``float`` (what the store gives back after a restart):
         a value holding subclasses (an ``OrderedDict``, an ``IntEnum``) is copied through JSON."""
-        return value if _plain(value) else json.loads(json.dumps(value, ensure_ascii=False, allow_nan=False))
+        return value if is_plain(value) else json.loads(json.dumps(value, ensure_ascii=False, allow_nan=False))
 
     def sample(self, rng: random.Random) -> Any:
         """Not searched: its default (None without one)."""
@@ -477,13 +417,7 @@ class DocumentVariable(SettableVariable, frozen=True, kw_only=True, tag="documen
         return None
 
 
-def _plain(value: Any) -> bool:
-    kind = type(value)
-    if kind is dict:
-        return all(type(name) is str and _plain(item) for name, item in value.items())
-    if kind is list:
-        return all(_plain(item) for item in value)
-    return kind in _JSON_TYPES
+
 
 
 @dataclass(frozen=True)
