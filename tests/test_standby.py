@@ -138,6 +138,18 @@ def test_the_take_over_needs_no_word_from_the_zygote(folder):
         assert node.call("a")["pid"] == spare
 
 
+def test_a_zygote_death_takes_its_standbys_and_new_ones_are_made(folder):
+    with start(folder) as node:
+        events = Events(node)
+        spare = one_standby(node)
+        child = info(node).pid
+        os.kill(node.aio.processes._zygote.pid, signal.SIGKILL)
+        assert "lost" in events.wait("exited", "a", timeout=20)["detail"]
+        new = events.wait("started", "a", timeout=20)["pid"]
+        assert new not in (child, spare) and wait_dead([spare], 10) == []
+        assert one_standby(node, not_pid=spare) != new
+
+
 def test_the_promoted_child_ran_setup_before_the_kill(folder):
     with start(folder) as node:
         events = Events(node)
