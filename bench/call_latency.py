@@ -5,8 +5,13 @@
 Series: ``raw_zmq`` (one DEALER, a forked ROUTER echo process, over ipc), ``otpy_call``
 (``Caller.call`` to an echo agent: sync, one call at a time), ``otpy_submit`` (one
 ``submit(...).result()`` at a time: the I/O-thread path), ``throughput_k`` (n calls kept
-64 in flight over k = 1, 2, 4 echo agents; latency is submit to result). Each series has
-``p50_ms``, ``p95_ms``, ``p99_ms``, ``max_ms``, ``n``; throughput ones also ``calls_per_s``.
+64 in flight over k = 1, 2, 4 echo agents; latency is submit to result), ``pipelined_k``
+(one caller keeps k = 8, 64 calls in flight to one agent with ``submit``), ``callers_4`` (4
+caller *processes*, each a loop of ``Caller.call``, n calls in all to one agent: processes,
+not threads, because one process's callers share its GIL, and a call's Python work on the
+caller's side, ~15 us, is as much as the agent's) and ``caller_threads_4`` (the same from 4
+threads of this process, for comparison). Each series has ``p50_ms``, ``p95_ms``, ``p99_ms``,
+``max_ms``, ``n``; throughput ones also ``calls_per_s``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
+import threading
 import tempfile
 import time
 from collections import deque
@@ -84,6 +91,87 @@ def throughput(caller, agents: list[str], n: int) -> dict:
     return {**summarize(samples), "calls_per_s": round(n / elapsed)}
 
 
+def pipelined(caller, agent: str, n: int, k: int) -> dict:
+    """One caller, ``k`` calls in flight to ``agent``."""
+    in_flight: deque = deque()
+    samples = []
+    start = time.perf_counter()
+    for i in range(n):
+        if len(in_flight) >= k:
+            sent, future = in_flight.popleft()
+            future.result()
+            samples.append(time.perf_counter() - sent)
+        in_flight.append((time.perf_counter(), caller.submit(agent, {"i": i})))
+    for sent, future in in_flight:
+        future.result()
+        samples.append(time.perf_counter() - sent)
+    return {**summarize(samples), "calls_per_s": round(n / (time.perf_counter() - start))}
+
+
+CALLER_LOOP = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from otpy.wire.calls import Caller
+node, agent, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
+with Caller(node) as caller:
+    for _ in range(200):
+        caller.call(agent, {"text": "hi"})
+    print("ready", flush=True)
+    sys.stdin.readline()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        caller.call(agent, {"text": "hi"})
+        samples.append(time.perf_counter() - start)
+print(json.dumps(samples), flush=True)
+"""
+
+
+def caller_processes(node: str, agent: str, n: int, k: int) -> dict:
+    """``k`` processes, each a loop of ``Caller.call``: n calls in all to ``agent``, from the moment
+    all are ready (warmed up) to the last reply."""
+    procs = [subprocess.Popen([sys.executable, "-c", CALLER_LOOP, ROOT, node, agent, str(n // k)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(k)]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready"
+        start = time.perf_counter()
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        samples = [s for proc in procs for s in json.loads(proc.stdout.readline())]
+        elapsed = time.perf_counter() - start
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    return {**summarize(samples), "calls_per_s": round(len(samples) / elapsed)}
+
+
+def caller_threads(caller, agent: str, n: int, k: int) -> dict:
+    """``k`` threads of this process, each a loop of ``caller.call``: n calls in all to ``agent``."""
+    samples: list[float] = []
+    go = threading.Barrier(k + 1)
+
+    def loop() -> None:
+        mine = []
+        go.wait()
+        for _ in range(n // k):
+            start = time.perf_counter()
+            caller.call(agent, {"text": "hi"})
+            mine.append(time.perf_counter() - start)
+        samples.extend(mine)
+
+    threads = [threading.Thread(target=loop) for _ in range(k)]
+    for thread in threads:
+        thread.start()
+    go.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return {**summarize(samples), "calls_per_s": round(len(samples) / (time.perf_counter() - start))}
+
+
 def otpy_series(n: int) -> dict:
     import otpy
     from otpy.wire.calls import Caller
@@ -99,6 +187,11 @@ def otpy_series(n: int) -> dict:
             for k in (1, 2, 4):
                 throughput(caller, [f"echo{j}" for j in range(k)], min(n, 2000))  # warm up
                 results[f"throughput_{k}"] = throughput(caller, [f"echo{j}" for j in range(k)], n)
+            for k in (8, 64):
+                results[f"pipelined_{k}"] = pipelined(caller, "echo0", n, k)
+            results["callers_4"] = caller_processes(node.name, "echo0", n, 4)
+            caller_threads(caller, "echo0", min(n, 2000), 4)  # warm up: each thread's own sockets
+            results["caller_threads_4"] = caller_threads(caller, "echo0", n, 4)
             return results
     finally:
         node.stop()
