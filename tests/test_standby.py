@@ -279,6 +279,29 @@ def child_of(node: otpy.Node, id: str = "a") -> otpy.ChildInfo:
     return next(c for c in node.which_children("root") if c.id == id)
 
 
+def test_a_child_ending_for_new_values_is_not_restarted_on_a_standby_with_the_old_ones(folder):
+    """The standby has not heard of the change yet (stopped here): the child's exit for new
+    values (75) makes it resolve again before it could take over; it leaves, and the restart
+    goes the ordinary way, once, with the new values."""
+    path = folder / "topology.toml"
+    path.write_text(VARIABLES_TOML.format(name=unique_name("standby-75"), program="Counted", log=folder / "log"))
+    with otpy.Node.from_toml(path, on_output=lambda *_: None) as node:
+        spare = wait_until(lambda: len(p := standbys(node)) == 1 and child_of(node).standby == 1 and p[0],
+                           20, "a standby")
+        events = Events(node)
+        os.kill(spare, signal.SIGSTOP)
+        try:  # straight to the registry: no write of the node's waits for anyone
+            assert node.call("registry", {"op": "set", "scope": "a", "name": "knob", "value": 7})["ok"]
+            assert "75" in events.wait("exited", "a", timeout=20)["detail"]
+        finally:
+            os.kill(spare, signal.SIGCONT)
+        started = events.wait("started", "a", timeout=20)
+        assert started["pid"] != spare
+        assert node.call("a")["config"] == {"knob": 7}
+        assert wait_dead([spare], 10) == []
+        assert [e["kind"] for e in events.drain() if e["child"] == "a"] == ["exited", "restarting", "started"]
+
+
 def test_status_text_shows_the_standbys():
     entry = {"id": "a", "kind": "worker", "state": "running", "pid": 1, "restarts": 0, "standby": 1,
              "standby_mib": 2.94, "status_line": ""}

@@ -80,6 +80,8 @@ class Standby:
         elif word == "STALE" and self.answer is not None and not self.answer.done():
             self.answer.set_result(rest)
         elif word == "SYNCED" and self.syncs:
+            if rest == "restarting":  # new values and no on_config: it leaves (RETIRE follows)
+                self.left = self.left or f"{CHANGED}its configuration"
             if not (waiting := self.syncs.popleft()).done():
                 waiting.set_result(rest)
         elif word == "RETIRE":
@@ -120,6 +122,18 @@ class StandbyPool:
             return None
         standbys.remove(standby)
         standby.state = "promoting"
+        if standby.syncs:  # it is resolving new values (a write, or the child's exit for them): wait
+            try:
+                await asyncio.wait({standby.syncs[-1], asyncio.shield(standby.child.exited)},
+                                   timeout=SYNC_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                standby.state = "ready"
+                self.retire(standby)
+                raise
+            if standby.left or standby.syncs or standby.child.exited.done():
+                standby.state = "ready"
+                self.retire(standby)
+                return None
         if standby.sources is not None:
             return self._take(standby)
         child = standby.child
