@@ -19,9 +19,10 @@ from .codec import MAX_CALL_BYTES, WireError, call_id_of, decode, encode
 def encode_call(call_id: int, inputs: Mapping[str, Any]) -> bytes:
     """The wire form of a call; ``Unencodable`` names the input that cannot be sent."""
     try:
-        if not all(isinstance(name, str) for name in inputs):
-            raise WireError("input names must be str")
-        data = encode(ENCODER, Call(call_id=call_id, inputs=dict(inputs)))
+        for name in inputs:
+            if type(name) is not str and not isinstance(name, str):
+                raise WireError("input names must be str")
+        data = encode(ENCODER, Call(call_id=call_id, inputs=inputs if type(inputs) is dict else dict(inputs)))
     except WireError as exc:
         raise Unencodable(f"input {first_unencodable(inputs)!r} cannot be sent: {exc}") from None
     if len(data) > MAX_CALL_BYTES:  # the agent's socket would drop it and disconnect us
