@@ -65,10 +65,12 @@ class NodeLogs:
         self._ended: set[str] = set()  # children whose last event was an end: their files close at the flush
         self._flush_soon = False
         self._folder_lock: int | None = None  # lock_log_folder's: held while the node runs
+        self._pid = os.getpid()  # the node's, from open (its supervisors' events carry it)
 
     def open(self, topology_path: str | None, listeners: list[Callable[[NodeEvent], None]]) -> None:
         """Make the folders, write ``node.log``'s start separator, and hear the node: its events
         (``listeners``) and the ``otpy`` logger. Called once the node holds its lock."""
+        self._pid = os.getpid()
         try:
             folder = make_private_dir(log_dir(self.name, self.settings))
             self._folder_lock = lock_log_folder(folder, self.name)  # before any file: not another node's
@@ -84,7 +86,7 @@ class NodeLogs:
         self.node_handler.addFilter(NodeRecords(self.name))
         where = f", topology {topology_path}" if topology_path else ""
         self._write(self.node_handler, logging.makeLogRecord({
-            "levelname": "INFO", "msg": f"======== node {self.name!r} starts: pid {os.getpid()}{where} ========"}))
+            "levelname": "INFO", "msg": f"======== node {self.name!r} starts: pid {self._pid}{where} ========"}))
         log.addHandler(self.node_handler)
         listeners.append(self.on_event)
 
@@ -123,7 +125,7 @@ class NodeLogs:
         visible where its output is. An exited child's file is closed until its next line, at
         the flush after the events handled now: a restart's ``restarting`` right after its
         ``exited`` writes to the file still open (no close and open again a restart)."""
-        if event.kind not in CHILD_EVENTS or not event.child or self.folder is None or event.pid == os.getpid():
+        if event.kind not in CHILD_EVENTS or not event.child or self.folder is None or event.pid == self._pid:
             return  # a supervisor (it runs in the node: its pid is the node's) has no output of its own
         _, text = self.describe(event)
         handler = self._child_handler(event.child)
