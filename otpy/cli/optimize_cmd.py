@@ -93,7 +93,7 @@ def conventions(table):
     """The ``[optimizer]`` table, adapted by ``otpy.dspy`` when its dataset holds DSPy examples
     (``dspy.Example``s, a metric ``metric(example, prediction, trace=None)``); else as it is, and
     dspy is not imported."""
-    from ..optimize.optimizer import dspy_shaped
+    from ..optimize.evaluation import dspy_shaped
 
     if not (dspy_shaped(table.trainset) or dspy_shaped(table.valset or [])):
         return table

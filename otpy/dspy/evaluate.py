@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import dspy
 
-from ..optimize.optimizer import Evaluation, Example, dspy_shaped
-from ..optimize.optimizer import evaluate as evaluate_examples
+from ..optimize.evaluation import Evaluation, Example, dspy_shaped
+from ..optimize.evaluation import evaluate as evaluate_examples
 
 __all__ = ["Evaluate", "EvaluationResult", "adapt", "adapt_table", "caller_program", "examples", "metric",
            "prediction"]
