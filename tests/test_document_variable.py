@@ -357,3 +357,14 @@ def test_a_dotted_first_argument_with_one_assignment_reads_as_the_registry_decla
         (scope, values)) or Outcome("ok"))
     assert CliRunner().invoke(vars_group, ["set", "a.b", "x=1"]).exit_code == 0
     assert got == [sent]
+
+
+def test_a_python_client_request_over_the_node_limit_is_refused_before_it_is_sent(node):
+    """A frame over 1 MiB is dropped by the node's socket: the client used to wait its whole
+    timeout for a reply that could not come; now ControlError (bad_request) at once, nothing sent."""
+    too_big = {"demos": ["x" * 1000] * 1100}  # ~1.1 MB
+    with otpy.connect(node.name, timeout=60) as client:  # before: TimeoutError after 60 s
+        with pytest.raises(otpy.ControlError, match="the node takes at most 1,048,576") as refused:
+            client.set_variables("global", {"program_state": too_big})
+        assert refused.value.kind == "bad_request"
+        assert json.loads(run(node.name, "get", "global.program_state").output) != too_big

@@ -38,14 +38,14 @@ import zmq.asyncio
 from ..wire.connections import ConnectionCap, connection_cap, prepare
 from .control_lanes import Lane, Supervisors, lane_of, parse_request, receive_bounded
 from .errors import NodeStartError
-from ..wire.protocol import ENCODER, FromNode, Message, NodeEvent, Refused, StopNode, Stopping, ToNode
+from ..wire.protocol import ENCODER, MAX_REQUEST_BYTES, FromNode, Message, NodeEvent, Refused, StopNode, Stopping, ToNode
 from ..host.runtime_dir import control_endpoint, events_endpoint, node_dir
 from ..specs.model import NodeSpec
 from ..wire.codec import Complaints, Frames, WireError, describe, encode, return_big_buffers, trim_memory
 
 log = logging.getLogger("otpy")
 
-MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: a bigger frame is dropped and its sender disconnected; a bigger
+MAX_MESSAGE_BYTES = MAX_REQUEST_BYTES  # 1 MiB: a bigger frame is dropped and its sender disconnected; a bigger
 # message of several frames gets bad_request
 MAX_WAITING = 1024  # requests received and not answered yet; beyond, the node reads no more for now
 MAX_WAITING_BYTES = 8 << 20  # nor beyond this many bytes of them (as received; decoded, each holds at

@@ -33,7 +33,7 @@ import zmq
 import zmq.asyncio
 
 from .operations import ControlError, Operations, expect  # ControlError: raised by the operations
-from .protocol import ENCODER, FROM_NODE, FromNode, GetStatus, Outcome, Status, StopNode, Stopping, ToNode
+from .protocol import ENCODER, FROM_NODE, MAX_REQUEST_BYTES, FromNode, GetStatus, Outcome, Status, StopNode, Stopping, ToNode
 from ..host.node_run import lock_holder, sweep_dead_run
 from ..host.runtime_dir import control_endpoint, existing_node_dir, node_sockets, running_nodes
 from ..specs.model import name_problem
@@ -177,8 +177,9 @@ class Client(Operations):
         # A DEALER blocks on send while it has no connection (a TCP peer that refused our CURVE
         # key, a node not there yet): the send shares the call's deadline.
         self._socket.setsockopt(zmq.SNDTIMEO, max(1, zmq_ms(limit)))
+        data = encode_request(request, request_id)
         try:
-            self._socket.send(ENCODER.encode(msgspec.structs.replace(request, request_id=request_id)))
+            self._socket.send(data)
         except zmq.Again:
             raise TimeoutError(f"node {self.name!r}: the request could not be sent within {limit} s") from None
         watch = give_up is not None or self._local
@@ -217,6 +218,16 @@ class Client(Operations):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def encode_request(request: ToNode, request_id: int) -> bytes:
+    """``request`` on the wire, or ``ControlError`` (``bad_request``) if the node would drop it: a
+    frame over ``MAX_REQUEST_BYTES`` never reaches it (the caller would wait its whole timeout)."""
+    data = ENCODER.encode(msgspec.structs.replace(request, request_id=request_id))
+    if len(data) > MAX_REQUEST_BYTES:
+        raise ControlError("bad_request", f"{type(request).__name__}: the request is {len(data):,} bytes; the node "
+                           f"takes at most {MAX_REQUEST_BYTES:,} (1 MiB): nothing was sent")
+    return data
 
 
 def zmq_ms(seconds: float) -> int:
@@ -294,8 +305,8 @@ class AsyncClient(Operations):
         request_id = next(self._ids)
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
+        data = encode_request(request, request_id)
         try:  # a send with no connection waits (see Client.request): it shares the call's deadline
-            data = ENCODER.encode(msgspec.structs.replace(request, request_id=request_id))
             await asyncio.wait_for(self._socket.send(data), limit)
         except TimeoutError:
             raise TimeoutError(f"node {self.name!r}: the request could not be sent within {limit} s") from None

@@ -19,6 +19,7 @@ import msgspec
 from ..specs.model import AnySpec
 
 ENCODER = msgspec.msgpack.Encoder()
+MAX_REQUEST_BYTES = 1 << 20  # 1 MiB: a node's control socket drops a bigger frame (``node.control``)
 
 
 def first_unencodable(values: dict[str, Any]) -> str:
