@@ -151,6 +151,18 @@ def test_a_document_variable_is_never_planned_by_the_optimizer_so_a_set_program_
     assert action.scopes == {"global": {"coder": P + "CarefulCoder"}}
 
 
+def test_a_document_is_no_knob_so_the_restart_warning_names_the_searched_knobs_only():
+    from otpy.optimize.knob_check import programs_without_on_config
+    from otpy.optimize.live_system import spaces_of
+    from tests.test_live_optimize import TOPOLOGY, TRIPLER
+
+    text = TOPOLOGY.format(name="knobdoc", doubler="tests.optimize_agents:Picky", tripler=TRIPLER).replace(
+        "[variables.pool]\n", '[variables.pool]\nstate = { type = "document", default = {} }\n')
+    topo = parse_topology(text, check_imports=True)
+    [restarted] = programs_without_on_config(topo.node.root, spaces_of(topo))
+    assert restarted.knobs == ("pool.bias",)  # not pool.state: no trial changes a document
+
+
 # --- traces and demos -----------------------------------------------------------------------------
 
 REPLY = {"code": "c2", "verdict": "approve", "trace": [

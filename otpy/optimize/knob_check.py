@@ -79,7 +79,9 @@ def _in_chain(scope: str, child: str, chain: list[str]) -> bool:
 
 
 def _varies(variable) -> bool:
-    """Whether a search can give the variable more than one value."""
+    """Whether a search can give the variable more than one value (a document: never searched)."""
+    if not getattr(variable, "searchable", True):
+        return False
     choices = getattr(variable, "choices", None) or getattr(variable, "modules", None)
     if choices is not None:
         return len(choices) > 1
