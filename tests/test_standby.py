@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import otpy
-from otpy.cli.status_view import status_text
+from otpy.cli.status_view import render_status, status_json, status_text
 from otpy.specs.values import value_problems
 from otpy.topology.load import parse_topology
 from tests.helpers import Events, unique_name, wait_dead, wait_until
@@ -111,6 +111,11 @@ def test_a_standby_takes_over_at_a_restart_and_a_new_one_is_made(folder):
         spare = one_standby(node)
         shown = info(node)
         assert shown.standby == 1 and shown.standby_mib > 0
+        report = status_json(node.status())  # otpy status --json, and its table
+        [entry] = [e for e in report["tree"]["children"] if e["id"] == "a"]
+        assert entry["standby"] == 1 and entry["standby_mib"] > 0
+        assert "standby 1 (" in render_status(report)
+        assert "standby" not in report["tree"]  # the root has none: its document is as it was
         new = kill_and_wait(node, events)
         assert new == spare  # the standby is the child now
         assert node.call("a")["pid"] == spare

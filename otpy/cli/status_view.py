@@ -22,8 +22,12 @@ def status_json(status: Status) -> dict:
 
 
 def entry_json(entry: TreeEntry) -> dict:
-    """One entry as plain data (``bound`` a table, or None); a worker has no "children" key."""
+    """One entry as plain data (``bound`` a table, or None); a worker has no "children" key; a
+    child with hot standbys ready has ``standby`` and ``standby_mib`` (others have neither)."""
     shown = msgspec.to_builtins(msgspec.structs.replace(entry, children=None))
+    if not shown.get("standby"):  # only a child with hot standbys ready shows them (as rss_bytes: running)
+        shown.pop("standby", None)
+        shown.pop("standby_mib", None)
     if entry.children is None:
         del shown["children"]
     else:

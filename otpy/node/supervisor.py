@@ -483,18 +483,11 @@ class Supervisor:
                 children=None if info.kind == "worker" else [],
                 program=info.program, bound=info.bound, override=info.override,
                 status_line=info.status_line, restart_in=info.restart_in, restart=info.restart,
-                **_standby_fields(info)))
+                standby=info.standby, standby_mib=info.standby_mib))
         running = not self.exited.done()
         return TreeEntry(id=self.spec.id, kind=self.spec.kind, state="running" if running else "stopped",
                          pid=self.pid, restarts=restarts, uptime=_uptime(now, self.started_at) if running else None,
                          children=children, restart=self.spec.restart)
-
-
-def _standby_fields(info: ChildInfo) -> dict:
-    """A child's hot standbys for its status entry (when the wire's TreeEntry carries them)."""
-    if not info.standby or "standby" not in TreeEntry.__struct_fields__:
-        return {}
-    return {"standby": info.standby, "standby_mib": info.standby_mib}
 
 
 def _uptime(now: float, started: float | None) -> float | None:
