@@ -46,6 +46,21 @@ def topology(name: str):
     return parse_topology(topology_text(name), source=PATH, base_dir=ROOT)
 
 
+def test_the_core_and_otpy_optimize_of_a_plain_dataset_never_import_dspy(tmp_path):
+    from tests.test_live_optimize import text
+
+    path = tmp_path / "plain.toml"
+    path.write_text(text("plain"))
+    code = ("import sys, otpy.optimize.optimizer, otpy.optimize.live_system, otpy.optimize.orchestrator\n"
+            "import otpy.cli.optimize_cmd as cmd\n"
+            "from otpy.optimize.live_system import OptimizerTable\n"
+            "from otpy.topology.load import load_topology\n"
+            f"table = cmd.conventions(OptimizerTable(load_topology({str(path)!r})))\n"
+            "assert table.trainset and 'dspy' not in sys.modules, 'dspy imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 # --- the example's data and script (pure) -------------------------------------------------------
 
 
