@@ -166,6 +166,21 @@ def test_a_document_variable_is_never_planned_by_the_optimizer_so_a_set_program_
     assert action.scopes == {"global": {"coder": P + "CarefulCoder"}}
 
 
+def test_a_compile_result_proposes_the_searched_values_only_while_each_apply_gets_the_documents_default():
+    from otpy.variables.types import DocumentVariable
+
+    space = otpy.VariableSpace("global")
+    space.add(otpy.FloatVariable(name="x", low=0.0, high=1.0, default=0.1))
+    space.add(DocumentVariable(name="state", default={"demos": []}))
+    applied = []
+    result = Optimizer({"global": space}, seed=1, progress=False).compile(
+        lambda n: {"y": n * applied[-1]["global"]["x"]}, [otpy.Example(inputs={"n": 1}, label=0.5)],
+        lambda ex, pred: -abs(pred["y"] - ex.label), valset=[otpy.Example(inputs={"n": 2}, label=1.0)],
+        trials=3, apply=applied.append)
+    assert set(result.config["global"]) == {"x"} and result.val_score is not None
+    assert all(config["global"]["state"] == {"demos": []} for config in applied) and len(applied) == 4
+
+
 def test_a_document_is_no_knob_so_the_restart_warning_names_the_searched_knobs_only():
     from otpy.optimize.knob_check import programs_without_on_config
     from otpy.optimize.live_system import spaces_of

@@ -179,10 +179,11 @@ class Optimizer:
                 raise OptimizeError(f"every trial failed; the first one's reason:\n{reasons[0]}")
             raise VariableError(["every trial was infeasible: the spaces' constraints cannot be met"])
         best = study.best_trial
-        config = searched_only(self.spaces, self.validate(best.params))
+        applied = self.validate(best.params)  # what a trial applies: the documents' defaults included
+        config = searched_only(self.spaces, applied)  # what the result proposes: the searched values
         val_score, val_error = None, None
         if valset is not None:
-            val_score, val_error = self._validate_best([_as_example(e) for e in valset], score, apply, config, seen)
+            val_score, val_error = self._validate_best([_as_example(e) for e in valset], score, apply, applied, seen)
         finished = _finished(study)
         return CompileResult(
             config=config, train_score=best.value, val_score=val_score,
