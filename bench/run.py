@@ -143,6 +143,7 @@ def print_scale(s: dict) -> None:
     print(f"node RSS {s['node_rss_mib']} MiB; child USS p50 {u['p50_mib']} MiB max {u['max_mib']} MiB "
           f"(n={u['n']}); child RSS p50 {r['p50_mib']} MiB")
     print("curve (N: seconds to all ready):", s["curve_s"])
+    scale.print_floors(s)
 
 
 def chart(report: dict, raw: dict, path: str) -> None:
