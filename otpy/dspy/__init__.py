@@ -3,7 +3,12 @@ a program child, its LM settings and its saved state (instructions, demonstratio
 variables. ``import otpy`` never imports this package, nor dspy; see docs/dspy.md.
 
 ``ModuleAgent`` (``otpy.dspy.agent``): the program that serves a module made by a factory, its
-LM from the ``lm_*`` variables, its saved program from ``program_state``."""
+LM from the ``lm_*`` variables, its saved program from ``program_state``.
+
+``otpy.dspy.evaluate``: DSPy's conventions for the optimizer (``dspy.Example`` datasets, metrics
+``metric(example, prediction, trace=None)``, ``Evaluate`` on several threads); ``otpy.dspy.traces``:
+a manager's trace as DSPy-style traces ``(stage, inputs, dspy.Prediction)``, demos, and a
+``program_state`` made of them."""
 
 try:
     import dspy  # noqa: F401
