@@ -35,6 +35,7 @@ from ..wire.protocol import DRAIN_NOTICE, ENCODER, Call, CallFailed, ConfigSync,
 
 QUIET_MS = 10  # a shutting-down agent exits once its socket was quiet this long
 MAX_PEERS = 4096  # callers remembered for the drain notice
+SIGNAL_CHECK_MS = 1  # while a call runs, how often the guard looks for a SIGTERM's handler to have run
 CONFIG_DRAIN_S = 0.05  # ending for new values: at most this long answering ``draining`` once idle
 
 
@@ -124,7 +125,8 @@ class CallServer:
         if self.rebind is not None:  # a flood of connections must not abort the agent (EMFILE)
             self.cap = AgentConnectionCap(self.router, connection_cap(1), self.rebind, self.complain)
             poller.register(self.cap.monitor, zmq.POLLIN)
-        self.add_thread()
+        if self.guard is not None:
+            self.guard.start()  # (``add_thread`` started it already when run by the worker)
         while not self.shutdown.requested:
             self._handle(poller.poll(0 if self.backlog else None))
             if self.backlog:
@@ -293,13 +295,21 @@ class CallServer:
             poller.register(what, zmq.POLLIN)
         if self.cap is not None:
             poller.register(self.cap.monitor, zmq.POLLIN)
+        signalled = False  # a signal woke us, its Python handler has not run yet
         while True:
             try:
-                ready = poller.poll()
+                ready = poller.poll(SIGNAL_CHECK_MS if signalled else None)
                 if any(what == give_back for what, _ in ready):
                     os.eventfd_read(give_back)
                     return
                 self._handle(ready)
+                # Python runs a signal's handler on the main thread, which runs the call: the
+                # wakeup fd may be read here before the handler set ``requested``.
+                if self.shutdown.requested:
+                    self._start_draining()
+                    signalled = False
+                elif any(what == self.shutdown.fd for what, _ in ready):
+                    signalled = True
             except Exception as exc:  # a bug here must not end the guard: the loop's thread waits for it
                 self.complain(f"otpy: the call guard carried on after {describe(exc)}")
                 if isinstance(exc, zmq.ZMQError):
