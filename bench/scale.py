@@ -46,15 +46,22 @@ def _node(tag: str, n: int) -> otpy.AsyncNode:
                           on_output=lambda *_: None)
 
 
-async def _start_all(node: otpy.AsyncNode, n: int) -> tuple[float, list[float]]:
+async def _start_all(node: otpy.AsyncNode, n: int, at_tenth=None) -> tuple[float, list[float]]:
+    """Start N children one after another; ``at_tenth()`` (if given) runs before each tenth
+    of them and after the last."""
     latencies = []
+    step = max(1, n // 10)
     t0 = time.perf_counter()
     for i in range(n):
+        if at_tenth is not None and i % step == 0:
+            at_tenth()
         t = time.perf_counter()
         result = await node.start_child("pool", otpy.ChildSpec(id=f"w{i}", program="bench.agents:Idle"))
         latencies.append(time.perf_counter() - t)
         if result.outcome != "ok":
             raise RuntimeError(f"child w{i} did not start: {result}")
+    if at_tenth is not None:
+        at_tenth()
     return time.perf_counter() - t0, latencies
 
 
@@ -73,6 +80,26 @@ def _cpu_ns(pid: int) -> int:
         except OSError:
             pass
     return total
+
+
+def _minflt(pid: int) -> int:
+    """Minor page faults of ``pid`` (all its threads) so far: after a fork, nearly all are
+    copy-on-write faults and first touches, what a start costs the kernel."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[7])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _per_start(values: list[int], n: int, scale: float = 1.0) -> list[float]:
+    """Differences between successive snapshots, per start of each tenth (``n`` starts in all)."""
+    step = max(1, n // 10)
+    out = []
+    for i in range(len(values) - 1):
+        starts = min(step, n - i * step)
+        out.append(round((values[i + 1] - values[i]) / max(1, starts) * scale, 2))
+    return out
 
 
 def _cpu(proc: psutil.Process) -> float:
@@ -110,10 +137,27 @@ async def scale_run(n: int, idle: float) -> dict:
     try:
         me = psutil.Process()
         zygote_pids = [p.pid for p in me.children() if p.environ().get("OTPY_NODE") == node.name]
-        cpu0 = (_cpu_ns(me.pid), sum(_cpu_ns(z) for z in zygote_pids))
-        total, latencies = await _start_all(node, n)
-        pids = [c.pid for c in await node.which_children("pool") if c.pid]
-        cpu1 = (_cpu_ns(me.pid), sum(_cpu_ns(z) for z in zygote_pids), sum(_cpu_ns(p) for p in pids))
+        snapshots = []  # (node CPU ns, zygote CPU ns, node faults, zygote faults) before each tenth
+
+        def snapshot() -> None:
+            snapshots.append((_cpu_ns(me.pid), sum(_cpu_ns(z) for z in zygote_pids),
+                              _minflt(me.pid), sum(_minflt(z) for z in zygote_pids)))
+
+        total, latencies = await _start_all(node, n, snapshot)
+        infos = sorted((c for c in await node.which_children("pool") if c.pid), key=lambda c: int(c.id[1:]))
+        pids = [c.pid for c in infos]
+        cpu0, cpu1 = snapshots[0], (*snapshots[-1][:2], sum(_cpu_ns(p) for p in pids))
+        child_cpu, child_faults = [_cpu_ns(p) for p in pids], [_minflt(p) for p in pids]
+        step = max(1, n // 10)
+        tenths = {
+            "node": _per_start([s[0] for s in snapshots], n, 1e-6),
+            "zygote": _per_start([s[1] for s in snapshots], n, 1e-6),
+            "child": [round(sum(child_cpu[i:i + step]) / len(child_cpu[i:i + step]) / 1e6, 2)
+                      for i in range(0, len(child_cpu), step)],
+        }
+        faults = {"node": round((snapshots[-1][2] - snapshots[0][2]) / n),
+                  "zygote": round((snapshots[-1][3] - snapshots[0][3]) / n),
+                  "child": round(sum(child_faults) / max(1, len(child_faults)))}
         children = [psutil.Process(p) for p in pids]
         zygote = [p for p in me.children() if p.pid not in pids]
         await asyncio.sleep(0.5)  # let the last starts settle before the idle window
@@ -137,6 +181,10 @@ async def scale_run(n: int, idle: float) -> dict:
         "cpu_ms_per_start": {"node": round((cpu1[0] - cpu0[0]) / n / 1e6, 2),
                              "zygote": round((cpu1[1] - cpu0[1]) / n / 1e6, 2),
                              "child": round(cpu1[2] / n / 1e6, 2)},
+        # the same by tenth of the starts (a rise with flat faults is a dearer fault: on a VM,
+        # memory the host backs on first touch), and minor page faults per start
+        "cpu_ms_per_start_by_tenth": tenths,
+        "faults_per_start": faults,
         "idle": {"seconds": round(wall, 2),
                  "node_cpu_pct_of_core": round(100 * (after[0] - before[0]) / wall, 3),
                  "zygote_cpu_pct_of_core": round(100 * (after[1] - before[1]) / wall, 3),
@@ -164,7 +212,12 @@ def floor_series(kind: str, n: int) -> dict:
 
 
 def print_floors(s: dict) -> None:
-    """The floor series of a scale result, beside the main one."""
+    """The floor series of a scale result, beside the main one (and the main one's CPU by
+    tenth and faults per start, which say where its time goes)."""
+    if "cpu_ms_per_start_by_tenth" in s:
+        for who, row in s["cpu_ms_per_start_by_tenth"].items():
+            print(f"CPU per start by tenth, {who} (ms): {row}")
+        print("minor page faults per start:", s["faults_per_start"])
     for kind in FLOORS:
         f = s.get(f"floor_{kind}")
         if f:
