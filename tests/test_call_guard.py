@@ -144,3 +144,40 @@ def test_while_a_long_call_runs_a_full_agent_answers_overloaded(tmp_path):
     finally:
         release.touch()
         node.stop()
+
+
+def test_with_concurrency_one_on_config_runs_on_the_loops_thread_in_turn_with_the_calls():
+    """``new_config`` queues ``on_config`` behind the calls taken; the loop's thread runs it (so
+    never while a call runs) and then ``done``."""
+    import zmq
+
+    from otpy.agent.call_server import CallServer
+    from otpy.agent.shutdown import Shutdown
+    from tests.helpers import unique_name
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.threads: list[str] = []
+
+        def forward(self, **inputs):
+            return inputs
+
+        def on_config(self, config):
+            self.threads.append(threading.current_thread().name)
+
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.bind(f"inproc://{unique_name('server')}")
+    program, shutdown, done = Recorder(), Shutdown(), threading.Event()
+    server = CallServer(program, context, router, shutdown, concurrency=1, max_queue=1)
+    loop = threading.Thread(target=server.serve, name="the-loop")
+    try:
+        loop.start()
+        server.new_config({"temperature": 0.3}, lambda config: done.set())
+        assert done.wait(10)
+        assert program.threads == ["the-loop"] and server.taken == 0
+    finally:
+        shutdown.request_config_restart()
+        loop.join(10)
+        router.close(linger=0)
+        context.term()

@@ -122,6 +122,8 @@ def format_bounded(exc: BaseException) -> str:
 def as_outputs(result: Any) -> dict[str, Any]:
     """A mapping, a msgspec Struct, a DSPy-like ``Prediction`` (``toDict``) or an object's
     public ``__dict__``, as a dict of outputs. Raises TypeError for anything else."""
+    if type(result) is dict:
+        return result  # the usual case: encoded at once, so not copied
     match result:
         case None:
             return {}
