@@ -189,6 +189,28 @@ def test_an_edited_program_is_not_served_by_its_standby(folder):
         one_standby(node, not_pid=spare)
 
 
+def test_a_standby_that_lists_no_sources_is_asked_and_checks_its_code_itself(folder):
+    """So many source files that the STANDBY line cannot list them: the node asks (GO), the
+    standby checks its code, renames its socket and says READY; after an edit it refuses."""
+    package = folder / "many"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    names = [f"module_with_a_long_name_so_that_the_list_is_long_{i:04d}" for i in range(600)]
+    for name in names:
+        (package / f"{name}.py").write_text("X = 1\n")
+    write(folder / "standby_program.py", PROGRAM.replace("VERSION", "v1").replace(
+        "import os, stat", "import os, stat\n" + "\n".join(f"import many.{n}" for n in names)))
+    with start(folder) as node:
+        events = Events(node)
+        spare = one_standby(node)
+        assert node.aio.processes.standbys._by_id["a"][0].sources is None  # no list: GO
+        assert kill_and_wait(node, events) == spare and ask(node)["pid"] == spare
+        spare = one_standby(node, not_pid=spare)
+        write(package / f"{names[0]}.py", "X = 2\n")
+        new = kill_and_wait(node, events)
+        assert new != spare and wait_dead([spare], 10) == []  # it refused: STALE
+
+
 def test_a_standby_without_setup_success_leaves_one_warning_and_the_child_restarts(folder, caplog):
     caplog.set_level(logging.WARNING, logger="otpy")
 
