@@ -15,17 +15,15 @@ CURVE keys) are dropped by ZeroMQ after ``HANDSHAKE_IVL_MS``, which frees their 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import resource
+import struct
 import threading
 import time
 from typing import Callable
 
 import zmq
-import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
 
 log = logging.getLogger("otpy")
 
@@ -91,11 +89,20 @@ class Tally:
         return self.pause
 
 
+def _event_of(frames: list[bytes]) -> int:
+    """The event id of one monitor message (16 bit id, 32 bit value, then the endpoint). Not
+    pyzmq's ``parse_monitor_message``: its module imports ``zmq.asyncio`` (asyncio, ssl...),
+    which the zygote would then carry into every fork, and an agent import on its first event."""
+    if len(frames) != 2 or len(frames[0]) != 6:
+        raise RuntimeError(f"invalid monitor event message: {frames!r}")
+    return struct.unpack("=hi", frames[0])[0]
+
+
 def _events(monitor: zmq.Socket) -> list[int]:
     """Every event waiting on a monitor socket (a sync one), without waiting."""
     events = []
     while monitor.poll(0):
-        events.append(parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))["event"])
+        events.append(_event_of(monitor.recv_multipart(zmq.NOBLOCK)))
     return events
 
 
@@ -118,9 +125,11 @@ class ConnectionCap:
 
     async def run(self) -> None:
         """Count until cancelled; a bad event or a failed (un)bind is logged, never the end."""
+        import asyncio  # the node's (this module is imported by the zygote too, which has no loop)
+
         while True:
             try:
-                self.tally.on(parse_monitor_message(await self.monitor.recv_multipart())["event"])
+                self.tally.on(_event_of(await self.monitor.recv_multipart()))
                 for event in _events(self.pending):  # the I/O thread accepts faster than one per wake-up
                     self.tally.on(event)
                 if self.rebinding is None and self.tally.over():
@@ -140,6 +149,8 @@ class ConnectionCap:
         monitor), wait until its I/O thread has freed their descriptors, bind again, count from
         zero. Resets that follow each other closely wait longer each time (up to ``MAX_PAUSE_S``):
         a flood that refills the cap at once gets a listener that is mostly away."""
+        import asyncio
+
         try:
             log.warning("otpy[%s]: %d connections to %s, its most: all of them are closed",
                         self.name, self.tally.count, self.endpoint)
