@@ -260,6 +260,8 @@ def run(scenario: str, *, n: int | None = None, scale_n: int | None = None, sour
         print("ratios:", report["call"]["ratios"])
         print("throughput, 64 calls in flight (calls/s):", {k.split("_")[-1] + " agents": v["calls_per_s"]
               for k, v in report["call"].items() if k.startswith("throughput_")})
+        print("calls/s by callers and pipelining:", {k: v["calls_per_s"] for k, v in report["call"].items()
+              if k.startswith(("pipelined_", "callers_", "caller_processes_"))})
     if args.scenario in ("scale", "all"):
         n = args.n if args.scenario == "scale" else args.scale_n
         report["scale"] = run_scale(n or 1000, args.idle, args.prefault)

@@ -58,7 +58,7 @@ def test_a_new_config_is_its_own_item_for_the_call_threads():
     router.bind(f"inproc://{unique_name('server')}")
     program = Recorder()
     try:
-        server = CallServer(program, context, router, Shutdown(), concurrency=1, max_queue=1)
+        server = CallServer(program, context, router, Shutdown(), concurrency=2, max_queue=1)  # the call threads' path
         server.new_config({"temperature": 0.3})
         assert program.got.wait(5.0)
         assert program.configs == [{"temperature": 0.3}]
