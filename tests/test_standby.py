@@ -336,6 +336,47 @@ def test_a_child_ending_for_new_values_is_not_restarted_on_a_standby_with_the_ol
         assert [e["kind"] for e in events.drain() if e["child"] == "a"] == ["exited", "restarting", "started"]
 
 
+WAITER = textwrap.dedent("""
+    import os, sys, threading, types
+    from pathlib import Path
+    from otpy.agent.shutdown import Shutdown
+    from otpy.agent.standby_wait import StandbyWait
+
+    os.dup2(int(sys.argv[1]), 3)
+    warm = types.SimpleNamespace(path=Path("/nonexistent/.spare.sock"), forget=lambda: None)
+    server = types.SimpleNamespace(context=None)
+    program = types.SimpleNamespace(teardown=lambda: print("teardown", flush=True))
+    wait = StandbyWait(program, server, warm, Shutdown(), node="n", child_id="a", stale=lambda: "")
+    wait.retire_soon("changed: its configuration")
+    wait.until_promoted()
+""")
+
+
+def test_a_standby_that_asks_to_retire_waits_for_the_node_to_retire_it():
+    """RETIRE is a request: the standby still answers (here a SYNC) until the node's EOF, so a
+    TAKEN the node sent before it read the RETIRE is never met by a quiet exit."""
+    import socket
+    import subprocess
+    import sys
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = subprocess.Popen([sys.executable, "-c", WAITER, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                            stdout=subprocess.PIPE, text=True)
+    theirs.close()
+    try:
+        lines = ours.makefile("rwb", buffering=0)
+        assert lines.readline() == b"STANDBY\n"
+        assert lines.readline() == b"RETIRE changed: its configuration\n"
+        lines.write(b"SYNC\n")
+        assert lines.readline() == b"SYNCED unchanged\n"  # still there, waiting for its retirement
+        ours.shutdown(socket.SHUT_WR)  # EOF: retired
+        assert proc.wait(10) == 0 and proc.stdout.read() == "teardown\n"
+    finally:
+        proc.kill()
+        proc.wait()
+        ours.close()
+
+
 def test_status_text_shows_the_standbys():
     entry = {"id": "a", "kind": "worker", "state": "running", "pid": 1, "restarts": 0, "standby": 1,
              "standby_mib": 2.94, "status_line": ""}

@@ -19,9 +19,11 @@ at a time:
            the stored values (``ConfigWatcher.sync``).
 EOF        retired (the child stopped for good, its spec changed): teardown, exit 0.
 
-It also leaves by itself, saying ``RETIRE <why>``, when its configuration changes and the
-program has no ``on_config``, or ``on_config`` raised: a standby never serves values other than
-the registry's. SIGTERM ends it quietly too. While it waits, ``on_config`` runs on the watcher's
+It also asks to leave, saying ``RETIRE <why>``, when its configuration changes and the program
+has no ``on_config``, or ``on_config`` raised: a standby never serves values other than the
+registry's. The node then retires it (EOF); a ``TAKEN`` the node sent before it read the
+``RETIRE`` makes it the child all the same, which then ends as a running child would (a restart
+for new values), so the node's word on the name is never contradicted by a quiet exit. SIGTERM ends it quietly too. While it waits, ``on_config`` runs on the watcher's
 thread (there is no call yet to take turns with); once promoted, in turn with the calls.
 """
 
@@ -108,7 +110,7 @@ class StandbyWait:
             self.retire_soon(f"{CHANGED}its configuration (the program has no on_config)")
 
     def retire_soon(self, why: str) -> None:
-        """From the watcher's thread: the main thread says RETIRE and ends."""
+        """From the watcher's thread: the main thread says RETIRE; the node retires it (EOF)."""
         if not self._why_retire:
             self._why_retire = why
             os.write(self._wake_w, b"x")
@@ -136,9 +138,9 @@ class StandbyWait:
                     if line == b"SYNC":
                         state = self.watcher.sync() if self.watcher is not None else "unchanged"
                         notify(f"SYNCED {state}")
-            if self._wake_r in ready:
+            if self._wake_r in ready:  # it asks to go; the node's EOF ends it (or a TAKEN sent meanwhile
+                os.read(self._wake_r, 64)  # makes it the child, whose end is then a running child's)
                 notify(f"RETIRE {self._why_retire}")
-                self._end()
             if self.shutdown.fd in ready:
                 self.shutdown.drain()
                 if self.shutdown.requested:

@@ -30,7 +30,7 @@ import collections
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 from ..agent.call_socket import spare_socket_path
 from ..agent.notify import EXIT_CONFIG_CHANGED
@@ -61,6 +61,7 @@ class Standby:
         # Its program's source files as the zygote saw them at its fork (path, mtime_ns, size),
         # from its STANDBY line: the node checks them itself at the take-over (None: it asks).
         self.sources: list[tuple[str, int, int]] | None = None
+        self.on_retire: Callable[[Standby], None] | None = None  # the pool's, for its RETIRE
         child.on_control = self._hear
 
     @property
@@ -84,8 +85,10 @@ class Standby:
                 self.left = self.left or f"{CHANGED}its configuration"
             if not (waiting := self.syncs.popleft()).done():
                 waiting.set_result(rest)
-        elif word == "RETIRE":
+        elif word == "RETIRE":  # it asks to go: the pool retires it (``StandbyPool._on_retire``)
             self.left = rest or "it retired"
+            if self.on_retire is not None:
+                asyncio.get_running_loop().call_soon(self.on_retire, self)
 
 
 class StandbyPool:
@@ -224,6 +227,7 @@ class StandbyPool:
             except Exception as exc:  # StartFailed: no fds, the zygote keeps dying, the manager closed
                 return self._failure(spec.id, str(exc))
             standby = Standby(child, spec, env)
+            standby.on_retire = self._on_retire
             self._by_id.setdefault(spec.id, []).append(standby)
             child.exited.add_done_callback(lambda _, s=standby: self._gone(s))
             try:
@@ -254,6 +258,17 @@ class StandbyPool:
             log.warning("otpy[%s]: a hot standby of %r failed: %s; it is made again at the child's next start",
                         self._manager.node_name, child_id, why)
 
+    def _on_retire(self, standby: Standby) -> None:
+        """A standby asked to go: retired now; made again at once if its configuration changed,
+        else (``on_config`` raised, the registry could not be followed) one warning."""
+        if standby.state not in ("starting", "ready"):
+            return  # promoting: the take-over deals with it; retired already
+        self.retire(standby)
+        if standby.left.startswith(CHANGED):
+            self._refill_soon(standby.spec.id)
+        elif not self._manager._closing:
+            self._failure(standby.spec.id, standby.left)
+
     def _gone(self, standby: Standby) -> None:
         """A standby's process ended: out of the pool. One that retired by itself because its
         configuration changed is made again now; one that died waiting is a warning."""
@@ -266,10 +281,8 @@ class StandbyPool:
             return  # starting: ``_make`` says it; promoting: it is the child now; retired: asked for
         standby.state = "retired"
         reason = standby.child.exited.result()
-        if standby.left.startswith(CHANGED):
-            self._refill_soon(standby.spec.id)
-        elif reason.kind != "lost":
-            self._failure(standby.spec.id, standby.left or f"it died while it waited: {reason}")
+        if reason.kind != "lost":
+            self._failure(standby.spec.id, f"it died while it waited: {reason}")
 
     # --- stops ---------------------------------------------------------------------------------
 
