@@ -165,6 +165,11 @@ class StandbyPool:
         zygote does before a fork), renames its socket into the child's path and tells it
         ``TAKEN``: READY now, without waiting for the standby to run."""
         child, node = standby.child, self._manager.node_name
+        child._notify.drain()  # a RETIRE it wrote already counts (it asks to go: it does not take over)
+        if standby.left:
+            standby.state = "ready"
+            self._on_retire(standby)
+            return None
         why = _changed(standby.sources)
         if not why:
             try:
