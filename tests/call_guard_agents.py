@@ -20,3 +20,14 @@ class Gate(otpy.Program):
             while not os.path.exists(release) and time.monotonic() < deadline:
                 time.sleep(0.01)
         return {**inputs, "pid": os.getpid()}
+
+
+class Timed(otpy.Program):
+    """Sleeps ``seconds``; answers with ``i``, when it ran and on which thread."""
+
+    def forward(self, seconds: float = 0.0, i: int = 0):
+        import threading
+
+        start = time.monotonic()
+        time.sleep(seconds)
+        return {"i": i, "start": start, "end": time.monotonic(), "thread": threading.current_thread().name}

@@ -181,3 +181,23 @@ def test_with_concurrency_one_on_config_runs_on_the_loops_thread_in_turn_with_th
         loop.join(10)
         router.close(linger=0)
         context.term()
+
+
+def test_a_deep_queue_goes_to_the_call_thread_in_order_one_call_at_a_time():
+    """Calls that wait (``HANDOFF_DEPTH`` or more) are run by the call thread: still in arrival
+    order, never two at once, whichever thread runs each."""
+    import otpy
+    from tests.helpers import unique_name
+
+    root = otpy.SupervisorSpec(id="root", children=(otpy.ChildSpec(id="timed", program="tests.call_guard_agents:Timed"),))
+    node = otpy.Node.from_spec(root, name=unique_name("guard")).start()
+    try:
+        with otpy.Caller(node.name) as caller:
+            futures = [caller.submit("timed", {"seconds": 0.05, "i": i}, timeout=20) for i in range(16)]
+            results = [future.result(30) for future in futures]
+            assert caller.call("timed", {"i": 99})["i"] == 99  # and back on the loop's thread after
+    finally:
+        node.stop()
+    assert [r["i"] for r in results] == list(range(16))
+    assert all(a["end"] <= b["start"] for a, b in zip(results, results[1:]))
+    assert "otpy-call-0" in {r["thread"] for r in results}  # the queue was handed over

@@ -7,7 +7,10 @@ the name), and once the socket is quiet the loop returns.
 With ``concurrency = 1`` (the default) the loop's thread runs each call itself, in arrival
 order: a call is read, run and answered with no thread hand-off; while one runs longer than a
 tick, the ``call_guard.RunGuard``'s thread serves the socket (takes the next calls, answers
-``overloaded`` and ``draining``). With more, ``concurrency`` call threads run them.
+``overloaded`` and ``draining``). Once ``HANDOFF_DEPTH`` calls wait, they go to one call
+thread instead, until it has answered them all: a deep queue is served faster by two threads,
+one running the calls while the other reads and answers (each in turn: the call thread runs
+only while the loop's thread runs none). With more, ``concurrency`` call threads run them.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ..wire.protocol import DRAIN_NOTICE, ENCODER, Call, CallFailed, ConfigSync,
 QUIET_MS = 10  # a shutting-down agent exits once its socket was quiet this long
 MAX_PEERS = 4096  # callers remembered for the drain notice
 SIGNAL_CHECK_MS = 1  # while a call runs, how often the guard looks for a SIGTERM's handler to have run
+HANDOFF_DEPTH = 8  # concurrency 1: calls waiting from which the call thread runs them (see the docstring)
 CONFIG_DRAIN_S = 0.05  # ending for new values: at most this long answering ``draining`` once idle
 
 
@@ -86,6 +90,7 @@ class CallServer:
         self.backlog: deque[CallJob | NewConfig] = deque()
         self.configs: queue.SimpleQueue[NewConfig] = queue.SimpleQueue()  # from other threads, for the backlog
         self.guard = RunGuard(self._serve_during_call) if self.inline else None
+        self.handed = 0  # concurrency 1: jobs handed to the call thread and not done yet
         self.threads = 0  # call threads start after READY (the first) and with jobs: READY does not wait
         self.threads_lock = threading.Lock()  # jobs come from the loop and from the config watcher
         self.rebind = rebind
@@ -104,7 +109,7 @@ class CallServer:
             self.put_job(NewConfig(config, done))
 
     def put_job(self, job: CallJob | NewConfig) -> None:
-        self.add_thread()
+        self._add_call_thread()
         self.jobs.put(job)
 
     def add_thread(self) -> None:
@@ -112,6 +117,9 @@ class CallServer:
         if self.guard is not None:
             self.guard.start()
             return
+        self._add_call_thread()
+
+    def _add_call_thread(self) -> None:
         with self.threads_lock:
             if self.threads < self.concurrency:
                 threading.Thread(target=self._run_calls, daemon=True, name=f"otpy-call-{self.threads}").start()
@@ -130,7 +138,7 @@ class CallServer:
         while not self.shutdown.requested:
             self._handle(poller.poll(0 if self.backlog else None))
             if self.backlog:
-                self._run_next()
+                self._work()
         self._finish(poller)
 
     def _handle(self, ready) -> None:
@@ -176,7 +184,7 @@ class CallServer:
                 idle_since = None
             self._handle(ready)
             if self.backlog:
-                self._run_next()
+                self._work()
 
     def _take_calls(self) -> None:
         router = self.router
@@ -244,9 +252,13 @@ class CallServer:
         os.eventfd_read(self.wake)
         while True:
             try:
-                peer, reply = self.replies.get_nowait()
+                peer, reply, handed = self.replies.get_nowait()
             except queue.Empty:
                 break
+            if self.inline:
+                self.handed -= handed
+            if reply is None:
+                continue  # the call thread ran an on_config
             self.taken -= 1
             self.router.send_multipart([peer, reply], copy=False)
         if self.inline:
@@ -266,6 +278,16 @@ class CallServer:
             self.router.close(linger=100)  # the replies just sent still leave (term waits for them)
             self.context.term()
             exit_now(EXIT_MAX_RSS)
+
+    def _work(self) -> None:
+        """Concurrency 1: run the backlog's next job on this thread, or hand the whole backlog to
+        the call thread when it is deep or the call thread still has jobs (in turn, in order)."""
+        if self.handed or len(self.backlog) >= HANDOFF_DEPTH:
+            while self.backlog:
+                self.handed += 1
+                self.put_job(self.backlog.popleft())
+        else:
+            self._run_next()
 
     def _run_next(self) -> None:
         """Run the backlog's next call (or ``on_config``) on this thread, the guard serving the
@@ -325,20 +347,22 @@ class CallServer:
         except BaseException as exc:
             reply = ENCODER.encode(CallFailed(call_id=call_id, kind="raised", error_type="CallError",
                                               message=f"the configuration sync failed in otpy: {describe(exc)}"))
-        self.replies.put((peer, reply))
+        self.replies.put((peer, reply, False))
         os.eventfd_write(self.wake, 1)
 
     def _run_calls(self) -> None:
+        """A call thread: each job's reply (or, for an ``on_config``, None) goes back to the loop."""
         while True:
             match self.jobs.get():
                 case CallJob(peer, call):
                     reply = _reply_to(self.program, call)
-                    self.replies.put((peer, reply))
-                    os.eventfd_write(self.wake, 1)
+                    self.replies.put((peer, reply, True))
                 case NewConfig(config, done):
                     _deliver_config(self.program, config)
                     if done is not None:
                         done(config)
+                    self.replies.put((None, None, True))
+            os.eventfd_write(self.wake, 1)
 
 
 def _reply_to(program: Program, call: Call) -> bytes:
