@@ -340,7 +340,7 @@ class CallServer:
 
     def _sync_config(self, peer, call_id: int) -> None:
         """A ConfigSync's answer, on a thread of its own: it may wait for ``on_config``, which
-        runs on a call thread (with ``concurrency = 1``, the only one)."""
+        runs in turn with the calls (with ``concurrency = 1``, on the loop's thread)."""
         try:
             state = self.config_sync() if self.config_sync is not None else "unchanged"
             reply = ENCODER.encode(Reply(call_id=call_id, outputs={"config": state}))
