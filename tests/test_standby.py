@@ -33,6 +33,9 @@ PROGRAM = textwrap.dedent("""
                 f.write(f"setup {os.getpid()} {config.get('knob')}\\n")
             if args.get("fail_in_standby") and standby():
                 raise RuntimeError("no standby for this one")
+            if args.get("slow_standby") and standby():
+                import time
+                time.sleep(args["slow_standby"])
             self.config = dict(config)
 
         def forward(self, **inputs):
@@ -253,6 +256,17 @@ def test_terminate_delete_and_node_stop_leave_no_standby(folder):
     finally:
         node.stop()
     assert wait_dead(two, 10) == []
+
+
+def test_a_child_stopped_while_its_standby_sets_up_leaves_nothing(folder):
+    with start(folder, args={"slow_standby": 30}) as node:
+        child = info(node).pid
+        title = f"otpy: {node.name}/a"
+        setting_up = wait_until(lambda: [p.pid for p in psutil.process_iter(["cmdline"]) if p.pid != child
+                                         and " ".join(p.info["cmdline"] or []).strip() == title], 20, "its standby")
+        assert node.terminate_child("a", "root").ok
+        assert wait_dead([child, *setting_up], 10) == []
+        assert info(node).standby == 0
 
 
 def test_a_reconfigured_child_does_not_take_the_old_specs_standby(folder):

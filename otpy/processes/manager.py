@@ -288,14 +288,15 @@ class ProcessManager:
     async def close(self) -> None:
         """SIGKILL every remaining child's group, wait for the deaths, stop the zygote."""
         self._closing = True
-        await self.standbys.close()
+        self.standbys.close()
         if self._starting is not None:
             await asyncio.gather(self._starting, return_exceptions=True)
-        while self._children or self._requests:
+        while self._children or self._requests or self.standbys.refilling:
             pending = [*self._children.values(), *self._requests.values()]
             for child in pending:
                 child.kill()
             await asyncio.gather(*(asyncio.shield(c.exited) for c in pending))
+            await self.standbys.drain()  # refills under way end once their standby is dead (or killed)
         for link in list(self._zygotes):  # the current generation and any older one still alive
             if link.alive:
                 await link.stop()

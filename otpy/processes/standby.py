@@ -230,7 +230,9 @@ class StandbyPool:
             try:
                 child = await self._manager._send_spawn(spec, env, standby=True)
             except Exception as exc:  # StartFailed: no fds, the zygote keeps dying, the manager closed
-                return self._failure(spec.id, str(exc))
+                return self._failure(spec.id, str(exc), quiet=self._manager._closing)
+            if self._manager._closing:
+                child.kill()  # sent as the manager closed: its kill loop may be over
             standby = Standby(child, spec, env)
             standby.on_retire = self._on_retire
             self._by_id.setdefault(spec.id, []).append(standby)
@@ -244,6 +246,8 @@ class StandbyPool:
             if standby.said.done() and not child._ready.done():
                 if standby.state == "starting":
                     standby.state = "ready"
+                    if self._wanted.get(spec.id) != (spec, env):  # the child stopped, or changed, meanwhile
+                        self.retire(standby)
                 return None
             if standby.state == "retired" or self._manager._closing:
                 return None  # retired meanwhile (its spec changed): the refill goes on with the new one
@@ -312,9 +316,7 @@ class StandbyPool:
 
     def retire_all(self, child_id: str) -> None:
         """The child stopped for good (or the node stops): no standby of it is kept or made."""
-        self._wanted.pop(child_id, None)
-        if (task := self._refills.pop(child_id, None)) is not None:
-            task.cancel()
+        self._wanted.pop(child_id, None)  # a refill under way stops after the standby it makes (retired)
         for standby in list(self._by_id.get(child_id, ())):
             self.retire(standby)
         self._by_id.pop(child_id, None)
@@ -330,13 +332,17 @@ class StandbyPool:
     def ids(self) -> set[str]:
         return set(self._by_id) | set(self._wanted)
 
-    async def close(self) -> None:
-        """No more refills (the manager kills what is left with its other children)."""
-        tasks = list(self._refills.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    def close(self) -> None:
+        """The manager closes: no more refills. Refills under way are not cancelled (one could be
+        half sent to the zygote); they end once the manager has killed their standbys (``drain``)."""
         self._wanted.clear()
+
+    @property
+    def refilling(self) -> bool:
+        return any(not task.done() for task in self._refills.values())
+
+    async def drain(self) -> None:
+        await asyncio.gather(*list(self._refills.values()), return_exceptions=True)
 
     # --- variable writes ---------------------------------------------------------------------
 
