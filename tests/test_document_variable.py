@@ -25,7 +25,7 @@ from otpy.variables.space import VariableSpace
 from otpy.variables.types import (
     DocumentVariable, FloatVariable, VariableError, WireVariable, variable_from_table, variable_table,
 )
-from otpy.wire.registry_protocol import MAX_WRITE_BYTES
+from otpy.wire.registry_protocol import MAX_DOCUMENT_BYTES, MAX_WRITE_BYTES
 from tests.helpers import unique_name
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,12 +55,12 @@ def test_the_default_is_an_empty_object_and_the_limits_are_the_registrys():
     state = DocumentVariable(name="state")
     assert (state.default, state.max_bytes) == ({}, 262144)
     assert MAX_WRITE_BYTES == MAX_MESSAGE_BYTES == 1 << 20  # a write travels in one message to the node
-    assert DocumentVariable(name="state", max_bytes=MAX_WRITE_BYTES).max_bytes == MAX_WRITE_BYTES
+    assert DocumentVariable(name="state", max_bytes=MAX_DOCUMENT_BYTES).max_bytes == MAX_DOCUMENT_BYTES
 
 
 @pytest.mark.parametrize("fields, problem", [
-    ({"max_bytes": 0}, "state.max_bytes: got 0; expected an integer in [1, 1048576]"),
-    ({"max_bytes": MAX_WRITE_BYTES + 1}, "state.max_bytes: got 1048577; expected an integer in [1, 1048576]"),
+    ({"max_bytes": 0}, "state.max_bytes: got 0; expected an integer in [1, 1032192]"),
+    ({"max_bytes": MAX_WRITE_BYTES}, "state.max_bytes: got 1048576; expected an integer in [1, 1032192]"),
     ({"max_bytes": True}, "state.max_bytes: got True; expected an integer"),
     ({"max_bytes": "64KB"}, "state.max_bytes: got '64KB'; expected an integer"),
     ({"default": {"a": {1, 2}}}, "state.default: got a document holding {1, 2} (a set) at $.a; expected JSON"),
@@ -91,7 +91,7 @@ def test_value_problems_say_what_and_where(value, problem):
 
 
 def test_json_values_are_accepted_and_kept_exactly():
-    state = DocumentVariable(name="state", max_bytes=MAX_WRITE_BYTES)
+    state = DocumentVariable(name="state", max_bytes=MAX_DOCUMENT_BYTES)
     for value in (STATE, [], "text", 3, -2.5, True, None, nested(32), "é" * 100):
         assert state.problem(value) is None
         assert state.normalize(value) == value
@@ -292,7 +292,7 @@ def test_text_that_is_not_json_is_refused_for_a_document(node, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"demos": NaN}')
     result = run(node.name, "set", "global", f"program_state=@{bad}")
-    assert result.exit_code == 1 and "got a document holding nan (a float) at $.demos" in result.output
+    assert result.exit_code == 1 and "program_state: got a value holding nan (a float) at $.demos" in result.output
     assert json.loads(run(node.name, "get", "global.program_state").output) == {"demos": []}
 
 

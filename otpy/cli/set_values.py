@@ -2,11 +2,17 @@
 
 ``VALUE`` is parsed as JSON, else taken as a plain string (``examples.digits.agents:SVM``). A
 document variable (``type = "document"``) takes JSON text only (text that is not JSON is
-refused, not stored as a string) or ``@FILE``: a JSON file, read by the one safe reader
+refused whatever it starts with, never stored as a string: a string document is given as JSON,
+``'"text"'``) or ``@FILE``: a JSON file, read by the one safe reader
 (``topology.files.read_bounded_file``: a regular file of at most the variable's ``max_bytes``;
-a FIFO or ``/dev/zero`` is refused at once). Which variables are documents is asked of the
-registry only when it matters (a value starting with ``@``, or text that starts like JSON and
-is not).
+a FIFO, a folder or ``/dev/zero`` is refused at once). Which variables are documents is asked
+of the registry only when it matters (a value starting with ``@``, or text that is not JSON).
+
+Every value is then checked as the wire and the registry will take it (``value_problem``: JSON
+values, integers within 64 bits, no lone surrogate, nested at most 32 deep; no variable of any
+type takes more), so that what cannot be sent is one line naming the variable, never a
+traceback: a lone surrogate (an argv byte that is not UTF-8), ``1 << 64``, ``[[[...]]]`` 5,000
+deep.
 
 >>> assignment("program_state=@state.json")
 ('program_state', '@state.json')
@@ -22,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from ..topology.files import read_bounded_file
+from ..variables.json_values import too_deep, value_problem
 from ..variables.types import DOCUMENT_DEFAULT_BYTES
 from ..wire.protocol import ENCODER, SetVariables
 from ..wire.registry_protocol import MAX_WRITE_BYTES
@@ -51,7 +58,9 @@ def parse(texts: Mapping[str, str], declared: Callable[[], Mapping[str, Mapping[
 
     values = {}
     for name, text in texts.items():
-        values[name] = _value(name, text, table_of, fail)
+        values[name] = value = _value(name, text, table_of, fail)
+        if problem := value_problem(value, "value"):
+            fail(f"{name}: {problem}")
     return values
 
 
@@ -64,9 +73,11 @@ def _value(name: str, text: str, table_of: Callable[[str], Mapping[str, Any]],
         return text  # @ means a file for a document only: elsewhere it is the text it is
     try:
         return json.loads(text)
+    except RecursionError:
+        fail(f"{name}: {too_deep('value')}")
     except ValueError as exc:
-        if text.lstrip()[:1] in ("{", "[") and table_of(name).get("type") == "document":
-            fail(f"{name}: the value is not JSON ({exc}); a document variable takes JSON text or @FILE")
+        if table_of(name).get("type") == "document":
+            fail(f"{name}: the value is not JSON: {exc}; give JSON text (a string in quotes: '\"text\"') or @FILE")
         return text
 
 
@@ -81,6 +92,8 @@ def _read_document(name: str, path: str, max_bytes: int, fail: Callable[[str], N
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         fail(f"{name}: {path}: the file is not UTF-8 text ({exc.reason} at byte {exc.start}); expected JSON")
+    except RecursionError:
+        fail(f"{name}: {path}: {too_deep('document')}")
     except ValueError as exc:
         fail(f"{name}: {path}: the file is not JSON ({exc})")
 
@@ -95,4 +108,4 @@ def too_big(scope: str, values: dict[str, Any], dry_run: bool) -> str | None:
     if size <= MAX_WRITE_BYTES:
         return None
     return (f"the write is {size:,} bytes on the wire, over the {MAX_WRITE_BYTES:,} bytes a message to the node "
-            "carries; a document is at most its variable's max_bytes (at most 1 MiB as compact JSON)")
+            "carries (a document of many floats weighs more as msgpack than as JSON: 9 bytes a float)")

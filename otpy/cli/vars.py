@@ -18,6 +18,7 @@ bound variable (refused: ``bound``). Exit codes as ``otpy``'s: 0 success, 1 refu
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, NoReturn
 
@@ -54,9 +55,10 @@ def vars_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def list_(scope: str | None, node_name: str | None, as_json: bool) -> None:
     """Every variable of SCOPE (or of every scope): value, version and why it has it."""
+    _unicode("vars list", scope or "")
     entries = _ask(node_name, ListValues(scope=scope)).values
     if as_json:
-        click.echo(json.dumps(msgspec.to_builtins(entries), indent=2))
+        click.echo(_json(msgspec.to_builtins(entries), indent=2))
         return
     rows = [(f"{e.scope}.{e.name}", _cell(e.value), str(e.version), e.reason) for e in entries]
     _table([("VARIABLE", "VALUE", "VERSION", "REASON"), *rows])
@@ -68,10 +70,11 @@ def list_(scope: str | None, node_name: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print scope, name, value, version and reason.")
 def get(variable: str, node_name: str | None, as_json: bool) -> None:
     """Print the value of SCOPE.NAME, JSON-encoded (for scripts)."""
+    _unicode("vars get", variable)
     scope, name = _split(variable)
     entry = _ask(node_name, GetValue(scope=scope, name=name))
     if as_json:
-        click.echo(json.dumps({k: v for k, v in msgspec.to_builtins(entry).items() if k != "ok"}))
+        click.echo(_json({k: v for k, v in msgspec.to_builtins(entry).items() if k != "ok"}))
     else:
         click.echo(as_text(entry.value))
 
@@ -83,8 +86,28 @@ def as_text(value: Any) -> str:
     """``value`` as JSON; a document (an object or an array) compact and in UTF-8, so that the
     output of ``otpy vars get`` is a file ``otpy vars set SCOPE NAME=@FILE`` takes back."""
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return json.dumps(value)
+        return _json(value, ensure_ascii=False, separators=(",", ":"))
+    return _json(value)
+
+
+def _json(value: Any, **options: Any) -> str:
+    """``json.dumps(value)``, always valid JSON: a float that is not finite (NaN, infinity: only a
+    composite's function can compute one, every settable type refuses it) is printed ``null``,
+    as JavaScript's ``JSON.stringify`` does, rather than as the ``NaN`` no JSON reader takes."""
+    try:
+        return json.dumps(value, allow_nan=False, **options)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False, **options)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {name: _finite(item) for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _cell(value: Any) -> str:
@@ -109,6 +132,7 @@ def set_(variable: str, values: tuple[str, ...], dry_run: bool, as_json: bool, e
     node: the running tree follows it (a bound child reconfigured, started or stopped) before it
     is stored. VALUE is parsed as JSON, else taken as a plain string; for a document variable it
     is JSON text, or @FILE: a JSON file. Prints one line per change."""
+    _unicode("vars set", variable)
     scope, texts = _assignments(node_name, variable, values)
     parsed = set_values.parse(texts, lambda: _declared(node_name, scope), lambda problem: _fail(f"vars set {scope}.{problem}"))
     variable = f"{scope}.{next(iter(parsed))}" if len(parsed) == 1 else scope
@@ -127,7 +151,7 @@ def set_(variable: str, values: tuple[str, ...], dry_run: bool, as_json: bool, e
     if outcome.detail:  # stored, and something to know: programs that did not confirm running it
         click.echo(f"otpy: vars set {variable}: {outcome.detail}", err=True)
     if as_json:
-        click.echo(json.dumps(msgspec.to_builtins(outcome.changes), indent=2))
+        click.echo(_json(msgspec.to_builtins(outcome.changes), indent=2))
         return
     for change in outcome.changes:
         click.echo(change_line(change))
@@ -178,6 +202,7 @@ def _compare_and_set(node_name: str | None, request: SetValue) -> None:
 @NODE_OPTION
 def explain(child_id: str, name: str, node_name: str | None) -> None:
     """Where CHILD's variable NAME comes from: the scope, the value and why."""
+    _unicode("vars explain", child_id, name)
     explained = _ask(node_name, Explain(child=child_id, name=name))
     click.echo(f"{child_id}.{name} = {json.dumps(explained.value)}: {explained.reason} in scope {explained.scope!r}")
 
@@ -241,6 +266,18 @@ def _ask(node_name: str | None, request: RegistryRequest, bound_hint: str = "") 
         hint = bound_hint if reply.kind == "bound" else ""
         _fail(f"refused ({reply.kind}){hint}:\n" + "\n".join(f"  {p}" for p in reply.problems or [reply.kind]))
     return reply
+
+
+def _unicode(command: str, *texts: str) -> None:
+    """Exit 1 naming ``texts`` when one is not Unicode text: an argument holding a byte that is
+    not UTF-8 reaches Python as a lone surrogate, which no message to the node can carry."""
+    for text in texts:
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            shown = text.encode(errors="backslashreplace").decode()
+            _fail(f"{command} {shown}: the argument is not Unicode text (it holds a byte that is not UTF-8); "
+                  "expected a scope or a variable's name")
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:

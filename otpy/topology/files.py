@@ -33,13 +33,18 @@ def read_bounded_file(source: str, max_bytes: int, *, allowed: str, hint: str) -
         fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise ValueError(f"{source}: cannot read the file: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as file:
+    try:  # checked before ``fdopen``, which refuses a folder itself (IsADirectoryError)
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"{source}: cannot read the file: it is {file_kind(info.st_mode)}, not a regular "
-                                 f"file; {hint}")
+                             f"file; {hint}")
         if info.st_size > max_bytes:
             raise ValueError(f"{source}: the file has {info.st_size} bytes, over {allowed}; {hint}")
+        file = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)  # never left open: a library caller reads many files
+        raise
+    with file:
         try:
             data = file.read(max_bytes + 1)
         except OSError as exc:

@@ -15,7 +15,8 @@ import json
 import math
 from typing import Any
 
-__all__ = ["DOCUMENT_DEFAULT_BYTES", "JSON_ITEMS", "MAX_DOCUMENT_DEPTH", "document_bytes", "is_plain", "json_problem"]
+__all__ = ["DOCUMENT_DEFAULT_BYTES", "JSON_ITEMS", "MAX_DOCUMENT_DEPTH", "document_bytes", "is_plain", "json_problem",
+           "too_deep", "value_problem"]
 
 DOCUMENT_DEFAULT_BYTES = 256 * 1024  # a DSPy program's state (instructions, a few demos) is a few KiB to tens
 MAX_DOCUMENT_DEPTH = 32  # objects and arrays open at once: far above any real state, far below the wire's limit
@@ -91,6 +92,32 @@ def json_problem(value: Any) -> tuple[str, str] | None:
         return None
     parts, what, allowed = found
     return (f"{what} at {_path(parts)}" if what else "", allowed)
+
+
+def value_problem(value: Any, noun: str = "document") -> str | None:
+    """``got ...; expected ...`` for a value that is not JSON as a document takes it (a part that
+    is not JSON, nested deeper than ``MAX_DOCUMENT_DEPTH``, a lone surrogate in a string), else
+    None. Its size is not checked. ``noun`` names what was given (``a document``, ``a value``).
+
+    >>> value_problem([[1 << 64]], "value")
+    'got a value holding 18446744073709551616 (an int) at $[0][0]; expected JSON: integers within 64 bits'
+    """
+    if (found := json_problem(value)) is not None:
+        what, allowed = found
+        if not what:
+            return too_deep(noun)
+        return f"got a {noun} holding {what}; expected JSON: {allowed}"
+    try:
+        document_bytes(value)
+    except UnicodeEncodeError:
+        return f"got a {noun} holding a string that is not Unicode text (a lone surrogate); expected JSON text"
+    return None
+
+
+def too_deep(noun: str = "document") -> str:
+    """The refusal of a value nested deeper than ``MAX_DOCUMENT_DEPTH``, ``got ...; expected ...``."""
+    return (f"got a {noun} nested deeper than {MAX_DOCUMENT_DEPTH} levels; expected objects and arrays nested "
+            f"at most {MAX_DOCUMENT_DEPTH} deep")
 
 
 def is_plain(value: Any) -> bool:

@@ -243,6 +243,8 @@ class Registry:
             raise VariableError(problems)
         if added:
             variables = [variable for variable, _ in added.values()]
+            if too_heavy := self.store.weight_problem(scope, variables):
+                raise VariableError([f"register_space: {too_heavy}"])
             if broken := self.store.unresolvable_with(scope, variables):
                 raise VariableError([f"register_space: scope {scope!r}: the new variables would make the "
                                      f"configuration of {', '.join(map(repr, broken))} unresolvable (a variable "

@@ -23,6 +23,7 @@ import msgspec
 from ..specs.model import SupervisorSpec, walk
 from .space import GLOBAL, Constraint, VariableSpace, check_constraints, compute_composites, spaces_from_topology
 from .types import CompositeVariable, SettableVariable, Variable, VariableError, listing
+from .weight import MAX_TOTAL_BYTES, declared_weight, value_bytes
 
 __all__ = [
     "GLOBAL", "Constraint", "ScopedValue", "ScopedValues", "VariableSpace", "VersionConflict", "parents_of",
@@ -82,6 +83,8 @@ class ScopedValues:
         self.versions: dict[tuple[str, str], int] = {}
         self.version = 0
         self._changed: dict[tuple[str, str], None] = {}  # written since take_changes, in order
+        self._declared_bytes = declared_weight(self.spaces)  # every variable unset (``otpy.variables.weight``)
+        self._value_bytes: dict[tuple[str, str], int] = {}  # each set value, as msgpack
 
     @classmethod
     def for_tree(cls, raw_variables: Mapping[str, Mapping[str, Any]], root: SupervisorSpec) -> ScopedValues:
@@ -103,6 +106,18 @@ class ScopedValues:
         space = self.spaces.get(scope) or VariableSpace(scope)
         self.spaces[scope] = space.extended(variables)
         self.values.setdefault(scope, {})
+        self._declared_bytes = declared_weight(self.spaces)
+
+    def weight(self) -> int:
+        """What every variable weighs together (defaults and set values, as msgpack, with their
+        names: ``otpy.variables.weight``); a write may not make it exceed ``MAX_TOTAL_BYTES``."""
+        return self._declared_bytes + sum(self._value_bytes.values())
+
+    def weight_problem(self, scope: str, variables: Iterable[Variable]) -> str | None:
+        """Why declaring ``variables`` in ``scope`` would make the variables weigh too much, else None."""
+        variables = list(variables)
+        after = self.weight() + declared_weight({scope: VariableSpace(scope, variables)})
+        return None if after <= MAX_TOTAL_BYTES else _over_total(scope, [v.name for v in variables], after)
 
     def unresolvable_with(self, scope: str, variables: Iterable[Variable]) -> list[str]:
         """The known children that resolve now and would not once ``variables`` are declared in
@@ -136,7 +151,7 @@ class ScopedValues:
         by ``version``; forget the changes not taken. A row whose variable is no longer declared
         is skipped; one whose value the declaration no longer accepts is dropped: one problem each."""
         self.values = {scope: {} for scope in self.spaces}
-        self.versions, self.version, self._changed = {}, version, {}
+        self.versions, self.version, self._changed, self._value_bytes = {}, version, {}, {}
         dropped = []
         for scope, name, value, value_version in stored:
             if scope not in self.spaces or name not in self.spaces[scope].variables:
@@ -147,6 +162,7 @@ class ScopedValues:
                 dropped.append(f"{scope}.{name}: {refused}")
                 continue
             self.versions[scope, name] = value_version
+            self._value_bytes[scope, name] = value_bytes(self.values[scope][name])
         return dropped
 
     def take_changes(self) -> list[ScopedValue]:
@@ -277,7 +293,19 @@ class ScopedValues:
                 problems += [f"scope {scope!r}: {problem}" for problem in error.problems]
         if problems:
             raise VariableError(problems)
+        self._check_weight(checked)
         return checked
+
+    def _check_weight(self, checked: Mapping[str, Mapping[str, Any]]) -> None:
+        """VariableError naming the written variables when the write would make every variable
+        weigh more than ``MAX_TOTAL_BYTES`` together (a write that makes it lighter always passes)."""
+        added = sum(value_bytes(value) - self._value_bytes.get((scope, name), 0)
+                    for scope, values in checked.items() for name, value in values.items())
+        if added <= 0:
+            return
+        if (after := self.weight() + added) > MAX_TOTAL_BYTES:
+            names = [f"{scope}.{name}" for scope, values in checked.items() for name in values]
+            raise VariableError([_over_total(None, names, after)])
 
     def _apply(self, checked: Mapping[str, Mapping[str, Any]]) -> int:
         self.version += 1
@@ -285,6 +313,7 @@ class ScopedValues:
             for name, value in new_values.items():
                 self.values[scope][name] = value
                 self.versions[scope, name] = self.version
+                self._value_bytes[scope, name] = value_bytes(value)
                 self._changed[scope, name] = None
         return self.version
 
@@ -312,6 +341,16 @@ class ScopedValues:
             return {}
         version = self.version + 1 if dry_run else self._apply(checked)
         return {scope: {name: version for name in new_values} for scope, new_values in checked.items()}
+
+
+def _over_total(scope: str | None, names: list[str], after: int) -> str:
+    """The refusal of a write (``names``: ``SCOPE.NAME``) or of a declaration in ``scope``."""
+    named = ", ".join(f"{scope}.{name}" if scope else name for name in names)
+    doing = "declaring" if scope else "setting"
+    return (f"{named}: {doing} it would make the registry's variables weigh {after:,} bytes together (their "
+            f"values and defaults, as msgpack), over the total of {MAX_TOTAL_BYTES:,} bytes (8 MiB) the registry "
+            "holds, so that every reply carrying them fits a message; nothing was written. Make room: set "
+            "other documents smaller")
 
 
 def _resolves(store: ScopedValues, child: str) -> bool:

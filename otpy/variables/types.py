@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import msgspec
 
 from ..specs.model import is_import_target
-from ..wire.registry_protocol import MAX_WRITE_BYTES
+from ..wire.registry_protocol import MAX_DOCUMENT_BYTES
 from .json_values import DOCUMENT_DEFAULT_BYTES, JSON_ITEMS, MAX_DOCUMENT_DEPTH, document_bytes, is_plain, json_problem
 
 if TYPE_CHECKING:
@@ -355,7 +355,8 @@ class BoolVariable(SettableVariable, frozen=True, kw_only=True, tag="bool"):
 class DocumentVariable(SettableVariable, frozen=True, kw_only=True, tag="document"):
     """A JSON value: an object, array, string, number, true, false or null, e.g. a DSPy program's
     saved state (``module.dump_state()``). At most ``max_bytes`` as compact JSON in UTF-8 (at
-    most ``MAX_WRITE_BYTES``, 1 MiB: the most a write to the registry carries), objects and
+    most ``MAX_DOCUMENT_BYTES``, 1,032,192: what one write to the registry carries, 1 MiB, less
+    the request's envelope, so a document of ``max_bytes`` can be written), objects and
     arrays nested at most ``MAX_DOCUMENT_DEPTH`` (32) deep, object keys strings, numbers finite
     (integers within 64 bits). Never searched by an optimizer: it is set, not tuned.
 
@@ -371,9 +372,10 @@ class DocumentVariable(SettableVariable, frozen=True, kw_only=True, tag="documen
     searchable: ClassVar[bool] = False
 
     def _field_problems(self) -> list[FieldProblem]:
-        if not (_is_int(self.max_bytes) and 1 <= self.max_bytes <= MAX_WRITE_BYTES):
-            return [_bad("max_bytes", self.max_bytes, f"an integer in [1, {MAX_WRITE_BYTES}] "
-                                                      "(bytes; at most what a write to the registry carries)")]
+        if not (_is_int(self.max_bytes) and 1 <= self.max_bytes <= MAX_DOCUMENT_BYTES):
+            return [_bad("max_bytes", self.max_bytes, f"an integer in [1, {MAX_DOCUMENT_BYTES}] (bytes of compact "
+                                                      "JSON; at most what one write to the registry carries, 1 MiB, "
+                                                      "less 16 KiB for the request around the value)")]
         if self.default is not None and (problem := self._problem(self.default)):
             return [("default", problem)]
         return []

@@ -30,9 +30,16 @@ import msgspec
 
 from .protocol import ENCODER
 
-MAX_WRITE_BYTES = 1 << 20  # 1 MiB: the most a variable's value may weigh, as compact JSON (UTF-8). Every
-# write reaches the registry in one message to the node (``SetVariables``, a frame of at most
-# ``node.control.MAX_MESSAGE_BYTES``, also 1 MiB) or in a call; a document variable's ``max_bytes`` is at most this
+MAX_WRITE_BYTES = 1 << 20  # 1 MiB: the most a write weighs on the wire. Every write reaches the registry in
+# one message to the node (``SetVariables``, a frame of at most ``node.control.MAX_MESSAGE_BYTES``, also 1 MiB)
+WRITE_ENVELOPE_BYTES = 16 << 10  # what a write carries besides its value: the request's fields, scope, names
+MAX_DOCUMENT_BYTES = MAX_WRITE_BYTES - WRITE_ENVELOPE_BYTES  # 1,032,192: the most a document variable's
+# ``max_bytes`` may be (compact JSON, UTF-8), so that a document of that size fits one write with its envelope
+# (msgpack carries JSON text in fewer bytes, except floats: 9 bytes each, said by the write that is too big)
+MAX_TOTAL_BYTES = 8 << 20  # 8 MiB: the most all the variables the registry serves may weigh together
+# (``otpy.variables.weight``: each one's value and default as msgpack, with its names). A reply carrying
+# all of them (``list``, ``get_space``'s defaults) or some (a child's ``resolve``) stays under the 16 MiB a
+# reply may weigh (``codec.MAX_CALL_BYTES``), whatever the number of variables
 
 # --- replies (registry -> caller, as the call's outputs) ----------------------------------
 
