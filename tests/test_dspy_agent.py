@@ -145,11 +145,11 @@ def test_a_bad_program_state_is_refused_and_the_old_answers_stay(node, lines):
     bad["respond"]["demos"][0]["answr"] = bad["respond"]["demos"][0].pop("answer")
     assert node.set_variables("lm", {"program_state": bad}).ok  # stored: the agent refuses it
     line = lines.wait_for("lm", "program_state is refused")
-    assert "predictor 'respond'" in line and "'answr'" in line, line
+    assert 'program_state["respond"]["demos"][0]["answr"]: not a field' in line, line
     got = node.call("lm", {"question": "the question"}, timeout=10.0)
     assert got["answer"] == "kept" and got["pid"] == pid
     assert node.set_variables("lm", {"program_state": {"nope": {}}}).ok
-    assert "predictor(s) 'nope'" in lines.wait_for("lm", "program_state is refused")
+    assert "the module has no predictor 'nope'" in lines.wait_for("lm", "program_state is refused")
     assert node.call("lm", {"question": "the question"}, timeout=10.0)["answer"] == "kept"
     assert pids(node)["lm"] == pid
 
@@ -191,7 +191,7 @@ def test_the_script_and_the_model_come_from_args_and_the_environment(monkeypatch
     assert agent.running.lm.model == "ollama_chat/llama3.2" and agent.running.lm.kwargs["temperature"] == 0.75
     with pytest.raises(ValueError, match="needs a module factory"):
         ModuleAgent().setup({}, {})
-    with pytest.raises(ValueError, match=r"program_state is refused: predictor 'respond': signature.fields"):
+    with pytest.raises(ValueError, match=r'program_state is refused: program_state\["respond"\]\["signature"\]\["fields"\]'):
         ModuleAgent().setup({"module": "tests.dspy_agents:make_answerer"},
                             {"program_state": {"respond": {"signature": {"fields": []}}}})
 
@@ -220,3 +220,197 @@ def test_lm_settings_the_lm_refuses_keep_the_old_lm():
     agent.on_config({"lm_temperature": "secret-ish"})  # hot_or_cold compares it with 1.0: TypeError
     assert agent(question="q") == {"answer": "tame"} and agent.running.lm.kwargs["temperature"] == 0.5
     assert "lm_temperature" in agent.refused and "secret-ish" not in agent.refused
+
+
+# --- program_state carries demos and signature texts only (security), falsy non-objects ----------
+
+
+def answerer(config=None):
+    """A ModuleAgent over tests.dspy_agents' Answerer (one predictor, 'respond'), in-process."""
+    from otpy.dspy import ModuleAgent
+
+    agent = ModuleAgent()
+    agent.setup({"module": "tests.dspy_agents:make_answerer"}, dict(config or {}))
+    return agent
+
+
+# The adversary's document: DSPy's Predict.load_state set any key as an attribute, and `config`
+# became the LM call's keywords: the real LM (and its API key) went to this host.
+API_BASE = {"respond": {"config": {"api_base": "http://127.0.0.1:18777/v1"}}}
+
+NOT_LOADED = [
+    (API_BASE, '["respond"]["config"]: not part of a saved program'),
+    ({"respond": {"forward": 1}}, '["respond"]["forward"]: not part of'),
+    ({"respond": {"__dict__": {}}}, '["respond"]["__dict__"]: not part of'),
+    ({"respond": {"callbacks": ["x"]}}, '["respond"]["callbacks"]: not part of'),
+    ({"respond": {"lm": {"model": "openai/gpt-4o-mini", "api_base": "http://127.0.0.1:18777/v1"}}},
+     '["respond"]["lm"]: otpy does not load it (the LM is the agent\'s'),
+    ({"respond": {"traces": [{"x": 1}]}}, '["respond"]["traces"]: otpy does not load it'),
+    ({"respond": {"train": [1]}}, '["respond"]["train"]: otpy does not load it'),
+    ({"respond": {"fields": {"answer": {"kind": "x"}}}}, '["respond"]["fields"]: otpy does not load it'),
+    ({"respond": {"demos": [{"question": "q", "answer": "a", "augmented": "yes"}]}},
+     '["respond"]["demos"][0]["augmented"]: must be true or false'),
+    ({"respond": {"demos": [{"question": "q", "config": {}}]}}, '["respond"]["demos"][0]["config"]: not a field'),
+    ({"respond": {"signature": {"instructions": "x", "config": {}}}}, '["respond"]["signature"]["config"]: not part'),
+    ({"respond": {"signature": {"instructions": 3}}}, '["respond"]["signature"]["instructions"]: must be a string'),
+    ({"respond": {"signature": {"fields": [{"prefix": "Q:", "description": "q", "x": 1},
+                                           {"prefix": "A:", "description": "a"}]}}},
+     '["respond"]["signature"]["fields"][0]: the texts of \'question\''),
+    ({"nope": {"demos": []}}, '["nope"]: the module has no predictor \'nope\''),
+]
+
+
+@pytest.mark.parametrize("state, why", NOT_LOADED, ids=[why.split(":")[0] for _, why in NOT_LOADED])
+def test_a_program_state_key_otpy_does_not_load_is_refused_naming_its_path(state, why):
+    """Before, every key but demos/signature went to DSPy's load_state (setattr): all accepted."""
+    agent = answerer({"program_state": saved_program("kept")})
+    before = agent.running
+    agent.on_config({"program_state": state})
+    assert agent.refused is not None and f"program_state is refused: program_state{why}" in agent.refused
+    assert agent.running is before  # nothing put in place
+    from otpy.dspy.agent import Refused
+
+    with pytest.raises(Refused, match="program_state is refused") as caught:
+        answerer({"program_state": state})
+    assert f"program_state{why}" in str(caught.value)
+
+
+def test_the_api_base_document_is_refused_and_the_real_lm_keeps_its_settings(monkeypatch):
+    """No request leaves: the agent's LM is the one its lm_* variables made (a real dspy.LM,
+    never called here), and the predictor has no call keywords of the document's."""
+    monkeypatch.setenv("OTPY_DSPY_LM", "ollama_chat/llama3.2")
+    agent = answerer({"lm_temperature": 0.5})
+    lm, kwargs = agent.running.lm, dict(agent.running.lm.kwargs)
+    agent.on_config({"lm_temperature": 0.5, "program_state": API_BASE})
+    assert 'program_state["respond"]["config"]' in agent.refused
+    assert agent.running.lm is lm and lm.kwargs == kwargs and "api_base" not in lm.kwargs
+    assert agent.running.module.respond.config == {}
+
+
+def test_a_dump_state_document_loads_and_only_checked_keys_reach_load_state(monkeypatch):
+    """module.dump_state() round-trips (its traces/train/lm as a fresh predictor has them); what
+    DSPy's load_state gets is built by the agent: the fresh predictor's state, the document's
+    demos and signature texts, and no LM."""
+    import dspy
+
+    given = []
+    original = dspy.Predict.load_state
+    monkeypatch.setattr(dspy.Predict, "load_state", lambda self, state, **kw: (given.append(state),
+                                                                               original(self, state, **kw))[1])
+    state = saved_program("from the demo")
+    state["respond"]["signature"]["instructions"] = "Answer tersely."
+    agent = answerer()
+    agent.on_config({"program_state": state})
+    assert agent.refused is None
+    assert agent.running.module.respond.demos == state["respond"]["demos"]
+    assert agent.running.module.respond.signature.instructions == "Answer tersely."
+    assert len(given) == 1 and set(given[0]) <= {"traces", "train", "demos", "signature", "lm", "fields"}
+    assert given[0]["lm"] is None and set(given[0]["signature"]) == {"instructions", "fields"}
+
+
+@pytest.mark.parametrize("value", [[], 0, "", False, [1], "abc"])
+def test_a_program_state_that_is_not_an_object_is_refused_even_when_falsy(value):
+    """Before, [] / 0 / "" / false meant the fresh module, silently."""
+    agent = answerer({"program_state": saved_program("kept")})
+    agent.on_config({"program_state": value})
+    assert "program_state is not a program state (an object" in agent.refused
+    assert len(agent.running.module.respond.demos) == 1
+
+
+@pytest.mark.parametrize("value", [{}, None])
+def test_an_empty_object_or_null_program_state_is_the_fresh_module(value):
+    agent = answerer({"program_state": saved_program("kept")})
+    agent.on_config({"program_state": value})
+    assert agent.refused is None and agent.running.module.respond.demos == []
+
+
+def test_a_refusal_applies_nothing_and_setup_says_how_to_start_the_child_again(monkeypatch, capsys):
+    """One place (prepared) refuses: a good lm_* change with a bad program_state is not half
+    applied (before, the LM changed); setup names the variable and the command that fixes it."""
+    from otpy.dspy.agent import Refused
+
+    agent = answerer({"lm_temperature": 0.5})
+    with pytest.raises(Refused) as caught:
+        agent.prepared({"lm_temperature": 0.9, "program_state": {"nope": {}}})
+    agent.on_config({"lm_temperature": 0.9, "program_state": {"nope": {}}})
+    assert agent.refused == str(caught.value) and "the module has no predictor 'nope'" in agent.refused
+    assert agent.running.lm.kwargs["temperature"] == 0.5
+    assert f"otpy.dspy: {agent.refused}; the agent keeps running what it ran" in capsys.readouterr().err
+    monkeypatch.setenv("OTPY_CHILD_ID", "coder")
+    monkeypatch.setenv("OTPY_NODE", "team")
+    with pytest.raises(Refused) as started:
+        answerer({"program_state": {"nope": {}}})
+    assert isinstance(started.value, ValueError)
+    assert "otpy vars set --node team SCOPE program_state={}" in str(started.value)
+    assert "'coder', a supervisor of it, or global" in str(started.value)
+
+
+# --- outputs as plain data -------------------------------------------------------------------
+
+
+REPLY_DEPTH = 98  # the containers one output may nest: the wire's 100, less the reply and its outputs
+
+
+def nested(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value  # `levels` lists, one in the other
+
+
+def make_odd():
+    """A factory whose module's Prediction holds what JSON and the wire cannot carry as is."""
+    import dspy
+
+    class OddModule(dspy.Module):
+        def forward(self, kind: str = "") -> dspy.Prediction:
+            return dspy.Prediction(nan=float("nan"), inf=float("-inf"), big=10**30, keys={1: "a", (1, 2): "b"},
+                                   fits=nested(REPLY_DEPTH), deep=nested(REPLY_DEPTH + 1), raw=b"\xff\x00",
+                                   plain=[1, 2.5, "s", None, True])
+
+    return OddModule()
+
+
+def test_a_prediction_s_odd_values_become_plain_data_and_the_reply_encodes():
+    """Before: NaN/inf went out as floats (`otpy call` printed invalid JSON), 10**30 and 99
+    nested lists failed the call (Unencodable), tuple keys crashed `otpy call`."""
+    import json
+
+    from otpy.agent.one_call import run_call
+    from otpy.dspy import ModuleAgent
+    from otpy.wire.codec import MAX_DEPTH as WIRE_DEPTH, decode
+    from otpy.wire.protocol import FROM_AGENT, Call, Reply
+
+    agent = ModuleAgent()
+    agent.setup({"module": f"{__name__}:make_odd"}, {})
+    out = agent(kind="x")
+    assert (out["nan"], out["inf"], out["big"]) == ("nan", "-inf", str(10**30))
+    assert out["keys"] == {"1": "a", "(1, 2)": "b"} and out["raw"] == b"\xff\x00"
+    assert out["plain"] == [1, 2.5, "s", None, True]
+    assert out["fits"] == nested(REPLY_DEPTH) and nested_inner(out["deep"], REPLY_DEPTH) == "[]"
+    json.dumps({k: v for k, v in out.items() if k != "raw"}, allow_nan=False)
+    reply = decode(FROM_AGENT, run_call(agent, Call(call_id=7, inputs={"kind": "x"})))
+    assert isinstance(reply, Reply) and reply.outputs["keys"] == {"1": "a", "(1, 2)": "b"}
+    from otpy.agent.plain_data import MAX_DEPTH
+
+    assert MAX_DEPTH == REPLY_DEPTH == WIRE_DEPTH - 2
+
+
+def nested_inner(value, levels: int):
+    for _ in range(levels):
+        value = value[0]
+    return value
+
+
+def test_the_example_without_dspy_says_to_install_the_extra(tmp_path):
+    """Before: "cannot import 'examples.dspy_team.programs:Reviewer': No module named dspy"
+    (programs.py imported dspy before otpy.dspy). A fake dspy that cannot be imported stands for
+    an install without it; validate's program check is the one `otpy start` runs."""
+    (tmp_path / "dspy").mkdir()
+    (tmp_path / "dspy" / "__init__.py").write_text('raise ImportError("No module named dspy (simulated)")\n')
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    done = subprocess.run([sys.executable, "-m", "otpy", "validate", "examples/dspy_team/topology.toml"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "cannot import 'examples.dspy_team.programs:Reviewer': otpy.dspy needs DSPy: pip install 'otpy[dspy]'" \
+        in done.stdout + done.stderr, done.stdout + done.stderr

@@ -81,3 +81,32 @@ def test_setup_on_config_and_teardown_run_when_the_object_has_them():
 def test_an_object_without_forward_that_cannot_be_called_is_refused():
     with pytest.raises(TypeError, match="no forward and is not callable"):
         ObjectProgram(object())
+
+
+class OddPrediction:
+    """A DSPy-like Prediction (toDict) holding what JSON and the wire cannot carry as is."""
+
+    def toDict(self):
+        return {1: "int key", "nan": float("nan"), "big": -(10**30), "pairs": {(1, 2): "b"}, "set": {3}}
+
+
+class RawOdd:
+    def forward(self, **inputs):
+        return OddPrediction()
+
+
+def test_a_raw_module_s_result_becomes_plain_data_as_a_module_agent_s():
+    """Before: the int key made the reply unreadable by the caller (ValidationError), NaN was
+    printed as invalid JSON and the tuple key crashed `otpy call`."""
+    import json
+
+    from otpy.agent.one_call import run_call
+    from otpy.wire.codec import decode
+    from otpy.wire.protocol import FROM_AGENT, Call, Reply
+
+    program = instantiate(f"{__name__}:RawOdd")
+    expected = {"1": "int key", "nan": "nan", "big": str(-(10**30)), "pairs": {"(1, 2)": "b"}, "set": "{3}"}
+    assert program(x=1) == expected
+    json.dumps(program(x=1), allow_nan=False)
+    reply = decode(FROM_AGENT, run_call(program, Call(call_id=1, inputs={})))
+    assert isinstance(reply, Reply) and reply.outputs == expected

@@ -14,6 +14,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Mapping
 
+from .plain_data import plain_outputs
+
 if TYPE_CHECKING:
     from ..wire.calls import Caller
 
@@ -132,7 +134,9 @@ class ObjectProgram(Program):
     watcher sees ``on_config`` only then: without it the child restarts for new values); a call
     is ``obj(**inputs)`` when it is callable (a DSPy module's ``__call__`` runs its callbacks,
     then ``forward``), else ``obj.forward(**inputs)``; a result that is a mapping, has
-    ``toDict()`` (a DSPy ``Prediction``) or ``items()`` becomes a dict. Its ``concurrency`` and
+    ``toDict()`` (a DSPy ``Prediction``) or ``items()`` becomes a dict of plain data, as a
+    ``ModuleAgent``'s outputs (``agent.plain_data``: a key that is no string becomes its
+    ``str()``, and so does a value the wire or JSON cannot carry). Its ``concurrency`` and
     ``max_queue`` class attributes count as the program's. A raw DSPy module gets its LM from
     DSPy's settings (``dspy.configure`` in its own ``setup``): ``otpy.dspy.ModuleAgent`` is
     the way to have LM settings as variables."""
@@ -153,7 +157,8 @@ class ObjectProgram(Program):
             setup(args, config=config)
 
     def forward(self, **inputs: Any) -> Any:
-        return as_dict(self._run(**inputs))
+        outputs = as_dict(self._run(**inputs))
+        return plain_outputs(outputs) if isinstance(outputs, dict) else outputs
 
     def teardown(self) -> None:
         if callable(teardown := getattr(self.obj, "teardown", None)):

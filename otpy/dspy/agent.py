@@ -8,9 +8,12 @@ subclass itself; it is called with no arguments, at setup and again for each new
 ``program_state``.
 
 **A call** is ``module(**inputs)`` under ``dspy.context(lm=<the agent's LM>)``; its outputs are
-the ``Prediction``'s fields (``toDict()``), made JSON-able (``str()`` of what is not plain
-data). What ``forward`` raises reaches the caller as a ``RemoteError`` naming its type (an
-``AdapterParseError`` when the LM's answer did not parse), as for any program.
+the ``Prediction``'s fields (``toDict()``) as plain data (``otpy.agent.plain_data``, the rule
+of a raw module's outputs too): a key that is no string, a non-finite float, an integer over
+64 bits, a set, any object that is not JSON data becomes its ``str()`` (``"nan"``), as does
+what nests deeper than a reply may (bytes stay bytes). What ``forward`` raises reaches the
+caller as a ``RemoteError`` naming its type (an ``AdapterParseError`` when the LM's answer did
+not parse), as for any program.
 
 **The LM** comes from the child's resolved configuration (its variables along its scope
 chain; the child's ``args`` give defaults underneath): every key ``lm_<kw>`` is a keyword of
@@ -40,25 +43,36 @@ follows demonstrations (``DummyLM(follow_examples=True)``): when the module's de
 answer. So applying a saved program changes what the agent answers, with no network.
 
 **program_state**: a config key holding a saved program, ``module.dump_state()`` (JSON: per
-predictor name, its ``demos``, ``signature`` (``instructions``, ``fields``), ...). ``{}`` or
-absent: the factory's fresh module. A predictor left out of the document keeps its fresh
-state; a key of a predictor missing from the document fills from the fresh one; a
-predictor's saved ``lm`` is ignored (the LM is the agent's).
+predictor name, its state). ``{}`` or null (or no such key): the factory's fresh module; any
+other value that is not an object (``[]``, ``0``, ``""``, ``false``) is refused. Of a
+predictor's state otpy loads only what a saved program carries for it: its ``demos`` (a list
+of objects whose keys are the predictor's signature fields, plus DSPy's ``augmented`` flag)
+and its ``signature``'s texts (``instructions``; ``fields``: one ``{prefix, description}`` of
+strings per field). ``dump_state()``'s other keys (``traces``, ``train``, ``lm``, ``fields``)
+are accepted only as a fresh predictor dumps them (``[]``, ``[]``, null, ``{}``), and never
+loaded: the LM is the agent's alone, from the ``lm_*`` variables. Any other key, or a
+predictor the module does not have, is refused, naming its key path
+(``program_state["respond"]["config"]``). The state given to DSPy's ``load_state`` is built
+from the fresh predictor's and these checked values, never the document's other keys. A
+predictor left out of the document keeps its fresh state.
 
 **on_config** (otpy runs it on a call thread, in turn with the calls): a change of the
 ``lm_*`` settings builds a new LM, a change of ``program_state`` a fresh module from the
-factory with ``load_state``; both are made aside and put in place in one assignment, so a
-call runs either the old pair or the new one, never half of it, and the process stays (same
-pid). A value the agent cannot apply (a ``program_state`` that does not fit the module, LM
-settings ``dspy.LM`` refuses) is refused: the agent keeps running what it ran and writes why
-on its stderr (``otpy logs CHILD``), naming the predictor and the field; it is not raised,
-since otpy restarts a program whose ``on_config`` raises, with the value it could not apply.
-``refused`` holds the last refusal (None after a change applied). At setup such a value fails
-the start (``setup`` raises, naming it).
+factory with the state loaded; both are made aside (``prepared``) and put in place in one
+assignment, so a call runs either the old pair or the new one, never half of it, and the
+process stays (same pid). ``prepared`` is the one place that refuses values the agent cannot
+run (a ``program_state`` that does not fit, ``lm_*`` settings ``dspy.LM`` refuses: named,
+not their values): it raises ``Refused`` (a ``ValueError``) and nothing is put in place, the
+LM included. ``on_config`` then keeps running what it ran and writes why on its stderr
+(``otpy logs CHILD``); ``refused`` holds the last refusal (None after a change applied). At
+setup such a value fails the start (declared = running): ``setup`` raises ``Refused``, naming
+the variable and how to set one the child can run (``otpy vars set SCOPE program_state={}``).
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import sys
 import threading
@@ -69,18 +83,22 @@ from typing import Any, Callable
 import dspy
 from dspy.utils.dummies import DummyLM
 
+from ..agent.plain_data import plain_outputs
 from ..agent.program import Program, import_target
 
 LM_ENV = "OTPY_DSPY_LM"  # overrides the model when set (a real LM for real runs)
 DUMMY = "dummy"  # lm_model's default: DummyLM with the scripted answers
 LM_PREFIX = "lm_"
 STATE_KEY = "program_state"
-DEMO_EXTRA_KEYS = frozenset({"augmented"})  # what DSPy's bootstrapped demos carry besides fields
-MAX_DEPTH = 100  # of an output made JSON-able; deeper is str()
+LOADED_KEYS = frozenset({"demos", "signature"})  # what otpy loads of a predictor's saved state
+INERT_KEYS = {"traces": [], "train": [], "lm": None, "fields": {}}  # dump_state()'s other keys: never loaded
+AUGMENTED = "augmented"  # DSPy's flag on a bootstrapped demo, besides the signature's fields
 
 
-class _StateRefused(ValueError):
-    """A ``program_state`` that does not fit the module; the message names predictor and field."""
+class Refused(ValueError):
+    """Values the agent cannot run: a ``program_state`` that does not fit the module (the
+    message names its key path), or ``lm_*`` settings no LM can be made of (named, not their
+    values). Raised by ``prepared``, the one place that decides."""
 
 
 class ScriptedLM(DummyLM):
@@ -132,17 +150,15 @@ class ModuleAgent(Program):
         self.target = target
         self.factory = import_target(target)
         self.args = dict(args)
-        settings = self._lm_settings(config)
-        state = config.get(STATE_KEY) or None
         self._lock = threading.Lock()  # one on_config at a time (calls never wait for it)
-        try:
-            module = self._made_module(state)
-        except _StateRefused as exc:
-            raise _StateRefused(f"{STATE_KEY} is refused: {exc}") from None
-        self.the_script = self._find_script(args, module)
+        fresh = self._fresh()
+        self.the_script = self._find_script(args, fresh)
         if not callable(self.the_script):
             self.the_script = _checked_script(self.the_script)
-        self.running = Running(module, self._made_lm(settings), settings, state)
+        try:
+            self.running = self.prepared(config, fresh=fresh)
+        except Refused as exc:  # declared = running: a value it cannot run fails the start
+            raise Refused(f"{exc}; {_how_to_fix(str(exc))}") from None
 
     def forward(self, **inputs: Any) -> dict[str, Any]:
         running = self.running  # one read: the old pair or the new one, never half
@@ -152,26 +168,42 @@ class ModuleAgent(Program):
 
     def on_config(self, config: Mapping[str, Any]) -> None:
         with self._lock:
-            now = self.running
-            settings, state = self._lm_settings(config), config.get(STATE_KEY) or None
-            lm, module, refusals = now.lm, now.module, []
-            if settings != now.lm_settings:
-                try:
-                    lm = self._made_lm(settings)
-                except Exception as exc:
-                    names = ", ".join(LM_PREFIX + name for name in sorted(settings))  # not values: a key may be secret
-                    refusals.append(f"the LM settings ({names}) are refused: {type(exc).__name__}: {exc}")
-                    settings = now.lm_settings
-            if state != now.state:
-                try:
-                    module = self._made_module(state)
-                except Exception as exc:
-                    refusals.append(f"{STATE_KEY} is refused: {_why(exc)}")
-                    state = now.state
-            self.running = Running(module, lm, settings, state)
-            self.refused = "; ".join(refusals) or None
+            try:
+                running = self.prepared(config)
+            except Refused as exc:
+                self.refused = str(exc)
+            else:
+                self.running, self.refused = running, None
+                return
+        print(f"otpy.dspy: {self.refused}; the agent keeps running what it ran", file=sys.stderr, flush=True)
+
+    def prepared(self, config: Mapping[str, Any], fresh: dspy.Module | None = None) -> Running:
+        """What calls would run with ``config``: the LM of its ``lm_*`` settings and the module
+        with its ``program_state`` (made aside; what is unchanged is kept). Raises ``Refused``
+        when either cannot be made, naming each (all or nothing: nothing is put in place)."""
+        now = getattr(self, "running", None)
+        settings, state = self._lm_settings(config), config.get(STATE_KEY)
+        if state == {}:
+            state = None  # {} and null: the factory's fresh module
+        refusals, lm, module = [], None, None
+        if now is not None and settings == now.lm_settings:
+            lm = now.lm
+        else:
+            try:
+                lm = self._made_lm(settings)
+            except Exception as exc:
+                names = ", ".join(LM_PREFIX + name for name in sorted(settings)) or "none"  # not values: a key may be secret
+                refusals.append(f"the LM settings ({names}) are refused: {type(exc).__name__}: {exc}")
+        if now is not None and state == now.state:
+            module = now.module
+        else:
+            try:
+                module = self._made_module(state, fresh)
+            except Exception as exc:
+                refusals.append(f"{STATE_KEY} is refused: {_why(exc)}")
         if refusals:
-            print(f"otpy.dspy: {self.refused}; the agent keeps running what it ran", file=sys.stderr, flush=True)
+            raise Refused("; ".join(refusals))
+        return Running(module, lm, settings, state)
 
     def _find_script(self, args: Mapping[str, Any], module: dspy.Module) -> Any:
         if args.get("script") is not None:
@@ -201,9 +233,9 @@ class ModuleAgent(Program):
             return lm
         return dspy.LM(model=model, **kwargs)
 
-    def _made_module(self, state: Any) -> dspy.Module:
-        module = self._fresh()
-        if state:
+    def _made_module(self, state: Any, fresh: dspy.Module | None = None) -> dspy.Module:
+        module = fresh if fresh is not None else self._fresh()
+        if state is not None:
             load_program_state(module, state)
         return module
 
@@ -217,95 +249,119 @@ class ModuleAgent(Program):
 
 
 def load_program_state(module: dspy.Module, state: Any) -> None:
-    """``module.load_state(state)`` after checking that ``state`` fits ``module``; raises
-    ``_StateRefused`` naming the predictor and the field that do not. Leaves ``module``
-    as it was when it raises (each predictor is checked before any is loaded)."""
+    """Load ``state`` (a saved program) into ``module``, checked first: raises ``Refused``
+    naming the key path of what does not fit, and then leaves ``module`` as it was (every
+    predictor is checked before any is loaded). Only what otpy carries reaches DSPy's
+    ``load_state``, in a state built here: a predictor's ``demos`` and its signature's texts."""
     if not isinstance(state, Mapping):
-        raise _StateRefused(f"it must be a JSON object (a module's dump_state()), not {_kind(state)}")
+        raise Refused(f"{STATE_KEY} is not a program state (an object, a module's dump_state()): "
+                      f"it is {_kind(state)}")
     predictors = dict(module.named_parameters())
     unknown = [name for name in state if name not in predictors]
     if unknown:
-        raise _StateRefused(f"it names predictor(s) {', '.join(map(repr, unknown))} the module does not "
-                                f"have (it has {', '.join(map(repr, predictors)) or 'none'})")
-    merged = {}
-    for name, entry in state.items():
-        predictor = predictors[name]
-        _check_predictor_state(name, predictor, entry)
-        fresh = predictor.dump_state()
-        merged[name] = {**fresh, **entry, "lm": None}  # the LM is the agent's
-        if "signature" in entry:
-            merged[name]["signature"] = {**fresh["signature"], **entry["signature"]}
-    for name, entry in merged.items():
+        raise Refused(f"{_path(unknown[0])}: the module has no predictor {unknown[0]!r} (it has "
+                      f"{', '.join(map(repr, predictors)) or 'none'})")
+    built = {name: _allowed_state(name, predictors[name], entry) for name, entry in state.items()}
+    for name, entry in built.items():
+        if entry is None:
+            continue  # carries nothing: the fresh predictor stays
         try:
             predictors[name].load_state(entry)
         except Exception as exc:
-            raise _StateRefused(f"predictor {name!r}: {type(exc).__name__}: {exc}") from exc
+            raise Refused(f"{_path(name)}: {type(exc).__name__}: {exc}") from exc
 
 
-def _check_predictor_state(name: str, predictor: Any, entry: Any) -> None:
+def _allowed_state(name: str, predictor: Any, entry: Any) -> dict | None:
+    """The state to load into ``predictor``, built of what ``entry`` may carry; None when it
+    carries nothing. Raises ``Refused`` naming the first key path that does not fit."""
     if not isinstance(entry, Mapping):
-        raise _StateRefused(f"predictor {name!r}: its state must be an object, not {_kind(entry)}")
-    signature = predictor.signature
-    fields = list(signature.fields)
+        raise Refused(f"{_path(name)}: a predictor's state must be an object, not {_kind(entry)}")
+    fresh = predictor.dump_state()
+    loaded = [key for key in entry if key in LOADED_KEYS]
+    for key, value in entry.items():
+        if key in LOADED_KEYS:
+            continue
+        if key in INERT_KEYS and value == fresh.get(key, INERT_KEYS[key]):
+            continue  # dump_state()'s bookkeeping, as a fresh predictor has it: carries nothing
+        if key in INERT_KEYS:
+            raise Refused(f"{_path(name, key)}: otpy does not load it (the LM is the agent's, from the "
+                          f"{LM_PREFIX}* variables; otpy loads only demos and signature texts): "
+                          f"leave it out or as a fresh predictor dumps it ({fresh.get(key, INERT_KEYS[key])!r})")
+        raise Refused(f"{_path(name, key)}: not part of a saved program (a predictor's state may hold "
+                      f"{', '.join(sorted(LOADED_KEYS))})")
+    if not loaded:
+        return None
+    if not isinstance(predictor, dspy.Predict):
+        raise Refused(f"{_path(name, loaded[0])}: the predictor is a {type(predictor).__name__}; otpy "
+                      "loads demos and signature texts into a dspy.Predict only")
+    fields = list(predictor.signature.fields)
+    built = {**fresh, "lm": None}  # the LM is the agent's
     if "demos" in entry:
-        demos = entry["demos"]
-        if not isinstance(demos, list):
-            raise _StateRefused(f"predictor {name!r}: 'demos' must be a list, not {_kind(demos)}")
-        for index, demo in enumerate(demos):
-            if not isinstance(demo, Mapping):
-                raise _StateRefused(f"predictor {name!r}: demos[{index}] must be an object, not {_kind(demo)}")
-            for key in demo:
-                if key not in signature.fields and key not in DEMO_EXTRA_KEYS:
-                    raise _StateRefused(f"predictor {name!r}: demos[{index}] has the field {key!r}, which its "
-                                            f"signature does not have ({', '.join(fields)})")
+        built["demos"] = _allowed_demos(name, fields, entry["demos"])
     if "signature" in entry:
-        saved = entry["signature"]
-        if not isinstance(saved, Mapping):
-            raise _StateRefused(f"predictor {name!r}: 'signature' must be an object, not {_kind(saved)}")
-        if "instructions" in saved and not isinstance(saved["instructions"], str):
-            raise _StateRefused(f"predictor {name!r}: signature.instructions must be a string, "
-                                    f"not {_kind(saved['instructions'])}")
-        if "fields" not in saved:
-            return
-        saved_fields = saved["fields"]
-        if not isinstance(saved_fields, list) or len(saved_fields) != len(fields):
-            count = f"{len(saved_fields)}" if isinstance(saved_fields, list) else _kind(saved_fields)
-            raise _StateRefused(f"predictor {name!r}: signature.fields must be a list of {len(fields)} "
-                                    f"(one per field: {', '.join(fields)}), not {count}")
-        for field, item in zip(fields, saved_fields):
-            if not isinstance(item, Mapping) or not all(isinstance(item.get(k), str) for k in ("prefix", "description")):
-                raise _StateRefused(f"predictor {name!r}: signature.fields' entry of {field!r} must be "
-                                        "an object with the strings 'prefix' and 'description'")
+        built["signature"] = _allowed_signature(name, fields, fresh["signature"], entry["signature"])
+    return built
+
+
+def _allowed_demos(name: str, fields: list[str], demos: Any) -> list[dict]:
+    if not isinstance(demos, list):
+        raise Refused(f"{_path(name, 'demos')}: must be a list, not {_kind(demos)}")
+    made = []
+    for index, demo in enumerate(demos):
+        if not isinstance(demo, Mapping):
+            raise Refused(f"{_path(name, 'demos', index)}: a demo must be an object, not {_kind(demo)}")
+        for key, value in demo.items():
+            if key == AUGMENTED:
+                if not isinstance(value, bool):
+                    raise Refused(f"{_path(name, 'demos', index, key)}: must be true or false, not {_kind(value)}")
+            elif key not in fields:
+                raise Refused(f"{_path(name, 'demos', index, key)}: not a field of the predictor's "
+                              f"signature ({', '.join(fields)})")
+        made.append(copy.deepcopy(dict(demo)))
+    return made
+
+
+def _allowed_signature(name: str, fields: list[str], fresh: dict, saved: Any) -> dict:
+    if not isinstance(saved, Mapping):
+        raise Refused(f"{_path(name, 'signature')}: must be an object, not {_kind(saved)}")
+    for key in saved:
+        if key not in ("instructions", "fields"):
+            raise Refused(f"{_path(name, 'signature', key)}: not part of a saved signature "
+                          "(it may hold instructions, fields)")
+    instructions = saved.get("instructions", fresh["instructions"])
+    if not isinstance(instructions, str):
+        raise Refused(f"{_path(name, 'signature', 'instructions')}: must be a string, not {_kind(instructions)}")
+    texts = saved.get("fields", fresh["fields"])
+    if not isinstance(texts, list) or len(texts) != len(fields):
+        count = f"{len(texts)}" if isinstance(texts, list) else _kind(texts)
+        raise Refused(f"{_path(name, 'signature', 'fields')}: must be a list of {len(fields)} (one per "
+                      f"field: {', '.join(fields)}), not {count}")
+    for index, (field, item) in enumerate(zip(fields, texts)):
+        if not isinstance(item, Mapping) or set(item) != {"prefix", "description"} \
+                or not all(isinstance(text, str) for text in item.values()):
+            raise Refused(f"{_path(name, 'signature', 'fields', index)}: the texts of {field!r} must be an "
+                          "object of two strings, prefix and description, and nothing else")
+    return {"instructions": instructions, "fields": [dict(item) for item in texts]}
+
+
+def _path(*keys: Any) -> str:
+    """``program_state["respond"]["demos"][0]``: where in the document."""
+    return STATE_KEY + "".join(f"[{key}]" if isinstance(key, int) else f"[{_quoted(key)}]" for key in keys)
+
+
+def _quoted(key: Any) -> str:
+    return json.dumps(key) if isinstance(key, str) else repr(key)
 
 
 def outputs_of(prediction: Any, target: str = "the module") -> dict[str, Any]:
-    """A ``Prediction``'s fields (or a mapping's items) as a JSON-able dict."""
+    """A ``Prediction``'s fields (or a mapping's items) as plain data (``agent.plain_data``)."""
     if callable(to_dict := getattr(prediction, "toDict", None)):
         fields = to_dict()
     elif isinstance(prediction, Mapping):
         fields = prediction
     else:
         raise TypeError(f"{target} returned a {type(prediction).__name__}, not a dspy.Prediction")
-    return {str(key): jsonable(value) for key, value in fields.items()}
-
-
-def jsonable(value: Any, depth: int = 0) -> Any:
-    """``value`` as JSON data: plain values as they are, lists and mappings item by item, a
-    pydantic model dumped, anything else ``str()``."""
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
-    if depth >= MAX_DEPTH:
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(key): jsonable(item, depth + 1) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(item, depth + 1) for item in value]
-    if callable(dump := getattr(value, "model_dump", None)):
-        try:
-            return jsonable(dump(mode="json"), depth + 1)
-        except Exception:
-            pass
-    return str(value)
+    return plain_outputs(fields)
 
 
 def _checked_script(script: Any) -> list | dict:
@@ -321,8 +377,21 @@ def _checked_script(script: Any) -> list | dict:
                     f"{{text: answer}}, not {_kind(script)}")
 
 
+def _how_to_fix(why: str) -> str:
+    """What to run so that the child starts again, for a value ``setup`` refused."""
+    child = os.environ.get("OTPY_CHILD_ID")
+    node = f" --node {os.environ['OTPY_NODE']}" if os.environ.get("OTPY_NODE") else ""
+    fixes = []
+    if f"{STATE_KEY} is refused" in why:
+        fixes.append(f"otpy vars set{node} SCOPE {STATE_KEY}={{}} (the factory's fresh module)")
+    if "LM settings" in why:
+        fixes.append(f"otpy vars set{node} SCOPE {LM_PREFIX}KW=VALUE (a value dspy.LM accepts)")
+    where = f"{child!r}, a supervisor of it, or global" if child else "the child, a supervisor of it, or global"
+    return f"set a value the child can run: {' and '.join(fixes)}; SCOPE: where it is declared ({where})"
+
+
 def _why(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, _StateRefused) else f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}"
 
 
 def _kind(value: Any) -> str:
