@@ -166,11 +166,11 @@ def test_a_write_past_the_total_is_refused_naming_it_and_every_reply_still_fits(
     assert written == 8  # 8 MiB: eight values of 1 MB fit, with their names and defaults; the ninth does not
     assert reply["error"] == "invalid"
     (problem,) = reply["problems"]
-    assert problem.startswith("global.big8: setting it would make the registry's variables weigh ")
-    assert f"over the total of {MAX_TOTAL_BYTES:,} bytes (8 MiB)" in problem and "nothing was written" in problem
+    assert problem.startswith("setting global.big8 would make the registry's variables weigh ")
+    assert f"over its total of {MAX_TOTAL_BYTES:,} bytes (8 MiB)" in problem and "nothing was written" in problem
     assert registry.forward(op="get", scope="global", name="big8")["reason"] == "default"
     many = registry.forward(op="set_many", values={"global": {"big8": MEGA, "big9": {}}})
-    assert many["ok"] is False and many["problems"][0].startswith("global.big8, global.big9: setting it")
+    assert many["ok"] is False and many["problems"][0].startswith("setting global.big8, global.big9 would make")
     for request in ({"op": "list"}, {"op": "resolve", "child": "echo", "chain": ["root"]}, {"op": "get_space"}):
         assert len(ENCODER.encode(registry.forward(**request))) < MAX_CALL_BYTES - (1 << 20)
     assert registry.forward(op="set", scope="global", name="big0", value="smaller")["ok"]  # lighter: taken
@@ -201,7 +201,7 @@ def test_declaring_variables_at_run_time_past_the_total_is_refused(tmp_path):
     table = {"type": "document", "default": MEGA, "max_bytes": MAX_DOCUMENT_BYTES}
     refused = registry.forward(op="register_space", scope="echo", variables={"d1": table, "d2": table})
     assert refused["ok"] is False
-    assert refused["problems"][0].startswith("register_space: echo.d1, echo.d2: declaring it would make the registry's")
+    assert refused["problems"][0].startswith("register_space: declaring echo.d1, echo.d2 would make the registry's")
     assert registry.forward(op="get_space", scope=None)["spaces"].keys() == {"global"}
     assert registry.forward(op="register_space", scope="echo", variables={"d1": table})["ok"]
     registry.teardown()

@@ -346,11 +346,10 @@ class ScopedValues:
 def _over_total(scope: str | None, names: list[str], after: int) -> str:
     """The refusal of a write (``names``: ``SCOPE.NAME``) or of a declaration in ``scope``."""
     named = ", ".join(f"{scope}.{name}" if scope else name for name in names)
-    doing = "declaring" if scope else "setting"
-    return (f"{named}: {doing} it would make the registry's variables weigh {after:,} bytes together (their "
-            f"values and defaults, as msgpack), over the total of {MAX_TOTAL_BYTES:,} bytes (8 MiB) the registry "
-            "holds, so that every reply carrying them fits a message; nothing was written. Make room: set "
-            "other documents smaller")
+    return (f"{'declaring' if scope else 'setting'} {named} would make the registry's variables weigh "
+            f"{after:,} bytes together (values and defaults, as msgpack), over its total of {MAX_TOTAL_BYTES:,} "
+            "bytes (8 MiB), which keeps every reply carrying them within a message; nothing was written "
+            "(make room: set other variables smaller)")
 
 
 def _resolves(store: ScopedValues, child: str) -> bool:
