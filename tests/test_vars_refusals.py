@@ -207,6 +207,16 @@ def test_declaring_variables_at_run_time_past_the_total_is_refused(tmp_path):
     registry.teardown()
 
 
+def test_declarations_over_the_total_are_refused_when_read():
+    from otpy.variables.space import spaces_from_topology
+
+    table = {"type": "document", "default": MEGA, "max_bytes": MAX_DOCUMENT_BYTES}
+    spaces_from_topology({"global": {f"d{i}": table for i in range(8)}})
+    with pytest.raises(VariableError, match=r"^variables: the declarations weigh 9,00\d,\d{3} bytes together .*"
+                                            r"over the registry's total of 8,388,608 bytes \(8 MiB\)"):
+        spaces_from_topology({"global": {f"d{i}": table for i in range(9)}})
+
+
 def test_the_total_keeps_every_reply_under_the_call_limit():
     assert MAX_TOTAL_BYTES + MAX_WRITE_BYTES < MAX_CALL_BYTES  # the values, and a write's before/after
 

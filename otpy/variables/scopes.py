@@ -109,7 +109,7 @@ class ScopedValues:
         self._declared_bytes = declared_weight(self.spaces)
 
     def weight(self) -> int:
-        """What every variable weighs together (defaults and set values, as msgpack, with their
+        """What every variable weighs together (declarations and set values, as msgpack, with their
         names: ``otpy.variables.weight``); a write may not make it exceed ``MAX_TOTAL_BYTES``."""
         return self._declared_bytes + sum(self._value_bytes.values())
 
@@ -347,7 +347,7 @@ def _over_total(scope: str | None, names: list[str], after: int) -> str:
     """The refusal of a write (``names``: ``SCOPE.NAME``) or of a declaration in ``scope``."""
     named = ", ".join(f"{scope}.{name}" if scope else name for name in names)
     return (f"{'declaring' if scope else 'setting'} {named} would make the registry's variables weigh "
-            f"{after:,} bytes together (values and defaults, as msgpack), over its total of {MAX_TOTAL_BYTES:,} "
+            f"{after:,} bytes together (values and declarations, as msgpack), over its total of {MAX_TOTAL_BYTES:,} "
             "bytes (8 MiB), which keeps every reply carrying them within a message; nothing was written "
             "(make room: set other variables smaller)")
 

@@ -35,6 +35,7 @@ from .types import (
     variable_from_table,
     variable_table,
 )
+from .weight import MAX_TOTAL_BYTES, declared_weight
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -266,6 +267,10 @@ def spaces_from_topology(
         problems += _add_constraints(spaces, scope, entries)
     if not problems:
         problems += [problem for space in spaces.values() for problem in _default_problems(space)]
+    if not problems and (weight := declared_weight(spaces)) > MAX_TOTAL_BYTES:
+        problems.append(f"variables: the declarations weigh {weight:,} bytes together (as msgpack, their defaults "
+                        f"included), over the registry's total of {MAX_TOTAL_BYTES:,} bytes (8 MiB) for all its "
+                        "variables; expected smaller defaults")
     if problems:
         raise VariableError(problems)
     return spaces
