@@ -313,7 +313,7 @@ def test_a_program_state_that_is_not_an_object_is_refused_even_when_falsy(value)
     """Before, [] / 0 / "" / false meant the fresh module, silently."""
     agent = answerer({"program_state": saved_program("kept")})
     agent.on_config({"program_state": value})
-    assert "program_state is not a program state (an object" in agent.refused
+    assert "program_state is refused: not a program state (an object" in agent.refused
     assert len(agent.running.module.respond.demos) == 1
 
 

@@ -254,8 +254,7 @@ def load_program_state(module: dspy.Module, state: Any) -> None:
     predictor is checked before any is loaded). Only what otpy carries reaches DSPy's
     ``load_state``, in a state built here: a predictor's ``demos`` and its signature's texts."""
     if not isinstance(state, Mapping):
-        raise Refused(f"{STATE_KEY} is not a program state (an object, a module's dump_state()): "
-                      f"it is {_kind(state)}")
+        raise Refused(f"not a program state (an object, a module's dump_state()): it is {_kind(state)}")
     predictors = dict(module.named_parameters())
     unknown = [name for name in state if name not in predictors]
     if unknown:
@@ -305,7 +304,7 @@ def _allowed_state(name: str, predictor: Any, entry: Any) -> dict | None:
 
 def _allowed_demos(name: str, fields: list[str], demos: Any) -> list[dict]:
     if not isinstance(demos, list):
-        raise Refused(f"{_path(name, 'demos')}: must be a list, not {_kind(demos)}")
+        raise Refused(f"{_path(name, 'demos')}: must be an array, not {_kind(demos)}")
     made = []
     for index, demo in enumerate(demos):
         if not isinstance(demo, Mapping):
@@ -394,5 +393,12 @@ def _why(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}"
 
 
+JSON_KINDS = ((bool, "a boolean"), (str, "a string"), (int, "a number"), (float, "a number"),
+              (list, "an array"), (tuple, "an array"), (Mapping, "an object"))
+
+
 def _kind(value: Any) -> str:
-    return "null" if value is None else f"a {type(value).__name__}"
+    """What ``value`` is, in JSON's words (the document's)."""
+    if value is None:
+        return "null"
+    return next((name for kind, name in JSON_KINDS if isinstance(value, kind)), f"a {type(value).__name__}")
