@@ -4,23 +4,29 @@ A child with ``standby = N`` (``ChildSpec.standby``, program children only) has 
 standbys: processes the zygote forked like the child (``Spawn.standby``), which instantiated
 the program, resolved its configuration, ran ``setup()``, bound their call socket at a spare
 path, and wait (``agent.standby_wait``). Their notify fd is a socket pair: the node writes
-``GO``, ``SYNC``, or closes it (EOF: retired); they write ``STANDBY``, ``STALE``, ``SYNCED``,
-``RETIRE``, and READY once promoted.
+``TAKEN``, ``GO``, ``SYNC``, or closes it (EOF: retired); they write ``STANDBY`` (with their
+program's source files as the zygote saw them at the fork), ``STALE``, ``SYNCED``, ``RETIRE``
+(a request to go), and READY after a GO.
 
 ``ProcessManager.spawn`` asks the pool first (``promote``): a ready standby made for exactly
-this spec and environment, by the current zygote generation, takes the name (``GO``: it checks
-that its code did not change on disk and that its configuration is the registry's, renames its
-socket into place, says READY) instead of a fork and a ``setup()``. Standbys made for another
-spec or environment (a reconfiguration, a reload, a bound variable) or by an older generation
-are retired then. A standby that refuses (``STALE``) exits, and the start goes the ordinary way.
-After any start of such a child the pool makes standbys again up to N (``refill``), in a task
-of its own: the promoted child's READY never waits for it.
+this spec and environment, by the current zygote generation, that is not resolving new values
+(a ``SYNC`` pending is waited for) takes the name instead of a fork and a ``setup()``. The node
+stats its source files itself (the zygote's own check before a fork), renames its socket into
+the child's path and writes ``TAKEN``: READY at once, no round trip. (A standby whose line could
+not list its files is asked instead: ``GO``, it checks them itself, renames, says READY, or
+refuses with ``STALE``.) Code changed on disk: the start goes the ordinary way, to a new zygote
+generation. Standbys made for another spec or environment (a reconfiguration, a reload, a bound
+variable) or by an older generation are retired then. After any start of such a child the pool
+makes standbys again up to N (``refill``), in a task of its own: READY never waits for it.
+The manager sees the death of such a child by a pidfd (``ProcessManager._watch_death``), one hop
+before the zygote's report.
 
 A standby is no OTP child: its failure (a ``setup()`` that raises, a death while it waits) is
 one warning, charges no intensity, and is not retried until the child's next start. It belongs
 to its zygote: its death takes the standby with it (the ordinary ``lost`` path), and it dies
 with the node. The supervisor retires the standbys of a child stopped for good (``retire_all``).
-A variable write asks them to resolve again (``sync``) before it returns, as running programs do.
+A variable write asks them to resolve again (``sync``) before it returns, as running programs
+do; a child's exit for new values (75) does too, before its restart's take-over (``follow``).
 """
 
 from __future__ import annotations
