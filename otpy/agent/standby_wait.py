@@ -23,8 +23,9 @@ It also asks to leave, saying ``RETIRE <why>``, when its configuration changes a
 has no ``on_config``, or ``on_config`` raised: a standby never serves values other than the
 registry's. The node then retires it (EOF); a ``TAKEN`` the node sent before it read the
 ``RETIRE`` makes it the child all the same, which then ends as a running child would (a restart
-for new values), so the node's word on the name is never contradicted by a quiet exit. SIGTERM ends it quietly too. While it waits, ``on_config`` runs on the watcher's
-thread (there is no call yet to take turns with); once promoted, in turn with the calls.
+for new values), so the node's word on the name is never contradicted by a quiet exit.
+SIGTERM ends it quietly too. While it waits, ``on_config`` runs on the watcher's thread (there
+is no call yet to take turns with); once promoted, in turn with the calls.
 """
 
 from __future__ import annotations
