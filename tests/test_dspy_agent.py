@@ -414,3 +414,22 @@ def test_the_example_without_dspy_says_to_install_the_extra(tmp_path):
     assert done.returncode != 0
     assert "cannot import 'examples.dspy_team.programs:Reviewer': otpy.dspy needs DSPy: pip install 'otpy[dspy]'" \
         in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_a_parameter_that_is_no_predict_loads_nothing_and_is_refused_unless_as_it_dumps_fresh():
+    """A dspy.Retrieve's state ({"k": 3}) went to its load_state (setattr of any key) before."""
+    import dspy
+
+    from otpy.dspy.agent import Refused, load_program_state
+
+    class WithRetrieve(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.find = dspy.Retrieve(k=3)
+            self.respond = dspy.Predict("question -> answer")
+
+    module = WithRetrieve()
+    load_program_state(module, {"find": {"k": 3}, "respond": {"demos": [{"question": "q", "answer": "a"}]}})
+    assert module.find.k == 3 and module.respond.demos == [{"question": "q", "answer": "a"}]
+    with pytest.raises(Refused, match=r'program_state\["find"\]: the parameter is a Retrieve'):
+        load_program_state(WithRetrieve(), {"find": {"k": 50}})

@@ -276,6 +276,11 @@ def _allowed_state(name: str, predictor: Any, entry: Any) -> dict | None:
     if not isinstance(entry, Mapping):
         raise Refused(f"{_path(name)}: a predictor's state must be an object, not {_kind(entry)}")
     fresh = predictor.dump_state()
+    if not isinstance(predictor, dspy.Predict):  # a Retrieve, ...: nothing of it is loaded
+        if dict(entry) == fresh:
+            return None  # as its fresh self dumps it: a module's dump_state() round-trips
+        raise Refused(f"{_path(name)}: the parameter is a {type(predictor).__name__}; otpy loads demos and "
+                      "signature texts into a dspy.Predict only (leave it out, or as it dumps fresh)")
     loaded = [key for key in entry if key in LOADED_KEYS]
     for key, value in entry.items():
         if key in LOADED_KEYS:
@@ -290,9 +295,6 @@ def _allowed_state(name: str, predictor: Any, entry: Any) -> dict | None:
                       f"{', '.join(sorted(LOADED_KEYS))})")
     if not loaded:
         return None
-    if not isinstance(predictor, dspy.Predict):
-        raise Refused(f"{_path(name, loaded[0])}: the predictor is a {type(predictor).__name__}; otpy "
-                      "loads demos and signature texts into a dspy.Predict only")
     fields = list(predictor.signature.fields)
     built = {**fresh, "lm": None}  # the LM is the agent's
     if "demos" in entry:
