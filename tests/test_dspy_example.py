@@ -293,3 +293,52 @@ def test_demos_bootstrapped_from_the_nodes_traces_set_as_program_state_fix_the_h
         assert node.set_variables("coder", {"program_state": state}).ok  # the demos, on the running coder
         fixed = node.call("manager", {"goal": "code", "task": TASK.text}, timeout=60)
         assert fixed["verdict"] == "approve" and fixed["code"] == TASK.careful.strip()
+
+
+# --- a DSPy [optimizer] table's problems: one usage error naming the item -------------------------
+
+@pytest.mark.parametrize("target, message", [
+    ("tests.dspy_bad_data:no_inputs", "optimizer.dataset ('tests.dspy_bad_data:no_inputs'): item 0: a dspy.Example "
+                                      "without its inputs marked"),
+    ("tests.dspy_bad_data:stray", "optimizer.dataset ('tests.dspy_bad_data:stray'): item 2: an example is a "
+                                  "dspy.Example, an otpy.Example or a mapping with 'inputs' (and 'label'); got "
+                                  "'write mean(xs)'"),
+])
+def test_a_bad_dspy_dataset_is_one_usage_error_naming_the_item(target, message):
+    from otpy.cli.optimize_cmd import conventions
+
+    text = topology_text("bad").replace("examples.dspy_team.data:trainset", target)
+    with pytest.raises(OptimizeError) as raised:
+        conventions(OptimizerTable(parse_topology(text, source=PATH, base_dir=ROOT)))
+    assert raised.value.usage and message in str(raised.value), str(raised.value)
+
+
+def test_a_dspy_dataset_may_hold_the_cores_mappings_too():
+    from otpy.cli.optimize_cmd import conventions
+
+    text = topology_text("mixed").replace("examples.dspy_team.data:trainset", "tests.dspy_bad_data:mixed")
+    table = conventions(OptimizerTable(parse_topology(text, source=PATH, base_dir=ROOT)))
+    assert [example.inputs["goal"] for example in table.trainset] == ["code"] * 3
+    assert isinstance(table.trainset[0].label, dspy.Example) and table.trainset[2].label is None
+
+
+def test_otpy_optimize_of_a_bad_dspy_dataset_is_one_line_and_exit_2(tmp_path):
+    path = tmp_path / "topology.toml"
+    path.write_text(topology_text(short_name("bd")).replace("examples.dspy_team.data:trainset",
+                                                            "tests.dspy_bad_data:no_inputs"))
+    proc = subprocess.run([sys.executable, "-m", "otpy", "optimize", str(path), "--trials", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("optimize: optimizer.dataset ('tests.dspy_bad_data:no_inputs'): item 0: ") and \
+        proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("metric", ["nan", "number_text"])
+def test_a_dspy_metric_returning_no_score_is_a_failure_in_evaluate(metric):
+    from tests import dspy_bad_data
+
+    dev = [dspy.Example(n=n).with_inputs("n") for n in (1, 2)]
+    result = dspy_evaluate.Evaluate(devset=dev, metric=getattr(dspy_bad_data, metric))(lambda n: {"y": n})
+    assert result.score is None and result.evaluation.failures == 2
+    assert result.evaluation.first_error.startswith("the metric returned "), result.evaluation.first_error
+    assert [score for _, _, score in result.results] == [0.0, 0.0]

@@ -56,6 +56,11 @@ def test_storage_url_holds_the_study_and_a_second_run_resumes_it(tmp_path):
     assert second.returncode == 0, second.stderr
     assert "after 5 trials" in second.stdout
     assert len(study_trials(url, name)) == 5  # 2 more: the 3 of the first run were kept
+    assert "is not used" not in second.stderr
+    seeded = optimize(path, "--trials", "5", "--seed", "8", "--storage", url)  # nothing to run: the seed is unused
+    assert seeded.returncode == 0, seeded.stderr
+    assert f"optimize: --seed 8 is not used: study '{name}' already has 5 finished trials, so no trial ran" \
+        in seeded.stderr, seeded.stderr
 
 
 def test_a_storage_that_is_not_a_url_is_a_usage_error_before_anything_runs(tmp_path):
@@ -349,3 +354,83 @@ def test_the_watch_loop_warns_about_a_program_without_on_config_too(tmp_path):
     assert proc.returncode == 1, proc.stderr  # no node: it ends there
     assert f"no node {name!r} is running" in proc.stderr and "; start it with `otpy start" in proc.stderr
     assert f"program {PICKY} (child 'solver') has no on_config" in proc.stderr
+
+
+BAD = "tests.optimize_bad_data:"
+
+
+@pytest.mark.parametrize("key, target, message", [
+    ("dataset", BAD + "missing", "optimizer.dataset: cannot import 'tests.optimize_bad_data:missing': ImportError"),
+    ("dataset", "no_such_module:data", "optimizer.dataset: cannot import 'no_such_module:data': "
+                                       "ModuleNotFoundError"),
+    ("dataset", BAD + "raises", "reading it raised RuntimeError: the data file is gone"),
+    ("dataset", BAD + "NOT_A_LIST", "got int 5; expected a list of examples, or a function returning one"),
+    ("dataset", BAD + "EMPTY", "optimizer.dataset ('tests.optimize_bad_data:EMPTY'): no examples"),
+    ("valset", BAD + "not_examples", "optimizer.valset ('tests.optimize_bad_data:not_examples'): item 1: an example "
+                                     "is an otpy.Example or a mapping with 'inputs' (and 'label'); got 'x=2'"),
+    ("dataset", BAD + "inputs_not_a_mapping", "item 0: an example's 'inputs' is a mapping"),
+    ("dataset", BAD + "half_read", "reading it raised OSError: the stream broke"),
+    ("metric", BAD + "NOT_CALLABLE", "optimizer.metric ('tests.optimize_bad_data:NOT_CALLABLE'): got str 'exact'; "
+                                     "expected a function"),
+])
+def test_a_bad_dataset_or_metric_is_one_usage_error_naming_it(key, target, message):
+    from otpy.optimize.live_system import OptimizeError, OptimizerTable
+
+    default = {"dataset": "tests.optimize_agents:dataset", "valset": "tests.optimize_agents:validation",
+               "metric": "tests.optimize_agents:exact"}[key]
+    text = TOPOLOGY.format(name="bad", doubler=DOUBLER, tripler=TRIPLER).replace(default, target)
+    with pytest.raises(OptimizeError, match=None) as raised:
+        OptimizerTable(parse_topology(text, check_imports=True))
+    assert raised.value.usage and message in str(raised.value), str(raised.value)
+
+
+def test_a_dataset_of_mappings_is_read_as_examples(tmp_path):
+    from otpy.optimize.live_system import OptimizerTable
+
+    text = TOPOLOGY.format(name="maps", doubler=DOUBLER, tripler=TRIPLER).replace(
+        "tests.optimize_agents:dataset", BAD + "mappings")
+    table = OptimizerTable(parse_topology(text, check_imports=True))
+    assert [example.inputs["x"] for example in table.trainset] == [1.0, 2.0, 3.0]
+
+
+def test_otpy_optimize_says_a_bad_dataset_in_one_line_and_exits_2(tmp_path):
+    path = topology_file(tmp_path, unique_name("baddata"))
+    with open(path) as file:
+        text = file.read().replace("tests.optimize_agents:dataset", BAD + "raises")
+    with open(path, "w") as file:
+        file.write(text)
+    proc = optimize(path, "--trials", "1", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == ("optimize: optimizer.dataset ('tests.optimize_bad_data:raises'): reading it raised "
+                           "RuntimeError: the data file is gone\n"), proc.stderr
+
+
+SLOW_IMPORT = """
+import os, time
+
+open({inside!r}, "w").close()  # importing: now is the moment to press Ctrl-C
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:  # an import that takes long (dspy takes seconds)
+    time.sleep(0.01)
+
+from tests.optimize_agents import Doubler
+"""
+
+
+def test_ctrl_c_while_the_programs_are_imported_exits_130_in_one_line(tmp_path):
+    inside = tmp_path / "inside"
+    (tmp_path / "slow_programs.py").write_text(SLOW_IMPORT.format(inside=str(inside)))
+    path = topology_file(tmp_path, unique_name("sigimport"), doubler="slow_programs:Doubler")
+    proc = subprocess.Popen([sys.executable, "-m", "otpy", "optimize", path, "--trials", "1"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        wait_until(inside.exists, timeout=60, what="the programs' import")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err == "optimize: interrupted\n" and out == "", err

@@ -376,3 +376,45 @@ def test_ctrl_c_while_optuna_tells_a_trial_is_still_a_keyboard_interrupt_and_lea
             lambda n: {"answer": n, "x": 0.7}, TRAIN, metric, trials=3)
     [trial] = optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials
     assert trial.state != optuna.trial.TrialState.RUNNING
+
+
+# --- what a metric returns: a score, or a failed metric (never a silent 0) -------------------------
+
+@pytest.mark.parametrize("returned", [float("nan"), float("inf"), -float("inf"), "1.0", None, [1.0], 10 ** 400,
+                                      object()])
+def test_a_metric_returning_no_score_is_a_failure_counted_with_why_not_a_zero(returned):
+    examples = [Example(inputs={"n": n}, label=n) for n in range(3)]
+    metric = lambda example, prediction: 1.0 if example.label == 0 else returned  # noqa: E731
+    result = evaluate(lambda n: {"answer": n}, examples, metric)
+    assert (result.score, result.failures) == (pytest.approx(1 / 3), 2)
+    assert result.first_error.startswith(f"the metric returned {repr(returned)[:40]}"), result.first_error
+    assert "expected a finite number or a bool" in result.first_error or "not a finite number" in result.first_error
+    assert "example inputs: {'n': 1}" in result.first_error
+    every = evaluate(lambda n: {"answer": n}, examples, lambda example, prediction: returned)
+    assert every.failed and every.failures == 3  # nothing measured: a failed trial, not a score of 0
+
+
+def test_a_metric_may_return_a_bool_an_int_or_a_numpy_scalar():
+    import numpy
+
+    examples = [Example(inputs={"n": n}, label=n) for n in range(4)]
+    values = {0: True, 1: 0, 2: numpy.float64(0.5), 3: numpy.bool_(True)}
+    result = evaluate(lambda n: {"answer": n}, examples, lambda example, prediction: values[example.label])
+    assert (result.score, result.failures) == (pytest.approx(2.5 / 4), 0)
+
+
+def test_a_trial_whose_metric_never_scores_is_a_failed_trial():
+    with pytest.raises(OptimizeError, match="(?s)every trial failed.*the metric returned nan"):
+        Optimizer(spaces(), seed=1, progress=False).compile(
+            lambda n: {"answer": n}, TRAIN, lambda example, prediction: float("nan"), trials=2)
+
+
+def test_a_study_that_has_its_trials_runs_none_and_says_so_in_ran(tmp_path):
+    db = str(tmp_path / "study.db")
+    state = {}
+    first = Optimizer(spaces(), seed=3, storage=db, study_name="s", progress=False).compile(
+        make_program(state), TRAIN, metric, trials=3, apply=state.update)
+    assert first.ran == 3
+    again = Optimizer(spaces(), seed=8, storage=db, study_name="s", progress=False).compile(
+        make_program(state), TRAIN, metric, trials=3, apply=state.update)
+    assert (again.ran, again.trials) == (0, 3) and again.config == first.config

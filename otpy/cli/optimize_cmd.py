@@ -53,8 +53,19 @@ def optimize(topology: str, trials: int | None, seed: int | None, storage: str |
     in a durable file (or --storage URL), so running the command again resumes it. The plan is
     the diff from the running node's values (or, when it is not running, the topology's defaults)
     to the best configuration, with what the node would start, stop or reconfigure; --apply
-    carries it out (--dry-run: prints only). --watch runs the watch loop instead.
+    carries it out (--dry-run: prints only). Trials keep the running node's values of what no
+    trial searches (documents such as a saved DSPy program), so they score what the plan would
+    leave running. --watch runs the watch loop instead.
     """
+    try:
+        _optimize(topology, trials, seed, storage, apply_, dry_run, as_json, watch, interval=interval, sample=sample,
+                  threshold=threshold, every=every, margin=margin, rounds=rounds)
+    except KeyboardInterrupt:  # at any moment before the search, or while the plan is asked or sent
+        fail("optimize: interrupted", EXIT_INTERRUPTED)
+
+
+def _optimize(topology: str, trials: int | None, seed: int | None, storage: str | None, apply_: bool,
+              dry_run: bool, as_json: bool, watch: bool, **watching) -> None:
     from ..optimize.live_system import OptimizeError
 
     if apply_ and not watch:  # the node first, at once: importing the programs takes seconds
@@ -72,14 +83,11 @@ def optimize(topology: str, trials: int | None, seed: int | None, storage: str |
     sys.path[:0] = [folder for folder in spec.node.program_folders if folder not in sys.path]
     try:
         if watch:
-            _watch(spec, topology, seed, trials=trials or 10, interval=interval, sample=sample,
-                   threshold=threshold, every=every, margin=margin, rounds=rounds)
+            _watch(spec, topology, seed, trials=trials or 10, **watching)
         else:
             _optimize_once(spec, topology, trials, seed, storage, apply_, dry_run, as_json)
     except OptimizeError as exc:
         fail(f"optimize: {exc}", EXIT_USAGE if exc.usage else EXIT_FAILED)
-    except KeyboardInterrupt:  # before the search began, or while the plan is asked or sent
-        fail("optimize: interrupted", EXIT_INTERRUPTED)
 
 
 def _load(topology: str, check_imports: bool = True):
@@ -131,12 +139,12 @@ def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, st
 
     name = spec.node.name
     table = conventions(OptimizerTable(spec))  # its problems first: a usage error, before anything runs
-    current = live_values(name)
+    current = live_values(name)  # a running node: trials keep its documents, the plan is against it
     if apply_ and current is None:  # stopped since the first check (``_require_running``)
         _require_running(name, topology)
     storage = checked_storage(storage) if storage else default_storage(name)
     _warn_restarts(spec)
-    study = study_name(spec)
+    study = study_name(spec, current)
     click.echo(f"optimize: study {study!r} in {storage}", err=True)
     try:
         result = optimize_topology(spec, trials=trials, seed=seed, current=current, storage=storage,
@@ -144,6 +152,10 @@ def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, st
     except KeyboardInterrupt:
         fail(f"optimize: interrupted; study {study!r} in {storage} keeps its finished trials (one cut short is "
              "marked failed): run the same command to resume it", EXIT_INTERRUPTED)
+    if seed is not None and result.ran == 0:
+        click.echo(f"optimize: --seed {seed} is not used: study {study!r} already has {result.trials} finished "
+                   "trials, so no trial ran; ask for more (--trials N), or name another study ([optimizer] study) "
+                   "or --storage to search with this seed", err=True)
     report = OptimizeReport(result, name, as_json)
     report.scores()
     if current is None:
@@ -269,14 +281,15 @@ def _watch(spec, topology: str, seed: int | None, **options) -> None:
         fail(f"optimize --watch: {exc}", EXIT_USAGE)
     if rounds is not None and rounds < 1:
         fail(f"optimize --watch: --rounds: got {rounds}; expected an integer >= 1", EXIT_USAGE)
+    table = conventions(OptimizerTable(spec))
     _warn_restarts(spec)
     try:
-        with watch_topology(spec, policy, seed=seed, table=conventions(OptimizerTable(spec))) as orchestrator:
+        with watch_topology(spec, policy, seed=seed, table=table) as orchestrator:
             for report in _rounds(orchestrator, rounds):
                 click.echo(_round_line(report), nl=True)
     except NodeNotFound as exc:
         fail(f"optimize --watch: {exc}; start it with `otpy start {topology} --detach`")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the loop runs until interrupted: its end, exit 0
         pass
 
 

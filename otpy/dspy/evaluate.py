@@ -26,8 +26,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import dspy
 
-from ..optimize.evaluation import Evaluation, Example, dspy_shaped
+from ..optimize.evaluation import Evaluation, Example, as_example, dspy_shaped, metric_score
 from ..optimize.evaluation import evaluate as evaluate_examples
+from ..optimize.optimizer import OptimizeError
 
 __all__ = ["Evaluate", "EvaluationResult", "adapt", "adapt_table", "caller_program", "examples", "metric",
            "prediction"]
@@ -35,15 +36,20 @@ __all__ = ["Evaluate", "EvaluationResult", "adapt", "adapt_table", "caller_progr
 
 def example(item: Any) -> Example:
     """An ``otpy.Example`` from a ``dspy.Example`` (its ``inputs()``; the example itself as the
-    label); an ``otpy.Example`` as it is."""
-    if isinstance(item, Example):
-        return item
+    label); an ``otpy.Example``, or a mapping with ``inputs`` (and ``label``), as the core takes it."""
+    if isinstance(item, (Example, Mapping)):
+        return as_example(item)
     if not isinstance(item, dspy.Example):
-        raise TypeError(f"an example is a dspy.Example or an otpy.Example; got {item!r}")
+        raise TypeError(f"an example is a dspy.Example, an otpy.Example or a mapping with 'inputs' (and 'label'); "
+                        f"got {_clip(repr(item))}")
     if item._input_keys is None:
-        raise ValueError(f"a dspy.Example without its inputs marked: {item!r}; call .with_inputs('field', ...) "
-                         "(the fields the agent is called with)")
+        raise ValueError(f"a dspy.Example without its inputs marked: {_clip(repr(item))}; call "
+                         ".with_inputs('field', ...) (the fields the agent is called with)")
     return Example(inputs=dict(item.inputs().toDict()), label=item)
+
+
+def _clip(text: str, width: int = 200) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def examples(dataset: Iterable[Any]) -> list[Example]:
@@ -68,7 +74,8 @@ def gold(item: Example) -> dspy.Example:
 
 def metric(dspy_metric: Callable[..., Any]) -> Callable[[Example, Mapping[str, Any]], Any]:
     """A core metric from a DSPy one: ``dspy_metric(dspy_example, dspy.Prediction)`` (its third
-    argument, ``trace``, keeps its default, as in DSPy's ``Evaluate``). A bool counts 1 or 0."""
+    argument, ``trace``, keeps its default, as in DSPy's ``Evaluate``). A bool counts 1 or 0;
+    NaN, an infinity or what is no number is a failed metric (``evaluation.metric_score``)."""
 
     def scored(item: Example, reply: Mapping[str, Any]) -> Any:
         return dspy_metric(gold(item), prediction(reply))
@@ -86,13 +93,24 @@ def adapt(dataset: Iterable[Any], dspy_metric: Callable[..., Any]) -> tuple[list
 
 def adapt_table(table):
     """A topology's ``[optimizer]`` table (``OptimizerTable``) whose dataset holds DSPy examples,
-    adapted in place (its trainset, valset and metric); a table of ``otpy.Example``s as it is."""
+    adapted in place (its trainset, valset and metric); a table of ``otpy.Example``s as it is.
+    An item that is no example: ``OptimizeError`` (a usage error) naming the set and the item."""
     if not (dspy_shaped(table.trainset) or dspy_shaped(table.valset or [])):
         return table
-    table.trainset = examples(table.trainset)
-    table.valset = None if table.valset is None else examples(table.valset)
+    table.trainset = _table_examples(table, "dataset", table.trainset)
+    table.valset = None if table.valset is None else _table_examples(table, "valset", table.valset)
     table.metric = metric(table.metric)
     return table
+
+
+def _table_examples(table, key: str, items: Iterable[Any]) -> list[Example]:
+    adapted = []
+    for index, item in enumerate(items):
+        try:
+            adapted.append(example(item))
+        except (TypeError, ValueError) as exc:
+            raise OptimizeError(f"optimizer.{key} ({table.table[key]!r}): item {index}: {exc}", usage=True) from None
+    return adapted
 
 
 def caller_program(caller, agent: str, timeout: float = 30.0) -> Callable[..., Mapping[str, Any]]:
@@ -104,8 +122,8 @@ def caller_program(caller, agent: str, timeout: float = 30.0) -> Callable[..., M
 class EvaluationResult:
     """``score``: the mean metric in percent (DSPy's ``Evaluate``), None when every call failed;
     ``results``: per example ``(dspy_example, prediction, score)``, ``prediction`` None (and the
-    score 0) where the call or the metric raised; ``evaluation``: otpy's ``Evaluation`` (mean 0..1,
-    failures, the first traceback)."""
+    score 0) where the call or the metric raised, or the metric returned no score;
+    ``evaluation``: otpy's ``Evaluation`` (mean 0..1, failures, the first traceback)."""
 
     score: float | None
     results: list[tuple[Any, dspy.Prediction | None, float]] = field(default_factory=list)
@@ -127,7 +145,7 @@ class Evaluate:
 
         def scored(item: Example, reply: Mapping[str, Any]) -> float:
             predicted = prediction(reply)
-            value = float(self.metric(gold(item), predicted))
+            value = metric_score(self.metric(gold(item), predicted))
             kept[id(item)] = (predicted, value)
             return value
 

@@ -6,6 +6,7 @@ DSPy's examples are told apart by their shape (``dspy_shaped``): this layer neve
 from __future__ import annotations
 
 import math
+import numbers
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ class Example:
 @dataclass(frozen=True)
 class Evaluation:
     """A program scored on a dataset: ``score`` is the mean metric over all ``count`` examples
-    (a failed call counts 0 in it), None when every call failed; ``failures`` calls raised, the
-    first one's traceback is ``first_error``."""
+    (a failed call counts 0 in it), None when every call failed; ``failures`` calls raised (or
+    their metric raised, or returned no score), the first one's traceback (or why) is
+    ``first_error``."""
 
     score: float | None
     count: int
@@ -38,8 +40,9 @@ class Evaluation:
 
 
 def evaluate(program, examples: list[Example], metric, threads: int = 1) -> Evaluation:
-    """The mean metric over ``examples``; a call (or the metric on its prediction) that raises
-    counts 0 and is reported, not hidden. ``threads`` > 1 scores that many examples at once
+    """The mean metric over ``examples``; a call (or the metric on its prediction) that raises,
+    or a metric that returns no score (``metric_score``: NaN, inf, a string, None...), counts 0
+    and is reported, not hidden. ``threads`` > 1 scores that many examples at once
     (DSPy's ``Evaluate(num_threads=N)``): ``program`` and ``metric`` are then called from several
     threads (otpy's ``Caller`` is thread-safe). The first error is the first failed example's, in
     the dataset's order, however the threads ran."""
@@ -56,12 +59,43 @@ def evaluate(program, examples: list[Example], metric, threads: int = 1) -> Eval
 
 
 def _score_one(program, example: Example, metric) -> tuple[float, str | None]:
-    """One example's metric (NaN counts 0), or 0 and the traceback of what raised."""
+    """One example's metric, or 0 and why not: the traceback of what raised (the call, or the
+    metric on its prediction), or what the metric returned that is no score (``metric_score``)."""
     try:
-        value = float(metric(example, program(**example.inputs)))
-    except Exception as exc:  # the call, or the metric on its prediction
+        prediction = program(**example.inputs)
+        return metric_score(metric(example, prediction)), None
+    except NoScore as exc:
+        return 0.0, f"{exc} (example inputs: {_clip(repr(example.inputs))})"
+    except Exception as exc:
         return 0.0, _traceback(exc)
-    return (0.0 if math.isnan(value) else value), None
+
+
+class NoScore(ValueError):
+    """A metric returned something that is no score: a failed metric, as one that raises."""
+
+
+def metric_score(value: Any) -> float:
+    """What a metric returned, as a score: a finite number (an int, a float, any ``numbers.Real``
+    such as a numpy scalar), or a bool (DSPy's convention: True counts 1, False 0). ``NoScore``
+    for anything else: NaN, an infinity, None, a string (even ``"1.0"``), an object that only
+    converts to a number; the metric failed on that example, it did not score 0."""
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # a numpy scalar or 0-d array
+        value = value.item()
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, numbers.Real):
+        try:
+            score = float(value)
+        except (OverflowError, ValueError):  # an int too big for a float
+            raise NoScore(f"the metric returned {_clip(repr(value))}, not a finite number") from None
+        if math.isfinite(score):
+            return score
+    raise NoScore(f"the metric returned {_clip(repr(value))} ({type(value).__name__}); expected a finite number "
+                  "or a bool")
+
+
+def _clip(text: str, width: int = 200) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _map(function, items: list, threads: int) -> list:
@@ -95,8 +129,12 @@ def as_example(item) -> Example:
     if isinstance(item, Example):
         return item
     if isinstance(item, Mapping) and "inputs" in item:
+        if not isinstance(item["inputs"], Mapping):
+            raise TypeError(f"an example's 'inputs' is a mapping of what the program is called with; got "
+                            f"{_clip(repr(item['inputs']))}")
         return Example(inputs=dict(item["inputs"]), label=item.get("label"))
     if dspy_shaped([item]):
         raise TypeError(f"a DSPy example ({type(item).__name__}): adapt the dataset and the metric with "
                         "otpy.dspy.evaluate.adapt(dataset, metric) first (`otpy optimize` does it)")
-    raise TypeError(f"an example is an otpy.Example or a mapping with 'inputs' (and 'label'); got {item!r}")
+    raise TypeError(f"an example is an otpy.Example or a mapping with 'inputs' (and 'label'); got "
+                    f"{_clip(repr(item))}")

@@ -13,8 +13,10 @@ leaves every scope as it was. Applying a configuration the node already runs sen
 Everything goes over the node's control socket and the registry's call address, never into the
 supervisor's objects, so the optimizer can run in any process. ``optimize_topology`` is
 ``otpy optimize``: trials run on a scratch node started from the topology (named
-``<node>-optimize``), through the same ``apply``; the study is kept in any optuna storage, by
-default a durable per-user file (``study_storage``).
+``<node>-optimize``), through the same ``apply``, each setting the trial's searched values and
+the running node's values of the others (its documents: a trial scores the program the plan
+would leave running); the study is kept in any optuna storage, by default a durable per-user
+file (``study_storage``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Any, Iterable, Mapping
 
 from ..variables.client import RegistryClient
 from ..wire.protocol import Change, Outcome, SetVariables
-from .optimizer import CompileResult, Config, OptimizeError, action_config, plan_actions
+from .evaluation import as_example, dspy_shaped
+from .optimizer import CompileResult, Config, OptimizeError, action_config, fixed_digest, plan_actions
 
 __all__ = ["LiveSystem", "OptimizeError", "format_change", "optimize_topology", "registry_values"]
 
@@ -78,12 +81,16 @@ def _shown(value: Any) -> str:
 
 class LiveSystem:
     """A running node seen as its variables: ``current`` values, a ``plan`` (the diff to a
-    configuration), ``preview`` (what the node would do), ``apply`` (do it)."""
+    configuration), ``preview`` (what the node would do), ``apply`` (do it).
 
-    def __init__(self, client, caller, spaces: Mapping[str, Any]) -> None:
+    ``every_value``: a scratch node's, whose trials set every value of their configuration, the
+    variables no optimizer searches (documents) too; a live node's plans never set those."""
+
+    def __init__(self, client, caller, spaces: Mapping[str, Any], *, every_value: bool = False) -> None:
         self.client = client  # the control socket: set_variables
         self.registry = RegistryClient(caller)  # the registry's values
         self.spaces = dict(spaces)
+        self.every_value = every_value
 
     def current(self) -> Config:
         """The values the node runs now, from its registry."""
@@ -92,7 +99,8 @@ class LiveSystem:
     def plan(self, config: Config, current: Config | None = None) -> list[SetVariables]:
         """The ``SetVariables`` that makes the node run ``config``: one, carrying the changed values
         of every scope; none when the node runs it already."""
-        return plan_actions(self.spaces, self.current() if current is None else current, config)
+        return plan_actions(self.spaces, self.current() if current is None else current, config,
+                            every_value=self.every_value)
 
     def preview(self, actions: list[SetVariables]) -> list[Change]:
         """What the node would do for ``actions``: their dry run (the values set, with what the
@@ -122,8 +130,6 @@ class OptimizerTable:
     """The ``[optimizer]`` table of a topology, checked: the program agent, the data, the metric."""
 
     def __init__(self, topology) -> None:
-        from ..agent.program import import_target
-
         table = dict(topology.raw_optimizer)
         if "bindings" in table:
             variable = next((entry.get("program", "global.NAME") for entry in table["bindings"].values()
@@ -139,9 +145,13 @@ class OptimizerTable:
         self.program = str(table["program"])
         self.timeout = float(table.get("timeout", 30.0))
         self.threads = _threads(table.get("threads", 1))
-        self.trainset = _examples(import_target(table["dataset"]))
-        self.valset = _examples(import_target(table["valset"])) if "valset" in table else None
-        self.metric = import_target(table["metric"])
+        self.trainset = dataset_of(table, "dataset")
+        self.valset = dataset_of(table, "valset") if "valset" in table else None
+        self.metric = _target(table, "metric")
+        if not callable(self.metric):
+            raise OptimizeError(f"optimizer.metric ({table['metric']!r}): got {type(self.metric).__name__} "
+                                f"{_clip(repr(self.metric))}; expected a function metric(example, prediction)",
+                                usage=True)
 
     def caller_program(self, caller):
         """The program the optimizer scores: one call of the ``program`` agent per example."""
@@ -157,8 +167,49 @@ def _threads(value: Any) -> int:
     return value
 
 
-def _examples(dataset) -> list:
-    return list(dataset() if callable(dataset) else dataset)
+def _target(table: Mapping[str, Any], key: str) -> Any:
+    from ..agent.program import import_target
+
+    try:
+        return import_target(str(table[key]))
+    except Exception as exc:  # ImportError, or what the module raised as it was imported
+        raise OptimizeError(f"optimizer.{key}: cannot import {table[key]!r}: {type(exc).__name__}: {exc}",
+                            usage=True) from None
+
+
+def dataset_of(table: Mapping[str, Any], key: str) -> list:
+    """``[optimizer] dataset`` or ``valset``: the list it names (or a function's list, or any
+    iterable's items), checked before anything runs: ``OptimizeError`` (a usage error) naming the
+    problem when it cannot be read, is empty, or holds an item that is no example (an
+    ``otpy.Example`` or a mapping with ``inputs``; DSPy examples are left to ``otpy.dspy``,
+    which adapts them)."""
+    target = _target(table, key)
+    where = f"optimizer.{key} ({table[key]!r})"
+    try:
+        items = list(target() if callable(target) else target)
+    except TypeError as exc:
+        if not callable(target) and not hasattr(target, "__iter__"):
+            raise OptimizeError(f"{where}: got {type(target).__name__} {_clip(repr(target))}; expected a list of "
+                                "examples, or a function returning one", usage=True) from None
+        raise OptimizeError(f"{where}: reading it raised TypeError: {exc}", usage=True) from None
+    except Exception as exc:
+        raise OptimizeError(f"{where}: reading it raised {type(exc).__name__}: {exc}", usage=True) from None
+    if not items:
+        raise OptimizeError(f"{where}: no examples; the optimizer scores trials on them", usage=True)
+    if dspy_shaped(items):
+        return items
+    return [_example(where, index, item) for index, item in enumerate(items)]
+
+
+def _clip(text: str, width: int = 200) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _example(where: str, index: int, item: Any):
+    try:
+        return as_example(item)
+    except (TypeError, ValueError) as exc:
+        raise OptimizeError(f"{where}: item {index}: {exc}", usage=True) from None
 
 
 def spaces_of(topology) -> dict:
@@ -187,7 +238,8 @@ def optimize_topology(topology, *, trials: int | None = None, seed: int | None =
                       progress: bool = True, current: Config | None = None, storage: str | None = None,
                       topology_path: str | None = None, table: OptimizerTable | None = None) -> CompileResult:
     """Run the ``[optimizer]`` of ``topology`` on a scratch node; the result's actions are the
-    diff from ``current`` (the running node's values, or else the topology's defaults).
+    diff from ``current`` (the running node's values, or else the topology's defaults). Every
+    trial runs with ``current``'s values of the variables no trial searches (its documents).
 
     ``storage``: an optuna storage URL (or an SQLite path); by default the node's durable file
     (``study_storage.default_storage``). A scratch node that cannot start is one line
@@ -203,16 +255,22 @@ def optimize_topology(topology, *, trials: int | None = None, seed: int | None =
     name = topology.node.name
     table = spec.table
     optimizer = Optimizer(spaces_of(topology), seed=table.get("seed") if seed is None else seed,
-                          storage=storage or default_storage(name), study_name=study_name(topology),
+                          storage=storage or default_storage(name), study_name=study_name(topology, current),
                           progress=progress)
+    optimizer.fixed_values(current)  # a running node's document the topology refuses: said before any start
     with scratch_node(topology, topology_path) as scratch, connect(scratch.name) as client, \
             Caller(scratch.name) as caller:
-        trial_system = LiveSystem(client, caller, optimizer.spaces)
+        trial_system = LiveSystem(client, caller, optimizer.spaces, every_value=True)
         return optimizer.compile(spec.caller_program(caller), spec.trainset, spec.metric, valset=spec.valset,
                                  trials=trials or int(table.get("trials", 20)), apply=trial_system.apply,
                                  current=current, threads=spec.threads)
 
 
-def study_name(topology) -> str:
-    """The study's name: ``[optimizer] study``, else the node's name."""
-    return str(topology.raw_optimizer.get("study", topology.node.name))
+def study_name(topology, current: Config | None = None) -> str:
+    """The study's name: ``[optimizer] study``, else the node's name; when ``current`` (the running
+    node's values) holds values of the variables no trial searches (documents) other than their
+    defaults, ``@`` and a digest of them after it: trials scored with another saved program are
+    another study's (``fixed_digest``)."""
+    name = str(topology.raw_optimizer.get("study", topology.node.name))
+    digest = fixed_digest(spaces_of(topology), current)
+    return name if digest is None else f"{name}@{digest}"

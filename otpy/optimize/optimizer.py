@@ -22,6 +22,12 @@ values that differ between ``current`` (what the live system runs; by default th
 defaults) and the best configuration: one all-or-nothing write on the node. Applying a result
 to a system already running it sends nothing (no action).
 
+The variables no trial searches (a ``document``, e.g. a saved DSPy program) are never in a plan,
+so a trial keeps them as ``current`` has them (``fixed_values``): every trial's configuration,
+and the best one's, is what the live system would run once the plan is applied, scored as such;
+a searched value the live system's documents do not fit fails to apply in a trial (a failed
+trial), never in the plan.
+
 Parameters are named ``SCOPE.NAME`` (``global.classifier``, ``svm.C``). A configuration that
 breaks a space's constraints is an infeasible trial (told to optuna as failed), not a crash.
 With ``storage`` (an SQLite path), the study is kept in optuna's RDB storage: a new
@@ -32,6 +38,8 @@ With ``storage`` (an SQLite path), the study is kept in optuna's RDB storage: a 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -43,7 +51,7 @@ from .evaluation import Evaluation, Example, dspy_shaped, evaluate
 from .evaluation import as_example as _as_example
 
 __all__ = ["CompileResult", "Evaluation", "Example", "OptimizeError", "Optimizer", "dspy_shaped", "evaluate",
-           "plan_actions"]
+           "fixed_values", "plan_actions"]
 
 Config = dict[str, dict[str, Any]]  # scope -> name -> value
 
@@ -67,7 +75,9 @@ class CompileResult:
     constraint, ``failed`` the others that failed: every call raised, the configuration could
     not be applied (``apply_failed`` of them; this run's first reason ``first_apply_error``), or
     the run was interrupted in it. ``val_error`` says why ``val_score`` is None with a valset.
-    ``failures`` and ``first_error`` are this run's failed calls (and metrics that raised).
+    ``failures`` and ``first_error`` are this run's failed calls (and metrics that raised or
+    returned no score). ``ran``: the trials this run started (0 when the study had its trials).
+    ``fixed``: the values of the variables no trial searched, as every trial ran them (``fixed_values``).
     ``actions`` are the diff from ``current`` to ``config``: one ``SetVariables`` of every changed
     scope (``scopes``), or none; ``changes`` what it does (a live node's dry-run plan, filled in by
     whoever asks it).
@@ -86,6 +96,8 @@ class CompileResult:
     val_error: str | None = None
     failures: int = 0
     first_error: str | None = None
+    ran: int = 0
+    fixed: Config = field(default_factory=dict)
     actions: list[SetVariables] = field(default_factory=list)
     changes: list = field(default_factory=list)
 
@@ -161,17 +173,20 @@ class Optimizer:
         and the actions from ``current`` (default: the spaces' defaults) to it.
 
         ``apply(config)`` makes the live system match a trial's configuration before it is
-        scored (and the best one's before it is scored on ``valset``). ``baseline`` is a new
-        study's first trial (default: the defaults). ``threads``: examples scored at once (see
-        ``evaluate``).
+        scored (and the best one's before it is scored on ``valset``): the trial's searched
+        values, and ``current``'s values of the variables no trial searches (``fixed_values``).
+        ``baseline`` is a new study's first trial (default: the defaults). ``threads``: examples
+        scored at once (see ``evaluate``).
         """
         from optuna.trial import TrialState
 
-        study = self.open_study(baseline)
+        fixed = self.fixed_values(current)
         train = [_as_example(e) for e in trainset]
+        study = self.open_study(baseline)
         seen = _Failures()
         score = lambda examples: evaluate(program, examples, metric, threads)  # noqa: E731
-        self._search(study, lambda trial, config: self._score(trial, config, train, score, apply, seen), trials)
+        ran = self._search(study, lambda trial, config: self._score(trial, config, train, score, apply, seen),
+                           trials, fixed)
         complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
         if not complete:
             reasons = [t.user_attrs["failed"] for t in study.trials if "failed" in t.user_attrs]
@@ -179,7 +194,7 @@ class Optimizer:
                 raise OptimizeError(f"every trial failed; the first one's reason:\n{reasons[0]}")
             raise VariableError(["every trial was infeasible: the spaces' constraints cannot be met"])
         best = study.best_trial
-        applied = self.validate(best.params)  # what a trial applies: the documents' defaults included
+        applied = self.validate(best.params, fixed)  # what a trial applies: the fixed values included
         config = searched_only(self.spaces, applied)  # what the result proposes: the searched values
         val_score, val_error = None, None
         if valset is not None:
@@ -192,21 +207,22 @@ class Optimizer:
             failed=sum("failed" in t.user_attrs for t in finished),
             apply_failed=sum("apply_failed" in t.user_attrs for t in finished),
             first_apply_error=seen.first_apply_error, val_error=val_error,
-            failures=seen.failures, first_error=seen.first_error,
+            failures=seen.failures, first_error=seen.first_error, ran=ran, fixed=fixed,
             actions=plan_actions(self.spaces, self.defaults() if current is None else current, config),
         )
 
-    def _search(self, study, score: Callable[[Any, Config], float], trials: int) -> None:
+    def _search(self, study, score: Callable[[Any, Config], float], trials: int, fixed: Config) -> int:
         """optuna's own loop until the study has ``trials`` finished trials: ``score(trial,
         config)`` returns the trial's score or raises ``TrialFailed`` (told as failed, the search
-        goes on). Ctrl-C fails the trial it stopped (user attribute ``failed``: ``interrupted``)
-        and goes on up; so does any other exception, with its reason."""
+        goes on); ``config`` holds the trial's values and ``fixed``. Ctrl-C fails the trial it
+        stopped (user attribute ``failed``: ``interrupted``) and goes on up; so does any other
+        exception, with its reason. Returns how many trials it started."""
         import optuna
         from optuna.trial import TrialState
 
         todo = trials - len(_finished(study))
         if todo <= 0:
-            return
+            return 0
         distributions = self.distributions()
         started: list[int] = []
 
@@ -215,7 +231,7 @@ class Optimizer:
             try:
                 params = {name: _suggest(trial, name, dist) for name, dist in distributions.items()}
                 try:
-                    config = self.validate(params)
+                    config = self.validate(params, fixed)
                 except VariableError as infeasible:
                     trial.set_user_attr("infeasible", infeasible.problems)
                     raise TrialFailed("infeasible") from None
@@ -247,6 +263,7 @@ class Optimizer:
             raise
         finally:
             optuna.logging.set_verbosity(verbosity)
+        return len(started)
 
     def _score(self, trial, config: Config, train: list[Example], score, apply, seen: "_Failures") -> float:
         """One trial's score; ``TrialFailed`` with the reason in a user attribute when ``apply``
@@ -281,9 +298,14 @@ class Optimizer:
             return None, f"every validation call failed; the first:\n{evaluation.first_error}"
         return evaluation.score, None
 
-    def validate(self, params: Mapping[str, Any]) -> Config:
-        """Flat ``SCOPE.NAME`` params to a checked configuration per scope (defaults, composites)."""
-        per_scope: Config = {scope: {} for scope in self.spaces}
+    def fixed_values(self, current: Config | None = None) -> Config:
+        """The values trials keep for the variables no trial searches (see ``fixed_values``)."""
+        return fixed_values(self.spaces, current)
+
+    def validate(self, params: Mapping[str, Any], fixed: Config | None = None) -> Config:
+        """Flat ``SCOPE.NAME`` params to a checked configuration per scope (defaults, composites);
+        ``fixed``: values of variables the params do not hold (else their defaults)."""
+        per_scope: Config = {scope: dict((fixed or {}).get(scope, {})) for scope in self.spaces}
         for key, value in params.items():
             scope, _, name = key.rpartition(".")
             per_scope.setdefault(scope, {})[name] = value
@@ -341,6 +363,39 @@ class _ProgressLines:
         print(f"trial {self.done}/{self.total}: {shown}; best {best}", file=sys.stderr, flush=True)
 
 
+def fixed_values(spaces: Mapping[str, VariableSpace], current: Config | None = None) -> Config:
+    """The values of the settable variables no trial searches (documents), per scope: those
+    ``current`` holds (what the live system runs), else their defaults. ``OptimizeError`` when
+    one of ``current``'s does not fit its declaration (the live system runs another topology)."""
+    fixed: Config = {}
+    problems = []
+    for scope, space in spaces.items():
+        searched = space.to_optuna_distributions()
+        have = (current or {}).get(scope, {})
+        for name, variable in space.settable.items():
+            if name in searched or (value := have.get(name, variable.default)) is None:
+                continue
+            if (problem := variable.problem(value)) is not None:
+                problems.append(f"{scope}.{problem}")
+            else:
+                fixed.setdefault(scope, {})[name] = variable.normalize(value)
+    if problems:
+        raise OptimizeError("the running node holds values of variables no trial searches that the topology "
+                            f"refuses: {'; '.join(problems)}; no trial could run them")
+    return fixed
+
+
+def fixed_digest(spaces: Mapping[str, VariableSpace], current: Config | None) -> str | None:
+    """A short digest of ``fixed_values(spaces, current)`` when they are not the defaults (a
+    running node with a document set), else None: a study's name carries it (``study_name``), so
+    trials scored with other fixed values are never mixed in one study."""
+    fixed = fixed_values(spaces, current)
+    if fixed == fixed_values(spaces, None):
+        return None
+    text = json.dumps(fixed, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
 def searched_only(spaces: Mapping[str, VariableSpace], config: Config) -> Config:
     """``config`` without the settable variables no optimizer searches (a ``document``: set by
     hand, e.g. a saved DSPy program): the optimizer has no value of its own for them, so a plan
@@ -352,12 +407,14 @@ def searched_only(spaces: Mapping[str, VariableSpace], config: Config) -> Config
     return {scope: values for scope, values in kept.items() if values or not config[scope]}
 
 
-def config_diff(spaces: Mapping[str, VariableSpace], current: Config, target: Config) -> Config:
+def config_diff(spaces: Mapping[str, VariableSpace], current: Config, target: Config, *,
+                every_value: bool = False) -> Config:
     """Per scope, the searched settable values of ``target`` that ``current`` does not hold
     (composites are computed by the registry, never set; a variable no optimizer searches keeps
-    the value it has). Empty when the two agree."""
+    the value it has, unless ``every_value``: a scratch node's trial sets them too). Empty when
+    the two agree."""
     diff: Config = {}
-    for scope, values in searched_only(spaces, target).items():
+    for scope, values in (target if every_value else searched_only(spaces, target)).items():
         settable = spaces[scope].settable if scope in spaces else values
         have = current.get(scope, {})
         changed = {name: value for name, value in values.items()
@@ -367,12 +424,13 @@ def config_diff(spaces: Mapping[str, VariableSpace], current: Config, target: Co
     return diff
 
 
-def plan_actions(spaces: Mapping[str, VariableSpace], current: Config, target: Config) -> list[SetVariables]:
+def plan_actions(spaces: Mapping[str, VariableSpace], current: Config, target: Config, *,
+                 every_value: bool = False) -> list[SetVariables]:
     """The minimal actions from ``current`` to ``target``: one ``SetVariables`` carrying the changed
     values of every scope (``scopes``), nothing else; none when nothing changed. One message, so
     the node checks, reconciles and stores the whole configuration as one write: a scope it
     refuses leaves the others as they were (the node reconciles the processes the values decide)."""
-    diff = config_diff(spaces, current, target)
+    diff = config_diff(spaces, current, target, every_value=every_value)
     return [SetVariables(0, "", {}, scopes=diff)] if diff else []
 
 
