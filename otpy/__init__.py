@@ -26,6 +26,7 @@ _WHERE = {
     "Client": "wire.client",
     "CompileResult": "optimize.optimizer",
     "CompositeVariable": "variables.types",
+    "ConfigRefused": "agent.config_refused",
     "ControlError": "wire.client",
     "DynamicSupervisorSpec": "specs.model",
     "Example": "optimize.optimizer",
@@ -81,6 +82,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .agent.config_refused import ConfigRefused as ConfigRefused
     from .wire.errors import AgentCrashed as AgentCrashed
     from .wire.client import AsyncClient as AsyncClient
     from .node.node import AsyncNode as AsyncNode

@@ -4,7 +4,7 @@ import otpy
 
 PUBLIC = {
     "AgentCrashed", "AsyncClient", "AsyncNode", "BadRequest", "BoolVariable", "CallError", "CallTimeout",
-    "Caller", "ChildSpec", "ChoiceVariable", "Client", "CompileResult", "CompositeVariable", "ControlError",
+    "Caller", "ChildSpec", "ChoiceVariable", "Client", "CompileResult", "CompositeVariable", "ConfigRefused", "ControlError",
     "DynamicSupervisorSpec", "Example", "ExitReason", "FloatVariable", "IntegerVariable", "ManagerProgram", "ModuleVariable",
     "NoSuchAgent", "Node", "NodeNotFound", "NodeSpec", "NodeStartError", "Optimizer", "Orchestrator", "Overloaded",
     "Pipeline", "PipelineResult", "Program", "RemoteError", "Result", "Stage", "SupervisorSpec",
@@ -64,6 +64,7 @@ INTERNAL_ERRORS = {
     "AlreadyRunning": "the run lock's; Node.start raises NodeAlreadyRunning",
     "BoundWrite": "the registry's; answered as a refusal of kind bound",
     "LogFolderError": "a log folder otpy may not write; Node.start raises NodeStartError with its text, the CLI one line",
+    "Refused": "otpy.dspy's: an otpy.ConfigRefused (public) of a ModuleAgent's values; the write is undone",
     "PlanError": "a PipelineError (public): a manager's plan or args, raised in its agent (callers see "
                  "RemoteError, a start fails with its text); in-process it is caught as otpy.PipelineError",
     "RegistryDown": "the worker's registry link; the child's start fails with its text",

@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple
 import zmq
 
 from .call_guard import RunGuard
+from .config_refused import ConfigRefused
 from .notify import EXIT_MAX_RSS, exit_now
 from .one_call import decode_call, rss_mib, run_call
 from .program import Program
@@ -54,7 +55,8 @@ class CallJob(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class NewConfig:
     """A new configuration for ``on_config``, run by a call thread in turn with the calls;
-    ``done(config)`` once it returned (the config watcher: a ``ConfigSync`` waits for it)."""
+    ``done(config, refused)`` once it returned (``refused``: why it raised ``ConfigRefused``, or
+    None; the config watcher: a ``ConfigSync`` waits for it)."""
 
     config: dict[str, Any]
     done: Callable[[dict[str, Any]], None] | None = None
@@ -100,8 +102,8 @@ class CallServer:
         # runs it); None when the child has no configuration to follow.
         self.config_sync: Callable[[], str] | None = None
 
-    def new_config(self, config: dict[str, Any], done: Callable[[dict[str, Any]], None] | None = None) -> None:
-        """Hand ``config`` to ``on_config``, in turn with the calls; then ``done(config)``."""
+    def new_config(self, config: dict[str, Any], done: Callable[..., None] | None = None) -> None:
+        """Hand ``config`` to ``on_config``, in turn with the calls; then ``done(config, refused)``."""
         if self.inline:
             self.configs.put(NewConfig(config, done))
             os.eventfd_write(self.wake, 1)  # the loop moves it to the backlog
@@ -300,9 +302,9 @@ class CallServer:
                 case CallJob(peer, call):
                     reply = _reply_to(self.program, call)
                 case NewConfig(config, done):
-                    _deliver_config(self.program, config)
+                    refused = _deliver_config(self.program, config)
                     if done is not None:
-                        done(config)
+                        done(config, refused)
         finally:
             self.guard.end()
         if reply is not None:
@@ -358,9 +360,9 @@ class CallServer:
                     reply = _reply_to(self.program, call)
                     self.replies.put((peer, reply, True))
                 case NewConfig(config, done):
-                    _deliver_config(self.program, config)
+                    refused = _deliver_config(self.program, config)
                     if done is not None:
-                        done(config)
+                        done(config, refused)
                     self.replies.put((None, None, True))
             os.eventfd_write(self.wake, 1)
 
@@ -379,10 +381,18 @@ def _reply_to(program: Program, call: Call) -> bytes:
                                              message="the call failed in otpy"))
 
 
-def _deliver_config(program: Program, config: dict[str, Any]) -> None:
-    """``on_config(config)``; if it raises, the child crashes (exit 1) and restarts with the new values."""
+def _deliver_config(program: Program, config: dict[str, Any]) -> str | None:
+    """``on_config(config)``: None once it returned; why, if it raised ``ConfigRefused`` (the
+    program runs its old values: the node undoes the write). Any other exception crashes the
+    child (exit 1), which restarts with the new values."""
     try:
         program.on_config(config)
+    except ConfigRefused as exc:
+        why = str(exc) or type(exc).__name__
+        print(f"otpy: on_config refused the new values: {why}; the program runs the ones it had",
+              file=sys.stderr, flush=True)
+        return why
     except BaseException:
         traceback.print_exc()
         exit_now(1)
+    return None

@@ -154,7 +154,9 @@ class ConfigWatcher(threading.Thread):
         self._lock = threading.Lock()  # one refresh at a time: the events' and the node's syncs
         self._delivered = threading.Condition()
         self.delivered = config  # what the program runs: setup's, then each on_config's that returned
+        self.refused: tuple[dict[str, Any], str] | None = None  # the last values on_config refused, and why
         self.restarting = False
+        self._wanted = config  # the values the last refresh resolved (a sync waits for them)
         # Set once subscribed and resolved again after that: from then on no change is missed
         # (a hot standby says STANDBY only then: ``agent.standby_wait``).
         self.following = threading.Event()
@@ -201,15 +203,22 @@ class ConfigWatcher(threading.Thread):
     def sync(self, timeout: float = SYNC_TIMEOUT) -> str:
         """Resolve again now; return once the program runs what the registry holds:
         ``unchanged``, ``applied`` (``on_config`` returned), ``restarting`` (no ``on_config``:
-        the worker ends to be restarted with it) or ``unavailable`` (the registry did not answer,
-        or ``on_config`` did not return within ``timeout``)."""
+        the worker ends to be restarted with it), ``refused: WHY`` (``on_config`` raised
+        ``ConfigRefused``: the program runs its old values) or ``unavailable`` (the registry did
+        not answer, or ``on_config`` did not return within ``timeout``)."""
         state = self._refresh()
         if state in ("restarting", "unavailable"):
             return state
+        wanted = self._wanted
         with self._delivered:
-            if not self._delivered.wait_for(lambda: self.delivered == self.config, timeout):
+            if not self._delivered.wait_for(lambda: self.delivered == wanted or self._refused(wanted), timeout):
                 return "unavailable"
+            if self.delivered != wanted:
+                return f"refused: {self.refused[1]}"
         return state
+
+    def _refused(self, config: dict[str, Any]) -> bool:
+        return self.refused is not None and self.refused[0] == config
 
     def _refresh(self) -> str:
         """Resolve again and act on a difference: ``unchanged``, ``applied`` (handed to
@@ -222,6 +231,7 @@ class ConfigWatcher(threading.Thread):
             except Exception as exc:  # the registry is restarting: its reconnection brings us back here
                 print(f"otpy: could not resolve the new configuration: {describe(exc)}", file=sys.stderr, flush=True)
                 return "unavailable"
+            self._wanted = config
             if config == self.config:
                 return "unchanged"
             changed = {key for key in config.keys() | self.config.keys() if config.get(key) != self.config.get(key)}
@@ -236,10 +246,16 @@ class ConfigWatcher(threading.Thread):
             self.restart()
             return "restarting"
 
-    def _ran(self, config: dict[str, Any]) -> None:
-        """The program runs ``config`` now (``on_config`` returned)."""
+    def _ran(self, config: dict[str, Any], refused: str | None = None) -> None:
+        """The program runs ``config`` now (``on_config`` returned), or, ``refused``, it refused
+        it (``ConfigRefused``) and runs what it ran: the next resolve offers it again."""
         with self._delivered:
-            self.delivered = config
+            if refused is None:
+                self.delivered = config
+            else:
+                self.refused = (config, refused)
+                if self.config == config:
+                    self.config = self.delivered
             self._delivered.notify_all()
 
 

@@ -41,6 +41,7 @@ from typing import Any, Callable, NoReturn
 
 from .call_server import CallServer
 from .call_socket import WarmSocket
+from .config_refused import ConfigRefused
 from .notify import NOTIFY_FD, exit_now, notify
 from .program import Program
 from .registry_link import ConfigWatcher
@@ -63,17 +64,20 @@ class Relay:
         self.context = server.context
         self.promoted = False
 
-    def new_config(self, config: dict[str, Any], done: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def new_config(self, config: dict[str, Any], done: Callable[..., None] | None = None) -> None:
         if self.promoted:
             self.server.new_config(config, done)
             return
+        refused = None
         try:
             self.program.on_config(config)
+        except ConfigRefused as exc:  # it runs its old values, as the child does: the write is undone
+            refused = str(exc) or type(exc).__name__
         except BaseException:
             traceback.print_exc()
             self.retire("on_config raised")  # before done: a GO after this is refused
         if done is not None:
-            done(config)
+            done(config, refused)
 
 
 class StandbyWait:

@@ -83,6 +83,7 @@ from typing import Any, Callable
 import dspy
 from dspy.utils.dummies import DummyLM
 
+from ..agent.config_refused import ConfigRefused
 from ..agent.plain_data import plain_outputs
 from ..agent.program import Program, import_target
 
@@ -95,10 +96,11 @@ INERT_KEYS = {"traces": [], "train": [], "lm": None, "fields": {}}  # dump_state
 AUGMENTED = "augmented"  # DSPy's flag on a bootstrapped demo, besides the signature's fields
 
 
-class Refused(ValueError):
+class Refused(ConfigRefused):
     """Values the agent cannot run: a ``program_state`` that does not fit the module (the
     message names its key path), or ``lm_*`` settings no LM can be made of (named, not their
-    values). Raised by ``prepared``, the one place that decides."""
+    values). Raised by ``prepared``, the one place that decides; from ``on_config`` it makes the
+    node undo the write (``otpy.ConfigRefused``)."""
 
 
 class ScriptedLM(DummyLM):
@@ -167,15 +169,15 @@ class ModuleAgent(Program):
         return outputs_of(prediction, self.target)
 
     def on_config(self, config: Mapping[str, Any]) -> None:
+        """New values, applied all or nothing; values it cannot run raise ``Refused`` (an
+        ``otpy.ConfigRefused``): it keeps running what it ran, and the node undoes the write."""
         with self._lock:
             try:
                 running = self.prepared(config)
             except Refused as exc:
                 self.refused = str(exc)
-            else:
-                self.running, self.refused = running, None
-                return
-        print(f"otpy.dspy: {self.refused}; the agent keeps running what it ran", file=sys.stderr, flush=True)
+                raise
+            self.running, self.refused = running, None
 
     def prepared(self, config: Mapping[str, Any], fresh: dspy.Module | None = None) -> Running:
         """What calls would run with ``config``: the LM of its ``lm_*`` settings and the module

@@ -7,14 +7,16 @@ previous trial's values. So the node asks each running program child whose scope
 the written scope (``ConfigSync`` on the agent's own socket) to resolve again and answer once
 it runs the result; a child that restarts for it is waited for until it is started again.
 Each child is asked at once and the write waits for all, up to ``SYNC_TIMEOUT``; the ones that
-did not confirm in time are named in the reply, never silently dropped.
+did not confirm in time are named in the reply, never silently dropped. A program whose
+``on_config`` raised ``otpy.ConfigRefused`` keeps running its old values and answers why: the
+write is then undone (``node.variable_writes``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import msgspec
 import zmq
@@ -51,11 +53,22 @@ def _followers(sup: Supervisor, scope: str, above: tuple[str, ...]) -> Iterator[
                 yield child_id
 
 
-async def sync_configs(node: str, ids: list[str], listeners: Listeners, timeout: float = SYNC_TIMEOUT) -> list[str]:
-    """Ask each of ``ids`` to run the registry's values now; returns the ids that did not
-    confirm within ``timeout`` (a restarting one confirms when it is started again)."""
+REFUSED = "refused: "  # an agent's answer when its on_config refused the values: REFUSED + why
+
+
+class Synced(NamedTuple):
+    """What a sync found: the ids that did not confirm in time, and those that refused (id -> why)."""
+
+    late: list[str]
+    refused: dict[str, str]
+
+
+async def sync_configs(node: str, ids: list[str], listeners: Listeners, timeout: float = SYNC_TIMEOUT) -> Synced:
+    """Ask each of ``ids`` to run the registry's values now: the ids that did not confirm within
+    ``timeout`` (a restarting one confirms when it is started again), and those whose program
+    refused them (``otpy.ConfigRefused``: it runs its old values)."""
     if not ids:
-        return []
+        return Synced([], {})
     started: dict[str, asyncio.Future] = {}
     loop = asyncio.get_running_loop()
 
@@ -69,26 +82,32 @@ async def sync_configs(node: str, ids: list[str], listeners: Listeners, timeout:
         results = await asyncio.gather(*(_sync_one(context, node, child, started, loop, timeout) for child in ids))
     finally:
         listeners.remove(hear)
-    return [child for child, ok in zip(ids, results) if not ok]
+    late = [child for child, state in zip(ids, results) if state is None]
+    refused = {child: state[len(REFUSED):] for child, state in zip(ids, results)
+               if state is not None and state.startswith(REFUSED)}
+    return Synced(late, refused)
 
 
 _call_ids = itertools.count(1)
 
 
-async def _sync_one(context, node: str, child: str, started: dict[str, asyncio.Future], loop, timeout: float) -> bool:
-    """Whether ``child`` confirmed within ``timeout``: its answer, or a new incarnation of it
-    started meanwhile (it resolved the stored values at setup: a program whose ``on_config``
-    raised, or one without it, restarts so)."""
+async def _sync_one(context, node: str, child: str, started: dict[str, asyncio.Future], loop,
+                    timeout: float) -> str | None:
+    """``child``'s answer within ``timeout`` (``applied``, ``REFUSED`` + why, ...), ``started`` if a
+    new incarnation of it started meanwhile (it resolved the stored values at setup: a program
+    whose ``on_config`` raised, or one without it, restarts so), None if it did not confirm."""
     restarted = started[child] = loop.create_future()  # before asking: the restart may be quick
     asked = asyncio.ensure_future(_ask(context, node, child, restarted))
     try:
         done, _ = await asyncio.wait({asked, restarted}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         asked.cancel()
-    return restarted in done or (asked in done and not asked.cancelled() and asked.result())
+    if restarted in done:
+        return "started"
+    return asked.result() if asked in done and not asked.cancelled() else None
 
 
-async def _ask(context, node: str, child: str, restarted: asyncio.Future) -> bool:
+async def _ask(context, node: str, child: str, restarted: asyncio.Future) -> str | None:
     dealer = context.socket(zmq.DEALER)
     dealer.linger = 0
     try:
@@ -102,8 +121,11 @@ async def _ask(context, node: str, child: str, restarted: asyncio.Future) -> boo
         state = reply.outputs.get("config") if isinstance(reply, Reply) else reply.kind
         if state == "restarting":
             await restarted  # its next incarnation resolves the stored values at setup
-        return state in ("unchanged", "applied", "restarting", "draining")
+        if state in ("unchanged", "applied", "restarting", "draining") or (
+                isinstance(state, str) and state.startswith(REFUSED)):
+            return state
+        return None
     except (zmq.ZMQError, msgspec.DecodeError):
-        return False
+        return None
     finally:
         dealer.close(linger=0)

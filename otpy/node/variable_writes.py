@@ -16,7 +16,11 @@ registry version of each. Every supervisor resolves a child with it when it star
    assumed lost (``_read_back``);
 5. break: every supervisor does its stops (disabled children, replicas above the count);
 6. knobs: every running program whose scope chain holds a written scope confirms it runs the
-   new values (``config_sync``); the reply lists what changed, and names late programs.
+   new values (``config_sync``); the reply lists what changed, and names late programs;
+7. a program whose ``on_config`` refused the values (``otpy.ConfigRefused``: it runs its old
+   ones) undoes the write: the previous values are written again, through 2 to 6 (the programs
+   that took the new ones get the old back), and the reply is ``invalid``, naming who refused
+   what. Between 4 and 7 the new values are stored: a documented window, as the one above.
 
 Between 2 and 5 (a documented make-before-break window) a child that restarts is started with
 the new values. A write that binds nothing skips 2, 3 and 5; one of bound variables only skips
@@ -43,7 +47,7 @@ from ..variables.placement import REGISTRY_ID, REGISTRY_PROGRAM
 from ..variables.scopes import ScopedValues, spaces_from_topology
 from ..variables.types import VariableError
 from ..wire.protocol import Change, Outcome
-from .config_sync import SYNC_TIMEOUT, Listeners, followers, sync_configs
+from .config_sync import SYNC_TIMEOUT, Listeners, Synced, followers, sync_configs
 from .supervisor import Supervisor
 
 log = logging.getLogger("otpy")
@@ -164,7 +168,7 @@ class VariableWrites:
         async with self.lock:
             return await self._set({scope: dict(values) for scope, values in config.items() if values}, dry_run)
 
-    async def _set(self, config: dict[str, dict[str, Any]], dry_run: bool) -> Outcome:
+    async def _set(self, config: dict[str, dict[str, Any]], dry_run: bool, undoing: bool = False) -> Outcome:
         from ..wire.errors import CallError, RemoteError
         from ..wire.registry_protocol import RegistryRefusal, SetValues, WrittenMany
 
@@ -204,10 +208,25 @@ class VariableWrites:
         broken: list[Change] = []
         if bound:
             await self._each("break", broken)  # stops: they cannot fail
-        late = await self._sync(config, bound)
+        late, refused = await self._sync(config, bound)
+        if refused and not undoing:
+            return await self._undo_refused(config, checked.before, refused)
         detail = (f"stored; {len(late)} program(s) had not confirmed running it after {SYNC_TIMEOUT:g} s: "
                   f"{', '.join(late)}") if late else ""
+        if refused:  # refused even the values it ran before: said, not undone again
+            detail = "; ".join(filter(None, [detail, _refusals(refused)]))
         return Outcome("ok", detail=detail, changes=sets + made + broken)
+
+    async def _undo_refused(self, config: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]],
+                            refused: dict[str, str]) -> Outcome:
+        """Step 7: a program refused the write; the values before it (set or default) are written
+        again, and the reply is ``invalid``, naming who refused what."""
+        previous = {scope: {name: before[scope][name] for name in values if name in before.get(scope, {})}
+                    for scope, values in config.items()}
+        back = await self._set({scope: values for scope, values in previous.items() if values}, False, undoing=True)
+        tail = ("the previous values are stored and run again" if back.ok
+                else f"writing the previous values back failed too ({back.outcome}: {back.detail})")
+        return Outcome("invalid", detail=f"{_refusals(refused)}; {tail}")
 
     async def _read_back(self, config: dict[str, dict[str, Any]], versions: dict[str, dict[str, int]],
                          error: Exception):
@@ -235,13 +254,13 @@ class VariableWrites:
             return WrittenMany(versions={scope: {e.name: e.version for e in stored if e.scope == scope} for scope in config})
         return Outcome("unavailable", detail=f"the registry did not answer: {error}; nothing was stored")
 
-    async def _sync(self, config: dict[str, dict[str, Any]], bound: dict[str, Any]) -> list[str]:
-        """Knobs: wait until the programs run them (the ids that did not confirm). A write of
-        bound variables only was carried out by the reconciliation already (a program's
-        on_config hears of it as it comes)."""
+    async def _sync(self, config: dict[str, dict[str, Any]], bound: dict[str, Any]) -> Synced:
+        """Knobs: wait until the programs run them (the ids that did not confirm, and those that
+        refused). A write of bound variables only was carried out by the reconciliation already
+        (a program's on_config hears of it as it comes)."""
         root = self._root()
         if root is None or len(bound) == sum(len(values) for values in config.values()):
-            return []
+            return Synced([], {})
         await root.sync_standbys(set(config))  # first: a restart for this write promotes a standby
         ids = list(dict.fromkeys(child for scope in config for child in followers(root, scope)))
         return await sync_configs(self.node, ids, self.listeners)
@@ -274,6 +293,10 @@ class VariableWrites:
         self.values.restore(undo)
         if (failure := await self._each("all", [])) is not None:
             log.warning("otpy: going back to the stored values: %s", failure.detail)
+
+
+def _refusals(refused: dict[str, str]) -> str:
+    return "; ".join(f"child {child!r} refused the new values: {why}" for child, why in refused.items())
 
 
 def _refused(refusal) -> Outcome:
