@@ -86,3 +86,10 @@ class SlowTeardown(otpy.Program):
             with open(self.mark, "w") as file:
                 file.write(str(os.getpid()))
         time.sleep(self.seconds)
+
+
+class Awkward(otpy.Program):
+    """Outputs msgpack carries but JSON has no word for: NaN, inf, a nested tuple key."""
+
+    def forward(self, **inputs):
+        return {"x": float("nan"), "y": {"z": {(1, 2): "b"}}, "w": float("-inf")}

@@ -28,6 +28,9 @@ program = "tests.call_agents:Append"
 [[supervisor.children]]
 id = "oops"
 program = "tests.call_agents:Raises"
+[[supervisor.children]]
+id = "awkward"
+program = "tests.call_agents:Awkward"
 [pipelines.both]
 strategy = "sequential"
 stages = ["first", "second"]
@@ -57,6 +60,13 @@ def test_call_prints_the_outputs_as_json(node):
     done = otpy("call", "first", "--input", '{"path": ["x"]}', "--node", node)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"path": ["x", "first"]}
+
+
+def test_outputs_json_has_no_word_for_still_print_as_valid_json(node):
+    """Before: NaN printed as is (invalid JSON: jq fails) and a nested tuple key was a traceback."""
+    done = otpy("call", "awkward", "--input", "{}", "--node", node)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert json.loads(done.stdout) == {"x": "nan", "y": {"z": {"(1, 2)": "b"}}, "w": "-inf"}
 
 
 def test_a_remote_error_exits_1_naming_its_type(node):

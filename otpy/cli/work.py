@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from ..agent.plain_data import plain, plain_outputs
 from ..wire.calls import Caller
 from .exits import node_or_exit
 from .options import NODE_OPTION, Count, Seconds, child_id_argument
@@ -63,7 +64,7 @@ def call(child_id: str, input_json: str, timeout: float, retries: int, node_name
             _fail(f"call {child_id}: {exc}", EXIT_USAGE)
         except CallError as exc:
             _fail(f"call {child_id}: {type(exc).__name__}: {exc}")
-    click.echo(json.dumps(outputs, default=str))
+    click.echo(json.dumps(plain_outputs(outputs), default=str, allow_nan=False))
 
 
 @click.command("run-pipeline")
@@ -92,5 +93,5 @@ def run_pipeline(name: str, input_json: str, topology_path: str | None, node_nam
     report = {"ok": result.ok, "outputs": result.outputs,
               "errors": {stage: f"{type(e).__name__}: {e}" for stage, e in result.errors.items()},
               "trace": [{"stage": s, "agent": a, "ok": ok, "ms": round(ms, 3)} for s, a, ok, ms in result.trace]}
-    click.echo(json.dumps(report, default=str))
+    click.echo(json.dumps(plain(report), default=str, allow_nan=False))
     sys.exit(0 if result.ok else EXIT_FAILED)
