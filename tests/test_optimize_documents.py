@@ -12,6 +12,7 @@ import pytest
 
 import otpy
 from otpy.optimize.live_system import spaces_of, study_name
+from otpy.optimize.orchestrator import WatchPolicy, watch_topology
 from otpy.optimize.optimizer import Optimizer, fixed_values
 from otpy.topology.load import parse_topology
 from tests.helpers import unique_name
@@ -41,6 +42,7 @@ state = {{{{ type = "document", default = {{{{}}}} }}}}
 [optimizer]
 program = "manager"
 dataset = "tests.optimize_agents:dataset"
+valset = "tests.optimize_agents:validation"
 metric = "tests.optimize_agents:exact"
 trials = 3
 seed = 0
@@ -97,3 +99,15 @@ def test_the_fixed_values_are_the_running_nodes_else_the_defaults_and_name_anoth
     assert study_name(topo, live).startswith("fixed@") and study_name(topo, live) == study_name(topo, live)
     with pytest.raises(otpy.OptimizeError, match="pool.state: got a document holding nan"):
         fixed_values(spaces, {"pool": {"state": float("nan")}})
+
+
+def test_the_watch_loops_searches_keep_the_live_nodes_document_too():
+    name = unique_name("watchdocs")
+    topo = parse_topology(TOPOLOGY.format(name=name).replace("{{", "{").replace("}}", "}"), check_imports=True)
+    with otpy.Node(topo.node), otpy.connect(name) as client:
+        assert client.set_variables("pool", {"state": SAVED}).ok
+        with watch_topology(topo, WatchPolicy(interval=1.0, every=1, trials=3), seed=0) as loop:
+            [report] = loop.run(rounds=1)
+    assert report.live.score == 0.0 and report.result is not None, report
+    assert report.result.config["global"]["solver"] == STATED and report.result.val_score == 0.0, report.result
+    assert report.result.apply_failed > 0  # Plain, tried with the live state: not applied

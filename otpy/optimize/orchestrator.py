@@ -2,7 +2,8 @@
 
 Every ``interval`` seconds a round scores the live node on a sample of the validation data.
 When the score falls below ``threshold`` (or every ``every`` rounds, on schedule) it runs a
-bounded search (``trials``) on a scratch node, starting from the values the live node runs,
+bounded search (``trials``) on a scratch node, starting from the values the live node runs
+(its trials keep the live node's documents, the variables no trial searches, as they are),
 and applies the best configuration found only if its validation score beats the live node's,
 on the same validation data, by more than ``margin``. Every decision is announced on the live
 node's events (``otpy events``): ``watch_scored``, ``watch_search``, ``watch_applied``,
@@ -235,7 +236,8 @@ def watch_topology(topology, policy: WatchPolicy, *, seed: int | None = None,
                 stack.enter_context(scratch_node(topology))  # a start failure: one line (OptimizeError)
                 started["client"] = stack.enter_context(connect(scratch.name))
                 started["caller"] = stack.enter_context(Caller(scratch.name))
-            return LiveSystem(started["client"], started["caller"], spaces), table.caller_program(started["caller"])
+            return (LiveSystem(started["client"], started["caller"], spaces, every_value=True),  # documents too
+                    table.caller_program(started["caller"]))
 
         def search(baseline: Config, trials: int) -> CompileResult:
             system, program = scratch_system()
