@@ -173,7 +173,7 @@ def test_with_concurrency_one_on_config_runs_on_the_loops_thread_in_turn_with_th
     loop = threading.Thread(target=server.serve, name="the-loop")
     try:
         loop.start()
-        server.new_config({"temperature": 0.3}, lambda config: done.set())
+        server.new_config({"temperature": 0.3}, lambda config, refused: done.set())
         assert done.wait(10)
         assert program.threads == ["the-loop"] and server.taken == 0
     finally:

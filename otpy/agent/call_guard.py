@@ -37,7 +37,7 @@ class RunGuard:
         self.give_back = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.running = False  # a call runs on the loop's thread
         self.runs = 0  # calls begun: the guard tells a long call from a new one
-        self.parked = False  # the guard sleeps on ``unpark`` (no call ran for a while)
+        self.parked = True  # the guard sleeps on ``unpark`` (no call ran for a while, or none yet)
         self.unpark = threading.Lock()
         self.unpark.acquire()
         self.state = threading.Lock()  # parking and unparking, never on a call's way
@@ -69,6 +69,7 @@ class RunGuard:
 
     def _watch(self) -> None:
         seen, idle = -1, 0
+        self.unpark.acquire()  # parked until the first call begins
         while True:
             time.sleep(TICK_S)
             if not self.running:
