@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import otpy  # noqa: E402
 from bench.scale_floor import floor  # noqa: E402
+from bench.stats import cpu_ns  # noqa: E402
 from bench.stats import summarize  # noqa: E402
 
 FLOORS = ("pipe", "zmq")  # the floor series, reported as ``floor_<kind>``
@@ -63,23 +64,6 @@ async def _start_all(node: otpy.AsyncNode, n: int, at_tenth=None) -> tuple[float
     if at_tenth is not None:
         at_tenth()
     return time.perf_counter() - t0, latencies
-
-
-def _cpu_ns(pid: int) -> int:
-    """CPU time of every live thread of ``pid``, in ns (``/proc/PID/task/*/schedstat``: finer
-    than the 10 ms ticks of ``cpu_times``, which round a child's start to 0)."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except OSError:
-            pass
-    return total
 
 
 def _minflt(pid: int) -> int:
@@ -140,14 +124,14 @@ async def scale_run(n: int, idle: float) -> dict:
         snapshots = []  # (node CPU ns, zygote CPU ns, node faults, zygote faults) before each tenth
 
         def snapshot() -> None:
-            snapshots.append((_cpu_ns(me.pid), sum(_cpu_ns(z) for z in zygote_pids),
+            snapshots.append((cpu_ns(me.pid), sum(cpu_ns(z) for z in zygote_pids),
                               _minflt(me.pid), sum(_minflt(z) for z in zygote_pids)))
 
         total, latencies = await _start_all(node, n, snapshot)
         infos = sorted((c for c in await node.which_children("pool") if c.pid), key=lambda c: int(c.id[1:]))
         pids = [c.pid for c in infos]
-        cpu0, cpu1 = snapshots[0], (*snapshots[-1][:2], sum(_cpu_ns(p) for p in pids))
-        child_cpu, child_faults = [_cpu_ns(p) for p in pids], [_minflt(p) for p in pids]
+        cpu0, cpu1 = snapshots[0], (*snapshots[-1][:2], sum(cpu_ns(p) for p in pids))
+        child_cpu, child_faults = [cpu_ns(p) for p in pids], [_minflt(p) for p in pids]
         step = max(1, n // 10)
         tenths = {
             "node": _per_start([s[0] for s in snapshots], n, 1e-6),

@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from bench.stats import cpu_ns
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -37,21 +39,6 @@ def floor(kind: str, n: int) -> dict:
     out = subprocess.run([sys.executable, "-m", "bench.scale_floor", kind, str(n)], env=env, cwd=ROOT,
                          check=True, capture_output=True, text=True, timeout=120 + n * 0.1)
     return json.loads(out.stdout)
-
-
-def _cpu_ns(pid: int) -> int:
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except OSError:
-            pass
-    return total
 
 
 def _pipe_child(w: int) -> None:
@@ -91,7 +78,7 @@ def _series(kind: str, n: int) -> dict:
         pull.bind(endpoint)
     me = os.getpid()
     try:
-        cpu0 = _cpu_ns(me)
+        cpu0 = cpu_ns(me)
         t0 = time.perf_counter()
         for _ in range(n):
             t = time.perf_counter()
@@ -119,8 +106,8 @@ def _series(kind: str, n: int) -> dict:
             latencies.append(time.perf_counter() - t)
             pids.append(pid)
         total = time.perf_counter() - t0
-        cpu_parent = _cpu_ns(me) - cpu0
-        cpu_children = sum(_cpu_ns(pid) for pid in pids)
+        cpu_parent = cpu_ns(me) - cpu0
+        cpu_children = sum(cpu_ns(pid) for pid in pids)
     finally:
         for pid in pids:
             try:
