@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import otpy
-from tests.helpers import Events, unique_name, wait_dead, wait_until
+from tests.helpers import Events, rewrite, unique_name, wait_dead, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -27,18 +27,10 @@ PROGRAM = textwrap.dedent("""
 """)
 
 
-def write(path, text: str) -> None:
-    """Rewrite ``path`` and move its mtime one second on, so that no clock granularity hides it."""
-    before = os.stat(path).st_mtime_ns if path.exists() else 0
-    path.write_text(text)
-    later = max(os.stat(path).st_mtime_ns, before) + 1_000_000_000
-    os.utime(path, ns=(later, later))
-
-
 @pytest.fixture
 def folder(tmp_path):
-    write(tmp_path / "versioned_program.py", PROGRAM.replace("VERSION", "v1"))
-    write(tmp_path / "versioned_helper.py", 'HELPER = "h1"\n')
+    rewrite(tmp_path / "versioned_program.py", PROGRAM.replace("VERSION", "v1"))
+    rewrite(tmp_path / "versioned_helper.py", 'HELPER = "h1"\n')
     return tmp_path
 
 
@@ -77,7 +69,7 @@ def test_a_restart_after_an_edit_runs_the_new_code_from_a_new_zygote(node, folde
     kill_and_wait_restart(node, events, "edited")  # nothing changed: the same zygote, fast
     assert zygote_of(node) == first_zygote and node.call("edited", {})["version"] == "v1"
 
-    write(folder / "versioned_program.py", PROGRAM.replace("VERSION", "v2"))
+    rewrite(folder / "versioned_program.py", PROGRAM.replace("VERSION", "v2"))
     kill_and_wait_restart(node, events, "edited")
     assert node.call("edited", {})["version"] == "v2"
     second_zygote = zygote_of(node)
@@ -92,7 +84,7 @@ def test_a_restart_after_an_edit_runs_the_new_code_from_a_new_zygote(node, folde
 def test_an_edited_helper_counts_too(node, folder):
     events = Events(node)
     assert node.call("edited", {})["helper"] == "h1"
-    write(folder / "versioned_helper.py", 'HELPER = "h2"\n')
+    rewrite(folder / "versioned_helper.py", 'HELPER = "h2"\n')
     kill_and_wait_restart(node, events, "edited")
     assert node.call("edited", {})["helper"] == "h2"
 
@@ -100,7 +92,7 @@ def test_an_edited_helper_counts_too(node, folder):
 def test_a_new_child_after_an_edit_runs_the_new_code_and_the_old_zygote_keeps_its_child(node, folder):
     first_zygote = zygote_of(node)
     old_child = pid_of(node, "edited")
-    write(folder / "versioned_program.py", PROGRAM.replace("VERSION", "v2"))
+    rewrite(folder / "versioned_program.py", PROGRAM.replace("VERSION", "v2"))
     result = node.start_child("pool", otpy.ChildSpec(id="fresh", program="versioned_program:Versioned"))
     assert result.ok, result
     assert node.call("fresh", {})["version"] == "v2"
@@ -120,7 +112,7 @@ def test_killing_an_old_zygote_loses_only_its_own_children(node, folder):
     events = Events(node)
     first_zygote = zygote_of(node)
     old_child = pid_of(node, "edited")
-    write(folder / "versioned_program.py", PROGRAM.replace("VERSION", "v2"))
+    rewrite(folder / "versioned_program.py", PROGRAM.replace("VERSION", "v2"))
     assert node.start_child("pool", otpy.ChildSpec(id="fresh", program="versioned_program:Versioned")).ok
     fresh = pid_of(node, "fresh", "pool")
     os.kill(first_zygote, signal.SIGKILL)
@@ -138,7 +130,7 @@ def test_nothing_of_any_generation_outlives_the_node(folder):
                      on_output=lambda *_: None).start()
     try:
         first_zygote, old_child = zygote_of(node), pid_of(node, "edited")
-        write(folder / "versioned_program.py", PROGRAM.replace("VERSION", "v2"))
+        rewrite(folder / "versioned_program.py", PROGRAM.replace("VERSION", "v2"))
         assert node.start_child("pool", otpy.ChildSpec(id="fresh", program="versioned_program:Versioned")).ok
         everyone = [first_zygote, old_child, zygote_of(node), pid_of(node, "fresh", "pool")]
         assert len(set(everyone)) == 4

@@ -16,7 +16,7 @@ import otpy
 from otpy.cli.status_view import render_status, status_json, status_text
 from otpy.specs.values import value_problems
 from otpy.topology.load import parse_topology
-from tests.helpers import Events, unique_name, wait_dead, wait_until
+from tests.helpers import Events, rewrite, unique_name, wait_dead, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,17 +49,9 @@ PROGRAM = textwrap.dedent("""
 """)
 
 
-def write(path, text: str) -> None:
-    """Rewrite ``path`` and move its mtime one second on, so that no clock granularity hides it."""
-    before = os.stat(path).st_mtime_ns if path.exists() else 0
-    path.write_text(text)
-    later = max(os.stat(path).st_mtime_ns, before) + 1_000_000_000
-    os.utime(path, ns=(later, later))
-
-
 @pytest.fixture
 def folder(tmp_path):
-    write(tmp_path / "standby_program.py", PROGRAM.replace("VERSION", "v1"))
+    rewrite(tmp_path / "standby_program.py", PROGRAM.replace("VERSION", "v1"))
     return tmp_path
 
 
@@ -184,7 +176,7 @@ def test_an_edited_program_is_not_served_by_its_standby(folder):
         events = Events(node)
         spare = one_standby(node)
         assert ask(node)["version"] == "v1"
-        write(folder / "standby_program.py", PROGRAM.replace("VERSION", "v2"))
+        rewrite(folder / "standby_program.py", PROGRAM.replace("VERSION", "v2"))
         new = kill_and_wait(node, events)
         assert new != spare  # it refused: its code is out of date
         assert ask(node)["version"] == "v2"
@@ -201,7 +193,7 @@ def test_a_standby_that_lists_no_sources_is_asked_and_checks_its_code_itself(fol
     names = [f"module_with_a_long_name_so_that_the_list_is_long_{i:04d}" for i in range(600)]
     for name in names:
         (package / f"{name}.py").write_text("X = 1\n")
-    write(folder / "standby_program.py", PROGRAM.replace("VERSION", "v1").replace(
+    rewrite(folder / "standby_program.py", PROGRAM.replace("VERSION", "v1").replace(
         "import os, stat", "import os, stat\n" + "\n".join(f"import many.{n}" for n in names)))
     with start(folder) as node:
         events = Events(node)
@@ -209,7 +201,7 @@ def test_a_standby_that_lists_no_sources_is_asked_and_checks_its_code_itself(fol
         assert node.aio.processes.standbys._by_id["a"][0].sources is None  # no list: GO
         assert kill_and_wait(node, events) == spare and ask(node)["pid"] == spare
         spare = one_standby(node, not_pid=spare)
-        write(package / f"{names[0]}.py", "X = 2\n")
+        rewrite(package / f"{names[0]}.py", "X = 2\n")
         new = kill_and_wait(node, events)
         assert new != spare and wait_dead([spare], 10) == []  # it refused: STALE
 
