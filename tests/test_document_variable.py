@@ -368,3 +368,12 @@ def test_a_python_client_request_over_the_node_limit_is_refused_before_it_is_sen
             client.set_variables("global", {"program_state": too_big})
         assert refused.value.kind == "bad_request"
         assert json.loads(run(node.name, "get", "global.program_state").output) != too_big
+
+
+@pytest.mark.parametrize("value", ["\ud800", 1 << 64])
+def test_a_python_client_value_that_cannot_be_encoded_is_a_control_error(node, value):
+    """Before: a raw UnicodeEncodeError / OverflowError from the encoder."""
+    with otpy.connect(node.name) as client:
+        with pytest.raises(otpy.ControlError, match="cannot be sent") as refused:
+            client.set_variables("global", {"program_state": {"x": value}})
+    assert refused.value.kind == "bad_request"

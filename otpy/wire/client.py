@@ -32,6 +32,7 @@ import psutil
 import zmq
 import zmq.asyncio
 
+from .codec import describe
 from .operations import ControlError, Operations, expect  # ControlError: raised by the operations
 from .protocol import ENCODER, FROM_NODE, MAX_REQUEST_BYTES, FromNode, GetStatus, Outcome, Status, StopNode, Stopping, ToNode
 from ..host.node_run import lock_holder, sweep_dead_run
@@ -221,9 +222,14 @@ class Client(Operations):
 
 
 def encode_request(request: ToNode, request_id: int) -> bytes:
-    """``request`` on the wire, or ``ControlError`` (``bad_request``) if the node would drop it: a
-    frame over ``MAX_REQUEST_BYTES`` never reaches it (the caller would wait its whole timeout)."""
-    data = ENCODER.encode(msgspec.structs.replace(request, request_id=request_id))
+    """``request`` on the wire, or ``ControlError`` (``bad_request``) if it cannot be encoded or the
+    node would drop it: a frame over ``MAX_REQUEST_BYTES`` never reaches it (the caller would wait
+    its whole timeout)."""
+    try:
+        data = ENCODER.encode(msgspec.structs.replace(request, request_id=request_id))
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:  # a lone surrogate, 1 << 64, ...
+        raise ControlError("bad_request", f"{type(request).__name__}: cannot be sent: {describe(exc)}; "
+                           "nothing was sent") from None
     if len(data) > MAX_REQUEST_BYTES:
         raise ControlError("bad_request", f"{type(request).__name__}: the request is {len(data):,} bytes; the node "
                            f"takes at most {MAX_REQUEST_BYTES:,} (1 MiB): nothing was sent")
