@@ -64,19 +64,19 @@ def _score_one(program, example: Example, metric) -> tuple[float, str | None]:
     try:
         prediction = program(**example.inputs)
         return metric_score(metric(example, prediction)), None
-    except NoScore as exc:
+    except _NoScore as exc:
         return 0.0, f"{exc} (example inputs: {_clip(repr(example.inputs))})"
     except Exception as exc:
         return 0.0, _traceback(exc)
 
 
-class NoScore(ValueError):
+class _NoScore(ValueError):
     """A metric returned something that is no score: a failed metric, as one that raises."""
 
 
 def metric_score(value: Any) -> float:
     """What a metric returned, as a score: a finite number (an int, a float, any ``numbers.Real``
-    such as a numpy scalar), or a bool (DSPy's convention: True counts 1, False 0). ``NoScore``
+    such as a numpy scalar), or a bool (DSPy's convention: True counts 1, False 0). ``_NoScore``
     for anything else: NaN, an infinity, None, a string (even ``"1.0"``), an object that only
     converts to a number; the metric failed on that example, it did not score 0."""
     if hasattr(value, "item") and getattr(value, "shape", None) == ():  # a numpy scalar or 0-d array
@@ -87,10 +87,10 @@ def metric_score(value: Any) -> float:
         try:
             score = float(value)
         except (OverflowError, ValueError):  # an int too big for a float
-            raise NoScore(f"the metric returned {_clip(repr(value))}, not a finite number") from None
+            raise _NoScore(f"the metric returned {_clip(repr(value))}, not a finite number") from None
         if math.isfinite(score):
             return score
-    raise NoScore(f"the metric returned {_clip(repr(value))} ({type(value).__name__}); expected a finite number "
+    raise _NoScore(f"the metric returned {_clip(repr(value))} ({type(value).__name__}); expected a finite number "
                   "or a bool")
 
 
