@@ -13,7 +13,7 @@ import shlex
 import click
 
 from .exits import ask, json_object_or_exit, outcome_exit, usage_exit
-from .options import (JSON_OPTION, NODE_OPTION, SUP_OPTION, SignalParam, checked_name, child_id_argument,
+from .options import (JSON_OPTION, SUP_OPTION, node_options, SignalParam, checked_name, child_id_argument,
                       complete_child_ids)
 from ..wire.client import Client
 from ..wire.protocol import Outcome, TreeEntry
@@ -31,7 +31,7 @@ from ..specs.rules import spec_problems
 @click.option("--args", "args_json", default="{}", help="JSON object: the program's or template's args.")
 @click.option("--restart", type=click.Choice(["permanent", "transient", "temporary"]), default="permanent",
               show_default=True, help="Restart type (with --program or --command).")
-@NODE_OPTION
+@node_options
 @JSON_OPTION
 def start_child(sup, child_id, template, program, command, args_json, restart, node_name, as_json) -> None:
     """Start a child under SUP from a template, a program or a command."""
@@ -56,7 +56,7 @@ def start_child(sup, child_id, template, program, command, args_json, restart, n
 @click.command("terminate-child")
 @child_id_argument()
 @SUP_OPTION
-@NODE_OPTION
+@node_options
 @JSON_OPTION
 def terminate_child(child_id: str, sup: str | None, node_name: str | None, as_json: bool) -> None:
     """Stop child ID (its spec is kept unless temporary; no restart)."""
@@ -67,7 +67,7 @@ def terminate_child(child_id: str, sup: str | None, node_name: str | None, as_js
 @click.command("restart-child")
 @child_id_argument()
 @SUP_OPTION
-@NODE_OPTION
+@node_options
 @JSON_OPTION
 def restart_child(child_id: str, sup: str | None, node_name: str | None, as_json: bool) -> None:
     """Start child ID again after terminate-child."""
@@ -78,7 +78,7 @@ def restart_child(child_id: str, sup: str | None, node_name: str | None, as_json
 @click.command("delete-child")
 @child_id_argument()
 @SUP_OPTION
-@NODE_OPTION
+@node_options
 @JSON_OPTION
 def delete_child(child_id: str, sup: str | None, node_name: str | None, as_json: bool) -> None:
     """Forget the spec of stopped child ID."""
@@ -89,7 +89,7 @@ def delete_child(child_id: str, sup: str | None, node_name: str | None, as_json:
 @click.command()
 @child_id_argument()
 @SUP_OPTION
-@NODE_OPTION
+@node_options
 @JSON_OPTION
 def restart(child_id: str, sup: str | None, node_name: str | None, as_json: bool) -> None:
     """Stop child ID and start it again (a stopped child is started), in one command.
@@ -176,7 +176,7 @@ def run_time_children(client: Client, entry: TreeEntry) -> list[str]:
 @click.argument("signal_number", metavar="SIG", type=SignalParam())
 @child_id_argument()
 @SUP_OPTION
-@NODE_OPTION
+@node_options
 @JSON_OPTION
 def signal_(signal_number: int, child_id: str, sup: str | None, node_name: str | None, as_json: bool) -> None:
     """Send signal SIG (TERM, SIGHUP, usr1, 9, ...) to the process of running worker ID.

@@ -19,10 +19,11 @@ import zmq
 
 from .bench_cmd import bench
 from .children import delete_child, restart, restart_child, signal_, start_child, terminate_child
-from .exits import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_USAGE, ask, fail, node_or_exit
+from .exits import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_USAGE, Remote, ask, fail, local_only, node_or_exit
+from .keys import keys_group
 from .logs import logs
 from .optimize_cmd import optimize
-from .options import JSON_OPTION, NODE_OPTION, Seconds, child_id_argument
+from .options import JSON_OPTION, Seconds, child_id_argument, node_options
 from .reload import reload
 from .start import start
 from .status_view import add_usage, find_entry, not_running, render_status, status_json
@@ -33,7 +34,8 @@ from ..node.node import describe_event
 from ..topology.load import TopologyError, load_topology, topology_json_schema
 from ..wire.client import (InvalidNodeName, NodeNotFound, NodeStale, clear_stale, node_alive, node_statuses,
                            pick_node, socket_path)
-from ..wire.protocol import EVENT, NodeEvent
+from ..wire.operations import expect
+from ..wire.protocol import EVENT, NodeEvent, StopNode, Stopping
 
 class _Group(click.Group):
     """Every command's refused runtime folder is one line and exit 1, not a traceback."""
@@ -56,7 +58,7 @@ def main() -> None:
 
 
 for command in (start, call, run_pipeline, optimize, vars_group, bench, logs, reload,
-                start_child, terminate_child, restart_child, delete_child, restart, signal_):
+                start_child, terminate_child, restart_child, delete_child, restart, signal_, keys_group):
     main.add_command(command)
 
 
@@ -83,24 +85,28 @@ def schema() -> None:
 
 @main.command()
 @child_id_argument(required=False)
-@NODE_OPTION
+@node_options
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(child_id: str | None, node_name: str | None, as_json: bool) -> None:
+@click.option("--timeout", default=30.0, show_default=True, type=Seconds(), help="Seconds to wait for the answer.")
+def status(child_id: str | None, node_name: str | Remote | None, as_json: bool, timeout: float) -> None:
     """Show the node's tree, or child ID (a supervisor: its subtree): id, kind, state, program,
     pid, restarts, uptime, CPU % and RSS of workers.
 
     Exits 3, as `systemctl status` does, when the node is not running, when ID (or the root)
     is not running, or when a child below it is restarting, starting or stopping; a child
     stopped on purpose (disabled, terminate-child, a transient that ended) does not count.
-    Exits 2 for an unknown ID.
+    Exits 2 for an unknown ID. Over --endpoint, a node that does not answer is exit 1, and
+    CPU % and RSS are not shown (the pids are the node host's).
     """
-    name = _running_node_or_exit_3(node_name)
-    report = status_json(ask(name, "status", lambda client: client.status()))
+    remote = isinstance(node_name, Remote)
+    name = node_name if remote else _running_node_or_exit_3(node_name)
+    report = status_json(ask(name, "status", lambda client: client.status(), timeout=timeout))
     if child_id is not None:
         if (entry := find_entry(report["tree"], child_id)) is None:
-            fail(f"status: node {name!r} has no child {child_id!r} (`otpy status` lists them)", EXIT_USAGE)
+            fail(f"status: node {report['node']!r} has no child {child_id!r} (`otpy status` lists them)", EXIT_USAGE)
         report["tree"] = entry
-    add_usage(report["tree"])
+    if not remote:
+        add_usage(report["tree"])
     click.echo(json.dumps(report, indent=2) if as_json else render_status(report))
     if stopped := not_running(report["tree"]):
         click.echo(f"otpy: not running: {', '.join(stopped)}", err=True)  # which, for a script's log
@@ -122,16 +128,23 @@ def _running_node_or_exit_3(name: str | None) -> str:
 
 
 @main.command()
-@NODE_OPTION
+@node_options
 @click.option("--timeout", default=120.0, show_default=True, type=Seconds(),
               help="Seconds to wait for the shutdown.")
 @JSON_OPTION
-def stop(node_name: str | None, timeout: float, as_json: bool) -> None:
+def stop(node_name: str | Remote | None, timeout: float, as_json: bool) -> None:
     """Stop the node in order; returns once its tree stopped and its process exited.
 
     A node whose process died (stale) is cleaned instead: what its run left is killed, its
-    sockets and lock are removed, and the exit status is 0.
+    sockets and lock are removed, and the exit status is 0. Over --endpoint it returns once
+    the tree stopped (the node's process is on its own host).
     """
+    if isinstance(node_name, Remote):
+        result = ask(node_name, "stop", lambda client: expect(Stopping)(client.request(StopNode(0), timeout)),
+                     timeout=timeout)
+        click.echo(json.dumps({"command": "stop", "node": node_name.endpoint, "ok": True, "pid": result.pid,
+                               "stale": False}) if as_json else f"otpy: node stopped (pid {result.pid})")
+        return
     if (stale := _stale(node_name)) is not None and clear_stale(stale):
         click.echo(json.dumps({"command": "stop", "node": stale, "ok": True, "pid": None, "stale": True})
                    if as_json else f"otpy: {NodeStale(stale)}; removed its sockets and lock")
@@ -173,14 +186,16 @@ def nodes(as_json: bool) -> None:
 
 
 @main.command()
-@NODE_OPTION
+@node_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event, one per line (JSON Lines).")
-def events(node_name: str | None, as_json: bool) -> None:
+def events(node_name: str | Remote | None, as_json: bool) -> None:
     """Print the node's events live, one per line, until Ctrl-C or the node's end.
 
     Exits 0 once the node stopped, 1 if its process died (its lock is looked at every 0.5 s).
+    Not over --endpoint (exit 2): the node publishes its events on a local socket only.
     """
-    name = node_or_exit(node_name)
+    name = node_or_exit(local_only(node_name, "events", "the node publishes its events on a local ipc "
+                                                             "socket only, not over TCP"))
     context = zmq.Context()
     socket = context.socket(zmq.SUB)
     socket.setsockopt(zmq.SUBSCRIBE, b"")

@@ -1,13 +1,21 @@
 """The options, argument types and name checks that several ``otpy`` commands share, and the
-shell completion of node names and child ids (click's ``shell_complete``)."""
+shell completion of node names and child ids (click's ``shell_complete``).
+
+``node_options`` is how every command that talks to a node's control socket names it: ``--node
+NAME`` (a node on this host), or ``--endpoint tcp://HOST:PORT --keys DIR`` (a node's CURVE TCP
+endpoint); the command gets one ``node_name`` argument, a name, None or an ``exits.Remote``."""
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 import signal
 
 import click
 from click.shell_completion import CompletionItem
+
+from .exits import remote_or_exit
 
 from ..specs.model import name_problem
 from ..specs.values import MAX_SECONDS
@@ -42,7 +50,10 @@ def complete_child_ids(ctx: click.Context, param: click.Parameter, incomplete: s
     nothing, silently, when no node answers within ``COMPLETION_TIMEOUT``."""
     try:
         from ..wire.client import Client, pick_node
-        with Client(pick_node(ctx.params.get("node_name")), timeout=COMPLETION_TIMEOUT) as client:
+        endpoint, keys = ctx.params.get("endpoint"), ctx.params.get("keys")
+        client = (Client(endpoint, timeout=COMPLETION_TIMEOUT, endpoint=endpoint, keys=keys) if endpoint and keys
+                  else Client(pick_node(ctx.params.get("node_name")), timeout=COMPLETION_TIMEOUT))
+        with client:
             tree = client.status().tree
     except Exception:
         return []
@@ -127,6 +138,21 @@ class SignalParam(click.ParamType):
         return [CompletionItem(n) for n in names if n.startswith(incomplete.upper().removeprefix("SIG"))]
 
 
+_ENDPOINT = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})")
+
+
+def endpoint_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``tcp://HOST:PORT`` (a name, an IPv4 address or ``[IPv6]``; PORT 1-65535), else a usage
+    error (exit 2) naming the option: never another transport, never plaintext."""
+    if value is None:
+        return None
+    match = _ENDPOINT.fullmatch(value)
+    if match is None or not 1 <= int(match[3]) <= 65535:
+        raise click.BadParameter(f"{value!r}; expected tcp://HOST:PORT, a node's control_tcp (served with CURVE "
+                                 "only: there is no plaintext or other transport)")
+    return value
+
+
 NODE_OPTION = click.option("--node", "node_name", metavar="NAME", callback=node_name_option,
                            shell_complete=complete_node_names,
                            help="The node to talk to (may be left out when only one runs).")
@@ -139,3 +165,25 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True,
 def child_id_argument(required: bool = True, metavar: str = "ID"):
     """The ``ID`` argument of the commands on one child, completed from the node's tree."""
     return click.argument("child_id", metavar=metavar, required=required, shell_complete=complete_child_ids)
+
+
+ENDPOINT_OPTION = click.option("--endpoint", metavar="tcp://HOST:PORT", callback=endpoint_option,
+                               help="Reach the node over its CURVE TCP control endpoint ([node] control_tcp) "
+                                    "instead of by name on this host; needs --keys.")
+KEYS_OPTION = click.option("--keys", metavar="DIR", envvar="OTPY_KEYS",
+                           help="With --endpoint: a folder with the node's server.key and this client's "
+                                "*.key_secret (`otpy keys new DIR`); default $OTPY_KEYS.")
+
+
+def node_options(command):
+    """``--node``, ``--endpoint`` and ``--keys`` on ``command``, which receives them as one
+    ``node_name``: a local node's name (or None), or an ``exits.Remote`` (``exits.remote_or_exit``
+    checks the pair, exit 2). Put it where ``NODE_OPTION`` was."""
+
+    @functools.wraps(command)
+    def with_target(*args, node_name=None, endpoint=None, keys=None, **kwargs):
+        ctx = click.get_current_context()
+        keys_given = ctx.get_parameter_source("keys") == click.core.ParameterSource.COMMANDLINE
+        return command(*args, node_name=remote_or_exit(node_name, endpoint, keys, keys_given), **kwargs)
+
+    return NODE_OPTION(ENDPOINT_OPTION(KEYS_OPTION(with_target)))

@@ -37,12 +37,13 @@ from ..wire.registry_protocol import (
     Explain, GetSpace, GetValue, ListValues, RegistryRefusal, RegistryRequest, SetValue,
 )
 from . import set_values
-from .exits import node_or_exit
-from .options import NODE_OPTION, Count, child_id_argument
+from .exits import local_only, node_or_exit
+from .options import Count, child_id_argument, node_options
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 SET_TIMEOUT = 120.0  # a write waits for the tree to match: replacements start and become ready first
+LOCAL_REGISTRY = "the registry is asked over the node's local agent sockets, which TCP does not serve"
 
 @click.group("vars")
 def vars_group() -> None:
@@ -51,10 +52,11 @@ def vars_group() -> None:
 
 @vars_group.command("list")
 @click.argument("scope", required=False)
-@NODE_OPTION
+@node_options
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def list_(scope: str | None, node_name: str | None, as_json: bool) -> None:
     """Every variable of SCOPE (or of every scope): value, version and why it has it."""
+    node_name = local_only(node_name, "vars list", LOCAL_REGISTRY)
     _unicode("vars list", scope or "")
     entries = _ask(node_name, ListValues(scope=scope)).values
     if as_json:
@@ -66,10 +68,11 @@ def list_(scope: str | None, node_name: str | None, as_json: bool) -> None:
 
 @vars_group.command()
 @click.argument("variable", metavar="SCOPE.NAME")
-@NODE_OPTION
+@node_options
 @click.option("--json", "as_json", is_flag=True, help="Print scope, name, value, version and reason.")
 def get(variable: str, node_name: str | None, as_json: bool) -> None:
     """Print the value of SCOPE.NAME, JSON-encoded (for scripts)."""
+    node_name = local_only(node_name, "vars get", LOCAL_REGISTRY)
     _unicode("vars get", variable)
     scope, name = _split(variable)
     entry = _ask(node_name, GetValue(scope=scope, name=name))
@@ -125,13 +128,14 @@ def _cell(value: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the changes as JSON.")
 @click.option("--expected-version", type=Count(0),
               help="Compare-and-set in the registry: only if this is the current version (not for a bound variable).")
-@NODE_OPTION
+@node_options
 def set_(variable: str, values: tuple[str, ...], dry_run: bool, as_json: bool, expected_version: int | None,
          node_name: str | None) -> None:
     """Set SCOPE.NAME to VALUE, or in SCOPE each NAME to its VALUE (all or nothing), through the
     node: the running tree follows it (a bound child reconfigured, started or stopped) before it
     is stored. VALUE is parsed as JSON, else taken as a plain string; for a document variable it
     is JSON text, or @FILE: a JSON file. Prints one line per change."""
+    node_name = local_only(node_name, "vars set", LOCAL_REGISTRY)
     _unicode("vars set", variable)
     scope, texts = _assignments(node_name, variable, values)
     parsed = set_values.parse(texts, lambda: _declared(node_name, scope), lambda problem: _fail(f"vars set {scope}.{problem}"))
@@ -199,9 +203,10 @@ def _compare_and_set(node_name: str | None, request: SetValue) -> None:
 @vars_group.command()
 @child_id_argument(metavar="CHILD")
 @click.argument("name")
-@NODE_OPTION
+@node_options
 def explain(child_id: str, name: str, node_name: str | None) -> None:
     """Where CHILD's variable NAME comes from: the scope, the value and why."""
+    node_name = local_only(node_name, "vars explain", LOCAL_REGISTRY)
     _unicode("vars explain", child_id, name)
     explained = _ask(node_name, Explain(child=child_id, name=name))
     click.echo(f"{child_id}.{name} = {json.dumps(explained.value)}: {explained.reason} in scope {explained.scope!r}")

@@ -17,13 +17,15 @@ A client needs ``server.key`` and its own ``*.key_secret`` in one folder:
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import zmq
 import zmq.auth
 
-from ..host.runtime_dir import RuntimeDirError, node_dir, private_dir
+from ..host.runtime_dir import RuntimeDirError, existing_node_dir, node_dir, private_dir
 
 
 def keys_dir(node: str) -> Path:
@@ -78,3 +80,129 @@ def connect_curve(socket: zmq.Socket, folder: str | os.PathLike) -> None:
     socket.curve_secretkey = secret
     socket.curve_publickey = public
     socket.curve_serverkey = server_public
+
+
+class KeyFolderError(ValueError):
+    """A key folder or key file otpy refuses to use or to write: one line naming it and saying why."""
+
+
+def new_key_pair(folder: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """A CURVE key pair ``NAME.key`` (public, 0644) and ``NAME.key_secret`` (0600) made in
+    ``folder`` (``otpy keys new``). ``folder`` is made 0700 if absent (its parent must exist); an
+    existing one must be a real folder (not a symlink) of this user that nobody else may read.
+    Nothing is ever overwritten: a file of either name already there (a symlink included) is
+    refused, naming it, and nothing is written. KeyFolderError, one line."""
+    folder = Path(folder)
+    _private_folder(folder)
+    public, secret = folder / f"{name}.key", folder / f"{name}.key_secret"
+    for path in (secret, public):
+        if os.path.lexists(path):
+            raise KeyFolderError(f"{path} already exists: it is never overwritten (remove it, or give another "
+                                 "--name)")
+    scratch = Path(tempfile.mkdtemp(prefix=".new-", dir=folder))  # 0700: made whole there, then linked in
+    try:
+        made_public, made_secret = (Path(p) for p in zmq.auth.create_certificates(scratch, name))
+        os.chmod(made_secret, 0o600)
+        os.chmod(made_public, 0o644)
+        linked = []
+        try:
+            for made, path in ((made_secret, secret), (made_public, public)):
+                os.link(made, path)  # never replaces a file: FileExistsError if one appeared meanwhile
+                linked.append(path)
+        except FileExistsError as exc:
+            for path in linked:
+                path.unlink(missing_ok=True)
+            raise KeyFolderError(f"{exc.filename2 or exc.filename} already exists: it is never overwritten") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return public, secret
+
+
+def _private_folder(folder: Path) -> None:
+    """``folder`` made 0700 if absent; else checked: a folder (not a symlink) of this user, 0700-like."""
+    try:
+        os.mkdir(folder, 0o700)
+        os.chmod(folder, 0o700)  # whatever the umask
+        return
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        raise KeyFolderError(f"{folder}: its parent folder {folder.parent} does not exist") from None
+    info = folder.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        raise KeyFolderError(f"{folder} is a symlink: give the real folder")
+    if not stat.S_ISDIR(info.st_mode):
+        raise KeyFolderError(f"{folder} exists and is not a folder")
+    if info.st_uid != os.getuid():
+        raise KeyFolderError(f"{folder} belongs to another user (uid {info.st_uid}): keys go in a folder of yours")
+    if info.st_mode & 0o077:
+        raise KeyFolderError(f"{folder} may be read by others (mode {stat.S_IMODE(info.st_mode):04o}): "
+                             f"`chmod 700 {folder}`, or give a new folder")
+
+
+def client_keys_problem(folder: str | os.PathLike) -> str | None:
+    """What a client key folder (``--keys``) lacks to reach a node's TCP endpoint, in one line
+    saying how to get it; None when it holds the node's ``server.key`` and exactly one client
+    ``*.key_secret`` (``server.key_secret`` aside) that only its owner may read."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder} is not a folder: make one with `otpy keys new {folder}`"
+    secrets = sorted(p for p in folder.glob("*.key_secret") if p.name != "server.key_secret")
+    if not (folder / "server.key").is_file():
+        return (f"{folder} has no server.key (the node's public key): copy it there from the node's host "
+                "(the file curve/server.key in the node's folder)")
+    if not secrets:
+        return (f"{folder} has no client secret key (*.key_secret): make a key pair with `otpy keys new {folder}` "
+                "and authorize its public key on the node")
+    if len(secrets) > 1:
+        return f"{folder} has several client secret keys ({', '.join(p.name for p in secrets)}): keep one"
+    mode = stat.S_IMODE(secrets[0].stat().st_mode)
+    if mode & 0o077:
+        return f"{secrets[0]} may be read by others (mode {mode:04o}): `chmod 600 {secrets[0]}`"
+    for path, needs_secret in ((folder / "server.key", False), (secrets[0], True)):
+        try:
+            _, secret = zmq.auth.load_certificate(path)
+        except Exception as exc:  # not a ZeroMQ certificate: say which file
+            return f"{path} is not a CURVE key file ({exc})"
+        if needs_secret and secret is None:
+            return f"{path} holds no secret key: use the NAME.key_secret `otpy keys new` made"
+    return None
+
+
+def authorize(node: str, public: str | os.PathLike) -> Path:
+    """Copy the client public key file ``public`` into local node ``node``'s ``curve/authorized/``
+    (0600, as ``NAME.key``): a regular file holding a public key and no secret; an authorized key
+    of that name already there is never replaced. KeyFolderError, one line."""
+    source = Path(public)
+    try:
+        info = source.lstat()
+    except FileNotFoundError:
+        raise KeyFolderError(f"{source}: no such file") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise KeyFolderError(f"{source} is not a regular file (a symlink?): give the key file itself")
+    if not source.name.endswith(".key") or source.name == "server.key":
+        raise KeyFolderError(f"{source}: expected a client's public key file, NAME.key (`otpy keys new` makes one)")
+    try:
+        key, secret = zmq.auth.load_certificate(source)
+    except Exception as exc:
+        raise KeyFolderError(f"{source} is not a CURVE key file ({exc})") from None
+    if secret is not None:
+        raise KeyFolderError(f"{source} holds a secret key: authorize the public one (NAME.key), the secret stays "
+                             "with the client")
+    if existing_node_dir(node) is None:
+        raise KeyFolderError(f"no node {node!r} on this host (no folder of it in the runtime folder): authorize on "
+                             "the node's host, after its first start with control_tcp")
+    authorized = private_dir(private_dir(keys_dir(node)) / "authorized")
+    check_key_files(authorized)
+    target = authorized / source.name
+    for existing in authorized.glob("*.key"):
+        if zmq.auth.load_certificate(existing)[0] == key:
+            raise KeyFolderError(f"that key is already authorized ({existing})")
+    try:
+        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise KeyFolderError(f"{target} already exists (another key of that name): it is never replaced; "
+                             "rename the file you authorize") from None
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(source.read_bytes())
+    return target

@@ -1,0 +1,235 @@
+"""The command line over a node's CURVE TCP control endpoint (``--endpoint``, ``--keys``) and
+``otpy keys``: loopback only, on a port the OS gave."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import time
+
+import pytest
+import zmq.auth
+from click.testing import CliRunner
+
+import otpy
+from otpy.cli.main import main
+from otpy.wire.curve import keys_dir
+from tests.helpers import sleeper, unique_name
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def otpy_cli(*args: str, env: dict | None = None):
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+@pytest.fixture
+def node():
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    spec = otpy.NodeSpec(name=unique_name("rcli"), control_tcp=endpoint,
+                         root=otpy.SupervisorSpec(id="root", children=(sleeper("a"),)))
+    with otpy.Node(spec) as node:
+        yield node, endpoint
+
+
+def client_keys(tmp_path, node_name: str):
+    """A client's folder as an operator makes it: the node's server.key and the client key pair it made."""
+    folder = tmp_path / "keys"
+    folder.mkdir(mode=0o700)
+    shutil.copy(keys_dir(node_name) / "server.key", folder)
+    shutil.copy(keys_dir(node_name) / "client.key_secret", folder)
+    return folder
+
+
+# --- otpy keys new ---------------------------------------------------------------------------
+
+def test_keys_new_makes_a_private_folder_and_a_0600_secret(tmp_path):
+    folder = tmp_path / "mine"
+    result = otpy_cli("keys", "new", str(folder), "--name", "laptop", "--json")
+    assert result.exit_code == 0, result.output
+    made = json.loads(result.stdout)
+    assert made == {"folder": str(folder), "name": "laptop", "public": str(folder / "laptop.key"),
+                    "secret": str(folder / "laptop.key_secret")}
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "laptop.key_secret").stat().st_mode) == 0o600
+    public, secret = zmq.auth.load_certificate(folder / "laptop.key_secret")
+    assert secret is not None and zmq.auth.load_certificate(folder / "laptop.key") == (public, None)
+    assert sorted(p.name for p in folder.iterdir()) == ["laptop.key", "laptop.key_secret"]  # no scratch left
+
+
+def test_keys_new_says_what_to_do_with_the_public_key(tmp_path):
+    result = otpy_cli("keys", "new", str(tmp_path / "k"))
+    assert result.exit_code == 0, result.output
+    assert f"public key: {tmp_path / 'k' / 'client.key'}" in result.stdout
+    assert "otpy keys authorize NODE client.key" in result.stdout and "server.key" in result.stdout
+
+
+def test_keys_new_never_overwrites_a_key(tmp_path):
+    folder = tmp_path / "k"
+    assert otpy_cli("keys", "new", str(folder)).exit_code == 0
+    before = (folder / "client.key_secret").read_bytes()
+    result = otpy_cli("keys", "new", str(folder))
+    assert result.exit_code == 2
+    assert f"{folder / 'client.key_secret'} already exists: it is never overwritten" in result.stderr
+    assert (folder / "client.key_secret").read_bytes() == before
+
+
+def test_keys_new_refuses_a_dangling_symlink_in_place_of_the_public_key(tmp_path):
+    folder = tmp_path / "k"
+    folder.mkdir(mode=0o700)
+    (folder / "client.key").symlink_to(tmp_path / "elsewhere")
+    result = otpy_cli("keys", "new", str(folder))
+    assert result.exit_code == 2 and "client.key already exists" in result.stderr
+    assert not (tmp_path / "elsewhere").exists() and not (folder / "client.key_secret").exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file", "open"])
+def test_keys_new_refuses_a_folder_it_should_not_write_in(tmp_path, kind):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    target = tmp_path / "target"
+    if kind == "symlink":
+        target.symlink_to(real)
+        said = "is a symlink"
+    elif kind == "file":
+        target.write_text("")
+        said = "is not a folder"
+    else:
+        target.mkdir()
+        target.chmod(0o755)
+        said = "may be read by others (mode 0755): `chmod 700"
+    result = otpy_cli("keys", "new", str(target))
+    assert result.exit_code == 2, result.output
+    assert said in result.stderr
+    assert list(real.iterdir()) == [] and not list(tmp_path.glob("**/*.key_secret"))
+
+
+def test_keys_new_refuses_a_name_that_is_a_path_or_the_servers(tmp_path):
+    for name in ("../x", "server"):
+        result = otpy_cli("keys", "new", str(tmp_path / "k"), "--name", name)
+        assert result.exit_code == 2, result.output
+        assert "--name" in result.stderr
+    assert not (tmp_path / "x.key").exists()
+
+
+# --- --endpoint and --keys -------------------------------------------------------------------
+
+def test_status_over_tcp(node, tmp_path):
+    node, endpoint = node
+    result = otpy_cli("status", "--endpoint", endpoint, "--keys", str(client_keys(tmp_path, node.name)), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["node"] == node.name
+    assert [(c["id"], c["state"]) for c in report["tree"]["children"]] == [("a", "running")]
+
+
+def test_a_child_operation_over_tcp(node, tmp_path):
+    node, endpoint = node
+    keys = str(client_keys(tmp_path, node.name))
+    stopped = otpy_cli("terminate-child", "a", "--endpoint", endpoint, "--keys", keys, "--json")
+    assert stopped.exit_code == 0, stopped.output
+    assert node.which_children("root")[0].pid is None
+    started = otpy_cli("restart-child", "a", "--endpoint", endpoint, "--json", env={"OTPY_KEYS": keys})
+    assert started.exit_code == 0, started.output
+    assert json.loads(started.stdout)["outcome"] == "ok"
+    assert node.which_children("root")[0].pid == json.loads(started.stdout)["pid"]
+
+
+def test_a_client_whose_key_is_not_authorized_gets_the_timeout_message(node, tmp_path):
+    node, endpoint = node
+    folder = tmp_path / "stranger"
+    assert otpy_cli("keys", "new", str(folder)).exit_code == 0
+    shutil.copy(keys_dir(node.name) / "server.key", folder)
+    began = time.monotonic()
+    result = otpy_cli("status", "--endpoint", endpoint, "--keys", str(folder), "--timeout", "1")
+    assert time.monotonic() - began < 10  # its --timeout, not a hang
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"status: node '{endpoint}' ")
+    assert "curve/authorized/" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--endpoint", "tcp://127.0.0.1:9"], "--endpoint needs --keys DIR (or OTPY_KEYS)"),
+    (["--endpoint", "http://127.0.0.1:9", "--keys", "."], "Invalid value for '--endpoint'"),
+    (["--endpoint", "ipc:///tmp/x", "--keys", "."], "expected tcp://HOST:PORT"),
+    (["--endpoint", "tcp://*:9", "--keys", "."], "expected tcp://HOST:PORT"),
+    (["--endpoint", "tcp://127.0.0.1:70000", "--keys", "."], "expected tcp://HOST:PORT"),
+    (["--keys", "."], "--keys goes with --endpoint"),
+    (["--node", "x", "--endpoint", "tcp://127.0.0.1:9", "--keys", "."], "not both"),
+])
+def test_endpoint_refusals_are_usage_errors(args, said):
+    for command in (["status"], ["restart", "a"], ["stop"]):
+        result = otpy_cli(*command, *args)
+        assert result.exit_code == 2, (command, result.output)
+        assert said in result.stderr
+
+
+def test_a_key_folder_that_lacks_a_key_says_what_and_how(node, tmp_path):
+    node, endpoint = node
+    folder = tmp_path / "k"
+    assert otpy_cli("keys", "new", str(folder)).exit_code == 0
+    result = otpy_cli("status", "--endpoint", endpoint, "--keys", str(folder))
+    assert result.exit_code == 2
+    assert result.stderr == (f"otpy: --keys {folder} has no server.key (the node's public key): copy it there from "
+                             "the node's host (the file curve/server.key in the node's folder)\n")
+    only_server = tmp_path / "s"
+    only_server.mkdir(mode=0o700)
+    shutil.copy(keys_dir(node.name) / "server.key", only_server)
+    result = otpy_cli("status", "--endpoint", endpoint, "--keys", str(only_server))
+    assert result.exit_code == 2 and "no client secret key (*.key_secret): make a key pair with" in result.stderr
+    shutil.copy(keys_dir(node.name) / "client.key_secret", only_server)
+    (only_server / "client.key_secret").chmod(0o644)
+    result = otpy_cli("status", "--endpoint", endpoint, "--keys", str(only_server))
+    assert result.exit_code == 2 and "may be read by others (mode 0644): `chmod 600" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["events"], ["vars", "list"], ["vars", "get", "global.x"]])
+def test_commands_that_need_the_nodes_host_refuse_an_endpoint(tmp_path, command):
+    folder = tmp_path / "k"
+    assert otpy_cli("keys", "new", str(folder)).exit_code == 0
+    (folder / "server.key").write_bytes((folder / "client.key").read_bytes())  # any public key will do
+    result = otpy_cli(*command, "--endpoint", "tcp://127.0.0.1:9", "--keys", str(folder))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"otpy: {' '.join(command[:2]) if command[0] == 'vars' else 'events'} does "
+                                    "not take --endpoint: ")
+
+
+# --- otpy keys authorize ---------------------------------------------------------------------
+
+def test_authorize_copies_a_public_key_into_the_nodes_folder(node, tmp_path):
+    node, _ = node
+    folder = tmp_path / "k"
+    assert otpy_cli("keys", "new", str(folder), "--name", "laptop").exit_code == 0
+    result = otpy_cli("keys", "authorize", node.name, str(folder / "laptop.key"), "--json")
+    assert result.exit_code == 0, result.output
+    target = keys_dir(node.name) / "authorized" / "laptop.key"
+    assert json.loads(result.stdout) == {"node": node.name, "authorized": str(target)}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert target.read_bytes() == (folder / "laptop.key").read_bytes()
+    again = otpy_cli("keys", "authorize", node.name, str(folder / "laptop.key"))
+    assert again.exit_code == 2 and "already authorized" in again.stderr
+
+
+def test_authorize_refuses_a_secret_a_symlink_and_a_path_for_a_node(node, tmp_path):
+    node, _ = node
+    folder = tmp_path / "k"
+    assert otpy_cli("keys", "new", str(folder)).exit_code == 0
+    link = tmp_path / "link.key"
+    link.symlink_to(folder / "client.key")
+    for node_name, path, said in ((node.name, folder / "client.key_secret", "expected a client's public key file"),
+                                  (node.name, link, "is not a regular file"),
+                                  ("../x", folder / "client.key", "node name '../x'")):
+        result = otpy_cli("keys", "authorize", node_name, str(path))
+        assert result.exit_code == 2, result.output
+        assert said in result.stderr
+    assert sorted(p.name for p in (keys_dir(node.name) / "authorized").iterdir()) == ["client.key"]
