@@ -144,6 +144,15 @@ def test_a_child_operation_over_tcp(node, tmp_path):
     assert node.which_children("root")[0].pid == json.loads(started.stdout)["pid"]
 
 
+def test_stop_over_tcp(node, tmp_path):
+    node, endpoint = node
+    result = otpy_cli("stop", "--endpoint", endpoint, "--keys", str(client_keys(tmp_path, node.name)), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"command": "stop", "node": endpoint, "ok": True, "pid": os.getpid(),
+                                         "stale": False}
+    assert node.which_children("root")[0].pid is None  # the tree stopped
+
+
 def test_a_client_whose_key_is_not_authorized_gets_the_timeout_message(node, tmp_path):
     node, endpoint = node
     folder = tmp_path / "stranger"

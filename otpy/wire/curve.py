@@ -11,7 +11,11 @@ whose public key is in the node's ``curve/authorized/`` folder get through the h
     curve/authorized/*.key      public keys of the clients allowed in (client.key is there)
 
 A client needs ``server.key`` and its own ``*.key_secret`` in one folder:
-``otpy.connect(name, endpoint="tcp://host:port", keys=FOLDER)``.
+``otpy.connect(name, endpoint="tcp://host:port", keys=FOLDER)``, or ``--endpoint tcp://host:port
+--keys FOLDER`` on the command line (``client_keys_problem`` says what such a folder lacks).
+``otpy keys new`` makes a client key pair (``new_key_pair``), ``otpy keys authorize`` copies its
+public key into a local node's ``authorized/`` (``authorize``): the node loads that folder when
+it starts.
 """
 
 from __future__ import annotations
