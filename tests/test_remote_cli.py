@@ -183,6 +183,13 @@ def test_endpoint_refusals_are_usage_errors(args, said):
         assert said in result.stderr
 
 
+def test_otpy_keys_in_the_environment_leaves_a_local_command_local(node, tmp_path):
+    node, _ = node
+    result = otpy_cli("status", "--node", node.name, "--json", env={"OTPY_KEYS": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["node"] == node.name
+
+
 def test_a_key_folder_that_lacks_a_key_says_what_and_how(node, tmp_path):
     node, endpoint = node
     folder = tmp_path / "k"
