@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 import stat
-import time
 
 import pytest
 import zmq.auth
@@ -153,14 +152,13 @@ def test_stop_over_tcp(node, tmp_path):
     assert node.which_children("root")[0].pid is None  # the tree stopped
 
 
+@pytest.mark.timeout(20)  # its --timeout 1 is kept: without it, status waits 30 s
 def test_a_client_whose_key_is_not_authorized_gets_the_timeout_message(node, tmp_path):
     node, endpoint = node
     folder = tmp_path / "stranger"
     assert otpy_cli("keys", "new", str(folder)).exit_code == 0
     shutil.copy(keys_dir(node.name) / "server.key", folder)
-    began = time.monotonic()
     result = otpy_cli("status", "--endpoint", endpoint, "--keys", str(folder), "--timeout", "1")
-    assert time.monotonic() - began < 10  # its --timeout, not a hang
     assert result.exit_code == 1, result.output
     assert result.stdout == ""
     assert result.stderr.startswith(f"status: node '{endpoint}' ")
