@@ -112,6 +112,7 @@ def test_a_refused_write_exits_1_naming_the_problem(node):
 
 
 def test_a_failed_start_exits_1_with_the_nodes_detail(monkeypatch):
+    monkeypatch.setattr(vars_cli, "_declared", lambda *a: {})  # no node: the value's type is not asked
     detail = "pool/classifier: cannot import 'pkg.a:RF'; the old program keeps running and nothing was stored"
     monkeypatch.setattr(vars_cli, "_set_through_node", lambda *a: Outcome("start_failed", detail=detail))
     result = CliRunner().invoke(vars_group, ["set", "global.classifier", "pkg.a:RF"])
@@ -120,6 +121,7 @@ def test_a_failed_start_exits_1_with_the_nodes_detail(monkeypatch):
 
 
 def test_each_change_is_one_line(monkeypatch):
+    monkeypatch.setattr(vars_cli, "_declared", lambda *a: {})  # no node: the value's type is not asked
     changes = [
         Change(action="set", scope="global", name="classifier", before="a:KNN", after="a:SVM"),
         Change(action="reconfigure", supervisor="pool", child="classifier", before="a:KNN", after="a:SVM", pid=123),
