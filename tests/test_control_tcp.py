@@ -107,3 +107,16 @@ def test_a_refused_client_times_out_even_once_its_connection_is_gone(node, tmp_p
 def test_tcp_needs_keys():
     with pytest.raises(ValueError, match="CURVE"):
         otpy.connect(endpoint="tcp://127.0.0.1:9")
+
+
+def test_stop_over_tcp_does_not_wait_for_a_local_process_of_the_nodes_pid(node, tmp_path, monkeypatch):
+    """The pid a remote node reports is another host's: before, stop() waited for whatever local
+    process had that pid (its whole timeout if one did)."""
+    import otpy.wire.client as client_module
+
+    running, endpoint = node
+    waited = []
+    monkeypatch.setattr(client_module, "wait_gone", lambda *a: waited.append(a))
+    with otpy.connect(running.name, endpoint=endpoint, keys=client_folder(tmp_path, running.name)) as client:
+        assert client.stop(timeout=30).ok
+    assert waited == []

@@ -205,9 +205,11 @@ class Client(Operations):
         return expect(Status)(self.request(GetStatus(0), timeout, give_up))
 
     def stop(self, *, timeout: float | None = 120.0) -> Outcome:
-        """Ordered shutdown; returns after the tree stopped and (``otpy start``) the process exited."""
+        """Ordered shutdown; returns after the tree stopped and, for a local node (``otpy start``), its
+        process exited (a remote node's pid is another host's: not waited for here)."""
         reply = _stopping(self.request(StopNode(0), timeout))
-        wait_gone(reply, timeout or 120.0)
+        if self._local:
+            wait_gone(reply, timeout or 120.0)
         return Outcome("ok", pid=reply.pid)
 
     def close(self) -> None:
@@ -330,7 +332,8 @@ class AsyncClient(Operations):
 
     async def stop(self, *, timeout: float | None = 120.0) -> Outcome:
         reply = _stopping(await self.request(StopNode(0), timeout))
-        await asyncio.to_thread(wait_gone, reply, timeout or 120.0)
+        if self._local:  # a remote node's pid is another host's
+            await asyncio.to_thread(wait_gone, reply, timeout or 120.0)
         return Outcome("ok", pid=reply.pid)
 
     def close(self) -> None:
