@@ -247,3 +247,19 @@ def test_authorize_refuses_a_secret_a_symlink_and_a_path_for_a_node(node, tmp_pa
         assert result.exit_code == 2, result.output
         assert said in result.stderr
     assert sorted(p.name for p in (keys_dir(node.name) / "authorized").iterdir()) == ["client.key"]
+
+
+def test_reload_without_file_goes_over_tcp_and_a_file_is_refused(tmp_path):
+    """The node reads the topology on its own host: its own file over --endpoint, never a client's path."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    name = unique_name("rrel")
+    path = tmp_path / "t.toml"
+    path.write_text(f'[node]\nname = "{name}"\ncontrol_tcp = "{endpoint}"\n[supervisor]\n'
+                    '[[supervisor.children]]\nid = "a"\ncommand = ["sleep", "600"]\n')
+    with otpy.Node.from_toml(path) as running:
+        keys = client_keys(tmp_path, running.name)
+        result = otpy_cli("reload", "--dry-run", "--json", "--endpoint", endpoint, "--keys", str(keys))
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["outcome"] == "ok"
+        refused = otpy_cli("reload", str(path), "--endpoint", endpoint, "--keys", str(keys))
+        assert refused.exit_code == 2 and "reload FILE does not take --endpoint" in refused.output

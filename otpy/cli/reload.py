@@ -21,8 +21,8 @@ import sys
 import click
 import msgspec
 
-from .exits import EXIT_FAILED, EXIT_USAGE, ask, load_or_exit, node_or_exit
-from .options import JSON_OPTION, NODE_OPTION
+from .exits import EXIT_FAILED, EXIT_USAGE, Remote, ask, load_or_exit, node_or_exit, usage_exit
+from .options import JSON_OPTION, node_options
 from .vars import change_line
 from ..wire.protocol import Change, Outcome
 
@@ -31,15 +31,19 @@ RELOAD_TIMEOUT = 600.0  # seconds: every replacement starts and becomes ready be
 
 @click.command()
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
-@NODE_OPTION
+@node_options
 @click.option("--code", is_flag=True, help="Also replace every program child (one at a time, make-before-break) "
                                             "so each runs its source as it is on disk now.")
 @click.option("--dry-run", is_flag=True, help="Print what the reload would do; change nothing.")
 @JSON_OPTION
-def reload(file: str | None, node_name: str | None, code: bool, dry_run: bool, as_json: bool) -> None:
+def reload(file: str | None, node_name: str | Remote | None, code: bool, dry_run: bool, as_json: bool) -> None:
     """Apply the edited topology FILE (default: the node's own file) to the running node:
     added children are started, removed ones stopped, changed ones replaced make-before-break,
-    supervisors' settings updated in place; unchanged children keep their processes."""
+    supervisors' settings updated in place; unchanged children keep their processes. Over
+    --endpoint, without FILE only: the node reads its own file, on its own host."""
+    if isinstance(node_name, Remote) and file is not None:
+        usage_exit("otpy: reload FILE does not take --endpoint: the node reads FILE on its own host; give no "
+                   "FILE (the node reloads the file it was started from), or run it there")
     path = ""
     if file is not None:
         topology = load_or_exit(file)  # exit 2, naming the problems, before the node is asked
