@@ -69,7 +69,7 @@ def test_a_parked_guard_wakes_for_the_next_long_call():
     guard.end()
 
 
-def test_while_a_long_call_runs_the_agent_still_takes_sigterm_at_once(tmp_path):
+def test_while_a_long_call_runs_the_agent_still_takes_sigterm_at_once(tmp_path):  # (a Python-level wait)
     """With ``concurrency = 1`` the call runs on the loop's own thread: the guard sends the drain
     notice and answers ``draining`` while it runs (before: a call thread ran it)."""
     import signal
@@ -183,9 +183,11 @@ def test_with_concurrency_one_on_config_runs_on_the_loops_thread_in_turn_with_th
         context.term()
 
 
-def test_a_deep_queue_goes_to_the_call_thread_in_order_one_call_at_a_time():
-    """Calls that wait (``HANDOFF_DEPTH`` or more) are run by the call thread: still in arrival
-    order, never two at once, whichever thread runs each."""
+def test_with_concurrency_one_every_call_runs_on_the_thread_that_ran_setup_even_when_many_wait():
+    """However many calls wait, they run in arrival order, never two at once, and all on the
+    agent's main thread, the one that ran ``setup`` (a sqlite3 connection or a
+    ``threading.local`` made there keeps working under load; before, from 8 waiting calls on
+    the queue went to a call thread)."""
     import otpy
     from tests.helpers import unique_name
 
@@ -193,11 +195,138 @@ def test_a_deep_queue_goes_to_the_call_thread_in_order_one_call_at_a_time():
     node = otpy.Node.from_spec(root, name=unique_name("guard")).start()
     try:
         with otpy.Caller(node.name) as caller:
-            futures = [caller.submit("timed", {"seconds": 0.05, "i": i}, timeout=20) for i in range(16)]
+            futures = [caller.submit("timed", {"seconds": 0.02, "i": i}, timeout=20) for i in range(24)]
             results = [future.result(30) for future in futures]
-            assert caller.call("timed", {"i": 99})["i"] == 99  # and back on the loop's thread after
     finally:
         node.stop()
-    assert [r["i"] for r in results] == list(range(16))
+    assert [r["i"] for r in results] == list(range(24))
     assert all(a["end"] <= b["start"] for a, b in zip(results, results[1:]))
-    assert "otpy-call-0" in {r["thread"] for r in results}  # the queue was handed over
+    assert all(r["setup_thread"] for r in results), {r["thread"] for r in results}
+
+
+def _long_call_then_signal(tmp_path, sig, program, long_inputs, release, *, args=None):
+    """A caller the agent knows (``dealer``), then a long call; ``sig`` sent while it runs: the
+    agent must send the drain notice and answer a new call ``draining`` while the call still
+    runs; ``release()`` ends the call, which is then answered. Returns the long call's answer."""
+    import msgspec  # noqa: F401  (the codec's)
+    import zmq
+
+    import otpy
+    from otpy.host.runtime_dir import agent_endpoint
+    from otpy.wire.protocol import DRAIN_NOTICE, ENCODER, FROM_AGENT, Call, CallFailed, Reply
+    from tests.helpers import unique_name, wait_until
+
+    root = otpy.SupervisorSpec(id="root", children=(otpy.ChildSpec(id="gate", program=program, args=args or {}),))
+    node = otpy.Node.from_spec(root, name=unique_name("guard")).start()
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.linger = 0
+    mark, answers = tmp_path / "running", []
+    try:
+        dealer.connect(agent_endpoint(node.name, "gate"))
+        dealer.send(ENCODER.encode(Call(call_id=1, inputs={"x": 1})))
+        assert dealer.poll(10_000) and isinstance(FROM_AGENT.decode(dealer.recv()), Reply)  # a caller it knows
+
+        def call_long():
+            with otpy.Caller(node.name) as caller:
+                answers.append(caller.call("gate", {"mark": str(mark), **long_inputs}, timeout=25))
+
+        thread = threading.Thread(target=call_long)
+        thread.start()
+        pid = wait_until(lambda: mark.exists() and int(mark.read_text() or 0), timeout=10, what="the long call")
+        os.kill(pid, sig)
+        assert dealer.poll(10_000), "no drain notice while the call ran"
+        notice = FROM_AGENT.decode(dealer.recv())
+        assert isinstance(notice, CallFailed) and notice.call_id == DRAIN_NOTICE and notice.kind == "draining"
+        dealer.send(ENCODER.encode(Call(call_id=2, inputs={"x": 2})))
+        assert dealer.poll(10_000), "a new call was not answered while the long call ran"
+        refused = FROM_AGENT.decode(dealer.recv())
+        assert isinstance(refused, CallFailed) and refused.call_id == 2 and refused.kind == "draining"
+        assert thread.is_alive() and not answers  # all that while the long call ran
+        release()
+        thread.join(25)
+        assert answers and answers[0]["pid"] == pid  # the call it took was answered
+        return answers[0]
+    finally:
+        release()
+        dealer.close()
+        context.term()
+        node.stop()
+
+
+def test_a_sigterm_while_the_call_runs_in_c_code_drains_at_once(tmp_path):
+    """The call is inside one C call that holds off Python's signal handlers (hashlib, numpy on
+    a big buffer): the guard reads the SIGTERM from the wakeup fd and drains now (before, it
+    waited for the main thread's handler, which ran only after the call: new calls were taken
+    meanwhile and lost at the SIGKILL)."""
+    import signal
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def release():
+        fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+        os.write(fd, b"x")
+        os.close(fd)
+
+    _long_call_then_signal(tmp_path, signal.SIGTERM, "tests.call_guard_agents:InC", {"fifo": str(fifo)}, release)
+
+
+def test_a_sigint_while_a_call_runs_drains_like_sigterm(tmp_path):
+    """SIGINT is a request to stop, as SIGTERM: the running call ends and is answered (before:
+    ``KeyboardInterrupt`` inside ``forward``), the callers get the drain notice, teardown runs."""
+    import signal
+
+    from tests.helpers import wait_until
+
+    done, torn_down = tmp_path / "release", tmp_path / "torn_down"
+    _long_call_then_signal(tmp_path, signal.SIGINT, "tests.call_guard_agents:TornDown", {"release": str(done)},
+                           done.touch, args={"torn_down": str(torn_down)})
+    wait_until(torn_down.exists, timeout=10, what="teardown after the SIGINT")
+
+
+def test_a_sigint_to_an_idle_agent_drains_and_tears_down(tmp_path):
+    """The same SIGINT to an agent that runs no call: a drain and ``teardown`` (before: a
+    ``KeyboardInterrupt`` crashed it, exit status 1, no teardown)."""
+    import signal
+
+    import otpy
+    from tests.helpers import unique_name, wait_until
+
+    torn_down = tmp_path / "torn_down"
+    root = otpy.SupervisorSpec(id="root", children=(
+        otpy.ChildSpec(id="gate", program="tests.call_guard_agents:TornDown", args={"torn_down": str(torn_down)}),))
+    node = otpy.Node.from_spec(root, name=unique_name("guard")).start()
+    try:
+        with otpy.Caller(node.name) as caller:
+            pid = caller.call("gate", {"x": 1}, timeout=10)["pid"]
+        os.kill(pid, signal.SIGINT)
+        assert int(wait_until(lambda: torn_down.exists() and torn_down.read_text(), timeout=10,
+                              what="teardown after the SIGINT")) == pid
+    finally:
+        node.stop()
+
+
+def test_over_max_rss_the_calls_waiting_behind_are_resent_not_lost(tmp_path):
+    """The call that takes the agent over ``max_rss`` is answered, then the agent exits; the
+    calls taken and waiting behind it never ran there: they are answered ``draining`` and run
+    by the restarted agent (before: ``AgentCrashed``)."""
+    import otpy
+    from tests.helpers import unique_name, wait_until
+
+    root = otpy.SupervisorSpec(id="root", children=(
+        otpy.ChildSpec(id="grows", program="tests.call_guard_agents:Grows", max_rss=80),))
+    node = otpy.Node.from_spec(root, name=unique_name("guard")).start()
+    mark, release = tmp_path / "running", tmp_path / "release"
+    try:
+        with otpy.Caller(node.name) as caller:
+            big = caller.submit("grows", {"mib": 100, "mark": str(mark), "release": str(release)}, timeout=25)
+            pid = int(wait_until(lambda: mark.exists() and mark.read_text(), timeout=10, what="the big call"))
+            queued = [caller.submit("grows", {"i": i}, timeout=25) for i in range(5)]
+            release.touch()
+            assert big.result(25)["pid"] == pid
+            answers = [future.result(25) for future in queued]
+    finally:
+        release.touch()
+        node.stop()
+    assert [a["i"] for a in answers] == list(range(5)) and all(a["pid"] != pid for a in answers)

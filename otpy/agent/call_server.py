@@ -4,13 +4,14 @@ SIGTERM (or a restart for new values: ``Shutdown``) makes the agent drain: calls
 taken are answered, new ones get ``draining`` (the caller resends them to the next holder of
 the name), and once the socket is quiet the loop returns.
 
-With ``concurrency = 1`` (the default) the loop's thread runs each call itself, in arrival
-order: a call is read, run and answered with no thread hand-off; while one runs longer than a
-tick, the ``call_guard.RunGuard``'s thread serves the socket (takes the next calls, answers
-``overloaded`` and ``draining``). Once ``HANDOFF_DEPTH`` calls wait, they go to one call
-thread instead, until it has answered them all: a deep queue is served faster by two threads,
-one running the calls while the other reads and answers (each in turn: the call thread runs
-only while the loop's thread runs none). With more, ``concurrency`` call threads run them.
+With ``concurrency = 1`` (the default) the loop's thread, the main thread that ran ``setup()``,
+runs each call itself, in arrival order, however many wait: a call is read, run and answered
+with no thread hand-off, and ``forward`` and ``on_config`` always run on that one thread (a
+sqlite3 connection or a ``threading.local`` made in ``setup`` works under any load). While one
+runs longer than a tick, the ``call_guard.RunGuard``'s thread serves the socket (takes the next
+calls, answers ``overloaded`` and ``draining``, sends the drain notice on a SIGTERM at once,
+even while the call is inside C code: ``Shutdown.drain``). With more, ``concurrency`` call
+threads run them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, NoReturn
 
 import zmq
 
@@ -39,8 +40,7 @@ from ..wire.protocol import DRAIN_NOTICE, ENCODER, Call, CallFailed, ConfigSync,
 
 QUIET_MS = 10  # a shutting-down agent exits once its socket was quiet this long
 MAX_PEERS = 4096  # callers remembered for the drain notice
-SIGNAL_CHECK_MS = 1  # while a call runs, how often the guard looks for a SIGTERM's handler to have run
-HANDOFF_DEPTH = 8  # concurrency 1: calls waiting from which the call thread runs them (see the docstring)
+RSS_DRAIN_S = 0.1  # over max_rss: at most this long answering ``draining`` before exiting
 CONFIG_DRAIN_S = 0.05  # ending for new values: at most this long answering ``draining`` once idle
 
 
@@ -92,7 +92,6 @@ class CallServer:
         self.backlog: deque[CallJob | NewConfig] = deque()
         self.configs: queue.SimpleQueue[NewConfig] = queue.SimpleQueue()  # from other threads, for the backlog
         self.guard = RunGuard(self._serve_during_call) if self.inline else None
-        self.handed = 0  # concurrency 1: jobs handed to the call thread and not done yet
         self.threads = 0  # call threads start after READY (the first) and with jobs: READY does not wait
         self.threads_lock = threading.Lock()  # jobs come from the loop and from the config watcher
         self.rebind = rebind
@@ -140,7 +139,7 @@ class CallServer:
         while not self.shutdown.requested:
             self._handle(poller.poll(0 if self.backlog else None))
             if self.backlog:
-                self._work()
+                self._run_next()
         self._finish(poller)
 
     def _handle(self, ready) -> None:
@@ -186,7 +185,7 @@ class CallServer:
                 idle_since = None
             self._handle(ready)
             if self.backlog:
-                self._work()
+                self._run_next()
 
     def _take_calls(self) -> None:
         router = self.router
@@ -254,11 +253,9 @@ class CallServer:
         os.eventfd_read(self.wake)
         while True:
             try:
-                peer, reply, handed = self.replies.get_nowait()
+                peer, reply = self.replies.get_nowait()
             except queue.Empty:
                 break
-            if self.inline:
-                self.handed -= handed
             if reply is None:
                 continue  # the call thread ran an on_config
             self.taken -= 1
@@ -269,27 +266,48 @@ class CallServer:
                     self.backlog.append(self.configs.get_nowait())
                 except queue.Empty:
                     break
-        self._check_rss()
+        else:
+            self._check_rss()  # (concurrency 1: after each call, in ``_run_next``)
 
     def _check_rss(self) -> None:
         if self.max_rss is not None and (rss := rss_mib()) > self.max_rss:
             print(f"otpy: RSS {rss:.1f} MiB is over max_rss {self.max_rss:g} MiB: exiting to be restarted",
                   file=sys.stderr, flush=True)
-            if self.cap is not None:
-                self.cap.close()  # term() waits for every socket of the context, its monitor's too
-            self.router.close(linger=100)  # the replies just sent still leave (term waits for them)
-            self.context.term()
-            exit_now(EXIT_MAX_RSS)
+            self._exit_over_rss()
 
-    def _work(self) -> None:
-        """Concurrency 1: run the backlog's next job on this thread, or hand the whole backlog to
-        the call thread when it is deep or the call thread still has jobs (in turn, in order)."""
-        if self.handed or len(self.backlog) >= HANDOFF_DEPTH:
-            while self.backlog:
-                self.handed += 1
-                self.put_job(self.backlog.popleft())
-        else:
-            self._run_next()
+    def _exit_over_rss(self) -> NoReturn:
+        """Exit to be restarted, the call that crossed ``max_rss`` answered already. The calls
+        taken and not begun never run here: they are answered ``draining`` (their callers resend
+        them to the next holder of the name), as are the calls still in the socket and those
+        arriving for a moment; the callers seen get the drain notice. (Calls running on other
+        call threads, with ``concurrency`` over 1, end with the process.)"""
+        self._start_draining()
+        for job in self._not_begun():
+            if isinstance(job, CallJob):
+                self.taken -= 1
+                self._answer(job.peer, CallFailed(call_id=job.call.call_id, kind="draining",
+                                                  message="the agent is restarting (over max_rss)"))
+        deadline = time.monotonic() + RSS_DRAIN_S
+        while time.monotonic() < deadline and self.router.poll(QUIET_MS, zmq.POLLIN):
+            self._take_calls()  # answered ``draining``
+        if self.cap is not None:
+            self.cap.close()  # term() waits for every socket of the context, its monitor's too
+        self.router.close(linger=100)  # the replies just sent still leave (term waits for them)
+        # The process ends now: a thread polling a socket of this context (the config watcher)
+        # raises ContextTerminated, which is no news to report.
+        threading.excepthook = lambda args: None
+        self.context.term()
+        exit_now(EXIT_MAX_RSS)
+
+    def _not_begun(self) -> list[CallJob | NewConfig]:
+        """The jobs taken that no thread has begun, taken away from the call threads."""
+        jobs = list(self.backlog)
+        self.backlog.clear()
+        while True:
+            try:
+                jobs.append(self.jobs.get_nowait())
+            except queue.Empty:
+                return jobs
 
     def _run_next(self) -> None:
         """Run the backlog's next call (or ``on_config``) on this thread, the guard serving the
@@ -320,21 +338,13 @@ class CallServer:
             poller.register(what, zmq.POLLIN)
         if self.cap is not None:
             poller.register(self.cap.monitor, zmq.POLLIN)
-        signalled = False  # a signal woke us, its Python handler has not run yet
         while True:
             try:
-                ready = poller.poll(SIGNAL_CHECK_MS if signalled else None)
+                ready = poller.poll()
                 if any(what == give_back for what, _ in ready):
                     os.eventfd_read(give_back)
                     return
-                self._handle(ready)
-                # Python runs a signal's handler on the main thread, which runs the call: the
-                # wakeup fd may be read here before the handler set ``requested``.
-                if self.shutdown.requested:
-                    self._start_draining()
-                    signalled = False
-                elif any(what == self.shutdown.fd for what, _ in ready):
-                    signalled = True
+                self._handle(ready)  # a SIGTERM: ``Shutdown.drain`` reads it, the drain starts now
             except Exception as exc:  # a bug here must not end the guard: the loop's thread waits for it
                 self.complain(f"otpy: the call guard carried on after {describe(exc)}")
                 if isinstance(exc, zmq.ZMQError):
@@ -349,7 +359,7 @@ class CallServer:
         except BaseException as exc:
             reply = ENCODER.encode(CallFailed(call_id=call_id, kind="raised", error_type="CallError",
                                               message=f"the configuration sync failed in otpy: {describe(exc)}"))
-        self.replies.put((peer, reply, False))
+        self.replies.put((peer, reply))
         os.eventfd_write(self.wake, 1)
 
     def _run_calls(self) -> None:
@@ -358,12 +368,12 @@ class CallServer:
             match self.jobs.get():
                 case CallJob(peer, call):
                     reply = _reply_to(self.program, call)
-                    self.replies.put((peer, reply, True))
+                    self.replies.put((peer, reply))
                 case NewConfig(config, done):
                     refused = _deliver_config(self.program, config)
                     if done is not None:
                         done(config, refused)
-                    self.replies.put((None, None, True))
+                    self.replies.put((None, None))
             os.eventfd_write(self.wake, 1)
 
 

@@ -1,9 +1,13 @@
-"""How a worker learns it must end: SIGTERM, or its configuration watcher asking for a
-restart with new values. Either wakes the serving loop through one fd, so it never sleeps
-through one.
+"""How a worker learns it must end: SIGTERM (or SIGINT, taken the same way), or its
+configuration watcher asking for a restart with new values. Either wakes the serving loop
+through one fd, so it never sleeps through one.
 
-SIGTERM sets ``requested`` and writes a byte to ``fd`` (Python's wakeup fd), which the loop
-polls; the loop sees the flag then, never mid-operation.
+A stop signal is seen at once by whichever thread reads ``fd`` (Python's wakeup fd: the
+C-level handler writes the signal's number there the moment it arrives), not only once
+Python runs its handler on the main thread: with ``concurrency = 1`` the main thread runs
+``forward``, and a call inside C code that releases the GIL (hashlib, numpy, a model's
+forward pass) holds the handler back until it returns, while the call guard's thread,
+reading ``fd``, must start the drain now (``drain`` sets ``requested``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import os
 import select
 import signal
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # a managed worker treats both as "stop, gracefully"
 
 
 class Shutdown:
@@ -21,15 +27,26 @@ class Shutdown:
         self.fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.requested = False
         self.for_new_config = False  # the end is a restart with new values (EXIT_CONFIG_CHANGED)
+        self._caught: frozenset[int] = frozenset()  # the stop signals whose handler is ours
 
     def catch_sigterm(self) -> None:
-        """SIGTERM requests the end, unless the program set its own disposition (in setup)."""
+        """SIGTERM and SIGINT request the end, each unless the program set its own disposition
+        (in setup): SIG_DFL for SIGTERM, Python's ``default_int_handler`` (or SIG_DFL) for SIGINT."""
         signal.set_wakeup_fd(self._write_fd)
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, self._on_sigterm)
+        caught = set()
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+                signal.signal(sig, self._on_sigterm)
+                caught.add(int(sig))
+        self._caught = frozenset(caught)
 
     def _on_sigterm(self, signum, frame) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # teardown runs once
+        """SIGTERM's or SIGINT's Python handler (on the main thread, once it runs Python code)."""
+        for sig in {signum, *self._caught}:  # teardown runs once; a second stop signal changes nothing
+            signal.signal(sig, signal.SIG_IGN)
+        self._stop()
+
+    def _stop(self) -> None:
         self.requested = True
         self.for_new_config = False  # asked to stop: the end is a shutdown, not a restart for new values
 
@@ -42,10 +59,12 @@ class Shutdown:
             pass
 
     def drain(self) -> None:
-        """Empty the fd (the flag, not the bytes, says what happened)."""
+        """Empty the fd; a stop signal's number read there requests the end at once (its Python
+        handler, on the main thread, may run much later). Any thread may call it."""
         try:
-            while os.read(self.fd, 512):
-                pass
+            while data := os.read(self.fd, 512):
+                if any(byte in self._caught for byte in data):
+                    self._stop()
         except BlockingIOError:
             pass
 
