@@ -3,6 +3,9 @@ running its old ones, the node undoes the write (the previous values are stored 
 again by the programs that took the new ones), and the writer gets ``invalid`` naming the child
 and the reason. Declared stays what runs."""
 
+import json
+import threading
+
 import pytest
 from click.testing import CliRunner
 
@@ -64,3 +67,136 @@ def test_vars_set_says_who_refused_and_exits_non_zero(node):
     assert result.exit_code != 0
     assert "child 'picky' refused the new values: k: got -1; expected at least 1" in result.output
     assert node.call("picky") == before
+
+
+# --- refused before storing: check_config (a program says it before anything is stored) -----
+
+LENIENT, STRICT = "tests.refusing_agents:Lenient", "tests.refusing_agents:Strict"
+CHECKED = """
+[node]
+name = "{name}"
+
+[supervisor]
+
+[[supervisor.children]]
+id = "checked"
+program = "tests.refusing_agents:Checked"
+args = {{ check_s = 0.3 }}
+
+[[supervisor.children]]
+id = "plain"
+program = "tests.refusing_agents:NoConfig"
+
+[[supervisor.children]]
+id = "bound"
+program = {{ variable = "global.prog" }}
+
+[variables.global]
+k = {{ type = "integer", low = -5, high = 5, default = 4 }}
+prog = {{ type = "module", modules = ["{lenient}", "{strict}"], default = "{lenient}" }}
+"""
+
+
+@pytest.fixture
+def checked(tmp_path):
+    name = unique_name("check")
+    path = tmp_path / f"{name}.toml"
+    path.write_text(CHECKED.format(name=name, lenient=LENIENT, strict=STRICT))
+    with otpy.Node.from_toml(path) as running:
+        yield running
+
+
+def vars_cli(node, *args):
+    return CliRunner().invoke(vars_group, [*args[:1], "--node", node.name, *args[1:]])
+
+
+def stored(node, variable):
+    got = vars_cli(node, "get", variable, "--json")
+    assert got.exit_code == 0, got.output
+    return json.loads(got.output)
+
+
+def running(node):
+    """What every program child runs, with its pid and how often it was reconfigured."""
+    return {child: node.call(child, timeout=10) for child in ("checked", "plain", "bound")}
+
+
+def test_a_check_config_refusal_stores_nothing_and_touches_no_program(checked):
+    """Before: the write was stored, then undone (a window in which readers saw it, and every
+    program without on_config restarted twice). Now nothing is stored at any moment."""
+    before = running(checked)
+    result: list = []
+    writer = threading.Thread(target=lambda: result.append(checked.set_variables("global", {"k": 0})))
+    writer.start()
+    seen = set()
+    while writer.is_alive():  # polled during the write: the old value at every moment
+        seen.add(vars_cli(checked, "get", "global.k").output.strip())
+    writer.join(30)
+    assert seen == {"4"}, seen
+    (outcome,) = result
+    assert outcome.outcome == "invalid", outcome
+    assert "child 'checked' refused the new values: k: got 0; expected at least 1" in outcome.detail
+    assert "nothing was stored" in outcome.detail
+    assert stored(checked, "global.k")["version"] == 0  # never written, not even undone
+    assert running(checked) == before  # same pids, same values, no on_config ran
+
+
+def test_a_bound_and_knob_write_the_new_target_refuses_stores_nothing(checked):
+    """The make phase starts Strict for prog; asked before the commit, it refuses k=2: the
+    replacement is undone (Lenient runs again, with k=4), nothing stored. Before: stored."""
+    before = running(checked)
+    assert before["bound"]["program"] == "Lenient"
+    outcome = checked.set_variables("global", {"prog": STRICT, "k": 2})
+    assert outcome.outcome == "invalid", outcome
+    assert "child 'bound' refused the new values: k: got 2; Strict runs at least 3" in outcome.detail
+    assert stored(checked, "global.prog")["value"] == LENIENT and stored(checked, "global.k")["value"] == 4
+    after = running(checked)
+    assert after["checked"] == before["checked"] and after["plain"] == before["plain"]
+    # the make phase's replacement is replaced back (the path of a target that fails to start)
+    assert {**after["bound"], "pid": 0} == {**before["bound"], "pid": 0}
+    assert checked.set_variables("global", {"prog": STRICT, "k": 3}).ok  # one it runs is stored as before
+    assert running(checked)["bound"]["program"] == "Strict"
+
+
+def test_a_dry_run_asks_the_programs_too(checked):
+    before = running(checked)
+    dry = vars_cli(checked, "set", "--dry-run", "global.k", "0")
+    assert dry.exit_code == 1, dry.output
+    assert "child 'checked' refused the new values: k: got 0; expected at least 1 (dry run" in dry.output
+    assert vars_cli(checked, "set", "--dry-run", "global.k", "2").exit_code == 0
+    assert stored(checked, "global.k")["version"] == 0 and running(checked) == before
+
+
+MODULE_AGENT = """
+[node]
+name = "{name}"
+
+[supervisor]
+
+[[supervisor.children]]
+id = "lm"
+program = "tests.dspy_agents:LMAgent"
+
+[[supervisor.children]]
+id = "plain"
+program = "tests.refusing_agents:NoConfig"
+
+[variables.global]
+k = {{ type = "integer", low = -5, high = 5, default = 4 }}
+program_state = {{ type = "document", default = {{}}, max_bytes = 65536 }}
+"""
+
+
+def test_a_module_agent_refuses_a_bad_program_state_before_it_is_stored(tmp_path):
+    pytest.importorskip("dspy")
+    name = unique_name("checkdspy")
+    path = tmp_path / f"{name}.toml"
+    path.write_text(MODULE_AGENT.format(name=name))
+    with otpy.Node.from_toml(path) as node:
+        before = {child: node.call(child, {"question": "q"}, timeout=10)["pid"] for child in ("lm", "plain")}
+        outcome = node.set_variables("global", {"program_state": {"nope": {"demos": []}}})
+        assert outcome.outcome == "invalid", outcome
+        assert "child 'lm' refused the new values" in outcome.detail and "no predictor 'nope'" in outcome.detail
+        assert "nothing was stored" in outcome.detail
+        assert stored(node, "global.program_state")["version"] == 0
+        assert {child: node.call(child, {"question": "q"}, timeout=10)["pid"] for child in ("lm", "plain")} == before

@@ -36,7 +36,7 @@ from .program import Program
 from .shutdown import Shutdown
 from ..wire.codec import MAX_CALL_BYTES, Complaints, Frames, call_id_of, describe, trim_memory
 from ..wire.connections import AgentConnectionCap, connection_cap
-from ..wire.protocol import DRAIN_NOTICE, ENCODER, Call, CallFailed, ConfigSync, Reply
+from ..wire.protocol import DRAIN_NOTICE, ENCODER, Call, CallFailed, ConfigCheck, ConfigSync, Reply
 
 QUIET_MS = 10  # a shutting-down agent exits once its socket was quiet this long
 MAX_PEERS = 4096  # callers remembered for the drain notice
@@ -224,9 +224,13 @@ class CallServer:
                     self.backlog.append(CallJob(peer, call))
                 else:
                     self.put_job(CallJob(peer, call))
-            case ConfigSync(call_id=call_id) if self.draining:
+            case ConfigCheck(call_id=call_id, overlay=overlay) if not self.draining and self.taken < self.capacity:
+                self.taken += 1  # answered through the replies, like a ConfigSync
+                threading.Thread(target=self._check_config, args=(peer, call_id, overlay), daemon=True,
+                                 name="otpy-config-check").start()
+            case ConfigSync(call_id=call_id) | ConfigCheck(call_id=call_id) if self.draining:
                 self._answer(peer, CallFailed(call_id=call_id, kind="draining", message="the agent is shutting down"))
-            case ConfigSync(call_id=call_id) if self.taken >= self.capacity:  # a flood makes no threads
+            case ConfigSync(call_id=call_id) | ConfigCheck(call_id=call_id) if self.taken >= self.capacity:
                 self._answer(peer, CallFailed(call_id=call_id, kind="overloaded",
                                               message=f"{self.taken} calls taken, the most it holds"))
             case ConfigSync(call_id=call_id):
@@ -359,6 +363,19 @@ class CallServer:
         except BaseException as exc:
             reply = ENCODER.encode(CallFailed(call_id=call_id, kind="raised", error_type="CallError",
                                               message=f"the configuration sync failed in otpy: {describe(exc)}"))
+        self.replies.put((peer, reply))
+        os.eventfd_write(self.wake, 1)
+
+    def _check_config(self, peer, call_id: int, overlay: dict[str, dict[str, Any]]) -> None:
+        """A ConfigCheck's answer, on a thread of its own: the config watcher's ``check`` (the
+        program's ``check_config`` over the configuration as it would be); ``ok`` without one."""
+        try:
+            check = getattr(getattr(self.config_sync, "__self__", None), "check", None)
+            state = check(overlay) if check is not None else "ok"
+            reply = ENCODER.encode(Reply(call_id=call_id, outputs={"config": state}))
+        except BaseException as exc:
+            reply = ENCODER.encode(CallFailed(call_id=call_id, kind="raised", error_type="CallError",
+                                              message=f"the configuration check failed in otpy: {describe(exc)}"))
         self.replies.put((peer, reply))
         os.eventfd_write(self.wake, 1)
 

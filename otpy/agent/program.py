@@ -27,6 +27,13 @@ class Program:
     (``NodeCaller``), calls ``setup(args, config)`` once, reports READY to the node, then
     serves calls to ``forward``. ``teardown()`` runs when the worker is asked to shut down
     (SIGTERM).
+
+    A program that follows variables may also have ``on_config(config)`` (new values while it
+    runs; without it the child restarts for them) and ``check_config(config)``: asked by the node
+    before a write is stored, with the configuration the program would have, it raises
+    ``otpy.ConfigRefused(why)`` for values the program could not run, and changes nothing. A
+    refusal there refuses the write (``invalid``, naming the child and why): nothing is stored,
+    nothing restarts. The default accepts everything.
     """
 
     _otpy_node_caller: NodeCaller | None = None  # the worker's, handed over before setup
@@ -36,6 +43,9 @@ class Program:
 
     def forward(self, **inputs: Any) -> Mapping[str, Any]:
         raise NotImplementedError(f"{type(self).__name__}.forward is not written")
+
+    def check_config(self, config: Mapping[str, Any]) -> None:
+        """Raise ``otpy.ConfigRefused(why)`` if the program could not run ``config``; change nothing."""
 
     def teardown(self) -> None:
         """Called once when the worker shuts down in order."""
@@ -148,6 +158,8 @@ class ObjectProgram(Program):
         self._run = obj if callable(obj) else obj.forward
         if callable(on_config := getattr(obj, "on_config", None)):
             self.on_config = on_config
+        if callable(check_config := getattr(obj, "check_config", None)):
+            self.check_config = check_config
         for name in ("concurrency", "max_queue"):
             if hasattr(obj, name):
                 setattr(self, name, getattr(obj, name))

@@ -28,6 +28,7 @@ import zmq
 
 from ..wire.call_messages import encode_call, error_of, read_reply
 from ..wire.errors import CallTimeout
+from .config_refused import ConfigRefused
 from .program import Program
 from ..variables.client import RegistryClient
 from ..variables.placement import REGISTRY_ENV, REGISTRY_ID, events_endpoint
@@ -216,6 +217,36 @@ class ConfigWatcher(threading.Thread):
             if self.delivered != wanted:
                 return f"refused: {self.refused[1]}"
         return state
+
+    def check(self, overlay: dict[str, dict[str, Any]]) -> str:
+        """Would the program run the configuration it would have with ``overlay`` written (asked by
+        the node before it stores a write: ``ConfigCheck``)? ``ok`` (the same configuration as it
+        runs, no ``check_config``, or it returned), ``refused: WHY`` (``check_config`` raised
+        ``ConfigRefused``, or anything else: a check that fails does not let the write through)
+        or ``unavailable`` (the registry did not answer). Nothing changes, here or in the registry."""
+        from ..wire.registry_protocol import RegistryRefusal, Resolve
+
+        check_config = getattr(self.program, "check_config", None)
+        if not callable(check_config) or getattr(check_config, "__func__", None) is Program.check_config:
+            return "ok"  # the default accepts everything: no need to resolve
+        try:
+            client = RegistryClient(RegistryDealer(self.node, self.agent.context), RESOLVE_TIMEOUT)
+            reply = client.ask(Resolve(child=self.child, chain=chain(), overlay=overlay))
+            if isinstance(reply, RegistryRefusal):
+                raise RuntimeError("; ".join(reply.problems) or reply.kind)
+            config = reply.config
+        except Exception as exc:
+            print(f"otpy: could not resolve the values to check: {describe(exc)}", file=sys.stderr, flush=True)
+            return "unavailable"
+        if config == self.config:
+            return "ok"
+        try:
+            check_config(config)
+        except ConfigRefused as exc:
+            return f"refused: {str(exc) or type(exc).__name__}"
+        except Exception as exc:
+            return f"refused: check_config raised {describe(exc)}"
+        return "ok"
 
     def _refused(self, config: dict[str, Any]) -> bool:
         return self.refused is not None and self.refused[0] == config

@@ -179,6 +179,11 @@ class ModuleAgent(Program):
                 raise
             self.running, self.refused = running, None
 
+    def check_config(self, config: Mapping[str, Any]) -> None:
+        """Asked by the node before a write is stored: raises ``Refused`` (an ``otpy.ConfigRefused``)
+        for values it could not run, as ``on_config`` would; builds them aside, applies nothing."""
+        self.prepared(config)
+
     def prepared(self, config: Mapping[str, Any], fresh: dspy.Module | None = None) -> Running:
         """What calls would run with ``config``: the LM of its ``lm_*`` settings and the module
         with its ``program_state`` (made aside; what is unchanged is kept). Raises ``Refused``

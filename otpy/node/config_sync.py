@@ -10,6 +10,10 @@ Each child is asked at once and the write waits for all, up to ``SYNC_TIMEOUT``;
 did not confirm in time are named in the reply, never silently dropped. A program whose
 ``on_config`` raised ``otpy.ConfigRefused`` keeps running its old values and answers why: the
 write is then undone (``node.variable_writes``).
+
+Before a write is stored, the same children are asked whether they would run it
+(``check_configs``: ``ConfigCheck`` with the write as an overlay; the program's
+``check_config`` answers, changing nothing): a refusal there refuses the write, nothing stored.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import zmq.asyncio
 from ..host.runtime_dir import agent_endpoint
 from ..specs.model import ChildSpec
 from ..variables.placement import REGISTRY_ID
-from ..wire.protocol import ENCODER, FROM_AGENT, ConfigSync, NodeEvent, Reply
+from ..wire.protocol import ENCODER, FROM_AGENT, ConfigCheck, ConfigSync, NodeEvent, Reply
 from .supervisor import Supervisor
 
 SYNC_TIMEOUT = 30.0  # seconds a write waits for its programs to run it
@@ -89,6 +93,39 @@ async def sync_configs(node: str, ids: list[str], listeners: Listeners, timeout:
 
 
 _call_ids = itertools.count(1)
+
+
+async def check_configs(node: str, ids: list[str], overlay: dict[str, dict], timeout: float = SYNC_TIMEOUT
+                        ) -> dict[str, str]:
+    """Ask each of ``ids`` whether its program would run the configuration it would have with
+    ``overlay`` written (``ConfigCheck``): those that refuse (id -> why). A child that does not
+    answer within ``timeout`` (or cannot: it is restarting) does not refuse; the write's sync
+    hears of it again."""
+    if not ids:
+        return {}
+    context = zmq.asyncio.Context.instance()
+    states = await asyncio.gather(*(asyncio.wait_for(_check_one(context, node, child, overlay), timeout)
+                                    for child in ids), return_exceptions=True)
+    return {child: state[len(REFUSED):] for child, state in zip(ids, states)
+            if isinstance(state, str) and state.startswith(REFUSED)}
+
+
+async def _check_one(context, node: str, child: str, overlay: dict[str, dict]) -> str | None:
+    dealer = context.socket(zmq.DEALER)
+    dealer.linger = 0
+    try:
+        dealer.connect(agent_endpoint(node, child))
+        call_id = next(_call_ids)
+        await dealer.send(ENCODER.encode(ConfigCheck(call_id=call_id, overlay=overlay)))
+        while True:
+            reply = FROM_AGENT.decode(await dealer.recv())
+            if reply.call_id == call_id:
+                break
+        return reply.outputs.get("config") if isinstance(reply, Reply) else None
+    except (zmq.ZMQError, msgspec.DecodeError):
+        return None
+    finally:
+        dealer.close(linger=0)
 
 
 async def _sync_one(context, node: str, child: str, started: dict[str, asyncio.Future], loop,

@@ -47,7 +47,7 @@ from ..variables.placement import REGISTRY_ID, REGISTRY_PROGRAM
 from ..variables.scopes import ScopedValues, spaces_from_topology
 from ..variables.types import VariableError
 from ..wire.protocol import Change, Outcome
-from .config_sync import SYNC_TIMEOUT, Listeners, Synced, followers, sync_configs
+from .config_sync import SYNC_TIMEOUT, Listeners, Synced, check_configs, followers, sync_configs
 from .supervisor import Supervisor
 
 log = logging.getLogger("otpy")
@@ -161,24 +161,29 @@ class VariableWrites:
             self._caller.close()
             self._caller = None
 
-    async def set(self, config: dict[str, dict[str, Any]], *, dry_run: bool = False) -> Outcome:
+    async def set(self, config: dict[str, dict[str, Any]], *, dry_run: bool = False,
+                  expected: dict[str, dict[str, int]] | None = None) -> Outcome:
         """Set ``config`` (``{scope: {name: value}}``) once the tree runs it (see the module's
         docstring): all or nothing, one write at a time, from the control socket and the
-        Python API alike."""
+        Python API alike. ``expected`` (``{scope: {name: version}}``, 0: never set): a
+        compare-and-set the registry makes in the same transaction as the commit."""
         async with self.lock:
-            return await self._set({scope: dict(values) for scope, values in config.items() if values}, dry_run)
+            return await self._set({scope: dict(values) for scope, values in config.items() if values}, dry_run,
+                                   expected=expected or {})
 
-    async def _set(self, config: dict[str, dict[str, Any]], dry_run: bool, undoing: bool = False) -> Outcome:
+    async def _set(self, config: dict[str, dict[str, Any]], dry_run: bool, undoing: bool = False,
+                   expected: dict[str, dict[str, int]] | None = None) -> Outcome:
         from ..wire.errors import CallError, RemoteError
         from ..wire.registry_protocol import RegistryRefusal, SetValues, WrittenMany
 
         if not config:
             return Outcome("ok")
+        expected = expected or {}
         bound = {f"{scope}.{name}": value for scope, values in config.items() for name, value in values.items()
                  if f"{scope}.{name}" in self.bound}
         try:
             registry = self._registry()
-            checked = await registry.aask(SetValues(values=config, dry_run=True))
+            checked = await registry.aask(SetValues(values=config, dry_run=True, expected=expected))
             if isinstance(checked, RegistryRefusal):
                 return _refused(checked)
         except RemoteError:
@@ -187,15 +192,23 @@ class VariableWrites:
             return Outcome("unavailable", detail=f"the registry did not answer: {exc}")
         sets = [Change(action="set", scope=scope, name=name, before=checked.before.get(scope, {}).get(name),
                        after=value) for scope, values in config.items() for name, value in values.items()]
-        if dry_run:
+        if dry_run:  # the same questions, nothing changed (a target a bound change would start is not asked)
+            if refused := await self._check(config):
+                return Outcome("invalid", detail=f"{_refusals(refused)} (dry run: nothing changed)")
             return Outcome("ok", changes=sets + self.plan(bound))
         made: list[Change] = []
         undo = self.values.update(bound)
         if bound and (failed := await self._each("make", made)) is not None:
             await self._undo(undo)
             return Outcome("start_failed", detail=f"{failed.detail}; the tree is as it was and nothing was stored")
+        if not undoing and (refused := await self._check(config)):
+            if bound:
+                await self._undo(undo)
+            return Outcome("invalid", detail=f"{_refusals(refused)}; nothing was stored and every program runs "
+                                             "what it ran")
         try:
-            written = await registry.aask(SetValues(values=config, reconciled=True, writer=self._writer))
+            written = await registry.aask(SetValues(values=config, reconciled=True, writer=self._writer,
+                                                    expected=expected))
         except CallError as exc:
             written = await self._read_back(config, checked.versions, exc)
         if not isinstance(written, WrittenMany):
@@ -210,23 +223,48 @@ class VariableWrites:
             await self._each("break", broken)  # stops: they cannot fail
         late, refused = await self._sync(config, bound)
         if refused and not undoing:
-            return await self._undo_refused(config, checked.before, refused)
+            return await self._undo_refused(config, checked.before, refused, written.versions)
         detail = (f"stored; {len(late)} program(s) had not confirmed running it after {SYNC_TIMEOUT:g} s: "
                   f"{', '.join(late)}") if late else ""
         if refused:  # refused even the values it ran before: said, not undone again
-            detail = "; ".join(filter(None, [detail, _refusals(refused)]))
+            detail = "; ".join(filter(None, [detail, "; ".join(
+                f"child {child!r} refused the previous values too ({why}): it runs the refused ones, which are "
+                "no longer stored" for child, why in refused.items())]))
         return Outcome("ok", detail=detail, changes=sets + made + broken)
 
     async def _undo_refused(self, config: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]],
-                            refused: dict[str, str]) -> Outcome:
-        """Step 7: a program refused the write; the values before it (set or default) are written
-        again, and the reply is ``invalid``, naming who refused what."""
+                            refused: dict[str, str], versions: dict[str, dict[str, int]]) -> Outcome:
+        """Step 7: a program refused the write in ``on_config`` (it had no ``check_config``, or that
+        let the values through); the values before it (set or default) are written again as a
+        compare-and-set on the ``versions`` the write got (a value someone wrote meanwhile is
+        kept, and said), and the reply is ``invalid``, naming who refused what and what is
+        stored and run after the undo."""
         previous = {scope: {name: before[scope][name] for name in values if name in before.get(scope, {})}
                     for scope, values in config.items()}
-        back = await self._set({scope: values for scope, values in previous.items() if values}, False, undoing=True)
-        tail = ("the previous values are stored and run again" if back.ok
-                else f"writing the previous values back failed too ({back.outcome}: {back.detail})")
+        previous = {scope: values for scope, values in previous.items() if values}
+        expected = {scope: {name: versions.get(scope, {}).get(name, 0) for name in values}
+                    for scope, values in previous.items()}
+        back = await self._set(previous, False, undoing=True, expected=expected)
+        if back.ok and not back.detail:
+            tail = "the previous values are stored and run again"
+        elif back.ok:
+            tail = f"the previous values are stored; {back.detail}"
+        elif "expected version" in back.detail:
+            tail = (f"the previous values were not written back: another write came meanwhile, and is kept "
+                    f"({back.detail}); the refused values may still be run by the programs that took them")
+        else:
+            tail = (f"writing the previous values back failed too ({back.outcome}: {back.detail}); the refused "
+                    "values are stored")
         return Outcome("invalid", detail=f"{_refusals(refused)}; {tail}")
+
+    async def _check(self, config: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """Before the commit: the running programs the write concerns (a target the make phase
+        started among them) that would not run it (``check_configs``: id -> why)."""
+        root = self._root()
+        if root is None:
+            return {}
+        ids = list(dict.fromkeys(child for scope in config for child in followers(root, scope)))
+        return await check_configs(self.node, ids, config)
 
     async def _read_back(self, config: dict[str, dict[str, Any]], versions: dict[str, dict[str, int]],
                          error: Exception):

@@ -160,9 +160,9 @@ class Registry:
                 return _entry(store.get(scope, name))
             case ListValues(scope=scope):
                 return ValueList(values=[_entry(e) for e in store.list(scope)])
-            case Resolve(child=child, chain=chain):
+            case Resolve(child=child, chain=chain, overlay=overlay):
                 store.learn_chain(child, chain)
-                return Resolved(config=store.resolve(child))
+                return Resolved(config=store.resolve_with(child, overlay))
             case Explain(child=child, name=name, chain=chain):
                 store.learn_chain(child, chain)
                 scope, value, reason = store.explain(child, name)
@@ -174,10 +174,11 @@ class Registry:
             case SetValue(scope=scope, name=name, value=value, expected_version=expected, dry_run=dry):
                 self._check_bound({scope: [name]}, request)
                 return Written(version=self._write(lambda: store.set(scope, name, value, expected, dry_run=dry)))
-            case SetValues(values=values, dry_run=dry):
+            case SetValues(values=values, dry_run=dry, expected=expected):
                 self._check_bound(values, request)
                 before = self._current(values)
-                return WrittenMany(versions=self._write(lambda: store.set_many(values, dry_run=dry)), before=before)
+                return WrittenMany(versions=self._write(lambda: store.set_many(values, dry_run=dry, expected=expected)),
+                                   before=before)
         raise TypeError(f"no case for {type(request).__name__}")  # a request type added without its case
 
     def _current(self, written: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -267,6 +267,18 @@ class ScopedValues:
             raise VariableError(problems)
         return config
 
+    def resolve_with(self, child_id: str, overlay: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """``child_id``'s configuration as it would be with ``overlay`` (``{scope: {name: value}}``)
+        written: the write checked as ``set_many`` checks it (VariableError), nothing stored."""
+        if not any(overlay.values()):
+            return self.resolve(child_id)
+        checked = self._checked_writes(overlay)
+        trial = ScopedValues(self.spaces, self.parents)
+        trial.values = {scope: {**values, **checked.get(scope, {})} for scope, values in self.values.items()}
+        trial.versions = {**self.versions, **{(scope, name): self.version + 1
+                                              for scope, values in checked.items() for name in values}}
+        return trial.resolve(child_id)
+
     def explain(self, child_id: str, name: str) -> tuple[str, Any, Reason]:
         """Where ``child_id``'s ``name`` comes from: ``(scope, value, 'set' | 'default' | ...)``."""
         chain, entries, _ = self._resolution(child_id)
@@ -331,12 +343,18 @@ class ScopedValues:
             raise VersionConflict(scope, name, expected_version, current)
         return self.version + 1 if dry_run else self._apply(checked)
 
-    def set_many(self, scope_values: Mapping[str, Mapping[str, Any]], *,
-                 dry_run: bool = False) -> dict[str, dict[str, int]]:
+    def set_many(self, scope_values: Mapping[str, Mapping[str, Any]], *, dry_run: bool = False,
+                 expected: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, dict[str, int]]:
         """Set several values in several scopes at once: all are checked first, and nothing is written
         if any fails. They all get the same new version, returned as ``{scope: {name: version}}``
-        (with ``dry_run``: checked, not written, the versions they would get)."""
+        (with ``dry_run``: checked, not written, the versions they would get). ``expected``
+        (``{scope: {name: version}}``, 0: never set): a compare-and-set of those variables in the
+        same write (VersionConflict for the first that is not at its version)."""
         checked = self._checked_writes(scope_values)
+        for scope, versions in (expected or {}).items():
+            for name, version in versions.items():
+                if version != (current := self.versions.get((scope, name), 0)):
+                    raise VersionConflict(scope, name, version, current)
         if not any(checked.values()):
             return {}
         version = self.version + 1 if dry_run else self._apply(checked)

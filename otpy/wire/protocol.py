@@ -101,7 +101,19 @@ class ConfigSync(Message):
 
 CONFIG_STATES = ("unchanged", "applied", "restarting", "unavailable")
 
-ToAgent = Union[Call, ConfigSync]
+
+class ConfigCheck(Message):
+    """node -> agent, before a variable write is stored: would the program run the configuration
+    it would have with ``overlay`` (``{scope: {name: value}}``) written? The agent resolves it
+    (the registry's ``resolve`` with the overlay: nothing stored) and asks its program's
+    ``check_config``, which changes nothing. ``Reply.outputs`` is ``{"config": "ok" | "refused:
+    WHY" | "unavailable"}``: a refusal makes the node refuse the write."""
+
+    call_id: int
+    overlay: dict[str, dict[str, Any]] = {}
+
+
+ToAgent = Union[Call, ConfigSync, ConfigCheck]
 FromAgent = Union[Reply, CallFailed]
 
 TO_AGENT = msgspec.msgpack.Decoder(ToAgent)
@@ -219,13 +231,16 @@ class SetVariables(Message):
     the reply's ``changes`` say what it did. A target that fails to start leaves the old
     program serving and the old value stored (``start_failed``). With ``dry_run`` nothing
     changes: the reply's ``changes`` are the plan. ``scopes``: the values of more scopes,
-    ``{scope: {name: value}}``, in the same all-or-nothing write (an optimizer's configuration)."""
+    ``{scope: {name: value}}``, in the same all-or-nothing write (an optimizer's configuration).
+    ``expected``: ``{scope: {name: version}}`` (0: never set), a compare-and-set the registry
+    makes in the same transaction as the commit (``otpy vars set --expected-version``)."""
 
     request_id: int
     scope: str
     values: dict[str, Any]
     dry_run: bool = False
     scopes: dict[str, dict[str, Any]] = {}  # more scopes' values, in the same all-or-nothing write
+    expected: dict[str, dict[str, int]] = {}  # compare-and-set: the versions the written variables must have
 
 
 class Announce(Message):

@@ -164,10 +164,13 @@ class SetValue(RegistryRequest, tag="set"):
 
 class SetValues(RegistryRequest, tag="set_many"):
     """Set ``{scope: {name: value}}`` at once: all checked first, one transaction, one version.
-    ``dry_run``, ``reconciled`` and ``writer`` as ``SetValue``'s."""
+    ``dry_run``, ``reconciled`` and ``writer`` as ``SetValue``'s. ``expected``: ``{scope: {name:
+    version}}`` (0: never set), a compare-and-set in the same transaction (``conflict``, nothing
+    written, when one is not at its version)."""
 
     reply = WrittenMany
     values: dict[str, dict[str, Any]]
+    expected: dict[str, dict[str, int]] = {}
     dry_run: bool = False
     reconciled: bool = False
     writer: str = ""
@@ -175,11 +178,14 @@ class SetValues(RegistryRequest, tag="set_many"):
 
 class Resolve(RegistryRequest, tag="resolve"):
     """``child``'s configuration; ``chain``: its supervisors, nearest first (a child the tree
-    does not know yet is learnt from it)."""
+    does not know yet is learnt from it). ``overlay`` (``{scope: {name: value}}``): the
+    configuration as it would be with those values written (checked as the write; nothing
+    stored): what a program is asked to accept before a write is stored (``ConfigCheck``)."""
 
     reply = Resolved
     child: str
     chain: list[str] = []
+    overlay: dict[str, dict[str, Any]] = {}
 
 
 class Explain(RegistryRequest, tag="explain"):
