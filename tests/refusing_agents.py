@@ -73,3 +73,26 @@ class NoConfig(otpy.Program):
 
     def forward(self, **inputs):
         return {"k": self.k, "pid": os.getpid()}
+
+
+class Stubborn(Easy):
+    """Takes any ``k`` but 2 (the default) in ``on_config``: it refuses the undo back to it."""
+
+    def on_config(self, config):
+        if config["k"] == 2:
+            raise otpy.ConfigRefused("k: 2 no more")
+        self.config = dict(config)
+
+
+class Slow(Easy):
+    """Takes any ``k``, after ``args.slow_s`` seconds (a refused write's window stays open)."""
+
+    def setup(self, args, config):
+        super().setup(args, config)
+        self.slow_s = args.get("slow_s", 0)
+
+    def on_config(self, config):
+        import time
+
+        time.sleep(self.slow_s)
+        super().on_config(config)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import otpy
 from otpy.cli.vars import vars_group
-from tests.helpers import unique_name
+from tests.helpers import unique_name, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -110,10 +110,15 @@ def vars_cli(node, *args):
     return CliRunner().invoke(vars_group, [*args[:1], "--node", node.name, *args[1:]])
 
 
+def own_lines(output):
+    """The command's lines, without the children's that the node forwards meanwhile ("[id] ...")."""
+    return "\n".join(line for line in output.splitlines() if not line.startswith("["))
+
+
 def stored(node, variable):
     got = vars_cli(node, "get", variable, "--json")
     assert got.exit_code == 0, got.output
-    return json.loads(got.output)
+    return json.loads(own_lines(got.output))
 
 
 def running(node):
@@ -130,7 +135,7 @@ def test_a_check_config_refusal_stores_nothing_and_touches_no_program(checked):
     writer.start()
     seen = set()
     while writer.is_alive():  # polled during the write: the old value at every moment
-        seen.add(vars_cli(checked, "get", "global.k").output.strip())
+        seen.add(own_lines(vars_cli(checked, "get", "global.k").output).strip())
     writer.join(30)
     assert seen == {"4"}, seen
     (outcome,) = result
@@ -200,3 +205,67 @@ def test_a_module_agent_refuses_a_bad_program_state_before_it_is_stored(tmp_path
         assert "nothing was stored" in outcome.detail
         assert stored(node, "global.program_state")["version"] == 0
         assert {child: node.call(child, {"question": "q"}, timeout=10)["pid"] for child in ("lm", "plain")} == before
+
+
+# --- the post-commit undo (on_config refusals): honest, and a compare-and-set -----------------
+
+UNDO = """
+[node]
+name = "{name}"
+
+[supervisor]
+
+[[supervisor.children]]
+id = "picky"
+program = "tests.refusing_agents:Picky"
+
+[[supervisor.children]]
+id = "other"
+program = "tests.refusing_agents:{other}"
+args = {{ slow_s = 1.5 }}
+
+[variables.global]
+k = {{ type = "integer", low = -5, high = 5, default = 2 }}
+j = {{ type = "integer", low = 0, high = 9, default = 0 }}
+"""
+
+
+def undo_node(tmp_path, other):
+    name = unique_name("undo")
+    path = tmp_path / f"{name}.toml"
+    path.write_text(UNDO.format(name=name, other=other))
+    return otpy.Node.from_toml(path)
+
+
+def test_a_child_that_refuses_the_undo_is_named_with_what_it_runs(tmp_path):
+    """Before: "the previous values are stored and run again" while 'other' ran the refused 0."""
+    with undo_node(tmp_path, "Stubborn") as node:
+        outcome = node.set_variables("global", {"k": 0})
+        assert outcome.outcome == "invalid", outcome
+        assert "child 'picky' refused the new values" in outcome.detail
+        assert "the previous values are stored and run again" not in outcome.detail, outcome.detail
+        assert "child 'other' refused the previous values too (k: 2 no more): it runs the refused ones" \
+            in outcome.detail, outcome.detail
+        assert stored(node, "global.k")["value"] == 2 and node.call("other")["k"] == 0
+
+
+def test_the_undo_keeps_a_value_written_meanwhile(tmp_path):
+    """Before: the undo wrote the previous value over one a direct registry writer had stored
+    (and been told was stored) while the refused write waited for its programs."""
+    from otpy.variables.client import RegistryClient
+
+    with undo_node(tmp_path, "Slow") as node:
+        writer = threading.Thread(target=lambda: result.append(node.set_variables("global", {"k": 0})))
+        result: list = []
+        writer.start()
+        wait_until(lambda: stored(node, "global.k")["value"] == 0, 10, "the refused write stored")
+        caller = otpy.Caller(node.name)
+        try:
+            RegistryClient(caller).set("global", "k", 3)  # a direct write, inside the window
+        finally:
+            caller.close()
+        writer.join(30)
+        (outcome,) = result
+        assert outcome.outcome == "invalid", outcome
+        assert "another write came meanwhile, and is kept" in outcome.detail, outcome.detail
+        assert stored(node, "global.k")["value"] == 3
