@@ -11,6 +11,11 @@ registry version of each. Every supervisor resolves a child with it when it star
 3. a target that fails to start: the values go back, the tree with them (what was replaced is
    replaced back, what was started stops; nothing had stopped yet), and the reply is
    ``start_failed`` naming the child and the reason. Nothing was stored;
+3b. check: every running program whose scope chain holds a written scope (a target the make
+   phase started among them) is asked whether it would run the write (``config_sync.check_configs``:
+   its ``check_config`` over the configuration it would have, nothing stored); a refusal undoes
+   the make phase as 3 does, and the reply is ``invalid`` naming the child and why. Nothing was
+   stored, nothing restarted;
 4. commit: the registry stores the write (``reconciled``, with the node's secret ``writer``:
    it refuses any other write of a bound variable). An unanswered commit is read back, not
    assumed lost (``_read_back``);
@@ -18,14 +23,21 @@ registry version of each. Every supervisor resolves a child with it when it star
 6. knobs: every running program whose scope chain holds a written scope confirms it runs the
    new values (``config_sync``); the reply lists what changed, and names late programs;
 7. a program whose ``on_config`` refused the values (``otpy.ConfigRefused``: it runs its old
-   ones) undoes the write: the previous values are written again, through 2 to 6 (the programs
-   that took the new ones get the old back), and the reply is ``invalid``, naming who refused
-   what. Between 4 and 7 the new values are stored: a documented window, as the one above.
+   ones; one whose ``check_config`` refuses them refused at 3b already) undoes the write: the
+   previous values are written again, through 2 to 6 without 3b (the programs that took the new
+   ones get the old back), as a compare-and-set on the versions the write got (a value someone
+   wrote meanwhile is kept, and the reply says so), and the reply is ``invalid``, naming who
+   refused what, and a child that refused the previous values too (it runs the refused ones).
+   Between 4 and 7 the new values are stored: a documented window, as the one above.
+
+``expected`` (``{scope: {name: version}}``: ``otpy vars set --expected-version``) makes the
+commit (and the dry run of 1) a compare-and-set in the registry's transaction.
 
 Between 2 and 5 (a documented make-before-break window) a child that restarts is started with
 the new values. A write that binds nothing skips 2, 3 and 5; one of bound variables only skips
 6. ``dry_run`` answers the plan: the same ``Change``s, from each supervisor's ``plan``, with
-nothing changed.
+nothing changed; the running programs are asked as in 3b (a target the write would start is
+not: it is not started), and a refusal is the answer.
 
 At node start, before the tree, ``stored_values`` reads what the registry's file holds for the
 bound variables (the registry is not running yet: this node holds the run lock), so a node
