@@ -46,6 +46,22 @@ PROGRAM = textwrap.dedent("""
             self.config = dict(config)
             with open(os.environ["STANDBY_LOG"], "a") as f:
                 f.write(f"config {os.getpid()} {config.get('knob')}\\n")
+
+    class Refuser(Counted):  # refuses new values while it is a standby (its state is not the child's)
+        def on_config(self, config):
+            if standby():
+                from otpy import ConfigRefused
+                raise ConfigRefused("not in a standby")
+            self.config = dict(config)
+
+    class Lazy(Counted):  # imports a module of its own in setup(), not in the zygote
+        def setup(self, args, config):
+            super().setup(args, config)
+            import lazy_module
+            self.lazy = lazy_module.V
+
+        def forward(self, **inputs):
+            return {**super().forward(), "lazy": self.lazy}
 """)
 
 
@@ -251,11 +267,13 @@ def test_terminate_delete_and_node_stop_leave_no_standby(folder):
 
 
 def test_a_child_stopped_while_its_standby_sets_up_leaves_nothing(folder):
+    """A standby is titled ``otpy: NODE/ID standby`` from before its setup (so that a
+    ``pkill -f "otpy: NODE/ID$"`` meant for the child spares it)."""
     with start(folder, args={"slow_standby": 30}) as node:
         child = info(node).pid
-        title = f"otpy: {node.name}/a"
-        setting_up = wait_until(lambda: [p.pid for p in psutil.process_iter(["cmdline"]) if p.pid != child
-                                         and " ".join(p.info["cmdline"] or []).strip() == title], 20, "its standby")
+        setting_up = wait_until(lambda: standbys(node), 20, "its standby, in setup")
+        assert info(node).standby == 0  # it has not said STANDBY: still in setup
+        assert psutil.Process(setting_up[0]).name() == "a"
         assert node.terminate_child("a", "root").ok
         assert wait_dead([child, *setting_up], 10) == []
         assert info(node).standby == 0
@@ -398,3 +416,155 @@ def test_spec_rules():
     assert not value_problems(otpy.ChildSpec(id="p", program="m:P", standby=8))
     topology = parse_topology('[node]\nname = "n"\n[[supervisor.children]]\nid = "a"\nprogram = "m:P"\nstandby = 1\n')
     assert topology.node.root.children[0].standby == 1
+
+
+def test_a_dead_standby_is_not_promoted_and_one_kill_is_one_restart(folder):
+    """The zygote (stopped here) has not reported the standby's death yet when the child dies:
+    the node asks the kernel (pidfd, ``/proc``), drops the dead standby and forks. One death,
+    one restart (as ``pkill -9 -f "otpy: NODE/ID"`` killing both must cost)."""
+    with start(folder) as node:
+        events = Events(node)
+        spare = one_standby(node)
+        child, zygote = info(node).pid, node.aio.processes._zygote.pid
+        pool = node.aio.processes.standbys
+        os.kill(zygote, signal.SIGSTOP)
+        try:
+            os.kill(spare, signal.SIGKILL)
+            wait_until(lambda: psutil.Process(spare).status() == psutil.STATUS_ZOMBIE, 1, "the standby dead")
+            os.kill(child, signal.SIGKILL)
+            events.wait("exited", "a", timeout=1)
+            wait_until(lambda: all(s.child.pid != spare for s in pool._by_id.get("a", ())), 1, "the restart's choice")
+        finally:
+            os.kill(zygote, signal.SIGCONT)
+        new = events.wait("started", "a", timeout=20)["pid"]
+        assert new not in (child, spare)
+        assert ask(node)["pid"] == new
+        one_standby(node, not_pid=spare)
+        assert [e["kind"] for e in events.drain() if e["child"] == "a"] == ["exited", "restarting", "started"]
+        assert info(node).restarts == 1
+
+
+def test_a_stopped_standby_is_not_promoted(folder):
+    with start(folder) as node:
+        events = Events(node)
+        spare = one_standby(node)
+        os.kill(spare, signal.SIGSTOP)
+        new = kill_and_wait(node, events)
+        assert new != spare and ask(node)["pid"] == new
+        assert wait_dead([spare], 10) == []  # killed
+        one_standby(node, not_pid=spare)
+
+
+def test_a_dead_standbys_spare_socket_file_is_removed(folder):
+    from otpy.agent.call_socket import spare_socket_path
+
+    with start(folder) as node:
+        spare = one_standby(node)
+        path = spare_socket_path(node.name, spare)
+        assert path.exists()
+        os.kill(spare, signal.SIGKILL)
+        wait_until(lambda: not path.exists(), 10, "the dead standby's socket file removed")
+
+
+@pytest.mark.timeout(20)  # a stopped standby held the write 30 s
+def test_a_stopped_standby_does_not_hold_a_variable_write(folder):
+    path = folder / "topology.toml"
+    path.write_text(VARIABLES_TOML.format(name=unique_name("standby-stop"), program="Hooked", log=folder / "log"))
+    with otpy.Node.from_toml(path, on_output=lambda *_: None) as node:
+        spare = wait_until(lambda: len(p := standbys(node)) == 1 and child_of(node).standby == 1 and p[0],
+                           20, "a standby")
+        os.kill(spare, signal.SIGSTOP)
+        assert node.set_variables("a", {"knob": 7}).ok
+        assert wait_dead([spare], 10) == []  # it could not resolve them: killed
+        new = wait_until(lambda: len(p := standbys(node)) == 1 and p[0] != spare and child_of(node).standby == 1
+                         and p[0], 20, "a new standby")
+        events = Events(node)
+        os.kill(child_of(node).pid, signal.SIGKILL)
+        assert events.wait("started", "a", timeout=20)["pid"] == new
+        assert ask(node)["config"] == {"knob": 7}
+
+
+def test_a_standby_that_refuses_new_values_is_replaced(folder):
+    """``on_config`` refused the new values in the standby (the child took them): the standby
+    goes and one made with the stored values takes over at the restart."""
+    path = folder / "topology.toml"
+    path.write_text(VARIABLES_TOML.format(name=unique_name("standby-refuse"), program="Refuser", log=folder / "log"))
+    with otpy.Node.from_toml(path, on_output=lambda *_: None) as node:
+        spare = wait_until(lambda: len(p := standbys(node)) == 1 and child_of(node).standby == 1 and p[0],
+                           20, "a standby")
+        assert node.set_variables("a", {"knob": 7}).ok
+        assert ask(node)["config"] == {"knob": 7}  # the child took them
+        assert wait_dead([spare], 10) == []
+        new = wait_until(lambda: len(p := standbys(node)) == 1 and p[0] != spare and child_of(node).standby == 1
+                         and p[0], 20, "a new standby")
+        events = Events(node)
+        os.kill(child_of(node).pid, signal.SIGKILL)
+        assert events.wait("started", "a", timeout=20)["pid"] == new
+        assert ask(node)["config"] == {"knob": 7}
+
+
+def lazy_module(folder, value: int, unseen: bool = False) -> None:
+    """``lazy_module.py`` (imported by ``Lazy.setup``), its time set well in the past (a file
+    edited after a standby's start is never taken for up to date, see ``processes.sources``);
+    ``unseen``: its time kept as it was (with the same size, an edit no ``stat`` shows)."""
+    path = folder / "lazy_module.py"
+    before = os.stat(path).st_mtime_ns if path.exists() else None
+    path.write_text(f"V = {value}\n")
+    if unseen:
+        stamp = before
+    else:
+        stamp = before + 1_000_000_000 if before else os.stat(path).st_mtime_ns - 60_000_000_000
+    os.utime(path, ns=(stamp, stamp))
+
+
+def test_a_module_imported_in_setup_is_checked_at_the_take_over(folder):
+    lazy_module(folder, 1)
+    with start(folder, program="standby_program:Lazy") as node:
+        events = Events(node)
+        spare = one_standby(node)
+        assert kill_and_wait(node, events) == spare  # unchanged: it takes over
+        assert ask(node)["lazy"] == 1
+        spare = one_standby(node, not_pid=spare)
+        lazy_module(folder, 22)
+        new = kill_and_wait(node, events)
+        assert new != spare and ask(node)["lazy"] == 22
+        assert wait_dead([spare], 10) == []
+
+
+def test_reload_code_does_not_promote_a_standby_made_from_the_old_code(folder):
+    lazy_module(folder, 1)
+    path = folder / "topology.toml"
+    path.write_text(VARIABLES_TOML.split("[variables")[0].format(
+        name=unique_name("standby-code"), program="Lazy", log=folder / "log"))
+    with otpy.Node.from_toml(path, on_output=lambda *_: None) as node:
+        spare = wait_until(lambda: len(p := standbys(node)) == 1 and child_of(node).standby == 1 and p[0],
+                           20, "a standby")
+        assert ask(node)["lazy"] == 1
+        lazy_module(folder, 2, unseen=True)  # reload --code serves the disk's code even so
+        assert node.reload(str(path), code=True).ok
+        assert ask(node)["lazy"] == 2
+        assert wait_dead([spare], 10) == []
+        wait_until(lambda: len(p := standbys(node)) == 1 and p[0] != spare and child_of(node).standby == 1,
+                   20, "a new standby")
+
+
+def test_a_reload_that_changes_only_standby_keeps_the_child(folder):
+    path = folder / "topology.toml"
+    toml = VARIABLES_TOML.split("[variables")[0]
+    path.write_text(toml.format(name=unique_name("standby-count"), program="Counted", log=folder / "log"))
+    with otpy.Node.from_toml(path, on_output=lambda *_: None) as node:
+        wait_until(lambda: child_of(node).standby == 1, 20, "a standby")
+        child = child_of(node).pid
+        path.write_text(path.read_text().replace("standby = 1", "standby = 2"))
+        result = node.reload(str(path))
+        assert result.ok and [c.action for c in result.changes] == ["update"]
+        wait_until(lambda: child_of(node).standby == 2, 20, "two standbys")
+        assert child_of(node).pid == child
+        two = standbys(node)
+        path.write_text(path.read_text().replace("standby = 2", "standby = 0"))
+        assert node.reload(str(path)).ok
+        assert wait_dead(two, 10) == [] and child_of(node).pid == child and child_of(node).standby == 0
+        events = Events(node)
+        os.kill(child, signal.SIGKILL)  # restarted from the new spec: no standby made
+        events.wait("started", "a", timeout=20)
+        assert child_of(node).standby == 0 and standbys(node) == []

@@ -71,8 +71,9 @@ class Relay:
         refused = None
         try:
             self.program.on_config(config)
-        except ConfigRefused as exc:  # it runs its old values, as the child does: the write is undone
-            refused = str(exc) or type(exc).__name__
+        except ConfigRefused as exc:  # it keeps its old values: it goes (before done: a GO after this is
+            refused = str(exc) or type(exc).__name__  # refused), another one is made with the stored ones
+            self.retire(f"{CHANGED}it refused the new values ({refused})")
         except BaseException:
             traceback.print_exc()
             self.retire("on_config raised")  # before done: a GO after this is refused
@@ -85,9 +86,11 @@ class StandbyWait:
     socket renamed into place; READY is the caller's to say), or ends the process."""
 
     def __init__(self, program: Program, server: CallServer, warm: WarmSocket, shutdown: Shutdown, *,
-                 node: str, child_id: str, stale: Callable[[], str]) -> None:
+                 node: str, child_id: str, stale: Callable[[], str], born_ns: int | None = None) -> None:
         self.program, self.server, self.warm, self.shutdown = program, server, warm, shutdown
         self.node, self.child_id, self.stale = node, child_id, stale
+        self.born_ns = born_ns  # when this process started (before setup): see ``processes.sources``
+        self.files: dict[str, tuple[int, int]] = {}  # its program's source files, at STANDBY
         self.watcher: ConfigWatcher | None = None
         self.relay = Relay(program, server, self.retire_soon)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
@@ -152,13 +155,15 @@ class StandbyWait:
                     self._end()
 
     def _standby_line(self) -> str:
-        """``STANDBY``, with the program's source files as the zygote saw them when it forked
-        this process (``processes.sources``): the node checks them itself at the take-over and
-        renames the socket (``TAKEN``), no round trip; without them it asks (``GO``)."""
-        files = getattr(getattr(self.stale, "__self__", None), "files", None)
-        if not isinstance(files, dict):
+        """``STANDBY``, with every program source file this process holds (``processes.sources``
+        ``listing``: those the zygote imported, as it saw them when it forked this process, and
+        those ``setup()`` imported): the node checks them itself at the take-over and renames
+        the socket (``TAKEN``), no round trip; without them it asks (``GO``)."""
+        listing = getattr(getattr(self.stale, "__self__", None), "listing", None)
+        if not callable(listing):
             return "STANDBY"
-        line = "STANDBY " + json.dumps([[path, *seen] for path, seen in files.items()], separators=(",", ":"))
+        self.files = listing(list(sys.modules.values()), self.born_ns)
+        line = "STANDBY " + json.dumps([[path, *seen] for path, seen in self.files.items()], separators=(",", ":"))
         return line if len(line) < MAX_LINE else "STANDBY"
 
     def _taken(self) -> None:
@@ -178,7 +183,7 @@ class StandbyWait:
 
     def _promote(self) -> bool:
         """Take the name, unless the code or the configuration is out of date (then exit)."""
-        if why := self.stale():
+        if why := self.stale() or _changed(self.files):
             notify(f"STALE {why}")
             self._end()
         lock = self.watcher.lock if self.watcher is not None else threading.Lock()
@@ -199,3 +204,15 @@ class StandbyWait:
         except BaseException:
             traceback.print_exc()
         exit_now(0)
+
+
+def _changed(files: dict[str, tuple[int, int]]) -> str:
+    """Why one of ``files`` differs on disk from its ``(mtime_ns, size)`` ("" if none does)."""
+    for path, seen in files.items():
+        try:
+            info = os.stat(path)
+        except OSError:
+            return f"{path} is gone"
+        if (info.st_mtime_ns, info.st_size) != seen:
+            return f"{path} changed"
+    return ""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import traceback
 from typing import Any, Callable, NoReturn
 
@@ -39,6 +40,7 @@ from .program import NodeCaller, Program, instantiate
 from .registry_link import ConfigWatcher, has_registry, resolve
 from .shutdown import Shutdown
 from .standby_wait import StandbyWait
+from ..host.prctl import set_title
 from ..specs.model import ChildSpec
 
 __all__ = ["Worker", "exit_shutdown", "fail"]  # exit_shutdown: a program's clean exit (docs/supervision.md)
@@ -60,6 +62,7 @@ class Worker:
         self.registry = has_registry()  # this node, if it has a registry and we are not it
         self.node_caller = NodeCaller(self.node) if self.node else None
         self._context: zmq.Context | None = warm.context if warm is not None else None
+        self.born_ns = time.time_ns()  # before setup: a standby's sources edited after it may be stale
 
     def run(self) -> NoReturn:
         """Set the program up, bind its call socket, report READY, serve calls until SIGTERM,
@@ -93,9 +96,11 @@ class Worker:
             exit_now(1)
 
     def _warm_up(self) -> None:
-        """A standby's call socket, bound at its spare path (a spare's already is)."""
+        """A standby's title (``ps``: ``otpy: NODE/ID standby``, from before its setup) and its
+        call socket, bound at its spare path (a spare's already is)."""
         if self.node is None:
             fail("a hot standby runs under a node (OTPY_NODE is not set)")
+        set_title(f"otpy: {self.node}/{self.spec.id} standby", self.spec.id)
         if self.warm is None:
             try:
                 self.warm = WarmSocket(self.node)
@@ -114,7 +119,8 @@ class Worker:
         server = CallServer(program, warm.context, warm.router, shutdown, concurrency=concurrency,
                             max_queue=max_queue, max_rss=spec.max_rss,
                             rebind=lambda: rebind(warm.router, node, spec.id))
-        wait = StandbyWait(program, server, warm, shutdown, node=node, child_id=spec.id, stale=self.stale)
+        wait = StandbyWait(program, server, warm, shutdown, node=node, child_id=spec.id, stale=self.stale,
+                           born_ns=self.born_ns)
         if config and self.registry is not None:
             wait.watch(config, self.registry)
         wait.until_promoted()

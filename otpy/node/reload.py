@@ -16,7 +16,8 @@ supervisor by supervisor, top down (``supervision.spec_diff``):
 2. break, bottom up: the reconcile's stops (a child switched off, replicas above a count),
    then the children the file removed, stopped then deleted.
 3. ``code``: every running program child (the registry aside) not replaced by this reload is
-   replaced, make-before-break, one at a time, so it runs its source as it is on disk now.
+   replaced, make-before-break, one at a time, so it runs its source as it is on disk now;
+   every hot standby is retired first and made again (``StandbyPool.renew``).
 
 The first failure ends it (``start_failed``: the failed child keeps running its old spec;
 what was done stays done and is listed in ``changes``). The node then compares the next
@@ -323,6 +324,8 @@ class _Reload:
     # --- code: every program child replaced, one at a time -----------------------------------
 
     async def _code(self) -> str | None:
+        if not self.dry_run:  # hot standbys hold the code imported before the edit (in setup() too):
+            self.node.root._processes.standbys.renew()  # every one goes, new ones are made from the disk
         for sup in self.node.root.supervisors():
             for id in sup.machine.order:
                 child = sup.machine.children.get(id)

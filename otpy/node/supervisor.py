@@ -41,6 +41,7 @@ from ..supervision.effects import (
 from ..supervision.exit import ExitReason, should_restart
 from ..supervision.machine import StaticMachine
 from ..supervision.reconcile import shown_program
+from ..supervision.spec_diff import Adopt
 from ..processes.manager import ChildProcess, ProcessManager, StartFailed
 from ..wire.protocol import BoundInfo, Change, ChildInfo, EventKind, NodeEvent, TreeEntry
 from ..specs.bindings import BoundValues
@@ -221,6 +222,8 @@ class Supervisor:
             for effect in effects:
                 feedback = await self._carry_out(effect) or feedback
             effects = self.machine.handle(feedback, self._clock()) if feedback else []
+        if isinstance(event, Command) and isinstance(event.request, Adopt):
+            self._adopt_standbys(event.request)
         if self._standby_ids:
             self._retire_standbys()
 
@@ -235,6 +238,19 @@ class Supervisor:
                 continue
             self._standby_ids.discard(id)
             self._processes.standbys.retire_all(id)
+
+    def _adopt_standbys(self, request: Adopt) -> None:
+        """A reload adopted new specs in place: a running program child whose ``standby`` changed
+        (``spec_diff.only_standby_changed``) keeps running; its standbys go or come to the count."""
+        for id in request.children:
+            child, handle = self.machine.children.get(id), self._handles.get(id)
+            running = child.running if child is not None and child.state == "running" else None
+            if not isinstance(running, ChildSpec) or running.program is None or not isinstance(handle, ChildProcess):
+                continue
+            if running.standby:
+                self._standby_ids.add(id)
+            if running.standby or id in self._standby_ids:
+                self._processes.resize_standbys(handle, running, self._child_env)
 
     async def sync_standbys(self, scopes: set[str]) -> None:
         """A variable write of ``scopes`` is stored: the node's hot standbys that follow one of

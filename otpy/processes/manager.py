@@ -158,6 +158,15 @@ class ProcessManager:
                 self._watch_death(child)
         return child
 
+    def resize_standbys(self, child: ChildProcess | None, spec: ChildSpec, env: dict[str, str]) -> None:
+        """``spec``, the running ``child``'s, now asks for ``spec.standby`` hot standbys (changed in
+        place by a reload: the child keeps running); they are retired or made to that count."""
+        first = spec.id not in self.standbys.ids()
+        self.standbys.resize(spec, dict(env))
+        if spec.standby and first and child is not None and not child.exited.done():
+            self.standbys.follow(child)
+            self._watch_death(child)
+
     def _watch_death(self, child: ChildProcess) -> None:
         """A child with hot standbys: its death is seen here at once (a pidfd), not when the
         zygote's report of it arrives (one hop less on the restart's path). The zombie's wait

@@ -12,7 +12,8 @@ Which modules count: those whose file lies outside the Python installation (``sy
 That is the program's own code and its helpers, wherever they are imported from (the node's
 cwd, its ``program_folders``, ``PYTHONPATH``, an editable install); installed libraries and
 otpy change only with an upgrade, which takes a node restart anyway. A module a program
-imports later, in the child (inside ``setup``), is read from disk by each child anyway.
+imports later, in the child (inside ``setup``), is read from disk by each child anyway; a hot
+standby, set up ahead, lists those too (``listing``), and the node checks them at its take-over.
 A rewrite that keeps both the size and the modification time (to the nanosecond) is not seen.
 """
 
@@ -59,6 +60,31 @@ class Sources:
             except OSError:
                 continue  # a module without a file of its own (zipimport, generated)
             self.files[path] = (info.st_mtime_ns, info.st_size)
+
+    def listing(self, modules: list[ModuleType], born_ns: int | None = None) -> dict[str, tuple[int, int]]:
+        """The program source files of ``modules`` (a process forked from this zygote: its
+        ``sys.modules``, by the same rule): this zygote's record for the files it imported, a
+        ``stat`` now for those the process imported itself (in ``setup()``, a hot standby's).
+        One of those modified at or after ``born_ns`` (the process's start; a second's margin
+        for the file system's coarse clock) may have been read before its edit: it is listed
+        as ``(-1, -1)``, which never matches, so that process is never taken for up to date."""
+        files: dict[str, tuple[int, int]] = dict(self.files)
+        for module in modules:
+            path = getattr(module, "__file__", None)
+            if not isinstance(path, str):
+                continue
+            path = os.path.realpath(path)
+            if path in files or path.startswith(self._installed):
+                continue
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue
+            seen = (info.st_mtime_ns, info.st_size)
+            if born_ns is not None and info.st_mtime_ns >= born_ns - 1_000_000_000:
+                seen = (-1, -1)
+            files[path] = seen
+        return files
 
     def check(self) -> str:
         """Why the imported code is out of date ("" if it is not): one ``stat`` per file, until

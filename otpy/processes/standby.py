@@ -36,7 +36,10 @@ import collections
 import json
 import logging
 import os
+import select
 from typing import Any, Callable
+
+import msgspec
 
 from ..agent.call_socket import spare_socket_path
 from ..agent.notify import EXIT_CONFIG_CHANGED
@@ -47,7 +50,7 @@ from .child import ChildProcess
 log = logging.getLogger("otpy")
 
 STALE_RETRIES = 3  # new zygote generations one standby may take (as a start: ``processes.manager``)
-SYNC_TIMEOUT = 30.0  # seconds a write waits for its standbys to resolve again
+SYNC_TIMEOUT = 2.0  # seconds a write waits for a standby to resolve again; then it is killed
 RETIRE_GRACE = 5.0  # seconds a retired standby has for its teardown (shutdown "infinity"), then SIGKILL
 CHANGED = "changed: "  # a RETIRE of a standby whose configuration changed (not a failure: made again)
 
@@ -68,6 +71,7 @@ class Standby:
         # from its STANDBY line: the node checks them itself at the take-over (None: it asks).
         self.sources: list[tuple[str, int, int]] | None = None
         self.on_retire: Callable[[Standby], None] | None = None  # the pool's, for its RETIRE
+        self.taken = False  # its socket was renamed into the child's path: it is the child
         child.on_control = self._hear
 
     @property
@@ -89,6 +93,8 @@ class Standby:
         elif word == "SYNCED" and self.syncs:
             if rest == "restarting":  # new values and no on_config: it leaves (RETIRE follows)
                 self.left = self.left or f"{CHANGED}its configuration"
+            elif rest.startswith("refused"):  # on_config refused them: it leaves (RETIRE follows)
+                self.left = self.left or f"{CHANGED}it refused the new values"
             if not (waiting := self.syncs.popleft()).done():
                 waiting.set_result(rest)
         elif word == "RETIRE":  # it asks to go: the pool retires it (``StandbyPool._on_retire``)
@@ -119,30 +125,32 @@ class StandbyPool:
 
     async def promote(self, spec: ChildSpec, env: dict[str, str]) -> ChildProcess | None:
         """A ready standby of exactly ``spec`` and ``env``, READY under the child's name now;
-        None if there is none (or it refused). Standbys made for anything else are retired."""
+        None if there is none (or it refused). Standbys made for anything else are retired.
+        It never waits on a standby that is busy: one resolving new values (a ``SYNC``
+        pending) is passed over (it stays for a later start), and one the kernel says is dead,
+        dying or stopped is retired: the start then goes the ordinary way, at once."""
         standbys = self._by_id.get(spec.id)
         if not standbys:
             return None
         for standby in list(standbys):
-            if standby.spec != spec or standby.env != env or standby.child._link is not self._manager._zygote:
+            if (not _same_but_count(standby.spec, spec) or standby.env != env
+                    or standby.child._link is not self._manager._zygote):
                 self.retire(standby)
-        standby = next((s for s in standbys if s.ready and not s.left), None)
-        if standby is None:
-            return None
+        while True:
+            standby = next((s for s in standbys if s.ready and not s.left and not s.syncs), None)
+            if standby is None:
+                return None
+            if not (why := _unusable(standby.child)):
+                break
+            log.warning("otpy[%s]: a hot standby of %r (pid %d) is %s: it does not take over",
+                        self._manager.node_name, spec.id, standby.child.pid, why)
+            if why == "gone":  # its pid may be another process's now: nothing to signal
+                standby.state = "retired"
+                standbys.remove(standby)
+            else:
+                self.retire(standby, now=True)
         standbys.remove(standby)
         standby.state = "promoting"
-        if standby.syncs:  # it is resolving new values (a write, or the child's exit for them): wait
-            try:
-                await asyncio.wait({standby.syncs[-1], asyncio.shield(standby.child.exited)},
-                                   timeout=SYNC_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
-                standby.state = "ready"
-                self.retire(standby)
-                raise
-            if standby.left or standby.syncs or standby.child.exited.done():
-                standby.state = "ready"
-                self.retire(standby)
-                return None
         if standby.sources is not None:
             return self._take(standby)
         child = standby.child
@@ -156,6 +164,7 @@ class StandbyPool:
             child.kill()
             raise
         if child._ready.done() and child._ready.result() is None:
+            standby.taken = True
             return child
         if answer.done():
             why = f"it refused: {answer.result()}"
@@ -188,6 +197,7 @@ class StandbyPool:
             standby.state = "ready"  # for retire(): no longer in the pool, it ends like any retired one
             self.retire(standby)
             return None
+        standby.taken = True
         child.tell("TAKEN")
         child._on_notify("READY")
         return child
@@ -252,7 +262,8 @@ class StandbyPool:
             if standby.said.done() and not child._ready.done():
                 if standby.state == "starting":
                     standby.state = "ready"
-                    if self._wanted.get(spec.id) != (spec, env):  # the child stopped, or changed, meanwhile
+                    wanted = self._wanted.get(spec.id)  # the child stopped, or changed, meanwhile:
+                    if wanted is None or wanted[1] != env or not _same_but_count(spec, wanted[0]):
                         self.retire(standby)
                 return None
             if standby.state == "retired" or self._manager._closing:
@@ -292,6 +303,11 @@ class StandbyPool:
             standbys.remove(standby)
         if not standbys:
             self._by_id.pop(standby.spec.id, None)
+        if not standby.taken and standby.child.pid:  # its spare socket's file, if it left it (SIGKILL)
+            try:
+                os.unlink(spare_socket_path(self._manager.node_name, standby.child.pid))
+            except OSError:
+                pass
         if standby.state != "ready" or self._manager._closing:
             return  # starting: ``_make`` says it; promoting: it is the child now; retired: asked for
         standby.state = "retired"
@@ -301,12 +317,13 @@ class StandbyPool:
 
     # --- stops ---------------------------------------------------------------------------------
 
-    def retire(self, standby: Standby) -> None:
+    def retire(self, standby: Standby, now: bool = False) -> None:
         """EOF on its socket: it tears down and exits; SIGKILL if it has not after its shutdown
-        time (at once if it is still in setup, or ``brutal_kill``)."""
+        time (at once if it is still in setup, ``brutal_kill``, or ``now``: it is hung, stopped
+        or dying)."""
         if standby.state == "retired":
             return
-        starting = standby.state == "starting"
+        starting = standby.state == "starting" or now
         standby.state = "retired"
         standbys = self._by_id.get(standby.spec.id, [])
         if standby in standbys:
@@ -334,6 +351,30 @@ class StandbyPool:
             for standby in list(standbys):
                 if standby.child._link is link:
                     self.retire(standby)
+
+    def resize(self, spec: ChildSpec, env: dict[str, str]) -> None:
+        """``spec``, a running child's, now asks for ``spec.standby`` standbys (a reload that
+        changed only that, in place: the child keeps running): extra ones are retired, missing
+        ones made in the background."""
+        if spec.standby <= 0 or spec.program is None:
+            self.retire_all(spec.id)
+            return
+        self._wanted[spec.id] = (spec, env)
+        live = [s for s in self._by_id.get(spec.id, ()) if s.state in ("starting", "ready") and not s.left]
+        for standby in sorted(live, key=lambda s: s.state == "ready")[:max(0, len(live) - spec.standby)]:
+            self.retire(standby)  # those still in setup first
+        self._failed.discard(spec.id)
+        self._refill_soon(spec.id)
+
+    def renew(self) -> None:
+        """Every standby goes and is made again (``otpy reload --code``: they hold code imported
+        before the edit, in their ``setup()`` too)."""
+        for standbys in list(self._by_id.values()):
+            for standby in list(standbys):
+                self.retire(standby)
+        for child_id in list(self._wanted):
+            self._failed.discard(child_id)
+            self._refill_soon(child_id)
 
     def ids(self) -> set[str]:
         return set(self._by_id) | set(self._wanted)
@@ -376,10 +417,58 @@ class StandbyPool:
                 for standby, answer in waits)), SYNC_TIMEOUT)
         except TimeoutError:
             for standby, answer in waits:
-                if not answer.done():  # it may run the old values: it goes
-                    log.warning("otpy[%s]: a hot standby of %r had not resolved the new values after %g s; "
-                                "retired", self._manager.node_name, standby.spec.id, SYNC_TIMEOUT)
-                    self.retire(standby)
+                if not answer.done():  # hung or stopped, and it may run the old values: it goes now
+                    log.warning("otpy[%s]: a hot standby of %r (pid %d) had not resolved the new values "
+                                "after %g s; killed", self._manager.node_name, standby.spec.id,
+                                standby.child.pid, SYNC_TIMEOUT)
+                    self.retire(standby, now=True)
+                    self._refill_soon(standby.spec.id)
+
+
+def _same_but_count(made_for: ChildSpec, spec: ChildSpec) -> bool:
+    """``made_for`` is ``spec`` but for ``standby`` (a count changed in place, not the child)."""
+    return made_for == spec or (made_for.standby != spec.standby
+                                and msgspec.structs.replace(made_for, standby=spec.standby) == spec)
+
+
+PF_EXITING = 0x4  # /proc/PID/stat field 9 (flags): the process is in its exit
+SIGKILL_BIT = 1 << (9 - 1)  # SIGKILL in /proc/PID/status's SigPnd / ShdPnd masks
+
+
+def _unusable(child: ChildProcess) -> str:
+    """Why the kernel says a standby cannot take over ("" if it can): dead (its pidfd is
+    readable, it is a zombie), gone (reaped: its pid may be reused), dying (a SIGKILL pending,
+    or in its exit), or stopped. The zygote's report of a death comes one hop later: it is not
+    waited for."""
+    pid = child.pid
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return "gone"
+    try:
+        exited = bool(select.select([pidfd], [], [], 0)[0])
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
+    except (OSError, ValueError):
+        return "gone"
+    finally:
+        os.close(pidfd)
+    try:
+        state, flags, start_time = fields[0].decode(), int(fields[6]), int(fields[19])
+        pending = int(status[b"SigPnd"].strip(), 16) | int(status[b"ShdPnd"].strip(), 16)
+    except (IndexError, KeyError, ValueError):
+        return "gone"
+    if child.start_time is not None and start_time != child.start_time:
+        return "gone"
+    if exited or state in "ZXx":
+        return "dead"
+    if pending & SIGKILL_BIT or flags & PF_EXITING:
+        return "dying"
+    if state in "Tt":
+        return "stopped"
+    return ""
 
 
 def _sources(text: str) -> list[tuple[str, int, int]] | None:

@@ -19,7 +19,8 @@ supervisor of the tree, top down, and carries the answer out:
   alone restarts nothing.
 - ``replaces``: running children whose spec changed: replaced make-before-break (a
   ``Reconfigure``), a command child too; a child that changes kind (worker, supervisor,
-  dynamic supervisor) is replaced whole.
+  dynamic supervisor) is replaced whole. A change of ``standby`` alone replaces nothing: the
+  child is adopted (an ``update`` reported) and its hot standbys go or come to the new count.
 - ``stops``: children the file removes, in reverse start order: stopped, then deleted. A
   dynamic supervisor's replicas of a template that no longer keeps replicas are stopped too.
   Children an operator added at run time are not in either file: a reload never touches them.
@@ -165,6 +166,10 @@ def diff(old: AnySupervisor, new: AnySupervisor, table: Iterable[Child], resolve
             updates.append(Change(action="update", supervisor=new.id, child=spec.id, before=was, after=now))
         elif isinstance(spec, ChildSpec) and isinstance(child.spec, ChildSpec) and _disabled(spec, resolve):
             adopt[spec.id] = spec  # the reconcile stops it, kept and disabled
+        elif only_standby_changed(child.spec, spec):
+            adopt[spec.id] = spec  # it keeps running; its hot standbys go or come to the new count
+            was, now = fields_changed(child.spec, spec)
+            updates.append(Change(action="update", supervisor=new.id, child=spec.id, before=was, after=now))
         else:
             replaces.append((spec.id, spec))
     new_ids = {spec.id for spec in new.children}
@@ -232,6 +237,13 @@ def replica_takeovers(old: DynamicSupervisorSpec, new: DynamicSupervisorSpec, ta
     return problems
 
 
+def only_standby_changed(old: AnySpec, new: AnySpec) -> bool:
+    """Two child specs that differ in ``standby`` only: the running child is kept (a standby is
+    no part of it), as a supervisor's settings are updated in place."""
+    return (isinstance(old, ChildSpec) and isinstance(new, ChildSpec) and old.standby != new.standby
+            and msgspec.structs.replace(old, standby=new.standby) == new)
+
+
 def same_kind_supervisor(a: AnySpec, b: AnySpec) -> bool:
     """Both are supervisors of one kind: the running one is updated in place, not replaced."""
     return not isinstance(a, ChildSpec) and a.kind == b.kind
@@ -272,3 +284,6 @@ def _adopt_child(child: Child, spec: AnySpec | None) -> None:
     child.spec = spec
     if child.state == "running" and not isinstance(spec, ChildSpec):
         child.running = spec  # a supervisor runs as declared: no replacement follows
+    elif (child.state == "running" and isinstance(child.running, ChildSpec) and isinstance(spec.standby, int)
+          and child.running.standby != spec.standby):
+        child.running = msgspec.structs.replace(child.running, standby=spec.standby)  # kept: no replacement
