@@ -269,3 +269,20 @@ def test_the_undo_keeps_a_value_written_meanwhile(tmp_path):
         assert outcome.outcome == "invalid", outcome
         assert "another write came meanwhile, and is kept" in outcome.detail, outcome.detail
         assert stored(node, "global.k")["value"] == 3
+
+
+def test_a_process_without_check_config_is_asked_once(node, monkeypatch):
+    """ConfigCheck costs a round trip per program per write: a process that answered it has no
+    check_config (``unchecked``) is not asked again; Picky and Easy have none."""
+    from otpy.node import config_sync
+
+    asked, ask = [], config_sync._check_one
+
+    async def counted(context, node_name, child, overlay):
+        asked.append(child)
+        return await ask(context, node_name, child, overlay)
+
+    monkeypatch.setattr(config_sync, "_check_one", counted)
+    for k in (3, 4, 3):
+        assert node.set_variables("global", {"k": k}).ok
+    assert sorted(asked) == ["easy", "picky"], asked

@@ -368,10 +368,11 @@ class CallServer:
 
     def _check_config(self, peer, call_id: int, overlay: dict[str, dict[str, Any]]) -> None:
         """A ConfigCheck's answer, on a thread of its own: the config watcher's ``check`` (the
-        program's ``check_config`` over the configuration as it would be); ``ok`` without one."""
+        program's ``check_config`` over the configuration as it would be); ``unchecked`` without
+        a config watcher (no configuration to follow)."""
         try:
             check = getattr(getattr(self.config_sync, "__self__", None), "check", None)
-            state = check(overlay) if check is not None else "ok"
+            state = check(overlay) if check is not None else "unchecked"
             reply = ENCODER.encode(Reply(call_id=call_id, outputs={"config": state}))
         except BaseException as exc:
             reply = ENCODER.encode(CallFailed(call_id=call_id, kind="raised", error_type="CallError",

@@ -221,14 +221,15 @@ class ConfigWatcher(threading.Thread):
     def check(self, overlay: dict[str, dict[str, Any]]) -> str:
         """Would the program run the configuration it would have with ``overlay`` written (asked by
         the node before it stores a write: ``ConfigCheck``)? ``ok`` (the same configuration as it
-        runs, no ``check_config``, or it returned), ``refused: WHY`` (``check_config`` raised
+        runs, or ``check_config`` returned), ``unchecked`` (the program has no ``check_config``:
+        the node does not ask this process again), ``refused: WHY`` (``check_config`` raised
         ``ConfigRefused``, or anything else: a check that fails does not let the write through)
         or ``unavailable`` (the registry did not answer). Nothing changes, here or in the registry."""
         from ..wire.registry_protocol import RegistryRefusal, Resolve
 
         check_config = getattr(self.program, "check_config", None)
         if not callable(check_config) or getattr(check_config, "__func__", None) is Program.check_config:
-            return "ok"  # the default accepts everything: no need to resolve
+            return "unchecked"  # the default accepts everything: no need to resolve
         try:
             client = RegistryClient(RegistryDealer(self.node, self.agent.context), RESOLVE_TIMEOUT)
             reply = client.ask(Resolve(child=self.child, chain=chain(), overlay=overlay))

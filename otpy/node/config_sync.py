@@ -40,10 +40,15 @@ Listeners = list[Callable[[NodeEvent], None]]
 def followers(root: Supervisor, scope: str) -> Iterator[str]:
     """The running program children whose configuration ``scope`` is part of: a child's
     chain is its own id, its supervisors up to the root, and ``global``."""
+    yield from (child_id for child_id, _ in _followers(root, scope, ("global",)))
+
+
+def follower_pids(root: Supervisor, scope: str) -> Iterator[tuple[str, int | None]]:
+    """``followers``, each with its pid."""
     yield from _followers(root, scope, ("global",))
 
 
-def _followers(sup: Supervisor, scope: str, above: tuple[str, ...]) -> Iterator[str]:
+def _followers(sup: Supervisor, scope: str, above: tuple[str, ...]) -> Iterator[tuple[str, int | None]]:
     chain = (sup.spec.id, *above)
     for child_id in sup.machine.order:
         child = sup.machine.children.get(child_id)
@@ -54,7 +59,7 @@ def _followers(sup: Supervisor, scope: str, above: tuple[str, ...]) -> Iterator[
                 yield from _followers(found, scope, chain)
         elif child_id != REGISTRY_ID and isinstance(child.running, ChildSpec) and child.running.program:
             if scope == child_id or scope in chain:
-                yield child_id
+                yield child_id, child.pid
 
 
 REFUSED = "refused: "  # an agent's answer when its on_config refused the values: REFUSED + why
@@ -95,19 +100,24 @@ async def sync_configs(node: str, ids: list[str], listeners: Listeners, timeout:
 _call_ids = itertools.count(1)
 
 
+UNCHECKED = "unchecked"  # an agent's answer to ConfigCheck when its program has no check_config
+
+
 async def check_configs(node: str, ids: list[str], overlay: dict[str, dict], timeout: float = SYNC_TIMEOUT
-                        ) -> dict[str, str]:
+                        ) -> tuple[dict[str, str], list[str]]:
     """Ask each of ``ids`` whether its program would run the configuration it would have with
-    ``overlay`` written (``ConfigCheck``): those that refuse (id -> why). A child that does not
-    answer within ``timeout`` (or cannot: it is restarting) does not refuse; the write's sync
-    hears of it again."""
+    ``overlay`` written (``ConfigCheck``): those that refuse (id -> why), and those whose
+    program has no ``check_config`` (``UNCHECKED``: the node need not ask that process again).
+    A child that does not answer within ``timeout`` (or cannot: it is restarting) does not
+    refuse; the write's sync hears of it again."""
     if not ids:
-        return {}
+        return {}, []
     context = zmq.asyncio.Context.instance()
     states = await asyncio.gather(*(asyncio.wait_for(_check_one(context, node, child, overlay), timeout)
                                     for child in ids), return_exceptions=True)
-    return {child: state[len(REFUSED):] for child, state in zip(ids, states)
-            if isinstance(state, str) and state.startswith(REFUSED)}
+    refused = {child: state[len(REFUSED):] for child, state in zip(ids, states)
+               if isinstance(state, str) and state.startswith(REFUSED)}
+    return refused, [child for child, state in zip(ids, states) if state == UNCHECKED]
 
 
 async def _check_one(context, node: str, child: str, overlay: dict[str, dict]) -> str | None:

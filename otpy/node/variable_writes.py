@@ -59,7 +59,7 @@ from ..variables.placement import REGISTRY_ID, REGISTRY_PROGRAM
 from ..variables.scopes import ScopedValues, spaces_from_topology
 from ..variables.types import VariableError
 from ..wire.protocol import Change, Outcome
-from .config_sync import SYNC_TIMEOUT, Listeners, Synced, check_configs, followers, sync_configs
+from .config_sync import SYNC_TIMEOUT, Listeners, Synced, check_configs, follower_pids, followers, sync_configs
 from .supervisor import Supervisor
 
 log = logging.getLogger("otpy")
@@ -138,6 +138,7 @@ class VariableWrites:
         self._root = root
         self._caller = None  # an otpy.Caller to the registry, made at the first write
         self.lock = asyncio.Lock()  # writes change the shared values and the tree
+        self._unchecked: dict[str, int] = {}  # child id -> the pid of its process without check_config
 
     def registry_problems(self, spec, replacing: str | None = None) -> list[str]:
         """A spec from the wire may neither replace the node's registry nor add another one: the
@@ -275,8 +276,11 @@ class VariableWrites:
         root = self._root()
         if root is None:
             return {}
-        ids = list(dict.fromkeys(child for scope in config for child in followers(root, scope)))
-        return await check_configs(self.node, ids, config)
+        pids = {child: pid for scope in config for child, pid in follower_pids(root, scope)}
+        ids = [child for child, pid in pids.items() if pid is None or self._unchecked.get(child) != pid]
+        refused, unchecked = await check_configs(self.node, ids, config)
+        self._unchecked.update((child, pids[child]) for child in unchecked)  # that process has no check_config
+        return refused
 
     async def _read_back(self, config: dict[str, dict[str, Any]], versions: dict[str, dict[str, int]],
                          error: Exception):

@@ -107,7 +107,9 @@ class ConfigCheck(Message):
     it would have with ``overlay`` (``{scope: {name: value}}``) written? The agent resolves it
     (the registry's ``resolve`` with the overlay: nothing stored) and asks its program's
     ``check_config``, which changes nothing. ``Reply.outputs`` is ``{"config": "ok" | "refused:
-    WHY" | "unavailable"}``: a refusal makes the node refuse the write."""
+    WHY" | "unchecked" | "unavailable"}``: a refusal makes the node refuse the write;
+    ``unchecked`` says the program has no ``check_config`` (the node need not ask that process
+    again)."""
 
     call_id: int
     overlay: dict[str, dict[str, Any]] = {}
