@@ -330,3 +330,27 @@ def test_over_max_rss_the_calls_waiting_behind_are_resent_not_lost(tmp_path):
         release.touch()
         node.stop()
     assert [a["i"] for a in answers] == list(range(5)) and all(a["pid"] != pid for a in answers)
+
+
+def test_over_max_rss_with_variables_the_exit_logs_no_traceback(tmp_path, capfd):
+    """The exit over ``max_rss`` ends the context the config watcher's thread polls: the child
+    says why it exits, and nothing else (before: a ``ContextTerminated`` traceback)."""
+    import otpy
+    from tests.helpers import Events, unique_name
+
+    name = unique_name("guard")
+    path = tmp_path / "t.toml"
+    path.write_text(f'[node]\nname = "{name}"\n[supervisor]\n[[supervisor.children]]\nid = "grows"\n'
+                    'program = "tests.call_guard_agents:Grows"\nmax_rss = 80\n'
+                    '[variables.global]\nx = { type = "integer", low = 0, high = 9, default = 1 }\n')
+    node = otpy.Node.from_toml(path).start()
+    events = Events(node)
+    try:
+        assert "pid" in node.call("grows", {"mib": 100}, timeout=20)
+        assert "exit status 76" in events.wait("exited", "grows")["detail"]
+        events.wait("started", "grows")
+    finally:
+        node.stop()
+    err = capfd.readouterr().err
+    assert "is over max_rss" in err
+    assert "Traceback" not in err and "ContextTerminated" not in err, err
