@@ -512,6 +512,8 @@ def lazy_module(folder, value: int, unseen: bool = False) -> None:
     path.write_text(f"V = {value}\n")
     if unseen:
         stamp = before
+        for cached in (folder / "__pycache__").glob("lazy_module.*"):  # Python's own check is stat's too
+            cached.unlink()
     else:
         stamp = before + 1_000_000_000 if before else os.stat(path).st_mtime_ns - 60_000_000_000
     os.utime(path, ns=(stamp, stamp))
@@ -568,3 +570,27 @@ def test_a_reload_that_changes_only_standby_keeps_the_child(folder):
         os.kill(child, signal.SIGKILL)  # restarted from the new spec: no standby made
         events.wait("started", "a", timeout=20)
         assert child_of(node).standby == 0 and standbys(node) == []
+
+
+def test_the_kernels_word_on_a_standby():
+    import subprocess
+    import types
+
+    from otpy.processes.linux import proc_stat
+    from otpy.processes.standby_checks import unusable
+
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        child = types.SimpleNamespace(pid=proc.pid, start_time=proc_stat(proc.pid).start_time)
+        assert unusable(child) == ""
+        os.kill(proc.pid, signal.SIGSTOP)
+        wait_until(lambda: psutil.Process(proc.pid).status() == psutil.STATUS_STOPPED, 10, "stopped")
+        assert unusable(child) == "stopped"
+        assert unusable(types.SimpleNamespace(pid=proc.pid, start_time=child.start_time + 1)) == "gone"  # a reused pid
+        os.kill(proc.pid, signal.SIGKILL)
+        wait_until(lambda: psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE, 10, "a zombie")
+        assert unusable(child) == "dead"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert unusable(child) == "gone"

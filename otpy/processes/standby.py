@@ -4,14 +4,17 @@ A child with ``standby = N`` (``ChildSpec.standby``, program children only) has 
 standbys: processes the zygote forked like the child (``Spawn.standby``), which instantiated
 the program, resolved its configuration, ran ``setup()``, bound their call socket at a spare
 path, and wait (``agent.standby_wait``). Their notify fd is a socket pair: the node writes
-``TAKEN``, ``GO``, ``SYNC``, or closes it (EOF: retired); they write ``STANDBY`` (with their
-program's source files as the zygote saw them at the fork), ``STALE``, ``SYNCED``, ``RETIRE``
-(a request to go), and READY after a GO.
+``TAKEN``, ``GO``, ``SYNC``, or closes it (EOF: retired); they write ``STANDBY`` (with every
+program source file their process holds: as the zygote saw it at the fork, or, imported in
+``setup()``, as it was then: ``processes.sources`` ``listing``), ``STALE``, ``SYNCED``,
+``RETIRE`` (a request to go), and READY after a GO.
 
 ``ProcessManager.spawn`` asks the pool first (``promote``): a ready standby made for exactly
 this spec and environment, by the current zygote generation, that is not resolving new values
-(a ``SYNC`` pending is waited for) takes the name instead of a fork and a ``setup()``. The node
-stats its source files itself (the zygote's own check before a fork), renames its socket into
+(one with a ``SYNC`` pending is passed over: a start never waits on a standby), and that the
+kernel shows alive, not dying, not stopped (``standby_checks``: its pidfd, ``/proc``; the zygote's
+report of a death comes one hop later), takes the name instead of a fork and a ``setup()``. The
+node stats its source files itself (the zygote's own check before a fork), renames its socket into
 the child's path and writes ``TAKEN``: READY at once, no round trip. (A standby whose line could
 not list its files is asked instead: ``GO``, it checks them itself, renames, says READY, or
 refuses with ``STALE``.) Code changed on disk: the start goes the ordinary way, to a new zygote
@@ -26,7 +29,10 @@ one warning, charges no intensity, and is not retried until the child's next sta
 to its zygote: its death takes the standby with it (the ordinary ``lost`` path), and it dies
 with the node. The supervisor retires the standbys of a child stopped for good (``retire_all``).
 A variable write asks them to resolve again (``sync``) before it returns, as running programs
-do; a child's exit for new values (75) does too, before its restart's take-over (``follow``).
+do, waiting ``SYNC_TIMEOUT`` at most for each (then it is killed and made again); a child's exit
+for new values (75) does too (``follow``). One whose ``on_config`` refused the new values asks
+to go and is made again with the stored ones. ``otpy reload --code`` renews them all
+(``renew``); a reload that changes only ``standby`` resizes them (``resize``).
 """
 
 from __future__ import annotations
@@ -36,7 +42,6 @@ import collections
 import json
 import logging
 import os
-import select
 from typing import Any, Callable
 
 import msgspec
@@ -46,6 +51,7 @@ from ..agent.notify import EXIT_CONFIG_CHANGED
 from ..host.runtime_dir import agent_socket_path
 from ..specs.model import ChildSpec
 from .child import ChildProcess
+from .standby_checks import changed as _changed, private_kib as _private_kib, unusable as _unusable
 
 log = logging.getLogger("otpy")
 
@@ -303,9 +309,10 @@ class StandbyPool:
             standbys.remove(standby)
         if not standbys:
             self._by_id.pop(standby.spec.id, None)
-        if not standby.taken and standby.child.pid:  # its spare socket's file, if it left it (SIGKILL)
+        pid = standby.child.pid  # its spare socket's file, if it left it (SIGKILL); not if its pid is
+        if not standby.taken and pid and not os.path.exists(f"/proc/{pid}"):  # another process's already
             try:
-                os.unlink(spare_socket_path(self._manager.node_name, standby.child.pid))
+                os.unlink(spare_socket_path(self._manager.node_name, pid))
             except OSError:
                 pass
         if standby.state != "ready" or self._manager._closing:
@@ -431,46 +438,6 @@ def _same_but_count(made_for: ChildSpec, spec: ChildSpec) -> bool:
                                 and msgspec.structs.replace(made_for, standby=spec.standby) == spec)
 
 
-PF_EXITING = 0x4  # /proc/PID/stat field 9 (flags): the process is in its exit
-SIGKILL_BIT = 1 << (9 - 1)  # SIGKILL in /proc/PID/status's SigPnd / ShdPnd masks
-
-
-def _unusable(child: ChildProcess) -> str:
-    """Why the kernel says a standby cannot take over ("" if it can): dead (its pidfd is
-    readable, it is a zombie), gone (reaped: its pid may be reused), dying (a SIGKILL pending,
-    or in its exit), or stopped. The zygote's report of a death comes one hop later: it is not
-    waited for."""
-    pid = child.pid
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return "gone"
-    try:
-        exited = bool(select.select([pidfd], [], [], 0)[0])
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-        with open(f"/proc/{pid}/status", "rb") as f:
-            status = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
-    except (OSError, ValueError):
-        return "gone"
-    finally:
-        os.close(pidfd)
-    try:
-        state, flags, start_time = fields[0].decode(), int(fields[6]), int(fields[19])
-        pending = int(status[b"SigPnd"].strip(), 16) | int(status[b"ShdPnd"].strip(), 16)
-    except (IndexError, KeyError, ValueError):
-        return "gone"
-    if child.start_time is not None and start_time != child.start_time:
-        return "gone"
-    if exited or state in "ZXx":
-        return "dead"
-    if pending & SIGKILL_BIT or flags & PF_EXITING:
-        return "dying"
-    if state in "Tt":
-        return "stopped"
-    return ""
-
-
 def _sources(text: str) -> list[tuple[str, int, int]] | None:
     """A STANDBY line's source files, or None if it cannot be read (the node then asks)."""
     try:
@@ -478,29 +445,3 @@ def _sources(text: str) -> list[tuple[str, int, int]] | None:
         return [(str(path), int(mtime), int(size)) for path, mtime, size in files]
     except (ValueError, TypeError):
         return None
-
-
-def _changed(sources: list[tuple[str, int, int]]) -> str:
-    """Why the program's code changed on disk since the standby's fork ("" if it did not):
-    the zygote's own check (``processes.sources``), made here."""
-    for path, mtime, size in sources:
-        try:
-            info = os.stat(path)
-        except OSError:
-            return f"{path} is gone"
-        if (info.st_mtime_ns, info.st_size) != (mtime, size):
-            return f"{path} changed"
-    return ""
-
-
-def _private_kib(pid: int) -> int:
-    """``Private_Clean + Private_Dirty`` of ``pid`` in kB (0 if it cannot be read)."""
-    total = 0
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                    total += int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-    return total
