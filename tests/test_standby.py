@@ -594,3 +594,34 @@ def test_the_kernels_word_on_a_standby():
         proc.kill()
         proc.wait()
     assert unusable(child) == "gone"
+
+
+TEMPLATE_TOML = """
+[node]
+name = "{name}"
+
+[[supervisor.children]]
+id = "dyn"
+type = "dynamic_supervisor"
+  [supervisor.children.templates.w]
+  program = "standby_program:Counted"
+  standby = 1
+  replicas = 1
+  env = {{ STANDBY_LOG = "{log}" }}
+"""
+
+
+def test_a_reload_that_changes_only_a_templates_standby_keeps_its_replicas(folder):
+    path = folder / "topology.toml"
+    path.write_text(TEMPLATE_TOML.format(name=unique_name("standby-tpl"), log=folder / "log"))
+    with otpy.Node.from_toml(path, on_output=lambda *_: None) as node:
+        def replica() -> otpy.ChildInfo:
+            return next(c for c in node.which_children("dyn") if c.id == "w-1")
+
+        wait_until(lambda: replica().standby == 1, 20, "a standby")
+        child = replica().pid
+        path.write_text(path.read_text().replace("standby = 1", "standby = 2"))
+        result = node.reload(str(path))
+        assert result.ok and [c.action for c in result.changes] == ["update"]
+        wait_until(lambda: replica().standby == 2, 20, "two standbys")
+        assert replica().pid == child
