@@ -24,18 +24,16 @@ def unusable(child: Any) -> str:
         return "gone"
     try:
         exited = bool(select.select([pidfd], [], [], 0)[0])
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-        with open(f"/proc/{pid}/status", "rb") as f:
-            status = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
-    except (OSError, ValueError):
+        fields = _read(f"/proc/{pid}/stat").rpartition(b")")[2].split()
+        status = _read(f"/proc/{pid}/status")
+    except OSError:
         return "gone"
     finally:
         os.close(pidfd)
     try:
         state, flags, start_time = fields[0].decode(), int(fields[6]), int(fields[19])
-        pending = int(status[b"SigPnd"].strip(), 16) | int(status[b"ShdPnd"].strip(), 16)
-    except (IndexError, KeyError, ValueError):
+        pending = _mask(status, b"\nSigPnd:") | _mask(status, b"\nShdPnd:")
+    except (IndexError, ValueError):
         return "gone"
     if child.start_time is not None and start_time != child.start_time:
         return "gone"
@@ -46,6 +44,20 @@ def unusable(child: Any) -> str:
     if state in "Tt":
         return "stopped"
     return ""
+
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 8192)
+    finally:
+        os.close(fd)
+
+
+def _mask(status: bytes, key: bytes) -> int:
+    """A signal mask of ``/proc/PID/status`` (hex), by its ``key`` (ValueError if it is not there)."""
+    start = status.index(key) + len(key)
+    return int(status[start:status.index(b"\n", start)], 16)
 
 
 def changed(sources: list[tuple[str, int, int]]) -> str:
