@@ -39,7 +39,6 @@ class Bootstrap:
         self.zygote_pid = zygote_pid
         self.devnull = devnull
         self.stale = stale  # the zygote's check of its program sources: why they changed on disk, or ""
-        self.last_request: bytes | None = None  # the zygote's last program start (its spare touches its pages)
 
     def run_program(self, request: Spawn, notify: int, out: int, err: int) -> NoReturn:
         try:
@@ -63,8 +62,6 @@ class Bootstrap:
         node = os.environ.get("OTPY_NODE")
         set_title(f"otpy: {node} spare", SPARE_NAME)
         warm = WarmSocket(node) if node else None
-        if self.last_request is not None:
-            _touch_a_start(self.last_request)
         data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, len(CHILD_FDS))
         control.close()
         if not data:  # retired
@@ -131,25 +128,6 @@ class Bootstrap:
         os.environ.update(request.env)
         if spec.cwd:
             os.chdir(spec.cwd)
-
-
-def _touch_a_start(data: bytes) -> None:
-    """Copy now, while the spare waits, pages every start writes (after the fork they are the
-    zygote's, shared copy-on-write): the request's decoder, the program's lookup (imported by the
-    zygote already), a ``Shutdown``, the environment. Nothing of the program runs."""
-    from .program import import_target
-    from .shutdown import Shutdown
-
-    try:
-        request = TO_ZYGOTE.decode(data)
-        if request.spec.program:
-            import_target(request.spec.program)
-        shutdown = Shutdown()
-        os.close(shutdown.fd)
-        os.close(shutdown._write_fd)
-        dict(os.environ)
-    except BaseException:
-        pass  # only a warm-up: the start itself says what is wrong
 
 
 def _take_title(child_id: str) -> None:

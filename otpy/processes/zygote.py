@@ -110,25 +110,7 @@ class Zygote:
             case Spawn() as request:
                 self.spawn(request, data, fds)
                 self.ensure_spare()
-                self.prefault(data)
         return True
-
-    def prefault(self, data: bytes) -> None:
-        """After a fork every page of ours is copy-on-write again (shared with the new spare): touch
-        now, while idle, what the next restart touches (a request's decoding, the source check, the
-        program's lookup, the replies' encoding, the children's list), so that the page copies are
-        made here, not on its path. Nothing is sent, started or reaped."""
-        request = TO_ZYGOTE.decode(data)
-        if not request.spec.program or self.sources.stale:
-            return
-        self.sources.check()
-        try:
-            import_target(request.spec.program)  # imported already (``preload``): a lookup
-        except BaseException:
-            pass
-        ENCODER.encode(Exited(pid=0, status=0))
-        ENCODER.encode(Spawned(request_id=request.request_id, pid=0))
-        self.children()
 
     def send(self, message) -> None:
         self.send_raw(ENCODER.encode(message))
@@ -248,7 +230,6 @@ class Zygote:
             self.spare.close()  # forked before the program was imported: it exits by itself
             self.spare = None
         spare, self.spare = self.spare, None
-        self.bootstrap.last_request = data  # the next spare touches a start's pages with it (``Bootstrap``)
         if spare is not None:
             try:
                 return spare.assign(data, notify, out, err)
