@@ -29,6 +29,8 @@ def test_restart_latency_runs_and_writes_every_series(tmp_path):
     for series in ("program", "command", "program_floor_fork", "command_floor_exec"):
         assert set(result[series]) >= KEYS
         assert result[series]["p50_ms"] > 0
+    slices = result["floor_fork_slices_p50_ms"]  # the floor is the quietest of three slices of the run
+    assert len(slices) == 3 and result["program_floor_fork"]["p50_ms"] == min(slices)
 
 
 @pytest.mark.timeout(120)
