@@ -163,6 +163,20 @@ def test_a_bound_and_knob_write_the_new_target_refuses_stores_nothing(checked):
     assert running(checked)["bound"]["program"] == "Strict"
 
 
+def test_expected_version_goes_through_the_node_and_its_checks(checked):
+    """Before: --expected-version wrote the registry directly: a refused value stored, exit 0."""
+    before = running(checked)
+    refused = vars_cli(checked, "set", "--expected-version", "0", "global.k", "0")
+    assert refused.exit_code == 1, refused.output
+    assert "child 'checked' refused the new values: k: got 0" in refused.output
+    assert stored(checked, "global.k")["version"] == 0 and running(checked) == before
+    lost = vars_cli(checked, "set", "--expected-version", "7", "global.k", "3")
+    assert lost.exit_code == 1 and "expected version 7, but the current version is 0" in lost.output, lost.output
+    won = vars_cli(checked, "set", "--expected-version", "0", "global.k", "3")
+    assert won.exit_code == 0, won.output
+    assert stored(checked, "global.k")["value"] == 3 and running(checked)["checked"]["k"] == 3
+
+
 def test_a_dry_run_asks_the_programs_too(checked):
     before = running(checked)
     dry = vars_cli(checked, "set", "--dry-run", "global.k", "0")

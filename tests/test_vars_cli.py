@@ -75,17 +75,22 @@ def test_a_bound_variable_is_set_through_the_node_not_refused(node):
     run(node, "set", "global.classifier", "pkg.a:KNN")
 
 
-def test_expected_version_is_the_registry_compare_and_set_and_refuses_a_bound_variable(node):
-    refused = run(node, "set", "global.classifier", "pkg.a:SVM", "--expected-version", "0")
-    assert refused.exit_code == 1
-    assert "refused (bound)" in refused.output and "drop it" in refused.output
-    assert "otpy vars set global.classifier VALUE" in refused.output
+def test_expected_version_is_a_compare_and_set_through_the_node(node):
+    """--expected-version goes through the node (adversary-17b finding 1: it wrote the registry
+    directly, skipping the programs' checks), a bound variable too."""
+    current = json.loads(run(node, "get", "global.classifier", "--json").output)["version"]
+    stale = run(node, "set", "global.classifier", "pkg.a:SVM", "--expected-version", str(current + 7))
+    assert stale.exit_code == 1, stale.output
+    assert f"expected version {current + 7}, but the current version is {current}" in stale.output
+    written = run(node, "set", "global.classifier", "pkg.a:SVM", "--expected-version", str(current))
+    assert written.exit_code == 0, written.output
+    assert value_of(node, "global.classifier") == "pkg.a:SVM"
+    run(node, "set", "global.classifier", "pkg.a:KNN")
     current = json.loads(run(node, "get", "global.temperature", "--json").output)["version"]
     written = run(node, "set", "global.temperature", "0.75", "--expected-version", str(current))
-    assert written.exit_code == 0, written.output
-    assert written.output.startswith("global.temperature = 0.75 (version ")
+    assert written.exit_code == 0 and written.output.startswith("set global.temperature "), written.output
     stale = run(node, "set", "global.temperature", "0.8", "--expected-version", str(current))
-    assert stale.exit_code == 1 and "refused (conflict)" in stale.output
+    assert stale.exit_code == 1 and "expected version" in stale.output
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(node):

@@ -10,8 +10,8 @@
 ``RegistryClient`` over an ``otpy.Caller`` of the node. ``set`` asks the node
 (``set_variables``): it makes the running tree match the value (a bound child reconfigured,
 started or stopped) and only then stores it, and the command prints what changed.
-``--expected-version`` is a compare-and-set the registry does itself, so it cannot set a
-bound variable (refused: ``bound``). Exit codes as ``otpy``'s: 0 success, 1 refused or failed
+``--expected-version`` goes through the node too: the registry's compare-and-set, made in the
+node's commit (the programs asked first, the tree made to match). Exit codes as ``otpy``'s: 0 success, 1 refused or failed
 (the reason is printed, naming the child for a start that failed), 2 usage.
 """
 
@@ -34,7 +34,7 @@ from ..wire.errors import CallError
 from ..wire.operations import ControlError
 from ..wire.protocol import Change, Outcome
 from ..wire.registry_protocol import (
-    Explain, GetSpace, GetValue, ListValues, RegistryRefusal, RegistryRequest, SetValue,
+    Explain, GetSpace, GetValue, ListValues, RegistryRefusal, RegistryRequest,
 )
 from . import set_values
 from .exits import local_only, node_or_exit
@@ -127,7 +127,7 @@ def _cell(value: Any) -> str:
 @click.option("--dry-run", is_flag=True, help="Print what setting it would change; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the changes as JSON.")
 @click.option("--expected-version", type=Count(0),
-              help="Compare-and-set in the registry: only if this is the current version (not for a bound variable).")
+              help="Compare-and-set: only if this is the variable's current version (0: never set).")
 @node_options
 def set_(variable: str, values: tuple[str, ...], dry_run: bool, as_json: bool, expected_version: int | None,
          node_name: str | None) -> None:
@@ -140,16 +140,15 @@ def set_(variable: str, values: tuple[str, ...], dry_run: bool, as_json: bool, e
     scope, texts = _assignments(node_name, variable, values)
     parsed = set_values.parse(texts, lambda: _declared(node_name, scope), lambda problem: _fail(f"vars set {scope}.{problem}"))
     variable = f"{scope}.{next(iter(parsed))}" if len(parsed) == 1 else scope
+    expected = None
     if expected_version is not None:
         if len(parsed) != 1:
             _usage("--expected-version sets one variable: give SCOPE.NAME VALUE")
-        ((name, value),) = parsed.items()
-        _compare_and_set(node_name, SetValue(scope=scope, name=name, value=value,
-                                             expected_version=expected_version, dry_run=dry_run))
-        return
+        expected = {scope: {next(iter(parsed)): expected_version}}
     if problem := set_values.too_big(scope, parsed, dry_run):
         _fail(f"vars set {variable}: {problem}")
-    outcome = _set_through_node(node_name, scope, parsed, dry_run)
+    outcome = (_set_through_node(node_name, scope, parsed, dry_run) if expected is None
+               else _compare_and_set(node_name, scope, parsed, dry_run, expected))
     if not outcome.ok:
         _fail(f"vars set {variable}: {outcome.detail or outcome.outcome} ({outcome.outcome})")
     if outcome.detail:  # stored, and something to know: programs that did not confirm running it
@@ -191,13 +190,15 @@ def _set_through_node(node_name: str | None, scope: str, values: dict[str, Any],
             _fail(f"vars set: {exc}")
 
 
-def _compare_and_set(node_name: str | None, request: SetValue) -> None:
-    """``--expected-version``: the registry's own compare-and-set (a bound variable is refused:
-    the tree would not follow it)."""
-    written = _ask(node_name, request, bound_hint=" (--expected-version writes the registry directly; drop it to "
-                   "set the variable through the node)")
-    dry = " (dry run: nothing changed)" if request.dry_run else ""
-    click.echo(f"{request.scope}.{request.name} = {json.dumps(request.value)} (version {written.version}){dry}")
+def _compare_and_set(node_name: str | None, scope: str, values: dict[str, Any], dry_run: bool,
+                     expected: dict[str, dict[str, int]]) -> Outcome:
+    """``--expected-version``: the same write through the node, with the registry's
+    compare-and-set made in the node's commit (``expected``: ``{scope: {name: version}}``)."""
+    with Client(node_or_exit(node_name), timeout=SET_TIMEOUT) as client:
+        try:
+            return client.set_variables(scope, values, dry_run=dry_run, expected=expected)
+        except (ControlError, TimeoutError, NodeStale) as exc:
+            _fail(f"vars set: {exc}")
 
 
 @vars_group.command()

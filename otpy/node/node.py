@@ -225,9 +225,9 @@ class AsyncNode(Operations):
                 return _reply(rid, await reload_topology(self, request))
             case Reconfigure():
                 return _reply(rid, await self._reconfigure(request))
-            case SetVariables(scope=scope, values=values, dry_run=dry_run, scopes=scopes):
+            case SetVariables(scope=scope, values=values, dry_run=dry_run, scopes=scopes, expected=expected):
                 config = {**scopes, scope: {**scopes.get(scope, {}), **values}} if scope or values else scopes
-                return _reply(rid, await self._set_variables(config, dry_run))
+                return _reply(rid, await self._set_variables(config, dry_run, expected))
             case Announce(kind=kind, detail=detail):
                 return _reply(rid, self._announce(kind, detail))
             case GetStatus():
@@ -292,11 +292,12 @@ class AsyncNode(Operations):
             return clash
         return await sup.call(request)
 
-    async def _set_variables(self, config: dict[str, dict[str, Any]], dry_run: bool) -> Outcome:
+    async def _set_variables(self, config: dict[str, dict[str, Any]], dry_run: bool,
+                             expected: dict[str, dict[str, int]] | None = None) -> Outcome:
         """Set ``config`` (``{scope: {name: value}}``) once the tree runs it (``variable_writes``)."""
         if self.root.find(REGISTRY_ID) is None:
             return Outcome("not_found", detail="this node has no registry: declare [variables] in the topology")
-        return await self.writes.set(config, dry_run=dry_run)
+        return await self.writes.set(config, dry_run=dry_run, expected=expected)
 
     def _announce(self, kind: str, detail: str) -> Outcome:
         if not re.fullmatch(r"[a-z][a-z_]{0,39}", kind):

@@ -110,11 +110,13 @@ class Operations:
         """Replace the running child ``source`` by ``target`` (same id), make-before-break."""
         return self._ask(Reconfigure(0, sup or "", source, target), _outcome)
 
-    def set_variables(self, scope: str, values: dict[str, Any], *, dry_run: bool = False) -> Outcome:
+    def set_variables(self, scope: str, values: dict[str, Any], *, dry_run: bool = False,
+                      expected: dict[str, dict[str, int]] | None = None) -> Outcome:
         """Set ``values`` in the registry's ``scope``, all or nothing, once the running tree
         matches them; the outcome's ``changes`` say what changed (with ``dry_run``: the plan,
-        and nothing changes)."""
-        return self._ask(SetVariables(0, scope, values, dry_run), _outcome)
+        and nothing changes). ``expected``: ``{scope: {name: version}}`` (0: never set), a
+        compare-and-set in the same transaction as the commit."""
+        return self._ask(SetVariables(0, scope, values, dry_run, expected=expected or {}), _outcome)
 
     def set_config(self, config: dict[str, dict[str, Any]], *, dry_run: bool = False) -> Outcome:
         """Set ``config`` (``{scope: {name: value}}``: several scopes) in one all-or-nothing
