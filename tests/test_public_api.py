@@ -63,6 +63,7 @@ INTERNAL_ERRORS = {
     "AgentDraining": "a Caller resends such a call to the name's next holder; only hand-made clients see it",
     "AlreadyRunning": "the run lock's; Node.start raises NodeAlreadyRunning",
     "BoundWrite": "the registry's; answered as a refusal of kind bound",
+    "KeyFolderError": "otpy keys' (the CLI): a key folder that is not private or would be overwritten; one line, exit 2",
     "LogFolderError": "a log folder otpy may not write; Node.start raises NodeStartError with its text, the CLI one line",
     "Refused": "otpy.dspy's: an otpy.ConfigRefused (public) of a ModuleAgent's values; the write is undone",
     "PlanError": "a PipelineError (public): a manager's plan or args, raised in its agent (callers see "

@@ -544,7 +544,9 @@ def test_reload_code_does_not_promote_a_standby_made_from_the_old_code(folder):
         assert ask(node)["lazy"] == 1
         lazy_module(folder, 2, unseen=True)  # reload --code serves the disk's code even so
         assert node.reload(str(path), code=True).ok
-        assert ask(node)["lazy"] == 2
+        # the old child may still answer a call already on its connection while it drains
+        # (make-before-break); a standby of the old code would answer 1 for ever
+        wait_until(lambda: ask(node)["lazy"] == 2, 10, "the disk's code served")
         assert wait_dead([spare], 10) == []
         wait_until(lambda: len(p := standbys(node)) == 1 and p[0] != spare and child_of(node).standby == 1,
                    20, "a new standby")
