@@ -26,7 +26,7 @@ from otpy.variables.types import (
     DocumentVariable, FloatVariable, VariableError, WireVariable, variable_from_table, variable_table,
 )
 from otpy.wire.registry_protocol import MAX_DOCUMENT_BYTES, MAX_WRITE_BYTES
-from tests.helpers import unique_name
+from tests.helpers import unique_name, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -201,16 +201,13 @@ def run(name: str, *args: str):
 
 
 def wait_for(check, timeout: float = 10.0, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while True:
+    """``wait_until``, a call that fails meanwhile (the agent is restarting) counting as not yet."""
+    def attempt():
         try:
-            if result := check():
-                return result
+            return check()
         except otpy.CallError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.01)
+            return None
+    return wait_until(attempt, timeout, what)
 
 
 def test_set_from_a_file_reaches_the_program_as_plain_data_and_survives_a_node_restart(tmp_path):

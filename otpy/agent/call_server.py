@@ -97,9 +97,10 @@ class CallServer:
         self.rebind = rebind
         self.cap: AgentConnectionCap | None = None  # made in serve, after READY
         self.complain = Complaints(lambda line: print(line, file=sys.stderr, flush=True))
-        # The config watcher's ``sync`` (a ConfigSync: resolve again, return once the program
-        # runs it); None when the child has no configuration to follow.
-        self.config_sync: Callable[[], str] | None = None
+        # The config watcher (``registry_link.ConfigWatcher``): its ``sync`` answers a ConfigSync
+        # (resolve again, return once the program runs it), its ``check`` a ConfigCheck; None when
+        # the child has no configuration to follow.
+        self.watcher: Any = None
 
     def new_config(self, config: dict[str, Any], done: Callable[..., None] | None = None) -> None:
         """Hand ``config`` to ``on_config``, in turn with the calls; then ``done(config, refused)``."""
@@ -226,7 +227,7 @@ class CallServer:
                     self.put_job(CallJob(peer, call))
             case ConfigCheck(call_id=call_id, overlay=overlay) if not self.draining and self.taken < self.capacity:
                 self.taken += 1  # answered through the replies, like a ConfigSync
-                threading.Thread(target=self._check_config, args=(peer, call_id, overlay), daemon=True,
+                threading.Thread(target=self._answer_config, args=(peer, call_id, "check", overlay), daemon=True,
                                  name="otpy-config-check").start()
             case ConfigSync(call_id=call_id) | ConfigCheck(call_id=call_id) if self.draining:
                 self._answer(peer, CallFailed(call_id=call_id, kind="draining", message="the agent is shutting down"))
@@ -235,7 +236,7 @@ class CallServer:
                                               message=f"{self.taken} calls taken, the most it holds"))
             case ConfigSync(call_id=call_id):
                 self.taken += 1  # answered through the replies, like a call: a drain waits for it
-                threading.Thread(target=self._sync_config, args=(peer, call_id), daemon=True,
+                threading.Thread(target=self._answer_config, args=(peer, call_id, "sync"), daemon=True,
                                  name="otpy-config-sync").start()
             case CallFailed() as failed:
                 self.complain(f"otpy: refused a call message: {failed.message}")
@@ -354,29 +355,20 @@ class CallServer:
                 if isinstance(exc, zmq.ZMQError):
                     return  # the socket or the context is gone: the loop's thread finds out
 
-    def _sync_config(self, peer, call_id: int) -> None:
-        """A ConfigSync's answer, on a thread of its own: it may wait for ``on_config``, which
-        runs in turn with the calls (with ``concurrency = 1``, on the loop's thread)."""
+    def _answer_config(self, peer, call_id: int, what: str, overlay: dict[str, dict[str, Any]] | None = None) -> None:
+        """A ConfigSync's (``what`` "sync") or a ConfigCheck's ("check") answer, on a thread of its
+        own: a sync may wait for ``on_config``, which runs in turn with the calls (with
+        ``concurrency = 1``, on the loop's thread); a check is the program's ``check_config`` over the
+        configuration as it would be. Without a config watcher: ``unchanged``, ``unchecked``."""
         try:
-            state = self.config_sync() if self.config_sync is not None else "unchanged"
+            if self.watcher is None:
+                state = "unchanged" if what == "sync" else "unchecked"
+            else:
+                state = self.watcher.sync() if what == "sync" else self.watcher.check(overlay)
             reply = ENCODER.encode(Reply(call_id=call_id, outputs={"config": state}))
         except BaseException as exc:
             reply = ENCODER.encode(CallFailed(call_id=call_id, kind="raised", error_type="CallError",
-                                              message=f"the configuration sync failed in otpy: {describe(exc)}"))
-        self.replies.put((peer, reply))
-        os.eventfd_write(self.wake, 1)
-
-    def _check_config(self, peer, call_id: int, overlay: dict[str, dict[str, Any]]) -> None:
-        """A ConfigCheck's answer, on a thread of its own: the config watcher's ``check`` (the
-        program's ``check_config`` over the configuration as it would be); ``unchecked`` without
-        a config watcher (no configuration to follow)."""
-        try:
-            check = getattr(getattr(self.config_sync, "__self__", None), "check", None)
-            state = check(overlay) if check is not None else "unchecked"
-            reply = ENCODER.encode(Reply(call_id=call_id, outputs={"config": state}))
-        except BaseException as exc:
-            reply = ENCODER.encode(CallFailed(call_id=call_id, kind="raised", error_type="CallError",
-                                              message=f"the configuration check failed in otpy: {describe(exc)}"))
+                                              message=f"the configuration {what} failed in otpy: {describe(exc)}"))
         self.replies.put((peer, reply))
         os.eventfd_write(self.wake, 1)
 

@@ -104,7 +104,7 @@ class StandbyWait:
     def watch(self, config: dict[str, Any], registry: str) -> None:
         """Follow the registry's changes while waiting (and after, once promoted)."""
         self.watcher = ConfigWatcher(self.program, self.relay, config, registry, self._config_restart)
-        self.server.config_sync = self.watcher.sync
+        self.server.watcher = self.watcher
         self.watcher.start()
         deadline = time.monotonic() + FOLLOW_TIMEOUT  # STANDBY only once no change can be missed
         while not self.watcher.following.wait(0.02) and not self._why_retire:

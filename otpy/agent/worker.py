@@ -84,7 +84,7 @@ class Worker:
                 server.add_thread()  # after READY, while the first caller is on its way
                 if config and not self.standby:
                     watcher = ConfigWatcher(program, server, config, self.registry, shutdown.request_config_restart)
-                    server.config_sync = watcher.sync
+                    server.watcher = watcher
                     watcher.start()
                 server.serve()
             _teardown(program)
