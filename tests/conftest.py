@@ -61,3 +61,33 @@ def control_dealers():
     for sock in made:
         sock.close(linger=0)
     context.term()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url():
+    """A PostgreSQL server's admin URL for the whole run: ``OTPY_TEST_POSTGRES`` (``.ci/run``
+    starts one), else a private server started here (tests/postgres_server.py). Skipped with
+    the reason only outside CI when PostgreSQL is not installed; in CI that is a failure."""
+    from tests.postgres_server import TEST_SERVER_ENV, PostgresServer, PostgresUnavailable
+
+    if url := os.environ.get(TEST_SERVER_ENV):
+        yield url
+        return
+    try:
+        server = PostgresServer.start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    try:
+        yield server.url()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url):
+    """A new, empty database of its own for this test: its URL."""
+    from tests.postgres_server import database_on
+
+    return database_on(postgres_admin_url)

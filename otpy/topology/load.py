@@ -81,6 +81,8 @@ class Topology:
     raw_optimizer: dict[str, Any] = field(default_factory=dict)
     raw_constraints: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     file_root: SupervisorSpec | None = None
+    registry_storage: str | None = None  # [registry] storage: None = the node's SQLite file
+    raw_cluster: dict[str, Any] = field(default_factory=dict)  # [cluster] as written (file, nodes)
 
     @property
     def declared_root(self) -> SupervisorSpec:
@@ -296,6 +298,8 @@ def parse_topology(
     try:
         # by keyword and only when there are some: a with_registry without constraints still works
         with_constraints = {"constraints": constraints} if constraints else {}
+        if file.registry.storage:
+            with_constraints["storage"] = file.registry.storage
         node_root = with_registry(root, file.variables, **with_constraints)
     except VariableError as exc:
         raise TopologyError(_format(source, [(None, problem) for problem in exc.problems])) from None
@@ -309,6 +313,8 @@ def parse_topology(
         raw_optimizer=file.optimizer,
         raw_constraints=constraints,
         file_root=root,
+        registry_storage=file.registry.storage,
+        raw_cluster=file.cluster.model_dump(exclude_defaults=True),
     )
     if check_imports and (machine := located_machine_problems(topology.declared_root, "supervisor")):
         raise TopologyError(_format(source, machine))

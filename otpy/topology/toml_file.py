@@ -224,6 +224,33 @@ SupervisorTable.model_rebuild()
 RootSupervisorTable.model_rebuild()
 
 
+class RegistryTable(Table):
+    """``[registry]``: where the variables' values live. ``storage``: none (the default) for the
+    node's own SQLite file, or ``"postgresql://USER:PASSWORD@HOST:PORT/DATABASE"`` for one
+    variable space shared by every node whose topology names that database
+    (``otpy.variables.registry``); checked by ``specs.values.registry_storage_problem``."""
+
+    storage: str | None = None
+
+
+class ClusterNodeTable(Table):
+    """``[cluster.nodes.NAME]``: another node this one calls (``AGENT@NAME``): its TCP endpoint
+    (the ``control_tcp`` it serves, CURVE only) and a keys folder holding its public key
+    ``server.key`` and this node's client secret key (as ``--keys DIR``; relative to the
+    topology file's folder)."""
+
+    endpoint: str
+    keys: str
+
+
+class ClusterTable(Table):
+    """``[cluster]``: the other nodes this node's agents may call, inline (``nodes``) or in a
+    cluster file (``file``, relative to the topology file's folder, of ``[nodes.NAME]`` tables)."""
+
+    file: str | None = None
+    nodes: dict[Name, ClusterNodeTable] = {}
+
+
 class TopologyFile(Table):
     """A whole ``topology.toml``."""
 
@@ -231,6 +258,8 @@ class TopologyFile(Table):
 
     node: NodeTable = NodeTable()
     logs: LogsTable = LogsTable()
+    registry: RegistryTable = RegistryTable()
+    cluster: ClusterTable = ClusterTable()
     supervisor: RootSupervisorTable
     variables: dict[str, dict[str, dict[str, Any]]] = {}
     constraints: dict[str, list[ConstraintTable]] = {}

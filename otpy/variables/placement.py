@@ -38,14 +38,15 @@ def events_endpoint(node_dir: str | os.PathLike | None = None) -> str | None:
 
 
 def with_registry(root: SupervisorSpec, variables: dict[str, dict[str, dict]],
-                  constraints: dict[str, list[dict]] | None = None) -> SupervisorSpec:
+                  constraints: dict[str, list[dict]] | None = None, storage: str | None = None) -> SupervisorSpec:
     """The root with the registry as its first child, when the topology declares variables.
 
     Checks the ``[variables]`` tables and the ``[constraints]`` first (VariableError naming
     ``variables.SCOPE.NAME`` or ``constraints.SCOPE[i]``; composites' and constraints'
     functions are imported here). The registry is told the **bound** variables, those the
     tree's fields are bound to (``otpy.specs.bindings.variables_of``): it stores a value of
-    one only when the node wrote it, reconciled. A child the user placed with id ``registry``
+    one only when the node wrote it, reconciled. ``storage``: ``[registry] storage`` (a
+    PostgreSQL URL shared by several nodes; None: the node's SQLite file). A child the user placed with id ``registry``
     is kept where it is and given the tables.
     """
     if not variables and not constraints:
@@ -55,6 +56,8 @@ def with_registry(root: SupervisorSpec, variables: dict[str, dict[str, dict]],
     args = {"variables": variables, "parents": parents, "bound": sorted(variables_of(root))}
     if constraints:
         args["constraints"] = constraints
+    if storage:
+        args["storage"] = storage  # [registry] storage: a PostgreSQL URL (else the node's SQLite file)
     if any(child.id == REGISTRY_ID for child in root.children):
         children = tuple(
             msgspec.structs.replace(child, args={**args, **child.args}) if child.id == REGISTRY_ID else child
