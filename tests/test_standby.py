@@ -627,3 +627,25 @@ def test_a_reload_that_changes_only_a_templates_standby_keeps_its_replicas(folde
         assert result.ok and [c.action for c in result.changes] == ["update"]
         wait_until(lambda: replica().standby == 2, 20, "two standbys")
         assert replica().pid == child
+
+
+def test_a_reconfigure_that_changes_only_standby_keeps_the_child(folder):
+    """As a reload does: the running child is kept and its hot standbys go or come to the count
+    (before, ``reconfigure`` replaced the child, make-before-break, for a change of standby)."""
+    import msgspec
+
+    path = folder / "topology.toml"
+    toml = VARIABLES_TOML.split("[variables")[0]
+    path.write_text(toml.format(name=unique_name("standby-reconf"), program="Counted", log=folder / "log"))
+    with otpy.Node.from_toml(path, on_output=lambda *_: None) as node:
+        wait_until(lambda: child_of(node).standby == 1, 20, "a standby")
+        child = child_of(node).pid
+        from otpy.topology.load import load_topology
+        declared = next(c for c in load_topology(str(path)).node.root.children if c.id == "a")
+        result = node.reconfigure("root", "a", msgspec.structs.replace(declared, standby=2))
+        assert result.ok and result.pid == child
+        wait_until(lambda: child_of(node).standby == 2 and len(standbys(node)) == 2, 20, "two standbys")
+        assert child_of(node).pid == child
+        assert node.reconfigure("root", "a", msgspec.structs.replace(declared, standby=0)).ok
+        wait_until(lambda: standbys(node) == [] and child_of(node).standby == 0, 20, "no standby")
+        assert child_of(node).pid == child

@@ -34,6 +34,7 @@ from ..processes.manager import ProcessManager, StartFailed
 from ..host.runtime_dir import node_dir, node_path_problem, node_sockets, socket_path_problem
 from ..specs.rules import id_problem, node_problems, replica_clash, replica_templates, reconfigure_problems, spec_problems, template_start_problems
 from ..specs.model import AnySpec, NodeSpec, SupervisorSpec, walk
+from ..supervision.spec_diff import Adopt, only_standby_changed
 from .supervisor import Supervisor
 from .variable_writes import VariableWrites, bound_variable_problems, stored_values
 from ..specs.bindings import variables_of
@@ -290,6 +291,11 @@ class AsyncNode(Operations):
         below = [sub.id for _, sub in walk(request.target)][1:]  # the target keeps the source's id
         if clash := self._id_clash(below, sup, replacing=request.source):
             return clash
+        child = sup.machine.children.get(request.source)
+        if child is not None and child.state == "running" and only_standby_changed(child.spec, request.target):
+            # as a reload: the child keeps running, its hot standbys go or come to the new count
+            outcome = await sup.call(Adopt(sup.spec, {request.source: request.target}))
+            return msgspec.structs.replace(outcome, pid=child.pid) if outcome.ok else outcome
         return await sup.call(request)
 
     async def _set_variables(self, config: dict[str, dict[str, Any]], dry_run: bool,
