@@ -2,11 +2,14 @@
 
     otpy keys new DIR [--name NAME] [--json]     a key pair NAME.key / NAME.key_secret in DIR
     otpy keys authorize NODE PUBLIC.key [--json] let that client in to local node NODE
+    otpy keys revoke NODE NAME [--json]          shut client NAME (NAME.key) out of it again
 
 A client needs, in one folder (``--keys DIR``), its own ``NAME.key_secret`` and the node's
 public key ``server.key`` (``curve/server.key`` in the node's folder). The node lets in the
-public keys in its ``curve/authorized/`` (``otpy.wire.curve``). Exit codes: 0 done, 2 refused
-(a folder or file otpy will not use or overwrite; the message names it).
+public keys in its ``curve/authorized/`` as that folder is at each handshake, so that a running
+node follows ``authorize`` and ``revoke`` at once (``otpy.wire.curve.AuthorizedKeys``). Exit
+codes: 0 done, 2 refused (a folder or file otpy will not use or overwrite, a key that is not
+there; the message names it).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import click
 
 from .exits import usage_exit
 from .options import checked_name, node_name_option
-from ..wire.curve import KeyFolderError, authorize as authorize_key, new_key_pair
+from ..wire.curve import KeyFolderError, authorize as authorize_key, new_key_pair, revoke as revoke_key
 
 
 @click.group("keys")
@@ -62,8 +65,7 @@ def new(folder: str, name: str, as_json: bool) -> None:
 def authorize(node: str, public: str, as_json: bool) -> None:
     """Let the client of PUBLIC.key (`otpy keys new` made it) reach local node NODE over TCP:
     the file is copied into the node's curve/authorized/ (0600; a key of that name already
-    there is not replaced). The node reads that folder when it starts: restart it to let the
-    new key in."""
+    there is not replaced). A running node lets it in at its next connection: no restart."""
     try:
         target = authorize_key(node, public)
     except (KeyFolderError, OSError) as exc:
@@ -71,5 +73,23 @@ def authorize(node: str, public: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"node": node, "authorized": str(target)}))
         return
-    click.echo(f"authorized: {target}\n(node {node!r} reads its authorized keys when it starts: restart it "
-               "to let this key in)")
+    click.echo(f"authorized: {target}\n(node {node!r} lets this key in from its next connection on, running or not)")
+
+
+@keys_group.command("revoke")
+@click.argument("node", callback=node_name_option)
+@click.argument("name", metavar="NAME")
+@click.option("--json", "as_json", is_flag=True, help="Print {node, revoked} as JSON.")
+def revoke(node: str, name: str, as_json: bool) -> None:
+    """Shut the client of key NAME (the file NAME.key in local node NODE's curve/authorized/)
+    out: the file is removed; a running node refuses that key's next handshake, and a
+    connection it already has gets no answer from then on."""
+    try:
+        target = revoke_key(node, name)
+    except (KeyFolderError, OSError) as exc:
+        usage_exit(f"otpy: keys revoke: {exc}")
+    if as_json:
+        click.echo(json.dumps({"node": node, "revoked": str(target)}))
+        return
+    click.echo(f"revoked: {target}\n(node {node!r} refuses this key from now on; a connection it has already gets "
+               "no answer)")

@@ -14,8 +14,12 @@ A client needs ``server.key`` and its own ``*.key_secret`` in one folder:
 ``otpy.connect(name, endpoint="tcp://host:port", keys=FOLDER)``, or ``--endpoint tcp://host:port
 --keys FOLDER`` on the command line (``client_keys_problem`` says what such a folder lacks).
 ``otpy keys new`` makes a client key pair (``new_key_pair``), ``otpy keys authorize`` copies its
-public key into a local node's ``authorized/`` (``authorize``): the node loads that folder when
-it starts.
+public key into a local node's ``authorized/`` (``authorize``), ``otpy keys revoke`` removes one
+(``revoke``). A running node sees both at once: its ZAP authenticator asks ``AuthorizedKeys``,
+which reads the folder's current keys (again only when the folder changed), at every CURVE
+handshake, and the node checks the key of every TCP request (and of every subscriber, before
+each remote event, ``node/remote_events``) against it: a revoked client's connection stays
+open, but nothing it sends is answered from then on.
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import zmq
 import zmq.auth
 
 from ..host.runtime_dir import RuntimeDirError, existing_node_dir, node_dir, private_dir
+from ..specs.model import name_problem
+
+TRUST_AFTER_NS = 2_000_000_000  # a folder changed less than 2 s ago is read again at every look (see AuthorizedKeys)
 
 
 def keys_dir(node: str) -> Path:
@@ -209,4 +217,107 @@ def authorize(node: str, public: str | os.PathLike) -> Path:
                              "rename the file you authorize") from None
     with os.fdopen(descriptor, "wb") as out:
         out.write(source.read_bytes())
+    return target
+
+
+class AuthorizedKeys:
+    """The public keys a node lets in: its ``curve/authorized/*.key`` as they are now.
+
+    ``callback`` is the credentials provider of ZeroMQ's ZAP authenticator
+    (``configure_curve_callback``): asked at each CURVE handshake. ``allows`` checks the
+    ``User-Id`` of a message (the z85 key the authenticator gave the connection) for the
+    requests and subscribers of a connection made before a revocation. The folder is read
+    again only when its stat changed (mtime, ctime, inode): a key added or removed (``otpy keys
+    authorize/revoke``, cp, mv, rm) changes it; one stat per look otherwise. A folder changed
+    within ``TRUST_AFTER_NS`` is read at every look, so that two changes within one tick of a
+    coarse file-system clock are both seen. A key file rewritten in place under the same name
+    is not a change of the folder: revoke it and authorize the new one. A file that is not a
+    regular file or not a public key is skipped; a folder that is gone lets nobody in."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self._stamp: tuple[int, int, int] | None = None
+        self._keys: frozenset[bytes] = frozenset()
+        self.generation = 0  # +1 each time a key is no longer there (see ``node/remote_events``)
+
+    def current(self) -> frozenset[bytes]:
+        """The z85 public keys allowed now."""
+        try:
+            info = os.stat(self.folder)
+        except OSError:
+            self._update(frozenset(), None)
+            return self._keys
+        stamp = (info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+        if stamp != self._stamp:
+            settled = time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > TRUST_AFTER_NS
+            self._update(_read_keys(self.folder), stamp if settled else None)
+        return self._keys
+
+    def _update(self, keys: frozenset[bytes], stamp: tuple[int, int, int] | None) -> None:
+        if self._keys - keys:
+            self.generation += 1
+        self._keys, self._stamp = keys, stamp
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP: may the client of z85 public key ``key`` in?"""
+        return key in self.current()
+
+    def allows(self, user_id: str | None) -> bool:
+        """Is the key a connection was let in with (its messages' ``User-Id``) still allowed?"""
+        return user_id is not None and user_id.encode("ascii", "replace") in self.current()
+
+
+def _read_keys(folder: Path) -> frozenset[bytes]:
+    keys = set()
+    try:
+        paths = list(folder.glob("*.key"))
+    except OSError:
+        return frozenset()
+    for path in paths:
+        try:
+            if not stat.S_ISREG(path.lstat().st_mode):
+                continue
+            public, _ = zmq.auth.load_certificate(path)
+        except Exception:  # unreadable, not a key file, removed meanwhile: not a key
+            continue
+        keys.add(public)
+    return frozenset(keys)
+
+
+def start_authenticator(context: zmq.Context, folder: str | os.PathLike):
+    """A started ZAP authenticator on ``context`` (an asyncio one's: ``AsyncioAuthenticator``)
+    that lets in the keys of ``folder`` (``curve/authorized``) as they are at each handshake;
+    returns ``(authenticator, keys)``: stop the first when done, ``keys.allows`` checks a
+    message's ``User-Id``."""
+    import zmq.asyncio
+
+    if isinstance(context, zmq.asyncio.Context):
+        from zmq.auth.asyncio import AsyncioAuthenticator as Authenticator
+    else:
+        from zmq.auth.thread import ThreadAuthenticator as Authenticator
+    keys = AuthorizedKeys(folder)
+    authenticator = Authenticator(context)
+    authenticator.start()
+    authenticator.configure_curve_callback(domain="*", credentials_provider=keys)
+    return authenticator, keys
+
+
+def revoke(node: str, name: str) -> Path:
+    """Remove the client key ``NAME.key`` (``NAME`` or ``NAME.key``) from local node ``node``'s
+    ``curve/authorized/``: a running node refuses that key's next handshake and drops its
+    connections' requests from then on. KeyFolderError, one line, naming what is there."""
+    stem = name.removesuffix(".key")
+    if problem := name_problem(stem, "key name"):
+        raise KeyFolderError(problem)
+    if existing_node_dir(node) is None:
+        raise KeyFolderError(f"no node {node!r} on this host (no folder of it in the runtime folder): revoke on "
+                             "the node's host")
+    authorized = keys_dir(node) / "authorized"
+    target = authorized / f"{stem}.key"
+    try:
+        target.unlink()
+    except FileNotFoundError:
+        there = sorted(p.stem for p in authorized.glob("*.key")) if authorized.is_dir() else []
+        raise KeyFolderError(f"node {node!r} has no authorized key {stem!r} (authorized: "
+                             f"{', '.join(there) or 'none'})") from None
     return target
