@@ -39,7 +39,7 @@ from ..wire.connections import ConnectionCap, connection_cap, prepare
 from .control_lanes import Lane, Supervisors, lane_of, parse_request, receive_bounded
 from .errors import NodeStartError
 from ..wire.protocol import ENCODER, MAX_REQUEST_BYTES, FromNode, Message, NodeEvent, Refused, StopNode, Stopping, ToNode
-from ..host.runtime_dir import control_endpoint, events_endpoint, node_dir
+from ..host.runtime_dir import control_endpoint, events_endpoint, node_dir, write_private
 from ..specs.model import NodeSpec
 from ..wire.codec import Complaints, Frames, WireError, describe, encode, return_big_buffers, trim_memory
 
@@ -92,6 +92,8 @@ class ControlServer:
         self._pub: zmq.Socket | None = None
         self._tcp: zmq.asyncio.Socket | None = None  # opt-in, CURVE only
         self._auth = None
+        self._gateway = None  # the call gateway, with the TCP endpoint
+        self._cap = 0
         self._tasks: list[asyncio.Task] = []  # the receive loops
         self._running: set[asyncio.Task] = set()  # one per request being answered
         self._lanes: dict[Lane, asyncio.Task] = {}  # each lane's last request
@@ -123,6 +125,9 @@ class ControlServer:
         if self.node.spec.control_tcp:
             self._open_tcp(self.node.spec.control_tcp)
         self._cap_connections(endpoint)
+        if self._tcp is not None:
+            self._open_gateway()
+        self._write_cluster()
         self._tasks.extend(asyncio.ensure_future(c.run()) for c in self._caps)
         self.node.listeners.append(self.publish)
         for sock in (self._router, self._tcp):
@@ -134,7 +139,7 @@ class ControlServer:
         listeners = [(self._router, control), (self._pub, events_endpoint(self.node.name))]
         if self._tcp is not None:  # as bound: a wildcard or port 0 resolved, so that unbind/bind find it
             listeners.append((self._tcp, self._tcp.getsockopt_string(zmq.LAST_ENDPOINT)))
-        cap = connection_cap(len(listeners))
+        cap = self._cap = connection_cap(len(listeners) + (self._tcp is not None))  # the call gateway's too
         for sock, endpoint in listeners:
             bind = (lambda s=sock, e=endpoint: self._bind_private(s, e)) if endpoint.startswith("ipc://") else \
                 (lambda s=sock, e=endpoint: s.bind(e))
@@ -164,6 +169,35 @@ class ControlServer:
                 shutil.rmtree(folder, ignore_errors=True)
             raise NodeStartError(f"node.control_tcp {endpoint!r} cannot be bound: {exc}") from None
 
+    def _write_cluster(self) -> None:
+        """The node's cluster (``[cluster]``, resolved) in its folder, for its agents' ``Caller`` and
+        ``otpy call AGENT@NODE``; a file a previous run left is removed."""
+        from ..wire.remote_cluster import CLUSTER_FILE, encode_cluster
+
+        path = node_dir(self.node.name) / CLUSTER_FILE
+        cluster = getattr(self.node, "cluster", None)
+        if cluster is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_private(path, encode_cluster(cluster))
+
+    def _open_gateway(self) -> None:
+        """The call gateway (``call_gateway``) on the port after the TCP endpoint as bound, same keys,
+        same allow-list (this context's authenticator). A port that cannot be bound is logged: the
+        node serves control, not calls."""
+        from ..wire.curve import keys_dir
+        from ..wire.remote_protocol import calls_endpoint
+        from .call_gateway import CallGateway
+
+        try:
+            endpoint = calls_endpoint(self._tcp.getsockopt_string(zmq.LAST_ENDPOINT))
+            self._gateway = CallGateway(self.node.name, zmq.Context.shadow(self._context.underlying), endpoint,
+                                        keys_dir(self.node.name), self._cap)
+        except (ValueError, zmq.ZMQError) as exc:
+            log.warning("otpy[%s]: no call gateway (calls from other hosts): %s", self.node.name, describe(exc))
+            return
+        self._gateway.start()
+
     def discard(self) -> None:
         """After a failed ``open``: close what it opened, remove the socket files it bound."""
         for endpoint in (control_endpoint(self.node.name), events_endpoint(self.node.name)):
@@ -171,6 +205,8 @@ class ControlServer:
         for sock in (self._router, self._tcp, self._pub):
             if sock is not None:
                 sock.close(linger=0)
+        if self._gateway is not None:
+            self._gateway.stop()
         if self._auth is not None:
             self._auth.stop()
         self._context.term()
@@ -201,6 +237,8 @@ class ControlServer:
         for cap in self._caps:
             cap.close()
         self._router.close()
+        if self._gateway is not None:
+            await asyncio.to_thread(self._gateway.stop)  # its calls in flight fail (stopping), its socket closes
         if self._tcp is not None:
             self._tcp.close()
             self._auth.stop()

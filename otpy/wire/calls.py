@@ -31,12 +31,13 @@ from typing import Any, Mapping
 
 import zmq
 
-from ..host.runtime_dir import agent_socket_path
+from ..host.runtime_dir import agent_socket_path, existing_node_dir, read_private
 from .call_book import BlockingResult, Pending
 from .call_engine import CallEngine
 from .call_messages import encode_call
 from .codec import Complaints
 from .errors import CallError, NoSuchAgent, Overloaded
+from .remote_cluster import MAX_CLUSTER_BYTES, ClusterSpec
 
 
 def _closed_error(pending: Pending) -> CallError:
@@ -44,10 +45,17 @@ def _closed_error(pending: Pending) -> CallError:
 
 
 class Caller:
-    """Calls the agents of node ``node``. Thread-safe; close it (or use ``with``) when done."""
+    """Calls the agents of node ``node``, and ``AGENT@NODE`` of the other nodes of ``cluster``.
+    Thread-safe; close it (or use ``with``) when done.
 
-    def __init__(self, node: str) -> None:
+    ``cluster`` (``topology.cluster.load_cluster``): the nodes ``AGENT@NODE`` may name; by default
+    the cluster of node ``node`` as it runs here (the ``[cluster]`` of its topology, which the
+    node writes in its folder: so an agent's ``Caller(node)`` and ``otpy call`` reach them)."""
+
+    def __init__(self, node: str, *, cluster: ClusterSpec | None = None) -> None:
         self.node = node
+        self.cluster = cluster
+        self._remotes: dict[str, Any] = {}  # node name -> its RemoteCaller, made on the first call
         self._ids = itertools.count(1)
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -68,6 +76,15 @@ class Caller:
     def submit(self, agent_id: str, inputs: Mapping[str, Any] | None = None, *,
                timeout: float = 5.0, retries: int = 0) -> concurrent.futures.Future:
         """Send a call without waiting; the Future gives the outputs or raises a ``CallError``."""
+        if type(agent_id) is str and "@" in agent_id:
+            try:
+                remote, agent_id = self._remote(agent_id)
+            except CallError as exc:
+                future = concurrent.futures.Future()
+                future.set_exception(exc)
+                return future
+            if remote is not None:
+                return remote.submit(agent_id, inputs, timeout=timeout, retries=retries, label=remote.label(agent_id))
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
             pending = self._pending(agent_id, inputs, timeout, retries, future)
@@ -85,6 +102,10 @@ class Caller:
         """
         if self._closed:
             raise CallError("the caller is closed", agent=agent_id)
+        if type(agent_id) is str and "@" in agent_id:
+            remote, agent_id = self._remote(agent_id)
+            if remote is not None:
+                return remote.call(agent_id, inputs, timeout=timeout, retries=retries, label=remote.label(agent_id))
         pending = self._pending(agent_id, inputs, timeout, retries, BlockingResult())
         engine = self._enter(agent_id)
         try:
@@ -114,6 +135,9 @@ class Caller:
             idle = [engine for engine in self._own_engines if engine not in self._busy]
             for engine in idle:
                 del self._own_engines[engine]
+            remotes, self._remotes = list(self._remotes.values()), {}
+        for remote in remotes:
+            remote.close()
         if self._stop is not None:
             os.eventfd_write(self._stop, 1)
             with self._left:  # each closes its own sockets, before ``term`` (or its poll fails on ETERM)
@@ -137,6 +161,39 @@ class Caller:
         self.close()
 
     # --- the caller's side -----------------------------------------------------------------
+
+    def _remote(self, agent_id: str) -> tuple[Any, str]:
+        """``AGENT@NODE``: the caller of NODE (None for this node itself) and AGENT; ``NoSuchAgent``
+        naming the cluster for a node it does not list."""
+        agent, _, node = agent_id.rpartition("@")
+        if node == self.node:
+            return None, agent
+        remote = self._remotes.get(node)
+        if remote is not None:
+            return remote, agent
+        cluster = self.cluster
+        if cluster is None:
+            try:
+                cluster = self.cluster = node_cluster(self.node)
+            except ValueError as exc:
+                raise NoSuchAgent(f"{agent_id!r}: {exc}", agent=agent_id) from None
+        entry = cluster.nodes.get(node) if cluster is not None else None
+        if entry is None:
+            where = f"the cluster {cluster.source}" if cluster is not None else \
+                f"node {self.node!r} has no [cluster] (give Caller(node, cluster=...))"
+            raise NoSuchAgent(f"{agent_id!r}: no node {node!r} in {where}", agent=agent_id)
+        from .remote_calls import RemoteCaller
+
+        with self._lock:
+            if self._closed:
+                raise CallError("the caller is closed", agent=agent_id)
+            if (remote := self._remotes.get(node)) is None:
+                try:
+                    remote = self._remotes[node] = RemoteCaller(entry.endpoint, entry.keys, name=node)
+                except ValueError as exc:
+                    raise NoSuchAgent(f"{agent_id!r}: node {node!r} of {cluster.source}: {exc}",
+                                      agent=agent_id) from None
+        return remote, agent
 
     def _pending(self, agent_id: str, inputs: Mapping[str, Any] | None, timeout: float, retries: int,
                  future: Any) -> Pending:
@@ -272,6 +329,19 @@ class _IOThread:
                 if not pending.future.done():
                     pending.future.set_exception(CallError(f"the call failed in the caller: {exc}",
                                                            agent=pending.agent))
+
+
+def node_cluster(node: str) -> ClusterSpec | None:
+    """The cluster node ``node`` runs with on this host (the file it writes in its folder when
+    its topology has a ``[cluster]``), None when it has none; ValueError when it cannot be read."""
+    from .remote_cluster import CLUSTER_FILE, decode_cluster
+
+    try:
+        folder = existing_node_dir(node)
+        data = read_private(folder / CLUSTER_FILE, MAX_CLUSTER_BYTES) if folder is not None else None
+        return decode_cluster(data) if data is not None else None
+    except Exception as exc:  # RuntimeDirError, msgspec's errors: one line
+        raise ValueError(f"cannot read the cluster of node {node!r}: {exc}") from None
 
 
 _NUMBERS = frozenset({int, float})

@@ -85,3 +85,12 @@ class BadRequest(CallError):
 
     A caller and an agent of different otpy versions; upgrade them together.
     """
+
+
+class NodeUnreachable(CallError):
+    """Raised by the caller of ``AGENT@NODE``: the link to the other node broke while the call
+    was in flight (the node stopped, its host went away, the network failed), or the node
+    refused this client's key. The call may have run there: it is never sent again by itself
+    (``retries=`` does not resend it either). Check the node (``otpy status --endpoint``), the
+    network and the keys; retry by hand if the call is idempotent.
+    """

@@ -1,0 +1,233 @@
+"""A node's call gateway: calls from other hosts (``wire.remote_calls``) relayed to its agents.
+
+A node with ``control_tcp`` serves, on the port after it (``remote_protocol.calls_endpoint``),
+a ROUTER with the same CURVE keys and the same allow-list (``curve/authorized``, checked by the
+control server's ZAP authenticator, whose context the gateway shares). One thread of its own
+polls that ROUTER and the sockets of a local call engine (``wire.call_engine``): a
+``RemoteCall`` becomes a local call to the agent, made here, where the agent is, so drain
+notices, the resend-once of a call refused while draining, deadlines and the typed errors are
+the local rules; its outcome goes back typed (``RemoteReply``/``RemoteFailed``) from the same
+thread, without a hand-off. The node's asyncio loop is never involved, and its control plane
+never waits for the gateway.
+
+Bounds: at most ``MAX_PER_CLIENT`` calls of one client and ``MAX_IN_FLIGHT`` in all are in
+flight; beyond, ``overloaded`` at once. A frame over the call size limit is dropped by ZeroMQ
+(and its sender disconnected), as at an agent's socket; inputs nested too deep are refused by
+the agent (``bad_request``). The connections are capped as the control listeners'
+(``wire.connections``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from typing import Any
+
+import zmq
+
+from ..host.runtime_dir import agent_socket_path
+from ..specs.model import name_problem
+from ..wire.call_book import Pending
+from ..wire.call_engine import CallEngine
+from ..wire.codec import MAX_CALL_BYTES, Complaints, WireError, decode, describe, encode
+from ..wire.connections import AgentConnectionCap, prepare
+from ..wire.errors import (AgentCrashed, BadRequest, CallError, CallTimeout, NoSuchAgent, Overloaded, RemoteError,
+                           Unencodable)
+from ..wire.protocol import ENCODER, Call
+from ..wire.remote_protocol import TO_GATEWAY, RemoteCall, RemoteFailed, RemoteReply
+
+log = logging.getLogger("otpy")
+
+MAX_IN_FLIGHT = 4096  # calls relayed and not answered yet, of every client
+MAX_PER_CLIENT = 1024  # of one client connection
+MAX_TIMEOUT_S = 24 * 3600.0
+READ_BATCH = 256  # messages read before the engine's sockets get a turn
+REPLY_LINGER_MS = 1000
+
+
+class CallGateway:
+    """The gateway of node ``node``: ``start()`` binds ``endpoint`` and starts its thread,
+    ``stop()`` fails what is still in flight (``stopping``) and ends it."""
+
+    def __init__(self, node: str, context: zmq.Context, endpoint: str, keys: Any, cap: int) -> None:
+        from ..wire.curve import serve_curve
+
+        self.node = node
+        self.endpoint = endpoint
+        self._complain = Complaints(log.warning)
+        self.frontend = context.socket(zmq.ROUTER)
+        self.frontend.setsockopt(zmq.MAXMSGSIZE, MAX_CALL_BYTES)
+        self.frontend.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
+        self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.frontend.setsockopt(zmq.IPV6, 1)
+        serve_curve(self.frontend, keys)
+        prepare(self.frontend)
+        try:
+            self.frontend.bind(endpoint)
+        except zmq.ZMQError:
+            self.frontend.close(linger=0)
+            raise
+        self.cap = AgentConnectionCap(self.frontend, cap, lambda: self.frontend.bind(self.endpoint), self._complain,
+                                      listener=f"the call gateway {endpoint}")
+        self._ids = itertools.count(1)
+        self.engine = CallEngine(context, node, self._ids.__next__)
+        self._stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        for sock in (self.frontend, self.cap.monitor, self._stop):
+            self.engine.poller.register(sock, zmq.POLLIN)
+        self.in_flight = 0
+        self.per_client: dict[bytes, int] = {}
+        self._known: set[str] = set()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"otpy-call-gateway-{node}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Blocking (run it off the node's loop): the thread ends, its sockets are closed."""
+        os.eventfd_write(self._stop, 1)
+        self._thread.join()
+        os.close(self._stop)
+
+    # --- the thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        engine, frontend = self.engine, self.frontend
+        try:
+            while True:
+                try:
+                    ready = engine.poller.poll(engine.poll_timeout_ms())
+                    for sock, _ in ready:
+                        if sock is frontend:
+                            self._read()
+                        elif sock == self._stop:
+                            return
+                        elif sock is self.cap.monitor:
+                            self.cap.on_events()
+                        else:
+                            engine.handle(sock)
+                    engine.expire()
+                    engine.retire_idle()
+                except Exception as exc:  # a bug must not leave every later call unanswered
+                    self._complain(f"otpy[{self.node}]: the call gateway carried on after {describe(exc)}")
+        finally:
+            engine.close(lambda pending: _Stopping(f"node {self.node!r} stopped before the call ended"))
+            self.cap.close()
+            frontend.close()
+
+    def _read(self) -> None:
+        for _ in range(READ_BATCH):
+            try:
+                frames = self.frontend.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                continue  # not a RemoteCaller's: nothing to answer to
+            identity = frames[0].bytes
+            try:
+                message = decode(TO_GATEWAY, frames[1].buffer)
+            except WireError as exc:
+                self._complain(f"otpy[{self.node}]: the call gateway refused a message: {exc}")
+                self._send(identity, RemoteFailed(call_id=0, kind="bad_request", message=f"undecodable call: {exc}"))
+                continue
+            match message:
+                case RemoteCall():
+                    self._relay(identity, message)
+
+    def _relay(self, identity: bytes, call: RemoteCall) -> None:
+        agent = call.agent
+        if (problem := self._agent_problem(agent)) is not None:
+            self._send(identity, RemoteFailed(call_id=call.call_id, kind="no_such_agent", message=problem))
+            return
+        mine = self.per_client.get(identity, 0)
+        if self.in_flight >= MAX_IN_FLIGHT or mine >= MAX_PER_CLIENT:
+            self._send(identity, RemoteFailed(
+                call_id=call.call_id, kind="overloaded",
+                message=f"node {self.node!r} already relays {mine} calls of this client and {self.in_flight} in all "
+                        f"(at most {MAX_PER_CLIENT} and {MAX_IN_FLIGHT})"))
+            return
+        if not 0 < call.timeout <= MAX_TIMEOUT_S:
+            self._send(identity, RemoteFailed(call_id=call.call_id, kind="bad_request",
+                                              message=f"timeout: got {call.timeout!r}; expected seconds in (0, "
+                                                      f"{MAX_TIMEOUT_S:.0f}]"))
+            return
+        local_id = next(self._ids)
+        payload = ENCODER.encode(Call(call_id=local_id, inputs=call.inputs))  # the inputs' bytes, as they came
+        relay = _Relay(self, identity, call.call_id)
+        self.in_flight += 1
+        self.per_client[identity] = mine + 1
+        self.engine.start(Pending(agent, {}, call.timeout, 0, relay, payload, local_id))
+
+    def _agent_problem(self, agent: str) -> str | None:
+        if agent in self._known:
+            return None
+        if name_problem(agent, "agent id") is not None or not agent_socket_path(self.node, agent).exists():
+            return f"node {self.node!r} has no agent {agent[:80]!r}"
+        self._known.add(agent)
+        return None
+
+    def _done(self, relay: "_Relay", message: RemoteReply | RemoteFailed) -> None:
+        self.in_flight -= 1
+        left = self.per_client.get(relay.identity, 1) - 1
+        if left > 0:
+            self.per_client[relay.identity] = left
+        else:
+            self.per_client.pop(relay.identity, None)
+        self._send(relay.identity, message)
+
+    def _send(self, identity: bytes, message: RemoteReply | RemoteFailed) -> None:
+        try:
+            data = encode(ENCODER, message)
+        except WireError as exc:
+            data = ENCODER.encode(RemoteFailed(call_id=message.call_id, kind="unencodable",
+                                               message=f"the reply could not be encoded: {exc}"))
+        try:
+            self.frontend.send_multipart([identity, data], zmq.NOBLOCK, copy=len(data) < 65536)
+        except zmq.ZMQError:
+            pass  # the client is gone, or does not read: its call times out there
+
+
+class _Stopping(CallError):
+    pass
+
+
+_KINDS: tuple[tuple[type, str], ...] = (
+    (NoSuchAgent, "no_such_agent"), (AgentCrashed, "crashed"), (CallTimeout, "timeout"), (Overloaded, "overloaded"),
+    (RemoteError, "raised"), (Unencodable, "unencodable"), (BadRequest, "bad_request"), (_Stopping, "stopping"))
+
+
+def failure_of(call_id: int, error: BaseException) -> RemoteFailed:
+    """The typed answer of a local call's error."""
+    for kind_type, kind in _KINDS:
+        if isinstance(error, kind_type):
+            break
+    else:
+        kind = "error"
+    if isinstance(error, RemoteError):
+        return RemoteFailed(call_id=call_id, kind=kind, message=error.remote_message, error_type=error.error_type,
+                            traceback=error.remote_traceback)
+    return RemoteFailed(call_id=call_id, kind=kind, message=str(error))
+
+
+class _Relay:
+    """A relayed call's outcome, as the engine sets it (``BlockingResult``'s interface): sent back
+    to its client at once, from the gateway's thread."""
+
+    __slots__ = ("gateway", "identity", "call_id", "finished")
+
+    def __init__(self, gateway: CallGateway, identity: bytes, call_id: int) -> None:
+        self.gateway, self.identity, self.call_id, self.finished = gateway, identity, call_id, False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, outputs: dict[str, Any]) -> None:
+        if not self.finished:
+            self.finished = True
+            self.gateway._done(self, RemoteReply(call_id=self.call_id, outputs=outputs))
+
+    def set_exception(self, error: BaseException) -> None:
+        if not self.finished:
+            self.finished = True
+            self.gateway._done(self, failure_of(self.call_id, error))
