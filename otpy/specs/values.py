@@ -406,3 +406,32 @@ def _is_local(family: int, address: str) -> bool:
         return False
     return True
 
+
+
+STORAGE_EXPECTED = ("'postgresql://USER:PASSWORD@HOST:PORT/DATABASE' (a PostgreSQL database shared by the nodes; "
+                    "the password may be left to PGPASSWORD or ~/.pgpass) or 'sqlite' (the node's own file, the "
+                    "default)")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password shown as ``***`` (``postgresql://otpy:***@host:5432/db``), in the
+    user part and in a ``password=`` parameter: a URL is never shown with its secret."""
+    masked = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", masked)
+
+
+def registry_storage_problem(storage: object) -> str | None:
+    """Why ``storage`` (``[registry] storage``) names no storage the registry can use, or None:
+    'sqlite', or a ``postgresql://`` (``postgres://``) URL with a host and a database."""
+    if storage is None or storage == "sqlite":
+        return None
+    shown = _show(mask_url(storage)) if isinstance(storage, str) else _show(storage)
+    if not isinstance(storage, str):
+        return f"got {shown}; expected {STORAGE_EXPECTED}"
+    match = re.fullmatch(r"postgres(?:ql)?://(?:[^@/?#\s]*@)?([^/?#\s]+)/([^/?#\s]+)(?:\?\S*)?", storage)
+    if match is None:
+        return f"got {shown}; expected {STORAGE_EXPECTED}"
+    port = match[1].rsplit(":", 1)[1] if ":" in match[1].lstrip("[").split("]")[-1] else None
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return f"got {shown}: port {port!r}; expected {STORAGE_EXPECTED}"
+    return None

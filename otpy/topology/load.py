@@ -295,11 +295,12 @@ def parse_topology(
     if problems:
         raise TopologyError(_format(source, problems))
     constraints = {scope: [entry.model_dump() for entry in entries] for scope, entries in file.constraints.items()}
+    storage = _registry_storage(source, file)
     try:
         # by keyword and only when there are some: a with_registry without constraints still works
         with_constraints = {"constraints": constraints} if constraints else {}
-        if file.registry.storage:
-            with_constraints["storage"] = file.registry.storage
+        if storage:
+            with_constraints["storage"] = storage
         node_root = with_registry(root, file.variables, **with_constraints)
     except VariableError as exc:
         raise TopologyError(_format(source, [(None, problem) for problem in exc.problems])) from None
@@ -313,7 +314,7 @@ def parse_topology(
         raw_optimizer=file.optimizer,
         raw_constraints=constraints,
         file_root=root,
-        registry_storage=file.registry.storage,
+        registry_storage=storage,
         raw_cluster=file.cluster.model_dump(exclude_defaults=True),
     )
     if check_imports and (machine := located_machine_problems(topology.declared_root, "supervisor")):
@@ -321,6 +322,23 @@ def parse_topology(
     if check_imports and (import_problems := check_programs(topology, timeout=import_timeout)):
         raise TopologyError(import_problems)
     return topology
+
+
+def _registry_storage(source: str, file: TopologyFile) -> str | None:
+    """``[registry] storage`` checked (None: the node's SQLite file, 'sqlite' too); a shared
+    storage without ``[variables]`` would hold nothing: TopologyError saying to declare them."""
+    from ..specs.values import registry_storage_problem
+
+    storage = file.registry.storage
+    if (problem := registry_storage_problem(storage)) is not None:
+        raise TopologyError(_format(source, [("registry.storage", problem)]))
+    if storage == "sqlite":
+        return None
+    if storage and not file.variables:
+        raise TopologyError(_format(source, [("registry.storage", "a storage for variables, but this file declares "
+                                              "none: declare them ([variables.global] NAME = { type = ..., "
+                                              "default = ... }), or remove [registry]")]))
+    return storage
 
 
 # Bound fields and the variables they name.

@@ -4,9 +4,18 @@ It runs as a supervised child like any other (id ``registry``). A call's inputs 
 typed requests of ``otpy.wire.registry_protocol`` (``get``, ``list``, ``set``, ``set_many``,
 ``resolve``, ``explain``, ``register_space``, ``get_space``), read by its prebuilt decoder and answered by one
 ``match`` (``_serve``) with a typed reply or a ``RegistryRefusal``; ``otpy.variables.client`` is the
-client. Its state (values, and spaces registered at run time) lives in SQLite (WAL) in the node's state folder: a write is acknowledged only after its
+client. Its state (values, and spaces registered at run time) lives in SQLite (WAL) in the node's state folder,
+or, with ``args["storage"]`` a ``postgresql://`` URL (``[registry] storage``), in a database that
+several nodes share (``otpy.variables.storage``, ``otpy.variables.postgres``): a write is acknowledged only after its
 transaction committed, so a registry SIGKILLed and restarted by its supervisor serves every
 acknowledged write, and an unacknowledged one is either wholly there or wholly absent.
+
+On a shared database, a write first folds in the rows other nodes committed since the version
+this registry knows, inside its own transaction (the writers are serialized there), so its
+compare-and-set is checked against the database's truth; a thread LISTENing on the database
+folds in and publishes every other node's write. While the database is unreachable the
+registry answers reads from memory and refuses writes (``unavailable``), and it catches up once
+the database is back.
 
 The node tells it which variables are **bound** (``args["bound"]``: they decide which
 programs run, ``otpy.specs.bindings``): a write of one is refused (``bound``) unless the node
@@ -32,7 +41,6 @@ from __future__ import annotations
 import hmac
 import json
 import os
-import sqlite3
 import sys
 import threading
 import traceback
@@ -68,7 +76,8 @@ from ..wire.registry_protocol import (
 from .placement import WRITER_ENV, events_endpoint
 from .scopes import ScopedValue, ScopedValues, VersionConflict, spaces_from_topology
 from .space import VariableSpace, dependency_problems
-from .store import RegistryFileError, open_database  # RegistryFileError: re-exported
+from .storage import StorageUnavailable, open_storage
+from .store import RegistryFileError  # re-exported
 from .types import VariableError, variable_from_table
 
 T = TypeVar("T")
@@ -88,16 +97,25 @@ class Registry:
         # The node's secret (in this child's environment only): a reconciled write must carry it.
         self.writer = os.environ.get(WRITER_ENV)
         path = args.get("path") or os.path.join(os.environ.get("OTPY_NODE_DIR", "."), "registry.db")
-        self.path = path
-        self.db = open_database(path)
-        try:
-            self._load_spaces()
-            self._load()
-        except sqlite3.Error as exc:
-            raise RegistryFileError(f"registry database {path}: cannot read it: {exc}") from None
+        self.storage = open_storage(args.get("storage"), path, lock=self._lock, wait=_start_wait())
+        self.path = self.storage.where  # for messages: a URL's password is masked
         self._context = self.pub = self._cap = None
-        if endpoint := args.get("events") or events_endpoint():
-            self._open_events(endpoint)
+        try:
+            version, values, spaces = self.storage.load()
+            self._load_spaces(spaces)
+            self._load(version, values)
+            if endpoint := args.get("events") or events_endpoint():
+                self._open_events(endpoint)
+        except BaseException:
+            self.storage.close()
+            raise
+        if self.storage.shared:  # the other nodes' writes, folded in and published here
+            self.storage.listen(self._catch_up, lambda: self.store.version, _say)
+
+    @property
+    def db(self):
+        """The SQLite connection (the node's own file)."""
+        return self.storage.db
 
     def _open_events(self, endpoint: str) -> None:
         """The events PUB, private (0600), its connections capped like every listener of a node
@@ -117,7 +135,7 @@ class Registry:
                                         say=lambda text: print(text, file=sys.stderr, flush=True))
 
     def teardown(self) -> None:
-        self.db.close()
+        self.storage.close()
         if self._cap is not None:
             self._cap.close()
         if self.pub is not None:
@@ -149,6 +167,8 @@ class Registry:
             return RegistryRefusal(kind="conflict", problems=[str(conflict)], current=conflict.current)
         except BoundWrite as refused:
             return RegistryRefusal(kind="bound", problems=refused.problems)
+        except StorageUnavailable as down:
+            return RegistryRefusal(kind="unavailable", problems=[str(down)])
         except Exception as error:
             traceback.print_exc(file=sys.stderr)
             return _internal(request, error)
@@ -173,12 +193,12 @@ class Registry:
                 return self._space_tables(scope)
             case SetValue(scope=scope, name=name, value=value, expected_version=expected, dry_run=dry):
                 self._check_bound({scope: [name]}, request)
-                return Written(version=self._write(lambda: store.set(scope, name, value, expected, dry_run=dry)))
+                return Written(version=self._write(lambda: store.set(scope, name, value, expected, dry_run=dry), dry))
             case SetValues(values=values, dry_run=dry, expected=expected):
                 self._check_bound(values, request)
                 before = self._current(values)
-                return WrittenMany(versions=self._write(lambda: store.set_many(values, dry_run=dry, expected=expected)),
-                                   before=before)
+                versions = self._write(lambda: store.set_many(values, dry_run=dry, expected=expected), dry)
+                return WrittenMany(versions=versions, before=before)
         raise TypeError(f"no case for {type(request).__name__}")  # a request type added without its case
 
     def _current(self, written: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -251,22 +271,15 @@ class Registry:
                                      f"configuration of {', '.join(map(repr, broken))} unresolvable (a variable "
                                      "without a default, or a composite or constraint that fails); "
                                      "expected every new variable to have a default there"])
-            try:
-                self.db.execute("BEGIN IMMEDIATE")
-                self.db.executemany("INSERT OR REPLACE INTO space VALUES (?, ?, ?)",
-                                    [(scope, name, json.dumps(table)) for name, (_, table) in added.items()])
-                self.db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise RegistryFileError(f"registry database {self.path}: cannot write: {exc}") from exc
+            with self.storage.transaction() as tx:
+                tx.put_spaces([(scope, name, json.dumps(table)) for name, (_, table) in added.items()])
             self.store.declare(scope, variables)
         return sorted(added)
 
-    def _load_spaces(self) -> None:
+    def _load_spaces(self, stored: list) -> None:
         """Spaces registered at run time by an earlier incarnation (the topology's come first)."""
         rows: dict[str, dict[str, dict]] = {}
-        for scope, name, definition in self.db.execute("SELECT * FROM space"):
+        for scope, name, definition in stored:
             table = self._json(definition, f"space row ({scope!r}, {name!r})")
             if not isinstance(scope, str) or not isinstance(name, str) or not isinstance(table, dict):
                 raise self._bad_row(f"space row ({scope!r}, {name!r})", "expected names and a JSON table")
@@ -284,25 +297,59 @@ class Registry:
 
     # --- durability ---------------------------------------------------------------------
 
-    def _write(self, change: Callable[[], T]) -> T:
-        """Apply ``change`` to the store, commit what it wrote, and only then return its result."""
-        result = change()
-        written = self.store.take_changes()
-        if not written:
-            return result
+    def _write(self, change: Callable[[], T], dry_run: bool = False) -> T:
+        """Apply ``change`` to the store, commit what it wrote, and only then return its result.
+
+        In the write's transaction first: the rows other registries committed since the version
+        this one knows (a shared database; its writers wait for each other there), folded in, so
+        ``change``'s checks (its compare-and-set) see the database's truth. A dry run commits
+        nothing and is checked against memory (refused at once while the database is unreachable)."""
+        if dry_run:
+            self.storage.check_available()
+            return change()
+        folded: list[ScopedValue] = []
+        written: list[ScopedValue] = []
+        before = None
         try:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT OR REPLACE INTO value VALUES (?, ?, ?, ?)",
-                                [(e.scope, e.name, json.dumps(e.value), e.version) for e in written])
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (self.store.version,))
-            self.db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            self._load()  # memory back to what is committed
-            raise RegistryFileError(f"registry database {self.path}: cannot write: {exc}") from exc
+            with self.storage.transaction() as tx:
+                version, rows = tx.newer(self.store.version)
+                folded = self._fold(version, rows) if rows or version > self.store.version else []
+                before = self.store.snapshot() if self.storage.shared else None
+                result = change()
+                if written := self.store.take_changes():
+                    tx.put_values([(e.scope, e.name, json.dumps(e.value), e.version) for e in written],
+                                  self.store.version)
+        except (StorageUnavailable, RegistryFileError):
+            if written:  # memory back to what is committed
+                self.store.restore(before) if before is not None else self._load(*self.storage.load()[:2])
+            raise
+        finally:
+            self._publish(folded)  # committed by others: true whatever became of this write
         self._publish(written)
         return result
+
+    def _fold(self, version: object, rows: list) -> list[ScopedValue]:
+        """Rows another registry committed (newer than this one knows), taken into the store: the
+        values taken; one the declarations here refuse is dropped, and said (as ``_load`` does)."""
+        parsed = []
+        for scope, name, value, value_version in rows:
+            where = f"value row ({scope!r}, {name!r})"
+            parsed.append((scope, name, self._json(value, where), self._counter(value_version, where + " version")))
+        taken, dropped = self.store.fold(self._counter(version, "meta.version"), parsed)
+        for problem in dropped:
+            print(f"otpy: registry: dropping stored {problem}", file=sys.stderr, flush=True)
+        return taken
+
+    def _catch_up(self) -> None:
+        """The listener's call: what other registries committed since the version this one
+        knows, taken in and published (StorageUnavailable: the listener reconnects)."""
+        with self._lock:
+            try:
+                self._publish(self._fold(*self.storage.catch_up(self.store.version)))
+            except (StorageUnavailable, RegistryFileError):
+                raise
+            except Exception:  # an otpy bug: said, and the listener goes on
+                traceback.print_exc(file=sys.stderr)
 
     def _publish(self, written: list[ScopedValue]) -> None:
         """Tell the subscribers, once the values are committed (never before)."""
@@ -331,13 +378,12 @@ class Registry:
             return value
         raise self._bad_row(where, f"got {value!r:.60}; expected an integer >= 0")
 
-    def _load(self) -> None:
+    def _load(self, version: object, values: list) -> None:
         """The values and the version counter as committed (a value the topology no longer
         accepts is dropped, and said)."""
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-        version = self._counter(row[0], "meta.version") if row else 0
+        version = self._counter(version, "meta.version")
         stored = []
-        for scope, name, value, value_version in self.db.execute("SELECT * FROM value"):
+        for scope, name, value, value_version in values:
             where = f"value row ({scope!r}, {name!r})"
             stored.append((scope, name, self._json(value, where), self._counter(value_version, where + " version")))
         for dropped in self.store.load(version, stored):
@@ -359,6 +405,21 @@ def unreconciled(bound: frozenset[str], written: dict[str, Any]) -> list[str]:
             "Node.set_variables), which makes the tree run it before the value is stored"
             for variable in (f"{scope}.{name}" for scope, names in written.items() for name in names)
             if variable in bound]
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+START_WAIT_ENV = "OTPY_REGISTRY_START_WAIT"  # seconds a starting registry tries to reach a shared database
+
+
+def _start_wait() -> float:
+    """``START_WAIT_ENV`` (default 8 s, below a child's start_timeout of 10 s)."""
+    try:
+        return max(0.0, float(os.environ.get(START_WAIT_ENV, "8")))
+    except ValueError:
+        return 8.0
 
 
 def _internal(request: object, error: BaseException) -> RegistryRefusal:

@@ -165,6 +165,39 @@ class ScopedValues:
             self._value_bytes[scope, name] = value_bytes(self.values[scope][name])
         return dropped
 
+    def fold(self, version: int, rows: Iterable[tuple[str, str, Any, int]]) -> tuple[list[ScopedValue], list[str]]:
+        """Take in ``rows`` (``(scope, name, value, version)``) another writer committed, newer than
+        what this store holds, and the counter up to ``version``: the values taken (to publish)
+        and one problem per value the declarations refuse (dropped; an undeclared one is skipped)."""
+        taken, dropped = [], []
+        for scope, name, value, value_version in rows:
+            if value_version <= self.versions.get((scope, name), 0):
+                continue
+            if scope not in self.spaces or name not in self.spaces[scope].variables:
+                continue
+            try:
+                value = self.spaces[scope].validate_one(name, value)
+            except (VariableError, ValueError) as refused:
+                dropped.append(f"{scope}.{name}: {refused}")
+                continue
+            self.values[scope][name] = value
+            self.versions[scope, name] = value_version
+            self._value_bytes[scope, name] = value_bytes(value)
+            taken.append(ScopedValue(scope, name, value, value_version, "set"))
+        self.version = max(self.version, version, *(entry.version for entry in taken))
+        return taken, dropped
+
+    def snapshot(self) -> tuple:
+        """What ``restore`` puts back: the values, their versions and the counter (a write whose
+        commit failed is undone with it)."""
+        return ({scope: dict(values) for scope, values in self.values.items()}, dict(self.versions), self.version,
+                dict(self._value_bytes))
+
+    def restore(self, snapshot: tuple) -> None:
+        values, versions, self.version, value_bytes_ = snapshot
+        self.values = {scope: dict(values.get(scope, {})) for scope in self.spaces}
+        self.versions, self._value_bytes, self._changed = dict(versions), dict(value_bytes_), {}
+
     def take_changes(self) -> list[ScopedValue]:
         """The values written since the last call (each once, as it is now), and forget them."""
         changed, self._changed = self._changed, {}

@@ -101,7 +101,7 @@ class SpaceTables(RegistryReply, kw_only=True):
     bound: list[str] = []
 
 
-RefusalKind = Literal["bad_request", "invalid", "conflict", "bound", "internal"]
+RefusalKind = Literal["bad_request", "invalid", "conflict", "bound", "unavailable", "internal"]
 
 
 class RegistryRefusal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -109,8 +109,9 @@ class RegistryRefusal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     missing, unexpected or mistyped field, named), ``invalid`` (a value or declaration refused,
     nothing written), ``conflict`` (a compare-and-set lost; ``current`` is the current version),
     ``bound`` (a write of a variable that decides what runs, sent to the registry instead of
-    the node: nothing written; the problems name it and say to set it through the node) or
-    ``internal`` (an otpy bug or an unusable file, logged by the registry with its traceback).
+    the node: nothing written; the problems name it and say to set it through the node),
+    ``unavailable`` (the shared database is unreachable: the write was not stored, the problem
+    says where and to retry; reads still answer) or ``internal`` (an otpy bug or an unusable file, logged by the registry with its traceback).
     On the wire: ``{"ok": false, "error": kind, "problems": [...]}`` (+ ``current``)."""
 
     ok: bool = msgspec.field(default_factory=bool)  # False; a factory default stays on the wire
