@@ -28,7 +28,7 @@ import tomllib
 
 import msgspec
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from pydantic import ValidationError
 
@@ -43,6 +43,9 @@ from ..specs.model import NAME_EXPECTED, NAME_PATTERN, PROGRAM_EXPECTED, PROGRAM
 from ..specs.model import DynamicSupervisorSpec, NodeSpec, SupervisorSpec, join, name_problem, places, toml_key
 from ..specs.model import LogSettings
 from .files import read_bounded_file
+
+if TYPE_CHECKING:
+    from .cluster import ClusterSpec
 from .toml_file import (
     BOUND_TAG, CHILD_TABLES, VALUE_TAG, BoundTable, ConstraintTable, DynamicSupervisorTable, LogsTable, NodeTable,
     RootSupervisorTable, SupervisorTable, TemplateTable, TopologyFile, WorkerTable, Table, is_bindable_tag,
@@ -83,6 +86,7 @@ class Topology:
     file_root: SupervisorSpec | None = None
     registry_storage: str | None = None  # [registry] storage: None = the node's SQLite file
     raw_cluster: dict[str, Any] = field(default_factory=dict)  # [cluster] as written (file, nodes)
+    cluster: ClusterSpec | None = None  # [cluster] checked and resolved (topology.cluster); None: none
 
     @property
     def declared_root(self) -> SupervisorSpec:
@@ -306,6 +310,13 @@ def parse_topology(
         raise TopologyError(_format(source, [(None, problem) for problem in exc.problems])) from None
     if problems := binding_problems(root, file.variables, node_folder=_node_folder(node)):
         raise TopologyError(_format(source, problems))
+    raw_cluster, cluster = file.cluster.model_dump(exclude_defaults=True), None
+    if raw_cluster:  # only then: no import cost for a node without one
+        from .cluster import cluster_of
+
+        cluster, cluster_problems = cluster_of(raw_cluster, os.path.abspath(base_dir or os.getcwd()), source)
+        if cluster_problems:
+            raise TopologyError(_format(source, [(None, problem) for problem in cluster_problems]))
     topology = Topology(
         node=msgspec.structs.replace(node, root=node_root),
         path=source,
@@ -315,7 +326,8 @@ def parse_topology(
         raw_constraints=constraints,
         file_root=root,
         registry_storage=storage,
-        raw_cluster=file.cluster.model_dump(exclude_defaults=True),
+        raw_cluster=raw_cluster,
+        cluster=cluster,
     )
     if check_imports and (machine := located_machine_problems(topology.declared_root, "supervisor")):
         raise TopologyError(_format(source, machine))
