@@ -76,7 +76,7 @@ from ..wire.registry_protocol import (
 from .placement import WRITER_ENV, events_endpoint
 from .scopes import ScopedValue, ScopedValues, VersionConflict, spaces_from_topology
 from .space import VariableSpace, dependency_problems
-from .storage import StorageUnavailable, open_storage
+from .storage import SqliteStorage, StorageUnavailable, is_postgresql
 from .store import RegistryFileError  # re-exported
 from .types import VariableError, variable_from_table
 
@@ -405,6 +405,16 @@ def unreconciled(bound: frozenset[str], written: dict[str, Any]) -> list[str]:
             "Node.set_variables), which makes the tree run it before the value is stored"
             for variable in (f"{scope}.{name}" for scope, names in written.items() for name in names)
             if variable in bound]
+
+
+def open_storage(storage: str | None, path: str, lock: threading.Lock, wait: float):
+    """The registry's storage: ``storage`` a PostgreSQL URL (psycopg imported only then), else
+    the node's SQLite file at ``path``."""
+    if is_postgresql(storage):
+        from .postgres import PostgresStorage
+
+        return PostgresStorage.open(storage, lock, wait)
+    return SqliteStorage(path)
 
 
 def _say(text: str) -> None:

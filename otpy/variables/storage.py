@@ -1,6 +1,6 @@
 """Where the registry keeps its values: the node's SQLite file, or a PostgreSQL database shared by nodes.
 
-``open_storage(where)`` picks by the value of ``[registry] storage``: none (or a path) is the
+The registry picks by the value of ``[registry] storage``: none (or a path) is the
 node's own SQLite file (``otpy.variables.store``), a ``postgresql://`` URL a database several
 nodes share (``otpy.variables.postgres``; psycopg is imported only then). Both give the
 registry the same few operations:
@@ -56,15 +56,6 @@ class Storage(Protocol):
 
 def is_postgresql(storage: str | None) -> bool:
     return bool(storage) and storage.split(":", 1)[0] in ("postgresql", "postgres")
-
-
-def open_storage(storage: str | None, path: str, **options: Any) -> Storage:
-    """The registry's storage: ``storage`` a PostgreSQL URL, else the SQLite file at ``path``."""
-    if is_postgresql(storage):
-        from .postgres import PostgresStorage
-
-        return PostgresStorage.open(storage, **options)
-    return SqliteStorage(path)
 
 
 class SqliteStorage:
