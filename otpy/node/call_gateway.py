@@ -51,11 +51,15 @@ class CallGateway:
     """The gateway of node ``node``: ``start()`` binds ``endpoint`` and starts its thread,
     ``stop()`` fails what is still in flight (``stopping``) and ends it."""
 
-    def __init__(self, node: str, context: zmq.Context, endpoint: str, keys: Any, cap: int) -> None:
+    def __init__(self, node: str, context: zmq.Context, endpoint: str, keys: Any, cap: int,
+                 allowed: Any = None) -> None:
+        """``keys``: the node's key folder; ``allowed``: its ``curve.AuthorizedKeys`` (a connection made
+        before its key was revoked gets no answer), None: whoever passed the handshake."""
         from ..wire.curve import serve_curve
 
         self.node = node
         self.endpoint = endpoint
+        self.allowed = allowed
         self._complain = Complaints(log.warning)
         self.frontend = context.socket(zmq.ROUTER)
         self.frontend.setsockopt(zmq.MAXMSGSIZE, MAX_CALL_BYTES)
@@ -125,6 +129,9 @@ class CallGateway:
             if len(frames) != 2:
                 continue  # not a RemoteCaller's: nothing to answer to
             identity = frames[0].bytes
+            if self.allowed is not None and not self.allowed.allows(frames[1].get("User-Id")):
+                self._complain(f"otpy[{self.node}]: dropped a call: its client's key was revoked")
+                continue  # as to a refused handshake: no answer
             try:
                 message = decode(TO_GATEWAY, frames[1].buffer)
             except WireError as exc:

@@ -92,6 +92,7 @@ class ControlServer:
         self._pub: zmq.Socket | None = None
         self._tcp: zmq.asyncio.Socket | None = None  # opt-in, CURVE only
         self._auth = None
+        self._keys = None  # the TCP endpoint's AuthorizedKeys
         self._gateway = None  # the call gateway, with the TCP endpoint
         self._cap = 0
         self._tasks: list[asyncio.Task] = []  # the receive loops
@@ -147,15 +148,12 @@ class ControlServer:
 
     def _open_tcp(self, endpoint: str) -> None:
         """The TCP control endpoint: CURVE-encrypted, only clients in ``curve/authorized`` get in."""
-        from zmq.auth.asyncio import AsyncioAuthenticator
-
-        from ..wire.curve import ensure_keys, keys_dir, serve_curve
+        from ..wire.curve import ensure_keys, keys_dir, serve_curve, start_authenticator
 
         had_keys = keys_dir(self.node.name).exists()
         folder = ensure_keys(self.node.name)
-        self._auth = AsyncioAuthenticator(self._context)
-        self._auth.start()
-        self._auth.configure_curve(domain="*", location=str(folder / "authorized"))
+        # the folder's keys as they are at each handshake: `otpy keys authorize/revoke` apply at once
+        self._auth, self._keys = start_authenticator(self._context, folder / "authorized")
         self._tcp = self._context.socket(zmq.ROUTER)
         self._tcp.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self._tcp.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
@@ -192,7 +190,8 @@ class ControlServer:
         try:
             endpoint = calls_endpoint(self._tcp.getsockopt_string(zmq.LAST_ENDPOINT))
             self._gateway = CallGateway(self.node.name, zmq.Context.shadow(self._context.underlying), endpoint,
-                                        keys_dir(self.node.name), self._cap)
+                                        keys_dir(self.node.name), self._cap,
+                                        allowed=self._keys)
         except (ValueError, zmq.ZMQError) as exc:
             log.warning("otpy[%s]: no call gateway (calls from other hosts): %s", self.node.name, describe(exc))
             return
@@ -292,6 +291,9 @@ class ControlServer:
         """Decode one message and start answering it: at once (errors, ``GetStatus``) or in its
         supervisor's lane, behind the requests that came earlier for that supervisor."""
         identity = frames.kept[0].bytes
+        if sock is self._tcp and not self._keys.allows(frames.kept[0].get("User-Id")):
+            self._complain(f"otpy[{self.node.name}]: dropped a TCP request: its client's key was revoked")
+            return  # a connection made before `otpy keys revoke`: no answer, as to a refused handshake
         request = parse_request(frames, MAX_MESSAGE_BYTES)
         if isinstance(request, Refused):
             self._complain(f"otpy[{self.node.name}]: refused a control request: {request.message}")
