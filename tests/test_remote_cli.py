@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import socket
 import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
+import msgspec
 import zmq.auth
 from click.testing import CliRunner
 
 import otpy
 from otpy.cli.main import main
+from otpy.node.remote_events import EventsRefused, RemoteEvents, events_endpoint
 from otpy.wire.curve import keys_dir
 from tests.helpers import sleeper, unique_name
 
@@ -207,15 +215,14 @@ def test_a_key_folder_that_lacks_a_key_says_what_and_how(node, tmp_path):
     assert result.exit_code == 2 and "may be read by others (mode 0644): `chmod 600" in result.stderr
 
 
-@pytest.mark.parametrize("command", [["events"], ["vars", "list"], ["vars", "get", "global.x"]])
+@pytest.mark.parametrize("command", [["vars", "list"], ["vars", "get", "global.x"]])
 def test_commands_that_need_the_nodes_host_refuse_an_endpoint(tmp_path, command):
     folder = tmp_path / "k"
     assert otpy_cli("keys", "new", str(folder)).exit_code == 0
     (folder / "server.key").write_bytes((folder / "client.key").read_bytes())  # any public key will do
     result = otpy_cli(*command, "--endpoint", "tcp://127.0.0.1:9", "--keys", str(folder))
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith(f"otpy: {' '.join(command[:2]) if command[0] == 'vars' else 'events'} does "
-                                    "not take --endpoint: ")
+    assert result.stderr.startswith(f"otpy: {' '.join(command[:2])} does not take --endpoint: ")
 
 
 # --- otpy keys authorize ---------------------------------------------------------------------
@@ -263,3 +270,115 @@ def test_reload_without_file_goes_over_tcp_and_a_file_is_refused(tmp_path):
         assert json.loads(result.output)["outcome"] == "ok"
         refused = otpy_cli("reload", str(path), "--endpoint", endpoint, "--keys", str(keys))
         assert refused.exit_code == 2 and "reload FILE does not take --endpoint" in refused.output
+
+
+# --- otpy events --endpoint ------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def node_client_keys(tmp_path, node_name: str, name: str = "keys"):
+    folder = tmp_path / name
+    folder.mkdir(mode=0o700)
+    shutil.copy(keys_dir(node_name) / "server.key", folder)
+    shutil.copy(keys_dir(node_name) / "client.key_secret", folder)
+    return folder
+
+
+def until_an_event(node, lines: queue.Queue, deadline_s: float = 15.0) -> dict:
+    """Stop and restart child a until the subscriber prints a line (its subscription is made
+    asynchronously, after the handshake)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        assert time.monotonic() < deadline, "no event printed"
+        node.terminate_child("a")
+        node.restart_child("a")
+        try:
+            return json.loads(lines.get(timeout=0.5))
+        except queue.Empty:
+            pass
+
+
+@pytest.mark.timeout(40)
+def test_events_over_tcp_until_the_node_stops(tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    spec = otpy.NodeSpec(name=unique_name("revt"), control_tcp=endpoint,
+                         root=otpy.SupervisorSpec(id="root", children=(sleeper("a"),)))
+    node = otpy.Node(spec).start()
+    try:
+        keys = client_keys(tmp_path, node.name)
+        watcher = subprocess.Popen([sys.executable, "-m", "otpy", "events", "--endpoint", endpoint, "--keys",
+                                    str(keys), "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in watcher.stdout], daemon=True).start()
+        event = until_an_event(node, lines)
+        assert event["node"] == node.name and event["child"] == "a" and event["kind"] in ("stopped", "started")
+    finally:
+        node.stop()
+    assert watcher.wait(15) == 0  # the node said node_stopping, then its endpoint closed
+    assert f"otpy: node at {endpoint} stopped" in watcher.stderr.read()
+
+
+@pytest.mark.timeout(20)
+def test_events_over_tcp_with_a_key_the_node_does_not_know(node, tmp_path):
+    node, endpoint = node
+    folder = tmp_path / "stranger"
+    assert otpy_cli("keys", "new", str(folder)).exit_code == 0
+    shutil.copy(keys_dir(node.name) / "server.key", folder)
+    result = otpy_cli("events", "--endpoint", endpoint, "--keys", str(folder), "--timeout", "5")
+    assert result.exit_code == 1, result.output
+    assert result.stderr == (f"events: {events_endpoint(endpoint)}: the node refused this client's key (not in "
+                             "its curve/authorized/, or revoked)\n")
+
+
+@pytest.mark.timeout(20)
+def test_events_over_tcp_where_nothing_serves_them(tmp_path):
+    folder = tmp_path / "k"
+    assert otpy_cli("keys", "new", str(folder)).exit_code == 0
+    (folder / "server.key").write_bytes((folder / "client.key").read_bytes())
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    result = otpy_cli("events", "--endpoint", endpoint, "--keys", str(folder), "--timeout", "0.5")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"events: no events endpoint answered at {events_endpoint(endpoint)} within 0.5 s")
+    assert "its events: port + 2" in result.stderr
+
+
+@pytest.mark.timeout(40)
+def test_a_revoked_subscriber_is_cut_and_the_others_go_on(node, tmp_path):
+    node, endpoint = node
+    laptop = tmp_path / "laptop"
+    assert otpy_cli("keys", "new", str(laptop), "--name", "laptop").exit_code == 0
+    shutil.copy(keys_dir(node.name) / "server.key", laptop)
+    assert otpy_cli("keys", "authorize", node.name, str(laptop / "laptop.key")).exit_code == 0
+    kept, revoked = queue.Queue(), queue.Queue()
+
+    def follow(keys, into: queue.Queue) -> None:
+        with RemoteEvents(endpoint, keys) as stream:
+            stream.connect(10)
+            try:
+                for event in stream:
+                    into.put(json.dumps(msgspec.to_builtins(event)))
+            except Exception as exc:
+                into.put(exc)
+
+    for keys, into in ((node_client_keys(tmp_path, node.name), kept), (laptop, revoked)):
+        threading.Thread(target=follow, args=(keys, into), daemon=True).start()
+    until_an_event(node, revoked)
+    assert otpy_cli("keys", "revoke", node.name, "laptop").exit_code == 0
+    deadline = time.monotonic() + 15
+    ended = None
+    while ended is None:  # the next event cuts every subscriber; the laptop's reconnection is refused
+        assert time.monotonic() < deadline, "the revoked subscriber was not cut"
+        node.terminate_child("a")
+        node.restart_child("a")
+        try:
+            item = revoked.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if isinstance(item, BaseException):
+            ended = item
+    assert isinstance(ended, EventsRefused)
+    while not kept.empty():
+        kept.get()
+    assert until_an_event(node, kept)["node"] == node.name  # the allowed one reconnected by itself

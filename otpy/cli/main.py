@@ -19,7 +19,7 @@ import zmq
 
 from .bench_cmd import bench
 from .children import delete_child, restart, restart_child, signal_, start_child, terminate_child
-from .exits import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_USAGE, Remote, ask, fail, local_only, node_or_exit
+from .exits import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_USAGE, REMOTE_HINT, Remote, ask, fail, node_or_exit
 from .keys import keys_group
 from .logs import logs
 from .optimize_cmd import optimize
@@ -188,14 +188,20 @@ def nodes(as_json: bool) -> None:
 @main.command()
 @node_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event, one per line (JSON Lines).")
-def events(node_name: str | Remote | None, as_json: bool) -> None:
+@click.option("--timeout", default=10.0, show_default=True, type=Seconds(),
+              help="Over --endpoint: seconds to wait for the connection to the node's events.")
+def events(node_name: str | Remote | None, as_json: bool, timeout: float) -> None:
     """Print the node's events live, one per line, until Ctrl-C or the node's end.
 
     Exits 0 once the node stopped, 1 if its process died (its lock is looked at every 0.5 s).
-    Not over --endpoint (exit 2): the node publishes its events on a local socket only.
+    Over --endpoint the events come from the node's control_tcp port + 2 (CURVE, the same
+    keys): exit 0 after the node said it stops, 1 if the connection cannot be made within
+    --timeout, the node refuses this key, or the connection ends otherwise.
     """
-    name = node_or_exit(local_only(node_name, "events", "the node publishes its events on a local ipc "
-                                                             "socket only, not over TCP"))
+    if isinstance(node_name, Remote):
+        _remote_events(node_name, as_json, timeout)
+        return
+    name = node_or_exit(node_name)
     context = zmq.Context()
     socket = context.socket(zmq.SUB)
     socket.setsockopt(zmq.SUBSCRIBE, b"")
@@ -215,12 +221,38 @@ def events(node_name: str | Remote | None, as_json: bool) -> None:
     click.echo(f"otpy: node {name!r} stopped", err=True)
 
 
+def _remote_events(remote: Remote, as_json: bool, timeout: float) -> None:
+    """``otpy events --endpoint``: the node's TCP events (``node.remote_events``)."""
+    from ..node.remote_events import EventsLost, EventsRefused, EventsUnreachable, RemoteEvents
+
+    try:
+        stream = RemoteEvents(remote.endpoint, remote.keys)
+    except ValueError as exc:
+        fail(f"otpy: events: {exc}", EXIT_USAGE)
+    with stream:
+        try:
+            stream.connect(timeout)
+            for event in stream:
+                _print_event(event, as_json)
+        except KeyboardInterrupt:
+            return
+        except EventsUnreachable as exc:
+            fail(f"events: {exc}" + REMOTE_HINT.replace("serves control_tcp at that endpoint",
+                                                        "serves control_tcp at --endpoint (its events: port + 2)"))
+        except (EventsRefused, EventsLost) as exc:
+            fail(f"events: {exc}")
+    click.echo(f"otpy: node at {remote.endpoint} stopped", err=True)
+
+
+def _print_event(event: NodeEvent, as_json: bool) -> None:
+    click.echo(json.dumps(msgspec.to_builtins(event)) if as_json else _event_line(event))
+    sys.stdout.flush()
+
+
 def _print_events(socket: zmq.Socket, as_json: bool, wait_ms: int = 0) -> None:
     """Every event received (waiting up to ``wait_ms`` for each next one), one line each."""
     while socket.poll(wait_ms):
-        event = EVENT.decode(socket.recv())
-        click.echo(json.dumps(msgspec.to_builtins(event)) if as_json else _event_line(event))
-        sys.stdout.flush()
+        _print_event(EVENT.decode(socket.recv()), as_json)
 
 
 def _event_line(event: NodeEvent) -> str:
