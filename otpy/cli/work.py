@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import click
 
 from ..agent.plain_data import plain, plain_outputs
 from ..wire.calls import Caller
-from .exits import node_or_exit
-from .options import NODE_OPTION, Count, Seconds, child_id_argument
+from .exits import Remote, Target, node_or_exit
+from .options import NODE_OPTION, Count, Seconds, child_id_argument, node_options
 from ..topology.load import TopologyError, load_topology
 from ..wire.errors import CallError
 from ..optimize.pipeline import Pipeline, PipelineError
@@ -53,18 +55,58 @@ def record_topology(name: str, path: str) -> None:
               help="Seconds to wait for the reply.")
 @click.option("--retries", default=0, show_default=True, type=Count(0),
               help="Send again after a timeout or crash.")
-@NODE_OPTION
-def call(child_id: str, input_json: str, timeout: float, retries: int, node_name: str | None) -> None:
-    """Call agent ID with --input and print its outputs as JSON."""
+@click.option("--cluster", "cluster_file", metavar="FILE",
+              help="A cluster file: ID@NODE is called on NODE of it, from this host (no local node needed).")
+@node_options
+def call(child_id: str, input_json: str, timeout: float, retries: int, node_name: Target,
+         cluster_file: str | None) -> None:
+    """Call agent ID with --input and print its outputs as JSON.
+
+    ID@NODE calls agent ID of node NODE of the cluster: the local node's [cluster], or
+    --cluster FILE's. With --endpoint and --keys, ID is called on the node serving that endpoint."""
     inputs = _inputs(input_json)
-    with Caller(node_or_exit(node_name)) as caller:
+    with _caller_for(child_id, node_name, cluster_file) as (caller, agent):
         try:
-            outputs = caller.call(child_id, inputs, timeout=timeout, retries=retries)
+            outputs = caller.call(agent, inputs, timeout=timeout, retries=retries)
         except ValueError as exc:  # --timeout or --retries no call can have
             _fail(f"call {child_id}: {exc}", EXIT_USAGE)
         except CallError as exc:
             _fail(f"call {child_id}: {type(exc).__name__}: {exc}")
     click.echo(json.dumps(plain_outputs(outputs), default=str, allow_nan=False))
+
+
+@contextmanager
+def _caller_for(child_id: str, target: Target, cluster_file: str | None) -> Iterator[tuple[Any, str]]:
+    """What calls ``child_id``, and the id to give it: a RemoteCaller (``--endpoint``, or a node of
+    ``--cluster``) or the local node's Caller (``ID@NODE`` through its own cluster)."""
+    from ..wire.remote_calls import RemoteCaller
+
+    if isinstance(target, Remote) or cluster_file is not None:
+        if isinstance(target, Remote):
+            if cluster_file is not None:
+                _fail("give --cluster or --endpoint, not both", EXIT_USAGE)
+            endpoint, keys, agent, name = target.endpoint, target.keys, child_id, ""
+        else:
+            from ..topology.cluster import ClusterError, load_cluster
+
+            try:
+                cluster = load_cluster(cluster_file)
+            except ClusterError as exc:
+                _fail(str(exc), EXIT_USAGE)
+            agent, _, name = child_id.rpartition("@")
+            if not agent or name not in cluster.nodes:
+                _fail(f"call {child_id}: expected ID@NODE, NODE one of {', '.join(sorted(cluster.nodes)) or 'none'} "
+                      f"({cluster.source})", EXIT_USAGE)
+            endpoint, keys = cluster.nodes[name].endpoint, cluster.nodes[name].keys
+        try:
+            remote = RemoteCaller(endpoint, keys, name=name)
+        except ValueError as exc:
+            _fail(f"call {child_id}: {exc}", EXIT_USAGE)
+        with remote:
+            yield remote, agent
+        return
+    with Caller(node_or_exit(target)) as caller:
+        yield caller, child_id
 
 
 @click.command("run-pipeline")

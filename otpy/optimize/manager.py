@@ -35,7 +35,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-from .pipeline import ErrorHandling, Group, Pipeline, PipelineError, PlanError, Stage, Step, declared_steps, parse_plan, shown
+from .pipeline import (ErrorHandling, Group, Pipeline, PipelineError, PlanError, Stage, Step, agent_ref_problem,
+                       declared_steps, parse_plan, shown)
 from ..agent.program import Program
 from .managed_agents import idle_agents, managed_id, next_check, room_problem, started_by
 from ..agent.registry_link import chain, has_registry
@@ -97,9 +98,9 @@ def check_args(args: Mapping[str, Any]) -> None:
     for key in ("plans", "programs"):
         if key in args and not isinstance(args[key], Mapping):
             raise PlanError(f"args.{key}: a table, got {shown(args[key])}")
-    for key in ("planner", "supervisor"):
+    for key, check in (("planner", agent_ref_problem), ("supervisor", name_problem)):  # a planner may be AGENT@NODE
         if args.get(key) is not None:
-            if (problem := name_problem(args[key], f"args.{key}")) is not None:
+            if (problem := check(args[key], f"args.{key}")) is not None:
                 raise PlanError(problem)
     for key in ("idle_seconds", "stage_timeout"):
         if key in args and not (isinstance(args[key], (int, float)) and not isinstance(args[key], bool)

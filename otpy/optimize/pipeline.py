@@ -263,7 +263,7 @@ def parse_step(raw: Any, programs: Mapping[str, str] | None = None) -> Step:
     Step(name='code', agent=None, program='code_program', args={}, timeout=None)
     """
     if isinstance(raw, str):
-        _check_step_name(raw, f"step {raw!r}")
+        _check_agent_ref(raw, f"step {raw!r}")
         return Step(raw, agent=raw, program=(programs or {}).get(raw))
     if not isinstance(raw, Mapping):
         raise PlanError(f"a step is an agent id or a table {{step = ..., program = ...}}, got {shown(raw)}")
@@ -275,7 +275,7 @@ def parse_step(raw: Any, programs: Mapping[str, str] | None = None) -> Step:
     _check_step_name(name, f"step {name!r}")
     agent, program, args, timeout = raw.get("agent"), raw.get("program"), raw.get("args", {}), raw.get("timeout")
     if agent is not None:
-        _check_step_name(agent, f"step {name!r}: agent")
+        _check_agent_ref(agent, f"step {name!r}: agent")
     if program is not None and not (isinstance(program, str) and program):
         raise PlanError(f"step {name!r}: program is a variable's name or 'module:attr', got {shown(program)}")
     if agent is None and program is None:
@@ -292,6 +292,26 @@ def parse_step(raw: Any, programs: Mapping[str, str] | None = None) -> Step:
 
 def _check_step_name(value: Any, what: str) -> None:
     if (problem := name_problem(value, what)) is not None:
+        raise PlanError(problem)
+
+
+def agent_ref_problem(value: Any, what: str) -> str | None:
+    """Why ``value`` names no agent, or None: an agent's id (a name: it becomes a socket's path),
+    or ``AGENT@NODE``, an agent of another node of the cluster (each part a name).
+
+    >>> agent_ref_problem("echo@b", "agent") is None, agent_ref_problem("../x@b", "agent") is not None
+    (True, True)
+    """
+    if isinstance(value, str) and "@" in value:
+        agent, _, node = value.partition("@")
+        if name_problem(agent, "x") is None and name_problem(node, "x") is None:
+            return None
+        return f"{what}: got {shown(value)}; expected an agent id, or AGENT@NODE (an agent of a node of the cluster)"
+    return name_problem(value, what)
+
+
+def _check_agent_ref(value: Any, what: str) -> None:
+    if (problem := agent_ref_problem(value, what)) is not None:
         raise PlanError(problem)
 
 
