@@ -96,6 +96,9 @@ def unrealisable(old: NodeSpec, new: NodeSpec) -> list[str]:
                      "not its target's; and the current directory)", old.program_folders,
                      new.program_folders),
                     ("the root supervisor's id", old.root.id, new.root.id)) if before != after]
+    if (storage_before := _storage(old.root)) != (storage_now := _storage(new.root)):
+        problems.append(f"[registry] storage: {_masked(storage_before)} -> {_masked(storage_now)} cannot change while "
+                        f"the node runs (its registry holds the values there); {RESTART}")
     if (bound_before := variables_of(old.root)) != (bound_now := variables_of(new.root)):
         problems.append(f"the variables the tree binds: {_show(sorted(bound_before))} -> {_show(sorted(bound_now))} "
                         f"cannot change while the node runs (its registry guards them); {RESTART}")
@@ -132,9 +135,22 @@ def _registry(root: SupervisorSpec) -> AnySpec | None:
     """The root's registry child without the tree's scopes (``parents``: a child added at run
     time, or by a reload, tells the registry its supervisors itself)."""
     registry = next((child for child in root.children if child.id == REGISTRY_ID), None)
-    if isinstance(registry, ChildSpec) and "parents" in registry.args:
-        return msgspec.structs.replace(registry, args={k: v for k, v in registry.args.items() if k != "parents"})
+    if isinstance(registry, ChildSpec) and {"parents", "storage"} & registry.args.keys():
+        return msgspec.structs.replace(registry, args={k: v for k, v in registry.args.items()
+                                                       if k not in ("parents", "storage")})  # storage: said apart
     return registry
+
+
+def _storage(root: SupervisorSpec) -> str | None:
+    """``[registry] storage`` as the root's registry child holds it (None: the node's file)."""
+    registry = next((child for child in root.children if child.id == REGISTRY_ID), None)
+    return registry.args.get("storage") if isinstance(registry, ChildSpec) else None
+
+
+def _masked(storage: str | None) -> str:
+    from ..specs.values import mask_url
+
+    return repr(mask_url(storage)) if storage else "none (the node's file)"
 
 
 def declared_tree(node: Any, old: SupervisorSpec, new: SupervisorSpec) -> SupervisorSpec:

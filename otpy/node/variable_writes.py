@@ -57,6 +57,7 @@ from ..specs.bindings import BoundValues, variables_of
 from ..specs.model import SupervisorSpec
 from ..variables.placement import REGISTRY_ID, REGISTRY_PROGRAM
 from ..variables.scopes import ScopedValues, spaces_from_topology
+from ..variables.storage import is_postgresql
 from ..variables.types import VariableError
 from ..wire.protocol import Change, Outcome
 from .config_sync import SYNC_TIMEOUT, Listeners, Synced, check_configs, follower_pids, followers, sync_configs
@@ -95,10 +96,11 @@ def stored_values(folder: str | os.PathLike, root: SupervisorSpec) -> BoundValue
         return BoundValues()
     store = ScopedValues(spaces_from_topology(args.get("variables", {})), args.get("parents", {}))
     try:
-        version, rows = _read_rows(os.path.join(folder, REGISTRY_FILE))
+        version, rows = (_read_shared_rows(args["storage"]) if is_postgresql(args.get("storage"))
+                         else _read_rows(os.path.join(folder, REGISTRY_FILE)))
         for dropped in store.load(version, rows):
             log.warning("otpy: a stored value is no longer accepted, its default is used: %s", dropped)
-    except (OSError, sqlite3.Error, ValueError, TypeError) as exc:
+    except (OSError, sqlite3.Error, ValueError, TypeError, SharedUnread) as exc:
         log.debug("otpy: the registry file is not read (%s); bound variables start at their defaults", exc)
     values, versions = {}, {}
     for name in sorted(names):
@@ -125,6 +127,28 @@ def _read_rows(path: str) -> tuple[int, list[tuple[str, str, Any, int]]]:
     return (meta[0] if meta else 0), rows
 
 
+class SharedUnread(Exception):
+    """The shared database could not be read at the node's start (the registry says why)."""
+
+
+def _read_shared_rows(url: str) -> tuple[int, list[tuple[str, str, Any, int]]]:
+    """The stored rows in the shared database (``[registry] storage``), read once, without
+    waiting: an unreachable one leaves the defaults, and the registry's start fails saying so
+    (or, reached later, the registry's values are followed: ``node.shared_variables``)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=3) as db:
+            if db.execute("SELECT to_regclass('otpy_registry_value')").fetchone()[0] is None:
+                return 0, []
+            meta = db.execute("SELECT value FROM otpy_registry_meta WHERE key = 'version'").fetchone()
+            rows = [(scope, name, json.loads(value), version) for scope, name, value, version in
+                    db.execute("SELECT scope, name, value, version FROM otpy_registry_value")]
+    except psycopg.Error as exc:
+        raise SharedUnread(type(exc).__name__) from None  # its text may hold the host: the registry says it
+    return (meta[0] if meta else 0), rows
+
+
 class VariableWrites:
     """``SetVariables`` for one node: its registry, its bound values, its supervisors."""
 
@@ -139,6 +163,24 @@ class VariableWrites:
         self._caller = None  # an otpy.Caller to the registry, made at the first write
         self.lock = asyncio.Lock()  # writes change the shared values and the tree
         self._unchecked: dict[str, int] = {}  # child id -> the pid of its process without check_config
+        self._follower = None  # a SharedFollower once a registry on a shared database started
+        listeners.append(self._registry_event)
+
+    def _registry_event(self, event) -> None:
+        """The registry started (the node's start, a restart): on a shared database, follow the
+        bound variables other nodes write (``node.shared_variables``), and what it holds now."""
+        if event.kind != "started" or event.child != REGISTRY_ID:
+            return
+        if self._follower is None:
+            from .shared_variables import SharedFollower, shared_storage
+
+            if (root := self._root()) is None or not shared_storage(root.spec):
+                return
+            from ..host.runtime_dir import node_dir
+            from ..variables.placement import events_endpoint
+
+            self._follower = SharedFollower(self, events_endpoint(node_dir(self.node)))
+        self._follower.registry_started()
 
     def registry_problems(self, spec, replacing: str | None = None) -> list[str]:
         """A spec from the wire may neither replace the node's registry nor add another one: the
@@ -170,6 +212,11 @@ class VariableWrites:
 
     async def close(self) -> None:
         """Close the caller (a node service: closed after the tree stopped)."""
+        if self._registry_event in self.listeners:
+            self.listeners.remove(self._registry_event)
+        if self._follower is not None:
+            await self._follower.close()
+            self._follower = None
         if self._caller is not None:
             self._caller.close()
             self._caller = None
@@ -356,4 +403,6 @@ def _refusals(refused: dict[str, str]) -> str:
 def _refused(refusal) -> Outcome:
     if refusal.kind == "internal":
         raise RuntimeError(f"the registry failed: {'; '.join(refusal.problems)}")
+    if refusal.kind == "unavailable":  # the shared database is lost: the tree runs what it ran
+        return Outcome("unavailable", detail="; ".join(refusal.problems))
     return Outcome("invalid", detail="; ".join(refusal.problems) or refusal.kind)
