@@ -271,6 +271,16 @@ def _postgres_class():
     return NetnsPostgres
 
 
+def lab_or_skip(hosts=("alpha", "beta")) -> Lab:
+    """For a pytest fixture: a started lab; skipped with the reason on a machine that cannot host
+    one, except in CI (``CI`` set), where that is a failure."""
+    if (reason := unavailable_reason()) and not os.environ.get("CI"):
+        import pytest
+
+        pytest.skip(reason)
+    return Lab(list(hosts)).start()
+
+
 # --- a lab for a shell session -------------------------------------------------------------------
 
 def shell_code(lab: Lab) -> str:

@@ -11,18 +11,11 @@ import sys
 
 import pytest
 
-from tests.netns_lab import PREFIX, Lab, namespaces, sweep_stale, unavailable_reason
+from tests.netns_lab import PREFIX, Lab, lab_or_skip, namespaces, sweep_stale, unavailable_reason
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def lab_or_skip(hosts=("alpha", "beta")) -> Lab:
-    """A started lab; skipped with the reason outside CI on a machine that cannot host one, failed in CI."""
-    if (reason := unavailable_reason()) and not os.environ.get("CI"):
-        pytest.skip(reason)
-    return Lab(list(hosts)).start()
 
 
 @pytest.fixture
