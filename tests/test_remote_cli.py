@@ -215,16 +215,6 @@ def test_a_key_folder_that_lacks_a_key_says_what_and_how(node, tmp_path):
     assert result.exit_code == 2 and "may be read by others (mode 0644): `chmod 600" in result.stderr
 
 
-@pytest.mark.parametrize("command", [["vars", "list"], ["vars", "get", "global.x"]])
-def test_commands_that_need_the_nodes_host_refuse_an_endpoint(tmp_path, command):
-    folder = tmp_path / "k"
-    assert otpy_cli("keys", "new", str(folder)).exit_code == 0
-    (folder / "server.key").write_bytes((folder / "client.key").read_bytes())  # any public key will do
-    result = otpy_cli(*command, "--endpoint", "tcp://127.0.0.1:9", "--keys", str(folder))
-    assert result.exit_code == 2, result.output
-    assert result.stderr.startswith(f"otpy: {' '.join(command[:2])} does not take --endpoint: ")
-
-
 # --- otpy keys authorize ---------------------------------------------------------------------
 
 def test_authorize_copies_a_public_key_into_the_nodes_folder(node, tmp_path):

@@ -7,20 +7,24 @@
     otpy vars explain CHILD NAME        where CHILD's NAME comes from
 
 ``list``, ``get`` and ``explain`` send one typed request (``otpy.wire.registry_protocol``) with
-``RegistryClient`` over an ``otpy.Caller`` of the node. ``set`` asks the node
+``RegistryClient`` over an ``otpy.Caller`` of the node, or, with ``--endpoint`` and ``--keys``,
+over a ``RemoteCaller`` of its call gateway (``otpy.wire.remote_calls``: control_tcp's port + 1,
+the same CURVE keys). ``set`` asks the node
 (``set_variables``): it makes the running tree match the value (a bound child reconfigured,
 started or stopped) and only then stores it, and the command prints what changed.
 ``--expected-version`` goes through the node too: the registry's compare-and-set, made in the
 node's commit (the programs asked first, the tree made to match). Exit codes as ``otpy``'s: 0 success, 1 refused or failed
-(the reason is printed, naming the child for a start that failed), 2 usage.
+(the reason is printed, naming the child for a start that failed; over TCP, what to check
+when the node does not answer), 2 usage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
-from typing import Any, NoReturn
+from typing import Any, Iterator, NoReturn
 
 import click
 import msgspec
@@ -30,20 +34,22 @@ from ..variables.client import RegistryClient
 from ..variables.placement import REGISTRY_ID
 from ..wire.calls import Caller
 from ..wire.client import Client, NodeStale
-from ..wire.errors import CallError
+from ..wire.errors import CallError, CallTimeout, NoSuchAgent, NodeUnreachable
 from ..wire.operations import ControlError
 from ..wire.protocol import Change, Outcome
 from ..wire.registry_protocol import (
     Explain, GetSpace, GetValue, ListValues, RegistryRefusal, RegistryRequest,
 )
 from . import set_values
-from .exits import local_only, node_or_exit
+from .exits import REMOTE_HINT, Remote, Target, client_of, node_or_exit
 from .options import Count, child_id_argument, node_options
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 SET_TIMEOUT = 120.0  # a write waits for the tree to match: replacements start and become ready first
-LOCAL_REGISTRY = "the registry is asked over the node's local agent sockets, which TCP does not serve"
+REGISTRY_TIMEOUT = 10.0
+REMOTE_REGISTRY_HINT = (" (over TCP the registry is called through the node's call gateway, control_tcp's port + 1: "
+                        "check that the node serves it and that this client's public key is in its curve/authorized/)")
 
 @click.group("vars")
 def vars_group() -> None:
@@ -54,9 +60,8 @@ def vars_group() -> None:
 @click.argument("scope", required=False)
 @node_options
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
-def list_(scope: str | None, node_name: str | None, as_json: bool) -> None:
+def list_(scope: str | None, node_name: Target, as_json: bool) -> None:
     """Every variable of SCOPE (or of every scope): value, version and why it has it."""
-    node_name = local_only(node_name, "vars list", LOCAL_REGISTRY)
     _unicode("vars list", scope or "")
     entries = _ask(node_name, ListValues(scope=scope)).values
     if as_json:
@@ -70,9 +75,8 @@ def list_(scope: str | None, node_name: str | None, as_json: bool) -> None:
 @click.argument("variable", metavar="SCOPE.NAME")
 @node_options
 @click.option("--json", "as_json", is_flag=True, help="Print scope, name, value, version and reason.")
-def get(variable: str, node_name: str | None, as_json: bool) -> None:
+def get(variable: str, node_name: Target, as_json: bool) -> None:
     """Print the value of SCOPE.NAME, JSON-encoded (for scripts)."""
-    node_name = local_only(node_name, "vars get", LOCAL_REGISTRY)
     _unicode("vars get", variable)
     scope, name = _split(variable)
     entry = _ask(node_name, GetValue(scope=scope, name=name))
@@ -130,12 +134,11 @@ def _cell(value: Any) -> str:
               help="Compare-and-set: only if this is the variable's current version (0: never set).")
 @node_options
 def set_(variable: str, values: tuple[str, ...], dry_run: bool, as_json: bool, expected_version: int | None,
-         node_name: str | None) -> None:
+         node_name: Target) -> None:
     """Set SCOPE.NAME to VALUE, or in SCOPE each NAME to its VALUE (all or nothing), through the
     node: the running tree follows it (a bound child reconfigured, started or stopped) before it
     is stored. VALUE is parsed as JSON, else taken as a plain string; for a document variable it
     is JSON text, or @FILE: a JSON file. Prints one line per change."""
-    node_name = local_only(node_name, "vars set", LOCAL_REGISTRY)
     _unicode("vars set", variable)
     scope, texts = _assignments(node_name, variable, values)
     parsed = set_values.parse(texts, lambda: _declared(node_name, scope), lambda problem: _fail(f"vars set {scope}.{problem}"))
@@ -181,33 +184,36 @@ def change_line(change: Change) -> str:
     return line + (f" (pid {change.pid})" if change.pid else "")
 
 
-def _set_through_node(node_name: str | None, scope: str, values: dict[str, Any], dry_run: bool) -> Outcome:
+def _set_through_node(node_name: Target, scope: str, values: dict[str, Any], dry_run: bool) -> Outcome:
     """The node's outcome of ``SetVariables``; exit 1 if it refused the request or did not answer."""
-    with Client(node_or_exit(node_name), timeout=SET_TIMEOUT) as client:
-        try:
-            return client.set_variables(scope, values, dry_run=dry_run)
-        except (ControlError, TimeoutError, NodeStale) as exc:
-            _fail(f"vars set: {exc}")
+    return _through_node(node_name, lambda client: client.set_variables(scope, values, dry_run=dry_run))
 
 
-def _compare_and_set(node_name: str | None, scope: str, values: dict[str, Any], dry_run: bool,
+def _compare_and_set(node_name: Target, scope: str, values: dict[str, Any], dry_run: bool,
                      expected: dict[str, dict[str, int]]) -> Outcome:
     """``--expected-version``: the same write through the node, with the registry's
     compare-and-set made in the node's commit (``expected``: ``{scope: {name: version}}``)."""
-    with Client(node_or_exit(node_name), timeout=SET_TIMEOUT) as client:
+    return _through_node(node_name, lambda client: client.set_variables(scope, values, dry_run=dry_run,
+                                                                        expected=expected))
+
+
+def _through_node(node_name: Target, write) -> Outcome:
+    """``write(client)`` with a client of the node (local, or over its TCP control endpoint)."""
+    with client_of(node_name, SET_TIMEOUT) as client:
         try:
-            return client.set_variables(scope, values, dry_run=dry_run, expected=expected)
-        except (ControlError, TimeoutError, NodeStale) as exc:
+            return write(client)
+        except (ControlError, NodeStale) as exc:
             _fail(f"vars set: {exc}")
+        except TimeoutError as exc:
+            _fail(f"vars set: {exc}" + (REMOTE_HINT if isinstance(node_name, Remote) else ""))
 
 
 @vars_group.command()
 @child_id_argument(metavar="CHILD")
 @click.argument("name")
 @node_options
-def explain(child_id: str, name: str, node_name: str | None) -> None:
+def explain(child_id: str, name: str, node_name: Target) -> None:
     """Where CHILD's variable NAME comes from: the scope, the value and why."""
-    node_name = local_only(node_name, "vars explain", LOCAL_REGISTRY)
     _unicode("vars explain", child_id, name)
     explained = _ask(node_name, Explain(child=child_id, name=name))
     click.echo(f"{child_id}.{name} = {json.dumps(explained.value)}: {explained.reason} in scope {explained.scope!r}")
@@ -220,7 +226,7 @@ def _split(variable: str) -> tuple[str, str]:
     return scope, name
 
 
-def _assignments(node_name: str | None, first: str, values: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+def _assignments(node_name: Target, first: str, values: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     """``(scope, {name: value text})`` of ``SCOPE.NAME VALUE`` or ``SCOPE NAME=VALUE...``.
 
     ``A.B NAME=VALUE`` reads both ways (a scope may hold a dot): it is ``SCOPE.NAME VALUE`` when
@@ -238,40 +244,76 @@ def _assignments(node_name: str | None, first: str, values: tuple[str, ...]) -> 
     return scope, {name: values[0]}
 
 
-def _declares(node_name: str | None, scope: str, name: str) -> bool:
+def _declares(node_name: Target, scope: str, name: str) -> bool:
     return name in _declared(node_name, scope)
 
 
-def _declared(node_name: str | None, scope: str) -> dict[str, Any]:
+def _declared(node_name: Target, scope: str) -> dict[str, Any]:
     """The variables ``scope`` declares (tables, as the registry gives them); {} when the node
     has no registry or no such scope (the write itself then says so)."""
-    node = node_or_exit(node_name)
-    if not agent_socket_path(node, REGISTRY_ID).exists():
-        return {}
-    with Caller(node) as caller:
-        try:
-            reply = RegistryClient(caller, timeout=10.0).ask(GetSpace(scope=scope))
-        except CallError as exc:
-            _fail(f"the registry did not answer: {exc}")
-    return {} if isinstance(reply, RegistryRefusal) else reply.spaces.get(scope, {})
+    with _registry(node_name, quiet=True) as registry:
+        if registry is None:
+            return {}
+        reply = registry.ask(GetSpace(scope=scope))
+    return {} if reply is None or isinstance(reply, RegistryRefusal) else reply.spaces.get(scope, {})
 
 
-def _ask(node_name: str | None, request: RegistryRequest, bound_hint: str = "") -> Any:
+def _ask(node_name: Target, request: RegistryRequest, bound_hint: str = "") -> Any:
     """The registry's reply (of ``request.reply``'s type); exit 1 naming the problem if it
     refused or cannot be reached (``bound_hint`` added to a ``bound`` refusal)."""
-    node = node_or_exit(node_name)
-    if not agent_socket_path(node, REGISTRY_ID).exists():
-        _fail(f"node {node!r} has no variable registry: declare [variables] (e.g. [variables.global]) "
-              "in its topology")
-    with Caller(node) as caller:
-        try:
-            reply = RegistryClient(caller, timeout=10.0).ask(request)
-        except CallError as exc:
-            _fail(f"the registry did not answer: {exc}")
+    with _registry(node_name) as registry:
+        reply = registry.ask(request)
     if isinstance(reply, RegistryRefusal):
         hint = bound_hint if reply.kind == "bound" else ""
         _fail(f"refused ({reply.kind}){hint}:\n" + "\n".join(f"  {p}" for p in reply.problems or [reply.kind]))
     return reply
+
+
+class _Registry:
+    """``ask`` of a ``RegistryClient``, whose call errors end the command (exit 1, one line)."""
+
+    def __init__(self, client: RegistryClient, node: str, remote: bool, quiet: bool) -> None:
+        self.client, self.node, self.remote, self.quiet = client, node, remote, quiet
+
+    def ask(self, request: RegistryRequest) -> Any:
+        try:
+            return self.client.ask(request)
+        except NoSuchAgent:
+            if self.quiet:
+                return None
+            _fail(_NO_REGISTRY.format(node=self.node))
+        except (CallTimeout, NodeUnreachable) as exc:
+            _fail(f"the registry did not answer: {exc}" + (REMOTE_REGISTRY_HINT if self.remote else ""))
+        except CallError as exc:
+            _fail(f"the registry did not answer: {exc}")
+
+
+_NO_REGISTRY = "node {node} has no variable registry: declare [variables] (e.g. [variables.global]) in its topology"
+
+
+@contextlib.contextmanager
+def _registry(node_name: Target, quiet: bool = False) -> Iterator[_Registry | None]:
+    """The node's registry, called over the node's local agent sockets or, for a Remote, through
+    its call gateway (``RemoteCaller``). A local node without a registry: exit 1 saying so (None
+    when ``quiet``); a remote one says so at the first call."""
+    node = node_or_exit(node_name)
+    if isinstance(node, Remote):
+        from ..wire.remote_calls import RemoteCaller
+
+        try:
+            caller = RemoteCaller(node.endpoint, node.keys)
+        except ValueError as exc:
+            _usage(f"--endpoint {node.endpoint}: {exc}")
+        with caller:
+            yield _Registry(RegistryClient(caller, timeout=REGISTRY_TIMEOUT), f"at {node.endpoint}", True, quiet)
+        return
+    if not agent_socket_path(node, REGISTRY_ID).exists():
+        if quiet:
+            yield None
+            return
+        _fail(_NO_REGISTRY.format(node=repr(node)))
+    with Caller(node) as caller:
+        yield _Registry(RegistryClient(caller, timeout=REGISTRY_TIMEOUT), repr(node), False, quiet)
 
 
 def _unicode(command: str, *texts: str) -> None:
