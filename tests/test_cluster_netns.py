@@ -36,13 +36,22 @@ def write_topology(lab: Lab, host: str, name: str, body: str) -> Path:
     return path
 
 
-def remote_topology(lab: Lab, host: str, name: str) -> str:
-    return (f'[node]\nname = "{name}"\ncontrol_tcp = "tcp://{lab.address(host)}:{PORT}"\n\n[supervisor]\n\n'
-            '[[supervisor.children]]\nid = "greeter"\nprogram = "tests.bound_agents:Alpha"\n')
+def b_topology(lab: Lab) -> str:
+    children = "".join(f'\n[[supervisor.children]]\nid = "{id}"\nprogram = "tests.{program}"\n' for id, program in
+                       [("greeter", "bound_agents:Alpha"), ("echo", "call_agents:Echo"),
+                        ("raises", "call_agents:Raises"), ("slow", "call_agents:Slow")])
+    return f'[node]\nname = "b"\ncontrol_tcp = "tcp://{lab.address("beta")}:{PORT}"\n\n[supervisor]\n{children}'
+
+
+def a_topology(lab: Lab) -> str:
+    return (f'[node]\nname = "a"\ncontrol_tcp = "tcp://{lab.address("alpha")}:{PORT}"\n\n[cluster]\n'
+            'file = "cluster.toml"\n\n[supervisor]\n\n[[supervisor.children]]\nid = "relay"\n'
+            'program = "tests.call_agents:CallsOther"\n')
 
 
 def new_keys(lab: Lab, host: str, folder: str, name: str = "client") -> Path:
     path = lab.hosts[host].folder / folder
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     ok(otpy(lab, host, "keys", "new", str(path), "--name", name))
     return path
 
@@ -55,24 +64,36 @@ def lab():
 
 @pytest.fixture(scope="module")
 def remote(lab):
-    """Node ``b`` on beta serving control_tcp, and a keys folder on alpha that beta authorized
-    (as docs/cli.md does it: keys new on the client, authorize on the node's host, restart)."""
-    topology = write_topology(lab, "beta", "b", remote_topology(lab, "beta", "b"))
+    """Node ``b`` on beta serving control_tcp; on alpha a keys folder that b authorized (as
+    docs/cli.md does it: keys new on the client, authorize on the node's host after b's first
+    start, b's server.key copied to the client), a cluster file naming b, and node ``a`` running
+    with that [cluster]."""
+    alpha = lab.hosts["alpha"].folder
+    keys = new_keys(lab, "alpha", "keys/b", "alpha")
+    topology = write_topology(lab, "beta", "b", b_topology(lab))
     ok(otpy(lab, "beta", "start", str(topology), "--detach"))
-    keys = new_keys(lab, "alpha", "keys", "laptop")
-    ok(otpy(lab, "beta", "keys", "authorize", "b", str(keys / "laptop.key")))
-    ok(otpy(lab, "beta", "stop", "--node", "b"))
-    ok(otpy(lab, "beta", "start", str(topology), "--detach"))
+    ok(otpy(lab, "beta", "keys", "authorize", "b", str(keys / "alpha.key")))
     shutil.copy(lab.hosts["beta"].folder / "run" / "b" / "curve" / "server.key", keys)
-    yield {"endpoint": f"tcp://{lab.address('beta')}:{PORT}", "keys": keys, "topology": topology}
+    (alpha / "cluster.toml").write_text(f'[nodes.b]\nendpoint = "tcp://{lab.address("beta")}:{PORT}"\nkeys = "keys/b"\n')
+    ok(otpy(lab, "alpha", "start", str(write_topology(lab, "alpha", "a", a_topology(lab))), "--detach"))
+    yield {"endpoint": f"tcp://{lab.address('beta')}:{PORT}", "keys": keys, "cluster": alpha / "cluster.toml"}
+    otpy(lab, "alpha", "stop", "--node", "a")
     otpy(lab, "beta", "stop", "--node", "b")
+
+
+@pytest.fixture(scope="module")
+def stranger(lab, remote):
+    """A keys folder on alpha whose key b never authorized, with b's server.key (knowing it is not enough)."""
+    folder = new_keys(lab, "alpha", "keys/stranger")
+    shutil.copy(remote["keys"] / "server.key", folder)
+    return folder
 
 
 def greeter_pid(lab: Lab, remote: dict) -> int:
     report = json.loads(ok(otpy(lab, "alpha", "status", "--endpoint", remote["endpoint"], "--keys",
                                 str(remote["keys"]), "--json")))
-    [greeter] = report["tree"]["children"]
-    assert greeter["id"] == "greeter" and greeter["state"] == "running"
+    [greeter] = [c for c in report["tree"]["children"] if c["id"] == "greeter"]
+    assert greeter["state"] == "running"
     return greeter["pid"]
 
 
@@ -82,7 +103,8 @@ def test_status_and_a_restart_from_another_host_over_curve_tcp(lab, remote):
     report = json.loads(ok(otpy(lab, "alpha", "status", "--endpoint", remote["endpoint"], "--keys",
                                 str(remote["keys"]), "--json")))
     assert report["node"] == "b"
-    assert [(c["id"], c["state"]) for c in report["tree"]["children"]] == [("greeter", "running")]
+    assert [(c["id"], c["state"]) for c in report["tree"]["children"]] == [
+        ("greeter", "running"), ("echo", "running"), ("raises", "running"), ("slow", "running")]
     before = report["tree"]["children"][0]["pid"]
     restarted = json.loads(ok(otpy(lab, "alpha", "restart", "greeter", "--endpoint", remote["endpoint"],
                                    "--keys", str(remote["keys"]), "--json")))
@@ -105,9 +127,7 @@ client.close()
 """
 
 
-def test_a_client_without_an_allowed_key_gets_nothing_from_remote_control(lab, remote):
-    stranger = new_keys(lab, "alpha", "stranger")
-    shutil.copy(remote["keys"] / "server.key", stranger)  # it knows the node's public key: not enough
+def test_a_client_without_an_allowed_key_gets_nothing_from_remote_control(lab, remote, stranger):
     pid = greeter_pid(lab, remote)
     done = otpy(lab, "alpha", "status", "--endpoint", remote["endpoint"], "--keys", str(stranger), "--timeout", "1")
     assert (done.returncode, done.stdout) == (1, ""), done.stderr
@@ -116,3 +136,68 @@ def test_a_client_without_an_allowed_key_gets_nothing_from_remote_control(lab, r
     assert asked.stdout.splitlines() == ["status nothing", "restart_child nothing", "terminate_child nothing",
                                          "stop nothing"], asked.stderr
     assert greeter_pid(lab, remote) == pid  # nothing was done: the same child, the node still up
+
+
+# --- cross-node calls ----------------------------------------------------------------------------
+
+CALLS = """
+import json, sys
+from otpy.topology.cluster import load_cluster
+from otpy.wire.calls import Caller
+from otpy.wire.errors import CallError
+
+with Caller("a", cluster=load_cluster(sys.argv[1])) as caller:
+    for target, inputs in [("echo@b", {"x": 1}), ("nope@b", {}), ("raises@b", {"x": 2}), ("raises@b", {"ok": 1})]:
+        try:
+            print(target, json.dumps(caller.call(target, inputs, timeout=10)))
+        except CallError as exc:
+            print(target, type(exc).__name__, exc)
+"""
+
+
+def local_echo_pid(lab: Lab) -> int:
+    return json.loads(ok(otpy(lab, "beta", "call", "echo", "--node", "b")))["pid"]
+
+
+def test_a_call_from_one_host_reaches_an_agent_of_a_node_on_another(lab, remote):
+    pid = local_echo_pid(lab)
+    by_cluster = otpy(lab, "alpha", "call", "echo@b", "--cluster", str(remote["cluster"]), "--input", '{"x": 1}')
+    assert json.loads(ok(by_cluster)) == {"x": 1, "pid": pid}
+    by_endpoint = otpy(lab, "alpha", "call", "echo", "--endpoint", remote["endpoint"], "--keys", str(remote["keys"]),
+                       "--input", '{"x": 2}')
+    assert json.loads(ok(by_endpoint)) == {"x": 2, "pid": pid}
+
+
+def test_a_cross_node_call_fails_with_the_typed_errors_of_a_local_one(lab, remote):
+    done = lab.run("alpha", [sys.executable, "-c", CALLS, str(remote["cluster"])], cwd=ROOT)
+    pid = local_echo_pid(lab)
+    assert done.stdout.splitlines() == [
+        f'echo@b {{"x": 1, "pid": {pid}}}',
+        "nope@b NoSuchAgent node 'b' has no agent 'nope'",
+        "raises@b RemoteError ValueError: bad input 2",
+        'raises@b {"ok": true}',
+    ], done.stderr
+
+
+STRANGER_CALL = """
+import sys
+from otpy.wire.errors import CallError
+from otpy.wire.remote_calls import RemoteCaller
+
+with RemoteCaller(sys.argv[1], keys=sys.argv[2], name="b") as caller:
+    try:
+        print("answered", caller.call("slow", {"seconds": 0, "mark": sys.argv[3]}, timeout=3))
+    except CallError as exc:
+        print(type(exc).__name__)
+"""
+
+
+def test_a_client_without_an_allowed_key_gets_nothing_from_calls(lab, remote, stranger):
+    mark = lab.folder / "slow-ran"
+    refused = lab.run("alpha", [sys.executable, "-c", STRANGER_CALL, remote["endpoint"], str(stranger), str(mark)],
+                      cwd=ROOT)
+    assert refused.stdout == "NodeUnreachable\n", refused.stderr  # the key refused: said at once, not a timeout
+    assert not mark.exists()  # the agent never ran
+    allowed = lab.run("alpha", [sys.executable, "-c", STRANGER_CALL, remote["endpoint"], str(remote["keys"]),
+                                str(mark)], cwd=ROOT)
+    assert allowed.stdout.startswith("answered") and mark.exists(), allowed.stderr
