@@ -24,7 +24,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
 
 
 @click.command()
-@click.argument("topology", type=click.Path(dir_okay=False))
+@click.argument("topology", type=click.Path(dir_okay=False), required=False)
 @click.option("--trials", type=click.IntRange(min=1), help="Finished trials the study should have (default: "
               "[optimizer] trials); with --watch, the trials of each search (default 10).")
 @click.option("--seed", type=int, help="Seed of the sampler (default: [optimizer] seed).")
@@ -43,9 +43,16 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
 @click.option("--margin", type=Number(min=0), default=0.0, show_default=True,
               help="--watch: apply only a candidate whose validation score beats the live one by more than this.")
 @click.option("--rounds", type=click.IntRange(min=1), help="--watch: stop after this many rounds (default: run until interrupted).")
-def optimize(topology: str, trials: int | None, seed: int | None, storage: str | None, apply_: bool, dry_run: bool,
-             as_json: bool, watch: bool, interval: float, sample: int | None, threshold: float | None,
-             every: int | None, margin: float, rounds: int | None) -> None:
+@click.option("--workers", type=click.IntRange(min=1), help="Trial workers sharing the study (processes, each its "
+              "own scratch node); needs a --storage other processes open (PostgreSQL; SQLite for one host). "
+              "Given, the study is recorded for --join.")
+@click.option("--join", metavar="STUDY", help="Add workers (--workers, default 1) to study STUDY that a leader runs "
+              "(`otpy optimize FILE --workers N --storage URL`) in --storage URL; they never apply.")
+@click.option("--worker", "worker_job", is_flag=True, hidden=True, help="One trial worker (its job on stdin).")
+def optimize(topology: str | None, trials: int | None, seed: int | None, storage: str | None, apply_: bool,
+             dry_run: bool, as_json: bool, watch: bool, interval: float, sample: int | None, threshold: float | None,
+             every: int | None, margin: float, rounds: int | None, workers: int | None, join: str | None,
+             worker_job: bool) -> None:
     """Search the variables of TOPOLOGY with its [optimizer]; print the scores and the plan.
 
     Trials run on live agents of a scratch node started from TOPOLOGY (named NODE-optimize):
@@ -56,23 +63,41 @@ def optimize(topology: str, trials: int | None, seed: int | None, storage: str |
     carries it out (--dry-run: prints only). Trials keep the running node's values of what no
     trial searches (documents such as a saved DSPy program), so they score what the plan would
     leave running. --watch runs the watch loop instead.
+
+    --workers N runs N trial workers on one study in --storage (PostgreSQL for several hosts);
+    --join STUDY --storage URL adds workers from another host. Only the leader applies, once.
     """
+    if worker_job:
+        _worker()
+        return
+    if join is not None:
+        _join_study(join, topology, storage, workers or 1, as_json, apply_ or watch)
+        return
+    if topology is None:
+        fail("optimize: give TOPOLOGY (the file to optimize), or --join STUDY --storage URL", EXIT_USAGE)
     try:
         _optimize(topology, trials, seed, storage, apply_, dry_run, as_json, watch, interval=interval, sample=sample,
-                  threshold=threshold, every=every, margin=margin, rounds=rounds)
+                  threshold=threshold, every=every, margin=margin, rounds=rounds, workers=workers)
     except KeyboardInterrupt:  # at any moment before the search, or while the plan is asked or sent
         fail("optimize: interrupted", EXIT_INTERRUPTED)
 
 
 def _optimize(topology: str, trials: int | None, seed: int | None, storage: str | None, apply_: bool,
-              dry_run: bool, as_json: bool, watch: bool, **watching) -> None:
+              dry_run: bool, as_json: bool, watch: bool, workers: int | None = None, **watching) -> None:
     from ..optimize.live_system import OptimizeError
+    from ..optimize.study_storage import in_memory, masked
+
+    if workers is not None and workers > 1 and storage is not None and in_memory(storage):
+        fail(f"optimize: --workers {workers}: several workers share one study through its storage, and "
+             f"--storage {masked(storage)} is one process's memory; give --storage postgresql+psycopg://USER:PASSWORD@"
+             "HOST/DB (workers on several hosts) or sqlite:///PATH (workers of this host)", EXIT_USAGE)
 
     if apply_ and not watch:  # the node first, at once: importing the programs takes seconds
         _require_running(_load(topology, check_imports=False).node.name, topology)
     spec = _load(topology)
-    if watch and (as_json or storage):
-        fail(f"optimize --watch: {'--json' if as_json else '--storage'} is for one search; the watch loop's "
+    if watch and (as_json or storage or workers):
+        option = "--json" if as_json else "--storage" if storage else "--workers"
+        fail(f"optimize --watch: {option} is for one search; the watch loop's "
              "rounds are node events (`otpy events`) and its searches in-memory studies", EXIT_USAGE)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     # The scratch node's own log (its children's exits at each trial) is not the user's: what a
@@ -85,7 +110,7 @@ def _optimize(topology: str, trials: int | None, seed: int | None, storage: str 
         if watch:
             _watch(spec, topology, seed, trials=trials or 10, **watching)
         else:
-            _optimize_once(spec, topology, trials, seed, storage, apply_, dry_run, as_json)
+            _optimize_once(spec, topology, trials, seed, storage, apply_, dry_run, as_json, workers)
     except OptimizeError as exc:
         fail(f"optimize: {exc}", EXIT_USAGE if exc.usage else EXIT_FAILED)
 
@@ -132,10 +157,10 @@ class ScratchLogFilter(logging.Filter):
 
 
 def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, storage: str | None, apply_: bool,
-                   dry_run: bool, as_json: bool) -> None:
+                   dry_run: bool, as_json: bool, workers: int | None = None) -> None:
     from ..optimize.live_system import (
         LiveSystem, OptimizeError, OptimizerTable, live_values, optimize_topology, set_changes, study_name)
-    from ..optimize.study_storage import checked_storage, default_storage
+    from ..optimize.study_storage import checked_storage, default_storage, masked
 
     name = spec.node.name
     table = conventions(OptimizerTable(spec))  # its problems first: a usage error, before anything runs
@@ -145,13 +170,20 @@ def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, st
     storage = checked_storage(storage) if storage else default_storage(name)
     _warn_restarts(spec)
     study = study_name(spec, current)
-    click.echo(f"optimize: study {study!r} in {storage}", err=True)
+    click.echo(f"optimize: study {study!r} in {masked(storage)}", err=True)
+    if workers is not None:
+        click.echo(f"optimize: {workers} worker{'' if workers == 1 else 's'} on this host; more from another: "
+                   f"`otpy optimize --join {study} --storage URL --workers N`", err=True)
     try:
         result = optimize_topology(spec, trials=trials, seed=seed, current=current, storage=storage,
-                                   topology_path=topology, table=table)
+                                   topology_path=topology, table=table, workers=workers,
+                                   worker_command=WORKER_COMMAND, say=_say)
     except KeyboardInterrupt:
-        fail(f"optimize: interrupted; study {study!r} in {storage} keeps its finished trials (one cut short is "
-             "marked failed): run the same command to resume it", EXIT_INTERRUPTED)
+        stopped = " (every worker stopped)" if workers and workers > 1 else ""
+        fail(f"optimize: interrupted{stopped}; study {study!r} in {masked(storage)} keeps its finished trials (one "
+             "cut short is marked failed): run the same command to resume it", EXIT_INTERRUPTED)
+    if workers is not None:
+        _say(_workers_line(result.workers, result.trials_per_second))
     if seed is not None and result.ran == 0:
         click.echo(f"optimize: --seed {seed} is not used: study {study!r} already has {result.trials} finished "
                    "trials, so no trial ran; ask for more (--trials N), or name another study ([optimizer] study) "
@@ -184,14 +216,18 @@ class OptimizeReport:
 
     def __init__(self, result, node: str, as_json: bool) -> None:
         self.result, self.node, self.as_json = result, node, as_json
+        from ..optimize.study_storage import masked
+
         self.document: dict = {
-            "study": result.study_name, "storage": result.storage, "trials": result.trials,
+            "study": result.study_name, "storage": masked(result.storage), "trials": result.trials,
             "infeasible": result.infeasible, "failed": result.failed, "apply_failed": result.apply_failed,
             "train_score": result.train_score, "val_score": result.val_score, "val_error": result.val_error,
             "failures": result.failures, "first_error": result.first_error,
             "first_apply_error": result.first_apply_error, "config": result.config,
             "plan": None, "applied": None,
         }
+        if result.workers:
+            self.document |= {"workers": result.workers, "trials_per_second": result.trials_per_second}
 
     def scores(self) -> None:
         result = self.result
@@ -307,3 +343,107 @@ def _round_line(report) -> str:
     if report.applied is not None:
         line += f"; {report.applied.reason}: {'applied' if report.applied.act else 'kept'}"
     return line
+
+
+# --- several workers: --workers, --join, and one worker (--worker) -------------------------------
+
+WORKER_COMMAND = [sys.executable, "-m", "otpy", "optimize", "--worker"]  # the job on stdin, never in argv
+
+
+def _say(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _workers_line(counts: list, rate: float | None) -> str:
+    total = sum(entry["trials"] for entry in counts)
+    each = ", ".join(f"{entry['worker']} {entry['trials']}" for entry in counts)
+    speed = "" if rate is None else f" ({rate:.2f} trials/s)"
+    return f"optimize: {total} trials by {len(counts)} worker{'' if len(counts) == 1 else 's'}{speed}: {each}"
+
+
+def _worker() -> None:
+    """``otpy optimize --worker``: one trial worker of a pool (``optimize.workers``); its job, a JSON
+    line on stdin; its summary, a JSON line on stdout. Interrupted (its pool stops it): exit 130."""
+    from ..optimize.live_system import OptimizeError
+    from ..optimize.trial_worker import run_worker
+
+    job = json.loads(sys.stdin.readline())
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("otpy").addFilter(ScratchLogFilter(job["scratch"]))
+    try:
+        summary = run_worker(job, conventions)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    except (OptimizeError, TopologyError) as exc:
+        fail(f"optimize: worker {job['worker']}: {exc}", EXIT_FAILED)
+    click.echo(json.dumps(summary))
+
+
+def _join_study(name: str, topology: str | None, storage: str | None, workers: int, as_json: bool,
+                refused: bool) -> None:
+    """``otpy optimize --join STUDY --storage URL``: ``workers`` more workers on a leader's study,
+    from what the leader recorded in it (``StudyRecord``); they never apply."""
+    import os
+    import time
+
+    from ..optimize.live_system import OptimizeError
+    from ..optimize.study_storage import checked_storage, masked, shared_storage
+    from ..optimize.workers import StudyRecord, WorkerPool, finished_trials, load_study, topology_digest
+
+    if refused:
+        fail("optimize --join: joined workers run trials only; the leader applies (no --apply or --watch here)",
+             EXIT_USAGE)
+    if storage is None:
+        fail(f"optimize --join {name}: give --storage URL, the database of the leader's study", EXIT_USAGE)
+    try:
+        storage = checked_storage(storage)
+        shared_storage(storage, "--join")
+        study = load_study(storage, name)
+    except OptimizeError as exc:
+        fail(f"optimize {exc}" if str(exc).startswith("--") else f"optimize: {exc}",
+             EXIT_USAGE if exc.usage else EXIT_FAILED)
+    record = StudyRecord.read(study)
+    if record is None:
+        fail(f"optimize --join: study {name!r} in {masked(storage)} was not started by `otpy optimize FILE --workers N`"
+             " (it records the topology for joiners); start the leader with --workers", EXIT_FAILED)
+    path = os.path.abspath(topology) if topology else record.topology
+    if not os.path.isfile(path):
+        fail(f"optimize --join: the leader's topology {path!r} is not on this host; give it: "
+             f"`otpy optimize FILE --join {name} --storage URL`", EXIT_USAGE)
+    if topology_digest(path) != record.digest:
+        fail(f"optimize --join: {path!r} is not the leader's topology (its sha256 differs from {record.digest}); "
+             "give the same file", EXIT_USAGE)
+    spec = _load(path)  # its problems here, before any worker starts
+    sys.path[:0] = [folder for folder in spec.node.program_folders if folder not in sys.path]
+    job = {"storage": storage, "study": name, "topology": path, "node": record.node, "trials": record.trials,
+           "seed": record.seed, "fixed": record.fixed, "heartbeat": None}
+    from ..optimize.workers import HEARTBEAT
+
+    job["heartbeat"] = HEARTBEAT
+    before = len(finished_trials(study))
+    click.echo(f"optimize: joining study {name!r} in {masked(storage)} ({before} of {record.trials} trials "
+               f"finished) with {workers} worker{'' if workers == 1 else 's'}; the leader {record.leader} applies",
+               err=True)
+    started = time.monotonic()
+    pool = WorkerPool(job, workers if before < record.trials else 0, command=WORKER_COMMAND, say=_say, study=study)
+    try:
+        with pool:
+            pool.wait()
+    except KeyboardInterrupt:
+        fail(f"optimize: interrupted (every worker stopped); study {name!r} goes on with the leader's workers",
+             EXIT_INTERRUPTED)
+    seconds = time.monotonic() - started
+    done = len(finished_trials(study))
+    mine = [entry for entry in pool.counts() if entry["worker"] in pool.names]
+    ran = sum(entry["trials"] for entry in mine)
+    rate = (done - before) / seconds if seconds > 0 else None
+    if as_json:
+        click.echo(json.dumps({"study": name, "storage": masked(storage), "joined": True, "trials": done,
+                               "target": record.trials, "ran": ran, "workers": mine, "trials_per_second": rate}))
+    else:
+        click.echo(f"joined study {name!r}: {ran} trials ran here by {len(mine)} worker(s); the study has {done} "
+                   f"of {record.trials} trials; the leader {record.leader} applies the best")
+        if mine:
+            _say(_workers_line(mine, rate))
+    if done < record.trials:
+        fail(f"optimize --join: the study has {done} of {record.trials} trials and no worker here is left", EXIT_FAILED)

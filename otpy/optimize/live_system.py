@@ -21,13 +21,19 @@ file (``study_storage``).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
+import time
 from typing import Any, Iterable, Mapping
 
 from ..variables.client import RegistryClient
 from ..wire.protocol import Change, Outcome, SetVariables
 from .evaluation import as_example, dspy_shaped
 from .optimizer import CompileResult, Config, OptimizeError, action_config, fixed_digest, plan_actions
+from .workers import (
+    HEARTBEAT, StudyRecord, WorkerPool, finished_trials, topology_digest, wait_for_study, worker_name)
 
 __all__ = ["LiveSystem", "OptimizeError", "format_change", "optimize_topology", "registry_values"]
 
@@ -236,7 +242,9 @@ def live_values(name: str) -> Config | None:
 
 def optimize_topology(topology, *, trials: int | None = None, seed: int | None = None,
                       progress: bool = True, current: Config | None = None, storage: str | None = None,
-                      topology_path: str | None = None, table: OptimizerTable | None = None) -> CompileResult:
+                      topology_path: str | None = None, table: OptimizerTable | None = None,
+                      workers: int | None = None, worker_command: list[str] | None = None,
+                      say=None) -> CompileResult:
     """Run the ``[optimizer]`` of ``topology`` on a scratch node; the result's actions are the
     diff from ``current`` (the running node's values, or else the topology's defaults). Every
     trial runs with ``current``'s values of the variables no trial searches (its documents).
@@ -244,7 +252,12 @@ def optimize_topology(topology, *, trials: int | None = None, seed: int | None =
     ``storage``: an optuna storage URL (or an SQLite path); by default the node's durable file
     (``study_storage.default_storage``). A scratch node that cannot start is one line
     (``OptimizeError``) with its failing child's last output. ``table``: the topology's
-    ``[optimizer]`` already read (its dataset imported), else read here."""
+    ``[optimizer]`` already read (its dataset imported), else read here.
+
+    ``workers``: the study is shared (``workers``' module): this process is one worker, and
+    ``workers - 1`` more run ``worker_command`` (each its own scratch node); the study records
+    what ``--join`` needs; the best is taken once every worker here has ended and the study has
+    its trials. ``say(line)`` tells the user about workers (one that died, trials waited for)."""
     from ..wire.calls import Caller
     from ..wire.client import connect
     from .optimizer import Optimizer
@@ -254,16 +267,61 @@ def optimize_topology(topology, *, trials: int | None = None, seed: int | None =
     spec = table or OptimizerTable(topology)
     name = topology.node.name
     table = spec.table
-    optimizer = Optimizer(spaces_of(topology), seed=table.get("seed") if seed is None else seed,
-                          storage=storage or default_storage(name), study_name=study_name(topology, current),
-                          progress=progress)
-    optimizer.fixed_values(current)  # a running node's document the topology refuses: said before any start
+    seed = table.get("seed") if seed is None else seed
+    trials = trials or int(table.get("trials", 20))
+    storage = storage or default_storage(name)
+    shared = workers is not None
+    optimizer = Optimizer(spaces_of(topology), seed=seed, storage=storage, study_name=study_name(topology, current),
+                          progress=progress, worker=worker_name() if shared else None,
+                          heartbeat=HEARTBEAT if shared else None)
+    fixed = optimizer.fixed_values(current)  # a running node's document the topology refuses: said before any start
     with scratch_node(topology, topology_path) as scratch, connect(scratch.name) as client, \
-            Caller(scratch.name) as caller:
+            Caller(scratch.name) as caller, _pool(optimizer, topology, topology_path, trials, seed, fixed, workers,
+                                                   worker_command, say) as pool:
         trial_system = LiveSystem(client, caller, optimizer.spaces, every_value=True)
-        return optimizer.compile(spec.caller_program(caller), spec.trainset, spec.metric, valset=spec.valset,
-                                 trials=trials or int(table.get("trials", 20)), apply=trial_system.apply,
-                                 current=current, threads=spec.threads)
+        result = optimizer.compile(spec.caller_program(caller), spec.trainset, spec.metric, valset=spec.valset,
+                                   trials=trials, apply=trial_system.apply, current=current, threads=spec.threads,
+                                   after_search=pool and pool.finish)
+    return result if pool is None else dataclasses.replace(result, workers=pool.counts(),
+                                                           trials_per_second=pool.rate)
+
+
+@contextlib.contextmanager
+def _pool(optimizer, topology, topology_path, trials, seed, fixed, workers, command, say):
+    """With ``workers``: the study recorded for joiners, ``workers - 1`` worker processes for the
+    block (stopped at its end, one by one), and the ``after_search`` that waits for them and for
+    the study's trials. Without: nothing (one process, today's search)."""
+    if workers is None:
+        yield None
+        return
+    started = time.monotonic()
+    study = optimizer.open_study()
+    before = len(finished_trials(study))
+    path = os.path.abspath(topology_path) if topology_path else None
+    if path is not None:
+        StudyRecord(topology=path, digest=topology_digest(path), node=topology.node.name, trials=trials, seed=seed,
+                    fixed=fixed, leader=optimizer.worker).write(study)
+    job = {"storage": optimizer.storage, "study": optimizer.study_name, "topology": path, "node": topology.node.name,
+           "trials": trials, "seed": seed, "fixed": fixed, "heartbeat": HEARTBEAT}
+    say = say or (lambda line: None)
+    pool = WorkerPool(job, workers - 1, command=command or [], say=say, study=study)
+    if workers > 1:
+        if path is None or not command:
+            raise OptimizeError("workers > 1 need the topology's file and a worker command")
+        pool.start()
+
+    def finish() -> None:
+        pool.wait()
+        wait_for_study(study, trials, say)
+        seconds = time.monotonic() - started
+        pool.rate = (len(finished_trials(study)) - before) / seconds if seconds > 0 else None
+
+    pool.finish = finish
+    pool.rate = None
+    try:
+        yield pool
+    finally:
+        pool.stop()
 
 
 def study_name(topology, current: Config | None = None) -> str:

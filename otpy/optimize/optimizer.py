@@ -100,6 +100,8 @@ class CompileResult:
     fixed: Config = field(default_factory=dict)
     actions: list[SetVariables] = field(default_factory=list)
     changes: list = field(default_factory=list)
+    workers: list = field(default_factory=list)  # several workers: per worker, the study's trials it ran
+    trials_per_second: float | None = None  # several workers: trials the study finished per second of the search
 
     @property
     def best_score(self) -> float:
@@ -119,16 +121,22 @@ class Optimizer:
         study_name: str = "otpy",
         direction: str = "maximize",
         progress: bool = True,
+        worker: str | None = None,
+        heartbeat: int | None = None,
     ) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.spaces = dict(spaces)
-        self.sampler = sampler or optuna.samplers.TPESampler(seed=seed)
+        # Several workers on one study: TPE's constant liar keeps them from sampling the same point
+        # while their trials run (each worker has its own seed, see ``workers.worker_seed``).
+        self.sampler = sampler or optuna.samplers.TPESampler(seed=seed, constant_liar=worker is not None)
         self.storage = storage
         self.study_name = study_name
         self.direction = direction
         self.progress = progress
+        self.worker = worker  # this process's name among a study's workers: on each trial it runs
+        self.heartbeat = heartbeat  # seconds: a worker's running trials beat, a dead one's are failed
 
     def distributions(self) -> dict[str, Any]:
         """The search space: one optuna distribution per settable variable, named ``SCOPE.NAME``."""
@@ -147,6 +155,13 @@ class Optimizer:
         import optuna
 
         storage = f"sqlite:///{self.storage}" if self.storage and "://" not in self.storage else self.storage
+        if storage and self.heartbeat:
+            import warnings
+
+            with warnings.catch_warnings():  # optuna calls its heartbeat experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(storage, heartbeat_interval=self.heartbeat,
+                                                     grace_period=4 * self.heartbeat)
         study = optuna.create_study(storage=storage, study_name=self.study_name, sampler=self.sampler,
                                     direction=self.direction, load_if_exists=True)
         if not study.trials:
@@ -168,6 +183,7 @@ class Optimizer:
         current: Config | None = None,
         baseline: Config | None = None,
         threads: int = 1,
+        after_search: Callable[[], Any] | None = None,
     ) -> CompileResult:
         """Run trials until the study has ``trials`` finished ones; return the best, its scores
         and the actions from ``current`` (default: the spaces' defaults) to it.
@@ -176,17 +192,16 @@ class Optimizer:
         scored (and the best one's before it is scored on ``valset``): the trial's searched
         values, and ``current``'s values of the variables no trial searches (``fixed_values``).
         ``baseline`` is a new study's first trial (default: the defaults). ``threads``: examples
-        scored at once (see ``evaluate``).
+        scored at once (see ``evaluate``). ``after_search()`` runs once this process's trials are
+        done, before the best is taken (several workers: wait for the others').
         """
         from optuna.trial import TrialState
 
-        fixed = self.fixed_values(current)
-        train = [_as_example(e) for e in trainset]
-        study = self.open_study(baseline)
-        seen = _Failures()
+        study, ran, seen, fixed = self.search(program, trainset, metric, trials=trials, apply=apply,
+                                              current=current, baseline=baseline, threads=threads)
         score = lambda examples: evaluate(program, examples, metric, threads)  # noqa: E731
-        ran = self._search(study, lambda trial, config: self._score(trial, config, train, score, apply, seen),
-                           trials, fixed)
+        if after_search is not None:
+            after_search()
         complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
         if not complete:
             reasons = [t.user_attrs["failed"] for t in study.trials if "failed" in t.user_attrs]
@@ -211,6 +226,20 @@ class Optimizer:
             actions=plan_actions(self.spaces, self.defaults() if current is None else current, config),
         )
 
+    def search(self, program, trainset, metric, *, trials: int, apply=None, current: Config | None = None,
+               baseline: Config | None = None, threads: int = 1):
+        """The trials alone (``compile``'s first half; a trial worker's whole job): run them until
+        the study has ``trials`` finished ones. Returns (study, trials started here, the failures
+        seen, the fixed values)."""
+        fixed = self.fixed_values(current)
+        train = [_as_example(e) for e in trainset]
+        study = self.open_study(baseline)
+        seen = _Failures()
+        score = lambda examples: evaluate(program, examples, metric, threads)  # noqa: E731
+        ran = self._search(study, lambda trial, config: self._score(trial, config, train, score, apply, seen),
+                           trials, fixed)
+        return study, ran, seen, fixed
+
     def _search(self, study, score: Callable[[Any, Config], float], trials: int, fixed: Config) -> int:
         """optuna's own loop until the study has ``trials`` finished trials: ``score(trial,
         config)`` returns the trial's score or raises ``TrialFailed`` (told as failed, the search
@@ -225,10 +254,14 @@ class Optimizer:
             return 0
         distributions = self.distributions()
         started: list[int] = []
+        share = _Share(trials) if self.worker is not None else None
 
         def objective(trial) -> float:
             started.append(trial.number)
             try:
+                if share is not None:
+                    trial.set_user_attr("worker", self.worker)
+                    share.claim(study, trial)  # a trial past the study's count: pruned, and this worker stops
                 params = {name: _suggest(trial, name, dist) for name, dist in distributions.items()}
                 try:
                     config = self.validate(params, fixed)
@@ -246,12 +279,14 @@ class Optimizer:
                 raise
 
         bar = self.progress and sys.stderr.isatty()
-        callbacks = [_ProgressLines(trials, len(_finished(study)))] if self.progress and not bar else []
+        lines = _ProgressLines(trials, len(_finished(study)), shared=share is not None)
+        callbacks = [lines] if self.progress and (not bar or share is not None) else []
+        callbacks += [share.stop_when_done] if share is not None else []
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are ours to report, with reasons
         try:
-            study.optimize(objective, n_trials=todo, catch=(TrialFailed,), callbacks=callbacks,
-                           show_progress_bar=bar)
+            study.optimize(objective, n_trials=None if share else todo, catch=(TrialFailed,), callbacks=callbacks,
+                           show_progress_bar=bar and share is None)
         except BaseException as exc:
             states = {trial.number: trial.state for trial in study.trials}
             for number in started:  # interrupted between optuna's steps: still RUNNING, fail it here
@@ -263,7 +298,7 @@ class Optimizer:
             raise
         finally:
             optuna.logging.set_verbosity(verbosity)
-        return len(started)
+        return len(started) - (share.surplus if share else 0)
 
     def _score(self, trial, config: Config, train: list[Example], score, apply, seen: "_Failures") -> float:
         """One trial's score; ``TrialFailed`` with the reason in a user attribute when ``apply``
@@ -320,6 +355,40 @@ class Optimizer:
         return config
 
 
+class _Share:
+    """One worker's part of a study that several run: it takes a trial only while the study has
+    fewer than ``trials`` (finished, running or waiting) before it, and stops once it has them.
+
+    optuna numbers a study's trials under a lock on the study's row, so the trials numbered
+    before this one are decided when it runs: counting those not pruned tells, exactly, whether
+    the study already has its trials. One that is past them is pruned (not a finished trial,
+    never scored) and its worker stops: the study ends with ``trials`` finished ones, however
+    many workers ran them."""
+
+    def __init__(self, trials: int) -> None:
+        self.trials, self.surplus = trials, 0
+
+    def claim(self, study, trial) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
+        before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+        if sum(t.state != TrialState.PRUNED for t in before) >= self.trials:
+            self.surplus += 1
+            trial.set_user_attr("surplus", True)
+            study.stop()
+            raise optuna.TrialPruned("the study has its trials")
+
+    def stop_when_done(self, study, trial) -> None:
+        """After each trial: stop when the study's trials are all taken (finished, or running on
+        another worker), so that a worker seldom starts one only to prune it."""
+        from optuna.trial import TrialState
+
+        taken = (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)  # a waiting one is nobody's yet
+        if len(study.get_trials(deepcopy=False, states=taken)) >= self.trials:
+            study.stop()
+
+
 class TrialFailed(Exception):
     """A trial that produced no score (infeasible, not applied, every call failed): optuna's
     loop tells it as failed and goes on (``catch``); the reason is on the trial."""
@@ -344,13 +413,15 @@ class _ProgressLines:
     """Progress where no bar belongs (stderr is a file or a pipe): one plain line per trial,
     no carriage returns (optuna's callback)."""
 
-    def __init__(self, total: int, done: int) -> None:
-        self.total, self.done = total, done
+    def __init__(self, total: int, done: int, shared: bool = False) -> None:
+        self.total, self.done, self.shared = total, done, shared  # shared: the study's count, every worker's trials
 
     def __call__(self, study, trial) -> None:
         from optuna.trial import TrialState
 
-        self.done += 1
+        if trial.state == TrialState.PRUNED:  # a worker's trial past the study's count (``_Share``)
+            return
+        self.done = len(_finished(study)) if self.shared else self.done + 1
         if trial.state == TrialState.COMPLETE:
             shown = f"score {trial.value:.4f}"
         else:

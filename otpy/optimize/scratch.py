@@ -72,20 +72,21 @@ def _clip(text: str) -> str:
     return text if len(text) <= LINE_WIDTH else text[:LINE_WIDTH - 3] + "..."
 
 
-def scratch_spec(topology) -> NodeSpec:
-    """The scratch node's spec: the topology's tree under the name ``<node>-optimize``."""
+def scratch_spec(topology, name: str | None = None) -> NodeSpec:
+    """The scratch node's spec: the topology's tree under the name ``<node>-optimize`` (or
+    ``name``: a trial worker's own, ``<node>-optimize-<pid>``, see ``workers``)."""
     node = topology.node
-    return NodeSpec(name=f"{node.name}-optimize", root=node.root, program_folders=node.program_folders)
+    return NodeSpec(name=name or f"{node.name}-optimize", root=node.root, program_folders=node.program_folders)
 
 
 @contextlib.contextmanager
-def scratch_node(topology, topology_path: str | None = None):
+def scratch_node(topology, topology_path: str | None = None, name: str | None = None):
     """The scratch node of ``topology``, running for the block; ``OptimizeError`` (one line, see
-    ``start_failure``) when it cannot start."""
+    ``start_failure``) when it cannot start. ``name``: another name than ``<node>-optimize``."""
     from ..node.errors import NodeAlreadyRunning, NodeStartError
     from ..node.node import Node
 
-    spec = scratch_spec(topology)
+    spec = scratch_spec(topology, name)
     output = ChildOutput()
     node = Node(spec, on_output=output)
     with deferred_interrupt() as interrupted:  # a start cut short would leave its children behind

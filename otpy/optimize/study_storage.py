@@ -9,7 +9,14 @@ node's runtime folder (``$XDG_RUNTIME_DIR`` is a tmpfs emptied at logout and reb
     ~/.local/share/otpy/NODE/optuna.db            else
 
 ``--storage URL`` takes any URL optuna's RDB storage takes (``sqlite:///PATH``,
-``postgresql://...``, ``mysql://...``); ``optuna-dashboard URL`` opens the same study.
+``postgresql://...``, ``mysql://...``); ``optuna-dashboard URL`` opens the same study. A
+``postgresql://`` URL (which SQLAlchemy gives to psycopg2) goes to psycopg 3 when psycopg2 is
+not installed and psycopg is (``driver_url``). A URL is shown with its password masked
+(``masked``: ``postgresql+psycopg://user:***@host/db``), in messages as in ``--json``.
+
+Several trial workers share a study only through a database they all open: ``--workers N``
+(N > 1) refuses in-memory storage (``shared_storage``); an SQLite file serves the workers of
+one host (optuna's SQLite locking), a PostgreSQL (or MySQL) server those of several.
 """
 
 from __future__ import annotations
@@ -83,13 +90,56 @@ def _private_sqlite_file(url: str) -> None:
         raise OptimizeError(f"--storage: cannot create {path!r}: {reason}", usage=True) from None
 
 
+def masked(url: str | None) -> str | None:
+    """``url`` with its password replaced by ``***`` (``postgresql://user:***@host/db``); a URL
+    SQLAlchemy cannot read is shown up to its ``@`` only, whatever it holds."""
+    if url is None or "://" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rpartition('@')[2]}" if "@" in rest else url
+    return parsed.render_as_string(hide_password=True) if parsed.password else url
+
+
+def driver_url(url: str) -> str:
+    """``url``, with a bare ``postgresql://`` given to psycopg 3 (``postgresql+psycopg://``) when
+    psycopg2, SQLAlchemy's default for it, is not installed and psycopg is."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url.partition("://")[2]
+    return url
+
+
+def in_memory(url: str | None) -> bool:
+    """Whether ``url`` is a storage no other process can open (none, ``sqlite://``, ``:memory:``)."""
+    return url is None or url in ("sqlite://", "sqlite:///") or ":memory:" in url
+
+
+def shared_storage(url: str | None, option: str = "--workers") -> None:
+    """``OptimizeError`` (a usage error) when several processes could not share ``url``'s study."""
+    if in_memory(url):
+        raise OptimizeError(f"{option}: several workers share one study through its storage, and "
+                            f"{masked(url) or 'an in-memory study'} is this process's memory; give --storage "
+                            "postgresql+psycopg://USER:PASSWORD@HOST/DB (workers on several hosts) or "
+                            "sqlite:///PATH (workers of this host)", usage=True)
+
+
 def checked_storage(url: str) -> str:
     """``url`` if optuna can open it as a storage; else ``OptimizeError`` (a usage error) naming
     ``--storage``. Opened once here, so a wrong URL is refused before any node starts."""
     if "://" not in url:
-        raise OptimizeError(f"--storage: got {url!r}; expected an optuna storage URL, e.g. "
+        raise OptimizeError(f"--storage: got {masked(url)!r}; expected an optuna storage URL, e.g. "
                             "sqlite:///PATH/optuna.db or postgresql://USER@HOST/DB", usage=True)
     _private_sqlite_file(url)
+    url = driver_url(url)
     import optuna
 
     try:
@@ -98,6 +148,6 @@ def checked_storage(url: str) -> str:
         from sqlalchemy.exc import ArgumentError
 
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise OptimizeError(f"--storage: cannot open {url!r}: {reason}",
+        raise OptimizeError(f"--storage: cannot open {masked(url)!r}: {reason.replace(url, masked(url) or '')}",
                             usage=isinstance(exc, (ArgumentError, ImportError, ValueError))) from None
     return url

@@ -1,0 +1,153 @@
+"""``otpy optimize --workers N`` on one study in PostgreSQL: exactly the study's trials, every
+worker's on them, the best applied once; a killed worker's trial failed while the others go on;
+Ctrl-C stops every worker; what cannot be shared refused; the password never shown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import otpy
+from otpy.topology.load import parse_topology
+from tests.helpers import unique_name, wait_until
+from tests.test_optimize_distributed_programs import TOPOLOGY
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.timeout(120)
+
+
+def topology_file(tmp_path, name: str, delay: float) -> str:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(TOPOLOGY.format(name=name, delay=delay))
+    return str(path)
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "otpy", "optimize", *args]
+
+
+def run(*args: str, timeout: float = 100) -> subprocess.CompletedProcess:
+    return subprocess.run(command(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def study(url: str, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://"))
+
+
+def states(url: str, name: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for trial in study(url, name).trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is not running
+        return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_two_workers_finish_exactly_the_trials_both_run_some_and_the_best_is_applied_once(tmp_path, postgres_url):
+    name = unique_name("dist")
+    path = topology_file(tmp_path, name, delay=0.4)
+    password = postgres_url.split("://", 1)[1].split("@")[0].split(":")[1]
+    with otpy.Node(parse_topology(open(path).read(), check_imports=True).node), otpy.Caller(name) as caller:
+        proc = run(path, "--storage", postgres_url, "--workers", "2", "--trials", "6", "--apply", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert password not in proc.stdout + proc.stderr
+        assert "otpy:***@" in proc.stderr
+        document = json.loads(proc.stdout)
+        assert document["storage"].startswith("postgresql+psycopg://otpy:***@")
+        assert document["trials"] == 6 and document["trials_per_second"] > 0
+        assert states(postgres_url, name) in ({"COMPLETE": 6}, {"COMPLETE": 6, "PRUNED": 1})
+        workers = {t.user_attrs["worker"] for t in study(postgres_url, name).trials if t.state.name == "COMPLETE"}
+        assert len(workers) == 2 and all(w.startswith(socket.gethostname() + ":") for w in workers)
+        assert {entry["worker"] for entry in document["workers"]} == workers
+        assert sum(entry["trials"] for entry in document["workers"]) == 6
+        bias = document["config"]["global"]["bias"]
+        assert [change["name"] for change in document["applied"]] == ["bias"]
+        assert caller.call("solver", {"x": 1.0}) == {"y": pytest.approx(3.0 + bias)}
+    assert f"{len(workers)} workers" not in proc.stdout  # --json: one document on stdout
+
+
+def test_a_killed_worker_s_trial_ends_failed_and_the_others_finish_the_study(tmp_path, postgres_url):
+    name = unique_name("kill")
+    path = topology_file(tmp_path, name, delay=1.0)
+    leader = subprocess.Popen(command(path, "--storage", postgres_url, "--workers", "2", "--trials", "5"), cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    me = f"{socket.gethostname()}:{leader.pid}"
+
+    def other_running():
+        try:
+            trials = study(postgres_url, name).trials
+        except KeyError:
+            return None
+        return next((t for t in trials if t.state.name == "RUNNING" and t.user_attrs.get("worker", me) != me), None)
+
+    victim = wait_until(other_running, timeout=30, what="a trial running on the second worker")
+    pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    out, err = leader.communicate(timeout=60)
+    assert leader.returncode == 0, err
+    worker = victim.user_attrs["worker"]
+    assert f"optimize: worker {worker} died (signal 9 (SIGKILL)): its running trial {victim.number} is marked " \
+           "failed; the other workers go on" in err
+    trials = study(postgres_url, name).trials
+    assert trials[victim.number].state.name == "FAIL"
+    assert trials[victim.number].user_attrs["failed"] == f"worker {worker} died (signal 9 (SIGKILL))"
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "FAIL")]
+    assert len(finished) == 5 and not [t for t in trials if t.state.name == "RUNNING"]
+    assert "after 5 trials (0 infeasible, 1 failed)" in out
+
+
+def test_ctrl_c_stops_every_worker_and_their_scratch_nodes_and_exits_130(tmp_path, postgres_url):
+    name = unique_name("intr")
+    path = topology_file(tmp_path, name, delay=1.0)
+    leader = subprocess.Popen(command(path, "--storage", postgres_url, "--workers", "3", "--trials", "30"), cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def running_workers():
+        try:
+            trials = study(postgres_url, name).trials
+        except KeyError:
+            return None
+        names = {t.user_attrs.get("worker") for t in trials if t.state.name == "RUNNING"} - {None}
+        return names if len(names) == 3 else None
+
+    workers = wait_until(running_workers, timeout=40, what="three workers running trials")
+    pids = [int(worker.rsplit(":", 1)[1]) for worker in workers if int(worker.rsplit(":", 1)[1]) != leader.pid]
+    leader.send_signal(signal.SIGINT)
+    out, err = leader.communicate(timeout=60)
+    assert leader.returncode == 130, err
+    assert "optimize: interrupted (every worker stopped)" in err
+    assert "***@" in err and postgres_url.split("@")[0] not in err
+    assert not [pid for pid in pids if alive(pid)]
+    assert not [t.number for t in study(postgres_url, name).trials if t.state.name == "RUNNING"]
+    runtime = os.environ["OTPY_RUNTIME_DIR"]
+    left = [entry for entry in os.listdir(runtime) if entry.startswith(f"{name}-optimize")
+            and os.path.exists(os.path.join(runtime, entry, "control.sock"))]
+    assert not left  # every scratch node stopped (its control socket removed)
+
+
+def test_several_workers_need_a_storage_they_share_and_a_join_needs_its_study(postgres_url, tmp_path):
+    path = topology_file(tmp_path, unique_name("refuse"), delay=0.0)
+    memory = run(path, "--storage", "sqlite://", "--workers", "2")
+    assert memory.returncode == 2
+    assert "optimize: --workers 2: several workers share one study through its storage" in memory.stderr
+    missing = run("--join", "nosuch", "--storage", postgres_url)
+    assert missing.returncode == 1
+    assert "optimize --join: no study 'nosuch' in postgresql+psycopg://otpy:***@" in missing.stderr
+    assert postgres_url.split("@")[0] not in missing.stderr
+    no_storage = run("--join", "nosuch")
+    assert no_storage.returncode == 2 and "give --storage URL" in no_storage.stderr
