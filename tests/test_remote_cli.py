@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -22,7 +23,7 @@ from click.testing import CliRunner
 
 import otpy
 from otpy.cli.main import main
-from otpy.node.remote_events import EventsRefused, RemoteEvents, events_endpoint
+from otpy.node.remote_events import RemoteEvents, events_endpoint
 from otpy.wire.curve import keys_dir
 from tests.helpers import sleeper, unique_name
 
@@ -368,7 +369,85 @@ def test_a_revoked_subscriber_is_cut_and_the_others_go_on(node, tmp_path):
             continue
         if isinstance(item, BaseException):
             ended = item
-    assert isinstance(ended, EventsRefused)
+    assert isinstance(ended, ConnectionRefusedError)
     while not kept.empty():
         kept.get()
     assert until_an_event(node, kept)["node"] == node.name  # the allowed one reconnected by itself
+
+
+# --- otpy.connect(endpoint=..., keys=...): every method of the handle --------------------------
+
+@pytest.mark.timeout(60)
+def test_every_method_of_a_remote_handle(tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    pool = otpy.DynamicSupervisorSpec(id="pool", templates={"w": sleeper("w")})
+    spec = otpy.NodeSpec(name=unique_name("rapi"), control_tcp=endpoint,
+                         root=otpy.SupervisorSpec(id="root", children=(sleeper("a"), pool)))
+    with otpy.Node(spec) as node:
+        keys = client_keys(tmp_path, node.name)
+        with otpy.connect("far", endpoint=endpoint, keys=keys, timeout=30) as client:
+            assert client.status().node == node.name
+            assert [c.id for c in client.which_children("root")] == ["a", "pool"]
+            assert client.count_children("root").workers == 1
+            assert client.start_child("root", sleeper("b")).ok
+            assert client.start_from_template("pool", "w", "w1").ok
+            assert [c.id for c in node.which_children("pool")] == ["w1"]
+            assert client.signal_child("b", int(signal.SIGCONT)).ok  # harmless to a sleeper
+            assert client.terminate_child("b").ok and client.delete_child("b").ok
+            assert client.terminate_child("a").ok
+            assert client.restart_child("a").ok
+            pid = node.which_children("root")[0].pid
+            assert pid is not None
+            assert client.reconfigure("root", "a", sleeper("a", shutdown=3.0)).ok
+            assert node.which_children("root")[0].pid != pid
+            assert client.announce("remote_note", "from far").ok
+            assert client.apply(otpy.wire.protocol.TerminateChild(0, "w1", "pool")).ok
+            assert client.wait_ready(5.0, give_up=lambda: False).node == node.name
+            no_vars = client.set_variables("global", {"x": 1})  # this node has no registry: the node says so
+            assert not no_vars.ok and no_vars.detail
+            assert not client.set_config({"global": {"x": 1}}).ok
+            reload = client.reload(dry_run=True)  # the node's own file (this one has none: it says so)
+            assert reload.outcome == "invalid" and "not started from a topology file" in reload.detail
+            with pytest.raises(otpy.ControlError, match=r"reload\('/tmp/x.toml'\) over TCP: the node reads files"):
+                client.reload("/tmp/x.toml")
+            with pytest.raises(otpy.ControlError):  # the node's refusals are the same typed errors
+                client.which_children("nosuch")
+            assert client.stop(timeout=30).ok
+        assert node.which_children("root")[0].pid is None  # the tree stopped
+
+
+def test_a_remote_handle_without_usable_keys_is_a_value_error(tmp_path):
+    folder = tmp_path / "k"
+    assert otpy_cli("keys", "new", str(folder)).exit_code == 0
+    with pytest.raises(ValueError, match="has no server.key"):
+        otpy.connect(endpoint="tcp://127.0.0.1:9", keys=folder)
+    with pytest.raises(ValueError, match="needs endpoint='tcp://host:port' and keys=FOLDER"):
+        otpy.connect(endpoint="tcp://127.0.0.1:9")
+
+
+@pytest.mark.timeout(20)
+def test_a_remote_handle_whose_key_is_not_authorized_times_out(node, tmp_path):
+    node, endpoint = node
+    folder = tmp_path / "stranger"
+    assert otpy_cli("keys", "new", str(folder)).exit_code == 0
+    shutil.copy(keys_dir(node.name) / "server.key", folder)
+    with otpy.connect(endpoint=endpoint, keys=folder, timeout=0.5) as client:
+        with pytest.raises(TimeoutError):
+            client.status()
+
+
+@pytest.mark.timeout(30)
+def test_an_async_remote_handle(node, tmp_path):
+    node, endpoint = node
+    keys = client_keys(tmp_path, node.name)
+
+    async def use() -> None:
+        async with otpy.AsyncClient("far", endpoint=endpoint, keys=keys, timeout=10) as client:
+            assert (await client.status()).node == node.name
+            assert (await client.terminate_child("a")).ok
+            with pytest.raises(otpy.ControlError, match="over TCP"):
+                await client.reload("x.toml")
+
+    import asyncio
+    asyncio.run(use())
+    assert node.which_children("root")[0].pid is None

@@ -95,6 +95,10 @@ def test_vars_explain_over_tcp(remote):
     result = vars_cli(remote, "explain", "helper", "temperature")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("helper.temperature = ") and "in scope 'global'" in result.stdout
+    as_json = vars_cli(remote, "explain", "helper", "temperature", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout)["scope"] == "global"
+    assert set(json.loads(as_json.stdout)) == {"child", "name", "scope", "value", "reason"}
 
 
 def test_vars_refusals_over_tcp_are_the_registrys(remote):

@@ -21,8 +21,8 @@ from typing import BinaryIO
 
 import click
 
-from .exits import EXIT_FAILED, EXIT_USAGE, fail
-from .options import NODE_OPTION, checked_name, complete_child_ids
+from .exits import EXIT_FAILED, EXIT_USAGE, Target, fail, local_only
+from .options import checked_name, complete_child_ids, node_options
 from ..host.log_files import CHILDREN, NODE_LOG, child_log_path, known_log_dir, nodes_with_logs
 
 FOLLOW_PERIOD = 0.2  # seconds between two looks at a followed file (and at the node's lock)
@@ -34,15 +34,18 @@ BLOCK = 64 * 1024
 @click.option("-n", "--lines", "count", default=10, show_default=True, type=click.IntRange(min=0),
               help="How many of the last lines to print.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the node ends (Ctrl-C stops).")
-@NODE_OPTION
-def logs(child_id: str | None, count: int, follow: bool, node_name: str | None) -> None:
+@node_options
+def logs(child_id: str | None, count: int, follow: bool, node_name: Target) -> None:
     """Print the last lines of child ID's log, or of the node's own log without ID.
 
     Each line: its local time, then `out|` or `err|` (what the child wrote on stdout or
     stderr) or `otpy|` (its starts and exits). The node's log has a separator line at each
     start. The files are in $XDG_STATE_HOME/otpy/NODE/logs/ (or the topology's [logs]
-    folder), rotated by size; a stopped node's logs are read too.
+    folder), rotated by size; a stopped node's logs are read too. Not over --endpoint: run
+    it on the node's host.
     """
+    node_name = local_only(node_name, "logs", "the logs are files on the node's host (`otpy events --endpoint` "
+                                              "follows its events from here)")
     child_id = checked_name(child_id, "id")  # before any path is built from it
     name = _node(node_name)
     folder = known_log_dir(name)

@@ -223,7 +223,7 @@ def events(node_name: str | Remote | None, as_json: bool, timeout: float) -> Non
 
 def _remote_events(remote: Remote, as_json: bool, timeout: float) -> None:
     """``otpy events --endpoint``: the node's TCP events (``node.remote_events``)."""
-    from ..node.remote_events import EventsLost, EventsRefused, EventsUnreachable, RemoteEvents
+    from ..node.remote_events import RemoteEvents
 
     try:
         stream = RemoteEvents(remote.endpoint, remote.keys)
@@ -236,10 +236,10 @@ def _remote_events(remote: Remote, as_json: bool, timeout: float) -> None:
                 _print_event(event, as_json)
         except KeyboardInterrupt:
             return
-        except EventsUnreachable as exc:
+        except TimeoutError as exc:
             fail(f"events: {exc}" + REMOTE_HINT.replace("serves control_tcp at that endpoint",
                                                         "serves control_tcp at --endpoint (its events: port + 2)"))
-        except (EventsRefused, EventsLost) as exc:
+        except ConnectionError as exc:  # refused (not authorized, revoked), or lost
             fail(f"events: {exc}")
     click.echo(f"otpy: node at {remote.endpoint} stopped", err=True)
 

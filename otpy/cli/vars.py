@@ -212,10 +212,15 @@ def _through_node(node_name: Target, write) -> Outcome:
 @child_id_argument(metavar="CHILD")
 @click.argument("name")
 @node_options
-def explain(child_id: str, name: str, node_name: Target) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print child, name, scope, value and reason as JSON.")
+def explain(child_id: str, name: str, node_name: Target, as_json: bool) -> None:
     """Where CHILD's variable NAME comes from: the scope, the value and why."""
     _unicode("vars explain", child_id, name)
     explained = _ask(node_name, Explain(child=child_id, name=name))
+    if as_json:
+        click.echo(_json({"child": child_id, "name": name, "scope": explained.scope, "value": explained.value,
+                          "reason": explained.reason}))
+        return
     click.echo(f"{child_id}.{name} = {json.dumps(explained.value)}: {explained.reason} in scope {explained.scope!r}")
 
 

@@ -195,24 +195,14 @@ class RemoteEventsServer:
 
 # --- the subscriber ----------------------------------------------------------------------------
 
-class EventsUnreachable(TimeoutError):
-    """No CURVE handshake with the node's events endpoint within the timeout (nothing there,
-    another server key, or this client's key is not authorized: CURVE does not say which)."""
-
-
-class EventsRefused(ConnectionRefusedError):
-    """The node refused this client's key at the handshake (not authorized, or revoked)."""
-
-
-class EventsLost(ConnectionError):
-    """The connection ended without the node saying it stops, and was not made again in time."""
-
-
 class RemoteEvents:
     """A subscriber of a node's TCP events: ``for event in RemoteEvents(control_tcp, keys)``.
-    ``connect(timeout)`` waits for the handshake first (``EventsUnreachable``, ``EventsRefused``);
-    iterating ends after the node's ``node_stopping`` once the connection ends, and raises
-    ``EventsLost`` or ``EventsRefused`` when it ends otherwise."""
+    ``connect(timeout)`` waits for the handshake first: TimeoutError when none came (nothing
+    there, another server key, a key the node does not know: CURVE does not say which),
+    ConnectionRefusedError when the node refused this key. Iterating ends after the node's
+    ``node_stopping`` once the connection ends; else ConnectionResetError when the connection
+    ended and was not made again within ``RECONNECT_GRACE_S``, ConnectionRefusedError when the
+    node refused this key at a reconnection (revoked)."""
 
     def __init__(self, control_tcp: str, keys: str | os.PathLike) -> None:
         from ..wire.curve import connect_curve
@@ -237,9 +227,9 @@ class RemoteEvents:
                 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                     return
                 if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                    raise EventsRefused(f"{self.endpoint}: the node refused this client's key (not in its "
+                    raise ConnectionRefusedError(f"{self.endpoint}: the node refused this client's key (not in its "
                                         "curve/authorized/, or revoked)")
-        raise EventsUnreachable(f"no events endpoint answered at {self.endpoint} within {timeout} s")
+        raise TimeoutError(f"no events endpoint answered at {self.endpoint} within {timeout} s")
 
     def _monitor_event(self) -> int:
         from zmq.utils.monitor import recv_monitor_message
@@ -267,10 +257,10 @@ class RemoteEvents:
                 elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                     lost_at = None
                 elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                    raise EventsRefused(f"{self.endpoint}: the node refused this client's key at a reconnection "
+                    raise ConnectionRefusedError(f"{self.endpoint}: the node refused this client's key at a reconnection "
                                         "(revoked?)")
             if lost_at is not None and time.monotonic() - lost_at >= RECONNECT_GRACE_S:
-                raise EventsLost(f"the connection to {self.endpoint} ended and was not made again within "
+                raise ConnectionResetError(f"the connection to {self.endpoint} ended and was not made again within "
                                  f"{RECONNECT_GRACE_S} s (the node died, or the network is down)")
 
     def close(self) -> None:

@@ -34,7 +34,8 @@ import zmq.asyncio
 
 from .codec import describe
 from .operations import ControlError, Operations, expect  # ControlError: raised by the operations
-from .protocol import ENCODER, FROM_NODE, MAX_REQUEST_BYTES, FromNode, GetStatus, Outcome, Status, StopNode, Stopping, ToNode
+from .protocol import (ENCODER, FROM_NODE, MAX_REQUEST_BYTES, FromNode, GetStatus, Outcome, Reload, Status, StopNode,
+                       Stopping, ToNode)
 from ..host.node_run import lock_holder, sweep_dead_run
 from ..host.runtime_dir import control_endpoint, existing_node_dir, node_sockets, running_nodes
 from ..specs.model import name_problem
@@ -71,7 +72,13 @@ def connect(name: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, endpoi
     """A blocking client of node ``name`` (may be left out when exactly one node runs).
 
     ``endpoint="tcp://host:port"`` with ``keys`` (a folder with the node's ``server.key`` and a
-    client ``*.key_secret``) reaches a node's CURVE-protected TCP control endpoint instead.
+    client ``*.key_secret``) reaches a node's CURVE-protected TCP control endpoint instead
+    (``name``, if given, only names it in errors). Every operation works there as on a local
+    node, except: ``reload(path)`` with a path (ControlError ``bad_request``, nothing sent: the
+    node reloads its own file, ``reload()``), and ``stop()`` returns once the tree stopped,
+    without waiting for the remote process. A key folder that lacks something is a ValueError
+    saying what (``curve.client_keys_problem``); a node that does not answer, or does not know
+    this client's key, is a TimeoutError (CURVE says nothing to a client it refuses).
     """
     if endpoint is not None:
         return Client(name or endpoint, timeout=timeout, endpoint=endpoint, keys=keys)
@@ -161,7 +168,11 @@ class Client(Operations):
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(_secured(self._socket, name, endpoint, keys))
+        try:
+            self._socket.connect(_secured(self._socket, name, endpoint, keys))
+        except BaseException:  # a refused keys folder or endpoint: nothing is left open
+            self.close()
+            raise
 
     def request(self, request: ToNode, timeout: float | None = None,
                 give_up: Callable[[], bool] | None = None) -> FromNode:
@@ -172,6 +183,8 @@ class Client(Operations):
         lock is free (NodeStale)."""
         if self._local and give_up is None:
             check_reachable(self.name)
+        elif not self._local:
+            check_remote(request)
         request_id = next(self._ids)
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
@@ -223,6 +236,14 @@ class Client(Operations):
         self.close()
 
 
+def check_remote(request: ToNode) -> None:
+    """ControlError ``bad_request`` for a request that means something else over TCP: a reload
+    of a path (the client's file, which the node would look for on its own host)."""
+    if isinstance(request, Reload) and request.path:
+        raise ControlError("bad_request", f"reload({request.path!r}) over TCP: the node reads files on its own "
+                           "host, not this one; reload() reloads the file it was started from (nothing was sent)")
+
+
 def encode_request(request: ToNode, request_id: int) -> bytes:
     """``request`` on the wire, or ``ControlError`` (``bad_request``) if it cannot be encoded or the
     node would drop it: a frame over ``MAX_REQUEST_BYTES`` never reaches it (the caller would wait
@@ -254,7 +275,11 @@ def _secured(socket: zmq.Socket, name: str, endpoint: str | None, keys) -> str:
         return control_endpoint(name)
     if not endpoint.startswith("tcp://") or keys is None:
         raise ValueError("a TCP control endpoint needs endpoint='tcp://host:port' and keys=FOLDER (CURVE)")
-    from .curve import connect_curve
+    from .curve import client_keys_problem, connect_curve
+
+    if problem := client_keys_problem(os.path.expanduser(os.fspath(keys))):
+        raise ValueError(f"keys: {problem}")
+    keys = os.path.expanduser(os.fspath(keys))
 
     connect_curve(socket, keys)
     socket.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:PORT as the node binds it
@@ -303,13 +328,19 @@ class AsyncClient(Operations):
         self._context = zmq.asyncio.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(_secured(self._socket, name, endpoint, keys))
+        try:
+            self._socket.connect(_secured(self._socket, name, endpoint, keys))
+        except BaseException:  # a refused keys folder or endpoint: nothing is left open
+            self.close()
+            raise
 
     async def request(self, request: ToNode, timeout: float | None = None) -> FromNode:
         """As ``Client.request``: a local node that is not there raises NodeNotFound before anything
         is sent (as ``otpy.connect`` does), one found dead while we wait NodeStale within 0.1 s."""
         if self._local:
             check_reachable(self.name)
+        else:
+            check_remote(request)
         request_id = next(self._ids)
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
