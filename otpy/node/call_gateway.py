@@ -90,14 +90,17 @@ class CallGateway:
 
     def stop(self) -> None:
         """Blocking (run it off the node's loop): the thread ends, its sockets are closed."""
+        if self._stop < 0:
+            return  # stopped already
         os.eventfd_write(self._stop, 1)
         self._thread.join()
         os.close(self._stop)
+        self._stop = -1
 
     # --- the thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        engine, frontend = self.engine, self.frontend
+        engine, frontend, stop = self.engine, self.frontend, self._stop
         try:
             while True:
                 try:
@@ -105,7 +108,7 @@ class CallGateway:
                     for sock, _ in ready:
                         if sock is frontend:
                             self._read()
-                        elif sock == self._stop:
+                        elif sock == stop:
                             return
                         elif sock is self.cap.monitor:
                             self.cap.on_events()

@@ -334,3 +334,19 @@ def _fail(future: Any, error: BaseException) -> None:
             future.set_exception(error)
         except concurrent.futures.InvalidStateError:
             pass
+
+
+_NUMBERS = frozenset({int, float})
+_INF = float("inf")
+
+
+def call_limits_problem(timeout: object, retries: object) -> str | None:
+    """Why ``timeout`` (seconds per attempt) or ``retries`` cannot be a call's, or None: one
+    rule for ``call``, ``submit`` and ``acall`` (a timeout of 0 or None would never let a reply in)."""
+    if type(timeout) in _NUMBERS and 0 < timeout < _INF and type(retries) is int and retries >= 0:
+        return None  # the usual case, at the cost of three type checks (bool is not int here)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        return f"timeout: got {timeout!r}; expected a number of seconds > 0"
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        return f"retries: got {retries!r}; expected an integer >= 0"
+    return None

@@ -33,10 +33,10 @@ import zmq
 
 from ..host.runtime_dir import agent_socket_path, existing_node_dir, read_private
 from .call_book import BlockingResult, Pending
-from .call_engine import CallEngine
+from .call_engine import CallEngine, call_limits_problem
 from .call_messages import encode_call
 from .codec import Complaints
-from .errors import CallError, NoSuchAgent, Overloaded
+from .errors import CallError, NodeUnreachable, NoSuchAgent, Overloaded
 from .remote_cluster import MAX_CLUSTER_BYTES, ClusterSpec
 
 
@@ -179,9 +179,9 @@ class Caller:
                 raise NoSuchAgent(f"{agent_id!r}: {exc}", agent=agent_id) from None
         entry = cluster.nodes.get(node) if cluster is not None else None
         if entry is None:
-            where = f"the cluster {cluster.source}" if cluster is not None else \
-                f"node {self.node!r} has no [cluster] (give Caller(node, cluster=...))"
-            raise NoSuchAgent(f"{agent_id!r}: no node {node!r} in {where}", agent=agent_id)
+            why = f"no node {node!r} in the cluster {cluster.source}" if cluster is not None else \
+                f"node {self.node!r} runs without a [cluster] (or give Caller(node, cluster=...))"
+            raise NoSuchAgent(f"{agent_id!r}: {why}", agent=agent_id)
         from .remote_calls import RemoteCaller
 
         with self._lock:
@@ -190,9 +190,9 @@ class Caller:
             if (remote := self._remotes.get(node)) is None:
                 try:
                     remote = self._remotes[node] = RemoteCaller(entry.endpoint, entry.keys, name=node)
-                except ValueError as exc:
-                    raise NoSuchAgent(f"{agent_id!r}: node {node!r} of {cluster.source}: {exc}",
-                                      agent=agent_id) from None
+                except ValueError as exc:  # its keys folder lacks something (server.key, after the node's first start)
+                    raise NodeUnreachable(f"{agent_id!r}: node {node!r} of {cluster.source}: {exc}",
+                                          agent=agent_id) from None
         return remote, agent
 
     def _pending(self, agent_id: str, inputs: Mapping[str, Any] | None, timeout: float, retries: int,
@@ -342,19 +342,3 @@ def node_cluster(node: str) -> ClusterSpec | None:
         return decode_cluster(data) if data is not None else None
     except Exception as exc:  # RuntimeDirError, msgspec's errors: one line
         raise ValueError(f"cannot read the cluster of node {node!r}: {exc}") from None
-
-
-_NUMBERS = frozenset({int, float})
-_INF = float("inf")
-
-
-def call_limits_problem(timeout: object, retries: object) -> str | None:
-    """Why ``timeout`` (seconds per attempt) or ``retries`` cannot be a call's, or None: one
-    rule for ``call``, ``submit`` and ``acall`` (a timeout of 0 or None would never let a reply in)."""
-    if type(timeout) in _NUMBERS and 0 < timeout < _INF and type(retries) is int and retries >= 0:
-        return None  # the usual case, at the cost of three type checks (bool is not int here)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
-        return f"timeout: got {timeout!r}; expected a number of seconds > 0"
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        return f"retries: got {retries!r}; expected an integer >= 0"
-    return None

@@ -36,6 +36,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .call_book import BlockingResult
+from .call_engine import call_limits_problem
 from .codec import MAX_CALL_BYTES, MAX_DEPTH, WireError, decode, encode
 from .curve import connect_curve
 from .errors import (AgentCrashed, BadRequest, CallError, CallTimeout, NoSuchAgent, NodeUnreachable, Overloaded,
@@ -50,7 +51,6 @@ HEARTBEAT_TIMEOUT_MS = 3000
 RECONNECT_IVL_MS = 100
 _EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-_NUMBERS = frozenset({int, float})
 
 
 def encode_inputs(inputs: Mapping[str, Any]) -> bytes:
@@ -363,8 +363,6 @@ class RemoteCaller:
 
     def _new(self, agent: str, inputs: Mapping[str, Any] | None, timeout: float, retries: int, future: Any,
              label: str | None) -> _Call:
-        from .calls import call_limits_problem
-
         if problem := call_limits_problem(timeout, retries):
             raise ValueError(problem)
         label = label or self.label(agent)
