@@ -21,6 +21,10 @@ _WHERE = {
     "CallError": "wire.errors",
     "CallTimeout": "wire.errors",
     "Caller": "wire.calls",
+    "ClusterError": "topology.cluster",
+    "NodeUnreachable": "wire.errors",
+    "RemoteCaller": "wire.remote_calls",
+    "load_cluster": "topology.cluster",
     "ChildSpec": "specs.model",
     "ChoiceVariable": "variables.types",
     "Client": "wire.client",
@@ -91,6 +95,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .wire.errors import CallError as CallError
     from .wire.errors import CallTimeout as CallTimeout
     from .wire.calls import Caller as Caller
+    from .topology.cluster import ClusterError as ClusterError
+    from .topology.cluster import load_cluster as load_cluster
+    from .wire.errors import NodeUnreachable as NodeUnreachable
+    from .wire.remote_calls import RemoteCaller as RemoteCaller
     from .specs.model import ChildSpec as ChildSpec
     from .variables.types import ChoiceVariable as ChoiceVariable
     from .wire.client import Client as Client

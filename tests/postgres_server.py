@@ -91,9 +91,11 @@ class PostgresServer:
         return server
 
     def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-        if self.netns:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
-        return subprocess.run(argv, user=self.owner, capture_output=True, text=True, check=check,
+        user = self.owner
+        if self.netns:  # enter the namespace as root (ip netns exec needs it), then become the owner
+            become = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"] if user else []
+            argv, user = ["ip", "netns", "exec", self.netns, *become, *argv], None
+        return subprocess.run(argv, user=user, capture_output=True, text=True, check=check,
                               cwd=self.folder, timeout=60)
 
     def _pg_ctl(self, action: str) -> None:

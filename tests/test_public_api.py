@@ -9,6 +9,7 @@ PUBLIC = {
     "NoSuchAgent", "Node", "NodeNotFound", "NodeSpec", "NodeStartError", "Optimizer", "Orchestrator", "Overloaded",
     "Pipeline", "PipelineResult", "Program", "RemoteError", "Result", "Stage", "SupervisorSpec",
     "Unencodable", "VariableError", "VariableSpace", "WatchPolicy", "connect",
+    "ClusterError", "NodeUnreachable", "RemoteCaller", "load_cluster",  # beyond one machine (#18)
     # every error a public call raises
     "OptimizeError", "PipelineError", "RuntimeDirError", "TopologyError", "NodeStale", "NodeAlreadyRunning", "NoSuchSupervisor", "InvalidNodeName",
 }
@@ -70,6 +71,7 @@ INTERNAL_ERRORS = {
                  "RemoteError, a start fails with its text); in-process it is caught as otpy.PipelineError",
     "RegistryDown": "the worker's registry link; the child's start fails with its text",
     "RegistryFileError": "raised in the registry child; its start fails with its text",
+    "StorageUnavailable": "the registry's, while a shared database is unreachable; answered as a refusal of kind unavailable",
     "RegistryRefused": "RegistryClient's (worker, manager, otpy vars); public calls answer an Outcome",
     "StageFailed": "a manager's failed stage, raised in its agent: callers see RemoteError with its text",
     "TrialFailed": "a trial without a score, inside optuna's loop (caught there: the trial is FAIL, its reason kept)",

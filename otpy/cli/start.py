@@ -76,6 +76,7 @@ def start(topology: str, verbose: bool, detach: bool, timeout: float, as_json: b
     echo = None if detached_run else StderrEcho(sys.stderr.fileno())  # never a blocking write on the loop
     node = AsyncNode(spec.node, on_output=(lambda *_: None) if echo is None else child_printer(echo, sys.stderr))
     node.topology_path = os.path.abspath(topology)
+    node.cluster = spec.cluster
     if detached_run:  # stdout and stderr are node.log: they follow it across rotations
         node.logs.follow_fds = (1, 2)
     _setup_logging(verbose, detached=node if detached_run else None, echo=echo)

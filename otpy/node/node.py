@@ -23,6 +23,7 @@ import msgspec
 import zmq
 
 from .control import open_control
+from .remote_events import open_remote_events
 from .event_lines import describe_event, log_line
 from .reload import reload_topology
 from .errors import NodeAlreadyRunning, NodeStartError
@@ -65,7 +66,7 @@ class AsyncNode(Operations):
         self.listeners: list[Listener] = []
         self.logs = NodeLogs(spec, on_output, describe_event)  # its files; on_output gets each line after
         self._services: list[Any] = []  # things with an async close(), closed after the tree stops
-        self.service_openers: list[Callable[["AsyncNode"], Any]] = [open_control]
+        self.service_openers: list[Callable[["AsyncNode"], Any]] = [open_control, open_remote_events]
         self.stopping = False
         # Set by whoever runs the node (``otpy start``) to hear ``otpy stop``; else the node stops itself.
         self.on_stop_request: Callable[[], None] | None = None
@@ -73,12 +74,15 @@ class AsyncNode(Operations):
         self._run: RunLock | None = None  # held from start to the end of stop
         self.started = False  # every child of the tree is up (``status`` says "starting" before)
         self.topology_path: str | None = None  # the file the node was made from, if any: what a reload reads
+        self.cluster = None  # the topology's [cluster] (wire.remote_cluster.ClusterSpec): AGENT@NODE of its agents
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike, **kwargs) -> "AsyncNode":
         from ..topology.load import load_topology
 
-        node = cls(load_topology(path).node, **kwargs)
+        topology = load_topology(path)
+        node = cls(topology.node, **kwargs)
+        node.cluster = topology.cluster
         node.topology_path = os.path.abspath(path)
         return node
 
@@ -417,7 +421,9 @@ class Node(Operations):
     def from_toml(cls, path: str | os.PathLike, **kwargs) -> "Node":
         from ..topology.load import load_topology
 
-        node = cls(load_topology(path).node, **kwargs)
+        topology = load_topology(path)
+        node = cls(topology.node, **kwargs)
+        node.cluster = topology.cluster
         node.topology_path = os.path.abspath(path)
         return node
 
@@ -435,6 +441,7 @@ class Node(Operations):
         async def make_and_start():
             self.aio = AsyncNode(self._spec, **self._kwargs)
             self.aio.topology_path = getattr(self, "topology_path", None)
+            self.aio.cluster = getattr(self, "cluster", None)
             await self.aio.start()
 
         try:
