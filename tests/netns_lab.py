@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "otpylab"
+ROOT = str(Path(__file__).resolve().parent.parent)
 FOLDER_VARIABLES = {"OTPY_RUNTIME_DIR": "run", "XDG_STATE_HOME": "state", "XDG_DATA_HOME": "data"}
 _counter = itertools.count(1)
 
@@ -251,7 +252,18 @@ class Lab:
         """A PostgreSQL server of its own inside ``host``, listening on its address (stopped on close)."""
         server = _postgres_class().start(netns=self.hosts[host].netns, host=self.hosts[host].address, port=port)
         self._servers.append(server)
+        server.lab_host = host
         return server
+
+    def new_database(self, server, prefix: str = "t") -> str:
+        """A new database on ``server`` (made from inside its host: the machine's own namespace
+        never addresses the lab): its URL."""
+        code = ("import sys; sys.path.insert(0, %r); from tests.postgres_server import database_on;"
+                "print(database_on(sys.argv[1], sys.argv[2]))" % ROOT)
+        done = self.run(server.lab_host, [sys.executable, "-c", code, server.url(), prefix])
+        if done.returncode != 0:
+            raise RuntimeError(f"no new database on {server.lab_host}: {done.stderr[-1000:]}")
+        return done.stdout.strip()
 
 
 def _postgres_class():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import shutil
 import sys
 from pathlib import Path
@@ -58,8 +59,14 @@ def new_keys(lab: Lab, host: str, folder: str, name: str = "client") -> Path:
 
 @pytest.fixture(scope="module")
 def lab():
-    with lab_or_skip(("alpha", "beta")) as made:
+    """alpha and beta run nodes; gamma, when a test needs it, the PostgreSQL server."""
+    with lab_or_skip(("alpha", "beta", "gamma")) as made:
         yield made
+
+
+@pytest.fixture(scope="module")
+def database(lab):
+    return lab.postgres("gamma")
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +208,156 @@ def test_a_client_without_an_allowed_key_gets_nothing_from_calls(lab, remote, st
     allowed = lab.run("alpha", [sys.executable, "-c", STRANGER_CALL, remote["endpoint"], str(remote["keys"]),
                                 str(mark)], cwd=ROOT)
     assert allowed.stdout.startswith("answered") and mark.exists(), allowed.stderr
+
+
+# --- one variable space on PostgreSQL ---------------------------------------------------------------
+
+def shared_topology(name: str, url: str) -> str:
+    return f"""[node]
+name = "{name}"
+
+[registry]
+storage = "{url}"
+
+[variables.global]
+classifier = {{ type = "module", modules = ["tests.bound_agents:Alpha", "tests.bound_agents:Beta"], default = "tests.bound_agents:Alpha" }}
+knob = {{ type = "float", low = 0, high = 1, default = 0.5 }}
+count = {{ type = "integer", low = 0, high = 1000000, default = 0 }}
+
+[supervisor]
+
+[[supervisor.children]]
+id = "worker"
+program = {{ variable = "global.classifier" }}
+
+[[supervisor.children]]
+id = "shows"
+program = "tests.registry_agents:Shows"
+"""
+
+
+def start_shared(lab: Lab, url: str, names=("va", "vb")) -> list[str]:
+    """Node names[0] on alpha and names[1] on beta, both on the database ``url``."""
+    for host, name in zip(("alpha", "beta"), names):
+        ok(otpy(lab, host, "start", str(write_topology(lab, host, name, shared_topology(name, url))), "--detach"))
+    return list(names)
+
+
+WAIT_FOR = """
+import json, sys, time
+import otpy
+
+node, agent, key, want = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+deadline = time.monotonic() + float(sys.argv[5])
+seen = None
+with otpy.Caller(node) as caller:
+    while time.monotonic() < deadline:
+        reply = caller.call(agent, {}, timeout=5)
+        seen = reply
+        for part in key.split("."):
+            seen = seen.get(part) if isinstance(seen, dict) else None
+        if seen == want:
+            print(json.dumps(reply))
+            sys.exit(0)
+        time.sleep(0.02)
+print("not seen; last:", json.dumps(seen))
+sys.exit(1)
+"""
+
+
+def wait_on(lab: Lab, host: str, node: str, agent: str, key: str, want, timeout: float = 15) -> dict:
+    """On ``host``, call ``agent`` of ``node`` until its answer's ``key`` (a.b path) is ``want``."""
+    done = lab.run(host, [sys.executable, "-c", WAIT_FOR, node, agent, key, json.dumps(want), str(timeout)], cwd=ROOT,
+                   timeout=timeout + 30)
+    assert done.returncode == 0, f"{agent} of {node} on {host}: {done.stdout}{done.stderr[-2000:]}"
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def shared(lab, database):
+    names = start_shared(lab, lab.new_database(database))
+    yield names
+    for host, name in zip(("alpha", "beta"), names):
+        otpy(lab, host, "stop", "--node", name)
+
+
+def test_a_variable_written_on_one_host_reaches_the_program_on_another(lab, shared):
+    va, vb = shared
+    assert wait_on(lab, "beta", vb, "shows", "config.knob", 0.5)["changes"] == 0
+    assert ok(otpy(lab, "alpha", "vars", "set", "global.knob", "0.7", "--node", va)) == "set global.knob 0.5 -> 0.7\n"
+    seen = wait_on(lab, "beta", vb, "shows", "config.knob", 0.7)
+    assert seen["changes"] == 1  # through on_config, in the same process
+    listed = json.loads(ok(otpy(lab, "beta", "vars", "get", "global.knob", "--node", vb)))
+    assert listed == 0.7
+
+
+def test_a_bound_variable_written_on_one_host_switches_the_program_on_another(lab, shared):
+    va, vb = shared
+    before = wait_on(lab, "beta", vb, "worker", "program", "Alpha")["pid"]
+    ok(otpy(lab, "alpha", "vars", "set", "global.classifier", "tests.bound_agents:Beta", "--node", va))
+    after = wait_on(lab, "beta", vb, "worker", "program", "Beta")
+    assert after["pid"] != before  # b's own tree replaced its child: make, then break
+    assert wait_on(lab, "alpha", va, "worker", "program", "Beta")["program"] == "Beta"
+    log = (lab.hosts["beta"].folder / "state" / "otpy" / vb / "logs" / "node.log").read_text()
+    assert "another node set global.classifier = 'tests.bound_agents:Beta'" in log
+
+
+WRITER = """
+import json, sys, os, otpy
+from otpy.wire.protocol import Outcome
+
+node, stop = sys.argv[1], sys.argv[2]
+i = 0
+with otpy.connect(node, timeout=20) as client:
+    while not os.path.exists(stop):
+        i += 1
+        try:
+            outcome = client.set_variables("global", {"count": i})
+            print(json.dumps([i, outcome.outcome, outcome.detail]), flush=True)
+        except Exception as exc:  # an outcome unknown to the writer
+            print(json.dumps([i, "error", f"{type(exc).__name__}: {exc}"]), flush=True)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_database_restart_in_the_middle_of_writes_loses_no_acknowledged_write(lab, database):
+    va, vb = start_shared(lab, lab.new_database(database), names=("wa", "wb"))
+    stop = lab.folder / "stop-writing"
+    writer = lab.popen("alpha", [sys.executable, "-u", "-c", WRITER, va, str(stop)], cwd=ROOT,
+                       stdout=__import__("subprocess").PIPE, text=True)
+    written: list = []
+
+    def read_until(predicate, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"writer: {written[-5:]}"
+            line = writer.stdout.readline()
+            assert line, f"the writer ended: {written[-5:]}"
+            written.append(json.loads(line))
+
+    try:
+        read_until(lambda: sum(w[1] == "ok" for w in written) >= 20)
+        database.restart(immediate=True)  # a crash: no checkpoint, then up again on the same port
+        restarted_at = len(written)
+        read_until(lambda: sum(w[1] == "ok" for w in written[restarted_at:]) >= 20)
+    finally:
+        stop.write_text("")
+        for line in writer.stdout:
+            written.append(json.loads(line))
+        writer.wait(30)
+    acknowledged = [i for i, outcome, _ in written if outcome == "ok"]
+    refused = [(i, detail) for i, outcome, detail in written if outcome == "unavailable"]
+    unknown = [(i, detail) for i, outcome, detail in written if outcome not in ("ok", "unavailable")]
+    assert not unknown, unknown  # every write was acknowledged or plainly refused
+    assert all("unreachable" in detail or "unavailable" in detail for _, detail in refused), refused
+    # Every committed write advanced the space's version by one: the count of stored writes,
+    # seen on the OTHER node once it caught up, is exactly the acknowledged ones (none lost,
+    # none refused yet stored).
+    last = acknowledged[-1]
+    wait_on(lab, "beta", vb, "shows", "config.count", last, timeout=30)
+    listed = json.loads(ok(otpy(lab, "beta", "vars", "list", "--node", vb, "--json")))
+    [count] = [v for v in listed if (v["scope"], v["name"]) == ("global", "count")]
+    assert count["value"] == last
+    assert count["version"] == len(acknowledged), (len(acknowledged), len(refused), count)
+    for host, name in (("alpha", va), ("beta", vb)):
+        otpy(lab, host, "stop", "--node", name)
