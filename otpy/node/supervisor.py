@@ -40,12 +40,12 @@ from ..supervision.effects import (
 )
 from ..supervision.exit import ExitReason, should_restart
 from ..supervision.machine import StaticMachine
-from ..supervision.reconcile import shown_program
+from ..supervision.reconcile import bound_info, shown_program
 from ..supervision.spec_diff import Adopt
 from ..processes.manager import ChildProcess, ProcessManager, StartFailed
-from ..wire.protocol import BoundInfo, Change, ChildInfo, EventKind, NodeEvent, TreeEntry
+from ..wire.protocol import Change, ChildInfo, EventKind, NodeEvent, TreeEntry
 from ..specs.bindings import BoundValues
-from ..specs.model import AnySpec, Bound, ChildSpec, DynamicSupervisorSpec, Shutdown, SupervisorSpec
+from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, Shutdown, SupervisorSpec
 
 log = logging.getLogger("otpy")
 
@@ -411,7 +411,8 @@ class Supervisor:
         handle = self._handles.get(child.id) if pid is not None else None
         standby, standby_mib = self._processes.standbys.usage(child.id) if child.id in self._standby_ids else (0, 0.0)
         return ChildInfo(id=child.id, kind=child.spec.kind, state=state, pid=pid, restarts=child.restarts,
-                         program=shown_program(child, self.values.resolve), bound=self._bound(child), override=child.override,
+                         program=shown_program(child, self.values.resolve), override=child.override,
+                         bound=bound_info(child, self.values, self._versions.get(child.id, {})),
                          status_line=getattr(handle, "status_line", ""), restart_in=restart_in,
                          restart=child.spec.restart, standby=standby, standby_mib=standby_mib)
 
@@ -440,24 +441,6 @@ class Supervisor:
             return Outcome("not_running", detail=f"child {child_id!r} is not running")
         handle.send_signal(number)
         return Outcome("ok", pid=handle.pid)
-
-    def _bound(self, child: Child) -> BoundInfo | None:
-        """The variable ``child``'s program (else its ``enabled``) is bound to, and the registry
-        version of the value it runs: the current version when it runs the current value (a
-        node commits a write, and learns its version, after the children follow it), else the
-        version it was launched with; a stopped child: the current version."""
-        spec = child.spec
-        field, bound = next(((name, b) for name in ("program", "enabled")
-                             if isinstance(b := getattr(spec, name, None), Bound)), (None, None))
-        if bound is None:
-            return None
-        current = self.values.version(bound.variable)
-        if child.state != "running" or child.running is None:
-            return BoundInfo(bound.variable, current)
-        if getattr(child.running, field) == self.values.values.get(bound.variable):
-            return BoundInfo(bound.variable, current)
-        # none kept: every version was 0 (a default) at its launch
-        return BoundInfo(bound.variable, self._versions.get(child.id, {}).get(bound.variable, 0))
 
     def _shown_state(self, child: Child, dead: Callable[[ChildProcess], ExitReason | None]) -> tuple[str, int | None]:
         handle = self._handles.get(child.id)

@@ -43,9 +43,9 @@ import msgspec
 
 from .children import Child
 from .effects import ReconcilePhase
-from ..specs.bindings import UnboundValue, is_enabled, replica_count, replica_ids, replica_of
-from ..specs.model import AnySpec, ChildSpec, from_template
-from ..wire.protocol import Change
+from ..specs.bindings import BoundValues, UnboundValue, is_enabled, replica_count, replica_ids, replica_of
+from ..specs.model import AnySpec, Bound, ChildSpec, from_template
+from ..wire.protocol import BoundInfo, Change
 from .spec_diff import describe
 
 Decision = Literal["replace", "stop", "start"]
@@ -118,6 +118,25 @@ def shown_program(child: Child, resolve: Callable[[AnySpec], AnySpec]) -> str | 
         return program_of(resolve(child.spec))
     except UnboundValue:
         return None
+
+
+def bound_info(child: Child, values: BoundValues, launched: Mapping[str, int]) -> BoundInfo | None:
+    """The variable ``child``'s program (else its ``enabled``) is bound to, and the registry
+    version of the value it runs: the current version when it runs the current value (a node
+    commits a write, and learns its version, after the children follow it), else the version
+    it was launched with (``launched``: the versions at its launch); a stopped child: the
+    current version."""
+    spec = child.spec
+    field, bound = next(((name, b) for name in ("program", "enabled")
+                         if isinstance(b := getattr(spec, name, None), Bound)), (None, None))
+    if bound is None:
+        return None
+    current = values.version(bound.variable)
+    if child.state != "running" or child.running is None:
+        return BoundInfo(bound.variable, current)
+    if getattr(child.running, field) == values.values.get(bound.variable):
+        return BoundInfo(bound.variable, current)
+    return BoundInfo(bound.variable, launched.get(bound.variable, 0))  # none kept: every version was 0 at launch
 
 
 def over_max_children(template: str, children: int, max_children: int | None) -> str | None:
