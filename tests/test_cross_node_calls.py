@@ -5,7 +5,6 @@ and the remote link's own (``NodeUnreachable``)."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import shutil
 import signal
@@ -17,7 +16,6 @@ import pytest
 import zmq.auth
 
 import otpy
-import otpy.node.node
 from otpy.host.runtime_dir import node_dir, write_private
 from otpy.wire.calls import Caller
 from otpy.wire.curve import keys_dir
@@ -299,8 +297,6 @@ def test_an_agent_of_one_node_calls_agent_at_another_through_its_nodes_cluster(b
         node.stop()
 
 
-@pytest.mark.xfail("topology.cluster" not in inspect.getsource(otpy.node.node),
-                   reason="request-calls-1 (the node carries its topology's cluster) not applied yet", strict=False)
 def test_a_node_started_from_a_topology_with_a_cluster_gives_it_to_its_agents(b, tmp_path):
     shutil.copytree(b.keys, tmp_path / "keys-b")
     (tmp_path / "cluster.toml").write_text(f'[nodes.{b.name}]\nendpoint = "{b.endpoint}"\nkeys = "keys-b"\n')
