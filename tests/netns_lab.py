@@ -250,7 +250,9 @@ class Lab:
 
     def postgres(self, host: str, port: int = 5432):
         """A PostgreSQL server of its own inside ``host``, listening on its address (stopped on close)."""
-        server = _postgres_class().start(netns=self.hosts[host].netns, host=self.hosts[host].address, port=port)
+        from tests.postgres_server import PostgresServer
+
+        server = PostgresServer.start(netns=self.hosts[host].netns, host=self.hosts[host].address, port=port)
         self._servers.append(server)
         server.lab_host = host
         return server
@@ -264,23 +266,6 @@ class Lab:
         if done.returncode != 0:
             raise RuntimeError(f"no new database on {server.lab_host}: {done.stderr[-1000:]}")
         return done.stdout.strip()
-
-
-def _postgres_class():
-    from tests.postgres_server import PostgresServer
-
-    class NetnsPostgres(PostgresServer):
-        """PostgresServer whose commands enter the namespace as root and only then become the
-        server's user (``ip netns exec`` needs root: run as ``postgres`` it fails)."""
-
-        def _run(self, argv, check=True):
-            if not (self.netns and self.owner):
-                return super()._run(argv, check)
-            argv = ["ip", "netns", "exec", self.netns, "setpriv", f"--reuid={self.owner}", f"--regid={self.owner}",
-                    "--init-groups", *argv]
-            return subprocess.run(argv, capture_output=True, text=True, check=check, cwd=self.folder, timeout=60)
-
-    return NetnsPostgres
 
 
 def lab_or_skip(hosts=("alpha", "beta")) -> Lab:

@@ -186,6 +186,16 @@ def test_a_cross_node_call_fails_with_the_typed_errors_of_a_local_one(lab, remot
     ], done.stderr
 
 
+def test_an_agent_on_one_host_calls_an_agent_of_a_node_on_another(lab, remote):
+    pid = local_echo_pid(lab)
+    by_node = otpy(lab, "alpha", "call", "echo@b", "--node", "a", "--input", '{"x": 3}')  # a's [cluster]
+    assert json.loads(ok(by_node)) == {"x": 3, "pid": pid}
+    relayed = otpy(lab, "alpha", "call", "relay", "--node", "a", "--input", '{"target": "echo@b", "x": 4}')
+    assert json.loads(ok(relayed)) == {"via": "relay", "answer": {"x": 4, "pid": pid}}
+    missing = otpy(lab, "alpha", "call", "relay", "--node", "a", "--input", '{"target": "nope@b"}')
+    assert missing.returncode == 1 and "NoSuchAgent: node 'b' has no agent 'nope'" in missing.stderr
+
+
 STRANGER_CALL = """
 import sys
 from otpy.wire.errors import CallError
