@@ -371,3 +371,40 @@ def test_a_database_restart_in_the_middle_of_writes_loses_no_acknowledged_write(
     assert count["version"] == len(acknowledged), (len(acknowledged), len(refused), count)
     for host, name in (("alpha", va), ("beta", vb)):
         otpy(lab, host, "stop", "--node", name)
+
+
+# --- distributed optimization ---------------------------------------------------------------------
+
+@pytest.mark.timeout(240)
+def test_an_optimization_with_workers_in_two_hosts_shares_one_study(lab, database):
+    import subprocess
+
+    from tests.test_optimize_distributed_programs import TOPOLOGY
+
+    url = lab.new_database(database)
+    topology = lab.folder / "optimize.toml"  # the same path on both hosts (one machine's files)
+    topology.write_text(TOPOLOGY.format(name="opt", delay=0.3).replace("trials = 8", "trials = 12"))
+    leader = lab.popen("alpha", [sys.executable, "-m", "otpy", "optimize", str(topology), "--storage", url,
+                                 "--workers", "1", "--json"], cwd=ROOT, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    said = []
+    try:
+        while not any("study '" in line for line in said):
+            line = leader.stderr.readline()
+            assert line, f"the leader ended before naming its study: {''.join(said)}"
+            said.append(line)
+        study = [line for line in said if "study '" in line][0].split("study '")[1].split("'")[0]
+        assert "***" in said[-1] and database.password not in "".join(said)  # the password is never shown
+        joined = otpy(lab, "beta", "optimize", "--join", study, "--storage", url, "--workers", "1", "--json",
+                      timeout=180)
+        out, err = leader.communicate(timeout=180)
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+    assert leader.returncode == 0, "".join(said) + err
+    led, joiner = json.loads(out), json.loads(ok(joined))
+    assert joiner["ran"] > 0 and joiner["study"] == study
+    workers = {w["worker"]: w["trials"] for w in led["workers"]}
+    assert len(workers) == 2 and sum(workers.values()) == 12, led["workers"]
+    [beta_worker] = joiner["workers"]
+    assert workers[beta_worker["worker"]] == joiner["ran"]  # the leader counts the trials beta's worker ran
