@@ -277,7 +277,7 @@ def _secured(socket: zmq.Socket, name: str, endpoint: str | None, keys) -> str:
         raise ValueError("a TCP control endpoint needs endpoint='tcp://host:port' and keys=FOLDER (CURVE)")
     from .curve import client_keys_problem, connect_curve
 
-    if problem := client_keys_problem(os.path.expanduser(os.fspath(keys))):
+    if problem := client_keys_problem(os.path.expanduser(os.fspath(keys)), private=False):
         raise ValueError(f"keys: {problem}")
     keys = os.path.expanduser(os.fspath(keys))
 

@@ -152,10 +152,11 @@ def _private_folder(folder: Path) -> None:
                              f"`chmod 700 {folder}`, or give a new folder")
 
 
-def client_keys_problem(folder: str | os.PathLike) -> str | None:
+def client_keys_problem(folder: str | os.PathLike, private: bool = True) -> str | None:
     """What a client key folder (``--keys``) lacks to reach a node's TCP endpoint, in one line
     saying how to get it; None when it holds the node's ``server.key`` and exactly one client
-    ``*.key_secret`` (``server.key_secret`` aside) that only its owner may read."""
+    ``*.key_secret`` (``server.key_secret`` aside) that only its owner may read (``private``;
+    ``otpy.connect`` leaves the file's mode to its caller)."""
     folder = Path(folder)
     if not folder.is_dir():
         return f"{folder} is not a folder: make one with `otpy keys new {folder}`"
@@ -169,7 +170,7 @@ def client_keys_problem(folder: str | os.PathLike) -> str | None:
     if len(secrets) > 1:
         return f"{folder} has several client secret keys ({', '.join(p.name for p in secrets)}): keep one"
     mode = stat.S_IMODE(secrets[0].stat().st_mode)
-    if mode & 0o077:
+    if private and mode & 0o077:
         return f"{secrets[0]} may be read by others (mode {mode:04o}): `chmod 600 {secrets[0]}`"
     for path, needs_secret in ((folder / "server.key", False), (secrets[0], True)):
         try:
