@@ -173,7 +173,7 @@ def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, st
     click.echo(f"optimize: study {study!r} in {masked(storage)}", err=True)
     if workers is not None:
         click.echo(f"optimize: {workers} worker{'' if workers == 1 else 's'} on this host; more from another: "
-                   f"`otpy optimize --join {study} --storage URL --workers N`", err=True)
+                   f"`otpy optimize --join {study} --storage {masked(storage)} --workers N`", err=True)
     try:
         result = optimize_topology(spec, trials=trials, seed=seed, current=current, storage=storage,
                                    topology_path=topology, table=table, workers=workers,
@@ -436,7 +436,7 @@ def _join_study(name: str, topology: str | None, storage: str | None, workers: i
     done = len(finished_trials(study))
     mine = [entry for entry in pool.counts() if entry["worker"] in pool.names]
     ran = sum(entry["trials"] for entry in mine)
-    rate = (done - before) / seconds if seconds > 0 else None
+    rate = ran / seconds if seconds > 0 else None  # this host's workers' trials per second, their start included
     if as_json:
         click.echo(json.dumps({"study": name, "storage": masked(storage), "joined": True, "trials": done,
                                "target": record.trials, "ran": ran, "workers": mine, "trials_per_second": rate}))

@@ -255,6 +255,8 @@ class Optimizer:
         distributions = self.distributions()
         started: list[int] = []
         share = _Share(trials) if self.worker is not None else None
+        if share is not None and share.all_taken(study):  # other workers run the last ones
+            return 0
 
         def objective(trial) -> float:
             started.append(trial.number)
@@ -272,7 +274,7 @@ class Optimizer:
             except KeyboardInterrupt:
                 trial.set_user_attr("failed", "interrupted")
                 raise
-            except TrialFailed:
+            except (TrialFailed, optuna.TrialPruned):
                 raise
             except Exception as exc:  # a bug: optuna fails the trial, the exception goes on up
                 trial.set_user_attr("failed", _reason(exc))
@@ -382,11 +384,14 @@ class _Share:
     def stop_when_done(self, study, trial) -> None:
         """After each trial: stop when the study's trials are all taken (finished, or running on
         another worker), so that a worker seldom starts one only to prune it."""
+        if self.all_taken(study):
+            study.stop()
+
+    def all_taken(self, study) -> bool:
         from optuna.trial import TrialState
 
         taken = (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)  # a waiting one is nobody's yet
-        if len(study.get_trials(deepcopy=False, states=taken)) >= self.trials:
-            study.stop()
+        return len(study.get_trials(deepcopy=False, states=taken)) >= self.trials
 
 
 class TrialFailed(Exception):

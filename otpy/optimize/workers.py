@@ -33,6 +33,7 @@ import socket
 import subprocess
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -135,8 +136,9 @@ def wait_for_study(study, trials: int, say: Callable[[str], None], poll: float =
             workers = sorted({t.user_attrs.get("worker", "?") for t in running})
             say(f"optimize: waiting for {len(running)} trial(s) running on other workers ({', '.join(workers)})")
             said = True
-        if study._storage.is_heartbeat_enabled():
-            optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():  # optuna calls its heartbeat experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a lost host's trials, once their heartbeat is stale
         time.sleep(poll)
 
 
