@@ -311,22 +311,51 @@ def _guard(lab: Lab, watched: int) -> None:
     os._exit(0)
 
 
+USAGE = ("usage: python -m tests.netns_lab shell --watch PID [--subnet N] [--postgres HOST] HOST [HOST...]\n"
+         "  prints shell code to eval (on HOST CMD..., $HOST addresses); the lab is removed once PID, the shell,\n"
+         "  has exited. --postgres HOST: a PostgreSQL server inside HOST with a database 'otpy', reached as\n"
+         "  $OTPY_LAB_DB (no password in it: PGPASSWORD is exported, as libpq reads it)")
+
+
 def main(argv: list[str]) -> int:
-    if argv[:1] != ["shell"] or len(argv) < 4 or argv[1] != "--watch" or not argv[2].isdigit():
-        print("usage: python -m tests.netns_lab shell --watch PID HOST [HOST...]  (prints shell code to eval;"
-              " the lab is removed once PID, the shell, has exited)", file=sys.stderr)
+    import argparse
+
+    parser = argparse.ArgumentParser(usage=USAGE, add_help=False)
+    parser.add_argument("command", choices=["shell"])
+    parser.add_argument("--watch", type=int, required=True)
+    parser.add_argument("--subnet", type=int)
+    parser.add_argument("--postgres")
+    parser.add_argument("hosts", nargs="+")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
         return 2
-    watched, names = int(argv[2]), argv[3:]
     if reason := unavailable_reason():
         print(f"echo {shlex.quote('no lab: ' + reason)}; (exit 77)")
         return 0
-    lab = Lab(names)
+    lab = Lab(args.hosts, subnet=args.subnet)
     lab.start()
+    code = shell_code(lab)
+    if args.postgres:
+        try:
+            server = lab.postgres(args.postgres)
+            from tests.postgres_server import USER
+
+            code_db = ("import sys; sys.path.insert(0, %r); from tests.postgres_server import create_database;"
+                       "create_database(sys.argv[1], 'otpy')" % ROOT)
+            done = lab.run(args.postgres, [sys.executable, "-c", code_db, server.url()])
+            if done.returncode != 0:
+                raise RuntimeError(done.stderr[-2000:])
+        except BaseException:
+            lab.close()
+            raise
+        code += (f"export PGPASSWORD={shlex.quote(server.password)} "
+                 f"OTPY_LAB_DB=postgresql://{USER}@{server.host}:{server.port}/otpy\n")
     atexit.unregister(lab.close)  # the guardian owns it now
     if os.fork() == 0:
-        _guard(lab, watched)
+        _guard(lab, args.watch)
     lab._closed = True  # this process only prints
-    sys.stdout.write(shell_code(lab))
+    sys.stdout.write(code)
     return 0
 
 

@@ -97,13 +97,17 @@ def test_a_postgres_server_inside_a_host_answers_another_host_on_its_address(lab
 def test_the_shell_form_defines_on_and_removes_the_lab_when_the_shell_exits():
     if (reason := unavailable_reason()) and not os.environ.get("CI"):
         pytest.skip(reason)
-    script = ('eval "$(python -m tests.netns_lab shell --watch $$ alpha beta)"\n'
+    script = ('eval "$(python -m tests.netns_lab shell --watch $$ --subnet 0 --postgres beta alpha beta)"\n'
               'on beta python -c "import os; print(os.environ[\'OTPY_RUNTIME_DIR\'])"\n'
               'on alpha ip -4 -o addr | grep -c "$ALPHA/24"\necho "$OTPY_LAB_FOLDER"\necho "$OTPY_LAB_TAG"\n'
-              'on gamma true; echo "exit $?"\n')
+              'on gamma true; echo "exit $?"\n'
+              'echo "$OTPY_LAB_DB"\n'
+              'on alpha python -c "import os, psycopg; print(psycopg.connect(os.environ[\'OTPY_LAB_DB\'], connect_timeout=5)'
+              '.execute(\'select current_database()\').fetchone()[0])"\n')
     done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30,
                           env=dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]))
-    runtime, count, folder, tag, status = done.stdout.splitlines()
+    runtime, count, folder, tag, status, database, answer = done.stdout.splitlines()
+    assert database == "postgresql://otpy@10.77.0.12:5432/otpy" and answer == "otpy", done.stderr  # PGPASSWORD
     assert runtime == f"{folder}/beta/run" and count == "1" and status == "exit 2", done.stderr
     assert "on: no host gamma" in done.stderr
     from tests.helpers import wait_until
