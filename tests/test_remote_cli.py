@@ -451,3 +451,13 @@ def test_an_async_remote_handle(node, tmp_path):
     import asyncio
     asyncio.run(use())
     assert node.which_children("root")[0].pid is None
+
+
+def test_logs_refuses_an_endpoint_saying_where_to_run_it(tmp_path):
+    folder = tmp_path / "k"
+    assert otpy_cli("keys", "new", str(folder)).exit_code == 0
+    (folder / "server.key").write_bytes((folder / "client.key").read_bytes())
+    result = otpy_cli("logs", "--endpoint", "tcp://127.0.0.1:9", "--keys", str(folder))
+    assert result.exit_code == 2, result.output
+    assert result.stderr == ("otpy: logs does not take --endpoint: the logs are files on the node's host (`otpy events "
+                             "--endpoint` follows its events from here); run it on the node's host\n")
