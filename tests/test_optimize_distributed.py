@@ -151,3 +151,61 @@ def test_several_workers_need_a_storage_they_share_and_a_join_needs_its_study(po
     assert postgres_url.split("@")[0] not in missing.stderr
     no_storage = run("--join", "nosuch")
     assert no_storage.returncode == 2 and "give --storage URL" in no_storage.stderr
+    applying = run("--join", "nosuch", "--storage", postgres_url, "--apply")
+    assert applying.returncode == 2 and "the leader applies" in applying.stderr
+    watching = run(path, "--watch", "--workers", "2", "--threshold", "0")
+    assert watching.returncode == 2 and "optimize --watch: --workers is for one search" in watching.stderr
+
+
+def test_a_worker_takes_a_trial_only_while_fewer_than_the_study_s_trials_are_numbered_before_it(tmp_path):
+    import optuna
+
+    from otpy.optimize.trial_share import TrialShare
+
+    shared = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    first, second, third = shared.ask(), shared.ask(), shared.ask()  # three workers asked at once
+    share = TrialShare(2)
+    assert share.claim(shared, first) and share.claim(shared, second)
+    assert not share.claim(shared, third)  # two are numbered before it: the study has its trials
+    assert share.surplus == 1 and share.all_taken(shared)
+    shared.tell(third, state=optuna.trial.TrialState.PRUNED)
+    shared.tell(first, 1.0)
+    shared.tell(second, state=optuna.trial.TrialState.FAIL)
+    assert TrialShare(2).all_taken(shared) and not TrialShare(3).all_taken(shared)
+    again = shared.ask()
+    assert not TrialShare(2).claim(shared, again)  # finished or failed, they count; the pruned one does not
+    assert TrialShare(3).claim(shared, again)  # the third slot: the pruned one is nobody's
+
+
+def test_workers_of_one_host_share_an_sqlite_file(tmp_path):
+    name = unique_name("lite")
+    path = topology_file(tmp_path, name, delay=0.4)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = run(path, "--storage", url, "--workers", "2", "--trials", "6", "--json")
+    assert proc.returncode == 0, proc.stderr
+    trials = study(url, name).trials
+    assert len([t for t in trials if t.state.name == "COMPLETE"]) == 6
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+def test_workers_stop_when_their_leader_is_killed(tmp_path, postgres_url):
+    name = unique_name("orphan")
+    path = topology_file(tmp_path, name, delay=1.0)
+    leader = subprocess.Popen(command(path, "--storage", postgres_url, "--workers", "2", "--trials", "30"), cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    me = f"{socket.gethostname()}:{leader.pid}"
+
+    def other_running():
+        try:
+            trials = study(postgres_url, name).trials
+        except KeyError:
+            return None
+        return next((t for t in trials if t.state.name == "RUNNING" and t.user_attrs.get("worker", me) != me), None)
+
+    worker = wait_until(other_running, timeout=30, what="a trial running on the second worker").user_attrs["worker"]
+    pid = int(worker.rsplit(":", 1)[1])
+    leader.kill()
+    leader.wait()
+    wait_until(lambda: not alive(pid), timeout=30, what="the worker gone with its leader")
+    trials = study(postgres_url, name).trials
+    assert not [t for t in trials if t.state.name == "RUNNING" and t.user_attrs.get("worker") == worker]

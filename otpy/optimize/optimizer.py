@@ -49,6 +49,7 @@ from ..variables.types import VariableError
 from ..wire.protocol import SetVariables
 from .evaluation import Evaluation, Example, dspy_shaped, evaluate
 from .evaluation import as_example as _as_example
+from .trial_share import TrialShare
 
 __all__ = ["CompileResult", "Evaluation", "Example", "OptimizeError", "Optimizer", "dspy_shaped", "evaluate",
            "fixed_values", "plan_actions"]
@@ -254,7 +255,7 @@ class Optimizer:
             return 0
         distributions = self.distributions()
         started: list[int] = []
-        share = _Share(trials) if self.worker is not None else None
+        share = TrialShare(trials) if self.worker is not None else None
         if share is not None and share.all_taken(study):  # other workers run the last ones
             return 0
 
@@ -263,7 +264,9 @@ class Optimizer:
             try:
                 if share is not None:
                     trial.set_user_attr("worker", self.worker)
-                    share.claim(study, trial)  # a trial past the study's count: pruned, and this worker stops
+                    if not share.claim(study, trial):  # a trial past the study's count: pruned, this worker stops
+                        study.stop()
+                        raise optuna.TrialPruned("the study has its trials")
                 params = {name: _suggest(trial, name, dist) for name, dist in distributions.items()}
                 try:
                     config = self.validate(params, fixed)
@@ -357,43 +360,6 @@ class Optimizer:
         return config
 
 
-class _Share:
-    """One worker's part of a study that several run: it takes a trial only while the study has
-    fewer than ``trials`` (finished, running or waiting) before it, and stops once it has them.
-
-    optuna numbers a study's trials under a lock on the study's row, so the trials numbered
-    before this one are decided when it runs: counting those not pruned tells, exactly, whether
-    the study already has its trials. One that is past them is pruned (not a finished trial,
-    never scored) and its worker stops: the study ends with ``trials`` finished ones, however
-    many workers ran them."""
-
-    def __init__(self, trials: int) -> None:
-        self.trials, self.surplus = trials, 0
-
-    def claim(self, study, trial) -> None:
-        import optuna
-        from optuna.trial import TrialState
-
-        before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
-        if sum(t.state != TrialState.PRUNED for t in before) >= self.trials:
-            self.surplus += 1
-            trial.set_user_attr("surplus", True)
-            study.stop()
-            raise optuna.TrialPruned("the study has its trials")
-
-    def stop_when_done(self, study, trial) -> None:
-        """After each trial: stop when the study's trials are all taken (finished, or running on
-        another worker), so that a worker seldom starts one only to prune it."""
-        if self.all_taken(study):
-            study.stop()
-
-    def all_taken(self, study) -> bool:
-        from optuna.trial import TrialState
-
-        taken = (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)  # a waiting one is nobody's yet
-        return len(study.get_trials(deepcopy=False, states=taken)) >= self.trials
-
-
 class TrialFailed(Exception):
     """A trial that produced no score (infeasible, not applied, every call failed): optuna's
     loop tells it as failed and goes on (``catch``); the reason is on the trial."""
@@ -424,7 +390,7 @@ class _ProgressLines:
     def __call__(self, study, trial) -> None:
         from optuna.trial import TrialState
 
-        if trial.state == TrialState.PRUNED:  # a worker's trial past the study's count (``_Share``)
+        if trial.state == TrialState.PRUNED:  # a worker's trial past the study's count (``trial_share``)
             return
         self.done = len(_finished(study)) if self.shared else self.done + 1
         if trial.state == TrialState.COMPLETE:

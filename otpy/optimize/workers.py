@@ -5,7 +5,7 @@ several hosts, an SQLite file for those of one) is the only thing the workers sh
 worker is a process with a scratch node of its own (the leader's own trials run in the leader
 on ``NODE-optimize``; every other worker's on ``NODE-optimize-PID``, unique on its host), named
 ``HOST:PID`` on every trial it runs (user attribute ``worker``). A worker takes a trial only
-while the study has fewer than its trials (``optimizer._Share``), so the study ends with exactly
+while the study has fewer than its trials (``trial_share.TrialShare``), so the study ends with exactly
 that many finished ones, whoever ran them.
 
 The leader writes what a joiner needs in the study's user attributes (``StudyRecord``: the
