@@ -311,7 +311,27 @@ def _guard(lab: Lab, watched: int) -> None:
     os._exit(0)
 
 
-USAGE = ("usage: python -m tests.netns_lab shell --watch PID [--subnet N] [--postgres HOST] HOST [HOST...]\n"
+FILE_MARK = "<!-- file: "
+
+
+def write_page_files(page: str, into: str) -> list[str]:
+    """Each fenced block of ``page`` right after a ``<!-- file: PATH -->`` line, written to
+    ``into/PATH`` (a page shows the files its session uses, and they are the same)."""
+    lines = Path(page).read_text().splitlines()
+    written = []
+    for index, line in enumerate(lines):
+        if line.strip().startswith(FILE_MARK) and index + 1 < len(lines) and lines[index + 1].startswith("```"):
+            path = line.strip()[len(FILE_MARK):].removesuffix("-->").strip()
+            end = next(i for i in range(index + 2, len(lines)) if lines[i].strip() == "```")
+            target = Path(into) / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("\n".join(lines[index + 2:end]) + "\n")
+            written.append(path)
+    return written
+
+
+USAGE = ("usage: python -m tests.netns_lab files PAGE.md DIR   (writes the page's <!-- file: PATH --> blocks)\n"
+         "       python -m tests.netns_lab shell --watch PID [--subnet N] [--postgres HOST] HOST [HOST...]\n"
          "  prints shell code to eval (on HOST CMD..., $HOST addresses); the lab is removed once PID, the shell,\n"
          "  has exited. --postgres HOST: a PostgreSQL server inside HOST with a database 'otpy', reached as\n"
          "  $OTPY_LAB_DB (no password in it: PGPASSWORD is exported, as libpq reads it)")
@@ -320,6 +340,9 @@ USAGE = ("usage: python -m tests.netns_lab shell --watch PID [--subnet N] [--pos
 def main(argv: list[str]) -> int:
     import argparse
 
+    if argv[:1] == ["files"] and len(argv) == 3:
+        print("\n".join(write_page_files(argv[1], argv[2])))
+        return 0
     parser = argparse.ArgumentParser(usage=USAGE, add_help=False)
     parser.add_argument("command", choices=["shell"])
     parser.add_argument("--watch", type=int, required=True)
