@@ -97,6 +97,16 @@ def test_a_value_the_other_node_cannot_run_keeps_its_old_child_and_says_so(postg
         assert solver.pid == pid and solver.program == ALPHA and runs(b) == "Alpha"
 
 
+def test_what_was_written_while_a_registry_was_down_reaches_its_programs(two_nodes):
+    a, b = two_nodes
+    assert b.terminate_child("registry").ok  # B hears nothing from now on
+    assert a.set_variables("global", {"knob": 0.125, "impl": BETA}).ok
+    assert knob(b) == 0.5 and runs(b) == "Alpha"
+    assert b.restart_child("registry").ok
+    wait_until(lambda: knob(b) == 0.125, timeout=15, what="B's program got the value written meanwhile")
+    wait_until(lambda: runs(b) == "Beta", timeout=15, what="B runs the program written meanwhile")
+
+
 def test_a_node_started_later_runs_what_is_stored(postgres_url):
     with otpy.Node(node_spec(unique_name("pga"), postgres_url)) as a:
         assert a.set_variables("global", {"impl": BETA, "knob": 0.25}).ok

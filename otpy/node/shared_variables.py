@@ -14,8 +14,9 @@ then break; nothing is written again: the value is stored already):
 - done: an event ``variables_followed`` with the changes.
 
 Each time the registry starts (the node's start, a restart after a crash), the bound values it
-holds are compared with what the tree runs, and a newer one is followed: events published while
-nobody listened are not lost. Only a node whose registry uses a shared database runs this.
+holds are compared with what the tree runs, and a newer one is followed, and every running
+program resolves its configuration again: what other nodes wrote while nobody here listened
+is not lost. Only a node whose registry uses a shared database runs this.
 """
 
 from __future__ import annotations
@@ -107,6 +108,21 @@ class SharedFollower:
             return
         if changes:
             await self.follow(changes)
+        await self._sync_knobs()
+
+    async def _sync_knobs(self) -> None:
+        """Every running program resolves its configuration again (``config_sync``): values
+        other nodes wrote while this registry was not running were never published here."""
+        from .config_sync import followers, sync_configs
+
+        if (root := self.writes._root()) is None:
+            return
+        ids = list(followers(root, "global"))  # every chain ends in global: every running program
+        if ids:
+            late, refused = await sync_configs(self.writes.node, ids, self.writes.listeners, timeout=10.0)
+            for child, why in refused.items():
+                log.warning("otpy[%s]: child %r refused the shared values after the registry started: %s",
+                            self.writes.node, child, why)
 
     async def follow(self, changes: dict[str, tuple[Any, int]]) -> None:
         """Make the tree run ``changes`` (``{SCOPE.NAME: (value, version)}``) that are newer than

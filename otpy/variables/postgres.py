@@ -264,7 +264,7 @@ class PostgresStorage:
 
     def close(self) -> None:
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=LISTEN_WAKE + 1)  # it wakes at least every LISTEN_WAKE seconds
         if self.conn is not None:
             self.conn.close()
-        if self._thread is not None:
-            self._thread.join(timeout=LISTEN_WAKE + 1)
