@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def test_a_joiner_adds_trials_to_the_leader_s_study_and_the_leader_counts_them(tmp_path, postgres_url):
     name = unique_name("join")
-    path = topology_file(tmp_path, name, delay=0.5)
+    path = topology_file(tmp_path, name, delay=1.5)  # 15 s alone: the joiner's processes start in time, even on a busy host
     leader = subprocess.Popen(command(path, "--storage", postgres_url, "--workers", "1", "--trials", "10", "--json"),
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
