@@ -209,3 +209,24 @@ def test_workers_stop_when_their_leader_is_killed(tmp_path, postgres_url):
     wait_until(lambda: not alive(pid), timeout=30, what="the worker gone with its leader")
     trials = study(postgres_url, name).trials
     assert not [t for t in trials if t.state.name == "RUNNING" and t.user_attrs.get("worker") == worker]
+
+
+def test_the_leader_waits_for_trials_running_elsewhere_and_fails_those_whose_heartbeat_stopped(tmp_path):
+    import warnings
+
+    import optuna
+
+    from otpy.optimize.workers import wait_for_study
+
+    with warnings.catch_warnings():  # experimental; meant for Study.optimize (a joiner's, elsewhere)
+        warnings.simplefilter("ignore")
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'h.db'}", heartbeat_interval=1, grace_period=1)
+        shared = optuna.create_study(storage=storage, study_name="h")
+        shared.tell(shared.ask(), 1.0)
+        lost = shared.ask()  # a joiner's trial, its host gone: its heartbeat stops
+    lost.set_user_attr("worker", "gone:1")
+    storage.record_heartbeat(lost._trial_id)
+    said: list[str] = []
+    wait_for_study(shared, 2, said.append, poll=0.05)
+    assert said == ["optimize: waiting for 1 trial(s) running on other workers (gone:1)"]
+    assert [t.state.name for t in shared.trials] == ["COMPLETE", "FAIL"]
