@@ -14,7 +14,7 @@ import otpy
 from otpy.cli.main import main
 from otpy.wire.curve import keys_dir
 from tests.helpers import unique_name
-from tests.test_remote_cli import free_port
+from tests.test_remote_cli import free_port, stderr_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -104,7 +104,7 @@ def test_vars_explain_over_tcp(remote):
 def test_vars_refusals_over_tcp_are_the_registrys(remote):
     result = vars_cli(remote, "get", "global.nope")
     assert result.exit_code == 1
-    assert result.stderr.startswith("otpy: refused (")
+    assert stderr_of(result).startswith("otpy: refused (")
 
 
 def test_vars_over_tcp_of_a_node_without_a_registry(tmp_path):
@@ -118,7 +118,7 @@ def test_vars_over_tcp_of_a_node_without_a_registry(tmp_path):
         shutil.copy(keys_dir(node.name) / "client.key_secret", keys)
         result = vars_cli((node, endpoint, str(keys)), "list")
     assert result.exit_code == 1, result.output
-    assert result.stderr == (f"otpy: node at {endpoint} has no variable registry: declare [variables] (e.g. "
+    assert stderr_of(result) == (f"otpy: node at {endpoint} has no variable registry: declare [variables] (e.g. "
                              "[variables.global]) in its topology\n")
 
 
@@ -132,5 +132,5 @@ def test_vars_over_tcp_with_a_key_the_node_does_not_know(remote, tmp_path):
                                        str(folder)])
     assert result.exit_code == 1, result.output
     assert result.stdout == ""
-    assert result.stderr.startswith("otpy: the registry did not answer: ")
-    assert "curve/authorized/" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert stderr_of(result).startswith("otpy: the registry did not answer: ")
+    assert "curve/authorized/" in stderr_of(result) and len(stderr_of(result).splitlines()) == 1
