@@ -50,8 +50,9 @@ SCHEMA_LOCK = 0x6F7470790001  # an advisory lock: two nodes making the tables at
 START_WAIT = 8.0  # seconds a starting registry tries to reach the database (below a child's start_timeout)
 RETRY_FIRST, RETRY_MAX = 0.05, 2.0  # the reconnection's backoff, seconds
 LISTEN_WAKE = 1.0  # seconds between the listener's looks at a broken write connection (no busy polling)
+LOST = (psycopg.OperationalError, psycopg.InterfaceError)  # the connection, not the statement
 CONNECT = {"connect_timeout": 3, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
-           "keepalives_count": 2, "tcp_user_timeout": 6000, "application_name": "otpy-registry"}
+           "keepalives_count": 2, "tcp_user_timeout": 4000, "application_name": "otpy-registry"}
 
 
 def address(url: str) -> str:
@@ -132,7 +133,7 @@ class PostgresStorage:
                 values = self.conn.execute("SELECT scope, name, value, version FROM otpy_registry_value").fetchall()
                 spaces = self.conn.execute("SELECT scope, name, definition FROM otpy_registry_space").fetchall()
             return version, values, spaces
-        except psycopg.OperationalError as exc:
+        except LOST as exc:
             raise RegistryFileError(f"registry storage {self.where}: the database at {self.address} became "
                                     f"unreachable while reading it: {self._reason(exc)}") from None
 
@@ -152,7 +153,7 @@ class PostgresStorage:
             with self.conn.transaction():
                 version = self._version()
                 return version, self._rows_after(known) if version > known else []
-        except psycopg.OperationalError as exc:
+        except LOST as exc:
             raise self._lost(exc, False) from None
 
     # --- writing ---------------------------------------------------------------------------
@@ -170,7 +171,7 @@ class PostgresStorage:
             with self.conn.transaction():
                 yield self
                 committing = True
-        except psycopg.OperationalError as exc:
+        except LOST as exc:
             raise self._lost(exc, committing) from None
         except psycopg.Error as exc:
             raise RegistryFileError(f"registry storage {self.where}: cannot write: {self._reason(exc)}") from None
@@ -218,14 +219,9 @@ class PostgresStorage:
     def _listen(self, newer: Callable[[], None], known: Callable[[], int], say: Callable[[str], None]) -> None:
         delay, first = RETRY_FIRST, True
         while not self._stop.is_set():
+            listener = None
             try:
                 listener = self._connect()
-            except psycopg.Error as exc:
-                self._mark_down(self._reason(exc), say)
-                self._stop.wait(delay)
-                delay = min(delay * 2, RETRY_MAX)
-                continue
-            try:
                 listener.execute(f"LISTEN {CHANNEL}")
                 if not first or self.down is not None or self.conn is None or self.conn.broken:
                     self._revive(say)
@@ -236,14 +232,17 @@ class PostgresStorage:
                         if not note.payload.isdigit() or int(note.payload) > known():
                             newer()
                     if self.conn is None or self.conn.broken or self.down is not None:
-                        self._revive(say)
-                        newer()
+                        break  # the write connection was lost: a new pair of connections
             except psycopg.Error as exc:
                 self._mark_down(self._reason(exc), say)
             except StorageUnavailable:
-                pass  # the write connection was lost meanwhile: the next round reconnects
+                pass  # the write connection was lost meanwhile (down is set)
             finally:
-                listener.close()
+                if listener is not None:
+                    listener.close()
+            if not self._stop.is_set() and self.down is not None:
+                self._stop.wait(delay)  # a bounded backoff, whatever failed: never a busy loop
+                delay = min(delay * 2, RETRY_MAX)
 
     def _mark_down(self, why: str, say: Callable[[str], None]) -> None:
         if self.down is None:
