@@ -100,7 +100,7 @@ def stored_values(folder: str | os.PathLike, root: SupervisorSpec) -> BoundValue
                          else _read_rows(os.path.join(folder, REGISTRY_FILE)))
         for dropped in store.load(version, rows):
             log.warning("otpy: a stored value is no longer accepted, its default is used: %s", dropped)
-    except (OSError, sqlite3.Error, ValueError, TypeError, SharedUnread) as exc:
+    except (OSError, sqlite3.Error, ValueError, TypeError) as exc:
         log.debug("otpy: the registry file is not read (%s); bound variables start at their defaults", exc)
     values, versions = {}, {}
     for name in sorted(names):
@@ -127,10 +127,6 @@ def _read_rows(path: str) -> tuple[int, list[tuple[str, str, Any, int]]]:
     return (meta[0] if meta else 0), rows
 
 
-class SharedUnread(Exception):
-    """The shared database could not be read at the node's start (the registry says why)."""
-
-
 def _read_shared_rows(url: str) -> tuple[int, list[tuple[str, str, Any, int]]]:
     """The stored rows in the shared database (``[registry] storage``), read once, without
     waiting: an unreachable one leaves the defaults, and the registry's start fails saying so
@@ -144,8 +140,10 @@ def _read_shared_rows(url: str) -> tuple[int, list[tuple[str, str, Any, int]]]:
             meta = db.execute("SELECT value FROM otpy_registry_meta WHERE key = 'version'").fetchone()
             rows = [(scope, name, json.loads(value), version) for scope, name, value, version in
                     db.execute("SELECT scope, name, value, version FROM otpy_registry_value")]
-    except psycopg.Error as exc:
-        raise SharedUnread(type(exc).__name__) from None  # its text may hold the host: the registry says it
+    except psycopg.Error as exc:  # its text is the registry's to say (masked), at its own start
+        log.debug("otpy: the shared database is not read (%s); bound variables start at their defaults",
+                  type(exc).__name__)
+        return 0, []
     return (meta[0] if meta else 0), rows
 
 
