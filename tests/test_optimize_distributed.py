@@ -60,7 +60,7 @@ def alive(pid: int) -> bool:
 
 def test_two_workers_finish_exactly_the_trials_both_run_some_and_the_best_is_applied_once(tmp_path, postgres_url):
     name = unique_name("dist")
-    path = topology_file(tmp_path, name, delay=0.4)
+    path = topology_file(tmp_path, name, delay=1.5)  # 9 s alone: the second worker starts in time, even on a busy host
     password = postgres_url.split("://", 1)[1].split("@")[0].split(":")[1]
     with otpy.Node(parse_topology(open(path).read(), check_imports=True).node), otpy.Caller(name) as caller:
         proc = run(path, "--storage", postgres_url, "--workers", "2", "--trials", "6", "--apply", "--json")
@@ -179,7 +179,7 @@ def test_a_worker_takes_a_trial_only_while_fewer_than_the_study_s_trials_are_num
 
 def test_workers_of_one_host_share_an_sqlite_file(tmp_path):
     name = unique_name("lite")
-    path = topology_file(tmp_path, name, delay=0.4)
+    path = topology_file(tmp_path, name, delay=1.5)  # 9 s alone: the second worker starts in time, even on a busy host
     url = f"sqlite:///{tmp_path / 'study.db'}"
     proc = run(path, "--storage", url, "--workers", "2", "--trials", "6", "--json")
     assert proc.returncode == 0, proc.stderr

@@ -148,12 +148,15 @@ def _require_running(name: str, topology: str) -> None:
 class ScratchLogFilter(logging.Filter):
     """Drops the log records of one node (the scratch node's: ``otpy[NAME]: ...``)."""
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, prefix: bool = False) -> None:
         super().__init__()
-        self.node = node
+        self.node, self.prefix = node, prefix  # prefix: every node whose name starts with it (a worker's slots)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (isinstance(record.args, tuple) and record.args and record.args[0] == self.node)
+        if not (isinstance(record.args, tuple) and record.args and isinstance(record.args[0], str)):
+            return True
+        name = record.args[0]
+        return not (name.startswith(self.node) if self.prefix else name == self.node)
 
 
 def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, storage: str | None, apply_: bool,
@@ -369,7 +372,7 @@ def _worker() -> None:
 
     job = json.loads(sys.stdin.readline())
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("otpy").addFilter(ScratchLogFilter(job["scratch"]))
+    logging.getLogger("otpy").addFilter(ScratchLogFilter(f"{job['node']}-optimize-", prefix=True))
     try:
         summary = run_worker(job, conventions)
     except KeyboardInterrupt:
@@ -388,6 +391,7 @@ def _join_study(name: str, topology: str | None, storage: str | None, workers: i
 
     from ..optimize.live_system import OptimizeError
     from ..optimize.study_storage import checked_storage, masked, shared_storage
+    from ..optimize.trial_share import TrialShare
     from ..optimize.workers import StudyRecord, WorkerPool, finished_trials, load_study, topology_digest
 
     if refused:
@@ -441,9 +445,10 @@ def _join_study(name: str, topology: str | None, storage: str | None, workers: i
         click.echo(json.dumps({"study": name, "storage": masked(storage), "joined": True, "trials": done,
                                "target": record.trials, "ran": ran, "workers": mine, "trials_per_second": rate}))
     else:
+        running = "" if done >= record.trials else " (the others running on other workers)"
         click.echo(f"joined study {name!r}: {ran} trials ran here by {len(mine)} worker(s); the study has {done} "
-                   f"of {record.trials} trials; the leader {record.leader} applies the best")
+                   f"of {record.trials} trials{running}; the leader {record.leader} applies the best")
         if mine:
             _say(_workers_line(mine, rate))
-    if done < record.trials:
+    if not TrialShare(record.trials).all_taken(study):  # not every trial finished or running elsewhere: workers died
         fail(f"optimize --join: the study has {done} of {record.trials} trials and no worker here is left", EXIT_FAILED)

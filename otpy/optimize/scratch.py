@@ -59,6 +59,10 @@ def start_failure(scratch: str, topology_path: str | None, reason: str, output: 
     return line + f"; run {start} to watch it start with its output"
 
 
+class ScratchNameTaken(OptimizeError):
+    """The scratch node's name is a running node's (a worker then tries the next slot)."""
+
+
 def name_taken(scratch: str, reason: str) -> str:
     """One line: the scratch node's name is a running node's (another ``otpy optimize`` of the
     same node, or a node started by that name), and how to free it."""
@@ -93,7 +97,7 @@ def scratch_node(topology, topology_path: str | None = None, name: str | None = 
         try:
             node.start()
         except NodeAlreadyRunning as exc:  # not a start that failed: watching one would not help
-            raise OptimizeError(name_taken(spec.name, str(exc))) from None
+            raise ScratchNameTaken(name_taken(spec.name, str(exc))) from None
         except NodeStartError as exc:
             raise OptimizeError(start_failure(spec.name, topology_path, str(exc), output)) from None
     try:

@@ -3,6 +3,7 @@ scratch node of its own until the study has its trials, then a summary for its p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -15,7 +16,8 @@ from ..wire.calls import Caller
 from ..wire.client import connect
 from .live_system import LiveSystem, OptimizerTable, spaces_of
 from .optimizer import Optimizer
-from .scratch import scratch_node
+from .scratch import ScratchNameTaken, scratch_node
+from .workers import scratch_names
 
 
 def run_worker(job: dict[str, Any], adapt: Callable[[Any], Any] = lambda table: table) -> dict[str, Any]:
@@ -29,7 +31,7 @@ def run_worker(job: dict[str, Any], adapt: Callable[[Any], Any] = lambda table: 
     optimizer = Optimizer(spaces_of(topology), seed=job.get("seed"), storage=job["storage"], study_name=job["study"],
                           progress=False, worker=job["worker"], heartbeat=job.get("heartbeat"))
     started = time.monotonic()
-    with scratch_node(topology, job["topology"], name=job["scratch"]) as scratch, connect(scratch.name) as client, \
+    with _free_scratch_node(topology, job["topology"]) as scratch, connect(scratch.name) as client, \
             Caller(scratch.name) as caller:
         system = LiveSystem(client, caller, optimizer.spaces, every_value=True)
         _, ran, seen, _ = optimizer.search(table.caller_program(caller), table.trainset, table.metric,
@@ -37,6 +39,23 @@ def run_worker(job: dict[str, Any], adapt: Callable[[Any], Any] = lambda table: 
                                            threads=table.threads)
     return {"worker": job["worker"], "ran": ran, "seconds": round(time.monotonic() - started, 3),
             "failures": seen.failures, "first_error": seen.first_error, "first_apply_error": seen.first_apply_error}
+
+
+@contextlib.contextmanager
+def _free_scratch_node(topology, path: str):
+    """The scratch node on the first free slot (``workers.scratch_names``)."""
+    names = scratch_names(topology.node.name)
+    for name in names:
+        try:
+            context = scratch_node(topology, path, name=name)
+            node = context.__enter__()
+        except ScratchNameTaken:
+            continue
+        with contextlib.ExitStack() as stack:
+            stack.push(context)
+            yield node
+            return
+    raise ScratchNameTaken(f"every scratch node name {names[0]} ... {names[-1]} is taken by a running node")
 
 
 def _stop_with_owner() -> None:

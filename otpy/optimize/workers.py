@@ -3,7 +3,7 @@
 A study in a database every worker opens (optuna's RDB storage: PostgreSQL for workers on
 several hosts, an SQLite file for those of one) is the only thing the workers share. Each
 worker is a process with a scratch node of its own (the leader's own trials run in the leader
-on ``NODE-optimize``; every other worker's on ``NODE-optimize-PID``, unique on its host), named
+on ``NODE-optimize``; every other worker's on ``NODE-optimize-N``, the first free slot), named
 ``HOST:PID`` on every trial it runs (user attribute ``worker``). A worker takes a trial only
 while the study has fewer than its trials (``trial_share.TrialShare``), so the study ends with exactly
 that many finished ones, whoever ran them.
@@ -49,9 +49,14 @@ def worker_name(pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
-def scratch_name(node: str, pid: int | None = None) -> str:
-    """A worker's scratch node: ``NODE-optimize-PID`` (the leader's own is ``NODE-optimize``)."""
-    return f"{node}-optimize-{os.getpid() if pid is None else pid}"
+SLOTS = 64  # scratch node names a host's workers of one node take: NODE-optimize-1 ... -64
+
+
+def scratch_names(node: str) -> list[str]:
+    """A worker's scratch node: the first of ``NODE-optimize-1``, ``-2``, ... that no running node
+    has (the leader's own is ``NODE-optimize``): the names, and their runtime folders, are reused
+    from run to run instead of piling up, and two workers of a host never share one."""
+    return [f"{node}-optimize-{slot}" for slot in range(1, SLOTS + 1)]
 
 
 def worker_seed(seed: int | None, name: str) -> int | None:
@@ -165,7 +170,7 @@ def worker_counts(study) -> list[dict[str, Any]]:
 
 class WorkerPool:
     """``count`` worker processes of one study (see the module's docstring). ``job``: what each
-    worker needs (``run_worker``'s argument, without its name, seed and scratch node); ``command``:
+    worker needs (``run_worker``'s argument, without its name and seed); ``command``:
     how to start one (the CLI's ``otpy optimize --worker``); ``say``: one line for the user."""
 
     def __init__(self, job: dict[str, Any], count: int, *, command: list[str], say: Callable[[str], None],
@@ -189,8 +194,7 @@ class WorkerPool:
             process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        start_new_session=True, text=True)
             name = worker_name(process.pid)
-            job = dict(self.job, worker=name, scratch=scratch_name(self.job["node"], process.pid),
-                       seed=worker_seed(self.job.get("seed"), name))
+            job = dict(self.job, worker=name, seed=worker_seed(self.job.get("seed"), name))
             process.stdin.write(json.dumps(job) + "\n")  # the job stays off argv: its URL has the password
             process.stdin.flush()  # stdin stays open: the worker stops when it closes (its owner died)
             self.processes.append((name, process))
