@@ -186,6 +186,9 @@ def test_workers_of_one_host_share_an_sqlite_file(tmp_path):
     trials = study(url, name).trials
     assert len([t for t in trials if t.state.name == "COMPLETE"]) == 6
     assert len({t.user_attrs["worker"] for t in trials}) == 2
+    runtime = os.environ["OTPY_RUNTIME_DIR"]  # the second worker's scratch node took the first free slot
+    assert sorted(entry for entry in os.listdir(runtime) if entry.startswith(name)) == \
+        [f"{name}-optimize", f"{name}-optimize-1"]
 
 
 def test_workers_stop_when_their_leader_is_killed(tmp_path, postgres_url):
