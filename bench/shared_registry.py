@@ -8,7 +8,9 @@ database, private runtime and state folders). A runs a program that takes each w
 ``on_config`` sends the time it ran to this process (a unix datagram). One sample: the time from
 just before ``A.set_variables`` (its dry run, its commit and NOTIFY) to the moment B's
 ``on_config`` ran the value (B's registry LISTENed, folded the row in and published it; B's
-worker handed it to the program): p50, p95, p99.
+worker handed it to the program): p50, p95, p99. Beside it, the time ``A.set_variables`` took
+to return (A's own write through its node: dry run, checks, commit, A's program synced), most
+of the total.
 
 The floor, measured on the same server in the same run: a raw psycopg ``NOTIFY`` on one
 connection to the ``LISTEN`` of another (a thread blocked in ``notifies()``), the least any
@@ -92,8 +94,9 @@ def floor(url: str, n: int) -> list[float]:
     return samples
 
 
-def shared(url: str, n: int, folder: str) -> list[float]:
-    """A.set_variables -> B's on_config, ``n`` times: the seconds of each."""
+def shared(url: str, n: int, folder: str) -> tuple[list[float], list[float]]:
+    """A.set_variables -> B's on_config, ``n`` times: the seconds of each, and the seconds
+    A.set_variables took to return (A's own write: dry run, checks, commit, A's program synced)."""
     from otpy.specs.model import ChildSpec, NodeSpec, SupervisorSpec
     from otpy.variables.placement import with_registry
 
@@ -106,12 +109,13 @@ def shared(url: str, n: int, folder: str) -> list[float]:
     b_root = SupervisorSpec(id="root", children=(
         ChildSpec(id="stamp", program="bench.shared_registry:Stamp", args={"report": report}),))
     tag = os.getpid()
-    samples = []
+    samples, returned = [], []
     with otpy.Node(NodeSpec(name=f"bench-a-{tag}", root=with_registry(a_root, variables, storage=url))) as a, \
             otpy.Node(NodeSpec(name=f"bench-b-{tag}", root=with_registry(b_root, variables, storage=url))):
         for i in range(1, n + 11):
             start = time.monotonic()
             outcome = a.set_variables("global", {"knob": float(i)})
+            done = time.monotonic()
             if not outcome.ok:
                 raise RuntimeError(f"write {i}: {outcome.outcome}: {outcome.detail}")
             while True:
@@ -120,8 +124,9 @@ def shared(url: str, n: int, folder: str) -> list[float]:
                     break
             if i > 10:
                 samples.append(float(when) - start)
+                returned.append(done - start)
     inbox.close()
-    return samples
+    return samples, returned
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -140,15 +145,15 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         url = server.new_database("bench")
         floor_before = floor(url, options.n)
-        series = shared(url, options.n, folder)
+        series, returned = shared(url, options.n, folder)
         floor_after = floor(url, options.n)
     finally:
         server.stop()
     quiet = min((summarize(floor_before), summarize(floor_after)), key=lambda s: s["p50_ms"])
     result = {"scenario": "shared_registry", "write_on_a_reconciled_on_b": summarize(series),
-              "floor_notify_listen": quiet, "target_p50_ms": 50.0, "machine": machine()}
+              "floor_notify_listen": quiet, "a_write_returned": summarize(returned), "target_p50_ms": 50.0, "machine": machine()}
     result["ratio_p50"] = round(result["write_on_a_reconciled_on_b"]["p50_ms"] / max(quiet["p50_ms"], 1e-6), 2)
-    for name in ("write_on_a_reconciled_on_b", "floor_notify_listen"):
+    for name in ("write_on_a_reconciled_on_b", "a_write_returned", "floor_notify_listen"):
         s = result[name]
         print(f"{name:28s} p50 {s['p50_ms']:8.3f} ms  p95 {s['p95_ms']:8.3f} ms  p99 {s['p99_ms']:8.3f} ms  "
               f"max {s['max_ms']:8.3f} ms  n {s['n']}")

@@ -312,3 +312,13 @@ def test_the_url_is_masked():
     assert mask_url("postgresql://db/otpy?user=o&password=pw") == "postgresql://db/otpy?user=o&password=***"
     assert mask_url("postgresql://otpy@db/otpy") == "postgresql://otpy@db/otpy"
     assert msgspec  # imported for the node tests' helpers
+
+
+def test_a_node_without_a_shared_storage_imports_no_psycopg():
+    import subprocess
+    import sys
+
+    code = ("import sys, otpy, otpy.node.node, otpy.variables.registry, otpy.topology.load\n"
+            "assert 'psycopg' not in sys.modules and 'otpy.variables.postgres' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
