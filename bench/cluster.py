@@ -4,23 +4,26 @@ a call and a variable cost across hosts, beside floors measured in the same run.
     python -m bench.cluster [--n 2000] [--writes 200] [--trials-per-worker 20] [--no-optimize] [--json FILE]
 
 Run as root from the repository root (the lab needs ``ip netns``; PostgreSQL's binaries for
-the registry and optimize series). Hosts: alpha (the caller, the writer, the optimizer),
-beta (node ``b``), gamma (PostgreSQL). Series, each p50/p95/p99/max over ``n`` samples:
+the registry and optimize series). Hosts: alpha (the caller, the writer, the optimizer), beta
+(node b, the raw echo servers, node vb), gamma (PostgreSQL). The measuring functions are the
+loopback benches', run across the veth: ``bench/remote_call.py`` (its ``--serve`` on beta, its
+``client`` on alpha), ``bench/shared_registry.py`` (its programs and NOTIFY floor; node A in the
+measuring process on alpha, node B on beta), ``bench/optimize_workers.py`` (``run_workers``).
+Each latency series: p50/p95/p99/max over ``n`` samples.
 
-- ``raw_zmq``: a pyzmq DEALER on alpha, a ROUTER echo on beta, one round trip at a time across
-  the veth (the floor of any call); ``raw_zmq_curve``: the same with CURVE.
-- ``local_call``: ``Caller.call`` of b's echo agent from beta (the call b serves anyway).
-- ``cross_node_call``: ``RemoteCaller.call`` of the same agent from alpha, through b's call
-  gateway (CURVE TCP). Target: p50 <= 2x ``local_call``'s.
-- ``registry_local``: a variable written on node va (alpha), until va's own program ran
-  on_config with it (its own clock: ``Shows.changed_at``); ``registry_remote``: the same
-  writes, until node vb's program on beta ran on_config with them (PostgreSQL's NOTIFY, vb's
-  registry, vb's program). Target: ``registry_remote`` p50 <= 50 ms.
+- ``raw_tcp``: a pyzmq DEALER on alpha, a ROUTER echo on beta, one round trip at a time across
+  the veth (the floor of any call); ``raw_curve``: the same with CURVE.
+- ``local_call``: ``Caller.call`` of b's echo agent on beta (the call b serves anyway).
+- ``remote_call``: ``Caller(cluster=...).call("echo@b")`` from alpha, through b's call gateway
+  (CURVE TCP). Target: p50 <= 2x ``local_call``'s.
+  Every call series and floor is measured in two slices (before and after the others); the
+  quieter slice is reported.
+- ``registry_floor``: a raw psycopg NOTIFY from alpha heard by a LISTEN on alpha, through the
+  server on gamma; ``registry_remote``: a variable written on node A (alpha) until node B's
+  program on beta ran ``on_config`` with it (the program's own clock, one machine's monotonic
+  clock). Target: ``registry_remote`` p50 <= 50 ms.
 - ``optimize``: trials/s of ``otpy optimize --workers 1, 2, 4`` on alpha with the study on
-  gamma (bench/optimize_workers.py's run, a trial-bound objective). Target: 1 -> 2 workers
-  >= 1.6x.
-
-The floors are measured before and after the calls; the quieter slice is the floor.
+  gamma (a trial-bound objective). Target: 1 -> 2 workers >= 1.6x.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -38,7 +40,6 @@ sys.path.insert(0, ROOT)
 
 from bench.stats import print_series, summarize  # noqa: E402
 
-RAW_PORT, CURVE_PORT, B_PORT, VB_PORT = 7500, 7501, 7400, 7410
 MEASURE_TIMEOUT = 600
 
 
@@ -46,95 +47,62 @@ def log(msg: str) -> None:
     print(f"# {msg}", file=sys.stderr, flush=True)
 
 
-# --- what runs inside a host (python -m bench.cluster _serve / _measure ...) ----------------------
+# --- what runs inside a host (python -m bench.cluster _inside KIND ...) ----------------------------
 
-def serve_echo(endpoint: str, secret_file: str | None) -> None:
-    """A ROUTER echo: the far end of the raw floors (CURVE when given the server's secret key)."""
-    import zmq
+def measure_calls(where: dict, n: int) -> dict:
+    """On alpha: bench/remote_call.py's client against what its --serve printed on beta."""
+    from bench.remote_call import client
 
-    router = zmq.Context().socket(zmq.ROUTER)
-    if secret_file:
-        public, secret = open(secret_file).read().split()
-        router.curve_server, router.curve_secretkey, router.curve_publickey = True, secret.encode(), public.encode()
-    router.bind(endpoint)
-    print("ready", flush=True)
-    while True:
-        router.send_multipart(router.recv_multipart(copy=False), copy=False)
+    return client(where, n, local=False)
 
 
-def timed(fn, n: int, warmup: int = 200) -> list[float]:
-    from bench.call_latency import timed as call_timed
+def measure_local_call(n: int) -> dict:
+    """On beta: the local call of the node bench/remote_call.py serves, as its client measures it."""
+    from bench.remote_call import INPUTS, NODE, timed
+    from otpy.wire.calls import Caller
 
-    return call_timed(fn, n, warmup)
-
-
-def measure_raw(endpoint: str, n: int, server_file: str | None) -> list[float]:
-    import zmq
-
-    context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    if server_file:
-        server_public = open(server_file).read().split()[0].encode()
-        public, secret = zmq.curve_keypair()
-        dealer.curve_serverkey, dealer.curve_publickey, dealer.curve_secretkey = server_public, public, secret
-    dealer.connect(endpoint)
-
-    def round_trip():
-        dealer.send(b'{"text": "hi"}')
-        dealer.recv()
-
-    try:
-        return timed(round_trip, n)
-    finally:
-        dealer.close(linger=0)
-        context.term()
+    with Caller(NODE) as caller:
+        return summarize(timed(lambda: caller.call("echo", INPUTS), n))
 
 
-def measure_local_call(node: str, agent: str, n: int) -> list[float]:
+def measure_registry(url: str, report: str, n: int) -> dict:
+    """On alpha: node A (in this process) writes ``knob`` ``n`` times; each sample is the time
+    until node B's program (bench/shared_registry.py's Stamp, on beta) ran on_config with it,
+    stamped by B on the machine's monotonic clock and sent to ``report`` (a unix datagram
+    socket: a path in the machine's files, reachable from every namespace). The floor: that
+    bench's NOTIFY -> LISTEN round trip, from here to the server on gamma and back."""
+    import socket
+
     import otpy
+    from bench.shared_registry import floor
+    from otpy.specs.model import ChildSpec, NodeSpec, SupervisorSpec
+    from otpy.variables.placement import with_registry
 
-    with otpy.Caller(node) as caller:
-        return timed(lambda: caller.call(agent, {"text": "hi"}), n)
+    inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    inbox.bind(report)
+    os.chmod(report, 0o666)  # B's program runs as this user anyway; the folder is the lab's
+    inbox.settimeout(10)
+    before = floor(url, n)
+    a_root = SupervisorSpec(id="root", children=(ChildSpec(id="quiet", program="bench.shared_registry:Quiet"),))
+    samples = []
+    with otpy.Node(NodeSpec(name="bench-a", root=with_registry(a_root, VARIABLES, storage=url))) as a:
+        for i in range(1, n + 11):
+            start = time.monotonic()
+            outcome = a.set_variables("global", {"knob": float(i)})
+            if not outcome.ok:
+                raise SystemExit(f"write {i}: {outcome.outcome}: {outcome.detail}")
+            while True:
+                knob, when = inbox.recv(200).decode().split()
+                if float(knob) == float(i):
+                    break
+            if i > 10:
+                samples.append(float(when) - start)
+    after = floor(url, n)
+    inbox.close()
+    return {"registry_remote": summarize(samples), "registry_floor": quieter(before, after)}
 
 
-def measure_remote_call(endpoint: str, keys: str, agent: str, n: int) -> list[float]:
-    from otpy.wire.remote_calls import RemoteCaller
-
-    with RemoteCaller(endpoint, keys=keys, name="b") as caller:
-        return timed(lambda: caller.call(agent, {"text": "hi"}), n)
-
-
-def measure_registry(writer: str, reader_endpoint: str, reader_keys: str, writes: int) -> dict[str, list[float]]:
-    """``writes`` knob values written on node ``writer`` (local), one at a time; for each, the
-    time until the writer's own program and the reader node's program (polled over its call
-    gateway; their own on_config clock counts, not the polling) ran on_config with it."""
-    import otpy
-    from otpy.wire.remote_calls import RemoteCaller
-
-    local, remote = [], []
-    with otpy.connect(writer) as client, otpy.Caller(writer) as own, \
-            RemoteCaller(reader_endpoint, keys=reader_keys, name="reader") as far:
-        for i in range(writes + 5):
-            value = round(0.001 + (i % 997) / 1000, 6)
-            began = time.time()
-            outcome = client.set_variables("global", {"knob": value})
-            if outcome.outcome != "ok":
-                raise SystemExit(f"write {i}: {outcome}")
-            seen = {}
-            deadline = time.monotonic() + 10
-            while len(seen) < 2:
-                for name, caller in (("local", own), ("remote", far)):
-                    if name not in seen:
-                        shown = caller.call("shows", {}, timeout=5)
-                        if shown["config"].get("knob") == value:
-                            seen[name] = shown["changed_at"] - began
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"write {i}: not seen within 10 s: {seen}")
-                time.sleep(0.001)
-            if i >= 5:  # the first ones warm up
-                local.append(seen["local"])
-                remote.append(seen["remote"])
-    return {"local": local, "remote": remote}
+VARIABLES = {"global": {"knob": {"type": "float", "low": 0.0, "high": 1e9, "default": 0.0}}}  # shared_registry's
 
 
 def measure_optimize(url: str, counts: list[int], trials_per_worker: int, delay: float) -> list[dict]:
@@ -159,17 +127,12 @@ def measure_optimize(url: str, counts: list[int], trials_per_worker: int, delay:
 
 def inside(argv: list[str]) -> None:
     kind, rest = argv[0], argv[1:]
-    if kind == "_serve":
-        serve_echo(rest[0], rest[1] if len(rest) > 1 else None)
-        return
-    if kind == "raw":
-        result = measure_raw(rest[0], int(rest[1]), rest[2] if len(rest) > 2 else None)
+    if kind == "calls":
+        result = measure_calls(json.loads(rest[0]), int(rest[1]))
     elif kind == "local":
-        result = measure_local_call(rest[0], rest[1], int(rest[2]))
-    elif kind == "remote":
-        result = measure_remote_call(rest[0], rest[1], rest[2], int(rest[3]))
+        result = measure_local_call(int(rest[0]))
     elif kind == "registry":
-        result = measure_registry(rest[0], rest[1], rest[2], int(rest[3]))
+        result = measure_registry(rest[0], rest[1], int(rest[2]))
     elif kind == "optimize":
         result = measure_optimize(rest[0], [int(c) for c in rest[1].split(",")], int(rest[2]), float(rest[3]))
     else:
@@ -201,106 +164,73 @@ def start_node(lab, host: str, name: str, body: str) -> str:
     return name
 
 
-def client_keys(lab, host: str, node: str, into: str) -> str:
-    """A keys folder (on ``into``'s side of the lab folder) with node's server.key and the client
-    key pair the node authorized itself."""
-    curve = lab.hosts[host].folder / "run" / node / "curve"
-    folder = lab.hosts[into].folder / f"keys-{node}"
-    folder.mkdir(mode=0o700)
-    for name in ("server.key", "client.key_secret"):
-        shutil.copy(curve / name, folder)
-    return str(folder)
-
-
-def serve_floors(lab, stack) -> tuple[str, str, str]:
-    import zmq
-
-    public, secret = zmq.curve_keypair()
-    secret_file = lab.folder / "floor-server.key_secret"
-    secret_file.write_text(f"{public.decode()} {secret.decode()}")
-    secret_file.chmod(0o600)
-    public_file = lab.folder / "floor-server.key"
-    public_file.write_text(public.decode())
-    beta = lab.address("beta")
-    for endpoint, extra in ((f"tcp://{beta}:{RAW_PORT}", []), (f"tcp://{beta}:{CURVE_PORT}", [str(secret_file)])):
-        proc = lab.popen("beta", [sys.executable, "-m", "bench.cluster", "_inside", "_serve", endpoint, *extra],
-                         cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        stack.append(proc)
-        if proc.stdout.readline() != "ready\n":
-            raise SystemExit("the floor's echo server did not start")
-    return f"tcp://{beta}:{RAW_PORT}", f"tcp://{beta}:{CURVE_PORT}", str(public_file)
-
-
-def quieter(*slices: list[float]) -> dict:
-    summaries = [summarize(s) for s in slices]
+def quieter(*slices) -> dict:
+    """The slice (samples, or a summary) with the lowest p50, and every slice's p50."""
+    summaries = [s if isinstance(s, dict) else summarize(s) for s in slices]
     best = min(summaries, key=lambda s: s["p50_ms"])
-    return {**best, "slices_p50_ms": [s["p50_ms"] for s in summaries]}
+    return {**{k: v for k, v in best.items() if k != "slices_p50_ms"}, "slices_p50_ms": [s["p50_ms"] for s in summaries]}
 
 
-REGISTRY_NODE = """[node]
-name = "{name}"
-control_tcp = "tcp://{address}:{port}"
+B_NODE = """[node]
+name = "bench-b"
 
 [registry]
 storage = "{url}"
 
 [variables.global]
-knob = {{ type = "float", low = 0, high = 1, default = 0.5 }}
+knob = {{ type = "float", low = 0.0, high = 1e9, default = 0.0 }}
 
 [supervisor]
 
 [[supervisor.children]]
-id = "shows"
-program = "tests.registry_agents:Shows"
+id = "stamp"
+program = "bench.shared_registry:Stamp"
+args = {{ report = "{report}" }}
 """
 
 
 def run(args) -> dict:
-    from tests.netns_lab import Lab
+    from tests.netns_lab import Lab, _stop_processes as stop_processes
 
     report: dict = {"lab": {}, "series": {}, "targets": {}}
     began = time.perf_counter()
     lab = Lab(["alpha", "beta", "gamma"]).start()
     report["lab"]["setup_seconds"] = round(lab.setup_seconds, 3)
-    servers: list = []
+    series = report["series"]
+    served = None
     try:
         log(f"lab up in {lab.setup_seconds * 1000:.0f} ms: alpha {lab.address('alpha')}, beta {lab.address('beta')}, "
             f"gamma {lab.address('gamma')}")
-        raw, curve, server_public = serve_floors(lab, servers)
-        beta = lab.address("beta")
-        start_node(lab, "beta", "b", f'[node]\nname = "b"\ncontrol_tcp = "tcp://{beta}:{B_PORT}"\n\n[supervisor]\n\n'
-                                     '[[supervisor.children]]\nid = "echo"\nprogram = "bench.call_latency:echo"\n')
-        keys = client_keys(lab, "beta", "b", "alpha")
+        log(f"calls: bench.remote_call --serve on beta, its client on alpha, n={args.n} a series, two slices")
+        served = lab.popen("beta", [sys.executable, "-m", "bench.remote_call", "--serve", lab.address("beta")],
+                           cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        where = served.stdout.readline()
+        if not where.strip():
+            raise SystemExit("bench.remote_call --serve did not start on beta")
         n = str(args.n)
-        series = report["series"]
-        log(f"calls: floors, local and cross-node calls, n={args.n} each")
-        floor_raw = [in_host(lab, "alpha", "raw", raw, n)]
-        floor_curve = [in_host(lab, "alpha", "raw", curve, n, server_public)]
-        local = in_host(lab, "beta", "local", "b", "echo", n)
-        remote = in_host(lab, "alpha", "remote", f"tcp://{beta}:{B_PORT}", keys, "echo", n)
-        floor_raw.append(in_host(lab, "alpha", "raw", raw, n))
-        floor_curve.append(in_host(lab, "alpha", "raw", curve, n, server_public))
-        series["raw_zmq"], series["raw_zmq_curve"] = quieter(*floor_raw), quieter(*floor_curve)
-        series["local_call"], series["cross_node_call"] = summarize(local), summarize(remote)
-        report["targets"]["cross_node_call_p50_vs_local_x"] = target(
-            series["cross_node_call"]["p50_ms"] / series["local_call"]["p50_ms"], 2.0, True)
-        report["targets"]["cross_node_call_p50_vs_raw_curve_x"] = {
-            "measured": round(series["cross_node_call"]["p50_ms"] / series["raw_zmq_curve"]["p50_ms"], 2)}
-        otpy(lab, "beta", "stop", "--node", "b")
+        first = in_host(lab, "alpha", "calls", where, n)
+        local = [in_host(lab, "beta", "local", n), in_host(lab, "beta", "local", n)]
+        second = in_host(lab, "alpha", "calls", where, n)
+        for name in ("raw_tcp", "raw_curve", "remote_call"):
+            series[name] = quieter(first[name], second[name])
+        series["local_call"] = quieter(*local)
+        served.stdin.close()
+        stop_processes([lab.netns("beta")])  # node b and the raw echoes (their fork holds the node's stdin)
+        report["targets"]["remote_call_p50_vs_local_x"] = target(
+            series["remote_call"]["p50_ms"] / series["local_call"]["p50_ms"], 2.0, True)
+        report["targets"]["remote_call_p50_vs_raw_curve_x"] = {
+            "measured": round(series["remote_call"]["p50_ms"] / series["raw_curve"]["p50_ms"], 2)}
 
-        log("registry: PostgreSQL on gamma, va on alpha writes, vb on beta follows")
+        log(f"registry: PostgreSQL on gamma, node A on alpha writes, node B on beta follows, {args.writes} writes")
         database = lab.postgres("gamma")
-        servers.append(database)
         url = lab.new_database(database, "bench")
-        start_node(lab, "alpha", "va", REGISTRY_NODE.format(name="va", address=lab.address("alpha"), port=VB_PORT,
-                                                            url=url))
-        start_node(lab, "beta", "vb", REGISTRY_NODE.format(name="vb", address=beta, port=VB_PORT, url=url))
-        vb_keys = client_keys(lab, "beta", "vb", "alpha")
-        seen = in_host(lab, "alpha", "registry", "va", f"tcp://{beta}:{VB_PORT}", vb_keys, str(args.writes))
-        series["registry_local"], series["registry_remote"] = summarize(seen["local"]), summarize(seen["remote"])
+        inbox = str(lab.folder / "report.sock")
+        b_file = lab.hosts["beta"].folder / "bench-b.toml"
+        b_file.write_text(B_NODE.format(url=url, report=inbox))
+        otpy(lab, "beta", "start", str(b_file), "--detach")
+        series.update(in_host(lab, "alpha", "registry", url, inbox, str(args.writes)))
         report["targets"]["registry_remote_p50_ms"] = target(series["registry_remote"]["p50_ms"], 50.0, True)
-        otpy(lab, "alpha", "stop", "--node", "va")
-        otpy(lab, "beta", "stop", "--node", "vb")
+        otpy(lab, "beta", "stop", "--node", "bench-b")
 
         if not args.no_optimize:
             log(f"optimize: --workers 1, 2, 4 on alpha, the study on gamma, {args.trials_per_worker} trials a worker")
@@ -311,9 +241,8 @@ def run(args) -> dict:
             report["targets"]["optimize_scaling_1_to_2_x"] = target(rate[2] / rate[1], 1.6, False)
             report["targets"]["optimize_scaling_1_to_4_x"] = {"measured": round(rate[4] / rate[1], 2)}
     finally:
-        for proc in servers:
-            if isinstance(proc, subprocess.Popen):
-                proc.kill()
+        if served is not None and served.poll() is None:
+            served.kill()
         lab.close()
     report["seconds"] = round(time.perf_counter() - began, 1)
     from bench.stats import machine
