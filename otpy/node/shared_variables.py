@@ -59,12 +59,30 @@ class SharedFollower:
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         self._sub.connect(endpoint)  # before the registry binds: ZeroMQ connects when it does
         self._tasks: set[asyncio.Task] = set()
+        self.stopped = False
         self._spawn(self._receive())
 
     def _spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
+        if self.stopped:
+            coro.close()
+            return
+        task = asyncio.ensure_future(self._logged(coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _logged(self, coro) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # an otpy bug: said in node.log, and the node goes on
+            log.exception("otpy[%s]: following the shared variables failed", self.writes.node)
+
+    def stop(self) -> None:
+        """The node stops: nothing is followed from now on."""
+        self.stopped = True
+        for task in list(self._tasks):
+            task.cancel()
 
     def registry_started(self) -> None:
         """The registry (re)started: follow what it holds that the tree does not run yet."""
@@ -129,6 +147,8 @@ class SharedFollower:
         what it runs, as a local write would (make, then break), storing nothing."""
         writes = self.writes
         async with writes.lock:
+            if self.stopped:
+                return
             values = writes.values
             newer = {key: change for key, change in changes.items() if change[1] > values.version(key)}
             same = {key: version for key, (value, version) in newer.items() if values.values.get(key) == value}

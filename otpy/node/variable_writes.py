@@ -167,6 +167,8 @@ class VariableWrites:
     def _registry_event(self, event) -> None:
         """The registry started (the node's start, a restart): on a shared database, follow the
         bound variables other nodes write (``node.shared_variables``), and what it holds now."""
+        if event.kind == "node_stopping" and self._follower is not None:
+            self._follower.stop()  # a stopping tree follows nothing more
         if event.kind != "started" or event.child != REGISTRY_ID:
             return
         if self._follower is None:
