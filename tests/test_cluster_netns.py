@@ -50,6 +50,12 @@ def a_topology(lab: Lab) -> str:
             'program = "tests.call_agents:CallsOther"\n')
 
 
+def server_key(lab: Lab, host: str, node: str) -> Path:
+    """Node ``node``'s public key file on ``host`` (where that host's otpy keeps it)."""
+    code = "import sys; from otpy.wire.curve import keys_dir; print(keys_dir(sys.argv[1]) / 'server.key')"
+    return Path(ok(lab.run(host, [sys.executable, "-c", code, node], cwd=ROOT)).strip())
+
+
 def new_keys(lab: Lab, host: str, folder: str, name: str = "client") -> Path:
     path = lab.hosts[host].folder / folder
     path.parent.mkdir(mode=0o700, exist_ok=True)
@@ -80,7 +86,7 @@ def remote(lab):
     topology = write_topology(lab, "beta", "b", b_topology(lab))
     ok(otpy(lab, "beta", "start", str(topology), "--detach"))
     ok(otpy(lab, "beta", "keys", "authorize", "b", str(keys / "alpha.key")))
-    shutil.copy(lab.hosts["beta"].folder / "run" / "b" / "curve" / "server.key", keys)
+    shutil.copy(server_key(lab, "beta", "b"), keys)
     (alpha / "cluster.toml").write_text(f'[nodes.b]\nendpoint = "tcp://{lab.address("beta")}:{PORT}"\nkeys = "keys/b"\n')
     ok(otpy(lab, "alpha", "start", str(write_topology(lab, "alpha", "a", a_topology(lab))), "--detach"))
     yield {"endpoint": f"tcp://{lab.address('beta')}:{PORT}", "keys": keys, "cluster": alpha / "cluster.toml"}
@@ -119,6 +125,35 @@ def test_status_and_a_restart_from_another_host_over_curve_tcp(lab, remote):
     assert greeter_pid(lab, remote) == restarted["pid"]
     local = otpy(lab, "alpha", "status", "--node", "b")  # alpha is another host: no node b in its folders
     assert local.returncode == 3 and "no node 'b' is running" in local.stderr
+
+
+def test_events_followed_from_another_host_and_refused_to_a_stranger(lab, remote, stranger):
+    import select
+    import subprocess
+
+    events = lab.popen("alpha", [sys.executable, "-m", "otpy", "events", "--endpoint", remote["endpoint"], "--keys",
+                                 str(remote["keys"]), "--json"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    seen: list[dict] = []
+    started: set[int] = set()  # the pids the restarts made
+
+    def a_restart_was_seen() -> bool:
+        return any(e["kind"] == "started" and e["child"] == "greeter" and e["pid"] in started for e in seen)
+
+    try:
+        deadline = time.monotonic() + 30
+        # The subscription is live once its handshake is done: restart until one is seen.
+        while not a_restart_was_seen():
+            assert time.monotonic() < deadline, seen
+            started.add(json.loads(ok(otpy(lab, "alpha", "restart", "greeter", "--endpoint", remote["endpoint"],
+                                           "--keys", str(remote["keys"]), "--json")))["pid"])
+            while not a_restart_was_seen() and select.select([events.stdout], [], [], 1.0)[0]:
+                seen.append(json.loads(events.stdout.readline()))
+    finally:
+        events.terminate()
+        events.wait(10)
+    assert all(e["node"] == "b" for e in seen)
+    refused = otpy(lab, "alpha", "events", "--endpoint", remote["endpoint"], "--keys", str(stranger), "--timeout", "3")
+    assert refused.returncode == 1 and refused.stdout == "", refused.stderr
 
 
 STRANGER = """
