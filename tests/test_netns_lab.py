@@ -114,3 +114,29 @@ def test_the_shell_form_defines_on_and_removes_the_lab_when_the_shell_exits():
 
     wait_until(lambda: not os.path.exists(folder), timeout=15, what="the guardian removed the lab")
     assert tag.startswith(PREFIX) and not [n for n in namespaces() if n.startswith(tag + "-")]
+
+
+@pytest.mark.timeout(180)
+def test_bench_cluster_measures_across_the_lab(tmp_path):
+    """bench/cluster.py end to end, small: every series and target is in its report."""
+    if (reason := unavailable_reason()) and not os.environ.get("CI"):
+        pytest.skip(reason)
+    report = tmp_path / "cluster.json"
+    before = set(namespaces())
+    done = subprocess.run([sys.executable, "-m", "bench.cluster", "--n", "50", "--writes", "10", "--no-optimize",
+                           "--json", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    made = json.loads(report.read_text())
+    assert set(made["series"]) == {"raw_tcp", "raw_curve", "remote_call", "local_call", "registry_remote",
+                                   "registry_floor"}
+    assert all(made["series"][name]["n"] == 50 for name in ("raw_tcp", "raw_curve", "remote_call", "local_call"))
+    assert made["series"]["registry_remote"]["n"] == 10
+    assert set(made["targets"]) == {"remote_call_p50_vs_local_x", "remote_call_p50_vs_raw_curve_x",
+                                    "registry_remote_p50_ms"}
+    assert "remote_call" in done.stdout and "target <= 50" in done.stdout
+    from tests.netns_lab import _pid_alive
+
+    left = [n for n in set(namespaces()) - before if n.startswith(PREFIX) and not _pid_alive(int(n.split("-")[1]))]
+    assert not left  # its lab is gone (another test worker's live lab may be there meanwhile)
