@@ -248,6 +248,14 @@ class Lab:
     def popen(self, host: str, argv: list[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
         return subprocess.Popen(self.argv(host, argv), env=self.env(host, env), **kwargs)
 
+    def disconnect(self, host: str) -> None:
+        """Cut ``host`` off the lab's network (its link down: a partition; its processes run on)."""
+        _ip("-n", self.hosts[host].netns, "link", "set", "eth0", "down")
+
+    def reconnect(self, host: str) -> None:
+        _ip("-n", self.hosts[host].netns, "link", "set", "eth0", "up")
+        self._wait_reachable()
+
     def postgres(self, host: str, port: int = 5432):
         """A PostgreSQL server of its own inside ``host``, listening on its address (stopped on close)."""
         from tests.postgres_server import PostgresServer

@@ -347,6 +347,27 @@ def test_a_bound_variable_written_on_one_host_switches_the_program_on_another(la
     assert "another node set global.classifier = 'tests.bound_agents:Beta'" in log
 
 
+@pytest.mark.timeout(180)
+def test_a_node_cut_off_from_the_database_keeps_its_children_refuses_writes_and_catches_up(lab, shared):
+    va, vb = shared
+    before = json.loads(ok(otpy(lab, "beta", "call", "shows", "--node", vb)))
+    knob = before["config"]["knob"]
+    assert knob != 0.25
+    lab.disconnect("beta")  # beta loses the network: the database on gamma, and alpha
+    try:
+        assert ok(otpy(lab, "alpha", "vars", "set", "global.knob", "0.25", "--node", va)) == f"set global.knob {knob} -> 0.25\n"
+        refused = otpy(lab, "beta", "vars", "set", "global.knob", "0.5", "--node", vb)
+        assert refused.returncode == 1 and "unreachable" in refused.stderr and "not stored" in refused.stderr, \
+            refused.stderr
+        still = wait_on(lab, "beta", vb, "shows", "config.knob", knob)  # the same child, the last values
+        assert still["pid"] == before["pid"]
+    finally:
+        lab.reconnect("beta")
+    caught_up = wait_on(lab, "beta", vb, "shows", "config.knob", 0.25, timeout=30)
+    assert caught_up["pid"] == before["pid"]
+    assert json.loads(ok(otpy(lab, "beta", "vars", "get", "global.knob", "--node", vb))) == 0.25
+
+
 WRITER = """
 import json, sys, os, otpy
 from otpy.wire.protocol import Outcome
