@@ -231,6 +231,54 @@ def test_an_agent_on_one_host_calls_an_agent_of_a_node_on_another(lab, remote):
     assert missing.returncode == 1 and "NoSuchAgent: node 'b' has no agent 'nope'" in missing.stderr
 
 
+PARTITIONED = """
+import sys, time
+from otpy.topology.cluster import load_cluster
+from otpy.wire.calls import Caller
+from otpy.wire.errors import CallError
+
+with Caller("a", cluster=load_cluster(sys.argv[1])) as caller:
+    print("before", caller.call("echo@b", {"x": 1}, timeout=5)["x"], flush=True)
+    sys.stdin.readline()  # the test cuts beta off
+    try:
+        print("cut", caller.call("echo@b", {"x": 2}, timeout=2), flush=True)
+    except CallError as exc:
+        print("cut", type(exc).__name__, flush=True)
+    sys.stdin.readline()  # the test puts beta back
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            print("after", caller.call("echo@b", {"x": 3}, timeout=2)["x"], flush=True)
+            break
+        except CallError as exc:
+            if time.monotonic() > deadline:
+                print("after", type(exc).__name__, flush=True)
+                break
+"""
+
+
+def test_a_call_to_a_host_cut_off_times_out_and_the_same_caller_reaches_it_once_it_is_back(lab, remote):
+    import subprocess
+
+    proc = lab.popen("alpha", [sys.executable, "-c", PARTITIONED, str(remote["cluster"])], cwd=ROOT,
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "before 1\n"
+        lab.disconnect("beta")
+        try:
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == "cut CallTimeout\n"  # nothing answers: as a node that is down
+        finally:
+            lab.reconnect("beta")
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "after 3\n"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 STRANGER_CALL = """
 import sys
 from otpy.wire.errors import CallError
