@@ -460,19 +460,21 @@ def test_a_database_restart_in_the_middle_of_writes_loses_no_acknowledged_write(
             written.append(json.loads(line))
         writer.wait(30)
     acknowledged = [i for i, outcome, _ in written if outcome == "ok"]
-    refused = [(i, detail) for i, outcome, detail in written if outcome == "unavailable"]
-    unknown = [(i, detail) for i, outcome, detail in written if outcome not in ("ok", "unavailable")]
-    assert not unknown, unknown  # every write was acknowledged or plainly refused
-    assert all("unreachable" in detail or "unavailable" in detail for _, detail in refused), refused
-    # Every committed write advanced the space's version by one: the count of stored writes,
-    # seen on the OTHER node once it caught up, is exactly the acknowledged ones (none lost,
-    # none refused yet stored).
-    last = acknowledged[-1]
-    wait_on(lab, "beta", vb, "shows", "config.count", last, timeout=30)
+    refused = [i for i, outcome, detail in written if outcome == "unavailable" and "the write was not stored" in detail]
+    uncertain = [i for i, outcome, detail in written  # the link broke during its COMMIT: said so
+                 if outcome == "unavailable" and "whether the write was stored is not known" in detail]
+    other = [w for w in written if w[0] not in {*acknowledged, *refused, *uncertain}]
+    assert not other, other  # every write acknowledged, refused as not stored, or said to be not known
+    # Every stored write advanced the space's version by one: the count of stored writes, seen on
+    # the OTHER node once it caught up, is every acknowledged one (none lost), none of the
+    # refused ones, and at most the uncertain ones besides.
+    ok(otpy(lab, "alpha", "vars", "set", "global.count", "999999", "--node", va))  # one more, the last
+    acknowledged.append(999999)
+    wait_on(lab, "beta", vb, "shows", "config.count", 999999, timeout=30)  # beta caught up to it
     listed = json.loads(ok(otpy(lab, "beta", "vars", "list", "--node", vb, "--json")))
     [count] = [v for v in listed if (v["scope"], v["name"]) == ("global", "count")]
-    assert count["value"] == last
-    assert count["version"] == len(acknowledged), (len(acknowledged), len(refused), count)
+    assert len(acknowledged) <= count["version"] <= len(acknowledged) + len(uncertain), \
+        (len(acknowledged), len(refused), uncertain, count)
     for host, name in (("alpha", va), ("beta", vb)):
         otpy(lab, host, "stop", "--node", name)
 
