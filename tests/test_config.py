@@ -343,7 +343,7 @@ def test_json_schema_describes_the_format():
     schema = topology_json_schema()
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == {"node", "logs", "supervisor", "variables", "constraints", "pipelines",
-                                         "optimizer"}
+                                         "optimizer", "registry", "cluster"}
     assert schema["required"] == ["supervisor"]
     worker = schema["$defs"]["WorkerTable"]["properties"]
     assert worker["restart"]["enum"] == ["permanent", "transient", "temporary"]
