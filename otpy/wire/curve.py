@@ -3,12 +3,22 @@
 The ipc control socket is private by file permissions; a TCP endpoint is reachable by anyone
 on the network, so otpy serves it only with CURVE: traffic is encrypted and only clients
 whose public key is in the node's ``curve/authorized/`` folder get through the handshake
-(ZeroMQ's ZAP authenticator). Keys live in the node's private folder (0700):
+(ZeroMQ's ZAP authenticator). A node's keys are its identity and its allow-list, so they live
+in its durable state folder, not in its runtime folder (a tmpfs emptied at reboot: a new
+server key there would silently void every client's copy of ``server.key`` and every
+authorization): ``$XDG_STATE_HOME/otpy/NODE/curve/`` (``~/.local/state/...`` by default, the
+folder that holds the node's logs, ``host.log_files.node_state_dir``), private (0700)::
 
     curve/server.key            the node's public key: give it to clients
     curve/server.key_secret     the node's secret key: stays here
     curve/client.key_secret     a client key pair made with the node: copy it to a client machine
     curve/authorized/*.key      public keys of the clients allowed in (client.key is there)
+
+``ensure_keys`` makes them on first use: at the node's first start with ``control_tcp``, or
+before it (``otpy keys server NODE``, ``otpy keys authorize``: so that two nodes that call
+each other can each have the other's ``server.key`` before either starts). Keys an older otpy
+kept in the runtime folder (``RUNTIME/NODE/curve``) are moved here once, the first time they
+are looked for (``keys_dir``: the node logs it; ``take_over_keys``: the command prints it).
 
 A client needs ``server.key`` and its own ``*.key_secret`` in one folder:
 ``otpy.connect(name, endpoint="tcp://host:port", keys=FOLDER)``, or ``--endpoint tcp://host:port
@@ -24,6 +34,7 @@ open, but nothing it sends is answered from then on.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
@@ -34,34 +45,144 @@ from pathlib import Path
 import zmq
 import zmq.auth
 
-from ..host.runtime_dir import RuntimeDirError, existing_node_dir, node_dir, private_dir
+from ..host.log_files import node_state_dir
+from ..host.node_run import lock_holder
+from ..host.runtime_dir import RuntimeDirError, existing_node_dir, read_private, runtime_root, write_private
 from ..specs.model import name_problem
 
 TRUST_AFTER_NS = 2_000_000_000  # a folder changed less than 2 s ago is read again at every look (see AuthorizedKeys)
+KEYS = "curve"  # the key folder's name, in the node's state folder (and, before, in its runtime folder)
+log = logging.getLogger("otpy")
 
 
 def keys_dir(node: str) -> Path:
-    return node_dir(node) / "curve"
+    """Node ``node``'s key folder, ``curve/`` in its durable state folder (never created here).
+    Keys an older otpy kept in the node's runtime folder are moved there first, once (logged);
+    RuntimeDirError or KeyFolderError, one line, when they cannot be (``take_over_keys``)."""
+    folder = node_state_dir(node) / KEYS
+    if (moved := _take_over(node, folder)) is not None:
+        log.warning("otpy[%s]: %s", node, moved)
+    return folder
+
+
+def take_over_keys(node: str) -> str | None:
+    """Move the keys an older otpy kept in node ``node``'s runtime folder (a tmpfs: gone at reboot)
+    to its state folder, and say so: the line to print, None when there was nothing to move.
+    Refused (KeyFolderError) while another process runs the node from those keys (an older
+    node: it would lose its allow-list): stop it first. Done once: the runtime copy is removed."""
+    return _take_over(node, node_state_dir(node) / KEYS)
+
+
+def _take_over(node: str, folder: Path) -> str | None:
+    if existing_node_dir(node) is None:  # RuntimeDirError if not private
+        return None
+    old = runtime_root() / node / KEYS
+    if not _real_folder(old) or os.path.lexists(folder):  # the durable keys, once there, are the node's
+        return None
+    holder = lock_holder(old.parent)
+    if holder is not None and holder != os.getpid():
+        raise KeyFolderError(f"node {node!r} runs with its keys still in the runtime folder {old} (an older otpy "
+                             f"kept them there): stop it, then retry (they move to {folder}, which outlives a reboot)")
+    sources = [(old, "")] + ([(old / "authorized", "authorized")] if _real_folder(old / "authorized") else [])
+    check_key_files(*(source for source, _ in sources))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{KEYS}-", dir=_made_private(folder.parent)))  # 0700
+    try:
+        for source, inside in sources:
+            target = scratch / inside
+            if inside:
+                os.mkdir(target, 0o700)
+            for path in (*source.glob("*.key"), *source.glob("*.key_secret")):
+                write_private(target / path.name, read_private(path, 1 << 16) or b"")  # 0600, no link followed
+                if inside == "" and path.name.endswith(".key"):
+                    os.chmod(target / path.name, 0o644)  # server.key: for clients, as made
+        try:
+            os.rename(scratch, folder)
+        except OSError:
+            if os.path.lexists(folder):  # another process moved them meanwhile
+                return None
+            raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return (f"CURVE keys moved from the runtime folder {old} to {folder} (the runtime folder is emptied at reboot; "
+            "the node's key and its authorized clients stay)")
+
+
+def _real_folder(path: Path) -> bool:
+    """False if ``path`` does not exist; True if it is a folder of this user; else RuntimeDirError
+    (a symlink: keys would be written, or read, elsewhere)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        what = "a symlink" if stat.S_ISLNK(info.st_mode) else (
+            "not a folder" if not stat.S_ISDIR(info.st_mode) else f"owned by uid {info.st_uid}")
+        raise RuntimeDirError(f"key folder {path} is {what}, not a folder of uid {os.getuid()}; remove it and retry")
+    return True
+
+
+def _made_private(path: Path, mode: int | None = None) -> Path:
+    """``path`` and its missing parents made 0700; ``path`` must be a folder of this user (not a
+    symlink; ``mode``: set to it). RuntimeDirError, one line."""
+    try:
+        for folder in (*reversed(path.parents), path):
+            if not os.path.lexists(folder):
+                try:
+                    os.mkdir(folder, 0o700)
+                except FileExistsError:
+                    pass
+    except OSError as exc:
+        raise RuntimeDirError(f"cannot make the key folder {path}: {exc.strerror}; set XDG_STATE_HOME to a "
+                              "folder of yours") from None
+    _real_folder(path)
+    if mode is not None and stat.S_IMODE(path.lstat().st_mode) != mode:
+        os.chmod(path, mode)
+    return path
 
 
 def ensure_keys(node: str) -> Path:
     """The node's key folder, with a server and a client key pair made on first use.
 
-    ``curve/`` and ``curve/authorized/`` pass the runtime's private-folder check and every key
-    file present must be a regular file (``check_key_files``): a symlink planted there would
-    have the secret keys written, or read, outside the node's folder. RuntimeDirError, one line.
+    ``curve/`` and ``curve/authorized/`` are folders of this user (0700, never a symlink) and
+    every key file present must be a regular file (``check_key_files``): a symlink planted there
+    would have the secret keys written, or read, elsewhere. A pair is made whole in a scratch
+    folder and linked in (its secret first, never replacing one): two processes making the keys
+    at once end with one pair. RuntimeDirError, one line.
     """
-    folder = private_dir(keys_dir(node))
-    authorized = private_dir(folder / "authorized")
+    folder = _made_private(keys_dir(node), 0o700)
+    authorized = _made_private(folder / "authorized", 0o700)
     check_key_files(folder, authorized)
-    if not (folder / "server.key_secret").exists():
-        zmq.auth.create_certificates(folder, "server")
-    if not (folder / "client.key_secret").exists():
-        public, _ = zmq.auth.create_certificates(folder, "client")
-        os.replace(public, authorized / "client.key")
+    _add_pair(folder, "server", folder / "server.key", 0o644)
+    _add_pair(folder, "client", authorized / "client.key", 0o600)
     for secret in folder.glob("*.key_secret"):
         os.chmod(secret, 0o600, follow_symlinks=False)
+    if not os.path.lexists(folder / "server.key"):  # removed by hand: its public half is in the secret file
+        public, _ = zmq.auth.load_certificate(folder / "server.key_secret")
+        write_private(folder / "server.key", b'#   ZeroMQ CURVE Public Certificate (otpy)\n\nmetadata\ncurve\n'
+                                             b'    public-key = "' + public + b'"\n')
+        os.chmod(folder / "server.key", 0o644)
     return folder
+
+
+def _add_pair(folder: Path, name: str, public: Path, mode: int) -> None:
+    """A key pair ``name`` in ``folder`` unless its secret is there: the secret linked in (0600),
+    then its public half moved to ``public`` (``mode``)."""
+    secret = folder / f"{name}.key_secret"
+    if os.path.lexists(secret):
+        return
+    scratch = Path(tempfile.mkdtemp(prefix=".new-", dir=folder))
+    try:
+        made_public, made_secret = (Path(p) for p in zmq.auth.create_certificates(scratch, name))
+        os.chmod(made_secret, 0o600)
+        os.chmod(made_public, mode)
+        try:
+            os.link(made_secret, secret)
+        except FileExistsError:  # made meanwhile by another process: its pair stands
+            return
+        os.replace(made_public, public)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def check_key_files(*folders: Path) -> None:
@@ -163,7 +284,7 @@ def client_keys_problem(folder: str | os.PathLike, private: bool = True) -> str 
     secrets = sorted(p for p in folder.glob("*.key_secret") if p.name != "server.key_secret")
     if not (folder / "server.key").is_file():
         return (f"{folder} has no server.key (the node's public key): copy it there from the node's host "
-                "(the file curve/server.key in the node's folder)")
+                "(`otpy keys server NODE` there prints where it is)")
     if not secrets:
         return (f"{folder} has no client secret key (*.key_secret): make a key pair with `otpy keys new {folder}` "
                 "and authorize its public key on the node")
@@ -185,7 +306,8 @@ def client_keys_problem(folder: str | os.PathLike, private: bool = True) -> str 
 def authorize(node: str, public: str | os.PathLike) -> Path:
     """Copy the client public key file ``public`` into local node ``node``'s ``curve/authorized/``
     (0600, as ``NAME.key``): a regular file holding a public key and no secret; an authorized key
-    of that name already there is never replaced. KeyFolderError, one line."""
+    of that name already there is never replaced. A node that has no keys yet (never started with
+    ``control_tcp``) gets them now (``ensure_keys``). KeyFolderError, one line."""
     source = Path(public)
     try:
         info = source.lstat()
@@ -202,11 +324,7 @@ def authorize(node: str, public: str | os.PathLike) -> Path:
     if secret is not None:
         raise KeyFolderError(f"{source} holds a secret key: authorize the public one (NAME.key), the secret stays "
                              "with the client")
-    if existing_node_dir(node) is None:
-        raise KeyFolderError(f"no node {node!r} on this host (no folder of it in the runtime folder): authorize on "
-                             "the node's host, after its first start with control_tcp")
-    authorized = private_dir(private_dir(keys_dir(node)) / "authorized")
-    check_key_files(authorized)
+    authorized = ensure_keys(node) / "authorized"  # before the node's first start too: its keys made now
     target = authorized / source.name
     for existing in authorized.glob("*.key"):
         if zmq.auth.load_certificate(existing)[0] == key:
@@ -310,10 +428,10 @@ def revoke(node: str, name: str) -> Path:
     stem = name.removesuffix(".key")
     if problem := name_problem(stem, "key name"):
         raise KeyFolderError(problem)
-    if existing_node_dir(node) is None:
-        raise KeyFolderError(f"no node {node!r} on this host (no folder of it in the runtime folder): revoke on "
-                             "the node's host")
-    authorized = keys_dir(node) / "authorized"
+    folder = keys_dir(node)
+    if not _real_folder(folder):
+        raise KeyFolderError(f"no node {node!r} on this host (no key folder {folder}): revoke on the node's host")
+    authorized = folder / "authorized"
     target = authorized / f"{stem}.key"
     try:
         target.unlink()
