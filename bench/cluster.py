@@ -58,10 +58,11 @@ def measure_calls(where: dict, n: int) -> dict:
 
 def measure_local_call(n: int) -> dict:
     """On beta: the local call of the node bench/remote_call.py serves, as its client measures it."""
-    from bench.remote_call import INPUTS, NODE, timed
+    from bench.remote_call import INPUTS, timed
     from otpy.wire.calls import Caller
+    from otpy.wire.client import pick_node
 
-    with Caller(NODE) as caller:
+    with Caller(pick_node(None)) as caller:  # the one node on beta: the one --serve started
         return summarize(timed(lambda: caller.call("echo", INPUTS), n))
 
 
