@@ -133,6 +133,7 @@ def test_a_slow_remote_agent_is_a_call_timeout(b, caller):
 
 
 def test_the_remote_agent_killed_mid_call_is_agent_crashed(b, caller, tmp_path):
+    caller.call(f"victim@{b.name}", {"seconds": 0}, timeout=10)  # the gateway's link to it is up: the call is in flight
     mark = tmp_path / "running"
     future = caller.submit(f"victim@{b.name}", {"seconds": 30, "mark": str(mark)}, timeout=20)
     wait_until(mark.exists, 10)
@@ -323,3 +324,28 @@ def test_pipelines_and_plans_take_remote_agents(b, caller):
     for bad in ("../x@b", "echo@", "@b", "echo@b/c"):
         with pytest.raises(PlanError, match="AGENT@NODE"):
             parse_step({"step": "s", "agent": bad})
+
+
+def test_a_connection_whose_key_is_revoked_gets_no_more_answers(b, tmp_path):
+    """The node's allow-list is live: a client connected before `otpy keys revoke` is cut at its
+    next call (no answer: CallTimeout), others go on."""
+    from otpy.wire.curve import authorize, new_key_pair, revoke
+
+    folder = tmp_path / "late"
+    public, _ = new_key_pair(folder, "late")
+    shutil.copy(keys_dir(b.name) / "server.key", folder)
+    authorize(b.name, public)
+    with RemoteCaller(b.endpoint, folder) as remote:
+        assert remote.call("echo", {"x": 1})["x"] == 1
+        revoke(b.name, "late")
+
+        def refused() -> bool:  # the gateway looks a connection's key up again after KEYS_RECHECK_S (0.1 s)
+            try:
+                remote.call("echo", {"x": 2}, timeout=0.3)
+                return False
+            except CallTimeout:
+                return True
+
+        wait_until(refused, 5)
+    with RemoteCaller(b.endpoint, b.keys) as remote:
+        assert remote.call("echo", {"x": 3})["x"] == 3

@@ -23,6 +23,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import zmq
@@ -43,6 +44,7 @@ log = logging.getLogger("otpy")
 MAX_IN_FLIGHT = 4096  # calls relayed and not answered yet, of every client
 MAX_PER_CLIENT = 1024  # of one client connection
 MAX_TIMEOUT_S = 24 * 3600.0
+KEYS_RECHECK_S = 0.1  # a connection's key is looked up again after this long (a revocation applies then)
 READ_BATCH = 256  # messages read before the engine's sockets get a turn
 REPLY_LINGER_MS = 1000
 
@@ -81,6 +83,8 @@ class CallGateway:
         for sock in (self.frontend, self.cap.monitor, self._stop):
             self.engine.poller.register(sock, zmq.POLLIN)
         self.in_flight = 0
+        self._verified: set[bytes] = set()  # connections whose key was found authorized lately
+        self._verified_at = 0.0
         self.per_client: dict[bytes, int] = {}
         self._known: set[str] = set()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"otpy-call-gateway-{node}")
@@ -132,7 +136,7 @@ class CallGateway:
             if len(frames) != 2:
                 continue  # not a RemoteCaller's: nothing to answer to
             identity = frames[0].bytes
-            if self.allowed is not None and not self.allowed.allows(frames[1].get("User-Id")):
+            if self.allowed is not None and not self._allows(identity, frames[1]):
                 self._complain(f"otpy[{self.node}]: dropped a call: its client's key was revoked")
                 continue  # as to a refused handshake: no answer
             try:
@@ -144,6 +148,20 @@ class CallGateway:
             match message:
                 case RemoteCall():
                     self._relay(identity, message)
+
+    def _allows(self, identity: bytes, frame: zmq.Frame) -> bool:
+        """Is the key of the connection ``identity`` still authorized? Looked up (a stat of the
+        folder) at most once per connection every ``KEYS_RECHECK_S``: a revocation applies then."""
+        now = time.monotonic()
+        if now - self._verified_at > KEYS_RECHECK_S:
+            self._verified.clear()
+            self._verified_at = now
+        if identity in self._verified:
+            return True
+        if self.allowed.allows(frame.get("User-Id")):
+            self._verified.add(identity)
+            return True
+        return False
 
     def _relay(self, identity: bytes, call: RemoteCall) -> None:
         agent = call.agent
