@@ -231,6 +231,38 @@ def test_an_agent_on_one_host_calls_an_agent_of_a_node_on_another(lab, remote):
     assert missing.returncode == 1 and "NoSuchAgent: node 'b' has no agent 'nope'" in missing.stderr
 
 
+def two_way_topology(lab: Lab, host: str, name: str, other: str, other_host: str) -> str:
+    return (f'[node]\nname = "{name}"\ncontrol_tcp = "tcp://{lab.address(host)}:{PORT + 10}"\n\n'
+            f'[cluster.nodes.{other}]\nendpoint = "tcp://{lab.address(other_host)}:{PORT + 10}"\n'
+            f'keys = "keys/{other}"\n\n[supervisor]\n\n'
+            '[[supervisor.children]]\nid = "echo"\nprogram = "tests.call_agents:Echo"\n\n'
+            '[[supervisor.children]]\nid = "relay"\nprogram = "tests.call_agents:CallsOther"\n')
+
+
+def test_two_nodes_that_call_each_other_exchange_keys_before_either_starts(lab):
+    """Each host: a key pair for the other node, authorized there, and the other's server.key,
+    all before the first start (otpy keys server / authorize); then both start and call each other."""
+    pair = {"c": ("alpha", "d", "beta"), "d": ("beta", "c", "alpha")}
+    for name, (host, other, other_host) in pair.items():
+        new_keys(lab, host, f"keys/{other}", host)
+    for name, (host, other, other_host) in pair.items():
+        ok(otpy(lab, host, "keys", "authorize", name, str(lab.hosts[other_host].folder / "keys" / name / f"{other_host}.key")))
+        shutil.copy(ok(otpy(lab, host, "keys", "server", name)).strip(), lab.hosts[other_host].folder / "keys" / name)
+    for name, (host, other, other_host) in pair.items():
+        ok(otpy(lab, host, "start", str(write_topology(lab, host, name, two_way_topology(lab, host, name, other,
+                                                                                           other_host))), "--detach"))
+    try:
+        for name, (host, other, _) in pair.items():
+            answer = json.loads(ok(otpy(lab, host, "call", "relay", "--node", name, "--input",
+                                        json.dumps({"target": f"echo@{other}", "x": name}))))
+            assert answer["answer"]["x"] == name and answer["via"] == "relay"
+            there = json.loads(ok(otpy(lab, pair[other][0], "call", "echo", "--node", other)))
+            assert answer["answer"]["pid"] == there["pid"]  # the other host's agent answered
+    finally:
+        for name, (host, _, _) in pair.items():
+            otpy(lab, host, "stop", "--node", name)
+
+
 PARTITIONED = """
 import sys, time
 from otpy.topology.cluster import load_cluster
