@@ -521,7 +521,7 @@ def test_an_optimization_with_workers_in_two_hosts_shares_one_study(lab, databas
 
     url = lab.new_database(database)
     topology = lab.folder / "optimize.toml"  # the same path on both hosts (one machine's files)
-    topology.write_text(TOPOLOGY.format(name="opt", delay=0.3).replace("trials = 8", "trials = 12"))
+    topology.write_text(TOPOLOGY.format(name="opt", delay=0.5).replace("trials = 8", "trials = 12"))  # slow enough for a joiner to start under load
     leader = lab.popen("alpha", [sys.executable, "-m", "otpy", "optimize", str(topology), "--storage", url,
                                  "--workers", "1", "--json"], cwd=ROOT, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
