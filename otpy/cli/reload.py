@@ -72,10 +72,35 @@ def reload_line(change: Change) -> str:
     m:B (pid 12)``), and ``update team: max_restarts 3 -> 5`` for a supervisor's settings."""
     if change.action != "update":
         return change_line(change)
+    if change.name == "[cluster]":  # node.reload.cluster_change
+        return f"update [cluster]: {cluster_line(change.before, change.after)}"
     settings = ", ".join(f"{name} {_setting(change.before.get(name))} -> {_setting(value)}"
                          for name, value in (change.after or {}).items())
     where = f"{change.supervisor}/{change.child}" if change.child else change.supervisor
     return f"update {where}: {settings}"
+
+
+def cluster_line(before: dict | None, after: dict | None) -> str:
+    """``b tcp://h:1 -> tcp://h:2, c added (tcp://h:3), d removed``; ``none -> ...`` when added."""
+    if before is None or after is None:
+        def show(cluster):
+            nodes = ", ".join(f"{n} {e['endpoint']}" for n, e in cluster["nodes"].items()) or "no nodes"
+            return f"{nodes} (from {cluster['source']})"
+        return f"{show(before) if before is not None else 'none'} -> {show(after) if after is not None else 'none'}"
+    parts = [f"from {before['source']} -> {after['source']}"] if before["source"] != after["source"] else []
+    before, after = before["nodes"], after["nodes"]
+    for name in sorted(before.keys() | after.keys()):
+        old, new = before.get(name), after.get(name)
+        if old == new:
+            continue
+        if old is None:
+            parts.append(f"{name} added ({new['endpoint']})")
+        elif new is None:
+            parts.append(f"{name} removed")
+        else:
+            parts += [f"{name} {field} {old[field]} -> {new[field]}" for field in ("endpoint", "keys")
+                      if old[field] != new[field]]
+    return ", ".join(parts)
 
 
 def _setting(value) -> str:

@@ -5,7 +5,8 @@ The node reads the file itself (``Reload.path``, empty: the file it was started 
 checks it as ``otpy start`` would; an invalid file, or a change that cannot be made while the
 node runs (its name, ``control_tcp``, ``[logs]``, the folders programs are imported from,
 the root's id, ``[variables]`` and ``[constraints]``: the registry), is refused (``invalid``)
-and nothing changes. Otherwise it compares the file with the one it runs (``node.spec``),
+and nothing changes. Otherwise it compares the file with the one it runs (``node.spec``, and
+``node.cluster``: a ``[cluster]`` change is applied first, in place, ``apply_cluster``), then
 supervisor by supervisor, top down (``supervision.spec_diff``):
 
 1. make, top down: a supervisor's own settings and the declared specs of its children that
@@ -30,6 +31,7 @@ carried out one at a time (both make the tree match what is declared).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -63,6 +65,10 @@ async def reload_topology(node: Any, request: Reload) -> Outcome:
         return Outcome("invalid", detail="; ".join(problems))
     async with node.writes.lock:  # a reload and a variable write both make the tree match what is declared
         work = _Reload(node, request.dry_run)
+        if (cluster := cluster_change(getattr(node, "cluster", None), topology.cluster)) is not None:
+            work.changes.append(cluster)  # first: a child this reload starts may call AGENT@NODE at once
+            if not request.dry_run:
+                await asyncio.to_thread(apply_cluster, node, topology.cluster)
         outcome = await work.run(node.spec.root, topology.node.root, request.code)
         if request.dry_run:
             return outcome
@@ -125,6 +131,44 @@ def takeovers(node: Any, new: SupervisorSpec) -> list[str]:
             problems += replica_takeovers(before[spec.id], spec, sup.machine.children.values(),
                                           node.root.values.resolve)
     return problems
+
+
+CLUSTER = "[cluster]"  # a cluster change's ``Change.name``
+
+
+def cluster_change(old: Any, new: Any) -> Change | None:
+    """The change from cluster ``old`` to ``new`` (``ClusterSpec``, resolved; None: no
+    ``[cluster]``), None if they are the same: ``update``, ``name`` "[cluster]", ``before`` and
+    ``after`` each ``{"source": where it is declared, "nodes": {name: {"endpoint", "keys"}}}``
+    (None: no cluster)."""
+    if old == new:
+        return None
+    return Change(action="update", name=CLUSTER, before=_cluster_nodes(old), after=_cluster_nodes(new))
+
+
+def _cluster_nodes(cluster: Any) -> dict[str, Any] | None:
+    if cluster is None:
+        return None
+    return {"source": cluster.source, "nodes": {name: {"endpoint": entry.endpoint, "keys": entry.keys}
+                                                for name, entry in sorted(cluster.nodes.items())}}
+
+
+def apply_cluster(node: Any, cluster: Any) -> None:
+    """Node ``node`` runs with ``cluster`` from now on: its ``cluster`` and the file its agents'
+    ``Caller`` and ``otpy call`` read (``calls.node_cluster``), replaced whole at once (a reader
+    never sees half a file); no ``[cluster]`` removes the file. A running ``Caller`` reads it
+    again at its next ``AGENT@NODE`` call. Nothing of the tree is replaced."""
+    from ..host.runtime_dir import node_dir, write_private
+    from ..wire.remote_cluster import CLUSTER_FILE, encode_cluster
+
+    path = node_dir(node.name) / CLUSTER_FILE
+    if cluster is None:
+        path.unlink(missing_ok=True)
+    else:
+        staged = path.with_name(CLUSTER_FILE + ".new")
+        write_private(staged, encode_cluster(cluster))
+        os.replace(staged, path)
+    node.cluster = cluster
 
 
 def _show(value: Any) -> str:
