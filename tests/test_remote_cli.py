@@ -235,7 +235,7 @@ def test_a_key_folder_that_lacks_a_key_says_what_and_how(node, tmp_path):
     result = otpy_cli("status", "--endpoint", endpoint, "--keys", str(folder))
     assert result.exit_code == 2
     assert stderr_of(result) == (f"otpy: --keys {folder} has no server.key (the node's public key): copy it there from "
-                             "the node's host (the file curve/server.key in the node's folder)\n")
+                             "the node's host (`otpy keys server NODE` there prints where it is)\n")
     only_server = tmp_path / "s"
     only_server.mkdir(mode=0o700)
     shutil.copy(keys_dir(node.name) / "server.key", only_server)
