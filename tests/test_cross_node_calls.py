@@ -349,3 +349,40 @@ def test_a_connection_whose_key_is_revoked_gets_no_more_answers(b, tmp_path):
         wait_until(refused, 5)
     with RemoteCaller(b.endpoint, b.keys) as remote:
         assert remote.call("echo", {"x": 3})["x"] == 3
+
+
+def otpy_cli(*args: str) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "otpy", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_otpy_call_reaches_agent_at_node_by_cluster_file_or_endpoint(b, tmp_path):
+    import json
+
+    shutil.copytree(b.keys, tmp_path / "keys-b")
+    (tmp_path / "cluster.toml").write_text(f'[nodes.{b.name}]\nendpoint = "{b.endpoint}"\nkeys = "keys-b"\n')
+    done = otpy_cli("call", f"echo@{b.name}", "--cluster", str(tmp_path / "cluster.toml"), "--input", '{"x": 1}')
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["x"] == 1
+    done = otpy_cli("call", "echo", "--endpoint", b.endpoint, "--keys", str(b.keys), "--input", '{"x": 2}')
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["x"] == 2
+    done = otpy_cli("call", f"ghost@{b.name}", "--cluster", str(tmp_path / "cluster.toml"))
+    assert done.returncode == 1 and "NoSuchAgent" in done.stderr
+    done = otpy_cli("call", "echo@nowhere", "--cluster", str(tmp_path / "cluster.toml"))
+    assert done.returncode == 2 and "NODE one of" in done.stderr
+
+
+def test_otpy_call_agent_at_node_from_the_calling_nodes_host(b, tmp_path):
+    import json
+
+    node, _ = start_node("a", agent("echo", "Echo"))
+    try:
+        write_private(node_dir(node.name) / CLUSTER_FILE, encode_cluster(b.cluster))
+        done = otpy_cli("call", f"echo@{b.name}", "--node", node.name, "--input", '{"x": 3}')
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["pid"] == b.which_children("root")[0].pid
+    finally:
+        node.stop()
