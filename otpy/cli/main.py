@@ -196,7 +196,9 @@ def events(node_name: str | Remote | None, as_json: bool, timeout: float) -> Non
     Exits 0 once the node stopped, 1 if its process died (its lock is looked at every 0.5 s).
     Over --endpoint the events come from the node's control_tcp port + 2 (CURVE, the same
     keys): exit 0 after the node said it stops, 1 if the connection cannot be made within
-    --timeout, the node refuses this key, or the connection ends otherwise.
+    --timeout, the node refuses this key, or the connection ends otherwise (or goes silent:
+    a cut network, a frozen node; ZeroMQ heartbeats find it in 3 s) and is not made again
+    within 5 s.
     """
     if isinstance(node_name, Remote):
         _remote_events(node_name, as_json, timeout)

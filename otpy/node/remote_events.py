@@ -15,7 +15,10 @@ node does nothing between two events.
 ``RemoteEvents`` is the subscriber side (``otpy events --endpoint``): it waits for the CURVE
 handshake (a socket monitor says whether the node let this key in), then yields events until
 the node says it stops (``node_stopping``, then the connection ends) or the connection is lost
-and not made again within ``RECONNECT_GRACE_S``.
+and not made again within ``RECONNECT_GRACE_S``. Lost includes silent: both sides send ZMTP
+heartbeats, so a cut network or a frozen node (no FIN, no RST) ends the connection after
+``HEARTBEAT_TIMEOUT_MS`` (the socket monitor's DISCONNECTED), and a reconnection that makes no
+handshake does not count as made.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ REBIND_AFTER_S = 0.05  # between the unbind that cuts every subscriber and the b
 REBIND_TRIES = 40  # of REBIND_AFTER_S each: libzmq closes the old listener in its I/O thread
 RECONNECT_GRACE_S = 5.0  # a subscriber whose connection ended waits this long for it to be made again
 SEND_HWM = 1000  # events queued per subscriber before it loses some
+# ZMTP heartbeats (PING/PONG, libzmq's I/O thread; no timer of ours), as remote calls' links: a
+# connection that carries nothing for HEARTBEAT_TIMEOUT_MS is taken as ended, both sides. A cut
+# network or a frozen node sends no FIN/RST; without them a subscriber would wait forever.
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
 
 
 def events_endpoint(control_tcp: str) -> str:
@@ -113,6 +121,7 @@ class RemoteEventsServer:
         self._pub = zmq.Context.shadow(self._context.underlying).socket(zmq.PUB)
         self._pub.setsockopt(zmq.LINGER, 0)
         self._pub.setsockopt(zmq.SNDHWM, SEND_HWM)
+        heartbeats(self._pub)  # a subscriber gone silent (cut, frozen) is dropped: its connection slot freed
         serve_curve(self._pub, folder)
         prepare(self._pub)  # a peer that never completes its handshake is dropped
         self._pub.setsockopt(zmq.IPV6, 1)
@@ -193,6 +202,12 @@ class RemoteEventsServer:
             self._context = None
 
 
+def heartbeats(sock: zmq.Socket) -> None:
+    """PING every HEARTBEAT_IVL_MS; the connection ends when nothing came for HEARTBEAT_TIMEOUT_MS."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+
+
 # --- the subscriber ----------------------------------------------------------------------------
 
 class RemoteEvents:
@@ -213,6 +228,8 @@ class RemoteEvents:
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         self._sub.setsockopt(zmq.IPV6, 1)
+        heartbeats(self._sub)  # a node gone silent: DISCONNECTED, then the reconnection grace
+        self._sub.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)  # and the node drops this one likewise
         connect_curve(self._sub, keys)
         self._monitor = self._sub.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED)
@@ -253,7 +270,8 @@ class RemoteEvents:
                 if kind == zmq.EVENT_DISCONNECTED:
                     if self.stopping:
                         return
-                    lost_at = time.monotonic()
+                    if lost_at is None:  # the grace runs from the first loss: a reconnection cut in its
+                        lost_at = time.monotonic()  # handshake (a frozen node) does not extend it
                 elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                     lost_at = None
                 elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
