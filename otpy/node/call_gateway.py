@@ -148,6 +148,8 @@ class CallGateway:
             match message:
                 case RemoteCall():
                     self._relay(identity, message)
+            if not self.frontend.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return  # nothing more waits (cheaper to ask than to get zmq.Again)
 
     def _allows(self, identity: bytes, frame: zmq.Frame) -> bool:
         """Is the key of the connection ``identity`` still authorized? Looked up (a stat of the
@@ -211,7 +213,8 @@ class CallGateway:
             data = ENCODER.encode(RemoteFailed(call_id=message.call_id, kind="unencodable",
                                                message=f"the reply could not be encoded: {exc}"))
         try:
-            self.frontend.send_multipart([identity, data], zmq.NOBLOCK, copy=len(data) < 65536)
+            self.frontend.send(identity, zmq.NOBLOCK | zmq.SNDMORE)
+            self.frontend.send(data, zmq.NOBLOCK, copy=len(data) < 65536)
         except zmq.ZMQError:
             pass  # the client is gone, or does not read: its call times out there
 

@@ -153,7 +153,8 @@ class _Link:
         call.deadline = time.monotonic() + call.timeout
         data = ENCODER.encode(RemoteCall(call_id=call.call_id, agent=call.agent, inputs=msgspec.Raw(call.inputs),
                                          timeout=call.timeout))
-        self._events()  # a break already reported must not fail this call
+        if self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._events()  # a break already reported must not fail this call
         try:
             self.dealer.send(data, zmq.NOBLOCK, copy=len(data) < 65536)
         except zmq.Again:
@@ -201,9 +202,10 @@ class _Link:
     # --- what comes back ---------------------------------------------------------------------
 
     def _replies(self) -> None:
+        dealer = self.dealer
         while True:
             try:
-                frame = self.dealer.recv(zmq.NOBLOCK, copy=False)
+                frame = dealer.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
@@ -218,6 +220,8 @@ class _Link:
                     _resolve(call.future, outputs)
                 case RemoteFailed() as failed:
                     self._end(call, error_of(failed, call.label))
+            if dealer is not self.dealer or not dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return  # nothing more waits (cheaper to ask than to get zmq.Again)
 
     def _events(self) -> None:
         while True:
