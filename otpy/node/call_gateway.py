@@ -53,15 +53,28 @@ class CallGateway:
     """The gateway of node ``node``: ``start()`` binds ``endpoint`` and starts its thread,
     ``stop()`` fails what is still in flight (``stopping``) and ends it."""
 
-    def __init__(self, node: str, context: zmq.Context, endpoint: str, keys: Any, cap: int,
-                 allowed: Any = None) -> None:
-        """``keys``: the node's key folder; ``allowed``: its ``curve.AuthorizedKeys`` (a connection made
-        before its key was revoked gets no answer), None: whoever passed the handshake."""
-        from ..wire.curve import serve_curve
+    def __init__(self, node: str, endpoint: str, keys: Any, cap: int) -> None:
+        """``keys``: the node's key folder (``curve/``). The gateway has a ZeroMQ context of its own
+        (its own I/O thread, beside the control server's) and its own authenticator of the same
+        live allow-list (``curve.start_authenticator``)."""
+        from ..wire.curve import serve_curve, start_authenticator
 
         self.node = node
         self.endpoint = endpoint
-        self.allowed = allowed
+        self.context = context = zmq.Context(io_threads=1)
+        try:
+            self._auth, self.allowed = start_authenticator(context, keys / "authorized")
+        except BaseException:
+            context.term()
+            raise
+        try:
+            self._open(node, context, endpoint, keys, cap, serve_curve)
+        except BaseException:
+            self._auth.stop()
+            context.destroy(linger=0)
+            raise
+
+    def _open(self, node: str, context: zmq.Context, endpoint: str, keys: Any, cap: int, serve_curve) -> None:
         self._complain = Complaints(log.warning)
         self.frontend = context.socket(zmq.ROUTER)
         self.frontend.setsockopt(zmq.MAXMSGSIZE, MAX_CALL_BYTES)
@@ -126,6 +139,8 @@ class CallGateway:
             engine.close(lambda pending: _Stopping(f"node {self.node!r} stopped before the call ended"))
             self.cap.close()
             frontend.close()
+            self._auth.stop()
+            self.context.term()  # the last answers leave (linger), then the I/O thread ends
 
     def _read(self) -> None:
         for _ in range(READ_BATCH):

@@ -181,17 +181,14 @@ class ControlServer:
 
     def _open_gateway(self) -> None:
         """The call gateway (``call_gateway``) on the port after the TCP endpoint as bound, same keys,
-        same allow-list (this context's authenticator). A port that cannot be bound is logged: the
-        node serves control, not calls."""
+        same allow-list. A port that cannot be bound is logged: the node serves control, not calls."""
         from ..wire.curve import keys_dir
         from ..wire.remote_protocol import calls_endpoint
         from .call_gateway import CallGateway
 
         try:
             endpoint = calls_endpoint(self._tcp.getsockopt_string(zmq.LAST_ENDPOINT))
-            self._gateway = CallGateway(self.node.name, zmq.Context.shadow(self._context.underlying), endpoint,
-                                        keys_dir(self.node.name), self._cap,
-                                        allowed=self._keys)
+            self._gateway = CallGateway(self.node.name, endpoint, keys_dir(self.node.name), self._cap)
         except (ValueError, zmq.ZMQError) as exc:
             log.warning("otpy[%s]: no call gateway (calls from other hosts): %s", self.node.name, describe(exc))
             return
