@@ -58,7 +58,8 @@ def test_a_reload_adds_changes_and_removes_the_cluster_in_place(b, tmp_path):
         assert done.ok and [(c.action, c.name, c.before, c.after) for c in done.changes] == [
             ("update", "[cluster]", None, after)]
         assert node.aio.cluster == declared and node_cluster(name) == declared
-        assert reload_line(done.changes[0]) == f"update [cluster]: none -> {b.name} {b.endpoint} (from {declared.source})"
+        assert reload_line(done.changes[0]) == \
+            f"update [cluster]: none -> {b.name} {b.endpoint} (from {declared.source})"
         with Caller(name) as caller:  # an agent of the node reaches AGENT@NODE now
             answer = caller.call("relay", {"target": f"echo@{b.name}", "x": 1}, timeout=10)
         assert answer["answer"]["x"] == 1
