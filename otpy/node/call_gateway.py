@@ -1,9 +1,10 @@
 """A node's call gateway: calls from other hosts (``wire.remote_calls``) relayed to its agents.
 
 A node with ``control_tcp`` serves, on the port after it (``remote_protocol.calls_endpoint``),
-a ROUTER with the same CURVE keys and the same allow-list (``curve/authorized``, checked by the
-control server's ZAP authenticator, whose context the gateway shares). One thread of its own
-polls that ROUTER and the sockets of a local call engine (``wire.call_engine``): a
+a ROUTER with the same CURVE keys and the same live allow-list (``curve/authorized``, checked at
+each handshake by an authenticator of the gateway's own ZeroMQ context, and again for every
+connection at most every ``KEYS_RECHECK_S``). One thread of its own polls that ROUTER and the
+sockets of a local call engine (``wire.call_engine``): a
 ``RemoteCall`` becomes a local call to the agent, made here, where the agent is, so drain
 notices, the resend-once of a call refused while draining, deadlines and the typed errors are
 the local rules; its outcome goes back typed (``RemoteReply``/``RemoteFailed``) from the same
