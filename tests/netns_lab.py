@@ -368,8 +368,30 @@ def main(argv: list[str]) -> int:
     if reason := unavailable_reason():
         print(f"echo {shlex.quote('no lab: ' + reason)}; (exit 77)")
         return 0
+    # The guardian builds the lab, so that the namespaces carry ITS pid: it lives as long as the
+    # lab, and another lab's sweep (creator gone = stale) leaves this one alone.
+    readable, writable = os.pipe()
+    sys.stdout.flush()
+    if os.fork() == 0:
+        os.close(readable)
+        try:
+            lab, code = _shell_lab(args)
+        except BaseException as exc:  # noqa: BLE001 - said to the shell, which fails the setup
+            os.write(writable, f"echo {shlex.quote('no lab: ' + str(exc)[-2000:])} >&2; (exit 1)\n".encode())
+            os._exit(1)
+        os.write(writable, code.encode())
+        os.close(writable)
+        _guard(lab, args.watch)
+    os.close(writable)
+    with os.fdopen(readable) as said:
+        sys.stdout.write(said.read())
+    return 0
+
+
+def _shell_lab(args) -> tuple[Lab, str]:
     lab = Lab(args.hosts, subnet=args.subnet)
     lab.start()
+    atexit.unregister(lab.close)  # the guardian closes it (_guard)
     code = shell_code(lab)
     if args.postgres:
         try:
@@ -386,12 +408,7 @@ def main(argv: list[str]) -> int:
             raise
         code += (f"export PGPASSWORD={shlex.quote(server.password)} "
                  f"OTPY_LAB_DB=postgresql://{USER}@{server.host}:{server.port}/otpy\n")
-    atexit.unregister(lab.close)  # the guardian owns it now
-    if os.fork() == 0:
-        _guard(lab, args.watch)
-    lab._closed = True  # this process only prints
-    sys.stdout.write(code)
-    return 0
+    return lab, code
 
 
 if __name__ == "__main__":

@@ -102,11 +102,13 @@ def test_the_shell_form_defines_on_and_removes_the_lab_when_the_shell_exits():
               'on alpha ip -4 -o addr | grep -c "$ALPHA/24"\necho "$OTPY_LAB_FOLDER"\necho "$OTPY_LAB_TAG"\n'
               'on gamma true; echo "exit $?"\n'
               'echo "$OTPY_LAB_DB"\n'
+              't=${OTPY_LAB_TAG#otpylab-}; kill -0 "${t%-*}" && echo "creator alive"\n'
               'on alpha python -c "import os, psycopg; print(psycopg.connect(os.environ[\'OTPY_LAB_DB\'], connect_timeout=5)'
               '.execute(\'select current_database()\').fetchone()[0])"\n')
     done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30,
                           env=dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]))
-    runtime, count, folder, tag, status, database, answer = done.stdout.splitlines()
+    runtime, count, folder, tag, status, database, alive, answer = done.stdout.splitlines()
+    assert alive == "creator alive"  # the names carry the guardian's pid: no other lab's sweep takes them
     assert database == "postgresql://otpy@10.77.0.12:5432/otpy" and answer == "otpy", done.stderr  # PGPASSWORD
     assert runtime == f"{folder}/beta/run" and count == "1" and status == "exit 2", done.stderr
     assert "on: no host gamma" in done.stderr
