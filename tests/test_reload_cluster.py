@@ -91,3 +91,21 @@ def test_cluster_lines():
     assert cluster_line(one, two) == "b endpoint tcp://h:1 -> tcp://h:2, c added (tcp://h:3)"
     assert cluster_line(two, one) == "b endpoint tcp://h:2 -> tcp://h:1, c removed"
     assert cluster_line(one, None) == "b tcp://h:1 (from c.toml) -> none"
+
+
+def test_a_cluster_file_that_cannot_be_written_fails_the_reload_before_the_tree(b, tmp_path):
+    from otpy.host.runtime_dir import node_dir
+    from otpy.wire.remote_cluster import CLUSTER_FILE
+
+    shutil.copytree(b.keys, tmp_path / "keys-b")
+    (tmp_path / "cluster.toml").write_text(f'[nodes.{b.name}]\nendpoint = "{b.endpoint}"\nkeys = "keys-b"\n')
+    name = unique_name("a")
+    path = tmp_path / "topology.toml"
+    path.write_text(topology(name, cluster=False))
+    with otpy.Node.from_toml(path) as node:
+        (node_dir(name) / (CLUSTER_FILE + ".new")).mkdir()  # in the way of the file staged there
+        path.write_text(topology(name, cluster=True).replace('id = "relay"', 'id = "relay2"'))
+        failed = node.reload(str(path))
+        assert failed.outcome == "start_failed" and "[cluster]" in failed.detail and failed.changes == [], failed
+        assert node.aio.cluster is None and node_cluster(name) is None
+        assert list(pids(node)) == ["relay"]  # the tree was not touched either

@@ -37,6 +37,7 @@ from typing import Any
 
 import msgspec
 
+from ..host.runtime_dir import RuntimeDirError
 from ..specs.bindings import variables_of
 from ..specs.model import AnySpec, ChildSpec, DynamicSupervisorSpec, NodeSpec, SupervisorSpec
 from ..supervision import reconcile
@@ -68,7 +69,10 @@ async def reload_topology(node: Any, request: Reload) -> Outcome:
         if (cluster := cluster_change(getattr(node, "cluster", None), topology.cluster)) is not None:
             work.changes.append(cluster)  # first: a child this reload starts may call AGENT@NODE at once
             if not request.dry_run:
-                await asyncio.to_thread(apply_cluster, node, topology.cluster)
+                try:
+                    await asyncio.to_thread(apply_cluster, node, topology.cluster)
+                except (OSError, RuntimeDirError) as exc:  # its folder: nothing else was changed
+                    return Outcome("start_failed", detail=f"[cluster]: the node's cluster file was not written: {exc}")
         outcome = await work.run(node.spec.root, topology.node.root, request.code)
         if request.dry_run:
             return outcome
