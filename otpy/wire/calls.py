@@ -27,7 +27,7 @@ import os
 import queue
 import sys
 import threading
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import zmq
 
@@ -37,7 +37,9 @@ from .call_engine import CallEngine, call_limits_problem
 from .call_messages import encode_call
 from .codec import Complaints
 from .errors import CallError, NodeUnreachable, NoSuchAgent, Overloaded
-from .remote_cluster import MAX_CLUSTER_BYTES, ClusterSpec
+
+if TYPE_CHECKING:
+    from .remote_cluster import ClusterSpec
 
 
 def _closed_error(pending: Pending) -> CallError:
@@ -334,7 +336,7 @@ class _IOThread:
 def node_cluster(node: str) -> ClusterSpec | None:
     """The cluster node ``node`` runs with on this host (the file it writes in its folder when
     its topology has a ``[cluster]``), None when it has none; ValueError when it cannot be read."""
-    from .remote_cluster import CLUSTER_FILE, decode_cluster
+    from .remote_cluster import CLUSTER_FILE, MAX_CLUSTER_BYTES, decode_cluster  # only for AGENT@NODE
 
     try:
         folder = existing_node_dir(node)
