@@ -414,10 +414,72 @@ STORAGE_EXPECTED = ("'postgresql://USER:PASSWORD@HOST:PORT/DATABASE' (a PostgreS
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password shown as ``***`` (``postgresql://otpy:***@host:5432/db``), in the
-    user part and in a ``password=`` parameter: a URL is never shown with its secret."""
-    masked = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
-    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", masked)
+    """``url`` with every secret shown as ``***``: the password of its user part, everything
+    between ``://USER:`` and the URL's last ``@`` (a password holding ``/``, ``?``, ``#`` or
+    ``@``, written raw or percent-encoded, is masked whole, never cut at one of them), and the
+    value of a ``password=`` / ``sslpassword=`` query parameter (libpq's and psycopg's form; the
+    key matched case-blind, percent-encoded or not). A libpq keyword string (``host=h
+    password=x``) has its ``password`` masked the same way. The one rule for every URL otpy shows
+    (the registry, reloads, ``otpy optimize``): a URL is never shown with its secret.
+
+    >>> mask_url("postgresql://otpy:se/c@r?e#t@10.0.0.1:5432/db?sslmode=require&PassWord=x")
+    'postgresql://otpy:***@10.0.0.1:5432/db?sslmode=require&PassWord=***'
+    """
+    if not isinstance(url, str):
+        return url
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url)
+    if scheme is None:  # a libpq keyword string, or not a URL at all
+        return re.sub(r"(?i)\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)", r"\1***", url)
+    head, rest = url[:scheme.end()], url[scheme.end():]
+    userinfo, at, rest = rest.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        head += f"{user}:***@" if colon else f"{user}@"
+    else:
+        rest = userinfo + rest if userinfo else rest
+    place, question, query = rest.partition("?")
+    if not question:
+        return head + place
+    fields = []
+    for field in query.split("&"):
+        key, equals, _value = field.partition("=")
+        secret = _unquote(key).strip().lower() in ("password", "sslpassword")
+        fields.append(f"{key}=***" if equals and secret else field)
+    return head + place + "?" + "&".join(fields)
+
+
+def _unquote(text: str) -> str:
+    from urllib.parse import unquote_plus
+
+    return unquote_plus(text)
+
+
+def mask_secret(text: str, url: str) -> str:
+    """``text`` (an error a database driver made about ``url``) with ``url``'s password masked:
+    every URL in it by ``mask_url``, and the password itself, as written and as decoded, where it
+    stands as a word of its own (never inside another word: a short password ``p`` leaves
+    ``port`` alone, so the mask does not spell the password out)."""
+    text = re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", lambda found: mask_url(found[0]), text)
+    for password in _passwords(url):
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(password)}(?![A-Za-z0-9])", "***", text)
+    return text
+
+
+def _passwords(url: str) -> set[str]:
+    """The password(s) ``url`` holds, raw and percent-decoded (user part and query)."""
+    found: set[str] = set()
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url)
+    if scheme is None:
+        found.update(m[1].strip("'") for m in re.finditer(r"(?i)\bpassword\s*=\s*('(?:[^'\\]|\\.)*'?|\S*)", url))
+    else:
+        userinfo, at, rest = url[scheme.end():].rpartition("@")
+        if at and ":" in userinfo:  # as written up to the last '@', and as libpq reads it (up to the first)
+            found.update((userinfo.partition(":")[2], userinfo.partition("@")[0].partition(":")[2]))
+        for field in (rest if at else userinfo + rest).partition("?")[2].split("&"):
+            key, equals, value = field.partition("=")
+            if equals and _unquote(key).strip().lower() in ("password", "sslpassword"):
+                found.add(value)
+    return {password for raw in found for password in (raw, _unquote(raw)) if password}
 
 
 def registry_storage_problem(storage: object) -> str | None:
@@ -428,6 +490,10 @@ def registry_storage_problem(storage: object) -> str | None:
     shown = _show(mask_url(storage)) if isinstance(storage, str) else _show(storage)
     if not isinstance(storage, str):
         return f"got {shown}; expected {STORAGE_EXPECTED}"
+    userinfo = storage.partition("://")[2].rpartition("@")[0]
+    if any(char in userinfo for char in "@/?#"):
+        return (f"got {shown}: its user or password holds '@', '/', '?' or '#'; write them percent-encoded "
+                f"(%40, %2F, %3F, %23); expected {STORAGE_EXPECTED}")
     match = re.fullmatch(r"postgres(?:ql)?://(?:[^@/?#\s]*@)?([^/?#\s]+)/([^/?#\s]+)(?:\?\S*)?", storage)
     if match is None:
         return f"got {shown}; expected {STORAGE_EXPECTED}"

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 import psycopg
 
-from ..specs.values import mask_url
+from ..specs.values import mask_secret, mask_url
 from .storage import Row, StorageUnavailable
 from .store import RegistryFileError
 
@@ -100,8 +100,7 @@ class PostgresStorage:
     def _reason(self, exc: BaseException) -> str:
         """A psycopg error in one line, without the password (a server may echo a conninfo)."""
         text = " ".join(str(exc).split()).split(" This probably means")[0][:200] or type(exc).__name__
-        password = psycopg.conninfo.conninfo_to_dict(self.url).get("password")
-        return text.replace(password, "***") if password else text
+        return mask_secret(text, self.url)
 
     def _make_tables(self) -> None:
         try:
