@@ -18,7 +18,7 @@ from click.shell_completion import CompletionItem
 from .exits import remote_or_exit
 
 from ..specs.model import name_problem
-from ..specs.values import MAX_SECONDS
+from ..specs.values import INT64, MAX_SECONDS
 
 COMPLETION_TIMEOUT = 0.5  # seconds a completion waits for a node: a shell must not hang on a Tab
 
@@ -86,12 +86,23 @@ class _Ranged:
 
 
 class Count(_Ranged, click.IntRange):
-    """An integer option with a lower bound: ``Count(0)`` for ``--retries``."""
+    """An integer option with a lower bound: ``Count(0)`` for ``--retries``. Every one is at
+    most the largest signed 64-bit integer (``specs.values.INT64``): what goes on the wire is
+    msgpack's, and a version is PostgreSQL's BIGINT, so a larger one is refused here, naming
+    the option (exit 2), not by the encoder once the command began."""
 
     expected = "an integer"
 
     def __init__(self, min: int = 0) -> None:
         super().__init__(min=min)
+
+    def convert(self, value, param, ctx):
+        converted = super().convert(value, param, ctx)
+        if converted > INT64[1]:
+            field = param.name if param is not None and param.name else "value"
+            self.fail(f"{field}: got {value}; expected an integer in the range {self._describe_range()} "
+                      f"and at most {INT64[1]} (64 bits)", param, ctx)
+        return converted
 
 
 class Number(_Ranged, click.FloatRange):
