@@ -181,17 +181,22 @@ class ControlServer:
 
     def _open_gateway(self) -> None:
         """The call gateway (``call_gateway``) on the port after the TCP endpoint as bound, same keys,
-        same allow-list. A port that cannot be bound is logged: the node serves control, not calls."""
+        same allow-list. A port that cannot be bound refuses the start (``NodeStartError`` naming
+        ``node.control_tcp``), as control_tcp's own: a node does not claim what it cannot serve."""
         from ..wire.curve import keys_dir
         from ..wire.remote_protocol import calls_endpoint
         from .call_gateway import CallGateway
 
+        declared = self.node.spec.control_tcp
         try:
             endpoint = calls_endpoint(self._tcp.getsockopt_string(zmq.LAST_ENDPOINT))
+        except ValueError as exc:
+            raise NodeStartError(f"node.control_tcp {declared!r}: {exc}") from None
+        try:
             self._gateway = CallGateway(self.node.name, endpoint, keys_dir(self.node.name), self._cap)
-        except (ValueError, zmq.ZMQError) as exc:
-            log.warning("otpy[%s]: no call gateway (calls from other hosts): %s", self.node.name, describe(exc))
-            return
+        except zmq.ZMQError as exc:
+            raise NodeStartError(f"node.control_tcp {declared!r}: its calls port {endpoint} (control_tcp's port + 1) "
+                                 f"cannot be bound: {exc.strerror}") from None
         self._gateway.start()
 
     def discard(self) -> None:
@@ -201,6 +206,8 @@ class ControlServer:
         for sock in (self._router, self._tcp, self._pub):
             if sock is not None:
                 sock.close(linger=0)
+        for cap in self._caps:  # their monitor sockets, or term() would wait for them
+            cap.close()
         if self._gateway is not None:
             self._gateway.stop()
         if self._auth is not None:

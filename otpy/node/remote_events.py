@@ -63,18 +63,19 @@ def events_endpoint(control_tcp: str) -> str:
 
 async def open_remote_events(node: Any) -> "RemoteEventsServer | NoRemoteEvents":
     """The node's service opener (``AsyncNode.service_openers``): the TCP events PUB of a node
-    with ``control_tcp``, else nothing to close. A port that cannot be bound is logged, as the
-    call gateway's: the node serves control (and calls), not events, and ``otpy events
-    --endpoint`` says that no events endpoint answered."""
+    with ``control_tcp``, else nothing to close. A port that cannot be bound refuses the start
+    (``NodeStartError`` naming ``node.control_tcp``), as control_tcp's own and the call gateway's:
+    a node does not claim what it cannot serve."""
     if not node.spec.control_tcp:
         return NoRemoteEvents()
     server = RemoteEventsServer(node.name, node.spec.control_tcp)
     try:
         server.open()
-    except (ValueError, zmq.ZMQError) as exc:  # as the call gateway's: the node serves control, not events
+    except (ValueError, zmq.ZMQError) as exc:
         server.close_now()
-        log.warning("otpy[%s]: no events over TCP: %s", node.name, exc)
-        return NoRemoteEvents()
+        from .errors import NodeStartError
+
+        raise NodeStartError(f"node.control_tcp {node.spec.control_tcp!r}: {exc}") from None
     except BaseException:
         server.close_now()
         raise
