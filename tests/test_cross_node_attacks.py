@@ -42,3 +42,25 @@ def test_a_node_whose_calls_or_events_port_is_taken_refuses_to_start_naming_it(o
             otpy.Node(spec).start()
     with socket.socket() as probe:  # what the failed start bound is free again
         probe.bind(("127.0.0.1", port))
+
+
+def test_a_fifo_named_like_a_key_is_refused_at_once_never_read(tmp_path):
+    from otpy.wire.curve import client_keys_problem, load_key, new_key_pair
+    from otpy.wire.remote_cluster import ClusterNode, ClusterSpec
+    from otpy.wire.calls import Caller
+
+    folder = tmp_path / "fk"
+    public, _ = new_key_pair(folder, "real")
+    os.replace(public, folder / "server.key")  # any public key will do as the node's here
+    (folder / "real.key_secret").unlink()
+    os.mkfifo(folder / "evil.key_secret", 0o600)
+    started = time.monotonic()
+    assert "is not a regular file" in client_keys_problem(folder)
+    with pytest.raises(ValueError, match="is not a regular file"):
+        load_key(folder / "evil.key_secret")
+    with pytest.raises(ValueError, match="is not a regular file"):
+        RemoteCaller("tcp://127.0.0.1:9", folder)
+    cluster = ClusterSpec(source="x", nodes={"far": ClusterNode("tcp://127.0.0.1:9", str(folder))})
+    with Caller("near", cluster=cluster) as caller, pytest.raises(Exception, match="is not a regular file"):
+        caller.call("echo@far", {}, timeout=1)
+    assert time.monotonic() - started < 5

@@ -158,7 +158,7 @@ def ensure_keys(node: str) -> Path:
     for secret in folder.glob("*.key_secret"):
         os.chmod(secret, 0o600, follow_symlinks=False)
     if not os.path.lexists(folder / "server.key"):  # removed by hand: its public half is in the secret file
-        public, _ = zmq.auth.load_certificate(folder / "server.key_secret")
+        public, _ = load_key(folder / "server.key_secret")
         write_private(folder / "server.key", b'#   ZeroMQ CURVE Public Certificate (otpy)\n\nmetadata\ncurve\n'
                                              b'    public-key = "' + public + b'"\n')
         os.chmod(folder / "server.key", 0o644)
@@ -194,9 +194,41 @@ def check_key_files(*folders: Path) -> None:
                 raise RuntimeDirError(f"{path} is not a regular file (a symlink?); remove it and retry")
 
 
+MAX_KEY_BYTES = 64 * 1024  # a CURVE key file is a few hundred bytes
+
+
+def load_key(path: str | os.PathLike) -> tuple[bytes, bytes | None]:
+    """``(public, secret or None)`` of the CURVE key file ``path`` (``zmq.auth.load_certificate``'s
+    format), read without waiting: a regular file of at most ``MAX_KEY_BYTES`` (a FIFO, a device or
+    a folder named like a key is refused, never opened for a blocking read). OSError/ValueError
+    naming the file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if info.st_size > MAX_KEY_BYTES:
+            raise ValueError(f"{path} has {info.st_size} bytes, over the {MAX_KEY_BYTES} of a key file")
+        data = os.read(fd, MAX_KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    public = secret = None
+    for line in data.splitlines():
+        line = line.strip()
+        if line.startswith(b"#"):
+            continue
+        if line.startswith(b"public-key"):
+            public = line.split(b"=", 1)[1].strip(b" \t'\"")
+        elif line.startswith(b"secret-key"):
+            secret = line.split(b"=", 1)[1].strip(b" \t'\"")
+    if public is None:
+        raise ValueError(f"no public key found in {path}")
+    return public, secret
+
+
 def serve_curve(socket: zmq.Socket, folder: Path) -> None:
     """Make ``socket`` a CURVE server with the node's keys (before it binds)."""
-    public, secret = zmq.auth.load_certificate(folder / "server.key_secret")
+    public, secret = load_key(folder / "server.key_secret")
     socket.curve_secretkey = secret
     socket.curve_publickey = public
     socket.curve_server = True
@@ -208,8 +240,8 @@ def connect_curve(socket: zmq.Socket, folder: str | os.PathLike) -> None:
     secrets = sorted(p for p in folder.glob("*.key_secret") if p.name != "server.key_secret")
     if not secrets or not (folder / "server.key").exists():
         raise FileNotFoundError(f"{folder} needs server.key and a client *.key_secret (see otpy.wire.curve)")
-    public, secret = zmq.auth.load_certificate(secrets[0])
-    server_public, _ = zmq.auth.load_certificate(folder / "server.key")
+    public, secret = load_key(secrets[0])
+    server_public, _ = load_key(folder / "server.key")
     socket.curve_secretkey = secret
     socket.curve_publickey = public
     socket.curve_serverkey = server_public
@@ -290,12 +322,15 @@ def client_keys_problem(folder: str | os.PathLike, private: bool = True) -> str 
                 "and authorize its public key on the node")
     if len(secrets) > 1:
         return f"{folder} has several client secret keys ({', '.join(p.name for p in secrets)}): keep one"
+    for path in (folder / "server.key", secrets[0]):
+        if not stat.S_ISREG(path.stat().st_mode):
+            return f"{path} is not a regular file (a FIFO?): give the key file itself"
     mode = stat.S_IMODE(secrets[0].stat().st_mode)
     if private and mode & 0o077:
         return f"{secrets[0]} may be read by others (mode {mode:04o}): `chmod 600 {secrets[0]}`"
     for path, needs_secret in ((folder / "server.key", False), (secrets[0], True)):
         try:
-            _, secret = zmq.auth.load_certificate(path)
+            _, secret = load_key(path)
         except Exception as exc:  # not a ZeroMQ certificate: say which file
             return f"{path} is not a CURVE key file ({exc})"
         if needs_secret and secret is None:
@@ -318,7 +353,7 @@ def authorize(node: str, public: str | os.PathLike) -> Path:
     if not source.name.endswith(".key") or source.name == "server.key":
         raise KeyFolderError(f"{source}: expected a client's public key file, NAME.key (`otpy keys new` makes one)")
     try:
-        key, secret = zmq.auth.load_certificate(source)
+        key, secret = load_key(source)
     except Exception as exc:
         raise KeyFolderError(f"{source} is not a CURVE key file ({exc})") from None
     if secret is not None:
@@ -327,7 +362,7 @@ def authorize(node: str, public: str | os.PathLike) -> Path:
     authorized = ensure_keys(node) / "authorized"  # before the node's first start too: its keys made now
     target = authorized / source.name
     for existing in authorized.glob("*.key"):
-        if zmq.auth.load_certificate(existing)[0] == key:
+        if load_key(existing)[0] == key:
             raise KeyFolderError(f"that key is already authorized ({existing})")
     try:
         descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -396,7 +431,7 @@ def _read_keys(folder: Path) -> frozenset[bytes]:
         try:
             if not stat.S_ISREG(path.lstat().st_mode):
                 continue
-            public, _ = zmq.auth.load_certificate(path)
+            public, _ = load_key(path)
         except Exception:  # unreadable, not a key file, removed meanwhile: not a key
             continue
         keys.add(public)
