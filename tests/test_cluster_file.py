@@ -110,3 +110,16 @@ def test_a_bad_cluster_table_is_a_topology_problem_naming_the_field(tmp_path, ta
     with pytest.raises(TopologyError) as raised:
         parse_topology(TOPOLOGY + "\n" + table, source="topology.toml", base_dir=str(tmp_path))
     assert expected in str(raised.value)
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://a:b@127.0.0.1:47400", "tcp://x y:1", "tcp://-a:1", "tcp://h:0"])
+def test_a_cluster_endpoint_the_cli_refuses_is_refused_at_load(tmp_path, endpoint):
+    """advA-12: one endpoint rule, the CLI's --endpoint's, for cluster files and RemoteCaller."""
+    from otpy.wire.remote_calls import RemoteCaller
+
+    keys_folder(tmp_path / "keys")
+    (tmp_path / "cluster.toml").write_text(f'[nodes.b]\nendpoint = "{endpoint}"\nkeys = "keys"\n')
+    with pytest.raises(ValueError, match="nodes.b.endpoint"):
+        load_cluster(tmp_path / "cluster.toml")
+    with pytest.raises(ValueError, match="expected tcp://HOST:PORT"):
+        RemoteCaller(endpoint, tmp_path / "keys")

@@ -386,3 +386,10 @@ def test_otpy_call_agent_at_node_from_the_calling_nodes_host(b, tmp_path):
         assert json.loads(done.stdout)["pid"] == b.which_children("root")[0].pid
     finally:
         node.stop()
+
+
+def test_a_long_timeout_is_one_rule_for_local_and_remote_calls(b, caller):
+    """advA-9: what a local call takes (any finite number of seconds > 0), a call to AGENT@NODE takes."""
+    assert caller.call(f"echo@{b.name}", {"n": 1}, timeout=100000)["n"] == 1
+    with pytest.raises(ValueError, match="timeout"):
+        caller.call(f"echo@{b.name}", {}, timeout=float("inf"))

@@ -32,7 +32,7 @@ import zmq
 from ..host.runtime_dir import agent_socket_path
 from ..specs.model import name_problem
 from ..wire.call_book import Pending
-from ..wire.call_engine import CallEngine
+from ..wire.call_engine import CallEngine, call_limits_problem
 from ..wire.codec import MAX_CALL_BYTES, Complaints, WireError, decode, describe, encode
 from ..wire.connections import AgentConnectionCap, prepare
 from ..wire.errors import (AgentCrashed, BadRequest, CallError, CallTimeout, NoSuchAgent, Overloaded, RemoteError,
@@ -44,7 +44,6 @@ log = logging.getLogger("otpy")
 
 MAX_IN_FLIGHT = 4096  # calls relayed and not answered yet, of every client
 MAX_PER_CLIENT = 1024  # of one client connection
-MAX_TIMEOUT_S = 24 * 3600.0
 KEYS_RECHECK_S = 0.1  # a connection's key is looked up again after this long (a revocation applies then)
 READ_BATCH = 256  # messages read before the engine's sockets get a turn
 REPLY_LINGER_MS = 1000
@@ -193,10 +192,8 @@ class CallGateway:
                 message=f"node {self.node!r} already relays {mine} calls of this client and {self.in_flight} in all "
                         f"(at most {MAX_PER_CLIENT} and {MAX_IN_FLIGHT})"))
             return
-        if not 0 < call.timeout <= MAX_TIMEOUT_S:
-            self._send(identity, RemoteFailed(call_id=call.call_id, kind="bad_request",
-                                              message=f"timeout: got {call.timeout!r}; expected seconds in (0, "
-                                                      f"{MAX_TIMEOUT_S:.0f}]"))
+        if (problem := call_limits_problem(call.timeout, 0)) is not None:  # a local call's rule: checked before
+            self._send(identity, RemoteFailed(call_id=call.call_id, kind="bad_request", message=problem))
             return
         local_id = next(self._ids)
         payload = ENCODER.encode(Call(call_id=local_id, inputs=call.inputs))  # the inputs' bytes, as they came

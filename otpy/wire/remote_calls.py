@@ -129,9 +129,20 @@ class _Link:
         dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         dealer.setsockopt(zmq.MAXMSGSIZE, MAX_CALL_BYTES + 65536)
         dealer.setsockopt(zmq.IPV6, 1)
-        connect_curve(dealer, self.owner.keys)
-        self.monitor = dealer.get_monitor_socket(_EVENTS)
-        dealer.connect(self.owner.gateway)
+        try:
+            connect_curve(dealer, self.owner.keys)
+            monitor = dealer.get_monitor_socket(_EVENTS)
+        except (OSError, ValueError, zmq.ZMQError) as exc:
+            dealer.close(linger=0)
+            raise NodeUnreachable(f"cannot reach node {self.owner.endpoint}: {exc}") from None
+        try:
+            dealer.connect(self.owner.gateway)
+        except zmq.ZMQError as exc:  # never left half made: the context's term() would wait for it
+            dealer.disable_monitor()
+            monitor.close(linger=0)
+            dealer.close(linger=0)
+            raise NodeUnreachable(f"cannot reach node {self.owner.endpoint}: {exc}") from None
+        self.monitor = monitor
         self.dealer, self.connected = dealer, False
         self.poller.register(dealer, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)

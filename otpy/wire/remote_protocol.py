@@ -15,6 +15,7 @@ the gateway hands them to the agent as they are, without decoding them.
 
 from __future__ import annotations
 
+import re
 from typing import Union
 
 import msgspec
@@ -77,10 +78,13 @@ def calls_endpoint(control_tcp: str) -> str:
 
 
 def split_tcp(endpoint: str) -> tuple[str, int]:
-    """``(HOST, PORT)`` of ``tcp://HOST:PORT`` (HOST may be ``[v6]``); ValueError otherwise."""
-    if not isinstance(endpoint, str) or not endpoint.startswith("tcp://"):
+    """``(HOST, PORT)`` of ``tcp://HOST:PORT`` (HOST a name, an IPv4 address or ``[v6]``), the
+    rule of the CLI's ``--endpoint``; ValueError otherwise."""
+    match = _ENDPOINT.fullmatch(endpoint) if isinstance(endpoint, str) else None
+    if match is None or not 0 < int(match[3]) < 65536:
         raise ValueError(f"got {endpoint!r}; expected tcp://HOST:PORT")
-    host, sep, port = endpoint.removeprefix("tcp://").rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c in host for c in "/ ;*"):
-        raise ValueError(f"got {endpoint!r}; expected tcp://HOST:PORT")
-    return host, int(port)
+    return match[1], int(match[3])
+
+
+# the CLI's rule for --endpoint (cli.options): a name, an IPv4 address or [IPv6]; nothing else in HOST
+_ENDPOINT = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})")
