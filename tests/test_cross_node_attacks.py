@@ -64,3 +64,48 @@ def test_a_fifo_named_like_a_key_is_refused_at_once_never_read(tmp_path):
     with Caller("near", cluster=cluster) as caller, pytest.raises(Exception, match="is not a regular file"):
         caller.call("echo@far", {}, timeout=1)
     assert time.monotonic() - started < 5
+
+
+@pytest.fixture(scope="module")
+def b(tmp_path_factory):
+    from tests.test_cross_node_calls import start_node
+
+    node, endpoint = start_node("b", agent("echo", "Echo"), agent("slow", "Slow"), otpy.ChildSpec(id="big", program="tests.attack_agents:Big"))
+    node.endpoint = endpoint
+    node.keys = client_keys(tmp_path_factory.mktemp("keys") / "b", node.name)
+    yield node
+    node.stop()
+
+
+def stranger_keys(folder, node_name: str):
+    """A client keys folder whose key the node never authorized."""
+    import shutil
+
+    import zmq.auth
+
+    from otpy.wire.curve import keys_dir
+
+    folder.mkdir(mode=0o700)
+    zmq.auth.create_certificates(folder, "stranger")
+    (folder / "stranger.key").unlink()
+    (folder / "stranger.key_secret").chmod(0o600)
+    shutil.copy(keys_dir(node_name) / "server.key", folder)
+    return folder
+
+
+def test_a_refused_caller_does_not_knock_again_while_idle(b, tmp_path, monkeypatch):
+    """advA-11: a key the node refuses: the call fails, and no new connection is tried until the next call."""
+    from otpy.wire import remote_calls
+
+    opened = []
+    real_open = remote_calls._Link._open
+    monkeypatch.setattr(remote_calls._Link, "_open", lambda link: (opened.append(1), real_open(link))[1])
+    with RemoteCaller(b.endpoint, stranger_keys(tmp_path / "s", b.name)) as remote:
+        with pytest.raises((NodeUnreachable, CallTimeout)):
+            remote.submit("echo", {}, timeout=3).result(5)
+        before = len(opened)
+        time.sleep(1.0)  # idle: what is measured is that nothing happens
+        assert len(opened) - before <= 1
+        with pytest.raises((NodeUnreachable, CallTimeout)):  # a new call tries again
+            remote.call("echo", {}, timeout=3)
+        assert len(opened) > before

@@ -48,7 +48,8 @@ __all__ = ["RemoteCaller"]
 
 HEARTBEAT_IVL_MS = 1000  # a link that carries nothing for HEARTBEAT_TIMEOUT_MS is taken as broken
 HEARTBEAT_TIMEOUT_MS = 3000
-RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MS = 100  # ZeroMQ's first reconnect after a link breaks, doubled up to RECONNECT_IVL_MAX_MS
+RECONNECT_IVL_MAX_MS = 5000
 _EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
@@ -125,6 +126,7 @@ class _Link:
         dealer.linger = 0
         dealer.setsockopt(zmq.IMMEDIATE, 0)
         dealer.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        dealer.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         dealer.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         dealer.setsockopt(zmq.MAXMSGSIZE, MAX_CALL_BYTES + 65536)
@@ -148,6 +150,8 @@ class _Link:
         self.poller.register(self.monitor, zmq.POLLIN)
 
     def _drop_socket(self) -> None:
+        if self.dealer is None:
+            return  # dropped already (refused): the next call opens another
         for sock in (self.dealer, self.monitor):
             self.poller.unregister(sock)
         try:
@@ -156,6 +160,7 @@ class _Link:
             pass
         self.monitor.close(linger=0)
         self.dealer.close(linger=0)
+        self.dealer = self.monitor = None
 
     # --- the owner's calls -------------------------------------------------------------------
 
@@ -164,7 +169,13 @@ class _Link:
         call.deadline = time.monotonic() + call.timeout
         data = ENCODER.encode(RemoteCall(call_id=call.call_id, agent=call.agent, inputs=msgspec.Raw(call.inputs),
                                          timeout=call.timeout))
-        if self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if self.dealer is None:
+            try:
+                self._open()  # the node refused the last one: try again, at the pace of the calls
+            except CallError as exc:
+                _fail(call.future, type(exc)(str(exc), agent=call.label))
+                return
+        elif self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._events()  # a break already reported must not fail this call
         try:
             self.dealer.send(data, zmq.NOBLOCK, copy=len(data) < 65536)
@@ -253,8 +264,9 @@ class _Link:
                 self._lost(list(self.calls.values()),
                            f"node {self.owner.endpoint} refused this client (is its public key authorized there, "
                            f"and server.key the node's?)")
-                self._drop_socket()  # what waited in its queue never goes out
-                self._open()
+                # what waited in its queue never goes out, and nothing reconnects until a call needs
+                # it: a refused key does not knock again and again while the caller is idle
+                self._drop_socket()
                 return
 
     def _lost(self, calls: list[_Call], why: str) -> None:
@@ -423,8 +435,12 @@ class RemoteCaller:
                     self._left.notify_all()
 
     def _run(self) -> None:
-        with self._lock:
-            link = _Link(self, None)
+        try:
+            with self._lock:
+                link = _Link(self, None)
+        except CallError as exc:  # no socket at all: every call sent here fails so, until close
+            self._fail_commands(exc)
+            return
         link.poller.register(self._wake, zmq.POLLIN)
         running = True
         try:
@@ -446,6 +462,22 @@ class RemoteCaller:
                 link.expire()
         finally:
             link.close("the caller is closed")
+
+
+    def _fail_commands(self, error: CallError) -> None:
+        poller = zmq.Poller()
+        poller.register(self._wake, zmq.POLLIN)
+        while True:
+            poller.poll()
+            os.eventfd_read(self._wake)
+            while True:
+                try:
+                    call = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                if call is None:
+                    return
+                _fail(call.future, type(error)(str(error), agent=call.label))
 
 
 def _resolve(future: Any, outputs: dict) -> None:
