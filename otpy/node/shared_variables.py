@@ -16,12 +16,15 @@ then break; nothing is written again: the value is stored already):
 Each time the registry starts (the node's start, a restart after a crash), the bound values it
 holds are compared with what the tree runs, and a newer one is followed, and every running
 program resolves its configuration again: what other nodes wrote while nobody here listened
-is not lost. Only a node whose registry uses a shared database runs this.
+is not lost, and a tree that runs other values than the node holds (a way back that failed while
+the registry hung) is reconciled with them (``VariableWrites.repair``). Only a node whose
+registry uses a shared database runs this.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -43,6 +46,26 @@ def shared_storage(root_spec: Any) -> str | None:
             storage = child.args.get("storage")
             return storage if is_postgresql(storage) else None
     return None
+
+
+def read_shared_rows(url: str) -> tuple[int, list[tuple[str, str, Any, int]]]:
+    """The stored rows in the shared database (``[registry] storage``), read once, without
+    waiting: an unreachable one leaves the defaults, and the registry's start fails saying so
+    (or, reached later, the registry's values are followed: ``SharedFollower``)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=3) as db:
+            if db.execute("SELECT to_regclass('otpy_registry_value')").fetchone()[0] is None:
+                return 0, []
+            meta = db.execute("SELECT value FROM otpy_registry_meta WHERE key = 'version'").fetchone()
+            rows = [(scope, name, json.loads(value), version) for scope, name, value, version in
+                    db.execute("SELECT scope, name, value, version FROM otpy_registry_value")]
+    except psycopg.Error as exc:  # its text is the registry's to say (masked), at its own start
+        log.debug("otpy: the shared database is not read (%s); bound variables start at their defaults",
+                  type(exc).__name__)
+        return 0, []
+    return (meta[0] if meta else 0), rows
 
 
 class SharedFollower:
@@ -126,6 +149,7 @@ class SharedFollower:
             return
         if changes:
             await self.follow(changes)
+        self.writes.repair()  # a tree left running values nobody declares (a way back that failed) goes back
         await self._sync_knobs()
 
     async def _sync_knobs(self) -> None:
@@ -162,9 +186,9 @@ class SharedFollower:
             failed = await writes._each("make", made)
             shown = ", ".join(f"{key} = {value!r} (version {version})" for key, (value, version) in todo.items())
             if failed is not None:
-                await writes._undo(undo)
+                back = await writes._undo(undo, made)
                 self._report("follow_failed", f"another node set {shown}; this node cannot run it: "
-                             f"{failed.detail}; it keeps running the previous value")
+                             f"{failed.detail}; " + (back or "it keeps running the previous value"))
                 return
             broken: list = []
             await writes._each("break", broken)

@@ -30,6 +30,15 @@ registry version of each. Every supervisor resolves a child with it when it star
    refused what, and a child that refused the previous values too (it runs the refused ones).
    Between 4 and 7 the new values are stored: a documented window, as the one above.
 
+Going back (3, 3b, a refused or unanswered commit) is itself a reconciliation, and may fail: the
+child it would start again cannot get its configuration from a registry that hangs on its
+database, say. The tree then runs values nobody declares, so the node does not leave it so: it
+says exactly what runs in the reply (``_tree_words``), and keeps going back (``_repairing``,
+with a backoff) to the values the registry held before the write until the tree runs them
+(declared = running), said in node.log. A write whose outcome was unknown and that was stored
+after all reaches the tree as another node's write does (``node.shared_variables`` follows it);
+a registry that starts again triggers the same check.
+
 ``expected`` (``{scope: {name: version}}``: ``otpy vars set --expected-version``) makes the
 commit (and the dry run of 1) a compare-and-set in the registry's transaction.
 
@@ -53,8 +62,11 @@ import os
 import sqlite3
 from typing import Any, Callable
 
+import msgspec
+
 from ..specs.bindings import BoundValues, variables_of
 from ..specs.model import SupervisorSpec
+from ..supervision.spec_diff import describe
 from ..variables.placement import REGISTRY_ID, REGISTRY_PROGRAM
 from ..variables.scopes import ScopedValues, spaces_from_topology
 from ..variables.storage import is_postgresql
@@ -67,6 +79,7 @@ log = logging.getLogger("otpy")
 
 REGISTRY_FILE = "registry.db"
 READ_BACK_TIMEOUT = 30.0  # seconds to learn what became of an unanswered commit
+REPAIR_DELAYS = (0.5, 5.0)  # seconds between two tries to make the tree run the declared values: first, most
 
 
 def registry_args(root: SupervisorSpec) -> dict[str, Any] | None:
@@ -96,7 +109,9 @@ def stored_values(folder: str | os.PathLike, root: SupervisorSpec) -> BoundValue
         return BoundValues()
     store = ScopedValues(spaces_from_topology(args.get("variables", {})), args.get("parents", {}))
     try:
-        version, rows = (_read_shared_rows(args["storage"]) if is_postgresql(args.get("storage"))
+        from .shared_variables import read_shared_rows
+
+        version, rows = (read_shared_rows(args["storage"]) if is_postgresql(args.get("storage"))
                          else _read_rows(os.path.join(folder, REGISTRY_FILE)))
         for dropped in store.load(version, rows):
             log.warning("otpy: a stored value is no longer accepted, its default is used: %s", dropped)
@@ -127,26 +142,6 @@ def _read_rows(path: str) -> tuple[int, list[tuple[str, str, Any, int]]]:
     return (meta[0] if meta else 0), rows
 
 
-def _read_shared_rows(url: str) -> tuple[int, list[tuple[str, str, Any, int]]]:
-    """The stored rows in the shared database (``[registry] storage``), read once, without
-    waiting: an unreachable one leaves the defaults, and the registry's start fails saying so
-    (or, reached later, the registry's values are followed: ``node.shared_variables``)."""
-    import psycopg
-
-    try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=3) as db:
-            if db.execute("SELECT to_regclass('otpy_registry_value')").fetchone()[0] is None:
-                return 0, []
-            meta = db.execute("SELECT value FROM otpy_registry_meta WHERE key = 'version'").fetchone()
-            rows = [(scope, name, json.loads(value), version) for scope, name, value, version in
-                    db.execute("SELECT scope, name, value, version FROM otpy_registry_value")]
-    except psycopg.Error as exc:  # its text is the registry's to say (masked), at its own start
-        log.debug("otpy: the shared database is not read (%s); bound variables start at their defaults",
-                  type(exc).__name__)
-        return 0, []
-    return (meta[0] if meta else 0), rows
-
-
 class VariableWrites:
     """``SetVariables`` for one node: its registry, its bound values, its supervisors."""
 
@@ -162,13 +157,22 @@ class VariableWrites:
         self.lock = asyncio.Lock()  # writes change the shared values and the tree
         self._unchecked: dict[str, int] = {}  # child id -> the pid of its process without check_config
         self._follower = None  # a SharedFollower once a registry on a shared database started
+        self._repair: asyncio.Task | None = None  # going back to the declared values, while it fails
+        self.start_refusal = ""  # why the node's start failed, when a stored bound value is why
+        self._stopping = False
         listeners.append(self._registry_event)
 
     def _registry_event(self, event) -> None:
         """The registry started (the node's start, a restart): on a shared database, follow the
         bound variables other nodes write (``node.shared_variables``), and what it holds now."""
-        if event.kind == "node_stopping" and self._follower is not None:
-            self._follower.stop()  # a stopping tree follows nothing more
+        if event.kind == "node_stopping":
+            self._stopping = True  # a stopping tree follows nothing more, nor goes back
+            if self._follower is not None:
+                self._follower.stop()
+            if self._repair is not None:
+                self._repair.cancel()
+        if event.kind == "start_failed" and event.child and not self.start_refusal:
+            self._start_failed(event.supervisor, event.child, event.detail)
         if event.kind != "started" or event.child != REGISTRY_ID:
             return
         if self._follower is None:
@@ -181,6 +185,39 @@ class VariableWrites:
 
             self._follower = SharedFollower(self, events_endpoint(node_dir(self.node)))
         self._follower.registry_started()
+
+    def _start_failed(self, supervisor: str, child: str, why: str) -> None:
+        """A child failed to start while the node starts: the node does not start (OTP: a child
+        that cannot start fails its supervisor's start). When the child is bound to a value the
+        registry stores (written by this node, or by another on a shared database), the node's
+        log says so: the variable, its value and version, where it is stored, and what to do."""
+        from ..specs.bindings import bindings
+        from ..specs.values import mask_url
+        from .shared_variables import shared_storage
+
+        root = self._root()
+        if root is None or root.started_at is not None:
+            return  # a running tree: its supervisor restarts the child, or gives up, as any
+        found = [b.bound.variable for b in bindings(root.spec, "") if b.supervisor == supervisor and (
+            b.child == child or (b.template and child.rpartition("-")[0] == b.child))]
+        stored = [(key, self.values.values.get(key), version) for key in dict.fromkeys(found)
+                  if (version := self.values.version(key)) > 0]
+        if not stored:
+            return
+        url = shared_storage(root.spec)
+        where = (f"the shared database at {mask_url(url)} (any node on it may have written it)" if url
+                 else "this node's registry")
+        shown = ", ".join(f"{key} = {value!r} (version {version})" for key, value, version in stored)
+        fix = "; ".join(f"otpy vars set {key} VALUE --node NODE" for key, _, _ in stored)
+        self.start_refusal = (
+            f"child {child!r} cannot start with {shown}, stored in {where}: {why}; set it to a value this node "
+            f"can run ({fix}, on a node that runs), or make the program start on this host, then start this "
+            "node again")
+        log.error("otpy[%s]: %s", self.node, self.start_refusal)
+
+    def start_failure(self, message: str) -> str:
+        """``message`` (why the tree did not start), with the stored bound value that is why, if one is."""
+        return f"{message}; {self.start_refusal}" if self.start_refusal else message
 
     def registry_problems(self, spec, replacing: str | None = None) -> list[str]:
         """A spec from the wire may neither replace the node's registry nor add another one: the
@@ -217,6 +254,9 @@ class VariableWrites:
         if self._follower is not None:
             await self._follower.close()
             self._follower = None
+        if self._repair is not None:
+            self._repair.cancel()
+            await asyncio.gather(self._repair, return_exceptions=True)
         if self._caller is not None:
             self._caller.close()
             self._caller = None
@@ -259,22 +299,25 @@ class VariableWrites:
         made: list[Change] = []
         undo = self.values.update(bound)
         if bound and (failed := await self._each("make", made)) is not None:
-            await self._undo(undo)
-            return Outcome("start_failed", detail=f"{failed.detail}; the tree is as it was and nothing was stored")
+            back = await self._undo(undo, made)
+            return Outcome("start_failed", detail=f"{failed.detail}; " + (
+                "the tree is as it was and nothing was stored" if back is None else f"nothing was stored; {back}"))
         if not undoing and (refused := await self._check(config)):
-            if bound:
-                await self._undo(undo)
-            return Outcome("invalid", detail=f"{_refusals(refused)}; nothing was stored and every program runs "
-                                             "what it ran")
+            back = await self._undo(undo, made) if bound else None
+            return Outcome("invalid", detail=f"{_refusals(refused)}; nothing was stored and " + (
+                "every program runs what it ran" if back is None else back))
         try:
             written = await registry.aask(SetValues(values=config, reconciled=True, writer=self._writer,
                                                     expected=expected))
         except CallError as exc:
             written = await self._read_back(config, checked.versions, exc)
         if not isinstance(written, WrittenMany):
-            if bound:
-                await self._undo(undo)
-            return written if isinstance(written, Outcome) else _refused(written)
+            outcome = written if isinstance(written, Outcome) else _refused(written)
+            if bound:  # unknown or refused: the tree goes back to what the registry holds, and says what runs
+                back = await self._undo(undo, made)
+                outcome = msgspec.structs.replace(outcome, detail="; ".join(filter(None, [
+                    outcome.detail, back or f"the tree went back: {self._running(made)}"])))
+            return outcome
         self.values.versions.update({key: version for scope, versions in written.versions.items()
                                      for name, version in versions.items()
                                      if (key := f"{scope}.{name}") in bound})
@@ -348,8 +391,7 @@ class VariableWrites:
                       for name in values]
         except CallError as again:
             return Outcome("unavailable", detail=f"the registry did not answer ({error}; then {again}): whether the "
-                                                 "write was stored is unknown; the tree runs the old values: see "
-                                                 "otpy vars get, and write again")
+                                                 "write was stored is unknown (see otpy vars get, and write again)")
         if all(not isinstance(entry, RegistryRefusal) and entry.value == config[entry.scope][entry.name]
                and entry.version >= versions.get(entry.scope, {}).get(entry.name, 0) for entry in stored):
             return WrittenMany(versions={scope: {e.name: e.version for e in stored if e.scope == scope} for scope in config})
@@ -388,12 +430,69 @@ class VariableWrites:
                 return outcome
         return None
 
-    async def _undo(self, undo: dict[str, tuple[Any, int]]) -> None:
+    async def _undo(self, undo: dict[str, tuple[Any, int]], made: list[Change] = ()) -> str | None:
         """A refused write: the values back, and the tree with them (what the make phase
-        replaced or started is replaced back or stopped; nothing was stopped yet)."""
+        replaced or started is replaced back or stopped; nothing was stopped yet). None when
+        the tree runs them again; else what it runs, in words, and the node keeps going back
+        (``_repairing``) until it does."""
         self.values.restore(undo)
-        if (failure := await self._each("all", [])) is not None:
-            log.warning("otpy: going back to the stored values: %s", failure.detail)
+        if (failure := await self._each("all", [])) is None:
+            return None
+        drift = self._tree_words()
+        log.warning("otpy[%s]: going back to the stored values failed (%s): %s; trying again", self.node,
+                    failure.detail, drift)
+        self.repair(REPAIR_DELAYS[0])
+        return (f"going back to the stored values failed ({failure.detail}): {drift or self._running(made)}; the "
+                "node keeps going back until the tree runs the stored values (said in node.log)")
+
+    def _tree_words(self) -> str:
+        """Where the tree does not run what its values declare, in words ("" when it does)."""
+        root = self._root()
+        steps = [change for sup in (root.supervisors() if root is not None else []) for change in sup.plan()]
+        return "; ".join(
+            f"child {c.child!r} runs {c.before} where the stored values say {c.after}" if c.action == "reconfigure"
+            else f"child {c.child!r} is stopped where the stored values start it" if c.action == "start"
+            else f"child {c.child!r} runs where the stored values stop it" for c in steps)
+
+    def _running(self, made: list[Change]) -> str:
+        """What the children a write changed run now, in words."""
+        root = self._root()
+        sups = {sup.spec.id: sup for sup in root.supervisors()} if root is not None else {}
+        said = []
+        for change in {(c.supervisor, c.child): c for c in made}.values():
+            child = sups[change.supervisor].machine.children.get(change.child) if change.supervisor in sups else None
+            if child is not None and child.state == "running" and child.running is not None:
+                said.append(f"child {change.child!r} runs {describe(child.running)} (pid {child.pid})")
+            else:
+                said.append(f"child {change.child!r} is {child.state if child is not None else 'gone'}")
+        return ", ".join(said) or "the tree runs the stored values"
+
+    def repair(self, delay: float = 0.0) -> None:
+        """Make the tree run the declared values again, in the background, until it does (see
+        the module's docstring); one at a time."""
+        if not self._stopping and (self._repair is None or self._repair.done()):
+            self._repair = asyncio.ensure_future(self._repairing(delay))
+
+    async def _repairing(self, delay: float) -> None:
+        tries = 0
+        while True:
+            await asyncio.sleep(delay)
+            async with self.lock:
+                if self._stopping:
+                    return
+                if not (drift := self._tree_words()):
+                    if tries:
+                        log.warning("otpy[%s]: the tree runs the stored values again", self.node)
+                    return
+                tries += 1
+                failure = await self._each("all", [])
+                if failure is None:
+                    log.warning("otpy[%s]: the tree runs the stored values again (it ran other ones: %s)",
+                                self.node, drift)
+                    return
+                log.warning("otpy[%s]: the tree still does not run the stored values (%s; %s); trying again",
+                            self.node, drift, failure.detail)
+            delay = min(max(delay, REPAIR_DELAYS[0]) * 2, REPAIR_DELAYS[1])
 
 
 def _refusals(refused: dict[str, str]) -> str:
