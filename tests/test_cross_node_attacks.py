@@ -109,3 +109,77 @@ def test_a_refused_caller_does_not_knock_again_while_idle(b, tmp_path, monkeypat
         with pytest.raises((NodeUnreachable, CallTimeout)):  # a new call tries again
             remote.call("echo", {}, timeout=3)
         assert len(opened) > before
+
+
+def raw_dealer(context, keys, gateway: str, **options):
+    from otpy.wire.curve import connect_curve
+
+    dealer = context.socket(zmq.DEALER)
+    dealer.linger = 0
+    dealer.setsockopt(zmq.MAXMSGSIZE, -1)
+    for option, value in options.items():
+        dealer.setsockopt(getattr(zmq, option), value)
+    connect_curve(dealer, keys)
+    dealer.connect(gateway)
+    return dealer
+
+
+def remote_call(call_id: int, agent_id: str, **inputs) -> bytes:
+    from otpy.wire.protocol import ENCODER
+    from otpy.wire.remote_protocol import RemoteCall
+
+    return ENCODER.encode(RemoteCall(call_id=call_id, agent=agent_id, inputs=msgspec.Raw(ENCODER.encode(inputs)),
+                                     timeout=30.0))
+
+
+def the_gateway(node_name: str):
+    import gc
+
+    from otpy.node.call_gateway import CallGateway
+
+    return next(g for g in gc.get_objects() if isinstance(g, CallGateway) and g.node == node_name)
+
+
+def test_a_client_that_does_not_read_its_replies_makes_the_node_hold_a_bounded_number_of_bytes(b):
+    """advA-7: replies queue up to SEND_HWM messages in ZeroMQ and PARKED_BYTES in the gateway per
+    connection; beyond, the connection does not read: its replies are dropped, its calls too."""
+    from otpy.node import call_gateway
+    from otpy.wire.remote_protocol import FROM_GATEWAY, RemoteReply, calls_endpoint
+
+    gateway = the_gateway(b.name)
+    size = 8 << 20
+    context = zmq.Context()
+    try:
+        dealer = raw_dealer(context, b.keys, calls_endpoint(b.endpoint), RCVHWM=1, RCVBUF=4096)
+        for i in range(20):  # 160 MiB of replies asked, none read meanwhile
+            dealer.send(remote_call(i + 1, "big", n=size))
+        wait_until(lambda: gateway._deaf, 30)
+        wait_until(lambda: gateway.in_flight == 0 and not gateway._parked, 30)
+        dealer.send(remote_call(99, "big", n=1))  # dropped unrun: it does not read
+        replies = []
+        while dealer.poll(3000):
+            replies.append(FROM_GATEWAY.decode(dealer.recv()))
+        full = [r for r in replies if isinstance(r, RemoteReply)]
+        most = call_gateway.SEND_HWM + 2 + call_gateway.PARKED_BYTES // size + 2  # kernel buffers: a few more
+        assert 0 < len(full) <= most and 99 not in [r.call_id for r in replies]
+    finally:
+        context.destroy(linger=0)
+    with RemoteCaller(b.endpoint, b.keys) as remote:  # others are served
+        assert remote.call("big", {"n": 10})["data"] == "x" * 10
+
+
+def test_a_client_that_chooses_its_routing_id_gets_no_answer(b):
+    """advA-8: a reply goes to the connection that made the call: a routing id the client chose
+    (which a later connection of another key could take) is refused."""
+    from otpy.wire.remote_protocol import calls_endpoint
+
+    context = zmq.Context()
+    try:
+        chosen = raw_dealer(context, b.keys, calls_endpoint(b.endpoint), ROUTING_ID=b"victim-1234")
+        chosen.send(remote_call(7, "echo", secret="VICTIM DATA"))
+        generated = raw_dealer(context, b.keys, calls_endpoint(b.endpoint))
+        generated.send(remote_call(8, "echo"))
+        assert generated.poll(5000)
+        assert not chosen.poll(1000)
+    finally:
+        context.destroy(linger=0)

@@ -12,7 +12,12 @@ thread, without a hand-off. The node's asyncio loop is never involved, and its c
 never waits for the gateway.
 
 Bounds: at most ``MAX_PER_CLIENT`` calls of one client and ``MAX_IN_FLIGHT`` in all are in
-flight; beyond, ``overloaded`` at once. A frame over the call size limit is dropped by ZeroMQ
+flight; beyond, ``overloaded`` at once. Replies wait at most ``SEND_HWM`` messages in ZeroMQ's
+queue of a connection and ``PARKED_BYTES`` here; a connection over that, or whose parked replies
+do not move for ``STUCK_S``, does not read: its replies are dropped and its calls dropped unrun
+for ``DEAF_FOR_S`` (its caller times out), and the kernel closes a connection that acknowledges
+nothing for ``TCP_MAXRT_MS``. A reply goes to the connection that made the call: routing ids
+are libzmq's (a client that sets its own is not answered, as another key could take it over). A frame over the call size limit is dropped by ZeroMQ
 (and its sender disconnected), as at an agent's socket; inputs nested too deep are refused by
 the agent (``bad_request``). The connections are capped as the control listeners'
 (``wire.connections``).
@@ -20,6 +25,7 @@ the agent (``bad_request``). The connections are capped as the control listeners
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -47,6 +53,12 @@ MAX_PER_CLIENT = 1024  # of one client connection
 KEYS_RECHECK_S = 0.1  # a connection's key is looked up again after this long (a revocation applies then)
 READ_BATCH = 256  # messages read before the engine's sockets get a turn
 REPLY_LINGER_MS = 1000
+SEND_HWM = 2  # replies ZeroMQ queues per connection (up to MAX_CALL_BYTES each); beyond, parked here
+PARKED_BYTES = MAX_CALL_BYTES  # the bytes of replies parked per connection; beyond, it does not read
+DEAF_FOR_S = 60.0  # a connection found not reading gets no answer (its calls are dropped) this long
+PARKED_RETRY_MS = 2  # parked replies are tried again this often
+STUCK_S = 10.0  # a connection whose parked replies do not move for this long does not read
+TCP_MAXRT_MS = 60_000  # the kernel closes a connection whose sent data stays unacknowledged this long
 
 
 class CallGateway:
@@ -79,7 +91,9 @@ class CallGateway:
         self.frontend = context.socket(zmq.ROUTER)
         self.frontend.setsockopt(zmq.MAXMSGSIZE, MAX_CALL_BYTES)
         self.frontend.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
-        self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full queue is told (Again), never dropped silently
+        self.frontend.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.frontend.setsockopt(zmq.TCP_MAXRT, TCP_MAXRT_MS)
         self.frontend.setsockopt(zmq.IPV6, 1)
         serve_curve(self.frontend, keys)
         prepare(self.frontend)
@@ -99,6 +113,8 @@ class CallGateway:
         self._verified: set[bytes] = set()  # connections whose key was found authorized lately
         self._verified_at = 0.0
         self.per_client: dict[bytes, int] = {}
+        self._parked: dict[bytes, _Parked] = {}  # replies of connections whose queue was full
+        self._deaf: dict[bytes, float] = {}  # connections that do not read: when they were found so
         self._known: set[str] = set()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"otpy-call-gateway-{node}")
 
@@ -121,7 +137,10 @@ class CallGateway:
         try:
             while True:
                 try:
-                    ready = engine.poller.poll(engine.poll_timeout_ms())
+                    timeout = engine.poll_timeout_ms()
+                    if self._parked:
+                        timeout = PARKED_RETRY_MS if timeout is None else min(timeout, PARKED_RETRY_MS)
+                    ready = engine.poller.poll(timeout)
                     for sock, _ in ready:
                         if sock is frontend:
                             self._read()
@@ -133,6 +152,8 @@ class CallGateway:
                             engine.handle(sock)
                     engine.expire()
                     engine.retire_idle()
+                    if self._parked:
+                        self._unpark()
                 except Exception as exc:  # a bug must not leave every later call unanswered
                     self._complain(f"otpy[{self.node}]: the call gateway carried on after {describe(exc)}")
         finally:
@@ -151,6 +172,12 @@ class CallGateway:
             if len(frames) != 2:
                 continue  # not a RemoteCaller's: nothing to answer to
             identity = frames[0].bytes
+            if identity[:1] != b"\0":  # a routing id the client chose (libzmq's own begin with 0): a later
+                # connection of another key could take it and get the replies of this one's calls
+                self._complain(f"otpy[{self.node}]: dropped a call: its client set its own ZeroMQ routing id")
+                continue
+            if self._deaf and self._is_deaf(identity):
+                continue  # it does not read its replies: nothing more is run for it
             if self.allowed is not None and not self._allows(identity, frames[1]):
                 self._complain(f"otpy[{self.node}]: dropped a call: its client's key was revoked")
                 continue  # as to a refused handshake: no answer
@@ -225,11 +252,72 @@ class CallGateway:
         except WireError as exc:
             data = ENCODER.encode(RemoteFailed(call_id=message.call_id, kind="unencodable",
                                                message=f"the reply could not be encoded: {exc}"))
+        if identity in self._parked:  # after those that wait already, in order
+            self._park(identity, data)
+        elif self._put(identity, data) is False:
+            self._park(identity, data)
+
+    def _put(self, identity: bytes, data: bytes) -> bool | None:
+        """Queue one reply: True, False when the connection's queue is full (``SEND_HWM``), None
+        when the connection is gone (its call ended with it)."""
         try:
             self.frontend.send(identity, zmq.NOBLOCK | zmq.SNDMORE)
-            self.frontend.send(data, zmq.NOBLOCK, copy=len(data) < 65536)
+        except zmq.Again:
+            return False
         except zmq.ZMQError:
-            pass  # the client is gone, or does not read: its call times out there
+            return None  # EHOSTUNREACH: no such connection (any more)
+        self.frontend.send(data, zmq.NOBLOCK, copy=len(data) < 65536)  # a routed message goes whole
+        return True
+
+    def _park(self, identity: bytes, data: bytes) -> None:
+        """Keep a reply whose connection's queue is full, within ``PARKED_BYTES``: a connection
+        over it does not read; its replies are dropped (its calls time out there) and calls
+        coming on it are dropped unrun for ``DEAF_FOR_S``: the node never holds what a client
+        does not take."""
+        parked = self._parked.get(identity)
+        if parked is None:
+            parked = self._parked[identity] = _Parked()
+        if parked.size + len(data) > PARKED_BYTES and parked.size > 0:
+            del self._parked[identity]
+            self._deaf[identity] = time.monotonic()
+            self._complain(f"otpy[{self.node}]: a client of the call gateway does not read its replies: "
+                           f"{parked.size + len(data)} bytes were dropped, and its calls are for {DEAF_FOR_S:.0f} s")
+            return
+        parked.replies.append(data)
+        parked.size += len(data)
+
+    def _unpark(self) -> None:
+        now = time.monotonic()
+        for identity in list(self._parked):
+            parked = self._parked[identity]
+            while parked.replies:
+                sent = self._put(identity, parked.replies[0])
+                if sent is False:
+                    break
+                parked.size -= len(parked.replies.popleft())
+                parked.since = now
+            if not parked.replies:
+                del self._parked[identity]
+            elif now - parked.since > STUCK_S:  # nothing of it left for so long: it does not read
+                del self._parked[identity]
+                self._deaf[identity] = now
+                self._complain(f"otpy[{self.node}]: a client of the call gateway read nothing for {STUCK_S:.0f} s: "
+                               f"{parked.size} bytes of its replies were dropped, and its calls are for "
+                               f"{DEAF_FOR_S:.0f} s")
+
+    def _is_deaf(self, identity: bytes) -> bool:
+        now = time.monotonic()
+        for old in [i for i, since in self._deaf.items() if now - since > DEAF_FOR_S]:
+            del self._deaf[old]
+        return identity in self._deaf
+
+
+class _Parked:
+    __slots__ = ("replies", "size", "since")
+
+    def __init__(self) -> None:
+        self.replies: collections.deque[bytes] = collections.deque()
+        self.size, self.since = 0, time.monotonic()
 
 
 class _Stopping(CallError):
