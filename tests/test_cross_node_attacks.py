@@ -183,3 +183,29 @@ def test_a_client_that_chooses_its_routing_id_gets_no_answer(b):
         assert not chosen.poll(1000)
     finally:
         context.destroy(linger=0)
+
+
+def test_a_flood_of_key_less_connections_never_cuts_an_authorized_client(b):
+    """advA-2: at the gateway's connection cap, the connections too young to have shown a key are
+    closed; an authorized client's link, and its call in flight, stay."""
+    from otpy.wire.remote_protocol import calls_endpoint, split_tcp
+
+    gateway = the_gateway(b.name)
+    host, port = split_tcp(calls_endpoint(b.endpoint))
+    cap = gateway.cap.tally.cap
+    gateway.cap.tally.cap = 40
+    flood = []
+    try:
+        with RemoteCaller(b.endpoint, b.keys) as remote:
+            remote.call("echo", {})  # the link is up, and older than any flood
+            wait_until(lambda: time.monotonic() - min(gateway.cap.accepted.values(), default=0) > 6.5, 10)
+            future = remote.submit("slow", {"seconds": 1.5}, timeout=10)
+            for _ in range(120):
+                flood.append(socket.create_connection((host, port), timeout=5))
+            wait_until(lambda: gateway.cap.shed > 0, 10)
+            assert future.result(10)["seconds"] == 1.5
+            assert remote.call("echo", {"after": 1})["after"] == 1
+    finally:
+        gateway.cap.tally.cap = cap
+        for sock in flood:
+            sock.close()
