@@ -197,8 +197,9 @@ def test_a_flood_of_key_less_connections_never_cuts_an_authorized_client(b):
     flood = []
     try:
         with RemoteCaller(b.endpoint, b.keys) as remote:
-            remote.call("echo", {})  # the link is up, and older than any flood
-            wait_until(lambda: time.monotonic() - min(gateway.cap.accepted.values(), default=0) > 6.5, 10)
+            remote.call("echo", {})  # both links (calling thread's, submit's) are up, and older than any flood
+            remote.submit("echo", {}).result(5)
+            wait_until(lambda: time.monotonic() - max(gateway.cap.accepted.values()) > 6.5, 20)
             future = remote.submit("slow", {"seconds": 1.5}, timeout=10)
             for _ in range(120):
                 flood.append(socket.create_connection((host, port), timeout=5))
