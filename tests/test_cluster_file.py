@@ -123,3 +123,24 @@ def test_a_cluster_endpoint_the_cli_refuses_is_refused_at_load(tmp_path, endpoin
         load_cluster(tmp_path / "cluster.toml")
     with pytest.raises(ValueError, match="expected tcp://HOST:PORT"):
         RemoteCaller(endpoint, tmp_path / "keys")
+
+
+@pytest.mark.parametrize("folder", ["/", "/tmp", "open"])
+def test_a_keys_folder_that_is_not_private_is_refused_at_load(tmp_path, folder):
+    """advA-4: a keys folder without server.key yet loads only if it is private (0700, this user's)."""
+    if folder == "open":
+        (tmp_path / "open").mkdir(mode=0o755)
+        os.chmod(tmp_path / "open", 0o755)
+    (tmp_path / "cluster.toml").write_text(f'[nodes.b]\nendpoint = "tcp://h:1"\nkeys = "{folder}"\n')
+    with pytest.raises(ClusterError, match="nodes.b.keys: .*(another user|open to others)"):
+        load_cluster(tmp_path / "cluster.toml")
+
+
+@pytest.mark.parametrize("nest", ["[" * 100000 + "]" * 100000, "{a=" * 50000 + "1" + "}" * 50000])
+def test_a_cluster_or_topology_file_nested_too_deeply_is_one_line(tmp_path, nest):
+    """advA-3: under the size limit, but deeper than the parser's recursion: a problem, not a RecursionError."""
+    (tmp_path / "cluster.toml").write_text(f"x = {nest}\n")
+    with pytest.raises(ClusterError, match="invalid TOML: values nested too deeply"):
+        load_cluster(tmp_path / "cluster.toml")
+    with pytest.raises(TopologyError, match="invalid TOML: values nested too deeply"):
+        parse_topology(TOPOLOGY + f"x = {nest}\n", source="t.toml")

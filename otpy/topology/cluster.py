@@ -22,6 +22,7 @@ keys folder must hold what a client needs (``wire.curve.client_keys_problem``).
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any
 
 from ..specs.model import name_problem
@@ -87,6 +88,8 @@ def _read_file(source: str) -> tuple[dict[str, ClusterNode], list[str]]:
     except ValueError as exc:  # tomllib.TOMLDecodeError and UnicodeDecodeError are ValueErrors
         text = str(exc)
         return {}, [text if text.startswith(source) else f"{source}: {text}"]
+    except RecursionError:  # tomllib parses nested arrays and tables by recursion
+        return {}, [f"{source}: invalid TOML: values nested too deeply"]
     problems = [f"{source}: {key}: unknown table or field; expected [nodes.NAME] tables" for key in table
                 if key != "nodes"]
     entries = table.get("nodes", {})
@@ -126,13 +129,33 @@ def _node(name: str, table: object, base_dir: str, where: str) -> tuple[ClusterN
             problems.append(f"{where}.keys: got {_show(keys)}; expected a keys folder")
         else:
             keys = os.path.abspath(os.path.join(base_dir, os.path.expanduser(keys)))
-            if os.path.isdir(keys) and not os.path.lexists(os.path.join(keys, "server.key")):
+            if (problem := _private_problem(keys)) is not None:
+                problems.append(f"{where}.keys: {problem}")
+            elif os.path.isdir(keys) and not os.path.lexists(os.path.join(keys, "server.key")):
                 pass  # the node's public key exists once it started: checked at the call (NodeUnreachable)
             elif (problem := client_keys_problem(keys)) is not None:
                 problems.append(f"{where}.keys: {problem}")
     if problems:
         return None, problems
     return ClusterNode(endpoint=endpoint, keys=keys), []
+
+
+def _private_problem(folder: str) -> str | None:
+    """Why ``folder`` is not a private keys folder (a folder of this user that others may not
+    read or write, as ``otpy keys new`` makes: ``/`` or ``/tmp`` never), or None (also when it
+    does not exist: ``client_keys_problem`` says so)."""
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        return None
+    if info.st_uid != os.getuid():
+        return f"{folder} belongs to another user (uid {info.st_uid}): keys go in a private folder of yours"
+    if info.st_mode & 0o077:
+        return (f"{folder} is open to others (mode {stat.S_IMODE(info.st_mode):04o}): `chmod 700 {folder}`, or "
+                "give a private folder (`otpy keys new DIR` makes one)")
+    return None
 
 
 def _show(value: object) -> str:

@@ -238,6 +238,8 @@ def _spec(table: SupervisorTable | DynamicSupervisorTable | RootSupervisorTable 
 def _read_toml(text: str, source: str) -> dict:
     try:
         return tomllib.loads(text)
+    except RecursionError:  # tomllib parses nested arrays and tables by recursion
+        raise TopologyError([f"{source}: invalid TOML: values nested too deeply"]) from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         place = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
