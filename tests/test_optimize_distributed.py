@@ -49,6 +49,10 @@ def states(url: str, name: str) -> dict[str, int]:
     return counts
 
 
+def pid_of(worker: str) -> int:
+    return int(worker.split(":")[-2])  # HOST:PID:TOKEN
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -86,17 +90,17 @@ def test_a_killed_worker_s_trial_ends_failed_and_the_others_finish_the_study(tmp
     path = topology_file(tmp_path, name, delay=1.0)
     leader = subprocess.Popen(command(path, "--storage", postgres_url, "--workers", "2", "--trials", "5"), cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    me = f"{socket.gethostname()}:{leader.pid}"
+    me = f"{socket.gethostname()}:{leader.pid}:"  # HOST:PID:TOKEN
 
     def other_running():
         try:
             trials = study(postgres_url, name).trials
         except KeyError:
             return None
-        return next((t for t in trials if t.state.name == "RUNNING" and t.user_attrs.get("worker", me) != me), None)
+        return next((t for t in trials if t.state.name == "RUNNING" and not t.user_attrs.get("worker", me).startswith(me)), None)
 
     victim = wait_until(other_running, timeout=30, what="a trial running on the second worker")
-    pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+    pid = pid_of(victim.user_attrs["worker"])
     os.kill(pid, signal.SIGKILL)
     out, err = leader.communicate(timeout=60)
     assert leader.returncode == 0, err
@@ -126,7 +130,7 @@ def test_ctrl_c_stops_every_worker_and_their_scratch_nodes_and_exits_130(tmp_pat
         return names if len(names) == 3 else None
 
     workers = wait_until(running_workers, timeout=40, what="three workers running trials")
-    pids = [int(worker.rsplit(":", 1)[1]) for worker in workers if int(worker.rsplit(":", 1)[1]) != leader.pid]
+    pids = [pid_of(worker) for worker in workers if pid_of(worker) != leader.pid]
     leader.send_signal(signal.SIGINT)
     out, err = leader.communicate(timeout=60)
     assert leader.returncode == 130, err
@@ -142,9 +146,13 @@ def test_ctrl_c_stops_every_worker_and_their_scratch_nodes_and_exits_130(tmp_pat
 
 def test_several_workers_need_a_storage_they_share_and_a_join_needs_its_study(postgres_url, tmp_path):
     path = topology_file(tmp_path, unique_name("refuse"), delay=0.0)
-    memory = run(path, "--storage", "sqlite://", "--workers", "2")
+    memory = run(path, "--storage", "sqlite://", "--workers", "1", timeout=30)  # advC-11: hung after its trials
     assert memory.returncode == 2
-    assert "optimize: --workers 2: several workers share one study through its storage" in memory.stderr
+    assert "optimize: --workers 1: workers share one study through its storage" in memory.stderr
+    huge = run(path, "--storage", postgres_url, "--workers", "65")  # advC-8: forked until the host's limit
+    assert huge.returncode == 2 and "'--workers': 65 is not in the range 1<=x<=64" in huge.stderr, huge.stderr
+    seeded = run("--join", "nosuch", "--storage", postgres_url, "--trials", "9")  # advC-13: silently ignored
+    assert seeded.returncode == 2 and "optimize --join: --trials comes from the leader's study record" in seeded.stderr
     missing = run("--join", "nosuch", "--storage", postgres_url)
     assert missing.returncode == 1
     assert "optimize --join: no study 'nosuch' in postgresql+psycopg://otpy:***@" in missing.stderr
@@ -195,18 +203,20 @@ def test_workers_stop_when_their_leader_is_killed(tmp_path, postgres_url):
     name = unique_name("orphan")
     path = topology_file(tmp_path, name, delay=1.0)
     leader = subprocess.Popen(command(path, "--storage", postgres_url, "--workers", "2", "--trials", "30"), cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    me = f"{socket.gethostname()}:{leader.pid}"
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,  # as `&` in a script (advC-4):
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # SIGINT ignored
+    me = f"{socket.gethostname()}:{leader.pid}:"  # HOST:PID:TOKEN
 
     def other_running():
         try:
             trials = study(postgres_url, name).trials
         except KeyError:
             return None
-        return next((t for t in trials if t.state.name == "RUNNING" and t.user_attrs.get("worker", me) != me), None)
+        return next((t for t in trials if t.state.name == "RUNNING"
+                     and not t.user_attrs.get("worker", me).startswith(me)), None)
 
     worker = wait_until(other_running, timeout=30, what="a trial running on the second worker").user_attrs["worker"]
-    pid = int(worker.rsplit(":", 1)[1])
+    pid = pid_of(worker)
     leader.kill()
     leader.wait()
     wait_until(lambda: not alive(pid), timeout=30, what="the worker gone with its leader")

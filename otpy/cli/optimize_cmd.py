@@ -21,6 +21,7 @@ from ..wire.calls import Caller
 from ..wire.client import NodeNotFound, connect
 
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
+MAX_WORKERS = 64  # --workers: a host's worker processes (each a scratch node: a zygote and its children)
 
 
 @click.command()
@@ -43,9 +44,9 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
 @click.option("--margin", type=Number(min=0), default=0.0, show_default=True,
               help="--watch: apply only a candidate whose validation score beats the live one by more than this.")
 @click.option("--rounds", type=click.IntRange(min=1), help="--watch: stop after this many rounds (default: run until interrupted).")
-@click.option("--workers", type=click.IntRange(min=1), help="Trial workers sharing the study (processes, each its "
-              "own scratch node); needs a --storage other processes open (PostgreSQL; SQLite for one host). "
-              "Given, the study is recorded for --join.")
+@click.option("--workers", type=click.IntRange(min=1, max=MAX_WORKERS), help="Trial workers sharing the study "
+              "(processes, each its own scratch node; at most 64 a host); needs a --storage other processes open "
+              "(PostgreSQL; SQLite for one host). Given, the study is recorded for --join.")
 @click.option("--join", metavar="STUDY", help="Add workers (--workers, default 1) to study STUDY that a leader runs "
               "(`otpy optimize FILE --workers N --storage URL`) in --storage URL; they never apply.")
 @click.option("--worker", "worker_job", is_flag=True, hidden=True, help="One trial worker (its job on stdin).")
@@ -71,7 +72,13 @@ def optimize(topology: str | None, trials: int | None, seed: int | None, storage
         _worker()
         return
     if join is not None:
-        _join_study(join, topology, storage, workers or 1, as_json, apply_ or watch)
+        given = "--trials" if trials is not None else "--seed" if seed is not None else None
+        if given:
+            fail(f"optimize --join: {given} comes from the leader's study record; give it to the leader", EXIT_USAGE)
+        try:
+            _join_study(join, topology, storage, workers or 1, as_json, apply_ or watch)
+        except KeyboardInterrupt:  # at any moment of its startup (its pool's own stop says more)
+            fail(f"optimize --join: interrupted; study {join!r} goes on with the leader's workers", EXIT_INTERRUPTED)
         return
     if topology is None:
         fail("optimize: give TOPOLOGY (the file to optimize), or --join STUDY --storage URL", EXIT_USAGE)
@@ -87,10 +94,10 @@ def _optimize(topology: str, trials: int | None, seed: int | None, storage: str 
     from ..optimize.live_system import OptimizeError
     from ..optimize.study_storage import in_memory, masked
 
-    if workers is not None and workers > 1 and storage is not None and in_memory(storage):
-        fail(f"optimize: --workers {workers}: several workers share one study through its storage, and "
-             f"--storage {masked(storage)} is one process's memory; give --storage postgresql+psycopg://USER:PASSWORD@"
-             "HOST/DB (workers on several hosts) or sqlite:///PATH (workers of this host)", EXIT_USAGE)
+    if workers is not None and storage is not None and in_memory(storage):  # even 1: it records the study for joiners
+        fail(f"optimize: --workers {workers}: workers share one study through its storage (and --join opens it), "
+             f"and --storage {masked(storage)} is one process's memory; give --storage postgresql+psycopg://USER:"
+             "PASSWORD@HOST/DB (workers on several hosts) or sqlite:///PATH (workers of this host)", EXIT_USAGE)
 
     if apply_ and not watch:  # the node first, at once: importing the programs takes seconds
         _require_running(_load(topology, check_imports=False).node.name, topology)
@@ -204,6 +211,12 @@ def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, st
         if apply_ and not dry_run and actions:
             try:
                 report.applied(live.send(actions))
+            except KeyboardInterrupt:  # the plan is one all-or-nothing write: say whether the node took it
+                took = live_values(name) or {}
+                done = all(took.get(scope, {}).get(key) == value for action in actions
+                           for scope, values in action.scopes.items() for key, value in values.items())
+                fail(f"optimize --apply: interrupted while the plan was sent; node {name!r} "
+                     f"{'took it (applied)' if done else 'had not taken it when asked (see `otpy vars get`)'}", EXIT_INTERRUPTED)
             except OptimizeError as exc:
                 report.apply_failed(str(exc))
                 report.end()
@@ -392,7 +405,9 @@ def _join_study(name: str, topology: str | None, storage: str | None, workers: i
     from ..optimize.live_system import OptimizeError
     from ..optimize.study_storage import checked_storage, masked, shared_storage
     from ..optimize.trial_share import TrialShare
-    from ..optimize.workers import StudyRecord, WorkerPool, finished_trials, load_study, topology_digest
+    from ..optimize.workers import (
+        LeaderWatch, StudyRecord, WorkerPool, definition_differs, finished_trials, load_study, study_definition,
+        topology_digest)
 
     if refused:
         fail("optimize --join: joined workers run trials only; the leader applies (no --apply or --watch here)",
@@ -403,10 +418,10 @@ def _join_study(name: str, topology: str | None, storage: str | None, workers: i
         storage = checked_storage(storage)
         shared_storage(storage, "--join")
         study = load_study(storage, name)
+        record = StudyRecord.read(study)
     except OptimizeError as exc:
-        fail(f"optimize {exc}" if str(exc).startswith("--") else f"optimize: {exc}",
+        fail(f"optimize {exc}" if str(exc).startswith("--") else f"optimize --join: {exc}",
              EXIT_USAGE if exc.usage else EXIT_FAILED)
-    record = StudyRecord.read(study)
     if record is None:
         fail(f"optimize --join: study {name!r} in {masked(storage)} was not started by `otpy optimize FILE --workers N`"
              " (it records the topology for joiners); start the leader with --workers", EXIT_FAILED)
@@ -419,6 +434,17 @@ def _join_study(name: str, topology: str | None, storage: str | None, workers: i
              "give the same file", EXIT_USAGE)
     spec = _load(path)  # its problems here, before any worker starts
     sys.path[:0] = [folder for folder in spec.node.program_folders if folder not in sys.path]
+    if record.definition:  # one study, one objective: the metric's code and the data must be the leader's
+        from ..optimize.live_system import OptimizerTable
+
+        try:
+            differs = definition_differs(record.definition, study_definition(conventions(OptimizerTable(spec))))
+        except OptimizeError as exc:
+            fail(f"optimize --join: {exc}", EXIT_USAGE)
+        if differs:
+            fail(f"optimize --join: this host's {' and '.join(f'optimizer.{key}' for key in differs)} "
+                 f"differ{'s' if len(differs) == 1 else ''} from the leader's (study {name!r} records their digests); "
+                 "a study is scored by one objective: use the leader's files", EXIT_USAGE)
     job = {"storage": storage, "study": name, "topology": path, "node": record.node, "trials": record.trials,
            "seed": record.seed, "fixed": record.fixed, "heartbeat": None}
     from ..optimize.workers import HEARTBEAT
@@ -430,9 +456,12 @@ def _join_study(name: str, topology: str | None, storage: str | None, workers: i
                err=True)
     started = time.monotonic()
     pool = WorkerPool(job, workers if before < record.trials else 0, command=WORKER_COMMAND, say=_say, study=study)
+    watch, gone = LeaderWatch(study), None
     try:
         with pool:
-            pool.wait()
+            while gone is None and any(thread.is_alive() for thread in pool._threads):
+                pool.wait(timeout=1.0)
+                gone = watch.gone()
     except KeyboardInterrupt:
         fail(f"optimize: interrupted (every worker stopped); study {name!r} goes on with the leader's workers",
              EXIT_INTERRUPTED)
@@ -446,9 +475,14 @@ def _join_study(name: str, topology: str | None, storage: str | None, workers: i
                                "target": record.trials, "ran": ran, "workers": mine, "trials_per_second": rate}))
     else:
         running = "" if done >= record.trials else " (the others running on other workers)"
+        applies = (f"the leader {record.leader} is gone (no sign of it for {gone:.0f} s): run its command again to "
+                   "take and apply the best") if gone else f"the leader {record.leader} applies the best"
         click.echo(f"joined study {name!r}: {ran} trials ran here by {len(mine)} worker(s); the study has {done} "
-                   f"of {record.trials} trials{running}; the leader {record.leader} applies the best")
+                   f"of {record.trials} trials{running}; {applies}")
         if mine:
             _say(_workers_line(mine, rate))
+    if gone:
+        fail(f"optimize --join: the leader {record.leader} of study {name!r} is gone (no sign of it for {gone:.0f} s); "
+             "this host's workers stopped; run the leader's command again to finish the study and apply its best")
     if not TrialShare(record.trials).all_taken(study):  # not every trial finished or running elsewhere: workers died
         fail(f"optimize --join: the study has {done} of {record.trials} trials and no worker here is left", EXIT_FAILED)

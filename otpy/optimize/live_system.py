@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import threading
 import time
 from typing import Any, Iterable, Mapping
 
@@ -32,8 +33,10 @@ from ..variables.client import RegistryClient
 from ..wire.protocol import Change, Outcome, SetVariables
 from .evaluation import as_example, dspy_shaped
 from .optimizer import CompileResult, Config, OptimizeError, action_config, fixed_digest, plan_actions
+from .study_db import quiet_heartbeat_errors, recover
 from .workers import (
-    HEARTBEAT, StudyRecord, WorkerPool, finished_trials, topology_digest, wait_for_study, worker_name)
+    HEARTBEAT, StudyRecord, WorkerPool, beat_leader, started_trials, study_definition, topology_digest, wait_for_study,
+    worker_name)
 
 __all__ = ["LiveSystem", "OptimizeError", "format_change", "optimize_topology", "registry_values"]
 
@@ -273,54 +276,61 @@ def optimize_topology(topology, *, trials: int | None = None, seed: int | None =
     shared = workers is not None
     optimizer = Optimizer(spaces_of(topology), seed=seed, storage=storage, study_name=study_name(topology, current),
                           progress=progress, worker=worker_name() if shared else None,
-                          heartbeat=HEARTBEAT if shared else None)
+                          heartbeat=HEARTBEAT if shared else None, recover=recover if shared else None)
     fixed = optimizer.fixed_values(current)  # a running node's document the topology refuses: said before any start
     with scratch_node(topology, topology_path) as scratch, connect(scratch.name) as client, \
             Caller(scratch.name) as caller, _pool(optimizer, topology, topology_path, trials, seed, fixed, workers,
-                                                   worker_command, say) as pool:
+                                                   worker_command, say, spec) as pool:
         trial_system = LiveSystem(client, caller, optimizer.spaces, every_value=True)
         result = optimizer.compile(spec.caller_program(caller), spec.trainset, spec.metric, valset=spec.valset,
                                    trials=trials, apply=trial_system.apply, current=current, threads=spec.threads,
                                    after_search=pool and pool.finish)
-    return result if pool is None else dataclasses.replace(result, workers=pool.counts(),
+    return result if pool is None else dataclasses.replace(result, workers=pool.counts(pool.old),
                                                            trials_per_second=pool.rate)
 
 
 @contextlib.contextmanager
-def _pool(optimizer, topology, topology_path, trials, seed, fixed, workers, command, say):
+def _pool(optimizer, topology, topology_path, trials, seed, fixed, workers, command, say, spec=None):
     """With ``workers``: the study recorded for joiners, ``workers - 1`` worker processes for the
     block (stopped at its end, one by one), and the ``after_search`` that waits for them and for
-    the study's trials. Without: nothing (one process, today's search)."""
+    the study's trials. Without: nothing (one process, today's search). Counts and trials per
+    second are this run's: trials some worker took before it (``pool.old``) are left out."""
     if workers is None:
         yield None
         return
+    quiet_heartbeat_errors()
     started = time.monotonic()
     study = optimizer.open_study()
-    before = len(finished_trials(study))
+    old = started_trials(study)
     path = os.path.abspath(topology_path) if topology_path else None
     if path is not None:
         StudyRecord(topology=path, digest=topology_digest(path), node=topology.node.name, trials=trials, seed=seed,
-                    fixed=fixed, leader=optimizer.worker).write(study)
+                    fixed=fixed, leader=optimizer.worker,
+                    definition=study_definition(spec) if spec is not None else {}).write(study)
     job = {"storage": optimizer.storage, "study": optimizer.study_name, "topology": path, "node": topology.node.name,
            "trials": trials, "seed": seed, "fixed": fixed, "heartbeat": HEARTBEAT}
     say = say or (lambda line: None)
     pool = WorkerPool(job, workers - 1, command=command or [], say=say, study=study)
-    if workers > 1:
-        if path is None or not command:
-            raise OptimizeError("workers > 1 need the topology's file and a worker command")
-        pool.start()
+    pool.old, pool.rate = old, None
 
     def finish() -> None:
         pool.wait()
         wait_for_study(study, trials, say)
         seconds = time.monotonic() - started
-        pool.rate = (len(finished_trials(study)) - before) / seconds if seconds > 0 else None
+        new = sum(entry["trials"] for entry in pool.counts(old))
+        pool.rate = new / seconds if seconds > 0 else None
 
     pool.finish = finish
-    pool.rate = None
+    beating = threading.Event()
+    beat_leader(study, optimizer.worker, beating)  # joiners stop when it stops (``LeaderWatch``)
     try:
+        if workers > 1:
+            if path is None or not command:
+                raise OptimizeError("workers > 1 need the topology's file and a worker command")
+            pool.start()
         yield pool
     finally:
+        beating.set()
         pool.stop()
 
 

@@ -124,6 +124,7 @@ class Optimizer:
         progress: bool = True,
         worker: str | None = None,
         heartbeat: int | None = None,
+        recover: Callable[[Any, str, Exception], bool] | None = None,
     ) -> None:
         import optuna
 
@@ -138,6 +139,7 @@ class Optimizer:
         self.progress = progress
         self.worker = worker  # this process's name among a study's workers: on each trial it runs
         self.heartbeat = heartbeat  # seconds: a worker's running trials beat, a dead one's are failed
+        self.recover = recover  # a shared study's database gone mid-search: wait for it, go on (or False)
 
     def distributions(self) -> dict[str, Any]:
         """The search space: one optuna distribution per settable variable, named ``SCOPE.NAME``."""
@@ -162,7 +164,8 @@ class Optimizer:
             with warnings.catch_warnings():  # optuna calls its heartbeat experimental
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 storage = optuna.storages.RDBStorage(storage, heartbeat_interval=self.heartbeat,
-                                                     grace_period=4 * self.heartbeat)
+                                                     grace_period=4 * self.heartbeat,
+                                                     engine_kwargs={"pool_pre_ping": True})  # a restarted server
         study = optuna.create_study(storage=storage, study_name=self.study_name, sampler=self.sampler,
                                     direction=self.direction, load_if_exists=True)
         if not study.trials:
@@ -290,10 +293,19 @@ class Optimizer:
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are ours to report, with reasons
         try:
-            study.optimize(objective, n_trials=None if share else todo, catch=(TrialFailed,), callbacks=callbacks,
-                           show_progress_bar=bar and share is None)
+            while True:
+                try:
+                    study.optimize(objective, n_trials=None if share else todo, catch=(TrialFailed,),
+                                   callbacks=callbacks, show_progress_bar=bar and share is None)
+                    break
+                except Exception as exc:  # a shared study's database away: wait for it (bounded), go on
+                    if share is None or not self._recovered(study, exc):
+                        raise
         except BaseException as exc:
-            states = {trial.number: trial.state for trial in study.trials}
+            try:
+                states = {trial.number: trial.state for trial in study.trials}
+            except Exception:  # the database gone: the first error is the one to report
+                states = {}
             for number in started:  # interrupted between optuna's steps: still RUNNING, fail it here
                 if states.get(number) == TrialState.RUNNING:
                     with contextlib.suppress(Exception):  # the first error is the one to report
@@ -304,6 +316,11 @@ class Optimizer:
         finally:
             optuna.logging.set_verbosity(verbosity)
         return len(started) - (share.surplus if share else 0)
+
+    def _recovered(self, study, exc: Exception) -> bool:
+        """After the database went away mid-trial: ``recover`` (``study_db.recover``) waits for it and
+        fails this worker's trials left RUNNING (their results could not be stored); False for another error."""
+        return self.recover is not None and self.recover(study, self.worker, exc)
 
     def _score(self, trial, config: Config, train: list[Example], score, apply, seen: "_Failures") -> float:
         """One trial's score; ``TrialFailed`` with the reason in a user attribute when ``apply``

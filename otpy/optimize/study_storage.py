@@ -12,7 +12,8 @@ node's runtime folder (``$XDG_RUNTIME_DIR`` is a tmpfs emptied at logout and reb
 ``postgresql://...``, ``mysql://...``); ``optuna-dashboard URL`` opens the same study. A
 ``postgresql://`` URL (which SQLAlchemy gives to psycopg2) goes to psycopg 3 when psycopg2 is
 not installed and psycopg is (``driver_url``). A URL is shown with its password masked
-(``masked``: ``postgresql+psycopg://user:***@host/db``), in messages as in ``--json``.
+(``specs.values.mask_url``: ``postgresql+psycopg://user:***@host/db``, a ``?password=`` too), in
+messages as in ``--json``.
 
 Several trial workers share a study only through a database they all open: ``--workers N``
 (N > 1) refuses in-memory storage (``shared_storage``); an SQLite file serves the workers of
@@ -24,6 +25,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..specs.values import mask_secret
+from ..specs.values import mask_url as masked  # the one masking rule: user part and ?password= alike
 from .optimizer import OptimizeError
 
 DATA_DIR_ENV = "OTPY_DATA_DIR"
@@ -90,22 +93,6 @@ def _private_sqlite_file(url: str) -> None:
         raise OptimizeError(f"--storage: cannot create {path!r}: {reason}", usage=True) from None
 
 
-def masked(url: str | None) -> str | None:
-    """``url`` with its password replaced by ``***`` (``postgresql://user:***@host/db``); a URL
-    SQLAlchemy cannot read is shown up to its ``@`` only, whatever it holds."""
-    if url is None or "://" not in url:
-        return url
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.rpartition('@')[2]}" if "@" in rest else url
-    return parsed.render_as_string(hide_password=True) if parsed.password else url
-
-
 def driver_url(url: str) -> str:
     """``url``, with a bare ``postgresql://`` given to psycopg 3 (``postgresql+psycopg://``) when
     psycopg2, SQLAlchemy's default for it, is not installed and psycopg is."""
@@ -148,6 +135,6 @@ def checked_storage(url: str) -> str:
         from sqlalchemy.exc import ArgumentError
 
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise OptimizeError(f"--storage: cannot open {masked(url)!r}: {reason.replace(url, masked(url) or '')}",
+        raise OptimizeError(f"--storage: cannot open {masked(url)!r}: {mask_secret(reason, url)}",
                             usage=isinstance(exc, (ArgumentError, ImportError, ValueError))) from None
     return url

@@ -17,6 +17,7 @@ from ..wire.client import connect
 from .live_system import LiveSystem, OptimizerTable, spaces_of
 from .optimizer import Optimizer
 from .scratch import ScratchNameTaken, scratch_node
+from .study_db import quiet_heartbeat_errors, recover
 from .workers import scratch_names
 
 
@@ -25,11 +26,12 @@ def run_worker(job: dict[str, Any], adapt: Callable[[Any], Any] = lambda table: 
     the study has its trials. ``adapt``: the ``[optimizer]`` table's conventions (``otpy.dspy``'s
     for DSPy examples). Returns its summary (printed as JSON for the pool)."""
     _stop_with_owner()
+    quiet_heartbeat_errors()
     topology = load_topology(job["topology"])
     sys.path[:0] = [folder for folder in topology.node.program_folders if folder not in sys.path]
     table = adapt(OptimizerTable(topology))
     optimizer = Optimizer(spaces_of(topology), seed=job.get("seed"), storage=job["storage"], study_name=job["study"],
-                          progress=False, worker=job["worker"], heartbeat=job.get("heartbeat"))
+                          progress=False, worker=job["worker"], heartbeat=job.get("heartbeat"), recover=recover)
     started = time.monotonic()
     with _free_scratch_node(topology, job["topology"]) as scratch, connect(scratch.name) as client, \
             Caller(scratch.name) as caller:
@@ -59,7 +61,10 @@ def _free_scratch_node(topology, path: str):
 
 
 def _stop_with_owner() -> None:
-    """The pool keeps the worker's stdin open: when it closes (the owner died), SIGINT this process."""
+    """The pool keeps the worker's stdin open: when it closes (the owner died), SIGINT this process.
+    SIGINT is made Python's own first: a process started in the background of a script (``&``)
+    inherits it ignored, and would then run trials for a dead owner (and ignore its pool's stop)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     def watch() -> None:
         try:
             sys.stdin.read()
