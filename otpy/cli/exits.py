@@ -33,6 +33,7 @@ from ..wire.protocol import Outcome
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3  # `otpy status`: the node, or a child shown, is not running (systemctl's 3)
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it (``cli.entry``)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:

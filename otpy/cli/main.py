@@ -19,7 +19,7 @@ import zmq
 
 from .bench_cmd import bench
 from .children import delete_child, restart, restart_child, signal_, start_child, terminate_child
-from .exits import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_USAGE, REMOTE_HINT, Remote, ask, fail, node_or_exit
+from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_RUNNING, EXIT_USAGE, REMOTE_HINT, Remote, ask, fail, node_or_exit
 from .keys import keys_group
 from .logs import logs
 from .optimize_cmd import optimize
@@ -38,7 +38,8 @@ from ..wire.operations import expect
 from ..wire.protocol import EVENT, NodeEvent, StopNode, Stopping
 
 class _Group(click.Group):
-    """Every command's refused runtime folder is one line and exit 1, not a traceback."""
+    """Every command's refused runtime folder is one line and exit 1, not a traceback; a Ctrl-C
+    that no command caught is exit 130 (``cli.entry``), not click's "Aborted!" and exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -46,6 +47,8 @@ class _Group(click.Group):
         except RuntimeDirError as exc:
             click.echo(f"otpy: {exc}", err=True)
             sys.exit(EXIT_FAILED)
+        except KeyboardInterrupt:
+            sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
