@@ -96,6 +96,7 @@ def raw_echo(endpoint: str, curve_folder: str | None) -> int:
     pid = os.fork()
     if pid == 0:
         try:
+            os.closerange(3, 65536)  # nothing of the parent's: node b's stdin pipe above all (its EOF ends it)
             router = zmq.Context().socket(zmq.ROUTER)
             if curve_folder is not None:
                 public, secret = zmq.auth.load_certificate(os.path.join(curve_folder, "server.key_secret"))
@@ -149,7 +150,7 @@ def serve(host: str, folder: str) -> tuple[dict, list]:
     zmq.auth.create_certificates(curve, "server")
     zmq.auth.create_certificates(curve, "client")
     pids = [raw_echo(f"tcp://{host}:{raw_port}", curve), raw_echo(f"tcp://{host}:{raw_port + 1}", None)]
-    where = {"endpoint": endpoint, "keys": keys, "raw_curve": f"tcp://{host}:{raw_port}", "curve_keys": curve,
+    where = {"node": NODE, "endpoint": endpoint, "keys": keys, "raw_curve": f"tcp://{host}:{raw_port}", "curve_keys": curve,
              "raw_tcp": f"tcp://{host}:{raw_port + 1}"}
     return where, [node, *pids]
 
@@ -170,7 +171,7 @@ def client(where: dict, n: int, local: bool) -> dict:
             with Caller("bench-remote-a", cluster=cluster) as caller:
                 results[series] = summarize(timed(lambda: caller.call("echo@b", INPUTS), n))
         else:
-            with Caller(NODE) as caller:
+            with Caller(where.get("node", NODE)) as caller:
                 results[series] = summarize(timed(lambda: caller.call("echo", INPUTS), n))
     if local:
         results["ratio_p50"] = round(results["remote_call"]["p50_ms"] / results["local_call"]["p50_ms"], 2)

@@ -393,3 +393,16 @@ def test_a_long_timeout_is_one_rule_for_local_and_remote_calls(b, caller):
     assert caller.call(f"echo@{b.name}", {"n": 1}, timeout=100000)["n"] == 1
     with pytest.raises(ValueError, match="timeout"):
         caller.call(f"echo@{b.name}", {}, timeout=float("inf"))
+
+
+@pytest.mark.timeout(120)
+def test_the_cross_node_bench_ends_by_itself(tmp_path):
+    """finding-lab-3: the bench's forked raw echoes never hold node b's stdin: the run ends."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OTPY_RUNTIME_DIR": str(tmp_path / "run")}
+    done = subprocess.run([sys.executable, "-m", "bench.remote_call", "--n", "50"], capture_output=True, text=True,
+                          timeout=90, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    assert "remote_call p50 / local_call p50" in done.stdout
