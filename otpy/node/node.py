@@ -149,7 +149,7 @@ class AsyncNode(Operations):
         try:
             await self.root.start()
         except StartFailed as exc:
-            raise NodeStartError(str(exc)) from None
+            raise NodeStartError(self.writes.start_failure(str(exc))) from None
         self.started = True
 
     async def stop(self) -> ExitReason:
