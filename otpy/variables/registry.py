@@ -74,6 +74,7 @@ from ..wire.registry_protocol import (
     reply_outputs,
 )
 from .placement import WRITER_ENV, events_endpoint
+from .registry_cache import cache_path, read_cache, write_cache
 from .scopes import ScopedValue, ScopedValues, VersionConflict, spaces_from_topology
 from .space import VariableSpace, dependency_problems
 from .storage import SqliteStorage, StorageUnavailable, is_postgresql
@@ -90,18 +91,32 @@ class Registry:
     it never calls other agents."""
 
     def setup(self, args, config) -> None:
-        self._lock = threading.Lock()  # the store, the database and the PUB: one request at a time
+        # Two locks: ``_lock`` guards memory (the store, the PUB) and is held only briefly, so
+        # reads never wait on the database; ``_db`` makes the writes (and the listener's reads of
+        # the database) take turns on its connection, each bounded in time.
+        self._lock, self._db = threading.Lock(), threading.Lock()
         spaces = spaces_from_topology(args.get("variables", {}), args.get("constraints"))
         self.store = ScopedValues(spaces, args.get("parents", {}))
         self.bound = frozenset(args.get("bound", ()))  # "SCOPE.NAME": written only by the node, reconciled
         # The node's secret (in this child's environment only): a reconciled write must carry it.
         self.writer = os.environ.get(WRITER_ENV)
         path = args.get("path") or os.path.join(os.environ.get("OTPY_NODE_DIR", "."), "registry.db")
-        self.storage = open_storage(args.get("storage"), path, lock=self._lock, wait=_start_wait())
+        shared = is_postgresql(args.get("storage"))
+        self.cache = cache_path(args) if shared else None
+        cached = self._read_cache() if self.cache else None
+        self.storage = open_storage(args.get("storage"), path, lock=self._db,
+                                    wait=0.0 if cached else _start_wait(), offline=cached is not None)
         self.path = self.storage.where  # for messages: a URL's password is masked
         self._context = self.pub = self._cap = None
+        self._space_rows: list[tuple[str, str, str]] = []
         try:
-            version, values, spaces = self.storage.load()
+            if getattr(self.storage, "down", None) is not None:
+                version, values, spaces = cached
+                _say(f"otpy: registry: the database at {self.storage.address} is unreachable ({self.storage.down}): "
+                     f"serving the values this node last knew ({self.cache}, version {version}); writes are "
+                     "refused until it is back, then the registry catches up")
+            else:
+                version, values, spaces = self.storage.load(sorted(self.store.spaces))
             self._load_spaces(spaces)
             self._load(version, values)
             if endpoint := args.get("events") or events_endpoint():
@@ -110,6 +125,7 @@ class Registry:
             self.storage.close()
             raise
         if self.storage.shared:  # the other nodes' writes, folded in and published here
+            self._save_cache()
             self.storage.listen(self._catch_up, lambda: self.store.version, _say)
 
     @property
@@ -159,7 +175,10 @@ class Registry:
         refused; anything else raised is an otpy bug or a broken file, logged with its traceback
         and answered ``internal``."""
         try:
-            with self._lock:
+            if isinstance(request, (SetValue, SetValues, RegisterSpace)):
+                with self._db:  # the writes take turns; memory is locked only around its own changes
+                    return self._serve(request)
+            with self._lock:  # reads answer from memory, never waiting on the database
                 return self._serve(request)
         except VariableError as error:
             return RegistryRefusal(kind="invalid", problems=error.problems)
@@ -196,7 +215,8 @@ class Registry:
                 return Written(version=self._write(lambda: store.set(scope, name, value, expected, dry_run=dry), dry))
             case SetValues(values=values, dry_run=dry, expected=expected):
                 self._check_bound(values, request)
-                before = self._current(values)
+                with self._lock:
+                    before = self._current(values)
                 versions = self._write(lambda: store.set_many(values, dry_run=dry, expected=expected), dry)
                 return WrittenMany(versions=versions, before=before)
         raise TypeError(f"no case for {type(request).__name__}")  # a request type added without its case
@@ -247,6 +267,20 @@ class Registry:
         for as long as the file holds the declaration."""
         if not scope:
             raise VariableError(["register_space: scope: got ''; expected a name"])
+        with self._lock:
+            added = self._new_variables(scope, tables)
+        if added:
+            rows = [(scope, name, json.dumps(table)) for name, (_, table) in added.items()]
+            with self.storage.transaction() as tx:
+                tx.put_spaces(rows)
+            with self._lock:
+                self.store.declare(scope, [variable for variable, _ in added.values()])
+                self._space_rows.extend(rows)
+            self._save_cache()
+        return sorted(added)
+
+    def _new_variables(self, scope: str, tables: dict[str, dict]) -> dict[str, tuple[Any, dict]]:
+        """The variables ``tables`` adds to ``scope``, checked (VariableError if any is refused)."""
         space = self.store.spaces.get(scope)
         added, problems = {}, []
         for name, table in tables.items():
@@ -271,19 +305,24 @@ class Registry:
                                      f"configuration of {', '.join(map(repr, broken))} unresolvable (a variable "
                                      "without a default, or a composite or constraint that fails); "
                                      "expected every new variable to have a default there"])
-            with self.storage.transaction() as tx:
-                tx.put_spaces([(scope, name, json.dumps(table)) for name, (_, table) in added.items()])
-            self.store.declare(scope, variables)
-        return sorted(added)
+        return added
 
     def _load_spaces(self, stored: list) -> None:
         """Spaces registered at run time by an earlier incarnation (the topology's come first)."""
         rows: dict[str, dict[str, dict]] = {}
+        skipped = []
         for scope, name, definition in stored:
-            table = self._json(definition, f"space row ({scope!r}, {name!r})")
-            if not isinstance(scope, str) or not isinstance(name, str) or not isinstance(table, dict):
-                raise self._bad_row(f"space row ({scope!r}, {name!r})", "expected names and a JSON table")
+            where = f"space row ({scope!r:.60}, {name!r:.60})"
+            try:
+                table = _json(definition)
+                if not isinstance(scope, str) or not isinstance(name, str) or not isinstance(table, dict):
+                    raise ValueError("expected names and a JSON table")
+            except ValueError as bad:
+                skipped.append(self._bad_row(where, str(bad)))
+                continue
             rows.setdefault(scope, {})[name] = table
+            self._space_rows.append((scope, name, definition))
+        self._skip(skipped)
         for scope, tables in rows.items():
             known = self.store.spaces.get(scope)
             fresh = {n: t for n, t in tables.items() if known is None or n not in known.variables}
@@ -292,64 +331,72 @@ class Registry:
             try:
                 declared = [variable_from_table(name, table, scope=scope) for name, table in fresh.items()]
             except VariableError as error:
-                raise self._bad_row(f"space rows of scope {scope!r}", "; ".join(error.problems)) from None
+                self._skip([self._bad_row(f"space rows of scope {scope!r:.60}", "; ".join(error.problems))])
+                continue
             self.store.declare(scope, declared)
 
     # --- durability ---------------------------------------------------------------------
 
     def _write(self, change: Callable[[], T], dry_run: bool = False) -> T:
-        """Apply ``change`` to the store, commit what it wrote, and only then return its result.
+        """Apply ``change`` to the store, commit what it wrote, and only then return its result
+        (the caller holds ``_db``: writes take turns).
 
         In the write's transaction first: the rows other registries committed since the version
         this one knows (a shared database; its writers wait for each other there), folded in, so
-        ``change``'s checks (its compare-and-set) see the database's truth. A dry run commits
-        nothing and is checked against memory (refused at once while the database is unreachable)."""
+        ``change``'s checks (its compare-and-set) see the database's truth. Memory holds only what
+        is committed: ``change`` is made, its rows taken, memory put back, and the rows applied
+        again once COMMIT returned (reads meanwhile answer the committed values, never waiting).
+        A dry run commits nothing and is checked against memory (refused at once while the
+        database is unreachable)."""
         if dry_run:
             self.storage.check_available()
-            return change()
+            with self._lock:
+                return change()
         folded: list[ScopedValue] = []
         written: list[ScopedValue] = []
-        before = None
         try:
             with self.storage.transaction() as tx:
-                version, rows = tx.newer(self.store.version)
-                folded = self._fold(version, rows) if rows or version > self.store.version else []
-                before = self.store.snapshot() if self.storage.shared else None
-                result = change()
-                if written := self.store.take_changes():
+                version, rows = tx.newer(self.store.version, sorted(self.store.spaces))
+                with self._lock:
+                    folded = self._fold(version, rows) if rows or version > self.store.version else []
+                    try:
+                        result = change()
+                    finally:
+                        written = self.store.take_changes(undo=True)
+                if written:
                     tx.put_values([(e.scope, e.name, json.dumps(e.value), e.version) for e in written],
-                                  self.store.version)
-        except (StorageUnavailable, RegistryFileError):
-            if written:  # memory back to what is committed
-                self.store.restore(before) if before is not None else self._load(*self.storage.load()[:2])
-            raise
+                                  max(e.version for e in written))
         finally:
-            self._publish(folded)  # committed by others: true whatever became of this write
-        self._publish(written)
+            if folded:  # committed by others: true whatever became of this write
+                with self._lock:
+                    self._publish(folded)
+        if written:
+            with self._lock:
+                self.store.fold(0, [(e.scope, e.name, e.value, e.version) for e in written])
+                self._publish(written)
+        if folded or written:
+            self._save_cache()
         return result
 
     def _fold(self, version: object, rows: list) -> list[ScopedValue]:
         """Rows another registry committed (newer than this one knows), taken into the store: the
-        values taken; one the declarations here refuse is dropped, and said (as ``_load`` does)."""
-        parsed = []
-        for scope, name, value, value_version in rows:
-            where = f"value row ({scope!r}, {name!r})"
-            parsed.append((scope, name, self._json(value, where), self._counter(value_version, where + " version")))
-        taken, dropped = self.store.fold(self._counter(version, "meta.version"), parsed)
+        values taken; one the declarations here refuse is dropped, and said (as ``_load`` does);
+        one that is not a value at all is skipped, and said."""
+        taken, dropped = self.store.fold(self._version(version), self._values(rows))
         for problem in dropped:
-            print(f"otpy: registry: dropping stored {problem}", file=sys.stderr, flush=True)
+            _say(f"otpy: registry: dropping stored {problem}")
         return taken
 
     def _catch_up(self) -> None:
         """The listener's call: what other registries committed since the version this one
         knows, taken in and published (StorageUnavailable: the listener reconnects)."""
-        with self._lock:
-            try:
-                self._publish(self._fold(*self.storage.catch_up(self.store.version)))
-            except (StorageUnavailable, RegistryFileError):
-                raise
-            except Exception:  # an otpy bug: said, and the listener goes on
-                traceback.print_exc(file=sys.stderr)
+        with self._db:
+            version, rows = self.storage.catch_up(self.store.version, sorted(self.store.spaces))
+            with self._lock:
+                taken = self._fold(version, rows)
+                self._publish(taken)
+            if taken:
+                self._save_cache()
 
     def _publish(self, written: list[ScopedValue]) -> None:
         """Tell the subscribers, once the values are committed (never before)."""
@@ -360,34 +407,100 @@ class Registry:
             self.pub.send(ENCODER.encode(event))
 
     def _bad_row(self, where: str, why: str) -> RegistryFileError:
-        return RegistryFileError(f"registry database {self.path}: {where}: {why}; the file holds acknowledged "
-                                 "values, so it is refused rather than read in part. Repair or remove it")
+        error = RegistryFileError(f"registry database {self.path}: {where}: {why}; the file holds acknowledged "
+                                  "values, so it is refused rather than read in part. Repair or remove it")
+        error.where, error.why = where, why
+        return error
 
-    def _json(self, text: object, where: str) -> Any:
-        """A stored JSON text, or RegistryFileError naming the file and the row: never dropped."""
+    def _skip(self, bad: list[RegistryFileError]) -> None:
+        """Rows that cannot be read: the node's own file is refused (RegistryFileError, the first);
+        on a shared database, where anyone may write, each is skipped with one line (at most
+        ``SKIP_LINES``, then their count): another party's row never stops a node."""
+        if not bad:
+            return
+        if not self.storage.shared:
+            raise bad[0]
+        for error in bad[:SKIP_LINES]:
+            _say(f"otpy: registry: skipping stored {error.where}: {error.why} (a row this node cannot read; "
+                 "left as it is)")
+        if len(bad) > SKIP_LINES:
+            _say(f"otpy: registry: skipping {len(bad) - SKIP_LINES} more rows this node cannot read")
+
+    def _values(self, rows: list) -> list[tuple[str, str, Any, int]]:
+        """Stored value rows, each with its value parsed and its version checked (``_skip``)."""
+        parsed, bad = [], []
+        for scope, name, value, value_version in rows:
+            where = f"value row ({scope!r:.60}, {name!r:.60})"
+            try:
+                parsed_value = _json(value)
+            except ValueError as why:
+                bad.append(self._bad_row(where, str(why)))
+                continue
+            try:
+                parsed.append((scope, name, parsed_value, _counter(value_version)))
+            except ValueError as why:
+                bad.append(self._bad_row(where + " version", str(why)))
+        self._skip(bad)
+        return parsed
+
+    def _version(self, value: object) -> int:
         try:
-            if isinstance(text, (str, bytes)):
-                return json.loads(text)
-            raise ValueError(f"a {type(text).__name__}")
-        except ValueError as exc:
-            raise self._bad_row(where, f"got {text!r:.60} ({exc}); expected JSON") from None
-
-    def _counter(self, value: object, where: str) -> int:
-        """A stored version: an integer >= 0, or RegistryFileError naming the file and the row."""
-        if isinstance(value, int) and value >= 0:
-            return value
-        raise self._bad_row(where, f"got {value!r:.60}; expected an integer >= 0")
+            return _counter(value)
+        except ValueError as why:
+            self._skip([self._bad_row("meta.version", str(why))])
+            return self.store.version
 
     def _load(self, version: object, values: list) -> None:
         """The values and the version counter as committed (a value the topology no longer
         accepts is dropped, and said)."""
-        version = self._counter(version, "meta.version")
-        stored = []
-        for scope, name, value, value_version in values:
-            where = f"value row ({scope!r}, {name!r})"
-            stored.append((scope, name, self._json(value, where), self._counter(value_version, where + " version")))
+        version = self._version(version)
+        stored = self._values(values)
         for dropped in self.store.load(version, stored):
-            print(f"otpy: registry: dropping stored {dropped}", file=sys.stderr, flush=True)
+            _say(f"otpy: registry: dropping stored {dropped}")
+
+    # --- the last values known, for a restart while the database is down --------------------
+
+    def _read_cache(self) -> tuple | None:
+        try:
+            return read_cache(self.cache)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            _say(f"otpy: registry: ignoring {self.cache}: {exc}")
+            return None
+
+    def _save_cache(self) -> None:
+        """The values as committed, for the next registry of this node (called under ``_db``)."""
+        if self.cache is None:
+            return
+        with self._lock:
+            values = [(scope, name, json.dumps(self.store.values[scope][name]), version)
+                      for (scope, name), version in self.store.versions.items()]
+            version, spaces = self.store.version, list(self._space_rows)
+        try:
+            write_cache(self.cache, version, values, spaces)
+        except (OSError, TypeError, ValueError) as exc:
+            _say(f"otpy: registry: cannot write {self.cache}: {exc}")
+
+
+def _json(text: object) -> Any:
+    """A stored JSON text, or ValueError saying what it is."""
+    try:
+        if isinstance(text, (str, bytes)):
+            return json.loads(text)
+        raise ValueError(f"a {type(text).__name__}")
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"got {text!r:.60} ({exc}); expected JSON") from None
+
+
+def _counter(value: object) -> int:
+    """A stored version: an integer >= 0, or ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"got {value!r:.60}; expected an integer >= 0")
+
+
+SKIP_LINES = 5
 
 
 class BoundWrite(Exception):
@@ -407,13 +520,13 @@ def unreconciled(bound: frozenset[str], written: dict[str, Any]) -> list[str]:
             if variable in bound]
 
 
-def open_storage(storage: str | None, path: str, lock: threading.Lock, wait: float):
-    """The registry's storage: ``storage`` a PostgreSQL URL (psycopg imported only then), else
-    the node's SQLite file at ``path``."""
+def open_storage(storage: str | None, path: str, lock: threading.Lock, wait: float, offline: bool = False):
+    """The registry's storage: ``storage`` a PostgreSQL URL (psycopg imported only then; with
+    ``offline``, returned unconnected when unreachable), else the node's SQLite file at ``path``."""
     if is_postgresql(storage):
         from .postgres import PostgresStorage
 
-        return PostgresStorage.open(storage, lock, wait)
+        return PostgresStorage.open(storage, lock, wait, offline=offline)
     return SqliteStorage(path)
 
 

@@ -81,8 +81,12 @@ class ScopedValues:
         self.parents: dict[str, str] = dict(parents or {})
         self.values: dict[str, dict[str, Any]] = {scope: {} for scope in self.spaces}
         self.versions: dict[tuple[str, str], int] = {}
+        # The version of a stored value the declarations here refused (dropped): a compare-and-set
+        # is checked against it too, so a write never overwrites unseen what another node stored.
+        self.refused: dict[tuple[str, str], int] = {}
         self.version = 0
         self._changed: dict[tuple[str, str], None] = {}  # written since take_changes, in order
+        self._undo: dict[tuple[str, str], tuple[Any, int | None, int | None]] = {}  # what they replaced
         self._declared_bytes = declared_weight(self.spaces)  # every variable unset (``otpy.variables.weight``)
         self._value_bytes: dict[tuple[str, str], int] = {}  # each set value, as msgpack
 
@@ -152,7 +156,7 @@ class ScopedValues:
         is skipped; one whose value the declaration no longer accepts is dropped: one problem each."""
         self.values = {scope: {} for scope in self.spaces}
         self.versions, self.version, self._changed, self._value_bytes = {}, version, {}, {}
-        dropped = []
+        self.refused, self._undo, dropped = {}, {}, []
         for scope, name, value, value_version in stored:
             if scope not in self.spaces or name not in self.spaces[scope].variables:
                 continue
@@ -160,6 +164,7 @@ class ScopedValues:
                 self.values[scope][name] = self.spaces[scope].validate_one(name, value)
             except (VariableError, ValueError) as refused:
                 dropped.append(f"{scope}.{name}: {refused}")
+                self.refused[scope, name] = value_version
                 continue
             self.versions[scope, name] = value_version
             self._value_bytes[scope, name] = value_bytes(self.values[scope][name])
@@ -179,6 +184,7 @@ class ScopedValues:
                 value = self.spaces[scope].validate_one(name, value)
             except (VariableError, ValueError) as refused:
                 dropped.append(f"{scope}.{name}: {refused}")
+                self.refused[scope, name] = max(value_version, self.refused.get((scope, name), 0))
                 continue
             self.values[scope][name] = value
             self.versions[scope, name] = value_version
@@ -196,13 +202,28 @@ class ScopedValues:
     def restore(self, snapshot: tuple) -> None:
         values, versions, self.version, value_bytes_ = snapshot
         self.values = {scope: dict(values.get(scope, {})) for scope in self.spaces}
-        self.versions, self._value_bytes, self._changed = dict(versions), dict(value_bytes_), {}
+        self.versions, self._value_bytes, self._changed, self._undo = dict(versions), dict(value_bytes_), {}, {}
 
-    def take_changes(self) -> list[ScopedValue]:
-        """The values written since the last call (each once, as it is now), and forget them."""
+    def take_changes(self, undo: bool = False) -> list[ScopedValue]:
+        """The values written since the last call (each once, as it is now), and forget them;
+        with ``undo``, the store is put back as it was before them (a write not yet committed:
+        memory holds only what is committed). Costs what was written, not what is stored."""
         changed, self._changed = self._changed, {}
-        return [ScopedValue(scope, name, self.values[scope][name], self.versions[scope, name], "set")
-                for scope, name in changed]
+        taken = [ScopedValue(scope, name, self.values[scope][name], self.versions[scope, name], "set")
+                 for scope, name in changed]
+        undone, self._undo = self._undo, {}
+        if undo:
+            for (scope, name), (value, version, size) in undone.items():
+                if version is None:
+                    self.values[scope].pop(name, None)
+                    self.versions.pop((scope, name), None)
+                    self._value_bytes.pop((scope, name), None)
+                else:
+                    self.values[scope][name], self.versions[scope, name] = value, version
+                    self._value_bytes[scope, name] = size
+            if taken:
+                self.version = min(entry.version for entry in taken) - 1
+        return taken
 
     # Reading one scope.
 
@@ -356,11 +377,19 @@ class ScopedValues:
         self.version += 1
         for scope, new_values in checked.items():
             for name, value in new_values.items():
+                if (scope, name) not in self._undo:
+                    self._undo[scope, name] = (self.values[scope].get(name), self.versions.get((scope, name)),
+                                               self._value_bytes.get((scope, name)))
                 self.values[scope][name] = value
                 self.versions[scope, name] = self.version
                 self._value_bytes[scope, name] = value_bytes(value)
                 self._changed[scope, name] = None
         return self.version
+
+    def stored_version(self, scope: str, name: str) -> int:
+        """The version a compare-and-set expects: the value's, or that of a newer stored value
+        the declarations here refused."""
+        return max(self.versions.get((scope, name), 0), self.refused.get((scope, name), 0))
 
     def set(self, scope: str, name: str, value: Any, expected_version: int | None = None, *,
             dry_run: bool = False) -> int:
@@ -371,7 +400,7 @@ class ScopedValues:
         With ``dry_run``, every check is made and nothing is written: the version it would get.
         """
         checked = self._checked_writes({scope: {name: value}})
-        current = self.versions.get((scope, name), 0)
+        current = self.stored_version(scope, name)
         if expected_version is not None and expected_version != current:
             raise VersionConflict(scope, name, expected_version, current)
         return self.version + 1 if dry_run else self._apply(checked)
@@ -386,7 +415,7 @@ class ScopedValues:
         checked = self._checked_writes(scope_values)
         for scope, versions in (expected or {}).items():
             for name, version in versions.items():
-                if version != (current := self.versions.get((scope, name), 0)):
+                if version != (current := self.stored_version(scope, name)):
                     raise VersionConflict(scope, name, version, current)
         if not any(checked.values()):
             return {}

@@ -5,13 +5,15 @@ node's own SQLite file (``otpy.variables.store``), a ``postgresql://`` URL a dat
 nodes share (``otpy.variables.postgres``; psycopg is imported only then). Both give the
 registry the same few operations:
 
-- ``load()``: the version counter, the value rows and the rows of spaces registered at run time;
+- ``load(scopes)``: the version counter, the value rows (on a shared database only those of
+  ``scopes`` and of the spaces registered at run time: another party's rows are never read) and
+  the rows of spaces registered at run time;
 - ``transaction()``: one write, committed when the block ends (rolled back if it raises). Inside
-  it, ``newer(known)`` gives the rows other writers committed since version ``known`` (the
+  it, ``newer(known, scopes)`` gives the rows other writers committed since version ``known`` (the
   shared database serializes its writers there: the write then checks its compare-and-set
   against the database's truth); ``put_values`` and ``put_spaces`` write;
 - ``check_available()``: raises ``StorageUnavailable`` while a shared database is unreachable
-  (a write is refused at once, not made to wait); ``catch_up(known)``: rows newer than ``known``.
+  (a write is refused at once, not made to wait); ``catch_up(known, scopes)``: rows newer than ``known``.
 
 A storage that cannot be written raises ``StorageUnavailable`` (the database is unreachable: the
 write refused, ``unavailable``) or ``RegistryFileError`` (the file is broken).
@@ -38,7 +40,7 @@ class StorageUnavailable(Exception):
 
 
 class Transaction(Protocol):
-    def newer(self, known: int) -> tuple[int, list[Row]]: ...
+    def newer(self, known: int, scopes: list[str]) -> tuple[int, list[Row]]: ...
     def put_values(self, rows: list[tuple[str, str, str, int]], version: int) -> None: ...
     def put_spaces(self, rows: list[tuple[str, str, str]]) -> None: ...
 
@@ -47,10 +49,10 @@ class Storage(Protocol):
     where: str  # for messages: a path, or a URL with its password masked
     shared: bool  # other registries write there too
 
-    def load(self) -> tuple[Any, list[Row], list[tuple[Any, Any, Any]]]: ...
+    def load(self, scopes: list[str]) -> tuple[Any, list[Row], list[tuple[Any, Any, Any]]]: ...
     def transaction(self) -> contextlib.AbstractContextManager[Transaction]: ...
     def check_available(self) -> None: ...
-    def catch_up(self, known: int) -> tuple[int, list[Row]]: ...
+    def catch_up(self, known: int, scopes: list[str]) -> tuple[int, list[Row]]: ...
     def close(self) -> None: ...
 
 
@@ -67,7 +69,7 @@ class SqliteStorage:
         self.where = self.path = path
         self.db = open_database(path)
 
-    def load(self):
+    def load(self, scopes: list[str]):
         try:
             row = self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
             return (row[0] if row else 0, self.db.execute("SELECT * FROM value").fetchall(),
@@ -92,7 +94,7 @@ class SqliteStorage:
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
 
-    def newer(self, known: int) -> tuple[int, list[Row]]:
+    def newer(self, known: int, scopes: list[str]) -> tuple[int, list[Row]]:
         return known, []  # nobody else writes this file
 
     def put_values(self, rows: list[tuple[str, str, str, int]], version: int) -> None:
@@ -105,7 +107,7 @@ class SqliteStorage:
     def check_available(self) -> None:
         return None
 
-    def catch_up(self, known: int) -> tuple[int, list[Row]]:
+    def catch_up(self, known: int, scopes: list[str]) -> tuple[int, list[Row]]:
         return known, []
 
     def close(self) -> None:

@@ -1,0 +1,66 @@
+"""The last values a registry on a shared database knew, in a file of the node's own: what it
+serves when it restarts while the database is unreachable.
+
+A registry is an ordinary supervised child: it may crash, and its supervisor restarts it, also
+while the database is down. Without this file that restart could read nothing, so reads and the
+configuration of every child restarting meanwhile would fail until the database is back. With
+it, the new registry answers reads (and resolves children) from the values it last knew,
+refuses writes (``unavailable``) and catches up once the database is back, as the registry that
+crashed would have.
+
+The file is ``registry-cache.json`` in the node's state folder (``OTPY_NODE_DIR``), mode 0600
+whatever the umask (values may be secrets), replaced whole (write, then rename) after the
+registry's load and after every write or change it took in. It holds the rows as the database
+gives them (``(scope, name, value as JSON text, version)``, the space rows and the counter), so
+the registry reads them as it reads the database's. A file it cannot read is said in one line
+and ignored (the registry then needs the database to start, as without a file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+CACHE_FILE = "registry-cache.json"
+CACHE_MODE = 0o600
+
+
+def cache_path(args: dict[str, Any]) -> str | None:
+    """Where a registry on a shared database keeps its last values: ``args["cache"]``, else the
+    node's state folder (none outside a node)."""
+    if args.get("cache"):
+        return args["cache"]
+    folder = os.environ.get("OTPY_NODE_DIR")
+    return os.path.join(folder, CACHE_FILE) if folder else None
+
+
+def write_cache(path: str, version: int, values: list[tuple[str, str, str, int]],
+                spaces: list[tuple[str, str, str]]) -> None:
+    """Replace the file at ``path`` whole by these rows (0600): never half written."""
+    data = json.dumps({"version": version, "values": values, "spaces": spaces}).encode()
+    temporary = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, CACHE_MODE)
+    try:
+        os.fchmod(fd, CACHE_MODE)  # whatever the umask
+        remaining = memoryview(data)
+        while remaining:
+            remaining = remaining[os.write(fd, remaining):]
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+def read_cache(path: str) -> tuple[int, list[tuple], list[tuple]]:
+    """(version, value rows, space rows) from the file at ``path``; OSError or ValueError if
+    there is none or it is not one this module wrote."""
+    with open(path, "rb") as file:
+        data = json.loads(file.read())
+    if not isinstance(data, dict) or not isinstance(data.get("version"), int):
+        raise ValueError("not a registry cache")
+    values, spaces = data.get("values"), data.get("spaces")
+    if not isinstance(values, list) or not isinstance(spaces, list) or \
+            not all(isinstance(row, list) and len(row) == 4 for row in values) or \
+            not all(isinstance(row, list) and len(row) == 3 for row in spaces):
+        raise ValueError("not a registry cache")
+    return data["version"], [tuple(row) for row in values], [tuple(row) for row in spaces]
