@@ -401,8 +401,15 @@ def test_the_cross_node_bench_ends_by_itself(tmp_path):
     import subprocess
     import sys
 
-    env = {**os.environ, "OTPY_RUNTIME_DIR": str(tmp_path / "run")}
-    done = subprocess.run([sys.executable, "-m", "bench.remote_call", "--n", "50"], capture_output=True, text=True,
-                          timeout=90, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import tempfile
+
+    run = tempfile.mkdtemp(prefix="ob-", dir="/tmp")  # short: agents' socket paths live under it
+    try:
+        env = {**os.environ, "OTPY_RUNTIME_DIR": run}
+        done = subprocess.run([sys.executable, "-m", "bench.remote_call", "--n", "50"], capture_output=True,
+                              text=True, timeout=90, env=env,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
     assert done.returncode == 0, done.stderr
     assert "remote_call p50 / local_call p50" in done.stdout

@@ -12,7 +12,7 @@ import otpy
 from otpy.cli.reload import reload_line
 from otpy.topology.load import load_topology
 from otpy.wire.calls import Caller, node_cluster
-from otpy.wire.errors import NoSuchAgent
+from otpy.wire.errors import NoSuchAgent, RemoteError
 from tests.helpers import pids, unique_name
 from tests.test_cross_node_calls import client_keys, start_node, agent
 
@@ -109,3 +109,26 @@ def test_a_cluster_file_that_cannot_be_written_fails_the_reload_before_the_tree(
         assert failed.outcome == "start_failed" and "[cluster]" in failed.detail and failed.changes == [], failed
         assert node.aio.cluster is None and node_cluster(name) is None
         assert list(pids(node)) == ["relay"]  # the tree was not touched either
+
+
+def test_a_running_caller_follows_the_cluster_a_reload_writes(b, tmp_path):
+    """An agent's Caller made before the reload (the relay's, kept across calls) reads the
+    node's cluster file again when it changed: removed, AGENT@NODE is no longer reachable."""
+    shutil.copytree(b.keys, tmp_path / "keys-b")
+    (tmp_path / "cluster.toml").write_text(f'[nodes.{b.name}]\nendpoint = "{b.endpoint}"\nkeys = "keys-b"\n')
+    name = unique_name("a")
+    path = tmp_path / "topology.toml"
+    path.write_text(topology(name, cluster=True))
+    with otpy.Node.from_toml(path) as node, Caller(name) as caller:
+        assert caller.call("relay", {"target": f"echo@{b.name}", "x": 1}, timeout=10)["answer"]["x"] == 1
+        assert caller.call(f"echo@{b.name}", {"x": 2}, timeout=10)["x"] == 2
+        path.write_text(topology(name, cluster=False))
+        assert node.reload(str(path)).ok
+        with pytest.raises(RemoteError, match="runs without a \\[cluster\\]"):
+            caller.call("relay", {"target": f"echo@{b.name}"}, timeout=10)
+        with pytest.raises(NoSuchAgent, match="runs without a \\[cluster\\]"):
+            caller.call(f"echo@{b.name}", {}, timeout=10)
+        path.write_text(topology(name, cluster=True))
+        assert node.reload(str(path)).ok  # and back: the same callers reach it again
+        assert caller.call("relay", {"target": f"echo@{b.name}", "x": 3}, timeout=10)["answer"]["x"] == 3
+        assert caller.call(f"echo@{b.name}", {"x": 4}, timeout=10)["x"] == 4

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import zmq
 
-from ..host.runtime_dir import agent_socket_path, existing_node_dir, read_private
+from ..host.runtime_dir import agent_socket_path, existing_node_dir, read_private, runtime_root
 from .call_book import BlockingResult, Pending
 from .call_engine import CallEngine, call_limits_problem
 from .call_messages import encode_call
@@ -52,12 +52,17 @@ class Caller:
 
     ``cluster`` (``topology.cluster.load_cluster``): the nodes ``AGENT@NODE`` may name; by default
     the cluster of node ``node`` as it runs here (the ``[cluster]`` of its topology, which the
-    node writes in its folder: so an agent's ``Caller(node)`` and ``otpy call`` reach them)."""
+    node writes in its folder: so an agent's ``Caller(node)`` and ``otpy call`` reach them; read
+    again when a reload rewrites it)."""
 
     def __init__(self, node: str, *, cluster: ClusterSpec | None = None) -> None:
         self.node = node
         self.cluster = cluster
+        self._follows = cluster is None  # the node's file: read again whenever it changed
+        self._seen: tuple[int, int, int] | None = None  # that file's (inode, mtime, size) as last read
+        self._cluster_file = ""  # its path, made once (a str: os.stat's cheapest argument)
         self._remotes: dict[str, Any] = {}  # node name -> its RemoteCaller, made on the first call
+        self._retired: list[Any] = []  # callers of nodes the file changed or dropped: closed with this one
         self._ids = itertools.count(1)
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -137,7 +142,7 @@ class Caller:
             idle = [engine for engine in self._own_engines if engine not in self._busy]
             for engine in idle:
                 del self._own_engines[engine]
-            remotes, self._remotes = list(self._remotes.values()), {}
+            remotes, self._remotes = list(self._remotes.values()) + self._retired, {}
         for remote in remotes:
             remote.close()
         if self._stop is not None:
@@ -170,15 +175,12 @@ class Caller:
         agent, _, node = agent_id.rpartition("@")
         if node == self.node:
             return None, agent
+        if self._follows:
+            self._follow(agent_id)
         remote = self._remotes.get(node)
         if remote is not None:
             return remote, agent
         cluster = self.cluster
-        if cluster is None:
-            try:
-                cluster = self.cluster = node_cluster(self.node)
-            except ValueError as exc:
-                raise NoSuchAgent(f"{agent_id!r}: {exc}", agent=agent_id) from None
         entry = cluster.nodes.get(node) if cluster is not None else None
         if entry is None:
             why = f"no node {node!r} in the cluster {cluster.source}" if cluster is not None else \
@@ -196,6 +198,36 @@ class Caller:
                     raise NodeUnreachable(f"{agent_id!r}: node {node!r} of {cluster.source}: {exc}",
                                           agent=agent_id) from None
         return remote, agent
+
+    def _follow(self, agent_id: str) -> None:
+        """The node's cluster as its file is now (a stat per call; ``otpy reload`` replaces the
+        file whole): read again when it changed; callers of nodes whose entry changed or went are
+        retired (their calls under way finish; they close with this caller)."""
+        if not self._cluster_file:
+            from .remote_cluster import CLUSTER_FILE  # only for AGENT@NODE
+
+            try:
+                self._cluster_file = str(runtime_root() / self.node / CLUSTER_FILE)
+            except Exception as exc:  # RuntimeDirError: one line
+                raise NoSuchAgent(f"{agent_id!r}: cannot read the cluster of node {self.node!r}: {exc}",
+                                  agent=agent_id) from None
+        try:
+            st = os.stat(self._cluster_file)
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:  # none: the node runs without a [cluster]
+            seen = None
+        if seen == self._seen and (seen is not None or self.cluster is None):
+            return
+        try:
+            cluster = node_cluster(self.node)
+        except ValueError as exc:
+            raise NoSuchAgent(f"{agent_id!r}: {exc}", agent=agent_id) from None
+        with self._lock:
+            old = self.cluster.nodes if self.cluster is not None else {}
+            new = cluster.nodes if cluster is not None else {}
+            for name in [name for name in self._remotes if old.get(name) != new.get(name)]:
+                self._retired.append(self._remotes.pop(name))
+            self.cluster, self._seen = cluster, seen
 
     def _pending(self, agent_id: str, inputs: Mapping[str, Any] | None, timeout: float, retries: int,
                  future: Any) -> Pending:
