@@ -74,10 +74,11 @@ from ..wire.registry_protocol import (
     reply_outputs,
 )
 from .placement import WRITER_ENV, events_endpoint
-from .registry_cache import cache_path, read_cache, write_cache
+from .registry_cache import CacheWriter, cache_path, read_cache
 from .scopes import ScopedValue, ScopedValues, VersionConflict, spaces_from_topology
 from .space import VariableSpace, dependency_problems
 from .storage import SqliteStorage, StorageUnavailable, is_postgresql
+from .stored_rows import bad_row, parse_json, parse_version, skip_or_refuse, value_rows
 from .store import RegistryFileError  # re-exported
 from .types import VariableError, variable_from_table
 
@@ -107,7 +108,7 @@ class Registry:
         self.storage = open_storage(args.get("storage"), path, lock=self._db,
                                     wait=0.0 if cached else _start_wait(), offline=cached is not None)
         self.path = self.storage.where  # for messages: a URL's password is masked
-        self._context = self.pub = self._cap = None
+        self._context = self.pub = self._cap = self._cache = None
         self._space_rows: list[tuple[str, str, str]] = []
         try:
             if getattr(self.storage, "down", None) is not None:
@@ -124,8 +125,10 @@ class Registry:
         except BaseException:
             self.storage.close()
             raise
+        if self.cache is not None:
+            self._cache = CacheWriter(self.cache, self._cached_rows)
+            self._cache.save()
         if self.storage.shared:  # the other nodes' writes, folded in and published here
-            self._save_cache()
             self.storage.listen(self._catch_up, lambda: self.store.version, _say)
 
     @property
@@ -152,6 +155,8 @@ class Registry:
 
     def teardown(self) -> None:
         self.storage.close()
+        if self._cache is not None:
+            self._cache.close()
         if self._cap is not None:
             self._cap.close()
         if self.pub is not None:
@@ -314,11 +319,11 @@ class Registry:
         for scope, name, definition in stored:
             where = f"space row ({scope!r:.60}, {name!r:.60})"
             try:
-                table = _json(definition)
+                table = parse_json(definition)
                 if not isinstance(scope, str) or not isinstance(name, str) or not isinstance(table, dict):
                     raise ValueError("expected names and a JSON table")
             except ValueError as bad:
-                skipped.append(self._bad_row(where, str(bad)))
+                skipped.append(bad_row(self.path, where, str(bad)))
                 continue
             rows.setdefault(scope, {})[name] = table
             self._space_rows.append((scope, name, definition))
@@ -331,7 +336,7 @@ class Registry:
             try:
                 declared = [variable_from_table(name, table, scope=scope) for name, table in fresh.items()]
             except VariableError as error:
-                self._skip([self._bad_row(f"space rows of scope {scope!r:.60}", "; ".join(error.problems))])
+                self._skip([bad_row(self.path, f"space rows of scope {scope!r:.60}", "; ".join(error.problems))])
                 continue
             self.store.declare(scope, declared)
 
@@ -406,48 +411,19 @@ class Registry:
             event = VariableChanged(scope=entry.scope, name=entry.name, value=entry.value, version=entry.version)
             self.pub.send(ENCODER.encode(event))
 
-    def _bad_row(self, where: str, why: str) -> RegistryFileError:
-        error = RegistryFileError(f"registry database {self.path}: {where}: {why}; the file holds acknowledged "
-                                  "values, so it is refused rather than read in part. Repair or remove it")
-        error.where, error.why = where, why
-        return error
-
     def _skip(self, bad: list[RegistryFileError]) -> None:
-        """Rows that cannot be read: the node's own file is refused (RegistryFileError, the first);
-        on a shared database, where anyone may write, each is skipped with one line (at most
-        ``SKIP_LINES``, then their count): another party's row never stops a node."""
-        if not bad:
-            return
-        if not self.storage.shared:
-            raise bad[0]
-        for error in bad[:SKIP_LINES]:
-            _say(f"otpy: registry: skipping stored {error.where}: {error.why} (a row this node cannot read; "
-                 "left as it is)")
-        if len(bad) > SKIP_LINES:
-            _say(f"otpy: registry: skipping {len(bad) - SKIP_LINES} more rows this node cannot read")
+        skip_or_refuse(bad, self.storage.shared, _say)
 
     def _values(self, rows: list) -> list[tuple[str, str, Any, int]]:
-        """Stored value rows, each with its value parsed and its version checked (``_skip``)."""
-        parsed, bad = [], []
-        for scope, name, value, value_version in rows:
-            where = f"value row ({scope!r:.60}, {name!r:.60})"
-            try:
-                parsed_value = _json(value)
-            except ValueError as why:
-                bad.append(self._bad_row(where, str(why)))
-                continue
-            try:
-                parsed.append((scope, name, parsed_value, _counter(value_version)))
-            except ValueError as why:
-                bad.append(self._bad_row(where + " version", str(why)))
+        parsed, bad = value_rows(rows, self.path)
         self._skip(bad)
         return parsed
 
     def _version(self, value: object) -> int:
         try:
-            return _counter(value)
+            return parse_version(value)
         except ValueError as why:
-            self._skip([self._bad_row("meta.version", str(why))])
+            self._skip([bad_row(self.path, "meta.version", str(why))])
             return self.store.version
 
     def _load(self, version: object, values: list) -> None:
@@ -469,38 +445,17 @@ class Registry:
             _say(f"otpy: registry: ignoring {self.cache}: {exc}")
             return None
 
-    def _save_cache(self) -> None:
-        """The values as committed, for the next registry of this node (called under ``_db``)."""
-        if self.cache is None:
-            return
+    def _cached_rows(self) -> tuple[int, list, list]:
         with self._lock:
-            values = [(scope, name, json.dumps(self.store.values[scope][name]), version)
-                      for (scope, name), version in self.store.versions.items()]
-            version, spaces = self.store.version, list(self._space_rows)
-        try:
-            write_cache(self.cache, version, values, spaces)
-        except (OSError, TypeError, ValueError) as exc:
-            _say(f"otpy: registry: cannot write {self.cache}: {exc}")
+            return self.store.version, [(scope, name, json.dumps(self.store.values[scope][name]), version)
+                                        for (scope, name), version in self.store.versions.items()], \
+                list(self._space_rows)
+
+    def _save_cache(self) -> None:
+        if self._cache is not None:
+            self._cache.touch()
 
 
-def _json(text: object) -> Any:
-    """A stored JSON text, or ValueError saying what it is."""
-    try:
-        if isinstance(text, (str, bytes)):
-            return json.loads(text)
-        raise ValueError(f"a {type(text).__name__}")
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"got {text!r:.60} ({exc}); expected JSON") from None
-
-
-def _counter(value: object) -> int:
-    """A stored version: an integer >= 0, or ValueError."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise ValueError(f"got {value!r:.60}; expected an integer >= 0")
-
-
-SKIP_LINES = 5
 
 
 class BoundWrite(Exception):

@@ -10,7 +10,9 @@ crashed would have.
 
 The file is ``registry-cache.json`` in the node's state folder (``OTPY_NODE_DIR``), mode 0600
 whatever the umask (values may be secrets), replaced whole (write, then rename) after the
-registry's load and after every write or change it took in. It holds the rows as the database
+registry's load and after writes or changes it took in (``CacheWriter``: by a thread of its own,
+at most every ``CACHE_EVERY`` seconds, so a write never pays for rewriting it; the last
+state is written at teardown). It holds the rows as the database
 gives them (``(scope, name, value as JSON text, version)``, the space rows and the counter), so
 the registry reads them as it reads the database's. A file it cannot read is said in one line
 and ignored (the registry then needs the database to start, as without a file).
@@ -20,10 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import sys
+import threading
+from typing import Any, Callable
 
 CACHE_FILE = "registry-cache.json"
 CACHE_MODE = 0o600
+CACHE_EVERY = 0.2  # seconds: the writes of a burst are saved together
 
 
 def cache_path(args: dict[str, Any]) -> str | None:
@@ -64,3 +69,36 @@ def read_cache(path: str) -> tuple[int, list[tuple], list[tuple]]:
             not all(isinstance(row, list) and len(row) == 3 for row in spaces):
         raise ValueError("not a registry cache")
     return data["version"], [tuple(row) for row in values], [tuple(row) for row in spaces]
+
+
+class CacheWriter:
+    """Saves ``rows()`` (``(version, values, spaces)``) to ``path`` in a thread of its own, soon
+    after each ``touch()``; ``close()`` saves what is pending and stops it."""
+
+    def __init__(self, path: str, rows: Callable[[], tuple[int, list, list]]):
+        self.path, self._rows = path, rows
+        self._dirty, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="otpy-registry-cache", daemon=True)
+        self._thread.start()
+
+    def touch(self) -> None:
+        self._dirty.set()
+
+    def save(self) -> None:
+        self._dirty.clear()
+        try:
+            write_cache(self.path, *self._rows())
+        except (OSError, TypeError, ValueError) as exc:
+            print(f"otpy: registry: cannot write {self.path}: {exc}", file=sys.stderr, flush=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._dirty.wait(timeout=1.0) and not self._stop.is_set():
+                self._stop.wait(CACHE_EVERY)  # the rest of a burst comes in meanwhile
+                self.save()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        self._thread.join(timeout=5)
+        self.save()
