@@ -97,7 +97,8 @@ def test_a_killed_worker_s_trial_ends_failed_and_the_others_finish_the_study(tmp
             trials = study(postgres_url, name).trials
         except KeyError:
             return None
-        return next((t for t in trials if t.state.name == "RUNNING" and not t.user_attrs.get("worker", me).startswith(me)), None)
+        return next((t for t in trials if t.state.name == "RUNNING"
+                     and not t.user_attrs.get("worker", me).startswith(me)), None)
 
     victim = wait_until(other_running, timeout=30, what="a trial running on the second worker")
     pid = pid_of(victim.user_attrs["worker"])
@@ -115,7 +116,8 @@ def test_a_killed_worker_s_trial_ends_failed_and_the_others_finish_the_study(tmp
     assert "after 5 trials (0 infeasible, 1 failed)" in out
 
 
-def test_ctrl_c_stops_every_worker_and_their_scratch_nodes_and_exits_130(tmp_path, postgres_url):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # SIGTERM: a silent 143, a trial RUNNING (advC-4)
+def test_ctrl_c_stops_every_worker_and_their_scratch_nodes_and_exits_130(tmp_path, postgres_url, stop):
     name = unique_name("intr")
     path = topology_file(tmp_path, name, delay=1.0)
     leader = subprocess.Popen(command(path, "--storage", postgres_url, "--workers", "3", "--trials", "30"), cwd=ROOT,
@@ -131,7 +133,11 @@ def test_ctrl_c_stops_every_worker_and_their_scratch_nodes_and_exits_130(tmp_pat
 
     workers = wait_until(running_workers, timeout=40, what="three workers running trials")
     pids = [pid_of(worker) for worker in workers if pid_of(worker) != leader.pid]
-    leader.send_signal(signal.SIGINT)
+    if stop == signal.SIGINT:  # a second leader of the study while this one runs (advC-13): refused
+        second = run(path, "--storage", postgres_url, "--workers", "1", "--trials", "30")
+        assert second.returncode == 1 and f"has a running leader, {socket.gethostname()}:{leader.pid}:" \
+            in second.stderr, second.stderr
+    leader.send_signal(stop)
     out, err = leader.communicate(timeout=60)
     assert leader.returncode == 130, err
     assert "optimize: interrupted (every worker stopped)" in err

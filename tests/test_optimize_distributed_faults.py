@@ -75,3 +75,12 @@ def test_counts_are_this_run_s_and_a_trial_nobody_runs_is_not_waited_for(tmp_pat
     assert worker_counts(study, old) == [{"worker": "h:2:bb", "trials": 1, "complete": 1, "failed": 0}]
     study.enqueue_trial({})
     wait_for_study(study, 5, print, poll=0.01)  # only a WAITING trial: returns (advC-11), never hangs
+
+
+def test_a_plan_interrupted_as_it_was_sent_is_said_taken_only_when_the_node_holds_it():
+    from otpy.optimize.live_system import plan_taken
+    from otpy.wire.protocol import SetVariables
+
+    actions = [SetVariables(0, "", {}, scopes={"global": {"bias": 0.1}})]  # advC-10: "interrupted", nothing more
+    assert plan_taken(actions, {"global": {"bias": 0.1, "other": 1}})
+    assert not plan_taken(actions, {"global": {"bias": 0.5}}) and not plan_taken(actions, None)

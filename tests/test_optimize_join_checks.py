@@ -95,3 +95,40 @@ def test_a_joiner_sees_its_leader_gone_when_its_beat_stops(tmp_path):
     assert wait_until(watch.gone, timeout=5, what="the leader seen gone") > 0.3
     study.set_user_attr(BEAT_ATTR, ["leader:1:aa", 99])  # a beat again: not gone
     assert watch.gone() is None
+
+
+@pytest.mark.timeout(150)
+def test_a_joiner_stops_when_its_leader_is_killed(tmp_path, postgres_url):
+    import subprocess
+
+    from tests.test_optimize_distributed import ROOT, command, study
+
+    name = unique_name("k9l")
+    path = topology_file(tmp_path, name, delay=1.0)
+    leader = subprocess.Popen(command(path, "--storage", postgres_url, "--workers", "1", "--trials", "200"), cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def beating():
+        try:
+            return "otpy_leader_beat" in study(postgres_url, name).user_attrs
+        except KeyError:
+            return False
+
+    wait_until(beating, timeout=30, what="the leader's beat")
+    joiner = subprocess.Popen(command("--join", name, "--storage", postgres_url), cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: any(t.state.name == "COMPLETE" and t.user_attrs.get("worker", "").split(":")[-2]
+                           not in (str(leader.pid),) for t in study(postgres_url, name).trials),
+               timeout=60, what="a trial of the joiner's")
+    leader.kill()  # advC-9: the joiner ran the rest for nobody, saying "the leader applies"
+    leader.wait()
+    out, err = joiner.communicate(timeout=90)
+    assert joiner.returncode == 1, err
+    assert f"optimize --join: the leader {socket_name(leader.pid)}" in err and "is gone" in err
+    assert "applies the best" not in out
+
+
+def socket_name(pid: int) -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{pid}:"

@@ -71,6 +71,8 @@ def optimize(topology: str | None, trials: int | None, seed: int | None, storage
     if worker_job:
         _worker()
         return
+    if join is not None or workers is not None:
+        _terminate_as_interrupt()
     if join is not None:
         given = "--trials" if trials is not None else "--seed" if seed is not None else None
         if given:
@@ -169,7 +171,7 @@ class ScratchLogFilter(logging.Filter):
 def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, storage: str | None, apply_: bool,
                    dry_run: bool, as_json: bool, workers: int | None = None) -> None:
     from ..optimize.live_system import (
-        LiveSystem, OptimizeError, OptimizerTable, live_values, optimize_topology, set_changes, study_name)
+        LiveSystem, OptimizeError, OptimizerTable, live_values, optimize_topology, plan_taken, set_changes, study_name)
     from ..optimize.study_storage import checked_storage, default_storage, masked
 
     name = spec.node.name
@@ -212,11 +214,10 @@ def _optimize_once(spec, topology: str, trials: int | None, seed: int | None, st
             try:
                 report.applied(live.send(actions))
             except KeyboardInterrupt:  # the plan is one all-or-nothing write: say whether the node took it
-                took = live_values(name) or {}
-                done = all(took.get(scope, {}).get(key) == value for action in actions
-                           for scope, values in action.scopes.items() for key, value in values.items())
+                took = plan_taken(actions, live_values(name))  # one all-or-nothing write: taken or not
                 fail(f"optimize --apply: interrupted while the plan was sent; node {name!r} "
-                     f"{'took it (applied)' if done else 'had not taken it when asked (see `otpy vars get`)'}", EXIT_INTERRUPTED)
+                     f"{'took it (applied)' if took else 'had not taken it when asked (see `otpy vars get`)'}",
+                     EXIT_INTERRUPTED)
             except OptimizeError as exc:
                 report.apply_failed(str(exc))
                 report.end()
@@ -375,6 +376,17 @@ def _workers_line(counts: list, rate: float | None) -> str:
     each = ", ".join(f"{entry['worker']} {entry['trials']}" for entry in counts)
     speed = "" if rate is None else f" ({rate:.2f} trials/s)"
     return f"optimize: {total} trials by {len(counts)} worker{'' if len(counts) == 1 else 's'}{speed}: {each}"
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (``timeout``, systemd, ``docker stop``) stops a leader or a joiner as Ctrl-C does: its
+    workers stopped, its trial failed, one line, exit 130 (not a silent 143 with a trial left RUNNING)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _worker() -> None:

@@ -35,8 +35,8 @@ from .evaluation import as_example, dspy_shaped
 from .optimizer import CompileResult, Config, OptimizeError, action_config, fixed_digest, plan_actions
 from .study_db import quiet_heartbeat_errors, recover
 from .workers import (
-    HEARTBEAT, StudyRecord, WorkerPool, beat_leader, started_trials, study_definition, topology_digest, wait_for_study,
-    worker_name)
+    BEAT_ATTR, HEARTBEAT, StudyRecord, WorkerPool, beat_leader, live_leader, started_trials, study_definition,
+    topology_digest, wait_for_study, worker_name)
 
 __all__ = ["LiveSystem", "OptimizeError", "format_change", "optimize_topology", "registry_values"]
 
@@ -278,6 +278,10 @@ def optimize_topology(topology, *, trials: int | None = None, seed: int | None =
                           progress=progress, worker=worker_name() if shared else None,
                           heartbeat=HEARTBEAT if shared else None, recover=recover if shared else None)
     fixed = optimizer.fixed_values(current)  # a running node's document the topology refuses: said before any start
+    if shared and (other := live_leader(optimizer.open_study(), optimizer.worker)) is not None:  # before any start
+        raise OptimizeError(f"study {optimizer.study_name!r} has a running leader, {other} (it applies the best): add "
+                            f"workers to it with `otpy optimize --join {optimizer.study_name} --storage URL`, or run "
+                            "this once it has ended")
     with scratch_node(topology, topology_path) as scratch, connect(scratch.name) as client, \
             Caller(scratch.name) as caller, _pool(optimizer, topology, topology_path, trials, seed, fixed, workers,
                                                    worker_command, say, spec) as pool:
@@ -322,7 +326,7 @@ def _pool(optimizer, topology, topology_path, trials, seed, fixed, workers, comm
 
     pool.finish = finish
     beating = threading.Event()
-    beat_leader(study, optimizer.worker, beating)  # joiners stop when it stops (``LeaderWatch``)
+    beat = beat_leader(study, optimizer.worker, beating)  # joiners stop when it stops (``LeaderWatch``)
     try:
         if workers > 1:
             if path is None or not command:
@@ -332,6 +336,16 @@ def _pool(optimizer, topology, topology_path, trials, seed, fixed, workers, comm
     finally:
         beating.set()
         pool.stop()
+        beat.join(5)
+        with contextlib.suppress(Exception):  # ended: the next leader of the study need not wait
+            study.set_user_attr(BEAT_ATTR, None)
+
+
+def plan_taken(actions: list[SetVariables], values: Config | None) -> bool:
+    """Whether a node running ``values`` (``live_values``) holds every value ``actions`` set: after a
+    Ctrl-C while the plan was sent (one all-or-nothing write), what to tell the user."""
+    return all((values or {}).get(scope, {}).get(name, object()) == value for action in actions
+               for scope, changed in action_config(action).items() for name, value in changed.items())
 
 
 def study_name(topology, current: Config | None = None) -> str:

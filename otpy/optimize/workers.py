@@ -362,7 +362,7 @@ def beat_leader(study, name: str, stop: threading.Event) -> threading.Thread:
         while not stop.is_set():
             count += 1
             try:
-                study.set_user_attr(BEAT_ATTR, [name, count])
+                study.set_user_attr(BEAT_ATTR, [name, count, time.time()])
             except Exception:  # the database away: the joiners see no beat, as for a lost leader
                 pass
             stop.wait(HEARTBEAT)
@@ -370,6 +370,16 @@ def beat_leader(study, name: str, stop: threading.Event) -> threading.Thread:
     thread = threading.Thread(target=run, daemon=True, name="otpy-leader-beat")
     thread.start()
     return thread
+
+
+def live_leader(study, me: str) -> str | None:
+    """Another leader of ``study`` whose beat is fresh (under ``2 * HEARTBEAT`` s old by this host's
+    clock), else None: a second ``otpy optimize FILE --workers N`` on its study is refused."""
+    beat = study.user_attrs.get(BEAT_ATTR)
+    if not (isinstance(beat, list) and len(beat) == 3 and isinstance(beat[0], str) and beat[0] != me
+            and isinstance(beat[2], (int, float))):
+        return None
+    return beat[0] if abs(time.time() - beat[2]) < 2 * HEARTBEAT else None
 
 
 class LeaderWatch:
@@ -387,8 +397,11 @@ class LeaderWatch:
             return self.last if hasattr(self, "last") else None
 
     def gone(self) -> float | None:
-        """Seconds since the leader's last beat when over ``grace``, else None."""
+        """Seconds since the leader's last beat when over ``grace``, else None (also when it has
+        none: a leader that ended, or one of an otpy without beats)."""
         now, beat = time.monotonic(), self._read()
+        if beat is None:
+            return None
         if beat != self.last:
             self.last, self.since = beat, now
         return now - self.since if now - self.since > self.grace else None
