@@ -262,12 +262,14 @@ def test_a_registry_restarted_while_the_database_is_down_serves_its_last_values(
         again.teardown()
 
 
-def test_without_a_cache_an_unreachable_database_still_fails_the_start(own_server, tmp_path, monkeypatch):
-    url = own_server.new_database()
+def test_without_a_cache_of_this_database_an_unreachable_one_still_fails_the_start(own_server, tmp_path,
+                                                                                   monkeypatch):
+    url, cache = own_server.new_database(), str(tmp_path / "registry-cache.json")
+    registry(own_server.new_database(), cache=cache).teardown()  # the cache of another database
     own_server.pause()
     monkeypatch.setenv("OTPY_REGISTRY_START_WAIT", "0.3")
     try:
         with pytest.raises(RegistryFileError, match="unreachable"):
-            registry(url, cache=str(tmp_path / "none.json"))
+            registry(url, cache=cache)
     finally:
         own_server.resume()

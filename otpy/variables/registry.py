@@ -73,6 +73,7 @@ from ..wire.registry_protocol import (
     read_request,
     reply_outputs,
 )
+from ..specs.values import mask_url
 from .placement import WRITER_ENV, events_endpoint
 from .registry_cache import CacheWriter, cache_path, read_cache
 from .scopes import ScopedValue, ScopedValues, VersionConflict, spaces_from_topology
@@ -103,7 +104,7 @@ class Registry:
         self.writer = os.environ.get(WRITER_ENV)
         path = args.get("path") or os.path.join(os.environ.get("OTPY_NODE_DIR", "."), "registry.db")
         shared = is_postgresql(args.get("storage"))
-        self.cache = cache_path(args) if shared else None
+        self.cache, self._url = cache_path(args) if shared else None, args.get("storage")
         cached = self._read_cache() if self.cache else None
         self.storage = open_storage(args.get("storage"), path, lock=self._db,
                                     wait=0.0 if cached else _start_wait(), offline=cached is not None)
@@ -126,7 +127,7 @@ class Registry:
             self.storage.close()
             raise
         if self.cache is not None:
-            self._cache = CacheWriter(self.cache, self._cached_rows)
+            self._cache = CacheWriter(self.cache, self.storage.where, self._cached_rows)
             self._cache.save()
         if self.storage.shared:  # the other nodes' writes, folded in and published here
             self.storage.listen(self._catch_up, lambda: self.store.version, _say)
@@ -438,7 +439,7 @@ class Registry:
 
     def _read_cache(self) -> tuple | None:
         try:
-            return read_cache(self.cache)
+            return read_cache(self.cache, mask_url(self._url))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:

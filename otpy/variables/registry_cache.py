@@ -20,6 +20,7 @@ and ignored (the registry then needs the database to start, as without a file).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -40,12 +41,15 @@ def cache_path(args: dict[str, Any]) -> str | None:
     return os.path.join(folder, CACHE_FILE) if folder else None
 
 
-def write_cache(path: str, version: int, values: list[tuple[str, str, str, int]],
+def write_cache(path: str, source: str, version: int, values: list[tuple[str, str, str, int]],
                 spaces: list[tuple[str, str, str]]) -> None:
-    """Replace the file at ``path`` whole by these rows (0600): never half written."""
-    data = json.dumps({"version": version, "values": values, "spaces": spaces}).encode()
+    """Replace the file at ``path`` whole by these rows of the database ``source`` (its URL,
+    masked) (0600): never half written."""
+    data = json.dumps({"source": source, "version": version, "values": values, "spaces": spaces}).encode()
     temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, CACHE_MODE)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)  # a stale one (never followed: O_EXCL | O_NOFOLLOW)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, CACHE_MODE)
     try:
         os.fchmod(fd, CACHE_MODE)  # whatever the umask
         remaining = memoryview(data)
@@ -56,13 +60,16 @@ def write_cache(path: str, version: int, values: list[tuple[str, str, str, int]]
     os.replace(temporary, path)
 
 
-def read_cache(path: str) -> tuple[int, list[tuple], list[tuple]]:
-    """(version, value rows, space rows) from the file at ``path``; OSError or ValueError if
-    there is none or it is not one this module wrote."""
+def read_cache(path: str, source: str) -> tuple[int, list[tuple], list[tuple]]:
+    """(version, value rows, space rows) the file at ``path`` holds of the database ``source``;
+    OSError or ValueError if there is none, it is not one this module wrote, or it holds the
+    values of another database (``[registry] storage`` changed since)."""
     with open(path, "rb") as file:
         data = json.loads(file.read())
     if not isinstance(data, dict) or not isinstance(data.get("version"), int):
         raise ValueError("not a registry cache")
+    if data.get("source") != source:
+        raise ValueError(f"it holds the values of {data.get('source')!r:.200}, not of {source!r}")
     values, spaces = data.get("values"), data.get("spaces")
     if not isinstance(values, list) or not isinstance(spaces, list) or \
             not all(isinstance(row, list) and len(row) == 4 for row in values) or \
@@ -75,8 +82,8 @@ class CacheWriter:
     """Saves ``rows()`` (``(version, values, spaces)``) to ``path`` in a thread of its own, soon
     after each ``touch()``; ``close()`` saves what is pending and stops it."""
 
-    def __init__(self, path: str, rows: Callable[[], tuple[int, list, list]]):
-        self.path, self._rows = path, rows
+    def __init__(self, path: str, source: str, rows: Callable[[], tuple[int, list, list]]):
+        self.path, self.source, self._rows = path, source, rows
         self._dirty, self._stop = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, name="otpy-registry-cache", daemon=True)
         self._thread.start()
@@ -87,7 +94,7 @@ class CacheWriter:
     def save(self) -> None:
         self._dirty.clear()
         try:
-            write_cache(self.path, *self._rows())
+            write_cache(self.path, self.source, *self._rows())
         except (OSError, TypeError, ValueError) as exc:
             print(f"otpy: registry: cannot write {self.path}: {exc}", file=sys.stderr, flush=True)
 
