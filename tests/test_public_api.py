@@ -71,6 +71,7 @@ INTERNAL_ERRORS = {
                  "RemoteError, a start fails with its text); in-process it is caught as otpy.PipelineError",
     "RegistryDown": "the worker's registry link; the child's start fails with its text",
     "RegistryFileError": "raised in the registry child; its start fails with its text",
+    "DatabaseLost": "an OptimizeError (public): the study's database stayed away longer than its bound",
     "ScratchNameTaken": "an OptimizeError (public): a trial worker's scratch node name is a running node's; it takes the next",
     "StorageUnavailable": "the registry's, while a shared database is unreachable; answered as a refusal of kind unavailable",
     "RegistryRefused": "RegistryClient's (worker, manager, otpy vars); public calls answer an Outcome",
