@@ -84,3 +84,49 @@ def test_a_plan_interrupted_as_it_was_sent_is_said_taken_only_when_the_node_hold
     actions = [SetVariables(0, "", {}, scopes={"global": {"bias": 0.1}})]  # advC-10: "interrupted", nothing more
     assert plan_taken(actions, {"global": {"bias": 0.1, "other": 1}})
     assert not plan_taken(actions, {"global": {"bias": 0.5}}) and not plan_taken(actions, None)
+
+
+def test_a_worker_whose_trial_was_failed_meanwhile_goes_on(tmp_path, capsys):
+    import optuna
+    from optuna.trial import TrialState
+
+    from otpy.optimize.optimizer import Example, Optimizer
+    from otpy.optimize.study_db import recover
+    from otpy.variables.scopes import VariableSpace
+    from otpy.variables.types import FloatVariable
+
+    space = VariableSpace("global")
+    space.add(FloatVariable(name="bias", low=-1.0, high=1.0, default=0.5))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    calls = []
+
+    def program(x):  # the first trial is failed by another worker meanwhile (its heartbeat stale: advC-15)
+        if not calls:
+            other = optuna.load_study(study_name="f", storage=url)
+            [running] = other.get_trials(states=(TrialState.RUNNING,))
+            other._storage.set_trial_state_values(running._trial_id, TrialState.FAIL)
+        calls.append(x)
+        return {"y": x}
+
+    optimizer = Optimizer({"global": space}, storage=url, study_name="f", progress=False, worker="w:1:aa",
+                          recover=recover)
+    _, ran, _, _ = optimizer.search(program, [Example(inputs={"x": 1.0}, label=1.0)],
+                                    lambda example, prediction: 0.0, trials=3)
+    assert "its trial was failed meanwhile by another worker" in capsys.readouterr().err
+    states = [t.state.name for t in optuna.load_study(study_name="f", storage=url).trials]
+    assert states.count("COMPLETE") == 2 and states[0] == "FAIL"
+
+
+def test_a_pool_tells_a_worker_that_died_from_one_that_ended(tmp_path):
+    import sys
+
+    from otpy.optimize.workers import WorkerPool
+
+    ended = [sys.executable, "-c", "import sys; sys.stdin.readline(); sys.exit({})"]
+    pools = [WorkerPool({"study": "s", "storage": "sqlite://"}, 1, command=[*ended[:2], ended[2].format(code)],
+                        say=print) for code in (0, 3)]
+    for pool in pools:
+        pool.study = object()  # no study: the died one's trial cannot be failed (said, not raised)
+        with pool:
+            pool.wait()
+    assert pools[0].died() == [] and pools[1].died() == pools[1].names  # advC-14: ended is not died

@@ -496,5 +496,7 @@ def _join_study(name: str, topology: str | None, storage: str | None, workers: i
     if gone:
         fail(f"optimize --join: the leader {record.leader} of study {name!r} is gone (no sign of it for {gone:.0f} s); "
              "this host's workers stopped; run the leader's command again to finish the study and apply its best")
-    if not TrialShare(record.trials).all_taken(study):  # not every trial finished or running elsewhere: workers died
-        fail(f"optimize --join: the study has {done} of {record.trials} trials and no worker here is left", EXIT_FAILED)
+    died = pool.died()  # workers that ended because every trial was taken have not failed (advC-14)
+    if died and not TrialShare(record.trials).all_taken(study):
+        fail(f"optimize --join: the study has {done} of {record.trials} trials and this host's workers died "
+             f"({', '.join(died)})", EXIT_FAILED)

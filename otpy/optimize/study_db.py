@@ -40,6 +40,20 @@ def database_lost(exc: BaseException | None) -> bool:
     return False
 
 
+def failed_elsewhere(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is optuna refusing to tell a trial another worker already failed (a stale
+    heartbeat: this worker's host was frozen or cut off, then came back)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, UpdateFinishedTrialError) or \
+                (isinstance(exc, ValueError) and str(exc).startswith("Cannot tell a ")):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def reason(exc: BaseException) -> str:
     """The driver's first line (what went away), not optuna's guess ("invalid data in the commit")."""
     root = exc
@@ -89,6 +103,10 @@ def quiet_heartbeat_errors() -> None:
 def recover(study, worker: str, exc: BaseException) -> bool:
     """Once the database is back (at most ``DB_WAIT`` s, else ``DatabaseLost``): ``worker``'s
     trials left RUNNING are failed (their results could not be stored); True. False for another error."""
+    if failed_elsewhere(exc):
+        print(f"optimize: worker {worker}: its trial was failed meanwhile by another worker (its heartbeat had "
+              "stopped: this host frozen or cut off); it goes on", file=sys.stderr, flush=True)
+        return True
     if not database_lost(exc):
         return False
     print(f"optimize: worker {worker}: the study's database went away ({reason(exc)}); waiting for it "

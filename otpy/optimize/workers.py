@@ -272,12 +272,18 @@ class WorkerPool:
         thread.start()
         self._threads.append(thread)
 
+    def died(self) -> list[str]:
+        """The workers that ended on their own with an error (not 0; not stopped by ``stop``)."""
+        return [name for name, code in self.exits.items()
+                if code != 0 and not (self.stopping and code in (130, -signal.SIGINT))]
+
     @property
     def names(self) -> list[str]:
         return [name for name, _ in self.processes]
 
     def _watch(self, name: str, process: subprocess.Popen) -> None:
         out = process.stdout.read()
+        process.stdout.close()
         code = process.wait()
         self.exits[name] = code
         for line in out.splitlines():
