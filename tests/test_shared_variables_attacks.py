@@ -19,7 +19,8 @@ from otpy.variables.placement import with_registry
 from tests.helpers import unique_name, wait_until
 
 ALPHA, BETA, BROKEN = "tests.bound_agents:Alpha", "tests.bound_agents:Beta", "tests.bound_agents:Broken"
-VARIABLES = {"global": {"impl": {"type": "module", "modules": [ALPHA, BETA, BROKEN], "default": ALPHA}}}
+SLOW = "tests.bound_agents:SlowStart"
+VARIABLES = {"global": {"impl": {"type": "module", "modules": [ALPHA, BETA, BROKEN, SLOW], "default": ALPHA}}}
 
 
 def node_spec(name: str, url: str, start_timeout: float = 10.0, bind: bool = True) -> NodeSpec:
@@ -102,6 +103,33 @@ def test_a_bound_write_during_a_hung_database_leaves_the_tree_running_what_is_st
         with otpy.Caller(a.name) as caller:
             stored = caller.call("registry", {"op": "get", "scope": "global", "name": "impl"}, timeout=10)
         assert stored["value"] == ALPHA and solver(a).program == ALPHA
+
+
+@pytest.mark.timeout(120)
+def test_a_bound_write_refused_as_the_database_goes_says_what_the_tree_runs(own_server, monkeypatch, tmp_path):
+    """advB-13's scenario: the database goes away while the new program starts; the commit is
+    refused (nothing stored) and the tree goes back. The reply says exactly what runs, with its pid.
+    (advB-13 itself, the old process kept instead of a fresh one of the same program, needs the
+    supervisor to hold the replaced incarnation until the commit: open, see report-fixB2.md.)"""
+    import threading
+
+    mark = tmp_path / "mark"
+    monkeypatch.setenv("BOUND_TEST_MARK", str(mark))
+    url = own_server.new_database()
+    with otpy.Node(node_spec(unique_name("gone"), url)) as a:
+        assert runs(a)[0] == "Alpha"
+        replies = []
+        writer = threading.Thread(target=lambda: replies.append(a.set_variables("global", {"impl": SLOW})))
+        writer.start()
+        wait_until(mark.exists, timeout=20, what="the new program's setup began")
+        own_server.pause()  # immediate: the commit finds the database gone
+        writer.join(60)
+        outcome = replies[0]
+        assert outcome.outcome == "unavailable" and "the write was not stored" in outcome.detail, outcome
+        program, pid = runs(a)
+        assert program == "Alpha"
+        assert f"the tree went back: child 'solver' runs {ALPHA} (pid {pid})" in outcome.detail, outcome
+        own_server.resume()
 
 
 def test_a_node_that_cannot_run_a_stored_value_refuses_to_start_naming_it(postgres_url):
