@@ -165,25 +165,30 @@ class CallGateway:
             self.context.term()  # the last answers leave (linger), then the I/O thread ends
 
     def _read(self) -> None:
+        frontend = self.frontend
         for _ in range(READ_BATCH):
-            try:
-                frames = self.frontend.recv_multipart(zmq.NOBLOCK, copy=False)
+            try:  # frame by frame: bytes (cheaper than zmq.Frame) unless the key must be looked up
+                identity = frontend.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) != 2:
+            if not frontend.getsockopt(zmq.RCVMORE):
+                continue
+            body = frontend.recv(zmq.NOBLOCK, copy=self.allowed is None or self._fresh(identity))
+            if frontend.getsockopt(zmq.RCVMORE):
+                while frontend.getsockopt(zmq.RCVMORE):
+                    frontend.recv(zmq.NOBLOCK)
                 continue  # not a RemoteCaller's: nothing to answer to
-            identity = frames[0].bytes
             if identity[:1] != b"\0":  # a routing id the client chose (libzmq's own begin with 0): a later
                 # connection of another key could take it and get the replies of this one's calls
                 self._complain(f"otpy[{self.node}]: dropped a call: its client set its own ZeroMQ routing id")
                 continue
             if self._deaf and self._is_deaf(identity):
                 continue  # it does not read its replies: nothing more is run for it
-            if self.allowed is not None and not self._allows(identity, frames[1]):
+            if type(body) is not bytes and not self._allows(identity, body):
                 self._complain(f"otpy[{self.node}]: dropped a call: its client's key was revoked")
                 continue  # as to a refused handshake: no answer
             try:
-                message = decode(TO_GATEWAY, frames[1].buffer)
+                message = decode(TO_GATEWAY, body if type(body) is bytes else body.buffer)
             except WireError as exc:
                 self._complain(f"otpy[{self.node}]: the call gateway refused a message: {exc}")
                 self._send(identity, RemoteFailed(call_id=0, kind="bad_request", message=f"undecodable call: {exc}"))
@@ -194,15 +199,19 @@ class CallGateway:
             if not self.frontend.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return  # nothing more waits (cheaper to ask than to get zmq.Again)
 
-    def _allows(self, identity: bytes, frame: zmq.Frame) -> bool:
-        """Is the key of the connection ``identity`` still authorized? Looked up (a stat of the
-        folder) at most once per connection every ``KEYS_RECHECK_S``: a revocation applies then."""
+    def _fresh(self, identity: bytes) -> bool:
+        """The key of the connection ``identity`` was found authorized less than ``KEYS_RECHECK_S``
+        ago (its next message then needs no look-up)."""
         now = time.monotonic()
         if now - self._verified_at > KEYS_RECHECK_S:
             self._verified.clear()
             self._verified_at = now
-        if identity in self._verified:
-            return True
+        return identity in self._verified
+
+    def _allows(self, identity: bytes, frame: zmq.Frame) -> bool:
+        """Is the key of the connection ``identity`` (not ``_fresh``) still authorized? Looked up (a
+        stat of the folder) at most once per connection every ``KEYS_RECHECK_S``: a revocation
+        applies then."""
         if self.allowed.allows(frame.get("User-Id")):
             self._verified.add(identity)
             return True
