@@ -195,7 +195,11 @@ class ControlServer:
         try:
             self._gateway = CallGateway(self.node.name, endpoint, keys_dir(self.node.name), self._cap)
         except zmq.ZMQError as exc:
-            raise NodeStartError(f"node.control_tcp {declared!r}: its calls port {endpoint} (control_tcp's port + 1) "
+            try:
+                shown = calls_endpoint(declared)  # as the user wrote it (not the [::ffff:...] form bound)
+            except ValueError:
+                shown = endpoint
+            raise NodeStartError(f"node.control_tcp {declared!r}: its calls port {shown} (control_tcp's port + 1) "
                                  f"cannot be bound: {exc.strerror}") from None
         self._gateway.start()
 
