@@ -13,7 +13,8 @@ never waits for the gateway.
 
 Bounds: at most ``MAX_PER_CLIENT`` calls of one client and ``MAX_IN_FLIGHT`` in all are in
 flight; beyond, ``overloaded`` at once. Replies wait at most ``SEND_HWM`` messages in ZeroMQ's
-queue of a connection and ``PARKED_BYTES`` here; a connection over that, or whose parked replies
+queue of a connection and ``PARKED_BYTES`` here (while some wait here, its new calls are
+``overloaded`` at once: a slow link slows its client down); a connection over that, or whose parked replies
 do not move for ``STUCK_S``, does not read: its replies are dropped and its calls dropped unrun
 for ``DEAF_FOR_S`` (its caller times out), and the kernel closes a connection that acknowledges
 nothing for ``TCP_MAXRT_MS``. A reply goes to the connection that made the call: routing ids
@@ -221,6 +222,11 @@ class CallGateway:
         agent = call.agent
         if (problem := self._agent_problem(agent)) is not None:
             self._send(identity, RemoteFailed(call_id=call.call_id, kind="no_such_agent", message=problem))
+            return
+        if self._parked and (parked := self._parked.get(identity)) is not None:  # it takes its replies slowly
+            self._send(identity, RemoteFailed(
+                call_id=call.call_id, kind="overloaded",
+                message=f"node {self.node!r} holds {parked.size} bytes of replies this client has not taken yet"))
             return
         mine = self.per_client.get(identity, 0)
         if self.in_flight >= MAX_IN_FLIGHT or mine >= MAX_PER_CLIENT:
