@@ -130,3 +130,13 @@ def test_a_pool_tells_a_worker_that_died_from_one_that_ended(tmp_path):
         with pool:
             pool.wait()
     assert pools[0].died() == [] and pools[1].died() == pools[1].names  # advC-14: ended is not died
+
+
+def test_a_pool_that_cannot_start_its_workers_stops_those_started_and_names_workers(tmp_path):
+    from otpy.optimize.optimizer import OptimizeError
+    from otpy.optimize.workers import WorkerPool
+
+    pool = WorkerPool({"study": "s", "storage": "sqlite://"}, 3, command=[str(tmp_path / "none")], say=print)
+    with pytest.raises(OptimizeError, match=r"--workers: worker 1 of 3 could not start .*; ask for fewer"):
+        pool.start()  # advC-8: a RuntimeError/OSError traceback out of the leader
+    assert pool.processes == []
