@@ -249,3 +249,4 @@ def test_the_leader_waits_for_trials_running_elsewhere_and_fails_those_whose_hea
     wait_for_study(shared, 2, said.append, poll=0.05)
     assert said == ["optimize: waiting for 1 trial(s) running on other workers (gone:1)"]
     assert [t.state.name for t in shared.trials] == ["COMPLETE", "FAIL"]
+    assert "heartbeat stopped" in shared.trials[1].user_attrs["failed"]  # the reason, for whoever reads it (advC-15)

@@ -193,8 +193,26 @@ def wait_for_study(study, trials: int, say: Callable[[str], None], poll: float =
             said = True
         with warnings.catch_warnings():  # optuna calls its heartbeat experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            until_back(lambda: optuna.storages.fail_stale_trials(study), "failing a lost host's trials")
+            until_back(lambda: fail_stale(study), "failing a lost host's trials")
         time.sleep(poll)
+
+
+def fail_stale(study) -> None:
+    """optuna's ``fail_stale_trials``, with the reason on each trial (user attribute ``failed``)."""
+    import optuna
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
+        return
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try:
+            storage.set_trial_user_attr(trial_id, "failed", "its worker's heartbeat stopped (its host lost, frozen "
+                                        "or cut off)")
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            pass
 
 
 def finished_trials(study) -> list:
