@@ -13,8 +13,8 @@ never waits for the gateway.
 
 Bounds: at most ``MAX_PER_CLIENT`` calls of one client and ``MAX_IN_FLIGHT`` in all are in
 flight; beyond, ``overloaded`` at once. Replies wait at most ``SEND_HWM`` messages in ZeroMQ's
-queue of a connection and ``PARKED_BYTES`` here (while some wait here, its new calls are
-``overloaded`` at once: a slow link slows its client down); a connection over that, or whose parked replies
+queue of a connection and ``PARKED_BYTES`` here (while ``SLOW_PARKED_BYTES`` wait here, its new
+calls are ``overloaded`` at once: a slow link slows its client down); a connection over that, or whose parked replies
 do not move for ``STUCK_S``, does not read: its replies are dropped and its calls dropped unrun
 for ``DEAF_FOR_S`` (its caller times out), and the kernel closes a connection that acknowledges
 nothing for ``TCP_MAXRT_MS``. A reply goes to the connection that made the call: routing ids
@@ -59,7 +59,8 @@ REPLY_LINGER_MS = 1000
 SEND_HWM = 2  # replies ZeroMQ queues per connection (up to MAX_CALL_BYTES each); beyond, parked here
 PARKED_BYTES = MAX_CALL_BYTES  # the bytes of replies parked per connection; beyond, it does not read
 DEAF_FOR_S = 60.0  # a connection found not reading gets no answer (its calls are dropped) this long
-PARKED_RETRY_MS = 2  # parked replies are tried again this often
+PARKED_RETRY_MS = 1  # parked replies are tried again this often
+SLOW_PARKED_BYTES = 1 << 20  # with this much parked (it takes its replies slowly), a connection's new calls are refused
 STUCK_S = 10.0  # a connection whose parked replies do not move for this long does not read
 TCP_MAXRT_MS = 60_000  # the kernel closes a connection whose sent data stays unacknowledged this long
 
@@ -223,7 +224,7 @@ class CallGateway:
         if (problem := self._agent_problem(agent)) is not None:
             self._send(identity, RemoteFailed(call_id=call.call_id, kind="no_such_agent", message=problem))
             return
-        if self._parked and (parked := self._parked.get(identity)) is not None:  # it takes its replies slowly
+        if self._parked and (parked := self._parked.get(identity)) is not None and parked.size >= SLOW_PARKED_BYTES:
             self._send(identity, RemoteFailed(
                 call_id=call.call_id, kind="overloaded",
                 message=f"node {self.node!r} holds {parked.size} bytes of replies this client has not taken yet"))
