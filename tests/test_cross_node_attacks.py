@@ -70,7 +70,8 @@ def test_a_fifo_named_like_a_key_is_refused_at_once_never_read(tmp_path):
 def b(tmp_path_factory):
     from tests.test_cross_node_calls import start_node
 
-    node, endpoint = start_node("b", agent("echo", "Echo"), agent("slow", "Slow"), otpy.ChildSpec(id="big", program="tests.attack_agents:Big"))
+    node, endpoint = start_node("b", agent("echo", "Echo"), agent("slow", "Slow"),
+                                otpy.ChildSpec(id="big", program="tests.attack_agents:Big"))
     node.endpoint = endpoint
     node.keys = client_keys(tmp_path_factory.mktemp("keys") / "b", node.name)
     yield node

@@ -14,14 +14,15 @@ never waits for the gateway.
 Bounds: at most ``MAX_PER_CLIENT`` calls of one client and ``MAX_IN_FLIGHT`` in all are in
 flight; beyond, ``overloaded`` at once. Replies wait at most ``SEND_HWM`` messages in ZeroMQ's
 queue of a connection and ``PARKED_BYTES`` here (while ``SLOW_PARKED_BYTES`` wait here, its new
-calls are ``overloaded`` at once: a slow link slows its client down); a connection over that, or whose parked replies
-do not move for ``STUCK_S``, does not read: its replies are dropped and its calls dropped unrun
-for ``DEAF_FOR_S`` (its caller times out), and the kernel closes a connection that acknowledges
-nothing for ``TCP_MAXRT_MS``. A reply goes to the connection that made the call: routing ids
-are libzmq's (a client that sets its own is not answered, as another key could take it over). A frame over the call size limit is dropped by ZeroMQ
-(and its sender disconnected), as at an agent's socket; inputs nested too deep are refused by
-the agent (``bad_request``). The connections are capped as the control listeners'
-(``wire.connections``).
+calls are ``overloaded`` at once: a slow link slows its client down); a connection over that,
+or whose parked replies do not move for ``STUCK_S``, does not read: its replies are dropped and
+its calls dropped unrun for ``DEAF_FOR_S`` (its caller times out), and the kernel closes a
+connection that acknowledges nothing for ``TCP_MAXRT_MS``. A reply goes to the connection that
+made the call: routing ids are libzmq's (a client that sets its own is not answered, as another
+key could take it over). A frame over the call size limit is dropped by ZeroMQ (and its sender
+disconnected), as at an agent's socket; inputs nested too deep are refused by the agent
+(``bad_request``). The connections are capped (``_YoungFirstCap``): at the cap, only those too
+young to have shown a key are closed.
 """
 
 from __future__ import annotations
