@@ -14,13 +14,12 @@ import click
 
 import msgspec
 
-from .exits import EXIT_FAILED, EXIT_USAGE, fail
+from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, fail
 from .options import JSON_OPTION, Number, Seconds
 from ..topology.load import TopologyError, load_topology
 from ..wire.calls import Caller
 from ..wire.client import NodeNotFound, connect
 
-EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
 MAX_WORKERS = 64  # --workers: a host's worker processes (each a scratch node: a zygote and its children)
 
 
