@@ -83,7 +83,7 @@ class PostgresServer:
                      f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"])
         with open(data / "postgresql.conf", "a") as conf:
             conf.write(f"\nlisten_addresses = '{listen or host}'\nport = {server.port}\n"
-                       f"unix_socket_directories = '{folder}'\nmax_connections = 200\n"
+                       f"unix_socket_directories = '{folder}'\nmax_connections = 1000\n"
                        "fsync = on\nsynchronous_commit = on\nshared_buffers = 32MB\n")
         with open(data / "pg_hba.conf", "w") as hba:
             hba.write("local all all scram-sha-256\nhost all all 0.0.0.0/0 scram-sha-256\n")

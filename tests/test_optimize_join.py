@@ -29,9 +29,14 @@ def test_a_joiner_adds_trials_to_the_leader_s_study_and_the_leader_counts_them(t
         except KeyError:
             return False
 
-    wait_until(recorded, timeout=30, what="the leader's study")
-    joiner = run("--join", name, "--storage", postgres_url, "--workers", "1", "--json", timeout=90)
-    out, err = leader.communicate(timeout=90)
+    try:
+        wait_until(recorded, timeout=30, what="the leader's study")
+        joiner = run("--join", name, "--storage", postgres_url, "--workers", "1", "--json", timeout=90)
+        out, err = leader.communicate(timeout=90)
+    finally:  # a failed wait never leaves the leader running (or a zombie of this worker)
+        if leader.poll() is None:
+            leader.kill()
+        leader.wait()
     assert joiner.returncode == 0, joiner.stderr
     assert leader.returncode == 0, err
     joined = json.loads(joiner.stdout)

@@ -111,8 +111,8 @@ def test_a_key_or_type_error_of_the_registry_is_internal_not_a_bad_request(db, c
 def test_a_symlinked_registry_file_is_refused_and_nothing_is_written_where_it_points(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    registry(str(elsewhere / "registry.db"))  # a real registry outside the node's folder
-    before = sorted(os.listdir(elsewhere))
+    registry(str(elsewhere / "registry.db")).teardown()  # a real registry outside the node's folder, closed:
+    before = sorted(os.listdir(elsewhere))  # its own files settled (SQLite's -wal/-shm come and go with it)
     folder = tmp_path / "node"
     folder.mkdir()
     os.symlink(elsewhere / "registry.db", folder / "registry.db")
