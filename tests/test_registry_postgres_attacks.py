@@ -104,7 +104,7 @@ def test_a_row_that_is_not_json_never_ends_the_listener_and_writes_go_on(pair, p
 def test_a_notification_that_is_no_version_never_ends_the_listener(pair, postgres_url, payload):
     a, b = pair
     sql(postgres_url, f"SELECT pg_notify('otpy_registry', '{payload}')")
-    time.sleep(0.2)  # the listener handles it (nothing to wait on: it must survive it)
+    # notifications come in commit order: a seeing b's later write proves it went past the bad one
     assert b.forward(op="set", scope="global", name="t", value=0.33)["ok"]
     wait_until(lambda: value(a, "t") == 0.33, timeout=10)
 
@@ -216,7 +216,7 @@ def test_a_hung_database_bounds_every_wait_and_reads_answer_from_memory(own_serv
             "write", reg.forward(op="set", scope="global", name="t", value=0.6)))
         started = time.monotonic()
         writer.start()
-        time.sleep(0.3)  # the write is waiting on the hung server
+        time.sleep(0.3)  # not a wait for an event: the read below must fall while the write hangs on the server
         assert value(reg, "t") == 0.5 and time.monotonic() - started < 1.0  # a read never waits on it
         writer.join(timeout=15)
         assert not writer.is_alive() and time.monotonic() - started < 8
