@@ -21,8 +21,8 @@ connection that acknowledges nothing for ``TCP_MAXRT_MS``. A reply goes to the c
 made the call: routing ids are libzmq's (a client that sets its own is not answered, as another
 key could take it over). A frame over the call size limit is dropped by ZeroMQ (and its sender
 disconnected), as at an agent's socket; inputs nested too deep are refused by the agent
-(``bad_request``). The connections are capped (``_YoungFirstCap``): at the cap, only those too
-young to have shown a key are closed.
+(``bad_request``). The connections are capped (``wire.connections.YoungFirstCap``): at the
+cap, only those too young to have shown a key are closed.
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ import collections
 import itertools
 import logging
 import os
-import socket
-import struct
 import threading
 import time
 from typing import Any
@@ -44,7 +42,7 @@ from ..specs.model import name_problem
 from ..wire.call_book import Pending
 from ..wire.call_engine import CallEngine, call_limits_problem
 from ..wire.codec import MAX_CALL_BYTES, Complaints, WireError, decode, describe, encode
-from ..wire.connections import HANDSHAKE_IVL_MS, Tally, _event_of, prepare
+from ..wire.connections import YoungFirstCap, prepare
 from ..wire.errors import (AgentCrashed, BadRequest, CallError, CallTimeout, NoSuchAgent, Overloaded, RemoteError,
                            Unencodable)
 from ..wire.protocol import ENCODER, Call
@@ -107,7 +105,7 @@ class CallGateway:
         except zmq.ZMQError:
             self.frontend.close(linger=0)
             raise
-        self.cap = _YoungFirstCap(self.frontend, cap, self._complain, listener=f"the call gateway {endpoint}")
+        self.cap = YoungFirstCap(self.frontend, cap, self._complain, listener=f"the call gateway {endpoint}")
         self._ids = itertools.count(1)
         self.engine = CallEngine(context, node, self._ids.__next__)
         self._stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -328,80 +326,6 @@ class CallGateway:
         for old in [i for i, since in self._deaf.items() if now - since > DEAF_FOR_S]:
             del self._deaf[old]
         return identity in self._deaf
-
-
-class _YoungFirstCap:
-    """The gateway's connection cap (``wire.connections``' rule: at most ``cap`` connections), which
-    never cuts a client that got in: at the cap, the connections accepted less than a handshake's
-    time ago (``HANDSHAKE_IVL_MS``: a peer without a key is never older) are shut down, the older
-    ones (authenticated) stay. A flood of key-less connections costs new clients a retry, never
-    an authorized client its link nor its calls in flight (an unbind would close them all)."""
-
-    def __init__(self, sock: zmq.Socket, cap: int, say, listener: str) -> None:
-        self.sock, self.say, self.listener = sock, say, listener
-        self.tally = Tally(cap)
-        self.accepted: dict[int, float] = {}  # descriptor of each connection -> when it was accepted
-        self.monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        self.local = _local_address(sock.getsockopt_string(zmq.LAST_ENDPOINT))
-        self.shed = 0
-
-    def on_events(self) -> None:
-        now = time.monotonic()
-        while self.monitor.poll(0):
-            frames = self.monitor.recv_multipart(zmq.NOBLOCK)
-            event, fd = _event_of(frames), struct.unpack("=hi", frames[0])[1]
-            if event == zmq.EVENT_ACCEPTED:
-                self.accepted[fd] = now
-            elif event == zmq.EVENT_DISCONNECTED:
-                self.accepted.pop(fd, None)
-        self.tally.count = len(self.accepted)
-        if self.tally.over():
-            self._shed_young(now)
-
-    def _shed_young(self, now: float) -> None:
-        young = [fd for fd, since in self.accepted.items() if now - since < HANDSHAKE_IVL_MS / 1000 + 1]
-        for fd in young:
-            del self.accepted[fd]
-            self.shed += _shut_down(fd, self.local)
-        self.say(f"otpy: {len(young) + len(self.accepted)} connections to {self.listener}, its most: the "
-                 f"{len(young)} accepted in the last {HANDSHAKE_IVL_MS // 1000} s are closed, the others stay")
-
-    def close(self) -> None:
-        try:
-            self.sock.disable_monitor()
-        except zmq.ZMQError:
-            pass
-        self.monitor.close(linger=0)
-
-
-def _local_address(endpoint: str) -> tuple[str, int]:
-    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
-    host = host.strip("[]")
-    return (host.removeprefix("::ffff:"), int(port))
-
-
-def _shut_down(fd: int, local: tuple[str, int]) -> int:
-    """Shut down the connection of descriptor ``fd`` (libzmq's, which then closes it as a peer that
-    left) if it still is one accepted on ``local``; 1 if it was."""
-    try:
-        copy = os.dup(fd)
-    except OSError:
-        return 0  # closed meanwhile
-    try:
-        sock = socket.socket(fileno=copy)
-    except OSError:
-        os.close(copy)
-        return 0  # not a socket any more
-    try:
-        host, port = sock.getsockname()[:2]
-        if port != local[1] or local[0] not in ("0.0.0.0", "::", "*", host.removeprefix("::ffff:")):
-            return 0  # the descriptor is something else's by now
-        sock.shutdown(socket.SHUT_RDWR)
-        return 1
-    except OSError:
-        return 0
-    finally:
-        sock.close()  # the duplicate only
 
 
 class _Parked:

@@ -35,7 +35,7 @@ from typing import Callable, Protocol
 import zmq
 import zmq.asyncio
 
-from ..wire.connections import ConnectionCap, connection_cap, prepare
+from ..wire.connections import AsyncYoungFirstCap, ConnectionCap, connection_cap, node_cap, prepare
 from .control_lanes import Lane, Supervisors, lane_of, parse_request, receive_bounded
 from .errors import NodeStartError
 from ..wire.protocol import ENCODER, MAX_REQUEST_BYTES, FromNode, Message, NodeEvent, Refused, StopNode, Stopping, ToNode
@@ -105,7 +105,7 @@ class ControlServer:
         self._room = asyncio.Event()  # set while fewer than MAX_WAITING wait
         self._room.set()
         self._closing = False
-        self._caps: list[ConnectionCap] = []
+        self._caps: list[ConnectionCap | AsyncYoungFirstCap] = []
         self._stop_waiters: list[tuple[zmq.asyncio.Socket, bytes, int]] = []
 
     # --- life cycle -------------------------------------------------------------------------
@@ -136,7 +136,8 @@ class ControlServer:
                 self._start_receiving(sock)
 
     def _cap_connections(self, control: str) -> None:
-        """A connection cap on every listener: control (ipc, TCP) and events (``wire.connections``)."""
+        """A connection cap on every listener: control (ipc, TCP) and events (``wire.connections``):
+        the reset on the ipc ones, young-first on TCP (an authorized client is never cut)."""
         listeners = [(self._router, control), (self._pub, events_endpoint(self.node.name))]
         if self._tcp is not None:  # as bound: a wildcard or port 0 resolved, so that unbind/bind find it
             listeners.append((self._tcp, self._tcp.getsockopt_string(zmq.LAST_ENDPOINT)))
@@ -144,7 +145,7 @@ class ControlServer:
         for sock, endpoint in listeners:
             bind = (lambda s=sock, e=endpoint: self._bind_private(s, e)) if endpoint.startswith("ipc://") else \
                 (lambda s=sock, e=endpoint: s.bind(e))
-            self._caps.append(ConnectionCap(sock, endpoint, cap, bind, self.node.name, self._context))
+            self._caps.append(node_cap(sock, endpoint, cap, bind, self.node.name, self._context))
 
     def _open_tcp(self, endpoint: str) -> None:
         """The TCP control endpoint: CURVE-encrypted, only clients in ``curve/authorized`` get in."""

@@ -110,7 +110,7 @@ class RemoteEventsServer:
     def open(self) -> None:
         import zmq.asyncio
 
-        from ..wire.connections import ConnectionCap, connection_cap, prepare
+        from ..wire.connections import AsyncYoungFirstCap, connection_cap, prepare
         from ..wire.curve import ensure_keys, serve_curve, start_authenticator
 
         self.endpoint = events_endpoint(self.control_tcp)  # ValueError: no port + 2
@@ -132,12 +132,9 @@ class RemoteEventsServer:
             raise zmq.ZMQError(exc.errno, f"{self.endpoint} (control_tcp's port + {EVENTS_PORT_OFFSET}) cannot be "
                                           f"bound: {exc}") from None
         self._bound = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._cap = ConnectionCap(self._pub, self._bound, connection_cap(3), self._bind_again, self.node,
-                                  self._context)
+        # young-first: a flood of key-less connections never cuts an authorized subscriber
+        self._cap = AsyncYoungFirstCap(self._pub, self._bound, connection_cap(3), self.node, self._context)
         self._cap_task = asyncio.ensure_future(self._cap.run())
-
-    def _bind_again(self) -> None:
-        self._pub.bind(self._bound)
 
     def publish(self, event: NodeEvent) -> None:
         """Send ``event`` to every subscriber, unless a key was revoked since the last event:
@@ -167,6 +164,8 @@ class RemoteEventsServer:
                 await asyncio.sleep(REBIND_AFTER_S)
                 try:
                     self._pub.bind(self._bound)
+                    if self._cap is not None:
+                        self._cap.forget()  # the unbind closed them all, untold
                     return
                 except zmq.ZMQError as exc:
                     if exc.errno != zmq.EADDRINUSE:

@@ -4,13 +4,33 @@ Why: every connection a ROUTER accepts takes a file descriptor of the node. libz
 the whole process when ``accept`` fails with EMFILE on an ipc listener
 (``Too many open files (src/ipc_listener.cpp:297)``); on a TCP listener it survives, but the
 descriptors are gone, and the next child start fails for want of pipes. No socket option caps
-connections, so a socket monitor counts them (``EVENT_ACCEPTED`` / ``EVENT_DISCONNECTED``);
-at the cap the listener is unbound, which makes libzmq close every connection accepted there
-(there is no way to refuse only the next one), and bound again ``REBIND_AFTER_S`` later:
-clients' DEALERs reconnect by themselves; a request in flight then is lost (its client times
-out). The node keeps its descriptors, and serving.
+connections, so a socket monitor counts them (``EVENT_ACCEPTED`` / ``EVENT_DISCONNECTED``).
+The reset (ipc listeners, below): at the cap the listener is unbound, which makes libzmq close
+every connection accepted there (there is no way to refuse only the next one), and bound again
+``REBIND_AFTER_S`` later: clients' DEALERs reconnect by themselves; a request in flight then is
+lost (its client times out). The node keeps its descriptors, and serving.
 Peers that connect and never complete their handshake (an idle socket, a client without the
 CURVE keys) are dropped by ZeroMQ after ``HANDSHAKE_IVL_MS``, which frees their slots.
+
+Two rules, one per kind of listener:
+
+- TCP listeners (the control endpoint ``control_tcp``, the call gateway on its port + 1, the
+  events PUB on its port + 2) take the young-first rule (``YoungFirst``): anyone who can reach
+  the port can connect, with no key, so the reset would let a key-less party cut every
+  authorized client (and fail their calls in flight) at will. Every connection's descriptor is
+  tracked from the monitor's ACCEPTED/DISCONNECTED events (their value is the descriptor); at
+  the cap, only the connections accepted less than ``YOUNG_S`` ago are shut down (a duplicate of
+  the descriptor, checked to still be a socket of this listener, is shut down: libzmq then
+  closes it as a peer that left). A peer without an authorized CURVE key is never older: libzmq
+  drops it at ``HANDSHAKE_IVL_MS``. So the older ones are authenticated, and stay; a flood costs
+  new clients a retry, never an established one its link.
+- ipc listeners (the node's control and events sockets, an agent's, the registry's events) keep
+  the reset (``ConnectionCap``, ``AgentConnectionCap``, ``ThreadConnectionCap``): their peers
+  show no key (the socket file's 0600 mode is the check), so an old connection proves nothing;
+  with young-first a local flood that completes ZMTP at once would hold the slots for good and
+  lock the owner's own CLI out, where a reset lets everyone reconnect. And young-first frees
+  nothing when every connection is old, where the reset always frees them all: on ipc, where
+  EMFILE aborts the process, the reset is the guard that always works.
 """
 
 from __future__ import annotations
@@ -29,6 +49,7 @@ log = logging.getLogger("otpy")
 
 MAX_CONNECTIONS = 1024  # per listener, at most
 HANDSHAKE_IVL_MS = 5000  # a peer that has not completed its ZMTP (and CURVE) handshake by then is dropped
+YOUNG_S = HANDSHAKE_IVL_MS / 1000 + 1  # a connection this young may not have shown a key yet
 REBIND_AFTER_S = 0.05  # between the unbind that closes every connection and the bind again
 MAX_PAUSE_S = 1.0  # the longest the listener stays away after a reset
 _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
@@ -245,6 +266,148 @@ class ThreadConnectionCap:
         os.close(self._wake_w)
         with self.lock:
             self.cap.close()
+
+
+class YoungFirst:
+    """The young-first rule of a TCP listener (see the module's docstring): at most ``cap``
+    connections; at the cap (or the descriptors' danger line), those accepted less than
+    ``YOUNG_S`` ago are shut down, the older ones (authenticated) stay. Feed it the monitor's
+    messages (``on``), then ``check``. No I/O of its own: ``YoungFirstCap`` runs it in a
+    thread's poll loop (the call gateway), ``AsyncYoungFirstCap`` in the node's asyncio loop."""
+
+    def __init__(self, sock: zmq.Socket, cap: int) -> None:
+        self.tally = Tally(cap)
+        self.accepted: dict[int, float] = {}  # descriptor of each connection -> when it was accepted
+        self.local = _local_address(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.shed = 0  # connections shut down, in all
+
+    def on(self, frames: list[bytes], now: float) -> None:
+        event = _event_of(frames)
+        fd = struct.unpack("=hi", frames[0])[1]
+        if event == zmq.EVENT_ACCEPTED:
+            self.accepted[fd] = now
+        elif event == zmq.EVENT_DISCONNECTED:
+            self.accepted.pop(fd, None)
+
+    def check(self, now: float) -> str | None:
+        """At the cap, shut the young ones down; then the line to log, else None."""
+        self.tally.count = len(self.accepted)
+        if not self.tally.over():
+            return None
+        young = [fd for fd, since in self.accepted.items() if now - since < YOUNG_S]
+        for fd in young:
+            del self.accepted[fd]
+            self.shed += _shut_down(fd, self.local)
+        for fd in [fd for fd in self.accepted if not _shut_down(fd, self.local, really=False)]:
+            del self.accepted[fd]  # gone untold (an unbind, a lost event): no slot of anyone's
+        return (f"{len(young) + len(self.accepted)} connections, its most: the {len(young)} accepted in the "
+                f"last {YOUNG_S:g} s are closed, the others stay")
+
+    def forget(self) -> None:
+        """After an unbind (which closes every connection without telling the monitor)."""
+        self.accepted.clear()
+        self.tally.count = 0
+
+
+class YoungFirstCap(YoungFirst):
+    """``YoungFirst`` in a synchronous poll loop: ``monitor`` goes into the loop's poller,
+    ``on_events()`` when it is readable; ``say`` gets the line of each shedding."""
+
+    def __init__(self, sock: zmq.Socket, cap: int, say: Callable[[str], None], listener: str) -> None:
+        super().__init__(sock, cap)
+        self.sock, self.say, self.listener = sock, say, listener
+        self.monitor = sock.get_monitor_socket(_EVENTS)
+
+    def on_events(self) -> None:
+        now = time.monotonic()
+        while self.monitor.poll(0):
+            self.on(self.monitor.recv_multipart(zmq.NOBLOCK), now)
+        line = self.check(now)
+        if line is not None:
+            self.say(f"otpy: {self.listener}: {line}")
+
+    def close(self) -> None:
+        _stop_monitor(self.sock, self.monitor)
+
+
+class AsyncYoungFirstCap(YoungFirst):
+    """``YoungFirst`` in the node's asyncio loop (``run()`` until cancelled), as ``ConnectionCap``."""
+
+    def __init__(self, sock: zmq.Socket, endpoint: str, cap: int, name: str, context: zmq.asyncio.Context) -> None:
+        super().__init__(sock, cap)
+        self.sock, self.endpoint, self.name = sock, endpoint, name
+        address = f"inproc://otpy-connections-{id(self)}"
+        sock.monitor(address, _EVENTS)
+        self.monitor = context.socket(zmq.PAIR)
+        self.monitor.connect(address)
+        self.pending = zmq.Socket.shadow(self.monitor.underlying)
+
+    async def run(self) -> None:
+        import asyncio
+
+        while True:
+            try:
+                frames = await self.monitor.recv_multipart()
+                now = time.monotonic()
+                self.on(frames, now)
+                while self.pending.poll(0):
+                    self.on(self.pending.recv_multipart(zmq.NOBLOCK), now)
+                line = self.check(now)
+                if line is not None:
+                    log.warning("otpy[%s]: %s: %s", self.name, self.endpoint, line)
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError as exc:
+                if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
+                    return
+                log.warning("otpy[%s]: connection monitor of %s: %s", self.name, self.endpoint, exc)
+                await asyncio.sleep(0.1)
+            except Exception as exc:
+                log.warning("otpy[%s]: connection monitor of %s: %r", self.name, self.endpoint, exc)
+
+    def close(self) -> None:
+        _stop_monitor(self.sock, self.monitor)
+
+
+def node_cap(sock: zmq.Socket, endpoint: str, cap: int, bind: Callable[[], None], name: str,
+             context: zmq.asyncio.Context) -> "ConnectionCap | AsyncYoungFirstCap":
+    """The cap of one of the node's listeners, by its kind: young-first on TCP, the reset on ipc."""
+    if endpoint.startswith("tcp://"):
+        return AsyncYoungFirstCap(sock, endpoint, cap, name, context)
+    return ConnectionCap(sock, endpoint, cap, bind, name, context)
+
+
+def _local_address(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    host = host.strip("[]")
+    return (host.removeprefix("::ffff:"), int(port))
+
+
+def _shut_down(fd: int, local: tuple[str, int], really: bool = True) -> int:
+    """Shut down the connection of descriptor ``fd`` (libzmq's, which then closes it as a peer that
+    left) if it still is one accepted on ``local``; 1 if it was. ``really=False``: only tell."""
+    import socket  # here: the zygote imports this module, and carries what it imports into every fork
+
+    try:
+        copy = os.dup(fd)
+    except OSError:
+        return 0  # closed meanwhile
+    try:
+        sock = socket.socket(fileno=copy)
+    except OSError:
+        os.close(copy)
+        return 0  # not a socket any more
+    try:
+        host, port = sock.getsockname()[:2]
+        if port != local[1] or local[0] not in ("0.0.0.0", "::", "*", host.removeprefix("::ffff:")):
+            return 0  # the descriptor is something else's by now
+        if really:
+            sock.shutdown(socket.SHUT_RDWR)
+        return 1
+    except (OSError, ValueError, TypeError):
+        return 0
+    finally:
+        sock.close()  # the duplicate only
 
 
 def _stop_monitor(sock: zmq.Socket, monitor: zmq.Socket) -> None:
