@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import queue
+import random
+import socket
 import sys
 import time
+from pathlib import Path
 
 import msgspec
 
@@ -139,3 +142,32 @@ def rewrite(path, text: str) -> None:
     path.write_text(text)
     later = max(os.stat(path).st_mtime_ns, before) + 1_000_000_000
     os.utime(path, ns=(later, later))
+
+
+def free_node_port() -> int:
+    """A port P of 127.0.0.1 with P+1 and P+2 free too (a node's control, call and events ports),
+    below the kernel's ephemeral range when there is room: the TCP connections of every test take
+    their local ports from that range, and one could take P+1 or P+2 between this look and the
+    node's bind."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    for _ in range(200):
+        port = random.randrange(10000, low - 3) if low > 20000 else _ephemeral_port()
+        if port + 2 > 65535:
+            continue
+        try:
+            for offset in range(3):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no three free ports in a row")
+
+
+def _ephemeral_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 
 import pytest
 import zmq
@@ -11,15 +10,12 @@ import zmq.auth
 
 import otpy
 from otpy.wire.curve import keys_dir
-from tests.helpers import sleeper, unique_name
+from tests.helpers import free_node_port, sleeper, unique_name
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = free_node_port  # the node binds P, P+1 (calls) and P+2 (events)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 
@@ -23,26 +22,12 @@ from otpy.wire.errors import (AgentCrashed, CallError, CallTimeout, NodeUnreacha
                               RemoteError, Unencodable)
 from otpy.wire.remote_calls import RemoteCaller
 from otpy.wire.remote_cluster import CLUSTER_FILE, ClusterNode, ClusterSpec, encode_cluster
-from tests.helpers import Events, unique_name, wait_until
+from tests.helpers import free_node_port, Events, unique_name, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def free_port_pair() -> int:
-    """A port P of 127.0.0.1 with P+1 free too (the node's control endpoint and its call gateway)."""
-    for _ in range(100):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no two free ports in a row")
+free_port_pair = free_node_port  # P, P+1 (calls) and P+2 (events) free
 
 
 def agent(id: str, name: str, **args) -> otpy.ChildSpec:

@@ -20,7 +20,7 @@ import pytest
 
 import otpy
 from otpy.host.runtime_dir import agent_socket_path, control_endpoint, events_endpoint
-from tests.helpers import unique_name
+from tests.helpers import free_node_port, unique_name
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -29,10 +29,7 @@ FD_LIMIT = 1024  # as in the issue (ulimit -n 1024)
 ECHO = 1  # the registry (the topology has [variables]) is the root's first child, echo the second
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = free_node_port  # the node binds P, P+1 (calls) and P+2 (events)
 
 
 @pytest.fixture

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import queue
-import random
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -27,38 +25,12 @@ import otpy
 from otpy.cli.main import main
 from otpy.node.remote_events import RemoteEvents, events_endpoint
 from otpy.wire.curve import keys_dir
-from tests.helpers import sleeper, unique_name
+from tests.helpers import free_node_port, sleeper, unique_name
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def free_port() -> int:
-    """A port P of 127.0.0.1 with P+1 and P+2 free too (the node's control, call and events
-    ports), below the kernel's ephemeral range when there is room: the TCP connections of every
-    test take their local ports from that range, and one could take P+1 or P+2 between this look
-    and the node's bind."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 0
-    for _ in range(200):
-        port = random.randrange(10000, low - 3) if low > 20000 else _ephemeral_port()
-        if port + 2 > 65535:
-            continue
-        try:
-            for offset in range(3):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port + offset))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no three free ports in a row")
-
-
-def _ephemeral_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = free_node_port  # the name other test modules import from here
 
 
 def otpy_cli(*args: str, env: dict | None = None):
