@@ -216,6 +216,7 @@ def test_a_flood_of_key_less_connections_never_cuts_an_authorized_client(b):
 def test_a_client_with_replies_waiting_on_the_node_gets_overloaded_for_new_calls(b):
     """A connection whose replies wait in the gateway (its queue full: a slow link or reader):
     its new calls are refused at once (overloaded), not run to make more replies to hold."""
+    from otpy.node.call_gateway import SLOW_PARKED_BYTES
     from otpy.wire.remote_protocol import FROM_GATEWAY, RemoteFailed, calls_endpoint
 
     gateway = the_gateway(b.name)
@@ -224,7 +225,8 @@ def test_a_client_with_replies_waiting_on_the_node_gets_overloaded_for_new_calls
         dealer = raw_dealer(context, b.keys, calls_endpoint(b.endpoint), RCVHWM=1, RCVBUF=4096)
         for i in range(16):  # 16 MiB: more than ZeroMQ's queue and the kernel's buffers, within PARKED_BYTES
             dealer.send(remote_call(i + 1, "big", n=(1 << 20) - 4096))
-        wait_until(lambda: gateway._parked, 20)
+        # not only parked: as much as refuses new calls (one reply alone is a little under 1 MiB)
+        wait_until(lambda: any(p.size >= SLOW_PARKED_BYTES for p in list(gateway._parked.values())), 20)
         dealer.send(remote_call(50, "echo"))
         replies = {}
         while dealer.poll(3000):

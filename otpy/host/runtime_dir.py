@@ -38,14 +38,15 @@ def _private_dir(path: Path) -> Path:
     except OSError as exc:
         raise RuntimeDirError(f"cannot make the runtime folder {path}: {exc.strerror}; "
                               "set OTPY_RUNTIME_DIR to a folder of yours") from None
-    _check_private(path)
+    own_folder(path)
     if stat.S_IMODE(path.lstat().st_mode) != 0o700:
         os.chmod(path, 0o700)
     return path
 
 
-def _check_private(path: Path) -> bool:
-    """False if ``path`` does not exist; True if it is a folder of this user; else RuntimeDirError."""
+def own_folder(path: Path, kind: str = "runtime folder") -> bool:
+    """False if ``path`` does not exist; True if it is a folder of this user; else RuntimeDirError
+    naming it as ``kind`` (a symlink is never followed: what is written there would land elsewhere)."""
     try:
         info = path.lstat()
     except FileNotFoundError:
@@ -53,7 +54,7 @@ def _check_private(path: Path) -> bool:
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         what = "a symlink" if stat.S_ISLNK(info.st_mode) else (
             "not a folder" if not stat.S_ISDIR(info.st_mode) else f"owned by uid {info.st_uid}")
-        raise RuntimeDirError(f"runtime folder {path} is {what}, not a folder owned by uid {os.getuid()}; "
+        raise RuntimeDirError(f"{kind} {path} is {what}, not a folder owned by uid {os.getuid()}; "
                               "remove it and retry")
     return True
 
@@ -141,7 +142,7 @@ def existing_node_dir(name: str) -> Path | None:
     """The node's folder if it exists (checked private, never created), else None: for clients."""
     check_name(name, "node name")
     root = runtime_root()
-    if not _check_private(root) or not _check_private(root / name):
+    if not own_folder(root) or not own_folder(root / name):
         return None
     return root / name
 
@@ -165,7 +166,7 @@ def node_sockets(name: str) -> list[Path]:
 def running_nodes() -> list[str]:
     """Names of nodes of this user that have a control socket (they may have died: ask them)."""
     root = runtime_root()
-    if not _check_private(root):
+    if not own_folder(root):
         return []
     return sorted(p.name for p in root.iterdir()
                   if name_problem(p.name) is None and (p / "control.sock").exists())

@@ -147,7 +147,7 @@ class CallEngine:
             link = self._put(link, pending.payload)
         except CallError as error:
             self.book.forget(pending.call_id)
-            _fail(pending.future, error)
+            fail_future(pending.future, error)
             return
         self.book.sent(pending, link)
 
@@ -240,9 +240,9 @@ class CallEngine:
     def _carry_out(self, decision: Decision) -> None:
         match decision:
             case Answered(pending, outputs):
-                _resolve(pending.future, outputs)
+                resolve_future(pending.future, outputs)
             case Fail(pending, error):
-                _fail(pending.future, error)
+                fail_future(pending.future, error)
             case Resend(pending):  # refused while draining: to the next holder, or parked until one comes
                 self._send(pending, None)
             case Reattempt(pending):
@@ -320,7 +320,9 @@ def _next_event(link: Link) -> int | None:
         return None
 
 
-def _resolve(future: Any, outputs: dict) -> None:
+def resolve_future(future: Any, outputs: dict) -> None:
+    """Give a call's future (a ``concurrent.futures.Future`` or a ``BlockingResult``) its outputs,
+    unless it ended already (cancelled, closed): local and remote calls (``remote_calls``) alike."""
     if not future.done():
         try:
             future.set_result(outputs)
@@ -328,7 +330,8 @@ def _resolve(future: Any, outputs: dict) -> None:
             pass  # cancelled meanwhile
 
 
-def _fail(future: Any, error: BaseException) -> None:
+def fail_future(future: Any, error: BaseException) -> None:
+    """Give a call's future its error, unless it ended already."""
     if not future.done():
         try:
             future.set_exception(error)

@@ -47,12 +47,18 @@ import zmq.auth
 
 from ..host.log_files import node_state_dir
 from ..host.node_run import lock_holder
-from ..host.runtime_dir import RuntimeDirError, existing_node_dir, read_private, runtime_root, write_private
+from ..host.runtime_dir import RuntimeDirError, existing_node_dir, own_folder, read_private, runtime_root, write_private
 from ..specs.model import name_problem
 
 TRUST_AFTER_NS = 2_000_000_000  # a folder changed less than 2 s ago is read again at every look (see AuthorizedKeys)
 KEYS = "curve"  # the key folder's name, in the node's state folder (and, before, in its runtime folder)
 log = logging.getLogger("otpy")
+
+
+def _key_folder(path: Path) -> bool:
+    """False if ``path`` does not exist; True if it is a folder of this user; else RuntimeDirError
+    (a symlink: keys would be written, or read, elsewhere)."""
+    return own_folder(path, "key folder")
 
 
 def keys_dir(node: str) -> Path:
@@ -77,13 +83,13 @@ def _take_over(node: str, folder: Path) -> str | None:
     if existing_node_dir(node) is None:  # RuntimeDirError if not private
         return None
     old = runtime_root() / node / KEYS
-    if not _real_folder(old) or os.path.lexists(folder):  # the durable keys, once there, are the node's
+    if not _key_folder(old) or os.path.lexists(folder):  # the durable keys, once there, are the node's
         return None
     holder = lock_holder(old.parent)
     if holder is not None and holder != os.getpid():
         raise KeyFolderError(f"node {node!r} runs with its keys still in the runtime folder {old} (an older otpy "
                              f"kept them there): stop it, then retry (they move to {folder}, which outlives a reboot)")
-    sources = [(old, "")] + ([(old / "authorized", "authorized")] if _real_folder(old / "authorized") else [])
+    sources = [(old, "")] + ([(old / "authorized", "authorized")] if _key_folder(old / "authorized") else [])
     check_key_files(*(source for source, _ in sources))
     scratch = Path(tempfile.mkdtemp(prefix=f".{KEYS}-", dir=_made_private(folder.parent)))  # 0700
     try:
@@ -108,20 +114,6 @@ def _take_over(node: str, folder: Path) -> str | None:
             "the node's key and its authorized clients stay)")
 
 
-def _real_folder(path: Path) -> bool:
-    """False if ``path`` does not exist; True if it is a folder of this user; else RuntimeDirError
-    (a symlink: keys would be written, or read, elsewhere)."""
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        what = "a symlink" if stat.S_ISLNK(info.st_mode) else (
-            "not a folder" if not stat.S_ISDIR(info.st_mode) else f"owned by uid {info.st_uid}")
-        raise RuntimeDirError(f"key folder {path} is {what}, not a folder of uid {os.getuid()}; remove it and retry")
-    return True
-
-
 def _made_private(path: Path, mode: int | None = None) -> Path:
     """``path`` and its missing parents made 0700; ``path`` must be a folder of this user (not a
     symlink; ``mode``: set to it). RuntimeDirError, one line."""
@@ -135,7 +127,7 @@ def _made_private(path: Path, mode: int | None = None) -> Path:
     except OSError as exc:
         raise RuntimeDirError(f"cannot make the key folder {path}: {exc.strerror}; set XDG_STATE_HOME to a "
                               "folder of yours") from None
-    _real_folder(path)
+    _key_folder(path)
     if mode is not None and stat.S_IMODE(path.lstat().st_mode) != mode:
         os.chmod(path, mode)
     return path
@@ -464,7 +456,7 @@ def revoke(node: str, name: str) -> Path:
     if problem := name_problem(stem, "key name"):
         raise KeyFolderError(problem)
     folder = keys_dir(node)
-    if not _real_folder(folder):
+    if not _key_folder(folder):
         raise KeyFolderError(f"no node {node!r} on this host (no key folder {folder}): revoke on the node's host")
     authorized = folder / "authorized"
     target = authorized / f"{stem}.key"

@@ -36,7 +36,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .call_book import BlockingResult
-from .call_engine import call_limits_problem
+from .call_engine import call_limits_problem, fail_future, resolve_future
 from .codec import MAX_CALL_BYTES, MAX_DEPTH, WireError, decode, encode
 from .curve import connect_curve
 from .errors import (AgentCrashed, BadRequest, CallError, CallTimeout, NoSuchAgent, NodeUnreachable, Overloaded,
@@ -173,14 +173,14 @@ class _Link:
             try:
                 self._open()  # the node refused the last one: try again, at the pace of the calls
             except CallError as exc:
-                _fail(call.future, type(exc)(str(exc), agent=call.label))
+                fail_future(call.future, type(exc)(str(exc), agent=call.label))
                 return
         elif self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._events()  # a break already reported must not fail this call
         try:
             self.dealer.send(data, zmq.NOBLOCK, copy=len(data) < 65536)
         except zmq.Again:
-            _fail(call.future, Overloaded(f"{len(self.calls)} calls already wait for node {self.owner.endpoint}",
+            fail_future(call.future, Overloaded(f"{len(self.calls)} calls already wait for node {self.owner.endpoint}",
                                           agent=call.label))
             return
         call.on_wire = self.connected
@@ -218,7 +218,7 @@ class _Link:
     def close(self, error: str) -> None:
         calls, self.calls = self.calls, {}
         for call in calls.values():
-            _fail(call.future, CallError(error, agent=call.label))
+            fail_future(call.future, CallError(error, agent=call.label))
         self._drop_socket()
 
     # --- what comes back ---------------------------------------------------------------------
@@ -239,7 +239,7 @@ class _Link:
                 continue  # a late answer: its call ended
             match message:
                 case RemoteReply(outputs=outputs):
-                    _resolve(call.future, outputs)
+                    resolve_future(call.future, outputs)
                 case RemoteFailed() as failed:
                     self._end(call, error_of(failed, call.label))
             if dealer is not self.dealer or not dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -272,7 +272,7 @@ class _Link:
     def _lost(self, calls: list[_Call], why: str) -> None:
         for call in calls:
             del self.calls[call.call_id]
-            _fail(call.future, NodeUnreachable(why, agent=call.label))
+            fail_future(call.future, NodeUnreachable(why, agent=call.label))
 
     def _end(self, call: _Call, error: CallError) -> None:
         """A retryable error with attempts left: again, as a new call; otherwise the call fails."""
@@ -280,7 +280,7 @@ class _Link:
             call.attempts_left -= 1
             self.start(call)
         else:
-            _fail(call.future, error)
+            fail_future(call.future, error)
 
 
 class RemoteCaller:
@@ -477,20 +477,4 @@ class RemoteCaller:
                     break
                 if call is None:
                     return
-                _fail(call.future, type(error)(str(error), agent=call.label))
-
-
-def _resolve(future: Any, outputs: dict) -> None:
-    if not future.done():
-        try:
-            future.set_result(outputs)
-        except concurrent.futures.InvalidStateError:
-            pass
-
-
-def _fail(future: Any, error: BaseException) -> None:
-    if not future.done():
-        try:
-            future.set_exception(error)
-        except concurrent.futures.InvalidStateError:
-            pass
+                fail_future(call.future, type(error)(str(error), agent=call.label))
