@@ -41,7 +41,7 @@ import resource
 import struct
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import zmq
 
@@ -127,6 +127,35 @@ def _events(monitor: zmq.Socket) -> list[int]:
     return events
 
 
+def _open_monitor(sock: zmq.Socket, context: zmq.asyncio.Context, owner: object) -> tuple[zmq.Socket, zmq.Socket]:
+    """The accept/disconnect events of ``sock``: an asyncio PAIR of ``context`` to await, and the
+    same socket as a plain one, read without waiting (``owner`` names the inproc address)."""
+    address = f"inproc://otpy-connections-{id(owner)}"
+    sock.monitor(address, _EVENTS)
+    monitor = context.socket(zmq.PAIR)
+    monitor.connect(address)
+    return monitor, zmq.Socket.shadow(monitor.underlying)
+
+
+async def _watch(name: str, endpoint: str, step: Callable[[], Any]) -> None:
+    """Await ``step()`` (one batch of a listener's events) until cancelled; a bad event or a failed
+    (un)bind is logged, never the end; a closed socket or context ends it."""
+    import asyncio  # the node's (this module is imported by the zygote too, which has no loop)
+
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except zmq.ZMQError as exc:
+            if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
+                return
+            log.warning("otpy[%s]: connection monitor of %s: %s", name, endpoint, exc)
+            await asyncio.sleep(0.1)
+        except Exception as exc:
+            log.warning("otpy[%s]: connection monitor of %s: %r", name, endpoint, exc)
+
+
 class ConnectionCap:
     """Watches one bound listener of the node's asyncio loop; at its tally's limit, closes
     every connection and binds again."""
@@ -138,32 +167,20 @@ class ConnectionCap:
         self.sock, self.endpoint, self.bind, self.name = sock, endpoint, bind, name
         self.tally = Tally(cap)
         self.rebinding: asyncio.Task | None = None
-        address = f"inproc://otpy-connections-{id(self)}"
-        sock.monitor(address, _EVENTS)
-        self.monitor = context.socket(zmq.PAIR)
-        self.monitor.connect(address)
-        self.pending = zmq.Socket.shadow(self.monitor.underlying)  # the same socket, read without waiting
+        self.monitor, self.pending = _open_monitor(sock, context, self)
 
     async def run(self) -> None:
         """Count until cancelled; a bad event or a failed (un)bind is logged, never the end."""
+        await _watch(self.name, self.endpoint, self._step)
+
+    async def _step(self) -> None:
         import asyncio  # the node's (this module is imported by the zygote too, which has no loop)
 
-        while True:
-            try:
-                self.tally.on(_event_of(await self.monitor.recv_multipart()))
-                for event in _events(self.pending):  # the I/O thread accepts faster than one per wake-up
-                    self.tally.on(event)
-                if self.rebinding is None and self.tally.over():
-                    self.rebinding = asyncio.ensure_future(self._reset())
-            except asyncio.CancelledError:
-                raise
-            except zmq.ZMQError as exc:
-                if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
-                    return
-                log.warning("otpy[%s]: connection monitor of %s: %s", self.name, self.endpoint, exc)
-                await asyncio.sleep(0.1)
-            except Exception as exc:
-                log.warning("otpy[%s]: connection monitor of %s: %r", self.name, self.endpoint, exc)
+        self.tally.on(_event_of(await self.monitor.recv_multipart()))
+        for event in _events(self.pending):  # the I/O thread accepts faster than one per wake-up
+            self.tally.on(event)
+        if self.rebinding is None and self.tally.over():
+            self.rebinding = asyncio.ensure_future(self._reset())
 
     async def _reset(self) -> None:
         """Unbind (libzmq then closes every connection it accepted there, without telling the
@@ -336,34 +353,20 @@ class AsyncYoungFirstCap(YoungFirst):
     def __init__(self, sock: zmq.Socket, endpoint: str, cap: int, name: str, context: zmq.asyncio.Context) -> None:
         super().__init__(sock, cap)
         self.sock, self.endpoint, self.name = sock, endpoint, name
-        address = f"inproc://otpy-connections-{id(self)}"
-        sock.monitor(address, _EVENTS)
-        self.monitor = context.socket(zmq.PAIR)
-        self.monitor.connect(address)
-        self.pending = zmq.Socket.shadow(self.monitor.underlying)
+        self.monitor, self.pending = _open_monitor(sock, context, self)
 
     async def run(self) -> None:
-        import asyncio
+        await _watch(self.name, self.endpoint, self._step)
 
-        while True:
-            try:
-                frames = await self.monitor.recv_multipart()
-                now = time.monotonic()
-                self.on(frames, now)
-                while self.pending.poll(0):
-                    self.on(self.pending.recv_multipart(zmq.NOBLOCK), now)
-                line = self.check(now)
-                if line is not None:
-                    log.warning("otpy[%s]: %s: %s", self.name, self.endpoint, line)
-            except asyncio.CancelledError:
-                raise
-            except zmq.ZMQError as exc:
-                if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
-                    return
-                log.warning("otpy[%s]: connection monitor of %s: %s", self.name, self.endpoint, exc)
-                await asyncio.sleep(0.1)
-            except Exception as exc:
-                log.warning("otpy[%s]: connection monitor of %s: %r", self.name, self.endpoint, exc)
+    async def _step(self) -> None:
+        frames = await self.monitor.recv_multipart()
+        now = time.monotonic()
+        self.on(frames, now)
+        while self.pending.poll(0):
+            self.on(self.pending.recv_multipart(zmq.NOBLOCK), now)
+        line = self.check(now)
+        if line is not None:
+            log.warning("otpy[%s]: %s: %s", self.name, self.endpoint, line)
 
     def close(self) -> None:
         _stop_monitor(self.sock, self.monitor)

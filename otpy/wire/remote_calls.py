@@ -29,7 +29,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import msgspec
 import zmq
@@ -448,15 +448,7 @@ class RemoteCaller:
                 for sock, _ in link.poller.poll(link.poll_timeout_ms()):
                     if sock == self._wake:
                         os.eventfd_read(self._wake)
-                        while True:
-                            try:
-                                call = self._commands.get_nowait()
-                            except queue.Empty:
-                                break
-                            if call is None:
-                                running = False
-                                break
-                            link.start(call)
+                        running = self._take_commands(link.start)
                     else:
                         link.handle(sock)
                 link.expire()
@@ -467,14 +459,20 @@ class RemoteCaller:
     def _fail_commands(self, error: CallError) -> None:
         poller = zmq.Poller()
         poller.register(self._wake, zmq.POLLIN)
-        while True:
+        running = True
+        while running:
             poller.poll()
             os.eventfd_read(self._wake)
-            while True:
-                try:
-                    call = self._commands.get_nowait()
-                except queue.Empty:
-                    break
-                if call is None:
-                    return
-                fail_future(call.future, type(error)(str(error), agent=call.label))
+            running = self._take_commands(
+                lambda call: fail_future(call.future, type(error)(str(error), agent=call.label)))
+
+    def _take_commands(self, handle: Callable[["_Call"], None]) -> bool:
+        """Hand each call waiting in the queue to ``handle``; False once ``close`` asked to stop."""
+        while True:
+            try:
+                call = self._commands.get_nowait()
+            except queue.Empty:
+                return True
+            if call is None:
+                return False
+            handle(call)
