@@ -41,7 +41,7 @@ from ..wire.registry_protocol import (
     Explain, GetSpace, GetValue, ListValues, RegistryRefusal, RegistryRequest,
 )
 from . import set_values
-from .exits import REMOTE_HINT, Remote, Target, client_of, node_or_exit
+from .exits import Remote, Target, ask, node_or_exit
 from .options import Count, child_id_argument, node_options
 
 EXIT_FAILED = 1
@@ -199,13 +199,7 @@ def _compare_and_set(node_name: Target, scope: str, values: dict[str, Any], dry_
 
 def _through_node(node_name: Target, write) -> Outcome:
     """``write(client)`` with a client of the node (local, or over its TCP control endpoint)."""
-    with client_of(node_name, SET_TIMEOUT) as client:
-        try:
-            return write(client)
-        except (ControlError, NodeStale) as exc:
-            _fail(f"vars set: {exc}")
-        except TimeoutError as exc:
-            _fail(f"vars set: {exc}" + (REMOTE_HINT if isinstance(node_name, Remote) else ""))
+    return ask(node_name, "otpy: vars set", write, SET_TIMEOUT)
 
 
 @vars_group.command()
